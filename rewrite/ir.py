@@ -1,0 +1,373 @@
+"""Loop IR: frozen, slotted dataclasses with structural equality and hashing.
+
+Data only. Parsing and printing live in ``script.py``, meaning in ``interp.py``,
+well-formedness in ``verify.py``.
+
+Typing in one paragraph: every expression has a ``dtype``. Loop variables are
+``i64``. Comparisons and ``and``/``or``/``not`` give ``bool``. Binary arithmetic
+needs both operands of one dtype (casts are written, never implied). ``/`` is
+float division only; ``//`` and ``%`` are integer floor division and modulo
+(Python's meaning). Fixed-width integers wrap around.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Union
+
+# ---------------------------------------------------------------------------
+# dtypes
+
+FLOAT_DTYPES = ("f16", "f32", "f64")
+INT_DTYPES = ("i8", "u8", "i16", "i32", "i64")
+DTYPES = FLOAT_DTYPES + INT_DTYPES
+BOOL = "bool"
+INDEX = "i64"  # the dtype of loop variables and index arithmetic
+
+_BITS = {"f16": 16, "f32": 32, "f64": 64, "i8": 8, "u8": 8, "i16": 16, "i32": 32, "i64": 64, BOOL: 1}
+_NUMPY = {"f16": "float16", "f32": "float32", "f64": "float64", "i8": "int8", "u8": "uint8",
+          "i16": "int16", "i32": "int32", "i64": "int64", BOOL: "bool"}
+
+
+def is_float(dtype: str) -> bool:
+    return dtype in FLOAT_DTYPES
+
+
+def is_int(dtype: str) -> bool:
+    return dtype in INT_DTYPES
+
+
+def is_signed(dtype: str) -> bool:
+    return dtype in FLOAT_DTYPES or (dtype in INT_DTYPES and not dtype.startswith("u"))
+
+
+def bits(dtype: str) -> int:
+    return _BITS[dtype]
+
+
+def numpy_dtype(dtype: str) -> str:
+    """Name of the numpy dtype that holds ``dtype`` (``"f32"`` -> ``"float32"``)."""
+    return _NUMPY[dtype]
+
+
+def itemsize(dtype: str) -> int:
+    return max(1, _BITS[dtype] // 8)
+
+
+# ---------------------------------------------------------------------------
+# buffers
+
+
+@dataclass(frozen=True, slots=True)
+class Buffer:
+    """A named n-d array with a static shape, e.g. ``A: f32[64, 64]``."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * itemsize(self.dtype)
+
+
+# ---------------------------------------------------------------------------
+# expressions
+
+BINARY_OPS = ("+", "-", "*", "/", "//", "%", "max", "min")
+UNARY_OPS = ("neg", "abs", "exp", "sqrt", "not")
+COMPARE_OPS = ("<", "<=", ">", ">=", "==", "!=")
+LOGICAL_OPS = ("and", "or")
+
+
+@dataclass(frozen=True, slots=True)
+class Var:
+    """A loop variable; its value is an ``i64``."""
+
+    name: str
+
+    @property
+    def dtype(self) -> str:
+        return INDEX
+
+
+@dataclass(frozen=True, slots=True)
+class Const:
+    """A literal of a given dtype. The value is normalised to ``float``, ``int`` or ``bool``."""
+
+    value: Union[int, float, bool]
+    dtype: str
+
+    def __post_init__(self) -> None:
+        if self.dtype in FLOAT_DTYPES:
+            object.__setattr__(self, "value", float(self.value))
+        elif self.dtype == BOOL:
+            object.__setattr__(self, "value", bool(self.value))
+        else:
+            object.__setattr__(self, "value", int(self.value))
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    buffer: Buffer
+    indices: tuple["Expr", ...]
+
+    @property
+    def dtype(self) -> str:
+        return self.buffer.dtype
+
+
+@dataclass(frozen=True, slots=True)
+class Binary:
+    """``a op b`` for op in ``+ - * / // % max min``; both operands share one dtype."""
+
+    op: str
+    a: "Expr"
+    b: "Expr"
+
+    @property
+    def dtype(self) -> str:
+        return self.a.dtype
+
+
+@dataclass(frozen=True, slots=True)
+class Unary:
+    """``-a`` (op ``neg``), ``abs(a)``, ``exp(a)``, ``sqrt(a)``, ``not a``."""
+
+    op: str
+    a: "Expr"
+
+    @property
+    def dtype(self) -> str:
+        return BOOL if self.op == "not" else self.a.dtype
+
+
+@dataclass(frozen=True, slots=True)
+class Cast:
+    """``f32(a)``: value conversion (floats to ints truncate toward zero and saturate; NaN gives 0)."""
+
+    dtype: str
+    a: "Expr"
+
+
+@dataclass(frozen=True, slots=True)
+class Select:
+    """``select(cond, a, b)``: ``a`` where ``cond`` holds, else ``b``."""
+
+    cond: "Expr"
+    a: "Expr"
+    b: "Expr"
+
+    @property
+    def dtype(self) -> str:
+        return self.a.dtype
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    op: str
+    a: "Expr"
+    b: "Expr"
+
+    @property
+    def dtype(self) -> str:
+        return BOOL
+
+
+@dataclass(frozen=True, slots=True)
+class Logical:
+    op: str
+    a: "Expr"
+    b: "Expr"
+
+    @property
+    def dtype(self) -> str:
+        return BOOL
+
+
+Expr = Union[Var, Const, Load, Binary, Unary, Cast, Select, Compare, Logical]
+EXPR_TYPES = (Var, Const, Load, Binary, Unary, Cast, Select, Compare, Logical)
+
+
+# ---------------------------------------------------------------------------
+# statements
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """``buffer[indices] = value``."""
+
+    buffer: Buffer
+    indices: tuple[Expr, ...]
+    value: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class Accumulate:
+    """``buffer[indices] += value``."""
+
+    buffer: Buffer
+    indices: tuple[Expr, ...]
+    value: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class For:
+    """``for var in range(start, stop): body`` with constant bounds."""
+
+    var: str
+    start: int
+    stop: int
+    body: "Stmt"
+
+    @property
+    def extent(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+@dataclass(frozen=True, slots=True)
+class Seq:
+    """Statements in order. Canonical form: at least two, none of them a ``Seq``."""
+
+    stmts: tuple["Stmt", ...]
+
+
+@dataclass(frozen=True, slots=True)
+class If:
+    cond: Expr
+    then: "Stmt"
+    orelse: "Stmt | None" = None
+
+
+Stmt = Union[Store, Accumulate, For, Seq, If]
+STMT_TYPES = (Store, Accumulate, For, Seq, If)
+
+
+def seq(*stmts: Stmt) -> Stmt:
+    """Build a canonical sequence: nested ``Seq`` flattened, a single statement unwrapped."""
+    flat: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, Seq):
+            flat.extend(s.stmts)
+        else:
+            flat.append(s)
+    if not flat:
+        raise ValueError("an empty statement sequence has no IR form")
+    return flat[0] if len(flat) == 1 else Seq(tuple(flat))
+
+
+def stmts_of(s: Stmt) -> tuple[Stmt, ...]:
+    """The statements of a body, whether it is a ``Seq`` or a single statement."""
+    return s.stmts if isinstance(s, Seq) else (s,)
+
+
+# ---------------------------------------------------------------------------
+# functions
+
+
+@dataclass(frozen=True, slots=True)
+class PrimFunc:
+    """A function over buffers. Parameters it writes are its outputs; the rest are inputs."""
+
+    name: str
+    params: tuple[Buffer, ...]
+    body: Stmt
+    allocs: tuple[Buffer, ...] = ()
+    doc: str = field(default="", compare=False)
+
+    @property
+    def buffers(self) -> tuple[Buffer, ...]:
+        return self.params + self.allocs
+
+    def buffer(self, name: str) -> Buffer:
+        for b in self.buffers:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+    @property
+    def written(self) -> frozenset[str]:
+        """Names of every buffer some statement writes."""
+        return frozenset(s.buffer.name for s in walk_stmts(self.body)
+                         if isinstance(s, (Store, Accumulate)))
+
+    @property
+    def outputs(self) -> tuple[Buffer, ...]:
+        w = self.written
+        return tuple(b for b in self.params if b.name in w)
+
+    @property
+    def inputs(self) -> tuple[Buffer, ...]:
+        w = self.written
+        return tuple(b for b in self.params if b.name not in w)
+
+    def script(self) -> str:
+        from .script import show
+
+        return show(self)
+
+    def __str__(self) -> str:
+        return self.script()
+
+
+# ---------------------------------------------------------------------------
+# traversal
+
+
+def walk_stmts(s: Stmt) -> Iterator[Stmt]:
+    """Every statement in ``s``, pre-order."""
+    yield s
+    if isinstance(s, For):
+        yield from walk_stmts(s.body)
+    elif isinstance(s, Seq):
+        for c in s.stmts:
+            yield from walk_stmts(c)
+    elif isinstance(s, If):
+        yield from walk_stmts(s.then)
+        if s.orelse is not None:
+            yield from walk_stmts(s.orelse)
+
+
+def children(e: Expr) -> tuple[Expr, ...]:
+    if isinstance(e, Load):
+        return e.indices
+    if isinstance(e, (Binary, Compare, Logical)):
+        return (e.a, e.b)
+    if isinstance(e, (Unary, Cast)):
+        return (e.a,)
+    if isinstance(e, Select):
+        return (e.cond, e.a, e.b)
+    return ()
+
+
+def walk_expr(e: Expr) -> Iterator[Expr]:
+    """Every sub-expression of ``e``, pre-order (indices of loads included)."""
+    yield e
+    for c in children(e):
+        yield from walk_expr(c)
+
+
+def stmt_exprs(s: Stmt) -> tuple[Expr, ...]:
+    """The expressions a statement holds directly (not those of nested statements)."""
+    if isinstance(s, (Store, Accumulate)):
+        return s.indices + (s.value,)
+    if isinstance(s, If):
+        return (s.cond,)
+    return ()
+
+
+def loads_of(e: Expr) -> Iterator[Load]:
+    for x in walk_expr(e):
+        if isinstance(x, Load):
+            yield x
