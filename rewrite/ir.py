@@ -3,11 +3,24 @@
 Data only. Parsing and printing live in ``script.py``, meaning in ``interp.py``,
 well-formedness in ``verify.py``.
 
-Typing in one paragraph: every expression has a ``dtype``. Loop variables are
-``i64``. Comparisons and ``and``/``or``/``not`` give ``bool``. Binary arithmetic
-needs both operands of one dtype (casts are written, never implied). ``/`` is
-float division only; ``//`` and ``%`` are integer floor division and modulo
-(Python's meaning). Fixed-width integers wrap around.
+Typing: every expression has a ``dtype``. Loop variables are ``i64``.
+Comparisons and ``and``/``or``/``not`` give ``bool``. Binary arithmetic needs both
+operands of one dtype (casts are written, never implied).
+
+Meaning (the interpreter defines it; the compiled code must agree):
+
+- integers are fixed width and wrap around (two's complement) in ``+ - *``, unary
+  ``-`` and ``abs`` (``abs`` of the minimum value is the minimum value);
+- ``//`` and ``%`` are integer-only floor division and modulo (Python's meaning,
+  the remainder takes the divisor's sign); a zero divisor gives 0 for both, and
+  ``MIN // -1`` wraps to ``MIN``;
+- ``/``, ``exp`` and ``sqrt`` are float-only, IEEE; ``max``/``min`` on floats
+  propagate NaN; every f16 operation rounds to f16;
+- casts: int to int wraps (sign- or zero-extends by the source's signedness),
+  to float rounds to nearest, float to int truncates toward zero and saturates
+  to the target's range with NaN giving 0, ``bool`` to a number gives 0 or 1;
+- ``X[i] += v`` is ``X[i] = X[i] + v`` in ``X``'s dtype; ``select`` evaluates
+  both arms (they have no effects); every access is in bounds (checked statically).
 """
 
 from __future__ import annotations
