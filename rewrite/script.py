@@ -1,0 +1,720 @@
+"""The script language: ``parse(text) -> PrimFunc`` and ``show(PrimFunc) -> text``.
+
+Scripts are read with Python's ``ast`` module and never executed: top-level code,
+default arguments and decorators are not run. Every error is a ``ScriptError``
+carrying ``file:line:col`` and one sentence.
+
+    @prim_func
+    def scale(A: f32[8], B: f32[8]):
+        for i in range(8):
+            B[i] = 2.0 * A[i]
+
+The names below (``prim_func``, ``grid``, ``f32``, ...) exist only so that editors
+and linters can read script files; the parser recognises them by name.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+from . import ir
+from .ir import (BOOL, DTYPES, INDEX, Accumulate, Binary, Buffer, Cast, Compare, Const, Expr, For,
+                 If, Load, Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var)
+from .verify import VerifyError, verify
+
+
+# ---------------------------------------------------------------------------
+# names for editors and linters; the parser never calls them
+
+
+def prim_func(fn):
+    """Marks a script function. Scripts are parsed, not run: this only returns ``fn``."""
+    return fn
+
+
+def grid(*extents):
+    raise RuntimeError("grid() is script syntax: parse the file with rewrite.script.parse_file")
+
+
+def alloc(buffer_type):
+    raise RuntimeError("alloc() is script syntax: parse the file with rewrite.script.parse_file")
+
+
+def select(cond, a, b):
+    raise RuntimeError("select() is script syntax: parse the file with rewrite.script.parse_file")
+
+
+class _DType:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getitem__(self, shape):
+        return (self.name, shape)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+f16, f32, f64, i8, u8, i16, i32, i64 = (_DType(d) for d in DTYPES)
+
+
+# ---------------------------------------------------------------------------
+# errors
+
+
+class ScriptError(Exception):
+    """A bad script: ``file:line:col: one sentence``."""
+
+    def __init__(self, file: str, line: int, col: int, message: str):
+        super().__init__(f"{file}:{line}:{col}: {message}")
+        self.file, self.line, self.col, self.message = file, line, col, message
+
+
+_UNARY_FUNCS = {"abs": "abs", "exp": "exp", "sqrt": "sqrt"}
+_BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//",
+           ast.Mod: "%"}
+_CMPOPS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
+_RESERVED = set(DTYPES) | {"range", "grid", "alloc", "select", "max", "min", "abs", "exp", "sqrt",
+                           "prim_func", "inf", "True", "False"}
+_FUNCTIONS_SENTENCE = ("the language has max, min, abs, exp, sqrt, select and the casts "
+                       + ", ".join(f"{d}(...)" for d in DTYPES))
+
+
+def _int_range(dtype: str) -> tuple[int, int]:
+    n = ir.bits(dtype)
+    if ir.is_signed(dtype):
+        return -(1 << (n - 1)), (1 << (n - 1)) - 1
+    return 0, (1 << n) - 1
+
+
+def _is_literal(node: ast.AST) -> bool:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return _is_literal(node.operand)
+    if isinstance(node, ast.Name) and node.id == "inf":
+        return True
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float, bool)
+
+
+# ---------------------------------------------------------------------------
+# parsing
+
+
+class _FunctionParser:
+    """Turns one ``@prim_func`` definition into a ``PrimFunc``."""
+
+    def __init__(self, file: str, fn: ast.FunctionDef):
+        self.file = file
+        self.fn = fn
+        self.buffers: dict[str, Buffer] = {}
+        self.allocs: list[Buffer] = []
+        self.loop_vars: list[str] = []
+        self.locations: dict[int, tuple[int, int]] = {}
+
+    # -- errors and locations ------------------------------------------------
+
+    def error(self, node: ast.AST, message: str) -> ScriptError:
+        line = getattr(node, "lineno", self.fn.lineno)
+        col = getattr(node, "col_offset", 0) + 1
+        return ScriptError(self.file, line, col, message)
+
+    def at(self, node: ast.AST, value):
+        """Remember where an IR node came from, so later checks can point at it."""
+        self.locations[id(value)] = (node.lineno, node.col_offset + 1)
+        return value
+
+    # -- the function ----------------------------------------------------------
+
+    def parse(self) -> PrimFunc:
+        fn = self.fn
+        args = fn.args
+        if args.vararg or args.kwarg or args.kwonlyargs or args.posonlyargs:
+            raise self.error(fn, f"function {fn.name} may only take buffer parameters (no *args, **kwargs or keyword-only parameters)")
+        if args.defaults or args.kw_defaults:
+            raise self.error(args.defaults[0] if args.defaults else fn,
+                             f"default arguments are not part of the language (function {fn.name})")
+        if fn.returns is not None:
+            raise self.error(fn.returns, f"function {fn.name} returns nothing: remove the return annotation")
+        params = []
+        for a in args.args:
+            if a.annotation is None:
+                raise self.error(a, f"parameter {a.arg} needs a buffer type such as f32[64, 64]")
+            buf = self.buffer_type(a.annotation, a.arg)
+            self.declare_buffer(a, buf)
+            params.append(buf)
+        body = list(fn.body)
+        doc = ""
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            doc = ast.get_docstring(fn) or ""
+            body = body[1:]
+        stmts = []
+        for node in body:
+            if self.is_alloc(node):
+                self.alloc(node)
+            else:
+                stmts.extend(self.stmt(node))
+        if not stmts:
+            raise self.error(fn, f"function {fn.name} has no statements")
+        func = PrimFunc(fn.name, tuple(params), ir.seq(*stmts), tuple(self.allocs), doc)
+        try:
+            verify(func)
+        except VerifyError as e:
+            line, col = self.locations.get(id(e.node), (fn.lineno, fn.col_offset + 1))
+            raise ScriptError(self.file, line, col, e.message) from None
+        return func
+
+    def buffer_type(self, node: ast.AST, name: str) -> Buffer:
+        if not (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)
+                and node.value.id in DTYPES):
+            raise self.error(node, f"the type of {name} must be a dtype with a shape, such as f32[64, 64]")
+        dims = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        shape = []
+        for d in dims:
+            if not (isinstance(d, ast.Constant) and type(d.value) is int):
+                raise self.error(d, f"the shape of {name} must be integer constants")
+            if d.value <= 0:
+                raise self.error(d, f"the shape of {name} must be positive, not {d.value}")
+            shape.append(d.value)
+        return Buffer(name, node.value.id, tuple(shape))
+
+    def declare_buffer(self, node: ast.AST, buf: Buffer) -> None:
+        if buf.name in self.buffers:
+            raise self.error(node, f"buffer {buf.name} is declared twice")
+        if buf.name in _RESERVED:
+            raise self.error(node, f"{buf.name} is a reserved name and cannot name a buffer")
+        self.buffers[buf.name] = buf
+
+    @staticmethod
+    def is_alloc(node: ast.stmt) -> bool:
+        return (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+                and isinstance(node.value.func, ast.Name) and node.value.func.id == "alloc")
+
+    def alloc(self, node: ast.Assign) -> None:
+        call = node.value
+        if len(node.targets) != 1 or not isinstance(node.targets[0], ast.Name):
+            raise self.error(node, "alloc() must be assigned to one name: T = alloc(f32[64])")
+        name = node.targets[0].id
+        if len(call.args) != 1 or call.keywords:
+            raise self.error(call, "alloc() takes one buffer type, such as alloc(f32[64, 64])")
+        buf = self.buffer_type(call.args[0], name)
+        self.declare_buffer(node.targets[0], buf)
+        self.allocs.append(buf)
+
+    # -- statements -------------------------------------------------------------
+
+    def block(self, nodes: list[ast.stmt], owner: ast.AST) -> Stmt:
+        stmts = []
+        for node in nodes:
+            stmts.extend(self.stmt(node))
+        if not stmts:
+            raise self.error(owner, "an empty block has no meaning here: remove it")
+        return ir.seq(*stmts)
+
+    def stmt(self, node: ast.stmt) -> list[Stmt]:
+        if isinstance(node, ast.For):
+            return [self.for_(node)]
+        if isinstance(node, ast.Assign):
+            if self.is_alloc(node):
+                raise self.error(node, "alloc() is only allowed at the top level of a function body")
+            if len(node.targets) != 1:
+                raise self.error(node, "assign to one buffer element at a time")
+            buf, idx = self.target(node.targets[0])
+            value = self.expr(node.value, buf.dtype)
+            self.check_value_dtype(node.value, value, buf)
+            return [self.at(node, Store(buf, idx, value))]
+        if isinstance(node, ast.AugAssign):
+            if not isinstance(node.op, ast.Add):
+                raise self.error(node, "only += updates are part of the language; write X[i] = X[i] op ...")
+            buf, idx = self.target(node.target)
+            value = self.expr(node.value, buf.dtype)
+            self.check_value_dtype(node.value, value, buf)
+            return [self.at(node, Accumulate(buf, idx, value))]
+        if isinstance(node, ast.If):
+            cond = self.condition(node.test)
+            then = self.block(node.body, node)
+            orelse = self.block(node.orelse, node) if node.orelse else None
+            return [self.at(node, If(cond, then, orelse))]
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
+                and isinstance(node.value.value, str):
+            return []  # a string used as a comment
+        if isinstance(node, ast.Pass):
+            raise self.error(node, "pass is not part of the language: remove it")
+        what = {ast.While: "while loops", ast.Return: "return", ast.FunctionDef: "nested functions",
+                ast.AnnAssign: "annotated assignments", ast.With: "with blocks",
+                ast.Import: "imports inside functions", ast.ImportFrom: "imports inside functions",
+                ast.Break: "break", ast.Continue: "continue", ast.Try: "try blocks",
+                ast.Delete: "del", ast.Global: "global", ast.Nonlocal: "nonlocal",
+                ast.Assert: "assert", ast.Raise: "raise"}.get(type(node))
+        if isinstance(node, ast.Expr):
+            what = "expression statements (only stores X[...] = e and X[...] += e)"
+        raise self.error(node, f"{what or type(node).__name__} {'are' if what else 'is'} not part of the script language")
+
+    def check_value_dtype(self, node: ast.AST, value: Expr, buf: Buffer) -> None:
+        if value.dtype != buf.dtype:
+            hint = f"; write a cast such as {buf.dtype}(...)" if value.dtype != BOOL else ""
+            raise self.error(node, f"dtype mismatch: a {value.dtype} value stored into {buf.name}, "
+                                   f"which holds {buf.dtype}{hint}")
+
+    def target(self, node: ast.AST) -> tuple[Buffer, tuple[Expr, ...]]:
+        if isinstance(node, ast.Name):
+            if node.id in self.buffers:
+                raise self.error(node, f"assign to an element of {node.id}, e.g. {node.id}[i] = ...")
+            raise self.error(node, f"{node.id} is not a buffer; scalar variables are not part of the language (use a temporary T = alloc(f32[1]))")
+        if not isinstance(node, ast.Subscript):
+            raise self.error(node, "the target of an assignment must be a buffer element such as C[i, j]")
+        return self.subscript(node)
+
+    def for_(self, node: ast.For) -> Stmt:
+        if node.orelse:
+            raise self.error(node.orelse[0], "for ... else is not part of the language")
+        names = node.target.elts if isinstance(node.target, ast.Tuple) else [node.target]
+        for n in names:
+            if not isinstance(n, ast.Name):
+                raise self.error(n, "loop variables must be plain names")
+        it = node.iter
+        if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Name)
+                and it.func.id in ("range", "grid")):
+            raise self.error(it, "loops iterate over range(...) or grid(...)")
+        if it.keywords:
+            raise self.error(it, f"{it.func.id}() takes no keyword arguments")
+        bounds = [self.loop_bound(a) for a in it.args]
+        if it.func.id == "range":
+            if len(names) != 1:
+                raise self.error(node.target, "range() binds one loop variable; use grid(N, M) for several")
+            if len(bounds) == 1:
+                ranges = [(0, bounds[0])]
+            elif len(bounds) == 2:
+                ranges = [(bounds[0], bounds[1])]
+            else:
+                raise self.error(it, "range() takes an extent or a start and a stop (no step)")
+        else:
+            if len(bounds) != len(names):
+                raise self.error(it, f"grid() has {len(bounds)} extents for {len(names)} loop variables")
+            ranges = [(0, b) for b in bounds]
+        for n, (lo, hi) in zip(names, ranges):
+            if hi <= lo:
+                raise self.error(it, f"loop {n.id} over range({lo}, {hi}) never runs")
+            self.bind_var(n)
+        try:
+            body = self.block(node.body, node)
+        finally:
+            del self.loop_vars[-len(names):]
+        for n, (lo, hi) in reversed(list(zip(names, ranges))):
+            body = self.at(node, For(n.id, lo, hi, body))
+        return body
+
+    def loop_bound(self, node: ast.AST) -> int:
+        if _is_literal(node):
+            value = self.literal_value(node)
+            if type(value) is int:
+                return value
+        raise self.error(node, "loop bounds must be integer constants")
+
+    def bind_var(self, n: ast.Name) -> None:
+        if n.id in self.buffers:
+            raise self.error(n, f"loop variable {n.id} has the name of a buffer")
+        if n.id in _RESERVED:
+            raise self.error(n, f"{n.id} is a reserved name and cannot name a loop variable")
+        if n.id in self.loop_vars:
+            raise self.error(n, f"loop variable {n.id} shadows an enclosing loop's variable")
+        self.loop_vars.append(n.id)
+
+    # -- expressions --------------------------------------------------------------
+
+    def subscript(self, node: ast.Subscript) -> tuple[Buffer, tuple[Expr, ...]]:
+        if not isinstance(node.value, ast.Name):
+            raise self.error(node.value, "only buffers can be indexed")
+        name = node.value.id
+        if name not in self.buffers:
+            if name in self.loop_vars:
+                raise self.error(node.value, f"{name} is a loop variable, not a buffer")
+            raise self.error(node.value, f"unknown buffer {name}")
+        buf = self.buffers[name]
+        elts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if len(elts) != buf.ndim:
+            raise self.error(node, f"{name} has {buf.ndim} dimension{'s' * (buf.ndim != 1)} but is indexed with {len(elts)}")
+        return buf, tuple(self.index(e, name) for e in elts)
+
+    def index(self, node: ast.AST, name: str) -> Expr:
+        if isinstance(node, ast.Slice):
+            raise self.error(node, f"slices are not part of the language: index {name} element by element")
+        e = self.expr(node, INDEX)
+        if e.dtype != INDEX:
+            raise self.error(node, f"an index of {name} must be an integer expression of loop variables, not {e.dtype}")
+        return e
+
+    def condition(self, node: ast.AST) -> Expr:
+        e = self.expr(node, None)
+        if e.dtype != BOOL:
+            raise self.error(node, "a condition must be a comparison, such as i < 4 or A[i] > 0.0")
+        return e
+
+    def literal_value(self, node: ast.AST):
+        if isinstance(node, ast.UnaryOp):
+            v = self.literal_value(node.operand)
+            if type(v) is bool:
+                raise self.error(node, "negating a boolean is written not x")
+            return -v
+        if isinstance(node, ast.Name):
+            return math.inf
+        return node.value
+
+    def literal(self, node: ast.AST, expected: Optional[str]) -> Const:
+        value = self.literal_value(node)
+        if type(value) is bool:
+            return self.at(node, Const(value, BOOL))
+        if type(value) is float:
+            dtype = expected if expected in ir.FLOAT_DTYPES else None
+            if dtype is None:
+                if expected is None or expected == BOOL:
+                    dtype = "f64"
+                else:
+                    raise self.error(node, f"the float literal {value!r} appears where {expected} is needed; write an integer or a cast")
+            return self.at(node, Const(value, dtype))
+        dtype = expected if expected in DTYPES else INDEX
+        if ir.is_int(dtype):
+            lo, hi = _int_range(dtype)
+            if not lo <= value <= hi:
+                raise self.error(node, f"the literal {value} does not fit {dtype} ({lo}..{hi})")
+        return self.at(node, Const(value, dtype))
+
+    def pair(self, a: ast.AST, b: ast.AST, expected: Optional[str]) -> tuple[Expr, Expr]:
+        """Operands of one binary operation: a literal takes the dtype of the other side."""
+        la, lb = _is_literal(a), _is_literal(b)
+        if la and lb:
+            if expected is None or expected == BOOL:
+                floaty = any(type(self.literal_value(x)) is float for x in (a, b))
+                expected = "f64" if floaty else INDEX
+            return self.literal(a, expected), self.literal(b, expected)
+        if la:
+            eb = self.expr(b, expected)
+            return self.literal(a, eb.dtype), eb
+        ea = self.expr(a, expected)
+        if lb:
+            return ea, self.literal(b, ea.dtype)
+        return ea, self.expr(b, expected)
+
+    def mismatch(self, node: ast.AST, what: str, x: Expr, y: Expr) -> ScriptError:
+        return self.error(node, f"dtype mismatch in {what}: {x.dtype} and {y.dtype}; "
+                                f"casts are written, e.g. {x.dtype}(...)")
+
+    def expr(self, node: ast.AST, expected: Optional[str]) -> Expr:
+        if _is_literal(node):
+            return self.literal(node, expected)
+        if isinstance(node, ast.Name):
+            if node.id in self.loop_vars:
+                return self.at(node, Var(node.id))
+            if node.id in self.buffers:
+                raise self.error(node, f"buffer {node.id} is used without an index")
+            raise self.error(node, f"unknown name {node.id}")
+        if isinstance(node, ast.Subscript):
+            buf, idx = self.subscript(node)
+            return self.at(node, Load(buf, idx))
+        if isinstance(node, ast.BinOp):
+            return self.binop(node, expected)
+        if isinstance(node, ast.UnaryOp):
+            return self.unaryop(node, expected)
+        if isinstance(node, ast.Compare):
+            return self.compare(node)
+        if isinstance(node, ast.BoolOp):
+            op = "and" if isinstance(node.op, ast.And) else "or"
+            values = [self.condition(v) for v in node.values]
+            out = values[0]
+            for v in values[1:]:
+                out = self.at(node, Logical(op, out, v))
+            return out
+        if isinstance(node, ast.Call):
+            return self.call(node, expected)
+        if isinstance(node, ast.IfExp):
+            cond = self.condition(node.test)
+            a, b = self.pair(node.body, node.orelse, expected)
+            if a.dtype != b.dtype:
+                raise self.mismatch(node, "a conditional expression", a, b)
+            return self.at(node, Select(cond, a, b))
+        if isinstance(node, ast.Attribute):
+            raise self.error(node, "attribute access is not part of the script language")
+        if isinstance(node, ast.Constant):
+            raise self.error(node, f"{type(node.value).__name__} literals are not part of the language")
+        raise self.error(node, f"{type(node).__name__} expressions are not part of the script language")
+
+    def binop(self, node: ast.BinOp, expected: Optional[str]) -> Expr:
+        op = _BINOPS.get(type(node.op))
+        if op is None:
+            raise self.error(node, f"the operator {type(node.op).__name__} is not part of the language")
+        a, b = self.pair(node.left, node.right, expected)
+        if a.dtype != b.dtype:
+            raise self.mismatch(node, f"a {op} b", a, b)
+        if a.dtype == BOOL:
+            raise self.error(node, f"{op} does not apply to conditions; use and, or, not")
+        if op == "/" and not ir.is_float(a.dtype):
+            raise self.error(node, f"/ is float division but its operands are {a.dtype}; use // for integers")
+        if op in ("//", "%") and not ir.is_int(a.dtype):
+            raise self.error(node, f"{op} is integer-only but its operands are {a.dtype}")
+        return self.at(node, Binary(op, a, b))
+
+    def unaryop(self, node: ast.UnaryOp, expected: Optional[str]) -> Expr:
+        if isinstance(node.op, ast.Not):
+            return self.at(node, Unary("not", self.condition(node.operand)))
+        if isinstance(node.op, ast.USub):
+            a = self.expr(node.operand, expected)
+            if a.dtype == BOOL:
+                raise self.error(node, "negating a condition is written not x")
+            return self.at(node, Unary("neg", a))
+        raise self.error(node, f"the unary operator {type(node.op).__name__} is not part of the language")
+
+    def compare(self, node: ast.Compare) -> Expr:
+        if any(type(op) not in _CMPOPS for op in node.ops):
+            raise self.error(node, "only < <= > >= == != comparisons are part of the language")
+        terms = [node.left] + list(node.comparators)
+        out = None
+        for op, l, r in zip(node.ops, terms, terms[1:]):
+            a, b = self.pair(l, r, None)
+            if a.dtype != b.dtype:
+                raise self.mismatch(node, "a comparison", a, b)
+            c = self.at(node, Compare(_CMPOPS[type(op)], a, b))
+            out = c if out is None else self.at(node, Logical("and", out, c))
+        return out
+
+    def call(self, node: ast.Call, expected: Optional[str]) -> Expr:
+        if not isinstance(node.func, ast.Name):
+            raise self.error(node.func, f"only the built-in functions can be called: {_FUNCTIONS_SENTENCE}")
+        name = node.func.id
+        if node.keywords:
+            raise self.error(node, f"{name}() takes no keyword arguments")
+        args = node.args
+
+        def arity(n: int) -> None:
+            if len(args) != n:
+                raise self.error(node, f"{name}() takes {n} argument{'s' * (n != 1)}, not {len(args)}")
+
+        if name in ("max", "min"):
+            arity(2)
+            a, b = self.pair(args[0], args[1], expected)
+            if a.dtype != b.dtype:
+                raise self.mismatch(node, f"{name}()", a, b)
+            if a.dtype == BOOL:
+                raise self.error(node, f"{name}() takes numbers, not conditions")
+            return self.at(node, Binary(name, a, b))
+        if name in _UNARY_FUNCS:
+            arity(1)
+            a = self.expr(args[0], expected)
+            if name in ("exp", "sqrt") and not ir.is_float(a.dtype):
+                raise self.error(node, f"{name}() takes a float, not {a.dtype}; cast first, e.g. f32(...)")
+            if a.dtype == BOOL:
+                raise self.error(node, f"{name}() takes a number, not a condition")
+            return self.at(node, Unary(name, a))
+        if name in DTYPES:
+            arity(1)
+            return self.at(node, Cast(name, self.expr(args[0], None)))
+        if name == "select":
+            arity(3)
+            cond = self.condition(args[0])
+            a, b = self.pair(args[1], args[2], expected)
+            if a.dtype != b.dtype:
+                raise self.mismatch(node, "select()", a, b)
+            return self.at(node, Select(cond, a, b))
+        if name in ("range", "grid"):
+            raise self.error(node, f"{name}() is only used as the iterable of a for loop")
+        if name == "alloc":
+            raise self.error(node, "alloc() is only allowed as T = alloc(f32[...]) at the top of a function body")
+        raise self.error(node, f"unknown function {name}: {_FUNCTIONS_SENTENCE}")
+
+
+def _is_prim_func_decorator(node: ast.AST) -> bool:
+    return isinstance(node, ast.Name) and node.id == "prim_func"
+
+
+def parse_all(text: str, file: str = "<script>") -> dict[str, PrimFunc]:
+    """Every ``@prim_func`` of a script text, by name, in order."""
+    try:
+        module = ast.parse(text, filename=file)
+    except SyntaxError as e:
+        raise ScriptError(file, e.lineno or 1, e.offset or 1, f"Python syntax error: {e.msg}") from None
+    except ValueError as e:  # e.g. a NUL byte
+        raise ScriptError(file, 1, 1, f"unreadable script: {e}") from None
+    funcs: dict[str, PrimFunc] = {}
+    for i, node in enumerate(module.body):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
+                and isinstance(node.value.value, str):
+            continue
+        if isinstance(node, ast.FunctionDef):
+            decorators = node.decorator_list
+            if len(decorators) != 1 or not _is_prim_func_decorator(decorators[0]):
+                at = decorators[0] if decorators else node
+                raise ScriptError(file, at.lineno, at.col_offset + 1,
+                                  f"function {node.name} must be decorated with @prim_func and nothing else")
+            if node.name in funcs:
+                raise ScriptError(file, node.lineno, node.col_offset + 1,
+                                  f"function {node.name} is defined twice")
+            funcs[node.name] = _FunctionParser(file, node).parse()
+            continue
+        what = "async functions" if isinstance(node, ast.AsyncFunctionDef) else "top-level code"
+        raise ScriptError(file, node.lineno, node.col_offset + 1,
+                          f"{what} is not part of the script language: a file holds imports, "
+                          "docstrings and @prim_func functions")
+    return funcs
+
+
+def parse(text: str, file: str = "<script>") -> PrimFunc:
+    """The one ``@prim_func`` of a script text."""
+    funcs = parse_all(text, file)
+    if len(funcs) != 1:
+        raise ScriptError(file, 1, 1, f"expected exactly one @prim_func function, found {len(funcs)}")
+    return next(iter(funcs.values()))
+
+
+def parse_file(path) -> dict[str, PrimFunc]:
+    """Every ``@prim_func`` of a script file, by name."""
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ScriptError(path, 1, 1, f"cannot read the script: {reason}") from None
+    return parse_all(text, path)
+
+
+# ---------------------------------------------------------------------------
+# printing
+
+# Python precedence levels, loosest first; a child binding looser than its parent gets parentheses.
+_OR, _AND, _NOT, _CMP, _ADD, _MUL, _NEG, _ATOM = range(1, 9)
+_LEVEL = {"+": _ADD, "-": _ADD, "*": _MUL, "/": _MUL, "//": _MUL, "%": _MUL}
+
+
+def _const_text(c: Const) -> str:
+    if c.dtype == BOOL:
+        return "True" if c.value else "False"
+    if isinstance(c.value, float):
+        if math.isinf(c.value):
+            return "inf" if c.value > 0 else "-inf"
+        if math.isnan(c.value):
+            raise ValueError("NaN constants cannot be written in the script language")
+        return repr(c.value)
+    return str(c.value)
+
+
+def _level(e: Expr) -> int:
+    if isinstance(e, Binary):
+        return _LEVEL.get(e.op, _ATOM)
+    if isinstance(e, Unary):
+        return {"neg": _NEG, "not": _NOT}.get(e.op, _ATOM)
+    if isinstance(e, Compare):
+        return _CMP
+    if isinstance(e, Logical):
+        return _AND if e.op == "and" else _OR
+    if isinstance(e, Const) and (e.value < 0 if e.dtype != BOOL else False):
+        return _NEG
+    return _ATOM
+
+
+def _wrap(e: Expr, min_level: int) -> str:
+    text = show_expr(e)
+    return f"({text})" if _level(e) < min_level else text
+
+
+def show_expr(e: Expr) -> str:
+    """Canonical text of one expression."""
+    if isinstance(e, Var):
+        return e.name
+    if isinstance(e, Const):
+        return _const_text(e)
+    if isinstance(e, Load):
+        return f"{e.buffer.name}[{', '.join(show_expr(i) for i in e.indices)}]"
+    if isinstance(e, Binary):
+        if e.op in ("max", "min"):
+            return f"{e.op}({show_expr(e.a)}, {show_expr(e.b)})"
+        lvl = _LEVEL[e.op]
+        return f"{_wrap(e.a, lvl)} {e.op} {_wrap(e.b, lvl + 1)}"
+    if isinstance(e, Unary):
+        if e.op == "neg":
+            return f"-{_wrap(e.a, _NEG)}"
+        if e.op == "not":
+            return f"not {_wrap(e.a, _NOT)}"
+        return f"{e.op}({show_expr(e.a)})"
+    if isinstance(e, Cast):
+        return f"{e.dtype}({show_expr(e.a)})"
+    if isinstance(e, Select):
+        return f"select({show_expr(e.cond)}, {show_expr(e.a)}, {show_expr(e.b)})"
+    if isinstance(e, Compare):
+        # comparisons do not chain in the IR: both sides bind tighter than a comparison
+        return f"{_wrap(e.a, _CMP + 1)} {e.op} {_wrap(e.b, _CMP + 1)}"
+    if isinstance(e, Logical):
+        lvl = _AND if e.op == "and" else _OR
+        return f"{_wrap(e.a, lvl)} {e.op} {_wrap(e.b, lvl + 1)}"
+    raise TypeError(f"not an expression: {e!r}")
+
+
+def _show_stmt(s: Stmt, indent: int, out: list[str]) -> None:
+    pad = "    " * indent
+    if isinstance(s, Seq):
+        for c in s.stmts:
+            _show_stmt(c, indent, out)
+    elif isinstance(s, (Store, Accumulate)):
+        op = "=" if isinstance(s, Store) else "+="
+        idx = ", ".join(show_expr(i) for i in s.indices)
+        out.append(f"{pad}{s.buffer.name}[{idx}] {op} {show_expr(s.value)}")
+    elif isinstance(s, For):
+        loops = [s]
+        while isinstance(loops[-1].body, For) and loops[-1].start == 0 and loops[-1].body.start == 0:
+            loops.append(loops[-1].body)
+        if len(loops) > 1:
+            names = ", ".join(f.var for f in loops)
+            extents = ", ".join(str(f.stop) for f in loops)
+            out.append(f"{pad}for {names} in grid({extents}):")
+        elif s.start == 0:
+            out.append(f"{pad}for {s.var} in range({s.stop}):")
+        else:
+            out.append(f"{pad}for {s.var} in range({s.start}, {s.stop}):")
+        _show_stmt(loops[-1].body, indent + 1, out)
+    elif isinstance(s, If):
+        keyword = "if"
+        while True:
+            out.append(f"{pad}{keyword} {show_expr(s.cond)}:")
+            _show_stmt(s.then, indent + 1, out)
+            if isinstance(s.orelse, If):
+                keyword, s = "elif", s.orelse
+                continue
+            if s.orelse is not None:
+                out.append(f"{pad}else:")
+                _show_stmt(s.orelse, indent + 1, out)
+            break
+    else:
+        raise TypeError(f"not a statement: {s!r}")
+
+
+def _buffer_type(b: Buffer) -> str:
+    return f"{b.dtype}[{', '.join(str(d) for d in b.shape)}]"
+
+
+def _docstring(doc: str) -> str:
+    if '"""' in doc or "\\" in doc or doc.endswith('"'):
+        return repr(doc)
+    return '"""' + doc.replace("\n", "\n    ") + '"""'
+
+
+def show(func: PrimFunc) -> str:
+    """Canonical script text of a function; ``parse(show(f)) == f``."""
+    params = ", ".join(f"{b.name}: {_buffer_type(b)}" for b in func.params)
+    out = ["@prim_func", f"def {func.name}({params}):"]
+    if func.doc:
+        out.append("    " + _docstring(func.doc))
+    for b in func.allocs:
+        out.append(f"    {b.name} = alloc({_buffer_type(b)})")
+    _show_stmt(func.body, 1, out)
+    return "\n".join(out) + "\n"
+
+
+def show_file(funcs: Iterable[PrimFunc]) -> str:
+    """A whole script file: the import line for linters, then every function."""
+    funcs = list(funcs)
+    names = sorted({b.dtype for f in funcs for b in f.buffers}
+                   | {"prim_func"} | ({"grid"} if any("grid(" in show(f) for f in funcs) else set()))
+    head = f"from rewrite.script import {', '.join(names)}\n"
+    return head + "".join("\n\n" + show(f) for f in funcs)

@@ -1,0 +1,327 @@
+"""Well-formedness of a ``PrimFunc``: names, scopes, dtypes, canonical form, static bounds.
+
+``verify(func)`` raises ``VerifyError`` (a message and the offending IR node) on the
+first problem. The parser runs it on every function it builds and turns the node
+back into a script location; every later stage can run it on what it produces.
+
+Bounds are checked statically: each index is an affine form in the loop variables
+(plus ``//`` and ``%`` by positive constants), evaluated over the loop ranges, narrowed
+by enclosing ``if`` conditions of the form ``var < const`` (and ``and`` of such).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from . import ir
+from .ir import (BOOL, DTYPES, INDEX, Accumulate, Binary, Buffer, Cast, Compare, Const, Expr, For,
+                 If, Load, Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var)
+
+
+class VerifyError(Exception):
+    """A malformed program: one sentence, and the IR node it is about."""
+
+    def __init__(self, message: str, node: object = None):
+        super().__init__(message)
+        self.message = message
+        self.node = node
+
+
+# ---------------------------------------------------------------------------
+# intervals of index expressions
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    lo: int
+    hi: int
+
+    def __add__(self, o: "Interval") -> "Interval":
+        return Interval(self.lo + o.lo, self.hi + o.hi)
+
+    def scale(self, k: int) -> "Interval":
+        a, b = self.lo * k, self.hi * k
+        return Interval(min(a, b), max(a, b))
+
+
+Ranges = dict[str, Interval]
+
+
+def _linear(e: Expr) -> Optional[tuple[dict[object, int], int]]:
+    """``e`` as ``sum(coef * atom) + const`` where atoms are loop variables or ``//``/``%`` terms.
+
+    Collecting coefficients first keeps ``i - i`` exact, which plain interval
+    arithmetic would widen. ``None`` when ``e`` is not of that form.
+    """
+    if isinstance(e, Var):
+        return {e.name: 1}, 0
+    if isinstance(e, Const) and ir.is_int(e.dtype):
+        return {}, e.value
+    if isinstance(e, Unary) and e.op == "neg":
+        inner = _linear(e.a)
+        return None if inner is None else ({k: -v for k, v in inner[0].items()}, -inner[1])
+    if isinstance(e, Binary):
+        if e.op in ("+", "-"):
+            a, b = _linear(e.a), _linear(e.b)
+            if a is None or b is None:
+                return None
+            sign = 1 if e.op == "+" else -1
+            terms = dict(a[0])
+            for k, v in b[0].items():
+                terms[k] = terms.get(k, 0) + sign * v
+            return {k: v for k, v in terms.items() if v}, a[1] + sign * b[1]
+        if e.op == "*":
+            a, b = _linear(e.a), _linear(e.b)
+            if a is None or b is None:
+                return None
+            if a[0] and b[0]:
+                return None  # a product of two variables
+            (terms, c), k = (a, b[1]) if not b[0] else (b, a[1])
+            return {t: v * k for t, v in terms.items() if v * k}, c * k
+        if e.op in ("//", "%") and isinstance(e.b, Const) and e.b.value > 0 and _linear(e.a) is not None:
+            return {e: 1}, 0
+    return None
+
+
+def is_affine_index(e: Expr) -> bool:
+    """Affine in loop variables, with ``//`` and ``%`` by positive constants."""
+    return e.dtype == INDEX and _linear(e) is not None
+
+
+def interval(e: Expr, ranges: Ranges) -> Interval:
+    """The values ``e`` takes when each loop variable ranges over ``ranges``."""
+    lin = _linear(e)
+    if lin is None:
+        raise VerifyError("not an affine index expression", e)
+    terms, const = lin
+    out = Interval(const, const)
+    for atom, k in terms.items():
+        out = out + _atom_interval(atom, ranges).scale(k)
+    return out
+
+
+def _atom_interval(atom: object, ranges: Ranges) -> Interval:
+    if isinstance(atom, str):
+        return ranges[atom]
+    assert isinstance(atom, Binary)
+    inner, d = interval(atom.a, ranges), atom.b.value
+    if atom.op == "//":
+        return Interval(inner.lo // d, inner.hi // d)
+    if inner.lo // d == inner.hi // d:  # one period: modulo is a shift
+        return Interval(inner.lo % d, inner.hi % d)
+    return Interval(0, d - 1)
+
+
+def narrow(cond: Expr, ranges: Ranges, positive: bool = True) -> Ranges:
+    """Loop ranges inside ``if cond`` (or its ``else`` when ``positive`` is false).
+
+    Understands ``v op c`` and ``c op v`` for a loop variable ``v`` and a constant
+    ``c``, and conjunctions of them on the ``if`` side. Anything else leaves the
+    ranges as they are, which is safe: the bound check then looks at more values.
+    """
+    if isinstance(cond, Logical) and cond.op == "and" and positive:
+        return narrow(cond.b, narrow(cond.a, ranges, True), True)
+    if isinstance(cond, Unary) and cond.op == "not":
+        return narrow(cond.a, ranges, not positive)
+    if not isinstance(cond, Compare):
+        return ranges
+    op, a, b = cond.op, cond.a, cond.b
+    if isinstance(a, Const) and isinstance(b, Var):
+        op, a, b = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}[op], b, a
+    if not (isinstance(a, Var) and isinstance(b, Const) and ir.is_int(b.dtype) and a.name in ranges):
+        return ranges
+    if not positive:
+        op = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}[op]
+    c, r = b.value, ranges[a.name]
+    lo, hi = r.lo, r.hi
+    if op == "<":
+        hi = min(hi, c - 1)
+    elif op == "<=":
+        hi = min(hi, c)
+    elif op == ">":
+        lo = max(lo, c + 1)
+    elif op == ">=":
+        lo = max(lo, c)
+    elif op == "==":
+        lo, hi = max(lo, c), min(hi, c)
+    out = dict(ranges)
+    out[a.name] = Interval(lo, hi)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the checks
+
+
+class _Verifier:
+    def __init__(self, func: PrimFunc):
+        self.func = func
+        self.buffers: dict[str, Buffer] = {}
+
+    def run(self) -> None:
+        f = self.func
+        if not f.name.isidentifier():
+            raise VerifyError(f"function name {f.name!r} is not an identifier", f)
+        for b in f.buffers:
+            if b.name in self.buffers:
+                raise VerifyError(f"buffer {b.name} is declared twice", b)
+            if not b.name.isidentifier():
+                raise VerifyError(f"buffer name {b.name!r} is not an identifier", b)
+            if b.dtype not in DTYPES:
+                raise VerifyError(f"buffer {b.name} has unknown dtype {b.dtype}", b)
+            if not b.shape or any(not isinstance(d, int) or d <= 0 for d in b.shape):
+                raise VerifyError(f"buffer {b.name} needs a shape of positive integers, not {b.shape}", b)
+            self.buffers[b.name] = b
+        self.stmt(f.body, {})
+
+    # -- statements ---------------------------------------------------------------
+
+    def stmt(self, s: Stmt, ranges: Ranges) -> None:
+        if isinstance(s, Seq):
+            if len(s.stmts) < 2 or any(isinstance(c, Seq) for c in s.stmts):
+                raise VerifyError("a statement sequence must hold two or more non-sequence statements", s)
+            for c in s.stmts:
+                self.stmt(c, ranges)
+        elif isinstance(s, For):
+            if not s.var.isidentifier():
+                raise VerifyError(f"loop variable {s.var!r} is not an identifier", s)
+            if s.var in ranges:
+                raise VerifyError(f"loop variable {s.var} shadows an enclosing loop's variable", s)
+            if s.var in self.buffers:
+                raise VerifyError(f"loop variable {s.var} has the name of a buffer", s)
+            if not (isinstance(s.start, int) and isinstance(s.stop, int)) or s.stop <= s.start:
+                raise VerifyError(f"loop {s.var} over range({s.start}, {s.stop}) never runs", s)
+            inner = dict(ranges)
+            inner[s.var] = Interval(s.start, s.stop - 1)
+            self.stmt(s.body, inner)
+        elif isinstance(s, If):
+            self.condition(s.cond, ranges, s)
+            self.stmt(s.then, narrow(s.cond, ranges, True))
+            if s.orelse is not None:
+                self.stmt(s.orelse, narrow(s.cond, ranges, False))
+        elif isinstance(s, (Store, Accumulate)):
+            self.access(s.buffer, s.indices, ranges, s)
+            value = self.expr(s.value, ranges)
+            if value != s.buffer.dtype:
+                raise VerifyError(f"dtype mismatch: a {value} value stored into {s.buffer.name}, "
+                                  f"which holds {s.buffer.dtype}", s)
+        else:
+            raise VerifyError(f"not a statement: {type(s).__name__}", s)
+
+    def condition(self, e: Expr, ranges: Ranges, owner: object) -> None:
+        if self.expr(e, ranges) != BOOL:
+            raise VerifyError("a condition must be a comparison", owner)
+
+    def access(self, buf: Buffer, indices: tuple[Expr, ...], ranges: Ranges, node: object) -> None:
+        declared = self.buffers.get(buf.name)
+        if declared is None:
+            raise VerifyError(f"unknown buffer {buf.name}", node)
+        if declared != buf:
+            raise VerifyError(f"buffer {buf.name} is used as {buf.dtype}{list(buf.shape)} but declared "
+                              f"as {declared.dtype}{list(declared.shape)}", node)
+        if len(indices) != buf.ndim:
+            raise VerifyError(f"{buf.name} has {buf.ndim} dimensions but is indexed with {len(indices)}", node)
+        for dim, idx in enumerate(indices):
+            if self.expr(idx, ranges) != INDEX:
+                raise VerifyError(f"an index of {buf.name} must be an integer expression of loop variables", node)
+            if not is_affine_index(idx):
+                raise VerifyError(f"index {_show(idx)} of {buf.name} is not affine in the loop variables "
+                                  "(allowed: sums of constant multiples, // and % by positive constants)", node)
+            r = interval(idx, ranges)
+            if r.lo > r.hi:
+                continue  # unreachable under its conditions
+            if r.lo < 0 or r.hi >= buf.shape[dim]:
+                raise VerifyError(f"{_show_access(buf, indices)} can go out of bounds: index {_show(idx)} "
+                                  f"takes values {r.lo}..{r.hi} but dimension {dim} of {buf.name} "
+                                  f"is 0..{buf.shape[dim] - 1}", node)
+
+    # -- expressions: returns the dtype ---------------------------------------------
+
+    def expr(self, e: Expr, ranges: Ranges) -> str:
+        if isinstance(e, Var):
+            if e.name not in ranges:
+                raise VerifyError(f"loop variable {e.name} is used outside its loop", e)
+            return INDEX
+        if isinstance(e, Const):
+            if e.dtype not in DTYPES and e.dtype != BOOL:
+                raise VerifyError(f"constant of unknown dtype {e.dtype}", e)
+            if ir.is_int(e.dtype):
+                n = ir.bits(e.dtype)
+                lo, hi = (-(1 << (n - 1)), (1 << (n - 1)) - 1) if ir.is_signed(e.dtype) else (0, (1 << n) - 1)
+                if not lo <= e.value <= hi:
+                    raise VerifyError(f"the constant {e.value} does not fit {e.dtype}", e)
+            return e.dtype
+        if isinstance(e, Load):
+            self.access(e.buffer, e.indices, ranges, e)
+            return e.buffer.dtype
+        if isinstance(e, Binary):
+            a, b = self.expr(e.a, ranges), self.expr(e.b, ranges)
+            if e.op not in ir.BINARY_OPS:
+                raise VerifyError(f"unknown operator {e.op}", e)
+            if a != b:
+                raise VerifyError(f"dtype mismatch in {e.op}: {a} and {b}", e)
+            if a == BOOL:
+                raise VerifyError(f"{e.op} does not apply to conditions", e)
+            if e.op == "/" and not ir.is_float(a):
+                raise VerifyError(f"/ is float division but its operands are {a}", e)
+            if e.op in ("//", "%") and not ir.is_int(a):
+                raise VerifyError(f"{e.op} is integer-only but its operands are {a}", e)
+            return a
+        if isinstance(e, Unary):
+            a = self.expr(e.a, ranges)
+            if e.op not in ir.UNARY_OPS:
+                raise VerifyError(f"unknown operator {e.op}", e)
+            if e.op == "not":
+                if a != BOOL:
+                    raise VerifyError("not applies to conditions", e)
+                return BOOL
+            if a == BOOL:
+                raise VerifyError(f"{e.op} does not apply to conditions", e)
+            if e.op in ("exp", "sqrt") and not ir.is_float(a):
+                raise VerifyError(f"{e.op} takes a float, not {a}", e)
+            if e.op == "neg" and isinstance(e.a, Const):
+                raise VerifyError("a negated constant must be written as a negative constant", e)
+            return a
+        if isinstance(e, Cast):
+            self.expr(e.a, ranges)
+            if e.dtype not in DTYPES:
+                raise VerifyError(f"cast to unknown dtype {e.dtype}", e)
+            return e.dtype
+        if isinstance(e, Select):
+            if self.expr(e.cond, ranges) != BOOL:
+                raise VerifyError("the condition of select() must be a comparison", e)
+            a, b = self.expr(e.a, ranges), self.expr(e.b, ranges)
+            if a != b:
+                raise VerifyError(f"dtype mismatch in select(): {a} and {b}", e)
+            return a
+        if isinstance(e, Compare):
+            a, b = self.expr(e.a, ranges), self.expr(e.b, ranges)
+            if e.op not in ir.COMPARE_OPS:
+                raise VerifyError(f"unknown comparison {e.op}", e)
+            if a != b:
+                raise VerifyError(f"dtype mismatch in a comparison: {a} and {b}", e)
+            return BOOL
+        if isinstance(e, Logical):
+            if e.op not in ir.LOGICAL_OPS:
+                raise VerifyError(f"unknown operator {e.op}", e)
+            if self.expr(e.a, ranges) != BOOL or self.expr(e.b, ranges) != BOOL:
+                raise VerifyError(f"{e.op} applies to conditions", e)
+            return BOOL
+        raise VerifyError(f"not an expression: {type(e).__name__}", e)
+
+
+def _show(e: Expr) -> str:
+    from .script import show_expr
+
+    return show_expr(e)
+
+
+def _show_access(buf: Buffer, indices: tuple[Expr, ...]) -> str:
+    return f"{buf.name}[{', '.join(_show(i) for i in indices)}]"
+
+
+def verify(func: PrimFunc) -> PrimFunc:
+    """Check ``func`` and return it; raise ``VerifyError`` on the first problem."""
+    _Verifier(func).run()
+    return func
