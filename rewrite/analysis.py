@@ -1,0 +1,715 @@
+"""Dependence analysis: affine accesses, direction vectors, loop classes, and a legality oracle.
+
+Paths. A statement is named by its path from the function body, since loop variables may
+repeat in sibling loops. The k-th statement of a body (the function's, a loop's) adds ``k``;
+inside an ``if``, the branch (0 then, 1 else) comes before the position within it::
+
+    for i in range(8):          # (0,)
+        T[i] = X[i]             # (0, 0)
+        if i > 0:               # (0, 1)
+            Y[i] = T[i - 1]     # (0, 1, 0, 0)
+    for i in range(8): ...      # (1,)
+
+Directions. For accesses ``a`` and ``b`` and the loops they share, a direction vector holds,
+per shared loop, how ``b``'s iteration compares with ``a``'s: ``<`` (b runs in a later
+iteration), ``=`` or ``>``. A ``Dependence`` is oriented from the access that runs first.
+
+Soundness. Whenever an answer is uncertain the analysis assumes a dependence: indices with
+``//``, ``%`` or loads, conditions of ``if`` (a guarded write is assumed to happen), and
+coupled subscripts on large iteration spaces (GCD and Banerjee bounds are tested per
+dimension) all err towards "carried" and "not legal". Small spaces (``ENUMERATION_LIMIT``
+instance pairs) are enumerated, which is exact for any index expression without loads.
+
+Reductions. A loop is a reduction only when everything it carries is ``+=`` into the same
+element, so ``C[i, j] = max(C[i, j], A[i, k] + B[k, j])`` makes ``k`` *carried*: max is as
+reorderable as ``+``, but the IR cannot tell a max-reduction from any other read-then-write.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import product
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .ir import (INDEX, Accumulate, Binary, Buffer, Cast, Const, Expr, For, If, Load, PrimFunc,
+                 Seq, Stmt, Store, Unary, Var, is_int, loads_of, stmts_of)
+from .script import show_expr
+
+Path = tuple[int, ...]
+
+DIRECTIONS = ("<", "=", ">")
+
+# Pairs of instances up to which two accesses are compared element by element (exact).
+ENUMERATION_LIMIT = 1 << 18
+
+
+# ---------------------------------------------------------------------------
+# affine maps
+
+
+@dataclass(frozen=True, slots=True)
+class Affine:
+    """``sum(coefficient * var) + const``; ``terms`` sorted by variable, no zero coefficients."""
+
+    terms: tuple[tuple[str, int], ...] = ()
+    const: int = 0
+
+    def coeff(self, var: str) -> int:
+        return dict(self.terms).get(var, 0)
+
+    @property
+    def vars(self) -> tuple[str, ...]:
+        return tuple(v for v, _ in self.terms)
+
+    def plus(self, other: Affine) -> Affine:
+        merged = dict(self.terms)
+        for v, c in other.terms:
+            merged[v] = merged.get(v, 0) + c
+        return Affine(_terms(merged), self.const + other.const)
+
+    def scale(self, k: int) -> Affine:
+        return Affine(_terms({v: c * k for v, c in self.terms}), self.const * k)
+
+    def __str__(self) -> str:
+        parts = [v if c == 1 else f"{c}*{v}" for v, c in self.terms]
+        if self.const or not parts:
+            parts.append(str(self.const))
+        return " + ".join(parts).replace("+ -", "- ")
+
+
+def _terms(coeffs: dict[str, int]) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted((v, c) for v, c in coeffs.items() if c))
+
+
+def affine(e: Expr) -> Affine | None:
+    """The affine map of an index expression, or None when it is not affine in loop variables
+    (``//``, ``%``, ``max``, loads, float arithmetic)."""
+    if isinstance(e, Var):
+        return Affine(((e.name, 1),))
+    if isinstance(e, Const):
+        return Affine((), e.value) if is_int(e.dtype) else None
+    if isinstance(e, Unary) and e.op == "neg":
+        a = affine(e.a)
+        return None if a is None else a.scale(-1)
+    if isinstance(e, Cast) and e.dtype == INDEX and is_int(e.a.dtype):
+        return affine(e.a)
+    if isinstance(e, Binary) and e.op in ("+", "-", "*"):
+        a, b = affine(e.a), affine(e.b)
+        if a is None or b is None:
+            return None
+        if e.op == "+":
+            return a.plus(b)
+        if e.op == "-":
+            return a.plus(b.scale(-1))
+        if not a.terms:
+            return b.scale(a.const)
+        if not b.terms:
+            return a.scale(b.const)
+    return None
+
+
+# ---------------------------------------------------------------------------
+# statements by path
+
+
+@dataclass(frozen=True, slots=True)
+class Loop:
+    """A loop as seen from an access inside it."""
+
+    path: Path
+    var: str
+    start: int
+    stop: int
+
+    @property
+    def extent(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def _children(s: Stmt) -> list[tuple[Path, Stmt]]:
+    if isinstance(s, For):
+        return [((k,), c) for k, c in enumerate(stmts_of(s.body))]
+    if isinstance(s, Seq):
+        return [((k,), c) for k, c in enumerate(s.stmts)]
+    if isinstance(s, If):
+        branches = [s.then] + ([] if s.orelse is None else [s.orelse])
+        return [((b, k), c) for b, branch in enumerate(branches) for k, c in enumerate(stmts_of(branch))]
+    return []
+
+
+def stmt_at(func: PrimFunc, path: Path) -> Stmt:
+    """The statement at ``path``; ValueError when there is none."""
+    level = [((k,), c) for k, c in enumerate(stmts_of(func.body))]
+    rest = tuple(path)
+    while rest:
+        for sub, s in level:
+            if rest[:len(sub)] == sub:
+                rest = rest[len(sub):]
+                if not rest:
+                    return s
+                level = _children(s)
+                break
+        else:
+            break
+    raise ValueError(f"{func.name}: no statement at path {tuple(path)}")
+
+
+def loop_at(func: PrimFunc, path: Path) -> For:
+    s = stmt_at(func, path)
+    if not isinstance(s, For):
+        raise ValueError(f"{func.name}: the statement at path {tuple(path)} is not a loop")
+    return s
+
+
+def find_loop(func: PrimFunc, var: str) -> Path:
+    """The path of the only loop over ``var``; ValueError when there are none or several."""
+    found = [info.path for info in loops(func) if info.var == var]
+    if len(found) != 1:
+        raise ValueError(f"{func.name}: {len(found)} loops over {var!r}, expected exactly one")
+    return found[0]
+
+
+# ---------------------------------------------------------------------------
+# accesses
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """One load, store or ``+=`` of a buffer element, with its loops and affine index maps.
+
+    ``order`` is the access's rank in execution order within one iteration of all its loops
+    (a statement's loads come before its write), so it orders loop-independent dependences.
+    """
+
+    order: int
+    path: Path
+    buffer: Buffer
+    kind: str  # "read", "write" or "accumulate"
+    loops: tuple[Loop, ...]
+    indices: tuple[Expr, ...]
+    maps: tuple[Affine | None, ...]
+    stmt: Stmt = field(compare=False, repr=False)
+
+    @property
+    def writes(self) -> bool:
+        return self.kind != "read"
+
+    @property
+    def is_affine(self) -> bool:
+        return all(m is not None for m in self.maps)
+
+    @property
+    def element(self) -> str:
+        """The element in script syntax, e.g. ``C[i, j]``."""
+        return f"{self.buffer.name}[{', '.join(show_expr(i) for i in self.indices)}]"
+
+    def __str__(self) -> str:
+        return self.element + {"read": "", "write": " =", "accumulate": " +="}[self.kind]
+
+
+def accesses(func: PrimFunc) -> list[Access]:
+    """Every buffer access, in execution order, including loads in conditions and selects."""
+    out: list[Access] = []
+
+    def add(path: Path, stmt: Stmt, buffer: Buffer, kind: str, loops_: tuple[Loop, ...],
+            indices: tuple[Expr, ...]) -> None:
+        maps = tuple(affine(i) for i in indices)
+        out.append(Access(len(out), path, buffer, kind, loops_, indices, maps, stmt))
+
+    def add_loads(path: Path, stmt: Stmt, loops_: tuple[Loop, ...], exprs: Sequence[Expr]) -> None:
+        for e in exprs:
+            for load in loads_of(e):
+                add(path, stmt, load.buffer, "read", loops_, load.indices)
+
+    def visit(s: Stmt, path: Path, loops_: tuple[Loop, ...]) -> None:
+        if isinstance(s, For):
+            loops_ = loops_ + (Loop(path, s.var, s.start, s.stop),)
+        elif isinstance(s, If):
+            add_loads(path, s, loops_, (s.cond,))
+        elif isinstance(s, (Store, Accumulate)):
+            add_loads(path, s, loops_, s.indices + (s.value,))
+            kind = "write" if isinstance(s, Store) else "accumulate"
+            add(path, s, s.buffer, kind, loops_, s.indices)
+        for sub, c in _children(s):
+            visit(c, path + sub, loops_)
+
+    for k, s in enumerate(stmts_of(func.body)):
+        visit(s, (k,), ())
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the dependence test
+#
+# Accesses a (iterations I over a.loops) and b (J over b.loops) with their first `aligned`
+# loops running in step: the loops they share, or two sibling loops about to be fused. For
+# each affine dimension: sum(alpha*I) - sum(beta*J) == rhs.
+
+
+@dataclass(frozen=True, slots=True)
+class _Equation:
+    alpha: tuple[int, ...]
+    beta: tuple[int, ...]
+    rhs: int
+
+
+def _coefficients(access: Access, m: Affine) -> tuple[int, ...] | None:
+    coeffs = [0] * len(access.loops)
+    for var, c in m.terms:
+        # the innermost loop of that name binds it
+        k = next((k for k in reversed(range(len(access.loops))) if access.loops[k].var == var), None)
+        if k is None:
+            return None
+        coeffs[k] += c
+    return tuple(coeffs)
+
+
+def _equations(a: Access, b: Access) -> list[_Equation]:
+    """One equation per dimension both sides index affinely; the others constrain nothing."""
+    eqs = []
+    for ma, mb in zip(a.maps, b.maps):
+        if ma is None or mb is None:
+            continue
+        alpha, beta = _coefficients(a, ma), _coefficients(b, mb)
+        if alpha is not None and beta is not None:
+            eqs.append(_Equation(alpha, beta, mb.const - ma.const))
+    return eqs
+
+
+def _gcd_ok(eq: _Equation, dirs: Sequence[str]) -> bool:
+    n = len(dirs)
+    coeffs = [c for k, x in enumerate(eq.alpha) for c in
+              ([x - eq.beta[k]] if k < n and dirs[k] == "=" else [x] if k >= n else [x, eq.beta[k]])]
+    coeffs += eq.beta[n:]
+    g = math.gcd(*coeffs) if coeffs else 0
+    return eq.rhs == 0 if g == 0 else eq.rhs % g == 0
+
+
+def _pair_range(x: int, y: int, lo: int, hi: int, d: str) -> tuple[int, int]:
+    """Bounds of x*I - y*J for I, J in [lo, hi] related by d (corners of the region)."""
+    corners = {"*": [(lo, lo), (lo, hi), (hi, lo), (hi, hi)],
+               "=": [(lo, lo), (hi, hi)],
+               "<": [(lo, lo + 1), (lo, hi), (hi - 1, hi)],
+               ">": [(lo + 1, lo), (hi, lo), (hi, hi - 1)]}[d]
+    values = [x * i - y * j for i, j in corners]
+    return min(values), max(values)
+
+
+def _banerjee_ok(eq: _Equation, a: Access, b: Access, dirs: Sequence[str]) -> bool:
+    lo = hi = 0
+    for k, loop in enumerate(a.loops):
+        if k < len(dirs):
+            l, h = _pair_range(eq.alpha[k], eq.beta[k], loop.start, loop.stop - 1, dirs[k])
+        else:
+            l, h = sorted((eq.alpha[k] * loop.start, eq.alpha[k] * (loop.stop - 1)))
+        lo, hi = lo + l, hi + h
+    for k in range(len(dirs), len(b.loops)):
+        loop = b.loops[k]
+        l, h = sorted((-eq.beta[k] * loop.start, -eq.beta[k] * (loop.stop - 1)))
+        lo, hi = lo + l, hi + h
+    return lo <= eq.rhs <= hi
+
+
+def _feasible(eqs: list[_Equation], a: Access, b: Access, dirs: Sequence[str]) -> bool:
+    if any(d in "<>" and a.loops[k].extent < 2 for k, d in enumerate(dirs)):
+        return False
+    return all(_gcd_ok(eq, dirs) and _banerjee_ok(eq, a, b, dirs) for eq in eqs)
+
+
+def _refine(a: Access, b: Access, aligned: int) -> frozenset[tuple[str, ...]]:
+    """Direction vectors GCD and Banerjee cannot rule out, refined one loop at a time."""
+    eqs = _equations(a, b)
+    found: set[tuple[str, ...]] = set()
+
+    def go(prefix: tuple[str, ...]) -> None:
+        if not _feasible(eqs, a, b, prefix + ("*",) * (aligned - len(prefix))):
+            return
+        if len(prefix) == aligned:
+            found.add(prefix)
+            return
+        for d in DIRECTIONS:
+            go(prefix + (d,))
+
+    go(())
+    return frozenset(found)
+
+
+def _eval_index(e: Expr, env: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Index expression over every instance; None when it reads memory or is not integer."""
+    if isinstance(e, Var):
+        return env.get(e.name)
+    if isinstance(e, Const):
+        return np.int64(e.value) if is_int(e.dtype) else None
+    if isinstance(e, Unary) and e.op in ("neg", "abs"):
+        a = _eval_index(e.a, env)
+        return None if a is None else (-a if e.op == "neg" else np.abs(a))
+    if isinstance(e, Cast) and e.dtype == INDEX and is_int(e.a.dtype):
+        return _eval_index(e.a, env)
+    if isinstance(e, Binary) and e.op in ("+", "-", "*", "//", "%", "max", "min"):
+        a, b = _eval_index(e.a, env), _eval_index(e.b, env)
+        if a is None or b is None:
+            return None
+        if e.op in ("//", "%"):
+            safe = np.where(b == 0, 1, b)  # the IR defines x // 0 == x % 0 == 0
+            q = np.floor_divide(a, safe) if e.op == "//" else np.mod(a, safe)
+            return np.where(b == 0, 0, q)
+        ops = {"+": np.add, "-": np.subtract, "*": np.multiply, "max": np.maximum, "min": np.minimum}
+        return ops[e.op](a, b)
+    return None
+
+
+def _instances(access: Access) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Loop values and index values of every instance of an access (flattened)."""
+    ranges = [np.arange(l.start, l.stop, dtype=np.int64) for l in access.loops]
+    grids = [g.ravel() for g in np.meshgrid(*ranges, indexing="ij")] if ranges else []
+    n = math.prod(l.extent for l in access.loops)
+    env = {l.var: g for l, g in zip(access.loops, grids)}  # later (inner) loops shadow outer
+    indices = []
+    for e in access.indices:
+        v = _eval_index(e, env)
+        if v is None:
+            return grids, None
+        indices.append(np.broadcast_to(v, (n,)))
+    return grids, indices
+
+
+def _enumerate(a: Access, b: Access, aligned: int, limit: int) -> frozenset[tuple[str, ...]] | None:
+    """Exact direction vectors by comparing every pair of instances; None when too many."""
+    na = math.prod(l.extent for l in a.loops)
+    nb = math.prod(l.extent for l in b.loops)
+    if na * nb > limit:
+        return None
+    loops_a, idx_a = _instances(a)
+    loops_b, idx_b = _instances(b)
+    if idx_a is None or idx_b is None:
+        return None
+    same = np.ones((na, nb), dtype=bool)
+    for x, y in zip(idx_a, idx_b):
+        same &= x[:, None] == y[None, :]
+    pa, pb = np.nonzero(same)
+    if pa.size == 0:
+        return frozenset()
+    if aligned == 0:
+        return frozenset({()})
+    signs = np.stack([np.sign(loops_b[k][pb] - loops_a[k][pa]) for k in range(aligned)], axis=1)
+    symbol = {1: "<", 0: "=", -1: ">"}
+    return frozenset(tuple(symbol[int(s)] for s in row) for row in np.unique(signs, axis=0))
+
+
+def directions(a: Access, b: Access, aligned: int | None = None,
+               limit: int | None = None) -> frozenset[tuple[str, ...]]:
+    """Direction vectors (b's iteration against a's, per aligned loop) for which some instance
+    of ``a`` and some instance of ``b`` touch the same element. Empty: independent.
+
+    ``aligned`` defaults to the loops both accesses are in; a larger value pairs a's and b's
+    next loops as if they were one (the loops must have equal ranges), which is how fusion
+    is tested. Reads against reads are compared too: this is about elements, not order.
+    """
+    if aligned is None:
+        aligned = _common(a, b)
+    if any((x.start, x.stop) != (y.start, y.stop) for x, y in zip(a.loops[:aligned], b.loops[:aligned])):
+        raise ValueError("aligned loops must have equal ranges")
+    if a.buffer.name != b.buffer.name or any(l.extent == 0 for l in a.loops + b.loops):
+        return frozenset()
+    exact = _enumerate(a, b, aligned, ENUMERATION_LIMIT if limit is None else limit)
+    return exact if exact is not None else _refine(a, b, aligned)
+
+
+def _common(a: Access, b: Access) -> int:
+    n = 0
+    while n < min(len(a.loops), len(b.loops)) and a.loops[n].path == b.loops[n].path:
+        n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------
+# dependences
+
+
+@dataclass(frozen=True, slots=True)
+class Dependence:
+    """``sink`` touches an element ``source`` touched earlier, at least one of them writing.
+
+    ``direction`` has one entry per common loop (``loops``): how the sink's iteration compares
+    with the source's. ``distance`` is the sink's iteration minus the source's where it is a
+    known constant (``=`` gives 0), else None.
+    """
+
+    source: Access
+    sink: Access
+    loops: tuple[Loop, ...]
+    direction: tuple[str, ...]
+    distance: tuple[int | None, ...]
+
+    @property
+    def kind(self) -> str:
+        """``flow``, ``anti``, ``output``, or ``accumulate`` (``+=`` after ``+=``)."""
+        if self.source.kind == self.sink.kind == "accumulate":
+            return "accumulate"
+        if self.source.writes and self.sink.writes:
+            return "output"
+        return "flow" if self.source.writes else "anti"
+
+    @property
+    def carrier(self) -> int | None:
+        """Position in ``loops`` of the loop that carries it; None when loop-independent."""
+        return next((k for k, d in enumerate(self.direction) if d != "="), None)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.source} -> {self.sink} ({', '.join(self.direction)})"
+
+
+def _distances(a: Access, b: Access, aligned: int) -> dict[int, int]:
+    """J - I per loop that an equation pins alone, with equal coefficients (strong SIV)."""
+    known = {}
+    for eq in _equations(a, b):
+        used = [k for k in range(max(len(eq.alpha), len(eq.beta)))
+                if (k < len(eq.alpha) and eq.alpha[k]) or (k < len(eq.beta) and eq.beta[k])]
+        if len(used) == 1 and used[0] < aligned:
+            k = used[0]
+            if eq.alpha[k] == eq.beta[k] and eq.rhs % eq.alpha[k] == 0:
+                known[k] = -eq.rhs // eq.alpha[k]
+    return known
+
+
+def _flip(v: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple({"<": ">", ">": "<", "=": "="}[d] for d in v)
+
+
+def _pair_dependences(a: Access, b: Access, limit: int) -> Iterator[Dependence]:
+    """Dependences between ``a`` and ``b`` (``a.order <= b.order``), oriented by execution."""
+    n = _common(a, b)
+    known = _distances(a, b, n)
+    for v in directions(a, b, n, limit):
+        dist = tuple(0 if d == "=" else known.get(k) for k, d in enumerate(v))
+        first = next((d for d in v if d != "="), "=")
+        if first == "<" or (first == "=" and a.order < b.order):
+            yield Dependence(a, b, a.loops[:n], v, dist)
+        elif first == ">":
+            yield Dependence(b, a, a.loops[:n], _flip(v), tuple(None if x is None else -x for x in dist))
+
+
+# ---------------------------------------------------------------------------
+# loop classes
+
+
+@dataclass(frozen=True, slots=True)
+class LoopInfo:
+    """A loop and its class: ``parallel`` (carries no dependence), ``reduction`` (carries only
+    ``+=`` into the same element) or ``carried``; ``reason`` names what it carries."""
+
+    path: Path
+    var: str
+    start: int
+    stop: int
+    depth: int
+    kind: str
+    reason: str = ""
+
+    @property
+    def extent(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    func: PrimFunc
+    accesses: tuple[Access, ...]
+    dependences: tuple[Dependence, ...]
+    loops: tuple[LoopInfo, ...]
+
+
+def _all_loops(func: PrimFunc) -> Iterator[tuple[Path, For, int]]:
+    def visit(s: Stmt, path: Path, depth: int) -> Iterator[tuple[Path, For, int]]:
+        if isinstance(s, For):
+            yield path, s, depth
+            depth += 1
+        for sub, c in _children(s):
+            yield from visit(c, path + sub, depth)
+
+    for k, s in enumerate(stmts_of(func.body)):
+        yield from visit(s, (k,), 0)
+
+
+def _classify(path: Path, loop: For, depth: int, deps: Sequence[Dependence]) -> LoopInfo:
+    carried = [d for d in deps if d.carrier == depth and d.loops[depth].path == path]
+    blocking = [d for d in carried if d.kind != "accumulate"]
+    if blocking:
+        kind, reason = "carried", str(blocking[0])
+    elif carried:
+        kind, reason = "reduction", "+= into " + ", ".join(sorted({d.sink.element for d in carried}))
+    else:
+        kind, reason = "parallel", ""
+    return LoopInfo(path, loop.var, loop.start, loop.stop, depth, kind, reason)
+
+
+@lru_cache(maxsize=32)
+def _analyze(func: PrimFunc, limit: int) -> Analysis:
+    acc = accesses(func)
+    deps: dict[Dependence, None] = {}  # ordered set: a self-pair yields each dependence twice
+    for i, a in enumerate(acc):
+        for b in acc[i:]:
+            if a.buffer.name == b.buffer.name and (a.writes or b.writes):
+                deps.update(dict.fromkeys(_pair_dependences(a, b, limit)))
+    dep_list = tuple(deps)
+    infos = tuple(_classify(p, l, d, dep_list) for p, l, d in _all_loops(func))
+    return Analysis(func, tuple(acc), dep_list, infos)
+
+
+def analyze(func: PrimFunc) -> Analysis:
+    """Accesses, dependences and loop classes of a function (cached per function)."""
+    return _analyze(func, ENUMERATION_LIMIT)
+
+
+def dependences(func: PrimFunc) -> list[Dependence]:
+    return list(analyze(func).dependences)
+
+
+def loops(func: PrimFunc) -> list[LoopInfo]:
+    """Every loop, pre-order, with its class."""
+    return list(analyze(func).loops)
+
+
+def loop_info(func: PrimFunc, path: Path) -> LoopInfo:
+    for info in analyze(func).loops:
+        if info.path == tuple(path):
+            return info
+    loop_at(func, path)  # raises the precise error
+    raise AssertionError("unreachable")
+
+
+def describe(func: PrimFunc) -> list[str]:
+    """One line per loop, indented by depth: ``k: reduction (+= into C[i, j])``."""
+    return ["  " * info.depth + f"{info.var}: {info.kind}" + (f" ({info.reason})" if info.reason else "")
+            for info in analyze(func).loops]
+
+
+# ---------------------------------------------------------------------------
+# legality oracle
+
+
+def _ignored(x: Access, y: Access, allow_reassociation: bool) -> bool:
+    """``+=`` into one element may be reordered: the sum is the same up to rounding."""
+    return allow_reassociation and x.kind == y.kind == "accumulate"
+
+
+def can_parallelize(func: PrimFunc, path: Path) -> bool:
+    """Iterations of the loop may run concurrently (it carries no dependence)."""
+    return loop_info(func, path).kind == "parallel"
+
+
+def _band(func: PrimFunc, path: Path, depth: int) -> None:
+    loop = loop_at(func, path)
+    for _ in range(depth - 1):
+        body = stmts_of(loop.body)
+        if len(body) != 1 or not isinstance(body[0], For):
+            raise ValueError(f"{func.name}: the loops at {tuple(path)} are not a perfect nest of depth {depth}")
+        loop = body[0]
+
+
+def can_permute(func: PrimFunc, path: Path, order: Sequence[int], allow_reassociation: bool = True) -> bool:
+    """Whether a perfect nest of ``len(order)`` loops starting at ``path`` may be reordered so
+    that position t holds original loop ``order[t]`` (``(1, 0)`` swaps two loops).
+
+    Illegal when a dependence not carried further out would become lexicographically negative.
+    """
+    if sorted(order) != list(range(len(order))):
+        raise ValueError(f"not a permutation: {tuple(order)}")
+    _band(func, path, len(order))
+    depth = loop_info(func, path).depth
+    for d in analyze(func).dependences:
+        if _ignored(d.source, d.sink, allow_reassociation) or d.carrier is None or d.carrier < depth:
+            continue
+        if d.loops[depth].path != tuple(path):
+            continue
+        band = d.direction[depth:depth + len(order)]
+        moved = [band[t] for t in order]
+        if next((x for x in moved if x != "="), "=") == ">":
+            return False
+    return True
+
+
+def can_interchange(func: PrimFunc, outer_path: Path, inner_path: Path, allow_reassociation: bool = True) -> bool:
+    """Whether two perfectly nested loops may swap: no dependence has direction ``(<, >)`` on
+    them (and ``=`` further out)."""
+    if tuple(inner_path) != tuple(outer_path) + (0,):
+        raise ValueError(f"{func.name}: {tuple(inner_path)} is not the loop directly inside {tuple(outer_path)}")
+    return can_permute(func, outer_path, (1, 0), allow_reassociation)
+
+
+@dataclass(frozen=True, slots=True)
+class SplitCheck:
+    """Splitting ``for i in range(n)`` by ``factor`` into ``outer_extent`` x ``factor`` keeps the
+    order of iterations, so it is legal; ``remainder`` iterations need a guard or a tail loop."""
+
+    legal: bool
+    factor: int
+    outer_extent: int
+    remainder: int
+
+    def __bool__(self) -> bool:
+        return self.legal
+
+
+def can_split(func: PrimFunc, path: Path, factor: int) -> SplitCheck:
+    loop = loop_at(func, path)
+    if factor < 1:
+        return SplitCheck(False, factor, 0, 0)
+    return SplitCheck(True, factor, -(-loop.extent // factor), loop.extent % factor)
+
+
+def _inside(x: Access, path: Path) -> bool:
+    return any(l.path == tuple(path) for l in x.loops)
+
+
+def can_fuse(func: PrimFunc, path_a: Path, path_b: Path, allow_reassociation: bool = True) -> bool:
+    """Whether two adjacent sibling loops may become one running a's body then b's body.
+
+    False when the ranges differ, or when an instance of b's body touches an element an
+    instance of a's body touched in a *later* iteration, at least one writing: fusion would
+    run them in the other order.
+    """
+    path_a, path_b = tuple(path_a), tuple(path_b)
+    a, b = loop_at(func, path_a), loop_at(func, path_b)
+    if path_b != path_a[:-1] + (path_a[-1] + 1,):
+        raise ValueError(f"{func.name}: loops {path_a} and {path_b} are not adjacent siblings")
+    if (a.start, a.stop) != (b.start, b.stop):
+        return False
+    depth = loop_info(func, path_a).depth
+    acc = analyze(func).accesses
+    in_b = [y for y in acc if _inside(y, path_b)]
+    for x in (x for x in acc if _inside(x, path_a)):
+        for y in in_b:
+            if x.buffer.name != y.buffer.name or not (x.writes or y.writes) or _ignored(x, y, allow_reassociation):
+                continue
+            if any(v[depth] == ">" and set(v[:depth]) <= {"="} for v in directions(x, y, depth + 1)):
+                return False
+    return True
+
+
+def can_distribute(func: PrimFunc, path: Path, allow_reassociation: bool = True) -> bool:
+    """Whether a loop may become one loop per statement of its body, in order.
+
+    Illegal when a later statement touches, in some iteration, an element an earlier statement
+    touches in a later iteration (a backward carried dependence), at least one writing.
+    """
+    path = tuple(path)
+    loop = loop_at(func, path)
+    if len(stmts_of(loop.body)) < 2:
+        return True
+    depth = loop_info(func, path).depth
+    inside = [x for x in analyze(func).accesses if _inside(x, path)]
+    position = len(path)
+    for x in inside:
+        for y in inside:
+            if y.path[position] >= x.path[position] or x.buffer.name != y.buffer.name:
+                continue
+            if not (x.writes or y.writes) or _ignored(x, y, allow_reassociation):
+                continue
+            if any(v[depth] == "<" and set(v[:depth]) <= {"="} for v in directions(x, y)):
+                return False
+    return True
