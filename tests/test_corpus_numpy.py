@@ -1,0 +1,325 @@
+"""Every corpus program, run by the reference interpreter, against an independent numpy formula.
+
+The formulas below are written from what each workload means (matmul, convolution by slicing
+the padded input and summing over the window, softmax, ...), never from the interpreter's
+output, so a wrong script or a wrong interpreter shows up as a mismatch. Inputs come from
+``random_args``; float results are compared in float64 with tolerances that grow with the
+length of the sum, integer results exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+interp = pytest.importorskip("rewrite.interp", reason="the reference interpreter is not there yet")
+
+from rewrite.script import parse_file  # noqa: E402
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus"
+
+
+def _corpus() -> dict[str, object]:
+    funcs = {}
+    for path in sorted(CORPUS.glob("*.py")):
+        for name, func in parse_file(path).items():
+            assert name not in funcs, f"{name} is defined twice in the corpus"
+            funcs[name] = func
+    return funcs
+
+
+FUNCS = _corpus()
+
+
+# ---------------------------------------------------------------------------
+# numpy building blocks (float64 on purpose: the reference should be the more exact side)
+
+
+def f64(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def pad(x: np.ndarray, before: tuple[int, ...], after: tuple[int, ...] | None = None) -> np.ndarray:
+    after = before if after is None else after
+    return np.pad(x, list(zip(before, after)))
+
+
+def conv2d_nhwc(x, w, stride=1, padding=0, dilation=1, groups=1):
+    """NHWC x HWIO convolution by summing shifted, strided slices of the padded input."""
+    x, w = f64(x), f64(w)
+    n, h, wd, ci = x.shape
+    kh, kw, cig, co = w.shape
+    assert cig * groups == ci
+    p = pad(x, (0, padding, padding, 0))
+    oh = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    ow = (wd + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    cog = co // groups
+    out = np.zeros((n, oh, ow, co))
+    for rh in range(kh):
+        for rw in range(kw):
+            y0, x0 = rh * dilation, rw * dilation
+            win = p[:, y0:y0 + stride * (oh - 1) + 1:stride, x0:x0 + stride * (ow - 1) + 1:stride, :]
+            for g in range(groups):
+                out[..., g * cog:(g + 1) * cog] += (
+                    win[..., g * cig:(g + 1) * cig] @ w[rh, rw][:, g * cog:(g + 1) * cog])
+    return out
+
+
+def conv1d_nlc(x, w, stride, padding):
+    x, w = f64(x), f64(w)
+    k = w.shape[0]
+    p = pad(x, (0, padding, 0))
+    ol = (x.shape[1] + 2 * padding - k) // stride + 1
+    out = np.zeros((x.shape[0], ol, w.shape[2]))
+    for r in range(k):
+        out += p[:, r:r + stride * (ol - 1) + 1:stride, :] @ w[r]
+    return out
+
+
+def conv3d_ndhwc(x, w, padding):
+    x, w = f64(x), f64(w)
+    kd, kh, kw = w.shape[:3]
+    p = pad(x, (0, padding, padding, padding, 0))
+    n, d, h, wd, _ = x.shape
+    od, oh, ow = d + 2 * padding - kd + 1, h + 2 * padding - kh + 1, wd + 2 * padding - kw + 1
+    out = np.zeros((n, od, oh, ow, w.shape[4]))
+    for a in range(kd):
+        for b in range(kh):
+            for c in range(kw):
+                out += p[:, a:a + od, b:b + oh, c:c + ow, :] @ w[a, b, c]
+    return out
+
+
+def depthwise_nhwc(x, w, stride, padding):
+    """``w`` is [1, kh, kw, C]: each channel convolved with its own window."""
+    x, w = f64(x), f64(w)
+    _, kh, kw, _ = w.shape
+    p = pad(x, (0, padding, padding, 0))
+    oh = (x.shape[1] + 2 * padding - kh) // stride + 1
+    ow = (x.shape[2] + 2 * padding - kw) // stride + 1
+    out = np.zeros((x.shape[0], oh, ow, x.shape[3]))
+    for rh in range(kh):
+        for rw in range(kw):
+            out += p[:, rh:rh + stride * (oh - 1) + 1:stride, rw:rw + stride * (ow - 1) + 1:stride, :] * w[0, rh, rw]
+    return out
+
+
+def conv2d_transpose_nhwc(x, w, stride, padding):
+    """Scatter form: every input pixel adds ``x * w[kh, kw]`` at ``stride*i + kh``, then the
+    border ``padding`` is cropped. Independent of the dilate-and-flip form of the script."""
+    x, w = f64(x), f64(w)
+    n, h, wd, _ = x.shape
+    kh, kw, _, co = w.shape
+    full = np.zeros((n, (h - 1) * stride + kh, (wd - 1) * stride + kw, co))
+    for a in range(kh):
+        for b in range(kw):
+            full[:, a:a + stride * (h - 1) + 1:stride, b:b + stride * (wd - 1) + 1:stride, :] += x @ w[a, b]
+    oh, ow = (h - 1) * stride - 2 * padding + kh, (wd - 1) * stride - 2 * padding + kw
+    return full[:, padding:padding + oh, padding:padding + ow, :]
+
+
+def capsule_conv(x, w, stride, padding):
+    """Pose matrices multiplied (``[i,k] @ [k,j]``) and summed over window and channels."""
+    x, w = f64(x), f64(w)
+    kh, kw = w.shape[:2]
+    p = pad(x, (0, padding, padding, 0, 0, 0))
+    oh = (x.shape[1] + 2 * padding - kh) // stride + 1
+    ow = (x.shape[2] + 2 * padding - kw) // stride + 1
+    out = np.zeros((x.shape[0], oh, ow, x.shape[3], w.shape[3], w.shape[5]))
+    for a in range(kh):
+        for b in range(kw):
+            win = p[:, a:a + stride * (oh - 1) + 1:stride, b:b + stride * (ow - 1) + 1:stride]
+            out += np.einsum("nhwikc,kjco->nhwijo", win, w[a, b])
+    return out
+
+
+def relu(x):
+    return np.maximum(x, 0.0)
+
+
+def softmax_rows(x):
+    x = f64(x)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def int_matmul(a, b):
+    return (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+
+
+def int_conv2d_nhwc(x, w, padding):
+    x, w = x.astype(np.int64), w.astype(np.int64)
+    kh, kw = w.shape[:2]
+    p = pad(x, (0, padding, padding, 0))
+    oh, ow = x.shape[1] + 2 * padding - kh + 1, x.shape[2] + 2 * padding - kw + 1
+    out = np.zeros((x.shape[0], oh, ow, w.shape[3]), dtype=np.int64)
+    for a in range(kh):
+        for b in range(kw):
+            out += p[:, a:a + oh, b:b + ow, :] @ w[a, b]
+    return out.astype(np.int32)
+
+
+# ---------------------------------------------------------------------------
+# the table: corpus function -> (formula over the inputs, length of the longest sum)
+#
+# A formula takes the dict of arguments given to the interpreter and returns the expected
+# final value of each output it checks.
+
+def _tbl():
+    t = {}
+
+    def add(name, terms, fn):
+        t[name] = (fn, terms)
+
+    # TensorIR operator set
+    add("c1d_nlc", 3 * 64, lambda a: {"Y": conv1d_nlc(a["X"], a["W"], 2, 1)})
+    add("c2d_nhwc", 9 * 32, lambda a: {"Y": conv2d_nhwc(a["X"], a["W"], padding=1)})
+    add("c2d_stem_7x7", 49 * 3, lambda a: {"Y": conv2d_nhwc(a["X"], a["W"], stride=2, padding=3)})
+    add("c3d_ndhwc", 27 * 16, lambda a: {"Y": conv3d_ndhwc(a["X"], a["W"], 1)})
+    for name in ("grp_conv2d_nhwc", "grp_conv2d_nhwc_divmod"):
+        add(name, 9 * 16, lambda a: {"Y": conv2d_nhwc(a["X"], a["W"], padding=1, groups=4)})
+    add("dil_conv2d_nhwc", 9 * 32, lambda a: {"Y": conv2d_nhwc(a["X"], a["W"], padding=1, dilation=2)})
+    add("dep_conv2d_nhwc", 9, lambda a: {"Y": depthwise_nhwc(a["X"], a["W"], 1, 1)})
+    add("dep_conv2d_nhwc_s2", 9, lambda a: {"Y": depthwise_nhwc(a["X"], a["W"], 2, 1)})
+    add("t2d_nhwc", 16 * 64, lambda a: {"Y": conv2d_transpose_nhwc(a["X"], a["W"], 2, 1)})
+    add("cap_conv2d", 9 * 4 * 8, lambda a: {"Y": capsule_conv(a["X"], a["W"], 2, 1)})
+    add("nrm_bmn", 256 * 256, lambda a: {"D": np.sqrt((f64(a["A"]) ** 2).sum(axis=(1, 2)))})
+    add("sfm_mn", 256, lambda a: {"B": softmax_rows(a["A"])})
+    add("cbr_nhwc", 9 * 16, lambda a: {"Y": relu(
+        (conv2d_nhwc(a["X"], a["W"], stride=2, padding=1) + a["bias"]) * a["bn_scale"] + a["bn_offset"])})
+    add("tbg", 64, lambda a: {"C": np.einsum("bihk,bjhk->bhij", f64(a["query"]), f64(a["value"]))})
+
+    # GEMM
+    for name in ("gemm_64", "gemm_256"):
+        add(name, FUNCS[name].buffer("A").shape[1], lambda a: {"C": f64(a["A"]) @ f64(a["B"])})
+    add("gmm_nkkm", 128, lambda a: {"Z": f64(a["X"]) @ f64(a["Y"])})
+    add("matmul_relu", 128, lambda a: {"D": relu(f64(a["A"]) @ f64(a["B"]))})
+    add("bmm_4x64", 64, lambda a: {"C": np.einsum("bik,bkj->bij", f64(a["A"]), f64(a["B"]))})
+
+    # disguised GEMM
+    for name in ("gemm_swapped_operands", "gemm_k_outermost", "gemm_jik", "gemm_explicit_add",
+                 "gemm_add_on_left", "gemm_odd_37x61x29", "gemm_split_reduction"):
+        add(name, FUNCS[name].buffer("A").shape[1], lambda a: {"C": f64(a["A"]) @ f64(a["B"])})
+    add("gemm_bias_init", 64, lambda a: {"C": f64(a["A"]) @ f64(a["B"]) + f64(a["bias"])})
+    add("gemm_accumulate_into", 65, lambda a: {"C": f64(a["C"]) + f64(a["A"]) @ f64(a["B"])})
+    add("gemm_transposed_a", 64, lambda a: {"C": f64(a["A"]).T @ f64(a["B"])})
+    add("gemm_transposed_b", 64, lambda a: {"C": f64(a["A"]) @ f64(a["B"]).T})
+    add("gemm_scaled", 64, lambda a: {"C": 2.0 * (f64(a["A"]) @ f64(a["B"]))})
+    add("gemm_all_disguises", 64, lambda a: {"C": 0.5 * (f64(a["A"]).T @ f64(a["B"]).T)})
+
+    # f64 (PolyBench), f16 with f32 accumulation
+    add("polybench_gemm", 81, lambda a: {"C": 1.2 * a["C"] + 1.5 * (a["A"] @ a["B"])})
+    add("polybench_2mm", 70 * 50, lambda a: {"D": 1.2 * a["D"] + (1.5 * (a["A"] @ a["B"])) @ a["C"]})
+    add("dgemm_64", 64, lambda a: {"C": a["A"] @ a["B"]})
+    add("gemm_f16_f32acc", 128, lambda a: {"C": f64(a["A"]) @ f64(a["B"])})
+    add("gemm_f16_f32acc_nt", 96, lambda a: {"C": f64(a["A"]) @ f64(a["B"]).T})
+
+    # ResNet-50, BERT, GPT-2
+    add("resnet50_conv3x3", 9 * 64, lambda a: {"Y": conv2d_nhwc(a["X"], a["W"], padding=1)})
+    add("resnet50_conv1x1", 64, lambda a: {"Y": conv2d_nhwc(a["X"], a["W"])})
+    add("bert_ffn_dense_bias_relu", 128, lambda a: {"Y": relu(f64(a["X"]) @ f64(a["W"]) + a["bias"])})
+    add("bert_qk", 64, lambda a: {"S": np.einsum("ihd,jhd->hij", f64(a["Q"]), f64(a["K"])) / np.sqrt(64.0)})
+    add("bert_attn_v", 128, lambda a: {"O": np.einsum("hij,jhd->ihd", f64(a["P"]), f64(a["V"]))})
+
+    def layernorm(a):
+        x = f64(a["X"])
+        mu = x.mean(axis=1, keepdims=True)
+        var = ((x - mu) ** 2).mean(axis=1, keepdims=True)
+        return {"Y": (x - mu) / np.sqrt(var + 1e-12) * a["gamma"] + a["beta"]}
+    add("bert_layernorm", 768, layernorm)
+
+    def causal(a):
+        s = np.einsum("hid,hjd->hij", f64(a["Q"]), f64(a["K"])) * 0.125
+        keep = np.tril(np.ones((128, 128), dtype=bool))
+        return {"S": np.where(keep, s, -10000.0)}
+    add("gpt2_causal_qk", 64, causal)
+
+    # int8
+    add("qdense_u8i8", 0, lambda a: {"C": int_matmul(a["A"], a["B"])})
+    add("qdense_u8i8_nt", 0, lambda a: {"C": int_matmul(a["A"], a["B"].T)})
+    add("qconv_u8i8", 0, lambda a: {"Y": int_conv2d_nhwc(a["X"], a["W"], 1)})
+
+    # elementwise
+    for name in ("scale_bias_relu_1d", "scale_bias_relu_2d"):
+        add(name, 2, lambda a: {"Y": relu(f64(a["X"]) * a["scale"] + a["bias"])})
+    add("bn_add_relu_nhwc", 3, lambda a: {"Y": relu(f64(a["X"]) * a["scale"] + a["shift"] + a["R"])})
+
+    # no multiply-accumulate: tropical products are exact in f32 (one rounding per sum,
+    # max/min exact), so they are computed in f32 and compared exactly
+    add("maxplus_matmul", 0, lambda a: {"C": (a["A"][:, :, None] + a["B"][None, :, :]).max(axis=1)})
+    add("minplus_matmul", 0, lambda a: {"C": (a["A"][:, :, None] + a["B"][None, :, :]).min(axis=1)})
+    add("prefix_sum_1d", 4096, lambda a: {"Y": np.cumsum(f64(a["X"]))})
+    add("cumsum_rows", 256, lambda a: {"Y": np.cumsum(f64(a["X"]), axis=1)})
+    return t
+
+
+FORMULAS = _tbl()
+
+# Corpus functions with no numpy formula, each with the reason. Empty: every workload is checked.
+NO_FORMULA: dict[str, str] = {}
+
+
+# ---------------------------------------------------------------------------
+# comparison
+
+
+def _scale(args: dict, func) -> float:
+    """Typical magnitude of one input element: root mean square over the float inputs."""
+    vals = [np.sqrt(np.mean(f64(args[b.name]) ** 2)) for b in func.inputs
+            if np.issubdtype(np.asarray(args[b.name]).dtype, np.floating) and args[b.name].size]
+    return max([1.0] + vals)
+
+
+def assert_matches(func, name: str, got: np.ndarray, want: np.ndarray, terms: int, args: dict) -> None:
+    buf = func.buffer(name)
+    assert got.shape == buf.shape, f"{func.name}.{name}: shape {got.shape}, expected {buf.shape}"
+    if np.issubdtype(got.dtype, np.integer) or terms == 0:
+        np.testing.assert_array_equal(got, np.asarray(want).astype(got.dtype),
+                                      err_msg=f"{func.name}.{name}")
+        return
+    # Rounding errors of an n-term sum: relative ~ sqrt(n) * eps for random signs; where the
+    # sum cancels to near zero, absolute ~ n * eps * |term| (|term| ~ scale**2 for products).
+    eps = {np.float64: 1e-15, np.float32: 1e-6, np.float16: 1e-3}[got.dtype.type]
+    scale = _scale(args, func)
+    rtol = 100 * eps * max(1.0, np.sqrt(terms) / 8)  # 1e-4 for f32 up to 64 terms
+    atol = 2 * eps * terms * scale * scale
+    np.testing.assert_allclose(f64(got), want, rtol=rtol, atol=atol, err_msg=f"{func.name}.{name}")
+
+
+# ---------------------------------------------------------------------------
+# tests
+
+
+def test_every_corpus_function_has_a_formula_or_a_reason():
+    unaccounted = sorted(set(FUNCS) - set(FORMULAS) - set(NO_FORMULA))
+    assert not unaccounted, f"corpus functions with no numpy formula and no stated reason: {unaccounted}"
+    stale = sorted((set(FORMULAS) | set(NO_FORMULA)) - set(FUNCS))
+    assert not stale, f"formulas for functions that are not in the corpus: {stale}"
+    assert not set(FORMULAS) & set(NO_FORMULA)
+
+
+@pytest.mark.parametrize("name", sorted(FUNCS))
+def test_corpus_function_has_a_docstring(name):
+    assert FUNCS[name].doc.strip(), f"{name} has no docstring naming where its shape comes from"
+
+
+def test_corpus_is_large_enough():
+    assert len(FUNCS) >= 25
+
+
+@pytest.mark.parametrize("name", sorted(FORMULAS))
+def test_interpreter_matches_numpy(name):
+    func = FUNCS[name]
+    formula, terms = FORMULAS[name]
+    args = interp.random_args(func, seed=0)
+    inputs = {k: np.array(v, copy=True) for k, v in args.items()}
+    result = interp.run(func, **args)
+    for k, v in args.items():  # run() copies its inputs
+        np.testing.assert_array_equal(v, inputs[k], err_msg=f"run() modified argument {k}")
+    expected = formula(inputs)
+    assert expected, f"{name}: the formula checks no output"
+    assert set(expected) <= {b.name for b in func.outputs}, f"{name}: formula names a non-output"
+    for out, want in expected.items():
+        assert_matches(func, out, np.asarray(result[out]), want, terms, inputs)
