@@ -241,6 +241,14 @@ def _tbl():
     add("qdense_u8i8_nt", 0, lambda a: {"C": int_matmul(a["A"], a["B"].T)})
     add("qconv_u8i8", 0, lambda a: {"Y": int_conv2d_nhwc(a["X"], a["W"], 1)})
 
+    # pooling: max pooling is exact (max picks an input), computed in f32
+    def maxpool(a):
+        p = np.pad(a["X"], [(0, 0), (1, 1), (1, 1), (0, 0)], constant_values=-np.inf)
+        win = [p[:, rh:rh + 111:2, rw:rw + 111:2, :] for rh in range(3) for rw in range(3)]
+        return {"Y": np.max(win, axis=0)}
+    add("resnet50_maxpool", 0, maxpool)
+    add("resnet50_global_avgpool", 49, lambda a: {"Y": f64(a["X"]).mean(axis=(1, 2))})
+
     # elementwise
     for name in ("scale_bias_relu_1d", "scale_bias_relu_2d"):
         add(name, 2, lambda a: {"Y": relu(f64(a["X"]) * a["scale"] + a["bias"])})
