@@ -255,8 +255,8 @@ class _FunctionParser:
     def check_value_dtype(self, node: ast.AST, value: Expr, buf: Buffer) -> None:
         if value.dtype != buf.dtype:
             hint = f"; write a cast such as {buf.dtype}(...)" if value.dtype != BOOL else ""
-            raise self.error(node, f"dtype mismatch: a {value.dtype} value stored into {buf.name}, "
-                                   f"which holds {buf.dtype}{hint}")
+            raise self.error(node, f"dtype mismatch: {buf.name} holds {buf.dtype} but the value "
+                                   f"stored is {value.dtype}{hint}")
 
     def target(self, node: ast.AST) -> tuple[Buffer, tuple[Expr, ...]]:
         if isinstance(node, ast.Name):
@@ -325,6 +325,8 @@ class _FunctionParser:
     # -- expressions --------------------------------------------------------------
 
     def subscript(self, node: ast.Subscript) -> tuple[Buffer, tuple[Expr, ...]]:
+        if isinstance(node.value, ast.Attribute):
+            raise self.error(node.value, "attribute access is not part of the script language")
         if not isinstance(node.value, ast.Name):
             raise self.error(node.value, "only buffers can be indexed")
         name = node.value.id

@@ -204,8 +204,8 @@ class _Verifier:
             self.access(s.buffer, s.indices, ranges, s)
             value = self.expr(s.value, ranges)
             if value != s.buffer.dtype:
-                raise VerifyError(f"dtype mismatch: a {value} value stored into {s.buffer.name}, "
-                                  f"which holds {s.buffer.dtype}", s)
+                raise VerifyError(f"dtype mismatch: {s.buffer.name} holds {s.buffer.dtype} but the "
+                                  f"value stored is {value}", s)
         else:
             raise VerifyError(f"not a statement: {type(s).__name__}", s)
 
@@ -228,9 +228,9 @@ class _Verifier:
             if not is_affine_index(idx):
                 raise VerifyError(f"index {_show(idx)} of {buf.name} is not affine in the loop variables "
                                   "(allowed: sums of constant multiples, // and % by positive constants)", node)
+            if any(r.lo > r.hi for r in ranges.values()):
+                continue  # unreachable: an enclosing condition never holds
             r = interval(idx, ranges)
-            if r.lo > r.hi:
-                continue  # unreachable under its conditions
             if r.lo < 0 or r.hi >= buf.shape[dim]:
                 raise VerifyError(f"{_show_access(buf, indices)} can go out of bounds: index {_show(idx)} "
                                   f"takes values {r.lo}..{r.hi} but dimension {dim} of {buf.name} "

@@ -1,0 +1,5 @@
+"""Hypothesis strategies shared by the test suite; the implementation is ``rewrite.fuzz``."""
+
+from rewrite.fuzz import buffers, programs
+
+__all__ = ["buffers", "programs"]
