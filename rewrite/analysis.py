@@ -75,7 +75,7 @@ class Affine:
         return Affine(_terms({v: c * k for v, c in self.terms}), self.const * k)
 
     def __str__(self) -> str:
-        parts = [v if c == 1 else f"{c}*{v}" for v, c in self.terms]
+        parts = [v if c == 1 else f"-{v}" if c == -1 else f"{c}*{v}" for v, c in self.terms]
         if self.const or not parts:
             parts.append(str(self.const))
         return " + ".join(parts).replace("+ -", "- ")

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rewrite import analysis
 from rewrite.analysis import (Affine, affine, can_distribute, can_fuse, can_interchange,
                               can_parallelize, can_permute, can_split, dependences, describe,
                               directions, find_loop, loops, stmt_at)
+from rewrite.fuzz import programs
 from rewrite.ir import Binary, Const, For, Select, Store, Var, seq, stmts_of
 from rewrite.script import parse, parse_file
 
@@ -580,22 +581,31 @@ def substitute(node, var: str, by):
     return replace(node, **{f.name: substitute(getattr(node, f.name), var, by) for f in fields(node)})
 
 
+def edit_block(func, path, edit):
+    """``func`` with the block holding the statement at ``path`` replaced by
+    ``edit(statements, position)`` (a list of statements)."""
+    def go(stmts, path):
+        k = path[0]
+        if len(path) == 1:
+            return edit(list(stmts), k)
+        s = stmts[k]
+        if isinstance(s, For):
+            s = replace(s, body=seq(*go(stmts_of(s.body), path[1:])))
+        elif path[1] == 0:
+            s = replace(s, then=seq(*go(stmts_of(s.then), path[2:])))
+        else:
+            s = replace(s, orelse=seq(*go(stmts_of(s.orelse), path[2:])))
+        return list(stmts[:k]) + [s] + list(stmts[k + 1:])
+    return replace(func, body=seq(*go(stmts_of(func.body), tuple(path))))
+
+
 def rebuild(func, path, make):
     """``func`` with the statement at ``path`` replaced by ``make(stmt)`` (a statement or a
     tuple of statements spliced in its place)."""
-    def go(stmts, path):
-        out = []
-        for k, s in enumerate(stmts):
-            if k != path[0]:
-                out.append(s)
-            elif len(path) == 1:
-                r = make(s)
-                out.extend(r if isinstance(r, tuple) else (r,))
-            else:
-                assert isinstance(s, For)
-                out.append(replace(s, body=seq(*go(stmts_of(s.body), path[1:]))))
-        return out
-    return replace(func, body=seq(*go(stmts_of(func.body), path)))
+    def edit(stmts, k):
+        r = make(stmts[k])
+        return stmts[:k] + list(r if isinstance(r, tuple) else (r,)) + stmts[k + 1:]
+    return edit_block(func, path, edit)
 
 
 def interchange(func, path):
@@ -603,12 +613,12 @@ def interchange(func, path):
 
 
 def fuse(func, path):
-    """Fuse the loop at ``path`` with the next one (same variable name in the generator)."""
-    parent = stmts_of(func.body)
-    a, b = parent[path[0]], parent[path[0] + 1]
-    fused = replace(a, body=seq(a.body, substitute(b.body, b.var, Var(a.var))))
-    body = parent[:path[0]] + (fused,) + parent[path[0] + 2:]
-    return replace(func, body=seq(*body))
+    """Fuse the loop at ``path`` with the next one, renaming the second loop's variable."""
+    def edit(stmts, k):
+        a, b = stmts[k], stmts[k + 1]
+        fused = replace(a, body=seq(a.body, substitute(b.body, b.var, Var(a.var))))
+        return stmts[:k] + [fused] + stmts[k + 2:]
+    return edit_block(func, path, edit)
 
 
 def distribute(func, path):
@@ -686,3 +696,40 @@ def test_fusion_and_distribution_sound(data):
         assert same_results(two_loops, fuse(two_loops, (0,)))
     if can_distribute(one_loop, (0,)):
         assert same_results(one_loop, distribute(one_loop, (0,)))
+
+
+def check_every_legal_answer(f, reassociate: bool) -> None:
+    """Apply every rewrite the oracle allows in ``f`` and compare all results bit for bit."""
+    for info in loops(f):
+        loop = stmt_at(f, info.path)
+        if info.kind == "parallel" or (reassociate and info.kind == "reduction"):
+            assert same_results(f, reverse(f, info.path)), info  # any order, so the reverse too
+        body = stmts_of(loop.body)
+        if len(body) == 1 and isinstance(body[0], For) and \
+                can_interchange(f, info.path, info.path + (0,), allow_reassociation=reassociate):
+            assert same_results(f, interchange(f, info.path)), info
+        if can_distribute(f, info.path, allow_reassociation=reassociate):
+            assert same_results(f, distribute(f, info.path)), info
+        after = info.path[:-1] + (info.path[-1] + 1,)
+        try:
+            nxt = stmt_at(f, after)
+        except ValueError:
+            continue
+        if isinstance(nxt, For) and can_fuse(f, info.path, after, allow_reassociation=reassociate):
+            assert same_results(f, fuse(f, info.path)), info
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(programs(dtypes=("i32", "i16", "u8"), max_nest=2))
+def test_legal_rewrites_keep_integer_results(f):
+    """Random programs with //, %, conditions, selects and temporaries; integer sums are
+    exact in any order, so reductions may be reordered too."""
+    check_every_legal_answer(f, reassociate=True)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(programs(max_nest=2))
+def test_legal_rewrites_keep_float_results_without_reassociation(f):
+    """Any dtype, floats included: without reassociation every allowed rewrite keeps the
+    order of every pair of dependent operations, so results are identical bit for bit."""
+    check_every_legal_answer(f, reassociate=False)
