@@ -108,7 +108,7 @@ def optimize(module: ir.Module) -> llvm.ModuleRef:
     tuning.loop_vectorization = True
     tuning.slp_vectorization = True
     tuning.loop_interleaving = True
-    tuning.loop_unrolling = True
+    tuning.loop_unrolling = False
     builder = llvm.create_pass_builder(target_machine(), tuning)
     builder.getModulePassManager().run(ref, builder)
     return ref
@@ -348,6 +348,21 @@ class _BodyEmitter:
             return self.b.call(fn, [a, ir.Constant(_I1, 0)])
         raise TypeError(f"codegen: {op} is not defined on {dtype}")
 
+    def _round_to_odd_f32(self, a: ir.Value) -> ir.Value:
+        """``a`` (f64) to f32 rounding to odd: truncate toward zero, and set the last bit when
+        inexact. Rounding that to f16 then rounds ``a`` correctly once (f32 has more than
+        f16's 11 + 2 bits), which LLVM's own f64 -> f16 does only through a library call."""
+        B = self.b
+        near = B.fptrunc(a, ir.FloatType())
+        back = B.fpext(near, ir.DoubleType())
+        inexact = B.fcmp_unordered("!=", back, a)
+        fabs = _intrinsic(self.module, "llvm.fabs.f64", ir.DoubleType(), [ir.DoubleType()])
+        overshot = B.fcmp_ordered(">", B.call(fabs, [back]), B.call(fabs, [a]))
+        raw = B.bitcast(near, _I32)
+        toward_zero = B.select(overshot, B.sub(raw, ir.Constant(_I32, 1)), raw)
+        odd = B.or_(toward_zero, ir.Constant(_I32, 1))
+        return B.bitcast(B.select(inexact, odd, raw), ir.FloatType())
+
     def compare(self, op: str, dtype: str, a: ir.Value, b: ir.Value) -> ir.Value:
         if is_float(dtype):
             # != is the unordered compare: NaN != x holds, as in Python and numpy
@@ -370,8 +385,14 @@ class _BodyEmitter:
             if bits(dst) == bits(src):
                 return a  # i8 <-> u8: the same bits
             return B.sext(a, ty) if is_signed(src) else B.zext(a, ty)
+        if is_int(src) and dst == "f16":
+            # through f32, which holds every integer below f16's overflow threshold exactly
+            # (LLVM would otherwise call a runtime library function the process lacks)
+            return B.fptrunc(self.cast(a, src, "f32"), ty)
         if is_int(src) and is_float(dst):
             return B.sitofp(a, ty) if is_signed(src) else B.uitofp(a, ty)
+        if src == "f64" and dst == "f16":
+            return B.fptrunc(self._round_to_odd_f32(a), ty)
         if is_float(src) and is_float(dst):
             return B.fpext(a, ty) if bits(dst) > bits(src) else B.fptrunc(a, ty)
         if is_float(src) and is_int(dst):
@@ -432,6 +453,9 @@ def _task(module: ir.Module, plan: lowering.Plan, part: lowering.Part, name: str
     task = ir.Function(module, TASK_TYPE, name=name)
     task.linkage = "internal"
     task.attributes.add("nounwind")
+    # called directly and through the pool: inlining it into the entry would compile the
+    # loop nest twice for nothing
+    task.attributes.add("noinline")
     b = ir.IRBuilder(task.append_basic_block("entry"))
     args, lo, hi = task.args
     pointers = [b.load(b.gep(args, [ir.Constant(_I64, k)], source_etype=_PTR), typ=_PTR, align=8)

@@ -1,0 +1,296 @@
+"""Compiled code against the reference interpreter: random programs, then every edge case of
+the IR's meaning (wrap-around, floor division, saturating casts, f16, NaN)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from rewrite import codegen, lower, runtime
+from rewrite.interp import random_args, run
+from rewrite.ir import Accumulate, Unary, is_float, numpy_dtype, stmt_exprs, walk_expr, walk_stmts
+from rewrite.script import parse, show
+from .strategies import programs
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TENSORIZE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def compiled_and_interpreted(func, args, threads=1):
+    want = run(func, **args)
+    got = {name: np.array(a, copy=True) for name, a in args.items()}
+    runtime.compile(func, threads=threads)(**got)
+    return want, got
+
+
+def assert_same(func, want, got, exact=True):
+    for b in func.outputs:
+        w, g = want[b.name], got[b.name]
+        if exact or not np.issubdtype(w.dtype, np.floating):
+            np.testing.assert_array_equal(g, w, err_msg=f"buffer {b.name} of\n{show(func)}")
+        else:
+            tol = runtime.tolerance(func, b.dtype, w)
+            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=0, atol=tol,
+                                       err_msg=f"buffer {b.name} of\n{show(func)}")
+
+
+# ---------------------------------------------------------------------------
+# random programs: the soundness backbone
+
+
+def _exact(func) -> bool:
+    """Without ``exp`` and ``+=`` into floats, compiled code is bit-identical to the interpreter
+    (every other float operation is IEEE in program order)."""
+    for s in walk_stmts(func.body):
+        if isinstance(s, Accumulate) and is_float(s.buffer.dtype):
+            return False
+        if any(isinstance(x, Unary) and x.op == "exp" for e in stmt_exprs(s) for x in walk_expr(e)):
+            return False
+    return True
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs())
+def test_random_programs_match_the_interpreter(func):
+    args = random_args(func, seed=1)
+    want, got = compiled_and_interpreted(func, args)
+    assert_same(func, want, got, exact=_exact(func))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(dtypes=("i8", "u8", "i32", "i64")))
+def test_random_integer_programs_are_exact(func):
+    args = random_args(func, seed=2)
+    want, got = compiled_and_interpreted(func, args)
+    assert_same(func, want, got, exact=True)
+
+
+# ---------------------------------------------------------------------------
+# edge cases, one operator at a time
+
+
+def unary_kernel(src: str, dst: str, expr: str, n: int):
+    return parse(f"""
+@prim_func
+def k(A: {src}[{n}], B: {dst}[{n}]):
+    for i in range({n}):
+        B[i] = {expr}
+""")
+
+
+def binary_kernel(dtype: str, out: str, expr: str, n: int):
+    return parse(f"""
+@prim_func
+def k(A: {dtype}[{n}], B: {dtype}[{n}], C: {out}[{n}]):
+    for i in range({n}):
+        C[i] = {expr}
+""")
+
+
+INT_EDGES = {
+    "i8": [-128, -127, -7, -2, -1, 0, 1, 2, 7, 126, 127],
+    "u8": [0, 1, 2, 7, 127, 128, 200, 254, 255],
+    "i16": [-32768, -32767, -300, -7, -1, 0, 1, 7, 300, 32767],
+    "i32": [-2**31, -2**31 + 1, -100000, -7, -1, 0, 1, 7, 100000, 2**31 - 1],
+    "i64": [-2**63, -2**63 + 1, -2**40, -7, -1, 0, 1, 7, 2**40, 2**63 - 1],
+}
+
+
+def pairs(dtype: str):
+    values = INT_EDGES[dtype]
+    a = np.array([x for x in values for _ in values], dtype=np.dtype(_np(dtype)))
+    b = np.array([y for _ in values for y in values], dtype=np.dtype(_np(dtype)))
+    return a, b
+
+
+def _np(dtype: str) -> str:
+    return numpy_dtype(dtype)
+
+
+@pytest.mark.parametrize("dtype", sorted(INT_EDGES))
+@pytest.mark.parametrize("expr", ["A[i] // B[i]", "A[i] % B[i]", "A[i] + B[i]", "A[i] - B[i]",
+                                  "A[i] * B[i]", "max(A[i], B[i])", "min(A[i], B[i])",
+                                  "-A[i]", "abs(A[i])"])
+def test_integer_operators_wrap_and_floor(dtype, expr):
+    a, b = pairs(dtype)
+    func = binary_kernel(dtype, dtype, expr, a.size)
+    want, got = compiled_and_interpreted(func, {"A": a, "B": b, "C": np.zeros_like(a)})
+    assert_same(func, want, got)
+
+
+def test_floor_division_corner_values():
+    a, b = pairs("i32")
+    func = binary_kernel("i32", "i32", "A[i] // B[i]", a.size)
+    got = {"A": a, "B": b, "C": np.zeros_like(a)}
+    runtime.compile(func, threads=1)(**got)
+    lookup = dict(zip(zip(a.tolist(), b.tolist()), got["C"].tolist()))
+    assert lookup[(-2**31, -1)] == -2**31  # wraps, no trap
+    assert lookup[(7, 0)] == 0 and lookup[(-7, 0)] == 0
+    assert lookup[(-7, 2 ** 31 - 1)] == -1  # floor, not truncation
+
+
+@pytest.mark.parametrize("src", ["f16", "f32", "f64"])
+@pytest.mark.parametrize("dst", ["i8", "u8", "i16", "i32", "i64"])
+def test_float_to_int_casts_saturate(src, dst):
+    values = [np.nan, np.inf, -np.inf, -0.0, 0.4, -0.6, 1.5, -1.5, 127.9, 128.0, -129.0, 255.5,
+              256.0, 3e4, -3e4, 2.0**31, -2.0**31 - 4096, 2.0**63, -2.0**64, 1e300, -1e300]
+    with np.errstate(over="ignore"):
+        a = np.array(values, dtype=np.float64).astype(_np(src))
+    func = unary_kernel(src, dst, f"{dst}(A[i])", a.size)
+    want, got = compiled_and_interpreted(func, {"A": a, "B": np.zeros(a.size, _np(dst))})
+    assert_same(func, want, got)
+
+
+@pytest.mark.parametrize("src", sorted(INT_EDGES) + ["f16", "f32", "f64"])
+@pytest.mark.parametrize("dst", sorted(INT_EDGES) + ["f16", "f32", "f64"])
+def test_casts_between_every_pair(src, dst):
+    if src in INT_EDGES:
+        a = np.array(INT_EDGES[src], dtype=_np(src))
+    else:
+        # 1 + 2**-11 + 2**-40 rounds up to f16 once, but to 1.0 when rounded through f32
+        values = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0 / 3, 65504.0, 65520.0, 1e-8, -2.5, 1e38,
+                  6e-8, 1 + 2**-11 + 2**-40, -(1 + 2**-11 + 2**-40)]
+        with np.errstate(over="ignore"):
+            a = np.array(values, dtype=np.float64).astype(_np(src))
+    func = unary_kernel(src, dst, f"{dst}(A[i])", a.size)
+    want, got = compiled_and_interpreted(func, {"A": a, "B": np.zeros(a.size, _np(dst))})
+    assert_same(func, want, got)
+
+
+FLOAT_EDGES = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 0.1, 3.0, -2.5, 1e-3, 6.5e4]
+
+
+def float_pairs(dtype: str):
+    values = np.array(FLOAT_EDGES, dtype=np.float64).astype(_np(dtype))
+    return np.repeat(values, values.size), np.tile(values, values.size)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "f32", "f64"])
+@pytest.mark.parametrize("expr", ["A[i] + B[i]", "A[i] - B[i]", "A[i] * B[i]", "A[i] / B[i]",
+                                  "max(A[i], B[i])", "min(A[i], B[i])", "-A[i]", "abs(A[i])",
+                                  "sqrt(A[i])", "A[i] * B[i] + A[i] * 0.1",
+                                  "select(A[i] != B[i], A[i], B[i] - 1.0)",
+                                  "select(A[i] < B[i] and not (A[i] == 0.0) or B[i] >= 3.0, A[i], B[i])"])
+def test_float_operators_are_ieee(dtype, expr):
+    a, b = float_pairs(dtype)
+    func = binary_kernel(dtype, dtype, expr, a.size)
+    want, got = compiled_and_interpreted(func, {"A": a, "B": b, "C": np.zeros_like(a)})
+    assert_same(func, want, got)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "f32", "f64"])
+def test_exp_within_a_few_ulps(dtype):
+    a = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 0.5, 10.0, -20.0, 80.0, 700.0,
+                  -800.0, 1e-5], dtype=np.float64).astype(_np(dtype))
+    func = unary_kernel(dtype, dtype, "exp(A[i])", a.size)
+    want, got = compiled_and_interpreted(func, {"A": a, "B": np.zeros_like(a)})
+    w, g = want["B"], got["B"]
+    np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
+    finite = np.isfinite(w)
+    np.testing.assert_array_equal(g[~finite], w[~finite])
+    np.testing.assert_allclose(g[finite], w[finite], rtol=4 * np.finfo(w.dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "f32", "f64"])
+def test_nan_propagates_through_max_and_min(dtype):
+    func = binary_kernel(dtype, dtype, "max(A[i], B[i]) + min(B[i], A[i])", 3)
+    a = np.array([np.nan, 1.0, 2.0], _np(dtype))
+    b = np.array([1.0, np.nan, 3.0], _np(dtype))
+    got = {"A": a, "B": b, "C": np.zeros(3, _np(dtype))}
+    runtime.compile(func, threads=1)(**got)
+    assert np.isnan(got["C"][0]) and np.isnan(got["C"][1]) and got["C"][2] == 5.0
+
+
+def test_f16_rounds_after_every_operation():
+    # 2048 + 1 is not an f16; a wider intermediate would give 2049 - 2048 = 1
+    func = binary_kernel("f16", "f16", "(A[i] + B[i]) - A[i]", 1)
+    got = {"A": np.array([2048], np.float16), "B": np.array([1], np.float16),
+           "C": np.zeros(1, np.float16)}
+    runtime.compile(func, threads=1)(**got)
+    assert got["C"][0] == 0
+
+
+def test_integer_compares_use_the_dtypes_signedness():
+    func = binary_kernel("u8", "u8", "select(A[i] < B[i], A[i], B[i])", 2)
+    a, b = np.array([200, 1], np.uint8), np.array([1, 200], np.uint8)
+    want, got = compiled_and_interpreted(func, {"A": a, "B": b, "C": np.zeros(2, np.uint8)})
+    assert_same(func, want, got)
+    assert got["C"].tolist() == [1, 1]
+
+
+def test_indices_with_floor_division_and_modulo():
+    func = parse("""
+@prim_func
+def k(A: f32[4, 6], B: f32[24]):
+    for i in range(24):
+        B[i] = A[i // 6, i % 6] + A[(i + 5) // 8, (i * 5 + 3) % 6]
+""")
+    args = random_args(func)
+    want, got = compiled_and_interpreted(func, args)
+    assert_same(func, want, got)
+
+
+def test_conditionals_loops_and_temporaries():
+    func = parse("""
+@prim_func
+def k(A: i32[8], B: i32[8]):
+    T = alloc(i32[8])
+    for i in range(8):
+        if i % 2 == 0:
+            T[i] = A[i] * 3
+        else:
+            T[i] = T[i] - A[i]
+    for i in range(1, 8):
+        B[i] = T[i] + T[i - 1]
+""")
+    args = random_args(func)
+    want, got = compiled_and_interpreted(func, args)
+    assert_same(func, want, got)
+
+
+@pytest.mark.parametrize("dtype", ["i8", "u8", "i16", "i32", "i64", "f16", "f32", "f64"])
+def test_reductions_in_every_dtype(dtype):
+    func = parse(f"""
+@prim_func
+def k(A: {dtype}[16, 33], B: {dtype}[16]):
+    for i in range(16):
+        B[i] = A[i, 0]
+        for j in range(1, 33):
+            B[i] += A[i, j]
+""")
+    args = random_args(func)
+    want, got = compiled_and_interpreted(func, args)
+    assert_same(func, want, got, exact=dtype[0] != "f")
+
+
+# ---------------------------------------------------------------------------
+# emitted text
+
+
+MATMUL = """
+@prim_func
+def mm(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):
+    for i, j in grid(64, 64):
+        C[i, j] = 0.0
+    for i, k, j in grid(64, 64, 64):
+        C[i, j] += A[i, k] * B[k, j]
+"""
+
+
+def test_emit_llvm_is_vectorised_for_this_cpu():
+    text = codegen.emit_llvm(parse(MATMUL))
+    assert "<8 x float>" in text  # AVX2: eight lanes
+    assert "noalias" in codegen.emit_llvm(parse(MATMUL), optimized=False)
+
+
+def test_emit_asm_uses_fma():
+    assert "vfmadd" in codegen.emit_asm(parse(MATMUL))
+
+
+def test_op_count_and_reduction_length():
+    func = parse(MATMUL)
+    assert lower.op_count(func.body) == 2 * 64 ** 3
+    assert lower.reduction_length(func) == 64
