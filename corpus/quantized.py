@@ -38,3 +38,13 @@ def qconv_u8i8(X: u8[1, 14, 14, 32], W: i8[3, 3, 32, 32], Y: i32[1, 14, 14, 32])
         Y[n, h, w, co] = 0
         for rh, rw, rc in grid(3, 3, 32):
             Y[n, h, w, co] += i32(P[n, h + rh, w + rw, rc]) * i32(W[rh, rw, rc, co])
+
+
+@prim_func
+def qdense_u8i8_256(A: u8[256, 256], B: i8[256, 256], C: i32[256, 256]):
+    """Square int8 GEMM at 256 with i32 accumulation, the smallest size of the benchmark
+    sweep (as ``gemm_256`` for f32). 16.8 M multiply-adds."""
+    for i, j in grid(256, 256):
+        C[i, j] = 0
+        for k in range(256):
+            C[i, j] += i32(A[i, k]) * i32(B[k, j])

@@ -237,7 +237,8 @@ def _tbl():
     add("gpt2_causal_qk", 64, causal)
 
     # int8
-    add("qdense_u8i8", 0, lambda a: {"C": int_matmul(a["A"], a["B"])})
+    for name in ("qdense_u8i8", "qdense_u8i8_256"):
+        add(name, 0, lambda a: {"C": int_matmul(a["A"], a["B"])})
     add("qdense_u8i8_nt", 0, lambda a: {"C": int_matmul(a["A"], a["B"].T)})
     add("qconv_u8i8", 0, lambda a: {"Y": int_conv2d_nhwc(a["X"], a["W"], 1)})
 
