@@ -1,7 +1,7 @@
 """Prefix sums: a loop-carried dependence (each element reads the one before it), so the
 scan loop is neither parallel nor a plain reduction."""
 
-from rewrite.script import prim_func, grid, f32
+from rewrite.script import prim_func, f32
 
 
 @prim_func

@@ -5,7 +5,7 @@ As TVM's ``softmax_mn`` (``topi.nn.softmax`` over axis 1) in
 The maximum starts from the row's first element, since ``-inf`` is not writable.
 """
 
-from rewrite.script import prim_func, grid, alloc, f32, exp
+from rewrite.script import prim_func, alloc, f32, exp
 
 
 @prim_func

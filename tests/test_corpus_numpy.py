@@ -102,7 +102,8 @@ def depthwise_nhwc(x, w, stride, padding):
     out = np.zeros((x.shape[0], oh, ow, x.shape[3]))
     for rh in range(kh):
         for rw in range(kw):
-            out += p[:, rh:rh + stride * (oh - 1) + 1:stride, rw:rw + stride * (ow - 1) + 1:stride, :] * w[0, rh, rw]
+            win = p[:, rh:rh + stride * (oh - 1) + 1:stride, rw:rw + stride * (ow - 1) + 1:stride, :]
+            out += win * w[0, rh, rw]
     return out
 
 
