@@ -71,6 +71,7 @@ class ScriptError(Exception):
     def __init__(self, file: str, line: int, col: int, message: str):
         super().__init__(f"{file}:{line}:{col}: {message}")
         self.file, self.line, self.col, self.message = file, line, col, message
+        self.name: Optional[str] = None  # the function it is about, when known
 
 
 _UNARY_FUNCS = {"abs": "abs", "exp": "exp", "sqrt": "sqrt"}
@@ -529,37 +530,86 @@ def _is_prim_func_decorator(node: ast.AST) -> bool:
     return isinstance(node, ast.Name) and node.id == "prim_func"
 
 
-def parse_all(text: str, file: str = "<script>") -> dict[str, PrimFunc]:
-    """Every ``@prim_func`` of a script text, by name, in order."""
+def _read_functions(text: str, file: str) -> Iterable[PrimFunc | ScriptError]:
+    """Each function of a script, or the error that stops it; a syntax error stops the file."""
     try:
         module = ast.parse(text, filename=file)
     except SyntaxError as e:
         raise ScriptError(file, e.lineno or 1, e.offset or 1, f"Python syntax error: {e.msg}") from None
     except ValueError as e:  # e.g. a NUL byte
         raise ScriptError(file, 1, 1, f"unreadable script: {e}") from None
-    funcs: dict[str, PrimFunc] = {}
+    seen: set[str] = set()
     for i, node in enumerate(module.body):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
+        try:
+            func = _read_top_level(file, i, node, seen)
+        except ScriptError as e:
+            e.name = getattr(node, "name", None)
+            yield e
             continue
-        if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
-                and isinstance(node.value.value, str):
-            continue
-        if isinstance(node, ast.FunctionDef):
-            decorators = node.decorator_list
-            if len(decorators) != 1 or not _is_prim_func_decorator(decorators[0]):
-                at = decorators[0] if decorators else node
-                raise ScriptError(file, at.lineno, at.col_offset + 1,
-                                  f"function {node.name} must be decorated with @prim_func and nothing else")
-            if node.name in funcs:
-                raise ScriptError(file, node.lineno, node.col_offset + 1,
-                                  f"function {node.name} is defined twice")
-            funcs[node.name] = _FunctionParser(file, node).parse()
-            continue
-        what = "async functions" if isinstance(node, ast.AsyncFunctionDef) else "top-level code"
-        raise ScriptError(file, node.lineno, node.col_offset + 1,
-                          f"{what} is not part of the script language: a file holds imports, "
-                          "docstrings and @prim_func functions")
+        if func is not None:
+            seen.add(func.name)
+            yield func
+
+
+def _read_top_level(file: str, i: int, node: ast.stmt, seen: set[str]) -> Optional[PrimFunc]:
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return None
+    if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
+            and isinstance(node.value.value, str):
+        return None
+    if isinstance(node, ast.FunctionDef):
+        decorators = node.decorator_list
+        if len(decorators) != 1 or not _is_prim_func_decorator(decorators[0]):
+            at = decorators[0] if decorators else node
+            raise ScriptError(file, at.lineno, at.col_offset + 1,
+                              f"function {node.name} must be decorated with @prim_func and nothing else")
+        if node.name in seen:
+            raise ScriptError(file, node.lineno, node.col_offset + 1,
+                              f"function {node.name} is defined twice")
+        return _FunctionParser(file, node).parse()
+    what = "async functions" if isinstance(node, ast.AsyncFunctionDef) else "top-level code"
+    raise ScriptError(file, node.lineno, node.col_offset + 1,
+                      f"{what} is not part of the script language: a file holds imports, "
+                      "docstrings and @prim_func functions")
+
+
+def parse_all(text: str, file: str = "<script>") -> dict[str, PrimFunc]:
+    """Every ``@prim_func`` of a script text, by name, in order; the first error raises."""
+    funcs: dict[str, PrimFunc] = {}
+    for item in _read_functions(text, file):
+        if isinstance(item, ScriptError):
+            raise item
+        funcs[item.name] = item
     return funcs
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ScriptError(path, 1, 1, f"cannot read the script: {reason}") from None
+
+
+def parse_file_lenient(path) -> tuple[dict[str, PrimFunc], list[ScriptError]]:
+    """Every function of a script file that reads cleanly, and an error for each that does not.
+
+    One bad function does not hide the others; an unreadable file or a Python syntax
+    error gives no functions and one error.
+    """
+    path = str(path)
+    funcs: dict[str, PrimFunc] = {}
+    errors: list[ScriptError] = []
+    try:
+        for item in _read_functions(_read_text(path), path):
+            if isinstance(item, ScriptError):
+                errors.append(item)
+            else:
+                funcs[item.name] = item
+    except ScriptError as e:
+        errors.append(e)
+    return funcs, errors
 
 
 def parse(text: str, file: str = "<script>") -> PrimFunc:
@@ -573,13 +623,7 @@ def parse(text: str, file: str = "<script>") -> PrimFunc:
 def parse_file(path) -> dict[str, PrimFunc]:
     """Every ``@prim_func`` of a script file, by name."""
     path = str(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise ScriptError(path, 1, 1, f"cannot read the script: {reason}") from None
-    return parse_all(text, path)
+    return parse_all(_read_text(path), path)
 
 
 # ---------------------------------------------------------------------------

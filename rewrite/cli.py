@@ -1,0 +1,341 @@
+"""The ``tensorize`` command line (SPEC §4).
+
+Exit status: 0 done, 1 a ``--check`` failure, 2 bad input (one line per problem on
+stderr, never a traceback). One bad function does not stop the others: its entry
+carries ``"error"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+from . import analysis
+from .ir import PrimFunc
+from .script import ScriptError, parse_file_lenient, show
+
+TARGETS = ("host", "x86-avx2", "all", "none")
+
+
+# ---------------------------------------------------------------------------
+# inputs
+
+
+@dataclass
+class Unit:
+    """One function to process, or the error that kept it from being read."""
+
+    file: str
+    name: Optional[str]
+    func: Optional[PrimFunc] = None
+    error: Optional[str] = None
+
+
+def script_files(paths: list[str]) -> Iterator[tuple[str, Optional[str]]]:
+    """``(file, error)`` for each script named directly or found (recursively) in a folder."""
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found = sorted(q for q in path.rglob("*.py") if q.is_file())
+            if not found:
+                yield p, f"{p}: no script files (*.py) in this folder"
+            for q in found:
+                yield str(q), None
+        elif path.is_file():
+            yield p, None
+        else:
+            yield p, f"{p}: no such file or folder"
+
+
+def load_units(paths: list[str], only: Optional[str]) -> list[Unit]:
+    units: list[Unit] = []
+    for file, error in script_files(paths):
+        if error:
+            units.append(Unit(file, None, error=error))
+            continue
+        funcs, errors = parse_file_lenient(file)
+        units.extend(Unit(file, e.name, error=str(e)) for e in errors if only in (None, e.name)
+                     or e.name is None)
+        units.extend(Unit(file, name, func=f) for name, f in funcs.items() if only in (None, name))
+    if only is not None and not any(u.name == only for u in units):
+        units.append(Unit(", ".join(paths), only, error=f"no function named {only} in {', '.join(paths)}"))
+    return units
+
+
+# ---------------------------------------------------------------------------
+# one function
+
+
+@dataclass
+class Options:
+    target: str = "host"
+    check: bool = False
+    emit: Optional[str] = None
+    threads: Optional[int] = None
+    compile: bool = True
+
+
+@dataclass
+class Entry:
+    file: str
+    name: Optional[str]
+    error: Optional[str] = None
+    buffers: list[dict] = field(default_factory=list)
+    loops: list[dict] = field(default_factory=list)
+    ops_total: int = 0
+    check: Optional[dict] = None
+    seconds: dict = field(default_factory=dict)
+    emitted: Optional[str] = None
+
+    def to_json(self) -> dict:
+        return {
+            "file": self.file, "name": self.name,
+            "sites": [],
+            "coverage": {"ops_total": self.ops_total, "ops_in_intrinsics": 0, "fraction": 0.0},
+            "saturation": None,
+            "strassen_levels": 0,
+            "check": self.check,
+            "seconds": self.seconds,
+            "buffers": self.buffers,
+            "loops": self.loops,
+            "error": self.error,
+        }
+
+
+def process(unit: Unit, opts: Options) -> Entry:
+    """Verify, analyse, compile and (optionally) check one function."""
+    entry = Entry(unit.file, unit.name, error=unit.error)
+    if unit.func is None:
+        return entry
+    func = unit.func
+    t0 = time.perf_counter()
+    try:
+        from .lower import op_count
+
+        outputs = {b.name for b in func.outputs}
+        entry.buffers = [{"name": b.name, "dtype": b.dtype, "shape": list(b.shape),
+                          "role": "output" if b.name in outputs else
+                          ("temporary" if b in func.allocs else "input")} for b in func.buffers]
+        entry.loops = [{"var": l.var, "start": l.start, "stop": l.stop, "kind": l.kind,
+                        "depth": l.depth} for l in analysis.loops(func)]
+        entry.ops_total = op_count(func.body)
+        entry.seconds["analysis"] = time.perf_counter() - t0
+        if opts.emit == "script":
+            entry.emitted = show(func)
+        if opts.compile or opts.check or opts.emit in ("llvm", "asm"):
+            from . import codegen, runtime
+
+            t1 = time.perf_counter()
+            kernel = runtime.compile(func, threads=opts.threads)
+            entry.seconds["compile"] = time.perf_counter() - t1
+            if opts.emit == "llvm":
+                entry.emitted = codegen.emit_llvm(func)
+            elif opts.emit == "asm":
+                entry.emitted = codegen.emit_asm(func)
+            if opts.check:
+                t2 = time.perf_counter()
+                result = runtime.check(func, kernel)
+                entry.seconds["check"] = time.perf_counter() - t2
+                entry.check = {"ok": bool(result.ok), "max_abs_error": float(result.max_abs_error)}
+                if not result.ok:
+                    entry.check["message"] = result.message
+    except Exception as e:  # a compiler bug must not stop the other functions
+        entry.error = f"{unit.file}:{unit.name}: internal error: {type(e).__name__}: {e}"
+    entry.seconds["total"] = time.perf_counter() - t0
+    return entry
+
+
+# ---------------------------------------------------------------------------
+# output
+
+
+def _ms(seconds: Optional[float]) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.0f} ms"
+
+
+def _count(n: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def format_entry(e: Entry) -> str:
+    if e.error:
+        return f"{e.file}::{e.name or '?'}\n  error: {e.error}"
+    ins = ", ".join(f"{b['name']} {b['dtype']}{b['shape']}" for b in e.buffers if b["role"] == "input")
+    outs = ", ".join(f"{b['name']} {b['dtype']}{b['shape']}" for b in e.buffers if b["role"] == "output")
+    tmps = ", ".join(f"{b['name']} {b['dtype']}{b['shape']}" for b in e.buffers if b["role"] == "temporary")
+    nests: list[list[str]] = []
+    for l in e.loops:
+        if l["depth"] == 0 or not nests:
+            nests.append([])
+        span = str(l["stop"]) if l["start"] == 0 else f"{l['start']}:{l['stop']}"
+        nests[-1].append(f"{l['var']}<{span}> {l['kind']}")
+    check = "-" if e.check is None else ("ok" if e.check["ok"] else "FAILED") + \
+        f" (max abs error {e.check['max_abs_error']:.2g})"
+    lines = [f"{e.file}::{e.name}",
+             f"  in:  {ins or '-'}",
+             f"  out: {outs or '-'}" + (f"   temporaries: {tmps}" if tmps else ""),
+             *(f"  nest: {', '.join(n)}" for n in nests),
+             f"  ops: {_count(e.ops_total)}   intrinsics: none (coverage 0.00)   "
+             f"check: {check}   compile: {_ms(e.seconds.get('compile'))}"]
+    if e.check is not None and not e.check["ok"]:
+        lines.append(f"  check failed: {e.check.get('message', '')}")
+    return "\n".join(lines)
+
+
+class Progress:
+    """``[3/27] name`` on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+        self.live = sys.stderr.isatty()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if self.live:
+            sys.stderr.write(f"\r\033[K[{self.done}/{self.total}] {label}")
+            sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.live:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------
+# commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.target != "none" and not args.json:
+        print("note: intrinsic matching is not available yet; every function is compiled as "
+              "plain loops (coverage 0)", file=sys.stderr)
+    opts = Options(target=args.target, check=args.check, emit=args.emit, threads=args.threads)
+    units = load_units(args.paths, args.func)
+    progress = Progress(len(units))
+    entries = []
+    for u in units:
+        progress.step(f"{Path(u.file).name}::{u.name or '?'}")
+        entries.append(process(u, opts))
+    progress.finish()
+    for e in entries:
+        if e.error:
+            print(e.error, file=sys.stderr)
+    if args.json:
+        json.dump({"functions": [e.to_json() for e in entries]}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.emit:
+        for e in entries:
+            if e.emitted is not None:
+                print(e.emitted)
+    else:
+        for e in entries:
+            print(format_entry(e))
+            print()
+        ok = sum(1 for e in entries if not e.error)
+        checked = [e for e in entries if e.check is not None]
+        failed = sum(1 for e in checked if not e.check["ok"])
+        summary = f"{ok} of {len(entries)} functions compiled"
+        if checked:
+            summary += f", {len(checked) - failed} of {len(checked)} checks passed"
+        print(summary)
+    if any(e.error for e in entries):
+        return 2
+    if any(e.check is not None and not e.check["ok"] for e in entries):
+        return 1
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    units = load_units(args.paths, args.func)
+    for u in units:
+        if u.error:
+            print(u.error, file=sys.stderr)
+    good = [(u.file, u.func) for u in units if u.func is not None]
+    live = sys.stderr.isatty()
+
+    def progress(i: int, n: int, name: str) -> None:
+        if live:
+            sys.stderr.write(f"\r\033[K[{i}/{n}] {name}")
+            sys.stderr.flush()
+
+    results = bench.bench(good, threads=args.threads, min_runs=args.runs, progress=progress)
+    if live:
+        sys.stderr.write("\r\033[K")
+    print(bench.format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(bench.to_json(results), indent=2) + "\n")
+    if args.plot and not bench.plot(results, args.plot):
+        print("note: --plot needs matplotlib (pip install 'tensorize[plot]'); no plot written",
+              file=sys.stderr)
+    return 2 if any(u.error for u in units) else 0
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {n}")
+    return n
+
+
+def _strassen(text: str) -> str:
+    if text in ("auto", "off") or text.isdigit():
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, off or a number of levels, not {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tensorize", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="verify, analyse, compile (and check) every function of scripts")
+    run.add_argument("paths", nargs="+", metavar="PATH", help="script files or folders of scripts")
+    run.add_argument("--func", metavar="NAME", help="only this function")
+    run.add_argument("--target", choices=TARGETS, default="host",
+                     help="intrinsic library to map onto; none compiles plain loops")
+    run.add_argument("--intrinsics", metavar="NAME,...", help="pick intrinsics by name")
+    run.add_argument("--intrinsics-file", metavar="PATH", help="a Python module registering intrinsics")
+    run.add_argument("--emit", choices=("script", "llvm", "asm"), help="print the program instead of a report")
+    run.add_argument("--check", action="store_true", help="compare compiled results with the interpreter")
+    run.add_argument("--explain", action="store_true", help="say why uncovered nests match no intrinsic")
+    run.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    run.add_argument("--strassen", type=_strassen, default="auto", metavar="auto|off|N")
+    run.add_argument("--threads", type=_positive, metavar="N", help="threads for parallel loops")
+    run.set_defaults(handler=cmd_run)
+
+    bench = sub.add_parser("bench", help="time compiled functions against numpy")
+    bench.add_argument("paths", nargs="+", metavar="PATH")
+    bench.add_argument("--func", metavar="NAME", help="only this function")
+    bench.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    bench.add_argument("--plot", metavar="FILE.png", help="draw the results (needs matplotlib)")
+    bench.add_argument("--threads", type=_positive, metavar="N")
+    bench.add_argument("--runs", type=_positive, default=20, metavar="N", help="at least this many timed runs")
+    bench.set_defaults(handler=cmd_bench)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

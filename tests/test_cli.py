@@ -1,0 +1,111 @@
+"""The command line as a user runs it: exit codes, one-line errors, the JSON shape."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+GOOD = '''
+@prim_func
+def scale(A: f32[16], B: f32[16]):
+    """Doubling."""
+    for i in range(16):
+        B[i] = 2.0 * A[i]
+
+@prim_func
+def broken(A: f32[16], B: f32[16]):
+    for i in range(16):
+        B[i] = A[i + 1]
+
+@prim_func
+def acc(A: i32[8, 4], B: i32[8]):
+    for i in range(8):
+        B[i] = 0
+        for k in range(4):
+            B[i] += A[i, k]
+'''
+
+
+def tensorize(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "rewrite.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def script(tmp_path):
+    p = tmp_path / "mixed.py"
+    p.write_text(GOOD)
+    return p
+
+
+def test_one_bad_function_does_not_stop_the_others(script):
+    r = tensorize("run", script, "--json", "--check", "--target", "none")
+    assert r.returncode == 2
+    out = json.loads(r.stdout)
+    by_name = {f["name"]: f for f in out["functions"]}
+    assert set(by_name) == {"scale", "broken", "acc"}
+    assert by_name["broken"]["error"].startswith(f"{script}:11:16: ")
+    assert "out of bounds" in by_name["broken"]["error"]
+    for name in ("scale", "acc"):
+        f = by_name[name]
+        assert f["error"] is None and f["check"]["ok"] is True
+        assert set(f) >= {"file", "name", "sites", "coverage", "saturation", "strassen_levels",
+                          "check", "seconds", "error"}
+        assert f["seconds"]["total"] > 0
+    assert by_name["acc"]["coverage"]["ops_total"] == 8 * 4  # one add per k iteration
+    assert [l["kind"] for l in by_name["acc"]["loops"]] == ["parallel", "reduction"]
+    # the error is one line on stderr, no traceback
+    assert r.stderr.strip().splitlines()[-1] == by_name["broken"]["error"]
+    assert "Traceback" not in r.stderr
+
+
+def test_syntax_error_is_one_line_and_exit_2(tmp_path):
+    p = tmp_path / "bad.py"
+    p.write_text("@prim_func\ndef f(A: f32[4]:\n")
+    r = tensorize("run", p)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(f"{p}:2:")
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_path_and_unknown_function(tmp_path, script):
+    r = tensorize("run", tmp_path / "nope.py")
+    assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+    r = tensorize("run", script, "--func", "nothere")
+    assert r.returncode == 2 and "no function named nothere" in r.stderr
+
+
+def test_bad_option_is_usage_error(script):
+    r = tensorize("run", script, "--threads", "0")
+    assert r.returncode == 2 and "positive integer" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_emit_script_prints_parseable_text(script):
+    from rewrite.script import parse, parse_file_lenient
+
+    r = tensorize("run", script, "--func", "scale", "--emit", "script", "--target", "none")
+    assert r.returncode == 0, r.stderr
+    funcs, _ = parse_file_lenient(script)
+    assert parse(r.stdout) == funcs["scale"]
+
+
+def test_emit_llvm_names_the_kernel(script):
+    r = tensorize("run", script, "--func", "acc", "--emit", "llvm", "--target", "none")
+    assert r.returncode == 0, r.stderr
+    assert "define" in r.stdout and "add" in r.stdout
+
+
+def test_corpus_reports_every_function():
+    from rewrite.script import parse_file
+
+    expected = {(str(p.relative_to(ROOT)), n) for p in sorted((ROOT / "corpus").glob("*.py"))
+                for n in parse_file(p)}
+    r = tensorize("run", "corpus", "--json", "--target", "none")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert {(f["file"], f["name"]) for f in out["functions"]} == expected
+    assert all(f["error"] is None for f in out["functions"])
