@@ -144,9 +144,11 @@ def contraction(func: PrimFunc) -> Optional[Contraction]:
         if not _zeroes(store, init_loops, acc.buffer) or found.index(inits[0]) > found.index(accs[0]):
             return None
         init = True
-    letters = {v: chr(ord("a") + k) for k, v in enumerate(sorted(extents))}
-    if len(letters) > 26:
+    if len(extents) > 26:
         return None
+    letters = {v: v for v in extents}  # loop variables that are letters keep their names
+    if not all(len(v) == 1 and v.isascii() and v.isalpha() for v in extents):
+        letters = {v: chr(ord("a") + k) for k, v in enumerate(sorted(extents))}
     spec = ",".join("".join(letters[i.name] for i in x.indices) for x in factors)
     spec += "->" + "".join(letters[i.name] for i in acc.indices)
     return Contraction(spec, acc.buffer.name, tuple(x.buffer.name for x in factors), init,

@@ -115,7 +115,11 @@ def _object(key: str, build) -> tuple[bytes, str]:
     Returns the code and where it came from (``"disk"`` or ``"compiled"``)."""
     path = cache_dir() / f"{key[:40]}.o"
     try:
-        return path.read_bytes(), "disk"
+        data = path.read_bytes()
+        # the file starts with the digest of the rest: LLVM aborts the process on a
+        # damaged object file, so a damaged cache entry must never reach it
+        if hashlib.sha256(data[32:]).digest() == data[:32]:
+            return data[32:], "disk"
     except OSError:
         pass
     obj = build()
@@ -124,7 +128,7 @@ def _object(key: str, build) -> tuple[bytes, str]:
         # write then rename: a concurrent reader never sees half a file
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            f.write(obj)
+            f.write(hashlib.sha256(obj).digest() + obj)
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only cache only costs recompiling
@@ -204,6 +208,11 @@ class _Compiled:
 
 
 _memory: dict[PrimFunc, _Compiled] = {}
+
+
+def clear_memory_cache() -> None:
+    """Forget compiled functions (their code stays loaded); the next compile reads the disk."""
+    _memory.clear()
 
 
 def _compiled(func: PrimFunc) -> tuple[_Compiled, bool]:

@@ -1,0 +1,318 @@
+"""The numpy calling convention, caches, threads, check() and the benchmark harness."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rewrite import bench, runtime
+from rewrite.interp import random_args, run
+from rewrite.script import parse, parse_file
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus"
+
+MATMUL = """
+@prim_func
+def mm(A: f32[96, 80], B: f32[80, 72], C: f32[96, 72]):
+    for i, j in grid(96, 72):
+        C[i, j] = 0.0
+        for k in range(80):
+            C[i, j] += A[i, k] * B[k, j]
+"""
+
+SCAN = """
+@prim_func
+def scan(A: i32[4096], B: i32[4096]):
+    B[0] = A[0]
+    for i in range(1, 4096):
+        B[i] = B[i - 1] + A[i]
+"""
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TENSORIZE_CACHE_DIR", str(tmp_path / "cache"))
+    runtime.clear_memory_cache()
+
+
+@pytest.fixture
+def mm():
+    return parse(MATMUL)
+
+
+def arrays(func, seed=0):
+    return random_args(func, seed=seed)
+
+
+# ---------------------------------------------------------------------------
+# calling convention
+
+
+def test_positional_and_keyword_calls_agree(mm):
+    k = runtime.compile(mm, threads=1)
+    a = arrays(mm)
+    by_name = {n: x.copy() for n, x in a.items()}
+    k(**by_name)
+    c = a["C"].copy()
+    k(a["A"], a["B"], c)
+    np.testing.assert_array_equal(c, by_name["C"])
+    c2 = a["C"].copy()
+    k(a["A"], B=a["B"], C=c2)
+    np.testing.assert_array_equal(c2, by_name["C"])
+    np.testing.assert_allclose(c, a["A"] @ a["B"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad, words", [
+    (dict(A=np.zeros((96, 81), np.float32)), ["buffer A", "shape"]),
+    (dict(B=np.zeros((80, 72), np.float64)), ["buffer B", "dtype"]),
+    (dict(C=np.zeros((96, 72), np.float32).T.copy().T), ["buffer C", "C-contiguous"]),
+    (dict(A=np.zeros((96, 160), np.float32)[:, ::2]), ["buffer A", "C-contiguous"]),
+    (dict(A=[[0.0] * 80] * 96), ["buffer A", "numpy array"]),
+    (dict(B=np.zeros((80, 72), np.dtype(">f4"))), ["buffer B", "dtype"]),
+])
+def test_wrong_arrays_raise_value_error_naming_the_buffer(mm, bad, words):
+    k = runtime.compile(mm, threads=1)
+    a = arrays(mm)
+    a.update(bad)
+    with pytest.raises(ValueError) as err:
+        k(**a)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_missing_unknown_and_duplicate_buffers(mm):
+    k = runtime.compile(mm, threads=1)
+    a = arrays(mm)
+    with pytest.raises(ValueError, match="missing buffer"):
+        k(A=a["A"], B=a["B"])
+    with pytest.raises(ValueError, match="no buffer D"):
+        k(**a, D=a["C"])
+    with pytest.raises(ValueError, match="given twice"):
+        k(a["A"], a["B"], a["C"], C=a["C"])
+
+
+def test_read_only_and_overlapping_outputs_are_rejected(mm):
+    k = runtime.compile(mm, threads=1)
+    a = arrays(mm)
+    c = a["C"].copy()
+    c.flags.writeable = False
+    with pytest.raises(ValueError, match="buffer C.*read-only"):
+        k(A=a["A"], B=a["B"], C=c)
+    square = parse("""
+@prim_func
+def sq(A: f32[16], B: f32[16]):
+    for i in range(16):
+        B[i] = A[i] * A[i]
+""")
+    x = np.ones(16, np.float32)
+    with pytest.raises(ValueError, match="shares memory"):
+        runtime.compile(square, threads=1)(A=x, B=x)
+
+
+def unaligned(shape, dtype):
+    """An array whose data sits one byte past an aligned address."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    raw = np.empty(n * dtype.itemsize + 1, np.uint8)
+    view = raw[1:].view(dtype).reshape(shape)
+    assert view.ctypes.data % dtype.itemsize != 0
+    return view
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_unaligned_arrays_give_correct_results(mm, threads):
+    a = arrays(mm)
+    A, B, C = unaligned((96, 80), np.float32), unaligned((80, 72), np.float32), unaligned((96, 72), np.float32)
+    A[...], B[...], C[...] = a["A"], a["B"], 0
+    runtime.compile(mm, threads=threads)(A=A, B=B, C=C)
+    np.testing.assert_allclose(C, run(mm, **a)["C"], rtol=1e-5, atol=1e-5)
+
+
+def test_unaligned_wide_vectors():
+    func = parse("""
+@prim_func
+def ew(A: f64[1000], B: f64[1000], C: f64[1000]):
+    for i in range(1000):
+        C[i] = max(A[i] * B[i] + 1.0, 0.0)
+""")
+    a = arrays(func)
+    A, B, C = (unaligned((1000,), np.float64) for _ in range(3))
+    A[...], B[...] = a["A"], a["B"]
+    runtime.compile(func, threads=1)(A, B, C)
+    np.testing.assert_array_equal(C, run(func, **a)["C"])
+
+
+def test_temporaries_start_at_zero_on_every_call():
+    func = parse("""
+@prim_func
+def t(A: f32[8], B: f32[8]):
+    T = alloc(f32[8])
+    for i in range(8):
+        T[i] += A[i]
+        B[i] = T[i]
+""")
+    k = runtime.compile(func, threads=1)
+    a = arrays(func)
+    k(**a)
+    first = a["B"].copy()
+    k(**a)
+    np.testing.assert_array_equal(a["B"], first)
+
+
+# ---------------------------------------------------------------------------
+# threads
+
+
+def corpus_functions():
+    funcs = []
+    for path in sorted(CORPUS.glob("*.py")):
+        funcs.extend(parse_file(path).values())
+    return funcs
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_parallel_results_are_identical_to_serial(mm, threads):
+    for func in [mm, parse(SCAN)] + corpus_functions()[:12]:
+        a = arrays(func, seed=3)
+        serial = {n: x.copy() for n, x in a.items()}
+        parallel = {n: x.copy() for n, x in a.items()}
+        runtime.compile(func, threads=1)(**serial)
+        runtime.compile(func, threads=threads)(**parallel)
+        for b in func.outputs:
+            np.testing.assert_array_equal(parallel[b.name], serial[b.name], err_msg=func.name)
+
+
+def test_parallel_loops_are_chosen_by_the_dependence_analysis(mm):
+    from rewrite.lower import lower
+
+    assert [p.parallel for p in lower(mm).parts] == [True]
+    assert not any(p.parallel for p in lower(parse(SCAN)).parts)
+
+
+def test_many_parallel_calls_from_two_python_threads(mm):
+    import threading
+
+    k = runtime.compile(mm, threads=2)
+    a = arrays(mm)
+    want = run(mm, **a)["C"]
+    errors = []
+
+    def worker():
+        c = np.zeros((96, 72), np.float32)
+        for _ in range(200):
+            k(A=a["A"], B=a["B"], C=c)
+            if not np.allclose(c, want, rtol=1e-5, atol=1e-5):
+                errors.append("mismatch")
+
+    ts = [threading.Thread(target=worker) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+
+
+# ---------------------------------------------------------------------------
+# caches
+
+
+def test_memory_cache_hit(mm):
+    runtime.compile(mm, threads=1)
+    again = runtime.compile(mm, threads=1)
+    assert again.source == "memory"
+
+
+def test_disk_cache_hit_gives_the_same_results(mm, tmp_path):
+    fresh = runtime.compile(mm, threads=1)
+    assert fresh.source == "compiled"
+    runtime.clear_memory_cache()
+    cached = runtime.compile(mm, threads=1)
+    assert cached.source == "disk"
+    a = arrays(mm)
+    x, y = {n: v.copy() for n, v in a.items()}, {n: v.copy() for n, v in a.items()}
+    fresh(**x)
+    cached(**y)
+    np.testing.assert_array_equal(x["C"], y["C"])
+    assert list((tmp_path / "cache").glob("*.o"))
+
+
+def test_disk_cache_is_used_by_a_new_process(tmp_path):
+    script = f"""
+import json, numpy as np
+from rewrite import runtime
+from rewrite.script import parse
+k = runtime.compile(parse('''{MATMUL}'''), threads=1)
+a = np.ones((96, 80), np.float32); b = np.ones((80, 72), np.float32); c = np.zeros((96, 72), np.float32)
+k(a, b, c)
+print(json.dumps([k.source, float(c[0, 0])]))
+"""
+    env = {"TENSORIZE_CACHE_DIR": str(tmp_path / "shared"), "PATH": "/usr/bin:/bin"}
+    root = str(Path(__file__).resolve().parent.parent)
+    outs = [json.loads(subprocess.run([sys.executable, "-c", script], cwd=root, env=env | {"PYTHONPATH": root},
+                                      capture_output=True, text=True, check=True).stdout)
+            for _ in range(2)]
+    assert outs == [["compiled", 80.0], ["disk", 80.0]]
+
+
+def test_a_damaged_cache_file_is_recompiled(mm, tmp_path):
+    runtime.compile(mm, threads=1)
+    runtime.clear_memory_cache()
+    for f in (tmp_path / "cache").glob("*.o"):
+        f.write_bytes(f.read_bytes()[:-7] + b"damaged")
+    again = runtime.compile(mm, threads=1)
+    assert again.source == "compiled"
+    assert runtime.check(mm, kernel=again).ok
+
+
+# ---------------------------------------------------------------------------
+# check() and the benchmark harness
+
+
+def test_check_agrees_with_the_interpreter_on_the_corpus():
+    for func in corpus_functions()[:20]:
+        result = runtime.check(func)
+        assert result.ok, (func.name, result)
+
+
+def test_check_reports_a_wrong_kernel(mm):
+    other = parse(MATMUL.replace("A[i, k] * B[k, j]", "A[i, k] + B[k, j]"))
+    result = runtime.check(mm, kernel=runtime.compile(other, threads=1))
+    assert not result.ok and result.max_abs_error > 1
+
+
+def test_contraction_detection():
+    funcs = {f.name: f for f in corpus_functions()}
+    c = bench.contraction(parse(MATMUL))
+    assert (c.spec, c.out, c.operands, c.init) == ("ik,kj->ij", "C", ("A", "B"), True)
+    assert bench.contraction(parse(SCAN)) is None
+    if "gemm_transposed_b" in funcs:
+        assert bench.contraction(funcs["gemm_transposed_b"]) is not None
+
+
+def test_bench_reports_in_the_spec_shape(mm):
+    results = bench.bench([("x.py", mm), parse(SCAN)], threads=1, min_runs=20, target_seconds=0.01)
+    doc = bench.to_json(results)
+    assert json.loads(json.dumps(doc)) == doc
+    first, second = doc["results"]
+    assert set(first) == {"file", "name", "runs", "min_s", "median_s", "max_s", "gflops",
+                          "numpy_median_s", "ratio"}
+    assert first["file"] == "x.py" and first["runs"] >= 20 and first["ratio"] > 0
+    assert first["min_s"] <= first["median_s"] <= first["max_s"]
+    assert second["numpy_median_s"] is None and second["ratio"] is None
+    assert results[0].ops == 2 * 96 * 80 * 72
+
+
+def test_plot_without_matplotlib_says_so(mm, tmp_path, capsys):
+    results = bench.bench([mm], threads=1, min_runs=20, target_seconds=0.01)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert bench.plot(results, str(tmp_path / "p.png")) is False
+        assert "matplotlib" in capsys.readouterr().err
+    else:
+        assert bench.plot(results, str(tmp_path / "p.png")) is True
