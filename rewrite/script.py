@@ -47,6 +47,14 @@ def select(cond, a, b):
     raise RuntimeError("select() is script syntax: parse the file with rewrite.script.parse_file")
 
 
+def exp(x):
+    raise RuntimeError("exp() is script syntax: parse the file with rewrite.script.parse_file")
+
+
+def sqrt(x):
+    raise RuntimeError("sqrt() is script syntax: parse the file with rewrite.script.parse_file")
+
+
 class _DType:
     def __init__(self, name: str):
         self.name = name
@@ -742,7 +750,8 @@ def _buffer_type(b: Buffer) -> str:
 def _docstring(doc: str) -> str:
     if '"""' in doc or "\\" in doc or doc.endswith('"'):
         return repr(doc)
-    return '"""' + doc.replace("\n", "\n    ") + '"""'
+    lines = doc.split("\n")
+    return '"""' + "\n".join([lines[0]] + [("    " + l) if l else "" for l in lines[1:]]) + '"""'
 
 
 def show(func: PrimFunc) -> str:
