@@ -39,6 +39,11 @@ from .ir import (INDEX, Accumulate, Binary, Buffer, Cast, Const, Expr, For, If, 
                  Seq, Stmt, Store, Unary, Var, is_int, loads_of, stmts_of)
 from .script import show_expr
 
+__all__ = ["Access", "Affine", "Analysis", "Dependence", "Loop", "LoopInfo", "SplitCheck", "accesses",
+           "affine", "analyze", "can_distribute", "can_fuse", "can_interchange", "can_parallelize",
+           "can_permute", "can_split", "dependences", "describe", "direction_summary", "directions",
+           "find_loop", "loop_at", "loop_info", "loops", "stmt_at"]
+
 Path = tuple[int, ...]
 
 DIRECTIONS = ("<", "=", ">")
@@ -417,6 +422,13 @@ def directions(a: Access, b: Access, aligned: int | None = None,
         return frozenset()
     exact = _enumerate(a, b, aligned, ENUMERATION_LIMIT if limit is None else limit)
     return exact if exact is not None else _refine(a, b, aligned)
+
+
+def direction_summary(vectors: frozenset[tuple[str, ...]]) -> tuple[str, ...]:
+    """One vector standing for several: a component they disagree on becomes ``*``."""
+    if not vectors:
+        raise ValueError("no direction vectors: the accesses are independent")
+    return tuple(col[0] if len(set(col)) == 1 else "*" for col in zip(*sorted(vectors)))
 
 
 def _common(a: Access, b: Access) -> int:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from rewrite import analysis
 from rewrite.analysis import (Affine, affine, can_distribute, can_fuse, can_interchange,
                               can_parallelize, can_permute, can_split, dependences, describe,
-                              directions, find_loop, loops, stmt_at)
+                              direction_summary, directions, find_loop, loops, stmt_at)
 from rewrite.fuzz import programs
 from rewrite.ir import Binary, Const, For, Select, Store, Var, seq, stmts_of
 from rewrite.script import parse, parse_file
@@ -432,6 +432,9 @@ def f(A: i32[8, 8]):
     else:
         assert directions(write, read) >= exact
     assert directions(read, write) >= {("=", "="), (">", "="), (">", ">"), ("=", ">"), ("<", ">")}
+    # both components take more than one value; a component all vectors share stays
+    assert direction_summary(exact) == ("*", "*")
+    assert direction_summary(frozenset({("=", "<"), ("<", "<")})) == ("*", "<")
 
 
 # ---------------------------------------------------------------------------
