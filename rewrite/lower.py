@@ -19,11 +19,12 @@ The IR has no intrinsic call node yet; when it has, their expansion belongs here
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 
 from . import analysis
-from .ir import (Accumulate, Binary, Buffer, Expr, For, If, PrimFunc, Seq, Stmt, Unary, Var, seq,
-                 stmts_of, walk_expr)
+from .ir import (Accumulate, Binary, Buffer, Expr, For, If, PrimFunc, Seq, Stmt, Store, Unary,
+                 Var, loads_of, seq, stmts_of, walk_expr)
 
 # Below this many arithmetic operations a loop runs on the calling thread: waking the
 # workers and joining them costs a few microseconds, which such a loop does not repay.
@@ -52,7 +53,9 @@ class Plan:
 
 
 def lower(func: PrimFunc) -> Plan:
-    """Split ``func``'s body into serial and parallel parts (see the module docstring)."""
+    """Choose loop orders (``schedule``), then split the body into serial and parallel parts
+    (see the module docstring)."""
+    func = schedule(func)
     parts: list[Part] = []
     pending: list[Stmt] = []  # consecutive serial statements become one part
     for k, s in enumerate(stmts_of(func.body)):
@@ -72,6 +75,116 @@ def _worth_threads(func: PrimFunc, position: int, s: Stmt) -> bool:
     if not isinstance(s, For) or s.extent < 2 or op_count(s) < MIN_PARALLEL_OPS:
         return False
     return analysis.can_parallelize(func, (position,))
+
+
+# ---------------------------------------------------------------------------
+# loop order
+
+
+# Cost of one access per iteration of the innermost loop, by its stride there: invariant
+# (kept in a register), unit stride (vector loads), anything else (gathers, cache misses).
+_INVARIANT, _UNIT, _STRIDED = 0, 1, 8
+
+
+def schedule(func: PrimFunc) -> PrimFunc:
+    """Pick, for each top-level loop nest, the loop order that makes the innermost loop walk
+    memory with unit stride, when the dependence analysis allows it::
+
+        for i, j in grid(N, M):             for i, j in grid(N, M):
+            C[i, j] = 0.0                       C[i, j] = 0.0
+            for k in range(K):       ->     for i, k, j in grid(N, K, M):
+                C[i, j] += A[i, k] * B[k, j]    C[i, j] += A[i, k] * B[k, j]
+
+    A nest whose innermost body holds several statements is first distributed into one nest
+    per statement, which is legal when no dependence runs from a later statement back to an
+    earlier one. Sums keep their order: a loop order is taken only when legal without
+    reassociating ``+=``. Nothing changes unless some loop order gets cheaper."""
+    out: list[Stmt] = []
+    changed = False
+    for k, s in enumerate(stmts_of(func.body)):
+        nests = _reorder(func, k, s)
+        changed = changed or nests != [s]
+        out.extend(nests)
+    return replace(func, body=seq(*out)) if changed else func
+
+
+def _reorder(func: PrimFunc, position: int, s: Stmt) -> list[Stmt]:
+    loops, body = _band_of(s)
+    if not loops:
+        return [s]
+    groups = stmts_of(body)
+    nests = [_wrap(loops, g) for g in groups] if len(groups) > 1 else [s]
+    better = [_best_order(func, n) for n in nests]
+    if all(b is None for b in better):
+        return [s]
+    if len(groups) > 1 and not _distributable(func, position, len(loops)):
+        return [s]
+    return [b if b is not None else n for b, n in zip(better, nests)]
+
+
+def _band_of(s: Stmt) -> tuple[list[For], Stmt]:
+    loops = []
+    while isinstance(s, For):
+        loops.append(s)
+        s = s.body
+    return loops, s
+
+
+def _wrap(loops: list[For], body: Stmt) -> Stmt:
+    for f in reversed(loops):
+        body = For(f.var, f.start, f.stop, body)
+    return body
+
+
+def _distributable(func: PrimFunc, position: int, depth: int) -> bool:
+    """Every dependence between two statements of the band's body runs forward."""
+    prefix = (position,) + (0,) * (depth - 1)
+    n = len(prefix)
+    for d in analysis.analyze(func).dependences:
+        a, b = d.source.path, d.sink.path
+        if a[:n] == prefix and b[:n] == prefix and len(a) > n and len(b) > n and a[n] > b[n]:
+            return False
+    return True
+
+
+def _best_order(func: PrimFunc, nest: Stmt) -> Optional[Stmt]:
+    """``nest`` with the cheapest loop innermost (the others keep their order), or None when
+    the current order is as cheap or the cheaper one is illegal."""
+    loops, body = _band_of(nest)
+    if len(loops) < 2 or not isinstance(body, (Store, Accumulate)):
+        return None
+    costs = [_innermost_cost(body, f.var) for f in loops]
+    best = min(range(len(loops)), key=lambda k: (costs[k], k != len(loops) - 1))
+    if costs[best] >= costs[-1]:
+        return None
+    order = [k for k in range(len(loops)) if k != best] + [best]
+    alone = replace(func, body=nest)
+    if not analysis.can_permute(alone, (0,), order, allow_reassociation=False):
+        return None
+    return _wrap([loops[k] for k in order], body)
+
+
+def _innermost_cost(s: Stmt, var: str) -> int:
+    accesses = [(s.buffer, s.indices)] + [(x.buffer, x.indices) for x in loads_of(s.value)]
+    for i in s.indices:
+        accesses += [(x.buffer, x.indices) for x in loads_of(i)]
+    return sum(_access_cost(buf, idx, var) for buf, idx in accesses)
+
+
+def _access_cost(buf: Buffer, indices: tuple[Expr, ...], var: str) -> int:
+    stride, step = 0, 1
+    for dim, idx in reversed(list(zip(buf.shape, indices))):
+        m = analysis.affine(idx)
+        if m is None:
+            uses = any(isinstance(x, Var) and x.name == var for x in walk_expr(idx))
+            if uses:
+                return _STRIDED
+        else:
+            stride += m.coeff(var) * step
+        step *= dim
+    if stride == 0:
+        return _INVARIANT
+    return _UNIT if abs(stride) == 1 else _STRIDED
 
 
 # ---------------------------------------------------------------------------
