@@ -24,18 +24,19 @@ from __future__ import annotations
 import atexit
 import ctypes
 import hashlib
+import json
 import os
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import llvmlite.binding as llvm
 import numpy as np
 
-from . import codegen
+from . import analysis, codegen
 from . import lower as lowering
 from .ir import Buffer, PrimFunc, is_float, numpy_dtype
 
@@ -54,13 +55,17 @@ class _Jit:
         self.lock = threading.Lock()
         tm = codegen.target_machine()
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+        self.loaded: dict[str, int] = {}
 
     def load(self, obj: bytes, symbols: list[str]) -> list[int]:
-        """Link ``obj`` into the process and return the addresses of ``symbols``."""
+        """Link ``obj`` into the process and return the addresses of ``symbols``; code already
+        linked (symbols are named by content) is not linked twice."""
         with self.lock:
-            self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
-            self.engine.finalize_object()
-            addresses = [self.engine.get_function_address(s) for s in symbols]
+            if not all(s in self.loaded for s in symbols):
+                self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+                self.engine.finalize_object()
+                self.loaded.update((s, self.engine.get_function_address(s)) for s in symbols)
+            addresses = [self.loaded[s] for s in symbols]
         if not all(addresses):
             raise RuntimeError(f"compiled code lacks a symbol among {symbols}")
         return addresses
@@ -93,7 +98,7 @@ def _code_version() -> str:
     global _CODE_VERSION
     if _CODE_VERSION is None:
         h = hashlib.sha256()
-        for module in (codegen, lowering):
+        for module in (codegen, lowering, analysis):
             h.update(Path(module.__file__).read_bytes())
         _CODE_VERSION = h.hexdigest()
     return _CODE_VERSION
@@ -110,29 +115,31 @@ def _key(what: str) -> str:
     return h.hexdigest()
 
 
-def _object(key: str, build) -> tuple[bytes, str]:
-    """Object code for ``key``: from disk, or built by ``build()`` and saved.
-    Returns the code and where it came from (``"disk"`` or ``"compiled"``)."""
+def _object(key: str, build: Callable[[], tuple[bytes, dict]]) -> tuple[bytes, dict, str]:
+    """Object code and its metadata for ``key``: from disk, or built by ``build()`` and saved.
+    Also says where they came from (``"disk"`` or ``"compiled"``)."""
     path = cache_dir() / f"{key[:40]}.o"
     try:
         data = path.read_bytes()
         # the file starts with the digest of the rest: LLVM aborts the process on a
         # damaged object file, so a damaged cache entry must never reach it
         if hashlib.sha256(data[32:]).digest() == data[:32]:
-            return data[32:], "disk"
-    except OSError:
+            header, _, obj = data[32:].partition(b"\n")
+            return obj, json.loads(header), "disk"
+    except (OSError, ValueError):
         pass
-    obj = build()
+    obj, meta = build()
+    payload = json.dumps(meta).encode() + b"\n" + obj
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # write then rename: a concurrent reader never sees half a file
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            f.write(hashlib.sha256(obj).digest() + obj)
+            f.write(hashlib.sha256(payload).digest() + payload)
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only cache only costs recompiling
-    return obj, "compiled"
+    return obj, meta, "compiled"
 
 
 # ---------------------------------------------------------------------------
@@ -174,8 +181,8 @@ def _pool(threads: int) -> _Pool:
     with _pools_lock:
         if threads not in _pools:
             key = _key("pool")
-            obj, _ = _object(key, lambda: codegen.object_code(
-                codegen.optimize(codegen.pool_module(_POOL_PREFIX))))
+            obj, _, _ = _object(key, lambda: (codegen.object_code(
+                codegen.optimize(codegen.pool_module(_POOL_PREFIX))), {}))
             names = ("worker", "dispatch", "stop")
             addresses = _engine().load(obj, [f"{_POOL_PREFIX}.{n}" for n in names])
             _pools[threads] = _Pool(threads, dict(zip(names, addresses)))
@@ -201,8 +208,8 @@ def default_threads() -> int:
 
 @dataclass(frozen=True)
 class _Compiled:
-    plan: lowering.Plan
     address: int
+    parallel: bool  # some part runs on the pool
     source: str  # "compiled" or "disk"
     seconds: float
 
@@ -215,19 +222,24 @@ def clear_memory_cache() -> None:
     _memory.clear()
 
 
+def _build(func: PrimFunc, symbol: str) -> tuple[bytes, dict]:
+    plan = lowering.lower(func)
+    obj = codegen.object_code(codegen.optimize(codegen.kernel_module(plan, symbol)))
+    return obj, {"parallel": any(p.parallel for p in plan.parts)}
+
+
 def _compiled(func: PrimFunc) -> tuple[_Compiled, bool]:
     hit = _memory.get(func)
     if hit is not None:
         return hit, True
     t0 = time.perf_counter()
-    plan = lowering.lower(func)
-    parallel = tuple(p.parallel for p in plan.parts)
-    key = _key(repr(replace(func, doc="")) + repr(parallel))
+    # lowering is a function of the program and of the code version in the key, so a disk
+    # hit skips it along with LLVM
+    key = _key(repr(replace(func, doc="")))
     symbol = f"tensorize.k{key[:24]}"
-    obj, source = _object(key, lambda: codegen.object_code(
-        codegen.optimize(codegen.kernel_module(plan, symbol))))
+    obj, meta, source = _object(key, lambda: _build(func, symbol))
     (address,) = _engine().load(obj, [symbol])
-    done = _Compiled(plan, address, source, time.perf_counter() - t0)
+    done = _Compiled(address, bool(meta["parallel"]), source, time.perf_counter() - t0)
     _memory[func] = done
     return done, False
 
@@ -239,7 +251,7 @@ def compile(func: PrimFunc, threads: Optional[int] = None) -> "Kernel":
     if threads < 1:
         raise ValueError(f"threads must be at least 1, not {threads}")
     compiled, in_memory = _compiled(func)
-    uses_pool = threads > 1 and any(p.parallel for p in compiled.plan.parts)
+    uses_pool = threads > 1 and compiled.parallel
     return Kernel(func, compiled, _pool(threads) if uses_pool else None, threads,
                   "memory" if in_memory else compiled.source)
 
