@@ -30,12 +30,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import product
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from .ir import (INDEX, Accumulate, Binary, Buffer, Cast, Const, Expr, For, If, Load, PrimFunc,
+from .ir import (INDEX, Accumulate, Binary, Buffer, Cast, Const, Expr, For, If, PrimFunc,
                  Seq, Stmt, Store, Unary, Var, is_int, loads_of, stmts_of)
 from .script import show_expr
 
