@@ -1,0 +1,20 @@
+"""Hardware intrinsics: descriptors (meaning as script + how to emit), the registry and the
+built-in library. Importing the package registers the built-ins.
+
+    import intrinsics
+    intrinsics.library("host")                 # what this CPU runs natively
+    impl = intrinsics.compile_intrinsic("x86.fma.f32x8")
+    impl(c=c, a=a, b=b)                        # numpy arrays, any strides
+"""
+
+from .base import (TARGETS, Intrinsic, IntrinsicError, IterDim, Layout, Operand, all, describe,
+                   get, host_features, intrinsic, library, load_file, register, unregister)
+from .emit import CompiledIntrinsic, Emitter, Emulated, Ref, compile_intrinsic
+from . import x86  # noqa: E402,F401 - registers the built-in library, x86 first
+from . import arm, nvidia  # noqa: E402,F401
+from . import bench  # noqa: F401
+
+__all__ = ["TARGETS", "Intrinsic", "IntrinsicError", "IterDim", "Layout", "Operand", "all",
+           "describe", "get", "host_features", "intrinsic", "library", "load_file", "register",
+           "unregister", "CompiledIntrinsic", "Emitter", "Emulated", "Ref", "compile_intrinsic",
+           "bench"]

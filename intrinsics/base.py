@@ -1,0 +1,460 @@
+"""Intrinsic descriptors and the registry.
+
+An intrinsic is declared by its meaning, written in the script language, and by how to emit
+it (an emitter, see ``emit.py``; none means an emulated implementation is generated from the
+meaning)::
+
+    @intrinsic("x86.fma.f32x8", isa=("avx2", "fma"), cost=1.0, emitter=FmaF32x8())
+    def fma_f32x8(c: f32[8], a: f32[8], b: f32[8]):
+        for i in range(8):
+            c[i] += a[i] * b[i]
+
+The body is read from the source text with the script parser and is never run as Python.
+Registration checks that the meaning is one loop nest accumulating into one output, that
+every operand is indexed by plain loop variables, and that the emitter fits; anything else is
+refused with a message naming the intrinsic.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.util
+import inspect
+import platform
+import textwrap
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
+
+import llvmlite.binding as llvm
+
+from rewrite import ir
+from rewrite.ir import Accumulate, Const, For, If, Load, PrimFunc, Seq, Store, Var
+from rewrite.script import ScriptError, parse, show
+
+
+class IntrinsicError(ValueError):
+    """A descriptor the registry refuses, or a name it does not know."""
+
+
+# ---------------------------------------------------------------------------
+# the descriptor
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What an operand's memory must look like for the native implementation to apply.
+
+    ``unit_stride``: operand dimensions that must have stride 1 (in elements).
+    ``align``: required byte alignment of the operand's base (the element size means none
+    beyond what any numpy array has).
+    """
+
+    unit_stride: tuple[int, ...] = ()
+    align: int = 1
+
+
+@dataclass(frozen=True)
+class IterDim:
+    """One loop of the semantics nest: ``name < extent``; spatial dims index the output."""
+
+    name: str
+    extent: int
+    kind: str  # "spatial" or "reduction"
+
+
+@dataclass(frozen=True)
+class Operand:
+    """One parameter of the semantics: its role and how its dims map to iteration dims."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    role: str  # "input" or "output" (the accumulated one)
+    dims: tuple[Optional[str], ...]  # iteration dim per operand dim; None: a unit dim indexed by 0
+
+    @property
+    def itemsize(self) -> int:
+        return ir.itemsize(self.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Intrinsic:
+    """A registered intrinsic. Equality is identity: two registrations are two intrinsics."""
+
+    name: str
+    semantics: PrimFunc
+    operands: tuple[Operand, ...]  # in parameter order
+    dims: tuple[IterDim, ...]  # loop order of the semantics, outermost first
+    isa: tuple[str, ...]
+    arch: str
+    cost: float
+    layout: Mapping[str, Layout]
+    emitter: Any = None  # see emit.Emitter; None: emulated from the semantics
+    source: str = ""  # "file:line" of the declaration
+
+    @property
+    def output(self) -> Operand:
+        return next(o for o in self.operands if o.role == "output")
+
+    @property
+    def inputs(self) -> tuple[Operand, ...]:
+        return tuple(o for o in self.operands if o.role == "input")
+
+    def operand(self, name: str) -> Operand:
+        for o in self.operands:
+            if o.name == name:
+                return o
+        raise KeyError(name)
+
+    @property
+    def iterations(self) -> int:
+        n = 1
+        for d in self.dims:
+            n *= d.extent
+        return n
+
+    @property
+    def ops(self) -> int:
+        """Scalar multiply-accumulate work, counted as two operations per iteration."""
+        return 2 * self.iterations
+
+    @property
+    def native(self) -> bool:
+        """This CPU runs the intrinsic's own instructions (not an emulation)."""
+        return self.emitter is not None and self.arch in (host_arch(), "any") \
+            and set(self.isa) <= host_features()
+
+    def script(self) -> str:
+        return show(self.semantics)
+
+
+# ---------------------------------------------------------------------------
+# reading the semantics from a Python function's source
+
+
+def _semantics_from_function(name: str, fn: Callable) -> PrimFunc:
+    """Parse ``fn``'s body as a script, with errors at their real file and line."""
+    try:
+        lines, first = inspect.getsourcelines(fn)
+        file = inspect.getsourcefile(fn) or "<unknown>"
+    except (OSError, TypeError) as e:
+        raise IntrinsicError(f"intrinsic {name}: cannot read the source of {fn!r} ({e}); "
+                             "declare it in a file, or pass the semantics as script text") from None
+    text = textwrap.dedent("".join(lines))
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as e:
+        raise _located(name, ScriptError(file, first + (e.lineno or 1) - 1, e.offset or 1,
+                                         f"Python syntax error: {e.msg}")) from None
+    fn_def = tree.body[0]
+    # Keep the def and its body only; blank lines put the def at its real line number, so
+    # every location the parser reports is one in the user's file.
+    def_line = first + fn_def.lineno - 1
+    body = text.splitlines(keepends=True)[fn_def.lineno - 1:]
+    script = "\n" * (def_line - 2) + "@prim_func\n" + "".join(body)
+    return _parse(name, script, file, indent=_indent(lines))
+
+
+def _indent(lines: list[str]) -> int:
+    """Columns ``textwrap.dedent`` removed, so reported columns match the file."""
+    first = next((ln for ln in lines if ln.strip()), "")
+    return len(first) - len(first.lstrip())
+
+
+def _parse(name: str, text: str, file: str, indent: int = 0) -> PrimFunc:
+    _check_dtypes(name, text, file, indent)
+    try:
+        return parse(text, file)
+    except ScriptError as e:
+        raise _located(name, ScriptError(e.file, e.line, e.col + indent, e.message)) from None
+
+
+def _check_dtypes(name: str, text: str, file: str, indent: int) -> None:
+    """Name an unknown dtype outright: the parser only says the annotation is not a type."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return  # the parser reports it
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg) and isinstance(node.annotation, ast.Subscript):
+            head = node.annotation.value
+            if isinstance(head, ast.Name) and head.id not in ir.DTYPES:
+                raise _located(name, ScriptError(
+                    file, head.lineno, head.col_offset + 1 + indent,
+                    f"unknown dtype {head.id} for operand {node.arg}; "
+                    f"the dtypes are {', '.join(ir.DTYPES)}"))
+
+
+def _located(name: str, e: ScriptError) -> ScriptError:
+    return ScriptError(e.file, e.line, e.col, f"intrinsic {name}: {e.message}")
+
+
+# ---------------------------------------------------------------------------
+# checking the semantics: one nest accumulating into one output
+
+
+def _analyse(name: str, func: PrimFunc) -> tuple[tuple[Operand, ...], tuple[IterDim, ...]]:
+    def refuse(why: str) -> IntrinsicError:
+        return IntrinsicError(f"intrinsic {name}: {why}")
+
+    if func.allocs:
+        raise refuse("the semantics may not allocate temporaries")
+    loops: list[For] = []
+    s = func.body
+    while isinstance(s, For):
+        if s.start != 0:
+            raise refuse(f"loop {s.var} must start at 0 (it starts at {s.start})")
+        loops.append(s)
+        s = s.body
+    if isinstance(s, Seq):
+        raise refuse(f"the semantics must be one accumulate statement inside the loops, "
+                     f"found {len(s.stmts)} statements")
+    if isinstance(s, If):
+        raise refuse("the semantics may not contain an if: an intrinsic does the same work "
+                     "at every iteration")
+    if isinstance(s, Store):
+        raise refuse(f"{s.buffer.name}[...] = ... overwrites; an intrinsic accumulates into its "
+                     f"output with +=")
+    assert isinstance(s, Accumulate)
+    extents = {lp.var: lp.extent for lp in loops}
+    patterns: dict[str, tuple[Optional[str], ...]] = {}
+
+    def bind(buf: ir.Buffer, indices: tuple) -> None:
+        dims = tuple(_dim_of(refuse, buf, d, idx, extents) for d, idx in enumerate(indices))
+        if patterns.setdefault(buf.name, dims) != dims:
+            raise refuse(f"operand {buf.name} is accessed at two different positions")
+
+    bind(s.buffer, s.indices)
+    for load in ir.loads_of(s.value):
+        if load.buffer.name == s.buffer.name:
+            raise refuse(f"the output {s.buffer.name} may only be accumulated into, not read")
+        bind(load.buffer, load.indices)
+    out_dims = patterns[s.buffer.name]
+    named = [d for d in out_dims if d is not None]
+    if len(set(named)) != len(named):
+        raise refuse(f"the output {s.buffer.name} uses a loop variable twice")
+    used = {d for dims in patterns.values() for d in dims if d is not None}
+    for lp in loops:
+        if lp.var not in used:
+            raise refuse(f"loop {lp.var} indexes no operand")
+    operands = []
+    for b in func.params:
+        if b.name not in patterns:
+            raise refuse(f"operand {b.name} is never used")
+        role = "output" if b.name == s.buffer.name else "input"
+        operands.append(Operand(b.name, b.dtype, b.shape, role, patterns[b.name]))
+    dims = tuple(IterDim(lp.var, lp.extent, "spatial" if lp.var in out_dims else "reduction")
+                 for lp in loops)
+    return tuple(operands), dims
+
+
+def _dim_of(refuse, buf: ir.Buffer, d: int, idx, extents: dict[str, int]) -> Optional[str]:
+    """The iteration dim operand dim ``d`` follows; it must cover the whole operand dim."""
+    if isinstance(idx, Var):
+        if extents[idx.name] != buf.shape[d]:
+            raise refuse(f"operand {buf.name} has extent {buf.shape[d]} in dim {d}, but loop "
+                         f"{idx.name} runs {extents[idx.name]} times")
+        return idx.name
+    if isinstance(idx, Const) and idx.value == 0 and buf.shape[d] == 1:
+        return None
+    raise refuse(f"operand {buf.name} dim {d} must be indexed by a loop variable "
+                 f"(or 0 when its extent is 1)")
+
+
+# ---------------------------------------------------------------------------
+# checking the rest
+
+
+def _layouts(name: str, layout, operands: tuple[Operand, ...]) -> Mapping[str, Layout]:
+    out: dict[str, Layout] = {}
+    for op_name, need in (layout or {}).items():
+        if isinstance(need, Mapping):
+            need = Layout(tuple(need.get("unit_stride", ())), int(need.get("align", 1)))
+        if not isinstance(need, Layout):
+            raise IntrinsicError(f"intrinsic {name}: layout of {op_name} must be a Layout")
+        op = next((o for o in operands if o.name == op_name), None)
+        if op is None:
+            raise IntrinsicError(f"intrinsic {name}: layout names {op_name}, which is not an operand")
+        bad = [d for d in need.unit_stride if not 0 <= d < len(op.shape)]
+        if bad:
+            raise IntrinsicError(f"intrinsic {name}: layout of {op_name} asks for unit stride in "
+                                 f"dim {bad[0]}, but {op_name} has {len(op.shape)} dims")
+        if need.align < 1 or need.align & (need.align - 1):
+            raise IntrinsicError(f"intrinsic {name}: alignment {need.align} is not a power of two")
+        out[op_name] = need
+    return MappingProxyType(out)
+
+
+def _check_emitter(name: str, emitter, operands: tuple[Operand, ...]) -> None:
+    if emitter is None:
+        return
+    if not callable(getattr(emitter, "emit", None)):
+        raise IntrinsicError(f"intrinsic {name}: the emitter has no emit(builder, operands) method")
+    want = tuple(o.name for o in operands)
+    got = tuple(getattr(emitter, "operands", ()))
+    if sorted(got) != sorted(want):
+        raise IntrinsicError(f"intrinsic {name}: the emitter takes operands ({', '.join(got)}) "
+                             f"but the semantics have ({', '.join(want)})")
+    for o in operands:
+        shape = getattr(emitter, "shapes", {}).get(o.name)
+        if shape is not None and tuple(shape) != o.shape:
+            raise IntrinsicError(f"intrinsic {name}: the emitter expects {o.name} of shape "
+                                 f"{tuple(shape)}, the semantics declare {o.shape}")
+        dtype = getattr(emitter, "dtypes", {}).get(o.name)
+        if dtype is not None and dtype != o.dtype:
+            raise IntrinsicError(f"intrinsic {name}: the emitter expects {o.name} as {dtype}, "
+                                 f"the semantics declare {o.dtype}")
+
+
+def _arch_of(name: str) -> str:
+    head = name.split(".", 1)[0]
+    return head if head in ARCHES else "any"
+
+
+# ---------------------------------------------------------------------------
+# the registry
+
+_registry: dict[str, Intrinsic] = {}
+
+
+def register(name: str, semantics: Union[PrimFunc, str, Callable], *, isa: Iterable[str] = (),
+             cost: float = 1.0, layout: Optional[Mapping] = None, emitter=None,
+             arch: Optional[str] = None) -> Intrinsic:
+    """Check and register an intrinsic. ``semantics``: a PrimFunc, script text holding one
+    ``@prim_func``, or a Python function whose body is script (read from its source)."""
+    if not isinstance(name, str) or not name:
+        raise IntrinsicError(f"an intrinsic needs a non-empty name, not {name!r}")
+    if name in _registry:
+        raise IntrinsicError(f"intrinsic {name} is already registered (at {_registry[name].source})")
+    source = ""
+    if isinstance(semantics, str):
+        func = _parse(name, semantics, f"<intrinsic {name}>")
+    elif isinstance(semantics, PrimFunc):
+        func = semantics
+    elif callable(semantics):
+        func = _semantics_from_function(name, semantics)
+        code = getattr(semantics, "__code__", None)
+        source = f"{code.co_filename}:{code.co_firstlineno}" if code else ""
+    else:
+        raise IntrinsicError(f"intrinsic {name}: semantics must be a PrimFunc, script text or a "
+                             f"function, not {type(semantics).__name__}")
+    operands, dims = _analyse(name, func)
+    if not isinstance(cost, (int, float)) or not cost > 0:
+        raise IntrinsicError(f"intrinsic {name}: cost must be a positive number, not {cost!r}")
+    if isinstance(isa, str):
+        isa = (isa,)
+    arch = arch or _arch_of(name)
+    if arch not in ARCHES and arch != "any":
+        raise IntrinsicError(f"intrinsic {name}: unknown architecture {arch}; "
+                             f"known: {', '.join(ARCHES)}, any")
+    _check_emitter(name, emitter, operands)
+    desc = Intrinsic(name, func, operands, dims, tuple(isa), arch, float(cost),
+                     _layouts(name, layout, operands), emitter, source or f"<{name}>")
+    _registry[name] = desc
+    return desc
+
+
+def intrinsic(name: str, *, isa: Iterable[str] = (), cost: float = 1.0,
+              layout: Optional[Mapping] = None, emitter=None, arch: Optional[str] = None):
+    """Decorator form of ``register``: the function's body is the semantics; returns the
+    descriptor."""
+    def wrap(fn: Callable) -> Intrinsic:
+        return register(name, fn, isa=isa, cost=cost, layout=layout, emitter=emitter, arch=arch)
+    return wrap
+
+
+def unregister(name: str) -> None:
+    get(name)
+    del _registry[name]
+
+
+def get(name: str) -> Intrinsic:
+    try:
+        return _registry[name]
+    except KeyError:
+        raise IntrinsicError(f"no intrinsic named {name}; registered: "
+                             f"{', '.join(sorted(_registry)) or 'none'}") from None
+
+
+def all() -> list[Intrinsic]:  # noqa: A001 - the public name is fixed
+    return list(_registry.values())
+
+
+def load_file(path) -> list[Intrinsic]:
+    """Import a user's Python module (trusted plugin code) and return what it registered."""
+    path = str(path)
+    before = set(_registry)
+    spec = importlib.util.spec_from_file_location(f"tensorize_user_intrinsics_{abs(hash(path))}", path)
+    if spec is None or spec.loader is None:
+        raise IntrinsicError(f"{path}: not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except FileNotFoundError:
+        raise IntrinsicError(f"{path}: no such file") from None
+    return [d for n, d in _registry.items() if n not in before]
+
+
+# ---------------------------------------------------------------------------
+# targets
+
+# Feature sets use LLVM's names (what get_host_cpu_features reports) for x86.
+_AVX2 = frozenset({"sse2", "sse4.1", "sse4.2", "avx", "avx2", "fma", "f16c"})
+_AVX512 = _AVX2 | {"avx512f", "avx512bw", "avx512dq", "avx512vl"}
+TARGETS: Mapping[str, tuple[str, frozenset]] = MappingProxyType({
+    "x86-avx2": ("x86", _AVX2),
+    "x86-avx512": ("x86", _AVX512),
+    "x86-avx512vnni": ("x86", _AVX512 | {"avx512vnni"}),
+    "arm-neon": ("arm", frozenset({"neon"})),
+    "arm-dotprod": ("arm", frozenset({"neon", "dotprod"})),
+    "nvidia-sm80": ("nvidia", frozenset({"sm_80"})),
+})
+ARCHES = ("x86", "arm", "nvidia")
+
+
+@functools.lru_cache(maxsize=None)
+def host_features() -> frozenset[str]:
+    return frozenset(k for k, on in llvm.get_host_cpu_features().items() if on)
+
+
+@functools.lru_cache(maxsize=None)
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "i386", "i686"):
+        return "x86"
+    if machine in ("aarch64", "arm64") or machine.startswith("arm"):
+        return "arm"
+    return machine
+
+
+def library(target: str = "host") -> list[Intrinsic]:
+    """The intrinsics for ``target``: ``"host"`` (what this CPU runs natively), ``"all"``, or an
+    ISA name from ``TARGETS`` (every intrinsic that ISA provides, native here or not)."""
+    if target == "all":
+        return all()
+    if target == "host":
+        return [d for d in _registry.values() if d.native]
+    if target not in TARGETS:
+        raise IntrinsicError(f"unknown target {target}; targets are host, all, "
+                             f"{', '.join(TARGETS)}")
+    arch, features = TARGETS[target]
+    return [d for d in _registry.values() if d.arch in (arch, "any") and set(d.isa) <= features]
+
+
+def describe(target: str = "all") -> str:
+    """The table ``tensorize intrinsics [--target T]`` prints: one header line per intrinsic
+    (name, ISA, native or emulated on this host, cost), then its semantics as script."""
+    rows = library(target)
+    if not rows:
+        return f"no intrinsics for target {target}\n"
+    width = max(len(d.name) for d in rows)
+    out = [f"{'name':<{width}}  {'isa':<22}  {'on this host':<12}  cost"]
+    for d in rows:
+        isa = "+".join(d.isa) or "-"
+        here = "native" if d.native else "emulated"
+        out.append(f"{d.name:<{width}}  {isa:<22}  {here:<12}  {d.cost:g}")
+        out.extend("    " + line if line else "" for line in d.script().splitlines())
+        out.append("")
+    return "\n".join(out)

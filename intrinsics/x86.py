@@ -1,0 +1,175 @@
+"""x86 intrinsics: AVX2 + FMA (native here) and AVX-512 VNNI (emulated where absent).
+
+Every load and store is aligned to the element size only: numpy buffers can sit at any
+element offset, and an LLVM vector load that assumes natural alignment faults on them.
+Non-unit strides are gathered element by element, so an emitter is correct for any layout;
+the ``layout`` of each descriptor tells the matcher where it is fast.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from rewrite.script import f32, grid, i8, i32, u8  # noqa: F401 - names the parser reads
+
+from .base import Layout, intrinsic
+from .emit import Emitter, concat, declare, load_row, load_scalar, shuffle, splat, store_row
+
+F32X8 = ir.VectorType(ir.FloatType(), 8)
+AVX2_FMA = ("avx", "avx2", "fma")
+
+
+def _fma(b: ir.IRBuilder, x: ir.Value, y: ir.Value, z: ir.Value) -> ir.Value:
+    """x * y + z, rounded once: ``vfmadd231ps`` once the target has FMA."""
+    fn = declare(b.module, "llvm.fma.v8f32", F32X8, [F32X8, F32X8, F32X8])
+    return b.call(fn, [x, y, z])
+
+
+# ---------------------------------------------------------------------------
+# FMA family: element-wise and broadcast multiply-add on one <8 x float>
+
+
+class FmaF32x8(Emitter):
+    operands = ("c", "a", "b")
+    shapes = {"c": (8,), "a": (8,), "b": (8,)}
+    dtypes = {"c": "f32", "a": "f32", "b": "f32"}
+
+    def load_acc(self, b, ops):
+        return load_row(b, ops["c"], (0,), 0, 8)
+
+    def step(self, b, ops, acc):
+        return _fma(b, load_row(b, ops["a"], (0,), 0, 8), load_row(b, ops["b"], (0,), 0, 8), acc)
+
+    def store_acc(self, b, ops, acc):
+        store_row(b, ops["c"], (0,), 0, acc)
+
+
+@intrinsic("x86.fma.f32x8", isa=AVX2_FMA, cost=1.0, emitter=FmaF32x8(),
+           layout={"c": Layout((0,), 4), "a": Layout((0,), 4), "b": Layout((0,), 4)})
+def fma_f32x8(c: f32[8], a: f32[8], b: f32[8]):
+    for i in range(8):
+        c[i] += a[i] * b[i]
+
+
+class AxpyF32x8(Emitter):
+    """``vbroadcastss`` of a[0], then one FMA."""
+
+    operands = ("c", "a", "b")
+    shapes = {"c": (8,), "a": (1,), "b": (8,)}
+    dtypes = {"c": "f32", "a": "f32", "b": "f32"}
+
+    def load_acc(self, b, ops):
+        return load_row(b, ops["c"], (0,), 0, 8)
+
+    def step(self, b, ops, acc):
+        scale = splat(b, load_scalar(b, ops["a"], (0,)), 8)
+        return _fma(b, scale, load_row(b, ops["b"], (0,), 0, 8), acc)
+
+    def store_acc(self, b, ops, acc):
+        store_row(b, ops["c"], (0,), 0, acc)
+
+
+@intrinsic("x86.axpy.f32x8", isa=AVX2_FMA, cost=1.0, emitter=AxpyF32x8(),
+           layout={"c": Layout((0,), 4), "b": Layout((0,), 4)})
+def axpy_f32x8(c: f32[8], a: f32[1], b: f32[8]):
+    for j in range(8):
+        c[j] += a[0] * b[j]
+
+
+# ---------------------------------------------------------------------------
+# register-blocked outer product: the 6x16 GEMM micro-kernel step
+
+
+class MmF32_6x16x1(Emitter):
+    """c (6x16) += a (6x1) * b (1x16). The accumulators are 12 <8 x float> values (6 rows of
+    two halves); with a broadcast register and two b registers that is 15 of the 16 ymm
+    registers, which is why 6x16 is the AVX2 shape. ``step`` is 2 loads, 6 broadcasts and
+    12 independent FMAs: enough chains to cover the FMA latency on two pipes."""
+
+    rows, halves = 6, 2
+    operands = ("c", "a", "b")
+    shapes = {"c": (6, 16), "a": (6, 1), "b": (1, 16)}
+    dtypes = {"c": "f32", "a": "f32", "b": "f32"}
+
+    def load_acc(self, b, ops):
+        return [[load_row(b, ops["c"], (i, 8 * h), 1, 8) for h in range(self.halves)]
+                for i in range(self.rows)]
+
+    def step(self, b, ops, acc):
+        cols = [load_row(b, ops["b"], (0, 8 * h), 1, 8) for h in range(self.halves)]
+        out = []
+        for i in range(self.rows):
+            a_i = splat(b, load_scalar(b, ops["a"], (i, 0)), 8)
+            out.append([_fma(b, a_i, cols[h], acc[i][h]) for h in range(self.halves)])
+        return out
+
+    def store_acc(self, b, ops, acc):
+        for i in range(self.rows):
+            for h in range(self.halves):
+                store_row(b, ops["c"], (i, 8 * h), 1, acc[i][h])
+
+
+@intrinsic("x86.mm.f32.6x16x1", isa=AVX2_FMA, cost=6.0, emitter=MmF32_6x16x1(),
+           layout={"c": Layout((1,), 4), "b": Layout((1,), 4)})
+def mm_f32_6x16x1(c: f32[6, 16], a: f32[6, 1], b: f32[1, 16]):
+    for i, j, k in grid(6, 16, 1):
+        c[i, j] += a[i, k] * b[k, j]
+
+
+# ---------------------------------------------------------------------------
+# u8 x i8 -> i32 dot products (the meaning of VNNI vpdpbusd)
+
+
+class DotU8I8I32_16x4(Emitter):
+    """c[i] += sum_k u8 a[k] * i8 b[i, k], exactly.
+
+    AVX2 has no vpdpbusd. vpmaddubsw would multiply u8 by i8 directly, but it adds pairs with
+    int16 saturation (255 * -128 * 2 does not fit). Instead both sides are widened to i16
+    (u8 zero-extends, i8 sign-extends; every product fits in i32) and vpmaddwd multiplies
+    and adds adjacent pairs into i32 with no saturation; adding the two pairs of each row
+    gives the 4-term sum."""
+
+    operands = ("c", "a", "b")
+    shapes = {"c": (16,), "a": (4,), "b": (16, 4)}
+    dtypes = {"c": "i32", "a": "u8", "b": "i8"}
+
+    def load_acc(self, b, ops):
+        return load_row(b, ops["c"], (0,), 0, 16)
+
+    def step(self, b, ops, acc):
+        i16x16, i32x8 = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 8)
+        pmadd = declare(b.module, "llvm.x86.avx2.pmadd.wd", i32x8, [i16x16, i16x16])
+        a4 = b.zext(load_row(b, ops["a"], (0,), 0, 4), ir.VectorType(ir.IntType(16), 4))
+        a16 = shuffle(b, a4, None, [k for _ in range(4) for k in range(4)])  # a, 4 rows' worth
+        rows = self._b_block(b, ops["b"])
+        wide = b.sext(rows, ir.VectorType(ir.IntType(16), 64))
+        # chunk r holds rows 4r..4r+3; its result lane m is row 4r + m//2, pair m%2
+        pairs = concat(b, [b.call(pmadd, [a16, shuffle(b, wide, None, range(16 * r, 16 * r + 16))])
+                           for r in range(4)])
+        sums = b.add(shuffle(b, pairs, None, range(0, 32, 2)),
+                     shuffle(b, pairs, None, range(1, 32, 2)))
+        return b.add(acc, sums)
+
+    @staticmethod
+    def _b_block(b, ref) -> ir.Value:
+        """b as one <64 x i8>, rows after each other: one load when rows are packed."""
+        if ref.strides == (4, 1):
+            return load_row(b, ref, (0, 0), 1, 64)  # unit inner stride: one 64-byte load
+        return concat(b, [load_row(b, ref, (i, 0), 1, 4) for i in range(16)])
+
+    def store_acc(self, b, ops, acc):
+        store_row(b, ops["c"], (0,), 0, acc)
+
+
+@intrinsic("x86.dot.u8i8i32.16x4", isa=AVX2_FMA, cost=4.0, emitter=DotU8I8I32_16x4(),
+           layout={"c": Layout((0,), 4), "b": Layout((1,), 1)})
+def dot_u8i8i32_16x4(c: i32[16], a: u8[4], b: i8[16, 4]):
+    for i, k in grid(16, 4):
+        c[i] += i32(a[k]) * i32(b[i, k])
+
+
+@intrinsic("x86.avx512vnni.dot.u8i8i32.16x4", isa=("avx512f", "avx512vnni"), cost=1.0,
+           layout={"c": Layout((0,), 4), "b": Layout((1,), 1)})
+def avx512vnni_dot_u8i8i32_16x4(c: i32[16], a: u8[4], b: i8[16, 4]):
+    for i, k in grid(16, 4):
+        c[i] += i32(a[k]) * i32(b[i, k])
