@@ -506,7 +506,11 @@ POOL_QUIT, POOL_DISPATCH, POOL_THREADS = 37, 38, 39
 POOL_SLOTS = 48
 
 _CLAIM_BASE = 1 << 31  # a claim below this is a chunk; the counter starts at BASE - chunks
-_SPINS = 20000  # pause loops (~0.3 ms) before a waiting worker sleeps in the kernel
+# A waiting worker spins this many cycles (about a millisecond) before it sleeps in the
+# kernel: calls that follow each other closely (a benchmark, a model's layers) then find it
+# awake, and waking a sleeper costs tens of microseconds. Counted in cycles, not in pause
+# instructions, whose cost differs by two orders of magnitude between CPUs.
+_SPIN_CYCLES = 1 << 22
 _CHUNKS_PER_THREAD = 4  # small enough chunks to even out threads that start late
 _SYS_FUTEX, _FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 202, 128, 129
 
@@ -552,6 +556,10 @@ class _Pool:
                                                  value.type.width // 8)
         self.b._insert(store)
 
+    def cycles(self) -> ir.Value:
+        fn = _intrinsic(self.module, "llvm.readcyclecounter", _I64, [])
+        return self.b.call(fn, [])
+
     def pause(self) -> None:
         fn = _intrinsic(self.module, "llvm.x86.sse2.pause", _VOID, [])
         self.b.call(fn, [])
@@ -596,22 +604,24 @@ def _emit_worker(module: ir.Module, prefix: str) -> None:
         fn.append_basic_block(n) for n in ("entry", "wait", "spin", "pause", "sleep", "woke", "exit"))
     b = ir.IRBuilder(entry)
     p = _Pool(module, b, fn.args[0])
+    start = p.cycles()
     b.branch(wait)
 
+    # seen: the generation last worked on; since: when this wait began (cycle counter)
     b.position_at_end(wait)
-    seen, spins = b.phi(_I32), b.phi(_I32)
+    seen, since = b.phi(_I32), b.phi(_I64)
     seen.add_incoming(ir.Constant(_I32, 0), entry)
-    spins.add_incoming(ir.Constant(_I32, 0), entry)
+    since.add_incoming(start, entry)
     current = p.load(POOL_GEN, "acquire", _I32)
     b.cbranch(b.icmp_unsigned("!=", current, seen), woke, spin)
 
     b.position_at_end(spin)
-    more = b.add(spins, ir.Constant(_I32, 1))
-    b.cbranch(b.icmp_unsigned("<", more, ir.Constant(_I32, _SPINS)), pause, sleep)
+    waited = b.sub(p.cycles(), since)
+    b.cbranch(b.icmp_unsigned("<", waited, ir.Constant(_I64, _SPIN_CYCLES)), pause, sleep)
     b.position_at_end(pause)
     p.pause()
     seen.add_incoming(seen, pause)
-    spins.add_incoming(more, pause)
+    since.add_incoming(since, pause)
     b.branch(wait)
 
     # futex_wait returns at once if the generation moved on after we read it; the
@@ -620,8 +630,8 @@ def _emit_worker(module: ir.Module, prefix: str) -> None:
     b.atomic_rmw("add", p.slot(POOL_SLEEPERS), ir.Constant(_I64, 1), "seq_cst")
     p.futex(_FUTEX_WAIT_PRIVATE, b.zext(seen, _I64))
     b.atomic_rmw("sub", p.slot(POOL_SLEEPERS), ir.Constant(_I64, 1), "seq_cst")
-    seen.add_incoming(seen, sleep)
-    spins.add_incoming(ir.Constant(_I32, 0), sleep)
+    seen.add_incoming(seen, b.block)
+    since.add_incoming(p.cycles(), b.block)
     b.branch(wait)
 
     b.position_at_end(woke)
@@ -633,7 +643,7 @@ def _emit_worker(module: ir.Module, prefix: str) -> None:
     generation = p.claim_loop(empty)
     b.position_at_end(empty)
     seen.add_incoming(generation, empty)
-    spins.add_incoming(ir.Constant(_I32, 0), empty)
+    since.add_incoming(p.cycles(), empty)
     b.branch(wait)
 
     b.position_at_end(exit_)
