@@ -126,29 +126,31 @@ class DotU8I8I32_16x4(Emitter):
     AVX2 has no vpdpbusd. vpmaddubsw would multiply u8 by i8 directly, but it adds pairs with
     int16 saturation (255 * -128 * 2 does not fit). Instead both sides are widened to i16
     (u8 zero-extends, i8 sign-extends; every product fits in i32) and vpmaddwd multiplies
-    and adds adjacent pairs into i32 with no saturation; adding the two pairs of each row
-    gives the 4-term sum."""
+    and adds adjacent pairs into i32 with no saturation.
+
+    The accumulator is c plus 32 pair sums (two per row). ``step`` only adds vpmaddwd results
+    to the pair sums; folding each row's two pairs into c happens once, in ``store_acc``, so
+    a k-loop of calls does no shuffles. i32 addition wraps and is associative: still exact."""
 
     operands = ("c", "a", "b")
     shapes = {"c": (16,), "a": (4,), "b": (16, 4)}
     dtypes = {"c": "i32", "a": "u8", "b": "i8"}
+    PAIRS = ir.VectorType(ir.IntType(32), 32)
 
     def load_acc(self, b, ops):
-        return load_row(b, ops["c"], (0,), 0, 16)
+        return [load_row(b, ops["c"], (0,), 0, 16), ir.Constant(self.PAIRS, [0] * 32)]
 
     def step(self, b, ops, acc):
         i16x16, i32x8 = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 8)
         pmadd = declare(b.module, "llvm.x86.avx2.pmadd.wd", i32x8, [i16x16, i16x16])
         a4 = b.zext(load_row(b, ops["a"], (0,), 0, 4), ir.VectorType(ir.IntType(16), 4))
         a16 = shuffle(b, a4, None, [k for _ in range(4) for k in range(4)])  # a, 4 rows' worth
-        rows = self._b_block(b, ops["b"])
-        wide = b.sext(rows, ir.VectorType(ir.IntType(16), 64))
-        # chunk r holds rows 4r..4r+3; its result lane m is row 4r + m//2, pair m%2
+        wide = b.sext(self._b_block(b, ops["b"]), ir.VectorType(ir.IntType(16), 64))
+        # chunk r holds rows 4r..4r+3; lane m of its result is row 4r + m//2, pair m%2, so
+        # lane n of the joined result is row n//2
         pairs = concat(b, [b.call(pmadd, [a16, shuffle(b, wide, None, range(16 * r, 16 * r + 16))])
                            for r in range(4)])
-        sums = b.add(shuffle(b, pairs, None, range(0, 32, 2)),
-                     shuffle(b, pairs, None, range(1, 32, 2)))
-        return b.add(acc, sums)
+        return [acc[0], b.add(acc[1], pairs)]
 
     @staticmethod
     def _b_block(b, ref) -> ir.Value:
@@ -158,7 +160,9 @@ class DotU8I8I32_16x4(Emitter):
         return concat(b, [load_row(b, ref, (i, 0), 1, 4) for i in range(16)])
 
     def store_acc(self, b, ops, acc):
-        store_row(b, ops["c"], (0,), 0, acc)
+        c, pairs = acc
+        rows = b.add(shuffle(b, pairs, None, range(0, 32, 2)), shuffle(b, pairs, None, range(1, 32, 2)))
+        store_row(b, ops["c"], (0,), 0, b.add(c, rows))
 
 
 @intrinsic("x86.dot.u8i8i32.16x4", isa=AVX2_FMA, cost=4.0, emitter=DotU8I8I32_16x4(),
