@@ -512,7 +512,8 @@ _CLAIM_BASE = 1 << 31  # a claim below this is a chunk; the counter starts at BA
 # instructions, whose cost differs by two orders of magnitude between CPUs.
 _SPIN_CYCLES = 1 << 22
 _CHUNKS_PER_THREAD = 4  # small enough chunks to even out threads that start late
-_SYS_FUTEX, _FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 202, 128, 129
+_SYS_FUTEX, _FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 202, 128, 129  # Linux x86-64
+_SYS_SCHED_YIELD = 24
 
 
 def pool_module(prefix: str) -> ir.Module:
@@ -564,12 +565,15 @@ class _Pool:
         fn = _intrinsic(self.module, "llvm.x86.sse2.pause", _VOID, [])
         self.b.call(fn, [])
 
-    def futex(self, op: int, value: ir.Value) -> None:
-        syscall = self.module.globals.get("syscall") or ir.Function(
+    def syscall(self, number: int, *args: ir.Value) -> None:
+        fn = self.module.globals.get("syscall") or ir.Function(
             self.module, ir.FunctionType(_I64, [_I64], var_arg=True), name="syscall")
+        self.b.call(fn, [ir.Constant(_I64, number), *args])
+
+    def futex(self, op: int, value: ir.Value) -> None:
         # every variadic argument is 64-bit: glibc's syscall reads them all as long
-        self.b.call(syscall, [ir.Constant(_I64, _SYS_FUTEX), self.slot(POOL_GEN),
-                              ir.Constant(_I64, op), value, ir.Constant(_PTR, None)])
+        self.syscall(_SYS_FUTEX, self.slot(POOL_GEN), ir.Constant(_I64, op), value,
+                     ir.Constant(_PTR, None))
 
     def claim_loop(self, on_empty: ir.Block) -> ir.Value:
         """Claim and run chunks; branch to ``on_empty`` when a claim comes back empty.
@@ -687,13 +691,18 @@ def _emit_dispatch(module: ir.Module, prefix: str) -> None:
     empty, wait, pause, done = (fn.append_basic_block(n) for n in ("empty", "wait", "pause", "done"))
     p.claim_loop(empty)
     b.position_at_end(empty)
+    # the chunks are all claimed; wait for the ones other threads still run, yielding the
+    # CPU after a while in case their thread waits for it (more threads than free cores)
+    began = p.cycles()
     b.branch(wait)
-    # the chunks are all claimed; wait for the ones other threads still run
     b.position_at_end(wait)
     finished = p.load(POOL_DONE, "acquire")
     b.cbranch(b.icmp_unsigned("==", finished, chunks), done, pause)
     b.position_at_end(pause)
     p.pause()
+    patient = b.icmp_unsigned("<", b.sub(p.cycles(), began), ir.Constant(_I64, _SPIN_CYCLES))
+    with b.if_then(b.not_(patient)):
+        p.syscall(_SYS_SCHED_YIELD)
     b.branch(wait)
     b.position_at_end(done)
     b.ret_void()

@@ -68,6 +68,22 @@ def test_random_integer_programs_are_exact(func):
     assert_same(func, want, got, exact=True)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs())
+def test_random_programs_on_two_threads(func):
+    # every loop the analysis proves parallel goes to the pool, however small
+    original = lower.MIN_PARALLEL_OPS
+    lower.MIN_PARALLEL_OPS = 0
+    try:
+        runtime.clear_memory_cache()
+        args = random_args(func, seed=3)
+        want, got = compiled_and_interpreted(func, args, threads=2)
+    finally:
+        lower.MIN_PARALLEL_OPS = original
+        runtime.clear_memory_cache()
+    assert_same(func, want, got, exact=_exact(func))
+
+
 # ---------------------------------------------------------------------------
 # edge cases, one operator at a time
 
