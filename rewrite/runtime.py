@@ -72,13 +72,15 @@ class _Jit:
 
 
 _jit: Optional[_Jit] = None
+_jit_lock = threading.Lock()
 
 
 def _engine() -> _Jit:
     global _jit
-    if _jit is None:
-        _jit = _Jit()
-    return _jit
+    with _jit_lock:
+        if _jit is None:
+            _jit = _Jit()
+        return _jit
 
 
 # ---------------------------------------------------------------------------
@@ -173,12 +175,11 @@ class _Pool:
 
 
 _pools: dict[int, _Pool] = {}
-_pools_lock = threading.Lock()
 _POOL_PREFIX = "tensorize.pool"
 
 
 def _pool(threads: int) -> _Pool:
-    with _pools_lock:
+    with _compile_lock:  # building the pool's code shares LLVM with kernel compiles
         if threads not in _pools:
             key = _key("pool")
             obj, _, _ = _object(key, lambda: (codegen.object_code(
@@ -215,6 +216,7 @@ class _Compiled:
 
 
 _memory: dict[PrimFunc, _Compiled] = {}
+_compile_lock = threading.RLock()
 
 
 def clear_memory_cache() -> None:
@@ -232,6 +234,13 @@ def _compiled(func: PrimFunc) -> tuple[_Compiled, bool]:
     hit = _memory.get(func)
     if hit is not None:
         return hit, True
+    # one compile at a time: LLVM's target machine and the engine are shared
+    with _compile_lock:
+        hit = _memory.get(func)
+        return (hit, True) if hit is not None else (_compile_now(func), False)
+
+
+def _compile_now(func: PrimFunc) -> _Compiled:
     t0 = time.perf_counter()
     # lowering is a function of the program and of the code version in the key, so a disk
     # hit skips it along with LLVM
@@ -241,7 +250,7 @@ def _compiled(func: PrimFunc) -> tuple[_Compiled, bool]:
     (address,) = _engine().load(obj, [symbol])
     done = _Compiled(address, bool(meta["parallel"]), source, time.perf_counter() - t0)
     _memory[func] = done
-    return done, False
+    return done
 
 
 def compile(func: PrimFunc, threads: Optional[int] = None) -> "Kernel":
