@@ -1,0 +1,555 @@
+"""Intrinsic descriptors, the registry, and every implementation against its own semantics.
+
+The reference is always the interpreter running the descriptor's semantics on packed copies;
+the implementation under test runs on views in other layouts (transposed, reversed,
+every other element, unaligned), and must agree exactly for integers and within the
+rounding a reassociated or fused float sum allows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import inspect
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import intrinsics
+from intrinsics import emit
+from intrinsics.base import IntrinsicError, host_features
+from intrinsics.x86 import FmaF32x8
+from rewrite import codegen
+from rewrite.interp import run
+from rewrite.ir import is_float, numpy_dtype
+from rewrite.script import ScriptError, f32, grid, i16, i32, i64  # noqa: F401 - read by the parser
+
+X86_NATIVE = ["x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4"]
+EMULATED = ["x86.avx512vnni.dot.u8i8i32.16x4", "arm.neon.sdot.i8i32.4x4",
+            "nvidia.mma.f16f32.16x8x16"]
+HAS_AVX2 = {"avx2", "fma"} <= host_features()
+needs_avx2 = pytest.mark.skipif(not HAS_AVX2, reason="the host has no AVX2 + FMA")
+
+
+# ---------------------------------------------------------------------------
+# inputs and layouts
+
+LAYOUTS = ("packed", "transposed", "reversed", "every-other", "unaligned")
+SENTINEL = 7
+
+
+def elements(dtype: str):
+    """Full range for integers; floats large enough to round, small enough not to overflow."""
+    dt = np.dtype(numpy_dtype(dtype))
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        return st.integers(int(info.min), int(info.max))
+    if dtype == "f16":
+        return st.floats(-1e3, 1e3, width=16, allow_subnormal=False)
+    return st.floats(-1e6, 1e6, width=dt.itemsize * 8, allow_subnormal=False)
+
+
+def operand_arrays(desc):
+    return st.fixed_dictionaries({
+        o.name: hnp.arrays(numpy_dtype(o.dtype), o.shape, elements=elements(o.dtype))
+        for o in desc.operands})
+
+
+def operand_layouts(desc):
+    return st.fixed_dictionaries({o.name: st.sampled_from(LAYOUTS) for o in desc.operands})
+
+
+def place(values: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """A view holding ``values`` in ``layout``, and the whole buffer behind it."""
+    if layout == "packed":
+        view = values.copy()
+        return view, view
+    if layout == "transposed":  # the last dim varies slowest in memory
+        base = np.ascontiguousarray(values.T)
+        return base.T, base
+    if layout == "reversed":  # negative strides in every dim
+        base = np.flip(values).copy()
+        return np.flip(base), base
+    if layout == "every-other":
+        base = np.full(tuple(2 * n for n in values.shape), SENTINEL, values.dtype)
+        view = base[tuple(slice(None, None, 2) for _ in values.shape)]
+        view[...] = values
+        return view, base
+    assert layout == "unaligned"  # one element past a 64-byte boundary
+    raw = np.zeros(values.nbytes + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + values.itemsize
+    view = raw[start:start + values.nbytes].view(values.dtype).reshape(values.shape)
+    view[...] = values
+    return view, view
+
+
+def tolerance(desc, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Per output element: a few ulps of the sum of the magnitudes of its terms (the
+    interpreter on absolute values), times the number of terms."""
+    absolute = run(desc.semantics, **{n: np.abs(a) for n, a in arrays.items()})[desc.output.name]
+    terms = desc.iterations // int(np.prod(desc.output.shape))
+    eps = np.finfo(absolute.dtype).eps
+    return 4 * (terms + 1) * eps * absolute.astype(np.float64) + 1e-30
+
+
+def check_against_semantics(desc, impl, arrays, layouts) -> None:
+    want = run(desc.semantics, **arrays)[desc.output.name]
+    placed = {n: place(a, layouts[n]) for n, a in arrays.items()}
+    impl(**{n: view for n, (view, _) in placed.items()})
+    out_view, out_base = placed[desc.output.name]
+    got = np.array(out_view)
+    if is_float(desc.output.dtype):
+        err = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        assert (err <= tolerance(desc, arrays)).all(), (got, want)
+    else:
+        np.testing.assert_array_equal(got, want)
+    if layouts[desc.output.name] == "every-other":  # nothing written between the elements
+        rest = out_base.copy()
+        rest[tuple(slice(None, None, 2) for _ in rest.shape)] = SENTINEL
+        assert (rest == SENTINEL).all()
+    for name, (view, _) in placed.items():  # inputs untouched
+        if name != desc.output.name:
+            np.testing.assert_array_equal(view, arrays[name])
+
+
+_impls: dict[tuple, emit.CompiledIntrinsic] = {}
+
+
+def implementation(name: str, mode: str) -> emit.CompiledIntrinsic:
+    """Compiled once per test session; each keeps its functions per stride pattern."""
+    key = (name, mode)
+    if key not in _impls:
+        _impls[key] = intrinsics.compile_intrinsic(
+            name, native=(mode == "native"), specialize=(mode != "runtime-strides"))
+    return _impls[key]
+
+
+def verify(name: str, mode: str, data) -> None:
+    desc = intrinsics.get(name)
+    arrays = data.draw(operand_arrays(desc), label="arrays")
+    layouts = data.draw(operand_layouts(desc), label="layouts")
+    check_against_semantics(desc, implementation(name, mode), arrays, layouts)
+
+
+# ---------------------------------------------------------------------------
+# every built-in implementation against its semantics
+
+CASES = ([pytest.param(n, "native", marks=needs_avx2) for n in X86_NATIVE]
+         + [pytest.param(n, "emulated") for n in X86_NATIVE + EMULATED]
+         + [pytest.param(n, "runtime-strides", marks=needs_avx2) for n in X86_NATIVE]
+         + [pytest.param(n, "runtime-strides") for n in EMULATED])
+
+
+@pytest.mark.parametrize("name, mode", CASES)
+@settings(max_examples=15)
+@given(data=st.data())
+def test_implementation_matches_semantics(name, mode, data):
+    verify(name, mode, data)
+
+
+@pytest.mark.parametrize("name, mode", [pytest.param("x86.dot.u8i8i32.16x4", "native",
+                                                     marks=needs_avx2),
+                                        ("x86.dot.u8i8i32.16x4", "emulated"),
+                                        ("x86.avx512vnni.dot.u8i8i32.16x4", "emulated")])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_u8_i8_extremes_are_exact(name, mode, layout):
+    # 255 * -128 = -32640, four times: -130560. Two such products already leave int16
+    # (vpmaddubsw would saturate at -32768).
+    impl = implementation(name, mode)
+    c = place(np.full(16, 5, np.int32), layout)[0]
+    impl(c=c, a=place(np.full(4, 255, np.uint8), layout)[0],
+         b=place(np.full((16, 4), -128, np.int8), layout)[0])
+    assert (c == 5 - 130560).all()
+
+
+def test_sdot_extremes_are_exact():
+    impl = implementation("arm.neon.sdot.i8i32.4x4", "emulated")
+    c = np.array([0, 1, -1, 2**31 - 1], np.int32)
+    a = np.full((4, 4), -128, np.int8)
+    impl(c=c, a=a, b=a.copy())
+    # (-128)^2 * 4 = 65536; the last lane wraps around like i32 addition
+    np.testing.assert_array_equal(c, np.array([65536, 65537, 65535, -2**31 + 65535], np.int32))
+
+
+@needs_avx2
+def test_native_fma_rounds_once():
+    # (1 + 2^-12)^2 = 1 + 2^-11 + 2^-24: the last term is lost when the product rounds
+    # first; a fused multiply-add keeps it against c = -1.
+    x = np.float32(1 + 2**-12)
+    c = np.full(8, -1, np.float32)
+    implementation("x86.fma.f32x8", "native")(c=c, a=np.full(8, x), b=np.full(8, x))
+    assert (c == np.float32(2**-11 + 2**-24)).all()
+
+
+def test_mma_f16_inputs():
+    impl = implementation("nvidia.mma.f16f32.16x8x16", "emulated")
+    a = np.full((16, 16), 0.5, np.float16)
+    b = np.full((16, 8), -3.0, np.float16)
+    c = np.ones((16, 8), np.float32)
+    impl(c=c, a=a, b=b)
+    assert (c == 1 + 16 * 0.5 * -3.0).all()
+
+
+# ---------------------------------------------------------------------------
+# the k-loop micro-kernel: accumulators carried through consecutive calls
+
+
+def kloop(name: str, strides, advance):
+    desc = intrinsics.get(name)
+    module = codegen.new_module("kloop")
+    emit.kloop_function(module, desc, desc.emitter, "kloop_test_" + name.replace(".", "_"),
+                        strides, advance)
+    (address,) = emit.jit(module, ["kloop_test_" + name.replace(".", "_")])
+    return ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(address)
+
+
+def pointers(*arrays):
+    return (ctypes.c_void_p * len(arrays))(*(a.ctypes.data for a in arrays))
+
+
+@needs_avx2
+def test_mm_kloop_is_a_gemm_micro_kernel():
+    rng = np.random.default_rng(1)
+    k = 37
+    a_packed = rng.uniform(-1, 1, (k, 6)).astype(np.float32)  # a[i, 0] of step s at s*6 + i
+    b_packed = rng.uniform(-1, 1, (k, 16)).astype(np.float32)
+    c = rng.uniform(-1, 1, (6, 16)).astype(np.float32)
+    want = c.astype(np.float64) + a_packed.T.astype(np.float64) @ b_packed.astype(np.float64)
+    fn = kloop("x86.mm.f32.6x16x1", {"c": (16, 1), "a": (1, 6), "b": (16, 1)}, {"a": 6, "b": 16})
+    fn(pointers(c, a_packed, b_packed), k, 2)  # twice: c += 2 * A @ B
+    want = want + a_packed.T.astype(np.float64) @ b_packed.astype(np.float64)
+    np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_avx2
+def test_dot_kloop_is_exact():
+    rng = np.random.default_rng(2)
+    k = 50
+    a = rng.integers(0, 256, (k, 4), dtype=np.uint8)
+    b = rng.integers(-128, 128, (k, 16, 4), dtype=np.int8)
+    a[0], b[0] = 255, -128
+    c = np.zeros(16, np.int32)
+    fn = kloop("x86.dot.u8i8i32.16x4", {"c": (1,), "a": (1,), "b": (4, 1)}, {"a": 4, "b": 64})
+    fn(pointers(c, a, b), k, 1)
+    want = np.einsum("sk,sik->i", a.astype(np.int64), b.astype(np.int64))
+    np.testing.assert_array_equal(c, want)
+
+
+# ---------------------------------------------------------------------------
+# the registry and targets
+
+
+@needs_avx2
+def test_host_library_is_the_native_x86_rows():
+    names = [d.name for d in intrinsics.library("host")]
+    for n in X86_NATIVE:
+        assert n in names
+    for n in EMULATED:
+        assert n not in names
+
+
+def test_all_holds_the_whole_built_in_library():
+    names = {d.name for d in intrinsics.library("all")}
+    assert set(X86_NATIVE + EMULATED) <= names
+    assert {d.name for d in intrinsics.all()} == names
+
+
+def test_isa_targets():
+    assert {d.name for d in intrinsics.library("x86-avx2")} >= set(X86_NATIVE)
+    assert "x86.avx512vnni.dot.u8i8i32.16x4" not in {d.name for d in intrinsics.library("x86-avx2")}
+    assert "x86.avx512vnni.dot.u8i8i32.16x4" in {d.name for d in intrinsics.library("x86-avx512vnni")}
+    assert [d.name for d in intrinsics.library("arm-dotprod")] == ["arm.neon.sdot.i8i32.4x4"]
+    assert [d.name for d in intrinsics.library("nvidia-sm80")] == ["nvidia.mma.f16f32.16x8x16"]
+    with pytest.raises(IntrinsicError, match="unknown target riscv"):
+        intrinsics.library("riscv")
+
+
+def test_unknown_name():
+    with pytest.raises(IntrinsicError, match="no intrinsic named x86.nope"):
+        intrinsics.get("x86.nope")
+
+
+def test_descriptor_fields():
+    mm = intrinsics.get("x86.mm.f32.6x16x1")
+    assert [(d.name, d.extent, d.kind) for d in mm.dims] == \
+        [("i", 6, "spatial"), ("j", 16, "spatial"), ("k", 1, "reduction")]
+    assert mm.output.name == "c" and [o.name for o in mm.inputs] == ["a", "b"]
+    assert [(o.name, o.dims, o.shape, o.dtype) for o in mm.operands] == [
+        ("c", ("i", "j"), (6, 16), "f32"), ("a", ("i", "k"), (6, 1), "f32"),
+        ("b", ("k", "j"), (1, 16), "f32")]
+    assert mm.layout["b"].unit_stride == (1,)
+    axpy = intrinsics.get("x86.axpy.f32x8")
+    assert axpy.operand("a").dims == (None,)  # a[0]: a unit dim, no loop
+    dot = intrinsics.get("x86.dot.u8i8i32.16x4")
+    assert [(o.name, o.dtype) for o in dot.operands] == [("c", "i32"), ("a", "u8"), ("b", "i8")]
+    assert intrinsics.get("nvidia.mma.f16f32.16x8x16").emitter is None
+
+
+def test_describe_lists_semantics_and_where_it_runs():
+    text = intrinsics.describe("all")
+    for n in X86_NATIVE + EMULATED:
+        assert n in text
+    assert "c[i] += a[i] * b[i]" in text
+    assert "c[i, j] += f32(a[i, k]) * f32(b[k, j])" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("nvidia.mma"))
+    assert "emulated" in line and "sm_80" in line
+    if HAS_AVX2:
+        line = next(ln for ln in text.splitlines() if ln.startswith("x86.fma.f32x8"))
+        assert "native" in line
+
+
+# ---------------------------------------------------------------------------
+# a user's intrinsic, semantics only: emulated and verified like the built-ins
+
+
+def widening_gemv(c: i64[5], a: i16[3, 5], b: i16[3]):
+    for i, k in grid(5, 3):
+        c[i] += i64(a[k, i]) * i64(b[k])
+
+
+@pytest.fixture
+def user_intrinsic():
+    desc = intrinsics.register("user.gemv.i16i64.5x3", widening_gemv, cost=2.0)
+    yield desc
+    intrinsics.unregister(desc.name)
+
+
+def test_user_intrinsic_is_registered_and_emulated(user_intrinsic):
+    assert not user_intrinsic.native
+    assert user_intrinsic.arch == "any"
+    assert user_intrinsic in intrinsics.library("all")
+    assert user_intrinsic not in intrinsics.library("host")
+    assert user_intrinsic.source.endswith(f"{__file__}:{widening_gemv.__code__.co_firstlineno}")
+
+
+@settings(max_examples=20)
+@given(data=st.data())
+def test_user_intrinsic_matches_semantics(data):
+    name = "user.gemv.i16i64.5x3.h"
+    if name not in {d.name for d in intrinsics.all()}:
+        intrinsics.register(name, widening_gemv)
+    verify(name, "emulated", data)
+
+
+def test_load_file(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text(textwrap.dedent("""\
+        from intrinsics import intrinsic
+        from rewrite.script import f64
+
+        @intrinsic("user.file.scale.f64x2", cost=3.0)
+        def scale(c: f64[2], a: f64[2]):
+            for i in range(2):
+                c[i] += 2.0 * a[i]
+        """))
+    try:
+        loaded = intrinsics.load_file(path)
+        assert [d.name for d in loaded] == ["user.file.scale.f64x2"]
+        c = np.array([1.0, 2.0])
+        intrinsics.compile_intrinsic("user.file.scale.f64x2")(c=c, a=np.array([0.25, -4.0]))
+        np.testing.assert_array_equal(c, [1.5, -6.0])
+    finally:
+        intrinsics.unregister("user.file.scale.f64x2")
+
+
+def test_load_file_missing(tmp_path):
+    with pytest.raises(IntrinsicError, match="no such file"):
+        intrinsics.load_file(tmp_path / "absent.py")
+
+
+# ---------------------------------------------------------------------------
+# registration errors: each bad descriptor, and words its message must hold
+
+
+def two_statements(c: f32[8], a: f32[8]):
+    for i in range(8):
+        c[i] += a[i]
+        c[i] += a[i]
+
+
+def overwrites(c: f32[8], a: f32[8]):
+    for i in range(8):
+        c[i] = a[i]
+
+
+def has_if(c: f32[8], a: f32[8]):
+    for i in range(8):
+        if i < 4:
+            c[i] += a[i]
+
+
+def unknown_dtype(c: bf16[8], a: f32[8]):  # noqa: F821 - bf16 is the error under test
+    for i in range(8):
+        c[i] += f32(a[i])
+
+
+def reads_output(c: f32[8], a: f32[8]):
+    for i in range(8):
+        c[i] += c[i] * a[i]
+
+
+def shifted_index(c: f32[8], a: f32[8]):
+    for i in range(8):
+        c[i] += a[7 - i]
+
+
+def unused_operand(c: f32[8], a: f32[8], b: f32[8]):
+    for i in range(8):
+        c[i] += a[i]
+
+
+def fma16(c: f32[16], a: f32[16], b: f32[16]):
+    for i in range(16):
+        c[i] += a[i] * b[i]
+
+
+def fma8(c: f32[8], a: f32[8], b: f32[8]):
+    for i in range(8):
+        c[i] += a[i] * b[i]
+
+
+class TwoOperandEmitter(emit.Emitter):
+    operands = ("c", "a")
+
+
+BAD = [
+    ("bad.two", two_statements, {}, ["bad.two", "one accumulate", "2 statements"]),
+    ("bad.store", overwrites, {}, ["bad.store", "+="]),
+    ("bad.if", has_if, {}, ["bad.if", "if"]),
+    ("bad.dtype", unknown_dtype, {}, ["bad.dtype", "unknown dtype bf16", "operand c"]),
+    ("bad.reads", reads_output, {}, ["bad.reads", "output c", "accumulated into"]),
+    ("bad.index", shifted_index, {}, ["bad.index", "operand a", "loop variable"]),
+    ("bad.unused", unused_operand, {}, ["bad.unused", "operand b", "never used"]),
+    ("bad.arity", fma8, {"emitter": TwoOperandEmitter()},
+     ["bad.arity", "emitter takes operands (c, a)", "(c, a, b)"]),
+    ("bad.shape", fma16, {"emitter": FmaF32x8()}, ["bad.shape", "emitter expects c of shape (8,)"]),
+    ("bad.layout", fma8, {"layout": {"d": intrinsics.Layout((0,))}},
+     ["bad.layout", "d", "not an operand"]),
+    ("bad.layout.dim", fma8, {"layout": {"a": intrinsics.Layout((1,))}},
+     ["bad.layout.dim", "dim 1", "1 dims"]),
+    ("bad.cost", fma8, {"cost": -1}, ["bad.cost", "cost must be a positive number"]),
+    ("x86.fma.f32x8", fma8, {}, ["x86.fma.f32x8", "already registered"]),
+]
+
+
+@pytest.mark.parametrize("name, fn, options, words", BAD, ids=[c[0] for c in BAD])
+def test_bad_descriptor_is_refused(name, fn, options, words):
+    before = {d.name for d in intrinsics.all()}
+    with pytest.raises((IntrinsicError, ScriptError)) as info:
+        intrinsics.register(name, fn, **options)
+    for w in words:
+        assert w in str(info.value)
+    assert {d.name for d in intrinsics.all()} == before
+
+
+def not_script(c: f32[8], a: f32[8]):
+    for i in range(8):
+        print(a[i])  # bad script here
+
+
+def test_bad_script_points_into_the_users_file():
+    with pytest.raises(ScriptError) as info:
+        intrinsics.register("bad.script", not_script)
+    lines, first = inspect.getsourcelines(not_script)
+    where = first + next(n for n, ln in enumerate(lines) if "bad script here" in ln)
+    err = info.value
+    assert err.file == __file__ and err.line == where
+    assert err.col == lines[where - first].index("print") + 1
+    assert "bad.script" in str(err) and f"{__file__}:{where}:" in str(err)
+
+
+def test_decorator_returns_the_descriptor():
+    @intrinsics.intrinsic("user.decorated.f32x4", isa=(), cost=1.5)
+    def add4(c: f32[4], a: f32[4]):
+        for i in range(4):
+            c[i] += a[i]
+
+    try:
+        assert add4 is intrinsics.get("user.decorated.f32x4")
+        assert add4.cost == 1.5 and add4.semantics.name == "add4"
+        c = np.zeros(4, np.float32)
+        intrinsics.compile_intrinsic(add4)(c=c, a=np.arange(4, dtype=np.float32))
+        np.testing.assert_array_equal(c, [0, 1, 2, 3])
+    finally:
+        intrinsics.unregister("user.decorated.f32x4")
+
+
+def test_script_text_semantics():
+    desc = intrinsics.register("user.text.i32x2", textwrap.dedent("""\
+        @prim_func
+        def neg2(c: i32[2], a: i32[2]):
+            for i in range(2):
+                c[i] += -a[i]
+        """))
+    try:
+        assert desc.script().startswith("@prim_func\ndef neg2(")
+    finally:
+        intrinsics.unregister(desc.name)
+
+
+# ---------------------------------------------------------------------------
+# the standalone callable refuses what it cannot run
+
+
+def _readonly() -> np.ndarray:
+    a = np.zeros(8, np.float32)
+    a.setflags(write=False)
+    return a
+
+
+def _zero_stride() -> np.ndarray:
+    return np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (8,), (0,))
+
+
+REFUSALS = [
+    ("shape", lambda ops: ops.update(a=np.zeros(7, np.float32)), ["operand a", "shape (7,)"]),
+    ("dtype", lambda ops: ops.update(b=np.zeros(8, np.float64)), ["operand b", "dtype float64"]),
+    ("missing", lambda ops: ops.pop("c"), ["operand c", "missing"]),
+    ("extra", lambda ops: ops.update(d=np.zeros(8, np.float32)), ["no operand d"]),
+    ("list", lambda ops: ops.update(a=[0.0] * 8), ["operand a", "numpy array"]),
+    ("read-only", lambda ops: ops.update(c=_readonly()), ["output c", "read-only"]),
+    ("repeats", lambda ops: ops.update(c=_zero_stride()), ["output c", "zero stride"]),
+    ("aliased", lambda ops: ops.update(c=ops["a"]), ["output c", "shares memory", "operand a"]),
+]
+
+
+@pytest.mark.parametrize("change, words", [c[1:] for c in REFUSALS], ids=[c[0] for c in REFUSALS])
+def test_callable_refuses_bad_operands(change, words):
+    impl = implementation("x86.fma.f32x8", "emulated")
+    ops = {n: np.zeros(8, np.float32) for n in "cab"}
+    change(ops)
+    with pytest.raises(ValueError) as info:
+        impl(**ops)
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_callable_refuses_strides_that_split_elements():
+    impl = implementation("x86.fma.f32x8", "emulated")
+    raw = np.zeros(64, np.uint8)
+    odd = np.lib.stride_tricks.as_strided(raw.view(np.float32), (8,), (6,))
+    with pytest.raises(ValueError, match="operand b has strides"):
+        impl(c=np.zeros(8, np.float32), a=np.zeros(8, np.float32), b=odd)
+
+
+# ---------------------------------------------------------------------------
+# the throughput benchmark
+
+
+@needs_avx2
+def test_throughput_rows():
+    rows = intrinsics.bench.throughput(["x86.mm.f32.6x16x1", "x86.fma.f32x8"], runs=1,
+                                       target_seconds=0.005)
+    assert [r.name for r in rows] == ["x86.mm.f32.6x16x1", "x86.fma.f32x8"]
+    assert rows[0].mode == "k-loop" and rows[1].mode == "stream"
+    assert all(r.gops > 0 and r.unit == "GFLOP/s" for r in rows)
+    text = intrinsics.bench.format_rows(rows)
+    assert "x86.mm.f32.6x16x1" in text and "%" in text
+
+
+def test_throughput_refuses_emulated():
+    with pytest.raises(ValueError, match="no native implementation"):
+        intrinsics.bench.throughput(["nvidia.mma.f16f32.16x8x16"])
