@@ -1,9 +1,11 @@
 """Lowering: a verified ``PrimFunc`` -> the plan of one native kernel.
 
-A kernel takes one array of buffer pointers (the parameters in order, then the
-temporaries) and runs the function body split at the top level into *parts*:
-runs of statements executed once, and loops that the dependence analysis proves
-parallel, whose iterations the runtime shares out between threads::
+First each top-level loop nest gets the loop order whose innermost loop walks memory
+with unit stride (``schedule``; legal by the dependence analysis). Then the kernel is
+planned: it takes one array of buffer pointers (the parameters in order, then the
+temporaries) and runs the body split at the top level into *parts*: runs of statements
+executed once, and loops the dependence analysis proves parallel, whose iterations the
+runtime shares out between threads::
 
     for i in range(512):            # part 0, parallel: iterations [lo, hi) per thread
         for j in range(512):
