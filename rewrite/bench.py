@@ -231,17 +231,15 @@ def to_json(results: list[BenchResult]) -> dict:
 
 
 def plot(results: list[BenchResult], path: str) -> bool:
-    """Bar chart of GFLOP/s (ours and numpy's) saved to ``path``. matplotlib is optional:
-    without it nothing is drawn, a message says so on stderr, and the result is False."""
+    """Bar chart of GFLOP/s (ours and numpy's) saved to ``path``; True when written.
+    matplotlib is optional: without it nothing is drawn and the result is False."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print(f"tensorize bench: matplotlib is not installed, so no plot was written to {path} "
-              f"(pip install matplotlib)", file=sys.stderr)
-        return False
+        return False  # the caller says so: the CLI prints one line, a library user gets False
     names = [r.name for r in results]
     ours = [r.gflops for r in results]
     theirs = [r.ops / r.numpy_median_s / 1e9 if r.numpy_median_s else 0.0 for r in results]
