@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 import llvmlite.binding as llvm
 
 from rewrite import ir
-from rewrite.ir import Accumulate, Const, For, If, Load, PrimFunc, Seq, Store, Var
+from rewrite.ir import Accumulate, Const, For, If, PrimFunc, Seq, Store, Var
 from rewrite.script import ScriptError, parse, show
 
 
@@ -102,11 +102,18 @@ class Intrinsic:
     def inputs(self) -> tuple[Operand, ...]:
         return tuple(o for o in self.operands if o.role == "input")
 
+    def __repr__(self) -> str:
+        return f"<Intrinsic {self.name}>"
+
     def operand(self, name: str) -> Operand:
         for o in self.operands:
             if o.name == name:
                 return o
         raise KeyError(name)
+
+    def accesses(self, dim: str) -> tuple[tuple[str, int], ...]:
+        """(operand, operand dim) pairs that iteration dim ``dim`` indexes."""
+        return tuple((o.name, d) for o in self.operands for d, it in enumerate(o.dims) if it == dim)
 
     @property
     def iterations(self) -> int:
@@ -392,8 +399,15 @@ def load_file(path) -> list[Intrinsic]:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except FileNotFoundError:
-        raise IntrinsicError(f"{path}: no such file") from None
+    except BaseException as e:
+        # all or nothing: a module that fails half way leaves no intrinsics behind
+        for name in set(_registry) - before:
+            del _registry[name]
+        if isinstance(e, FileNotFoundError):
+            raise IntrinsicError(f"{path}: no such file") from None
+        if isinstance(e, (SyntaxError, ImportError)):
+            raise IntrinsicError(f"{path}: cannot load intrinsics: {e}") from e
+        raise
     return [d for n, d in _registry.items() if n not in before]
 
 

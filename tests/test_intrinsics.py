@@ -25,7 +25,7 @@ from intrinsics.x86 import FmaF32x8
 from rewrite import codegen
 from rewrite.interp import run
 from rewrite.ir import is_float, numpy_dtype
-from rewrite.script import ScriptError, f32, grid, i16, i32, i64  # noqa: F401 - read by the parser
+from rewrite.script import ScriptError, f32, grid, i16, i64  # noqa: F401 - read by the parser
 
 X86_NATIVE = ["x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4"]
 EMULATED = ["x86.avx512vnni.dot.u8i8i32.16x4", "arm.neon.sdot.i8i32.4x4",
@@ -281,6 +281,8 @@ def test_descriptor_fields():
         ("c", ("i", "j"), (6, 16), "f32"), ("a", ("i", "k"), (6, 1), "f32"),
         ("b", ("k", "j"), (1, 16), "f32")]
     assert mm.layout["b"].unit_stride == (1,)
+    assert mm.accesses("k") == (("a", 1), ("b", 0))
+    assert mm.accesses("j") == (("c", 1), ("b", 1))
     axpy = intrinsics.get("x86.axpy.f32x8")
     assert axpy.operand("a").dims == (None,)  # a[0]: a unit dim, no loop
     dot = intrinsics.get("x86.dot.u8i8i32.16x4")
@@ -358,6 +360,27 @@ def test_load_file(tmp_path):
 def test_load_file_missing(tmp_path):
     with pytest.raises(IntrinsicError, match="no such file"):
         intrinsics.load_file(tmp_path / "absent.py")
+
+
+def test_load_file_is_all_or_nothing(tmp_path):
+    path = tmp_path / "half.py"
+    path.write_text(textwrap.dedent("""\
+        from intrinsics import intrinsic
+        from rewrite.script import f64
+
+        @intrinsic("user.half.first", cost=1.0)
+        def first(c: f64[2], a: f64[2]):
+            for i in range(2):
+                c[i] += a[i]
+
+        @intrinsic("user.half.second", cost=1.0)
+        def second(c: f64[2], a: f64[2]):
+            for i in range(2):
+                c[i] = a[i]
+        """))
+    with pytest.raises(IntrinsicError, match="user.half.second"):
+        intrinsics.load_file(path)
+    assert "user.half.first" not in {d.name for d in intrinsics.all()}
 
 
 # ---------------------------------------------------------------------------
