@@ -155,7 +155,10 @@ def _semantics_from_function(name: str, fn: Callable) -> PrimFunc:
     except SyntaxError as e:
         raise _located(name, ScriptError(file, first + (e.lineno or 1) - 1, e.offset or 1,
                                          f"Python syntax error: {e.msg}")) from None
-    fn_def = tree.body[0]
+    fn_def = tree.body[0] if tree.body else None
+    if not isinstance(fn_def, ast.FunctionDef):
+        raise IntrinsicError(f"intrinsic {name}: the semantics must be a plain def, "
+                             f"found {type(fn_def).__name__} at {file}:{first}")
     # Keep the def and its body only; blank lines put the def at its real line number, so
     # every location the parser reports is one in the user's file.
     def_line = first + fn_def.lineno - 1

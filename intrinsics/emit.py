@@ -207,6 +207,9 @@ def emitter_of(desc: Intrinsic, native: Optional[bool] = None) -> Emitter:
     use_native = desc.native if native is None else native
     if use_native and desc.emitter is None:
         raise ValueError(f"intrinsic {desc.name} has no native emitter")
+    if use_native and not desc.native:
+        # its instructions would stop the process with an illegal-instruction signal
+        raise ValueError(f"intrinsic {desc.name} needs {'+'.join(desc.isa)}, which this CPU lacks")
     return desc.emitter if use_native else Emulated(desc)
 
 

@@ -573,6 +573,16 @@ def test_throughput_rows():
     assert "x86.mm.f32.6x16x1" in text and "%" in text
 
 
+def test_native_is_refused_without_the_isa():
+    with pytest.raises(ValueError, match="no native emitter"):
+        intrinsics.compile_intrinsic("arm.neon.sdot.i8i32.4x4", native=True)
+
+
+def test_lambda_semantics_are_refused():
+    with pytest.raises(IntrinsicError, match="user.lambda: the semantics must be a plain def"):
+        intrinsics.register("user.lambda", lambda c: None)
+
+
 def test_throughput_refuses_emulated():
     with pytest.raises(ValueError, match="no native implementation"):
         intrinsics.bench.throughput(["nvidia.mma.f16f32.16x8x16"])
