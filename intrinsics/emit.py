@@ -13,6 +13,12 @@ across consecutive calls along a reduction (the micro-kernel shape of a GEMM)::
 
 ``emit(b, ops)`` is the three phases once. ``kloop_function`` builds that loop with the
 accumulators as phi nodes; ``Emulated`` implements any descriptor from its semantics.
+A lowering emits a call site as::
+
+    emitter_of(desc).emit(builder, {"c": Ref(c_ptr, "f32", (16, 1)), "a": ..., "b": ...})
+
+``emitter_of`` picks the native emitter when this CPU has the descriptor's ISA, else the
+emulation, so the same call site compiles on any machine.
 """
 
 from __future__ import annotations
