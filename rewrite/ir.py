@@ -263,8 +263,42 @@ class If:
     orelse: "Stmt | None" = None
 
 
-Stmt = Union[Store, Accumulate, For, Seq, If]
-STMT_TYPES = (Store, Accumulate, For, Seq, If)
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A strided view of a buffer handed to an intrinsic as one operand.
+
+    Element ``(o0, o1, ...)`` of the operand is ``buffer[base + o0*steps[0] + o1*steps[1] + ...]``:
+    ``base`` is an index per buffer dimension (affine in loop variables), ``steps`` holds, per
+    operand dimension, a constant step per buffer dimension. A transposed operand is just
+    other steps. The operand's extents come from the intrinsic's declaration.
+    """
+
+    buffer: Buffer
+    base: tuple[Expr, ...]
+    steps: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One invocation of a registered intrinsic: ``call("x86.fma.f32x8", c=window(...), ...)``.
+
+    ``operands`` follow the intrinsic's parameter order; ``output`` names the operand the
+    intrinsic accumulates into. Its meaning is the intrinsic's semantics run on the windows.
+    """
+
+    intrinsic: str
+    operands: tuple[tuple[str, Window], ...]
+    output: str
+
+    def window(self, name: str) -> Window:
+        for n, w in self.operands:
+            if n == name:
+                return w
+        raise KeyError(name)
+
+
+Stmt = Union[Store, Accumulate, For, Seq, If, Call]
+STMT_TYPES = (Store, Accumulate, For, Seq, If, Call)
 
 
 def seq(*stmts: Stmt) -> Stmt:
@@ -312,8 +346,13 @@ class PrimFunc:
     @property
     def written(self) -> frozenset[str]:
         """Names of every buffer some statement writes."""
-        return frozenset(s.buffer.name for s in walk_stmts(self.body)
-                         if isinstance(s, (Store, Accumulate)))
+        out = set()
+        for s in walk_stmts(self.body):
+            if isinstance(s, (Store, Accumulate)):
+                out.add(s.buffer.name)
+            elif isinstance(s, Call):
+                out.add(s.window(s.output).buffer.name)
+        return frozenset(out)
 
     @property
     def outputs(self) -> tuple[Buffer, ...]:
@@ -377,6 +416,8 @@ def stmt_exprs(s: Stmt) -> tuple[Expr, ...]:
         return s.indices + (s.value,)
     if isinstance(s, If):
         return (s.cond,)
+    if isinstance(s, Call):
+        return tuple(e for _, w in s.operands for e in w.base)
     return ()
 
 

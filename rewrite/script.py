@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from . import ir
-from .ir import (BOOL, DTYPES, INDEX, Accumulate, Binary, Buffer, Cast, Compare, Const, Expr, For,
-                 If, Load, Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var)
+from .ir import (BOOL, DTYPES, INDEX, Accumulate, Binary, Buffer, Call, Cast, Compare, Const, Expr,
+                 For, If, Load, Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var, Window)
 from .verify import VerifyError, verify
 
 
@@ -87,7 +87,7 @@ _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv
            ast.Mod: "%"}
 _CMPOPS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
 _RESERVED = set(DTYPES) | {"range", "grid", "alloc", "select", "max", "min", "abs", "exp", "sqrt",
-                           "prim_func", "inf", "True", "False"}
+                           "prim_func", "inf", "True", "False", "call", "window"}
 _FUNCTIONS_SENTENCE = ("the language has max, min, abs, exp, sqrt, select and the casts "
                        + ", ".join(f"{d}(...)" for d in DTYPES))
 
@@ -249,6 +249,9 @@ class _FunctionParser:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
                 and isinstance(node.value.value, str):
             return []  # a string used as a comment
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) \
+                and isinstance(node.value.func, ast.Name) and node.value.func.id == "call":
+            return [self.intrinsic_call(node.value)]
         if isinstance(node, ast.Pass):
             raise self.error(node, "pass is not part of the language: remove it")
         what = {ast.While: "while loops", ast.Return: "return", ast.FunctionDef: "nested functions",
@@ -260,6 +263,46 @@ class _FunctionParser:
         if isinstance(node, ast.Expr):
             what = "expression statements (only stores X[...] = e and X[...] += e)"
         raise self.error(node, f"{what or type(node).__name__} {'are' if what else 'is'} not part of the script language")
+
+    def intrinsic_call(self, node: ast.Call) -> Stmt:
+        """``call("x86.fma.f32x8", c=window(C[i, 8 * j], (0, 1)), a=..., b=...)``."""
+        if len(node.args) != 1 or not (isinstance(node.args[0], ast.Constant)
+                                       and isinstance(node.args[0].value, str)):
+            raise self.error(node, 'call() takes the intrinsic\'s name as a string, then its operands '
+                                   'by keyword: call("x86.fma.f32x8", c=window(...), ...)')
+        name = node.args[0].value
+        from intrinsics import IntrinsicError, get
+
+        try:
+            desc = get(name)
+        except IntrinsicError:
+            raise self.error(node.args[0], f"unknown intrinsic {name}; tensorize intrinsics lists them") from None
+        given = {}
+        for kw in node.keywords:
+            if kw.arg is None:
+                raise self.error(kw.value, "call() takes operands as name=window(...)")
+            if kw.arg not in {o.name for o in desc.operands}:
+                raise self.error(kw.value, f"intrinsic {name} has no operand {kw.arg}; its operands are "
+                                           + ", ".join(o.name for o in desc.operands))
+            given[kw.arg] = self.window(kw.value)
+        missing = [o.name for o in desc.operands if o.name not in given]
+        if missing:
+            raise self.error(node, f"intrinsic {name} needs operand{'s' * (len(missing) > 1)} {', '.join(missing)}")
+        operands = tuple((o.name, given[o.name]) for o in desc.operands)
+        return self.at(node, Call(name, operands, desc.output.name))
+
+    def window(self, node: ast.AST) -> Window:
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "window"
+                and node.args and isinstance(node.args[0], ast.Subscript) and not node.keywords):
+            raise self.error(node, "an operand is window(BUF[base indices], (steps of operand dim 0), ...)")
+        buf, base = self.subscript(node.args[0])
+        steps = []
+        for t in node.args[1:]:
+            elts = t.elts if isinstance(t, ast.Tuple) else None
+            if elts is None or not all(_is_literal(e) and type(self.literal_value(e)) is int for e in elts):
+                raise self.error(t, f"each step of a window on {buf.name} is a tuple of integers, one per dimension of {buf.name}")
+            steps.append(tuple(self.literal_value(e) for e in elts))
+        return self.at(node, Window(buf, base, tuple(steps)))
 
     def check_value_dtype(self, node: ast.AST, value: Expr, buf: Buffer) -> None:
         if value.dtype != buf.dtype:
@@ -714,6 +757,9 @@ def _show_stmt(s: Stmt, indent: int, out: list[str]) -> None:
         op = "=" if isinstance(s, Store) else "+="
         idx = ", ".join(show_expr(i) for i in s.indices)
         out.append(f"{pad}{s.buffer.name}[{idx}] {op} {show_expr(s.value)}")
+    elif isinstance(s, Call):
+        args = ", ".join(f"{n}={_show_window(w)}" for n, w in s.operands)
+        out.append(f'{pad}call("{s.intrinsic}", {args})')
     elif isinstance(s, For):
         loops = [s]
         while isinstance(loops[-1].body, For) and loops[-1].start == 0 and loops[-1].body.start == 0:
@@ -741,6 +787,12 @@ def _show_stmt(s: Stmt, indent: int, out: list[str]) -> None:
             break
     else:
         raise TypeError(f"not a statement: {s!r}")
+
+
+def _show_window(w: Window) -> str:
+    base = ", ".join(show_expr(i) for i in w.base)
+    steps = "".join(", (" + ", ".join(map(str, st)) + ("," if len(st) == 1 else "") + ")" for st in w.steps)
+    return f"window({w.buffer.name}[{base}]{steps})"
 
 
 def _buffer_type(b: Buffer) -> str:

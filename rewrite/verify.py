@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import ir
-from .ir import (BOOL, DTYPES, INDEX, Accumulate, Binary, Buffer, Cast, Compare, Const, Expr, For,
-                 If, Load, Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var)
+from .ir import (BOOL, DTYPES, INDEX, Accumulate, Binary, Buffer, Call, Cast, Compare, Const, Expr,
+                 For, If, Load, Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var, Window)
 
 
 class VerifyError(Exception):
@@ -206,8 +206,50 @@ class _Verifier:
             if value != s.buffer.dtype:
                 raise VerifyError(f"dtype mismatch: {s.buffer.name} holds {s.buffer.dtype} but the "
                                   f"value stored is {value}", s)
+        elif isinstance(s, Call):
+            self.call(s, ranges)
         else:
             raise VerifyError(f"not a statement: {type(s).__name__}", s)
+
+    def call(self, s: Call, ranges: Ranges) -> None:
+        from intrinsics import IntrinsicError, get
+
+        try:
+            desc = get(s.intrinsic)
+        except IntrinsicError:
+            raise VerifyError(f"unknown intrinsic {s.intrinsic}", s) from None
+        names = tuple(n for n, _ in s.operands)
+        if names != tuple(o.name for o in desc.operands) or s.output != desc.output.name:
+            raise VerifyError(f"intrinsic {s.intrinsic} takes operands {', '.join(o.name for o in desc.operands)} "
+                              f"(output {desc.output.name}), not {', '.join(names)}", s)
+        for op, (_, w) in zip(desc.operands, s.operands):
+            if w.buffer.dtype != op.dtype:
+                raise VerifyError(f"operand {op.name} of {s.intrinsic} is {op.dtype} but {w.buffer.name} "
+                                  f"holds {w.buffer.dtype}", w)
+            if len(w.steps) != len(op.shape) or any(len(st) != w.buffer.ndim for st in w.steps):
+                raise VerifyError(f"operand {op.name} of {s.intrinsic} has {len(op.shape)} dimensions: its "
+                                  f"window needs that many steps of {w.buffer.ndim} integers", w)
+            self.window(w, op.shape, ranges)
+
+    def window(self, w: Window, shape: tuple[int, ...], ranges: Ranges) -> None:
+        """The base is an in-bounds access, and so is the far corner in every direction."""
+        declared = self.buffers.get(w.buffer.name)
+        if declared != w.buffer:
+            raise VerifyError(f"unknown buffer {w.buffer.name}", w)
+        if len(w.base) != w.buffer.ndim:
+            raise VerifyError(f"{w.buffer.name} has {w.buffer.ndim} dimensions but the window base has "
+                              f"{len(w.base)} indices", w)
+        if any(r.lo > r.hi for r in ranges.values()):
+            return
+        for dim, idx in enumerate(w.base):
+            if self.expr(idx, ranges) != INDEX or not is_affine_index(idx):
+                raise VerifyError(f"the window base on {w.buffer.name} must be affine in the loop variables", w)
+            r = interval(idx, ranges)
+            lo = r.lo + sum(min(0, (n - 1) * st[dim]) for n, st in zip(shape, w.steps))
+            hi = r.hi + sum(max(0, (n - 1) * st[dim]) for n, st in zip(shape, w.steps))
+            if lo < 0 or hi >= w.buffer.shape[dim]:
+                raise VerifyError(f"a window on {w.buffer.name} can go out of bounds: dimension {dim} "
+                                  f"reaches {lo}..{hi} but is 0..{w.buffer.shape[dim] - 1}", w)
 
     def condition(self, e: Expr, ranges: Ranges, owner: object) -> None:
         if self.expr(e, ranges) != BOOL:

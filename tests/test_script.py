@@ -200,3 +200,31 @@ def test_verifier_rejects_malformed_ir():
     mixed = ir.PrimFunc("g", (A,), ir.Store(A, (ir.Const(0, "i64"),), ir.Const(1, "i32")))
     with pytest.raises(VerifyError, match="dtype mismatch"):
         verify(mixed)
+
+
+CALLS = '''
+@prim_func
+def mm(A: f32[12, 4], B: f32[32, 4], C: f32[12, 32]):
+    for io, jo, k in grid(2, 2, 4):
+        call("x86.mm.f32.6x16x1", c=window(C[6 * io, 16 * jo], (1, 0), (0, 1)), a=window(A[6 * io, k], (1, 0), (0, 1)), b=window(B[16 * jo, k], (0, 1), (1, 0)))
+'''
+
+
+def test_intrinsic_calls_round_trip_and_name_their_output():
+    f = parse(CALLS)
+    call = f.body.body.body.body
+    assert isinstance(call, ir.Call) and call.output == "c"
+    assert call.window("b").steps == ((0, 1), (1, 0))  # B is read transposed
+    assert [b.name for b in f.outputs] == ["C"]
+    assert parse(show(f)) == f
+
+
+@pytest.mark.parametrize("change,words", [
+    (("C[6 * io, 16 * jo]", "C[6 * io + 1, 16 * jo]"), "out of bounds"),
+    (("x86.mm.f32.6x16x1", "x86.mm.f32.9x9"), "unknown intrinsic"),
+    (("a=window", "q=window"), "has no operand q"),
+    (("(1, 0), (0, 1)), b=", "(1, 0)), b="), "needs that many steps"),
+])
+def test_bad_intrinsic_calls(change, words):
+    with pytest.raises(ScriptError, match=words):
+        parse(CALLS.replace(*change))
