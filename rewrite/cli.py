@@ -213,7 +213,51 @@ class Progress:
 # commands
 
 
+class BadInput(Exception):
+    """Input the command cannot use: one line on stderr, exit status 2."""
+
+
+def load_intrinsics(args: argparse.Namespace) -> list:
+    """The intrinsic library the options ask for (user modules loaded first)."""
+    import intrinsics
+
+    if getattr(args, "intrinsics_file", None):
+        try:
+            intrinsics.load_file(args.intrinsics_file)
+        except Exception as e:  # a plugin is user code: any failure is bad input
+            raise BadInput(f"{args.intrinsics_file}: cannot load intrinsics: {e}") from None
+    target = getattr(args, "target", "all")
+    library = [] if target == "none" else intrinsics.library(target)
+    names = getattr(args, "intrinsics", None)
+    if names:
+        wanted = [n.strip() for n in names.split(",") if n.strip()]
+        known = {d.name for d in intrinsics.all()}
+        unknown = [n for n in wanted if n not in known]
+        if unknown:
+            raise BadInput(f"unknown intrinsic{'s' * (len(unknown) > 1)} {', '.join(unknown)}; "
+                           "tensorize intrinsics lists them")
+        library = [intrinsics.get(n) for n in wanted]
+    return library
+
+
+def cmd_intrinsics(args: argparse.Namespace) -> int:
+    import intrinsics
+
+    load_intrinsics(argparse.Namespace(intrinsics_file=args.intrinsics_file))
+    try:
+        intrinsics.library(args.target)
+    except intrinsics.IntrinsicError as e:
+        raise BadInput(str(e)) from None
+    if args.bench:
+        names = [d.name for d in intrinsics.library(args.target) if d.native]
+        print(intrinsics.bench.format_rows(intrinsics.bench.throughput(names)))
+    else:
+        print(intrinsics.describe(args.target))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    load_intrinsics(args)
     if args.target != "none" and not args.json:
         print("note: intrinsic matching is not available yet; every function is compiled as "
               "plain loops (coverage 0)", file=sys.stderr)
@@ -315,6 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=_positive, metavar="N", help="threads for parallel loops")
     run.set_defaults(handler=cmd_run)
 
+    intr = sub.add_parser("intrinsics", help="list registered intrinsics and their semantics")
+    intr.add_argument("--target", default="all", metavar="T",
+                      help="host, all, or an ISA name such as x86-avx2 (default: all)")
+    intr.add_argument("--intrinsics-file", metavar="PATH", help="a Python module registering intrinsics")
+    intr.add_argument("--bench", action="store_true",
+                      help="measure each native intrinsic's throughput against the FMA peak")
+    intr.set_defaults(handler=cmd_intrinsics)
+
     bench = sub.add_parser("bench", help="time compiled functions against numpy")
     bench.add_argument("paths", nargs="+", metavar="PATH")
     bench.add_argument("--func", metavar="NAME", help="only this function")
@@ -330,6 +382,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except BadInput as e:
+        print(e, file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -109,3 +109,38 @@ def test_corpus_reports_every_function():
     out = json.loads(r.stdout)
     assert {(f["file"], f["name"]) for f in out["functions"]} == expected
     assert all(f["error"] is None for f in out["functions"])
+
+
+def test_intrinsics_lists_the_host_library():
+    r = tensorize("intrinsics", "--target", "all")
+    assert r.returncode == 0, r.stderr
+    for name in ("x86.fma.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4",
+                 "arm.neon.sdot.i8i32.4x4", "nvidia.mma.f16f32.16x8x16"):
+        assert name in r.stdout
+    assert "c[i] += a[i] * b[i]" in r.stdout  # the semantics, printed as script
+    r = tensorize("intrinsics", "--target", "bogus")
+    assert r.returncode == 2 and "unknown target bogus" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_intrinsics_options_are_bad_input(tmp_path, script):
+    plugin = tmp_path / "plug.py"
+    plugin.write_text("raise RuntimeError('boom')\n")
+    r = tensorize("run", script, "--intrinsics-file", plugin)
+    assert r.returncode == 2 and "cannot load intrinsics: boom" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = tensorize("run", script, "--intrinsics", "nope.x1")
+    assert r.returncode == 2 and "unknown intrinsic nope.x1" in r.stderr
+
+
+def test_user_intrinsics_file_is_listed(tmp_path):
+    plugin = tmp_path / "mine.py"
+    plugin.write_text(
+        "from intrinsics import intrinsic\n"
+        "from rewrite.script import f32\n\n"
+        "@intrinsic('my.dot.f32x4', isa=(), cost=1.0)\n"
+        "def dot4(c: f32[1], a: f32[4], b: f32[4]):\n"
+        "    for k in range(4):\n"
+        "        c[0] += a[k] * b[k]\n")
+    r = tensorize("intrinsics", "--intrinsics-file", plugin)
+    assert r.returncode == 0, r.stderr
+    assert "my.dot.f32x4" in r.stdout and "c[0] += a[k] * b[k]" in r.stdout
