@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 from rewrite import codegen, lower, runtime
 from rewrite.interp import random_args, run
@@ -26,6 +26,12 @@ def compiled_and_interpreted(func, args, threads=1):
     return want, got
 
 
+# exp is not correctly rounded, here or in numpy, and a chain of exps (through a loop that
+# stores exp(A[0]) back into A[0]) multiplies a one-ulp difference by every argument on
+# the way: at most about 1000 ulps before the result overflows
+EXP_RTOL = {"f16": 5e-2, "f32": 1e-3, "f64": 1e-9}
+
+
 def assert_same(func, want, got, exact=True):
     for b in func.outputs:
         w, g = want[b.name], got[b.name]
@@ -33,8 +39,16 @@ def assert_same(func, want, got, exact=True):
             np.testing.assert_array_equal(g, w, err_msg=f"buffer {b.name} of\n{show(func)}")
         else:
             tol = runtime.tolerance(func, b.dtype, w)
-            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=0, atol=tol,
+            rtol = max((EXP_RTOL[x.dtype] for x in _exps(func)), default=0.0)
+            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=rtol, atol=tol,
                                        err_msg=f"buffer {b.name} of\n{show(func)}")
+
+
+def _exps(func) -> list:
+    """Every exp in ``func``: its dtype, not the output's, sets the error (exp in f32 may be
+    stored into f64)."""
+    return [x for s in walk_stmts(func.body) for e in stmt_exprs(s) for x in walk_expr(e)
+            if isinstance(x, Unary) and x.op == "exp"]
 
 
 # ---------------------------------------------------------------------------
@@ -44,16 +58,20 @@ def assert_same(func, want, got, exact=True):
 def _exact(func) -> bool:
     """Without ``exp`` and ``+=`` into floats, compiled code is bit-identical to the interpreter
     (every other float operation is IEEE in program order)."""
-    for s in walk_stmts(func.body):
-        if isinstance(s, Accumulate) and is_float(s.buffer.dtype):
-            return False
-        if any(isinstance(x, Unary) and x.op == "exp" for e in stmt_exprs(s) for x in walk_expr(e)):
-            return False
-    return True
+    if _exps(func):
+        return False
+    return not any(isinstance(s, Accumulate) and is_float(s.buffer.dtype)
+                   for s in walk_stmts(func.body))
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(programs())
+@example(parse("""
+@prim_func
+def fuzzed(A: f32[1], B: f16[1]):
+    for x1, x2 in grid(2, 2):
+        A[x1 % 1] = exp(A[x1 % 1])
+"""))
 def test_random_programs_match_the_interpreter(func):
     args = random_args(func, seed=1)
     want, got = compiled_and_interpreted(func, args)
