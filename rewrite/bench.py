@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Optional, Union
 import numpy as np
 
 from . import runtime
-from .ir import (Accumulate, Binary, Buffer, Cast, Const, Expr, For, If, Load, PrimFunc, Seq,
+from .ir import (Accumulate, Binary, Buffer, Call, Cast, Const, Expr, For, If, Load, PrimFunc, Seq,
                  Stmt, Store, Var, is_float, numpy_dtype)
 from .lower import op_count
 
@@ -177,12 +177,12 @@ def numpy_counterpart(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[C
 
 
 def _leaves(s: Stmt, loops: tuple[For, ...], out: list) -> bool:
-    """Collect stores with their enclosing loops; False if there is an ``if``."""
+    """Collect stores with their enclosing loops; False at an ``if`` or an intrinsic call."""
     if isinstance(s, For):
         return _leaves(s.body, loops + (s,), out)
     if isinstance(s, Seq):
         return all(_leaves(c, loops, out) for c in s.stmts)
-    if isinstance(s, If):
+    if isinstance(s, (If, Call)):
         return False
     out.append((s, loops))
     return True

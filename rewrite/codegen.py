@@ -32,7 +32,7 @@ import numpy as np
 from llvmlite import ir
 
 from . import lower as lowering
-from .ir import (BOOL, INDEX, Accumulate, Binary, Cast, Compare, Const, Expr, For, If, Load,
+from .ir import (BOOL, INDEX, Accumulate, Binary, Call, Cast, Compare, Const, Expr, For, If, Load,
                  Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var, bits, is_float, is_int,
                  is_signed, itemsize)
 
@@ -175,6 +175,15 @@ def counted_loop(b: ir.IRBuilder, start: ir.Value, stop: ir.Value, body: Callabl
 # statements and expressions
 
 
+def _row_major_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for dim in reversed(shape):
+        strides.append(step)
+        step *= dim
+    return tuple(reversed(strides))
+
+
+
 class _BodyEmitter:
     """Emits the statements of one part into a function whose buffer pointers are given."""
 
@@ -199,6 +208,8 @@ class _BodyEmitter:
             self.b.store(value, self.address(s.buffer, s.indices), align=itemsize(s.buffer.dtype))
         elif isinstance(s, Accumulate):
             self.accumulate(s)
+        elif isinstance(s, Call):
+            self.intrinsic(s)
         else:
             raise TypeError(f"codegen: unknown statement {type(s).__name__}")
 
@@ -233,6 +244,19 @@ class _BodyEmitter:
         else:
             new = self.b.add(old, value)
         self.b.store(new, ptr, align=itemsize(dtype))
+
+    def intrinsic(self, s: Call) -> None:
+        """An intrinsic call: its emitter (native on this CPU, else the emulation from its
+        semantics) given each window as a base pointer and an element stride per operand
+        dimension."""
+        import intrinsics  # the registry imports the backend, so not at module level
+
+        refs = {}
+        for name, w in s.operands:
+            row_major = _row_major_strides(w.buffer.shape)
+            strides = tuple(sum(step * r for step, r in zip(steps, row_major)) for steps in w.steps)
+            refs[name] = intrinsics.Ref(self.address(w.buffer, w.base), w.buffer.dtype, strides)
+        intrinsics.emitter_of(intrinsics.get(s.intrinsic)).emit(self.b, refs)
 
     def address(self, buffer, indices: tuple[Expr, ...]) -> ir.Value:
         """Row-major element address. Index arithmetic carries ``nsw``: every access is in

@@ -25,8 +25,9 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from . import analysis
-from .ir import (Accumulate, Binary, Buffer, Expr, For, If, PrimFunc, Seq, Stmt, Store, Unary,
-                 Var, loads_of, seq, stmts_of, walk_expr)
+from .ir import (EXPR_TYPES, INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load,
+                 PrimFunc, Seq, Stmt, Store, Unary, Var, Window, children, loads_of, seq, stmts_of, walk_expr,
+                 walk_stmts)
 
 # Below this many arithmetic operations a loop runs on the calling thread: waking the
 # workers and joining them costs a few microseconds, which such a loop does not repay.
@@ -58,10 +59,11 @@ def lower(func: PrimFunc) -> Plan:
     """Choose loop orders (``schedule``), then split the body into serial and parallel parts
     (see the module docstring)."""
     func = schedule(func)
+    meaning = expand_calls(func)  # what the dependence analysis reads
     parts: list[Part] = []
     pending: list[Stmt] = []  # consecutive serial statements become one part
     for k, s in enumerate(stmts_of(func.body)):
-        if _worth_threads(func, k, s):
+        if _worth_threads(meaning, k, stmts_of(meaning.body)[k]):
             if pending:
                 parts.append(Part(seq(*pending), False))
                 pending = []
@@ -103,14 +105,17 @@ def schedule(func: PrimFunc) -> PrimFunc:
     reassociating ``+=``. Nothing changes unless some loop order gets cheaper."""
     out: list[Stmt] = []
     changed = False
+    meaning = expand_calls(func)  # what the dependence analysis reads
     for k, s in enumerate(stmts_of(func.body)):
-        nests = _reorder(func, k, s)
+        nests = _reorder(meaning, k, s)
         changed = changed or nests != [s]
         out.extend(nests)
     return replace(func, body=seq(*out)) if changed else func
 
 
 def _reorder(func: PrimFunc, position: int, s: Stmt) -> list[Stmt]:
+    """``func`` is the whole program with calls expanded (for legality); ``s`` its statement
+    at ``position`` as written."""
     loops, body = _band_of(s)
     if not loops:
         return [s]
@@ -203,21 +208,24 @@ def op_count(s: Stmt) -> int:
         return sum(op_count(c) for c in s.stmts)
     if isinstance(s, If):
         return op_count(s.then) + (op_count(s.orelse) if s.orelse is not None else 0)
+    if isinstance(s, Call):
+        return op_count(_semantics(s.intrinsic).body)
     extra = 1 if isinstance(s, Accumulate) else 0
     return extra + _value_ops(s.value)
 
 
 def _value_ops(e: Expr) -> int:
-    n = 0
-    for x in walk_expr(e):
-        if isinstance(x, Binary) or (isinstance(x, Unary) and x.op in _COUNTED_UNARY):
-            n += 1
-    return n
+    """Arithmetic in a value, not in the indices of its loads (address arithmetic)."""
+    if isinstance(e, Load):
+        return 0
+    own = isinstance(e, Binary) or (isinstance(e, Unary) and e.op in _COUNTED_UNARY)
+    return int(own) + sum(_value_ops(c) for c in children(e))
 
 
 def reduction_length(func: PrimFunc) -> int:
     """The longest chain of ``+=`` into one element: for each accumulation, the product of the
     extents of the enclosing loops its indices do not use. Float tolerances scale with it."""
+    func = expand_calls(func)
     best = 1
 
     def visit(s: Stmt, loops: tuple[For, ...]) -> None:
@@ -234,3 +242,92 @@ def reduction_length(func: PrimFunc) -> int:
 
     visit(func.body, ())
     return best
+
+
+# ---------------------------------------------------------------------------
+# intrinsic calls by their meaning
+
+
+def expand_calls(func: PrimFunc) -> PrimFunc:
+    """``func`` with every intrinsic call replaced by its semantics on the call's windows:
+    the program the dependence analysis (and an emulation) reads. Unchanged without calls::
+
+        call("x86.fma.f32x8", c=window(C, [i, 0], [[0, 1]]), a=..., b=...)
+        ->
+        for i_0 in range(8):
+            C[i, 0 + i_0] += A[...] * B[...]
+    """
+    if not any(isinstance(s, Call) for s in walk_stmts(func.body)):
+        return func
+    counter = [0]
+    return replace(func, body=_expand(func.body, counter))
+
+
+def _expand(s: Stmt, counter: list[int]) -> Stmt:
+    if isinstance(s, For):
+        return For(s.var, s.start, s.stop, _expand(s.body, counter))
+    if isinstance(s, Seq):
+        return seq(*(_expand(c, counter) for c in s.stmts))
+    if isinstance(s, If):
+        orelse = None if s.orelse is None else _expand(s.orelse, counter)
+        return If(s.cond, _expand(s.then, counter), orelse)
+    if isinstance(s, Call):
+        counter[0] += 1
+        return _inline(s, f"_call{counter[0]}_")
+    return s
+
+
+def _semantics(name: str) -> PrimFunc:
+    import intrinsics  # the registry; imported here because intrinsics imports the backend
+
+    return intrinsics.get(name).semantics
+
+
+def _inline(call: Call, prefix: str) -> Stmt:
+    """The intrinsic's loop nest with fresh loop names and each operand access moved onto
+    the window it stands for."""
+    windows = dict(call.operands)
+
+    def stmt(s: Stmt) -> Stmt:
+        if isinstance(s, For):
+            return For(prefix + s.var, s.start, s.stop, stmt(s.body))
+        if isinstance(s, Seq):
+            return seq(*(stmt(c) for c in s.stmts))
+        if isinstance(s, (Store, Accumulate)):
+            buf, idx = access(s.buffer.name, s.indices)
+            return type(s)(buf, idx, expr(s.value))
+        raise ValueError(f"intrinsic {call.intrinsic}: cannot inline a {type(s).__name__}")
+
+    def access(name: str, indices: tuple[Expr, ...]) -> tuple[Buffer, tuple[Expr, ...]]:
+        w: Window = windows[name]
+        out = []
+        for k, base in enumerate(w.base):
+            e = base
+            for d, idx in enumerate(indices):
+                step = w.steps[d][k]
+                if step and not (isinstance(idx, Const) and idx.value == 0):
+                    e = Binary("+", e, Binary("*", rename(idx), Const(step, INDEX)))
+            out.append(e)
+        return w.buffer, tuple(out)
+
+    def rename(e: Expr) -> Expr:
+        if isinstance(e, Var):
+            return Var(prefix + e.name)
+        if isinstance(e, Binary):
+            return Binary(e.op, rename(e.a), rename(e.b))
+        return e
+
+    def expr(e: Expr) -> Expr:
+        if isinstance(e, Load):
+            buf, idx = access(e.buffer.name, e.indices)
+            return Load(buf, idx)
+        if isinstance(e, Var):
+            return rename(e)
+        fields = {f: getattr(e, f) for f in e.__slots__}
+        for f, v in fields.items():
+            if isinstance(v, EXPR_TYPES):
+                fields[f] = expr(v)
+        return type(e)(**fields)
+
+    return stmt(_semantics(call.intrinsic).body)
+

@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -38,7 +39,7 @@ import numpy as np
 
 from . import analysis, codegen
 from . import lower as lowering
-from .ir import Buffer, PrimFunc, is_float, numpy_dtype
+from .ir import Buffer, Call, PrimFunc, is_float, numpy_dtype, walk_stmts
 
 emit_llvm = codegen.emit_llvm
 emit_asm = codegen.emit_asm
@@ -107,6 +108,24 @@ def _code_version() -> str:
 
 
 _CODE_VERSION: Optional[str] = None
+
+
+def _intrinsics_version(func: PrimFunc) -> str:
+    """What the code of the intrinsics ``func`` calls depends on: each one's semantics, and
+    the source of the module that emits it (a user's plugin as much as the built-ins)."""
+    names = sorted({s.intrinsic for s in walk_stmts(func.body) if isinstance(s, Call)})
+    if not names:
+        return ""
+    import intrinsics
+
+    parts = []
+    for name in names:
+        desc = intrinsics.get(name)
+        emitter = intrinsics.emitter_of(desc)
+        source = inspect.getsourcefile(type(emitter)) or ""
+        digest = hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else ""
+        parts.append(f"{name}|{desc.script()}|{type(emitter).__qualname__}|{digest}")
+    return "\n".join(parts)
 
 
 def _key(what: str) -> str:
@@ -244,7 +263,7 @@ def _compile_now(func: PrimFunc) -> _Compiled:
     t0 = time.perf_counter()
     # lowering is a function of the program and of the code version in the key, so a disk
     # hit skips it along with LLVM
-    key = _key(repr(replace(func, doc="")))
+    key = _key(repr(replace(func, doc="")) + _intrinsics_version(func))
     symbol = f"tensorize.k{key[:24]}"
     obj, meta, source = _object(key, lambda: _build(func, symbol))
     (address,) = _engine().load(obj, [symbol])
@@ -387,7 +406,7 @@ def check(func: PrimFunc, kernel: Optional[Kernel] = None, seed: int = 0) -> Che
 
     kernel = kernel if kernel is not None else compile(func)
     args = random_args(func, seed=seed)
-    expected = run(func, **args)
+    expected = run(lowering.expand_calls(func), **args)  # an intrinsic call means its semantics
     got = {name: np.array(a, copy=True) for name, a in args.items()}
     kernel(**{b.name: got[b.name] for b in func.params})
     worst, problems = 0.0, []

@@ -301,6 +301,56 @@ def k(A: {dtype}[16, 33], B: {dtype}[16]):
 
 
 # ---------------------------------------------------------------------------
+# intrinsic calls: native where this CPU has the instructions, else emulated
+
+
+def _calling(desc, repeat: int):
+    """``for t in range(repeat): call(desc, ...)`` on operands stacked ``repeat`` times."""
+    from rewrite.ir import Buffer, Call, Const, For, PrimFunc, Var, Window
+
+    params, operands = [], []
+    for o in desc.operands:
+        buf = Buffer(o.name.upper(), o.dtype, (repeat,) + o.shape)
+        steps = tuple(tuple(int(k == d + 1) for k in range(len(o.shape) + 1))
+                      for d in range(len(o.shape)))
+        base = (Var("t"),) + tuple(Const(0, "i64") for _ in o.shape)
+        params.append(buf)
+        operands.append((o.name, Window(buf, base, steps)))
+    body = For("t", 0, repeat, Call(desc.name, tuple(operands), desc.output.name))
+    return PrimFunc("calls", tuple(params), body)
+
+
+def _intrinsic_names():
+    import intrinsics
+
+    return sorted(d.name for d in intrinsics.all())
+
+
+@pytest.mark.parametrize("name", _intrinsic_names())
+def test_intrinsic_calls_match_their_semantics(name):
+    import intrinsics
+
+    func = _calling(intrinsics.get(name), repeat=5)
+    args = random_args(func, seed=4)
+    want = run(lower.expand_calls(func), **args)
+    for threads in (1, 2):
+        got = {n: a.copy() for n, a in args.items()}
+        runtime.compile(func, threads=threads)(**got)
+        assert_same(func, want, got, exact=False)
+    assert runtime.check(func).ok
+
+
+def test_calls_are_expanded_for_analysis_and_counted():
+    import intrinsics
+
+    desc = intrinsics.get("x86.fma.f32x8")
+    func = _calling(desc, repeat=3)
+    expanded = lower.expand_calls(func)
+    assert "+=" in show(expanded) and "call(" not in show(expanded)
+    assert lower.op_count(func.body) == lower.op_count(expanded.body) == 3 * 16
+
+
+# ---------------------------------------------------------------------------
 # emitted text
 
 
