@@ -1,0 +1,258 @@
+"""Intrinsic descriptors become matching rules; matches become bindings of dimensions.
+
+Users register semantics, never patterns. From ``c[i, j] += a[i, k] * b[k, j]`` this module
+generates, with no per-intrinsic code:
+
+1. an e-graph rule (``body_rules``): the body of a nest, modulo the algebra rules, equals
+   the intrinsic's body with each operand load a pattern variable -- optionally times a
+   constant (``2.0 * A * B``). A match records the nest, the intrinsic and the program load
+   standing for each input operand, as primitive ids in a relation;
+2. a dimension binding (``bindings``): which program loop each intrinsic dimension runs
+   along, checked on the affine index maps: a dimension an operand does not use must not
+   move that operand's access; a dimension it uses gives the operand window's step. The
+   output window may not alias itself. Extents that do not divide leave a remainder.
+
+Operand roles, dtypes and layout needs (unit stride) are honoured here; loop order is not a
+constraint at all, because nests are order-free sets of dimensions.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+from . import ir
+from .analysis import Affine, affine
+from .ir import Binary, Buffer, Const, Expr, Load, Var, Window
+from .nests import AccNest, Dim
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """What the e-graph needs of a descriptor: its body and input operand names, in order."""
+
+    name: str
+    value: Expr
+    inputs: tuple[str, ...]
+
+    @staticmethod
+    def of(desc) -> "Pattern":
+        body = desc.semantics.body
+        while isinstance(body, ir.For):
+            body = body.body
+        return Pattern(desc.name, body.value, tuple(o.name for o in desc.inputs))
+
+
+@dataclass(frozen=True)
+class BodyMatch:
+    """The body of nest ``nest`` equals ``scale *`` the body of ``intrinsic`` with each input
+    operand standing for the program load ``loads[k]``."""
+
+    nest: int
+    intrinsic: str
+    loads: tuple[Load, ...]
+    scale: float = 1.0
+
+
+# ---------------------------------------------------------------------------
+# dimension bindings
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A way to run ``desc`` inside ``nest``: intrinsic dim -> program dim (None: a unit dim
+    with no program loop), the windows' steps, and how much of the nest it covers."""
+
+    intrinsic: str
+    dims: tuple[tuple[str, Optional[str]], ...]
+    steps: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...]  # operand -> per operand dim
+    tiles: int  # intrinsic calls in the divisible part
+    unit_stride_ok: bool
+    scale: float
+    loads: tuple[tuple[str, Load], ...]  # input operand -> program load
+
+    def bound(self) -> dict[str, Optional[str]]:
+        return dict(self.dims)
+
+
+def _coef_vector(maps: tuple[Optional[Affine], ...], dim: str) -> tuple[int, ...]:
+    return tuple(m.coeff(dim) for m in maps)
+
+
+def _row_major(shape: tuple[int, ...]) -> tuple[int, ...]:
+    out, n = [], 1
+    for d in reversed(shape):
+        out.append(n)
+        n *= d
+    return tuple(reversed(out))
+
+
+def _injective(shape: tuple[int, ...], steps: tuple[tuple[int, ...], ...], buf: Buffer) -> bool:
+    strides = _row_major(buf.shape)
+    flat = [sum(s * m for s, m in zip(st, strides)) for st in steps]
+    seen = set()
+    for point in itertools.product(*(range(n) for n in shape)):
+        addr = sum(p * f for p, f in zip(point, flat))
+        if addr in seen:
+            return False
+        seen.add(addr)
+    return True
+
+
+def bindings(nest: AccNest, desc, match: BodyMatch, check_extents: bool = True) -> Iterator[Binding]:
+    """Every legal binding of ``desc``'s dimensions to ``nest``'s loops for one body match
+    (``check_extents=False`` also yields bindings to loops too short, for explanations)."""
+    accesses: dict[str, tuple[Buffer, tuple[Expr, ...]]] = {desc.output.name: (nest.out, nest.indices)}
+    for op, load in zip(desc.inputs, match.loads):
+        accesses[op.name] = (load.buffer, load.indices)
+    for op in desc.operands:
+        if accesses[op.name][0].dtype != op.dtype:
+            return
+    maps = {name: tuple(affine(i) for i in idx) for name, (_, idx) in accesses.items()}
+    if any(m is None for ms in maps.values() for m in ms):
+        return
+    prog = {d.name: d for d in nest.dims}
+    choices = []
+    for d in desc.dims:
+        options: list[Optional[str]] = [p.name for p in nest.dims
+                                        if p.extent >= d.extent or not check_extents]
+        if d.extent == 1:
+            options.append(None)
+        choices.append(options)
+    for assignment in itertools.product(*choices):
+        named = [p for p in assignment if p is not None]
+        if len(set(named)) != len(named):
+            continue
+        b = _check(nest, desc, match, dict(zip((d.name for d in desc.dims), assignment)),
+                   accesses, maps, prog)
+        if b is not None:
+            yield b
+
+
+def _check(nest, desc, match, bound, accesses, maps, prog) -> Optional[Binding]:
+    steps = {}
+    unit_ok = True
+    for op in desc.operands:
+        buf = accesses[op.name][0]
+        ms = maps[op.name]
+        op_steps = []
+        for it in op.dims:
+            p = bound.get(it) if it is not None else None
+            op_steps.append(_coef_vector(ms, p) if p is not None else (0,) * buf.ndim)
+        # a bound program dim the operand does not use must not move its access
+        for it, p in bound.items():
+            if p is not None and it not in op.dims and any(_coef_vector(ms, p)):
+                return None
+        if op.role == "output" and not _injective(op.shape, tuple(op_steps), buf):
+            return None
+        need = desc.layout.get(op.name)
+        if need is not None:
+            strides = _row_major(buf.shape)
+            for k in need.unit_stride:
+                if op.shape[k] > 1 and sum(s * m for s, m in zip(op_steps[k], strides)) != 1:
+                    unit_ok = False
+        steps[op.name] = tuple(op_steps)
+    tiles = 1
+    for it in desc.dims:
+        p = bound[it.name]
+        tiles *= (prog[p].extent // it.extent) if p is not None else 1
+    for d in nest.dims:
+        if d.name not in bound.values():
+            tiles *= d.extent
+    return Binding(desc.name, tuple(bound.items()), tuple(steps.items()), tiles, unit_ok,
+                   match.scale, tuple(zip((o.name for o in desc.inputs), match.loads)))
+
+
+# ---------------------------------------------------------------------------
+# building the call
+
+
+def affine_expr(m: Affine) -> Expr:
+    """Canonical index text for an affine map: ``2 * i + k - 1``."""
+    out: Optional[Expr] = None
+    for v, c in m.terms:
+        term: Expr = Var(v) if c == 1 else Binary("*", Const(c, ir.INDEX), Var(v))
+        out = term if out is None else Binary("+", out, term)
+    if out is None:
+        return Const(m.const, ir.INDEX)
+    if m.const > 0:
+        return Binary("+", out, Const(m.const, ir.INDEX))
+    if m.const < 0:
+        return Binary("-", out, Const(-m.const, ir.INDEX))
+    return out
+
+
+def tile_base(index: Expr, tiled: dict[str, tuple[str, int, int]]) -> Expr:
+    """``index`` at the first element of a tile: each tiled program dim ``p`` becomes
+    ``n * p_outer + start`` (or ``start`` when there is a single tile)."""
+    m = affine(index)
+    assert m is not None
+    terms: dict[str, int] = {}
+    const = m.const
+    for v, c in m.terms:
+        if v in tiled:
+            outer, n, start = tiled[v]
+            const += c * start
+            if outer:
+                terms[outer] = terms.get(outer, 0) + c * n
+        else:
+            terms[v] = terms.get(v, 0) + c
+    return affine_expr(Affine(tuple(sorted((v, c) for v, c in terms.items() if c)), const))
+
+
+def window(buf: Buffer, indices: tuple[Expr, ...], steps, tiled) -> Window:
+    return Window(buf, tuple(tile_base(i, tiled) for i in indices), steps)
+
+
+def unused_name(base: str, taken: set[str]) -> str:
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}{k}"
+    taken.add(name)
+    return name
+
+
+def dims_after_tiling(nest: AccNest, binding: Binding, desc, taken: set[str]):
+    """Loops of the divisible part, in the nest's order, and the tiling map for windows."""
+    extent_of = {d.name: d.extent for d in desc.dims}
+    by_prog = {p: it for it, p in binding.dims if p is not None}
+    loops: list[Dim] = []
+    tiled: dict[str, tuple[str, int, int]] = {}
+    for d in nest.dims:
+        it = by_prog.get(d.name)
+        if it is None:
+            loops.append(d)
+            continue
+        n = extent_of[it]
+        if n == 1:  # a unit intrinsic dim: the program loop stays as it is
+            loops.append(d)
+            tiled[d.name] = (d.name, 1, 0)
+            continue
+        count = d.extent // n
+        outer = unused_name(f"{d.name}_o", taken) if count > 1 else ""
+        if outer:
+            loops.append(Dim(outer, 0, count))
+        tiled[d.name] = (outer, n, d.start)
+    return loops, tiled
+
+
+def remainders(nest: AccNest, binding: Binding, desc) -> list[AccNest]:
+    """The iterations the tiles leave out, as nests with narrowed ranges (disjoint)."""
+    extent_of = {d.name: d.extent for d in desc.dims}
+    by_prog = {p: it for it, p in binding.dims if p is not None}
+    out = []
+    ranges = {d.name: (d.start, d.stop) for d in nest.dims}
+    for d in nest.dims:
+        it = by_prog.get(d.name)
+        if it is None:
+            continue
+        main_stop = d.start + (d.extent // extent_of[it]) * extent_of[it]
+        if main_stop < d.stop:
+            narrowed = dict(ranges)
+            narrowed[d.name] = (main_stop, d.stop)
+            out.append(AccNest(tuple(Dim(x.name, *narrowed[x.name]) for x in nest.dims),
+                               nest.out, nest.indices, nest.value))
+        ranges[d.name] = (d.start, main_stop)  # later pieces take only the divisible part here
+    return out

@@ -1,0 +1,162 @@
+"""Accumulate nests: the places an intrinsic can run, found by normalising a function.
+
+A function becomes a list of top-level items. An ``AccNest`` is a perfect loop nest whose
+only statement is ``X[f] += e`` with ``e`` not reading ``X``: its iterations may run in any
+order (reassociating the sum), so it is an order-free set of dimensions plus a body, the
+form the matcher works on. Everything else is kept as it is.
+
+Normalisation, each step exact or licensed by the dependence analysis:
+
+- ``X[f] = X[f] + e`` and ``X[f] = e + X[f]`` are ``X[f] += e`` (its definition);
+- a loop whose body holds several statements is distributed into one loop per statement
+  when ``analysis.can_distribute`` says no dependence runs backwards::
+
+      for i, j in grid(N, M):              for i, j in grid(N, M):
+          C[i, j] = 0.0                        C[i, j] = 0.0
+          for k in range(K):         ->    for i, j, k in grid(N, M, K):
+              C[i, j] += A[i, k] * B[k, j]     C[i, j] += A[i, k] * B[k, j]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional, Union
+
+from . import analysis, ir
+from .ir import Accumulate, Binary, Buffer, Expr, For, Load, PrimFunc, Seq, Stmt, Store
+
+
+@dataclass(frozen=True)
+class Dim:
+    name: str
+    start: int
+    stop: int
+
+    @property
+    def extent(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class AccNest:
+    """``for dims: out[indices] += value``, the dims in their written order."""
+
+    dims: tuple[Dim, ...]
+    out: Buffer
+    indices: tuple[Expr, ...]
+    value: Expr
+
+    def stmt(self) -> Stmt:
+        s: Stmt = Accumulate(self.out, self.indices, self.value)
+        for d in reversed(self.dims):
+            s = For(d.name, d.start, d.stop, s)
+        return s
+
+    @property
+    def iterations(self) -> int:
+        n = 1
+        for d in self.dims:
+            n *= d.extent
+        return n
+
+
+Item = Union[AccNest, Stmt]
+
+
+# ---------------------------------------------------------------------------
+# X[f] = X[f] + e  ->  X[f] += e
+
+
+def _as_accumulate(s: Store) -> Optional[Accumulate]:
+    v = s.value
+    if not (isinstance(v, Binary) and v.op == "+"):
+        return None
+    target = Load(s.buffer, s.indices)
+    if v.a == target and target not in ir.walk_expr(v.b):
+        return Accumulate(s.buffer, s.indices, v.b)
+    if v.b == target and target not in ir.walk_expr(v.a):
+        return Accumulate(s.buffer, s.indices, v.a)
+    return None
+
+
+def _accumulates(s: Stmt) -> Stmt:
+    if isinstance(s, Store):
+        return _as_accumulate(s) or s
+    if isinstance(s, For):
+        return replace(s, body=_accumulates(s.body))
+    if isinstance(s, Seq):
+        return ir.seq(*(_accumulates(c) for c in s.stmts))
+    if isinstance(s, ir.If):
+        return replace(s, then=_accumulates(s.then),
+                       orelse=None if s.orelse is None else _accumulates(s.orelse))
+    return s
+
+
+# ---------------------------------------------------------------------------
+# distribution
+
+
+def _distribute_once(func: PrimFunc) -> Optional[PrimFunc]:
+    """Distribute the first loop (pre-order) whose body holds several statements, if legal."""
+    top = ir.stmts_of(func.body)
+    for k, s in enumerate(top):
+        found = _first_multi(s, (k,))
+        if found is None:
+            continue
+        path, loop = found
+        if not analysis.can_distribute(func, path):
+            continue
+        parts = [For(loop.var, loop.start, loop.stop, c) for c in ir.stmts_of(loop.body)]
+        new = _replace_at(s, path[1:], parts)
+        return replace(func, body=ir.seq(*top[:k], *new, *top[k + 1:]))
+    return None
+
+
+def _first_multi(s: Stmt, path: tuple[int, ...]) -> Optional[tuple[tuple[int, ...], For]]:
+    """The outermost loop of a loop-only chain whose body is a sequence."""
+    if not isinstance(s, For):
+        return None
+    if isinstance(s.body, Seq):
+        return path, s
+    if isinstance(s.body, For):
+        return _first_multi(s.body, path + (0,))
+    return None
+
+
+def _replace_at(s: Stmt, rest: tuple[int, ...], parts: list[Stmt]) -> list[Stmt]:
+    if not rest:
+        return parts
+    assert isinstance(s, For)
+    return [replace(s, body=ir.seq(*_replace_at(s.body, rest[1:], parts)))]
+
+
+def normalize(func: PrimFunc, max_steps: int = 64) -> PrimFunc:
+    """``func`` with ``+=`` made explicit and loops distributed as far as legal."""
+    func = replace(func, body=_accumulates(func.body))
+    for _ in range(max_steps):
+        nxt = _distribute_once(func)
+        if nxt is None:
+            break
+        func = nxt
+    return func
+
+
+# ---------------------------------------------------------------------------
+# items
+
+
+def as_nest(s: Stmt) -> Optional[AccNest]:
+    dims = []
+    while isinstance(s, For):
+        dims.append(Dim(s.var, s.start, s.stop))
+        s = s.body
+    if not dims or not isinstance(s, Accumulate):
+        return None
+    if any(load.buffer.name == s.buffer.name for load in ir.loads_of(s.value)):
+        return None  # the body reads what it accumulates: iterations are not reorderable
+    return AccNest(tuple(dims), s.buffer, s.indices, s.value)
+
+
+def items(func: PrimFunc) -> list[Item]:
+    """The top-level items of a normalised function."""
+    return [as_nest(s) or s for s in ir.stmts_of(func.body)]

@@ -1,0 +1,251 @@
+"""``tensorize()``: a function in, the cheapest equivalent program with intrinsic calls out.
+
+    verify(func)                           # a well-formed program or a clear error
+    normalize(func)                        # += made explicit, loops distributed where legal
+    items(func)                            # accumulate nests (order-free) and other statements
+    saturate(Job(bodies, patterns))        # e-graph: body algebra, then generated match rules
+    Extractor.best(nest, matches)          # bindings, remainders, scale; cheapest by cost.py
+    verify(result)                         # the output is a well-formed program too
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence
+
+from . import ir, nests
+from .extract import Extractor
+from .ir import Call, For, PrimFunc, Stmt
+from .lower import op_count
+from .match import Pattern, bindings
+from .nests import AccNest
+from .saturate import Budget, Job, SaturationReport, saturate
+from .script import show, show_expr
+from .verify import verify
+
+
+@dataclass(frozen=True)
+class Site:
+    """One place in the chosen program that calls an intrinsic."""
+
+    intrinsic: str
+    calls: int  # invocations at run time
+    where: str  # the loops around the call and its output window
+
+    def to_json(self) -> dict:
+        return {"intrinsic": self.intrinsic, "calls": self.calls, "where": self.where}
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a nest runs without intrinsics: the nearest intrinsic and the first reason."""
+
+    nest: str
+    nearest: Optional[str]
+    reason: str
+
+    def __str__(self) -> str:
+        near = f"nearest {self.nearest}: " if self.nearest else ""
+        return f"{self.nest}\n    {near}{self.reason}"
+
+
+@dataclass
+class TensorizeResult:
+    original: PrimFunc
+    func: PrimFunc
+    sites: list[Site]
+    ops_total: int
+    ops_in_intrinsics: int
+    saturation: SaturationReport
+    explanations: list[Explanation] = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def coverage(self) -> float:
+        return self.ops_in_intrinsics / self.ops_total if self.ops_total else 0.0
+
+    def script(self) -> str:
+        return show(self.func)
+
+    def compile(self, threads: Optional[int] = None):
+        from . import runtime
+
+        return runtime.compile(self.func, threads=threads)
+
+    def explain(self) -> str:
+        if not self.explanations:
+            return "every nest with arithmetic runs on intrinsics"
+        return "\n".join(str(e) for e in self.explanations)
+
+    def report(self) -> str:
+        lines = [f"{self.original.name}: coverage {self.coverage:.2f} "
+                 f"({self.ops_in_intrinsics} of {self.ops_total} ops in intrinsics)"]
+        for s in self.sites:
+            lines.append(f"  {s.intrinsic} x{s.calls} at {s.where}")
+        r = self.saturation
+        lines.append(f"  saturation: {r.iterations} iterations, {r.enodes} e-nodes, "
+                     f"{r.stop_reason}, {r.seconds:.3f} s")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+
+
+def _names(func: PrimFunc) -> set[str]:
+    """Buffer names, and loop names, which a new temporary must not take either."""
+    names = {b.name for b in func.buffers}
+    names |= {s.var for s in ir.walk_stmts(func.body) if isinstance(s, For)}
+    return names
+
+
+def _sites(s: Stmt, loops: tuple[For, ...], out: list[Site]) -> None:
+    if isinstance(s, Call):
+        calls = 1
+        for lp in loops:
+            calls *= lp.extent
+        w = s.window(s.output)
+        where = ", ".join(f"{lp.var}<{lp.extent}>" for lp in loops) or "top level"
+        base = ", ".join(show_expr(i) for i in w.base)
+        out.append(Site(s.intrinsic, calls, f"{where}: {w.buffer.name}[{base}]"))
+    elif isinstance(s, For):
+        _sites(s.body, loops + (s,), out)
+    elif isinstance(s, ir.Seq):
+        for c in s.stmts:
+            _sites(c, loops, out)
+    elif isinstance(s, ir.If):
+        _sites(s.then, loops, out)
+        if s.orelse is not None:
+            _sites(s.orelse, loops, out)
+
+
+def _intrinsic_ops(s: Stmt) -> int:
+    if isinstance(s, Call):
+        return op_count(s)
+    if isinstance(s, For):
+        return s.extent * _intrinsic_ops(s.body)
+    if isinstance(s, ir.Seq):
+        return sum(_intrinsic_ops(c) for c in s.stmts)
+    return 0
+
+
+def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,
+              budget: Budget = Budget(), in_process: bool = False) -> TensorizeResult:
+    """The cheapest program equivalent to ``func`` using ``intrinsics`` (default: what this
+    CPU runs natively)."""
+    if intrinsics is None:
+        import intrinsics as lib
+
+        intrinsics = lib.library("host")
+    library = {d.name: d for d in intrinsics}
+    t0 = time.perf_counter()
+    verify(func)
+    normal = nests.normalize(func)
+    parts = nests.items(normal)
+    acc = [p for p in parts if isinstance(p, AccNest)]
+    job = Job(tuple(n.value for n in acc), tuple(Pattern.of(d) for d in library.values()), budget)
+    t1 = time.perf_counter()
+    matches, report = saturate(job, in_process=in_process) if acc and library else \
+        ([], SaturationReport(0, 0, "nothing to match", 0.0))
+    t2 = time.perf_counter()
+    extractor = Extractor(library, _names(normal))
+    stmts: list[Stmt] = []
+    allocs = list(normal.allocs)
+    explanations: list[Explanation] = []
+    k = 0
+    for p in parts:
+        if not isinstance(p, AccNest):
+            stmts.append(p)
+            if op_count(p) > 0:
+                explanations.append(_explain_other(p, library))
+            continue
+        mine = [m for m in matches if m.nest == k]
+        plan = extractor.best(p, mine)
+        stmts += plan.stmts
+        allocs += plan.allocs
+        if not any(isinstance(s, Call) for st in plan.stmts for s in ir.walk_stmts(st)):
+            explanations.append(_explain_nest(p, mine, library))
+        k += 1
+    result = replace(normal, body=ir.seq(*stmts), allocs=tuple(allocs))
+    verify(result)
+    sites: list[Site] = []
+    _sites(result.body, (), sites)
+    t3 = time.perf_counter()
+    return TensorizeResult(func, result, sites, op_count(result.body), _intrinsic_ops(result.body),
+                           report, explanations,
+                           {"normalize": t1 - t0, "saturate": t2 - t1, "extract": t3 - t2,
+                            "tensorize": t3 - t0})
+
+
+# ---------------------------------------------------------------------------
+# explanations
+
+
+def _head(s: Stmt) -> str:
+    text = show(PrimFunc("_", (), s)).splitlines()
+    body = [l.strip() for l in text[2:]]
+    return " / ".join(body[:3]) + (" ..." if len(body) > 3 else "")
+
+
+def _explain_other(s: Stmt, library: dict) -> Explanation:
+    leaf = s
+    while isinstance(leaf, For):
+        leaf = leaf.body
+    if isinstance(leaf, ir.Store):
+        why = (f"operator: it overwrites {leaf.buffer.name}[...] with =, but every intrinsic in the "
+               "library accumulates into its output (c[...] += ...)")
+    elif isinstance(leaf, ir.Accumulate):
+        why = (f"access pattern: the body reads {leaf.buffer.name}, the buffer it accumulates "
+               "into, so its iterations cannot be reordered into intrinsic tiles")
+    else:
+        why = ("structure: the loops hold several statements or a condition that could not be "
+               "split into separate nests (a dependence between them forbids it)")
+    return Explanation(_head(s), None, why)
+
+
+_STAGES = ("operator", "dtype", "access pattern", "extent", "layout")
+
+
+def _explain_nest(nest: AccNest, matches: list, library: dict) -> Explanation:
+    best: tuple[int, str, str] = (-1, "", "")
+    for name, desc in library.items():
+        stage, why = _first_failure(nest, desc, [m for m in matches if m.intrinsic == name])
+        if stage > best[0]:
+            best = (stage, name, why)
+    if best[0] < 0:
+        return Explanation(_head(nest.stmt()), None, "no intrinsic is registered for this target")
+    return Explanation(_head(nest.stmt()), best[1], f"{_STAGES[best[0]]}: {best[2]}")
+
+
+def _first_failure(nest: AccNest, desc, matches: list) -> tuple[int, str]:
+    sem = show_expr(_value(desc))
+    if not matches:
+        return 0, (f"the body computes {show_expr(nest.value)}, which is not "
+                   f"(a constant times) {sem} for any choice of operands, even after "
+                   "commuting, reassociating and factoring")
+    for m in matches:
+        for op, load in zip(desc.inputs, m.loads):
+            if load.buffer.dtype != op.dtype:
+                return 1, (f"{load.buffer.name} is {load.buffer.dtype} but operand {op.name} of "
+                           f"{desc.name} is {op.dtype}")
+        if nest.out.dtype != desc.output.dtype:
+            return 1, (f"{nest.out.name} is {nest.out.dtype} but the output {desc.output.name} "
+                       f"of {desc.name} is {desc.output.dtype}")
+    if not any(True for m in matches for _ in bindings(nest, desc, m, check_extents=False)):
+        return 2, (f"no way to run its loops as {desc.name}'s dims "
+                   f"({', '.join(f'{d.name}<{d.extent}>' for d in desc.dims)}): an operand's "
+                   "index does not move along the loop the intrinsic needs, or the output would "
+                   "be written twice by one call")
+    if not any(True for m in matches for _ in bindings(nest, desc, m)):
+        need = ", ".join(f"{d.name}<{d.extent}>" for d in desc.dims)
+        have = ", ".join(f"{d.name}<{d.extent}>" for d in nest.dims)
+        return 3, f"its loops ({have}) are shorter than {desc.name} needs ({need})"
+    return 4, (f"{desc.name} applies but costs more than scalar code here (operands without the "
+               "unit stride it needs are gathered element by element)")
+
+
+def _value(desc):
+    body = desc.semantics.body
+    while isinstance(body, For):
+        body = body.body
+    return body.value

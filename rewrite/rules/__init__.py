@@ -1,0 +1,1 @@
+"""Rewrite rules, one ruleset per concern. Only ``saturate.py`` builds schedules from them."""
