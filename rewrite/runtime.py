@@ -10,8 +10,9 @@ Any alignment works. An output may not share memory with another buffer (the com
 assumes it does not). Temporaries are allocated zeroed for every call.
 
 Disk cache: object code under ``$TENSORIZE_CACHE_DIR``, else ``$XDG_CACHE_HOME/tensorize``,
-else ``~/.cache/tensorize``, named by a hash of the program, of the code generator's own
-source, and of the target (CPU name, features, llvmlite version).
+else ``~/.cache/tensorize``, named by a hash of the program, of the compiler's own source
+(analysis, lowering, codegen, and the emitters of the intrinsics it calls), and of the target
+(CPU name, features, llvmlite version). A second run loads the object code without LLVM.
 
 Threads: a top-level loop the dependence analysis proves parallel is cut into chunks shared
 by the calling thread and ``threads - 1`` workers. Each worker is a Python thread that enters
