@@ -73,11 +73,11 @@ def load_units(paths: list[str], only: Optional[str]) -> list[Unit]:
 
 @dataclass
 class Options:
-    target: str = "host"
+    library: Optional[list] = None  # intrinsics to map onto; None: plain loops
     check: bool = False
     emit: Optional[str] = None
+    explain: bool = False
     threads: Optional[int] = None
-    compile: bool = True
 
 
 @dataclass
@@ -87,20 +87,30 @@ class Entry:
     error: Optional[str] = None
     buffers: list[dict] = field(default_factory=list)
     loops: list[dict] = field(default_factory=list)
+    sites: list[dict] = field(default_factory=list)
     ops_total: int = 0
+    ops_in_intrinsics: int = 0
+    saturation: Optional[dict] = None
+    explanations: list[str] = field(default_factory=list)
     check: Optional[dict] = None
     seconds: dict = field(default_factory=dict)
     emitted: Optional[str] = None
 
+    @property
+    def fraction(self) -> float:
+        return self.ops_in_intrinsics / self.ops_total if self.ops_total else 0.0
+
     def to_json(self) -> dict:
         return {
             "file": self.file, "name": self.name,
-            "sites": [],
-            "coverage": {"ops_total": self.ops_total, "ops_in_intrinsics": 0, "fraction": 0.0},
-            "saturation": None,
+            "sites": self.sites,
+            "coverage": {"ops_total": self.ops_total, "ops_in_intrinsics": self.ops_in_intrinsics,
+                         "fraction": self.fraction},
+            "saturation": self.saturation,
             "strassen_levels": 0,
             "check": self.check,
             "seconds": self.seconds,
+            "explain": self.explanations,
             "buffers": self.buffers,
             "loops": self.loops,
             "error": self.error,
@@ -108,13 +118,14 @@ class Entry:
 
 
 def process(unit: Unit, opts: Options) -> Entry:
-    """Verify, analyse, compile and (optionally) check one function."""
+    """Analyse, tensorize, compile and (optionally) check one function."""
     entry = Entry(unit.file, unit.name, error=unit.error)
     if unit.func is None:
         return entry
     func = unit.func
     t0 = time.perf_counter()
     try:
+        from . import codegen, runtime
         from .lower import op_count
 
         outputs = {b.name for b in func.outputs}
@@ -125,25 +136,34 @@ def process(unit: Unit, opts: Options) -> Entry:
                         "depth": l.depth} for l in analysis.loops(func)]
         entry.ops_total = op_count(func.body)
         entry.seconds["analysis"] = time.perf_counter() - t0
-        if opts.emit == "script":
-            entry.emitted = show(func)
-        if opts.compile or opts.check or opts.emit in ("llvm", "asm"):
-            from . import codegen, runtime
+        chosen = func
+        if opts.library is not None:
+            from .pipeline import tensorize
 
-            t1 = time.perf_counter()
-            kernel = runtime.compile(func, threads=opts.threads)
-            entry.seconds["compile"] = time.perf_counter() - t1
-            if opts.emit == "llvm":
-                entry.emitted = codegen.emit_llvm(func)
-            elif opts.emit == "asm":
-                entry.emitted = codegen.emit_asm(func)
-            if opts.check:
-                t2 = time.perf_counter()
-                result = runtime.check(func, kernel)
-                entry.seconds["check"] = time.perf_counter() - t2
-                entry.check = {"ok": bool(result.ok), "max_abs_error": float(result.max_abs_error)}
-                if not result.ok:
-                    entry.check["message"] = result.message
+            result = tensorize(func, opts.library)
+            chosen = result.func
+            entry.sites = [s.to_json() for s in result.sites]
+            entry.ops_total, entry.ops_in_intrinsics = result.ops_total, result.ops_in_intrinsics
+            entry.saturation = result.saturation.to_json()
+            entry.explanations = [str(e) for e in result.explanations]
+            entry.seconds.update({k: v for k, v in result.seconds.items() if k != "tensorize"})
+        if opts.emit == "script":
+            entry.emitted = show(chosen)
+        t1 = time.perf_counter()
+        kernel = runtime.compile(chosen, threads=opts.threads)
+        entry.seconds["compile"] = time.perf_counter() - t1
+        if opts.emit == "llvm":
+            entry.emitted = codegen.emit_llvm(chosen)
+        elif opts.emit == "asm":
+            entry.emitted = codegen.emit_asm(chosen)
+        if opts.check:
+            # the chosen program, compiled, against the interpreter on the function as written
+            t2 = time.perf_counter()
+            result = runtime.check(func, kernel)
+            entry.seconds["check"] = time.perf_counter() - t2
+            entry.check = {"ok": bool(result.ok), "max_abs_error": float(result.max_abs_error)}
+            if not result.ok:
+                entry.check["message"] = result.message
     except Exception as e:  # a compiler bug must not stop the other functions
         entry.error = f"{unit.file}:{unit.name}: internal error: {type(e).__name__}: {e}"
     entry.seconds["total"] = time.perf_counter() - t0
@@ -152,6 +172,11 @@ def process(unit: Unit, opts: Options) -> Entry:
 
 # ---------------------------------------------------------------------------
 # output
+
+
+def _tensorize_seconds(e: Entry) -> Optional[float]:
+    parts = [e.seconds[k] for k in ("normalize", "saturate", "extract") if k in e.seconds]
+    return sum(parts) if parts else None
 
 
 def _ms(seconds: Optional[float]) -> str:
@@ -165,7 +190,7 @@ def _count(n: int) -> str:
     return str(n)
 
 
-def format_entry(e: Entry) -> str:
+def format_entry(e: Entry, explain: bool = False) -> str:
     if e.error:
         return f"{e.file}::{e.name or '?'}\n  error: {e.error}"
     ins = ", ".join(f"{b['name']} {b['dtype']}{b['shape']}" for b in e.buffers if b["role"] == "input")
@@ -179,14 +204,21 @@ def format_entry(e: Entry) -> str:
         nests[-1].append(f"{l['var']}<{span}> {l['kind']}")
     check = "-" if e.check is None else ("ok" if e.check["ok"] else "FAILED") + \
         f" (max abs error {e.check['max_abs_error']:.2g})"
+    used: dict[str, int] = {}
+    for s in e.sites:
+        used[s["intrinsic"]] = used.get(s["intrinsic"], 0) + s["calls"]
+    intrinsics = ", ".join(f"{n} x{c}" for n, c in used.items()) or "none"
     lines = [f"{e.file}::{e.name}",
              f"  in:  {ins or '-'}",
              f"  out: {outs or '-'}" + (f"   temporaries: {tmps}" if tmps else ""),
              *(f"  nest: {', '.join(n)}" for n in nests),
-             f"  ops: {_count(e.ops_total)}   intrinsics: none (coverage 0.00)   "
-             f"check: {check}   compile: {_ms(e.seconds.get('compile'))}"]
+             f"  intrinsics: {intrinsics}",
+             f"  ops: {_count(e.ops_total)}   coverage: {e.fraction:.2f}   check: {check}   "
+             f"tensorize: {_ms(_tensorize_seconds(e))}   compile: {_ms(e.seconds.get('compile'))}"]
     if e.check is not None and not e.check["ok"]:
         lines.append(f"  check failed: {e.check.get('message', '')}")
+    if explain:
+        lines += [f"  uncovered: {x}" for x in e.explanations] or ["  uncovered: nothing"]
     return "\n".join(lines)
 
 
@@ -257,11 +289,9 @@ def cmd_intrinsics(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    load_intrinsics(args)
-    if args.target != "none" and not args.json:
-        print("note: intrinsic matching is not available yet; every function is compiled as "
-              "plain loops (coverage 0)", file=sys.stderr)
-    opts = Options(target=args.target, check=args.check, emit=args.emit, threads=args.threads)
+    library = load_intrinsics(args)
+    opts = Options(library=None if args.target == "none" else library, check=args.check,
+                   emit=args.emit, explain=args.explain, threads=args.threads)
     units = load_units(args.paths, args.func)
     progress = Progress(len(units))
     entries = []
@@ -281,7 +311,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(e.emitted)
     else:
         for e in entries:
-            print(format_entry(e))
+            print(format_entry(e, args.explain))
             print()
         ok = sum(1 for e in entries if not e.error)
         checked = [e for e in entries if e.check is not None]

@@ -94,7 +94,7 @@ class Extractor:
         body = _substitute(_semantics_value(desc), dict(b.loads))
         inner = AccNest(nest.dims, temp, nest.indices, body)
         unscaled = [BodyMatch(m.nest, m.intrinsic, m.loads, 1.0) for m in matches
-                    if m.scale == b.scale and m.intrinsic == b.intrinsic]
+                    if m.scale == b.scale]
         plan = self.best(inner, unscaled, depth)
         if plan.cost >= cost.scalar(nest):
             return None
