@@ -1,0 +1,157 @@
+"""The tensorizer: golden programs per rule family, the corpus coverage table, every
+tensorized corpus function checked against the interpreter, budgets on pathological input."""
+
+from pathlib import Path
+
+import pytest
+
+import intrinsics
+from rewrite import runtime
+from rewrite.pipeline import tensorize
+from rewrite.saturate import Budget
+from rewrite.script import parse, parse_file, show
+
+ROOT = Path(__file__).parent.parent
+GOLDEN = sorted((Path(__file__).parent / "golden").glob("*.py"))
+AVX2 = intrinsics.library("x86-avx2")
+HOST_HAS_AVX2 = {"avx2", "fma"} <= intrinsics.host_features()
+
+
+def _only(path: Path):
+    (func,) = parse_file(path).values()
+    return func
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
+def test_golden(path, request):
+    func = _only(path)
+    result = tensorize(func, AVX2)
+    got = show(result.func)
+    expected_path = path.with_suffix(".expected")
+    if request.config.getoption("--update-golden") or not expected_path.exists():
+        expected_path.write_text(got)
+    assert got == expected_path.read_text()
+    assert parse(got) == result.func
+    if HOST_HAS_AVX2:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
+def test_golden_outputs_use_the_expected_intrinsics():
+    def used(name):
+        r = tensorize(_only(Path(__file__).parent / "golden" / f"{name}.py"), AVX2)
+        return {s.intrinsic for s in r.sites}, r.coverage
+
+    assert used("swapped_operands") == ({"x86.mm.f32.6x16x1"}, 1.0)
+    assert used("transposed_b") == ({"x86.mm.f32.6x16x1"}, 1.0)
+    assert used("int8_dot") == ({"x86.dot.u8i8i32.16x4"}, 1.0)
+    assert used("conv_im2col")[0] == {"x86.mm.f32.6x16x1"}
+    assert used("not_a_product") == (set(), 0.0)
+    sites, cov = used("remainder")
+    assert "x86.mm.f32.6x16x1" in sites and cov > 0.5
+
+
+# ---------------------------------------------------------------------------
+# the corpus
+
+# Functions whose arithmetic is a multiply-accumulate some host intrinsic performs (f32 FMA
+# family or exact u8 x i8 -> i32 dot), in some disguise; they must reach 0.9.
+HOST_COVERED = {
+    "bert_ffn_dense_bias_relu", "bert_qk", "bert_attn_v", "cap_conv2d", "c1d_nlc", "c2d_nhwc",
+    "c2d_stem_7x7", "c3d_ndhwc", "cbr_nhwc", "dep_conv2d_nhwc", "dep_conv2d_nhwc_s2",
+    "dil_conv2d_nhwc", "gemm_64", "gemm_256", "gmm_nkkm", "matmul_relu", "bmm_4x64",
+    "gemm_swapped_operands", "gemm_k_outermost", "gemm_jik", "gemm_explicit_add",
+    "gemm_add_on_left", "gemm_bias_init", "gemm_accumulate_into", "gemm_odd_37x61x29",
+    "gemm_split_reduction", "gemm_transposed_a", "gemm_transposed_b", "gemm_scaled",
+    "gemm_all_disguises", "gpt2_causal_qk", "grp_conv2d_nhwc", "qdense_u8i8", "qdense_u8i8_nt",
+    "qconv_u8i8", "qdense_u8i8_256", "resnet50_conv3x3", "resnet50_conv1x1", "tbg", "t2d_nhwc",
+}
+# No multiply-accumulate of a host intrinsic's dtypes: normalisation, softmax, pooling, scans,
+# tropical products, f64 and f16 arithmetic, elementwise chains.
+HOST_NONE = {
+    "bert_layernorm", "scale_bias_relu_1d", "scale_bias_relu_2d", "bn_add_relu_nhwc", "nrm_bmn",
+    "sfm_mn", "resnet50_maxpool", "resnet50_global_avgpool", "prefix_sum_1d", "cumsum_rows",
+    "maxplus_matmul", "minplus_matmul", "polybench_gemm", "polybench_2mm", "dgemm_64",
+    "gemm_f16_f32acc", "gemm_f16_f32acc_nt",
+}
+# Known misses, each with the reason --explain must give.
+HOST_MISSED = {"grp_conv2d_nhwc_divmod": "access pattern"}
+
+CORPUS = {name: f for p in sorted((ROOT / "corpus").glob("*.py")) for name, f in parse_file(p).items()}
+
+
+def test_coverage_table_names_every_corpus_function():
+    assert set(CORPUS) == HOST_COVERED | HOST_NONE | set(HOST_MISSED)
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_corpus_function_tensorizes_and_checks(name):
+    func = CORPUS[name]
+    result = tensorize(func, AVX2)
+    if name in HOST_COVERED:
+        assert result.coverage >= 0.9, result.report()
+    elif name in HOST_NONE:
+        assert result.coverage == 0.0 and not result.sites
+    else:
+        assert result.coverage == 0.0
+        assert HOST_MISSED[name] in result.explain()
+    assert parse(show(result.func)) == result.func
+    if HOST_HAS_AVX2:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
+def test_f16_matmul_maps_onto_emulated_mma_with_target_all():
+    func = CORPUS["gemm_f16_f32acc"]
+    result = tensorize(func, intrinsics.library("all"))
+    assert {s.intrinsic for s in result.sites} == {"nvidia.mma.f16f32.16x8x16"}
+    assert result.coverage == 1.0
+    assert runtime.check(func, result.compile()).ok
+
+
+def test_explain_names_the_operator_for_max_plus():
+    result = tensorize(CORPUS["maxplus_matmul"], AVX2)
+    assert "operator" in result.explain()
+
+
+def test_dtype_reason_for_f64():
+    result = tensorize(CORPUS["dgemm_64"], AVX2)
+    text = result.explain()
+    assert "dtype" in text and "f64" in text
+
+
+# ---------------------------------------------------------------------------
+# budgets
+
+
+def test_unrolled_sum_stops_at_the_node_budget():
+    terms = " + ".join(f"A[i, {k}] * B[{k}]" for k in range(64))
+    func = parse(f"@prim_func\ndef unrolled(A: f32[4, 64], B: f32[64], C: f32[4]):\n"
+                 f"    for i in range(4):\n        C[i] += {terms}\n")
+    result = tensorize(func, AVX2, Budget(enodes=50_000))
+    assert result.saturation.stop_reason in ("node limit", "time limit")
+    assert runtime.check(func, result.compile()).ok
+
+
+def test_deep_nest_is_matched_within_budget():
+    loops = "\n".join("    " * (k + 1) + f"for v{k} in range(2):" for k in range(9))
+    idx = ", ".join(f"v{k}" for k in range(9)) + ", w"
+    shape = ", ".join(["2"] * 9) + ", 8"
+    func = parse(f"@prim_func\ndef deep(A: f32[{shape}], B: f32[{shape}], C: f32[{shape}]):\n{loops}\n"
+                 f"{'    ' * 10}for w in range(8):\n{'    ' * 11}C[{idx}] += A[{idx}] * B[{idx}]\n")
+    result = tensorize(func, AVX2)
+    assert result.saturation.stop_reason == "saturated"
+    assert result.coverage == 1.0
+    assert runtime.check(func, result.compile()).ok
+
+
+def test_hard_limit_kills_the_worker_and_the_program_stays_correct():
+    terms = " + ".join(f"A[i, {k}] * B[{k}]" for k in range(32))
+    func = parse(f"@prim_func\ndef unrolled(A: f32[4, 32], B: f32[32], C: f32[4]):\n"
+                 f"    for i in range(4):\n        C[i] += {terms}\n")
+    result = tensorize(func, AVX2, Budget(enodes=10**9, seconds=1e9, iterations=1000, hard_seconds=0.5))
+    assert result.saturation.stop_reason.startswith("killed")
+    assert result.coverage == 0.0
+    assert runtime.check(func, result.compile()).ok
+    # the next function gets a fresh worker
+    assert tensorize(_only(GOLDEN[0]), AVX2).saturation.stop_reason == "saturated"
