@@ -45,27 +45,31 @@ class BenchResult:
     integer: bool
 
 
-def bench(funcs: Iterable[Union[PrimFunc, tuple[str, PrimFunc]]], threads: Optional[int] = None,
+def bench(funcs: Iterable[Union[PrimFunc, tuple]], threads: Optional[int] = None,
           min_runs: int = 20, progress: Optional[Progress] = None,
           target_seconds: float = 0.3) -> list[BenchResult]:
-    """Time every function (given alone or as ``(file, func)``); see the module docstring."""
+    """Time every function, given alone, as ``(file, func)`` or as ``(file, func, chosen)``
+    where ``chosen`` is the program to run in its place (e.g. the tensorized one); numpy's
+    counterpart and the operation count always come from ``func``. See the module docstring."""
     items = [f if isinstance(f, tuple) else (None, f) for f in funcs]
     results = []
-    for k, (file, func) in enumerate(items):
+    for k, (file, func, *chosen) in enumerate(items):
         if progress is not None:
             progress(k, len(items), func.name)
-        results.append(bench_one(func, file, threads, min_runs, target_seconds))
+        results.append(bench_one(func, file, threads, min_runs, target_seconds,
+                                 chosen[0] if chosen else None))
     if progress is not None and items:
         progress(len(items), len(items), "")
     return results
 
 
 def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int] = None,
-              min_runs: int = 20, target_seconds: float = 0.3) -> BenchResult:
+              min_runs: int = 20, target_seconds: float = 0.3,
+              chosen: Optional[PrimFunc] = None) -> BenchResult:
     from .interp import random_args
 
     t0 = time.perf_counter()
-    kernel = runtime.compile(func, threads=threads)
+    kernel = runtime.compile(chosen if chosen is not None else func, threads=threads)
     compile_s = time.perf_counter() - t0
     args = random_args(func, seed=0)
     ours = _time(lambda: kernel(**args), min_runs, target_seconds)

@@ -334,7 +334,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for u in units:
         if u.error:
             print(u.error, file=sys.stderr)
-    good = [(u.file, u.func) for u in units if u.func is not None]
+    library = load_intrinsics(args)
+    good = []
+    for u in units:
+        if u.func is None:
+            continue
+        if args.target == "none":
+            good.append((u.file, u.func))
+        else:
+            from .pipeline import tensorize
+
+            good.append((u.file, u.func, tensorize(u.func, library).func))
     live = sys.stderr.isatty()
 
     def progress(i: int, n: int, name: str) -> None:
@@ -402,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--func", metavar="NAME", help="only this function")
     bench.add_argument("--json", metavar="FILE", help="write the results as JSON")
     bench.add_argument("--plot", metavar="FILE.png", help="draw the results (needs matplotlib)")
+    bench.add_argument("--target", choices=TARGETS, default="host",
+                       help="intrinsic library to map onto first; none times plain loops")
+    bench.add_argument("--intrinsics", metavar="NAME,...", help="pick intrinsics by name")
+    bench.add_argument("--intrinsics-file", metavar="PATH", help="a Python module registering intrinsics")
     bench.add_argument("--threads", type=_positive, metavar="N")
     bench.add_argument("--runs", type=_positive, default=20, metavar="N", help="at least this many timed runs")
     bench.set_defaults(handler=cmd_bench)
