@@ -78,6 +78,7 @@ class Options:
     emit: Optional[str] = None
     explain: bool = False
     threads: Optional[int] = None
+    strassen: object = "auto"
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Entry:
     sites: list[dict] = field(default_factory=list)
     ops_total: int = 0
     ops_in_intrinsics: int = 0
+    strassen_levels: int = 0
     saturation: Optional[dict] = None
     explanations: list[str] = field(default_factory=list)
     check: Optional[dict] = None
@@ -107,7 +109,7 @@ class Entry:
             "coverage": {"ops_total": self.ops_total, "ops_in_intrinsics": self.ops_in_intrinsics,
                          "fraction": self.fraction},
             "saturation": self.saturation,
-            "strassen_levels": 0,
+            "strassen_levels": self.strassen_levels,
             "check": self.check,
             "seconds": self.seconds,
             "explain": self.explanations,
@@ -140,13 +142,14 @@ def process(unit: Unit, opts: Options) -> Entry:
         if opts.library is not None:
             from .pipeline import tensorize
 
-            result = tensorize(func, opts.library)
+            result = tensorize(func, opts.library, strassen=opts.strassen)
             chosen = result.func
             entry.sites = [s.to_json() for s in result.sites]
             entry.ops_total, entry.ops_in_intrinsics = result.ops_total, result.ops_in_intrinsics
             entry.saturation = result.saturation.to_json()
             entry.explanations = [str(e) for e in result.explanations]
-            entry.seconds.update({k: v for k, v in result.seconds.items() if k != "tensorize"})
+            entry.strassen_levels = result.strassen_levels
+            entry.seconds.update(result.seconds)
         if opts.emit == "script":
             entry.emitted = show(chosen)
         t1 = time.perf_counter()
@@ -175,8 +178,7 @@ def process(unit: Unit, opts: Options) -> Entry:
 
 
 def _tensorize_seconds(e: Entry) -> Optional[float]:
-    parts = [e.seconds[k] for k in ("normalize", "saturate", "extract") if k in e.seconds]
-    return sum(parts) if parts else None
+    return e.seconds.get("tensorize")
 
 
 def _ms(seconds: Optional[float]) -> str:
@@ -291,7 +293,8 @@ def cmd_intrinsics(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     library = load_intrinsics(args)
     opts = Options(library=None if args.target == "none" else library, check=args.check,
-                   emit=args.emit, explain=args.explain, threads=args.threads)
+                   emit=args.emit, explain=args.explain, threads=args.threads,
+                   strassen=int(args.strassen) if args.strassen.isdigit() else args.strassen)
     units = load_units(args.paths, args.func)
     progress = Progress(len(units))
     entries = []

@@ -20,6 +20,24 @@ def scalar(nest: AccNest) -> float:
     return float(op_count(nest.stmt()))
 
 
+def scalar_stmt(s) -> float:
+    """A statement left as scalar code: its arithmetic, and one per element it writes (so
+    copies and zero fills, which do no arithmetic, are not free)."""
+    return float(op_count(s)) + moved(_writes(s))
+
+
+def _writes(s) -> int:
+    from .ir import Accumulate, For, If, Seq, Store
+
+    if isinstance(s, For):
+        return s.extent * _writes(s.body)
+    if isinstance(s, Seq):
+        return sum(_writes(c) for c in s.stmts)
+    if isinstance(s, If):
+        return _writes(s.then) + (_writes(s.orelse) if s.orelse is not None else 0)
+    return 1 if isinstance(s, (Store, Accumulate)) else 0
+
+
 def calls(desc, count: int, unit_stride_ok: bool) -> float:
     return count * desc.cost * (1.0 if unit_stride_ok else GATHER_PENALTY)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
-from . import ir, nests
+from . import cost, ir, nests
 from .extract import Extractor
 from .ir import Call, For, PrimFunc, Stmt
 from .lower import op_count
@@ -60,6 +60,7 @@ class TensorizeResult:
     saturation: SaturationReport
     explanations: list[Explanation] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
+    strassen_levels: int = 0
 
     @property
     def coverage(self) -> float:
@@ -129,10 +130,52 @@ def _intrinsic_ops(s: Stmt) -> int:
     return 0
 
 
+@dataclass
+class Planned:
+    """Statements for a list of items, with what they need and cost."""
+
+    stmts: list[Stmt]
+    allocs: list
+    explanations: list[Explanation]
+    report: SaturationReport
+    cost: float
+
+
+def plan_items(parts: Sequence, library: dict, budget: Budget, taken: set[str],
+               in_process: bool = False) -> Planned:
+    """Saturate the bodies of the accumulate nests among ``parts``, then take the cheapest
+    program for each; other statements stay as they are."""
+    acc = [p for p in parts if isinstance(p, AccNest)]
+    job = Job(tuple(n.value for n in acc), tuple(Pattern.of(d) for d in library.values()), budget)
+    matches, report = saturate(job, in_process=in_process) if acc and library else \
+        ([], SaturationReport(0, 0, "nothing to match", 0.0))
+    extractor = Extractor(library, taken)
+    out = Planned([], [], [], report, 0.0)
+    k = 0
+    for p in parts:
+        if not isinstance(p, AccNest):
+            out.stmts.append(p)
+            out.cost += cost.scalar_stmt(p)
+            if op_count(p) > 0:
+                out.explanations.append(_explain_other(p, library))
+            continue
+        mine = [m for m in matches if m.nest == k]
+        plan = extractor.best(p, mine)
+        out.stmts += plan.stmts
+        out.allocs += plan.allocs
+        out.cost += plan.cost
+        if not any(isinstance(s, Call) for st in plan.stmts for s in ir.walk_stmts(st)):
+            out.explanations.append(_explain_nest(p, mine, library))
+        k += 1
+    return out
+
+
 def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,
-              budget: Budget = Budget(), in_process: bool = False) -> TensorizeResult:
+              budget: Budget = Budget(), in_process: bool = False,
+              strassen: Union[str, int] = "auto") -> TensorizeResult:
     """The cheapest program equivalent to ``func`` using ``intrinsics`` (default: what this
-    CPU runs natively)."""
+    CPU runs natively). ``strassen``: ``"auto"`` lets the cost model decide, ``"off"`` never,
+    an integer applies that many levels wherever shapes allow."""
     if intrinsics is None:
         import intrinsics as lib
 
@@ -142,39 +185,39 @@ def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,
     verify(func)
     normal = nests.normalize(func)
     parts = nests.items(normal)
-    acc = [p for p in parts if isinstance(p, AccNest)]
-    job = Job(tuple(n.value for n in acc), tuple(Pattern.of(d) for d in library.values()), budget)
     t1 = time.perf_counter()
-    matches, report = saturate(job, in_process=in_process) if acc and library else \
-        ([], SaturationReport(0, 0, "nothing to match", 0.0))
+    taken = _names(normal)
+    chosen = plan_items(parts, library, budget, taken, in_process)
+    levels = 0
+    for alt in _strassen_alternatives(normal, parts, strassen, taken):
+        planned = plan_items(alt.parts, library, budget, taken, in_process)
+        planned.allocs = list(alt.allocs) + planned.allocs
+        forced = isinstance(strassen, int) and alt.levels == strassen
+        if forced or (strassen == "auto" and planned.cost < chosen.cost):
+            chosen, levels = planned, alt.levels
     t2 = time.perf_counter()
-    extractor = Extractor(library, _names(normal))
-    stmts: list[Stmt] = []
-    allocs = list(normal.allocs)
-    explanations: list[Explanation] = []
-    k = 0
-    for p in parts:
-        if not isinstance(p, AccNest):
-            stmts.append(p)
-            if op_count(p) > 0:
-                explanations.append(_explain_other(p, library))
-            continue
-        mine = [m for m in matches if m.nest == k]
-        plan = extractor.best(p, mine)
-        stmts += plan.stmts
-        allocs += plan.allocs
-        if not any(isinstance(s, Call) for st in plan.stmts for s in ir.walk_stmts(st)):
-            explanations.append(_explain_nest(p, mine, library))
-        k += 1
-    result = replace(normal, body=ir.seq(*stmts), allocs=tuple(allocs))
+    result = replace(normal, body=ir.seq(*chosen.stmts), allocs=tuple(normal.allocs) + tuple(chosen.allocs))
     verify(result)
     sites: list[Site] = []
     _sites(result.body, (), sites)
     t3 = time.perf_counter()
-    return TensorizeResult(func, result, sites, op_count(result.body), _intrinsic_ops(result.body),
-                           report, explanations,
-                           {"normalize": t1 - t0, "saturate": t2 - t1, "extract": t3 - t2,
-                            "tensorize": t3 - t0})
+    out = TensorizeResult(func, result, sites, op_count(result.body), _intrinsic_ops(result.body),
+                          chosen.report, chosen.explanations,
+                          {"normalize": t1 - t0, "saturate+extract": t2 - t1, "verify": t3 - t2,
+                           "tensorize": t3 - t0})
+    out.strassen_levels = levels
+    return out
+
+
+def _strassen_alternatives(func: PrimFunc, parts: Sequence, mode, taken: set[str]) -> list:
+    """Programs with Strassen levels applied (``rules/strassen.py``), if that module exists."""
+    if mode == "off" or mode == 0:
+        return []
+    try:
+        from .rules import strassen
+    except ImportError:
+        return []
+    return strassen.alternatives(func, parts, mode, taken)
 
 
 # ---------------------------------------------------------------------------
