@@ -49,16 +49,27 @@ class Extractor:
     def __init__(self, library: dict, taken: set[str]):
         self.library = library  # name -> descriptor
         self.taken = taken  # buffer names in use (temporaries get fresh ones)
+        self._memo: dict = {}
 
     # -- one nest -------------------------------------------------------------------
 
     def best(self, nest: AccNest, matches: list[BodyMatch], depth: int = 0) -> Plan:
+        # remainders of different bindings are often the same nest: plan each once
+        key = (nest, tuple(matches), depth)
+        if key not in self._memo:
+            self._memo[key] = self._best(nest, matches, depth)
+        plan = self._memo[key]
+        return Plan(list(plan.stmts), plan.cost, list(plan.allocs))
+
+    def _best(self, nest: AccNest, matches: list[BodyMatch], depth: int) -> Plan:
         best = Plan([nest.stmt()], cost.scalar(nest))
         if depth >= MAX_DEPTH:
             return best
         for m in matches:
             desc = self.library[m.intrinsic]
             for b in bindings(nest, desc, m):
+                if cost.calls(desc, b.tiles, b.unit_stride_ok) >= best.cost:
+                    continue  # its tiles alone cost more than the best plan so far
                 plan = self._scaled(nest, desc, b, matches, depth) if b.scale != 1.0 \
                     else self._tiled(nest, desc, b, matches, depth)
                 if plan is not None and plan.cost < best.cost:

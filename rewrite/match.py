@@ -18,6 +18,7 @@ constraint at all, because nests are order-free sets of dimensions.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -88,6 +89,7 @@ def _row_major(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
+@functools.lru_cache(maxsize=4096)
 def _injective(shape: tuple[int, ...], steps: tuple[tuple[int, ...], ...], buf: Buffer) -> bool:
     strides = _row_major(buf.shape)
     flat = [sum(s * m for s, m in zip(st, strides)) for st in steps]
