@@ -224,6 +224,37 @@ def format_entry(e: Entry, explain: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _used(e: Entry) -> str:
+    used: dict[str, int] = {}
+    for s in e.sites:
+        used[s["intrinsic"]] = used.get(s["intrinsic"], 0) + s["calls"]
+    return ", ".join(used) or "-"
+
+
+def format_table(entries: list[Entry], explain: bool = False) -> str:
+    """One row per function: intrinsics used, coverage, check, tensorize and compile time."""
+    rows = [("function", "intrinsics", "coverage", "check", "tensorize", "compile")]
+    notes: dict[int, list[str]] = {}
+    for e in entries:
+        name = f"{Path(e.file).name}::{e.name or '?'}"
+        if e.error:
+            rows.append((name, "error (see stderr)", "-", "-", "-", "-"))
+            continue
+        check = "-" if e.check is None else ("ok" if e.check["ok"] else "FAILED")
+        rows.append((name, _used(e), f"{e.fraction:.2f}", check,
+                     _ms(_tensorize_seconds(e)), _ms(e.seconds.get("compile"))))
+        if explain and e.explanations:
+            notes[len(rows) - 1] = e.explanations
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    lines = []
+    for k, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        for note in notes.get(k, []):
+            lines.extend("    " + l for l in note.splitlines())
+    return "\n".join(lines)
+
+
 class Progress:
     """``[3/27] name`` on stderr, only when stderr is a terminal."""
 
@@ -312,10 +343,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         for e in entries:
             if e.emitted is not None:
                 print(e.emitted)
-    else:
+    elif args.verbose:
         for e in entries:
             print(format_entry(e, args.explain))
             print()
+    else:
+        print(format_table(entries, args.explain))
+    if not args.json and not args.emit:
         ok = sum(1 for e in entries if not e.error)
         checked = [e for e in entries if e.check is not None]
         failed = sum(1 for e in checked if not e.check["ok"])
@@ -398,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--check", action="store_true", help="compare compiled results with the interpreter")
     run.add_argument("--explain", action="store_true", help="say why uncovered nests match no intrinsic")
     run.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="a block per function: buffers, loop classes, intrinsics, timings")
     run.add_argument("--strassen", type=_strassen, default="auto", metavar="auto|off|N")
     run.add_argument("--threads", type=_positive, metavar="N", help="threads for parallel loops")
     run.set_defaults(handler=cmd_run)

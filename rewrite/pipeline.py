@@ -234,7 +234,12 @@ def _explain_other(s: Stmt, library: dict) -> Explanation:
     leaf = s
     while isinstance(leaf, For):
         leaf = leaf.body
-    if isinstance(leaf, ir.Store):
+    target = ir.Load(leaf.buffer, leaf.indices) if isinstance(leaf, ir.Store) else None
+    if target is not None and target in ir.walk_expr(leaf.value):
+        op = leaf.value.op if isinstance(leaf.value, ir.Binary) else type(leaf.value).__name__
+        why = (f"operator: {show_expr(target)} is reduced with {op}, but the library's intrinsics "
+               "only sum products (c[...] += a * b); a sum written as X = X + e is recognised")
+    elif isinstance(leaf, ir.Store):
         why = (f"operator: it overwrites {leaf.buffer.name}[...] with =, but every intrinsic in the "
                "library accumulates into its output (c[...] += ...)")
     elif isinstance(leaf, ir.Accumulate):
