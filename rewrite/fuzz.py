@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from hypothesis import strategies as st
+import itertools
+
+from hypothesis import assume, strategies as st
 
 from . import ir
 from .ir import (BOOL, INDEX, Accumulate, Binary, Buffer, Cast, Compare, Const, Expr, For, If,
@@ -190,3 +192,650 @@ def programs(draw, dtypes: Sequence[str] = ir.DTYPES, max_nest: int = 3, max_buf
     outs = [bufs[-1]] + allocs + ([bufs[-2]] if draw(st.booleans()) else [])
     body = draw(_block(everything, outs, _Scope({}), 1, max_nest, [0]))
     return PrimFunc("fuzzed", tuple(bufs), body, tuple(allocs))
+
+
+# ===========================================================================
+# Programs that hold a given intrinsic in disguise, and near misses that must not use it
+#
+# ``disguised(desc)`` builds, from any descriptor (built-in or a user's), a program whose main
+# accumulation is the descriptor's semantics after rewrites the tensorizer claims to see through:
+# loops permuted and resized, operands commuted, sums written ``C = e + C``, operands transposed
+# or strided inside larger buffers, batch dims, an init and an epilogue fused into the same
+# loops, a constant factor, a reduction split over two loops. Each case carries what its
+# construction guarantees (``Guarantee``), derived from the extents and layouts drawn and the
+# cost model's stated prices (``cost.py``), never from running the tensorizer.
+#
+# ``near_misses(desc)`` mutates such a program so that no correct tensorizer may use the
+# intrinsic on the mutated nest: another operator, an index the access pattern cannot fit, a
+# changed dtype, a loop-carried dependence through the output.
+
+from dataclasses import dataclass, field, replace as _replace
+
+from . import cost as _cost
+from .ir import Seq
+
+_LOOP_NAMES = "ijklmnpqrstuvw"
+_INPUT_NAMES = "ABDEFGHKLMNPQ"
+_ITERATION_LIMIT = 20_000  # per main nest, so the interpreter and the compiler stay quick
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One buffer axis: index ``coef * var + offset (+ slide)``; ``var`` None: a constant."""
+
+    var: Optional[str]
+    coef: int = 1
+    offset: int = 0
+    slide: Optional[str] = None  # a second loop added to the index (convolution-style)
+    pad: int = 0  # extra elements past the last one read
+
+    def index(self, var: Optional[str] = None) -> Expr:
+        v = self.var if var is None else var
+        e: Optional[Expr] = None
+        if v is not None:
+            e = Var(v) if self.coef == 1 else Binary("*", Const(self.coef, INDEX), Var(v))
+        if self.slide is not None:
+            e = Var(self.slide) if e is None else Binary("+", e, Var(self.slide))
+        if self.offset or e is None:
+            e = Const(self.offset, INDEX) if e is None else Binary("+", e, Const(self.offset, INDEX))
+        return e
+
+    def size(self, extents: dict[str, int]) -> int:
+        n = self.offset + 1 + self.pad
+        if self.var is not None:
+            n += self.coef * (extents[self.var] - 1)
+        if self.slide is not None:
+            n += extents[self.slide] - 1
+        return n
+
+
+@dataclass(frozen=True)
+class _Operand:
+    """A program buffer standing for one intrinsic operand."""
+
+    name: str
+    dtype: str
+    axes: tuple[_Axis, ...]
+
+    def buffer(self, extents: dict[str, int]) -> Buffer:
+        return Buffer(self.name, self.dtype, tuple(a.size(extents) for a in self.axes))
+
+    def load(self, extents: dict[str, int]) -> Load:
+        return Load(self.buffer(extents), tuple(a.index() for a in self.axes))
+
+
+@dataclass(frozen=True)
+class Guarantee:
+    """What a disguised program's construction promises about its tensorized form."""
+
+    must_use: frozenset[str]  # intrinsics that must appear among the sites
+    min_coverage: float  # lower bound on ``TensorizeResult.coverage``
+    reason: str  # how the bound follows from the construction
+
+
+@dataclass(frozen=True)
+class Disguised:
+    """A program holding ``intrinsic`` in disguise, and what that guarantees."""
+
+    func: PrimFunc
+    intrinsic: str
+    guarantee: Guarantee
+    disguises: tuple[str, ...]  # the rewrites applied, for reports
+
+    @property
+    def kind(self) -> str:
+        return "disguised"
+
+
+@dataclass(frozen=True)
+class NearMiss:
+    """A program whose nest writing ``output`` must not use ``intrinsic``."""
+
+    func: PrimFunc
+    intrinsic: str
+    output: str
+    mutation: str  # what was changed and why no tensorizer may use the intrinsic there
+
+    @property
+    def kind(self) -> str:
+        return "near miss"
+
+
+@dataclass
+class _Shape:
+    """A drawn disguise, before it is written out as a program."""
+
+    desc: object
+    extents: dict[str, int]  # program loop -> extent (every loop starts at 0)
+    dim_of: dict[str, str]  # intrinsic dim -> program loop
+    batch: list[str]  # extra loops that index the output
+    out: _Operand
+    inputs: dict[str, _Operand]  # intrinsic input operand -> program buffer
+    value: Expr  # the intrinsic body over program loads
+    form: str  # "+=", "X = X + e", "X = e + X"
+    scale: Optional[float]
+    perfect: bool  # one perfect nest (init and epilogue in nests of their own)
+    order: list[str]  # loop order, outermost first
+    split: Optional[tuple[str, int]]  # a reduction loop split at this point
+    init: Optional[str]  # None, "zero", "bias"
+    epilogue: bool  # relu after the reduction
+    notes: list[str] = field(default_factory=list)
+    carried: Optional[str] = None  # near miss: the output read one step back along this loop
+    max_reduce: bool = False  # near miss: C = max(C, e)
+
+    @property
+    def spatial(self) -> list[str]:
+        """Program loops that index the output, in loop order."""
+        used = {a.var for a in self.out.axes if a.var is not None}
+        return [v for v in self.order if v in used]
+
+    @property
+    def reduction(self) -> list[str]:
+        sp = set(self.spatial)
+        return [v for v in self.order if v not in sp]
+
+
+def _body(desc) -> Expr:
+    body = desc.semantics.body
+    while isinstance(body, For):
+        body = body.body
+    return body.value
+
+
+def _substitute(e: Expr, loads: dict[str, Expr]) -> Expr:
+    if isinstance(e, Load):
+        return loads[e.buffer.name]
+    if isinstance(e, Binary):
+        return Binary(e.op, _substitute(e.a, loads), _substitute(e.b, loads))
+    if isinstance(e, Cast):
+        return Cast(e.dtype, _substitute(e.a, loads))
+    if isinstance(e, Unary):
+        return Unary(e.op, _substitute(e.a, loads))
+    return e
+
+
+@st.composite
+def _commuted(draw, e: Expr) -> Expr:
+    """``e`` with some ``+`` and ``*`` operands swapped (exact in IEEE and in wrap-around)."""
+    if isinstance(e, Binary):
+        a, b = draw(_commuted(e.a)), draw(_commuted(e.b))
+        if e.op in ("+", "*") and draw(st.booleans()):
+            a, b = b, a
+        return Binary(e.op, a, b)
+    if isinstance(e, Cast):
+        return Cast(e.dtype, draw(_commuted(e.a)))
+    if isinstance(e, Unary):
+        return Unary(e.op, draw(_commuted(e.a)))
+    return e
+
+
+@st.composite
+def _extent(draw, e: int, room: int, multiple: bool) -> int:
+    """A program extent for an intrinsic dim of extent ``e``: a multiple of it, or not."""
+    if e == 1:
+        return draw(st.integers(1, max(1, min(3, room))))
+    most = max(1, min(3, room // e))
+    if multiple:
+        return e * draw(st.integers(1, most))
+    return draw(st.integers(0, most - 1 if most > 1 else 1)) * e + draw(st.integers(1, e - 1))
+
+
+@st.composite
+def _shape(draw, desc, exact: Optional[bool] = None, plain: bool = False) -> _Shape:
+    """Draw a disguise of ``desc``. ``exact``: extents all multiples (True), not all (False),
+    either (None). ``plain``: no scaling and no split, the base of a near miss."""
+    names = list(draw(st.permutations(list(_LOOP_NAMES))))
+    multiple = exact if exact is not None else draw(st.booleans())
+    extents: dict[str, int] = {}
+    dim_of: dict[str, str] = {}
+    room = _ITERATION_LIMIT
+    odd = None if multiple else draw(st.sampled_from([d.name for d in desc.dims if d.extent > 1] or [None]))
+    for d in desc.dims:
+        p = names.pop()
+        dim_of[d.name] = p
+        extents[p] = draw(_extent(d.extent, room // d.extent * d.extent if d.extent > 1 else room,
+                                  d.name != odd))
+        room = max(1, room // max(extents[p], 1))
+    notes = [] if multiple else ["extents not multiples"]
+    batch = []
+    for _ in range(draw(st.integers(0, 2))):
+        e = draw(st.integers(1, 3))
+        if e > room:
+            break
+        p = names.pop()
+        batch.append(p)
+        extents[p] = e
+        room //= e
+    if batch:
+        notes.append("batch dims")
+
+    @st.composite
+    def axes_for(draw, op, is_output: bool) -> tuple[_Axis, ...]:
+        axes = []
+        for d in op.dims:
+            if d is None:
+                if draw(st.booleans()):
+                    continue  # a unit operand dim needs no axis in the program
+                axes.append(_Axis(None, 1, draw(st.integers(0, 1)), None, draw(st.integers(0, 1))))
+                continue
+            strided = draw(st.integers(0, 3)) == 0
+            coef = 2 if strided else 1
+            offset = draw(st.integers(0, 2)) if strided or draw(st.integers(0, 3)) == 0 else 0
+            slide = None
+            if not is_output and batch and draw(st.integers(0, 4)) == 0:
+                slide = draw(st.sampled_from(batch))
+            axes.append(_Axis(dim_of[d], coef, offset, slide, draw(st.sampled_from([0, 0, 1]))))
+        for b in batch:
+            if is_output or draw(st.booleans()):
+                if not any(a.var == b or a.slide == b for a in axes):
+                    axes.insert(draw(st.integers(0, len(axes))), _Axis(b))
+        if len(axes) > 1 and draw(st.booleans()):
+            axes = list(draw(st.permutations(axes)))
+        if not axes:
+            axes = [_Axis(None)]
+        return tuple(axes)
+
+    out_op = desc.output
+    out = _Operand("C", out_op.dtype, draw(axes_for(out_op, True)))
+    inputs = {op.name: _Operand(_INPUT_NAMES[k], op.dtype, draw(axes_for(op, False)))
+              for k, op in enumerate(desc.inputs)}
+    if any(a.coef != 1 or a.offset or a.pad for o in [out, *inputs.values()] for a in o.axes):
+        notes.append("strided or offset layout")
+    if any(list(a.var for a in o.axes if a.var in dim_of.values())
+           != [dim_of[d] for d in op.dims if d is not None]
+           for op, o in [(out_op, out)] + [(op, inputs[op.name]) for op in desc.inputs]):
+        notes.append("transposed layout")
+    loads = {op.name: inputs[op.name].load(extents) for op in desc.inputs}
+    value = draw(_commuted(_substitute(_body(desc), loads)))
+    if value != _substitute(_body(desc), loads):
+        notes.append("commuted")
+    form = draw(st.sampled_from(["+=", "X = X + e", "X = e + X"]))
+    if form != "+=":
+        notes.append(f"written {form}")
+    scale = None
+    if not plain and ir.is_float(out.dtype) and value.dtype == out.dtype and draw(st.integers(0, 3)) == 0:
+        scale = draw(st.sampled_from([2.0, 0.5, 3.0]))
+        notes.append(f"scaled by {scale}")
+    order = list(draw(st.permutations(list(extents))))
+    perfect = draw(st.booleans())
+    init = draw(st.sampled_from([None, None, "zero", "bias"]))
+    epilogue = draw(st.integers(0, 3)) == 0
+    shape = _Shape(desc, extents, dim_of, batch, out, inputs, value, form, scale, perfect, order,
+                   None, init, epilogue, notes)
+    red = [v for v in shape.reduction if extents[v] >= 2]
+    if not plain and red and draw(st.integers(0, 3)) == 0:
+        r = draw(st.sampled_from(red))
+        shape.split = (r, draw(st.integers(1, extents[r] - 1)))
+        notes.append("reduction split over two loops")
+    if perfect:
+        notes.append("perfect nest, loops " + " ".join(order))
+    else:
+        notes.append("init/reduction/epilogue fused in the output's loops")
+    if init:
+        notes.append(f"init {init}")
+    if epilogue:
+        notes.append("relu epilogue")
+    return shape
+
+
+# -- writing the program out ----------------------------------------------------------------
+
+
+def _nest(loops: list[tuple[str, int, int]], body: Stmt) -> Stmt:
+    for var, start, stop in reversed(loops):
+        body = For(var, start, stop, body)
+    return body
+
+
+def _program(s: _Shape, name: str = "disguised"):
+    """The program, the loops of each accumulation nest (one, or two for a split), and the
+    accumulation statement."""
+    ext = s.extents
+    C = s.out.buffer(ext)
+    idx = tuple(a.index() for a in s.out.axes)
+    value = s.value
+    if s.scale is not None:
+        k = Const(s.scale, C.dtype)
+        if isinstance(value, Binary) and value.op == "*" and value.dtype == C.dtype and s.scale == 2.0:
+            value = Binary("*", Binary("*", value.a, k), value.b)  # 2.0 inside the product
+        else:
+            value = Binary("*", k, value) if s.scale != 3.0 else Binary("*", value, k)
+    target = Load(C, idx)
+    if s.carried is not None:  # the previous iteration's output, not this one's
+        prev = tuple(a.index() if a.var != s.carried else
+                     Binary("-", a.index(), Const(a.coef, INDEX)) for a in s.out.axes)
+        value = Binary("+", Load(C, prev), value)
+    elif s.max_reduce:
+        value = Binary("max", target, value)
+    acc: Stmt = {"+=": Accumulate(C, idx, value),
+                 "X = X + e": Store(C, idx, Binary("+", target, value)),
+                 "X = e + X": Store(C, idx, Binary("+", value, target))}[s.form]
+    if s.carried is not None or s.max_reduce:
+        acc = Store(C, idx, value)
+    params = [*(o.buffer(ext) for o in s.inputs.values())]
+    init: Optional[Stmt] = None
+    if s.init == "zero":
+        init = Store(C, idx, Const(0, C.dtype))
+    elif s.init == "bias":
+        sp = s.spatial
+        v = sp[-1] if sp else None
+        bias = Buffer("bias", C.dtype, (ext[v] if v else 1,))
+        params.append(bias)
+        init = Store(C, idx, Load(bias, (Var(v) if v else Const(0, INDEX),)))
+    epi = Store(C, idx, Binary("max", target, Const(0, C.dtype))) if s.epilogue else None
+    params.append(C)
+
+    def ranges(var: str, part: int) -> tuple[str, int, int]:
+        if var == s.carried:
+            return (var, 1, ext[var])
+        if s.split and s.split[0] == var:
+            return (var, 0, s.split[1]) if part == 0 else (var, s.split[1], ext[var])
+        return (var, 0, ext[var])
+
+    parts = [0, 1] if s.split else [0]
+    nests: list[list[tuple[str, int, int]]] = []
+    if s.perfect:
+        stmts: list[Stmt] = []
+        outer = [(v, 0, ext[v]) for v in s.spatial]
+        if init is not None:
+            stmts.append(_nest(outer, init))
+        for part in parts:
+            loops = [ranges(v, part) for v in s.order]
+            nests.append(loops)
+            stmts.append(_nest(loops, acc))
+        if epi is not None:
+            stmts.append(_nest(outer, epi))
+        body = ir.seq(*stmts)
+    else:
+        outer = [(v, 0, ext[v]) for v in s.spatial]
+        inner: list[Stmt] = [] if init is None else [init]
+        for part in parts:
+            loops = [ranges(v, part) for v in s.reduction]
+            nests.append(outer + loops)
+            inner.append(_nest(loops, acc))
+        if epi is not None:
+            inner.append(epi)
+        body = _nest(outer, ir.seq(*inner))
+    return PrimFunc(name, tuple(params), body), nests, acc
+
+
+# -- the guarantee --------------------------------------------------------------------------
+
+
+def _ops_per_iteration(value: Expr) -> int:
+    from .lower import op_count
+
+    return op_count(Accumulate(Buffer("_", value.dtype, (1,)), (Const(0, INDEX),), value))
+
+
+def _flat_stride(op: _Operand, var: str, ext: dict[str, int]) -> int:
+    shape = op.buffer(ext).shape
+    stride, total = 1, 0
+    for k in reversed(range(len(op.axes))):
+        a = op.axes[k]
+        total += stride * ((a.coef if a.var == var else 0) + (1 if a.slide == var else 0))
+        stride *= shape[k]
+    return total
+
+
+def _gathered(s: _Shape) -> bool:
+    """Some operand misses a unit-stride need of the descriptor in this layout."""
+    desc = s.desc
+    ops = {desc.output.name: s.out, **s.inputs}
+    for name, need in desc.layout.items():
+        op = desc.operand(name)
+        for k in need.unit_stride:
+            d = op.dims[k]
+            if op.shape[k] > 1 and (d is None or _flat_stride(ops[name], s.dim_of[d], s.extents) != 1):
+                return True
+    return False
+
+
+def _guarantee(s: _Shape, func: PrimFunc, nests: list[list[tuple[str, int, int]]],
+               acc: Stmt) -> Guarantee:
+    """Coverage the cheapest plan must reach, by the cost model's prices.
+
+    Per nest of N iterations whose extents leave D iterations in whole tiles: tiling those
+    with the intrinsic costs rho' per iteration (``cost / iterations``, times the gather
+    penalty when a unit-stride need is missed) and the rest s each (scalar ops per
+    iteration). No plan covers an iteration for less than rho, or leaves one for less than s,
+    so the cheapest plan covers at least D (s - rho') / (s - rho) iterations. A constant
+    factor is paid for by a temporary: it is taken iff its price stays under scalar code.
+    """
+    from .lower import op_count
+
+    desc = s.desc
+    rho = desc.cost / desc.iterations
+    rho_g = rho * (_cost.GATHER_PENALTY if _gathered(s) else 1.0)
+    s_desc = _ops_per_iteration(_body(desc))
+    s_prog = op_count(acc)
+    extent_of = {s.dim_of[d.name]: d.extent for d in desc.dims}
+    other = op_count(func.body)
+    # coverage = ops in calls / all ops; bound the first from below and the second from above
+    covered, total = 0.0, 0.0
+    out_size = s.out.buffer(s.extents).size
+    for loops in nests:
+        n, dd = 1, 1
+        for var, start, stop in loops:
+            e = stop - start
+            n *= e
+            k = extent_of.get(var, 1)
+            dd *= (e // k) * k
+        other -= n * s_prog
+        if s.scale is None:
+            # calls and scalar remainders both count s_prog ops per iteration (same body)
+            total += n * s_prog
+            if rho_g < s_prog:
+                covered += dd * (s_prog - rho_g) / (s_prog - rho)
+            continue
+        # T = 0; T += body (calls and scalar remainder); C += scale * T: 2 ops per element
+        with_temp = n * s_desc + 2 * out_size
+        forced = dd > 0 and rho_g < s_desc and \
+            rho_g * dd + s_desc * (n - dd) + 2 * out_size < s_prog * n
+        if forced:
+            covered += dd * (s_desc - rho_g) / (s_desc - rho)
+            total += with_temp
+        else:
+            total += max(n * s_prog, with_temp)
+    if covered <= 0:
+        return Guarantee(frozenset(), 0.0, "no whole tile is guaranteed to pay for itself")
+    bound = covered * s_desc / (total + other)
+    return Guarantee(frozenset({desc.name}), bound * (1 - 1e-9),
+                     f"at least {covered:g} iterations in whole tiles at {rho_g:g} per iteration "
+                     f"against {s_prog} scalar ops; other statements {other} ops")
+
+
+@st.composite
+def disguised(draw, desc, exact: Optional[bool] = None) -> Disguised:
+    """A program holding ``desc``'s semantics in disguise, with what that guarantees."""
+    s = draw(_shape(desc, exact))
+    func, nests, acc = _program(s)
+    return Disguised(func, desc.name, _guarantee(s, func, nests, acc), tuple(s.notes))
+
+
+# -- near misses ----------------------------------------------------------------------------
+
+
+def could_fit(desc, loops: Sequence[str], out: Load, loads: Sequence[Load]) -> bool:
+    """A necessary condition for ``desc`` to run inside the nest ``for loops: out += f(loads)``,
+    whatever the algebra makes of the body: some assignment of program loads to the input
+    operands with the operands' dtypes, and some one-to-one choice of a program loop for each
+    intrinsic dim longer than 1, such that the loop moves no operand that dim does not index
+    (a call would read one element where the program reads several) and moves the output
+    if the dim indexes it (else one call writes an element twice). False certifies a near miss."""
+    from .analysis import affine
+
+    if out.buffer.dtype != desc.output.dtype:
+        return False
+
+    def moves(load: Load) -> set[str]:
+        ms = [affine(i) for i in load.indices]
+        if any(m is None for m in ms):
+            return set(loops)  # not affine: assume it moves along everything
+        return {v for v in loops if any(m.coeff(v) for m in ms)}
+
+    dims = [d for d in desc.dims if d.extent > 1]
+    for chosen in itertools.product(loads, repeat=len(desc.inputs)):
+        if any(ld.buffer.dtype != op.dtype for ld, op in zip(chosen, desc.inputs)):
+            continue
+        moved = {desc.output.name: moves(out)}
+        moved.update({op.name: moves(ld) for op, ld in zip(desc.inputs, chosen)})
+        options = []
+        for d in dims:
+            users = {o.name for o in desc.operands if d.name in o.dims}
+            options.append([p for p in loops
+                            if all(p not in moved[o] for o in moved if o not in users)
+                            and (desc.output.name not in users or p in moved[desc.output.name])])
+        for pick in itertools.product(*options):
+            if len(set(pick)) == len(pick):
+                return True
+    return False
+
+
+def _retype(e: Expr, old: str, new: str) -> Expr:
+    t = lambda d: new if d == old else d  # noqa: E731
+    if isinstance(e, Load):
+        b = e.buffer
+        return Load(Buffer(b.name, t(b.dtype), b.shape), tuple(e.indices))
+    if isinstance(e, Const):
+        return Const(e.value, t(e.dtype)) if e.dtype != ir.INDEX else e
+    if isinstance(e, Cast):
+        return Cast(t(e.dtype), _retype(e.a, old, new))
+    if isinstance(e, Binary):
+        return Binary(e.op, _retype(e.a, old, new), _retype(e.b, old, new))
+    if isinstance(e, Unary):
+        return Unary(e.op, _retype(e.a, old, new))
+    return e
+
+
+def _ops_in(e: Expr) -> set[str]:
+    return {x.op for x in ir.walk_expr(e) if isinstance(x, (Binary, Unary))}
+
+
+def _replace_op(e: Expr, old: str, new: str) -> Expr:
+    if isinstance(e, Binary):
+        return Binary(new if e.op == old else e.op, _replace_op(e.a, old, new), _replace_op(e.b, old, new))
+    if isinstance(e, Cast):
+        return Cast(e.dtype, _replace_op(e.a, old, new))
+    if isinstance(e, Unary):
+        return Unary(e.op, _replace_op(e.a, old, new))
+    return e
+
+
+def _reload(e: Expr, ops: dict[str, _Operand], ext: dict[str, int]) -> Expr:
+    """``e`` with every load rebuilt from the (possibly changed) operands."""
+    if isinstance(e, Load):
+        return ops[e.buffer.name].load(ext)
+    if isinstance(e, Binary):
+        return Binary(e.op, _reload(e.a, ops, ext), _reload(e.b, ops, ext))
+    if isinstance(e, Cast):
+        return Cast(e.dtype, _reload(e.a, ops, ext))
+    if isinstance(e, Unary):
+        return Unary(e.op, _reload(e.a, ops, ext))
+    return e
+
+
+def _certified(s: _Shape) -> bool:
+    loads = [ld for ld in ir.walk_expr(s.value) if isinstance(ld, Load)]
+    out = s.out.load(s.extents)
+    return not could_fit(s.desc, list(s.extents), out, loads)
+
+
+@st.composite
+def _wrong_operator(draw, s: _Shape) -> Optional[str]:
+    if draw(st.integers(0, 3)) == 0:
+        s.max_reduce = True
+        return "the output is reduced with max, not accumulated with +"
+    body_ops = _ops_in(_body(s.desc))
+    # Algebra keeps the set of operators, except that it turns - into + (and neg): with every
+    # X gone (and no - left when X is +), no term equal to the body contains X.
+    choices = [x for x in ("*", "+") if x in body_ops]
+    if not choices:
+        s.max_reduce = True
+        return "the output is reduced with max, not accumulated with +"
+    old = draw(st.sampled_from(choices))
+    new = draw(st.sampled_from([y for y in ("+", "*", "max", "min") if y != old]))
+    value = _replace_op(s.value, old, new)
+    if old == "+" and "-" in _ops_in(value):
+        return None
+    s.value = value
+    return f"every {old} in the body is {new}, and {s.desc.name} needs a {old}"
+
+
+@st.composite
+def _wrong_index(draw, s: _Shape) -> Optional[str]:
+    fresh = next(n for n in _LOOP_NAMES if n not in s.extents)
+    candidates = []
+    for name, op in s.inputs.items():
+        for k, a in enumerate(op.axes):
+            if a.var is None:
+                continue
+            for v in list(s.extents) + [fresh]:
+                if v != a.var:
+                    candidates.append((name, k, v))
+    good = []
+    for name, k, v in candidates:
+        trial = _replace(s)
+        trial.extents = dict(s.extents)
+        trial.extents.setdefault(v, 2)
+        op = s.inputs[name]
+        axes = list(op.axes)
+        axes[k] = _replace(axes[k], var=v)
+        trial.inputs = {**s.inputs, name: _replace(op, axes=tuple(axes))}
+        by_name = {o.name: o for o in trial.inputs.values()}
+        trial.value = _reload(s.value, by_name, trial.extents)
+        if _certified(trial):
+            good.append((trial, name, k, v, op.axes[k].var))
+    if not good:
+        return None
+    trial, name, k, v, was = draw(st.sampled_from(good))
+    s.extents, s.inputs, s.value = trial.extents, trial.inputs, trial.value
+    if v not in s.order:
+        s.order.insert(draw(st.integers(0, len(s.order))), v)
+    buf = s.inputs[name].name
+    return (f"{buf}'s axis {k} follows loop {v} instead of {was}: no loop moves exactly the "
+            f"operands each dim of {s.desc.name} indexes")
+
+
+@st.composite
+def _wrong_dtype(draw, s: _Shape) -> Optional[str]:
+    present = sorted({s.out.dtype, *(o.dtype for o in s.inputs.values())})
+    old = draw(st.sampled_from(present))
+    family = ir.FLOAT_DTYPES if ir.is_float(old) else ir.INT_DTYPES
+    new = draw(st.sampled_from([d for d in family if d != old and d != "f16"] or [None]))
+    if new is None:
+        return None
+    trial = _replace(s)
+    trial.out = _replace(s.out, dtype=new) if s.out.dtype == old else s.out
+    trial.inputs = {k: (_replace(o, dtype=new) if o.dtype == old else o) for k, o in s.inputs.items()}
+    trial.value = _retype(s.value, old, new)
+    if not _certified(trial):
+        return None
+    s.out, s.inputs, s.value = trial.out, trial.inputs, trial.value
+    return f"{old} became {new}: no operand assignment gives {s.desc.name} its dtypes"
+
+
+@st.composite
+def _carried(draw, s: _Shape) -> Optional[str]:
+    spatial = [v for v in s.spatial if s.extents[v] >= 2]
+    if not spatial:
+        return None
+    s.carried = draw(st.sampled_from(spatial))
+    s.perfect, s.init, s.epilogue = True, None, False
+    return (f"each iteration reads the output written by the previous one along {s.carried} "
+            "(a loop-carried dependence): the iterations cannot run as tiles")
+
+
+_MUTATIONS = {"operator": _wrong_operator, "index": _wrong_index, "dtype": _wrong_dtype,
+              "dependence": _carried}
+
+
+@st.composite
+def near_misses(draw, desc, kinds: Sequence[str] = tuple(_MUTATIONS)) -> NearMiss:
+    """A disguised program mutated so that its nest writing ``C`` must not use ``desc``."""
+    s = draw(_shape(desc, plain=True))
+    kind = draw(st.sampled_from(list(kinds)))
+    why = draw(_MUTATIONS[kind](s))
+    assume(why is not None)
+    func, _, _ = _program(s, name="near_miss")
+    return NearMiss(func, desc.name, "C", f"{kind}: {why}")
