@@ -493,7 +493,7 @@ def _program(s: _Shape, name: str = "disguised"):
     ext = s.extents
     C = s.out.buffer(ext)
     idx = tuple(a.index() for a in s.out.axes)
-    value = s.value
+    value = _reload(s.value, {o.name: o for o in s.inputs.values()}, ext)  # shapes as drawn last
     if s.scale is not None:
         k = Const(s.scale, C.dtype)
         if isinstance(value, Binary) and value.op == "*" and value.dtype == C.dtype and s.scale == 2.0:
@@ -821,6 +821,7 @@ def _carried(draw, s: _Shape) -> Optional[str]:
     if not spatial:
         return None
     s.carried = draw(st.sampled_from(spatial))
+    s.extents[s.carried] += 1  # the loop starts at 1 and keeps its whole tiles
     s.perfect, s.init, s.epilogue = True, None, False
     return (f"each iteration reads the output written by the previous one along {s.carried} "
             "(a loop-carried dependence): the iterations cannot run as tiles")
@@ -833,7 +834,7 @@ _MUTATIONS = {"operator": _wrong_operator, "index": _wrong_index, "dtype": _wron
 @st.composite
 def near_misses(draw, desc, kinds: Sequence[str] = tuple(_MUTATIONS)) -> NearMiss:
     """A disguised program mutated so that its nest writing ``C`` must not use ``desc``."""
-    s = draw(_shape(desc, plain=True))
+    s = draw(_shape(desc, exact=True, plain=True))  # near: unmutated, it would match
     kind = draw(st.sampled_from(list(kinds)))
     why = draw(_MUTATIONS[kind](s))
     assume(why is not None)
