@@ -385,7 +385,7 @@ def _shape(draw, desc, exact: Optional[bool] = None, plain: bool = False) -> _Sh
     """Draw a disguise of ``desc``. ``exact``: extents all multiples (True), not all (False),
     either (None). ``plain``: no scaling and no split, the base of a near miss."""
     names = list(draw(st.permutations(list(_LOOP_NAMES))))
-    multiple = exact if exact is not None else draw(st.booleans())
+    multiple = exact if exact is not None else not draw(st.booleans())
     extents: dict[str, int] = {}
     dim_of: dict[str, str] = {}
     room = _ITERATION_LIMIT
@@ -418,11 +418,11 @@ def _shape(draw, desc, exact: Optional[bool] = None, plain: bool = False) -> _Sh
                     continue  # a unit operand dim needs no axis in the program
                 axes.append(_Axis(None, 1, draw(st.integers(0, 1)), None, draw(st.integers(0, 1))))
                 continue
-            strided = draw(st.integers(0, 3)) == 0
+            strided = draw(st.integers(0, 3)) == 3
             coef = 2 if strided else 1
-            offset = draw(st.integers(0, 2)) if strided or draw(st.integers(0, 3)) == 0 else 0
+            offset = draw(st.integers(0, 2)) if strided or draw(st.integers(0, 3)) == 3 else 0
             slide = None
-            if not is_output and batch and draw(st.integers(0, 4)) == 0:
+            if not is_output and batch and draw(st.integers(0, 4)) == 4:
                 slide = draw(st.sampled_from(batch))
             axes.append(_Axis(dim_of[d], coef, offset, slide, draw(st.sampled_from([0, 0, 1]))))
         for b in batch:
@@ -453,17 +453,17 @@ def _shape(draw, desc, exact: Optional[bool] = None, plain: bool = False) -> _Sh
     if form != "+=":
         notes.append(f"written {form}")
     scale = None
-    if not plain and ir.is_float(out.dtype) and value.dtype == out.dtype and draw(st.integers(0, 3)) == 0:
+    if not plain and ir.is_float(out.dtype) and value.dtype == out.dtype and draw(st.integers(0, 3)) == 3:
         scale = draw(st.sampled_from([2.0, 0.5, 3.0]))
         notes.append(f"scaled by {scale}")
     order = list(draw(st.permutations(list(extents))))
     perfect = draw(st.booleans())
     init = draw(st.sampled_from([None, None, "zero", "bias"]))
-    epilogue = draw(st.integers(0, 3)) == 0
+    epilogue = draw(st.integers(0, 3)) == 3
     shape = _Shape(desc, extents, dim_of, batch, out, inputs, value, form, scale, perfect, order,
                    None, init, epilogue, notes)
     red = [v for v in shape.reduction if extents[v] >= 2]
-    if not plain and red and draw(st.integers(0, 3)) == 0:
+    if not plain and red and draw(st.integers(0, 3)) == 3:
         r = draw(st.sampled_from(red))
         shape.split = (r, draw(st.integers(1, extents[r] - 1)))
         notes.append("reduction split over two loops")

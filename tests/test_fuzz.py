@@ -3,12 +3,13 @@ user's intrinsic, its certificates say what they should on hand-written cases, a
 reports a failure when a rule is planted wrong."""
 
 import argparse
+import inspect
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import intrinsics
-from rewrite import extract, fuzzing, nests
+from rewrite import extract, fuzzing, match, nests
 from rewrite.fuzz import could_fit, disguised, near_misses
 from rewrite.ir import Accumulate, Binary, Load
 from rewrite.script import parse
@@ -137,10 +138,30 @@ def _sloppy_as_accumulate(s):
 
 def test_catches_a_dependence_ignored(monkeypatch):
     monkeypatch.setattr(nests, "_as_accumulate", _sloppy_as_accumulate)
-    out = fuzzing.fuzz_intrinsic(intrinsics.get("x86.fma.f32x8"), 40, shrink=False)
+    out = fuzzing.fuzz_intrinsic(intrinsics.get("x86.fma.f32x8"), 100, shrink=False)
     assert out.failure is not None
     assert out.failure.prop in ("no match", "soundness")
     assert out.failure.case.kind == "near miss"
+
+
+def _without_line(monkeypatch, module, func_name: str, line: str, instead: str):
+    """Plant a bug: recompile ``module.func_name`` with one piece of its source replaced."""
+    src = inspect.getsource(getattr(module, func_name))
+    assert line in src, f"{func_name} no longer has the line this test plants a bug in"
+    namespace = dict(vars(module))
+    exec(compile(src.replace(line, instead), module.__file__, "exec"), namespace)
+    monkeypatch.setattr(module, func_name, namespace[func_name])
+
+
+def test_catches_a_binding_check_skipped(monkeypatch):
+    """Without "a bound dim the operand does not use must not move its access", operands that
+    move along the wrong loop are read as broadcasts."""
+    _without_line(monkeypatch, match, "_check",
+                  "            if p is not None and it not in op.dims and any(_coef_vector(ms, p)):\n"
+                  "                return None\n", "            pass\n")
+    out = fuzzing.fuzz_intrinsic(intrinsics.get("x86.mm.f32.6x16x1"), 60, shrink=False)
+    assert out.failure is not None
+    assert out.failure.prop in ("no match", "soundness")
 
 
 def test_cli_main_reports_a_planted_bug(monkeypatch, capsys):
