@@ -1,0 +1,359 @@
+"""Matmuls recognised in accumulate nests, whatever their loop order, layout or disguise.
+
+An ``AccNest`` is a (batched) matmul when its body is ``scale * X[..] * Y[..]`` and its dims
+sort into the four roles a matmul needs, read off the affine index maps::
+
+    for k, j, i in grid(K, N, M):             MatMul(batch=(), m=i, n=j, k=k,
+        C[i, j] += 2.0 * B[j, k] * A[i, k]  ->        a=A[i, k], b=B[j, k] (transposed),
+                                                      c=C[i, j], scale=2.0)
+
+Roles (each dim has exactly one, with unit coefficient, in exactly one index position of every
+buffer it appears in, and nowhere else):
+
+- batch: in C, A and B;  m: in C and A only;  n: in C and B only;  k: in A and B only.
+
+Which operand is ``a`` is decided by the output: ``a`` holds the dim of C's first non-batch
+index. Swapped operands (``B*A``) and a transposed operand are therefore the same MatMul.
+Every other index position must be a constant. ``C = C + A*B`` reaches here already as ``+=``
+(``nests.normalize``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .. import ir
+from ..analysis import affine
+from ..ir import Binary, Const, Expr, Load, Unary, Var
+from ..nests import AccNest, Dim
+
+# An index position: (dim name or None, constant offset).
+Slot = tuple[Optional[str], int]
+
+
+@dataclass(frozen=True)
+class Access:
+    """A buffer read or written through unit-coefficient slots."""
+
+    buffer: ir.Buffer
+    slots: tuple[Slot, ...]
+
+    def position(self, dim: str) -> int:
+        return [s[0] for s in self.slots].index(dim)
+
+    def renamed(self, names: dict[str, str]) -> "Access":
+        return Access(self.buffer, tuple((None if d is None else names[d], c) for d, c in self.slots))
+
+    def load(self, shift: dict[str, int] | None = None) -> Load:
+        return Load(self.buffer, self.indices(shift))
+
+    def indices(self, shift: dict[str, int] | None = None) -> tuple[Expr, ...]:
+        """The index expressions, with each dim ``d`` read at ``d + shift[d]``."""
+        shift = shift or {}
+        return tuple(index_expr(None if d is None else Var(d), c + shift.get(d, 0))
+                     for d, c in self.slots)
+
+
+def index_expr(base: Optional[Expr], offset: int) -> Expr:
+    if base is None:
+        return Const(offset, "i64")
+    if offset == 0:
+        return base
+    if offset < 0:
+        return Binary("-", base, Const(-offset, "i64"))
+    return Binary("+", base, Const(offset, "i64"))
+
+
+@dataclass(frozen=True)
+class MatMul:
+    """``c[batch, m, n] += scale * a[batch, m, k] * b[batch, k, n]`` in some layout."""
+
+    nest: AccNest
+    batch: tuple[Dim, ...]
+    m: Dim
+    n: Dim
+    k: Dim
+    a: Access
+    b: Access
+    c: Access
+    scale: Optional[Const]
+
+    @property
+    def dtype(self) -> str:
+        return self.c.buffer.dtype
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.nest.iterations
+
+
+def _slots(indices: tuple[Expr, ...]) -> Optional[tuple[Slot, ...]]:
+    out = []
+    for e in indices:
+        m = affine(e)
+        if m is None or len(m.terms) > 1:
+            return None  # not affine, or two dims in one index (a convolution, a diagonal)
+        if m.terms:
+            (v, coeff), = m.terms
+            if coeff != 1:
+                return None  # strided access: not a dense block of a matrix
+            out.append((v, m.const))
+        else:
+            out.append((None, m.const))
+    return tuple(out)
+
+
+def _factors(e: Expr) -> Optional[tuple[list[Load], float]]:
+    """The loads and the constant factor of a pure product, or None."""
+    if isinstance(e, Load):
+        return [e], 1.0
+    if isinstance(e, Const):
+        return [], float(e.value)
+    if isinstance(e, Unary) and e.op == "neg":
+        f = _factors(e.a)
+        return None if f is None else (f[0], -f[1])
+    if isinstance(e, Binary) and e.op == "*":
+        x, y = _factors(e.a), _factors(e.b)
+        if x is None or y is None:
+            return None
+        return x[0] + y[0], x[1] * y[1]
+    return None
+
+
+def recognize(nest: AccNest) -> Optional[MatMul]:
+    """The matmul ``nest`` computes, or None when it is not one (see the module docstring)."""
+    if not ir.is_float(nest.out.dtype) and not ir.is_int(nest.out.dtype):
+        return None
+    f = _factors(nest.value)
+    if f is None or len(f[0]) != 2:
+        return None
+    (x, y), scale = f
+    if x.dtype != nest.out.dtype or y.dtype != nest.out.dtype:
+        return None
+    sc, sx, sy = _slots(nest.indices), _slots(x.indices), _slots(y.indices)
+    if sc is None or sx is None or sy is None:
+        return None
+    names = [d.name for d in nest.dims]
+    if len(set(names)) != len(names):
+        return None
+    where = {}
+    for d in names:
+        counts = [sum(1 for v, _ in s if v == d) for s in (sc, sx, sy)]
+        if any(c > 1 for c in counts):
+            return None  # a dim twice in one buffer: a diagonal
+        where[d] = tuple(c == 1 for c in counts)
+    if any(v is not None and v not in where for s in (sc, sx, sy) for v, _ in s):
+        return None
+    batch = [d for d in nest.dims if where[d.name] == (True, True, True)]
+    ms = [d for d in nest.dims if where[d.name] == (True, True, False)]
+    ns = [d for d in nest.dims if where[d.name] == (True, False, True)]
+    ks = [d for d in nest.dims if where[d.name] == (False, True, True)]
+    if len(batch) + len(ms) + len(ns) + len(ks) != len(nest.dims):
+        return None  # a dim in one buffer only (a sum over it), or in none
+    if not (len(ns) == 1 and len(ms) == 1 and len(ks) == 1):
+        return None  # a matrix-vector product, a dot, or several dims in one role
+    m, n, k = ms[0], ns[0], ks[0]
+    a, b = Access(x.buffer, sx), Access(y.buffer, sy)
+    c = Access(nest.out, sc)
+    # a is the operand holding the dim of C's first non-batch index
+    first = next(v for v, _ in sc if v is not None and v in (m.name, n.name))
+    if first == n.name:
+        m, n = n, m
+        a, b = b, a
+    if m.name not in [v for v, _ in a.slots]:
+        a, b = b, a
+    const = None if scale == 1.0 else Const(scale, nest.out.dtype) if ir.is_float(nest.out.dtype) \
+        else Const(int(scale), nest.out.dtype)
+    if const is not None and ir.is_int(nest.out.dtype) and float(int(scale)) != scale:
+        return None
+    return MatMul(nest, tuple(batch), m, n, k, a, b, c, const)
+
+
+def product(scale: Optional[Const], x: Expr, y: Expr) -> Expr:
+    e = Binary("*", x, y)
+    return e if scale is None else Binary("*", scale, e)
+
+
+# ---------------------------------------------------------------------------
+# matmul algebra: whole nests rewritten, offered to the pipeline as alternative programs
+
+
+@dataclass
+class Alternative:
+    """Items replacing the pipeline's, with the temporaries they need (0 Strassen levels)."""
+
+    parts: list
+    allocs: list
+    note: str
+    levels: int = 0
+    extra_cost: float = 0.0
+
+
+def _fresh(taken: set[str], base: str) -> str:
+    k = 0
+    while f"{base}_{k}" in taken:
+        k += 1
+    taken.add(f"{base}_{k}")
+    return f"{base}_{k}"
+
+
+def build(c: Access, a: Access, b: Access, m: int, n: int, k: int, scale: Optional[Const]) -> AccNest:
+    """``c[i, j] += scale * a[i, k] * b[k, j]`` from accesses written in the dims i, j, k."""
+    return AccNest((Dim("i", 0, m), Dim("j", 0, n), Dim("k", 0, k)), c.buffer, c.indices(),
+                   product(scale, a.load(), b.load()))
+
+
+def _plain(mm: MatMul) -> bool:
+    """No batch, dims from 0: the shapes the algebra below handles."""
+    return not mm.batch and all(d.start == 0 for d in (mm.m, mm.n, mm.k))
+
+
+def _roles(mm: MatMul) -> dict[str, str]:
+    return {mm.m.name: "i", mm.n.name: "j", mm.k.name: "k"}
+
+
+def _zero_fill(s, buf: ir.Buffer) -> bool:
+    """``s`` is a loop nest setting every element of ``buf`` to 0."""
+    dims = []
+    while isinstance(s, ir.For):
+        dims.append(s)
+        s = s.body
+    if not (isinstance(s, ir.Store) and s.buffer.name == buf.name and isinstance(s.value, Const)
+            and s.value.value == 0):
+        return False
+    slots = _slots(s.indices)
+    return (slots is not None and len(slots) == buf.ndim
+            and all(v is not None and off == 0 for v, off in slots)
+            and sorted(v for v, _ in slots) == sorted(d.var for d in dims)
+            and all(d.start == 0 and d.stop == buf.shape[slots.index((d.var, 0))] for d in dims))
+
+
+def _touches(p, name: str) -> tuple[bool, bool]:
+    """(reads, writes) buffer ``name``."""
+    s = p.stmt() if isinstance(p, AccNest) else p
+    reads = writes = False
+    for st in ir.walk_stmts(s):
+        if isinstance(st, (ir.Store, ir.Accumulate)):
+            writes |= st.buffer.name == name
+        elif isinstance(st, ir.Call):
+            writes |= st.window(st.output).buffer.name == name
+        for e in ir.stmt_exprs(st):
+            reads |= any(ld.buffer.name == name for ld in ir.loads_of(e))
+    return reads, writes
+
+
+def _chain(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternative]:
+    """``T = A @ B; D += T @ C``  ->  ``U = B @ C; D += A @ U`` (and ``D += X @ T`` ->
+    ``U = X @ A; D += U @ B``), when that takes fewer multiply-adds.
+
+    Sound when T is a temporary, zero-filled then written only by the first product and read
+    only by the second, and no operand is written anywhere: then D's increments are the same
+    sums, regrouped (exact over integers, a reassociation on floats)."""
+    out = []
+    temps = {b.name for b in func.allocs}
+    mms = {q: recognize(p) for q, p in enumerate(parts) if isinstance(p, AccNest)}
+    for q1, first in mms.items():
+        if first is None or not _plain(first) or first.c.buffer.name not in temps:
+            continue
+        t = first.c.buffer
+        if t.ndim != 2 or first.c.slots != ((first.m.name, 0), (first.n.name, 0)):
+            continue
+        users = [q for q, p in enumerate(parts) if q != q1 and any(_touches(p, t.name))]
+        inits = [q for q in users if _zero_fill(parts[q], t) and q < q1]
+        readers = [q for q in users if q not in inits]
+        if len(inits) != 1 or len(readers) != 1 or readers[0] < q1:
+            continue
+        q2 = readers[0]
+        second = mms.get(q2)
+        if second is None or not _plain(second) or second.c.buffer.name == t.name:
+            continue
+        names = {b.name for mm in (first, second) for b in (mm.a.buffer, mm.b.buffer)} - {t.name}
+        if names & set(func.written):
+            continue
+        M, K, N = first.m.extent, first.k.extent, first.n.extent
+        u_shape = None
+        if second.a.buffer.name == t.name and second.a.slots == ((second.m.name, 0), (second.k.name, 0)):
+            # D[M, L] += T[M, N] @ C[N, L]  with  T = A[M, K] @ B[K, N]
+            L = second.n.extent
+            if K * N * L + M * K * L >= M * K * N + M * N * L:
+                continue
+            u = Access(ir.Buffer(_fresh(taken, "mm_U"), t.dtype, (K, L)), (("i", 0), ("j", 0)))
+            b_in_u = first.b.renamed({first.k.name: "i", first.n.name: "k"})
+            c_in_u = second.b.renamed({second.k.name: "k", second.n.name: "j"})
+            make_u = build(u, b_in_u, c_in_u, K, L, N, first.scale)
+            a_in_d = first.a.renamed({first.m.name: "i", first.k.name: "k"})
+            d = second.c.renamed({second.m.name: "i", second.n.name: "j"})
+            new = build(d, a_in_d, Access(u.buffer, (("k", 0), ("j", 0))), M, L, K, second.scale)
+            note = "(A @ B) @ C -> A @ (B @ C)"
+        elif second.b.buffer.name == t.name and second.b.slots == ((second.k.name, 0), (second.n.name, 0)):
+            # D[L, N] += X[L, M] @ T[M, N]  with  T = A[M, K] @ B[K, N]
+            L = second.m.extent
+            if L * M * K + L * K * N >= M * K * N + L * M * N:
+                continue
+            u = Access(ir.Buffer(_fresh(taken, "mm_U"), t.dtype, (L, K)), (("i", 0), ("j", 0)))
+            x_in_u = second.a.renamed({second.m.name: "i", second.k.name: "k"})
+            a_in_u = first.a.renamed({first.m.name: "k", first.k.name: "j"})
+            make_u = build(u, x_in_u, a_in_u, L, K, M, first.scale)
+            b_in_d = first.b.renamed({first.k.name: "k", first.n.name: "j"})
+            d = second.c.renamed({second.m.name: "i", second.n.name: "j"})
+            new = build(d, Access(u.buffer, (("i", 0), ("k", 0))), b_in_d, L, N, K, second.scale)
+            note = "X @ (A @ B) -> (X @ A) @ B"
+        else:
+            continue
+        zero = ir.For("i", 0, u.buffer.shape[0], ir.For("j", 0, u.buffer.shape[1],
+                                                         ir.Store(u.buffer, u.indices(), Const(0, t.dtype))))
+        rest = [p for q, p in enumerate(parts) if q not in (inits[0], q1, q2)]
+        at = sum(1 for q in range(q2) if q not in (inits[0], q1))
+        out.append(Alternative(rest[:at] + [zero, make_u, new] + rest[at:], [u.buffer], note))
+    return out
+
+
+def _distribute(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternative]:
+    """``C += A @ B1; C += A @ B2``  ->  ``S = B1 + B2; C += A @ S`` (and a shared right
+    operand: ``(A1 + A2) @ B``), for two adjacent nests.
+
+    Sound because ``sum_k a*b1 + sum_k a*b2 = sum_k a*(b1 + b2)`` elementwise (exact over
+    integers, a re-rounding on floats); the nests are adjacent, so nothing in between
+    observes C, and the operands are read only."""
+    out = []
+    for q in range(len(parts) - 1):
+        p1, p2 = parts[q], parts[q + 1]
+        if not (isinstance(p1, AccNest) and isinstance(p2, AccNest)):
+            continue
+        x, y = recognize(p1), recognize(p2)
+        if x is None or y is None or not (_plain(x) and _plain(y)) or x.scale != y.scale:
+            continue
+        if (x.m.extent, x.n.extent, x.k.extent) != (y.m.extent, y.n.extent, y.k.extent):
+            continue
+        rx, ry = _roles(x), _roles(y)
+        if x.c.renamed(rx) != y.c.renamed(ry):
+            continue
+        M, N, K = x.m.extent, x.n.extent, x.k.extent
+        dt = x.dtype
+        if x.a.renamed(rx) == y.a.renamed(ry):
+            shared = x.a.renamed(rx)
+            s = Access(ir.Buffer(_fresh(taken, "mm_S"), dt, (K, N)), (("k", 0), ("j", 0)))
+            fill = ir.For("k", 0, K, ir.For("j", 0, N, ir.Store(
+                s.buffer, s.indices(), Binary("+", x.b.renamed(rx).load(), y.b.renamed(ry).load()))))
+            new = build(x.c.renamed(rx), shared, s, M, N, K, x.scale)
+            note = "A @ B1 + A @ B2 -> A @ (B1 + B2)"
+        elif x.b.renamed(rx) == y.b.renamed(ry):
+            shared = x.b.renamed(rx)
+            s = Access(ir.Buffer(_fresh(taken, "mm_S"), dt, (M, K)), (("i", 0), ("k", 0)))
+            fill = ir.For("i", 0, M, ir.For("k", 0, K, ir.Store(
+                s.buffer, s.indices(), Binary("+", x.a.renamed(rx).load(), y.a.renamed(ry).load()))))
+            new = build(x.c.renamed(rx), s, shared, M, N, K, x.scale)
+            note = "A1 @ B + A2 @ B -> (A1 + A2) @ B"
+        else:
+            continue
+        out.append(Alternative(list(parts[:q]) + [fill, new] + list(parts[q + 2:]), [s.buffer], note))
+    return out
+
+
+def alternatives(func: ir.PrimFunc, parts, taken: set[str]) -> list[Alternative]:
+    """Programs equivalent to ``parts`` by one matmul-algebra rewrite each: reassociated
+    chains (``_chain``) and factored sums of products (``_distribute``). Each has
+    ``levels == 0``; the pipeline plans it and keeps it when the cost model says it is cheaper."""
+    parts = list(parts)
+    return _chain(func, parts, taken) + _distribute(func, parts, taken)

@@ -1,0 +1,285 @@
+"""Strassen's algorithm as a rewrite of matmul nests into seven smaller matmul nests.
+
+One level splits M, N and K in halves and computes ``C += A @ B`` block-wise with seven
+products instead of eight (the classic formulation, 18 block additions)::
+
+    S1 = A11 + A22   T1 = B11 + B22   P1 = S1 @ T1
+    S2 = A21 + A22                    P2 = S2 @ B11
+                     T3 = B12 - B22   P3 = A11 @ T3
+                     T4 = B21 - B11   P4 = A22 @ T4
+    S5 = A11 + A12                    P5 = S5 @ B22
+    S6 = A21 - A11   T6 = B11 + B12   P6 = S6 @ T6
+    S7 = A12 - A22   T7 = B21 + B22   P7 = S7 @ T7
+    C11 += P1 + P4 - P5 + P7          C12 += P3 + P5
+    C21 += P2 + P4                    C22 += P1 - P2 + P3 + P6
+
+Sound in any commutative ring (so exactly for wrap-around integers); on floats it changes
+rounding, with the error bound of ``error_factor``. Each ``P = S @ T`` is an accumulate nest
+``P[i, j] += S[i, k] * T[k, j]`` over zero-filled temporaries, so the ordinary matcher maps it
+onto intrinsics, and a further level applies to it the same way. A block read as it is (``A11``)
+is not copied: the product reads it in place, at an offset. Odd extents are peeled: Strassen
+runs on the even part and the leftover row, column and slice of the reduction stay ordinary
+accumulate nests.
+
+``alternatives(func, parts, mode, taken)`` is the pipeline's hook; it also offers the matmul
+algebra rewrites of ``matmul.alternatives`` (as programs with 0 levels) under ``"auto"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence, Union
+
+from .. import ir
+from ..ir import Accumulate, Binary, Buffer, Const, Expr, For, Store, Var
+from ..nests import AccNest, Dim
+from . import matmul
+from .matmul import Access, MatMul, recognize
+
+# Under "auto", a level is only offered (and planned, which takes saturation time) when every
+# block it creates has at least this extent in M, N and K; the cost model then decides.
+# Measured on this machine (Zen 3, AVX2, one thread, ``strassen_bench``): at n = 512 one level
+# ties with the plain program, from n = 1024 on one and two levels win (two by 2.5x, mostly
+# because the 512-blocks stay in cache). The scalar cost model first prefers one level at
+# n = 2048 (1.04x the plain cost at 1024, 0.96x at 2048), at or above the measured crossover.
+AUTO_MIN_BLOCK = 512
+# A forced level ("--strassen N") applies wherever the halves are at least this big.
+FORCED_MIN_BLOCK = 2
+# Cost, in the cost model's units, of one element of a block addition beyond what
+# ``cost.scalar_stmt`` charges (one operation, one write): the second operand read. Reported
+# as ``Alternative.extra_cost``; with or without it the predicted crossover stays at 2048.
+ADDITION_TRAFFIC = 1.0
+MAX_AUTO_LEVELS = 3
+
+# Block (row, col) lists with signs for S_k, T_k, and where P_k goes.
+_S = (
+    (((0, 0), 1), ((1, 1), 1)),
+    (((1, 0), 1), ((1, 1), 1)),
+    (((0, 0), 1),),
+    (((1, 1), 1),),
+    (((0, 0), 1), ((0, 1), 1)),
+    (((1, 0), 1), ((0, 0), -1)),
+    (((0, 1), 1), ((1, 1), -1)),
+)
+_T = (
+    (((0, 0), 1), ((1, 1), 1)),
+    (((0, 0), 1),),
+    (((0, 1), 1), ((1, 1), -1)),
+    (((1, 0), 1), ((0, 0), -1)),
+    (((1, 1), 1),),
+    (((0, 0), 1), ((0, 1), 1)),
+    (((1, 0), 1), ((1, 1), 1)),
+)
+_C = {
+    (0, 0): ((0, 1), (3, 1), (4, -1), (6, 1)),
+    (0, 1): ((2, 1), (4, 1)),
+    (1, 0): ((1, 1), (3, 1)),
+    (1, 1): ((0, 1), (1, -1), (2, 1), (5, 1)),
+}
+
+
+@dataclass
+class Alternative:
+    """``parts`` replacing the pipeline's items, the temporaries they need, and the cost the
+    scalar cost model does not see (memory traffic of the block additions)."""
+
+    levels: int
+    parts: list
+    allocs: list
+    extra_cost: float = 0.0
+    note: str = ""
+
+
+# ---------------------------------------------------------------------------
+# naming
+
+
+def _fresh(taken: set[str], base: str) -> str:
+    k = 0
+    while f"{base}_{k}" in taken:
+        k += 1
+    name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
+# ---------------------------------------------------------------------------
+# one level
+
+
+def _halves(d: Dim) -> tuple[int, int]:
+    """(half extent, even extent) of a dim."""
+    h = d.extent // 2
+    return h, 2 * h
+
+
+def max_levels(mm: MatMul, min_block: int) -> int:
+    """How many levels fit before some block is smaller than ``min_block``."""
+    e = [mm.m.extent, mm.n.extent, mm.k.extent]
+    lv = 0
+    while all(x // 2 >= min_block for x in e):
+        e = [x // 2 for x in e]
+        lv += 1
+    return lv
+
+
+def _nest(dims: Sequence[Dim], body: ir.Stmt) -> ir.Stmt:
+    for d in reversed(dims):
+        body = For(d.name, d.start, d.stop, body)
+    return body
+
+
+def _restrict(nest: AccNest, ranges: dict[str, tuple[int, int]]) -> Optional[AccNest]:
+    dims = tuple(Dim(d.name, *ranges[d.name]) if d.name in ranges else d for d in nest.dims)
+    if any(d.extent <= 0 for d in dims):
+        return None
+    return replace(nest, dims=dims)
+
+
+@dataclass
+class _Out:
+    parts: list = field(default_factory=list)
+    allocs: list = field(default_factory=list)
+    addition_elements: int = 0
+
+
+def _sum(terms: list[tuple[int, Expr]]) -> Expr:
+    e = terms[0][1] if terms[0][0] > 0 else ir.Unary("neg", terms[0][1])
+    for sign, t in terms[1:]:
+        e = Binary("+" if sign > 0 else "-", e, t)
+    return e
+
+
+def strassen(mm: MatMul, levels: int, taken: set[str], min_block: int, out: _Out) -> None:
+    """Append to ``out`` the items computing ``mm.nest`` with ``levels`` Strassen levels (fewer
+    where blocks would fall under ``min_block``)."""
+    nest = mm.nest
+    hm, em = _halves(mm.m)
+    hn, en = _halves(mm.n)
+    hk, ek = _halves(mm.k)
+    if levels <= 0 or min(hm, hn, hk) < min_block:
+        out.parts.append(nest)
+        return
+    m, n, k = mm.m, mm.n, mm.k
+    dt = mm.dtype
+    batch = tuple(Dim(d.name, 0, d.extent) for d in mm.batch)
+    bshift = {d.name: d.start for d in mm.batch}
+    order = [d.name for d in nest.dims]
+
+    def dims(*named: tuple[str, int]) -> tuple[Dim, ...]:
+        ds = {d.name: d for d in batch}
+        ds.update({name: Dim(name, 0, ext) for name, ext in named})
+        return tuple(ds[nm] for nm in order if nm in ds)
+
+    def temp(kind: str, rows: tuple[str, int], cols: tuple[str, int]) -> Access:
+        buf = Buffer(_fresh(taken, f"st_{kind}"), dt, tuple(d.extent for d in batch) + (rows[1], cols[1]))
+        out.allocs.append(buf)
+        return Access(buf, tuple((d.name, 0) for d in batch) + ((rows[0], 0), (cols[0], 0)))
+
+    def block(acc: Access, rd: Dim, cd: Dim, h_r: int, h_c: int, r: int, c: int) -> Load:
+        shift = dict(bshift)
+        shift[rd.name] = rd.start + r * h_r
+        shift[cd.name] = cd.start + c * h_c
+        return acc.load(shift)
+
+    def operand(acc: Access, rd: Dim, cd: Dim, h_r: int, h_c: int, terms, kind: str) -> Load:
+        """A block of ``acc``, or a temporary holding the signed sum of blocks."""
+        if len(terms) == 1 and terms[0][1] == 1:
+            (r, c), _ = terms[0]
+            return block(acc, rd, cd, h_r, h_c, r, c)
+        t = temp(kind, (rd.name, h_r), (cd.name, h_c))
+        value = _sum([(s, block(acc, rd, cd, h_r, h_c, r, c)) for (r, c), s in terms])
+        out.parts.append(_nest(dims((rd.name, h_r), (cd.name, h_c)), Store(t.buffer, t.indices(), value)))
+        out.addition_elements += t.buffer.size
+        return t.load()
+
+    products = []
+    for s_terms, t_terms in zip(_S, _T):
+        x = operand(mm.a, m, k, hm, hk, s_terms, "S")
+        y = operand(mm.b, k, n, hk, hn, t_terms, "T")
+        p = temp("P", (m.name, hm), (n.name, hn))
+        out.parts.append(_nest(dims((m.name, hm), (n.name, hn)), Store(p.buffer, p.indices(), Const(0, dt))))
+        sub = AccNest(dims((m.name, hm), (n.name, hn), (k.name, hk)), p.buffer, p.indices(),
+                      matmul.product(mm.scale, x, y))
+        sub_mm = recognize(sub)
+        assert sub_mm is not None, "a Strassen product is a matmul by construction"
+        strassen(sub_mm, levels - 1, taken, min_block, out)
+        products.append(p)
+    for (r, c), terms in _C.items():
+        shift = dict(bshift)
+        shift[m.name] = m.start + r * hm
+        shift[n.name] = n.start + c * hn
+        value = _sum([(s, products[q].load()) for q, s in terms])
+        body = Accumulate(mm.c.buffer, mm.c.indices(shift), value)
+        out.parts.append(_nest(dims((m.name, hm), (n.name, hn)), body))
+        out.addition_elements += products[0].buffer.size
+    # leftovers of odd extents: the last row of M, then of N, then the last slice of K
+    for piece in (
+        {m.name: (m.start + em, m.stop)},
+        {m.name: (m.start, m.start + em), n.name: (n.start + en, n.stop)},
+        {m.name: (m.start, m.start + em), n.name: (n.start, n.start + en), k.name: (k.start + ek, k.stop)},
+    ):
+        rest = _restrict(nest, piece)
+        if rest is not None:
+            out.parts.append(rest)
+
+
+# ---------------------------------------------------------------------------
+# the pipeline's hook
+
+
+def _matmuls(parts: Sequence) -> dict[int, MatMul]:
+    found = {}
+    for q, p in enumerate(parts):
+        if isinstance(p, AccNest):
+            mm = recognize(p)
+            if mm is not None:
+                found[q] = mm
+    return found
+
+
+def rewrite(parts: Sequence, levels: int, taken: set[str], min_block: int,
+            only: Optional[set[int]] = None) -> Optional[Alternative]:
+    """``parts`` with ``levels`` Strassen levels on every matmul nest (or those in ``only``),
+    or None when no nest admits a level."""
+    mms = _matmuls(parts)
+    out = _Out()
+    applied = False
+    for q, p in enumerate(parts):
+        mm = mms.get(q)
+        if mm is None or (only is not None and q not in only) or max_levels(mm, min_block) < 1:
+            out.parts.append(p)
+            continue
+        applied = True
+        strassen(mm, levels, taken, min_block, out)
+    if not applied:
+        return None
+    return Alternative(levels, out.parts, out.allocs, ADDITION_TRAFFIC * out.addition_elements)
+
+
+def alternatives(func: ir.PrimFunc, parts: Sequence, mode: Union[str, int], taken: set[str]) -> list:
+    """Programs equivalent to ``parts`` with Strassen levels applied: levels 1.. as blocks allow
+    (``AUTO_MIN_BLOCK``) under ``"auto"``, exactly ``mode`` levels when it is an int. Under
+    ``"auto"``, the matmul algebra rewrites (``matmul.alternatives``) come too, with 0 levels."""
+    if mode == "off" or mode == 0:
+        return []
+    if isinstance(mode, int):
+        alt = rewrite(parts, mode, taken, FORCED_MIN_BLOCK)
+        return [] if alt is None else [alt]
+    out = list(matmul.alternatives(func, parts, taken))
+    mms = _matmuls(parts)
+    top = max([max_levels(mm, AUTO_MIN_BLOCK) for mm in mms.values()], default=0)
+    for lv in range(1, min(top, MAX_AUTO_LEVELS) + 1):
+        ok = {q for q, mm in mms.items() if max_levels(mm, AUTO_MIN_BLOCK) >= lv}
+        alt = rewrite(parts, lv, taken, AUTO_MIN_BLOCK, only=ok)
+        if alt is not None:
+            out.append(alt)
+    return out
+
+
+def error_factor(levels: int) -> float:
+    """Bound on how much ``levels`` Strassen levels multiply the forward error of a matmul:
+    each level at most 12 times (Higham, Accuracy and Stability of Numerical Algorithms,
+    2nd ed., Theorem 23.3: ``|C - C^| <= [(n/n0)^log2(12) (n0^2 + 5 n0) - 5n] u |A||B|``, the
+    ``(n/n0)^log2(12)`` factor being 12 per level against the ordinary product's ``n0``)."""
+    return 12.0 ** levels
