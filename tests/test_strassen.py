@@ -175,6 +175,13 @@ def f(A: f32[24, 24], B: f32[24, 24], C: f32[24, 24]):
     _interp_equal(func, result.func)
 
 
+def test_forced_levels_go_as_deep_as_blocks_allow():
+    func = parse(matmul_source(6))  # 6 -> 3, then 3 -> 1: below the smallest forced block
+    alt = strassen.rewrite(nests.items(nests.normalize(func)), 2, set(), strassen.FORCED_MIN_BLOCK)
+    assert (alt.levels, alt.applied_levels, sum(1 for b in alt.allocs if b.name.startswith("st_P"))) == (2, 1, 7)
+    _interp_equal(func, tensorize(func, AVX2, strassen=2).func)
+
+
 def test_forced_levels_that_do_not_fit_leave_the_program_alone():
     func = parse(matmul_source(3))
     result = tensorize(func, AVX2, strassen=2)

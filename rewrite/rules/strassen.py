@@ -88,6 +88,7 @@ class Alternative:
     allocs: list
     extra_cost: float = 0.0
     note: str = ""
+    applied_levels: int = 0  # the deepest recursion done; below ``levels`` where blocks ran out
 
 
 # ---------------------------------------------------------------------------
@@ -141,6 +142,7 @@ class _Out:
     parts: list = field(default_factory=list)
     allocs: list = field(default_factory=list)
     addition_elements: int = 0
+    depth: int = 0
 
 
 def _sum(terms: list[tuple[int, Expr]]) -> Expr:
@@ -150,7 +152,7 @@ def _sum(terms: list[tuple[int, Expr]]) -> Expr:
     return e
 
 
-def strassen(mm: MatMul, levels: int, taken: set[str], min_block: int, out: _Out) -> None:
+def strassen(mm: MatMul, levels: int, taken: set[str], min_block: int, out: _Out, depth: int = 1) -> None:
     """Append to ``out`` the items computing ``mm.nest`` with ``levels`` Strassen levels (fewer
     where blocks would fall under ``min_block``)."""
     nest = mm.nest
@@ -160,6 +162,7 @@ def strassen(mm: MatMul, levels: int, taken: set[str], min_block: int, out: _Out
     if levels <= 0 or min(hm, hn, hk) < min_block:
         out.parts.append(nest)
         return
+    out.depth = max(out.depth, depth)
     m, n, k = mm.m, mm.n, mm.k
     dt = mm.dtype
     batch = tuple(Dim(d.name, 0, d.extent) for d in mm.batch)
@@ -203,7 +206,7 @@ def strassen(mm: MatMul, levels: int, taken: set[str], min_block: int, out: _Out
                       matmul.product(mm.scale, x, y))
         sub_mm = recognize(sub)
         assert sub_mm is not None, "a Strassen product is a matmul by construction"
-        strassen(sub_mm, levels - 1, taken, min_block, out)
+        strassen(sub_mm, levels - 1, taken, min_block, out, depth + 1)
         products.append(p)
     for (r, c), terms in _C.items():
         shift = dict(bshift)
@@ -254,7 +257,8 @@ def rewrite(parts: Sequence, levels: int, taken: set[str], min_block: int,
         strassen(mm, levels, taken, min_block, out)
     if not applied:
         return None
-    return Alternative(levels, out.parts, out.allocs, ADDITION_TRAFFIC * out.addition_elements)
+    return Alternative(levels, out.parts, out.allocs, ADDITION_TRAFFIC * out.addition_elements,
+                       f"{levels} Strassen level(s)", out.depth)
 
 
 def alternatives(func: ir.PrimFunc, parts: Sequence, mode: Union[str, int], taken: set[str]) -> list:
