@@ -155,3 +155,17 @@ def test_hard_limit_kills_the_worker_and_the_program_stays_correct():
     assert runtime.check(func, result.compile()).ok
     # the next function gets a fresh worker
     assert tensorize(_only(GOLDEN[0]), AVX2).saturation.stop_reason == "saturated"
+
+
+def test_interpreter_runs_tensorized_programs_like_the_originals():
+    import numpy as np
+
+    from rewrite.interp import random_args, run
+
+    for path in GOLDEN:
+        func = _only(path)
+        result = tensorize(func, AVX2)
+        args = random_args(func, seed=3)
+        want, got = run(func, **args), run(result.func, **args)
+        for b in func.outputs:
+            np.testing.assert_allclose(got[b.name], want[b.name], rtol=1e-5, atol=1e-5)
