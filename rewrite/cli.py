@@ -446,6 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="measure each native intrinsic's throughput against the FMA peak")
     intr.set_defaults(handler=cmd_intrinsics)
 
+    from . import fuzzing
+
+    fuzz = sub.add_parser("fuzz", help="fuzz matcher completeness and soundness with hypothesis")
+    fuzzing.add_arguments(fuzz)
+    fuzz.set_defaults(handler=fuzzing.main)
+
     bench = sub.add_parser("bench", help="time compiled functions against numpy")
     bench.add_argument("paths", nargs="+", metavar="PATH")
     bench.add_argument("--func", metavar="NAME", help="only this function")
