@@ -272,7 +272,6 @@ def _chain(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternative]
         if names & set(func.written):
             continue
         M, K, N = first.m.extent, first.k.extent, first.n.extent
-        u_shape = None
         if second.a.buffer.name == t.name and second.a.slots == ((second.m.name, 0), (second.k.name, 0)):
             # D[M, L] += T[M, N] @ C[N, L]  with  T = A[M, K] @ B[K, N]
             L = second.n.extent

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence, Union
 
 from .. import ir
-from ..ir import Accumulate, Binary, Buffer, Const, Expr, For, Store, Var
+from ..ir import Accumulate, Binary, Buffer, Const, Expr, For, Load, Store
 from ..nests import AccNest, Dim
 from . import matmul
 from .matmul import Access, MatMul, recognize
@@ -39,8 +39,9 @@ from .matmul import Access, MatMul, recognize
 # Under "auto", a level is only offered (and planned, which takes saturation time) when every
 # block it creates has at least this extent in M, N and K; the cost model then decides.
 # Measured on this machine (Zen 3, AVX2, one thread, ``strassen_bench``): at n = 512 one level
-# ties with the plain program, from n = 1024 on one and two levels win (two by 2.5x, mostly
-# because the 512-blocks stay in cache). The scalar cost model first prefers one level at
+# ties with the plain program, from n = 1024 on one and two levels win (two by 2.5x at 1024,
+# mostly because the smaller blocks fit in cache, which the plain program's loops are not
+# tiled for; re-measure when lowering tiles for cache). The scalar cost model first prefers one level at
 # n = 2048 (1.04x the plain cost at 1024, 0.96x at 2048), at or above the measured crossover.
 AUTO_MIN_BLOCK = 512
 # A forced level ("--strassen N") applies wherever the halves are at least this big.
@@ -51,7 +52,7 @@ FORCED_MIN_BLOCK = 2
 ADDITION_TRAFFIC = 1.0
 MAX_AUTO_LEVELS = 3
 
-# Block (row, col) lists with signs for S_k, T_k, and where P_k goes.
+# Signed (row, col) blocks of A summed into S_k and of B into T_k; then the signed P_k per C block.
 _S = (
     (((0, 0), 1), ((1, 1), 1)),
     (((1, 0), 1), ((1, 1), 1)),
