@@ -1,4 +1,6 @@
-"""Hypothesis strategies for random well-formed programs (also ``tests/strategies.py``).
+"""Hypothesis strategies: random well-formed programs (also ``tests/strategies.py``), and
+programs built around a given intrinsic (``disguised``, ``near_misses``; see the second half
+of this module and ``rewrite/fuzzing.py``, which checks the tensorizer on them).
 
 ``programs()`` draws a ``PrimFunc`` that the verifier accepts: loop nests with
 constant bounds, in-bounds affine indices (some through ``%`` and ``//``), mixed
@@ -242,7 +244,7 @@ class _Axis:
 
     def size(self, extents: dict[str, int]) -> int:
         n = self.offset + 1 + self.pad
-        if self.var is not None:
+        if self.var is not None and self.coef > 0:
             n += self.coef * (extents[self.var] - 1)
         if self.slide is not None:
             n += extents[self.slide] - 1
@@ -418,9 +420,11 @@ def _shape(draw, desc, exact: Optional[bool] = None, plain: bool = False) -> _Sh
                     continue  # a unit operand dim needs no axis in the program
                 axes.append(_Axis(None, 1, draw(st.integers(0, 1)), None, draw(st.integers(0, 1))))
                 continue
-            strided = draw(st.integers(0, 3)) == 3
-            coef = 2 if strided else 1
-            offset = draw(st.integers(0, 2)) if strided or draw(st.integers(0, 3)) == 3 else 0
+            layout = draw(st.sampled_from(["unit", "unit", "unit", "strided", "reversed"]))
+            coef = {"unit": 1, "strided": 2, "reversed": -1}[layout]
+            offset = draw(st.integers(0, 2)) if layout == "strided" or draw(st.integers(0, 3)) == 3 else 0
+            if layout == "reversed":  # index E - 1 - p (+ offset): the window steps backwards
+                offset += extents[dim_of[d]] - 1
             slide = None
             if not is_output and batch and draw(st.integers(0, 4)) == 4:
                 slide = draw(st.sampled_from(batch))
@@ -439,8 +443,10 @@ def _shape(draw, desc, exact: Optional[bool] = None, plain: bool = False) -> _Sh
     out = _Operand("C", out_op.dtype, draw(axes_for(out_op, True)))
     inputs = {op.name: _Operand(_INPUT_NAMES[k], op.dtype, draw(axes_for(op, False)))
               for k, op in enumerate(desc.inputs)}
-    if any(a.coef != 1 or a.offset or a.pad for o in [out, *inputs.values()] for a in o.axes):
+    if any(a.coef not in (1, -1) or a.offset or a.pad for o in [out, *inputs.values()] for a in o.axes):
         notes.append("strided or offset layout")
+    if any(a.coef == -1 for o in [out, *inputs.values()] for a in o.axes):
+        notes.append("reversed layout")
     if any(list(a.var for a in o.axes if a.var in dim_of.values())
            != [dim_of[d] for d in op.dims if d is not None]
            for op, o in [(out_op, out)] + [(op, inputs[op.name]) for op in desc.inputs]):
@@ -503,7 +509,8 @@ def _program(s: _Shape, name: str = "disguised"):
     target = Load(C, idx)
     if s.carried is not None:  # the previous iteration's output, not this one's
         prev = tuple(a.index() if a.var != s.carried else
-                     Binary("-", a.index(), Const(a.coef, INDEX)) for a in s.out.axes)
+                     (Binary("-", a.index(), Const(a.coef, INDEX)) if a.coef > 0 else
+                      Binary("+", a.index(), Const(-a.coef, INDEX))) for a in s.out.axes)
         value = Binary("+", Load(C, prev), value)
     elif s.max_reduce:
         value = Binary("max", target, value)
@@ -780,7 +787,8 @@ def _wrong_index(draw, s: _Shape) -> Optional[str]:
         trial.extents.setdefault(v, 2)
         op = s.inputs[name]
         axes = list(op.axes)
-        axes[k] = _replace(axes[k], var=v)
+        a = axes[k]
+        axes[k] = _replace(a, var=v, offset=trial.extents[v] - 1 if a.coef < 0 else a.offset)
         trial.inputs = {**s.inputs, name: _replace(op, axes=tuple(axes))}
         by_name = {o.name: o for o in trial.inputs.values()}
         trial.value = _reload(s.value, by_name, trial.extents)
@@ -822,6 +830,12 @@ def _carried(draw, s: _Shape) -> Optional[str]:
         return None
     s.carried = draw(st.sampled_from(spatial))
     s.extents[s.carried] += 1  # the loop starts at 1 and keeps its whole tiles
+    def longer(op: _Operand) -> _Operand:  # a reversed index needs one more element
+        return _replace(op, axes=tuple(_replace(a, offset=a.offset + 1)
+                                       if a.var == s.carried and a.coef < 0 else a for a in op.axes))
+
+    s.out = longer(s.out)
+    s.inputs = {k: longer(o) for k, o in s.inputs.items()}
     s.perfect, s.init, s.epilogue = True, None, False
     return (f"each iteration reads the output written by the previous one along {s.carried} "
             "(a loop-carried dependence): the iterations cannot run as tiles")

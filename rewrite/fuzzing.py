@@ -235,6 +235,9 @@ def main(args) -> int:
     except (intrinsics.IntrinsicError, ValueError) as e:
         print(f"tensorize fuzz: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a user's plugin failing as it loads
+        print(f"tensorize fuzz: {path}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     total, failures = 0, 0
     for desc in descs:
         out = fuzz_intrinsic(desc, examples, seed)
