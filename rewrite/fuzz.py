@@ -11,13 +11,13 @@ infers it, so ``parse(show(f)) == f`` is a fair property to test.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
 import itertools
+from dataclasses import dataclass, field, replace as _replace
+from typing import Optional, Sequence
 
 from hypothesis import assume, strategies as st
 
-from . import ir
+from . import cost as _cost, ir
 from .ir import (BOOL, INDEX, Accumulate, Binary, Buffer, Cast, Compare, Const, Expr, For, If,
                  Load, PrimFunc, Select, Stmt, Store, Unary, Var)
 
@@ -210,11 +210,6 @@ def programs(draw, dtypes: Sequence[str] = ir.DTYPES, max_nest: int = 3, max_buf
 # ``near_misses(desc)`` mutates such a program so that no correct tensorizer may use the
 # intrinsic on the mutated nest: another operator, an index the access pattern cannot fit, a
 # changed dtype, a loop-carried dependence through the output.
-
-from dataclasses import dataclass, field, replace as _replace
-
-from . import cost as _cost
-from .ir import Seq
 
 _LOOP_NAMES = "ijklmnpqrstuvw"
 _INPUT_NAMES = "ABDEFGHKLMNPQ"
