@@ -1,13 +1,14 @@
 """Tensor-level rewrites: matmul recognition, Strassen levels, matmul algebra, their numerics
 and the cost model's choice between them."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import intrinsics
-from rewrite import interp, lower, nests, runtime
+from rewrite import interp, ir, lower, nests, runtime
 from rewrite.pipeline import tensorize
 from rewrite.rules import matmul, strassen
 from rewrite.rules.strassen_bench import matmul_source
@@ -28,6 +29,12 @@ def _mm(M, N, K, body="C[i, j] += A[i, k] * B[k, j]", a="A: f32[{M}, {K}]", b="B
         c="C: f32[{M}, {N}]", loops="for i, j, k in grid({M}, {N}, {K}):", dtype="f32"):
     sig = ", ".join(x.format(M=M, N=N, K=K) for x in (a, b, c))
     return (f"@prim_func\ndef f({sig}):\n    {loops.format(M=M, N=N, K=K)}\n        {body}\n")
+
+
+def _program(func, alt):
+    """``func`` with its items replaced by an alternative's."""
+    body = ir.seq(*(p.stmt() if isinstance(p, nests.AccNest) else p for p in alt.parts))
+    return replace(func, body=body, allocs=tuple(func.allocs) + tuple(alt.allocs))
 
 
 def _products(func) -> int:
@@ -161,11 +168,7 @@ def test_strassen_interpreted_matches_original(src, levels, products):
     alt = strassen.rewrite(parts, levels, {b.name for b in func.buffers}, strassen.FORCED_MIN_BLOCK)
     assert alt is not None
     assert sum(1 for b in alt.allocs if b.name.startswith("st_P")) == products
-    from dataclasses import replace
-    from rewrite import ir
-
-    out = replace(func, body=ir.seq(*(p.stmt() if isinstance(p, nests.AccNest) else p for p in alt.parts)),
-                  allocs=tuple(func.allocs) + tuple(alt.allocs))
+    out = _program(func, alt)
     _interp_equal(func, out)
 
 
@@ -215,11 +218,7 @@ def test_strassen_error_within_bound(levels):
     func = parse(matmul_source(n))
     parts = nests.items(nests.normalize(func))
     alt = strassen.rewrite(parts, levels, {b.name for b in func.buffers}, strassen.FORCED_MIN_BLOCK)
-    from dataclasses import replace
-    from rewrite import ir
-
-    prog = replace(func, body=ir.seq(*(p.stmt() if isinstance(p, nests.AccNest) else p for p in alt.parts)),
-                   allocs=tuple(alt.allocs))
+    prog = _program(func, alt)
     rng = np.random.default_rng(7)
     a = rng.uniform(-1, 1, (n, n)).astype(np.float32)
     b = rng.uniform(-1, 1, (n, n)).astype(np.float32)
@@ -335,3 +334,20 @@ def test_auto_takes_strassen_on_large_matmuls():
     n = 4 * strassen.AUTO_MIN_BLOCK
     result = tensorize(parse(matmul_source(n)), AVX2)
     assert result.strassen_levels >= 1
+
+
+@pytest.mark.parametrize("body, a, b, note", [
+    ("C[i, j] += A[i, k] * B[j, k]", "A: f32[12, 8]", "B: f32[16, 8]", "B read as B[j, k] -> copied to Bt[k, j]"),
+    ("C[i, j] += 3.0 * A[k, i] * B[k, j]", "A: f32[8, 12]", "B: f32[8, 16]", "A read as A[k, i] -> copied to At[i, k]"),
+])
+def test_transposed_operand_copied_into_the_intrinsic_layout(body, a, b, note):
+    src = f"@prim_func\ndef f({a}, {b}, C: f32[12, 16]):\n    for i, j, k in grid(12, 16, 8):\n        {body}\n"
+    func = parse(src)
+    (alt,) = matmul.transposes(func, nests.items(nests.normalize(func)), set())
+    assert alt.note == note
+    (nest,) = [p for p in alt.parts if isinstance(p, nests.AccNest)]
+    mm = matmul.recognize(nest)
+    assert [v for v, _ in mm.a.slots] == [mm.m.name, mm.k.name]
+    assert [v for v, _ in mm.b.slots] == [mm.k.name, mm.n.name]
+    out = _program(func, alt)
+    _interp_equal(func, out)

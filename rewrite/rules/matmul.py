@@ -350,6 +350,39 @@ def _distribute(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alterna
     return out
 
 
+def transposes(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternative]:
+    """``C[i, j] += A[i, k] * B[j, k]``  ->  ``Bt[k, j] = B[j, k]; C[i, j] += A[i, k] * Bt[k, j]``
+    (and ``A[k, i]`` into ``At[i, k]``): the operand copied once into the layout whose last index
+    the intrinsics step along with unit stride. Sound: a copy read in place of the original,
+    which no one writes (the nest reads it only). One alternative per nest, for the cost model
+    to weigh the copy against intrinsic calls on a strided operand. Not offered by
+    ``alternatives``: ``cost.GATHER_PENALTY`` makes the copy win even on a 6x16x8 product,
+    which nothing measured yet supports."""
+    out = []
+    for q, p in enumerate(parts):
+        mm = recognize(p) if isinstance(p, AccNest) else None
+        if mm is None or not _plain(mm):
+            continue
+        roles = _roles(mm)
+        a, b, c = (x.renamed(roles) for x in (mm.a, mm.b, mm.c))
+        M, N, K = mm.m.extent, mm.n.extent, mm.k.extent
+        dims = [v for v, _ in b.slots if v is not None]
+        if dims[-1] == "k":  # B read as B[j, k]
+            t = Access(ir.Buffer(_fresh(taken, "mm_Bt"), mm.dtype, (K, N)), (("k", 0), ("j", 0)))
+            fill = ir.For("k", 0, K, ir.For("j", 0, N, ir.Store(t.buffer, t.indices(), b.load())))
+            new = build(c, a, t, M, N, K, mm.scale)
+            note = "B read as B[j, k] -> copied to Bt[k, j]"
+        elif [v for v, _ in a.slots if v is not None][-1] == "i":  # A read as A[k, i]
+            t = Access(ir.Buffer(_fresh(taken, "mm_At"), mm.dtype, (M, K)), (("i", 0), ("k", 0)))
+            fill = ir.For("i", 0, M, ir.For("k", 0, K, ir.Store(t.buffer, t.indices(), a.load())))
+            new = build(c, t, b, M, N, K, mm.scale)
+            note = "A read as A[k, i] -> copied to At[i, k]"
+        else:
+            continue
+        out.append(Alternative(parts[:q] + [fill, new] + parts[q + 1:], [t.buffer], note))
+    return out
+
+
 def alternatives(func: ir.PrimFunc, parts, taken: set[str]) -> list[Alternative]:
     """Programs equivalent to ``parts`` by one matmul-algebra rewrite each: reassociated
     chains (``_chain``) and factored sums of products (``_distribute``). Each has
