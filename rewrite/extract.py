@@ -17,7 +17,8 @@ from typing import Optional
 
 from . import cost, ir
 from .ir import Accumulate, Binary, Buffer, Call, Const, Expr, For, Load, Stmt, Store, Var
-from .match import BodyMatch, Binding, bindings, dims_after_tiling, remainders, unused_name, window
+from .match import (BodyMatch, Binding, bindings, dims_after_tiling, remainders, semantics_value,
+                    unused_name, window)
 from .nests import AccNest
 
 MAX_DEPTH = 3
@@ -102,7 +103,7 @@ class Extractor:
         if not ir.is_float(nest.out.dtype):
             return None
         temp = Buffer(unused_name("T", self.taken), nest.out.dtype, nest.out.shape)
-        body = _substitute(_semantics_value(desc), dict(b.loads))
+        body = _substitute(semantics_value(desc), dict(b.loads))
         inner = AccNest(nest.dims, temp, nest.indices, body)
         unscaled = [BodyMatch(m.nest, m.intrinsic, m.loads, 1.0) for m in matches
                     if m.scale == b.scale]
@@ -118,9 +119,3 @@ class Extractor:
         extra = cost.moved(2 * temp.size)
         return Plan([zero] + plan.stmts + [scale], plan.cost + extra, [temp] + plan.allocs)
 
-
-def _semantics_value(desc) -> Expr:
-    body = desc.semantics.body
-    while isinstance(body, For):
-        body = body.body
-    return body.value

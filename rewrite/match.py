@@ -39,10 +39,15 @@ class Pattern:
 
     @staticmethod
     def of(desc) -> "Pattern":
-        body = desc.semantics.body
-        while isinstance(body, ir.For):
-            body = body.body
-        return Pattern(desc.name, body.value, tuple(o.name for o in desc.inputs))
+        return Pattern(desc.name, semantics_value(desc), tuple(o.name for o in desc.inputs))
+
+
+def semantics_value(desc) -> Expr:
+    """The value an intrinsic accumulates: ``a[i, k] * b[k, j]`` for ``c[i, j] += a[i, k] * b[k, j]``."""
+    body = desc.semantics.body
+    while isinstance(body, ir.For):
+        body = body.body
+    return body.value
 
 
 @dataclass(frozen=True)

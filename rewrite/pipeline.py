@@ -18,7 +18,7 @@ from . import cost, ir, nests
 from .extract import Extractor
 from .ir import Call, For, PrimFunc, Stmt
 from .lower import op_count
-from .match import Pattern, bindings
+from .match import Pattern, bindings, semantics_value
 from .nests import AccNest
 from .saturate import Budget, Job, SaturationReport, saturate
 from .script import show, show_expr
@@ -266,7 +266,7 @@ def _explain_nest(nest: AccNest, matches: list, library: dict) -> Explanation:
 
 
 def _first_failure(nest: AccNest, desc, matches: list) -> tuple[int, str]:
-    sem = show_expr(_value(desc))
+    sem = show_expr(semantics_value(desc))
     if not matches:
         return 0, (f"the body computes {show_expr(nest.value)}, which is not "
                    f"(a constant times) {sem} for any choice of operands, even after "
@@ -291,9 +291,3 @@ def _first_failure(nest: AccNest, desc, matches: list) -> tuple[int, str]:
     return 4, (f"{desc.name} applies but costs more than scalar code here (operands without the "
                "unit stride it needs are gathered element by element)")
 
-
-def _value(desc):
-    body = desc.semantics.body
-    while isinstance(body, For):
-        body = body.body
-    return body.value
