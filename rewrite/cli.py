@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 
 from . import analysis
 from .ir import PrimFunc
-from .script import ScriptError, parse_file_lenient, show
+from .script import parse_file_lenient, show
 
 TARGETS = ("host", "x86-avx2", "all", "none")
 

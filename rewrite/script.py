@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import ast
 import math
-from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Iterable, Optional
 
 from . import ir
 from .ir import (BOOL, DTYPES, INDEX, Accumulate, Binary, Buffer, Call, Cast, Compare, Const, Expr,
