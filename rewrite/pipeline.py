@@ -100,6 +100,18 @@ def _names(func: PrimFunc) -> set[str]:
     return names
 
 
+def _buffers_used(body: Stmt) -> set[str]:
+    names: set[str] = set()
+    for s in ir.walk_stmts(body):
+        if isinstance(s, Call):
+            names |= {w.buffer.name for _, w in s.operands}
+        if isinstance(s, (ir.Store, ir.Accumulate)):
+            names.add(s.buffer.name)
+        for e in ir.stmt_exprs(s):
+            names |= {x.buffer.name for x in ir.loads_of(e)}
+    return names
+
+
 def _sites(s: Stmt, loops: tuple[For, ...], out: list[Site]) -> None:
     if isinstance(s, Call):
         calls = 1
@@ -192,11 +204,16 @@ def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,
     for alt in _strassen_alternatives(normal, parts, strassen, taken):
         planned = plan_items(alt.parts, library, budget, taken, in_process)
         planned.allocs = list(alt.allocs) + planned.allocs
+        planned.cost += getattr(alt, "extra_cost", 0.0)
         forced = isinstance(strassen, int) and alt.levels == strassen
         if forced or (strassen == "auto" and planned.cost < chosen.cost):
-            chosen, levels = planned, alt.levels
+            chosen, levels = planned, getattr(alt, "applied_levels", alt.levels)
     t2 = time.perf_counter()
-    result = replace(normal, body=ir.seq(*chosen.stmts), allocs=tuple(normal.allocs) + tuple(chosen.allocs))
+    body = ir.seq(*chosen.stmts)
+    used = _buffers_used(body)
+    # a rewrite (a reassociated chain) may leave one of the function's temporaries unused
+    kept = tuple(b for b in normal.allocs if b.name in used)
+    result = replace(normal, body=body, allocs=kept + tuple(chosen.allocs))
     verify(result)
     sites: list[Site] = []
     _sites(result.body, (), sites)
