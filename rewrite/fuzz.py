@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 from hypothesis import assume, strategies as st
 
 from . import cost as _cost, ir
-from .ir import (BOOL, INDEX, Accumulate, Binary, Buffer, Cast, Compare, Const, Expr, For, If,
+from .ir import (INDEX, Accumulate, Binary, Buffer, Cast, Compare, Const, Expr, For, If,
                  Load, PrimFunc, Select, Stmt, Store, Unary, Var)
 
 _NAMES = "ABCDEFGH"
