@@ -129,8 +129,7 @@ def _expr(draw, bufs: list[Buffer], dtype: str, scope: _Scope, depth: int) -> Ex
 def _const(draw, dtype: str) -> Const:
     if ir.is_float(dtype):
         return Const(draw(st.sampled_from([0.0, 1.0, 0.5, 2.0, -1.5, 3.25])), dtype)
-    lo, hi = (-(1 << (ir.bits(dtype) - 1)), (1 << (ir.bits(dtype) - 1)) - 1) if ir.is_signed(dtype) \
-        else (0, (1 << ir.bits(dtype)) - 1)
+    lo, hi = ir.int_range(dtype)
     return Const(draw(st.one_of(st.integers(-3, 3).filter(lambda v: lo <= v <= hi),
                                 st.sampled_from([lo, hi]))), dtype)
 

@@ -63,6 +63,14 @@ def numpy_dtype(dtype: str) -> str:
     return _NUMPY[dtype]
 
 
+def int_range(dtype: str) -> tuple[int, int]:
+    """The smallest and largest value of an integer dtype (``"u8"`` -> ``(0, 255)``)."""
+    n = _BITS[dtype]
+    if is_signed(dtype):
+        return -(1 << (n - 1)), (1 << (n - 1)) - 1
+    return 0, (1 << n) - 1
+
+
 def itemsize(dtype: str) -> int:
     return max(1, _BITS[dtype] // 8)
 

@@ -91,13 +91,6 @@ _FUNCTIONS_SENTENCE = ("the language has max, min, abs, exp, sqrt, select and th
                        + ", ".join(f"{d}(...)" for d in DTYPES))
 
 
-def _int_range(dtype: str) -> tuple[int, int]:
-    n = ir.bits(dtype)
-    if ir.is_signed(dtype):
-        return -(1 << (n - 1)), (1 << (n - 1)) - 1
-    return 0, (1 << n) - 1
-
-
 def _is_literal(node: ast.AST) -> bool:
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         return _is_literal(node.operand)
@@ -429,7 +422,7 @@ class _FunctionParser:
             return self.at(node, Const(value, dtype))
         dtype = expected if expected in DTYPES else INDEX
         if ir.is_int(dtype):
-            lo, hi = _int_range(dtype)
+            lo, hi = ir.int_range(dtype)
             if not lo <= value <= hi:
                 raise self.error(node, f"the literal {value} does not fit {dtype} ({lo}..{hi})")
         return self.at(node, Const(value, dtype))

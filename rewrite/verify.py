@@ -289,8 +289,7 @@ class _Verifier:
             if e.dtype not in DTYPES and e.dtype != BOOL:
                 raise VerifyError(f"constant of unknown dtype {e.dtype}", e)
             if ir.is_int(e.dtype):
-                n = ir.bits(e.dtype)
-                lo, hi = (-(1 << (n - 1)), (1 << (n - 1)) - 1) if ir.is_signed(e.dtype) else (0, (1 << n) - 1)
+                lo, hi = ir.int_range(e.dtype)
                 if not lo <= e.value <= hi:
                     raise VerifyError(f"the constant {e.value} does not fit {e.dtype}", e)
             return e.dtype
