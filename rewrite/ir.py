@@ -411,6 +411,35 @@ def children(e: Expr) -> tuple[Expr, ...]:
     return ()
 
 
+def with_children(e: Expr, kids: tuple[Expr, ...]) -> Expr:
+    """``e`` with its children (in the order ``children`` gives them) replaced."""
+    if isinstance(e, Load):
+        return Load(e.buffer, tuple(kids))
+    if isinstance(e, Binary):
+        return Binary(e.op, *kids)
+    if isinstance(e, Compare):
+        return Compare(e.op, *kids)
+    if isinstance(e, Logical):
+        return Logical(e.op, *kids)
+    if isinstance(e, Unary):
+        return Unary(e.op, *kids)
+    if isinstance(e, Cast):
+        return Cast(e.dtype, *kids)
+    if isinstance(e, Select):
+        return Select(*kids)
+    return e
+
+
+def substitute(e: Expr, values: dict[str, Expr]) -> Expr:
+    """``e`` with each loop variable named in ``values`` replaced by its expression."""
+    if isinstance(e, Var):
+        return values.get(e.name, e)
+    kids = children(e)
+    if not kids:
+        return e
+    return with_children(e, tuple(substitute(c, values) for c in kids))
+
+
 def walk_expr(e: Expr) -> Iterator[Expr]:
     """Every sub-expression of ``e``, pre-order (indices of loads included)."""
     yield e
