@@ -3,6 +3,7 @@
     verify(func)                           # a well-formed program or a clear error
     normalize(func)                        # += made explicit, loops distributed where legal
     items(func)                            # accumulate nests (order-free) and other statements
+    loops.apply(items)                     # split-divmod, merge-reductions (rules/loops.py)
     saturate(Job(bodies, patterns))        # e-graph: body algebra, then generated match rules
     Extractor.best(nest, matches)          # bindings, remainders, scale; cheapest by cost.py
     verify(result)                         # the output is a well-formed program too
@@ -20,6 +21,7 @@ from .ir import Call, For, PrimFunc, Stmt
 from .lower import op_count
 from .match import Pattern, bindings, semantics_value
 from .nests import AccNest
+from .rules import loops
 from .saturate import Budget, Job, SaturationReport, saturate
 from .script import show, show_expr
 from .verify import verify
@@ -196,9 +198,9 @@ def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,
     t0 = time.perf_counter()
     verify(func)
     normal = nests.normalize(func)
-    parts = nests.items(normal)
-    t1 = time.perf_counter()
     taken = _names(normal)
+    parts = loops.apply(nests.items(normal), taken)
+    t1 = time.perf_counter()
     chosen = plan_items(parts, library, budget, taken, in_process)
     levels = 0
     for alt in _strassen_alternatives(normal, parts, strassen, taken):

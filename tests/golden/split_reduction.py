@@ -1,4 +1,4 @@
-"""fusion: one reduction split over two loops into the same output; each part is covered."""
+"""loops: one reduction split over two loops into the same output is merged into one."""
 
 @prim_func
 def split(A: f32[6, 8], B: f32[8, 16], C: f32[6, 16]):

@@ -1,0 +1,208 @@
+"""Loop rules: which accumulate nests there are, before matching.
+
+Nests are order-free sets of dimensions (``nests.py``), so *interchange* needs no rule: every
+loop order of a nest is the same nest, and an intrinsic may run along any of its dims.
+Descriptor-directed *splitting* by an intrinsic's extents, with remainder nests where they do
+not divide, happens when a binding is built (``match.dims_after_tiling``, ``match.remainders``).
+The rules here change the nests themselves; each is exact or takes only the licence of a
+reordered reduction:
+
+split-divmod
+    ``for c in range(N * G)`` whose indices use ``c // G`` or ``c % G`` becomes
+    ``for c_o, c_i in grid(N, G)`` with ``c = G * c_o + c_i``. It enumerates the same
+    iterations (a bijection), and with ``0 <= c_i < G`` floor division and modulo simplify
+    exactly: ``(G * c_o + c_i) // G = c_o``, ``(G * c_o + c_i) % G = c_i``. The indices become
+    affine, so the matcher sees them::
+
+        for co, rc in grid(64, 16):                    for co_o, co_i, rc in grid(4, 16, 16):
+            Y[co] += P[co // 16 * 16 + rc] * W[rc, co]  ->  Y[16*co_o + co_i] += P[16*co_o + rc] * W[rc, 16*co_o + co_i]
+
+merge-reductions
+    Two adjacent nests that add the same body into the same output, over ranges of one
+    dimension that join up, are one nest over the joined range. Both only add into ``out``
+    and neither reads it (an ``AccNest`` never reads its output), so the merged nest performs
+    the same additions in another order -- reassociation, the licence every reordered
+    reduction takes. A second loop written on shifted indices (``A[i, k + 32]`` for
+    ``k in range(32)``) is brought onto the first one's variable first::
+
+        for i, j, k in grid(64, 64, 32): C[i, j] += A[i, k] * B[k, j]
+        for i, j, k in grid(64, 64, 32): C[i, j] += A[i, k + 32] * B[k + 32, j]
+        ->  for i, j, k in grid(64, 64, 64): C[i, j] += A[i, k] * B[k, j]
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional, Sequence
+
+from .. import ir
+from ..analysis import Affine, affine
+from ..ir import Binary, Const, Expr, Load, Var
+from ..match import affine_expr, unused_name
+from ..nests import AccNest, Dim
+
+
+def apply(parts: Sequence, taken: set[str]) -> list:
+    """``parts`` (top-level items) with the loop rules applied to its accumulate nests."""
+    out = [split_divmod(p, taken) if isinstance(p, AccNest) else p for p in parts]
+    return merge_reductions(out)
+
+
+# ---------------------------------------------------------------------------
+# split-divmod
+
+
+def _nest_exprs(nest: AccNest) -> list[Expr]:
+    return list(nest.indices) + [nest.value]
+
+
+def _divisors(nest: AccNest) -> list[tuple[str, int]]:
+    """(loop variable, G) for each ``x // G`` or ``x % G`` whose numerator moves with it."""
+    names = {d.name for d in nest.dims}
+    found: list[tuple[str, int]] = []
+    for top in _nest_exprs(nest):
+        for e in ir.walk_expr(top):
+            if isinstance(e, Binary) and e.op in ("//", "%") and isinstance(e.b, Const) \
+                    and ir.is_int(e.b.dtype) and e.b.value > 1:
+                for v in ir.walk_expr(e.a):
+                    if isinstance(v, Var) and v.name in names and (v.name, e.b.value) not in found:
+                        found.append((v.name, int(e.b.value)))
+    return found
+
+
+def _range(m: Affine, ranges: dict[str, tuple[int, int]]) -> Optional[tuple[int, int]]:
+    """Smallest and largest value of ``m`` over the loops (inclusive)."""
+    lo = hi = m.const
+    for v, c in m.terms:
+        if v not in ranges:
+            return None
+        a, b = ranges[v]
+        lo += min(c * a, c * b)
+        hi += max(c * a, c * b)
+    return lo, hi
+
+
+def simplify_divmod(e: Expr, ranges: dict[str, tuple[int, int]]) -> Expr:
+    """``e`` with ``x // G`` and ``x % G`` (``x`` affine, ``G > 0``) written affinely where the
+    loop ranges (inclusive bounds) decide the quotient: ``x = G * q + r`` with ``r``'s range
+    inside one multiple of ``G``."""
+    kids = ir.children(e)
+    if kids:
+        e = ir.with_children(e, tuple(simplify_divmod(c, ranges) for c in kids))
+    if not (isinstance(e, Binary) and e.op in ("//", "%") and isinstance(e.b, Const)
+            and ir.is_int(e.b.dtype) and e.b.value > 0):
+        return e
+    x = affine(e.a)
+    if x is None:
+        return e
+    g = int(e.b.value)
+    q = Affine(tuple((v, c // g) for v, c in x.terms if c % g == 0))
+    r = Affine(tuple((v, c) for v, c in x.terms if c % g), x.const)
+    span = _range(r, ranges)
+    if span is None or span[0] // g != span[1] // g:
+        return e
+    m = span[0] // g  # floor, so r - G * m lies in [0, G)
+    if e.op == "//":
+        return affine_expr(q.plus(Affine((), m)))
+    return affine_expr(r.plus(Affine((), -g * m)))
+
+
+def _all_affine(nest: AccNest) -> bool:
+    idx = list(nest.indices) + [i for ld in ir.loads_of(nest.value) for i in ld.indices]
+    return all(affine(i) is not None for i in idx)
+
+
+def split_divmod(nest: AccNest, taken: set[str]) -> AccNest:
+    """``nest`` with loops split so that ``//`` and ``%`` by constants leave its indices, when
+    that makes every index affine; otherwise ``nest`` unchanged."""
+    if _all_affine(nest):
+        return nest
+    current = nest
+    for var, g in _divisors(nest):
+        dim = next((d for d in current.dims if d.name == var), None)
+        if dim is None or dim.start % g or dim.extent % g:
+            continue
+        names = taken | {d.name for d in current.dims}
+        outer = unused_name(f"{var}_o", names)
+        inner = unused_name(f"{var}_i", names)
+        value = {var: Binary("+", Binary("*", Const(g, ir.INDEX), Var(outer)), Var(inner))}
+        dims: list[Dim] = []
+        for d in current.dims:
+            dims += [Dim(outer, d.start // g, d.stop // g), Dim(inner, 0, g)] if d is dim else [d]
+        ranges = {d.name: (d.start, d.stop - 1) for d in dims}
+
+        def rewrite(x: Expr) -> Expr:
+            return _canonical(simplify_divmod(ir.substitute(x, value), ranges))
+
+        current = AccNest(tuple(dims), current.out, tuple(rewrite(i) for i in current.indices),
+                          _map_indices(current.value, rewrite))
+        if _all_affine(current):
+            taken |= {outer, inner}
+            return current
+    return nest
+
+
+def _canonical(index: Expr) -> Expr:
+    m = affine(index)
+    return index if m is None else affine_expr(m)
+
+
+def _map_indices(e: Expr, fn) -> Expr:
+    """``e`` with ``fn`` applied to every index of every load."""
+    if isinstance(e, Load):
+        return Load(e.buffer, tuple(fn(i) for i in e.indices))
+    kids = ir.children(e)
+    if not kids:
+        return e
+    return ir.with_children(e, tuple(_map_indices(c, fn) for c in kids))
+
+
+# ---------------------------------------------------------------------------
+# merge-reductions
+
+
+def _shifted(nest: AccNest, dim: Dim, onto: str, shift: int) -> AccNest:
+    """``nest`` over variable ``onto`` with ``dim = onto - shift``, indices canonical."""
+    value = {dim.name: Binary("-", Var(onto), Const(shift, ir.INDEX))} if shift else \
+        {dim.name: Var(onto)}
+
+    def rewrite(x: Expr) -> Expr:
+        return _canonical(ir.substitute(x, value))
+
+    dims = tuple(Dim(onto, dim.start + shift, dim.stop + shift) if d == dim else d for d in nest.dims)
+    return AccNest(dims, nest.out, tuple(rewrite(i) for i in nest.indices),
+                   _map_indices(nest.value, rewrite))
+
+
+def merge_pair(a: AccNest, b: AccNest) -> Optional[AccNest]:
+    """One nest doing what ``a`` then ``b`` do, when they differ only in the range of one dim."""
+    if a.out != b.out or len(a.dims) != len(b.dims):
+        return None
+    for da in a.dims:
+        others_a = {d for d in a.dims if d != da}
+        for db in b.dims:
+            if {d for d in b.dims if d != db} != others_a:
+                continue
+            # place b's range right after a's, or right before it
+            for shift in (da.stop - db.start, da.start - db.stop):
+                moved = _shifted(b, db, da.name, shift)
+                same = _shifted(a, da, da.name, 0)
+                if moved.indices == same.indices and moved.value == same.value:
+                    lo = min(da.start, db.start + shift)
+                    hi = max(da.stop, db.stop + shift)
+                    return replace(same, dims=tuple(Dim(da.name, lo, hi) if d == da else d
+                                                    for d in a.dims))
+    return None
+
+
+def merge_reductions(parts: Sequence) -> list:
+    """Adjacent accumulate nests merged wherever ``merge_pair`` allows, repeatedly."""
+    out: list = []
+    for p in parts:
+        if out and isinstance(p, AccNest) and isinstance(out[-1], AccNest):
+            merged = merge_pair(out[-1], p)
+            if merged is not None:
+                out[-1] = merged
+                continue
+        out.append(p)
+    return out
