@@ -8,6 +8,7 @@ form the matcher works on. Everything else is kept as it is.
 Normalisation, each step exact or licensed by the dependence analysis:
 
 - ``X[f] = X[f] + e`` and ``X[f] = e + X[f]`` are ``X[f] += e`` (its definition);
+- casts written in steps are one cast where the steps are exact (``rules/casts.py``);
 - a loop whose body holds several statements is distributed into one loop per statement
   when ``analysis.can_distribute`` says no dependence runs backwards::
 
@@ -24,6 +25,7 @@ from typing import Optional, Union
 
 from . import analysis, ir
 from .ir import Accumulate, Binary, Buffer, Expr, For, Load, PrimFunc, Seq, Stmt, Store
+from .rules import casts
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def as_nest(s: Stmt) -> Optional[AccNest]:
         return None
     if any(load.buffer.name == s.buffer.name for load in ir.loads_of(s.value)):
         return None  # the body reads what it accumulates: iterations are not reorderable
-    return AccNest(tuple(dims), s.buffer, s.indices, s.value)
+    return AccNest(tuple(dims), s.buffer, s.indices, casts.normalize_casts(s.value))
 
 
 def items(func: PrimFunc) -> list[Item]:
