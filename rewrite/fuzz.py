@@ -316,6 +316,7 @@ class _Shape:
     init: Optional[str]  # None, "zero", "bias"
     epilogue: bool  # relu after the reduction
     notes: list[str] = field(default_factory=list)
+    fused: Optional[tuple[str, str]] = None  # two adjacent loops written as one: u*ev + v
     carried: Optional[str] = None  # near miss: the output read one step back along this loop
     max_reduce: bool = False  # near miss: C = max(C, e)
 
@@ -467,6 +468,11 @@ def _shape(draw, desc, exact: Optional[bool] = None, plain: bool = False) -> _Sh
         r = draw(st.sampled_from(red))
         shape.split = (r, draw(st.integers(1, extents[r] - 1)))
         notes.append("reduction split over two loops")
+    pairs = [(u, v) for u, v in zip(order, order[1:])
+             if extents[v] >= 2 and not (shape.split and shape.split[0] in (u, v))]
+    if not plain and perfect and pairs and draw(st.integers(0, 3)) == 3:
+        shape.fused = draw(st.sampled_from(pairs))
+        notes.append("loops {} and {} fused into one, indexed with // and %".format(*shape.fused))
     if perfect:
         notes.append("perfect nest, loops " + " ".join(order))
     else:
@@ -543,7 +549,7 @@ def _program(s: _Shape, name: str = "disguised"):
         for part in parts:
             loops = [ranges(v, part) for v in s.order]
             nests.append(loops)
-            stmts.append(_nest(loops, acc))
+            stmts.append(_fused(loops, acc, s.fused) if s.fused else _nest(loops, acc))
         if epi is not None:
             stmts.append(_nest(outer, epi))
         body = ir.seq(*stmts)
@@ -558,6 +564,21 @@ def _program(s: _Shape, name: str = "disguised"):
             inner.append(epi)
         body = _nest(outer, ir.seq(*inner))
     return PrimFunc(name, tuple(params), body), nests, acc
+
+
+def _fused(loops: list[tuple[str, int, int]], acc: Stmt, pair: tuple[str, str]) -> Stmt:
+    """The nest with adjacent loops ``u``, ``v`` (both from 0) as one loop ``uv`` over
+    ``eu * ev``, each use of ``u`` written ``uv // ev`` and of ``v`` ``uv % ev``: the same
+    iterations in the same order."""
+    u, v = pair
+    eu = next(stop for var, _, stop in loops if var == u)
+    ev = next(stop for var, _, stop in loops if var == v)
+    uv = u + v
+    values = {u: Binary("//", Var(uv), Const(ev, INDEX)), v: Binary("%", Var(uv), Const(ev, INDEX))}
+    body = _replace(acc, indices=tuple(ir.substitute(i, values) for i in acc.indices),
+                   value=ir.substitute(acc.value, values))
+    out = [(uv, 0, eu * ev) if var == u else (var, a, b) for var, a, b in loops if var != v]
+    return _nest(out, body)
 
 
 # -- the guarantee --------------------------------------------------------------------------

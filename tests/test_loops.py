@@ -232,3 +232,17 @@ def test_split_reduction_in_the_corpus_becomes_one_intrinsic_loop():
     result = tensorize(func, AVX2)
     calls = [s for s in result.sites if s.intrinsic == "x86.mm.f32.6x16x1"]
     assert len(calls) == 1 and calls[0].calls == 40
+
+
+def test_indices_the_ranges_already_decide_need_no_split():
+    func = parse('''
+@prim_func
+def decided(A: f32[6, 8], B: f32[8, 16], C: f32[6, 16]):
+    for i, j, k in grid(6, 16, 8):
+        C[i // 1, j] += A[i, k - (k + 1) // 9] * B[(k + 8) % 8, j]
+''')
+    new, parts = _rebuilt(func)
+    (nest,) = _nests(parts)
+    assert loops._all_affine(nest) and [d.name for d in nest.dims] == ["i", "j", "k"]
+    _same_results(func, new)
+    assert tensorize(func, AVX2).coverage == 1.0

@@ -9,7 +9,8 @@ reordered reduction:
 
 split-divmod
     ``for c in range(N * G)`` whose indices use ``c // G`` or ``c % G`` becomes
-    ``for c_o, c_i in grid(N, G)`` with ``c = G * c_o + c_i``. It enumerates the same
+    ``for c_o, c_i in grid(N, G)`` with ``c = G * c_o + c_i`` (when the loop ranges alone
+    already decide every quotient, no split is needed). It enumerates the same
     iterations (a bijection), and with ``0 <= c_i < G`` floor division and modulo simplify
     exactly: ``(G * c_o + c_i) // G = c_o``, ``(G * c_o + c_i) % G = c_i``. The indices become
     affine, so the matcher sees them::
@@ -117,6 +118,10 @@ def split_divmod(nest: AccNest, taken: set[str]) -> AccNest:
     that makes every index affine; otherwise ``nest`` unchanged."""
     if _all_affine(nest):
         return nest
+    ranges = {d.name: (d.start, d.stop - 1) for d in nest.dims}
+    simplified = _rewritten(nest, nest.dims, lambda x: _canonical(simplify_divmod(x, ranges)))
+    if _all_affine(simplified):
+        return simplified  # the ranges alone decide every quotient (``x // 1``, ``(i + 1) // 8``)
     current = nest
     for var, g in _divisors(nest):
         dim = next((d for d in current.dims if d.name == var), None)
@@ -134,12 +139,17 @@ def split_divmod(nest: AccNest, taken: set[str]) -> AccNest:
         def rewrite(x: Expr) -> Expr:
             return _canonical(simplify_divmod(ir.substitute(x, value), ranges))
 
-        current = AccNest(tuple(dims), current.out, tuple(rewrite(i) for i in current.indices),
-                          _map_indices(current.value, rewrite))
+        current = _rewritten(current, tuple(dims), rewrite)
         if _all_affine(current):
             taken |= {outer, inner}
             return current
     return nest
+
+
+def _rewritten(nest: AccNest, dims: tuple[Dim, ...], fn) -> AccNest:
+    """``nest`` over ``dims`` with ``fn`` applied to every index."""
+    return AccNest(tuple(dims), nest.out, tuple(fn(i) for i in nest.indices),
+                   _map_indices(nest.value, fn))
 
 
 def _canonical(index: Expr) -> Expr:
