@@ -5,6 +5,20 @@ intrinsic call costs its descriptor's ``cost``, which is stated in the same unit
 call (an 8-wide FMA: 1, the 6x16 register-blocked outer product: 6). A call whose operands
 miss a unit-stride need of the descriptor is gathered element by element, so it pays
 ``GATHER_PENALTY`` times more. Packing into a temporary pays per element moved.
+
+A packing stage (``rules/layout.py``) is a plain copy, costed like any scalar statement
+(``scalar_stmt``: no arithmetic, one per element written), plus ``PER_PACKING`` for the stage
+itself. That constant is fitted, not derived: on the 6x16 outer product reading a transposed
+``B[j, k]`` (one thread, this machine) packing measured slower at 48x64x64 (34 us against
+25 us gathered) and 64x64x64 (46 against 33 us) and faster at 96x96x96 (68 against 86 us)
+and 128x128x128 (149 against 181 us); in these units the copy saves about 33 000, 48 000,
+156 000 and 370 000 there, so the break-even lies near 90 000. Two things make it that
+large: the runtime allocates, zeroes and passes every temporary on every call (about 12 us,
+some 15 000 units at the 0.8 ns a unit the outer product runs at), and ``GATHER_PENALTY``
+overstates the gather of that intrinsic (its gathered calls measured 1.6 times, not 4 times,
+the unit-stride ones). The u8 x i8 dot gains more from packing (64x128x128: 176 us packed,
+322 us gathered) and still packs at that size. An operand each call reads once (an 8-wide
+FMA, a matrix-vector product) never pays for its copy.
 """
 
 from __future__ import annotations
@@ -14,6 +28,7 @@ from .nests import AccNest
 
 GATHER_PENALTY = 4.0
 PER_ELEMENT_MOVED = 1.0
+PER_PACKING = 90000.0
 
 
 def scalar(nest: AccNest) -> float:
@@ -24,6 +39,11 @@ def scalar_stmt(s) -> float:
     """A statement left as scalar code: its arithmetic, and one per element it writes (so
     copies and zero fills, which do no arithmetic, are not free)."""
     return float(op_count(s)) + moved(_writes(s))
+
+
+def packing(copies) -> float:
+    """Copy nests, each filling one packing temporary."""
+    return sum(scalar_stmt(c) + PER_PACKING for c in copies)
 
 
 def _writes(s) -> int:

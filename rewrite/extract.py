@@ -7,7 +7,10 @@ choice, recursively (to ``MAX_DEPTH``) -- a 64-row matmul takes 10 tiles of the 
 outer product and its last 4 rows on 8-wide FMAs. A constant factor (``2.0 * A * B``) is
 taken out of the reduction: the calls accumulate into a zeroed temporary and one
 elementwise pass adds ``2.0 * T`` to the output (distributivity, licensed like
-reassociation). The cost model (``cost.py``) decides.
+reassociation). A binding whose inputs miss the unit stride the intrinsic wants is weighed
+twice: gathered as it is, and behind a packing stage (``rules/layout.py``) that copies those
+inputs into a temporary where the stride is 1, planned again with no further packing. The
+cost model (``cost.py``) decides.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from .ir import Accumulate, Binary, Buffer, Call, Const, Expr, For, Load, Stmt, 
 from .match import (BodyMatch, Binding, bindings, dims_after_tiling, remainders, semantics_value,
                     unused_name, window)
 from .nests import AccNest
+from .rules import layout
 
 MAX_DEPTH = 3
 
@@ -51,33 +55,58 @@ class Extractor:
         self.library = library  # name -> descriptor
         self.taken = taken  # buffer names in use (temporaries get fresh ones)
         self._memo: dict = {}
+        self._packs: dict = {}  # (nest, matches, what to copy) -> layout.Packing
 
     # -- one nest -------------------------------------------------------------------
 
-    def best(self, nest: AccNest, matches: list[BodyMatch], depth: int = 0) -> Plan:
+    def best(self, nest: AccNest, matches: list[BodyMatch], depth: int = 0,
+             pack: bool = True) -> Plan:
         # remainders of different bindings are often the same nest: plan each once
-        key = (nest, tuple(matches), depth)
+        key = (nest, tuple(matches), depth, pack)
         if key not in self._memo:
-            self._memo[key] = self._best(nest, matches, depth)
+            self._memo[key] = self._best(nest, matches, depth, pack)
         plan = self._memo[key]
         return Plan(list(plan.stmts), plan.cost, list(plan.allocs))
 
-    def _best(self, nest: AccNest, matches: list[BodyMatch], depth: int) -> Plan:
+    def _best(self, nest: AccNest, matches: list[BodyMatch], depth: int, pack: bool) -> Plan:
         best = Plan([nest.stmt()], cost.scalar(nest))
         if depth >= MAX_DEPTH:
             return best
         for m in matches:
             desc = self.library[m.intrinsic]
             for b in bindings(nest, desc, m):
-                if cost.calls(desc, b.tiles, b.unit_stride_ok) >= best.cost:
-                    continue  # its tiles alone cost more than the best plan so far
-                plan = self._scaled(nest, desc, b, matches, depth) if b.scale != 1.0 \
-                    else self._tiled(nest, desc, b, matches, depth)
-                if plan is not None and plan.cost < best.cost:
-                    best = plan
+                # its tiles alone cost more than the best plan so far: skip
+                if cost.calls(desc, b.tiles, b.unit_stride_ok) < best.cost:
+                    plan = self._scaled(nest, desc, b, matches, depth, pack) if b.scale != 1.0 \
+                        else self._tiled(nest, desc, b, matches, depth, pack)
+                    if plan is not None and plan.cost < best.cost:
+                        best = plan
+                if pack and not b.unit_stride_ok and b.scale == 1.0:
+                    plan = self._packed(nest, desc, b, matches, depth, best.cost)
+                    if plan is not None and plan.cost < best.cost:
+                        best = plan
         return best
 
-    def _tiled(self, nest: AccNest, desc, b: Binding, matches, depth: int) -> Plan:
+    def _packed(self, nest: AccNest, desc, b: Binding, matches, depth: int,
+                bound: float) -> Optional[Plan]:
+        """Copies of the inputs ``b`` reads without unit stride, then the nest on the copies,
+        planned again without packing (its cheapest binding is now usually ``b`` unit-stride).
+        Bindings that need the same copies share one temporary, so its name is made once."""
+        reqs = layout.requests(nest, desc, b)
+        if reqs is None:
+            return None
+        key = (nest, tuple(matches), reqs)
+        if key not in self._packs:
+            self._packs[key] = layout.pack(nest, reqs, self.taken)
+        packing = self._packs[key]
+        copies = cost.packing(packing.copies)
+        if copies + cost.calls(desc, b.tiles, True) >= bound:
+            return None  # the copies and unit-stride tiles alone cost more than the best plan
+        sub = self.best(packing.nest, [packing.match(m) for m in matches], depth, pack=False)
+        return Plan(list(packing.copies) + sub.stmts, copies + sub.cost,
+                    list(packing.buffers) + sub.allocs)
+
+    def _tiled(self, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool) -> Plan:
         taken = self.taken | {d.name for d in nest.dims}  # loop names only clash within a nest
         loops, tiled = dims_after_tiling(nest, b, desc, taken)
         steps = dict(b.steps)
@@ -92,13 +121,14 @@ class Extractor:
             s = For(d.name, d.start, d.stop, s)
         plan = Plan([s], cost.calls(desc, b.tiles, b.unit_stride_ok))
         for rest in remainders(nest, b, desc):
-            sub = self.best(rest, matches, depth + 1)
+            sub = self.best(rest, matches, depth + 1, pack)
             plan.stmts += sub.stmts
             plan.allocs += sub.allocs
             plan.cost += sub.cost
         return plan
 
-    def _scaled(self, nest: AccNest, desc, b: Binding, matches, depth: int) -> Optional[Plan]:
+    def _scaled(self, nest: AccNest, desc, b: Binding, matches, depth: int,
+                pack: bool) -> Optional[Plan]:
         """``out += s * body`` as ``T = 0; T += body; out += s * T``."""
         if not ir.is_float(nest.out.dtype):
             return None
@@ -107,7 +137,7 @@ class Extractor:
         inner = AccNest(nest.dims, temp, nest.indices, body)
         unscaled = [BodyMatch(m.nest, m.intrinsic, m.loads, 1.0) for m in matches
                     if m.scale == b.scale]
-        plan = self.best(inner, unscaled, depth)
+        plan = self.best(inner, unscaled, depth, pack)
         if plan.cost >= cost.scalar(nest):
             return None
         names = [unused_name(f"x{k}", self.taken) for k in range(temp.ndim)]

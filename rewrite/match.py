@@ -153,12 +153,8 @@ def _check(nest, desc, match, bound, accesses, maps, prog) -> Optional[Binding]:
                 return None
         if op.role == "output" and not _injective(op.shape, tuple(op_steps), buf):
             return None
-        need = desc.layout.get(op.name)
-        if need is not None:
-            strides = _row_major(buf.shape)
-            for k in need.unit_stride:
-                if op.shape[k] > 1 and sum(s * m for s, m in zip(op_steps[k], strides)) != 1:
-                    unit_ok = False
+        if slow_dims(desc, op, buf, op_steps):
+            unit_ok = False
         steps[op.name] = tuple(op_steps)
     tiles = 1
     for it in desc.dims:
@@ -169,6 +165,17 @@ def _check(nest, desc, match, bound, accesses, maps, prog) -> Optional[Binding]:
             tiles *= d.extent
     return Binding(desc.name, tuple(bound.items()), tuple(steps.items()), tiles, unit_ok,
                    match.scale, tuple(zip((o.name for o in desc.inputs), match.loads)))
+
+
+def slow_dims(desc, op, buf: Buffer, op_steps) -> tuple[int, ...]:
+    """The dims of operand ``op`` that its descriptor's ``layout`` wants at unit stride but
+    that step otherwise through ``buf`` (row-major) with these per-dim steps."""
+    need = desc.layout.get(op.name)
+    if need is None:
+        return ()
+    strides = _row_major(buf.shape)
+    return tuple(k for k in need.unit_stride
+                 if op.shape[k] > 1 and sum(s * m for s, m in zip(op_steps[k], strides)) != 1)
 
 
 # ---------------------------------------------------------------------------

@@ -44,6 +44,7 @@ def test_golden_outputs_use_the_expected_intrinsics():
 
     assert used("swapped_operands") == ({"x86.mm.f32.6x16x1"}, 1.0)
     assert used("transposed_b") == ({"x86.mm.f32.6x16x1"}, 1.0)
+    assert used("packed_b") == ({"x86.mm.f32.6x16x1"}, 1.0)
     assert used("int8_dot") == ({"x86.dot.u8i8i32.16x4"}, 1.0)
     assert used("conv_im2col")[0] == {"x86.mm.f32.6x16x1"}
     assert used("not_a_product") == (set(), 0.0)

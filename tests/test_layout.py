@@ -1,0 +1,223 @@
+"""Packing stages (``rules/layout.py``): an input copied into the layout an intrinsic needs,
+chosen by the extractor only when the copy costs less than gathering the strided operand."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import intrinsics
+from rewrite import cost, interp, ir, nests, runtime
+from rewrite.match import BodyMatch, bindings
+from rewrite.pipeline import tensorize
+from rewrite.rules import layout
+from rewrite.script import parse, parse_file, show
+from rewrite.verify import verify
+
+ROOT = Path(__file__).parent.parent
+AVX2 = intrinsics.library("x86-avx2")
+HOST_HAS_AVX2 = {"avx2", "fma"} <= intrinsics.host_features()
+
+
+def _nt(m: int, n: int, k: int):
+    """``C = A @ B^T`` reading ``B[j, k]``: the 6x16 outer product steps along j, which is
+    B's slow index."""
+    return parse(f"@prim_func\ndef nt(A: f32[{m}, {k}], B: f32[{n}, {k}], C: f32[{m}, {n}]):\n"
+                 f"    for i, j, k in grid({m}, {n}, {k}):\n"
+                 f"        C[i, j] += A[i, k] * B[j, k]\n")
+
+
+def _calls(func: ir.PrimFunc) -> list[ir.Call]:
+    return [s for s in ir.walk_stmts(func.body) if isinstance(s, ir.Call)]
+
+
+def _flat(w: ir.Window, dim: int) -> int:
+    """The element stride of operand dim ``dim`` of window ``w`` (row-major buffer)."""
+    strides, n = [], 1
+    for extent in reversed(w.buffer.shape):
+        strides.append(n)
+        n *= extent
+    return sum(s * m for s, m in zip(w.steps[dim], reversed(strides)))
+
+
+def _copies(func: ir.PrimFunc) -> list[ir.Store]:
+    """Stores into the function's temporaries whose value is a bare load."""
+    temps = {b.name for b in func.allocs}
+    return [s for s in ir.walk_stmts(func.body) if isinstance(s, ir.Store)
+            and s.buffer.name in temps and isinstance(s.value, ir.Load)]
+
+
+def _interp_equal(func, out):
+    args = interp.random_args(func, seed=3)
+    want = interp.run(func, **args)
+    got = interp.run(out, **args)
+    for buf in func.outputs:
+        w, g = want[buf.name], got[buf.name]
+        if np.issubdtype(w.dtype, np.integer):
+            assert np.array_equal(w, g), buf.name
+        else:
+            assert np.allclose(w, g, rtol=1e-4, atol=1e-4 * np.abs(w).max()), buf.name
+
+
+def _well_formed(result):
+    verify(result.func)
+    assert parse(show(result.func)) == result.func
+
+
+# ---------------------------------------------------------------------------
+# the copy pays: B^T packed once, every call reads it with unit stride
+
+
+def test_transposed_b_is_packed_when_it_pays():
+    func = _nt(96, 96, 96)
+    result = tensorize(func, AVX2)
+    _well_formed(result)
+    (copy,) = _copies(result.func)
+    assert copy.value.buffer.name == "B"  # B copied into a temporary ...
+    (pk,) = result.func.allocs
+    assert copy.buffer == pk and pk.shape == (96, 96)
+    calls = _calls(result.func)
+    assert {c.intrinsic for c in calls} == {"x86.mm.f32.6x16x1"}
+    assert sum(s.calls for s in result.sites) == (96 // 6) * (96 // 16) * 96
+    for c in calls:  # ... which every call reads along j with unit step
+        b = c.window("b")
+        assert b.buffer == pk
+        assert _flat(b, 1) == 1
+    # the copy comes before the calls
+    body = ir.stmts_of(result.func.body)
+    assert isinstance(body[0], ir.For) and not _calls(ir.PrimFunc("_", (), body[0]))
+    assert result.coverage == 1.0
+
+
+@pytest.mark.skipif(not HOST_HAS_AVX2, reason="needs AVX2 and FMA")
+def test_packed_transposed_b_runs_like_the_interpreter():
+    func = _nt(96, 96, 96)
+    result = tensorize(func, AVX2)
+    check = runtime.check(func, result.compile())
+    assert check.ok, check.message
+
+
+def test_packed_program_interprets_as_the_original():
+    func = _nt(98, 100, 96)  # remainders on i and j read the packed copy too
+    result = tensorize(func, AVX2)
+    assert _copies(result.func)
+    _interp_equal(func, result.func)
+
+
+# ---------------------------------------------------------------------------
+# the copy does not pay: the gather stays
+
+
+@pytest.mark.parametrize("src", [
+    # 64x64x64: gathered, 2560 6x16 calls * 6 * GATHER_PENALTY plus 2048 8-wide axpys * 4
+    # for the last 4 rows = 69 632; packed, 64 * 64 copied + PER_PACKING + 15 360 + 2048 =
+    # 111 504 (measured 33 us gathered, 46 us packed).
+    "@prim_func\ndef nt(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):\n"
+    "    for i, j, k in grid(64, 64, 64):\n        C[i, j] += A[i, k] * B[j, k]\n",
+    # y = B @ x with B read as B[j, k] on 8-wide axpys: each element of B is read by exactly
+    # one call, so copying it (N * K) costs more than the gather adds (3 * N * K / 8),
+    # whatever the size.
+    "@prim_func\ndef mv(x: f32[256], B: f32[64, 256], y: f32[64]):\n"
+    "    for j, k in grid(64, 256):\n        y[j] += x[k] * B[j, k]\n",
+])
+def test_small_or_single_use_operands_stay_gathered(src):
+    func = parse(src)
+    result = tensorize(func, AVX2)
+    _well_formed(result)
+    assert not result.func.allocs and not _copies(result.func)
+    calls = _calls(result.func)
+    assert calls and all(c.window("b").buffer.name == "B" for c in calls)
+    assert any(_flat(c.window("b"), len(c.window("b").steps) - 1) != 1 for c in calls)
+
+
+def test_the_extractor_weighs_copy_against_gather():
+    """At 48x64x64 the packed plan's cost (copy, stage, unit-stride calls) exceeds the
+    gathered one, at 96x96x96 it is below it (as measured); the choice follows."""
+    mm = AVX2[[d.name for d in AVX2].index("x86.mm.f32.6x16x1")]
+
+    def costs(m, n, k):
+        (nest,) = nests.items(nests.normalize(_nt(m, n, k)))
+        a, b = [x for x in ir.loads_of(nest.value)]
+        match = BodyMatch(0, mm.name, (a, b) if a.buffer.name == "A" else (b, a))
+        binding = next(x for x in bindings(nest, mm, match) if dict(x.dims)["k"] == "k")
+        assert not binding.unit_stride_ok
+        packing = layout.pack(nest, layout.requests(nest, mm, binding), set())
+        gathered = cost.calls(mm, binding.tiles, False)
+        packed = cost.packing(packing.copies) + cost.calls(mm, binding.tiles, True)
+        return gathered, packed
+
+    small, large = costs(48, 64, 64), costs(96, 96, 96)
+    assert small[0] < small[1] and large[1] < large[0]
+
+
+# ---------------------------------------------------------------------------
+# u8 x i8: B[k, j] packed so the dot's 4-byte groups along k are contiguous
+
+
+def test_int8_dense_packs_b_for_the_dot():
+    func = parse_file(ROOT / "corpus" / "quantized.py")["qdense_u8i8"]
+    result = tensorize(func, AVX2)
+    _well_formed(result)
+    (copy,) = _copies(result.func)
+    assert copy.value.buffer.name == "B"
+    calls = _calls(result.func)
+    assert {c.intrinsic for c in calls} == {"x86.dot.u8i8i32.16x4"}
+    for c in calls:
+        b = c.window("b")
+        assert b.buffer == copy.buffer and _flat(b, 1) == 1  # b[i, k]: k at unit stride
+    _interp_equal(func, result.func)
+    if HOST_HAS_AVX2:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
+# ---------------------------------------------------------------------------
+# the rule itself
+
+
+def test_pack_duplicates_overlapping_windows_and_keeps_the_meaning():
+    """A convolution's ``X[h + rh, w + rw, c]`` packed over (h, w, rh, rw, c): an explicit
+    im2col, 6*6*3*3*4 elements from an 8*8*4 input, and the same result."""
+    func = parse_file(ROOT / "tests" / "golden" / "conv_im2col.py")["conv"]
+    (nest,) = nests.items(nests.normalize(func))
+    x = next(x for x in ir.loads_of(nest.value) if x.buffer.name == "X")
+    dims = {d.name: d for d in nest.dims}
+    order = tuple(dims[n] for n in ("h", "w", "rh", "rw", "rc"))
+    taken = {b.name for b in func.buffers}
+    packing = layout.pack(nest, ((x, order),), taken)
+    (buf,) = packing.buffers
+    assert buf.name == "X_pack" and buf.name in taken
+    assert buf.shape == (6, 6, 3, 3, 4) and packing.elements > x.buffer.size
+    assert x not in ir.loads_of(packing.nest.value)
+    m = BodyMatch(0, "any", (x, next(y for y in ir.loads_of(nest.value) if y != x)))
+    assert packing.match(m).loads[0] == dict(packing.loads)[x]
+    out = ir.PrimFunc(func.name, func.params,
+                      ir.seq(*packing.copies, packing.nest.stmt()), func.allocs + packing.buffers)
+    verify(out)
+    _interp_equal(func, out)
+
+
+def test_pack_shifts_indices_by_the_dims_start():
+    src = ("@prim_func\ndef f(A: f32[98, 96], B: f32[101, 96], C: f32[98, 101]):\n"
+           "    for i in range(2, 98):\n        for j in range(5, 101):\n"
+           "            for k in range(96):\n                C[i, j] += A[i, k] * B[j, k]\n")
+    func = parse(src)
+    result = tensorize(func, AVX2)
+    (copy,) = _copies(result.func)
+    assert copy.buffer.shape == (96, 96)  # k over 0..96, j over 5..101 at index j - 5
+    assert copy.indices[1] == ir.Binary("-", ir.Var("j"), ir.Const(5, ir.INDEX))
+    _well_formed(result)
+    _interp_equal(func, result.func)
+
+
+def test_output_is_never_packed():
+    """``C[j, i]`` misses the 6x16 product's unit stride on c: no packing can fix that, so
+    the rule declines and nothing is copied for it."""
+    mm = AVX2[[d.name for d in AVX2].index("x86.mm.f32.6x16x1")]
+    func = parse("@prim_func\ndef f(A: f32[48, 8], B: f32[64, 8], C: f32[64, 48]):\n"
+                 "    for i, j, k in grid(48, 64, 8):\n        C[j, i] += A[i, k] * B[j, k]\n")
+    (nest,) = nests.items(nests.normalize(func))
+    a, b = sorted(ir.loads_of(nest.value), key=lambda x: x.buffer.name)
+    found = [x for x in bindings(nest, mm, BodyMatch(0, mm.name, (a, b)))
+             if dict(x.dims)["i"] == "i" and dict(x.dims)["j"] == "j"]
+    assert found and all(layout.requests(nest, mm, x) is None for x in found)
