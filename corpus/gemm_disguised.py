@@ -117,6 +117,17 @@ def gemm_transposed_b(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):
 
 
 @prim_func
+def gemm_transposed_b_256(A: f32[256, 256], B: f32[256, 256], C: f32[256, 256]):
+    """256x256x256 ``C = A @ B^T`` reading ``B[j, k]``: ``gemm_transposed_b`` at the size of
+    ``gemm_256`` (corpus/gemm.py), to set a transposed operand against the plain layout.
+    16.8 M multiply-adds."""
+    for i, j in grid(256, 256):
+        C[i, j] = 0.0
+        for k in range(256):
+            C[i, j] += A[i, k] * B[j, k]
+
+
+@prim_func
 def gemm_scaled(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):
     """64x64x64 with a constant factor inside the product, ``2.0 * A * B`` (BLAS alpha)."""
     for i, j in grid(64, 64):

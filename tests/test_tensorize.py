@@ -63,7 +63,8 @@ HOST_COVERED = {
     "dil_conv2d_nhwc", "gemm_64", "gemm_256", "gmm_nkkm", "matmul_relu", "bmm_4x64",
     "gemm_swapped_operands", "gemm_k_outermost", "gemm_jik", "gemm_explicit_add",
     "gemm_add_on_left", "gemm_bias_init", "gemm_accumulate_into", "gemm_odd_37x61x29",
-    "gemm_split_reduction", "gemm_transposed_a", "gemm_transposed_b", "gemm_scaled",
+    "gemm_split_reduction", "gemm_transposed_a", "gemm_transposed_b", "gemm_transposed_b_256",
+    "gemm_scaled",
     "gemm_all_disguises", "gpt2_causal_qk", "grp_conv2d_nhwc", "grp_conv2d_nhwc_divmod",
     "qdense_u8i8", "qdense_u8i8_nt", "qconv_u8i8", "qdense_u8i8_256", "resnet50_conv3x3", "resnet50_conv1x1", "tbg", "t2d_nhwc",
 }
