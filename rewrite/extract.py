@@ -9,16 +9,20 @@ taken out of the reduction: the calls accumulate into a zeroed temporary and one
 elementwise pass adds ``2.0 * T`` to the output (distributivity, licensed like
 reassociation). A binding whose inputs miss the unit stride the intrinsic wants is weighed
 twice: gathered as it is, and behind a packing stage (``rules/layout.py``) that copies those
-inputs into a temporary where the stride is 1, planned again with no further packing. The
-cost model (``cost.py``) decides.
+inputs into a temporary where the stride is 1, planned again with no further packing.
+
+The candidates are not compared here: each nest becomes an e-class of alternatives in a plan
+e-graph (``plans.py``), every piece of code a leaf priced by ``cost.py`` and weighted by its
+trip count, and egglog's extraction takes the cheapest program. The only pruning done in
+Python is sound: a binding whose calls alone cost as much as the scalar nest cannot win.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from . import cost, ir
+from .plans import NestRef, PlanGraph
 from .ir import Accumulate, Binary, Buffer, Call, Const, Expr, For, Load, Stmt, Store, Var
 from .match import (BodyMatch, Binding, bindings, dims_after_tiling, remainders, semantics_value,
                     unused_name, window)
@@ -54,60 +58,69 @@ class Extractor:
     def __init__(self, library: dict, taken: set[str]):
         self.library = library  # name -> descriptor
         self.taken = taken  # buffer names in use (temporaries get fresh ones)
-        self._memo: dict = {}
         self._packs: dict = {}  # (nest, matches, what to copy) -> layout.Packing
+        self._temps: dict = {}  # (nest, scale) -> the scaled product's temporary
 
-    # -- one nest -------------------------------------------------------------------
+    def best(self, nest: AccNest, matches: list[BodyMatch]) -> Plan:
+        """The cheapest program for ``nest`` given the e-graph's ``matches``."""
+        graph = PlanGraph()
+        root = _Builder(self, graph).nest(nest, tuple(matches), 0, True)
+        leaves, total = graph.cheapest(root)
+        plan = Plan([], total)
+        for k in leaves:
+            plan.stmts += graph.leaves[k].stmts
+            plan.allocs += graph.leaves[k].allocs
+        return plan
 
-    def best(self, nest: AccNest, matches: list[BodyMatch], depth: int = 0,
-             pack: bool = True) -> Plan:
-        # remainders of different bindings are often the same nest: plan each once
-        key = (nest, tuple(matches), depth, pack)
-        if key not in self._memo:
-            self._memo[key] = self._best(nest, matches, depth, pack)
-        plan = self._memo[key]
-        return Plan(list(plan.stmts), plan.cost, list(plan.allocs))
 
-    def _best(self, nest: AccNest, matches: list[BodyMatch], depth: int, pack: bool) -> Plan:
-        best = Plan([nest.stmt()], cost.scalar(nest))
+class _Builder:
+    """Candidates of one nest and, recursively, of the nests they leave, into a plan graph."""
+
+    def __init__(self, ex: Extractor, graph: PlanGraph):
+        self.ex, self.graph = ex, graph
+        self._nests: dict = {}  # remainders of different bindings are often the same nest
+
+    def nest(self, nest: AccNest, matches: tuple, depth: int, pack: bool) -> NestRef:
+        key = (nest, matches, depth, pack)
+        if key in self._nests:
+            return self._nests[key]
+        ref = self._nests[key] = self.graph.nest()
+        scalar = cost.scalar(nest)
+        self.graph.add(ref, self.graph.leaf([nest.stmt()], scalar))
         if depth >= MAX_DEPTH:
-            return best
+            return ref
         for m in matches:
-            desc = self.library[m.intrinsic]
+            desc = self.ex.library[m.intrinsic]
             for b in bindings(nest, desc, m):
-                # its tiles alone cost more than the best plan so far: skip
-                if cost.calls(desc, b.tiles, b.unit_stride_ok) < best.cost:
-                    plan = self._scaled(nest, desc, b, matches, depth, pack) if b.scale != 1.0 \
-                        else self._tiled(nest, desc, b, matches, depth, pack)
-                    if plan is not None and plan.cost < best.cost:
-                        best = plan
+                if cost.calls(desc, b.tiles, b.unit_stride_ok) < scalar:
+                    if b.scale != 1.0:
+                        self._scaled(ref, nest, desc, b, matches, depth, pack)
+                    else:
+                        self._tiled(ref, nest, desc, b, matches, depth, pack)
                 if pack and not b.unit_stride_ok and b.scale == 1.0:
-                    plan = self._packed(nest, desc, b, matches, depth, best.cost)
-                    if plan is not None and plan.cost < best.cost:
-                        best = plan
-        return best
+                    self._packed(ref, nest, desc, b, matches, depth, scalar)
+        return ref
 
-    def _packed(self, nest: AccNest, desc, b: Binding, matches, depth: int,
-                bound: float) -> Optional[Plan]:
+    def _packed(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int,
+                scalar: float) -> None:
         """Copies of the inputs ``b`` reads without unit stride, then the nest on the copies,
         planned again without packing (its cheapest binding is now usually ``b`` unit-stride).
         Bindings that need the same copies share one temporary, so its name is made once."""
         reqs = layout.requests(nest, desc, b)
         if reqs is None:
-            return None
-        key = (nest, tuple(matches), reqs)
-        if key not in self._packs:
-            self._packs[key] = layout.pack(nest, reqs, self.taken)
-        packing = self._packs[key]
+            return
+        key = (nest, matches, reqs)
+        if key not in self.ex._packs:
+            self.ex._packs[key] = layout.pack(nest, reqs, self.ex.taken)
+        packing = self.ex._packs[key]
         copies = cost.packing(packing.copies)
-        if copies + cost.calls(desc, b.tiles, True) >= bound:
-            return None  # the copies and unit-stride tiles alone cost more than the best plan
-        sub = self.best(packing.nest, [packing.match(m) for m in matches], depth, pack=False)
-        return Plan(list(packing.copies) + sub.stmts, copies + sub.cost,
-                    list(packing.buffers) + sub.allocs)
+        if copies + cost.calls(desc, b.tiles, True) >= scalar:
+            return  # the copies and unit-stride tiles alone cost more than scalar code
+        sub = self.nest(packing.nest, tuple(packing.match(m) for m in matches), depth, False)
+        self.graph.add(ref, self.graph.leaf(list(packing.copies), copies, list(packing.buffers)), sub)
 
-    def _tiled(self, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool) -> Plan:
-        taken = self.taken | {d.name for d in nest.dims}  # loop names only clash within a nest
+    def _tiled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool) -> None:
+        taken = self.ex.taken | {d.name for d in nest.dims}  # loop names only clash within a nest
         loops, tiled = dims_after_tiling(nest, b, desc, taken)
         steps = dict(b.steps)
         loads = dict(b.loads)
@@ -119,33 +132,29 @@ class Extractor:
         s: Stmt = Call(desc.name, tuple(operands), desc.output.name)
         for d in reversed(loops):
             s = For(d.name, d.start, d.stop, s)
-        plan = Plan([s], cost.calls(desc, b.tiles, b.unit_stride_ok))
-        for rest in remainders(nest, b, desc):
-            sub = self.best(rest, matches, depth + 1, pack)
-            plan.stmts += sub.stmts
-            plan.allocs += sub.allocs
-            plan.cost += sub.cost
-        return plan
+        calls = self.graph.leaf([s], cost.calls(desc, b.tiles, b.unit_stride_ok))
+        rest = [self.nest(r, matches, depth + 1, pack) for r in remainders(nest, b, desc)]
+        self.graph.add(ref, calls, *rest)
 
-    def _scaled(self, nest: AccNest, desc, b: Binding, matches, depth: int,
-                pack: bool) -> Optional[Plan]:
+    def _scaled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int,
+                pack: bool) -> None:
         """``out += s * body`` as ``T = 0; T += body; out += s * T``."""
         if not ir.is_float(nest.out.dtype):
-            return None
-        temp = Buffer(unused_name("T", self.taken), nest.out.dtype, nest.out.shape)
+            return
+        key = (nest, b.scale)
+        if key not in self.ex._temps:
+            temp = Buffer(unused_name("T", self.ex.taken), nest.out.dtype, nest.out.shape)
+            self.ex._temps[key] = (temp, [unused_name(f"x{k}", self.ex.taken) for k in range(temp.ndim)])
+        temp, names = self.ex._temps[key]
         body = _substitute(semantics_value(desc), dict(b.loads))
         inner = AccNest(nest.dims, temp, nest.indices, body)
-        unscaled = [BodyMatch(m.nest, m.intrinsic, m.loads, 1.0) for m in matches
-                    if m.scale == b.scale]
-        plan = self.best(inner, unscaled, depth, pack)
-        if plan.cost >= cost.scalar(nest):
-            return None
-        names = [unused_name(f"x{k}", self.taken) for k in range(temp.ndim)]
+        unscaled = tuple(BodyMatch(m.nest, m.intrinsic, m.loads, 1.0) for m in matches
+                         if m.scale == b.scale)
         idx = tuple(Var(n) for n in names)
         zero: Stmt = Store(temp, idx, Const(0.0, temp.dtype))
         scale = Accumulate(nest.out, idx, Binary("*", Const(b.scale, temp.dtype), Load(temp, idx)))
         for n, extent in reversed(list(zip(names, temp.shape))):
             zero, scale = For(n, 0, extent, zero), For(n, 0, extent, scale)
-        extra = cost.moved(2 * temp.size)
-        return Plan([zero] + plan.stmts + [scale], plan.cost + extra, [temp] + plan.allocs)
-
+        self.graph.add(ref, self.graph.leaf([zero], cost.moved(temp.size), [temp]),
+                       self.nest(inner, unscaled, depth, pack),
+                       self.graph.leaf([scale], cost.moved(temp.size)))
