@@ -202,6 +202,9 @@ def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,
     parts = loops.apply(nests.items(normal), taken)
     t1 = time.perf_counter()
     chosen = plan_items(parts, library, budget, taken, in_process)
+    # producers inlined into their consumers where legal and cheaper (rules/fusion.py)
+    normal, parts, chosen = _inline_alternatives(normal, parts, chosen, library, budget, taken,
+                                                 in_process)
     levels = 0
     for alt in _strassen_alternatives(normal, parts, strassen, taken):
         planned = plan_items(alt.parts, library, budget, taken, in_process)
@@ -225,6 +228,34 @@ def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,
                           {"normalize": t1 - t0, "saturate+extract": t2 - t1, "verify": t3 - t2,
                            "tensorize": t3 - t0})
     out.strassen_levels = levels
+    return out
+
+
+def _inline_alternatives(func: PrimFunc, parts: Sequence, chosen: Planned, library: dict,
+                         budget: Budget, taken: set[str], in_process: bool):
+    """``(func, parts, plan)`` with the inlinable producers (``rules/fusion.py``) that make the
+    program cheaper by the cost model inlined: each is added in turn when it pays, then all of
+    them together are tried (two casts may pay only together). Inlining recomputes the
+    producer's value at every use, which pays when the consumer then runs on an intrinsic and
+    not when an expensive value lands in a big reduction."""
+    from .rules import fusion
+
+    names = fusion.candidates(func)
+    best: frozenset[str] = frozenset()
+    tried = {best}
+    out = (func, parts, chosen)
+    for more in [{n} for n in names] + [set(names)]:
+        only = best | more
+        if only in tried:
+            continue
+        tried.add(only)
+        inlined = fusion.inline_producers(func, only=only)
+        if inlined is func:
+            continue
+        alt = loops.apply(nests.items(inlined), taken)  # as tensorize builds ``parts``
+        planned = plan_items(alt, library, budget, taken, in_process)
+        if planned.cost < out[2].cost:
+            best, out = only, (inlined, alt, planned)
     return out
 
 
