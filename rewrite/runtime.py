@@ -301,6 +301,7 @@ class Kernel:
         self._allocs = func.allocs
         self._dtypes = [np.dtype(numpy_dtype(b.dtype)) for b in func.params]
         self._last: Optional[tuple] = None  # see _pointers
+        self._local = threading.local()  # see _with_temporaries
 
     def __repr__(self) -> str:
         return f"<Kernel {self.func.name} threads={self.threads} from {self.source}>"
@@ -310,15 +311,32 @@ class Kernel:
         for buf, want, arr in zip(self._params, self._dtypes, arrays):
             _check_array(buf, want, arr, buf.name in self._writes)
         pointers = self._pointers(arrays)
-        temps = [np.zeros(b.shape, numpy_dtype(b.dtype)) for b in self._allocs]
-        if temps:
-            pointers = (ctypes.c_void_p * (len(arrays) + len(temps)))(
-                *pointers, *(t.ctypes.data for t in temps))
+        if self._allocs:
+            pointers = self._with_temporaries(pointers)
         if self._pool is None:
             self._entry(pointers, None)
         else:
             with self._pool.lock:
                 self._entry(pointers, self._pool.address)
+
+    def _with_temporaries(self, pointers):
+        """``pointers`` followed by the temporaries', zeroed (the IR says temporaries start as
+        zeros). Each thread keeps its own temporaries across calls: allocating them and
+        reading their addresses cost several microseconds a call, and fresh large arrays
+        fault their pages in again every time."""
+        local = self._local
+        temps = getattr(local, "temps", None)
+        if temps is None:
+            temps = local.temps = [np.zeros(b.shape, numpy_dtype(b.dtype)) for b in self._allocs]
+            local.addresses = [t.ctypes.data for t in temps]
+            local.combined = (None, None)
+        else:
+            for t in temps:
+                t.fill(0)
+        if local.combined[0] is not pointers:
+            n = len(pointers) + len(temps)
+            local.combined = (pointers, (ctypes.c_void_p * n)(*pointers, *local.addresses))
+        return local.combined[1]
 
     def _pointers(self, arrays: list[np.ndarray]):
         """The pointer array for ``arrays``, reused when the same array objects come again

@@ -217,6 +217,42 @@ def test_many_parallel_calls_from_two_python_threads(mm):
     assert not errors
 
 
+def test_temporaries_are_private_to_each_calling_thread():
+    """Temporaries are kept across calls, one set per thread: two threads calling one
+    serial kernel must not zero or fill each other's. The temporary is large so that one
+    thread's zeroing overlaps the other's kernel (a shared temporary failed here about one
+    call in forty)."""
+    import threading
+
+    n = 1 << 20
+    func = parse(f"""
+@prim_func
+def t(A: f32[{n}], B: f32[{n}]):
+    T = alloc(f32[{n}])
+    for i in range({n}):
+        T[i] += A[i]
+    for i in range({n}):
+        B[i] = T[i] + T[i]
+""")
+    k = runtime.compile(func, threads=1)
+    errors = []
+
+    def worker(seed):
+        a = arrays(func, seed=seed)
+        want = 2 * a["A"]
+        for _ in range(60):
+            k(**a)
+            if not np.array_equal(a["B"], want):
+                errors.append(seed)
+
+    ts = [threading.Thread(target=worker, args=(s,)) for s in (1, 2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+
+
 def test_schedule_moves_the_unit_stride_loop_innermost(mm):
     from rewrite.lower import schedule
     from rewrite.script import show
