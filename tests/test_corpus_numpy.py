@@ -207,6 +207,7 @@ def _tbl():
     add("gemm_accumulate_into", 65, lambda a: {"C": f64(a["C"]) + f64(a["A"]) @ f64(a["B"])})
     add("gemm_transposed_a", 64, lambda a: {"C": f64(a["A"]).T @ f64(a["B"])})
     add("gemm_transposed_b", 64, lambda a: {"C": f64(a["A"]) @ f64(a["B"]).T})
+    add("gemm_transposed_b_256", 256, lambda a: {"C": f64(a["A"]) @ f64(a["B"]).T})
     add("gemm_scaled", 64, lambda a: {"C": 2.0 * (f64(a["A"]) @ f64(a["B"]))})
     add("gemm_all_disguises", 64, lambda a: {"C": 0.5 * (f64(a["A"]).T @ f64(a["B"]).T)})
 
@@ -241,6 +242,13 @@ def _tbl():
     for name in ("qdense_u8i8", "qdense_u8i8_256"):
         add(name, 0, lambda a: {"C": int_matmul(a["A"], a["B"])})
     add("qdense_u8i8_nt", 0, lambda a: {"C": int_matmul(a["A"], a["B"].T)})
+    # fusion.py: producers materialised into temporaries (their effect on the inputs too)
+    add("qdense_widened", 0, lambda a: {"C": int_matmul(a["A"], a["B"])})
+    add("gemm_prescaled", 256, lambda a: {"C": (0.5 * f64(a["A"])) @ f64(a["B"])})
+    add("gemm_input_updated", 64, lambda a: {"C": (0.5 * f64(a["A"])) @ f64(a["B"]),
+                                             "A": f64(a["A"]) + 1.0})
+    add("gemm_exp_shared", 64, lambda a: {"C": np.exp(f64(a["A"])) @ f64(a["B"]),
+                                          "E": np.exp(f64(a["A"])) @ f64(a["D"])})
     add("qconv_u8i8", 0, lambda a: {"Y": int_conv2d_nhwc(a["X"], a["W"], 1)})
 
     # pooling: max pooling is exact (max picks an input), computed in f32
