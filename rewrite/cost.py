@@ -8,17 +8,16 @@ miss a unit-stride need of the descriptor is gathered element by element, so it 
 
 A packing stage (``rules/layout.py``) is a plain copy, costed like any scalar statement
 (``scalar_stmt``: no arithmetic, one per element written), plus ``PER_PACKING`` for the stage
-itself. That constant is fitted, not derived: on the 6x16 outer product reading a transposed
-``B[j, k]`` (one thread, this machine) packing measured slower at 48x64x64 (34 us against
-25 us gathered) and 64x64x64 (46 against 33 us) and faster at 96x96x96 (68 against 86 us)
-and 128x128x128 (149 against 181 us); in these units the copy saves about 33 000, 48 000,
-156 000 and 370 000 there, so the break-even lies near 90 000. Two things make it that
-large: the runtime allocates, zeroes and passes every temporary on every call (about 12 us,
-some 15 000 units at the 0.8 ns a unit the outer product runs at), and ``GATHER_PENALTY``
-overstates the gather of that intrinsic (its gathered calls measured 1.6 times, not 4 times,
-the unit-stride ones). The u8 x i8 dot gains more from packing (64x128x128: 176 us packed,
-322 us gathered) and still packs at that size. An operand each call reads once (an 8-wide
-FMA, a matrix-vector product) never pays for its copy.
+itself. That constant is fitted, not derived. On the 6x16 outer product reading a transposed
+``B[j, k]`` (one thread, this machine, medians of 300 calls) packing measured slower at
+32x32x32 (15.5 us against 14.2 us gathered) and faster from 48x64x64 on (23.6 against 25.0,
+64^3: 28.5 against 32.1, 128^3: 131 against 160 us); in these units the copy saves about
+4 700 at 32^3 and 33 000 at 48x64x64, so the break-even lies near 10 000. The stage pays a
+kernel's temporaries being zeroed on every call and the copy's own loop overhead, and
+``GATHER_PENALTY`` overstates the gather of that intrinsic (its gathered calls measured 1.6
+times, not 4 times, the unit-stride ones). The u8 x i8 dot gains more from packing (64^3: 47
+against 94 us). An operand each call reads once (an 8-wide FMA, a matrix-vector product)
+never pays for its copy.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from .nests import AccNest
 
 GATHER_PENALTY = 4.0
 PER_ELEMENT_MOVED = 1.0
-PER_PACKING = 90000.0
+PER_PACKING = 10000.0
 
 
 def scalar(nest: AccNest) -> float:

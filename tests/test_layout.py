@@ -109,11 +109,11 @@ def test_packed_program_interprets_as_the_original():
 
 
 @pytest.mark.parametrize("src", [
-    # 64x64x64: gathered, 2560 6x16 calls * 6 * GATHER_PENALTY plus 2048 8-wide axpys * 4
-    # for the last 4 rows = 69 632; packed, 64 * 64 copied + PER_PACKING + 15 360 + 2048 =
-    # 111 504 (measured 33 us gathered, 46 us packed).
-    "@prim_func\ndef nt(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):\n"
-    "    for i, j, k in grid(64, 64, 64):\n        C[i, j] += A[i, k] * B[j, k]\n",
+    # 32x32x32: gathered, 320 6x16 calls * 6 * GATHER_PENALTY plus 256 8-wide axpys * 4
+    # for the last 2 rows = 8 704; packed, 32 * 32 copied + PER_PACKING + 1 920 + 256 =
+    # 13 200 (measured 14.2 us gathered, 15.5 us packed).
+    "@prim_func\ndef nt(A: f32[32, 32], B: f32[32, 32], C: f32[32, 32]):\n"
+    "    for i, j, k in grid(32, 32, 32):\n        C[i, j] += A[i, k] * B[j, k]\n",
     # y = B @ x with B read as B[j, k] on 8-wide axpys: each element of B is read by exactly
     # one call, so copying it (N * K) costs more than the gather adds (3 * N * K / 8),
     # whatever the size.
@@ -131,8 +131,8 @@ def test_small_or_single_use_operands_stay_gathered(src):
 
 
 def test_the_extractor_weighs_copy_against_gather():
-    """At 48x64x64 the packed plan's cost (copy, stage, unit-stride calls) exceeds the
-    gathered one, at 96x96x96 it is below it (as measured); the choice follows."""
+    """At 32x32x32 the packed plan's cost (copy, stage, unit-stride calls) exceeds the
+    gathered one, at 48x64x64 it is below it (as measured); the choice follows."""
     mm = AVX2[[d.name for d in AVX2].index("x86.mm.f32.6x16x1")]
 
     def costs(m, n, k):
@@ -146,7 +146,7 @@ def test_the_extractor_weighs_copy_against_gather():
         packed = cost.packing(packing.copies) + cost.calls(mm, binding.tiles, True)
         return gathered, packed
 
-    small, large = costs(48, 64, 64), costs(96, 96, 96)
+    small, large = costs(32, 32, 32), costs(48, 64, 64)
     assert small[0] < small[1] and large[1] < large[0]
 
 
