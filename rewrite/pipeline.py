@@ -5,7 +5,10 @@
     items(func)                            # accumulate nests (order-free) and other statements
     loops.apply(items)                     # split-divmod, merge-reductions (rules/loops.py)
     saturate(Job(bodies, patterns))        # e-graph: body algebra, then generated match rules
-    Extractor.best(nest, matches)          # bindings, remainders, scale; cheapest by cost.py
+    Extractor.best(nest, matches)          # bindings, remainders, scale, packing: a plan
+                                           #   e-graph from which egglog extracts the cheapest
+    _inline_alternatives(...)              # producers inlined where cheaper (rules/fusion.py)
+    _strassen_alternatives(...)            # Strassen, matmul chains (rules/strassen.py)
     verify(result)                         # the output is a well-formed program too
 """
 
@@ -63,6 +66,8 @@ class TensorizeResult:
     explanations: list[Explanation] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
     strassen_levels: int = 0
+    cost: float = 0.0  # of the chosen program, by cost.py (scalar-operation units)
+    scalar_cost: float = 0.0  # of the same function as scalar code, for comparison
 
     @property
     def coverage(self) -> float:
@@ -86,6 +91,7 @@ class TensorizeResult:
                  f"({self.ops_in_intrinsics} of {self.ops_total} ops in intrinsics)"]
         for s in self.sites:
             lines.append(f"  {s.intrinsic} x{s.calls} at {s.where}")
+        lines.append(f"  cost {self.cost:,.0f} (as scalar code {self.scalar_cost:,.0f})")
         r = self.saturation
         lines.append(f"  saturation: {r.iterations} iterations, {r.enodes} e-nodes, "
                      f"{r.stop_reason}, {r.seconds:.3f} s")
@@ -228,6 +234,9 @@ def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,
                           {"normalize": t1 - t0, "saturate+extract": t2 - t1, "verify": t3 - t2,
                            "tensorize": t3 - t0})
     out.strassen_levels = levels
+    out.cost = chosen.cost
+    out.scalar_cost = sum(cost.scalar(p) if isinstance(p, AccNest) else cost.scalar_stmt(p)
+                          for p in parts)
     return out
 
 
