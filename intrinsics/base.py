@@ -1,8 +1,8 @@
 """Intrinsic descriptors and the registry.
 
 An intrinsic is declared by its meaning, written in the script language, and by how to emit
-it (an emitter, see ``emit.py``; none means an emulated implementation is generated from the
-meaning)::
+it (an emitter, see ``emit.py``, such as ``LlvmText`` for an implementation written as LLVM
+IR text; none means an emulated implementation is generated from the meaning)::
 
     @intrinsic("x86.fma.f32x8", isa=("avx2", "fma"), cost=1.0, emitter=FmaF32x8())
     def fma_f32x8(c: f32[8], a: f32[8], b: f32[8]):
@@ -302,6 +302,9 @@ def _check_emitter(name: str, emitter, operands: tuple[Operand, ...]) -> None:
         return
     if not callable(getattr(emitter, "emit", None)):
         raise IntrinsicError(f"intrinsic {name}: the emitter has no emit(builder, operands) method")
+    bind = getattr(emitter, "bind", None)
+    if callable(bind):  # an emitter that learns its operands from the semantics (LlvmText)
+        bind(name, operands)
     want = tuple(o.name for o in operands)
     got = tuple(getattr(emitter, "operands", ()))
     if sorted(got) != sorted(want):

@@ -18,16 +18,19 @@ A lowering emits a call site as::
     emitter_of(desc).emit(builder, {"c": Ref(c_ptr, "f32", (16, 1)), "a": ..., "b": ...})
 
 ``emitter_of`` picks the native emitter when this CPU has the descriptor's ISA, else the
-emulation, so the same call site compiles on any machine.
+emulation, so the same call site compiles on any machine. ``LlvmText`` is an emitter whose
+implementation is LLVM IR text (one function of the base pointers and element strides).
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import itertools
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
+import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 
@@ -205,6 +208,144 @@ class Emulated(Emitter):
 
     def store_acc(self, b, ops, acc) -> None:
         pass
+
+
+# ---------------------------------------------------------------------------
+# an implementation written as LLVM IR text
+
+
+class LlvmText(Emitter):
+    """An implementation given as LLVM IR text. The contract:
+
+    - The text defines exactly one function with external (the default) linkage: the
+      implementation. Its name is free. Helper functions and globals it uses must be
+      ``internal`` or ``private``; declarations (``declare <8 x float> @llvm.fma.v8f32(...)``)
+      are allowed.
+    - It returns ``void`` and takes, in the semantics' parameter order, each operand's base
+      pointer (``ptr``), then each operand's strides (``i64``, one per operand dimension,
+      outermost first, counted in **elements**, not bytes; negative and zero strides occur).
+      For ``fma(c: f32[8], a: f32[8], b: f32[8])`` that is
+      ``define void @impl(ptr %c, ptr %a, ptr %b, i64 %c_s0, i64 %a_s0, i64 %b_s0)``.
+    - One call performs one call of the intrinsic: it adds into the output what the semantics
+      add, and writes nothing else. Pointers are aligned to the element only, so a vector
+      load or store must say so (``load <8 x float>, ptr %p, align 4``).
+
+    The text is parsed and verified when the intrinsic is registered (an ``IntrinsicError``
+    naming the intrinsic otherwise). At a call site the function is declared under a private
+    symbol and called with the operands' pointers and strides; ``codegen.optimize`` links
+    the text in, internal and ``alwaysinline``, so at O3 it is inlined and constant strides
+    fold. The accumulator lives in memory: a k-loop makes one call per step.
+    """
+
+    def __new__(cls, text: str):
+        # The disk cache tells emitters apart by class name and source file (runtime's
+        # _intrinsics_version), and every text shares this file: each text gets its own
+        # class, named by its digest, so editing the IR invalidates the cached code.
+        digest = hashlib.sha256(str(text).encode()).hexdigest()[:20]
+        sub = _TEXT_CLASSES.get(digest)
+        if sub is None:
+            sub = _TEXT_CLASSES[digest] = type(
+                cls.__name__, (cls,), {"__qualname__": f"{cls.__qualname__}.sha256_{digest}",
+                                       "__module__": cls.__module__, "__doc__": cls.__doc__})
+        return super().__new__(sub)
+
+    def __reduce__(self):  # pickle by the public class: the per-text one has no global name
+        return LlvmText, (self.text,), self.__dict__
+
+    def __init__(self, text: str):
+        self.text = text
+        self.operands: tuple[str, ...] = ()
+        self.symbol: Optional[str] = None
+        self.prepared: Optional[str] = None  # the text, renamed to ``symbol``, alwaysinline
+
+    def bind(self, name: str, operands) -> None:
+        """Check the text against the intrinsic's operands (called by ``register``); raise
+        ``IntrinsicError`` naming ``name`` for anything wrong."""
+        from .base import IntrinsicError
+
+        def refuse(why: str) -> IntrinsicError:
+            return IntrinsicError(f"intrinsic {name}: LLVM IR text {why}")
+
+        names = tuple(o.name for o in operands)
+        if self.symbol is not None:
+            if names != self.operands:
+                raise refuse(f"is already bound to operands ({', '.join(self.operands)})")
+            return
+        if not isinstance(self.text, str):
+            raise refuse(f"must be a str, not {type(self.text).__name__}")
+        try:
+            mod = llvm.parse_assembly(self.text)
+        except RuntimeError as e:
+            raise refuse(f"does not parse: {_llvm_error(str(e))}") from None
+        try:
+            mod.verify()
+        except RuntimeError as e:
+            raise refuse(f"is not valid: {_llvm_error(str(e))}") from None
+        defined = [f for f in mod.functions if not f.is_declaration and not _local(f)]
+        if len(defined) != 1:
+            found = ", ".join("@" + f.name for f in defined) or "none"
+            raise refuse(f"must define exactly one external function (the implementation; "
+                         f"helpers internal or private), found {found}")
+        shared = [g.name for g in mod.global_variables if not g.is_declaration and not _local(g)]
+        if shared:
+            raise refuse(f"defines global @{shared[0]}, which must be internal or private")
+        fn = defined[0]
+        want = [f"ptr %{o.name}" for o in operands] + [
+            f"i64 %{o.name}_s{d}" for o in operands for d in range(len(o.shape))]
+        fnty = fn.global_value_type
+        got = [str(t) for t in fnty.get_function_parameters()]
+        ret = str(fnty.get_function_return())
+        if fnty.is_function_vararg or ret != "void" or got != [w.split()[0] for w in want]:
+            vararg = ", ..." if fnty.is_function_vararg else ""
+            raise refuse(f"function @{fn.name} must be 'void ({', '.join(want)})', the base "
+                         f"pointers then the element strides in the semantics' operand order; "
+                         f"it is '{ret} ({', '.join(got)}{vararg})'")
+        symbol = f"tensorize.llvm_text.{name}.{next(_counter)}"
+        fn.name = symbol
+        fn.add_function_attribute("alwaysinline")
+        try:
+            mod.verify()
+        except RuntimeError as e:
+            raise refuse(f"cannot be made alwaysinline: {_llvm_error(str(e))}") from None
+        self.symbol, self.operands, self.prepared = symbol, names, str(mod)
+        self._type = ir.FunctionType(VOID, [PTR] * len(names) + [I64] * (len(want) - len(names)))
+
+    def load_acc(self, b, ops):
+        return None
+
+    def step(self, b, ops, acc):
+        if self.symbol is None:
+            raise ValueError("LlvmText emitter used before its intrinsic was registered")
+        module = b.module
+        fn = module.globals.get(self.symbol)
+        if fn is None:
+            fn = ir.Function(module, self._type, name=self.symbol)
+            if not hasattr(module, "linked_ir"):
+                module.linked_ir = []
+            module.linked_ir.append(self.prepared)
+        refs = [ops[n] for n in self.operands]
+        b.call(fn, [r.ptr for r in refs] + [_value(s) for r in refs for s in r.strides])
+        return None
+
+    def store_acc(self, b, ops, acc) -> None:
+        pass
+
+
+_TEXT_CLASSES: dict[str, type] = {}
+
+
+def _local(value) -> bool:
+    return value.linkage in (llvm.Linkage.internal, llvm.Linkage.private)
+
+
+def _llvm_error(message: str) -> str:
+    """LLVM's multi-line report as one line: the first error, with its position."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if ln not in ("LLVM IR parsing error",)]
+    first = next((ln for ln in lines if "error:" in ln), lines[0] if lines else "invalid IR")
+    if first.startswith("<string>:"):  # "<string>:2:12: error: ..." -> "line 2:12: ..."
+        first = "line " + first[len("<string>:"):].replace(": error:", ":", 1)
+    return first.rstrip("!")
 
 
 def emitter_of(desc: Intrinsic, native: Optional[bool] = None) -> Emitter:

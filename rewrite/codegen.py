@@ -101,8 +101,22 @@ def new_module(name: str) -> ir.Module:
 
 def optimize(module: ir.Module) -> llvm.ModuleRef:
     """Parse and verify ``module``, then run the new pass manager's O3 pipeline with loop and
-    SLP vectorisation for this CPU."""
+    SLP vectorisation for this CPU.
+
+    ``module.linked_ir``, when set, lists LLVM IR texts (intrinsics written as text, see
+    ``intrinsics.LlvmText``) linked in first; a function the module declares and a text
+    defines becomes internal, so once inlined it leaves no symbol behind."""
     ref = llvm.parse_assembly(str(module))
+    texts = getattr(module, "linked_ir", ())
+    if texts:
+        declared = {f.name for f in ref.functions if f.is_declaration}
+        for text in texts:
+            part = llvm.parse_assembly(text)
+            part.triple, part.data_layout = ref.triple, ref.data_layout
+            ref.link_in(part)
+        for f in ref.functions:
+            if f.name in declared and not f.is_declaration:
+                f.linkage = llvm.Linkage.internal
     ref.verify()
     tuning = llvm.create_pipeline_tuning_options(speed_level=3)
     tuning.loop_vectorization = True
