@@ -237,20 +237,10 @@ class LlvmText(Emitter):
     fold. The accumulator lives in memory: a k-loop makes one call per step.
     """
 
-    def __new__(cls, text: str):
-        # The disk cache tells emitters apart by class name and source file (runtime's
-        # _intrinsics_version), and every text shares this file: each text gets its own
-        # class, named by its digest, so editing the IR invalidates the cached code.
-        digest = hashlib.sha256(str(text).encode()).hexdigest()[:20]
-        sub = _TEXT_CLASSES.get(digest)
-        if sub is None:
-            sub = _TEXT_CLASSES[digest] = type(
-                cls.__name__, (cls,), {"__qualname__": f"{cls.__qualname__}.sha256_{digest}",
-                                       "__module__": cls.__module__, "__doc__": cls.__doc__})
-        return super().__new__(sub)
-
-    def __reduce__(self):  # pickle by the public class: the per-text one has no global name
-        return LlvmText, (self.text,), self.__dict__
+    def fingerprint(self) -> str:
+        """What compiled code made with this emitter depends on beyond its class: the text
+        (the runtime's disk cache keys on it, so editing the IR compiles again)."""
+        return hashlib.sha256(str(self.text).encode()).hexdigest()
 
     def __init__(self, text: str):
         self.text = text
@@ -330,8 +320,6 @@ class LlvmText(Emitter):
     def store_acc(self, b, ops, acc) -> None:
         pass
 
-
-_TEXT_CLASSES: dict[str, type] = {}
 
 
 def _local(value) -> bool:

@@ -112,8 +112,9 @@ _CODE_VERSION: Optional[str] = None
 
 
 def _intrinsics_version(func: PrimFunc) -> str:
-    """What the code of the intrinsics ``func`` calls depends on: each one's semantics, and
-    the source of the module that emits it (a user's plugin as much as the built-ins)."""
+    """What the code of the intrinsics ``func`` calls depends on: each one's semantics, the
+    source of the module that emits it (a user's plugin as much as the built-ins), and what
+    the emitter says it depends on beyond that (``fingerprint()``: an LLVM IR text)."""
     names = sorted({s.intrinsic for s in walk_stmts(func.body) if isinstance(s, Call)})
     if not names:
         return ""
@@ -125,7 +126,8 @@ def _intrinsics_version(func: PrimFunc) -> str:
         emitter = intrinsics.emitter_of(desc)
         source = inspect.getsourcefile(type(emitter)) or ""
         digest = hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else ""
-        parts.append(f"{name}|{desc.script()}|{type(emitter).__qualname__}|{digest}")
+        fingerprint = getattr(emitter, "fingerprint", lambda: "")()  # e.g. LLVM IR text
+        parts.append(f"{name}|{desc.script()}|{type(emitter).__qualname__}|{digest}|{fingerprint}")
     return "\n".join(parts)
 
 
