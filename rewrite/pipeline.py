@@ -347,6 +347,7 @@ def _first_failure(nest: AccNest, desc, matches: list) -> tuple[int, str]:
         need = ", ".join(f"{d.name}<{d.extent}>" for d in desc.dims)
         have = ", ".join(f"{d.name}<{d.extent}>" for d in nest.dims)
         return 3, f"its loops ({have}) are shorter than {desc.name} needs ({need})"
-    return 4, (f"{desc.name} applies but costs more than scalar code here (operands without the "
-               "unit stride it needs are gathered element by element)")
+    return 4, (f"{desc.name} applies but costs more than scalar code here: operands without the "
+               "unit stride it needs would be gathered element by element, and copying them "
+               "into a packed temporary does not pay at these sizes")
 
