@@ -8,7 +8,8 @@ built-in library. Importing the package registers the built-ins.
 """
 
 from .base import (TARGETS, Intrinsic, IntrinsicError, IterDim, Layout, Operand, all, describe,
-                   get, host_features, intrinsic, library, load_file, register, unregister)
+                   generation, get, host_features, intrinsic, library, load_file, register,
+                   unregister)
 from .emit import (CompiledIntrinsic, Emitter, Emulated, LlvmText, Ref, compile_intrinsic,
                    emitter_of)
 from . import x86  # noqa: E402,F401 - registers the built-in library, x86 first
@@ -16,6 +17,6 @@ from . import arm, nvidia  # noqa: E402,F401
 from . import bench  # noqa: F401
 
 __all__ = ["TARGETS", "Intrinsic", "IntrinsicError", "IterDim", "Layout", "Operand", "all",
-           "describe", "get", "host_features", "intrinsic", "library", "load_file", "register",
-           "unregister", "CompiledIntrinsic", "Emitter", "Emulated", "LlvmText", "Ref",
-           "compile_intrinsic", "emitter_of", "bench"]
+           "describe", "generation", "get", "host_features", "intrinsic", "library",
+           "load_file", "register", "unregister", "CompiledIntrinsic", "Emitter", "Emulated",
+           "LlvmText", "Ref", "compile_intrinsic", "emitter_of", "bench"]

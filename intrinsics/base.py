@@ -366,6 +366,7 @@ def register(name: str, semantics: Union[PrimFunc, str, Callable], *, isa: Itera
     desc = Intrinsic(name, func, operands, dims, tuple(isa), arch, float(cost),
                      _layouts(name, layout, operands), emitter, source or f"<{name}>")
     _registry[name] = desc
+    _generation[0] += 1
     return desc
 
 
@@ -381,6 +382,16 @@ def intrinsic(name: str, *, isa: Iterable[str] = (), cost: float = 1.0,
 def unregister(name: str) -> None:
     get(name)
     del _registry[name]
+    _generation[0] += 1
+
+
+def generation() -> int:
+    """A number that changes whenever an intrinsic is registered or unregistered: compiled
+    programs calling intrinsics are only reused within one generation."""
+    return _generation[0]
+
+
+_generation = [0]
 
 
 def get(name: str) -> Intrinsic:

@@ -237,7 +237,7 @@ class _Compiled:
     seconds: float
 
 
-_memory: dict[PrimFunc, _Compiled] = {}
+_memory: dict = {}  # see _memory_key
 _compile_lock = threading.RLock()
 
 
@@ -252,17 +252,28 @@ def _build(func: PrimFunc, symbol: str) -> tuple[bytes, dict]:
     return obj, {"parallel": any(p.parallel for p in plan.parts)}
 
 
+def _memory_key(func: PrimFunc):
+    """A program calling intrinsics is reused only while no intrinsic was registered or
+    unregistered since (a name registered again may have another implementation)."""
+    if not any(isinstance(s, Call) for s in walk_stmts(func.body)):
+        return func
+    import intrinsics
+
+    return func, intrinsics.generation()
+
+
 def _compiled(func: PrimFunc) -> tuple[_Compiled, bool]:
-    hit = _memory.get(func)
+    key = _memory_key(func)
+    hit = _memory.get(key)
     if hit is not None:
         return hit, True
     # one compile at a time: LLVM's target machine and the engine are shared
     with _compile_lock:
-        hit = _memory.get(func)
-        return (hit, True) if hit is not None else (_compile_now(func), False)
+        hit = _memory.get(key)
+        return (hit, True) if hit is not None else (_compile_now(func, key), False)
 
 
-def _compile_now(func: PrimFunc) -> _Compiled:
+def _compile_now(func: PrimFunc, memory_key) -> _Compiled:
     t0 = time.perf_counter()
     # lowering is a function of the program and of the code version in the key, so a disk
     # hit skips it along with LLVM
@@ -271,7 +282,7 @@ def _compile_now(func: PrimFunc) -> _Compiled:
     obj, meta, source = _object(key, lambda: _build(func, symbol))
     (address,) = _engine().load(obj, [symbol])
     done = _Compiled(address, bool(meta["parallel"]), source, time.perf_counter() - t0)
-    _memory[func] = done
+    _memory[memory_key] = done
     return done
 
 

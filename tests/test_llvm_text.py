@@ -213,6 +213,23 @@ def once(C: f32[8], A: f32[8], B: f32[8]):
     runtime.clear_memory_cache()
 
 
+def test_a_name_registered_again_is_compiled_again_in_the_same_process():
+    # no clear_memory_cache here: the in-memory cache must notice the new registration
+    name = "user.text.reregistered.f32x8"
+    program = f'''
+@prim_func
+def once(C: f32[8], A: f32[8], B: f32[8]):
+    call("{name}", c=window(C[0], (1,)), a=window(A[0], (1,)), b=window(B[0], (1,)))
+'''
+    wrong = VECTOR_FMA.replace("%rv = fadd <8 x float> %cv, %pv", "%rv = fsub <8 x float> %cv, %pv")
+    for text, ok in ((VECTOR_FMA, True), (wrong, False), (VECTOR_FMA, True)):
+        intrinsics.register(name, fma_f32x8, emitter=LlvmText(text))
+        try:
+            assert runtime.check(parse(program)).ok is ok
+        finally:
+            intrinsics.unregister(name)
+
+
 # ---------------------------------------------------------------------------
 # bad text: refused at registration, naming the intrinsic
 
