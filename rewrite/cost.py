@@ -18,9 +18,16 @@ kernel's temporaries being zeroed on every call and the copy's own loop overhead
 times, not 4 times, the unit-stride ones). The u8 x i8 dot gains more from packing (64^3: 47
 against 94 us). An operand each call reads once (an 8-wide FMA, a matrix-vector product)
 never pays for its copy.
+
+A unit-stride input can still cost more than its calls: ``streamed`` charges a tile's panel
+read at a large stride along the reduction whose lines do not stay in L2, which a
+``pack-panel`` copy (contiguous panels, ``rules/layout.py``) avoids, and an input the next
+tile reads again that has outgrown L1 (a long reduction's rows of A).
 """
 
 from __future__ import annotations
+
+import math
 
 from .lower import op_count
 from .nests import AccNest
@@ -28,6 +35,11 @@ from .nests import AccNest
 GATHER_PENALTY = 4.0
 PER_ELEMENT_MOVED = 1.0
 PER_PACKING = 10000.0
+
+# L1 and L2 of one Zen 3 core: 32 KB; 512 KB, 8 ways of 1024 sets; 64-byte lines (``streamed``).
+LINE, L1_BYTES, L2_SETS, L2_WAYS = 64, 32 * 1024, 1024, 8
+PER_LINE_REFETCHED = 2.0
+PER_LINE_FROM_L2 = 8.0
 
 
 def scalar(nest: AccNest) -> float:
@@ -63,3 +75,65 @@ def calls(desc, count: int, unit_stride_ok: bool) -> float:
 
 def moved(elements: int) -> float:
     return elements * PER_ELEMENT_MOVED
+
+
+def streamed(calls: int, streams) -> float:
+    """What a tile's strided panel adds to ``calls`` calls (``layout.streams``).
+
+    An input whose consecutive calls along the reduction lie a line or more apart (the 6x16
+    product's ``B[k, 16 * j_o]``: one row of B per k) touches ``runs * ceil(run / LINE)``
+    lines per call, ``steps`` calls per tile. At a stride of ``s`` lines those lines fall
+    into only ``L2_SETS / gcd(s, L2_SETS)`` of L2's sets; when one tile's lines are more
+    than those sets hold, the panel is gone before the next tile over it comes back, and
+    its lines come again from L3, one per call, at a stride the prefetcher does not follow.
+    Each call pays ``PER_LINE_REFETCHED`` per line times the share of the panel that does
+    not fit. A contiguous panel (``pack-panel``'s copy) streams and pays nothing.
+
+    Fitted on square f32 GEMMs (6x16 calls in ``i_o, j_o, k`` order, remainders on 8-wide
+    axpys), B read in place against B copied into ``[j_o, k, j_i]`` panels; one thread,
+    this machine, each the median of 3 medians of 21 to 1145 calls; the programs are the
+    ones ``tensorize`` emits with this term forced to 0 and to infinity. Panelled / in place:
+
+        n      64    96    128   192   256   384         512         640   768   1024
+        ratio  1.18  1.09  1.05  1.04  1.04  1.02, 0.91  0.83, 0.85  1.05  0.96  0.76
+
+    Packing pays only at 512 and 1024 (stride 32 and 64 lines: 32 and 16 L2 sets for 512
+    and 1024 lines, so half and 7/8 of the panel do not fit) and a little at 768 (48 lines,
+    64 sets, a third does not fit); everywhere else the panel fits its sets and the copy is
+    pure overhead. L1's own aliasing does not predict it: at 256 a tile's 256 lines share 4
+    L1 sets (32 lines) and the copy still loses, the L2 hits being cheap enough. The saved
+    time per call, 0.9 ns at 512 and 1.5 ns at 1024, is about 1 and 1.7 units (the in-place
+    512 program's 8.4 million units ran in 7.5 ms); over the share that does not fit (1/2,
+    7/8) that is 2 per line. At 768 it predicts 0.7 units a call where 0.2 was measured:
+    the copy is still chosen there, and it still measured faster."""
+    extra = 0.0
+    for s in streams:
+        extra += _reread(calls, s)
+        if not s.unit or s.contiguous or s.stride < LINE:
+            continue
+        lines = s.runs * math.ceil(s.run / LINE)
+        sets = L2_SETS // math.gcd(s.stride // LINE, L2_SETS) if s.stride % LINE == 0 else L2_SETS
+        held = sets * L2_WAYS
+        if s.steps * lines > held:
+            extra += calls * lines * PER_LINE_REFETCHED * (1.0 - held / (s.steps * lines))
+    return extra
+
+
+def _reread(calls: int, s) -> float:
+    """An input that walks through its lines (less than a line per call) and that the next
+    tile reads again, like the 6x16 product's six rows of A across ``j_o``, stays in L1 only
+    while its ``runs * steps * stride`` bytes fit; the share that does not is read again
+    from L2, ``runs * stride / LINE`` lines per call at ``PER_LINE_FROM_L2`` each.
+
+    Fitted on f32 GEMMs of 1020 x 1024 x K, B in panels, one thread, medians of 7 calls:
+    6x16 calls took 4.35 ns each at K = 1024 (A's rows: 24 KB), 4.67 at 1280 (30 KB), 4.59
+    at 1536 (36 KB), 5.23 at 2048 (48 KB), 5.79 at 3072 (72 KB): 2.6 ns a call over the
+    share of A that does not fit (1/3, 5/9), 3.3 units (0.8 ns each at K = 1024) for
+    0.375 lines, 8 per line. This is why the plain 2048^3 product (501-550 ms, B in panels)
+    loses to one Strassen level (391-414 ms) whose 1024 blocks keep A's rows in L1."""
+    if not s.reused or s.stride == 0 or s.stride >= LINE:
+        return 0.0
+    footprint = s.runs * s.steps * s.stride
+    if footprint <= L1_BYTES:
+        return 0.0
+    return calls * s.runs * s.stride / LINE * PER_LINE_FROM_L2 * (1.0 - L1_BYTES / footprint)

@@ -10,6 +10,10 @@ elementwise pass adds ``2.0 * T`` to the output (distributivity, licensed like
 reassociation). A binding whose inputs miss the unit stride the intrinsic wants is weighed
 twice: gathered as it is, and behind a packing stage (``rules/layout.py``) that copies those
 inputs into a temporary where the stride is 1, planned again with no further packing.
+A binding whose unit-stride input jumps far between consecutive calls along the reduction
+(``B[k, 16 * j_o]`` moves a row of B per k) is also weighed behind a ``pack-panel`` stage
+that copies, for the divisible part, each tile's panel contiguously; ``cost.streamed``
+prices the strided panel, so the copy is taken only where it measured faster.
 
 The candidates are not compared here: each nest becomes an e-class of alternatives in a plan
 e-graph (``plans.py``), every piece of code a leaf priced by ``cost.py`` and weighted by its
@@ -25,7 +29,7 @@ from . import cost, ir
 from .plans import NestRef, PlanGraph
 from .ir import Accumulate, Binary, Buffer, Call, Const, Expr, For, Load, Stmt, Store, Var
 from .match import (BodyMatch, Binding, bindings, dims_after_tiling, remainders, semantics_value,
-                    unused_name, window)
+                    slow_dims, unused_name, window)
 from .nests import AccNest
 from .rules import layout
 
@@ -60,6 +64,8 @@ class Extractor:
         self.taken = taken  # buffer names in use (temporaries get fresh ones)
         self._packs: dict = {}  # (nest, matches, what to copy) -> layout.Packing
         self._temps: dict = {}  # (nest, scale) -> the scaled product's temporary
+        self._panels: dict = {}  # (nest, binding, tiling, operands) -> layout.Panel
+        self._panel_names: dict = {}  # what a panel holds -> its temporary's name
 
     def best(self, nest: AccNest, matches: list[BodyMatch]) -> Plan:
         """The cheapest program for ``nest`` given the e-graph's ``matches``."""
@@ -71,6 +77,14 @@ class Extractor:
             plan.stmts += graph.leaves[k].stmts
             plan.allocs += graph.leaves[k].allocs
         return plan
+
+
+def _calls(desc, loops, windows) -> Stmt:
+    s: Stmt = Call(desc.name, tuple((op.name, windows[op.name]) for op in desc.operands),
+                   desc.output.name)
+    for d in reversed(loops):
+        s = For(d.name, d.start, d.stop, s)
+    return s
 
 
 class _Builder:
@@ -120,21 +134,54 @@ class _Builder:
         self.graph.add(ref, self.graph.leaf(list(packing.copies), copies, list(packing.buffers)), sub)
 
     def _tiled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool) -> None:
+        """The calls of ``b`` and the plans of its remainders; again behind a ``pack-panel``
+        stage when an input's windows lie far apart along the reduction."""
         taken = self.ex.taken | {d.name for d in nest.dims}  # loop names only clash within a nest
         loops, tiled = dims_after_tiling(nest, b, desc, taken)
         steps = dict(b.steps)
         loads = dict(b.loads)
-        operands = []
+        windows = {}
         for op in desc.operands:
             buf, idx = (nest.out, nest.indices) if op.role == "output" else \
                 (loads[op.name].buffer, loads[op.name].indices)
-            operands.append((op.name, window(buf, idx, steps[op.name], tiled)))
-        s: Stmt = Call(desc.name, tuple(operands), desc.output.name)
-        for d in reversed(loops):
-            s = For(d.name, d.start, d.stop, s)
-        calls = self.graph.leaf([s], cost.calls(desc, b.tiles, b.unit_stride_ok))
+            windows[op.name] = window(buf, idx, steps[op.name], tiled)
+        inner, outer = (loops[-1] if loops else None), (loops[-2] if len(loops) > 1 else None)
+        found = layout.streams(desc, windows, inner, outer)
+        price = cost.calls(desc, b.tiles, b.unit_stride_ok) + cost.streamed(b.tiles, found)
+        calls = self.graph.leaf([_calls(desc, loops, windows)], price)
         rest = [self.nest(r, matches, depth + 1, pack) for r in remainders(nest, b, desc)]
         self.graph.add(ref, calls, *rest)
+        far = tuple(s.operand for s in found if s.unit and not s.contiguous)
+        if far:
+            self._panel(ref, nest, desc, b, loops, tiled, windows, far, price, rest)
+
+    def _panel(self, ref, nest: AccNest, desc, b: Binding, loops, tiled, windows, far,
+               price: float, rest) -> None:
+        """The divisible part's calls reading panels of the inputs ``far`` (``pack-panel``),
+        after the copies; the remainders are the unpacked plan's. Skipped when the copies and
+        calls alone cost as much as the unpacked calls."""
+        key = (nest, b, tuple(sorted(tiled.items())), far)
+        panel = self.ex._panels.get(key)
+        if panel is None:  # named once it is kept: a trial on a copy of the names in use
+            panel = layout.pack_panel(nest, desc, b, tiled, far, set(self.ex.taken),
+                                      dict(self.ex._panel_names))
+            if panel is None:
+                return
+        windows = {**windows, **dict(panel.windows)}
+        unit_ok = not any(slow_dims(desc, op, windows[op.name].buffer, windows[op.name].steps)
+                          for op in desc.operands)
+        inner, outer = (loops[-1] if loops else None), (loops[-2] if len(loops) > 1 else None)
+        copies = cost.packing(panel.copies)
+        calls = cost.calls(desc, b.tiles, unit_ok) + \
+            cost.streamed(b.tiles, layout.streams(desc, windows, inner, outer))
+        if copies + calls >= price:
+            return
+        if key not in self.ex._panels:
+            panel = self.ex._panels[key] = layout.pack_panel(nest, desc, b, tiled, far,
+                                                             self.ex.taken, self.ex._panel_names)
+            windows.update(panel.windows)
+        self.graph.add(ref, self.graph.leaf(list(panel.copies), copies, list(panel.buffers)),
+                       self.graph.leaf([_calls(desc, loops, windows)], calls), *rest)
 
     def _scaled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int,
                 pack: bool) -> None:

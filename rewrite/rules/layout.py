@@ -1,4 +1,5 @@
-"""Packing stages: an input operand copied into the layout an intrinsic needs.
+"""Packing stages: an input operand copied into the layout an intrinsic needs (``pack-operand``),
+or into panels its calls read contiguously along the reduction (``pack-panel``, below).
 
 ``pack-operand``: when a binding reads an input through a window that misses the unit stride
 the descriptor's ``layout`` asks for, copy the elements the nest reads into a fresh temporary
@@ -27,7 +28,7 @@ from typing import Optional
 
 from .. import ir
 from ..analysis import Affine, affine
-from ..ir import Buffer, Expr, For, Load, Stmt, Store
+from ..ir import Buffer, Expr, For, Load, Stmt, Store, Var, Window
 from ..match import BodyMatch, Binding, affine_expr, slow_dims, unused_name
 from ..nests import AccNest, Dim
 
@@ -110,3 +111,179 @@ def _replace_loads(e: Expr, new: dict[Load, Load]) -> Expr:
         return new[e]
     kids = ir.children(e)
     return ir.with_children(e, tuple(_replace_loads(c, new) for c in kids)) if kids else e
+
+
+# ---------------------------------------------------------------------------
+# pack-panel: each tile's operand over the whole reduction, contiguous
+#
+# A binding's calls run in loops whose innermost one is the reduction (codegen keeps the
+# accumulators in registers across it). An input whose window is unit-stride can still jump
+# far between consecutive calls: the 6x16 product's ``b=window(B[k, 16 * j_o], ...)`` moves
+# a whole row of B (2 KB at N = 512) per k, so the 512 lines one tile reads fall into 32 of
+# L2's 1024 sets and come again from L3 for every tile (``cost.streamed`` says when that
+# costs more than a copy, as measured). ``pack-panel`` copies the operand, for
+# the divisible part only, into a panel where each tile's data is contiguous over the
+# reduction; the remainder nests keep reading the original::
+#
+#     for i_o, j_o, k in grid(85, 32, 512):          for j_o, k, j_i in grid(32, 512, 16):
+#         call(..., b=window(B[k, 16 * j_o],   ->         B_panel[j_o, k, j_i] = B[k, 16 * j_o + j_i]
+#                            (1, 0), (0, 1)))        for i_o, j_o, k in grid(85, 32, 512):
+#                                                        call(..., b=window(B_panel[j_o, k, 0],
+#                                                                           (0, 1, 0), (0, 0, 1)))
+#
+# The panel's axes: the tile index of every tiled dim the load uses (the call loops' own
+# outer variables), then the other dims it uses (the reduction, unit intrinsic dims, free
+# loops; index shifted by the dim's start), then the in-tile offset of each tiled dim in the
+# operand's dim order, so the intrinsic's unit-stride dim stays last. Every index stays
+# affine in the call loops' variables.
+#
+# Sound: as for ``pack-operand`` the nest does not write the operand's buffer and the copy
+# runs right before the calls. Each call reads the panel at (tile t, other dims x, offset o)
+# for o below the intrinsic extent; the copy stored there the load at p = n * t + o + start,
+# which is exactly the element the original window's base ``n * t + start`` plus step o
+# addressed. The copy covers every tile of the divisible part and every value of the other
+# dims, so every element a call reads was written; the remainders read no panel.
+
+
+
+@dataclass(frozen=True)
+class Stream:
+    """How one input's windows move along the call loops' innermost loop (the reduction):
+    bytes from one call's window to the next, bytes of each contiguous run a call reads,
+    runs per call, calls in a row (the loop's extent); whether the descriptor wants it at
+    unit stride (and it has it); whether the next loop out leaves it in place, so the
+    next tile reads the same panel again."""
+
+    operand: str
+    stride: int
+    run: int
+    runs: int
+    steps: int
+    unit: bool = True
+    reused: bool = False
+
+    @property
+    def contiguous(self) -> bool:
+        """Consecutive calls read adjacent memory (or the same: an invariant operand)."""
+        return self.stride <= self.run * self.runs
+
+
+@dataclass(frozen=True)
+class Panel:
+    """Copies filling the panels, the temporaries, and the calls' windows on them."""
+
+    copies: tuple[Stmt, ...]
+    buffers: tuple[Buffer, ...]
+    windows: tuple[tuple[str, Window], ...]  # operand -> its window on the panel
+
+    @property
+    def elements(self) -> int:
+        return sum(b.size for b in self.buffers)
+
+
+def _flat(buf: Buffer, coeffs) -> int:
+    """Elements moved in row-major ``buf`` by a step of ``coeffs`` (one per buffer dim)."""
+    n, out = 1, 0
+    for extent, c in reversed(list(zip(buf.shape, coeffs))):
+        out += c * n
+        n *= extent
+    return out
+
+
+def _moves(w: Window, var: str) -> int:
+    maps = [affine(i) for i in w.base]
+    return _flat(w.buffer, tuple(m.coeff(var) if m is not None else 0 for m in maps))
+
+
+def streams(desc, windows: dict[str, Window], inner: Optional[Dim],
+            outer: Optional[Dim] = None) -> tuple[Stream, ...]:
+    """The stream of each input not gathered, when ``inner`` (the innermost call loop) is a
+    reduction: the output's window stays put along it, so consecutive calls accumulate in
+    registers. ``outer``: the call loop around ``inner``, if any."""
+    if inner is None or inner.extent < 2 or _moves(windows[desc.output.name], inner.name):
+        return ()
+    out = []
+    for op in desc.inputs:
+        w, need = windows[op.name], desc.layout.get(op.name)
+        if slow_dims(desc, op, w.buffer, w.steps):
+            continue
+        flat = [_flat(w.buffer, st) for st in w.steps]
+        if need is not None and len(need.unit_stride) == 1:
+            unit = need.unit_stride[0]
+        else:  # the last dim stepping by one element, if any, runs contiguously
+            unit = next((k for k in reversed(range(len(flat))) if abs(flat[k]) == 1), None)
+        size = ir.itemsize(w.buffer.dtype)
+        runs = 1
+        for k, extent in enumerate(op.shape):
+            if k != unit and flat[k]:
+                runs *= extent
+        reused = outer is not None and outer.extent > 1 and not _moves(w, outer.name)
+        out.append(Stream(op.name, abs(_moves(w, inner.name)) * size,
+                          (op.shape[unit] if unit is not None else 1) * size, runs, inner.extent,
+                          need is not None and bool(need.unit_stride), reused))
+    return tuple(out)
+
+
+def pack_panel(nest: AccNest, desc, b: Binding, tiled: dict[str, tuple[str, int, int]],
+               operands: tuple[str, ...], taken: set[str],
+               names: Optional[dict] = None) -> Optional[Panel]:
+    """``pack-panel`` for each input in ``operands`` of the calls of binding ``b`` (tiled
+    as ``match.dims_after_tiling`` says): a temporary per operand, the copy filling it,
+    and the operand's window on it. A temporary is named fresh (into ``taken``) unless
+    ``names`` already holds a name for a panel of the same content. None when an operand
+    has no tiled dim, or its window on the panel would miss a unit stride."""
+    names = {} if names is None else names
+    bound, loads = b.bound(), dict(b.loads)
+    extent_of = {d.name: d.extent for d in desc.dims}
+    dims = {d.name: d for d in nest.dims}
+    loop_names = set(dims) | {outer for outer, _, _ in tiled.values() if outer}
+    copies, buffers, windows = [], [], []
+    for op in desc.inputs:
+        if op.name not in operands:
+            continue
+        load = loads[op.name]
+        maps = [affine(i) for i in load.indices]
+        if any(m is None for m in maps):
+            return None
+        uses = lambda p: any(m.coeff(p) for m in maps)
+        inner = [(bound[it], extent_of[it]) for it in op.dims  # in-tile, operand dim order
+                 if it is not None and bound.get(it) is not None and extent_of[it] > 1
+                 and uses(bound[it])]
+        if not inner:
+            return None
+        tiles = [(tiled[p][0], dims[p].extent // n) for p, n in inner if tiled[p][0]]
+        middle = [d for d in nest.dims if uses(d.name) and d.name not in dict(inner)]
+        offsets = [unused_name(f"{p}_i", loop_names) for p, _ in inner]
+        shifted = [affine_expr(Affine(((d.name, 1),), -d.start)) for d in middle]
+        zero = ir.Const(0, ir.INDEX)
+        content = (load, tuple((p, n, tiled[p]) for p, n in inner), tuple(middle))
+        if content not in names:
+            names[content] = unused_name(f"{load.buffer.name}_panel", taken)
+        buf = Buffer(names[content], load.buffer.dtype,
+                     tuple(c for _, c in tiles) + tuple(d.extent for d in middle)
+                     + tuple(n for _, n in inner))
+        # the element at (tile t, offset o) of tiled dim p is the load at p = n * t + o + start
+        at = {}
+        for (p, n), off in zip(inner, offsets):
+            outer, _, start = tiled[p]
+            terms = ((outer, n), (off, 1)) if outer else ((off, 1),)
+            at[p] = affine_expr(Affine(tuple(sorted(terms)), start))
+        idx = tuple(Var(t) for t, _ in tiles) + tuple(shifted) + tuple(Var(o) for o in offsets)
+        s: Stmt = Store(buf, idx, ir.substitute(load, at))
+        loops = [(t, 0, c) for t, c in tiles] + [(d.name, d.start, d.stop) for d in middle] \
+            + [(o, 0, n) for o, (_, n) in zip(offsets, inner)]
+        for var, lo, hi in reversed(loops):
+            s = For(var, lo, hi, s)
+        axis = {p: len(tiles) + len(middle) + k for k, (p, _) in enumerate(inner)}
+        axis.update({d.name: len(tiles) + k for k, d in enumerate(middle)})
+        steps = []
+        for it in op.dims:
+            p = bound.get(it) if it is not None else None
+            steps.append(tuple(int(p in axis and a == axis[p]) for a in range(buf.ndim)))
+        if slow_dims(desc, op, buf, steps):
+            return None
+        base = tuple(Var(t) for t, _ in tiles) + tuple(shifted) + (zero,) * len(inner)
+        copies.append(s)
+        buffers.append(buf)
+        windows.append((op.name, Window(buf, base, tuple(steps))))
+    return Panel(tuple(copies), tuple(buffers), tuple(windows)) if windows else None
