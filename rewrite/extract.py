@@ -145,6 +145,12 @@ class _Builder:
             buf, idx = (nest.out, nest.indices) if op.role == "output" else \
                 (loads[op.name].buffer, loads[op.name].indices)
             windows[op.name] = window(buf, idx, steps[op.name], tiled)
+        # the nest is order-free, so its calls may run in any order: loops that leave the
+        # output window where it is go innermost, where the emitter keeps the accumulators
+        # in registers across them (a nest written k-outermost would store C every step)
+        moves = {x.name for e in windows[desc.output.name].base for x in ir.walk_expr(e)
+                 if isinstance(x, Var)}
+        loops = [d for d in loops if d.name in moves] + [d for d in loops if d.name not in moves]
         inner, outer = (loops[-1] if loops else None), (loops[-2] if len(loops) > 1 else None)
         found = layout.streams(desc, windows, inner, outer)
         price = cost.calls(desc, b.tiles, b.unit_stride_ok) + cost.streamed(b.tiles, found)
