@@ -47,15 +47,7 @@ class Plan:
 
 def _substitute(e: Expr, loads: dict[str, Load]) -> Expr:
     """The intrinsic's body with each operand load replaced by the program's load."""
-    if isinstance(e, Load):
-        return loads[e.buffer.name]
-    if isinstance(e, Binary):
-        return Binary(e.op, _substitute(e.a, loads), _substitute(e.b, loads))
-    if isinstance(e, ir.Cast):
-        return ir.Cast(e.dtype, _substitute(e.a, loads))
-    if isinstance(e, ir.Unary):
-        return ir.Unary(e.op, _substitute(e.a, loads))
-    return e
+    return ir.map_loads(e, lambda x: loads[x.buffer.name])
 
 
 class Extractor:

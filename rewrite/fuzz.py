@@ -340,15 +340,7 @@ def _body(desc) -> Expr:
 
 
 def _substitute(e: Expr, loads: dict[str, Expr]) -> Expr:
-    if isinstance(e, Load):
-        return loads[e.buffer.name]
-    if isinstance(e, Binary):
-        return Binary(e.op, _substitute(e.a, loads), _substitute(e.b, loads))
-    if isinstance(e, Cast):
-        return Cast(e.dtype, _substitute(e.a, loads))
-    if isinstance(e, Unary):
-        return Unary(e.op, _substitute(e.a, loads))
-    return e
+    return ir.map_loads(e, lambda x: loads[x.buffer.name])
 
 
 @st.composite

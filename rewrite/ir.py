@@ -26,7 +26,7 @@ Meaning (the interpreter defines it; the compiled code must agree):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Union
+from typing import Callable, Iterator, Union
 
 # ---------------------------------------------------------------------------
 # dtypes
@@ -428,6 +428,16 @@ def with_children(e: Expr, kids: tuple[Expr, ...]) -> Expr:
     if isinstance(e, Select):
         return Select(*kids)
     return e
+
+
+def map_loads(e: Expr, fn: Callable[[Load], Expr]) -> Expr:
+    """``e`` with every load ``x`` replaced by ``fn(x)``."""
+    if isinstance(e, Load):
+        return fn(e)
+    kids = children(e)
+    if not kids:
+        return e
+    return with_children(e, tuple(map_loads(c, fn) for c in kids))
 
 
 def substitute(e: Expr, values: dict[str, Expr]) -> Expr:

@@ -205,10 +205,7 @@ def _producers(stmts: Sequence[Stmt], temporaries: set[str]) -> list[Producer]:
 
 
 def _inline_expr(e: Expr, p: Producer) -> Expr:
-    if isinstance(e, Load) and e.buffer.name == p.buffer.name:
-        return p.at(e.indices)
-    kids = ir.children(e)
-    return ir.with_children(e, tuple(_inline_expr(k, p) for k in kids)) if kids else e
+    return ir.map_loads(e, lambda x: p.at(x.indices) if x.buffer.name == p.buffer.name else x)
 
 
 def _inline_stmt(s: Stmt, p: Producer) -> Stmt:

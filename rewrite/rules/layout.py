@@ -107,10 +107,7 @@ def pack(nest: AccNest, reqs: tuple[Request, ...], taken: set[str]) -> Packing:
 
 
 def _replace_loads(e: Expr, new: dict[Load, Load]) -> Expr:
-    if isinstance(e, Load) and e in new:
-        return new[e]
-    kids = ir.children(e)
-    return ir.with_children(e, tuple(_replace_loads(c, new) for c in kids)) if kids else e
+    return ir.map_loads(e, lambda x: new.get(x, x))
 
 
 # ---------------------------------------------------------------------------

@@ -159,12 +159,7 @@ def _canonical(index: Expr) -> Expr:
 
 def _map_indices(e: Expr, fn) -> Expr:
     """``e`` with ``fn`` applied to every index of every load."""
-    if isinstance(e, Load):
-        return Load(e.buffer, tuple(fn(i) for i in e.indices))
-    kids = ir.children(e)
-    if not kids:
-        return e
-    return ir.with_children(e, tuple(_map_indices(c, fn) for c in kids))
+    return ir.map_loads(e, lambda x: Load(x.buffer, tuple(fn(i) for i in x.indices)))
 
 
 # ---------------------------------------------------------------------------
