@@ -49,10 +49,16 @@ class Layout:
     ``unit_stride``: operand dimensions that must have stride 1 (in elements).
     ``align``: required byte alignment of the operand's base (the element size means none
     beyond what any numpy array has).
+    ``contiguous``: the emitter reads the whole window with one load when it is one
+    contiguous block in its own dim order (element strides those of the operand's shape,
+    row-major: ``(4, 1)`` for a ``[16, 4]`` window), and row by row otherwise. Such a call
+    still works on any strides, only slower (``cost.UNBLOCKED_PENALTY``), and the extractor
+    also weighs copying the operand into blocks (``rules/layout.py``, ``pack-panel``).
     """
 
     unit_stride: tuple[int, ...] = ()
     align: int = 1
+    contiguous: bool = False
 
 
 @dataclass(frozen=True)

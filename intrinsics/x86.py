@@ -154,7 +154,8 @@ class DotU8I8I32_16x4(Emitter):
 
     @staticmethod
     def _b_block(b, ref) -> ir.Value:
-        """b as one <64 x i8>, rows after each other: one load when rows are packed."""
+        """b as one <64 x i8>, rows after each other: one load when rows are packed (the
+        ``contiguous`` layout of ``b``), 16 row loads otherwise."""
         if ref.strides == (4, 1):
             return load_row(b, ref, (0, 0), 1, 64)  # unit inner stride: one 64-byte load
         return concat(b, [load_row(b, ref, (i, 0), 1, 4) for i in range(16)])
@@ -166,7 +167,7 @@ class DotU8I8I32_16x4(Emitter):
 
 
 @intrinsic("x86.dot.u8i8i32.16x4", isa=AVX2_FMA, cost=4.0, emitter=DotU8I8I32_16x4(),
-           layout={"c": Layout((0,), 4), "b": Layout((1,), 1)})
+           layout={"c": Layout((0,), 4), "b": Layout((1,), 1, contiguous=True)})
 def dot_u8i8i32_16x4(c: i32[16], a: u8[4], b: i8[16, 4]):
     for i, k in grid(16, 4):
         c[i] += i32(a[k]) * i32(b[i, k])

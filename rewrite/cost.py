@@ -4,7 +4,9 @@ Units are "scalar operations": a scalar nest costs its arithmetic (``lower.op_co
 intrinsic call costs its descriptor's ``cost``, which is stated in the same units for one
 call (an 8-wide FMA: 1, the 6x16 register-blocked outer product: 6). A call whose operands
 miss a unit-stride need of the descriptor is gathered element by element, so it pays
-``GATHER_PENALTY`` times more. Packing into a temporary pays per element moved.
+``GATHER_PENALTY`` times more; one whose operand wants one ``contiguous`` block and does not
+have it pays ``UNBLOCKED_PENALTY`` more (``unblocked``). Packing into a temporary pays per
+element moved.
 
 A packing stage (``rules/layout.py``) is a plain copy, costed like any scalar statement
 (``scalar_stmt``: no arithmetic, one per element written), plus ``PER_PACKING`` for the stage
@@ -33,6 +35,7 @@ from .lower import op_count
 from .nests import AccNest
 
 GATHER_PENALTY = 4.0
+UNBLOCKED_PENALTY = 0.5
 PER_ELEMENT_MOVED = 1.0
 PER_PACKING = 10000.0
 
@@ -71,6 +74,47 @@ def _writes(s) -> int:
 
 def calls(desc, count: int, unit_stride_ok: bool) -> float:
     return count * desc.cost * (1.0 if unit_stride_ok else GATHER_PENALTY)
+
+
+def unblocked(desc, count: int, windows) -> float:
+    """What ``count`` calls pay for operands whose ``Layout`` asks for one ``contiguous``
+    block (the u8 x i8 dot's ``b``) but whose window is not one: the emitter loads the
+    window row by row, ``UNBLOCKED_PENALTY`` of a call's cost more per operand.
+
+    Fitted on the dot's ``b`` read in rows (16 rows of 4 bytes, 16 loads a call) against
+    ``B_panel[j_o, k_o, j_i, k_i]`` (one 64-byte load), one thread, this machine, medians.
+    Where B needs a copy anyway (``B[k, j]``) the blocks cost nothing more: 256^3 2.18
+    against 1.90 ms (8.3 against 7.3 ns a call), 64x128x128 0.171 against 0.135 ms, the
+    3x3 ``qconv_u8i8`` 0.289 against 0.230 ms. Where B is already ``[j, k]`` (M x 256 @
+    256 x 64, a 16 K-element copy: 26 000 units) the blocks measured 0.043 against 0.044 ms
+    at M = 16 (4 096 calls), 0.072 against 0.075 at M = 32 and 0.130 against 0.140-0.164
+    at M = 64 (16 384 calls): break-even near 8 000 calls, about 3 units a call against
+    this copy's price. The copy's price overstates a byte copy (``PER_PACKING`` was fitted
+    on f32 programs), so half a call's cost here (2 units, break-even 13 000 calls) keeps
+    the marginal M = 32 case unpacked. A gathered operand already pays ``GATHER_PENALTY``."""
+    extra = 0.0
+    for op in desc.inputs:
+        need = desc.layout.get(op.name)
+        if need is None or not need.contiguous or op.name not in windows:
+            continue
+        w = windows[op.name]
+        if not is_block(op, w):
+            extra += count * desc.cost * UNBLOCKED_PENALTY
+    return extra
+
+
+def is_block(op, w) -> bool:
+    """Window ``w`` of operand ``op`` is one contiguous block in the operand's dim order."""
+    strides, n = [0] * len(w.buffer.shape), 1
+    for k in reversed(range(len(w.buffer.shape))):
+        strides[k] = n
+        n *= w.buffer.shape[k]
+    want = 1
+    for k in reversed(range(len(op.shape))):
+        if op.shape[k] > 1 and sum(s * m for s, m in zip(w.steps[k], strides)) != want:
+            return False
+        want *= op.shape[k]
+    return True
 
 
 def moved(elements: int) -> float:

@@ -13,7 +13,9 @@ inputs into a temporary where the stride is 1, planned again with no further pac
 A binding whose unit-stride input jumps far between consecutive calls along the reduction
 (``B[k, 16 * j_o]`` moves a row of B per k) is also weighed behind a ``pack-panel`` stage
 that copies, for the divisible part, each tile's panel contiguously; ``cost.streamed``
-prices the strided panel, so the copy is taken only where it measured faster.
+prices the strided panel, so the copy is taken only where it measured faster. The same
+stage copies an operand that wants one contiguous block per call (``Layout.contiguous``)
+into blocks, weighed against ``cost.unblocked``.
 
 The candidates are not compared here: each nest becomes an e-class of alternatives in a plan
 e-graph (``plans.py``), every piece of code a leaf priced by ``cost.py`` and weighted by its
@@ -145,11 +147,15 @@ class _Builder:
         loops = [d for d in loops if d.name in moves] + [d for d in loops if d.name not in moves]
         inner, outer = (loops[-1] if loops else None), (loops[-2] if len(loops) > 1 else None)
         found = layout.streams(desc, windows, inner, outer)
-        price = cost.calls(desc, b.tiles, b.unit_stride_ok) + cost.streamed(b.tiles, found)
+        price = cost.calls(desc, b.tiles, b.unit_stride_ok) + cost.streamed(b.tiles, found) \
+            + cost.unblocked(desc, b.tiles, windows)
         calls = self.graph.leaf([_calls(desc, loops, windows)], price)
         rest = [self.nest(r, matches, depth + 1, pack) for r in remainders(nest, b, desc)]
         self.graph.add(ref, calls, *rest)
-        far = tuple(s.operand for s in found if s.unit and not s.contiguous)
+        far = {s.operand for s in found if s.unit and not s.contiguous}
+        far |= {op.name for op in desc.inputs if desc.layout.get(op.name) is not None
+                and desc.layout[op.name].contiguous and not cost.is_block(op, windows[op.name])}
+        far = tuple(op.name for op in desc.inputs if op.name in far)
         if far:
             self._panel(ref, nest, desc, b, loops, tiled, windows, far, price, rest)
 
@@ -158,11 +164,12 @@ class _Builder:
         """The divisible part's calls reading panels of the inputs ``far`` (``pack-panel``),
         after the copies; the remainders are the unpacked plan's. Skipped when the copies and
         calls alone cost as much as the unpacked calls."""
-        key = (nest, b, tuple(sorted(tiled.items())), far)
+        order = tuple(d.name for d in loops)
+        key = (nest, b, tuple(sorted(tiled.items())), far, order)
         panel = self.ex._panels.get(key)
         if panel is None:  # named once it is kept: a trial on a copy of the names in use
             panel = layout.pack_panel(nest, desc, b, tiled, far, set(self.ex.taken),
-                                      dict(self.ex._panel_names))
+                                      dict(self.ex._panel_names), order)
             if panel is None:
                 return
         windows = {**windows, **dict(panel.windows)}
@@ -171,12 +178,14 @@ class _Builder:
         inner, outer = (loops[-1] if loops else None), (loops[-2] if len(loops) > 1 else None)
         copies = cost.packing(panel.copies)
         calls = cost.calls(desc, b.tiles, unit_ok) + \
-            cost.streamed(b.tiles, layout.streams(desc, windows, inner, outer))
+            cost.streamed(b.tiles, layout.streams(desc, windows, inner, outer)) + \
+            cost.unblocked(desc, b.tiles, windows)
         if copies + calls >= price:
             return
         if key not in self.ex._panels:
             panel = self.ex._panels[key] = layout.pack_panel(nest, desc, b, tiled, far,
-                                                             self.ex.taken, self.ex._panel_names)
+                                                             self.ex.taken, self.ex._panel_names,
+                                                             order)
             windows.update(panel.windows)
         self.graph.add(ref, self.graph.leaf(list(panel.copies), copies, list(panel.buffers)),
                        self.graph.leaf([_calls(desc, loops, windows)], calls), *rest)

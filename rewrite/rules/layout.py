@@ -129,10 +129,16 @@ def _replace_loads(e: Expr, new: dict[Load, Load]) -> Expr:
 #                                                                           (0, 1, 0), (0, 0, 1)))
 #
 # The panel's axes: the tile index of every tiled dim the load uses (the call loops' own
-# outer variables), then the other dims it uses (the reduction, unit intrinsic dims, free
-# loops; index shifted by the dim's start), then the in-tile offset of each tiled dim in the
-# operand's dim order, so the intrinsic's unit-stride dim stays last. Every index stays
-# affine in the call loops' variables.
+# outer variables) and the other dims it uses (the reduction, unit intrinsic dims, free
+# loops; index shifted by the dim's start), in the call loops' order, then the in-tile
+# offset of each tiled dim in the operand's dim order, so the intrinsic's unit-stride dim
+# stays last. Every index stays affine in the call loops' variables.
+#
+# The same copy gives blocks: an operand whose ``Layout`` asks for one ``contiguous``
+# window (the u8 x i8 dot's ``b[16, 4]``, one 64-byte load) with both its dims tiled gets
+# ``B_panel[j_o, k_o, j_i, k_i] = B[4 * k_o + k_i, 16 * j_o + j_i]``: each call's window is
+# one block, element strides (4, 1), and the next call along ``k_o`` reads the next block.
+# ``cost.unblocked`` prices the row-by-row window it replaces.
 #
 # Sound: as for ``pack-operand`` the nest does not write the operand's buffer and the copy
 # runs right before the calls. Each call reads the panel at (tile t, other dims x, offset o)
@@ -223,11 +229,12 @@ def streams(desc, windows: dict[str, Window], inner: Optional[Dim],
 
 def pack_panel(nest: AccNest, desc, b: Binding, tiled: dict[str, tuple[str, int, int]],
                operands: tuple[str, ...], taken: set[str],
-               names: Optional[dict] = None) -> Optional[Panel]:
+               names: Optional[dict] = None, order: tuple[str, ...] = ()) -> Optional[Panel]:
     """``pack-panel`` for each input in ``operands`` of the calls of binding ``b`` (tiled
     as ``match.dims_after_tiling`` says): a temporary per operand, the copy filling it,
     and the operand's window on it. A temporary is named fresh (into ``taken``) unless
-    ``names`` already holds a name for a panel of the same content. None when an operand
+    ``names`` already holds a name for a panel of the same content. ``order``: the call
+    loops, outermost first; the panel's outer axes follow it. None when an operand
     has no tiled dim, or its window on the panel would miss a unit stride."""
     names = {} if names is None else names
     bound, loads = b.bound(), dict(b.loads)
@@ -250,36 +257,42 @@ def pack_panel(nest: AccNest, desc, b: Binding, tiled: dict[str, tuple[str, int,
             return None
         tiles = [(tiled[p][0], dims[p].extent // n) for p, n in inner if tiled[p][0]]
         middle = [d for d in nest.dims if uses(d.name) and d.name not in dict(inner)]
+        # outer axes: (loop variable, its start, extent, index on the panel)
+        axes = [(t, 0, c, Var(t)) for t, c in tiles] + \
+            [(d.name, d.start, d.extent, affine_expr(Affine(((d.name, 1),), -d.start)))
+             for d in middle]
+        if order:  # the calls' loop order: consecutive calls read adjacent blocks
+            rank = {v: k for k, v in enumerate(order)}
+            axes.sort(key=lambda a: rank.get(a[0], len(rank)))
         offsets = [unused_name(f"{p}_i", loop_names) for p, _ in inner]
-        shifted = [affine_expr(Affine(((d.name, 1),), -d.start)) for d in middle]
         zero = ir.Const(0, ir.INDEX)
-        content = (load, tuple((p, n, tiled[p]) for p, n in inner), tuple(middle))
+        content = (load, tuple((p, n, tiled[p]) for p, n in inner), tuple(middle),
+                   tuple(a[0] for a in axes))
         if content not in names:
             names[content] = unused_name(f"{load.buffer.name}_panel", taken)
         buf = Buffer(names[content], load.buffer.dtype,
-                     tuple(c for _, c in tiles) + tuple(d.extent for d in middle)
-                     + tuple(n for _, n in inner))
+                     tuple(a[2] for a in axes) + tuple(n for _, n in inner))
         # the element at (tile t, offset o) of tiled dim p is the load at p = n * t + o + start
         at = {}
         for (p, n), off in zip(inner, offsets):
             outer, _, start = tiled[p]
             terms = ((outer, n), (off, 1)) if outer else ((off, 1),)
             at[p] = affine_expr(Affine(tuple(sorted(terms)), start))
-        idx = tuple(Var(t) for t, _ in tiles) + tuple(shifted) + tuple(Var(o) for o in offsets)
+        idx = tuple(a[3] for a in axes) + tuple(Var(o) for o in offsets)
         s: Stmt = Store(buf, idx, ir.substitute(load, at))
-        loops = [(t, 0, c) for t, c in tiles] + [(d.name, d.start, d.stop) for d in middle] \
+        loops = [(v, lo, lo + n) for v, lo, n, _ in axes] \
             + [(o, 0, n) for o, (_, n) in zip(offsets, inner)]
         for var, lo, hi in reversed(loops):
             s = For(var, lo, hi, s)
-        axis = {p: len(tiles) + len(middle) + k for k, (p, _) in enumerate(inner)}
-        axis.update({d.name: len(tiles) + k for k, d in enumerate(middle)})
+        axis = {p: len(axes) + k for k, (p, _) in enumerate(inner)}
+        axis.update({a[0]: k for k, a in enumerate(axes)})
         steps = []
         for it in op.dims:
             p = bound.get(it) if it is not None else None
             steps.append(tuple(int(p in axis and a == axis[p]) for a in range(buf.ndim)))
         if slow_dims(desc, op, buf, steps):
             return None
-        base = tuple(Var(t) for t, _ in tiles) + tuple(shifted) + (zero,) * len(inner)
+        base = tuple(a[3] for a in axes) + (zero,) * len(inner)
         copies.append(s)
         buffers.append(buf)
         windows.append((op.name, Window(buf, base, tuple(steps))))
