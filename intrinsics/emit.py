@@ -406,7 +406,7 @@ def kloop_function(module: ir.Module, desc: Intrinsic, emitter: Emitter, symbol:
             codegen.counted_loop(b, ir.Constant(I64, 0), steps, lambda k: emitter.emit(b, moved(k)))
             return
         acc = emitter.load_acc(b, refs)
-        acc = _phi_loop(b, steps, acc, lambda k, a: emitter.step(b, {**moved(k), out: refs[out]}, a))
+        acc = phi_loop(b, steps, acc, lambda k, a: emitter.step(b, {**moved(k), out: refs[out]}, a))
         emitter.store_acc(b, refs, acc)
 
     codegen.counted_loop(b, ir.Constant(I64, 0), repeats, one_repeat)
@@ -414,7 +414,7 @@ def kloop_function(module: ir.Module, desc: Intrinsic, emitter: Emitter, symbol:
     return fn
 
 
-def _phi_loop(b: ir.IRBuilder, n: ir.Value, state, body):
+def phi_loop(b: ir.IRBuilder, n: ir.Value, state, body):
     """``for k < n: state = body(k, state)`` with ``state`` (a nested list of SSA values) in
     phi nodes; returns the final state."""
     flat, rebuild = _flatten(state)

@@ -34,7 +34,7 @@ from llvmlite import ir
 from . import lower as lowering
 from .ir import (BOOL, INDEX, Accumulate, Binary, Call, Cast, Compare, Const, Expr, For, If, Load,
                  Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var, bits, is_float, is_int,
-                 is_signed, itemsize)
+                 is_signed, itemsize, walk_expr)
 
 # ---------------------------------------------------------------------------
 # types
@@ -213,6 +213,8 @@ class _BodyEmitter:
         if isinstance(s, Seq):
             for c in s.stmts:
                 self.stmt(c)
+        elif isinstance(s, For) and self._reduction_call(s):
+            self.call_loop(s)
         elif isinstance(s, For):
             self.loop(s, ir.Constant(_I64, s.start), ir.Constant(_I64, s.stop), known_nonempty=True)
         elif isinstance(s, If):
@@ -265,12 +267,53 @@ class _BodyEmitter:
         dimension."""
         import intrinsics  # the registry imports the backend, so not at module level
 
+        intrinsics.emitter_of(intrinsics.get(s.intrinsic)).emit(self.b, self._refs(s))
+
+    def _refs(self, s: Call) -> dict:
+        import intrinsics
+
         refs = {}
         for name, w in s.operands:
             row_major = _row_major_strides(w.buffer.shape)
             strides = tuple(sum(step * r for step, r in zip(steps, row_major)) for steps in w.steps)
             refs[name] = intrinsics.Ref(self.address(w.buffer, w.base), w.buffer.dtype, strides)
-        intrinsics.emitter_of(intrinsics.get(s.intrinsic)).emit(self.b, refs)
+        return refs
+
+    @staticmethod
+    def _reduction_call(s: For) -> bool:
+        """A loop around one call whose output window stays where it is and which no input
+        reads: consecutive calls accumulate into the same block."""
+        if not isinstance(s.body, Call):
+            return False
+        call = s.body
+        out = call.window(call.output)
+        moves = any(isinstance(x, Var) and x.name == s.var for e in out.base for x in walk_expr(e))
+        reads_out = any(w.buffer.name == out.buffer.name for n, w in call.operands if n != call.output)
+        return not moves and not reads_out
+
+    def call_loop(self, s: For) -> None:
+        """``for v: call(...)`` along a reduction, the way the intrinsic's own k-loop runs:
+        the output block loaded once into the emitter's accumulators, each call a ``step``
+        on them (in phi nodes, so in registers), stored once -- work an emitter defers to
+        ``store_acc`` (the int8 dot's folding of pair sums) is then done once per loop, not
+        once per call. Exact: the calls add into one block no input reads, in the same order."""
+        import intrinsics
+        from intrinsics.emit import phi_loop
+
+        call = s.body
+        emitter = intrinsics.emitter_of(intrinsics.get(call.intrinsic))
+        start = ir.Constant(_I64, s.start)
+        self.vars[s.var] = start
+        first = self._refs(call)  # the output's ref is the same at every step
+
+        def step(k: ir.Value, acc):
+            self.vars[s.var] = self.b.add(k, start, flags=("nsw",))
+            return emitter.step(self.b, {**self._refs(call), call.output: first[call.output]}, acc)
+
+        acc = emitter.load_acc(self.b, first)
+        acc = phi_loop(self.b, ir.Constant(_I64, s.extent), acc, step)
+        emitter.store_acc(self.b, first, acc)
+        del self.vars[s.var]
 
     def address(self, buffer, indices: tuple[Expr, ...]) -> ir.Value:
         """Row-major element address. Index arithmetic carries ``nsw``: every access is in

@@ -378,3 +378,50 @@ def test_op_count_and_reduction_length():
     func = parse(MATMUL)
     assert lower.op_count(func.body) == 2 * 64 ** 3
     assert lower.reduction_length(func) == 64
+
+
+# ---------------------------------------------------------------------------
+# intrinsic calls along a reduction: accumulators kept in registers (codegen.call_loop)
+
+HAS_AVX2 = {"avx2", "fma"} <= __import__("intrinsics").host_features()
+
+DOT_K_LOOP = '''
+@prim_func
+def dots(A: u8[3, 64], B: i8[16, 64], C: i32[3, 16]):
+    for i, k_o in grid(3, 16):
+        call("x86.dot.u8i8i32.16x4", c=window(C[i, 0], (0, 1)), a=window(A[i, 4 * k_o], (0, 1)),
+             b=window(B[0, 4 * k_o], (1, 0), (0, 1)))
+'''
+
+# the input reads the output block itself: each call must see the previous call's result
+SELF_READ = '''
+@prim_func
+def self_read(B: f32[8, 8], C: f32[8]):
+    for k in range(8):
+        call("x86.fma.f32x8", c=window(C[0], (1,)), a=window(C[0], (1,)), b=window(B[k, 0], (0, 1)))
+'''
+
+EMULATED_K_LOOP = '''
+@prim_func
+def sdots(A: i8[8, 32], B: i8[8, 32], C: i32[8]):
+    for i_o, k_o in grid(2, 8):
+        call("arm.neon.sdot.i8i32.4x4", c=window(C[4 * i_o], (1,)),
+             a=window(A[4 * i_o, 4 * k_o], (1, 0), (0, 1)), b=window(B[4 * i_o, 4 * k_o], (1, 0), (0, 1)))
+'''
+
+
+@pytest.mark.parametrize("text", [DOT_K_LOOP, SELF_READ, EMULATED_K_LOOP],
+                         ids=["dot", "self_read", "emulated"])
+def test_calls_along_a_reduction_match_the_interpreter(text):
+    if "x86" in text and not HAS_AVX2:
+        pytest.skip("the host has no AVX2+FMA")
+    func = parse(text)
+    check = runtime.check(func, runtime.compile(func, threads=1))
+    assert check.ok, check.message
+
+
+def test_only_a_reduction_no_input_reads_keeps_accumulators_in_registers():
+    # phi_loop names its blocks "kloop": the accumulators are carried in phi nodes there
+    assert "kloop" in codegen.emit_llvm(parse(DOT_K_LOOP), optimized=False)
+    assert "kloop" in codegen.emit_llvm(parse(EMULATED_K_LOOP), optimized=False)
+    assert "kloop" not in codegen.emit_llvm(parse(SELF_READ), optimized=False)
