@@ -189,13 +189,6 @@ def counted_loop(b: ir.IRBuilder, start: ir.Value, stop: ir.Value, body: Callabl
 # statements and expressions
 
 
-def _row_major_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for dim in reversed(shape):
-        strides.append(step)
-        step *= dim
-    return tuple(reversed(strides))
-
 
 
 class _BodyEmitter:
@@ -274,9 +267,7 @@ class _BodyEmitter:
 
         refs = {}
         for name, w in s.operands:
-            row_major = _row_major_strides(w.buffer.shape)
-            strides = tuple(sum(step * r for step, r in zip(steps, row_major)) for steps in w.steps)
-            refs[name] = intrinsics.Ref(self.address(w.buffer, w.base), w.buffer.dtype, strides)
+            refs[name] = intrinsics.Ref(self.address(w.buffer, w.base), w.buffer.dtype, w.strides)
         return refs
 
     @staticmethod

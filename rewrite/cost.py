@@ -105,13 +105,9 @@ def unblocked(desc, count: int, windows) -> float:
 
 def is_block(op, w) -> bool:
     """Window ``w`` of operand ``op`` is one contiguous block in the operand's dim order."""
-    strides, n = [0] * len(w.buffer.shape), 1
-    for k in reversed(range(len(w.buffer.shape))):
-        strides[k] = n
-        n *= w.buffer.shape[k]
-    want = 1
+    strides, want = w.strides, 1
     for k in reversed(range(len(op.shape))):
-        if op.shape[k] > 1 and sum(s * m for s, m in zip(w.steps[k], strides)) != want:
+        if op.shape[k] > 1 and strides[k] != want:
             return False
         want *= op.shape[k]
     return True

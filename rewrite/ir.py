@@ -102,6 +102,19 @@ class Buffer:
     def nbytes(self) -> int:
         return self.size * itemsize(self.dtype)
 
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Row-major element strides: ``(K, 1)`` for ``f32[M, K]``."""
+        out, n = [], 1
+        for d in reversed(self.shape):
+            out.append(n)
+            n *= d
+        return tuple(reversed(out))
+
+    def offset(self, step: tuple[int, ...]) -> int:
+        """Elements between two accesses whose indices differ by ``step`` (one per dim)."""
+        return sum(c * s for c, s in zip(step, self.strides))
+
 
 # ---------------------------------------------------------------------------
 # expressions
@@ -285,6 +298,11 @@ class Window:
     base: tuple[Expr, ...]
     steps: tuple[tuple[int, ...], ...]
 
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Element stride of each operand dimension through the row-major buffer."""
+        return tuple(self.buffer.offset(st) for st in self.steps)
+
 
 @dataclass(frozen=True, slots=True)
 class Call:
@@ -354,13 +372,7 @@ class PrimFunc:
     @property
     def written(self) -> frozenset[str]:
         """Names of every buffer some statement writes."""
-        out = set()
-        for s in walk_stmts(self.body):
-            if isinstance(s, (Store, Accumulate)):
-                out.add(s.buffer.name)
-            elif isinstance(s, Call):
-                out.add(s.window(s.output).buffer.name)
-        return frozenset(out)
+        return written_by(self.body)
 
     @property
     def outputs(self) -> tuple[Buffer, ...]:
@@ -397,6 +409,17 @@ def walk_stmts(s: Stmt) -> Iterator[Stmt]:
         yield from walk_stmts(s.then)
         if s.orelse is not None:
             yield from walk_stmts(s.orelse)
+
+
+def written_by(s: Stmt) -> frozenset[str]:
+    """Names of the buffers ``s`` (or a statement inside it) writes."""
+    out = set()
+    for x in walk_stmts(s):
+        if isinstance(x, (Store, Accumulate)):
+            out.add(x.buffer.name)
+        elif isinstance(x, Call):
+            out.add(x.window(x.output).buffer.name)
+    return frozenset(out)
 
 
 def children(e: Expr) -> tuple[Expr, ...]:

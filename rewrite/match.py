@@ -86,18 +86,9 @@ def _coef_vector(maps: tuple[Optional[Affine], ...], dim: str) -> tuple[int, ...
     return tuple(m.coeff(dim) for m in maps)
 
 
-def _row_major(shape: tuple[int, ...]) -> tuple[int, ...]:
-    out, n = [], 1
-    for d in reversed(shape):
-        out.append(n)
-        n *= d
-    return tuple(reversed(out))
-
-
 @functools.lru_cache(maxsize=4096)
 def _injective(shape: tuple[int, ...], steps: tuple[tuple[int, ...], ...], buf: Buffer) -> bool:
-    strides = _row_major(buf.shape)
-    flat = [sum(s * m for s, m in zip(st, strides)) for st in steps]
+    flat = [buf.offset(st) for st in steps]
     seen = set()
     for point in itertools.product(*(range(n) for n in shape)):
         addr = sum(p * f for p, f in zip(point, flat))
@@ -173,9 +164,7 @@ def slow_dims(desc, op, buf: Buffer, op_steps) -> tuple[int, ...]:
     need = desc.layout.get(op.name)
     if need is None:
         return ()
-    strides = _row_major(buf.shape)
-    return tuple(k for k in need.unit_stride
-                 if op.shape[k] > 1 and sum(s * m for s, m in zip(op_steps[k], strides)) != 1)
+    return tuple(k for k in need.unit_stride if op.shape[k] > 1 and buf.offset(op_steps[k]) != 1)
 
 
 # ---------------------------------------------------------------------------

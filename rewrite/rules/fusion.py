@@ -151,16 +151,6 @@ def producer(s: Stmt, index: int, temporaries: Iterable[str]) -> Optional[Produc
     return Producer(index, t, tuple(names), tuple(shifts), s.value)
 
 
-def _writes(s: Stmt) -> set[str]:
-    out: set[str] = set()
-    for x in ir.walk_stmts(s):
-        if isinstance(x, (Store, ir.Accumulate)):
-            out.add(x.buffer.name)
-        elif isinstance(x, Call):
-            out.add(x.window(x.output).buffer.name)
-    return out
-
-
 def _loads(s: Stmt, name: str) -> Optional[list[Load]]:
     """Loads of buffer ``name`` in ``s``; None when some read of it could not be rewritten
     (an intrinsic call's window, a non-affine index)."""
@@ -182,13 +172,13 @@ def _legal(stmts: Sequence[Stmt], p: Producer) -> bool:
     reads = [_loads(s, name) for s in stmts]
     if any(r is None for r in reads) or any(reads[: p.index]):
         return False  # an unrewritable read, or one before the producer
-    if any(name in _writes(s) for k, s in enumerate(stmts) if k != p.index):
+    if any(name in ir.written_by(s) for k, s in enumerate(stmts) if k != p.index):
         return False  # T written twice: a load may see the other store
     consumers = [k for k in range(p.index + 1, len(stmts)) if reads[k]]
     if not consumers:
         return False  # nothing to inline into (a dead store is not this rule's business)
     inputs = {load.buffer.name for load in ir.loads_of(p.value)}
-    return not any(_writes(stmts[k]) & inputs for k in range(p.index + 1, consumers[-1] + 1))
+    return not any(ir.written_by(stmts[k]) & inputs for k in range(p.index + 1, consumers[-1] + 1))
 
 
 def _producers(stmts: Sequence[Stmt], temporaries: set[str]) -> list[Producer]:

@@ -184,18 +184,9 @@ class Panel:
         return sum(b.size for b in self.buffers)
 
 
-def _flat(buf: Buffer, coeffs) -> int:
-    """Elements moved in row-major ``buf`` by a step of ``coeffs`` (one per buffer dim)."""
-    n, out = 1, 0
-    for extent, c in reversed(list(zip(buf.shape, coeffs))):
-        out += c * n
-        n *= extent
-    return out
-
-
 def _moves(w: Window, var: str) -> int:
     maps = [affine(i) for i in w.base]
-    return _flat(w.buffer, tuple(m.coeff(var) if m is not None else 0 for m in maps))
+    return w.buffer.offset(tuple(m.coeff(var) if m is not None else 0 for m in maps))
 
 
 def streams(desc, windows: dict[str, Window], inner: Optional[Dim],
@@ -210,7 +201,7 @@ def streams(desc, windows: dict[str, Window], inner: Optional[Dim],
         w, need = windows[op.name], desc.layout.get(op.name)
         if slow_dims(desc, op, w.buffer, w.steps):
             continue
-        flat = [_flat(w.buffer, st) for st in w.steps]
+        flat = list(w.strides)
         if need is not None and len(need.unit_stride) == 1:
             unit = need.unit_stride[0]
         else:  # the last dim stepping by one element, if any, runs contiguously
