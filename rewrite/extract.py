@@ -81,6 +81,18 @@ def _calls(desc, loops, windows) -> Stmt:
     return s
 
 
+def _streams(desc, windows, loops) -> tuple:
+    """``layout.streams`` for calls in ``loops`` (innermost last)."""
+    inner, outer = (loops[-1] if loops else None), (loops[-2] if len(loops) > 1 else None)
+    return layout.streams(desc, windows, inner, outer)
+
+
+def _price(desc, b: Binding, windows, unit_ok: bool, streams) -> float:
+    """The binding's calls on these windows: their cost, strided panels, split blocks."""
+    return cost.calls(desc, b.tiles, unit_ok) + cost.streamed(b.tiles, streams) + \
+        cost.unblocked(desc, b.tiles, windows)
+
+
 class _Builder:
     """Candidates of one nest and, recursively, of the nests they leave, into a plan graph."""
 
@@ -145,10 +157,8 @@ class _Builder:
         moves = {x.name for e in windows[desc.output.name].base for x in ir.walk_expr(e)
                  if isinstance(x, Var)}
         loops = [d for d in loops if d.name in moves] + [d for d in loops if d.name not in moves]
-        inner, outer = (loops[-1] if loops else None), (loops[-2] if len(loops) > 1 else None)
-        found = layout.streams(desc, windows, inner, outer)
-        price = cost.calls(desc, b.tiles, b.unit_stride_ok) + cost.streamed(b.tiles, found) \
-            + cost.unblocked(desc, b.tiles, windows)
+        found = _streams(desc, windows, loops)
+        price = _price(desc, b, windows, b.unit_stride_ok, found)
         calls = self.graph.leaf([_calls(desc, loops, windows)], price)
         rest = [self.nest(r, matches, depth + 1, pack) for r in remainders(nest, b, desc)]
         self.graph.add(ref, calls, *rest)
@@ -175,11 +185,8 @@ class _Builder:
         windows = {**windows, **dict(panel.windows)}
         unit_ok = not any(slow_dims(desc, op, windows[op.name].buffer, windows[op.name].steps)
                           for op in desc.operands)
-        inner, outer = (loops[-1] if loops else None), (loops[-2] if len(loops) > 1 else None)
         copies = cost.packing(panel.copies)
-        calls = cost.calls(desc, b.tiles, unit_ok) + \
-            cost.streamed(b.tiles, layout.streams(desc, windows, inner, outer)) + \
-            cost.unblocked(desc, b.tiles, windows)
+        calls = _price(desc, b, windows, unit_ok, _streams(desc, windows, loops))
         if copies + calls >= price:
             return
         if key not in self.ex._panels:
