@@ -1,4 +1,4 @@
-"""x86 intrinsics: AVX2 + FMA (native here) and AVX-512 VNNI (emulated where absent).
+"""x86 intrinsics: AVX2 + FMA, and AVX-512 VNNI (native where the CPU has it, emulated elsewhere).
 
 Every load and store is aligned to the element size only: numpy buffers can sit at any
 element offset, and an LLVM vector load that assumes natural alignment faults on them.
@@ -120,6 +120,14 @@ def mm_f32_6x16x1(c: f32[6, 16], a: f32[6, 1], b: f32[1, 16]):
 # u8 x i8 -> i32 dot products (the meaning of VNNI vpdpbusd)
 
 
+def _b_block(b: ir.IRBuilder, ref) -> ir.Value:
+    """The dot's b[16, 4] as one <64 x i8>, rows after each other: one load when rows are
+    packed (the ``contiguous`` layout of ``b``), 16 row loads otherwise."""
+    if ref.strides == (4, 1):
+        return load_row(b, ref, (0, 0), 1, 64)  # unit inner stride: one 64-byte load
+    return concat(b, [load_row(b, ref, (i, 0), 1, 4) for i in range(16)])
+
+
 class DotU8I8I32_16x4(Emitter):
     """c[i] += sum_k u8 a[k] * i8 b[i, k], exactly.
 
@@ -145,20 +153,12 @@ class DotU8I8I32_16x4(Emitter):
         pmadd = declare(b.module, "llvm.x86.avx2.pmadd.wd", i32x8, [i16x16, i16x16])
         a4 = b.zext(load_row(b, ops["a"], (0,), 0, 4), ir.VectorType(ir.IntType(16), 4))
         a16 = shuffle(b, a4, None, [k for _ in range(4) for k in range(4)])  # a, 4 rows' worth
-        wide = b.sext(self._b_block(b, ops["b"]), ir.VectorType(ir.IntType(16), 64))
+        wide = b.sext(_b_block(b, ops["b"]), ir.VectorType(ir.IntType(16), 64))
         # chunk r holds rows 4r..4r+3; lane m of its result is row 4r + m//2, pair m%2, so
         # lane n of the joined result is row n//2
         pairs = concat(b, [b.call(pmadd, [a16, shuffle(b, wide, None, range(16 * r, 16 * r + 16))])
                            for r in range(4)])
         return [acc[0], b.add(acc[1], pairs)]
-
-    @staticmethod
-    def _b_block(b, ref) -> ir.Value:
-        """b as one <64 x i8>, rows after each other: one load when rows are packed (the
-        ``contiguous`` layout of ``b``), 16 row loads otherwise."""
-        if ref.strides == (4, 1):
-            return load_row(b, ref, (0, 0), 1, 64)  # unit inner stride: one 64-byte load
-        return concat(b, [load_row(b, ref, (i, 0), 1, 4) for i in range(16)])
 
     def store_acc(self, b, ops, acc):
         c, pairs = acc
@@ -173,8 +173,37 @@ def dot_u8i8i32_16x4(c: i32[16], a: u8[4], b: i8[16, 4]):
         c[i] += i32(a[k]) * i32(b[i, k])
 
 
+class VnniDotU8I8I32_16x4(Emitter):
+    """c[i] += sum_k u8 a[k] * i8 b[i, k] in one ``vpdpbusd``: lane i of the 512-bit
+    instruction multiplies the four u8 bytes of its first source by the four i8 bytes of
+    its second and adds the four products (each fits in i16, their sum in i32) to c[i] with
+    wrapping i32 addition: the semantics exactly, with no intermediate saturation (that is
+    ``vpdpbusds``). a's four bytes are one i32 broadcast to the 16 lanes; b is the 64-byte
+    block of rows. The accumulator is c itself, carried in one zmm register along k."""
+
+    operands = ("c", "a", "b")
+    shapes = {"c": (16,), "a": (4,), "b": (16, 4)}
+    dtypes = {"c": "i32", "a": "u8", "b": "i8"}
+    I32X16 = ir.VectorType(ir.IntType(32), 16)
+
+    def load_acc(self, b, ops):
+        return load_row(b, ops["c"], (0,), 0, 16)
+
+    def step(self, b, ops, acc):
+        # the pre-LLVM-21 operand types, which LLVM still reads (and upgrades) today
+        dpbusd = declare(b.module, "llvm.x86.avx512.vpdpbusd.512", self.I32X16,
+                         [self.I32X16, self.I32X16, self.I32X16])
+        a = splat(b, b.bitcast(load_row(b, ops["a"], (0,), 0, 4), ir.IntType(32)), 16)
+        rows = b.bitcast(_b_block(b, ops["b"]), self.I32X16)
+        return b.call(dpbusd, [acc, a, rows])
+
+    def store_acc(self, b, ops, acc):
+        store_row(b, ops["c"], (0,), 0, acc)
+
+
 @intrinsic("x86.avx512vnni.dot.u8i8i32.16x4", isa=("avx512f", "avx512vnni"), cost=1.0,
-           layout={"c": Layout((0,), 4), "b": Layout((1,), 1)})
+           emitter=VnniDotU8I8I32_16x4(),
+           layout={"c": Layout((0,), 4), "b": Layout((1,), 1, contiguous=True)})
 def avx512vnni_dot_u8i8i32_16x4(c: i32[16], a: u8[4], b: i8[16, 4]):
     for i, k in grid(16, 4):
         c[i] += i32(a[k]) * i32(b[i, k])

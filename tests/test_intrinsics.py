@@ -27,11 +27,19 @@ from rewrite.interp import run
 from rewrite.ir import is_float, numpy_dtype
 from rewrite.script import ScriptError, f32, grid, i16, i64  # noqa: F401 - read by the parser
 
-X86_NATIVE = ["x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4"]
-EMULATED = ["x86.avx512vnni.dot.u8i8i32.16x4", "arm.neon.sdot.i8i32.4x4",
-            "nvidia.mma.f16f32.16x8x16"]
+X86_AVX2 = ["x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4"]
+X86_VNNI = ["x86.avx512vnni.dot.u8i8i32.16x4"]
+X86_NATIVE = X86_AVX2 + X86_VNNI  # have native emitters, used where the CPU has the ISA
+NEVER_NATIVE = ["arm.neon.sdot.i8i32.4x4", "nvidia.mma.f16f32.16x8x16"]
+EMULATED = X86_VNNI + NEVER_NATIVE  # also checked as emulations on every host
 HAS_AVX2 = {"avx2", "fma"} <= host_features()
 needs_avx2 = pytest.mark.skipif(not HAS_AVX2, reason="the host has no AVX2 + FMA")
+
+
+def needs_isa(name: str):
+    """Skip unless this CPU runs ``name``'s instructions, saying which features it lacks."""
+    missing = set(intrinsics.get(name).isa) - host_features()
+    return pytest.mark.skipif(bool(missing), reason=f"the host lacks {', '.join(sorted(missing))}")
 
 
 # ---------------------------------------------------------------------------
@@ -137,10 +145,12 @@ def verify(name: str, mode: str, data) -> None:
 # ---------------------------------------------------------------------------
 # every built-in implementation against its semantics
 
-CASES = ([pytest.param(n, "native", marks=needs_avx2) for n in X86_NATIVE]
-         + [pytest.param(n, "emulated") for n in X86_NATIVE + EMULATED]
-         + [pytest.param(n, "runtime-strides", marks=needs_avx2) for n in X86_NATIVE]
-         + [pytest.param(n, "runtime-strides") for n in EMULATED])
+CASES = ([pytest.param(n, "native", marks=needs_isa(n)) for n in X86_NATIVE]
+         + [pytest.param(n, "emulated") for n in X86_NATIVE + NEVER_NATIVE]
+         + [pytest.param(n, "runtime-strides", marks=needs_isa(n)) for n in X86_NATIVE]
+         + [pytest.param(n, "runtime-strides", marks=pytest.mark.skipif(
+             not set(intrinsics.get(n).isa) - host_features(), reason="native on this host"))
+            for n in EMULATED])
 
 
 @pytest.mark.parametrize("name, mode", CASES)
@@ -153,6 +163,8 @@ def test_implementation_matches_semantics(name, mode, data):
 @pytest.mark.parametrize("name, mode", [pytest.param("x86.dot.u8i8i32.16x4", "native",
                                                      marks=needs_avx2),
                                         ("x86.dot.u8i8i32.16x4", "emulated"),
+                                        pytest.param("x86.avx512vnni.dot.u8i8i32.16x4", "native",
+                                                     marks=needs_isa(X86_VNNI[0])),
                                         ("x86.avx512vnni.dot.u8i8i32.16x4", "emulated")])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_u8_i8_extremes_are_exact(name, mode, layout):
@@ -224,30 +236,57 @@ def test_mm_kloop_is_a_gemm_micro_kernel():
     np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4)
 
 
-@needs_avx2
-def test_dot_kloop_is_exact():
+# ---------------------------------------------------------------------------
+# the registry and targets
+
+
+@pytest.mark.parametrize("name", X86_VNNI + ["x86.dot.u8i8i32.16x4"])
+def test_dot_kloop_is_exact(name):
+    if set(intrinsics.get(name).isa) - host_features():
+        pytest.skip(f"the host cannot run {name} natively")
     rng = np.random.default_rng(2)
     k = 50
     a = rng.integers(0, 256, (k, 4), dtype=np.uint8)
     b = rng.integers(-128, 128, (k, 16, 4), dtype=np.int8)
     a[0], b[0] = 255, -128
     c = np.zeros(16, np.int32)
-    fn = kloop("x86.dot.u8i8i32.16x4", {"c": (1,), "a": (1,), "b": (4, 1)}, {"a": 4, "b": 64})
+    fn = kloop(name, {"c": (1,), "a": (1,), "b": (4, 1)}, {"a": 4, "b": 64})
     fn(pointers(c, a, b), k, 1)
     want = np.einsum("sk,sik->i", a.astype(np.int64), b.astype(np.int64))
     np.testing.assert_array_equal(c, want)
 
 
-# ---------------------------------------------------------------------------
-# the registry and targets
+# CPUs that LLVM knows to have each ISA: the native emitters are checked there on any host
+CPU_WITH = {"x86.avx512vnni.dot.u8i8i32.16x4": ("znver4", "vpdpbusd"),
+            "x86.dot.u8i8i32.16x4": ("haswell", "vpmaddwd"),
+            "x86.mm.f32.6x16x1": ("haswell", "vfmadd231ps")}
 
 
-@needs_avx2
-def test_host_library_is_the_native_x86_rows():
+@pytest.mark.parametrize("name", sorted(CPU_WITH))
+def test_native_emitter_uses_its_instruction(name):
+    # compiled for a CPU that has the ISA (not run), so hosts without it check the emitter too
+    import llvmlite.binding as llvm
+
+    cpu, instruction = CPU_WITH[name]
+    desc = intrinsics.get(name)
+    module = codegen.new_module("asm")
+    packed = {p.name: p.strides for p in desc.semantics.params}
+    emit.kloop_function(module, desc, desc.emitter, "k", packed, {})
+    machine = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(
+        cpu=cpu, features="", opt=3)
+    ref = llvm.parse_assembly(str(module))
+    ref.triple = "x86_64-unknown-linux-gnu"
+    asm = machine.emit_assembly(ref)
+    assert instruction in asm
+
+
+def test_host_library_is_what_this_cpu_runs():
     names = [d.name for d in intrinsics.library("host")]
+    features = host_features()
     for n in X86_NATIVE:
-        assert n in names
-    for n in EMULATED:
+        runs_here = set(intrinsics.get(n).isa) <= features and intrinsics.base.host_arch() == "x86"
+        assert (n in names) == runs_here, n
+    for n in NEVER_NATIVE:
         assert n not in names
 
 
@@ -258,7 +297,7 @@ def test_all_holds_the_whole_built_in_library():
 
 
 def test_isa_targets():
-    assert {d.name for d in intrinsics.library("x86-avx2")} >= set(X86_NATIVE)
+    assert {d.name for d in intrinsics.library("x86-avx2")} >= set(X86_AVX2)
     assert "x86.avx512vnni.dot.u8i8i32.16x4" not in {d.name for d in intrinsics.library("x86-avx2")}
     assert "x86.avx512vnni.dot.u8i8i32.16x4" in {d.name for d in intrinsics.library("x86-avx512vnni")}
     assert [d.name for d in intrinsics.library("arm-dotprod")] == ["arm.neon.sdot.i8i32.4x4"]
