@@ -52,7 +52,7 @@ class Layout:
     ``contiguous``: the emitter reads the whole window with one load when it is one
     contiguous block in its own dim order (element strides those of the operand's shape,
     row-major: ``(4, 1)`` for a ``[16, 4]`` window), and row by row otherwise. Such a call
-    still works on any strides, only slower (``cost.UNBLOCKED_PENALTY``), and the extractor
+    still works on any strides, only slower (``cost.UNBLOCKED_PER_ROW``), and the extractor
     also weighs copying the operand into blocks (``rules/layout.py``, ``pack-panel``).
     """
 

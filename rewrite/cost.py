@@ -5,7 +5,7 @@ intrinsic call costs its descriptor's ``cost``, which is stated in the same unit
 call (an 8-wide FMA: 1, the 6x16 register-blocked outer product: 6). A call whose operands
 miss a unit-stride need of the descriptor is gathered element by element, so it pays
 ``GATHER_PENALTY`` times more; one whose operand wants one ``contiguous`` block and does not
-have it pays ``UNBLOCKED_PENALTY`` more (``unblocked``). Packing into a temporary pays per
+have it pays ``UNBLOCKED_PER_ROW`` for each row it loads apart (``unblocked``). Packing into a temporary pays per
 element moved.
 
 A packing stage (``rules/layout.py``) is a plain copy, costed like any scalar statement
@@ -35,7 +35,7 @@ from .lower import op_count
 from .nests import AccNest
 
 GATHER_PENALTY = 4.0
-UNBLOCKED_PENALTY = 0.5
+UNBLOCKED_PER_ROW = 0.125
 PER_ELEMENT_MOVED = 1.0
 PER_PACKING = 10000.0
 
@@ -79,7 +79,9 @@ def calls(desc, count: int, unit_stride_ok: bool) -> float:
 def unblocked(desc, count: int, windows) -> float:
     """What ``count`` calls pay for operands whose ``Layout`` asks for one ``contiguous``
     block (the u8 x i8 dot's ``b``) but whose window is not one: the emitter loads the
-    window row by row, ``UNBLOCKED_PENALTY`` of a call's cost more per operand.
+    window row by row, ``UNBLOCKED_PER_ROW`` per row and call. The loads cost the same
+    whatever instruction then consumes them, so the price does not scale with the
+    descriptor's ``cost`` (a one-instruction ``vpdpbusd`` dot pays the AVX2 dot's 16 loads).
 
     Fitted on the dot's ``b`` read in rows (16 rows of 4 bytes, 16 loads a call) against
     ``B_panel[j_o, k_o, j_i, k_i]`` (one 64-byte load), one thread, this machine, medians.
@@ -90,8 +92,9 @@ def unblocked(desc, count: int, windows) -> float:
     at M = 16 (4 096 calls), 0.072 against 0.075 at M = 32 and 0.130 against 0.140-0.164
     at M = 64 (16 384 calls): break-even near 8 000 calls, about 3 units a call against
     this copy's price. The copy's price overstates a byte copy (``PER_PACKING`` was fitted
-    on f32 programs), so half a call's cost here (2 units, break-even 13 000 calls) keeps
-    the marginal M = 32 case unpacked. A gathered operand already pays ``GATHER_PENALTY``."""
+    on f32 programs), so 2 units a call (16 rows at ``UNBLOCKED_PER_ROW``, break-even 13 000
+    calls) keeps the marginal M = 32 case unpacked. A gathered operand already pays
+    ``GATHER_PENALTY``."""
     extra = 0.0
     for op in desc.inputs:
         need = desc.layout.get(op.name)
@@ -99,7 +102,7 @@ def unblocked(desc, count: int, windows) -> float:
             continue
         w = windows[op.name]
         if not is_block(op, w):
-            extra += count * desc.cost * UNBLOCKED_PENALTY
+            extra += count * math.prod(op.shape[:-1]) * UNBLOCKED_PER_ROW
     return extra
 
 

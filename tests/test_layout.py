@@ -367,7 +367,7 @@ def test_is_block_reads_the_window_strides():
     assert cost.is_block(b, ir.Window(blk, (z, z, z), ((0, 1, 0), (0, 0, 1))))
     assert not cost.is_block(b, ir.Window(rows, (z, z), ((1, 0), (0, 1))))
     windows = {"b": ir.Window(rows, (z, z), ((1, 0), (0, 1)))}
-    assert cost.unblocked(dot, 10, windows) == 10 * dot.cost * cost.UNBLOCKED_PENALTY
+    assert cost.unblocked(dot, 10, windows) == 10 * 16 * cost.UNBLOCKED_PER_ROW  # 16 rows of b
 
 
 def test_int8_dense_256_reads_b_in_contiguous_blocks():
