@@ -25,6 +25,24 @@ def _fma(b: ir.IRBuilder, x: ir.Value, y: ir.Value, z: ir.Value) -> ir.Value:
     return b.call(fn, [x, y, z])
 
 
+NEG_ZERO = ir.Constant(F32X8, [-0.0] * 8)  # x + -0.0 is x for every x, -0.0 included
+
+
+def _alternate(b: ir.IRBuilder, acc: list, update) -> list:
+    """One step of a reduction whose partial sums alternate between two sets: the step
+    updates ``acc[0]`` and puts it last, so each FMA waits for the one two steps back and
+    twice as many chains cover the FMA latency. That reassociates the sum (as every BLAS
+    does); the sets are added once, at the end (``_joined``)."""
+    return [acc[1], update(acc[0])]
+
+
+def _joined(b: ir.IRBuilder, acc: list):
+    first, second = acc
+    if isinstance(first, list):
+        return [b.fadd(x, y) for x, y in zip(first, second)]
+    return b.fadd(first, second)
+
+
 # ---------------------------------------------------------------------------
 # FMA family: element-wise and broadcast multiply-add on one <8 x float>
 
@@ -35,13 +53,14 @@ class FmaF32x8(Emitter):
     dtypes = {"c": "f32", "a": "f32", "b": "f32"}
 
     def load_acc(self, b, ops):
-        return load_row(b, ops["c"], (0,), 0, 8)
+        return [load_row(b, ops["c"], (0,), 0, 8), NEG_ZERO]
 
     def step(self, b, ops, acc):
-        return _fma(b, load_row(b, ops["a"], (0,), 0, 8), load_row(b, ops["b"], (0,), 0, 8), acc)
+        return _alternate(b, acc, lambda c: _fma(b, load_row(b, ops["a"], (0,), 0, 8),
+                                                 load_row(b, ops["b"], (0,), 0, 8), c))
 
     def store_acc(self, b, ops, acc):
-        store_row(b, ops["c"], (0,), 0, acc)
+        store_row(b, ops["c"], (0,), 0, _joined(b, acc))
 
 
 @intrinsic("x86.fma.f32x8", isa=AVX2_FMA, cost=1.0, emitter=FmaF32x8(),
@@ -59,14 +78,14 @@ class AxpyF32x8(Emitter):
     dtypes = {"c": "f32", "a": "f32", "b": "f32"}
 
     def load_acc(self, b, ops):
-        return load_row(b, ops["c"], (0,), 0, 8)
+        return [load_row(b, ops["c"], (0,), 0, 8), NEG_ZERO]
 
     def step(self, b, ops, acc):
         scale = splat(b, load_scalar(b, ops["a"], (0,)), 8)
-        return _fma(b, scale, load_row(b, ops["b"], (0,), 0, 8), acc)
+        return _alternate(b, acc, lambda c: _fma(b, scale, load_row(b, ops["b"], (0,), 0, 8), c))
 
     def store_acc(self, b, ops, acc):
-        store_row(b, ops["c"], (0,), 0, acc)
+        store_row(b, ops["c"], (0,), 0, _joined(b, acc))
 
 
 @intrinsic("x86.axpy.f32x8", isa=AVX2_FMA, cost=1.0, emitter=AxpyF32x8(),
@@ -114,6 +133,50 @@ class MmF32_6x16x1(Emitter):
 def mm_f32_6x16x1(c: f32[6, 16], a: f32[6, 1], b: f32[1, 16]):
     for i, j, k in grid(6, 16, 1):
         c[i, j] += a[i, k] * b[k, j]
+
+
+# ---------------------------------------------------------------------------
+# matrix-vector product with the matrix read along its rows
+
+
+class GemvF32_4x8(Emitter):
+    """c (4) += a (4x8) @ b (8): four rows of a row-major matrix against one vector, every
+    operand read at unit stride (the axpy form reads a column of the matrix, one gather
+    per element). The accumulator is c plus two alternating sets of one <8 x float> partial
+    sum per row (``_alternate``): ``step`` is one load of b, four row loads and four
+    independent FMAs; the partial sums are added across lanes into c once, in
+    ``store_acc``, so a k-loop of calls does no shuffles. That
+    reassociates each row's sum, as every BLAS does."""
+
+    rows = 4
+    operands = ("c", "a", "b")
+    shapes = {"c": (4,), "a": (4, 8), "b": (8,)}
+    dtypes = {"c": "f32", "a": "f32", "b": "f32"}
+
+    def load_acc(self, b, ops):
+        return [load_row(b, ops["c"], (0,), 0, self.rows),
+                [[NEG_ZERO] * self.rows, [NEG_ZERO] * self.rows]]
+
+    def step(self, b, ops, acc):
+        x = load_row(b, ops["b"], (0,), 0, 8)
+        return [acc[0], _alternate(b, acc[1], lambda part: [
+            _fma(b, load_row(b, ops["a"], (i, 0), 1, 8), x, part[i]) for i in range(self.rows)])]
+
+    def store_acc(self, b, ops, acc):
+        c, partial = acc[0], _joined(b, acc[1])
+        sums = []
+        for v in partial:  # halve the vector until one lane is left
+            for n in (4, 2, 1):
+                v = b.fadd(shuffle(b, v, None, range(n)), shuffle(b, v, None, range(n, 2 * n)))
+            sums.append(v)
+        store_row(b, ops["c"], (0,), 0, b.fadd(c, concat(b, sums)))
+
+
+@intrinsic("x86.gemv.f32.4x8", isa=AVX2_FMA, cost=4.0, emitter=GemvF32_4x8(),
+           layout={"a": Layout((1,), 4), "b": Layout((0,), 4)})
+def gemv_f32_4x8(c: f32[4], a: f32[4, 8], b: f32[8]):
+    for i, k in grid(4, 8):
+        c[i] += a[i, k] * b[k]
 
 
 # ---------------------------------------------------------------------------

@@ -211,6 +211,14 @@ def _tbl():
     add("gemm_scaled", 64, lambda a: {"C": 2.0 * (f64(a["A"]) @ f64(a["B"]))})
     add("gemm_all_disguises", 64, lambda a: {"C": 0.5 * (f64(a["A"]).T @ f64(a["B"]).T)})
 
+    # matrix-vector (PolyBench, f32)
+    add("atax", 390 * 410, lambda a: {"y": f64(a["A"]).T @ (f64(a["A"]) @ f64(a["x"]))})
+    add("bicg", 410, lambda a: {"s": f64(a["A"]).T @ f64(a["r"]), "q": f64(a["A"]) @ f64(a["p"])})
+    add("mvt", 401, lambda a: {"x1": f64(a["x1"]) + f64(a["A"]) @ f64(a["y1"]),
+                               "x2": f64(a["x2"]) + f64(a["A"]).T @ f64(a["y2"])})
+    add("gesummv", 2 * 250, lambda a: {"y": 1.5 * (f64(a["A"]) @ f64(a["x"]))
+                                       + 1.2 * (f64(a["B"]) @ f64(a["x"]))})
+
     # f64 (PolyBench), f16 with f32 accumulation
     add("polybench_gemm", 81, lambda a: {"C": 1.2 * a["C"] + 1.5 * (a["A"] @ a["B"])})
     add("polybench_2mm", 70 * 50, lambda a: {"D": 1.2 * a["D"] + (1.5 * (a["A"] @ a["B"])) @ a["C"]})
