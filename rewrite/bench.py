@@ -8,8 +8,10 @@ runs (at least ``min_runs``, more while the total stays under about ``target_sec
 Throughput counts arithmetic operations (``lower.op_count``: ``2*M*N*K`` for a matmul).
 A function that is one contraction, ``C[...] (+)= A[...] * B[...] * ...`` over full loop
 ranges with an optional zero initialisation, is also run as ``np.einsum(...,
-optimize=True)`` and timed the same way; ``ratio`` is numpy's median over ours (above 1:
-we are faster).
+optimize=True)`` and, when it is a matrix or matrix-vector product, as ``np.matmul`` (BLAS);
+the faster of the two is timed the same way; ``ratio`` is numpy's median over ours (above 1:
+we are faster). ``blas_report`` says which BLAS numpy runs, with which kernels and threads,
+and warns of the environment variables that slow it.
 """
 
 from __future__ import annotations
@@ -160,10 +162,21 @@ def contraction(func: PrimFunc) -> Optional[Contraction]:
 
 
 def numpy_counterpart(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Callable[[], object]]:
-    """A call running ``func``'s contraction with numpy on copies of ``args``, or None."""
+    """A call running ``func``'s contraction with numpy on copies of ``args``, or None: the
+    fastest of its formulations (``numpy_formulations``), timed briefly here."""
+    calls = numpy_formulations(func, args)
+    if len(calls) > 1:
+        calls.sort(key=lambda call: float(np.median(_time(call, 5, 0.05))))
+    return calls[0] if calls else None
+
+
+def numpy_formulations(func: PrimFunc, args: dict[str, np.ndarray]) -> list[Callable[[], object]]:
+    """The ways numpy computes ``func``'s contraction: ``np.matmul`` on transposed views when
+    it is a (batched) matrix or matrix-vector product, which reaches BLAS with its transpose
+    flags, and ``np.einsum(..., optimize=True)`` always. Empty when it is no contraction."""
     c = contraction(func)
     if c is None:
-        return None
+        return []
     operands = [args[n] for n in c.operands]
     out = np.array(args[c.out], copy=True)
     dtype = np.dtype(numpy_dtype(c.dtype))
@@ -174,10 +187,50 @@ def numpy_counterpart(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[C
     try:
         np.einsum(c.spec, *operands, **options)
     except (TypeError, ValueError):
-        return None
+        return []
+    found = []
+    product = None if cast else _as_matmul(c.spec, operands)
+    if product is not None:
+        found.append(_accumulating(product, out, c.init))
     if c.init:
-        return lambda: np.einsum(c.spec, *operands, out=out, **options)
-    return lambda: np.add(out, np.einsum(c.spec, *operands, **options), out=out)
+        found.append(lambda: np.einsum(c.spec, *operands, out=out, **options))
+    else:
+        found.append(lambda: np.add(out, np.einsum(c.spec, *operands, **options), out=out))
+    return found
+
+
+def _accumulating(product: Callable[[], np.ndarray], out: np.ndarray, init: bool):
+    if init:
+        return lambda: np.copyto(out, product())
+    return lambda: np.add(out, product(), out=out)
+
+
+def _as_matmul(spec: str, operands: list[np.ndarray]) -> Optional[Callable[[], np.ndarray]]:
+    """``spec`` (``"ik,jk->ij"``) as ``np.matmul`` on transposed views, or None.
+
+    Dims fall into batch (both operands and the output), contracted (both operands only),
+    and free dims of each operand; a product with one contracted dim and at most one free dim
+    per operand is ``A[batch, m, k] @ B[batch, k, n]`` (m or n may be absent: a
+    matrix-vector product), transposed back to the output's order."""
+    inputs, result = spec.split("->")
+    if len(operands) != 2 or result == "":
+        return None
+    a, b = inputs.split(",")
+    if len(set(a)) != len(a) or len(set(b)) != len(b):
+        return None
+    batch = [d for d in result if d in a and d in b]
+    contracted = [d for d in a if d in b and d not in result]
+    free_a = [d for d in a if d not in b]
+    free_b = [d for d in b if d not in a]
+    if len(contracted) != 1 or len(free_a) > 1 or len(free_b) > 1 or (batch and not (free_a and free_b)):
+        return None
+    x = np.transpose(operands[0], [a.index(d) for d in batch + free_a + contracted])
+    y = np.transpose(operands[1], [b.index(d) for d in batch + contracted + free_b])
+    order = batch + free_a + free_b
+    back = [order.index(d) for d in result]
+    if back == sorted(back):
+        return lambda: np.matmul(x, y)
+    return lambda: np.transpose(np.matmul(x, y), back)
 
 
 def _leaves(s: Stmt, loops: tuple[For, ...], out: list) -> bool:
@@ -226,6 +279,32 @@ def _zeroes(s: Store, loops: tuple[For, ...], out: Buffer) -> bool:
 # ---------------------------------------------------------------------------
 # reporting
 
+# set on some machines for old OpenBLAS builds; both slow a current numpy
+SLOWING_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def blas_report() -> list[str]:
+    """Lines saying which BLAS numpy runs (library, version, kernels, threads; threadpoolctl
+    reads it from the loaded library), then a warning per variable that slows it."""
+    import os
+
+    lines = []
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        lines.append("numpy's BLAS: unknown (install threadpoolctl to see it)")
+    else:
+        for pool in threadpool_info():
+            if pool.get("user_api") == "blas":
+                lines.append(f"numpy's BLAS: {pool.get('internal_api')} {pool.get('version')}, "
+                             f"{pool.get('architecture') or 'generic'} kernels, "
+                             f"{pool.get('num_threads')} threads")
+    for name in SLOWING_VARIABLES:
+        if os.environ.get(name):
+            lines.append(f"warning: {name}={os.environ[name]} is set; it slows a current numpy's "
+                         f"BLAS (unset it for this command to compare with numpy at its best)")
+    return lines
+
 
 def to_json(results: list[BenchResult]) -> dict:
     """``{"results": [{"file", "name", "runs", "min_s", "median_s", "max_s", "gflops",
@@ -250,7 +329,7 @@ def plot(results: list[BenchResult], path: str) -> bool:
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(names)), 4.0))
     ax.bar(x - 0.2, ours, 0.4, label="tensorize")
-    ax.bar(x + 0.2, theirs, 0.4, label="numpy einsum")
+    ax.bar(x + 0.2, theirs, 0.4, label="numpy")
     ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("GFLOP/s (GOP/s for integers)")
     ax.legend()

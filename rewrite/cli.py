@@ -389,6 +389,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             sys.stderr.write(f"\r\033[K[{i}/{n}] {name}")
             sys.stderr.flush()
 
+    for line in bench.blas_report():
+        print(line, file=sys.stderr)
     results = bench.bench(good, threads=args.threads, min_runs=args.runs, progress=progress)
     if live:
         sys.stderr.write("\r\033[K")

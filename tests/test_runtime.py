@@ -339,6 +339,36 @@ def test_contraction_detection():
         assert bench.contraction(funcs["gemm_transposed_b"]) is not None
 
 
+@pytest.mark.parametrize("spec, shapes", [
+    ("ik,kj->ij", [(5, 7), (7, 3)]), ("ik,jk->ij", [(5, 7), (3, 7)]), ("ki,kj->ij", [(7, 5), (7, 3)]),
+    ("ik,kj->ji", [(5, 7), (7, 3)]), ("bik,bkj->bij", [(2, 5, 7), (2, 7, 3)]),
+    ("bik,bjk->bij", [(2, 5, 7), (2, 3, 7)]), ("ij,j->i", [(5, 7), (7,)]), ("ij,i->j", [(5, 7), (5,)]),
+    ("j,ij->i", [(7,), (5, 7)])])
+def test_matmul_formulation_equals_einsum(spec, shapes):
+    rng = np.random.default_rng(0)
+    operands = [rng.standard_normal(s) for s in shapes]
+    product = bench._as_matmul(spec, operands)
+    assert product is not None
+    np.testing.assert_allclose(product(), np.einsum(spec, *operands), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("spec", ["ij,jk,kl->il", "ii,ij->j", "ijk,k->i", "bik,kj->bij"])
+def test_matmul_formulation_refuses_what_it_is_not(spec):
+    shapes = {"i": 3, "j": 4, "k": 5, "l": 2, "b": 2}
+    inputs = spec.split("->")[0].split(",")
+    operands = [np.ones([shapes[d] for d in x]) for x in inputs]
+    assert bench._as_matmul(spec, operands) is None
+
+
+def test_blas_report_warns_of_slowing_variables(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.delenv("OPENBLAS_L2_SIZE", raising=False)
+    lines = bench.blas_report()
+    assert any(line.startswith("warning: OPENBLAS_CORETYPE=Haswell") for line in lines)
+    assert not any("OPENBLAS_L2_SIZE" in line for line in lines)
+    assert lines[0].startswith("numpy's BLAS: ")
+
+
 def test_bench_reports_in_the_spec_shape(mm):
     results = bench.bench([("x.py", mm), parse(SCAN)], threads=1, min_runs=20, target_seconds=0.01)
     doc = bench.to_json(results)
