@@ -15,7 +15,9 @@ from rewrite.script import parse, parse_file, show
 from rewrite.verify import verify
 
 ROOT = Path(__file__).parent.parent
-AVX2 = intrinsics.library("x86-avx2")
+# the rows whose packing decisions these tests pin down (the matrix-vector form, added later,
+# reads a transposed B at unit stride and needs no copy: tests/test_tensorize.py)
+AVX2 = [d for d in intrinsics.library("x86-avx2") if d.name != "x86.gemv.f32.4x8"]
 HOST_HAS_AVX2 = {"avx2", "fma"} <= intrinsics.host_features()
 
 
