@@ -7,6 +7,11 @@ back into a script location; every later stage can run it on what it produces.
 Bounds are checked statically: each index is an affine form in the loop variables
 (plus ``//`` and ``%`` by positive constants), evaluated over the loop ranges, narrowed
 by enclosing ``if`` conditions of the form ``var < const`` (and ``and`` of such).
+
+Index arithmetic is computed in ``i64`` by the compiled code and the interpreter, which wrap
+around, while the bound check above reasons with exact integers. The two agree only when no
+value ever wraps, so every subexpression of an index (``i + c`` inside ``(i + c) // 8`` too) must
+stay within the ``i64`` range over the loop ranges (``index_overflow``).
 """
 
 from __future__ import annotations
@@ -113,6 +118,61 @@ def _atom_interval(atom: object, ranges: Ranges) -> Interval:
     return Interval(0, d - 1)
 
 
+INDEX_MIN, INDEX_MAX = ir.int_range(INDEX)
+
+
+def index_overflow(e: Expr, ranges: Ranges) -> Optional[tuple[Expr, Interval]]:
+    """The first subexpression of the affine index ``e`` (innermost first) whose values can
+    leave the ``i64`` range over ``ranges``, with the interval it spans; ``None`` when every
+    intermediate value fits, so wrapping and exact arithmetic give the same index::
+
+        (i + 9223372036854775807 + 1) // 8   ->  (i + 9223372036854775807 + 1, 2**63..2**63)
+
+    Plain interval arithmetic, node by node: it over-approximates (``i - i`` spans the width
+    of ``i`` twice), which is sound, and only matters for values near 2**63. Iterative, so a
+    long index costs no recursion depth.
+    """
+    values: dict[int, Interval] = {}
+    stack: list[tuple[Expr, bool]] = [(e, False)]
+    while stack:
+        x, ready = stack.pop()
+        kids = (x.a, x.b) if isinstance(x, Binary) else (x.a,) if isinstance(x, Unary) else ()
+        if not ready and kids:
+            stack.append((x, True))
+            stack.extend((k, False) for k in kids)
+            continue
+        if isinstance(x, Var):
+            r = ranges[x.name]
+        elif isinstance(x, Const):
+            r = Interval(x.value, x.value)
+        elif isinstance(x, Unary):  # neg, the only unary operator of an affine index
+            a = values[id(x.a)]
+            r = Interval(-a.hi, -a.lo)
+        else:
+            a, b = values[id(x.a)], values[id(x.b)]
+            if x.op == "+":
+                r = a + b
+            elif x.op == "-":
+                r = Interval(a.lo - b.hi, a.hi - b.lo)
+            elif x.op == "*":
+                p = (a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi)
+                r = Interval(min(p), max(p))
+            else:  # // or % by a positive constant (an affine index has no other)
+                r = _atom_interval_of(x.op, a, b.lo)
+        if r.lo < INDEX_MIN or r.hi > INDEX_MAX:
+            return x, r
+        values[id(x)] = r
+    return None
+
+
+def _atom_interval_of(op: str, inner: Interval, d: int) -> Interval:
+    if op == "//":
+        return Interval(inner.lo // d, inner.hi // d)
+    if inner.lo // d == inner.hi // d:
+        return Interval(inner.lo % d, inner.hi % d)
+    return Interval(0, d - 1)
+
+
 def narrow(cond: Expr, ranges: Ranges, positive: bool = True) -> Ranges:
     """Loop ranges inside ``if cond`` (or its ``else`` when ``positive`` is false).
 
@@ -192,6 +252,9 @@ class _Verifier:
                 raise VerifyError(f"loop variable {s.var} has the name of a buffer", s)
             if not (isinstance(s.start, int) and isinstance(s.stop, int)) or s.stop <= s.start:
                 raise VerifyError(f"loop {s.var} over range({s.start}, {s.stop}) never runs", s)
+            if s.start < INDEX_MIN or s.stop > INDEX_MAX:  # the loop counter reaches ``stop``
+                raise VerifyError(f"the bounds of loop {s.var}, range({s.start}, {s.stop}), must lie within "
+                                  f"the 64-bit range {INDEX_MIN}..{INDEX_MAX}", s)
             inner = dict(ranges)
             inner[s.var] = Interval(s.start, s.stop - 1)
             self.stmt(s.body, inner)
@@ -239,11 +302,16 @@ class _Verifier:
         if len(w.base) != w.buffer.ndim:
             raise VerifyError(f"{w.buffer.name} has {w.buffer.ndim} dimensions but the window base has "
                               f"{len(w.base)} indices", w)
+        for st in w.steps:
+            if not all(INDEX_MIN <= c <= INDEX_MAX for c in st + (w.buffer.offset(st),)):
+                raise VerifyError(f"a window step on {w.buffer.name} is too large: steps and the element "
+                                  f"strides they make must fit i64", w)
         if any(r.lo > r.hi for r in ranges.values()):
             return
         for dim, idx in enumerate(w.base):
             if self.expr(idx, ranges) != INDEX or not is_affine_index(idx):
                 raise VerifyError(f"the window base on {w.buffer.name} must be affine in the loop variables", w)
+            _no_overflow(idx, ranges, f"the window base {_show(idx)} on {w.buffer.name}")
             r = interval(idx, ranges)
             lo = r.lo + sum(min(0, (n - 1) * st[dim]) for n, st in zip(shape, w.steps))
             hi = r.hi + sum(max(0, (n - 1) * st[dim]) for n, st in zip(shape, w.steps))
@@ -272,6 +340,7 @@ class _Verifier:
                                   "(allowed: sums of constant multiples, // and % by positive constants)", node)
             if any(r.lo > r.hi for r in ranges.values()):
                 continue  # unreachable: an enclosing condition never holds
+            _no_overflow(idx, ranges, f"index {_show(idx)} of {buf.name}")
             r = interval(idx, ranges)
             if r.lo < 0 or r.hi >= buf.shape[dim]:
                 raise VerifyError(f"{_show_access(buf, indices)} can go out of bounds: index {_show(idx)} "
@@ -350,6 +419,14 @@ class _Verifier:
                 raise VerifyError(f"{e.op} applies to conditions", e)
             return BOOL
         raise VerifyError(f"not an expression: {type(e).__name__}", e)
+
+
+def _no_overflow(idx: Expr, ranges: Ranges, what: str) -> None:
+    found = index_overflow(idx, ranges)
+    if found is not None:
+        sub, r = found
+        raise VerifyError(f"{what} computes {_show(sub)}, which can reach {r.lo}..{r.hi}: index "
+                          f"arithmetic must stay within the 64-bit range", sub)
 
 
 def _show(e: Expr) -> str:
