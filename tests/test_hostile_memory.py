@@ -146,6 +146,17 @@ def test_index_overflow_reports_the_innermost_offender():
     assert index_overflow(e, {"i": Interval(-1, -1)}) is None
 
 
+def test_compile_refuses_an_unverified_program_before_running_anything():
+    # a program built by hand, never parsed: compile checks it as the parser does
+    a, b = Buffer("A", "f32", (1,)), Buffer("B", "f32", (1,))
+    i = Var("i")
+    idx = Binary("-", Binary("//", Binary("+", Binary("+", i, Const(MAX, INDEX)), Const(1, INDEX)),
+                             Const(8388608, INDEX)), Const(1099511627776, INDEX))
+    f = PrimFunc("f", (a, b), For("i", 0, 1, Store(b, (idx,), Load(a, (Const(0, INDEX),)))))
+    with pytest.raises(VerifyError, match="64-bit range"):
+        runtime.compile(f, threads=1)
+
+
 # ---------------------------------------------------------------------------
 # 5. intrinsic calls: what the emitters cannot honour is refused
 
@@ -305,6 +316,16 @@ def run_guarded(func: PrimFunc, args: dict[str, np.ndarray], before: int, after:
     runtime.compile(func, threads=threads)(**g.views)
     g.assert_intact(func.name)
     return {name: np.array(v) for name, v in g.views.items()}
+
+
+def test_guard_zones_catch_a_write_one_element_before_a_buffer(monkeypatch):
+    # the harness itself: with the verifier bypassed, B[i - 1] at i = 0 lands in the margin
+    monkeypatch.setattr(runtime, "verify", lambda f: f)
+    a, b = Buffer("A", "f32", (2,)), Buffer("B", "f32", (2,))
+    i = Var("i")
+    f = PrimFunc("stray", (a, b), For("i", 0, 2, Store(b, (Binary("-", i, Const(1, INDEX)),), Load(a, (i,)))))
+    with pytest.raises(AssertionError, match="guard bytes before B changed"):
+        run_guarded(f, {"A": np.ones(2, np.float32), "B": np.zeros(2, np.float32)}, 8, 8, 0xA5)
 
 
 guards = st.tuples(st.integers(1, 64), st.integers(1, 64), st.sampled_from(SENTINELS))
