@@ -41,6 +41,7 @@ import numpy as np
 from . import analysis, codegen
 from . import lower as lowering
 from .ir import Buffer, Call, PrimFunc, is_float, numpy_dtype, walk_stmts
+from .verify import verify
 
 emit_llvm = codegen.emit_llvm
 emit_asm = codegen.emit_asm
@@ -275,6 +276,9 @@ def _compiled(func: PrimFunc) -> tuple[_Compiled, bool]:
 
 def _compile_now(func: PrimFunc, memory_key) -> _Compiled:
     t0 = time.perf_counter()
+    # codegen trusts the static bound check (every access in bounds, no index wraps), so a
+    # program built by hand is checked here as a parsed one is: a VerifyError, not a stray write
+    verify(func)
     # lowering is a function of the program and of the code version in the key, so a disk
     # hit skips it along with LLVM
     key = _key(repr(replace(func, doc="")) + _intrinsics_version(func))

@@ -7,12 +7,26 @@ back into a script location; every later stage can run it on what it produces.
 Bounds are checked statically: each index is an affine form in the loop variables
 (plus ``//`` and ``%`` by positive constants), evaluated over the loop ranges, narrowed
 by enclosing ``if`` conditions of the form ``var < const`` (and ``and`` of such).
+
+Index arithmetic is computed in ``i64`` by the compiled code and the interpreter, which wrap
+around, while the bound check above reasons with exact integers. The two agree only when no
+value ever wraps, so every subexpression of an index (``i + c`` inside ``(i + c) // 8`` too) must
+stay within the ``i64`` range over the loop ranges (``index_overflow``).
+
+An intrinsic call is run by an emitter that loads its operands, computes, and stores the
+output block, while the call's meaning (and the interpreter) is the semantics' loop nest run
+step after step. The two agree when no two output elements share an address and an input
+shares an element with the output only where one step both reads and writes it
+(``call_aliasing``); anything else is refused.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
+
+import numpy as np
 
 from . import ir
 from .ir import (BOOL, DTYPES, INDEX, Accumulate, Binary, Buffer, Call, Cast, Compare, Const, Expr,
@@ -113,6 +127,193 @@ def _atom_interval(atom: object, ranges: Ranges) -> Interval:
     return Interval(0, d - 1)
 
 
+INDEX_MIN, INDEX_MAX = ir.int_range(INDEX)
+
+
+def index_overflow(e: Expr, ranges: Ranges) -> Optional[tuple[Expr, Interval]]:
+    """The first subexpression of the affine index ``e`` (innermost first) whose values can
+    leave the ``i64`` range over ``ranges``, with the interval it spans; ``None`` when every
+    intermediate value fits, so wrapping and exact arithmetic give the same index::
+
+        (i + 9223372036854775807 + 1) // 8   ->  (i + 9223372036854775807 + 1, 2**63..2**63)
+
+    Plain interval arithmetic, node by node: it over-approximates (``i - i`` spans the width
+    of ``i`` twice), which is sound, and only matters for values near 2**63. Iterative, so a
+    long index costs no recursion depth.
+    """
+    values: dict[int, Interval] = {}
+    stack: list[tuple[Expr, bool]] = [(e, False)]
+    while stack:
+        x, ready = stack.pop()
+        kids = (x.a, x.b) if isinstance(x, Binary) else (x.a,) if isinstance(x, Unary) else ()
+        if not ready and kids:
+            stack.append((x, True))
+            stack.extend((k, False) for k in kids)
+            continue
+        if isinstance(x, Var):
+            r = ranges[x.name]
+        elif isinstance(x, Const):
+            r = Interval(x.value, x.value)
+        elif isinstance(x, Unary):  # neg, the only unary operator of an affine index
+            a = values[id(x.a)]
+            r = Interval(-a.hi, -a.lo)
+        else:
+            a, b = values[id(x.a)], values[id(x.b)]
+            if x.op == "+":
+                r = a + b
+            elif x.op == "-":
+                r = Interval(a.lo - b.hi, a.hi - b.lo)
+            elif x.op == "*":
+                p = (a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi)
+                r = Interval(min(p), max(p))
+            else:  # // or % by a positive constant (an affine index has no other)
+                r = _atom_interval_of(x.op, a, b.lo)
+        if r.lo < INDEX_MIN or r.hi > INDEX_MAX:
+            return x, r
+        values[id(x)] = r
+    return None
+
+
+def _atom_interval_of(op: str, inner: Interval, d: int) -> Interval:
+    if op == "//":
+        return Interval(inner.lo // d, inner.hi // d)
+    if inner.lo // d == inner.hi // d:
+        return Interval(inner.lo % d, inner.hi % d)
+    return Interval(0, d - 1)
+
+
+# ---------------------------------------------------------------------------
+# aliasing between the windows of one intrinsic call
+
+# The exact checks below enumerate at most this many element offsets or loop points; past
+# it they fall back to a sufficient condition, refusing what it cannot prove safe.
+ALIAS_CHECK_LIMIT = 1 << 16
+
+
+def call_aliasing(s: Call, desc, ranges: Ranges) -> None:
+    """Refuse a call whose windows alias in a way its emitter cannot honour.
+
+    The call means the semantics' loop nest run step after step on the windows (that is what
+    the interpreter and the emulation do), while a native emitter loads the output block and
+    the inputs, computes, and stores the block. The two agree when no two output elements
+    share an address, and when an input element that shares an address with an output element
+    is read at the one step that accumulates into it, and at no other::
+
+        call("x86.fma.f32x8", c=window(C[0], (0,)), ...)                   # c[0..7] all at C[0]
+        call("x86.fma.f32x8", c=window(C[1], (1,)), a=window(C[0], (1,)), ...)  # a[1] is c[0]
+        call("x86.fma.f32x8", c=window(C[0], (1,)), a=window(C[0], (1,)), ...)  # fine: c[i] += c[i] * b[i]
+
+    Windows are in bounds (checked before), so two elements share memory exactly when their
+    row-major element offsets are equal. The check is exact over the call's loop points when
+    there are few, else it refuses windows whose address ranges meet.
+    """
+    out = s.window(s.output)
+    steps = _steps(desc)
+    if not _injective(out.strides, desc.output.shape):
+        raise VerifyError(f"the output window of {s.intrinsic} on {out.buffer.name} gives two of its "
+                          f"elements one address (steps {', '.join(map(str, out.steps))}): each output "
+                          f"element needs its own", out)
+    for op, (name, w) in zip(desc.operands, s.operands):
+        if name != s.output and w.buffer.name == out.buffer.name \
+                and _may_clash(out, desc.output, w, op, steps, ranges):
+            raise VerifyError(f"operand {name} of {s.intrinsic} overlaps the output {s.output} on "
+                              f"{w.buffer.name}: windows may share an element only where one step of "
+                              f"the intrinsic both reads and writes it", w)
+
+
+def _steps(desc):
+    """The value of each iteration dim at each step of the semantics, in execution order."""
+    extents = tuple(d.extent for d in desc.dims)
+    grid = np.indices(extents).reshape(len(extents), -1) if extents else np.zeros((0, 1), np.int64)
+    return {d.name: grid[k] for k, d in enumerate(desc.dims)}
+
+
+def _touched(w: Window, operand, steps) -> "np.ndarray":
+    """The element offset (from ``w``'s base) the semantics touch at each step."""
+    n = len(next(iter(steps.values()))) if steps else 1
+    out = np.zeros(n, np.int64)
+    for dim, stride in zip(operand.dims, w.strides):
+        if dim is not None:
+            out = out + steps[dim] * stride
+    return out
+
+
+def _offsets(strides: tuple[int, ...], shape: tuple[int, ...]):
+    """Element offset from the base of every element of a window, or None past the limit."""
+    if math.prod(shape) > ALIAS_CHECK_LIMIT:
+        return None
+    out = np.zeros((), np.int64)
+    for st, n in zip(strides, shape):
+        out = np.add.outer(out, np.arange(n, dtype=np.int64) * st)
+    return out.ravel()
+
+
+def _span(strides: tuple[int, ...], shape: tuple[int, ...]) -> Interval:
+    return Interval(sum(min(0, (n - 1) * st) for st, n in zip(strides, shape)),
+                    sum(max(0, (n - 1) * st) for st, n in zip(strides, shape)))
+
+
+def _injective(strides: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    offsets = _offsets(strides, shape)
+    if offsets is not None:
+        return np.unique(offsets).size == offsets.size
+    # sufficient: each stride jumps past everything the smaller strides reach
+    reach = 0
+    for st, n in sorted((abs(st), n) for st, n in zip(strides, shape) if n > 1):
+        if st <= reach:
+            return False
+        reach += st * (n - 1)
+    return True
+
+
+def _flat(w: Window) -> Expr:
+    """The row-major element offset of ``w``'s base, as an index expression."""
+    out: Expr = Const(0, INDEX)
+    for idx, stride in zip(w.base, w.buffer.strides):
+        out = Binary("+", out, Binary("*", idx, Const(stride, INDEX)))
+    return out
+
+
+def _may_clash(out: Window, out_op, w: Window, op, steps, ranges: Ranges) -> bool:
+    """Some call instance reads an element of ``w`` at an address the output writes, at a
+    step other than the one (single) step that writes it. With ``d = flat(w.base) -
+    flat(out.base)``, step ``t`` reads offset ``d + touched_w[t]`` from the output's base."""
+    d = Binary("-", _flat(w), _flat(out))
+    o_span, w_span = _span(out.strides, out_op.shape), _span(w.strides, op.shape)
+    values = interval(d, ranges)
+    if values.hi + w_span.hi < o_span.lo or values.lo + w_span.lo > o_span.hi:
+        return False  # the address ranges never meet
+    names = sorted({x.name for x in ir.walk_expr(d) if isinstance(x, Var)})
+    points = math.prod(ranges[v].hi - ranges[v].lo + 1 for v in names)
+    written, read = _touched(out, out_op, steps), _touched(w, op, steps)
+    if points * read.size > 16 * ALIAS_CHECK_LIMIT:
+        return True
+    grid = np.meshgrid(*(np.arange(ranges[v].lo, ranges[v].hi + 1, dtype=np.int64) for v in names),
+                       indexing="ij", sparse=True)
+    dists = np.unique(_evaluate(d, dict(zip(names, grid))))
+    # each output offset: the first step writing it, and how many steps do
+    offsets, first, count = np.unique(written, return_index=True, return_counts=True)
+    at = dists[:, None] + read[None, :]  # instance x step -> offset read
+    pos = np.minimum(np.searchsorted(offsets, at), offsets.size - 1)
+    hit = offsets[pos] == at
+    step = np.arange(read.size)[None, :]
+    return bool(np.any(hit & ((count[pos] != 1) | (first[pos] != step))))
+
+
+def _evaluate(e: Expr, env: dict):
+    """An affine index on numpy arrays of loop variable values (no value leaves i64: the
+    bases were checked by ``index_overflow``)."""
+    if isinstance(e, Var):
+        return env[e.name]
+    if isinstance(e, Const):
+        return np.int64(e.value)
+    if isinstance(e, Unary):
+        return -_evaluate(e.a, env)
+    a, b = _evaluate(e.a, env), _evaluate(e.b, env)
+    return {"+": np.add, "-": np.subtract, "*": np.multiply, "//": np.floor_divide,
+            "%": np.remainder}[e.op](a, b)
+
+
 def narrow(cond: Expr, ranges: Ranges, positive: bool = True) -> Ranges:
     """Loop ranges inside ``if cond`` (or its ``else`` when ``positive`` is false).
 
@@ -192,6 +393,9 @@ class _Verifier:
                 raise VerifyError(f"loop variable {s.var} has the name of a buffer", s)
             if not (isinstance(s.start, int) and isinstance(s.stop, int)) or s.stop <= s.start:
                 raise VerifyError(f"loop {s.var} over range({s.start}, {s.stop}) never runs", s)
+            if s.start < INDEX_MIN or s.stop > INDEX_MAX:  # the loop counter reaches ``stop``
+                raise VerifyError(f"the bounds of loop {s.var}, range({s.start}, {s.stop}), must lie within "
+                                  f"the 64-bit range {INDEX_MIN}..{INDEX_MAX}", s)
             inner = dict(ranges)
             inner[s.var] = Interval(s.start, s.stop - 1)
             self.stmt(s.body, inner)
@@ -230,6 +434,8 @@ class _Verifier:
                 raise VerifyError(f"operand {op.name} of {s.intrinsic} has {len(op.shape)} dimensions: its "
                                   f"window needs that many steps of {w.buffer.ndim} integers", w)
             self.window(w, op.shape, ranges)
+        if not any(r.lo > r.hi for r in ranges.values()):
+            call_aliasing(s, desc, ranges)
 
     def window(self, w: Window, shape: tuple[int, ...], ranges: Ranges) -> None:
         """The base is an in-bounds access, and so is the far corner in every direction."""
@@ -239,11 +445,16 @@ class _Verifier:
         if len(w.base) != w.buffer.ndim:
             raise VerifyError(f"{w.buffer.name} has {w.buffer.ndim} dimensions but the window base has "
                               f"{len(w.base)} indices", w)
+        for st in w.steps:
+            if not all(INDEX_MIN <= c <= INDEX_MAX for c in st + (w.buffer.offset(st),)):
+                raise VerifyError(f"a window step on {w.buffer.name} is too large: steps and the element "
+                                  f"strides they make must fit i64", w)
         if any(r.lo > r.hi for r in ranges.values()):
             return
         for dim, idx in enumerate(w.base):
             if self.expr(idx, ranges) != INDEX or not is_affine_index(idx):
                 raise VerifyError(f"the window base on {w.buffer.name} must be affine in the loop variables", w)
+            _no_overflow(idx, ranges, f"the window base {_show(idx)} on {w.buffer.name}")
             r = interval(idx, ranges)
             lo = r.lo + sum(min(0, (n - 1) * st[dim]) for n, st in zip(shape, w.steps))
             hi = r.hi + sum(max(0, (n - 1) * st[dim]) for n, st in zip(shape, w.steps))
@@ -272,6 +483,7 @@ class _Verifier:
                                   "(allowed: sums of constant multiples, // and % by positive constants)", node)
             if any(r.lo > r.hi for r in ranges.values()):
                 continue  # unreachable: an enclosing condition never holds
+            _no_overflow(idx, ranges, f"index {_show(idx)} of {buf.name}")
             r = interval(idx, ranges)
             if r.lo < 0 or r.hi >= buf.shape[dim]:
                 raise VerifyError(f"{_show_access(buf, indices)} can go out of bounds: index {_show(idx)} "
@@ -350,6 +562,14 @@ class _Verifier:
                 raise VerifyError(f"{e.op} applies to conditions", e)
             return BOOL
         raise VerifyError(f"not an expression: {type(e).__name__}", e)
+
+
+def _no_overflow(idx: Expr, ranges: Ranges, what: str) -> None:
+    found = index_overflow(idx, ranges)
+    if found is not None:
+        sub, r = found
+        raise VerifyError(f"{what} computes {_show(sub)}, which can reach {r.lo}..{r.hi}: index "
+                          f"arithmetic must stay within the 64-bit range", sub)
 
 
 def _show(e: Expr) -> str:
