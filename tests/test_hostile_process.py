@@ -165,3 +165,198 @@ def test_a_job_past_the_hard_time_limit_is_a_budget_stop(worker):
     # the next job gets a fresh worker and its matches
     matches, report = saturate.saturate(job())
     assert matches and report.stop_reason == "saturated"
+
+
+# ---------------------------------------------------------------------------
+# signals: a prompt, clean exit, and no worker left behind
+
+
+def heavy_script(tmp_path: Path) -> Path:
+    """One nest whose saturation runs for seconds (a 12-term sum under commutativity and
+    associativity), so a signal arrives while the worker is busy."""
+    terms = " + ".join(f"A[i, {k}] * B[{k}, j]" for k in range(12))
+    path = tmp_path / "heavy.py"
+    path.write_text(f"@prim_func\ndef heavy(A: f32[16, 12], B: f32[12, 16], C: f32[16, 16]):\n"
+                    f"    for i, j in grid(16, 16):\n        C[i, j] += {terms}\n")
+    return path
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"  # a zombie has released its memory
+
+
+def start_and_wait_for_worker(tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "rewrite.cli", "run", "--target", "x86-avx2",
+                             str(heavy_script(tmp_path))], cwd=tmp_path, env=env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not children(proc.pid):
+        assert proc.poll() is None and time.monotonic() < deadline, "no worker started"
+        time.sleep(0.02)
+    (worker_pid,) = children(proc.pid)
+    time.sleep(0.5)  # inside the saturation
+    assert running(worker_pid)
+    return proc, worker_pid
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.skipif(not LINUX, reason="reads /proc")
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_command_and_its_worker(tmp_path, signum, status):
+    proc, worker_pid = start_and_wait_for_worker(tmp_path)
+    t0 = time.monotonic()
+    proc.send_signal(signum)
+    try:
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert time.monotonic() - t0 < 5
+    assert proc.returncode == status
+    assert err.strip().splitlines() == ["interrupted"]
+    assert not running(worker_pid)  # killed and waited for by the command itself
+
+
+@pytest.mark.skipif(not LINUX, reason="the kernel's parent-death signal is Linux's")
+def test_the_worker_dies_with_a_killed_parent(tmp_path):
+    proc, worker_pid = start_and_wait_for_worker(tmp_path)
+    proc.kill()
+    proc.communicate(timeout=10)
+    assert gone_within(worker_pid, 3)
+
+
+# ---------------------------------------------------------------------------
+# plugins: whatever they raise is bad input, one located line
+
+VMUL = """
+@prim_func
+def vmul(C: f32[24], A: f32[24], B: f32[24]):
+    for i in range(24):
+        C[i] += A[i] * B[i]
+"""
+
+
+@pytest.mark.parametrize("body, words", [
+    ("import sys\nsys.exit(0)\n", [":2:", "sys.exit(0)"]),
+    ("import sys\nsys.exit(3)\n", [":2:", "sys.exit(3)"]),
+    ("raise SystemExit\n", [":1:", "sys.exit(None)"]),
+    ("raise KeyboardInterrupt\n", [":1:", "KeyboardInterrupt"]),
+    ("x = 1\nraise RuntimeError('boom')\n", [":2:", "cannot load intrinsics: boom (RuntimeError)"]),
+    ("import no_such_module_in_a_plugin\n", [":1:", "no_such_module_in_a_plugin"]),
+    ("x = 1\ndef f(:\n", [":2:7: Python syntax error"]),
+], ids=["exit0", "exit3", "SystemExit", "KeyboardInterrupt", "raises", "import", "syntax"])
+def test_a_plugin_that_exits_or_raises_is_bad_input(tmp_path, body, words):
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(body)
+    script = tmp_path / "vmul.py"
+    script.write_text(VMUL)
+    r = tensorize(tmp_path, "run", script, "--intrinsics-file", plugin)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"{plugin}:")
+    for w in words:
+        assert w in line
+    assert line.count("cannot load intrinsics") <= 1
+
+
+def test_a_plugin_failure_leaves_no_module_behind(tmp_path):
+    plugin = tmp_path / "half.py"
+    plugin.write_text("import sys\nsys.exit(0)\n")
+    before = set(sys.modules)
+    with pytest.raises(IntrinsicError):
+        intrinsics.load_file(plugin)
+    assert set(sys.modules) == before
+
+
+PYTHON_EMITTER = """
+from intrinsics import Emitter, intrinsic
+from intrinsics.emit import load_row, store_row
+from rewrite.script import f32
+
+
+class PlainFma(Emitter):
+    operands = ("c", "a", "b")
+
+    def load_acc(self, b, ops):
+        return load_row(b, ops["c"], (0,), 0, 8)
+
+    def step(self, b, ops, acc):
+        return b.fadd(acc, b.fmul(load_row(b, ops["a"], (0,), 0, 8),
+                                  load_row(b, ops["b"], (0,), 0, 8)))
+
+    def store_acc(self, b, ops, acc):
+        store_row(b, ops["c"], (0,), 0, acc)
+
+
+@intrinsic("user.plugin.fma.f32x8", emitter=PlainFma())
+def fma(c: f32[8], a: f32[8], b: f32[8]):
+    for i in range(8):
+        c[i] += a[i] * b[i]
+"""
+
+
+def test_a_plugin_with_a_python_emitter_compiles(tmp_path):
+    plugin = tmp_path / "emitter_plugin.py"
+    plugin.write_text(PYTHON_EMITTER)
+    script = tmp_path / "vmul.py"
+    script.write_text(VMUL)
+    for _ in range(2):  # compiled, then from the disk cache
+        r = tensorize(tmp_path, "run", script, "--intrinsics-file", plugin,
+                      "--intrinsics", "user.plugin.fma.f32x8", "--check", "--json")
+        assert r.returncode == 0, r.stderr
+        (entry,) = json.loads(r.stdout)["functions"]
+        assert entry["error"] is None and entry["check"]["ok"]
+        assert [s["intrinsic"] for s in entry["sites"]] == ["user.plugin.fma.f32x8"]
+        assert entry["coverage"]["fraction"] == 1.0
+
+
+# ---------------------------------------------------------------------------
+# intrinsic names
+
+BUILT_IN = ["x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4",
+            "x86.avx512vnni.dot.u8i8i32.16x4", "arm.neon.sdot.i8i32.4x4",
+            "nvidia.mma.f16f32.16x8x16"]
+
+
+def test_built_in_names_are_valid_names():
+    for name in BUILT_IN:
+        assert intrinsics.base.NAME.fullmatch(name), name
+        assert intrinsics.get(name).name == name
+
+
+@pytest.mark.parametrize("name", ['bad"name', "two\nlines", "x86.fma\n", "with space", "",
+                                  ".lead", "trail.", "a..b", "9lives", "x86.f\u00e9"])
+def test_names_that_break_the_table_are_refused(name):
+    before = {d.name for d in intrinsics.all()}
+    with pytest.raises(IntrinsicError) as info:
+        intrinsics.register(name, VMUL.replace("vmul(C: f32[24], A: f32[24], B: f32[24])",
+                                               "v(C: f32[8], A: f32[8], B: f32[8])")
+                            .replace("range(24)", "range(8)"))
+    assert "\n" not in str(info.value) and "not a dotted name" in str(info.value)
+    assert {d.name for d in intrinsics.all()} == before
