@@ -336,6 +336,50 @@ def test_a_plugin_with_a_python_emitter_compiles(tmp_path):
         assert entry["coverage"]["fraction"] == 1.0
 
 
+def test_an_emitter_without_source_compiles_without_the_disk_cache():
+    from intrinsics.emit import load_row, store_row
+
+    class Add(Emitter):
+        operands = ("c", "a")
+
+        def load_acc(self, b, ops):
+            return load_row(b, ops["c"], (0,), 0, 8)
+
+        def step(self, b, ops, acc):
+            return b.fadd(acc, load_row(b, ops["a"], (0,), 0, 8))
+
+        def store_acc(self, b, ops, acc):
+            store_row(b, ops["c"], (0,), 0, acc)
+
+    Add.__module__ = "not_a_module"  # as a class made at run time: inspect finds no source
+    desc = intrinsics.register("user.nosource.add.f32x8", """
+@prim_func
+def add(c: f32[8], a: f32[8]):
+    for i in range(8):
+        c[i] += a[i]
+""", emitter=Add())
+    try:
+        from rewrite.pipeline import tensorize as run_tensorize
+
+        func = parse("""
+@prim_func
+def add16(C: f32[16], A: f32[16]):
+    for i in range(16):
+        C[i] += A[i]
+""")
+        chosen = run_tensorize(func, [desc]).func
+        assert "user.nosource.add.f32x8" in chosen.script()
+        first = runtime.compile(chosen, threads=1)
+        runtime.clear_memory_cache()
+        second = runtime.compile(chosen, threads=1)
+        assert (first.source, second.source) == ("compiled", "compiled")
+        c, a = np.ones(16, np.float32), np.arange(16, dtype=np.float32)
+        second(C=c, A=a)
+        np.testing.assert_array_equal(c, 1 + np.arange(16))
+    finally:
+        intrinsics.unregister("user.nosource.add.f32x8")
+
+
 # ---------------------------------------------------------------------------
 # intrinsic names
 
@@ -360,3 +404,109 @@ def test_names_that_break_the_table_are_refused(name):
                             .replace("range(24)", "range(8)"))
     assert "\n" not in str(info.value) and "not a dotted name" in str(info.value)
     assert {d.name for d in intrinsics.all()} == before
+
+
+# ---------------------------------------------------------------------------
+# the disk cache
+
+MATMUL = """
+@prim_func
+def mm(A: f32[8, 8], B: f32[8, 8], C: f32[8, 8]):
+    for i, j in grid(8, 8):
+        C[i, j] = 0.0
+        for k in range(8):
+            C[i, j] += A[i, k] * B[k, j]
+"""
+
+
+def cache_files(tmp_path: Path, pattern: str) -> list[Path]:
+    return sorted((tmp_path / "cache").glob(pattern))
+
+
+def test_a_compile_leaves_no_temporary_file(tmp_path, monkeypatch):
+    runtime.compile(parse(MATMUL), threads=1)
+    assert cache_files(tmp_path, "*.o") and cache_files(tmp_path, "*.tmp") == []
+
+    def fail(src, dst):
+        raise OSError("no rename today")
+
+    runtime.clear_memory_cache()
+    monkeypatch.setattr(runtime.os, "replace", fail)
+    other = parse(MATMUL.replace("mm(", "mm2(").replace("0.0", "1.0"))
+    assert runtime.compile(other, threads=1).source == "compiled"  # the write failed quietly
+    assert cache_files(tmp_path, "*.tmp") == []
+
+    def interrupt(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runtime.os, "replace", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        runtime.compile(parse(MATMUL.replace("0.0", "2.0")), threads=1)
+    assert cache_files(tmp_path, "*.tmp") == []
+
+
+def test_stale_temporary_files_are_swept(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    stale, fresh = folder / "tmpabc.tmp", folder / "tmpdef.tmp"
+    stale.write_bytes(b"")
+    fresh.write_bytes(b"")
+    old = time.time() - 2 * runtime._STALE_SECONDS
+    os.utime(stale, (old, old))
+    monkeypatch.setattr(runtime, "_swept", set())
+    runtime.compile(parse(MATMUL), threads=1)
+    assert not stale.exists() and fresh.exists()  # a fresh one may be another process's write
+
+
+# Compile, and report where the code came from and one result.
+COMPILE = f"""
+import json, numpy as np
+from rewrite import runtime
+from rewrite.script import parse
+k = runtime.compile(parse('''{MATMUL}'''), threads=1)
+a = np.ones((8, 8), np.float32); c = np.zeros((8, 8), np.float32)
+k(a, a, c)
+print(json.dumps([k.source, float(c[0, 0])]))
+"""
+
+
+def compile_in_a_new_process(tmp_path: Path) -> list:
+    r = subprocess.run([sys.executable, "-P", "-c", COMPILE], cwd=tmp_path, env=env(tmp_path),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr  # a crash would be -11
+    return json.loads(r.stdout)
+
+
+def test_a_consistent_but_forged_cache_entry_is_compiled_again(tmp_path):
+    assert compile_in_a_new_process(tmp_path) == ["compiled", 8.0]
+    assert compile_in_a_new_process(tmp_path) == ["disk", 8.0]
+    for entry in cache_files(tmp_path, "*.o"):
+        # a bad object file under a header that checks: the digest of the rest, or any
+        # MAC under a key that is not this user's
+        data = entry.read_bytes()
+        header, _, obj = data[32:].partition(b"\n")
+        payload = header + b"\n" + obj[:64] + b"\xff" * (len(obj) - 64)
+        entry.write_bytes(hashlib.sha256(payload).digest() + payload)
+    assert compile_in_a_new_process(tmp_path) == ["compiled", 8.0]
+    assert compile_in_a_new_process(tmp_path) == ["disk", 8.0]  # rewritten, signed
+
+
+def test_the_cache_key_is_private_and_outside_the_cache(tmp_path):
+    runtime.compile(parse(MATMUL), threads=1)
+    key = runtime.secret_file()
+    assert key.is_file() and (tmp_path / "cache") not in key.parents
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert len(key.read_bytes()) == 32
+    assert list(key.parent.glob("*.tmp")) == []
+
+
+def test_a_key_others_can_read_is_not_used(tmp_path, monkeypatch):
+    key = runtime.secret_file()
+    key.parent.mkdir(parents=True)
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o644)
+    monkeypatch.setattr(runtime, "_secrets", {})
+    runtime.compile(parse(MATMUL), threads=1)
+    runtime.clear_memory_cache()
+    assert runtime.compile(parse(MATMUL), threads=1).source == "compiled"
+    assert cache_files(tmp_path, "*.o") == []
