@@ -274,8 +274,8 @@ class Worker:
                 str(os.getpid())]
 
     def _start(self, memory_bytes: int) -> None:
-        self._stderr = tempfile.TemporaryFile()
         try:
+            self._stderr = tempfile.TemporaryFile()
             self._proc = subprocess.Popen(self.command(memory_bytes), stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=self._stderr)
         except OSError as e:
