@@ -21,8 +21,13 @@ import ast
 import functools
 import importlib.util
 import inspect
+import itertools
+import os
 import platform
+import re
+import sys
 import textwrap
+import traceback
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
@@ -337,14 +342,19 @@ def _arch_of(name: str) -> str:
 
 _registry: dict[str, Intrinsic] = {}
 
+# What a name may be: it is printed in tables and in ``call("x86.fma.f32x8", ...)`` statements,
+# and becomes part of symbol names, so quotes, spaces and newlines are out.
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", re.ASCII)
+
 
 def register(name: str, semantics: Union[PrimFunc, str, Callable], *, isa: Iterable[str] = (),
              cost: float = 1.0, layout: Optional[Mapping] = None, emitter=None,
              arch: Optional[str] = None) -> Intrinsic:
     """Check and register an intrinsic. ``semantics``: a PrimFunc, script text holding one
     ``@prim_func``, or a Python function whose body is script (read from its source)."""
-    if not isinstance(name, str) or not name:
-        raise IntrinsicError(f"an intrinsic needs a non-empty name, not {name!r}")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise IntrinsicError(f"intrinsic name {name!r} is not a dotted name such as "
+                             f"x86.fma.f32x8 (ASCII letters, digits and _, parts joined by dots)")
     if name in _registry:
         raise IntrinsicError(f"intrinsic {name} is already registered (at {_registry[name].source})")
     source = ""
@@ -413,25 +423,71 @@ def all() -> list[Intrinsic]:  # noqa: A001 - the public name is fixed
 
 
 def load_file(path) -> list[Intrinsic]:
-    """Import a user's Python module (trusted plugin code) and return what it registered."""
+    """Import a user's Python module (trusted plugin code) and return what it registered.
+
+    The module is imported as any module is: under a name of its own
+    (``tensorize_plugin_<n>_<stem>``) in ``sys.modules``, so its classes have a source file
+    (the runtime keys compiled code on an emitter's source). Whatever the module raises --
+    ``SystemExit`` and ``KeyboardInterrupt`` included -- becomes one ``IntrinsicError`` line
+    naming the file and, where known, the line: ``mine.py:4:2: Python syntax error: ...``,
+    ``mine.py:7:1: cannot load intrinsics: boom (RuntimeError)``. A module that fails leaves
+    no intrinsics and no module behind.
+    """
     path = str(path)
-    before = set(_registry)
-    spec = importlib.util.spec_from_file_location(f"tensorize_user_intrinsics_{abs(hash(path))}", path)
+    if not os.path.isfile(path):
+        raise IntrinsicError(f"{path}: no such file")
+    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0], flags=re.ASCII)
+    module_name = f"tensorize_plugin_{next(_plugins)}_{stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise IntrinsicError(f"{path}: not a Python module")
+        raise IntrinsicError(f"{path}: not a Python module (a .py file is expected)")
     module = importlib.util.module_from_spec(spec)
+    before = set(_registry)
+    sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except BaseException as e:
+    except BaseException as e:  # plugin code: anything it raises is bad input
         # all or nothing: a module that fails half way leaves no intrinsics behind
         for name in set(_registry) - before:
             del _registry[name]
-        if isinstance(e, FileNotFoundError):
-            raise IntrinsicError(f"{path}: no such file") from None
-        if isinstance(e, (SyntaxError, ImportError)):
-            raise IntrinsicError(f"{path}: cannot load intrinsics: {e}") from e
-        raise
+        _generation[0] += 1
+        sys.modules.pop(module_name, None)
+        raise IntrinsicError(_plugin_failure(path, e)) from None
     return [d for n, d in _registry.items() if n not in before]
+
+
+_plugins = itertools.count(1)
+
+
+def _plugin_failure(path: str, e: BaseException) -> str:
+    """One line for what a plugin raised while loading, located where Python says."""
+    if isinstance(e, ScriptError):  # bad semantics: located in the plugin already
+        return str(e)
+    if isinstance(e, SyntaxError):
+        file = e.filename or path
+        where = f"{file}:{e.lineno or 1}:{e.offset or 1}"
+        also = "" if _same_file(file, path) else f" (imported by {path})"
+        return f"{where}: Python syntax error: {e.msg}{also}"
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if _same_file(f.filename, path)]
+    where = path
+    if frames:
+        where += f":{frames[-1].lineno}"
+        if getattr(frames[-1], "colno", None) is not None:
+            where += f":{frames[-1].colno + 1}"
+    if isinstance(e, IntrinsicError):  # a registration the registry refused
+        return f"{where}: {e}"
+    if isinstance(e, SystemExit):
+        return f"{where}: cannot load intrinsics: the module called sys.exit({e.code!r})"
+    message = str(e).replace("\n", " ").strip()
+    what = f"{message} ({type(e).__name__})" if message else f"{type(e).__name__} raised"
+    return f"{where}: cannot load intrinsics: {what}"
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------------

@@ -2,13 +2,15 @@
 
 Exit status: 0 done, 1 a ``--check`` failure, 2 bad input (one line per problem on
 stderr, never a traceback). One bad function does not stop the others: its entry
-carries ``"error"``.
+carries ``"error"``. SIGINT and SIGTERM stop the command cleanly (the saturation worker
+is killed): exit status 130 and 143 (128 + the signal), ``interrupted`` on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -167,7 +169,9 @@ def process(unit: Unit, opts: Options) -> Entry:
             entry.check = {"ok": bool(result.ok), "max_abs_error": float(result.max_abs_error)}
             if not result.ok:
                 entry.check["message"] = result.message
-    except Exception as e:  # a compiler bug must not stop the other functions
+    except (Exception, SystemExit, KeyboardInterrupt) as e:
+        # a compiler bug, or a plugin's emitter raising anything, must not stop the others
+        _stop_if_signalled(e)
         entry.error = f"{unit.file}:{unit.name}: internal error: {type(e).__name__}: {e}"
     entry.seconds["total"] = time.perf_counter() - t0
     return entry
@@ -282,6 +286,31 @@ class BadInput(Exception):
     """Input the command cannot use: one line on stderr, exit status 2."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the command."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_signals: list[int] = []  # signals received by this command, see main
+
+
+def _on_signal(signum: int, frame) -> None:
+    _signals.append(signum)
+    raise Interrupted(signum)
+
+
+def _stop_if_signalled(e: BaseException) -> None:
+    """Re-raise ``e`` as an interrupt when a signal arrived while it was raised: only a real
+    interrupt stops the command; a plugin's own ``KeyboardInterrupt`` is an error."""
+    if isinstance(e, Interrupted):
+        raise e
+    if _signals:
+        raise Interrupted(_signals[-1]) from None
+
+
 def load_intrinsics(args: argparse.Namespace) -> list:
     """The intrinsic library the options ask for (user modules loaded first)."""
     import intrinsics
@@ -289,8 +318,9 @@ def load_intrinsics(args: argparse.Namespace) -> list:
     if getattr(args, "intrinsics_file", None):
         try:
             intrinsics.load_file(args.intrinsics_file)
-        except Exception as e:  # a plugin is user code: any failure is bad input
-            raise BadInput(f"{args.intrinsics_file}: cannot load intrinsics: {e}") from None
+        except intrinsics.IntrinsicError as e:  # names the file, and the line where it can
+            _stop_if_signalled(e)
+            raise BadInput(str(e)) from None
     target = getattr(args, "target", "all")
     library = [] if target == "none" else intrinsics.library(target)
     names = getattr(args, "intrinsics", None)
@@ -471,16 +501,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    handlers = _catch_signals()
     try:
         return args.handler(args)
     except BadInput as e:
         print(e, file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        if isinstance(e, Interrupted) or _signals:
+            print("interrupted", file=sys.stderr)
+            return 128 + (_signals[-1] if _signals else signal.SIGINT)
+        print("error: KeyboardInterrupt raised by the code run (a plugin?)", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # argparse is done: this is code (a plugin) calling sys.exit
+        print(f"error: sys.exit({e.code!r}) called by the code run (a plugin?)", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         return 0
+    finally:
+        for signum in handlers:  # a second signal must not cut the cleanup short
+            signal.signal(signum, signal.SIG_IGN)
+        saturation = sys.modules.get(f"{__package__}.saturate")
+        if saturation is not None:  # not only at exit: main may run in a longer-lived process
+            saturation.shutdown()
+        for signum, old in handlers.items():
+            signal.signal(signum, old)
+        _signals.clear()
+
+
+def _catch_signals() -> dict:
+    """SIGTERM stops the command like SIGINT: cleanly, the worker killed, a status of
+    128 + the signal. Returns the handlers to restore."""
+    old = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            old[signum] = signal.signal(signum, _on_signal)
+    except ValueError:  # not the main thread: signals stay with whoever owns them
+        pass
+    return old
 
 
 if __name__ == "__main__":

@@ -13,6 +13,12 @@ Disk cache: object code under ``$TENSORIZE_CACHE_DIR``, else ``$XDG_CACHE_HOME/t
 else ``~/.cache/tensorize``, named by a hash of the program, of the compiler's own source
 (analysis, lowering, codegen, and the emitters of the intrinsics it calls), and of the target
 (CPU name, features, llvmlite version). A second run loads the object code without LLVM.
+Each entry is authenticated with a keyed MAC (HMAC-SHA256) under a per-user secret,
+``$XDG_CONFIG_HOME/tensorize/cache.key`` (else ``~/.config/...``), made on first use with
+mode 0600: LLVM links an object file it is given without question, so only entries this
+user's compiler wrote are ever loaded; anything else is compiled again. Without a usable key
+the disk cache is not used. Programs calling an emitter whose source cannot be read are
+not cached on disk.
 
 Threads: a top-level loop the dependence analysis proves parallel is cut into chunks shared
 by the calling thread and ``threads - 1`` workers. Each worker is a Python thread that enters
@@ -25,10 +31,14 @@ from __future__ import annotations
 import atexit
 import ctypes
 import hashlib
+import hmac
 import inspect
 import json
 import os
+import secrets
+import stat
 import tempfile
+import uuid
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -112,10 +122,12 @@ def _code_version() -> str:
 _CODE_VERSION: Optional[str] = None
 
 
-def _intrinsics_version(func: PrimFunc) -> str:
+def _intrinsics_version(func: PrimFunc) -> Optional[str]:
     """What the code of the intrinsics ``func`` calls depends on: each one's semantics, the
     source of the module that emits it (a user's plugin as much as the built-ins), and what
-    the emitter says it depends on beyond that (``fingerprint()``: an LLVM IR text)."""
+    the emitter says it depends on beyond that (``fingerprint()``: an LLVM IR text). None when
+    an emitter's source cannot be read (a class made at run time, a module without a file):
+    then nothing on disk can be known to match."""
     names = sorted({s.intrinsic for s in walk_stmts(func.body) if isinstance(s, Call)})
     if not names:
         return ""
@@ -125,8 +137,13 @@ def _intrinsics_version(func: PrimFunc) -> str:
     for name in names:
         desc = intrinsics.get(name)
         emitter = intrinsics.emitter_of(desc)
-        source = inspect.getsourcefile(type(emitter)) or ""
-        digest = hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else ""
+        try:
+            source = inspect.getsourcefile(type(emitter))
+            digest = hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else None
+        except (TypeError, OSError):
+            digest = None
+        if digest is None:
+            return None
         fingerprint = getattr(emitter, "fingerprint", lambda: "")()  # e.g. LLVM IR text
         parts.append(f"{name}|{desc.script()}|{type(emitter).__qualname__}|{digest}|{fingerprint}")
     return "\n".join(parts)
@@ -144,27 +161,120 @@ def _object(key: str, build: Callable[[], tuple[bytes, dict]]) -> tuple[bytes, d
     """Object code and its metadata for ``key``: from disk, or built by ``build()`` and saved.
     Also says where they came from (``"disk"`` or ``"compiled"``)."""
     path = cache_dir() / f"{key[:40]}.o"
-    try:
-        data = path.read_bytes()
-        # the file starts with the digest of the rest: LLVM aborts the process on a
-        # damaged object file, so a damaged cache entry must never reach it
-        if hashlib.sha256(data[32:]).digest() == data[:32]:
-            header, _, obj = data[32:].partition(b"\n")
-            return obj, json.loads(header), "disk"
-    except (OSError, ValueError):
-        pass
+    secret = _secret()
+    if secret is not None:
+        try:
+            data = path.read_bytes()
+            # LLVM links whatever object file it is given (a damaged one can crash the
+            # process): only an entry whose MAC this user's key made reaches it
+            if hmac.compare_digest(hmac.new(secret, data[32:], "sha256").digest(), data[:32]):
+                header, _, obj = data[32:].partition(b"\n")
+                return obj, json.loads(header), "disk"
+        except (OSError, ValueError):
+            pass
     obj, meta = build()
-    payload = json.dumps(meta).encode() + b"\n" + obj
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # write then rename: a concurrent reader never sees half a file
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(hashlib.sha256(payload).digest() + payload)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache only costs recompiling
+    if secret is not None:
+        payload = json.dumps(meta).encode() + b"\n" + obj
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _sweep(path.parent)
+            _write_atomic(path, hmac.new(secret, payload, "sha256").digest() + payload)
+        except OSError:
+            pass  # a read-only cache only costs recompiling
     return obj, meta, "compiled"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write then rename: a concurrent reader never sees half a file. The temporary file
+    goes whatever happens (an error, an interrupt); only a killed process leaves one, for
+    ``_sweep``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+_STALE_SECONDS = 3600  # a temporary file this old belongs to no running write
+_swept: set[Path] = set()
+
+
+def _sweep(folder: Path) -> None:
+    """Remove temporary files that killed processes left in ``folder`` (once a process)."""
+    if folder in _swept:
+        return
+    _swept.add(folder)
+    now = time.time()
+    for tmp in folder.glob("*.tmp"):
+        try:
+            st = tmp.lstat()
+            if stat.S_ISREG(st.st_mode) and now - st.st_mtime > _STALE_SECONDS:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+def secret_file() -> Path:
+    """Where the key that authenticates disk cache entries lives: outside the cache, which
+    other tools (and users) may be given to write."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "tensorize" / "cache.key"
+
+
+_SECRET_BYTES = 32
+_secrets: dict[Path, Optional[bytes]] = {}
+
+
+def _secret() -> Optional[bytes]:
+    """This user's cache key, made on first use; None when it cannot be read or made, or
+    is not private to this user (then the disk cache is not used)."""
+    path = secret_file()
+    if path not in _secrets:
+        _secrets[path] = _load_secret(path)
+    return _secrets[path]
+
+
+def _load_secret(path: Path) -> Optional[bytes]:
+    try:
+        return _read_secret(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")  # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(_SECRET_BYTES))
+            try:
+                os.link(tmp, path)  # appears whole, and never replaces another process's key
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+        return _read_secret(path)
+    except OSError:
+        return None
+
+
+def _read_secret(path: Path) -> Optional[bytes]:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        st = os.fstat(fd)
+        mine = not hasattr(os, "geteuid") or st.st_uid == os.geteuid()
+        if not stat.S_ISREG(st.st_mode) or not mine or st.st_mode & 0o077:
+            return None
+        data = os.read(fd, _SECRET_BYTES + 1)
+    finally:
+        os.close(fd)
+    return data if len(data) == _SECRET_BYTES else None
 
 
 # ---------------------------------------------------------------------------
@@ -281,9 +391,17 @@ def _compile_now(func: PrimFunc, memory_key) -> _Compiled:
     verify(func)
     # lowering is a function of the program and of the code version in the key, so a disk
     # hit skips it along with LLVM
-    key = _key(repr(replace(func, doc="")) + _intrinsics_version(func))
-    symbol = f"tensorize.k{key[:24]}"
-    obj, meta, source = _object(key, lambda: _build(func, symbol))
+    version = _intrinsics_version(func)
+    if version is None:
+        # an emitter with no readable source: compile, never from or to disk, under a
+        # symbol of its own (the JIT reuses code by symbol)
+        key = _key(repr(replace(func, doc="")) + uuid.uuid4().hex)
+        symbol = f"tensorize.k{key[:24]}"
+        (obj, meta), source = _build(func, symbol), "compiled"
+    else:
+        key = _key(repr(replace(func, doc="")) + version)
+        symbol = f"tensorize.k{key[:24]}"
+        obj, meta, source = _object(key, lambda: _build(func, symbol))
     (address,) = _engine().load(obj, [symbol])
     done = _Compiled(address, bool(meta["parallel"]), source, time.perf_counter() - t0)
     _memory[memory_key] = done

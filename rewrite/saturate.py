@@ -7,15 +7,32 @@ parent waits at most ``Budget.hard_seconds``; past that the worker is killed and
 started for the next function. The worker's address space is capped (``Budget.memory_bytes``)
 so a runaway e-graph fails there, not here. ``EGraph`` objects do not pickle, so the two
 processes exchange our IR.
+
+The worker runs exactly the ``rewrite`` package this process loaded: it starts isolated
+(``python -I``: no working directory, no ``PYTHON*`` variables on the import path) and is given
+this process's import path explicitly, so a ``select.py`` or ``egglog.py`` next to the user's
+script is never imported. It dies with its parent (``PR_SET_PDEATHSIG`` on Linux; the parent
+also kills it at exit and when interrupted).
+
+Budget stops are reported, not raised: the worker killed past ``hard_seconds``, or out of
+memory. Anything else -- the worker cannot start or import, breaks the protocol, raises, or
+dies -- raises ``WorkerError``, which the caller reports as that function's error.
 """
 
 from __future__ import annotations
 
+import atexit
+import ctypes
+import json
+import os
 import pickle
 import select
+import signal
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -37,7 +54,8 @@ class Budget:
 class SaturationReport:
     iterations: int
     enodes: int
-    stop_reason: str  # saturated | iteration limit | node limit | time limit | killed: ...
+    stop_reason: str  # saturated | iteration limit | node limit | time limit | memory limit
+    #                   | killed: over N s | killed: memory limit
     seconds: float
 
     def to_json(self) -> dict:
@@ -167,8 +185,13 @@ def _recv(stream):
     return pickle.loads(data)
 
 
-def _serve() -> None:
-    memory = int(sys.argv[1]) if len(sys.argv) > 1 else Budget().memory_bytes
+def _serve(argv: list[str]) -> None:
+    """The worker's loop: ``argv`` is ``[memory_bytes, parent_pid]``."""
+    memory = int(argv[0]) if argv else Budget().memory_bytes
+    _die_with_parent(int(argv[1]) if len(argv) > 1 else os.getppid())
+    # a Ctrl-C at the terminal reaches the whole process group: the parent decides, and
+    # kills this process if it stops
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import resource
 
@@ -180,62 +203,183 @@ def _serve() -> None:
     while True:
         try:
             job = _recv(inp)
-        except EOFError:
+        except EOFError:  # the parent closed the channel (or is gone)
             return
         try:
             _send(out, ("ok", run_job(job)))
         except MemoryError:
-            _send(out, ("error", "memory limit"))
-        except Exception as e:  # reported to the parent, which keeps going
+            _send(out, ("error", _MEMORY))
+        except Exception as e:  # reported to the parent, which raises it there
             _send(out, ("error", f"{type(e).__name__}: {e}"))
 
 
+_MEMORY = "memory limit"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to kill this process when its parent dies (Linux), and leave at once
+    if the parent is already gone. Elsewhere the parent's exit handler and the end of the
+    job channel stop the worker."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+# Run in the worker by ``python -I -c``: put the import path the parent gave first, then
+# import the server from there (so pickled results name the parent's rewrite.saturate).
+_BOOT = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
+         "from rewrite import saturate; saturate._serve(sys.argv[2:])")
+
+
+def import_path() -> list[str]:
+    """The worker's ``sys.path``: the folder holding this ``rewrite`` package first, then this
+    process's path made absolute, without ``''`` and the working directory (unless
+    ``rewrite`` itself lives there)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cwd = os.getcwd()
+    path = [root]
+    for entry in sys.path:
+        if not isinstance(entry, str) or not entry:
+            continue
+        entry = os.path.abspath(entry)
+        if entry != cwd and entry not in path:
+            path.append(entry)
+    return path
+
+
+class WorkerError(RuntimeError):
+    """The saturation worker failed for a reason other than a budget."""
+
+
 class Worker:
-    """A saturation process, started on first use and replaced when it has to be killed."""
+    """A saturation process, started on first use and replaced when it has to be killed.
+    Calls are serialized. The kernel kills the process when the thread that started it ends,
+    so a call after that thread has ended starts a new one."""
 
     def __init__(self) -> None:
         self._proc: Optional[subprocess.Popen] = None
         self._memory = 0
+        self._owner: Optional[threading.Thread] = None
+        self._stderr = None  # a temporary file: the worker's stderr, read when it fails
+        self._lock = threading.RLock()
+
+    def command(self, memory_bytes: int) -> list[str]:
+        return [sys.executable, "-I", "-c", _BOOT, json.dumps(import_path()), str(memory_bytes),
+                str(os.getpid())]
 
     def _start(self, memory_bytes: int) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-m", "rewrite.saturate", str(memory_bytes)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL)
+        try:
+            self._stderr = tempfile.TemporaryFile()
+            self._proc = subprocess.Popen(self.command(memory_bytes), stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=self._stderr)
+        except OSError as e:
+            self._proc = None
+            raise WorkerError(f"cannot start the saturation worker ({sys.executable}): {e}") from None
         self._memory = memory_bytes
+        self._owner = threading.current_thread()
 
     def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
+        with self._lock:
+            if self._proc is not None:
+                self._proc.kill()
+                self._proc.wait()
+                for stream in (self._proc.stdin, self._proc.stdout):
+                    try:
+                        stream.close()
+                    except OSError:
+                        pass
+            if self._stderr is not None:
+                self._stderr.close()
+            self._proc, self._stderr = None, None
 
-    def _died(self, why: str, t0: float) -> tuple[list[BodyMatch], SaturationReport]:
+    @property
+    def pid(self) -> Optional[int]:
+        """The worker's process id while one runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    def _stderr_tail(self) -> str:
+        """The last line the worker wrote on stderr (a traceback's last line names the error)."""
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0, os.SEEK_END)
+        self._stderr.seek(max(0, self._stderr.tell() - 4096))
+        lines = self._stderr.read().decode(errors="replace").strip().splitlines()
+        return lines[-1].strip() if lines else ""
+
+    def _died(self, t0: float) -> tuple[list[BodyMatch], SaturationReport]:
+        """The worker closed the channel without an answer: out of memory is a budget stop,
+        anything else an error."""
+        try:
+            status = self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            status = None
+        tail = self._stderr_tail()
         self.stop()
-        return [], SaturationReport(0, 0, why, time.perf_counter() - t0)
+        # an allocation past RLIMIT_AS aborts in egglog's allocator; the kernel's OOM
+        # killer sends SIGKILL (which this process never sends to a running job)
+        if "memory allocation" in tail or "MemoryError" in tail or status == -signal.SIGKILL:
+            return [], SaturationReport(0, 0, f"killed: {_MEMORY}", time.perf_counter() - t0)
+        how = (f"was killed by signal {-status}" if status is not None and status < 0 else
+               f"exited with status {status}" if status is not None else "closed its channel")
+        raise WorkerError(f"the saturation worker {how}" + (f": {tail}" if tail else ""))
 
     def run(self, job: Job) -> tuple[list[BodyMatch], SaturationReport]:
+        with self._lock:
+            try:
+                return self._run(job)
+            except BaseException:
+                # an interrupt or error part way leaves the channel in an unknown state
+                self.stop()
+                raise
+
+    def _run(self, job: Job) -> tuple[list[BodyMatch], SaturationReport]:
         b = job.budget
-        if self._proc is None or self._proc.poll() is not None or self._memory != b.memory_bytes:
+        if self._proc is None or self._proc.poll() is not None or self._memory != b.memory_bytes \
+                or not self._owner.is_alive():
             self.stop()
             self._start(b.memory_bytes)
         t0 = time.perf_counter()
         try:
             _send(self._proc.stdin, job)
         except (BrokenPipeError, OSError):
-            return self._died("killed: the worker died", t0)
+            return self._died(t0)
         ready, _, _ = select.select([self._proc.stdout], [], [], b.hard_seconds)
         if not ready:
-            return self._died(f"killed: over {b.hard_seconds:g} s", t0)
+            self.stop()
+            return [], SaturationReport(0, 0, f"killed: over {b.hard_seconds:g} s",
+                                        time.perf_counter() - t0)
         try:
-            status, payload = _recv(self._proc.stdout)
-        except (EOFError, OSError, pickle.UnpicklingError):
-            return self._died("killed: the worker died (memory limit?)", t0)
-        if status != "ok":
-            return self._died(f"failed: {payload}", t0)
-        return payload
+            reply = _recv(self._proc.stdout)
+        except (EOFError, OSError):
+            return self._died(t0)
+        except Exception as e:  # pickle errors of all kinds
+            self.stop()
+            raise WorkerError(f"the saturation worker sent an unreadable reply ({e})") from None
+        if not (isinstance(reply, tuple) and len(reply) == 2):
+            self.stop()
+            raise WorkerError("the saturation worker sent an unexpected reply")
+        status, payload = reply
+        if status == "ok":
+            return payload
+        self.stop()
+        if payload == _MEMORY:
+            return [], SaturationReport(0, 0, _MEMORY, time.perf_counter() - t0)
+        raise WorkerError(f"saturation failed in the worker: {payload}")
 
 
 _WORKER = Worker()
+
+
+@atexit.register
+def shutdown() -> None:
+    """Stop the saturation worker (at exit, and when the command is interrupted)."""
+    _WORKER.stop()
 
 
 def saturate(job: Job, in_process: bool = False) -> tuple[list[BodyMatch], SaturationReport]:
@@ -246,7 +390,7 @@ def saturate(job: Job, in_process: bool = False) -> tuple[list[BodyMatch], Satur
 
 
 if __name__ == "__main__":
-    # run the imported module's server, so pickled results name rewrite.saturate's classes
+    # by hand: ``python -m rewrite.saturate [memory_bytes]`` (the parent starts ``_BOOT``)
     from rewrite import saturate as _this
 
-    _this._serve()
+    _this._serve(sys.argv[1:2])
