@@ -262,7 +262,7 @@ class VnniDotU8I8I32_16x4(Emitter):
     its second and adds the four products (each fits in i16, their sum in i32) to c[i] with
     wrapping i32 addition: the semantics exactly, with no intermediate saturation (that is
     ``vpdpbusds``). a's four bytes are one i32 broadcast to the 16 lanes; b is the 64-byte
-    block of rows. The accumulator is c itself, carried in one zmm register along k."""
+    block of rows. Along k the accumulator is c plus a second sum, in two zmm registers."""
 
     operands = ("c", "a", "b")
     shapes = {"c": (16,), "a": (4,), "b": (16, 4)}
@@ -270,7 +270,7 @@ class VnniDotU8I8I32_16x4(Emitter):
     I32X16 = ir.VectorType(ir.IntType(32), 16)
 
     def load_acc(self, b, ops):
-        return load_row(b, ops["c"], (0,), 0, 16)
+        return [load_row(b, ops["c"], (0,), 0, 16), ir.Constant(self.I32X16, [0] * 16)]
 
     def step(self, b, ops, acc):
         # the pre-LLVM-21 operand types, which LLVM still reads (and upgrades) today
@@ -278,10 +278,12 @@ class VnniDotU8I8I32_16x4(Emitter):
                          [self.I32X16, self.I32X16, self.I32X16])
         a = splat(b, b.bitcast(load_row(b, ops["a"], (0,), 0, 4), ir.IntType(32)), 16)
         rows = b.bitcast(_b_block(b, ops["b"]), self.I32X16)
-        return b.call(dpbusd, [acc, a, rows])
+        # two alternating accumulators cover vpdpbusd's latency; i32 addition wraps and is
+        # associative, so the split sum is still exact
+        return [acc[1], b.call(dpbusd, [acc[0], a, rows])]
 
     def store_acc(self, b, ops, acc):
-        store_row(b, ops["c"], (0,), 0, acc)
+        store_row(b, ops["c"], (0,), 0, b.add(acc[0], acc[1]))
 
 
 @intrinsic("x86.avx512vnni.dot.u8i8i32.16x4", isa=("avx512f", "avx512vnni"), cost=1.0,

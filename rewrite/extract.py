@@ -25,14 +25,15 @@ Python is sound: a binding whose calls alone cost as much as the scalar nest can
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from . import cost, ir
 from .plans import NestRef, PlanGraph
 from .ir import Accumulate, Binary, Buffer, Call, Const, Expr, For, Load, Stmt, Store, Var
-from .match import (BodyMatch, Binding, bindings, dims_after_tiling, remainders, semantics_value,
-                    slow_dims, unused_name, window)
-from .nests import AccNest
+from .match import (BodyMatch, Binding, affine_expr, bindings, dims_after_tiling, remainders,
+                    semantics_value, slow_dims, unused_name, window)
+from .nests import AccNest, Dim
 from .rules import layout
 
 MAX_DEPTH = 3
@@ -79,6 +80,68 @@ def _calls(desc, loops, windows) -> Stmt:
     for d in reversed(loops):
         s = For(d.name, d.start, d.stop, s)
     return s
+
+
+# Cache blocking of a call nest, GotoBLAS's loop order on the calls: the reduction is cut
+# into blocks whose panel of the widest input (B's KC x tile width) fits half of L1, and the
+# row tiles into groups of at most ROW_TILES, so that one group's rows of A (ROW_TILES x tile
+# rows x KC) stay in L2 while the panel is reused across them.
+KC_MIN, ROW_TILES = 64, 16
+
+
+def blocked_loops(desc, loops: list, windows: dict, taken: set[str]):
+    """``(loops, windows)`` in the blocked order ``rows_b, k_o, other tiles, rows_i, k_i`` when
+    the reduction outgrows its block, else as given. ``loops`` hold the loops that move the
+    output first, then the reduction; the windows' bases are rewritten for the split loops.
+
+    Before -> after, on 8x32 tiles of a 1024^3 product::
+
+        for i_o, j_o, k in grid(128, 32, 1024): call(..., a=window(A[8 * i_o, k], ...), ...)
+        for i_b, k_o, j_o, i_i, k_i in grid(8, 8, 32, 16, 128):
+            call(..., a=window(A[128 * i_b + 8 * i_i, 128 * k_o + k_i], ...), ...)
+
+    Each output element still sums over k in increasing order: only the order in which
+    different output tiles are visited changes. The outermost loop still moves the output,
+    so it stays the parallel one."""
+    from .analysis import affine
+
+    moves = {x.name for e in windows[desc.output.name].base for x in ir.walk_expr(e)
+             if isinstance(x, Var)}
+    moving = [d for d in loops if d.name in moves]
+    reduction = [d for d in loops if d.name not in moves]
+    if len(reduction) != 1 or len(moving) < 2:
+        return loops, windows
+    (r,) = reduction
+
+    def uses(op) -> set[str]:
+        return {x.name for e in windows[op.name].base for x in ir.walk_expr(e) if isinstance(x, Var)}
+
+    widest = max((op for op in desc.inputs if r.name in uses(op)),
+                 key=lambda op: math.prod(op.shape) * ir.itemsize(op.dtype), default=None)
+    if widest is None:
+        return loops, windows
+    kc_max = cost.L1_BYTES // 2 // (math.prod(widest.shape) * ir.itemsize(widest.dtype))
+    kc = next((n for n in range(min(kc_max, r.extent // 2), KC_MIN - 1, -1) if r.extent % n == 0), None)
+    rows = next((d for d in moving if d.name not in uses(widest)), None)
+    group = next((n for n in range(min(ROW_TILES, rows.extent // 2), 1, -1)
+                  if rows.extent % n == 0), None) if rows is not None else None
+    if kc is None or group is None or r.extent <= kc_max:
+        return loops, windows
+    k_o, k_i, rows_b, rows_i = (unused_name(f"{r.name}_o", taken), unused_name(f"{r.name}_i", taken),
+                                unused_name(f"{rows.name}_b", taken), unused_name(f"{rows.name}_i", taken))
+    values = {r.name: Binary("+", Binary("+", Const(r.start, ir.INDEX),
+                                         Binary("*", Const(kc, ir.INDEX), Var(k_o))), Var(k_i)),
+              rows.name: Binary("+", Binary("+", Const(rows.start, ir.INDEX),
+                                            Binary("*", Const(group, ir.INDEX), Var(rows_b))),
+                                Var(rows_i))}
+
+    def rebased(w: ir.Window) -> ir.Window:
+        return ir.Window(w.buffer, tuple(affine_expr(affine(ir.substitute(e, values))) for e in w.base),
+                         w.steps)
+
+    order = ([Dim(rows_b, 0, rows.extent // group), Dim(k_o, 0, r.extent // kc)]
+             + [d for d in moving if d is not rows] + [Dim(rows_i, 0, group), Dim(k_i, 0, kc)])
+    return order, {name: rebased(w) for name, w in windows.items()}
 
 
 def _streams(desc, windows, loops) -> tuple:
@@ -159,7 +222,7 @@ class _Builder:
         loops = [d for d in loops if d.name in moves] + [d for d in loops if d.name not in moves]
         found = _streams(desc, windows, loops)
         price = _price(desc, b, windows, b.unit_stride_ok, found)
-        calls = self.graph.leaf([_calls(desc, loops, windows)], price)
+        calls = self.graph.leaf([_calls(desc, *blocked_loops(desc, loops, windows, taken))], price)
         rest = [self.nest(r, matches, depth + 1, pack) for r in remainders(nest, b, desc)]
         self.graph.add(ref, calls, *rest)
         far = {s.operand for s in found if s.unit and not s.contiguous}
@@ -194,8 +257,9 @@ class _Builder:
                                                              self.ex.taken, self.ex._panel_names,
                                                              order)
             windows.update(panel.windows)
+        blocked = blocked_loops(desc, loops, windows, set(self.ex.taken) | {d.name for d in nest.dims})
         self.graph.add(ref, self.graph.leaf(list(panel.copies), copies, list(panel.buffers)),
-                       self.graph.leaf([_calls(desc, loops, windows)], calls), *rest)
+                       self.graph.leaf([_calls(desc, *blocked)], calls), *rest)
 
     def _scaled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int,
                 pack: bool) -> None:

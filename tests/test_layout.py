@@ -332,7 +332,9 @@ def test_gemm_512_reads_b_from_a_panel():
     assert mm
     for c in mm:
         b = c.window("b")
-        assert b.buffer == pb and _flat(b, 1) == 1 and _moves(b, "k") == 16
+        # the reduction is cut into cache blocks (extract.blocked_loops): k = 256 * k_o + k_i
+        assert b.buffer == pb and _flat(b, 1) == 1 and _moves(b, "k_i") == 16
+        assert _moves(b, "k_o") == 16 * 256
     assert all(c.window("b").buffer.name == "B" for c in _calls(result.func) if c not in mm)
 
 
@@ -417,3 +419,31 @@ def test_int8_b_already_k_inner_stays_in_place_when_blocks_do_not_pay():
                for c in _dots(small.func))
     large = tensorize(_dense_u8(64, 64, 256, nt=True), AVX2)
     assert all(_flat(c.window("b"), 0) == 4 for c in _dots(large.func))
+
+
+def test_long_reductions_are_cut_into_cache_blocks():
+    # 6x16 tiles: B's panel is 64 bytes a step, half of L1 holds 256 steps, so k = 512 is
+    # cut in two blocks; 16 row tiles form groups of 8 (GotoBLAS's order on the calls)
+    func = parse("@prim_func\ndef mm(A: f32[96, 512], B: f32[512, 32], C: f32[96, 32]):\n"
+                 "    for i, j, k in grid(96, 32, 512):\n        C[i, j] += A[i, k] * B[k, j]\n")
+    result = tensorize(func, AVX2)
+    _well_formed(result)
+    nest = next(s for s in ir.walk_stmts(result.func.body)
+                if isinstance(s, ir.For) and any(isinstance(c, ir.Call) for c in ir.walk_stmts(s)))
+    loops = []
+    while isinstance(nest, ir.For):
+        loops.append((nest.var, nest.extent))
+        nest = nest.body
+    assert [n for _, n in loops] == [2, 2, 2, 8, 256]
+    assert loops[0][0].endswith("_b") and loops[-1][0].endswith("_i")
+    _interp_equal(func, result.func)
+    if HOST_HAS_AVX2:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
+def test_short_reductions_keep_their_loop_order():
+    func = parse("@prim_func\ndef mm(A: f32[96, 256], B: f32[256, 32], C: f32[96, 32]):\n"
+                 "    for i, j, k in grid(96, 32, 256):\n        C[i, j] += A[i, k] * B[k, j]\n")
+    text = show(tensorize(func, AVX2).func)
+    assert "k_i" not in text and "_b," not in text
