@@ -773,6 +773,8 @@ def _is_prim_func_decorator(node: ast.AST) -> bool:
 
 def _read_functions(text: str, file: str) -> Iterable[PrimFunc | ScriptError]:
     """Each function of a script, or the error that stops it; a syntax error stops the file."""
+    if text.startswith("\ufeff"):  # a byte-order mark read as text: Python skips it in files
+        text = text[1:]
     try:
         module = ast.parse(text, filename=file)
     except SyntaxError as e:
@@ -832,12 +834,23 @@ def parse_all(text: str, file: str = "<script>") -> dict[str, PrimFunc]:
 
 
 def _read_text(path: str) -> str:
+    """A script file's text, decoded as Python decodes a source file: UTF-8 unless a
+    byte-order mark or a coding declaration (PEP 263) says otherwise."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise ScriptError(path, 1, 1, f"cannot read the script: {reason}") from None
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ScriptError(path, 1, 1, f"cannot read the script: {e.strerror or e}") from None
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    except SyntaxError as e:  # an unknown encoding, or one that contradicts the mark
+        raise ScriptError(path, e.lineno or 1, 1, f"cannot read the script: {e.msg}") from None
+    try:
+        return data.decode(encoding)  # "utf-8-sig" when there is a mark: it drops it
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ScriptError(path, line, 1, f"cannot read the script: it is not valid {encoding}: "
+                                         f"{e.reason} (byte {e.start})") from None
 
 
 def parse_file_lenient(path) -> tuple[dict[str, PrimFunc], list[ScriptError]]:
