@@ -853,11 +853,15 @@ def _read_text(path: str) -> str:
                                          f"{e.reason} (byte {e.start})") from None
 
 
+_NO_FUNCTION = "no @prim_func function in this file"
+
+
 def parse_file_lenient(path) -> tuple[dict[str, PrimFunc], list[ScriptError]]:
     """Every function of a script file that reads cleanly, and an error for each that does not.
 
     One bad function does not hide the others; an unreadable file or a Python syntax
-    error gives no functions and one error.
+    error gives no functions and one error, and so does a file with no function at all
+    (a script holds at least one: an empty one is most likely the wrong file).
     """
     path = str(path)
     funcs: dict[str, PrimFunc] = {}
@@ -870,6 +874,8 @@ def parse_file_lenient(path) -> tuple[dict[str, PrimFunc], list[ScriptError]]:
                 funcs[item.name] = item
     except ScriptError as e:
         errors.append(e)
+    if not funcs and not errors:
+        errors.append(ScriptError(path, 1, 1, _NO_FUNCTION))
     return funcs, errors
 
 
@@ -882,9 +888,12 @@ def parse(text: str, file: str = "<script>") -> PrimFunc:
 
 
 def parse_file(path) -> dict[str, PrimFunc]:
-    """Every ``@prim_func`` of a script file, by name."""
+    """Every ``@prim_func`` of a script file, by name; a file without one is an error."""
     path = str(path)
-    return parse_all(_read_text(path), path)
+    funcs = parse_all(_read_text(path), path)
+    if not funcs:
+        raise ScriptError(path, 1, 1, _NO_FUNCTION)
+    return funcs
 
 
 # ---------------------------------------------------------------------------
