@@ -394,43 +394,65 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writable(path: Optional[str], what: str) -> None:
+    """Refuse an output path whose folder does not exist before any work is done."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise BadInput(f"{path}: cannot write the {what} there: it is a folder")
+    if not target.parent.is_dir():
+        raise BadInput(f"{path}: cannot write the {what}: no folder {target.parent}")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
+    _writable(args.json, "results")
+    _writable(args.plot, "plot")
     units = load_units(args.paths, args.func)
     for u in units:
         if u.error:
             print(u.error, file=sys.stderr)
     library = load_intrinsics(args)
-    good = []
-    for u in units:
-        if u.func is None:
-            continue
-        if args.target == "none":
-            good.append((u.file, u.func))
-        else:
-            from .pipeline import tensorize
-
-            good.append((u.file, u.func, tensorize(u.func, library).func))
+    good = [u for u in units if u.func is not None]
+    failed = any(u.error for u in units)
     live = sys.stderr.isatty()
-
-    def progress(i: int, n: int, name: str) -> None:
-        if live:
-            sys.stderr.write(f"\r\033[K[{i}/{n}] {name}")
-            sys.stderr.flush()
-
     for line in bench.blas_report():
         print(line, file=sys.stderr)
-    results = bench.bench(good, threads=args.threads, min_runs=args.runs, progress=progress)
+    results = []
+    for k, u in enumerate(good):
+        if live:
+            sys.stderr.write(f"\r\033[K[{k}/{len(good)}] {u.func.name}")
+            sys.stderr.flush()
+        try:  # as in ``run``, a function that fails is reported and the others go on
+            chosen = None
+            if args.target != "none":
+                from .pipeline import tensorize
+
+                chosen = tensorize(u.func, library).func
+            results.append(bench.bench_one(u.func, u.file, args.threads, args.runs, chosen=chosen))
+        except Exception as e:
+            if live:
+                sys.stderr.write("\r\033[K")
+            print(f"{u.file}:{u.name}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+            failed = True
     if live:
         sys.stderr.write("\r\033[K")
     print(bench.format_table(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(bench.to_json(results), indent=2) + "\n")
-    if args.plot and not bench.plot(results, args.plot):
-        print("note: --plot needs matplotlib (pip install 'tensorize[plot]'); no plot written",
-              file=sys.stderr)
-    return 2 if any(u.error for u in units) else 0
+        try:
+            Path(args.json).write_text(json.dumps(bench.to_json(results), indent=2) + "\n")
+        except OSError as e:  # e.g. no permission, or the folder went away meanwhile
+            raise BadInput(f"{args.json}: cannot write the results: {e.strerror or e}") from None
+    if args.plot:
+        try:
+            if not bench.plot(results, args.plot):
+                print("note: --plot needs matplotlib (pip install 'tensorize[plot]'); no plot written",
+                      file=sys.stderr)
+        except (OSError, ValueError) as e:  # ValueError: an image format matplotlib does not know
+            raise BadInput(f"{args.plot}: cannot write the plot: {getattr(e, 'strerror', None) or e}") from None
+    return 2 if failed else 0
 
 
 def _positive(text: str) -> int:

@@ -25,8 +25,24 @@ Meaning (the interpreter defines it; the compiled code must agree):
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Union
+
+# ---------------------------------------------------------------------------
+# depth
+
+# The deepest expression (root to deepest leaf, in nodes) the script parser accepts. Passes
+# walk expressions recursively, about four Python frames per level through parse, tensorize,
+# compile and check, so Python's default limit of 1,000 frames would not do: it is raised once,
+# here, for every process that imports the IR (the saturation worker too), with room for
+# rewrites that deepen an expression. Not further: some walks (hashing a frozen dataclass) also
+# use about 0.5 KB of C stack per level, and 10,000 levels stay well inside the usual 8 MB.
+MAX_EXPR_DEPTH = 1000
+_RECURSION_LIMIT = 10 * MAX_EXPR_DEPTH
+if sys.getrecursionlimit() < _RECURSION_LIMIT:
+    sys.setrecursionlimit(_RECURSION_LIMIT)
+
 
 # ---------------------------------------------------------------------------
 # dtypes

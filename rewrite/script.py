@@ -16,8 +16,12 @@ and linters can read script files; the parser recognises them by name.
 from __future__ import annotations
 
 import ast
+import io
 import math
+import tokenize
 from typing import Iterable, Optional
+
+import numpy as np
 
 from . import ir
 from .ir import (BOOL, DTYPES, INDEX, Accumulate, Binary, Buffer, Call, Cast, Compare, Const, Expr,
@@ -92,11 +96,178 @@ _FUNCTIONS_SENTENCE = ("the language has max, min, abs, exp, sqrt, select and th
 
 
 def _is_literal(node: ast.AST) -> bool:
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return _is_literal(node.operand)
+    while isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        node = node.operand  # a loop, not recursion: a literal may carry many minus signs
     if isinstance(node, ast.Name) and node.id == "inf":
         return True
     return isinstance(node, ast.Constant) and type(node.value) in (int, float, bool)
+
+
+def _literal_text(value) -> str:
+    """A literal for a message; one of thousands of digits is described, not printed (Python
+    refuses to turn an int of more than 4,300 digits into text)."""
+    if type(value) is int and value.bit_length() > 128:
+        return f"a literal of about {round(value.bit_length() * math.log10(2))} digits"
+    return f"the literal {value!r}"
+
+
+# ---------------------------------------------------------------------------
+# limits and positions
+
+# The deepest expression a script may hold, counted in IR nodes from the root to the deepest
+# leaf: ``A[i] + A[i] + A[i]`` nests 4 levels (two additions, a load, its index), and an ``and``
+# or a sum of n terms about n. Every later stage may recurse along an expression; this bound,
+# checked once here, keeps them within the interpreter's stack (see ``ir.MAX_EXPR_DEPTH``).
+MAX_EXPR_DEPTH = ir.MAX_EXPR_DEPTH
+
+_DEEP_HINT = "split it into several statements"
+
+
+class _Source:
+    """The lines of a script, to turn ``ast`` positions into the columns a person counts.
+
+    ``ast`` gives ``col_offset`` in UTF-8 bytes; messages count characters from 1, as
+    editors and Python's own syntax errors do:
+
+    >>> _Source("x = 'é' + y").col(1, 11)
+    11
+    """
+
+    def __init__(self, text: str):
+        # Python's line breaks, and only those (str.splitlines also splits at \f, \x1c, ...)
+        self.lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        self.encoded: dict[int, bytes] = {}
+
+    def col(self, line: int, byte_offset: int) -> int:
+        text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+        if text.isascii():
+            return byte_offset + 1
+        if line not in self.encoded:
+            self.encoded[line] = text.encode("utf-8")
+        return len(self.encoded[line][:byte_offset].decode("utf-8", "ignore")) + 1
+
+    def where(self, node: ast.AST) -> tuple[int, int]:
+        return node.lineno, self.col(node.lineno, node.col_offset)
+
+
+def _depth_of(node: ast.AST, depth: dict[int, int], literals: set[int]) -> int:
+    """IR nesting of one node, given the nesting of its children (0 for nodes outside expressions).
+
+    ``a and b and c`` and ``a < b < c`` are flat in ``ast`` but become chains in the IR;
+    ``----1`` is one constant. ``literals`` holds the literals found so far, and grows."""
+    def d(x: ast.AST) -> int:
+        return depth[id(x)]
+
+    if not isinstance(node, ast.expr):
+        return max((d(c) for c in ast.iter_child_nodes(node)), default=0)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        literal = id(node.operand) in literals  # the operand came first: no walk down the signs
+    else:
+        literal = _is_literal(node)
+    if literal:
+        literals.add(id(node))
+        return 1
+    if isinstance(node, ast.BoolOp):
+        k = len(node.values)  # folded from the left: value i (from 0) sits under k - max(i, 1) ands
+        return max(d(v) + k - max(i, 1) for i, v in enumerate(node.values))
+    if isinstance(node, ast.Compare):
+        terms = [node.left] + list(node.comparators)
+        m = len(node.ops)
+        # comparison j (from 1) sits under the ands that join it to the later ones
+        return max(1 + max(d(terms[j - 1]), d(terms[j])) + m - max(j, 2) + 1 for j in range(1, m + 1))
+    if isinstance(node, ast.Tuple):  # the indices of a subscript: no node of their own
+        return max((d(e) for e in node.elts), default=0)
+    if isinstance(node, ast.Subscript):
+        return 1 + d(node.slice)
+    if isinstance(node, ast.Call):
+        return 1 + max([d(a) for a in node.args] + [d(k.value) for k in node.keywords], default=0)
+    return 1 + max((d(c) for c in ast.iter_child_nodes(node)), default=0)
+
+
+def _check_depth(fn: ast.FunctionDef, src: "_Source", file: str) -> None:
+    """Refuse an expression nesting deeper than ``MAX_EXPR_DEPTH``, at its outermost node.
+
+    Runs before anything recursive sees the function: two passes with explicit stacks."""
+    depth: dict[int, int] = {}
+    literals: set[int] = set()
+    stack: list[tuple[ast.AST, bool]] = [(fn, False)]
+    while stack:  # post-order: children first
+        node, ready = stack.pop()
+        if ready:
+            depth[id(node)] = _depth_of(node, depth, literals)
+            continue
+        stack.append((node, True))
+        stack.extend((c, False) for c in ast.iter_child_nodes(node))
+    todo: list[ast.AST] = [fn]
+    while todo:  # pre-order, source order: the first outermost expression past the limit
+        node = todo.pop()
+        if isinstance(node, ast.expr):
+            if depth[id(node)] > MAX_EXPR_DEPTH:
+                line, col = src.where(node)
+                raise ScriptError(file, line, col,
+                                  f"this expression nests {depth[id(node)]} levels deep, past the "
+                                  f"limit of {MAX_EXPR_DEPTH}; {_DEEP_HINT}")
+            continue
+        todo.extend(reversed(list(ast.iter_child_nodes(node))))
+
+
+# tokens that make an expression one level deeper; used only when Python's parser gives up
+_NESTING_OPS = {"+", "-", "*", "/", "//", "%", "**", "@", "<", "<=", ">", ">=", "==", "!=",
+                "~", "<<", ">>", "&", "|", "^"}
+_NESTING_WORDS = {"and", "or", "not", "is", "lambda", "await"}
+_EXPR_STARTS = {"=", ":", "+=", "-=", "*=", "/=", "//=", "%=", "**=", "@=", "&=", "|=", "^=",
+                ">>=", "<<=", ":=", "->"}
+_EXPR_WORDS = {"if", "elif", "else", "while", "for", "in", "return", "assert", "del", "with",
+               "yield", "raise", "import", "from", "as"}
+
+
+def _long_number(text: str, line: int) -> tuple[int, int, int]:
+    """Line, column and length of the longest decimal literal on ``line`` (Python's parser
+    refuses one of more than 4,300 digits without saying where)."""
+    best = (line, 1, 0)
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.start[0] > line:
+                break
+            digits = sum(c.isdigit() for c in tok.string)
+            if tok.type == tokenize.NUMBER and tok.start[0] == line and digits > best[2]:
+                best = (line, tok.start[1] + 1, digits)
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return best
+
+
+def _deep_expression(text: str) -> tuple[int, int]:
+    """Where an expression too deep for Python's parser starts (``ast.parse`` does not say).
+
+    Python's parser gives up on a few thousand nested signs, or tens of thousands of chained
+    additions, with no position. The tokenizer is a loop: count nesting operators per expression (a segment of a logical line
+    between ``=``, ``:``, keywords such as ``if``, and the line's end) and point at the first
+    expression holding more than ``MAX_EXPR_DEPTH``; (1, 1) if none does."""
+    start, count, brackets = None, 0, 0
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            kind, s = tok.type, tok.string
+            if kind in (tokenize.NEWLINE, tokenize.ENDMARKER) or (
+                    brackets == 0 and ((kind == tokenize.OP and s in _EXPR_STARTS)
+                                       or (kind == tokenize.NAME and s in _EXPR_WORDS))):
+                start, count = None, 0
+                continue
+            if kind in (tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT):
+                continue
+            if start is None:
+                start = tok.start
+            if s in "([{":
+                brackets += 1
+            elif s in ")]}":
+                brackets -= 1
+            elif (kind == tokenize.OP and s in _NESTING_OPS) or (kind == tokenize.NAME and s in _NESTING_WORDS):
+                count += 1
+                if count > MAX_EXPR_DEPTH:
+                    return start[0], start[1] + 1
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return 1, 1
 
 
 # ---------------------------------------------------------------------------
@@ -106,9 +277,10 @@ def _is_literal(node: ast.AST) -> bool:
 class _FunctionParser:
     """Turns one ``@prim_func`` definition into a ``PrimFunc``."""
 
-    def __init__(self, file: str, fn: ast.FunctionDef):
+    def __init__(self, file: str, fn: ast.FunctionDef, src: _Source):
         self.file = file
         self.fn = fn
+        self.src = src
         self.buffers: dict[str, Buffer] = {}
         self.allocs: list[Buffer] = []
         self.loop_vars: list[str] = []
@@ -117,19 +289,19 @@ class _FunctionParser:
     # -- errors and locations ------------------------------------------------
 
     def error(self, node: ast.AST, message: str) -> ScriptError:
-        line = getattr(node, "lineno", self.fn.lineno)
-        col = getattr(node, "col_offset", 0) + 1
+        line, col = self.src.where(node if hasattr(node, "lineno") else self.fn)
         return ScriptError(self.file, line, col, message)
 
     def at(self, node: ast.AST, value):
         """Remember where an IR node came from, so later checks can point at it."""
-        self.locations[id(value)] = (node.lineno, node.col_offset + 1)
+        self.locations[id(value)] = self.src.where(node)
         return value
 
     # -- the function ----------------------------------------------------------
 
     def parse(self) -> PrimFunc:
         fn = self.fn
+        _check_depth(fn, self.src, self.file)  # first: what follows recurses along expressions
         args = fn.args
         if args.vararg or args.kwarg or args.kwonlyargs or args.posonlyargs:
             raise self.error(fn, f"function {fn.name} may only take buffer parameters (no *args, **kwargs or keyword-only parameters)")
@@ -163,7 +335,7 @@ class _FunctionParser:
         try:
             verify(func)
         except VerifyError as e:
-            line, col = self.locations.get(id(e.node), (fn.lineno, fn.col_offset + 1))
+            line, col = self.locations.get(id(e.node)) or self.src.where(fn)
             raise ScriptError(self.file, line, col, e.message) from None
         return func
 
@@ -174,11 +346,12 @@ class _FunctionParser:
         dims = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
         shape = []
         for d in dims:
-            if not (isinstance(d, ast.Constant) and type(d.value) is int):
-                raise self.error(d, f"the shape of {name} must be integer constants")
-            if d.value <= 0:
-                raise self.error(d, f"the shape of {name} must be positive, not {d.value}")
-            shape.append(d.value)
+            if not (_is_literal(d) and type(self.literal_value(d)) is int):
+                raise self.error(d, f"the shape of {name} must be positive integer constants")
+            value = self.int_literal(d, f"a dimension of {name}")
+            if value <= 0:
+                raise self.error(d, f"the shape of {name} must be positive, not {value}")
+            shape.append(value)
         return Buffer(name, node.value.id, tuple(shape))
 
     def declare_buffer(self, node: ast.AST, buf: Buffer) -> None:
@@ -293,7 +466,7 @@ class _FunctionParser:
             elts = t.elts if isinstance(t, ast.Tuple) else None
             if elts is None or not all(_is_literal(e) and type(self.literal_value(e)) is int for e in elts):
                 raise self.error(t, f"each step of a window on {buf.name} is a tuple of integers, one per dimension of {buf.name}")
-            steps.append(tuple(self.literal_value(e) for e in elts))
+            steps.append(tuple(self.int_literal(e, f"a step of a window on {buf.name}") for e in elts))
         return self.at(node, Window(buf, base, tuple(steps)))
 
     def check_value_dtype(self, node: ast.AST, value: Expr, buf: Buffer) -> None:
@@ -351,11 +524,17 @@ class _FunctionParser:
         return body
 
     def loop_bound(self, node: ast.AST) -> int:
-        if _is_literal(node):
-            value = self.literal_value(node)
-            if type(value) is int:
-                return value
+        if _is_literal(node) and type(self.literal_value(node)) is int:
+            return self.int_literal(node, "a loop bound")
         raise self.error(node, "loop bounds must be integer constants")
+
+    def int_literal(self, node: ast.AST, what: str) -> int:
+        """An integer literal that is a count (shape, bound, step): it must fit ``i64``."""
+        value = self.literal_value(node)
+        lo, hi = ir.int_range(INDEX)
+        if not lo <= value <= hi:
+            raise self.error(node, f"{what} must fit {INDEX} ({lo}..{hi}); {_literal_text(value)} does not")
+        return value
 
     def bind_var(self, n: ast.Name) -> None:
         if n.id in self.buffers:
@@ -399,14 +578,17 @@ class _FunctionParser:
         return e
 
     def literal_value(self, node: ast.AST):
-        if isinstance(node, ast.UnaryOp):
-            v = self.literal_value(node.operand)
-            if type(v) is bool:
-                raise self.error(node, "negating a boolean is written not x")
-            return -v
-        if isinstance(node, ast.Name):
-            return math.inf
-        return node.value
+        """The value of a literal (``_is_literal``): ``-`` signs, ``inf`` or a constant."""
+        signs, inner = 0, node
+        while isinstance(inner, ast.UnaryOp):
+            signs, inner = signs + 1, inner.operand
+        v = math.inf if isinstance(inner, ast.Name) else inner.value
+        if signs and type(v) is bool:
+            raise self.error(node, "negating a boolean is written not x")
+        if isinstance(inner, ast.Constant) and type(v) is float and math.isinf(v):
+            raise self.error(inner, "this float literal is too large for any float dtype; "
+                                    "infinity is written inf")
+        return -v if signs % 2 else v
 
     def literal(self, node: ast.AST, expected: Optional[str]) -> Const:
         value = self.literal_value(node)
@@ -419,13 +601,29 @@ class _FunctionParser:
                     dtype = "f64"
                 else:
                     raise self.error(node, f"the float literal {value!r} appears where {expected} is needed; write an integer or a cast")
+            self.check_float_fits(node, value, dtype)
             return self.at(node, Const(value, dtype))
         dtype = expected if expected in DTYPES else INDEX
         if ir.is_int(dtype):
             lo, hi = ir.int_range(dtype)
             if not lo <= value <= hi:
-                raise self.error(node, f"the literal {value} does not fit {dtype} ({lo}..{hi})")
+                raise self.error(node, f"{_literal_text(value)} does not fit {dtype} ({lo}..{hi})")
+        else:
+            try:
+                float(value)
+            except OverflowError:
+                raise self.error(node, f"{_literal_text(value)} does not fit {dtype}") from None
+            self.check_float_fits(node, float(value), dtype)
         return self.at(node, Const(value, dtype))
+
+    def check_float_fits(self, node: ast.AST, value: float, dtype: str) -> None:
+        """A finite literal must stay finite in its dtype: 1e39 is no f32 (it would be inf)."""
+        if math.isinf(value) or dtype == "f64":
+            return
+        with np.errstate(over="ignore"):
+            rounded = np.array(value, ir.numpy_dtype(dtype))
+        if np.isinf(rounded):
+            raise self.error(node, f"{_literal_text(value)} does not fit {dtype}")
 
     def pair(self, a: ast.AST, b: ast.AST, expected: Optional[str]) -> tuple[Expr, Expr]:
         """Operands of one binary operation: a literal takes the dtype of the other side."""
@@ -575,16 +773,26 @@ def _is_prim_func_decorator(node: ast.AST) -> bool:
 
 def _read_functions(text: str, file: str) -> Iterable[PrimFunc | ScriptError]:
     """Each function of a script, or the error that stops it; a syntax error stops the file."""
+    if text.startswith("\ufeff"):  # a byte-order mark read as text: Python skips it in files
+        text = text[1:]
     try:
         module = ast.parse(text, filename=file)
     except SyntaxError as e:
+        if "integer string conversion" in e.msg:  # Python names the line only, and a remedy of its own
+            line, col, digits = _long_number(text, e.lineno or 1)
+            raise ScriptError(file, line, col, f"a literal of {digits} digits does not fit any dtype") from None
         raise ScriptError(file, e.lineno or 1, e.offset or 1, f"Python syntax error: {e.msg}") from None
     except ValueError as e:  # e.g. a NUL byte
         raise ScriptError(file, 1, 1, f"unreadable script: {e}") from None
+    except (RecursionError, MemoryError):  # Python's parser ran out of stack, and says not where
+        line, col = _deep_expression(text)
+        raise ScriptError(file, line, col, f"this expression nests too deeply for Python's parser; "
+                                           f"the limit is {MAX_EXPR_DEPTH} levels: {_DEEP_HINT}") from None
+    src = _Source(text)
     seen: set[str] = set()
     for i, node in enumerate(module.body):
         try:
-            func = _read_top_level(file, i, node, seen)
+            func = _read_top_level(file, src, i, node, seen)
         except ScriptError as e:
             e.name = getattr(node, "name", None)
             yield e
@@ -594,7 +802,7 @@ def _read_functions(text: str, file: str) -> Iterable[PrimFunc | ScriptError]:
             yield func
 
 
-def _read_top_level(file: str, i: int, node: ast.stmt, seen: set[str]) -> Optional[PrimFunc]:
+def _read_top_level(file: str, src: _Source, i: int, node: ast.stmt, seen: set[str]) -> Optional[PrimFunc]:
     if isinstance(node, (ast.Import, ast.ImportFrom)):
         return None
     if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
@@ -604,14 +812,13 @@ def _read_top_level(file: str, i: int, node: ast.stmt, seen: set[str]) -> Option
         decorators = node.decorator_list
         if len(decorators) != 1 or not _is_prim_func_decorator(decorators[0]):
             at = decorators[0] if decorators else node
-            raise ScriptError(file, at.lineno, at.col_offset + 1,
+            raise ScriptError(file, *src.where(at),
                               f"function {node.name} must be decorated with @prim_func and nothing else")
         if node.name in seen:
-            raise ScriptError(file, node.lineno, node.col_offset + 1,
-                              f"function {node.name} is defined twice")
-        return _FunctionParser(file, node).parse()
+            raise ScriptError(file, *src.where(node), f"function {node.name} is defined twice")
+        return _FunctionParser(file, node, src).parse()
     what = "async functions" if isinstance(node, ast.AsyncFunctionDef) else "top-level code"
-    raise ScriptError(file, node.lineno, node.col_offset + 1,
+    raise ScriptError(file, *src.where(node),
                       f"{what} is not part of the script language: a file holds imports, "
                       "docstrings and @prim_func functions")
 
@@ -627,19 +834,34 @@ def parse_all(text: str, file: str = "<script>") -> dict[str, PrimFunc]:
 
 
 def _read_text(path: str) -> str:
+    """A script file's text, decoded as Python decodes a source file: UTF-8 unless a
+    byte-order mark or a coding declaration (PEP 263) says otherwise."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise ScriptError(path, 1, 1, f"cannot read the script: {reason}") from None
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ScriptError(path, 1, 1, f"cannot read the script: {e.strerror or e}") from None
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    except SyntaxError as e:  # an unknown encoding, or one that contradicts the mark
+        raise ScriptError(path, e.lineno or 1, 1, f"cannot read the script: {e.msg}") from None
+    try:
+        return data.decode(encoding)  # "utf-8-sig" when there is a mark: it drops it
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ScriptError(path, line, 1, f"cannot read the script: it is not valid {encoding}: "
+                                         f"{e.reason} (byte {e.start})") from None
+
+
+_NO_FUNCTION = "no @prim_func function in this file"
 
 
 def parse_file_lenient(path) -> tuple[dict[str, PrimFunc], list[ScriptError]]:
     """Every function of a script file that reads cleanly, and an error for each that does not.
 
     One bad function does not hide the others; an unreadable file or a Python syntax
-    error gives no functions and one error.
+    error gives no functions and one error, and so does a file with no function at all
+    (a script holds at least one: an empty one is most likely the wrong file).
     """
     path = str(path)
     funcs: dict[str, PrimFunc] = {}
@@ -652,6 +874,8 @@ def parse_file_lenient(path) -> tuple[dict[str, PrimFunc], list[ScriptError]]:
                 funcs[item.name] = item
     except ScriptError as e:
         errors.append(e)
+    if not funcs and not errors:
+        errors.append(ScriptError(path, 1, 1, _NO_FUNCTION))
     return funcs, errors
 
 
@@ -664,9 +888,12 @@ def parse(text: str, file: str = "<script>") -> PrimFunc:
 
 
 def parse_file(path) -> dict[str, PrimFunc]:
-    """Every ``@prim_func`` of a script file, by name."""
+    """Every ``@prim_func`` of a script file, by name; a file without one is an error."""
     path = str(path)
-    return parse_all(_read_text(path), path)
+    funcs = parse_all(_read_text(path), path)
+    if not funcs:
+        raise ScriptError(path, 1, 1, _NO_FUNCTION)
+    return funcs
 
 
 # ---------------------------------------------------------------------------
