@@ -116,8 +116,14 @@ def f(A: f32[1], B: f32[2]):
     for i in range(9223372036854775806, 9223372036854775808):
         B[i - 9223372036854775806] = A[0]
 """)
-    assert msg == ("t.py:4:5: the bounds of loop i, range(9223372036854775806, 9223372036854775808), "
-                   "must lie within the 64-bit range -9223372036854775808..9223372036854775807")
+    assert msg == ("t.py:4:41: a loop bound must fit i64 (-9223372036854775808..9223372036854775807); "
+                   "the literal 9223372036854775808 does not")
+    # a program built through the API, which no parser saw, meets the verifier's own check
+    f = parse("@prim_func\ndef f(A: f32[1], B: f32[2]):\n    for i in range(2):\n        B[i] = A[0]\n")
+    loop = f.body if isinstance(f.body, For) else f.body.stmts[0]
+    wide = For(loop.var, 2**63 - 2, 2**63, loop.body)
+    with pytest.raises(VerifyError, match="must lie within the 64-bit range"):
+        verify(PrimFunc(f.name, f.params, wide, f.allocs))
 
 
 def test_large_values_that_never_wrap_are_accepted_and_agree():
