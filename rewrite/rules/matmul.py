@@ -20,6 +20,7 @@ Every other index position must be a constant. ``C = C + A*B`` reaches here alre
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -168,6 +169,8 @@ def recognize(nest: AccNest) -> Optional[MatMul]:
         else Const(int(scale), nest.out.dtype)
     if const is not None and ir.is_int(nest.out.dtype) and float(int(scale)) != scale:
         return None
+    if not math.isfinite(scale):
+        return None  # 1e999 * A * B: regrouped, its infinite terms meet in other sums
     return MatMul(nest, tuple(batch), m, n, k, a, b, c, const)
 
 
