@@ -185,6 +185,8 @@ def plan_items(parts: Sequence, library: dict, budget: Budget, taken: set[str],
     job = Job(tuple(n.value for n in acc), tuple(Pattern.of(d) for d in library.values()), budget)
     matches, report = saturate(job, in_process=in_process) if acc and library else \
         ([], SaturationReport(0, 0, "nothing to match", 0.0))
+    # on floats, a match that holds only by factoring would move NaN/Inf (rules/algebra.py)
+    matches = [m for m in matches if _ieee_match(acc[m.nest], m, library)]
     extractor = Extractor(library, taken)
     counter = iter(range(len(acc)))
 
@@ -217,6 +219,20 @@ def plan_items(parts: Sequence, library: dict, budget: Budget, taken: set[str],
         return out
 
     return plan(parts)
+
+
+def _ieee_match(nest: AccNest, m, library: dict) -> bool:
+    """``m`` holds for ``nest`` without factor-mul, or ``nest`` has no float arithmetic."""
+    from .rules import algebra  # imports egglog, which the pipeline otherwise loads on use
+
+    if not any(ir.is_float(x.dtype) for x in ir.walk_expr(nest.value) if not isinstance(x, ir.Var)):
+        return True
+    desc = library[m.intrinsic]
+    loads = dict(zip((o.name for o in desc.inputs), m.loads))
+    value = ir.map_loads(semantics_value(desc), lambda x: loads[x.buffer.name])
+    if m.scale != 1.0:
+        value = ir.Binary("*", ir.Const(m.scale, nest.value.dtype), value)
+    return algebra.ieee_equal(nest.value, value)
 
 
 def _fast_path(body: Stmt, guards: Sequence) -> Stmt:
