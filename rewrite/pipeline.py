@@ -8,7 +8,8 @@
     Extractor.best(nest, matches)          # bindings, remainders, scale, packing: a plan
                                            #   e-graph from which egglog extracts the cheapest
     _inline_alternatives(...)              # producers inlined where cheaper (rules/fusion.py)
-    _strassen_alternatives(...)            # Strassen, matmul chains (rules/strassen.py)
+    _strassen_alternatives(...)            # Strassen, matmul chains (rules/strassen.py), on
+                                           #   floats behind a finite-operand guard (finite.py)
     verify(result)                         # the output is a well-formed program too
 """
 
