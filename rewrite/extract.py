@@ -263,8 +263,12 @@ class _Builder:
 
     def _scaled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int,
                 pack: bool) -> None:
-        """``out += s * body`` as ``T = 0; T += body; out += s * T``."""
-        if not ir.is_float(nest.out.dtype):
+        """``out += s * body`` as ``T = 0; T += body; out += s * T``.
+
+        Not for an infinite ``s`` (a literal such as ``1e999``): ``sum(inf * a * b)`` is NaN
+        as soon as two terms differ in sign, ``inf * sum(a * b)`` is not. A finite ``s``
+        keeps the NaN/Inf pattern (a sum of terms is non-finite iff one term is)."""
+        if not ir.is_float(nest.out.dtype) or not math.isfinite(b.scale):
             return
         key = (nest, b.scale)
         if key not in self.ex._temps:

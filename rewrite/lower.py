@@ -14,7 +14,9 @@ runtime shares out between threads::
         X[0] = X[0] * 2.0
 
 Only top-level loops become parallel parts: a parallel loop nested in a carried
-one would need a fork and join per outer iteration, which is left serial.
+one would need a fork and join per outer iteration, which is left serial. The loops of a
+top-level ``if`` whose condition its branches leave alone (a finite-operand guard,
+``rules/finite.py``) count as top-level: the condition moves inside them (``_split_guards``).
 The IR has no intrinsic call node yet; when it has, their expansion belongs here.
 """
 
@@ -27,7 +29,7 @@ from typing import Optional
 from . import analysis
 from .ir import (EXPR_TYPES, INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load,
                  PrimFunc, Seq, Stmt, Store, Unary, Var, Window, children, loads_of, seq, stmts_of, walk_expr,
-                 walk_stmts)
+                 walk_stmts, written_by)
 
 # Below this many arithmetic operations a loop runs on the calling thread: waking the
 # workers and joining them costs a few microseconds, which such a loop does not repay.
@@ -58,7 +60,7 @@ class Plan:
 def lower(func: PrimFunc) -> Plan:
     """Choose loop orders (``schedule``), then split the body into serial and parallel parts
     (see the module docstring)."""
-    func = schedule(func)
+    func = _split_guards(schedule(func))
     meaning = expand_calls(func)  # what the dependence analysis reads
     parts: list[Part] = []
     pending: list[Stmt] = []  # consecutive serial statements become one part
@@ -73,6 +75,42 @@ def lower(func: PrimFunc) -> Plan:
     if pending:
         parts.append(Part(seq(*pending), False))
     return Plan(func, func.params + func.allocs, tuple(parts))
+
+
+def _split_guards(func: PrimFunc) -> PrimFunc:
+    """Each top-level ``if`` whose branches leave its condition unchanged (the guard of
+    ``rules/finite.py``) becomes one guarded statement per statement of its branches, the
+    condition moved inside a leading loop, so that a loop of either branch is still a
+    top-level loop that may run in parallel::
+
+        if F[0] == 0.0:                         for i in range(512):
+            for i in range(512):                    if F[0] == 0.0:
+                S[i] = A[i] + B[i]      ->              S[i] = A[i] + B[i]
+        else:                                   for i in range(512):
+            for i in range(512):                    if not F[0] == 0.0:
+                C[i] += A[i]                            C[i] += A[i]
+
+    Exact: the condition reads only buffers neither branch writes and no loop variable, so
+    it has one value throughout."""
+    out: list[Stmt] = []
+    changed = False
+    for s in stmts_of(func.body):
+        reads = {x.buffer.name for x in loads_of(s.cond)} if isinstance(s, If) else set()
+        if not isinstance(s, If) or any(isinstance(x, Var) for x in walk_expr(s.cond)) or \
+                reads & written_by(s.then) or (s.orelse is not None and reads & written_by(s.orelse)):
+            out.append(s)
+            continue
+        changed = True
+        out += [_when(s.cond, t) for t in stmts_of(s.then)]
+        if s.orelse is not None:
+            out += [_when(Unary("not", s.cond), t) for t in stmts_of(s.orelse)]
+    return replace(func, body=seq(*out)) if changed else func
+
+
+def _when(cond: Expr, s: Stmt) -> Stmt:
+    if isinstance(s, For):
+        return For(s.var, s.start, s.stop, If(cond, s.body))
+    return If(cond, s)
 
 
 def _worth_threads(func: PrimFunc, position: int, s: Stmt) -> bool:
@@ -107,7 +145,12 @@ def schedule(func: PrimFunc) -> PrimFunc:
     changed = False
     meaning = expand_calls(func)  # what the dependence analysis reads
     for k, s in enumerate(stmts_of(func.body)):
-        nests = _reorder(meaning, k, s)
+        if isinstance(s, If):  # its branches run as they are, so each gets its own loop orders
+            then = schedule(replace(func, body=s.then)).body
+            orelse = None if s.orelse is None else schedule(replace(func, body=s.orelse)).body
+            nests = [If(s.cond, then, orelse)]
+        else:
+            nests = _reorder(meaning, k, s)
         changed = changed or nests != [s]
         out.extend(nests)
     return replace(func, body=seq(*out)) if changed else func

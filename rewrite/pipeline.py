@@ -8,7 +8,8 @@
     Extractor.best(nest, matches)          # bindings, remainders, scale, packing: a plan
                                            #   e-graph from which egglog extracts the cheapest
     _inline_alternatives(...)              # producers inlined where cheaper (rules/fusion.py)
-    _strassen_alternatives(...)            # Strassen, matmul chains (rules/strassen.py)
+    _strassen_alternatives(...)            # Strassen, matmul chains (rules/strassen.py), on
+                                           #   floats behind a finite-operand guard (finite.py)
     verify(result)                         # the output is a well-formed program too
 """
 
@@ -25,6 +26,7 @@ from .lower import op_count
 from .match import Pattern, bindings, semantics_value
 from .nests import AccNest
 from .rules import loops
+from .rules.finite import Guarded
 from .saturate import Budget, Job, SaturationReport, saturate
 from .script import show, show_expr
 from .verify import verify
@@ -159,35 +161,88 @@ class Planned:
     explanations: list[Explanation]
     report: SaturationReport
     cost: float
+    guards: list = field(default_factory=list)  # the ``If``s of ``finite.Guarded`` items
+
+
+def _nests_in(parts: Sequence) -> list[AccNest]:
+    """The accumulate nests among ``parts``, those of guarded items' branches included, in
+    the order ``plan_items`` meets them."""
+    out = []
+    for p in parts:
+        if isinstance(p, Guarded):
+            out += _nests_in(p.fast) + _nests_in(p.slow)
+        elif isinstance(p, AccNest):
+            out.append(p)
+    return out
 
 
 def plan_items(parts: Sequence, library: dict, budget: Budget, taken: set[str],
                in_process: bool = False) -> Planned:
     """Saturate the bodies of the accumulate nests among ``parts``, then take the cheapest
-    program for each; other statements stay as they are."""
-    acc = [p for p in parts if isinstance(p, AccNest)]
+    program for each; other statements stay as they are. A guarded item (``rules/finite.py``)
+    becomes its scan and an ``if`` over its two branches, each planned the same way; it costs
+    the scan and the fast branch (the other one runs only on non-finite operands)."""
+    acc = _nests_in(parts)
     job = Job(tuple(n.value for n in acc), tuple(Pattern.of(d) for d in library.values()), budget)
     matches, report = saturate(job, in_process=in_process) if acc and library else \
         ([], SaturationReport(0, 0, "nothing to match", 0.0))
+    # on floats, a match that holds only by factoring would move NaN/Inf (rules/algebra.py)
+    matches = [m for m in matches if _ieee_match(acc[m.nest], m, library)]
     extractor = Extractor(library, taken)
-    out = Planned([], [], [], report, 0.0)
-    k = 0
-    for p in parts:
-        if not isinstance(p, AccNest):
-            out.stmts.append(p)
-            out.cost += cost.scalar_stmt(p)
-            if op_count(p) > 0:
-                out.explanations.append(_explain_other(p, library))
-            continue
-        mine = [m for m in matches if m.nest == k]
-        plan = extractor.best(p, mine)
-        out.stmts += plan.stmts
-        out.allocs += plan.allocs
-        out.cost += plan.cost
-        if not any(isinstance(s, Call) for st in plan.stmts for s in ir.walk_stmts(st)):
-            out.explanations.append(_explain_nest(p, mine, library))
-        k += 1
-    return out
+    counter = iter(range(len(acc)))
+
+    def plan(items: Sequence) -> Planned:
+        out = Planned([], [], [], report, 0.0)
+        for p in items:
+            if isinstance(p, Guarded):
+                fast, slow = plan(p.fast), plan(p.slow)
+                branch = ir.If(p.cond, ir.seq(*fast.stmts), ir.seq(*slow.stmts))
+                out.stmts += list(p.scan) + [branch]
+                out.allocs += fast.allocs + slow.allocs
+                out.cost += sum(cost.scalar_stmt(s) for s in p.scan) + fast.cost
+                out.explanations += fast.explanations
+                out.guards += fast.guards + slow.guards + [branch]
+                continue
+            if not isinstance(p, AccNest):
+                out.stmts.append(p)
+                out.cost += cost.scalar_stmt(p)
+                if op_count(p) > 0:
+                    out.explanations.append(_explain_other(p, library))
+                continue
+            k = next(counter)
+            mine = [m for m in matches if m.nest == k]
+            plan_ = extractor.best(p, mine)
+            out.stmts += plan_.stmts
+            out.allocs += plan_.allocs
+            out.cost += plan_.cost
+            if not any(isinstance(s, Call) for st in plan_.stmts for s in ir.walk_stmts(st)):
+                out.explanations.append(_explain_nest(p, mine, library))
+        return out
+
+    return plan(parts)
+
+
+def _ieee_match(nest: AccNest, m, library: dict) -> bool:
+    """``m`` holds for ``nest`` without factor-mul, or ``nest`` has no float arithmetic."""
+    from .rules import algebra  # imports egglog, which the pipeline otherwise loads on use
+
+    if not any(ir.is_float(x.dtype) for x in ir.walk_expr(nest.value) if not isinstance(x, ir.Var)):
+        return True
+    desc = library[m.intrinsic]
+    loads = dict(zip((o.name for o in desc.inputs), m.loads))
+    value = ir.map_loads(semantics_value(desc), lambda x: loads[x.buffer.name])
+    if m.scale != 1.0:
+        value = ir.Binary("*", ir.Const(m.scale, nest.value.dtype), value)
+    return algebra.ieee_equal(nest.value, value)
+
+
+def _fast_path(body: Stmt, guards: Sequence) -> Stmt:
+    """``body`` with each guard's ``if`` replaced by its first branch: what runs on finite
+    operands, which coverage describes."""
+    if not guards:
+        return body
+    return ir.seq(*(s.then if isinstance(s, ir.If) and s in guards else s
+                    for s in ir.stmts_of(body)))
 
 
 def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,
@@ -226,10 +281,12 @@ def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,
     kept = tuple(b for b in normal.allocs if b.name in used)
     result = replace(normal, body=body, allocs=kept + tuple(chosen.allocs))
     verify(result)
+    # sites and coverage describe what runs on finite inputs (a guard's first branch)
+    taken_path = _fast_path(result.body, chosen.guards)
     sites: list[Site] = []
-    _sites(result.body, (), sites)
+    _sites(taken_path, (), sites)
     t3 = time.perf_counter()
-    out = TensorizeResult(func, result, sites, op_count(result.body), _intrinsic_ops(result.body),
+    out = TensorizeResult(func, result, sites, op_count(taken_path), _intrinsic_ops(taken_path),
                           chosen.report, chosen.explanations,
                           {"normalize": t1 - t0, "saturate+extract": t2 - t1, "verify": t3 - t2,
                            "tensorize": t3 - t0})

@@ -554,34 +554,61 @@ def tolerance(func: PrimFunc, dtype: str, reference: np.ndarray) -> float:
 
 
 def check(func: PrimFunc, kernel: Optional[Kernel] = None, seed: int = 0) -> CheckResult:
-    """Run ``func`` compiled and interpreted on ``random_args(func, seed)`` and compare every
-    output: integers exactly, floats within ``tolerance`` (NaN where NaN, equal infinities)."""
+    """Run ``func`` compiled and interpreted on random inputs and compare every output:
+    integers exactly, floats within ``tolerance`` with NaN where NaN and equal infinities.
+
+    Rounds: ``random_args(func, seed)`` (finite values); then, when ``func`` has float
+    parameters, the same with a few NaN, +-Inf, +-0 and subnormals sprinkled in
+    (``special=True``), and with half the elements such values (``density``: pairs like
+    ``Inf * 0`` at one index); their NaN/Inf pattern must match exactly (SPEC, Numerics)."""
+    kernel = kernel if kernel is not None else compile(func)
+    worst, problems = _check_round(func, kernel, seed, False, None)
+    if any(is_float(b.dtype) for b in func.params):
+        for density, what in ((None, "a few"), (SPECIAL_DENSITY, "many")):
+            error, more = _check_round(func, kernel, seed, True, density)
+            worst = max(worst, error)
+            problems += [f"{p} (inputs with {what} NaN/Inf)" for p in more]
+    return CheckResult(not problems, worst, "; ".join(problems))
+
+
+# The share of special values in the last round of ``check``.
+SPECIAL_DENSITY = 0.5
+
+
+def _check_round(func: PrimFunc, kernel: Kernel, seed: int, special: bool,
+                 density: Optional[float]) -> tuple[float, list[str]]:
     from .interp import random_args, run
 
-    kernel = kernel if kernel is not None else compile(func)
-    args = random_args(func, seed=seed)
+    args = random_args(func, seed=seed, special=special, density=density)
     expected = run(lowering.expand_calls(func), **args)  # an intrinsic call means its semantics
     got = {name: np.array(a, copy=True) for name, a in args.items()}
     kernel(**{b.name: got[b.name] for b in func.params})
     worst, problems = 0.0, []
     for buf in func.outputs:
-        error, ok = _compare(func, buf, np.asarray(expected[buf.name]), got[buf.name])
+        error, problem = _compare(func, buf, np.asarray(expected[buf.name]), got[buf.name])
         worst = max(worst, error)
-        if not ok:
-            problems.append(f"{buf.name}: max abs error {error:g}")
-    return CheckResult(not problems, worst, "; ".join(problems))
+        if problem:
+            problems.append(f"{buf.name}: {problem}")
+    return worst, problems
 
 
-def _compare(func: PrimFunc, buf: Buffer, want: np.ndarray, got: np.ndarray) -> tuple[float, bool]:
+def _compare(func: PrimFunc, buf: Buffer, want: np.ndarray, got: np.ndarray) -> tuple[float, str]:
+    """The largest difference over the elements finite on both sides, and what is wrong
+    ("" when nothing): integers must be equal, floats NaN where NaN, the same infinities
+    (sign included) and within ``tolerance`` elsewhere."""
     if not is_float(buf.dtype):
         diff = np.abs(want.astype(np.int64) - got.astype(np.int64)) if want.size else np.zeros(1)
         error = float(diff.max())
-        return error, error == 0
+        return error, "" if error == 0 else f"max abs error {error:g}"
     w, g = want.astype(np.float64), got.astype(np.float64)
-    same_special = np.array_equal(np.isnan(w), np.isnan(g)) and \
-        np.array_equal(np.where(np.isinf(w), w, 0), np.where(np.isinf(g), g, 0))
     finite = np.isfinite(w) & np.isfinite(g)
     error = float(np.max(np.abs(w[finite] - g[finite]))) if finite.any() else 0.0
-    if not same_special:
-        return float("inf"), False
-    return error, error <= tolerance(func, buf.dtype, want)
+    nan = np.isnan(w) != np.isnan(g)
+    inf = np.where(np.isinf(w), w, 0) != np.where(np.isinf(g), g, 0)
+    if nan.any() or inf.any():
+        at = tuple(int(x) for x in np.argwhere(nan | inf)[0])
+        return error, (f"NaN/Inf pattern differs at {int(np.count_nonzero(nan | inf))} elements, "
+                       f"first {list(at)}: {w[at]} expected, {g[at]} computed")
+    if error > tolerance(func, buf.dtype, want):
+        return error, f"max abs error {error:g}"
+    return error, ""

@@ -5,6 +5,14 @@ On floats, commutativity of ``+`` and ``*`` is exact in IEEE arithmetic; associa
 and distributivity change rounding only, the same licence a reordered reduction takes,
 and ``--check`` compares with tolerances scaled by the reduction length for that reason.
 
+NaN and Inf: every rule but factor-mul keeps them where they are (a reordered sum or
+product of values is NaN, or an infinity of one sign, whatever the order, unless a finite
+intermediate overflows or underflows, which is rounding). factor-mul does not:
+``Inf*0 + Inf*1`` is NaN, ``Inf*(0 + 1)`` is Inf. So a match on a float body is kept only
+when it holds without factoring (``ieee_equal``), which no built-in intrinsic needs (their
+bodies are products); factoring serves integer bodies and user intrinsics whose meaning is
+written factored, on integers.
+
     2.0 * A[i, k] * B[k, j]   ==   2.0 * (A[i, k] * B[k, j])   ==   B[k, j] * A[i, k] * 2.0
 """
 
@@ -12,6 +20,7 @@ from __future__ import annotations
 
 from egglog import rewrite, ruleset
 
+from .. import ir
 from ..egraph import Term
 
 algebra = ruleset(name="algebra")
@@ -31,3 +40,35 @@ def _algebra(a: Term, b: Term, c: Term):
     yield rewrite(a * b + a * c).to(a * (b + c))
     # sub-as-add-neg: a - b = a + (-b), exact in IEEE and in wrap-around integers
     yield rewrite(a - b).to(a + (-b))
+
+
+def _canonical(e: ir.Expr):
+    """``e`` up to comm-*, assoc-* and sub-as-add-neg: sums and products flattened into
+    sorted operand lists (the AC normal form, which decides equality under those rules)."""
+    if isinstance(e, ir.Binary) and e.op == "-":
+        return _canonical(ir.Binary("+", e.a, ir.Unary("neg", e.b)))
+    if isinstance(e, ir.Binary) and e.op in ("+", "*"):
+        terms = []
+        for x in (e.a, e.b):
+            c = _canonical(x)
+            terms += c[1] if c[0] == e.op else [c]
+        return (e.op, sorted(terms, key=repr))
+    if isinstance(e, ir.Binary) and e.op in ("/", "max", "min"):  # terms, as egraph.py encodes
+        return (e.op, [_canonical(e.a), _canonical(e.b)])
+    if isinstance(e, ir.Unary) and e.op == "neg":
+        return ("neg", [_canonical(e.a)])
+    if isinstance(e, ir.Cast):
+        return ("cast " + e.dtype, [_canonical(e.a)])
+    if isinstance(e, ir.Const):
+        return ("const", [repr(e.value)])
+    return ("leaf", [repr(e)])  # a load, or a part the rules do not look into (as egraph.py)
+
+
+def ieee_equal(a: ir.Expr, b: ir.Expr) -> bool:
+    """``a`` equals ``b`` by the rules above other than factor-mul, the ones that keep NaN
+    and Inf in place::
+
+        ieee_equal(A * B + C, C + B * A)          -> True
+        ieee_equal(A * B + A * C, A * (B + C))    -> False  (factor-mul)
+    """
+    return _canonical(a) == _canonical(b)

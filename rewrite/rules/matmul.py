@@ -20,6 +20,7 @@ Every other index position must be a constant. ``C = C + A*B`` reaches here alre
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -27,6 +28,7 @@ from .. import ir
 from ..analysis import affine
 from ..ir import Binary, Const, Expr, Load, Unary, Var
 from ..nests import AccNest, Dim
+from . import finite
 
 # An index position: (dim name or None, constant offset).
 Slot = tuple[Optional[str], int]
@@ -167,6 +169,8 @@ def recognize(nest: AccNest) -> Optional[MatMul]:
         else Const(int(scale), nest.out.dtype)
     if const is not None and ir.is_int(nest.out.dtype) and float(int(scale)) != scale:
         return None
+    if not math.isfinite(scale):
+        return None  # 1e999 * A * B: regrouped, its infinite terms meet in other sums
     return MatMul(nest, tuple(batch), m, n, k, a, b, c, const)
 
 
@@ -249,7 +253,9 @@ def _chain(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternative]
 
     Sound when T is a temporary, zero-filled then written only by the first product and read
     only by the second, and no operand is written anywhere: then D's increments are the same
-    sums, regrouped (exact over integers, a reassociation on floats)."""
+    sums, regrouped (exact over integers, a reassociation on finite floats). A NaN or Inf
+    regrouped reaches other elements (``[Inf] @ [1, 0] @ [1, 1]^T`` is NaN, ``[Inf] @ [1]``
+    Inf), so on floats the regrouped nests run behind ``finite.guard``."""
     out = []
     temps = {b.name for b in func.allocs}
     mms = {q: recognize(p) for q, p in enumerate(parts) if isinstance(p, AccNest)}
@@ -304,7 +310,14 @@ def _chain(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternative]
                                                          ir.Store(u.buffer, u.indices(), Const(0, t.dtype))))
         rest = [p for q, p in enumerate(parts) if q not in (inits[0], q1, q2)]
         at = sum(1 for q in range(q2) if q not in (inits[0], q1))
-        out.append(Alternative(rest[:at] + [zero, make_u, new] + rest[at:], [u.buffer], note))
+        # regrouped, a NaN or Inf reaches other elements: only on finite operands (finite.py);
+        # the three nests as written may move to q2 as well (T is theirs, A, B, C read only)
+        other = second.b if second.a.buffer.name == t.name else second.a
+        allocs = [u.buffer]
+        block = finite.guard([(first.nest, first.a.load()), (first.nest, first.b.load()),
+                              (second.nest, other.load())], [zero, make_u, new],
+                             [parts[inits[0]], parts[q1], parts[q2]], taken, allocs)
+        out.append(Alternative(rest[:at] + block + rest[at:], allocs, note))
     return out
 
 
@@ -313,8 +326,13 @@ def _distribute(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alterna
     operand: ``(A1 + A2) @ B``), for two adjacent nests.
 
     Sound because ``sum_k a*b1 + sum_k a*b2 = sum_k a*(b1 + b2)`` elementwise (exact over
-    integers, a re-rounding on floats); the nests are adjacent, so nothing in between
-    observes C, and the operands are read only."""
+    integers, a re-rounding on finite floats); the nests are adjacent, so nothing in between
+    observes C, and the operands are read only. Not for NaN and Inf (``Inf*0 + Inf*1`` is NaN,
+    ``Inf*(0 + 1)`` Inf): on floats the factored nests run behind ``finite.guard`` on the
+    shared operand. That one suffices: a sum's class (finite, +Inf, -Inf, NaN) follows from
+    its terms' classes, and for a finite ``a``, ``a*(b1 + b2)`` has the class of the pair
+    ``a*b1, a*b2`` (``a = 0``: NaN iff ``b1`` or ``b2`` is not finite; otherwise that of
+    ``b1 + b2``, its sign flipped with ``a``'s)."""
     out = []
     for q in range(len(parts) - 1):
         p1, p2 = parts[q], parts[q + 1]
@@ -346,7 +364,12 @@ def _distribute(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alterna
             note = "A1 @ B + A2 @ B -> (A1 + A2) @ B"
         else:
             continue
-        out.append(Alternative(list(parts[:q]) + [fill, new] + list(parts[q + 2:]), [s.buffer], note))
+        # a*b1 + a*b2 is NaN where a*(b1 + b2) is Inf (a = Inf, b1 = 0, b2 = 1): only where
+        # the shared operand is finite (finite.py); for a finite ``a`` the two agree on NaN/Inf
+        allocs = [s.buffer]
+        block = finite.guard([(p1, (x.a if shared == x.a.renamed(rx) else x.b).load())],
+                             [fill, new], [p1, p2], taken, allocs)
+        out.append(Alternative(list(parts[:q]) + block + list(parts[q + 2:]), allocs, note))
     return out
 
 

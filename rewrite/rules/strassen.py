@@ -21,6 +21,11 @@ is not copied: the product reads it in place, at an offset. Odd extents are peel
 runs on the even part and the leftover row, column and slice of the reduction stay ordinary
 accumulate nests.
 
+Non-finite values: the block sums spread a NaN or an Inf of ``A`` or ``B`` over blocks of ``C``
+the product as written leaves finite (one NaN in ``A[0, 0]`` makes two block rows of NaNs),
+so on floats the levels run behind a scan of ``A`` and ``B`` (``finite.guard``) and the product
+as written runs when one of their elements is NaN or Inf.
+
 ``alternatives(func, parts, mode, taken)`` is the pipeline's hook; it also offers the matmul
 algebra rewrites of ``matmul.alternatives`` (as programs with 0 levels) under ``"auto"``.
 """
@@ -33,7 +38,7 @@ from typing import Optional, Sequence, Union
 from .. import ir
 from ..ir import Accumulate, Binary, Buffer, Const, Expr, For, Load, Store
 from ..nests import AccNest, Dim
-from . import matmul
+from . import finite, matmul
 from .matmul import Access, MatMul, recognize
 
 # Under "auto", a level is only offered (and planned, which takes saturation time) when every
@@ -255,7 +260,14 @@ def rewrite(parts: Sequence, levels: int, taken: set[str], min_block: int,
             out.parts.append(p)
             continue
         applied = True
-        strassen(mm, levels, taken, min_block, out)
+        one = _Out()
+        strassen(mm, levels, taken, min_block, one)
+        out.allocs += one.allocs
+        out.addition_elements += one.addition_elements
+        out.depth = max(out.depth, one.depth)
+        # Strassen's sums spread a NaN or Inf over other blocks: only on finite operands
+        out.parts += finite.guard([(p, mm.a.load()), (p, mm.b.load())], one.parts, [p], taken,
+                                  out.allocs)
     if not applied:
         return None
     return Alternative(levels, out.parts, out.allocs, ADDITION_TRAFFIC * out.addition_elements,

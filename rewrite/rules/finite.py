@@ -1,0 +1,116 @@
+"""A guard that keeps the NaN/Inf pattern of the program as written under rewrites that
+would change it: the rewritten program runs only when its operands are all finite.
+
+Strassen's products and the matmul algebra (reassociated chains, factored sums of products)
+are identities of any ring, so they hold for finite floats up to rounding. They do not hold
+for NaN and Inf: ``Inf * 0 + Inf * 1`` is NaN, ``Inf * (0 + 1)`` is Inf. With one NaN in
+``A[0, 0]``, a Strassen level spreads it over ``S1 = A11 + A22``, ``S5`` and ``S6``, and so
+over two block rows of ``C`` where the product has one row of NaNs. SPEC (Numerics) promises
+the pattern of the program as written, so such a rewrite is emitted behind a scan of the
+operands it regroups, the classical program in the other branch::
+
+    for c in range(128):                      # before:  for i, j in grid(128, 128):
+        fin[c] = 0.0                          #              C[i, j] = 0.0
+    for i, k in grid(128, 128):               #          for i, j, k in grid(128, 128, 128):
+        fin[k] += A[i, k] * 0.0               #              C[i, j] += A[i, k] * B[k, j]
+    for k, j in grid(128, 128):
+        fin[j] += B[k, j] * 0.0               # x * 0.0 is 0 for every finite x, NaN for
+    for c in range(1, 128):                   # NaN and +-Inf; a sum of those is 0 exactly
+        fin[0] += fin[c]                      # when every x is finite
+    if fin[0] == 0.0:
+        <Strassen's blocks>
+    else:
+        <the product as written>
+
+The scan is one pass over the operands, vectorised along their rows (``fin[k]`` are
+independent accumulators), against the O(n^3) product it guards; it runs where the rewritten
+nests run, so it sees operands computed earlier in the program (temporaries) as they are
+then. Integer programs need no guard: there the rewrites are exact. ``lower.py`` runs each
+statement of either branch as its own part (a parallel loop stays parallel).
+
+What the guard does not cover is rounding: a finite intermediate that overflows to Inf (or
+underflows to 0 before a product with Inf) may do so in one grouping and not in the other,
+the same licence as reassociating a sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .. import ir
+from ..ir import Accumulate, Binary, Buffer, Compare, Const, Expr, For, Load, Stmt, Store, Var
+from ..nests import AccNest
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """A pipeline item: ``scan``, then ``fast`` where ``cond`` holds, else ``slow``.
+
+    ``fast`` and ``slow`` are lists of items themselves (accumulate nests and statements),
+    planned by the pipeline like any other; the scan is plain statements."""
+
+    scan: tuple[Stmt, ...]
+    cond: Expr
+    fast: tuple
+    slow: tuple
+
+    def stmt(self) -> Stmt:
+        """The item as statements, its nests unplanned (as ``AccNest.stmt`` gives them)."""
+        def body(items) -> Stmt:
+            return ir.seq(*(p.stmt() if isinstance(p, (AccNest, Guarded)) else p for p in items))
+
+        return ir.seq(*self.scan, ir.If(self.cond, body(self.fast), body(self.slow)))
+
+
+def _fresh(taken: set[str], base: str) -> str:
+    k = 0
+    while f"{base}_{k}" in taken:
+        k += 1
+    taken.add(f"{base}_{k}")
+    return f"{base}_{k}"
+
+
+def _dims_of(nest: AccNest, load: Load):
+    used = {x.name for i in load.indices for x in ir.walk_expr(i) if isinstance(x, Var)}
+    return tuple(d for d in nest.dims if d.name in used)
+
+
+def _column(nest: AccNest, load: Load):
+    """The dim in the last index of ``load`` that holds one (its row, for unit stride)."""
+    for idx in reversed(load.indices):
+        names = [x.name for x in ir.walk_expr(idx) if isinstance(x, Var)]
+        for d in nest.dims:
+            if d.name in names:
+                return d
+    return None
+
+
+def guard(operands: Sequence[tuple[AccNest, Load]], fast: Sequence, slow: Sequence,
+          taken: set[str], allocs: list) -> list:
+    """The items running ``fast`` when every element each ``(nest, load)`` reads over the
+    nest's dims is finite, else ``slow``: ``fast`` itself when no operand is a float. The
+    flag's temporary is appended to ``allocs``."""
+    floats = [(n, ld) for n, ld in operands if ir.is_float(ld.dtype)]
+    if not floats:
+        return list(fast)
+    dt = floats[0][1].dtype
+    zero = Const(0.0, dt)
+    cols = [_column(n, ld) for n, ld in floats]
+    width = max([1] + [c.extent for c in cols if c is not None])
+    flag = Buffer(_fresh(taken, "st_fin"), dt, (width,))
+    allocs.append(flag)
+    c = _fresh(taken, "fin_c")
+    scan: list[Stmt] = [For(c, 0, width, Store(flag, (Var(c),), zero))]
+    for (nest, load), col in zip(floats, cols):
+        at = Const(0, ir.INDEX) if col is None else \
+            Var(col.name) if col.start == 0 else Binary("-", Var(col.name), Const(col.start, ir.INDEX))
+        x = load if load.dtype == dt else ir.Cast(dt, load)
+        s: Stmt = Accumulate(flag, (at,), Binary("*", x, zero))
+        for d in reversed(_dims_of(nest, load)):
+            s = For(d.name, d.start, d.stop, s)
+        scan.append(s)
+    if width > 1:
+        scan.append(For(c, 1, width, Accumulate(flag, (Const(0, ir.INDEX),), Load(flag, (Var(c),)))))
+    cond = Compare("==", Load(flag, (Const(0, ir.INDEX),)), zero)
+    return [Guarded(tuple(scan), cond, tuple(fast), tuple(slow))]
