@@ -203,12 +203,13 @@ def gemv_f32_4x8(c: f32[4], a: f32[4, 8], b: f32[8]):
 # u8 x i8 -> i32 dot products (the meaning of VNNI vpdpbusd)
 
 
-def _b_block(b: ir.IRBuilder, ref) -> ir.Value:
-    """The dot's b[16, 4] as one <64 x i8>, rows after each other: one load when rows are
-    packed (the ``contiguous`` layout of ``b``), 16 row loads otherwise."""
+def _b_block(b: ir.IRBuilder, ref, first: int = 0) -> ir.Value:
+    """Rows ``first`` to ``first + 15`` of an int8 b[rows, 4] as one <64 x i8>, rows after
+    each other: one load when rows are packed (the ``contiguous`` layout of ``b``), 16 row
+    loads otherwise."""
     if ref.strides == (4, 1):
-        return load_row(b, ref, (0, 0), 1, 64)  # unit inner stride: one 64-byte load
-    return concat(b, [load_row(b, ref, (i, 0), 1, 4) for i in range(16)])
+        return load_row(b, ref, (first, 0), 1, 64)  # unit inner stride: one 64-byte load
+    return concat(b, [load_row(b, ref, (first + i, 0), 1, 4) for i in range(16)])
 
 
 class DotU8I8I32_16x4(Emitter):
@@ -284,6 +285,50 @@ class VnniDotU8I8I32_16x4(Emitter):
 
     def store_acc(self, b, ops, acc):
         store_row(b, ops["c"], (0,), 0, b.add(acc[0], acc[1]))
+
+
+class VnniMmU8I8I32_8x32x4(Emitter):
+    """c (8x32) += a (8x4) @ b (32x4)^T in u8 x i8 -> i32, the register-blocked int8 tile:
+    16 zmm accumulators (8 rows, two halves of 16 columns). ``step`` loads b's 128-byte block
+    once (two zmm), broadcasts each row's four bytes of a as one i32, and runs 16 independent
+    ``vpdpbusd``: each b byte loaded feeds 8 rows, where the 16x4 dot reloads it per row.
+    Exact, as the dot (wrapping i32 sums of products that fit in i16)."""
+
+    rows, halves = 8, 2
+    operands = ("c", "a", "b")
+    shapes = {"c": (8, 32), "a": (8, 4), "b": (32, 4)}
+    dtypes = {"c": "i32", "a": "u8", "b": "i8"}
+    I32X16 = ir.VectorType(ir.IntType(32), 16)
+
+    def load_acc(self, b, ops):
+        return [[load_row(b, ops["c"], (i, 16 * h), 1, 16) for h in range(self.halves)]
+                for i in range(self.rows)]
+
+    def step(self, b, ops, acc):
+        dpbusd = declare(b.module, "llvm.x86.avx512.vpdpbusd.512", self.I32X16,
+                         [self.I32X16, self.I32X16, self.I32X16])
+        ref = ops["b"]
+        halves = [b.bitcast(_b_block(b, ref, 16 * h), self.I32X16) for h in range(self.halves)]
+        out = []
+        for i in range(self.rows):
+            a_i = splat(b, b.bitcast(load_row(b, ops["a"], (i, 0), 1, 4), ir.IntType(32)), 16)
+            out.append([b.call(dpbusd, [acc[i][h], a_i, halves[h]]) for h in range(self.halves)])
+        return out
+
+    def store_acc(self, b, ops, acc):
+        for i in range(self.rows):
+            for h in range(self.halves):
+                store_row(b, ops["c"], (i, 16 * h), 1, acc[i][h])
+
+
+# 1024 multiply-adds in 16 vpdpbusd, 2 block loads and 8 broadcasts, where 16 dots need 16
+# vpdpbusd and 32 loads
+@intrinsic("x86.avx512vnni.mm.u8i8i32.8x32x4", isa=("avx512f", "avx512vnni"), cost=10.0,
+           emitter=VnniMmU8I8I32_8x32x4(),
+           layout={"c": Layout((1,), 4), "a": Layout((1,), 1), "b": Layout((1,), 1, contiguous=True)})
+def avx512vnni_mm_u8i8i32_8x32x4(c: i32[8, 32], a: u8[8, 4], b: i8[32, 4]):
+    for i, j, k in grid(8, 32, 4):
+        c[i, j] += i32(a[i, k]) * i32(b[j, k])
 
 
 @intrinsic("x86.avx512vnni.dot.u8i8i32.16x4", isa=("avx512f", "avx512vnni"), cost=1.0,

@@ -31,7 +31,7 @@ from rewrite.script import ScriptError, f32, grid, i16, i64  # noqa: F401 - read
 X86_AVX2 = ["x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4"]
 X86_AVX2 += ["x86.gemv.f32.4x8"]
 X86_AVX512 = ["x86.avx512.mm.f32.8x32x1"]
-X86_VNNI = ["x86.avx512vnni.dot.u8i8i32.16x4"]
+X86_VNNI = ["x86.avx512vnni.dot.u8i8i32.16x4", "x86.avx512vnni.mm.u8i8i32.8x32x4"]
 X86_NATIVE = X86_AVX2 + X86_AVX512 + X86_VNNI  # native emitters, used where the CPU has the ISA
 NEVER_NATIVE = ["arm.neon.sdot.i8i32.4x4", "nvidia.mma.f16f32.16x8x16"]
 EMULATED = X86_VNNI + NEVER_NATIVE  # also checked as emulations on every host
@@ -243,7 +243,7 @@ def test_mm_kloop_is_a_gemm_micro_kernel():
 # the registry and targets
 
 
-@pytest.mark.parametrize("name", X86_VNNI + ["x86.dot.u8i8i32.16x4"])
+@pytest.mark.parametrize("name", ["x86.avx512vnni.dot.u8i8i32.16x4", "x86.dot.u8i8i32.16x4"])
 def test_dot_kloop_is_exact(name):
     if set(intrinsics.get(name).isa) - host_features():
         pytest.skip(f"the host cannot run {name} natively")
@@ -259,9 +259,25 @@ def test_dot_kloop_is_exact(name):
     np.testing.assert_array_equal(c, want)
 
 
+@needs_isa("x86.avx512vnni.mm.u8i8i32.8x32x4")
+def test_int8_tile_kloop_is_exact():
+    rng = np.random.default_rng(3)
+    k = 40
+    a = rng.integers(0, 256, (8, 4 * k), dtype=np.uint8)  # row-major A: a step moves 4 bytes
+    b = rng.integers(-128, 128, (k, 32, 4), dtype=np.int8)  # B in 128-byte blocks
+    a[:, :4], b[0] = 255, -128
+    c = rng.integers(-1000, 1000, (8, 32)).astype(np.int32)
+    want = c + np.einsum("isq,sjq->ij", a.reshape(8, k, 4).astype(np.int64), b.astype(np.int64))
+    fn = kloop("x86.avx512vnni.mm.u8i8i32.8x32x4", {"c": (32, 1), "a": (4 * k, 1), "b": (4, 1)},
+               {"a": 4, "b": 128})
+    fn(pointers(c, a, b), k, 1)
+    np.testing.assert_array_equal(c, want.astype(np.int32))
+
+
 # CPUs that LLVM knows to have each ISA, and what the emitter's assembly must hold there
 # (the 512-bit registers for the AVX-512 tile): checked on any host
 CPU_WITH = {"x86.avx512vnni.dot.u8i8i32.16x4": ("znver4", "vpdpbusd"),
+            "x86.avx512vnni.mm.u8i8i32.8x32x4": ("znver4", "vpdpbusd"),
             "x86.dot.u8i8i32.16x4": ("haswell", "vpmaddwd"),
             "x86.mm.f32.6x16x1": ("haswell", "vfmadd231ps"),
             "x86.avx512.mm.f32.8x32x1": ("skylake-avx512", r"vfmadd231ps\s[^\n]*%zmm"),
