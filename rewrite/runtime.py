@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import inspect
 import json
+import operator
 import os
 import secrets
 import stat
@@ -435,6 +436,9 @@ class Kernel:
         self._params = func.params
         self._allocs = func.allocs
         self._dtypes = [np.dtype(numpy_dtype(b.dtype)) for b in func.params]
+        self._strides = [tuple(n * d.itemsize for n in b.strides) for b, d in zip(func.params, self._dtypes)]
+        self._written = [b.name in self._writes for b in func.params]
+        self._names = [b.name for b in func.params]
         self._last: Optional[tuple] = None  # see _pointers
         self._local = threading.local()  # see _with_temporaries
 
@@ -443,8 +447,13 @@ class Kernel:
 
     def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> None:
         arrays = self._bind(args, kwargs)
-        for buf, want, arr in zip(self._params, self._dtypes, arrays):
-            _check_array(buf, want, arr, buf.name in self._writes)
+        for buf, want, strides, written, arr in zip(self._params, self._dtypes, self._strides,
+                                                    self._written, arrays):
+            # the common case in two comparisons (a C-contiguous array of this shape has these
+            # strides); anything else takes the full check, which says what is wrong
+            if type(arr) is not np.ndarray or arr.dtype != want or arr.strides != strides \
+                    or arr.shape != buf.shape or written and not arr.flags.writeable:
+                _check_array(buf, want, arr, written)
         pointers = self._pointers(arrays)
         if self._allocs:
             pointers = self._with_temporaries(pointers)
@@ -478,7 +487,7 @@ class Kernel:
         (reading an address from numpy costs microseconds; a benchmark loop calls with the same
         arrays). The remembered arrays are held, so their memory cannot move or be reused."""
         last = self._last
-        if last is not None and all(x is y for x, y in zip(last[0], arrays)):
+        if last is not None and all(map(operator.is_, last[0], arrays)):
             return last[1]
         addresses = [a.ctypes.data for a in arrays]
         self._check_overlap(arrays, addresses)
@@ -487,7 +496,12 @@ class Kernel:
         return pointers
 
     def _bind(self, args: tuple, kwargs: dict) -> list[np.ndarray]:
-        names = [b.name for b in self._params]
+        names = self._names
+        if not args and len(kwargs) == len(names):
+            try:
+                return [kwargs[n] for n in names]
+            except KeyError:
+                pass  # a wrong name: the general path says which
         if len(args) > len(names):
             raise ValueError(f"{self.func.name} takes {len(names)} buffers, {len(args)} given")
         bound = dict(zip(names, args))
