@@ -45,6 +45,7 @@ class BenchResult:
     ops: int
     compile_s: float
     integer: bool
+    onnxruntime_median_s: Optional[float] = None  # with ``onnxruntime=True``, where it applies
 
 
 def bench(funcs: Iterable[Union[PrimFunc, tuple]], threads: Optional[int] = None,
@@ -67,7 +68,7 @@ def bench(funcs: Iterable[Union[PrimFunc, tuple]], threads: Optional[int] = None
 
 def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int] = None,
               min_runs: int = 20, target_seconds: float = 0.3,
-              chosen: Optional[PrimFunc] = None) -> BenchResult:
+              chosen: Optional[PrimFunc] = None, onnxruntime: bool = False) -> BenchResult:
     from .interp import random_args
 
     t0 = time.perf_counter()
@@ -79,9 +80,14 @@ def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int]
     numpy_call = numpy_counterpart(func, args)
     if numpy_call is not None:
         theirs = float(np.median(_time(numpy_call, min_runs, target_seconds)))
+    ort = None
+    ort_call = onnxruntime_counterpart(func, args, threads or 1) if onnxruntime else None
+    if ort_call is not None:
+        ort = float(np.median(_time(ort_call, min_runs, target_seconds)))
     median = float(np.median(ours))
     ops = op_count(func.body)
-    return BenchResult(
+    return BenchResult(onnxruntime_median_s=ort,
+        
         file=file, name=func.name, runs=len(ours), min_s=float(min(ours)), median_s=median,
         max_s=float(max(ours)), gflops=ops / median / 1e9 if median > 0 else 0.0,
         numpy_median_s=theirs, ratio=theirs / median if theirs is not None and median > 0 else None,
@@ -199,6 +205,58 @@ def numpy_formulations(func: PrimFunc, args: dict[str, np.ndarray]) -> list[Call
     return found
 
 
+def onnxruntime_counterpart(func: PrimFunc, args: dict[str, np.ndarray],
+                            threads: int) -> Optional[Callable[[], object]]:
+    """``func`` run by ONNX Runtime (the ``onnx`` extra), or None where it is not a plain
+    (batched) matrix product in one of its operators: ``MatMul`` for floats, ``MatMulInteger``
+    for u8 x i8 -> i32, plus an ``Add`` when the product accumulates into the output. The
+    operands are handed over already in ``[batch, m, k] @ [batch, k, n]`` order, as a model
+    would store them; ``threads`` is the session's intra-op thread count."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        raise RuntimeError("the ONNX Runtime comparison needs the onnx extra: "
+                           "pip install 'tensorize[onnx]'") from None
+    c = contraction(func)
+    if c is None or len(c.operands) != 2:
+        return None
+    inputs, result = c.spec.split("->")
+    a, b = inputs.split(",")
+    x, y = (args[n] for n in c.operands)
+    kinds = (x.dtype.name, y.dtype.name, c.dtype)
+    if kinds == ("float32", "float32", "f32"):
+        op, out_type = "MatMul", TensorProto.FLOAT
+    elif kinds == ("uint8", "int8", "i32"):
+        op, out_type = "MatMulInteger", TensorProto.INT32
+    else:
+        return None
+    batch = [d for d in result if d in a and d in b]
+    contracted = [d for d in a if d in b and d not in result]
+    free_a, free_b = [d for d in a if d not in b], [d for d in b if d not in a]
+    if len(contracted) != 1 or len(free_a) != 1 or len(free_b) != 1 or \
+            list(result) != batch + free_a + free_b:
+        return None
+    feeds = {"X": np.ascontiguousarray(np.transpose(x, [a.index(d) for d in batch + free_a + contracted])),
+             "Y": np.ascontiguousarray(np.transpose(y, [b.index(d) for d in batch + contracted + free_b]))}
+    types = {"float32": TensorProto.FLOAT, "uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
+    graph_inputs = [helper.make_tensor_value_info(n, types[v.dtype.name], list(v.shape))
+                    for n, v in feeds.items()]
+    nodes = [helper.make_node(op, ["X", "Y"], ["P" if not c.init else "Z"])]
+    if not c.init:
+        feeds["C"] = np.array(args[c.out], copy=True)
+        graph_inputs.append(helper.make_tensor_value_info("C", out_type, list(feeds["C"].shape)))
+        nodes.append(helper.make_node("Add", ["C", "P"], ["Z"]))
+    shape = list(args[c.out].shape)
+    graph = helper.make_graph(nodes, func.name, graph_inputs,
+                              [helper.make_tensor_value_info("Z", out_type, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, feeds)
+
+
 def _accumulating(product: Callable[[], np.ndarray], out: np.ndarray, init: bool):
     if init:
         return lambda: np.copyto(out, product())
@@ -310,7 +368,13 @@ def to_json(results: list[BenchResult]) -> dict:
     """``{"results": [{"file", "name", "runs", "min_s", "median_s", "max_s", "gflops",
     "numpy_median_s", "ratio"}]}`` (SPEC section 4)."""
     keys = ("file", "name", "runs", "min_s", "median_s", "max_s", "gflops", "numpy_median_s", "ratio")
-    return {"results": [{k: asdict(r)[k] for k in keys} for r in results]}
+    out = []
+    for r in results:
+        row = {k: asdict(r)[k] for k in keys}
+        if r.onnxruntime_median_s is not None:  # only with --onnxruntime
+            row["onnxruntime_median_s"] = r.onnxruntime_median_s
+        out.append(row)
+    return {"results": out}
 
 
 def plot(results: list[BenchResult], path: str) -> bool:
@@ -340,14 +404,21 @@ def plot(results: list[BenchResult], path: str) -> bool:
 
 
 def format_table(results: list[BenchResult]) -> str:
-    """A plain-text table, one line per function."""
-    lines = [f"{'name':32s} {'runs':>5s} {'median':>10s} {'GFLOP/s':>8s} {'numpy':>10s} {'ratio':>6s}"]
+    """A plain-text table, one line per function; ONNX Runtime's columns where it ran."""
+    ort = any(r.onnxruntime_median_s for r in results)
+    head = f"{'name':32s} {'runs':>5s} {'median':>10s} {'GFLOP/s':>8s} {'numpy':>10s} {'ratio':>6s}"
+    lines = [head + (f" {'onnxrt':>10s} {'ratio':>6s}" if ort else "")]
     for r in results:
         numpy_s = f"{r.numpy_median_s * 1e3:8.3f}ms" if r.numpy_median_s else f"{'-':>10s}"
         ratio = f"{r.ratio:6.2f}" if r.ratio else f"{'-':>6s}"
         unit = "i" if r.integer else " "
-        lines.append(f"{r.name:32s} {r.runs:5d} {r.median_s * 1e3:8.3f}ms {r.gflops:7.2f}{unit} "
-                     f"{numpy_s} {ratio}")
+        line = (f"{r.name:32s} {r.runs:5d} {r.median_s * 1e3:8.3f}ms {r.gflops:7.2f}{unit} "
+                f"{numpy_s} {ratio}")
+        if ort:
+            o = r.onnxruntime_median_s
+            line += (f" {o * 1e3:8.3f}ms {o / r.median_s:6.2f}" if o and r.median_s > 0
+                     else f" {'-':>10s} {'-':>6s}")
+        lines.append(line)
     return "\n".join(lines)
 
 

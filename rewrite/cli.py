@@ -410,6 +410,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     _writable(args.json, "results")
     _writable(args.plot, "plot")
+    if args.onnxruntime:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise BadInput("--onnxruntime needs ONNX Runtime: pip install 'tensorize[onnx]'") from None
     units = load_units(args.paths, args.func)
     for u in units:
         if u.error:
@@ -431,7 +437,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 from .pipeline import tensorize
 
                 chosen = tensorize(u.func, library).func
-            results.append(bench.bench_one(u.func, u.file, args.threads, args.runs, chosen=chosen))
+            results.append(bench.bench_one(u.func, u.file, args.threads, args.runs, chosen=chosen,
+                                           onnxruntime=args.onnxruntime))
         except Exception as e:
             if live:
                 sys.stderr.write("\r\033[K")
@@ -517,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--intrinsics-file", metavar="PATH", help="a Python module registering intrinsics")
     bench.add_argument("--threads", type=_positive, metavar="N")
     bench.add_argument("--runs", type=_positive, default=20, metavar="N", help="at least this many timed runs")
+    bench.add_argument("--onnxruntime", action="store_true",
+                       help="also time ONNX Runtime on matrix products (pip install 'tensorize[onnx]')")
     bench.set_defaults(handler=cmd_bench)
     return p
 

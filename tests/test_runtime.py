@@ -369,6 +369,33 @@ def test_blas_report_warns_of_slowing_variables(monkeypatch):
     assert lines[0].startswith("numpy's BLAS: ")
 
 
+@pytest.mark.parametrize("src, spec", [
+    (MATMUL, "f32"),
+    (MATMUL.replace("f32", "i32").replace("= 0.0", "= 0").replace("A: i32", "A: u8")
+     .replace("B: i32", "B: i8").replace("A[i, k] * B[k, j]", "i32(A[i, k]) * i32(B[k, j])"), "int8")])
+def test_onnxruntime_counterpart_computes_the_function(src, spec):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    func = parse(src)
+    args = random_args(func, seed=1)
+    call = bench.onnxruntime_counterpart(func, args, threads=1)
+    assert call is not None
+    (got,) = call()
+    want = run(func, **args)["C"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_onnxruntime_flag_without_the_extra_is_one_line(monkeypatch, capsys, tmp_path):
+    from rewrite import cli
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    path = tmp_path / "mm.py"
+    path.write_text(MATMUL)
+    assert cli.main(["bench", str(path), "--onnxruntime"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "--onnxruntime needs ONNX Runtime: pip install 'tensorize[onnx]'"]
+
+
 def test_bench_reports_in_the_spec_shape(mm):
     results = bench.bench([("x.py", mm), parse(SCAN)], threads=1, min_runs=20, target_seconds=0.01)
     doc = bench.to_json(results)
