@@ -52,3 +52,21 @@ def test_leaves_come_back_in_program_order():
     leaves, cost = g.cheapest(a)
     assert [g.leaves[k].stmts[0] for k in leaves] == ["copy", "fast", "epilogue"]
     assert cost == 25
+
+
+def test_alternatives_far_from_the_cheapest_do_not_reach_egglog():
+    from rewrite import plans
+
+    g = PlanGraph()
+    a, b = g.nest(), g.nest()
+    g.add(a, g.leaf(["scalar"], 10_000))
+    g.add(a, g.leaf(["calls"], 100), b)
+    g.add(b, g.leaf(["slow remainder"], 500))
+    g.add(b, g.leaf(["fast remainder"], 20))
+    g.add(b, g.leaf(["tied remainder"], 20.5))  # within KEEP_WITHIN: egglog still chooses
+    kept = plans.near_cheapest(g, a)
+    assert kept == {0: [(1, b)], 1: [(4,), (5,)]}
+    text = plans.program(g, a)
+    assert "(Leaf 0)" not in text and "(Leaf 3)" not in text
+    leaves, cost = g.cheapest(a)
+    assert [g.leaves[k].stmts[0] for k in leaves] == ["calls", "fast remainder"] and cost == 120
