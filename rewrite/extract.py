@@ -19,8 +19,10 @@ into blocks, weighed against ``cost.unblocked``.
 
 The candidates are not compared here: each nest becomes an e-class of alternatives in a plan
 e-graph (``plans.py``), every piece of code a leaf priced by ``cost.py`` and weighted by its
-trip count, and egglog's extraction takes the cheapest program. The only pruning done in
-Python is sound: a binding whose calls alone cost as much as the scalar nest cannot win.
+trip count, and egglog's extraction takes the cheapest program. The pruning done in Python
+is sound: a binding whose calls alone cost as much as the scalar nest cannot win, and
+``plans.near_cheapest`` hands egglog only the alternatives within a few percent of their
+nest's cheapest.
 """
 
 from __future__ import annotations
