@@ -489,6 +489,24 @@ def substitute(e: Expr, values: dict[str, Expr]) -> Expr:
     return with_children(e, tuple(substitute(c, values) for c in kids))
 
 
+def substitute_stmt(s: Stmt, values: dict[str, Expr]) -> Stmt:
+    """``s`` with each loop variable named in ``values`` replaced by its expression (a loop
+    that binds the same name hides it from its body)."""
+    if isinstance(s, (Store, Accumulate)):
+        return type(s)(s.buffer, tuple(substitute(i, values) for i in s.indices),
+                       substitute(s.value, values))
+    if isinstance(s, For):
+        inner = {k: v for k, v in values.items() if k != s.var}
+        return For(s.var, s.start, s.stop, substitute_stmt(s.body, inner))
+    if isinstance(s, Seq):
+        return Seq(tuple(substitute_stmt(c, values) for c in s.stmts))
+    if isinstance(s, If):
+        return If(substitute(s.cond, values), substitute_stmt(s.then, values),
+                  None if s.orelse is None else substitute_stmt(s.orelse, values))
+    return Call(s.intrinsic, tuple((n, Window(w.buffer, tuple(substitute(e, values) for e in w.base),
+                                              w.steps)) for n, w in s.operands), s.output)
+
+
 def walk_expr(e: Expr) -> Iterator[Expr]:
     """Every sub-expression of ``e``, pre-order (indices of loads included)."""
     yield e

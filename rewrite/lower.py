@@ -17,7 +17,7 @@ Only top-level loops become parallel parts: a parallel loop nested in a carried
 one would need a fork and join per outer iteration, which is left serial. The loops of a
 top-level ``if`` whose condition its branches leave alone (a finite-operand guard,
 ``rules/finite.py``) count as top-level: the condition moves inside them (``_split_guards``).
-The IR has no intrinsic call node yet; when it has, their expansion belongs here.
+Intrinsic calls stay calls; ``expand_calls`` gives the dependence analysis their meaning.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Optional
 from . import analysis
 from .ir import (EXPR_TYPES, INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load,
                  PrimFunc, Seq, Stmt, Store, Unary, Var, Window, children, loads_of, seq, stmts_of, walk_expr,
-                 walk_stmts, written_by)
+                 substitute_stmt, walk_stmts, written_by)
 
 # Below this many arithmetic operations a loop runs on the calling thread: waking the
 # workers and joining them costs a few microseconds, which such a loop does not repay.
@@ -60,7 +60,7 @@ class Plan:
 def lower(func: PrimFunc) -> Plan:
     """Choose loop orders (``schedule``), then split the body into serial and parallel parts
     (see the module docstring)."""
-    func = _split_guards(schedule(func))
+    func = _without_unit_loops(_split_guards(_without_unit_loops(schedule(func))))
     meaning = expand_calls(func)  # what the dependence analysis reads
     parts: list[Part] = []
     pending: list[Stmt] = []  # consecutive serial statements become one part
@@ -75,6 +75,19 @@ def lower(func: PrimFunc) -> Plan:
     if pending:
         parts.append(Part(seq(*pending), False))
     return Plan(func, func.params + func.allocs, tuple(parts))
+
+
+def _without_unit_loops(func: PrimFunc) -> PrimFunc:
+    """Each top-level loop of one iteration becomes its body with the variable fixed, so that
+    the loop inside it can be shared between threads (NHWC's batch loop of 1 around a
+    convolution): ``for n in range(1): for h in range(56): ...`` -> ``for h in range(56):
+    ...`` with ``n`` read as 0."""
+    body = []
+    for s in stmts_of(func.body):
+        while isinstance(s, For) and s.extent == 1:
+            s = substitute_stmt(s.body, {s.var: Const(s.start, INDEX)})
+        body.append(s)
+    return replace(func, body=seq(*body))
 
 
 def _split_guards(func: PrimFunc) -> PrimFunc:

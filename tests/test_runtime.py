@@ -12,6 +12,7 @@ import pytest
 
 from rewrite import bench, runtime
 from rewrite.interp import random_args, run
+from rewrite.ir import For
 from rewrite.script import parse, parse_file
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
@@ -418,3 +419,28 @@ def test_plot_without_matplotlib_is_skipped(mm, tmp_path):
         assert not (tmp_path / "p.png").exists()
     else:
         assert bench.plot(results, str(tmp_path / "p.png")) is True
+
+
+UNIT_BATCH = """
+@prim_func
+def conv1x1(X: f32[1, 32, 16, 8], W: f32[8, 64], Y: f32[1, 32, 16, 64]):
+    for n, h, w, co in grid(1, 32, 16, 64):
+        Y[n, h, w, co] = 0.0
+        for ci in range(8):
+            Y[n, h, w, co] += X[n, h, w, ci] * W[ci, co]
+"""
+
+
+def test_a_unit_batch_loop_does_not_keep_the_nest_off_the_threads():
+    from rewrite import lower
+
+    func = parse(UNIT_BATCH)
+    plan = lower.lower(func)
+    parallel = [p.body for p in plan.parts if p.parallel]
+    assert parallel and all(isinstance(b, For) and b.var == "h" for b in parallel)
+    args = random_args(func, seed=3)
+    want = run(func, **args)["Y"]
+    for threads in (1, 2):
+        got = {k: v.copy() for k, v in args.items()}
+        runtime.compile(func, threads=threads)(**got)
+        np.testing.assert_allclose(got["Y"], want, rtol=1e-5, atol=1e-5)
