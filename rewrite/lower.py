@@ -127,7 +127,7 @@ def _when(cond: Expr, s: Stmt) -> Stmt:
 
 
 def _worth_threads(func: PrimFunc, position: int, s: Stmt) -> bool:
-    if not isinstance(s, For) or s.extent < 2 or op_count(s) < MIN_PARALLEL_OPS:
+    if not isinstance(s, For) or s.extent < 2 or _work(s) < MIN_PARALLEL_OPS:
         return False
     return analysis.can_parallelize(func, (position,))
 
@@ -268,6 +268,18 @@ def op_count(s: Stmt) -> int:
         return op_count(_semantics(s.intrinsic).body)
     extra = 1 if isinstance(s, Accumulate) else 0
     return extra + _value_ops(s.value)
+
+
+def _work(s: Stmt) -> int:
+    """``op_count``, with every element stored counting at least one: a copy (a packing
+    stage, a padded input) has no arithmetic but is worth threads all the same."""
+    if isinstance(s, For):
+        return s.extent * _work(s.body)
+    if isinstance(s, Seq):
+        return sum(_work(c) for c in s.stmts)
+    if isinstance(s, If):
+        return _work(s.then) + (_work(s.orelse) if s.orelse is not None else 0)
+    return max(1, op_count(s))
 
 
 def _value_ops(e: Expr) -> int:
