@@ -257,6 +257,50 @@ def dot_u8i8i32_16x4(c: i32[16], a: u8[4], b: i8[16, 4]):
         c[i] += i32(a[k]) * i32(b[i, k])
 
 
+class DotU8I8I32_2x16x4(Emitter):
+    """c (2x16) += a (2x4) @ b (16x4)^T in u8 x i8 -> i32, exactly: the 16x4 dot for two rows of
+    A at once. b's block is loaded and widened to i16 once per step and feeds both rows'
+    ``vpmaddwd``; each row keeps 32 pair sums (four ymm registers), folded into c once, in
+    ``store_acc``. With the widened block (four registers) and a row's broadcast operand
+    that is 13 of the 16 ymm registers; a third row would spill."""
+
+    rows = 2
+    operands = ("c", "a", "b")
+    shapes = {"c": (2, 16), "a": (2, 4), "b": (16, 4)}
+    dtypes = {"c": "i32", "a": "u8", "b": "i8"}
+    PAIRS = ir.VectorType(ir.IntType(32), 32)
+
+    def load_acc(self, b, ops):
+        return [[load_row(b, ops["c"], (r, 0), 1, 16), ir.Constant(self.PAIRS, [0] * 32)]
+                for r in range(self.rows)]
+
+    def step(self, b, ops, acc):
+        i16x16, i32x8 = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 8)
+        pmadd = declare(b.module, "llvm.x86.avx2.pmadd.wd", i32x8, [i16x16, i16x16])
+        wide = b.sext(_b_block(b, ops["b"]), ir.VectorType(ir.IntType(16), 64))
+        chunks = [shuffle(b, wide, None, range(16 * r, 16 * r + 16)) for r in range(4)]
+        out = []
+        for r in range(self.rows):
+            a4 = b.zext(load_row(b, ops["a"], (r, 0), 1, 4), ir.VectorType(ir.IntType(16), 4))
+            a16 = shuffle(b, a4, None, [k for _ in range(4) for k in range(4)])
+            pairs = concat(b, [b.call(pmadd, [a16, chunk]) for chunk in chunks])
+            out.append([acc[r][0], b.add(acc[r][1], pairs)])
+        return out
+
+    def store_acc(self, b, ops, acc):
+        for r, (c, pairs) in enumerate(acc):
+            rows = b.add(shuffle(b, pairs, None, range(0, 32, 2)), shuffle(b, pairs, None, range(1, 32, 2)))
+            store_row(b, ops["c"], (r, 0), 1, b.add(c, rows))
+
+
+# two rows of the 16x4 dot (cost 4) for the widening of one block of b
+@intrinsic("x86.mm.u8i8i32.2x16x4", isa=AVX2_FMA, cost=7.0, emitter=DotU8I8I32_2x16x4(),
+           layout={"c": Layout((1,), 4), "b": Layout((1,), 1, contiguous=True)})
+def mm_u8i8i32_2x16x4(c: i32[2, 16], a: u8[2, 4], b: i8[16, 4]):
+    for i, j, k in grid(2, 16, 4):
+        c[i, j] += i32(a[i, k]) * i32(b[j, k])
+
+
 class VnniDotU8I8I32_16x4(Emitter):
     """c[i] += sum_k u8 a[k] * i8 b[i, k] in one ``vpdpbusd``: lane i of the 512-bit
     instruction multiplies the four u8 bytes of its first source by the four i8 bytes of

@@ -35,7 +35,7 @@ from .lower import op_count
 from .nests import AccNest
 
 GATHER_PENALTY = 4.0
-UNBLOCKED_PER_ROW = 0.125
+UNBLOCKED_PER_ROW = 0.25
 PER_ELEMENT_MOVED = 1.0
 PER_PACKING = 10000.0
 
@@ -92,9 +92,12 @@ def unblocked(desc, count: int, windows) -> float:
     at M = 16 (4 096 calls), 0.072 against 0.075 at M = 32 and 0.130 against 0.140-0.164
     at M = 64 (16 384 calls): break-even near 8 000 calls, about 3 units a call against
     this copy's price. The copy's price overstates a byte copy (``PER_PACKING`` was fitted
-    on f32 programs), so 2 units a call (16 rows at ``UNBLOCKED_PER_ROW``, break-even 13 000
-    calls) keeps the marginal M = 32 case unpacked. A gathered operand already pays
-    ``GATHER_PENALTY``."""
+    on f32 programs), so 2 units a call (break-even 13 000 calls) kept the marginal M = 32
+    case unpacked. The two-row int8 tile (``x86.mm.u8i8i32.2x16x4``, an AVX-512 Xeon, one
+    thread) reads the same 16 rows a call for twice the work, and there the rows cost more:
+    ``qdense_u8i8_nt`` (M = 64, 8 192 calls) ran 0.051 ms on B's rows against 0.019 ms on
+    blocks, which at 2 units a call the model kept on rows; 4 units a call (16 rows at
+    ``UNBLOCKED_PER_ROW``) packs it. A gathered operand already pays ``GATHER_PENALTY``."""
     extra = 0.0
     for op in desc.inputs:
         need = desc.layout.get(op.name)

@@ -29,7 +29,7 @@ from rewrite.ir import is_float, numpy_dtype
 from rewrite.script import ScriptError, f32, grid, i16, i64  # noqa: F401 - read by the parser
 
 X86_AVX2 = ["x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4"]
-X86_AVX2 += ["x86.gemv.f32.4x8"]
+X86_AVX2 += ["x86.gemv.f32.4x8", "x86.mm.u8i8i32.2x16x4"]
 X86_AVX512 = ["x86.avx512.mm.f32.8x32x1"]
 X86_VNNI = ["x86.avx512vnni.dot.u8i8i32.16x4", "x86.avx512vnni.mm.u8i8i32.8x32x4"]
 X86_NATIVE = X86_AVX2 + X86_AVX512 + X86_VNNI  # native emitters, used where the CPU has the ISA
@@ -281,7 +281,8 @@ CPU_WITH = {"x86.avx512vnni.dot.u8i8i32.16x4": ("znver4", "vpdpbusd"),
             "x86.dot.u8i8i32.16x4": ("haswell", "vpmaddwd"),
             "x86.mm.f32.6x16x1": ("haswell", "vfmadd231ps"),
             "x86.avx512.mm.f32.8x32x1": ("skylake-avx512", r"vfmadd231ps\s[^\n]*%zmm"),
-            "x86.gemv.f32.4x8": ("haswell", "vfmadd231ps")}
+            "x86.gemv.f32.4x8": ("haswell", "vfmadd231ps"),
+            "x86.mm.u8i8i32.2x16x4": ("haswell", "vpmaddwd")}
 
 
 @pytest.mark.parametrize("name", sorted(CPU_WITH))
