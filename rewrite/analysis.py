@@ -62,7 +62,21 @@ ENUMERATION_LIMIT = 1 << 18
 # Direction vectors kept exact per pair of accesses; more are summarised per carrying loop.
 DIRECTION_LIMIT = 256
 # Feasibility tests spent refining one group of coupled loops; past it the rest stays ``*``.
-REFINE_LIMIT = 512
+REFINE_LIMIT = 256
+# In all, for one function (``analyze``): instance pairs enumerated and feasibility tests
+# spent. Past either, the remaining pairs of accesses get the cheaper, coarser answer (GCD
+# and Banerjee without enumeration; ``*`` without refinement), so that a function of many
+# statements costs bounded time per pair.
+ENUMERATION_BUDGET = 1 << 26
+REFINE_BUDGET = 1 << 16
+
+
+@dataclass
+class _Effort:
+    """What is left of ``ENUMERATION_BUDGET`` and ``REFINE_BUDGET`` for one function."""
+
+    enumerated: int = ENUMERATION_BUDGET
+    tests: int = REFINE_BUDGET
 
 
 # ---------------------------------------------------------------------------
@@ -360,12 +374,13 @@ def _groups(eqs: list[_Equation], aligned: int) -> list[tuple[int, ...]]:
 
 
 def _refine_group(eqs: list[_Equation], a: Access, b: Access, aligned: int,
-                  dims: tuple[int, ...]) -> list[tuple[str, ...]]:
+                  dims: tuple[int, ...], effort: _Effort) -> list[tuple[str, ...]]:
     """Directions of the loops ``dims`` (the others ``*``) GCD and Banerjee cannot rule out,
     refined one loop at a time; after ``REFINE_LIMIT`` tests the untested rest is ``*``."""
     used = [eq for eq in eqs if any(eq.alpha[k] or eq.beta[k] for k in dims)]
     found: list[tuple[str, ...]] = []
     tests = [0]
+    allowed = min(REFINE_LIMIT, effort.tests)
 
     def go(prefix: tuple[str, ...]) -> None:
         full = ["*"] * aligned
@@ -374,22 +389,25 @@ def _refine_group(eqs: list[_Equation], a: Access, b: Access, aligned: int,
         tests[0] += 1
         if not _feasible(used, a, b, full):
             return
-        if len(prefix) == len(dims) or tests[0] >= REFINE_LIMIT:
+        if len(prefix) == len(dims) or tests[0] >= allowed:
             found.append(prefix + ("*",) * (len(dims) - len(prefix)))
             return
-        for d in DIRECTIONS:
+        # "=" first: under the limit, the vectors left unrefined then are those whose carrier
+        # is already known (a "<" or ">" further out), which is what loop classes need
+        for d in ("=", "<", ">"):
             go(prefix + (d,))
 
     go(())
+    effort.tests -= tests[0]
     return found
 
 
-def _refine(a: Access, b: Access, aligned: int) -> frozenset[tuple[str, ...]]:
+def _refine(a: Access, b: Access, aligned: int, effort: _Effort) -> frozenset[tuple[str, ...]]:
     """Direction vectors GCD and Banerjee cannot rule out, refined per group of coupled loops."""
     eqs = _equations(a, b)
     if not _feasible(eqs, a, b, ("*",) * aligned):
         return frozenset()
-    groups = [(dims, _refine_group(eqs, a, b, aligned, dims)) for dims in _groups(eqs, aligned)]
+    groups = [(dims, _refine_group(eqs, a, b, aligned, dims, effort)) for dims in _groups(eqs, aligned)]
     if math.prod(len(v) for _, v in groups) <= DIRECTION_LIMIT:
         out = set()
         for choice in itertools.product(*(v for _, v in groups)):
@@ -510,8 +528,8 @@ def _enumerate(a: Access, b: Access, aligned: int, limit: int) -> frozenset[tupl
     return frozenset(tuple(_SYMBOL[c] for c in row) for row in rows.tolist())
 
 
-def directions(a: Access, b: Access, aligned: int | None = None,
-               limit: int | None = None) -> frozenset[tuple[str, ...]]:
+def directions(a: Access, b: Access, aligned: int | None = None, limit: int | None = None,
+               effort: _Effort | None = None) -> frozenset[tuple[str, ...]]:
     """Direction vectors (b's iteration against a's, per aligned loop) for which some instance
     of ``a`` and some instance of ``b`` touch the same element. Empty: independent.
 
@@ -519,6 +537,7 @@ def directions(a: Access, b: Access, aligned: int | None = None,
     next loops as if they were one (the loops must have equal ranges), which is how fusion
     is tested. Reads against reads are compared too: this is about elements, not order.
     A component ``*`` stands for all three directions (some of which may be infeasible).
+    ``effort``: the allowance left for the function the pair belongs to (spent here).
     """
     if aligned is None:
         aligned = _common(a, b)
@@ -526,8 +545,13 @@ def directions(a: Access, b: Access, aligned: int | None = None,
         raise ValueError("aligned loops must have equal ranges")
     if a.buffer.name != b.buffer.name or any(l.extent == 0 for l in a.loops + b.loops):
         return frozenset()
-    exact = _enumerate(a, b, aligned, ENUMERATION_LIMIT if limit is None else limit)
-    return exact if exact is not None else _refine(a, b, aligned)
+    effort = _Effort() if effort is None else effort
+    limit = min(ENUMERATION_LIMIT if limit is None else limit, effort.enumerated)
+    exact = _enumerate(a, b, aligned, limit)
+    if exact is not None:
+        effort.enumerated -= math.prod(l.extent for l in a.loops) * math.prod(l.extent for l in b.loops)
+        return exact
+    return _refine(a, b, aligned, effort)
 
 
 def direction_summary(vectors: frozenset[tuple[str, ...]]) -> tuple[str, ...]:
@@ -612,11 +636,11 @@ def _leading(v: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
     yield v
 
 
-def _pair_dependences(a: Access, b: Access, limit: int) -> Iterator[Dependence]:
+def _pair_dependences(a: Access, b: Access, limit: int, effort: _Effort) -> Iterator[Dependence]:
     """Dependences between ``a`` and ``b`` (``a.order <= b.order``), oriented by execution."""
     n = _common(a, b)
     known = _distances(a, b, n)
-    for v in (w for u in directions(a, b, n, limit) for w in _leading(u)):
+    for v in (w for u in directions(a, b, n, limit, effort) for w in _leading(u)):
         dist = tuple(0 if d == "=" else None if d == "*" else known.get(k) for k, d in enumerate(v))
         first = next((d for d in v if d != "="), "=")
         if first == "<" or (first == "=" and a.order < b.order):
@@ -667,8 +691,8 @@ def _all_loops(func: PrimFunc) -> Iterator[tuple[Path, For, int]]:
         yield from visit(s, (k,), 0)
 
 
-def _classify(path: Path, loop: For, depth: int, deps: Sequence[Dependence]) -> LoopInfo:
-    carried = [d for d in deps if d.carrier == depth and d.loops[depth].path == path]
+def _classify(path: Path, loop: For, depth: int, carried: Sequence[Dependence]) -> LoopInfo:
+    """The class of a loop from the dependences it carries."""
     blocking = [d for d in carried if d.kind != "accumulate"]
     if blocking:
         kind, reason = "carried", str(blocking[0])
@@ -679,22 +703,48 @@ def _classify(path: Path, loop: For, depth: int, deps: Sequence[Dependence]) -> 
     return LoopInfo(path, loop.var, loop.start, loop.stop, depth, kind, reason)
 
 
+def _pairs(acc: Sequence[Access]) -> int:
+    """Pairs ``_analyze`` compares: per buffer, each write with itself and every later access
+    of the buffer, so (w + 1) * w / 2 + w * r for w writes and r reads."""
+    writes: dict[str, int] = {}
+    reads: dict[str, int] = {}
+    for a in acc:
+        into = writes if a.writes else reads
+        into[a.buffer.name] = into.get(a.buffer.name, 0) + 1
+    return sum(w * (w + 1) // 2 + w * reads.get(name, 0) for name, w in writes.items())
+
+
 @lru_cache(maxsize=32)
-def _analyze(func: PrimFunc, limit: int) -> Analysis:
+def _analyze(func: PrimFunc, limit: int, max_pairs: int) -> Analysis:
     acc = accesses(func)
+    pairs = _pairs(acc)
+    if pairs > max_pairs:
+        from .budgets import BudgetError
+
+        raise BudgetError(f"the dependence analysis of {func.name} would compare {pairs:,} pairs of "
+                          "accesses", "analysis-pairs", max_pairs)
+    effort = _Effort()
     deps: dict[Dependence, None] = {}  # ordered set: a self-pair yields each dependence twice
     for i, a in enumerate(acc):
         for b in acc[i:]:
             if a.buffer.name == b.buffer.name and (a.writes or b.writes):
-                deps.update(dict.fromkeys(_pair_dependences(a, b, limit)))
+                deps.update(dict.fromkeys(_pair_dependences(a, b, limit, effort)))
     dep_list = tuple(deps)
-    infos = tuple(_classify(p, l, d, dep_list) for p, l, d in _all_loops(func))
+    by_carrier: dict[Path, list[Dependence]] = {}  # one pass, not one per loop
+    for d in dep_list:
+        if d.carrier is not None:
+            by_carrier.setdefault(d.loops[d.carrier].path, []).append(d)
+    infos = tuple(_classify(p, l, d, by_carrier.get(p, ())) for p, l, d in _all_loops(func))
     return Analysis(func, tuple(acc), dep_list, infos)
 
 
 def analyze(func: PrimFunc) -> Analysis:
-    """Accesses, dependences and loop classes of a function (cached per function)."""
-    return _analyze(func, ENUMERATION_LIMIT)
+    """Accesses, dependences and loop classes of a function (cached per function).
+    ``BudgetError`` when it would compare more pairs of accesses than the ``analysis-pairs``
+    budget in force (``budgets.using``) allows."""
+    from .budgets import active
+
+    return _analyze(func, ENUMERATION_LIMIT, active().analysis_pairs)
 
 
 def dependences(func: PrimFunc) -> list[Dependence]:

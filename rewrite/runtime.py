@@ -40,6 +40,7 @@ import numpy as np
 
 from . import analysis, codegen
 from . import lower as lowering
+from .budgets import BudgetError, Budgets, format_bytes
 from .ir import Buffer, Call, PrimFunc, is_float, numpy_dtype, walk_stmts
 
 emit_llvm = codegen.emit_llvm
@@ -218,6 +219,11 @@ def _close_pools() -> None:
         pool.close()
 
 
+# Threads a kernel may use: each is an OS thread parked in native code, so a few thousand
+# take seconds to start and only contend for the cores.
+MAX_THREADS = 256
+
+
 def default_threads() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -290,8 +296,8 @@ def compile(func: PrimFunc, threads: Optional[int] = None) -> "Kernel":
     """JIT-compile ``func`` for this CPU. ``threads``: threads for parallel loops (default:
     the CPUs this process may run on; 1 runs everything on the calling thread)."""
     threads = default_threads() if threads is None else int(threads)
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, not {threads}")
+    if not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be from 1 to {MAX_THREADS} (runtime.MAX_THREADS), not {threads}")
     compiled, in_memory = _compiled(func)
     uses_pool = threads > 1 and compiled.parallel
     return Kernel(func, compiled, _pool(threads) if uses_pool else None, threads,
@@ -431,14 +437,37 @@ def tolerance(func: PrimFunc, dtype: str, reference: np.ndarray) -> float:
     return eps * (_ULPS_FLOOR + _ULPS_PER_TERM * lowering.reduction_length(func)) * scale
 
 
-def check(func: PrimFunc, kernel: Optional[Kernel] = None, seed: int = 0) -> CheckResult:
-    """Run ``func`` compiled and interpreted on ``random_args(func, seed)`` and compare every
-    output: integers exactly, floats within ``tolerance`` (NaN where NaN, equal infinities)."""
-    from .interp import random_args, run
+def check_budgets(func: PrimFunc, budgets: Budgets) -> None:
+    """``BudgetError`` when checking ``func`` would allocate or run more than ``budgets``
+    allow (``check-memory``, ``check-iterations``): decided before anything is allocated."""
+    from .interp import instances
 
+    params = sum(b.size * np.dtype(numpy_dtype(b.dtype)).itemsize for b in func.params)
+    temps = sum(b.size * np.dtype(numpy_dtype(b.dtype)).itemsize for b in func.allocs)
+    need = 3 * params + temps  # inputs, the interpreter's copy, the kernel's copy
+    if need > budgets.check_memory:
+        raise BudgetError(f"--check would allocate {format_bytes(need)} (three copies of the "
+                          "parameters, and the temporaries)", "check-memory", budgets.check_memory)
+    n = instances(func)
+    if n > budgets.check_iterations:
+        raise BudgetError(f"--check would interpret {n:,} statement instances", "check-iterations",
+                          budgets.check_iterations)
+
+
+def check(func: PrimFunc, kernel: Optional[Kernel] = None, seed: int = 0,
+          budgets: Budgets = Budgets()) -> CheckResult:
+    """Run ``func`` compiled and interpreted on ``random_args(func, seed)`` and compare every
+    output: integers exactly, floats within ``tolerance`` (NaN where NaN, equal infinities).
+    ``BudgetError`` before anything runs when that is over ``budgets`` (``check_budgets``),
+    or while interpreting past ``budgets.check_steps``."""
+    from .interp import interpret, random_args
+
+    check_budgets(func, budgets)
     kernel = kernel if kernel is not None else compile(func)
     args = random_args(func, seed=seed)
-    expected = run(lowering.expand_calls(func), **args)  # an intrinsic call means its semantics
+    expected = {name: np.array(a, copy=True) for name, a in args.items()}
+    # an intrinsic call means its semantics
+    interpret(lowering.expand_calls(func), expected, max_steps=budgets.check_steps)
     got = {name: np.array(a, copy=True) for name, a in args.items()}
     kernel(**{b.name: got[b.name] for b in func.params})
     worst, problems = 0.0, []
