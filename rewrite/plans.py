@@ -94,8 +94,11 @@ def _term(parts: tuple[Part, ...]) -> str:
 def program(graph: PlanGraph, root: NestRef) -> str:
     """The egglog program that finds the cheapest plan for ``root``."""
     lines = [_DECLARATIONS]
+    # egglog sums prices in i64: capped so that a plan's sum cannot overflow (a leaf at the cap
+    # runs trillions of operations, where which one wins no longer matters)
+    cap = (1 << 62) // max(1, len(graph.leaves))
     for k, leaf in enumerate(graph.leaves):
-        lines.append(f"(set (cost_table_Leaf {k}) {max(0, round(leaf.cost * SCALE))})")
+        lines.append(f"(set (cost_table_Leaf {k}) {min(cap, max(0, round(leaf.cost * SCALE)))})")
     for nid, alts in graph.alternatives.items():
         for parts in alts:
             lines.append(f"(union (Nest {nid}) {_term(parts)})")

@@ -179,7 +179,7 @@ class _FunctionParser:
             if d.value <= 0:
                 raise self.error(d, f"the shape of {name} must be positive, not {d.value}")
             shape.append(d.value)
-        return Buffer(name, node.value.id, tuple(shape))
+        return self.at(node, Buffer(name, node.value.id, tuple(shape)))
 
     def declare_buffer(self, node: ast.AST, buf: Buffer) -> None:
         if buf.name in self.buffers:
