@@ -73,10 +73,19 @@ REFINE_BUDGET = 1 << 16
 
 @dataclass
 class _Effort:
-    """What is left of ``ENUMERATION_BUDGET`` and ``REFINE_BUDGET`` for one function."""
+    """What is left of ``ENUMERATION_BUDGET`` and ``REFINE_BUDGET`` for one function, and
+    what was computed per access, so that each pair of accesses does not redo it."""
 
     enumerated: int = ENUMERATION_BUDGET
     tests: int = REFINE_BUDGET
+    memo: dict = field(default_factory=dict)
+
+    def of(self, what, access: "Access"):
+        """``what(access)``, computed once (the memo holds the access, so its id stays its own)."""
+        hit = self.memo.get((what, id(access)))
+        if hit is None or hit[0] is not access:
+            hit = self.memo[(what, id(access))] = (access, what(access))
+        return hit[1]
 
 
 # ---------------------------------------------------------------------------
@@ -300,13 +309,16 @@ def _coefficients(access: Access, m: Affine) -> tuple[int, ...] | None:
     return tuple(coeffs)
 
 
-def _equations(a: Access, b: Access) -> list[_Equation]:
+def _rows(access: Access) -> tuple[tuple[int, ...] | None, ...]:
+    """Per index dimension, its coefficients per loop of ``access`` (None: not affine)."""
+    return tuple(None if m is None else _coefficients(access, m) for m in access.maps)
+
+
+def _equations(a: Access, b: Access, effort: _Effort | None = None) -> list[_Equation]:
     """One equation per dimension both sides index affinely; the others constrain nothing."""
+    effort = _Effort() if effort is None else effort
     eqs = []
-    for ma, mb in zip(a.maps, b.maps):
-        if ma is None or mb is None:
-            continue
-        alpha, beta = _coefficients(a, ma), _coefficients(b, mb)
+    for ma, mb, alpha, beta in zip(a.maps, b.maps, effort.of(_rows, a), effort.of(_rows, b)):
         if alpha is not None and beta is not None:
             eqs.append(_Equation(alpha, beta, mb.const - ma.const))
     return eqs
@@ -404,7 +416,7 @@ def _refine_group(eqs: list[_Equation], a: Access, b: Access, aligned: int,
 
 def _refine(a: Access, b: Access, aligned: int, effort: _Effort) -> frozenset[tuple[str, ...]]:
     """Direction vectors GCD and Banerjee cannot rule out, refined per group of coupled loops."""
-    eqs = _equations(a, b)
+    eqs = _equations(a, b, effort)
     if not _feasible(eqs, a, b, ("*",) * aligned):
         return frozenset()
     groups = [(dims, _refine_group(eqs, a, b, aligned, dims, effort)) for dims in _groups(eqs, aligned)]
@@ -502,14 +514,15 @@ def _instances(access: Access) -> tuple[list[np.ndarray], list[np.ndarray] | Non
     return grids, indices
 
 
-def _enumerate(a: Access, b: Access, aligned: int, limit: int) -> frozenset[tuple[str, ...]] | None:
+def _enumerate(a: Access, b: Access, aligned: int, limit: int,
+               effort: _Effort) -> frozenset[tuple[str, ...]] | None:
     """Exact direction vectors by comparing every pair of instances; None when too many."""
     na = math.prod(l.extent for l in a.loops)
     nb = math.prod(l.extent for l in b.loops)
     if na * nb > limit:
         return None
-    loops_a, idx_a = _instances(a)
-    loops_b, idx_b = _instances(b)
+    loops_a, idx_a = effort.of(_instances, a)
+    loops_b, idx_b = effort.of(_instances, b)
     if idx_a is None or idx_b is None:
         return None
     same = np.ones((na, nb), dtype=bool)
@@ -547,7 +560,7 @@ def directions(a: Access, b: Access, aligned: int | None = None, limit: int | No
         return frozenset()
     effort = _Effort() if effort is None else effort
     limit = min(ENUMERATION_LIMIT if limit is None else limit, effort.enumerated)
-    exact = _enumerate(a, b, aligned, limit)
+    exact = _enumerate(a, b, aligned, limit, effort)
     if exact is not None:
         effort.enumerated -= math.prod(l.extent for l in a.loops) * math.prod(l.extent for l in b.loops)
         return exact
@@ -605,10 +618,10 @@ class Dependence:
         return f"{self.kind} {self.source} -> {self.sink} ({', '.join(self.direction)})"
 
 
-def _distances(a: Access, b: Access, aligned: int) -> dict[int, int]:
+def _distances(a: Access, b: Access, aligned: int, effort: _Effort) -> dict[int, int]:
     """J - I per loop that an equation pins alone, with equal coefficients (strong SIV)."""
     known = {}
-    for eq in _equations(a, b):
+    for eq in _equations(a, b, effort):
         used = [k for k in range(max(len(eq.alpha), len(eq.beta)))
                 if (k < len(eq.alpha) and eq.alpha[k]) or (k < len(eq.beta) and eq.beta[k])]
         if len(used) == 1 and used[0] < aligned:
@@ -639,7 +652,7 @@ def _leading(v: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
 def _pair_dependences(a: Access, b: Access, limit: int, effort: _Effort) -> Iterator[Dependence]:
     """Dependences between ``a`` and ``b`` (``a.order <= b.order``), oriented by execution."""
     n = _common(a, b)
-    known = _distances(a, b, n)
+    known = _distances(a, b, n, effort)
     for v in (w for u in directions(a, b, n, limit, effort) for w in _leading(u)):
         dist = tuple(0 if d == "=" else None if d == "*" else known.get(k) for k, d in enumerate(v))
         first = next((d for d in v if d != "="), "=")
