@@ -1,18 +1,21 @@
 """Budgets of the stages that can grow with their input, and the error past one.
 
 Saturation has its own (``saturate.Budget``: iterations, e-nodes, seconds, memory). The
-others are here, each a count of work or bytes known before the stage starts, so a refused
-input is refused at once and the same way on every machine::
+others are here, each a count of work or bytes known before the stage starts (``check-steps``
+is counted as the interpreter goes), so a refused input is refused at once and the same way
+on every machine::
 
     tensorize(func, strassen=3, budgets=Budgets(strassen_products=100))
-    BudgetError: 3 Strassen levels make 343 matmul products, over the strassen-products budget
-    of 100; raise it with --budget strassen-products=N (Budgets.strassen_products in Python)
+    BudgetError: 3 Strassen level(s) make 343 matmul products, over the strassen-products
+    budget of 100; raise it with --budget strassen-products=N (Budgets.strassen_products in Python)
 
-A stage that meets its budget raises ``BudgetError``, which names the budget and how to raise
-it; the command line reports it as that function's error (exit status 2) and goes on with the
-others. Stages without a budget here are linear in the size of the program (lowering,
-codegen) or bound their own cost by losing precision soundly (dependence analysis, see
-``analysis.REFINE_LIMIT``).
+A stage over its budget raises ``BudgetError``, which names the budget and how to raise it;
+the command line reports it as that function's error (exit status 2) and goes on with the
+others. ``tensorize(budgets=...)`` and ``runtime.check(budgets=...)`` take them as arguments;
+stages deep inside others (the dependence analysis) read the ones in force, set with
+``using``. Stages without a budget are linear in the size of the program (lowering, codegen),
+or past a fixed allowance answer more coarsely but soundly (the dependence tests of
+``analysis``: ``ENUMERATION_BUDGET``, ``REFINE_BUDGET``).
 """
 
 from __future__ import annotations
