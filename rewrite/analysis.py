@@ -12,7 +12,16 @@ inside an ``if``, the branch (0 then, 1 else) comes before the position within i
 
 Directions. For accesses ``a`` and ``b`` and the loops they share, a direction vector holds,
 per shared loop, how ``b``'s iteration compares with ``a``'s: ``<`` (b runs in a later
-iteration), ``=`` or ``>``. A ``Dependence`` is oriented from the access that runs first.
+iteration), ``=``, ``>``, or ``*`` (any of the three may hold). A ``Dependence`` is oriented
+from the access that runs first; its first component other than ``=`` is never ``*``.
+
+Cost. The set of direction vectors can be exponential in the depth (``B[0] += A[k]`` in a nest
+of depth n has all 3^n), so it is never enumerated blindly: loops that no equation couples are
+refined apart (the feasible set is a product over groups of coupled loops), a group's
+refinement stops after ``REFINE_LIMIT`` tests (the untested rest becomes ``*``), and a set
+of more than ``DIRECTION_LIMIT`` vectors is summarised by one vector per carrying loop and
+direction, later components becoming ``*`` where they differ. Both only lose precision, in the
+sound direction; a pair of accesses costs polynomial time in the depth.
 
 Soundness. Whenever an answer is uncertain the analysis assumes a dependence: indices with
 ``//``, ``%`` or loads, conditions of ``if`` (a guarded write is assumed to happen), and
@@ -27,6 +36,7 @@ reorderable as ``+``, but the IR cannot tell a max-reduction from any other read
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -49,6 +59,33 @@ DIRECTIONS = ("<", "=", ">")
 
 # Pairs of instances up to which two accesses are compared element by element (exact).
 ENUMERATION_LIMIT = 1 << 18
+# Direction vectors kept exact per pair of accesses; more are summarised per carrying loop.
+DIRECTION_LIMIT = 256
+# Feasibility tests spent refining one group of coupled loops; past it the rest stays ``*``.
+REFINE_LIMIT = 256
+# In all, for one function (``analyze``): instance pairs enumerated and feasibility tests
+# spent. Past either, the remaining pairs of accesses get the cheaper, coarser answer (GCD
+# and Banerjee without enumeration; ``*`` without refinement), so that a function of many
+# statements costs bounded time per pair.
+ENUMERATION_BUDGET = 1 << 26
+REFINE_BUDGET = 1 << 16
+
+
+@dataclass
+class _Effort:
+    """What is left of ``ENUMERATION_BUDGET`` and ``REFINE_BUDGET`` for one function, and
+    what was computed per access, so that each pair of accesses does not redo it."""
+
+    enumerated: int = ENUMERATION_BUDGET
+    tests: int = REFINE_BUDGET
+    memo: dict = field(default_factory=dict)
+
+    def of(self, what, access: "Access"):
+        """``what(access)``, computed once (the memo holds the access, so its id stays its own)."""
+        hit = self.memo.get((what, id(access)))
+        if hit is None or hit[0] is not access:
+            hit = self.memo[(what, id(access))] = (access, what(access))
+        return hit[1]
 
 
 # ---------------------------------------------------------------------------
@@ -272,13 +309,16 @@ def _coefficients(access: Access, m: Affine) -> tuple[int, ...] | None:
     return tuple(coeffs)
 
 
-def _equations(a: Access, b: Access) -> list[_Equation]:
+def _rows(access: Access) -> tuple[tuple[int, ...] | None, ...]:
+    """Per index dimension, its coefficients per loop of ``access`` (None: not affine)."""
+    return tuple(None if m is None else _coefficients(access, m) for m in access.maps)
+
+
+def _equations(a: Access, b: Access, effort: _Effort | None = None) -> list[_Equation]:
     """One equation per dimension both sides index affinely; the others constrain nothing."""
+    effort = _Effort() if effort is None else effort
     eqs = []
-    for ma, mb in zip(a.maps, b.maps):
-        if ma is None or mb is None:
-            continue
-        alpha, beta = _coefficients(a, ma), _coefficients(b, mb)
+    for ma, mb, alpha, beta in zip(a.maps, b.maps, effort.of(_rows, a), effort.of(_rows, b)):
         if alpha is not None and beta is not None:
             eqs.append(_Equation(alpha, beta, mb.const - ma.const))
     return eqs
@@ -324,22 +364,111 @@ def _feasible(eqs: list[_Equation], a: Access, b: Access, dirs: Sequence[str]) -
     return all(_gcd_ok(eq, dirs) and _banerjee_ok(eq, a, b, dirs) for eq in eqs)
 
 
-def _refine(a: Access, b: Access, aligned: int) -> frozenset[tuple[str, ...]]:
-    """Direction vectors GCD and Banerjee cannot rule out, refined one loop at a time."""
-    eqs = _equations(a, b)
-    found: set[tuple[str, ...]] = set()
+def _groups(eqs: list[_Equation], aligned: int) -> list[tuple[int, ...]]:
+    """The aligned loops partitioned into groups that equations couple (union-find); a loop
+    no equation uses is a group of its own. The feasible directions are their product."""
+    parent = list(range(aligned))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for eq in eqs:
+        used = [k for k in range(aligned) if eq.alpha[k] or eq.beta[k]]
+        for k in used[1:]:
+            parent[root(k)] = root(used[0])
+    groups: dict[int, list[int]] = {}
+    for k in range(aligned):
+        groups.setdefault(root(k), []).append(k)
+    return [tuple(g) for g in groups.values()]
+
+
+def _refine_group(eqs: list[_Equation], a: Access, b: Access, aligned: int,
+                  dims: tuple[int, ...], effort: _Effort) -> list[tuple[str, ...]]:
+    """Directions of the loops ``dims`` (the others ``*``) GCD and Banerjee cannot rule out,
+    refined one loop at a time; after ``REFINE_LIMIT`` tests the untested rest is ``*``."""
+    used = [eq for eq in eqs if any(eq.alpha[k] or eq.beta[k] for k in dims)]
+    found: list[tuple[str, ...]] = []
+    tests = [0]
+    allowed = min(REFINE_LIMIT, effort.tests)
 
     def go(prefix: tuple[str, ...]) -> None:
-        if not _feasible(eqs, a, b, prefix + ("*",) * (aligned - len(prefix))):
+        full = ["*"] * aligned
+        for k, d in zip(dims, prefix):
+            full[k] = d
+        tests[0] += 1
+        if not _feasible(used, a, b, full):
             return
-        if len(prefix) == aligned:
-            found.add(prefix)
+        if len(prefix) == len(dims) or tests[0] >= allowed:
+            found.append(prefix + ("*",) * (len(dims) - len(prefix)))
             return
-        for d in DIRECTIONS:
+        # "=" first: under the limit, the vectors left unrefined then are those whose carrier
+        # is already known (a "<" or ">" further out), which is what loop classes need
+        for d in ("=", "<", ">"):
             go(prefix + (d,))
 
     go(())
-    return frozenset(found)
+    effort.tests -= tests[0]
+    return found
+
+
+def _refine(a: Access, b: Access, aligned: int, effort: _Effort) -> frozenset[tuple[str, ...]]:
+    """Direction vectors GCD and Banerjee cannot rule out, refined per group of coupled loops."""
+    eqs = _equations(a, b, effort)
+    if not _feasible(eqs, a, b, ("*",) * aligned):
+        return frozenset()
+    groups = [(dims, _refine_group(eqs, a, b, aligned, dims, effort)) for dims in _groups(eqs, aligned)]
+    if math.prod(len(v) for _, v in groups) <= DIRECTION_LIMIT:
+        out = set()
+        for choice in itertools.product(*(v for _, v in groups)):
+            vector = ["="] * aligned
+            for (dims, _), part in zip(groups, choice):
+                for k, d in zip(dims, part):
+                    vector[k] = d
+            out.add(tuple(vector))
+        return frozenset(out)
+    return _summary([(dims, _codes(v)) for dims, v in groups], aligned)
+
+
+# Direction components as small integers for the numpy summary below.
+_CODE = {"<": 0, "=": 1, ">": 2, "*": 3}
+_SYMBOL = "<=>*"
+
+
+def _codes(vectors) -> np.ndarray:
+    return np.array([[_CODE[d] for d in v] for v in vectors], dtype=np.int8).reshape(len(vectors), -1)
+
+
+def _summary(groups: list[tuple[tuple[int, ...], np.ndarray]], aligned: int) -> frozenset[tuple[str, ...]]:
+    """One vector per carrier standing for the product of the groups' vectors: for each loop p
+    and direction d in ``<``, ``>``, the vectors ``=`` before p and d at p, summarised (later
+    components ``*`` where they differ); and the all-``=`` vector if present. A superset of the
+    product, exact up to the carrier, at most ``2 * aligned + 1`` vectors.
+
+    ``groups``: the loops each group covers and its vectors (rows of ``_CODE`` values)."""
+    eq, star = _CODE["="], _CODE["*"]
+    out = set()
+    for p in list(range(aligned)) + [aligned]:
+        for d in (("<", ">") if p < aligned else ("=",)):
+            tail: list[set[int]] = [set() for _ in range(aligned)]
+            for dims, rows in groups:
+                cols = np.array(dims)
+                before, at = cols < p, cols == p
+                ok = np.all((rows[:, before] == eq) | (rows[:, before] == star), axis=1)
+                if at.any():
+                    ok &= np.any((rows[:, at] == _CODE[d]) | (rows[:, at] == star), axis=1)
+                kept = rows[ok]
+                if kept.shape[0] == 0:
+                    break
+                for j, k in enumerate(dims):
+                    tail[k].update(np.unique(kept[:, j]).tolist())
+            else:
+                out.add(tuple("=" if k < p else d if k == p else
+                              (_SYMBOL[next(iter(tail[k]))] if len(tail[k]) == 1 else "*")
+                              for k in range(aligned)))
+    return frozenset(out)
 
 
 def _eval_index(e: Expr, env: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -368,9 +497,13 @@ def _eval_index(e: Expr, env: dict[str, np.ndarray]) -> np.ndarray | None:
 
 def _instances(access: Access) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
     """Loop values and index values of every instance of an access (flattened)."""
-    ranges = [np.arange(l.start, l.stop, dtype=np.int64) for l in access.loops]
-    grids = [g.ravel() for g in np.meshgrid(*ranges, indexing="ij")] if ranges else []
     n = math.prod(l.extent for l in access.loops)
+    flat = np.arange(n, dtype=np.int64)
+    grids, inner = [], 1  # row-major: the last loop varies fastest
+    for l in reversed(access.loops):
+        grids.append(l.start + (flat // inner) % l.extent)
+        inner *= l.extent
+    grids.reverse()
     env = {l.var: g for l, g in zip(access.loops, grids)}  # later (inner) loops shadow outer
     indices = []
     for e in access.indices:
@@ -381,14 +514,15 @@ def _instances(access: Access) -> tuple[list[np.ndarray], list[np.ndarray] | Non
     return grids, indices
 
 
-def _enumerate(a: Access, b: Access, aligned: int, limit: int) -> frozenset[tuple[str, ...]] | None:
+def _enumerate(a: Access, b: Access, aligned: int, limit: int,
+               effort: _Effort) -> frozenset[tuple[str, ...]] | None:
     """Exact direction vectors by comparing every pair of instances; None when too many."""
     na = math.prod(l.extent for l in a.loops)
     nb = math.prod(l.extent for l in b.loops)
     if na * nb > limit:
         return None
-    loops_a, idx_a = _instances(a)
-    loops_b, idx_b = _instances(b)
+    loops_a, idx_a = effort.of(_instances, a)
+    loops_b, idx_b = effort.of(_instances, b)
     if idx_a is None or idx_b is None:
         return None
     same = np.ones((na, nb), dtype=bool)
@@ -399,19 +533,24 @@ def _enumerate(a: Access, b: Access, aligned: int, limit: int) -> frozenset[tupl
         return frozenset()
     if aligned == 0:
         return frozenset({()})
-    signs = np.stack([np.sign(loops_b[k][pb] - loops_a[k][pa]) for k in range(aligned)], axis=1)
-    symbol = {1: "<", 0: "=", -1: ">"}
-    return frozenset(tuple(symbol[int(s)] for s in row) for row in np.unique(signs, axis=0))
+    # 0, 1, 2 for <, =, > (the codes of _CODE)
+    codes = np.stack([1 - np.sign(loops_b[k][pb] - loops_a[k][pa]) for k in range(aligned)], axis=1)
+    rows = np.unique(codes.astype(np.int8), axis=0)
+    if rows.shape[0] > DIRECTION_LIMIT:
+        return _summary([(tuple(range(aligned)), rows)], aligned)
+    return frozenset(tuple(_SYMBOL[c] for c in row) for row in rows.tolist())
 
 
-def directions(a: Access, b: Access, aligned: int | None = None,
-               limit: int | None = None) -> frozenset[tuple[str, ...]]:
+def directions(a: Access, b: Access, aligned: int | None = None, limit: int | None = None,
+               effort: _Effort | None = None) -> frozenset[tuple[str, ...]]:
     """Direction vectors (b's iteration against a's, per aligned loop) for which some instance
     of ``a`` and some instance of ``b`` touch the same element. Empty: independent.
 
     ``aligned`` defaults to the loops both accesses are in; a larger value pairs a's and b's
     next loops as if they were one (the loops must have equal ranges), which is how fusion
     is tested. Reads against reads are compared too: this is about elements, not order.
+    A component ``*`` stands for all three directions (some of which may be infeasible).
+    ``effort``: the allowance left for the function the pair belongs to (spent here).
     """
     if aligned is None:
         aligned = _common(a, b)
@@ -419,8 +558,13 @@ def directions(a: Access, b: Access, aligned: int | None = None,
         raise ValueError("aligned loops must have equal ranges")
     if a.buffer.name != b.buffer.name or any(l.extent == 0 for l in a.loops + b.loops):
         return frozenset()
-    exact = _enumerate(a, b, aligned, ENUMERATION_LIMIT if limit is None else limit)
-    return exact if exact is not None else _refine(a, b, aligned)
+    effort = _Effort() if effort is None else effort
+    limit = min(ENUMERATION_LIMIT if limit is None else limit, effort.enumerated)
+    exact = _enumerate(a, b, aligned, limit, effort)
+    if exact is not None:
+        effort.enumerated -= math.prod(l.extent for l in a.loops) * math.prod(l.extent for l in b.loops)
+        return exact
+    return _refine(a, b, aligned, effort)
 
 
 def direction_summary(vectors: frozenset[tuple[str, ...]]) -> tuple[str, ...]:
@@ -474,10 +618,10 @@ class Dependence:
         return f"{self.kind} {self.source} -> {self.sink} ({', '.join(self.direction)})"
 
 
-def _distances(a: Access, b: Access, aligned: int) -> dict[int, int]:
+def _distances(a: Access, b: Access, aligned: int, effort: _Effort) -> dict[int, int]:
     """J - I per loop that an equation pins alone, with equal coefficients (strong SIV)."""
     known = {}
-    for eq in _equations(a, b):
+    for eq in _equations(a, b, effort):
         used = [k for k in range(max(len(eq.alpha), len(eq.beta)))
                 if (k < len(eq.alpha) and eq.alpha[k]) or (k < len(eq.beta) and eq.beta[k])]
         if len(used) == 1 and used[0] < aligned:
@@ -488,15 +632,29 @@ def _distances(a: Access, b: Access, aligned: int) -> dict[int, int]:
 
 
 def _flip(v: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple({"<": ">", ">": "<", "=": "="}[d] for d in v)
+    return tuple({"<": ">", ">": "<", "=": "=", "*": "*"}[d] for d in v)
 
 
-def _pair_dependences(a: Access, b: Access, limit: int) -> Iterator[Dependence]:
+def _leading(v: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    """``v`` split until its first component other than ``=`` is ``<`` or ``>`` (or none is):
+    a leading ``*`` becomes ``<``, ``>`` and ``=`` followed by the rest, split again."""
+    for k, d in enumerate(v):
+        if d == "=":
+            continue
+        if d != "*":
+            break
+        yield v[:k] + ("<",) + v[k + 1:]
+        yield v[:k] + (">",) + v[k + 1:]
+        v = v[:k] + ("=",) + v[k + 1:]
+    yield v
+
+
+def _pair_dependences(a: Access, b: Access, limit: int, effort: _Effort) -> Iterator[Dependence]:
     """Dependences between ``a`` and ``b`` (``a.order <= b.order``), oriented by execution."""
     n = _common(a, b)
-    known = _distances(a, b, n)
-    for v in directions(a, b, n, limit):
-        dist = tuple(0 if d == "=" else known.get(k) for k, d in enumerate(v))
+    known = _distances(a, b, n, effort)
+    for v in (w for u in directions(a, b, n, limit, effort) for w in _leading(u)):
+        dist = tuple(0 if d == "=" else None if d == "*" else known.get(k) for k, d in enumerate(v))
         first = next((d for d in v if d != "="), "=")
         if first == "<" or (first == "=" and a.order < b.order):
             yield Dependence(a, b, a.loops[:n], v, dist)
@@ -546,8 +704,8 @@ def _all_loops(func: PrimFunc) -> Iterator[tuple[Path, For, int]]:
         yield from visit(s, (k,), 0)
 
 
-def _classify(path: Path, loop: For, depth: int, deps: Sequence[Dependence]) -> LoopInfo:
-    carried = [d for d in deps if d.carrier == depth and d.loops[depth].path == path]
+def _classify(path: Path, loop: For, depth: int, carried: Sequence[Dependence]) -> LoopInfo:
+    """The class of a loop from the dependences it carries."""
     blocking = [d for d in carried if d.kind != "accumulate"]
     if blocking:
         kind, reason = "carried", str(blocking[0])
@@ -558,22 +716,48 @@ def _classify(path: Path, loop: For, depth: int, deps: Sequence[Dependence]) -> 
     return LoopInfo(path, loop.var, loop.start, loop.stop, depth, kind, reason)
 
 
+def _pairs(acc: Sequence[Access]) -> int:
+    """Pairs ``_analyze`` compares: per buffer, each write with itself and every later access
+    of the buffer, so (w + 1) * w / 2 + w * r for w writes and r reads."""
+    writes: dict[str, int] = {}
+    reads: dict[str, int] = {}
+    for a in acc:
+        into = writes if a.writes else reads
+        into[a.buffer.name] = into.get(a.buffer.name, 0) + 1
+    return sum(w * (w + 1) // 2 + w * reads.get(name, 0) for name, w in writes.items())
+
+
 @lru_cache(maxsize=32)
-def _analyze(func: PrimFunc, limit: int) -> Analysis:
+def _analyze(func: PrimFunc, limit: int, max_pairs: int) -> Analysis:
     acc = accesses(func)
+    pairs = _pairs(acc)
+    if pairs > max_pairs:
+        from .budgets import BudgetError
+
+        raise BudgetError(f"the dependence analysis of {func.name} would compare {pairs:,} pairs of "
+                          "accesses", "analysis-pairs", max_pairs)
+    effort = _Effort()
     deps: dict[Dependence, None] = {}  # ordered set: a self-pair yields each dependence twice
     for i, a in enumerate(acc):
         for b in acc[i:]:
             if a.buffer.name == b.buffer.name and (a.writes or b.writes):
-                deps.update(dict.fromkeys(_pair_dependences(a, b, limit)))
+                deps.update(dict.fromkeys(_pair_dependences(a, b, limit, effort)))
     dep_list = tuple(deps)
-    infos = tuple(_classify(p, l, d, dep_list) for p, l, d in _all_loops(func))
+    by_carrier: dict[Path, list[Dependence]] = {}  # one pass, not one per loop
+    for d in dep_list:
+        if d.carrier is not None:
+            by_carrier.setdefault(d.loops[d.carrier].path, []).append(d)
+    infos = tuple(_classify(p, l, d, by_carrier.get(p, ())) for p, l, d in _all_loops(func))
     return Analysis(func, tuple(acc), dep_list, infos)
 
 
 def analyze(func: PrimFunc) -> Analysis:
-    """Accesses, dependences and loop classes of a function (cached per function)."""
-    return _analyze(func, ENUMERATION_LIMIT)
+    """Accesses, dependences and loop classes of a function (cached per function).
+    ``BudgetError`` when it would compare more pairs of accesses than the ``analysis-pairs``
+    budget in force (``budgets.using``) allows."""
+    from .budgets import active
+
+    return _analyze(func, ENUMERATION_LIMIT, active().analysis_pairs)
 
 
 def dependences(func: PrimFunc) -> list[Dependence]:
@@ -639,7 +823,7 @@ def can_permute(func: PrimFunc, path: Path, order: Sequence[int], allow_reassoci
             continue
         band = d.direction[depth:depth + len(order)]
         moved = [band[t] for t in order]
-        if next((x for x in moved if x != "="), "=") == ">":
+        if next((x for x in moved if x != "="), "=") in (">", "*"):  # "*" may be ">"
             return False
     return True
 
@@ -697,7 +881,8 @@ def can_fuse(func: PrimFunc, path_a: Path, path_b: Path, allow_reassociation: bo
         for y in in_b:
             if x.buffer.name != y.buffer.name or not (x.writes or y.writes) or _ignored(x, y, allow_reassociation):
                 continue
-            if any(v[depth] == ">" and set(v[:depth]) <= {"="} for v in directions(x, y, depth + 1)):
+            if any(v[depth] in (">", "*") and set(v[:depth]) <= {"=", "*"}
+                   for v in directions(x, y, depth + 1)):
                 return False
     return True
 
@@ -721,6 +906,6 @@ def can_distribute(func: PrimFunc, path: Path, allow_reassociation: bool = True)
                 continue
             if not (x.writes or y.writes) or _ignored(x, y, allow_reassociation):
                 continue
-            if any(v[depth] == "<" and set(v[:depth]) <= {"="} for v in directions(x, y)):
+            if any(v[depth] in ("<", "*") and set(v[:depth]) <= {"=", "*"} for v in directions(x, y)):
                 return False
     return True

@@ -2,8 +2,10 @@
 
 Exit status: 0 done, 1 a ``--check`` failure, 2 bad input (one line per problem on
 stderr, never a traceback). One bad function does not stop the others: its entry
-carries ``"error"``. SIGINT and SIGTERM stop the command cleanly (the saturation worker
-is killed): exit status 130 and 143 (128 + the signal), ``interrupted`` on stderr.
+carries ``"error"``. A function over one of its budgets (``budgets.Budgets``, raised with
+``--budget NAME=N``) is bad input too: its error names the budget, exit status 2. SIGINT and
+SIGTERM stop the command cleanly (the saturation worker is killed): exit status 130 and 143
+(128 + the signal), ``interrupted`` on stderr.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from . import analysis
+from .budgets import BudgetError, Budgets, using
 from .ir import PrimFunc
 from .script import parse_file_lenient, show
 
@@ -81,6 +84,7 @@ class Options:
     explain: bool = False
     threads: Optional[int] = None
     strassen: object = "auto"
+    budgets: Budgets = field(default_factory=Budgets)
 
 
 @dataclass
@@ -122,7 +126,12 @@ class Entry:
 
 
 def process(unit: Unit, opts: Options) -> Entry:
-    """Analyse, tensorize, compile and (optionally) check one function."""
+    """Analyse, tensorize, compile and (optionally) check one function, under its budgets."""
+    with using(opts.budgets):
+        return _process(unit, opts)
+
+
+def _process(unit: Unit, opts: Options) -> Entry:
     entry = Entry(unit.file, unit.name, error=unit.error)
     if unit.func is None:
         return entry
@@ -144,7 +153,7 @@ def process(unit: Unit, opts: Options) -> Entry:
         if opts.library is not None:
             from .pipeline import tensorize
 
-            result = tensorize(func, opts.library, strassen=opts.strassen)
+            result = tensorize(func, opts.library, strassen=opts.strassen, budgets=opts.budgets)
             chosen = result.func
             entry.sites = [s.to_json() for s in result.sites]
             entry.ops_total, entry.ops_in_intrinsics = result.ops_total, result.ops_in_intrinsics
@@ -164,11 +173,13 @@ def process(unit: Unit, opts: Options) -> Entry:
         if opts.check:
             # the chosen program, compiled, against the interpreter on the function as written
             t2 = time.perf_counter()
-            result = runtime.check(func, kernel)
+            result = runtime.check(func, kernel, budgets=opts.budgets)
             entry.seconds["check"] = time.perf_counter() - t2
             entry.check = {"ok": bool(result.ok), "max_abs_error": float(result.max_abs_error)}
             if not result.ok:
                 entry.check["message"] = result.message
+    except BudgetError as e:  # too big for this run's budgets: bad input, said so
+        entry.error = f"{unit.file}:{unit.name}: {e}"
     except (Exception, SystemExit, KeyboardInterrupt) as e:
         # a compiler bug, or a plugin's emitter raising anything, must not stop the others
         _stop_if_signalled(e)
@@ -353,9 +364,13 @@ def cmd_intrinsics(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     library = load_intrinsics(args)
+    budgets = Budgets()
+    for option in args.budget or []:
+        budgets = budgets.with_option(option)  # validated by _budget already
     opts = Options(library=None if args.target == "none" else library, check=args.check,
                    emit=args.emit, explain=args.explain, threads=args.threads,
-                   strassen=int(args.strassen) if args.strassen.isdigit() else args.strassen)
+                   strassen=int(args.strassen) if args.strassen.isdigit() else args.strassen,
+                   budgets=budgets)
     units = load_units(args.paths, args.func)
     progress = Progress(len(units))
     entries = []
@@ -436,9 +451,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if args.target != "none":
                 from .pipeline import tensorize
 
-                chosen = tensorize(u.func, library).func
+                with using(Budgets()):
+                    chosen = tensorize(u.func, library).func
             results.append(bench.bench_one(u.func, u.file, args.threads, args.runs, chosen=chosen,
                                            onnxruntime=args.onnxruntime))
+        except BudgetError as e:  # as in ``run``: the function's error, the others go on
+            if live:
+                sys.stderr.write("\r\033[K")
+            print(f"{u.file}:{u.name}: {e}", file=sys.stderr)
+            failed = True
         except Exception as e:
             if live:
                 sys.stderr.write("\r\033[K")
@@ -472,10 +493,32 @@ def _positive(text: str) -> int:
     return n
 
 
+def _threads(text: str) -> int:
+    from .runtime import MAX_THREADS
+
+    n = _positive(text)
+    if n > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_THREADS} threads, not {n}")
+    return n
+
+
 def _strassen(text: str) -> str:
-    if text in ("auto", "off") or text.isdigit():
+    from .rules.strassen import MAX_LEVELS
+
+    if text in ("auto", "off"):
         return text
-    raise argparse.ArgumentTypeError(f"expected auto, off or a number of levels, not {text!r}")
+    if text.isdigit() and int(text) <= MAX_LEVELS:
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, off or a number of levels up to {MAX_LEVELS}, "
+                                     f"not {text!r}")
+
+
+def _budget(text: str) -> str:
+    try:
+        Budgets().with_option(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -496,7 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true",
                      help="a block per function: buffers, loop classes, intrinsics, timings")
     run.add_argument("--strassen", type=_strassen, default="auto", metavar="auto|off|N")
-    run.add_argument("--threads", type=_positive, metavar="N", help="threads for parallel loops")
+    run.add_argument("--threads", type=_threads, metavar="N", help="threads for parallel loops")
+    run.add_argument("--budget", type=_budget, action="append", metavar="NAME=N",
+                     help=f"raise or lower a stage's budget ({', '.join(Budgets.names())}); repeatable")
     run.set_defaults(handler=cmd_run)
 
     intr = sub.add_parser("intrinsics", help="list registered intrinsics and their semantics")
@@ -522,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="intrinsic library to map onto first; none times plain loops")
     bench.add_argument("--intrinsics", metavar="NAME,...", help="pick intrinsics by name")
     bench.add_argument("--intrinsics-file", metavar="PATH", help="a Python module registering intrinsics")
-    bench.add_argument("--threads", type=_positive, metavar="N")
+    bench.add_argument("--threads", type=_threads, metavar="N")
     bench.add_argument("--runs", type=_positive, default=20, metavar="N", help="at least this many timed runs")
     bench.add_argument("--onnxruntime", action="store_true",
                        help="also time ONNX Runtime on matrix products (pip install 'tensorize[onnx]')")

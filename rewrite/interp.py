@@ -33,7 +33,7 @@ from . import ir
 from .ir import (Accumulate, Binary, Buffer, Cast, Compare, Const, For, If, Load, Logical,
                  PrimFunc, Select, Seq, Store, Unary, Var)
 
-__all__ = ["interpret", "run", "random_args"]
+__all__ = ["instances", "interpret", "run", "random_args"]
 
 # A batch check or a fully vectorised subtree handles at most this many events (access
 # instances) at once: large enough for a 128^3 matmul's reduction, small enough for memory.
@@ -44,11 +44,14 @@ EVENT_LIMIT = 1 << 22
 # public API
 
 
-def interpret(func: PrimFunc, arrays: Mapping[str, np.ndarray], *, vectorize: bool = True) -> None:
+def interpret(func: PrimFunc, arrays: Mapping[str, np.ndarray], *, vectorize: bool = True,
+              max_steps: int | None = None) -> None:
     """Run ``func`` in place on ``arrays`` (one array per parameter, exact shape and dtype).
 
     Temporaries (``func.allocs``) start as zeros. ``vectorize=False`` forces the plain
     one-iteration-at-a-time path, which defines the result the vectorised path must match.
+    ``max_steps`` bounds the loop iterations run one at a time (``BudgetError`` past it,
+    budget ``check-steps``); vectorised loops do not count.
     """
     from .lower import expand_calls
 
@@ -56,7 +59,7 @@ def interpret(func: PrimFunc, arrays: Mapping[str, np.ndarray], *, vectorize: bo
     given, work = _bind(func, arrays)
     for b in func.allocs:
         work[b.name] = np.zeros(b.shape, ir.numpy_dtype(b.dtype))
-    machine = _Machine(work, vectorize)
+    machine = _Machine(work, vectorize, func.name, max_steps)
     with np.errstate(all="ignore"):
         machine.exec(func.body, _Ctx())
     for name, arr in given.items():
@@ -72,6 +75,26 @@ def run(func: PrimFunc, /, **arrays: np.ndarray) -> dict[str, np.ndarray]:
             bound[b.name] = np.zeros(b.shape, ir.numpy_dtype(b.dtype))
     interpret(func, bound)
     return {b.name: bound[b.name] for b in func.params}
+
+
+def instances(func: PrimFunc) -> int:
+    """Statement instances a run of ``func`` executes at most: each statement (an ``if``
+    counts its condition and both branches) times the extents of its loops. Known before
+    running, it is what ``--check``'s ``check-iterations`` budget counts.
+
+    ``for i, j in grid(4, 8): C[i, j] = 0.0`` -> 32."""
+    from .lower import expand_calls
+
+    def count(s) -> int:
+        if isinstance(s, For):
+            return s.extent * count(s.body)
+        if isinstance(s, Seq):
+            return sum(count(c) for c in s.stmts)
+        if isinstance(s, If):
+            return 1 + count(s.then) + (0 if s.orelse is None else count(s.orelse))
+        return 1
+
+    return count(expand_calls(func).body)
 
 
 def random_args(func: PrimFunc, seed: int = 0, special: bool = False,
@@ -337,7 +360,9 @@ def _index_vars(exprs) -> frozenset[str]:
 
 
 class _Machine:
-    def __init__(self, buffers: dict[str, np.ndarray], vectorize: bool):
+    def __init__(self, buffers: dict[str, np.ndarray], vectorize: bool, name: str = "",
+                 max_steps: int | None = None):
+        self.name, self.max_steps, self.steps = name, max_steps, 0
         self.bufs = buffers
         self.flat = {name: a.reshape(-1) for name, a in buffers.items()}
         self.vectorize = vectorize
@@ -386,6 +411,12 @@ class _Machine:
         if mode != "seq":
             self.exec(loop.body, ctx.with_axis(loop.var, loop.start, loop.extent, mode == "full"))
             return
+        self.steps += loop.extent
+        if self.max_steps is not None and self.steps > self.max_steps:
+            from .budgets import BudgetError
+
+            raise BudgetError(f"the interpreter has run {self.steps:,} loop iterations one at a time "
+                              f"(loop {loop.var} cannot be vectorised)", "check-steps", self.max_steps)
         inner = ctx.without_axis(loop.var) if loop.var in ctx.axes else ctx
         missing = object()
         saved = inner.scalars.get(loop.var, missing)

@@ -111,9 +111,20 @@ def bindings(nest: AccNest, desc, match: BodyMatch, check_extents: bool = True) 
     if any(m is None for ms in maps.values() for m in ms):
         return
     prog = {d.name: d for d in nest.dims}
+    # Loops with the same range that move every access alike are interchangeable: a binding
+    # to one is, renamed, a binding to another. Offering at most as many of each kind as the
+    # intrinsic has dims bounds the bindings tried by the kinds of loops, not the nest's depth
+    # (200 loops of extent 1 made 200^3 bindings to test).
+    kinds: dict[tuple, int] = {}
+    offered = []
+    for p in nest.dims:
+        kind = (p.start, p.stop, tuple(_coef_vector(ms, p.name) for ms in maps.values()))
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if kinds[kind] <= len(desc.dims):
+            offered.append(p)
     choices = []
     for d in desc.dims:
-        options: list[Optional[str]] = [p.name for p in nest.dims
+        options: list[Optional[str]] = [p.name for p in offered
                                         if p.extent >= d.extent or not check_extents]
         if d.extent == 1:
             options.append(None)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence, Union
 
 from . import cost, ir, nests
+from .budgets import Budgets, using
 from .extract import Extractor
 from .ir import Call, For, PrimFunc, Stmt
 from .lower import op_count
@@ -247,10 +248,17 @@ def _fast_path(body: Stmt, guards: Sequence) -> Stmt:
 
 def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,
               budget: Budget = Budget(), in_process: bool = False,
-              strassen: Union[str, int] = "auto") -> TensorizeResult:
+              strassen: Union[str, int] = "auto", budgets: Budgets = Budgets()) -> TensorizeResult:
     """The cheapest program equivalent to ``func`` using ``intrinsics`` (default: what this
     CPU runs natively). ``strassen``: ``"auto"`` lets the cost model decide, ``"off"`` never,
-    an integer applies that many levels wherever shapes allow."""
+    an integer applies that many levels wherever shapes allow. ``budget`` bounds saturation,
+    ``budgets`` the other stages (``BudgetError`` past one)."""
+    with using(budgets):  # for the stages deep inside others, such as the dependence analysis
+        return _tensorize(func, intrinsics, budget, in_process, strassen, budgets)
+
+
+def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, in_process: bool,
+               strassen: Union[str, int], budgets: Budgets) -> TensorizeResult:
     if intrinsics is None:
         import intrinsics as lib
 
@@ -267,7 +275,7 @@ def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,
     normal, parts, chosen = _inline_alternatives(normal, parts, chosen, library, budget, taken,
                                                  in_process)
     levels = 0
-    for alt in _strassen_alternatives(normal, parts, strassen, taken):
+    for alt in _strassen_alternatives(normal, parts, strassen, taken, budgets.strassen_products):
         planned = plan_items(alt.parts, library, budget, taken, in_process)
         planned.allocs = list(alt.allocs) + planned.allocs
         planned.cost += getattr(alt, "extra_cost", 0.0)
@@ -325,7 +333,8 @@ def _inline_alternatives(func: PrimFunc, parts: Sequence, chosen: Planned, libra
     return out
 
 
-def _strassen_alternatives(func: PrimFunc, parts: Sequence, mode, taken: set[str]) -> list:
+def _strassen_alternatives(func: PrimFunc, parts: Sequence, mode, taken: set[str],
+                           max_products: int) -> list:
     """Programs with Strassen levels applied (``rules/strassen.py``), if that module exists."""
     if mode == "off" or mode == 0:
         return []
@@ -333,7 +342,7 @@ def _strassen_alternatives(func: PrimFunc, parts: Sequence, mode, taken: set[str
         from .rules import strassen
     except ImportError:
         return []
-    return strassen.alternatives(func, parts, mode, taken)
+    return strassen.alternatives(func, parts, mode, taken, max_products)
 
 
 # ---------------------------------------------------------------------------

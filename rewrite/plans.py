@@ -131,8 +131,11 @@ def program(graph: PlanGraph, root: NestRef) -> str:
     kept = near_cheapest(graph, root)
     leaves = sorted({p for alts in kept.values() for parts in alts for p in parts if isinstance(p, int)})
     lines = [_DECLARATIONS]
+    # egglog sums prices in i64: capped so that a plan's sum cannot overflow (a leaf at the cap
+    # runs trillions of operations, where which one wins no longer matters)
+    cap = (1 << 62) // max(1, len(leaves))
     for k in leaves:
-        lines.append(f"(set (cost_table_Leaf {k}) {max(0, round(graph.leaves[k].cost * SCALE))})")
+        lines.append(f"(set (cost_table_Leaf {k}) {min(cap, max(0, round(graph.leaves[k].cost * SCALE)))})")
     for nid, alts in kept.items():
         for parts in alts:
             lines.append(f"(union (Nest {nid}) {_term(parts)})")

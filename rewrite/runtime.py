@@ -51,6 +51,7 @@ import numpy as np
 
 from . import analysis, codegen
 from . import lower as lowering
+from .budgets import BudgetError, Budgets, format_bytes
 from .ir import Buffer, Call, PrimFunc, is_float, numpy_dtype, walk_stmts
 from .verify import verify
 
@@ -330,6 +331,11 @@ def _close_pools() -> None:
         pool.close()
 
 
+# Threads a kernel may use: each is an OS thread parked in native code, so a few thousand
+# take seconds to start and only contend for the cores.
+MAX_THREADS = 256
+
+
 def default_threads() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -413,8 +419,8 @@ def compile(func: PrimFunc, threads: Optional[int] = None) -> "Kernel":
     """JIT-compile ``func`` for this CPU. ``threads``: threads for parallel loops (default:
     the CPUs this process may run on; 1 runs everything on the calling thread)."""
     threads = default_threads() if threads is None else int(threads)
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, not {threads}")
+    if not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be from 1 to {MAX_THREADS} (runtime.MAX_THREADS), not {threads}")
     compiled, in_memory = _compiled(func)
     uses_pool = threads > 1 and compiled.parallel
     return Kernel(func, compiled, _pool(threads) if uses_pool else None, threads,
@@ -567,19 +573,40 @@ def tolerance(func: PrimFunc, dtype: str, reference: np.ndarray) -> float:
     return eps * (_ULPS_FLOOR + _ULPS_PER_TERM * lowering.reduction_length(func)) * scale
 
 
-def check(func: PrimFunc, kernel: Optional[Kernel] = None, seed: int = 0) -> CheckResult:
+def check_budgets(func: PrimFunc, budgets: Budgets) -> None:
+    """``BudgetError`` when checking ``func`` would allocate or run more than ``budgets``
+    allow (``check-memory``, ``check-iterations``): decided before anything is allocated."""
+    from .interp import instances
+
+    params = sum(b.size * np.dtype(numpy_dtype(b.dtype)).itemsize for b in func.params)
+    temps = sum(b.size * np.dtype(numpy_dtype(b.dtype)).itemsize for b in func.allocs)
+    need = 3 * params + temps  # inputs, the interpreter's copy, the kernel's copy
+    if need > budgets.check_memory:
+        raise BudgetError(f"--check would allocate {format_bytes(need)} (three copies of the "
+                          "parameters, and the temporaries)", "check-memory", budgets.check_memory)
+    n = instances(func)
+    if n > budgets.check_iterations:
+        raise BudgetError(f"--check would interpret {n:,} statement instances", "check-iterations",
+                          budgets.check_iterations)
+
+
+def check(func: PrimFunc, kernel: Optional[Kernel] = None, seed: int = 0,
+          budgets: Budgets = Budgets()) -> CheckResult:
     """Run ``func`` compiled and interpreted on random inputs and compare every output:
     integers exactly, floats within ``tolerance`` with NaN where NaN and equal infinities.
+    ``BudgetError`` before anything runs when that is over ``budgets`` (``check_budgets``),
+    or while interpreting past ``budgets.check_steps``.
 
     Rounds: ``random_args(func, seed)`` (finite values); then, when ``func`` has float
     parameters, the same with a few NaN, +-Inf, +-0 and subnormals sprinkled in
     (``special=True``), and with half the elements such values (``density``: pairs like
     ``Inf * 0`` at one index); their NaN/Inf pattern must match exactly (SPEC, Numerics)."""
+    check_budgets(func, budgets)
     kernel = kernel if kernel is not None else compile(func)
-    worst, problems = _check_round(func, kernel, seed, False, None)
+    worst, problems = _check_round(func, kernel, seed, False, None, budgets)
     if any(is_float(b.dtype) for b in func.params):
         for density, what in ((None, "a few"), (SPECIAL_DENSITY, "many")):
-            error, more = _check_round(func, kernel, seed, True, density)
+            error, more = _check_round(func, kernel, seed, True, density, budgets)
             worst = max(worst, error)
             problems += [f"{p} (inputs with {what} NaN/Inf)" for p in more]
     return CheckResult(not problems, worst, "; ".join(problems))
@@ -590,11 +617,13 @@ SPECIAL_DENSITY = 0.5
 
 
 def _check_round(func: PrimFunc, kernel: Kernel, seed: int, special: bool,
-                 density: Optional[float]) -> tuple[float, list[str]]:
-    from .interp import random_args, run
+                 density: Optional[float], budgets: Budgets) -> tuple[float, list[str]]:
+    from .interp import interpret, random_args
 
     args = random_args(func, seed=seed, special=special, density=density)
-    expected = run(lowering.expand_calls(func), **args)  # an intrinsic call means its semantics
+    expected = {name: np.array(a, copy=True) for name, a in args.items()}
+    # an intrinsic call means its semantics
+    interpret(lowering.expand_calls(func), expected, max_steps=budgets.check_steps)
     got = {name: np.array(a, copy=True) for name, a in args.items()}
     kernel(**{b.name: got[b.name] for b in func.params})
     worst, problems = 0.0, []

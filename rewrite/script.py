@@ -352,7 +352,7 @@ class _FunctionParser:
             if value <= 0:
                 raise self.error(d, f"the shape of {name} must be positive, not {value}")
             shape.append(value)
-        return Buffer(name, node.value.id, tuple(shape))
+        return self.at(node, Buffer(name, node.value.id, tuple(shape)))
 
     def declare_buffer(self, node: ast.AST, buf: Buffer) -> None:
         if buf.name in self.buffers:

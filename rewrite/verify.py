@@ -33,6 +33,12 @@ from .ir import (BOOL, DTYPES, INDEX, Accumulate, Binary, Buffer, Call, Cast, Co
                  For, If, Load, Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var, Window)
 
 
+# Loops nested deeper than this are refused: the interpreter runs loops as numpy axes, of
+# which numpy 1.x allows 32, and every pass walks nests recursively.
+MAX_LOOP_DEPTH = 32
+# Loop bounds, extents, element counts and byte sizes are computed in the i64 index type.
+
+
 class VerifyError(Exception):
     """A malformed program: one sentence, and the IR node it is about."""
 
@@ -373,6 +379,10 @@ class _Verifier:
                 raise VerifyError(f"buffer {b.name} has unknown dtype {b.dtype}", b)
             if not b.shape or any(not isinstance(d, int) or d <= 0 for d in b.shape):
                 raise VerifyError(f"buffer {b.name} needs a shape of positive integers, not {b.shape}", b)
+            if b.size * ir.itemsize(b.dtype) > INDEX_MAX:
+                raise VerifyError(f"buffer {b.name} of {b.size:,} elements ({b.size * ir.itemsize(b.dtype):,} "
+                                  f"bytes) is too big: its byte size must fit the 64-bit index type "
+                                  f"(at most {INDEX_MAX:,})", b)
             self.buffers[b.name] = b
         self.stmt(f.body, {})
 
@@ -393,9 +403,13 @@ class _Verifier:
                 raise VerifyError(f"loop variable {s.var} has the name of a buffer", s)
             if not (isinstance(s.start, int) and isinstance(s.stop, int)) or s.stop <= s.start:
                 raise VerifyError(f"loop {s.var} over range({s.start}, {s.stop}) never runs", s)
-            if s.start < INDEX_MIN or s.stop > INDEX_MAX:  # the loop counter reaches ``stop``
+            if s.start < INDEX_MIN or s.stop > INDEX_MAX or s.stop - s.start > INDEX_MAX:
+                # the loop counter reaches ``stop``, and the extent must be an index too
                 raise VerifyError(f"the bounds of loop {s.var}, range({s.start}, {s.stop}), must lie within "
                                   f"the 64-bit range {INDEX_MIN}..{INDEX_MAX}", s)
+            if len(ranges) >= MAX_LOOP_DEPTH:
+                raise VerifyError(f"loop {s.var} is nested {len(ranges) + 1} deep: at most "
+                                  f"{MAX_LOOP_DEPTH} nested loops are supported", s)
             inner = dict(ranges)
             inner[s.var] = Interval(s.start, s.stop - 1)
             self.stmt(s.body, inner)

@@ -179,19 +179,27 @@ def _shifted(nest: AccNest, dim: Dim, onto: str, shift: int) -> AccNest:
                    _map_indices(nest.value, rewrite))
 
 
+def _without_indices(e: Expr) -> Expr:
+    return ir.map_loads(e, lambda x: Load(x.buffer, ()))
+
+
 def merge_pair(a: AccNest, b: AccNest) -> Optional[AccNest]:
     """One nest doing what ``a`` then ``b`` do, when they differ only in the range of one dim."""
     if a.out != b.out or len(a.dims) != len(b.dims):
+        return None
+    # shifting a dim changes indices only: values that differ elsewhere never merge (checked
+    # first, as canonicalising every index for every pair of dims is what costs)
+    if _without_indices(a.value) != _without_indices(b.value):
         return None
     for da in a.dims:
         others_a = {d for d in a.dims if d != da}
         for db in b.dims:
             if {d for d in b.dims if d != db} != others_a:
                 continue
+            same = _shifted(a, da, da.name, 0)
             # place b's range right after a's, or right before it
             for shift in (da.stop - db.start, da.start - db.stop):
                 moved = _shifted(b, db, da.name, shift)
-                same = _shifted(a, da, da.name, 0)
                 if moved.indices == same.indices and moved.value == same.value:
                     lo = min(da.start, db.start + shift)
                     hi = max(da.stop, db.stop + shift)

@@ -56,6 +56,9 @@ FORCED_MIN_BLOCK = 2
 # as ``Alternative.extra_cost``; with or without it the predicted crossover stays at 2048.
 ADDITION_TRAFFIC = 1.0
 MAX_AUTO_LEVELS = 3
+# A forced level count above this is refused outright: blocks halve at every level, so even
+# i64-sized extents run out of levels long before, and 7^N products are far past any budget.
+MAX_LEVELS = 16
 
 # Signed (row, col) blocks of A summed into S_k and of B into T_k; then the signed P_k per C block.
 _S = (
@@ -247,6 +250,13 @@ def _matmuls(parts: Sequence) -> dict[int, MatMul]:
     return found
 
 
+def products(parts: Sequence, levels: int, min_block: int, only: Optional[set[int]] = None) -> int:
+    """Matmul products ``rewrite(parts, levels, ...)`` would create: 7 per level applied, the
+    levels of each nest capped by its shapes (``max_levels``). Counted before any is built."""
+    return sum(7 ** min(levels, max_levels(mm, min_block)) for q, mm in _matmuls(parts).items()
+               if (only is None or q in only) and max_levels(mm, min_block) >= 1)
+
+
 def rewrite(parts: Sequence, levels: int, taken: set[str], min_block: int,
             only: Optional[set[int]] = None) -> Optional[Alternative]:
     """``parts`` with ``levels`` Strassen levels on every matmul nest (or those in ``only``),
@@ -274,13 +284,23 @@ def rewrite(parts: Sequence, levels: int, taken: set[str], min_block: int,
                        f"{levels} Strassen level(s)", out.depth)
 
 
-def alternatives(func: ir.PrimFunc, parts: Sequence, mode: Union[str, int], taken: set[str]) -> list:
+def alternatives(func: ir.PrimFunc, parts: Sequence, mode: Union[str, int], taken: set[str],
+                 max_products: Optional[int] = None) -> list:
     """Programs equivalent to ``parts`` with Strassen levels applied: levels 1.. as blocks allow
     (``AUTO_MIN_BLOCK``) under ``"auto"``, exactly ``mode`` levels when it is an int. Under
-    ``"auto"``, the matmul algebra rewrites (``matmul.alternatives``) come too, with 0 levels."""
+    ``"auto"``, the matmul algebra rewrites (``matmul.alternatives``) come too, with 0 levels.
+
+    ``max_products`` (``budgets.Budgets.strassen_products``) caps the matmul products of one
+    alternative: a forced ``mode`` over it raises ``BudgetError``; ``"auto"`` stops below it."""
+    from ..budgets import BudgetError
+
     if mode == "off" or mode == 0:
         return []
     if isinstance(mode, int):
+        need = products(parts, mode, FORCED_MIN_BLOCK)
+        if max_products is not None and need > max_products:
+            raise BudgetError(f"{mode} Strassen level(s) make {need:,} matmul products",
+                              "strassen-products", max_products)
         alt = rewrite(parts, mode, taken, FORCED_MIN_BLOCK)
         return [] if alt is None else [alt]
     out = list(matmul.alternatives(func, parts, taken))
@@ -288,6 +308,8 @@ def alternatives(func: ir.PrimFunc, parts: Sequence, mode: Union[str, int], take
     top = max([max_levels(mm, AUTO_MIN_BLOCK) for mm in mms.values()], default=0)
     for lv in range(1, min(top, MAX_AUTO_LEVELS) + 1):
         ok = {q for q, mm in mms.items() if max_levels(mm, AUTO_MIN_BLOCK) >= lv}
+        if max_products is not None and products(parts, lv, AUTO_MIN_BLOCK, ok) > max_products:
+            break
         alt = rewrite(parts, lv, taken, AUTO_MIN_BLOCK, only=ok)
         if alt is not None:
             out.append(alt)
