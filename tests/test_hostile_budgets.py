@@ -159,13 +159,17 @@ def test_more_than_32_nested_loops_is_a_located_error(tmp_path):
 
 
 @pytest.mark.parametrize("source, where, words", [
-    # an extent of 2^70: the i64 index type cannot count it
+    # an extent of 2^70: the i64 index type cannot count it (the parser refuses the literal)
     ("def f(A: f32[1], B: f32[1]):\n    for i in range(1180591620717411303424):\n        B[0] += A[0]\n",
-     "3:5", "leaves the 64-bit index type"),
+     "3:20", "a loop bound must fit i64"),
     ("def f(A: f32[1], B: f32[1]):\n    for i in range(-9223372036854775809, 0):\n        B[0] += A[0]\n",
-     "3:5", "leaves the 64-bit index type"),
+     "3:20", "a loop bound must fit i64"),
+    # an extent that fits while range(start, stop) is wider than i64 counts
+    ("def f(A: f32[1], B: f32[1]):\n    for i in range(-9223372036854775807, 9223372036854775807):\n"
+     "        B[0] += A[0]\n", "3:5", "must lie within the 64-bit range"),
     # shapes whose element count, or byte size, does not fit i64
-    ("def f(A: f32[1180591620717411303424], B: f32[1]):\n    B[0] = A[0]\n", "2:10", "too big"),
+    ("def f(A: f32[1180591620717411303424], B: f32[1]):\n    B[0] = A[0]\n", "2:14",
+     "a dimension of A must fit i64"),
     ("def f(A: f32[4294967296, 4294967296], B: f32[1]):\n    B[0] = A[0, 0]\n", "2:10", "too big"),
     ("def f(A: f64[1152921504606846976], B: f64[1]):\n    B[0] = A[0]\n", "2:10", "too big"),
 ])
