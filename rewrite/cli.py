@@ -521,8 +521,15 @@ def _budget(text: str) -> str:
     return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with bad options reported as one line (exit 2), not a usage block first."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tensorize", description=__doc__.splitlines()[0])
+    p = _Parser(prog="tensorize", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="verify, analyse, compile (and check) every function of scripts")

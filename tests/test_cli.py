@@ -144,3 +144,18 @@ def test_user_intrinsics_file_is_listed(tmp_path):
     r = tensorize("intrinsics", "--intrinsics-file", plugin)
     assert r.returncode == 0, r.stderr
     assert "my.dot.f32x4" in r.stdout and "c[0] += a[k] * b[k]" in r.stdout
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["run", "corpus/gemm.py", "--threads", "5000"], "at most 256 threads"),
+    (["run", "corpus/gemm.py", "--strassen", "sideways"], "argument --strassen"),
+    (["frob"], "invalid choice: 'frob'"),
+])
+def test_a_bad_option_is_one_line(argv, words, capsys):
+    from rewrite.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and err[0].startswith("tensorize")
