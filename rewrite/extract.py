@@ -27,6 +27,7 @@ nest's cheapest.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -85,15 +86,35 @@ def _calls(desc, loops, windows) -> Stmt:
 
 
 # Cache blocking of a call nest, GotoBLAS's loop order on the calls: the reduction is cut
-# into blocks whose panel of the widest input (B's KC x tile width) fits half of L1, and the
-# row tiles into groups of at most ROW_TILES, so that one group's rows of A (ROW_TILES x tile
-# rows x KC) stay in L2 while the panel is reused across them.
-KC_MIN, ROW_TILES = 64, 16
+# into blocks whose panel of the widest input (B's KC x tile width) fills two thirds of this
+# CPU's L1 data cache, and the row tiles into groups of at most ROW_TILES, so that one
+# group's rows of A (ROW_TILES x tile rows x KC) stay in L2 while the panel is reused across
+# them. Measured on the 8x32 tile, an AVX-512 Xeon with 48 KB of L1, one thread: 2048^3 ran
+# 161 ms with KC = 128 and groups of 16, 134 ms with KC = 256 and groups of 8 (numpy 115);
+# 1024^3 17.9 and 17.2 ms (numpy 15.4).
+KC_MIN, ROW_TILES = 64, 8
+
+
+@functools.lru_cache(maxsize=None)
+def l1_data_bytes() -> int:
+    """This CPU's L1 data cache per core, as Linux describes it in sysfs (``48K``), else
+    ``cost``'s 32 KB."""
+    from pathlib import Path
+
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind = (index / "level").read_text().strip(), (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if level == "1" and kind == "Data" and size[:-1].isdigit() and size[-1] in "KM":
+            return int(size[:-1]) << (10 if size[-1] == "K" else 20)
+    return cost.L1_BYTES
 
 
 def blocked_loops(desc, loops: list, windows: dict, taken: set[str]):
     """``(loops, windows)`` in the blocked order ``rows_b, k_o, other tiles, rows_i, k_i`` when
-    the reduction outgrows its block, else as given. ``loops`` hold the loops that move the
+    the reduction outgrows its block (``l1_data_bytes``), else as given. ``loops`` hold the loops that move the
     output first, then the reduction; the windows' bases are rewritten for the split loops.
 
     Before -> after, on 8x32 tiles of a 1024^3 product::
@@ -122,7 +143,7 @@ def blocked_loops(desc, loops: list, windows: dict, taken: set[str]):
                  key=lambda op: math.prod(op.shape) * ir.itemsize(op.dtype), default=None)
     if widest is None:
         return loops, windows
-    kc_max = cost.L1_BYTES // 2 // (math.prod(widest.shape) * ir.itemsize(widest.dtype))
+    kc_max = 2 * l1_data_bytes() // 3 // (math.prod(widest.shape) * ir.itemsize(widest.dtype))
     kc = next((n for n in range(min(kc_max, r.extent // 2), KC_MIN - 1, -1) if r.extent % n == 0), None)
     rows = next((d for d in moving if d.name not in uses(widest)), None)
     group = next((n for n in range(min(ROW_TILES, rows.extent // 2), 1, -1)
@@ -222,9 +243,10 @@ class _Builder:
         moves = {x.name for e in windows[desc.output.name].base for x in ir.walk_expr(e)
                  if isinstance(x, Var)}
         loops = [d for d in loops if d.name in moves] + [d for d in loops if d.name not in moves]
-        found = _streams(desc, windows, loops)
+        blocked = blocked_loops(desc, loops, windows, taken)
+        found = _streams(desc, blocked[1], blocked[0])  # as the calls will run
         price = _price(desc, b, windows, b.unit_stride_ok, found)
-        calls = self.graph.leaf([_calls(desc, *blocked_loops(desc, loops, windows, taken))], price)
+        calls = self.graph.leaf([_calls(desc, *blocked)], price)
         rest = [self.nest(r, matches, depth + 1, pack) for r in remainders(nest, b, desc)]
         self.graph.add(ref, calls, *rest)
         far = {s.operand for s in found if s.unit and not s.contiguous}
@@ -251,7 +273,8 @@ class _Builder:
         unit_ok = not any(slow_dims(desc, op, windows[op.name].buffer, windows[op.name].steps)
                           for op in desc.operands)
         copies = cost.packing(panel.copies)
-        calls = _price(desc, b, windows, unit_ok, _streams(desc, windows, loops))
+        blocked = blocked_loops(desc, loops, windows, set(self.ex.taken) | {d.name for d in nest.dims})
+        calls = _price(desc, b, windows, unit_ok, _streams(desc, blocked[1], blocked[0]))
         if copies + calls >= price:
             return
         if key not in self.ex._panels:
