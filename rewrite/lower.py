@@ -69,7 +69,7 @@ def lower(func: PrimFunc) -> Plan:
             if pending:
                 parts.append(Part(seq(*pending), False))
                 pending = []
-            parts.append(Part(s, True))
+            parts.append(Part(_collapsed(meaning, k, s), True))
         else:
             pending.append(s)
     if pending:
@@ -124,6 +124,35 @@ def _when(cond: Expr, s: Stmt) -> Stmt:
     if isinstance(s, For):
         return For(s.var, s.start, s.stop, If(cond, s.body))
     return If(cond, s)
+
+
+# A parallel loop with fewer iterations than this is merged with the loop inside it, so
+# that threads get even shares (7 row tiles split 4 / 3 between two threads).
+MIN_SHARED_ITERATIONS = 16
+
+
+def _collapsed(func: PrimFunc, position: int, s: For) -> Stmt:
+    """``s``, or, when it has few iterations and holds exactly one loop that is parallel too,
+    the two as one loop over both, in the same order::
+
+        for h_o in range(7):             for h_o_w in range(392):
+            for w in range(56):     ->       ... h_o := h_o_w // 56, w := h_o_w % 56
+
+    Legal because neither loop carries a dependence; each thread's share is then a run of
+    consecutive (h_o, w) pairs, the order one thread would run them in."""
+    inner = stmts_of(s.body)
+    if s.extent >= MIN_SHARED_ITERATIONS or len(inner) != 1 or not isinstance(inner[0], For) \
+            or inner[0].extent < 2 or not analysis.can_parallelize(func, (position, 0)):
+        return s
+    inner = inner[0]
+    taken = {x.var for x in walk_stmts(s) if isinstance(x, For)}
+    name = f"{s.var}_{inner.var}"
+    while name in taken:
+        name += "_"
+    t, n = Var(name), Const(inner.extent, INDEX)
+    values = {s.var: Binary("+", Const(s.start, INDEX), Binary("//", t, n)),
+              inner.var: Binary("+", Const(inner.start, INDEX), Binary("%", t, n))}
+    return For(name, 0, s.extent * inner.extent, substitute_stmt(inner.body, values))
 
 
 def _worth_threads(func: PrimFunc, position: int, s: Stmt) -> bool:

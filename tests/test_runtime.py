@@ -444,3 +444,33 @@ def test_a_unit_batch_loop_does_not_keep_the_nest_off_the_threads():
         got = {k: v.copy() for k, v in args.items()}
         runtime.compile(func, threads=threads)(**got)
         np.testing.assert_allclose(got["Y"], want, rtol=1e-5, atol=1e-5)
+
+
+SMALL_OUTER = """
+@prim_func
+def rows(A: f32[7, 40, 128], B: f32[7, 40, 128]):
+    for i, j, k in grid(7, 40, 128):
+        B[i, j, k] = A[i, j, k] * 2.0 + 1.0
+"""
+
+
+def test_a_short_parallel_loop_is_merged_with_the_one_inside_it():
+    # 7 iterations would split 4 / 3 between two threads; 280 split evenly
+    from rewrite import lower
+
+    func = parse(SMALL_OUTER)
+    (part,) = lower.lower(func).parts
+    assert part.parallel and isinstance(part.body, For) and part.body.extent == 7 * 40
+    assert "//" in ir_text(part.body) and "%" in ir_text(part.body)
+    args = random_args(func, seed=4)
+    want = run(func, **args)["B"]
+    for threads in (1, 2):
+        got = {k: v.copy() for k, v in args.items()}
+        runtime.compile(func, threads=threads)(**got)
+        np.testing.assert_array_equal(got["B"], want)
+
+
+def ir_text(s) -> str:
+    from rewrite.ir import PrimFunc
+
+    return PrimFunc("_", (), s).script()
