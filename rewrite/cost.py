@@ -123,8 +123,10 @@ def moved(elements: int) -> float:
     return elements * PER_ELEMENT_MOVED
 
 
-def streamed(calls: int, streams) -> float:
-    """What a tile's strided panel adds to ``calls`` calls (``layout.streams``).
+def streamed(calls: int, streams, reread_streams=None) -> float:
+    """What a tile's strided panel adds to ``calls`` calls (``layout.streams``), and what
+    rereading an input that outgrew L1 adds, on ``reread_streams`` when given (the calls'
+    streams once cache-blocked, whose reduction blocks bound what is read again).
 
     An input whose consecutive calls along the reduction lie a line or more apart (the 6x16
     product's ``B[k, 16 * j_o]``: one row of B per k) touches ``runs * ceil(run / LINE)``
@@ -152,9 +154,8 @@ def streamed(calls: int, streams) -> float:
     512 program's 8.4 million units ran in 7.5 ms); over the share that does not fit (1/2,
     7/8) that is 2 per line. At 768 it predicts 0.7 units a call where 0.2 was measured:
     the copy is still chosen there, and it still measured faster."""
-    extra = 0.0
+    extra = sum(_reread(calls, s) for s in (streams if reread_streams is None else reread_streams))
     for s in streams:
-        extra += _reread(calls, s)
         if not s.unit or s.contiguous or s.stride < LINE:
             continue
         lines = s.runs * math.ceil(s.run / LINE)

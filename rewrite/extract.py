@@ -173,9 +173,11 @@ def _streams(desc, windows, loops) -> tuple:
     return layout.streams(desc, windows, inner, outer)
 
 
-def _price(desc, b: Binding, windows, unit_ok: bool, streams) -> float:
-    """The binding's calls on these windows: their cost, strided panels, split blocks."""
-    return cost.calls(desc, b.tiles, unit_ok) + cost.streamed(b.tiles, streams) + \
+def _price(desc, b: Binding, windows, unit_ok: bool, streams, blocked_streams=None) -> float:
+    """The binding's calls on these windows: their cost, strided panels (priced on the
+    nest's own order, as ``cost.streamed`` was fitted), inputs read again (on the blocked
+    order the calls run in), split blocks."""
+    return cost.calls(desc, b.tiles, unit_ok) + cost.streamed(b.tiles, streams, blocked_streams) + \
         cost.unblocked(desc, b.tiles, windows)
 
 
@@ -244,8 +246,8 @@ class _Builder:
                  if isinstance(x, Var)}
         loops = [d for d in loops if d.name in moves] + [d for d in loops if d.name not in moves]
         blocked = blocked_loops(desc, loops, windows, taken)
-        found = _streams(desc, blocked[1], blocked[0])  # as the calls will run
-        price = _price(desc, b, windows, b.unit_stride_ok, found)
+        found = _streams(desc, windows, loops)
+        price = _price(desc, b, windows, b.unit_stride_ok, found, _streams(desc, blocked[1], blocked[0]))
         calls = self.graph.leaf([_calls(desc, *blocked)], price)
         rest = [self.nest(r, matches, depth + 1, pack) for r in remainders(nest, b, desc)]
         self.graph.add(ref, calls, *rest)
@@ -274,7 +276,8 @@ class _Builder:
                           for op in desc.operands)
         copies = cost.packing(panel.copies)
         blocked = blocked_loops(desc, loops, windows, set(self.ex.taken) | {d.name for d in nest.dims})
-        calls = _price(desc, b, windows, unit_ok, _streams(desc, blocked[1], blocked[0]))
+        calls = _price(desc, b, windows, unit_ok, _streams(desc, windows, loops),
+                       _streams(desc, blocked[1], blocked[0]))
         if copies + calls >= price:
             return
         if key not in self.ex._panels:
