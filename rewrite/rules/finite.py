@@ -40,7 +40,7 @@ from typing import Sequence
 
 from .. import ir
 from ..ir import Accumulate, Binary, Buffer, Compare, Const, Expr, For, Load, Stmt, Store, Var
-from ..nests import AccNest
+from ..nests import AccNest, fresh_name
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,6 @@ class Guarded:
             return ir.seq(*(p.stmt() if isinstance(p, (AccNest, Guarded)) else p for p in items))
 
         return ir.seq(*self.scan, ir.If(self.cond, body(self.fast), body(self.slow)))
-
-
-def _fresh(taken: set[str], base: str) -> str:
-    k = 0
-    while f"{base}_{k}" in taken:
-        k += 1
-    taken.add(f"{base}_{k}")
-    return f"{base}_{k}"
 
 
 def _dims_of(nest: AccNest, load: Load):
@@ -98,9 +90,9 @@ def guard(operands: Sequence[tuple[AccNest, Load]], fast: Sequence, slow: Sequen
     zero = Const(0.0, dt)
     cols = [_column(n, ld) for n, ld in floats]
     width = max([1] + [c.extent for c in cols if c is not None])
-    flag = Buffer(_fresh(taken, "st_fin"), dt, (width,))
+    flag = Buffer(fresh_name(taken, "st_fin"), dt, (width,))
     allocs.append(flag)
-    c = _fresh(taken, "fin_c")
+    c = fresh_name(taken, "fin_c")
     scan: list[Stmt] = [For(c, 0, width, Store(flag, (Var(c),), zero))]
     for (nest, load), col in zip(floats, cols):
         at = Const(0, ir.INDEX) if col is None else \

@@ -27,7 +27,7 @@ from typing import Optional
 from .. import ir
 from ..analysis import affine
 from ..ir import Binary, Const, Expr, Load, Unary, Var
-from ..nests import AccNest, Dim
+from ..nests import AccNest, Dim, fresh_name
 from . import finite
 
 # An index position: (dim name or None, constant offset).
@@ -194,14 +194,6 @@ class Alternative:
     extra_cost: float = 0.0
 
 
-def _fresh(taken: set[str], base: str) -> str:
-    k = 0
-    while f"{base}_{k}" in taken:
-        k += 1
-    taken.add(f"{base}_{k}")
-    return f"{base}_{k}"
-
-
 def build(c: Access, a: Access, b: Access, m: int, n: int, k: int, scale: Optional[Const]) -> AccNest:
     """``c[i, j] += scale * a[i, k] * b[k, j]`` from accesses written in the dims i, j, k."""
     return AccNest((Dim("i", 0, m), Dim("j", 0, n), Dim("k", 0, k)), c.buffer, c.indices(),
@@ -283,7 +275,7 @@ def _chain(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternative]
             L = second.n.extent
             if K * N * L + M * K * L >= M * K * N + M * N * L:
                 continue
-            u = Access(ir.Buffer(_fresh(taken, "mm_U"), t.dtype, (K, L)), (("i", 0), ("j", 0)))
+            u = Access(ir.Buffer(fresh_name(taken, "mm_U"), t.dtype, (K, L)), (("i", 0), ("j", 0)))
             b_in_u = first.b.renamed({first.k.name: "i", first.n.name: "k"})
             c_in_u = second.b.renamed({second.k.name: "k", second.n.name: "j"})
             make_u = build(u, b_in_u, c_in_u, K, L, N, first.scale)
@@ -296,7 +288,7 @@ def _chain(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternative]
             L = second.m.extent
             if L * M * K + L * K * N >= M * K * N + L * M * N:
                 continue
-            u = Access(ir.Buffer(_fresh(taken, "mm_U"), t.dtype, (L, K)), (("i", 0), ("j", 0)))
+            u = Access(ir.Buffer(fresh_name(taken, "mm_U"), t.dtype, (L, K)), (("i", 0), ("j", 0)))
             x_in_u = second.a.renamed({second.m.name: "i", second.k.name: "k"})
             a_in_u = first.a.renamed({first.m.name: "k", first.k.name: "j"})
             make_u = build(u, x_in_u, a_in_u, L, K, M, first.scale)
@@ -350,14 +342,14 @@ def _distribute(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alterna
         dt = x.dtype
         if x.a.renamed(rx) == y.a.renamed(ry):
             shared = x.a.renamed(rx)
-            s = Access(ir.Buffer(_fresh(taken, "mm_S"), dt, (K, N)), (("k", 0), ("j", 0)))
+            s = Access(ir.Buffer(fresh_name(taken, "mm_S"), dt, (K, N)), (("k", 0), ("j", 0)))
             fill = ir.For("k", 0, K, ir.For("j", 0, N, ir.Store(
                 s.buffer, s.indices(), Binary("+", x.b.renamed(rx).load(), y.b.renamed(ry).load()))))
             new = build(x.c.renamed(rx), shared, s, M, N, K, x.scale)
             note = "A @ B1 + A @ B2 -> A @ (B1 + B2)"
         elif x.b.renamed(rx) == y.b.renamed(ry):
             shared = x.b.renamed(rx)
-            s = Access(ir.Buffer(_fresh(taken, "mm_S"), dt, (M, K)), (("i", 0), ("k", 0)))
+            s = Access(ir.Buffer(fresh_name(taken, "mm_S"), dt, (M, K)), (("i", 0), ("k", 0)))
             fill = ir.For("i", 0, M, ir.For("k", 0, K, ir.Store(
                 s.buffer, s.indices(), Binary("+", x.a.renamed(rx).load(), y.a.renamed(ry).load()))))
             new = build(x.c.renamed(rx), s, shared, M, N, K, x.scale)
@@ -391,12 +383,12 @@ def transposes(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternat
         M, N, K = mm.m.extent, mm.n.extent, mm.k.extent
         dims = [v for v, _ in b.slots if v is not None]
         if dims[-1] == "k":  # B read as B[j, k]
-            t = Access(ir.Buffer(_fresh(taken, "mm_Bt"), mm.dtype, (K, N)), (("k", 0), ("j", 0)))
+            t = Access(ir.Buffer(fresh_name(taken, "mm_Bt"), mm.dtype, (K, N)), (("k", 0), ("j", 0)))
             fill = ir.For("k", 0, K, ir.For("j", 0, N, ir.Store(t.buffer, t.indices(), b.load())))
             new = build(c, a, t, M, N, K, mm.scale)
             note = "B read as B[j, k] -> copied to Bt[k, j]"
         elif [v for v, _ in a.slots if v is not None][-1] == "i":  # A read as A[k, i]
-            t = Access(ir.Buffer(_fresh(taken, "mm_At"), mm.dtype, (M, K)), (("i", 0), ("k", 0)))
+            t = Access(ir.Buffer(fresh_name(taken, "mm_At"), mm.dtype, (M, K)), (("i", 0), ("k", 0)))
             fill = ir.For("i", 0, M, ir.For("k", 0, K, ir.Store(t.buffer, t.indices(), a.load())))
             new = build(c, t, b, M, N, K, mm.scale)
             note = "A read as A[k, i] -> copied to At[i, k]"
