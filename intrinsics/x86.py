@@ -212,6 +212,29 @@ def _b_block(b: ir.IRBuilder, ref, first: int = 0) -> ir.Value:
     return concat(b, [load_row(b, ref, (first + i, 0), 1, 4) for i in range(16)])
 
 
+def _widened_chunks(b: ir.IRBuilder, ref) -> list:
+    """The dot's b[16, 4] sign-extended to i16, as four <16 x i16> chunks of four rows each."""
+    wide = b.sext(_b_block(b, ref), ir.VectorType(ir.IntType(16), 64))
+    return [shuffle(b, wide, None, range(16 * r, 16 * r + 16)) for r in range(4)]
+
+
+def _pair_sums(b: ir.IRBuilder, ref, index, dim: int, chunks: list) -> ir.Value:
+    """``vpmaddwd`` of four u8 of ``ref`` (from ``index`` along ``dim``), zero-extended and
+    repeated for four rows, with each chunk: 32 i32 pair sums. Chunk r holds rows 4r..4r+3;
+    lane m of its result is row 4r + m//2, pair m%2, so lane n of the joined result is row
+    n//2."""
+    i16x16, i32x8 = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 8)
+    pmadd = declare(b.module, "llvm.x86.avx2.pmadd.wd", i32x8, [i16x16, i16x16])
+    a4 = b.zext(load_row(b, ref, index, dim, 4), ir.VectorType(ir.IntType(16), 4))
+    a16 = shuffle(b, a4, None, [k for _ in range(4) for k in range(4)])  # a, 4 rows' worth
+    return concat(b, [b.call(pmadd, [a16, chunk]) for chunk in chunks])
+
+
+def _folded(b: ir.IRBuilder, pairs: ir.Value) -> ir.Value:
+    """32 pair sums (lane n: row n//2) as 16 row sums."""
+    return b.add(shuffle(b, pairs, None, range(0, 32, 2)), shuffle(b, pairs, None, range(1, 32, 2)))
+
+
 class DotU8I8I32_16x4(Emitter):
     """c[i] += sum_k u8 a[k] * i8 b[i, k], exactly.
 
@@ -233,21 +256,12 @@ class DotU8I8I32_16x4(Emitter):
         return [load_row(b, ops["c"], (0,), 0, 16), ir.Constant(self.PAIRS, [0] * 32)]
 
     def step(self, b, ops, acc):
-        i16x16, i32x8 = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 8)
-        pmadd = declare(b.module, "llvm.x86.avx2.pmadd.wd", i32x8, [i16x16, i16x16])
-        a4 = b.zext(load_row(b, ops["a"], (0,), 0, 4), ir.VectorType(ir.IntType(16), 4))
-        a16 = shuffle(b, a4, None, [k for _ in range(4) for k in range(4)])  # a, 4 rows' worth
-        wide = b.sext(_b_block(b, ops["b"]), ir.VectorType(ir.IntType(16), 64))
-        # chunk r holds rows 4r..4r+3; lane m of its result is row 4r + m//2, pair m%2, so
-        # lane n of the joined result is row n//2
-        pairs = concat(b, [b.call(pmadd, [a16, shuffle(b, wide, None, range(16 * r, 16 * r + 16))])
-                           for r in range(4)])
+        pairs = _pair_sums(b, ops["a"], (0,), 0, _widened_chunks(b, ops["b"]))
         return [acc[0], b.add(acc[1], pairs)]
 
     def store_acc(self, b, ops, acc):
         c, pairs = acc
-        rows = b.add(shuffle(b, pairs, None, range(0, 32, 2)), shuffle(b, pairs, None, range(1, 32, 2)))
-        store_row(b, ops["c"], (0,), 0, b.add(c, rows))
+        store_row(b, ops["c"], (0,), 0, b.add(c, _folded(b, pairs)))
 
 
 @intrinsic("x86.dot.u8i8i32.16x4", isa=AVX2_FMA, cost=4.0, emitter=DotU8I8I32_16x4(),
@@ -275,22 +289,13 @@ class DotU8I8I32_2x16x4(Emitter):
                 for r in range(self.rows)]
 
     def step(self, b, ops, acc):
-        i16x16, i32x8 = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 8)
-        pmadd = declare(b.module, "llvm.x86.avx2.pmadd.wd", i32x8, [i16x16, i16x16])
-        wide = b.sext(_b_block(b, ops["b"]), ir.VectorType(ir.IntType(16), 64))
-        chunks = [shuffle(b, wide, None, range(16 * r, 16 * r + 16)) for r in range(4)]
-        out = []
-        for r in range(self.rows):
-            a4 = b.zext(load_row(b, ops["a"], (r, 0), 1, 4), ir.VectorType(ir.IntType(16), 4))
-            a16 = shuffle(b, a4, None, [k for _ in range(4) for k in range(4)])
-            pairs = concat(b, [b.call(pmadd, [a16, chunk]) for chunk in chunks])
-            out.append([acc[r][0], b.add(acc[r][1], pairs)])
-        return out
+        chunks = _widened_chunks(b, ops["b"])  # once, for both rows
+        return [[c, b.add(pairs, _pair_sums(b, ops["a"], (r, 0), 1, chunks))]
+                for r, (c, pairs) in enumerate(acc)]
 
     def store_acc(self, b, ops, acc):
         for r, (c, pairs) in enumerate(acc):
-            rows = b.add(shuffle(b, pairs, None, range(0, 32, 2)), shuffle(b, pairs, None, range(1, 32, 2)))
-            store_row(b, ops["c"], (r, 0), 1, b.add(c, rows))
+            store_row(b, ops["c"], (r, 0), 1, b.add(c, _folded(b, pairs)))
 
 
 # two rows of the 16x4 dot (cost 4) for the widening of one block of b
