@@ -221,8 +221,7 @@ def onnxruntime_counterpart(func: PrimFunc, args: dict[str, np.ndarray],
     c = contraction(func)
     if c is None or len(c.operands) != 2:
         return None
-    inputs, result = c.spec.split("->")
-    a, b = inputs.split(",")
+    dims = ProductDims.of(c.spec)
     x, y = (args[n] for n in c.operands)
     kinds = (x.dtype.name, y.dtype.name, c.dtype)
     if kinds == ("float32", "float32", "f32"):
@@ -231,14 +230,10 @@ def onnxruntime_counterpart(func: PrimFunc, args: dict[str, np.ndarray],
         op, out_type = "MatMulInteger", TensorProto.INT32
     else:
         return None
-    batch = [d for d in result if d in a and d in b]
-    contracted = [d for d in a if d in b and d not in result]
-    free_a, free_b = [d for d in a if d not in b], [d for d in b if d not in a]
-    if len(contracted) != 1 or len(free_a) != 1 or len(free_b) != 1 or \
-            list(result) != batch + free_a + free_b:
+    if dims is None or len(dims.contracted) != 1 or len(dims.free_a) != 1 or len(dims.free_b) != 1 \
+            or list(dims.result) != dims.batch + dims.free_a + dims.free_b:
         return None
-    feeds = {"X": np.ascontiguousarray(np.transpose(x, [a.index(d) for d in batch + free_a + contracted])),
-             "Y": np.ascontiguousarray(np.transpose(y, [b.index(d) for d in batch + contracted + free_b]))}
+    feeds = dict(zip(("X", "Y"), map(np.ascontiguousarray, dims.operands_as_matmul(x, y))))
     types = {"float32": TensorProto.FLOAT, "uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
     graph_inputs = [helper.make_tensor_value_info(n, types[v.dtype.name], list(v.shape))
                     for n, v in feeds.items()]
@@ -257,6 +252,36 @@ def onnxruntime_counterpart(func: PrimFunc, args: dict[str, np.ndarray],
     return lambda: session.run(None, feeds)
 
 
+@dataclass(frozen=True)
+class ProductDims:
+    """A two-operand einsum ``a,b->result`` split by role: ``batch`` dims (both operands and
+    the output), ``contracted`` (both operands only), and each operand's ``free`` dims."""
+
+    a: str
+    b: str
+    result: str
+    batch: list
+    contracted: list
+    free_a: list
+    free_b: list
+
+    @staticmethod
+    def of(spec: str) -> Optional["ProductDims"]:
+        inputs, result = spec.split("->")
+        parts = inputs.split(",")
+        if len(parts) != 2 or any(len(set(x)) != len(x) for x in parts):
+            return None
+        a, b = parts
+        return ProductDims(a, b, result, [d for d in result if d in a and d in b],
+                           [d for d in a if d in b and d not in result],
+                           [d for d in a if d not in b], [d for d in b if d not in a])
+
+    def operands_as_matmul(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``x`` as ``[batch, m, k]`` and ``y`` as ``[batch, k, n]``, transposed views."""
+        return (np.transpose(x, [self.a.index(d) for d in self.batch + self.free_a + self.contracted]),
+                np.transpose(y, [self.b.index(d) for d in self.batch + self.contracted + self.free_b]))
+
+
 def _accumulating(product: Callable[[], np.ndarray], out: np.ndarray, init: bool):
     if init:
         return lambda: np.copyto(out, product())
@@ -270,22 +295,13 @@ def _as_matmul(spec: str, operands: list[np.ndarray]) -> Optional[Callable[[], n
     and free dims of each operand; a product with one contracted dim and at most one free dim
     per operand is ``A[batch, m, k] @ B[batch, k, n]`` (m or n may be absent: a
     matrix-vector product), transposed back to the output's order."""
-    inputs, result = spec.split("->")
-    if len(operands) != 2 or result == "":
+    dims = ProductDims.of(spec) if len(operands) == 2 else None
+    if dims is None or dims.result == "" or len(dims.contracted) != 1 or len(dims.free_a) > 1 \
+            or len(dims.free_b) > 1 or (dims.batch and not (dims.free_a and dims.free_b)):
         return None
-    a, b = inputs.split(",")
-    if len(set(a)) != len(a) or len(set(b)) != len(b):
-        return None
-    batch = [d for d in result if d in a and d in b]
-    contracted = [d for d in a if d in b and d not in result]
-    free_a = [d for d in a if d not in b]
-    free_b = [d for d in b if d not in a]
-    if len(contracted) != 1 or len(free_a) > 1 or len(free_b) > 1 or (batch and not (free_a and free_b)):
-        return None
-    x = np.transpose(operands[0], [a.index(d) for d in batch + free_a + contracted])
-    y = np.transpose(operands[1], [b.index(d) for d in batch + contracted + free_b])
-    order = batch + free_a + free_b
-    back = [order.index(d) for d in result]
+    x, y = dims.operands_as_matmul(*operands)
+    order = dims.batch + dims.free_a + dims.free_b
+    back = [order.index(d) for d in dims.result]
     if back == sorted(back):
         return lambda: np.matmul(x, y)
     return lambda: np.transpose(np.matmul(x, y), back)
