@@ -573,10 +573,19 @@ def tolerance(func: PrimFunc, dtype: str, reference: np.ndarray) -> float:
     holding an f32 sum that codegen contracted into FMAs differs by f32 roundoff)."""
     finite = reference[np.isfinite(reference)]
     scale = max(1.0, float(np.max(np.abs(finite.astype(np.float64)))) if finite.size else 1.0)
-    sums = {s.buffer.dtype for s in walk_stmts(func.body)
+    return _roundoff(func, _float_sums(func) | {dtype}) * scale
+
+
+def _float_sums(func: PrimFunc) -> set[str]:
+    """The dtypes of ``func``'s float accumulations (``X[i] += ...`` into a float buffer)."""
+    return {s.buffer.dtype for s in walk_stmts(func.body)
             if isinstance(s, Accumulate) and is_float(s.buffer.dtype)}
-    eps = max(float(np.finfo(numpy_dtype(d)).eps) for d in sums | {dtype})
-    return eps * (_ULPS_FLOOR + _ULPS_PER_TERM * lowering.reduction_length(func)) * scale
+
+
+def _roundoff(func: PrimFunc, dtypes: set[str]) -> float:
+    """Relative roundoff allowed in ``func``'s results computed in ``dtypes`` (the coarsest)."""
+    eps = max(float(np.finfo(numpy_dtype(d)).eps) for d in dtypes)
+    return eps * (_ULPS_FLOOR + _ULPS_PER_TERM * lowering.reduction_length(func))
 
 
 def integer_tolerance(func: PrimFunc, reference: np.ndarray):
@@ -584,15 +593,12 @@ def integer_tolerance(func: PrimFunc, reference: np.ndarray):
     float to an integer after a float accumulation (a quantised epilogue), where the sum's
     roundoff (reassociated, contracted into FMAs) can move the integer: then one unit plus
     that roundoff relative to the value."""
-    sums = {s.buffer.dtype for s in walk_stmts(func.body)
-            if isinstance(s, Accumulate) and is_float(s.buffer.dtype)}
+    sums = _float_sums(func)
     rounds = any(isinstance(x, Cast) and not is_float(x.dtype) and is_float(x.a.dtype)
                  for s in walk_stmts(func.body) for e in stmt_exprs(s) for x in walk_expr(e))
     if not (sums and rounds):
         return 0
-    eps = max(float(np.finfo(numpy_dtype(d)).eps) for d in sums)
-    rtol = eps * (_ULPS_FLOOR + _ULPS_PER_TERM * lowering.reduction_length(func))
-    return 1 + rtol * np.abs(reference.astype(np.float64))
+    return 1 + _roundoff(func, sums) * np.abs(reference.astype(np.float64))
 
 
 def check_budgets(func: PrimFunc, budgets: Budgets) -> None:
