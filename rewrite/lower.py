@@ -156,7 +156,8 @@ def _collapsed(func: PrimFunc, position: int, s: For) -> Stmt:
 
 
 def _worth_threads(func: PrimFunc, position: int, s: Stmt) -> bool:
-    if not isinstance(s, For) or s.extent < 2 or _work(s) < MIN_PARALLEL_OPS:
+    # a copy (a packing stage, a padded input) has no arithmetic but is worth threads too
+    if not isinstance(s, For) or s.extent < 2 or op_count(s, per_store=1) < MIN_PARALLEL_OPS:
         return False
     return analysis.can_parallelize(func, (position,))
 
@@ -283,32 +284,21 @@ def _access_cost(buf: Buffer, indices: tuple[Expr, ...], var: str) -> int:
 # operation counts (also the numerator of GFLOP/s in the benchmark)
 
 
-def op_count(s: Stmt) -> int:
+def op_count(s: Stmt, per_store: int = 0) -> int:
     """Arithmetic operations ``s`` performs: each ``+ - * / // % max min neg abs exp sqrt`` in a
     stored value counts one, ``+=`` one more, times the trip counts of the enclosing loops.
-    Index arithmetic is not counted; both arms of an ``if`` are (an upper bound)."""
+    Index arithmetic is not counted; both arms of an ``if`` are (an upper bound). With
+    ``per_store``, a store counts at least that much (work, for a copy with no arithmetic)."""
     if isinstance(s, For):
-        return s.extent * op_count(s.body)
+        return s.extent * op_count(s.body, per_store)
     if isinstance(s, Seq):
-        return sum(op_count(c) for c in s.stmts)
+        return sum(op_count(c, per_store) for c in s.stmts)
     if isinstance(s, If):
-        return op_count(s.then) + (op_count(s.orelse) if s.orelse is not None else 0)
+        return op_count(s.then, per_store) + (op_count(s.orelse, per_store) if s.orelse is not None else 0)
     if isinstance(s, Call):
-        return op_count(_semantics(s.intrinsic).body)
+        return max(per_store, op_count(_semantics(s.intrinsic).body))
     extra = 1 if isinstance(s, Accumulate) else 0
-    return extra + _value_ops(s.value)
-
-
-def _work(s: Stmt) -> int:
-    """``op_count``, with every element stored counting at least one: a copy (a packing
-    stage, a padded input) has no arithmetic but is worth threads all the same."""
-    if isinstance(s, For):
-        return s.extent * _work(s.body)
-    if isinstance(s, Seq):
-        return sum(_work(c) for c in s.stmts)
-    if isinstance(s, If):
-        return _work(s.then) + (_work(s.orelse) if s.orelse is not None else 0)
-    return max(1, op_count(s))
+    return max(per_store, extra + _value_ops(s.value))
 
 
 def _value_ops(e: Expr) -> int:
