@@ -275,17 +275,18 @@ class _Builder:
         unit_ok = not any(slow_dims(desc, op, windows[op.name].buffer, windows[op.name].steps)
                           for op in desc.operands)
         copies = cost.packing(panel.copies)
-        blocked = blocked_loops(desc, loops, windows, set(self.ex.taken) | {d.name for d in nest.dims})
+        loop_names = {d.name for d in nest.dims}
+        blocked = blocked_loops(desc, loops, windows, self.ex.taken | loop_names)
         calls = _price(desc, b, windows, unit_ok, _streams(desc, windows, loops),
                        _streams(desc, blocked[1], blocked[0]))
         if copies + calls >= price:
             return
-        if key not in self.ex._panels:
+        if key not in self.ex._panels:  # the panel for real, under its final names
             panel = self.ex._panels[key] = layout.pack_panel(nest, desc, b, tiled, far,
                                                              self.ex.taken, self.ex._panel_names,
                                                              order)
             windows.update(panel.windows)
-        blocked = blocked_loops(desc, loops, windows, set(self.ex.taken) | {d.name for d in nest.dims})
+            blocked = blocked_loops(desc, loops, windows, self.ex.taken | loop_names)
         self.graph.add(ref, self.graph.leaf(list(panel.copies), copies, list(panel.buffers)),
                        self.graph.leaf([_calls(desc, *blocked)], calls), *rest)
 
