@@ -20,10 +20,11 @@ from typing import Iterable, Optional
 import numpy as np
 
 from rewrite import codegen
+from rewrite.emitter import kloop_function
 from rewrite.ir import is_float, numpy_dtype
 
 from .base import Intrinsic, get, library
-from .emit import jit, kloop_function, new_symbol
+from .emit import jit_module as jit, new_symbol
 
 # Peak: 16 independent chains of FMAs on this CPU's widest float vectors (16 lanes with
 # AVX-512F, 8 with AVX2), in a loop with no loads, measured once per process. Integer work is

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from rewrite.emitter import Emitter, concat, declare, load_row, load_scalar, shuffle, splat, store_row
 from rewrite.script import f32, grid, i8, i32, u8  # noqa: F401 - names the parser reads
 
 from .base import Layout, intrinsic
-from .emit import Emitter, concat, declare, load_row, load_scalar, shuffle, splat, store_row
 
 F32X8 = ir.VectorType(ir.FloatType(), 8)
 AVX2_FMA = ("avx", "avx2", "fma")

@@ -5,7 +5,7 @@
 
 Each function is compiled, called once to warm up, then timed over an adaptive number of
 runs (at least ``min_runs``, more while the total stays under about ``target_seconds``).
-Throughput counts arithmetic operations (``lower.op_count``: ``2*M*N*K`` for a matmul).
+Throughput counts arithmetic operations (``calls.op_count``: ``2*M*N*K`` for a matmul).
 A function that is one contraction, ``C[...] (+)= A[...] * B[...] * ...`` over full loop
 ranges with an optional zero initialisation, is also run as ``np.einsum(...,
 optimize=True)`` and, when it is a matrix or matrix-vector product, as ``np.matmul`` (BLAS);
@@ -26,7 +26,7 @@ import numpy as np
 from . import runtime
 from .ir import (Accumulate, Binary, Buffer, Call, Cast, Const, Expr, For, If, Load, PrimFunc, Seq,
                  Stmt, Store, Var, is_float, numpy_dtype)
-from .lower import op_count
+from .calls import op_count
 
 Progress = Callable[[int, int, str], None]  # (functions done, total, name of the next one)
 

@@ -32,8 +32,10 @@ import numpy as np
 from llvmlite import ir
 
 from . import lower as lowering
+from .descriptor import Descriptor
+from .emitter import Emitter, Ref, counted_loop, declare, indirect, lltype, phi_loop
 from .ir import (BOOL, INDEX, Accumulate, Binary, Call, Cast, Compare, Const, Expr, For, If, Load,
-                 Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var, bits, is_float, is_int,
+                 Logical, Select, Seq, Stmt, Store, Unary, Var, bits, is_float, is_int,
                  is_signed, itemsize, walk_expr)
 
 # ---------------------------------------------------------------------------
@@ -42,14 +44,10 @@ from .ir import (BOOL, INDEX, Accumulate, Binary, Call, Cast, Compare, Const, Ex
 _I1, _I32, _I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
 _PTR = ir.PointerType()
 _VOID = ir.VoidType()
-_FLOAT_TYPES = {"f16": ir.HalfType(), "f32": ir.FloatType(), "f64": ir.DoubleType()}
 
-
-def lltype(dtype: str) -> ir.Type:
-    """LLVM type of a dtype: ``half``/``float``/``double``, ``iN`` (u8 is ``i8``), ``i1``."""
-    if dtype == BOOL:
-        return _I1
-    return _FLOAT_TYPES.get(dtype) or ir.IntType(bits(dtype))
+# What the backend is given to emit a call: the emitter of each descriptor it meets (a
+# ``target.Target`` gives the native one where the CPU runs it, else ``Emulated``).
+Emitters = Callable[[Descriptor], Emitter]
 
 
 def _suffix(dtype: str) -> str:
@@ -137,67 +135,18 @@ def assembly(ref: llvm.ModuleRef) -> str:
 
 
 # ---------------------------------------------------------------------------
-# small helpers for llvmlite
-
-
-def _intrinsic(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
-    """Declare (once) an intrinsic by its full mangled name, e.g. ``llvm.maximum.f32``."""
-    existing = module.globals.get(name)
-    if existing is not None:
-        return existing
-    return ir.Function(module, ir.FunctionType(ret, args), name=name)
-
-
-class _FunctionPointer:
-    """A function pointer llvmlite can call: with opaque pointers ``call`` reads the callee's
-    signature from ``function_type``, which only ``ir.Function`` carries."""
-
-    def __init__(self, value: ir.Value, fnty: ir.FunctionType):
-        self.value, self.type, self.function_type = value, value.type, fnty
-
-    def get_reference(self) -> str:
-        return self.value.get_reference()
-
-
-def _indirect(pointer: ir.Value, fnty: ir.FunctionType) -> _FunctionPointer:
-    return _FunctionPointer(pointer, fnty)
-
-
-def counted_loop(b: ir.IRBuilder, start: ir.Value, stop: ir.Value, body: Callable[[ir.Value], None],
-                 known_nonempty: bool = False) -> None:
-    """``for v in range(start, stop): body(v)`` as a rotated loop (test at the bottom), the
-    form LLVM's loop passes expect; guarded by ``start < stop`` unless known."""
-    fn = b.function
-    header = fn.append_basic_block("loop")
-    exit_ = fn.append_basic_block("loop.end")
-    if known_nonempty:
-        b.branch(header)
-    else:
-        b.cbranch(b.icmp_signed("<", start, stop), header, exit_)
-    entry = b.block
-    b.position_at_end(header)
-    v = b.phi(_I64)
-    v.add_incoming(start, entry)
-    body(v)
-    nxt = b.add(v, ir.Constant(_I64, 1), flags=("nsw",))
-    v.add_incoming(nxt, b.block)
-    b.cbranch(b.icmp_signed("<", nxt, stop), header, exit_)
-    b.position_at_end(exit_)
-
-
-# ---------------------------------------------------------------------------
 # statements and expressions
 
 
-
-
 class _BodyEmitter:
-    """Emits the statements of one part into a function whose buffer pointers are given."""
+    """Emits the statements of one part into a function whose buffer pointers are given,
+    each intrinsic call with the emitter ``emitters`` gives for its descriptor."""
 
-    def __init__(self, b: ir.IRBuilder, pointers: dict[str, ir.Value]):
+    def __init__(self, b: ir.IRBuilder, pointers: dict[str, ir.Value], emitters: Emitters):
         self.b = b
         self.module = b.module
         self.pointers = pointers
+        self.emitters = emitters
         self.vars: dict[str, ir.Value] = {}
 
     # -- statements -----------------------------------------------------------
@@ -258,17 +207,11 @@ class _BodyEmitter:
         """An intrinsic call: its emitter (native on this CPU, else the emulation from its
         semantics) given each window as a base pointer and an element stride per operand
         dimension."""
-        import intrinsics  # the registry imports the backend, so not at module level
+        self.emitters(s.intrinsic).emit(self.b, self._refs(s))
 
-        intrinsics.emitter_of(intrinsics.get(s.intrinsic)).emit(self.b, self._refs(s))
-
-    def _refs(self, s: Call) -> dict:
-        import intrinsics
-
-        refs = {}
-        for name, w in s.operands:
-            refs[name] = intrinsics.Ref(self.address(w.buffer, w.base), w.buffer.dtype, w.strides)
-        return refs
+    def _refs(self, s: Call) -> dict[str, Ref]:
+        return {name: Ref(self.address(w.buffer, w.base), w.buffer.dtype, w.strides)
+                for name, w in s.operands}
 
     @staticmethod
     def _reduction_call(s: For) -> bool:
@@ -288,11 +231,8 @@ class _BodyEmitter:
         on them (in phi nodes, so in registers), stored once -- work an emitter defers to
         ``store_acc`` (the int8 dot's folding of pair sums) is then done once per loop, not
         once per call. Exact: the calls add into one block no input reads, in the same order."""
-        import intrinsics
-        from intrinsics.emit import phi_loop
-
         call = s.body
-        emitter = intrinsics.emitter_of(intrinsics.get(call.intrinsic))
+        emitter = self.emitters(call.intrinsic)
         start = ir.Constant(_I64, s.start)
         self.vars[s.var] = start
         first = self._refs(call)  # the output's ref is the same at every step
@@ -355,7 +295,7 @@ class _BodyEmitter:
 
     def call(self, name: str, dtype: str, args: list[ir.Value]) -> ir.Value:
         """Call the overloaded intrinsic ``llvm.<name>.<dtype>`` whose result has ``dtype``."""
-        fn = _intrinsic(self.module, f"llvm.{name}.{_suffix(dtype)}", lltype(dtype),
+        fn = declare(self.module, f"llvm.{name}.{_suffix(dtype)}", lltype(dtype),
                         [a.type for a in args])
         return self.b.call(fn, args)
 
@@ -416,7 +356,7 @@ class _BodyEmitter:
             if not is_signed(dtype):
                 return a
             # false: abs(MIN) is MIN (wraps), not poison
-            fn = _intrinsic(self.module, f"llvm.abs.{_suffix(dtype)}", a.type, [a.type, _I1])
+            fn = declare(self.module, f"llvm.abs.{_suffix(dtype)}", a.type, [a.type, _I1])
             return self.b.call(fn, [a, ir.Constant(_I1, 0)])
         raise TypeError(f"codegen: {op} is not defined on {dtype}")
 
@@ -428,7 +368,7 @@ class _BodyEmitter:
         near = B.fptrunc(a, ir.FloatType())
         back = B.fpext(near, ir.DoubleType())
         inexact = B.fcmp_unordered("!=", back, a)
-        fabs = _intrinsic(self.module, "llvm.fabs.f64", ir.DoubleType(), [ir.DoubleType()])
+        fabs = declare(self.module, "llvm.fabs.f64", ir.DoubleType(), [ir.DoubleType()])
         overshot = B.fcmp_ordered(">", B.call(fabs, [back]), B.call(fabs, [a]))
         raw = B.bitcast(near, _I32)
         toward_zero = B.select(overshot, B.sub(raw, ir.Constant(_I32, 1)), raw)
@@ -470,10 +410,10 @@ class _BodyEmitter:
         if src == "f16" and is_int(dst):
             # through f32, which holds every f16 exactly: LLVM lowers the saturating f16 cast
             # to AVX512-FP16's vcvttph2w on hosts that have it, which gives -32768 for NaN
-            return self.cast(B.fpext(a, _FLOAT_TYPES["f32"]), "f32", dst)
+            return self.cast(B.fpext(a, lltype("f32")), "f32", dst)
         if is_float(src) and is_int(dst):
             kind = "fptosi.sat" if is_signed(dst) else "fptoui.sat"
-            fn = _intrinsic(self.module, f"llvm.{kind}.{_suffix(dst)}.{_suffix(src)}", ty, [a.type])
+            fn = declare(self.module, f"llvm.{kind}.{_suffix(dst)}.{_suffix(src)}", ty, [a.type])
             return B.call(fn, [a])
         raise TypeError(f"codegen: no cast from {src} to {dst}")
 
@@ -481,21 +421,26 @@ class _BodyEmitter:
 # ---------------------------------------------------------------------------
 # the kernel
 
+# The pool pointer a kernel is given points at an array of i64 slots; slot POOL_DISPATCH holds
+# the dispatcher (see ``pool.py``).
+POOL_DISPATCH = 38
+
 # Part signature: noalias buffer pointers, then the iteration range of a parallel part.
 # Task signature (what the pool calls): the pointer array and the range.
 TASK_TYPE = ir.FunctionType(_VOID, [_PTR, _I64, _I64])
 DISPATCH_TYPE = ir.FunctionType(_VOID, [_PTR, _PTR, _PTR, _I64, _I64])
 
 
-def kernel_module(plan: lowering.Plan, symbol: str) -> ir.Module:
-    """The module whose one exported function ``symbol(ptr args, ptr pool)`` runs ``plan``."""
+def kernel_module(plan: lowering.Plan, symbol: str, emitters: Emitters) -> ir.Module:
+    """The module whose one exported function ``symbol(ptr args, ptr pool)`` runs ``plan``,
+    each intrinsic call emitted by ``emitters(descriptor)``."""
     module = new_module(symbol)
     main = ir.Function(module, ir.FunctionType(_VOID, [_PTR, _PTR]), name=symbol)
     main.attributes.add("nounwind")
     b = ir.IRBuilder(main.append_basic_block("entry"))
     args, pool = main.args
     for n, part in enumerate(plan.parts):
-        task = _task(module, plan, part, f"{symbol}.part{n}")
+        task = _task(module, plan, part, f"{symbol}.part{n}", emitters)
         if not part.parallel:
             b.call(task, [args, ir.Constant(_I64, 0), ir.Constant(_I64, 0)])
             continue
@@ -507,13 +452,14 @@ def kernel_module(plan: lowering.Plan, symbol: str) -> ir.Module:
                 b.call(task, [args, lo, hi])
             with shared:
                 slot = b.gep(pool, [ir.Constant(_I64, POOL_DISPATCH)], source_etype=_I64)
-                dispatch = _indirect(b.load(slot, typ=_PTR, align=8), DISPATCH_TYPE)
+                dispatch = indirect(b.load(slot, typ=_PTR, align=8), DISPATCH_TYPE)
                 b.call(dispatch, [pool, task, args, lo, hi])
     b.ret_void()
     return module
 
 
-def _task(module: ir.Module, plan: lowering.Plan, part: lowering.Part, name: str) -> ir.Function:
+def _task(module: ir.Module, plan: lowering.Plan, part: lowering.Part, name: str,
+          emitters: Emitters) -> ir.Function:
     """``name(args, lo, hi)``: loads the buffer pointers and calls the part's body, whose
     pointer parameters are ``noalias`` (the runtime rejects outputs that overlap any other
     buffer), which the inliner keeps as alias scopes."""
@@ -524,7 +470,7 @@ def _task(module: ir.Module, plan: lowering.Plan, part: lowering.Part, name: str
     for arg, buf in zip(body.args, plan.buffers):
         arg.name = buf.name
         arg.add_attribute("noalias")
-    _emit_part(body, plan, part)
+    _emit_part(body, plan, part, emitters)
 
     task = ir.Function(module, TASK_TYPE, name=name)
     task.linkage = "internal"
@@ -541,10 +487,11 @@ def _task(module: ir.Module, plan: lowering.Plan, part: lowering.Part, name: str
     return task
 
 
-def _emit_part(fn: ir.Function, plan: lowering.Plan, part: lowering.Part) -> None:
+def _emit_part(fn: ir.Function, plan: lowering.Plan, part: lowering.Part,
+               emitters: Emitters) -> None:
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     pointers = {buf.name: arg for buf, arg in zip(plan.buffers, fn.args)}
-    emitter = _BodyEmitter(b, pointers)
+    emitter = _BodyEmitter(b, pointers, emitters)
     if part.parallel:
         lo, hi = fn.args[-2], fn.args[-1]
         emitter.loop(part.body, lo, hi)
@@ -553,241 +500,42 @@ def _emit_part(fn: ir.Function, plan: lowering.Plan, part: lowering.Part) -> Non
     b.ret_void()
 
 
-def emit_llvm(func: PrimFunc, optimized: bool = True) -> str:
-    """LLVM IR of ``func``'s kernel (``--emit llvm``), after O3 unless ``optimized`` is false."""
-    module = kernel_module(lowering.lower(func), _display_symbol(func))
-    return str(optimize(module)) if optimized else str(module)
-
-
-def emit_asm(func: PrimFunc) -> str:
-    """Assembly of ``func``'s kernel for this CPU (``--emit asm``)."""
-    return assembly(optimize(kernel_module(lowering.lower(func), _display_symbol(func))))
-
-
-def _display_symbol(func: PrimFunc) -> str:
-    return f"tensorize.{func.name}"
-
-
 # ---------------------------------------------------------------------------
-# the worker pool's native side
-
-# Layout of the pool's control block: an array of i64 slots. Fields written by different
-# threads sit on different 64-byte lines so that spinning on one does not slow the others.
-POOL_TICKET = 0  # (generation << 32) | claim counter, see pool_ir
-POOL_DONE = 8  # chunks finished in this generation
-POOL_GEN = 16  # low 32 bits of the generation: the futex word workers sleep on
-POOL_SLEEPERS = 24  # workers inside futex_wait
-POOL_TASK, POOL_ARGS, POOL_LO, POOL_HI, POOL_CHUNK = 32, 33, 34, 35, 36
-POOL_QUIT, POOL_DISPATCH, POOL_THREADS = 37, 38, 39
-POOL_SLOTS = 48
-
-_CLAIM_BASE = 1 << 31  # a claim below this is a chunk; the counter starts at BASE - chunks
-# A waiting worker spins this many cycles (about a millisecond) before it sleeps in the
-# kernel: calls that follow each other closely (a benchmark, a model's layers) then find it
-# awake, and waking a sleeper costs tens of microseconds. Counted in cycles, not in pause
-# instructions, whose cost differs by two orders of magnitude between CPUs.
-_SPIN_CYCLES = 1 << 22
-_CHUNKS_PER_THREAD = 4  # small enough chunks to even out threads that start late
-_SYS_FUTEX, _FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 202, 128, 129  # Linux x86-64
-_SYS_SCHED_YIELD = 24
+# emulation: the semantics nest on strided operands
 
 
-def pool_module(prefix: str) -> ir.Module:
-    """Three functions over a control block (layout above):
+class _StridedBody(_BodyEmitter):
+    """The backend's statement emitter (so every operation means what the interpreter says),
+    addressing each operand through its strides instead of a row-major shape."""
 
-    - ``prefix.worker(pool)``: entered once per worker thread, returns only when told to quit.
-      It waits for a new generation (spinning, then sleeping on a futex), claims chunks
-      until none are left, and waits again.
-    - ``prefix.dispatch(pool, task, args, lo, hi)``: publishes ``task`` over ``[lo, hi)`` cut
-      into chunks, claims chunks itself, and returns when every chunk has finished.
-    - ``prefix.stop(pool)``: tells the workers to return.
+    def __init__(self, b: ir.IRBuilder, refs: dict[str, Ref]):
+        super().__init__(b, {name: r.ptr for name, r in refs.items()}, _no_calls)
+        self.refs = refs
 
-    Claims. The ticket holds the generation in its high half and a claim counter in its low
-    half, set to ``BASE - chunks`` on publication; one ``fetch_add`` both claims a chunk and
-    says which generation it belongs to, so a worker that woke late can never run a chunk of
-    a generation with another generation's task: claims at or past ``BASE`` are empty, and a
-    valid claim pins its generation, which the dispatcher cannot retire before it finishes.
-    """
-    module = new_module(prefix)
-    _emit_worker(module, prefix)
-    _emit_dispatch(module, prefix)
-    _emit_stop(module, prefix)
-    return module
+    def address(self, buffer, indices):
+        ref = self.refs[buffer.name]
+        return ref.at(self.b, [0 if isinstance(i, Const) and i.value == 0 else self.index(i)
+                               for i in indices])
 
 
-class _Pool:
-    """Accessors for the control block and the atomics over it."""
-
-    def __init__(self, module: ir.Module, b: ir.IRBuilder, pool: ir.Value):
-        self.b, self.pool, self.module = b, pool, module
-
-    def slot(self, index: int, ty: ir.Type = _I64) -> ir.Value:
-        return self.b.gep(self.pool, [ir.Constant(_I64, index)], source_etype=_I64)
-
-    def load(self, index: int, ordering: str = "monotonic", ty: ir.Type = _I64) -> ir.Value:
-        return self.b.load_atomic(self.slot(index), ordering, align=ty.width // 8, typ=ty)
-
-    def store(self, index: int, value: ir.Value, ordering: str = "monotonic") -> None:
-        # built directly: llvmlite's store_atomic still compares typed-pointer pointees
-        store = ir.instructions.StoreAtomicInstr(self.b.block, value, self.slot(index), ordering,
-                                                 value.type.width // 8)
-        self.b._insert(store)
-
-    def cycles(self) -> ir.Value:
-        fn = _intrinsic(self.module, "llvm.readcyclecounter", _I64, [])
-        return self.b.call(fn, [])
-
-    def pause(self) -> None:
-        fn = _intrinsic(self.module, "llvm.x86.sse2.pause", _VOID, [])
-        self.b.call(fn, [])
-
-    def syscall(self, number: int, *args: ir.Value) -> None:
-        fn = self.module.globals.get("syscall") or ir.Function(
-            self.module, ir.FunctionType(_I64, [_I64], var_arg=True), name="syscall")
-        self.b.call(fn, [ir.Constant(_I64, number), *args])
-
-    def futex(self, op: int, value: ir.Value) -> None:
-        # every variadic argument is 64-bit: glibc's syscall reads them all as long
-        self.syscall(_SYS_FUTEX, self.slot(POOL_GEN), ir.Constant(_I64, op), value,
-                     ir.Constant(_PTR, None))
-
-    def claim_loop(self, on_empty: ir.Block) -> ir.Value:
-        """Claim and run chunks; branch to ``on_empty`` when a claim comes back empty.
-        Returns the claimed ticket's generation (i32), valid in ``on_empty``."""
-        b = self.b
-        fn = b.function
-        claim, run = fn.append_basic_block("claim"), fn.append_basic_block("run")
-        b.branch(claim)
-        b.position_at_end(claim)
-        ticket = b.atomic_rmw("add", self.slot(POOL_TICKET), ir.Constant(_I64, 1), "acq_rel")
-        generation = b.trunc(b.lshr(ticket, ir.Constant(_I64, 32)), _I32)
-        counter = b.and_(ticket, ir.Constant(_I64, 0xFFFFFFFF))
-        b.cbranch(b.icmp_unsigned("<", counter, ir.Constant(_I64, _CLAIM_BASE)), run, on_empty)
-        b.position_at_end(run)
-        chunk = b.sub(ir.Constant(_I64, _CLAIM_BASE - 1), counter)
-        size = self.load(POOL_CHUNK)
-        lo = b.add(self.load(POOL_LO), b.mul(chunk, size))
-        end = b.add(lo, size)
-        hi = self.load(POOL_HI)
-        hi = b.select(b.icmp_signed("<", end, hi), end, hi)
-        task = _indirect(b.inttoptr(self.load(POOL_TASK), _PTR), TASK_TYPE)
-        b.call(task, [b.inttoptr(self.load(POOL_ARGS), _PTR), lo, hi])
-        b.atomic_rmw("add", self.slot(POOL_DONE), ir.Constant(_I64, 1), "release")
-        b.branch(claim)
-        return generation
+def _no_calls(desc: Descriptor) -> Emitter:
+    raise TypeError(f"the semantics of an intrinsic call another intrinsic ({desc.name})")
 
 
-def _emit_worker(module: ir.Module, prefix: str) -> None:
-    fn = ir.Function(module, ir.FunctionType(_VOID, [_PTR]), name=f"{prefix}.worker")
-    fn.attributes.add("nounwind")
-    entry, wait, spin, pause, sleep, woke, exit_ = (
-        fn.append_basic_block(n) for n in ("entry", "wait", "spin", "pause", "sleep", "woke", "exit"))
-    b = ir.IRBuilder(entry)
-    p = _Pool(module, b, fn.args[0])
-    start = p.cycles()
-    b.branch(wait)
+class Emulated(Emitter):
+    """An implementation generated from the semantics: the loop nest itself, compiled by the
+    backend. The accumulator stays in memory, so ``step`` is the whole call."""
 
-    # seen: the generation last worked on; since: when this wait began (cycle counter)
-    b.position_at_end(wait)
-    seen, since = b.phi(_I32), b.phi(_I64)
-    seen.add_incoming(ir.Constant(_I32, 0), entry)
-    since.add_incoming(start, entry)
-    current = p.load(POOL_GEN, "acquire", _I32)
-    b.cbranch(b.icmp_unsigned("!=", current, seen), woke, spin)
+    def __init__(self, desc: Descriptor):
+        self.desc = desc
+        self.operands = tuple(o.name for o in desc.operands)
 
-    b.position_at_end(spin)
-    waited = b.sub(p.cycles(), since)
-    b.cbranch(b.icmp_unsigned("<", waited, ir.Constant(_I64, _SPIN_CYCLES)), pause, sleep)
-    b.position_at_end(pause)
-    p.pause()
-    seen.add_incoming(seen, pause)
-    since.add_incoming(since, pause)
-    b.branch(wait)
+    def load_acc(self, b, ops):
+        return None
 
-    # futex_wait returns at once if the generation moved on after we read it; the
-    # sleeper count is seq_cst on both sides, so the dispatcher's wake cannot be missed
-    b.position_at_end(sleep)
-    b.atomic_rmw("add", p.slot(POOL_SLEEPERS), ir.Constant(_I64, 1), "seq_cst")
-    p.futex(_FUTEX_WAIT_PRIVATE, b.zext(seen, _I64))
-    b.atomic_rmw("sub", p.slot(POOL_SLEEPERS), ir.Constant(_I64, 1), "seq_cst")
-    seen.add_incoming(seen, b.block)
-    since.add_incoming(p.cycles(), b.block)
-    b.branch(wait)
+    def step(self, b, ops, acc):
+        _StridedBody(b, ops).stmt(self.desc.semantics.body)
+        return None
 
-    b.position_at_end(woke)
-    quit_ = b.icmp_unsigned("!=", p.load(POOL_QUIT, "acquire"), ir.Constant(_I64, 0))
-    work = fn.append_basic_block("work")
-    b.cbranch(quit_, exit_, work)
-    b.position_at_end(work)
-    empty = fn.append_basic_block("empty")
-    generation = p.claim_loop(empty)
-    b.position_at_end(empty)
-    seen.add_incoming(generation, empty)
-    since.add_incoming(p.cycles(), empty)
-    b.branch(wait)
-
-    b.position_at_end(exit_)
-    b.ret_void()
-
-
-def _publish(p: _Pool, chunks: ir.Value) -> None:
-    """Start a new generation with ``chunks`` claims and wake sleeping workers."""
-    b = p.b
-    generation = b.add(b.lshr(p.load(POOL_TICKET), ir.Constant(_I64, 32)), ir.Constant(_I64, 1))
-    generation = b.and_(generation, ir.Constant(_I64, 0xFFFFFFFF))
-    ticket = b.or_(b.shl(generation, ir.Constant(_I64, 32)),
-                   b.sub(ir.Constant(_I64, _CLAIM_BASE), chunks))
-    p.store(POOL_TICKET, ticket, "seq_cst")
-    p.store(POOL_GEN, b.trunc(generation, _I32), "seq_cst")
-    sleepers = p.load(POOL_SLEEPERS, "seq_cst")
-    with b.if_then(b.icmp_unsigned("!=", sleepers, ir.Constant(_I64, 0))):
-        p.futex(_FUTEX_WAKE_PRIVATE, ir.Constant(_I64, 0x7FFFFFFF))
-
-
-def _emit_dispatch(module: ir.Module, prefix: str) -> None:
-    fn = ir.Function(module, DISPATCH_TYPE, name=f"{prefix}.dispatch")
-    fn.attributes.add("nounwind")
-    pool, task, args, lo, hi = fn.args
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    p = _Pool(module, b, pool)
-    one = ir.Constant(_I64, 1)
-    n = b.sub(hi, lo)
-    pieces = b.mul(p.load(POOL_THREADS), ir.Constant(_I64, _CHUNKS_PER_THREAD))
-    size = b.sdiv(b.add(n, b.sub(pieces, one)), pieces)
-    size = b.select(b.icmp_signed("<", size, one), one, size)
-    chunks = b.sdiv(b.add(n, b.sub(size, one)), size)
-    p.store(POOL_TASK, b.ptrtoint(task, _I64))
-    p.store(POOL_ARGS, b.ptrtoint(args, _I64))
-    p.store(POOL_LO, lo)
-    p.store(POOL_HI, hi)
-    p.store(POOL_CHUNK, size)
-    p.store(POOL_DONE, ir.Constant(_I64, 0))
-    _publish(p, chunks)
-
-    empty, wait, pause, done = (fn.append_basic_block(n) for n in ("empty", "wait", "pause", "done"))
-    p.claim_loop(empty)
-    b.position_at_end(empty)
-    # the chunks are all claimed; wait for the ones other threads still run, yielding the
-    # CPU after a while in case their thread waits for it (more threads than free cores)
-    began = p.cycles()
-    b.branch(wait)
-    b.position_at_end(wait)
-    finished = p.load(POOL_DONE, "acquire")
-    b.cbranch(b.icmp_unsigned("==", finished, chunks), done, pause)
-    b.position_at_end(pause)
-    p.pause()
-    patient = b.icmp_unsigned("<", b.sub(p.cycles(), began), ir.Constant(_I64, _SPIN_CYCLES))
-    with b.if_then(b.not_(patient)):
-        p.syscall(_SYS_SCHED_YIELD)
-    b.branch(wait)
-    b.position_at_end(done)
-    b.ret_void()
-
-
-def _emit_stop(module: ir.Module, prefix: str) -> None:
-    fn = ir.Function(module, ir.FunctionType(_VOID, [_PTR]), name=f"{prefix}.stop")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    p = _Pool(module, b, fn.args[0])
-    p.store(POOL_QUIT, ir.Constant(_I64, 1), "seq_cst")
-    _publish(p, ir.Constant(_I64, 0))
-    b.ret_void()
+    def store_acc(self, b, ops, acc) -> None:
+        pass

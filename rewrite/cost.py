@@ -1,6 +1,6 @@
 """The cost model, nothing else: what a nest costs as scalar code or as intrinsic calls.
 
-Units are "scalar operations": a scalar nest costs its arithmetic (``lower.op_count``); an
+Units are "scalar operations": a scalar nest costs its arithmetic (``calls.op_count``); an
 intrinsic call costs its descriptor's ``cost``, which is stated in the same units for one
 call (an 8-wide FMA: 1, the 6x16 register-blocked outer product: 6). A call whose operands
 miss a unit-stride need of the descriptor is gathered element by element, so it pays
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 
-from .lower import op_count
+from .calls import op_count
 from .nests import AccNest
 
 GATHER_PENALTY = 4.0

@@ -78,7 +78,7 @@ class Extractor:
 
 
 def _calls(desc, loops, windows) -> Stmt:
-    s: Stmt = Call(desc.name, tuple((op.name, windows[op.name]) for op in desc.operands),
+    s: Stmt = Call(desc, tuple((op.name, windows[op.name]) for op in desc.operands),
                    desc.output.name)
     for d in reversed(loops):
         s = For(d.name, d.start, d.stop, s)

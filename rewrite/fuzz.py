@@ -577,7 +577,7 @@ def _fused(loops: list[tuple[str, int, int]], acc: Stmt, pair: tuple[str, str]) 
 
 
 def _ops_per_iteration(value: Expr) -> int:
-    from .lower import op_count
+    from .calls import op_count
 
     return op_count(Accumulate(Buffer("_", value.dtype, (1,)), (Const(0, INDEX),), value))
 
@@ -616,7 +616,7 @@ def _guarantee(s: _Shape, func: PrimFunc, nests: list[list[tuple[str, int, int]]
     so the cheapest plan covers at least D (s - rho') / (s - rho) iterations. A constant
     factor is paid for by a temporary: it is taken iff its price stays under scalar code.
     """
-    from .lower import op_count
+    from .calls import op_count
 
     desc = s.desc
     rho = desc.cost / desc.iterations

@@ -84,8 +84,8 @@ def _calls(s: ir.Stmt):
 
 
 def no_match(case: NearMiss, result: TensorizeResult) -> None:
-    bad = [c.intrinsic for c in _calls(result.func.body)
-           if c.window(c.output).buffer.name == case.output and c.intrinsic == case.intrinsic]
+    bad = [c.intrinsic.name for c in _calls(result.func.body)
+           if c.window(c.output).buffer.name == case.output and c.intrinsic.name == case.intrinsic]
     if bad:
         raise PropertyFailed("no match", f"{case.intrinsic} was used on the nest writing "
                              f"{case.output}, which it cannot compute ({case.mutation})")

@@ -53,7 +53,7 @@ def interpret(func: PrimFunc, arrays: Mapping[str, np.ndarray], *, vectorize: bo
     ``max_steps`` bounds the loop iterations run one at a time (``BudgetError`` past it,
     budget ``check-steps``); vectorised loops do not count.
     """
-    from .lower import expand_calls
+    from .calls import expand_calls
 
     func = expand_calls(func)  # an intrinsic call means its semantics on the call's windows
     given, work = _bind(func, arrays)
@@ -83,7 +83,7 @@ def instances(func: PrimFunc) -> int:
     running, it is what ``--check``'s ``check-iterations`` budget counts.
 
     ``for i, j in grid(4, 8): C[i, j] = 0.0`` -> 32."""
-    from .lower import expand_calls
+    from .calls import expand_calls
 
     def count(s) -> int:
         if isinstance(s, For):

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Union
+
+if TYPE_CHECKING:  # a call holds its descriptor; the descriptor module builds on this one
+    from .descriptor import Descriptor
 
 # ---------------------------------------------------------------------------
 # depth
@@ -322,13 +325,16 @@ class Window:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One invocation of a registered intrinsic: ``call("x86.fma.f32x8", c=window(...), ...)``.
+    """One invocation of an intrinsic: ``call("x86.fma.f32x8", c=window(...), ...)``.
 
-    ``operands`` follow the intrinsic's parameter order; ``output`` names the operand the
-    intrinsic accumulates into. Its meaning is the intrinsic's semantics run on the windows.
+    ``intrinsic`` is the descriptor itself (``descriptor.Descriptor``: name, semantics,
+    operands, layout needs, cost, emitter), resolved once by the parser against the library
+    in force. ``operands`` follow the intrinsic's parameter order; ``output`` names the
+    operand the intrinsic accumulates into. Its meaning is the intrinsic's semantics run on
+    the windows.
     """
 
-    intrinsic: str
+    intrinsic: Descriptor
     operands: tuple[tuple[str, Window], ...]
     output: str
 

@@ -17,26 +17,22 @@ Only top-level loops become parallel parts: a parallel loop nested in a carried
 one would need a fork and join per outer iteration, which is left serial. The loops of a
 top-level ``if`` whose condition its branches leave alone (a finite-operand guard,
 ``rules/finite.py``) count as top-level: the condition moves inside them (``_split_guards``).
-Intrinsic calls stay calls; ``expand_calls`` gives the dependence analysis their meaning.
+Intrinsic calls stay calls; ``calls.expand_calls`` gives the dependence analysis their meaning.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Optional
 
 from . import analysis
-from .ir import (EXPR_TYPES, INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load,
-                 PrimFunc, Seq, Stmt, Store, Unary, Var, Window, children, loads_of, seq, stmts_of, walk_expr,
-                 substitute_stmt, walk_stmts, written_by)
+from .calls import expand_calls, op_count
+from .ir import (INDEX, Accumulate, Binary, Buffer, Const, Expr, For, If, PrimFunc, Stmt, Store,
+                 Unary, Var, loads_of, seq, stmts_of, walk_expr, substitute_stmt, walk_stmts, written_by)
 
 # Below this many arithmetic operations a loop runs on the calling thread: waking the
 # workers and joining them costs a few microseconds, which such a loop does not repay.
 MIN_PARALLEL_OPS = 1 << 15
-
-# Operators counted as one arithmetic operation each (``not`` is logic, loads are memory).
-_COUNTED_UNARY = ("neg", "abs", "exp", "sqrt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,143 +274,3 @@ def _access_cost(buf: Buffer, indices: tuple[Expr, ...], var: str) -> int:
     if stride == 0:
         return _INVARIANT
     return _UNIT if abs(stride) == 1 else _STRIDED
-
-
-# ---------------------------------------------------------------------------
-# operation counts (also the numerator of GFLOP/s in the benchmark)
-
-
-def op_count(s: Stmt, per_store: int = 0) -> int:
-    """Arithmetic operations ``s`` performs: each ``+ - * / // % max min neg abs exp sqrt`` in a
-    stored value counts one, ``+=`` one more, times the trip counts of the enclosing loops.
-    Index arithmetic is not counted; both arms of an ``if`` are (an upper bound). With
-    ``per_store``, a store counts at least that much (work, for a copy with no arithmetic)."""
-    if isinstance(s, For):
-        return s.extent * op_count(s.body, per_store)
-    if isinstance(s, Seq):
-        return sum(op_count(c, per_store) for c in s.stmts)
-    if isinstance(s, If):
-        return op_count(s.then, per_store) + (op_count(s.orelse, per_store) if s.orelse is not None else 0)
-    if isinstance(s, Call):
-        return max(per_store, op_count(_semantics(s.intrinsic).body))
-    extra = 1 if isinstance(s, Accumulate) else 0
-    return max(per_store, extra + _value_ops(s.value))
-
-
-def _value_ops(e: Expr) -> int:
-    """Arithmetic in a value, not in the indices of its loads (address arithmetic)."""
-    if isinstance(e, Load):
-        return 0
-    own = isinstance(e, Binary) or (isinstance(e, Unary) and e.op in _COUNTED_UNARY)
-    return int(own) + sum(_value_ops(c) for c in children(e))
-
-
-def reduction_length(func: PrimFunc) -> int:
-    """The longest chain of ``+=`` into one element: for each accumulation, the product of the
-    extents of the enclosing loops its indices do not use. Float tolerances scale with it."""
-    func = expand_calls(func)
-    best = 1
-
-    def visit(s: Stmt, loops: tuple[For, ...]) -> None:
-        nonlocal best
-        if isinstance(s, For):
-            visit(s.body, loops + (s,))
-        elif isinstance(s, (Seq, If)):
-            for c in (s.stmts if isinstance(s, Seq) else (s.then, s.orelse)):
-                if c is not None:
-                    visit(c, loops)
-        elif isinstance(s, Accumulate):
-            used = {x.name for i in s.indices for x in walk_expr(i) if isinstance(x, Var)}
-            best = max(best, math.prod(f.extent for f in loops if f.var not in used))
-
-    visit(func.body, ())
-    return best
-
-
-# ---------------------------------------------------------------------------
-# intrinsic calls by their meaning
-
-
-def expand_calls(func: PrimFunc) -> PrimFunc:
-    """``func`` with every intrinsic call replaced by its semantics on the call's windows:
-    the program the dependence analysis (and an emulation) reads. Unchanged without calls::
-
-        call("x86.fma.f32x8", c=window(C, [i, 0], [[0, 1]]), a=..., b=...)
-        ->
-        for i_0 in range(8):
-            C[i, 0 + i_0] += A[...] * B[...]
-    """
-    if not any(isinstance(s, Call) for s in walk_stmts(func.body)):
-        return func
-    counter = [0]
-    return replace(func, body=_expand(func.body, counter))
-
-
-def _expand(s: Stmt, counter: list[int]) -> Stmt:
-    if isinstance(s, For):
-        return For(s.var, s.start, s.stop, _expand(s.body, counter))
-    if isinstance(s, Seq):
-        return seq(*(_expand(c, counter) for c in s.stmts))
-    if isinstance(s, If):
-        orelse = None if s.orelse is None else _expand(s.orelse, counter)
-        return If(s.cond, _expand(s.then, counter), orelse)
-    if isinstance(s, Call):
-        counter[0] += 1
-        return _inline(s, f"_call{counter[0]}_")
-    return s
-
-
-def _semantics(name: str) -> PrimFunc:
-    import intrinsics  # the registry; imported here because intrinsics imports the backend
-
-    return intrinsics.get(name).semantics
-
-
-def _inline(call: Call, prefix: str) -> Stmt:
-    """The intrinsic's loop nest with fresh loop names and each operand access moved onto
-    the window it stands for."""
-    windows = dict(call.operands)
-
-    def stmt(s: Stmt) -> Stmt:
-        if isinstance(s, For):
-            return For(prefix + s.var, s.start, s.stop, stmt(s.body))
-        if isinstance(s, Seq):
-            return seq(*(stmt(c) for c in s.stmts))
-        if isinstance(s, (Store, Accumulate)):
-            buf, idx = access(s.buffer.name, s.indices)
-            return type(s)(buf, idx, expr(s.value))
-        raise ValueError(f"intrinsic {call.intrinsic}: cannot inline a {type(s).__name__}")
-
-    def access(name: str, indices: tuple[Expr, ...]) -> tuple[Buffer, tuple[Expr, ...]]:
-        w: Window = windows[name]
-        out = []
-        for k, base in enumerate(w.base):
-            e = base
-            for d, idx in enumerate(indices):
-                step = w.steps[d][k]
-                if step and not (isinstance(idx, Const) and idx.value == 0):
-                    e = Binary("+", e, Binary("*", rename(idx), Const(step, INDEX)))
-            out.append(e)
-        return w.buffer, tuple(out)
-
-    def rename(e: Expr) -> Expr:
-        if isinstance(e, Var):
-            return Var(prefix + e.name)
-        if isinstance(e, Binary):
-            return Binary(e.op, rename(e.a), rename(e.b))
-        return e
-
-    def expr(e: Expr) -> Expr:
-        if isinstance(e, Load):
-            buf, idx = access(e.buffer.name, e.indices)
-            return Load(buf, idx)
-        if isinstance(e, Var):
-            return rename(e)
-        fields = {f: getattr(e, f) for f in e.__slots__}
-        for f, v in fields.items():
-            if isinstance(v, EXPR_TYPES):
-                fields[f] = expr(v)
-        return type(e)(**fields)
-
-    return stmt(_semantics(call.intrinsic).body)
-

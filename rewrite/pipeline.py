@@ -23,7 +23,7 @@ from . import cost, ir, nests
 from .budgets import Budgets, using
 from .extract import Extractor
 from .ir import Call, For, PrimFunc, Stmt
-from .lower import op_count
+from .calls import op_count
 from .match import Pattern, bindings, semantics_value
 from .nests import AccNest
 from .rules import loops
@@ -131,7 +131,7 @@ def _sites(s: Stmt, loops: tuple[For, ...], out: list[Site]) -> None:
         w = s.window(s.output)
         where = ", ".join(f"{lp.var}<{lp.extent}>" for lp in loops) or "top level"
         base = ", ".join(show_expr(i) for i in w.base)
-        out.append(Site(s.intrinsic, calls, f"{where}: {w.buffer.name}[{base}]"))
+        out.append(Site(s.intrinsic.name, calls, f"{where}: {w.buffer.name}[{base}]"))
     elif isinstance(s, For):
         _sites(s.body, loops + (s,), out)
     elif isinstance(s, ir.Seq):

@@ -1,4 +1,5 @@
-"""JIT, caches, the numpy calling convention, and the worker pool.
+"""Compiling programs into kernels, the numpy calling convention, and checking kernels
+against the interpreter.
 
     kernel = compile(func)             # LLVM O3 for this CPU; cached in memory and on disk
     kernel(A=a, B=b, C=c)              # or kernel(a, b, c): outputs are written in place
@@ -7,329 +8,89 @@ Arrays must be C-contiguous numpy arrays of exactly the declared dtype and shape
 else raises ``ValueError`` naming the buffer before native code runs. Non-contiguous views
 are rejected rather than copied, since a copy of an output would silently drop the writes.
 Any alignment works. An output may not share memory with another buffer (the compiled code
-assumes it does not). Temporaries are allocated zeroed for every call.
-
-Disk cache: object code under ``$TENSORIZE_CACHE_DIR``, else ``$XDG_CACHE_HOME/tensorize``,
-else ``~/.cache/tensorize``, named by a hash of the program, of the compiler's own source
-(analysis, lowering, codegen, and the emitters of the intrinsics it calls), and of the target
-(CPU name, features, llvmlite version). A second run loads the object code without LLVM.
-Each entry is authenticated with a keyed MAC (HMAC-SHA256) under a per-user secret,
-``$XDG_CONFIG_HOME/tensorize/cache.key`` (else ``~/.config/...``), made on first use with
-mode 0600: LLVM links an object file it is given without question, so only entries this
-user's compiler wrote are ever loaded; anything else is compiled again. Without a usable key
-the disk cache is not used. Programs calling an emitter whose source cannot be read are
+assumes it does not). TempoCompiled code is kept in memory per program and on disk (``jit.py``) under a key made of the
+program, the compiler's own source, the target, and the fingerprint of every intrinsic the
+program calls (``fingerprint``: its semantics and its emitter's source). A second run loads
+the object code without LLVM. Programs calling an emitter whose source cannot be read are
 not cached on disk.
 
-Threads: a top-level loop the dependence analysis proves parallel is cut into chunks shared
-by the calling thread and ``threads - 1`` workers. Each worker is a Python thread that enters
-the native worker loop once (ctypes releases the GIL) and then waits on the control block in
-native code, so a dispatch costs microseconds, not a Python round trip.
+Threads: a parallel top-level loop runs on the host's thread pool (``pool.py``).
+costs microseconds, not a Python round trip.
 """
 
 from __future__ import annotations
 
-import atexit
 import ctypes
 import hashlib
-import hmac
 import inspect
-import json
 import operator
 import os
-import secrets
-import stat
-import tempfile
 import uuid
 import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-import llvmlite.binding as llvm
 import numpy as np
 
-from . import analysis, codegen
+from . import calls, codegen, jit, target
 from . import lower as lowering
+from .descriptor import Descriptor
+from .emitter import Emitter
+from .script import show
+from .target import Target
 from .budgets import BudgetError, Budgets, format_bytes
 from .ir import (Accumulate, Buffer, Call, Cast, PrimFunc, is_float, numpy_dtype, stmt_exprs, walk_expr,
                  walk_stmts)
 from .verify import verify
 
-emit_llvm = codegen.emit_llvm
-emit_asm = codegen.emit_asm
 
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 
 
-# ---------------------------------------------------------------------------
-# the JIT: one engine per process, object code added to it
+def emit_llvm(func: PrimFunc, optimized: bool = True) -> str:
+    """LLVM IR of ``func``'s kernel (``--emit llvm``), after O3 unless ``optimized`` is false."""
+    module = codegen.kernel_module(lowering.lower(func), _display_symbol(func), target.host().emitter)
+    return str(codegen.optimize(module)) if optimized else str(module)
 
 
-class _Jit:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        tm = codegen.target_machine()
-        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
-        self.loaded: dict[str, int] = {}
-
-    def load(self, obj: bytes, symbols: list[str]) -> list[int]:
-        """Link ``obj`` into the process and return the addresses of ``symbols``; code already
-        linked (symbols are named by content) is not linked twice."""
-        with self.lock:
-            if not all(s in self.loaded for s in symbols):
-                self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
-                self.engine.finalize_object()
-                self.loaded.update((s, self.engine.get_function_address(s)) for s in symbols)
-            addresses = [self.loaded[s] for s in symbols]
-        if not all(addresses):
-            raise RuntimeError(f"compiled code lacks a symbol among {symbols}")
-        return addresses
+def emit_asm(func: PrimFunc) -> str:
+    """Assembly of ``func``'s kernel for this CPU (``--emit asm``)."""
+    module = codegen.kernel_module(lowering.lower(func), _display_symbol(func), target.host().emitter)
+    return codegen.assembly(codegen.optimize(module))
 
 
-_jit: Optional[_Jit] = None
-_jit_lock = threading.Lock()
+def _display_symbol(func: PrimFunc) -> str:
+    return f"tensorize.{func.name}"
 
 
-def _engine() -> _Jit:
-    global _jit
-    with _jit_lock:
-        if _jit is None:
-            _jit = _Jit()
-        return _jit
-
-
-# ---------------------------------------------------------------------------
-# caches
-
-
-def cache_dir() -> Path:
-    explicit = os.environ.get("TENSORIZE_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tensorize"
-
-
-def _code_version() -> str:
-    """Compiled code changes when the code generator does: its source is part of the key."""
-    global _CODE_VERSION
-    if _CODE_VERSION is None:
-        h = hashlib.sha256()
-        for module in (codegen, lowering, analysis):
-            h.update(Path(module.__file__).read_bytes())
-        _CODE_VERSION = h.hexdigest()
-    return _CODE_VERSION
-
-
-_CODE_VERSION: Optional[str] = None
-
-
-def _intrinsics_version(func: PrimFunc) -> Optional[str]:
-    """What the code of the intrinsics ``func`` calls depends on: each one's semantics, the
-    source of the module that emits it (a user's plugin as much as the built-ins), and what
-    the emitter says it depends on beyond that (``fingerprint()``: an LLVM IR text). None when
-    an emitter's source cannot be read (a class made at run time, a module without a file):
-    then nothing on disk can be known to match."""
-    names = sorted({s.intrinsic for s in walk_stmts(func.body) if isinstance(s, Call)})
-    if not names:
-        return ""
-    import intrinsics
-
-    parts = []
-    for name in names:
-        desc = intrinsics.get(name)
-        emitter = intrinsics.emitter_of(desc)
-        try:
-            source = inspect.getsourcefile(type(emitter))
-            digest = hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else None
-        except (TypeError, OSError):
-            digest = None
-        if digest is None:
-            return None
-        fingerprint = getattr(emitter, "fingerprint", lambda: "")()  # e.g. LLVM IR text
-        parts.append(f"{name}|{desc.script()}|{type(emitter).__qualname__}|{digest}|{fingerprint}")
-    return "\n".join(parts)
-
-
-def _key(what: str) -> str:
-    h = hashlib.sha256()
-    for part in (_code_version(), codegen.target_id(), what):
-        h.update(part.encode())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def _object(key: str, build: Callable[[], tuple[bytes, dict]]) -> tuple[bytes, dict, str]:
-    """Object code and its metadata for ``key``: from disk, or built by ``build()`` and saved.
-    Also says where they came from (``"disk"`` or ``"compiled"``)."""
-    path = cache_dir() / f"{key[:40]}.o"
-    secret = _secret()
-    if secret is not None:
-        try:
-            data = path.read_bytes()
-            # LLVM links whatever object file it is given (a damaged one can crash the
-            # process): only an entry whose MAC this user's key made reaches it
-            if hmac.compare_digest(hmac.new(secret, data[32:], "sha256").digest(), data[:32]):
-                header, _, obj = data[32:].partition(b"\n")
-                return obj, json.loads(header), "disk"
-        except (OSError, ValueError):
-            pass
-    obj, meta = build()
-    if secret is not None:
-        payload = json.dumps(meta).encode() + b"\n" + obj
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _sweep(path.parent)
-            _write_atomic(path, hmac.new(secret, payload, "sha256").digest() + payload)
-        except OSError:
-            pass  # a read-only cache only costs recompiling
-    return obj, meta, "compiled"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write then rename: a concurrent reader never sees half a file. The temporary file
-    goes whatever happens (an error, an interrupt); only a killed process leaves one, for
-    ``_sweep``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+def fingerprint(desc: Descriptor, emitter: Emitter) -> Optional[str]:
+    """What compiled code calling ``desc`` through ``emitter`` depends on: the intrinsic's
+    name and semantics, the source of the module that defines the emitter's class (a user's
+    plugin as much as the built-ins), and what the emitter says it depends on beyond that
+    (``fingerprint()``: an LLVM IR text). None when the emitter's source cannot be read (a
+    class made at run time, a module without a file): then nothing on disk can be known to
+    match."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-_STALE_SECONDS = 3600  # a temporary file this old belongs to no running write
-_swept: set[Path] = set()
-
-
-def _sweep(folder: Path) -> None:
-    """Remove temporary files that killed processes left in ``folder`` (once a process)."""
-    if folder in _swept:
-        return
-    _swept.add(folder)
-    now = time.time()
-    for tmp in folder.glob("*.tmp"):
-        try:
-            st = tmp.lstat()
-            if stat.S_ISREG(st.st_mode) and now - st.st_mtime > _STALE_SECONDS:
-                tmp.unlink()
-        except OSError:
-            pass
-
-
-def secret_file() -> Path:
-    """Where the key that authenticates disk cache entries lives: outside the cache, which
-    other tools (and users) may be given to write."""
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "tensorize" / "cache.key"
-
-
-_SECRET_BYTES = 32
-_secrets: dict[Path, Optional[bytes]] = {}
-
-
-def _secret() -> Optional[bytes]:
-    """This user's cache key, made on first use; None when it cannot be read or made, or
-    is not private to this user (then the disk cache is not used)."""
-    path = secret_file()
-    if path not in _secrets:
-        _secrets[path] = _load_secret(path)
-    return _secrets[path]
-
-
-def _load_secret(path: Path) -> Optional[bytes]:
-    try:
-        return _read_secret(path)
-    except FileNotFoundError:
-        pass
-    except OSError:
+        source = inspect.getsourcefile(type(emitter))
+        digest = hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else None
+    except (TypeError, OSError):
+        digest = None
+    if digest is None:
         return None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")  # mode 0600
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(_SECRET_BYTES))
-            try:
-                os.link(tmp, path)  # appears whole, and never replaces another process's key
-            except FileExistsError:
-                pass
-        finally:
-            os.unlink(tmp)
-        return _read_secret(path)
-    except OSError:
-        return None
+    extra = getattr(emitter, "fingerprint", lambda: "")()  # e.g. LLVM IR text
+    return f"{desc.name}|{show(desc.semantics)}|{type(emitter).__qualname__}|{digest}|{extra}"
 
 
-def _read_secret(path: Path) -> Optional[bytes]:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    try:
-        st = os.fstat(fd)
-        mine = not hasattr(os, "geteuid") or st.st_uid == os.geteuid()
-        if not stat.S_ISREG(st.st_mode) or not mine or st.st_mode & 0o077:
-            return None
-        data = os.read(fd, _SECRET_BYTES + 1)
-    finally:
-        os.close(fd)
-    return data if len(data) == _SECRET_BYTES else None
+def _intrinsics_version(func: PrimFunc, where: Target) -> Optional[str]:
+    """The fingerprints of the intrinsics ``func`` calls, with the emitters ``where`` gives
+    them; None when one cannot be known (see ``fingerprint``)."""
+    descs = {s.intrinsic for s in walk_stmts(func.body) if isinstance(s, Call)}
+    parts = [fingerprint(d, where.emitter(d)) for d in sorted(descs, key=lambda d: d.name)]
+    return None if None in parts else "\n".join(parts)
 
 
-# ---------------------------------------------------------------------------
-# the worker pool
-
-
-class _Pool:
-    """``threads - 1`` workers parked in native code plus the calling thread."""
-
-    def __init__(self, threads: int, addresses: dict[str, int]):
-        self.threads = threads
-        self.lock = threading.Lock()  # one dispatch at a time per pool
-        raw = np.zeros(codegen.POOL_SLOTS + 8, np.int64)
-        start = (-raw.ctypes.data % 64) // 8  # the control block on its own cache lines
-        self.block = raw[start:start + codegen.POOL_SLOTS]
-        self.block[codegen.POOL_THREADS] = threads
-        self.block[codegen.POOL_DISPATCH] = addresses["dispatch"]
-        self.address = self.block.ctypes.data
-        self._raw = raw
-        worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addresses["worker"])
-        self._stop = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addresses["stop"])
-        self.workers = [threading.Thread(target=worker, args=(self.address,), daemon=True,
-                                         name=f"tensorize-worker-{k}") for k in range(threads - 1)]
-        for t in self.workers:
-            t.start()
-
-    def close(self) -> None:
-        self._stop(self.address)
-        for t in self.workers:
-            t.join(timeout=1.0)
-
-
-_pools: dict[int, _Pool] = {}
-_POOL_PREFIX = "tensorize.pool"
-
-
-def _pool(threads: int) -> _Pool:
-    with _compile_lock:  # building the pool's code shares LLVM with kernel compiles
-        if threads not in _pools:
-            key = _key("pool")
-            obj, _, _ = _object(key, lambda: (codegen.object_code(
-                codegen.optimize(codegen.pool_module(_POOL_PREFIX))), {}))
-            names = ("worker", "dispatch", "stop")
-            addresses = _engine().load(obj, [f"{_POOL_PREFIX}.{n}" for n in names])
-            _pools[threads] = _Pool(threads, dict(zip(names, addresses)))
-        return _pools[threads]
-
-
-@atexit.register
-def _close_pools() -> None:
-    for pool in _pools.values():
-        pool.close()
 
 
 # Threads a kernel may use: each is an OS thread parked in native code, so a few thousand
@@ -356,8 +117,7 @@ class _Compiled:
     seconds: float
 
 
-_memory: dict = {}  # see _memory_key
-_compile_lock = threading.RLock()
+_memory: dict = {}  # see _compiled
 
 
 def clear_memory_cache() -> None:
@@ -367,27 +127,20 @@ def clear_memory_cache() -> None:
 
 def _build(func: PrimFunc, symbol: str) -> tuple[bytes, dict]:
     plan = lowering.lower(func)
-    obj = codegen.object_code(codegen.optimize(codegen.kernel_module(plan, symbol)))
+    module = codegen.kernel_module(plan, symbol, target.host().emitter)
+    obj = codegen.object_code(codegen.optimize(module))
     return obj, {"parallel": any(p.parallel for p in plan.parts)}
 
 
-def _memory_key(func: PrimFunc):
-    """A program calling intrinsics is reused only while no intrinsic was registered or
-    unregistered since (a name registered again may have another implementation)."""
-    if not any(isinstance(s, Call) for s in walk_stmts(func.body)):
-        return func
-    import intrinsics
-
-    return func, intrinsics.generation()
-
-
 def _compiled(func: PrimFunc) -> tuple[_Compiled, bool]:
-    key = _memory_key(func)
+    # A program is its own key in memory: a call holds its descriptor, and descriptors are
+    # equal only to themselves, so an intrinsic registered again compiles again.
+    key = func
     hit = _memory.get(key)
     if hit is not None:
         return hit, True
     # one compile at a time: LLVM's target machine and the engine are shared
-    with _compile_lock:
+    with jit.compile_lock:
         hit = _memory.get(key)
         return (hit, True) if hit is not None else (_compile_now(func, key), False)
 
@@ -399,18 +152,18 @@ def _compile_now(func: PrimFunc, memory_key) -> _Compiled:
     verify(func)
     # lowering is a function of the program and of the code version in the key, so a disk
     # hit skips it along with LLVM
-    version = _intrinsics_version(func)
+    version = _intrinsics_version(func, target.host())
     if version is None:
         # an emitter with no readable source: compile, never from or to disk, under a
         # symbol of its own (the JIT reuses code by symbol)
-        key = _key(repr(replace(func, doc="")) + uuid.uuid4().hex)
+        key = jit.key(repr(replace(func, doc="")) + uuid.uuid4().hex)
         symbol = f"tensorize.k{key[:24]}"
         (obj, meta), source = _build(func, symbol), "compiled"
     else:
-        key = _key(repr(replace(func, doc="")) + version)
+        key = jit.key(repr(replace(func, doc="")) + version)
         symbol = f"tensorize.k{key[:24]}"
-        obj, meta, source = _object(key, lambda: _build(func, symbol))
-    (address,) = _engine().load(obj, [symbol])
+        obj, meta, source = jit.cached_object(key, lambda: _build(func, symbol))
+    (address,) = jit.load(obj, [symbol])
     done = _Compiled(address, bool(meta["parallel"]), source, time.perf_counter() - t0)
     _memory[memory_key] = done
     return done
@@ -424,14 +177,14 @@ def compile(func: PrimFunc, threads: Optional[int] = None) -> "Kernel":
         raise ValueError(f"threads must be from 1 to {MAX_THREADS} (runtime.MAX_THREADS), not {threads}")
     compiled, in_memory = _compiled(func)
     uses_pool = threads > 1 and compiled.parallel
-    return Kernel(func, compiled, _pool(threads) if uses_pool else None, threads,
+    return Kernel(func, compiled, target.host().pool(threads) if uses_pool else None, threads,
                   "memory" if in_memory else compiled.source)
 
 
 class Kernel:
     """A compiled function, called with numpy arrays by keyword or position."""
 
-    def __init__(self, func: PrimFunc, compiled: _Compiled, pool: Optional[_Pool], threads: int,
+    def __init__(self, func: PrimFunc, compiled: _Compiled, pool, threads: int,
                  source: str):
         self.func = func
         self.threads = threads
@@ -585,7 +338,7 @@ def _float_sums(func: PrimFunc) -> set[str]:
 def _roundoff(func: PrimFunc, dtypes: set[str]) -> float:
     """Relative roundoff allowed in ``func``'s results computed in ``dtypes`` (the coarsest)."""
     eps = max(float(np.finfo(numpy_dtype(d)).eps) for d in dtypes)
-    return eps * (_ULPS_FLOOR + _ULPS_PER_TERM * lowering.reduction_length(func))
+    return eps * (_ULPS_FLOOR + _ULPS_PER_TERM * calls.reduction_length(func))
 
 
 def integer_tolerance(func: PrimFunc, reference: np.ndarray):
@@ -651,7 +404,7 @@ def _check_round(func: PrimFunc, kernel: Kernel, seed: int, special: bool,
     args = random_args(func, seed=seed, special=special, density=density)
     expected = {name: np.array(a, copy=True) for name, a in args.items()}
     # an intrinsic call means its semantics
-    interpret(lowering.expand_calls(func), expected, max_steps=budgets.check_steps)
+    interpret(calls.expand_calls(func), expected, max_steps=budgets.check_steps)
     got = {name: np.array(a, copy=True) for name, a in args.items()}
     kernel(**{b.name: got[b.name] for b in func.params})
     worst, problems = 0.0, []

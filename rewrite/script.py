@@ -23,7 +23,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from . import ir
+from . import descriptor, ir
 from .ir import (BOOL, DTYPES, INDEX, Accumulate, Binary, Buffer, Call, Cast, Compare, Const, Expr,
                  For, If, Load, Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var, Window)
 from .verify import VerifyError, verify
@@ -436,11 +436,9 @@ class _FunctionParser:
             raise self.error(node, 'call() takes the intrinsic\'s name as a string, then its operands '
                                    'by keyword: call("x86.fma.f32x8", c=window(...), ...)')
         name = node.args[0].value
-        from intrinsics import IntrinsicError, get
-
         try:
-            desc = get(name)
-        except IntrinsicError:
+            desc = descriptor.lookup(name)
+        except descriptor.IntrinsicError:
             raise self.error(node.args[0], f"unknown intrinsic {name}; tensorize intrinsics lists them") from None
         given = {}
         for kw in node.keywords:
@@ -454,7 +452,7 @@ class _FunctionParser:
         if missing:
             raise self.error(node, f"intrinsic {name} needs operand{'s' * (len(missing) > 1)} {', '.join(missing)}")
         operands = tuple((o.name, given[o.name]) for o in desc.operands)
-        return self.at(node, Call(name, operands, desc.output.name))
+        return self.at(node, Call(desc, operands, desc.output.name))
 
     def window(self, node: ast.AST) -> Window:
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "window"
@@ -978,7 +976,7 @@ def _show_stmt(s: Stmt, indent: int, out: list[str]) -> None:
         out.append(f"{pad}{s.buffer.name}[{idx}] {op} {show_expr(s.value)}")
     elif isinstance(s, Call):
         args = ", ".join(f"{n}={_show_window(w)}" for n, w in s.operands)
-        out.append(f'{pad}call("{s.intrinsic}", {args})')
+        out.append(f'{pad}call("{s.intrinsic.name}", {args})')
     elif isinstance(s, For):
         loops = [s]
         while isinstance(loops[-1].body, For) and loops[-1].start == 0 and loops[-1].body.start == 0:

@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from . import ir
+from .descriptor import Descriptor
 from .ir import (BOOL, DTYPES, INDEX, Accumulate, Binary, Buffer, Call, Cast, Compare, Const, Expr,
                  For, If, Load, Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var, Window)
 
@@ -216,13 +217,13 @@ def call_aliasing(s: Call, desc, ranges: Ranges) -> None:
     out = s.window(s.output)
     steps = _steps(desc)
     if not _injective(out.strides, desc.output.shape):
-        raise VerifyError(f"the output window of {s.intrinsic} on {out.buffer.name} gives two of its "
+        raise VerifyError(f"the output window of {s.intrinsic.name} on {out.buffer.name} gives two of its "
                           f"elements one address (steps {', '.join(map(str, out.steps))}): each output "
                           f"element needs its own", out)
     for op, (name, w) in zip(desc.operands, s.operands):
         if name != s.output and w.buffer.name == out.buffer.name \
                 and _may_clash(out, desc.output, w, op, steps, ranges):
-            raise VerifyError(f"operand {name} of {s.intrinsic} overlaps the output {s.output} on "
+            raise VerifyError(f"operand {name} of {s.intrinsic.name} overlaps the output {s.output} on "
                               f"{w.buffer.name}: windows may share an element only where one step of "
                               f"the intrinsic both reads and writes it", w)
 
@@ -430,22 +431,20 @@ class _Verifier:
             raise VerifyError(f"not a statement: {type(s).__name__}", s)
 
     def call(self, s: Call, ranges: Ranges) -> None:
-        from intrinsics import IntrinsicError, get
-
-        try:
-            desc = get(s.intrinsic)
-        except IntrinsicError:
-            raise VerifyError(f"unknown intrinsic {s.intrinsic}", s) from None
+        desc = s.intrinsic
+        if not isinstance(desc, Descriptor):
+            raise VerifyError(f"a call holds its intrinsic's descriptor, not {type(desc).__name__} "
+                              f"{desc!r}", s)
         names = tuple(n for n, _ in s.operands)
         if names != tuple(o.name for o in desc.operands) or s.output != desc.output.name:
-            raise VerifyError(f"intrinsic {s.intrinsic} takes operands {', '.join(o.name for o in desc.operands)} "
+            raise VerifyError(f"intrinsic {s.intrinsic.name} takes operands {', '.join(o.name for o in desc.operands)} "
                               f"(output {desc.output.name}), not {', '.join(names)}", s)
         for op, (_, w) in zip(desc.operands, s.operands):
             if w.buffer.dtype != op.dtype:
-                raise VerifyError(f"operand {op.name} of {s.intrinsic} is {op.dtype} but {w.buffer.name} "
+                raise VerifyError(f"operand {op.name} of {s.intrinsic.name} is {op.dtype} but {w.buffer.name} "
                                   f"holds {w.buffer.dtype}", w)
             if len(w.steps) != len(op.shape) or any(len(st) != w.buffer.ndim for st in w.steps):
-                raise VerifyError(f"operand {op.name} of {s.intrinsic} has {len(op.shape)} dimensions: its "
+                raise VerifyError(f"operand {op.name} of {s.intrinsic.name} has {len(op.shape)} dimensions: its "
                                   f"window needs that many steps of {w.buffer.ndim} integers", w)
             self.window(w, op.shape, ranges)
         if not any(r.lo > r.hi for r in ranges.values()):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 
 from intrinsics import host_features
-from rewrite import codegen, lower, runtime
+from rewrite import calls, lower, runtime
 from rewrite.interp import random_args, run
 from rewrite.ir import Accumulate, Unary, is_float, numpy_dtype, stmt_exprs, walk_expr, walk_stmts
 from rewrite.script import parse, show
@@ -337,7 +337,7 @@ def _calling(desc, repeat: int):
         base = (Var("t"),) + tuple(Const(0, "i64") for _ in o.shape)
         params.append(buf)
         operands.append((o.name, Window(buf, base, steps)))
-    body = For("t", 0, repeat, Call(desc.name, tuple(operands), desc.output.name))
+    body = For("t", 0, repeat, Call(desc, tuple(operands), desc.output.name))
     return PrimFunc("calls", tuple(params), body)
 
 
@@ -353,7 +353,7 @@ def test_intrinsic_calls_match_their_semantics(name):
 
     func = _calling(intrinsics.get(name), repeat=5)
     args = random_args(func, seed=4)
-    want = run(lower.expand_calls(func), **args)
+    want = run(calls.expand_calls(func), **args)
     for threads in (1, 2):
         got = {n: a.copy() for n, a in args.items()}
         runtime.compile(func, threads=threads)(**got)
@@ -366,9 +366,9 @@ def test_calls_are_expanded_for_analysis_and_counted():
 
     desc = intrinsics.get("x86.fma.f32x8")
     func = _calling(desc, repeat=3)
-    expanded = lower.expand_calls(func)
+    expanded = calls.expand_calls(func)
     assert "+=" in show(expanded) and "call(" not in show(expanded)
-    assert lower.op_count(func.body) == lower.op_count(expanded.body) == 3 * 16
+    assert calls.op_count(func.body) == calls.op_count(expanded.body) == 3 * 16
 
 
 # ---------------------------------------------------------------------------
@@ -386,23 +386,23 @@ def mm(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):
 
 
 def test_emit_llvm_is_vectorised_for_this_cpu():
-    text = codegen.emit_llvm(parse(MATMUL))
+    text = runtime.emit_llvm(parse(MATMUL))
     lanes = {int(n) for n in re.findall(r"<(\d+) x float>", text)}
     # as wide as this CPU's vectors go, or LLVM's preferred width for it: 8 lanes on AVX2, 8 or
     # 16 with AVX-512 (LLVM prefers 256-bit vectors on some AVX-512 CPUs)
     assert lanes and max(lanes) >= (8 if "avx2" in host_features() else 4)
     assert max(lanes) <= (16 if "avx512f" in host_features() else 8)
-    assert "noalias" in codegen.emit_llvm(parse(MATMUL), optimized=False)
+    assert "noalias" in runtime.emit_llvm(parse(MATMUL), optimized=False)
 
 
 def test_emit_asm_uses_fma():
-    assert "vfmadd" in codegen.emit_asm(parse(MATMUL))
+    assert "vfmadd" in runtime.emit_asm(parse(MATMUL))
 
 
 def test_op_count_and_reduction_length():
     func = parse(MATMUL)
-    assert lower.op_count(func.body) == 2 * 64 ** 3
-    assert lower.reduction_length(func) == 64
+    assert calls.op_count(func.body) == 2 * 64 ** 3
+    assert calls.reduction_length(func) == 64
 
 
 # ---------------------------------------------------------------------------
@@ -447,6 +447,6 @@ def test_calls_along_a_reduction_match_the_interpreter(text):
 
 def test_only_a_reduction_no_input_reads_keeps_accumulators_in_registers():
     # phi_loop names its blocks "kloop": the accumulators are carried in phi nodes there
-    assert "kloop" in codegen.emit_llvm(parse(DOT_K_LOOP), optimized=False)
-    assert "kloop" in codegen.emit_llvm(parse(EMULATED_K_LOOP), optimized=False)
-    assert "kloop" not in codegen.emit_llvm(parse(SELF_READ), optimized=False)
+    assert "kloop" in runtime.emit_llvm(parse(DOT_K_LOOP), optimized=False)
+    assert "kloop" in runtime.emit_llvm(parse(EMULATED_K_LOOP), optimized=False)
+    assert "kloop" not in runtime.emit_llvm(parse(SELF_READ), optimized=False)

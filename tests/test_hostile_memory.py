@@ -416,7 +416,7 @@ def calls(draw):
                 e = Binary("+", e, Binary("*", Const(moves[op][d], INDEX), j))
             base.append(e)
         operands.append((op, Window(bufs[owner[op]], tuple(base), steps[op])))
-    body = For("j", 0, trips, Call(name, tuple(operands), "c"))
+    body = For("j", 0, trips, Call(intrinsics.get(name), tuple(operands), "c"))
     return PrimFunc("calls", tuple(bufs), body)
 
 
@@ -426,7 +426,7 @@ def _aliases(func: PrimFunc) -> bool:
     the output writes at different steps (or writes at several)."""
     loop: For = func.body
     call: Call = loop.body
-    desc = intrinsics.get(call.intrinsic)
+    desc = call.intrinsic
     out = call.window(call.output)
     for j in range(loop.start, loop.stop):
         def address(w: Window, element) -> tuple:

@@ -24,7 +24,7 @@ import pytest
 
 import intrinsics
 from intrinsics import Emitter, IntrinsicError
-from rewrite import cli, runtime, saturate
+from rewrite import cli, jit, runtime, saturate
 from rewrite.script import parse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,7 +296,7 @@ def test_a_plugin_failure_leaves_no_module_behind(tmp_path):
 
 PYTHON_EMITTER = """
 from intrinsics import Emitter, intrinsic
-from intrinsics.emit import load_row, store_row
+from rewrite.emitter import load_row, store_row
 from rewrite.script import f32
 
 
@@ -337,7 +337,7 @@ def test_a_plugin_with_a_python_emitter_compiles(tmp_path):
 
 
 def test_an_emitter_without_source_compiles_without_the_disk_cache():
-    from intrinsics.emit import load_row, store_row
+    from rewrite.emitter import load_row, store_row
 
     class Add(Emitter):
         operands = ("c", "a")
@@ -431,7 +431,7 @@ def test_a_compile_leaves_no_temporary_file(tmp_path, monkeypatch):
         raise OSError("no rename today")
 
     runtime.clear_memory_cache()
-    monkeypatch.setattr(runtime.os, "replace", fail)
+    monkeypatch.setattr(jit.os, "replace", fail)
     other = parse(MATMUL.replace("mm(", "mm2(").replace("0.0", "1.0"))
     assert runtime.compile(other, threads=1).source == "compiled"  # the write failed quietly
     assert cache_files(tmp_path, "*.tmp") == []
@@ -439,7 +439,7 @@ def test_a_compile_leaves_no_temporary_file(tmp_path, monkeypatch):
     def interrupt(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runtime.os, "replace", interrupt)
+    monkeypatch.setattr(jit.os, "replace", interrupt)
     with pytest.raises(KeyboardInterrupt):
         runtime.compile(parse(MATMUL.replace("0.0", "2.0")), threads=1)
     assert cache_files(tmp_path, "*.tmp") == []
@@ -451,9 +451,9 @@ def test_stale_temporary_files_are_swept(tmp_path, monkeypatch):
     stale, fresh = folder / "tmpabc.tmp", folder / "tmpdef.tmp"
     stale.write_bytes(b"")
     fresh.write_bytes(b"")
-    old = time.time() - 2 * runtime._STALE_SECONDS
+    old = time.time() - 2 * jit._STALE_SECONDS
     os.utime(stale, (old, old))
-    monkeypatch.setattr(runtime, "_swept", set())
+    monkeypatch.setattr(jit, "_swept", set())
     runtime.compile(parse(MATMUL), threads=1)
     assert not stale.exists() and fresh.exists()  # a fresh one may be another process's write
 
@@ -493,7 +493,7 @@ def test_a_consistent_but_forged_cache_entry_is_compiled_again(tmp_path):
 
 def test_the_cache_key_is_private_and_outside_the_cache(tmp_path):
     runtime.compile(parse(MATMUL), threads=1)
-    key = runtime.secret_file()
+    key = jit.secret_file()
     assert key.is_file() and (tmp_path / "cache") not in key.parents
     assert key.stat().st_mode & 0o777 == 0o600
     assert len(key.read_bytes()) == 32
@@ -501,11 +501,11 @@ def test_the_cache_key_is_private_and_outside_the_cache(tmp_path):
 
 
 def test_a_key_others_can_read_is_not_used(tmp_path, monkeypatch):
-    key = runtime.secret_file()
+    key = jit.secret_file()
     key.parent.mkdir(parents=True)
     key.write_bytes(os.urandom(32))
     key.chmod(0o644)
-    monkeypatch.setattr(runtime, "_secrets", {})
+    monkeypatch.setattr(jit, "_secrets", {})
     runtime.compile(parse(MATMUL), threads=1)
     runtime.clear_memory_cache()
     assert runtime.compile(parse(MATMUL), threads=1).source == "compiled"

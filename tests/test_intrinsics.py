@@ -23,7 +23,7 @@ import intrinsics
 from intrinsics import emit
 from intrinsics.base import IntrinsicError, host_features
 from intrinsics.x86 import FmaF32x8
-from rewrite import codegen
+from rewrite import codegen, emitter, target
 from rewrite.interp import run
 from rewrite.ir import is_float, numpy_dtype
 from rewrite.script import ScriptError, f32, grid, i16, i64  # noqa: F401 - read by the parser
@@ -215,9 +215,9 @@ def test_mma_f16_inputs():
 def kloop(name: str, strides, advance):
     desc = intrinsics.get(name)
     module = codegen.new_module("kloop")
-    emit.kloop_function(module, desc, desc.emitter, "kloop_test_" + name.replace(".", "_"),
+    emitter.kloop_function(module, desc, desc.emitter, "kloop_test_" + name.replace(".", "_"),
                         strides, advance)
-    (address,) = emit.jit(module, ["kloop_test_" + name.replace(".", "_")])
+    (address,) = emit.jit_module(module, ["kloop_test_" + name.replace(".", "_")])
     return ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(address)
 
 
@@ -294,7 +294,7 @@ def test_native_emitter_uses_its_instruction(name):
     desc = intrinsics.get(name)
     module = codegen.new_module("asm")
     packed = {p.name: p.strides for p in desc.semantics.params}
-    emit.kloop_function(module, desc, desc.emitter, "k", packed, {})
+    emitter.kloop_function(module, desc, desc.emitter, "k", packed, {})
     machine = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(
         cpu=cpu, features="", opt=3)
     ref = llvm.parse_assembly(str(module))
@@ -307,7 +307,7 @@ def test_host_library_is_what_this_cpu_runs():
     names = [d.name for d in intrinsics.library("host")]
     features = host_features()
     for n in X86_NATIVE:
-        runs_here = set(intrinsics.get(n).isa) <= features and intrinsics.base.host_arch() == "x86"
+        runs_here = set(intrinsics.get(n).isa) <= features and target.host_arch() == "x86"
         assert (n in names) == runs_here, n
     for n in NEVER_NATIVE:
         assert n not in names

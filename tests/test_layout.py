@@ -81,7 +81,7 @@ def test_transposed_b_is_packed_when_it_pays():
     (pk,) = result.func.allocs
     assert copy.buffer == pk and pk.shape == (96, 96)
     calls = _calls(result.func)
-    assert {c.intrinsic for c in calls} == {"x86.mm.f32.6x16x1"}
+    assert {c.intrinsic.name for c in calls} == {"x86.mm.f32.6x16x1"}
     assert sum(s.calls for s in result.sites) == (96 // 6) * (96 // 16) * 96
     for c in calls:  # ... which every call reads along j with unit step
         b = c.window("b")
@@ -165,7 +165,7 @@ def test_int8_dense_packs_b_for_the_dot():
     (copy,) = _copies(result.func)
     assert copy.value.buffer.name == "B"
     calls = _calls(result.func)
-    assert {c.intrinsic for c in calls} == {"x86.dot.u8i8i32.16x4"}
+    assert {c.intrinsic.name for c in calls} == {"x86.dot.u8i8i32.16x4"}
     for c in calls:
         b = c.window("b")
         assert b.buffer == copy.buffer and _flat(b, 1) == 1  # b[i, k]: k at unit stride
@@ -269,7 +269,7 @@ def _panelled(func: ir.PrimFunc) -> ir.PrimFunc:
     assert not stream.contiguous  # B[k, 16 * j_o] jumps a row of B per k
     panel = layout.pack_panel(nest, mm, binding, tiled, ("b",), {b.name for b in func.buffers})
     windows.update(panel.windows)
-    call: ir.Stmt = ir.Call(mm.name, tuple((op.name, windows[op.name]) for op in mm.operands), "c")
+    call: ir.Stmt = ir.Call(mm, tuple((op.name, windows[op.name]) for op in mm.operands), "c")
     for d in reversed(loops):
         call = ir.For(d.name, d.start, d.stop, call)
     rest = [r.stmt() for r in remainders(nest, binding, mm)]
@@ -330,7 +330,7 @@ def test_gemm_512_reads_b_from_a_panel():
     assert pb.name.startswith("B_panel") and pb.shape == (32, 512, 16)
     (copy,) = _copies(result.func)
     assert copy.buffer == pb and copy.value.buffer.name == "B"
-    mm = [c for c in _calls(result.func) if c.intrinsic == "x86.mm.f32.6x16x1"]
+    mm = [c for c in _calls(result.func) if c.intrinsic.name == "x86.mm.f32.6x16x1"]
     assert mm
     for c in mm:
         b = c.window("b")
@@ -363,7 +363,7 @@ def _dense_u8(m: int, n: int, k: int, nt: bool = False):
 
 
 def _dots(func: ir.PrimFunc) -> list[ir.Call]:
-    return [c for c in _calls(func) if c.intrinsic == "x86.dot.u8i8i32.16x4"]
+    return [c for c in _calls(func) if c.intrinsic.name == "x86.dot.u8i8i32.16x4"]
 
 
 def test_is_block_reads_the_window_strides():

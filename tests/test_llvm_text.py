@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import intrinsics
 from intrinsics import IntrinsicError, LlvmText, emit
-from rewrite import codegen, runtime
+from rewrite import codegen, emitter, runtime
 from rewrite.pipeline import tensorize
 from rewrite.script import f32, parse  # noqa: F401 - f32 is read by the parser
 
@@ -135,9 +135,9 @@ def test_text_matches_semantics(name, mode, data):
 def test_kloop_calls_the_text_each_step():
     desc = intrinsics.get(FMA)
     module = codegen.new_module("kloop")
-    emit.kloop_function(module, desc, desc.emitter, "kloop_text", {"c": (1,), "a": (1,), "b": (1,)},
+    emitter.kloop_function(module, desc, desc.emitter, "kloop_text", {"c": (1,), "a": (1,), "b": (1,)},
                         {"a": 8, "b": 8})
-    (address,) = emit.jit(module, ["kloop_text"])
+    (address,) = emit.jit_module(module, ["kloop_text"])
     fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(address)
     rng = np.random.default_rng(3)
     a, b = (rng.uniform(-1, 1, (5, 8)).astype(np.float32) for _ in range(2))
@@ -172,7 +172,7 @@ def test_program_tensorized_with_a_text_intrinsic(text_intrinsics, tmp_path, mon
     check = runtime.check(VMUL, result.compile())
     assert check.ok, check.message
     # linked in, internal and inlined: no call of the text's function is left
-    assert intrinsics.get(FMA).emitter.symbol not in codegen.emit_llvm(result.func)
+    assert intrinsics.get(FMA).emitter.symbol not in runtime.emit_llvm(result.func)
 
 
 def test_two_texts_with_same_named_helpers_in_one_kernel(tmp_path, monkeypatch):

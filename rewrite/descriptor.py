@@ -1,0 +1,258 @@
+"""Intrinsic descriptors, as the IR sees them, and the library in force.
+
+A descriptor is what a ``call(...)`` statement means: the intrinsic's name, its semantics
+(one loop nest accumulating into one output, a ``PrimFunc``), its operands and iteration
+dims read off those semantics, its layout needs and cost, and how the backend emits it (an
+object following ``rewrite.emitter.Emitter``, or None: emulated from the semantics). An
+``ir.Call`` holds its descriptor, so every pass after the parser reads the meaning of a call
+from the call itself.
+
+The library in force is the set of registered descriptors by name: the parser resolves
+``call("x86.fma.f32x8", ...)`` against it. ``intrinsics`` (the built-in library and the
+public ``register`` API) adds to it; nothing here knows any particular intrinsic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
+
+from . import ir
+from .ir import Accumulate, Const, For, If, PrimFunc, Seq, Store, Var
+
+
+class IntrinsicError(ValueError):
+    """A descriptor the registry refuses, or a name it does not know."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What an operand's memory must look like for the native implementation to apply.
+
+    ``unit_stride``: operand dimensions that must have stride 1 (in elements).
+    ``align``: required byte alignment of the operand's base (the element size means none
+    beyond what any numpy array has).
+    ``contiguous``: the emitter reads the whole window with one load when it is one
+    contiguous block in its own dim order (element strides those of the operand's shape,
+    row-major: ``(4, 1)`` for a ``[16, 4]`` window), and row by row otherwise. Such a call
+    still works on any strides, only slower (``cost.UNBLOCKED_PER_ROW``), and the extractor
+    also weighs copying the operand into blocks (``rules/layout.py``, ``pack-panel``).
+    """
+
+    unit_stride: tuple[int, ...] = ()
+    align: int = 1
+    contiguous: bool = False
+
+
+@dataclass(frozen=True)
+class IterDim:
+    """One loop of the semantics nest: ``name < extent``; spatial dims index the output."""
+
+    name: str
+    extent: int
+    kind: str  # "spatial" or "reduction"
+
+
+@dataclass(frozen=True)
+class Operand:
+    """One parameter of the semantics: its role and how its dims map to iteration dims."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    role: str  # "input" or "output" (the accumulated one)
+    dims: tuple[Optional[str], ...]  # iteration dim per operand dim; None: a unit dim indexed by 0
+
+    @property
+    def itemsize(self) -> int:
+        return ir.itemsize(self.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Descriptor:
+    """A registered intrinsic. Equality is identity: two registrations are two intrinsics."""
+
+    name: str
+    semantics: PrimFunc
+    operands: tuple[Operand, ...]  # in parameter order
+    dims: tuple[IterDim, ...]  # loop order of the semantics, outermost first
+    isa: tuple[str, ...]
+    arch: str
+    cost: float
+    layout: Mapping[str, Layout]
+    emitter: Any = None  # see rewrite.emitter.Emitter; None: emulated from the semantics
+    source: str = ""  # "file:line" of the declaration
+
+    @property
+    def output(self) -> Operand:
+        return next(o for o in self.operands if o.role == "output")
+
+    @property
+    def inputs(self) -> tuple[Operand, ...]:
+        return tuple(o for o in self.operands if o.role == "input")
+
+    def __repr__(self) -> str:
+        return f"<Intrinsic {self.name}>"
+
+    def operand(self, name: str) -> Operand:
+        for o in self.operands:
+            if o.name == name:
+                return o
+        raise KeyError(name)
+
+    def accesses(self, dim: str) -> tuple[tuple[str, int], ...]:
+        """(operand, operand dim) pairs that iteration dim ``dim`` indexes."""
+        return tuple((o.name, d) for o in self.operands for d, it in enumerate(o.dims) if it == dim)
+
+    @property
+    def iterations(self) -> int:
+        n = 1
+        for d in self.dims:
+            n *= d.extent
+        return n
+
+    @property
+    def ops(self) -> int:
+        """Scalar multiply-accumulate work, counted as two operations per iteration."""
+        return 2 * self.iterations
+
+
+# ---------------------------------------------------------------------------
+# reading operands and dims off the semantics: one nest accumulating into one output
+
+
+def analyse(name: str, func: PrimFunc) -> tuple[tuple[Operand, ...], tuple[IterDim, ...]]:
+    """The operands and iteration dims of semantics ``func``; ``IntrinsicError`` naming
+    intrinsic ``name`` when ``func`` is not one nest accumulating into one output with every
+    operand indexed by plain loop variables."""
+    def refuse(why: str) -> IntrinsicError:
+        return IntrinsicError(f"intrinsic {name}: {why}")
+
+    if func.allocs:
+        raise refuse("the semantics may not allocate temporaries")
+    loops: list[For] = []
+    s = func.body
+    while isinstance(s, For):
+        if s.start != 0:
+            raise refuse(f"loop {s.var} must start at 0 (it starts at {s.start})")
+        loops.append(s)
+        s = s.body
+    if isinstance(s, Seq):
+        raise refuse(f"the semantics must be one accumulate statement inside the loops, "
+                     f"found {len(s.stmts)} statements")
+    if isinstance(s, If):
+        raise refuse("the semantics may not contain an if: an intrinsic does the same work "
+                     "at every iteration")
+    if isinstance(s, Store):
+        raise refuse(f"{s.buffer.name}[...] = ... overwrites; an intrinsic accumulates into its "
+                     f"output with +=")
+    if not isinstance(s, Accumulate):
+        raise refuse(f"the semantics must be one accumulate statement, found {type(s).__name__}")
+    extents = {lp.var: lp.extent for lp in loops}
+    patterns: dict[str, tuple[Optional[str], ...]] = {}
+
+    def bind(buf: ir.Buffer, indices: tuple) -> None:
+        dims = tuple(_dim_of(refuse, buf, d, idx, extents) for d, idx in enumerate(indices))
+        if patterns.setdefault(buf.name, dims) != dims:
+            raise refuse(f"operand {buf.name} is accessed at two different positions")
+
+    bind(s.buffer, s.indices)
+    for load in ir.loads_of(s.value):
+        if load.buffer.name == s.buffer.name:
+            raise refuse(f"the output {s.buffer.name} may only be accumulated into, not read")
+        bind(load.buffer, load.indices)
+    out_dims = patterns[s.buffer.name]
+    named = [d for d in out_dims if d is not None]
+    if len(set(named)) != len(named):
+        raise refuse(f"the output {s.buffer.name} uses a loop variable twice")
+    used = {d for dims in patterns.values() for d in dims if d is not None}
+    for lp in loops:
+        if lp.var not in used:
+            raise refuse(f"loop {lp.var} indexes no operand")
+    operands = []
+    for b in func.params:
+        if b.name not in patterns:
+            raise refuse(f"operand {b.name} is never used")
+        role = "output" if b.name == s.buffer.name else "input"
+        operands.append(Operand(b.name, b.dtype, b.shape, role, patterns[b.name]))
+    dims = tuple(IterDim(lp.var, lp.extent, "spatial" if lp.var in out_dims else "reduction")
+                 for lp in loops)
+    return tuple(operands), dims
+
+
+def _dim_of(refuse, buf: ir.Buffer, d: int, idx, extents: dict[str, int]) -> Optional[str]:
+    """The iteration dim operand dim ``d`` follows; it must cover the whole operand dim."""
+    if isinstance(idx, Var):
+        if extents[idx.name] != buf.shape[d]:
+            raise refuse(f"operand {buf.name} has extent {buf.shape[d]} in dim {d}, but loop "
+                         f"{idx.name} runs {extents[idx.name]} times")
+        return idx.name
+    if isinstance(idx, Const) and idx.value == 0 and buf.shape[d] == 1:
+        return None
+    raise refuse(f"operand {buf.name} dim {d} must be indexed by a loop variable "
+                 f"(or 0 when its extent is 1)")
+
+
+def layouts(name: str, layout, operands: tuple[Operand, ...]) -> Mapping[str, Layout]:
+    """Layout needs by operand, checked against the operands (``IntrinsicError`` naming
+    ``name`` otherwise); a plain mapping ``{"unit_stride": ..., "align": ...}`` is accepted."""
+    out: dict[str, Layout] = {}
+    for op_name, need in (layout or {}).items():
+        if isinstance(need, Mapping):
+            need = Layout(tuple(need.get("unit_stride", ())), int(need.get("align", 1)))
+        if not isinstance(need, Layout):
+            raise IntrinsicError(f"intrinsic {name}: layout of {op_name} must be a Layout")
+        op = next((o for o in operands if o.name == op_name), None)
+        if op is None:
+            raise IntrinsicError(f"intrinsic {name}: layout names {op_name}, which is not an operand")
+        bad = [d for d in need.unit_stride if not 0 <= d < len(op.shape)]
+        if bad:
+            raise IntrinsicError(f"intrinsic {name}: layout of {op_name} asks for unit stride in "
+                                 f"dim {bad[0]}, but {op_name} has {len(op.shape)} dims")
+        if need.align < 1 or need.align & (need.align - 1):
+            raise IntrinsicError(f"intrinsic {name}: alignment {need.align} is not a power of two")
+        out[op_name] = need
+    return MappingProxyType(out)
+
+
+# ---------------------------------------------------------------------------
+# the library in force
+
+_library: dict[str, Descriptor] = {}
+_generation = [0]
+
+
+def add(desc: Descriptor) -> Descriptor:
+    """Put ``desc`` in force under its name (``IntrinsicError`` if the name is taken)."""
+    if desc.name in _library:
+        raise IntrinsicError(f"intrinsic {desc.name} is already registered "
+                             f"(at {_library[desc.name].source})")
+    _library[desc.name] = desc
+    _generation[0] += 1
+    return desc
+
+
+def remove(name: str) -> None:
+    lookup(name)
+    del _library[name]
+    _generation[0] += 1
+
+
+def lookup(name: str) -> Descriptor:
+    """The descriptor in force under ``name``; ``IntrinsicError`` listing the names otherwise."""
+    try:
+        return _library[name]
+    except KeyError:
+        raise IntrinsicError(f"no intrinsic named {name}; registered: "
+                             f"{', '.join(sorted(_library)) or 'none'}") from None
+
+
+def in_force() -> list[Descriptor]:
+    """Every descriptor in force, in registration order."""
+    return list(_library.values())
+
+
+def generation() -> int:
+    """A number that changes whenever an intrinsic is registered or unregistered."""
+    return _generation[0]

@@ -1,0 +1,110 @@
+"""The machine kernels are built for: its architecture, its features, which emitter each
+intrinsic gets there, and its thread pool. The one place where host detection and the ISA
+lists live; the CLI, the intrinsic library and the runtime read them from here.
+
+    host = target.host()                 # this CPU, its features read once through LLVM
+    host.runs(desc)                      # the CPU runs desc's own instructions
+    host.emitter(desc)                   # desc's emitter if so, else the emulation
+    target.named("x86-avx512vnni")       # an ISA: what intrinsic libraries are chosen by
+
+A new ISA is one line in ``TARGETS``: its architecture and the LLVM feature names it implies.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping, Optional
+
+import llvmlite.binding as llvm
+
+from . import pool as _pool
+from .codegen import Emulated
+from .descriptor import Descriptor, IntrinsicError
+from .emitter import Emitter
+
+# Feature sets use LLVM's names (what get_host_cpu_features reports) for x86.
+_AVX2 = frozenset({"sse2", "sse4.1", "sse4.2", "avx", "avx2", "fma", "f16c"})
+_AVX512 = _AVX2 | {"avx512f", "avx512bw", "avx512dq", "avx512vl"}
+TARGETS: Mapping[str, tuple[str, frozenset]] = MappingProxyType({
+    "x86-avx2": ("x86", _AVX2),
+    "x86-avx512": ("x86", _AVX512),
+    "x86-avx512vnni": ("x86", _AVX512 | {"avx512vnni"}),
+    "arm-neon": ("arm", frozenset({"neon"})),
+    "arm-dotprod": ("arm", frozenset({"neon", "dotprod"})),
+    "nvidia-sm80": ("nvidia", frozenset({"sm_80"})),
+})
+ARCHES = ("x86", "arm", "nvidia")
+
+
+@functools.lru_cache(maxsize=None)
+def host_features() -> frozenset[str]:
+    return frozenset(k for k, on in llvm.get_host_cpu_features().items() if on)
+
+
+@functools.lru_cache(maxsize=None)
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "i386", "i686"):
+        return "x86"
+    if machine in ("aarch64", "arm64") or machine.startswith("arm"):
+        return "arm"
+    return machine
+
+
+@dataclass(frozen=True)
+class Target:
+    """A machine: ``host()`` (this CPU, where kernels are built and run) or an ISA from
+    ``TARGETS`` (what a library of intrinsics is chosen for)."""
+
+    name: str
+    arch: str
+    features: frozenset[str]
+
+    @property
+    def is_host(self) -> bool:
+        return self.name == "host"
+
+    def provides(self, desc: Descriptor) -> bool:
+        """The machine has ``desc``'s ISA (whether or not ``desc`` has a native emitter)."""
+        return desc.arch in (self.arch, "any") and set(desc.isa) <= self.features
+
+    def runs(self, desc: Descriptor) -> bool:
+        """The machine runs ``desc``'s own instructions, not an emulation."""
+        return desc.emitter is not None and self.provides(desc)
+
+    def emitter(self, desc: Descriptor, native: Optional[bool] = None) -> Emitter:
+        """The emitter a kernel built here uses for ``desc``: its own where the machine runs
+        it (or as ``native`` forces), else the emulation from its semantics."""
+        if not self.is_host:
+            raise ValueError(f"kernels are built for the host, not for {self.name}")
+        use_native = self.runs(desc) if native is None else native
+        if use_native and desc.emitter is None:
+            raise ValueError(f"intrinsic {desc.name} has no native emitter")
+        if use_native and not self.runs(desc):
+            # its instructions would stop the process with an illegal-instruction signal
+            raise ValueError(f"intrinsic {desc.name} needs {'+'.join(desc.isa)}, which this CPU lacks")
+        return desc.emitter if use_native else Emulated(desc)
+
+    def pool(self, threads: int):
+        """The thread pool parallel kernels run on with ``threads`` threads."""
+        if not self.is_host:
+            raise ValueError(f"kernels run on the host, not on {self.name}")
+        return _pool.get(threads)
+
+
+@functools.lru_cache(maxsize=None)
+def host() -> Target:
+    return Target("host", host_arch(), host_features())
+
+
+def named(name: str) -> Target:
+    """``"host"`` or an ISA name from ``TARGETS``; ``IntrinsicError`` listing them otherwise."""
+    if name == "host":
+        return host()
+    if name not in TARGETS:
+        raise IntrinsicError(f"unknown target {name}; targets are host, all, {', '.join(TARGETS)}")
+    arch, features = TARGETS[name]
+    return Target(name, arch, features)
