@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from . import analysis
+from .affine import affine
 from .ir import (EXPR_TYPES, INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load,
                  PrimFunc, Seq, Stmt, Store, Unary, Var, Window, children, loads_of, seq, stmts_of, walk_expr,
                  substitute_stmt, walk_stmts, written_by)
@@ -267,7 +268,7 @@ def _innermost_cost(s: Stmt, var: str) -> int:
 def _access_cost(buf: Buffer, indices: tuple[Expr, ...], var: str) -> int:
     stride, step = 0, 1
     for dim, idx in reversed(list(zip(buf.shape, indices))):
-        m = analysis.affine(idx)
+        m = affine(idx)
         if m is None:
             uses = any(isinstance(x, Var) and x.name == var for x in walk_expr(idx))
             if uses:
