@@ -86,16 +86,7 @@ def instances(func: PrimFunc) -> int:
     ``for i, j in grid(4, 8): C[i, j] = 0.0`` -> 32."""
     from .lower import expand_calls
 
-    def count(s) -> int:
-        if isinstance(s, For):
-            return s.extent * count(s.body)
-        if isinstance(s, Seq):
-            return sum(count(c) for c in s.stmts)
-        if isinstance(s, If):
-            return 1 + count(s.then) + (0 if s.orelse is None else count(s.orelse))
-        return 1
-
-    return count(expand_calls(func).body)
+    return ir.fold_stmt(expand_calls(func).body, lambda _: 1, guard=lambda _, arms: 1 + sum(arms))
 
 
 def random_args(func: PrimFunc, seed: int = 0, special: bool = False,
