@@ -14,10 +14,17 @@ runtime shares out between threads::
         X[0] = X[0] * 2.0
 
 Only top-level loops become parallel parts: a parallel loop nested in a carried
-one would need a fork and join per outer iteration, which is left serial. The loops of a
-top-level ``if`` whose condition its branches leave alone (a finite-operand guard,
-``rules/finite.py``) count as top-level: the condition moves inside them (``_split_guards``).
-Intrinsic calls stay calls; ``expand_calls`` gives the dependence analysis their meaning.
+one would need a fork and join per outer iteration, which is left serial. A top-level loop
+of one iteration is its body with the variable fixed, so the loop inside it counts as
+top-level (``_without_unit_loops``); so do the loops of a top-level ``if`` whose condition
+its branches leave alone (a finite-operand guard, ``rules/finite.py``): the condition moves
+inside them (``_split_guards``). Intrinsic calls stay calls; ``expand_calls`` gives the
+dependence analysis (and the interpreter) their meaning.
+
+The counts of what a statement computes live here too: ``op_count``, the arithmetic that
+decides threads above and is the cost model's and the benchmark's unit, and
+``reduction_length``, the longest chain of ``+=`` into one element, which the float
+tolerances of ``--check`` scale with.
 """
 
 from __future__ import annotations
