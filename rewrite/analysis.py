@@ -44,7 +44,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .affine import Affine, affine
+from .affine import Affine, affine  # the accesses' index maps; re-exported
 from .ir import (INDEX, Accumulate, Binary, Buffer, Cast, Const, Expr, For, If, PrimFunc,
                  Seq, Stmt, Store, Unary, Var, is_int, loads_of, stmts_of)
 from .script import show_expr
