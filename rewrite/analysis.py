@@ -44,6 +44,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .affine import Affine, affine  # the accesses' index maps; re-exported
 from .ir import (INDEX, Accumulate, Binary, Buffer, Cast, Const, Expr, For, If, PrimFunc,
                  Seq, Stmt, Store, Unary, Var, is_int, loads_of, stmts_of)
 from .script import show_expr
@@ -86,71 +87,6 @@ class _Effort:
         if hit is None or hit[0] is not access:
             hit = self.memo[(what, id(access))] = (access, what(access))
         return hit[1]
-
-
-# ---------------------------------------------------------------------------
-# affine maps
-
-
-@dataclass(frozen=True, slots=True)
-class Affine:
-    """``sum(coefficient * var) + const``; ``terms`` sorted by variable, no zero coefficients."""
-
-    terms: tuple[tuple[str, int], ...] = ()
-    const: int = 0
-
-    def coeff(self, var: str) -> int:
-        return dict(self.terms).get(var, 0)
-
-    @property
-    def vars(self) -> tuple[str, ...]:
-        return tuple(v for v, _ in self.terms)
-
-    def plus(self, other: Affine) -> Affine:
-        merged = dict(self.terms)
-        for v, c in other.terms:
-            merged[v] = merged.get(v, 0) + c
-        return Affine(_terms(merged), self.const + other.const)
-
-    def scale(self, k: int) -> Affine:
-        return Affine(_terms({v: c * k for v, c in self.terms}), self.const * k)
-
-    def __str__(self) -> str:
-        parts = [v if c == 1 else f"-{v}" if c == -1 else f"{c}*{v}" for v, c in self.terms]
-        if self.const or not parts:
-            parts.append(str(self.const))
-        return " + ".join(parts).replace("+ -", "- ")
-
-
-def _terms(coeffs: dict[str, int]) -> tuple[tuple[str, int], ...]:
-    return tuple(sorted((v, c) for v, c in coeffs.items() if c))
-
-
-def affine(e: Expr) -> Affine | None:
-    """The affine map of an index expression, or None when it is not affine in loop variables
-    (``//``, ``%``, ``max``, loads, float arithmetic)."""
-    if isinstance(e, Var):
-        return Affine(((e.name, 1),))
-    if isinstance(e, Const):
-        return Affine((), e.value) if is_int(e.dtype) else None
-    if isinstance(e, Unary) and e.op == "neg":
-        a = affine(e.a)
-        return None if a is None else a.scale(-1)
-    if isinstance(e, Cast) and e.dtype == INDEX and is_int(e.a.dtype):
-        return affine(e.a)
-    if isinstance(e, Binary) and e.op in ("+", "-", "*"):
-        a, b = affine(e.a), affine(e.b)
-        if a is None or b is None:
-            return None
-        if e.op == "+":
-            return a.plus(b)
-        if e.op == "-":
-            return a.plus(b.scale(-1))
-        if not a.terms:
-            return b.scale(a.const)
-        if not b.terms:
-            return a.scale(b.const)
-    return None
 
 
 # ---------------------------------------------------------------------------

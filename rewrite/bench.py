@@ -24,8 +24,8 @@ from typing import Callable, Iterable, Optional, Union
 import numpy as np
 
 from . import runtime
-from .ir import (Accumulate, Binary, Buffer, Call, Cast, Const, Expr, For, If, Load, PrimFunc, Seq,
-                 Stmt, Store, Var, is_float, numpy_dtype)
+from .ir import (Accumulate, Binary, Buffer, Call, Cast, Const, Expr, For, If, Load, PrimFunc, Store,
+                 Var, is_float, numpy_dtype, walk_in_loops)
 from .calls import op_count
 
 Progress = Callable[[int, int, str], None]  # (functions done, total, name of the next one)
@@ -130,8 +130,8 @@ def contraction(func: PrimFunc) -> Optional[Contraction]:
     their full ranges, optionally preceded by ``out[...] = 0`` over the whole output."""
     if func.allocs:
         return None
-    found: list[tuple[Stmt, tuple[For, ...]]] = []
-    if not _leaves(func.body, (), found):
+    found = list(walk_in_loops(func.body))
+    if any(isinstance(s, (If, Call)) for s, _ in found):
         return None
     accs = [(s, loops) for s, loops in found if isinstance(s, Accumulate)]
     inits = [(s, loops) for s, loops in found if isinstance(s, Store)]
@@ -305,18 +305,6 @@ def _as_matmul(spec: str, operands: list[np.ndarray]) -> Optional[Callable[[], n
     if back == sorted(back):
         return lambda: np.matmul(x, y)
     return lambda: np.transpose(np.matmul(x, y), back)
-
-
-def _leaves(s: Stmt, loops: tuple[For, ...], out: list) -> bool:
-    """Collect stores with their enclosing loops; False at an ``if`` or an intrinsic call."""
-    if isinstance(s, For):
-        return _leaves(s.body, loops + (s,), out)
-    if isinstance(s, Seq):
-        return all(_leaves(c, loops, out) for c in s.stmts)
-    if isinstance(s, (If, Call)):
-        return False
-    out.append((s, loops))
-    return True
 
 
 def _factors(e: Expr, dtype: str) -> Optional[list[Load]]:

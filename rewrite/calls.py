@@ -12,8 +12,8 @@ import math
 from dataclasses import replace
 
 from .ir import (EXPR_TYPES, INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load,
-                 PrimFunc, Seq, Stmt, Store, Unary, Var, Window, children, seq, walk_expr,
-                 walk_stmts)
+                 PrimFunc, Seq, Stmt, Store, Unary, Var, Window, children, fold_stmt, seq, walk_expr,
+                 walk_in_loops, walk_stmts)
 
 # Operators counted as one arithmetic operation each (``not`` is logic, loads are memory).
 _COUNTED_UNARY = ("neg", "abs", "exp", "sqrt")
@@ -28,16 +28,13 @@ def op_count(s: Stmt, per_store: int = 0) -> int:
     stored value counts one, ``+=`` one more, times the trip counts of the enclosing loops.
     Index arithmetic is not counted; both arms of an ``if`` are (an upper bound). With
     ``per_store``, a store counts at least that much (work, for a copy with no arithmetic)."""
-    if isinstance(s, For):
-        return s.extent * op_count(s.body, per_store)
-    if isinstance(s, Seq):
-        return sum(op_count(c, per_store) for c in s.stmts)
-    if isinstance(s, If):
-        return op_count(s.then, per_store) + (op_count(s.orelse, per_store) if s.orelse is not None else 0)
-    if isinstance(s, Call):
-        return max(per_store, op_count(s.intrinsic.semantics.body))
-    extra = 1 if isinstance(s, Accumulate) else 0
-    return max(per_store, extra + _value_ops(s.value))
+    def ops(x: Stmt) -> int:
+        if isinstance(x, Call):
+            return max(per_store, op_count(x.intrinsic.semantics.body))
+        extra = 1 if isinstance(x, Accumulate) else 0
+        return max(per_store, extra + _value_ops(x.value))
+
+    return fold_stmt(s, ops)
 
 
 def _value_ops(e: Expr) -> int:
@@ -51,22 +48,11 @@ def _value_ops(e: Expr) -> int:
 def reduction_length(func: PrimFunc) -> int:
     """The longest chain of ``+=`` into one element: for each accumulation, the product of the
     extents of the enclosing loops its indices do not use. Float tolerances scale with it."""
-    func = expand_calls(func)
     best = 1
-
-    def visit(s: Stmt, loops: tuple[For, ...]) -> None:
-        nonlocal best
-        if isinstance(s, For):
-            visit(s.body, loops + (s,))
-        elif isinstance(s, (Seq, If)):
-            for c in (s.stmts if isinstance(s, Seq) else (s.then, s.orelse)):
-                if c is not None:
-                    visit(c, loops)
-        elif isinstance(s, Accumulate):
+    for s, loops in walk_in_loops(expand_calls(func).body):
+        if isinstance(s, Accumulate):
             used = {x.name for i in s.indices for x in walk_expr(i) if isinstance(x, Var)}
             best = max(best, math.prod(f.extent for f in loops if f.var not in used))
-
-    visit(func.body, ())
     return best
 
 

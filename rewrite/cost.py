@@ -61,15 +61,9 @@ def packing(copies) -> float:
 
 
 def _writes(s) -> int:
-    from .ir import Accumulate, For, If, Seq, Store
+    from .ir import Accumulate, Store, fold_stmt
 
-    if isinstance(s, For):
-        return s.extent * _writes(s.body)
-    if isinstance(s, Seq):
-        return sum(_writes(c) for c in s.stmts)
-    if isinstance(s, If):
-        return _writes(s.then) + (_writes(s.orelse) if s.orelse is not None else 0)
-    return 1 if isinstance(s, (Store, Accumulate)) else 0
+    return fold_stmt(s, lambda x: 1 if isinstance(x, (Store, Accumulate)) else 0)
 
 
 def calls(desc, count: int, unit_stride_ok: bool) -> float:

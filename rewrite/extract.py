@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass, field
 
 from . import cost, ir
+from .affine import affine
 from .plans import NestRef, PlanGraph
 from .ir import Accumulate, Binary, Buffer, Call, Const, Expr, For, Load, Stmt, Store, Var
 from .match import (BodyMatch, Binding, affine_expr, bindings, dims_after_tiling, remainders,
@@ -126,8 +127,6 @@ def blocked_loops(desc, loops: list, windows: dict, taken: set[str]):
     Each output element still sums over k in increasing order: only the order in which
     different output tiles are visited changes. The outermost loop still moves the output,
     so it stays the parallel one."""
-    from .analysis import affine
-
     moves = {x.name for e in windows[desc.output.name].base for x in ir.walk_expr(e)
              if isinstance(x, Var)}
     moving = [d for d in loops if d.name in moves]

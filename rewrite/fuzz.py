@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 from hypothesis import assume, strategies as st
 
 from . import cost as _cost, ir
+from .affine import affine
 from .ir import (INDEX, Accumulate, Binary, Buffer, Cast, Compare, Const, Expr, For, If,
                  Load, PrimFunc, Select, Stmt, Store, Unary, Var)
 
@@ -677,8 +678,6 @@ def could_fit(desc, loops: Sequence[str], out: Load, loads: Sequence[Load]) -> b
     intrinsic dim longer than 1, such that the loop moves no operand that dim does not index
     (a call would read one element where the program reads several) and moves the output
     if the dim indexes it (else one call writes an element twice). False certifies a near miss."""
-    from .analysis import affine
-
     if out.buffer.dtype != desc.output.dtype:
         return False
 

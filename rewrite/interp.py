@@ -30,6 +30,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from . import ir
+from .affine import affine
 from .ir import (Accumulate, Binary, Buffer, Cast, Compare, Const, For, If, Load, Logical,
                  PrimFunc, Select, Seq, Store, Unary, Var)
 
@@ -85,16 +86,7 @@ def instances(func: PrimFunc) -> int:
     ``for i, j in grid(4, 8): C[i, j] = 0.0`` -> 32."""
     from .calls import expand_calls
 
-    def count(s) -> int:
-        if isinstance(s, For):
-            return s.extent * count(s.body)
-        if isinstance(s, Seq):
-            return sum(count(c) for c in s.stmts)
-        if isinstance(s, If):
-            return 1 + count(s.then) + (0 if s.orelse is None else count(s.orelse))
-        return 1
-
-    return count(expand_calls(func).body)
+    return ir.fold_stmt(expand_calls(func).body, lambda _: 1, guard=lambda _, arms: 1 + sum(arms))
 
 
 def random_args(func: PrimFunc, seed: int = 0, special: bool = False,
@@ -325,32 +317,6 @@ def _const(e: Const):
     return np.asarray(e.value).astype(ir.numpy_dtype(e.dtype))[()]
 
 
-def _affine(e) -> tuple[int, dict[str, int]] | None:
-    """``e`` as ``c0 + sum(c * var)``, or None if it is not affine in loop variables."""
-    if isinstance(e, Var):
-        return 0, {e.name: 1}
-    if isinstance(e, Const):
-        return (int(e.value), {}) if ir.is_int(e.dtype) else None
-    if isinstance(e, Unary) and e.op == "neg":
-        f = _affine(e.a)
-        return None if f is None else (-f[0], {k: -c for k, c in f[1].items()})
-    if not isinstance(e, Binary) or e.op not in ("+", "-", "*"):
-        return None
-    fa, fb = _affine(e.a), _affine(e.b)
-    if fa is None or fb is None:
-        return None
-    if e.op == "*":
-        if fa[1] and fb[1]:
-            return None
-        (k, _), (c0, coeffs) = (fa, fb) if not fa[1] else (fb, fa)
-        return k * c0, {v: k * c for v, c in coeffs.items()}
-    sign = 1 if e.op == "+" else -1
-    coeffs = dict(fa[1])
-    for v, c in fb[1].items():
-        coeffs[v] = coeffs.get(v, 0) + sign * c
-    return fa[0] + sign * fb[0], coeffs
-
-
 def _index_vars(exprs) -> frozenset[str]:
     return frozenset(x.name for e in exprs for x in ir.walk_expr(e) if isinstance(x, Var))
 
@@ -532,7 +498,8 @@ class _Machine:
         for i in indices:
             key = id(i)
             if key not in self._affine:
-                self._affine[key] = (i, _affine(i))  # keep ``i`` alive so the id stays unique
+                # keep ``i`` alive so the id stays unique; a cast wraps, which a form cannot say
+                self._affine[key] = (i, affine(i, casts=False))
             forms.append(self._affine[key][1])
         if any(f is None for f in forms):
             return None
@@ -540,10 +507,10 @@ class _Machine:
         shape = [1] * len(ctx.shape)
         strides = [0] * len(ctx.shape)
         offset = 0
-        for d, (c0, coeffs) in enumerate(forms):
+        for d, form in enumerate(forms):
             step = arr.strides[d] // arr.itemsize
-            base, span_lo, span_hi = c0, 0, 0
-            for var, c in coeffs.items():
+            base, span_lo, span_hi = form.const, 0, 0
+            for var, c in form.terms:
                 if var in ctx.scalars:
                     base += c * ctx.scalars[var]
                 elif var in ctx.axes:

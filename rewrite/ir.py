@@ -1,7 +1,7 @@
 """Loop IR: frozen, slotted dataclasses with structural equality and hashing.
 
-Data only. Parsing and printing live in ``script.py``, meaning in ``interp.py``,
-well-formedness in ``verify.py``.
+Data, and the walks and folds over it that every pass shares. Parsing and printing live in
+``script.py``, meaning in ``interp.py``, well-formedness in ``verify.py``.
 
 Typing: every expression has a ``dtype``. Loop variables are ``i64``.
 Comparisons and ``and``/``or``/``not`` give ``bool``. Binary arithmetic needs both
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Union
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar, Union
 
 if TYPE_CHECKING:  # a call holds its descriptor; the descriptor module builds on this one
     from .descriptor import Descriptor
@@ -535,3 +535,51 @@ def loads_of(e: Expr) -> Iterator[Load]:
     for x in walk_expr(e):
         if isinstance(x, Load):
             yield x
+
+
+# ---------------------------------------------------------------------------
+# folds over statements
+
+T = TypeVar("T")
+
+
+def _times_trips(loop: For, value):
+    return loop.extent * value
+
+
+def fold_stmt(s: Stmt, leaf: Callable[[Stmt], T], join: Callable[[Iterator[T]], T] = sum,
+              loop: Callable[[For, T], T] = _times_trips,
+              guard: Callable[[If, Iterator[T]], T] | None = None) -> T:
+    """``s`` folded bottom-up: ``leaf(x)`` at each store, ``+=`` and call, ``loop(f, v)`` at a
+    loop whose body folds to ``v``, ``join`` of a sequence's statements and of an ``if``'s arms,
+    or ``guard(s, arms)`` at an ``if`` when given. ``join`` and ``guard`` get an iterator that
+    folds each part as it is read, so a guard that ignores the arms never folds them. The
+    defaults add the leaves' values up, each times the trip counts of the loops around it::
+
+        fold_stmt(s, lambda x: 1)   # the stores, += and calls a run of s executes
+    """
+    if isinstance(s, For):
+        return loop(s, fold_stmt(s.body, leaf, join, loop, guard))
+    if isinstance(s, Seq):
+        return join(fold_stmt(c, leaf, join, loop, guard) for c in s.stmts)
+    if isinstance(s, If):
+        arms = (fold_stmt(b, leaf, join, loop, guard) for b in (s.then, s.orelse) if b is not None)
+        return join(arms) if guard is None else guard(s, arms)
+    return leaf(s)
+
+
+def walk_in_loops(s: Stmt, loops: tuple[For, ...] = ()) -> Iterator[tuple[Stmt, tuple[For, ...]]]:
+    """Every statement in ``s`` that is not a loop or a sequence (stores, ``+=``, calls, and
+    each ``if`` before what its arms hold), in program order, with the loops around it,
+    outermost first (``loops`` are those around ``s``)."""
+    if isinstance(s, For):
+        yield from walk_in_loops(s.body, loops + (s,))
+    elif isinstance(s, Seq):
+        for c in s.stmts:
+            yield from walk_in_loops(c, loops)
+    else:
+        yield s, loops
+        if isinstance(s, If):
+            yield from walk_in_loops(s.then, loops)
+            if s.orelse is not None:
+                yield from walk_in_loops(s.orelse, loops)

@@ -14,10 +14,12 @@ runtime shares out between threads::
         X[0] = X[0] * 2.0
 
 Only top-level loops become parallel parts: a parallel loop nested in a carried
-one would need a fork and join per outer iteration, which is left serial. The loops of a
-top-level ``if`` whose condition its branches leave alone (a finite-operand guard,
-``rules/finite.py``) count as top-level: the condition moves inside them (``_split_guards``).
-Intrinsic calls stay calls; ``calls.expand_calls`` gives the dependence analysis their meaning.
+one would need a fork and join per outer iteration, which is left serial. A top-level loop
+of one iteration is its body with the variable fixed, so the loop inside it counts as
+top-level (``_without_unit_loops``); so do the loops of a top-level ``if`` whose condition
+its branches leave alone (a finite-operand guard, ``rules/finite.py``): the condition moves
+inside them (``_split_guards``). Intrinsic calls stay calls; ``calls.expand_calls`` gives the
+dependence analysis (and the interpreter) their meaning.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from . import analysis
+from .affine import affine
 from .calls import expand_calls, op_count
 from .ir import (INDEX, Accumulate, Binary, Buffer, Const, Expr, For, If, PrimFunc, Stmt, Store,
                  Unary, Var, loads_of, seq, stmts_of, walk_expr, substitute_stmt, walk_stmts, written_by)
@@ -263,7 +266,7 @@ def _innermost_cost(s: Stmt, var: str) -> int:
 def _access_cost(buf: Buffer, indices: tuple[Expr, ...], var: str) -> int:
     stride, step = 0, 1
     for dim, idx in reversed(list(zip(buf.shape, indices))):
-        m = analysis.affine(idx)
+        m = affine(idx)
         if m is None:
             uses = any(isinstance(x, Var) and x.name == var for x in walk_expr(idx))
             if uses:

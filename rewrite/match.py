@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from . import ir
-from .analysis import Affine, affine
+from .affine import Affine, affine
 from .ir import Binary, Buffer, Const, Expr, Load, Var, Window
 from .nests import AccNest, Dim
 

@@ -123,34 +123,24 @@ def _buffers_used(body: Stmt) -> set[str]:
     return names
 
 
-def _sites(s: Stmt, loops: tuple[For, ...], out: list[Site]) -> None:
-    if isinstance(s, Call):
-        calls = 1
-        for lp in loops:
-            calls *= lp.extent
-        w = s.window(s.output)
-        where = ", ".join(f"{lp.var}<{lp.extent}>" for lp in loops) or "top level"
-        base = ", ".join(show_expr(i) for i in w.base)
-        out.append(Site(s.intrinsic.name, calls, f"{where}: {w.buffer.name}[{base}]"))
-    elif isinstance(s, For):
-        _sites(s.body, loops + (s,), out)
-    elif isinstance(s, ir.Seq):
-        for c in s.stmts:
-            _sites(c, loops, out)
-    elif isinstance(s, ir.If):
-        _sites(s.then, loops, out)
-        if s.orelse is not None:
-            _sites(s.orelse, loops, out)
+def _sites(body: Stmt) -> list[Site]:
+    """Each intrinsic call in ``body``, with how often it runs and where."""
+    out = []
+    for s, around in ir.walk_in_loops(body):
+        if isinstance(s, Call):
+            calls = 1
+            for lp in around:
+                calls *= lp.extent
+            w = s.window(s.output)
+            where = ", ".join(f"{lp.var}<{lp.extent}>" for lp in around) or "top level"
+            base = ", ".join(show_expr(i) for i in w.base)
+            out.append(Site(s.intrinsic.name, calls, f"{where}: {w.buffer.name}[{base}]"))
+    return out
 
 
 def _intrinsic_ops(s: Stmt) -> int:
-    if isinstance(s, Call):
-        return op_count(s)
-    if isinstance(s, For):
-        return s.extent * _intrinsic_ops(s.body)
-    if isinstance(s, ir.Seq):
-        return sum(_intrinsic_ops(c) for c in s.stmts)
-    return 0
+    """The operations ``s`` does in intrinsic calls, those under an ``if`` not counted."""
+    return ir.fold_stmt(s, lambda x: op_count(x) if isinstance(x, Call) else 0, guard=lambda x, arms: 0)
 
 
 @dataclass
@@ -291,8 +281,7 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
     verify(result)
     # sites and coverage describe what runs on finite inputs (a guard's first branch)
     taken_path = _fast_path(result.body, chosen.guards)
-    sites: list[Site] = []
-    _sites(taken_path, (), sites)
+    sites = _sites(taken_path)
     t3 = time.perf_counter()
     out = TensorizeResult(func, result, sites, op_count(taken_path), _intrinsic_ops(taken_path),
                           chosen.report, chosen.explanations,

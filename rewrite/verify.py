@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from . import ir
+from .affine import Affine, Atom, affine
 from .descriptor import Descriptor
 from .ir import (BOOL, DTYPES, INDEX, Accumulate, Binary, Buffer, Call, Cast, Compare, Const, Expr,
                  For, If, Load, Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var, Window)
@@ -61,48 +62,24 @@ class Interval:
     def __add__(self, o: "Interval") -> "Interval":
         return Interval(self.lo + o.lo, self.hi + o.hi)
 
-    def scale(self, k: int) -> "Interval":
-        a, b = self.lo * k, self.hi * k
-        return Interval(min(a, b), max(a, b))
-
 
 Ranges = dict[str, Interval]
 
 
-def _linear(e: Expr) -> Optional[tuple[dict[object, int], int]]:
+def _divmod(e: Expr) -> bool:
+    """``x // d`` or ``x % d`` with ``x`` an affine index and ``d`` a positive constant: one
+    atom of an index, whose range ``_atom_interval`` bounds."""
+    return isinstance(e, Binary) and e.op in ("//", "%") and isinstance(e.b, Const) and e.b.value > 0 \
+        and _linear(e.a) is not None
+
+
+def _linear(e: Expr) -> Optional[Affine]:
     """``e`` as ``sum(coef * atom) + const`` where atoms are loop variables or ``//``/``%`` terms.
 
     Collecting coefficients first keeps ``i - i`` exact, which plain interval
     arithmetic would widen. ``None`` when ``e`` is not of that form.
     """
-    if isinstance(e, Var):
-        return {e.name: 1}, 0
-    if isinstance(e, Const) and ir.is_int(e.dtype):
-        return {}, e.value
-    if isinstance(e, Unary) and e.op == "neg":
-        inner = _linear(e.a)
-        return None if inner is None else ({k: -v for k, v in inner[0].items()}, -inner[1])
-    if isinstance(e, Binary):
-        if e.op in ("+", "-"):
-            a, b = _linear(e.a), _linear(e.b)
-            if a is None or b is None:
-                return None
-            sign = 1 if e.op == "+" else -1
-            terms = dict(a[0])
-            for k, v in b[0].items():
-                terms[k] = terms.get(k, 0) + sign * v
-            return {k: v for k, v in terms.items() if v}, a[1] + sign * b[1]
-        if e.op == "*":
-            a, b = _linear(e.a), _linear(e.b)
-            if a is None or b is None:
-                return None
-            if a[0] and b[0]:
-                return None  # a product of two variables
-            (terms, c), k = (a, b[1]) if not b[0] else (b, a[1])
-            return {t: v * k for t, v in terms.items() if v * k}, c * k
-        if e.op in ("//", "%") and isinstance(e.b, Const) and e.b.value > 0 and _linear(e.a) is not None:
-            return {e: 1}, 0
-    return None
+    return affine(e, casts=False, atom=_divmod)
 
 
 def is_affine_index(e: Expr) -> bool:
@@ -115,23 +92,15 @@ def interval(e: Expr, ranges: Ranges) -> Interval:
     lin = _linear(e)
     if lin is None:
         raise VerifyError("not an affine index expression", e)
-    terms, const = lin
-    out = Interval(const, const)
-    for atom, k in terms.items():
-        out = out + _atom_interval(atom, ranges).scale(k)
-    return out
+    return Interval(*lin.bounds(lambda atom: _atom_interval(atom, ranges)))
 
 
-def _atom_interval(atom: object, ranges: Ranges) -> Interval:
+def _atom_interval(atom: Atom, ranges: Ranges) -> tuple[int, int]:
     if isinstance(atom, str):
-        return ranges[atom]
-    assert isinstance(atom, Binary)
-    inner, d = interval(atom.a, ranges), atom.b.value
-    if atom.op == "//":
-        return Interval(inner.lo // d, inner.hi // d)
-    if inner.lo // d == inner.hi // d:  # one period: modulo is a shift
-        return Interval(inner.lo % d, inner.hi % d)
-    return Interval(0, d - 1)
+        r = ranges[atom]
+    else:
+        r = _atom_interval_of(atom.op, interval(atom.a, ranges), atom.b.value)
+    return r.lo, r.hi
 
 
 INDEX_MIN, INDEX_MAX = ir.int_range(INDEX)
@@ -184,7 +153,7 @@ def index_overflow(e: Expr, ranges: Ranges) -> Optional[tuple[Expr, Interval]]:
 def _atom_interval_of(op: str, inner: Interval, d: int) -> Interval:
     if op == "//":
         return Interval(inner.lo // d, inner.hi // d)
-    if inner.lo // d == inner.hi // d:
+    if inner.lo // d == inner.hi // d:  # one period: modulo is a shift
         return Interval(inner.lo % d, inner.hi % d)
     return Interval(0, d - 1)
 

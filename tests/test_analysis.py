@@ -55,6 +55,27 @@ def f(X: f32[64]):
     assert str(Affine((("i", 2), ("j", -1)), -3)) == "2*i - j - 3"
 
 
+def test_affine_views_and_bounds():
+    """The one extractor's views: the analysis reads through a cast to i64, the interpreter
+    and the bound check do not; the bound check admits ``//`` and ``%`` terms as atoms."""
+    from rewrite.affine import affine as extract
+    from rewrite.ir import Cast
+
+    i, j = Var("i"), Var("j")
+    cast = Cast("i64", Const(3, "i32"))
+    assert extract(Binary("+", i, cast)) == Affine((("i", 1),), 3)
+    assert extract(Binary("+", i, cast), casts=False) is None
+    half = Binary("//", Binary("+", i, Const(1, "i64")), Const(2, "i64"))
+    index = Binary("-", Binary("+", Binary("*", Const(2, "i64"), half), j), half)  # 2*h + j - h
+    assert extract(index) is None
+    form = extract(index, atom=lambda e: isinstance(e, Binary) and e.op == "//")
+    assert form == Affine((("j", 1), (half, 1)), 0)
+    spans = {"j": (0, 3), half: (0, 4)}
+    assert form.bounds(spans.get) == (0, 7)
+    assert Affine((("i", -2),), 1).bounds({"i": (0, 3)}.get) == (-5, 1)
+    assert Affine((("k", 1),)).bounds({"i": (0, 3)}.get) is None
+
+
 # ---------------------------------------------------------------------------
 # paths and accesses
 

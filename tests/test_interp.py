@@ -667,3 +667,25 @@ def mix(A: u8[40, 40], B: i8[40, 40], H: f16[7], D: f64[3, 2], C: i32[5]):
     assert args["C"].any()  # outputs are filled too: they may be read first
     again = random_args(f, seed=3)
     assert all(np.array_equal(args[k], again[k]) for k in args)
+
+
+def test_statement_instances_fold_and_walk():
+    """Counted by hand: 4 * (1 + 3) stores of T, 4 ifs, and the if's arm 3 times, 4 times."""
+    from rewrite.interp import instances
+
+    func = parse("""
+@prim_func
+def f(A: f32[4, 3], T: f32[4, 3]):
+    for i in range(4):
+        T[i, 0] = 0.0
+        for j in range(3):
+            T[i, j] = A[i, j]
+        if i > 1:
+            for j in range(3):
+                T[i, j] += A[i, j]
+""")
+    assert instances(func) == 4 * (1 + 3) + 4 * (1 + 3)
+    assert ir.fold_stmt(func.body, lambda s: 1) == 4 * (1 + 3 + 3)  # the if's arm, not the if
+    assert ir.fold_stmt(func.body, lambda s: 1, guard=lambda s, arms: 0) == 4 * (1 + 3)
+    walked = [(type(s).__name__, [lp.var for lp in loops]) for s, loops in ir.walk_in_loops(func.body)]
+    assert walked == [("Store", ["i"]), ("Store", ["i", "j"]), ("If", ["i"]), ("Accumulate", ["i", "j"])]

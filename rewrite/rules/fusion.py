@@ -45,7 +45,7 @@ from dataclasses import dataclass, replace
 from typing import Iterable, Optional, Sequence, Union
 
 from .. import ir
-from ..analysis import Affine, affine
+from ..affine import Affine, affine
 from ..ir import Binary, Buffer, Call, Const, Expr, For, Load, PrimFunc, Stmt, Store, Var
 from ..nests import AccNest, as_nest
 

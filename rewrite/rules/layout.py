@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .. import ir
-from ..analysis import Affine, affine
+from ..affine import Affine, affine
 from ..ir import Buffer, Expr, For, Load, Stmt, Store, Var, Window
 from ..match import BodyMatch, Binding, affine_expr, slow_dims, unused_name
 from ..nests import AccNest, Dim

@@ -37,7 +37,7 @@ from dataclasses import replace
 from typing import Optional, Sequence
 
 from .. import ir
-from ..analysis import Affine, affine
+from ..affine import Affine, affine
 from ..ir import Binary, Const, Expr, Load, Var
 from ..match import affine_expr, unused_name
 from ..nests import AccNest, Dim
@@ -71,18 +71,6 @@ def _divisors(nest: AccNest) -> list[tuple[str, int]]:
     return found
 
 
-def _range(m: Affine, ranges: dict[str, tuple[int, int]]) -> Optional[tuple[int, int]]:
-    """Smallest and largest value of ``m`` over the loops (inclusive)."""
-    lo = hi = m.const
-    for v, c in m.terms:
-        if v not in ranges:
-            return None
-        a, b = ranges[v]
-        lo += min(c * a, c * b)
-        hi += max(c * a, c * b)
-    return lo, hi
-
-
 def simplify_divmod(e: Expr, ranges: dict[str, tuple[int, int]]) -> Expr:
     """``e`` with ``x // G`` and ``x % G`` (``x`` affine, ``G > 0``) written affinely where the
     loop ranges (inclusive bounds) decide the quotient: ``x = G * q + r`` with ``r``'s range
@@ -99,7 +87,7 @@ def simplify_divmod(e: Expr, ranges: dict[str, tuple[int, int]]) -> Expr:
     g = int(e.b.value)
     q = Affine(tuple((v, c // g) for v, c in x.terms if c % g == 0))
     r = Affine(tuple((v, c) for v, c in x.terms if c % g), x.const)
-    span = _range(r, ranges)
+    span = r.bounds(ranges.get)
     if span is None or span[0] // g != span[1] // g:
         return e
     m = span[0] // g  # floor, so r - G * m lies in [0, G)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .. import ir
-from ..analysis import affine
+from ..affine import affine
 from ..ir import Binary, Const, Expr, Load, Unary, Var
 from ..nests import AccNest, Dim, fresh_name
 from . import finite
