@@ -35,7 +35,8 @@ from . import cost, ir
 from .plans import NestRef, PlanGraph
 from .ir import Accumulate, Binary, Buffer, Call, Const, Expr, For, Load, Stmt, Store, Var
 from .match import (BodyMatch, Binding, affine_expr, bindings, dims_after_tiling, remainders,
-                    semantics_value, slow_dims, unused_name, window)
+                    semantics_value, slow_dims, window)
+from .names import Names
 from .nests import AccNest, Dim
 from .rules import layout
 
@@ -57,9 +58,9 @@ def _substitute(e: Expr, loads: dict[str, Load]) -> Expr:
 
 
 class Extractor:
-    def __init__(self, library: dict, taken: set[str]):
+    def __init__(self, library: dict, names: Names):
         self.library = library  # name -> descriptor
-        self.taken = taken  # buffer names in use (temporaries get fresh ones)
+        self.names = names  # names in use (temporaries get fresh ones)
         self._packs: dict = {}  # (nest, matches, what to copy) -> layout.Packing
         self._temps: dict = {}  # (nest, scale) -> the scaled product's temporary
         self._panels: dict = {}  # (nest, binding, tiling, operands) -> layout.Panel
@@ -112,7 +113,7 @@ def l1_data_bytes() -> int:
     return cost.L1_BYTES
 
 
-def blocked_loops(desc, loops: list, windows: dict, taken: set[str]):
+def blocked_loops(desc, loops: list, windows: dict, names: Names):
     """``(loops, windows)`` in the blocked order ``rows_b, k_o, other tiles, rows_i, k_i`` when
     the reduction outgrows its block (``l1_data_bytes``), else as given. ``loops`` hold the loops that move the
     output first, then the reduction; the windows' bases are rewritten for the split loops.
@@ -150,8 +151,8 @@ def blocked_loops(desc, loops: list, windows: dict, taken: set[str]):
                   if rows.extent % n == 0), None) if rows is not None else None
     if kc is None or group is None or r.extent <= kc_max:
         return loops, windows
-    k_o, k_i, rows_b, rows_i = (unused_name(f"{r.name}_o", taken), unused_name(f"{r.name}_i", taken),
-                                unused_name(f"{rows.name}_b", taken), unused_name(f"{rows.name}_i", taken))
+    k_o, k_i, rows_b, rows_i = (names.fresh(f"{r.name}_o"), names.fresh(f"{r.name}_i"),
+                                names.fresh(f"{rows.name}_b"), names.fresh(f"{rows.name}_i"))
     values = {r.name: Binary("+", Binary("+", Const(r.start, ir.INDEX),
                                          Binary("*", Const(kc, ir.INDEX), Var(k_o))), Var(k_i)),
               rows.name: Binary("+", Binary("+", Const(rows.start, ir.INDEX),
@@ -219,7 +220,7 @@ class _Builder:
             return
         key = (nest, matches, reqs)
         if key not in self.ex._packs:
-            self.ex._packs[key] = layout.pack(nest, reqs, self.ex.taken)
+            self.ex._packs[key] = layout.pack(nest, reqs, self.ex.names)
         packing = self.ex._packs[key]
         copies = cost.packing(packing.copies)
         if copies + cost.calls(desc, b.tiles, True) >= scalar:
@@ -230,8 +231,8 @@ class _Builder:
     def _tiled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool) -> None:
         """The calls of ``b`` and the plans of its remainders; again behind a ``pack-panel``
         stage when an input's windows lie far apart along the reduction."""
-        taken = self.ex.taken | {d.name for d in nest.dims}  # loop names only clash within a nest
-        loops, tiled = dims_after_tiling(nest, b, desc, taken)
+        names = self.ex.names.copy(d.name for d in nest.dims)  # loop names only clash within a nest
+        loops, tiled = dims_after_tiling(nest, b, desc, names)
         steps = dict(b.steps)
         loads = dict(b.loads)
         windows = {}
@@ -245,7 +246,7 @@ class _Builder:
         moves = {x.name for e in windows[desc.output.name].base for x in ir.walk_expr(e)
                  if isinstance(x, Var)}
         loops = [d for d in loops if d.name in moves] + [d for d in loops if d.name not in moves]
-        blocked = blocked_loops(desc, loops, windows, taken)
+        blocked = blocked_loops(desc, loops, windows, names)
         found = _streams(desc, windows, loops)
         price = _price(desc, b, windows, b.unit_stride_ok, found, _streams(desc, blocked[1], blocked[0]))
         calls = self.graph.leaf([_calls(desc, *blocked)], price)
@@ -267,7 +268,7 @@ class _Builder:
         key = (nest, b, tuple(sorted(tiled.items())), far, order)
         panel = self.ex._panels.get(key)
         if panel is None:  # named once it is kept: a trial on a copy of the names in use
-            panel = layout.pack_panel(nest, desc, b, tiled, far, set(self.ex.taken),
+            panel = layout.pack_panel(nest, desc, b, tiled, far, self.ex.names.copy(),
                                       dict(self.ex._panel_names), order)
             if panel is None:
                 return
@@ -276,17 +277,17 @@ class _Builder:
                           for op in desc.operands)
         copies = cost.packing(panel.copies)
         loop_names = {d.name for d in nest.dims}
-        blocked = blocked_loops(desc, loops, windows, self.ex.taken | loop_names)
+        blocked = blocked_loops(desc, loops, windows, self.ex.names.copy(loop_names))
         calls = _price(desc, b, windows, unit_ok, _streams(desc, windows, loops),
                        _streams(desc, blocked[1], blocked[0]))
         if copies + calls >= price:
             return
         if key not in self.ex._panels:  # the panel for real, under its final names
             panel = self.ex._panels[key] = layout.pack_panel(nest, desc, b, tiled, far,
-                                                             self.ex.taken, self.ex._panel_names,
+                                                             self.ex.names, self.ex._panel_names,
                                                              order)
             windows.update(panel.windows)
-            blocked = blocked_loops(desc, loops, windows, self.ex.taken | loop_names)
+            blocked = blocked_loops(desc, loops, windows, self.ex.names.copy(loop_names))
         self.graph.add(ref, self.graph.leaf(list(panel.copies), copies, list(panel.buffers)),
                        self.graph.leaf([_calls(desc, *blocked)], calls), *rest)
 
@@ -301,8 +302,8 @@ class _Builder:
             return
         key = (nest, b.scale)
         if key not in self.ex._temps:
-            temp = Buffer(unused_name("T", self.ex.taken), nest.out.dtype, nest.out.shape)
-            self.ex._temps[key] = (temp, [unused_name(f"x{k}", self.ex.taken) for k in range(temp.ndim)])
+            temp = Buffer(self.ex.names.fresh("T"), nest.out.dtype, nest.out.shape)
+            self.ex._temps[key] = (temp, [self.ex.names.fresh(f"x{k}") for k in range(temp.ndim)])
         temp, names = self.ex._temps[key]
         body = _substitute(semantics_value(desc), dict(b.loads))
         inner = AccNest(nest.dims, temp, nest.indices, body)

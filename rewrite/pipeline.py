@@ -25,6 +25,7 @@ from .extract import Extractor
 from .ir import Call, For, PrimFunc, Stmt
 from .lower import op_count
 from .match import Pattern, bindings, semantics_value
+from .names import Names
 from .nests import AccNest
 from .rules import loops
 from .rules.finite import Guarded
@@ -104,13 +105,6 @@ class TensorizeResult:
 # ---------------------------------------------------------------------------
 
 
-def _names(func: PrimFunc) -> set[str]:
-    """Buffer names, and loop names, which a new temporary must not take either."""
-    names = {b.name for b in func.buffers}
-    names |= {s.var for s in ir.walk_stmts(func.body) if isinstance(s, For)}
-    return names
-
-
 def _buffers_used(body: Stmt) -> set[str]:
     names: set[str] = set()
     for s in ir.walk_stmts(body):
@@ -177,7 +171,7 @@ def _nests_in(parts: Sequence) -> list[AccNest]:
     return out
 
 
-def plan_items(parts: Sequence, library: dict, budget: Budget, taken: set[str],
+def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
                in_process: bool = False) -> Planned:
     """Saturate the bodies of the accumulate nests among ``parts``, then take the cheapest
     program for each; other statements stay as they are. A guarded item (``rules/finite.py``)
@@ -189,7 +183,7 @@ def plan_items(parts: Sequence, library: dict, budget: Budget, taken: set[str],
         ([], SaturationReport(0, 0, "nothing to match", 0.0))
     # on floats, a match that holds only by factoring would move NaN/Inf (rules/algebra.py)
     matches = [m for m in matches if _ieee_match(acc[m.nest], m, library)]
-    extractor = Extractor(library, taken)
+    extractor = Extractor(library, names)
     counter = iter(range(len(acc)))
 
     def plan(items: Sequence) -> Planned:
@@ -267,16 +261,16 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
     t0 = time.perf_counter()
     verify(func)
     normal = nests.normalize(func)
-    taken = _names(normal)
-    parts = loops.apply(nests.items(normal), taken)
+    names = Names.of(normal)
+    parts = loops.apply(nests.items(normal), names)
     t1 = time.perf_counter()
-    chosen = plan_items(parts, library, budget, taken, in_process)
+    chosen = plan_items(parts, library, budget, names, in_process)
     # producers inlined into their consumers where legal and cheaper (rules/fusion.py)
-    normal, parts, chosen = _inline_alternatives(normal, parts, chosen, library, budget, taken,
+    normal, parts, chosen = _inline_alternatives(normal, parts, chosen, library, budget, names,
                                                  in_process)
     levels = 0
-    for alt in _strassen_alternatives(normal, parts, strassen, taken, budgets.strassen_products):
-        planned = plan_items(alt.parts, library, budget, taken, in_process)
+    for alt in _strassen_alternatives(normal, parts, strassen, names, budgets.strassen_products):
+        planned = plan_items(alt.parts, library, budget, names, in_process)
         planned.allocs = list(alt.allocs) + planned.allocs
         planned.cost += getattr(alt, "extra_cost", 0.0)
         forced = isinstance(strassen, int) and alt.levels == strassen
@@ -306,7 +300,7 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
 
 
 def _inline_alternatives(func: PrimFunc, parts: Sequence, chosen: Planned, library: dict,
-                         budget: Budget, taken: set[str], in_process: bool):
+                         budget: Budget, names: Names, in_process: bool):
     """``(func, parts, plan)`` with the inlinable producers (``rules/fusion.py``) that make the
     program cheaper by the cost model inlined: each is added in turn when it pays, then all of
     them together are tried (two casts may pay only together). Inlining recomputes the
@@ -314,11 +308,11 @@ def _inline_alternatives(func: PrimFunc, parts: Sequence, chosen: Planned, libra
     not when an expensive value lands in a big reduction."""
     from .rules import fusion
 
-    names = fusion.candidates(func)
+    temps = fusion.candidates(func)
     best: frozenset[str] = frozenset()
     tried = {best}
     out = (func, parts, chosen)
-    for more in [{n} for n in names] + [set(names)]:
+    for more in [{n} for n in temps] + [set(temps)]:
         only = best | more
         if only in tried:
             continue
@@ -326,14 +320,14 @@ def _inline_alternatives(func: PrimFunc, parts: Sequence, chosen: Planned, libra
         inlined = fusion.inline_producers(func, only=only)
         if inlined is func:
             continue
-        alt = loops.apply(nests.items(inlined), taken)  # as tensorize builds ``parts``
-        planned = plan_items(alt, library, budget, taken, in_process)
+        alt = loops.apply(nests.items(inlined), names)  # as tensorize builds ``parts``
+        planned = plan_items(alt, library, budget, names, in_process)
         if planned.cost < out[2].cost:
             best, out = only, (inlined, alt, planned)
     return out
 
 
-def _strassen_alternatives(func: PrimFunc, parts: Sequence, mode, taken: set[str],
+def _strassen_alternatives(func: PrimFunc, parts: Sequence, mode, names: Names,
                            max_products: int) -> list:
     """Programs with Strassen levels applied (``rules/strassen.py``), if that module exists."""
     if mode == "off" or mode == 0:
@@ -342,7 +336,7 @@ def _strassen_alternatives(func: PrimFunc, parts: Sequence, mode, taken: set[str
         from .rules import strassen
     except ImportError:
         return []
-    return strassen.alternatives(func, parts, mode, taken, max_products)
+    return strassen.alternatives(func, parts, mode, names, max_products)
 
 
 # ---------------------------------------------------------------------------
