@@ -15,7 +15,8 @@ A binding whose unit-stride input jumps far between consecutive calls along the 
 that copies, for the divisible part, each tile's panel contiguously; ``cost.streamed``
 prices the strided panel, so the copy is taken only where it measured faster. The same
 stage copies an operand that wants one contiguous block per call (``Layout.contiguous``)
-into blocks, weighed against ``cost.unblocked``.
+into blocks, weighed against ``cost.unblocked``. The two stages are the ``nest-stage`` and
+``calls-stage`` rule families (``rules/__init__.py``); the extractor runs those in force.
 
 The candidates are not compared here: each nest becomes an e-class of alternatives in a plan
 e-graph (``plans.py``), every piece of code a leaf priced by ``cost.py`` and weighted by its
@@ -30,8 +31,9 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
 
-from . import cost, ir
+from . import cost, ir, rules
 from .plans import NestRef, PlanGraph
 from .ir import Accumulate, Binary, Buffer, Call, Const, Expr, For, Load, Stmt, Store, Var
 from .match import (BodyMatch, Binding, affine_expr, bindings, dims_after_tiling, remainders,
@@ -57,14 +59,28 @@ def _substitute(e: Expr, loads: dict[str, Load]) -> Expr:
     return ir.map_loads(e, lambda x: loads[x.buffer.name])
 
 
+class _Stage(NamedTuple):
+    """A stage family's hooks: what it would change (``requests`` of a nest stage,
+    ``operands`` of a calls stage), and the change itself."""
+
+    name: str
+    pick: Callable
+    build: Callable
+
+
 class Extractor:
-    def __init__(self, library: dict, names: Names):
+    def __init__(self, library: dict, names: Names, rules_off: frozenset[str] = frozenset()):
         self.library = library  # name -> descriptor
         self.names = names  # names in use (temporaries get fresh ones)
-        self._packs: dict = {}  # (nest, matches, what to copy) -> layout.Packing
+        # the stage families (rules/__init__.py), in their order
+        self.nest_stages = [_Stage(f.name, *f.load())
+                            for f in rules.families(rules.NEST_STAGE, rules_off)]
+        self.calls_stages = [_Stage(f.name, *f.load())
+                             for f in rules.families(rules.CALLS_STAGE, rules_off)]
+        self._packs: dict = {}  # (stage, nest, matches, what to copy) -> layout.Packing
         self._temps: dict = {}  # (nest, scale) -> the scaled product's temporary
-        self._panels: dict = {}  # (nest, binding, tiling, operands) -> layout.Panel
-        self._panel_names: dict = {}  # what a panel holds -> its temporary's name
+        self._panels: dict = {}  # (stage, nest, binding, tiling, operands) -> layout.Panel
+        self._panel_names: dict = {}  # stage -> what a panel holds -> its temporary's name
 
     def best(self, nest: AccNest, matches: list[BodyMatch]) -> Plan:
         """The cheapest program for ``nest`` given the e-graph's ``matches``."""
@@ -207,20 +223,22 @@ class _Builder:
                     else:
                         self._tiled(ref, nest, desc, b, matches, depth, pack)
                 if pack and not b.unit_stride_ok and b.scale == 1.0:
-                    self._packed(ref, nest, desc, b, matches, depth, scalar)
+                    for stage in self.ex.nest_stages:
+                        self._packed(stage, ref, nest, desc, b, matches, depth, scalar)
         return ref
 
-    def _packed(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int,
+    def _packed(self, stage, ref, nest: AccNest, desc, b: Binding, matches, depth: int,
                 scalar: float) -> None:
-        """Copies of the inputs ``b`` reads without unit stride, then the nest on the copies,
-        planned again without packing (its cheapest binding is now usually ``b`` unit-stride).
-        Bindings that need the same copies share one temporary, so its name is made once."""
-        reqs = layout.requests(nest, desc, b)
+        """A nest stage (``pack-operand``: copies of the inputs ``b`` reads without unit
+        stride), then the nest it gives, planned again without nest stages (its cheapest
+        binding is now usually ``b`` unit-stride). Bindings that need the same copies share
+        one temporary, so its name is made once."""
+        reqs = stage.pick(nest, desc, b)
         if reqs is None:
             return
-        key = (nest, matches, reqs)
+        key = (stage.name, nest, matches, reqs)
         if key not in self.ex._packs:
-            self.ex._packs[key] = layout.pack(nest, reqs, self.ex.names)
+            self.ex._packs[key] = stage.build(nest, reqs, self.ex.names)
         packing = self.ex._packs[key]
         copies = cost.packing(packing.copies)
         if copies + cost.calls(desc, b.tiles, True) >= scalar:
@@ -229,8 +247,9 @@ class _Builder:
         self.graph.add(ref, self.graph.leaf(list(packing.copies), copies, list(packing.buffers)), sub)
 
     def _tiled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool) -> None:
-        """The calls of ``b`` and the plans of its remainders; again behind a ``pack-panel``
-        stage when an input's windows lie far apart along the reduction."""
+        """The calls of ``b`` and the plans of its remainders; again behind each calls stage
+        that has operands to rewrite (``pack-panel``: inputs whose windows lie far apart
+        along the reduction)."""
         names = self.ex.names.copy(d.name for d in nest.dims)  # loop names only clash within a nest
         loops, tiled = dims_after_tiling(nest, b, desc, names)
         steps = dict(b.steps)
@@ -252,24 +271,22 @@ class _Builder:
         calls = self.graph.leaf([_calls(desc, *blocked)], price)
         rest = [self.nest(r, matches, depth + 1, pack) for r in remainders(nest, b, desc)]
         self.graph.add(ref, calls, *rest)
-        far = {s.operand for s in found if s.unit and not s.contiguous}
-        far |= {op.name for op in desc.inputs if desc.layout.get(op.name) is not None
-                and desc.layout[op.name].contiguous and not cost.is_block(op, windows[op.name])}
-        far = tuple(op.name for op in desc.inputs if op.name in far)
-        if far:
-            self._panel(ref, nest, desc, b, loops, tiled, windows, far, price, rest)
+        for stage in self.ex.calls_stages:
+            far = stage.pick(desc, windows, found)
+            if far:
+                self._panel(stage, ref, nest, desc, b, loops, tiled, windows, far, price, rest)
 
-    def _panel(self, ref, nest: AccNest, desc, b: Binding, loops, tiled, windows, far,
+    def _panel(self, stage, ref, nest: AccNest, desc, b: Binding, loops, tiled, windows, far,
                price: float, rest) -> None:
-        """The divisible part's calls reading panels of the inputs ``far`` (``pack-panel``),
-        after the copies; the remainders are the unpacked plan's. Skipped when the copies and
-        calls alone cost as much as the unpacked calls."""
+        """The divisible part's calls reading the copies a calls stage makes of the inputs
+        ``far`` (``pack-panel``: panels), after the copies; the remainders are the unpacked
+        plan's. Skipped when the copies and calls alone cost as much as the unpacked calls."""
         order = tuple(d.name for d in loops)
-        key = (nest, b, tuple(sorted(tiled.items())), far, order)
+        key = (stage.name, nest, b, tuple(sorted(tiled.items())), far, order)
+        known = self.ex._panel_names.setdefault(stage.name, {})
         panel = self.ex._panels.get(key)
         if panel is None:  # named once it is kept: a trial on a copy of the names in use
-            panel = layout.pack_panel(nest, desc, b, tiled, far, self.ex.names.copy(),
-                                      dict(self.ex._panel_names), order)
+            panel = stage.build(nest, desc, b, tiled, far, self.ex.names.copy(), dict(known), order)
             if panel is None:
                 return
         windows = {**windows, **dict(panel.windows)}
@@ -283,9 +300,8 @@ class _Builder:
         if copies + calls >= price:
             return
         if key not in self.ex._panels:  # the panel for real, under its final names
-            panel = self.ex._panels[key] = layout.pack_panel(nest, desc, b, tiled, far,
-                                                             self.ex.names, self.ex._panel_names,
-                                                             order)
+            panel = self.ex._panels[key] = stage.build(nest, desc, b, tiled, far, self.ex.names,
+                                                       known, order)
             windows.update(panel.windows)
             blocked = blocked_loops(desc, loops, windows, self.ex.names.copy(loop_names))
         self.graph.add(ref, self.graph.leaf(list(panel.copies), copies, list(panel.buffers)),

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .. import ir
+from .. import cost, ir
 from ..analysis import Affine, affine
 from ..ir import Buffer, Expr, For, Load, Stmt, Store, Var, Window
 from ..match import BodyMatch, Binding, affine_expr, slow_dims
@@ -217,6 +217,17 @@ def streams(desc, windows: dict[str, Window], inner: Optional[Dim],
                           (op.shape[unit] if unit is not None else 1) * size, runs, inner.extent,
                           need is not None and bool(need.unit_stride), reused))
     return tuple(out)
+
+
+def panel_operands(desc, windows: dict[str, Window], found: tuple[Stream, ...]) -> tuple[str, ...]:
+    """The inputs of a binding's calls that ``pack-panel`` copies, in the descriptor's order:
+    each unit-stride input whose windows lie far apart along the reduction (``found``: the
+    calls' ``streams``), and each whose ``Layout`` wants one contiguous block per call that
+    its window (in ``windows``) is not."""
+    far = {s.operand for s in found if s.unit and not s.contiguous}
+    far |= {op.name for op in desc.inputs if desc.layout.get(op.name) is not None
+            and desc.layout[op.name].contiguous and not cost.is_block(op, windows[op.name])}
+    return tuple(op.name for op in desc.inputs if op.name in far)
 
 
 def pack_panel(nest: AccNest, desc, b: Binding, tiled: dict[str, tuple[str, int, int]],

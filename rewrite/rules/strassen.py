@@ -26,8 +26,10 @@ the product as written leaves finite (one NaN in ``A[0, 0]`` makes two block row
 so on floats the levels run behind a scan of ``A`` and ``B`` (``finite.guard``) and the product
 as written runs when one of their elements is NaN or Inf.
 
-``alternatives(func, parts, mode, names)`` is the pipeline's hook; it also offers the matmul
-algebra rewrites of ``matmul.alternatives`` (as programs with 0 levels) under ``"auto"``.
+``improve(best, search)`` is the pipeline's hook (the ``strassen`` family of kind
+``alternatives``, ``rules/__init__.py``): it plans each program ``alternatives`` offers, which
+under ``"auto"`` include the matmul algebra rewrites of ``matmul.alternatives`` (as programs
+with 0 levels).
 """
 
 from __future__ import annotations
@@ -302,6 +304,23 @@ def alternatives(func: ir.PrimFunc, parts: Sequence, mode: Union[str, int], name
         if alt is not None:
             out.append(alt)
     return out
+
+
+def improve(best, search):
+    """``best`` (``pipeline.Choice``), or the cheapest of the programs ``alternatives`` offers
+    for it under ``search.strassen`` when cheaper (``"auto"``); a forced level count takes
+    the program with that many levels whatever it costs."""
+    mode = search.strassen
+    for alt in alternatives(best.func, best.parts, mode, search.names,
+                            search.budgets.strassen_products):
+        planned = search.plan(alt.parts)
+        planned.allocs = list(alt.allocs) + planned.allocs
+        planned.cost += getattr(alt, "extra_cost", 0.0)
+        forced = isinstance(mode, int) and alt.levels == mode
+        if forced or (mode == "auto" and planned.cost < best.planned.cost):
+            best = replace(best, planned=planned,
+                           strassen_levels=getattr(alt, "applied_levels", alt.levels))
+    return best
 
 
 def error_factor(levels: int) -> float:
