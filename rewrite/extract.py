@@ -15,7 +15,8 @@ A binding whose unit-stride input jumps far between consecutive calls along the 
 that copies, for the divisible part, each tile's panel contiguously; ``cost.streamed``
 prices the strided panel, so the copy is taken only where it measured faster. The same
 stage copies an operand that wants one contiguous block per call (``Layout.contiguous``)
-into blocks, weighed against ``cost.unblocked``.
+into blocks, weighed against ``cost.unblocked``. The two stages are the ``nest-stage`` and
+``calls-stage`` rule families (``rules/__init__.py``); the extractor runs those in force.
 
 The candidates are not compared here: each nest becomes an e-class of alternatives in a plan
 e-graph (``plans.py``), every piece of code a leaf priced by ``cost.py`` and weighted by its
@@ -30,13 +31,15 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
 
-from . import cost, ir
+from . import cost, ir, rules
 from .affine import affine
 from .plans import NestRef, PlanGraph
 from .ir import Accumulate, Binary, Buffer, Call, Const, Expr, For, Load, Stmt, Store, Var
 from .match import (BodyMatch, Binding, affine_expr, bindings, dims_after_tiling, remainders,
-                    semantics_value, slow_dims, unused_name, window)
+                    semantics_value, slow_dims, window)
+from .names import Names
 from .nests import AccNest, Dim
 from .rules import layout
 
@@ -57,14 +60,28 @@ def _substitute(e: Expr, loads: dict[str, Load]) -> Expr:
     return ir.map_loads(e, lambda x: loads[x.buffer.name])
 
 
+class _Stage(NamedTuple):
+    """A stage family's hooks: what it would change (``requests`` of a nest stage,
+    ``operands`` of a calls stage), and the change itself."""
+
+    name: str
+    pick: Callable
+    build: Callable
+
+
 class Extractor:
-    def __init__(self, library: dict, taken: set[str]):
+    def __init__(self, library: dict, names: Names, rules_off: frozenset[str] = frozenset()):
         self.library = library  # name -> descriptor
-        self.taken = taken  # buffer names in use (temporaries get fresh ones)
-        self._packs: dict = {}  # (nest, matches, what to copy) -> layout.Packing
+        self.names = names  # names in use (temporaries get fresh ones)
+        # the stage families (rules/__init__.py), in their order
+        self.nest_stages = [_Stage(f.name, *f.load())
+                            for f in rules.families(rules.NEST_STAGE, rules_off)]
+        self.calls_stages = [_Stage(f.name, *f.load())
+                             for f in rules.families(rules.CALLS_STAGE, rules_off)]
+        self._packs: dict = {}  # (stage, nest, matches, what to copy) -> layout.Packing
         self._temps: dict = {}  # (nest, scale) -> the scaled product's temporary
-        self._panels: dict = {}  # (nest, binding, tiling, operands) -> layout.Panel
-        self._panel_names: dict = {}  # what a panel holds -> its temporary's name
+        self._panels: dict = {}  # (stage, nest, binding, tiling, operands) -> layout.Panel
+        self._panel_names: dict = {}  # stage -> what a panel holds -> its temporary's name
 
     def best(self, nest: AccNest, matches: list[BodyMatch]) -> Plan:
         """The cheapest program for ``nest`` given the e-graph's ``matches``."""
@@ -113,7 +130,7 @@ def l1_data_bytes() -> int:
     return cost.L1_BYTES
 
 
-def blocked_loops(desc, loops: list, windows: dict, taken: set[str]):
+def blocked_loops(desc, loops: list, windows: dict, names: Names):
     """``(loops, windows)`` in the blocked order ``rows_b, k_o, other tiles, rows_i, k_i`` when
     the reduction outgrows its block (``l1_data_bytes``), else as given. ``loops`` hold the loops that move the
     output first, then the reduction; the windows' bases are rewritten for the split loops.
@@ -149,8 +166,8 @@ def blocked_loops(desc, loops: list, windows: dict, taken: set[str]):
                   if rows.extent % n == 0), None) if rows is not None else None
     if kc is None or group is None or r.extent <= kc_max:
         return loops, windows
-    k_o, k_i, rows_b, rows_i = (unused_name(f"{r.name}_o", taken), unused_name(f"{r.name}_i", taken),
-                                unused_name(f"{rows.name}_b", taken), unused_name(f"{rows.name}_i", taken))
+    k_o, k_i, rows_b, rows_i = (names.fresh(f"{r.name}_o"), names.fresh(f"{r.name}_i"),
+                                names.fresh(f"{rows.name}_b"), names.fresh(f"{rows.name}_i"))
     values = {r.name: Binary("+", Binary("+", Const(r.start, ir.INDEX),
                                          Binary("*", Const(kc, ir.INDEX), Var(k_o))), Var(k_i)),
               rows.name: Binary("+", Binary("+", Const(rows.start, ir.INDEX),
@@ -205,20 +222,22 @@ class _Builder:
                     else:
                         self._tiled(ref, nest, desc, b, matches, depth, pack)
                 if pack and not b.unit_stride_ok and b.scale == 1.0:
-                    self._packed(ref, nest, desc, b, matches, depth, scalar)
+                    for stage in self.ex.nest_stages:
+                        self._packed(stage, ref, nest, desc, b, matches, depth, scalar)
         return ref
 
-    def _packed(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int,
+    def _packed(self, stage, ref, nest: AccNest, desc, b: Binding, matches, depth: int,
                 scalar: float) -> None:
-        """Copies of the inputs ``b`` reads without unit stride, then the nest on the copies,
-        planned again without packing (its cheapest binding is now usually ``b`` unit-stride).
-        Bindings that need the same copies share one temporary, so its name is made once."""
-        reqs = layout.requests(nest, desc, b)
+        """A nest stage (``pack-operand``: copies of the inputs ``b`` reads without unit
+        stride), then the nest it gives, planned again without nest stages (its cheapest
+        binding is now usually ``b`` unit-stride). Bindings that need the same copies share
+        one temporary, so its name is made once."""
+        reqs = stage.pick(nest, desc, b)
         if reqs is None:
             return
-        key = (nest, matches, reqs)
+        key = (stage.name, nest, matches, reqs)
         if key not in self.ex._packs:
-            self.ex._packs[key] = layout.pack(nest, reqs, self.ex.taken)
+            self.ex._packs[key] = stage.build(nest, reqs, self.ex.names)
         packing = self.ex._packs[key]
         copies = cost.packing(packing.copies)
         if copies + cost.calls(desc, b.tiles, True) >= scalar:
@@ -227,10 +246,11 @@ class _Builder:
         self.graph.add(ref, self.graph.leaf(list(packing.copies), copies, list(packing.buffers)), sub)
 
     def _tiled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool) -> None:
-        """The calls of ``b`` and the plans of its remainders; again behind a ``pack-panel``
-        stage when an input's windows lie far apart along the reduction."""
-        taken = self.ex.taken | {d.name for d in nest.dims}  # loop names only clash within a nest
-        loops, tiled = dims_after_tiling(nest, b, desc, taken)
+        """The calls of ``b`` and the plans of its remainders; again behind each calls stage
+        that has operands to rewrite (``pack-panel``: inputs whose windows lie far apart
+        along the reduction)."""
+        names = self.ex.names.copy(d.name for d in nest.dims)  # loop names only clash within a nest
+        loops, tiled = dims_after_tiling(nest, b, desc, names)
         steps = dict(b.steps)
         loads = dict(b.loads)
         windows = {}
@@ -244,30 +264,28 @@ class _Builder:
         moves = {x.name for e in windows[desc.output.name].base for x in ir.walk_expr(e)
                  if isinstance(x, Var)}
         loops = [d for d in loops if d.name in moves] + [d for d in loops if d.name not in moves]
-        blocked = blocked_loops(desc, loops, windows, taken)
+        blocked = blocked_loops(desc, loops, windows, names)
         found = _streams(desc, windows, loops)
         price = _price(desc, b, windows, b.unit_stride_ok, found, _streams(desc, blocked[1], blocked[0]))
         calls = self.graph.leaf([_calls(desc, *blocked)], price)
         rest = [self.nest(r, matches, depth + 1, pack) for r in remainders(nest, b, desc)]
         self.graph.add(ref, calls, *rest)
-        far = {s.operand for s in found if s.unit and not s.contiguous}
-        far |= {op.name for op in desc.inputs if desc.layout.get(op.name) is not None
-                and desc.layout[op.name].contiguous and not cost.is_block(op, windows[op.name])}
-        far = tuple(op.name for op in desc.inputs if op.name in far)
-        if far:
-            self._panel(ref, nest, desc, b, loops, tiled, windows, far, price, rest)
+        for stage in self.ex.calls_stages:
+            far = stage.pick(desc, windows, found)
+            if far:
+                self._panel(stage, ref, nest, desc, b, loops, tiled, windows, far, price, rest)
 
-    def _panel(self, ref, nest: AccNest, desc, b: Binding, loops, tiled, windows, far,
+    def _panel(self, stage, ref, nest: AccNest, desc, b: Binding, loops, tiled, windows, far,
                price: float, rest) -> None:
-        """The divisible part's calls reading panels of the inputs ``far`` (``pack-panel``),
-        after the copies; the remainders are the unpacked plan's. Skipped when the copies and
-        calls alone cost as much as the unpacked calls."""
+        """The divisible part's calls reading the copies a calls stage makes of the inputs
+        ``far`` (``pack-panel``: panels), after the copies; the remainders are the unpacked
+        plan's. Skipped when the copies and calls alone cost as much as the unpacked calls."""
         order = tuple(d.name for d in loops)
-        key = (nest, b, tuple(sorted(tiled.items())), far, order)
+        key = (stage.name, nest, b, tuple(sorted(tiled.items())), far, order)
+        known = self.ex._panel_names.setdefault(stage.name, {})
         panel = self.ex._panels.get(key)
         if panel is None:  # named once it is kept: a trial on a copy of the names in use
-            panel = layout.pack_panel(nest, desc, b, tiled, far, set(self.ex.taken),
-                                      dict(self.ex._panel_names), order)
+            panel = stage.build(nest, desc, b, tiled, far, self.ex.names.copy(), dict(known), order)
             if panel is None:
                 return
         windows = {**windows, **dict(panel.windows)}
@@ -275,17 +293,16 @@ class _Builder:
                           for op in desc.operands)
         copies = cost.packing(panel.copies)
         loop_names = {d.name for d in nest.dims}
-        blocked = blocked_loops(desc, loops, windows, self.ex.taken | loop_names)
+        blocked = blocked_loops(desc, loops, windows, self.ex.names.copy(loop_names))
         calls = _price(desc, b, windows, unit_ok, _streams(desc, windows, loops),
                        _streams(desc, blocked[1], blocked[0]))
         if copies + calls >= price:
             return
         if key not in self.ex._panels:  # the panel for real, under its final names
-            panel = self.ex._panels[key] = layout.pack_panel(nest, desc, b, tiled, far,
-                                                             self.ex.taken, self.ex._panel_names,
-                                                             order)
+            panel = self.ex._panels[key] = stage.build(nest, desc, b, tiled, far, self.ex.names,
+                                                       known, order)
             windows.update(panel.windows)
-            blocked = blocked_loops(desc, loops, windows, self.ex.taken | loop_names)
+            blocked = blocked_loops(desc, loops, windows, self.ex.names.copy(loop_names))
         self.graph.add(ref, self.graph.leaf(list(panel.copies), copies, list(panel.buffers)),
                        self.graph.leaf([_calls(desc, *blocked)], calls), *rest)
 
@@ -300,8 +317,8 @@ class _Builder:
             return
         key = (nest, b.scale)
         if key not in self.ex._temps:
-            temp = Buffer(unused_name("T", self.ex.taken), nest.out.dtype, nest.out.shape)
-            self.ex._temps[key] = (temp, [unused_name(f"x{k}", self.ex.taken) for k in range(temp.ndim)])
+            temp = Buffer(self.ex.names.fresh("T"), nest.out.dtype, nest.out.shape)
+            self.ex._temps[key] = (temp, [self.ex.names.fresh(f"x{k}") for k in range(temp.ndim)])
         temp, names = self.ex._temps[key]
         body = _substitute(semantics_value(desc), dict(b.loads))
         inner = AccNest(nest.dims, temp, nest.indices, body)

@@ -26,6 +26,7 @@ from typing import Iterator, Optional
 from . import ir
 from .affine import Affine, affine
 from .ir import Binary, Buffer, Const, Expr, Load, Var, Window
+from .names import Names
 from .nests import AccNest, Dim
 
 
@@ -219,17 +220,9 @@ def window(buf: Buffer, indices: tuple[Expr, ...], steps, tiled) -> Window:
     return Window(buf, tuple(tile_base(i, tiled) for i in indices), steps)
 
 
-def unused_name(base: str, taken: set[str]) -> str:
-    name, k = base, 1
-    while name in taken:
-        k += 1
-        name = f"{base}{k}"
-    taken.add(name)
-    return name
-
-
-def dims_after_tiling(nest: AccNest, binding: Binding, desc, taken: set[str]):
-    """Loops of the divisible part, in the nest's order, and the tiling map for windows."""
+def dims_after_tiling(nest: AccNest, binding: Binding, desc, names: Names):
+    """Loops of the divisible part, in the nest's order, and the tiling map for windows; an
+    outer tile loop takes a fresh name from ``names``."""
     extent_of = {d.name: d.extent for d in desc.dims}
     by_prog = {p: it for it, p in binding.dims if p is not None}
     loops: list[Dim] = []
@@ -245,7 +238,7 @@ def dims_after_tiling(nest: AccNest, binding: Binding, desc, taken: set[str]):
             tiled[d.name] = (d.name, 1, 0)
             continue
         count = d.extent // n
-        outer = unused_name(f"{d.name}_o", taken) if count > 1 else ""
+        outer = names.fresh(f"{d.name}_o") if count > 1 else ""
         if outer:
             loops.append(Dim(outer, 0, count))
         tiled[d.name] = (outer, n, d.start)

@@ -28,15 +28,6 @@ from .ir import Accumulate, Binary, Buffer, Expr, For, Load, PrimFunc, Seq, Stmt
 from .rules import casts
 
 
-def fresh_name(taken: set[str], base: str) -> str:
-    """``base_0``, ``base_1``, ...: the first not in ``taken``, which it joins."""
-    k = 0
-    while f"{base}_{k}" in taken:
-        k += 1
-    taken.add(f"{base}_{k}")
-    return f"{base}_{k}"
-
-
 @dataclass(frozen=True)
 class Dim:
     name: str

@@ -2,31 +2,36 @@
 
     verify(func)                           # a well-formed program or a clear error
     normalize(func)                        # += made explicit, loops distributed where legal
-    items(func)                            # accumulate nests (order-free) and other statements
-    loops.apply(items)                     # split-divmod, merge-reductions (rules/loops.py)
-    saturate(Job(bodies, patterns))        # e-graph: body algebra, then generated match rules
-    Extractor.best(nest, matches)          # bindings, remainders, scale, packing: a plan
-                                           #   e-graph from which egglog extracts the cheapest
-    _inline_alternatives(...)              # producers inlined where cheaper (rules/fusion.py)
-    _strassen_alternatives(...)            # Strassen, matmul chains (rules/strassen.py), on
-                                           #   floats behind a finite-operand guard (finite.py)
+    Search.items(func)                     # accumulate nests (order-free) and other statements,
+                                           #   then the normalize families (loops: split-divmod,
+                                           #   merge-reductions)
+    saturate(Job(bodies, patterns))        # e-graph: the ruleset families (algebra), then
+                                           #   generated match rules
+    Extractor.best(nest, matches)          # bindings, remainders, scale, the stage families
+                                           #   (pack-operand, pack-panel): a plan e-graph from
+                                           #   which egglog extracts the cheapest
+    improve(best, search)                  # the alternatives families: producers inlined
+                                           #   (inline), Strassen and matmul chains (strassen),
+                                           #   on floats behind a finite-operand guard
     verify(result)                         # the output is a well-formed program too
+
+The rule families, their kinds and their order are listed in ``rules/__init__.py``.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
-from . import cost, ir, nests
+from . import cost, ir, nests, rules
 from .budgets import Budgets, using
 from .extract import Extractor
 from .ir import Call, For, PrimFunc, Stmt
 from .calls import op_count
 from .match import Pattern, bindings, semantics_value
+from .names import Names
 from .nests import AccNest
-from .rules import loops
 from .rules.finite import Guarded
 from .saturate import Budget, Job, SaturationReport, saturate
 from .script import show, show_expr
@@ -104,13 +109,6 @@ class TensorizeResult:
 # ---------------------------------------------------------------------------
 
 
-def _names(func: PrimFunc) -> set[str]:
-    """Buffer names, and loop names, which a new temporary must not take either."""
-    names = {b.name for b in func.buffers}
-    names |= {s.var for s in ir.walk_stmts(func.body) if isinstance(s, For)}
-    return names
-
-
 def _buffers_used(body: Stmt) -> set[str]:
     names: set[str] = set()
     for s in ir.walk_stmts(body):
@@ -167,19 +165,21 @@ def _nests_in(parts: Sequence) -> list[AccNest]:
     return out
 
 
-def plan_items(parts: Sequence, library: dict, budget: Budget, taken: set[str],
-               in_process: bool = False) -> Planned:
+def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
+               in_process: bool = False, rules_off: frozenset[str] = frozenset()) -> Planned:
     """Saturate the bodies of the accumulate nests among ``parts``, then take the cheapest
     program for each; other statements stay as they are. A guarded item (``rules/finite.py``)
     becomes its scan and an ``if`` over its two branches, each planned the same way; it costs
-    the scan and the fast branch (the other one runs only on non-finite operands)."""
+    the scan and the fast branch (the other one runs only on non-finite operands).
+    ``rules_off``: rule families (ruleset and stage kinds) to leave out."""
     acc = _nests_in(parts)
-    job = Job(tuple(n.value for n in acc), tuple(Pattern.of(d) for d in library.values()), budget)
+    job = Job(tuple(n.value for n in acc), tuple(Pattern.of(d) for d in library.values()), budget,
+              rules_off)
     matches, report = saturate(job, in_process=in_process) if acc and library else \
         ([], SaturationReport(0, 0, "nothing to match", 0.0))
     # on floats, a match that holds only by factoring would move NaN/Inf (rules/algebra.py)
     matches = [m for m in matches if _ieee_match(acc[m.nest], m, library)]
-    extractor = Extractor(library, taken)
+    extractor = Extractor(library, names, rules_off)
     counter = iter(range(len(acc)))
 
     def plan(items: Sequence) -> Planned:
@@ -236,19 +236,60 @@ def _fast_path(body: Stmt, guards: Sequence) -> Stmt:
                     for s in ir.stmts_of(body)))
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The program chosen so far: the function, its items, their plan, and the Strassen levels
+    it applies. An ``alternatives`` rule family returns it or one it found cheaper."""
+
+    func: PrimFunc
+    parts: list
+    planned: Planned
+    strassen_levels: int = 0
+
+
+@dataclass(frozen=True)
+class Search:
+    """What an ``alternatives`` rule family is given to build and price other programs: the
+    names in use, the pipeline's own normalisation and planning, ``tensorize``'s options."""
+
+    library: dict
+    budget: Budget
+    names: Names
+    in_process: bool
+    strassen: Union[str, int]
+    budgets: Budgets
+    rules_off: frozenset[str] = frozenset()
+
+    def items(self, func: PrimFunc) -> list:
+        """The items of a normalised function, the normalize families applied in turn."""
+        parts = nests.items(func)
+        for family in rules.families(rules.NORMALIZE, self.rules_off):
+            (apply,) = family.load()
+            parts = apply(parts, self.names)
+        return parts
+
+    def plan(self, parts: Sequence) -> Planned:
+        """``plan_items`` on ``parts``, with the names, budget and families of this search."""
+        return plan_items(parts, self.library, self.budget, self.names, self.in_process,
+                          self.rules_off)
+
+
 def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,
               budget: Budget = Budget(), in_process: bool = False,
-              strassen: Union[str, int] = "auto", budgets: Budgets = Budgets()) -> TensorizeResult:
+              strassen: Union[str, int] = "auto", budgets: Budgets = Budgets(),
+              rules_off: Iterable[str] = ()) -> TensorizeResult:
     """The cheapest program equivalent to ``func`` using ``intrinsics`` (default: what this
     CPU runs natively). ``strassen``: ``"auto"`` lets the cost model decide, ``"off"`` never,
     an integer applies that many levels wherever shapes allow. ``budget`` bounds saturation,
-    ``budgets`` the other stages (``BudgetError`` past one)."""
+    ``budgets`` the other stages (``BudgetError`` past one). ``rules_off`` names rule families
+    (``rules/__init__.py``) to leave out; ``ValueError`` for a name that is no family."""
+    off = rules.checked_off(rules_off)
     with using(budgets):  # for the stages deep inside others, such as the dependence analysis
-        return _tensorize(func, intrinsics, budget, in_process, strassen, budgets)
+        return _tensorize(func, intrinsics, budget, in_process, strassen, budgets, off)
 
 
 def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, in_process: bool,
-               strassen: Union[str, int], budgets: Budgets) -> TensorizeResult:
+               strassen: Union[str, int], budgets: Budgets, off: frozenset[str]) -> TensorizeResult:
     if intrinsics is None:
         import intrinsics as lib
 
@@ -257,21 +298,17 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
     t0 = time.perf_counter()
     verify(func)
     normal = nests.normalize(func)
-    taken = _names(normal)
-    parts = loops.apply(nests.items(normal), taken)
+    search = Search(library, budget, Names.of(normal), in_process, strassen, budgets, off)
+    parts = search.items(normal)
     t1 = time.perf_counter()
-    chosen = plan_items(parts, library, budget, taken, in_process)
-    # producers inlined into their consumers where legal and cheaper (rules/fusion.py)
-    normal, parts, chosen = _inline_alternatives(normal, parts, chosen, library, budget, taken,
-                                                 in_process)
-    levels = 0
-    for alt in _strassen_alternatives(normal, parts, strassen, taken, budgets.strassen_products):
-        planned = plan_items(alt.parts, library, budget, taken, in_process)
-        planned.allocs = list(alt.allocs) + planned.allocs
-        planned.cost += getattr(alt, "extra_cost", 0.0)
-        forced = isinstance(strassen, int) and alt.levels == strassen
-        if forced or (strassen == "auto" and planned.cost < chosen.cost):
-            chosen, levels = planned, getattr(alt, "applied_levels", alt.levels)
+    best = Choice(normal, parts, search.plan(parts))
+    # other programs, each kept where the cost model finds it cheaper (rules/__init__.py):
+    # producers inlined (rules/fusion.py), then Strassen levels and matmul chains
+    # (rules/strassen.py)
+    for family in rules.families(rules.ALTERNATIVES, off):
+        (improve,) = family.load()
+        best = improve(best, search)
+    normal, parts, chosen = best.func, best.parts, best.planned
     t2 = time.perf_counter()
     body = ir.seq(*chosen.stmts)
     used = _buffers_used(body)
@@ -287,51 +324,11 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
                           chosen.report, chosen.explanations,
                           {"normalize": t1 - t0, "saturate+extract": t2 - t1, "verify": t3 - t2,
                            "tensorize": t3 - t0})
-    out.strassen_levels = levels
+    out.strassen_levels = best.strassen_levels
     out.cost = chosen.cost
     out.scalar_cost = sum(cost.scalar(p) if isinstance(p, AccNest) else cost.scalar_stmt(p)
                           for p in parts)
     return out
-
-
-def _inline_alternatives(func: PrimFunc, parts: Sequence, chosen: Planned, library: dict,
-                         budget: Budget, taken: set[str], in_process: bool):
-    """``(func, parts, plan)`` with the inlinable producers (``rules/fusion.py``) that make the
-    program cheaper by the cost model inlined: each is added in turn when it pays, then all of
-    them together are tried (two casts may pay only together). Inlining recomputes the
-    producer's value at every use, which pays when the consumer then runs on an intrinsic and
-    not when an expensive value lands in a big reduction."""
-    from .rules import fusion
-
-    names = fusion.candidates(func)
-    best: frozenset[str] = frozenset()
-    tried = {best}
-    out = (func, parts, chosen)
-    for more in [{n} for n in names] + [set(names)]:
-        only = best | more
-        if only in tried:
-            continue
-        tried.add(only)
-        inlined = fusion.inline_producers(func, only=only)
-        if inlined is func:
-            continue
-        alt = loops.apply(nests.items(inlined), taken)  # as tensorize builds ``parts``
-        planned = plan_items(alt, library, budget, taken, in_process)
-        if planned.cost < out[2].cost:
-            best, out = only, (inlined, alt, planned)
-    return out
-
-
-def _strassen_alternatives(func: PrimFunc, parts: Sequence, mode, taken: set[str],
-                           max_products: int) -> list:
-    """Programs with Strassen levels applied (``rules/strassen.py``), if that module exists."""
-    if mode == "off" or mode == 0:
-        return []
-    try:
-        from .rules import strassen
-    except ImportError:
-        return []
-    return strassen.alternatives(func, parts, mode, taken, max_products)
 
 
 # ---------------------------------------------------------------------------

@@ -68,6 +68,7 @@ class Job:
     bodies: tuple[Expr, ...]
     patterns: tuple[Pattern, ...]
     budget: Budget = field(default_factory=Budget)
+    rules_off: frozenset[str] = frozenset()  # rule families left out (rules/__init__.py)
 
 
 # ---------------------------------------------------------------------------
@@ -119,12 +120,17 @@ def _match_rules(patterns: tuple[Pattern, ...]):
 
 
 def run_job(job: Job) -> tuple[list[BodyMatch], SaturationReport]:
-    """Saturate the bodies under the algebra rules, then match every pattern."""
+    """Saturate the bodies under the ruleset families (``rules/__init__.py``: the algebra),
+    then match every pattern."""
     from egglog import EGraph, get_callable_args, get_literal_value, i64
 
+    from . import rules
     from .egraph import Encoder
-    from .rules.algebra import algebra
 
+    schedule = None  # the ruleset families in turn, once per iteration
+    for family in rules.families(rules.RULESET, job.rules_off):
+        (ruleset,) = family.load()
+        schedule = ruleset if schedule is None else schedule + ruleset
     t0 = time.perf_counter()
     eg = EGraph()
     enc = Encoder()
@@ -133,18 +139,21 @@ def run_job(job: Job) -> tuple[list[BodyMatch], SaturationReport]:
         eg.register(root(enc.encode(body), i64(n)))
     b = job.budget
     stop, iterations, size = "iteration limit", 0, 0
-    for iterations in range(1, b.iterations + 1):
-        report = eg.run(algebra)
-        size = sum(sz for _, sz in eg.all_function_sizes())
-        if not report.updated:
-            stop = "saturated"
-            break
-        if size > b.enodes:
-            stop = "node limit"
-            break
-        if time.perf_counter() - t0 > b.seconds:
-            stop = "time limit"
-            break
+    if schedule is None:  # every ruleset family is off: the bodies are matched as written
+        stop, size = "saturated", sum(sz for _, sz in eg.all_function_sizes())
+    else:
+        for iterations in range(1, b.iterations + 1):
+            report = eg.run(schedule)
+            size = sum(sz for _, sz in eg.all_function_sizes())
+            if not report.updated:
+                stop = "saturated"
+                break
+            if size > b.enodes:
+                stop = "node limit"
+                break
+            if time.perf_counter() - t0 > b.seconds:
+                stop = "time limit"
+                break
     matches: list[BodyMatch] = []
     if job.patterns:
         eg.run(_match_rules(job.patterns))

@@ -206,10 +206,11 @@ def mm(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):
 
 def test_strassen_levels_are_capped_by_shapes():
     from rewrite import nests
+    from rewrite.names import Names
     from rewrite.rules import loops, strassen
 
     f = parse(MM64)
-    parts = loops.apply(nests.items(nests.normalize(f)), set())
+    parts = loops.apply(nests.items(nests.normalize(f)), Names())
     # blocks of 64 halve 5 times before falling under FORCED_MIN_BLOCK: 99 levels are 5
     assert strassen.products(parts, 99, strassen.FORCED_MIN_BLOCK) == 7 ** 5
     assert strassen.products(parts, 2, strassen.FORCED_MIN_BLOCK) == 49

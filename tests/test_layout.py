@@ -9,6 +9,7 @@ import pytest
 import intrinsics
 from rewrite import cost, interp, ir, nests, runtime
 from rewrite.match import BodyMatch, bindings
+from rewrite.names import Names
 from rewrite.pipeline import tensorize
 from rewrite.rules import layout
 from rewrite.script import parse, parse_file, show
@@ -145,7 +146,7 @@ def test_the_extractor_weighs_copy_against_gather():
         match = BodyMatch(0, mm.name, (a, b) if a.buffer.name == "A" else (b, a))
         binding = next(x for x in bindings(nest, mm, match) if dict(x.dims)["k"] == "k")
         assert not binding.unit_stride_ok
-        packing = layout.pack(nest, layout.requests(nest, mm, binding), set())
+        packing = layout.pack(nest, layout.requests(nest, mm, binding), Names())
         gathered = cost.calls(mm, binding.tiles, False)
         packed = cost.packing(packing.copies) + cost.calls(mm, binding.tiles, True)
         return gathered, packed
@@ -187,10 +188,10 @@ def test_pack_duplicates_overlapping_windows_and_keeps_the_meaning():
     x = next(x for x in ir.loads_of(nest.value) if x.buffer.name == "X")
     dims = {d.name: d for d in nest.dims}
     order = tuple(dims[n] for n in ("h", "w", "rh", "rw", "rc"))
-    taken = {b.name for b in func.buffers}
-    packing = layout.pack(nest, ((x, order),), taken)
+    names = Names(b.name for b in func.buffers)
+    packing = layout.pack(nest, ((x, order),), names)
     (buf,) = packing.buffers
-    assert buf.name == "X_pack" and buf.name in taken
+    assert buf.name == "X_pack" and buf.name in names
     assert buf.shape == (6, 6, 3, 3, 4) and packing.elements > x.buffer.size
     assert x not in ir.loads_of(packing.nest.value)
     m = BodyMatch(0, "any", (x, next(y for y in ir.loads_of(nest.value) if y != x)))
@@ -252,8 +253,8 @@ def _mm_calls(func: ir.PrimFunc):
     a, b = sorted(ir.loads_of(nest.value), key=lambda x: x.buffer.name)
     binding = next(x for x in bindings(nest, mm, BodyMatch(0, mm.name, (a, b)))
                    if dict(x.dims) == {"i": "i", "j": "j", "k": "k"})
-    taken = {buf.name for buf in func.buffers} | {d.name for d in nest.dims}
-    loops, tiled = dims_after_tiling(nest, binding, mm, taken)
+    names = Names([buf.name for buf in func.buffers] + [d.name for d in nest.dims])
+    loops, tiled = dims_after_tiling(nest, binding, mm, names)
     windows = {"c": window(nest.out, nest.indices, dict(binding.steps)["c"], tiled)}
     for op, load in binding.loads:
         windows[op] = window(load.buffer, load.indices, dict(binding.steps)[op], tiled)
@@ -267,7 +268,7 @@ def _panelled(func: ir.PrimFunc) -> ir.PrimFunc:
     mm, nest, binding, loops, tiled, windows = _mm_calls(func)
     (stream,) = [s for s in layout.streams(mm, windows, loops[-1]) if s.operand == "b"]
     assert not stream.contiguous  # B[k, 16 * j_o] jumps a row of B per k
-    panel = layout.pack_panel(nest, mm, binding, tiled, ("b",), {b.name for b in func.buffers})
+    panel = layout.pack_panel(nest, mm, binding, tiled, ("b",), Names(b.name for b in func.buffers))
     windows.update(panel.windows)
     call: ir.Stmt = ir.Call(mm, tuple((op.name, windows[op.name]) for op in mm.operands), "c")
     for d in reversed(loops):

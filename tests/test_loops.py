@@ -13,6 +13,7 @@ from rewrite import ir, nests
 from rewrite.analysis import affine
 from rewrite.interp import random_args, run
 from rewrite.ir import Binary, Const, Var
+from rewrite.names import Names
 from rewrite.nests import AccNest
 from rewrite.pipeline import tensorize
 from rewrite.rules import loops
@@ -24,7 +25,7 @@ AVX2 = intrinsics.library("x86-avx2")
 def _rebuilt(func):
     """``func`` after the loop rules, as a function again."""
     normal = nests.normalize(func)
-    parts = loops.apply(nests.items(normal), {b.name for b in func.buffers})
+    parts = loops.apply(nests.items(normal), Names(b.name for b in func.buffers))
     body = ir.seq(*(p.stmt() if isinstance(p, AccNest) else p for p in parts))
     return replace(normal, body=body), parts
 

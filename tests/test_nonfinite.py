@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import intrinsics
 from rewrite import interp, ir, lower, nests, runtime
+from rewrite.names import Names
 from rewrite.pipeline import tensorize
 from rewrite.rules import algebra, loops, strassen
 from rewrite.rules.finite import Guarded
@@ -74,7 +75,7 @@ def test_one_non_finite_element_gives_the_classical_pattern_under_strassen(n, le
 def test_an_unguarded_strassen_level_spreads_a_nan_and_check_sees_it():
     func = parse(matmul_source(64))
     parts = nests.items(nests.normalize(func))
-    alt = strassen.rewrite(parts, 1, {b.name for b in func.buffers}, strassen.FORCED_MIN_BLOCK)
+    alt = strassen.rewrite(parts, 1, Names(b.name for b in func.buffers), strassen.FORCED_MIN_BLOCK)
     (g,) = [p for p in alt.parts if isinstance(p, Guarded)]
 
     def program(items):
@@ -374,9 +375,9 @@ def _corpus():
 
 def _strassen_applies(func) -> bool:
     normal = nests.normalize(func)
-    taken = {b.name for b in normal.buffers}
-    parts = loops.apply(nests.items(normal), taken)
-    return strassen.rewrite(parts, 1, taken, strassen.FORCED_MIN_BLOCK) is not None
+    names = Names(b.name for b in normal.buffers)
+    parts = loops.apply(nests.items(normal), names)
+    return strassen.rewrite(parts, 1, names, strassen.FORCED_MIN_BLOCK) is not None
 
 
 @pytest.mark.parametrize("func", _corpus())

@@ -9,6 +9,7 @@ import pytest
 
 import intrinsics
 from rewrite import calls, interp, ir, nests, runtime
+from rewrite.names import Names
 from rewrite.pipeline import tensorize
 from rewrite.rules import matmul, strassen
 from rewrite.rules.finite import Guarded
@@ -166,7 +167,7 @@ def _interp_equal(func, result_func, rtol=1e-4):
 def test_strassen_interpreted_matches_original(src, levels, products):
     func = parse(src)
     parts = nests.items(nests.normalize(func))
-    alt = strassen.rewrite(parts, levels, {b.name for b in func.buffers}, strassen.FORCED_MIN_BLOCK)
+    alt = strassen.rewrite(parts, levels, Names(b.name for b in func.buffers), strassen.FORCED_MIN_BLOCK)
     assert alt is not None
     assert sum(1 for b in alt.allocs if b.name.startswith("st_P")) == products
     out = _program(func, alt)
@@ -190,7 +191,7 @@ def f(A: f32[24, 24], B: f32[24, 24], C: f32[24, 24]):
 
 def test_forced_levels_go_as_deep_as_blocks_allow():
     func = parse(matmul_source(6))  # 6 -> 3, then 3 -> 1: below the smallest forced block
-    alt = strassen.rewrite(nests.items(nests.normalize(func)), 2, set(), strassen.FORCED_MIN_BLOCK)
+    alt = strassen.rewrite(nests.items(nests.normalize(func)), 2, Names(), strassen.FORCED_MIN_BLOCK)
     assert (alt.levels, alt.applied_levels, sum(1 for b in alt.allocs if b.name.startswith("st_P"))) == (2, 1, 7)
     _interp_equal(func, tensorize(func, AVX2, strassen=2).func)
 
@@ -218,7 +219,7 @@ def test_strassen_error_within_bound(levels):
     n = 64
     func = parse(matmul_source(n))
     parts = nests.items(nests.normalize(func))
-    alt = strassen.rewrite(parts, levels, {b.name for b in func.buffers}, strassen.FORCED_MIN_BLOCK)
+    alt = strassen.rewrite(parts, levels, Names(b.name for b in func.buffers), strassen.FORCED_MIN_BLOCK)
     prog = _program(func, alt)
     rng = np.random.default_rng(7)
     a = rng.uniform(-1, 1, (n, n)).astype(np.float32)
@@ -266,7 +267,7 @@ def chain(A: f32[8, 48], B: f32[48, 8], C: f32[8, 48], D: f32[8, 48]):
 """
     func = parse(src)
     parts = nests.items(nests.normalize(func))
-    assert matmul.alternatives(func, parts, set()) == []
+    assert matmul.alternatives(func, parts, Names()) == []
 
 
 def test_chain_needs_a_private_temporary():
@@ -284,7 +285,7 @@ def chain(A: f32[48, 8], B: f32[8, 48], C: f32[48, 16], T: f32[48, 48], D: f32[4
             D[i, j] += T[i, k] * C[k, j]
 """
     func = parse(src)
-    assert matmul.alternatives(func, nests.items(nests.normalize(func)), set()) == []
+    assert matmul.alternatives(func, nests.items(nests.normalize(func)), Names()) == []
 
 
 def test_distributivity_factors_a_shared_operand():
@@ -306,7 +307,7 @@ def dist(A1: f32[128, 16], A2: f32[128, 16], B: f32[16, 96], C: f32[128, 96]):
             C[i, j] += A2[i, k] * B[k, j]
 """
     func = parse(src)
-    (alt,) = matmul.alternatives(func, nests.items(nests.normalize(func)), set())
+    (alt,) = matmul.alternatives(func, nests.items(nests.normalize(func)), Names())
     assert alt.note == "A1 @ B + A2 @ B -> (A1 + A2) @ B"
     assert tensorize(func, AVX2).func.allocs  # the cost model takes it: 128*96*16 MACs saved
     _interp_equal(func, tensorize(func, AVX2).func)
@@ -327,7 +328,7 @@ def test_auto_leaves_small_matmuls_alone():
     for n in (64, 256):
         func = parse(matmul_source(n))
         parts = nests.items(nests.normalize(func))
-        assert [a for a in strassen.alternatives(func, parts, "auto", set()) if a.levels] == []
+        assert [a for a in strassen.alternatives(func, parts, "auto", Names()) if a.levels] == []
         assert tensorize(func, AVX2).strassen_levels == 0
 
 
@@ -344,7 +345,7 @@ def test_auto_takes_strassen_on_large_matmuls():
 def test_transposed_operand_copied_into_the_intrinsic_layout(body, a, b, note):
     src = f"@prim_func\ndef f({a}, {b}, C: f32[12, 16]):\n    for i, j, k in grid(12, 16, 8):\n        {body}\n"
     func = parse(src)
-    (alt,) = matmul.transposes(func, nests.items(nests.normalize(func)), set())
+    (alt,) = matmul.transposes(func, nests.items(nests.normalize(func)), Names())
     assert alt.note == note
     (nest,) = [p for p in alt.parts if isinstance(p, nests.AccNest)]
     mm = matmul.recognize(nest)

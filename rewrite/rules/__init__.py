@@ -1,1 +1,139 @@
-"""Rewrite rules, one ruleset per concern. Only ``saturate.py`` builds schedules from them."""
+"""Rewrite rules, one module per concern, and ``FAMILIES``: every family the pipeline runs.
+
+A family is a named group of rules of one kind. The kind says what the family's hooks (the
+module attributes named in its ``Family``) receive and return, where the pipeline runs them,
+and what the family must prove. At that point the pipeline runs every family of the kind in
+``FAMILIES`` order, minus those named in ``tensorize(..., rules_off=...)``; a new rule of an
+existing kind is a module here and one line in ``FAMILIES``.
+
+Kinds
+-----
+
+``normalize``: ``apply(items, names) -> items``
+    Top-level items of a normalised function (``nests.items``: accumulate nests and other
+    statements) in, items out; fresh loop names come from ``names`` (``rewrite/names.py``).
+    Runs before saturation, on the function and on every function an ``alternatives`` family
+    builds (``pipeline.Search.items``). Obligation: the items compute what they computed,
+    exactly or up to reassociating a sum.
+
+``ruleset``: ``ruleset``, an egglog ruleset over ``egraph.Term``
+    Rewrites of the small scalar bodies of nests. ``saturate.py`` runs the ruleset families
+    together, one iteration at a time within the budget, before the match rules generated from
+    the intrinsics. Obligation: each rule equates terms equal on wrap-around integers and, on
+    floats, up to rounding; one that moves NaN or Inf (``factor-mul``) is caught by the
+    pipeline's IEEE check of each match (``algebra.ieee_equal``).
+
+``nest-stage``: ``requests(nest, desc, binding) -> key | None``,
+``build(nest, key, names) -> staged``
+    A rewrite the extractor (``extract.py``) weighs for each binding of an intrinsic whose
+    calls miss a unit stride and carry no constant factor: ``requests`` says what to change
+    (None: nothing it can do); the extractor builds it once per key, nest and matches, and
+    plans ``staged.nest`` again, without nest stages, after ``staged.copies`` (statements
+    filling the temporaries ``staged.buffers``), each match read through ``staged.match``.
+    Obligation: the copies and the new nest together compute what the nest did, and the new
+    nest's binding runs at unit stride.
+
+``calls-stage``: ``operands(desc, windows, streams) -> names``,
+``build(nest, desc, binding, tiled, operands, names, known, order) -> staged | None``
+    A rewrite of the windows of a binding's tiled calls (their divisible part), weighed by the
+    extractor against the calls as they are: ``operands`` picks the inputs to rewrite from the
+    calls' windows and ``layout.streams``; ``staged.copies`` fill ``staged.buffers`` before
+    the calls, which then read ``staged.windows``. ``build`` runs once on a copy of the names
+    to price it, again on the real names when kept; ``known`` maps what a temporary holds to
+    its name, so equal copies share one. Obligation: each call reads the values the original
+    windows held.
+
+``alternatives``: ``improve(best, search) -> best``
+    Other programs for the whole function. ``best`` (``pipeline.Choice``) is the program
+    chosen so far: function, items, their plan, Strassen levels; ``search``
+    (``pipeline.Search``) normalises (``items``) and plans (``plan``) a program as the pipeline
+    does, and carries the names in use and ``tensorize``'s options. Runs after the function is
+    planned, each family on the previous one's result; returns ``best`` or a program it found
+    cheaper by the cost model (or one the options force). Obligation: every program it
+    returns computes what ``best`` does, up to reassociation, with the NaN/Inf pattern of the
+    program as written (``finite.guard`` where a rewrite would move it).
+
+Modules that are no family: ``casts.py`` (the normal form of a body's casts, which
+``nests.as_nest`` gives every nest it forms: part of what a nest is, not a choice),
+``finite.py`` (the guard that ``matmul.py`` and ``strassen.py`` put around their rewrites),
+``matmul.py`` (matmul recognition, and the matmul algebra the ``strassen`` family offers
+under ``"auto"``), ``strassen_bench.py`` (measures where Strassen wins).
+
+The hooks are looked up when a stage runs, not when this package is imported: the rule
+modules import ``nests`` and ``match``, which import this package (``casts``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Iterable
+
+NORMALIZE = "normalize"
+RULESET = "ruleset"
+NEST_STAGE = "nest-stage"
+CALLS_STAGE = "calls-stage"
+ALTERNATIVES = "alternatives"
+
+# kind -> the hooks a family of that kind names, in this order
+KINDS = {
+    NORMALIZE: ("apply",),
+    RULESET: ("ruleset",),
+    NEST_STAGE: ("requests", "build"),
+    CALLS_STAGE: ("operands", "build"),
+    ALTERNATIVES: ("improve",),
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    """Rules of one ``kind`` (see ``KINDS``) in ``rewrite.rules.<module>``, whose attributes
+    ``hooks`` are the kind's hooks in the kind's order."""
+
+    name: str
+    kind: str
+    module: str
+    hooks: tuple[str, ...]
+    rules: str  # the rules it holds, as their docstrings name them
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS or len(self.hooks) != len(KINDS[self.kind]):
+            raise ValueError(f"rule family {self.name}: kind {self.kind!r} takes hooks "
+                             f"{KINDS.get(self.kind)}, not {self.hooks}")
+
+    def load(self) -> tuple:
+        """The hooks themselves, importing the module."""
+        module = importlib.import_module(f"{__name__}.{self.module}")
+        return tuple(getattr(module, h) for h in self.hooks)
+
+
+# The pipeline runs the families of one kind in this order.
+FAMILIES = (
+    Family("loops", NORMALIZE, "loops", ("apply",), "split-divmod, merge-reductions"),
+    Family("algebra", RULESET, "algebra", ("algebra",),
+           "comm-*, assoc-*, factor-mul, sub-as-add-neg"),
+    Family("pack-operand", NEST_STAGE, "layout", ("requests", "pack"), "pack-operand"),
+    Family("pack-panel", CALLS_STAGE, "layout", ("panel_operands", "pack_panel"), "pack-panel"),
+    Family("inline", ALTERNATIVES, "fusion", ("improve",), "inline-producer"),
+    Family("strassen", ALTERNATIVES, "strassen", ("improve",),
+           "strassen levels; under auto, matmul chains and distributivity (matmul.py)"),
+)
+
+
+def checked_off(names: Iterable[str]) -> frozenset[str]:
+    """``names`` (one name alone too) as a set of family names, or ``ValueError`` naming one
+    that is no family."""
+    off = frozenset([names] if isinstance(names, str) else names)
+    unknown = sorted(off - {f.name for f in FAMILIES})
+    if unknown:
+        raise ValueError(f"no rule family named {', '.join(unknown)} (there are: "
+                         f"{', '.join(f.name for f in FAMILIES)})")
+    return off
+
+
+def families(kind: str, off: Iterable[str] = ()) -> list[Family]:
+    """The families of ``kind`` in ``FAMILIES`` order, without those named in ``off``."""
+    if kind not in KINDS:
+        raise ValueError(f"no rule kind {kind!r} (there are: {', '.join(KINDS)})")
+    off = frozenset(off)
+    return [f for f in FAMILIES if f.kind == kind and f.name not in off]

@@ -40,7 +40,8 @@ from typing import Sequence
 
 from .. import ir
 from ..ir import Accumulate, Binary, Buffer, Compare, Const, Expr, For, Load, Stmt, Store, Var
-from ..nests import AccNest, fresh_name
+from ..names import Names
+from ..nests import AccNest
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def _column(nest: AccNest, load: Load):
 
 
 def guard(operands: Sequence[tuple[AccNest, Load]], fast: Sequence, slow: Sequence,
-          taken: set[str], allocs: list) -> list:
+          names: Names, allocs: list) -> list:
     """The items running ``fast`` when every element each ``(nest, load)`` reads over the
     nest's dims is finite, else ``slow``: ``fast`` itself when no operand is a float. The
     flag's temporary is appended to ``allocs``."""
@@ -90,9 +91,9 @@ def guard(operands: Sequence[tuple[AccNest, Load]], fast: Sequence, slow: Sequen
     zero = Const(0.0, dt)
     cols = [_column(n, ld) for n, ld in floats]
     width = max([1] + [c.extent for c in cols if c is not None])
-    flag = Buffer(fresh_name(taken, "st_fin"), dt, (width,))
+    flag = Buffer(names.numbered("st_fin"), dt, (width,))
     allocs.append(flag)
-    c = fresh_name(taken, "fin_c")
+    c = names.numbered("fin_c")
     scan: list[Stmt] = [For(c, 0, width, Store(flag, (Var(c),), zero))]
     for (nest, load), col in zip(floats, cols):
         at = Const(0, ir.INDEX) if col is None else \

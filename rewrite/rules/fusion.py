@@ -33,7 +33,7 @@ inline-producer
             C[i, j] += Ai[i, k] * B[k, j]
 
     Inlining recomputes ``e`` at every iteration of the consumer, so it is an alternative the
-    pipeline weighs with the cost model (``pipeline._inline_alternatives``): it pays when the
+    pipeline weighs with the cost model (``improve``, the ``inline`` family): it pays when the
     consumer then runs on an intrinsic (the exact u8 x i8 dot over widened operands) or when
     ``e`` is as cheap as the load it replaces, and not when an expensive ``e`` lands in a big
     reduction whose operand was a plain temporary.
@@ -263,3 +263,32 @@ def inline_producers(func_or_items: Union[PrimFunc, Sequence],
     if not dropped:
         return func_or_items
     return [as_nest(s) or s for s in out]
+
+
+# ---------------------------------------------------------------------------
+# the pipeline's hook (an ``alternatives`` family, rules/__init__.py)
+
+
+def improve(best, search):
+    """``best`` (``pipeline.Choice``) with the inlinable producers that make the program
+    cheaper by the cost model inlined: each is added in turn when it pays, then all of them
+    together are tried (two casts may pay only together). Inlining recomputes the producer's
+    value at every use, which pays when the consumer then runs on an intrinsic and not when
+    an expensive value lands in a big reduction."""
+    func = best.func
+    temps = candidates(func)
+    inlined_so_far: frozenset[str] = frozenset()
+    tried = {inlined_so_far}
+    for more in [{n} for n in temps] + [set(temps)]:
+        only = inlined_so_far | more
+        if only in tried:
+            continue
+        tried.add(only)
+        inlined = inline_producers(func, only=only)
+        if inlined is func:
+            continue
+        parts = search.items(inlined)
+        planned = search.plan(parts)
+        if planned.cost < best.planned.cost:
+            inlined_so_far, best = only, replace(best, func=inlined, parts=parts, planned=planned)
+    return best

@@ -26,10 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .. import ir
+from .. import cost, ir
 from ..affine import Affine, affine
 from ..ir import Buffer, Expr, For, Load, Stmt, Store, Var, Window
-from ..match import BodyMatch, Binding, affine_expr, slow_dims, unused_name
+from ..match import BodyMatch, Binding, affine_expr, slow_dims
+from ..names import Names
 from ..nests import AccNest, Dim
 
 # One operand to pack: the program load, and the program dims of the copy, outermost first
@@ -87,12 +88,12 @@ def requests(nest: AccNest, desc, b: Binding) -> Optional[tuple[Request, ...]]:
     return tuple(out.items()) or None
 
 
-def pack(nest: AccNest, reqs: tuple[Request, ...], taken: set[str]) -> Packing:
-    """``pack-operand`` for each request: a fresh temporary (its name added to ``taken``),
+def pack(nest: AccNest, reqs: tuple[Request, ...], names: Names) -> Packing:
+    """``pack-operand`` for each request: a fresh temporary (named from ``names``),
     the copy nest filling it, and ``nest`` reading it in place of the original load."""
     copies, buffers, loads = [], [], []
     for load, order in reqs:
-        buf = Buffer(unused_name(f"{load.buffer.name}_pack", taken), load.buffer.dtype,
+        buf = Buffer(names.fresh(f"{load.buffer.name}_pack"), load.buffer.dtype,
                      tuple(d.extent for d in order))
         idx = tuple(affine_expr(Affine(((d.name, 1),), -d.start)) for d in order)
         s: Stmt = Store(buf, idx, load)
@@ -218,20 +219,31 @@ def streams(desc, windows: dict[str, Window], inner: Optional[Dim],
     return tuple(out)
 
 
+def panel_operands(desc, windows: dict[str, Window], found: tuple[Stream, ...]) -> tuple[str, ...]:
+    """The inputs of a binding's calls that ``pack-panel`` copies, in the descriptor's order:
+    each unit-stride input whose windows lie far apart along the reduction (``found``: the
+    calls' ``streams``), and each whose ``Layout`` wants one contiguous block per call that
+    its window (in ``windows``) is not."""
+    far = {s.operand for s in found if s.unit and not s.contiguous}
+    far |= {op.name for op in desc.inputs if desc.layout.get(op.name) is not None
+            and desc.layout[op.name].contiguous and not cost.is_block(op, windows[op.name])}
+    return tuple(op.name for op in desc.inputs if op.name in far)
+
+
 def pack_panel(nest: AccNest, desc, b: Binding, tiled: dict[str, tuple[str, int, int]],
-               operands: tuple[str, ...], taken: set[str],
-               names: Optional[dict] = None, order: tuple[str, ...] = ()) -> Optional[Panel]:
+               operands: tuple[str, ...], names: Names,
+               panels: Optional[dict] = None, order: tuple[str, ...] = ()) -> Optional[Panel]:
     """``pack-panel`` for each input in ``operands`` of the calls of binding ``b`` (tiled
     as ``match.dims_after_tiling`` says): a temporary per operand, the copy filling it,
-    and the operand's window on it. A temporary is named fresh (into ``taken``) unless
-    ``names`` already holds a name for a panel of the same content. ``order``: the call
+    and the operand's window on it. A temporary is named fresh (from ``names``) unless
+    ``panels`` already holds a name for a panel of the same content. ``order``: the call
     loops, outermost first; the panel's outer axes follow it. None when an operand
     has no tiled dim, or its window on the panel would miss a unit stride."""
-    names = {} if names is None else names
+    panels = {} if panels is None else panels
     bound, loads = b.bound(), dict(b.loads)
     extent_of = {d.name: d.extent for d in desc.dims}
     dims = {d.name: d for d in nest.dims}
-    loop_names = set(dims) | {outer for outer, _, _ in tiled.values() if outer}
+    loop_names = Names(set(dims) | {outer for outer, _, _ in tiled.values() if outer})
     copies, buffers, windows = [], [], []
     for op in desc.inputs:
         if op.name not in operands:
@@ -255,13 +267,13 @@ def pack_panel(nest: AccNest, desc, b: Binding, tiled: dict[str, tuple[str, int,
         if order:  # the calls' loop order: consecutive calls read adjacent blocks
             rank = {v: k for k, v in enumerate(order)}
             axes.sort(key=lambda a: rank.get(a[0], len(rank)))
-        offsets = [unused_name(f"{p}_i", loop_names) for p, _ in inner]
+        offsets = [loop_names.fresh(f"{p}_i") for p, _ in inner]
         zero = ir.Const(0, ir.INDEX)
         content = (load, tuple((p, n, tiled[p]) for p, n in inner), tuple(middle),
                    tuple(a[0] for a in axes))
-        if content not in names:
-            names[content] = unused_name(f"{load.buffer.name}_panel", taken)
-        buf = Buffer(names[content], load.buffer.dtype,
+        if content not in panels:
+            panels[content] = names.fresh(f"{load.buffer.name}_panel")
+        buf = Buffer(panels[content], load.buffer.dtype,
                      tuple(a[2] for a in axes) + tuple(n for _, n in inner))
         # the element at (tile t, offset o) of tiled dim p is the load at p = n * t + o + start
         at = {}

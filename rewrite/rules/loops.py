@@ -39,13 +39,14 @@ from typing import Optional, Sequence
 from .. import ir
 from ..affine import Affine, affine
 from ..ir import Binary, Const, Expr, Load, Var
-from ..match import affine_expr, unused_name
+from ..match import affine_expr
+from ..names import Names
 from ..nests import AccNest, Dim
 
 
-def apply(parts: Sequence, taken: set[str]) -> list:
+def apply(parts: Sequence, names: Names) -> list:
     """``parts`` (top-level items) with the loop rules applied to its accumulate nests."""
-    out = [split_divmod(p, taken) if isinstance(p, AccNest) else p for p in parts]
+    out = [split_divmod(p, names) if isinstance(p, AccNest) else p for p in parts]
     return merge_reductions(out)
 
 
@@ -101,9 +102,10 @@ def _all_affine(nest: AccNest) -> bool:
     return all(affine(i) is not None for i in idx)
 
 
-def split_divmod(nest: AccNest, taken: set[str]) -> AccNest:
+def split_divmod(nest: AccNest, names: Names) -> AccNest:
     """``nest`` with loops split so that ``//`` and ``%`` by constants leave its indices, when
-    that makes every index affine; otherwise ``nest`` unchanged."""
+    that makes every index affine; otherwise ``nest`` unchanged. The split loops are named
+    fresh within the nest, the last pair reserved in ``names``."""
     if _all_affine(nest):
         return nest
     ranges = {d.name: (d.start, d.stop - 1) for d in nest.dims}
@@ -115,9 +117,8 @@ def split_divmod(nest: AccNest, taken: set[str]) -> AccNest:
         dim = next((d for d in current.dims if d.name == var), None)
         if dim is None or dim.start % g or dim.extent % g:
             continue
-        names = taken | {d.name for d in current.dims}
-        outer = unused_name(f"{var}_o", names)
-        inner = unused_name(f"{var}_i", names)
+        within = names.copy(d.name for d in current.dims)
+        outer, inner = within.fresh(f"{var}_o"), within.fresh(f"{var}_i")
         value = {var: Binary("+", Binary("*", Const(g, ir.INDEX), Var(outer)), Var(inner))}
         dims: list[Dim] = []
         for d in current.dims:
@@ -129,7 +130,8 @@ def split_divmod(nest: AccNest, taken: set[str]) -> AccNest:
 
         current = _rewritten(current, tuple(dims), rewrite)
         if _all_affine(current):
-            taken |= {outer, inner}
+            names.reserve(outer)
+            names.reserve(inner)
             return current
     return nest
 

@@ -27,7 +27,8 @@ from typing import Optional
 from .. import ir
 from ..affine import affine
 from ..ir import Binary, Const, Expr, Load, Unary, Var
-from ..nests import AccNest, Dim, fresh_name
+from ..names import Names
+from ..nests import AccNest, Dim
 from . import finite
 
 # An index position: (dim name or None, constant offset).
@@ -239,7 +240,7 @@ def _touches(p, name: str) -> tuple[bool, bool]:
     return reads, writes
 
 
-def _chain(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternative]:
+def _chain(func: ir.PrimFunc, parts: list, names: Names) -> list[Alternative]:
     """``T = A @ B; D += T @ C``  ->  ``U = B @ C; D += A @ U`` (and ``D += X @ T`` ->
     ``U = X @ A; D += U @ B``), when that takes fewer multiply-adds.
 
@@ -266,8 +267,8 @@ def _chain(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternative]
         second = mms.get(q2)
         if second is None or not _plain(second) or second.c.buffer.name == t.name:
             continue
-        names = {b.name for mm in (first, second) for b in (mm.a.buffer, mm.b.buffer)} - {t.name}
-        if names & set(func.written):
+        operands = {b.name for mm in (first, second) for b in (mm.a.buffer, mm.b.buffer)} - {t.name}
+        if operands & set(func.written):
             continue
         M, K, N = first.m.extent, first.k.extent, first.n.extent
         if second.a.buffer.name == t.name and second.a.slots == ((second.m.name, 0), (second.k.name, 0)):
@@ -275,7 +276,7 @@ def _chain(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternative]
             L = second.n.extent
             if K * N * L + M * K * L >= M * K * N + M * N * L:
                 continue
-            u = Access(ir.Buffer(fresh_name(taken, "mm_U"), t.dtype, (K, L)), (("i", 0), ("j", 0)))
+            u = Access(ir.Buffer(names.numbered("mm_U"), t.dtype, (K, L)), (("i", 0), ("j", 0)))
             b_in_u = first.b.renamed({first.k.name: "i", first.n.name: "k"})
             c_in_u = second.b.renamed({second.k.name: "k", second.n.name: "j"})
             make_u = build(u, b_in_u, c_in_u, K, L, N, first.scale)
@@ -288,7 +289,7 @@ def _chain(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternative]
             L = second.m.extent
             if L * M * K + L * K * N >= M * K * N + L * M * N:
                 continue
-            u = Access(ir.Buffer(fresh_name(taken, "mm_U"), t.dtype, (L, K)), (("i", 0), ("j", 0)))
+            u = Access(ir.Buffer(names.numbered("mm_U"), t.dtype, (L, K)), (("i", 0), ("j", 0)))
             x_in_u = second.a.renamed({second.m.name: "i", second.k.name: "k"})
             a_in_u = first.a.renamed({first.m.name: "k", first.k.name: "j"})
             make_u = build(u, x_in_u, a_in_u, L, K, M, first.scale)
@@ -308,12 +309,12 @@ def _chain(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternative]
         allocs = [u.buffer]
         block = finite.guard([(first.nest, first.a.load()), (first.nest, first.b.load()),
                               (second.nest, other.load())], [zero, make_u, new],
-                             [parts[inits[0]], parts[q1], parts[q2]], taken, allocs)
+                             [parts[inits[0]], parts[q1], parts[q2]], names, allocs)
         out.append(Alternative(rest[:at] + block + rest[at:], allocs, note))
     return out
 
 
-def _distribute(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternative]:
+def _distribute(func: ir.PrimFunc, parts: list, names: Names) -> list[Alternative]:
     """``C += A @ B1; C += A @ B2``  ->  ``S = B1 + B2; C += A @ S`` (and a shared right
     operand: ``(A1 + A2) @ B``), for two adjacent nests.
 
@@ -342,14 +343,14 @@ def _distribute(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alterna
         dt = x.dtype
         if x.a.renamed(rx) == y.a.renamed(ry):
             shared = x.a.renamed(rx)
-            s = Access(ir.Buffer(fresh_name(taken, "mm_S"), dt, (K, N)), (("k", 0), ("j", 0)))
+            s = Access(ir.Buffer(names.numbered("mm_S"), dt, (K, N)), (("k", 0), ("j", 0)))
             fill = ir.For("k", 0, K, ir.For("j", 0, N, ir.Store(
                 s.buffer, s.indices(), Binary("+", x.b.renamed(rx).load(), y.b.renamed(ry).load()))))
             new = build(x.c.renamed(rx), shared, s, M, N, K, x.scale)
             note = "A @ B1 + A @ B2 -> A @ (B1 + B2)"
         elif x.b.renamed(rx) == y.b.renamed(ry):
             shared = x.b.renamed(rx)
-            s = Access(ir.Buffer(fresh_name(taken, "mm_S"), dt, (M, K)), (("i", 0), ("k", 0)))
+            s = Access(ir.Buffer(names.numbered("mm_S"), dt, (M, K)), (("i", 0), ("k", 0)))
             fill = ir.For("i", 0, M, ir.For("k", 0, K, ir.Store(
                 s.buffer, s.indices(), Binary("+", x.a.renamed(rx).load(), y.a.renamed(ry).load()))))
             new = build(x.c.renamed(rx), s, shared, M, N, K, x.scale)
@@ -360,12 +361,12 @@ def _distribute(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alterna
         # the shared operand is finite (finite.py); for a finite ``a`` the two agree on NaN/Inf
         allocs = [s.buffer]
         block = finite.guard([(p1, (x.a if shared == x.a.renamed(rx) else x.b).load())],
-                             [fill, new], [p1, p2], taken, allocs)
+                             [fill, new], [p1, p2], names, allocs)
         out.append(Alternative(list(parts[:q]) + block + list(parts[q + 2:]), allocs, note))
     return out
 
 
-def transposes(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternative]:
+def transposes(func: ir.PrimFunc, parts: list, names: Names) -> list[Alternative]:
     """``C[i, j] += A[i, k] * B[j, k]``  ->  ``Bt[k, j] = B[j, k]; C[i, j] += A[i, k] * Bt[k, j]``
     (and ``A[k, i]`` into ``At[i, k]``): the operand copied once into the layout whose last index
     the intrinsics step along with unit stride. Sound: a copy read in place of the original,
@@ -383,12 +384,12 @@ def transposes(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternat
         M, N, K = mm.m.extent, mm.n.extent, mm.k.extent
         dims = [v for v, _ in b.slots if v is not None]
         if dims[-1] == "k":  # B read as B[j, k]
-            t = Access(ir.Buffer(fresh_name(taken, "mm_Bt"), mm.dtype, (K, N)), (("k", 0), ("j", 0)))
+            t = Access(ir.Buffer(names.numbered("mm_Bt"), mm.dtype, (K, N)), (("k", 0), ("j", 0)))
             fill = ir.For("k", 0, K, ir.For("j", 0, N, ir.Store(t.buffer, t.indices(), b.load())))
             new = build(c, a, t, M, N, K, mm.scale)
             note = "B read as B[j, k] -> copied to Bt[k, j]"
         elif [v for v, _ in a.slots if v is not None][-1] == "i":  # A read as A[k, i]
-            t = Access(ir.Buffer(fresh_name(taken, "mm_At"), mm.dtype, (M, K)), (("i", 0), ("k", 0)))
+            t = Access(ir.Buffer(names.numbered("mm_At"), mm.dtype, (M, K)), (("i", 0), ("k", 0)))
             fill = ir.For("i", 0, M, ir.For("k", 0, K, ir.Store(t.buffer, t.indices(), a.load())))
             new = build(c, t, b, M, N, K, mm.scale)
             note = "A read as A[k, i] -> copied to At[i, k]"
@@ -398,9 +399,9 @@ def transposes(func: ir.PrimFunc, parts: list, taken: set[str]) -> list[Alternat
     return out
 
 
-def alternatives(func: ir.PrimFunc, parts, taken: set[str]) -> list[Alternative]:
+def alternatives(func: ir.PrimFunc, parts, names: Names) -> list[Alternative]:
     """Programs equivalent to ``parts`` by one matmul-algebra rewrite each: reassociated
     chains (``_chain``) and factored sums of products (``_distribute``). Each has
     ``levels == 0``; the pipeline plans it and keeps it when the cost model says it is cheaper."""
     parts = list(parts)
-    return _chain(func, parts, taken) + _distribute(func, parts, taken)
+    return _chain(func, parts, names) + _distribute(func, parts, names)

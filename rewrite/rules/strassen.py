@@ -26,8 +26,10 @@ the product as written leaves finite (one NaN in ``A[0, 0]`` makes two block row
 so on floats the levels run behind a scan of ``A`` and ``B`` (``finite.guard``) and the product
 as written runs when one of their elements is NaN or Inf.
 
-``alternatives(func, parts, mode, taken)`` is the pipeline's hook; it also offers the matmul
-algebra rewrites of ``matmul.alternatives`` (as programs with 0 levels) under ``"auto"``.
+``improve(best, search)`` is the pipeline's hook (the ``strassen`` family of kind
+``alternatives``, ``rules/__init__.py``): it plans each program ``alternatives`` offers, which
+under ``"auto"`` include the matmul algebra rewrites of ``matmul.alternatives`` (as programs
+with 0 levels).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Optional, Sequence, Union
 
 from .. import ir
 from ..ir import Accumulate, Binary, Buffer, Const, Expr, For, Load, Store
+from ..names import Names
 from ..nests import AccNest, Dim
 from . import finite, matmul
 from .matmul import Access, MatMul, recognize
@@ -101,19 +104,6 @@ class Alternative:
 
 
 # ---------------------------------------------------------------------------
-# naming
-
-
-def _fresh(taken: set[str], base: str) -> str:
-    k = 0
-    while f"{base}_{k}" in taken:
-        k += 1
-    name = f"{base}_{k}"
-    taken.add(name)
-    return name
-
-
-# ---------------------------------------------------------------------------
 # one level
 
 
@@ -161,7 +151,7 @@ def _sum(terms: list[tuple[int, Expr]]) -> Expr:
     return e
 
 
-def strassen(mm: MatMul, levels: int, taken: set[str], min_block: int, out: _Out, depth: int = 1) -> None:
+def strassen(mm: MatMul, levels: int, names: Names, min_block: int, out: _Out, depth: int = 1) -> None:
     """Append to ``out`` the items computing ``mm.nest`` with ``levels`` Strassen levels (fewer
     where blocks would fall under ``min_block``)."""
     nest = mm.nest
@@ -184,7 +174,7 @@ def strassen(mm: MatMul, levels: int, taken: set[str], min_block: int, out: _Out
         return tuple(ds[nm] for nm in order if nm in ds)
 
     def temp(kind: str, rows: tuple[str, int], cols: tuple[str, int]) -> Access:
-        buf = Buffer(_fresh(taken, f"st_{kind}"), dt, tuple(d.extent for d in batch) + (rows[1], cols[1]))
+        buf = Buffer(names.numbered(f"st_{kind}"), dt, tuple(d.extent for d in batch) + (rows[1], cols[1]))
         out.allocs.append(buf)
         return Access(buf, tuple((d.name, 0) for d in batch) + ((rows[0], 0), (cols[0], 0)))
 
@@ -215,7 +205,7 @@ def strassen(mm: MatMul, levels: int, taken: set[str], min_block: int, out: _Out
                       matmul.product(mm.scale, x, y))
         sub_mm = recognize(sub)
         assert sub_mm is not None, "a Strassen product is a matmul by construction"
-        strassen(sub_mm, levels - 1, taken, min_block, out, depth + 1)
+        strassen(sub_mm, levels - 1, names, min_block, out, depth + 1)
         products.append(p)
     for (r, c), terms in _C.items():
         shift = dict(bshift)
@@ -257,7 +247,7 @@ def products(parts: Sequence, levels: int, min_block: int, only: Optional[set[in
                if (only is None or q in only) and max_levels(mm, min_block) >= 1)
 
 
-def rewrite(parts: Sequence, levels: int, taken: set[str], min_block: int,
+def rewrite(parts: Sequence, levels: int, names: Names, min_block: int,
             only: Optional[set[int]] = None) -> Optional[Alternative]:
     """``parts`` with ``levels`` Strassen levels on every matmul nest (or those in ``only``),
     or None when no nest admits a level."""
@@ -271,12 +261,12 @@ def rewrite(parts: Sequence, levels: int, taken: set[str], min_block: int,
             continue
         applied = True
         one = _Out()
-        strassen(mm, levels, taken, min_block, one)
+        strassen(mm, levels, names, min_block, one)
         out.allocs += one.allocs
         out.addition_elements += one.addition_elements
         out.depth = max(out.depth, one.depth)
         # Strassen's sums spread a NaN or Inf over other blocks: only on finite operands
-        out.parts += finite.guard([(p, mm.a.load()), (p, mm.b.load())], one.parts, [p], taken,
+        out.parts += finite.guard([(p, mm.a.load()), (p, mm.b.load())], one.parts, [p], names,
                                   out.allocs)
     if not applied:
         return None
@@ -284,7 +274,7 @@ def rewrite(parts: Sequence, levels: int, taken: set[str], min_block: int,
                        f"{levels} Strassen level(s)", out.depth)
 
 
-def alternatives(func: ir.PrimFunc, parts: Sequence, mode: Union[str, int], taken: set[str],
+def alternatives(func: ir.PrimFunc, parts: Sequence, mode: Union[str, int], names: Names,
                  max_products: Optional[int] = None) -> list:
     """Programs equivalent to ``parts`` with Strassen levels applied: levels 1.. as blocks allow
     (``AUTO_MIN_BLOCK``) under ``"auto"``, exactly ``mode`` levels when it is an int. Under
@@ -301,19 +291,36 @@ def alternatives(func: ir.PrimFunc, parts: Sequence, mode: Union[str, int], take
         if max_products is not None and need > max_products:
             raise BudgetError(f"{mode} Strassen level(s) make {need:,} matmul products",
                               "strassen-products", max_products)
-        alt = rewrite(parts, mode, taken, FORCED_MIN_BLOCK)
+        alt = rewrite(parts, mode, names, FORCED_MIN_BLOCK)
         return [] if alt is None else [alt]
-    out = list(matmul.alternatives(func, parts, taken))
+    out = list(matmul.alternatives(func, parts, names))
     mms = _matmuls(parts)
     top = max([max_levels(mm, AUTO_MIN_BLOCK) for mm in mms.values()], default=0)
     for lv in range(1, min(top, MAX_AUTO_LEVELS) + 1):
         ok = {q for q, mm in mms.items() if max_levels(mm, AUTO_MIN_BLOCK) >= lv}
         if max_products is not None and products(parts, lv, AUTO_MIN_BLOCK, ok) > max_products:
             break
-        alt = rewrite(parts, lv, taken, AUTO_MIN_BLOCK, only=ok)
+        alt = rewrite(parts, lv, names, AUTO_MIN_BLOCK, only=ok)
         if alt is not None:
             out.append(alt)
     return out
+
+
+def improve(best, search):
+    """``best`` (``pipeline.Choice``), or the cheapest of the programs ``alternatives`` offers
+    for it under ``search.strassen`` when cheaper (``"auto"``); a forced level count takes
+    the program with that many levels whatever it costs."""
+    mode = search.strassen
+    for alt in alternatives(best.func, best.parts, mode, search.names,
+                            search.budgets.strassen_products):
+        planned = search.plan(alt.parts)
+        planned.allocs = list(alt.allocs) + planned.allocs
+        planned.cost += getattr(alt, "extra_cost", 0.0)
+        forced = isinstance(mode, int) and alt.levels == mode
+        if forced or (mode == "auto" and planned.cost < best.planned.cost):
+            best = replace(best, planned=planned,
+                           strassen_levels=getattr(alt, "applied_levels", alt.levels))
+    return best
 
 
 def error_factor(levels: int) -> float:

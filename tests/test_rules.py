@@ -1,0 +1,57 @@
+"""The rule families (rewrite/rules/__init__.py): each kind documented, every family's hooks
+load, and ``rules_off`` leaves a family out of the program chosen."""
+
+from pathlib import Path
+
+import pytest
+
+import intrinsics
+from rewrite import rules
+from rewrite.pipeline import tensorize
+from rewrite.script import parse_file, show
+
+GOLDEN = Path(__file__).parent / "golden"
+ROWS = [d for d in intrinsics.library("x86-avx2") if d.name in (
+    "x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4")]
+
+
+def _golden(name: str):
+    (func,) = parse_file(GOLDEN / f"{name}.py").values()
+    return func
+
+
+@pytest.mark.parametrize("family", rules.FAMILIES, ids=[f.name for f in rules.FAMILIES])
+def test_every_family_is_of_a_documented_kind_and_its_hooks_load(family):
+    assert f"``{family.kind}``: " in rules.__doc__
+    hooks = family.load()
+    assert len(hooks) == len(rules.KINDS[family.kind])
+    assert all(callable(h) for h in hooks) or family.kind == rules.RULESET
+
+
+def test_family_names_are_unique():
+    names = [f.name for f in rules.FAMILIES]
+    assert len(set(names)) == len(names)
+
+
+def test_an_unknown_family_is_refused_by_name():
+    with pytest.raises(ValueError, match="no rule family named strasen"):
+        tensorize(_golden("matmul_chain"), ROWS, rules_off=["strasen"])
+
+
+def test_strassen_off_as_a_family_is_the_strassen_option_off():
+    func = _golden("matmul_chain")
+    auto = show(tensorize(func, ROWS).func)
+    off = show(tensorize(func, ROWS, strassen="off").func)
+    assert auto != off  # the chain is reassociated under "auto" (the family's matmul algebra)
+    assert show(tensorize(func, ROWS, rules_off=("strassen",)).func) == off
+
+
+def test_inline_off_keeps_the_widened_temporaries():
+    func = _golden("inline_cast")
+    assert "Ai" not in show(tensorize(func, ROWS).func)
+    assert "Ai" in show(tensorize(func, ROWS, rules_off=("inline",)).func)
+
+
+def test_without_rulesets_the_bodies_are_matched_as_written():
+    r = tensorize(_golden("swapped_operands"), ROWS, in_process=True, rules_off=("algebra",))
+    assert (r.saturation.iterations, r.saturation.stop_reason) == (0, "saturated")
