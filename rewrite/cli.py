@@ -559,11 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="measure each native intrinsic's throughput against the FMA peak")
     intr.set_defaults(handler=cmd_intrinsics)
 
-    from . import fuzzing
+    from .fuzz import properties
 
     fuzz = sub.add_parser("fuzz", help="fuzz matcher completeness and soundness with hypothesis")
-    fuzzing.add_arguments(fuzz)
-    fuzz.set_defaults(handler=fuzzing.main)
+    properties.add_arguments(fuzz)
+    fuzz.set_defaults(handler=properties.main)
 
     bench = sub.add_parser("bench", help="time compiled functions against numpy")
     bench.add_argument("paths", nargs="+", metavar="PATH")
