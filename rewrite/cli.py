@@ -356,7 +356,9 @@ def cmd_intrinsics(args: argparse.Namespace) -> int:
         raise BadInput(str(e)) from None
     if args.bench:
         names = [d.name for d in intrinsics.library(args.target) if d.native]
-        print(intrinsics.bench.format_rows(intrinsics.bench.throughput(names)))
+        from .tools import intrinsic_bench
+
+        print(intrinsic_bench.format_rows(intrinsic_bench.throughput(names)))
     else:
         print(intrinsics.describe(args.target))
     return 0
@@ -421,7 +423,7 @@ def _writable(path: Optional[str], what: str) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
+    from .tools import bench
 
     _writable(args.json, "results")
     _writable(args.plot, "plot")

@@ -12,7 +12,7 @@ from rewrite import interp, ir, lower, nests, runtime
 from rewrite.pipeline import tensorize
 from rewrite.rules import matmul, strassen
 from rewrite.rules.finite import Guarded
-from rewrite.rules.strassen_bench import matmul_source
+from rewrite.tools.strassen_bench import matmul_source
 from rewrite.script import parse, parse_file
 
 AVX2 = intrinsics.library("x86-avx2")

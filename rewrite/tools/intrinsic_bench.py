@@ -1,7 +1,8 @@
 """Throughput of the native intrinsics, each in a tight compiled loop over L1-resident data.
 
-    rows = intrinsics.bench.throughput()      # every intrinsic this CPU runs natively
-    print(intrinsics.bench.format_rows(rows))
+    from rewrite.tools import intrinsic_bench
+    rows = intrinsic_bench.throughput()      # every intrinsic this CPU runs natively
+    print(intrinsic_bench.format_rows(rows))
 
 Intrinsics with a reduction dimension run as a micro-kernel: the output is loaded once,
 kept in registers through ``steps`` consecutive calls along the reduction (inputs advancing,
@@ -19,11 +20,11 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from rewrite import codegen
-from rewrite.ir import is_float, numpy_dtype
+from intrinsics.base import Intrinsic, get, library
+from intrinsics.emit import jit, kloop_function, new_symbol
 
-from .base import Intrinsic, get, library
-from .emit import jit, kloop_function, new_symbol
+from .. import codegen
+from ..ir import is_float, numpy_dtype
 
 # Peak: 16 independent chains of FMAs on this CPU's widest float vectors (16 lanes with
 # AVX-512F, 8 with AVX2), in a loop with no loads, measured once per process. Integer work is
@@ -39,7 +40,7 @@ def peak_gflops() -> float:
     if _peak is None:
         from llvmlite import ir
 
-        from .base import host_features
+        from intrinsics.base import host_features
 
         lanes = 16 if "avx512f" in host_features() else 8
         vec = ir.VectorType(ir.FloatType(), lanes)

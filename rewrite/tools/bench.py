@@ -23,10 +23,10 @@ from typing import Callable, Iterable, Optional, Union
 
 import numpy as np
 
-from . import runtime
-from .ir import (Accumulate, Binary, Buffer, Call, Cast, Const, Expr, For, If, Load, PrimFunc, Seq,
+from .. import runtime
+from ..ir import (Accumulate, Binary, Buffer, Call, Cast, Const, Expr, For, If, Load, PrimFunc, Seq,
                  Stmt, Store, Var, is_float, numpy_dtype)
-from .lower import op_count
+from ..lower import op_count
 
 Progress = Callable[[int, int, str], None]  # (functions done, total, name of the next one)
 
@@ -69,7 +69,7 @@ def bench(funcs: Iterable[Union[PrimFunc, tuple]], threads: Optional[int] = None
 def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int] = None,
               min_runs: int = 20, target_seconds: float = 0.3,
               chosen: Optional[PrimFunc] = None, onnxruntime: bool = False) -> BenchResult:
-    from .interp import random_args
+    from ..interp import random_args
 
     t0 = time.perf_counter()
     kernel = runtime.compile(chosen if chosen is not None else func, threads=threads)
@@ -439,13 +439,13 @@ def format_table(results: list[BenchResult]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """``python -m rewrite.bench FILE... [--threads N]``: the table for quick measurements
+    """``python -m rewrite.tools.bench FILE... [--threads N]``: the table for quick measurements
     (the ``tensorize bench`` command is the full interface)."""
     import argparse
 
-    from .script import parse_file
+    from ..script import parse_file
 
-    parser = argparse.ArgumentParser(prog="python -m rewrite.bench")
+    parser = argparse.ArgumentParser(prog="python -m rewrite.tools.bench")
     parser.add_argument("paths", nargs="+")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--func", default=None)
