@@ -1,5 +1,5 @@
 """Square f32 matmuls with 0, 1 and 2 Strassen levels side by side, and where Strassen starts
-to win on this machine.
+to win on this machine. Each program is timed as ``tensorize bench`` times one (``bench.bench``).
 
     python -m rewrite.tools.strassen_bench [--sizes 128,256,512,1024,2048] [--threads 1]
 """
