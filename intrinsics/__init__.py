@@ -14,9 +14,8 @@ from .emit import (CompiledIntrinsic, Emitter, Emulated, LlvmText, Ref, compile_
                    emitter_of)
 from . import x86  # noqa: E402,F401 - registers the built-in library, x86 first
 from . import arm, nvidia  # noqa: E402,F401
-from . import bench  # noqa: F401
 
 __all__ = ["TARGETS", "Intrinsic", "IntrinsicError", "IterDim", "Layout", "Operand", "all",
            "describe", "generation", "get", "host_features", "intrinsic", "library",
            "load_file", "register", "unregister", "CompiledIntrinsic", "Emitter", "Emulated",
-           "LlvmText", "Ref", "compile_intrinsic", "emitter_of", "bench"]
+           "LlvmText", "Ref", "compile_intrinsic", "emitter_of"]

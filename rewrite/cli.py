@@ -359,7 +359,9 @@ def cmd_intrinsics(args: argparse.Namespace) -> int:
         raise BadInput(str(e)) from None
     if args.bench:
         names = [d.name for d in intrinsics.library(args.target) if d.native]
-        print(intrinsics.bench.format_rows(intrinsics.bench.throughput(names)))
+        from .tools import intrinsic_bench
+
+        print(intrinsic_bench.format_rows(intrinsic_bench.throughput(names)))
     else:
         print(intrinsics.describe(args.target))
     return 0
@@ -424,7 +426,7 @@ def _writable(path: Optional[str], what: str) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
+    from .tools import bench
 
     _writable(args.json, "results")
     _writable(args.plot, "plot")
@@ -562,11 +564,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="measure each native intrinsic's throughput against the FMA peak")
     intr.set_defaults(handler=cmd_intrinsics)
 
-    from . import fuzzing
+    from .fuzz import properties
 
     fuzz = sub.add_parser("fuzz", help="fuzz matcher completeness and soundness with hypothesis")
-    fuzzing.add_arguments(fuzz)
-    fuzz.set_defaults(handler=fuzzing.main)
+    properties.add_arguments(fuzz)
+    fuzz.set_defaults(handler=properties.main)
 
     bench = sub.add_parser("bench", help="time compiled functions against numpy")
     bench.add_argument("paths", nargs="+", metavar="PATH")

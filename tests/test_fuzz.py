@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import intrinsics
-from rewrite import extract, fuzzing, match, nests
-from rewrite.fuzz import could_fit, disguised, near_misses
+from rewrite import extract, match, nests
+from rewrite.fuzz import could_fit, disguised, near_misses, properties
 from rewrite.ir import Accumulate, Binary, Load
 from rewrite.script import parse
 from rewrite.verify import verify
@@ -35,13 +35,13 @@ def user_intrinsic():
 
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_properties_hold_for_built_in(name):
-    out = fuzzing.fuzz_intrinsic(intrinsics.get(name), EXAMPLES)
+    out = properties.fuzz_intrinsic(intrinsics.get(name), EXAMPLES)
     assert out.failure is None, out.failure.text()
     assert out.examples == EXAMPLES
 
 
 def test_properties_hold_for_a_semantics_only_user_intrinsic(user_intrinsic):
-    out = fuzzing.fuzz_intrinsic(user_intrinsic, EXAMPLES)
+    out = properties.fuzz_intrinsic(user_intrinsic, EXAMPLES)
     assert out.failure is None, out.failure.text()
     assert out.examples == EXAMPLES
 
@@ -121,7 +121,7 @@ def test_could_fit_refuses_other_dtypes():
 def test_catches_dropped_remainders(monkeypatch):
     """Without the remainder nests, extents that do not divide lose iterations."""
     monkeypatch.setattr(extract, "remainders", lambda nest, binding, desc: [])
-    out = fuzzing.fuzz_intrinsic(intrinsics.get("x86.mm.f32.6x16x1"), 40, shrink=False)
+    out = properties.fuzz_intrinsic(intrinsics.get("x86.mm.f32.6x16x1"), 40, shrink=False)
     assert out.failure is not None
     assert out.failure.prop == "soundness"
 
@@ -138,7 +138,7 @@ def _sloppy_as_accumulate(s):
 
 def test_catches_a_dependence_ignored(monkeypatch):
     monkeypatch.setattr(nests, "_as_accumulate", _sloppy_as_accumulate)
-    out = fuzzing.fuzz_intrinsic(intrinsics.get("x86.fma.f32x8"), 100, shrink=False)
+    out = properties.fuzz_intrinsic(intrinsics.get("x86.fma.f32x8"), 100, shrink=False)
     assert out.failure is not None
     assert out.failure.prop in ("no match", "soundness")
     assert out.failure.case.kind == "near miss"
@@ -159,7 +159,7 @@ def test_catches_a_binding_check_skipped(monkeypatch):
     _without_line(monkeypatch, match, "_check",
                   "            if p is not None and it not in op.dims and any(_coef_vector(ms, p)):\n"
                   "                return None\n", "            pass\n")
-    out = fuzzing.fuzz_intrinsic(intrinsics.get("x86.mm.f32.6x16x1"), 60, shrink=False)
+    out = properties.fuzz_intrinsic(intrinsics.get("x86.mm.f32.6x16x1"), 60, shrink=False)
     assert out.failure is not None
     assert out.failure.prop in ("no match", "soundness")
 
@@ -167,9 +167,9 @@ def test_catches_a_binding_check_skipped(monkeypatch):
 def test_cli_main_reports_a_planted_bug(monkeypatch, capsys):
     monkeypatch.setattr(extract, "remainders", lambda nest, binding, desc: [])
     parser = argparse.ArgumentParser()
-    fuzzing.add_arguments(parser)
+    properties.add_arguments(parser)
     args = parser.parse_args(["--intrinsic", "x86.axpy.f32x8", "--examples", "30"])
-    assert fuzzing.main(args) == 1
+    assert properties.main(args) == 1
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].endswith(" examples, 1 intrinsics, 1 failures")
     assert any(line.startswith("FAILED soundness") for line in out)
@@ -178,9 +178,9 @@ def test_cli_main_reports_a_planted_bug(monkeypatch, capsys):
 
 def test_cli_main_summary_when_all_hold(capsys):
     parser = argparse.ArgumentParser()
-    fuzzing.add_arguments(parser)
+    properties.add_arguments(parser)
     args = parser.parse_args(["--intrinsic", "x86.fma.f32x8", "--examples", "5"])
-    assert fuzzing.main(args) == 0
+    assert properties.main(args) == 0
     captured = capsys.readouterr()
     assert captured.out.strip().splitlines()[-1] == "5 examples, 1 intrinsics, 0 failures"
     assert "x86.fma.f32x8: 5 examples" in captured.err

@@ -27,6 +27,7 @@ from rewrite import codegen, emitter, target
 from rewrite.interp import run
 from rewrite.ir import is_float, numpy_dtype
 from rewrite.script import ScriptError, f32, grid, i16, i64  # noqa: F401 - read by the parser
+from rewrite.tools import intrinsic_bench
 
 X86_AVX2 = ["x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4"]
 X86_AVX2 += ["x86.gemv.f32.4x8", "x86.mm.u8i8i32.2x16x4"]
@@ -626,12 +627,12 @@ def test_callable_refuses_strides_that_split_elements():
 
 @needs_avx2
 def test_throughput_rows():
-    rows = intrinsics.bench.throughput(["x86.mm.f32.6x16x1", "x86.fma.f32x8"], runs=1,
-                                       target_seconds=0.005)
+    rows = intrinsic_bench.throughput(["x86.mm.f32.6x16x1", "x86.fma.f32x8"], runs=1,
+                                      target_seconds=0.005)
     assert [r.name for r in rows] == ["x86.mm.f32.6x16x1", "x86.fma.f32x8"]
     assert rows[0].mode == "k-loop" and rows[1].mode == "stream"
     assert all(r.gops > 0 and r.unit == "GFLOP/s" for r in rows)
-    text = intrinsics.bench.format_rows(rows)
+    text = intrinsic_bench.format_rows(rows)
     assert "x86.mm.f32.6x16x1" in text and "%" in text
 
 
@@ -647,4 +648,4 @@ def test_lambda_semantics_are_refused():
 
 def test_throughput_refuses_emulated():
     with pytest.raises(ValueError, match="no native implementation"):
-        intrinsics.bench.throughput(["nvidia.mma.f16f32.16x8x16"])
+        intrinsic_bench.throughput(["nvidia.mma.f16f32.16x8x16"])

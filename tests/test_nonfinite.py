@@ -21,7 +21,7 @@ from rewrite.names import Names
 from rewrite.pipeline import tensorize
 from rewrite.rules import algebra, loops, strassen
 from rewrite.rules.finite import Guarded
-from rewrite.rules.strassen_bench import matmul_source
+from rewrite.tools.strassen_bench import matmul_source
 from rewrite.script import parse, parse_file
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rewrite import bench, runtime
+from rewrite import runtime
 from rewrite.interp import random_args, run
 from rewrite.ir import For
 from rewrite.script import parse, parse_file
+from rewrite.tools import bench
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
 

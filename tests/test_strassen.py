@@ -13,7 +13,7 @@ from rewrite.names import Names
 from rewrite.pipeline import tensorize
 from rewrite.rules import matmul, strassen
 from rewrite.rules.finite import Guarded
-from rewrite.rules.strassen_bench import matmul_source
+from rewrite.tools.strassen_bench import matmul_source
 from rewrite.script import parse, parse_file
 
 AVX2 = intrinsics.library("x86-avx2")

@@ -1,7 +1,8 @@
 """Throughput of the native intrinsics, each in a tight compiled loop over L1-resident data.
 
-    rows = intrinsics.bench.throughput()      # every intrinsic this CPU runs natively
-    print(intrinsics.bench.format_rows(rows))
+    from rewrite.tools import intrinsic_bench
+    rows = intrinsic_bench.throughput()      # every intrinsic this CPU runs natively
+    print(intrinsic_bench.format_rows(rows))
 
 Intrinsics with a reduction dimension run as a micro-kernel: the output is loaded once,
 kept in registers through ``steps`` consecutive calls along the reduction (inputs advancing,
@@ -13,18 +14,18 @@ storing its output. Figures are per core, against the FMA peak measured on this 
 from __future__ import annotations
 
 import ctypes
-import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import numpy as np
 
-from rewrite import codegen
-from rewrite.emitter import kloop_function
-from rewrite.ir import is_float, numpy_dtype
+from intrinsics.base import Intrinsic, get, library
+from intrinsics.emit import jit_module as jit, new_symbol
 
-from .base import Intrinsic, get, library
-from .emit import jit_module as jit, new_symbol
+from .. import codegen
+from ..emitter import kloop_function
+from ..ir import is_float, numpy_dtype
+from .timing import best_of, rate, time_once
 
 # Peak: 16 independent chains of FMAs on this CPU's widest float vectors (16 lanes with
 # AVX-512F, 8 with AVX2), in a loop with no loads, measured once per process. Integer work is
@@ -40,7 +41,7 @@ def peak_gflops() -> float:
     if _peak is None:
         from llvmlite import ir
 
-        from .base import host_features
+        from intrinsics.base import host_features
 
         lanes = 16 if "avx512f" in host_features() else 8
         vec = ir.VectorType(ir.FloatType(), lanes)
@@ -76,12 +77,8 @@ def peak_gflops() -> float:
         run = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(address)
         buf = np.full(lanes, 0.5, np.float32)
         iterations = 1 << 20
-        best = float("inf")
-        for _ in range(5):
-            t0 = time.perf_counter()
-            run(buf.ctypes.data, iterations)
-            best = min(best, time.perf_counter() - t0)
-        _peak = iterations * _CHAINS * lanes * 2 / best / 1e9
+        best = best_of(lambda: run(buf.ctypes.data, iterations), 5)
+        _peak = rate(iterations * _CHAINS * lanes * 2, best)
     return _peak
 
 _STEPS = 256  # consecutive calls per repeat; every operand's data stays within 32 KB of L1
@@ -145,18 +142,12 @@ def _measure(desc: Intrinsic, runs: int, target_seconds: float) -> Row:
     pointers = (ctypes.c_void_p * len(arrays))(*(a.ctypes.data for a in arrays))
     repeats = 1
     while True:  # grow the repeat count until one run is long enough to time
-        t0 = time.perf_counter()
-        kernel(pointers, _STEPS, repeats)
-        elapsed = time.perf_counter() - t0
+        elapsed = time_once(lambda: kernel(pointers, _STEPS, repeats))
         if elapsed >= target_seconds or repeats >= 1 << 30:
             break
         repeats *= 2 if elapsed <= 0 else max(2, min(64, int(target_seconds / elapsed) + 1))
-    best = elapsed
-    for _ in range(runs - 1):
-        t0 = time.perf_counter()
-        kernel(pointers, _STEPS, repeats)
-        best = min(best, time.perf_counter() - t0)
-    gops = desc.ops * _STEPS * repeats / best / 1e9
+    best = min(elapsed, best_of(lambda: kernel(pointers, _STEPS, repeats), runs - 1))
+    gops = rate(desc.ops * _STEPS * repeats, best)
     unit = "GFLOP/s" if is_float(desc.output.dtype) else "GOP/s"
     return Row(desc.name, "k-loop" if keep_acc else "stream", gops, unit, gops / peak_gflops(), best)
 

@@ -1,7 +1,7 @@
 """Square f32 matmuls with 0, 1 and 2 Strassen levels side by side, and where Strassen starts
-to win on this machine.
+to win on this machine. Each program is timed as ``tensorize bench`` times one (``bench.bench``).
 
-    python -m rewrite.rules.strassen_bench [--sizes 128,256,512,1024,2048] [--threads 1]
+    python -m rewrite.tools.strassen_bench [--sizes 128,256,512,1024,2048] [--threads 1]
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import sys
 import time
 
 import intrinsics
-from rewrite.bench import bench
-from rewrite.pipeline import tensorize
-from rewrite.script import parse
+
+from ..pipeline import tensorize
+from ..script import parse
+from .bench import bench
 
 MODES = ("off", 1, 2)
 WIN_MARGIN = 0.05

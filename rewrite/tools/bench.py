@@ -4,7 +4,8 @@
     json.dump(to_json(results), f)
 
 Each function is compiled, called once to warm up, then timed over an adaptive number of
-runs (at least ``min_runs``, more while the total stays under about ``target_seconds``).
+runs (at least ``min_runs``, more while the total stays under about ``target_seconds``;
+``timing.measure``).
 Throughput counts arithmetic operations (``calls.op_count``: ``2*M*N*K`` for a matmul).
 A function that is one contraction, ``C[...] (+)= A[...] * B[...] * ...`` over full loop
 ranges with an optional zero initialisation, is also run as ``np.einsum(...,
@@ -23,10 +24,11 @@ from typing import Callable, Iterable, Optional, Union
 
 import numpy as np
 
-from . import runtime
-from .ir import (Accumulate, Binary, Buffer, Call, Cast, Const, Expr, For, If, Load, PrimFunc, Store,
-                 Var, is_float, numpy_dtype, walk_in_loops)
-from .calls import op_count
+from .. import runtime
+from ..calls import op_count
+from ..ir import (Accumulate, Binary, Buffer, Call, Cast, Const, Expr, For, If, Load, PrimFunc, Store,
+                  Var, is_float, numpy_dtype, walk_in_loops)
+from .timing import measure, rate
 
 Progress = Callable[[int, int, str], None]  # (functions done, total, name of the next one)
 
@@ -69,44 +71,29 @@ def bench(funcs: Iterable[Union[PrimFunc, tuple]], threads: Optional[int] = None
 def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int] = None,
               min_runs: int = 20, target_seconds: float = 0.3,
               chosen: Optional[PrimFunc] = None, onnxruntime: bool = False) -> BenchResult:
-    from .interp import random_args
+    from ..interp import random_args
 
     t0 = time.perf_counter()
     kernel = runtime.compile(chosen if chosen is not None else func, threads=threads)
     compile_s = time.perf_counter() - t0
     args = random_args(func, seed=0)
-    ours = _time(lambda: kernel(**args), min_runs, target_seconds)
+    ours = measure(lambda: kernel(**args), min_runs, target_seconds)
     theirs = None
     numpy_call = numpy_counterpart(func, args)
     if numpy_call is not None:
-        theirs = float(np.median(_time(numpy_call, min_runs, target_seconds)))
+        theirs = measure(numpy_call, min_runs, target_seconds).median_s
     ort = None
     ort_call = onnxruntime_counterpart(func, args, threads or 1) if onnxruntime else None
     if ort_call is not None:
-        ort = float(np.median(_time(ort_call, min_runs, target_seconds)))
-    median = float(np.median(ours))
+        ort = measure(ort_call, min_runs, target_seconds).median_s
+    median = ours.median_s
     ops = op_count(func.body)
-    return BenchResult(onnxruntime_median_s=ort,
-        
-        file=file, name=func.name, runs=len(ours), min_s=float(min(ours)), median_s=median,
-        max_s=float(max(ours)), gflops=ops / median / 1e9 if median > 0 else 0.0,
+    return BenchResult(
+        file=file, name=func.name, runs=ours.runs, min_s=ours.min_s, median_s=median,
+        max_s=ours.max_s, gflops=rate(ops, median),
         numpy_median_s=theirs, ratio=theirs / median if theirs is not None and median > 0 else None,
-        ops=ops, compile_s=compile_s, integer=not any(is_float(b.dtype) for b in func.outputs))
-
-
-def _time(call: Callable[[], object], min_runs: int, target_seconds: float) -> list[float]:
-    """Warm up once, then time ``call`` at least ``min_runs`` times and as often as fits in
-    ``target_seconds`` (at most 10000 runs): medians of many runs tame a noisy machine."""
-    start = time.perf_counter()
-    call()
-    first = time.perf_counter() - start
-    runs = max(min_runs, min(10000, int(target_seconds / max(first, 1e-7))))
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t)
-    return times
+        ops=ops, compile_s=compile_s, integer=not any(is_float(b.dtype) for b in func.outputs),
+        onnxruntime_median_s=ort)
 
 
 # ---------------------------------------------------------------------------
@@ -172,7 +159,7 @@ def numpy_counterpart(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[C
     fastest of its formulations (``numpy_formulations``), timed briefly here."""
     calls = numpy_formulations(func, args)
     if len(calls) > 1:
-        calls.sort(key=lambda call: float(np.median(_time(call, 5, 0.05))))
+        calls.sort(key=lambda call: measure(call, 5, 0.05).median_s)
     return calls[0] if calls else None
 
 
@@ -393,7 +380,7 @@ def plot(results: list[BenchResult], path: str) -> bool:
         return False  # the caller says so: the CLI prints one line, a library user gets False
     names = [r.name for r in results]
     ours = [r.gflops for r in results]
-    theirs = [r.ops / r.numpy_median_s / 1e9 if r.numpy_median_s else 0.0 for r in results]
+    theirs = [rate(r.ops, r.numpy_median_s) if r.numpy_median_s else 0.0 for r in results]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(names)), 4.0))
     ax.bar(x - 0.2, ours, 0.4, label="tensorize")
@@ -427,13 +414,13 @@ def format_table(results: list[BenchResult]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """``python -m rewrite.bench FILE... [--threads N]``: the table for quick measurements
+    """``python -m rewrite.tools.bench FILE... [--threads N]``: the table for quick measurements
     (the ``tensorize bench`` command is the full interface)."""
     import argparse
 
-    from .script import parse_file
+    from ..script import parse_file
 
-    parser = argparse.ArgumentParser(prog="python -m rewrite.bench")
+    parser = argparse.ArgumentParser(prog="python -m rewrite.tools.bench")
     parser.add_argument("paths", nargs="+")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--func", default=None)

@@ -1,5 +1,6 @@
 """``tensorize fuzz``: the matcher's completeness and soundness, checked on programs built to
-hold an intrinsic in disguise (``fuzz.disguised``) and on near misses (``fuzz.near_misses``).
+hold an intrinsic in disguise (``disguises.disguised``) and on near misses
+(``disguises.near_misses``).
 
 Four properties, one function each; each raises ``PropertyFailed`` naming itself:
 
@@ -26,11 +27,11 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as _seed
 from hypothesis import strategies as st
 
-from . import ir
-from .fuzz import Disguised, NearMiss, disguised, near_misses
-from .pipeline import TensorizeResult, tensorize
-from .saturate import Budget
-from .script import parse, show
+from .. import ir
+from ..pipeline import TensorizeResult, tensorize
+from ..saturate import Budget
+from ..script import parse, show
+from .disguises import Disguised, NearMiss, disguised, near_misses
 
 # Small bodies saturate in milliseconds; the limits only stop a runaway rule set.
 FUZZ_BUDGET = Budget(iterations=12, enodes=50_000, seconds=5.0, hard_seconds=30.0)
@@ -71,7 +72,7 @@ def completeness(case: Disguised, result: TensorizeResult) -> None:
 
 
 def soundness(original: ir.PrimFunc, result: TensorizeResult, seed: int = 0) -> None:
-    from . import runtime
+    from .. import runtime
 
     got = runtime.check(original, result.compile(), seed=seed)
     if not got.ok:
