@@ -1,5 +1,5 @@
 """Hypothesis strategies shared by the test suite; the implementation is
-``rewrite/fuzz/programs.py``, exported as ``rewrite.fuzz``."""
+``rewrite/fuzz/random_programs.py``, exported as ``rewrite.fuzz``."""
 
 from rewrite.fuzz import buffers, programs
 

@@ -1,6 +1,6 @@
 """Fuzzing: hypothesis strategies, and the properties ``tensorize fuzz`` checks with them.
 
-- ``programs.py``: random well-formed loop programs (``programs``, ``buffers``), the test
+- ``random_programs.py``: random well-formed loop programs (``programs``, ``buffers``), the test
   suite's strategies (``tests/strategies.py``);
 - ``disguises.py``: programs that hold a given intrinsic in disguise, with what their
   construction guarantees (``disguised``), and near misses that must not use it
@@ -12,7 +12,7 @@ The strategies are re-exported here: ``from rewrite.fuzz import programs, disgui
 """
 
 from .disguises import Disguised, Guarantee, NearMiss, could_fit, disguised, near_misses
-from .programs import buffers, programs
+from .random_programs import buffers, programs
 
 __all__ = ["Disguised", "Guarantee", "NearMiss", "buffers", "could_fit", "disguised",
            "near_misses", "programs"]
