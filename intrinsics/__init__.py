@@ -1,5 +1,7 @@
-"""Hardware intrinsics: descriptors (meaning as script + how to emit), the registry and the
-built-in library. Importing the package registers the built-ins.
+"""Hardware intrinsics: declaring them (meaning as script + how to emit), the built-in
+library, one instruction set per file, and intrinsics compiled on their own. Importing the
+package registers the built-ins (the parser also finds them without it, through the
+``tensorize.intrinsics`` entry point).
 
     import intrinsics
     intrinsics.library("host")                 # what this CPU runs natively

@@ -1,4 +1,5 @@
-"""Intrinsic descriptors and the registry.
+"""Declaring intrinsics: ``register`` and the ``@intrinsic`` decorator, plugin modules
+(``load_file``), and the library for a target (``library``, ``describe``).
 
 An intrinsic is declared by its meaning, written in the script language, and by how to emit
 it (an emitter, see ``emit.py``, such as ``LlvmText`` for an implementation written as LLVM
@@ -13,6 +14,9 @@ The body is read from the source text with the script parser and is never run as
 Registration checks that the meaning is one loop nest accumulating into one output, that
 every operand is indexed by plain loop variables, and that the emitter fits; anything else is
 refused with a message naming the intrinsic.
+
+The descriptor data and the library in force that the parser reads are ``rewrite.descriptor``'s;
+host detection and the ISA list are ``rewrite.target``'s.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ callables on numpy arrays.
 
 The emitter protocol itself (``Emitter``, ``Ref``, the k-loop helpers) is the backend's and
 lives in ``rewrite.emitter``; the emulation of any descriptor from its semantics is
-``rewrite.codegen.Emulated``; which of the two a host uses is ``rewrite.target``'s choice.
+``rewrite.codegen.Emulated`` (also ``rewrite.target.Emulated``); which of the two a host uses is
+``rewrite.target``'s choice.
 They are re-exported here, as ``intrinsics.Emitter`` and so on, for declarations::
 
     impl = compile_intrinsic("x86.fma.f32x8")      # native on this CPU, else emulated
@@ -21,9 +22,8 @@ import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 
-from rewrite import codegen, jit
 from rewrite import target as targets
-from rewrite.codegen import Emulated
+from rewrite.target import Emulated
 from rewrite.emitter import I64, PTR, VOID, Emitter, Ref, as_value, call_function
 from rewrite.ir import numpy_dtype
 
@@ -173,9 +173,7 @@ def emitter_of(desc: Intrinsic, native: Optional[bool] = None) -> Emitter:
 
 def jit_module(module: ir.Module, symbols: list[str]) -> list[int]:
     """Optimise ``module`` at O3 for this CPU, link it into the process, return addresses."""
-    with jit.compile_lock:
-        obj = codegen.object_code(codegen.optimize(module))
-    return jit.load(obj, symbols)
+    return targets.host().load(module, symbols)
 
 
 def new_symbol(desc: Intrinsic, what: str) -> str:
@@ -218,7 +216,7 @@ class CompiledIntrinsic:
         fn(pointers, stride_array)
 
     def _compile(self, strides: Optional[dict[str, tuple[int, ...]]]):
-        module = codegen.new_module(self.desc.name)
+        module = targets.host().module(self.desc.name)
         symbol = new_symbol(self.desc, "call")
         call_function(module, self.desc, self.emitter, symbol, strides)
         (address,) = jit_module(module, [symbol])

@@ -47,7 +47,7 @@ import numpy as np
 from .affine import Affine, affine  # the accesses' index maps; re-exported
 from .ir import (INDEX, Accumulate, Binary, Buffer, Cast, Const, Expr, For, If, PrimFunc,
                  Seq, Stmt, Store, Unary, Var, is_int, loads_of, stmts_of)
-from .script import show_expr
+from .printer import show_expr
 
 __all__ = ["Access", "Affine", "Analysis", "Dependence", "Loop", "LoopInfo", "SplitCheck", "accesses",
            "affine", "analyze", "can_distribute", "can_fuse", "can_interchange", "can_parallelize",

@@ -18,7 +18,9 @@ by the reduction length for this reason.
 
 Kernel shape: ``void K(ptr args, ptr pool)``. Each part of the plan becomes an internal
 function over ``noalias`` buffer pointers and an iteration range ``[lo, hi)``; a parallel part
-is handed to the pool's dispatcher (see ``pool_ir``) when ``pool`` is not null.
+is handed to the pool's dispatcher (``pool.py``, reached through slot ``POOL_DISPATCH`` of the
+block ``pool`` points at) when ``pool`` is not null. Each intrinsic call is emitted by the
+emitter the caller's ``emitters`` gives for its descriptor (``target.Target.emitter``).
 """
 
 from __future__ import annotations

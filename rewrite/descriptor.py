@@ -8,12 +8,16 @@ object following ``rewrite.emitter.Emitter``, or None: emulated from the semanti
 from the call itself.
 
 The library in force is the set of registered descriptors by name: the parser resolves
-``call("x86.fma.f32x8", ...)`` against it. ``intrinsics`` (the built-in library and the
-public ``register`` API) adds to it; nothing here knows any particular intrinsic.
+``call("x86.fma.f32x8", ...)`` against it. Nothing here knows any particular intrinsic:
+libraries register themselves, and are found the way Python finds plugins, through the
+entry points of group ``tensorize.intrinsics`` (the built-in library, ``intrinsics``, is
+one; an installed package can add its own). Each is imported once, the first time the
+library in force is read.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
@@ -221,6 +225,22 @@ def layouts(name: str, layout, operands: tuple[Operand, ...]) -> Mapping[str, La
 
 _library: dict[str, Descriptor] = {}
 _generation = [0]
+ENTRY_POINTS = "tensorize.intrinsics"
+_discovered = [False]
+
+
+def _discover() -> None:
+    """Import every intrinsic library installed under ``ENTRY_POINTS`` (once): importing
+    one registers its intrinsics."""
+    if _discovered[0]:
+        return
+    _discovered[0] = True
+    for entry in sorted(importlib.metadata.entry_points(group=ENTRY_POINTS), key=lambda e: e.name):
+        try:
+            entry.load()
+        except Exception as e:  # an installed plugin: its failure is named, not a traceback
+            raise IntrinsicError(f"cannot load the intrinsic library {entry.name} "
+                                 f"({entry.value}): {e}") from None
 
 
 def add(desc: Descriptor) -> Descriptor:
@@ -241,6 +261,7 @@ def remove(name: str) -> None:
 
 def lookup(name: str) -> Descriptor:
     """The descriptor in force under ``name``; ``IntrinsicError`` listing the names otherwise."""
+    _discover()
     try:
         return _library[name]
     except KeyError:
@@ -250,6 +271,7 @@ def lookup(name: str) -> Descriptor:
 
 def in_force() -> list[Descriptor]:
     """Every descriptor in force, in registration order."""
+    _discover()
     return list(_library.values())
 
 

@@ -407,7 +407,7 @@ class PrimFunc:
         return tuple(b for b in self.params if b.name not in w)
 
     def script(self) -> str:
-        from .script import show
+        from .printer import show
 
         return show(self)
 

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Optional, Sequence, Union
 
-from . import cost, ir, nests, rules
+from . import cost, descriptor, ir, nests, rules, target
 from .budgets import Budgets, using
 from .extract import Extractor
 from .ir import Call, For, PrimFunc, Stmt
@@ -34,7 +34,7 @@ from .names import Names
 from .nests import AccNest
 from .rules.finite import Guarded
 from .saturate import Budget, Job, SaturationReport, saturate
-from .script import show, show_expr
+from .printer import show, show_expr
 from .verify import verify
 
 
@@ -290,10 +290,9 @@ def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,
 
 def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, in_process: bool,
                strassen: Union[str, int], budgets: Budgets, off: frozenset[str]) -> TensorizeResult:
-    if intrinsics is None:
-        import intrinsics as lib
-
-        intrinsics = lib.library("host")
+    if intrinsics is None:  # what this CPU runs natively, as intrinsics.library("host")
+        host = target.host()
+        intrinsics = [d for d in descriptor.in_force() if host.runs(d)]
     library = {d.name: d for d in intrinsics}
     t0 = time.perf_counter()
     verify(func)

@@ -38,7 +38,7 @@ from . import calls, codegen, jit, target
 from . import lower as lowering
 from .descriptor import Descriptor
 from .emitter import Emitter
-from .script import show
+from .printer import show
 from .target import Target
 from .budgets import BudgetError, Budgets, format_bytes
 from .ir import (Accumulate, Buffer, Call, Cast, PrimFunc, is_float, numpy_dtype, stmt_exprs, walk_expr,

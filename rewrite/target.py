@@ -19,7 +19,9 @@ from types import MappingProxyType
 from typing import Mapping, Optional
 
 import llvmlite.binding as llvm
+from llvmlite import ir
 
+from . import codegen, jit
 from . import pool as _pool
 from .codegen import Emulated
 from .descriptor import Descriptor, IntrinsicError
@@ -78,8 +80,7 @@ class Target:
     def emitter(self, desc: Descriptor, native: Optional[bool] = None) -> Emitter:
         """The emitter a kernel built here uses for ``desc``: its own where the machine runs
         it (or as ``native`` forces), else the emulation from its semantics."""
-        if not self.is_host:
-            raise ValueError(f"kernels are built for the host, not for {self.name}")
+        self._host_only("kernels are built")
         use_native = self.runs(desc) if native is None else native
         if use_native and desc.emitter is None:
             raise ValueError(f"intrinsic {desc.name} has no native emitter")
@@ -88,10 +89,26 @@ class Target:
             raise ValueError(f"intrinsic {desc.name} needs {'+'.join(desc.isa)}, which this CPU lacks")
         return desc.emitter if use_native else Emulated(desc)
 
+    def module(self, name: str) -> ir.Module:
+        """An empty LLVM module for this machine (its triple and data layout)."""
+        self._host_only("kernels are built")
+        return codegen.new_module(name)
+
+    def load(self, module: ir.Module, symbols: list[str]) -> list[int]:
+        """Optimise ``module`` at O3 for this machine, link it into the process and return the
+        addresses of ``symbols``."""
+        self._host_only("kernels are built")
+        with jit.compile_lock:
+            obj = codegen.object_code(codegen.optimize(module))
+        return jit.load(obj, symbols)
+
+    def _host_only(self, what: str) -> None:
+        if not self.is_host:
+            raise ValueError(f"{what} for the host, not for {self.name}")
+
     def pool(self, threads: int):
         """The thread pool parallel kernels run on with ``threads`` threads."""
-        if not self.is_host:
-            raise ValueError(f"kernels run on the host, not on {self.name}")
+        self._host_only("kernels run")
         return _pool.get(threads)
 
 

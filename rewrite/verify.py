@@ -31,6 +31,7 @@ import numpy as np
 from . import ir
 from .affine import Affine, Atom, affine
 from .descriptor import Descriptor
+from .printer import show_expr
 from .ir import (BOOL, DTYPES, INDEX, Accumulate, Binary, Buffer, Call, Cast, Compare, Const, Expr,
                  For, If, Load, Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var, Window)
 
@@ -436,7 +437,7 @@ class _Verifier:
         for dim, idx in enumerate(w.base):
             if self.expr(idx, ranges) != INDEX or not is_affine_index(idx):
                 raise VerifyError(f"the window base on {w.buffer.name} must be affine in the loop variables", w)
-            _no_overflow(idx, ranges, f"the window base {_show(idx)} on {w.buffer.name}")
+            _no_overflow(idx, ranges, f"the window base {show_expr(idx)} on {w.buffer.name}")
             r = interval(idx, ranges)
             lo = r.lo + sum(min(0, (n - 1) * st[dim]) for n, st in zip(shape, w.steps))
             hi = r.hi + sum(max(0, (n - 1) * st[dim]) for n, st in zip(shape, w.steps))
@@ -461,14 +462,14 @@ class _Verifier:
             if self.expr(idx, ranges) != INDEX:
                 raise VerifyError(f"an index of {buf.name} must be an integer expression of loop variables", node)
             if not is_affine_index(idx):
-                raise VerifyError(f"index {_show(idx)} of {buf.name} is not affine in the loop variables "
+                raise VerifyError(f"index {show_expr(idx)} of {buf.name} is not affine in the loop variables "
                                   "(allowed: sums of constant multiples, // and % by positive constants)", node)
             if any(r.lo > r.hi for r in ranges.values()):
                 continue  # unreachable: an enclosing condition never holds
-            _no_overflow(idx, ranges, f"index {_show(idx)} of {buf.name}")
+            _no_overflow(idx, ranges, f"index {show_expr(idx)} of {buf.name}")
             r = interval(idx, ranges)
             if r.lo < 0 or r.hi >= buf.shape[dim]:
-                raise VerifyError(f"{_show_access(buf, indices)} can go out of bounds: index {_show(idx)} "
+                raise VerifyError(f"{_show_access(buf, indices)} can go out of bounds: index {show_expr(idx)} "
                                   f"takes values {r.lo}..{r.hi} but dimension {dim} of {buf.name} "
                                   f"is 0..{buf.shape[dim] - 1}", node)
 
@@ -550,18 +551,13 @@ def _no_overflow(idx: Expr, ranges: Ranges, what: str) -> None:
     found = index_overflow(idx, ranges)
     if found is not None:
         sub, r = found
-        raise VerifyError(f"{what} computes {_show(sub)}, which can reach {r.lo}..{r.hi}: index "
+        raise VerifyError(f"{what} computes {show_expr(sub)}, which can reach {r.lo}..{r.hi}: index "
                           f"arithmetic must stay within the 64-bit range", sub)
 
 
-def _show(e: Expr) -> str:
-    from .script import show_expr
-
-    return show_expr(e)
-
 
 def _show_access(buf: Buffer, indices: tuple[Expr, ...]) -> str:
-    return f"{buf.name}[{', '.join(_show(i) for i in indices)}]"
+    return f"{buf.name}[{', '.join(show_expr(i) for i in indices)}]"
 
 
 def verify(func: PrimFunc) -> PrimFunc:

@@ -57,7 +57,7 @@ Modules that are no family: ``casts.py`` (the normal form of a body's casts, whi
 ``nests.as_nest`` gives every nest it forms: part of what a nest is, not a choice),
 ``finite.py`` (the guard that ``matmul.py`` and ``strassen.py`` put around their rewrites),
 ``matmul.py`` (matmul recognition, and the matmul algebra the ``strassen`` family offers
-under ``"auto"``), ``strassen_bench.py`` (measures where Strassen wins).
+under ``"auto"``).
 
 The hooks are looked up when a stage runs, not when this package is imported: the rule
 modules import ``nests`` and ``match``, which import this package (``casts``).
