@@ -15,6 +15,7 @@ carry these primitive ids, never through extracted terms.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from egglog import Expr, StringLike, f64Like, i64Like
 
@@ -62,6 +63,22 @@ _BINARY = {"+": Term.__add__, "-": Term.__sub__, "*": Term.__mul__, "/": Term.__
            "max": Term.max, "min": Term.min}
 
 
+def to_term(e: IrExpr, leaf: Callable[[IrExpr], Term]) -> Term:
+    """The one translation of an IR expression into a term: constants, casts, ``+ - * /
+    max min`` and negation become term nodes; loads and everything else are ``leaf(e)``."""
+    if isinstance(e, Const) and ir.is_float(e.dtype):
+        return Term.fconst(float(e.value), e.dtype)
+    if isinstance(e, Const) and ir.is_int(e.dtype):
+        return Term.iconst(int(e.value), e.dtype)
+    if isinstance(e, Cast):
+        return Term.cast(e.dtype, to_term(e.a, leaf))
+    if isinstance(e, Binary) and e.op in _BINARY:
+        return _BINARY[e.op](to_term(e.a, leaf), to_term(e.b, leaf))
+    if isinstance(e, Unary) and e.op == "neg":
+        return -to_term(e.a, leaf)
+    return leaf(e)
+
+
 @dataclass
 class Encoder:
     """Encodes bodies into terms, sharing one table of loads and opaque parts."""
@@ -77,34 +94,20 @@ class Encoder:
         return len(table) - 1
 
     def encode(self, e: IrExpr) -> Term:
+        return to_term(e, self._leaf)
+
+    def _leaf(self, e: IrExpr) -> Term:
         if isinstance(e, Load):
             return Term.load(self._ref(self.loads, e))
-        if isinstance(e, Const) and ir.is_float(e.dtype):
-            return Term.fconst(float(e.value), e.dtype)
-        if isinstance(e, Const) and ir.is_int(e.dtype):
-            return Term.iconst(int(e.value), e.dtype)
-        if isinstance(e, Cast):
-            return Term.cast(e.dtype, self.encode(e.a))
-        if isinstance(e, Binary) and e.op in _BINARY:
-            return _BINARY[e.op](self.encode(e.a), self.encode(e.b))
-        if isinstance(e, Unary) and e.op == "neg":
-            return -self.encode(e.a)
         return Term.opaque(self._ref(self.opaques, e))
 
 
 def pattern(e: IrExpr, operand_vars: dict[str, Term]) -> Term:
     """The semantics body of an intrinsic as an egglog pattern: each operand's load is the
     pattern variable ``operand_vars[name]`` (a ``Term.load(x)`` with ``x`` a variable)."""
-    if isinstance(e, Load):
-        return operand_vars[e.buffer.name]
-    if isinstance(e, Const) and ir.is_float(e.dtype):
-        return Term.fconst(float(e.value), e.dtype)
-    if isinstance(e, Const) and ir.is_int(e.dtype):
-        return Term.iconst(int(e.value), e.dtype)
-    if isinstance(e, Cast):
-        return Term.cast(e.dtype, pattern(e.a, operand_vars))
-    if isinstance(e, Binary) and e.op in _BINARY:
-        return _BINARY[e.op](pattern(e.a, operand_vars), pattern(e.b, operand_vars))
-    if isinstance(e, Unary) and e.op == "neg":
-        return -pattern(e.a, operand_vars)
-    raise ValueError(f"the intrinsic body {e} has no e-graph pattern")
+    def leaf(x: IrExpr) -> Term:
+        if isinstance(x, Load):
+            return operand_vars[x.buffer.name]
+        raise ValueError(f"the intrinsic body {e} has no e-graph pattern")
+
+    return to_term(e, leaf)
