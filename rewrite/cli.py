@@ -88,6 +88,7 @@ class Options:
     threads: Optional[int] = None
     strassen: object = "auto"
     budgets: Budgets = field(default_factory=Budgets)
+    rules_off: frozenset = frozenset()  # rule families turned off (--rules -NAME,...)
 
 
 @dataclass
@@ -156,7 +157,8 @@ def _process(unit: Unit, opts: Options) -> Entry:
         if opts.library is not None:
             from .pipeline import tensorize
 
-            result = tensorize(func, opts.library, strassen=opts.strassen, budgets=opts.budgets)
+            result = tensorize(func, opts.library, strassen=opts.strassen, budgets=opts.budgets,
+                               rules_off=opts.rules_off)
             chosen = result.func
             entry.sites = [s.to_json() for s in result.sites]
             entry.ops_total, entry.ops_in_intrinsics = result.ops_total, result.ops_in_intrinsics
@@ -375,7 +377,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = Options(library=None if args.target == "none" else library, check=args.check,
                    emit=args.emit, explain=args.explain, threads=args.threads,
                    strassen=int(args.strassen) if args.strassen.isdigit() else args.strassen,
-                   budgets=budgets)
+                   budgets=budgets, rules_off=args.rules or frozenset())
     units = load_units(args.paths, args.func)
     progress = Progress(len(units))
     entries = []
@@ -518,6 +520,20 @@ def _strassen(text: str) -> str:
                                      f"not {text!r}")
 
 
+def _rules_off(text: str) -> frozenset:
+    """``-strassen,-inline``: the rule families to turn off, each named with a leading ``-``."""
+    from .rules import checked_off
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    kept = [n for n in names if not n.startswith("-")]
+    if kept or not names:
+        raise argparse.ArgumentTypeError(f"expected -NAME,... (the families to turn off), not {text!r}")
+    try:
+        return checked_off(n[1:] for n in names)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _budget(text: str) -> str:
     try:
         Budgets().with_option(text)
@@ -552,6 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a block per function: buffers, loop classes, intrinsics, timings")
     run.add_argument("--strassen", type=_strassen, default="auto", metavar="auto|off|N")
     run.add_argument("--threads", type=_threads, metavar="N", help="threads for parallel loops")
+    run.add_argument("--rules", type=_rules_off, metavar="-NAME,...",
+                     help="turn rule families off by name (loops, algebra, pack-operand, "
+                          "pack-panel, inline, strassen)")
     run.add_argument("--budget", type=_budget, action="append", metavar="NAME=N",
                      help=f"raise or lower a stage's budget ({', '.join(Budgets.names())}); repeatable")
     run.set_defaults(handler=cmd_run)
@@ -587,8 +606,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _attached(argv: list[str]) -> list[str]:
+    """``--rules -inline`` as ``--rules=-inline``: argparse reads a value that starts with a
+    dash as an option of its own."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--rules" and i + 1 < len(argv):
+            out.append(f"--rules={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_attached(sys.argv[1:] if argv is None else list(argv)))
     handlers = _catch_signals()
     try:
         return args.handler(args)

@@ -159,3 +159,18 @@ def test_a_bad_option_is_one_line(argv, words, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0] and err[0].startswith("tensorize")
+
+
+def test_rules_turns_families_off_by_name():
+    golden = ROOT / "tests" / "golden" / "inline_cast.py"
+    default = tensorize("run", golden, "--emit", "script")
+    off = tensorize("run", golden, "--rules", "-inline", "--emit", "script")
+    assert default.returncode == off.returncode == 0, default.stderr + off.stderr
+    assert "Ai" not in default.stdout and "Ai" in off.stdout  # the widened temporary stays
+
+
+def test_rules_refuses_an_unknown_family_and_a_family_turned_on():
+    for value in ("-nosuch", "inline"):
+        r = tensorize("run", ROOT / "corpus" / "gemm.py", "--rules", value)
+        assert r.returncode == 2
+        assert len(r.stderr.strip().splitlines()) == 1 and "--rules" in r.stderr
