@@ -405,6 +405,30 @@ def test_op_count_and_reduction_length():
     assert lower.reduction_length(func) == 64
 
 
+def test_what_hangs_on_a_rounded_or_compared_sum_is_beyond_roundoff():
+    func = parse("""
+@prim_func
+def f(A: i32[4], S: f32[1], C: i32[1], E: f32[1], F: f32[1], G: f32[1], H: i32[1]):
+    for k in range(4):
+        S[0] += S[0] * f32(A[k])
+    C[0] = i32(S[0])
+    E[0] = f32(i16(i32(S[0])))
+    if S[0] > 0.5:
+        F[0] = 1.0
+    G[0] = S[0] * 2.0
+    if C[0] > 3:
+        H[0] = 1
+""")
+    # C: one unit plus roundoff; G: roundoff; the rest hang on a decision roundoff may flip
+    assert runtime.beyond_roundoff(func) == {"E", "F", "H"}
+    # without a float sum or exp, compiled code rounds as the interpreter: nothing is beyond
+    assert runtime.beyond_roundoff(parse("""
+@prim_func
+def f(S: f32[1], E: f32[1]):
+    E[0] = f32(i16(i32(S[0] * 3.0)))
+""")) == set()
+
+
 # ---------------------------------------------------------------------------
 # intrinsic calls along a reduction: accumulators kept in registers (codegen.call_loop)
 
