@@ -390,7 +390,7 @@ def beyond_roundoff(func: PrimFunc) -> frozenset[str]:
         elif isinstance(s, (Store, Accumulate)):
             writes.append((s, conds))
 
-    collect(lowering.expand_calls(func).body, ())
+    collect(calls.expand_calls(func).body, ())
     noisy: set[str] = set()  # floats holding a value compiled code may round otherwise
     rounded: set[str] = set()  # integers stored directly as such a value, rounded
     beyond: set[str] = set()
