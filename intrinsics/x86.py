@@ -48,20 +48,25 @@ def _joined(b: ir.IRBuilder, acc: list):
 # FMA family: element-wise and broadcast multiply-add on one <8 x float>
 
 
-class FmaF32x8(Emitter):
+class _RowF32x8(Emitter):
+    """c (8 floats) += what ``step`` adds, held as two alternating partial sums (``_alternate``)."""
+
     operands = ("c", "a", "b")
-    shapes = {"c": (8,), "a": (8,), "b": (8,)}
     dtypes = {"c": "f32", "a": "f32", "b": "f32"}
 
     def load_acc(self, b, ops):
         return [load_row(b, ops["c"], (0,), 0, 8), NEG_ZERO]
 
+    def store_acc(self, b, ops, acc):
+        store_row(b, ops["c"], (0,), 0, _joined(b, acc))
+
+
+class FmaF32x8(_RowF32x8):
+    shapes = {"c": (8,), "a": (8,), "b": (8,)}
+
     def step(self, b, ops, acc):
         return _alternate(b, acc, lambda c: _fma(b, load_row(b, ops["a"], (0,), 0, 8),
                                                  load_row(b, ops["b"], (0,), 0, 8), c))
-
-    def store_acc(self, b, ops, acc):
-        store_row(b, ops["c"], (0,), 0, _joined(b, acc))
 
 
 @intrinsic("x86.fma.f32x8", isa=AVX2_FMA, cost=1.0, emitter=FmaF32x8(),
@@ -71,22 +76,14 @@ def fma_f32x8(c: f32[8], a: f32[8], b: f32[8]):
         c[i] += a[i] * b[i]
 
 
-class AxpyF32x8(Emitter):
+class AxpyF32x8(_RowF32x8):
     """``vbroadcastss`` of a[0], then one FMA."""
 
-    operands = ("c", "a", "b")
     shapes = {"c": (8,), "a": (1,), "b": (8,)}
-    dtypes = {"c": "f32", "a": "f32", "b": "f32"}
-
-    def load_acc(self, b, ops):
-        return [load_row(b, ops["c"], (0,), 0, 8), NEG_ZERO]
 
     def step(self, b, ops, acc):
         scale = splat(b, load_scalar(b, ops["a"], (0,)), 8)
         return _alternate(b, acc, lambda c: _fma(b, scale, load_row(b, ops["b"], (0,), 0, 8), c))
-
-    def store_acc(self, b, ops, acc):
-        store_row(b, ops["c"], (0,), 0, _joined(b, acc))
 
 
 @intrinsic("x86.axpy.f32x8", isa=AVX2_FMA, cost=1.0, emitter=AxpyF32x8(),
@@ -235,7 +232,16 @@ def _folded(b: ir.IRBuilder, pairs: ir.Value) -> ir.Value:
     return b.add(shuffle(b, pairs, None, range(0, 32, 2)), shuffle(b, pairs, None, range(1, 32, 2)))
 
 
-class DotU8I8I32_16x4(Emitter):
+class _DotU8I8I32_16x4(Emitter):
+    """The operands of c[i] += sum_k u8 a[k] * i8 b[i, k], which AVX2 and VNNI emit each
+    their own way."""
+
+    operands = ("c", "a", "b")
+    shapes = {"c": (16,), "a": (4,), "b": (16, 4)}
+    dtypes = {"c": "i32", "a": "u8", "b": "i8"}
+
+
+class DotU8I8I32_16x4(_DotU8I8I32_16x4):
     """c[i] += sum_k u8 a[k] * i8 b[i, k], exactly.
 
     AVX2 has no vpdpbusd. vpmaddubsw would multiply u8 by i8 directly, but it adds pairs with
@@ -247,9 +253,6 @@ class DotU8I8I32_16x4(Emitter):
     to the pair sums; folding each row's two pairs into c happens once, in ``store_acc``, so
     a k-loop of calls does no shuffles. i32 addition wraps and is associative: still exact."""
 
-    operands = ("c", "a", "b")
-    shapes = {"c": (16,), "a": (4,), "b": (16, 4)}
-    dtypes = {"c": "i32", "a": "u8", "b": "i8"}
     PAIRS = ir.VectorType(ir.IntType(32), 32)
 
     def load_acc(self, b, ops):
@@ -306,7 +309,7 @@ def mm_u8i8i32_2x16x4(c: i32[2, 16], a: u8[2, 4], b: i8[16, 4]):
         c[i, j] += i32(a[i, k]) * i32(b[j, k])
 
 
-class VnniDotU8I8I32_16x4(Emitter):
+class VnniDotU8I8I32_16x4(_DotU8I8I32_16x4):
     """c[i] += sum_k u8 a[k] * i8 b[i, k] in one ``vpdpbusd``: lane i of the 512-bit
     instruction multiplies the four u8 bytes of its first source by the four i8 bytes of
     its second and adds the four products (each fits in i16, their sum in i32) to c[i] with
@@ -314,9 +317,6 @@ class VnniDotU8I8I32_16x4(Emitter):
     ``vpdpbusds``). a's four bytes are one i32 broadcast to the 16 lanes; b is the 64-byte
     block of rows. Along k the accumulator is c plus a second sum, in two zmm registers."""
 
-    operands = ("c", "a", "b")
-    shapes = {"c": (16,), "a": (4,), "b": (16, 4)}
-    dtypes = {"c": "i32", "a": "u8", "b": "i8"}
     I32X16 = ir.VectorType(ir.IntType(32), 16)
 
     def load_acc(self, b, ops):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from .ir import (EXPR_TYPES, INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load,
-                 PrimFunc, Seq, Stmt, Store, Unary, Var, Window, children, fold_stmt, seq, walk_expr,
-                 walk_in_loops, walk_stmts)
+from .ir import (INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load, PrimFunc, Seq,
+                 Stmt, Store, Unary, Var, Window, children, fold_stmt, seq, walk_expr, walk_in_loops,
+                 walk_stmts, with_children)
 
 # Operators counted as one arithmetic operation each (``not`` is logic, loads are memory).
 _COUNTED_UNARY = ("neg", "abs", "exp", "sqrt")
@@ -129,11 +129,7 @@ def _inline(call: Call, prefix: str) -> Stmt:
             return Load(buf, idx)
         if isinstance(e, Var):
             return rename(e)
-        fields = {f: getattr(e, f) for f in e.__slots__}
-        for f, v in fields.items():
-            if isinstance(v, EXPR_TYPES):
-                fields[f] = expr(v)
-        return type(e)(**fields)
+        return with_children(e, tuple(expr(c) for c in children(e)))
 
     return stmt(call.intrinsic.semantics.body)
 

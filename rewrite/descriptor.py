@@ -18,6 +18,7 @@ library in force is read.
 from __future__ import annotations
 
 import importlib.metadata
+import math
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
@@ -111,10 +112,7 @@ class Descriptor:
 
     @property
     def iterations(self) -> int:
-        n = 1
-        for d in self.dims:
-            n *= d.extent
-        return n
+        return math.prod(d.extent for d in self.dims)
 
     @property
     def ops(self) -> int:

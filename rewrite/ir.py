@@ -25,6 +25,7 @@ Meaning (the interpreter defines it; the compiled code must agree):
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator, TypeVar, Union
@@ -107,19 +108,16 @@ class Buffer:
     shape: tuple[int, ...]
 
     @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
     def size(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
         return self.size * itemsize(self.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -142,6 +140,26 @@ BINARY_OPS = ("+", "-", "*", "/", "//", "%", "max", "min")
 UNARY_OPS = ("neg", "abs", "exp", "sqrt", "not")
 COMPARE_OPS = ("<", "<=", ">", ">=", "==", "!=")
 LOGICAL_OPS = ("and", "or")
+
+
+class _OperandDtype:
+    """Base of the expressions whose dtype is that of their operand ``a``."""
+
+    __slots__ = ()
+
+    @property
+    def dtype(self) -> str:
+        return self.a.dtype
+
+
+class _Condition:
+    """Base of the expressions whose value is a ``bool``."""
+
+    __slots__ = ()
+
+    @property
+    def dtype(self) -> str:
+        return BOOL
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,16 +200,17 @@ class Load:
 
 
 @dataclass(frozen=True, slots=True)
-class Binary:
-    """``a op b`` for op in ``+ - * / // % max min``; both operands share one dtype."""
+class _Infix:
+    """``a op b``: the fields of ``Binary``, ``Compare`` and ``Logical``."""
 
     op: str
     a: "Expr"
     b: "Expr"
 
-    @property
-    def dtype(self) -> str:
-        return self.a.dtype
+
+@dataclass(frozen=True, slots=True)
+class Binary(_Infix, _OperandDtype):
+    """``a op b`` for op in ``+ - * / // % max min``; both operands share one dtype."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,38 +234,22 @@ class Cast:
 
 
 @dataclass(frozen=True, slots=True)
-class Select:
+class Select(_OperandDtype):
     """``select(cond, a, b)``: ``a`` where ``cond`` holds, else ``b``."""
 
     cond: "Expr"
     a: "Expr"
     b: "Expr"
 
-    @property
-    def dtype(self) -> str:
-        return self.a.dtype
+
+@dataclass(frozen=True, slots=True)
+class Compare(_Infix, _Condition):
+    """``a op b`` for op in ``< <= > >= == !=``; both operands share one dtype."""
 
 
 @dataclass(frozen=True, slots=True)
-class Compare:
-    op: str
-    a: "Expr"
-    b: "Expr"
-
-    @property
-    def dtype(self) -> str:
-        return BOOL
-
-
-@dataclass(frozen=True, slots=True)
-class Logical:
-    op: str
-    a: "Expr"
-    b: "Expr"
-
-    @property
-    def dtype(self) -> str:
-        return BOOL
+class Logical(_Infix, _Condition):
+    """``a and b``, ``a or b``: both operands are conditions."""
 
 
 Expr = Union[Var, Const, Load, Binary, Unary, Cast, Select, Compare, Logical]

@@ -20,6 +20,7 @@ Normalisation, each step exact or licensed by the dependence analysis:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Optional, Union
 
@@ -56,10 +57,7 @@ class AccNest:
 
     @property
     def iterations(self) -> int:
-        n = 1
-        for d in self.dims:
-            n *= d.extent
-        return n
+        return math.prod(d.extent for d in self.dims)
 
 
 Item = Union[AccNest, Stmt]

@@ -474,7 +474,8 @@ SPECIAL_DENSITY = 0.5
 
 def _check_round(func: PrimFunc, kernel: Kernel, seed: int, special: bool,
                  density: Optional[float], budgets: Budgets) -> tuple[float, list[str]]:
-    from .interp import interpret, random_args
+    from .inputs import random_args
+    from .interp import interpret
 
     args = random_args(func, seed=seed, special=special, density=density)
     expected = {name: np.array(a, copy=True) for name, a in args.items()}

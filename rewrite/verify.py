@@ -492,11 +492,7 @@ class _Verifier:
             self.access(e.buffer, e.indices, ranges, e)
             return e.buffer.dtype
         if isinstance(e, Binary):
-            a, b = self.expr(e.a, ranges), self.expr(e.b, ranges)
-            if e.op not in ir.BINARY_OPS:
-                raise VerifyError(f"unknown operator {e.op}", e)
-            if a != b:
-                raise VerifyError(f"dtype mismatch in {e.op}: {a} and {b}", e)
+            a = self.infix(e, ranges, ir.BINARY_OPS, "operator", e.op)
             if a == BOOL:
                 raise VerifyError(f"{e.op} does not apply to conditions", e)
             if e.op == "/" and not ir.is_float(a):
@@ -532,11 +528,7 @@ class _Verifier:
                 raise VerifyError(f"dtype mismatch in select(): {a} and {b}", e)
             return a
         if isinstance(e, Compare):
-            a, b = self.expr(e.a, ranges), self.expr(e.b, ranges)
-            if e.op not in ir.COMPARE_OPS:
-                raise VerifyError(f"unknown comparison {e.op}", e)
-            if a != b:
-                raise VerifyError(f"dtype mismatch in a comparison: {a} and {b}", e)
+            self.infix(e, ranges, ir.COMPARE_OPS, "comparison", "a comparison")
             return BOOL
         if isinstance(e, Logical):
             if e.op not in ir.LOGICAL_OPS:
@@ -545,6 +537,17 @@ class _Verifier:
                 raise VerifyError(f"{e.op} applies to conditions", e)
             return BOOL
         raise VerifyError(f"not an expression: {type(e).__name__}", e)
+
+    def infix(self, e: Binary | Compare, ranges: Ranges, ops: tuple[str, ...], kind: str, where: str) -> str:
+        """The one dtype of both operands of ``a op b``. Errors inside the operands come first,
+        then an ``op`` not in ``ops`` ("unknown ``kind``"), then operands of two dtypes ("dtype
+        mismatch in ``where``")."""
+        a, b = self.expr(e.a, ranges), self.expr(e.b, ranges)
+        if e.op not in ops:
+            raise VerifyError(f"unknown {kind} {e.op}", e)
+        if a != b:
+            raise VerifyError(f"dtype mismatch in {where}: {a} and {b}", e)
+        return a
 
 
 def _no_overflow(idx: Expr, ranges: Ranges, what: str) -> None:

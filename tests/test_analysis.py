@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rewrite import analysis
+from rewrite import analysis, inputs
 from rewrite.analysis import (Affine, affine, can_distribute, can_fuse, can_interchange,
                               can_parallelize, can_permute, can_split, dependences, describe,
                               direction_summary, directions, find_loop, loops, stmt_at)
@@ -659,7 +659,7 @@ def reverse(func, path):
 def same_results(f, g, seed=0) -> bool:
     """Both programs from the same random inputs, one iteration at a time (the reference path)."""
     interp = _interp()
-    args = interp.random_args(f, seed)
+    args = inputs.random_args(f, seed)
     a = {k: v.copy() for k, v in args.items()}
     b = {k: v.copy() for k, v in args.items()}
     interp.interpret(f, a, vectorize=False)

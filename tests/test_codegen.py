@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, example, given, settings
 
 from intrinsics import host_features
 from rewrite import calls, lower, runtime
-from rewrite.interp import random_args, run
+from rewrite.inputs import random_args
+from rewrite.interp import run
 from rewrite.ir import Accumulate, Unary, is_float, numpy_dtype, stmt_exprs, walk_expr, walk_stmts
 from rewrite.script import parse, show
 from .strategies import programs

@@ -16,6 +16,7 @@ import pytest
 
 interp = pytest.importorskip("rewrite.interp", reason="the reference interpreter is not there yet")
 
+from rewrite.inputs import random_args  # noqa: E402
 from rewrite.script import parse_file  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
@@ -339,7 +340,7 @@ def test_corpus_is_large_enough():
 def test_interpreter_matches_numpy(name):
     func = FUNCS[name]
     formula, terms = FORMULAS[name]
-    args = interp.random_args(func, seed=0)
+    args = random_args(func, seed=0)
     inputs = {k: np.array(v, copy=True) for k, v in args.items()}
     result = interp.run(func, **args)
     for k, v in args.items():  # run() copies its inputs

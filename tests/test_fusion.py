@@ -8,7 +8,8 @@ from hypothesis import given, strategies as st
 
 import intrinsics
 from rewrite import nests, runtime
-from rewrite.interp import random_args, run
+from rewrite.inputs import random_args
+from rewrite.interp import run
 from rewrite.pipeline import tensorize
 from rewrite.rules.fusion import candidates, inline_producers
 from rewrite.script import parse, parse_file, show

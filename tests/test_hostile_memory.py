@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import intrinsics
 from rewrite import runtime
-from rewrite.interp import random_args, run
+from rewrite.inputs import random_args
+from rewrite.interp import run
 from rewrite.ir import INDEX, Binary, Buffer, Call, Const, For, Load, PrimFunc, Store, Var, Window, numpy_dtype
 from rewrite.pipeline import tensorize
 from rewrite.script import ScriptError, parse, parse_all, parse_file

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given
 
 from rewrite import ir
-from rewrite.interp import interpret, random_args, run
+from rewrite.inputs import random_args
+from rewrite.interp import interpret, run
 from rewrite.ir import Binary, Buffer, Compare, Const, For, If, Load, PrimFunc, Store, Var
 from rewrite.script import parse
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import intrinsics
-from rewrite import cost, interp, ir, nests, runtime
+from rewrite import cost, inputs, interp, ir, nests, runtime
 from rewrite.match import BodyMatch, bindings
 from rewrite.names import Names
 from rewrite.pipeline import tensorize
@@ -53,7 +53,7 @@ def _copies(func: ir.PrimFunc) -> list[ir.Store]:
 
 
 def _interp_equal(func, out):
-    args = interp.random_args(func, seed=3)
+    args = inputs.random_args(func, seed=3)
     want = interp.run(func, **args)
     got = interp.run(out, **args)
     for buf in func.outputs:

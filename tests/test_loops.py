@@ -11,7 +11,8 @@ from hypothesis import given, strategies as st
 import intrinsics
 from rewrite import ir, nests
 from rewrite.analysis import affine
-from rewrite.interp import random_args, run
+from rewrite.inputs import random_args
+from rewrite.interp import run
 from rewrite.ir import Binary, Const, Var
 from rewrite.names import Names
 from rewrite.nests import AccNest

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import intrinsics
-from rewrite import interp, ir, lower, nests, runtime
+from rewrite import inputs, interp, ir, lower, nests, runtime
 from rewrite.names import Names
 from rewrite.pipeline import tensorize
 from rewrite.rules import algebra, loops, strassen
@@ -64,7 +64,7 @@ def test_one_non_finite_element_gives_the_classical_pattern_under_strassen(n, le
     func = parse(matmul_source(n))
     result = tensorize(func, HOST, strassen=levels)
     assert result.strassen_levels == levels and len(_guards(result.func)) == 1
-    args = interp.random_args(func, seed=0)
+    args = inputs.random_args(func, seed=0)
     args["A"][0, 0] = value
     want, got = _run_both(func, result.func, args)
     assert _same_pattern(want["C"], got["C"])
@@ -84,7 +84,7 @@ def test_an_unguarded_strassen_level_spreads_a_nan_and_check_sees_it():
 
     unguarded = program([p for q in alt.parts for p in (q.fast if isinstance(q, Guarded) else (q,))])
     guarded = program(alt.parts)
-    args = interp.random_args(func, seed=0)
+    args = inputs.random_args(func, seed=0)
     args["A"][0, 0] = np.nan
     want, bad = _run_both(func, unguarded, args)
     assert np.isnan(want["C"]).sum() == 64 and np.isnan(bad["C"]).sum() > 64  # two block rows
@@ -113,7 +113,7 @@ def f(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):
     func = parse(src)
     result = tensorize(func, HOST, strassen=1)
     assert result.strassen_levels == 1
-    args = interp.random_args(func, seed=0)
+    args = inputs.random_args(func, seed=0)
     args["A"] = np.abs(args["A"]) + 0.5
     args["A"][3, 5] = -1.0
     want, got = _run_both(func, result.func, args)
@@ -135,7 +135,7 @@ def test_the_guarded_branches_stay_parallel_and_agree_with_serial():
     plan = lower.lower(result.func)
     # the Strassen additions and products, and the classical product, are parallel parts
     assert sum(p.parallel for p in plan.parts) >= 10
-    args = interp.random_args(func, seed=2, special=True)
+    args = inputs.random_args(func, seed=2, special=True)
     outs = []
     for threads in (1, 2):
         got = {k: v.copy() for k, v in args.items()}
@@ -188,7 +188,7 @@ def test_factored_products_keep_inf_times_zero():
     func = _golden("matmul_distribute")
     result = tensorize(func, AVX2)
     assert any(b.name.startswith("mm_S") for b in result.func.allocs)
-    args = interp.random_args(func, seed=0)
+    args = inputs.random_args(func, seed=0)
     args["A"][0, 0] = np.inf
     args["B1"][0, :] = 0.0  # Inf*0 + Inf*1 is NaN; factored, Inf*(0 + 1) would be Inf
     args["B2"][0, :] = 1.0
@@ -203,7 +203,7 @@ def test_reassociated_chains_keep_the_pattern():
     assert any(b.name.startswith("mm_U") for b in result.func.allocs)
     for seed in range(3):
         assert runtime.check(func, result.compile(), seed=seed).ok
-    args = interp.random_args(func, seed=0)
+    args = inputs.random_args(func, seed=0)
     args["A"][0, 0] = np.inf
     args["B"][0, :] = 0.0
     args["B"][0, 0] = 1.0
@@ -304,10 +304,10 @@ def f(A: f32[8, 16], B: f32[16, 16], C: f32[8, 16]):
 
 def test_random_args_sprinkles_every_kind_of_special_value():
     func = parse(matmul_source(256))
-    plain = interp.random_args(func, seed=4)
+    plain = inputs.random_args(func, seed=4)
     assert all(np.isfinite(a).all() for a in plain.values())
     for density in (None, 0.5):
-        special = interp.random_args(func, seed=4, special=True, density=density)
+        special = inputs.random_args(func, seed=4, special=True, density=density)
         a = np.concatenate([x.ravel() for x in special.values()])
         tiny = np.finfo(np.float32).smallest_normal
         sub = (a != 0) & (np.abs(a) < tiny)
@@ -320,7 +320,7 @@ def test_random_args_sprinkles_every_kind_of_special_value():
 
 def test_random_args_leave_integers_alone():
     func = parse(matmul_source(16).replace("f32", "i32").replace("0.0", "0"))
-    plain, special = interp.random_args(func, 1), interp.random_args(func, 1, special=True, density=0.5)
+    plain, special = inputs.random_args(func, 1), inputs.random_args(func, 1, special=True, density=0.5)
     for name in plain:
         np.testing.assert_array_equal(plain[name], special[name])
 

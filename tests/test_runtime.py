@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from rewrite import runtime
-from rewrite.interp import random_args, run
+from rewrite.inputs import random_args
+from rewrite.interp import run
 from rewrite.ir import For
 from rewrite.script import parse, parse_file
 from rewrite.tools import bench

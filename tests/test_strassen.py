@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import intrinsics
-from rewrite import calls, interp, ir, nests, runtime
+from rewrite import calls, inputs, interp, ir, nests, runtime
 from rewrite.names import Names
 from rewrite.pipeline import tensorize
 from rewrite.rules import matmul, strassen
@@ -141,7 +141,7 @@ def test_strassen_program_interpreted_matches_original(n, levels):
 
 
 def _interp_equal(func, result_func, rtol=1e-4):
-    args = interp.random_args(func, seed=1)
+    args = inputs.random_args(func, seed=1)
     want = interp.run(func, **{k: np.array(v, copy=True) for k, v in args.items()})
     got = interp.run(calls.expand_calls(result_func), **{k: np.array(v, copy=True) for k, v in args.items()})
     for buf in func.outputs:

@@ -169,7 +169,8 @@ def test_hard_limit_kills_the_worker_and_the_program_stays_correct():
 def test_interpreter_runs_tensorized_programs_like_the_originals():
     import numpy as np
 
-    from rewrite.interp import random_args, run
+    from rewrite.inputs import random_args
+    from rewrite.interp import run
 
     for path in GOLDEN:
         func = _only(path)

@@ -201,6 +201,21 @@ def build(c: Access, a: Access, b: Access, m: int, n: int, k: int, scale: Option
                    product(scale, a.load(), b.load()))
 
 
+def _temporary(names: Names, prefix: str, dtype: str, rows: tuple[str, int],
+               cols: tuple[str, int]) -> Access:
+    """A fresh matrix ``<prefix>_<n>``, its shape the two extents given, accessed as
+    ``[r, c]`` in the two dims named."""
+    (r, m), (c, n) = rows, cols
+    return Access(ir.Buffer(names.numbered(prefix), dtype, (m, n)), ((r, 0), (c, 0)))
+
+
+def _filling(t: Access, value: Expr) -> ir.Stmt:
+    """``t[r, c] = value`` for every element of the matrix ``t`` (a ``_temporary``)."""
+    (r, _), (c, _) = t.slots
+    m, n = t.buffer.shape
+    return ir.For(r, 0, m, ir.For(c, 0, n, ir.Store(t.buffer, t.indices(), value)))
+
+
 def _plain(mm: MatMul) -> bool:
     """No batch, dims from 0: the shapes the algebra below handles."""
     return not mm.batch and all(d.start == 0 for d in (mm.m, mm.n, mm.k))
@@ -240,6 +255,39 @@ def _touches(p, name: str) -> tuple[bool, bool]:
     return reads, writes
 
 
+# A factor of a chain of matrix products: its access, and the dims along its rows and columns.
+Factor = tuple[Access, Dim, Dim]
+
+
+def _written(f: Factor, row: str, col: str) -> Access:
+    """The factor's access written in the dims ``row`` and ``col``."""
+    x, r, c = f
+    return x.renamed({r.name: row, c.name: col})
+
+
+def _regroup(chain: tuple[Factor, Factor, Factor], extents: tuple[int, int, int, int], right: bool,
+             d: Access, scales: tuple[Optional[Const], Optional[Const]],
+             names: Names) -> Optional[tuple[Access, AccNest, AccNest]]:
+    """``d += (p @ q) @ r`` regrouped as ``d += p @ (q @ r)`` (``right``), or the other way
+    round, for the chain ``p[e0, e1] @ q[e1, e2] @ r[e2, e3]``: a fresh temporary U, the nest
+    ``U = q @ r`` (``p @ q``) with the first scale, and the nest adding ``p @ U`` (``U @ r``) to
+    ``d`` with the second. None when the regrouped chain takes no fewer multiply-adds."""
+    p, q, r = chain
+    e0, e1, e2, e3 = extents
+    multiply_adds = {False: e0 * e1 * e2 + e0 * e2 * e3,  # (p @ q) @ r
+                     True: e1 * e2 * e3 + e0 * e1 * e3}   # p @ (q @ r)
+    if multiply_adds[right] >= multiply_adds[not right]:
+        return None
+    x, y, m, n, k = (q, r, e1, e3, e2) if right else (p, q, e0, e2, e1)
+    u = _temporary(names, "mm_U", d.buffer.dtype, ("i", m), ("j", n))
+    make_u = build(u, _written(x, "i", "k"), _written(y, "k", "j"), m, n, k, scales[0])
+    if right:
+        new = build(d, _written(p, "i", "k"), Access(u.buffer, (("k", 0), ("j", 0))), e0, e3, e1, scales[1])
+    else:
+        new = build(d, Access(u.buffer, (("i", 0), ("k", 0))), _written(r, "k", "j"), e0, e3, e2, scales[1])
+    return u, make_u, new
+
+
 def _chain(func: ir.PrimFunc, parts: list, names: Names) -> list[Alternative]:
     """``T = A @ B; D += T @ C``  ->  ``U = B @ C; D += A @ U`` (and ``D += X @ T`` ->
     ``U = X @ A; D += U @ B``), when that takes fewer multiply-adds.
@@ -271,36 +319,23 @@ def _chain(func: ir.PrimFunc, parts: list, names: Names) -> list[Alternative]:
         if operands & set(func.written):
             continue
         M, K, N = first.m.extent, first.k.extent, first.n.extent
+        a, b = (first.a, first.m, first.k), (first.b, first.k, first.n)
         if second.a.buffer.name == t.name and second.a.slots == ((second.m.name, 0), (second.k.name, 0)):
             # D[M, L] += T[M, N] @ C[N, L]  with  T = A[M, K] @ B[K, N]
-            L = second.n.extent
-            if K * N * L + M * K * L >= M * K * N + M * N * L:
-                continue
-            u = Access(ir.Buffer(names.numbered("mm_U"), t.dtype, (K, L)), (("i", 0), ("j", 0)))
-            b_in_u = first.b.renamed({first.k.name: "i", first.n.name: "k"})
-            c_in_u = second.b.renamed({second.k.name: "k", second.n.name: "j"})
-            make_u = build(u, b_in_u, c_in_u, K, L, N, first.scale)
-            a_in_d = first.a.renamed({first.m.name: "i", first.k.name: "k"})
-            d = second.c.renamed({second.m.name: "i", second.n.name: "j"})
-            new = build(d, a_in_d, Access(u.buffer, (("k", 0), ("j", 0))), M, L, K, second.scale)
-            note = "(A @ B) @ C -> A @ (B @ C)"
+            chain, extents = (a, b, (second.b, second.k, second.n)), (M, K, N, second.n.extent)
+            right, note = True, "(A @ B) @ C -> A @ (B @ C)"
         elif second.b.buffer.name == t.name and second.b.slots == ((second.k.name, 0), (second.n.name, 0)):
             # D[L, N] += X[L, M] @ T[M, N]  with  T = A[M, K] @ B[K, N]
-            L = second.m.extent
-            if L * M * K + L * K * N >= M * K * N + L * M * N:
-                continue
-            u = Access(ir.Buffer(names.numbered("mm_U"), t.dtype, (L, K)), (("i", 0), ("j", 0)))
-            x_in_u = second.a.renamed({second.m.name: "i", second.k.name: "k"})
-            a_in_u = first.a.renamed({first.m.name: "k", first.k.name: "j"})
-            make_u = build(u, x_in_u, a_in_u, L, K, M, first.scale)
-            b_in_d = first.b.renamed({first.k.name: "k", first.n.name: "j"})
-            d = second.c.renamed({second.m.name: "i", second.n.name: "j"})
-            new = build(d, Access(u.buffer, (("i", 0), ("k", 0))), b_in_d, L, N, K, second.scale)
-            note = "X @ (A @ B) -> (X @ A) @ B"
+            chain, extents = ((second.a, second.m, second.k), a, b), (second.m.extent, M, K, N)
+            right, note = False, "X @ (A @ B) -> (X @ A) @ B"
         else:
             continue
-        zero = ir.For("i", 0, u.buffer.shape[0], ir.For("j", 0, u.buffer.shape[1],
-                                                         ir.Store(u.buffer, u.indices(), Const(0, t.dtype))))
+        d = second.c.renamed({second.m.name: "i", second.n.name: "j"})
+        regrouped = _regroup(chain, extents, right, d, (first.scale, second.scale), names)
+        if regrouped is None:
+            continue
+        u, make_u, new = regrouped
+        zero = _filling(u, Const(0, t.dtype))
         rest = [p for q, p in enumerate(parts) if q not in (inits[0], q1, q2)]
         at = sum(1 for q in range(q2) if q not in (inits[0], q1))
         # regrouped, a NaN or Inf reaches other elements: only on finite operands (finite.py);
@@ -340,28 +375,21 @@ def _distribute(func: ir.PrimFunc, parts: list, names: Names) -> list[Alternativ
         if x.c.renamed(rx) != y.c.renamed(ry):
             continue
         M, N, K = x.m.extent, x.n.extent, x.k.extent
-        dt = x.dtype
-        if x.a.renamed(rx) == y.a.renamed(ry):
-            shared = x.a.renamed(rx)
-            s = Access(ir.Buffer(names.numbered("mm_S"), dt, (K, N)), (("k", 0), ("j", 0)))
-            fill = ir.For("k", 0, K, ir.For("j", 0, N, ir.Store(
-                s.buffer, s.indices(), Binary("+", x.b.renamed(rx).load(), y.b.renamed(ry).load()))))
-            new = build(x.c.renamed(rx), shared, s, M, N, K, x.scale)
-            note = "A @ B1 + A @ B2 -> A @ (B1 + B2)"
-        elif x.b.renamed(rx) == y.b.renamed(ry):
-            shared = x.b.renamed(rx)
-            s = Access(ir.Buffer(names.numbered("mm_S"), dt, (M, K)), (("i", 0), ("k", 0)))
-            fill = ir.For("i", 0, M, ir.For("k", 0, K, ir.Store(
-                s.buffer, s.indices(), Binary("+", x.a.renamed(rx).load(), y.a.renamed(ry).load()))))
-            new = build(x.c.renamed(rx), s, shared, M, N, K, x.scale)
-            note = "A1 @ B + A2 @ B -> (A1 + A2) @ B"
+        a, b, c = (v.renamed(rx) for v in (x.a, x.b, x.c))
+        if a == y.a.renamed(ry):  # C += A @ S, S[k, j] = B1 + B2
+            s = _temporary(names, "mm_S", x.dtype, ("k", K), ("j", N))
+            fill = _filling(s, Binary("+", b.load(), y.b.renamed(ry).load()))
+            new, shared, note = build(c, a, s, M, N, K, x.scale), x.a, "A @ B1 + A @ B2 -> A @ (B1 + B2)"
+        elif b == y.b.renamed(ry):  # C += S @ B, S[i, k] = A1 + A2
+            s = _temporary(names, "mm_S", x.dtype, ("i", M), ("k", K))
+            fill = _filling(s, Binary("+", a.load(), y.a.renamed(ry).load()))
+            new, shared, note = build(c, s, b, M, N, K, x.scale), x.b, "A1 @ B + A2 @ B -> (A1 + A2) @ B"
         else:
             continue
         # a*b1 + a*b2 is NaN where a*(b1 + b2) is Inf (a = Inf, b1 = 0, b2 = 1): only where
         # the shared operand is finite (finite.py); for a finite ``a`` the two agree on NaN/Inf
         allocs = [s.buffer]
-        block = finite.guard([(p1, (x.a if shared == x.a.renamed(rx) else x.b).load())],
-                             [fill, new], [p1, p2], names, allocs)
+        block = finite.guard([(p1, shared.load())], [fill, new], [p1, p2], names, allocs)
         out.append(Alternative(list(parts[:q]) + block + list(parts[q + 2:]), allocs, note))
     return out
 
@@ -384,13 +412,13 @@ def transposes(func: ir.PrimFunc, parts: list, names: Names) -> list[Alternative
         M, N, K = mm.m.extent, mm.n.extent, mm.k.extent
         dims = [v for v, _ in b.slots if v is not None]
         if dims[-1] == "k":  # B read as B[j, k]
-            t = Access(ir.Buffer(names.numbered("mm_Bt"), mm.dtype, (K, N)), (("k", 0), ("j", 0)))
-            fill = ir.For("k", 0, K, ir.For("j", 0, N, ir.Store(t.buffer, t.indices(), b.load())))
+            t = _temporary(names, "mm_Bt", mm.dtype, ("k", K), ("j", N))
+            fill = _filling(t, b.load())
             new = build(c, a, t, M, N, K, mm.scale)
             note = "B read as B[j, k] -> copied to Bt[k, j]"
         elif [v for v, _ in a.slots if v is not None][-1] == "i":  # A read as A[k, i]
-            t = Access(ir.Buffer(names.numbered("mm_At"), mm.dtype, (M, K)), (("i", 0), ("k", 0)))
-            fill = ir.For("i", 0, M, ir.For("k", 0, K, ir.Store(t.buffer, t.indices(), a.load())))
+            t = _temporary(names, "mm_At", mm.dtype, ("i", M), ("k", K))
+            fill = _filling(t, a.load())
             new = build(c, t, b, M, N, K, mm.scale)
             note = "A read as A[k, i] -> copied to At[i, k]"
         else:

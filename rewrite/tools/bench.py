@@ -71,7 +71,7 @@ def bench(funcs: Iterable[Union[PrimFunc, tuple]], threads: Optional[int] = None
 def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int] = None,
               min_runs: int = 20, target_seconds: float = 0.3,
               chosen: Optional[PrimFunc] = None, onnxruntime: bool = False) -> BenchResult:
-    from ..interp import random_args
+    from ..inputs import random_args
 
     t0 = time.perf_counter()
     kernel = runtime.compile(chosen if chosen is not None else func, threads=threads)
