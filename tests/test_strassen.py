@@ -288,6 +288,26 @@ def chain(A: f32[48, 8], B: f32[8, 48], C: f32[48, 16], T: f32[48, 48], D: f32[4
     assert matmul.alternatives(func, nests.items(nests.normalize(func)), Names()) == []
 
 
+def test_chain_needs_the_whole_temporary_read():
+    # the second product reads 4 of T's 32 columns: T[:, :4] @ C is no regrouping of A @ B @ C
+    src = """
+@prim_func
+def chain(A: f32[32, 2], B: f32[2, 32], C: f32[4, 2], D: f32[32, 2]):
+    T = alloc(f32[32, 32])
+    for i, j in grid(32, 32):
+        T[i, j] = 0.0
+        for k in range(2):
+            T[i, j] += A[i, k] * B[k, j]
+    for i, j in grid(32, 2):
+        D[i, j] = 0.0
+        for k in range(4):
+            D[i, j] += T[i, k] * C[k, j]
+"""
+    func = parse(src)
+    assert matmul.alternatives(func, nests.items(nests.normalize(func)), Names()) == []
+    _interp_equal(func, tensorize(func, AVX2).func)
+
+
 def test_distributivity_factors_a_shared_operand():
     func = _only("matmul_distribute")
     result = tensorize(func, AVX2)

@@ -320,11 +320,15 @@ def _chain(func: ir.PrimFunc, parts: list, names: Names) -> list[Alternative]:
             continue
         M, K, N = first.m.extent, first.k.extent, first.n.extent
         a, b = (first.a, first.m, first.k), (first.b, first.k, first.n)
-        if second.a.buffer.name == t.name and second.a.slots == ((second.m.name, 0), (second.k.name, 0)):
+        # the second product reads exactly the block the first writes: a part of T read alone
+        # is not the product regrouped
+        if second.a.buffer.name == t.name and second.a.slots == ((second.m.name, 0), (second.k.name, 0)) \
+                and (second.m.extent, second.k.extent) == (M, N):
             # D[M, L] += T[M, N] @ C[N, L]  with  T = A[M, K] @ B[K, N]
             chain, extents = (a, b, (second.b, second.k, second.n)), (M, K, N, second.n.extent)
             right, note = True, "(A @ B) @ C -> A @ (B @ C)"
-        elif second.b.buffer.name == t.name and second.b.slots == ((second.k.name, 0), (second.n.name, 0)):
+        elif second.b.buffer.name == t.name and second.b.slots == ((second.k.name, 0), (second.n.name, 0)) \
+                and (second.k.extent, second.n.extent) == (M, N):
             # D[L, N] += X[L, M] @ T[M, N]  with  T = A[M, K] @ B[K, N]
             chain, extents = ((second.a, second.m, second.k), a, b), (second.m.extent, M, K, N)
             right, note = False, "X @ (A @ B) -> (X @ A) @ B"
