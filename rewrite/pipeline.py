@@ -165,6 +165,14 @@ def _nests_in(parts: Sequence) -> list[AccNest]:
     return out
 
 
+def _declare(allocs: list, more: Sequence) -> None:
+    """Add the temporaries ``more`` to ``allocs`` once each: the two branches of a guard, or
+    two nests, may fill the same packed copy (the extractor names equal copies alike)."""
+    for b in more:
+        if b not in allocs:
+            allocs.append(b)
+
+
 def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
                in_process: bool = False, rules_off: frozenset[str] = frozenset()) -> Planned:
     """Saturate the bodies of the accumulate nests among ``parts``, then take the cheapest
@@ -189,7 +197,7 @@ def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
                 fast, slow = plan(p.fast), plan(p.slow)
                 branch = ir.If(p.cond, ir.seq(*fast.stmts), ir.seq(*slow.stmts))
                 out.stmts += list(p.scan) + [branch]
-                out.allocs += fast.allocs + slow.allocs
+                _declare(out.allocs, fast.allocs + slow.allocs)
                 out.cost += sum(cost.scalar_stmt(s) for s in p.scan) + fast.cost
                 out.explanations += fast.explanations
                 out.guards += fast.guards + slow.guards + [branch]
@@ -204,7 +212,7 @@ def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
             mine = [m for m in matches if m.nest == k]
             plan_ = extractor.best(p, mine)
             out.stmts += plan_.stmts
-            out.allocs += plan_.allocs
+            _declare(out.allocs, plan_.allocs)
             out.cost += plan_.cost
             if not any(isinstance(s, Call) for st in plan_.stmts for s in ir.walk_stmts(st)):
                 out.explanations.append(_explain_nest(p, mine, library))
@@ -325,9 +333,15 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
                            "tensorize": t3 - t0})
     out.strassen_levels = best.strassen_levels
     out.cost = chosen.cost
-    out.scalar_cost = sum(cost.scalar(p) if isinstance(p, AccNest) else cost.scalar_stmt(p)
-                          for p in parts)
+    out.scalar_cost = _scalar_cost(parts)
     return out
+
+
+def _scalar_cost(items) -> float:
+    """What ``items`` cost as scalar code; a guarded rewrite counts as its program as written."""
+    return sum(cost.scalar(p) if isinstance(p, AccNest) else
+               _scalar_cost(p.slow) if isinstance(p, Guarded) else cost.scalar_stmt(p)
+               for p in items)
 
 
 # ---------------------------------------------------------------------------

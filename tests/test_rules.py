@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import intrinsics
-from rewrite import rules
+from rewrite import rules, runtime
 from rewrite.pipeline import tensorize
 from rewrite.script import parse_file, show
 
@@ -38,12 +38,13 @@ def test_an_unknown_family_is_refused_by_name():
         tensorize(_golden("matmul_chain"), ROWS, rules_off=["strasen"])
 
 
-def test_strassen_off_as_a_family_is_the_strassen_option_off():
+def test_strassen_off_turns_off_strassen_and_nothing_else():
     func = _golden("matmul_chain")
     auto = show(tensorize(func, ROWS).func)
     off = show(tensorize(func, ROWS, strassen="off").func)
-    assert auto != off  # the chain is reassociated under "auto" (the family's matmul algebra)
+    assert "mm_U" in off and off == auto  # the chain is still reassociated (the matmul family)
     assert show(tensorize(func, ROWS, rules_off=("strassen",)).func) == off
+    assert "mm_U" not in show(tensorize(func, ROWS, rules_off=("matmul",)).func)
 
 
 def test_inline_off_keeps_the_widened_temporaries():
@@ -55,3 +56,14 @@ def test_inline_off_keeps_the_widened_temporaries():
 def test_without_rulesets_the_bodies_are_matched_as_written():
     r = tensorize(_golden("swapped_operands"), ROWS, in_process=True, rules_off=("algebra",))
     assert (r.saturation.iterations, r.saturation.stop_reason) == (0, "saturated")
+
+
+def test_a_strassen_level_splits_the_products_of_a_regrouped_chain():
+    # the matmul family regroups the chain, then the strassen family splits the regrouped
+    # product: composed, cheaper than the level on the chain as written, and the same values
+    func = _golden("matmul_chain")
+    both = tensorize(func, ROWS, strassen=1)
+    alone = tensorize(func, ROWS, strassen=1, rules_off=("matmul",))
+    assert "mm_U" in show(both.func) and both.strassen_levels == 1
+    assert both.cost < alone.cost
+    assert runtime.check(both.func).ok

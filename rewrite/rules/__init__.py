@@ -56,8 +56,8 @@ Kinds
 Modules that are no family: ``casts.py`` (the normal form of a body's casts, which
 ``nests.as_nest`` gives every nest it forms: part of what a nest is, not a choice),
 ``finite.py`` (the guard that ``matmul.py`` and ``strassen.py`` put around their rewrites),
-``matmul.py`` (matmul recognition, and the matmul algebra the ``strassen`` family offers
-under ``"auto"``).
+``matmul.py`` is the ``matmul`` family (chains reassociated, shared operands factored) and
+also the matmul recognition the ``strassen`` family reads.
 
 The hooks are looked up when a stage runs, not when this package is imported: the rule
 modules import ``nests`` and ``match``, which import this package (``casts``).
@@ -115,8 +115,8 @@ FAMILIES = (
     Family("pack-operand", NEST_STAGE, "layout", ("requests", "pack"), "pack-operand"),
     Family("pack-panel", CALLS_STAGE, "layout", ("panel_operands", "pack_panel"), "pack-panel"),
     Family("inline", ALTERNATIVES, "fusion", ("improve",), "inline-producer"),
-    Family("strassen", ALTERNATIVES, "strassen", ("improve",),
-           "strassen levels; under auto, matmul chains and distributivity (matmul.py)"),
+    Family("matmul", ALTERNATIVES, "matmul", ("improve",), "reassociate-chain, distribute"),
+    Family("strassen", ALTERNATIVES, "strassen", ("improve",), "strassen levels"),
 )
 
 

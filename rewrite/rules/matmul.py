@@ -21,7 +21,7 @@ Every other index position must be a constant. ``C = C + A*B`` reaches here alre
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from .. import ir
@@ -437,3 +437,18 @@ def alternatives(func: ir.PrimFunc, parts, names: Names) -> list[Alternative]:
     ``levels == 0``; the pipeline plans it and keeps it when the cost model says it is cheaper."""
     parts = list(parts)
     return _chain(func, parts, names) + _distribute(func, parts, names)
+
+
+def improve(best, search):
+    """``best`` (``pipeline.Choice``), or the cheapest program one matmul-algebra rewrite of it
+    gives (``alternatives``) when the cost model finds it cheaper. The chosen program's items
+    replace ``best``'s, and its temporaries join the function, so the families after this one
+    (Strassen levels) rewrite the regrouped products."""
+    chosen, items, temps = best, None, ()
+    for alt in alternatives(best.func, best.parts, search.names):
+        planned = search.plan(alt.parts)
+        if planned.cost < chosen.planned.cost:
+            chosen, items, temps = replace(best, planned=planned), alt.parts, tuple(alt.allocs)
+    if items is None:
+        return best
+    return replace(chosen, func=replace(best.func, allocs=best.func.allocs + temps), parts=list(items))

@@ -27,9 +27,9 @@ so on floats the levels run behind a scan of ``A`` and ``B`` (``finite.guard``) 
 as written runs when one of their elements is NaN or Inf.
 
 ``improve(best, search)`` is the pipeline's hook (the ``strassen`` family of kind
-``alternatives``, ``rules/__init__.py``): it plans each program ``alternatives`` offers, which
-under ``"auto"`` include the matmul algebra rewrites of ``matmul.alternatives`` (as programs
-with 0 levels).
+``alternatives``, ``rules/__init__.py``): it plans each program ``alternatives`` offers. It
+runs after the ``matmul`` family, so the products of a regrouped chain or a factored sum are
+the ones it splits.
 """
 
 from __future__ import annotations
@@ -230,17 +230,24 @@ def strassen(mm: MatMul, levels: int, names: Names, min_block: int, out: _Out, d
 # the pipeline's hook
 
 
-def _matmuls(parts: Sequence) -> dict[int, MatMul]:
+Path = tuple[int, ...]  # an item's position: its index, then its index in a guard's fast path
+
+
+def _matmuls(parts: Sequence, prefix: Path = ()) -> dict[Path, MatMul]:
+    """The matmul nests among ``parts`` by position, those on the fast path of an earlier
+    rewrite's guard (a regrouped chain's products) included."""
     found = {}
     for q, p in enumerate(parts):
         if isinstance(p, AccNest):
             mm = recognize(p)
             if mm is not None:
-                found[q] = mm
+                found[prefix + (q,)] = mm
+        elif isinstance(p, finite.Guarded):
+            found.update(_matmuls(p.fast, prefix + (q,)))
     return found
 
 
-def products(parts: Sequence, levels: int, min_block: int, only: Optional[set[int]] = None) -> int:
+def products(parts: Sequence, levels: int, min_block: int, only: Optional[set[Path]] = None) -> int:
     """Matmul products ``rewrite(parts, levels, ...)`` would create: 7 per level applied, the
     levels of each nest capped by its shapes (``max_levels``). Counted before any is built."""
     return sum(7 ** min(levels, max_levels(mm, min_block)) for q, mm in _matmuls(parts).items()
@@ -248,37 +255,48 @@ def products(parts: Sequence, levels: int, min_block: int, only: Optional[set[in
 
 
 def rewrite(parts: Sequence, levels: int, names: Names, min_block: int,
-            only: Optional[set[int]] = None) -> Optional[Alternative]:
+            only: Optional[set[Path]] = None) -> Optional[Alternative]:
     """``parts`` with ``levels`` Strassen levels on every matmul nest (or those in ``only``),
     or None when no nest admits a level."""
     mms = _matmuls(parts)
+    chosen = {q for q, mm in mms.items()
+              if (only is None or q in only) and max_levels(mm, min_block) >= 1}
+    if not chosen:
+        return None
     out = _Out()
-    applied = False
+    out.parts = _rewritten(parts, (), mms, chosen, levels, names, min_block, out)
+    return Alternative(levels, out.parts, out.allocs, ADDITION_TRAFFIC * out.addition_elements,
+                       f"{levels} Strassen level(s)", out.depth)
+
+
+def _rewritten(parts: Sequence, prefix: Path, mms: dict[Path, MatMul], chosen: set[Path],
+               levels: int, names: Names, min_block: int, out: _Out) -> list:
+    items = []
     for q, p in enumerate(parts):
-        mm = mms.get(q)
-        if mm is None or (only is not None and q not in only) or max_levels(mm, min_block) < 1:
-            out.parts.append(p)
+        here = prefix + (q,)
+        if isinstance(p, finite.Guarded):
+            fast = _rewritten(p.fast, here, mms, chosen, levels, names, min_block, out)
+            items.append(replace(p, fast=tuple(fast)))
             continue
-        applied = True
+        if here not in chosen:
+            items.append(p)
+            continue
+        mm = mms[here]
         one = _Out()
         strassen(mm, levels, names, min_block, one)
         out.allocs += one.allocs
         out.addition_elements += one.addition_elements
         out.depth = max(out.depth, one.depth)
         # Strassen's sums spread a NaN or Inf over other blocks: only on finite operands
-        out.parts += finite.guard([(p, mm.a.load()), (p, mm.b.load())], one.parts, [p], names,
-                                  out.allocs)
-    if not applied:
-        return None
-    return Alternative(levels, out.parts, out.allocs, ADDITION_TRAFFIC * out.addition_elements,
-                       f"{levels} Strassen level(s)", out.depth)
+        items += finite.guard([(p, mm.a.load()), (p, mm.b.load())], one.parts, [p], names,
+                              out.allocs)
+    return items
 
 
 def alternatives(func: ir.PrimFunc, parts: Sequence, mode: Union[str, int], names: Names,
                  max_products: Optional[int] = None) -> list:
     """Programs equivalent to ``parts`` with Strassen levels applied: levels 1.. as blocks allow
-    (``AUTO_MIN_BLOCK``) under ``"auto"``, exactly ``mode`` levels when it is an int. Under
-    ``"auto"``, the matmul algebra rewrites (``matmul.alternatives``) come too, with 0 levels.
+    (``AUTO_MIN_BLOCK``) under ``"auto"``, exactly ``mode`` levels when it is an int.
 
     ``max_products`` (``budgets.Budgets.strassen_products``) caps the matmul products of one
     alternative: a forced ``mode`` over it raises ``BudgetError``; ``"auto"`` stops below it."""
@@ -293,7 +311,7 @@ def alternatives(func: ir.PrimFunc, parts: Sequence, mode: Union[str, int], name
                               "strassen-products", max_products)
         alt = rewrite(parts, mode, names, FORCED_MIN_BLOCK)
         return [] if alt is None else [alt]
-    out = list(matmul.alternatives(func, parts, names))
+    out = []
     mms = _matmuls(parts)
     top = max([max_levels(mm, AUTO_MIN_BLOCK) for mm in mms.values()], default=0)
     for lv in range(1, min(top, MAX_AUTO_LEVELS) + 1):
