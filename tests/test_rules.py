@@ -67,3 +67,25 @@ def test_a_strassen_level_splits_the_products_of_a_regrouped_chain():
     assert "mm_U" in show(both.func) and both.strassen_levels == 1
     assert both.cost < alone.cost
     assert runtime.check(both.func).ok
+
+
+def test_a_packed_copy_both_branches_of_a_guard_fill_is_declared_once():
+    # the regrouped chain and the chain as written (the guard's other branch) both pack C
+    src = """
+@prim_func
+def chain(A: f32[1024, 1024], B: f32[1024, 2048], C: f32[2048, 1024], D: f32[1024, 1024]):
+    T = alloc(f32[1024, 2048])
+    for i, j in grid(1024, 2048):
+        T[i, j] = 0.0
+        for k in range(1024):
+            T[i, j] += A[i, k] * B[k, j]
+    for i, j in grid(1024, 1024):
+        D[i, j] = 0.0
+        for k in range(2048):
+            D[i, j] += T[i, k] * C[k, j]
+"""
+    from rewrite.script import parse
+
+    result = tensorize(parse(src), ROWS, strassen="off")
+    names = [b.name for b in result.func.allocs]
+    assert "mm_U_0" in names and len(names) == len(set(names))
