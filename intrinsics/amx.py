@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from rewrite.emitter import I64, Emitter, Ref, as_value, counted_loop, declare
+from rewrite.emitter import (I64, Emitter, Ref, concat, counted_loop, declare, load_row, shuffle,
+                             store_row)
 from rewrite.script import grid, i8, i32, u8  # noqa: F401 - names the parser reads
 
 from .base import Layout, intrinsic
@@ -90,27 +91,47 @@ def _rows_stride(b: ir.IRBuilder, ref: Ref, size: int) -> ir.Value:
     return b.mul(s, ir.Constant(I64, size))
 
 
-def _copy(b: ir.IRBuilder, ref: Ref, origin: tuple, extents: tuple, scratch: ir.Value,
-          to_scratch: bool) -> None:
-    """Element by element between the window of ``ref`` at ``origin`` over ``extents`` and
-    ``scratch`` (row-major over ``extents``), in nested loops."""
-    ety, size = _element(ref.dtype), _size(ref.dtype)
+def _row_at(b: ir.IRBuilder, scratch: ir.Value, vec: ir.VectorType, row: ir.Value) -> ir.Value:
+    """Row ``row`` of ``scratch``, as a pointer to a 64-byte vector ``vec``."""
+    ety = vec.element
+    at = b.gep(scratch, [b.mul(row, ir.Constant(I64, ROW_BYTES // (ety.width // 8)))],
+               source_etype=ety)
+    return b.bitcast(at, vec.as_pointer())
 
-    def nest(depth: int, index: list, flat: ir.Value) -> None:
-        if depth == len(extents):
-            at = ref.at(b, [b.add(as_value(o), i) for o, i in zip(origin, index)])
-            there = b.gep(scratch, [flat], source_etype=ety)
-            src, dst = (at, there) if to_scratch else (there, at)
-            b.store(b.load(src, typ=ety, align=size), dst, align=size)
-            return
 
-        def body(v: ir.Value) -> None:
-            nest(depth + 1, index + [v], b.add(b.mul(flat, ir.Constant(I64, extents[depth])), v))
+def _rows_in(b: ir.IRBuilder, ref: Ref, first: int, middle: int, scratch: ir.Value) -> None:
+    """Tile rows of an int8 operand ``x[row, m, kk]`` (16 rows from ``first`` along dim 0,
+    16 of dim 1 from ``middle``, 4 of dim 2) into ``scratch``, 64 bytes a row ordered
+    ``[m][kk]``, in a loop over the rows: where dim 2 runs at unit stride (``B[j, k]``), 16
+    runs of 4 bytes joined; else four runs of 16 along dim 1 (one load each at unit stride,
+    ``B[k, j]``; gathered otherwise) interleaved by one shuffle."""
+    def row(r: ir.Value) -> None:
+        at = b.add(r, ir.Constant(I64, first))
+        if ref.strides[2] == 1:
+            line = concat(b, [load_row(b, ref, (at, middle + m, 0), 2, 4) for m in range(16)])
+        else:
+            runs = [load_row(b, ref, (at, middle, kk), 1, 16) for kk in range(4)]
+            line = shuffle(b, concat(b, runs), None,
+                           [16 * kk + m for m in range(16) for kk in range(4)])
+        b.store(line, _row_at(b, scratch, line.type, r), align=1)
 
-        counted_loop(b, ir.Constant(I64, 0), ir.Constant(I64, extents[depth]), body,
-                     known_nonempty=True)
+    counted_loop(b, ir.Constant(I64, 0), ir.Constant(I64, ROWS), row, known_nonempty=True)
 
-    nest(0, [], ir.Constant(I64, 0))
+
+def _rows_c(b: ir.IRBuilder, ref: Ref, origin: tuple, scratch: ir.Value, into: bool) -> None:
+    """A 16 x 16 block of the i32 output at ``origin`` to (``into``) or from ``scratch``, a
+    row of 16 at a time (one vector at unit stride, element by element otherwise)."""
+    vec = ir.VectorType(ir.IntType(32), 16)
+
+    def row(r: ir.Value) -> None:
+        at = (b.add(r, ir.Constant(I64, origin[0])), origin[1])
+        there = _row_at(b, scratch, vec, r)
+        if into:
+            b.store(load_row(b, ref, at, 1, 16), there, align=4)
+        else:
+            store_row(b, ref, at, 1, b.load(there, typ=vec, align=4))
+
+    counted_loop(b, ir.Constant(I64, 0), ir.Constant(I64, ROWS), row, known_nonempty=True)
 
 
 class AmxMmU8I8I32(Emitter):
@@ -131,13 +152,16 @@ class AmxMmU8I8I32(Emitter):
     def _config(self, b: ir.IRBuilder) -> None:
         _amx(b, "ldtilecfg", [_tile_config(b.module)])
 
-    def _load(self, b, tile: int, ref: Ref, origin: tuple, extents: tuple, size: int,
-              fast: bool) -> None:
+    def _load(self, b, tile: int, ref: Ref, origin: tuple, fast: bool) -> None:
+        size = _size(ref.dtype)
         if fast:
             _amx(b, "tileloadd64", [tile, ref.at(b, origin), _rows_stride(b, ref, size)])
             return
         scratch = _scratch(b, ref.dtype)
-        _copy(b, ref, origin, extents, scratch, True)
+        if ref.dtype == "i32":
+            _rows_c(b, ref, origin, scratch, True)
+        else:
+            _rows_in(b, ref, origin[0], origin[1], scratch)
         _amx(b, "tileloadd64", [tile, scratch, ir.Constant(I64, ROW_BYTES)])
 
     @staticmethod
@@ -153,17 +177,17 @@ class AmxMmU8I8I32(Emitter):
         c = ops["c"]
         for t in range(4):
             r, h = divmod(t, 2)
-            self._load(b, self.C0 + t, c, (16 * r, 16 * h), (16, 16), 4, self._c_fast(c))
+            self._load(b, self.C0 + t, c, (16 * r, 16 * h), self._c_fast(c))
         return []
 
     def step(self, b, ops, acc):
         a, bb = ops["a"], ops["b"]
         for t in range(2):
-            self._load(b, self.A0 + t, a, (16 * t, 0, 0), (16, 16, 4), 1, self._in_fast(a))
+            self._load(b, self.A0 + t, a, (16 * t, 0, 0), self._in_fast(a))
         # b's half t: columns 16t..16t+15 of every group of four k; packed, a tile row of 64
         # bytes starts 64t bytes into the group's 128
         for t in range(2):
-            self._load(b, self.B0 + t, bb, (0, 16 * t, 0), (16, 16, 4), 1, self._in_fast(bb))
+            self._load(b, self.B0 + t, bb, (0, 16 * t, 0), self._in_fast(bb))
         for r in range(2):
             for h in range(2):
                 _amx(b, "tdpbusd", [self.C0 + 2 * r + h, self.A0 + r, self.B0 + h])
@@ -179,7 +203,7 @@ class AmxMmU8I8I32(Emitter):
             else:
                 scratch = _scratch(b, c.dtype)
                 _amx(b, "tilestored64", [self.C0 + t, scratch, ir.Constant(I64, ROW_BYTES)])
-                _copy(b, c, origin, (16, 16), scratch, False)
+                _rows_c(b, c, origin, scratch, False)
         _amx(b, "tilerelease", [])
 
 
