@@ -101,3 +101,17 @@ def test_amx_kernel_assembly_holds_tdpbusd():
     result = tensorize(QUANTIZED["qdense_u8i8_256"], AMX_LIB)
     asm = runtime.emit_asm(result.func)
     assert "tdpbusd" in asm and "ldtilecfg" in asm and "tilerelease" in asm
+
+
+def test_one_call_over_the_whole_program_stays_serial():
+    # a program that is the row's own semantics becomes one call with no loop around it,
+    # 65 536 multiply-adds: enough work for threads, but nothing to split between them
+    func = parse(
+        "@prim_func\n"
+        "def one(A: u8[32, 16, 4], B: i8[16, 32, 4], C: i32[32, 32]):\n"
+        "    for i, j, k4, kk in grid(32, 32, 16, 4):\n"
+        "        C[i, j] += i32(A[i, k4, kk]) * i32(B[k4, j, kk])\n")
+    result = tensorize(func, [intrinsics.get(AMX)])
+    assert [s.intrinsic for s in result.sites] == [AMX]
+    check = runtime.check(func, result.compile(threads=2))
+    assert check.ok, check.message
