@@ -15,7 +15,7 @@ from .base import (TARGETS, Intrinsic, IntrinsicError, IterDim, Layout, Operand,
 from .emit import (CompiledIntrinsic, Emitter, Emulated, LlvmText, Ref, compile_intrinsic,
                    emitter_of)
 from . import x86  # noqa: E402,F401 - registers the built-in library, x86 first
-from . import arm, nvidia  # noqa: E402,F401
+from . import amx, arm, nvidia  # noqa: E402,F401
 
 __all__ = ["TARGETS", "Intrinsic", "IntrinsicError", "IterDim", "Layout", "Operand", "all",
            "describe", "generation", "get", "host_features", "intrinsic", "library",

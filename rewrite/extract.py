@@ -41,7 +41,7 @@ from .match import (BodyMatch, Binding, affine_expr, bindings, dims_after_tiling
                     semantics_value, slow_dims, window)
 from .names import Names
 from .nests import AccNest, Dim
-from .rules import layout
+from .rules import layout, loops
 
 MAX_DEPTH = 3
 
@@ -82,6 +82,7 @@ class Extractor:
         self._temps: dict = {}  # (nest, scale) -> the scaled product's temporary
         self._panels: dict = {}  # (stage, nest, binding, tiling, operands) -> layout.Panel
         self._panel_names: dict = {}  # stage -> what a panel holds -> its temporary's name
+        self.split_loops = "loops" not in rules_off  # split-for-intrinsic, with the loop rules
 
     def best(self, nest: AccNest, matches: list[BodyMatch]) -> Plan:
         """The cheapest program for ``nest`` given the e-graph's ``matches``."""
@@ -204,8 +205,9 @@ class _Builder:
         self.ex, self.graph = ex, graph
         self._nests: dict = {}  # remainders of different bindings are often the same nest
 
-    def nest(self, nest: AccNest, matches: tuple, depth: int, pack: bool) -> NestRef:
-        key = (nest, matches, depth, pack)
+    def nest(self, nest: AccNest, matches: tuple, depth: int, pack: bool,
+             split: bool = True) -> NestRef:
+        key = (nest, matches, depth, pack, split)
         if key in self._nests:
             return self._nests[key]
         ref = self._nests[key] = self.graph.nest()
@@ -224,7 +226,20 @@ class _Builder:
                 if pack and not b.unit_stride_ok and b.scale == 1.0:
                     for stage in self.ex.nest_stages:
                         self._packed(stage, ref, nest, desc, b, matches, depth, scalar)
+            if split and self.ex.split_loops:
+                self._split(ref, nest, desc, m, matches, depth, pack)
         return ref
+
+    def _split(self, ref, nest: AccNest, desc, m: BodyMatch, matches, depth: int,
+               pack: bool) -> None:
+        """``split-for-intrinsic`` (``rules/loops.py``): ``nest`` with one loop split in two
+        for an intrinsic that reads it as two dims (``tdpbusd``'s groups of four k), planned
+        again, with every match, as another way to run the same nest."""
+        loads = dict(zip((o.name for o in desc.inputs), m.loads))
+        for split, load_of in loops.split_for(nest, desc, loads, self.ex.names):
+            moved = tuple(BodyMatch(x.nest, x.intrinsic, tuple(load_of(ld) for ld in x.loads),
+                                    x.scale) for x in matches)
+            self.graph.add(ref, self.nest(split, moved, depth, pack, False))
 
     def _packed(self, stage, ref, nest: AccNest, desc, b: Binding, matches, depth: int,
                 scalar: float) -> None:

@@ -64,7 +64,8 @@ def lower(func: PrimFunc) -> Plan:
     parts: list[Part] = []
     pending: list[Stmt] = []  # consecutive serial statements become one part
     for k, s in enumerate(stmts_of(func.body)):
-        if _worth_threads(meaning, k, stmts_of(meaning.body)[k]):
+        # a lone intrinsic call (no loop to split) stays serial, however much work it does
+        if isinstance(s, For) and _worth_threads(meaning, k, stmts_of(meaning.body)[k]):
             if pending:
                 parts.append(Part(seq(*pending), False))
                 pending = []

@@ -12,8 +12,10 @@ A new ISA is one line in ``TARGETS``: its architecture and the LLVM feature name
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import platform
+import sys
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping, Optional
@@ -34,6 +36,7 @@ TARGETS: Mapping[str, tuple[str, frozenset]] = MappingProxyType({
     "x86-avx2": ("x86", _AVX2),
     "x86-avx512": ("x86", _AVX512),
     "x86-avx512vnni": ("x86", _AVX512 | {"avx512vnni"}),
+    "x86-amx": ("x86", _AVX512 | {"avx512vnni", "amx-tile", "amx-int8"}),
     "arm-neon": ("arm", frozenset({"neon"})),
     "arm-dotprod": ("arm", frozenset({"neon", "dotprod"})),
     "nvidia-sm80": ("nvidia", frozenset({"sm_80"})),
@@ -41,9 +44,36 @@ TARGETS: Mapping[str, tuple[str, frozenset]] = MappingProxyType({
 ARCHES = ("x86", "arm", "nvidia")
 
 
+# Features whose register state Linux hands out only on request (the AMX tiles: 8 KB per
+# thread, so a process asks first; its first AMX instruction otherwise stops it on SIGILL).
+_AMX = frozenset({"amx-tile", "amx-int8", "amx-bf16", "amx-fp16", "amx-complex"})
+_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
+
+
+@functools.lru_cache(maxsize=None)
+def amx_permitted() -> bool:
+    """Ask Linux once for this process's permission to use the AMX tile data (granted to
+    every thread, present and future, of the process). False on any other system, or when
+    the kernel refuses or predates the request (before Linux 5.16)."""
+    if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(ctypes.c_long(_SYS_ARCH_PRCTL), ctypes.c_long(_ARCH_REQ_XCOMP_PERM),
+                            ctypes.c_long(_XFEATURE_XTILEDATA)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 @functools.lru_cache(maxsize=None)
 def host_features() -> frozenset[str]:
-    return frozenset(k for k, on in llvm.get_host_cpu_features().items() if on)
+    """The CPU's features as LLVM names them, less those this process may not use: the AMX
+    ones unless Linux granted the tile state (``amx_permitted``), so that no row using them
+    is native and none can stop the process."""
+    found = frozenset(k for k, on in llvm.get_host_cpu_features().items() if on)
+    if found & _AMX and not amx_permitted():
+        found -= _AMX
+    return found
 
 
 @functools.lru_cache(maxsize=None)

@@ -33,9 +33,10 @@ X86_AVX2 = ["x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i
 X86_AVX2 += ["x86.gemv.f32.4x8", "x86.mm.u8i8i32.2x16x4"]
 X86_AVX512 = ["x86.avx512.mm.f32.8x32x1"]
 X86_VNNI = ["x86.avx512vnni.dot.u8i8i32.16x4", "x86.avx512vnni.mm.u8i8i32.8x32x4"]
-X86_NATIVE = X86_AVX2 + X86_AVX512 + X86_VNNI  # native emitters, used where the CPU has the ISA
+X86_AMX = ["x86.amx.mm.u8i8i32.32x32x64"]
+X86_NATIVE = X86_AVX2 + X86_AVX512 + X86_VNNI + X86_AMX  # native emitters, where the CPU has the ISA
 NEVER_NATIVE = ["arm.neon.sdot.i8i32.4x4", "nvidia.mma.f16f32.16x8x16"]
-EMULATED = X86_VNNI + NEVER_NATIVE  # also checked as emulations on every host
+EMULATED = X86_VNNI + X86_AMX + NEVER_NATIVE  # also checked as emulations on every host
 HAS_AVX2 = {"avx2", "fma"} <= host_features()
 needs_avx2 = pytest.mark.skipif(not HAS_AVX2, reason="the host has no AVX2 + FMA")
 
@@ -283,7 +284,8 @@ CPU_WITH = {"x86.avx512vnni.dot.u8i8i32.16x4": ("znver4", "vpdpbusd"),
             "x86.mm.f32.6x16x1": ("haswell", "vfmadd231ps"),
             "x86.avx512.mm.f32.8x32x1": ("skylake-avx512", r"vfmadd231ps\s[^\n]*%zmm"),
             "x86.gemv.f32.4x8": ("haswell", "vfmadd231ps"),
-            "x86.mm.u8i8i32.2x16x4": ("haswell", "vpmaddwd")}
+            "x86.mm.u8i8i32.2x16x4": ("haswell", "vpmaddwd"),
+            "x86.amx.mm.u8i8i32.32x32x64": ("sapphirerapids", "tdpbusd")}
 
 
 @pytest.mark.parametrize("name", sorted(CPU_WITH))

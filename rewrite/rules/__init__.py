@@ -109,7 +109,8 @@ class Family:
 
 # The pipeline runs the families of one kind in this order.
 FAMILIES = (
-    Family("loops", NORMALIZE, "loops", ("apply",), "split-divmod, merge-reductions"),
+    Family("loops", NORMALIZE, "loops", ("apply",),
+           "split-divmod, merge-reductions; split-for-intrinsic (in the extractor)"),
     Family("algebra", RULESET, "algebra", ("algebra",),
            "comm-*, assoc-*, factor-mul, sub-as-add-neg"),
     Family("pack-operand", NEST_STAGE, "layout", ("requests", "pack"), "pack-operand"),

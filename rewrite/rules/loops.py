@@ -18,6 +18,19 @@ split-divmod
         for co, rc in grid(64, 16):                    for co_o, co_i, rc in grid(4, 16, 16):
             Y[co] += P[co // 16 * 16 + rc] * W[rc, co]  ->  Y[16*co_o + co_i] += P[16*co_o + rc] * W[rc, 16*co_o + co_i]
 
+split-for-intrinsic
+    An intrinsic may read one program loop as two of its dims: ``tdpbusd`` reads k as
+    ``4 * k4 + kk`` (groups of four bytes), declared ``a[i, k4, kk]``, ``b[k4, j, kk]``. Two
+    dims of a descriptor that the same operands use, the outer before the inner in each, can
+    run along one program loop split by the inner extent (``split_for``, weighed by the
+    extractor beside the nest as it is)::
+
+        for i, j, k in grid(64, 64, 256):          for i, j, k_o, k_i in grid(64, 64, 64, 4):
+            C[i, j] += A[i, k] * B[k, j]      ->       C[i, j] += A[i, 4*k_o + k_i] * B[4*k_o + k_i, j]
+
+    The same bijection as split-divmod (``k = 4 * k_o + k_i``, ``0 <= k_i < 4``), so the nest
+    enumerates the same iterations.
+
 merge-reductions
     Two adjacent nests that add the same body into the same output, over ranges of one
     dimension that join up, are one nest over the joined range. Both only add into ``out``
@@ -134,6 +147,61 @@ def split_divmod(nest: AccNest, names: Names) -> AccNest:
             names.reserve(inner)
             return current
     return nest
+
+
+def grouped_dims(desc) -> tuple[tuple[str, str], ...]:
+    """Pairs (outer, inner) of ``desc``'s dims, both longer than 1, that the same operands
+    use, the outer before the inner in each: one program loop split in two can run them."""
+    users = {d.name: frozenset(o.name for o in desc.operands if d.name in o.dims)
+             for d in desc.dims if d.extent > 1}
+    out = []
+    for outer in users:
+        for inner in users:
+            if outer != inner and users[outer] == users[inner] and users[outer] and all(
+                    o.dims.index(outer) < o.dims.index(inner)
+                    for o in desc.operands if o.name in users[outer]):
+                out.append((outer, inner))
+    return tuple(out)
+
+
+def split_for(nest: AccNest, desc, loads: dict[str, Load], names: Names) -> list:
+    """``split-for-intrinsic``: for each pair of ``grouped_dims(desc)``, each loop of ``nest``
+    that moves exactly the accesses of the operands using the pair (``loads``: input operand
+    -> program load) and divides by the inner extent, split by it. Returns
+    ``(nest, rewrite)`` pairs, ``rewrite`` mapping a load of ``nest`` to its load in the
+    split nest."""
+    out = []
+    extent = {d.name: d.extent for d in desc.dims}
+    for outer, inner in grouped_dims(desc):
+        g = extent[inner]
+        users = {o.name for o in desc.operands if inner in o.dims}
+        for dim in nest.dims:
+            if dim.extent % g or dim.extent // g < extent[outer]:
+                continue
+            moves = {o.name for o in desc.operands
+                     if any(dim.name in _vars(i) for i in
+                            (nest.indices if o.role == "output" else loads[o.name].indices))}
+            if moves != users:
+                continue
+            within = names.copy(d.name for d in nest.dims)
+            k_o, k_i = within.fresh(f"{dim.name}_o"), within.fresh(f"{dim.name}_i")
+            value = {dim.name: Binary("+", Binary("+", Const(dim.start, ir.INDEX),
+                                                  Binary("*", Const(g, ir.INDEX), Var(k_o))),
+                                      Var(k_i))}
+
+            def rewrite(x: Expr, value=value) -> Expr:
+                return _canonical(ir.substitute(x, value))
+
+            dims = []
+            for d in nest.dims:
+                dims += [Dim(k_o, 0, d.extent // g), Dim(k_i, 0, g)] if d is dim else [d]
+            split = _rewritten(nest, tuple(dims), rewrite)
+            out.append((split, lambda x, rewrite=rewrite: Load(x.buffer, tuple(rewrite(i) for i in x.indices))))
+    return out
+
+
+def _vars(e: Expr) -> set[str]:
+    return {x.name for x in ir.walk_expr(e) if isinstance(x, Var)}
 
 
 def _rewritten(nest: AccNest, dims: tuple[Dim, ...], fn) -> AccNest:
