@@ -99,7 +99,9 @@ def _root():
 
 
 def _match_rules(patterns: tuple[Pattern, ...]):
-    """One rule per intrinsic, and one for its constant-scaled form (``2.0 * A * B``)."""
+    """One rule per intrinsic, one for its constant-scaled form (``2.0 * A * B``), and one for
+    its negation (``-(A * B)``, what ``C -= A * B`` accumulates), read as the scale -1: the
+    same value, since multiplying by -1 is exact as negation is."""
     from egglog import String, eq, f64, i64, rule, ruleset, var
 
     from .egraph import Term, pattern
@@ -116,6 +118,8 @@ def _match_rules(patterns: tuple[Pattern, ...]):
         rules.append(rule(root(t, n), eq(t).to(body)).then(rel(n, i64(k), *xs, f64(1.0))))
         rules.append(rule(root(t, n), eq(t).to(Term.fconst(s, dt) * u), eq(u).to(body))
                      .then(rel(n, i64(k), *xs, s)))
+        rules.append(rule(root(t, n), eq(t).to(-u), eq(u).to(body))
+                     .then(rel(n, i64(k), *xs, f64(-1.0))))
     return rules
 
 

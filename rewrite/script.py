@@ -401,12 +401,7 @@ class _FunctionParser:
             self.check_value_dtype(node.value, value, buf)
             return [self.at(node, Store(buf, idx, value))]
         if isinstance(node, ast.AugAssign):
-            if not isinstance(node.op, ast.Add):
-                raise self.error(node, "only += updates are part of the language; write X[i] = X[i] op ...")
-            buf, idx = self.target(node.target)
-            value = self.expr(node.value, buf.dtype)
-            self.check_value_dtype(node.value, value, buf)
-            return [self.at(node, Accumulate(buf, idx, value))]
+            return [self.update(node)]
         if isinstance(node, ast.If):
             cond = self.condition(node.test)
             then = self.block(node.body, node)
@@ -429,6 +424,27 @@ class _FunctionParser:
         if isinstance(node, ast.Expr):
             what = "expression statements (only stores X[...] = e and X[...] += e)"
         raise self.error(node, f"{what or type(node).__name__} {'are' if what else 'is'} not part of the script language")
+
+    def update(self, node: ast.AugAssign) -> Stmt:
+        """``X[i] += e`` accumulates; ``X[i] -= e`` accumulates ``-(e)`` (the same value: IEEE
+        negation is exact and integers wrap alike), so a product it subtracts is still a product
+        accumulated; ``X[i] op= e`` for the other operators is ``X[i] = X[i] op (e)``."""
+        if isinstance(node.op, (ast.Add, ast.Sub)):
+            buf, idx = self.target(node.target)
+            operand = node.value if isinstance(node.op, ast.Add) else \
+                ast.copy_location(ast.UnaryOp(ast.USub(), node.value), node.value)
+            value = self.expr(operand, buf.dtype)
+            self.check_value_dtype(node.value, value, buf)
+            return self.at(node, Accumulate(buf, idx, value))
+        if type(node.op) not in _BINOPS:
+            raise self.error(node, f"{type(node.op).__name__} updates are not part of the language; "
+                                   f"the updates are += -= *= /= //= %=")
+        read = ast.copy_location(ast.Subscript(node.target.value, node.target.slice, ast.Load()),
+                                 node.target) if isinstance(node.target, ast.Subscript) else node.target
+        assign = ast.copy_location(ast.Assign([node.target], ast.copy_location(
+            ast.BinOp(read, node.op, node.value), node)), node)
+        (s,) = self.stmt(assign)
+        return s
 
     def intrinsic_call(self, node: ast.Call) -> Stmt:
         """``call("x86.fma.f32x8", c=window(C[i, 8 * j], (0, 1)), a=..., b=...)``."""

@@ -129,7 +129,7 @@ BAD_SCRIPTS = [
     (_header("    for i in range(8):\n        C[i, 0] = A.T[i, 0]\n"), 4, 19, "attribute access"),
     (_header("    for i in range(8):\n        C[i, 0] = foo(A[i, 0])\n"), 4, 19, "unknown function foo"),
     (_header("    for i in range(8):\n        C[i, 0] = A[i, 0] // B[i, 0]\n"), 4, 19, "integer-only"),
-    (_header("    for i in range(8):\n        C[i, 0] -= A[i, 0]\n"), 4, 9, "only +="),
+    (_header("    for i in range(8):\n        C[i, 0] **= A[i, 0]\n"), 4, 9, "+= -= *= /= //= %="),
     (_header("    for i in range(0, 8, 2):\n        C[i, 0] = 0.0\n"), 3, 14, "no step"),
     (_header("    for i in range(8):\n        for i in range(8):\n            C[i, 0] = 0.0\n"), 4, 13, "shadows"),
     (_header("    for i in range(8):\n        C[i, 0] = A[i, 0:2]\n"), 4, 24, "slices"),
@@ -228,3 +228,44 @@ def test_intrinsic_calls_round_trip_and_name_their_output():
 def test_bad_intrinsic_calls(change, words):
     with pytest.raises(ScriptError, match=words):
         parse(CALLS.replace(*change))
+
+
+UPDATES = """
+@prim_func
+def updates(A: f32[2, 2], q: f32[2], r: f32[2], X: i32[4], Y: f32[4]):
+    for i, j in grid(2, 2):
+        A[i, j] -= q[i] * r[j]
+    for i in range(4):
+        X[i] *= 3
+        X[i] //= 2
+        X[i] %= 5
+        Y[i] /= 2.0
+"""
+
+
+def test_updates_other_than_plus_mean_what_python_says():
+    import numpy as np
+
+    from rewrite.interp import run
+
+    f = parse(UPDATES)
+    assert parse(show(f)) == f
+    a = np.ones((2, 2), np.float32)
+    out = run(f, A=a, q=np.array([1, 2], np.float32), r=np.array([3, 4], np.float32),
+              X=np.array([1, 2, -7, 9], np.int32), Y=np.array([0, 1, 2, 3], np.float32))
+    assert out["A"].tolist() == [[1 - 3, 1 - 4], [1 - 6, 1 - 8]]
+    # x * 3 // 2 % 5 with Python's floor division and modulo
+    assert out["X"].tolist() == [1, 3, 4, 3]
+    assert out["Y"].tolist() == [0.0, 0.5, 1.0, 1.5]
+
+
+def test_a_subtracted_product_stays_an_accumulation():
+    (loop,) = [s for s in ir.walk_stmts(parse(UPDATES).body) if isinstance(s, ir.Accumulate)]
+    assert isinstance(loop.value, ir.Unary) and loop.value.op == "neg"
+
+
+def test_an_update_outside_the_language_is_named_where_it_is():
+    src = "@prim_func\ndef f(X: f32[4]):\n    for i in range(4):\n        X[i] **= 2.0\n"
+    with pytest.raises(ScriptError) as e:
+        parse(src)
+    assert (e.value.line, e.value.col) == (4, 9) and "+= -= *= /= //= %=" in e.value.message

@@ -190,3 +190,17 @@ def test_matrix_vector_products_read_the_matrix_at_unit_stride():
     if HOST_HAS_AVX2:
         check = runtime.check(CORPUS["mvt"], result.compile())
         assert check.ok, check.message
+
+
+@pytest.mark.skipif(not HOST_HAS_AVX2, reason="needs AVX2+FMA to run the native rows")
+def test_a_subtracted_product_is_a_product_scaled_by_minus_one():
+    src = """
+@prim_func
+def f(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):
+    for i, j, k in grid(64, 64, 64):
+        C[i, j] -= A[i, k] * B[k, j]
+"""
+    result = tensorize(parse(src), AVX2)
+    assert result.ops_in_intrinsics / result.ops_total > 0.9
+    assert "-1.0 *" in show(result.func)
+    assert runtime.check(result.func).ok

@@ -43,7 +43,8 @@ def _algebra(a: Term, b: Term, c: Term):
 
 
 def _canonical(e: ir.Expr):
-    """``e`` up to comm-*, assoc-* and sub-as-add-neg: sums and products flattened into
+    """``e`` up to comm-*, assoc-*, sub-as-add-neg and negation as the factor -1 (exact, as a
+    sign flip is): sums and products flattened into
     sorted operand lists (the AC normal form, which decides equality under those rules)."""
     if isinstance(e, ir.Binary) and e.op == "-":
         return _canonical(ir.Binary("+", e.a, ir.Unary("neg", e.b)))
@@ -55,8 +56,8 @@ def _canonical(e: ir.Expr):
         return (e.op, sorted(terms, key=repr))
     if isinstance(e, ir.Binary) and e.op in ("/", "max", "min"):  # terms, as egraph.py encodes
         return (e.op, [_canonical(e.a), _canonical(e.b)])
-    if isinstance(e, ir.Unary) and e.op == "neg":
-        return ("neg", [_canonical(e.a)])
+    if isinstance(e, ir.Unary) and e.op == "neg":  # -x is -1 * x, exactly (a sign flip)
+        return _canonical(ir.Binary("*", ir.Const(-1.0, e.dtype), e.a))
     if isinstance(e, ir.Cast):
         return ("cast " + e.dtype, [_canonical(e.a)])
     if isinstance(e, ir.Const):
