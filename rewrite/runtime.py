@@ -8,14 +8,16 @@ Arrays must be C-contiguous numpy arrays of exactly the declared dtype and shape
 else raises ``ValueError`` naming the buffer before native code runs. Non-contiguous views
 are rejected rather than copied, since a copy of an output would silently drop the writes.
 Any alignment works. An output may not share memory with another buffer (the compiled code
-assumes it does not). TempoCompiled code is kept in memory per program and on disk (``jit.py``) under a key made of the
+assumes it does not). Temporaries are allocated zeroed for every call.
+
+Compiled code is kept in memory per program and on disk (``jit.py``) under a key made of the
 program, the compiler's own source, the target, and the fingerprint of every intrinsic the
 program calls (``fingerprint``: its semantics and its emitter's source). A second run loads
 the object code without LLVM. Programs calling an emitter whose source cannot be read are
 not cached on disk.
 
-Threads: a parallel top-level loop runs on the host's thread pool (``pool.py``).
-costs microseconds, not a Python round trip.
+Threads: a parallel top-level loop runs on the host's thread pool (``pool.py``), whose
+dispatch costs microseconds, not a Python round trip.
 """
 
 from __future__ import annotations
