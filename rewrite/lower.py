@@ -90,14 +90,16 @@ def lower(func: PrimFunc) -> Plan:
     (see the module docstring)."""
     func = _without_unit_loops(_split_guards(_without_unit_loops(schedule(func))))
     meaning = expand_calls(func)  # what the dependence analysis reads
+    # every loop's class at once: asking per loop would hash the whole program each time
+    parallel = {info.path for info in analysis.analyze(meaning).loops if info.kind == "parallel"}
     parts: list[Part] = []
     pending: list[Stmt] = []  # consecutive serial statements become one part
     for k, s in enumerate(stmts_of(func.body)):
-        if _worth_threads(meaning, k, stmts_of(meaning.body)[k]):
+        if _worth_threads(parallel, k, stmts_of(meaning.body)[k]):
             if pending:
                 parts.append(Part(seq(*pending), False))
                 pending = []
-            parts.append(Part(_collapsed(meaning, k, s), True))
+            parts.append(Part(_collapsed(parallel, k, s), True))
         else:
             pending.append(s)
     if pending:
@@ -161,7 +163,7 @@ def _when(cond: Expr, s: Stmt) -> Stmt:
 MIN_SHARED_ITERATIONS = 16
 
 
-def _collapsed(func: PrimFunc, position: int, s: For) -> Stmt:
+def _collapsed(parallel: set[tuple[int, ...]], position: int, s: For) -> Stmt:
     """``s``, or, when it has few iterations and holds exactly one loop that is parallel too,
     the two as one loop over both, in the same order::
 
@@ -172,7 +174,7 @@ def _collapsed(func: PrimFunc, position: int, s: For) -> Stmt:
     consecutive (h_o, w) pairs, the order one thread would run them in."""
     inner = stmts_of(s.body)
     if s.extent >= MIN_SHARED_ITERATIONS or len(inner) != 1 or not isinstance(inner[0], For) \
-            or inner[0].extent < 2 or not analysis.can_parallelize(func, (position, 0)):
+            or inner[0].extent < 2 or (position, 0) not in parallel:
         return s
     inner = inner[0]
     taken = {x.var for x in walk_stmts(s) if isinstance(x, For)}
@@ -185,11 +187,12 @@ def _collapsed(func: PrimFunc, position: int, s: For) -> Stmt:
     return For(name, 0, s.extent * inner.extent, substitute_stmt(inner.body, values))
 
 
-def _worth_threads(func: PrimFunc, position: int, s: Stmt) -> bool:
+def _worth_threads(parallel: set[tuple[int, ...]], position: int, s: Stmt) -> bool:
+    """``parallel``: the paths of the loops the dependence analysis finds parallel."""
     # a copy (a packing stage, a padded input) has no arithmetic but is worth threads too
     if not isinstance(s, For) or s.extent < 2 or op_count(s, per_store=1) < MIN_PARALLEL_OPS:
         return False
-    return analysis.can_parallelize(func, (position,))
+    return (position,) in parallel
 
 
 # ---------------------------------------------------------------------------
