@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import intrinsics
-from rewrite import lower, runtime
+import rewrite
+from rewrite import jit, lower, runtime
 from rewrite.interp import random_args, run
 from rewrite.ir import Call, walk_stmts
 from rewrite.pipeline import tensorize
@@ -196,3 +199,27 @@ def f(A: f32[8], C: f32[8]):
         runtime.compile(parse(src.format(zero)), threads=1)(A=a, C=c)
         signs.append(bool(np.signbit(c).all()))
     assert signs == [False, True]
+
+
+def _imports(module: str) -> set[str]:
+    """The ``rewrite`` modules ``module`` imports, at its top or inside a function."""
+    tree = ast.parse((Path(rewrite.__file__).parent / f"{module}.py").read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            out.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+    return out
+
+
+def test_the_disk_cache_key_covers_every_module_the_code_generator_reads():
+    # lowering's canonical forms read affine.py, codegen's loops emitter.py: a change to
+    # either changes compiled code, so it must change the key of every entry
+    closure, todo = set(), ["codegen", "lower"]
+    while todo:
+        m = todo.pop()
+        if m not in closure and (Path(rewrite.__file__).parent / f"{m}.py").exists():
+            closure.add(m)
+            todo += sorted(_imports(m))
+    keyed = {Path(m.__file__).stem for m in jit.CODE_MODULES}
+    assert {"affine", "emitter", "lower", "codegen"} <= closure
+    assert closure <= keyed, closure - keyed
