@@ -23,7 +23,8 @@ dependence analysis (and the interpreter) their meaning.
 
 Parts that are the same code on other buffers share one *body* (``shared_bodies``): the
 seven products of a Strassen level, their packing copies and their sums are each one
-function, compiled once and called with each part's pointers::
+function, compiled once and called with each part's pointers (here ``S`` is ``f32[1024, 512]``,
+so ``S[i + 512, j]`` is ``S[i, j]`` moved by 512 rows of 512)::
 
     for i, j in grid(512, 512):                     body0(b0, b1, b2):
         P1[i, j] += S[i, j] * T[i, j]       ->          for v0, v1 in grid(512, 512):
