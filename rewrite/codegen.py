@@ -16,8 +16,10 @@ terms may differ from the sequential one by a few ``n * eps`` relative to its te
 other float operation is exact IEEE in program order. ``runtime.check`` scales its tolerance
 by the reduction length for this reason.
 
-Kernel shape: ``void K(ptr args, ptr pool)``. Each part of the plan becomes an internal
-function over ``noalias`` buffer pointers and an iteration range ``[lo, hi)``; a parallel part
+Kernel shape: ``void K(ptr args, ptr pool)``. Each body of the plan becomes an internal
+function over ``noalias`` buffer pointers and an iteration range ``[lo, hi)``, and each part
+a task that calls its body on its buffers' pointers (one body serves every part that is the
+same code on other buffers: ``lower.shared_bodies``); a parallel part
 is handed to the pool's dispatcher (``pool.py``, reached through slot ``POOL_DISPATCH`` of the
 block ``pool`` points at) when ``pool`` is not null. Each intrinsic call is emitted by the
 emitter the caller's ``emitters`` gives for its descriptor (``target.Target.emitter``).
@@ -435,14 +437,16 @@ DISPATCH_TYPE = ir.FunctionType(_VOID, [_PTR, _PTR, _PTR, _I64, _I64])
 
 def kernel_module(plan: lowering.Plan, symbol: str, emitters: Emitters) -> ir.Module:
     """The module whose one exported function ``symbol(ptr args, ptr pool)`` runs ``plan``,
-    each intrinsic call emitted by ``emitters(descriptor)``."""
+    each intrinsic call emitted by ``emitters(descriptor)``. Each of the plan's bodies is one
+    function, however many parts run it (``lower.shared_bodies``)."""
     module = new_module(symbol)
+    bodies = [_body(module, code, f"{symbol}.body{n}", emitters) for n, code in enumerate(plan.bodies)]
     main = ir.Function(module, ir.FunctionType(_VOID, [_PTR, _PTR]), name=symbol)
     main.attributes.add("nounwind")
     b = ir.IRBuilder(main.append_basic_block("entry"))
     args, pool = main.args
     for n, part in enumerate(plan.parts):
-        task = _task(module, plan, part, f"{symbol}.part{n}", emitters)
+        task = _task(module, part, plan.bodies[part.code], bodies[part.code], f"{symbol}.part{n}")
         if not part.parallel:
             b.call(task, [args, ir.Constant(_I64, 0), ir.Constant(_I64, 0)])
             continue
@@ -460,20 +464,34 @@ def kernel_module(plan: lowering.Plan, symbol: str, emitters: Emitters) -> ir.Mo
     return module
 
 
-def _task(module: ir.Module, plan: lowering.Plan, part: lowering.Part, name: str,
-          emitters: Emitters) -> ir.Function:
-    """``name(args, lo, hi)``: loads the buffer pointers and calls the part's body, whose
-    pointer parameters are ``noalias`` (the runtime rejects outputs that overlap any other
-    buffer), which the inliner keeps as alias scopes."""
-    body_type = ir.FunctionType(_VOID, [_PTR] * len(plan.buffers) + [_I64, _I64])
-    body = ir.Function(module, body_type, name=name + ".body")
-    body.linkage = "internal"
-    body.attributes.add("nounwind")
-    for arg, buf in zip(body.args, plan.buffers):
+def _body(module: ir.Module, code: lowering.Body, name: str, emitters: Emitters) -> ir.Function:
+    """``name(b0, b1, ..., lo, hi)``: the body's statements over its buffers' pointers, which
+    are ``noalias`` (the runtime rejects outputs that overlap any other buffer, and a part
+    passes each buffer once), kept by the inliner as alias scopes. A body that several parts
+    run is never inlined: that is what makes LLVM optimise it once."""
+    fn = ir.Function(module, ir.FunctionType(_VOID, [_PTR] * len(code.buffers) + [_I64, _I64]),
+                     name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    if code.uses > 1:
+        fn.attributes.add("noinline")
+    for arg, buf in zip(fn.args, code.buffers):
         arg.name = buf.name
         arg.add_attribute("noalias")
-    _emit_part(body, plan, part, emitters)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    emitter = _BodyEmitter(b, {buf.name: arg for buf, arg in zip(code.buffers, fn.args)}, emitters)
+    if code.parallel:
+        emitter.loop(code.stmt, fn.args[-2], fn.args[-1])
+    else:
+        emitter.stmt(code.stmt)
+    b.ret_void()
+    return fn
 
+
+def _task(module: ir.Module, part: lowering.Part, code: lowering.Body, body: ir.Function,
+          name: str) -> ir.Function:
+    """``name(args, lo, hi)``: loads the pointers of the buffers the part uses, each moved by
+    its offset, and calls the part's body on them."""
     task = ir.Function(module, TASK_TYPE, name=name)
     task.linkage = "internal"
     task.attributes.add("nounwind")
@@ -482,24 +500,15 @@ def _task(module: ir.Module, plan: lowering.Plan, part: lowering.Part, name: str
     task.attributes.add("noinline")
     b = ir.IRBuilder(task.append_basic_block("entry"))
     args, lo, hi = task.args
-    pointers = [b.load(b.gep(args, [ir.Constant(_I64, k)], source_etype=_PTR), typ=_PTR, align=8)
-                for k in range(len(plan.buffers))]
+    pointers = []
+    for (k, offset), buf in zip(part.args, code.buffers):
+        ptr = b.load(b.gep(args, [ir.Constant(_I64, k)], source_etype=_PTR), typ=_PTR, align=8)
+        if offset:
+            ptr = b.gep(ptr, [ir.Constant(_I64, offset)], source_etype=lltype(buf.dtype))
+        pointers.append(ptr)
     b.call(body, pointers + [lo, hi])
     b.ret_void()
     return task
-
-
-def _emit_part(fn: ir.Function, plan: lowering.Plan, part: lowering.Part,
-               emitters: Emitters) -> None:
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    pointers = {buf.name: arg for buf, arg in zip(plan.buffers, fn.args)}
-    emitter = _BodyEmitter(b, pointers, emitters)
-    if part.parallel:
-        lo, hi = fn.args[-2], fn.args[-1]
-        emitter.loop(part.body, lo, hi)
-    else:
-        emitter.stmt(part.body)
-    b.ret_void()
 
 
 # ---------------------------------------------------------------------------

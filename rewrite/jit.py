@@ -3,12 +3,13 @@
 One MCJIT engine per process; object code is linked into it once per symbol (symbols are
 named by content). Object code is cached on disk under ``$TENSORIZE_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/tensorize``, else ``~/.cache/tensorize``, named by a hash of what it was
-built from (``key``): the program, the compiler's own source (analysis, lowering, codegen)
-and the target (CPU name, features, llvmlite version). Each entry is authenticated with a
-keyed MAC (HMAC-SHA256) under a per-user secret, ``$XDG_CONFIG_HOME/tensorize/cache.key``
-(else ``~/.config/...``), made on first use with mode 0600: LLVM links an object file it is
-given without question, so only entries this user's compiler wrote are ever loaded; anything
-else is compiled again. Without a usable key the disk cache is not used.
+built from (``key``): the program, the compiler's own source (lowering, codegen and every
+module they import: ``CODE_MODULES``) and the target (CPU name, features, llvmlite
+version). Each entry is authenticated with a keyed MAC (HMAC-SHA256) under a per-user
+secret, ``$XDG_CONFIG_HOME/tensorize/cache.key`` (else ``~/.config/...``), made on first use
+with mode 0600: LLVM links an object file it is given without question, so only entries
+this user's compiler wrote are ever loaded; anything else is compiled again. Without a
+usable key the disk cache is not used.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Callable, Optional
 
 import llvmlite.binding as llvm
 
-from . import analysis, codegen
+from . import affine, analysis, budgets, calls, codegen, descriptor, emitter, ir, printer
 from . import lower as lowering
 
 # ---------------------------------------------------------------------------
@@ -82,12 +83,17 @@ def cache_dir() -> Path:
     return Path(base) / "tensorize"
 
 
+# Every module lowering and codegen import, directly or not (tests/test_shared_bodies.py
+# checks the list against their imports): compiled code may change when any of them does.
+CODE_MODULES = (affine, analysis, budgets, calls, codegen, descriptor, emitter, ir, lowering, printer)
+
+
 def _code_version() -> str:
     """Compiled code changes when the code generator does: its source is part of the key."""
     global _CODE_VERSION
     if _CODE_VERSION is None:
         h = hashlib.sha256()
-        for module in (codegen, lowering, analysis):
+        for module in CODE_MODULES:
             h.update(Path(module.__file__).read_bytes())
         _CODE_VERSION = h.hexdigest()
     return _CODE_VERSION

@@ -20,18 +20,31 @@ top-level (``_without_unit_loops``); so do the loops of a top-level ``if`` whose
 its branches leave alone (a finite-operand guard, ``rules/finite.py``): the condition moves
 inside them (``_split_guards``). Intrinsic calls stay calls; ``calls.expand_calls`` gives the
 dependence analysis (and the interpreter) their meaning.
+
+Parts that are the same code on other buffers share one *body* (``shared_bodies``): the
+seven products of a Strassen level, their packing copies and their sums are each one
+function, compiled once and called with each part's pointers (here ``S`` is ``f32[1024, 512]``,
+so ``S[i + 512, j]`` is ``S[i, j]`` moved by 512 rows of 512)::
+
+    for i, j in grid(512, 512):                     body0(b0, b1, b2):
+        P1[i, j] += S[i, j] * T[i, j]       ->          for v0, v1 in grid(512, 512):
+    for i, j in grid(512, 512):                             b0[v0, v1] += b1[v0, v1] * b2[v0, v1]
+        P2[i, j] += S[i + 512, j] * T[i, j]         part0: body0(P1, S, T)
+                                                    part1: body0(P2, S + 512 * 512, T)
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, replace
 from typing import Optional
 
 from . import analysis
 from .affine import affine
 from .calls import expand_calls, op_count
-from .ir import (INDEX, Accumulate, Binary, Buffer, Const, Expr, For, If, PrimFunc, Stmt, Store,
-                 Unary, Var, loads_of, seq, stmts_of, walk_expr, substitute_stmt, walk_stmts, written_by)
+from .ir import (INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load, PrimFunc, Seq,
+                 Stmt, Store, Unary, Var, Window, children, is_float, loads_of, seq, stmts_of,
+                 walk_expr, with_children, substitute_stmt, walk_stmts, written_by)
 
 # Below this many arithmetic operations a loop runs on the calling thread: waking the
 # workers and joining them costs a few microseconds, which such a loop does not repay.
@@ -41,10 +54,26 @@ MIN_PARALLEL_OPS = 1 << 15
 @dataclass(frozen=True, slots=True)
 class Part:
     """Top-level statements run as one unit; ``parallel`` means ``body`` is a ``For`` whose
-    iterations may run on any thread in any order."""
+    iterations may run on any thread in any order. The code that runs is ``Plan.bodies[code]``
+    given, for each of its buffers, ``(k, offset)``: the kernel's buffer ``k`` moved by
+    ``offset`` elements."""
 
     body: Stmt
     parallel: bool
+    code: int = 0
+    args: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """The code of one or more parts (``shared_bodies``): a part's statements over buffers
+    named ``b0``, ``b1``, ... (shapes and dtypes kept) and loop variables ``v0``, ``v1``, ....
+    A parallel body's outer loop runs over the range it is given."""
+
+    stmt: Stmt
+    parallel: bool
+    buffers: tuple[Buffer, ...]
+    uses: int  # parts that run it
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +83,7 @@ class Plan:
     func: PrimFunc
     buffers: tuple[Buffer, ...]  # order of the kernel's pointer array: params, then allocs
     parts: tuple[Part, ...]
+    bodies: tuple[Body, ...] = ()
 
 
 def lower(func: PrimFunc) -> Plan:
@@ -61,20 +91,24 @@ def lower(func: PrimFunc) -> Plan:
     (see the module docstring)."""
     func = _without_unit_loops(_split_guards(_without_unit_loops(schedule(func))))
     meaning = expand_calls(func)  # what the dependence analysis reads
+    # every loop's class at once: asking per loop would hash the whole program each time
+    parallel = {info.path for info in analysis.analyze(meaning).loops if info.kind == "parallel"}
     parts: list[Part] = []
     pending: list[Stmt] = []  # consecutive serial statements become one part
     for k, s in enumerate(stmts_of(func.body)):
         # a lone intrinsic call (no loop to split) stays serial, however much work it does
-        if isinstance(s, For) and _worth_threads(meaning, k, stmts_of(meaning.body)[k]):
+        if isinstance(s, For) and _worth_threads(parallel, k, stmts_of(meaning.body)[k]):
             if pending:
                 parts.append(Part(seq(*pending), False))
                 pending = []
-            parts.append(Part(_collapsed(meaning, k, s), True))
+            parts.append(Part(_collapsed(parallel, k, s), True))
         else:
             pending.append(s)
     if pending:
         parts.append(Part(seq(*pending), False))
-    return Plan(func, func.params + func.allocs, tuple(parts))
+    buffers = func.params + func.allocs
+    parts, bodies = shared_bodies(parts, buffers)
+    return Plan(func, buffers, parts, bodies)
 
 
 def _without_unit_loops(func: PrimFunc) -> PrimFunc:
@@ -131,7 +165,7 @@ def _when(cond: Expr, s: Stmt) -> Stmt:
 MIN_SHARED_ITERATIONS = 16
 
 
-def _collapsed(func: PrimFunc, position: int, s: For) -> Stmt:
+def _collapsed(parallel: set[tuple[int, ...]], position: int, s: For) -> Stmt:
     """``s``, or, when it has few iterations and holds exactly one loop that is parallel too,
     the two as one loop over both, in the same order::
 
@@ -142,7 +176,7 @@ def _collapsed(func: PrimFunc, position: int, s: For) -> Stmt:
     consecutive (h_o, w) pairs, the order one thread would run them in."""
     inner = stmts_of(s.body)
     if s.extent >= MIN_SHARED_ITERATIONS or len(inner) != 1 or not isinstance(inner[0], For) \
-            or inner[0].extent < 2 or not analysis.can_parallelize(func, (position, 0)):
+            or inner[0].extent < 2 or (position, 0) not in parallel:
         return s
     inner = inner[0]
     taken = {x.var for x in walk_stmts(s) if isinstance(x, For)}
@@ -155,11 +189,172 @@ def _collapsed(func: PrimFunc, position: int, s: For) -> Stmt:
     return For(name, 0, s.extent * inner.extent, substitute_stmt(inner.body, values))
 
 
-def _worth_threads(func: PrimFunc, position: int, s: Stmt) -> bool:
+def _worth_threads(parallel: set[tuple[int, ...]], position: int, s: Stmt) -> bool:
+    """``parallel``: the paths of the loops the dependence analysis finds parallel."""
     # a copy (a packing stage, a padded input) has no arithmetic but is worth threads too
     if not isinstance(s, For) or s.extent < 2 or op_count(s, per_store=1) < MIN_PARALLEL_OPS:
         return False
-    return analysis.can_parallelize(func, (position,))
+    return (position,) in parallel
+
+
+# ---------------------------------------------------------------------------
+# shared bodies
+
+
+def shared_bodies(parts: list[Part], buffers: tuple[Buffer, ...]) -> tuple[tuple[Part, ...], tuple[Body, ...]]:
+    """One ``Body`` per distinct part up to its buffers, its loop variables' names and a
+    constant move of each buffer's accesses; each part says which body runs it and on what.
+
+    Two parts share a body only when their canonical forms (``_canonical``) are equal and
+    every float constant has the same bits (``0.0 == -0.0`` in Python, not in the code), so
+    the shared code does, per element, the same operations in the same order on the same
+    addresses as each part would alone."""
+    index = {b.name: k for k, b in enumerate(buffers)}
+    keyed: dict[tuple, int] = {}
+    forms: list[tuple[Stmt, bool, tuple[Buffer, ...]]] = []
+    uses: list[int] = []
+    out: list[Part] = []
+    for part in parts:
+        stmt, used, floats = _canonical(part.body)
+        key = (part.parallel, stmt, floats)
+        code = keyed.get(key)
+        if code is None:
+            code = keyed[key] = len(forms)
+            forms.append((stmt, part.parallel, tuple(Buffer(f"b{n}", b.dtype, b.shape)
+                                                     for n, (b, _) in enumerate(used))))
+            uses.append(0)
+        uses[code] += 1
+        out.append(replace(part, code=code, args=tuple((index[b.name], off) for b, off in used)))
+    return tuple(out), tuple(Body(s, p, bufs, n) for (s, p, bufs), n in zip(forms, uses))
+
+
+def _canonical(s: Stmt) -> tuple[Stmt, list[tuple[Buffer, int]], tuple[bytes, ...]]:
+    """``s`` with buffers renamed ``b0``, ``b1``, ... and loop variables ``v0``, ``v1``, ...
+    in order of first appearance, every affine index written in one form (terms by variable,
+    then the constant), and each buffer's accesses moved so that the first has constant 0 in
+    every dimension, when all its accesses are affine and the move keeps its pointer within
+    it. Also gives each buffer with its move in elements, and the bits of each float constant.
+
+        C[i, j + 512] += A[i + 512, k] * A[i + 512, k + 1]
+     -> b0[v0, v1] += b1[v0, v2] * b1[v0, v2 + 1]      with C moved by 512, A by 512 * K
+    """
+    accesses: dict[str, list[tuple[Expr, ...]]] = {}
+    buffers: dict[str, Buffer] = {}
+    for buf, idx in _accesses(s):
+        buffers.setdefault(buf.name, buf)
+        accesses.setdefault(buf.name, []).append(idx)
+    shifts: dict[str, tuple[int, ...]] = {}
+    for name, seen in accesses.items():
+        buf = buffers[name]
+        forms = [[_affine_index(i) for i in idx] for idx in seen]
+        shift = (0,) * buf.ndim
+        if all(f is not None for idx in forms for f in idx) and buf.ndim:
+            first = tuple(f.const for f in forms[0])
+            if 0 <= buf.offset(first) <= buf.size:
+                shift = first
+        shifts[name] = shift
+    names = {name: Buffer(f"b{n}", buffers[name].dtype, buffers[name].shape)
+             for n, name in enumerate(accesses)}
+    floats: list[bytes] = []
+    out = _Renamer(names, shifts, floats).stmt(s, {})
+    used = [(buffers[name], buffers[name].offset(shifts[name])) for name in accesses]
+    return out, used, tuple(floats)
+
+
+def _accesses(s: Stmt):
+    """Every buffer access of ``s`` as (buffer, indices), in one fixed order."""
+    def expr(e: Expr):
+        if isinstance(e, Load):
+            yield e.buffer, e.indices
+        for c in children(e):
+            yield from expr(c)
+
+    if isinstance(s, (Store, Accumulate)):
+        yield s.buffer, s.indices
+        for i in s.indices:
+            yield from expr(i)
+        yield from expr(s.value)
+    elif isinstance(s, For):
+        yield from _accesses(s.body)
+    elif isinstance(s, Seq):
+        for c in s.stmts:
+            yield from _accesses(c)
+    elif isinstance(s, If):
+        yield from expr(s.cond)
+        yield from _accesses(s.then)
+        if s.orelse is not None:
+            yield from _accesses(s.orelse)
+    elif isinstance(s, Call):
+        for _, w in s.operands:
+            yield w.buffer, w.base
+            for i in w.base:
+                yield from expr(i)
+
+
+def _affine_index(e: Expr):
+    """The affine form of an index expression computed in the index type throughout (no casts
+    read through: a narrower type under a cast wraps differently), else None."""
+    if e.dtype != INDEX or any(isinstance(x, Const) and x.dtype != INDEX for x in walk_expr(e)):
+        return None
+    return affine(e, casts=False)
+
+
+class _Renamer:
+    def __init__(self, names: dict[str, Buffer], shifts: dict[str, tuple[int, ...]], floats: list[bytes]):
+        self.names, self.shifts, self.floats = names, shifts, floats
+        self.depth = 0
+
+    def stmt(self, s: Stmt, env: dict[str, str]) -> Stmt:
+        if isinstance(s, (Store, Accumulate)):
+            indices = self.indices(s.buffer, s.indices, env)
+            return type(s)(self.names[s.buffer.name], indices, self.expr(s.value, env))
+        if isinstance(s, For):
+            # named by depth: unique along any path, whatever names the program reuses
+            inner = {**env, s.var: f"v{self.depth}"}
+            self.depth += 1
+            body = self.stmt(s.body, inner)
+            self.depth -= 1
+            return For(inner[s.var], s.start, s.stop, body)
+        if isinstance(s, Seq):
+            return Seq(tuple(self.stmt(c, env) for c in s.stmts))
+        if isinstance(s, If):
+            return If(self.expr(s.cond, env), self.stmt(s.then, env),
+                      None if s.orelse is None else self.stmt(s.orelse, env))
+        return Call(s.intrinsic, tuple(
+            (n, Window(self.names[w.buffer.name], self.indices(w.buffer, w.base, env), w.steps))
+            for n, w in s.operands), s.output)
+
+    def indices(self, buf: Buffer, indices: tuple[Expr, ...], env: dict[str, str]) -> tuple[Expr, ...]:
+        return tuple(self.index(i, d, env) for i, d in zip(indices, self.shifts[buf.name]))
+
+    def index(self, e: Expr, shift: int, env: dict[str, str]) -> Expr:
+        form = _affine_index(e)
+        if form is None:
+            return self.expr(e, env)  # its buffer is not moved (``_canonical``)
+        terms = sorted((env.get(v, v), c) for v, c in form.terms)
+        out = None
+        for v, c in terms:
+            term = Var(v) if abs(c) == 1 else Binary("*", Const(abs(c), INDEX), Var(v))
+            if out is None:
+                out = term if c > 0 else Unary("neg", term)
+            else:
+                out = Binary("+" if c > 0 else "-", out, term)
+        k = form.const - shift
+        if out is None:
+            return Const(k, INDEX)
+        return out if k == 0 else Binary("+" if k > 0 else "-", out, Const(abs(k), INDEX))
+
+    def expr(self, e: Expr, env: dict[str, str]) -> Expr:
+        if isinstance(e, Var):
+            return Var(env.get(e.name, e.name))
+        if isinstance(e, Const):
+            if is_float(e.dtype):
+                self.floats.append(struct.pack("<d", e.value))
+            return e
+        if isinstance(e, Load):
+            return Load(self.names[e.buffer.name], self.indices(e.buffer, e.indices, env))
+        kids = children(e)
+        return with_children(e, tuple(self.expr(c, env) for c in kids)) if kids else e
 
 
 # ---------------------------------------------------------------------------

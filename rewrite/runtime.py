@@ -27,6 +27,7 @@ import hashlib
 import inspect
 import operator
 import os
+import struct
 import uuid
 import threading
 import time
@@ -43,8 +44,9 @@ from .emitter import Emitter
 from .printer import show
 from .target import Target
 from .budgets import BudgetError, Budgets, format_bytes
-from .ir import (Accumulate, Buffer, Call, Cast, Compare, Expr, For, If, Load, PrimFunc, Seq, Stmt,
-                 Store, Unary, children, is_float, numpy_dtype, stmt_exprs, walk_expr, walk_stmts)
+from .ir import (Accumulate, Buffer, Call, Cast, Compare, Const, Expr, For, If, Load, PrimFunc, Seq,
+                 Stmt, Store, Unary, children, is_float, numpy_dtype, stmt_exprs, walk_expr,
+                 walk_stmts)
 from .verify import verify
 
 
@@ -136,8 +138,9 @@ def _build(func: PrimFunc, symbol: str) -> tuple[bytes, dict]:
 
 def _compiled(func: PrimFunc) -> tuple[_Compiled, bool]:
     # A program is its own key in memory: a call holds its descriptor, and descriptors are
-    # equal only to themselves, so an intrinsic registered again compiles again.
-    key = func
+    # equal only to themselves, so an intrinsic registered again compiles again. Its float
+    # constants are also keyed by their bits: 0.0 == -0.0 in Python, not in the code.
+    key = (func, _float_bits(func))
     hit = _memory.get(key)
     if hit is not None:
         return hit, True
@@ -145,6 +148,11 @@ def _compiled(func: PrimFunc) -> tuple[_Compiled, bool]:
     with jit.compile_lock:
         hit = _memory.get(key)
         return (hit, True) if hit is not None else (_compile_now(func, key), False)
+
+
+def _float_bits(func: PrimFunc) -> tuple[bytes, ...]:
+    return tuple(struct.pack("<d", x.value) for s in walk_stmts(func.body) for e in stmt_exprs(s)
+                 for x in walk_expr(e) if isinstance(x, Const) and is_float(x.dtype))
 
 
 def _compile_now(func: PrimFunc, memory_key) -> _Compiled:
