@@ -168,7 +168,7 @@ def test_cli_main_reports_a_planted_bug(monkeypatch, capsys):
     monkeypatch.setattr(extract, "remainders", lambda nest, binding, desc: [])
     parser = argparse.ArgumentParser()
     properties.add_arguments(parser)
-    args = parser.parse_args(["--intrinsic", "x86.axpy.f32x8", "--examples", "30"])
+    args = parser.parse_args(["--intrinsic", "x86.axpy.f32x8", "--examples", "25"])
     assert properties.main(args) == 1
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].endswith(" examples, 1 intrinsics, 1 failures")

@@ -222,7 +222,7 @@ def fuzz_intrinsic(desc, examples: int = 100, seed: Optional[int] = None, shrink
 # campaigns: units of examples, each with its own seed
 
 
-UNIT_EXAMPLES = 50  # examples per unit of work: small enough to spread, large enough to pay
+UNIT_EXAMPLES = 25  # examples per unit of work: small enough to spread, large enough to pay
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,23 @@ def check_ray() -> None:
     _ray()
 
 
+def _reachable(address: str, seconds: float = 5.0) -> None:
+    """Refuse an address nothing answers at (Ray itself retries for minutes)."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise CampaignError(f"--ray {address}: expected auto or HOST:PORT (or ray://HOST:PORT)")
+    import socket
+
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as e:
+        raise CampaignError(f"--ray {address}: cannot reach a Ray cluster there: "
+                            f"{e.strerror or e}") from None
+
+
 def _runtime_env() -> dict:
     """The workers find the code this process runs from where it was told to look for it."""
     path = os.environ.get("PYTHONPATH")
@@ -168,6 +185,7 @@ def _on_ray(work, units: list, address: str, budget: Optional[float], progress: 
     ray = _ray()
     started = False
     if not ray.is_initialized():
+        _reachable(address)
         try:
             # "auto": the cluster this machine belongs to, else a local one started here
             ray.init(address=None if address == "auto" else address, include_dashboard=False,
