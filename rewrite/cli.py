@@ -214,27 +214,41 @@ _libraries: dict = {}  # this process's intrinsic libraries, by what chose them
 _parsed: dict = {}  # this process's parsed files: (funcs, errors)
 
 
+def _read(unit: Unit) -> Unit:
+    """The unit with its program, read again from its file (once a process)."""
+    if unit.func is not None or unit.error is not None:
+        return unit
+    if unit.file not in _parsed:
+        _parsed[unit.file] = parse_file_lenient(unit.file)
+    func = _parsed[unit.file][0].get(unit.name)
+    if func is None:
+        return Unit(unit.file, unit.name, error=f"{unit.file}:{unit.name}: the function changed "
+                                                "while the run went on")
+    return Unit(unit.file, unit.name, func=func)
+
+
+def _library(choice: tuple) -> Optional[list]:
+    """The intrinsic library ``(target, --intrinsics, --intrinsics-file)`` chose, made once a
+    process; None for plain loops."""
+    target, names, path = choice
+    if target == "none":
+        return None
+    if choice not in _libraries:
+        _libraries[choice] = load_intrinsics(argparse.Namespace(
+            target=target, intrinsics=names, intrinsics_file=path))
+    return _libraries[choice]
+
+
 def run_job(job: Job) -> Entry:
     """A worker's unit of ``tensorize run``: ``process`` on the function the job names."""
-    unit = job.unit
-    if unit.func is None and unit.error is None:
-        if unit.file not in _parsed:
-            _parsed[unit.file] = parse_file_lenient(unit.file)
-        unit = Unit(unit.file, unit.name, func=_parsed[unit.file][0].get(unit.name))
-        if unit.func is None:
-            return Entry(unit.file, unit.name, error=f"{unit.file}:{unit.name}: the function "
-                                                     "changed while the run went on")
-    opts = job.opts
-    target, names, path = job.library
-    if target != "none":
-        if job.library not in _libraries:
-            try:
-                _libraries[job.library] = load_intrinsics(argparse.Namespace(
-                    target=target, intrinsics=names, intrinsics_file=path))
-            except BadInput as e:
-                return Entry(unit.file, unit.name, error=str(e))
-        opts = replace(opts, library=_libraries[job.library])
-    return process(unit, opts)
+    unit = _read(job.unit)
+    if unit.func is None:
+        return Entry(unit.file, unit.name, error=unit.error)
+    try:
+        library = _library(job.library)
+    except BadInput as e:
+        return Entry(unit.file, unit.name, error=str(e))
+    return process(unit, job.opts if library is None else replace(job.opts, library=library))
 
 
 def run_units(units: list[Unit], opts: Options, args: argparse.Namespace) -> list[Entry]:
@@ -467,6 +481,63 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     return properties.main(args, execute)
 
 
+class _Reported(Exception):
+    """A function's error, already worded."""
+
+
+@dataclass(frozen=True)
+class BenchJob:
+    unit: Unit  # without its parsed program: the worker reads the file again
+    library: tuple  # (target, --intrinsics, --intrinsics-file)
+
+
+def tensorize_for_bench(job: BenchJob):
+    """A worker's unit of ``tensorize bench``: the chosen program, tensorized and compiled
+    (into the disk cache), as script text; or the error that stopped it, worded."""
+    from . import runtime
+    from .pipeline import tensorize
+
+    u = _read(job.unit)
+    if u.func is None:
+        return ("error", u.error)
+    try:
+        library = _library(job.library)
+        with using(Budgets()):
+            chosen = tensorize(u.func, library).func
+        runtime.compile(chosen)
+        return ("ok", show(chosen))
+    except BadInput as e:
+        return ("error", str(e))
+    except BudgetError as e:
+        return ("error", f"{u.file}:{u.name}: {e}")
+    except Exception as e:  # noqa: BLE001 - as in ``run``: this function's error
+        return ("error", f"{u.file}:{u.name}: internal error: {type(e).__name__}: {e}")
+
+
+def prepare_bench(good: list[Unit], args: argparse.Namespace) -> list:
+    """For each unit, the chosen program (tensorized and compiled on ``--jobs`` workers or
+    ``--ray``), the error that stopped it (a string), or None: tensorize it here."""
+    from .script import parse
+
+    jobs = args.jobs or campaign.default_jobs()
+    if args.ray is None and (jobs <= 1 or len(good) <= 1):
+        return [None] * len(good)
+    choice = (args.target, args.intrinsics, args.intrinsics_file)
+    work = [BenchJob(Unit(u.file, u.name), choice) for u in good]
+    done = campaign.run(tensorize_for_bench, work, jobs=jobs, ray=args.ray,
+                        budget=args.unit_timeout, what="function",
+                        failed=lambda r: r[0] != "ok")
+    out = []
+    for u, r in zip(good, done):
+        if isinstance(r, campaign.Lost):
+            out.append(f"{u.file}:{u.name}: lost: {r.reason}")
+        elif r[0] == "ok":
+            out.append(parse(r[1], u.file))
+        else:
+            out.append(r[1])
+    return out
+
+
 def _writable(path: Optional[str], what: str) -> None:
     """Refuse an output path whose folder does not exist before any work is done."""
     if path is None:
@@ -499,20 +570,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     live = sys.stderr.isatty()
     for line in bench.blas_report():
         print(line, file=sys.stderr)
+    # tensorize and compile on workers (the disk cache keeps what they compiled); time here,
+    # one function at a time, so that no measurement shares the machine with another
+    prepared = prepare_bench(good, args) if args.target != "none" else [None] * len(good)
     results = []
-    for k, u in enumerate(good):
+    for k, (u, chosen) in enumerate(zip(good, prepared)):
         if live:
             sys.stderr.write(f"\r\033[K[{k}/{len(good)}] {u.func.name}")
             sys.stderr.flush()
         try:  # as in ``run``, a function that fails is reported and the others go on
-            chosen = None
-            if args.target != "none":
+            if isinstance(chosen, str):  # what kept it from being tensorized
+                raise _Reported(chosen)
+            if chosen is None and args.target != "none":
                 from .pipeline import tensorize
 
                 with using(Budgets()):
                     chosen = tensorize(u.func, library).func
             results.append(bench.bench_one(u.func, u.file, args.threads, args.runs, chosen=chosen,
                                            onnxruntime=args.onnxruntime))
+        except _Reported as e:
+            if live:
+                sys.stderr.write("\r\033[K")
+            print(e, file=sys.stderr)
+            failed = True
         except BudgetError as e:  # as in ``run``: the function's error, the others go on
             if live:
                 sys.stderr.write("\r\033[K")
@@ -678,6 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=_positive, default=20, metavar="N", help="at least this many timed runs")
     bench.add_argument("--onnxruntime", action="store_true",
                        help="also time ONNX Runtime on matrix products (pip install 'tensorize[onnx]')")
+    _campaign_arguments(bench, "function", 900)
     bench.set_defaults(handler=cmd_bench)
     return p
 

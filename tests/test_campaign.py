@@ -321,3 +321,14 @@ def test_a_corpus_run_on_ray_is_the_serial_run(local_ray, capsys):
     serial = run("--jobs", "1")
     assert run("--ray", "auto") == serial
     assert len(serial["functions"]) == 6
+
+
+def test_bench_tensorizes_on_workers_and_times_every_function_in_order(tmp_path):
+    out = tmp_path / "bench.json"
+    r = tensorize("bench", "corpus/matvec.py", "corpus/tropical.py", "--runs", "1", "--jobs", "2",
+                  "--json", out)
+    assert r.returncode == 0, r.stderr
+    results = json.loads(out.read_text())["results"]
+    assert [x["name"] for x in results] == ["atax", "bicg", "mvt", "gesummv", "maxplus_matmul",
+                                            "minplus_matmul"]
+    assert all(x["runs"] >= 1 and x["median_s"] > 0 for x in results)
