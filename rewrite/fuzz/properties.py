@@ -314,7 +314,14 @@ def run_unit(unit: FuzzUnit) -> UnitReport:
             failing[0] = True
             raise
 
-    out = fuzz_intrinsic(desc, unit.examples, unit.seed, check=check)
+    t0 = time.perf_counter()
+    try:
+        out = fuzz_intrinsic(desc, unit.examples, unit.seed, check=check)
+    except Exception as e:  # noqa: BLE001 - hypothesis' own errors (unsatisfiable, ...)
+        report.seconds = time.perf_counter() - t0
+        report.failure = {"property": "hypothesis", "detail": f"{type(e).__name__}: {e}",
+                          "kind": "no program", "drawn": [], "script": ""}
+        return report
     report.seconds = out.seconds
     if out.failure is not None:
         f = out.failure
@@ -411,9 +418,12 @@ class Campaign:
                 lines.append(f"  {n.ljust(width)}  {c:>7}  {bar if c else '(never drawn)'}".rstrip())
         for u, f in self.failures():
             lines += ["", f"FAILED {f['property']} for {u.intrinsic} ({f['kind']}), "
-                          f"unit {u.index}, seed {u.seed}", f["detail"],
-                      ("disguises: " if f["kind"] == "disguised" else "mutation: ") + ", ".join(f["drawn"]),
-                      f["script"], f"replay: {u.replay()}"]
+                          f"unit {u.index}, seed {u.seed}", f["detail"]]
+            if f["drawn"]:
+                lines.append(("disguises: " if f["kind"] == "disguised" else "mutation: ")
+                             + ", ".join(f["drawn"]))
+            lines += [f["script"]] if f["script"] else []
+            lines.append(f"replay: {u.replay()}")
         for u, why in self.lost():
             lines += ["", f"LOST unit {u.index} of {u.intrinsic} ({u.examples} examples, "
                           f"seed {u.seed}): {why}", f"replay: {u.replay()}"]
