@@ -11,7 +11,9 @@ seed and the block, see ``rewrite.fuzz.properties.plan``).
 - ``jobs == 1`` without Ray runs the units here, one after the other (what tests that
   patch the code in this process need).
 - Local workers are started with ``spawn``: this process may hold LLVM JIT state, threads
-  and a saturation worker, none of which survive a ``fork``. The pool is Pebble's, because
+  and a saturation worker, none of which survive a ``fork``. As with any spawned pool, a
+  script that calls this (or ``rewrite.cli.main``) must guard its entry point with
+  ``if __name__ == "__main__":``: each worker imports the script's main module again. The pool is Pebble's, because
   unlike ``concurrent.futures.ProcessPoolExecutor`` (whose pool breaks, and every pending
   unit with it, when one worker dies) it loses only the unit of a worker that dies or runs
   past its budget, and starts another worker for the rest.
