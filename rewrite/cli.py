@@ -15,7 +15,7 @@ import json
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -24,6 +24,8 @@ from .budgets import BudgetError, Budgets, using
 from .ir import PrimFunc
 from .script import parse_file_lenient, show
 from .target import TARGETS as ISAS
+from .tools import campaign
+from .tools.campaign import CampaignError
 
 # What --target takes: this CPU's library, an ISA's (native here or emulated), every
 # registered intrinsic, or none (plain loops).
@@ -194,6 +196,80 @@ def _process(unit: Unit, opts: Options) -> Entry:
 
 
 # ---------------------------------------------------------------------------
+# many functions: here, or on workers (rewrite.tools.campaign)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One function for a worker process: the unit without its parsed program (the worker
+    reads the file again) and the options without the library (the worker makes it again
+    from the options that chose it)."""
+
+    unit: Unit
+    opts: Options
+    library: tuple  # (target, --intrinsics, --intrinsics-file)
+
+
+_libraries: dict = {}  # this process's intrinsic libraries, by what chose them
+_parsed: dict = {}  # this process's parsed files: (funcs, errors)
+
+
+def _read(unit: Unit) -> Unit:
+    """The unit with its program, read again from its file (once a process)."""
+    if unit.func is not None or unit.error is not None:
+        return unit
+    if unit.file not in _parsed:
+        _parsed[unit.file] = parse_file_lenient(unit.file)
+    func = _parsed[unit.file][0].get(unit.name)
+    if func is None:
+        return Unit(unit.file, unit.name, error=f"{unit.file}:{unit.name}: the function changed "
+                                                "while the run went on")
+    return Unit(unit.file, unit.name, func=func)
+
+
+def _library(choice: tuple) -> Optional[list]:
+    """The intrinsic library ``(target, --intrinsics, --intrinsics-file)`` chose, made once a
+    process; None for plain loops."""
+    target, names, path = choice
+    if target == "none":
+        return None
+    if choice not in _libraries:
+        _libraries[choice] = load_intrinsics(argparse.Namespace(
+            target=target, intrinsics=names, intrinsics_file=path))
+    return _libraries[choice]
+
+
+def run_job(job: Job) -> Entry:
+    """A worker's unit of ``tensorize run``: ``process`` on the function the job names."""
+    unit = _read(job.unit)
+    if unit.func is None:
+        return Entry(unit.file, unit.name, error=unit.error)
+    try:
+        library = _library(job.library)
+    except BadInput as e:
+        return Entry(unit.file, unit.name, error=str(e))
+    return process(unit, job.opts if library is None else replace(job.opts, library=library))
+
+
+def run_units(units: list[Unit], opts: Options, args: argparse.Namespace) -> list[Entry]:
+    """``process`` on each unit, here or on ``--jobs`` workers or ``--ray``, in unit order."""
+    jobs, ray = getattr(args, "jobs", 1) or campaign.default_jobs(), getattr(args, "ray", None)
+    failed = lambda e: bool(e.error) or (e.check is not None and not e.check["ok"])  # noqa: E731
+    if ray is None and (jobs <= 1 or len(units) <= 1):
+        return campaign.run(lambda u: process(u, opts), units, what="function", failed=failed)
+    choice = (getattr(args, "target", "host"), getattr(args, "intrinsics", None),
+              getattr(args, "intrinsics_file", None))
+    _libraries[choice] = opts.library  # for units run in this process
+    bare = replace(opts, library=None)
+    work = [Job(u if u.func is None else Unit(u.file, u.name), bare, choice) for u in units]
+    results = campaign.run(run_job, work, jobs=jobs, ray=ray, budget=args.unit_timeout,
+                           what="function", failed=failed)
+    return [r if isinstance(r, Entry) else
+            Entry(u.file, u.name, error=f"{u.file}:{u.name}: lost: {r.reason}")
+            for u, r in zip(units, results)]
+
+
+# ---------------------------------------------------------------------------
 # output
 
 
@@ -273,25 +349,6 @@ def format_table(entries: list[Entry], explain: bool = False) -> str:
         for note in notes.get(k, []):
             lines.extend("    " + l for l in note.splitlines())
     return "\n".join(lines)
-
-
-class Progress:
-    """``[3/27] name`` on stderr, only when stderr is a terminal."""
-
-    def __init__(self, total: int):
-        self.total, self.done = total, 0
-        self.live = sys.stderr.isatty()
-
-    def step(self, label: str) -> None:
-        self.done += 1
-        if self.live:
-            sys.stderr.write(f"\r\033[K[{self.done}/{self.total}] {label}")
-            sys.stderr.flush()
-
-    def finish(self) -> None:
-        if self.live:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
 
 
 # ---------------------------------------------------------------------------
@@ -379,12 +436,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                    strassen=int(args.strassen) if args.strassen.isdigit() else args.strassen,
                    budgets=budgets, rules_off=args.rules or frozenset())
     units = load_units(args.paths, args.func)
-    progress = Progress(len(units))
-    entries = []
-    for u in units:
-        progress.step(f"{Path(u.file).name}::{u.name or '?'}")
-        entries.append(process(u, opts))
-    progress.finish()
+    entries = run_units(units, opts, args)
     for e in entries:
         if e.error:
             print(e.error, file=sys.stderr)
@@ -414,6 +466,76 @@ def cmd_run(args: argparse.Namespace) -> int:
     if any(e.check is not None and not e.check["ok"] for e in entries):
         return 1
     return 0
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    """``tensorize fuzz``: the campaign ``rewrite.fuzz.properties`` plans and reports, its
+    units run here or on workers."""
+    from .fuzz import properties
+
+    def execute(work, units):
+        return campaign.run(work, units, jobs=args.jobs or campaign.default_jobs(), ray=args.ray,
+                            budget=args.unit_timeout, what="unit",
+                            failed=lambda r: getattr(r, "failure", None) is not None)
+
+    return properties.main(args, execute)
+
+
+class _Reported(Exception):
+    """A function's error, already worded."""
+
+
+@dataclass(frozen=True)
+class BenchJob:
+    unit: Unit  # without its parsed program: the worker reads the file again
+    library: tuple  # (target, --intrinsics, --intrinsics-file)
+
+
+def tensorize_for_bench(job: BenchJob):
+    """A worker's unit of ``tensorize bench``: the chosen program, tensorized and compiled
+    (into the disk cache), as script text; or the error that stopped it, worded."""
+    from . import runtime
+    from .pipeline import tensorize
+
+    u = _read(job.unit)
+    if u.func is None:
+        return ("error", u.error)
+    try:
+        library = _library(job.library)
+        with using(Budgets()):
+            chosen = tensorize(u.func, library).func
+        runtime.compile(chosen)
+        return ("ok", show(chosen))
+    except BadInput as e:
+        return ("error", str(e))
+    except BudgetError as e:
+        return ("error", f"{u.file}:{u.name}: {e}")
+    except Exception as e:  # noqa: BLE001 - as in ``run``: this function's error
+        return ("error", f"{u.file}:{u.name}: internal error: {type(e).__name__}: {e}")
+
+
+def prepare_bench(good: list[Unit], args: argparse.Namespace) -> list:
+    """For each unit, the chosen program (tensorized and compiled on ``--jobs`` workers or
+    ``--ray``), the error that stopped it (a string), or None: tensorize it here."""
+    from .script import parse
+
+    jobs = args.jobs or campaign.default_jobs()
+    if args.ray is None and (jobs <= 1 or len(good) <= 1):
+        return [None] * len(good)
+    choice = (args.target, args.intrinsics, args.intrinsics_file)
+    work = [BenchJob(Unit(u.file, u.name), choice) for u in good]
+    done = campaign.run(tensorize_for_bench, work, jobs=jobs, ray=args.ray,
+                        budget=args.unit_timeout, what="function",
+                        failed=lambda r: r[0] != "ok")
+    out = []
+    for u, r in zip(good, done):
+        if isinstance(r, campaign.Lost):
+            out.append(f"{u.file}:{u.name}: lost: {r.reason}")
+        elif r[0] == "ok":
+            out.append(parse(r[1], u.file))
+        else:
+            out.append(r[1])
+    return out
 
 
 def _writable(path: Optional[str], what: str) -> None:
@@ -448,20 +570,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     live = sys.stderr.isatty()
     for line in bench.blas_report():
         print(line, file=sys.stderr)
+    # tensorize and compile on workers (the disk cache keeps what they compiled); time here,
+    # one function at a time, so that no measurement shares the machine with another
+    prepared = prepare_bench(good, args) if args.target != "none" else [None] * len(good)
     results = []
-    for k, u in enumerate(good):
+    for k, (u, chosen) in enumerate(zip(good, prepared)):
         if live:
             sys.stderr.write(f"\r\033[K[{k}/{len(good)}] {u.func.name}")
             sys.stderr.flush()
         try:  # as in ``run``, a function that fails is reported and the others go on
-            chosen = None
-            if args.target != "none":
+            if isinstance(chosen, str):  # what kept it from being tensorized
+                raise _Reported(chosen)
+            if chosen is None and args.target != "none":
                 from .pipeline import tensorize
 
                 with using(Budgets()):
                     chosen = tensorize(u.func, library).func
             results.append(bench.bench_one(u.func, u.file, args.threads, args.runs, chosen=chosen,
                                            onnxruntime=args.onnxruntime))
+        except _Reported as e:
+            if live:
+                sys.stderr.write("\r\033[K")
+            print(e, file=sys.stderr)
+            failed = True
         except BudgetError as e:  # as in ``run``: the function's error, the others go on
             if live:
                 sys.stderr.write("\r\033[K")
@@ -542,6 +673,29 @@ def _budget(text: str) -> str:
     return text
 
 
+def _campaign_arguments(parser: argparse.ArgumentParser, unit: str, budget: float) -> None:
+    """--jobs, --ray and the budget of one unit of work (SPEC §4)."""
+    parser.add_argument("--jobs", type=_positive, default=None, metavar="N",
+                        help="worker processes (default: the number of cores); the output is "
+                             "the same whatever N, timings aside")
+    parser.add_argument("--ray", metavar="auto|ADDRESS",
+                        help="run on a Ray cluster: auto (this machine's, else a local one) or "
+                             "its address (pip install 'tensorize[cluster]')")
+    parser.add_argument("--unit-timeout", type=_seconds, default=budget, metavar="SECONDS",
+                        help=f"a worker still on one {unit} after this long is stopped and the "
+                             f"{unit} reported lost (default {budget:g})")
+
+
+def _seconds(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not x > 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
+    return x
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with bad options reported as one line (exit 2), not a usage block first."""
 
@@ -573,6 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "pack-panel, inline, strassen)")
     run.add_argument("--budget", type=_budget, action="append", metavar="NAME=N",
                      help=f"raise or lower a stage's budget ({', '.join(Budgets.names())}); repeatable")
+    _campaign_arguments(run, "function", 900)
     run.set_defaults(handler=cmd_run)
 
     intr = sub.add_parser("intrinsics", help="list registered intrinsics and their semantics")
@@ -587,7 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     fuzz = sub.add_parser("fuzz", help="fuzz matcher completeness and soundness with hypothesis")
     properties.add_arguments(fuzz)
-    fuzz.set_defaults(handler=properties.main)
+    _campaign_arguments(fuzz, "unit of examples", 900)
+    fuzz.set_defaults(handler=cmd_fuzz)
 
     bench = sub.add_parser("bench", help="time compiled functions against numpy")
     bench.add_argument("paths", nargs="+", metavar="PATH")
@@ -602,6 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=_positive, default=20, metavar="N", help="at least this many timed runs")
     bench.add_argument("--onnxruntime", action="store_true",
                        help="also time ONNX Runtime on matrix products (pip install 'tensorize[onnx]')")
+    _campaign_arguments(bench, "function", 900)
     bench.set_defaults(handler=cmd_bench)
     return p
 
@@ -624,9 +781,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(_attached(sys.argv[1:] if argv is None else list(argv)))
     handlers = _catch_signals()
     try:
+        if getattr(args, "ray", None) is not None:
+            campaign.check_ray()  # before any work: Ray is an optional extra
         return args.handler(args)
     except BadInput as e:
         print(e, file=sys.stderr)
+        return 2
+    except CampaignError as e:  # Ray missing or out of reach
+        print(f"tensorize {args.command}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         if isinstance(e, Interrupted) or _signals:

@@ -87,6 +87,28 @@ class Guarantee:
     reason: str  # how the bound follows from the construction
 
 
+# The transformations a disguised program may be drawn with, as campaign reports count them
+# (``transformation`` maps a case's note, which carries the values drawn, to its name here).
+TRANSFORMATIONS = (
+    "extents not multiples", "batch dims", "strided or offset layout", "reversed layout",
+    "transposed layout", "commuted", "written X = X + e", "written X = e + X",
+    "scaled by a constant", "reduction split over two loops", "loops fused, indexed with // and %",
+    "perfect nest", "init/reduction/epilogue fused in the output's loops", "init zero",
+    "init bias", "relu epilogue",
+)
+
+
+def transformation(note: str) -> str:
+    """The name in ``TRANSFORMATIONS`` of one of ``Disguised.disguises``."""
+    if note.startswith("scaled by "):
+        return "scaled by a constant"
+    if note.startswith("loops ") and "fused into one" in note:
+        return "loops fused, indexed with // and %"
+    if note.startswith("perfect nest"):
+        return "perfect nest"
+    return note
+
+
 @dataclass(frozen=True)
 class Disguised:
     """A program holding ``intrinsic`` in disguise, and what that guarantees."""
@@ -664,8 +686,10 @@ def _carried(draw, s: _Shape) -> Optional[str]:
             "(a loop-carried dependence): the iterations cannot run as tiles")
 
 
+# near misses: the mutation kinds, named as in ``NearMiss.mutation``'s prefix
 _MUTATIONS = {"operator": _wrong_operator, "index": _wrong_index, "dtype": _wrong_dtype,
               "dependence": _carried}
+MUTATIONS = tuple(_MUTATIONS)
 
 
 @st.composite

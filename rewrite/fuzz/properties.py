@@ -11,16 +11,26 @@ Four properties, one function each; each raises ``PropertyFailed`` naming itself
 - ``round_trip``: ``parse(show(result.func)) == result.func``.
 
 ``fuzz_intrinsic`` runs them under hypothesis (no example database, derandomised unless a
-seed is given) and returns the shrunk failing program, if any. The long campaign::
+seed is given) and returns the shrunk failing program, if any.
+
+A campaign (``tensorize fuzz``) is cut into units of ``UNIT_EXAMPLES`` programs of one
+intrinsic, each drawn under a seed derived from the campaign's seed, the intrinsic and the
+unit's place (``plan``), so that the same seed draws the same programs and reaches the same
+verdicts whatever the number of workers that run the units. A failure is shrunk in its unit
+and reported with the unit's seed, the minimal program as script and the command that
+replays the unit. The long campaign::
 
     tensorize fuzz --examples 2000 --seed 1          # every intrinsic, ~2000 programs each
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
@@ -31,7 +41,7 @@ from .. import ir
 from ..pipeline import TensorizeResult, tensorize
 from ..saturate import Budget
 from ..script import parse, show
-from .disguises import Disguised, NearMiss, disguised, near_misses
+from .disguises import MUTATIONS, TRANSFORMATIONS, Disguised, NearMiss, disguised, near_misses, transformation
 
 # Small bodies saturate in milliseconds; the limits only stop a runaway rule set.
 FUZZ_BUDGET = Budget(iterations=12, enodes=50_000, seconds=5.0, hard_seconds=30.0)
@@ -184,7 +194,7 @@ def fuzz_intrinsic(desc, examples: int = 100, seed: Optional[int] = None, shrink
 
     @settings(max_examples=examples, database=None, derandomize=seed is None, deadline=None,
               phases=phases, verbosity=Verbosity.quiet, print_blob=False,
-              suppress_health_check=list(HealthCheck))
+              report_multiple_bugs=False, suppress_health_check=list(HealthCheck))
     @given(cases(desc))
     def prop(case: Case) -> None:
         count[0] += 1
@@ -209,21 +219,241 @@ def fuzz_intrinsic(desc, examples: int = 100, seed: Optional[int] = None, shrink
 
 
 # ---------------------------------------------------------------------------
+# campaigns: units of examples, each with its own seed
+
+
+UNIT_EXAMPLES = 25  # examples per unit of work: small enough to spread, large enough to pay
+
+
+@dataclass(frozen=True)
+class FuzzUnit:
+    """``examples`` programs for one intrinsic, drawn under ``seed``: unit ``index`` of a
+    campaign of ``campaign_examples`` per intrinsic under ``campaign_seed``."""
+
+    intrinsic: str
+    index: int
+    examples: int
+    seed: int
+    campaign_seed: int
+    campaign_examples: int
+    intrinsics_file: Optional[str] = None
+
+    def replay(self) -> str:
+        """The command that runs this unit alone, here, as the campaign ran it."""
+        words = ["tensorize", "fuzz"]
+        if self.intrinsics_file:
+            words += ["--intrinsics-file", self.intrinsics_file]
+        words += ["--intrinsic", self.intrinsic, "--examples", str(self.campaign_examples),
+                  "--seed", str(self.campaign_seed), "--unit", str(self.index)]
+        return " ".join(shlex.quote(w) for w in words)
+
+
+def unit_seed(seed: int, intrinsic: str, index: int) -> int:
+    """The seed of a unit: from the campaign's seed, the intrinsic and the unit's place, never
+    from the worker that runs it, so that any number of workers draws the same programs."""
+    digest = hashlib.blake2b(f"{seed}\0{intrinsic}\0{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def plan(names: Sequence[str], examples: int, seed: int,
+         intrinsics_file: Optional[str] = None) -> list[FuzzUnit]:
+    """The units of a campaign of ``examples`` programs per intrinsic, in report order."""
+    units = []
+    for name in names:
+        for k, start in enumerate(range(0, examples, UNIT_EXAMPLES)):
+            n = min(UNIT_EXAMPLES, examples - start)
+            units.append(FuzzUnit(name, k, n, unit_seed(seed, name, k), seed, examples,
+                                  intrinsics_file))
+    return units
+
+
+@dataclass
+class UnitReport:
+    """What one unit drew and found; plain data, so that it comes back from any worker."""
+
+    intrinsic: str
+    index: int
+    examples: int  # drawn before the first failure, the failing one included
+    seconds: float
+    kinds: dict[str, int] = field(default_factory=dict)
+    transformations: dict[str, int] = field(default_factory=dict)
+    mutations: dict[str, int] = field(default_factory=dict)
+    failure: Optional[dict] = None  # property, detail, kind, drawn, script (the shrunk program)
+
+
+def _ensure_loaded(unit: FuzzUnit) -> None:
+    """A worker process loads the user's module the first time one of its units needs it."""
+    import intrinsics
+
+    known = {d.name for d in intrinsics.all()}
+    if unit.intrinsics_file and unit.intrinsic not in known:
+        intrinsics.load_file(unit.intrinsics_file)
+
+
+def run_unit(unit: FuzzUnit) -> UnitReport:
+    """Check ``unit``'s programs; a failure is shrunk here, where it was found."""
+    import intrinsics
+
+    _ensure_loaded(unit)
+    desc = intrinsics.get(unit.intrinsic)
+    report = UnitReport(unit.intrinsic, unit.index, 0, 0.0)
+    failing = [False]
+
+    def check(case: Case):
+        if not failing[0]:  # count what was drawn, not the shrinker's attempts
+            report.examples += 1
+            _add(report.kinds, case.kind)
+            if isinstance(case, Disguised):
+                for note in case.disguises:
+                    _add(report.transformations, transformation(note))
+            else:
+                _add(report.mutations, case.mutation.split(":")[0])
+        try:
+            return check_case(case)
+        except PropertyFailed:
+            failing[0] = True
+            raise
+
+    t0 = time.perf_counter()
+    try:
+        out = fuzz_intrinsic(desc, unit.examples, unit.seed, check=check)
+    except Exception as e:  # noqa: BLE001 - hypothesis' own errors (unsatisfiable, ...)
+        report.seconds = time.perf_counter() - t0
+        report.failure = {"property": "hypothesis", "detail": f"{type(e).__name__}: {e}",
+                          "kind": "no program", "drawn": [], "script": ""}
+        return report
+    report.seconds = out.seconds
+    if out.failure is not None:
+        f = out.failure
+        report.failure = {
+            "property": f.prop, "detail": f.detail, "kind": f.case.kind,
+            "drawn": list(f.case.disguises) if isinstance(f.case, Disguised) else [f.case.mutation],
+            "script": show(f.case.func).rstrip()}
+    return report
+
+
+def _add(counts: dict, key: str, n: int = 1) -> None:
+    counts[key] = counts.get(key, 0) + n
+
+
+@dataclass
+class Campaign:
+    """The report of a campaign: its units' reports (or why a unit was lost), in plan order."""
+
+    seed: int
+    examples: int  # asked for, per intrinsic
+    units: list[FuzzUnit]
+    results: list  # UnitReport, or an object with a ``reason`` (the unit was lost)
+
+    def reports(self) -> list[tuple[FuzzUnit, UnitReport]]:
+        return [(u, r) for u, r in zip(self.units, self.results) if isinstance(r, UnitReport)]
+
+    def lost(self) -> list[tuple[FuzzUnit, str]]:
+        return [(u, r.reason) for u, r in zip(self.units, self.results)
+                if not isinstance(r, UnitReport)]
+
+    def failures(self) -> list[tuple[FuzzUnit, dict]]:
+        return [(u, r.failure) for u, r in self.reports() if r.failure is not None]
+
+    def per_intrinsic(self) -> dict[str, dict]:
+        rows: dict[str, dict] = {}
+        for u in self.units:
+            rows.setdefault(u.intrinsic, {"examples": 0, "kinds": {"disguised": 0, "near miss": 0},
+                                          "failures": 0, "lost_units": 0, "seconds": 0.0})
+        for u, r in self.reports():
+            row = rows[u.intrinsic]
+            row["examples"] += r.examples
+            for k, n in r.kinds.items():
+                _add(row["kinds"], k, n)
+            row["failures"] += r.failure is not None
+            row["seconds"] += r.seconds
+        for u, _ in self.lost():
+            rows[u.intrinsic]["lost_units"] += 1
+        return rows
+
+    def histogram(self, which: str, names: Sequence[str]) -> dict[str, int]:
+        """How often each transformation (``which="transformations"``) or near-miss mutation
+        (``"mutations"``) was drawn; those never drawn are there with 0."""
+        counts = {n: 0 for n in names}
+        for _, r in self.reports():
+            for k, n in getattr(r, which).items():
+                _add(counts, k, n)
+        return counts
+
+    def total(self) -> int:
+        return sum(r.examples for _, r in self.reports())
+
+    def to_json(self) -> dict:
+        return {
+            "seed": self.seed, "examples_per_intrinsic": self.examples,
+            "intrinsics": [{"name": n, **row} for n, row in self.per_intrinsic().items()],
+            "transformations": self.histogram("transformations", TRANSFORMATIONS),
+            "mutations": self.histogram("mutations", MUTATIONS),
+            "failures": [{"intrinsic": u.intrinsic, "unit": u.index, "seed": u.seed, **f,
+                          "replay": u.replay()} for u, f in self.failures()],
+            "lost": [{"intrinsic": u.intrinsic, "unit": u.index, "seed": u.seed, "reason": why,
+                      "replay": u.replay()} for u, why in self.lost()],
+            "examples": self.total(),
+        }
+
+    def text(self) -> str:
+        rows = [("intrinsic", "examples", "disguised", "near miss", "failures", "seconds")]
+        for name, row in self.per_intrinsic().items():
+            failures = str(row["failures"]) + (f" ({row['lost_units']} units lost)"
+                                               if row["lost_units"] else "")
+            rows.append((name, str(row["examples"]), str(row["kinds"].get("disguised", 0)),
+                         str(row["kinds"].get("near miss", 0)), failures, f"{row['seconds']:.1f}"))
+        widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                           for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
+        for title, which, names in (("transformations drawn (disguised programs)",
+                                     "transformations", TRANSFORMATIONS),
+                                    ("mutations drawn (near misses)", "mutations", MUTATIONS)):
+            counts = self.histogram(which, names)
+            lines += ["", title + ":"]
+            width = max(len(n) for n in counts)
+            top = max(counts.values()) or 1
+            for n, c in counts.items():
+                bar = "#" * round(30 * c / top)
+                lines.append(f"  {n.ljust(width)}  {c:>7}  {bar if c else '(never drawn)'}".rstrip())
+        for u, f in self.failures():
+            lines += ["", f"FAILED {f['property']} for {u.intrinsic} ({f['kind']}), "
+                          f"unit {u.index}, seed {u.seed}", f["detail"]]
+            if f["drawn"]:
+                lines.append(("disguises: " if f["kind"] == "disguised" else "mutation: ")
+                             + ", ".join(f["drawn"]))
+            lines += [f["script"]] if f["script"] else []
+            lines.append(f"replay: {u.replay()}")
+        for u, why in self.lost():
+            lines += ["", f"LOST unit {u.index} of {u.intrinsic} ({u.examples} examples, "
+                          f"seed {u.seed}): {why}", f"replay: {u.replay()}"]
+        lost = len(self.lost())
+        lines += ["", f"{self.total()} examples, {len(self.per_intrinsic())} intrinsics, "
+                      f"{len(self.failures())} failures" + (f", {lost} units lost" if lost else "")]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
 # the command
 
 
 def add_arguments(parser) -> None:
     """The options of ``tensorize fuzz``."""
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--intrinsic", metavar="NAME", default=None,
-                       help="fuzz this intrinsic only (default: the host library and the "
-                            "emulated built-ins)")
-    which.add_argument("--intrinsics-file", metavar="PATH", default=None,
-                       help="fuzz the intrinsics a Python module registers")
+    parser.add_argument("--intrinsic", metavar="NAME", default=None,
+                        help="fuzz this intrinsic only (default: the host library and the "
+                             "emulated built-ins, or every intrinsic --intrinsics-file registers)")
+    parser.add_argument("--intrinsics-file", metavar="PATH", default=None,
+                        help="fuzz the intrinsics a Python module registers")
     parser.add_argument("--examples", type=int, default=100, metavar="N",
                         help="programs per intrinsic (default 100)")
-    parser.add_argument("--seed", type=int, default=None, metavar="S",
-                        help="random seed (default: derandomised, the same programs every run)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S",
+                        help="the campaign's seed (default 0): the same seed draws the same "
+                             "programs, whatever --jobs")
+    parser.add_argument("--unit", type=int, default=None, metavar="K",
+                        help=f"run only unit K (examples {UNIT_EXAMPLES}K to {UNIT_EXAMPLES}K+"
+                             f"{UNIT_EXAMPLES - 1}) of each intrinsic: what a failure's replay "
+                             "command does")
+    parser.add_argument("--json", action="store_true", help="the report as one JSON object on stdout")
 
 
 def default_library() -> list:
@@ -234,15 +464,27 @@ def default_library() -> list:
     return native + [d for d in intrinsics.all() if d not in native]
 
 
-def main(args) -> int:
+def serial(work: Callable, units: Sequence) -> list:
+    return [work(u) for u in units]
+
+
+def main(args, execute: Callable[[Callable, Sequence], list] = serial) -> int:
+    """``tensorize fuzz``: plan the campaign, have ``execute(run_unit, units)`` run its units
+    (here one after the other, or on workers: ``rewrite.tools.campaign``), report."""
     import intrinsics
 
     intrinsic = getattr(args, "intrinsic", None)
     path = getattr(args, "intrinsics_file", None)
     examples = getattr(args, "examples", 100)
-    seed = getattr(args, "seed", None)
+    seed = getattr(args, "seed", 0)
+    seed = 0 if seed is None else seed
+    only = getattr(args, "unit", None)
     if examples is None or examples < 1:
         print("tensorize fuzz: --examples must be at least 1", file=sys.stderr)
+        return 2
+    if only is not None and not 0 <= only * UNIT_EXAMPLES < examples:
+        print(f"tensorize fuzz: --unit {only}: a campaign of {examples} examples has units 0 to "
+              f"{(examples - 1) // UNIT_EXAMPLES}", file=sys.stderr)
         return 2
     try:
         descs = intrinsics.load_file(path) if path else []
@@ -259,18 +501,15 @@ def main(args) -> int:
     except Exception as e:  # noqa: BLE001 - a user's plugin failing as it loads
         print(f"tensorize fuzz: {path}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    total, failures = 0, 0
-    for desc in descs:
-        out = fuzz_intrinsic(desc, examples, seed)
-        total += out.examples
-        status = "ok" if out.failure is None else f"FAILED ({out.failure.prop})"
-        print(f"{desc.name}: {out.examples} examples, {out.seconds:.1f} s, {status}",
-              file=sys.stderr, flush=True)
-        if out.failure is not None:
-            failures += 1
-            print(out.failure.text(), flush=True)
-    print(f"{total} examples, {len(descs)} intrinsics, {failures} failures")
-    return 1 if failures else 0
+    units = plan([d.name for d in descs], examples, seed, path)
+    if only is not None:
+        units = [u for u in units if u.index == only]
+    report = Campaign(seed, examples, units, execute(run_unit, units))
+    if getattr(args, "json", False):
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.text())
+    return 1 if report.failures() or report.lost() else 0
 
 
 if __name__ == "__main__":
