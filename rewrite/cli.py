@@ -185,6 +185,8 @@ def _process(unit: Unit, opts: Options) -> Entry:
             entry.check = {"ok": bool(result.ok), "max_abs_error": float(result.max_abs_error)}
             if not result.ok:
                 entry.check["message"] = result.message
+            if result.unchecked:  # outputs computed from a decision on a rounded float sum
+                entry.check["unchecked"] = list(result.unchecked)
     except BudgetError as e:  # too big for this run's budgets: bad input, said so
         entry.error = f"{unit.file}:{unit.name}: {e}"
     except (Exception, SystemExit, KeyboardInterrupt) as e:

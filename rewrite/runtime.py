@@ -321,6 +321,7 @@ class CheckResult:
     ok: bool
     max_abs_error: float
     message: str = ""
+    unchecked: tuple[str, ...] = ()  # outputs no roundoff bound covers (``beyond_roundoff``)
 
 
 # Float outputs may differ from the interpreter by this many units of roundoff per term of
@@ -475,7 +476,8 @@ def check(func: PrimFunc, kernel: Optional[Kernel] = None, seed: int = 0,
             error, more = _check_round(func, kernel, seed, True, density, budgets)
             worst = max(worst, error)
             problems += [f"{p} (inputs with {what} NaN/Inf)" for p in more]
-    return CheckResult(not problems, worst, "; ".join(problems))
+    unchecked = tuple(sorted(beyond_roundoff(func) & {b.name for b in func.outputs}))
+    return CheckResult(not problems, worst, "; ".join(problems), unchecked)
 
 
 # The share of special values in the last round of ``check``.

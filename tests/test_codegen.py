@@ -438,6 +438,8 @@ def f(A: i32[4], S: f32[1], C: i32[1], E: f32[1], F: f32[1], G: f32[1], H: i32[1
 """)
     # C: one unit plus roundoff; G: roundoff; the rest hang on a decision roundoff may flip
     assert runtime.beyond_roundoff(func) == {"E", "F", "H"}
+    # and a check says which outputs it could not compare
+    assert runtime.check(func).unchecked == ("E", "F", "H")
     # without a float sum or exp, compiled code rounds as the interpreter: nothing is beyond
     assert runtime.beyond_roundoff(parse("""
 @prim_func
