@@ -1,0 +1,61 @@
+"""split-sum: an accumulation of a sum is one accumulation per term.
+
+    for i, j in grid(M, N):                       for i, j in grid(M, N):
+        A[i, j] += u1[i] * v1[j] + u2[i] * v2[j]  ->   A[i, j] += u1[i] * v1[j]
+                                                   for i, j in grid(M, N):
+                                                       A[i, j] += u2[i] * v2[j]
+
+(gemver's rank-2 update, syr2k's body): each term is then a product a matmul or outer-product
+row can cover, where the sum as one body matches none.
+
+Sound when no term reads the accumulated buffer: every element then gets the same terms
+added, regrouped from ``A + (a + b)`` to ``(A + a) + b`` (exact on integers, a reassociation
+on floats, which rewrites may do; a NaN or Inf among the terms reaches the element either
+way, and ``inf + -inf`` is NaN in both orders). ``a - b`` is ``a + -b``, so a subtracted
+product is a term scaled by -1. It is an ``alternatives`` family: the split program is kept
+only when the cost model finds it cheaper, since a term no intrinsic covers then costs a
+second pass over the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional
+
+from .. import ir
+from ..nests import AccNest
+
+
+def terms(e: ir.Expr) -> list[ir.Expr]:
+    """The terms of a sum, ``a - b`` read as ``a + -b``."""
+    if isinstance(e, ir.Binary) and e.op == "+":
+        return terms(e.a) + terms(e.b)
+    if isinstance(e, ir.Binary) and e.op == "-":
+        return terms(e.a) + [ir.Unary("neg", t) for t in terms(e.b)]
+    return [e]
+
+
+def split(nest: AccNest) -> Optional[list[AccNest]]:
+    """One nest per term of ``nest``'s sum, or None: no sum, or a term reads the output."""
+    parts = terms(nest.value)
+    if len(parts) < 2:
+        return None
+    if any(load.buffer.name == nest.out.name for t in parts for load in ir.loads_of(t)):
+        return None
+    return [replace(nest, value=t) for t in parts]
+
+
+def improve(best, search):
+    """``best`` (``pipeline.Choice``), or its items with every sum split, when the cost model
+    finds that cheaper."""
+    items, changed = [], False
+    for p in best.parts:
+        pieces = split(p) if isinstance(p, AccNest) else None
+        items += pieces or [p]
+        changed = changed or pieces is not None
+    if not changed:
+        return best
+    planned = search.plan(items)
+    if planned.cost >= best.planned.cost:
+        return best
+    return replace(best, parts=items, planned=planned)
