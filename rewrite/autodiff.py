@@ -794,44 +794,17 @@ def _place(st: _State, c: _Contribution, sole: bool) -> tuple[Stmt, bool]:
     if any(x > 1 for x in count.values()):
         return scatter, False
     cond_vars = {x.name for e in n.conds for x in ir.walk_expr(e) if isinstance(x, Var)}
-    out_loops: list[tuple[str, int, int]] = []
-    new_index: list[Expr] = []
-    eliminate: dict[str, tuple[int, Affine]] = {}  # var -> (coefficient, the dimension's form)
-    for d, a in enumerate(affs):
-        if not a.terms:
-            new_index.append(_i(a.const))
-            continue
-        if len(a.terms) == 1 and a.terms[0][1] == 1:
-            v = a.terms[0][0]
-            lo, hi = spans[v]
-            out_loops.append((v, lo, hi + 1))
-            new_index.append(c.index[d])
-            continue
-        if len(a.terms) == 1:  # a stride on a lone variable: the scatter needs no condition
-            return scatter, False
-        # a window: solve for a variable that only the stuffed load reads
-        pick = None
-        for v, coef in a.terms:
-            if v in cond_vars:
-                continue
-            users = [ld for ld in ir.loads_of(value) if any(
-                isinstance(x, Var) and x.name == v for i in ld.indices for x in ir.walk_expr(i))]
-            if len(users) == 1 and _unit_in_one_dim(users[0], v):
-                pick = (v, coef, users[0])
-                break
-        if pick is None:
-            return scatter, False
-        v, coef, _ = pick
-        lo_hi = a.bounds(spans.get)
-        eliminate[v] = (coef, a)
-        out_loops.append((v, lo_hi[0], lo_hi[1] + 1))
-        new_index.append(Var(v))
+    adjoints = set(st.adj.values())
+    # the load a window is solved through: an adjoint's first (the transposed convolution)
+    candidates = sorted(set(ir.loads_of(value)), key=lambda ld: (ld.buffer not in adjoints, str(ld)))
+    for src in [None] + candidates:
+        placed = _solve(affs, c.index, spans, value, cond_vars, src)
+        if placed is not None:
+            break
+    else:
+        return scatter, False
+    out_loops, new_index, eliminate = placed
     if eliminate:
-        stuffed = {ld for ld in ir.loads_of(value) if any(
-            isinstance(x, Var) and x.name in eliminate for i in ld.indices for x in ir.walk_expr(i))}
-        if len(stuffed) != 1:
-            return scatter, False
-        src = next(iter(stuffed))
         pre, repl = _stuff(st, n, src, eliminate, spans)
         value = ir.map_loads(value, lambda ld: repl if ld == src else ld)
     else:
@@ -853,6 +826,47 @@ def _place(st: _State, c: _Contribution, sole: bool) -> tuple[Stmt, bool]:
         inner = _build_nest(red_loops, n.conds, Accumulate(target, idx, value))
     ordered = [next(l for l in out_loops if l[0] == e.name) for e in new_index if isinstance(e, Var)]
     return ir.seq(*pre, _build_nest(ordered, (), inner)), full
+
+
+def _solve(affs: list[Affine], index: tuple[Expr, ...], spans: dict, value: Expr,
+           cond_vars: set[str], src: Optional[Load]):
+    """The gather's output loops and index, and the window variables solved through the
+    load ``src`` (None: no window); None when the index map does not solve this way."""
+    out_loops: list[tuple[str, int, int]] = []
+    new_index: list[Expr] = []
+    eliminate: dict[str, tuple[int, Affine]] = {}  # var -> (coefficient, the dimension's form)
+    for d, a in enumerate(affs):
+        if not a.terms:
+            new_index.append(_i(a.const))
+            continue
+        if len(a.terms) == 1 and a.terms[0][1] == 1:
+            v = a.terms[0][0]
+            lo, hi = spans[v]
+            out_loops.append((v, lo, hi + 1))
+            new_index.append(index[d])
+            continue
+        if len(a.terms) == 1 or src is None:  # a stride on a lone variable: scatter
+            return None
+        # a window: solve for a variable that only ``src`` reads, at unit stride
+        pick = None
+        for v, coef in a.terms:
+            if v in cond_vars:
+                continue
+            users = [ld for ld in ir.loads_of(value) if any(
+                isinstance(x, Var) and x.name == v for i in ld.indices for x in ir.walk_expr(i))]
+            if users == [src] and _unit_in_one_dim(src, v):
+                pick = (v, coef)
+                break
+        if pick is None:
+            return None
+        v, coef = pick
+        lo_hi = a.bounds(spans.get)
+        eliminate[v] = (coef, a)
+        out_loops.append((v, lo_hi[0], lo_hi[1] + 1))
+        new_index.append(Var(v))
+    if src is not None and not eliminate:
+        return None
+    return out_loops, new_index, eliminate
 
 
 def _unit_in_one_dim(ld: Load, v: str) -> bool:
