@@ -363,6 +363,8 @@ class _State:
     relevant: set[str]
     adj: dict[str, Buffer] = field(default_factory=dict)
     needs: set[tuple[str, int]] = field(default_factory=set)
+    reads: dict[tuple[str, int], int] = field(default_factory=dict)  # instances reading each
+    recomputed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra_allocs: list[Buffer] = field(default_factory=list)
@@ -484,6 +486,10 @@ def _primal(st: _State, e: Expr, k: int, self_after: bool) -> Expr:
         idx = tuple(_primal(st, i, k, self_after) for i in ld.indices)
         s = _state_at(st, ld.buffer.name, k, self_after and ld.buffer.name == me)
         st.needs.add((ld.buffer.name, s))
+        trips = 1
+        for _, lo, hi in st.nests[k].loops:
+            trips *= hi - lo
+        st.reads[(ld.buffer.name, s)] = st.reads.get((ld.buffer.name, s), 0) + trips
         return Load(_VBuf.of(ld.buffer, s), idx)
 
     return ir.map_loads(e, mark)
@@ -590,7 +596,9 @@ def _doc(st: _State, func: PrimFunc, out: Buffer, wrt: list[str], work) -> str:
     if st.kept:
         lines.append("Kept (computed again here, stored once, read by the adjoints): "
                      + ", ".join(st.kept) + ".")
-    else:
+    if st.recomputed:
+        lines.append("Recomputed where read (cheaper than keeping): " + ", ".join(st.recomputed) + ".")
+    if not st.kept and not st.recomputed:
         lines.append("Reads the forward's parameters only: no temporary is kept or recomputed.")
     for note in st.notes:
         lines.append(note)
@@ -938,17 +946,11 @@ def _swap_leaf(s: Stmt, leaf: Stmt) -> Stmt:
 # forward values: parameters where they hold them, else kept
 
 
-def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], Buffer], list[Buffer]]:
+def _closure(st: _State, needs: set[tuple[str, int]], available) -> set[int]:
+    """The nests that must run again to reach the states ``needs`` (and what they read)."""
     func, nests = st.func, st.nests
-    params = {b.name: b for b in func.params}
-    total = {b.name: len(_writers(st, b.name)) for b in func.buffers}
-
-    def available(name: str, s: int) -> bool:
-        if total[name] == 0:
-            return True
-        return name in params and s == total[name]
-
-    needs = set(st.needs)
+    params = {b.name for b in func.params}
+    needs = set(needs)
     replayed: set[int] = set()
     changed = True
     while changed:
@@ -958,7 +960,7 @@ def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], Buffer], list
                 continue
             if s == 0 and name not in params:
                 raise _Refuse(f"the backward needs temporary {name} before {func.name} writes it")
-            if s == 0 and name in params:
+            if s == 0:
                 raise _Refuse(f"the backward needs the contents {name} had before {func.name} "
                               f"wrote it, which it cannot recover from {name}'s final value")
             for m in _writers(st, name)[:s]:
@@ -967,11 +969,33 @@ def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], Buffer], list
                 replayed.add(m)
                 changed = True
                 n = nests[m]
-                for ld in ir.loads_of(n.value):
-                    needs.add((ld.buffer.name, _state_at(st, ld.buffer.name, m, False)))
-                for e in n.index + n.conds:
+                for e in (n.value,) + n.index + n.conds:
                     for ld in ir.loads_of(e):
                         needs.add((ld.buffer.name, _state_at(st, ld.buffer.name, m, False)))
+    return replayed
+
+
+def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], object], list[Buffer]]:
+    """The nests to run again at the start of the backward (with snapshots of states later
+    overwritten), how each forward state the adjoints read is reached, and the buffers kept."""
+    func, nests = st.func, st.nests
+    params = {b.name: b for b in func.params}
+    total = {b.name: len(_writers(st, b.name)) for b in func.buffers}
+
+    def available(name: str, s: int) -> bool:
+        if total[name] == 0:
+            return True
+        return name in params and s == total[name]
+
+    recompute = _recomputed(st, available)
+    replayed = _closure(st, {k for k in st.needs if k not in recompute}, available)
+    for key in list(recompute):  # its nest runs here anyway, and what it stores stays
+        m = _writers(st, key[0])[key[1] - 1]
+        if m in replayed and m == max(k for k in replayed if nests[k].buffer.name == key[0]):
+            del recompute[key]
+            st.recomputed = [r for r in st.recomputed
+                             if not r.startswith(f"{key[0]} after its statement {key[1]} ")]
+    replayed = _closure(st, {k for k in st.needs if k not in recompute}, available)
     shadows: dict[str, Buffer] = {}
     allocs: list[Buffer] = []
     for m in sorted(replayed):
@@ -981,7 +1005,7 @@ def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], Buffer], list
             shadows[name] = b if name not in params else Buffer(st.names.fresh(name + "_fwd"), b.dtype, b.shape)
             allocs.append(shadows[name])
     out: list[Stmt] = []
-    resolve: dict[tuple[str, int], Buffer] = {}
+    resolve: dict[tuple[str, int], object] = dict(recompute)
     last = {name: max(m for m in replayed if nests[m].buffer.name == name) for name in shadows}
     for m in sorted(replayed):
         n = nests[m]
@@ -991,13 +1015,13 @@ def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], Buffer], list
         out.append(_build_nest(n.loops, tuple(ren(c) for c in n.conds), leaf))
         name = n.buffer.name
         s = _state_at(st, name, m, True)
-        if (name, s) in st.needs and m != last[name]:
+        if (name, s) in st.needs and (name, s) not in recompute and m != last[name]:
             snap = Buffer(st.names.fresh(f"{name}_{s}"), n.buffer.dtype, n.buffer.shape)
             allocs.append(snap)
             out.append(_copy(snap, shadows[name], st.names))
             resolve[(name, s)] = snap
             st.kept.append(f"{snap.name} ({name} after its statement {s})")
-    for name, s in st.needs:
+    for name, s in sorted(st.needs):
         if (name, s) in resolve:
             continue
         resolve[(name, s)] = shadows[name] if not available(name, s) else func.buffer(name)
@@ -1005,6 +1029,45 @@ def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], Buffer], list
         st.kept.append(b.name if b.name == name else f"{b.name} ({name}'s values)")
     allocs += st.extra_allocs
     return out, resolve, allocs
+
+
+# Recompute rather than keep: a value stored by a plain elementwise nest over a whole buffer,
+# of at most this many operations, when computing it at every read costs no more than
+# computing it once, storing it and reading it back (ops * reads <= (ops + 2) * elements).
+RECOMPUTE_MAX_OPS = 2
+
+
+def _ops(e: Expr) -> int:
+    """Arithmetic operations of a value (index arithmetic is address computation)."""
+    if isinstance(e, Load):
+        return 0
+    return int(isinstance(e, (Binary, Unary, Cast, Select))) + sum(_ops(c) for c in ir.children(e))
+
+
+def _recomputed(st: _State, available) -> dict[tuple[str, int], tuple[tuple[str, ...], Expr]]:
+    out: dict[tuple[str, int], tuple[tuple[str, ...], Expr]] = {}
+    for name, s in sorted(st.needs):
+        if s == 0 or available(name, s):
+            continue
+        m = _writers(st, name)[s - 1]
+        n = st.nests[m]
+        b = n.buffer
+        plain = all(isinstance(e, Var) for e in n.index) and len({e.name for e in n.index}) == b.ndim
+        if not (isinstance(n.stmt, Store) and plain and not n.conds and len(n.loops) == b.ndim
+                and all((v, 0, size) in n.loops for v, size in zip((e.name for e in n.index), b.shape))
+                and not any(ld.buffer.name == name for ld in ir.loads_of(n.value))):
+            continue
+        ops = _ops(n.value)
+        if ops > RECOMPUTE_MAX_OPS or ops * st.reads.get((name, s), 0) > (ops + 2) * b.size:
+            continue
+        out[(name, s)] = (tuple(e.name for e in n.index), _primal(st, n.value, m, False))
+        st.recomputed.append(f"{name} after its statement {s} (= {_show(n.value)})")
+    return out
+
+
+def _show(e: Expr) -> str:
+    from .printer import show_expr
+    return show_expr(e)
 
 
 def _rename(e: Expr, to: dict[str, Buffer]) -> Expr:
@@ -1031,7 +1094,13 @@ def _resolve_stmt(s: Stmt, resolve: dict[tuple[str, int], Buffer]) -> Stmt:
         def one(ld: Load) -> Expr:
             key = _VBuf.parse(ld.buffer)
             idx = tuple(fix(i) for i in ld.indices)
-            return Load(resolve[key] if key else ld.buffer, idx)
+            if key is None:
+                return Load(ld.buffer, idx)
+            got = resolve[key]
+            if isinstance(got, Buffer):
+                return Load(got, idx)
+            names, value = got  # recomputed: the defining expression at this index
+            return fix(ir.substitute(value, dict(zip(names, idx))))
         return ir.map_loads(e, one)
 
     if isinstance(s, (Store, Accumulate)):
