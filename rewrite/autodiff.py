@@ -896,7 +896,10 @@ def _stuff(st: _State, n: _Nest, src: Load, eliminate: dict[str, tuple[int, Affi
         a = affine(e)
         v = next((x for x in (a.vars if a else ()) if x in eliminate), None)
         if v is None:
-            var = fresh.fresh("i")
+            plain = isinstance(e, Var) and all(e.name != l[0] for l in copy_loops) \
+                and not any(isinstance(x, Var) and x.name == e.name for o in src.indices if o is not e
+                            for x in ir.walk_expr(o))
+            var = e.name if plain else fresh.fresh("i")
             copy_loops.append((var, 0, b.shape[d]))
             copy_dst.append(Var(var))
             copy_src.append(Var(var))
