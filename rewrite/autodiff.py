@@ -222,6 +222,7 @@ class _Nest:
     buffer: Buffer
     index: tuple[Expr, ...]
     value: Expr         # the stored value: ``B[j] += v`` reads as ``B[j] = B[j] + v``
+    region: Optional["_Region"] = None  # the recurrence around it, if any
 
     @property
     def vars(self) -> tuple[str, ...]:
@@ -232,6 +233,19 @@ class _Nest:
             if v == var:
                 return lo, hi - 1
         return None
+
+
+@dataclass(frozen=True)
+class _Region:
+    """A loop whose statements depend on each other across iterations (an RNN's time loop):
+    its nests are differentiated inside one loop that runs backwards in time."""
+
+    first: int          # the index of its first nest
+    loop: For
+
+    @property
+    def var(self) -> str:
+        return self.loop.var
 
 
 def _accesses(s: Stmt) -> Iterable[tuple[Buffer, tuple[Expr, ...]]]:
@@ -248,16 +262,26 @@ def _distributable(loop: For) -> bool:
     some dimension is indexed alike by every access, with ``loop``'s variable outweighing
     what the loops inside it add."""
     spans = {s.var: (s.start, s.stop - 1) for s in ir.walk_stmts(loop.body) if isinstance(s, For)}
+    inner = set(spans) | {loop.var}
     by_buffer: dict[str, list[tuple[Expr, ...]]] = {}
     owners: dict[str, set[int]] = {}
+    writes: dict[str, list[tuple[Expr, ...]]] = {}
     for k, (leaf, _) in enumerate(ir.walk_in_loops(loop.body)):
         for b, idx in _accesses(leaf):
             by_buffer.setdefault(b.name, []).append(idx)
             owners.setdefault(b.name, set()).add(k)
+        if isinstance(leaf, (Store, Accumulate)):
+            writes.setdefault(leaf.buffer.name, []).append(leaf.indices)
+
+    def elsewhere(idx: tuple[Expr, ...], name: str) -> bool:
+        """A read of a slice no write in the loop touches (``H[t, j]`` while ``H[t + 1, i]``
+        is written inside a loop over ``i``)."""
+        return all(any(_apart(w, r, inner) for w, r in zip(widx, idx)) for widx in writes[name])
+
     for name in ir.written_by(loop.body):
         if len(owners[name]) == 1:  # one statement alone touches it: its order is kept
             continue
-        idxs = by_buffer[name]
+        idxs = [ix for ix in by_buffer[name] if ix in writes[name] or not elsewhere(ix, name)]
         ok = False
         for d in range(len(idxs[0])):
             if any(ix[d] != idxs[0][d] for ix in idxs):
@@ -275,26 +299,38 @@ def _distributable(loop: For) -> bool:
     return True
 
 
-def _flatten(s: Stmt, loops: tuple, conds: tuple, out: list[_Nest]) -> None:
+def _apart(w: Expr, r: Expr, moving: set[str]) -> bool:
+    """Indices that differ by a nonzero constant and move with none of ``moving``."""
+    a, b = affine(w), affine(r)
+    if a is None or b is None or any(v in moving for v in a.vars + b.vars):
+        return False
+    d = a.plus(b.scale(-1))
+    return not d.terms and d.const != 0
+
+
+def _flatten(s: Stmt, loops: tuple, conds: tuple, out: list[_Nest], region=None) -> None:
     if isinstance(s, Seq):
         for c in s.stmts:
-            _flatten(c, loops, conds, out)
+            _flatten(c, loops, conds, out, region)
     elif isinstance(s, For):
-        if isinstance(s.body, (Seq, If)) and len(list(ir.walk_in_loops(s.body))) > 1 \
-                and not _distributable(s):
-            raise _Refuse(f"the statements in loop {s.var} depend on each other across its "
-                          "iterations (a temporary reused by every iteration, or a recurrence "
-                          "over several statements)", s)
-        _flatten(s.body, loops + ((s.var, s.start, s.stop),), conds, out)
+        if len(list(ir.walk_in_loops(s.body))) > 1 and not _distributable(s):
+            if region is not None or loops or conds:
+                raise _Refuse(f"the statements in loop {s.var} depend on each other across its "
+                              "iterations (a temporary reused by every iteration, or a recurrence "
+                              "over several statements that is not the outermost loop)", s)
+            # a recurrence over several statements: its iterations are reversed as a whole
+            _flatten(s.body, (), (), out, _Region(len(out), s))
+            return
+        _flatten(s.body, loops + ((s.var, s.start, s.stop),), conds, out, region)
     elif isinstance(s, If):
-        _flatten(s.then, loops, conds + (s.cond,), out)
+        _flatten(s.then, loops, conds + (s.cond,), out, region)
         if s.orelse is not None:
-            _flatten(s.orelse, loops, conds + (Unary("not", s.cond),), out)
+            _flatten(s.orelse, loops, conds + (Unary("not", s.cond),), out, region)
     elif isinstance(s, Store):
-        out.append(_Nest(loops, conds, s, s.buffer, s.indices, s.value))
+        out.append(_Nest(loops, conds, s, s.buffer, s.indices, s.value, region))
     elif isinstance(s, Accumulate):
         out.append(_Nest(loops, conds, s, s.buffer, s.indices,
-                         Binary("+", Load(s.buffer, s.indices), s.value)))
+                         Binary("+", Load(s.buffer, s.indices), s.value), region))
     else:
         raise _Refuse("an intrinsic call has no derivative here: differentiate the program "
                       "before tensorizing it", s)
@@ -484,7 +520,13 @@ def _primal(st: _State, e: Expr, k: int, self_after: bool) -> Expr:
         if _VBuf.parse(ld.buffer) is not None:
             return ld
         idx = tuple(_primal(st, i, k, self_after) for i in ld.indices)
-        s = _state_at(st, ld.buffer.name, k, self_after and ld.buffer.name == me)
+        region = st.nests[k].region
+        inside = [m for m, x in enumerate(st.nests) if x.region is region] if region else []
+        if region is not None and any(st.nests[m].buffer.name == ld.buffer.name for m in inside):
+            # written once per element by the recurrence: final once it has run
+            s = _state_at(st, ld.buffer.name, inside[-1], True)
+        else:
+            s = _state_at(st, ld.buffer.name, k, self_after and ld.buffer.name == me)
         st.needs.add((ld.buffer.name, s))
         trips = 1
         for _, lo, hi in st.nests[k].loops:
@@ -525,11 +567,31 @@ def _assemble(st: _State, wrt: list[str]) -> PrimFunc:
     sweep: list[Stmt] = []
     contributions: list[_Contribution] = []
     writes_seed = False
-    for k in reversed(range(len(nests))):
+    k = len(nests) - 1
+    while k >= 0:
         n = nests[k]
-        if not _live(st, n) and not (n.buffer.name in st.adj and _needs_kill(st, k)):
+        if n.region is not None:  # a recurrence: its adjoint, in one loop backwards in time
+            group = [m for m in range(k + 1) if nests[m].region is n.region]
+            body: list[Stmt] = []
+            for m in reversed(group):
+                if not _live(st, nests[m]) and not (nests[m].buffer.name in st.adj and _needs_kill(st, m)):
+                    continue
+                stmts, _, _ = _adjoint_of(st, m)
+                body.extend(_place(st, x, False, windows=False)[0] if isinstance(x, _Contribution)
+                            else x for x in stmts)
+            if body:
+                loop = n.region.loop
+                rev = {loop.var: Binary("-", _i(loop.start + loop.stop - 1), Var(loop.var))}
+                sweep.append(For(loop.var, loop.start, loop.stop,
+                                 ir.substitute_stmt(ir.seq(*body), rev)))
+                st.notes.append(f"the recurrence over loop {loop.var}: differentiated "
+                                "backwards in time.")
+            k = group[0] - 1
             continue
-        stmts, contribs, wrote = _adjoint_of(st, k)
+        k -= 1
+        if not _live(st, n) and not (n.buffer.name in st.adj and _needs_kill(st, k + 1)):
+            continue
+        stmts, contribs, wrote = _adjoint_of(st, k + 1)
         sweep.extend(stmts)
         contributions.extend(contribs)
         writes_seed = writes_seed or wrote
@@ -613,11 +675,34 @@ def _needs_kill(st: _State, k: int) -> bool:
 
 
 def _self_loads(n: _Nest) -> tuple[list[Load], list[Load]]:
+    """The loads of the stored buffer where the statement writes, and elsewhere. Inside a
+    recurrence, a load of an earlier iteration's slice (``H[t, j]`` beside ``H[t + 1, i]``) is
+    neither: it reads a value final by then, like any other buffer's."""
     at, other = [], []
     for ld in ir.loads_of(n.value):
-        if ld.buffer.name == n.buffer.name:
-            (at if ld.indices == n.index else other).append(ld)
+        if ld.buffer.name != n.buffer.name:
+            continue
+        if ld.indices == n.index:
+            at.append(ld)
+        elif n.region is not None and _earlier(n, ld):
+            continue
+        else:
+            other.append(ld)
     return at, other
+
+
+def _earlier(n: _Nest, ld: Load) -> bool:
+    """``ld`` reads, in some dimension, the slice an earlier iteration of the recurrence wrote."""
+    for w, r in zip(n.index, ld.indices):
+        if _apart(w, r, set(n.vars)):
+            a = affine(w)
+            c = a.coeff(n.region.var)
+            gap = a.plus(affine(r).scale(-1)).const
+            if c != 0 and gap * c > 0:
+                return True
+            raise _Refuse(f"the recurrence over loop {n.region.var} reads {n.buffer.name} ahead "
+                          "of where it writes", n.stmt)
+    return False
 
 
 def _adjoint_of(st: _State, k: int) -> tuple[list, list[_Contribution], bool]:
@@ -629,12 +714,19 @@ def _adjoint_of(st: _State, k: int) -> tuple[list, list[_Contribution], bool]:
     seed = Load(dB, n.index)
     idx_aff = [affine(e) for e in n.index]
     spans = {v: (lo, hi - 1) for v, lo, hi in n.loops}
-    if any(a is None for a in idx_aff) or not _one_to_one(idx_aff, spans):
+    if n.region is not None:
+        spans[n.region.var] = (n.region.loop.start, n.region.loop.stop - 1)
+    written_once = n.region is None or any(a is not None and a.coeff(n.region.var) for a in idx_aff)
+    if any(a is None for a in idx_aff) or not _one_to_one(idx_aff, spans) or not written_once:
         raise _Refuse(f"{B.name} is written at an index that is not one-to-one in the loops "
-                      "around it", n.stmt)
+                      "around it" + (f" (a recurrence must write each element once: index it "
+                                     f"by {n.region.var})" if n.region else ""), n.stmt)
     in_index = {v for a in idx_aff for v in a.vars}
     reduction = [v for v in n.vars if v not in in_index]
     at, other = _self_loads(n)
+    if n.region is not None and other:
+        raise _Refuse(f"a scan inside the recurrence over loop {n.region.var} is not "
+                      "differentiated here", n.stmt)
     if at and other:
         raise _Refuse(f"the statement reads {B.name} both where it writes and elsewhere", n.stmt)
     active = lambda name: name in st.active and name in st.relevant  # noqa: E731
@@ -677,6 +769,11 @@ def _adjoint_of(st: _State, k: int) -> tuple[list, list[_Contribution], bool]:
             wrote = True
         return items, cs, wrote
     # in place: B[j] = g(B[j], ...)
+    if n.region is not None and not (isinstance(n.value, Binary) and n.value.op == "+"
+                                     and n.value.a == at[0] and at[0] not in list(ir.walk_expr(n.value.b))):
+        raise _Refuse(f"an update of {B.name} in place inside the recurrence over loop "
+                      f"{n.region.var} needs the value it overwrites: write the result to "
+                      "another buffer", n.stmt)
     if len(at) > 1:
         raise _Refuse(f"the statement reads {B.name} where it writes more than once", n.stmt)
     if reduction:
@@ -686,6 +783,9 @@ def _adjoint_of(st: _State, k: int) -> tuple[list, list[_Contribution], bool]:
         elif isinstance(v, Binary) and v.op == "+" and v.b == at[0] and at[0] not in list(ir.walk_expr(v.a)):
             h = v.a
         elif isinstance(v, Binary) and v.op in ("max", "min") and at[0] in (v.a, v.b):
+            if n.region is not None:
+                raise _Refuse(f"a running {v.op}imum inside the recurrence over loop "
+                              f"{n.region.var} is not differentiated here", n.stmt)
             return _chain_extremum(st, k, v.op, v.b if v.a == at[0] else v.a, reduction)
         else:
             op = v.op if isinstance(v, (Binary,)) else type(v).__name__.lower()
@@ -784,7 +884,7 @@ def _chain_extremum(st: _State, k: int, op: str, h: Expr, reduction: list[str]) 
 # placing a contribution: gather, or scatter
 
 
-def _place(st: _State, c: _Contribution, sole: bool) -> tuple[Stmt, bool]:
+def _place(st: _State, c: _Contribution, sole: bool, windows: bool = True) -> tuple[Stmt, bool]:
     """``d<target>[index] += value`` over the nest's loops, as a gather where the index map
     solves over the integers; whether it also initialises the whole gradient."""
     n = c.nest
@@ -798,14 +898,15 @@ def _place(st: _State, c: _Contribution, sole: bool) -> tuple[Stmt, bool]:
     count: dict[str, int] = {}
     for a in affs:
         for v in a.vars:
-            count[v] = count.get(v, 0) + 1
+            if v in spans:
+                count[v] = count.get(v, 0) + 1
     if any(x > 1 for x in count.values()):
         return scatter, False
     cond_vars = {x.name for e in n.conds for x in ir.walk_expr(e) if isinstance(x, Var)}
     adjoints = set(st.adj.values())
     # the load a window is solved through: an adjoint's first (the transposed convolution)
     candidates = sorted(set(ir.loads_of(value)), key=lambda ld: (ld.buffer not in adjoints, str(ld)))
-    for src in [None] + candidates:
+    for src in [None] + (candidates if windows else []):
         placed = _solve(affs, c.index, spans, value, cond_vars, src)
         if placed is not None:
             break
@@ -832,7 +933,7 @@ def _place(st: _State, c: _Contribution, sole: bool) -> tuple[Stmt, bool]:
             inner = Store(target, idx, value)
     else:
         inner = _build_nest(red_loops, n.conds, Accumulate(target, idx, value))
-    ordered = [next(l for l in out_loops if l[0] == e.name) for e in new_index if isinstance(e, Var)]
+    ordered = [l for e in new_index if isinstance(e, Var) for l in out_loops if l[0] == e.name]
     return ir.seq(*pre, _build_nest(ordered, (), inner)), full
 
 
@@ -847,6 +948,11 @@ def _solve(affs: list[Affine], index: tuple[Expr, ...], spans: dict, value: Expr
         if not a.terms:
             new_index.append(_i(a.const))
             continue
+        if not any(v in spans for v in a.vars):  # a recurrence's variable: fixed here
+            new_index.append(index[d])
+            continue
+        if any(v not in spans for v in a.vars):
+            return None
         if len(a.terms) == 1 and a.terms[0][1] == 1:
             v = a.terms[0][0]
             lo, hi = spans[v]
@@ -966,15 +1072,17 @@ def _closure(st: _State, needs: set[tuple[str, int]], available) -> set[int]:
             if s == 0:
                 raise _Refuse(f"the backward needs the contents {name} had before {func.name} "
                               f"wrote it, which it cannot recover from {name}'s final value")
-            for m in _writers(st, name)[:s]:
-                if m in replayed:
-                    continue
-                replayed.add(m)
-                changed = True
-                n = nests[m]
-                for e in (n.value,) + n.index + n.conds:
-                    for ld in ir.loads_of(e):
-                        needs.add((ld.buffer.name, _state_at(st, ld.buffer.name, m, False)))
+            for m0 in _writers(st, name)[:s]:
+                r = nests[m0].region
+                for m in ([x for x, y in enumerate(nests) if y.region is r] if r else [m0]):
+                    if m in replayed:
+                        continue
+                    replayed.add(m)
+                    changed = True
+                    n = nests[m]
+                    for e in (n.value,) + n.index + n.conds:
+                        for ld in ir.loads_of(e):
+                            needs.add((ld.buffer.name, _state_at(st, ld.buffer.name, m, False)))
     return replayed
 
 
@@ -1010,8 +1118,14 @@ def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], object], list
     out: list[Stmt] = []
     resolve: dict[tuple[str, int], object] = dict(recompute)
     last = {name: max(m for m in replayed if nests[m].buffer.name == name) for name in shadows}
+    done_regions: list[_Region] = []
     for m in sorted(replayed):
         n = nests[m]
+        if n.region is not None:  # a recurrence runs again whole, in its own loop
+            if n.region not in done_regions:
+                done_regions.append(n.region)
+                out.append(_rename_stmt(n.region.loop, shadows))
+            continue
         ren = lambda e: _rename(e, shadows)  # noqa: E731
         stmt = n.stmt
         leaf = type(stmt)(shadows[n.buffer.name], tuple(ren(i) for i in stmt.indices), ren(stmt.value))
@@ -1056,7 +1170,7 @@ def _recomputed(st: _State, available) -> dict[tuple[str, int], tuple[tuple[str,
         n = st.nests[m]
         b = n.buffer
         plain = all(isinstance(e, Var) for e in n.index) and len({e.name for e in n.index}) == b.ndim
-        if not (isinstance(n.stmt, Store) and plain and not n.conds and len(n.loops) == b.ndim
+        if not (isinstance(n.stmt, Store) and n.region is None and plain and not n.conds and len(n.loops) == b.ndim
                 and all((v, 0, size) in n.loops for v, size in zip((e.name for e in n.index), b.shape))
                 and not any(ld.buffer.name == name for ld in ir.loads_of(n.value))):
             continue

@@ -12,7 +12,7 @@ drawn at random. The differences are taken per output element before they are su
 outputs the element does not reach cancel exactly. Where an output's one-sided differences
 disagree, a kink (``max``, a relu) lies inside the step, which is then retried ten, a hundred
 and a thousand times smaller. The relative error of a buffer is the largest absolute difference over the
-largest magnitude of either gradient there; the check fails past ``tol`` and names the
+largest magnitude of either gradient there (at least ``ABS_FLOOR``); the check fails past ``tol`` and names the
 buffer and the worst index. The backward follows the convention ``grad`` produces (SPEC §4):
 forward parameters by name, ``d<output>``, ``d<A>`` per ``wrt`` buffer; a hand-written one
 is checked the same way.
@@ -30,6 +30,10 @@ from .interp import interpret, random_args
 from .ir import (Accumulate, Buffer, Cast, Const, Expr, For, If, Load, PrimFunc, Seq, Stmt, Store)
 
 __all__ = ["GradCheck", "BufferCheck", "gradcheck", "widened"]
+
+# Gradients smaller than this everywhere are compared with it instead: a gradient that is
+# zero in exact arithmetic comes out as a rounding error of about 1e-16 on either side.
+ABS_FLOOR = 1e-8
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ def gradcheck(forward: PrimFunc, backward: PrimFunc, wrt: Sequence[str], output:
         diff = np.where(np.isnan(diff), np.inf, diff)
         k = int(np.argmax(diff))
         scale = max(float(np.max(np.abs(numeric), initial=0.0)), float(np.max(np.abs(got), initial=0.0)))
-        rel = float(diff[k] / scale) if scale > 0 else float(diff[k])
+        rel = float(diff[k] / max(scale, ABS_FLOOR))
         checks.append(BufferCheck(w, rel, tuple(int(x) for x in np.unravel_index(flat[k], analytic.shape)),
                                   float(numeric[k]), float(got[k]), len(flat)))
     ok = all(c.rel_error <= tol for c in checks)

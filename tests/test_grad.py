@@ -100,6 +100,29 @@ def test_scan_adjoint_runs_backwards_in_time():
     assert "backwards in time" in g.doc
 
 
+def test_rnn_adjoint_is_one_loop_backwards_in_time():
+    g = grad(CORPUS["rnn_relu_elman"], ["X", "H0", "Wh", "Wx", "b"])
+    loops = [s for s in g.body.stmts if hasattr(s, "var") and s.var == "t"]
+    assert len(loops) == 2  # the recurrence run again (A is kept), then its adjoint
+    assert "dA[7 - t, i] += select(A[7 - t, i] >= 0.0, dH_acc[7 - t + 1, i], 0.0)" in show(g)
+    assert "backwards in time" in g.doc
+
+
+def test_in_place_update_inside_a_recurrence_is_refused():
+    func = parse("""
+@prim_func
+def f(X: f32[4, 3], H: f32[5, 3]):
+    for i in range(3):
+        H[0, i] = 0.0
+    for t in range(4):
+        for i in range(3):
+            H[t + 1, i] = H[t, i] + X[t, i]
+            H[t + 1, i] = max(H[t + 1, i], 0.0)
+""", "rnn.py")
+    with pytest.raises(ScriptError, match="rnn.py:9:13: .*needs the value it overwrites"):
+        grad(func, ["X"])
+
+
 def test_temporaries_kept_or_recomputed_are_said():
     g = grad(CORPUS["sfm_mn"], ["A"])
     assert "Kept" in g.doc and "Recomputed where read" in g.doc
@@ -111,7 +134,7 @@ def test_temporaries_kept_or_recomputed_are_said():
 # ---------------------------------------------------------------------------
 # the corpus: the functions small enough to check here (tools/grad_corpus.py runs them all)
 
-QUICK = ["gemm_64", "gemm_transposed_a", "gemm_all_disguises", "gemm_odd_37x61x29", "nrm_bmn",
+QUICK = ["rnn_relu_elman", "mlp_two_layer", "gemm_64", "gemm_transposed_a", "gemm_all_disguises", "gemm_odd_37x61x29", "nrm_bmn",
          "resnet50_global_avgpool", "cumsum_rows", "scale_bias_relu_2d", "gemm_exp_shared",
          "polybench_2mm", "gemm_f16_f32acc_nt", "mvt", "bert_layernorm"]
 
@@ -244,7 +267,17 @@ def f(A: f32[4], B: f32[4]):
     for i in range(4):
         T[0] = A[i] * 2.0
         B[i] = T[0] * T[0]
-""", ["A"], "5:5", "depend on each other across its iterations"),
+""", ["A"], "6:9", "a recurrence must write each element once: index it by i"),
+    "nested_recurrence": ("""
+@prim_func
+def f(A: f32[2, 4], B: f32[2, 5]):
+    T = alloc(f32[2, 4])
+    for b in range(2):
+        B[b, 0] = 0.0
+        for t in range(4):
+            T[b, t] = B[b, t] * 2.0
+            B[b, t + 1] = T[b, t] + A[b, t]
+""", ["A"], "7:9", "not the outermost loop"),
     "initial_contents": ("""
 @prim_func
 def f(A: f32[4], B: f32[4]):
