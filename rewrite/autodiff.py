@@ -54,7 +54,7 @@ from typing import Iterable, Optional, Sequence
 
 from . import ir
 from .affine import Affine, affine
-from .ir import (BOOL, INDEX, Accumulate, Binary, Buffer, Cast, Compare, Const, Expr, For, If,
+from .ir import (INDEX, Accumulate, Binary, Buffer, Cast, Compare, Const, Expr, For, If,
                  Load, Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var)
 from .names import Names
 from .script import ScriptError
@@ -556,7 +556,6 @@ def _assemble(st: _State, wrt: list[str]) -> PrimFunc:
     func, out = st.func, st.out
     nests = st.nests
     # adjoint buffers: the output's is the seed parameter, wrt's are the results
-    params = {b.name: b for b in func.params}
     order = [b.name for b in func.buffers]
     for name in sorted(st.active & st.relevant | {out.name} | set(wrt), key=order.index):
         b = func.buffer(name)
@@ -604,7 +603,6 @@ def _assemble(st: _State, wrt: list[str]) -> PrimFunc:
             for name, b in st.adj.items():
                 if b.name in ir.written_by(item):
                     per_target[name] = per_target.get(name, 0) + 2
-    placed: list[tuple[int, Stmt]] = []
     fused: set[str] = set()
     body_adjoint: list[Stmt] = []
     for item in sweep:
