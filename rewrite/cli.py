@@ -437,7 +437,17 @@ def cmd_grad(args: argparse.Namespace) -> int:
             backward = funcs[args.backward]
         else:
             backward = grad(forward, wrt, output=args.output)
-        checked = gradcheck(forward, backward, wrt, output=args.output) if args.check else None
+        live = sys.stderr.isatty()
+
+        def progress(label: str) -> None:  # central differences take two runs per element
+            if live:
+                sys.stderr.write(f"\r\033[Kgradcheck {label}")
+                sys.stderr.flush()
+
+        checked = gradcheck(forward, backward, wrt, output=args.output, progress=progress) \
+            if args.check else None
+        if live and args.check:
+            sys.stderr.write("\r\033[K")
     except (ScriptError, ValueError) as e:
         raise BadInput(str(e) if isinstance(e, ScriptError) else f"{args.file}:{args.func}: {e}") from None
     check_json = None if checked is None else {

@@ -21,7 +21,7 @@ is checked the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -74,8 +74,10 @@ class GradCheck:
 
 
 def gradcheck(forward: PrimFunc, backward: PrimFunc, wrt: Sequence[str], output: Optional[str] = None,
-              *, seed: int = 0, tol: float = 1e-6, samples: int = 64, step: float = 1e-4) -> GradCheck:
-    """Compare ``backward``'s gradients of ``wrt`` with central differences of ``forward``."""
+              *, seed: int = 0, tol: float = 1e-6, samples: int = 64, step: float = 1e-4,
+              progress: Optional[Callable[[str], None]] = None) -> GradCheck:
+    """Compare ``backward``'s gradients of ``wrt`` with central differences of ``forward``.
+    ``progress(label)`` is called before each element is perturbed (two forward runs)."""
     fwd, bwd = widened(forward), widened(backward)
     outs = fwd.outputs
     if output is None:
@@ -123,6 +125,8 @@ def gradcheck(forward: PrimFunc, backward: PrimFunc, wrt: Sequence[str], output:
         numeric = np.empty(len(flat))
         for t, f in enumerate(flat):
             at = np.unravel_index(f, analytic.shape)
+            if progress is not None:
+                progress(f"d{w}[{', '.join(str(int(x)) for x in at)}] ({t + 1}/{len(flat)})")
             for h in (step, step / 10, step / 100, step / 1000):
                 plus = {k: v.copy() for k, v in inputs.items()}
                 minus = {k: v.copy() for k, v in inputs.items()}

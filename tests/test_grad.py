@@ -196,6 +196,15 @@ def scale_grad(X: f32[4, 3], dY: f32[4, 3], dX: f32[4, 3]):
     assert "X[2, 1]" in check.message()
 
 
+def test_gradcheck_reports_progress_per_element_it_perturbs():
+    func = _only(ROOT / "tests/golden/grad/matmul.py")
+    seen = []
+    check = gradcheck(func, grad(func, ["A", "B"]), ["A", "B"], samples=3, progress=seen.append)
+    assert check.ok and len(seen) == 6
+    assert [s[:3] for s in seen] == ["dA[", "dA[", "dA[", "dB[", "dB[", "dB["]
+    assert seen[2].endswith("(3/3)")
+
+
 def test_gradcheck_passes_a_correct_hand_written_backward():
     funcs = parse_all("""
 @prim_func
