@@ -15,15 +15,16 @@ How it is derived:
 
 - The forward is cut into nests, one statement each, distributing loops where every
   iteration touches its own elements of each buffer the loop writes (a row of a softmax, a
-  pixel of a convolution); a loop whose statements depend on each other across iterations is
-  refused.
+  pixel of a convolution). An outermost loop whose statements depend on each other across
+  iterations (an RNN's time loop) is a recurrence: its nests are differentiated inside one
+  loop that runs backwards in time; such a loop nested in another is refused.
 - Nests are differentiated in reverse order. A statement's value is differentiated by the
   chain rule on its expression tree; ``max(a, b)`` and ``min`` send the adjoint to ``a`` on a
   tie, so a running maximum sends it to the FIRST maximal element (the first in the
   loops' order; the starting value counts as before every element); ``abs`` at 0 has
   derivative 1; ``select(c, a, b)`` sends it to the arm it took.
-- The adjoint of a read ``A[f(i)]`` is a gather wherever the index map can be solved over
-  the integers: the loops that produce the gradient's index are its outer loops, the others
+- The adjoint of a read ``A[f(i)]`` (placed by ``rewrite/gathers.py``) is a gather wherever
+  the index map can be solved over the integers: the loops that produce the gradient's index are its outer loops, the others
   reductions (``dA[i, k] = 0; for j: dA[i, k] += ...``). A window ``h + rh`` (strided
   ``2 * h + rh``, dilated ``h + 2 * rh``) is solved for ``h`` by reading the output's adjoint
   through a copy padded (and, for a stride, spread out with zeros) so every read is in
@@ -43,7 +44,8 @@ Refused with ``ScriptError`` (at the statement, ``file:line:col`` when it was pa
 file): gradients of integer buffers or of an integer output, ``//`` and ``%`` in values on
 the path from the inputs to the output, casts from floats to integers there, reductions by a
 product, a store repeated over a loop that overwrites it, a loop whose statements depend on
-each other across iterations, and reading values the backward cannot have (an output's or
+each other across iterations unless it is the outermost (a recurrence), in-place updates
+inside a recurrence, and reading values the backward cannot have (an output's or
 overwritten input's initial contents).
 """
 
@@ -54,8 +56,10 @@ from typing import Iterable, Optional, Sequence
 
 from . import ir
 from .affine import Affine, affine
-from .ir import (INDEX, Accumulate, Binary, Buffer, Cast, Compare, Const, Expr, For, If,
+from .ir import (Accumulate, Binary, Buffer, Cast, Compare, Const, Expr, For, If,
                  Load, Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var)
+from .gathers import build_nest as _build_nest, copy_of as _copy, fconst as _fc, fill as _fill
+from .gathers import i64 as _i, place
 from .names import Names
 from .script import ScriptError
 from .verify import verify
@@ -85,30 +89,6 @@ def _script_error(func: PrimFunc, e: _Refuse) -> ScriptError:
 
 # ---------------------------------------------------------------------------
 # expressions
-
-
-def _i(n: int) -> Const:
-    return Const(n, INDEX)
-
-
-def _index(a: Affine) -> Expr:
-    """An index expression from an affine form, terms with positive coefficients first."""
-    out: Optional[Expr] = None
-    for v, c in sorted(a.terms, key=lambda t: t[1] < 0):
-        term: Expr = Var(v) if abs(c) == 1 else Binary("*", _i(abs(c)), Var(v))
-        if out is None:
-            out = term if c > 0 else Unary("neg", term)
-        else:
-            out = Binary("+" if c > 0 else "-", out, term)
-    if out is None:
-        return _i(a.const)
-    if a.const:
-        out = Binary("+" if a.const > 0 else "-", out, _i(abs(a.const)))
-    return out
-
-
-def _fc(x: float, dtype: str) -> Const:
-    return Const(x, dtype)
 
 
 def _is(e: Expr, x: float) -> bool:
@@ -334,14 +314,6 @@ def _flatten(s: Stmt, loops: tuple, conds: tuple, out: list[_Nest], region=None)
     else:
         raise _Refuse("an intrinsic call has no derivative here: differentiate the program "
                       "before tensorizing it", s)
-
-
-def _build_nest(loops, conds, body: Stmt) -> Stmt:
-    for c in reversed(conds):
-        body = If(c, body)
-    for v, lo, hi in reversed(loops):
-        body = For(v, lo, hi, body)
-    return body
 
 
 def _one_to_one(index: Sequence[Affine], spans: dict) -> bool:
@@ -879,174 +851,21 @@ def _chain_extremum(st: _State, k: int, op: str, h: Expr, reduction: list[str]) 
 
 
 # ---------------------------------------------------------------------------
-# placing a contribution: gather, or scatter
+# placing a contribution (rewrite/gathers.py)
 
 
 def _place(st: _State, c: _Contribution, sole: bool, windows: bool = True) -> tuple[Stmt, bool]:
-    """``d<target>[index] += value`` over the nest's loops, as a gather where the index map
-    solves over the integers; whether it also initialises the whole gradient."""
     n = c.nest
-    target = st.adj[c.target]
-    value = c.value
-    affs = [affine(e) for e in c.index]
-    scatter = _build_nest(n.loops, n.conds, Accumulate(target, c.index, value))
-    if any(a is None for a in affs):
-        return scatter, False
-    spans = {v: (lo, hi - 1) for v, lo, hi in n.loops}
-    count: dict[str, int] = {}
-    for a in affs:
-        for v in a.vars:
-            if v in spans:
-                count[v] = count.get(v, 0) + 1
-    if any(x > 1 for x in count.values()):
-        return scatter, False
-    cond_vars = {x.name for e in n.conds for x in ir.walk_expr(e) if isinstance(x, Var)}
-    adjoints = set(st.adj.values())
-    # the load a window is solved through: an adjoint's first (the transposed convolution)
-    candidates = sorted(set(ir.loads_of(value)), key=lambda ld: (ld.buffer not in adjoints, str(ld)))
-    for src in [None] + (candidates if windows else []):
-        placed = _solve(affs, c.index, spans, value, cond_vars, src)
-        if placed is not None:
-            break
-    else:
-        return scatter, False
-    out_loops, new_index, eliminate = placed
-    if eliminate:
-        pre, repl = _stuff(st, n, src, eliminate, spans)
-        value = ir.map_loads(value, lambda ld: repl if ld == src else ld)
-    else:
-        pre = []
-    out_vars = {v for v, _, _ in out_loops}
-    red_loops = [l for l in n.loops if l[0] not in out_vars]
-    full = (sole and not n.conds and len(out_loops) == len(target.shape)
-            and all(isinstance(e, Var) for e in new_index)
-            and all(lo == 0 and hi == size for (_, lo, hi), size in zip(
-                [next(l for l in out_loops if l[0] == e.name) for e in new_index], target.shape)))
-    idx = tuple(new_index)
-    if full:
-        if red_loops:
-            inner = ir.seq(Store(target, idx, _fc(0.0, target.dtype)),
-                           _build_nest(red_loops, (), Accumulate(target, idx, value)))
-        else:
-            inner = Store(target, idx, value)
-    else:
-        inner = _build_nest(red_loops, n.conds, Accumulate(target, idx, value))
-    ordered = [l for e in new_index if isinstance(e, Var) for l in out_loops if l[0] == e.name]
-    return ir.seq(*pre, _build_nest(ordered, (), inner)), full
+    stmt, full, allocs = place(st.adj[c.target], c.index, c.value, n.loops, n.conds,
+                               adjoints=set(st.adj.values()), names=st.names, sole=sole,
+                               windows=windows, label=_label)
+    st.extra_allocs.extend(allocs)
+    return stmt, full
 
 
-def _solve(affs: list[Affine], index: tuple[Expr, ...], spans: dict, value: Expr,
-           cond_vars: set[str], src: Optional[Load]):
-    """The gather's output loops and index, and the window variables solved through the
-    load ``src`` (None: no window); None when the index map does not solve this way."""
-    out_loops: list[tuple[str, int, int]] = []
-    new_index: list[Expr] = []
-    eliminate: dict[str, tuple[int, Affine]] = {}  # var -> (coefficient, the dimension's form)
-    for d, a in enumerate(affs):
-        if not a.terms:
-            new_index.append(_i(a.const))
-            continue
-        if not any(v in spans for v in a.vars):  # a recurrence's variable: fixed here
-            new_index.append(index[d])
-            continue
-        if any(v not in spans for v in a.vars):
-            return None
-        if len(a.terms) == 1 and a.terms[0][1] == 1:
-            v = a.terms[0][0]
-            lo, hi = spans[v]
-            out_loops.append((v, lo, hi + 1))
-            new_index.append(index[d])
-            continue
-        if len(a.terms) == 1 or src is None:  # a stride on a lone variable: scatter
-            return None
-        # a window: solve for a variable that only ``src`` reads, at unit stride
-        pick = None
-        for v, coef in a.terms:
-            if v in cond_vars:
-                continue
-            users = [ld for ld in ir.loads_of(value) if any(
-                isinstance(x, Var) and x.name == v for i in ld.indices for x in ir.walk_expr(i))]
-            if users == [src] and _unit_in_one_dim(src, v):
-                pick = (v, coef)
-                break
-        if pick is None:
-            return None
-        v, coef = pick
-        lo_hi = a.bounds(spans.get)
-        eliminate[v] = (coef, a)
-        out_loops.append((v, lo_hi[0], lo_hi[1] + 1))
-        new_index.append(Var(v))
-    if src is not None and not eliminate:
-        return None
-    return out_loops, new_index, eliminate
-
-
-def _unit_in_one_dim(ld: Load, v: str) -> bool:
-    dims = [affine(i) for i in ld.indices]
-    hits = [a for a in dims if a is None or a.coeff(v) != 0]
-    return len(hits) == 1 and hits[0] is not None and hits[0].coeff(v) == 1 and len(hits[0].terms) == 1
-
-
-def _stuff(st: _State, n: _Nest, src: Load, eliminate: dict[str, tuple[int, Affine]],
-           spans: dict) -> tuple[list[Stmt], Load]:
-    """A copy of ``src``'s buffer padded (and spread by the stride) so that the window's
-    solved index reads it in bounds, zeros where no forward iteration was; and the load that
-    replaces ``src`` in the gather."""
-    b = src.buffer
-    shape = list(b.shape)
-    copy_loops, copy_dst, copy_src, new_idx = [], [], [], list(src.indices)
-    fresh = st.names.copy([v for v, _, _ in n.loops])
-    for d, e in enumerate(src.indices):
-        a = affine(e)
-        v = next((x for x in (a.vars if a else ()) if x in eliminate), None)
-        if v is None:
-            plain = isinstance(e, Var) and all(e.name != l[0] for l in copy_loops) \
-                and not any(isinstance(x, Var) and x.name == e.name for o in src.indices if o is not e
-                            for x in ir.walk_expr(o))
-            var = e.name if plain else fresh.fresh("i")
-            copy_loops.append((var, 0, b.shape[d]))
-            copy_dst.append(Var(var))
-            copy_src.append(Var(var))
-            continue
-        coef, form = eliminate[v]
-        # g = x - (form - coef * v): equals coef * v wherever a forward iteration lands
-        rest = Affine(tuple(t for t in form.terms if t[0] != v), form.const)
-        x_lo, x_hi = form.bounds(spans.get)
-        r_lo, r_hi = rest.bounds(spans.get)
-        g_lo, g_hi = x_lo - r_hi, x_hi - r_lo
-        off = -g_lo
-        shape[d] = g_hi - g_lo + 1
-        lo, hi = spans[v]
-        copy_loops.append((v, lo, hi + 1))
-        copy_dst.append(_index(Affine(((v, coef),), off)))
-        copy_src.append(e)
-        new_idx[d] = _index(Affine(((v, 1),), off).plus(rest.scale(-1)))
-    base = _VBuf.parse(b)[0] if _VBuf.parse(b) else b.name
-    g = Buffer(st.names.fresh(base + "_pad"), b.dtype, tuple(shape))
-    st.extra_allocs.append(g)
-    zero = _fill(g, _fc(0.0, g.dtype), st.names)
-    copy = _build_nest(copy_loops, (), Store(g, tuple(copy_dst), Load(b, tuple(copy_src))))
-    return [zero, copy], Load(g, tuple(new_idx))
-
-
-def _fill(b: Buffer, value: Expr, names: Names) -> Stmt:
-    fresh = names.copy()
-    vs = [fresh.fresh(x) for x in ("i", "j", "k", "l", "m", "n", "o", "p")[:b.ndim]] if b.ndim <= 8 \
-        else [fresh.fresh("i") for _ in range(b.ndim)]
-    return _build_nest([(v, 0, s) for v, s in zip(vs, b.shape)], (),
-                       Store(b, tuple(Var(v) for v in vs), value))
-
-
-def _copy(dst: Buffer, src: Buffer, names: Names) -> Stmt:
-    s = _fill(dst, _fc(0.0, dst.dtype), names)
-    leaf = [x for x in ir.walk_stmts(s) if isinstance(x, Store)][0]
-    return _swap_leaf(s, Store(dst, leaf.indices, Load(src, leaf.indices)))
-
-
-def _swap_leaf(s: Stmt, leaf: Stmt) -> Stmt:
-    if isinstance(s, For):
-        return For(s.var, s.start, s.stop, _swap_leaf(s.body, leaf))
-    return leaf
+def _label(b: Buffer) -> str:
+    v = _VBuf.parse(b)
+    return v[0] if v else b.name
 
 
 # ---------------------------------------------------------------------------

@@ -74,6 +74,20 @@ def test_strided_convolution_spreads_the_adjoint_by_its_stride():
     assert not any(isinstance(s, If) for s in walk_stmts(g.body))
 
 
+def test_a_shifted_read_keeps_its_loop_in_the_gather():
+    func = parse("""
+@prim_func
+def f(X: f32[6], W: f32[4, 5], Y: f32[4]):
+    for i in range(4):
+        Y[i] = 0.0
+        for j in range(5):
+            Y[i] += X[i + 1] * W[i, j]
+""")
+    g = grad(func, ["X", "W"])
+    assert "dX[i + 1] += dY[i] * W[i, j]" in show(g)
+    assert gradcheck(func, g, ["X", "W"]).ok
+
+
 def test_maxpool_sends_the_adjoint_to_the_first_maximal_element():
     func = parse("""
 @prim_func

@@ -198,8 +198,8 @@ def programs(draw, dtypes: Sequence[str] = ir.DTYPES, max_nest: int = 3, max_buf
 
 @st.composite
 def _diff_index(draw, size: int, loops: dict[str, int]) -> Expr:
-    """An in-bounds index into a dimension of ``size``: a constant, a loop variable, a window
-    ``v + r``, or a stride ``2 * v``, whichever fits."""
+    """An in-bounds index into a dimension of ``size``: a constant, a loop variable, a shifted
+    one ``v + 2``, a window ``v + r``, or a stride ``2 * v``, whichever fits."""
     kinds = ["const"]
     fits = [v for v, n in loops.items() if n <= size]
     if fits:
@@ -210,9 +210,15 @@ def _diff_index(draw, size: int, loops: dict[str, int]) -> Expr:
     strided = [v for v, n in loops.items() if 2 * (n - 1) < size]
     if strided:
         kinds.append("stride")
+    shifted = [v for v, n in loops.items() if n < size]
+    if shifted:
+        kinds.append("shift")
     kind = draw(st.sampled_from(kinds))
     if kind == "var":
         return Var(draw(st.sampled_from(fits)))
+    if kind == "shift":
+        v = draw(st.sampled_from(shifted))
+        return Binary("+", Var(v), Const(draw(st.integers(1, size - loops[v])), INDEX))
     if kind == "window":
         a, b = draw(st.sampled_from(pairs))
         return Binary("+", Var(a), Var(b))
