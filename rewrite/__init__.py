@@ -6,7 +6,8 @@ The names below load their module on first use, so ``import rewrite.ir`` loads t
 from importlib import import_module
 
 _EXPORTS = {"ScriptError": "script", "parse": "script", "parse_file": "script", "show": "script",
-            "TensorizeResult": "pipeline", "tensorize": "pipeline"}
+            "TensorizeResult": "pipeline", "tensorize": "pipeline", "grad": "autodiff",
+            "gradcheck": "numgrad", "GradCheck": "numgrad"}
 
 __all__ = sorted(_EXPORTS)
 

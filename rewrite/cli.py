@@ -1,4 +1,5 @@
-"""The ``tensorize`` command line (SPEC §4): the arguments, the commands, the exit status.
+"""The ``tensorize`` command line (SPEC §4): the arguments, the commands (``run``,
+``intrinsics``, ``fuzz``, ``bench``, ``grad``), the exit status.
 What a run does with each function is ``tools/run.py``'s.
 
 Exit status: 0 done, 1 a ``--check`` failure, 2 bad input (one line per problem on
@@ -22,8 +23,10 @@ from .budgets import BudgetError, Budgets, using
 from .target import TARGETS as ISAS
 from .tools import campaign
 from .tools.campaign import CampaignError
-from .tools.run import (BadInput, Interrupted, Options, Reported, format_entry, format_table,
-                        load_intrinsics, load_units, on_signal, prepare_bench, run_units, signals)
+from .script import parse_file_lenient, show
+from .tools.run import (BadInput, Entry, Interrupted, Options, Reported, Unit, format_entry,
+                        format_table, load_intrinsics, load_units, on_signal, prepare_bench,
+                        process, run_units, signals)
 
 # What --target takes: this CPU's library, an ISA's (native here or emulated), every
 # registered intrinsic, or none (plain loops).
@@ -105,6 +108,71 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
                             failed=lambda r: getattr(r, "failure", None) is not None)
 
     return properties.main(args, execute)
+
+
+def cmd_grad(args: argparse.Namespace) -> int:
+    """The backward program of one function: printed as script, tensorized, checked."""
+    from .autodiff import grad
+    from .numgrad import gradcheck
+    from .script import ScriptError
+
+    funcs, errors = parse_file_lenient(args.file)
+    for e in errors:
+        if e.name in (None, args.func, args.backward):
+            raise BadInput(str(e))
+    if args.func not in funcs:
+        raise BadInput(f"{args.file}: no function named {args.func}")
+    forward = funcs[args.func]
+    wrt = [w.strip() for w in args.wrt.split(",") if w.strip()]
+    try:
+        if args.backward:
+            if args.backward not in funcs:
+                raise BadInput(f"{args.file}: no function named {args.backward}")
+            backward = funcs[args.backward]
+        else:
+            backward = grad(forward, wrt, output=args.output)
+        live = sys.stderr.isatty()
+
+        def progress(label: str) -> None:  # central differences take two runs per element
+            if live:
+                sys.stderr.write(f"\r\033[Kgradcheck {label}")
+                sys.stderr.flush()
+
+        checked = gradcheck(forward, backward, wrt, output=args.output, progress=progress) \
+            if args.check else None
+        if live and args.check:
+            sys.stderr.write("\r\033[K")
+    except (ScriptError, ValueError) as e:
+        raise BadInput(str(e) if isinstance(e, ScriptError) else f"{args.file}:{args.func}: {e}") from None
+    check_json = None if checked is None else {
+        "ok": checked.ok, "tol": checked.tol, "message": checked.message(),
+        "buffers": [{"name": b.name, "rel_error": b.rel_error, "worst_index": list(b.worst_index),
+                     "numeric": b.numeric, "backward": b.analytic, "checked": b.checked}
+                    for b in checked.buffers]}
+    entries: list[Entry] = []
+    if args.tensorize:
+        opts = Options(library=None if args.target == "none" else load_intrinsics(args),
+                       check=args.check, explain=args.explain, threads=args.threads)
+        entries = [process(Unit(args.file, backward.name, func=backward), opts)]
+        for e in entries:
+            if e.error:
+                print(e.error, file=sys.stderr)
+    if args.json:
+        json.dump({"forward": forward.name, "backward": backward.name, "wrt": wrt,
+                   "script": show(backward), "gradcheck": check_json,
+                   "functions": [e.to_json() for e in entries]}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.tensorize:
+        print(format_table(entries, args.explain))
+    else:
+        print(show(backward))
+    if checked is not None and not args.json:
+        print(("# gradcheck: " if not args.tensorize else "gradcheck: ") + checked.message())
+    if any(e.error for e in entries):
+        return 2
+    if (checked is not None and not checked.ok) or any(e.check is not None and not e.check["ok"] for e in entries):
+        return 1
+    return 0
 
 
 def _writable(path: Optional[str], what: str) -> None:
@@ -329,6 +397,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also time ONNX Runtime on matrix products (pip install 'tensorize[onnx]')")
     _campaign_arguments(bench, "function", 900)
     bench.set_defaults(handler=cmd_bench)
+    gr = sub.add_parser("grad", help="the backward program of a function (reverse-mode differentiation)")
+    gr.add_argument("file", metavar="FILE", help="a script file")
+    gr.add_argument("--func", required=True, metavar="NAME", help="the forward function")
+    gr.add_argument("--wrt", required=True, metavar="BUF[,BUF]", help="the inputs to differentiate with respect to")
+    gr.add_argument("--output", metavar="BUF", help="the output to differentiate, when the function writes several")
+    gr.add_argument("--backward", metavar="NAME",
+                    help="check this hand-written backward of the same file instead of deriving one")
+    gr.add_argument("--check", action="store_true",
+                    help="compare the gradients with central differences in float64 (exit 1 on a mismatch)")
+    gr.add_argument("--emit", choices=("script",), default="script", help="print the backward program (default)")
+    gr.add_argument("--tensorize", action="store_true",
+                    help="tensorize and compile the backward program; report as tensorize run does")
+    gr.add_argument("--target", choices=TARGETS, default="host", help="intrinsic library for --tensorize")
+    gr.add_argument("--intrinsics", metavar="NAME,...", help="pick intrinsics by name")
+    gr.add_argument("--intrinsics-file", metavar="PATH", help="a Python module registering intrinsics")
+    gr.add_argument("--threads", type=_threads, metavar="N", help="threads for parallel loops")
+    gr.add_argument("--explain", action="store_true", help="with --tensorize: why uncovered nests match nothing")
+    gr.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    gr.set_defaults(handler=cmd_grad)
     return p
 
 

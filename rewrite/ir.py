@@ -383,6 +383,17 @@ class PrimFunc:
     body: Stmt
     allocs: tuple[Buffer, ...] = ()
     doc: str = field(default="", compare=False)
+    # Where the parser read each statement: ``(statement, file, line, col)``. The statements
+    # themselves are held, so ``locate`` can find one by identity; passes that build new
+    # statements leave them unlocated. Not part of the program's meaning.
+    locations: tuple = field(default=(), compare=False, repr=False)
+
+    def locate(self, stmt: object) -> tuple[str, int, int] | None:
+        """``(file, line, col)`` of a statement of this function as parsed, if known."""
+        for s, file, line, col in self.locations:
+            if s is stmt:
+                return file, line, col
+        return None
 
     @property
     def buffers(self) -> tuple[Buffer, ...]:

@@ -332,7 +332,10 @@ class _FunctionParser:
                 stmts.extend(self.stmt(node))
         if not stmts:
             raise self.error(fn, f"function {fn.name} has no statements")
-        func = PrimFunc(fn.name, tuple(params), ir.seq(*stmts), tuple(self.allocs), doc)
+        body = ir.seq(*stmts)
+        located = tuple((s, self.file, *self.locations[id(s)]) for s in ir.walk_stmts(body)
+                        if id(s) in self.locations)
+        func = PrimFunc(fn.name, tuple(params), body, tuple(self.allocs), doc, located)
         try:
             verify(func)
         except VerifyError as e:

@@ -279,6 +279,16 @@ def _tbl():
     add("minplus_matmul", 0, lambda a: {"C": (a["A"][:, :, None] + a["B"][None, :, :]).min(axis=1)})
     add("prefix_sum_1d", 4096, lambda a: {"Y": np.cumsum(f64(a["X"]))})
     add("cumsum_rows", 256, lambda a: {"Y": np.cumsum(f64(a["X"]), axis=1)})
+
+    # training workloads
+    def rnn(a):
+        h = [f64(a["H0"])]
+        for t in range(a["X"].shape[0]):
+            h.append(relu(h[-1] @ f64(a["Wh"]) + f64(a["X"][t]) @ f64(a["Wx"]) + a["b"]))
+        return {"H": np.stack(h)}
+    add("rnn_relu_elman", 48 * 8, rnn)
+    add("mlp_two_layer", 128 + 64, lambda a: {
+        "Y": relu(f64(a["X"]) @ f64(a["W1"]) + a["b1"]) @ f64(a["W2"]) + a["b2"]})
     return t
 
 

@@ -1,6 +1,7 @@
 """Fuzzing: hypothesis strategies, and the properties ``tensorize fuzz`` checks with them.
 
-- ``random_programs.py``: random well-formed loop programs (``programs``, ``buffers``), the test
+- ``random_programs.py``: random well-formed loop programs (``programs``, ``buffers``), and
+  float ones ``rewrite.grad`` accepts (``differentiable_programs``), the test
   suite's strategies (``tests/strategies.py``);
 - ``disguises.py``: programs that hold a given intrinsic in disguise, with what their
   construction guarantees (``disguised``), and near misses that must not use it
@@ -12,7 +13,8 @@ The strategies are re-exported here: ``from rewrite.fuzz import programs, disgui
 """
 
 from .disguises import Disguised, Guarantee, NearMiss, could_fit, disguised, near_misses
-from .random_programs import buffers, programs
+from .random_programs import buffers, differentiable_programs, programs
 
-__all__ = ["Disguised", "Guarantee", "NearMiss", "buffers", "could_fit", "disguised",
+__all__ = ["Disguised", "Guarantee", "NearMiss", "buffers", "could_fit", "differentiable_programs",
+           "disguised",
            "near_misses", "programs"]

@@ -190,3 +190,107 @@ def programs(draw, dtypes: Sequence[str] = ir.DTYPES, max_nest: int = 3, max_buf
     outs = [bufs[-1]] + allocs + ([bufs[-2]] if draw(st.booleans()) else [])
     body = draw(_block(everything, outs, _Scope({}), 1, max_nest, [0]))
     return PrimFunc("fuzzed", tuple(bufs), body, tuple(allocs))
+
+
+# ---------------------------------------------------------------------------
+# differentiable programs (for rewrite.grad)
+
+
+@st.composite
+def _diff_index(draw, size: int, loops: dict[str, int]) -> Expr:
+    """An in-bounds index into a dimension of ``size``: a constant, a loop variable, a shifted
+    one ``v + 2``, a window ``v + r``, or a stride ``2 * v``, whichever fits."""
+    kinds = ["const"]
+    fits = [v for v, n in loops.items() if n <= size]
+    if fits:
+        kinds += ["var", "var"]
+    pairs = [(a, b) for a in loops for b in loops if a < b and loops[a] + loops[b] - 1 <= size]
+    if pairs:
+        kinds.append("window")
+    strided = [v for v, n in loops.items() if 2 * (n - 1) < size]
+    if strided:
+        kinds.append("stride")
+    shifted = [v for v, n in loops.items() if n < size]
+    if shifted:
+        kinds.append("shift")
+    kind = draw(st.sampled_from(kinds))
+    if kind == "var":
+        return Var(draw(st.sampled_from(fits)))
+    if kind == "shift":
+        v = draw(st.sampled_from(shifted))
+        return Binary("+", Var(v), Const(draw(st.integers(1, size - loops[v])), INDEX))
+    if kind == "window":
+        a, b = draw(st.sampled_from(pairs))
+        return Binary("+", Var(a), Var(b))
+    if kind == "stride":
+        return Binary("*", Const(2, INDEX), Var(draw(st.sampled_from(strided))))
+    return Const(draw(st.integers(0, size - 1)), INDEX)
+
+
+@st.composite
+def _diff_expr(draw, sources: list[Buffer], loops: dict[str, int], depth: int) -> Expr:
+    dt = "f32"
+    if depth == 0 or draw(st.integers(0, 3)) == 0:
+        b = draw(st.sampled_from(sources))
+        return Load(b, tuple(draw(_diff_index(n, loops)) for n in b.shape))
+    kind = draw(st.sampled_from(["+", "-", "*", "*", "max", "min", "exp", "neg", "abs", "select",
+                                 "div", "sqrt", "const"]))
+    a = draw(_diff_expr(sources, loops, depth - 1))
+    if kind in ("exp", "neg", "abs"):
+        return Unary(kind, a)
+    if kind == "const":
+        return Binary("*", Const(draw(st.sampled_from([0.5, 2.0, -1.5])), dt), a)
+    b = draw(_diff_expr(sources, loops, depth - 1))
+    if kind == "div":  # a denominator kept away from zero
+        return Binary("/", a, Binary("+", Const(2.0, dt), Binary("*", b, b)))
+    if kind == "sqrt":
+        return Unary("sqrt", Binary("+", Const(1.0, dt), Binary("*", a, a)))
+    if kind == "select":
+        c = draw(_diff_expr(sources, loops, 0))
+        return Select(Compare("<", c, Const(0.0, dt)), a, b)
+    return Binary(kind, a, b)
+
+
+@st.composite
+def differentiable_programs(draw, max_stages: int = 3) -> PrimFunc:
+    """A random f32 program that ``rewrite.grad`` accepts: stages that each write a whole new
+    buffer (a temporary, the output last) at its plain loop variables, from loads of the
+    inputs and of earlier stages at constants, variables, windows and strides, through
+    ``+ - * / max min exp sqrt abs select``; a stage may reduce over an extra loop by a sum
+    or a running maximum."""
+    inputs = []
+    for k in range(draw(st.integers(1, 3))):
+        shape = tuple(draw(st.integers(2, 5)) for _ in range(draw(st.integers(1, 2))))
+        inputs.append(Buffer(_NAMES[k], "f32", shape))
+    stages = draw(st.integers(1, max_stages))
+    sources = list(inputs)
+    allocs: list[Buffer] = []
+    body: list[Stmt] = []
+    out = None
+    for s in range(stages):
+        shape = tuple(draw(st.integers(1, 4)) for _ in range(draw(st.integers(1, 2))))
+        last = s == stages - 1
+        buf = Buffer("Y" if last else f"T{s}", "f32", shape)
+        names = [f"i{d}" for d in range(len(shape))]
+        loops = dict(zip(names, shape))
+        reduce = draw(st.sampled_from(["none", "none", "sum", "max"]))
+        if reduce != "none":
+            loops["r"] = draw(st.integers(2, 3))
+        value = draw(_diff_expr(sources, loops, 2))
+        idx = tuple(Var(n) for n in names)
+        if reduce == "none":
+            nest: Stmt = Store(buf, idx, value)
+        else:
+            init = Const(0.0 if reduce == "sum" else -1e30, "f32")
+            step = Accumulate(buf, idx, value) if reduce == "sum" else \
+                Store(buf, idx, Binary("max", Load(buf, idx), value))
+            nest = ir.seq(Store(buf, idx, init), For("r", 0, loops["r"], step))
+        for n in reversed(names):
+            nest = For(n, 0, loops[n], nest)
+        body.append(nest)
+        if last:
+            out = buf
+        else:
+            allocs.append(buf)
+        sources.append(buf)
+    return PrimFunc("fuzzed", tuple(inputs) + (out,), ir.seq(*body), tuple(allocs))

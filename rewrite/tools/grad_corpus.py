@@ -1,0 +1,57 @@
+"""Every differentiable corpus function: its backward derived (and how long that took), checked
+by central differences in float64, and optionally tensorized for the host.
+
+    python -m rewrite.tools.grad_corpus [corpus] [--samples 8] [--tensorize]
+
+A function is differentiated with respect to all its float inputs, for its first output.
+Integer programs are listed as refused, with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .. import ir
+from ..autodiff import grad
+from ..numgrad import gradcheck
+from ..script import ScriptError, parse_file
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("corpus", nargs="?", default="corpus")
+    ap.add_argument("--samples", type=int, default=8, help="elements checked per gradient")
+    ap.add_argument("--tensorize", action="store_true", help="also tensorize the backward for the host")
+    a = ap.parse_args(argv)
+    failed = 0
+    for path in sorted(Path(a.corpus).glob("*.py")):
+        for name, f in parse_file(path).items():
+            wrt = [b.name for b in f.inputs if ir.is_float(b.dtype)]
+            out = f.outputs[0].name
+            t = time.perf_counter()
+            try:
+                g = grad(f, wrt, output=out)
+            except (ScriptError, ValueError) as e:
+                print(f"{name:28s} refused: {e}", flush=True)
+                continue
+            dt = time.perf_counter() - t
+            t = time.perf_counter()
+            check = gradcheck(f, g, wrt, output=out, samples=a.samples)
+            failed += not check.ok
+            line = (f"{name:28s} grad {dt * 1e3:6.1f} ms  gradcheck {'ok' if check.ok else 'FAILED'} "
+                    f"rel {check.worst.rel_error:.1e} ({time.perf_counter() - t:.1f} s)")
+            if a.tensorize:
+                import intrinsics
+                from .. import runtime
+                from ..pipeline import tensorize
+
+                r = tensorize(g, intrinsics.library("host"))
+                line += f"  coverage {r.coverage:.2f} check {'ok' if runtime.check(g, r.compile()).ok else 'FAILED'}"
+            print(line if check.ok else line + "  " + check.message(), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,437 @@
+"""Automatic differentiation: golden backward programs, gradient checks on the corpus and on
+random programs, every refusal, the ``tensorize grad`` command, and backward programs that
+tensorize like hand-written ones."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import intrinsics
+from rewrite import ScriptError, grad, gradcheck, runtime
+from rewrite.fuzz import differentiable_programs
+from rewrite.interp import run
+from rewrite.ir import Accumulate, If, walk_stmts
+from rewrite.pipeline import tensorize
+from rewrite.script import parse, parse_all, parse_file, show
+
+ROOT = Path(__file__).parent.parent
+GOLDEN = sorted((Path(__file__).parent / "golden" / "grad").glob("*.py"))
+WRT = {"matmul": ["A", "B"], "conv2d": ["X", "W"], "maxpool": ["X"]}
+CORPUS = {name: f for p in sorted((ROOT / "corpus").glob("*.py")) for name, f in parse_file(p).items()}
+
+
+def _only(path: Path):
+    (func,) = parse_file(path).values()
+    return func
+
+
+# ---------------------------------------------------------------------------
+# golden backward programs
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
+def test_golden_backward(path, request):
+    func = _only(path)
+    g = grad(func, WRT[path.stem])
+    got = show(g)
+    expected_path = path.with_suffix(".expected")
+    if request.config.getoption("--update-golden") or not expected_path.exists():
+        expected_path.write_text(got)
+    assert got == expected_path.read_text()
+    assert parse(got) == g
+    assert g.name == f"{path.stem}_grad"
+    check = gradcheck(func, g, WRT[path.stem])
+    assert check.ok, check.message()
+
+
+def test_matmul_backward_is_two_matmuls_with_their_own_initialisation():
+    g = grad(_only(ROOT / "tests/golden/grad/matmul.py"), ["A", "B"])
+    assert [b.name for b in g.params] == ["A", "B", "dC", "dA", "dB"]  # SPEC §4 order
+    assert not g.allocs
+    assert "dA[i, k] += dC[i, j] * B[k, j]" in show(g)
+    assert "dB[k, j] += dC[i, j] * A[i, k]" in show(g)
+
+
+def test_conv_data_gradient_is_a_transposed_convolution_without_conditions():
+    g = grad(_only(ROOT / "tests/golden/grad/conv2d.py"), ["X", "W"])
+    text = show(g)
+    assert "dP[n, h, w, rc] += dY_pad[n, h - rh + 2, w - rw + 2, co] * W[rh, rw, rc, co]" in text
+    assert not any(isinstance(s, If) for s in walk_stmts(g.body))
+    assert "Kept" in g.doc and "P" in g.doc
+
+
+def test_strided_convolution_spreads_the_adjoint_by_its_stride():
+    g = grad(CORPUS["c2d_stem_7x7"], ["X"])
+    text = show(g)
+    assert "dY_pad[n, 2 * h + 6, 2 * w + 6, co] = dY[n, h, w, co]" in text
+    assert not any(isinstance(s, If) for s in walk_stmts(g.body))
+
+
+def test_a_shifted_read_keeps_its_loop_in_the_gather():
+    func = parse("""
+@prim_func
+def f(X: f32[6], W: f32[4, 5], Y: f32[4]):
+    for i in range(4):
+        Y[i] = 0.0
+        for j in range(5):
+            Y[i] += X[i + 1] * W[i, j]
+""")
+    g = grad(func, ["X", "W"])
+    assert "dX[i + 1] += dY[i] * W[i, j]" in show(g)
+    assert gradcheck(func, g, ["X", "W"]).ok
+
+
+def test_maxpool_sends_the_adjoint_to_the_first_maximal_element():
+    func = parse("""
+@prim_func
+def pool(X: f32[4], Y: f32[1]):
+    Y[0] = X[0]
+    for r in range(4):
+        Y[0] = max(Y[0], X[r])
+""")
+    g = grad(func, ["X"])
+    x = np.array([1.0, 3.0, 2.0, 3.0], dtype=np.float32)  # two maxima: index 1 wins
+    out = run(g, X=x, Y=np.array([3.0], np.float32), dY=np.array([1.0], np.float32))
+    assert out["dX"].tolist() == [0.0, 1.0, 0.0, 0.0]
+    x = np.array([3.0, 3.0, 2.0, 1.0], dtype=np.float32)  # the starting value X[0] first
+    out = run(g, X=x, Y=np.array([3.0], np.float32), dY=np.array([1.0], np.float32))
+    assert out["dX"].tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_scan_adjoint_runs_backwards_in_time():
+    g = grad(CORPUS["prefix_sum_1d"], ["X"])
+    dy = np.arange(4096, dtype=np.float32) % 7
+    out = run(g, dY=dy, dX=np.zeros(4096, np.float32))
+    want = np.cumsum(dy[::-1].astype(np.float64))[::-1]  # dX[i] = sum of dY[j], j >= i
+    assert np.allclose(out["dX"], want, rtol=1e-6)
+    assert "backwards in time" in g.doc
+
+
+def test_rnn_adjoint_is_one_loop_backwards_in_time():
+    g = grad(CORPUS["rnn_relu_elman"], ["X", "H0", "Wh", "Wx", "b"])
+    loops = [s for s in g.body.stmts if hasattr(s, "var") and s.var == "t"]
+    assert len(loops) == 2  # the recurrence run again (A is kept), then its adjoint
+    assert "dA[7 - t, i] += select(A[7 - t, i] >= 0.0, dH_acc[7 - t + 1, i], 0.0)" in show(g)
+    assert "backwards in time" in g.doc
+
+
+def test_in_place_update_inside_a_recurrence_is_refused():
+    func = parse("""
+@prim_func
+def f(X: f32[4, 3], H: f32[5, 3]):
+    for i in range(3):
+        H[0, i] = 0.0
+    for t in range(4):
+        for i in range(3):
+            H[t + 1, i] = H[t, i] + X[t, i]
+            H[t + 1, i] = max(H[t + 1, i], 0.0)
+""", "rnn.py")
+    with pytest.raises(ScriptError, match="rnn.py:9:13: .*needs the value it overwrites"):
+        grad(func, ["X"])
+
+
+def test_temporaries_kept_or_recomputed_are_said():
+    g = grad(CORPUS["sfm_mn"], ["A"])
+    assert "Kept" in g.doc and "Recomputed where read" in g.doc
+    g = grad(_only(ROOT / "tests/golden/grad/maxpool.py"), ["X"])
+    assert "Recomputed where read (cheaper than keeping): Y after its statement 1" in g.doc
+    assert "Y_fwd" not in show(g)
+
+
+# ---------------------------------------------------------------------------
+# the corpus: the functions small enough to check here (tools/grad_corpus.py runs them all)
+
+QUICK = ["rnn_relu_elman", "mlp_two_layer", "gemm_64", "gemm_transposed_a", "gemm_all_disguises", "gemm_odd_37x61x29", "nrm_bmn",
+         "resnet50_global_avgpool", "cumsum_rows", "scale_bias_relu_2d", "gemm_exp_shared",
+         "polybench_2mm", "gemm_f16_f32acc_nt", "mvt", "bert_layernorm"]
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_corpus_backward_gradchecks(name):
+    func = CORPUS[name]
+    wrt = [b.name for b in func.inputs]
+    out = func.outputs[0].name  # gemm_exp_shared writes two: the first
+    check = gradcheck(func, grad(func, wrt, output=out), wrt, output=out, samples=6)
+    assert check.ok, check.message()
+
+
+def test_grad_of_every_differentiable_corpus_function_is_derived_and_verifies():
+    refused = {}
+    for name, func in CORPUS.items():
+        wrt = [b.name for b in func.inputs if b.dtype.startswith("f")]
+        try:
+            g = grad(func, wrt, output=func.outputs[0].name)
+        except (ScriptError, ValueError) as e:
+            refused[name] = str(e)
+            continue
+        assert parse(show(g)) == g
+    # integer programs only: quantized products, and qdense_widened's int8 inputs
+    assert set(refused) == {"qdense_u8i8", "qdense_u8i8_nt", "qconv_u8i8", "qdense_u8i8_256",
+                            "qdense_widened"}, refused
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(differentiable_programs())
+def test_random_differentiable_programs_gradcheck(func):
+    wrt = [b.name for b in func.inputs]
+    g = grad(func, wrt)
+    assert parse(show(g)) == g
+    check = gradcheck(func, g, wrt, samples=6)
+    assert check.ok, f"{show(func)}\n{show(g)}\n{check.message()}"
+
+
+# ---------------------------------------------------------------------------
+# gradcheck itself
+
+
+def test_gradcheck_names_the_buffer_and_the_worst_index_of_a_wrong_backward():
+    funcs = parse_all("""
+@prim_func
+def scale(X: f32[4, 3], Y: f32[4, 3]):
+    for i, j in grid(4, 3):
+        Y[i, j] = X[i, j] * X[i, j]
+
+@prim_func
+def scale_grad(X: f32[4, 3], dY: f32[4, 3], dX: f32[4, 3]):
+    for i, j in grid(4, 3):
+        dX[i, j] = 2.0 * X[i, j] * dY[i, j]
+    dX[2, 1] = 0.0
+""")
+    check = gradcheck(funcs["scale"], funcs["scale_grad"], ["X"])
+    assert not check.ok
+    assert check.worst.name == "X" and check.worst.worst_index == (2, 1)
+    assert "X[2, 1]" in check.message()
+
+
+def test_gradcheck_reports_progress_per_element_it_perturbs():
+    func = _only(ROOT / "tests/golden/grad/matmul.py")
+    seen = []
+    check = gradcheck(func, grad(func, ["A", "B"]), ["A", "B"], samples=3, progress=seen.append)
+    assert check.ok and len(seen) == 6
+    assert [s[:3] for s in seen] == ["dA[", "dA[", "dA[", "dB[", "dB[", "dB["]
+    assert seen[2].endswith("(3/3)")
+
+
+def test_gradcheck_passes_a_correct_hand_written_backward():
+    funcs = parse_all("""
+@prim_func
+def scale(X: f32[4, 3], Y: f32[4, 3]):
+    for i, j in grid(4, 3):
+        Y[i, j] = X[i, j] * X[i, j]
+
+@prim_func
+def scale_grad(X: f32[4, 3], dY: f32[4, 3], dX: f32[4, 3]):
+    for i, j in grid(4, 3):
+        dX[i, j] = 2.0 * X[i, j] * dY[i, j]
+""")
+    check = gradcheck(funcs["scale"], funcs["scale_grad"], ["X"])
+    assert check.ok and check.worst.rel_error < 1e-9
+
+
+# ---------------------------------------------------------------------------
+# refusals: ScriptError at the statement, with the reason
+
+REFUSALS = {
+    "integer_output": ("""
+@prim_func
+def f(A: f32[4], B: i32[4]):
+    for i in range(4):
+        B[i] = i32(A[i])
+""", ["A"], "4:5", "output B is i32"),
+    "integer_wrt": ("""
+@prim_func
+def f(A: i32[4], B: f32[4]):
+    for i in range(4):
+        B[i] = f32(A[i])
+""", ["A"], "", "integer buffer has no gradient"),
+    "floordiv_in_value": ("""
+@prim_func
+def f(A: f32[4], N: i32[4], B: f32[4]):
+    for i in range(4):
+        B[i] = A[i] * f32(N[i] // 2)
+""", ["A"], "5:9", "'//' in a value has no derivative"),
+    "mod_in_value": ("""
+@prim_func
+def f(A: f32[4], N: i32[4], B: f32[4]):
+    for i in range(4):
+        B[i] = A[i] + f32(N[i] % 3)
+""", ["A"], "5:9", "'%' in a value has no derivative"),
+    "cast_to_integer": ("""
+@prim_func
+def f(A: f32[4], B: f32[4]):
+    for i in range(4):
+        B[i] = f32(i32(A[i] * 4.0))
+""", ["A"], "5:9", "cast from f32 to i32 has no derivative"),
+    "product_reduction": ("""
+@prim_func
+def f(A: f32[4, 3], B: f32[4]):
+    for i in range(4):
+        B[i] = 1.0
+        for j in range(3):
+            B[i] = B[i] * A[i, j]
+""", ["A"], "7:13", "reduction of B by '*'"),
+    "repeated_store": ("""
+@prim_func
+def f(A: f32[4, 3], B: f32[4]):
+    for i, j in grid(4, 3):
+        B[i] = A[i, j]
+""", ["A"], "5:9", "repeated over loop j"),
+    "shared_temporary": ("""
+@prim_func
+def f(A: f32[4], B: f32[4]):
+    T = alloc(f32[1])
+    for i in range(4):
+        T[0] = A[i] * 2.0
+        B[i] = T[0] * T[0]
+""", ["A"], "6:9", "a recurrence must write each element once: index it by i"),
+    "nested_recurrence": ("""
+@prim_func
+def f(A: f32[2, 4], B: f32[2, 5]):
+    T = alloc(f32[2, 4])
+    for b in range(2):
+        B[b, 0] = 0.0
+        for t in range(4):
+            T[b, t] = B[b, t] * 2.0
+            B[b, t + 1] = T[b, t] + A[b, t]
+""", ["A"], "7:9", "not the outermost loop"),
+    "initial_contents": ("""
+@prim_func
+def f(A: f32[4], B: f32[4]):
+    for i in range(4):
+        B[i] = B[i] * A[i]
+""", ["A"], "", "contents B had before"),
+    "recurrence_ahead": ("""
+@prim_func
+def f(A: f32[4], B: f32[5]):
+    B[4] = 0.0
+    for i in range(4):
+        B[i] = B[i + 1] + A[i]
+""", ["A"], "6:9", "ahead of where it writes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refusal(case):
+    text, wrt, where, reason = REFUSALS[case]
+    func = parse(text, "prog.py")
+    with pytest.raises(ScriptError) as e:
+        grad(func, wrt)
+    msg = str(e.value)
+    assert reason in msg
+    assert msg.startswith("prog.py:" + where if where else "prog.py:")
+    assert "cannot differentiate f" in msg and "\n" not in msg
+
+
+def test_a_tensorized_program_is_refused_at_its_call():
+    result = tensorize(CORPUS["gemm_64"], intrinsics.library("x86-avx2"))
+    with pytest.raises(ScriptError, match="intrinsic call"):
+        grad(result.func, ["A"])
+
+
+def test_bad_names_are_value_errors():
+    func = CORPUS["gemm_64"]
+    with pytest.raises(ValueError, match="Z is not a parameter"):
+        grad(func, ["Z"])
+    with pytest.raises(ValueError, match="not an output"):
+        grad(func, ["A"], output="B")
+    with pytest.raises(ScriptError, match="inputs only"):
+        grad(CORPUS["gemm_input_updated"], ["A"], output="C")
+
+
+# ---------------------------------------------------------------------------
+# the command
+
+
+def tensorize_cli(*args):
+    return subprocess.run([sys.executable, "-m", "rewrite.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def test_cli_prints_a_backward_that_parses_and_checks(tmp_path):
+    p = tensorize_cli("grad", ROOT / "tests/golden/grad/conv2d.py", "--func", "conv2d",
+                      "--wrt", "X,W", "--check")
+    assert p.returncode == 0, p.stderr
+    assert "# gradcheck: gradients match" in p.stdout
+    g = parse(p.stdout)
+    assert g == grad(_only(ROOT / "tests/golden/grad/conv2d.py"), ["X", "W"])
+
+
+def test_cli_checks_a_hand_written_backward_and_fails_with_exit_1(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text("""
+@prim_func
+def sq(X: f32[4], Y: f32[4]):
+    for i in range(4):
+        Y[i] = X[i] * X[i]
+
+@prim_func
+def sq_grad(X: f32[4], dY: f32[4], dX: f32[4]):
+    for i in range(4):
+        dX[i] = X[i] * dY[i]
+""")
+    p = tensorize_cli("grad", path, "--func", "sq", "--wrt", "X", "--backward", "sq_grad", "--check")
+    assert p.returncode == 1
+    assert "gradient of X is wrong" in p.stdout and "at X[" in p.stdout
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--func", "nope", "--wrt", "A"], "no function named nope"),
+    (["--func", "gemm_64", "--wrt", "Z"], "Z is not a parameter"),
+    (["--func", "gemm_64", "--wrt", "A", "--backward", "nope"], "no function named nope"),
+])
+def test_cli_bad_input_is_one_line_exit_2(args, text):
+    p = tensorize_cli("grad", ROOT / "corpus/gemm.py", *args)
+    assert p.returncode == 2
+    assert text in p.stderr and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+
+
+def test_cli_refusal_names_the_statement():
+    p = tensorize_cli("grad", ROOT / "corpus/quantized.py", "--func", "qdense_u8i8", "--wrt", "A")
+    assert p.returncode == 2
+    assert p.stderr.startswith("corpus/quantized.py:") or "quantized.py:" in p.stderr
+    assert "integer buffer has no gradient" in p.stderr and p.stderr.count("\n") == 1
+
+
+def test_cli_tensorize_json_reports_coverage_and_both_checks():
+    p = tensorize_cli("grad", ROOT / "tests/golden/grad/matmul.py", "--func", "matmul",
+                      "--wrt", "A,B", "--tensorize", "--check", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["backward"] == "matmul_grad" and out["gradcheck"]["ok"]
+    (entry,) = out["functions"]
+    assert entry["check"]["ok"] and entry["coverage"]["fraction"] >= 0.9
+
+
+# ---------------------------------------------------------------------------
+# backward programs tensorize like forward ones
+
+DENSE = """
+@prim_func
+def dense(X: f32[16, 32], W: f32[32, 48], bias: f32[48], Y: f32[16, 48]):
+    for i, j in grid(16, 48):
+        Y[i, j] = 0.0
+        for k in range(32):
+            Y[i, j] += X[i, k] * W[k, j]
+        Y[i, j] = max(Y[i, j] + bias[j], 0.0)
+"""
+
+
+@pytest.mark.parametrize("case", ["matmul", "dense", "conv2d"])
+def test_backward_tensorizes_with_coverage_and_checks(case):
+    if case == "dense":
+        func, wrt = parse(DENSE), ["X", "W", "bias"]
+    else:
+        func, wrt = _only(ROOT / f"tests/golden/grad/{case}.py"), WRT[case]
+    g = grad(func, wrt)
+    result = tensorize(g, intrinsics.library("host"))
+    assert result.coverage >= 0.9, result.report()
+    check = runtime.check(g, result.compile())
+    assert check.ok, check.message
+    assert any(isinstance(s, Accumulate) for s in walk_stmts(g.body))
