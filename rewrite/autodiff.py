@@ -1010,17 +1010,13 @@ def _rename(e: Expr, to: dict[str, Buffer]) -> Expr:
 
 
 def _rename_stmt(s: Stmt, to: dict[str, Buffer]) -> Stmt:
-    if isinstance(s, (Store, Accumulate)):
-        return type(s)(to.get(s.buffer.name, s.buffer), tuple(_rename(i, to) for i in s.indices),
-                       _rename(s.value, to))
-    if isinstance(s, For):
-        return For(s.var, s.start, s.stop, _rename_stmt(s.body, to))
-    if isinstance(s, Seq):
-        return Seq(tuple(_rename_stmt(c, to) for c in s.stmts))
-    if isinstance(s, If):
-        return If(_rename(s.cond, to), _rename_stmt(s.then, to),
-                  None if s.orelse is None else _rename_stmt(s.orelse, to))
-    return s
+    def leaf(x: Stmt) -> Stmt:
+        if isinstance(x, (Store, Accumulate)):
+            return type(x)(to.get(x.buffer.name, x.buffer), tuple(_rename(i, to) for i in x.indices),
+                           _rename(x.value, to))
+        return x
+
+    return ir.map_stmt(s, leaf, lambda e: _rename(e, to))
 
 
 def _resolve_stmt(s: Stmt, resolve: dict[tuple[str, int], Buffer]) -> Stmt:

@@ -509,6 +509,20 @@ def substitute(e: Expr, values: dict[str, Expr]) -> Expr:
     return with_children(e, tuple(substitute(c, values) for c in kids))
 
 
+def map_stmt(s: Stmt, leaf: Callable[[Stmt], Stmt],
+             cond: Callable[[Expr], Expr] = lambda e: e) -> Stmt:
+    """``s`` rebuilt with each store, accumulate and call replaced by ``leaf(it)`` and each
+    ``if``'s condition by ``cond(it)``; loops and sequences kept as they are."""
+    if isinstance(s, For):
+        return For(s.var, s.start, s.stop, map_stmt(s.body, leaf, cond))
+    if isinstance(s, Seq):
+        return Seq(tuple(map_stmt(c, leaf, cond) for c in s.stmts))
+    if isinstance(s, If):
+        return If(cond(s.cond), map_stmt(s.then, leaf, cond),
+                  None if s.orelse is None else map_stmt(s.orelse, leaf, cond))
+    return leaf(s)
+
+
 def substitute_stmt(s: Stmt, values: dict[str, Expr]) -> Stmt:
     """``s`` with each loop variable named in ``values`` replaced by its expression (a loop
     that binds the same name hides it from its body)."""

@@ -269,26 +269,19 @@ def _accesses(s: Stmt):
         for c in children(e):
             yield from expr(c)
 
-    if isinstance(s, (Store, Accumulate)):
-        yield s.buffer, s.indices
-        for i in s.indices:
-            yield from expr(i)
-        yield from expr(s.value)
-    elif isinstance(s, For):
-        yield from _accesses(s.body)
-    elif isinstance(s, Seq):
-        for c in s.stmts:
-            yield from _accesses(c)
-    elif isinstance(s, If):
-        yield from expr(s.cond)
-        yield from _accesses(s.then)
-        if s.orelse is not None:
-            yield from _accesses(s.orelse)
-    elif isinstance(s, Call):
-        for _, w in s.operands:
-            yield w.buffer, w.base
-            for i in w.base:
+    for x in walk_stmts(s):  # pre-order: an if's condition before its branches
+        if isinstance(x, (Store, Accumulate)):
+            yield x.buffer, x.indices
+            for i in x.indices:
                 yield from expr(i)
+            yield from expr(x.value)
+        elif isinstance(x, If):
+            yield from expr(x.cond)
+        elif isinstance(x, Call):
+            for _, w in x.operands:
+                yield w.buffer, w.base
+                for i in w.base:
+                    yield from expr(i)
 
 
 def _affine_index(e: Expr):
