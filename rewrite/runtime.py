@@ -103,10 +103,26 @@ MAX_THREADS = 256
 
 
 def default_threads() -> int:
+    """The threads a kernel uses unless told: the CPUs this process may run on, or its share
+    of them when it is one of several processes working side by side (``share_cores``)."""
+    if _share is not None:
+        return _share
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+_share: Optional[int] = None
+
+
+def share_cores(processes: int) -> None:
+    """This process is one of ``processes`` that run side by side (a campaign's workers): its
+    kernels default to its share of the CPUs, since more threads only contend (and the pool's
+    workers spin a while before they sleep)."""
+    global _share
+    _share = None
+    _share = max(1, default_threads() // max(1, processes))
 
 
 # ---------------------------------------------------------------------------

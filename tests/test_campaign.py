@@ -332,3 +332,14 @@ def test_bench_tensorizes_on_workers_and_times_every_function_in_order(tmp_path)
     assert [x["name"] for x in results] == ["atax", "bicg", "mvt", "gesummv", "maxplus_matmul",
                                             "minplus_matmul"]
     assert all(x["runs"] >= 1 and x["median_s"] > 0 for x in results)
+
+
+def test_a_worker_among_n_defaults_its_kernels_to_its_share_of_the_cores(monkeypatch):
+    from rewrite import runtime
+
+    monkeypatch.setattr(runtime, "_share", None)
+    cores = runtime.default_threads()
+    runtime.share_cores(2)
+    assert runtime.default_threads() == max(1, cores // 2)
+    runtime.share_cores(4 * cores)
+    assert runtime.default_threads() == 1

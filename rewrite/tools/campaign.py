@@ -106,7 +106,8 @@ def _on_pool(work, units: list, jobs: int, budget: Optional[float], progress: Pr
     from pebble import ProcessExpired, ProcessPool
 
     results: list = [None] * len(units)
-    pool = ProcessPool(max_workers=jobs, context=multiprocessing.get_context("spawn"))
+    pool = ProcessPool(max_workers=jobs, context=multiprocessing.get_context("spawn"),
+                       initializer=_share_cores, initargs=(jobs,))
     try:
         futures = [pool.schedule(work, args=(u,), timeout=budget) for u in units]
         index = {f: k for k, f in enumerate(futures)}
@@ -130,6 +131,13 @@ def _on_pool(work, units: list, jobs: int, budget: Optional[float], progress: Pr
         pool.stop()
         pool.join()
     return results
+
+
+def _share_cores(jobs: int) -> None:
+    """A worker's kernels use its share of the cores: ``jobs`` workers run side by side."""
+    from .. import runtime
+
+    runtime.share_cores(jobs)
 
 
 def _exit_status(code: Optional[int]) -> str:
