@@ -191,8 +191,7 @@ def test_random_differentiable_programs_gradcheck(func):
 # gradcheck itself
 
 
-def test_gradcheck_names_the_buffer_and_the_worst_index_of_a_wrong_backward():
-    funcs = parse_all("""
+SQUARE = """
 @prim_func
 def scale(X: f32[4, 3], Y: f32[4, 3]):
     for i, j in grid(4, 3):
@@ -202,8 +201,11 @@ def scale(X: f32[4, 3], Y: f32[4, 3]):
 def scale_grad(X: f32[4, 3], dY: f32[4, 3], dX: f32[4, 3]):
     for i, j in grid(4, 3):
         dX[i, j] = 2.0 * X[i, j] * dY[i, j]
-    dX[2, 1] = 0.0
-""")
+"""
+
+
+def test_gradcheck_names_the_buffer_and_the_worst_index_of_a_wrong_backward():
+    funcs = parse_all(SQUARE + "    dX[2, 1] = 0.0\n")
     check = gradcheck(funcs["scale"], funcs["scale_grad"], ["X"])
     assert not check.ok
     assert check.worst.name == "X" and check.worst.worst_index == (2, 1)
@@ -220,17 +222,7 @@ def test_gradcheck_reports_progress_per_element_it_perturbs():
 
 
 def test_gradcheck_passes_a_correct_hand_written_backward():
-    funcs = parse_all("""
-@prim_func
-def scale(X: f32[4, 3], Y: f32[4, 3]):
-    for i, j in grid(4, 3):
-        Y[i, j] = X[i, j] * X[i, j]
-
-@prim_func
-def scale_grad(X: f32[4, 3], dY: f32[4, 3], dX: f32[4, 3]):
-    for i, j in grid(4, 3):
-        dX[i, j] = 2.0 * X[i, j] * dY[i, j]
-""")
+    funcs = parse_all(SQUARE)
     check = gradcheck(funcs["scale"], funcs["scale_grad"], ["X"])
     assert check.ok and check.worst.rel_error < 1e-9
 
