@@ -169,8 +169,7 @@ def register(name: str, semantics: Union[PrimFunc, str, Callable], *, isa: Itera
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise IntrinsicError(f"intrinsic name {name!r} is not a dotted name such as "
                              f"x86.fma.f32x8 (ASCII letters, digits and _, parts joined by dots)")
-    if name in {d.name for d in descriptor.in_force()}:
-        descriptor.add(descriptor.lookup(name))  # refused, naming where it was registered
+    descriptor.check_free(name)  # before the semantics are read
     source = ""
     if isinstance(semantics, str):
         func = _parse(name, semantics, f"<intrinsic {name}>")

@@ -241,11 +241,17 @@ def _discover() -> None:
                                  f"({entry.value}): {e}") from None
 
 
+def check_free(name: str) -> None:
+    """``IntrinsicError`` naming where ``name`` was registered, if it is in force (the
+    installed libraries read first, so a user's intrinsic cannot take a built-in's name)."""
+    _discover()
+    if name in _library:
+        raise IntrinsicError(f"intrinsic {name} is already registered (at {_library[name].source})")
+
+
 def add(desc: Descriptor) -> Descriptor:
     """Put ``desc`` in force under its name (``IntrinsicError`` if the name is taken)."""
-    if desc.name in _library:
-        raise IntrinsicError(f"intrinsic {desc.name} is already registered "
-                             f"(at {_library[desc.name].source})")
+    check_free(desc.name)
     _library[desc.name] = desc
     _generation[0] += 1
     return desc

@@ -105,8 +105,10 @@ MAX_THREADS = 256
 def default_threads() -> int:
     """The threads a kernel uses unless told: the CPUs this process may run on, or its share
     of them when it is one of several processes working side by side (``share_cores``)."""
-    if _share is not None:
-        return _share
+    return _cpus() if _share is None else _share
+
+
+def _cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -121,8 +123,7 @@ def share_cores(processes: int) -> None:
     kernels default to its share of the CPUs, since more threads only contend (and the pool's
     workers spin a while before they sleep)."""
     global _share
-    _share = None
-    _share = max(1, default_threads() // max(1, processes))
+    _share = max(1, _cpus() // max(1, processes))
 
 
 # ---------------------------------------------------------------------------
