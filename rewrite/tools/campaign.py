@@ -127,9 +127,14 @@ def _on_pool(work, units: list, jobs: int, budget: Optional[float], progress: Pr
                 except Exception as e:  # noqa: BLE001 - the work raised, or its result did not pickle
                     results[k] = Lost(f"its worker failed: {type(e).__name__}: {e}")
                 progress.done(results[k])
-    finally:
-        pool.stop()
+    except BaseException:
+        pool.stop()  # interrupted: the workers go now
         pool.join()
+        raise
+    # every unit is back: let the workers end by themselves, since stopping one that is still
+    # starting (the units went fast) kills it inside its start-up, which prints a traceback
+    pool.close()
+    pool.join()
     return results
 
 
