@@ -124,7 +124,7 @@ def test_run_on_two_workers_prints_what_the_serial_run_prints():
 
 
 PLUGIN = '''
-import os, signal
+import os, signal, time
 from intrinsics import intrinsic
 from rewrite.emitter import Emitter, load_row, store_row
 from rewrite.script import f32, i32
@@ -183,14 +183,20 @@ def test_a_worker_killed_on_one_function_loses_that_function_only(tmp_path):
     assert [s["intrinsic"] for s in good["sites"]] == ["user.add.f32x4"]
 
 
-def test_a_function_past_its_budget_is_that_functions_error():
-    r = tensorize("run", "corpus/tropical.py", "--jobs", "2", "--unit-timeout", "0.001", "--json")
+def test_a_function_past_its_budget_is_that_functions_error(tmp_path):
+    # the emitter sleeps far past the budget, so both units are stopped however fast the
+    # machine is (a unit that merely compiles quickly can finish before the budget is noticed)
+    (tmp_path / "mine.py").write_text(plugin(name="Sleeps", action="time.sleep(120)", op="fadd",
+                                             intrinsic="user.slow.add.f32x4", dtype="f32"))
+    (tmp_path / "adds.py").write_text(ADDS.replace("add_i32", "add_g").replace("i32", "f32"))
+    r = tensorize("run", "adds.py", "--intrinsics-file", "mine.py", "--check", "--jobs", "2",
+                  "--unit-timeout", "2", "--json", cwd=tmp_path)
     assert r.returncode == 2
     entries = json.loads(r.stdout)["functions"]
-    assert [e["name"] for e in entries] == ["maxplus_matmul", "minplus_matmul"]
+    assert [e["name"] for e in entries] == ["add_g", "add_f32"]
     for e in entries:
-        assert e["error"] == (f"corpus/tropical.py:{e['name']}: lost: ran past its budget of "
-                              "0.001 s; its worker was stopped")
+        assert e["error"] == (f"adds.py:{e['name']}: lost: ran past its budget of "
+                              "2 s; its worker was stopped")
 
 
 def test_ray_missing_is_one_line():
