@@ -61,6 +61,23 @@ class Affine:
             lo, hi = lo + min(a, b), hi + max(a, b)
         return lo, hi
 
+    def to_expr(self) -> Expr:
+        """The form as an index expression over loop variables: ``i + 1``, ``64 - i``,
+        ``2 * j - i``."""
+        out: Optional[Expr] = None
+        for v, c in self.terms:
+            assert isinstance(v, str), "only a form over loop variables is written back"
+            term = Var(v) if abs(c) == 1 else Binary("*", Const(abs(c), INDEX), Var(v))
+            if out is None:
+                out = term if c > 0 else Unary("neg", term)
+            else:
+                out = Binary("+" if c > 0 else "-", out, term)
+        if out is None:
+            return Const(self.const, INDEX)
+        if self.const:
+            out = Binary("+" if self.const > 0 else "-", out, Const(abs(self.const), INDEX))
+        return out
+
     def __str__(self) -> str:
         parts = [str(v) if c == 1 else f"-{v}" if c == -1 else f"{c}*{v}" for v, c in self.terms]
         if self.const or not parts:

@@ -8,7 +8,9 @@ Every operation reproduces the meaning written in ``ir.py``:
 - float ``max``/``min`` are ``llvm.maximum``/``llvm.minimum`` (NaN in, NaN out); float to int
   casts are ``llvm.fptosi.sat``/``llvm.fptoui.sat`` (saturate, NaN gives 0); ``f16`` is
   ``half``, which LLVM rounds after every operation like the interpreter;
-- loads and stores are aligned to the element size only, so numpy views at odd offsets work.
+- loads and stores are aligned to the element size only, so numpy views at odd offsets work;
+- a loop whose body is a guard bounding its variable by enclosing ones (a triangular loop,
+  ``polytope.guarded_range``) runs only the values the guard admits.
 
 Float reductions. The add of ``X[i] += v`` carries ``reassoc contract``: LLVM may then keep
 a reduction in several vector lanes and fuse ``a * b + c`` into an FMA, so a sum over ``n``
@@ -28,6 +30,7 @@ emitter the caller's ``emitters`` gives for its descriptor (``target.Target.emit
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from typing import Callable, Optional
 
 import llvmlite
@@ -37,6 +40,7 @@ from llvmlite import ir
 
 from . import lower as lowering
 from .descriptor import Descriptor
+from .polytope import guarded_range
 from .emitter import Emitter, Ref, counted_loop, declare, indirect, lltype, phi_loop
 from .ir import (BOOL, INDEX, Accumulate, Binary, Call, Cast, Compare, Const, Expr, For, If, Load,
                  Logical, Select, Seq, Stmt, Store, Unary, Var, bits, is_float, is_int,
@@ -161,6 +165,12 @@ class _BodyEmitter:
                 self.stmt(c)
         elif isinstance(s, For) and self._reduction_call(s):
             self.call_loop(s)
+        elif isinstance(s, For) and (guarded := guarded_range(s)) is not None:
+            # a triangular loop: run only the values its guard admits
+            lows, highs, body = guarded
+            start = self.extreme(ir.Constant(_I64, s.start), lows, ">")
+            stop = self.extreme(ir.Constant(_I64, s.stop), highs, "<")
+            self.loop(replace(s, body=body), start, stop)
         elif isinstance(s, For):
             self.loop(s, ir.Constant(_I64, s.start), ir.Constant(_I64, s.stop), known_nonempty=True)
         elif isinstance(s, If):
@@ -182,6 +192,13 @@ class _BodyEmitter:
             del self.vars[s.var]
 
         counted_loop(self.b, start, stop, body, known_nonempty)
+
+    def extreme(self, value: ir.Value, forms: list, op: str) -> ir.Value:
+        """The largest (``op`` ">") or smallest ("<") of ``value`` and the affine ``forms``."""
+        for f in forms:
+            other = self.index(f.to_expr())
+            value = self.b.select(self.b.icmp_signed(op, value, other), value, other)
+        return value
 
     def branch(self, s: If) -> None:
         cond = self.expr(s.cond)

@@ -26,8 +26,10 @@ import numpy as np
 from . import descriptor, ir
 from .ir import (BOOL, DTYPES, INDEX, Accumulate, Binary, Buffer, Call, Cast, Compare, Const, Expr,
                  For, If, Load, Logical, PrimFunc, Select, Stmt, Store, Unary, Var, Window)
+from . import polytope
+from .affine import Affine, affine
 from .printer import show, show_expr, show_file  # noqa: F401 - the language's public face
-from .verify import VerifyError, verify
+from .verify import INDEX_MAX, INDEX_MIN, VerifyError, verify
 
 
 # ---------------------------------------------------------------------------
@@ -285,6 +287,9 @@ class _FunctionParser:
         self.buffers: dict[str, Buffer] = {}
         self.allocs: list[Buffer] = []
         self.loop_vars: list[str] = []
+        self.loop_boxes: dict[str, tuple[int, int]] = {}  # each loop variable's range, inclusive
+        self.loop_facts: list[Affine] = []  # affine forms >= 0 that triangular bounds add
+        self.locals: set[str] = set()  # scalar locals: one-element temporaries read as plain names
         self.locations: dict[int, tuple[int, int]] = {}
 
     # -- errors and locations ------------------------------------------------
@@ -399,6 +404,9 @@ class _FunctionParser:
                 raise self.error(node, "alloc() is only allowed at the top level of a function body")
             if len(node.targets) != 1:
                 raise self.error(node, "assign to one buffer element at a time")
+            if isinstance(node.targets[0], ast.Name) and node.targets[0].id not in self.buffers \
+                    and node.targets[0].id not in self.loop_vars:
+                self.declare_local(node.targets[0], node.value)
             buf, idx = self.target(node.targets[0])
             value = self.expr(node.value, buf.dtype)
             self.check_value_dtype(node.value, value, buf)
@@ -493,11 +501,40 @@ class _FunctionParser:
             raise self.error(node, f"dtype mismatch: {buf.name} holds {buf.dtype} but the value "
                                    f"stored is {value.dtype}{hint}")
 
+    def declare_local(self, name: ast.Name, value: ast.AST) -> None:
+        """``temp = 0.0``, the first assignment to a new name, declares a scalar local: a
+        one-element temporary ``temp = alloc(f32[1])`` that ``temp`` reads and writes as
+        ``temp[0]``. It holds the dtype of its first value; a bare literal takes the function's
+        one float (or integer) dtype, and must be cast where the function has several."""
+        if name.id in _RESERVED:
+            raise self.error(name, f"{name.id} is a reserved name and cannot name a variable")
+        if _is_literal(value):
+            literal = self.literal_value(value)
+            floaty = type(literal) is float
+            kinds = sorted({b.dtype for b in self.buffers.values()
+                            if (ir.is_float(b.dtype) if floaty else ir.is_int(b.dtype))})
+            if len(kinds) != 1:
+                example = "f32(0.0)" if floaty else "i32(0)"
+                raise self.error(value, f"the scalar {name.id} needs a dtype: the function has "
+                                        f"{'several' if kinds else 'no'} {'float' if floaty else 'integer'} "
+                                        f"buffer types, so write a cast such as {name.id} = {example}")
+            dtype = kinds[0]
+        else:
+            dtype = self.expr(value, None).dtype
+            if dtype == BOOL:
+                raise self.error(value, f"the scalar {name.id} would hold a condition; scalars hold numbers")
+        buf = self.at(name, Buffer(name.id, dtype, (1,)))
+        self.declare_buffer(name, buf)
+        self.allocs.append(buf)
+        self.locals.add(name.id)
+
     def target(self, node: ast.AST) -> tuple[Buffer, tuple[Expr, ...]]:
+        if isinstance(node, ast.Name) and node.id in self.locals:
+            return self.buffers[node.id], (Const(0, INDEX),)
         if isinstance(node, ast.Name):
             if node.id in self.buffers:
                 raise self.error(node, f"assign to an element of {node.id}, e.g. {node.id}[i] = ...")
-            raise self.error(node, f"{node.id} is not a buffer; scalar variables are not part of the language (use a temporary T = alloc(f32[1]))")
+            raise self.error(node, f"{node.id} is not a buffer or scalar yet: give it a value first ({node.id} = 0.0)")
         if not isinstance(node, ast.Subscript):
             raise self.error(node, "the target of an assignment must be a buffer element such as C[i, j]")
         return self.subscript(node)
@@ -528,23 +565,101 @@ class _FunctionParser:
         else:
             if len(bounds) != len(names):
                 raise self.error(it, f"grid() has {len(bounds)} extents for {len(names)} loop variables")
+            for a, b in zip(it.args, bounds):
+                if not isinstance(b, int):
+                    raise self.error(a, "grid() extents must be integer constants; bounds that depend on "
+                                        "an enclosing loop are written with nested range() loops")
             ranges = [(0, b) for b in bounds]
+        guards, mark = [], len(self.loop_facts)
         for n, (lo, hi) in zip(names, ranges):
-            if hi <= lo:
-                raise self.error(it, f"loop {n.id} over range({lo}, {hi}) never runs")
+            box, facts = self.loop_domain(it, n.id, lo, hi)
             self.bind_var(n)
+            self.loop_boxes[n.id] = box
+            self.loop_facts.extend(facts)
+            guards.append((box, self.bound_guard(it, n.id, lo, hi)))
         try:
             body = self.block(node.body, node)
         finally:
             del self.loop_vars[-len(names):]
-        for n, (lo, hi) in reversed(list(zip(names, ranges))):
-            body = self.at(node, For(n.id, lo, hi, body))
+            for n in names:
+                self.loop_boxes.pop(n.id, None)
+            del self.loop_facts[mark:]
+        for n, (box, guard) in reversed(list(zip(names, guards))):
+            if guard is not None:
+                body = self.at(node, If(guard, body))
+            body = self.at(node, For(n.id, box[0], box[1] + 1, body))
         return body
 
-    def loop_bound(self, node: ast.AST) -> int:
+    def loop_bound(self, node: ast.AST) -> int | Affine:
+        """A loop bound: an integer constant, or an affine form of the enclosing loop
+        variables (``i + 1``, ``N - i``) for a triangular or trapezoidal loop."""
         if _is_literal(node) and type(self.literal_value(node)) is int:
             return self.int_literal(node, "a loop bound")
-        raise self.error(node, "loop bounds must be integer constants")
+        message = ("loop bounds must be integer constants or affine expressions of enclosing loop "
+                   "variables, such as range(i + 1) or range(i, 64)")
+        if isinstance(node, ast.Name) and node.id not in self.loop_vars:
+            raise self.error(node, f"{message}; {node.id} is not an enclosing loop variable")
+        try:
+            e = self.expr(node, INDEX)
+        except ScriptError as err:
+            raise self.error(node, f"{message} ({err.message})") from None
+        form = affine(e, casts=False) if e.dtype == INDEX else None
+        if form is None or any(not isinstance(v, str) for v in form.vars):
+            raise self.error(node, message)
+        if not form.terms:
+            return form.const
+        return form
+
+    def loop_domain(self, node: ast.AST, var: str, lo: int | Affine,
+                    hi: int | Affine) -> tuple[tuple[int, int], list[Affine]]:
+        """The box a loop's variable ranges over (inclusive) and the facts that cut it to the
+        values the loop runs (``var - lo >= 0``, ``hi - 1 - var >= 0``), each bound taken over
+        the enclosing loops' domain."""
+        facts = self.bound_facts(var, lo, hi)
+        ends = []
+        for bound, pick in ((lo, 0), (hi, 1)):
+            if isinstance(bound, int):
+                ends.append(bound)
+                continue
+            r = polytope.span(bound, self.loop_boxes, tuple(self.loop_facts))
+            if r is None:
+                ends.append(None)
+                break
+            ends.append(r[pick])
+        if None in ends or ends[1] <= ends[0]:
+            raise self.error(node, f"loop {var} over range({_show_bound(lo)}, {_show_bound(hi)}) never runs")
+        box = (ends[0], ends[1] - 1)
+        inner = dict(self.loop_boxes)
+        inner[var] = box
+        if facts and polytope.span(Affine(((var, 1),)), inner, tuple(self.loop_facts) + tuple(facts)) is None:
+            raise self.error(node, f"loop {var} over range({_show_bound(lo)}, {_show_bound(hi)}) never runs")
+        for end in box if facts else ():  # constant bounds: verify checks them
+            if not INDEX_MIN <= end <= INDEX_MAX - 1:
+                raise self.error(node, f"the bounds of loop {var} must lie within the 64-bit range "
+                                       f"{INDEX_MIN}..{INDEX_MAX}")
+        return box, facts
+
+    @staticmethod
+    def bound_facts(var: str, lo: int | Affine, hi: int | Affine) -> list[Affine]:
+        out = []
+        if not isinstance(lo, int):
+            out.append(Affine(((var, 1),)).plus(lo.scale(-1)))
+        if not isinstance(hi, int):
+            out.append(hi.plus(Affine(((var, -1),), -1)))
+        return out
+
+    def bound_guard(self, node: ast.AST, var: str, lo: int | Affine, hi: int | Affine) -> Optional[Expr]:
+        """The condition a triangular loop's body runs under: ``var >= lo`` and ``var < hi``
+        for the bounds that are not constants."""
+        conds = []
+        if not isinstance(lo, int):
+            conds.append(self.at(node, Compare(">=", Var(var), lo.to_expr())))
+        if not isinstance(hi, int):
+            conds.append(self.at(node, Compare("<", Var(var), hi.to_expr())))
+        out = None
+        for c in conds:
+            out = c if out is None else self.at(node, Logical("and", out, c))
+        return out
 
     def int_literal(self, node: ast.AST, what: str) -> int:
         """An integer literal that is a count (shape, bound, step): it must fit ``i64``."""
@@ -669,6 +784,8 @@ class _FunctionParser:
         if isinstance(node, ast.Name):
             if node.id in self.loop_vars:
                 return self.at(node, Var(node.id))
+            if node.id in self.locals:
+                return self.at(node, Load(self.buffers[node.id], (Const(0, INDEX),)))
             if node.id in self.buffers:
                 raise self.error(node, f"buffer {node.id} is used without an index")
             raise self.error(node, f"unknown name {node.id}")
@@ -783,6 +900,10 @@ class _FunctionParser:
         if name == "alloc":
             raise self.error(node, "alloc() is only allowed as T = alloc(f32[...]) at the top of a function body")
         raise self.error(node, f"unknown function {name}: {_FUNCTIONS_SENTENCE}")
+
+
+def _show_bound(bound: int | Affine) -> str:
+    return str(bound) if isinstance(bound, int) else show_expr(bound.to_expr())
 
 
 def _is_prim_func_decorator(node: ast.AST) -> bool:

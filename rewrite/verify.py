@@ -6,7 +6,10 @@ back into a script location; every later stage can run it on what it produces.
 
 Bounds are checked statically: each index is an affine form in the loop variables
 (plus ``//`` and ``%`` by positive constants), evaluated over the loop ranges, narrowed
-by enclosing ``if`` conditions of the form ``var < const`` (and ``and`` of such).
+by enclosing ``if`` conditions of the form ``var < const`` (and ``and`` of such). Where that
+is not enough and enclosing conditions compare affine indices (``j <= i``: a triangular
+loop's guard), the index's range over the domain they cut is computed exactly
+(``polytope.span``).
 
 Index arithmetic is computed in ``i64`` by the compiled code and the interpreter, which wrap
 around, while the bound check above reasons with exact integers. The two agree only when no
@@ -28,7 +31,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import ir
+from . import ir, polytope
 from .affine import Affine, Atom, affine
 from .descriptor import Descriptor
 from .printer import show_expr
@@ -336,6 +339,7 @@ class _Verifier:
     def __init__(self, func: PrimFunc):
         self.func = func
         self.buffers: dict[str, Buffer] = {}
+        self.facts: list[Affine] = []  # affine forms >= 0 that the enclosing conditions assert
 
     def run(self) -> None:
         f = self.func
@@ -386,9 +390,13 @@ class _Verifier:
             self.stmt(s.body, inner)
         elif isinstance(s, If):
             self.condition(s.cond, ranges, s)
-            self.stmt(s.then, narrow(s.cond, ranges, True))
-            if s.orelse is not None:
-                self.stmt(s.orelse, narrow(s.cond, ranges, False))
+            for branch, positive in ((s.then, True), (s.orelse, False)):
+                if branch is None:
+                    continue
+                mark = len(self.facts)
+                self.facts.extend(polytope.facts(s.cond, positive))
+                self.stmt(branch, narrow(s.cond, ranges, positive))
+                del self.facts[mark:]
         elif isinstance(s, (Store, Accumulate)):
             self.access(s.buffer, s.indices, ranges, s)
             value = self.expr(s.value, ranges)
@@ -468,10 +476,26 @@ class _Verifier:
                 continue  # unreachable: an enclosing condition never holds
             _no_overflow(idx, ranges, f"index {show_expr(idx)} of {buf.name}")
             r = interval(idx, ranges)
+            if (r.lo < 0 or r.hi >= buf.shape[dim]) and self.facts:
+                exact = self.span(idx, ranges)
+                if exact is None:
+                    return  # unreachable: the enclosing conditions never hold together
+                r = exact
             if r.lo < 0 or r.hi >= buf.shape[dim]:
                 raise VerifyError(f"{_show_access(buf, indices)} can go out of bounds: index {show_expr(idx)} "
                                   f"takes values {r.lo}..{r.hi} but dimension {dim} of {buf.name} "
                                   f"is 0..{buf.shape[dim] - 1}", node)
+
+    def span(self, idx: Expr, ranges: Ranges) -> Optional[Interval]:
+        """The values of ``idx`` over the loop ranges cut by the enclosing conditions' facts
+        (``polytope.span``: exact for triangular domains); the interval over the ranges alone
+        where ``idx`` has ``//`` or ``%`` terms."""
+        form = affine(idx, casts=False)
+        if form is None:
+            return interval(idx, ranges)
+        box = {v: (r.lo, r.hi) for v, r in ranges.items()}
+        r = polytope.span(form, box, tuple(self.facts))
+        return None if r is None else Interval(*r)
 
     # -- expressions: returns the dtype ---------------------------------------------
 

@@ -35,7 +35,7 @@ def test_the_ir_loads_alone():
 def test_the_language_loads_no_search_and_no_backend():
     mods = loaded_by("import rewrite.script")
     assert mods <= {"rewrite", "rewrite.ir", "rewrite.printer", "rewrite.script", "rewrite.verify",
-                    "rewrite.descriptor", "rewrite.affine"}, mods
+                    "rewrite.descriptor", "rewrite.affine", "rewrite.polytope"}, mods
 
 
 def test_the_intrinsic_library_loads_no_search_no_runtime_and_no_tools():
