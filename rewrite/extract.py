@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple
 from . import cost, ir, rules
 from .affine import affine
 from .plans import NestRef, PlanGraph
-from .ir import Accumulate, Binary, Buffer, Call, Const, Expr, For, Load, Stmt, Store, Var
+from .ir import INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, Load, Stmt, Store, Var
 from .match import (BodyMatch, Binding, affine_expr, bindings, dims_after_tiling, remainders,
                     semantics_value, slow_dims, window)
 from .names import Names
@@ -323,7 +323,12 @@ class _Builder:
 
     def _scaled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int,
                 pack: bool) -> None:
-        """``out += s * body`` as ``T = 0; T += body; out += s * T``.
+        """``out += s * body`` as ``T = 0; T += body; out += s * T``, ``T`` indexed by the
+        dims that index ``out`` (``_output_dims``): ``C[64 * t + i, j]`` over ``t, i, j`` sums
+        into ``T[t, i, j]``, then ``C[64 * t + i, j] += s * T[t, i, j]``. Each element of ``T``
+        holds the terms of one iteration of those dims, which the last pass adds where the
+        nest added them (several to one element of ``out`` when the index map is not
+        one-to-one), so ``T`` is never bigger than the nest's share of the work.
 
         Not for an infinite ``s`` (a literal such as ``1e999``): ``sum(inf * a * b)`` is NaN
         as soon as two terms differ in sign, ``inf * sum(a * b)`` is not. A finite ``s``
@@ -331,19 +336,43 @@ class _Builder:
         if not ir.is_float(nest.out.dtype) or not math.isfinite(b.scale):
             return
         key = (nest, b.scale)
+        dims = _output_dims(nest)
         if key not in self.ex._temps:
-            temp = Buffer(self.ex.names.fresh("T"), nest.out.dtype, nest.out.shape)
-            self.ex._temps[key] = (temp, [self.ex.names.fresh(f"x{k}") for k in range(temp.ndim)])
+            temp = Buffer(self.ex.names.fresh("T"), nest.out.dtype,
+                          tuple(d.extent for d in dims) or (1,))
+            self.ex._temps[key] = (temp, [self.ex.names.fresh(f"x{k}") for k in range(len(dims))])
         temp, names = self.ex._temps[key]
         body = _substitute(semantics_value(desc), dict(b.loads))
-        inner = AccNest(nest.dims, temp, nest.indices, body)
+        inner = AccNest(nest.dims, temp, tuple(_shifted(Var(d.name), -d.start) for d in dims)
+                        or (Const(0, INDEX),), body)
         unscaled = tuple(BodyMatch(m.nest, m.intrinsic, m.loads, 1.0) for m in matches
                          if m.scale == b.scale)
-        idx = tuple(Var(n) for n in names)
+        idx = tuple(Var(n) for n in names) or (Const(0, INDEX),)
+        at = {d.name: _shifted(Var(n), d.start) for d, n in zip(dims, names)}
+        out_idx = tuple(ir.substitute(i, at) for i in nest.indices)
         zero: Stmt = Store(temp, idx, Const(0.0, temp.dtype))
-        scale = Accumulate(nest.out, idx, Binary("*", Const(b.scale, temp.dtype), Load(temp, idx)))
-        for n, extent in reversed(list(zip(names, temp.shape))):
-            zero, scale = For(n, 0, extent, zero), For(n, 0, extent, scale)
+        scale = Accumulate(nest.out, out_idx, Binary("*", Const(b.scale, temp.dtype), Load(temp, idx)))
+        for n, d in reversed(list(zip(names, dims))):
+            zero, scale = For(n, 0, d.extent, zero), For(n, 0, d.extent, scale)
         self.graph.add(ref, self.graph.leaf([zero], cost.moved(temp.size), [temp]),
                        self.nest(inner, unscaled, depth, pack),
                        self.graph.leaf([scale], cost.moved(temp.size)))
+
+
+def _output_dims(nest: AccNest) -> list[Dim]:
+    """The dims that appear in ``nest``'s output indices, in the order they first do."""
+    used: list[str] = []
+    for i in nest.indices:
+        for x in ir.walk_expr(i):
+            if isinstance(x, Var) and x.name not in used:
+                used.append(x.name)
+    dims = {d.name: d for d in nest.dims}
+    return [dims[n] for n in used if n in dims]
+
+
+def _shifted(e, k: int):
+    """``e + k`` as an index (``e`` itself for 0)."""
+    if k == 0:
+        return e
+    return Binary("+" if k > 0 else "-", e, Const(abs(k), INDEX))
+
