@@ -24,7 +24,9 @@ direction, later components becoming ``*`` where they differ. Both only lose pre
 sound direction; a pair of accesses costs polynomial time in the depth.
 
 Soundness. Whenever an answer is uncertain the analysis assumes a dependence: indices with
-``//``, ``%`` or loads, conditions of ``if`` (a guarded write is assumed to happen), and
+``//``, ``%`` or loads, conditions of ``if`` (a guarded write is assumed to happen, except
+that comparisons of affine indices, a triangular loop's bounds, are facts every dependence
+must satisfy: ``_within_guards``), and
 coupled subscripts on large iteration spaces (GCD and Banerjee bounds are tested per
 dimension) all err towards "carried" and "not legal". Small spaces (``ENUMERATION_LIMIT``
 instance pairs) are enumerated, which is exact for any index expression without loads.
@@ -44,6 +46,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from . import polytope
 from .affine import Affine, affine  # the accesses' index maps; re-exported
 from .ir import (INDEX, Accumulate, Binary, Buffer, Cast, Const, Expr, For, If, PrimFunc,
                  Seq, Stmt, Store, Unary, Var, is_int, loads_of, stmts_of)
@@ -170,6 +173,9 @@ class Access:
     indices: tuple[Expr, ...]
     maps: tuple[Affine | None, ...]
     stmt: Stmt = field(compare=False, repr=False)
+    # affine forms of its loops' variables, each >= 0 wherever it runs: what the conditions
+    # of the ``if``s around it say about them (``polytope.facts``; a triangular loop's bound)
+    facts: tuple[Affine, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def writes(self) -> bool:
@@ -192,10 +198,12 @@ def accesses(func: PrimFunc) -> list[Access]:
     """Every buffer access, in execution order, including loads in conditions and selects."""
     out: list[Access] = []
 
+    facts: tuple[Affine, ...] = ()
+
     def add(path: Path, stmt: Stmt, buffer: Buffer, kind: str, loops_: tuple[Loop, ...],
             indices: tuple[Expr, ...]) -> None:
         maps = tuple(affine(i) for i in indices)
-        out.append(Access(len(out), path, buffer, kind, loops_, indices, maps, stmt))
+        out.append(Access(len(out), path, buffer, kind, loops_, indices, maps, stmt, facts))
 
     def add_loads(path: Path, stmt: Stmt, loops_: tuple[Loop, ...], exprs: Sequence[Expr]) -> None:
         for e in exprs:
@@ -203,6 +211,7 @@ def accesses(func: PrimFunc) -> list[Access]:
                 add(path, stmt, load.buffer, "read", loops_, load.indices)
 
     def visit(s: Stmt, path: Path, loops_: tuple[Loop, ...]) -> None:
+        nonlocal facts
         if isinstance(s, For):
             loops_ = loops_ + (Loop(path, s.var, s.start, s.stop),)
         elif isinstance(s, If):
@@ -211,8 +220,12 @@ def accesses(func: PrimFunc) -> list[Access]:
             add_loads(path, s, loops_, s.indices + (s.value,))
             kind = "write" if isinstance(s, Store) else "accumulate"
             add(path, s, s.buffer, kind, loops_, s.indices)
+        outer = facts
         for sub, c in _children(s):
+            if isinstance(s, If):  # sub[0] is the branch: 0 then, 1 else
+                facts = outer + tuple(polytope.facts(s.cond, sub[0] == 0))
             visit(c, path + sub, loops_)
+        facts = outer
 
     for k, s in enumerate(stmts_of(func.body)):
         visit(s, (k,), ())
@@ -499,8 +512,71 @@ def directions(a: Access, b: Access, aligned: int | None = None, limit: int | No
     exact = _enumerate(a, b, aligned, limit, effort)
     if exact is not None:
         effort.enumerated -= math.prod(l.extent for l in a.loops) * math.prod(l.extent for l in b.loops)
-        return exact
-    return _refine(a, b, aligned, effort)
+        found = exact
+    else:
+        found = _refine(a, b, aligned, effort)
+    if a.facts or b.facts:
+        found = _within_guards(a, b, aligned, found)
+    return found
+
+
+# A vector with more ``*`` than this is kept whole by ``_within_guards``, not split.
+_GUARD_SPLIT_STARS = 4
+
+
+def _within_guards(a: Access, b: Access, aligned: int,
+                   vectors: frozenset[tuple[str, ...]]) -> frozenset[tuple[str, ...]]:
+    """The vectors for which instances of ``a`` and ``b`` that their guards admit can touch one
+    element, each ``*`` split into its three directions where there are few: the equations
+    of the indices, the loops' ranges, the directions and the guards' facts must have a
+    rational solution (``polytope.span``; none means no integer one either, so dropping the
+    vector is sound)."""
+    out = set()
+    for v in vectors:
+        stars = [k for k, d in enumerate(v) if d == "*"]
+        if len(stars) > _GUARD_SPLIT_STARS:
+            out.add(v)
+            continue
+        for picks in itertools.product("<=>", repeat=len(stars)):
+            w = list(v)
+            for k, d in zip(stars, picks):
+                w[k] = d
+            if _guards_admit(a, b, aligned, tuple(w)):
+                out.add(tuple(w))
+    return frozenset(out)
+
+
+def _guards_admit(a: Access, b: Access, aligned: int, vector: tuple[str, ...]) -> bool:
+    names_a = {l.var: f"a{k}" for k, l in enumerate(a.loops)}  # the innermost of a name wins
+    names_b = {l.var: f"b{k}" for k, l in enumerate(b.loops)}
+    box = {f"a{k}": (l.start, l.stop - 1) for k, l in enumerate(a.loops)}
+    box.update({f"b{k}": (l.start, l.stop - 1) for k, l in enumerate(b.loops)})
+
+    def renamed(f: Affine, names: dict[str, str]) -> Affine | None:
+        if any(not isinstance(v, str) or v not in names for v in f.vars):
+            return None
+        return Affine(tuple(sorted((names[v], c) for v, c in f.terms)), f.const)
+
+    facts = []
+    for f, names in [(f, names_a) for f in a.facts] + [(f, names_b) for f in b.facts]:
+        g = renamed(f, names)
+        if g is not None:
+            facts.append(g)
+    for ma, mb in zip(a.maps, b.maps):
+        fa = None if ma is None else renamed(ma, names_a)
+        fb = None if mb is None else renamed(mb, names_b)
+        if fa is not None and fb is not None:
+            diff = fa.plus(fb.scale(-1))
+            facts += [diff, diff.scale(-1)]
+    for k, d in enumerate(vector[:aligned]):
+        step = Affine(tuple(sorted(((f"b{k}", 1), (f"a{k}", -1)))), 0)  # b's iteration - a's
+        if d == "<":
+            facts.append(step.plus(Affine((), -1)))
+        elif d == ">":
+            facts.append(step.scale(-1).plus(Affine((), -1)))
+        elif d == "=":
+            facts += [step, step.scale(-1)]
+    return polytope.span(Affine(), box, tuple(facts)) is not None
 
 
 def direction_summary(vectors: frozenset[tuple[str, ...]]) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from . import polytope
 from .ir import (INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load, PrimFunc, Seq,
                  Stmt, Store, Unary, Var, Window, children, fold_stmt, seq, walk_expr, walk_in_loops,
                  walk_stmts, with_children)
@@ -25,16 +26,36 @@ _COUNTED_UNARY = ("neg", "abs", "exp", "sqrt")
 
 def op_count(s: Stmt, per_store: int = 0) -> int:
     """Arithmetic operations ``s`` performs: each ``+ - * / // % max min neg abs exp sqrt`` in a
-    stored value counts one, ``+=`` one more, times the trip counts of the enclosing loops.
-    Index arithmetic is not counted; both arms of an ``if`` are (an upper bound). With
-    ``per_store``, a store counts at least that much (work, for a copy with no arithmetic)."""
+    stored value counts one, ``+=`` one more, times the number of times it runs. Index
+    arithmetic is not counted. Under an ``if`` comparing affine indices (a triangular loop's
+    guard, ``i >= 1``) a statement counts the iterations that pass it (``polytope.count``);
+    other conditions count both arms (an upper bound). With ``per_store``, a store counts at
+    least that much (work, for a copy with no arithmetic)."""
     def ops(x: Stmt) -> int:
         if isinstance(x, Call):
             return max(per_store, op_count(x.intrinsic.semantics.body))
         extra = 1 if isinstance(x, Accumulate) else 0
         return max(per_store, extra + _value_ops(x.value))
 
-    return fold_stmt(s, ops)
+    if not any(isinstance(x, If) and polytope.facts(x.cond) for x in walk_stmts(s)):
+        return fold_stmt(s, ops)
+    return _guarded_count(s, (), (), ops)
+
+
+def _guarded_count(s: Stmt, loops: tuple[For, ...], facts: tuple, ops) -> int:
+    if isinstance(s, For):
+        return _guarded_count(s.body, loops + (s,), facts, ops)
+    if isinstance(s, Seq):
+        return sum(_guarded_count(c, loops, facts, ops) for c in s.stmts)
+    if isinstance(s, If):
+        arms = ((s.then, True), (s.orelse, False))
+        return sum(_guarded_count(b, loops, facts + tuple(polytope.facts(s.cond, positive)), ops)
+                   for b, positive in arms if b is not None)
+    n = ops(s)
+    if n == 0:
+        return 0
+    box = {f.var: (f.start, f.stop - 1) for f in loops}
+    return n * polytope.count(box, facts)
 
 
 def _value_ops(e: Expr) -> int:

@@ -8,6 +8,8 @@ form the matcher works on. Everything else is kept as it is.
 Normalisation, each step exact or licensed by the dependence analysis:
 
 - ``X[f] = X[f] + e`` and ``X[f] = e + X[f]`` are ``X[f] += e`` (its definition);
+- a guard that reads no buffer (``if j >= i:``, a triangular loop) holding several statements
+  guards each of them;
 - casts written in steps are one cast where the steps are exact (``rules/casts.py``);
 - a loop whose body holds several statements is distributed into one loop per statement
   when ``analysis.can_distribute`` says no dependence runs backwards::
@@ -130,9 +132,26 @@ def _replace_at(s: Stmt, rest: tuple[int, ...], parts: list[Stmt]) -> list[Stmt]
     return [replace(s, body=ir.seq(*_replace_at(s.body, rest[1:], parts)))]
 
 
+def _guards_inward(s: Stmt) -> Stmt:
+    """``if c: S1; S2`` as ``if c: S1`` then ``if c: S2`` when ``c`` reads no buffer (a
+    triangular loop's bound): the statements cannot change it, so each runs exactly when it
+    did, and a loop around them can then be distributed."""
+    if isinstance(s, For):
+        return replace(s, body=_guards_inward(s.body))
+    if isinstance(s, Seq):
+        return ir.seq(*(_guards_inward(c) for c in s.stmts))
+    if isinstance(s, ir.If) and s.orelse is None and not any(ir.loads_of(s.cond)):
+        inner = _guards_inward(s.then)
+        if isinstance(inner, Seq):
+            return ir.seq(*(ir.If(s.cond, c) for c in inner.stmts))
+        return replace(s, then=inner)
+    return s
+
+
 def normalize(func: PrimFunc, max_steps: int = 64) -> PrimFunc:
-    """``func`` with ``+=`` made explicit and loops distributed as far as legal."""
-    func = replace(func, body=_accumulates(func.body))
+    """``func`` with ``+=`` made explicit, guards that read no buffer moved onto each
+    statement they hold, and loops distributed as far as legal."""
+    func = replace(func, body=_guards_inward(_accumulates(func.body)))
     for _ in range(max_steps):
         nxt = _distribute_once(func)
         if nxt is None:

@@ -20,14 +20,17 @@ loop nest (at most ``verify.MAX_LOOP_DEPTH`` variables), not for general program
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from math import ceil, floor
 from typing import Optional
 
+import numpy as np
+
 from .affine import Affine, affine
 from .ir import INDEX, Compare, Expr, For, If, Logical, Stmt, Unary
 
-__all__ = ["facts", "guarded_range", "span"]
+__all__ = ["conjuncts", "count", "facts", "guarded_range", "span"]
 
 # A constraint ``sum(coef * var) + const >= 0`` as (coefficients, const).
 _Row = tuple[dict[str, Fraction], Fraction]
@@ -57,6 +60,47 @@ def span(form: Affine, box: dict[str, tuple[int, int]],
     if hi is None:
         return None
     return ceil(lo), floor(hi)
+
+
+# ``count`` enumerates at most this many values of all but one guarded variable.
+_MAX_COUNTED = 1 << 22
+
+
+def count(box: dict[str, tuple[int, int]], facts: tuple[Affine, ...]) -> int:
+    """The integer points of ``box`` (inclusive ranges) where every fact is ``>= 0``: how many
+    times a statement under a triangular loop's guard runs. Exact: the guarded variables but
+    the widest are enumerated (numpy), and the widest counted between its bounds; the box's
+    size (an upper bound) when that enumeration would pass ``_MAX_COUNTED`` values."""
+    extent = {v: hi - lo + 1 for v, (lo, hi) in box.items()}
+    total = math.prod(extent.values())
+    guarded = sorted({v for f in facts for v in f.vars})
+    if not guarded or total == 0:
+        return total
+    last = max(guarded, key=lambda v: (extent[v], v))
+    rest = [v for v in guarded if v != last]
+    if math.prod(extent[v] for v in rest) > _MAX_COUNTED:
+        return total
+    axes = np.meshgrid(*(np.arange(box[v][0], box[v][1] + 1, dtype=np.int64) for v in rest),
+                       indexing="ij")
+    values = {v: a.ravel() for v, a in zip(rest, axes)}
+    points = math.prod(extent[v] for v in rest)
+    lo = np.full(points, box[last][0], dtype=np.int64)
+    hi = np.full(points, box[last][1], dtype=np.int64)
+    ok = np.ones(points, dtype=bool)
+    for f in facts:
+        r = np.full(points, f.const, dtype=np.int64)
+        for v, c in f.terms:
+            if v != last:
+                r = r + c * values[v]
+        c = f.coeff(last)
+        if c == 0:
+            ok &= r >= 0
+        elif c > 0:      # c * last + r >= 0: last >= ceil(-r / c)
+            lo = np.maximum(lo, -(r // c))
+        else:            # r - |c| * last >= 0: last <= floor(r / |c|)
+            hi = np.minimum(hi, r // -c)
+    runs = np.where(ok, np.maximum(hi - lo + 1, 0), 0).sum()
+    return int(runs) * (total // math.prod(extent[v] for v in guarded))
 
 
 def facts(cond: Expr, positive: bool = True) -> list[Affine]:
@@ -96,7 +140,7 @@ def guarded_range(loop: For) -> Optional[tuple[list[Affine], list[Affine], Stmt]
     lows: list[Affine] = []
     highs: list[Affine] = []
     rest: list[Expr] = []
-    for c in _conjuncts(loop.body.cond):
+    for c in conjuncts(loop.body.cond):
         found = facts(c) if isinstance(c, Compare) and c.op != "!=" else []
         if not found or any(abs(f.coeff(loop.var)) != 1 for f in found):
             rest.append(c)
@@ -118,9 +162,9 @@ def guarded_range(loop: For) -> Optional[tuple[list[Affine], list[Affine], Stmt]
     return lows, highs, body
 
 
-def _conjuncts(cond: Expr) -> list[Expr]:
+def conjuncts(cond: Expr) -> list[Expr]:
     if isinstance(cond, Logical) and cond.op == "and":
-        return _conjuncts(cond.a) + _conjuncts(cond.b)
+        return conjuncts(cond.a) + conjuncts(cond.b)
     return [cond]
 
 

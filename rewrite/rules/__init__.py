@@ -116,6 +116,7 @@ FAMILIES = (
     Family("pack-operand", NEST_STAGE, "layout", ("requests", "pack"), "pack-operand"),
     Family("pack-panel", CALLS_STAGE, "layout", ("panel_operands", "pack_panel"), "pack-panel"),
     Family("inline", ALTERNATIVES, "fusion", ("improve",), "inline-producer"),
+    Family("triangles", ALTERNATIVES, "triangles", ("improve",), "split-domain"),
     Family("sums", ALTERNATIVES, "sums", ("improve",), "split-sum"),
     Family("matmul", ALTERNATIVES, "matmul", ("improve",), "reassociate-chain, distribute"),
     Family("strassen", ALTERNATIVES, "strassen", ("improve",), "strassen levels"),

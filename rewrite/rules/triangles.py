@@ -1,0 +1,209 @@
+"""split-domain: an accumulation over a triangle (or any domain cut by affine guards) is one
+accumulation per box of a decomposition, with a guarded remainder along the cut.
+
+    for i, k, j in grid(240, 200, 240):         for i, k, j in grid(112, 200, 128):   # a box
+        if j < i + 1:                       ->       C[i + 128, j] += ... (as dims 128..239, 0..127)
+            C[i, j] += 1.5 * A[i, k] * A[j, k]    ... boxes of halving sizes toward the diagonal
+                                                for i, k, j in grid(16, 200, 16):     # remainder
+                                                    if j < i + 1:
+                                                        C[i, j] += ...
+
+(syrk, syr2k, covariance and correlation as PolyBench writes them: ``for j in range(i + 1)``
+is a box under the guard ``j < i + 1``, ``script.py``). Each box lies wholly inside the guarded
+domain, so it is an ordinary accumulate nest the matcher covers like any matmul; only the
+small boxes the cut crosses keep the guard.
+
+The boxes come from halving: a box is kept whole when every guard holds on all of it (its
+minimum over the box, ``Affine.bounds``, is >= 0), dropped when one holds nowhere (its
+maximum is < 0), and otherwise cut in two along its longest guarded dimension, at a multiple
+of 16 where the extent allows (so boxes fit intrinsic tiles), until the box is small
+(``leaf``); such a box keeps the guards that do not hold on all of it.
+
+Sound when the accumulation does not read the accumulated buffer (what makes it an
+accumulate nest at all, ``nests.as_nest``): the boxes and remainders partition the guarded
+domain, since each halving splits a box in two disjoint halves and nothing is dropped where
+a guard can hold, so every element gets the same terms added, in another order (exact on
+integers, a reassociation on floats, which rewrites may do). It is an ``alternatives``
+family: the split program is kept only when the cost model finds it cheaper.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from .. import ir, nests, polytope
+from ..affine import Affine
+from ..ir import Accumulate, Compare, For, If, Stmt
+from ..names import Names
+from ..nests import Dim
+
+ALIGN = 16  # cut points are multiples of this where the extent allows: intrinsic tiles fit
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """``for dims: if facts: out[indices] += value``: a perfect nest under affine guards."""
+
+    dims: tuple[Dim, ...]
+    facts: tuple[Affine, ...]
+    acc: Accumulate
+
+
+def guarded(s: Stmt) -> Optional[Guarded]:
+    """``s`` as a perfect nest of loops with one ``if`` (no ``else``) whose conditions all
+    compare affine forms of the loops' variables, around an accumulation that does not read
+    what it accumulates; None otherwise."""
+    dims: list[Dim] = []
+    cond = None
+    while True:
+        if isinstance(s, For):
+            dims.append(Dim(s.var, s.start, s.stop))
+            s = s.body
+        elif isinstance(s, If) and s.orelse is None and cond is None:
+            cond, s = s.cond, s.then
+        else:
+            break
+    if cond is None or not dims or not isinstance(s, Accumulate):
+        return None
+    if any(load.buffer.name == s.buffer.name for load in ir.loads_of(s.value)):
+        return None
+    facts: list[Affine] = []
+    names = {d.name for d in dims}
+    for c in polytope.conjuncts(cond):
+        found = polytope.facts(c) if isinstance(c, Compare) and c.op != "!=" else []
+        if not found or any(not set(f.vars) <= names for f in found):
+            return None
+        facts += found
+    return Guarded(tuple(dims), tuple(facts), s)
+
+
+def leaf_extent(g: Guarded) -> int:
+    """Boxes are cut no smaller than this along a guarded dimension: the remainder along a
+    triangle's diagonal is then about 1/16 of it, in at most a few dozen boxes."""
+    guarded_dims = {v for f in g.facts for v in f.vars}
+    longest = max(d.extent for d in g.dims if d.name in guarded_dims)
+    return min(64, max(8, 8 * math.ceil(longest / 32 / 8)))
+
+
+def boxes(g: Guarded, leaf: Optional[int] = None) -> list[tuple[dict, list[Affine]]]:
+    """The halving of ``g``'s domain: ``(box, guards)`` pairs, ``box`` a dim's inclusive range
+    per dim name, ``guards`` the facts that do not hold on all of it (none for a box inside
+    the domain)."""
+    leaf = leaf_extent(g) if leaf is None else leaf
+    out: list = []
+
+    def visit(box: dict[str, tuple[int, int]]) -> None:
+        pending = []
+        for f in g.facts:
+            lo, hi = f.bounds(lambda v: box[v])
+            if hi < 0:
+                return  # the guard holds nowhere in this box
+            if lo < 0:
+                pending.append(f)
+        cut = {v for f in pending for v in f.vars}
+        longest = max(cut, key=lambda v: (box[v][1] - box[v][0], v), default=None)
+        if longest is None or box[longest][1] - box[longest][0] + 1 <= leaf:
+            out.append((box, pending))
+            return
+        lo, hi = box[longest]
+        extent = hi - lo + 1
+        half = extent // 2
+        if extent >= 2 * ALIGN:
+            half = max(ALIGN, half // ALIGN * ALIGN)
+        visit({**box, longest: (lo, lo + half - 1)})
+        visit({**box, longest: (lo + half, hi)})
+
+    visit({d.name: (d.start, d.stop - 1) for d in g.dims})
+    return out
+
+
+def split(g: Guarded, names: Names, leaf: Optional[int] = None) -> list:
+    """The items that compute ``g``: an ``AccNest`` per run of equal boxes inside the domain,
+    and guarded remainders (statements) where the cut crosses a box.
+
+    Boxes of equal extents whose corners step evenly (the halving puts them along the
+    diagonal) are one nest with a loop ``t`` over them, so a level of the halving is planned
+    and compiled once: ``for t, i, k, j in grid(7, 16, 200, 16): C[32 * t + i + 32, ...]``."""
+    groups: dict = {}
+    for box, pending in boxes(g, leaf):
+        key = (tuple(box[d.name][1] - box[d.name][0] + 1 for d in g.dims), tuple(pending))
+        groups.setdefault(key, []).append(tuple(box[d.name][0] for d in g.dims))
+    out: list = []
+    for (extents, pending), corners in groups.items():
+        for run in _runs(sorted(corners)):
+            out.append(_batched(g, extents, list(pending), run, names))
+    return out
+
+
+def _runs(corners: list[tuple[int, ...]]) -> list[list[tuple[int, ...]]]:
+    """``corners`` cut into runs of even steps, greedily in order."""
+    runs: list[list[tuple[int, ...]]] = []
+    for c in corners:
+        run = runs[-1] if runs else None
+        if run is not None and (len(run) == 1 or _step(run[-2], run[-1]) == _step(run[-1], c)):
+            run.append(c)
+        else:
+            runs.append([c])
+    return runs
+
+
+def _step(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(y - x for x, y in zip(a, b))
+
+
+def _batched(g: Guarded, extents: tuple[int, ...], pending: list[Affine],
+             corners: list[tuple[int, ...]], names: Names):
+    """One nest for the boxes of ``extents`` at ``corners`` (evenly stepped): each dim ``v``
+    runs from 0, read as ``v + corner + step * t`` with ``t`` over the boxes (no ``t`` for one
+    box)."""
+    first = corners[0]
+    step = _step(corners[0], corners[1]) if len(corners) > 1 else (0,) * len(first)
+    t = names.fresh("t") if len(corners) > 1 else None
+    at: dict[str, Affine] = {}
+    for d, c, st in zip(g.dims, first, step):
+        terms = [(d.name, 1)] + ([(t, st)] if t is not None and st else [])
+        at[d.name] = Affine(tuple(sorted(terms)), c)
+    values = {v: a.to_expr() for v, a in at.items()}
+    acc = Accumulate(g.acc.buffer, tuple(ir.substitute(i, values) for i in g.acc.indices),
+                     ir.substitute(g.acc.value, values))
+    s: Stmt = acc
+    if pending:
+        cond = None
+        for f in pending:
+            shifted = Affine((), f.const)
+            for v, c in f.terms:
+                shifted = shifted.plus(at[v].scale(c))
+            c = _condition(shifted)
+            cond = c if cond is None else ir.Logical("and", cond, c)
+        s = If(cond, s)
+    for d, e in reversed(list(zip(g.dims, extents))):
+        s = For(d.name, 0, e, s)
+    if t is not None:
+        s = For(t, 0, len(corners), s)
+    return nests.as_nest(s) or s
+
+
+def _condition(f: Affine) -> Compare:
+    """``f >= 0`` written with the positive terms on the left: ``i - j >= 0`` is ``i >= j``."""
+    pos = Affine(tuple((v, c) for v, c in f.terms if c > 0), max(f.const, 0))
+    neg = Affine(tuple((v, -c) for v, c in f.terms if c < 0), max(-f.const, 0))
+    return Compare(">=", pos.to_expr(), neg.to_expr())
+
+
+def improve(best, search):
+    """``best`` (``pipeline.Choice``), or its items with every guarded accumulation split into
+    boxes, when the cost model finds that cheaper."""
+    items, changed = [], False
+    for p in best.parts:
+        g = guarded(p) if isinstance(p, For) else None
+        pieces = split(g, search.names) if g is not None else None
+        items += pieces or [p]
+        changed = changed or pieces is not None
+    if not changed:
+        return best
+    planned = search.plan(items)
+    if planned.cost >= best.planned.cost:
+        return best
+    return replace(best, parts=items, planned=planned)
