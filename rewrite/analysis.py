@@ -576,7 +576,7 @@ def _guards_admit(a: Access, b: Access, aligned: int, vector: tuple[str, ...]) -
             facts.append(step.scale(-1).plus(Affine((), -1)))
         elif d == "=":
             facts += [step, step.scale(-1)]
-    return polytope.span(Affine(), box, tuple(facts)) is not None
+    return polytope.feasible(box, tuple(facts))
 
 
 def direction_summary(vectors: frozenset[tuple[str, ...]]) -> tuple[str, ...]:

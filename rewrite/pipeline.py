@@ -110,15 +110,20 @@ class TensorizeResult:
 
 
 def _buffers_used(body: Stmt) -> set[str]:
-    names: set[str] = set()
+    return {b.name for b in _buffers_in(body)}
+
+
+def _buffers_in(body: Stmt) -> list:
+    """Every buffer ``body`` reads or writes, in the order met."""
+    found: list = []
     for s in ir.walk_stmts(body):
         if isinstance(s, Call):
-            names |= {w.buffer.name for _, w in s.operands}
+            found += [w.buffer for _, w in s.operands]
         if isinstance(s, (ir.Store, ir.Accumulate)):
-            names.add(s.buffer.name)
+            found.append(s.buffer)
         for e in ir.stmt_exprs(s):
-            names |= {x.buffer.name for x in ir.loads_of(e)}
-    return names
+            found += [x.buffer for x in ir.loads_of(e)]
+    return found
 
 
 def _sites(body: Stmt) -> list[Site]:
@@ -174,12 +179,17 @@ def _declare(allocs: list, more: Sequence) -> None:
 
 
 def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
-               in_process: bool = False, rules_off: frozenset[str] = frozenset()) -> Planned:
+               in_process: bool = False, rules_off: frozenset[str] = frozenset(),
+               memo: Optional[dict] = None) -> Planned:
     """Saturate the bodies of the accumulate nests among ``parts``, then take the cheapest
     program for each; other statements stay as they are. A guarded item (``rules/finite.py``)
     becomes its scan and an ``if`` over its two branches, each planned the same way; it costs
     the scan and the fast branch (the other one runs only on non-finite operands).
-    ``rules_off``: rule families (ruleset and stage kinds) to leave out."""
+    ``rules_off``: rule families (ruleset and stage kinds) to leave out. ``memo``: plans of
+    nests planned before with the same matches and ``names`` (a search plans many programs
+    that share most of their nests), reused as they are: equal nests may share
+    temporaries, since each plan fills its temporaries before it reads them."""
+    memo = {} if memo is None else memo
     acc = _nests_in(parts)
     job = Job(tuple(n.value for n in acc), tuple(Pattern.of(d) for d in library.values()), budget,
               rules_off)
@@ -210,7 +220,10 @@ def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
                 continue
             k = next(counter)
             mine = [m for m in matches if m.nest == k]
-            plan_ = extractor.best(p, mine)
+            key = (p, tuple((m.intrinsic, m.loads, m.scale) for m in mine))
+            if key not in memo:
+                memo[key] = extractor.best(p, mine)
+            plan_ = memo[key]
             out.stmts += plan_.stmts
             _declare(out.allocs, plan_.allocs)
             out.cost += plan_.cost
@@ -267,6 +280,7 @@ class Search:
     strassen: Union[str, int]
     budgets: Budgets
     rules_off: frozenset[str] = frozenset()
+    memo: dict = field(default_factory=dict, compare=False)  # plan_items' plans of nests
 
     def items(self, func: PrimFunc) -> list:
         """The items of a normalised function, the normalize families applied in turn."""
@@ -279,7 +293,7 @@ class Search:
     def plan(self, parts: Sequence) -> Planned:
         """``plan_items`` on ``parts``, with the names, budget and families of this search."""
         return plan_items(parts, self.library, self.budget, self.names, self.in_process,
-                          self.rules_off)
+                          self.rules_off, self.memo)
 
 
 def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,
@@ -321,7 +335,10 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
     used = _buffers_used(body)
     # a rewrite (a reassociated chain) may leave one of the function's temporaries unused
     kept = tuple(b for b in normal.allocs if b.name in used)
-    result = replace(normal, body=body, allocs=kept + tuple(chosen.allocs))
+    declared = {b.name for b in normal.params + kept + tuple(chosen.allocs)}
+    # temporaries a normalize family made (rules/snapshot.py's copies)
+    made = tuple({b.name: b for b in _buffers_in(body) if b.name not in declared}.values())
+    result = replace(normal, body=body, allocs=kept + tuple(chosen.allocs) + made)
     verify(result)
     # sites and coverage describe what runs on finite inputs (a guard's first branch)
     taken_path = _fast_path(result.body, chosen.guards)

@@ -30,7 +30,7 @@ import numpy as np
 from .affine import Affine, affine
 from .ir import INDEX, Compare, Expr, For, If, Logical, Stmt, Unary
 
-__all__ = ["conjuncts", "count", "facts", "guarded_range", "span"]
+__all__ = ["conjuncts", "count", "facts", "feasible", "guarded_range", "span"]
 
 # A constraint ``sum(coef * var) + const >= 0`` as (coefficients, const).
 _Row = tuple[dict[str, Fraction], Fraction]
@@ -166,6 +166,51 @@ def conjuncts(cond: Expr) -> list[Expr]:
     if isinstance(cond, Logical) and cond.op == "and":
         return conjuncts(cond.a) + conjuncts(cond.b)
     return [cond]
+
+
+def feasible(box: dict[str, tuple[int, int]], facts: tuple[Affine, ...]) -> bool:
+    """Whether some rational point of ``box`` (inclusive ranges) satisfies every fact (``>= 0``);
+    False proves that no integer point does. ``span``'s elimination in integers, without an
+    objective: the dependence analysis asks this of every pair of guarded accesses. True
+    where the elimination would pass ``_MAX_ROWS`` rows (the sound answer)."""
+    names = sorted({v for f in facts for v in f.vars})
+    index = {v: k for k, v in enumerate(names)}
+    rows: set[tuple[tuple[int, ...], int]] = set()
+
+    def add(coeffs: list[int], const: int) -> bool:
+        g = math.gcd(*coeffs, const)
+        if g > 1:
+            coeffs, const = [c // g for c in coeffs], const // g
+        if not any(coeffs):
+            return const >= 0
+        rows.add((tuple(coeffs), const))
+        return True
+
+    for v in names:
+        lo, hi = box[v]
+        unit = [0] * len(names)
+        unit[index[v]] = 1
+        add(unit, -lo)
+        add([-c for c in unit], hi)
+    for f in facts:
+        coeffs = [0] * len(names)
+        for v, c in f.terms:
+            coeffs[index[v]] += c
+        if not add(coeffs, f.const):
+            return False
+    for k in range(len(names)):
+        pos = [r for r in rows if r[0][k] > 0]
+        neg = [r for r in rows if r[0][k] < 0]
+        rest = {r for r in rows if r[0][k] == 0}
+        if len(rest) + len(pos) * len(neg) > _MAX_ROWS:
+            return True
+        rows = rest
+        for pc, pk in pos:
+            for nc, nk in neg:
+                a, b = pc[k], -nc[k]
+                if not add([b * x + a * y for x, y in zip(pc, nc)], b * pk + a * nk):
+                    return False
+    return True
 
 
 def _row(f: Affine) -> _Row:

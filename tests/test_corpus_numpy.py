@@ -289,6 +289,56 @@ def _tbl():
     add("rnn_relu_elman", 48 * 8, rnn)
     add("mlp_two_layer", 128 + 64, lambda a: {
         "Y": relu(f64(a["X"]) @ f64(a["W1"]) + a["b1"]) @ f64(a["W2"]) + a["b2"]})
+
+    # PolyBench as PolyBench writes it (f32): triangles, scalar locals, in-place updates
+    lower = lambda n: np.tril(np.ones((n, n), bool))  # noqa: E731
+    add("pb_syrk", 200, lambda a: {"C": np.where(
+        lower(240), 1.2 * f64(a["C"]) + 1.5 * f64(a["A"]) @ f64(a["A"]).T, a["C"])})
+    add("pb_syr2k", 400, lambda a: {"C": np.where(
+        lower(240), 1.2 * f64(a["C"]) + 1.5 * (f64(a["A"]) @ f64(a["B"]).T + f64(a["B"]) @ f64(a["A"]).T),
+        a["C"])})
+    # symm's A is symmetric, stored in its lower triangle
+    add("pb_symm", 200, lambda a: {"C": 1.2 * f64(a["C"]) + 1.5 * (
+        np.tril(f64(a["A"])) + np.tril(f64(a["A"]), -1).T) @ f64(a["B"])})
+    # trmm: B = alpha * U @ B, U unit upper triangular with U[i, k] = A[k, i] for k > i
+    add("pb_trmm", 200, lambda a: {"B": 1.5 * (np.eye(200) + np.triu(f64(a["A"]).T, 1)) @ f64(a["B"])})
+
+    def covariance(a):
+        d = f64(a["data"])
+        mean = d.mean(axis=0)
+        centred = d - mean
+        return {"mean": mean, "data": centred, "cov": centred.T @ centred / (260 - 1)}
+    add("pb_covariance", 260, covariance)
+
+    def correlation(a):
+        d = f64(a["data"])
+        mean = d.mean(axis=0)
+        std = np.sqrt(((d - mean) ** 2).mean(axis=0))
+        std = np.where(std <= 0.1, 1.0, std)
+        scaled = (d - mean) / (np.sqrt(260.0) * std)
+        corr = scaled.T @ scaled
+        np.fill_diagonal(corr, 1.0)
+        return {"mean": mean, "stddev": std, "data": scaled, "corr": corr}
+    add("pb_correlation", 260, correlation)
+
+    def lu(a):  # Gaussian elimination without pivoting: L (unit, strictly lower) and U in place
+        m = f64(a["A"]) + 120.0 * np.eye(120)
+        for k in range(120):
+            m[k + 1:, k] /= m[k, k]
+            m[k + 1:, k + 1:] -= np.outer(m[k + 1:, k], m[k, k + 1:])
+        return {"A": m}
+    add("pb_lu", 120, lu)
+
+    def cholesky(a):  # the factor of the symmetric matrix A's lower triangle stands for
+        m = f64(a["A"]) + 120.0 * np.eye(120)
+        factor = np.linalg.cholesky(np.tril(m) + np.tril(m, -1).T)
+        return {"A": np.triu(m, 1) + factor}
+    add("pb_cholesky", 120, cholesky)
+
+    def trisolv(a):
+        m = f64(a["L"]) + 120.0 * np.eye(120)
+        return {"L": m, "x": np.linalg.solve(np.tril(m), f64(a["b"]))}
+    add("pb_trisolv", 120, trisolv)
     return t
 
 

@@ -111,6 +111,7 @@ class Family:
 FAMILIES = (
     Family("loops", NORMALIZE, "loops", ("apply",),
            "split-divmod, merge-reductions; split-for-intrinsic (in the extractor)"),
+    Family("snapshot", NORMALIZE, "snapshot", ("apply",), "snapshot-reads"),
     Family("algebra", RULESET, "algebra", ("algebra",),
            "comm-*, assoc-*, factor-mul, sub-as-add-neg"),
     Family("pack-operand", NEST_STAGE, "layout", ("requests", "pack"), "pack-operand"),
