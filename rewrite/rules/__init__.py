@@ -109,6 +109,7 @@ class Family:
 
 # The pipeline runs the families of one kind in this order.
 FAMILIES = (
+    Family("out-of-place", NORMALIZE, "updates", ("apply",), "out-of-place"),
     Family("loops", NORMALIZE, "loops", ("apply",),
            "split-divmod, merge-reductions; split-for-intrinsic (in the extractor)"),
     Family("algebra", RULESET, "algebra", ("algebra",),
