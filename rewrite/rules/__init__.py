@@ -118,6 +118,8 @@ FAMILIES = (
     Family("pack-panel", CALLS_STAGE, "layout", ("panel_operands", "pack_panel"), "pack-panel"),
     Family("inline", ALTERNATIVES, "fusion", ("improve",), "inline-producer"),
     Family("sums", ALTERNATIVES, "sums", ("improve",), "split-sum"),
+    Family("scalar-factor", ALTERNATIVES, "scalars", ("improve",),
+           "scale-operand, scale-temporary"),
     Family("matmul", ALTERNATIVES, "matmul", ("improve",), "reassociate-chain, distribute"),
     Family("strassen", ALTERNATIVES, "strassen", ("improve",), "strassen levels"),
 )
