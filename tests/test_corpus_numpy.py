@@ -289,6 +289,20 @@ def _tbl():
     add("rnn_relu_elman", 48 * 8, rnn)
     add("mlp_two_layer", 128 + 64, lambda a: {
         "Y": relu(f64(a["X"]) @ f64(a["W1"]) + a["b1"]) @ f64(a["W2"]) + a["b2"]})
+
+    # real_updates.py: out-of-place updates, scale factors read from memory
+    for name in ("oop_fma_1d", "oop_fma_2d"):
+        add(name, 2, lambda a: {"D": f64(a["C"]) + f64(a["A"]) * f64(a["B"])})
+    add("gemm_alpha_runtime", 65,
+        lambda a: {"C": f64(a["C"]) + f64(a["alpha"][0]) * (f64(a["A"]) @ f64(a["B"]))})
+    add("gemm_minus_alpha_runtime", 65,
+        lambda a: {"C": f64(a["C"]) - f64(a["alpha"][0]) * (f64(a["A"]) @ f64(a["B"]))})
+    add("gemm_alpha_beta_runtime", 81,
+        lambda a: {"C": f64(a["beta"][0]) * f64(a["C"])
+                   + f64(a["alpha"][0]) * (f64(a["A"]) @ f64(a["B"]))})
+    add("gesummv_alpha_beta_runtime", 2 * 250,
+        lambda a: {"y": f64(a["alpha"][0]) * (f64(a["A"]) @ f64(a["x"]))
+                   + f64(a["beta"][0]) * (f64(a["B"]) @ f64(a["x"]))})
     return t
 
 

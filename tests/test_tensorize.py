@@ -73,6 +73,9 @@ HOST_COVERED = {
     "qdense_u8i8", "qdense_u8i8_nt", "qconv_u8i8", "qdense_u8i8_256", "resnet50_conv3x3", "resnet50_conv1x1", "tbg", "t2d_nhwc",
     "qdense_widened", "gemm_prescaled", "gemm_input_updated", "gemm_exp_shared",
     "atax", "bicg", "mvt", "gesummv", "mlp_two_layer",
+    # real_updates.py: out-of-place updates and runtime scale factors
+    "oop_fma_1d", "oop_fma_2d", "gemm_alpha_runtime", "gemm_minus_alpha_runtime",
+    "gemm_alpha_beta_runtime", "gesummv_alpha_beta_runtime",
 }
 # No multiply-accumulate of a host intrinsic's dtypes: normalisation, softmax, pooling, scans,
 # tropical products, f64 and f16 arithmetic, elementwise chains.
