@@ -56,7 +56,7 @@ scale-temporary
     non-finite ``t`` for ``s = 0``, where ``s * sum(t)`` is NaN exactly when some ``t`` is
     non-finite too. So the rewritten nests run behind ``finite.guard`` on the scalars (a scan
     of a few elements), the nest as written in the other branch; integers need no guard.
-    A non-finite constant factor (``1e999``) is refused.
+    A non-finite constant factor (``inf``) is refused.
 
 Factors: the body's product is read as a list of factors through ``*`` and negation. The
 factors taken out are the loads whose indices use only loops of the output's indices (a
@@ -134,7 +134,7 @@ def factored(nest: AccNest) -> Optional[Factored]:
     if any(x.dtype != dt for x in factors):
         return None
     if any(isinstance(x, Const) and ir.is_float(dt) and not math.isfinite(x.value) for x in factors):
-        return None  # 1e999 * A * B: regrouped, its infinite terms meet in other sums
+        return None  # inf * A * B: regrouped, its infinite terms meet in other sums
     out_vars = set().union(*(_vars(i) for i in nest.indices))
 
     def split(scalar) -> tuple[tuple, tuple]:
