@@ -3,16 +3,18 @@
     verify(func)                           # a well-formed program or a clear error
     normalize(func)                        # += made explicit, loops distributed where legal
     Search.items(func)                     # accumulate nests (order-free) and other statements,
-                                           #   then the normalize families (loops: split-divmod,
-                                           #   merge-reductions)
+                                           #   then the normalize families (out-of-place: a copy
+                                           #   and +=; loops: split-divmod, merge-reductions)
     saturate(Job(bodies, patterns))        # e-graph: the ruleset families (algebra), then
                                            #   generated match rules
     Extractor.best(nest, matches)          # bindings, remainders, scale, the stage families
                                            #   (pack-operand, pack-panel): a plan e-graph from
                                            #   which egglog extracts the cheapest
     improve(best, search)                  # the alternatives families: producers inlined
-                                           #   (inline), Strassen and matmul chains (strassen),
-                                           #   on floats behind a finite-operand guard
+                                           #   (inline), sums split (sums), runtime scale
+                                           #   factors taken out (scalar-factor), Strassen and
+                                           #   matmul chains (strassen), on floats behind a
+                                           #   finite-operand guard
     verify(result)                         # the output is a well-formed program too
 
 The rule families, their kinds and their order are listed in ``rules/__init__.py``.
@@ -310,8 +312,8 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
     t1 = time.perf_counter()
     best = Choice(normal, parts, search.plan(parts))
     # other programs, each kept where the cost model finds it cheaper (rules/__init__.py):
-    # producers inlined (rules/fusion.py), then Strassen levels and matmul chains
-    # (rules/strassen.py)
+    # producers inlined (rules/fusion.py), sums split, runtime scale factors taken out
+    # (rules/scalars.py), then Strassen levels and matmul chains (rules/strassen.py)
     for family in rules.families(rules.ALTERNATIVES, off):
         (improve,) = family.load()
         best = improve(best, search)

@@ -55,7 +55,8 @@ Kinds
 
 Modules that are no family: ``casts.py`` (the normal form of a body's casts, which
 ``nests.as_nest`` gives every nest it forms: part of what a nest is, not a choice),
-``finite.py`` (the guard that ``matmul.py`` and ``strassen.py`` put around their rewrites),
+``finite.py`` (the guard that ``matmul.py``, ``strassen.py`` and ``scalars.py`` put around
+their rewrites),
 ``matmul.py`` is the ``matmul`` family (chains reassociated, shared operands factored) and
 also the matmul recognition the ``strassen`` family reads.
 
