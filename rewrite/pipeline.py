@@ -239,11 +239,17 @@ def _ieee_match(nest: AccNest, m, library: dict) -> bool:
 
 def _fast_path(body: Stmt, guards: Sequence) -> Stmt:
     """``body`` with each guard's ``if`` replaced by its first branch: what runs on finite
-    operands, which coverage describes."""
+    operands, which coverage describes. A guard inside a guard's first branch (a Strassen
+    level on a product a scalar factor was taken out of) is replaced too."""
     if not guards:
         return body
-    return ir.seq(*(s.then if isinstance(s, ir.If) and s in guards else s
-                    for s in ir.stmts_of(body)))
+    out: list[Stmt] = []
+    for s in ir.stmts_of(body):
+        if isinstance(s, ir.If) and s in guards:
+            out += ir.stmts_of(_fast_path(s.then, guards))
+        else:
+            out.append(s)
+    return ir.seq(*out)
 
 
 @dataclass(frozen=True)

@@ -376,6 +376,16 @@ def test_a_non_finite_or_zero_alpha_gives_the_pattern_as_written(src, value):
     np.testing.assert_allclose(got["C"][fin], want[fin], rtol=1e-4, atol=1e-4)
 
 
+def test_a_strassen_level_inside_the_scalar_guard_counts_as_covered():
+    # the product accumulated into the temporary gets its own level behind its own guard;
+    # coverage describes the path finite operands take through both guards
+    func = parse(ALPHA_MM_MINUS.replace("64", "128"))
+    result = tensorize(func, ROWS, strassen=1)
+    assert result.strassen_levels == 1
+    assert result.coverage > 0.9, result.report()
+    _checked(func, result)
+
+
 @needs_avx2
 def test_the_scaled_temporary_alone_would_move_inf_times_zero():
     # the guard is needed: with alpha = inf, the terms as written are inf * 1 * 1 = inf and
