@@ -3,16 +3,18 @@
     verify(func)                           # a well-formed program or a clear error
     normalize(func)                        # += made explicit, loops distributed where legal
     Search.items(func)                     # accumulate nests (order-free) and other statements,
-                                           #   then the normalize families (loops: split-divmod,
-                                           #   merge-reductions)
+                                           #   then the normalize families (out-of-place: a copy
+                                           #   and +=; loops: split-divmod, merge-reductions)
     saturate(Job(bodies, patterns))        # e-graph: the ruleset families (algebra), then
                                            #   generated match rules
     Extractor.best(nest, matches)          # bindings, remainders, scale, the stage families
                                            #   (pack-operand, pack-panel): a plan e-graph from
                                            #   which egglog extracts the cheapest
     improve(best, search)                  # the alternatives families: producers inlined
-                                           #   (inline), Strassen and matmul chains (strassen),
-                                           #   on floats behind a finite-operand guard
+                                           #   (inline), sums split (sums), runtime scale
+                                           #   factors taken out (scalar-factor), Strassen and
+                                           #   matmul chains (strassen), on floats behind a
+                                           #   finite-operand guard
     verify(result)                         # the output is a well-formed program too
 
 The rule families, their kinds and their order are listed in ``rules/__init__.py``.
@@ -250,11 +252,17 @@ def _ieee_match(nest: AccNest, m, library: dict) -> bool:
 
 def _fast_path(body: Stmt, guards: Sequence) -> Stmt:
     """``body`` with each guard's ``if`` replaced by its first branch: what runs on finite
-    operands, which coverage describes."""
+    operands, which coverage describes. A guard inside a guard's first branch (a Strassen
+    level on a product a scalar factor was taken out of) is replaced too."""
     if not guards:
         return body
-    return ir.seq(*(s.then if isinstance(s, ir.If) and s in guards else s
-                    for s in ir.stmts_of(body)))
+    out: list[Stmt] = []
+    for s in ir.stmts_of(body):
+        if isinstance(s, ir.If) and s in guards:
+            out += ir.stmts_of(_fast_path(s.then, guards))
+        else:
+            out.append(s)
+    return ir.seq(*out)
 
 
 @dataclass(frozen=True)
@@ -324,8 +332,8 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
     t1 = time.perf_counter()
     best = Choice(normal, parts, search.plan(parts))
     # other programs, each kept where the cost model finds it cheaper (rules/__init__.py):
-    # producers inlined (rules/fusion.py), then Strassen levels and matmul chains
-    # (rules/strassen.py)
+    # producers inlined (rules/fusion.py), sums split, runtime scale factors taken out
+    # (rules/scalars.py), then Strassen levels and matmul chains (rules/strassen.py)
     for family in rules.families(rules.ALTERNATIVES, off):
         (improve,) = family.load()
         best = improve(best, search)

@@ -329,7 +329,7 @@ def _tbl():
         return {"A": m}
     add("pb_lu", 120, lu)
 
-    def cholesky(a):  # the factor of the symmetric matrix A's lower triangle stands for
+    def cholesky(a):  # the factor of the symmetric matrix that A's lower triangle holds
         m = f64(a["A"]) + 120.0 * np.eye(120)
         factor = np.linalg.cholesky(np.tril(m) + np.tril(m, -1).T)
         return {"A": np.triu(m, 1) + factor}
@@ -339,6 +339,20 @@ def _tbl():
         m = f64(a["L"]) + 120.0 * np.eye(120)
         return {"L": m, "x": np.linalg.solve(np.tril(m), f64(a["b"]))}
     add("pb_trisolv", 120, trisolv)
+
+    # real_updates.py: out-of-place updates, scale factors read from memory
+    for name in ("oop_fma_1d", "oop_fma_2d"):
+        add(name, 2, lambda a: {"D": f64(a["C"]) + f64(a["A"]) * f64(a["B"])})
+    add("gemm_alpha_runtime", 65,
+        lambda a: {"C": f64(a["C"]) + f64(a["alpha"][0]) * (f64(a["A"]) @ f64(a["B"]))})
+    add("gemm_minus_alpha_runtime", 65,
+        lambda a: {"C": f64(a["C"]) - f64(a["alpha"][0]) * (f64(a["A"]) @ f64(a["B"]))})
+    add("gemm_alpha_beta_runtime", 81,
+        lambda a: {"C": f64(a["beta"][0]) * f64(a["C"])
+                   + f64(a["alpha"][0]) * (f64(a["A"]) @ f64(a["B"]))})
+    add("gesummv_alpha_beta_runtime", 2 * 250,
+        lambda a: {"y": f64(a["alpha"][0]) * (f64(a["A"]) @ f64(a["x"]))
+                   + f64(a["beta"][0]) * (f64(a["B"]) @ f64(a["x"]))})
     return t
 
 

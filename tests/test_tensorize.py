@@ -77,6 +77,9 @@ HOST_COVERED = {
     "pb_syrk", "pb_syr2k", "pb_covariance", "pb_correlation",
     # in place: the rows it reads are read from a copy (rules/snapshot.py)
     "pb_trmm",
+    # real_updates.py: out-of-place updates and runtime scale factors
+    "oop_fma_1d", "oop_fma_2d", "gemm_alpha_runtime", "gemm_minus_alpha_runtime",
+    "gemm_alpha_beta_runtime", "gesummv_alpha_beta_runtime",
 }
 # No multiply-accumulate of a host intrinsic's dtypes: normalisation, softmax, pooling, scans,
 # tropical products, f64 and f16 arithmetic, elementwise chains.

@@ -55,7 +55,8 @@ Kinds
 
 Modules that are no family: ``casts.py`` (the normal form of a body's casts, which
 ``nests.as_nest`` gives every nest it forms: part of what a nest is, not a choice),
-``finite.py`` (the guard that ``matmul.py`` and ``strassen.py`` put around their rewrites),
+``finite.py`` (the guard that ``matmul.py``, ``strassen.py`` and ``scalars.py`` put around
+their rewrites),
 ``matmul.py`` is the ``matmul`` family (chains reassociated, shared operands factored) and
 also the matmul recognition the ``strassen`` family reads.
 
@@ -109,6 +110,7 @@ class Family:
 
 # The pipeline runs the families of one kind in this order.
 FAMILIES = (
+    Family("out-of-place", NORMALIZE, "updates", ("apply",), "out-of-place"),
     Family("loops", NORMALIZE, "loops", ("apply",),
            "split-divmod, merge-reductions; split-for-intrinsic (in the extractor)"),
     Family("snapshot", NORMALIZE, "snapshot", ("apply",), "snapshot-reads"),
@@ -119,6 +121,8 @@ FAMILIES = (
     Family("inline", ALTERNATIVES, "fusion", ("improve",), "inline-producer"),
     Family("triangles", ALTERNATIVES, "triangles", ("improve",), "split-domain"),
     Family("sums", ALTERNATIVES, "sums", ("improve",), "split-sum"),
+    Family("scalar-factor", ALTERNATIVES, "scalars", ("improve",),
+           "scale-operand, scale-temporary"),
     Family("matmul", ALTERNATIVES, "matmul", ("improve",), "reassociate-chain, distribute"),
     Family("strassen", ALTERNATIVES, "strassen", ("improve",), "strassen levels"),
 )

@@ -1,0 +1,279 @@
+"""scalar-factor: a factor read from memory at run time, taken out of an accumulation.
+
+PolyBench and BLAS pass their scale factors as data: ``C[i, j] += alpha[0] * A[i, k] *
+B[k, j]``. A constant factor (``1.5 * A * B``) the extractor already takes out of the sum
+(``extract.py``: the calls accumulate into a temporary, one pass adds ``1.5 * T``); a factor
+that is a load is no constant, so no intrinsic matched such a body. This family offers two
+programs for a nest whose body is a product with such a factor, and keeps each where the
+cost model finds it cheaper than the nest as written (an ``alternatives`` family):
+
+scale-operand
+    The factors taken out (runtime scalars, constants, a sign) multiply one operand ``X`` of
+    the product into a copy, which the nest reads instead::
+
+        for i, j, k in grid(M, N, K):              for i, k in grid(M, K):
+            C[i, j] += alpha[0] * A[i, k] * B[k, j]    sc_P_0[i, k] = alpha[0] * A[i, k]
+                                              ->   for i, j, k in grid(M, N, K):
+                                                       C[i, j] += sc_P_0[i, k] * B[k, j]
+
+    Sound: every term the nest adds is the same product of the same factors, only grouped
+    differently (``(alpha * A) * B`` is even the grouping written above, bit for bit). A
+    product of factors is NaN exactly when a factor is NaN or an infinity meets a zero, and
+    otherwise infinite exactly when a factor is, whatever the grouping, so the NaN/Inf
+    pattern is kept without a guard (an intermediate that overflows in one grouping and not
+    the other is rounding, the licence every reassociation takes). The copy runs right
+    before the nest and reads what the nest would read: the nest writes only its output,
+    which it never reads (``nests.as_nest``), and nothing runs in between. The scalars must
+    be read at points the copy visits: their indices use only loop variables ``X`` uses.
+
+scale-temporary
+    The product without those factors accumulates into a zeroed temporary over the nest's
+    dims, and one pass over the output adds ``s * T``::
+
+        for i, j, k in grid(M, N, K):              for i, j in grid(M, N):
+            C[i, j] -= alpha[0] * A[i, k] * B[k, j]    sc_T_0[i, j] = 0.0
+                                              ->   sc_S_0[0] = -alpha[0]
+                                                   for i, j, k in grid(M, N, K):
+                                                       sc_T_0[i, j] += A[i, k] * B[k, j]
+                                                   for i, j in grid(M, N):
+                                                       C[i, j] += sc_S_0[0] * sc_T_0[i, j]
+
+    (a factor that is not a single load, such as ``-alpha[0]`` or ``1.5 * alpha[0]``, is
+    computed once into ``sc_S``). ``T``'s indices are the loops the output's indices use
+    (``i, j``): the others (``k``) are the reduction, summed into each element of ``T``. The
+    taken-out factors are the same for every term of one element's sum -- their indices use
+    no reduction loop -- so ``sum(s * t) = s * sum(t)`` (distributivity: exact on wrap-around
+    integers, up to rounding on floats). The last pass adds, for each point of the output
+    loops, ``s`` times that point's sum: the same terms into the same elements as the nest,
+    even where several points share one element. ``s`` is read right after the sum: nothing
+    in between writes it (``T`` and ``sc_S`` are fresh, the output is not ``s``'s buffer,
+    since an accumulate nest never reads its output).
+
+    On floats distributivity moves NaN and Inf: ``inf * 0 + inf * 1`` is NaN, ``inf * (0 +
+    1)`` is Inf, so with ``alpha = inf`` the two programs differ. For a finite ``s`` they
+    agree: the class of a sum (finite, +Inf, -Inf, NaN) follows from its terms' classes, and
+    ``s * t`` has ``t``'s class (sign flipped with ``s``) for ``s != 0``, NaN exactly for the
+    non-finite ``t`` for ``s = 0``, where ``s * sum(t)`` is NaN exactly when some ``t`` is
+    non-finite too. So the rewritten nests run behind ``finite.guard`` on the scalars (a scan
+    of a few elements), the nest as written in the other branch; integers need no guard.
+    A non-finite constant factor (``inf``) is refused.
+
+Factors: the body's product is read as a list of factors through ``*`` and negation. The
+factors taken out are the loads whose indices use only loops of the output's indices (a
+per-row ``alpha[i]`` too) and the constants; when that leaves no load in the product (an
+elementwise ``D[i] += alpha[0] * A[i] * B[i]``, whose loads all move with the output), only
+the loads with constant indices are taken out. Each nest is weighed on its own (the items'
+costs add up), then the program with every choice is planned once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from .. import ir
+from ..affine import Affine
+from ..ir import Binary, Buffer, Const, Expr, For, Load, Stmt, Store, Unary, Var
+from ..match import affine_expr
+from ..names import Names
+from ..nests import AccNest, Dim, as_nest
+from . import finite
+
+
+@dataclass(frozen=True)
+class Factored:
+    """``nest``'s body as ``scale * product(rest)``: ``scale`` is ``negative`` times the
+    product of ``taken`` (runtime loads and constants, in the order written)."""
+
+    nest: AccNest
+    taken: tuple[Expr, ...]
+    negative: bool
+    rest: tuple[Expr, ...]
+
+    @property
+    def scalars(self) -> tuple[Load, ...]:
+        return tuple(x for x in self.taken if isinstance(x, Load))
+
+    def scale(self, times: Optional[Expr] = None) -> Expr:
+        """``scale`` (times ``times`` when given) as one expression, in the order written."""
+        out: Optional[Expr] = None
+        for x in self.taken + (() if times is None else (times,)):
+            out = x if out is None else Binary("*", out, x)
+        assert out is not None
+        return Unary("neg", out) if self.negative else out
+
+
+def _factors(e: Expr) -> tuple[list[Expr], bool]:
+    """The factors of a product through ``*`` and negation, and whether it is negated."""
+    if isinstance(e, Binary) and e.op == "*":
+        (a, na), (b, nb) = _factors(e.a), _factors(e.b)
+        return a + b, na != nb
+    if isinstance(e, Unary) and e.op == "neg":
+        f, n = _factors(e.a)
+        return f, not n
+    return [e], False
+
+
+def _vars(e: Expr) -> set[str]:
+    return {x.name for x in ir.walk_expr(e) if isinstance(x, Var)}
+
+
+def _product(xs) -> Expr:
+    out = None
+    for x in xs:
+        out = x if out is None else Binary("*", out, x)
+    return out
+
+
+def factored(nest: AccNest) -> Optional[Factored]:
+    """``nest``'s body with its runtime scalar factors taken out (see the module doc), or
+    None: no runtime scalar, nothing left to read, a non-finite constant."""
+    factors, negative = _factors(nest.value)
+    dt = nest.out.dtype
+    if any(x.dtype != dt for x in factors):
+        return None
+    if any(isinstance(x, Const) and ir.is_float(dt) and not math.isfinite(x.value) for x in factors):
+        return None  # inf * A * B: regrouped, its infinite terms meet in other sums
+    out_vars = set().union(*(_vars(i) for i in nest.indices))
+
+    def split(scalar) -> tuple[tuple, tuple]:
+        taken = tuple(x for x in factors if isinstance(x, Const) or scalar(x))
+        rest = tuple(x for x in factors if not (isinstance(x, Const) or scalar(x)))
+        return taken, rest
+
+    def reads(xs) -> bool:
+        return any(True for x in xs for _ in ir.loads_of(x))
+
+    taken, rest = split(lambda x: isinstance(x, Load) and _vars(x) <= out_vars)
+    if not reads(rest):
+        taken, rest = split(lambda x: isinstance(x, Load) and not _vars(x))
+    if not reads(rest) or not any(isinstance(x, Load) for x in taken):
+        return None
+    return Factored(nest, taken, negative, rest)
+
+
+def _box(dims) -> tuple[tuple[int, ...], tuple[Expr, ...]]:
+    """The shape of a temporary with one axis per dim (its extent), and its indices
+    (``d - start``)."""
+    return (tuple(d.extent for d in dims),
+            tuple(affine_expr(Affine(((d.name, 1),), -d.start)) for d in dims))
+
+
+def _loops(dims, body: Stmt) -> Stmt:
+    for d in reversed(dims):
+        body = For(d.name, d.start, d.stop, body)
+    return body
+
+
+# ---------------------------------------------------------------------------
+# scale-operand
+
+
+def scale_operand(f: Factored, names: Names) -> Optional[tuple[list, list[Buffer]]]:
+    """The items of ``scale-operand`` for ``f`` and the copy's temporary, or None when no
+    operand carries every index the scalars use. The operand copied is the smallest."""
+    nest = f.nest
+    need = set().union(*(_vars(x) for x in f.scalars))
+    best = None
+    for x in dict.fromkeys(x for x in f.rest if isinstance(x, Load)):
+        used = _vars(x)
+        if not need <= used:
+            continue
+        # the copy's axes: the dims the operand uses, in the order its indices name them
+        order = [d for i in x.indices for v in sorted(_vars(i)) for d in nest.dims if d.name == v]
+        dims = list(dict.fromkeys(order))
+        size = math.prod(d.extent for d in dims)
+        if best is None or size < best[0]:
+            best = (size, x, dims)
+    if best is None:
+        return None
+    _, x, dims = best
+    shape, idx = _box(dims)
+    copy = Buffer(names.numbered("sc_P"), nest.out.dtype, shape)
+    fill = _loops(dims, Store(copy, idx, f.scale(x)))
+    value = _product(Load(copy, idx) if y == x else y for y in f.rest)
+    new = as_nest(_loops(nest.dims, ir.Accumulate(nest.out, nest.indices, value)))
+    if new is None:
+        return None
+    return [fill, new], [copy]
+
+
+# ---------------------------------------------------------------------------
+# scale-temporary
+
+
+def scale_temporary(f: Factored, names: Names) -> Optional[tuple[list, list[Buffer]]]:
+    """The items of ``scale-temporary`` for ``f`` (behind ``finite.guard`` on float scalars)
+    and the temporaries they use, or None when the nest has no reduction loop (the
+    temporary would be as large as the nest: ``scale-operand`` is the rewrite for that)."""
+    nest = f.nest
+    out_vars = set().union(*(_vars(i) for i in nest.indices))
+    outer = [d for d in nest.dims if d.name in out_vars]
+    if len(outer) == len(nest.dims):
+        return None
+    dt = nest.out.dtype
+    shape, idx = _box(outer)
+    temp = Buffer(names.numbered("sc_T"), dt, shape)
+    allocs = [temp]
+    zero = _loops(outer, Store(temp, idx, Const(0, dt)))
+    inner = as_nest(_loops(nest.dims, ir.Accumulate(temp, idx, _product(f.rest))))
+    if inner is None:
+        return None
+    fast: list = [zero]
+    scale = f.scale()
+    if not isinstance(scale, Load) and not any(_vars(x) for x in f.scalars):
+        s = Buffer(names.numbered("sc_S"), dt, (1,))
+        allocs.append(s)
+        at = (Const(0, ir.INDEX),)
+        fast.append(Store(s, at, scale))
+        scale = Load(s, at)
+    last = as_nest(_loops(outer, ir.Accumulate(nest.out, nest.indices,
+                                               Binary("*", scale, Load(temp, idx)))))
+    if last is None:
+        return None
+    fast += [inner, last]
+    # s * sum(t) moves NaN/Inf where s is not finite: only on finite scalars (finite.py)
+    items = finite.guard([(nest, x) for x in dict.fromkeys(f.scalars)], fast, [nest], names, allocs)
+    return items, allocs
+
+
+# ---------------------------------------------------------------------------
+# the pipeline's hook (an ``alternatives`` family, rules/__init__.py)
+
+
+REWRITES = (scale_operand, scale_temporary)
+
+
+def improve(best, search):
+    """``best`` (``pipeline.Choice``) with each nest that has a runtime scalar factor replaced
+    by the cheapest of itself, ``scale-operand`` and ``scale-temporary`` by the cost model,
+    when the program so chosen is cheaper."""
+    items: list = []
+    temps: list[Buffer] = []
+    changed = False
+    for p in best.parts:
+        f = factored(p) if isinstance(p, AccNest) else None
+        if f is None:
+            items.append(p)
+            continue
+        choice, cheapest, extra = [p], None, []
+        for rewrite in REWRITES:
+            alt = rewrite(f, search.names)
+            if alt is None:
+                continue
+            if cheapest is None:
+                cheapest = search.plan([p]).cost
+            cost = search.plan(alt[0]).cost
+            if cost < cheapest:
+                choice, cheapest, extra = alt[0], cost, alt[1]
+        items += choice
+        temps += extra
+        changed = changed or choice[0] is not p
+    if not changed:
+        return best
+    planned = search.plan(items)
+    if planned.cost >= best.planned.cost:
+        return best
+    return replace(best, func=replace(best.func, allocs=best.func.allocs + tuple(temps)),
+                   parts=items, planned=planned)
