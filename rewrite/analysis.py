@@ -869,6 +869,55 @@ def can_split(func: PrimFunc, path: Path, factor: int) -> SplitCheck:
     return SplitCheck(True, factor, -(-loop.extent // factor), loop.extent % factor)
 
 
+def distribution_order(func: PrimFunc, path: Path, allow_reassociation: bool = True) -> list[int] | None:
+    """An order of the loop's body statements in which it may become one loop per statement,
+    or None when there is none (its statements depend on each other in a cycle).
+
+    Statement ``a`` must come before ``b`` when an access of ``a`` touches an element before an
+    access of ``b`` touches it (at least one writing) in the same iterations of the enclosing
+    loops: in an earlier iteration of this loop, or in the same one with ``a`` written first.
+    Any topological order of that graph keeps every dependence's source loop ahead of its
+    sink's (Allen and Kennedy's loop distribution); ties keep the written order, so a loop
+    ``can_distribute`` accepts keeps its order.
+    """
+    path = tuple(path)
+    loop = loop_at(func, path)
+    count = len(stmts_of(loop.body))
+    if count < 2:
+        return list(range(count))
+    depth = loop_info(func, path).depth
+    position = len(path)
+    inside = [x for x in analyze(func).accesses if _inside(x, path)]
+    after: dict[int, set[int]] = {k: set() for k in range(count)}
+    for x in inside:
+        for y in inside:
+            a, b = x.path[position], y.path[position]
+            if a >= b or x.buffer.name != y.buffer.name or not (x.writes or y.writes):
+                continue
+            if _ignored(x, y, allow_reassociation):
+                continue
+            for v in directions(x, y):
+                if not set(v[:depth]) <= {"=", "*"}:
+                    continue  # an enclosing loop carries it: distribution keeps it
+                d = v[depth]
+                if d in ("<", "*", "="):
+                    after[a].add(b)  # y's iteration is later (or the same: a is written first)
+                if d in (">", "*"):
+                    after[b].add(a)
+    order: list[int] = []
+    waiting = {k: sum(k in after[j] for j in range(count)) for k in range(count)}
+    ready = [k for k in range(count) if waiting[k] == 0]
+    while ready:
+        k = min(ready)
+        ready.remove(k)
+        order.append(k)
+        for j in after[k]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                ready.append(j)
+    return order if len(order) == count else None
+
+
 def _inside(x: Access, path: Path) -> bool:
     return any(l.path == tuple(path) for l in x.loops)
 

@@ -293,7 +293,7 @@ def _flatten(s: Stmt, loops: tuple, conds: tuple, out: list[_Nest], region=None)
         for c in s.stmts:
             _flatten(c, loops, conds, out, region)
     elif isinstance(s, For):
-        if len(list(ir.walk_in_loops(s.body))) > 1 and not _distributable(s):
+        if sum(not isinstance(x, If) for x, _ in ir.walk_in_loops(s.body)) > 1 and not _distributable(s):
             if region is not None or loops or conds:
                 raise _Refuse(f"the statements in loop {s.var} depend on each other across its "
                               "iterations (a temporary reused by every iteration, or a recurrence "

@@ -12,7 +12,8 @@ Normalisation, each step exact or licensed by the dependence analysis:
   guards each of them;
 - casts written in steps are one cast where the steps are exact (``rules/casts.py``);
 - a loop whose body holds several statements is distributed into one loop per statement
-  when ``analysis.can_distribute`` says no dependence runs backwards::
+  when ``analysis.can_distribute`` says no dependence runs backwards, or else in the order
+  ``analysis.distribution_order`` finds, where the statements' dependences allow one::
 
       for i, j in grid(N, M):              for i, j in grid(N, M):
           C[i, j] = 0.0                        C[i, j] = 0.0
@@ -102,34 +103,37 @@ def _distribute_once(func: PrimFunc) -> Optional[PrimFunc]:
     """Distribute the first loop (pre-order) whose body holds several statements, if legal."""
     top = ir.stmts_of(func.body)
     for k, s in enumerate(top):
-        found = _first_multi(s, (k,))
-        if found is None:
-            continue
-        path, loop = found
-        if not analysis.can_distribute(func, path):
-            continue
-        parts = [For(loop.var, loop.start, loop.stop, c) for c in ir.stmts_of(loop.body)]
-        new = _replace_at(s, path[1:], parts)
-        return replace(func, body=ir.seq(*top[:k], *new, *top[k + 1:]))
+        for path, loop in _multis(s, (k,)):
+            body = ir.stmts_of(loop.body)
+            if not analysis.can_distribute(func, path):
+                order = analysis.distribution_order(func, path)
+                if order is None:
+                    continue
+                body = [body[j] for j in order]
+            parts = [For(loop.var, loop.start, loop.stop, c) for c in body]
+            new = _replace_at(s, path[1:], parts)
+            return replace(func, body=ir.seq(*top[:k], *new, *top[k + 1:]))
     return None
 
 
-def _first_multi(s: Stmt, path: tuple[int, ...]) -> Optional[tuple[tuple[int, ...], For]]:
-    """The outermost loop of a loop-only chain whose body is a sequence."""
+def _multis(s: Stmt, path: tuple[int, ...]):
+    """The loops inside ``s`` (itself included) whose body is a sequence, outermost first,
+    with their paths."""
     if not isinstance(s, For):
-        return None
+        return
     if isinstance(s.body, Seq):
-        return path, s
-    if isinstance(s.body, For):
-        return _first_multi(s.body, path + (0,))
-    return None
+        yield path, s
+    for k, c in enumerate(ir.stmts_of(s.body)):
+        yield from _multis(c, path + (k,))
 
 
 def _replace_at(s: Stmt, rest: tuple[int, ...], parts: list[Stmt]) -> list[Stmt]:
     if not rest:
         return parts
     assert isinstance(s, For)
-    return [replace(s, body=ir.seq(*_replace_at(s.body, rest[1:], parts)))]
+    kids = ir.stmts_of(s.body)
+    k = rest[0]
+    return [replace(s, body=ir.seq(*kids[:k], *_replace_at(kids[k], rest[1:], parts), *kids[k + 1:]))]
 
 
 def _guards_inward(s: Stmt) -> Stmt:

@@ -148,7 +148,7 @@ def test_temporaries_kept_or_recomputed_are_said():
 # ---------------------------------------------------------------------------
 # the corpus: the functions small enough to check here (tools/grad_corpus.py runs them all)
 
-QUICK = ["rnn_relu_elman", "mlp_two_layer", "gemm_64", "gemm_transposed_a", "gemm_all_disguises", "gemm_odd_37x61x29", "nrm_bmn",
+QUICK = ["rnn_relu_elman", "mlp_two_layer", "pb_trisolv", "gemm_64", "gemm_transposed_a", "gemm_all_disguises", "gemm_odd_37x61x29", "nrm_bmn",
          "resnet50_global_avgpool", "cumsum_rows", "scale_bias_relu_2d", "gemm_exp_shared",
          "polybench_2mm", "gemm_f16_f32acc_nt", "mvt", "bert_layernorm"]
 
@@ -174,8 +174,15 @@ def test_grad_of_every_differentiable_corpus_function_is_derived_and_verifies():
         assert parse(show(g)) == g
     # integer programs only: quantized products, and qdense_widened's int8 inputs; and
     # gemm_alpha_beta_runtime, whose C *= beta[0] overwrites the C that d/d beta reads
+    # PolyBench as written: symm reuses its scalar temp2 in every iteration, trmm updates B in
+    # place; covariance, correlation, lu and cholesky only update buffers in place (no input
+    # that is only read, so nothing to differentiate with respect to)
     assert set(refused) == {"qdense_u8i8", "qdense_u8i8_nt", "qconv_u8i8", "qdense_u8i8_256",
-                            "qdense_widened", "gemm_alpha_beta_runtime"}, refused
+                            "qdense_widened", "gemm_alpha_beta_runtime",
+                            "pb_symm", "pb_trmm", "pb_covariance", "pb_correlation", "pb_lu",
+                            "pb_cholesky"}, refused
+    assert "reused by every iteration" in refused["pb_symm"]
+    assert "needs the value it overwrites" in refused["pb_trmm"]
     assert "needs the contents C had before" in refused["gemm_alpha_beta_runtime"]
 
 
