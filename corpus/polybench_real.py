@@ -13,6 +13,72 @@ from rewrite.script import prim_func, f32, sqrt
 
 
 @prim_func
+def pb_gemm(C: f32[200, 220], A: f32[200, 240], B: f32[240, 220]):
+    """PolyBench ``gemm`` (NI=200, NJ=220, NK=240): ``C = beta * C + alpha * A @ B``."""
+    for i in range(200):
+        for j in range(220):
+            C[i, j] *= 1.2
+        for k in range(240):
+            for j in range(220):
+                C[i, j] += 1.5 * A[i, k] * B[k, j]
+
+
+@prim_func
+def pb_2mm(tmp: f32[180, 190], A: f32[180, 210], B: f32[210, 190], C: f32[190, 220],
+           D: f32[180, 220]):
+    """PolyBench ``2mm`` (NI=180, NJ=190, NK=210, NL=220): ``D = alpha * A @ B @ C + beta * D``."""
+    for i in range(180):
+        for j in range(190):
+            tmp[i, j] = 0.0
+            for k in range(210):
+                tmp[i, j] += 1.5 * A[i, k] * B[k, j]
+    for i in range(180):
+        for j in range(220):
+            D[i, j] *= 1.2
+            for k in range(190):
+                D[i, j] += tmp[i, k] * C[k, j]
+
+
+@prim_func
+def pb_3mm(E: f32[180, 190], A: f32[180, 200], B: f32[200, 190], F: f32[190, 210],
+           C: f32[190, 220], D: f32[220, 210], G: f32[180, 210]):
+    """PolyBench ``3mm`` (NI=180, NJ=190, NK=200, NL=210, NM=220): ``G = (A @ B) @ (C @ D)``."""
+    for i in range(180):
+        for j in range(190):
+            E[i, j] = 0.0
+            for k in range(200):
+                E[i, j] += A[i, k] * B[k, j]
+    for i in range(190):
+        for j in range(210):
+            F[i, j] = 0.0
+            for k in range(220):
+                F[i, j] += C[i, k] * D[k, j]
+    for i in range(180):
+        for j in range(210):
+            G[i, j] = 0.0
+            for k in range(190):
+                G[i, j] += E[i, k] * F[k, j]
+
+
+@prim_func
+def pb_gemver(A: f32[400, 400], u1: f32[400], v1: f32[400], u2: f32[400], v2: f32[400],
+              w: f32[400], x: f32[400], y: f32[400], z: f32[400]):
+    """PolyBench ``gemver`` (N=400), alpha=1.5, beta=1.2: a rank-2 update of A, then
+    ``x += beta * A.T @ y + z`` and ``w += alpha * A @ x``."""
+    for i in range(400):
+        for j in range(400):
+            A[i, j] = A[i, j] + u1[i] * v1[j] + u2[i] * v2[j]
+    for i in range(400):
+        for j in range(400):
+            x[i] = x[i] + 1.2 * A[j, i] * y[j]
+    for i in range(400):
+        x[i] = x[i] + z[i]
+    for i in range(400):
+        for j in range(400):
+            w[i] = w[i] + 1.5 * A[i, j] * x[j]
+
+
+@prim_func
 def pb_syrk(C: f32[240, 240], A: f32[240, 200]):
     """PolyBench ``syrk`` (N=240, M=200): the lower triangle of ``C = beta * C + alpha * A @ A.T``."""
     for i in range(240):

@@ -7,7 +7,8 @@ form the matcher works on. Everything else is kept as it is.
 
 Normalisation, each step exact or licensed by the dependence analysis:
 
-- ``X[f] = X[f] + e`` and ``X[f] = e + X[f]`` are ``X[f] += e`` (its definition);
+- ``X[f] = X[f] + e`` and ``X[f] = e + X[f]`` are ``X[f] += e`` (its definition), and
+  ``X[f] = X[f] + a + b`` is ``X[f] += a + b`` (a sum regrouped, as rewrites may);
 - a guard that reads no buffer (``if j >= i:``, a triangular loop) holding several statements
   guards each of them;
 - casts written in steps are one cast where the steps are exact (``rules/casts.py``);
@@ -79,7 +80,23 @@ def _as_accumulate(s: Store) -> Optional[Accumulate]:
         return Accumulate(s.buffer, s.indices, v.b)
     if v.b == target and target not in ir.walk_expr(v.a):
         return Accumulate(s.buffer, s.indices, v.a)
-    return None
+    # X = X + a + b (gemver's rank-2 update): X += a + b, the sum regrouped
+    terms = _sum_terms(v)
+    if sum(t == target for t in terms) != 1:
+        return None
+    rest = [t for t in terms if t != target]
+    if any(target in ir.walk_expr(t) for t in rest):
+        return None
+    value = rest[0]
+    for t in rest[1:]:
+        value = Binary("+", value, t)
+    return Accumulate(s.buffer, s.indices, value)
+
+
+def _sum_terms(e: Expr) -> list[Expr]:
+    if isinstance(e, Binary) and e.op == "+":
+        return _sum_terms(e.a) + _sum_terms(e.b)
+    return [e]
 
 
 def _accumulates(s: Stmt) -> Stmt:

@@ -292,6 +292,19 @@ def _tbl():
 
     # PolyBench as PolyBench writes it (f32): triangles, scalar locals, in-place updates
     lower = lambda n: np.tril(np.ones((n, n), bool))  # noqa: E731
+    add("pb_gemm", 240, lambda a: {"C": 1.2 * f64(a["C"]) + 1.5 * f64(a["A"]) @ f64(a["B"])})
+    add("pb_2mm", 210 + 190, lambda a: {
+        "tmp": 1.5 * f64(a["A"]) @ f64(a["B"]),
+        "D": 1.2 * f64(a["D"]) + (1.5 * f64(a["A"]) @ f64(a["B"])) @ f64(a["C"])})
+    add("pb_3mm", 200 + 220 + 190, lambda a: {
+        "E": f64(a["A"]) @ f64(a["B"]), "F": f64(a["C"]) @ f64(a["D"]),
+        "G": (f64(a["A"]) @ f64(a["B"])) @ (f64(a["C"]) @ f64(a["D"]))})
+
+    def gemver(a):
+        A = f64(a["A"]) + np.outer(a["u1"], a["v1"]) + np.outer(a["u2"], a["v2"])
+        x = f64(a["x"]) + 1.2 * A.T @ f64(a["y"]) + f64(a["z"])
+        return {"A": A, "x": x, "w": f64(a["w"]) + 1.5 * A @ x}
+    add("pb_gemver", 800, gemver)
     add("pb_syrk", 200, lambda a: {"C": np.where(
         lower(240), 1.2 * f64(a["C"]) + 1.5 * f64(a["A"]) @ f64(a["A"]).T, a["C"])})
     add("pb_syr2k", 400, lambda a: {"C": np.where(

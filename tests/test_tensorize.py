@@ -75,6 +75,7 @@ HOST_COVERED = {
     "atax", "bicg", "mvt", "gesummv", "mlp_two_layer",
     # triangles: split into boxes of a halving, the diagonal's remainder left scalar
     "pb_syrk", "pb_syr2k", "pb_covariance", "pb_correlation",
+    "pb_gemm", "pb_2mm", "pb_3mm", "pb_gemver",
     # in place: the rows it reads are read from a copy (rules/snapshot.py)
     "pb_trmm",
     # real_updates.py: out-of-place updates and runtime scale factors
