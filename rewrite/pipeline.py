@@ -298,6 +298,17 @@ class Search:
             parts = apply(parts, self.names)
         return parts
 
+    def settle(self, choice: "Choice", after: str) -> "Choice":
+        """``choice`` improved by the ``alternatives`` families that run after the family
+        ``after``: what a family's candidate would become, so that it is priced as the
+        program it leads to (a triangle split into boxes whose sums are then split)."""
+        names = [f.name for f in rules.FAMILIES]
+        for family in rules.families(rules.ALTERNATIVES, self.rules_off):
+            if names.index(family.name) > names.index(after):
+                (improve,) = family.load()
+                choice = improve(choice, self)
+        return choice
+
     def plan(self, parts: Sequence) -> Planned:
         """``plan_items`` on ``parts``, with the names, budget and families of this search."""
         return plan_items(parts, self.library, self.budget, self.names, self.in_process,

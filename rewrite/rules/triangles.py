@@ -37,7 +37,7 @@ from .. import ir, nests, polytope
 from ..affine import Affine
 from ..ir import Accumulate, Compare, For, If, Stmt
 from ..names import Names
-from ..nests import Dim
+from ..nests import AccNest, Dim
 
 ALIGN = 16  # cut points are multiples of this where the extent allows: intrinsic tiles fit
 
@@ -119,9 +119,11 @@ def boxes(g: Guarded, leaf: Optional[int] = None) -> list[tuple[dict, list[Affin
     return out
 
 
-def split(g: Guarded, names: Names, leaf: Optional[int] = None) -> list:
+def split(g: Guarded, names: Names, leaf: Optional[int] = None, masked: bool = False) -> list:
     """The items that compute ``g``: an ``AccNest`` per run of equal boxes inside the domain,
-    and guarded remainders (statements) where the cut crosses a box.
+    and guarded remainders (statements) where the cut crosses a box; with ``masked``, where
+    the guards read only dims that index the output, each remainder is instead its whole box
+    summed into a temporary and added to the output under the guards (``_masked``).
 
     Boxes of equal extents whose corners step evenly (the halving puts them along the
     diagonal) are one nest with a loop ``t`` over them, so a level of the halving is planned
@@ -131,10 +133,55 @@ def split(g: Guarded, names: Names, leaf: Optional[int] = None) -> list:
         key = (tuple(box[d.name][1] - box[d.name][0] + 1 for d in g.dims), tuple(pending))
         groups.setdefault(key, []).append(tuple(box[d.name][0] for d in g.dims))
     out: list = []
+    outputs = {x.name for i in g.acc.indices for x in ir.walk_expr(i) if isinstance(x, ir.Var)}
     for (extents, pending), corners in groups.items():
         for run in _runs(sorted(corners)):
-            out.append(_batched(g, extents, list(pending), run, names))
+            if masked and pending and all(set(f.vars) <= outputs for f in pending):
+                out += _masked(g, extents, list(pending), run, names)
+            else:
+                out.append(_batched(g, extents, list(pending), run, names))
     return out
+
+
+def _masked(g: Guarded, extents: tuple[int, ...], pending: list[Affine],
+            corners: list[tuple[int, ...]], names: Names) -> list:
+    """mask-remainder: the boxes at ``corners`` summed whole into a temporary ``T``, which is
+    then added to the output where the guards hold::
+
+        T[t, i, j] = 0.0
+        T[t, i, j] += A[i + 8 * t, k] * A[j + 8 * t, k]     (over t, i, k, j: a batch of products)
+        if i >= j: C[i + 8 * t, j + 8 * t] += T[t, i, j]
+
+    Sound when the guards read only dims that index the output (not the reduction): each
+    element of ``T`` is the sum the guarded nest adds to one output element, or, where the
+    guard fails, a sum no output element receives. The product does up to twice the
+    arithmetic of the remainder it replaces, on intrinsics instead of scalar code."""
+    whole = _batched(g, extents, [], corners, names)
+    nest = whole if isinstance(whole, AccNest) else nests.as_nest(whole)
+    outputs = [d for d in nest.dims
+               if any(x.name == d.name for i in nest.indices for x in ir.walk_expr(i) if isinstance(x, ir.Var))]
+    temp = ir.Buffer(names.fresh("T"), nest.out.dtype, tuple(d.extent for d in outputs))
+    idx = tuple(ir.Var(d.name) for d in outputs)
+    zero: Stmt = ir.Store(temp, idx, ir.Const(0.0 if ir.is_float(temp.dtype) else 0, temp.dtype))
+    guarded_add = _batched(Guarded(g.dims, g.facts, Accumulate(g.acc.buffer, g.acc.indices, ir.Const(
+        0.0 if ir.is_float(temp.dtype) else 0, temp.dtype))), extents, pending, corners, names)
+    # the guarded add's loops are the box's; its value is the temporary
+    add = _with_value(guarded_add, nest, temp, idx)
+    for d in reversed(outputs):
+        zero = For(d.name, 0, d.extent, zero)
+    return [zero, replace(nest, out=temp, indices=idx), add]
+
+
+def _with_value(s: Stmt, nest: AccNest, temp, idx) -> Stmt:
+    """The guarded nest ``s`` (over the box's dims) reduced to the output dims of ``nest``,
+    adding ``temp[idx]``."""
+    keep = {x.name for x in idx}
+    if isinstance(s, For):
+        inner = _with_value(s.body, nest, temp, idx)
+        return For(s.var, s.start, s.stop, inner) if s.var in keep else inner
+    if isinstance(s, If):
+        return If(s.cond, _with_value(s.then, nest, temp, idx))
+    return Accumulate(s.buffer, s.indices, ir.Load(temp, idx))
 
 
 def _runs(corners: list[tuple[int, ...]]) -> list[list[tuple[int, ...]]]:
@@ -194,16 +241,19 @@ def _condition(f: Affine) -> Compare:
 
 def improve(best, search):
     """``best`` (``pipeline.Choice``), or its items with every guarded accumulation split into
-    boxes, when the cost model finds that cheaper."""
-    items, changed = [], False
-    for p in best.parts:
-        g = guarded(p) if isinstance(p, For) else None
-        pieces = split(g, search.names) if g is not None else None
-        items += pieces or [p]
-        changed = changed or pieces is not None
-    if not changed:
-        return best
-    planned = search.plan(items)
-    if planned.cost >= best.planned.cost:
-        return best
-    return replace(best, parts=items, planned=planned)
+    boxes (remainders guarded, then masked), each priced as the later families leave it,
+    when the cost model finds that cheaper."""
+    for masked in (False, True):
+        items, changed = [], False
+        for p in best.parts:
+            g = guarded(p) if isinstance(p, For) else None
+            pieces = split(g, search.names, masked=masked) if g is not None else None
+            items += pieces or [p]
+            changed = changed or pieces is not None
+        if not changed:
+            return best
+        # priced as what the later families make of it (its boxes' sums split, ...)
+        candidate = search.settle(replace(best, parts=items, planned=search.plan(items)), "triangles")
+        if candidate.planned.cost < best.planned.cost:
+            best = candidate
+    return best
