@@ -5,9 +5,14 @@ only statement is ``X[f] += e`` with ``e`` not reading ``X``: its iterations may
 order (reassociating the sum), so it is an order-free set of dimensions plus a body, the
 form the matcher works on. Everything else is kept as it is.
 
-Normalisation, each step exact or licensed by the dependence analysis:
+Normalisation, each step exact, a reassociated sum, or licensed by the dependence analysis:
 
-- ``X[f] = X[f] + e`` and ``X[f] = e + X[f]`` are ``X[f] += e`` (its definition);
+- ``X[f] = X[f] + e`` and ``X[f] = e + X[f]`` are ``X[f] += e`` (its definition), and
+  ``X[f] = X[f] - e`` is ``X[f] += -e`` (``a - b`` is ``a + -b`` in IEEE arithmetic and in
+  wrap-around integers, as ``-=`` is read); where ``X[f]`` is one added term of a longer sum
+  (``X[f] = X[f] + a + b``, ``X[f] = a + X[f] - b``) the other terms are what is added,
+  ``X[f] += a + b``, regrouped from ``(X + a) + b``: the licence of a reordered reduction.
+  Never when another term reads ``X[f]`` too;
 - casts written in steps are one cast where the steps are exact (``rules/casts.py``);
 - a loop whose body holds several statements is distributed into one loop per statement
   when ``analysis.can_distribute`` says no dependence runs backwards::
@@ -67,16 +72,35 @@ Item = Union[AccNest, Stmt]
 # X[f] = X[f] + e  ->  X[f] += e
 
 
-def _as_accumulate(s: Store) -> Optional[Accumulate]:
-    v = s.value
-    if not (isinstance(v, Binary) and v.op == "+"):
+_MISSING = object()
+
+
+def _without(e: Expr, target: Load):
+    """``e``, a sum holding ``target`` as one of its added (not subtracted) terms, with that
+    term taken out: what is added to ``target``. ``None`` when ``e`` is ``target`` itself
+    (nothing is left), ``_MISSING`` when ``target`` is no such term."""
+    if e == target:
         return None
+    if not (isinstance(e, Binary) and e.op in ("+", "-")):
+        return _MISSING
+    rest = _without(e.a, target)
+    if rest is not _MISSING:  # target + b, target - b, or target deeper in a
+        if rest is None:
+            return e.b if e.op == "+" else ir.Unary("neg", e.b)
+        return Binary(e.op, rest, e.b)
+    if e.op == "+":
+        rest = _without(e.b, target)
+        if rest is not _MISSING:
+            return e.a if rest is None else Binary("+", e.a, rest)
+    return _MISSING
+
+
+def _as_accumulate(s: Store) -> Optional[Accumulate]:
     target = Load(s.buffer, s.indices)
-    if v.a == target and target not in ir.walk_expr(v.b):
-        return Accumulate(s.buffer, s.indices, v.b)
-    if v.b == target and target not in ir.walk_expr(v.a):
-        return Accumulate(s.buffer, s.indices, v.a)
-    return None
+    rest = _without(s.value, target)
+    if rest is _MISSING or rest is None or target in ir.walk_expr(rest):
+        return None
+    return Accumulate(s.buffer, s.indices, rest)
 
 
 def _accumulates(s: Stmt) -> Stmt:
@@ -128,6 +152,18 @@ def _replace_at(s: Stmt, rest: tuple[int, ...], parts: list[Stmt]) -> list[Stmt]
         return parts
     assert isinstance(s, For)
     return [replace(s, body=ir.seq(*_replace_at(s.body, rest[1:], parts)))]
+
+
+def blocked(func: PrimFunc) -> list[tuple[tuple[int, ...], For]]:
+    """Per top-level statement, the loop ``normalize`` would distribute first when the
+    dependence analysis does not let it: ``(path, loop)``. Empty on a normalised function
+    whose every loop holding several statements was distributed."""
+    out = []
+    for k, s in enumerate(ir.stmts_of(func.body)):
+        found = _first_multi(s, (k,))
+        if found is not None and not analysis.can_distribute(func, found[0]):
+            out.append(found)
+    return out
 
 
 def normalize(func: PrimFunc, max_steps: int = 64) -> PrimFunc:
