@@ -289,6 +289,14 @@ def _tbl():
     add("rnn_relu_elman", 48 * 8, rnn)
     add("mlp_two_layer", 128 + 64, lambda a: {
         "Y": relu(f64(a["X"]) @ f64(a["W1"]) + a["b1"]) @ f64(a["W2"]) + a["b2"]})
+
+    # PolyBench doitgen: every row A[r, q, :] times C4; the parameter sum is left holding the
+    # product of the last row, A[49, 39, :] @ C4
+    def doitgen(a):
+        rows = np.einsum("rqs,sp->rqp", f64(a["A"]), f64(a["C4"]))
+        return {"A": rows, "sum": rows[-1, -1]}
+    add("doitgen", 60, doitgen)
+    add("doitgen_local_sum", 60, lambda a: {"A": np.einsum("rqs,sp->rqp", f64(a["A"]), f64(a["C4"]))})
     return t
 
 
