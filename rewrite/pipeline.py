@@ -10,9 +10,11 @@
     Extractor.best(nest, matches)          # bindings, remainders, scale, the stage families
                                            #   (pack-operand, pack-panel): a plan e-graph from
                                            #   which egglog extracts the cheapest
-    improve(best, search)                  # the alternatives families: producers inlined
-                                           #   (inline), Strassen and matmul chains (strassen),
-                                           #   on floats behind a finite-operand guard
+    improve(best, search)                  # the alternatives families: reused temporaries
+                                           #   expanded (expand), producers inlined (inline),
+                                           #   sums split (sums), Strassen and matmul chains
+                                           #   (matmul, strassen), on floats behind a
+                                           #   finite-operand guard
     verify(result)                         # the output is a well-formed program too
 
 The rule families, their kinds and their order are listed in ``rules/__init__.py``.
@@ -310,8 +312,9 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
     t1 = time.perf_counter()
     best = Choice(normal, parts, search.plan(parts))
     # other programs, each kept where the cost model finds it cheaper (rules/__init__.py):
-    # producers inlined (rules/fusion.py), then Strassen levels and matmul chains
-    # (rules/strassen.py)
+    # reused temporaries expanded (rules/expand.py), producers inlined (rules/fusion.py),
+    # sums split (rules/sums.py), then matmul chains and Strassen levels (rules/matmul.py,
+    # rules/strassen.py)
     for family in rules.families(rules.ALTERNATIVES, off):
         (improve,) = family.load()
         best = improve(best, search)
