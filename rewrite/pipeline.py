@@ -422,9 +422,8 @@ def _why_not_split(s: Stmt, loops: list[For], rules_off: frozenset[str]) -> str:
         blocking = {d.source.buffer.name for d in blockers}
         mine = [r for r in reuses if r.buffer.name in blocking]
         names = ", ".join(r.buffer.name for r in mine)
-        paths = {l.path for r in mine for l in r.loops}
-        over = ", ".join(dict.fromkeys(l.var for r in mine for l in r.loops
-                                       if l.path in paths))
+        around = sorted({l for r in mine for l in r.loops}, key=lambda l: len(l.path))
+        over = ", ".join(l.var for l in around)  # outermost first
         what, it = (f"the temporary {names} is", "it") if len(mine) == 1 else \
             (f"the temporaries {names} are", "them")
         why = (f"structure: {what} reused by every iteration of {over} (each writes {it} before "
