@@ -48,14 +48,15 @@ import numpy as np
 
 from . import polytope
 from .affine import Affine, affine  # the accesses' index maps; re-exported
-from .ir import (INDEX, Accumulate, Binary, Buffer, Cast, Const, Expr, For, If, PrimFunc,
-                 Seq, Stmt, Store, Unary, Var, is_int, loads_of, stmts_of)
+from .ir import (INDEX, Accumulate, Binary, Buffer, Call, Cast, Const, Expr, For, If, PrimFunc,
+                 Seq, Stmt, Store, Unary, Var, is_int, loads_of, stmts_of, walk_stmts)
 from .printer import show_expr
 
-__all__ = ["Access", "Affine", "Analysis", "Dependence", "Loop", "LoopInfo", "SplitCheck", "accesses",
-           "affine", "analyze", "can_distribute", "can_fuse", "can_interchange", "can_parallelize",
-           "can_permute", "can_split", "dependences", "describe", "direction_summary", "directions",
-           "find_loop", "loop_at", "loop_info", "loops", "stmt_at"]
+__all__ = ["Access", "Affine", "Analysis", "Dependence", "Loop", "LoopInfo", "Reuse", "SplitCheck",
+           "accesses", "affine", "analyze", "can_distribute", "can_fuse", "can_interchange",
+           "can_parallelize", "can_permute", "can_split", "covers", "dependences", "describe",
+           "direction_summary", "directions", "distribution_blockers", "find_loop", "loop_at",
+           "loop_info", "loops", "reused", "stmt_at", "written_before_read"]
 
 Path = tuple[int, ...]
 
@@ -954,10 +955,20 @@ def can_distribute(func: PrimFunc, path: Path, allow_reassociation: bool = True)
     Illegal when a later statement touches, in some iteration, an element an earlier statement
     touches in a later iteration (a backward carried dependence), at least one writing.
     """
+    return next(distribution_blockers(func, path, allow_reassociation), None) is None
+
+
+def distribution_blockers(func: PrimFunc, path: Path,
+                          allow_reassociation: bool = True) -> Iterator[Dependence]:
+    """The dependences that forbid distributing the loop at ``path`` (``can_distribute``),
+    lazily: each runs from an access of a later statement of the body (``source``) to an
+    access of an earlier one (``sink``) in a later iteration of the loop, the same element,
+    at least one writing. Its direction is ``=`` on the loops around the loop and ``<`` on
+    the loop itself."""
     path = tuple(path)
     loop = loop_at(func, path)
     if len(stmts_of(loop.body)) < 2:
-        return True
+        return
     depth = loop_info(func, path).depth
     inside = [x for x in analyze(func).accesses if _inside(x, path)]
     position = len(path)
@@ -967,6 +978,150 @@ def can_distribute(func: PrimFunc, path: Path, allow_reassociation: bool = True)
                 continue
             if not (x.writes or y.writes) or _ignored(x, y, allow_reassociation):
                 continue
-            if any(v[depth] in ("<", "*") and set(v[:depth]) <= {"=", "*"} for v in directions(x, y)):
+            for v in directions(x, y):
+                if v[depth] in ("<", "*") and set(v[:depth]) <= {"=", "*"}:
+                    vector = ("=",) * depth + ("<",) + v[depth + 1:]
+                    yield Dependence(x, y, x.loops[:len(v)], vector,
+                                     tuple(0 if d == "=" else None for d in vector))
+                    break
+
+
+# ---------------------------------------------------------------------------
+# temporaries written before they are read in every iteration
+
+
+def _branches(func: PrimFunc, path: Path) -> list[Path]:
+    """For each ``if`` around the statement at ``path``, the path of the branch it lies in
+    (the ``if``'s path and the branch's index): another statement runs under the same
+    evaluation of that condition, in the same branch, exactly when its path starts with it."""
+    out = []
+    for n in range(1, len(path)):
+        try:
+            s = stmt_at(func, path[:n])
+        except ValueError:  # a branch index, not a statement
+            continue
+        if isinstance(s, If):
+            out.append(tuple(path[:n + 1]))
+    return out
+
+
+def _constant_bounds(loops: Sequence[Loop]) -> bool:
+    return all(isinstance(l.start, int) and isinstance(l.stop, int) for l in loops)
+
+
+def _span(coeffs: Sequence[int], loops: Sequence[Loop], const: int) -> tuple[int, int]:
+    """Least and greatest value of ``const + sum(coeffs[k] * loop k)`` over the loops' box."""
+    lo = hi = const
+    for c, l in zip(coeffs, loops):
+        a, b = sorted((c * l.start, c * (l.stop - 1)))
+        lo, hi = lo + a, hi + b
+    return lo, hi
+
+
+def covers(func: PrimFunc, write: Access, read: Access) -> bool:
+    """Whether every instance of ``read`` (a load or a ``+=``) reads an element that
+    ``write`` (a plain store) wrote earlier in the same iteration of every loop the two
+    share: a sufficient test, so False may only mean "not proven".
+
+    It holds when ``write`` comes first in the body and runs whenever ``read`` runs (every
+    ``if`` around it is around ``read`` too, in the same branch), its own loops (those it does
+    not share with ``read``) run at least once with constant bounds, and per index dimension
+    either both sides index alike by the shared loops, or the write's side is one of its own
+    loops (coefficient 1 or -1, that loop in no other dimension) whose range holds every value
+    the read's side takes. The write's whole nest then runs, in each iteration of the shared
+    loops, before the read, and has written the element the read reads."""
+    if write.kind != "write" or read.kind == "write" or write.order >= read.order:
+        return False
+    if write.buffer.name != read.buffer.name or not (write.is_affine and read.is_affine):
+        return False
+    if any(read.path[:len(b)] != b for b in _branches(func, write.path)):
+        return False
+    n = _common(write, read)
+    own = write.loops[n:]
+    if not _constant_bounds(write.loops + read.loops) or any(l.extent < 1 for l in own):
+        return False
+    rows_w, rows_r = _rows(write), _rows(read)
+    if any(r is None for r in rows_w + rows_r):
+        return False
+    used: set[int] = set()
+    for mw, mr, aw, br in zip(write.maps, read.maps, rows_w, rows_r):
+        mine = [k for k in range(n, len(write.loops)) if aw[k]]
+        # what the write's own loop must equal: the read's index minus the write's shared part
+        rest = [b - (aw[k] if k < n else 0) for k, b in enumerate(br)]
+        lo, hi = _span(rest, read.loops, mr.const - mw.const)
+        if not mine:
+            if (lo, hi) != (0, 0):
                 return False
+            continue
+        if len(mine) > 1 or mine[0] in used or abs(aw[mine[0]]) != 1:
+            return False
+        k = mine[0]
+        used.add(k)
+        lo, hi = (lo, hi) if aw[k] == 1 else (-hi, -lo)
+        if not write.loops[k].start <= lo <= hi <= write.loops[k].stop - 1:
+            return False
     return True
+
+
+def _calls_touch(s: Stmt, name: str) -> bool:
+    """An intrinsic call in ``s`` has an operand in buffer ``name`` (calls are not accesses
+    here, so such a buffer is not analysed)."""
+    return any(isinstance(x, Call) and any(w.buffer.name == name for _, w in x.operands)
+               for x in walk_stmts(s))
+
+
+def written_before_read(func: PrimFunc, path: Path, name: str) -> bool:
+    """Whether each iteration of the loop at ``path`` (with the loops around it) writes every
+    element of buffer ``name`` that it reads before reading it: each load and ``+=`` of the
+    buffer inside the loop is covered (``covers``) by a store of the same iteration. No value
+    then flows from one iteration to another through the buffer, whatever it held before."""
+    path = tuple(path)
+    loop = loop_at(func, path)
+    if _calls_touch(loop, name):
+        return False
+    inside = [x for x in analyze(func).accesses if _inside(x, path) and x.buffer.name == name]
+    writes = [x for x in inside if x.kind == "write"]
+    return all(any(covers(func, w, r) for w in writes) for r in inside if r.kind != "write")
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """A buffer that every iteration of a loop writes before it reads it
+    (``written_before_read``) and that some of the loops around it, ``loops``, carry a
+    dependence on: each iteration reuses the same elements and none passes a value to the next.
+
+    ``same_writes``: every iteration writes the same elements, unconditionally (no ``if``
+    inside the loops around it, indices that do not move with them), so after the loops the
+    buffer holds what their last iteration wrote wherever any iteration wrote."""
+
+    buffer: Buffer
+    loops: tuple[Loop, ...]
+    same_writes: bool
+
+
+def reused(func: PrimFunc, path: Path) -> list[Reuse]:
+    """The buffers the loop at ``path`` and the loops around it reuse (``Reuse``), in the
+    order of their first access."""
+    path = tuple(path)
+    loop_at(func, path)
+    result = analyze(func)
+    inside = [x for x in result.accesses if _inside(x, path)]
+    if not inside:
+        return []
+    depth = loop_info(func, path).depth
+    band = inside[0].loops[:depth + 1]
+    out = []
+    for name in dict.fromkeys(x.buffer.name for x in inside if x.writes):
+        carried = {d.loops[d.carrier].path for d in result.dependences
+                   if d.source.buffer.name == name and d.carrier is not None
+                   and d.loops[d.carrier].path in {l.path for l in band}}
+        if not carried or not written_before_read(func, path, name):
+            continue
+        writes = [x for x in inside if x.buffer.name == name and x.writes]
+        same = all(x.is_affine and _constant_bounds(x.loops)
+                   and all(r is not None and not any(r[:depth + 1]) for r in _rows(x))
+                   and not any(len(b) > len(path) for b in _branches(func, x.path))
+                   for x in writes)
+        buffer = writes[0].buffer
+        out.append(Reuse(buffer, tuple(l for l in band if l.path in carried), same))
+    return out

@@ -359,9 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a block per function: buffers, loop classes, intrinsics, timings")
     run.add_argument("--strassen", type=_strassen, default="auto", metavar="auto|off|N")
     run.add_argument("--threads", type=_threads, metavar="N", help="threads for parallel loops")
+    from .rules import FAMILIES
+
     run.add_argument("--rules", type=_rules_off, metavar="-NAME,...",
-                     help="turn rule families off by name (loops, algebra, pack-operand, "
-                          "pack-panel, inline, strassen)")
+                     help="turn rule families off by name "
+                          f"({', '.join(f.name for f in FAMILIES)})")
     run.add_argument("--budget", type=_budget, action="append", metavar="NAME=N",
                      help=f"raise or lower a stage's budget ({', '.join(Budgets.names())}); repeatable")
     _campaign_arguments(run, "function", 900)

@@ -5,10 +5,14 @@ only statement is ``X[f] += e`` with ``e`` not reading ``X``: its iterations may
 order (reassociating the sum), so it is an order-free set of dimensions plus a body, the
 form the matcher works on. Everything else is kept as it is.
 
-Normalisation, each step exact or licensed by the dependence analysis:
+Normalisation, each step exact, a reassociated sum, or licensed by the dependence analysis:
 
 - ``X[f] = X[f] + e`` and ``X[f] = e + X[f]`` are ``X[f] += e`` (its definition), and
-  ``X[f] = X[f] + a + b`` is ``X[f] += a + b`` (a sum regrouped, as rewrites may);
+  ``X[f] = X[f] - e`` is ``X[f] += -e`` (``a - b`` is ``a + -b`` in IEEE arithmetic and in
+  wrap-around integers, as ``-=`` is read); where ``X[f]`` is one added term of a longer sum
+  (``X[f] = X[f] + a + b``, ``X[f] = a + X[f] - b``) the other terms are what is added,
+  ``X[f] += a + b``, regrouped from ``(X + a) + b``: the licence of a reordered reduction.
+  Never when another term reads ``X[f]`` too;
 - a guard that reads no buffer (``if j >= i:``, a triangular loop) holding several statements
   guards each of them;
 - casts written in steps are one cast where the steps are exact (``rules/casts.py``);
@@ -71,32 +75,35 @@ Item = Union[AccNest, Stmt]
 # X[f] = X[f] + e  ->  X[f] += e
 
 
+_MISSING = object()
+
+
+def _without(e: Expr, target: Load):
+    """``e``, a sum holding ``target`` as one of its added (not subtracted) terms, with that
+    term taken out: what is added to ``target``. ``None`` when ``e`` is ``target`` itself
+    (nothing is left), ``_MISSING`` when ``target`` is no such term."""
+    if e == target:
+        return None
+    if not (isinstance(e, Binary) and e.op in ("+", "-")):
+        return _MISSING
+    rest = _without(e.a, target)
+    if rest is not _MISSING:  # target + b, target - b, or target deeper in a
+        if rest is None:
+            return e.b if e.op == "+" else ir.Unary("neg", e.b)
+        return Binary(e.op, rest, e.b)
+    if e.op == "+":
+        rest = _without(e.b, target)
+        if rest is not _MISSING:
+            return e.a if rest is None else Binary("+", e.a, rest)
+    return _MISSING
+
+
 def _as_accumulate(s: Store) -> Optional[Accumulate]:
-    v = s.value
-    if not (isinstance(v, Binary) and v.op == "+"):
-        return None
     target = Load(s.buffer, s.indices)
-    if v.a == target and target not in ir.walk_expr(v.b):
-        return Accumulate(s.buffer, s.indices, v.b)
-    if v.b == target and target not in ir.walk_expr(v.a):
-        return Accumulate(s.buffer, s.indices, v.a)
-    # X = X + a + b (gemver's rank-2 update): X += a + b, the sum regrouped
-    terms = _sum_terms(v)
-    if sum(t == target for t in terms) != 1:
+    rest = _without(s.value, target)
+    if rest is _MISSING or rest is None or target in ir.walk_expr(rest):
         return None
-    rest = [t for t in terms if t != target]
-    if any(target in ir.walk_expr(t) for t in rest):
-        return None
-    value = rest[0]
-    for t in rest[1:]:
-        value = Binary("+", value, t)
-    return Accumulate(s.buffer, s.indices, value)
-
-
-def _sum_terms(e: Expr) -> list[Expr]:
-    if isinstance(e, Binary) and e.op == "+":
-        return _sum_terms(e.a) + _sum_terms(e.b)
-    return [e]
+    return Accumulate(s.buffer, s.indices, rest)
 
 
 def _accumulates(s: Stmt) -> Stmt:
@@ -167,6 +174,19 @@ def _guards_inward(s: Stmt) -> Stmt:
             return ir.seq(*(ir.If(s.cond, c) for c in inner.stmts))
         return replace(s, then=inner)
     return s
+
+
+def blocked(func: PrimFunc) -> list[tuple[tuple[int, ...], For]]:
+    """Per top-level statement, the first loop (pre-order) holding several statements that
+    the dependence analysis does not let ``normalize`` distribute in any order: ``(path,
+    loop)``. Empty on a normalised function whose every such loop was distributed."""
+    out = []
+    for k, s in enumerate(ir.stmts_of(func.body)):
+        for path, loop in _multis(s, (k,)):
+            if not analysis.can_distribute(func, path) and analysis.distribution_order(func, path) is None:
+                out.append((path, loop))
+                break
+    return out
 
 
 def normalize(func: PrimFunc, max_steps: int = 64) -> PrimFunc:

@@ -10,10 +10,12 @@
     Extractor.best(nest, matches)          # bindings, remainders, scale, the stage families
                                            #   (pack-operand, pack-panel): a plan e-graph from
                                            #   which egglog extracts the cheapest
-    improve(best, search)                  # the alternatives families: producers inlined
-                                           #   (inline), sums split (sums), runtime scale
-                                           #   factors taken out (scalar-factor), Strassen and
-                                           #   matmul chains (strassen), on floats behind a
+    improve(best, search)                  # the alternatives families: reused temporaries
+                                           #   expanded (expand), producers inlined (inline),
+                                           #   triangles split into boxes (triangles), sums
+                                           #   split (sums), runtime scale factors taken out
+                                           #   (scalar-factor), Strassen and matmul chains
+                                           #   (matmul, strassen), on floats behind a
                                            #   finite-operand guard
     verify(result)                         # the output is a well-formed program too
 
@@ -26,7 +28,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Optional, Sequence, Union
 
-from . import cost, descriptor, ir, nests, rules, target
+from . import analysis, cost, descriptor, ir, nests, rules, target
 from .budgets import Budgets, using
 from .extract import Extractor
 from .ir import Call, For, PrimFunc, Stmt
@@ -218,7 +220,7 @@ def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
                 out.stmts.append(p)
                 out.cost += cost.scalar_stmt(p)
                 if op_count(p) > 0:
-                    out.explanations.append(_explain_other(p, library))
+                    out.explanations.append(_explain_other(p, library, rules_off))
                 continue
             k = next(counter)
             mine = [m for m in matches if m.nest == k]
@@ -343,8 +345,10 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
     t1 = time.perf_counter()
     best = Choice(normal, parts, search.plan(parts))
     # other programs, each kept where the cost model finds it cheaper (rules/__init__.py):
-    # producers inlined (rules/fusion.py), sums split, runtime scale factors taken out
-    # (rules/scalars.py), then Strassen levels and matmul chains (rules/strassen.py)
+    # reused temporaries expanded (rules/expand.py), producers inlined (rules/fusion.py),
+    # triangles split into boxes (rules/triangles.py), sums split (rules/sums.py), runtime
+    # scale factors taken out (rules/scalars.py), then matmul chains and Strassen levels
+    # (rules/matmul.py, rules/strassen.py)
     for family in rules.families(rules.ALTERNATIVES, off):
         (improve,) = family.load()
         best = improve(best, search)
@@ -390,25 +394,109 @@ def _head(s: Stmt) -> str:
     return " / ".join(body[:3]) + (" ..." if len(body) > 3 else "")
 
 
-def _explain_other(s: Stmt, library: dict) -> Explanation:
+def _line(s: Stmt) -> str:
+    """A statement's first line in script syntax (``if c:`` for an ``if``)."""
+    return show(PrimFunc("_", (), s)).splitlines()[2].strip()
+
+
+# what an access does to its element, for the messages
+_VERB = {"read": "read", "write": "written", "accumulate": "added to"}
+_ADDS = "every intrinsic in the library adds into its output (c[...] += ...)"
+
+
+def _explain_other(s: Stmt, library: dict, rules_off: frozenset[str] = frozenset()) -> Explanation:
+    """Why a statement that is no accumulate nest runs as scalar code: the first thing on
+    its way to one (a guard, statements that could not be split apart, an operator no
+    intrinsic applies), said in script terms."""
+    loops: list[For] = []
     leaf = s
     while isinstance(leaf, For):
+        loops.append(leaf)
         leaf = leaf.body
-    target = ir.Load(leaf.buffer, leaf.indices) if isinstance(leaf, ir.Store) else None
-    if target is not None and target in ir.walk_expr(leaf.value):
-        op = leaf.value.op if isinstance(leaf.value, ir.Binary) else type(leaf.value).__name__
-        why = (f"operator: {show_expr(target)} is reduced with {op}, but the library's intrinsics "
-               "only sum products (c[...] += a * b); a sum written as X = X + e is recognised")
+    if isinstance(leaf, ir.If):
+        why = (f"structure: the statements are under a guard (`{_line(leaf)}`), and only loop "
+               "nests without conditions are matched")
+    elif isinstance(leaf, ir.Seq):
+        why = _why_not_split(s, loops, rules_off)
     elif isinstance(leaf, ir.Store):
-        why = (f"operator: it overwrites {leaf.buffer.name}[...] with =, but every intrinsic in the "
-               "library accumulates into its output (c[...] += ...)")
+        why = _why_store(s, leaf, loops)
     elif isinstance(leaf, ir.Accumulate):
-        why = (f"access pattern: the body reads {leaf.buffer.name}, the buffer it accumulates "
-               "into, so its iterations cannot be reordered into intrinsic tiles")
+        own = [x for x in ir.loads_of(leaf.value) if x.buffer.name == leaf.buffer.name]
+        if own:
+            why = (f"access pattern: `{_line(leaf)}` reads {show_expr(own[0])} of "
+                   f"{leaf.buffer.name}, the buffer it adds into, so its iterations cannot be "
+                   "reordered into intrinsic tiles")
+        elif not loops:
+            why = f"structure: `{_line(leaf)}` is outside any loop, so no intrinsic runs along one"
+        else:  # a nest every program as written gives the matcher: a rewrite's own step
+            why = (f"structure: `{_line(leaf)}` is a step a rewrite added as plain loops (the "
+                   "additions of a Strassen level, a guard's scan of the operands)")
     else:
-        why = ("structure: the loops hold several statements or a condition that could not be "
-               "split into separate nests (a dependence between them forbids it)")
+        why = "structure: it is not a loop nest of one statement"
     return Explanation(_head(s), None, why)
+
+
+def _why_not_split(s: Stmt, loops: list[For], rules_off: frozenset[str]) -> str:
+    """Loops around several statements that normalisation could not distribute: the
+    temporaries they reuse, or the first dependence that forbids it (``analysis``)."""
+    if not loops:
+        return "structure: several statements that are not loop nests"
+    func = PrimFunc("_", (), s)
+    path = (0,) * len(loops)
+    loop = loops[-1]
+    reuses = analysis.reused(func, path)
+    blockers = list(analysis.distribution_blockers(func, path))
+    reused = {r.buffer.name for r in reuses}
+    named = [d for d in blockers if d.source.buffer.name not in reused]
+    if named:
+        d = named[0]
+        x, y = d.source, d.sink
+        return (f"structure: the loop over {loop.var} cannot be split into one loop per "
+                f"statement: {x.element} is {_VERB[x.kind]} by `{_line(x.stmt)}`, and "
+                f"{y.element} is {_VERB[y.kind]} in a later iteration of {loop.var} by "
+                f"`{_line(y.stmt)}`, which comes before it")
+    if blockers:
+        blocking = {d.source.buffer.name for d in blockers}
+        mine = [r for r in reuses if r.buffer.name in blocking]
+        names = ", ".join(r.buffer.name for r in mine)
+        around = sorted({l for r in mine for l in r.loops}, key=lambda l: len(l.path))
+        over = ", ".join(l.var for l in around)  # outermost first
+        what, it = (f"the temporary {names} is", "it") if len(mine) == 1 else \
+            (f"the temporaries {names} are", "them")
+        why = (f"structure: {what} reused by every iteration of {over} (each writes {it} before "
+               f"reading {it}), so the loops cannot be split into one nest per statement")
+        if "expand" in rules_off:
+            return why + "; the expand rule, which gives each iteration its own copy, is off"
+        return why + "; a copy per iteration (the expand rule) was refused or did not pay here"
+    return (f"structure: the loop over {loop.var} holds several statements, which were not "
+            "split into separate nests")
+
+
+def _why_store(s: Stmt, leaf: ir.Store, loops: list[For]) -> str:
+    """A loop nest around ``X[f] = e``: what ``e`` does with ``X``."""
+    target = ir.Load(leaf.buffer, leaf.indices)
+    stmt = _line(leaf)
+    if target in ir.walk_expr(leaf.value):
+        # the operation applied to the element, the element itself printed as ...
+        shown = show_expr(ir.map_loads(leaf.value, lambda x: ir.Var("...") if x == target else x))
+        used = {v.name for i in leaf.indices for v in ir.walk_expr(i) if isinstance(v, ir.Var)}
+        over = [l.var for l in loops if l.var not in used]
+        if over:
+            return (f"operator: `{stmt}` reduces {show_expr(target)} over {', '.join(over)} "
+                    f"with {shown}, not a sum; {_ADDS}")
+        return (f"operator: `{stmt}` updates each element of {leaf.buffer.name} in place with "
+                f"{shown}; {_ADDS}")
+    others = [x for x in ir.loads_of(leaf.value) if x.buffer.name == leaf.buffer.name]
+    if others and loops:
+        # the loops that carry a value from this store to a read of another element
+        carried = list(dict.fromkeys(
+            d.loops[d.carrier].var for d in analysis.dependences(PrimFunc("_", (), s))
+            if d.kind == "flow" and d.carrier is not None
+            and d.source.buffer.name == d.sink.buffer.name == leaf.buffer.name))
+        if carried:
+            return (f"operator: `{stmt}` reads {show_expr(others[0])}, which an earlier "
+                    f"iteration of {', '.join(carried)} wrote (a recurrence); {_ADDS}")
+    return f"operator: `{stmt}` overwrites {show_expr(target)} with =; {_ADDS}"
 
 
 _STAGES = ("operator", "dtype", "access pattern", "extent", "layout")
@@ -445,9 +533,17 @@ def _first_failure(nest: AccNest, desc, matches: list) -> tuple[int, str]:
                    "index does not move along the loop the intrinsic needs, or the output would "
                    "be written twice by one call")
     if not any(True for m in matches for _ in bindings(nest, desc, m)):
-        need = ", ".join(f"{d.name}<{d.extent}>" for d in desc.dims)
-        have = ", ".join(f"{d.name}<{d.extent}>" for d in nest.dims)
-        return 3, f"its loops ({have}) are shorter than {desc.name} needs ({need})"
+        loops = {d.name: d for d in nest.dims}
+        shortest = None  # the binding with the fewest dims along too short a loop
+        for m in matches:
+            for b in bindings(nest, desc, m, check_extents=False):
+                short = [f"{d.name}<{d.extent}> along {p}<{loops[p].extent}>"
+                         for d in desc.dims for name, p in b.dims
+                         if name == d.name and p is not None and loops[p].extent < d.extent]
+                if shortest is None or len(short) < len(shortest):
+                    shortest = short
+        return 3, (f"its loops are too short for {desc.name}, which would run "
+                   f"{', '.join(shortest or ['its dims'])}")
     return 4, (f"{desc.name} applies but costs more than scalar code here: operands without the "
                "unit stride it needs would be gathered element by element, and copying them "
                "into a packed temporary does not pay at these sizes")

@@ -757,3 +757,111 @@ def test_legal_rewrites_keep_float_results_without_reassociation(f):
     """Any dtype, floats included: without reassociation every allowed rewrite keeps the
     order of every pair of dependent operations, so results are identical bit for bit."""
     check_every_legal_answer(f, reassociate=False)
+
+
+# ---------------------------------------------------------------------------
+# temporaries written before they are read in every iteration (rules/expand.py reads these)
+
+
+def _row_program(body: str, after: str = "", temp: str = "sum: f32[6]") -> str:
+    """A doitgen-like nest: rows A[r, q, :] through a row ``sum`` (a parameter unless ``temp``
+    is empty, then a temporary); ``body`` is the (r, q) iteration, indented by 8."""
+    params = "A: f32[5, 4, 6], C4: f32[6, 6], out: f32[6]" + (f", {temp}" if temp else "")
+    alloc = "" if temp else "    sum = alloc(f32[6])\n"
+    return (f"@prim_func\ndef f({params}):\n{alloc}    for r, q in grid(5, 4):\n{body}"
+            + (f"    {after}\n" if after else ""))
+
+
+PRODUCT = """        for p in range(6):
+            sum[p] = 0.0
+            for s in range(6):
+                sum[p] += A[r, q, s] * C4[s, p]
+"""
+COPY_BACK = """        for p in range(6):
+            A[r, q, p] = sum[p]
+"""
+
+
+@pytest.mark.parametrize("body, private", [
+    # doitgen: each (r, q) zeroes sum[p] before adding into it and before copying it back
+    (PRODUCT + COPY_BACK, True),
+    # the copy reads the row before this iteration writes it: the previous iteration's row
+    (COPY_BACK + PRODUCT, False),
+    # no zeroing: the sums run on over every iteration, a value live across them
+    (PRODUCT.replace("            sum[p] = 0.0\n", "") + COPY_BACK, False),
+    # zeroed only when q > 0: at q == 0 the row still holds the previous iteration's sums
+    (PRODUCT.replace("            sum[p] = 0.0\n", "            if q > 0:\n"
+                     "                sum[p] = 0.0\n") + COPY_BACK, False),
+    # zeroed for p >= 1 only: sum[0] is read as whatever it held before
+    (PRODUCT.replace("for p in range(6):\n            sum[p] = 0.0",
+                     "for p in range(1, 6):\n            sum[p] = 0.0") + COPY_BACK, False),
+    # written backwards (p -> 5 - p) in a loop of its own: every element, before the reads
+    ("""        for p in range(6):
+            sum[5 - p] = A[r, q, p]
+        for p in range(6):
+            A[r, q, p] = sum[p] * 2.0
+""", True),
+    # the read in the statement that writes: sum[p] = sum[p] + ... reads the old value
+    ("""        for p in range(6):
+            sum[p] = sum[p] + A[r, q, p]
+        for p in range(6):
+            A[r, q, p] = sum[p]
+""", False),
+])
+def test_written_before_read(engine, body, private):
+    f = parse(_row_program(body))
+    assert analysis.written_before_read(f, (0, 0), "sum") == private
+    assert [r.buffer.name for r in analysis.reused(f, (0, 0))] == (["sum"] if private else [])
+
+
+def test_reuse_names_the_loops_that_carry_it_and_whether_every_iteration_writes_alike(engine):
+    f = parse(_row_program(PRODUCT + COPY_BACK))
+    # the row of A is read (A[r, q, s]) before this iteration writes it (A[r, q, p])
+    assert not analysis.written_before_read(f, (0, 0), "A")
+    (reuse,) = analysis.reused(f, (0, 0))
+    # every (r, q) rewrites the same sum[0..5]: both loops carry the reuse, all rows alike
+    assert [l.var for l in reuse.loops] == ["r", "q"] and reuse.same_writes
+    guarded = parse(_row_program(PRODUCT + COPY_BACK + """        for p in range(6):
+            if r < 2:
+                sum[p] = 1.0
+"""))
+    # the extra store runs for r < 2 only: the last iteration does not write it
+    (reuse,) = analysis.reused(guarded, (0, 0))
+    assert not reuse.same_writes
+    per_r = parse("""
+@prim_func
+def f(A: f32[5, 4, 6], T: f32[5, 6]):
+    for r, q in grid(5, 4):
+        for p in range(6):
+            T[r, p] = A[r, q, p] * 2.0
+        for p in range(6):
+            A[r, q, p] = T[r, p]
+""")
+    # row r of T is private to r already: only q reuses it, and its stores move with r
+    (reuse,) = analysis.reused(per_r, (0, 0))
+    assert [l.var for l in reuse.loops] == ["q"] and not reuse.same_writes
+
+
+def test_distribution_blockers_name_the_dependence(engine):
+    f = parse("""
+@prim_func
+def f(A: f32[8, 8], x: f32[8]):
+    for i in range(1, 8):
+        for j in range(8):
+            A[i, j] = A[i - 1, j] * x[j]
+        x[i] = A[i, 0]
+""")
+    # x[i] written by the second statement is read as x[j] (j == i') by the first one of a
+    # later iteration i' > i: backwards, so the loop cannot be distributed
+    (d,) = [d for d in analysis.distribution_blockers(f, (0,)) if d.source.buffer.name == "x"]
+    assert (d.source.element, d.source.kind, d.sink.element, d.sink.kind) == \
+        ("x[i]", "write", "x[j]", "read")
+    assert d.kind == "flow" and d.direction[0] == "<"
+    fine = parse("""
+@prim_func
+def f(A: f32[8], B: f32[8], X: f32[8]):
+    for i in range(1, 8):
+        B[i] = X[i]
+        A[i] = B[i - 1]
+""")
+    assert list(analysis.distribution_blockers(fine, (0,))) == []

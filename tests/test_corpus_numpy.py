@@ -366,6 +366,14 @@ def _tbl():
     add("gesummv_alpha_beta_runtime", 2 * 250,
         lambda a: {"y": f64(a["alpha"][0]) * (f64(a["A"]) @ f64(a["x"]))
                    + f64(a["beta"][0]) * (f64(a["B"]) @ f64(a["x"]))})
+
+    # PolyBench doitgen: every row A[r, q, :] times C4; the parameter sum is left holding the
+    # product of the last row, A[49, 39, :] @ C4
+    def doitgen(a):
+        rows = np.einsum("rqs,sp->rqp", f64(a["A"]), f64(a["C4"]))
+        return {"A": rows, "sum": rows[-1, -1]}
+    add("doitgen", 60, doitgen)
+    add("doitgen_local_sum", 60, lambda a: {"A": np.einsum("rqs,sp->rqp", f64(a["A"]), f64(a["C4"]))})
     return t
 
 

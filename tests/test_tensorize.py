@@ -72,7 +72,7 @@ HOST_COVERED = {
     "gemm_all_disguises", "gpt2_causal_qk", "grp_conv2d_nhwc", "grp_conv2d_nhwc_divmod",
     "qdense_u8i8", "qdense_u8i8_nt", "qconv_u8i8", "qdense_u8i8_256", "resnet50_conv3x3", "resnet50_conv1x1", "tbg", "t2d_nhwc",
     "qdense_widened", "gemm_prescaled", "gemm_input_updated", "gemm_exp_shared",
-    "atax", "bicg", "mvt", "gesummv", "mlp_two_layer",
+    "atax", "bicg", "mvt", "gesummv", "mlp_two_layer", "doitgen", "doitgen_local_sum",
     # triangles: split into boxes of a halving, the diagonal's remainder left scalar
     "pb_syrk", "pb_syr2k", "pb_covariance", "pb_correlation",
     "pb_gemm", "pb_2mm", "pb_3mm", "pb_gemver",

@@ -118,6 +118,7 @@ FAMILIES = (
            "comm-*, assoc-*, factor-mul, sub-as-add-neg"),
     Family("pack-operand", NEST_STAGE, "layout", ("requests", "pack"), "pack-operand"),
     Family("pack-panel", CALLS_STAGE, "layout", ("panel_operands", "pack_panel"), "pack-panel"),
+    Family("expand", ALTERNATIVES, "expand", ("improve",), "scalar expansion"),
     Family("inline", ALTERNATIVES, "fusion", ("improve",), "inline-producer"),
     Family("triangles", ALTERNATIVES, "triangles", ("improve",), "split-domain"),
     Family("sums", ALTERNATIVES, "sums", ("improve",), "split-sum"),

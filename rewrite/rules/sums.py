@@ -12,7 +12,8 @@ Sound when no term reads the accumulated buffer: every element then gets the sam
 added, regrouped from ``A + (a + b)`` to ``(A + a) + b`` (exact on integers, a reassociation
 on floats, which rewrites may do; a NaN or Inf among the terms reaches the element either
 way, and ``inf + -inf`` is NaN in both orders). ``a - b`` is ``a + -b``, so a subtracted
-product is a term scaled by -1. It is an ``alternatives`` family: the split program is kept
+product is a term scaled by -1; ``-(a + b)`` (``A[i, j] -= a + b``) is ``-a + -b``, exactly:
+negation is exact and IEEE rounding is symmetric, and on integers both wrap alike. It is an ``alternatives`` family: the split program is kept
 only when the cost model finds it cheaper, since a term no intrinsic covers then costs a
 second pass over the output.
 """
@@ -27,12 +28,21 @@ from ..nests import AccNest
 
 
 def terms(e: ir.Expr) -> list[ir.Expr]:
-    """The terms of a sum, ``a - b`` read as ``a + -b``."""
+    """The terms of a sum, ``a - b`` read as ``a + -b`` and ``-(a + b)`` as ``-a + -b``."""
     if isinstance(e, ir.Binary) and e.op == "+":
         return terms(e.a) + terms(e.b)
     if isinstance(e, ir.Binary) and e.op == "-":
-        return terms(e.a) + [ir.Unary("neg", t) for t in terms(e.b)]
+        return terms(e.a) + [_neg(t) for t in terms(e.b)]
+    if isinstance(e, ir.Unary) and e.op == "neg":
+        inner = terms(e.a)
+        if len(inner) > 1:
+            return [_neg(t) for t in inner]
     return [e]
+
+
+def _neg(t: ir.Expr) -> ir.Expr:
+    """``-t``, a negated term's negation undone (``--a`` is ``a``, exactly)."""
+    return t.a if isinstance(t, ir.Unary) and t.op == "neg" else ir.Unary("neg", t)
 
 
 def split(nest: AccNest) -> Optional[list[AccNest]]:

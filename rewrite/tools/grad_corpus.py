@@ -4,7 +4,8 @@ by central differences in float64, and optionally tensorized for the host.
     python -m rewrite.tools.grad_corpus [corpus] [--samples 8] [--tensorize]
 
 A function is differentiated with respect to all its float inputs, for its first output.
-Integer programs are listed as refused, with the reason.
+Integer programs, and any other grad refuses (doitgen, whose row every iteration reuses), are
+listed as refused, with the reason.
 """
 
 from __future__ import annotations
