@@ -78,10 +78,13 @@ def improve(best, search):
     if func is None:
         return best
     parts = search.items(func)
-    planned = search.plan(parts)
-    if planned.cost >= best.planned.cost or _on_intrinsics(planned) <= _on_intrinsics(best.planned):
+    # priced as what the later families make of it (a triangle it exposes split into boxes)
+    candidate = search.settle(replace(best, func=func, parts=parts, planned=search.plan(parts)),
+                              "expand")
+    if candidate.planned.cost >= best.planned.cost or \
+            _on_intrinsics(candidate.planned) <= _on_intrinsics(best.planned):
         return best
-    return replace(best, func=func, parts=parts, planned=planned)
+    return candidate
 
 
 def _on_intrinsics(planned) -> int:
