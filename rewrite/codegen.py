@@ -167,9 +167,10 @@ class _BodyEmitter:
             self.call_loop(s)
         elif isinstance(s, For) and (guarded := guarded_range(s)) is not None:
             # a triangular loop: run only the values its guard admits
-            lows, highs, body = guarded
-            start = self.extreme(ir.Constant(_I64, s.start), lows, ">")
-            stop = self.extreme(ir.Constant(_I64, s.stop), highs, "<")
+            bounds, body = guarded
+            start, stop = ir.Constant(_I64, s.start), ir.Constant(_I64, s.stop)
+            for op, e in bounds:
+                start, stop = self.narrowed(start, stop, op, self.expr(e))
             self.loop(replace(s, body=body), start, stop)
         elif isinstance(s, For):
             self.loop(s, ir.Constant(_I64, s.start), ir.Constant(_I64, s.stop), known_nonempty=True)
@@ -193,12 +194,20 @@ class _BodyEmitter:
 
         counted_loop(self.b, start, stop, body, known_nonempty)
 
-    def extreme(self, value: ir.Value, forms: list, op: str) -> ir.Value:
-        """The largest (``op`` ">") or smallest ("<") of ``value`` and the affine ``forms``."""
-        for f in forms:
-            other = self.index(f.to_expr())
-            value = self.b.select(self.b.icmp_signed(op, value, other), value, other)
-        return value
+    def narrowed(self, start: ir.Value, stop: ir.Value, op: str, e: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """``[start, stop)`` cut to the values ``v`` with ``v op e``, ``e`` an i64 computed as
+        the program computes it. ``e + 1`` is only used where it cannot wrap (where ``e`` is
+        below ``stop``); an empty range has ``start >= stop``."""
+        b = self.b
+        one = ir.Constant(_I64, 1)
+        below = b.icmp_signed("<", e, stop)        # e < stop, so e + 1 <= stop
+        if op in ("<", "<=", "=="):
+            high = e if op == "<" else b.select(below, b.add(e, one), stop)
+            stop = b.select(b.icmp_signed("<", high, stop), high, stop)
+        if op in (">", ">=", "=="):
+            low = e if op != ">" else b.select(below, b.add(e, one), stop)
+            start = b.select(b.icmp_signed(">", low, start), low, start)
+        return start, stop
 
     def branch(self, s: If) -> None:
         cond = self.expr(s.cond)

@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 
 from .affine import Affine, affine
-from .ir import INDEX, Compare, Expr, For, If, Logical, Stmt, Unary
+from .ir import INDEX, Compare, Expr, For, If, Logical, Stmt, Unary, Var
 
 __all__ = ["conjuncts", "count", "facts", "feasible", "guarded_range", "span"]
 
@@ -76,6 +76,9 @@ def count(box: dict[str, tuple[int, int]], facts: tuple[Affine, ...]) -> int:
     guarded = sorted({v for f in facts for v in f.vars})
     if not guarded or total == 0:
         return total
+    reach = max(max(abs(lo), abs(hi)) for lo, hi in box.values())
+    if any(abs(f.const) + sum(abs(c) for _, c in f.terms) * reach >= 1 << 62 for f in facts):
+        return total  # values past what numpy's int64 holds exactly: the box bounds them
     last = max(guarded, key=lambda v: (extent[v], v))
     rest = [v for v in guarded if v != last]
     if math.prod(extent[v] for v in rest) > _MAX_COUNTED:
@@ -125,33 +128,35 @@ def facts(cond: Expr, positive: bool = True) -> list[Affine]:
             "!=": []}[op]
 
 
-def guarded_range(loop: For) -> Optional[tuple[list[Affine], list[Affine], Stmt]]:
-    """A loop whose body is ``if cond:`` (no ``else``) with comparisons that bound its variable
-    by affine forms of the enclosing ones (a triangular loop as the parser writes it):
-    ``(lows, highs, body)`` such that the loop runs ``body`` exactly for the values of its
-    variable in ``[max(start, *lows), min(stop, *highs))``; ``body`` keeps the comparisons
-    that are no such bound. None when the loop is not of that form::
+def guarded_range(loop: For) -> Optional[tuple[list[tuple[str, Expr]], Stmt]]:
+    """A loop whose body is ``if cond:`` (no ``else``) with comparisons of its variable against
+    expressions of the enclosing ones (a triangular loop as the parser writes it):
+    ``(bounds, body)``, each bound ``(op, e)`` meaning the body runs only where ``var op e``
+    (``op`` one of ``< <= > >= ==``, the variable moved to the left), ``body`` keeping the
+    comparisons that are no such bound. None when the loop is not of that form::
 
-        for j in range(64):              lows [], highs [i + 1],
+        for j in range(64):              bounds [("<", i + 1)],
             if j < i + 1 and A[j] > 0:   body: if A[j] > 0: ...
-    """
+
+    ``e`` is the program's own expression, so evaluated as the program evaluates it (64-bit
+    wrap-around), the bounds admit exactly the values the comparisons admit."""
     if not (isinstance(loop.body, If) and loop.body.orelse is None):
         return None
-    lows: list[Affine] = []
-    highs: list[Affine] = []
+    flip = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "=="}
+    bounds: list[tuple[str, Expr]] = []
     rest: list[Expr] = []
     for c in conjuncts(loop.body.cond):
-        found = facts(c) if isinstance(c, Compare) and c.op != "!=" else []
-        if not found or any(abs(f.coeff(loop.var)) != 1 for f in found):
+        found = None
+        if isinstance(c, Compare) and c.op in flip and c.a.dtype == INDEX:
+            for op, v, e in ((c.op, c.a, c.b), (flip[c.op], c.b, c.a)):
+                if v == Var(loop.var) and _bound_expr(e, loop.var):
+                    found = (op, e)
+                    break
+        if found is None:
             rest.append(c)
-            continue
-        for f in found:
-            others = f.plus(Affine(((loop.var, -f.coeff(loop.var)),)))
-            if f.coeff(loop.var) == 1:    # var + others >= 0: var >= -others
-                lows.append(others.scale(-1))
-            else:                          # others - var >= 0: var < others + 1
-                highs.append(others.plus(Affine((), 1)))
-    if not lows and not highs:
+        else:
+            bounds.append(found)
+    if not bounds:
         return None
     body = loop.body.then
     if rest:
@@ -159,7 +164,15 @@ def guarded_range(loop: For) -> Optional[tuple[list[Affine], list[Affine], Stmt]
         for c in rest[1:]:
             cond = Logical("and", cond, c)
         body = If(cond, body)
-    return lows, highs, body
+    return bounds, body
+
+
+def _bound_expr(e: Expr, var: str) -> bool:
+    """An index expression of loop variables and constants, not reading ``var``."""
+    from .ir import Binary, Const, Var as V, walk_expr
+
+    return all(isinstance(x, (V, Const, Binary, Unary)) and not (isinstance(x, V) and x.name == var)
+               for x in walk_expr(e))
 
 
 def conjuncts(cond: Expr) -> list[Expr]:

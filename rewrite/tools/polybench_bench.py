@@ -69,6 +69,8 @@ FORMULAS: dict[str, tuple[Callable, str]] = {
         np.tril(m := a["A"] + np.float32(120.0) * np.eye(120, dtype=np.float32)) + np.tril(m, -1).T), None),
     "pb_trisolv": (lambda a: np.linalg.solve(
         np.tril(a["L"] + np.float32(120.0) * np.eye(120, dtype=np.float32)), a["b"]), "x"),
+    "doitgen": (lambda a: (a["A"].reshape(-1, 60) @ a["C4"]).reshape(a["A"].shape), "A"),
+    "doitgen_local_sum": (lambda a: (a["A"].reshape(-1, 60) @ a["C4"]).reshape(a["A"].shape), "A"),
     "atax": (lambda a: a["A"].T @ (a["A"] @ a["x"]), "y"),
     "bicg": (lambda a: (a["A"].T @ a["r"], a["A"] @ a["p"]), None),
     "mvt": (lambda a: (a["x1"] + a["A"] @ a["y1"], a["x2"] + a["A"].T @ a["y2"]), None),
