@@ -143,6 +143,12 @@ def split(g: Guarded, names: Names, leaf: Optional[int] = None, masked: bool = F
     return out
 
 
+def maskable(g: Guarded) -> bool:
+    """Whether ``g``'s guards read only dims that index its output (``_masked`` applies)."""
+    outputs = {x.name for i in g.acc.indices for x in ir.walk_expr(i) if isinstance(x, ir.Var)}
+    return all(set(f.vars) <= outputs for f in g.facts)
+
+
 def _masked(g: Guarded, extents: tuple[int, ...], pending: list[Affine],
             corners: list[tuple[int, ...]], names: Names) -> list:
     """mask-remainder: the boxes at ``corners`` summed whole into a temporary ``T``, which is
@@ -156,7 +162,8 @@ def _masked(g: Guarded, extents: tuple[int, ...], pending: list[Affine],
     element of ``T`` is the sum the guarded nest adds to one output element, or, where the
     guard fails, a sum no output element receives. The product does up to twice the
     arithmetic of the remainder it replaces, on intrinsics instead of scalar code."""
-    whole = _batched(g, extents, [], corners, names)
+    t = names.fresh("t") if len(corners) > 1 else None  # one batch loop for all three
+    whole = _batched(g, extents, [], corners, names, t)
     nest = whole if isinstance(whole, AccNest) else nests.as_nest(whole)
     outputs = [d for d in nest.dims
                if any(x.name == d.name for i in nest.indices for x in ir.walk_expr(i) if isinstance(x, ir.Var))]
@@ -164,7 +171,7 @@ def _masked(g: Guarded, extents: tuple[int, ...], pending: list[Affine],
     idx = tuple(ir.Var(d.name) for d in outputs)
     zero: Stmt = ir.Store(temp, idx, ir.Const(0.0 if ir.is_float(temp.dtype) else 0, temp.dtype))
     guarded_add = _batched(Guarded(g.dims, g.facts, Accumulate(g.acc.buffer, g.acc.indices, ir.Const(
-        0.0 if ir.is_float(temp.dtype) else 0, temp.dtype))), extents, pending, corners, names)
+        0.0 if ir.is_float(temp.dtype) else 0, temp.dtype))), extents, pending, corners, names, t)
     # the guarded add's loops are the box's; its value is the temporary
     add = _with_value(guarded_add, nest, temp, idx)
     for d in reversed(outputs):
@@ -201,13 +208,16 @@ def _step(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _batched(g: Guarded, extents: tuple[int, ...], pending: list[Affine],
-             corners: list[tuple[int, ...]], names: Names):
+             corners: list[tuple[int, ...]], names: Names, t: Optional[str] = None):
     """One nest for the boxes of ``extents`` at ``corners`` (evenly stepped): each dim ``v``
     runs from 0, read as ``v + corner + step * t`` with ``t`` over the boxes (no ``t`` for one
     box)."""
     first = corners[0]
     step = _step(corners[0], corners[1]) if len(corners) > 1 else (0,) * len(first)
-    t = names.fresh("t") if len(corners) > 1 else None
+    if len(corners) > 1 and t is None:
+        t = names.fresh("t")
+    if len(corners) == 1:
+        t = None
     at: dict[str, Affine] = {}
     for d, c, st in zip(g.dims, first, step):
         terms = [(d.name, 1)] + ([(t, st)] if t is not None and st else [])
@@ -243,17 +253,17 @@ def improve(best, search):
     """``best`` (``pipeline.Choice``), or its items with every guarded accumulation split into
     boxes (remainders guarded, then masked), each priced as the later families leave it,
     when the cost model finds that cheaper."""
+    start = best
     for masked in (False, True):
-        items, changed = [], False
-        for p in best.parts:
-            g = guarded(p) if isinstance(p, For) else None
-            pieces = split(g, search.names, masked=masked) if g is not None else None
-            items += pieces or [p]
-            changed = changed or pieces is not None
-        if not changed:
-            return best
+        found = [guarded(p) if isinstance(p, For) else None for p in start.parts]
+        if not any(found) or (masked and not any(g is not None and maskable(g) for g in found)):
+            continue  # nothing to split, or no remainder to mask: the same program again
+        items = []
+        for p, g in zip(start.parts, found):
+            items += split(g, search.names, masked=masked) if g is not None else [p]
         # priced as what the later families make of it (its boxes' sums split, ...)
-        candidate = search.settle(replace(best, parts=items, planned=search.plan(items)), "triangles")
+        candidate = search.settle(replace(start, parts=items, planned=search.plan(items)), "triangles")
         if candidate.planned.cost < best.planned.cost:
             best = candidate
     return best
+
