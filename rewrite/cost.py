@@ -38,6 +38,8 @@ GATHER_PENALTY = 4.0
 UNBLOCKED_PER_ROW = 0.25
 PER_ELEMENT_MOVED = 1.0
 PER_PACKING = 10000.0
+PER_PADDED_TEMP = 1000.0
+PER_PADDED_ELEMENT = 0.25
 
 # L1 and L2 of one Zen 3 core: 32 KB; 512 KB, 8 ways of 1024 sets; 64-byte lines (``streamed``).
 LINE, L1_BYTES, L2_SETS, L2_WAYS = 64, 32 * 1024, 1024, 8
@@ -58,6 +60,15 @@ def scalar_stmt(s) -> float:
 def packing(copies) -> float:
     """Copy nests, each filling one packing temporary."""
     return sum(scalar_stmt(c) + PER_PACKING for c in copies)
+
+
+def padding(stmts, temps) -> float:
+    """``pad-to-tile``'s fills, copies and writeback (``stmts``) and its temporaries
+    ``temps``: ``PER_PADDED_ELEMENT`` for each element written and each operation, and for
+    each element of a temporary (the zeros the kernel writes into every temporary before
+    each call, ``runtime``), and ``PER_PADDED_TEMP`` per temporary."""
+    work = sum(op_count(s) + _writes(s) for s in stmts) + sum(t.size for t in temps)
+    return PER_PADDED_ELEMENT * work + PER_PADDED_TEMP * len(temps)
 
 
 def _writes(s) -> int:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 from . import cost, ir, rules
 from .affine import affine
@@ -62,11 +62,12 @@ def _substitute(e: Expr, loads: dict[str, Load]) -> Expr:
 
 class _Stage(NamedTuple):
     """A stage family's hooks: what it would change (``requests`` of a nest stage,
-    ``operands`` of a calls stage), and the change itself."""
+    ``operands`` of a calls stage), the change itself, and (a nest stage's) its price."""
 
     name: str
     pick: Callable
     build: Callable
+    price: Optional[Callable] = None
 
 
 class Extractor:
@@ -223,7 +224,13 @@ class _Builder:
                         self._scaled(ref, nest, desc, b, matches, depth, pack)
                     else:
                         self._tiled(ref, nest, desc, b, matches, depth, pack)
-                if pack and not b.unit_stride_ok and b.scale == 1.0:
+                if pack and b.scale == 1.0:
+                    for stage in self.ex.nest_stages:
+                        self._packed(stage, ref, nest, desc, b, matches, depth, scalar)
+            if pack and m.scale == 1.0 and self.ex.nest_stages:
+                # loops shorter than the intrinsic's dims, which only a stage can make whole
+                # tiles of (pad-to-tile)
+                for b in bindings(nest, desc, m, short=True):
                     for stage in self.ex.nest_stages:
                         self._packed(stage, ref, nest, desc, b, matches, depth, scalar)
             if split and self.ex.split_loops:
@@ -254,11 +261,15 @@ class _Builder:
         if key not in self.ex._packs:
             self.ex._packs[key] = stage.build(nest, reqs, self.ex.names)
         packing = self.ex._packs[key]
-        copies = cost.packing(packing.copies)
+        copies = stage.price(packing)  # what runs after the nest included
         if copies + cost.calls(desc, b.tiles, True) >= scalar:
             return  # the copies and unit-stride tiles alone cost more than scalar code
-        sub = self.nest(packing.nest, tuple(packing.match(m) for m in matches), depth, False)
-        self.graph.add(ref, self.graph.leaf(list(packing.copies), copies, list(packing.buffers)), sub)
+        moved = tuple(x for x in (packing.match(m) for m in matches) if x is not None)
+        sub = self.nest(packing.nest, moved, depth, False)
+        parts = [self.graph.leaf(list(packing.copies), copies, list(packing.buffers)), sub]
+        if packing.after:
+            parts.append(self.graph.leaf(list(packing.after), 0.0))
+        self.graph.add(ref, *parts)
 
     def _tiled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool) -> None:
         """The calls of ``b`` and the plans of its remainders; again behind each calls stage

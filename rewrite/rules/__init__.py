@@ -24,14 +24,18 @@ Kinds
     pipeline's IEEE check of each match (``algebra.ieee_equal``).
 
 ``nest-stage``: ``requests(nest, desc, binding) -> key | None``,
-``build(nest, key, names) -> staged``
-    A rewrite the extractor (``extract.py``) weighs for each binding of an intrinsic whose
-    calls miss a unit stride and carry no constant factor: ``requests`` says what to change
-    (None: nothing it can do); the extractor builds it once per key, nest and matches, and
-    plans ``staged.nest`` again, without nest stages, after ``staged.copies`` (statements
-    filling the temporaries ``staged.buffers``), each match read through ``staged.match``.
-    Obligation: the copies and the new nest together compute what the nest did, and the new
-    nest's binding runs at unit stride.
+``build(nest, key, names) -> staged``, ``price(staged) -> float``
+    A rewrite the extractor (``extract.py``) weighs for each binding of an intrinsic that
+    carries no constant factor (also for bindings to loops shorter than the intrinsic's dims
+    but at least half as long, ``match.bindings(short=True)``): ``requests`` says what to
+    change (None: nothing it can do); the extractor builds it once per key, nest and
+    matches, and plans ``staged.nest`` again, without nest stages, after ``staged.copies``
+    (statements filling the temporaries ``staged.buffers``) and before ``staged.after``
+    (statements reading them back), each match read through ``staged.match`` (None: that
+    match is not planned on the new nest). ``price`` is what the copies and ``after`` cost
+    (``cost.py``). Obligation: the copies, the new nest and ``after`` together compute what
+    the nest did (``pack-operand``: the new nest's binding runs at unit stride;
+    ``pad-to-tile``: over extents the intrinsic divides).
 
 ``calls-stage``: ``operands(desc, windows, streams) -> names``,
 ``build(nest, desc, binding, tiled, operands, names, known, order) -> staged | None``
@@ -79,7 +83,7 @@ ALTERNATIVES = "alternatives"
 KINDS = {
     NORMALIZE: ("apply",),
     RULESET: ("ruleset",),
-    NEST_STAGE: ("requests", "build"),
+    NEST_STAGE: ("requests", "build", "price"),
     CALLS_STAGE: ("operands", "build"),
     ALTERNATIVES: ("improve",),
 }
@@ -113,7 +117,8 @@ FAMILIES = (
            "split-divmod, merge-reductions; split-for-intrinsic (in the extractor)"),
     Family("algebra", RULESET, "algebra", ("algebra",),
            "comm-*, assoc-*, factor-mul, sub-as-add-neg"),
-    Family("pack-operand", NEST_STAGE, "layout", ("requests", "pack"), "pack-operand"),
+    Family("pack-operand", NEST_STAGE, "layout", ("requests", "pack", "price"), "pack-operand"),
+    Family("padding", NEST_STAGE, "padding", ("requests", "pad", "price"), "pad-to-tile"),
     Family("pack-panel", CALLS_STAGE, "layout", ("panel_operands", "pack_panel"), "pack-panel"),
     Family("inline", ALTERNATIVES, "fusion", ("improve",), "inline-producer"),
     Family("sums", ALTERNATIVES, "sums", ("improve",), "split-sum"),
