@@ -68,6 +68,7 @@ class _Stage(NamedTuple):
     pick: Callable
     build: Callable
     price: Optional[Callable] = None
+    depth: Optional[int] = None  # the deepest remainder level a nest stage is weighed on
 
 
 class Extractor:
@@ -75,7 +76,7 @@ class Extractor:
         self.library = library  # name -> descriptor
         self.names = names  # names in use (temporaries get fresh ones)
         # the stage families (rules/__init__.py), in their order
-        self.nest_stages = [_Stage(f.name, *f.load())
+        self.nest_stages = [_Stage(f.name, *f.load(), f.depth)
                             for f in rules.families(rules.NEST_STAGE, rules_off)]
         self.calls_stages = [_Stage(f.name, *f.load())
                              for f in rules.families(rules.CALLS_STAGE, rules_off)]
@@ -84,6 +85,9 @@ class Extractor:
         self._panels: dict = {}  # (stage, nest, binding, tiling, operands) -> layout.Panel
         self._panel_names: dict = {}  # stage -> what a panel holds -> its temporary's name
         self.split_loops = "loops" not in rules_off  # split-for-intrinsic, with the loop rules
+        # nest stages name their temporaries here, provisionally: many are built, few kept
+        self.trial_names = names.copy()
+        self._trial: set[str] = set()  # the provisional names handed out
 
     def best(self, nest: AccNest, matches: list[BodyMatch]) -> Plan:
         """The cheapest program for ``nest`` given the e-graph's ``matches``."""
@@ -94,7 +98,68 @@ class Extractor:
         for k in leaves:
             plan.stmts += graph.leaves[k].stmts
             plan.allocs += graph.leaves[k].allocs
-        return plan
+        return self._named(plan)
+
+    def stage_names(self) -> Names:
+        """Where a nest stage takes its temporaries' names: provisional ones, which ``best``
+        replaces, in the chosen program, by fresh names in order of appearance (``B_pad``,
+        not the ``B_pad7`` of the seventh candidate built)."""
+        return _Recording(self.trial_names, self._trial)
+
+    def _named(self, plan: Plan) -> Plan:
+        """``plan`` with the provisional names of nest stages' temporaries replaced (and
+        those of temporaries named after them, a panel of a padded copy)."""
+        rename: dict[str, str] = {}
+        for b in plan.allocs:
+            if b.name in self._trial and b.name not in rename:
+                rename[b.name] = self.names.fresh(_base(b.name))
+        for b in plan.allocs:
+            head = next((t for t in rename if b.name.startswith(t + "_")), None)
+            if head is not None and b.name not in rename:
+                rename[b.name] = self.names.fresh(rename[head] + _base(b.name[len(head):]))
+        if not rename:
+            return plan
+        to = {b.name: Buffer(rename[b.name], b.dtype, b.shape) for b in plan.allocs if b.name in rename}
+        return Plan([_renamed(st, to) for st in plan.stmts], plan.cost,
+                    [to.get(b.name, b) for b in plan.allocs])
+
+
+class _Recording(Names):
+    """A ``Names`` that also notes, in ``handed``, each name it hands out."""
+
+    __slots__ = ("_handed",)
+
+    def __init__(self, names: Names, handed: set[str]):
+        self._used = names._used  # shares the names in use with ``names``
+        self._handed = handed
+
+    def reserve(self, name: str) -> str:
+        self._handed.add(name)
+        return super().reserve(name)
+
+
+def _base(name: str) -> str:
+    """``B_pad`` for ``B_pad7``: the name without the number ``Names.fresh`` appended."""
+    return name.rstrip("0123456789") or name
+
+
+def _renamed(s: Stmt, to: dict[str, Buffer]) -> Stmt:
+    """``s`` with the buffers named in ``to`` replaced."""
+    def expr(e: Expr) -> Expr:
+        return ir.map_loads(e, lambda x: Load(to.get(x.buffer.name, x.buffer),
+                                              tuple(expr(i) for i in x.indices)))
+
+    def leaf(x: Stmt) -> Stmt:
+        if isinstance(x, (Store, Accumulate)):
+            return type(x)(to.get(x.buffer.name, x.buffer), tuple(expr(i) for i in x.indices),
+                           expr(x.value))
+        if isinstance(x, Call):
+            return Call(x.intrinsic, tuple((n, ir.Window(to.get(w.buffer.name, w.buffer),
+                                                         tuple(expr(i) for i in w.base), w.steps))
+                                           for n, w in x.operands), x.output)
+        return x
+
+    return ir.map_stmt(s, leaf, expr)
 
 
 def _calls(desc, loops, windows) -> Stmt:
@@ -216,6 +281,7 @@ class _Builder:
         self.graph.add(ref, self.graph.leaf([nest.stmt()], scalar))
         if depth >= MAX_DEPTH:
             return ref
+        stages = [s for s in self.ex.nest_stages if s.depth is None or depth <= s.depth]
         for m in matches:
             desc = self.ex.library[m.intrinsic]
             for b in bindings(nest, desc, m):
@@ -225,13 +291,13 @@ class _Builder:
                     else:
                         self._tiled(ref, nest, desc, b, matches, depth, pack)
                 if pack and b.scale == 1.0:
-                    for stage in self.ex.nest_stages:
+                    for stage in stages:
                         self._packed(stage, ref, nest, desc, b, matches, depth, scalar)
-            if pack and m.scale == 1.0 and self.ex.nest_stages:
+            if pack and m.scale == 1.0 and stages:
                 # loops shorter than the intrinsic's dims, which only a stage can make whole
                 # tiles of (pad-to-tile)
                 for b in bindings(nest, desc, m, short=True):
-                    for stage in self.ex.nest_stages:
+                    for stage in stages:
                         self._packed(stage, ref, nest, desc, b, matches, depth, scalar)
             if split and self.ex.split_loops:
                 self._split(ref, nest, desc, m, matches, depth, pack)
@@ -259,7 +325,7 @@ class _Builder:
             return
         key = (stage.name, nest, matches, reqs)
         if key not in self.ex._packs:
-            self.ex._packs[key] = stage.build(nest, reqs, self.ex.names)
+            self.ex._packs[key] = stage.build(nest, reqs, self.ex.stage_names())
         packing = self.ex._packs[key]
         copies = stage.price(packing)  # what runs after the nest included
         if copies + cost.calls(desc, b.tiles, True) >= scalar:

@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 NORMALIZE = "normalize"
 RULESET = "ruleset"
@@ -99,6 +99,9 @@ class Family:
     module: str
     hooks: tuple[str, ...]
     rules: str  # the rules it holds, as their docstrings name them
+    # a nest stage: the deepest remainder nest it is weighed on (0: the nests the function
+    # has; None: every remainder the extractor plans)
+    depth: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS or len(self.hooks) != len(KINDS[self.kind]):
@@ -118,7 +121,8 @@ FAMILIES = (
     Family("algebra", RULESET, "algebra", ("algebra",),
            "comm-*, assoc-*, factor-mul, sub-as-add-neg"),
     Family("pack-operand", NEST_STAGE, "layout", ("requests", "pack", "price"), "pack-operand"),
-    Family("padding", NEST_STAGE, "padding", ("requests", "pad", "price"), "pad-to-tile"),
+    Family("padding", NEST_STAGE, "padding", ("requests", "pad", "price"), "pad-to-tile",
+           depth=1),
     Family("pack-panel", CALLS_STAGE, "layout", ("panel_operands", "pack_panel"), "pack-panel"),
     Family("inline", ALTERNATIVES, "fusion", ("improve",), "inline-producer"),
     Family("sums", ALTERNATIVES, "sums", ("improve",), "split-sum"),

@@ -250,8 +250,12 @@ def pad(nest: AccNest, req: Request, names: Names) -> Padding:
     and copies, the nest over the padded extents reading them, and the output's
     writeback."""
     dims = {d.name: d for d in nest.dims}
-    size, tile = dict(req.padded), dict(req.split)
+    size = dict(req.padded)
     extent = lambda d: size.get(d, dims[d].extent)
+    # a loop that is one tile needs no split: it is its own offset in the tile
+    tile = {d: n for d, n in req.split if extent(d) > n}
+    whole = lambda axes: tuple((d, "") if d not in tile and p else (d, p) for d, p in axes
+                               if not (p == "o" and d not in tile))
     within = Names(dims)
     parts = {d: (within.fresh(f"{d}_o"), within.fresh(f"{d}_i")) for d in tile}
     new_dims: list[Dim] = []
@@ -291,6 +295,7 @@ def pad(nest: AccNest, req: Request, names: Names) -> Padding:
     buffers: list[Buffer] = []
     loads: list[tuple[Load, Load]] = []
     for load, axes, negative in req.loads:
+        axes = whole(axes)
         buf = Buffer(names.fresh(f"{load.buffer.name}_pad"), load.buffer.dtype, shape(axes))
         idx = tuple(copy_index(a) for a in axes)
         loops = [dims[d] for d in used(axes)]
