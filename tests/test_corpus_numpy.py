@@ -289,6 +289,12 @@ def _tbl():
     add("rnn_relu_elman", 48 * 8, rnn)
     add("mlp_two_layer", 128 + 64, lambda a: {
         "Y": relu(f64(a["X"]) @ f64(a["W1"]) + a["b1"]) @ f64(a["W2"]) + a["b2"]})
+
+    # padding.py: products whose sizes divide no intrinsic's tile
+    add("qgemm_u8i8_30", 0, lambda a: {
+        "C": (a["C"].astype(np.int64) + int_matmul(a["A"], a["B"])).astype(np.int32)})
+    add("sgemm_30", 30, lambda a: {"C": f64(a["A"]) @ f64(a["B"])})
+    add("sgemm_odd_100x70x50", 50, lambda a: {"C": f64(a["A"]) @ f64(a["B"])})
     return t
 
 

@@ -73,6 +73,7 @@ HOST_COVERED = {
     "qdense_u8i8", "qdense_u8i8_nt", "qconv_u8i8", "qdense_u8i8_256", "resnet50_conv3x3", "resnet50_conv1x1", "tbg", "t2d_nhwc",
     "qdense_widened", "gemm_prescaled", "gemm_input_updated", "gemm_exp_shared",
     "atax", "bicg", "mvt", "gesummv", "mlp_two_layer",
+    "qgemm_u8i8_30", "sgemm_30", "sgemm_odd_100x70x50",
 }
 # No multiply-accumulate of a host intrinsic's dtypes: normalisation, softmax, pooling, scans,
 # tropical products, f64 and f16 arithmetic, elementwise chains.

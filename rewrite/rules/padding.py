@@ -298,7 +298,9 @@ def pad(nest: AccNest, req: Request, names: Names) -> Padding:
         axes = whole(axes)
         buf = Buffer(names.fresh(f"{load.buffer.name}_pad"), load.buffer.dtype, shape(axes))
         idx = tuple(copy_index(a) for a in axes)
-        loops = [dims[d] for d in used(axes)]
+        # the copy walks the source in its own order (rows of B[k, j] along j)
+        maps = [affine(i) for i in load.indices]
+        loops = [dims[d] for d, _ in _axes(maps, nest.dims, None)]
         fill = Store(buf, idx, _pad_const(buf.dtype, negative))
         copies += _strips(fill, loops, extent)
         copies.append(_loops(Store(buf, idx, load), loops))
