@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=_threads, metavar="N", help="threads for parallel loops")
     run.add_argument("--rules", type=_rules_off, metavar="-NAME,...",
                      help="turn rule families off by name (loops, algebra, pack-operand, "
-                          "pack-panel, inline, strassen)")
+                          "padding, pack-panel, inline, sums, matmul, strassen)")
     run.add_argument("--budget", type=_budget, action="append", metavar="NAME=N",
                      help=f"raise or lower a stage's budget ({', '.join(Budgets.names())}); repeatable")
     _campaign_arguments(run, "function", 900)

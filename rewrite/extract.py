@@ -88,6 +88,7 @@ class Extractor:
         # nest stages name their temporaries here, provisionally: many are built, few kept
         self.trial_names = names.copy()
         self._trial: set[str] = set()  # the provisional names handed out
+        self._final: dict[str, str] = {}  # a provisional name kept -> its name in the program
 
     def best(self, nest: AccNest, matches: list[BodyMatch]) -> Plan:
         """The cheapest program for ``nest`` given the e-graph's ``matches``."""
@@ -109,15 +110,15 @@ class Extractor:
     def _named(self, plan: Plan) -> Plan:
         """``plan`` with the provisional names of nest stages' temporaries replaced (and
         those of temporaries named after them, a panel of a padded copy)."""
-        rename: dict[str, str] = {}
-        for b in plan.allocs:
+        rename = self._final  # the same temporary chosen again (a guard's other branch)
+        for b in plan.allocs:  # keeps the name it was given
             if b.name in self._trial and b.name not in rename:
                 rename[b.name] = self.names.fresh(_base(b.name))
         for b in plan.allocs:
-            head = next((t for t in rename if b.name.startswith(t + "_")), None)
+            head = next((t for t in self._trial if b.name.startswith(t + "_") and t in rename), None)
             if head is not None and b.name not in rename:
                 rename[b.name] = self.names.fresh(rename[head] + _base(b.name[len(head):]))
-        if not rename:
+        if not any(b.name in rename for b in plan.allocs):
             return plan
         to = {b.name: Buffer(rename[b.name], b.dtype, b.shape) for b in plan.allocs if b.name in rename}
         return Plan([_renamed(st, to) for st in plan.stmts], plan.cost,

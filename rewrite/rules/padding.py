@@ -60,6 +60,7 @@ identity of its addition: the same value, the same NaN/Inf pattern, the same sig
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -235,12 +236,19 @@ def _pad_const(dtype: str, negative: bool) -> Const:
 def _zero_term(nest: AccNest, negative: frozenset[Load]) -> bool:
     """The body with each load replaced by its pad, evaluated by the reference interpreter,
     is ``0`` on an integer output and ``-0.0`` on a float one."""
+    return _is_zero(nest.value, nest.out.dtype, negative)
+
+
+# keyed by the body and the loads padded with -0.0, not by the body with its pads put in: a
+# literal -0.0 equals 0.0 in Python, and so would two bodies that differ only in pads
+@functools.lru_cache(maxsize=1024)
+def _is_zero(body: Expr, dtype: str, negative: frozenset[Load]) -> bool:
     from ..interp import run
 
-    out = Buffer("x", nest.out.dtype, (1,))
-    value = ir.map_loads(nest.value, lambda ld: _pad_const(ld.dtype, ld in negative))
+    value = ir.map_loads(body, lambda ld: _pad_const(ld.dtype, ld in negative))
+    out = Buffer("x", dtype, (1,))
     got = run(ir.PrimFunc("pad_term", (out,), Store(out, (Const(0, ir.INDEX),), value)))["x"][0]
-    if ir.is_float(nest.out.dtype):
+    if ir.is_float(dtype):
         return bool(got == 0 and np.signbit(got))
     return bool(got == 0)
 
