@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 
 from .calls import op_count
-from .ir import For, fold_stmt
+from .ir import Accumulate, For, Store, fold_stmt, walk_expr
 from .nests import AccNest
 
 GATHER_PENALTY = 4.0
@@ -84,10 +84,31 @@ def padding(stmts, temps) -> float:
 
 def _vector_rate(loop, inner: float) -> float:
     """``inner`` (the price of one run of ``loop``'s body) times the trip count, at
-    ``PER_PADDED_ELEMENT`` when ``loop`` is an innermost loop of at least ``VECTOR_RUN``."""
+    ``PER_PADDED_ELEMENT`` when ``loop`` is an innermost loop of at least ``VECTOR_RUN``
+    along which every access of its statement moves by one element or stays (a row copied,
+    not a column: a transposing or blocking copy pays per element)."""
     innermost = not isinstance(loop.body, For)
-    rate = PER_PADDED_ELEMENT if innermost and loop.stop - loop.start >= VECTOR_RUN else 1.0
-    return (loop.stop - loop.start) * inner * (rate if innermost else 1.0)
+    rate = 1.0
+    if innermost and loop.stop - loop.start >= VECTOR_RUN and _unit_stride(loop.body, loop.var):
+        rate = PER_PADDED_ELEMENT
+    return (loop.stop - loop.start) * inner * rate
+
+
+def _unit_stride(s, var: str) -> bool:
+    from .affine import affine
+    from .ir import Load, loads_of
+
+    if not isinstance(s, (Store, Accumulate)):
+        return False
+    for x in [Load(s.buffer, s.indices), *loads_of(s.value)]:
+        maps = [affine(i) for i in x.indices]
+        if any(m is None and any(getattr(v, "name", None) == var for v in walk_expr(i))
+               for m, i in zip(maps, x.indices)):
+            return False
+        coeffs = [m.coeff(var) if m is not None else 0 for m in maps]
+        if any(coeffs[:-1]) or coeffs[-1] not in (0, 1):
+            return False
+    return True
 
 
 def _writes(s) -> int:
