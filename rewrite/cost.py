@@ -21,6 +21,10 @@ times, not 4 times, the unit-stride ones). The u8 x i8 dot gains more from packi
 against 94 us). An operand each call reads once (an 8-wide FMA, a matrix-vector product)
 never pays for its copy.
 
+Padding to a tile (``rules/padding.py``) pays for its fills, copies and writeback per element,
+at a vector rate where they move along rows, and per temporary (``padding``): fitted on its
+own measurements, not on ``PER_PACKING``.
+
 A unit-stride input can still cost more than its calls: ``streamed`` charges a tile's panel
 read at a large stride along the reduction whose lines do not stay in L2, which a
 ``pack-panel`` copy (contiguous panels, ``rules/layout.py``) avoids, and an input the next

@@ -15,7 +15,11 @@ A binding whose unit-stride input jumps far between consecutive calls along the 
 that copies, for the divisible part, each tile's panel contiguously; ``cost.streamed``
 prices the strided panel, so the copy is taken only where it measured faster. The same
 stage copies an operand that wants one contiguous block per call (``Layout.contiguous``)
-into blocks, weighed against ``cost.unblocked``. The two stages are the ``nest-stage`` and
+into blocks, weighed against ``cost.unblocked``. A binding that leaves remainders (or binds a
+loop shorter than its dim, down to half of it) is also weighed behind ``pad-to-tile``
+(``rules/padding.py``): its loops rounded up to the tile on zero-padded copies, the padded
+nest planned again on that intrinsic, the output's valid part added back; on a nest and its
+first remainders only (``Family.depth``). The stages are the ``nest-stage`` and
 ``calls-stage`` rule families (``rules/__init__.py``); the extractor runs those in force.
 
 The candidates are not compared here: each nest becomes an e-class of alternatives in a plan
