@@ -269,12 +269,20 @@ def _price(desc, b: Binding, windows, unit_ok: bool, streams, blocked_streams=No
         cost.unblocked(desc, b.tiles, windows)
 
 
+@functools.lru_cache(maxsize=4096)
+def _bindings(nest: AccNest, desc, m: BodyMatch, short: bool) -> tuple[Binding, ...]:
+    """``match.bindings``, once per nest: a nest comes again as another binding's remainder
+    and behind stages."""
+    return tuple(bindings(nest, desc, m, short=short))
+
+
 class _Builder:
     """Candidates of one nest and, recursively, of the nests they leave, into a plan graph."""
 
     def __init__(self, ex: Extractor, graph: PlanGraph):
         self.ex, self.graph = ex, graph
         self._nests: dict = {}  # remainders of different bindings are often the same nest
+        self._least: dict[int, float] = {}  # a finished nest's id -> its cheapest alternative
 
     def nest(self, nest: AccNest, matches: tuple, depth: int, pack: bool,
              split: bool = True) -> NestRef:
@@ -287,26 +295,46 @@ class _Builder:
         if depth >= MAX_DEPTH:
             return ref
         stages = [s for s in self.ex.nest_stages if s.depth is None or depth <= s.depth]
+        staged = []  # (desc, binding) for the nest stages, weighed last
         for m in matches:
             desc = self.ex.library[m.intrinsic]
-            for b in bindings(nest, desc, m):
+            for b in _bindings(nest, desc, m, False):
                 if cost.calls(desc, b.tiles, b.unit_stride_ok) < scalar:
                     if b.scale != 1.0:
                         self._scaled(ref, nest, desc, b, matches, depth, pack)
                     else:
                         self._tiled(ref, nest, desc, b, matches, depth, pack)
-                if pack and b.scale == 1.0:
-                    for stage in stages:
-                        self._packed(stage, ref, nest, desc, b, matches, depth, scalar)
+                if pack and b.scale == 1.0 and stages:
+                    staged.append((desc, b))
             if pack and m.scale == 1.0 and stages:
                 # loops shorter than the intrinsic's dims, which only a stage can make whole
                 # tiles of (pad-to-tile)
-                for b in bindings(nest, desc, m, short=True):
-                    for stage in stages:
-                        self._packed(stage, ref, nest, desc, b, matches, depth, scalar)
+                staged += [(desc, b) for b in _bindings(nest, desc, m, True)]
             if split and self.ex.split_loops:
                 self._split(ref, nest, desc, m, matches, depth, pack)
+        if staged:
+            # a stage whose copies and least possible calls cost as much as the cheapest
+            # program found without it cannot win, and its nest need not be planned
+            bound = self._cheapest(ref)
+            for desc, b in staged:
+                for stage in stages:
+                    self._packed(stage, ref, nest, desc, b, matches, depth, bound)
         return ref
+
+    def _cheapest(self, ref: NestRef) -> float:
+        """The cost of ``ref``'s cheapest alternative so far; the nests it holds are finished
+        (planned before it), so their costs are kept."""
+        def alternatives(nid: int) -> float:
+            return min(sum(part(p) for p in parts) for parts in self.graph.alternatives[nid])
+
+        def part(p) -> float:
+            if not isinstance(p, NestRef):
+                return self.graph.leaves[p].cost
+            if p.id not in self._least:
+                self._least[p.id] = alternatives(p.id)
+            return self._least[p.id]
+
+        return alternatives(ref.id)
 
     def _split(self, ref, nest: AccNest, desc, m: BodyMatch, matches, depth: int,
                pack: bool) -> None:
@@ -320,7 +348,7 @@ class _Builder:
             self.graph.add(ref, self.nest(split, moved, depth, pack, False))
 
     def _packed(self, stage, ref, nest: AccNest, desc, b: Binding, matches, depth: int,
-                scalar: float) -> None:
+                bound: float) -> None:
         """A nest stage (``pack-operand``: copies of the inputs ``b`` reads without unit
         stride), then the nest it gives, planned again without nest stages (its cheapest
         binding is now usually ``b`` unit-stride). Bindings that need the same copies share
@@ -333,14 +361,24 @@ class _Builder:
             self.ex._packs[key] = stage.build(nest, reqs, self.ex.stage_names())
         packing = self.ex._packs[key]
         copies = stage.price(packing)  # what runs after the nest included
-        if copies + cost.calls(desc, b.tiles, True) >= scalar:
-            return  # the copies and unit-stride tiles alone cost more than scalar code
         moved = tuple(x for x in (packing.match(m) for m in matches) if x is not None)
+        if copies + self._floor(packing.nest, moved) >= bound:
+            return  # the copies and the cheapest conceivable calls cost more than a plan found
         sub = self.nest(packing.nest, moved, depth, False)
         parts = [self.graph.leaf(list(packing.copies), copies, list(packing.buffers)), sub]
         if packing.after:
             parts.append(self.graph.leaf(list(packing.after), 0.0))
         self.graph.add(ref, *parts)
+
+    def _floor(self, nest: AccNest, matches) -> float:
+        """No program for ``nest`` with ``matches`` costs less: every iteration at the lower of
+        its scalar price and the cheapest call's price per iteration it covers (calls at unit
+        stride; copies, gathers and remainders only add)."""
+        per = cost.scalar(nest) / max(1, nest.iterations)
+        for m in matches:
+            desc = self.ex.library[m.intrinsic]
+            per = min(per, desc.cost / math.prod(d.extent for d in desc.dims))
+        return per * nest.iterations
 
     def _tiled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool) -> None:
         """The calls of ``b`` and the plans of its remainders; again behind each calls stage
