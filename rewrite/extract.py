@@ -350,9 +350,12 @@ class _Builder:
     def _packed(self, stage, ref, nest: AccNest, desc, b: Binding, matches, depth: int,
                 bound: float) -> None:
         """A nest stage (``pack-operand``: copies of the inputs ``b`` reads without unit
-        stride), then the nest it gives, planned again without nest stages (its cheapest
-        binding is now usually ``b`` unit-stride). Bindings that need the same copies share
-        one temporary, so its name is made once."""
+        stride; ``pad-to-tile``: zero-padded copies over extents ``b``'s tile divides), then
+        the nest it gives, planned again without nest stages (its cheapest binding is now
+        usually ``b`` unit-stride, or without remainders), then what the stage runs after it
+        (padding's writeback). Not planned when the stage's price and ``_floor`` of its nest
+        reach ``bound``, the cheapest plan of ``nest`` found without it. Bindings that need
+        the same copies share one temporary, so its name is made once."""
         reqs = stage.pick(nest, desc, b)
         if reqs is None:
             return

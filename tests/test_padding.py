@@ -446,3 +446,23 @@ def test_minus_zero_pads_compiled():
         assert np.signbit(want["y"][0]) and np.array_equal(np.signbit(want["y"]), np.signbit(got["y"]))
         check = runtime.check(func, runtime.compile(prog))
         assert check.ok, check.message
+
+
+# ---------------------------------------------------------------------------
+# the extractor's pruning of stages
+
+
+@pytest.mark.parametrize("make", [lambda: _q(30, 30, 30), lambda: _s(30, 30, 30),
+                                  lambda: _s(64, 63, 64), lambda: _q(50, 50, 50),
+                                  lambda: parse_file(Path(__file__).parent.parent / "corpus"
+                                                     / "conv2d.py")["c2d_nhwc"]])
+def test_stages_skipped_by_the_bound_could_not_have_won(make, monkeypatch):
+    """A stage is not planned when its copies and the cheapest conceivable calls cost as
+    much as the best plan found without it: planning every stage finds no cheaper program."""
+    from rewrite import extract
+
+    func = make()
+    pruned = tensorize(func, AVX2)
+    monkeypatch.setattr(extract._Builder, "_cheapest", lambda self, ref: float("inf"))
+    full = tensorize(func, AVX2)
+    assert pruned.cost == pytest.approx(full.cost, rel=1e-9)
