@@ -68,13 +68,17 @@ def packing(copies) -> float:
     return sum(scalar_stmt(c) + PER_PACKING for c in copies)
 
 
-def padding(stmts, temps) -> float:
+def padding(stmts, temps, relaid=()) -> float:
     """``pad-to-tile``'s fills, copies and writeback (``stmts``) and its temporaries
     ``temps``: each element written and each operation at ``PER_PADDED_ELEMENT`` where the
     innermost loop runs at least ``VECTOR_RUN`` times (a vectorised row), else at
     ``PER_ELEMENT_MOVED``; each element of a temporary at ``PER_PADDED_ELEMENT`` (the zeros
     the kernel writes into every temporary before each call, ``runtime``); and
-    ``PER_PADDED_TEMP`` per temporary.
+    ``PER_PADDED_TEMP`` per temporary, or ``PER_PACKING`` for one laid out otherwise than
+    what it copies (``relaid``: transposed, in blocks), which is also a packing copy and is
+    priced as ``pack-operand`` and ``pack-panel`` price theirs (a padded, transposed B
+    otherwise undercut packing B alone, and measured 1.3 times slower where another
+    intrinsic covered the leftover columns).
 
     Fitted on GEMMs of u8 x i8 (12^3 to 255^3, odd shapes) and f32 (5 x 10 x 7 to 255^3) on
     an AVX-512 Xeon, one thread, medians: padding measured faster wherever these prices
@@ -83,7 +87,8 @@ def padding(stmts, temps) -> float:
     product whose last 6 columns of A would be copied row by row, 6 elements a row, measured
     12.1 against 10.4 us, which the per-element price of short rows refuses."""
     work = sum(fold_stmt(s, lambda x: op_count(x) + 1, loop=_vector_rate) for s in stmts)
-    return work + PER_PADDED_ELEMENT * sum(t.size for t in temps) + PER_PADDED_TEMP * len(temps)
+    per_temp = sum(PER_PACKING if t in relaid else PER_PADDED_TEMP for t in temps)
+    return work + PER_PADDED_ELEMENT * sum(t.size for t in temps) + per_temp
 
 
 def _vector_rate(loop, inner: float) -> float:

@@ -18,8 +18,8 @@ stage copies an operand that wants one contiguous block per call (``Layout.conti
 into blocks, weighed against ``cost.unblocked``. A binding that leaves remainders (or binds a
 loop shorter than its dim, down to half of it) is also weighed behind ``pad-to-tile``
 (``rules/padding.py``): its loops rounded up to the tile on zero-padded copies, the padded
-nest planned again on that intrinsic, the output's valid part added back; on a nest and its
-first remainders only (``Family.depth``). The stages are the ``nest-stage`` and
+nest planned again on that intrinsic, the output's valid part added back; on the nests the
+function has, not on remainders (``Family.depth``). The stages are the ``nest-stage`` and
 ``calls-stage`` rule families (``rules/__init__.py``); the extractor runs those in force.
 
 The candidates are not compared here: each nest becomes an e-class of alternatives in a plan
