@@ -80,12 +80,16 @@ def padding(stmts, temps, relaid=()) -> float:
     otherwise undercut packing B alone, and measured 1.3 times slower where another
     intrinsic covered the leftover columns).
 
-    Fitted on GEMMs of u8 x i8 (12^3 to 255^3, odd shapes) and f32 (5 x 10 x 7 to 255^3) on
-    an AVX-512 Xeon, one thread, medians: padding measured faster wherever these prices
-    choose it (int8 30^3: 4.3 against 13.6 us; f32 30^3: 3.8 against 5.3 us; 255^3: 161
-    against 828 and 289 against 338 us) and no slower elsewhere; a 512 x 254 matrix-vector
-    product whose last 6 columns of A would be copied row by row, 6 elements a row, measured
-    12.1 against 10.4 us, which the per-element price of short rows refuses."""
+    Fitted on GEMMs of u8 x i8 (12^3 to 255^3, odd shapes; the host's rows and the 16 x 4
+    dot alone) and f32 (5 x 10 x 7 to 255^3) on an AVX-512 Xeon, one thread, medians of
+    three medians: padding measured faster wherever these prices choose it (u8 x i8 30^3:
+    4.2 against 13.9 us; 255^3: 126 against 832 us; f32 30^3: 4.2 against 5.4 us; 255^3:
+    298 against 321 us) and is not chosen where it was not (f32 100 x 70 x 50, 64 x 65 x 64).
+    Measured per element: a fill, a row copy or the writeback 0.1 ns (0.25 units, the tile
+    calls running at about 0.36 ns a unit); a transposing copy 0.5 ns, a copy into [16, 4]
+    blocks 0.25 ns; each temporary about 0.3 us of zeroing before the call. A 512 x 254
+    matrix-vector product whose last 6 columns of A would be copied row by row measured
+    12.1 against 10.4 us, which the price of short rows refuses."""
     work = sum(fold_stmt(s, lambda x: op_count(x) + 1, loop=_vector_rate) for s in stmts)
     per_temp = sum(PER_PACKING if t in relaid else PER_PADDED_TEMP for t in temps)
     return work + PER_PADDED_ELEMENT * sum(t.size for t in temps) + per_temp

@@ -7,21 +7,24 @@ not divide, a remainder nest (``match.remainders``). This nest stage rounds thos
 instead (a loop shorter than one tile, but at least half of one, is rounded up to it, see
 ``match.bindings(short=True)``): every input it reads along a rounded loop is copied into a
 temporary with one axis per loop its index uses (as ``pack-operand`` does; the axis the
-intrinsic wants at unit stride last), filled with a pad value past the real extents; the
-nest runs over the padded extents on the copies. When a rounded loop moves the output, the
-nest accumulates into a padded temporary instead, started at zero, and only its valid part
-is added to the output afterwards; when only reduction loops are rounded, the nest
-accumulates into the output itself. The u8 x i8 product of 30 x 30 x 30 on the 16 x 4 dot::
+intrinsic wants at unit stride last, or in the intrinsic's blocks where it reads one
+contiguous block a call, as ``pack-panel`` lays them out), filled with a pad value past the
+real extents; the nest runs over the padded extents on the copies. When a rounded loop moves
+the output, the nest accumulates into a padded temporary instead, started at ``-0.0`` (``0``
+on integers), and only its valid part is added to the output afterwards; when only
+reduction loops are rounded, the nest accumulates into the output itself. The u8 x i8
+product of 30 x 30 x 30 on the 16 x 4 dot (``tests/golden/padding/int8_dot_30.expected``)::
 
-    for i, j, k in grid(30, 30, 30):           for i, k in grid(30, 30): A_pad[i, k] = A[i, k]
-        C[i, j] += i32(A[i, k]) * i32(B[k, j]) for i in range(30):
-                                                   for k in range(30, 32): A_pad[i, k] = 0
-                                   ->          for j, k in grid(30, 30): B_pad[j, k] = B[k, j]
-                                               ... (B_pad's pad: j >= 30 or k >= 30, zero)
-                                               for i, j in grid(30, 32): C_pad[i, j] = 0
-                                               for i, j, k in grid(30, 32, 32):
-                                                   C_pad[i, j] += i32(A_pad[i, k]) * i32(B_pad[j, k])
-                                               for i, j in grid(30, 30): C[i, j] += C_pad[i, j]
+    for i, j, k in grid(30, 30, 30):              A_pad[i, k] = A[i, k], 0 for k >= 30
+        C[i, j] += i32(A[i, k]) * i32(B[k, j])    B_pad[j_o, k_o, j_i, k_i] = B[4 * k_o + k_i,
+                                                      16 * j_o + j_i], 0 past 30
+                                        ->        C_pad[i, j] = 0                   (30 x 32)
+                                                  for i, j_o, k_o in grid(30, 2, 8):
+                                                      call(dot, c=C_pad[i, 16 * j_o],
+                                                           a=A_pad[i, 4 * k_o],
+                                                           b=B_pad[j_o, k_o, 0, 0])
+                                                  for i, j in grid(30, 30):
+                                                      C[i, j] += C_pad[i, j]
 
 and the padded nest is planned again (``extract.py``), on that intrinsic alone: here 480 dot
 calls and nothing left over, where the remainders left 14 of the 30 columns to scalar code.
@@ -30,8 +33,9 @@ The extractor weighs the stage against the remainders on ``cost.py``'s prices
 product): padding is never forced. It pads the nests the function has, not remainder nests:
 on u8 x i8 products a padded remainder (``k`` from 28 to 30 of a 64 x 64 x 30 product)
 measured slower than the nest padded whole (8.0 against 4.5 us) and than the remainder
-left to scalar code, which the model prices too high for integers (LLVM vectorises it);
-on f32 the whole nest padded still beat the remainders everywhere measured.
+left to scalar code, which the model prices too high for integers (LLVM vectorises it).
+On f32 a padded remainder was a little faster than the nest padded whole (30^3: 3.8 against
+4.2 us; 255^3: 282 against 298 us), both faster than the remainders (5.4, 321 us).
 
 Sound. Write ``D`` for the nest's iteration box and ``D'`` for the padded box.
 
