@@ -194,6 +194,43 @@ def test_a_loop_under_half_a_tile_is_not_rounded_up():
     assert not _padded(result.func) and result.coverage == 0.0
 
 
+QCONV_30 = """@prim_func
+def qconv(X: u8[1, 16, 16, 30], W: i8[3, 3, 30, 30], Y: i32[1, 14, 14, 30]):
+    for n, h, w, co in grid(1, 14, 14, 30):
+        for rh, rw, ci in grid(3, 3, 30):
+            Y[n, h, w, co] += i32(X[n, h + rh, w + rw, ci]) * i32(W[rh, rw, ci, co])
+"""
+
+
+def test_an_int8_convolution_with_30_channels_is_padded_through_an_im2col_copy():
+    """30 input and output channels: rounded up to 32, X copied window by window (the copy
+    repeats elements, so it is priced as a packing copy), W in blocks, Y through a padded
+    temporary; without padding half the work stays scalar."""
+    func = parse(QCONV_30)
+    off = tensorize(func, AVX2, rules_off={"padding"})
+    result = tensorize(func, AVX2)
+    assert off.coverage < 0.6 and result.coverage >= 0.9
+    shapes = {b.name: b.shape for b in result.func.allocs}
+    assert shapes["X_pad"] == (1, 14, 3, 14, 3, 32) and shapes["Y_pad"] == (1, 14, 14, 32)
+    check = runtime.check(func, result.compile())
+    assert check.ok, check.message
+
+
+def test_copies_that_change_the_layout_are_priced_as_packing_copies():
+    """A_pad[i, k] is A's own box; B_pad in blocks and X_pad's im2col are packing copies."""
+    nest = _nest(_q(30, 30, 30))
+    desc, b = _binding(nest, DOT, ("A", "B"))
+    stage = padding.pad(nest, padding.requests(nest, desc, b), Names(["A", "B", "C"]))
+    assert {t.name for t in stage.relaid} == {"B_pad"}
+    conv = parse(QCONV_30)
+    nest = _nest(conv)
+    desc, b = _binding(nest, DOT, ("X", "W"))
+    stage = padding.pad(nest, padding.requests(nest, desc, b), Names(["X", "W", "Y"]))
+    assert "X_pad" in {t.name for t in stage.relaid}
+    plain = replace(stage, relaid=())
+    assert padding.price(stage) > padding.price(plain) + cost.PER_PACKING - cost.PER_PADDED_TEMP
+
+
 def test_padding_off_by_name_keeps_the_remainders():
     result = tensorize(_q(30, 30, 30), _rows(DOT), rules_off={"padding"})
     assert not result.func.allocs

@@ -115,7 +115,8 @@ class Padding:
     loads: tuple[tuple[Load, Load], ...]  # original load -> load of the padded copy
     after: tuple[Stmt, ...]
     intrinsic: str  # the one the extents were rounded for
-    relaid: tuple[Buffer, ...] = ()  # temporaries laid out otherwise than what they copy
+    # temporaries laid out otherwise than what they copy: transposed, in blocks, duplicated
+    relaid: tuple[Buffer, ...] = ()
 
     @property
     def elements(self) -> int:
@@ -315,7 +316,7 @@ def pad(nest: AccNest, req: Request, names: Names) -> Padding:
         axes = whole(axes)
         buf = Buffer(names.fresh(f"{load.buffer.name}_pad"), load.buffer.dtype, shape(axes))
         own = _axes([affine(i) for i in load.indices], nest.dims, None)
-        if axes != own:
+        if axes != own or not _plain(load):
             relaid.append(buf)
         pad_value = _pad_const(buf.dtype, negative)
         if any(p for _, p in axes):  # in blocks: the whole copy at the pad, then tile by tile
@@ -351,6 +352,18 @@ def pad(nest: AccNest, req: Request, names: Names) -> Padding:
         indices = tuple(nest_index(a) for a in axes)
     return Padding(tuple(copies), tuple(buffers), AccNest(tuple(new_dims), out, indices, value),
                    tuple(loads), tuple(after), req.intrinsic, tuple(relaid))
+
+
+def _plain(x: Load) -> bool:
+    """Each index of ``x`` is one loop (``i``, ``k + 2``) or a constant, no loop twice: a copy
+    over its loops is the buffer's own box, not a duplicating one (``X[h + rh]``: im2col)."""
+    seen = []
+    for i in x.indices:
+        m = affine(i)
+        if m is None or len(m.terms) > 1 or any(c != 1 for _, c in m.terms):
+            return False
+        seen += [v for v, _ in m.terms]
+    return len(seen) == len(set(seen))
 
 
 def _vars(axes: tuple[Axis, ...], parts: dict) -> list[str]:
