@@ -21,6 +21,10 @@ times, not 4 times, the unit-stride ones). The u8 x i8 dot gains more from packi
 against 94 us). An operand each call reads once (an 8-wide FMA, a matrix-vector product)
 never pays for its copy.
 
+Padding to a tile (``rules/padding.py``) pays for its fills, copies and writeback per element,
+at a vector rate where they move along rows, and per temporary (``padding``): fitted on its
+own measurements, not on ``PER_PACKING``.
+
 A unit-stride input can still cost more than its calls: ``streamed`` charges a tile's panel
 read at a large stride along the reduction whose lines do not stay in L2, which a
 ``pack-panel`` copy (contiguous panels, ``rules/layout.py``) avoids, and an input the next
@@ -32,12 +36,16 @@ from __future__ import annotations
 import math
 
 from .calls import op_count
+from .ir import Accumulate, For, Store, fold_stmt, walk_expr, written_by
 from .nests import AccNest
 
 GATHER_PENALTY = 4.0
 UNBLOCKED_PER_ROW = 0.25
 PER_ELEMENT_MOVED = 1.0
 PER_PACKING = 10000.0
+PER_PADDED_TEMP = 1000.0
+PER_PADDED_ELEMENT = 0.25
+VECTOR_RUN = 8
 
 # L1 and L2 of one Zen 3 core: 32 KB; 512 KB, 8 ways of 1024 sets; 64-byte lines (``streamed``).
 LINE, L1_BYTES, L2_SETS, L2_WAYS = 64, 32 * 1024, 1024, 8
@@ -58,6 +66,66 @@ def scalar_stmt(s) -> float:
 def packing(copies) -> float:
     """Copy nests, each filling one packing temporary."""
     return sum(scalar_stmt(c) + PER_PACKING for c in copies)
+
+
+def padding(stmts, temps, relaid=()) -> float:
+    """``pad-to-tile``'s fills, copies and writeback (``stmts``) and its temporaries
+    ``temps``: each element written and each operation at ``PER_PADDED_ELEMENT`` where the
+    innermost loop runs at least ``VECTOR_RUN`` times (a vectorised row), else at
+    ``PER_ELEMENT_MOVED``; each element of a temporary at ``PER_PADDED_ELEMENT`` (the zeros
+    the kernel writes into every temporary before each call, ``runtime``); and
+    ``PER_PADDED_TEMP`` per temporary. A temporary laid out otherwise than what it copies
+    (``relaid``: transposed, in blocks, an im2col that repeats elements) is also a packing
+    copy, and it and its statements are priced as ``pack-operand`` and ``pack-panel`` price
+    theirs (``packing``): a padded, transposed B otherwise undercut packing B alone and
+    measured 1.3 times slower where another intrinsic covered the leftover columns, and a
+    7 x 7 f32 convolution padded to the 8-row tile through an im2col copy measured 55
+    against 42 us on the 6-row one.
+
+    Fitted on GEMMs of u8 x i8 (12^3 to 255^3, odd shapes; the host's rows and the 16 x 4
+    dot alone) and f32 (5 x 10 x 7 to 255^3) on an AVX-512 Xeon, one thread, medians of
+    three medians: padding measured faster wherever these prices choose it (u8 x i8 30^3:
+    4.2 against 13.9 us; 255^3: 126 against 832 us; f32 30^3: 4.2 against 5.4 us; 255^3:
+    298 against 321 us) and is not chosen where it was not (f32 100 x 70 x 50, 64 x 65 x 64).
+    Measured per element: a fill, a row copy or the writeback 0.1 ns (0.25 units, the tile
+    calls running at about 0.36 ns a unit); a transposing copy 0.5 ns, a copy into [16, 4]
+    blocks 0.25 ns; each temporary about 0.3 us of zeroing before the call. A 512 x 254
+    matrix-vector product whose last 6 columns of A would be copied row by row measured
+    12.1 against 10.4 us, which the price of short rows refuses."""
+    names = {t.name for t in relaid}
+    work = sum(scalar_stmt(s) if written_by(s) & names else
+               fold_stmt(s, lambda x: op_count(x) + 1, loop=_vector_rate) for s in stmts)
+    per_temp = sum(PER_PACKING if t in relaid else PER_PADDED_TEMP for t in temps)
+    return work + PER_PADDED_ELEMENT * sum(t.size for t in temps) + per_temp
+
+
+def _vector_rate(loop, inner: float) -> float:
+    """``inner`` (the price of one run of ``loop``'s body) times the trip count, at
+    ``PER_PADDED_ELEMENT`` when ``loop`` is an innermost loop of at least ``VECTOR_RUN``
+    along which every access of its statement moves by one element or stays (a row copied,
+    not a column: a transposing or blocking copy pays per element)."""
+    innermost = not isinstance(loop.body, For)
+    rate = 1.0
+    if innermost and loop.stop - loop.start >= VECTOR_RUN and _unit_stride(loop.body, loop.var):
+        rate = PER_PADDED_ELEMENT
+    return (loop.stop - loop.start) * inner * rate
+
+
+def _unit_stride(s, var: str) -> bool:
+    from .affine import affine
+    from .ir import Load, loads_of
+
+    if not isinstance(s, (Store, Accumulate)):
+        return False
+    for x in [Load(s.buffer, s.indices), *loads_of(s.value)]:
+        maps = [affine(i) for i in x.indices]
+        if any(m is None and any(getattr(v, "name", None) == var for v in walk_expr(i))
+               for m, i in zip(maps, x.indices)):
+            return False
+        coeffs = [m.coeff(var) if m is not None else 0 for m in maps]
+        if any(coeffs[:-1]) or coeffs[-1] not in (0, 1):
+            return False
+    return True
 
 
 def _writes(s) -> int:

@@ -15,7 +15,11 @@ A binding whose unit-stride input jumps far between consecutive calls along the 
 that copies, for the divisible part, each tile's panel contiguously; ``cost.streamed``
 prices the strided panel, so the copy is taken only where it measured faster. The same
 stage copies an operand that wants one contiguous block per call (``Layout.contiguous``)
-into blocks, weighed against ``cost.unblocked``. The two stages are the ``nest-stage`` and
+into blocks, weighed against ``cost.unblocked``. A binding that leaves remainders (or binds a
+loop shorter than its dim, down to half of it) is also weighed behind ``pad-to-tile``
+(``rules/padding.py``): its loops rounded up to the tile on zero-padded copies, the padded
+nest planned again on that intrinsic, the output's valid part added back; on the nests the
+function has, not on remainders (``Family.depth``). The stages are the ``nest-stage`` and
 ``calls-stage`` rule families (``rules/__init__.py``); the extractor runs those in force.
 
 The candidates are not compared here: each nest becomes an e-class of alternatives in a plan
@@ -31,7 +35,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 from . import cost, ir, rules
 from .affine import affine
@@ -62,11 +66,13 @@ def _substitute(e: Expr, loads: dict[str, Load]) -> Expr:
 
 class _Stage(NamedTuple):
     """A stage family's hooks: what it would change (``requests`` of a nest stage,
-    ``operands`` of a calls stage), and the change itself."""
+    ``operands`` of a calls stage), the change itself, and (a nest stage's) its price."""
 
     name: str
     pick: Callable
     build: Callable
+    price: Optional[Callable] = None
+    depth: Optional[int] = None  # the deepest remainder level a nest stage is weighed on
 
 
 class Extractor:
@@ -74,7 +80,7 @@ class Extractor:
         self.library = library  # name -> descriptor
         self.names = names  # names in use (temporaries get fresh ones)
         # the stage families (rules/__init__.py), in their order
-        self.nest_stages = [_Stage(f.name, *f.load())
+        self.nest_stages = [_Stage(f.name, *f.load(), f.depth)
                             for f in rules.families(rules.NEST_STAGE, rules_off)]
         self.calls_stages = [_Stage(f.name, *f.load())
                              for f in rules.families(rules.CALLS_STAGE, rules_off)]
@@ -83,6 +89,10 @@ class Extractor:
         self._panels: dict = {}  # (stage, nest, binding, tiling, operands) -> layout.Panel
         self._panel_names: dict = {}  # stage -> what a panel holds -> its temporary's name
         self.split_loops = "loops" not in rules_off  # split-for-intrinsic, with the loop rules
+        # nest stages name their temporaries here, provisionally: many are built, few kept
+        self.trial_names = names.copy()
+        self._trial: set[str] = set()  # the provisional names handed out
+        self._final: dict[str, str] = {}  # a provisional name kept -> its name in the program
 
     def best(self, nest: AccNest, matches: list[BodyMatch]) -> Plan:
         """The cheapest program for ``nest`` given the e-graph's ``matches``."""
@@ -93,7 +103,68 @@ class Extractor:
         for k in leaves:
             plan.stmts += graph.leaves[k].stmts
             plan.allocs += graph.leaves[k].allocs
-        return plan
+        return self._named(plan)
+
+    def stage_names(self) -> Names:
+        """Where a nest stage takes its temporaries' names: provisional ones, which ``best``
+        replaces, in the chosen program, by fresh names in order of appearance (``B_pad``,
+        not the ``B_pad7`` of the seventh candidate built)."""
+        return _Recording(self.trial_names, self._trial)
+
+    def _named(self, plan: Plan) -> Plan:
+        """``plan`` with the provisional names of nest stages' temporaries replaced (and
+        those of temporaries named after them, a panel of a padded copy)."""
+        rename = self._final  # the same temporary chosen again (a guard's other branch)
+        for b in plan.allocs:  # keeps the name it was given
+            if b.name in self._trial and b.name not in rename:
+                rename[b.name] = self.names.fresh(_base(b.name))
+        for b in plan.allocs:
+            head = next((t for t in self._trial if b.name.startswith(t + "_") and t in rename), None)
+            if head is not None and b.name not in rename:
+                rename[b.name] = self.names.fresh(rename[head] + _base(b.name[len(head):]))
+        if not any(b.name in rename for b in plan.allocs):
+            return plan
+        to = {b.name: Buffer(rename[b.name], b.dtype, b.shape) for b in plan.allocs if b.name in rename}
+        return Plan([_renamed(st, to) for st in plan.stmts], plan.cost,
+                    [to.get(b.name, b) for b in plan.allocs])
+
+
+class _Recording(Names):
+    """A ``Names`` that also notes, in ``handed``, each name it hands out."""
+
+    __slots__ = ("_handed",)
+
+    def __init__(self, names: Names, handed: set[str]):
+        self._used = names._used  # shares the names in use with ``names``
+        self._handed = handed
+
+    def reserve(self, name: str) -> str:
+        self._handed.add(name)
+        return super().reserve(name)
+
+
+def _base(name: str) -> str:
+    """``B_pad`` for ``B_pad7``: the name without the number ``Names.fresh`` appended."""
+    return name.rstrip("0123456789") or name
+
+
+def _renamed(s: Stmt, to: dict[str, Buffer]) -> Stmt:
+    """``s`` with the buffers named in ``to`` replaced."""
+    def expr(e: Expr) -> Expr:
+        return ir.map_loads(e, lambda x: Load(to.get(x.buffer.name, x.buffer),
+                                              tuple(expr(i) for i in x.indices)))
+
+    def leaf(x: Stmt) -> Stmt:
+        if isinstance(x, (Store, Accumulate)):
+            return type(x)(to.get(x.buffer.name, x.buffer), tuple(expr(i) for i in x.indices),
+                           expr(x.value))
+        if isinstance(x, Call):
+            return Call(x.intrinsic, tuple((n, ir.Window(to.get(w.buffer.name, w.buffer),
+                                                         tuple(expr(i) for i in w.base), w.steps))
+                                           for n, w in x.operands), x.output)
+        return x
+
+    return ir.map_stmt(s, leaf, expr)
 
 
 def _calls(desc, loops, windows) -> Stmt:
@@ -198,12 +269,20 @@ def _price(desc, b: Binding, windows, unit_ok: bool, streams, blocked_streams=No
         cost.unblocked(desc, b.tiles, windows)
 
 
+@functools.lru_cache(maxsize=4096)
+def _bindings(nest: AccNest, desc, m: BodyMatch, short: bool) -> tuple[Binding, ...]:
+    """``match.bindings``, once per nest: a nest comes again as another binding's remainder
+    and behind stages."""
+    return tuple(bindings(nest, desc, m, short=short))
+
+
 class _Builder:
     """Candidates of one nest and, recursively, of the nests they leave, into a plan graph."""
 
     def __init__(self, ex: Extractor, graph: PlanGraph):
         self.ex, self.graph = ex, graph
         self._nests: dict = {}  # remainders of different bindings are often the same nest
+        self._least: dict[int, float] = {}  # a finished nest's id -> its cheapest alternative
 
     def nest(self, nest: AccNest, matches: tuple, depth: int, pack: bool,
              split: bool = True) -> NestRef:
@@ -215,20 +294,47 @@ class _Builder:
         self.graph.add(ref, self.graph.leaf([nest.stmt()], scalar))
         if depth >= MAX_DEPTH:
             return ref
+        stages = [s for s in self.ex.nest_stages if s.depth is None or depth <= s.depth]
+        staged = []  # (desc, binding) for the nest stages, weighed last
         for m in matches:
             desc = self.ex.library[m.intrinsic]
-            for b in bindings(nest, desc, m):
+            for b in _bindings(nest, desc, m, False):
                 if cost.calls(desc, b.tiles, b.unit_stride_ok) < scalar:
                     if b.scale != 1.0:
                         self._scaled(ref, nest, desc, b, matches, depth, pack)
                     else:
                         self._tiled(ref, nest, desc, b, matches, depth, pack)
-                if pack and not b.unit_stride_ok and b.scale == 1.0:
-                    for stage in self.ex.nest_stages:
-                        self._packed(stage, ref, nest, desc, b, matches, depth, scalar)
+                if pack and b.scale == 1.0 and stages:
+                    staged.append((desc, b))
+            if pack and m.scale == 1.0 and stages:
+                # loops shorter than the intrinsic's dims, which only a stage can make whole
+                # tiles of (pad-to-tile)
+                staged += [(desc, b) for b in _bindings(nest, desc, m, True)]
             if split and self.ex.split_loops:
                 self._split(ref, nest, desc, m, matches, depth, pack)
+        if staged:
+            # a stage whose copies and least possible calls cost as much as the cheapest
+            # program found without it cannot win, and its nest need not be planned
+            bound = self._cheapest(ref)
+            for desc, b in staged:
+                for stage in stages:
+                    self._packed(stage, ref, nest, desc, b, matches, depth, bound)
         return ref
+
+    def _cheapest(self, ref: NestRef) -> float:
+        """The cost of ``ref``'s cheapest alternative so far; the nests it holds are finished
+        (planned before it), so their costs are kept."""
+        def alternatives(nid: int) -> float:
+            return min(sum(part(p) for p in parts) for parts in self.graph.alternatives[nid])
+
+        def part(p) -> float:
+            if not isinstance(p, NestRef):
+                return self.graph.leaves[p].cost
+            if p.id not in self._least:
+                self._least[p.id] = alternatives(p.id)
+            return self._least[p.id]
+
+        return alternatives(ref.id)
 
     def _split(self, ref, nest: AccNest, desc, m: BodyMatch, matches, depth: int,
                pack: bool) -> None:
@@ -242,23 +348,40 @@ class _Builder:
             self.graph.add(ref, self.nest(split, moved, depth, pack, False))
 
     def _packed(self, stage, ref, nest: AccNest, desc, b: Binding, matches, depth: int,
-                scalar: float) -> None:
+                bound: float) -> None:
         """A nest stage (``pack-operand``: copies of the inputs ``b`` reads without unit
-        stride), then the nest it gives, planned again without nest stages (its cheapest
-        binding is now usually ``b`` unit-stride). Bindings that need the same copies share
-        one temporary, so its name is made once."""
+        stride; ``pad-to-tile``: zero-padded copies over extents ``b``'s tile divides), then
+        the nest it gives, planned again without nest stages (its cheapest binding is now
+        usually ``b`` unit-stride, or without remainders), then what the stage runs after it
+        (padding's writeback). Not planned when the stage's price and ``_floor`` of its nest
+        reach ``bound``, the cheapest plan of ``nest`` found without it. Bindings that need
+        the same copies share one temporary, so its name is made once."""
         reqs = stage.pick(nest, desc, b)
         if reqs is None:
             return
         key = (stage.name, nest, matches, reqs)
         if key not in self.ex._packs:
-            self.ex._packs[key] = stage.build(nest, reqs, self.ex.names)
+            self.ex._packs[key] = stage.build(nest, reqs, self.ex.stage_names())
         packing = self.ex._packs[key]
-        copies = cost.packing(packing.copies)
-        if copies + cost.calls(desc, b.tiles, True) >= scalar:
-            return  # the copies and unit-stride tiles alone cost more than scalar code
-        sub = self.nest(packing.nest, tuple(packing.match(m) for m in matches), depth, False)
-        self.graph.add(ref, self.graph.leaf(list(packing.copies), copies, list(packing.buffers)), sub)
+        copies = stage.price(packing)  # what runs after the nest included
+        moved = tuple(x for x in (packing.match(m) for m in matches) if x is not None)
+        if copies + self._floor(packing.nest, moved) >= bound:
+            return  # the copies and the cheapest conceivable calls cost more than a plan found
+        sub = self.nest(packing.nest, moved, depth, False)
+        parts = [self.graph.leaf(list(packing.copies), copies, list(packing.buffers)), sub]
+        if packing.after:
+            parts.append(self.graph.leaf(list(packing.after), 0.0))
+        self.graph.add(ref, *parts)
+
+    def _floor(self, nest: AccNest, matches) -> float:
+        """No program for ``nest`` with ``matches`` costs less: every iteration at the lower of
+        its scalar price and the cheapest call's price per iteration it covers (calls at unit
+        stride; copies, gathers and remainders only add)."""
+        per = cost.scalar(nest) / max(1, nest.iterations)
+        for m in matches:
+            desc = self.ex.library[m.intrinsic]
+            per = min(per, desc.cost / math.prod(d.extent for d in desc.dims))
+        return per * nest.iterations
 
     def _tiled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool) -> None:
         """The calls of ``b`` and the plans of its remainders; again behind each calls stage

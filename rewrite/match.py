@@ -99,9 +99,12 @@ def _injective(shape: tuple[int, ...], steps: tuple[tuple[int, ...], ...], buf: 
     return True
 
 
-def bindings(nest: AccNest, desc, match: BodyMatch, check_extents: bool = True) -> Iterator[Binding]:
+def bindings(nest: AccNest, desc, match: BodyMatch, check_extents: bool = True,
+             short: bool = False) -> Iterator[Binding]:
     """Every legal binding of ``desc``'s dimensions to ``nest``'s loops for one body match
-    (``check_extents=False`` also yields bindings to loops too short, for explanations)."""
+    (``check_extents=False`` also yields bindings to loops too short, for explanations;
+    ``short`` only those with a loop shorter than its dim but at least half as long, which
+    ``pad-to-tile`` can round up to one tile, ``rules/padding.py``)."""
     accesses: dict[str, tuple[Buffer, tuple[Expr, ...]]] = {desc.output.name: (nest.out, nest.indices)}
     for op, load in zip(desc.inputs, match.loads):
         accesses[op.name] = (load.buffer, load.indices)
@@ -126,21 +129,25 @@ def bindings(nest: AccNest, desc, match: BodyMatch, check_extents: bool = True) 
     choices = []
     for d in desc.dims:
         options: list[Optional[str]] = [p.name for p in offered
-                                        if p.extent >= d.extent or not check_extents]
+                                        if p.extent >= d.extent or not check_extents
+                                        or short and 2 * p.extent >= d.extent]
         if d.extent == 1:
             options.append(None)
         choices.append(options)
+    extent = {p.name: p.extent for p in offered}
     for assignment in itertools.product(*choices):
         named = [p for p in assignment if p is not None]
         if len(set(named)) != len(named):
             continue
+        if short and all(p is None or extent[p] >= d.extent for d, p in zip(desc.dims, assignment)):
+            continue
         b = _check(nest, desc, match, dict(zip((d.name for d in desc.dims), assignment)),
-                   accesses, maps, prog)
+                   accesses, maps, prog, short)
         if b is not None:
             yield b
 
 
-def _check(nest, desc, match, bound, accesses, maps, prog) -> Optional[Binding]:
+def _check(nest, desc, match, bound, accesses, maps, prog, short=False) -> Optional[Binding]:
     steps = {}
     unit_ok = True
     for op in desc.operands:
@@ -154,7 +161,9 @@ def _check(nest, desc, match, bound, accesses, maps, prog) -> Optional[Binding]:
         for it, p in bound.items():
             if p is not None and it not in op.dims and any(_coef_vector(ms, p)):
                 return None
-        if op.role == "output" and not _injective(op.shape, tuple(op_steps), buf):
+        # (a window past a short loop may wrap onto the next row; padding writes it into a
+        # temporary of the padded extents, where the padded nest is bound again)
+        if op.role == "output" and not short and not _injective(op.shape, tuple(op_steps), buf):
             return None
         if slow_dims(desc, op, buf, op_steps):
             unit_ok = False

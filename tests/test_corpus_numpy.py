@@ -374,6 +374,12 @@ def _tbl():
         return {"A": rows, "sum": rows[-1, -1]}
     add("doitgen", 60, doitgen)
     add("doitgen_local_sum", 60, lambda a: {"A": np.einsum("rqs,sp->rqp", f64(a["A"]), f64(a["C4"]))})
+
+    # padding.py: products whose sizes divide no intrinsic's tile
+    add("qgemm_u8i8_30", 0, lambda a: {
+        "C": (a["C"].astype(np.int64) + int_matmul(a["A"], a["B"])).astype(np.int32)})
+    add("sgemm_30", 30, lambda a: {"C": f64(a["A"]) @ f64(a["B"])})
+    add("sgemm_odd_100x70x50", 50, lambda a: {"C": f64(a["A"]) @ f64(a["B"])})
     return t
 
 

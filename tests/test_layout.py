@@ -345,9 +345,10 @@ def test_gemm_512_reads_b_from_a_panel():
 
 @pytest.mark.parametrize("n", [64, 256])
 def test_gemm_b_stays_in_place_where_the_panel_did_not_pay(n):
-    """At 64 and 256 the copy measured slower (1.18 and 1.04 times): B is read in place."""
+    """At 64 and 256 the copy measured slower (1.18 and 1.04 times): B is read in place (at
+    256 the last 4 rows of A and C are padded to the 6-row tile, ``rules/padding.py``)."""
     result = tensorize(_nn(n, n, n), AVX2)
-    assert not result.func.allocs and not _copies(result.func)
+    assert not any(c.value.buffer.name == "B" for c in _copies(result.func))
     assert all(c.window("b").buffer.name == "B" for c in _calls(result.func))
 
 
@@ -399,11 +400,12 @@ def test_int8_dense_256_reads_b_in_contiguous_blocks():
 
 
 def test_block_packed_int8_program_keeps_the_meaning():
-    """Remainders on j (70 = 4 * 16 + 6) and k (130 = 32 * 4 + 2) keep reading B."""
+    """Remainders on j (70 = 4 * 16 + 6) and k (130 = 32 * 4 + 2) keep reading B (with
+    padding off: it would round them up to whole blocks, tests/test_padding.py)."""
     for func in (parse_file(ROOT / "corpus" / "quantized.py")["qdense_u8i8"],
                  parse_file(ROOT / "corpus" / "quantized.py")["qconv_u8i8"],
                  _dense_u8(40, 70, 130)):
-        result = tensorize(func, AVX2)
+        result = tensorize(func, AVX2, rules_off={"padding"})
         _well_formed(result)
         dots = _dots(result.func)
         assert dots and all((_flat(c.window("b"), 0), _flat(c.window("b"), 1)) == (4, 1)

@@ -24,14 +24,20 @@ Kinds
     pipeline's IEEE check of each match (``algebra.ieee_equal``).
 
 ``nest-stage``: ``requests(nest, desc, binding) -> key | None``,
-``build(nest, key, names) -> staged``
-    A rewrite the extractor (``extract.py``) weighs for each binding of an intrinsic whose
-    calls miss a unit stride and carry no constant factor: ``requests`` says what to change
-    (None: nothing it can do); the extractor builds it once per key, nest and matches, and
-    plans ``staged.nest`` again, without nest stages, after ``staged.copies`` (statements
-    filling the temporaries ``staged.buffers``), each match read through ``staged.match``.
-    Obligation: the copies and the new nest together compute what the nest did, and the new
-    nest's binding runs at unit stride.
+``build(nest, key, names) -> staged``, ``price(staged) -> float``
+    A rewrite the extractor (``extract.py``) weighs for each binding of an intrinsic that
+    carries no constant factor (also for bindings to loops shorter than the intrinsic's dims
+    but at least half as long, ``match.bindings(short=True)``): ``requests`` says what to
+    change (None: nothing it can do); the extractor builds it once per key, nest and
+    matches, and plans ``staged.nest`` again, without nest stages, after ``staged.copies``
+    (statements filling the temporaries ``staged.buffers``) and before ``staged.after``
+    (statements reading them back), each match read through ``staged.match`` (None: that
+    match is not planned on the new nest). ``price`` is what the copies and ``after`` cost
+    (``cost.py``); a stage whose price and cheapest conceivable calls reach the best plan
+    found without it is not planned. ``Family.depth`` bounds the remainder nests it is
+    weighed on. Obligation: the copies, the new nest and ``after`` together compute what
+    the nest did (``pack-operand``: the new nest's binding runs at unit stride;
+    ``pad-to-tile``: over extents the intrinsic divides).
 
 ``calls-stage``: ``operands(desc, windows, streams) -> names``,
 ``build(nest, desc, binding, tiled, operands, names, known, order) -> staged | None``
@@ -68,7 +74,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 NORMALIZE = "normalize"
 RULESET = "ruleset"
@@ -80,7 +86,7 @@ ALTERNATIVES = "alternatives"
 KINDS = {
     NORMALIZE: ("apply",),
     RULESET: ("ruleset",),
-    NEST_STAGE: ("requests", "build"),
+    NEST_STAGE: ("requests", "build", "price"),
     CALLS_STAGE: ("operands", "build"),
     ALTERNATIVES: ("improve",),
 }
@@ -96,6 +102,9 @@ class Family:
     module: str
     hooks: tuple[str, ...]
     rules: str  # the rules it holds, as their docstrings name them
+    # a nest stage: the deepest remainder nest it is weighed on (0: the nests the function
+    # has; None: every remainder the extractor plans)
+    depth: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS or len(self.hooks) != len(KINDS[self.kind]):
@@ -116,7 +125,11 @@ FAMILIES = (
     Family("snapshot", NORMALIZE, "snapshot", ("apply",), "snapshot-reads"),
     Family("algebra", RULESET, "algebra", ("algebra",),
            "comm-*, assoc-*, factor-mul, sub-as-add-neg"),
-    Family("pack-operand", NEST_STAGE, "layout", ("requests", "pack"), "pack-operand"),
+    Family("pack-operand", NEST_STAGE, "layout", ("requests", "pack", "price"), "pack-operand"),
+    # padding only the nests the function has: padded remainders measured slower than the
+    # nest padded whole wherever the cost model preferred them (rules/padding.py)
+    Family("padding", NEST_STAGE, "padding", ("requests", "pad", "price"), "pad-to-tile",
+           depth=0),
     Family("pack-panel", CALLS_STAGE, "layout", ("panel_operands", "pack_panel"), "pack-panel"),
     Family("expand", ALTERNATIVES, "expand", ("improve",), "scalar expansion"),
     Family("inline", ALTERNATIVES, "fusion", ("improve",), "inline-producer"),

@@ -51,6 +51,10 @@ class Packing:
     def elements(self) -> int:
         return sum(b.size for b in self.buffers)
 
+    @property
+    def after(self) -> tuple[Stmt, ...]:
+        return ()  # the nest reads the copies; nothing to bring back
+
     def match(self, m: BodyMatch) -> BodyMatch:
         """``m`` with its operand loads read from the packed copies."""
         new = dict(self.loads)
@@ -64,6 +68,8 @@ def requests(nest: AccNest, desc, b: Binding) -> Optional[tuple[Request, ...]]:
     stands for two operands that need different copies, or the load reads the output."""
     steps, loads = dict(b.steps), dict(b.loads)
     bound, dims = b.bound(), {d.name: d for d in nest.dims}
+    if not b.tiles:  # a loop shorter than the intrinsic's dim: no call to run at unit stride
+        return None
     if slow_dims(desc, desc.output, nest.out, steps[desc.output.name]):
         return None
     out: dict[Load, tuple[Dim, ...]] = {}
@@ -105,6 +111,11 @@ def pack(nest: AccNest, reqs: tuple[Request, ...], names: Names) -> Packing:
     value = _replace_loads(nest.value, dict(loads))
     return Packing(tuple(copies), tuple(buffers), AccNest(nest.dims, nest.out, nest.indices, value),
                    tuple(loads))
+
+
+def price(p: Packing) -> float:
+    """What ``pack-operand``'s copies cost (``cost.packing``)."""
+    return cost.packing(p.copies)
 
 
 def _replace_loads(e: Expr, new: dict[Load, Load]) -> Expr:
