@@ -101,7 +101,8 @@ def f(C: f32[256, 256], A: f32[256, 8]):
     assert sorted(tuple(d.extent for d in b.dims) for b in boxes) == [
         (2, 64, 8, 64), (4, 32, 8, 32), (128, 8, 128)]
     (rest,) = [p for p in pieces if not isinstance(p, AccNest)]
-    assert show_stmt(rest) == """for t, i, k, j in grid(8, 32, 8, 32):
+    # the guarded dims outermost, so the guard bounds the loop inside it
+    assert show_stmt(rest) == """for t, i, j, k in grid(8, 32, 32, 8):
         if i >= j:
             C[i + 32 * t, j + 32 * t] += A[i + 32 * t, k] * A[j + 32 * t, k]"""
 

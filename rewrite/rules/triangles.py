@@ -235,11 +235,33 @@ def _batched(g: Guarded, extents: tuple[int, ...], pending: list[Affine],
             c = _condition(shifted)
             cond = c if cond is None else ir.Logical("and", cond, c)
         s = If(cond, s)
-    for d, e in reversed(list(zip(g.dims, extents))):
+    order = list(zip(g.dims, extents))
+    if pending:
+        order = _remainder_order(g, order, pending)
+    for d, e in reversed(order):
         s = For(d.name, 0, e, s)
     if t is not None:
         s = For(t, 0, len(corners), s)
     return nests.as_nest(s) or s
+
+
+def _remainder_order(g: Guarded, order: list, pending: list[Affine]) -> list:
+    """A guarded remainder's loops (it is scalar code, whose loop order the lowering keeps):
+    the guarded dims outermost, so the guard bounds the loops inside it, and the dim of the
+    output's last index innermost, where memory moves by one element. Any order computes
+    the same sums: the nest does not read what it accumulates."""
+    cut = {v for f in pending for v in f.vars}
+    last = len(g.acc.indices) - 1
+
+    def place(item) -> tuple:
+        d = item[0]
+        if d.name in cut:
+            return (0, 0)
+        where = [k for k, i in enumerate(g.acc.indices)
+                 for x in ir.walk_expr(i) if isinstance(x, ir.Var) and x.name == d.name]
+        return (1, max(where, default=-1) - last)
+
+    return sorted(order, key=place)
 
 
 def _condition(f: Affine) -> Compare:
