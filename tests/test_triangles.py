@@ -268,3 +268,22 @@ def symm(C: f32[20, 24], A: f32[20, 20], B: f32[20, 24], temp2: f32[20, 24]):
             C[k, j] += 1.5 * B[i, j] * A[i, k]
 '''
     assert check(f, seed=6).ok
+
+
+def test_thirty_nested_triangular_loops_compile_without_hanging_llvm():
+    # LLVM's loop passes take minutes on 30 nested loops bounded by their guards; beyond
+    # codegen.MAX_NARROWED the loops keep their guards (the program is never run: its
+    # iteration count is astronomical)
+    import subprocess
+    import sys
+
+    n = 30
+    lines = ["@prim_func", "def deep(X: f32[64]):", "    for v0 in range(64):"]
+    for k in range(1, n):
+        lines.append("    " * (k + 1) + f"for v{k} in range(v{k - 1}, 64):")
+    lines.append("    " * (n + 1) + f"X[v{n - 1} - v0] += 1.0")
+    code = ("import sys; from rewrite.script import parse; from rewrite import runtime\n"
+            "runtime.compile(parse(sys.stdin.read()))\nprint('compiled')")
+    r = subprocess.run([sys.executable, "-c", code], input="\n".join(lines) + "\n",
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "compiled", r.stderr
