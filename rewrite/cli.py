@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -467,19 +468,83 @@ def main(argv: Optional[list[str]] = None) -> int:
             saturation.shutdown()
         for signum, old in handlers.items():
             signal.signal(signum, old)
+        _watchdog.disarm()
         signals.clear()
+
+
+# Python runs a signal handler between bytecodes only: a command stuck in native code (LLVM
+# optimising a pathological kernel) would never see SIGINT or SIGTERM. A watchdog thread
+# hears the signal at once (``signal.set_wakeup_fd``) and, when the command has not stopped
+# cleanly this long after it, ends the process with the same status.
+STOP_GRACE_SECONDS = 5.0
 
 
 def _catch_signals() -> dict:
     """SIGTERM stops the command like SIGINT: cleanly, the worker killed, a status of
-    128 + the signal. Returns the handlers to restore."""
+    128 + the signal; if it cannot stop within ``STOP_GRACE_SECONDS`` (native code), the
+    watchdog ends it. Returns the handlers to restore."""
     old = {}
     try:
         for signum in (signal.SIGINT, signal.SIGTERM):
             old[signum] = signal.signal(signum, on_signal)
     except ValueError:  # not the main thread: signals stay with whoever owns them
-        pass
+        return old
+    _watchdog.arm()
     return old
+
+
+class _Watchdog:
+    def __init__(self) -> None:
+        self.pipe: Optional[tuple[int, int]] = None
+        self.previous = -1
+
+    def arm(self) -> None:
+        import threading
+
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        try:
+            self.previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except ValueError:
+            os.close(r)
+            os.close(w)
+            return
+        self.pipe = (r, w)
+        threading.Thread(target=self._watch, args=(r,), daemon=True).start()
+
+    def _watch(self, r: int) -> None:
+        import time
+
+        try:
+            while True:
+                got = os.read(r, 1)
+                if not got:  # disarmed: the write end was closed
+                    return
+                if got[0] in (signal.SIGINT, signal.SIGTERM):
+                    break  # another signal with a Python handler (a pool's SIGCHLD): not ours
+            time.sleep(STOP_GRACE_SECONDS)
+            if self.pipe is None or self.pipe[0] != r:
+                return  # the command stopped cleanly meanwhile
+            os.write(2, b"interrupted (stopped inside native code)\n")
+            os._exit(128 + got[0])
+        except OSError:
+            return
+        finally:
+            try:
+                os.close(r)
+            except OSError:
+                pass
+
+    def disarm(self) -> None:
+        if self.pipe is None:
+            return
+        r, w = self.pipe
+        self.pipe = None
+        signal.set_wakeup_fd(self.previous)
+        os.close(w)  # the watching thread reads end-of-file, closes its end and returns
+
+
+_watchdog = _Watchdog()
 
 
 if __name__ == "__main__":

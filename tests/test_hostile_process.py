@@ -510,3 +510,56 @@ def test_a_key_others_can_read_is_not_used(tmp_path, monkeypatch):
     runtime.clear_memory_cache()
     assert runtime.compile(parse(MATMUL), threads=1).source == "compiled"
     assert cache_files(tmp_path, "*.o") == []
+
+
+# ---------------------------------------------------------------------------
+# a signal that arrives while native code runs
+
+SLOW_LLVM = """
+import pathlib
+import rewrite.codegen as codegen
+
+codegen.MAX_NARROWED = 100  # LLVM's loop passes then take minutes on the nest below
+_optimize = codegen.optimize
+
+
+def optimize(module):
+    pathlib.Path({marker!r}).write_text("optimizing")
+    return _optimize(module)
+
+
+codegen.optimize = optimize
+"""
+
+
+def deep_triangles(n: int = 30) -> str:
+    lines = ["@prim_func", "def deep(X: f32[64]):", "    for v0 in range(64):"]
+    for k in range(1, n):
+        lines.append("    " * (k + 1) + f"for v{k} in range(v{k - 1}, 64):")
+    lines.append("    " * (n + 1) + f"X[v{n - 1} - v0] += 1.0")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_command_inside_native_code(tmp_path, signum, status):
+    marker = tmp_path / "optimizing"
+    (tmp_path / "slow.py").write_text(SLOW_LLVM.format(marker=str(marker)))
+    (tmp_path / "deep.py").write_text(deep_triangles())
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "rewrite.cli", "run", "deep.py", "--jobs", "1",
+                             "--intrinsics-file", "slow.py"], cwd=tmp_path, env=env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)  # inside LLVM's optimiser, which Python's handlers cannot interrupt
+        t0 = time.monotonic()
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == status
+    assert err.strip().splitlines() == ["interrupted (stopped inside native code)"]
+    assert time.monotonic() - t0 < cli.STOP_GRACE_SECONDS + 10
