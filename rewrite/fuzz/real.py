@@ -30,7 +30,9 @@ why no call of the intrinsic may write the output (``NearMiss.mutation``):
 
 - ``output in a guard``: ``if C[f] > 0.0: C[f] += ...`` inside a reduction loop (one is added
   when the shape has none): whether a term is added depends on the sum so far, so the nest
-  is no accumulation, whose terms a call adds several at a time or in another order;
+  is no accumulation, and a call adds its terms whatever the output holds (a program that
+  undid the updates whose guard fails could still call it: that is a rewrite no rule makes,
+  and this near miss asserts none treats the guard as one it may drop or hoist);
 - ``aliasing out-of-place``: ``D[f] = D[f'] + e`` (or, on integers, ``D[f] = S[g] + A *
   D[f']``), ``f'`` the element the previous iteration along a loop wrote;
 - ``triangle reads its own writes``: a triangle whose accumulation reads the element the
@@ -821,8 +823,9 @@ def _output_in_guard(draw, desc) -> Optional[NearMiss]:
     func, _, _ = _program(s, name="near_miss")
     return NearMiss(func, desc.name, "C",
                     f"output in a guard: each term is added under if C[...] {s.out_guard} 0, which "
-                    "reads the sum so far: the nest is no accumulation whose terms may be added "
-                    "in another order or several at once")
+                    "reads the sum so far, so the nest is no accumulation; a call adds its terms "
+                    "whatever C holds (only another program, one that undoes the updates whose "
+                    "guard fails, could use it)")
 
 
 @st.composite
