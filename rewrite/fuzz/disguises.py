@@ -13,6 +13,11 @@ cost model's stated prices (``cost.py``), never from running the tensorizer.
 intrinsic on the mutated nest: another operator, an index the access pattern cannot fit, a
 changed dtype, a loop-carried dependence through the output. ``could_fit`` is the necessary
 condition that certifies a near miss.
+
+Both also draw the forms of real code (``real.py``: triangles, out-of-place updates, sums of
+products, runtime scale factors, snapshots, reused temporaries) and their near misses, as
+kinds of their own (``REAL_KINDS``, ``REAL_MUTATIONS``); the ``kinds`` argument of each chooses
+among all of them.
 """
 
 from __future__ import annotations
