@@ -6,6 +6,9 @@
 - ``disguises.py``: programs that hold a given intrinsic in disguise, with what their
   construction guarantees (``disguised``), and near misses that must not use it
   (``near_misses``, certified by ``could_fit``);
+- ``real.py``: the forms of real code among those disguises and near misses (triangles,
+  out-of-place updates, sums of products, runtime scale factors, snapshots, reused
+  temporaries), each with the guarantee its rules imply;
 - ``properties.py``: completeness, soundness, no match and round trip, run on those cases
   under hypothesis, and the ``tensorize fuzz`` command.
 

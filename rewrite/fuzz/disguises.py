@@ -13,6 +13,11 @@ cost model's stated prices (``cost.py``), never from running the tensorizer.
 intrinsic on the mutated nest: another operator, an index the access pattern cannot fit, a
 changed dtype, a loop-carried dependence through the output. ``could_fit`` is the necessary
 condition that certifies a near miss.
+
+Both also draw the forms of real code (``real.py``: triangles, out-of-place updates, sums of
+products, runtime scale factors, snapshots, reused temporaries) and their near misses, as
+kinds of their own (``REAL_KINDS``, ``REAL_MUTATIONS``); the ``kinds`` argument of each chooses
+among all of them.
 """
 
 from __future__ import annotations
@@ -98,8 +103,25 @@ TRANSFORMATIONS = (
 )
 
 
+# The forms of real code (``real.py``): disguise kinds beside the classic ones above, the
+# forms they are written in, and their near misses.
+CLASSIC = "classic"
+REAL_KINDS = ("triangular loop bounds", "triangle written as a guard", "out-of-place update",
+              "sum of two products", "runtime scale factor", "reads rows it writes later",
+              "reused temporary under carried loops", "scalar local")
+REAL_FORMS = ("written -=", "written X = X - e", "written X = X + a + b", "written X = a + X + b",
+              "written D = S + e", "written D = e + S", "written D = S - e")
+REAL_MUTATIONS = ("output in a guard", "aliasing out-of-place", "triangle reads its own writes",
+                  "factor written by the nest", "temporary read before written")
+DISGUISE_KINDS = (CLASSIC,) + REAL_KINDS
+TRANSFORMATIONS = TRANSFORMATIONS + REAL_KINDS + REAL_FORMS
+
+
 def transformation(note: str) -> str:
     """The name in ``TRANSFORMATIONS`` of one of ``Disguised.disguises``."""
+    head = note.split(":")[0]
+    if head in REAL_KINDS:
+        return head
     if note.startswith("scaled by "):
         return "scaled by a constant"
     if note.startswith("loops ") and "fused into one" in note:
@@ -137,6 +159,61 @@ class NearMiss:
         return "near miss"
 
 
+@dataclass(frozen=True)
+class Triangle:
+    """The accumulation's domain cut by ``inner <rel> outer`` (two loops of one extent N),
+    written as real code does: a triangular ``range`` bound (``written == "range"``: the
+    parser's box under a guard, ``script.py``) or an explicit ``if`` around the accumulation
+    (``"guard"``, one of several spellings)."""
+
+    outer: str
+    inner: str
+    rel: str  # "<=", "<", ">", ">=": inner rel outer
+    written: str  # "range" or "guard"
+    spelling: int = 0
+
+    def inner_range(self, n: int) -> tuple[int, int]:
+        """The inner loop's box: what ``range(o + 1)``, ``range(o)``, ``range(o + 1, N)``,
+        ``range(o, N)`` parse to (the guard keeps the rest); the whole extent when guarded."""
+        if self.written == "guard":
+            return 0, n
+        return {"<=": (0, n), "<": (0, n - 1), ">": (1, n), ">=": (0, n)}[self.rel]
+
+    def bound(self, n: int) -> str:
+        """The triangular bound as script writes it."""
+        o = self.outer
+        return {"<=": f"range({o} + 1)", "<": f"range({o})", ">": f"range({o} + 1, {n})",
+                ">=": f"range({o}, {n})"}[self.rel]
+
+    def cond(self) -> Expr:
+        o, w = Var(self.outer), Var(self.inner)
+
+        def plus1(e: Expr) -> Expr:
+            return Binary("+", e, Const(1, INDEX))
+
+        if self.written == "range":  # as the parser writes it
+            return {"<=": ir.Compare("<", w, plus1(o)), "<": ir.Compare("<", w, o),
+                    ">": ir.Compare(">=", w, plus1(o)), ">=": ir.Compare(">=", w, o)}[self.rel]
+        spellings = {
+            "<=": [("<=", w, o), (">=", o, w), ("<", w, plus1(o)), (">", plus1(o), w)],
+            "<": [("<", w, o), (">", o, w), ("<=", plus1(w), o)],
+            ">": [(">", w, o), ("<", o, w), (">=", w, plus1(o))],
+            ">=": [(">=", w, o), ("<=", o, w), (">", plus1(w), o)],
+        }[self.rel]
+        op, a, b = spellings[self.spelling % len(spellings)]
+        return ir.Compare(op, a, b)
+
+    def fact(self) -> tuple[dict[str, int], int]:
+        """The domain as ``sum(coef * var) + const >= 0``."""
+        o, w = self.outer, self.inner
+        return {"<=": ({o: 1, w: -1}, 0), "<": ({o: 1, w: -1}, -1),
+                ">": ({w: 1, o: -1}, -1), ">=": ({w: 1, o: -1}, 0)}[self.rel]
+
+    def holds(self, at: dict[str, int]) -> bool:
+        coefs, const = self.fact()
+        return sum(c * at[v] for v, c in coefs.items()) + const >= 0
+
+
 @dataclass
 class _Shape:
     """A drawn disguise, before it is written out as a program."""
@@ -159,6 +236,15 @@ class _Shape:
     fused: Optional[tuple[str, str]] = None  # two adjacent loops written as one: u*ev + v
     carried: Optional[str] = None  # near miss: the output read one step back along this loop
     max_reduce: bool = False  # near miss: C = max(C, e)
+    # the forms of real code (``real.py``)
+    tri: Optional["Triangle"] = None  # the accumulation runs over a triangle of two loops
+    extra: dict[str, _Operand] = field(default_factory=dict)  # more buffers the value reads
+    terms: Optional[tuple[Expr, Expr]] = None  # the value as a sum, for "X = X + a + b"
+    source: Optional[_Operand] = None  # out-of-place: the buffer the update starts from
+    prev: Optional[tuple[str, Optional[str]]] = None  # near miss: the output one step back
+    #   along a loop, read in place of the input buffer of this name (None: added to the value)
+    out_guard: Optional[str] = None  # near miss: the accumulation under ``if C[f] <op> 0``
+    factor_written: bool = False  # near miss: ``alpha[0] = C[f]`` after each element
 
     @property
     def spatial(self) -> list[str]:
@@ -210,14 +296,49 @@ def _extent(draw, e: int, room: int, multiple: bool) -> int:
 
 
 @st.composite
-def _shape(draw, desc, exact: Optional[bool] = None, plain: bool = False) -> _Shape:
+def _axes(draw, op, is_output: bool, extents: dict[str, int], dim_of: dict[str, str],
+          batch: list[str]) -> tuple[_Axis, ...]:
+    """A program layout for intrinsic operand ``op``: an axis per dim (unit, strided or
+    reversed, maybe offset, padded or sliding along a batch loop), batch axes, in any order."""
+    axes = []
+    for d in op.dims:
+        if d is None:
+            if draw(st.booleans()):
+                continue  # a unit operand dim needs no axis in the program
+            axes.append(_Axis(None, 1, draw(st.integers(0, 1)), None, draw(st.integers(0, 1))))
+            continue
+        layout = draw(st.sampled_from(["unit", "unit", "unit", "strided", "reversed"]))
+        coef = {"unit": 1, "strided": 2, "reversed": -1}[layout]
+        offset = draw(st.integers(0, 2)) if layout == "strided" or draw(st.integers(0, 3)) == 3 else 0
+        if layout == "reversed":  # index E - 1 - p (+ offset): the window steps backwards
+            offset += extents[dim_of[d]] - 1
+        slide = None
+        if not is_output and batch and draw(st.integers(0, 4)) == 4:
+            slide = draw(st.sampled_from(batch))
+        axes.append(_Axis(dim_of[d], coef, offset, slide, draw(st.sampled_from([0, 0, 1]))))
+    for b in batch:
+        if is_output or draw(st.booleans()):
+            if not any(a.var == b or a.slide == b for a in axes):
+                axes.insert(draw(st.integers(0, len(axes))), _Axis(b))
+    if len(axes) > 1 and draw(st.booleans()):
+        axes = list(draw(st.permutations(axes)))
+    if not axes:
+        axes = [_Axis(None)]
+    return tuple(axes)
+
+
+@st.composite
+def _shape(draw, desc, exact: Optional[bool] = None, plain: bool = False,
+           limit: int = _ITERATION_LIMIT, batched: bool = True) -> _Shape:
     """Draw a disguise of ``desc``. ``exact``: extents all multiples (True), not all (False),
-    either (None). ``plain``: no scaling and no split, the base of a near miss."""
+    either (None). ``plain``: no scaling and no split, the base of a near miss or of the
+    forms of real code. ``limit``: iterations of the nest, at most (roughly). ``batched``:
+    batch dims may be drawn."""
     names = list(draw(st.permutations(list(_LOOP_NAMES))))
     multiple = exact if exact is not None else not draw(st.booleans())
     extents: dict[str, int] = {}
     dim_of: dict[str, str] = {}
-    room = _ITERATION_LIMIT
+    room = limit
     odd = None if multiple else draw(st.sampled_from([d.name for d in desc.dims if d.extent > 1] or [None]))
     for d in desc.dims:
         p = names.pop()
@@ -227,7 +348,7 @@ def _shape(draw, desc, exact: Optional[bool] = None, plain: bool = False) -> _Sh
         room = max(1, room // max(extents[p], 1))
     notes = [] if multiple else ["extents not multiples"]
     batch = []
-    for _ in range(draw(st.integers(0, 2))):
+    for _ in range(draw(st.integers(0, 2)) if batched else 0):
         e = draw(st.integers(1, 3))
         if e > room:
             break
@@ -238,37 +359,9 @@ def _shape(draw, desc, exact: Optional[bool] = None, plain: bool = False) -> _Sh
     if batch:
         notes.append("batch dims")
 
-    @st.composite
-    def axes_for(draw, op, is_output: bool) -> tuple[_Axis, ...]:
-        axes = []
-        for d in op.dims:
-            if d is None:
-                if draw(st.booleans()):
-                    continue  # a unit operand dim needs no axis in the program
-                axes.append(_Axis(None, 1, draw(st.integers(0, 1)), None, draw(st.integers(0, 1))))
-                continue
-            layout = draw(st.sampled_from(["unit", "unit", "unit", "strided", "reversed"]))
-            coef = {"unit": 1, "strided": 2, "reversed": -1}[layout]
-            offset = draw(st.integers(0, 2)) if layout == "strided" or draw(st.integers(0, 3)) == 3 else 0
-            if layout == "reversed":  # index E - 1 - p (+ offset): the window steps backwards
-                offset += extents[dim_of[d]] - 1
-            slide = None
-            if not is_output and batch and draw(st.integers(0, 4)) == 4:
-                slide = draw(st.sampled_from(batch))
-            axes.append(_Axis(dim_of[d], coef, offset, slide, draw(st.sampled_from([0, 0, 1]))))
-        for b in batch:
-            if is_output or draw(st.booleans()):
-                if not any(a.var == b or a.slide == b for a in axes):
-                    axes.insert(draw(st.integers(0, len(axes))), _Axis(b))
-        if len(axes) > 1 and draw(st.booleans()):
-            axes = list(draw(st.permutations(axes)))
-        if not axes:
-            axes = [_Axis(None)]
-        return tuple(axes)
-
     out_op = desc.output
-    out = _Operand("C", out_op.dtype, draw(axes_for(out_op, True)))
-    inputs = {op.name: _Operand(_INPUT_NAMES[k], op.dtype, draw(axes_for(op, False)))
+    out = _Operand("C", out_op.dtype, draw(_axes(out_op, True, extents, dim_of, batch)))
+    inputs = {op.name: _Operand(_INPUT_NAMES[k], op.dtype, draw(_axes(op, False, extents, dim_of, batch)))
               for k, op in enumerate(desc.inputs)}
     if any(a.coef not in (1, -1) or a.offset or a.pad for o in [out, *inputs.values()] for a in o.axes):
         notes.append("strided or offset layout")
@@ -319,10 +412,25 @@ def _shape(draw, desc, exact: Optional[bool] = None, plain: bool = False) -> _Sh
 # -- writing the program out ----------------------------------------------------------------
 
 
-def _nest(loops: list[tuple[str, int, int]], body: Stmt) -> Stmt:
+def _nest(loops: list[tuple[str, int, int]], body: Stmt,
+          guard: Optional[tuple[Optional[str], Expr]] = None) -> Stmt:
+    """The loops around ``body``; ``guard = (var, cond)`` puts ``if cond:`` right inside loop
+    ``var`` (around ``body`` when ``var`` is None)."""
+    if guard is not None and guard[0] is None:
+        body = ir.If(guard[1], body)
     for var, start, stop in reversed(loops):
+        if guard is not None and var == guard[0]:
+            body = ir.If(guard[1], body)
         body = For(var, start, stop, body)
     return body
+
+
+def _prev_index(s: _Shape, var: str) -> tuple[Expr, ...]:
+    """The output's indices one step back along ``var``: what the previous iteration of
+    ``var`` wrote."""
+    return tuple(a.index() if a.var != var else
+                 (Binary("-", a.index(), Const(a.coef, INDEX)) if a.coef > 0 else
+                  Binary("+", a.index(), Const(-a.coef, INDEX))) for a in s.out.axes)
 
 
 def _program(s: _Shape, name: str = "disguised"):
@@ -331,7 +439,11 @@ def _program(s: _Shape, name: str = "disguised"):
     ext = s.extents
     C = s.out.buffer(ext)
     idx = tuple(a.index() for a in s.out.axes)
-    value = _reload(s.value, {o.name: o for o in s.inputs.values()}, ext)  # shapes as drawn last
+    ops: dict[str, object] = {o.name: o for o in s.inputs.values()}
+    ops.update(s.extra)
+    if s.prev is not None and s.prev[1] is not None:  # an input read as the output one step back
+        ops[s.prev[1]] = Load(C, _prev_index(s, s.prev[0]))
+    value = _reload(s.value, ops, ext)  # shapes as drawn last
     if s.scale is not None:
         k = Const(s.scale, C.dtype)
         if isinstance(value, Binary) and value.op == "*" and value.dtype == C.dtype and s.scale == 2.0:
@@ -340,18 +452,32 @@ def _program(s: _Shape, name: str = "disguised"):
             value = Binary("*", k, value) if s.scale != 3.0 else Binary("*", value, k)
     target = Load(C, idx)
     if s.carried is not None:  # the previous iteration's output, not this one's
-        prev = tuple(a.index() if a.var != s.carried else
-                     (Binary("-", a.index(), Const(a.coef, INDEX)) if a.coef > 0 else
-                      Binary("+", a.index(), Const(-a.coef, INDEX))) for a in s.out.axes)
-        value = Binary("+", Load(C, prev), value)
+        value = Binary("+", Load(C, _prev_index(s, s.carried)), value)
     elif s.max_reduce:
         value = Binary("max", target, value)
-    acc: Stmt = {"+=": Accumulate(C, idx, value),
-                 "X = X + e": Store(C, idx, Binary("+", target, value)),
-                 "X = e + X": Store(C, idx, Binary("+", value, target))}[s.form]
+    elif s.prev is not None and s.prev[1] is None:
+        value = Binary("+", Load(C, _prev_index(s, s.prev[0])), value)
+    src = s.source.load(ext) if s.source is not None else None
+    terms = tuple(_reload(t, ops, ext) for t in s.terms) if s.terms else (value, value)
+    forms = {"+=": lambda: Accumulate(C, idx, value),
+             "X = X + e": lambda: Store(C, idx, Binary("+", target, value)),
+             "X = e + X": lambda: Store(C, idx, Binary("+", value, target)),
+             "-=": lambda: Accumulate(C, idx, Unary("neg", value)),
+             "X = X - e": lambda: Store(C, idx, Binary("-", target, value)),
+             "X = X + a + b": lambda: Store(C, idx, Binary("+", Binary("+", target, terms[0]), terms[1])),
+             "X = a + X + b": lambda: Store(C, idx, Binary("+", Binary("+", terms[0], target), terms[1])),
+             "D = S + e": lambda: Store(C, idx, Binary("+", src, value)),
+             "D = e + S": lambda: Store(C, idx, Binary("+", value, src)),
+             "D = S - e": lambda: Store(C, idx, Binary("-", src, value))}
+    acc: Stmt = forms[s.form]()
     if s.carried is not None or s.max_reduce:
         acc = Store(C, idx, value)
-    params = [*(o.buffer(ext) for o in s.inputs.values())]
+    inner_acc: Stmt = acc
+    if s.out_guard is not None:  # the guard reads the element the accumulation updates
+        inner_acc = ir.If(ir.Compare(s.out_guard, target, Const(0, C.dtype)), acc)
+    params = [*(o.buffer(ext) for o in s.inputs.values()), *(o.buffer(ext) for o in s.extra.values())]
+    if s.source is not None:
+        params.append(s.source.buffer(ext))
     init: Optional[Stmt] = None
     if s.init == "zero":
         init = Store(C, idx, Const(0, C.dtype))
@@ -363,13 +489,26 @@ def _program(s: _Shape, name: str = "disguised"):
         init = Store(C, idx, Load(bias, (Var(v) if v else Const(0, INDEX),)))
     epi = Store(C, idx, Binary("max", target, Const(0, C.dtype))) if s.epilogue else None
     params.append(C)
+    params = list({b.name: b for b in reversed(params)}.values())[::-1]  # C read as an input too
+    tri = s.tri
 
     def ranges(var: str, part: int) -> tuple[str, int, int]:
         if var == s.carried:
             return (var, 1, ext[var])
         if s.split and s.split[0] == var:
             return (var, 0, s.split[1]) if part == 0 else (var, s.split[1], ext[var])
+        if tri is not None and var == tri.inner:
+            return (var, *tri.inner_range(ext[var]))
         return (var, 0, ext[var])
+
+    def guard(loops) -> Optional[tuple[Optional[str], Expr]]:
+        """The triangle's ``if``: inside its inner loop (a ``range`` bound) when that loop is
+        among ``loops``, around the accumulation when written as a guard."""
+        if tri is None:
+            return None
+        if tri.written == "guard":
+            return (None, tri.cond()) if loops is not None else None
+        return (tri.inner, tri.cond()) if tri.inner in [v for v, _, _ in loops or []] else None
 
     parts = [0, 1] if s.split else [0]
     nests: list[list[tuple[str, int, int]]] = []
@@ -381,20 +520,25 @@ def _program(s: _Shape, name: str = "disguised"):
         for part in parts:
             loops = [ranges(v, part) for v in s.order]
             nests.append(loops)
-            stmts.append(_fused(loops, acc, s.fused) if s.fused else _nest(loops, acc))
+            stmts.append(_fused(loops, acc, s.fused) if s.fused else _nest(loops, inner_acc, guard(loops)))
         if epi is not None:
             stmts.append(_nest(outer, epi))
         body = ir.seq(*stmts)
     else:
-        outer = [(v, 0, ext[v]) for v in s.spatial]
+        outer = [ranges(v, 0) for v in s.spatial]
         inner: list[Stmt] = [] if init is None else [init]
         for part in parts:
             loops = [ranges(v, part) for v in s.reduction]
             nests.append(outer + loops)
-            inner.append(_nest(loops, acc))
+            g = guard(loops) if tri is None or tri.written == "guard" or tri.inner in s.reduction else None
+            inner.append(_nest(loops, inner_acc, g))
         if epi is not None:
             inner.append(epi)
-        body = _nest(outer, ir.seq(*inner))
+        if s.factor_written:  # the factor every later element reads is this element
+            alpha = s.extra["alpha"]
+            inner.append(Store(alpha.buffer(ext), (Const(0, INDEX),), target))
+        g = guard(outer) if tri is not None and tri.written == "range" and tri.inner in s.spatial else None
+        body = _nest(outer, ir.seq(*inner), g)
     return PrimFunc(name, tuple(params), body), nests, acc
 
 
@@ -446,7 +590,7 @@ def _gathered(s: _Shape) -> bool:
 
 
 def _guarantee(s: _Shape, func: PrimFunc, nests: list[list[tuple[str, int, int]]],
-               acc: Stmt) -> Guarantee:
+               acc: Stmt, other: Optional[int] = None, scaled: Optional[bool] = None) -> Guarantee:
     """Coverage the cheapest plan must reach, by the cost model's prices.
 
     Per nest of N iterations whose extents leave D iterations in whole tiles: tiling those
@@ -464,7 +608,9 @@ def _guarantee(s: _Shape, func: PrimFunc, nests: list[list[tuple[str, int, int]]
     s_desc = _ops_per_iteration(_body(desc))
     s_prog = op_count(acc)
     extent_of = {s.dim_of[d.name]: d.extent for d in desc.dims}
-    other = op_count(func.body)
+    known = other is not None
+    other = other if known else op_count(func.body)
+    scaled = s.scale is not None if scaled is None else scaled
     # coverage = ops in calls / all ops; bound the first from below and the second from above
     covered, total = 0.0, 0.0
     out_size = s.out.buffer(s.extents).size
@@ -475,8 +621,9 @@ def _guarantee(s: _Shape, func: PrimFunc, nests: list[list[tuple[str, int, int]]
             n *= e
             k = extent_of.get(var, 1)
             dd *= (e // k) * k
-        other -= n * s_prog
-        if s.scale is None:
+        if not known:
+            other -= n * s_prog
+        if not scaled:
             # calls and scalar remainders both count s_prog ops per iteration (same body)
             total += n * s_prog
             if rho_g < s_prog:
@@ -500,11 +647,26 @@ def _guarantee(s: _Shape, func: PrimFunc, nests: list[list[tuple[str, int, int]]
 
 
 @st.composite
-def disguised(draw, desc, exact: Optional[bool] = None) -> Disguised:
-    """A program holding ``desc``'s semantics in disguise, with what that guarantees."""
-    s = draw(_shape(desc, exact))
-    func, nests, acc = _program(s)
-    return Disguised(func, desc.name, _guarantee(s, func, nests, acc), tuple(s.notes))
+def disguised(draw, desc, exact: Optional[bool] = None,
+              kinds: Optional[Sequence[str]] = None) -> Disguised:
+    """A program holding ``desc``'s semantics in disguise, with what that guarantees.
+    ``kinds``: among ``DISGUISE_KINDS`` (default: all of them): the classic disguises above
+    half the time, else one of the forms of real code that applies to ``desc``
+    (``real.py``); a real kind is the first of the case's notes."""
+    from . import real
+
+    kinds = DISGUISE_KINDS if kinds is None else tuple(kinds)
+    unknown = [k for k in kinds if k not in DISGUISE_KINDS]
+    if unknown:
+        raise ValueError(f"no disguise kind {unknown[0]!r} (there are: {', '.join(DISGUISE_KINDS)})")
+    forms = [k for k in kinds if k != CLASSIC and real.applies(desc, k)]
+    if CLASSIC in kinds and (not forms or not draw(st.booleans())):
+        s = draw(_shape(desc, exact))
+        func, nests, acc = _program(s)
+        return Disguised(func, desc.name, _guarantee(s, func, nests, acc), tuple(s.notes))
+    if not forms:
+        raise ValueError(f"none of the disguise kinds {', '.join(kinds)} applies to {desc.name}")
+    return draw(real.real_disguised(desc, draw(st.sampled_from(forms)), exact))
 
 
 # -- near misses ----------------------------------------------------------------------------
@@ -517,8 +679,14 @@ def could_fit(desc, loops: Sequence[str], out: Load, loads: Sequence[Load]) -> b
     intrinsic dim longer than 1, such that the loop moves no operand that dim does not index
     (a call would read one element where the program reads several) and moves the output
     if the dim indexes it (else one call writes an element twice). False certifies a near miss."""
+    return next(_picks(desc, loops, out, loads), None) is not None
+
+
+def _picks(desc, loops: Sequence[str], out: Load, loads: Sequence[Load]):
+    """Every choice of program loops for the intrinsic's dims longer than 1 that ``could_fit``
+    admits, over every assignment of loads to the input operands."""
     if out.buffer.dtype != desc.output.dtype:
-        return False
+        return
 
     def moves(load: Load) -> set[str]:
         ms = [affine(i) for i in load.indices]
@@ -540,8 +708,7 @@ def could_fit(desc, loops: Sequence[str], out: Load, loads: Sequence[Load]) -> b
                             and (desc.output.name not in users or p in moved[desc.output.name])])
         for pick in itertools.product(*options):
             if len(set(pick)) == len(pick):
-                return True
-    return False
+                yield pick
 
 
 def _retype(e: Expr, old: str, new: str) -> Expr:
@@ -574,10 +741,12 @@ def _replace_op(e: Expr, old: str, new: str) -> Expr:
     return e
 
 
-def _reload(e: Expr, ops: dict[str, _Operand], ext: dict[str, int]) -> Expr:
-    """``e`` with every load rebuilt from the (possibly changed) operands."""
+def _reload(e: Expr, ops: dict, ext: dict[str, int]) -> Expr:
+    """``e`` with every load rebuilt from the (possibly changed) operands (or replaced by the
+    expression ``ops`` maps its buffer's name to)."""
     if isinstance(e, Load):
-        return ops[e.buffer.name].load(ext)
+        op = ops[e.buffer.name]
+        return op.load(ext) if isinstance(op, _Operand) else op
     if isinstance(e, Binary):
         return Binary(e.op, _reload(e.a, ops, ext), _reload(e.b, ops, ext))
     if isinstance(e, Cast):
@@ -689,14 +858,27 @@ def _carried(draw, s: _Shape) -> Optional[str]:
 # near misses: the mutation kinds, named as in ``NearMiss.mutation``'s prefix
 _MUTATIONS = {"operator": _wrong_operator, "index": _wrong_index, "dtype": _wrong_dtype,
               "dependence": _carried}
-MUTATIONS = tuple(_MUTATIONS)
+CLASSIC_MUTATIONS = tuple(_MUTATIONS)
+MUTATIONS = CLASSIC_MUTATIONS + REAL_MUTATIONS
 
 
 @st.composite
-def near_misses(draw, desc, kinds: Sequence[str] = tuple(_MUTATIONS)) -> NearMiss:
-    """A disguised program mutated so that its nest writing ``C`` must not use ``desc``."""
+def near_misses(draw, desc, kinds: Sequence[str] = MUTATIONS) -> NearMiss:
+    """A disguised program mutated so that its nest writing ``NearMiss.output`` must not use
+    ``desc``: one of the classic mutations above, or a near miss of a form of real code
+    (``real.py``), among ``kinds`` that apply to ``desc``."""
+    from . import real
+
+    unknown = [k for k in kinds if k not in MUTATIONS]
+    if unknown:
+        raise ValueError(f"no near-miss kind {unknown[0]!r} (there are: {', '.join(MUTATIONS)})")
+    usable = [k for k in kinds if k in _MUTATIONS or real.applies(desc, k)]
+    if not usable:
+        raise ValueError(f"none of the near-miss kinds {', '.join(kinds)} applies to {desc.name}")
+    kind = draw(st.sampled_from(usable))
+    if kind not in _MUTATIONS:
+        return draw(real.real_near_miss(desc, kind))
     s = draw(_shape(desc, exact=True, plain=True))  # near: unmutated, it would match
-    kind = draw(st.sampled_from(list(kinds)))
     why = draw(_MUTATIONS[kind](s))
     assume(why is not None)
     func, _, _ = _program(s, name="near_miss")

@@ -178,15 +178,19 @@ class Outcome:
     failure: Optional[Failure] = None
 
 
-def cases(desc, near_miss_share: int = 3) -> st.SearchStrategy:
-    """Disguised programs, and one near miss in ``near_miss_share``."""
+def cases(desc, near_miss_share: int = 3, kinds: Optional[Sequence[str]] = None,
+          mutations: Sequence[str] = MUTATIONS) -> st.SearchStrategy:
+    """Disguised programs (of ``kinds``, default all: ``disguises.DISGUISE_KINDS``), and one
+    near miss (of ``mutations``) in ``near_miss_share``."""
     return st.integers(0, near_miss_share - 1).flatmap(
-        lambda k: near_misses(desc) if k == 0 else disguised(desc))
+        lambda k: near_misses(desc, mutations) if k == 0 else disguised(desc, kinds=kinds))
 
 
 def fuzz_intrinsic(desc, examples: int = 100, seed: Optional[int] = None, shrink: bool = True,
-                   check: Callable[[Case], object] = check_case) -> Outcome:
-    """Run ``check`` on ``examples`` drawn cases for ``desc``; the first failure, shrunk."""
+                   check: Callable[[Case], object] = check_case,
+                   kinds: Optional[Sequence[str]] = None, mutations: Sequence[str] = MUTATIONS) -> Outcome:
+    """Run ``check`` on ``examples`` drawn cases for ``desc`` (of ``kinds`` and ``mutations``,
+    as ``cases``); the first failure, shrunk."""
     count = [0]
     last: list[Failure] = []
 
@@ -195,7 +199,7 @@ def fuzz_intrinsic(desc, examples: int = 100, seed: Optional[int] = None, shrink
     @settings(max_examples=examples, database=None, derandomize=seed is None, deadline=None,
               phases=phases, verbosity=Verbosity.quiet, print_blob=False,
               report_multiple_bugs=False, suppress_health_check=list(HealthCheck))
-    @given(cases(desc))
+    @given(cases(desc, kinds=kinds, mutations=mutations))
     def prop(case: Case) -> None:
         count[0] += 1
         try:

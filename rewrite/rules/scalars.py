@@ -8,23 +8,27 @@ programs for a nest whose body is a product with such a factor, and keeps each w
 cost model finds it cheaper than the nest as written (an ``alternatives`` family):
 
 scale-operand
-    The factors taken out (runtime scalars, constants, a sign) multiply one operand ``X`` of
-    the product into a copy, which the nest reads instead::
+    The factors taken out (runtime scalars, constants, a sign) multiply one occurrence of an
+    operand ``X`` of the product into a copy, which the nest reads there instead::
 
         for i, j, k in grid(M, N, K):              for i, k in grid(M, K):
             C[i, j] += alpha[0] * A[i, k] * B[k, j]    sc_P_0[i, k] = alpha[0] * A[i, k]
                                               ->   for i, j, k in grid(M, N, K):
                                                        C[i, j] += sc_P_0[i, k] * B[k, j]
 
-    Sound: every term the nest adds is the same product of the same factors, only grouped
-    differently (``(alpha * A) * B`` is even the grouping written above, bit for bit). A
-    product of factors is NaN exactly when a factor is NaN or an infinity meets a zero, and
-    otherwise infinite exactly when a factor is, whatever the grouping, so the NaN/Inf
-    pattern is kept without a guard (an intermediate that overflows in one grouping and not
-    the other is rounding, the licence every reassociation takes). The copy runs right
-    before the nest and reads what the nest would read: the nest writes only its output,
-    which it never reads (``nests.as_nest``), and nothing runs in between. The scalars must
-    be read at points the copy visits: their indices use only loop variables ``X`` uses.
+    Only where the copy is a part of the product as written: ``(alpha * A) * B`` above, up to
+    the order of each multiplication's operands and where negations sit (IEEE ``*`` commutes
+    exactly, and rounding is symmetric in sign). Sound: each term the nest adds is then the
+    value the statement as written computes, bit for bit, one of its parts read from the
+    copy, which holds that part's value at the point the term reads it (NaN and Inf
+    included). A regrouped product would not keep the NaN/Inf pattern: written
+    ``alpha[0] * (A[i] * B[i])`` with ``alpha = -inf`` and two subnormals is ``-inf * 0 =
+    NaN``, grouped ``(alpha * A) * B`` it is ``-inf``. The copy runs right before the nest and
+    reads what the nest would read: the nest writes only its output, which it never reads
+    (``nests.as_nest``), and nothing runs in between. The scalars must be read at points the
+    copy visits: their indices use only loop variables ``X`` uses. One occurrence only: in
+    ``alpha[0] * A[i] * A[i]`` the copy stands for the first ``A[i]`` and the second is read
+    as written.
 
 scale-temporary
     The product without those factors accumulates into a zeroed temporary over the nest's
@@ -170,29 +174,50 @@ def _loops(dims, body: Stmt) -> Stmt:
 # scale-operand
 
 
+def _unsigned(e: Expr) -> Expr:
+    while isinstance(e, Unary) and e.op == "neg":
+        e = e.a
+    return e
+
+
+def same_grouping(a: Expr, b: Expr) -> bool:
+    """``a`` and ``b`` are the same products of the same parts, up to the order of each
+    multiplication's operands and where negations sit: with the same sign, they evaluate to
+    the same value bit for bit (IEEE ``*`` commutes exactly; rounding is symmetric in sign)."""
+    a, b = _unsigned(a), _unsigned(b)
+    if isinstance(a, Binary) and a.op == "*" and isinstance(b, Binary) and b.op == "*":
+        return (same_grouping(a.a, b.a) and same_grouping(a.b, b.b)) or \
+            (same_grouping(a.a, b.b) and same_grouping(a.b, b.a))
+    return a == b
+
+
 def scale_operand(f: Factored, names: Names) -> Optional[tuple[list, list[Buffer]]]:
     """The items of ``scale-operand`` for ``f`` and the copy's temporary, or None when no
-    operand carries every index the scalars use. The operand copied is the smallest."""
+    operand carries every index the scalars use, or none is multiplied by the factors first
+    in the product as written. The operand copied is the smallest."""
     nest = f.nest
     need = set().union(*(_vars(x) for x in f.scalars))
     best = None
-    for x in dict.fromkeys(x for x in f.rest if isinstance(x, Load)):
-        used = _vars(x)
-        if not need <= used:
+    for k, x in enumerate(f.rest):
+        if not isinstance(x, Load) or not need <= _vars(x):
             continue
+        scaled = _product(f.scale(x) if j == k else y for j, y in enumerate(f.rest))
+        if not same_grouping(scaled, nest.value):
+            continue  # the copy would regroup the product (module docstring)
         # the copy's axes: the dims the operand uses, in the order its indices name them
         order = [d for i in x.indices for v in sorted(_vars(i)) for d in nest.dims if d.name == v]
         dims = list(dict.fromkeys(order))
         size = math.prod(d.extent for d in dims)
         if best is None or size < best[0]:
-            best = (size, x, dims)
+            best = (size, k, dims)
     if best is None:
         return None
-    _, x, dims = best
+    _, k, dims = best
+    x = f.rest[k]
     shape, idx = _box(dims)
     copy = Buffer(names.numbered("sc_P"), nest.out.dtype, shape)
     fill = _loops(dims, Store(copy, idx, f.scale(x)))
-    value = _product(Load(copy, idx) if y == x else y for y in f.rest)
+    value = _product(Load(copy, idx) if j == k else y for j, y in enumerate(f.rest))
     new = as_nest(_loops(nest.dims, ir.Accumulate(nest.out, nest.indices, value)))
     if new is None:
         return None
