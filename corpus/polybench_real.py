@@ -4,9 +4,9 @@ in-place updates, f32 (``DATA_TYPE float``), MEDIUM_DATASET sizes.
 Each kernel is the body of PolyBench's ``kernel_*`` function, line for line: ``for (j = 0;
 j <= i; j++)`` is ``for j in range(i + 1)``, a scalar ``temp2`` is a scalar local. alpha and
 beta are the constants PolyBench's ``init_array`` sets (1.5 and 1.2), ``float_n`` the
-dataset's N. The factorisations (lu, cholesky, trisolv, at SMALL_DATASET size) first make their matrix diagonally
-dominant, as PolyBench's ``init_array`` makes it positive definite, so that factoring random
-inputs without pivoting stays well conditioned.
+dataset's N. The factorisations (lu, cholesky, trisolv, at MINI_DATASET size) first make
+their matrix diagonally dominant, as PolyBench's ``init_array`` makes it positive definite,
+so that factoring random inputs without pivoting stays well conditioned.
 """
 
 from rewrite.script import prim_func, f32, sqrt
@@ -175,28 +175,28 @@ def pb_correlation(data: f32[260, 240], corr: f32[240, 240], mean: f32[240], std
 
 
 @prim_func
-def pb_lu(A: f32[120, 120]):
-    """PolyBench ``lu``, SMALL_DATASET (N=120: the interpreter that checks it runs the
+def pb_lu(A: f32[40, 40]):
+    """PolyBench ``lu``, MINI_DATASET (N=40: the interpreter that checks it runs the
     carried loops one step at a time): Doolittle LU in place, no pivoting."""
-    for i in range(120):
-        A[i, i] += 120.0
-    for i in range(120):
+    for i in range(40):
+        A[i, i] += 40.0
+    for i in range(40):
         for j in range(i):
             for k in range(j):
                 A[i, j] -= A[i, k] * A[k, j]
             A[i, j] /= A[j, j]
-        for j in range(i, 120):
+        for j in range(i, 40):
             for k in range(i):
                 A[i, j] -= A[i, k] * A[k, j]
 
 
 @prim_func
-def pb_cholesky(A: f32[120, 120]):
-    """PolyBench ``cholesky``, SMALL_DATASET (N=120, as lu): the lower Cholesky factor in
+def pb_cholesky(A: f32[40, 40]):
+    """PolyBench ``cholesky``, MINI_DATASET (N=40, as lu): the lower Cholesky factor in
     place."""
-    for i in range(120):
-        A[i, i] += 120.0
-    for i in range(120):
+    for i in range(40):
+        A[i, i] += 40.0
+    for i in range(40):
         for j in range(i):
             for k in range(j):
                 A[i, j] -= A[i, k] * A[j, k]
@@ -207,11 +207,11 @@ def pb_cholesky(A: f32[120, 120]):
 
 
 @prim_func
-def pb_trisolv(L: f32[120, 120], x: f32[120], b: f32[120]):
-    """PolyBench ``trisolv``, SMALL_DATASET (N=120, as lu): forward substitution ``L x = b``."""
-    for i in range(120):
-        L[i, i] += 120.0
-    for i in range(120):
+def pb_trisolv(L: f32[40, 40], x: f32[40], b: f32[40]):
+    """PolyBench ``trisolv``, MINI_DATASET (N=40, as lu): forward substitution ``L x = b``."""
+    for i in range(40):
+        L[i, i] += 40.0
+    for i in range(40):
         x[i] = b[i]
         for j in range(i):
             x[i] -= L[i, j] * x[j]

@@ -335,23 +335,23 @@ def _tbl():
     add("pb_correlation", 260, correlation)
 
     def lu(a):  # Gaussian elimination without pivoting: L (unit, strictly lower) and U in place
-        m = f64(a["A"]) + 120.0 * np.eye(120)
-        for k in range(120):
+        m = f64(a["A"]) + 40.0 * np.eye(40)
+        for k in range(40):
             m[k + 1:, k] /= m[k, k]
             m[k + 1:, k + 1:] -= np.outer(m[k + 1:, k], m[k, k + 1:])
         return {"A": m}
-    add("pb_lu", 120, lu)
+    add("pb_lu", 40, lu)
 
     def cholesky(a):  # the factor of the symmetric matrix that A's lower triangle holds
-        m = f64(a["A"]) + 120.0 * np.eye(120)
+        m = f64(a["A"]) + 40.0 * np.eye(40)
         factor = np.linalg.cholesky(np.tril(m) + np.tril(m, -1).T)
         return {"A": np.triu(m, 1) + factor}
-    add("pb_cholesky", 120, cholesky)
+    add("pb_cholesky", 40, cholesky)
 
     def trisolv(a):
-        m = f64(a["L"]) + 120.0 * np.eye(120)
+        m = f64(a["L"]) + 40.0 * np.eye(40)
         return {"L": m, "x": np.linalg.solve(np.tril(m), f64(a["b"]))}
-    add("pb_trisolv", 120, trisolv)
+    add("pb_trisolv", 40, trisolv)
 
     # real_updates.py: out-of-place updates, scale factors read from memory
     for name in ("oop_fma_1d", "oop_fma_2d"):

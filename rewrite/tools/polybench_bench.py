@@ -66,9 +66,9 @@ FORMULAS: dict[str, tuple[Callable, str]] = {
     "pb_covariance": (lambda a: ((d := a["data"] - a["data"].mean(axis=0)).T @ d) / np.float32(259.0), "cov"),
     "pb_correlation": (_correlation, "corr"),
     "pb_cholesky": (lambda a: np.linalg.cholesky(
-        np.tril(m := a["A"] + np.float32(120.0) * np.eye(120, dtype=np.float32)) + np.tril(m, -1).T), None),
+        np.tril(m := a["A"] + np.float32(40.0) * np.eye(40, dtype=np.float32)) + np.tril(m, -1).T), None),
     "pb_trisolv": (lambda a: np.linalg.solve(
-        np.tril(a["L"] + np.float32(120.0) * np.eye(120, dtype=np.float32)), a["b"]), "x"),
+        np.tril(a["L"] + np.float32(40.0) * np.eye(40, dtype=np.float32)), a["b"]), "x"),
     "doitgen": (lambda a: (a["A"].reshape(-1, 60) @ a["C4"]).reshape(a["A"].shape), "A"),
     "doitgen_local_sum": (lambda a: (a["A"].reshape(-1, 60) @ a["C4"]).reshape(a["A"].shape), "A"),
     "atax": (lambda a: a["A"].T @ (a["A"] @ a["x"]), "y"),
