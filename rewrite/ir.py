@@ -447,6 +447,19 @@ def walk_stmts(s: Stmt) -> Iterator[Stmt]:
             yield from walk_stmts(s.orelse)
 
 
+def buffers_of(s: Stmt) -> list[Buffer]:
+    """Every buffer ``s`` (or a statement inside it) reads or writes, in the order met."""
+    found: list[Buffer] = []
+    for x in walk_stmts(s):
+        if isinstance(x, Call):
+            found += [w.buffer for _, w in x.operands]
+        if isinstance(x, (Store, Accumulate)):
+            found.append(x.buffer)
+        for e in stmt_exprs(x):
+            found += [ld.buffer for ld in loads_of(e)]
+    return found
+
+
 def written_by(s: Stmt) -> frozenset[str]:
     """Names of the buffers ``s`` (or a statement inside it) writes."""
     out = set()

@@ -114,20 +114,7 @@ class TensorizeResult:
 
 
 def _buffers_used(body: Stmt) -> set[str]:
-    return {b.name for b in _buffers_in(body)}
-
-
-def _buffers_in(body: Stmt) -> list:
-    """Every buffer ``body`` reads or writes, in the order met."""
-    found: list = []
-    for s in ir.walk_stmts(body):
-        if isinstance(s, Call):
-            found += [w.buffer for _, w in s.operands]
-        if isinstance(s, (ir.Store, ir.Accumulate)):
-            found.append(s.buffer)
-        for e in ir.stmt_exprs(s):
-            found += [x.buffer for x in ir.loads_of(e)]
-    return found
+    return {b.name for b in ir.buffers_of(body)}
 
 
 def _sites(body: Stmt) -> list[Site]:
@@ -360,7 +347,7 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
     kept = tuple(b for b in normal.allocs if b.name in used)
     declared = {b.name for b in normal.params + kept + tuple(chosen.allocs)}
     # temporaries a normalize family made (rules/snapshot.py's copies)
-    made = tuple({b.name: b for b in _buffers_in(body) if b.name not in declared}.values())
+    made = tuple({b.name: b for b in ir.buffers_of(body) if b.name not in declared}.values())
     result = replace(normal, body=body, allocs=kept + tuple(chosen.allocs) + made)
     verify(result)
     # sites and coverage describe what runs on finite inputs (a guard's first branch)

@@ -81,7 +81,7 @@ from ..affine import Affine
 from ..ir import Binary, Buffer, Const, Expr, For, Load, Stmt, Store, Unary, Var
 from ..match import affine_expr
 from ..names import Names
-from ..nests import AccNest, Dim, as_nest
+from ..nests import AccNest, as_nest
 from . import finite
 
 

@@ -63,7 +63,7 @@ def snapshot(s: Stmt, names: Names) -> Optional[list]:
     out = acc.buffer
     if not any(ld.buffer.name == out.name for ld in ir.loads_of(acc.value)):
         return None
-    buffers = {b.name: b for b in _buffers(s)}
+    buffers = {b.name: b for b in ir.buffers_of(s)}
     func = PrimFunc("nest", tuple(buffers[n] for n in sorted(buffers)), s)
     for d in analysis.analyze(func).dependences:
         if d.kind == "flow" and d.source.buffer.name == out.name and d.sink.kind == "read":
@@ -77,12 +77,3 @@ def snapshot(s: Stmt, names: Names) -> Optional[list]:
     nest = _rebuilt(s, Accumulate(out, acc.indices, value))
     return [fill, nests.as_nest(nest) or nest]
 
-
-def _buffers(s: Stmt) -> list[Buffer]:
-    found = []
-    for x in ir.walk_stmts(s):
-        if isinstance(x, (Store, Accumulate)):
-            found.append(x.buffer)
-        for e in ir.stmt_exprs(x):
-            found += [ld.buffer for ld in ir.loads_of(e)]
-    return found

@@ -133,7 +133,7 @@ def split(g: Guarded, names: Names, leaf: Optional[int] = None, masked: bool = F
         key = (tuple(box[d.name][1] - box[d.name][0] + 1 for d in g.dims), tuple(pending))
         groups.setdefault(key, []).append(tuple(box[d.name][0] for d in g.dims))
     out: list = []
-    outputs = {x.name for i in g.acc.indices for x in ir.walk_expr(i) if isinstance(x, ir.Var)}
+    outputs = _output_vars(g)
     for (extents, pending), corners in groups.items():
         for run in _runs(sorted(corners)):
             if masked and pending and all(set(f.vars) <= outputs for f in pending):
@@ -145,8 +145,13 @@ def split(g: Guarded, names: Names, leaf: Optional[int] = None, masked: bool = F
 
 def maskable(g: Guarded) -> bool:
     """Whether ``g``'s guards read only dims that index its output (``_masked`` applies)."""
-    outputs = {x.name for i in g.acc.indices for x in ir.walk_expr(i) if isinstance(x, ir.Var)}
+    outputs = _output_vars(g)
     return all(set(f.vars) <= outputs for f in g.facts)
+
+
+def _output_vars(g: Guarded) -> set[str]:
+    """The loop variables in ``g``'s output indices."""
+    return {x.name for i in g.acc.indices for x in ir.walk_expr(i) if isinstance(x, ir.Var)}
 
 
 def _masked(g: Guarded, extents: tuple[int, ...], pending: list[Affine],
