@@ -78,6 +78,8 @@ class TensorizeResult:
     explanations: list[Explanation] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
     strassen_levels: int = 0
+    # the program-level e-graphs saturated (rules/matrices.py): (family, program.Report)
+    egraphs: tuple = ()
     cost: float = 0.0  # of the chosen program, by cost.py (scalar-operation units)
     scalar_cost: float = 0.0  # of the same function as scalar code, for comparison
 
@@ -107,6 +109,9 @@ class TensorizeResult:
         r = self.saturation
         lines.append(f"  saturation: {r.iterations} iterations, {r.enodes} e-nodes, "
                      f"{r.stop_reason}, {r.seconds:.3f} s")
+        for family, g in self.egraphs:
+            lines.append(f"  program e-graph ({family}): {g.iterations} iterations, {g.enodes} "
+                         f"e-nodes, {g.stop_reason}, {g.seconds:.3f} s, {len(g.rules)} rules")
         return "\n".join(lines)
 
 
@@ -199,7 +204,7 @@ def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
                 branch = ir.If(p.cond, ir.seq(*fast.stmts), ir.seq(*slow.stmts))
                 out.stmts += list(p.scan) + [branch]
                 _declare(out.allocs, fast.allocs + slow.allocs)
-                out.cost += sum(cost.scalar_stmt(s) for s in p.scan) + fast.cost
+                out.cost += cost.scan(p.scan) + fast.cost
                 out.explanations += fast.explanations
                 out.guards += fast.guards + slow.guards + [branch]
                 continue
@@ -263,6 +268,7 @@ class Choice:
     parts: list
     planned: Planned
     strassen_levels: int = 0
+    egraphs: tuple = ()  # (family, program.Report) of each program-level e-graph saturated
 
 
 @dataclass(frozen=True)
@@ -278,6 +284,7 @@ class Search:
     budgets: Budgets
     rules_off: frozenset[str] = frozenset()
     memo: dict = field(default_factory=dict, compare=False)  # plan_items' plans of nests
+    program_rules: tuple = ()  # users' rules of the program-level e-graph (program.load_file)
 
     def items(self, func: PrimFunc) -> list:
         """The items of a normalised function, the normalize families applied in turn."""
@@ -307,19 +314,23 @@ class Search:
 def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,
               budget: Budget = Budget(), in_process: bool = False,
               strassen: Union[str, int] = "auto", budgets: Budgets = Budgets(),
-              rules_off: Iterable[str] = ()) -> TensorizeResult:
+              rules_off: Iterable[str] = (), program_rules: Sequence = ()) -> TensorizeResult:
     """The cheapest program equivalent to ``func`` using ``intrinsics`` (default: what this
     CPU runs natively). ``strassen``: ``"auto"`` lets the cost model decide, ``"off"`` never,
     an integer applies that many levels wherever shapes allow. ``budget`` bounds saturation,
     ``budgets`` the other stages (``BudgetError`` past one). ``rules_off`` names rule families
-    (``rules/__init__.py``) to leave out; ``ValueError`` for a name that is no family."""
+    (``rules/__init__.py``) to leave out, or built-in rules of the program-level e-graph;
+    ``ValueError`` for a name that is neither. ``program_rules``: users' rules of that e-graph
+    (``program.load_file``)."""
     off = rules.checked_off(rules_off)
     with using(budgets):  # for the stages deep inside others, such as the dependence analysis
-        return _tensorize(func, intrinsics, budget, in_process, strassen, budgets, off)
+        return _tensorize(func, intrinsics, budget, in_process, strassen, budgets, off,
+                          tuple(program_rules))
 
 
 def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, in_process: bool,
-               strassen: Union[str, int], budgets: Budgets, off: frozenset[str]) -> TensorizeResult:
+               strassen: Union[str, int], budgets: Budgets, off: frozenset[str],
+               program_rules: tuple = ()) -> TensorizeResult:
     if intrinsics is None:  # what this CPU runs natively, as intrinsics.library("host")
         host = target.host()
         intrinsics = [d for d in descriptor.in_force() if host.runs(d)]
@@ -327,15 +338,16 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
     t0 = time.perf_counter()
     verify(func)
     normal = nests.normalize(func)
-    search = Search(library, budget, Names.of(normal), in_process, strassen, budgets, off)
+    search = Search(library, budget, Names.of(normal), in_process, strassen, budgets, off,
+                    program_rules=program_rules)
     parts = search.items(normal)
     t1 = time.perf_counter()
     best = Choice(normal, parts, search.plan(parts))
     # other programs, each kept where the cost model finds it cheaper (rules/__init__.py):
     # reused temporaries expanded (rules/expand.py), producers inlined (rules/fusion.py),
     # triangles split into boxes (rules/triangles.py), sums split (rules/sums.py), runtime
-    # scale factors taken out (rules/scalars.py), then matmul chains and Strassen levels
-    # (rules/matmul.py, rules/strassen.py)
+    # scale factors taken out (rules/scalars.py), then stretches of matrix products rewritten
+    # in the program-level e-graph (rules/matrices.py) and Strassen levels (rules/strassen.py)
     for family in rules.families(rules.ALTERNATIVES, off):
         (improve,) = family.load()
         best = improve(best, search)
@@ -359,6 +371,7 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
                           {"normalize": t1 - t0, "saturate+extract": t2 - t1, "verify": t3 - t2,
                            "tensorize": t3 - t0})
     out.strassen_levels = best.strassen_levels
+    out.egraphs = best.egraphs
     out.cost = chosen.cost
     out.scalar_cost = _scalar_cost(parts)
     return out

@@ -34,7 +34,7 @@ def test_family_names_are_unique():
 
 
 def test_an_unknown_family_is_refused_by_name():
-    with pytest.raises(ValueError, match="no rule family named strasen"):
+    with pytest.raises(ValueError, match="no rule family or rule named strasen"):
         tensorize(_golden("matmul_chain"), ROWS, rules_off=["strasen"])
 
 

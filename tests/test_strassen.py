@@ -11,7 +11,7 @@ import intrinsics
 from rewrite import calls, inputs, interp, ir, nests, runtime
 from rewrite.names import Names
 from rewrite.pipeline import tensorize
-from rewrite.rules import matmul, strassen
+from rewrite.rules import matmul, matrices, strassen
 from rewrite.rules.finite import Guarded
 from rewrite.tools.strassen_bench import matmul_source
 from rewrite.script import parse, parse_file
@@ -267,7 +267,7 @@ def chain(A: f32[8, 48], B: f32[48, 8], C: f32[8, 48], D: f32[8, 48]):
 """
     func = parse(src)
     parts = nests.items(nests.normalize(func))
-    assert matmul.alternatives(func, parts, Names()) == []
+    assert matrices.alternatives(func, parts, Names()) == []
 
 
 def test_chain_needs_a_private_temporary():
@@ -285,7 +285,7 @@ def chain(A: f32[48, 8], B: f32[8, 48], C: f32[48, 16], T: f32[48, 48], D: f32[4
             D[i, j] += T[i, k] * C[k, j]
 """
     func = parse(src)
-    assert matmul.alternatives(func, nests.items(nests.normalize(func)), Names()) == []
+    assert matrices.alternatives(func, nests.items(nests.normalize(func)), Names()) == []
 
 
 def test_chain_needs_the_whole_temporary_read():
@@ -304,7 +304,7 @@ def chain(A: f32[32, 2], B: f32[2, 32], C: f32[4, 2], D: f32[32, 2]):
             D[i, j] += T[i, k] * C[k, j]
 """
     func = parse(src)
-    assert matmul.alternatives(func, nests.items(nests.normalize(func)), Names()) == []
+    assert matrices.alternatives(func, nests.items(nests.normalize(func)), Names()) == []
     _interp_equal(func, tensorize(func, AVX2).func)
 
 
@@ -327,8 +327,8 @@ def dist(A1: f32[128, 16], A2: f32[128, 16], B: f32[16, 96], C: f32[128, 96]):
             C[i, j] += A2[i, k] * B[k, j]
 """
     func = parse(src)
-    (alt,) = matmul.alternatives(func, nests.items(nests.normalize(func)), Names())
-    assert alt.note == "A1 @ B + A2 @ B -> (A1 + A2) @ B"
+    (alt,) = matrices.alternatives(func, nests.items(nests.normalize(func)), Names())
+    assert alt.note == "C += A1 @ B + A2 @ B -> C += (A1 + A2) @ B"
     assert tensorize(func, AVX2).func.allocs  # the cost model takes it: 128*96*16 MACs saved
     _interp_equal(func, tensorize(func, AVX2).func)
 

@@ -63,8 +63,8 @@ Modules that are no family: ``casts.py`` (the normal form of a body's casts, whi
 ``nests.as_nest`` gives every nest it forms: part of what a nest is, not a choice),
 ``finite.py`` (the guard that ``matmul.py``, ``strassen.py`` and ``scalars.py`` put around
 their rewrites),
-``matmul.py`` is the ``matmul`` family (chains reassociated, shared operands factored) and
-also the matmul recognition the ``strassen`` family reads.
+``matmul.py`` (the matmul recognition that the ``matmul`` family, ``matrices.py``, and the
+``strassen`` family read).
 
 The hooks are looked up when a stage runs, not when this package is imported: the rule
 modules import ``nests`` and ``match``, which import this package (``casts``).
@@ -137,19 +137,27 @@ FAMILIES = (
     Family("sums", ALTERNATIVES, "sums", ("improve",), "split-sum"),
     Family("scalar-factor", ALTERNATIVES, "scalars", ("improve",),
            "scale-operand, scale-temporary"),
-    Family("matmul", ALTERNATIVES, "matmul", ("improve",), "reassociate-chain, distribute"),
+    Family("matmul", ALTERNATIVES, "matrices", ("improve",),
+           "the program-level e-graph: assoc-*, factor-*, comm-add, assoc-add, scale-*, and rules "
+           "loaded with --rules-file"),
     Family("strassen", ALTERNATIVES, "strassen", ("improve",), "strassen levels"),
 )
 
 
 def checked_off(names: Iterable[str]) -> frozenset[str]:
-    """``names`` (one name alone too) as a set of family names, or ``ValueError`` naming one
-    that is no family."""
+    """``names`` (one name alone too) as a set of names of families or of the built-in rules
+    of the program-level e-graph (``matrices.BUILT_IN``), or ``ValueError`` naming one that is
+    neither."""
+    from .matrices import BUILT_IN  # imports egglog: only when a name is given
+
     off = frozenset([names] if isinstance(names, str) else names)
-    unknown = sorted(off - {f.name for f in FAMILIES})
+    if not off:
+        return off
+    unknown = sorted(off - {f.name for f in FAMILIES} - set(BUILT_IN))
     if unknown:
-        raise ValueError(f"no rule family named {', '.join(unknown)} (there are: "
-                         f"{', '.join(f.name for f in FAMILIES)})")
+        raise ValueError(f"no rule family or rule named {', '.join(unknown)} (families: "
+                         f"{', '.join(f.name for f in FAMILIES)}; rules of the matmul family: "
+                         f"{', '.join(BUILT_IN)})")
     return off
 
 

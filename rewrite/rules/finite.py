@@ -100,7 +100,9 @@ def guard(operands: Sequence[tuple[AccNest, Load]], fast: Sequence, slow: Sequen
             Var(col.name) if col.start == 0 else Binary("-", Var(col.name), Const(col.start, ir.INDEX))
         x = load if load.dtype == dt else ir.Cast(dt, load)
         s: Stmt = Accumulate(flag, (at,), Binary("*", x, zero))
-        for d in reversed(_dims_of(nest, load)):
+        # the row's dim innermost: the scan runs along rows, vectorised
+        dims = sorted(_dims_of(nest, load), key=lambda d: d == col)
+        for d in reversed(dims):
             s = For(d.name, d.start, d.stop, s)
         scan.append(s)
     if width > 1:

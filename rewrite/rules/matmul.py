@@ -21,7 +21,7 @@ Every other index position must be a constant. ``C = C + A*B`` reaches here alre
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 from .. import ir
@@ -29,7 +29,6 @@ from ..affine import affine
 from ..ir import Binary, Const, Expr, Load, Unary, Var
 from ..names import Names
 from ..nests import AccNest, Dim
-from . import finite
 
 # An index position: (dim name or None, constant offset).
 Slot = tuple[Optional[str], int]
@@ -181,7 +180,8 @@ def product(scale: Optional[Const], x: Expr, y: Expr) -> Expr:
 
 
 # ---------------------------------------------------------------------------
-# matmul algebra: whole nests rewritten, offered to the pipeline as alternative programs
+# whole nests rewritten, offered to the pipeline as alternative programs (the matmul algebra
+# itself runs in the program-level e-graph: rules/matrices.py)
 
 
 @dataclass
@@ -255,149 +255,6 @@ def _touches(p, name: str) -> tuple[bool, bool]:
     return reads, writes
 
 
-# A factor of a chain of matrix products: its access, and the dims along its rows and columns.
-Factor = tuple[Access, Dim, Dim]
-
-
-def _written(f: Factor, row: str, col: str) -> Access:
-    """The factor's access written in the dims ``row`` and ``col``."""
-    x, r, c = f
-    return x.renamed({r.name: row, c.name: col})
-
-
-def _regroup(chain: tuple[Factor, Factor, Factor], extents: tuple[int, int, int, int], right: bool,
-             d: Access, scales: tuple[Optional[Const], Optional[Const]],
-             names: Names) -> Optional[tuple[Access, AccNest, AccNest]]:
-    """``d += (p @ q) @ r`` regrouped as ``d += p @ (q @ r)`` (``right``), or the other way
-    round, for the chain ``p[e0, e1] @ q[e1, e2] @ r[e2, e3]``: a fresh temporary U, the nest
-    ``U = q @ r`` (``p @ q``) with the first scale, and the nest adding ``p @ U`` (``U @ r``) to
-    ``d`` with the second. None when the regrouped chain takes no fewer multiply-adds."""
-    p, q, r = chain
-    e0, e1, e2, e3 = extents
-    multiply_adds = {False: e0 * e1 * e2 + e0 * e2 * e3,  # (p @ q) @ r
-                     True: e1 * e2 * e3 + e0 * e1 * e3}   # p @ (q @ r)
-    if multiply_adds[right] >= multiply_adds[not right]:
-        return None
-    x, y, m, n, k = (q, r, e1, e3, e2) if right else (p, q, e0, e2, e1)
-    u = _temporary(names, "mm_U", d.buffer.dtype, ("i", m), ("j", n))
-    make_u = build(u, _written(x, "i", "k"), _written(y, "k", "j"), m, n, k, scales[0])
-    if right:
-        new = build(d, _written(p, "i", "k"), Access(u.buffer, (("k", 0), ("j", 0))), e0, e3, e1, scales[1])
-    else:
-        new = build(d, Access(u.buffer, (("i", 0), ("k", 0))), _written(r, "k", "j"), e0, e3, e2, scales[1])
-    return u, make_u, new
-
-
-def _chain(func: ir.PrimFunc, parts: list, names: Names) -> list[Alternative]:
-    """``T = A @ B; D += T @ C``  ->  ``U = B @ C; D += A @ U`` (and ``D += X @ T`` ->
-    ``U = X @ A; D += U @ B``), when that takes fewer multiply-adds.
-
-    Sound when T is a temporary, zero-filled then written only by the first product and read
-    only by the second, and no operand is written anywhere: then D's increments are the same
-    sums, regrouped (exact over integers, a reassociation on finite floats). A NaN or Inf
-    regrouped reaches other elements (``[Inf] @ [1, 0] @ [1, 1]^T`` is NaN, ``[Inf] @ [1]``
-    Inf), so on floats the regrouped nests run behind ``finite.guard``."""
-    out = []
-    temps = {b.name for b in func.allocs}
-    mms = {q: recognize(p) for q, p in enumerate(parts) if isinstance(p, AccNest)}
-    for q1, first in mms.items():
-        if first is None or not _plain(first) or first.c.buffer.name not in temps:
-            continue
-        t = first.c.buffer
-        if t.ndim != 2 or first.c.slots != ((first.m.name, 0), (first.n.name, 0)):
-            continue
-        users = [q for q, p in enumerate(parts) if q != q1 and any(_touches(p, t.name))]
-        inits = [q for q in users if _zero_fill(parts[q], t) and q < q1]
-        readers = [q for q in users if q not in inits]
-        if len(inits) != 1 or len(readers) != 1 or readers[0] < q1:
-            continue
-        q2 = readers[0]
-        second = mms.get(q2)
-        if second is None or not _plain(second) or second.c.buffer.name == t.name:
-            continue
-        operands = {b.name for mm in (first, second) for b in (mm.a.buffer, mm.b.buffer)} - {t.name}
-        if operands & set(func.written):
-            continue
-        M, K, N = first.m.extent, first.k.extent, first.n.extent
-        a, b = (first.a, first.m, first.k), (first.b, first.k, first.n)
-        # the second product reads exactly the block the first writes: a part of T read alone
-        # is not the product regrouped
-        if second.a.buffer.name == t.name and second.a.slots == ((second.m.name, 0), (second.k.name, 0)) \
-                and (second.m.extent, second.k.extent) == (M, N):
-            # D[M, L] += T[M, N] @ C[N, L]  with  T = A[M, K] @ B[K, N]
-            chain, extents = (a, b, (second.b, second.k, second.n)), (M, K, N, second.n.extent)
-            right, note = True, "(A @ B) @ C -> A @ (B @ C)"
-        elif second.b.buffer.name == t.name and second.b.slots == ((second.k.name, 0), (second.n.name, 0)) \
-                and (second.k.extent, second.n.extent) == (M, N):
-            # D[L, N] += X[L, M] @ T[M, N]  with  T = A[M, K] @ B[K, N]
-            chain, extents = ((second.a, second.m, second.k), a, b), (second.m.extent, M, K, N)
-            right, note = False, "X @ (A @ B) -> (X @ A) @ B"
-        else:
-            continue
-        d = second.c.renamed({second.m.name: "i", second.n.name: "j"})
-        regrouped = _regroup(chain, extents, right, d, (first.scale, second.scale), names)
-        if regrouped is None:
-            continue
-        u, make_u, new = regrouped
-        zero = _filling(u, Const(0, t.dtype))
-        rest = [p for q, p in enumerate(parts) if q not in (inits[0], q1, q2)]
-        at = sum(1 for q in range(q2) if q not in (inits[0], q1))
-        # regrouped, a NaN or Inf reaches other elements: only on finite operands (finite.py);
-        # the three nests as written may move to q2 as well (T is theirs, A, B, C read only)
-        other = second.b if second.a.buffer.name == t.name else second.a
-        allocs = [u.buffer]
-        block = finite.guard([(first.nest, first.a.load()), (first.nest, first.b.load()),
-                              (second.nest, other.load())], [zero, make_u, new],
-                             [parts[inits[0]], parts[q1], parts[q2]], names, allocs)
-        out.append(Alternative(rest[:at] + block + rest[at:], allocs, note))
-    return out
-
-
-def _distribute(func: ir.PrimFunc, parts: list, names: Names) -> list[Alternative]:
-    """``C += A @ B1; C += A @ B2``  ->  ``S = B1 + B2; C += A @ S`` (and a shared right
-    operand: ``(A1 + A2) @ B``), for two adjacent nests.
-
-    Sound because ``sum_k a*b1 + sum_k a*b2 = sum_k a*(b1 + b2)`` elementwise (exact over
-    integers, a re-rounding on finite floats); the nests are adjacent, so nothing in between
-    observes C, and the operands are read only. Not for NaN and Inf (``Inf*0 + Inf*1`` is NaN,
-    ``Inf*(0 + 1)`` Inf): on floats the factored nests run behind ``finite.guard`` on the
-    shared operand. That one suffices: a sum's class (finite, +Inf, -Inf, NaN) follows from
-    its terms' classes, and for a finite ``a``, ``a*(b1 + b2)`` has the class of the pair
-    ``a*b1, a*b2`` (``a = 0``: NaN iff ``b1`` or ``b2`` is not finite; otherwise that of
-    ``b1 + b2``, its sign flipped with ``a``'s)."""
-    out = []
-    for q in range(len(parts) - 1):
-        p1, p2 = parts[q], parts[q + 1]
-        if not (isinstance(p1, AccNest) and isinstance(p2, AccNest)):
-            continue
-        x, y = recognize(p1), recognize(p2)
-        if x is None or y is None or not (_plain(x) and _plain(y)) or x.scale != y.scale:
-            continue
-        if (x.m.extent, x.n.extent, x.k.extent) != (y.m.extent, y.n.extent, y.k.extent):
-            continue
-        rx, ry = _roles(x), _roles(y)
-        if x.c.renamed(rx) != y.c.renamed(ry):
-            continue
-        M, N, K = x.m.extent, x.n.extent, x.k.extent
-        a, b, c = (v.renamed(rx) for v in (x.a, x.b, x.c))
-        if a == y.a.renamed(ry):  # C += A @ S, S[k, j] = B1 + B2
-            s = _temporary(names, "mm_S", x.dtype, ("k", K), ("j", N))
-            fill = _filling(s, Binary("+", b.load(), y.b.renamed(ry).load()))
-            new, shared, note = build(c, a, s, M, N, K, x.scale), x.a, "A @ B1 + A @ B2 -> A @ (B1 + B2)"
-        elif b == y.b.renamed(ry):  # C += S @ B, S[i, k] = A1 + A2
-            s = _temporary(names, "mm_S", x.dtype, ("i", M), ("k", K))
-            fill = _filling(s, Binary("+", a.load(), y.a.renamed(ry).load()))
-            new, shared, note = build(c, s, b, M, N, K, x.scale), x.b, "A1 @ B + A2 @ B -> (A1 + A2) @ B"
-        else:
-            continue
-        # a*b1 + a*b2 is NaN where a*(b1 + b2) is Inf (a = Inf, b1 = 0, b2 = 1): only where
-        # the shared operand is finite (finite.py); for a finite ``a`` the two agree on NaN/Inf
-        allocs = [s.buffer]
-        block = finite.guard([(p1, shared.load())], [fill, new], [p1, p2], names, allocs)
-        out.append(Alternative(list(parts[:q]) + block + list(parts[q + 2:]), allocs, note))
-    return out
-
-
 def transposes(func: ir.PrimFunc, parts: list, names: Names) -> list[Alternative]:
     """``C[i, j] += A[i, k] * B[j, k]``  ->  ``Bt[k, j] = B[j, k]; C[i, j] += A[i, k] * Bt[k, j]``
     (and ``A[k, i]`` into ``At[i, k]``): the operand copied once into the layout whose last index
@@ -429,26 +286,3 @@ def transposes(func: ir.PrimFunc, parts: list, names: Names) -> list[Alternative
             continue
         out.append(Alternative(parts[:q] + [fill, new] + parts[q + 1:], [t.buffer], note))
     return out
-
-
-def alternatives(func: ir.PrimFunc, parts, names: Names) -> list[Alternative]:
-    """Programs equivalent to ``parts`` by one matmul-algebra rewrite each: reassociated
-    chains (``_chain``) and factored sums of products (``_distribute``). Each has
-    ``levels == 0``; the pipeline plans it and keeps it when the cost model says it is cheaper."""
-    parts = list(parts)
-    return _chain(func, parts, names) + _distribute(func, parts, names)
-
-
-def improve(best, search):
-    """``best`` (``pipeline.Choice``), or the cheapest program one matmul-algebra rewrite of it
-    gives (``alternatives``) when the cost model finds it cheaper. The chosen program's items
-    replace ``best``'s, and its temporaries join the function, so the families after this one
-    (Strassen levels) rewrite the regrouped products."""
-    chosen, items, temps = best, None, ()
-    for alt in alternatives(best.func, best.parts, search.names):
-        planned = search.plan(alt.parts)
-        if planned.cost < chosen.planned.cost:
-            chosen, items, temps = replace(best, planned=planned), alt.parts, tuple(alt.allocs)
-    if items is None:
-        return best
-    return replace(chosen, func=replace(best.func, allocs=best.func.allocs + temps), parts=list(items))

@@ -1,0 +1,433 @@
+"""The program-level e-graph: the matrix values a program computes, as egglog terms, the rules
+that equate them, and one extraction of the cheapest program.
+
+A stretch of a program made of matrix products (``rules/matmul.py`` finds it) is a set of
+accumulations, each a term over the public constructors below::
+
+    T = 0; T += A @ B; D += T @ C        ->  Program.acc("D", (A @ B) @ C)
+    C += A @ B1; C += A @ B2             ->  Program.acc("C", A @ B1 + A @ B2)
+
+Rules (``rule``: a name, its soundness argument, and a function giving the two sides) equate
+terms: ``(a @ b) @ c == a @ (b @ c)``, ``a @ b + a @ c == a @ (b + c)``, ... Built-in rules are
+registered by ``rules/matmul.py``; users add theirs in a Python module loaded with
+``--rules-file`` (``load_file``), written against the same constructors::
+
+    from rewrite.program import Matrix, rule
+
+    @rule("factor-left", why="A@B + A@C = A@(B + C) elementwise: a sum regrouped")
+    def factor_left(a: Matrix, b: Matrix, c: Matrix):
+        return a @ b + a @ c, a @ (b + c)
+
+The same function builds the egglog rewrite (called with pattern variables) and the random
+instances ``tensorize rules --check`` compares (called with numpy matrices,
+``rewrite/fuzz/rules.py``). Saturation runs under a budget; then every product shape the
+graph holds is priced once by the caller (the intrinsic matcher's plan of that product), the
+prices go into egglog as a table, a rule sets each product's cost from it (``set_cost``), and
+the whole program is extracted once: no Python runs during extraction.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import itertools
+import os
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+from egglog import (EGraph, Expr, StringLike, f64, f64Like, function, get_callable_args,
+                    get_callable_fn, get_literal_value, i64, i64Like, relation, rewrite, rule as
+                    egg_rule, ruleset, set_, set_cost, var)
+
+
+class Matrix(Expr):
+    """A matrix value: an input (a buffer, or a block of one, read whole), a product, a sum,
+    a scaled or a transposed matrix."""
+
+    def __init__(self, name: StringLike, rows: i64Like, cols: i64Like) -> None: ...
+
+    def __matmul__(self, other: Matrix) -> Matrix: ...
+
+    def __add__(self, other: Matrix) -> Matrix: ...
+
+    def scaled(self, factor: f64Like) -> Matrix: ...
+
+    @property
+    def T(self) -> Matrix: ...
+
+
+class Program(Expr):
+    """Accumulations into outputs, in order: ``Program.acc("D", v)`` is ``D += v``."""
+
+    @classmethod
+    def acc(cls, name: StringLike, value: Matrix) -> Program: ...
+
+    def then(self, other: Program) -> Program: ...
+
+
+# Shapes, an analysis: a term's rows and columns (a sound rule never equates two shapes; the
+# first one set is kept, so that a wrong user rule cannot stop saturation)
+@function(merge=lambda old, new: old)
+def rows(m: Matrix) -> i64: ...
+
+
+@function(merge=lambda old, new: old)
+def cols(m: Matrix) -> i64: ...
+
+
+_product_shape = relation("product_shape", i64, i64, i64)
+
+
+@function(merge=lambda old, new: old)
+def product_price(m: i64Like, k: i64Like, n: i64Like) -> i64: ...
+
+
+_shapes = ruleset(name="program-shapes")
+
+
+@_shapes.register
+def _shape_rules(s: StringLike, r: i64, c: i64, a: Matrix, b: Matrix, f: f64):
+    yield egg_rule(Matrix(s, r, c)).then(set_(rows(Matrix(s, r, c))).to(r),
+                                         set_(cols(Matrix(s, r, c))).to(c))
+    yield egg_rule(a @ b, rows(a) == r, cols(b) == c).then(set_(rows(a @ b)).to(r),
+                                                          set_(cols(a @ b)).to(c))
+    yield egg_rule(a + b, rows(a) == r, cols(a) == c).then(set_(rows(a + b)).to(r),
+                                                          set_(cols(a + b)).to(c))
+    yield egg_rule(a.scaled(f), rows(a) == r, cols(a) == c).then(set_(rows(a.scaled(f))).to(r),
+                                                          set_(cols(a.scaled(f))).to(c))
+    yield egg_rule(a.T, rows(a) == r, cols(a) == c).then(set_(rows(a.T)).to(c),
+                                                        set_(cols(a.T)).to(r))
+
+
+_products = ruleset(name="program-products")
+
+
+@_products.register
+def _product_rules(a: Matrix, b: Matrix, m: i64, k: i64, n: i64):
+    yield egg_rule(a @ b, rows(a) == m, cols(a) == k, cols(b) == n).then(_product_shape(m, k, n))
+
+
+# Price units: a scalar operation costs PRICE_SCALE (egglog's costs are integers)
+PRICE_SCALE = 16
+
+_costs = ruleset(name="program-costs")
+
+
+@_costs.register
+def _cost_rules(s: StringLike, a: Matrix, b: Matrix, m: i64, k: i64, n: i64, p: i64, f: f64):
+    # a product: what the matcher's plan of that shape costs (``product_price``, set per shape)
+    yield egg_rule(a @ b, rows(a) == m, cols(a) == k, cols(b) == n,
+                   product_price(m, k, n) == p).then(set_cost(a @ b, p))
+    # a sum is materialised: one pass over its elements (at the top of an accumulation it is
+    # two accumulations and costs nothing more: charged alike to every candidate)
+    yield egg_rule(a + b, rows(a) == m, cols(a) == n).then(set_cost(a + b, m * n * PRICE_SCALE))
+    # a transposed matrix is read the other way round, and a scale goes into the store of the
+    # product that makes it: both free (one cost per e-node, so the scaled sum that the
+    # lowering materialises is undercharged; the pipeline prices the lowered program anyway)
+    yield egg_rule(a.scaled(f)).then(set_cost(a.scaled(f), 1))
+    yield egg_rule(a.T).then(set_cost(a.T, 1))
+
+
+# ---------------------------------------------------------------------------
+# rules
+
+
+class RuleError(ValueError):
+    """A rule that cannot be used, or a rules file that cannot be loaded: one line, located."""
+
+
+@dataclass(frozen=True)
+class ProgramRule:
+    """``sides(*params)`` gives the two sides of an equality, ``lhs -> rhs``. ``params``: each
+    parameter's name and kind (``"matrix"`` or ``"scalar"``). ``why``: its soundness argument.
+    ``origin``: ``"built-in"`` or the file that registered it."""
+
+    name: str
+    why: str
+    sides: Callable
+    params: tuple[tuple[str, str], ...]
+    origin: str
+
+    def rewrite(self):
+        """The egglog rewrite ``lhs -> rhs`` over pattern variables."""
+        args = [var(f"{self.name}:{p}", Matrix if kind == "matrix" else f64) for p, kind in self.params]
+        try:
+            lhs, rhs = self.sides(*args)
+            return rewrite(lhs).to(rhs)
+        except Exception as e:  # noqa: BLE001 -- a user's rule: say which one, and why
+            raise RuleError(f"{self.where}: rule {self.name}: its sides are no terms over "
+                            f"Matrix: {e} ({type(e).__name__})") from None
+
+    @property
+    def where(self) -> str:
+        return self.origin
+
+
+_registry: dict[str, ProgramRule] = {}
+_loading: list[str] = []  # the rules file being loaded, if any
+
+
+def rule(name: str, why: str) -> Callable:
+    """Register the decorated function as a rule named ``name``, sound for the reason ``why``:
+    it takes matrices (parameters annotated ``Matrix``) and scalars (``float``) and returns
+    the two sides ``(lhs, rhs)``, written with ``@``, ``+``, ``.scaled(s)`` and ``.T``."""
+    def register(fn: Callable) -> Callable:
+        origin = _loading[-1] if _loading else "built-in"
+        if not re.fullmatch(r"[a-z][a-z0-9-]*", name or ""):
+            raise RuleError(f"rule name {name!r}: lower-case words joined by '-' expected "
+                            f"(assoc-left, factor-right)")
+        if not (why or "").strip():
+            raise RuleError(f"rule {name}: say why it is sound (why=...)")
+        if name in _registry:
+            raise RuleError(f"rule {name} is already registered ({_registry[name].origin})")
+        params = []
+        for p in inspect.signature(fn).parameters.values():
+            kind = {"Matrix": "matrix", "float": "scalar"}.get(
+                p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", ""))
+            if kind is None:
+                raise RuleError(f"rule {name}: parameter {p.name} must be annotated Matrix or float")
+            params.append((p.name, kind))
+        _registry[name] = ProgramRule(name, why.strip(), fn, tuple(params), origin)
+        return fn
+
+    return register
+
+
+def registered(origin: Optional[str] = None) -> list[ProgramRule]:
+    """The rules registered so far (built-in ones once ``rules/matmul.py`` is imported), in
+    order; those of one ``origin`` only when given."""
+    return [r for r in _registry.values() if origin is None or r.origin == origin]
+
+
+_files: dict[str, list[ProgramRule]] = {}
+_counter = itertools.count(1)
+
+
+def load_file(path) -> list[ProgramRule]:
+    """Import a user's rules module (trusted plugin code, like ``--intrinsics-file``) once per
+    process and return the rules it registered. What it raises becomes one ``RuleError``
+    naming the file and line; a module that fails leaves no rules behind."""
+    path = os.path.abspath(str(path))
+    if path in _files:
+        return _files[path]
+    if not os.path.isfile(path):
+        raise RuleError(f"{path}: no such file")
+    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0], flags=re.ASCII)
+    module_name = f"tensorize_rules_{next(_counter)}_{stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise RuleError(f"{path}: not a Python module (a .py file is expected)")
+    module = importlib.util.module_from_spec(spec)
+    before = set(_registry)
+    sys.modules[module_name] = module
+    _loading.append(path)
+    try:
+        spec.loader.exec_module(module)
+        mine = [r for n, r in _registry.items() if n not in before]
+        if not mine:
+            raise RuleError("the module registers no rule (decorate functions with "
+                            "rewrite.program.rule)")
+        for r in mine:
+            r.rewrite()  # its sides must be terms: said now, not in the middle of a run
+    except BaseException as e:  # plugin code: anything it raises is bad input
+        for n in set(_registry) - before:
+            del _registry[n]
+        sys.modules.pop(module_name, None)
+        raise RuleError(_failure(path, e)) from None
+    finally:
+        _loading.pop()
+    _files[path] = mine
+    return mine
+
+
+def _failure(path: str, e: BaseException) -> str:
+    if isinstance(e, SyntaxError):
+        return f"{e.filename or path}:{e.lineno or 1}:{e.offset or 1}: Python syntax error: {e.msg}"
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if os.path.abspath(f.filename) == path]
+    where = f"{path}:{frames[-1].lineno}" if frames else path
+    if isinstance(e, RuleError):
+        text = str(e)
+        return text if text.startswith(path) else f"{where}: {text}"
+    if isinstance(e, SystemExit):
+        return f"{where}: cannot load rules: the module called sys.exit({e.code!r})"
+    message = str(e).replace("\n", " ").strip()
+    return f"{where}: cannot load rules: {message or type(e).__name__} ({type(e).__name__})"
+
+
+# ---------------------------------------------------------------------------
+# terms read back
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True)
+class Op:
+    """``kind``: ``"@"``, ``"+"``, ``"*"`` (``args[0]`` scaled by ``factor``) or ``"T"``."""
+
+    kind: str
+    args: tuple
+    factor: float = 1.0
+
+
+Node = "Input | Op"
+
+
+def shape(node) -> tuple[int, int]:
+    if isinstance(node, Input):
+        return node.rows, node.cols
+    if node.kind == "@":
+        return shape(node.args[0])[0], shape(node.args[1])[1]
+    if node.kind == "T":
+        r, c = shape(node.args[0])
+        return c, r
+    return shape(node.args[0])
+
+
+def text(node) -> str:
+    """The term in the constructors' own notation (Python's precedence: ``@`` before ``+``)."""
+    if isinstance(node, Input):
+        return node.name
+    if node.kind == "T":
+        return f"{_atom(node.args[0])}.T"
+    if node.kind == "*":
+        return f"{_atom(node.args[0])}.scaled({node.factor!r})"
+    if node.kind == "+":
+        return " + ".join(text(a) for a in node.args)
+    return " @ ".join(_atom(a) for a in node.args)
+
+
+def _atom(node) -> str:
+    simple = isinstance(node, Input) or node.kind in ("T", "*")
+    return text(node) if simple else f"({text(node)})"
+
+
+def _kinds() -> dict:
+    x = Matrix("x", 1, 1)
+    return {get_callable_fn(x @ x): "@", get_callable_fn(x + x): "+",
+            get_callable_fn(x.scaled(1.0)): "*", get_callable_fn(x.T): "T", Matrix: "input",
+            get_callable_fn(Program.acc("x", x)): "acc",
+            get_callable_fn(Program.acc("x", x).then(Program.acc("x", x))): "then"}
+
+
+_KINDS = _kinds()
+
+
+def _kind(expr) -> str:
+    kind = _KINDS.get(get_callable_fn(expr))
+    if kind is None:
+        raise ValueError(f"not a program term: {expr}")
+    return kind
+
+
+def _read(expr):
+    """A ``Matrix`` term extracted from egglog as ``Input`` / ``Op`` nodes."""
+    kind, args = _kind(expr), get_callable_args(expr)
+    if kind == "input":
+        n, r, c = (get_literal_value(a) for a in args)
+        return Input(n, int(r), int(c))
+    if kind == "*":
+        return Op("*", (_read(args[0]),), float(get_literal_value(args[1])))
+    return Op(kind, tuple(_read(a) for a in args))
+
+
+def build(node):
+    """The egglog term of a node (the inverse of ``_read``)."""
+    if isinstance(node, Input):
+        return Matrix(node.name, node.rows, node.cols)
+    a = [build(x) for x in node.args]
+    return {"@": lambda: a[0] @ a[1], "+": lambda: a[0] + a[1], "*": lambda: a[0].scaled(node.factor),
+            "T": lambda: a[0].T}[node.kind]()
+
+
+# ---------------------------------------------------------------------------
+# saturation and extraction
+
+
+@dataclass(frozen=True)
+class Budget:
+    iterations: int = 12
+    enodes: int = 5_000
+    seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the program-level e-graph did: e-nodes, iterations, why it stopped, seconds."""
+
+    iterations: int
+    enodes: int
+    stop_reason: str
+    seconds: float
+    rules: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {"iterations": self.iterations, "enodes": self.enodes,
+                "stop_reason": self.stop_reason, "seconds": round(self.seconds, 4),
+                "rules": list(self.rules)}
+
+
+def _enodes(egraph: EGraph) -> int:
+    return sum(n for fn, n in egraph.all_function_sizes()
+               if getattr(fn, "__name__", "") not in ("rows", "cols", "product_price"))
+
+
+def cheapest(accumulations: Sequence[tuple[str, object]], rules: Sequence[ProgramRule],
+             price: Callable[[int, int, int], float],
+             budget: Budget = Budget()) -> tuple[list[tuple[str, object]], Report]:
+    """The cheapest program equal to ``accumulations`` (``(output, node)`` pairs: ``output +=
+    node`` in order) by ``rules``, each product priced by ``price(m, k, n)`` (scalar-operation
+    units, called once per shape the saturated graph holds)."""
+    t0 = time.perf_counter()
+    egraph = EGraph()
+    root = None
+    for out, node in accumulations:
+        term = Program.acc(out, build(node))
+        root = term if root is None else root.then(term)
+    root = egraph.let("program", root)
+    algebra = ruleset(*[r.rewrite() for r in rules], name="program-rules") if rules else None
+    iterations, stop = 0, "saturated"
+    while True:
+        egraph.run(_shapes.saturate())
+        if algebra is None:
+            break
+        if iterations >= budget.iterations:
+            stop = "iteration limit"
+            break
+        if _enodes(egraph) > budget.enodes:
+            stop = "e-node limit"
+            break
+        if time.perf_counter() - t0 > budget.seconds:
+            stop = "time limit"
+            break
+        report = egraph.run(algebra)
+        iterations += 1
+        if not report.updated:
+            break
+    egraph.run(_shapes.saturate())
+    egraph.run(_products.saturate())
+    for key in egraph.function_values(_product_shape):
+        m, k, n = (int(get_literal_value(a)) for a in get_callable_args(key))
+        egraph.register(set_(product_price(m, k, n)).to(max(1, round(price(m, k, n) * PRICE_SCALE))))
+    egraph.run(_costs.saturate())
+    out = _accs(egraph.extract(root))
+    return out, Report(iterations, _enodes(egraph), stop, time.perf_counter() - t0,
+                       tuple(r.name for r in rules))
+
+
+def _accs(expr) -> list:
+    """``then(then(acc, acc), acc)`` read back as the accumulations in order."""
+    if _kind(expr) == "then":
+        first, rest = get_callable_args(expr)
+        return _accs(first) + _accs(rest)
+    name, value = get_callable_args(expr)
+    return [(get_literal_value(name), _read(value))]

@@ -1,0 +1,472 @@
+"""The ``matmul`` family: a stretch of matrix products lifted into the program-level e-graph
+(``rewrite/program.py``), rewritten there by the rules below and any the user loads, the
+cheapest program extracted once and lowered back to nests.
+
+    T = alloc(f32[48, 48])                         Program.acc("D", (A @ B) @ C)
+    T[i, j] = 0.0;  T[i, j] += A[i, k] * B[k, j]      -- assoc-right -->
+    D[i, j] += T[i, k] * C[k, j]                   Program.acc("D", A @ (B @ C))
+                                                   ->  U = B @ C;  D += A @ U
+
+What is lifted (``lift``): a window of the program's items holding at least two plain matmul
+nests (``matmul.recognize``: no batch, dims from 0). A temporary of the function is *internal*
+when every item touching it lies in the window: one zero-fill, then matmul nests writing it
+whole, then matmul nests reading it whole; its value is then a term, and it disappears from the
+rewritten program. Every other buffer a product writes is a *sink* (``D += term``); every
+operand that is no internal temporary is an *input* (a leaf ``Matrix(name, rows, cols)``,
+transposed where the nest reads it the other way round). The window is sound to lift when no
+item in it writes an input, no product reads a sink, and the window's other items touch no
+internal temporary and no sink after the sink's first product: those items then run first,
+in their order, and the rewritten products after them.
+
+Soundness of the whole: the accumulations into each sink are the same sums, regrouped, when
+each rule equates matrices over any ring (checked by ``tensorize rules --check``). On floats
+a regrouped NaN or Inf reaches other elements, so the rewritten program runs behind
+``finite.guard`` on every input, the program as written in the other branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Optional, Sequence
+
+from .. import ir, program
+from ..ir import Binary, Const, Load
+from ..names import Names
+from ..nests import AccNest, Dim
+from ..program import Input, Matrix, Op, rule
+from . import finite
+from .matmul import Access, Alternative, MatMul, _filling, _plain, _touches, _zero_fill, build, recognize
+
+# ---------------------------------------------------------------------------
+# the built-in rules: identities of matrices over any ring
+
+
+@rule("assoc-right", why="matrix products are associative: each element of (A @ B) @ C and "
+                         "of A @ (B @ C) is the sum of A[i, k] * B[k, l] * C[l, j]")
+def assoc_right(a: Matrix, b: Matrix, c: Matrix):
+    return (a @ b) @ c, a @ (b @ c)
+
+
+@rule("assoc-left", why="matrix products are associative (assoc-right, read backwards)")
+def assoc_left(a: Matrix, b: Matrix, c: Matrix):
+    return a @ (b @ c), (a @ b) @ c
+
+
+@rule("factor-left", why="a product distributes over a sum: sum_k a*b1 + sum_k a*b2 = "
+                         "sum_k a*(b1 + b2), elementwise")
+def factor_left(a: Matrix, b: Matrix, c: Matrix):
+    return a @ b + a @ c, a @ (b + c)
+
+
+@rule("factor-right", why="a product distributes over a sum, on the right operand")
+def factor_right(a: Matrix, b: Matrix, c: Matrix):
+    return a @ c + b @ c, (a + b) @ c
+
+
+@rule("comm-add", why="matrix addition is commutative, elementwise")
+def comm_add(a: Matrix, b: Matrix):
+    return a + b, b + a
+
+
+@rule("assoc-add", why="matrix addition is associative, elementwise")
+def assoc_add(a: Matrix, b: Matrix, c: Matrix):
+    return (a + b) + c, a + (b + c)
+
+
+@rule("scale-out-left", why="(s A) @ B = s (A @ B): each term of the sum carries s once")
+def scale_out_left(a: Matrix, b: Matrix, s: float):
+    return a.scaled(s) @ b, (a @ b).scaled(s)
+
+
+@rule("scale-out-right", why="A @ (s B) = s (A @ B)")
+def scale_out_right(a: Matrix, b: Matrix, s: float):
+    return a @ b.scaled(s), (a @ b).scaled(s)
+
+
+@rule("scale-sum", why="s A + s B = s (A + B), elementwise")
+def scale_sum(a: Matrix, b: Matrix, s: float):
+    return a.scaled(s) + b.scaled(s), (a + b).scaled(s)
+
+
+BUILT_IN = ("assoc-right", "assoc-left", "factor-left", "factor-right", "comm-add", "assoc-add",
+            "scale-out-left", "scale-out-right", "scale-sum")
+
+
+def built_in(off: frozenset = frozenset()) -> list[program.ProgramRule]:
+    """The built-in rules, without those named in ``off``."""
+    return [r for r in program.registered("built-in") if r.name in BUILT_IN and r.name not in off]
+
+
+# ---------------------------------------------------------------------------
+# lift
+
+
+@dataclass
+class Lifted:
+    """A window ``parts[lo:hi + 1]`` as accumulations over terms."""
+
+    lo: int
+    hi: int
+    accumulations: list[tuple[str, object]]  # (sink name, term), in order
+    sinks: dict[str, tuple[Access, int, int]]  # name -> access in dims _r, _c; rows; cols
+    inputs: dict[str, tuple[Access, AccNest, Load]]  # name -> access in _r, _c; a reader
+    products: list[int]  # the window's matmul items
+    fills: list[int]  # the zero-fills of internal temporaries
+    others: list[int]  # the window's other items, run first
+    dtype: str = "f32"
+
+
+def _name(access: Access, dims: tuple[Dim, Dim]) -> tuple[str, Access, bool]:
+    """A block of a buffer read through ``dims`` (rows, cols): its leaf name, its access in the
+    dims ``_r``, ``_c`` (in the buffer's order) and whether it is read transposed."""
+    r, c = dims
+    order = [v for v, _ in access.slots if v is not None]
+    transposed = order.index(c.name) < order.index(r.name)
+    first, second = (c, r) if transposed else (r, c)
+    canonical = access.renamed({first.name: "_r", second.name: "_c"})
+    extents = {"_r": first.extent, "_c": second.extent}
+    buf = access.buffer
+    whole = [s for s in canonical.slots] == [("_r", 0), ("_c", 0)] and \
+        buf.shape == (first.extent, second.extent)
+    if whole:
+        return buf.name, canonical, transposed
+    parts = [str(off) if d is None else f"{off}:{off + extents[d]}" for d, off in canonical.slots]
+    return f"{buf.name}[{', '.join(parts)}]", canonical, transposed
+
+
+def _users(parts: list, name: str) -> list[int]:
+    return [q for q, p in enumerate(parts) if any(_touches(p, name))]
+
+
+def lift(func: ir.PrimFunc, parts: list) -> list[Lifted]:
+    """Windows of ``parts`` that lift (see the module docstring), left to right, each as long
+    as it can be."""
+    mms = {}
+    for q, p in enumerate(parts):
+        mm = recognize(p) if isinstance(p, AccNest) else None
+        if mm is not None and _plain(mm):
+            mms[q] = mm
+    out, q = [], 0
+    while q < len(parts):
+        found = None
+        if q in mms or any(_zero_fill(parts[q], b) for b in func.allocs):
+            for hi in range(len(parts) - 1, q, -1):
+                found = _window(func, parts, mms, q, hi)
+                if found is not None:
+                    break
+        if found is None:
+            q += 1
+        else:
+            out.append(found)
+            q = found.hi + 1
+    return out
+
+
+def _window(func, parts, mms, lo, hi) -> Optional[Lifted]:
+    products = [q for q in range(lo, hi + 1) if q in mms]
+    if len(products) < 2 or hi not in mms:
+        return None
+    temps = {b.name: b for b in func.allocs}
+    written = {mms[q].c.buffer.name for q in products}
+    internal, fills = {}, []
+    for t in written & set(temps):
+        users = _users(parts, t)
+        if not all(lo <= u <= hi for u in users):
+            continue
+        zero = [u for u in users if _zero_fill(parts[u], temps[t])]
+        writers = [u for u in users if u in mms and mms[u].c.buffer.name == t]
+        readers = [u for u in users if u not in zero and u not in writers]
+        if len(zero) != 1 or not writers or not readers or zero[0] > min(writers) \
+                or max(writers) > min(readers) or any(u not in mms for u in readers):
+            continue
+        if temps[t].ndim != 2 or any(mms[u].c.slots != ((mms[u].m.name, 0), (mms[u].n.name, 0))
+                                     or (mms[u].m.extent, mms[u].n.extent) != temps[t].shape
+                                     for u in writers):
+            continue
+        internal[t] = writers
+        fills.append(zero[0])
+    # an internal temporary's zero-fill may fill nothing else: it is replaced
+    terms: dict[str, list] = {t: [] for t in internal}
+    sinks: dict[str, tuple[Access, int, int]] = {}
+    incs: dict[str, list] = {}
+    inputs: dict[str, tuple[Access, AccNest, Load]] = {}
+    first_write: dict[str, int] = {}
+    dtype = mms[products[0]].dtype
+    for q in products:
+        mm = mms[q]
+        if mm.dtype != dtype:
+            return None
+        x = _operand(mm.a, (mm.m, mm.k), mm, internal, terms, inputs)
+        y = _operand(mm.b, (mm.k, mm.n), mm, internal, terms, inputs)
+        if x is None or y is None:
+            return None
+        value = Op("@", (x, y))
+        if mm.scale is not None:
+            value = Op("*", (value,), float(mm.scale.value))
+        out = mm.c.buffer.name
+        if out in internal:
+            terms[out].append(value)
+            continue
+        name, canonical, transposed = _name(mm.c, (mm.m, mm.n))
+        if transposed:
+            return None  # recognize puts C's first index in m
+        sinks.setdefault(name, (canonical, mm.m.extent, mm.n.extent))
+        incs.setdefault(name, []).append(value)
+        first_write.setdefault(out, q)
+    sink_buffers = {mms[q].c.buffer.name for q in products} - set(internal)
+    leaves = {a.buffer.name for a, _, _ in inputs.values()}
+    if leaves & (sink_buffers | set(internal)):
+        return None  # a product reads what the window writes
+    others = [q for q in range(lo, hi + 1) if q not in products and q not in fills]
+    for q in others:
+        for b in leaves:
+            if _touches(parts[q], b)[1]:
+                return None  # an input written between the products
+        for t in internal:
+            if any(_touches(parts[q], t)):
+                return None
+        for s, at in first_write.items():
+            if q > at and any(_touches(parts[q], s)):
+                return None  # reads or writes a sink after its first product
+    accs = [(name, _sum(vals)) for name, vals in incs.items()]
+    return Lifted(lo, hi, accs, sinks, inputs, products, sorted(fills), others, dtype)
+
+
+def _sum(values: list):
+    out = values[0]
+    for v in values[1:]:
+        out = Op("+", (out, v))
+    return out
+
+
+def _operand(access: Access, dims: tuple[Dim, Dim], mm: MatMul, internal: dict, terms: dict,
+             inputs: dict):
+    """The term an operand reads: an internal temporary's value, or an input leaf."""
+    r, c = dims
+    if access.buffer.name in internal:
+        t = access.buffer.name
+        if not terms[t]:
+            return None
+        value = _sum(terms[t])
+        if access.slots == ((r.name, 0), (c.name, 0)) and access.buffer.shape == (r.extent, c.extent):
+            return value
+        if access.slots == ((c.name, 0), (r.name, 0)) and access.buffer.shape == (c.extent, r.extent):
+            return Op("T", (value,))
+        return None  # a part of the temporary: not its value
+    name, canonical, transposed = _name(access, dims)
+    inputs.setdefault(name, (canonical, mm.nest, access.load()))
+    rows, cols = (c.extent, r.extent) if transposed else (r.extent, c.extent)
+    leaf = Input(name, rows, cols)
+    return Op("T", (leaf,)) if transposed else leaf
+
+
+# ---------------------------------------------------------------------------
+# lower
+
+
+def _const(value: float, dtype: str) -> Optional[Const]:
+    if ir.is_float(dtype):
+        return Const(value, dtype)
+    return Const(int(value), dtype) if float(int(value)) == value else None
+
+
+class _Lowering:
+    """Nests computing the extracted accumulations; equal terms share one temporary."""
+
+    def __init__(self, lifted: Lifted, names: Names):
+        self.lifted, self.names = lifted, names
+        self.items: list = []
+        self.allocs: list = []
+        self.made: dict = {}
+
+    def temporary(self, prefix: str, rows: int, cols: int) -> Access:
+        buf = ir.Buffer(self.names.numbered(prefix), self.lifted.dtype, (rows, cols))
+        self.allocs.append(buf)
+        return Access(buf, (("_r", 0), ("_c", 0)))
+
+    def operand(self, node) -> Access:
+        """``node``'s value as an access in the dims ``_r`` (rows) and ``_c`` (columns)."""
+        if isinstance(node, Input):
+            return self.lifted.inputs[node.name][0]
+        if node.kind == "T":
+            return self.operand(node.args[0]).renamed({"_r": "_c", "_c": "_r"})
+        if node in self.made:
+            return self.made[node]
+        rows, cols = program.shape(node)
+        t = self.temporary("mm_S" if node.kind == "+" else "mm_U", rows, cols)
+        terms = _terms(node)
+        if node.kind == "+" and not any(_is_product(x) for x in terms):
+            # a sum of matrices at hand: one pass, S = X1 + X2 + ...
+            value = None
+            for x in terms:
+                load = self.operand(x).renamed({"_r": "i", "_c": "j"}).load()
+                value = load if value is None else Binary("+", value, load)
+            self.items.append(_fill(t, value))
+        else:
+            self.items.append(_fill(t, _const(0, self.lifted.dtype)))
+            self.accumulate(t, rows, cols, node)
+        self.made[node] = t
+        return t
+
+    def accumulate(self, out: Access, rows: int, cols: int, node) -> None:
+        """``out += node``, a sum's terms one by one."""
+        if isinstance(node, Op) and node.kind == "+":
+            for a in node.args:
+                self.accumulate(out, rows, cols, a)
+            return
+        scale, inner = None, node
+        if isinstance(node, Op) and node.kind == "*" and isinstance(node.args[0], Op) \
+                and node.args[0].kind == "@":
+            scale, inner = _const(node.factor, self.lifted.dtype), node.args[0]
+            if scale is None:
+                raise _Unlowerable(f"scale {node.factor} of an integer product")
+        c = out.renamed({"_r": "i", "_c": "j"})
+        if isinstance(inner, Op) and inner.kind == "@":
+            x, y = inner.args
+            k = program.shape(x)[1]
+            a = self.operand(x).renamed({"_r": "i", "_c": "k"})
+            b = self.operand(y).renamed({"_r": "k", "_c": "j"})
+            self.items.append(build(c, a, b, rows, cols, k, scale))
+            return
+        if isinstance(inner, Op) and inner.kind == "*":
+            factor = _const(inner.factor, self.lifted.dtype)
+            if factor is None:
+                raise _Unlowerable(f"scale {inner.factor} of an integer matrix")
+            value = Binary("*", factor, self.operand(inner.args[0]).renamed({"_r": "i", "_c": "j"}).load())
+        else:
+            value = self.operand(inner).renamed({"_r": "i", "_c": "j"}).load()
+        self.items.append(AccNest((Dim("i", 0, rows), Dim("j", 0, cols)), c.buffer, c.indices(), value))
+
+
+def _terms(node) -> list:
+    """The terms of a sum, flattened (a node that is no sum: itself)."""
+    if isinstance(node, Op) and node.kind == "+":
+        return [x for a in node.args for x in _terms(a)]
+    return [node]
+
+
+def _is_product(node) -> bool:
+    return isinstance(node, Op) and (node.kind == "@" or (node.kind == "*" and _is_product(node.args[0])))
+
+
+class _Unlowerable(Exception):
+    pass
+
+
+def _fill(t: Access, value) -> ir.Stmt:
+    return _filling(t.renamed({"_r": "i", "_c": "j"}), value)
+
+
+def lower(lifted: Lifted, accumulations, parts: list, names: Names) -> Optional[Alternative]:
+    """``parts`` with the window replaced by ``accumulations`` (behind ``finite.guard`` on
+    floats), or None when a term has no nest form here."""
+    low = _Lowering(lifted, names)
+    try:
+        for name, node in accumulations:
+            access, rows, cols = lifted.sinks[name]
+            if program.shape(node) != (rows, cols):
+                return None  # a rule that changed a shape: not this program
+            low.accumulate(access, rows, cols, node)
+    except (_Unlowerable, KeyError):
+        return None
+    window = sorted(lifted.products + lifted.fills)
+    allocs = list(low.allocs)
+    guard = [(nest, load) for _, nest, load in lifted.inputs.values()]
+    block = finite.guard(guard, low.items, [parts[q] for q in window], names, allocs)
+    new = list(parts[:lifted.lo]) + [parts[q] for q in lifted.others] + block + list(parts[lifted.hi + 1:])
+    before = "; ".join(f"{n} += {program.text(v)}" for n, v in lifted.accumulations)
+    after = "; ".join(f"{n} += {program.text(v)}" for n, v in accumulations)
+    return Alternative(new, allocs, f"{before} -> {after}")
+
+
+# ---------------------------------------------------------------------------
+# the family
+
+
+def multiply_adds(m: int, k: int, n: int) -> float:
+    return float(m * k * n)
+
+
+def tree_cost(accumulations, price: Callable[[int, int, int], float]) -> float:
+    """What the extraction's cost model charges for ``accumulations`` (shared terms once)."""
+    seen = set()
+
+    def cost(node, top: bool) -> float:
+        if isinstance(node, Input):
+            return 0.0
+        if node in seen:
+            return 0.0
+        seen.add(node)
+        rows, cols = program.shape(node)
+        inner = sum(cost(a, top and node.kind == "+") for a in node.args)
+        if node.kind == "@":
+            return inner + price(rows, program.shape(node.args[0])[1], cols)
+        if node.kind in ("T", "*"):
+            return inner
+        return inner + (0.0 if top and node.kind == "+" else rows * cols)
+
+    return sum(cost(v, True) for _, v in accumulations)
+
+
+def alternatives(func: ir.PrimFunc, parts, names: Names,
+                 rules: Optional[Sequence[program.ProgramRule]] = None,
+                 price: Callable[[int, int, int], float] = multiply_adds,
+                 reports: Optional[list] = None) -> list[Alternative]:
+    """For each window that lifts, the cheapest program the rules reach when it is cheaper
+    than the window as written by ``price`` (multiply-adds by default)."""
+    parts = list(parts)
+    rules = built_in() if rules is None else list(rules)
+    out = []
+    for lifted in lift(func, parts):
+        try:
+            best, report = program.cheapest(lifted.accumulations, rules, price)
+        except Exception as e:  # noqa: BLE001 -- egglog refusing a user's rule: this window stays
+            if reports is not None:
+                reports.append(program.Report(0, 0, f"error: {e}", 0.0, tuple(r.name for r in rules)))
+            continue
+        if reports is not None:
+            reports.append(report)
+        if tree_cost(best, price) >= tree_cost(lifted.accumulations, price) * 0.995:
+            continue
+        alt = lower(lifted, best, parts, names)
+        if alt is not None:
+            out.append(alt)
+    return out
+
+
+def _pricer(search, dtype: str) -> Callable[[int, int, int], float]:
+    """A product's price: the cost of the plan the matcher finds for a plain ``m x k x n``
+    product (``search.plan``), once per shape and search."""
+    trial = replace(search, names=Names(), memo={})
+
+    def price(m: int, k: int, n: int) -> float:
+        key = ("program-price", dtype, m, k, n)
+        if key not in search.memo:
+            a = Access(ir.Buffer("A", dtype, (m, k)), (("i", 0), ("k", 0)))
+            b = Access(ir.Buffer("B", dtype, (k, n)), (("k", 0), ("j", 0)))
+            c = Access(ir.Buffer("C", dtype, (m, n)), (("i", 0), ("j", 0)))
+            search.memo[key] = trial.plan([build(c, a, b, m, n, k, None)]).cost
+        return search.memo[key]
+
+    return price
+
+
+def improve(best, search):
+    """``best`` (``pipeline.Choice``), or the cheapest program the program-level e-graph finds
+    for its windows of products when the pipeline's plan of it is cheaper."""
+    rules = built_in(search.rules_off) + list(search.program_rules)
+    if not rules:
+        return best
+    reports: list = []
+    chosen, items, temps = best, None, ()
+    dtypes = {b.dtype for b in best.func.buffers}
+    price = _pricer(search, next(iter(dtypes))) if len(dtypes) == 1 else multiply_adds
+    for alt in alternatives(best.func, best.parts, search.names, rules, price, reports):
+        planned = search.plan(alt.parts)
+        if planned.cost < chosen.planned.cost:
+            chosen, items, temps = replace(best, planned=planned), alt.parts, tuple(alt.allocs)
+    egraphs = best.egraphs + tuple(("matmul", r) for r in reports)
+    if items is None:
+        return replace(best, egraphs=egraphs)
+    return replace(chosen, func=replace(best.func, allocs=best.func.allocs + temps), parts=list(items),
+                   egraphs=egraphs)
