@@ -1,5 +1,5 @@
 """The ``tensorize`` command line (SPEC §4): the arguments, the commands (``run``,
-``intrinsics``, ``fuzz``, ``bench``, ``grad``), the exit status.
+``intrinsics``, ``fuzz``, ``bench``, ``grad``, ``rules``), the exit status.
 What a run does with each function is ``tools/run.py``'s.
 
 Exit status: 0 done, 1 a ``--check`` failure, 2 bad input (one line per problem on
@@ -56,6 +56,75 @@ def cmd_intrinsics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _program_rules(path: Optional[str]) -> tuple:
+    """The rules a ``--rules-file`` registers (loaded here once, so that a bad file is one
+    clear error before any work), or none."""
+    if not path:
+        return ()
+    import importlib
+
+    from . import program
+
+    importlib.import_module(".rules.matrices", __package__)  # the built-in rules: names taken
+    try:
+        return tuple(program.load_file(path))
+    except program.RuleError as e:
+        raise BadInput(str(e)) from None
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    """The rewrite rules in force: the families, and the rules of the program-level e-graph
+    (built-in, and a ``--rules-file``'s); ``--check`` tests each of the latter on random
+    instances (exit status 1 when one is unsound)."""
+    from . import rules
+    from .rules import matrices
+
+    mine = _program_rules(args.rules_file)
+    graph = matrices.built_in() + list(mine)
+    rows = []
+    for r in graph:
+        lhs, rhs = _sides_text(r)
+        rows.append({"name": r.name, "family": "matmul", "origin": r.origin,
+                     "rule": f"{lhs} -> {rhs}", "why": r.why})
+    verdicts = {}
+    if args.check:
+        from .fuzz import rules as soundness
+
+        for r in graph:
+            verdicts[r.name] = soundness.check(r, args.examples)
+            if not args.json:
+                v = verdicts[r.name]
+                print(("ok    " if v.ok else "FAIL  ") + v.message, file=sys.stdout if v.ok else sys.stderr)
+    if args.json:
+        for row in rows:
+            if row["name"] in verdicts:
+                v = verdicts[row["name"]]
+                row["check"] = {"ok": v.ok, "examples": v.examples, "message": v.message}
+        json.dump({"families": [{"name": f.name, "kind": f.kind, "rules": f.rules}
+                                for f in rules.FAMILIES], "rules": rows}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif not args.check:
+        print("rule families (turn one off with tensorize run --rules -NAME):")
+        for f in rules.FAMILIES:
+            print(f"  {f.name:<14} {f.kind:<13} {f.rules}")
+        print("\nrules of the program-level e-graph (family matmul; --rules -NAME turns a "
+              "built-in one off):")
+        for row in rows:
+            origin = "" if row["origin"] == "built-in" else f"  [{row['origin']}]"
+            print(f"  {row['name']:<16} {row['rule']}{origin}\n  {'':<16} {row['why']}")
+    return 1 if any(not v.ok for v in verdicts.values()) else 0
+
+
+def _sides_text(r) -> tuple[str, str]:
+    """A rule's two sides in the constructors' notation, over its parameters' names."""
+    from . import program
+    from .fuzz.rules import _Term
+
+    args = [_Term(program.Input(n, 1, 1)) if kind == "matrix" else n for n, kind in r.params]
+    lhs, rhs = r.sides(*args)
+    return program.text(lhs.node), program.text(rhs.node)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     library = load_intrinsics(args)
     budgets = Budgets()
@@ -64,7 +133,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = Options(library=None if args.target == "none" else library, check=args.check,
                    emit=args.emit, explain=args.explain, threads=args.threads,
                    strassen=int(args.strassen) if args.strassen.isdigit() else args.strassen,
-                   budgets=budgets, rules_off=args.rules or frozenset())
+                   budgets=budgets, rules_off=args.rules or frozenset(),
+                   rules_file=args.rules_file)
+    _program_rules(args.rules_file)  # a bad file: one error, before any work
     units = load_units(args.paths, args.func)
     entries = run_units(units, opts, args)
     for e in entries:
@@ -365,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rules", type=_rules_off, metavar="-NAME,...",
                      help="turn rule families off by name "
                           f"({', '.join(f.name for f in FAMILIES)})")
+    run.add_argument("--rules-file", metavar="PATH",
+                     help="a Python module adding rules to the program-level e-graph "
+                          "(tensorize rules --check tests them)")
     run.add_argument("--budget", type=_budget, action="append", metavar="NAME=N",
                      help=f"raise or lower a stage's budget ({', '.join(Budgets.names())}); repeatable")
     _campaign_arguments(run, "function", 900)
@@ -419,6 +493,16 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--explain", action="store_true", help="with --tensorize: why uncovered nests match nothing")
     gr.add_argument("--json", action="store_true", help="one JSON object on stdout")
     gr.set_defaults(handler=cmd_grad)
+
+    rl = sub.add_parser("rules", help="the rewrite rules in force; --check tests their soundness")
+    rl.add_argument("--rules-file", metavar="PATH", help="a Python module adding rules")
+    rl.add_argument("--check", action="store_true",
+                    help="interpret random instances of each rule's two sides and compare "
+                         "(exit 1 on an unsound rule)")
+    rl.add_argument("--examples", type=_positive, default=100, metavar="N",
+                    help="random instances per rule (default 100)")
+    rl.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    rl.set_defaults(handler=cmd_rules)
     return p
 
 

@@ -300,9 +300,12 @@ def text(node) -> str:
     if node.kind == "T":
         return f"{_atom(node.args[0])}.T"
     if node.kind == "*":
-        return f"{_atom(node.args[0])}.scaled({node.factor!r})"
-    if node.kind == "+":
-        return " + ".join(text(a) for a in node.args)
+        factor = node.factor if isinstance(node.factor, str) else repr(node.factor)
+        return f"{_atom(node.args[0])}.scaled({factor})"
+    if node.kind == "+":  # left to right; a sum on the right is grouped
+        a, b = node.args
+        right = f"({text(b)})" if isinstance(b, Op) and b.kind == "+" else text(b)
+        return f"{text(a)} + {right}"
     return " @ ".join(_atom(a) for a in node.args)
 
 
@@ -376,6 +379,18 @@ class Report:
                 "rules": list(self.rules)}
 
 
+_rulesets: dict = {}
+
+
+def _ruleset(rules: tuple):
+    """One egglog ruleset per set of rules, built once (egglog knows a ruleset by its name)."""
+    key = tuple(r.name for r in rules)
+    if key not in _rulesets:
+        _rulesets[key] = ruleset(*[r.rewrite() for r in rules],
+                                 name=f"program-rules-{len(_rulesets)}")
+    return _rulesets[key]
+
+
 def _enodes(egraph: EGraph) -> int:
     return sum(n for fn, n in egraph.all_function_sizes()
                if getattr(fn, "__name__", "") not in ("rows", "cols", "product_price"))
@@ -394,7 +409,7 @@ def cheapest(accumulations: Sequence[tuple[str, object]], rules: Sequence[Progra
         term = Program.acc(out, build(node))
         root = term if root is None else root.then(term)
     root = egraph.let("program", root)
-    algebra = ruleset(*[r.rewrite() for r in rules], name="program-rules") if rules else None
+    algebra = _ruleset(tuple(rules)) if rules else None
     iterations, stop = 0, "saturated"
     while True:
         egraph.run(_shapes.saturate())

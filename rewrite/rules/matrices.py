@@ -35,7 +35,7 @@ from ..names import Names
 from ..nests import AccNest, Dim
 from ..program import Input, Matrix, Op, rule
 from . import finite
-from .matmul import Access, Alternative, MatMul, _filling, _plain, _touches, _zero_fill, build, recognize
+from .matmul import Access, Alternative, MatMul, _filling, _plain, _zero_fill, build, recognize
 
 # ---------------------------------------------------------------------------
 # the built-in rules: identities of matrices over any ring
@@ -134,8 +134,33 @@ def _name(access: Access, dims: tuple[Dim, Dim]) -> tuple[str, Access, bool]:
     return f"{buf.name}[{', '.join(parts)}]", canonical, transposed
 
 
-def _users(parts: list, name: str) -> list[int]:
-    return [q for q, p in enumerate(parts) if any(_touches(p, name))]
+class _Touches:
+    """Which buffers each item reads and writes, computed once per item."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.sets: list[tuple[set, set]] = []
+        for p in parts:
+            s = p.stmt() if hasattr(p, "stmt") else p
+            reads, writes = set(), set()
+            for st in ir.walk_stmts(s):
+                if isinstance(st, (ir.Store, ir.Accumulate)):
+                    writes.add(st.buffer.name)
+                elif isinstance(st, ir.Call):
+                    writes.add(st.window(st.output).buffer.name)
+                for e in ir.stmt_exprs(st):
+                    reads.update(ld.buffer.name for ld in ir.loads_of(e))
+            self.sets.append((reads, writes))
+
+    def touches(self, q: int, name: str) -> bool:
+        reads, writes = self.sets[q]
+        return name in reads or name in writes
+
+    def writes(self, q: int, name: str) -> bool:
+        return name in self.sets[q][1]
+
+    def users(self, name: str) -> list[int]:
+        return [q for q in range(len(self.parts)) if self.touches(q, name)]
 
 
 def lift(func: ir.PrimFunc, parts: list) -> list[Lifted]:
@@ -146,12 +171,15 @@ def lift(func: ir.PrimFunc, parts: list) -> list[Lifted]:
         mm = recognize(p) if isinstance(p, AccNest) else None
         if mm is not None and _plain(mm):
             mms[q] = mm
+    if len(mms) < 2:
+        return []
+    seen = _Touches(parts)
     out, q = [], 0
     while q < len(parts):
         found = None
         if q in mms or any(_zero_fill(parts[q], b) for b in func.allocs):
             for hi in range(len(parts) - 1, q, -1):
-                found = _window(func, parts, mms, q, hi)
+                found = _window(func, parts, mms, q, hi, seen)
                 if found is not None:
                     break
         if found is None:
@@ -162,7 +190,7 @@ def lift(func: ir.PrimFunc, parts: list) -> list[Lifted]:
     return out
 
 
-def _window(func, parts, mms, lo, hi) -> Optional[Lifted]:
+def _window(func, parts, mms, lo, hi, seen: _Touches) -> Optional[Lifted]:
     products = [q for q in range(lo, hi + 1) if q in mms]
     if len(products) < 2 or hi not in mms:
         return None
@@ -170,7 +198,7 @@ def _window(func, parts, mms, lo, hi) -> Optional[Lifted]:
     written = {mms[q].c.buffer.name for q in products}
     internal, fills = {}, []
     for t in written & set(temps):
-        users = _users(parts, t)
+        users = seen.users(t)
         if not all(lo <= u <= hi for u in users):
             continue
         zero = [u for u in users if _zero_fill(parts[u], temps[t])]
@@ -219,15 +247,12 @@ def _window(func, parts, mms, lo, hi) -> Optional[Lifted]:
         return None  # a product reads what the window writes
     others = [q for q in range(lo, hi + 1) if q not in products and q not in fills]
     for q in others:
-        for b in leaves:
-            if _touches(parts[q], b)[1]:
-                return None  # an input written between the products
-        for t in internal:
-            if any(_touches(parts[q], t)):
-                return None
-        for s, at in first_write.items():
-            if q > at and any(_touches(parts[q], s)):
-                return None  # reads or writes a sink after its first product
+        if any(seen.writes(q, b) for b in leaves):
+            return None  # an input written between the products
+        if any(seen.touches(q, t) for t in internal):
+            return None
+        if any(q > at and seen.touches(q, s) for s, at in first_write.items()):
+            return None  # reads or writes a sink after its first product
     accs = [(name, _sum(vals)) for name, vals in incs.items()]
     return Lifted(lo, hi, accs, sinks, inputs, products, sorted(fills), others, dtype)
 
@@ -411,15 +436,25 @@ def tree_cost(accumulations, price: Callable[[int, int, int], float]) -> float:
 def alternatives(func: ir.PrimFunc, parts, names: Names,
                  rules: Optional[Sequence[program.ProgramRule]] = None,
                  price: Callable[[int, int, int], float] = multiply_adds,
-                 reports: Optional[list] = None) -> list[Alternative]:
+                 reports: Optional[list] = None, memo: Optional[dict] = None) -> list[Alternative]:
     """For each window that lifts, the cheapest program the rules reach when it is cheaper
-    than the window as written by ``price`` (multiply-adds by default)."""
+    than the window as written by ``price`` (multiply-adds by default). ``memo``: the
+    extractions with ``price`` made before (a search lifts equal windows many times)."""
+    memo = {} if memo is None else memo
     parts = list(parts)
     rules = built_in() if rules is None else list(rules)
     out = []
     for lifted in lift(func, parts):
         try:
-            best, report = program.cheapest(lifted.accumulations, rules, price)
+            # multiply-adds first: a window that no rule makes cheaper by them is not priced
+            # by the matcher (a saturation of each product shape the e-graph holds)
+            best, report = _cheapest(lifted.accumulations, rules, multiply_adds, _flop_memo)
+            if tree_cost(best, multiply_adds) >= tree_cost(lifted.accumulations, multiply_adds) * 0.995:
+                if reports is not None:
+                    reports.append(report)
+                continue
+            if price is not multiply_adds:
+                best, report = _cheapest(lifted.accumulations, rules, price, memo)
         except Exception as e:  # noqa: BLE001 -- egglog refusing a user's rule: this window stays
             if reports is not None:
                 reports.append(program.Report(0, 0, f"error: {e}", 0.0, tuple(r.name for r in rules)))
@@ -432,6 +467,19 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
         if alt is not None:
             out.append(alt)
     return out
+
+
+# extractions by multiply-adds, which depend on the window's terms and the rules alone
+_flop_memo: dict = {}
+
+
+def _cheapest(accumulations, rules, price, memo: dict):
+    key = (tuple(accumulations), tuple(r.name for r in rules))
+    if len(memo) > 4096:  # a long campaign: bounded
+        memo.clear()
+    if key not in memo:
+        memo[key] = program.cheapest(accumulations, rules, price)
+    return memo[key]
 
 
 def _pricer(search, dtype: str) -> Callable[[int, int, int], float]:
@@ -461,11 +509,14 @@ def improve(best, search):
     chosen, items, temps = best, None, ()
     dtypes = {b.dtype for b in best.func.buffers}
     price = _pricer(search, next(iter(dtypes))) if len(dtypes) == 1 else multiply_adds
-    for alt in alternatives(best.func, best.parts, search.names, rules, price, reports):
+    memo = search.memo.setdefault("program-extractions", {})
+    for alt in alternatives(best.func, best.parts, search.names, rules, price, reports, memo):
         planned = search.plan(alt.parts)
         if planned.cost < chosen.planned.cost:
             chosen, items, temps = replace(best, planned=planned), alt.parts, tuple(alt.allocs)
-    egraphs = best.egraphs + tuple(("matmul", r) for r in reports)
+    # this family's e-graphs on the program as it stands (a candidate settled earlier may
+    # have run it on another program)
+    egraphs = tuple(e for e in best.egraphs if e[0] != "matmul") + tuple(("matmul", r) for r in reports)
     if items is None:
         return replace(best, egraphs=egraphs)
     return replace(chosen, func=replace(best.func, allocs=best.func.allocs + temps), parts=list(items),

@@ -80,6 +80,7 @@ class Options:
     strassen: object = "auto"
     budgets: Budgets = field(default_factory=Budgets)
     rules_off: frozenset = frozenset()  # rule families turned off (--rules -NAME,...)
+    rules_file: Optional[str] = None  # rules added to the program-level e-graph (--rules-file)
 
 
 @dataclass
@@ -148,8 +149,16 @@ def _process(unit: Unit, opts: Options) -> Entry:
         if opts.library is not None:
             from ..pipeline import tensorize
 
+            program_rules = ()
+            if opts.rules_file:
+                import importlib
+
+                from .. import program
+
+                importlib.import_module("..rules.matrices", __package__)  # built-in rules first
+                program_rules = tuple(program.load_file(opts.rules_file))
             result = tensorize(func, opts.library, strassen=opts.strassen, budgets=opts.budgets,
-                               rules_off=opts.rules_off)
+                               rules_off=opts.rules_off, program_rules=program_rules)
             chosen = result.func
             entry.sites = [s.to_json() for s in result.sites]
             entry.ops_total, entry.ops_in_intrinsics = result.ops_total, result.ops_in_intrinsics
