@@ -1,0 +1,245 @@
+"""The program-level e-graph (rewrite/program.py, rules/matrices.py): terms, rules, budgets,
+users' rules loaded from a file and checked for soundness (tensorize rules --check)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import intrinsics
+from rewrite import interp, nests, program, runtime
+from rewrite.cli import main
+from rewrite.fuzz import rules as soundness
+from rewrite.names import Names
+from rewrite.pipeline import tensorize
+from rewrite.program import Input, Op
+from rewrite.rules import matrices
+from rewrite.script import parse, parse_file, show
+
+HERE = Path(__file__).parent
+RULES = HERE / "rules"
+GOLDEN = HERE / "golden"
+AVX2 = [d for d in intrinsics.library("x86-avx2") if d.name in (
+    "x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4")]
+
+
+def _only(path):
+    (func,) = parse_file(path).values()
+    return func
+
+
+def _same_values(a, b, seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = {p.name: rng.integers(-3, 4, p.shape).astype(np.float32) for p in a.params}
+    x, y = interp.run(a, **arrays), interp.run(b, **arrays)
+    for o in a.outputs:
+        np.testing.assert_allclose(x[o.name], y[o.name], rtol=1e-5, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# terms and extraction
+
+
+def test_the_cheapest_grouping_of_a_chain_is_extracted():
+    A, B, C = Input("A", 48, 8), Input("B", 8, 48), Input("C", 48, 16)
+    chain = Op("@", (Op("@", (A, B)), C))
+    ((out, best),), report = program.cheapest([("D", chain)], matrices.built_in(), matrices.multiply_adds)
+    assert out == "D" and program.text(best) == "A @ (B @ C)"
+    assert report.stop_reason == "saturated" and report.enodes > 0
+
+
+def test_the_grouping_written_is_kept_when_it_is_the_cheapest():
+    A, B, C = Input("A", 8, 48), Input("B", 48, 8), Input("C", 8, 48)
+    chain = Op("@", (Op("@", (A, B)), C))  # 8*48*8 + 8*8*48 against 48*8*48 + 8*48*48
+    ((_, best),), _ = program.cheapest([("D", chain)], matrices.built_in(), matrices.multiply_adds)
+    assert best == chain
+
+
+def test_saturation_stops_at_its_e_node_budget():
+    # a sum of eight products under commutativity and associativity has thousands of forms
+    terms = [Op("@", (Input(f"A{q}", 4, 4), Input(f"B{q}", 4, 4))) for q in range(8)]
+    total = terms[0]
+    for t in terms[1:]:
+        total = Op("+", (total, t))
+    _, report = program.cheapest([("C", total)], matrices.built_in(), matrices.multiply_adds,
+                                 program.Budget(iterations=50, enodes=400, seconds=20.0))
+    assert report.stop_reason == "e-node limit"
+    assert report.iterations < 50
+
+
+def test_a_rule_turned_off_by_name_is_not_applied():
+    func = _only(GOLDEN / "matmul_chain.py")
+    assert "mm_U" in show(tensorize(func, AVX2).func)
+    off = tensorize(func, AVX2, rules_off=("assoc-right", "assoc-left"))
+    assert "mm_U" not in show(off.func)
+
+
+def test_the_report_gives_the_program_e_graph():
+    result = tensorize(_only(GOLDEN / "matmul_chain.py"), AVX2)
+    ((family, g),) = result.egraphs
+    assert family == "matmul" and g.enodes > 0 and g.stop_reason == "saturated"
+    assert "program e-graph (matmul)" in result.report()
+
+
+# ---------------------------------------------------------------------------
+# what is lifted, and what is not
+
+
+def _lifted(src):
+    func = parse(src)
+    return matrices.lift(func, nests.items(nests.normalize(func)))
+
+
+CHAIN = """
+@prim_func
+def chain(A: f32[48, 8], B: f32[8, 48], C: f32[48, 16], D: f32[48, 16]{extra}):
+    T = alloc(f32[48, 48])
+    for i, j in grid(48, 48):
+        T[i, j] = 0.0
+        for k in range(8):
+            T[i, j] += A[i, k] * B[k, j]
+{between}
+    for i, j in grid(48, 16):
+        D[i, j] = 0.0
+        for k in range(48):
+            D[i, j] += T[i, k] * C[k, j]
+"""
+
+
+def test_a_chain_lifts_to_one_accumulation_over_its_temporary():
+    (w,) = _lifted(CHAIN.format(extra="", between=""))
+    ((name, term),) = w.accumulations
+    assert name == "D" and program.text(term) == "(A @ B) @ C"
+
+
+def test_an_operand_written_between_the_products_is_not_lifted():
+    between = "    for i, j in grid(48, 16):\n        C[i, j] = 2.0 * C[i, j]"
+    assert _lifted(CHAIN.format(extra="", between=between)) == []
+
+
+def test_the_temporary_read_between_the_products_is_no_internal_value():
+    between = "    for i, j in grid(48, 48):\n        E[i, j] = T[i, j]"
+    assert _lifted(CHAIN.format(extra=", E: f32[48, 48]", between=between)) == []
+    func = parse(CHAIN.format(extra=", E: f32[48, 48]", between=between))
+    result = tensorize(func, AVX2)
+    assert "mm_U" not in show(result.func)  # T is needed whole: no regrouping
+    _same_values(func, result.func)
+
+
+def test_a_sink_read_after_its_first_product_stops_the_window():
+    src = """
+@prim_func
+def two(A: f32[32, 16], B1: f32[16, 64], B2: f32[16, 64], C: f32[32, 64], E: f32[32, 64]):
+    for i, j, k in grid(32, 64, 16):
+        C[i, j] += A[i, k] * B1[k, j]
+    for i, j in grid(32, 64):
+        E[i, j] = C[i, j]
+    for i, j, k in grid(32, 64, 16):
+        C[i, j] += A[i, k] * B2[k, j]
+"""
+    assert _lifted(src) == []
+
+
+def test_the_lowered_program_of_a_factored_sum_computes_the_same():
+    src = (GOLDEN / "matmul_distribute.py").read_text()
+    func = parse(src)
+    (alt,) = matrices.alternatives(func, nests.items(nests.normalize(func)), Names.of(func))
+    assert alt.note == "C += A @ B1 + A @ B2 -> C += A @ (B1 + B2)"
+    result = tensorize(func, AVX2)
+    assert runtime.check(func, runtime.compile(result.func)).ok
+
+
+# ---------------------------------------------------------------------------
+# soundness of rules
+
+
+@pytest.mark.parametrize("name", matrices.BUILT_IN)
+def test_every_built_in_rule_passes_the_soundness_check(name):
+    (r,) = [x for x in matrices.built_in() if x.name == name]
+    verdict = soundness.check(r, examples=25)
+    assert verdict.ok, verdict.message
+
+
+def test_the_check_evaluates_a_side_as_numpy_does():
+    rng = np.random.default_rng(1)
+    a, b, c = rng.integers(-3, 4, (2, 3)).astype(float), rng.integers(-3, 4, (3, 4)).astype(float), \
+        rng.integers(-3, 4, (2, 4)).astype(float)
+    node = Op("+", (Op("*", (Op("@", (Input("a", 2, 3), Input("b", 3, 4))),), -0.5), Input("c", 2, 4)))
+    got = soundness.evaluate(node, {"a": a, "b": b, "c": c})
+    np.testing.assert_array_equal(got, -0.5 * (a @ b) + c)
+    node = Op("@", (Op("T", (Input("b", 3, 4),)), Op("T", (Input("a", 2, 3),))))
+    np.testing.assert_array_equal(soundness.evaluate(node, {"a": a, "b": b}), b.T @ a.T)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "rewrite.cli", *args], capture_output=True, text=True,
+                          cwd=HERE.parent, timeout=600)
+
+
+def test_a_wrong_rule_is_caught_with_its_counterexample():
+    out = _cli("rules", "--rules-file", str(RULES / "wrong.py"), "--check", "--examples", "30")
+    assert out.returncode == 1
+    assert "rule commute-product is unsound: with a = [[" in out.stderr
+    assert "b @ a gives" in out.stderr
+
+
+def test_a_user_rule_loads_passes_the_check_and_changes_the_program():
+    out = _cli("rules", "--rules-file", str(RULES / "transpose_product.py"), "--check",
+               "--examples", "30", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)["rules"]}
+    mine = rows["transpose-product"]
+    assert mine["rule"] == "(a @ b).T -> b.T @ a.T" and mine["check"]["ok"]
+    assert mine["origin"].endswith("transpose_product.py")
+    func = _only(RULES / "transposed_chain.py")
+    plain = tensorize(func, AVX2)
+    users = tensorize(func, AVX2, program_rules=program.load_file(RULES / "transpose_product.py"))
+    assert "mm_U" not in show(plain.func) and "mm_U" in show(users.func)
+    assert users.cost < plain.cost
+    assert runtime.check(func, runtime.compile(users.func)).ok
+
+
+def test_a_rule_written_from_scratch_does_the_work_of_the_built_in_one():
+    func = _only(GOLDEN / "matmul_distribute.py")
+    off = ("factor-left", "factor-right")
+    assert "mm_S" not in show(tensorize(func, AVX2, rules_off=off).func)
+    mine = program.load_file(RULES / "factor_shared.py")
+    result = tensorize(func, AVX2, rules_off=off, program_rules=mine)
+    assert "mm_S" in show(result.func)
+    assert runtime.check(func, runtime.compile(result.func)).ok
+
+
+def test_run_takes_a_rules_file(capsys):
+    path = RULES / "transposed_chain.py"
+    assert main(["run", str(path), "--rules-file", str(RULES / "transpose_product.py"),
+                 "--emit", "script", "--jobs", "1"]) == 0
+    assert "mm_U" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, message", [
+    ("from rewrite.program import Matrix, rule\n", "registers no rule"),
+    ("def f(:\n", "Python syntax error"),
+    ("from rewrite.program import Matrix, rule\n\n@rule('assoc-right', why='taken')\n"
+     "def f(a: Matrix):\n    return a, a\n", "already registered"),
+    ("from rewrite.program import Matrix, rule\n\n@rule('mine', why='x')\ndef f(a):\n"
+     "    return a, a\n", "must be annotated Matrix or float"),
+    ("from rewrite.program import Matrix, rule\n\n@rule('mine', why='x')\n"
+     "def f(a: Matrix):\n    return a @ 3, a\n", "no terms over Matrix"),
+    ("raise RuntimeError('boom')\n", "cannot load rules: boom"),
+])
+def test_a_bad_rules_file_is_one_located_error(tmp_path, capsys, text, message):
+    bad = tmp_path / "bad_rules.py"
+    bad.write_text(text)
+    assert main(["rules", "--rules-file", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(bad) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert "mine" not in [r.name for r in program.registered()]  # nothing left behind
+
+
+def test_a_missing_rules_file_is_bad_input(capsys):
+    assert main(["rules", "--rules-file", "/nonexistent/rules.py"]) == 2
+    assert "no such file" in capsys.readouterr().err
