@@ -6,8 +6,8 @@ remainder nests (themselves nests with candidates), a packing stage before a nes
 product's temporary and epilogue around one. This module puts those alternatives into an
 e-graph -- each nest an e-class, each candidate a term unioned into it -- with every piece
 of code a leaf whose cost (``cost.py``'s price, weighted by how often it runs) is set inside
-egglog, in its cost table (what ``set_cost`` writes). egglog's extraction then sums and
-minimises: the chosen term is the cheapest program, read back leaf by leaf. Prices are kept
+egglog with its public ``set_cost``, from a table of prices a rule reads. egglog's extraction
+then sums and minimises: the chosen term is the cheapest program, read back leaf by leaf. Prices are kept
 to 1/1024 of a scalar operation and each leaf's id adds 1/1024 more, so plans within
 a fraction of an operation tie. No Python cost callback runs during extraction
 (DESIGN.md: such a callback was 36x slower than costs computed inside egglog).
@@ -20,9 +20,9 @@ a fraction of an operation tie. No Python cost callback runs during extraction
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Union
+
 
 # Leaf costs are integers inside egglog: prices are kept to 1/SCALE of a scalar operation.
 SCALE = 1024
@@ -69,25 +69,48 @@ class PlanGraph:
         return _extract(self, root)
 
 
-# The plan sort, written in egglog's own language: the Python expression builder costs about
-# half a millisecond a node, the text a few microseconds. ``cost_table_Leaf`` is how egglog
-# stores ``set_cost``; extraction adds each leaf's price from it (and 1 for its i64 id).
-_DECLARATIONS = """
-(sort Plan)
-(constructor Nest (i64) Plan :unextractable)
-(constructor Then (Plan Plan) Plan :cost 0)
-(constructor Leaf (i64) Plan)
-(function cost_table_Leaf (i64) i64 :no-merge)
-"""
-
-_LEAF = re.compile(r"\(Leaf (\d+)\)")
+_SORTS: dict = {}
 
 
-def _term(parts: tuple[Part, ...]) -> str:
-    terms = [f"(Nest {p.id})" if isinstance(p, NestRef) else f"(Leaf {p})" for p in parts]
+def _sorts():
+    """The plan sort, its price table and the rule that costs leaves from it, declared on first
+    use (egglog is loaded when a plan is chosen, not when the pipeline is imported)."""
+    if _SORTS:
+        return _SORTS["Plan"], _SORTS["leaf_price"], _SORTS["prices"]
+    from egglog import Expr, function, i64, i64Like, method, rule, ruleset, set_cost
+
+    class Plan(Expr):
+        """A program for a nest: a leaf, a nest (by id), or one part then the rest."""
+
+        @method(unextractable=True)
+        @classmethod
+        def nest(cls, id: i64Like) -> Plan: ...
+
+        @classmethod
+        def leaf(cls, id: i64Like) -> Plan: ...
+
+        @method(cost=0)
+        def then(self, rest: Plan) -> Plan: ...
+
+    # each leaf's price (scaled to integers), set once; a rule gives it to the leaf as its cost
+    @function(merge=lambda old, new: old)
+    def leaf_price(id: i64Like) -> i64: ...
+
+    prices = ruleset(name="plan-prices")
+
+    @prices.register
+    def _price_rules(k: i64, p: i64):
+        yield rule(Plan.leaf(k), leaf_price(k) == p).then(set_cost(Plan.leaf(k), p))
+
+    _SORTS.update(Plan=Plan, leaf_price=leaf_price, prices=prices)
+    return Plan, leaf_price, prices
+
+
+def _term(Plan, parts: tuple[Part, ...]):
+    terms = [Plan.nest(p.id) if isinstance(p, NestRef) else Plan.leaf(p) for p in parts]
     out = terms[-1]
     for t in reversed(terms[:-1]):
-        out = f"(Then {t} {out})"
+        out = t.then(out)
     return out
 
 
@@ -125,29 +148,36 @@ def near_cheapest(graph: PlanGraph, root: NestRef) -> dict[int, list[tuple[Part,
     return kept
 
 
-def program(graph: PlanGraph, root: NestRef) -> str:
-    """The egglog program that finds the cheapest plan for ``root`` (``near_cheapest``'s
-    alternatives)."""
-    kept = near_cheapest(graph, root)
-    leaves = sorted({p for alts in kept.values() for parts in alts for p in parts if isinstance(p, int)})
-    lines = [_DECLARATIONS]
-    # egglog sums prices in i64: capped so that a plan's sum cannot overflow (a leaf at the cap
-    # runs trillions of operations, where which one wins no longer matters)
-    cap = (1 << 62) // max(1, len(leaves))
-    for k in leaves:
-        lines.append(f"(set (cost_table_Leaf {k}) {min(cap, max(0, round(graph.leaves[k].cost * SCALE)))})")
-    for nid, alts in kept.items():
-        for parts in alts:
-            lines.append(f"(union (Nest {nid}) {_term(parts)})")
-    lines.append(f"(extract (Nest {root.id}) 0)")
-    return "\n".join(lines)
+def _leaves_of(best) -> list[int]:
+    """The leaves of an extracted plan, in program order (``then`` is (first, rest))."""
+    from egglog import get_callable_args, get_literal_value
+
+    out, todo = [], [best]
+    while todo:
+        e = todo.pop()
+        args = get_callable_args(e)
+        if len(args) == 2:
+            todo += [args[1], args[0]]
+        else:
+            out.append(int(get_literal_value(args[0])))
+    return out
 
 
 def _extract(graph: PlanGraph, root: NestRef) -> tuple[list[int], float]:
-    from egglog import bindings
+    """The cheapest plan for ``root`` among ``near_cheapest``'s alternatives, by egglog."""
+    from egglog import EGraph, set_, union
 
-    egraph = bindings.EGraph()
-    best = egraph.run_program(*egraph.parse_program(program(graph, root)))[-1]
-    text = best.termdag.to_string(best.term)
-    leaves = [int(k) for k in _LEAF.findall(text)]  # in program order: Then is (first rest)
-    return leaves, sum(graph.leaves[k].cost for k in leaves)
+    Plan, leaf_price, prices = _sorts()
+    kept = near_cheapest(graph, root)
+    leaves = sorted({p for alts in kept.values() for parts in alts for p in parts if isinstance(p, int)})
+    # egglog sums prices in i64: capped so that a plan's sum cannot overflow (a leaf at the cap
+    # runs trillions of operations, where which one wins no longer matters)
+    cap = (1 << 62) // max(1, len(leaves))
+    actions = [set_(leaf_price(k)).to(min(cap, max(0, round(graph.leaves[k].cost * SCALE))))
+               for k in leaves]
+    actions += [union(Plan.nest(nid)).with_(_term(Plan, parts)) for nid, alts in kept.items() for parts in alts]
+    egraph = EGraph()
+    egraph.register(*actions)
+    egraph.run(prices.saturate())
+    chosen = _leaves_of(egraph.extract(Plan.nest(root.id)))
+    return chosen, sum(graph.leaves[k].cost for k in chosen)

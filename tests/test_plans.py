@@ -66,7 +66,5 @@ def test_alternatives_far_from_the_cheapest_do_not_reach_egglog():
     g.add(b, g.leaf(["tied remainder"], 20.5))  # within KEEP_WITHIN: egglog still chooses
     kept = plans.near_cheapest(g, a)
     assert kept == {0: [(1, b)], 1: [(3,), (4,)]}
-    text = plans.program(g, a)
-    assert "(Leaf 0)" not in text and "(Leaf 2)" not in text
     leaves, cost = g.cheapest(a)
     assert [g.leaves[k].stmts[0] for k in leaves] == ["calls", "fast remainder"] and cost == 120
