@@ -95,6 +95,7 @@ class Entry:
     ops_in_intrinsics: int = 0
     strassen_levels: int = 0
     saturation: Optional[dict] = None
+    program_egraphs: list[dict] = field(default_factory=list)  # rules/matrices.py's e-graphs
     explanations: list[str] = field(default_factory=list)
     check: Optional[dict] = None
     seconds: dict = field(default_factory=dict)
@@ -111,6 +112,7 @@ class Entry:
             "coverage": {"ops_total": self.ops_total, "ops_in_intrinsics": self.ops_in_intrinsics,
                          "fraction": self.fraction},
             "saturation": self.saturation,
+            "program_egraphs": self.program_egraphs,
             "strassen_levels": self.strassen_levels,
             "check": self.check,
             "seconds": self.seconds,
@@ -163,6 +165,7 @@ def _process(unit: Unit, opts: Options) -> Entry:
             entry.sites = [s.to_json() for s in result.sites]
             entry.ops_total, entry.ops_in_intrinsics = result.ops_total, result.ops_in_intrinsics
             entry.saturation = result.saturation.to_json()
+            entry.program_egraphs = [{"family": f, **g.to_json()} for f, g in result.egraphs]
             entry.explanations = [str(e) for e in result.explanations]
             entry.strassen_levels = result.strassen_levels
             entry.seconds.update(result.seconds)
