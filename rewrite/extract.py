@@ -125,7 +125,7 @@ class Extractor:
         if not any(b.name in rename for b in plan.allocs):
             return plan
         to = {b.name: Buffer(rename[b.name], b.dtype, b.shape) for b in plan.allocs if b.name in rename}
-        return Plan([_renamed(st, to) for st in plan.stmts], plan.cost,
+        return Plan([renamed(st, to) for st in plan.stmts], plan.cost,
                     [to.get(b.name, b) for b in plan.allocs])
 
 
@@ -148,7 +148,7 @@ def _base(name: str) -> str:
     return name.rstrip("0123456789") or name
 
 
-def _renamed(s: Stmt, to: dict[str, Buffer]) -> Stmt:
+def renamed(s: Stmt, to: dict[str, Buffer]) -> Stmt:
     """``s`` with the buffers named in ``to`` replaced."""
     def expr(e: Expr) -> Expr:
         return ir.map_loads(e, lambda x: Load(to.get(x.buffer.name, x.buffer),

@@ -30,7 +30,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 from . import analysis, cost, descriptor, ir, nests, rules, target
 from .budgets import Budgets, using
-from .extract import Extractor
+from .extract import Extractor, renamed
 from .ir import Call, For, PrimFunc, Stmt
 from .calls import op_count
 from .match import Pattern, bindings, semantics_value
@@ -218,7 +218,7 @@ def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
             mine = [m for m in matches if m.nest == k]
             key = (p, tuple((m.intrinsic, m.loads, m.scale) for m in mine))
             if key not in memo:
-                memo[key] = extractor.best(p, mine)
+                memo[key] = _alike(p, mine, memo, extractor)
             plan_ = memo[key]
             out.stmts += plan_.stmts
             _declare(out.allocs, plan_.allocs)
@@ -228,6 +228,34 @@ def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
         return out
 
     return plan(parts)
+
+
+def _alike(nest: AccNest, matches: list, memo: dict, extractor: Extractor):
+    """The plan of ``nest``: that of a nest planned before which differs only in the buffers
+    it reads and writes (equal dtypes and shapes, in the same places: Strassen's 49 products
+    of one shape, a batch of equal layers), its buffers renamed; else the extractor's.
+    Buffer names take no part in a plan's choice, and temporaries the two plans share are
+    filled by each before it reads them, as with equal nests."""
+    real: dict[str, ir.Buffer] = {}  # this nest's buffers, by name, in order of appearance
+
+    def canon(b: ir.Buffer) -> ir.Buffer:
+        real.setdefault(b.name, b)
+        return ir.Buffer(f"#{list(real).index(b.name)}", b.dtype, b.shape)
+
+    def load(x: ir.Load) -> ir.Load:
+        return ir.Load(canon(x.buffer), tuple(ir.map_loads(i, load) for i in x.indices))
+
+    shape = (AccNest(nest.dims, canon(nest.out), tuple(ir.map_loads(i, load) for i in nest.indices),
+                     ir.map_loads(nest.value, load)),
+             tuple((m.intrinsic, tuple(load(x) for x in m.loads), m.scale) for m in matches))
+    first = memo.get(("alike", shape))
+    if first is None:
+        plan = extractor.best(nest, matches)
+        memo[("alike", shape)] = (plan, list(real))
+        return plan
+    plan, names = first  # the first nest's buffer names, in the same order as this one's
+    to = {old: b for old, b in zip(names, real.values()) if old != b.name}
+    return replace(plan, stmts=[renamed(st, to) for st in plan.stmts]) if to else plan
 
 
 def _ieee_match(nest: AccNest, m, library: dict) -> bool:
