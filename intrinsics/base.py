@@ -22,17 +22,12 @@ host detection and the ISA list are ``rewrite.target``'s.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import inspect
-import itertools
-import os
 import re
-import sys
 import textwrap
-import traceback
 from typing import Callable, Iterable, Mapping, Optional, Union
 
-from rewrite import descriptor, ir
+from rewrite import descriptor, ir, plugins
 from rewrite import target as targets
 from rewrite.descriptor import Descriptor, IntrinsicError, IterDim, Layout, Operand
 from rewrite.ir import PrimFunc
@@ -235,60 +230,25 @@ def load_file(path) -> list[Intrinsic]:
     no intrinsics and no module behind.
     """
     path = str(path)
-    if not os.path.isfile(path):
-        raise IntrinsicError(f"{path}: no such file")
-    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0], flags=re.ASCII)
-    module_name = f"tensorize_plugin_{next(_plugins)}_{stem}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise IntrinsicError(f"{path}: not a Python module (a .py file is expected)")
-    module = importlib.util.module_from_spec(spec)
     before = {d.name for d in descriptor.in_force()}
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException as e:  # plugin code: anything it raises is bad input
-        # all or nothing: a module that fails half way leaves no intrinsics behind
+
+    def undo() -> None:
         for d in descriptor.in_force():
             if d.name not in before:
                 descriptor.remove(d.name)
-        sys.modules.pop(module_name, None)
-        raise IntrinsicError(_plugin_failure(path, e)) from None
-    return [d for d in descriptor.in_force() if d.name not in before]
 
+    def explain(e: BaseException, where: str) -> Optional[str]:
+        if isinstance(e, ScriptError):  # bad semantics: located in the plugin already
+            return str(e)
+        if isinstance(e, IntrinsicError):  # a registration the registry refused
+            return f"{where}: {e}"
+        return None
 
-_plugins = itertools.count(1)
-
-
-def _plugin_failure(path: str, e: BaseException) -> str:
-    """One line for what a plugin raised while loading, located where Python says."""
-    if isinstance(e, ScriptError):  # bad semantics: located in the plugin already
-        return str(e)
-    if isinstance(e, SyntaxError):
-        file = e.filename or path
-        where = f"{file}:{e.lineno or 1}:{e.offset or 1}"
-        also = "" if _same_file(file, path) else f" (imported by {path})"
-        return f"{where}: Python syntax error: {e.msg}{also}"
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if _same_file(f.filename, path)]
-    where = path
-    if frames:
-        where += f":{frames[-1].lineno}"
-        if getattr(frames[-1], "colno", None) is not None:
-            where += f":{frames[-1].colno + 1}"
-    if isinstance(e, IntrinsicError):  # a registration the registry refused
-        return f"{where}: {e}"
-    if isinstance(e, SystemExit):
-        return f"{where}: cannot load intrinsics: the module called sys.exit({e.code!r})"
-    message = str(e).replace("\n", " ").strip()
-    what = f"{message} ({type(e).__name__})" if message else f"{type(e).__name__} raised"
-    return f"{where}: cannot load intrinsics: {what}"
-
-
-def _same_file(a: str, b: str) -> bool:
     try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
+        plugins.load(path, "tensorize_plugin", "intrinsics", undo, explain)
+    except plugins.PluginError as e:
+        raise IntrinsicError(str(e)) from None
+    return [d for d in descriptor.in_force() if d.name not in before]
 
 
 # ---------------------------------------------------------------------------

@@ -28,20 +28,18 @@ the whole program is extracted once: no Python runs during extraction.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import itertools
 import os
 import re
-import sys
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from egglog import (EGraph, Expr, StringLike, f64, f64Like, function, get_callable_args,
                     get_callable_fn, get_literal_value, i64, i64Like, relation, rewrite, rule as
                     egg_rule, ruleset, set_, set_cost, var)
+
+from . import plugins
 
 
 class Matrix(Expr):
@@ -164,7 +162,13 @@ class ProgramRule:
 
     @property
     def where(self) -> str:
-        return self.origin
+        """Where the rule is written: its file and line (``built-in`` for the built-in ones)."""
+        if self.origin == "built-in":
+            return self.origin
+        try:
+            return f"{self.origin}:{inspect.getsourcelines(self.sides)[1]}"
+        except (OSError, TypeError):
+            return self.origin
 
 
 _registry: dict[str, ProgramRule] = {}
@@ -204,7 +208,6 @@ def registered(origin: Optional[str] = None) -> list[ProgramRule]:
 
 
 _files: dict[str, list[ProgramRule]] = {}
-_counter = itertools.count(1)
 
 
 def load_file(path) -> list[ProgramRule]:
@@ -214,49 +217,36 @@ def load_file(path) -> list[ProgramRule]:
     path = os.path.abspath(str(path))
     if path in _files:
         return _files[path]
-    if not os.path.isfile(path):
-        raise RuleError(f"{path}: no such file")
-    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0], flags=re.ASCII)
-    module_name = f"tensorize_rules_{next(_counter)}_{stem}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise RuleError(f"{path}: not a Python module (a .py file is expected)")
-    module = importlib.util.module_from_spec(spec)
     before = set(_registry)
-    sys.modules[module_name] = module
-    _loading.append(path)
-    try:
-        spec.loader.exec_module(module)
-        mine = [r for n, r in _registry.items() if n not in before]
-        if not mine:
-            raise RuleError("the module registers no rule (decorate functions with "
-                            "rewrite.program.rule)")
-        for r in mine:
-            r.rewrite()  # its sides must be terms: said now, not in the middle of a run
-    except BaseException as e:  # plugin code: anything it raises is bad input
+
+    def undo() -> None:
         for n in set(_registry) - before:
             del _registry[n]
-        sys.modules.pop(module_name, None)
-        raise RuleError(_failure(path, e)) from None
+
+    def explain(e: BaseException, where: str) -> Optional[str]:
+        if isinstance(e, RuleError):
+            return str(e) if str(e).startswith(path) else f"{where}: {e}"
+        return None
+
+    _loading.append(path)
+    try:
+        plugins.load(path, "tensorize_rules", "rules", undo, explain)
+        mine = [r for n, r in _registry.items() if n not in before]
+        if not mine:
+            raise plugins.PluginError(f"{path}: the module registers no rule (decorate "
+                                      f"functions with rewrite.program.rule)")
+        for r in mine:
+            try:
+                r.rewrite()  # its sides must be terms: said now, not in the middle of a run
+            except RuleError as e:
+                raise plugins.PluginError(str(e)) from None
+    except plugins.PluginError as e:
+        undo()
+        raise RuleError(str(e)) from None
     finally:
         _loading.pop()
     _files[path] = mine
     return mine
-
-
-def _failure(path: str, e: BaseException) -> str:
-    if isinstance(e, SyntaxError):
-        return f"{e.filename or path}:{e.lineno or 1}:{e.offset or 1}: Python syntax error: {e.msg}"
-    frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if os.path.abspath(f.filename) == path]
-    where = f"{path}:{frames[-1].lineno}" if frames else path
-    if isinstance(e, RuleError):
-        text = str(e)
-        return text if text.startswith(path) else f"{where}: {text}"
-    if isinstance(e, SystemExit):
-        return f"{where}: cannot load rules: the module called sys.exit({e.code!r})"
-    message = str(e).replace("\n", " ").strip()
-    return f"{where}: cannot load rules: {message or type(e).__name__} ({type(e).__name__})"
 
 
 # ---------------------------------------------------------------------------
