@@ -118,11 +118,9 @@ def cmd_rules(args: argparse.Namespace) -> int:
 def _sides_text(r) -> tuple[str, str]:
     """A rule's two sides in the constructors' notation, over its parameters' names."""
     from . import program
-    from .fuzz.rules import _Term
 
-    args = [_Term(program.Input(n, 1, 1)) if kind == "matrix" else n for n, kind in r.params]
-    lhs, rhs = r.sides(*args)
-    return program.text(lhs.node), program.text(rhs.node)
+    lhs, rhs = program.sketch(r)
+    return program.text(lhs), program.text(rhs)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

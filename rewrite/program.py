@@ -238,6 +238,7 @@ def load_file(path) -> list[ProgramRule]:
         for r in mine:
             try:
                 r.rewrite()  # its sides must be terms: said now, not in the middle of a run
+                _bound(r)
             except RuleError as e:
                 raise plugins.PluginError(str(e)) from None
     except plugins.PluginError as e:
@@ -247,6 +248,23 @@ def load_file(path) -> list[ProgramRule]:
         _loading.pop()
     _files[path] = mine
     return mine
+
+
+def _bound(r: ProgramRule) -> None:
+    """``r``'s left side is a term (not a bare variable) that binds every variable its right
+    side uses; else ``RuleError``."""
+    try:
+        lhs, rhs = sketch(r)
+    except Exception as e:  # noqa: BLE001 -- a user's rule
+        raise RuleError(f"{r.where}: rule {r.name}: its sides are no terms over Matrix: {e} "
+                        f"({type(e).__name__})") from None
+    if isinstance(lhs, Input):
+        raise RuleError(f"{r.where}: rule {r.name}: its left side is a bare variable, which "
+                        f"would match every matrix; write the term it rewrites")
+    unbound = sorted(inputs_of(rhs) - inputs_of(lhs))
+    if unbound:
+        raise RuleError(f"{r.where}: rule {r.name}: its right side uses {', '.join(unbound)}, "
+                        f"which its left side does not bind")
 
 
 # ---------------------------------------------------------------------------
@@ -270,6 +288,43 @@ class Op:
 
 
 Node = "Input | Op"
+
+
+class Sketch:
+    """A side of a rule written over nodes (``Input``, ``Op``) instead of egglog terms: what
+    ``tensorize rules`` prints and ``--check`` lowers."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def __matmul__(self, other: "Sketch") -> "Sketch":
+        return Sketch(Op("@", (self.node, other.node)))
+
+    def __add__(self, other: "Sketch") -> "Sketch":
+        return Sketch(Op("+", (self.node, other.node)))
+
+    def scaled(self, factor) -> "Sketch":
+        return Sketch(Op("*", (self.node,), factor if isinstance(factor, str) else float(factor)))
+
+    @property
+    def T(self) -> "Sketch":
+        return Sketch(Op("T", (self.node,)))
+
+
+def sketch(r: "ProgramRule", rows: int = 1, cols: int = 1) -> tuple:
+    """The two sides of ``r`` as nodes over its parameters' names (matrices ``rows x cols``,
+    scalars by name)."""
+    args = [Sketch(Input(n, rows, cols)) if kind == "matrix" else n for n, kind in r.params]
+    lhs, rhs = r.sides(*args)
+    return lhs.node, rhs.node
+
+
+def inputs_of(node) -> set:
+    """The names of the inputs and of the scalars a node reads."""
+    if isinstance(node, Input):
+        return {node.name}
+    out = {node.factor} if node.kind == "*" and isinstance(node.factor, str) else set()
+    return out.union(*(inputs_of(a) for a in node.args))
 
 
 def shape(node) -> tuple[int, int]:

@@ -229,6 +229,10 @@ def test_run_takes_a_rules_file(capsys):
     ("from rewrite.program import Matrix, rule\n\n@rule('mine', why='x')\n"
      "def f(a: Matrix):\n    return a @ 3, a\n", "no terms over Matrix"),
     ("raise RuntimeError('boom')\n", "cannot load rules: boom"),
+    ("from rewrite.program import Matrix, rule\n\n@rule('mine', why='x')\n"
+     "def f(a: Matrix, b: Matrix):\n    return a @ a, a @ b\n", "right side uses b, which its left side"),
+    ("from rewrite.program import Matrix, rule\n\n@rule('mine', why='x')\n"
+     "def f(a: Matrix):\n    return a, a.T.T\n", "left side is a bare variable"),
 ])
 def test_a_bad_rules_file_is_one_located_error(tmp_path, capsys, text, message):
     bad = tmp_path / "bad_rules.py"

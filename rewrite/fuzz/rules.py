@@ -24,7 +24,7 @@ from hypothesis.errors import NoSuchExample
 
 from .. import interp, ir, program
 from ..names import Names
-from ..program import Input, Op, ProgramRule
+from ..program import Input, ProgramRule, Sketch
 from ..rules import matrices
 from ..rules.matmul import Access
 
@@ -74,26 +74,6 @@ class _Shape:
         return _Shape(self.dims, self.cols, self.rows)
 
 
-class _Term:
-    """A side of a rule built as ``program`` nodes, to be lowered."""
-
-    def __init__(self, node):
-        self.node = node
-
-    def __matmul__(self, other: "_Term") -> "_Term":
-        return _Term(Op("@", (self.node, other.node)))
-
-    def __add__(self, other: "_Term") -> "_Term":
-        return _Term(Op("+", (self.node, other.node)))
-
-    def scaled(self, factor) -> "_Term":
-        return _Term(Op("*", (self.node,), factor if isinstance(factor, str) else float(factor)))
-
-    @property
-    def T(self) -> "_Term":
-        return _Term(Op("T", (self.node,)))
-
-
 @dataclass(frozen=True)
 class Verdict:
     rule: ProgramRule
@@ -137,7 +117,7 @@ def _instances(r: ProgramRule):
 
 
 def _side(r: ProgramRule, values: dict, which: int):
-    args = [_Term(Input(n, *values[n].shape)) if kind == "matrix" else values[n] for n, kind in r.params]
+    args = [Sketch(Input(n, *values[n].shape)) if kind == "matrix" else values[n] for n, kind in r.params]
     return r.sides(*args)[which].node
 
 
