@@ -377,3 +377,24 @@ def test_transposed_operand_copied_into_the_intrinsic_layout(body, a, b, note):
     assert [v for v, _ in mm.b.slots] == [mm.k.name, mm.n.name]
     out = _program(func, alt)
     _interp_equal(func, out)
+
+
+def test_a_fused_dense_layer_takes_a_level_under_its_epilogue():
+    # dense + bias + relu: the product is split by a level, the epilogue reads what the
+    # level's blocks accumulated, and the whole equals the layer as written
+    src = """
+@prim_func
+def dense(X: f32[64, 32], W: f32[32, 48], b: f32[48], Y: f32[64, 48]):
+    for i, j in grid(64, 48):
+        Y[i, j] = 0.0
+        for k in range(32):
+            Y[i, j] += X[i, k] * W[k, j]
+        Y[i, j] = max(Y[i, j] + b[j], 0.0)
+"""
+    func = parse(src)
+    result = tensorize(func, AVX2, strassen=1)
+    assert result.strassen_levels == 1
+    assert sum(1 for b in result.func.allocs if b.name.startswith("st_P")) == 7
+    assert "max(" in result.script()
+    _interp_equal(func, result.func)
+    assert runtime.check(func, runtime.compile(result.func)).ok
