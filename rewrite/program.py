@@ -44,7 +44,8 @@ from . import plugins
 
 class Matrix(Expr):
     """A matrix value: an input (a buffer, or a block of one, read whole), a product, a sum,
-    a scaled or a transposed matrix."""
+    a scaled or a transposed matrix, a quadrant of a matrix of even extents, two matrices
+    side by side or one above the other."""
 
     def __init__(self, name: StringLike, rows: i64Like, cols: i64Like) -> None: ...
 
@@ -56,6 +57,21 @@ class Matrix(Expr):
 
     @property
     def T(self) -> Matrix: ...
+
+    def block(self, i: i64Like, j: i64Like) -> Matrix:
+        """Quadrant ``(i, j)`` (each 0 or 1) of a matrix whose extents are even."""
+
+    def beside(self, other: Matrix) -> Matrix:
+        """``[self other]``: equal rows, the columns of both."""
+
+    def above(self, other: Matrix) -> Matrix:
+        """``[self; other]``: equal columns, the rows of both."""
+
+    def strassen(self, p2: Matrix, p3: Matrix, p4: Matrix, p5: Matrix, p6: Matrix,
+                 p7: Matrix) -> Matrix:
+        """Strassen's seven products combined into the quadrants of the product they make
+        (``self`` is P1): ``[[P1 + P4 - P5 + P7, P3 + P5], [P2 + P4, P1 - P2 + P3 + P6]]``.
+        One node holds the seven, so that extraction counts each product once."""
 
 
 class Program(Expr):
@@ -88,7 +104,8 @@ _shapes = ruleset(name="program-shapes")
 
 
 @_shapes.register
-def _shape_rules(s: StringLike, r: i64, c: i64, a: Matrix, b: Matrix, f: f64):
+def _shape_rules(s: StringLike, r: i64, c: i64, r2: i64, c2: i64, i: i64, j: i64, a: Matrix,
+                 b: Matrix, f: f64):
     yield egg_rule(Matrix(s, r, c)).then(set_(rows(Matrix(s, r, c))).to(r),
                                          set_(cols(Matrix(s, r, c))).to(c))
     yield egg_rule(a @ b, rows(a) == r, cols(b) == c).then(set_(rows(a @ b)).to(r),
@@ -99,6 +116,15 @@ def _shape_rules(s: StringLike, r: i64, c: i64, a: Matrix, b: Matrix, f: f64):
                                                           set_(cols(a.scaled(f))).to(c))
     yield egg_rule(a.T, rows(a) == r, cols(a) == c).then(set_(rows(a.T)).to(c),
                                                         set_(cols(a.T)).to(r))
+    yield egg_rule(a.block(i, j), rows(a) == r, cols(a) == c).then(
+        set_(rows(a.block(i, j))).to(r / 2), set_(cols(a.block(i, j))).to(c / 2))
+    yield egg_rule(a.beside(b), rows(a) == r, cols(a) == c, cols(b) == c2).then(
+        set_(rows(a.beside(b))).to(r), set_(cols(a.beside(b))).to(c + c2))
+    yield egg_rule(a.above(b), rows(a) == r, cols(a) == c, rows(b) == r2).then(
+        set_(rows(a.above(b))).to(r + r2), set_(cols(a.above(b))).to(c))
+    p = [var(f"p{k}", Matrix) for k in range(2, 8)]
+    yield egg_rule(a.strassen(*p), rows(a) == r, cols(a) == c).then(
+        set_(rows(a.strassen(*p))).to(r * 2), set_(cols(a.strassen(*p))).to(c * 2))
 
 
 _products = ruleset(name="program-products")
@@ -116,7 +142,8 @@ _costs = ruleset(name="program-costs")
 
 
 @_costs.register
-def _cost_rules(s: StringLike, a: Matrix, b: Matrix, m: i64, k: i64, n: i64, p: i64, f: f64):
+def _cost_rules(s: StringLike, a: Matrix, b: Matrix, m: i64, k: i64, n: i64, p: i64, f: f64,
+                i: i64, j: i64):
     # a product: what the matcher's plan of that shape costs (``product_price``, set per shape)
     yield egg_rule(a @ b, rows(a) == m, cols(a) == k, cols(b) == n,
                    product_price(m, k, n) == p).then(set_cost(a @ b, p))
@@ -128,6 +155,15 @@ def _cost_rules(s: StringLike, a: Matrix, b: Matrix, m: i64, k: i64, n: i64, p: 
     # lowering materialises is undercharged; the pipeline prices the lowered program anyway)
     yield egg_rule(a.scaled(f)).then(set_cost(a.scaled(f), 1))
     yield egg_rule(a.T).then(set_cost(a.T, 1))
+    # a quadrant is read in place; blocks side by side or stacked are written in place
+    yield egg_rule(a.block(i, j)).then(set_cost(a.block(i, j), 1))
+    yield egg_rule(a.beside(b)).then(set_cost(a.beside(b), 1))
+    yield egg_rule(a.above(b)).then(set_cost(a.above(b), 1))
+    # the seven products into four quadrants: eight additions of a quadrant (P1..P5 are read
+    # twice, so made once into temporaries; the others go straight into the result)
+    p = [var(f"p{k}", Matrix) for k in range(2, 8)]
+    yield egg_rule(a.strassen(*p), rows(a) == m, cols(a) == n).then(
+        set_cost(a.strassen(*p), m * n * 8 * PRICE_SCALE))
 
 
 # ---------------------------------------------------------------------------
@@ -149,13 +185,22 @@ class ProgramRule:
     sides: Callable
     params: tuple[tuple[str, str], ...]
     origin: str
+    even: tuple[str, ...] = ()  # matrices whose extents must be even (quadrants are taken)
+    at_least: int = 1  # and at least this
 
-    def rewrite(self):
-        """The egglog rewrite ``lhs -> rhs`` over pattern variables."""
+    def rewrite(self, at_least: Optional[int] = None):
+        """The egglog rewrite ``lhs -> rhs`` over pattern variables, under the rule's
+        conditions (``at_least`` overrides the rule's own minimum extent)."""
         args = [var(f"{self.name}:{p}", Matrix if kind == "matrix" else f64) for p, kind in self.params]
+        low = self.at_least if at_least is None else at_least
         try:
             lhs, rhs = self.sides(*args)
-            return rewrite(lhs).to(rhs)
+            conditions = []
+            for name in self.even:
+                m = args[[p for p, _ in self.params].index(name)]
+                for extent in (rows(m), cols(m)):
+                    conditions += [extent % 2 == i64(0), extent >= i64(max(2, low))]
+            return rewrite(lhs).to(rhs, *conditions)
         except Exception as e:  # noqa: BLE001 -- a user's rule: say which one, and why
             raise RuleError(f"{self.where}: rule {self.name}: its sides are no terms over "
                             f"Matrix: {e} ({type(e).__name__})") from None
@@ -175,10 +220,12 @@ _registry: dict[str, ProgramRule] = {}
 _loading: list[str] = []  # the rules file being loaded, if any
 
 
-def rule(name: str, why: str) -> Callable:
+def rule(name: str, why: str, even: Sequence[str] = (), at_least: int = 1) -> Callable:
     """Register the decorated function as a rule named ``name``, sound for the reason ``why``:
     it takes matrices (parameters annotated ``Matrix``) and scalars (``float``) and returns
-    the two sides ``(lhs, rhs)``, written with ``@``, ``+``, ``.scaled(s)`` and ``.T``."""
+    the two sides ``(lhs, rhs)``, written with ``@``, ``+``, ``.scaled(s)``, ``.T``, and
+    ``.block(i, j)``, ``.beside(m)``, ``.above(m)``. The rule applies only where the matrices
+    named in ``even`` have even extents of at least ``at_least``."""
     def register(fn: Callable) -> Callable:
         origin = _loading[-1] if _loading else "built-in"
         if not re.fullmatch(r"[a-z][a-z0-9-]*", name or ""):
@@ -195,7 +242,11 @@ def rule(name: str, why: str) -> Callable:
             if kind is None:
                 raise RuleError(f"rule {name}: parameter {p.name} must be annotated Matrix or float")
             params.append((p.name, kind))
-        _registry[name] = ProgramRule(name, why.strip(), fn, tuple(params), origin)
+        unknown = [e for e in even if (e, "matrix") not in params]
+        if unknown:
+            raise RuleError(f"rule {name}: even={unknown} names no matrix parameter")
+        _registry[name] = ProgramRule(name, why.strip(), fn, tuple(params), origin, tuple(even),
+                                      at_least)
         return fn
 
     return register
@@ -280,11 +331,13 @@ class Input:
 
 @dataclass(frozen=True)
 class Op:
-    """``kind``: ``"@"``, ``"+"``, ``"*"`` (``args[0]`` scaled by ``factor``) or ``"T"``."""
+    """``kind``: ``"@"``, ``"+"``, ``"*"`` (``args[0]`` scaled by ``factor``), ``"T"``,
+    ``"block"`` (quadrant ``at`` of ``args[0]``), ``"beside"`` or ``"above"``."""
 
     kind: str
     args: tuple
     factor: float = 1.0
+    at: tuple = ()
 
 
 Node = "Input | Op"
@@ -309,6 +362,18 @@ class Sketch:
     @property
     def T(self) -> "Sketch":
         return Sketch(Op("T", (self.node,)))
+
+    def block(self, i: int, j: int) -> "Sketch":
+        return Sketch(Op("block", (self.node,), at=(int(i), int(j))))
+
+    def beside(self, other: "Sketch") -> "Sketch":
+        return Sketch(Op("beside", (self.node, other.node)))
+
+    def above(self, other: "Sketch") -> "Sketch":
+        return Sketch(Op("above", (self.node, other.node)))
+
+    def strassen(self, *others: "Sketch") -> "Sketch":
+        return Sketch(Op("strassen", (self.node, *(o.node for o in others))))
 
 
 def sketch(r: "ProgramRule", rows: int = 1, cols: int = 1) -> tuple:
@@ -335,6 +400,18 @@ def shape(node) -> tuple[int, int]:
     if node.kind == "T":
         r, c = shape(node.args[0])
         return c, r
+    if node.kind == "block":
+        r, c = shape(node.args[0])
+        return r // 2, c // 2
+    if node.kind == "beside":
+        (r, c), (_, c2) = shape(node.args[0]), shape(node.args[1])
+        return r, c + c2
+    if node.kind == "above":
+        (r, c), (r2, _) = shape(node.args[0]), shape(node.args[1])
+        return r + r2, c
+    if node.kind == "strassen":
+        r, c = shape(node.args[0])
+        return 2 * r, 2 * c
     return shape(node.args[0])
 
 
@@ -347,6 +424,10 @@ def text(node) -> str:
     if node.kind == "*":
         factor = node.factor if isinstance(node.factor, str) else repr(node.factor)
         return f"{_atom(node.args[0])}.scaled({factor})"
+    if node.kind == "block":
+        return f"{_atom(node.args[0])}.block({node.at[0]}, {node.at[1]})"
+    if node.kind in ("beside", "above", "strassen"):
+        return f"{_atom(node.args[0])}.{node.kind}({', '.join(text(a) for a in node.args[1:])})"
     if node.kind == "+":  # left to right; a sum on the right is grouped
         a, b = node.args
         right = f"({text(b)})" if isinstance(b, Op) and b.kind == "+" else text(b)
@@ -355,7 +436,7 @@ def text(node) -> str:
 
 
 def _atom(node) -> str:
-    simple = isinstance(node, Input) or node.kind in ("T", "*")
+    simple = isinstance(node, Input) or node.kind in ("T", "*", "block", "beside", "above", "strassen")
     return text(node) if simple else f"({text(node)})"
 
 
@@ -363,6 +444,8 @@ def _kinds() -> dict:
     x = Matrix("x", 1, 1)
     return {get_callable_fn(x @ x): "@", get_callable_fn(x + x): "+",
             get_callable_fn(x.scaled(1.0)): "*", get_callable_fn(x.T): "T", Matrix: "input",
+            get_callable_fn(x.block(0, 0)): "block", get_callable_fn(x.beside(x)): "beside",
+            get_callable_fn(x.above(x)): "above", get_callable_fn(x.strassen(*[x] * 6)): "strassen",
             get_callable_fn(Program.acc("x", x)): "acc",
             get_callable_fn(Program.acc("x", x).then(Program.acc("x", x))): "then"}
 
@@ -385,6 +468,8 @@ def _read(expr):
         return Input(n, int(r), int(c))
     if kind == "*":
         return Op("*", (_read(args[0]),), float(get_literal_value(args[1])))
+    if kind == "block":
+        return Op("block", (_read(args[0]),), at=tuple(int(get_literal_value(a)) for a in args[1:]))
     return Op(kind, tuple(_read(a) for a in args))
 
 
@@ -394,7 +479,9 @@ def build(node):
         return Matrix(node.name, node.rows, node.cols)
     a = [build(x) for x in node.args]
     return {"@": lambda: a[0] @ a[1], "+": lambda: a[0] + a[1], "*": lambda: a[0].scaled(node.factor),
-            "T": lambda: a[0].T}[node.kind]()
+            "T": lambda: a[0].T, "block": lambda: a[0].block(*node.at),
+            "beside": lambda: a[0].beside(a[1]), "above": lambda: a[0].above(a[1]),
+            "strassen": lambda: a[0].strassen(*a[1:])}[node.kind]()
 
 
 # ---------------------------------------------------------------------------
@@ -427,11 +514,11 @@ class Report:
 _rulesets: dict = {}
 
 
-def _ruleset(rules: tuple):
+def _ruleset(rules: tuple, at_least: Optional[int]):
     """One egglog ruleset per set of rules, built once (egglog knows a ruleset by its name)."""
-    key = tuple(r.name for r in rules)
+    key = (tuple(r.name for r in rules), at_least)
     if key not in _rulesets:
-        _rulesets[key] = ruleset(*[r.rewrite() for r in rules],
+        _rulesets[key] = ruleset(*[r.rewrite(at_least) for r in rules],
                                  name=f"program-rules-{len(_rulesets)}")
     return _rulesets[key]
 
@@ -443,10 +530,12 @@ def _enodes(egraph: EGraph) -> int:
 
 def cheapest(accumulations: Sequence[tuple[str, object]], rules: Sequence[ProgramRule],
              price: Callable[[int, int, int], float],
-             budget: Budget = Budget()) -> tuple[list[tuple[str, object]], Report]:
+             budget: Budget = Budget(),
+             at_least: Optional[int] = None) -> tuple[list[tuple[str, object]], Report]:
     """The cheapest program equal to ``accumulations`` (``(output, node)`` pairs: ``output +=
     node`` in order) by ``rules``, each product priced by ``price(m, k, n)`` (scalar-operation
-    units, called once per shape the saturated graph holds)."""
+    units, called once per shape the saturated graph holds). ``at_least``: the smallest
+    extent a rule that takes quadrants splits, instead of the rule's own."""
     t0 = time.perf_counter()
     egraph = EGraph()
     root = None
@@ -454,7 +543,7 @@ def cheapest(accumulations: Sequence[tuple[str, object]], rules: Sequence[Progra
         term = Program.acc(out, build(node))
         root = term if root is None else root.then(term)
     root = egraph.let("program", root)
-    algebra = _ruleset(tuple(rules)) if rules else None
+    algebra = _ruleset(tuple(rules), at_least) if rules else None
     iterations, stop = 0, "saturated"
     while True:
         egraph.run(_shapes.saturate())

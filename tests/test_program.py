@@ -4,13 +4,14 @@ users' rules loaded from a file and checked for soundness (tensorize rules --che
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import intrinsics
-from rewrite import interp, nests, program, runtime
+from rewrite import interp, ir, nests, program, runtime
 from rewrite.cli import main
 from rewrite.fuzz import rules as soundness
 from rewrite.names import Names
@@ -247,3 +248,65 @@ def test_a_bad_rules_file_is_one_located_error(tmp_path, capsys, text, message):
 def test_a_missing_rules_file_is_bad_input(capsys):
     assert main(["rules", "--rules-file", "/nonexistent/rules.py"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# Strassen, a rule of the program-level e-graph
+
+
+def _strassen_rules(*names):
+    return [r for r in matrices.built_in() if r.name in names]
+
+
+def test_strassen_and_reassociation_together_beat_either_alone():
+    # A @ (B @ C) with A 64 x 128, B and C 128 x 128: regrouped, two 64 x 128 x 128 products
+    # instead of a 128^3 one; a level on each of those saves more than its additions cost
+    A, B, C = Input("A", 64, 128), Input("B", 128, 128), Input("C", 128, 128)
+    chain = [("D", Op("@", (A, Op("@", (B, C)))))]
+
+    def best(*names):
+        out, _ = program.cheapest(chain, _strassen_rules(*names), matrices.multiply_adds,
+                                  program.Budget(iterations=12, enodes=20_000), at_least=2)
+        return matrices.tree_cost(out, matrices.multiply_adds), out
+
+    both, chosen = best("assoc-right", "assoc-left", "strassen-level")
+    regrouped, _ = best("assoc-right", "assoc-left")
+    levels, _ = best("strassen-level")
+    assert both < regrouped < levels < matrices.tree_cost(chain, matrices.multiply_adds)
+    ((_, term),) = chosen
+    assert matrices.strassen_levels(term) >= 1 and program.text(term).endswith(" @ C")  # regrouped
+
+
+def test_a_level_chosen_in_the_e_graph_is_lowered_to_the_same_values():
+    func = parse("""
+@prim_func
+def chain(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64], D: f32[64, 64]):
+    T = alloc(f32[64, 64])
+    for i, j in grid(64, 64):
+        T[i, j] = 0.0
+        for k in range(64):
+            T[i, j] += A[i, k] * B[k, j]
+    for i, j in grid(64, 64):
+        for k in range(64):
+            D[i, j] += T[i, k] * C[k, j]
+""")
+    (alt,) = matrices.alternatives(func, nests.items(nests.normalize(func)), Names.of(func),
+                                   _strassen_rules("strassen-level"), at_least=4)
+    assert alt.levels == 1
+    assert sum(1 for b in alt.allocs if b.shape == (32, 32) and b.name.startswith("mm_U")) == 5
+    body = ir.seq(*(p.stmt() if hasattr(p, "stmt") else p for p in alt.parts))
+    _same_values(func, replace(func, body=body, allocs=func.allocs + tuple(alt.allocs)))
+
+
+def test_strassen_in_the_e_graph_follows_the_strassen_option():
+    from rewrite.pipeline import Search
+
+    def names(strassen, off=frozenset()):
+        search = Search({}, None, Names(), True, strassen, None, off)
+        return {r.name for r in matrices.in_force(search)}
+
+    assert "strassen-level" in names("auto")
+    assert "strassen-level" not in names("off")
+    assert "strassen-level" not in names(2)  # forced levels are the strassen family's
+    assert "strassen-level" not in names("auto", frozenset({"strassen"}))
+    assert names("off") == names("auto") - {"strassen-level"}

@@ -69,6 +69,22 @@ class _Shape:
     def scaled(self, factor) -> "_Shape":
         return self
 
+    def block(self, i, j) -> "_Shape":
+        return _Shape(self.dims, self.dims.new(), self.dims.new())  # half of each: not tied
+
+    def beside(self, other: "_Shape") -> "_Shape":
+        self.dims.tie(self.rows, other.rows)
+        return _Shape(self.dims, self.rows, self.dims.new())
+
+    def above(self, other: "_Shape") -> "_Shape":
+        self.dims.tie(self.cols, other.cols)
+        return _Shape(self.dims, self.dims.new(), self.cols)
+
+    def strassen(self, *others: "_Shape") -> "_Shape":
+        for o in others:
+            self + o
+        return _Shape(self.dims, self.dims.new(), self.dims.new())
+
     @property
     def T(self) -> "_Shape":
         return _Shape(self.dims, self.cols, self.rows)
@@ -100,9 +116,13 @@ def _instances(r: ProgramRule):
     dims, shapes = _shapes(r)
     classes = sorted({dims.find(d) for pair in shapes.values() for d in pair})
 
+    even = {dims.find(d) for name in r.even for d in shapes[name]}
+
     @st.composite
     def draw(draw_):
-        size = {c: draw_(st.integers(1, MAX_DIM)) for c in classes}
+        # an extent a rule halves is even: twice a drawn size
+        size = {c: draw_(st.integers(1, MAX_DIM // 2 + 1)) * 2 if c in even else
+                draw_(st.integers(1, MAX_DIM)) for c in classes}
         values = {}
         for name, kind in r.params:
             if kind == "matrix":
@@ -131,7 +151,7 @@ def evaluate(node, values: dict) -> np.ndarray:
     out = Access(ir.Buffer("OUT", "f64", (rows, cols)), (("_r", 0), ("_c", 0)))
     lifted = matrices.Lifted(0, 0, [], {"OUT": (out, rows, cols)},
                              {n: (a, None, None) for n, a in inputs.items()}, [], [], [], "f64")
-    low = matrices._Lowering(lifted, Names(list(inputs) + ["OUT"]))
+    low = matrices._Lowering(lifted, Names(list(inputs) + ["OUT"]), matrices._product_uses([("OUT", node)]))
     low.accumulate(out, rows, cols, node)
     body = ir.seq(*(p.stmt() if hasattr(p, "stmt") else p for p in low.items))
     params = tuple(a.buffer for a in inputs.values()) + (out.buffer,)
@@ -154,13 +174,32 @@ def _shape_of(node) -> tuple[int, int]:
         return shapes[0]
     if node.kind == "T":
         return shapes[0][1], shapes[0][0]
+    if node.kind == "block":
+        if shapes[0][0] % 2 or shapes[0][1] % 2:
+            raise ValueError(f"{program.text(node)} takes a quadrant of a {shapes[0]} matrix")
+        return shapes[0][0] // 2, shapes[0][1] // 2
+    if node.kind == "beside":
+        if shapes[0][0] != shapes[1][0]:
+            raise ValueError(f"{program.text(node)} puts a {shapes[0]} beside a {shapes[1]} matrix")
+        return shapes[0][0], shapes[0][1] + shapes[1][1]
+    if node.kind == "strassen":
+        if len(set(shapes)) != 1:
+            raise ValueError(f"{program.text(node)} combines products of shapes {sorted(set(shapes))}")
+        return 2 * shapes[0][0], 2 * shapes[0][1]
+    if node.kind == "above":
+        if shapes[0][1] != shapes[1][1]:
+            raise ValueError(f"{program.text(node)} puts a {shapes[0]} above a {shapes[1]} matrix")
+        return shapes[0][0] + shapes[1][0], shapes[0][1]
     return shapes[0]
 
 
 def _disagreement(r: ProgramRule, values: dict) -> Optional[str]:
     """What goes wrong on this instance, or None when the two sides agree."""
     lhs, rhs = _side(r, values, 0), _side(r, values, 1)
-    before = evaluate(lhs, values)
+    try:
+        before = evaluate(lhs, values)
+    except ValueError:
+        return None  # an instance the left side does not describe: the rule never sees it
     try:
         after = evaluate(rhs, values)
     except ValueError as e:

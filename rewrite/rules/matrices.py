@@ -36,6 +36,7 @@ from ..nests import AccNest, Dim
 from ..program import Input, Matrix, Op, rule
 from . import finite
 from .matmul import Access, Alternative, MatMul, _filling, _plain, _zero_fill, build, recognize
+from .strassen import AUTO_MIN_BLOCK
 
 # ---------------------------------------------------------------------------
 # the built-in rules: identities of matrices over any ring
@@ -88,8 +89,41 @@ def scale_sum(a: Matrix, b: Matrix, s: float):
     return a.scaled(s) + b.scaled(s), (a + b).scaled(s)
 
 
+def _minus(x):
+    return x.scaled(-1.0)
+
+
+@rule("strassen-level", even=("a", "b"), at_least=2 * AUTO_MIN_BLOCK,
+      why="Strassen's identities, in any ring: with A and B in quadrants, the seven products "
+          "P1 = (A11 + A22)(B11 + B22), P2 = (A21 + A22)B11, P3 = A11(B12 - B22), "
+          "P4 = A22(B21 - B11), P5 = (A11 + A12)B22, P6 = (A21 - A11)(B11 + B12), "
+          "P7 = (A12 - A22)(B21 + B22) give the quadrants of AB: P1 + P4 - P5 + P7, P3 + P5, "
+          "P2 + P4, P1 - P2 + P3 + P6 (expand each: the cross terms cancel)")
+def strassen_level(a: Matrix, b: Matrix):
+    a11, a12, a21, a22 = a.block(0, 0), a.block(0, 1), a.block(1, 0), a.block(1, 1)
+    b11, b12, b21, b22 = b.block(0, 0), b.block(0, 1), b.block(1, 0), b.block(1, 1)
+    p1 = (a11 + a22) @ (b11 + b22)
+    p2 = (a21 + a22) @ b11
+    p3 = a11 @ (b12 + _minus(b22))
+    p4 = a22 @ (b21 + _minus(b11))
+    p5 = (a11 + a12) @ b22
+    p6 = (a21 + _minus(a11)) @ (b11 + b12)
+    p7 = (a12 + _minus(a22)) @ (b21 + b22)
+    return a @ b, p1.strassen(p2, p3, p4, p5, p6, p7)
+
+
+def _quadrants(node):
+    """``P1.strassen(P2, ..., P7)`` as the blocks it stands for."""
+    p1, p2, p3, p4, p5, p6, p7 = node.args
+    minus = lambda x: Op("*", (x,), -1.0)  # noqa: E731
+    plus = lambda *xs: xs[0] if len(xs) == 1 else Op("+", (plus(*xs[:-1]), xs[-1]))  # noqa: E731
+    top = Op("beside", (plus(p1, p4, minus(p5), p7), plus(p3, p5)))
+    bottom = Op("beside", (plus(p2, p4), plus(p1, minus(p2), p3, p6)))
+    return Op("above", (top, bottom))
+
+
 BUILT_IN = ("assoc-right", "assoc-left", "factor-left", "factor-right", "comm-add", "assoc-add",
-            "scale-out-left", "scale-out-right", "scale-sum")
+            "scale-out-left", "scale-out-right", "scale-sum", "strassen-level")
 
 
 def built_in(off: frozenset = frozenset()) -> list[program.ProgramRule]:
@@ -298,11 +332,12 @@ def _const(value: float, dtype: str) -> Optional[Const]:
 class _Lowering:
     """Nests computing the extracted accumulations; equal terms share one temporary."""
 
-    def __init__(self, lifted: Lifted, names: Names):
+    def __init__(self, lifted: Lifted, names: Names, uses: Optional[dict] = None):
         self.lifted, self.names = lifted, names
         self.items: list = []
         self.allocs: list = []
         self.made: dict = {}
+        self.uses = uses or {}  # how many times each product is read (Strassen's P1 twice)
 
     def temporary(self, prefix: str, rows: int, cols: int) -> Access:
         buf = ir.Buffer(self.names.numbered(prefix), self.lifted.dtype, (rows, cols))
@@ -315,52 +350,103 @@ class _Lowering:
             return self.lifted.inputs[node.name][0]
         if node.kind == "T":
             return self.operand(node.args[0]).renamed({"_r": "_c", "_c": "_r"})
+        if node.kind == "block":
+            rows, cols = program.shape(node)
+            return _shifted(self.operand(node.args[0]), node.at[0] * rows, node.at[1] * cols)
         if node in self.made:
             return self.made[node]
         rows, cols = program.shape(node)
         t = self.temporary("mm_S" if node.kind == "+" else "mm_U", rows, cols)
-        terms = _terms(node)
-        if node.kind == "+" and not any(_is_product(x) for x in terms):
-            # a sum of matrices at hand: one pass, S = X1 + X2 + ...
-            value = None
-            for x in terms:
-                load = self.operand(x).renamed({"_r": "i", "_c": "j"}).load()
-                value = load if value is None else Binary("+", value, load)
-            self.items.append(_fill(t, value))
+        if not _has_product(node) and node.kind not in ("beside", "above", "strassen"):
+            # matrices at hand, summed or scaled: one pass, S = X1 + X2 + ...
+            self.items.append(_fill(t, self.value(node)))
         else:
             self.items.append(_fill(t, _const(0, self.lifted.dtype)))
-            self.accumulate(t, rows, cols, node)
+            self.accumulate(t, rows, cols, node, own=True)
         self.made[node] = t
         return t
 
-    def accumulate(self, out: Access, rows: int, cols: int, node) -> None:
-        """``out += node``, a sum's terms one by one."""
+    def value(self, node):
+        """The element ``[i, j]`` of ``node``, a sum or scale of matrices at hand, as an
+        expression (a product is read from its temporary)."""
+        if isinstance(node, Op) and node.kind == "+":
+            return Binary("+", self.value(node.args[0]), self.value(node.args[1]))
+        if isinstance(node, Op) and node.kind == "*":
+            factor = _const(node.factor, self.lifted.dtype)
+            if factor is None:
+                raise _Unlowerable(f"scale {node.factor} of an integer matrix")
+            return Binary("*", factor, self.value(node.args[0]))
+        return self.operand(node).renamed({"_r": "i", "_c": "j"}).load()
+
+    def accumulate(self, out: Access, rows: int, cols: int, node, own: bool = False) -> None:
+        """``out += node``: a sum's terms one by one, blocks side by side or stacked into the
+        parts of ``out``, a product read once as a nest into ``out`` (``own``: ``out`` is the
+        temporary of ``node`` itself, which computes it even where it is read twice)."""
+        if isinstance(node, Op) and node.kind == "strassen":
+            self.accumulate(out, rows, cols, _quadrants(node))
+            return
         if isinstance(node, Op) and node.kind == "+":
             for a in node.args:
                 self.accumulate(out, rows, cols, a)
             return
+        if isinstance(node, Op) and node.kind in ("beside", "above"):
+            (r1, c1), (r2, c2) = (program.shape(a) for a in node.args)
+            first, second = node.args
+            self.accumulate(out, r1, c1, first)
+            if node.kind == "beside":
+                self.accumulate(_shifted(out, 0, c1), r2, c2, second)
+            else:
+                self.accumulate(_shifted(out, r1, 0), r2, c2, second)
+            return
         scale, inner = None, node
+        once = lambda x: own or self.uses.get(x, 1) == 1  # noqa: E731
         if isinstance(node, Op) and node.kind == "*" and isinstance(node.args[0], Op) \
-                and node.args[0].kind == "@":
+                and node.args[0].kind == "@" and once(node.args[0]):
             scale, inner = _const(node.factor, self.lifted.dtype), node.args[0]
             if scale is None:
                 raise _Unlowerable(f"scale {node.factor} of an integer product")
         c = out.renamed({"_r": "i", "_c": "j"})
-        if isinstance(inner, Op) and inner.kind == "@":
+        if isinstance(inner, Op) and inner.kind == "@" and once(inner):
             x, y = inner.args
             k = program.shape(x)[1]
             a = self.operand(x).renamed({"_r": "i", "_c": "k"})
             b = self.operand(y).renamed({"_r": "k", "_c": "j"})
             self.items.append(build(c, a, b, rows, cols, k, scale))
             return
-        if isinstance(inner, Op) and inner.kind == "*":
-            factor = _const(inner.factor, self.lifted.dtype)
-            if factor is None:
-                raise _Unlowerable(f"scale {inner.factor} of an integer matrix")
-            value = Binary("*", factor, self.operand(inner.args[0]).renamed({"_r": "i", "_c": "j"}).load())
-        else:
-            value = self.operand(inner).renamed({"_r": "i", "_c": "j"}).load()
+        value = self.value(inner) if scale is None else Binary("*", scale, self.value(inner))
         self.items.append(AccNest((Dim("i", 0, rows), Dim("j", 0, cols)), c.buffer, c.indices(), value))
+
+
+def _shifted(access: Access, rows: int, cols: int) -> Access:
+    """``access`` moved by ``rows`` along ``_r`` and ``cols`` along ``_c``."""
+    by = {"_r": rows, "_c": cols}
+    return Access(access.buffer, tuple((d, off + by.get(d, 0)) for d, off in access.slots))
+
+
+def _has_product(node) -> bool:
+    return isinstance(node, Op) and (node.kind == "@" or any(_has_product(a) for a in node.args))
+
+
+def _product_uses(accumulations) -> dict:
+    """How many places read each product of the accumulations (shared subterms counted once
+    per place that reads them)."""
+    uses: dict = {}
+
+    def walk(node) -> None:
+        if not isinstance(node, Op):
+            return
+        if node.kind == "strassen":
+            node = _quadrants(node)  # P1 to P5 read twice
+        if node.kind == "@":
+            uses[node] = uses.get(node, 0) + 1
+            if uses[node] > 1:
+                return  # its operands are read once, by its one nest
+        for a in node.args:
+            walk(a)
+
+    for _, node in accumulations:
+        walk(node)
+    return uses
 
 
 def _terms(node) -> list:
@@ -368,10 +454,6 @@ def _terms(node) -> list:
     if isinstance(node, Op) and node.kind == "+":
         return [x for a in node.args for x in _terms(a)]
     return [node]
-
-
-def _is_product(node) -> bool:
-    return isinstance(node, Op) and (node.kind == "@" or (node.kind == "*" and _is_product(node.args[0])))
 
 
 class _Unlowerable(Exception):
@@ -385,7 +467,7 @@ def _fill(t: Access, value) -> ir.Stmt:
 def lower(lifted: Lifted, accumulations, parts: list, names: Names) -> Optional[Alternative]:
     """``parts`` with the window replaced by ``accumulations`` (behind ``finite.guard`` on
     floats), or None when a term has no nest form here."""
-    low = _Lowering(lifted, names)
+    low = _Lowering(lifted, names, _product_uses(accumulations))
     try:
         for name, node in accumulations:
             access, rows, cols = lifted.sinks[name]
@@ -399,9 +481,23 @@ def lower(lifted: Lifted, accumulations, parts: list, names: Names) -> Optional[
     guard = [(nest, load) for _, nest, load in lifted.inputs.values()]
     block = finite.guard(guard, low.items, [parts[q] for q in window], names, allocs)
     new = list(parts[:lifted.lo]) + [parts[q] for q in lifted.others] + block + list(parts[lifted.hi + 1:])
-    before = "; ".join(f"{n} += {program.text(v)}" for n, v in lifted.accumulations)
-    after = "; ".join(f"{n} += {program.text(v)}" for n, v in accumulations)
-    return Alternative(new, allocs, f"{before} -> {after}")
+    before = "; ".join(f"{n} += {_short(v)}" for n, v in lifted.accumulations)
+    after = "; ".join(f"{n} += {_short(v)}" for n, v in accumulations)
+    return Alternative(new, allocs, f"{before} -> {after}",
+                       levels=max(strassen_levels(v) for _, v in accumulations))
+
+
+def _short(node) -> str:
+    text = program.text(node)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def strassen_levels(node) -> int:
+    """How many Strassen levels deep ``node`` goes (blocks stacked into a result)."""
+    if not isinstance(node, Op):
+        return 0
+    inner = max((strassen_levels(a) for a in node.args), default=0)
+    return inner + (node.kind == "strassen")
 
 
 # ---------------------------------------------------------------------------
@@ -426,8 +522,10 @@ def tree_cost(accumulations, price: Callable[[int, int, int], float]) -> float:
         inner = sum(cost(a, top and node.kind == "+") for a in node.args)
         if node.kind == "@":
             return inner + price(rows, program.shape(node.args[0])[1], cols)
-        if node.kind in ("T", "*"):
-            return inner
+        if node.kind in ("T", "*", "block", "beside", "above"):
+            return inner  # read or written in place
+        if node.kind == "strassen":
+            return inner + 2 * rows * cols  # as the e-graph charges it: 8 quadrant additions
         return inner + (0.0 if top and node.kind == "+" else rows * cols)
 
     return sum(cost(v, True) for _, v in accumulations)
@@ -436,10 +534,12 @@ def tree_cost(accumulations, price: Callable[[int, int, int], float]) -> float:
 def alternatives(func: ir.PrimFunc, parts, names: Names,
                  rules: Optional[Sequence[program.ProgramRule]] = None,
                  price: Callable[[int, int, int], float] = multiply_adds,
-                 reports: Optional[list] = None, memo: Optional[dict] = None) -> list[Alternative]:
+                 reports: Optional[list] = None, memo: Optional[dict] = None,
+                 at_least: Optional[int] = None) -> list[Alternative]:
     """For each window that lifts, the cheapest program the rules reach when it is cheaper
     than the window as written by ``price`` (multiply-adds by default). ``memo``: the
-    extractions with ``price`` made before (a search lifts equal windows many times)."""
+    extractions with ``price`` made before (a search lifts equal windows many times).
+    ``at_least``: the smallest extent ``strassen-level`` splits (default: its own)."""
     memo = {} if memo is None else memo
     parts = list(parts)
     rules = built_in() if rules is None else list(rules)
@@ -448,13 +548,13 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
         try:
             # multiply-adds first: a window that no rule makes cheaper by them is not priced
             # by the matcher (a saturation of each product shape the e-graph holds)
-            best, report = _cheapest(lifted.accumulations, rules, multiply_adds, _flop_memo)
+            best, report = _cheapest(lifted.accumulations, rules, multiply_adds, _flop_memo, at_least)
             if tree_cost(best, multiply_adds) >= tree_cost(lifted.accumulations, multiply_adds) * 0.995:
                 if reports is not None:
                     reports.append(report)
                 continue
             if price is not multiply_adds:
-                best, report = _cheapest(lifted.accumulations, rules, price, memo)
+                best, report = _cheapest(lifted.accumulations, rules, price, memo, at_least)
         except Exception as e:  # noqa: BLE001 -- egglog refusing a user's rule: this window stays
             if reports is not None:
                 reports.append(program.Report(0, 0, f"error: {e}", 0.0, tuple(r.name for r in rules)))
@@ -473,12 +573,12 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
 _flop_memo: dict = {}
 
 
-def _cheapest(accumulations, rules, price, memo: dict):
-    key = (tuple(accumulations), tuple(r.name for r in rules))
+def _cheapest(accumulations, rules, price, memo: dict, at_least: Optional[int] = None):
+    key = (tuple(accumulations), tuple(r.name for r in rules), at_least)
     if len(memo) > 4096:  # a long campaign: bounded
         memo.clear()
     if key not in memo:
-        memo[key] = program.cheapest(accumulations, rules, price)
+        memo[key] = program.cheapest(accumulations, rules, price, at_least=at_least)
     return memo[key]
 
 
@@ -499,14 +599,25 @@ def _pricer(search, dtype: str) -> Callable[[int, int, int], float]:
     return price
 
 
+def in_force(search) -> list[program.ProgramRule]:
+    """The rules of the program-level e-graph for ``search``: the built-in ones not turned off
+    by name, ``strassen-level`` only under ``--strassen auto`` with the ``strassen`` family on
+    (forced levels are that family's; ``off`` turns Strassen off and nothing else), and the
+    user's."""
+    off = set(search.rules_off)
+    if search.strassen != "auto" or "strassen" in off:
+        off.add("strassen-level")
+    return built_in(frozenset(off)) + list(search.program_rules)
+
+
 def improve(best, search):
     """``best`` (``pipeline.Choice``), or the cheapest program the program-level e-graph finds
     for its windows of products when the pipeline's plan of it is cheaper."""
-    rules = built_in(search.rules_off) + list(search.program_rules)
+    rules = in_force(search)
     if not rules:
         return best
     reports: list = []
-    chosen, items, temps = best, None, ()
+    chosen, items, temps, levels = best, None, (), best.strassen_levels
     dtypes = {b.dtype for b in best.func.buffers}
     price = _pricer(search, next(iter(dtypes))) if len(dtypes) == 1 else multiply_adds
     memo = search.memo.setdefault("program-extractions", {})
@@ -514,10 +625,11 @@ def improve(best, search):
         planned = search.plan(alt.parts)
         if planned.cost < chosen.planned.cost:
             chosen, items, temps = replace(best, planned=planned), alt.parts, tuple(alt.allocs)
+            levels = max(best.strassen_levels, alt.levels)
     # this family's e-graphs on the program as it stands (a candidate settled earlier may
     # have run it on another program)
     egraphs = tuple(e for e in best.egraphs if e[0] != "matmul") + tuple(("matmul", r) for r in reports)
     if items is None:
         return replace(best, egraphs=egraphs)
     return replace(chosen, func=replace(best.func, allocs=best.func.allocs + temps), parts=list(items),
-                   egraphs=egraphs)
+                   egraphs=egraphs, strassen_levels=levels)
