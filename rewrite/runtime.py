@@ -37,7 +37,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import calls, codegen, jit, target
+from . import analysis, calls, codegen, jit, target
 from . import lower as lowering
 from .descriptor import Descriptor
 from .emitter import Emitter
@@ -222,6 +222,9 @@ class Kernel:
         self._writes = func.written
         self._params = func.params
         self._allocs = func.allocs
+        # the temporaries whose zeros the program may read; the others it fills itself first
+        filled = analysis.filled_before_read(func)
+        self._zeroed = [b.name not in filled for b in func.allocs]
         self._dtypes = [np.dtype(numpy_dtype(b.dtype)) for b in func.params]
         self._strides = [tuple(n * d.itemsize for n in b.strides) for b, d in zip(func.params, self._dtypes)]
         self._written = [b.name in self._writes for b in func.params]
@@ -252,9 +255,11 @@ class Kernel:
 
     def _with_temporaries(self, pointers):
         """``pointers`` followed by the temporaries', zeroed (the IR says temporaries start as
-        zeros). Each thread keeps its own temporaries across calls: allocating them and
-        reading their addresses cost several microseconds a call, and fresh large arrays
-        fault their pages in again every time."""
+        zeros) unless the program writes every element before it reads any
+        (``analysis.filled_before_read``: padded and packed copies, a product's temporary
+        started at zero by the program itself). Each thread keeps its own temporaries across
+        calls: allocating them and reading their addresses cost several microseconds a call,
+        and fresh large arrays fault their pages in again every time."""
         local = self._local
         temps = getattr(local, "temps", None)
         if temps is None:
@@ -262,8 +267,9 @@ class Kernel:
             local.addresses = [t.ctypes.data for t in temps]
             local.combined = (None, None)
         else:
-            for t in temps:
-                t.fill(0)
+            for t, zeroed in zip(temps, self._zeroed):
+                if zeroed:
+                    t.fill(0)
         if local.combined[0] is not pointers:
             n = len(pointers) + len(temps)
             local.combined = (pointers, (ctypes.c_void_p * n)(*pointers, *local.addresses))
