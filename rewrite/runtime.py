@@ -229,6 +229,8 @@ class Kernel:
         self._strides = [tuple(n * d.itemsize for n in b.strides) for b, d in zip(func.params, self._dtypes)]
         self._written = [b.name in self._writes for b in func.params]
         self._names = [b.name for b in func.params]
+        self._specs = list(zip(self._params, self._dtypes, self._strides,
+                               [b.shape for b in func.params], self._written))
         self._last: Optional[tuple] = None  # see _pointers
         self._local = threading.local()  # see _with_temporaries
 
@@ -237,12 +239,14 @@ class Kernel:
 
     def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> None:
         arrays = self._bind(args, kwargs)
-        for buf, want, strides, written, arr in zip(self._params, self._dtypes, self._strides,
-                                                    self._written, arrays):
-            # the common case in two comparisons (a C-contiguous array of this shape has these
-            # strides); anything else takes the full check, which says what is wrong
-            if type(arr) is not np.ndarray or arr.dtype != want or arr.strides != strides \
-                    or arr.shape != buf.shape or written and not arr.flags.writeable:
+        for arr, (buf, want, strides, shape, written) in zip(arrays, self._specs):
+            # the common case in a few comparisons (a C-contiguous array of this shape has
+            # these strides; a native dtype is one object, so ``is`` decides it before
+            # numpy's slower ``!=``); anything else takes the full check, which says what is
+            # wrong
+            if type(arr) is not np.ndarray or arr.strides != strides or arr.shape != shape \
+                    or (arr.dtype is not want and arr.dtype != want) \
+                    or written and not arr.flags.writeable:
                 _check_array(buf, want, arr, written)
         pointers = self._pointers(arrays)
         if self._allocs:
