@@ -202,16 +202,19 @@ def gemv_f32_4x8(c: f32[4], a: f32[4, 8], b: f32[8]):
         c[i] += a[i, k] * b[k]
 
 
-# AVX-512: eight rows of 16 floats, 16 zmm partial sums (two alternating sets of eight),
-# 128 multiply-adds in 8 FMAs and 9 loads where the 4x8 row does 32 in 4 and 5. Measured on
-# an AVX-512 Xeon (one thread, 400 x 400, the matrix in L2, the four offsets of its rows
-# within a cache line): 10.3 us a product against 10.9 on the 4x8 row, both near L2's
-# bandwidth, so it costs what four 4x8 calls do, a little less.
-@intrinsic("x86.avx512.gemv.f32.8x16", isa=("avx512f", "fma"), cost=15.0,
-           emitter=GemvF32(rows=8, width=16),
+# AVX-512: eight rows of 8 floats, 16 ymm partial sums (two alternating sets of eight) in
+# AVX-512VL's 32 registers, where AVX2's 16 would spill: 64 multiply-adds in 8 FMAs and 9
+# loads, b loaded once for eight rows. 256-bit loads, not 512: numpy's rows start anywhere
+# in a cache line, and a 64-byte load off a line's start reads two lines every time, a
+# 32-byte one half the time (or never, 32 bytes in). Measured on an AVX-512 Xeon (one
+# thread, 400 x 400 in L2, the rows 0, 16, 32 and 48 bytes into a line): 8.7, 10.3, 8.8,
+# 10.3 us a product, against 8.5, 10.9, 10.8, 10.9 on eight rows of 16 (zmm) and 9.7,
+# 11.9, 9.8, 11.9 on the 4x8 row: 7 units where four 4x8 calls cost 8.
+@intrinsic("x86.avx512.gemv.f32.8x8", isa=("avx512f", "avx512vl", "fma"), cost=7.0,
+           emitter=GemvF32(rows=8, width=8),
            layout={"a": Layout((1,), 4), "b": Layout((0,), 4)})
-def avx512_gemv_f32_8x16(c: f32[8], a: f32[8, 16], b: f32[16]):
-    for i, k in grid(8, 16):
+def avx512_gemv_f32_8x8(c: f32[8], a: f32[8, 8], b: f32[8]):
+    for i, k in grid(8, 8):
         c[i] += a[i, k] * b[k]
 
 
@@ -253,6 +256,8 @@ class AxpyRows(Emitter):
 
 
 # AVX2: four ymm of a row per call, 32 multiply-adds in 4 FMAs, 5 loads, 8 chains.
+# Measured (y += A^T x, 400 x 400, as the gemv rows): 9.5, 12.7, 9.5, 12.6 us against
+# 13.3, 17.8, 13.4, 17.9 on the 8-wide axpy.
 @intrinsic("x86.axpy.f32x32", isa=AVX2_FMA, cost=3.0, emitter=AxpyRows(vectors=4, width=8),
            layout={"c": Layout((0,), 4), "b": Layout((0,), 4)})
 def axpy_f32x32(c: f32[32], a: f32[1], b: f32[32]):
@@ -260,11 +265,11 @@ def axpy_f32x32(c: f32[32], a: f32[1], b: f32[32]):
         c[j] += a[0] * b[j]
 
 
-# Four zmm of a row per call: 64 multiply-adds in 4 FMAs, 5 loads. Measured as above
-# (y += A^T x, 400 x 400, rows at the four offsets within a line): 11.0 us a product
-# against 15.6 on the 8-wide axpy, whose two FMA chains wait on the latency.
-@intrinsic("x86.avx512.axpy.f32x64", isa=("avx512f", "fma"), cost=4.0,
-           emitter=AxpyRows(vectors=4, width=16),
+# AVX-512: eight ymm of a row per call in AVX-512VL's 32 registers (16 accumulators),
+# 64 multiply-adds in 8 FMAs and 9 loads; ymm for rows that start anywhere in a line, as
+# the 8x8 gemv: 9.2, 11.6, 9.2, 11.7 us against 8.1, 12.0, 11.9, 12.0 with zmm.
+@intrinsic("x86.avx512.axpy.f32x64", isa=("avx512f", "avx512vl", "fma"), cost=5.0,
+           emitter=AxpyRows(vectors=8, width=8),
            layout={"c": Layout((0,), 4), "b": Layout((0,), 4)})
 def avx512_axpy_f32x64(c: f32[64], a: f32[1], b: f32[64]):
     for j in range(64):

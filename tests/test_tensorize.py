@@ -208,7 +208,7 @@ def _windows_on(func, name):
 
 @pytest.mark.parametrize("library,rows,axpys", [
     ("x86-avx2", {"x86.gemv.f32.4x8"}, {"x86.axpy.f32x32", "x86.axpy.f32x8"}),
-    ("x86-avx512", {"x86.avx512.gemv.f32.8x16"}, {"x86.avx512.axpy.f32x64", "x86.axpy.f32x8"}),
+    ("x86-avx512", {"x86.avx512.gemv.f32.8x8"}, {"x86.avx512.axpy.f32x64", "x86.axpy.f32x8"}),
 ])
 def test_matrix_vector_products_read_the_matrix_at_unit_stride(library, rows, axpys):
     # x1 += A y1 reads rows of A: a gemv row; x2 += A^T y2 reads rows of A as an axpy's b,
