@@ -139,7 +139,7 @@ FAMILIES = (
            "scale-operand, scale-temporary"),
     Family("matmul", ALTERNATIVES, "matmul", ("improve",), "reassociate-chain, distribute"),
     Family("strassen", ALTERNATIVES, "strassen", ("improve",), "strassen levels"),
-    Family("tidy", ALTERNATIVES, "tidy", ("improve",), "fold-fill, forward-copy"),
+    Family("tidy", ALTERNATIVES, "tidy", ("improve",), "fold-fill, forward-copy, fuse-sweeps"),
 )
 
 

@@ -1,5 +1,5 @@
 """Tidying the chosen program: passes over whole buffers that the stages leave behind, folded
-into the statements that follow them.
+into the statements that follow them, and two sweeps over one matrix made one.
 
 A padded product (``rules/padding.py``) accumulates into a temporary started at ``-0.0`` and
 adds its valid part into the nest's output afterwards; the nest's own initialisation, a
@@ -47,11 +47,18 @@ forward-copy
     (``inline-producer``, whose conditions make it sound) on these cheap producers only,
     which cost each reader an addition at most, never a pass.
 
+fuse-sweeps
+    Two products that read one matrix, one in blocks of rows and one row by row (atax, bicg,
+    mvt: ``A x`` and ``A^T y``), become one sweep over its rows (``rules/sweeps.py``, which
+    says why that is sound): the second reads each block from L1. The only rule here that
+    reorders additions (a reassociation); fold-fill and forward-copy keep every bit.
+
 Statements under an ``if`` (a finite-operand guard's branches, ``rules/finite.py``) are left
 as they are, and a buffer an ``if`` mentions is neither folded nor forwarded. It runs last
 of the ``alternatives`` families, on the chosen program's statements: the planned program is
 what has the passes. It never adds work, so it is always kept; its price drops by what the
-removed passes cost at a vector rate (``cost.padding``'s, the rate they run at).
+removed passes cost at a vector rate (``cost.padding``'s, the rate they run at; a fused
+sweep is priced as the two were).
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ from typing import Optional, Sequence
 from .. import cost, ir
 from ..ir import Accumulate, Binary, Const, Expr, For, If, Load, PrimFunc, Stmt, Store
 from .fusion import Producer, inline_producers, producer
+from .sweeps import fuse_sweeps
 
 
 def improve(best, search):
@@ -69,14 +77,16 @@ def improve(best, search):
     planned = best.planned
     params = {b.name for b in best.func.params}
     temps = {b.name for b in best.func.allocs} | {b.name for b in planned.allocs}
-    stmts = tidy(list(planned.stmts), params, temps)
+    folded = forward_copies(fold_fills(list(planned.stmts), params | temps), temps)
+    stmts = fuse_sweeps(folded)
     if stmts == list(planned.stmts):
         return best
     before = {b.name: b for s in planned.stmts for b in ir.buffers_of(s)}
     used = {b.name for s in stmts for b in ir.buffers_of(s)}
     gone = [b for name, b in before.items() if name in temps and name not in used]
-    # what the removed passes cost, and the zeros of a dropped temporary (cost.padding)
-    saved = _price(planned.stmts) - _price(stmts) + \
+    # what the removed passes cost, and the zeros of a dropped temporary (cost.padding); a
+    # fused sweep costs what its two sweeps did
+    saved = _price(planned.stmts) - _price(folded) + \
         cost.PER_PADDED_ELEMENT * sum(b.size for b in gone)
     allocs = [b for b in planned.allocs if b.name in used]
     return replace(best, planned=replace(planned, stmts=stmts, allocs=allocs,
@@ -90,10 +100,11 @@ def _price(stmts: Sequence[Stmt]) -> float:
 
 def tidy(stmts: list[Stmt], params: set[str], temps: set[str]) -> list[Stmt]:
     """``stmts`` (top-level) with fold-fill applied wherever it may be, then forward-copy on
-    the temporaries ``temps``; ``params`` are the function's parameters (fold-fill applies
-    to them too)."""
+    the temporaries ``temps``, then fuse-sweeps; ``params`` are the function's parameters
+    (fold-fill applies to them too)."""
     stmts = fold_fills(stmts, params | temps)
-    return forward_copies(stmts, temps)
+    stmts = forward_copies(stmts, temps)
+    return fuse_sweeps(stmts)
 
 
 def _mentions(s: Stmt, name: str) -> bool:
