@@ -208,6 +208,9 @@ def compile(func: PrimFunc, threads: Optional[int] = None) -> "Kernel":
                   "memory" if in_memory else compiled.source)
 
 
+_NDARRAY = np.ndarray  # read once: a call compares every array's type with it
+
+
 class Kernel:
     """A compiled function, called with numpy arrays by keyword or position."""
 
@@ -244,7 +247,7 @@ class Kernel:
             # these strides; a native dtype is one object, so ``is`` decides it before
             # numpy's slower ``!=``); anything else takes the full check, which says what is
             # wrong
-            if type(arr) is not np.ndarray or arr.strides != strides or arr.shape != shape \
+            if type(arr) is not _NDARRAY or arr.strides != strides or arr.shape != shape \
                     or (arr.dtype is not want and arr.dtype != want) \
                     or written and not arr.flags.writeable:
                 _check_array(buf, want, arr, written)
@@ -270,10 +273,10 @@ class Kernel:
             temps = local.temps = [_aligned_zeros(b) for b in self._allocs]
             local.addresses = [t.ctypes.data for t in temps]
             local.combined = (None, None)
+            local.zeroed = [t for t, zeroed in zip(temps, self._zeroed) if zeroed]
         else:
-            for t, zeroed in zip(temps, self._zeroed):
-                if zeroed:
-                    t.fill(0)
+            for t in local.zeroed:
+                t.fill(0)
         if local.combined[0] is not pointers:
             n = len(pointers) + len(temps)
             local.combined = (pointers, (ctypes.c_void_p * n)(*pointers, *local.addresses))
