@@ -55,7 +55,8 @@ from .printer import show_expr
 __all__ = ["Access", "Affine", "Analysis", "Dependence", "Loop", "LoopInfo", "Reuse", "SplitCheck",
            "accesses", "affine", "analyze", "can_distribute", "can_fuse", "can_interchange",
            "can_parallelize", "can_permute", "can_split", "covers", "dependences", "describe",
-           "direction_summary", "directions", "distribution_blockers", "find_loop", "loop_at",
+           "direction_summary", "directions", "distribution_blockers", "filled_before_read",
+           "find_loop", "loop_at",
            "loop_info", "loops", "reused", "stmt_at", "written_before_read"]
 
 Path = tuple[int, ...]
@@ -1125,3 +1126,82 @@ def reused(func: PrimFunc, path: Path) -> list[Reuse]:
         buffer = writes[0].buffer
         out.append(Reuse(buffer, tuple(l for l in band if l.path in carried), same))
     return out
+
+
+# ---------------------------------------------------------------------------
+# temporaries filled before they are read
+
+
+def filled_before_read(func: PrimFunc) -> frozenset[str]:
+    """The temporaries (``func.allocs``) every element of which the top-level statements
+    write, with plain stores, before any statement reads or adds into any element: the
+    zeros a temporary starts with (``ir``) are then never seen, so the runtime need not
+    write them (``runtime.Kernel``).
+
+    The top-level statements run in order, each to its end before the next. A statement
+    that mentions a temporary not yet filled (a load, a ``+=``, an intrinsic call's window,
+    an index or a condition reading it) must be a *fill* of it: a nest of loops around one
+    ``T[f] = e`` with ``e`` and the indices reading no temporary not yet filled and no
+    ``if``, each index a loop variable plus a constant (each dimension its own variable)
+    or a constant, so that the elements it writes are a box of ``T``, written whatever
+    the values involved; otherwise the temporary needs its zeros. The boxes written so far
+    are marked on a mask of ``T``; once the mask is full, ``T`` is filled, and what any
+    later statement reads of it was written by the program itself."""
+    pending = {b.name: np.zeros(b.shape, dtype=bool) for b in func.allocs if b.size}
+    filled = {b.name for b in func.allocs if not b.size}
+    for s in stmts_of(func.body):
+        if not pending:
+            break
+        box = _filled_box(s)
+        reads = {x.buffer.name for st in walk_stmts(s) for e in _exprs(st) for x in loads_of(e)}
+        reads |= {w.buffer.name for x in walk_stmts(s) if isinstance(x, Call) for _, w in x.operands}
+        reads |= {x.buffer.name for x in walk_stmts(s) if isinstance(x, Accumulate)}
+        writes = {x.buffer.name for x in walk_stmts(s) if isinstance(x, Store)}
+        for name in list(pending):
+            if name in reads or (name in writes and (box is None or box[0] != name)):
+                del pending[name]  # seen (or written where the mask cannot tell) before filled
+            elif box is not None and box[0] == name:
+                pending[name][box[1]] = True
+                if pending[name].all():
+                    filled.add(name)
+                    del pending[name]
+    return frozenset(filled)
+
+
+def _exprs(s: Stmt) -> tuple[Expr, ...]:
+    return s.indices + (s.value,) if isinstance(s, (Store, Accumulate)) else \
+        (s.cond,) if isinstance(s, If) else \
+        tuple(e for _, w in s.operands for e in w.base) if isinstance(s, Call) else ()
+
+
+def _filled_box(s: Stmt) -> tuple[str, tuple[slice, ...]] | None:
+    """``(T, box)`` when ``s`` is loops around one plain ``T[f] = e`` whose indices are each
+    a distinct loop variable plus a constant, or a constant: the elements it writes, as
+    slices of ``T``. None for anything else (loops that never run write nothing: None)."""
+    loops: dict[str, For] = {}
+    while isinstance(s, For):
+        if s.var in loops or s.extent < 1:
+            return None
+        loops[s.var] = s
+        s = s.body
+    if not isinstance(s, Store):
+        return None
+    box, used = [], set()
+    for idx, size in zip(s.indices, s.buffer.shape):
+        m = affine(idx)
+        if m is None:
+            return None
+        if not m.terms:
+            if not 0 <= m.const < size:
+                return None
+            box.append(slice(m.const, m.const + 1))
+            continue
+        if len(m.terms) != 1 or m.terms[0][1] != 1 or m.terms[0][0] not in loops \
+                or m.terms[0][0] in used:
+            return None
+        loop = loops[m.terms[0][0]]
+        used.add(loop.var)
+        if not 0 <= loop.start + m.const <= loop.stop + m.const <= size:
+            return None
+        box.append(slice(loop.start + m.const, loop.stop + m.const))
+    return s.buffer.name, tuple(box)

@@ -72,8 +72,9 @@ def padding(stmts, temps, relaid=()) -> float:
     """``pad-to-tile``'s fills, copies and writeback (``stmts``) and its temporaries
     ``temps``: each element written and each operation at ``PER_PADDED_ELEMENT`` where the
     innermost loop runs at least ``VECTOR_RUN`` times (a vectorised row), else at
-    ``PER_ELEMENT_MOVED``; each element of a temporary at ``PER_PADDED_ELEMENT`` (the zeros
-    the kernel writes into every temporary before each call, ``runtime``); and
+    ``PER_ELEMENT_MOVED``; each element of a temporary at ``PER_PADDED_ELEMENT`` where the
+    runtime still zeroes it before each call (``_zeroed``: not where the stage fills it
+    whole itself, the usual case); and
     ``PER_PADDED_TEMP`` per temporary. A temporary laid out otherwise than what it copies
     (``relaid``: transposed, in blocks, an im2col that repeats elements) is also a packing
     copy, and it and its statements are priced as ``pack-operand`` and ``pack-panel`` price
@@ -96,7 +97,23 @@ def padding(stmts, temps, relaid=()) -> float:
     work = sum(scalar_stmt(s) if written_by(s) & names else
                fold_stmt(s, lambda x: op_count(x) + 1, loop=_vector_rate) for s in stmts)
     per_temp = sum(PER_PACKING if t in relaid else PER_PADDED_TEMP for t in temps)
-    return work + PER_PADDED_ELEMENT * sum(t.size for t in temps) + per_temp
+    return work + PER_PADDED_ELEMENT * sum(t.size for t in _zeroed(stmts, temps)) + per_temp
+
+
+def _zeroed(stmts, temps) -> list:
+    """The temporaries among ``temps`` whose zeros the runtime still writes before each call:
+    those ``stmts`` do not fill whole before reading (``analysis.filled_before_read``). The
+    stage's own fills and copies cover its temporaries, the pads included, so this is
+    usually none (since the runtime stopped zeroing such temporaries: 2mm's four padded
+    temporaries were 0.16 M elements of memset a call)."""
+    from .analysis import filled_before_read
+    from .ir import PrimFunc, seq
+
+    temps = list(temps)
+    if not temps or not stmts:
+        return temps
+    filled = filled_before_read(PrimFunc("_", (), seq(*stmts), tuple(temps)))
+    return [t for t in temps if t.name not in filled]
 
 
 def scan(stmts) -> float:

@@ -865,3 +865,66 @@ def f(A: f32[8], B: f32[8], X: f32[8]):
         A[i] = B[i - 1]
 """)
     assert list(analysis.distribution_blockers(fine, (0,))) == []
+
+
+# ---------------------------------------------------------------------------
+# filled_before_read
+
+
+def _temps(body: str, allocs: str = "T = alloc(f32[4, 6])") -> frozenset:
+    from rewrite.analysis import filled_before_read
+
+    lines = "\n".join("    " + l for l in body.strip().splitlines())
+    return filled_before_read(parse(f"""
+@prim_func
+def f(A: f32[6, 4], B: f32[4, 6], S: f32[1]):
+    {allocs}
+{lines}
+"""))
+
+
+def test_a_temporary_written_whole_before_any_read_is_filled():
+    assert _temps("""
+for i, j in grid(4, 6):
+    T[i, j] = A[j, i]
+for i, j in grid(4, 6):
+    B[i, j] = T[i, j]
+""") == {"T"}
+
+
+def test_a_temporary_filled_by_two_boxes_is_filled():
+    assert _temps("""
+for i, j in grid(4, 2):
+    T[i, j + 4] = 0.0
+for i, j in grid(4, 4):
+    T[i, j] = A[j, i]
+for i, j in grid(4, 6):
+    B[i, j] = T[i, j]
+""") == {"T"}
+
+
+@pytest.mark.parametrize("body", [
+    # a column is never written: its zero is read
+    "for i, j in grid(4, 5):\n    T[i, j] = 1.0\nfor i, j in grid(4, 6):\n    B[i, j] = T[i, j]",
+    # += reads the zero it starts from
+    "for i, j in grid(4, 6):\n    T[i, j] += A[j, i]",
+    # read before the fill
+    "S[0] = T[0, 0]\nfor i, j in grid(4, 6):\n    T[i, j] = 1.0",
+    # the fill reads what it overwrites
+    "for i, j in grid(4, 6):\n    T[i, j] = T[i, j] + 1.0",
+    # a guarded store may not run
+    "for i, j in grid(4, 6):\n    if A[0, 0] > 0.0:\n        T[i, j] = 1.0",
+    # every other element only
+    "for i, j in grid(2, 6):\n    T[2 * i, j] = 1.0\nfor i, j in grid(2, 6):\n    T[2 * i + 1, j] = 1.0",
+])
+def test_a_temporary_whose_zeros_may_be_read_is_not_filled(body):
+    assert _temps(body) == frozenset()
+
+
+def test_an_intrinsic_call_into_a_temporary_reads_it():
+    assert _temps("""
+for i in range(4):
+    call("x86.fma.f32x8", c=window(T[0, 0], (0, 1)), a=window(U[0], (1,)), b=window(U[0], (1,)))
+for i, j in grid(4, 6):
+    T[i, j] = 1.0
+""", "T = alloc(f32[4, 8])\n    U = alloc(f32[8])") == frozenset()

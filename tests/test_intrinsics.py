@@ -30,8 +30,8 @@ from rewrite.script import ScriptError, f32, grid, i16, i64  # noqa: F401 - read
 from rewrite.tools import intrinsic_bench
 
 X86_AVX2 = ["x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4"]
-X86_AVX2 += ["x86.gemv.f32.4x8", "x86.mm.u8i8i32.2x16x4"]
-X86_AVX512 = ["x86.avx512.mm.f32.8x32x1"]
+X86_AVX2 += ["x86.gemv.f32.4x8", "x86.mm.u8i8i32.2x16x4", "x86.axpy.f32x32"]
+X86_AVX512 = ["x86.avx512.mm.f32.8x32x1", "x86.avx512.gemv.f32.8x8", "x86.avx512.axpy.f32x64"]
 X86_VNNI = ["x86.avx512vnni.dot.u8i8i32.16x4", "x86.avx512vnni.mm.u8i8i32.8x32x4"]
 X86_AMX = ["x86.amx.mm.u8i8i32.32x32x64"]
 X86_NATIVE = X86_AVX2 + X86_AVX512 + X86_VNNI + X86_AMX  # native emitters, where the CPU has the ISA
@@ -241,6 +241,38 @@ def test_mm_kloop_is_a_gemm_micro_kernel():
     np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["x86.axpy.f32x32", "x86.avx512.axpy.f32x64"])
+def test_axpy_kloop_is_a_row_of_the_transposed_product(name):
+    # y[j] += sum_i x[i] * A[i, j] along a k-loop over the rows i, an odd count of them, so
+    # that the two alternating sets of partial sums end unevenly before they are joined
+    if set(intrinsics.get(name).isa) - host_features():
+        pytest.skip("the host lacks the ISA")
+    rng = np.random.default_rng(2)
+    n, k = intrinsics.get(name).output.shape[0], 37
+    a = rng.uniform(-1, 1, (k, n + 3)).astype(np.float32)  # rows longer than one call
+    x = rng.uniform(-1, 1, k).astype(np.float32)
+    c = rng.uniform(-1, 1, n).astype(np.float32)
+    want = c.astype(np.float64) + x.astype(np.float64) @ a[:, :n].astype(np.float64)
+    fn = kloop(name, {"c": (1,), "a": (1,), "b": (1,)}, {"a": 1, "b": n + 3})
+    fn(pointers(c, x, a), k, 1)
+    np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
+
+
+def test_avx512_gemv_kloop_sums_each_row():
+    name = "x86.avx512.gemv.f32.8x8"
+    if set(intrinsics.get(name).isa) - host_features():
+        pytest.skip("the host lacks the ISA")
+    rng = np.random.default_rng(3)
+    k = 7  # 7 steps of 8 columns: 56 columns of 8 rows
+    a = rng.uniform(-1, 1, (8, 8 * k + 5)).astype(np.float32)
+    x = rng.uniform(-1, 1, 8 * k).astype(np.float32)
+    c = rng.uniform(-1, 1, 8).astype(np.float32)
+    want = c.astype(np.float64) + a[:, :8 * k].astype(np.float64) @ x.astype(np.float64)
+    fn = kloop(name, {"c": (1,), "a": (8 * k + 5, 1), "b": (1,)}, {"a": 8, "b": 8})
+    fn(pointers(c, a, x), k, 1)
+    np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------
 # the registry and targets
 
@@ -284,6 +316,10 @@ CPU_WITH = {"x86.avx512vnni.dot.u8i8i32.16x4": ("znver4", "vpdpbusd"),
             "x86.mm.f32.6x16x1": ("haswell", "vfmadd231ps"),
             "x86.avx512.mm.f32.8x32x1": ("skylake-avx512", r"vfmadd231ps\s[^\n]*%zmm"),
             "x86.gemv.f32.4x8": ("haswell", "vfmadd231ps"),
+            "x86.axpy.f32x32": ("haswell", r"vfmadd231ps\s[^\n]*%ymm"),
+            # 256-bit, in the registers only AVX-512VL names (ymm16 to ymm31)
+            "x86.avx512.gemv.f32.8x8": ("skylake-avx512", r"vfmadd\d+ps\s[^\n]*%ymm(1[6-9]|2\d|3[01])"),
+            "x86.avx512.axpy.f32x64": ("skylake-avx512", r"vfmadd\d+ps\s[^\n]*%ymm(1[6-9]|2\d|3[01])"),
             "x86.mm.u8i8i32.2x16x4": ("haswell", "vpmaddwd"),
             "x86.amx.mm.u8i8i32.32x32x64": ("sapphirerapids", "tdpbusd")}
 

@@ -167,6 +167,59 @@ def t(A: f32[8], B: f32[8]):
     np.testing.assert_array_equal(a["B"], first)
 
 
+def test_temporaries_the_program_fills_first_keep_their_results_across_calls():
+    """A temporary the program writes whole before reading it is not zeroed by the runtime
+    (``analysis.filled_before_read``); one it reads first still starts at zero each call."""
+    func = parse("""
+@prim_func
+def t(A: f32[8, 6], B: f32[8, 6], C: f32[8, 6]):
+    P = alloc(f32[8, 8])
+    Z = alloc(f32[8, 6])
+    for i, j in grid(8, 2):
+        P[i, j + 6] = -0.0
+    for i, j in grid(8, 6):
+        P[i, j] = A[i, j]
+    for i, j in grid(8, 6):
+        Z[i, j] += A[i, j]
+    for i, j in grid(8, 6):
+        B[i, j] = P[i, j] * 2.0 + P[i, j + 2]
+        C[i, j] = Z[i, j]
+""")
+    from rewrite import analysis
+
+    assert analysis.filled_before_read(func) == {"P"}
+    k = runtime.compile(func, threads=1)
+    a = arrays(func)
+    want = run(func, **a)
+    for _ in range(3):
+        k(**a)
+        np.testing.assert_array_equal(a["B"], want["B"])
+        np.testing.assert_array_equal(a["C"], want["C"])  # Z zeroed again: A, not 2A, 3A
+
+
+def test_temporaries_start_on_a_cache_line():
+    func = parse("""
+@prim_func
+def t(A: f32[7, 5], B: f32[7, 5]):
+    P = alloc(f32[7, 8])
+    Q = alloc(i8[3])
+    R = alloc(f64[5, 9])
+    for i, j in grid(7, 5):
+        P[i, j] = A[i, j]
+    for i, j in grid(7, 5):
+        B[i, j] = P[i, j] + f32(Q[0]) + f32(R[0, 0])
+""")
+    k = runtime.compile(func, threads=1)
+    a = arrays(func)
+    k(**a)
+    np.testing.assert_array_equal(a["B"], a["A"])
+    temps = k._local.temps
+    assert [t.shape for t in temps] == [(7, 8), (3,), (5, 9)]
+    assert [str(t.dtype) for t in temps] == ["float32", "int8", "float64"]
+    assert all(t.ctypes.data % runtime.TEMPORARY_ALIGNMENT == 0 for t in temps)
+    assert all(t.flags.c_contiguous and t.flags.writeable for t in temps)
+
+
 # ---------------------------------------------------------------------------
 # threads
 

@@ -198,13 +198,30 @@ def test_interpreter_runs_tensorized_programs_like_the_originals():
             np.testing.assert_allclose(got[b.name], want[b.name], rtol=1e-5, atol=1e-5)
 
 
-def test_matrix_vector_products_read_the_matrix_at_unit_stride():
-    # x1 += A y1 reads rows of A: the 4-row gemv; x2 += A^T y2 reads rows of A as the axpy's
-    # b. Neither gathers a column.
-    result = tensorize(CORPUS["mvt"], AVX2)
-    assert {s.intrinsic for s in result.sites} == {"x86.gemv.f32.4x8", "x86.axpy.f32x8"}
+def _windows_on(func, name):
+    """The windows of buffer ``name`` that ``func``'s intrinsic calls read, with the calls."""
+    from rewrite import ir
+
+    return [(s.intrinsic.name, w) for s in ir.walk_stmts(func.body) if isinstance(s, ir.Call)
+            for _, w in s.operands if w.buffer.name == name]
+
+
+@pytest.mark.parametrize("library,rows,axpys", [
+    ("x86-avx2", {"x86.gemv.f32.4x8"}, {"x86.axpy.f32x32", "x86.axpy.f32x8"}),
+    ("x86-avx512", {"x86.avx512.gemv.f32.8x8"}, {"x86.avx512.axpy.f32x64", "x86.axpy.f32x8"}),
+])
+def test_matrix_vector_products_read_the_matrix_at_unit_stride(library, rows, axpys):
+    # x1 += A y1 reads rows of A: a gemv row; x2 += A^T y2 reads rows of A as an axpy's b,
+    # the widest that keeps enough FMA chains going (the 8-wide axpy only for the last 16
+    # columns). Neither gathers a column: every window on A moves by one along its rows.
+    result = tensorize(CORPUS["mvt"], intrinsics.library(library))
+    sites = {s.intrinsic for s in result.sites}
+    assert sites & rows and sites <= rows | axpys and sites & axpys - {"x86.axpy.f32x8"}
     assert result.coverage == 1.0
-    if HOST_HAS_AVX2:
+    on_a = _windows_on(result.func, "A")
+    assert on_a and all(w.strides[-1] == 1 for _, w in on_a), on_a
+    features = {"x86-avx2": {"avx2", "fma"}, "x86-avx512": {"avx512f", "fma"}}[library]
+    if features <= intrinsics.host_features():
         check = runtime.check(CORPUS["mvt"], result.compile())
         assert check.ok, check.message
 

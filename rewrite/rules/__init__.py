@@ -141,6 +141,7 @@ FAMILIES = (
            "the program-level e-graph: assoc-*, factor-*, comm-add, assoc-add, scale-*, and rules "
            "loaded with --rules-file"),
     Family("strassen", ALTERNATIVES, "strassen", ("improve",), "strassen levels"),
+    Family("tidy", ALTERNATIVES, "tidy", ("improve",), "fold-fill, forward-copy, fuse-sweeps"),
 )
 
 

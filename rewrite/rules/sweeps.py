@@ -1,0 +1,328 @@
+"""fuse-sweeps: two products that read the same matrix, one in blocks of rows and one row by
+row, run as one sweep over its rows, so that the second reads each block from L1 while the
+first has just brought it there.
+
+PolyBench's atax (``tmp = A x``, ``y = A^T tmp``), bicg (``q = A p``, ``s = A^T r``) and mvt
+(``x1 += A y1``, ``x2 += A^T y2``) each read the whole matrix twice once their loops are
+distributed into accumulate nests: the row form on a gemv row (eight rows a call) and the
+transposed form as an axpy per row (the reduction over rows innermost, the output strip in
+registers). A 400 x 400 f32 matrix is 640 KB, which L2 holds and L1 does not, so each
+product streams it from L2. Run block by block, the axpy reads the eight rows the gemv has
+just read::
+
+    for i_o, j_o in grid(48, 51):                   for i_o in range(48):
+        call(gemv8x8, c=tmp[8 * i_o],                   for j_o in range(51):
+             a=A[8 * i_o, 8 * j_o], b=x[8 * j_o])            call(gemv8x8, c=tmp[8 * i_o], ...)
+    for j_o, i in grid(6, 390):              ->         for j_o, i_i in grid(6, 8):
+        call(axpy64, c=y[64 * j_o], a=tmp[i],               call(axpy64, c=y[64 * j_o],
+             b=A[i, 64 * j_o])                                   a=tmp[8 * i_o + i_i],
+                                                                 b=A[8 * i_o + i_i, 64 * j_o])
+                                                for j_o, i in grid(6, 6):   (rows 384 to 390)
+                                                    call(axpy64, ..., b=A[i + 384, 64 * j_o])
+
+The row-by-row nest (``Q``: its innermost loop ``t`` moves the matrix's row, one row a call)
+is split at the blocked nest's rows (``P``: its outermost loop ``u`` reads rows ``[R*u + c,
+R*u + c + R)``): the rows before and after them stay a nest of their own each, those inside
+become ``for u: (Q's other loops): for t_i in range(R)`` with ``t = R*u + c + t_i``, and that
+loop is fused with ``P``'s. Statements between the two move before the first of them.
+
+Sound, each step checked, not assumed:
+
+- ``Q``'s instances are reordered (split, its loops permuted): allowed when ``Q`` adds into a
+  buffer it does not otherwise read and writes none of its inputs, so that every order adds
+  the same terms to each element: a reassociation, the licence of every reordered reduction
+  (within each element, the rows still come in increasing order);
+- a statement moved before another (a statement between the two, ``Q``'s rows before ``P``'s
+  when ``P`` comes first, ``Q``'s rows after them when ``Q`` comes first) must commute with
+  it: the dependence analysis, on the calls' meaning (``calls.expand_calls``), finds no
+  dependence between them other than two additions into one element;
+- the fusion itself is ``analysis.can_fuse`` on the two loops over ``u``, adjacent by then.
+
+It never adds work. It is part of ``tidy`` (``rules/tidy.py``), on the chosen program.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from .. import analysis, calls, ir
+from ..calls import op_count
+from ..affine import affine
+from ..match import affine_expr
+from ..ir import (INDEX, Accumulate, Binary, Buffer, Call, Const, For, Load, PrimFunc, Stmt,
+                  Store, Var)
+
+# A matrix smaller than this stays in L1 between two sweeps: nothing to gain.
+MIN_MATRIX_BYTES = 64 * 1024
+# A block of rows larger than this may be gone from L1 by the time the second sweep reads it.
+BLOCK_BYTES = 32 * 1024
+
+
+def fuse_sweeps(stmts: list[Stmt]) -> list[Stmt]:
+    """``stmts`` (top-level) with every pair of sweeps over one matrix that may be fused
+    fused, repeatedly (a fused sweep may take a third product's rows)."""
+    while True:
+        done = _fuse_one(stmts)
+        if done is None:
+            return stmts
+        stmts = done
+
+
+def _fuse_one(stmts: list[Stmt]) -> Optional[list[Stmt]]:
+    """One fusion, the biggest sweeps first; None when there is none to make."""
+    written = {name for s in stmts for name in ir.written_by(s)}
+    by_work = sorted(range(len(stmts)), key=lambda k: -op_count(stmts[k]))
+    for pi in by_work:
+        p = stmts[pi]
+        for matrix in {b.name: b for b in ir.buffers_of(p) if b.ndim == 2}.values():
+            if matrix.name in written or matrix.nbytes < MIN_MATRIX_BYTES:
+                continue
+            blocks = _blocks(p, matrix)
+            if blocks is None or blocks[1] * matrix.nbytes // matrix.shape[0] > BLOCK_BYTES:
+                continue
+            for qi in by_work:
+                if qi == pi:
+                    continue
+                fused = _fuse(stmts, pi, qi, matrix, blocks)
+                if fused is not None:
+                    return fused
+    return None
+
+
+# ---------------------------------------------------------------------------
+# recognising the two sweeps
+
+
+def _band(s: Stmt) -> tuple[list[For], Stmt]:
+    loops = []
+    while isinstance(s, For):
+        loops.append(s)
+        s = s.body
+    return loops, s
+
+
+def _row_accesses(s: Stmt, matrix: Buffer) -> Optional[list[tuple[ir.Expr, int]]]:
+    """Each access of ``matrix`` in ``s`` as (its row index, how many rows from there one
+    access spans), or None when some access has a row index that is not affine."""
+    out = []
+    for x in ir.walk_stmts(s):
+        if isinstance(x, Call):
+            shape = {o.name: o.shape for o in x.intrinsic.operands}
+            for name, w in x.operands:
+                if w.buffer.name != matrix.name:
+                    continue
+                steps = [st[0] for st in w.steps]
+                if any(st < 0 for st in steps):
+                    return None
+                span = 1 + sum(st * (e - 1) for st, e in zip(steps, shape[name]))
+                out.append((w.base[0], span))
+        for e in ir.stmt_exprs(x) if not isinstance(x, Call) else ():
+            for ld in ir.loads_of(e):
+                if ld.buffer.name == matrix.name:
+                    out.append((ld.indices[0], 1))
+        if isinstance(x, (Store, Accumulate)) and x.buffer.name == matrix.name:
+            out.append((x.indices[0], 1))
+    if any(affine(i) is None for i, _ in out):
+        return None
+    return out
+
+
+def _row_by_row(q: Stmt) -> list[tuple[Buffer, For, Stmt]]:
+    """The matrices ``q`` reads one row per innermost iteration, each as ``(matrix, t,
+    q)``: ``q`` is loops around one intrinsic call whose innermost loop ``t`` moves every
+    access of the matrix by one row, no other loop moves its row, and one call reads one
+    row of it. Scalar code is left out: a scalar remainder of two columns (bicg's
+    ``s[j] += r[i] * A[i, j]`` for j from 388 to 390) fused into the sweep measured 3 us
+    slower on atax and bicg than left after it, though its rows then came from L1."""
+    loops, leaf = _band(q)
+    if len(loops) < 2 or not isinstance(leaf, Call):
+        return []
+    t = loops[-1]
+    found = []
+    for m in {b.name: b for b in ir.buffers_of(leaf) if b.ndim == 2}.values():
+        rows = _row_accesses(leaf, m)
+        if not rows or any(span != 1 for _, span in rows):
+            continue
+        maps = [affine(i) for i, _ in rows]
+        if len({f.const for f in maps}) == 1 and all(
+                f.coeff(t.var) == 1 and all(f.coeff(l.var) == 0 for l in loops[:-1]) for f in maps):
+            found.append((m, t, q))
+    return found
+
+
+def _blocks(p: Stmt, matrix: Buffer) -> Optional[tuple[For, int, int]]:
+    """``(u, R, c)`` when ``p`` is a loop ``u`` whose iteration reads rows ``[R*u + c,
+    R*u + c + R)`` of ``matrix`` and no others (each access's row affine in ``u`` with
+    coefficient ``R``, the rest within the block over the loops inside), else None."""
+    if not isinstance(p, For) or p.start != 0:
+        return None
+    rows = _row_accesses(p.body, matrix)
+    if not rows:
+        return None
+    inner = {x.var: x for x in ir.walk_stmts(p.body) if isinstance(x, For)}
+    first = None
+    for index, span in rows:
+        f = affine(index)
+        r = f.coeff(p.var)
+        if r < 2:
+            return None
+        lo = hi = f.const
+        for v, c in f.terms:
+            if v == p.var:
+                continue
+            loop = inner.get(v)
+            if loop is None:
+                return None
+            a, b = sorted((c * loop.start, c * (loop.stop - 1)))
+            lo, hi = lo + a, hi + b
+        block = (r, lo)
+        if first is None:
+            first = block
+        if block[0] != first[0] or lo < first[1] or hi + span > first[1] + first[0]:
+            return None
+    return p, first[0], first[1]
+
+
+# ---------------------------------------------------------------------------
+# the rewrite and its checks
+
+
+def _fuse(stmts: list[Stmt], pi: int, qi: int, matrix: Buffer,
+          blocks: tuple[For, int, int]) -> Optional[list[Stmt]]:
+    """``stmts`` with the blocked sweep at ``pi`` fused with the statement at ``qi``: a sweep
+    over the same blocks, or one over the matrix row by row, blocked for it (its rows
+    before and after the blocks left as nests of their own); None when ``qi`` is neither or
+    a check fails (module doc)."""
+    p, q = stmts[pi], stmts[qi]
+    u, rows, c = blocks
+    head = tail = None
+    same = _blocks(q, matrix)
+    if same is not None and same[1:] == (rows, c) and (same[0].start, same[0].stop) == (0, u.extent):
+        # another sweep over the same blocks: its loop is p's
+        inner = ir.substitute_stmt(_renamed(q.body, {u.var}), {q.var: Var(u.var)})
+    else:
+        found = [(t, ordered) for m, t, ordered in _row_by_row(q) if m.name == matrix.name]
+        if not found or not _reorderable(q):
+            return None
+        t, q = found[0]
+        lo, hi = c, c + rows * u.extent  # the rows p reads
+        if not (t.start <= lo and hi <= t.stop):
+            return None
+        loops, leaf = _band(_renamed(q, {u.var}))
+        t = loops[-1]
+        taken = {x.var for s in (p, q) for x in ir.walk_stmts(s) if isinstance(x, For)}
+        t_i = _fresh(t.var + "_i", taken | {u.var})
+        value = Binary("+", Binary("+", Const(c, INDEX), Binary("*", Const(rows, INDEX), Var(u.var))),
+                       Var(t_i))
+        inner = For(t_i, 0, rows, _substituted(leaf, {t.var: value}))
+        for loop in reversed(loops[:-1]):
+            inner = For(loop.var, loop.start, loop.stop, inner)
+        head = _with_rows(q, t.start, lo)
+        tail = _with_rows(q, hi, t.stop)
+    blocked = For(u.var, 0, u.extent, inner)
+    first, second = sorted((pi, qi))
+    between = stmts[first + 1:second]
+    if pi < qi:
+        # the statements between and q's first rows move before p; q's last rows follow
+        moved = between + ([head] if head is not None else [])
+        if any(not _commute(s, p) for s in moved) or not _fusable(p, blocked):
+            return None
+        new = moved + [For(u.var, 0, u.extent, ir.seq(p.body, inner))]
+    else:
+        # q comes first: the statements between move before it, its last rows after p
+        if any(not _commute(s, q) for s in between) or \
+                (tail is not None and not _commute(tail, p)) or not _fusable(blocked, p):
+            return None
+        new = between + ([head] if head is not None else []) + \
+            [For(u.var, 0, u.extent, ir.seq(inner, p.body))]
+    return stmts[:first] + new + ([tail] if tail is not None else []) + stmts[second + 1:]
+
+
+def _renamed(s: Stmt, avoid: set[str]) -> Stmt:
+    """``s`` with each loop it binds whose name is in ``avoid`` given a fresh name."""
+    taken = {x.var for x in ir.walk_stmts(s) if isinstance(x, For)} | avoid
+
+    def go(x: Stmt) -> Stmt:
+        if isinstance(x, For):
+            body = go(x.body)
+            if x.var not in avoid:
+                return For(x.var, x.start, x.stop, body)
+            name = _fresh(x.var, taken)
+            taken.add(name)
+            return For(name, x.start, x.stop, ir.substitute_stmt(body, {x.var: Var(name)}))
+        if isinstance(x, ir.Seq):
+            return ir.Seq(tuple(go(c) for c in x.stmts))
+        if isinstance(x, ir.If):
+            return ir.If(x.cond, go(x.then), None if x.orelse is None else go(x.orelse))
+        return x
+
+    return go(s)
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, n = base, 0
+    while name in taken:
+        n += 1
+        name = f"{base}{n}"
+    return name
+
+
+def _substituted(s: Stmt, values: dict[str, ir.Expr]) -> Stmt:
+    """``s`` with loop variables replaced, each affine index written canonically."""
+    def canonical(e: ir.Expr) -> ir.Expr:
+        f = affine(e)
+        return e if f is None else affine_expr(f)
+
+    def load(x: Load) -> ir.Expr:
+        return Load(x.buffer, tuple(canonical(i) for i in x.indices))
+
+    out = ir.substitute_stmt(s, values)
+    if isinstance(out, Call):
+        return Call(out.intrinsic, tuple(
+            (n, ir.Window(w.buffer, tuple(canonical(i) for i in w.base), w.steps))
+            for n, w in out.operands), out.output)
+    assert isinstance(out, (Store, Accumulate))
+    return type(out)(out.buffer, tuple(canonical(i) for i in out.indices),
+                     ir.map_loads(out.value, load))
+
+
+def _with_rows(q: Stmt, start: int, stop: int) -> Optional[Stmt]:
+    """``q`` with its innermost loop over ``[start, stop)``, or None when that is empty."""
+    if start >= stop:
+        return None
+    loops, leaf = _band(q)
+    body: Stmt = For(loops[-1].var, start, stop, leaf)
+    for loop in reversed(loops[:-1]):
+        body = For(loop.var, loop.start, loop.stop, body)
+    return body
+
+
+def _reorderable(q: Stmt) -> bool:
+    """Any order of ``q``'s instances (calls) adds the same terms into each element: the
+    call adds into one buffer that none of its inputs reads."""
+    _, leaf = _band(q)
+    if isinstance(leaf, Call):
+        out = leaf.window(leaf.output).buffer.name
+        return all(w.buffer.name != out for n, w in leaf.operands if n != leaf.output)
+    return False
+
+
+def _meaning(stmts: Sequence[Stmt]) -> PrimFunc:
+    body = ir.seq(*stmts)
+    buffers = tuple({b.name: b for b in ir.buffers_of(body)}.values())
+    return calls.expand_calls(PrimFunc("sweeps", buffers, body))
+
+
+def _commute(a: Stmt, b: Stmt) -> bool:
+    """``a`` and ``b`` (top-level) may run in either order: no dependence between an access
+    of one and an access of the other but two additions into one element."""
+    func = _meaning([a, b])
+    for d in analysis.dependences(func):
+        if d.source.path[0] != d.sink.path[0] and not (
+                d.source.kind == d.sink.kind == "accumulate"):
+            return False
+    return True
+
+
+def _fusable(a: For, b: For) -> bool:
+    return analysis.can_fuse(_meaning([a, b]), (0,), (1,), allow_reassociation=True)
