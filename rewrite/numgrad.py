@@ -14,8 +14,10 @@ disagree, a kink (``max``, a relu) lies inside the step, which is then retried t
 and a thousand times smaller. The relative error of a buffer is the largest absolute difference over the
 largest magnitude of either gradient there (at least ``ABS_FLOOR``); the check fails past ``tol`` and names the
 buffer and the worst index. The backward follows the convention ``grad`` produces (SPEC §4):
-forward parameters by name, ``d<output>``, ``d<A>`` per ``wrt`` buffer; a hand-written one
-is checked the same way.
+forward parameters by name (outputs hold the forward's results, except a ``wrt`` buffer the
+forward writes, which holds its value on entry), ``d<output>``, ``d<A>`` per ``wrt`` buffer
+(``d<output>`` itself when the output is one: the adjoint in, the gradient out); a
+hand-written one is checked the same way.
 """
 
 from __future__ import annotations
@@ -106,12 +108,15 @@ def gradcheck(forward: PrimFunc, backward: PrimFunc, wrt: Sequence[str], output:
     ran = {k: v.copy() for k, v in inputs.items()}
     interpret(fwd, ran)
     y0 = ran[output]
+    written = ir.written_by(fwd.body)
     bargs = {}
     for b in bwd.params:
         if b.name == "d" + output:
             bargs[b.name] = dy.copy()
         elif b.name in ("d" + w for w in wrt):
             bargs[b.name] = np.zeros(b.shape)
+        elif b.name in wrt and b.name in written:  # differentiated: its value on entry
+            bargs[b.name] = inputs[b.name].copy()
         elif b.name in ran:
             bargs[b.name] = ran[b.name].copy()
         else:
