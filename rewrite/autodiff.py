@@ -64,7 +64,7 @@ from .names import Names
 from .script import ScriptError
 from .verify import verify
 
-__all__ = ["grad", "updated_in_place"]
+__all__ = ["grad", "normalised", "updated_in_place"]
 
 
 # ---------------------------------------------------------------------------
@@ -72,8 +72,10 @@ __all__ = ["grad", "updated_in_place"]
 
 
 class _Refuse(Exception):
-    """``kind``: ``structure`` where the loops could not be cut into nests, ``entry`` where a
-    value on entry is missing (the caller can offer it), else None."""
+    """``kind``: ``structure`` where the loops could not be cut into nests, ``recurrence``
+    where a recurrence's form is beyond the nest-wise derivation, ``entry`` where a value on
+    entry is missing (the caller can offer it), ``final`` where no other form of the forward
+    can help (a value without a derivative), else None (a reason at the statement)."""
 
     def __init__(self, message: str, stmt: object = None, kind: Optional[str] = None):
         super().__init__(message)
@@ -173,7 +175,7 @@ def _partials(e: Expr, seed: Expr, out: dict[Load, Expr]) -> None:
             _partials(a, Select(first, seed, zero), out)
             _partials(b, Select(first, zero, seed), out)
         else:
-            raise _Refuse(f"'{e.op}' in a value has no derivative")
+            raise _Refuse(f"'{e.op}' in a value has no derivative", kind="final")
     elif isinstance(e, Unary):
         if e.op == "neg":
             _partials(e.a, _neg(seed), out)
@@ -316,13 +318,16 @@ def _flatten(s: Stmt, loops: tuple, conds: tuple, out: list[_Nest], region=None)
                          Binary("+", Load(s.buffer, s.indices), s.value), region))
     else:
         raise _Refuse("an intrinsic call has no derivative here: differentiate the program "
-                      "before tensorizing it", s)
+                      "before tensorizing it", s, "final")
 
 
 def _one_to_one(index: Sequence[Affine], spans: dict) -> bool:
-    """Distinct loop iterations write distinct elements (a mixed-radix test per dimension)."""
+    """Distinct loop iterations write distinct elements (a mixed-radix test per dimension;
+    a dimension of variables already seen adds nothing to tell apart, ``A[i, i]``)."""
     seen: set[str] = set()
     for a in index:
+        if a.terms and all(v in seen for v, _ in a.terms):
+            continue
         width = 0
         for v, c in sorted(a.terms, key=lambda t: abs(t[1])):
             if v in seen or v not in spans:
@@ -435,8 +440,10 @@ def _grad(func: PrimFunc, wrt: list[str], output: Optional[str]) -> PrimFunc:
     try:
         return _derive(func, wrt, out)
     except _Refuse as e:
+        if e.kind == "final":
+            raise
         refusals.append(e)
-    prepared = _prepared(func)
+    prepared = normalised(func)
     if prepared is not None:
         try:
             return _derive(prepared, wrt, out, prepared=True)
@@ -447,10 +454,10 @@ def _grad(func: PrimFunc, wrt: list[str], output: Optional[str]) -> PrimFunc:
         return _reversed_whole(func, wrt, out)
     except _Refuse as e:
         refusals.append(e)
-    # the most telling reason: a value on entry the caller can offer, else the first
-    # attempt's that got past cutting the loops into nests
-    raise next((e for e in refusals if e.kind == "entry"),
-               next((e for e in refusals if e.kind != "structure"), refusals[0])) from None
+    # the most telling reason: a value on entry the caller can offer, else a reason at a
+    # statement (the earliest attempt's), else a recurrence's form, else the loops' structure
+    rank = {"entry": 0, None: 1, "recurrence": 2, "structure": 3}
+    raise min(refusals, key=lambda e: rank[e.kind]) from None
 
 
 def _original(func: PrimFunc, stmt: object) -> object:
@@ -496,10 +503,10 @@ def _differentiable(st: _State) -> None:
         if n.buffer.name in st.relevant and any(l.buffer.name in st.active for l in _float_loads(n.value)):
             if not ir.is_float(n.buffer.dtype):
                 raise _Refuse(f"{n.buffer.name} is {n.buffer.dtype}: integer values between the "
-                              "inputs and the output have no derivative", n.stmt)
+                              "inputs and the output have no derivative", n.stmt, "final")
             why = _nondiff(n.value)
             if why:
-                raise _Refuse(why, n.stmt)
+                raise _Refuse(why, n.stmt, "final")
 
 
 def updated_in_place(func: PrimFunc) -> tuple[Buffer, ...]:
@@ -526,7 +533,7 @@ def updated_in_place(func: PrimFunc) -> tuple[Buffer, ...]:
 
 def _nests_of(func: PrimFunc) -> Optional[list[_Nest]]:
     """``func``'s nests, as written or else as the pipeline normalises it; None if neither."""
-    for attempt in (lambda: func, lambda: _prepared(func)):
+    for attempt in (lambda: func, lambda: normalised(func)):
         g = attempt()
         if g is None:
             continue
@@ -539,7 +546,7 @@ def _nests_of(func: PrimFunc) -> Optional[list[_Nest]]:
     return None
 
 
-def _prepared(func: PrimFunc) -> Optional[PrimFunc]:
+def normalised(func: PrimFunc) -> Optional[PrimFunc]:
     """``func`` as the pipeline normalises it, for a forward whose loops cannot be cut into
     nests as written: distributed in dependence order (``nests.normalize``), each temporary
     that every iteration reuses given one copy per iteration (``rules/expand.py``), and a
@@ -613,15 +620,16 @@ def _adj(st: _State, name: str) -> Buffer:
     return st.adj[name]
 
 
-def _primal(st: _State, e: Expr, k: int, self_after: bool) -> Expr:
+def _primal(st: _State, e: Expr, k: int, self_after: bool, site: Optional[int] = None) -> Expr:
     """``e`` with its loads marked by the state of the forward they read (as nest ``k`` saw
-    it); ``_Versioned`` loads are resolved once every need is known."""
+    it); ``_Versioned`` loads are resolved once every need is known. ``site``: the nest whose
+    adjoint needs them (``k``'s own unless given)."""
     me = st.nests[k].buffer.name
 
     def mark(ld: Load) -> Expr:
         if _VBuf.parse(ld.buffer) is not None:
             return ld
-        idx = tuple(_primal(st, i, k, self_after) for i in ld.indices)
+        idx = tuple(_primal(st, i, k, self_after, site) for i in ld.indices)
         region = st.nests[k].region
         inside = [m for m, x in enumerate(st.nests) if x.region is region] if region else []
         if region is not None and any(st.nests[m].buffer.name == ld.buffer.name for m in inside):
@@ -630,7 +638,7 @@ def _primal(st: _State, e: Expr, k: int, self_after: bool) -> Expr:
         else:
             s = _state_at(st, ld.buffer.name, k, self_after and ld.buffer.name == me)
         st.needs.add((ld.buffer.name, s))
-        st.sites.setdefault((ld.buffer.name, s), k)
+        st.sites.setdefault((ld.buffer.name, s), k if site is None else site)
         trips = 1
         for _, lo, hi in st.nests[k].loops:
             trips *= hi - lo
@@ -808,7 +816,7 @@ def _earlier(n: _Nest, ld: Load) -> bool:
             if c != 0 and gap * c > 0:
                 return True
             raise _Refuse(f"the recurrence over loop {n.region.var} reads {n.buffer.name} ahead "
-                          "of where it writes", n.stmt)
+                          "of where it writes", n.stmt, "recurrence")
     return False
 
 
@@ -827,15 +835,15 @@ def _adjoint_of(st: _State, k: int) -> tuple[list, list[_Contribution], bool]:
     if any(a is None for a in idx_aff) or not _one_to_one(idx_aff, spans) or not written_once:
         raise _Refuse(f"{B.name} is written at an index that is not one-to-one in the loops "
                       "around it" + (f" (a recurrence must write each element once: index it "
-                                     f"by {n.region.var})" if n.region else ""), n.stmt)
+                                     f"by {n.region.var})" if n.region else ""), n.stmt, "recurrence" if n.region else None)
     in_index = {v for a in idx_aff for v in a.vars}
     reduction = [v for v in n.vars if v not in in_index]
     at, other = _self_loads(n)
     if n.region is not None and other:
         raise _Refuse(f"a scan inside the recurrence over loop {n.region.var} is not "
-                      "differentiated here", n.stmt)
+                      "differentiated here", n.stmt, "recurrence")
     if at and other:
-        raise _Refuse(f"the statement reads {B.name} both where it writes and elsewhere", n.stmt)
+        raise _Refuse(f"the statement reads {B.name} both where it writes and elsewhere", n.stmt, "recurrence")
     active = lambda name: name in st.active and name in st.relevant  # noqa: E731
 
     def contributions(value: Expr, seed_expr: Expr, self_after: bool, skip_self: bool) -> list[_Contribution]:
@@ -880,7 +888,7 @@ def _adjoint_of(st: _State, k: int) -> tuple[list, list[_Contribution], bool]:
                                      and n.value.a == at[0] and at[0] not in list(ir.walk_expr(n.value.b))):
         raise _Refuse(f"an update of {B.name} in place inside the recurrence over loop "
                       f"{n.region.var} needs the value it overwrites: write the result to "
-                      "another buffer", n.stmt)
+                      "another buffer", n.stmt, "recurrence")
     # ``at`` may hold one load several times (``B = B * B``, ``select(B <= 0.1, 1.0, B)``): the
     # partials add up under one key
     if reduction:
@@ -892,7 +900,7 @@ def _adjoint_of(st: _State, k: int) -> tuple[list, list[_Contribution], bool]:
         elif isinstance(v, Binary) and v.op in ("max", "min") and at[0] in (v.a, v.b):
             if n.region is not None:
                 raise _Refuse(f"a running {v.op}imum inside the recurrence over loop "
-                              f"{n.region.var} is not differentiated here", n.stmt)
+                              f"{n.region.var} is not differentiated here", n.stmt, "recurrence")
             return _chain_extremum(st, k, v.op, v.b if v.a == at[0] else v.a, reduction)
         else:
             op = v.op if isinstance(v, (Binary,)) else type(v).__name__.lower()
@@ -933,7 +941,7 @@ def _check_order(n: _Nest, other: list[Load]) -> None:
         a = affine(e)
         if a is None or len(a.terms) != 1 or a.terms[0][1] != 1:
             raise _Refuse(f"a recurrence over {n.buffer.name} must write it at plain loop "
-                          "variables (such as Y[r, c])", n.stmt)
+                          "variables (such as Y[r, c])", n.stmt, "recurrence")
         pos[a.terms[0][0]] = d
     for ld in other:
         dist = {}
@@ -941,7 +949,7 @@ def _check_order(n: _Nest, other: list[Load]) -> None:
             delta = affine(Binary("-", w, r))
             if delta is None or delta.terms:
                 raise _Refuse(f"the recurrence reads {n.buffer.name} at an index that is not "
-                              "a constant step from where it writes", n.stmt)
+                              "a constant step from where it writes", n.stmt, "recurrence")
             dist[affine(w).terms[0][0]] = delta.const
         for v in n.vars:
             step = dist.get(v, 0)
@@ -949,7 +957,7 @@ def _check_order(n: _Nest, other: list[Load]) -> None:
                 break
             if step < 0:
                 raise _Refuse(f"the recurrence reads {n.buffer.name} ahead of where it writes "
-                              f"(loop {v})", n.stmt)
+                              f"(loop {v})", n.stmt, "recurrence")
 
 
 def _chain_extremum(st: _State, k: int, op: str, h: Expr, reduction: list[str]) -> tuple:
@@ -1039,7 +1047,7 @@ def _closure(st: _State, needs: set[tuple[str, int]], available) -> set[int]:
                         for ld in ir.loads_of(e):
                             key = (ld.buffer.name, _state_at(st, ld.buffer.name, m, False))
                             needs.add(key)
-                            sites.setdefault(key, m)
+                            sites.setdefault(key, sites.get((name, s), m))
     return replayed
 
 
@@ -1176,7 +1184,10 @@ def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], object], list
                 done_regions.append(n.region)
                 out.append(_rename_stmt(n.region.loop, shadows))
             continue
-        ren = lambda e: _rename(e, shadows)  # noqa: E731
+        # a state the parameter holds is read there (final, or on entry): the shadow holds
+        # only the states run again so far
+        held = {x: b for x, b in shadows.items() if not available(x, _state_at(st, x, m, False))}
+        ren = lambda e, held=held: _rename(e, held)  # noqa: E731
         stmt = n.stmt
         leaf = type(stmt)(shadows[n.buffer.name], tuple(ren(i) for i in stmt.indices), ren(stmt.value))
         out.append(_build_nest(n.loops, tuple(ren(c) for c in n.conds), leaf))
@@ -1248,7 +1259,8 @@ def _recomputed(st: _State, available) -> dict[tuple[str, int], tuple[tuple[str,
         ops = _ops(n.value)
         if ops > RECOMPUTE_MAX_OPS or ops * st.reads.get((name, s), 0) > (ops + 2) * b.size:
             continue
-        out[(name, s)] = (tuple(e.name for e in n.index), _primal(st, n.value, m, False))
+        out[(name, s)] = (tuple(e.name for e in n.index),
+                          _primal(st, n.value, m, False, st.sites.get((name, s))))
         st.recomputed.append(f"{name} after its statement {s} (= {_show(n.value)})")
     return out
 
@@ -1334,7 +1346,7 @@ def _reversed_whole(func: PrimFunc, wrt: list[str], out: Buffer) -> PrimFunc:
     try:
         an = analysis.analyze(func)
     except BudgetError as e:
-        raise _Refuse(f"its recurrences are too large to check: {e}") from None
+        raise _Refuse(f"its recurrences are too large to check: {e}", kind="structure") from None
     anti = {d.source for d in an.dependences if d.kind == "anti"}
     rewritten = {d.source for d in an.dependences if d.kind in ("output", "accumulate")}
     reads: dict[int, list] = {}
@@ -1392,8 +1404,8 @@ def _reversed_whole(func: PrimFunc, wrt: list[str], out: Buffer) -> PrimFunc:
                     continue
                 a = mine.get((ld.buffer.name, ld.indices))
                 if a is None or a in anti:
-                    what = "the value it overwrites" if ld == me else \
-                        f"{_show(ld)} as it read it, which a later statement overwrites"
+                    what = f"the value it overwrites ({_show(ld)} before the statement)" if ld == me \
+                        else f"{_show(ld)} as it read it, which a later statement overwrites"
                     raise _Refuse(f"the adjoint of this statement needs {what}", n.stmt)
         # a read of B that may be the element written: its adjoint would change the seed
         acc = writes[id(n.stmt)]
@@ -1474,7 +1486,7 @@ def _leaves(s: Stmt, loops: tuple, conds: tuple, out: list[_Nest]) -> None:
         out.append(_Nest(loops, conds, s, s.buffer, s.indices, Binary("+", Load(s.buffer, s.indices), s.value)))
     else:
         raise _Refuse("an intrinsic call has no derivative here: differentiate the program "
-                      "before tensorizing it", s)
+                      "before tensorizing it", s, "final")
 
 
 def _partials_through(v: Expr, seed: Expr, out: dict[Load, Expr], after: Load) -> None:

@@ -113,7 +113,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 def cmd_grad(args: argparse.Namespace) -> int:
     """The backward program of one function: printed as script, tensorized, checked."""
-    from .autodiff import grad
+    from .autodiff import grad, normalised
     from .numgrad import gradcheck
     from .script import ScriptError
 
@@ -139,8 +139,8 @@ def cmd_grad(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"\r\033[Kgradcheck {label}")
                 sys.stderr.flush()
 
-        checked = gradcheck(forward, backward, wrt, output=args.output, progress=progress) \
-            if args.check else None
+        checked = gradcheck(forward, backward, wrt, output=args.output, progress=progress,
+                            perturbed=normalised(forward)) if args.check else None
         if live and args.check:
             sys.stderr.write("\r\033[K")
     except (ScriptError, ValueError) as e:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .. import ir
-from ..autodiff import grad, updated_in_place
+from ..autodiff import grad, normalised, updated_in_place
 from ..numgrad import gradcheck
 from ..script import ScriptError, parse_file
 
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
                 continue
             dt = time.perf_counter() - t
             t = time.perf_counter()
-            check = gradcheck(f, g, wrt, output=out, samples=a.samples)
+            check = gradcheck(f, g, wrt, output=out, samples=a.samples, perturbed=normalised(f))
             failed += not check.ok
             line = (f"{name:28s} grad {dt * 1e3:6.1f} ms  gradcheck {'ok' if check.ok else 'FAILED'} "
                     f"rel {check.worst.rel_error:.1e} ({time.perf_counter() - t:.1f} s)")
