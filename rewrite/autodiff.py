@@ -11,13 +11,26 @@ forward's results), the adjoint of the output ``d<output>``, and one gradient ``
     for k in range(K):                  ->     for j in range(N):
         C[i, j] += A[i, k] * B[k, j]               dA[i, k] += dC[i, j] * B[k, j]
 
+A ``wrt`` buffer the forward also writes (PolyBench's ``data``, centred in place; ``C`` in
+``C = beta C + alpha A B``) is differentiated with respect to its value on entry, which its
+parameter in the backward then holds (not the forward's result; ``updated_in_place`` names
+the outputs whose entry values matter). When it is the output itself, ``d<output>`` is one
+parameter: the adjoint of the result comes in, the gradient with respect to the value on
+entry goes out.
+
 How it is derived:
 
 - The forward is cut into nests, one statement each, distributing loops where every
   iteration touches its own elements of each buffer the loop writes (a row of a softmax, a
   pixel of a convolution). An outermost loop whose statements depend on each other across
   iterations (an RNN's time loop) is a recurrence: its nests are differentiated inside one
-  loop that runs backwards in time; such a loop nested in another is refused.
+  loop that runs backwards in time. Where the loops cannot be cut so (a temporary every
+  iteration reuses, a recurrence nested in another), the forward is taken as the pipeline
+  normalises it (``normalised``: distributed in dependence order, the temporary expanded,
+  reads of a buffer its own nest updates taken from a copy), which computes the same values;
+  and where that does not help either, its loops are reversed whole, each statement's
+  adjoint in its place, reading final values where the dependence analysis finds that no
+  later statement overwrites them (``_reversed_whole``: lu, cholesky, trisolv).
 - Nests are differentiated in reverse order. A statement's value is differentiated by the
   chain rule on its expression tree; ``max(a, b)`` and ``min`` send the adjoint to ``a`` on a
   tie, so a running maximum sends it to the FIRST maximal element (the first in the
@@ -41,12 +54,14 @@ How it is derived:
   and read by every adjoint that needs it). The backward's docstring says which.
 
 Refused with ``ScriptError`` (at the statement, ``file:line:col`` when it was parsed from a
-file): gradients of integer buffers or of an integer output, ``//`` and ``%`` in values on
-the path from the inputs to the output, casts from floats to integers there, reductions by a
-product, a store repeated over a loop that overwrites it, a loop whose statements depend on
-each other across iterations unless it is the outermost (a recurrence), in-place updates
-inside a recurrence, and reading values the backward cannot have (an output's or
-overwritten input's initial contents).
+file): a function without float parameters, gradients of integer buffers or of an integer
+output, ``//`` and ``%`` in values on the path from the inputs to the output, casts from
+floats to integers there, reductions by a product, and an adjoint that needs a value the
+backward cannot have: an output's contents on entry that it is not differentiated with
+respect to (the message says so: offered as ``wrt``, its parameter holds them), or, inside a
+recurrence, a value a later statement overwrites (``x = x * y`` in place: ``y``'s partial is
+the ``x`` overwritten). Of several attempts' reasons, the one given is a missing value on
+entry, else a reason at a statement, else the recurrence's or the loops' form.
 """
 
 from __future__ import annotations
@@ -1388,10 +1403,12 @@ def _reversed_whole(func: PrimFunc, wrt: list[str], out: Buffer) -> PrimFunc:
         scale = parts.pop(me, None)  # dB[w]'s new value (the partials carry the seed)
         if scale is None and in_place:
             scale = _fc(0.0, B.dtype)
-        coeffs = [c for ld, c in parts.items() if ld.buffer.name in st.active and ld.buffer.name in st.relevant]
+        live = [ld for ld in parts if ld.buffer.name in st.active and ld.buffer.name in st.relevant]
+        coeffs = [parts[ld] for ld in live] + [i for ld in live for i in ld.indices] + list(w)
         if scale is not None:
             coeffs.append(scale)
-        # every forward value a coefficient reads must be final when the statement runs
+        # every forward value a coefficient (or an index it is sent to) reads must be final
+        # when the statement runs
         mine = {(a.buffer.name, a.indices): a for a in reads.get(id(n.stmt), [])}
         for c in coeffs:
             for ld in ir.loads_of(c):
