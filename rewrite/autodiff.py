@@ -1197,7 +1197,7 @@ def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], object], list
         if n.region is not None:  # a recurrence runs again whole, in its own loop
             if n.region not in done_regions:
                 done_regions.append(n.region)
-                out.append(_rename_stmt(n.region.loop, shadows))
+                out.append(_replay_region(st, n.region, shadows, available))
             continue
         # a state the parameter holds is read there (final, or on entry): the shadow holds
         # only the states run again so far
@@ -1222,6 +1222,24 @@ def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], object], list
         st.kept.append(b.name if b.name == name else f"{b.name} ({name}'s values)")
     allocs += st.extra_allocs
     return out, resolve, allocs
+
+
+def _replay_region(st: _State, region: _Region, shadows: dict[str, Buffer], available) -> Stmt:
+    """A recurrence run again: what it writes on shadows; what it only reads, at a state
+    its parameter holds, from the parameter (the shadow holds only the states run again)."""
+    mine = {id(x.stmt): m for m, x in enumerate(st.nests) if x.region is region}
+    inside = {st.nests[m].buffer.name for m in mine.values()}
+
+    def leaf(x: Stmt) -> Stmt:
+        if not isinstance(x, (Store, Accumulate)) or id(x) not in mine:
+            return x
+        m = mine[id(x)]
+        held = {name: b for name, b in shadows.items()
+                if name in inside or not available(name, _state_at(st, name, m, False))}
+        return type(x)(shadows.get(x.buffer.name, x.buffer), tuple(_rename(i, held) for i in x.indices),
+                       _rename(x.value, held))
+
+    return ir.map_stmt(region.loop, leaf, lambda e: _rename(e, shadows))
 
 
 def _reads_entry(st: _State, name: str, replayed: set[int]) -> bool:

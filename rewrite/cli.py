@@ -403,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     gr = sub.add_parser("grad", help="the backward program of a function (reverse-mode differentiation)")
     gr.add_argument("file", metavar="FILE", help="a script file")
     gr.add_argument("--func", required=True, metavar="NAME", help="the forward function")
-    gr.add_argument("--wrt", required=True, metavar="BUF[,BUF]", help="the inputs to differentiate with respect to")
+    gr.add_argument("--wrt", required=True, metavar="BUF[,BUF]",
+                    help="the inputs to differentiate with respect to (a buffer the function updates "
+                         "in place: its value on entry, which the backward's parameter holds)")
     gr.add_argument("--output", metavar="BUF", help="the output to differentiate, when the function writes several")
     gr.add_argument("--backward", metavar="NAME",
                     help="check this hand-written backward of the same file instead of deriving one")

@@ -278,6 +278,55 @@ def f(A: f32[4], X: f32[4], Y: f32[4]):
     assert check.ok, check.message()
 
 
+REPLAYED = {
+    # X is run again up to its first state (T reads it), then read final by the division:
+    # from the parameter, not from the shadow, which lags (correlation's stddev and its clamp)
+    "nest": """
+@prim_func
+def f(A: f32[4], X: f32[4], Y: f32[4]):
+    T = alloc(f32[4])
+    for i in range(4):
+        X[i] = A[i] * 2.0
+    for i in range(4):
+        T[i] = X[i] * A[i]
+    for i in range(4):
+        X[i] = select(X[i] <= 1.0, 1.0, X[i])
+    for i in range(4):
+        T[i] = T[i] / X[i]
+    for i in range(4):
+        Y[i] = T[i] * T[i]
+""",
+    # the same inside a recurrence run again whole
+    "recurrence": """
+@prim_func
+def f(A: f32[4], X: f32[4], Y: f32[5]):
+    T = alloc(f32[4])
+    G = alloc(f32[4])
+    H = alloc(f32[5])
+    for i in range(4):
+        X[i] = A[i] * 2.0
+    for i in range(4):
+        T[i] = X[i] * A[i]
+    for i in range(4):
+        X[i] = A[i] + 1.0
+    H[0] = 0.5
+    for t in range(4):
+        G[t] = H[t] * X[t]
+        H[t + 1] = G[t] * G[t] + T[t]
+    for t in range(5):
+        Y[t] = H[t] * 1.0
+""",
+}
+
+
+@pytest.mark.parametrize("case", sorted(REPLAYED))
+def test_a_replayed_statement_reads_a_final_parameter_from_the_parameter(case):
+    func = parse(REPLAYED[case], "prog.py")
+    g = grad(func, ["A"], output="Y")
+    check = gradcheck(func, g, ["A"], output="Y")
+    assert check.ok, f"{show(g)}\n{check.message()}"
+
+
 @pytest.mark.parametrize("file,name", [("padding.py", "qgemm_u8i8_30"), ("quantized.py", "qdense_u8i8"),
                                        ("quantized.py", "qconv_u8i8"), ("fusion.py", "qdense_widened")])
 def test_integer_function_has_no_float_input_to_differentiate(file, name):
