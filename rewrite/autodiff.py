@@ -568,13 +568,18 @@ def normalised(func: PrimFunc) -> Optional[PrimFunc]:
     nest that reads other elements of the buffer it writes, none of them a value it wrote,
     reading them from a copy taken before it (``rules/snapshot.py``, stores included). Each
     step computes the same values (the rules' own soundness arguments), so the derivative
-    is the same; None when nothing changes."""
+    is the same; None when nothing changes, or when the dependence analysis would exceed its
+    budget."""
     from . import nests as acc_nests
+    from .budgets import BudgetError
     from .rules import expand, snapshot
 
-    g = acc_nests.normalize(func)
-    names = Names.of(g)
-    g = expand.expand(g, names) or g
+    try:
+        g = acc_nests.normalize(func)
+        names = Names.of(g)
+        g = expand.expand(g, names) or g
+    except BudgetError:
+        return None
     top: list[Stmt] = []
     allocs = list(g.allocs)
     for s in ir.stmts_of(g.body):
@@ -582,7 +587,10 @@ def normalised(func: PrimFunc) -> Optional[PrimFunc]:
         elsewhere = isinstance(s, For) and leaf is not None and any(
             ld.buffer.name == leaf.buffer.name and ld.indices != leaf.indices
             for ld in ir.loads_of(leaf.value))
-        got = snapshot.snapshot(s, names, stores=True) if elsewhere else None
+        try:
+            got = snapshot.snapshot(s, names, stores=True) if elsewhere else None
+        except BudgetError:
+            got = None
         if got is None:
             top.append(s)
             continue
@@ -1200,8 +1208,10 @@ def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], object], list
                 out.append(_replay_region(st, n.region, shadows, available))
             continue
         # a state the parameter holds is read there (final, or on entry): the shadow holds
-        # only the states run again so far
-        held = {x: b for x, b in shadows.items() if not available(x, _state_at(st, x, m, False))}
+        # only the states run again so far; the nest's own buffer is read from the shadow it
+        # writes (an update in place over a reduction loop reads its running value)
+        held = {x: b for x, b in shadows.items()
+                if x == n.buffer.name or not available(x, _state_at(st, x, m, False))}
         ren = lambda e, held=held: _rename(e, held)  # noqa: E731
         stmt = n.stmt
         leaf = type(stmt)(shadows[n.buffer.name], tuple(ren(i) for i in stmt.indices), ren(stmt.value))

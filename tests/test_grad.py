@@ -289,7 +289,7 @@ def f(X: f32[4, 4], A: f32[4, 4]):
 def f(A: f32[4], B: f32[4]):
     for i in range(4):
         B[i] = B[i] * A[i]
-""", ["A"], "", "contents B had before"),
+""", ["A"], "5:9", "contents B had before"),
 }
 
 

@@ -58,6 +58,8 @@ CASES = {
     "gemm_alpha_beta_runtime": ("real_updates.py", {60: 4, 70: 3, 80: 5},
                                 ["A", "B", "alpha", "beta", "C"], "C"),
     "doitgen": ("doitgen.py", {50: 2, 40: 3, 60: 4}, ["A", "C4"], "A"),
+    # every buffer, A, x and w on entry included: x's reduction is run again in place
+    "pb_gemver": ("polybench_real.py", {400: 5}, ["A", "u1", "v1", "u2", "v2", "w", "x", "y", "z"], "w"),
 }
 
 
