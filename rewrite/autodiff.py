@@ -11,13 +11,26 @@ forward's results), the adjoint of the output ``d<output>``, and one gradient ``
     for k in range(K):                  ->     for j in range(N):
         C[i, j] += A[i, k] * B[k, j]               dA[i, k] += dC[i, j] * B[k, j]
 
+A ``wrt`` buffer the forward also writes (PolyBench's ``data``, centred in place; ``C`` in
+``C = beta C + alpha A B``) is differentiated with respect to its value on entry, which its
+parameter in the backward then holds (not the forward's result; ``updated_in_place`` names
+the outputs whose entry values matter). When it is the output itself, ``d<output>`` is one
+parameter: the adjoint of the result comes in, the gradient with respect to the value on
+entry goes out.
+
 How it is derived:
 
 - The forward is cut into nests, one statement each, distributing loops where every
   iteration touches its own elements of each buffer the loop writes (a row of a softmax, a
   pixel of a convolution). An outermost loop whose statements depend on each other across
   iterations (an RNN's time loop) is a recurrence: its nests are differentiated inside one
-  loop that runs backwards in time; such a loop nested in another is refused.
+  loop that runs backwards in time. Where the loops cannot be cut so (a temporary every
+  iteration reuses, a recurrence nested in another), the forward is taken as the pipeline
+  normalises it (``normalised``: distributed in dependence order, the temporary expanded,
+  reads of a buffer its own nest updates taken from a copy), which computes the same values;
+  and where that does not help either, its loops are reversed whole, each statement's
+  adjoint in its place, reading final values where the dependence analysis finds that no
+  later statement overwrites them (``_reversed_whole``: lu, cholesky, trisolv).
 - Nests are differentiated in reverse order. A statement's value is differentiated by the
   chain rule on its expression tree; ``max(a, b)`` and ``min`` send the adjoint to ``a`` on a
   tie, so a running maximum sends it to the FIRST maximal element (the first in the
@@ -41,17 +54,19 @@ How it is derived:
   and read by every adjoint that needs it). The backward's docstring says which.
 
 Refused with ``ScriptError`` (at the statement, ``file:line:col`` when it was parsed from a
-file): gradients of integer buffers or of an integer output, ``//`` and ``%`` in values on
-the path from the inputs to the output, casts from floats to integers there, reductions by a
-product, a store repeated over a loop that overwrites it, a loop whose statements depend on
-each other across iterations unless it is the outermost (a recurrence), in-place updates
-inside a recurrence, and reading values the backward cannot have (an output's or
-overwritten input's initial contents).
+file): a function without float parameters, gradients of integer buffers or of an integer
+output, ``//`` and ``%`` in values on the path from the inputs to the output, casts from
+floats to integers there, reductions by a product, and an adjoint that needs a value the
+backward cannot have: an output's contents on entry that it is not differentiated with
+respect to (the message says so: offered as ``wrt``, its parameter holds them), or, inside a
+recurrence, a value a later statement overwrites (``x = x * y`` in place: ``y``'s partial is
+the ``x`` overwritten). Of several attempts' reasons, the one given is a missing value on
+entry, else a reason at a statement, else the recurrence's or the loops' form.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Optional, Sequence
 
 from . import ir
@@ -64,7 +79,7 @@ from .names import Names
 from .script import ScriptError
 from .verify import verify
 
-__all__ = ["grad"]
+__all__ = ["grad", "normalised", "updated_in_place"]
 
 
 # ---------------------------------------------------------------------------
@@ -72,15 +87,20 @@ __all__ = ["grad"]
 
 
 class _Refuse(Exception):
-    def __init__(self, message: str, stmt: object = None):
+    """``kind``: ``structure`` where the loops could not be cut into nests, ``recurrence``
+    where a recurrence's form is beyond the nest-wise derivation, ``entry`` where a value on
+    entry is missing (the caller can offer it), ``final`` where no other form of the forward
+    can help (a value without a derivative), else None (a reason at the statement)."""
+
+    def __init__(self, message: str, stmt: object = None, kind: Optional[str] = None):
         super().__init__(message)
-        self.message, self.stmt = message, stmt
+        self.message, self.stmt, self.kind = message, stmt, kind
 
 
 def _script_error(func: PrimFunc, e: _Refuse) -> ScriptError:
     where = func.locate(e.stmt) if e.stmt is not None else None
     if where is None and func.locations:  # the function's first statement stands for it
-        where = func.locations[0][1:] if e.stmt is None else None
+        where = func.locations[0][1:]
     file, line, col = where if where is not None else (f"<{func.name}>", 0, 0)
     err = ScriptError(file, line, col, f"cannot differentiate {func.name}: {e.message}")
     err.name = func.name
@@ -170,7 +190,7 @@ def _partials(e: Expr, seed: Expr, out: dict[Load, Expr]) -> None:
             _partials(a, Select(first, seed, zero), out)
             _partials(b, Select(first, zero, seed), out)
         else:
-            raise _Refuse(f"'{e.op}' in a value has no derivative")
+            raise _Refuse(f"'{e.op}' in a value has no derivative", kind="final")
     elif isinstance(e, Unary):
         if e.op == "neg":
             _partials(e.a, _neg(seed), out)
@@ -297,7 +317,7 @@ def _flatten(s: Stmt, loops: tuple, conds: tuple, out: list[_Nest], region=None)
             if region is not None or loops or conds:
                 raise _Refuse(f"the statements in loop {s.var} depend on each other across its "
                               "iterations (a temporary reused by every iteration, or a recurrence "
-                              "over several statements that is not the outermost loop)", s)
+                              "over several statements that is not the outermost loop)", s, "structure")
             # a recurrence over several statements: its iterations are reversed as a whole
             _flatten(s.body, (), (), out, _Region(len(out), s))
             return
@@ -313,13 +333,16 @@ def _flatten(s: Stmt, loops: tuple, conds: tuple, out: list[_Nest], region=None)
                          Binary("+", Load(s.buffer, s.indices), s.value), region))
     else:
         raise _Refuse("an intrinsic call has no derivative here: differentiate the program "
-                      "before tensorizing it", s)
+                      "before tensorizing it", s, "final")
 
 
 def _one_to_one(index: Sequence[Affine], spans: dict) -> bool:
-    """Distinct loop iterations write distinct elements (a mixed-radix test per dimension)."""
+    """Distinct loop iterations write distinct elements (a mixed-radix test per dimension;
+    a dimension of variables already seen adds nothing to tell apart, ``A[i, i]``)."""
     seen: set[str] = set()
     for a in index:
+        if a.terms and all(v in seen for v, _ in a.terms):
+            continue
         width = 0
         for v, c in sorted(a.terms, key=lambda t: abs(t[1])):
             if v in seen or v not in spans:
@@ -371,6 +394,8 @@ class _State:
     relevant: set[str]
     adj: dict[str, Buffer] = field(default_factory=dict)
     needs: set[tuple[str, int]] = field(default_factory=set)
+    sites: dict[tuple[str, int], int] = field(default_factory=dict)  # the first nest reading each
+    entry: set[str] = field(default_factory=set)  # wrt buffers it writes: their values on entry
     reads: dict[tuple[str, int], int] = field(default_factory=dict)  # instances reading each
     recomputed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
@@ -392,6 +417,10 @@ def grad(func: PrimFunc, wrt: Sequence[str], output: Optional[str] = None) -> Pr
 def _grad(func: PrimFunc, wrt: list[str], output: Optional[str]) -> PrimFunc:
     params = {b.name: b for b in func.params}
     if not wrt:
+        if not any(ir.is_float(b.dtype) for b in func.params):
+            kinds = ", ".join(dict.fromkeys(b.dtype for b in func.params))
+            raise _Refuse(f"it has no float input to differentiate with respect to (its "
+                          f"parameters are {kinds})")
         raise ValueError("name at least one buffer to differentiate with respect to (wrt)")
     for w in wrt:
         if w not in params:
@@ -414,9 +443,6 @@ def _grad(func: PrimFunc, wrt: list[str], output: Optional[str]) -> PrimFunc:
         b = params[w]
         if not ir.is_float(b.dtype):
             raise _Refuse(f"{w} is {b.dtype}: an integer buffer has no gradient")
-        if b in outs:
-            raise _Refuse(f"{w} is written by {func.name}: gradients are taken with respect "
-                          "to inputs only")
     if not ir.is_float(out.dtype):
         raise _Refuse(f"its output {out.name} is {out.dtype}: an integer program has no derivative")
     taken = {b.name for b in func.buffers}
@@ -424,21 +450,155 @@ def _grad(func: PrimFunc, wrt: list[str], output: Optional[str]) -> PrimFunc:
         if "d" + name in taken:
             raise ValueError(f"the adjoint of {name} is named d{name}, which {func.name} already uses")
 
+    # as written; else as the pipeline normalises it; else its loops reversed whole
+    refusals: list[_Refuse] = []
+    try:
+        return _derive(func, wrt, out)
+    except _Refuse as e:
+        if e.kind == "final":
+            raise
+        refusals.append(e)
+    prepared = normalised(func)
+    if prepared is not None:
+        try:
+            return _derive(prepared, wrt, out, prepared=True)
+        except _Refuse as e:
+            e.stmt = _original(func, e.stmt)
+            refusals.append(e)
+    try:
+        return _reversed_whole(func, wrt, out)
+    except _Refuse as e:
+        refusals.append(e)
+    # the most telling reason: a value on entry the caller can offer, else a reason at a
+    # statement (the earliest attempt's), else a recurrence's form, else the loops' structure
+    rank = {"entry": 0, None: 1, "recurrence": 2, "structure": 3}
+    raise min(refusals, key=lambda e: rank[e.kind]) from None
+
+
+def _original(func: PrimFunc, stmt: object) -> object:
+    """The statement of ``func`` as parsed that a statement of its normalised form comes from
+    (the same store or loop, its form aside), so that a refusal points into the source."""
+    if stmt is None or func.locate(stmt) is not None:
+        return stmt
+    located = [s for s, *_ in func.locations]
+    if isinstance(stmt, For):
+        return next((s for s in located if isinstance(s, For) and s.var == stmt.var), stmt)
+    if isinstance(stmt, (Store, Accumulate)):
+        for same in (lambda s: type(s) is type(stmt) and s.buffer.name == stmt.buffer.name and s.indices == stmt.indices,
+                     lambda s: s.buffer.name == stmt.buffer.name and s.indices == stmt.indices,
+                     lambda s: s.value == stmt.value,  # a temporary expanded (sum -> sumx)
+                     lambda s: s.buffer.name == stmt.buffer.name):
+            got = next((s for s in located if isinstance(s, (Store, Accumulate)) and same(s)), None)
+            if got is not None:
+                return got
+    return stmt
+
+
+def _derive(func: PrimFunc, wrt: list[str], out: Buffer, prepared: bool = False) -> PrimFunc:
     nests: list[_Nest] = []
     _flatten(func.body, (), (), nests)
     names = Names.of(func)
     for name in [out.name] + wrt:
         names.reserve("d" + name)
     st = _State(func, nests, names, out, *_flow(nests, set(wrt), out.name))
-    for n in nests:
+    written = ir.written_by(func.body)
+    st.entry = {w for w in wrt if w in written}
+    if prepared:
+        st.notes.append("Derived from the forward as the pipeline normalises it (loops "
+                        "distributed in dependence order, reused temporaries expanded, reads "
+                        "of a buffer its nest updates taken from a copy), which computes the "
+                        "same values.")
+    _differentiable(st)
+    return _assemble(st, wrt)
+
+
+def _differentiable(st: _State) -> None:
+    """Refuse a statement between the inputs and the output without a derivative."""
+    for n in st.nests:
         if n.buffer.name in st.relevant and any(l.buffer.name in st.active for l in _float_loads(n.value)):
             if not ir.is_float(n.buffer.dtype):
                 raise _Refuse(f"{n.buffer.name} is {n.buffer.dtype}: integer values between the "
-                              "inputs and the output have no derivative", n.stmt)
+                              "inputs and the output have no derivative", n.stmt, "final")
             why = _nondiff(n.value)
             if why:
-                raise _Refuse(why, n.stmt)
-    return _assemble(st, wrt)
+                raise _Refuse(why, n.stmt, "final")
+
+
+def updated_in_place(func: PrimFunc) -> tuple[Buffer, ...]:
+    """The outputs of ``func`` whose values on entry its results depend on: a statement reads
+    them before any writes them, or not every element is overwritten. (The others are written
+    before they are read, so their gradients would be zero.) These, with the inputs, are what
+    ``grad`` may differentiate with respect to."""
+    nests = _nests_of(func)
+    if nests is None:  # any output it reads
+        read = {ld.buffer.name for s in ir.walk_stmts(func.body) for e in ir.stmt_exprs(s)
+                for ld in ir.loads_of(e)}
+        return tuple(b for b in func.outputs if b.name in read)
+    st = _State(func, nests, Names.of(func), func.params[0], set(), set())
+    out = []
+    for b in func.outputs:
+        mine = _writers(st, b.name)
+        early = any(_state_at(st, b.name, m, False) == 0 and any(
+            ld.buffer.name == b.name for e in (n.value,) + n.index + n.conds for ld in ir.loads_of(e))
+            for m, n in enumerate(nests))
+        if early or not _covers(st, b.name, mine):
+            out.append(b)
+    return tuple(out)
+
+
+def _nests_of(func: PrimFunc) -> Optional[list[_Nest]]:
+    """``func``'s nests, as written or else as the pipeline normalises it; None if neither."""
+    for attempt in (lambda: func, lambda: normalised(func)):
+        g = attempt()
+        if g is None:
+            continue
+        nests: list[_Nest] = []
+        try:
+            _flatten(g.body, (), (), nests)
+            return nests
+        except _Refuse:
+            continue
+    return None
+
+
+def normalised(func: PrimFunc) -> Optional[PrimFunc]:
+    """``func`` as the pipeline normalises it, for a forward whose loops cannot be cut into
+    nests as written: distributed in dependence order (``nests.normalize``), each temporary
+    that every iteration reuses given one copy per iteration (``rules/expand.py``), and a
+    nest that reads other elements of the buffer it writes, none of them a value it wrote,
+    reading them from a copy taken before it (``rules/snapshot.py``, stores included). Each
+    step computes the same values (the rules' own soundness arguments), so the derivative
+    is the same; None when nothing changes, or when the dependence analysis would exceed its
+    budget."""
+    from . import nests as acc_nests
+    from .budgets import BudgetError
+    from .rules import expand, snapshot
+
+    try:
+        g = acc_nests.normalize(func)
+        names = Names.of(g)
+        g = expand.expand(g, names) or g
+    except BudgetError:
+        return None
+    top: list[Stmt] = []
+    allocs = list(g.allocs)
+    for s in ir.stmts_of(g.body):
+        leaf = next((x for x in ir.walk_stmts(s) if isinstance(x, (Store, Accumulate))), None)
+        elsewhere = isinstance(s, For) and leaf is not None and any(
+            ld.buffer.name == leaf.buffer.name and ld.indices != leaf.indices
+            for ld in ir.loads_of(leaf.value))
+        try:
+            got = snapshot.snapshot(s, names, stores=True) if elsewhere else None
+        except BudgetError:
+            got = None
+        if got is None:
+            top.append(s)
+            continue
+        fill, nest = got
+        allocs += [x.buffer for x in ir.walk_stmts(fill) if isinstance(x, Store)]
+        top += [fill, nest.stmt() if isinstance(nest, acc_nests.AccNest) else nest]
+    g = replace(g, body=ir.seq(*top), allocs=tuple(allocs))
+    return None if g == func else g
 
 
 def _flow(nests: list[_Nest], wrt: set[str], out: str) -> tuple[set[str], set[str]]:
@@ -483,15 +643,16 @@ def _adj(st: _State, name: str) -> Buffer:
     return st.adj[name]
 
 
-def _primal(st: _State, e: Expr, k: int, self_after: bool) -> Expr:
+def _primal(st: _State, e: Expr, k: int, self_after: bool, site: Optional[int] = None) -> Expr:
     """``e`` with its loads marked by the state of the forward they read (as nest ``k`` saw
-    it); ``_Versioned`` loads are resolved once every need is known."""
+    it); ``_Versioned`` loads are resolved once every need is known. ``site``: the nest whose
+    adjoint needs them (``k``'s own unless given)."""
     me = st.nests[k].buffer.name
 
     def mark(ld: Load) -> Expr:
         if _VBuf.parse(ld.buffer) is not None:
             return ld
-        idx = tuple(_primal(st, i, k, self_after) for i in ld.indices)
+        idx = tuple(_primal(st, i, k, self_after, site) for i in ld.indices)
         region = st.nests[k].region
         inside = [m for m, x in enumerate(st.nests) if x.region is region] if region else []
         if region is not None and any(st.nests[m].buffer.name == ld.buffer.name for m in inside):
@@ -500,6 +661,7 @@ def _primal(st: _State, e: Expr, k: int, self_after: bool) -> Expr:
         else:
             s = _state_at(st, ld.buffer.name, k, self_after and ld.buffer.name == me)
         st.needs.add((ld.buffer.name, s))
+        st.sites.setdefault((ld.buffer.name, s), k if site is None else site)
         trips = 1
         for _, lo, hi in st.nests[k].loops:
             trips *= hi - lo
@@ -588,7 +750,7 @@ def _assemble(st: _State, wrt: list[str]) -> PrimFunc:
     # the output's adjoint, copied where the sweep writes it
     seed = st.adj[out.name]
     work = None
-    if any(seed.name in ir.written_by(s) for s in body_adjoint):
+    if out.name not in wrt and any(seed.name in ir.written_by(s) for s in body_adjoint):
         work = Buffer(st.names.fresh("d" + out.name + "_acc"), seed.dtype, seed.shape)
         body_adjoint = [_rename_stmt(s, {seed.name: work}) for s in body_adjoint]
     inits: list[Stmt] = []
@@ -615,7 +777,7 @@ def _assemble(st: _State, wrt: list[str]) -> PrimFunc:
                     assert _VBuf.parse(ld.buffer) is None
     used = {b.name for s in body for b, _ in _accesses(s)}
     fwd_params = [b for b in func.params if b.name in used]
-    grads = [st.adj[w] for w in wrt]
+    grads = [st.adj[w] for w in wrt if w != out.name]  # d<output> in, and out when wrt
     new_params = tuple(fwd_params) + (seed,) + tuple(grads)
     doc = _doc(st, func, out, wrt, work)
     g = PrimFunc(func.name + "_grad", new_params, ir.seq(*body), tuple(allocs), doc)
@@ -632,16 +794,22 @@ def _doc(st: _State, func: PrimFunc, out: Buffer, wrt: list[str], work) -> str:
         lines.append("Recomputed where read (cheaper than keeping): " + ", ".join(st.recomputed) + ".")
     if not st.kept and not st.recomputed:
         lines.append("Reads the forward's parameters only: no temporary is kept or recomputed.")
+    for name in sorted(st.entry, key=wrt.index):
+        lines.append(f"d{name} is the gradient with respect to {name}'s value on entry, which "
+                     f"the parameter {name} holds" + (f"; d{out.name} comes in as the adjoint of "
+                     f"{name}'s result and is overwritten with it" if name == out.name else "") + ".")
     for note in st.notes:
         lines.append(note)
     return "\n".join(lines)
 
 
 def _needs_kill(st: _State, k: int) -> bool:
-    """A store at nest ``k`` ends the life of what earlier live nests wrote there."""
+    """A store at nest ``k`` ends the life of what earlier live nests wrote there, or of the
+    value on entry of a ``wrt`` buffer."""
     n = st.nests[k]
-    return any(_live(st, st.nests[m]) and _overlap(st.nests[m], n)
-               for m in _writers(st, n.buffer.name) if m < k)
+    return n.buffer.name in st.entry or any(
+        _live(st, st.nests[m]) and _overlap(st.nests[m], n)
+        for m in _writers(st, n.buffer.name) if m < k)
 
 
 def _self_loads(n: _Nest) -> tuple[list[Load], list[Load]]:
@@ -671,7 +839,7 @@ def _earlier(n: _Nest, ld: Load) -> bool:
             if c != 0 and gap * c > 0:
                 return True
             raise _Refuse(f"the recurrence over loop {n.region.var} reads {n.buffer.name} ahead "
-                          "of where it writes", n.stmt)
+                          "of where it writes", n.stmt, "recurrence")
     return False
 
 
@@ -690,15 +858,15 @@ def _adjoint_of(st: _State, k: int) -> tuple[list, list[_Contribution], bool]:
     if any(a is None for a in idx_aff) or not _one_to_one(idx_aff, spans) or not written_once:
         raise _Refuse(f"{B.name} is written at an index that is not one-to-one in the loops "
                       "around it" + (f" (a recurrence must write each element once: index it "
-                                     f"by {n.region.var})" if n.region else ""), n.stmt)
+                                     f"by {n.region.var})" if n.region else ""), n.stmt, "recurrence" if n.region else None)
     in_index = {v for a in idx_aff for v in a.vars}
     reduction = [v for v in n.vars if v not in in_index]
     at, other = _self_loads(n)
     if n.region is not None and other:
         raise _Refuse(f"a scan inside the recurrence over loop {n.region.var} is not "
-                      "differentiated here", n.stmt)
+                      "differentiated here", n.stmt, "recurrence")
     if at and other:
-        raise _Refuse(f"the statement reads {B.name} both where it writes and elsewhere", n.stmt)
+        raise _Refuse(f"the statement reads {B.name} both where it writes and elsewhere", n.stmt, "recurrence")
     active = lambda name: name in st.active and name in st.relevant  # noqa: E731
 
     def contributions(value: Expr, seed_expr: Expr, self_after: bool, skip_self: bool) -> list[_Contribution]:
@@ -743,9 +911,9 @@ def _adjoint_of(st: _State, k: int) -> tuple[list, list[_Contribution], bool]:
                                      and n.value.a == at[0] and at[0] not in list(ir.walk_expr(n.value.b))):
         raise _Refuse(f"an update of {B.name} in place inside the recurrence over loop "
                       f"{n.region.var} needs the value it overwrites: write the result to "
-                      "another buffer", n.stmt)
-    if len(at) > 1:
-        raise _Refuse(f"the statement reads {B.name} where it writes more than once", n.stmt)
+                      "another buffer", n.stmt, "recurrence")
+    # ``at`` may hold one load several times (``B = B * B``, ``select(B <= 0.1, 1.0, B)``): the
+    # partials add up under one key
     if reduction:
         v = n.value
         if isinstance(v, Binary) and v.op in ("+", "-") and v.a == at[0] and at[0] not in list(ir.walk_expr(v.b)):
@@ -755,7 +923,7 @@ def _adjoint_of(st: _State, k: int) -> tuple[list, list[_Contribution], bool]:
         elif isinstance(v, Binary) and v.op in ("max", "min") and at[0] in (v.a, v.b):
             if n.region is not None:
                 raise _Refuse(f"a running {v.op}imum inside the recurrence over loop "
-                              f"{n.region.var} is not differentiated here", n.stmt)
+                              f"{n.region.var} is not differentiated here", n.stmt, "recurrence")
             return _chain_extremum(st, k, v.op, v.b if v.a == at[0] else v.a, reduction)
         else:
             op = v.op if isinstance(v, (Binary,)) else type(v).__name__.lower()
@@ -796,7 +964,7 @@ def _check_order(n: _Nest, other: list[Load]) -> None:
         a = affine(e)
         if a is None or len(a.terms) != 1 or a.terms[0][1] != 1:
             raise _Refuse(f"a recurrence over {n.buffer.name} must write it at plain loop "
-                          "variables (such as Y[r, c])", n.stmt)
+                          "variables (such as Y[r, c])", n.stmt, "recurrence")
         pos[a.terms[0][0]] = d
     for ld in other:
         dist = {}
@@ -804,7 +972,7 @@ def _check_order(n: _Nest, other: list[Load]) -> None:
             delta = affine(Binary("-", w, r))
             if delta is None or delta.terms:
                 raise _Refuse(f"the recurrence reads {n.buffer.name} at an index that is not "
-                              "a constant step from where it writes", n.stmt)
+                              "a constant step from where it writes", n.stmt, "recurrence")
             dist[affine(w).terms[0][0]] = delta.const
         for v in n.vars:
             step = dist.get(v, 0)
@@ -812,7 +980,7 @@ def _check_order(n: _Nest, other: list[Load]) -> None:
                 break
             if step < 0:
                 raise _Refuse(f"the recurrence reads {n.buffer.name} ahead of where it writes "
-                              f"(loop {v})", n.stmt)
+                              f"(loop {v})", n.stmt, "recurrence")
 
 
 def _chain_extremum(st: _State, k: int, op: str, h: Expr, reduction: list[str]) -> tuple:
@@ -877,6 +1045,7 @@ def _closure(st: _State, needs: set[tuple[str, int]], available) -> set[int]:
     func, nests = st.func, st.nests
     params = {b.name for b in func.params}
     needs = set(needs)
+    sites = dict(st.sites)  # the nest whose adjoint, or whose running again, reads each state
     replayed: set[int] = set()
     changed = True
     while changed:
@@ -884,11 +1053,11 @@ def _closure(st: _State, needs: set[tuple[str, int]], available) -> set[int]:
         for name, s in list(needs):
             if available(name, s):
                 continue
+            at = nests[sites[(name, s)]].stmt if (name, s) in sites else None
             if s == 0 and name not in params:
-                raise _Refuse(f"the backward needs temporary {name} before {func.name} writes it")
+                raise _Refuse(f"the backward needs temporary {name} before {func.name} writes it", at)
             if s == 0:
-                raise _Refuse(f"the backward needs the contents {name} had before {func.name} "
-                              f"wrote it, which it cannot recover from {name}'s final value")
+                raise _Refuse(_entry_needed(func, name), at, "entry")
             for m0 in _writers(st, name)[:s]:
                 r = nests[m0].region
                 for m in ([x for x, y in enumerate(nests) if y.region is r] if r else [m0]):
@@ -899,8 +1068,98 @@ def _closure(st: _State, needs: set[tuple[str, int]], available) -> set[int]:
                     n = nests[m]
                     for e in (n.value,) + n.index + n.conds:
                         for ld in ir.loads_of(e):
-                            needs.add((ld.buffer.name, _state_at(st, ld.buffer.name, m, False)))
+                            key = (ld.buffer.name, _state_at(st, ld.buffer.name, m, False))
+                            needs.add(key)
+                            sites.setdefault(key, sites.get((name, s), m))
     return replayed
+
+
+def _entry_needed(func: PrimFunc, name: str) -> str:
+    return (f"the backward needs the contents {name} had before {func.name} wrote it, which it "
+            f"cannot recover from {name}'s final value (differentiated with respect to {name} "
+            f"as well, the backward takes {name} as it was on entry)")
+
+
+# Statement instances enumerated, at most, to find the elements a nest writes (beyond: not
+# counted as writing any, which can only refuse).
+COVER_LIMIT = 1 << 24
+
+
+def _covers(st: _State, name: str, writers: Iterable[int]) -> bool:
+    """The nests ``writers`` together write every element of ``name``."""
+    import numpy as np
+
+    b = st.func.buffer(name)
+    if b.size > COVER_LIMIT:
+        return False
+    mask = np.zeros(b.shape, dtype=bool)
+    for m in writers:
+        got = _written(st.nests[m])
+        if got is not None:
+            mask[got] = True
+    return bool(mask.all())
+
+
+def _written(n: _Nest):
+    """The index arrays of the elements nest ``n`` writes (every instance enumerated, its
+    conditions applied), or None when they cannot be enumerated (a condition or an index
+    that is not affine in the loops, too many instances)."""
+    import numpy as np
+
+    loops = list(n.loops)
+    if n.region is not None:
+        loops.insert(0, (n.region.var, n.region.loop.start, n.region.loop.stop))
+    forms = [affine(e) for e in n.index]
+    conds = [_affine_cond(c) for c in n.conds]
+    if any(f is None for f in forms) or any(c is None for c in conds):
+        return None
+    used = {v for f in forms for v in f.vars} | {v for c in conds for f, _ in c for v in f.vars}
+    loops = [l for l in loops if l[0] in used]
+    if any(v not in {l[0] for l in loops} for v in used):
+        return None
+    size = 1
+    for _, lo, hi in loops:
+        size *= max(hi - lo, 0)
+    if size > COVER_LIMIT:
+        return None
+    grids = np.meshgrid(*[np.arange(lo, hi) for _, lo, hi in loops], indexing="ij") if loops else []
+    env = {v: g.reshape(-1) for (v, _, _), g in zip(loops, grids)}
+
+    def value(f: Affine):
+        out = np.full(size, f.const, dtype=np.int64)
+        for v, c in f.terms:
+            out = out + c * env[v]
+        return out
+
+    keep = np.ones(size, dtype=bool)
+    for c in conds:
+        for f, op in c:
+            x = value(f)
+            keep &= {"==": x == 0, "!=": x != 0, ">=": x >= 0, ">": x > 0}[op]
+    idx = tuple(value(f)[keep] for f in forms)
+    shape = n.buffer.shape
+    if any(((i < 0) | (i >= d)).any() for i, d in zip(idx, shape)):
+        return None
+    return idx
+
+
+def _affine_cond(c: Expr) -> Optional[list[tuple[Affine, str]]]:
+    """A condition as a conjunction of ``f op 0`` with ``f`` affine and ``op`` one of ``==``,
+    ``!=``, ``>=``, ``>``; None when it is not one."""
+    if isinstance(c, Logical) and c.op == "and":
+        a, b = _affine_cond(c.a), _affine_cond(c.b)
+        return None if a is None or b is None else a + b
+    if not isinstance(c, Compare):
+        return None
+    a, b = affine(c.a), affine(c.b)
+    if a is None or b is None:
+        return None
+    d = a.plus(b.scale(-1))
+    flip = {"<": (">", -1), "<=": (">=", -1), ">": (">", 1), ">=": (">=", 1),
+            "==": ("==", 1), "!=": ("!=", 1)}.get(c.op)
+    if flip is None:
+        return None
+    return [(d.scale(flip[1]), flip[0])]
 
 
 def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], object], list[Buffer]]:
@@ -913,6 +1172,8 @@ def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], object], list
     def available(name: str, s: int) -> bool:
         if total[name] == 0:
             return True
+        if name in st.entry:  # its parameter holds its value on entry
+            return s == 0
         return name in params and s == total[name]
 
     recompute = _recomputed(st, available)
@@ -933,6 +1194,9 @@ def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], object], list
             shadows[name] = b if name not in params else Buffer(st.names.fresh(name + "_fwd"), b.dtype, b.shape)
             allocs.append(shadows[name])
     out: list[Stmt] = []
+    for name, b in shadows.items():  # a parameter run again from its value on entry
+        if name in params and _reads_entry(st, name, replayed):
+            out.append(_copy(b, params[name], st.names))
     resolve: dict[tuple[str, int], object] = dict(recompute)
     last = {name: max(m for m in replayed if nests[m].buffer.name == name) for name in shadows}
     done_regions: list[_Region] = []
@@ -941,9 +1205,14 @@ def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], object], list
         if n.region is not None:  # a recurrence runs again whole, in its own loop
             if n.region not in done_regions:
                 done_regions.append(n.region)
-                out.append(_rename_stmt(n.region.loop, shadows))
+                out.append(_replay_region(st, n.region, shadows, available))
             continue
-        ren = lambda e: _rename(e, shadows)  # noqa: E731
+        # a state the parameter holds is read there (final, or on entry): the shadow holds
+        # only the states run again so far; the nest's own buffer is read from the shadow it
+        # writes (an update in place over a reduction loop reads its running value)
+        held = {x: b for x, b in shadows.items()
+                if x == n.buffer.name or not available(x, _state_at(st, x, m, False))}
+        ren = lambda e, held=held: _rename(e, held)  # noqa: E731
         stmt = n.stmt
         leaf = type(stmt)(shadows[n.buffer.name], tuple(ren(i) for i in stmt.indices), ren(stmt.value))
         out.append(_build_nest(n.loops, tuple(ren(c) for c in n.conds), leaf))
@@ -963,6 +1232,45 @@ def _replay(st: _State) -> tuple[list[Stmt], dict[tuple[str, int], object], list
         st.kept.append(b.name if b.name == name else f"{b.name} ({name}'s values)")
     allocs += st.extra_allocs
     return out, resolve, allocs
+
+
+def _replay_region(st: _State, region: _Region, shadows: dict[str, Buffer], available) -> Stmt:
+    """A recurrence run again: what it writes on shadows; what it only reads, at a state
+    its parameter holds, from the parameter (the shadow holds only the states run again)."""
+    mine = {id(x.stmt): m for m, x in enumerate(st.nests) if x.region is region}
+    inside = {st.nests[m].buffer.name for m in mine.values()}
+
+    def leaf(x: Stmt) -> Stmt:
+        if not isinstance(x, (Store, Accumulate)) or id(x) not in mine:
+            return x
+        m = mine[id(x)]
+        held = {name: b for name, b in shadows.items()
+                if name in inside or not available(name, _state_at(st, name, m, False))}
+        return type(x)(shadows.get(x.buffer.name, x.buffer), tuple(_rename(i, held) for i in x.indices),
+                       _rename(x.value, held))
+
+    return ir.map_stmt(region.loop, leaf, lambda e: _rename(e, shadows))
+
+
+def _reads_entry(st: _State, name: str, replayed: set[int]) -> bool:
+    """Running ``replayed`` again reads elements of parameter ``name`` as they were on entry:
+    one of them reads it before any writes it, or together they do not overwrite all of it.
+    Refused unless ``name`` is differentiated with respect to (its parameter then holds that
+    value)."""
+    mine = sorted(m for m in replayed if st.nests[m].buffer.name == name)
+    first = None
+    for m in sorted(replayed):
+        n = st.nests[m]
+        if any(ld.buffer.name == name for e in (n.value,) + n.index + n.conds for ld in ir.loads_of(e)) \
+                and _state_at(st, name, m, False) == 0:
+            first = m
+            break
+    if first is None and _covers(st, name, mine):
+        return False
+    if name not in st.entry:
+        raise _Refuse(_entry_needed(st.func, name), st.nests[first if first is not None else mine[0]].stmt,
+                      "entry")
+    return True
 
 
 # Recompute rather than keep: a value stored by a plain elementwise nest over a whole buffer,
@@ -994,7 +1302,8 @@ def _recomputed(st: _State, available) -> dict[tuple[str, int], tuple[tuple[str,
         ops = _ops(n.value)
         if ops > RECOMPUTE_MAX_OPS or ops * st.reads.get((name, s), 0) > (ops + 2) * b.size:
             continue
-        out[(name, s)] = (tuple(e.name for e in n.index), _primal(st, n.value, m, False))
+        out[(name, s)] = (tuple(e.name for e in n.index),
+                          _primal(st, n.value, m, False, st.sites.get((name, s))))
         st.recomputed.append(f"{name} after its statement {s} (= {_show(n.value)})")
     return out
 
@@ -1043,3 +1352,266 @@ def _resolve_stmt(s: Stmt, resolve: dict[tuple[str, int], Buffer]) -> Stmt:
         return If(fix(s.cond), _resolve_stmt(s.then, resolve),
                   None if s.orelse is None else _resolve_stmt(s.orelse, resolve))
     return s
+
+
+# ---------------------------------------------------------------------------
+# the program reversed whole, reading final values (in-place factorisations, triangular solves)
+
+
+def _reversed_whole(func: PrimFunc, wrt: list[str], out: Buffer) -> PrimFunc:
+    """The backward as the forward's own loops run backwards, every statement's adjoint in
+    place of the statement, for a forward whose recurrences are nested (LU: each element of
+    a row reads the ones before it, each row the rows before it) and cannot be cut into nests.
+
+    Reverse mode, statement instance by statement instance: running the instances in reverse
+    order, each one's adjoint (``dL += c_L * dB[w]`` for each value ``L`` it reads, then
+    ``dB[w] = c_B * dB[w]``, or 0 where it overwrites) is exact when each ``c`` is evaluated
+    on the values the instance saw. Here they are read from the final values instead, which
+    is sound where the dependence analysis finds that no later instance overwrites what a
+    coefficient reads (no anti dependence from that read). An update in place ``x = x / y``,
+    ``x = sqrt(x)`` is differentiated through its result (``-dx * x' / y``, ``dx / (2 x')``),
+    which is final where no later instance writes ``x`` again (no output dependence). A
+    coefficient that needs a value later overwritten, or a read of ``B`` that may be the
+    element the statement writes (its adjoint would be overwritten), is refused at the
+    statement. Final values come from the parameters that hold them, or from the forward's
+    statements that write them run again first (from a ``wrt`` buffer's value on entry)."""
+    from . import analysis, polytope
+    from .budgets import BudgetError
+
+    leaves: list[_Nest] = []
+    _leaves(func.body, (), (), leaves)
+    names = Names.of(func)
+    for name in [out.name] + wrt:
+        names.reserve("d" + name)
+    st = _State(func, leaves, names, out, *_flow(leaves, set(wrt), out.name))
+    st.entry = {w for w in wrt if w in ir.written_by(func.body)}
+    _differentiable(st)
+    try:
+        an = analysis.analyze(func)
+    except BudgetError as e:
+        raise _Refuse(f"its recurrences are too large to check: {e}", kind="structure") from None
+    anti = {d.source for d in an.dependences if d.kind == "anti"}
+    rewritten = {d.source for d in an.dependences if d.kind in ("output", "accumulate")}
+    reads: dict[int, list] = {}
+    writes: dict[int, object] = {}
+    for a in analysis.accesses(func):  # this func's statements (the analysis is cached by value)
+        if a.kind == "read":
+            reads.setdefault(id(a.stmt), []).append(a)
+        else:
+            writes[id(a.stmt)] = a
+    written = ir.written_by(func.body)
+    for s in ir.walk_stmts(func.body):
+        if isinstance(s, If) and any(ld.buffer.name in written for ld in ir.loads_of(s.cond)):
+            raise _Refuse("a condition reads a buffer the function writes: the backward, which "
+                          "reads final values, cannot evaluate it as the forward did", s)
+    for name in [out.name] + wrt:
+        st.adj[name] = Buffer("d" + name, func.buffer(name).dtype, func.buffer(name).shape)
+    for name in sorted(st.active & st.relevant):
+        if name not in st.adj:
+            b = func.buffer(name)
+            st.adj[name] = Buffer(names.fresh("d" + name), b.dtype, b.shape)
+
+    adjoint: dict[int, Stmt] = {}
+    for n in leaves:
+        if n.buffer.name not in st.adj:
+            continue
+        B, w = n.buffer, n.index
+        dB = st.adj[B.name]
+        seed = Load(dB, w)
+        me = Load(B, w)
+        in_place = any(ld == me for ld in ir.loads_of(n.value))
+        # the value stored, marked apart from the one overwritten until both are checked
+        after = Load(Buffer("\x01" + B.name, B.dtype, B.shape), w) \
+            if in_place and isinstance(n.stmt, Store) else None
+        parts: dict[Load, Expr] = {}
+        if after is not None:
+            _partials_through(n.value, seed, parts, after)
+        else:
+            _partials(n.value, seed, parts)
+        scale = parts.pop(me, None)  # dB[w]'s new value (the partials carry the seed)
+        if scale is None and in_place:
+            scale = _fc(0.0, B.dtype)
+        live = [ld for ld in parts if ld.buffer.name in st.active and ld.buffer.name in st.relevant]
+        coeffs = [parts[ld] for ld in live] + [i for ld in live for i in ld.indices] + list(w)
+        if scale is not None:
+            coeffs.append(scale)
+        # every forward value a coefficient (or an index it is sent to) reads must be final
+        # when the statement runs
+        mine = {(a.buffer.name, a.indices): a for a in reads.get(id(n.stmt), [])}
+        for c in coeffs:
+            for ld in ir.loads_of(c):
+                if ld.buffer.name == dB.name or ld.buffer.name not in written:
+                    continue
+                if ld == after and after is not None:
+                    if writes[id(n.stmt)] in rewritten:
+                        raise _Refuse(f"the adjoint of this statement needs the value it stores in "
+                                      f"{B.name}, which a later statement overwrites", n.stmt)
+                    continue
+                a = mine.get((ld.buffer.name, ld.indices))
+                if a is None or a in anti:
+                    what = f"the value it overwrites ({_show(ld)} before the statement)" if ld == me \
+                        else f"{_show(ld)} as it read it, which a later statement overwrites"
+                    raise _Refuse(f"the adjoint of this statement needs {what}", n.stmt)
+        # a read of B that may be the element written: its adjoint would change the seed
+        acc = writes[id(n.stmt)]
+        box = {v: (lo, hi - 1) for v, lo, hi in n.loops}
+        for ld in parts:
+            if ld.buffer.name != B.name:
+                continue
+            eqs = [affine(Binary("-", x, y)) for x, y in zip(ld.indices, w)]
+            if any(e is None for e in eqs) or polytope.feasible(
+                    box, tuple(acc.facts) + tuple(f for e in eqs for f in (e, e.scale(-1)))):
+                raise _Refuse(f"the statement reads {_show(ld)}, which may be the element it "
+                              "writes", n.stmt)
+        body: list[Stmt] = [Accumulate(st.adj[ld.buffer.name], ld.indices, c)
+                            for ld, c in parts.items()
+                            if ld.buffer.name in st.active and ld.buffer.name in st.relevant]
+        if scale is None or _is(scale, 0.0):
+            body.append(Store(dB, w, _fc(0.0, B.dtype)))
+        elif scale != seed:
+            body.append(Store(dB, w, scale))
+        if body:
+            stored = {after.buffer.name: B} if after is not None else {}
+            adjoint[id(n.stmt)] = _rename_stmt(ir.seq(*body), stored)
+    sweep = _mirror(func.body, adjoint)
+    if sweep is None:
+        raise _Refuse(f"the output {out.name} does not depend on " + ", ".join(wrt))
+
+    # final values: the parameters that hold them, else the forward's writers run again
+    finals: set[str] = set()
+    for s in ir.walk_stmts(sweep):
+        for e in ir.stmt_exprs(s):
+            for ld in ir.loads_of(e):
+                if ld.buffer.name in written and ld.buffer.name in {b.name for b in func.buffers} \
+                        and (ld.buffer.name in st.entry or ld.buffer.name not in {p.name for p in func.params}):
+                    finals.add(ld.buffer.name)
+    replay, shadows, allocs = _run_again(st, finals)
+    sweep = _rename_stmt(sweep, {k: b for k, b in shadows.items() if k in st.entry})
+    seed_buf = st.adj[out.name]
+    work = None
+    if out.name not in wrt and seed_buf.name in ir.written_by(sweep):
+        work = Buffer(names.fresh("d" + out.name + "_acc"), seed_buf.dtype, seed_buf.shape)
+        sweep = _rename_stmt(sweep, {seed_buf.name: work})
+    inits: list[Stmt] = []
+    if work is not None:
+        allocs.append(work)
+        inits.append(_copy(work, seed_buf, names))
+    for name, b in st.adj.items():
+        if name == out.name:
+            continue
+        if name not in wrt:
+            allocs.append(b)
+        inits.append(_fill(b, _fc(0.0, b.dtype), names))
+    body = replay + inits + [sweep]
+    used = {b.name for s in body for b, _ in _accesses(s)}
+    params = tuple(b for b in func.params if b.name in used) + (seed_buf,) + \
+        tuple(st.adj[w] for w in wrt if w != out.name)
+    st.notes.append("The forward's loops run backwards, each statement's adjoint in its place; "
+                    "the coefficients read final values, which the dependence analysis finds "
+                    "no later statement overwrites.")
+    g = PrimFunc(func.name + "_grad", params, ir.seq(*body), tuple(allocs), _doc(st, func, out, wrt, work))
+    verify(g)
+    return g
+
+
+def _leaves(s: Stmt, loops: tuple, conds: tuple, out: list[_Nest]) -> None:
+    """Every store and ``+=`` with the loops and conditions around it (no distribution)."""
+    if isinstance(s, Seq):
+        for c in s.stmts:
+            _leaves(c, loops, conds, out)
+    elif isinstance(s, For):
+        _leaves(s.body, loops + ((s.var, s.start, s.stop),), conds, out)
+    elif isinstance(s, If):
+        _leaves(s.then, loops, conds + (s.cond,), out)
+        if s.orelse is not None:
+            _leaves(s.orelse, loops, conds + (Unary("not", s.cond),), out)
+    elif isinstance(s, Store):
+        out.append(_Nest(loops, conds, s, s.buffer, s.indices, s.value))
+    elif isinstance(s, Accumulate):
+        out.append(_Nest(loops, conds, s, s.buffer, s.indices, Binary("+", Load(s.buffer, s.indices), s.value)))
+    else:
+        raise _Refuse("an intrinsic call has no derivative here: differentiate the program "
+                      "before tensorizing it", s, "final")
+
+
+def _partials_through(v: Expr, seed: Expr, out: dict[Load, Expr], after: Load) -> None:
+    """``_partials`` of a value stored in place, written through its result ``after`` where
+    that spares reading the operand it overwrites: ``a / b`` gives ``b`` the partial
+    ``-seed * after / b``, ``sqrt(a)`` gives ``a`` ``seed / (2 after)``, ``exp(a)`` gives
+    ``seed * after``."""
+    dt = v.dtype
+    if isinstance(v, Binary) and v.op == "/":
+        _partials(v.a, Binary("/", seed, v.b), out)
+        _partials(v.b, _neg(Binary("/", _mul(seed, after), v.b)), out)
+    elif isinstance(v, Unary) and v.op == "sqrt":
+        _partials(v.a, Binary("/", seed, Binary("*", _fc(2.0, dt), after)), out)
+    elif isinstance(v, Unary) and v.op == "exp":
+        _partials(v.a, _mul(seed, after), out)
+    else:
+        _partials(v, seed, out)
+
+
+def _mirror(s: Stmt, adjoint: dict[int, Stmt]) -> Optional[Stmt]:
+    """``s`` run backwards: each loop reversed, each sequence in reverse order, each
+    statement replaced by its adjoint (dropped where it has none)."""
+    if isinstance(s, Seq):
+        parts = [m for c in reversed(s.stmts) if (m := _mirror(c, adjoint)) is not None]
+        return ir.seq(*parts) if parts else None
+    if isinstance(s, For):
+        body = _mirror(s.body, adjoint)
+        if body is None:
+            return None
+        rev = {s.var: Binary("-", _i(s.start + s.stop - 1), Var(s.var))}
+        return For(s.var, s.start, s.stop, ir.substitute_stmt(body, rev))
+    if isinstance(s, If):
+        then = _mirror(s.then, adjoint)
+        orelse = None if s.orelse is None else _mirror(s.orelse, adjoint)
+        if then is None and orelse is None:
+            return None
+        if then is None:
+            return If(Unary("not", s.cond), orelse)
+        return If(s.cond, then, orelse)
+    return adjoint.get(id(s))
+
+
+def _run_again(st: _State, finals: set[str]) -> tuple[list[Stmt], dict[str, Buffer], list[Buffer]]:
+    """The forward's top-level statements that write ``finals`` (and what those read), run
+    again at the start of the backward: parameters on shadows (a ``wrt`` one started from its
+    value on entry), temporaries as themselves."""
+    func = st.func
+    params = {b.name: b for b in func.params}
+    top = list(ir.stmts_of(func.body))
+    need = set(finals)
+    chosen: set[int] = set()
+    changed = bool(need)
+    while changed:
+        changed = False
+        for k, s in enumerate(top):
+            if k not in chosen and ir.written_by(s) & need:
+                chosen.add(k)
+                touched = {b.name for b, _ in _accesses(s)}
+                if not touched <= need:
+                    need |= touched
+                changed = True
+    shadows: dict[str, Buffer] = {}
+    allocs: list[Buffer] = []
+    out: list[Stmt] = []
+    written = set().union(*(ir.written_by(top[k]) for k in chosen)) if chosen else set()
+    for name in sorted(written, key=[b.name for b in func.buffers].index):
+        b = func.buffer(name)
+        if name in params:
+            shadows[name] = Buffer(st.names.fresh(name + "_fwd"), b.dtype, b.shape)
+            if name in st.entry:
+                out.append(_copy(shadows[name], b, st.names))
+            elif any(ld.buffer.name == name for k in chosen for x in ir.walk_stmts(top[k])
+                     for e in ir.stmt_exprs(x) for ld in ir.loads_of(e)):
+                site = next(x for k in sorted(chosen) for x in ir.walk_stmts(top[k])
+                            if isinstance(x, (Store, Accumulate)) and x.buffer.name == name)
+                raise _Refuse(_entry_needed(func, name), site, "entry")
+            allocs.append(shadows[name])
+            st.kept.append(f"{shadows[name].name} ({name}'s values)")
+        else:
+            allocs.append(b)
+            st.kept.append(name)
+    out += [_rename_stmt(top[k], shadows) for k in sorted(chosen)]
+    return out, shadows, allocs

@@ -182,7 +182,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 def cmd_grad(args: argparse.Namespace) -> int:
     """The backward program of one function: printed as script, tensorized, checked."""
-    from .autodiff import grad
+    from .autodiff import grad, normalised
     from .numgrad import gradcheck
     from .script import ScriptError
 
@@ -208,8 +208,8 @@ def cmd_grad(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"\r\033[Kgradcheck {label}")
                 sys.stderr.flush()
 
-        checked = gradcheck(forward, backward, wrt, output=args.output, progress=progress) \
-            if args.check else None
+        checked = gradcheck(forward, backward, wrt, output=args.output, progress=progress,
+                            perturbed=normalised(forward)) if args.check else None
         if live and args.check:
             sys.stderr.write("\r\033[K")
     except (ScriptError, ValueError) as e:
@@ -475,7 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     gr = sub.add_parser("grad", help="the backward program of a function (reverse-mode differentiation)")
     gr.add_argument("file", metavar="FILE", help="a script file")
     gr.add_argument("--func", required=True, metavar="NAME", help="the forward function")
-    gr.add_argument("--wrt", required=True, metavar="BUF[,BUF]", help="the inputs to differentiate with respect to")
+    gr.add_argument("--wrt", required=True, metavar="BUF[,BUF]",
+                    help="the inputs to differentiate with respect to (a buffer the function updates "
+                         "in place: its value on entry, which the backward's parameter holds)")
     gr.add_argument("--output", metavar="BUF", help="the output to differentiate, when the function writes several")
     gr.add_argument("--backward", metavar="NAME",
                     help="check this hand-written backward of the same file instead of deriving one")

@@ -17,6 +17,12 @@ dependence analysis (guards' affine facts included) finds no flow dependence fro
 accumulation to those reads. Each such read then sees the value the buffer held before the
 nest, which the copy holds. A ``normalize`` family: the copy costs one pass over the buffer,
 against a nest that is a product; it is applied wherever legal.
+
+``snapshot(s, names, stores=True)`` takes a store the same way (``cov[j, i] = cov[i, j]``
+over ``j >= i``, a triangle mirrored, whose diagonal reads what it writes), by the same
+argument: no read sees a value the nest wrote. The family applies it to accumulations only;
+``grad`` uses it on stores too, so that each of those reads is one of the buffer's earlier
+state.
 """
 
 from __future__ import annotations
@@ -36,16 +42,17 @@ def apply(items: list, names: Names) -> list:
     return out
 
 
-def _bottom(s: Stmt) -> Optional[Accumulate]:
-    """The accumulation of a chain of loops and ``if``s without ``else``, else None."""
+def _bottom(s: Stmt, stores: bool = False) -> Optional[Accumulate | Store]:
+    """The accumulation (or store, ``stores``) of a chain of loops and ``if``s without
+    ``else``, else None."""
     while isinstance(s, (For, If)):
         if isinstance(s, If) and s.orelse is not None:
             return None
         s = s.body if isinstance(s, For) else s.then
-    return s if isinstance(s, Accumulate) else None
+    return s if isinstance(s, (Accumulate, Store) if stores else Accumulate) else None
 
 
-def _rebuilt(s: Stmt, acc: Accumulate) -> Stmt:
+def _rebuilt(s: Stmt, acc: Accumulate | Store) -> Stmt:
     if isinstance(s, For):
         return For(s.var, s.start, s.stop, _rebuilt(s.body, acc))
     if isinstance(s, If):
@@ -53,11 +60,11 @@ def _rebuilt(s: Stmt, acc: Accumulate) -> Stmt:
     return acc
 
 
-def snapshot(s: Stmt, names: Names) -> Optional[list]:
+def snapshot(s: Stmt, names: Names, stores: bool = False) -> Optional[list]:
     """``[copy, nest]`` for ``s`` reading a copy of its output buffer, or None: ``s`` is no
     such chain, reads no other element of its output, or one of those reads can see a value
-    ``s`` wrote."""
-    acc = _bottom(s)
+    ``s`` wrote. ``stores``: a chain ending in a store is taken too."""
+    acc = _bottom(s, stores)
     if acc is None:
         return None
     out = acc.buffer
@@ -74,6 +81,6 @@ def snapshot(s: Stmt, names: Names) -> Optional[list]:
     for v, n in reversed(list(zip(idx, out.shape))):
         fill = For(v.name, 0, n, fill)
     value = ir.map_loads(acc.value, lambda x: Load(copy, x.indices) if x.buffer.name == out.name else x)
-    nest = _rebuilt(s, Accumulate(out, acc.indices, value))
+    nest = _rebuilt(s, type(acc)(out, acc.indices, value))
     return [fill, nests.as_nest(nest) or nest]
 

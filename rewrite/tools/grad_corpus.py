@@ -3,9 +3,11 @@ by central differences in float64, and optionally tensorized for the host.
 
     python -m rewrite.tools.grad_corpus [corpus] [--samples 8] [--tensorize]
 
-A function is differentiated with respect to all its float inputs, for its first output.
-Integer programs, and any other grad refuses (doitgen, whose row every iteration reuses), are
-listed as refused, with the reason.
+A function is differentiated with respect to all its float inputs and the float outputs it
+updates in place (``autodiff.updated_in_place``: PolyBench's ``data``, ``C`` in ``C = beta C
++ ...``), each with respect to its value on entry, for the output its last statement writes
+(its result: ``cov`` rather than the ``data`` it centres first). Integer programs, and any
+other grad refuses, are listed as refused, with the reason.
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ import time
 from pathlib import Path
 
 from .. import ir
-from ..autodiff import grad
+from ..autodiff import grad, normalised, updated_in_place
 from ..numgrad import gradcheck
 from ..script import ScriptError, parse_file
+
+
+def result(f) -> str:
+    """The output the function's last statement writes."""
+    outs = {b.name for b in f.outputs}
+    return [s.buffer.name for s in ir.walk_stmts(f.body)
+            if isinstance(s, (ir.Store, ir.Accumulate)) and s.buffer.name in outs][-1]
 
 
 def main(argv=None) -> int:
@@ -29,8 +38,10 @@ def main(argv=None) -> int:
     failed = 0
     for path in sorted(Path(a.corpus).glob("*.py")):
         for name, f in parse_file(path).items():
-            wrt = [b.name for b in f.inputs if ir.is_float(b.dtype)]
-            out = f.outputs[0].name
+            updated = updated_in_place(f)
+            wrt = [b.name for b in f.params
+                   if ir.is_float(b.dtype) and (b in f.inputs or b in updated)]
+            out = result(f)
             t = time.perf_counter()
             try:
                 g = grad(f, wrt, output=out)
@@ -39,7 +50,7 @@ def main(argv=None) -> int:
                 continue
             dt = time.perf_counter() - t
             t = time.perf_counter()
-            check = gradcheck(f, g, wrt, output=out, samples=a.samples)
+            check = gradcheck(f, g, wrt, output=out, samples=a.samples, perturbed=normalised(f))
             failed += not check.ok
             line = (f"{name:28s} grad {dt * 1e3:6.1f} ms  gradcheck {'ok' if check.ok else 'FAILED'} "
                     f"rel {check.worst.rel_error:.1e} ({time.perf_counter() - t:.1f} s)")
