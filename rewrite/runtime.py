@@ -22,6 +22,8 @@ dispatch costs microseconds, not a Python round trip.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import ctypes
 import hashlib
 import inspect
@@ -528,6 +530,21 @@ def check(func: PrimFunc, kernel: Optional[Kernel] = None, seed: int = 0,
 # The share of special values in the last round of ``check``.
 SPECIAL_DENSITY = 0.5
 
+# What the interpreter computed for a function on one round's inputs (the inputs follow from
+# the seed): a function checked again under other options, or against another kernel, is not
+# interpreted again. The least recently used go past INTERPRETED_BYTES.
+INTERPRETED_BYTES = 256 << 20
+_interpreted: "OrderedDict[tuple, dict]" = OrderedDict()
+
+
+def _remember(key: tuple, arrays: dict) -> None:
+    _interpreted[key] = arrays
+    size = lambda d: sum(a.nbytes for a in d.values())  # noqa: E731
+    total = sum(size(d) for d in _interpreted.values())
+    while total > INTERPRETED_BYTES and len(_interpreted) > 1:
+        _, old = _interpreted.popitem(last=False)
+        total -= size(old)
+
 
 def _check_round(func: PrimFunc, kernel: Kernel, seed: int, special: bool,
                  density: Optional[float], budgets: Budgets) -> tuple[float, list[str]]:
@@ -535,9 +552,15 @@ def _check_round(func: PrimFunc, kernel: Kernel, seed: int, special: bool,
     from .interp import interpret
 
     args = random_args(func, seed=seed, special=special, density=density)
-    expected = {name: np.array(a, copy=True) for name, a in args.items()}
-    # an intrinsic call means its semantics
-    interpret(calls.expand_calls(func), expected, max_steps=budgets.check_steps)
+    key = (func, seed, special, density, budgets.check_steps)
+    expected = _interpreted.get(key)
+    if expected is None:
+        expected = {name: np.array(a, copy=True) for name, a in args.items()}
+        # an intrinsic call means its semantics
+        interpret(calls.expand_calls(func), expected, max_steps=budgets.check_steps)
+        _remember(key, expected)
+    else:
+        _interpreted.move_to_end(key)
     got = {name: np.array(a, copy=True) for name, a in args.items()}
     kernel(**{b.name: got[b.name] for b in func.params})
     worst, problems = 0.0, []

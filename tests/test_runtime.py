@@ -14,7 +14,7 @@ from rewrite import runtime
 from rewrite.inputs import random_args
 from rewrite.interp import run
 from rewrite.ir import For
-from rewrite.script import parse, parse_file
+from rewrite.script import parse, parse_file, show
 from rewrite.tools import bench
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
@@ -529,3 +529,28 @@ def ir_text(s) -> str:
     from rewrite.ir import PrimFunc
 
     return PrimFunc("_", (), s).script()
+
+
+def test_a_function_checked_again_is_not_interpreted_again(monkeypatch):
+    from rewrite import interp
+
+    func = parse("""
+@prim_func
+def f(A: f32[8, 8], B: f32[8]):
+    for i, j in grid(8, 8):
+        B[i] += A[i, j] * A[j, i]
+""")
+    kernel = runtime.compile(func)
+    calls = []
+    real = interp.interpret
+    monkeypatch.setattr(interp, "interpret", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    runtime._interpreted.clear()
+    assert runtime.check(func, kernel).ok
+    rounds = len(calls)
+    assert rounds == 3  # finite inputs, a few special values, many
+    assert runtime.check(func, kernel).ok and len(calls) == rounds
+    # a kernel that is wrong is still caught with the remembered values
+    wrong = runtime.compile(parse(show(func).replace("A[j, i]", "A[i, j]")))
+    assert not runtime.check(func, wrong).ok and len(calls) == rounds
+    # another seed: other inputs, interpreted
+    assert runtime.check(func, kernel, seed=1).ok and len(calls) == 2 * rounds
