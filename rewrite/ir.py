@@ -365,6 +365,15 @@ def seq(*stmts: Stmt) -> Stmt:
     return flat[0] if len(flat) == 1 else Seq(tuple(flat))
 
 
+def band(s: Stmt) -> tuple[list["For"], Stmt]:
+    """The loops perfectly nested at the top of ``s``, outermost first, and what they hold."""
+    loops = []
+    while isinstance(s, For):
+        loops.append(s)
+        s = s.body
+    return loops, s
+
+
 def stmts_of(s: Stmt) -> tuple[Stmt, ...]:
     """The statements of a body, whether it is a ``Seq`` or a single statement."""
     return s.stmts if isinstance(s, Seq) else (s,)

@@ -43,7 +43,7 @@ from . import analysis
 from .affine import affine
 from .calls import expand_calls, op_count
 from .ir import (INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load, PrimFunc, Seq,
-                 Stmt, Store, Unary, Var, Window, children, is_float, loads_of, seq, stmts_of,
+                 Stmt, Store, Unary, Var, Window, band, children, is_float, loads_of, seq, stmts_of,
                  walk_expr, with_children, substitute_stmt, walk_stmts, written_by)
 
 # Below this many arithmetic operations a loop runs on the calling thread: waking the
@@ -390,7 +390,7 @@ def schedule(func: PrimFunc) -> PrimFunc:
 def _reorder(func: PrimFunc, position: int, s: Stmt) -> list[Stmt]:
     """``func`` is the whole program with calls expanded (for legality); ``s`` its statement
     at ``position`` as written."""
-    loops, body = _band_of(s)
+    loops, body = band(s)
     if not loops:
         return [s]
     groups = stmts_of(body)
@@ -403,12 +403,6 @@ def _reorder(func: PrimFunc, position: int, s: Stmt) -> list[Stmt]:
     return [b if b is not None else n for b, n in zip(better, nests)]
 
 
-def _band_of(s: Stmt) -> tuple[list[For], Stmt]:
-    loops = []
-    while isinstance(s, For):
-        loops.append(s)
-        s = s.body
-    return loops, s
 
 
 def _wrap(loops: list[For], body: Stmt) -> Stmt:
@@ -431,7 +425,7 @@ def _distributable(func: PrimFunc, position: int, depth: int) -> bool:
 def _best_order(func: PrimFunc, nest: Stmt) -> Optional[Stmt]:
     """``nest`` with the cheapest loop innermost (the others keep their order), or None when
     the current order is as cheap or the cheaper one is illegal."""
-    loops, body = _band_of(nest)
+    loops, body = band(nest)
     if len(loops) < 2 or not isinstance(body, (Store, Accumulate)):
         return None
     costs = [_innermost_cost(body, f.var) for f in loops]

@@ -93,12 +93,6 @@ def _fuse_one(stmts: list[Stmt]) -> Optional[list[Stmt]]:
 # recognising the two sweeps
 
 
-def _band(s: Stmt) -> tuple[list[For], Stmt]:
-    loops = []
-    while isinstance(s, For):
-        loops.append(s)
-        s = s.body
-    return loops, s
 
 
 def _row_accesses(s: Stmt, matrix: Buffer) -> Optional[list[tuple[ir.Expr, int]]]:
@@ -134,7 +128,7 @@ def _row_by_row(q: Stmt) -> list[tuple[Buffer, For, Stmt]]:
     row of it. Scalar code is left out: a scalar remainder of two columns (bicg's
     ``s[j] += r[i] * A[i, j]`` for j from 388 to 390) fused into the sweep measured 3 us
     slower on atax and bicg than left after it, though its rows then came from L1."""
-    loops, leaf = _band(q)
+    loops, leaf = ir.band(q)
     if len(loops) < 2 or not isinstance(leaf, Call):
         return []
     t = loops[-1]
@@ -208,7 +202,7 @@ def _fuse(stmts: list[Stmt], pi: int, qi: int, matrix: Buffer,
         lo, hi = c, c + rows * u.extent  # the rows p reads
         if not (t.start <= lo and hi <= t.stop):
             return None
-        loops, leaf = _band(_renamed(q, {u.var}))
+        loops, leaf = ir.band(_renamed(q, {u.var}))
         t = loops[-1]
         taken = {x.var for s in (p, q) for x in ir.walk_stmts(s) if isinstance(x, For)}
         t_i = _fresh(t.var + "_i", taken | {u.var})
@@ -290,7 +284,7 @@ def _with_rows(q: Stmt, start: int, stop: int) -> Optional[Stmt]:
     """``q`` with its innermost loop over ``[start, stop)``, or None when that is empty."""
     if start >= stop:
         return None
-    loops, leaf = _band(q)
+    loops, leaf = ir.band(q)
     body: Stmt = For(loops[-1].var, start, stop, leaf)
     for loop in reversed(loops[:-1]):
         body = For(loop.var, loop.start, loop.stop, body)
@@ -300,7 +294,7 @@ def _with_rows(q: Stmt, start: int, stop: int) -> Optional[Stmt]:
 def _reorderable(q: Stmt) -> bool:
     """Any order of ``q``'s instances (calls) adds the same terms into each element: the
     call adds into one buffer that none of its inputs reads."""
-    _, leaf = _band(q)
+    _, leaf = ir.band(q)
     if isinstance(leaf, Call):
         out = leaf.window(leaf.output).buffer.name
         return all(w.buffer.name != out for n, w in leaf.operands if n != leaf.output)
