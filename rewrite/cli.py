@@ -61,13 +61,11 @@ def _program_rules(path: Optional[str]) -> tuple:
     clear error before any work), or none."""
     if not path:
         return ()
-    import importlib
-
     from . import program
+    from .rules import matrices
 
-    importlib.import_module(".rules.matrices", __package__)  # the built-in rules: names taken
     try:
-        return tuple(program.load_file(path))
+        return matrices.user_rules(path)
     except program.RuleError as e:
         raise BadInput(str(e)) from None
 

@@ -224,7 +224,7 @@ def rule(name: str, why: str, even: Sequence[str] = (), at_least: int = 1) -> Ca
     """Register the decorated function as a rule named ``name``, sound for the reason ``why``:
     it takes matrices (parameters annotated ``Matrix``) and scalars (``float``) and returns
     the two sides ``(lhs, rhs)``, written with ``@``, ``+``, ``.scaled(s)``, ``.T``, and
-    ``.block(i, j)``, ``.beside(m)``, ``.above(m)``. The rule applies only where the matrices
+    ``.block(i, j)``, ``.beside(m)``, ``.above(m)``, ``.strassen(...)``. The rule applies only where the matrices
     named in ``even`` have even extents of at least ``at_least``."""
     def register(fn: Callable) -> Callable:
         origin = _loading[-1] if _loading else "built-in"
@@ -253,7 +253,7 @@ def rule(name: str, why: str, even: Sequence[str] = (), at_least: int = 1) -> Ca
 
 
 def registered(origin: Optional[str] = None) -> list[ProgramRule]:
-    """The rules registered so far (built-in ones once ``rules/matmul.py`` is imported), in
+    """The rules registered so far (built-in ones once ``rules/matrices.py`` is imported), in
     order; those of one ``origin`` only when given."""
     return [r for r in _registry.values() if origin is None or r.origin == origin]
 
@@ -332,15 +332,13 @@ class Input:
 @dataclass(frozen=True)
 class Op:
     """``kind``: ``"@"``, ``"+"``, ``"*"`` (``args[0]`` scaled by ``factor``), ``"T"``,
-    ``"block"`` (quadrant ``at`` of ``args[0]``), ``"beside"`` or ``"above"``."""
+    ``"block"`` (quadrant ``at`` of ``args[0]``), ``"beside"``, ``"above"`` or ``"strassen"``
+    (seven products: ``Matrix.strassen``)."""
 
     kind: str
     args: tuple
     factor: float = 1.0
     at: tuple = ()
-
-
-Node = "Input | Op"
 
 
 class Sketch:
@@ -393,26 +391,38 @@ def inputs_of(node) -> set:
 
 
 def shape(node) -> tuple[int, int]:
+    """``node``'s rows and columns; ``ValueError`` saying where when its parts do not fit (a
+    product of matrices that do not chain, a quadrant of an odd extent, ...)."""
     if isinstance(node, Input):
         return node.rows, node.cols
+    shapes = [shape(a) for a in node.args]
     if node.kind == "@":
-        return shape(node.args[0])[0], shape(node.args[1])[1]
+        if shapes[0][1] != shapes[1][0]:
+            raise ValueError(f"{text(node)} multiplies a {shapes[0]} by a {shapes[1]} matrix")
+        return shapes[0][0], shapes[1][1]
+    if node.kind == "+":
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"{text(node)} adds a {shapes[0]} and a {shapes[1]} matrix")
+        return shapes[0]
     if node.kind == "T":
-        r, c = shape(node.args[0])
-        return c, r
+        return shapes[0][1], shapes[0][0]
     if node.kind == "block":
-        r, c = shape(node.args[0])
-        return r // 2, c // 2
+        if shapes[0][0] % 2 or shapes[0][1] % 2:
+            raise ValueError(f"{text(node)} takes a quadrant of a {shapes[0]} matrix")
+        return shapes[0][0] // 2, shapes[0][1] // 2
     if node.kind == "beside":
-        (r, c), (_, c2) = shape(node.args[0]), shape(node.args[1])
-        return r, c + c2
-    if node.kind == "above":
-        (r, c), (r2, _) = shape(node.args[0]), shape(node.args[1])
-        return r + r2, c
+        if shapes[0][0] != shapes[1][0]:
+            raise ValueError(f"{text(node)} puts a {shapes[0]} beside a {shapes[1]} matrix")
+        return shapes[0][0], shapes[0][1] + shapes[1][1]
     if node.kind == "strassen":
-        r, c = shape(node.args[0])
-        return 2 * r, 2 * c
-    return shape(node.args[0])
+        if len(set(shapes)) != 1:
+            raise ValueError(f"{text(node)} combines products of shapes {sorted(set(shapes))}")
+        return 2 * shapes[0][0], 2 * shapes[0][1]
+    if node.kind == "above":
+        if shapes[0][1] != shapes[1][1]:
+            raise ValueError(f"{text(node)} puts a {shapes[0]} above a {shapes[1]} matrix")
+        return shapes[0][0] + shapes[1][0], shapes[0][1]
+    return shapes[0]
 
 
 def text(node) -> str:
@@ -524,8 +534,9 @@ def _ruleset(rules: tuple, at_least: Optional[int]):
 
 
 def _enodes(egraph: EGraph) -> int:
-    return sum(n for fn, n in egraph.all_function_sizes()
-               if getattr(fn, "__name__", "") not in ("rows", "cols", "product_price"))
+    """The e-graph's size as its budget counts it: the terms' e-nodes and the rows of the
+    shape analysis (``rows``, ``cols``) together."""
+    return sum(n for _, n in egraph.all_function_sizes())
 
 
 def cheapest(accumulations: Sequence[tuple[str, object]], rules: Sequence[ProgramRule],

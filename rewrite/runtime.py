@@ -22,8 +22,6 @@ dispatch costs microseconds, not a Python round trip.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import ctypes
 import hashlib
 import inspect
@@ -33,6 +31,7 @@ import struct
 import uuid
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional

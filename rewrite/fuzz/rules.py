@@ -145,7 +145,7 @@ def evaluate(node, values: dict) -> np.ndarray:
     """``node`` lowered to a loop program (``matrices``' lowering) and interpreted on
     ``values`` (float64 matrices by input name). ``ValueError`` for a side that has no
     shape (a product of matrices that do not fit)."""
-    rows, cols = _shape_of(node)
+    rows, cols = program.shape(node)
     inputs = {n: Access(ir.Buffer(n, "f64", v.shape), (("_r", 0), ("_c", 0)))
               for n, v in values.items() if isinstance(v, np.ndarray)}
     out = Access(ir.Buffer("OUT", "f64", (rows, cols)), (("_r", 0), ("_c", 0)))
@@ -158,39 +158,6 @@ def evaluate(node, values: dict) -> np.ndarray:
     func = ir.PrimFunc("side", params, body, tuple(low.allocs))
     arrays = {n: v for n, v in values.items() if isinstance(v, np.ndarray)}
     return interp.run(func, **arrays, OUT=np.zeros((rows, cols)))["OUT"]
-
-
-def _shape_of(node) -> tuple[int, int]:
-    if isinstance(node, Input):
-        return node.rows, node.cols
-    shapes = [_shape_of(a) for a in node.args]
-    if node.kind == "@":
-        if shapes[0][1] != shapes[1][0]:
-            raise ValueError(f"{program.text(node)} multiplies a {shapes[0]} by a {shapes[1]} matrix")
-        return shapes[0][0], shapes[1][1]
-    if node.kind == "+":
-        if shapes[0] != shapes[1]:
-            raise ValueError(f"{program.text(node)} adds a {shapes[0]} and a {shapes[1]} matrix")
-        return shapes[0]
-    if node.kind == "T":
-        return shapes[0][1], shapes[0][0]
-    if node.kind == "block":
-        if shapes[0][0] % 2 or shapes[0][1] % 2:
-            raise ValueError(f"{program.text(node)} takes a quadrant of a {shapes[0]} matrix")
-        return shapes[0][0] // 2, shapes[0][1] // 2
-    if node.kind == "beside":
-        if shapes[0][0] != shapes[1][0]:
-            raise ValueError(f"{program.text(node)} puts a {shapes[0]} beside a {shapes[1]} matrix")
-        return shapes[0][0], shapes[0][1] + shapes[1][1]
-    if node.kind == "strassen":
-        if len(set(shapes)) != 1:
-            raise ValueError(f"{program.text(node)} combines products of shapes {sorted(set(shapes))}")
-        return 2 * shapes[0][0], 2 * shapes[0][1]
-    if node.kind == "above":
-        if shapes[0][1] != shapes[1][1]:
-            raise ValueError(f"{program.text(node)} puts a {shapes[0]} above a {shapes[1]} matrix")
-        return shapes[0][0] + shapes[1][0], shapes[0][1]
-    return shapes[0]
 
 
 def _disagreement(r: ProgramRule, values: dict) -> Optional[str]:

@@ -241,20 +241,6 @@ def _zero_fill(s, buf: ir.Buffer) -> bool:
             and all(d.start == 0 and d.stop == buf.shape[slots.index((d.var, 0))] for d in dims))
 
 
-def _touches(p, name: str) -> tuple[bool, bool]:
-    """(reads, writes) buffer ``name``."""
-    s = p.stmt() if isinstance(p, AccNest) else p
-    reads = writes = False
-    for st in ir.walk_stmts(s):
-        if isinstance(st, (ir.Store, ir.Accumulate)):
-            writes |= st.buffer.name == name
-        elif isinstance(st, ir.Call):
-            writes |= st.window(st.output).buffer.name == name
-        for e in ir.stmt_exprs(st):
-            reads |= any(ld.buffer.name == name for ld in ir.loads_of(e))
-    return reads, writes
-
-
 def transposes(func: ir.PrimFunc, parts: list, names: Names) -> list[Alternative]:
     """``C[i, j] += A[i, k] * B[j, k]``  ->  ``Bt[k, j] = B[j, k]; C[i, j] += A[i, k] * Bt[k, j]``
     (and ``A[k, i]`` into ``At[i, k]``): the operand copied once into the layout whose last index

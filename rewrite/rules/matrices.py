@@ -126,6 +126,13 @@ BUILT_IN = ("assoc-right", "assoc-left", "factor-left", "factor-right", "comm-ad
             "scale-out-left", "scale-out-right", "scale-sum", "strassen-level")
 
 
+def user_rules(path: Optional[str]) -> tuple:
+    """The rules a ``--rules-file`` registers (``program.load_file``: once a process; a bad
+    file is a ``program.RuleError``), loaded after the built-in ones, whose names a file may
+    not take; none without a file."""
+    return tuple(program.load_file(path)) if path else ()
+
+
 def built_in(off: frozenset = frozenset()) -> list[program.ProgramRule]:
     """The built-in rules, without those named in ``off``."""
     return [r for r in program.registered("built-in") if r.name in BUILT_IN and r.name not in off]
@@ -160,7 +167,7 @@ def _name(access: Access, dims: tuple[Dim, Dim]) -> tuple[str, Access, bool]:
     canonical = access.renamed({first.name: "_r", second.name: "_c"})
     extents = {"_r": first.extent, "_c": second.extent}
     buf = access.buffer
-    whole = [s for s in canonical.slots] == [("_r", 0), ("_c", 0)] and \
+    whole = canonical.slots == (("_r", 0), ("_c", 0)) and \
         buf.shape == (first.extent, second.extent)
     if whole:
         return buf.name, canonical, transposed
@@ -169,26 +176,17 @@ def _name(access: Access, dims: tuple[Dim, Dim]) -> tuple[str, Access, bool]:
 
 
 class _Touches:
-    """Which buffers each item reads and writes, computed once per item."""
+    """Which buffers each item reads or writes, and which it writes, computed once per item."""
 
     def __init__(self, parts: list):
         self.parts = parts
-        self.sets: list[tuple[set, set]] = []
+        self.sets: list[tuple[set, frozenset]] = []
         for p in parts:
             s = p.stmt() if hasattr(p, "stmt") else p
-            reads, writes = set(), set()
-            for st in ir.walk_stmts(s):
-                if isinstance(st, (ir.Store, ir.Accumulate)):
-                    writes.add(st.buffer.name)
-                elif isinstance(st, ir.Call):
-                    writes.add(st.window(st.output).buffer.name)
-                for e in ir.stmt_exprs(st):
-                    reads.update(ld.buffer.name for ld in ir.loads_of(e))
-            self.sets.append((reads, writes))
+            self.sets.append(({b.name for b in ir.buffers_of(s)}, ir.written_by(s)))
 
     def touches(self, q: int, name: str) -> bool:
-        reads, writes = self.sets[q]
-        return name in reads or name in writes
+        return name in self.sets[q][0]
 
     def writes(self, q: int, name: str) -> bool:
         return name in self.sets[q][1]
@@ -230,7 +228,7 @@ def _window(func, parts, mms, lo, hi, seen: _Touches) -> Optional[Lifted]:
         return None
     temps = {b.name: b for b in func.allocs}
     written = {mms[q].c.buffer.name for q in products}
-    internal, fills = {}, []
+    internal, fills = set(), []
     for t in written & set(temps):
         users = seen.users(t)
         if not all(lo <= u <= hi for u in users):
@@ -245,7 +243,7 @@ def _window(func, parts, mms, lo, hi, seen: _Touches) -> Optional[Lifted]:
                                      or (mms[u].m.extent, mms[u].n.extent) != temps[t].shape
                                      for u in writers):
             continue
-        internal[t] = writers
+        internal.add(t)
         fills.append(zero[0])
     # an internal temporary's zero-fill may fill nothing else: it is replaced
     terms: dict[str, list] = {t: [] for t in internal}
@@ -275,9 +273,9 @@ def _window(func, parts, mms, lo, hi, seen: _Touches) -> Optional[Lifted]:
         sinks.setdefault(name, (canonical, mm.m.extent, mm.n.extent))
         incs.setdefault(name, []).append(value)
         first_write.setdefault(out, q)
-    sink_buffers = {mms[q].c.buffer.name for q in products} - set(internal)
+    sink_buffers = {mms[q].c.buffer.name for q in products} - internal
     leaves = {a.buffer.name for a, _, _ in inputs.values()}
-    if leaves & (sink_buffers | set(internal)):
+    if leaves & (sink_buffers | internal):
         return None  # a product reads what the window writes
     others = [q for q in range(lo, hi + 1) if q not in products and q not in fills]
     for q in others:
@@ -298,7 +296,7 @@ def _sum(values: list):
     return out
 
 
-def _operand(access: Access, dims: tuple[Dim, Dim], mm: MatMul, internal: dict, terms: dict,
+def _operand(access: Access, dims: tuple[Dim, Dim], mm: MatMul, internal: set, terms: dict,
              inputs: dict):
     """The term an operand reads: an internal temporary's value, or an input leaf."""
     r, c = dims
@@ -474,7 +472,7 @@ def lower(lifted: Lifted, accumulations, parts: list, names: Names) -> Optional[
             if program.shape(node) != (rows, cols):
                 return None  # a rule that changed a shape: not this program
             low.accumulate(access, rows, cols, node)
-    except (_Unlowerable, KeyError):
+    except (_Unlowerable, KeyError, ValueError):
         return None
     window = sorted(lifted.products + lifted.fills)
     allocs = list(low.allocs)
@@ -549,19 +547,17 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
             # multiply-adds first: a window that no rule makes cheaper by them is not priced
             # by the matcher (a saturation of each product shape the e-graph holds)
             best, report = _cheapest(lifted.accumulations, rules, multiply_adds, _flop_memo, at_least)
-            if tree_cost(best, multiply_adds) >= tree_cost(lifted.accumulations, multiply_adds) * 0.995:
-                if reports is not None:
-                    reports.append(report)
-                continue
-            if price is not multiply_adds:
+            cheaper = tree_cost(best, multiply_adds) < tree_cost(lifted.accumulations, multiply_adds) * 0.995
+            if cheaper and price is not multiply_adds:
                 best, report = _cheapest(lifted.accumulations, rules, price, memo, at_least)
-        except Exception as e:  # noqa: BLE001 -- egglog refusing a user's rule: this window stays
+                cheaper = tree_cost(best, price) < tree_cost(lifted.accumulations, price) * 0.995
+        except Exception as e:  # noqa: BLE001 -- egglog refusing a user's rule, a term of no shape
             if reports is not None:
                 reports.append(program.Report(0, 0, f"error: {e}", 0.0, tuple(r.name for r in rules)))
             continue
         if reports is not None:
             reports.append(report)
-        if tree_cost(best, price) >= tree_cost(lifted.accumulations, price) * 0.995:
+        if not cheaper:
             continue
         alt = lower(lifted, best, parts, names)
         if alt is not None:

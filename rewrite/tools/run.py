@@ -151,16 +151,11 @@ def _process(unit: Unit, opts: Options) -> Entry:
         if opts.library is not None:
             from ..pipeline import tensorize
 
-            program_rules = ()
-            if opts.rules_file:
-                import importlib
+            from ..rules import matrices
 
-                from .. import program
-
-                importlib.import_module("..rules.matrices", __package__)  # built-in rules first
-                program_rules = tuple(program.load_file(opts.rules_file))
             result = tensorize(func, opts.library, strassen=opts.strassen, budgets=opts.budgets,
-                               rules_off=opts.rules_off, program_rules=program_rules)
+                               rules_off=opts.rules_off,
+                               program_rules=matrices.user_rules(opts.rules_file))
             chosen = result.func
             entry.sites = [s.to_json() for s in result.sites]
             entry.ops_total, entry.ops_in_intrinsics = result.ops_total, result.ops_in_intrinsics
