@@ -295,7 +295,11 @@ def chain(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64], D: f32[64, 64]):
     assert alt.levels == 1
     assert sum(1 for b in alt.allocs if b.shape == (32, 32) and b.name.startswith("mm_U")) == 5
     body = ir.seq(*(p.stmt() if hasattr(p, "stmt") else p for p in alt.parts))
-    _same_values(func, replace(func, body=body, allocs=func.allocs + tuple(alt.allocs)))
+    lowered = replace(func, body=body, allocs=func.allocs + tuple(alt.allocs))
+    _same_values(func, lowered)
+    # compiled, against the interpreter on the program as written, NaN/Inf/-0 rounds included
+    check = runtime.check(func, runtime.compile(lowered))
+    assert check.ok, check.message
 
 
 def test_strassen_in_the_e_graph_follows_the_strassen_option():
