@@ -1,4 +1,4 @@
-"""Tidying the chosen program (rules/tidy.py): fold-fill and forward-copy, their goldens,
+"""Tidying the chosen program (rules/tidy.py): fold-fill, forward-copy and produce-into-copy, their goldens,
 where they must not apply, and results bit for bit those of the program before them."""
 
 from pathlib import Path
@@ -11,7 +11,7 @@ from rewrite import ir, runtime
 from rewrite.inputs import random_args
 from rewrite.interp import run
 from rewrite.pipeline import tensorize
-from rewrite.rules.tidy import fold_fills, forward_copies, tidy
+from rewrite.rules.tidy import fold_fills, forward_copies, produce_into_copies, tidy
 from rewrite.script import parse, parse_file, show
 from rewrite.verify import verify
 
@@ -236,6 +236,91 @@ def f(A: f32[8], B: f32[8], C: f32[8]):
 """)
     stmts = list(ir.stmts_of(func.body))
     assert forward_copies(stmts, {"T"}) == stmts
+
+
+# ---------------------------------------------------------------------------
+# produce-into-copy
+
+
+def test_golden_a_cast_producer_runs_in_the_copy_that_packs_its_consumer(request):
+    (func,) = parse_file(GOLDEN / "cast_pack.py").values()
+    result = tensorize(func, AVX512)
+    got = show(result.func)
+    expected = GOLDEN / "cast_pack.expected"
+    if request.config.getoption("--update-golden") or not expected.exists():
+        expected.write_text(got)
+    assert got == expected.read_text()
+    # the widened matrix is gone; its cast is read where the panels are packed
+    assert "Bf = alloc" not in got and "Bf_panel2[j_o, k, j_i] = f32(B[k, j_i + 32 * j_o])" in got
+    plain = tensorize(func, AVX512, rules_off={"tidy"})
+    assert "Bf" in {b.name for b in plain.func.allocs}
+    assert [s.intrinsic for s in result.sites] == [s.intrinsic for s in plain.sites]
+    assert result.cost < plain.cost
+    _bitwise_same(plain.func, result.func, seeds=(1,))
+    if {"avx512f", "fma"} <= HOST:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
+def test_a_cast_producer_stays_where_the_operand_is_not_packed():
+    # at 128 the product reads Bf in place: inlining the cast into the product would leave it
+    # no f32 intrinsic, so the producer and its temporary stay
+    (func,) = parse_file(GOLDEN / "cast_pack.py").values()
+    small = parse(show(func).replace("512", "128"))
+    result = tensorize(small, AVX512)
+    got = show(result.func)
+    assert "Bf = alloc" in got and "Bf[k, j] = f32(B[k, j])" in got
+    assert "panel" not in got and result.coverage > 0.99
+
+
+def test_a_producer_read_by_copies_once_per_element_is_computed_in_them():
+    func = _f("for i in range(8):\n    T[i] = f32(I[i]) * 2.0\n"
+              "for i in range(4):\n    C[i] = T[i]\nfor i in range(4):\n    B[i] = T[i + 4]",
+              params="I: i16[8], B: f32[8], C: f32[8]")
+    stmts = list(ir.stmts_of(func.body))
+    out = produce_into_copies(stmts, {"T"})
+    text = show(ir.PrimFunc("f", func.params, ir.seq(*out), ()))
+    assert "T" not in text.replace("def f", "")
+    assert "C[i] = f32(I[i]) * 2.0" in text and "B[i] = f32(I[i + 4]) * 2.0" in text
+    _bitwise_same(func, ir.PrimFunc("f", func.params, ir.seq(*out), ()))
+
+
+@pytest.mark.parametrize("body,allocs", [
+    # a parameter's contents are the caller's: its store stays
+    ("for i in range(8):\n    C[i] = A[i] * B[i]\nfor i in range(8):\n    B[i] = C[i]", ""),
+    # a reader that is not a copy: the product would be computed inside a reduction
+    ("for i in range(8):\n    T[i] = A[i] * B[i]\nfor i, k in grid(8, 8):\n    C[i] += T[k]",
+     "T = alloc(f32[8])"),
+    # copied twice: the product would be computed twice per element
+    ("for i in range(8):\n    T[i] = A[i] * B[i]\nfor i in range(8):\n    C[i] = T[i]\n"
+     "for i in range(8):\n    B[i] = T[i]", "T = alloc(f32[8])"),
+    # a copy plus a constant is no plain copy
+    ("for i in range(8):\n    T[i] = A[i] * B[i]\nfor i in range(8):\n    C[i] = T[i] + 1.0",
+     "T = alloc(f32[8])"),
+    # read under a guard
+    ("for i in range(8):\n    T[i] = A[i] * B[i]\nif B[0] > 0.0:\n    for i in range(8):\n"
+     "        C[i] = T[i]", "T = alloc(f32[8])"),
+    # what the producer reads is written before the copy
+    ("for i in range(8):\n    T[i] = A[i] * B[i]\nfor i in range(8):\n    A[i] = 1.0\n"
+     "for i in range(8):\n    C[i] = T[i]", "T = alloc(f32[8])"),
+])
+def test_produce_into_copy_is_refused(body, allocs):
+    func = _f(body, allocs=allocs)
+    stmts = list(ir.stmts_of(func.body))
+    assert produce_into_copies(stmts, {b.name for b in func.allocs}) == stmts
+
+
+def test_a_producer_whose_copy_is_read_by_an_intrinsic_call_stays():
+    func = parse("""
+@prim_func
+def f(A: f32[8], B: f32[8], C: f32[8]):
+    T = alloc(f32[8])
+    for i in range(8):
+        T[i] = A[i] * 2.0
+    call("x86.fma.f32x8", c=window(C[0], (1,)), a=window(T[0], (1,)), b=window(B[0], (1,)))
+""")
+    stmts = list(ir.stmts_of(func.body))
+    assert produce_into_copies(stmts, {"T"}) == stmts
 
 
 # ---------------------------------------------------------------------------

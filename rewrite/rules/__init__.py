@@ -141,7 +141,8 @@ FAMILIES = (
            "the program-level e-graph: assoc-*, factor-*, comm-add, assoc-add, scale-*, and rules "
            "loaded with --rules-file"),
     Family("strassen", ALTERNATIVES, "strassen", ("improve",), "strassen levels"),
-    Family("tidy", ALTERNATIVES, "tidy", ("improve",), "fold-fill, forward-copy, fuse-sweeps"),
+    Family("tidy", ALTERNATIVES, "tidy", ("improve",),
+           "fold-fill, forward-copy, produce-into-copy, fuse-sweeps"),
 )
 
 

@@ -47,6 +47,24 @@ forward-copy
     (``inline-producer``, whose conditions make it sound) on these cheap producers only,
     which cost each reader an addition at most, never a pass.
 
+produce-into-copy
+    A temporary (never a parameter) whose fill is any value, ``T[v + s] = e``, and whose
+    every reader is a plain copy of it, ``U[g] = T[f]`` (a packed operand's panels, which
+    the ``pack-panel`` stage writes after planning), is computed where it is copied:
+    ``U[g] = e[v := f + s]``, and ``T`` goes. ``fusion.inline_producers``' rule
+    (``inline-producer``, whose conditions make it sound) on producers read by copies alone
+    and at most once per element in all (``_reads``): ``e`` is evaluated no more often than
+    the fill did, and the pass that wrote ``T`` and the one that read it back are one::
+
+        for k, j in grid(1024, 1024):                 for j_o, k, j_i in grid(32, 1024, 32):
+            Bf[k, j] = f32(B[k, j])          ->           Bf_panel2[j_o, k, j_i] = f32(B[k, j_i + 32 * j_o])
+        for j_o, k, j_i in grid(32, 1024, 32):
+            Bf_panel2[j_o, k, j_i] = Bf[k, j_i + 32 * j_o]
+
+    Inlining the cast into the product itself would leave it no intrinsic to run on (the
+    ``inline`` family weighs that and keeps ``Bf``); into the copy the packing makes, it
+    costs nothing: the cast pays only because the operand is packed.
+
 fuse-sweeps
     Two products that read one matrix, one in blocks of rows and one row by row (atax, bicg,
     mvt: ``A x`` and ``A^T y``), become one sweep over its rows (``rules/sweeps.py``, which
@@ -78,6 +96,7 @@ def improve(best, search):
     params = {b.name for b in best.func.params}
     temps = {b.name for b in best.func.allocs} | {b.name for b in planned.allocs}
     folded = forward_copies(fold_fills(list(planned.stmts), params | temps), temps)
+    folded = produce_into_copies(folded, temps)
     stmts = fuse_sweeps(folded)
     if stmts == list(planned.stmts):
         return best
@@ -103,7 +122,7 @@ def tidy(stmts: list[Stmt], params: set[str], temps: set[str]) -> list[Stmt]:
     the temporaries ``temps``, then fuse-sweeps; ``params`` are the function's parameters
     (fold-fill applies to them too)."""
     stmts = fold_fills(stmts, params | temps)
-    stmts = forward_copies(stmts, temps)
+    stmts = produce_into_copies(forward_copies(stmts, temps), temps)
     return fuse_sweeps(stmts)
 
 
@@ -225,6 +244,34 @@ def forward_copies(stmts: list[Stmt], temps: set[str]) -> list[Stmt]:
     func = PrimFunc("_", (), ir.seq(*stmts), tuple(copies.values()))
     out = inline_producers(func)
     return stmts if out is func else list(ir.stmts_of(out.body))
+
+
+def produce_into_copies(stmts: list[Stmt], temps: set[str]) -> list[Stmt]:
+    """produce-into-copy (module doc) on the temporaries ``temps`` no ``if`` mentions."""
+    guarded = {b.name for s in stmts if isinstance(s, If) for b in ir.buffers_of(s)}
+    into = {}
+    for k, s in enumerate(stmts):
+        fill = producer(s, k, temps)
+        if fill is None or fill.buffer.name in guarded:
+            continue
+        name = fill.buffer.name
+        readers = [r for r in stmts[k + 1:] if _mentions(r, name)]
+        if readers and all(_copy_of(r, name) for r in readers) and \
+                _reads(readers, name) <= fill.buffer.size:
+            into[name] = fill.buffer
+    if not into:
+        return stmts
+    func = PrimFunc("_", (), ir.seq(*stmts), tuple(into.values()))
+    out = inline_producers(func)
+    return stmts if out is func else list(ir.stmts_of(out.body))
+
+
+def _copy_of(s: Stmt, name: str) -> bool:
+    """``s`` is loops around one ``U[g] = name[f]`` with ``U`` another buffer."""
+    while isinstance(s, For):
+        s = s.body
+    return isinstance(s, Store) and s.buffer.name != name and isinstance(s.value, Load) and \
+        s.value.buffer.name == name
 
 
 # Reads of a forwarded copy per element, at most: each read becomes a read of the source
