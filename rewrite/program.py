@@ -23,11 +23,14 @@ instances ``tensorize rules --check`` compares (called with numpy matrices,
 ``rewrite/fuzz/rules.py``). Saturation runs under a budget; then every product shape the
 graph holds is priced once by the caller (the intrinsic matcher's plan of that product), the
 prices go into egglog as a table, a rule sets each product's cost from it (``set_cost``), and
-the whole program is extracted once: no Python runs during extraction.
+the whole program is extracted once: no Python runs during extraction. The two halves are
+requests (``Saturation``, ``Extraction``) that the caller runs where it likes: the pipeline
+runs them in the saturation worker (``saturate.call``), under its hard seconds and memory cap.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import re
@@ -205,6 +208,11 @@ class ProgramRule:
             raise RuleError(f"{self.where}: rule {self.name}: its sides are no terms over "
                             f"Matrix: {e} ({type(e).__name__})") from None
 
+    def __reduce__(self):
+        # by name and where it is registered: a worker process finds it there (the function
+        # of a rules file lives in a module only ``load_file`` can import)
+        return _registered_rule, (self.name, self.origin, self.sides.__module__)
+
     @property
     def where(self) -> str:
         """Where the rule is written: its file and line (``built-in`` for the built-in ones)."""
@@ -256,6 +264,20 @@ def registered(origin: Optional[str] = None) -> list[ProgramRule]:
     """The rules registered so far (built-in ones once ``rules/matrices.py`` is imported), in
     order; those of one ``origin`` only when given."""
     return [r for r in _registry.values() if origin is None or r.origin == origin]
+
+
+def _registered_rule(name: str, origin: str, module: str) -> ProgramRule:
+    """The rule registered as ``name`` by ``origin``: a built-in one once its ``module`` is
+    imported, a user's once its file is loaded."""
+    if name not in _registry:
+        if origin == "built-in":
+            importlib.import_module(module)
+        else:
+            load_file(origin)
+    found = _registry.get(name)
+    if found is None or found.origin != origin:
+        raise RuleError(f"{origin}: no rule {name} is registered there")
+    return found
 
 
 _files: dict[str, list[ProgramRule]] = {}
@@ -542,46 +564,97 @@ def _enodes(egraph: EGraph) -> int:
 def cheapest(accumulations: Sequence[tuple[str, object]], rules: Sequence[ProgramRule],
              price: Callable[[int, int, int], float],
              budget: Budget = Budget(),
-             at_least: Optional[int] = None) -> tuple[list[tuple[str, object]], Report]:
+             at_least: Optional[int] = None,
+             run: Optional[Callable] = None) -> tuple[list[tuple[str, object]], Report]:
     """The cheapest program equal to ``accumulations`` (``(output, node)`` pairs: ``output +=
     node`` in order) by ``rules``, each product priced by ``price(m, k, n)`` (scalar-operation
     units, called once per shape the saturated graph holds). ``at_least``: the smallest
-    extent a rule that takes quadrants splits, instead of the rule's own."""
+    extent a rule that takes quadrants splits, instead of the rule's own.
+
+    The e-graph lives where ``run`` runs its two requests (``run(request)`` returns
+    ``request()``; ``saturate.call`` runs them in the saturation worker, whose hard seconds
+    and memory cap then bound it): a ``Saturation``, which answers the product shapes to
+    price, then an ``Extraction`` given their prices. ``price`` runs here, between them.
+    Without ``run``, both run in this process."""
+    run = run or (lambda request: request())
     t0 = time.perf_counter()
-    egraph = EGraph()
-    root = None
-    for out, node in accumulations:
-        term = Program.acc(out, build(node))
-        root = term if root is None else root.then(term)
-    root = egraph.let("program", root)
-    algebra = _ruleset(tuple(rules), at_least) if rules else None
-    iterations, stop = 0, "saturated"
-    while True:
-        egraph.run(_shapes.saturate())
-        if algebra is None:
-            break
-        if iterations >= budget.iterations:
-            stop = "iteration limit"
-            break
-        if _enodes(egraph) > budget.enodes:
-            stop = "e-node limit"
-            break
-        if time.perf_counter() - t0 > budget.seconds:
-            stop = "time limit"
-            break
-        report = egraph.run(algebra)
-        iterations += 1
-        if not report.updated:
-            break
-    egraph.run(_shapes.saturate())
-    egraph.run(_products.saturate())
-    for key in egraph.function_values(_product_shape):
-        m, k, n = (int(get_literal_value(a)) for a in get_callable_args(key))
-        egraph.register(set_(product_price(m, k, n)).to(max(1, round(price(m, k, n) * PRICE_SCALE))))
-    egraph.run(_costs.saturate())
-    out = _accs(egraph.extract(root))
-    return out, Report(iterations, _enodes(egraph), stop, time.perf_counter() - t0,
+    shapes, iterations, stop = run(Saturation(tuple(accumulations), tuple(rules), budget, at_least))
+    prices = tuple((shape, max(1, round(price(*shape) * PRICE_SCALE))) for shape in shapes)
+    out, enodes = run(Extraction(prices))
+    return out, Report(iterations, enodes, stop, time.perf_counter() - t0,
                        tuple(r.name for r in rules))
+
+
+# The e-graph a ``Saturation`` built, until the ``Extraction`` that follows it: (e-graph,
+# its root). One per process; a request runs to its end before the next starts.
+_held: list = []
+
+
+@dataclass(frozen=True)
+class Saturation:
+    """A request: build the e-graph of ``accumulations``, saturate it under ``rules`` within
+    ``budget``, keep it for the ``Extraction`` that follows, and answer the product shapes
+    it holds (``(m, k, n)`` each), the iterations run and why saturation stopped. It pickles
+    (the rules by their names and where they are registered, ``ProgramRule.__reduce__``), so
+    a worker process can run it."""
+
+    accumulations: tuple
+    rules: tuple
+    budget: Budget
+    at_least: Optional[int]
+
+    def __call__(self) -> tuple[list[tuple[int, int, int]], int, str]:
+        t0 = time.perf_counter()
+        _held.clear()
+        egraph = EGraph()
+        root = None
+        for out, node in self.accumulations:
+            term = Program.acc(out, build(node))
+            root = term if root is None else root.then(term)
+        root = egraph.let("program", root)
+        algebra = _ruleset(self.rules, self.at_least) if self.rules else None
+        iterations, stop = 0, "saturated"
+        while True:
+            egraph.run(_shapes.saturate())
+            if algebra is None:
+                break
+            if iterations >= self.budget.iterations:
+                stop = "iteration limit"
+                break
+            if _enodes(egraph) > self.budget.enodes:
+                stop = "e-node limit"
+                break
+            if time.perf_counter() - t0 > self.budget.seconds:
+                stop = "time limit"
+                break
+            report = egraph.run(algebra)
+            iterations += 1
+            if not report.updated:
+                break
+        egraph.run(_shapes.saturate())
+        egraph.run(_products.saturate())
+        shapes = [tuple(int(get_literal_value(a)) for a in get_callable_args(key))
+                  for key in egraph.function_values(_product_shape)]
+        _held.append((egraph, root))
+        return shapes, iterations, stop
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """A request: the cheapest program in the e-graph the last ``Saturation`` built, each
+    product shape costing its price (``((m, k, n), price)`` pairs, in ``PRICE_SCALE`` units),
+    as accumulations, with the e-graph's size."""
+
+    prices: tuple
+
+    def __call__(self) -> tuple[list[tuple[str, object]], int]:
+        if not _held:
+            raise RuntimeError("no saturated program e-graph to extract from")
+        egraph, root = _held.pop()
+        for (m, k, n), p in self.prices:
+            egraph.register(set_(product_price(m, k, n)).to(p))
+        egraph.run(_costs.saturate())
+        return _accs(egraph.extract(root)), _enodes(egraph)
 
 
 def _accs(expr) -> list:

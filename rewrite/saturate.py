@@ -14,8 +14,12 @@ this process's import path explicitly, so a ``select.py`` or ``egglog.py`` next 
 script is never imported. It dies with its parent (``PR_SET_PDEATHSIG`` on Linux; the parent
 also kills it at exit and when interrupted).
 
-Budget stops are reported, not raised: the worker killed past ``hard_seconds``, or out of
-memory. Anything else -- the worker cannot start or import, breaks the protocol, raises, or
+The worker runs other requests too (``call``): any picklable callable of the ``rewrite``
+package, such as the program-level e-graph's saturation and extraction (``program.py``), under
+the same budget; a budget stop there raises ``Stopped``.
+
+Budget stops of a ``Job`` are reported, not raised: the worker killed past ``hard_seconds``, or
+out of memory. Anything else -- the worker cannot start or import, breaks the protocol, raises, or
 dies -- raises ``WorkerError``, which the caller reports as that function's error.
 """
 
@@ -219,7 +223,7 @@ def _serve(argv: list[str]) -> None:
         except EOFError:  # the parent closed the channel (or is gone)
             return
         try:
-            _send(out, ("ok", run_job(job)))
+            _send(out, ("ok", run_job(job) if isinstance(job, Job) else job()))
         except MemoryError:
             _send(out, ("error", _MEMORY))
         except Exception as e:  # reported to the parent, which raises it there
@@ -268,6 +272,15 @@ def import_path() -> list[str]:
 
 class WorkerError(RuntimeError):
     """The saturation worker failed for a reason other than a budget."""
+
+
+class Stopped(Exception):
+    """A request the worker ran stopped at a budget: ``reason`` says which (``killed: over N
+    s``, ``killed: memory limit``, ``memory limit``); ``seconds`` it ran."""
+
+    def __init__(self, reason: str, seconds: float):
+        super().__init__(reason)
+        self.reason, self.seconds = reason, seconds
 
 
 class Worker:
@@ -325,9 +338,9 @@ class Worker:
         lines = self._stderr.read().decode(errors="replace").strip().splitlines()
         return lines[-1].strip() if lines else ""
 
-    def _died(self, t0: float) -> tuple[list[BodyMatch], SaturationReport]:
-        """The worker closed the channel without an answer: out of memory is a budget stop,
-        anything else an error."""
+    def _died(self, t0: float):
+        """The worker closed the channel without an answer: out of memory is a budget stop
+        (``Stopped``), anything else an error (``WorkerError``)."""
         try:
             status = self._proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -337,22 +350,32 @@ class Worker:
         # an allocation past RLIMIT_AS aborts in egglog's allocator; the kernel's OOM
         # killer sends SIGKILL (which this process never sends to a running job)
         if "memory allocation" in tail or "MemoryError" in tail or status == -signal.SIGKILL:
-            return [], SaturationReport(0, 0, f"killed: {_MEMORY}", time.perf_counter() - t0)
+            raise Stopped(f"killed: {_MEMORY}", time.perf_counter() - t0)
         how = (f"was killed by signal {-status}" if status is not None and status < 0 else
                f"exited with status {status}" if status is not None else "closed its channel")
         raise WorkerError(f"the saturation worker {how}" + (f": {tail}" if tail else ""))
 
     def run(self, job: Job) -> tuple[list[BodyMatch], SaturationReport]:
+        """``job``'s matches and report; a budget stop is reported with no matches."""
+        try:
+            return self.call(job, job.budget)
+        except Stopped as e:
+            return [], SaturationReport(0, 0, e.reason, e.seconds)
+
+    def call(self, request, b: Budget):
+        """What ``request`` (a ``Job``, or a picklable callable) returns when the worker runs
+        it within ``b.hard_seconds`` and ``b.memory_bytes``; ``Stopped`` past either."""
         with self._lock:
             try:
-                return self._run(job)
+                return self._run(request, b)
+            except Stopped:
+                raise
             except BaseException:
                 # an interrupt or error part way leaves the channel in an unknown state
                 self.stop()
                 raise
 
-    def _run(self, job: Job) -> tuple[list[BodyMatch], SaturationReport]:
-        b = job.budget
+    def _run(self, job, b: Budget):
         if self._proc is None or self._proc.poll() is not None or self._memory != b.memory_bytes \
                 or not self._owner.is_alive():
             self.stop()
@@ -365,8 +388,7 @@ class Worker:
         ready, _, _ = select.select([self._proc.stdout], [], [], b.hard_seconds)
         if not ready:
             self.stop()
-            return [], SaturationReport(0, 0, f"killed: over {b.hard_seconds:g} s",
-                                        time.perf_counter() - t0)
+            raise Stopped(f"killed: over {b.hard_seconds:g} s", time.perf_counter() - t0)
         try:
             reply = _recv(self._proc.stdout)
         except (EOFError, OSError):
@@ -382,7 +404,7 @@ class Worker:
             return payload
         self.stop()
         if payload == _MEMORY:
-            return [], SaturationReport(0, 0, _MEMORY, time.perf_counter() - t0)
+            raise Stopped(_MEMORY, time.perf_counter() - t0)
         raise WorkerError(f"saturation failed in the worker: {payload}")
 
 
@@ -400,6 +422,16 @@ def saturate(job: Job, in_process: bool = False) -> tuple[list[BodyMatch], Satur
     if in_process:
         return run_job(job)
     return _WORKER.run(job)
+
+
+def call(request, budget: Budget, in_process: bool = False):
+    """What ``request()`` returns, run in the saturation worker under ``budget``'s hard
+    seconds and memory (``Stopped`` past either), or here when ``in_process``. Requests that
+    keep state between calls (an e-graph saturated by one, extracted by the next) find it in
+    the worker until a budget stop replaces the worker."""
+    if in_process:
+        return request()
+    return _WORKER.call(request, budget)
 
 
 if __name__ == "__main__":

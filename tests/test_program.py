@@ -5,13 +5,14 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import intrinsics
-from rewrite import interp, ir, nests, program, runtime
+from rewrite import interp, ir, nests, program, runtime, saturate
 from rewrite.cli import main
 from rewrite.fuzz import rules as soundness
 from rewrite.names import Names
@@ -83,6 +84,83 @@ def test_the_report_gives_the_program_e_graph():
     ((family, g),) = result.egraphs
     assert family == "matmul" and g.enodes > 0 and g.stop_reason == "saturated"
     assert "program e-graph (matmul)" in result.report()
+
+
+# ---------------------------------------------------------------------------
+# where the e-graph lives: the saturation worker, under its hard seconds and memory cap
+
+
+@pytest.fixture
+def worker(monkeypatch):
+    """A fresh saturation worker, stopped afterwards."""
+    w = saturate.Worker()
+    monkeypatch.setattr(saturate, "_WORKER", w)
+    yield w
+    w.stop()
+
+
+def _sum_of_products(n: int, size: int = 8):
+    terms = [Op("@", (Input(f"A{q}", size, size), Input(f"B{q}", size, size))) for q in range(n)]
+    total = terms[0]
+    for t in terms[1:]:
+        total = Op("+", (total, t))
+    return [("C", total)]
+
+
+AC = ("comm-add", "assoc-add")  # a sum of n products has about 2^n forms under these two
+
+
+def test_the_program_e_graph_is_saturated_and_extracted_in_the_worker(worker, monkeypatch):
+    func = parse((GOLDEN / "matmul_distribute.py").read_text())
+    parts, names = nests.items(nests.normalize(func)), Names.of(func)
+    run = partial(saturate.call, budget=saturate.Budget())
+    monkeypatch.setattr(matrices, "_flop_memo", {})  # nothing remembered from other tests
+    there = matrices.alternatives(func, parts, names, reports=(theirs := []), run=run)
+    assert worker.pid is not None and program._held == []  # no e-graph left in this process
+    monkeypatch.setattr(matrices, "_flop_memo", {})
+    here = matrices.alternatives(func, parts, names, reports=(mine := []))
+    assert [a.note for a in there] == [a.note for a in here] == \
+        ["C += A @ B1 + A @ B2 -> C += A @ (B1 + B2)"]
+    assert [(r.iterations, r.enodes, r.stop_reason) for r in theirs] == \
+        [(r.iterations, r.enodes, r.stop_reason) for r in mine]
+
+
+def test_a_program_e_graph_past_the_hard_time_limit_is_killed(worker):
+    rules = [r for r in matrices.built_in() if r.name in AC]
+    unbounded = program.Budget(iterations=100, enodes=10 ** 9, seconds=600.0)
+    run = partial(saturate.call, budget=saturate.Budget(hard_seconds=3.0))
+    with pytest.raises(saturate.Stopped) as info:
+        program.cheapest(_sum_of_products(12), rules, matrices.multiply_adds, unbounded, run=run)
+    assert info.value.reason == "killed: over 3 s" and worker.pid is None
+    # the next e-graph gets a fresh worker
+    _, report = program.cheapest(_sum_of_products(3), rules, matrices.multiply_adds, run=run)
+    assert report.stop_reason == "saturated" and worker.pid is not None
+
+
+def test_a_program_e_graph_past_the_memory_cap_is_stopped(worker):
+    rules = [r for r in matrices.built_in() if r.name in AC]
+    unbounded = program.Budget(iterations=100, enodes=10 ** 9, seconds=600.0)
+    # about 300 MB of address space for the interpreter and its libraries; 12 products
+    # under AC reach 1.5 GB
+    run = partial(saturate.call, budget=saturate.Budget(memory_bytes=700 << 20, hard_seconds=60))
+    with pytest.raises(saturate.Stopped) as info:
+        program.cheapest(_sum_of_products(12), rules, matrices.multiply_adds, unbounded, run=run)
+    assert info.value.reason in ("memory limit", "killed: memory limit")
+    assert info.value.seconds < 60 and worker.pid is None
+
+
+def test_a_window_whose_e_graph_is_stopped_stays_as_written(worker):
+    src = "@prim_func\ndef s(" + ", ".join(f"A{q}: f32[8, 8], B{q}: f32[8, 8]" for q in range(12)) + \
+        ", C: f32[8, 8]):\n" + "".join(
+            f"    for i, j, k in grid(8, 8, 8):\n        C[i, j] += A{q}[i, k] * B{q}[k, j]\n"
+            for q in range(12))
+    func = parse(src)
+    rules = [r for r in matrices.built_in() if r.name in AC]
+    run = partial(saturate.call, budget=saturate.Budget(hard_seconds=0.01))  # a fresh worker
+    reports = []
+    alts = matrices.alternatives(func, nests.items(nests.normalize(func)), Names.of(func), rules,
+                                 reports=reports, memo={}, run=run)
+    assert alts == [] and [r.stop_reason for r in reports] == ["killed: over 0.01 s"]
 
 
 # ---------------------------------------------------------------------------

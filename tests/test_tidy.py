@@ -3,7 +3,6 @@ where they must not apply, and results bit for bit those of the program before t
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import intrinsics

@@ -27,9 +27,10 @@ a regrouped NaN or Inf reaches other elements, so the rewritten program runs beh
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Callable, Optional, Sequence
 
-from .. import ir, program
+from .. import ir, program, saturate
 from ..ir import Binary, Const, Load
 from ..names import Names
 from ..nests import AccNest, Dim
@@ -533,11 +534,13 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
                  rules: Optional[Sequence[program.ProgramRule]] = None,
                  price: Callable[[int, int, int], float] = multiply_adds,
                  reports: Optional[list] = None, memo: Optional[dict] = None,
-                 at_least: Optional[int] = None) -> list[Alternative]:
+                 at_least: Optional[int] = None, run: Optional[Callable] = None) -> list[Alternative]:
     """For each window that lifts, the cheapest program the rules reach when it is cheaper
     than the window as written by ``price`` (multiply-adds by default). ``memo``: the
     extractions with ``price`` made before (a search lifts equal windows many times).
-    ``at_least``: the smallest extent ``strassen-level`` splits (default: its own)."""
+    ``at_least``: the smallest extent ``strassen-level`` splits (default: its own). ``run``:
+    where the e-graph lives (``program.cheapest``; the saturation worker, whose budget stops
+    leave the window as written)."""
     memo = {} if memo is None else memo
     parts = list(parts)
     rules = built_in() if rules is None else list(rules)
@@ -546,11 +549,16 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
         try:
             # multiply-adds first: a window that no rule makes cheaper by them is not priced
             # by the matcher (a saturation of each product shape the e-graph holds)
-            best, report = _cheapest(lifted.accumulations, rules, multiply_adds, _flop_memo, at_least)
+            best, report = _cheapest(lifted.accumulations, rules, multiply_adds, _flop_memo,
+                                     at_least, run)
             cheaper = tree_cost(best, multiply_adds) < tree_cost(lifted.accumulations, multiply_adds) * 0.995
             if cheaper and price is not multiply_adds:
-                best, report = _cheapest(lifted.accumulations, rules, price, memo, at_least)
+                best, report = _cheapest(lifted.accumulations, rules, price, memo, at_least, run)
                 cheaper = tree_cost(best, price) < tree_cost(lifted.accumulations, price) * 0.995
+        except saturate.Stopped as e:  # the worker killed past its hard seconds or memory
+            if reports is not None:
+                reports.append(program.Report(0, 0, e.reason, e.seconds, tuple(r.name for r in rules)))
+            continue
         except Exception as e:  # noqa: BLE001 -- egglog refusing a user's rule, a term of no shape
             if reports is not None:
                 reports.append(program.Report(0, 0, f"error: {e}", 0.0, tuple(r.name for r in rules)))
@@ -569,12 +577,13 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
 _flop_memo: dict = {}
 
 
-def _cheapest(accumulations, rules, price, memo: dict, at_least: Optional[int] = None):
+def _cheapest(accumulations, rules, price, memo: dict, at_least: Optional[int] = None,
+              run: Optional[Callable] = None):
     key = (tuple(accumulations), tuple(r.name for r in rules), at_least)
     if len(memo) > 4096:  # a long campaign: bounded
         memo.clear()
     if key not in memo:
-        memo[key] = program.cheapest(accumulations, rules, price, at_least=at_least)
+        memo[key] = program.cheapest(accumulations, rules, price, at_least=at_least, run=run)
     return memo[key]
 
 
@@ -617,7 +626,10 @@ def improve(best, search):
     dtypes = {b.dtype for b in best.func.buffers}
     price = _pricer(search, next(iter(dtypes))) if len(dtypes) == 1 else multiply_adds
     memo = search.memo.setdefault("program-extractions", {})
-    for alt in alternatives(best.func, best.parts, search.names, rules, price, reports, memo):
+    # the e-graphs live in the saturation worker, under the search's hard seconds and memory
+    run = partial(saturate.call, budget=search.budget, in_process=search.in_process)
+    for alt in alternatives(best.func, best.parts, search.names, rules, price, reports, memo,
+                            run=run):
         planned = search.plan(alt.parts)
         if planned.cost < chosen.planned.cost:
             chosen, items, temps = replace(best, planned=planned), alt.parts, tuple(alt.allocs)
