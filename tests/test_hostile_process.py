@@ -106,15 +106,6 @@ BOOT_RAISING = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
                 "saturate._serve(sys.argv[2:])")
 
 
-@pytest.fixture
-def worker(monkeypatch):
-    """A fresh saturation worker, stopped afterwards; tests replace its command."""
-    w = saturate.Worker()
-    monkeypatch.setattr(saturate, "_WORKER", w)
-    yield w
-    w.stop()
-
-
 def job() -> saturate.Job:
     from rewrite.match import Pattern
 

@@ -90,15 +90,6 @@ def test_the_report_gives_the_program_e_graph():
 # where the e-graph lives: the saturation worker, under its hard seconds and memory cap
 
 
-@pytest.fixture
-def worker(monkeypatch):
-    """A fresh saturation worker, stopped afterwards."""
-    w = saturate.Worker()
-    monkeypatch.setattr(saturate, "_WORKER", w)
-    yield w
-    w.stop()
-
-
 def _sum_of_products(n: int, size: int = 8):
     terms = [Op("@", (Input(f"A{q}", size, size), Input(f"B{q}", size, size))) for q in range(n)]
     total = terms[0]
