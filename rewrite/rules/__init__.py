@@ -137,6 +137,7 @@ FAMILIES = (
     Family("sums", ALTERNATIVES, "sums", ("improve",), "split-sum"),
     Family("scalar-factor", ALTERNATIVES, "scalars", ("improve",),
            "scale-operand, scale-temporary"),
+    Family("contract", ALTERNATIVES, "contract", ("improve",), "contract-pair"),
     Family("matmul", ALTERNATIVES, "matrices", ("improve",),
            "the program-level e-graph: assoc-*, factor-*, comm-add, assoc-add, scale-*, and rules "
            "loaded with --rules-file"),
