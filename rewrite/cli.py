@@ -218,22 +218,27 @@ def cmd_grad(args: argparse.Namespace) -> int:
                      "numeric": b.numeric, "backward": b.analytic, "checked": b.checked}
                     for b in checked.buffers]}
     entries: list[Entry] = []
+    library = None if args.target == "none" or not (args.tensorize or args.bench) else load_intrinsics(args)
     if args.tensorize:
-        opts = Options(library=None if args.target == "none" else load_intrinsics(args),
-                       check=args.check, explain=args.explain, threads=args.threads)
+        opts = Options(library=library, check=args.check, explain=args.explain, threads=args.threads)
         entries = [process(Unit(args.file, backward.name, func=backward), opts)]
         for e in entries:
             if e.error:
                 print(e.error, file=sys.stderr)
+    timed = _bench_grad(forward, backward, library, args) if args.bench else None
     if args.json:
         json.dump({"forward": forward.name, "backward": backward.name, "wrt": wrt,
                    "script": show(backward), "gradcheck": check_json,
-                   "functions": [e.to_json() for e in entries]}, sys.stdout, indent=2)
+                   "functions": [e.to_json() for e in entries],
+                   **({"bench": timed[0]} if timed else {})}, sys.stdout, indent=2)
         sys.stdout.write("\n")
-    elif args.tensorize:
-        print(format_table(entries, args.explain))
     else:
-        print(show(backward))
+        if args.tensorize:
+            print(format_table(entries, args.explain))
+        if timed:
+            print(timed[1])
+        if not (args.tensorize or timed):
+            print(show(backward))
     if checked is not None and not args.json:
         print(("# gradcheck: " if not args.tensorize else "gradcheck: ") + checked.message())
     if any(e.error for e in entries):
@@ -241,6 +246,27 @@ def cmd_grad(args: argparse.Namespace) -> int:
     if (checked is not None and not checked.ok) or any(e.check is not None and not e.check["ok"] for e in entries):
         return 1
     return 0
+
+
+def _bench_grad(forward, backward, library, args) -> tuple[dict, str]:
+    """The forward and the backward timed on the same inputs, each tensorized on ``library``
+    (plain loops without one) and compiled with ``--threads``: their results as JSON and as
+    a table with the backward's time over the forward's."""
+    from .pipeline import tensorize
+    from .tools import bench
+
+    for line in bench.blas_report():
+        print(line, file=sys.stderr)
+    results = []
+    for func in (forward, backward):
+        with using(Budgets()):
+            chosen = tensorize(func, library).func if library is not None else func
+        results.append(bench.bench_one(func, args.file, args.threads, args.runs, chosen=chosen))
+    ratio = results[1].median_s / results[0].median_s if results[0].median_s > 0 else None
+    text = bench.format_table(results)
+    if ratio is not None:
+        text += f"\nbackward / forward: {ratio:.2f} (the backward's median time over the forward's)"
+    return {**bench.to_json(results), "backward_over_forward": ratio}, text
 
 
 def _writable(path: Optional[str], what: str) -> None:
@@ -489,6 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--intrinsics-file", metavar="PATH", help="a Python module registering intrinsics")
     gr.add_argument("--threads", type=_threads, metavar="N", help="threads for parallel loops")
     gr.add_argument("--explain", action="store_true", help="with --tensorize: why uncovered nests match nothing")
+    gr.add_argument("--bench", action="store_true",
+                    help="time the forward and the backward, each tensorized for --target and "
+                         "compiled, on the same inputs; numpy too where it has a counterpart")
+    gr.add_argument("--runs", type=_positive, default=20, metavar="N",
+                    help="with --bench: at least this many timed runs")
     gr.add_argument("--json", action="store_true", help="one JSON object on stdout")
     gr.set_defaults(handler=cmd_grad)
 

@@ -17,6 +17,7 @@ import intrinsics
 from rewrite import ScriptError, grad, gradcheck, runtime
 from rewrite.autodiff import updated_in_place
 from rewrite.fuzz import differentiable_programs
+from rewrite.inputs import random_args
 from rewrite.interp import run
 from rewrite.ir import Accumulate, If, walk_stmts
 from rewrite.pipeline import tensorize
@@ -383,6 +384,41 @@ def test_cli_tensorize_json_reports_coverage_and_both_checks():
     assert out["backward"] == "matmul_grad" and out["gradcheck"]["ok"]
     (entry,) = out["functions"]
     assert entry["check"]["ok"] and entry["coverage"]["fraction"] >= 0.9
+
+
+def test_cli_bench_times_the_forward_and_the_backward_on_the_same_inputs():
+    p = tensorize_cli("grad", ROOT / "tests/golden/grad/matmul.py", "--func", "matmul",
+                      "--wrt", "A,B", "--bench", "--runs", "3", "--threads", "1", "--json")
+    assert p.returncode == 0, p.stderr
+    bench = json.loads(p.stdout)["bench"]
+    fwd, bwd = bench["results"]
+    assert (fwd["name"], bwd["name"]) == ("matmul", "matmul_grad")
+    assert fwd["runs"] >= 3 and bwd["runs"] >= 3 and 0 < fwd["min_s"] <= fwd["median_s"]
+    assert bench["backward_over_forward"] == pytest.approx(bwd["median_s"] / fwd["median_s"])
+    # numpy runs the forward's product and the backward's two, one after the other
+    assert fwd["numpy_median_s"] > 0 and bwd["numpy_median_s"] > 0
+    text = tensorize_cli("grad", ROOT / "tests/golden/grad/matmul.py", "--func", "matmul",
+                         "--wrt", "A,B", "--bench", "--runs", "3", "--threads", "1")
+    assert text.returncode == 0 and "matmul_grad" in text.stdout
+    assert "backward / forward: " in text.stdout and "@prim_func" not in text.stdout
+
+
+def test_numpy_runs_contractions_in_turn_only_when_none_reads_another():
+    from rewrite.tools.bench import numpy_counterpart
+
+    matmul = _only(ROOT / "tests/golden/grad/matmul.py")
+    backward = grad(matmul, ["A", "B"])
+    args = random_args(backward, 0)
+    assert numpy_counterpart(backward, args) is not None  # dA and dB, each a product
+    chain = parse("""
+@prim_func
+def chain(A: f32[8, 8], B: f32[8, 8], T: f32[8, 8], D: f32[8, 8]):
+    for i, j, k in grid(8, 8, 8):
+        T[i, j] += A[i, k] * B[k, j]
+    for i, j, k in grid(8, 8, 8):
+        D[i, j] += T[i, k] * B[k, j]
+""")
+    assert numpy_counterpart(chain, random_args(chain, 0)) is None  # D reads T
 
 
 # ---------------------------------------------------------------------------

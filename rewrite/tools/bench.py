@@ -10,7 +10,8 @@ Throughput counts arithmetic operations (``calls.op_count``: ``2*M*N*K`` for a m
 A function that is one contraction, ``C[...] (+)= A[...] * B[...] * ...`` over full loop
 ranges with an optional zero initialisation, is also run as ``np.einsum(...,
 optimize=True)`` and, when it is a matrix or matrix-vector product, as ``np.matmul`` (BLAS);
-the faster of the two is timed the same way; ``ratio`` is numpy's median over ours (above 1:
+the faster of the two is timed the same way (a function of several such contractions in turn,
+each reading none of the others' outputs, runs each its fastest way); ``ratio`` is numpy's median over ours (above 1:
 we are faster). ``blas_report`` says which BLAS numpy runs, with which kernels and threads,
 and warns of the environment variables that slow it.
 """
@@ -27,7 +28,7 @@ import numpy as np
 from .. import runtime
 from ..calls import op_count
 from ..ir import (Accumulate, Binary, Buffer, Call, Cast, Const, Expr, For, If, Load, PrimFunc, Store,
-                  Var, is_float, numpy_dtype, walk_in_loops)
+                  Var, buffers_of, is_float, numpy_dtype, stmts_of, walk_in_loops, written_by)
 from .timing import measure, rate
 
 Progress = Callable[[int, int, str], None]  # (functions done, total, name of the next one)
@@ -156,11 +157,29 @@ def contraction(func: PrimFunc) -> Optional[Contraction]:
 
 def numpy_counterpart(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Callable[[], object]]:
     """A call running ``func``'s contraction with numpy on copies of ``args``, or None: the
-    fastest of its formulations (``numpy_formulations``), timed briefly here."""
+    fastest of its formulations (``numpy_formulations``), timed briefly here; for a function
+    that is several contractions in turn (a backward's ``dA`` and ``dB``), each one's."""
     calls = numpy_formulations(func, args)
     if len(calls) > 1:
         calls.sort(key=lambda call: measure(call, 5, 0.05).median_s)
-    return calls[0] if calls else None
+    return calls[0] if calls else _in_turn(func, args)
+
+
+def _in_turn(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Callable[[], object]]:
+    """``func`` as contractions one after another, each top-level statement one and none
+    reading what another writes, each run its fastest way; None when it is not so."""
+    stmts = list(stmts_of(func.body))
+    if func.allocs or len(stmts) < 2:
+        return None
+    written = [written_by(s) for s in stmts]
+    for k, s in enumerate(stmts):
+        read = {b.name for b in buffers_of(s)} - written[k]
+        if any(read & w for j, w in enumerate(written) if j != k):
+            return None
+    calls = [numpy_counterpart(PrimFunc(func.name, func.params, s, ()), args) for s in stmts]
+    if any(c is None for c in calls):
+        return None
+    return lambda: [c() for c in calls]
 
 
 def numpy_formulations(func: PrimFunc, args: dict[str, np.ndarray]) -> list[Callable[[], object]]:
