@@ -64,7 +64,8 @@ Modules that are no family: ``casts.py`` (the normal form of a body's casts, whi
 ``finite.py`` (the guard that ``matmul.py``, ``strassen.py`` and ``scalars.py`` put around
 their rewrites),
 ``matmul.py`` (the matmul recognition that the ``matmul`` family, ``matrices.py``, and the
-``strassen`` family read).
+``strassen`` family read), ``choose.py`` (the per-nest choice of ``scalar-factor`` and
+``contract``).
 
 The hooks are looked up when a stage runs, not when this package is imported: the rule
 modules import ``nests`` and ``match``, which import this package (``casts``).

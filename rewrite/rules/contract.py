@@ -44,12 +44,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import replace
 from .. import ir
 from ..ir import Accumulate, Buffer, Const, Load, Store, Unary
 from ..names import Names
 from ..nests import AccNest, as_nest
 from . import finite
+from .choose import cheapest_per_nest
 from .scalars import _box, _factors, _loops, _product, _vars
 
 
@@ -97,26 +97,4 @@ def improve(best, search):
     """``best`` (``pipeline.Choice``) with each nest of a product of three operands or more
     replaced by the cheapest of itself and its pairs contracted first, when the program so
     chosen is cheaper by the cost model."""
-    items: list = []
-    temps: list[Buffer] = []
-    changed = False
-    for p in best.parts:
-        alts = candidates(p, search.names) if isinstance(p, AccNest) else []
-        if not alts:
-            items.append(p)
-            continue
-        choice, cheapest, extra = [p], search.plan([p]).cost, []
-        for alt, allocs in alts:
-            cost = search.plan(alt).cost
-            if cost < cheapest:
-                choice, cheapest, extra = alt, cost, allocs
-        items += choice
-        temps += extra
-        changed = changed or choice[0] is not p
-    if not changed:
-        return best
-    planned = search.plan(items)
-    if planned.cost >= best.planned.cost:
-        return best
-    return replace(best, func=replace(best.func, allocs=best.func.allocs + tuple(temps)),
-                   parts=items, planned=planned)
+    return cheapest_per_nest(best, search, lambda nest: candidates(nest, search.names))

@@ -73,7 +73,7 @@ costs add up), then the program with every choice is planned once.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 from .. import ir
@@ -83,6 +83,7 @@ from ..match import affine_expr
 from ..names import Names
 from ..nests import AccNest, as_nest
 from . import finite
+from .choose import cheapest_per_nest
 
 
 @dataclass(frozen=True)
@@ -274,31 +275,10 @@ def improve(best, search):
     """``best`` (``pipeline.Choice``) with each nest that has a runtime scalar factor replaced
     by the cheapest of itself, ``scale-operand`` and ``scale-temporary`` by the cost model,
     when the program so chosen is cheaper."""
-    items: list = []
-    temps: list[Buffer] = []
-    changed = False
-    for p in best.parts:
-        f = factored(p) if isinstance(p, AccNest) else None
+    def rewrites(nest: AccNest) -> list:
+        f = factored(nest)
         if f is None:
-            items.append(p)
-            continue
-        choice, cheapest, extra = [p], None, []
-        for rewrite in REWRITES:
-            alt = rewrite(f, search.names)
-            if alt is None:
-                continue
-            if cheapest is None:
-                cheapest = search.plan([p]).cost
-            cost = search.plan(alt[0]).cost
-            if cost < cheapest:
-                choice, cheapest, extra = alt[0], cost, alt[1]
-        items += choice
-        temps += extra
-        changed = changed or choice[0] is not p
-    if not changed:
-        return best
-    planned = search.plan(items)
-    if planned.cost >= best.planned.cost:
-        return best
-    return replace(best, func=replace(best.func, allocs=best.func.allocs + tuple(temps)),
-                   parts=items, planned=planned)
+            return []
+        return [alt for alt in (rewrite(f, search.names) for rewrite in REWRITES) if alt is not None]
+
+    return cheapest_per_nest(best, search, rewrites)
