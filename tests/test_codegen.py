@@ -493,3 +493,34 @@ def test_only_a_reduction_no_input_reads_keeps_accumulators_in_registers():
     assert "kloop" in runtime.emit_llvm(parse(DOT_K_LOOP), optimized=False)
     assert "kloop" in runtime.emit_llvm(parse(EMULATED_K_LOOP), optimized=False)
     assert "kloop" not in runtime.emit_llvm(parse(SELF_READ), optimized=False)
+
+
+INTERLEAVE = """
+@prim_func
+def pack(B: i8[64, 48], P: i8[16, 48, 4], Q: f32[8, 40], R: f32[40, 8], S: f32[16, 40],
+         T: f32[40, 16]):
+    for k4, j, kk in grid(16, 48, 4):
+        P[k4, j, kk] = B[4 * k4 + kk, j]
+    for i, j in grid(40, 8):
+        R[i, j] = Q[j, i]
+    for i, j in grid(40, 16):
+        T[i, j] = S[j, i]
+"""
+
+
+def test_a_copy_interleaving_a_few_rows_has_its_innermost_loop_unrolled():
+    func = parse(INTERLEAVE)
+    plan = lower.lower(func)
+    body = show(plan.func)
+    # the four rows of each group of k are copied in one iteration of j, each a row read
+    # along j, and so are the eight of a transpose; sixteen rows are no longer a few
+    for kk in range(4):
+        assert f"P[k4, j, {kk}] = B[" in body
+    assert "for k4, j, kk in grid" not in body and "R[i, 7] = Q[7, i]" in body
+    assert "for i, j in grid(40, 16):" in body
+    args = random_args(func, 0)
+    want = run(func, **args)
+    kernel = runtime.compile(func, threads=1)
+    kernel(**args)
+    for name in ("P", "R", "T"):
+        np.testing.assert_array_equal(args[name], want[name])
