@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import intrinsics
@@ -192,3 +192,15 @@ def test_every_candidate_computes_what_the_nest_does(src, seed):
             for branch in ("fast", "slow"):
                 got = interp.run(_with(func, list(getattr(items[0], branch)), allocs), **args)["O"]
                 np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@given(contractions())
+@settings(max_examples=8)
+@example("@prim_func\ndef f(X0: f32[2], X1: f32[2], X2: f32[2], O: f32[1]):\n"
+         "    for d0, d1, d2, d3 in grid(2, 2, 2, 2):\n"
+         "        O[0] += X0[d0] * X1[d0] * X2[d1]\n")  # a pair summed into one element
+def test_random_contractions_compile_to_what_the_interpreter_computes(src):
+    func = parse(src)
+    result = tensorize(func, HOST)
+    check = runtime.check(func, result.compile())
+    assert check.ok, check.message + "\n" + show(result.func)

@@ -75,7 +75,7 @@ def candidates(nest: AccNest, names: Names) -> list[tuple[list, list[Buffer]]]:
         if pair == keep:
             continue  # no loop of the pair's own: nothing summed first
         kept = [d for d in nest.dims if d.name in keep]
-        shape, idx = _box(kept)
+        shape, idx = _box(kept) if kept else ((1,), (Const(0, ir.INDEX),))  # a scalar sum
         temp = Buffer(names.numbered("ct_T"), dt, shape)
         zero = _loops(kept, Store(temp, idx, Const(0, dt)))
         inner = as_nest(_loops([d for d in nest.dims if d.name in pair],
