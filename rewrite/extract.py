@@ -36,6 +36,7 @@ product's bindings share one inner nest (``_Builder._scaled``).
 from __future__ import annotations
 
 import functools
+import heapq
 import math
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional
@@ -307,19 +308,31 @@ class _Builder:
         self.graph.add(ref, self.graph.leaf([nest.stmt()], cost.scalar(nest)))
         self._least[ref.id] = cost.scalar(nest)
         candidates = self._listed(key)
-        # the most promising first, so that the bound soon prunes the rest
-        order = sorted(range(len(candidates)), key=lambda k: candidates[k][0]) if PRUNE \
-            else range(len(candidates))
-        for k in order:
-            floor, plan = candidates[k]
-            if not self._beaten(floor, ref):
+        if not PRUNE:
+            for _, plan, _ in candidates:
                 self._planned(ref, plan)
+            return ref
+        # the most promising first, so that the bound soon prunes the rest; a candidate's
+        # floor is refined (``_tiled_floor``'s remainders listed) before it is planned, and
+        # it goes back in line when that raises it
+        todo = [(floor, k, False) for k, (floor, _, _) in enumerate(candidates)]
+        heapq.heapify(todo)
+        while todo:
+            floor, k, refined = heapq.heappop(todo)
+            if self._beaten(floor, ref):
+                break  # the others' floors are no lower
+            _, plan, refine = candidates[k]
+            if refine is not None and not refined:
+                heapq.heappush(todo, (max(floor, refine()), k, True))
+                continue
+            self._planned(ref, plan)
         return ref
 
     def _listed(self, key) -> list:
-        """The candidates of the nest ``key`` stands for, as ``(floor, plan)``: ``plan(ref)``
-        adds the candidate's alternatives to the nest's e-class ``ref``. Stages come after
-        the rest (in the order planned when not pruning)."""
+        """The candidates of the nest ``key`` stands for, as ``(floor, plan, refine)``:
+        ``plan(ref)`` adds the candidate's alternatives to the nest's e-class ``ref``;
+        ``refine()``, where given, is a higher floor that costs more to find. Stages come
+        after the rest (in the order planned when not pruning)."""
         if key in self._candidates:
             return self._candidates.pop(key)
         nest, matches, depth, pack, split = key
@@ -337,10 +350,12 @@ class _Builder:
                     if b.scale != 1.0:
                         candidates += self._scaled(nest, desc, b, matches, depth, pack, inner)
                     else:
-                        candidates.append((self._tiled_floor(nest, desc, b, matches),
-                                           functools.partial(self._tiled, nest=nest, desc=desc,
-                                                             b=b, matches=matches, depth=depth,
-                                                             pack=pack)))
+                        candidates.append((
+                            self._tiled_floor(nest, desc, b, matches),
+                            functools.partial(self._tiled, nest=nest, desc=desc, b=b,
+                                              matches=matches, depth=depth, pack=pack),
+                            functools.partial(self._tiled_floor, nest, desc, b, matches,
+                                              depth + 1, pack)))
                 if pack and b.scale == 1.0 and stages:
                     staged.append((desc, b))
             if pack and m.scale == 1.0 and stages:
@@ -364,7 +379,7 @@ class _Builder:
             return self._least[self._nests[key].id]
         if key not in self._candidates:
             self._candidates[key] = self._listed(key)
-        return min([cost.scalar(nest)] + [floor for floor, _ in self._candidates[key]])
+        return min([cost.scalar(nest)] + [floor for floor, _, _ in self._candidates[key]])
 
     def _planned(self, ref: NestRef, plan: Callable[[NestRef], None]) -> None:
         """Run ``plan``, which adds alternatives to ``ref``, and keep ``ref``'s cheapest
@@ -405,7 +420,7 @@ class _Builder:
             def plan(ref, split=split, moved=moved):
                 self.graph.add(ref, self.nest(split, moved, depth, pack, False))
 
-            out.append((self._nest_floor(split, moved, depth, pack, False), plan))
+            out.append((self._nest_floor(split, moved, depth, pack, False), plan, None))
         return out
 
     def _packed(self, stage, nest: AccNest, desc, b: Binding, matches, depth: int,
@@ -437,7 +452,7 @@ class _Builder:
                 parts.append(self.graph.leaf(list(packing.after), 0.0))
             self.graph.add(ref, *parts)
 
-        return [(copies + self._nest_floor(packing.nest, moved, depth, False), plan)]
+        return [(copies + self._nest_floor(packing.nest, moved, depth, False), plan, None)]
 
     def _floor(self, nest: AccNest, matches) -> float:
         """No program for ``nest`` with ``matches`` costs less: every iteration at the lower of
@@ -450,15 +465,20 @@ class _Builder:
                                      + [_per_iteration(self.ex.library[m.intrinsic], m.scale)
                                         for m in matches])
 
-    def _tiled_floor(self, nest: AccNest, desc, b: Binding, matches) -> float:
+    def _tiled_floor(self, nest: AccNest, desc, b: Binding, matches, depth: Optional[int] = None,
+                     pack: bool = True) -> float:
         """No program ``_tiled`` makes of ``b`` costs less: its calls at their bare price
         (``_price`` only adds streamed panels and split blocks) or, gathered, at unit stride
         behind a calls stage's copies (``cost.packing``: at least ``PER_PACKING``), and its
-        remainders at ``_floor``."""
+        remainders at ``_floor``, or, given the remainders' ``depth`` and ``pack``, at
+        ``_nest_floor`` (which lists their candidates)."""
         calls = cost.calls(desc, b.tiles, b.unit_stride_ok)
         if self.ex.calls_stages:
             calls = min(calls, cost.calls(desc, b.tiles, True) + cost.PER_PACKING)
-        return calls + sum(self._floor(r, matches) for r in remainders(nest, b, desc))
+        if depth is None:
+            return calls + sum(self._floor(r, matches) for r in remainders(nest, b, desc))
+        return calls + sum(self._nest_floor(r, matches, depth, pack)
+                           for r in remainders(nest, b, desc))
 
     def _tiled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool) -> None:
         """The calls of ``b`` and the plans of its remainders; again behind each calls stage
@@ -577,7 +597,7 @@ class _Builder:
                            self.nest(inner, unscaled, depth, pack),
                            self.graph.leaf([scale], cost.moved(temp.size)))
 
-        return [(floor, plan)]
+        return [(floor, plan, None)]
 
 
 def _per_iteration(desc, scale: float) -> float:
