@@ -105,6 +105,12 @@ def _injective(shape: tuple[int, ...], steps: tuple[tuple[int, ...], ...], buf: 
     return True
 
 
+@functools.lru_cache(maxsize=8192)
+def _affine_maps(indices: tuple[Expr, ...]) -> tuple[Optional[Affine], ...]:
+    """The affine map of each index: a nest's remainders and stages ask for the same ones."""
+    return tuple(affine(i) for i in indices)
+
+
 def bindings(nest: AccNest, desc, match: BodyMatch, check_extents: bool = True,
              short: bool = False) -> Iterator[Binding]:
     """Every legal binding of ``desc``'s dimensions to ``nest``'s loops for one body match
@@ -117,10 +123,12 @@ def bindings(nest: AccNest, desc, match: BodyMatch, check_extents: bool = True,
     for op in desc.operands:
         if accesses[op.name][0].dtype != op.dtype:
             return
-    maps = {name: tuple(affine(i) for i in idx) for name, (_, idx) in accesses.items()}
+    maps = {name: _affine_maps(idx) for name, (_, idx) in accesses.items()}
     if any(m is None for ms in maps.values() for m in ms):
         return
     prog = {d.name: d for d in nest.dims}
+    # each operand's step along each loop
+    coef = {(name, p.name): _coef_vector(ms, p.name) for name, ms in maps.items() for p in nest.dims}
     # Loops with the same range that move every access alike are interchangeable: a binding
     # to one is, renamed, a binding to another. Offering at most as many of each kind as the
     # intrinsic has dims bounds the bindings tried by the kinds of loops, not the nest's depth
@@ -128,12 +136,10 @@ def bindings(nest: AccNest, desc, match: BodyMatch, check_extents: bool = True,
     kinds: dict[tuple, int] = {}
     offered = []
     for p in nest.dims:
-        kind = (p.start, p.stop, tuple(_coef_vector(ms, p.name) for ms in maps.values()))
+        kind = (p.start, p.stop, tuple(coef[(name, p.name)] for name in maps))
         kinds[kind] = kinds.get(kind, 0) + 1
         if kinds[kind] <= len(desc.dims):
             offered.append(p)
-    # each operand's step along each offered loop
-    coef = {(name, p.name): _coef_vector(ms, p.name) for name, ms in maps.items() for p in offered}
     choices = []
     for d in desc.dims:
         options: list[Optional[str]] = [p.name for p in offered
