@@ -25,19 +25,24 @@ function has, not on remainders (``Family.depth``). The stages are the ``nest-st
 The candidates are not compared here: each nest becomes an e-class of alternatives in a plan
 e-graph (``plans.py``), every piece of code a leaf priced by ``cost.py`` and weighted by its
 trip count, and egglog's extraction takes the cheapest program. The pruning done in Python
-is sound: a binding whose calls alone cost as much as the scalar nest cannot win, and
-``plans.near_cheapest`` hands egglog only the alternatives within a few percent of their
-nest's cheapest.
+is exact: a binding whose calls alone cost as much as the scalar nest cannot win; each
+candidate of a nest has a floor (a lower bound on every program it leads to), candidates
+are planned cheapest floor first, and one whose floor exceeds the nest's cheapest program
+found so far is not planned (branch and bound, ``_Builder``); and ``plans.near_cheapest``
+hands egglog only the alternatives within a few percent of their nest's cheapest. A scaled
+product's bindings share one inner nest (``_Builder._scaled``).
 """
 
 from __future__ import annotations
 
 import functools
+import heapq
 import math
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional
 
 from . import cost, ir, rules
+from .calls import op_count
 from .affine import affine
 from .plans import NestRef, PlanGraph
 from .ir import INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, Load, Stmt, Store, Var
@@ -48,6 +53,7 @@ from .nests import AccNest, Dim
 from .rules import layout, loops
 
 MAX_DEPTH = 3
+PRUNE = True  # branch and bound in ``_Builder.nest`` (off: every candidate planned, for tests)
 
 
 @dataclass
@@ -277,12 +283,21 @@ def _bindings(nest: AccNest, desc, m: BodyMatch, short: bool) -> tuple[Binding, 
 
 
 class _Builder:
-    """Candidates of one nest and, recursively, of the nests they leave, into a plan graph."""
+    """Candidates of one nest and, recursively, of the nests they leave, into a plan graph.
+
+    Branch and bound: each candidate of a nest (a binding's calls and remainders, a scaled
+    product's inner nest, a split nest, a stage) comes with a floor, the least any program
+    it leads to can cost; they are planned cheapest floor first, and one whose floor exceeds
+    the cheapest alternative the nest already has is not planned at all (``_beaten``). The
+    floors are lower bounds (``_floor``, ``_tiled_floor``, ``_nest_floor``), so no candidate
+    that could have been the cheapest is dropped: the plan chosen is the one planning
+    everything would choose."""
 
     def __init__(self, ex: Extractor, graph: PlanGraph):
         self.ex, self.graph = ex, graph
         self._nests: dict = {}  # remainders of different bindings are often the same nest
-        self._least: dict[int, float] = {}  # a finished nest's id -> its cheapest alternative
+        self._least: dict[int, float] = {}  # a nest's id -> its cheapest alternative so far
+        self._candidates: dict = {}  # a nest's key -> its candidates, once listed
 
     def nest(self, nest: AccNest, matches: tuple, depth: int, pack: bool,
              split: bool = True) -> NestRef:
@@ -290,20 +305,57 @@ class _Builder:
         if key in self._nests:
             return self._nests[key]
         ref = self._nests[key] = self.graph.nest()
-        scalar = cost.scalar(nest)
-        self.graph.add(ref, self.graph.leaf([nest.stmt()], scalar))
-        if depth >= MAX_DEPTH:
+        self.graph.add(ref, self.graph.leaf([nest.stmt()], cost.scalar(nest)))
+        self._least[ref.id] = cost.scalar(nest)
+        candidates = self._listed(key)
+        if not PRUNE:
+            for _, plan, _ in candidates:
+                self._planned(ref, plan)
             return ref
+        # the most promising first, so that the bound soon prunes the rest; a candidate's
+        # floor is refined (``_tiled_floor``'s remainders listed) before it is planned, and
+        # it goes back in line when that raises it
+        todo = [(floor, k, False) for k, (floor, _, _) in enumerate(candidates)]
+        heapq.heapify(todo)
+        while todo:
+            floor, k, refined = heapq.heappop(todo)
+            if self._beaten(floor, ref):
+                break  # the others' floors are no lower
+            _, plan, refine = candidates[k]
+            if refine is not None and not refined:
+                heapq.heappush(todo, (max(floor, refine()), k, True))
+                continue
+            self._planned(ref, plan)
+        return ref
+
+    def _listed(self, key) -> list:
+        """The candidates of the nest ``key`` stands for, as ``(floor, plan, refine)``:
+        ``plan(ref)`` adds the candidate's alternatives to the nest's e-class ``ref``;
+        ``refine()``, where given, is a higher floor that costs more to find. Stages come
+        after the rest (in the order planned when not pruning)."""
+        if key in self._candidates:
+            return self._candidates.pop(key)
+        nest, matches, depth, pack, split = key
+        if depth >= MAX_DEPTH:
+            return []
+        scalar = cost.scalar(nest)
         stages = [s for s in self.ex.nest_stages if s.depth is None or depth <= s.depth]
-        staged = []  # (desc, binding) for the nest stages, weighed last
+        candidates: list = []
+        staged = []  # (desc, binding) for the nest stages
+        inner: set = set()  # scaled products' inner nests listed
         for m in matches:
             desc = self.ex.library[m.intrinsic]
             for b in _bindings(nest, desc, m, False):
                 if cost.calls(desc, b.tiles, b.unit_stride_ok) < scalar:
                     if b.scale != 1.0:
-                        self._scaled(ref, nest, desc, b, matches, depth, pack)
+                        candidates += self._scaled(nest, desc, b, matches, depth, pack, inner)
                     else:
-                        self._tiled(ref, nest, desc, b, matches, depth, pack)
+                        candidates.append((
+                            self._tiled_floor(nest, desc, b, matches),
+                            functools.partial(self._tiled, nest=nest, desc=desc, b=b,
+                                              matches=matches, depth=depth, pack=pack),
+                            functools.partial(self._tiled_floor, nest, desc, b, matches,
+                                              depth + 1, pack)))
                 if pack and b.scale == 1.0 and stages:
                     staged.append((desc, b))
             if pack and m.scale == 1.0 and stages:
@@ -311,77 +363,122 @@ class _Builder:
                 # tiles of (pad-to-tile)
                 staged += [(desc, b) for b in _bindings(nest, desc, m, True)]
             if split and self.ex.split_loops:
-                self._split(ref, nest, desc, m, matches, depth, pack)
-        if staged:
-            # a stage whose copies and least possible calls cost as much as the cheapest
-            # program found without it cannot win, and its nest need not be planned
-            bound = self._cheapest(ref)
-            for desc, b in staged:
-                for stage in stages:
-                    self._packed(stage, ref, nest, desc, b, matches, depth, bound)
-        return ref
+                candidates += self._split(nest, desc, m, matches, depth, pack)
+        seen: set = set()  # bindings that need the same copies stage the same nest
+        for desc, b in staged:
+            for stage in stages:
+                candidates += self._packed(stage, nest, desc, b, matches, depth, seen)
+        return candidates
 
-    def _cheapest(self, ref: NestRef) -> float:
-        """The cost of ``ref``'s cheapest alternative so far; the nests it holds are finished
-        (planned before it), so their costs are kept."""
-        def alternatives(nid: int) -> float:
-            return min(sum(part(p) for p in parts) for parts in self.graph.alternatives[nid])
+    def _nest_floor(self, nest: AccNest, matches: tuple, depth: int, pack: bool,
+                    split: bool = True) -> float:
+        """No program for the nest costs less: its cheapest once planned, else the least of
+        its scalar price and its candidates' floors."""
+        key = (nest, matches, depth, pack, split)
+        if key in self._nests:
+            return self._least[self._nests[key].id]
+        if key not in self._candidates:
+            self._candidates[key] = self._listed(key)
+        return min([cost.scalar(nest)] + [floor for floor, _, _ in self._candidates[key]])
 
-        def part(p) -> float:
-            if not isinstance(p, NestRef):
-                return self.graph.leaves[p].cost
-            if p.id not in self._least:
-                self._least[p.id] = alternatives(p.id)
-            return self._least[p.id]
+    def _planned(self, ref: NestRef, plan: Callable[[NestRef], None]) -> None:
+        """Run ``plan``, which adds alternatives to ``ref``, and keep ``ref``'s cheapest
+        alternative up to date (the nests in them are finished, their cheapest known)."""
+        alternatives = self.graph.alternatives[ref.id]
+        first = len(alternatives)
+        plan(ref)
+        for parts in alternatives[first:]:
+            total = sum(self._least[p.id] if isinstance(p, NestRef) else self.graph.leaves[p].cost
+                        for p in parts)
+            self._least[ref.id] = min(self._least[ref.id], total)
 
-        return alternatives(ref.id)
+    def _beaten(self, floor: float, ref: NestRef) -> bool:
+        """A candidate none of whose programs costs less than ``floor`` cannot be ``ref``'s
+        cheapest: the cheapest alternative found so far costs less, by more than egglog's
+        integer prices can blur (``plans.SCALE``: each leaf's price rounded to 1/1024, each
+        leaf counted; the margin is one whole operation and a billionth of the cost).
 
-    def _split(self, ref, nest: AccNest, desc, m: BodyMatch, matches, depth: int,
-               pack: bool) -> None:
+        Exact: every program the candidate would add costs at least ``floor``, so it would
+        lose to the cheaper alternative already there, which is kept; pruning inside a nest
+        only removes alternatives costlier than its cheapest, so the cheapest of every nest,
+        and of the whole plan, is what it was."""
+        best = self._least[ref.id]
+        return PRUNE and floor > best + 1.0 + 1e-9 * abs(best)
+
+    def _split(self, nest: AccNest, desc, m: BodyMatch, matches, depth: int,
+               pack: bool) -> list:
         """``split-for-intrinsic`` (``rules/loops.py``): ``nest`` with one loop split in two
         for an intrinsic that reads it as two dims (``tdpbusd``'s groups of four k), planned
-        again, with every match, as another way to run the same nest."""
+        again, with every match, as another way to run the same nest. The candidates, each
+        with the split nest's floor."""
         loads = dict(zip((o.name for o in desc.inputs), m.loads))
+        out = []
         for split, load_of in loops.split_for(nest, desc, loads, self.ex.names):
             moved = tuple(BodyMatch(x.nest, x.intrinsic, tuple(load_of(ld) for ld in x.loads),
                                     x.scale) for x in matches)
-            self.graph.add(ref, self.nest(split, moved, depth, pack, False))
 
-    def _packed(self, stage, ref, nest: AccNest, desc, b: Binding, matches, depth: int,
-                bound: float) -> None:
+            def plan(ref, split=split, moved=moved):
+                self.graph.add(ref, self.nest(split, moved, depth, pack, False))
+
+            out.append((self._nest_floor(split, moved, depth, pack, False), plan, None))
+        return out
+
+    def _packed(self, stage, nest: AccNest, desc, b: Binding, matches, depth: int,
+                seen: set) -> list:
         """A nest stage (``pack-operand``: copies of the inputs ``b`` reads without unit
         stride; ``pad-to-tile``: zero-padded copies over extents ``b``'s tile divides), then
         the nest it gives, planned again without nest stages (its cheapest binding is now
         usually ``b`` unit-stride, or without remainders), then what the stage runs after it
-        (padding's writeback). Not planned when the stage's price and ``_floor`` of its nest
-        reach ``bound``, the cheapest plan of ``nest`` found without it. Bindings that need
-        the same copies share one temporary, so its name is made once."""
+        (padding's writeback). Its floor: the stage's price and ``_nest_floor`` of its nest.
+        Bindings that need the same copies share one temporary, so its name is made once,
+        and one candidate (``seen``)."""
         reqs = stage.pick(nest, desc, b)
         if reqs is None:
-            return
+            return []
         key = (stage.name, nest, matches, reqs)
+        if key in seen:
+            return []
+        seen.add(key)
         if key not in self.ex._packs:
             self.ex._packs[key] = stage.build(nest, reqs, self.ex.stage_names())
         packing = self.ex._packs[key]
         copies = stage.price(packing)  # what runs after the nest included
         moved = tuple(x for x in (packing.match(m) for m in matches) if x is not None)
-        if copies + self._floor(packing.nest, moved) >= bound:
-            return  # the copies and the cheapest conceivable calls cost more than a plan found
-        sub = self.nest(packing.nest, moved, depth, False)
-        parts = [self.graph.leaf(list(packing.copies), copies, list(packing.buffers)), sub]
-        if packing.after:
-            parts.append(self.graph.leaf(list(packing.after), 0.0))
-        self.graph.add(ref, *parts)
+
+        def plan(ref):
+            sub = self.nest(packing.nest, moved, depth, False)
+            parts = [self.graph.leaf(list(packing.copies), copies, list(packing.buffers)), sub]
+            if packing.after:
+                parts.append(self.graph.leaf(list(packing.after), 0.0))
+            self.graph.add(ref, *parts)
+
+        return [(copies + self._nest_floor(packing.nest, moved, depth, False), plan, None)]
 
     def _floor(self, nest: AccNest, matches) -> float:
         """No program for ``nest`` with ``matches`` costs less: every iteration at the lower of
         its scalar price and the cheapest call's price per iteration it covers (calls at unit
-        stride; copies, gathers and remainders only add)."""
-        per = cost.scalar(nest) / max(1, nest.iterations)
-        for m in matches:
-            desc = self.ex.library[m.intrinsic]
-            per = min(per, desc.cost / math.prod(d.extent for d in desc.dims))
-        return per * nest.iterations
+        stride; copies, gathers and remainders only add), or, for a match with a constant
+        factor, the scalar price of the product without it (``_scaled``'s inner nest, whose
+        zeroing and scaling passes only add). Stages keep this: a packed nest has the same
+        body and iterations, a padded one more iterations, a split one the same."""
+        return nest.iterations * min([cost.scalar(nest) / max(1, nest.iterations)]
+                                     + [_per_iteration(self.ex.library[m.intrinsic], m.scale)
+                                        for m in matches])
+
+    def _tiled_floor(self, nest: AccNest, desc, b: Binding, matches, depth: Optional[int] = None,
+                     pack: bool = True) -> float:
+        """No program ``_tiled`` makes of ``b`` costs less: its calls at their bare price
+        (``_price`` only adds streamed panels and split blocks) or, gathered, at unit stride
+        behind a calls stage's copies (``cost.packing``: at least ``PER_PACKING``), and its
+        remainders at ``_floor``, or, given the remainders' ``depth`` and ``pack``, at
+        ``_nest_floor`` (which lists their candidates)."""
+        calls = cost.calls(desc, b.tiles, b.unit_stride_ok)
+        if self.ex.calls_stages:
+            calls = min(calls, cost.calls(desc, b.tiles, True) + cost.PER_PACKING)
+        if depth is None:
+            return calls + sum(self._floor(r, matches) for r in remainders(nest, b, desc))
+        return calls + sum(self._nest_floor(r, matches, depth, pack)
+                           for r in remainders(nest, b, desc))
 
     def _tiled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool) -> None:
         """The calls of ``b`` and the plans of its remainders; again behind each calls stage
@@ -444,8 +541,8 @@ class _Builder:
         self.graph.add(ref, self.graph.leaf(list(panel.copies), copies, list(panel.buffers)),
                        self.graph.leaf([_calls(desc, *blocked)], calls), *rest)
 
-    def _scaled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int,
-                pack: bool) -> None:
+    def _scaled(self, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool,
+                listed: set) -> list:
         """``out += s * body`` as ``T = 0; T += body; out += s * T``, ``T`` indexed by the
         dims that index ``out`` (``_output_dims``): ``C[64 * t + i, j]`` over ``t, i, j`` sums
         into ``T[t, i, j]``, then ``C[64 * t + i, j] += s * T[t, i, j]``. Each element of ``T``
@@ -455,31 +552,65 @@ class _Builder:
 
         Not for an infinite ``s`` (a literal such as ``1e999``): ``sum(inf * a * b)`` is NaN
         as soon as two terms differ in sign, ``inf * sum(a * b)`` is not. A finite ``s``
-        keeps the NaN/Inf pattern (a sum of terms is non-finite iff one term is)."""
+        keeps the NaN/Inf pattern (a sum of terms is non-finite iff one term is).
+
+        ``body`` is the intrinsic's, on the binding's loads, of the first binding with this
+        factor; every match with it says the same of the nest's body (``s * body``, up to the
+        order of its factors), and bindings, stages and prices read the loads, not the
+        order, so each binding's inner nest would get the same plans: one inner nest serves
+        them all (``listed``: the inner nests already candidates of this nest). The
+        candidate's floor: the two passes, and the inner nest's iterations each at the
+        least of its scalar price and its matches' calls (``_per_iteration``)."""
         if not ir.is_float(nest.out.dtype) or not math.isfinite(b.scale):
-            return
+            return []
         key = (nest, b.scale)
+        if key in listed:
+            return []
+        listed.add(key)
         dims = _output_dims(nest)
-        if key not in self.ex._temps:
-            temp = Buffer(self.ex.names.fresh("T"), nest.out.dtype,
-                          tuple(d.extent for d in dims) or (1,))
-            self.ex._temps[key] = (temp, [self.ex.names.fresh(f"x{k}") for k in range(len(dims))])
-        temp, names = self.ex._temps[key]
-        body = _substitute(semantics_value(desc), dict(b.loads))
-        inner = AccNest(nest.dims, temp, tuple(_shifted(Var(d.name), -d.start) for d in dims)
-                        or (Const(0, INDEX),), body)
+        size = math.prod(d.extent for d in dims)
         unscaled = tuple(BodyMatch(m.nest, m.intrinsic, m.loads, 1.0) for m in matches
                          if m.scale == b.scale)
-        idx = tuple(Var(n) for n in names) or (Const(0, INDEX),)
-        at = {d.name: _shifted(Var(n), d.start) for d, n in zip(dims, names)}
-        out_idx = tuple(ir.substitute(i, at) for i in nest.indices)
-        zero: Stmt = Store(temp, idx, Const(0.0, temp.dtype))
-        scale = Accumulate(nest.out, out_idx, Binary("*", Const(b.scale, temp.dtype), Load(temp, idx)))
-        for n, d in reversed(list(zip(names, dims))):
-            zero, scale = For(n, 0, d.extent, zero), For(n, 0, d.extent, scale)
-        self.graph.add(ref, self.graph.leaf([zero], cost.moved(temp.size), [temp]),
-                       self.nest(inner, unscaled, depth, pack),
-                       self.graph.leaf([scale], cost.moved(temp.size)))
+        body = _substitute(semantics_value(desc), dict(b.loads))
+        scalar = cost.scalar(AccNest((), nest.out, (Const(0, INDEX),), body))
+        per = min([scalar] + [_per_iteration(self.ex.library[m.intrinsic], 1.0) for m in unscaled])
+        floor = 2 * cost.moved(size) + per * nest.iterations
+
+        def plan(ref):
+            if key not in self.ex._temps:
+                temp = Buffer(self.ex.names.fresh("T"), nest.out.dtype,
+                              tuple(d.extent for d in dims) or (1,))
+                self.ex._temps[key] = (temp, [self.ex.names.fresh(f"x{k}") for k in range(len(dims))],
+                                       body)
+            temp, names, value = self.ex._temps[key]
+            inner = AccNest(nest.dims, temp, tuple(_shifted(Var(d.name), -d.start) for d in dims)
+                            or (Const(0, INDEX),), value)
+            idx = tuple(Var(n) for n in names) or (Const(0, INDEX),)
+            at = {d.name: _shifted(Var(n), d.start) for d, n in zip(dims, names)}
+            out_idx = tuple(ir.substitute(i, at) for i in nest.indices)
+            zero: Stmt = Store(temp, idx, Const(0.0, temp.dtype))
+            scale = Accumulate(nest.out, out_idx, Binary("*", Const(b.scale, temp.dtype),
+                                                         Load(temp, idx)))
+            for n, d in reversed(list(zip(names, dims))):
+                zero, scale = For(n, 0, d.extent, zero), For(n, 0, d.extent, scale)
+            self.graph.add(ref, self.graph.leaf([zero], cost.moved(temp.size), [temp]),
+                           self.nest(inner, unscaled, depth, pack),
+                           self.graph.leaf([scale], cost.moved(temp.size)))
+
+        return [(floor, plan, None)]
+
+
+def _per_iteration(desc, scale: float) -> float:
+    """The least a program of a nest matched by ``desc`` (times ``scale``) can pay per
+    iteration: a call's price over the iterations it covers, or, with a constant factor,
+    the scalar price of the inner nest of ``_scaled`` (the intrinsic's body, and its
+    ``+=``)."""
+    per = desc.cost / math.prod(d.extent for d in desc.dims)
+    if scale != 1.0:
+        body = semantics_value(desc)
+        per = min(per, float(op_count(Accumulate(Buffer("_", body.dtype, (1,)),
+                                                 (Const(0, INDEX),), body))))
+    return per
 
 
 def _output_dims(nest: AccNest) -> list[Dim]:

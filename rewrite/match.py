@@ -27,7 +27,7 @@ from . import ir
 from .affine import Affine, affine
 from .ir import Binary, Buffer, Const, Expr, Load, Var, Window
 from .names import Names
-from .nests import AccNest, Dim
+from .nests import AccNest, Dim, _cached_hash, _without_hash
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,12 @@ class BodyMatch:
     intrinsic: str
     loads: tuple[Load, ...]
     scale: float = 1.0
+
+    def __hash__(self) -> int:  # computed once, as a nest's (nests._cached_hash)
+        return _cached_hash(self, (self.nest, self.intrinsic, self.loads, self.scale))
+
+    def __getstate__(self) -> dict:
+        return _without_hash(self)
 
 
 # ---------------------------------------------------------------------------
@@ -99,6 +105,12 @@ def _injective(shape: tuple[int, ...], steps: tuple[tuple[int, ...], ...], buf: 
     return True
 
 
+@functools.lru_cache(maxsize=8192)
+def _affine_maps(indices: tuple[Expr, ...]) -> tuple[Optional[Affine], ...]:
+    """The affine map of each index: a nest's remainders and stages ask for the same ones."""
+    return tuple(affine(i) for i in indices)
+
+
 def bindings(nest: AccNest, desc, match: BodyMatch, check_extents: bool = True,
              short: bool = False) -> Iterator[Binding]:
     """Every legal binding of ``desc``'s dimensions to ``nest``'s loops for one body match
@@ -111,10 +123,12 @@ def bindings(nest: AccNest, desc, match: BodyMatch, check_extents: bool = True,
     for op in desc.operands:
         if accesses[op.name][0].dtype != op.dtype:
             return
-    maps = {name: tuple(affine(i) for i in idx) for name, (_, idx) in accesses.items()}
+    maps = {name: _affine_maps(idx) for name, (_, idx) in accesses.items()}
     if any(m is None for ms in maps.values() for m in ms):
         return
     prog = {d.name: d for d in nest.dims}
+    # each operand's step along each loop
+    coef = {(name, p.name): _coef_vector(ms, p.name) for name, ms in maps.items() for p in nest.dims}
     # Loops with the same range that move every access alike are interchangeable: a binding
     # to one is, renamed, a binding to another. Offering at most as many of each kind as the
     # intrinsic has dims bounds the bindings tried by the kinds of loops, not the nest's depth
@@ -122,15 +136,16 @@ def bindings(nest: AccNest, desc, match: BodyMatch, check_extents: bool = True,
     kinds: dict[tuple, int] = {}
     offered = []
     for p in nest.dims:
-        kind = (p.start, p.stop, tuple(_coef_vector(ms, p.name) for ms in maps.values()))
+        kind = (p.start, p.stop, tuple(coef[(name, p.name)] for name in maps))
         kinds[kind] = kinds.get(kind, 0) + 1
         if kinds[kind] <= len(desc.dims):
             offered.append(p)
     choices = []
     for d in desc.dims:
         options: list[Optional[str]] = [p.name for p in offered
-                                        if p.extent >= d.extent or not check_extents
-                                        or short and 2 * p.extent >= d.extent]
+                                        if (p.extent >= d.extent or not check_extents
+                                            or short and 2 * p.extent >= d.extent)
+                                        and _still(desc, d.name, p.name, coef)]
         if d.extent == 1:
             options.append(None)
         choices.append(options)
@@ -142,25 +157,30 @@ def bindings(nest: AccNest, desc, match: BodyMatch, check_extents: bool = True,
         if short and all(p is None or extent[p] >= d.extent for d, p in zip(desc.dims, assignment)):
             continue
         b = _check(nest, desc, match, dict(zip((d.name for d in desc.dims), assignment)),
-                   accesses, maps, prog, short)
+                   accesses, coef, prog, short)
         if b is not None:
             yield b
 
 
-def _check(nest, desc, match, bound, accesses, maps, prog, short=False) -> Optional[Binding]:
+def _still(desc, it: str, p: str, coef: dict) -> bool:
+    """Intrinsic dim ``it`` may run along program loop ``p``: a bound program dim an operand
+    does not use must not move its access (a pair at a time, so checked before the
+    assignments are enumerated)."""
+    return not any(it not in op.dims and any(coef[(op.name, p)]) for op in desc.operands)
+
+
+def _check(nest, desc, match, bound, accesses, coef, prog, short=False) -> Optional[Binding]:
+    """The binding ``bound`` (intrinsic dim -> program loop or None), each pair allowed by
+    ``_still``, if its output windows do not alias (None otherwise); ``coef``: each
+    operand's steps along each program loop."""
     steps = {}
     unit_ok = True
     for op in desc.operands:
         buf = accesses[op.name][0]
-        ms = maps[op.name]
         op_steps = []
         for it in op.dims:
             p = bound.get(it) if it is not None else None
-            op_steps.append(_coef_vector(ms, p) if p is not None else (0,) * buf.ndim)
-        # a bound program dim the operand does not use must not move its access
-        for it, p in bound.items():
-            if p is not None and it not in op.dims and any(_coef_vector(ms, p)):
-                return None
+            op_steps.append(coef[(op.name, p)] if p is not None else (0,) * buf.ndim)
         # (a window past a short loop may wrap onto the next row; padding writes it into a
         # temporary of the padded extents, where the padded nest is bound again)
         if op.role == "output" and not short and not _injective(op.shape, tuple(op_steps), buf):

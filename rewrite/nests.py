@@ -57,6 +57,14 @@ class AccNest:
     indices: tuple[Expr, ...]
     value: Expr
 
+    def __hash__(self) -> int:
+        """The fields' hash, computed once: the extractor keys its tables by nests, and an
+        expression tree hashes all its nodes every time (``_cached_hash``)."""
+        return _cached_hash(self, (self.dims, self.out, self.indices, self.value))
+
+    def __getstate__(self) -> dict:
+        return _without_hash(self)
+
     def stmt(self) -> Stmt:
         s: Stmt = Accumulate(self.out, self.indices, self.value)
         for d in reversed(self.dims):
@@ -69,6 +77,20 @@ class AccNest:
 
 
 Item = Union[AccNest, Stmt]
+
+
+def _cached_hash(obj, fields: tuple) -> int:
+    """``hash(fields)``, kept in ``obj`` (a frozen dataclass with a ``__dict__``) after the
+    first call. Not pickled (``_without_hash``): string hashes differ between processes."""
+    h = obj.__dict__.get("_hash")
+    if h is None:
+        h = hash(fields)
+        object.__setattr__(obj, "_hash", h)
+    return h
+
+
+def _without_hash(obj) -> dict:
+    return {k: v for k, v in obj.__dict__.items() if k != "_hash"}
 
 
 # ---------------------------------------------------------------------------

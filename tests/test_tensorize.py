@@ -238,3 +238,55 @@ def f(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):
     assert result.ops_in_intrinsics / result.ops_total > 0.9
     assert "-1.0 *" in show(result.func)
     assert runtime.check(result.func).ok
+
+
+# the extractor's branch and bound (extract._Builder): exact, and it prunes
+_PRUNED_SRC = {
+    # a scaled product with remainders along every loop, and a product of its result
+    "scaled_chain": """
+@prim_func
+def f(A: f32[37, 45], B: f32[45, 29], C: f32[29, 50], T: f32[37, 29], D: f32[37, 50]):
+    for i, j in grid(37, 29):
+        T[i, j] = 0.0
+    for i, j, k in grid(37, 29, 45):
+        T[i, j] += 1.5 * A[i, k] * B[k, j]
+    for i, j, k in grid(37, 50, 29):
+        D[i, j] += T[i, k] * C[k, j]
+""",
+    # a transposed operand (packing weighed against gathers) and a matrix-vector product
+    "transposed_gemv": """
+@prim_func
+def f(A: f32[40, 70], B: f32[33, 70], C: f32[40, 33], x: f32[70], y: f32[40]):
+    for i, j, k in grid(40, 33, 70):
+        C[i, j] += A[i, k] * B[j, k]
+    for i, k in grid(40, 70):
+        y[i] += 2.0 * A[i, k] * x[k]
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_PRUNED_SRC))
+def test_the_extractors_bound_prunes_and_keeps_the_cheapest_plan(name, monkeypatch):
+    """Candidates whose floor exceeds the cheapest plan found are not planned (fewer
+    binding plans than planning everything), and the program chosen is the one planning
+    everything chooses, at the same cost, on the AVX-512 rows (the matrix-vector and wide
+    axpy rows give many candidates)."""
+    from rewrite import extract
+
+    library = intrinsics.library("x86-avx512")
+    planned = []
+    tiled = extract._Builder._tiled
+
+    def counting(self, *a, **kw):
+        planned.append(1)
+        return tiled(self, *a, **kw)
+
+    monkeypatch.setattr(extract._Builder, "_tiled", counting)
+    pruned = tensorize(parse(_PRUNED_SRC[name]), library)
+    n_pruned, planned[:] = len(planned), []
+    monkeypatch.setattr(extract, "PRUNE", False)
+    full = tensorize(parse(_PRUNED_SRC[name]), library)
+    assert n_pruned < len(planned) / 2
+    assert pruned.cost == pytest.approx(full.cost, rel=1e-12)
+    assert show(pruned.func) == show(full.func)
+    assert pruned.ops_in_intrinsics == full.ops_in_intrinsics > 0

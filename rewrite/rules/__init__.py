@@ -33,8 +33,8 @@ Kinds
     (statements filling the temporaries ``staged.buffers``) and before ``staged.after``
     (statements reading them back), each match read through ``staged.match`` (None: that
     match is not planned on the new nest). ``price`` is what the copies and ``after`` cost
-    (``cost.py``); a stage whose price and cheapest conceivable calls reach the best plan
-    found without it is not planned. ``Family.depth`` bounds the remainder nests it is
+    (``cost.py``); a stage whose price and cheapest conceivable calls exceed the best plan
+    found so far is not planned (``extract._Builder``). ``Family.depth`` bounds the remainder nests it is
     weighed on. Obligation: the copies, the new nest and ``after`` together compute what
     the nest did (``pack-operand``: the new nest's binding runs at unit stride;
     ``pad-to-tile``: over extents the intrinsic divides).

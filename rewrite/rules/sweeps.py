@@ -43,6 +43,7 @@ It never adds work. It is part of ``tidy`` (``rules/tidy.py``), on the chosen pr
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional, Sequence
 
 from .. import analysis, calls, ir
@@ -121,7 +122,8 @@ def _row_accesses(s: Stmt, matrix: Buffer) -> Optional[list[tuple[ir.Expr, int]]
     return out
 
 
-def _row_by_row(q: Stmt) -> list[tuple[Buffer, For, Stmt]]:
+@lru_cache(maxsize=4096)  # asked again for each pair of sweeps tried
+def _row_by_row(q: Stmt) -> tuple[tuple[Buffer, For, Stmt], ...]:
     """The matrices ``q`` reads one row per innermost iteration, each as ``(matrix, t,
     q)``: ``q`` is loops around one intrinsic call whose innermost loop ``t`` moves every
     access of the matrix by one row, no other loop moves its row, and one call reads one
@@ -141,9 +143,10 @@ def _row_by_row(q: Stmt) -> list[tuple[Buffer, For, Stmt]]:
         if len({f.const for f in maps}) == 1 and all(
                 f.coeff(t.var) == 1 and all(f.coeff(l.var) == 0 for l in loops[:-1]) for f in maps):
             found.append((m, t, q))
-    return found
+    return tuple(found)
 
 
+@lru_cache(maxsize=4096)
 def _blocks(p: Stmt, matrix: Buffer) -> Optional[tuple[For, int, int]]:
     """``(u, R, c)`` when ``p`` is a loop ``u`` whose iteration reads rows ``[R*u + c,
     R*u + c + R)`` of ``matrix`` and no others (each access's row affine in ``u`` with
@@ -307,10 +310,19 @@ def _meaning(stmts: Sequence[Stmt]) -> PrimFunc:
     return calls.expand_calls(PrimFunc("sweeps", buffers, body))
 
 
+@lru_cache(maxsize=4096)
 def _commute(a: Stmt, b: Stmt) -> bool:
     """``a`` and ``b`` (top-level) may run in either order: no dependence between an access
     of one and an access of the other but two additions into one element."""
     func = _meaning([a, b])
+    # a dependence joins two accesses of one buffer, one of them a write: where every such
+    # pair across the two adds into the buffer on both sides, none can be of another kind
+    # (most pairs tried, the products of a split triangle adding into one C, are these)
+    accs = analysis.accesses(func)
+    if all(x.kind == y.kind == "accumulate" for x in accs for y in accs
+           if x.path[0] == 0 and y.path[0] == 1 and x.buffer.name == y.buffer.name
+           and (x.writes or y.writes)):
+        return True
     for d in analysis.dependences(func):
         if d.source.path[0] != d.sink.path[0] and not (
                 d.source.kind == d.sink.kind == "accumulate"):
