@@ -236,65 +236,77 @@ class Kernel:
         self._specs = list(zip(self._params, self._dtypes, self._strides,
                                [b.shape for b in func.params], self._written))
         self._last: Optional[tuple] = None  # see _pointers
+        self._count = len(self._names)
+        self._pick = operator.itemgetter(*self._names) if len(self._names) > 1 else \
+            (lambda kw, name=self._names[0] if self._names else None: (kw[name],))
         self._local = threading.local()  # see _with_temporaries
 
     def __repr__(self) -> str:
         return f"<Kernel {self.func.name} threads={self.threads} from {self.source}>"
 
     def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> None:
-        arrays = self._bind(args, kwargs)
+        # A small product is a few microseconds of native code, so the Python around it is
+        # kept to what must run every call: the buffers picked out of the keywords in one
+        # step (``_pick``), each array's type, strides, shape, dtype and (for an output)
+        # writeability compared with what was compiled (``_specs``; ``is`` decides a native
+        # dtype before numpy's slower ``!=``), anything else taking the full check, which
+        # says what is wrong; then the native entry given the pointer array's address as an
+        # integer (ctypes converts an integer faster than an array object).
+        if args or len(kwargs) != self._count:
+            arrays = self._bind(args, kwargs)
+        else:
+            try:
+                arrays = self._pick(kwargs)
+            except KeyError:
+                arrays = self._bind(args, kwargs)  # a wrong name: the general path says which
         for arr, (buf, want, strides, shape, written) in zip(arrays, self._specs):
-            # the common case in a few comparisons (a C-contiguous array of this shape has
-            # these strides; a native dtype is one object, so ``is`` decides it before
-            # numpy's slower ``!=``); anything else takes the full check, which says what is
-            # wrong
             if type(arr) is not _NDARRAY or arr.strides != strides or arr.shape != shape \
                     or (arr.dtype is not want and arr.dtype != want) \
                     or written and not arr.flags.writeable:
                 _check_array(buf, want, arr, written)
-        pointers = self._pointers(arrays)
-        if self._allocs:
-            pointers = self._with_temporaries(pointers)
+        last = self._last
+        if last is None or not all(map(operator.is_, last[0], arrays)):
+            last = self._pointers(arrays)
+        pointers = self._with_temporaries(last) if self._allocs else last[1]
         if self._pool is None:
             self._entry(pointers, None)
         else:
             with self._pool.lock:
                 self._entry(pointers, self._pool.address)
 
-    def _with_temporaries(self, pointers):
-        """``pointers`` followed by the temporaries', zeroed (the IR says temporaries start as
-        zeros) unless the program writes every element before it reads any
-        (``analysis.filled_before_read``: padded and packed copies, a product's temporary
-        started at zero by the program itself). Each thread keeps its own temporaries across
-        calls: allocating them and reading their addresses cost several microseconds a call,
-        and fresh large arrays fault their pages in again every time."""
+    def _with_temporaries(self, last: tuple) -> int:
+        """The address of ``last``'s pointers (``_pointers``) followed by the temporaries',
+        zeroed (the IR says temporaries start as zeros) unless the program writes every
+        element before it reads any (``analysis.filled_before_read``: padded and packed copies, a product's
+        temporary started at zero by the program itself). Each thread keeps its own
+        temporaries across calls: allocating them and reading their addresses cost several
+        microseconds a call, and fresh large arrays fault their pages in again every time."""
         local = self._local
-        temps = getattr(local, "temps", None)
-        if temps is None:
+        try:
+            combined = local.combined
+        except AttributeError:
             temps = local.temps = [_aligned_zeros(b) for b in self._allocs]
             local.addresses = [t.ctypes.data for t in temps]
-            local.combined = (None, None)
+            combined = local.combined = (None, None, 0)
             local.zeroed = [t for t, zeroed in zip(temps, self._zeroed) if zeroed]
         else:
             for t in local.zeroed:
                 t.fill(0)
-        if local.combined[0] is not pointers:
-            n = len(pointers) + len(temps)
-            local.combined = (pointers, (ctypes.c_void_p * n)(*pointers, *local.addresses))
-        return local.combined[1]
+        if combined[0] is not last:  # held in ``combined``: its identity is never reused
+            held = (ctypes.c_void_p * (len(last[2]) + len(local.addresses)))(*last[2], *local.addresses)
+            combined = local.combined = (last, held, ctypes.addressof(held))
+        return combined[2]
 
-    def _pointers(self, arrays: list[np.ndarray]):
-        """The pointer array for ``arrays``, reused when the same array objects come again
-        (reading an address from numpy costs microseconds; a benchmark loop calls with the same
-        arrays). The remembered arrays are held, so their memory cannot move or be reused."""
-        last = self._last
-        if last is not None and all(map(operator.is_, last[0], arrays)):
-            return last[1]
+    def _pointers(self, arrays) -> tuple:
+        """``(arrays, address of their pointer array, the pointer array)``, kept as
+        ``_last`` and reused while the same array objects come again (reading an address
+        from numpy costs microseconds; a benchmark loop calls with the same arrays). The
+        remembered arrays are held, so their memory cannot move or be reused."""
         addresses = [a.ctypes.data for a in arrays]
         self._check_overlap(arrays, addresses)
-        pointers = (ctypes.c_void_p * len(arrays))(*addresses)
-        self._last = (tuple(arrays), pointers)
-        return pointers
+        held = (ctypes.c_void_p * len(arrays))(*addresses)
+        self._last = (tuple(arrays), ctypes.addressof(held), held)
+        return self._last
 
     def _bind(self, args: tuple, kwargs: dict) -> list[np.ndarray]:
         names = self._names
