@@ -243,8 +243,9 @@ def streamed(calls: int, streams, reread_streams=None) -> float:
     512 program's 8.4 million units ran in 7.5 ms); over the share that does not fit (1/2,
     7/8) that is 2 per line. At 768 it predicts 0.7 units a call where 0.2 was measured:
     the copy is still chosen there, and it still measured faster."""
-    extra = sum(_reread(calls, s) + _paged(calls, s) + _aliased(calls, s)
-                for s in (streams if reread_streams is None else reread_streams))
+    extra = sum(_reread(calls, s) for s in (streams if reread_streams is None else reread_streams))
+    # on the order the calls run in, once it is known (the blocked one)
+    extra += sum(_paged(calls, s) + _aliased(calls, s) for s in reread_streams or ())
     for s in streams:
         if not s.unit or s.contiguous or s.stride < LINE:
             continue
@@ -277,14 +278,14 @@ def _reread(calls: int, s) -> float:
 
 
 def _paged(calls: int, s) -> float:
-    """A panel read at a stride of a line or more that the next tile reads again (B's
-    ``KC`` rows under a group of row tiles) but whose rows span more pages than the
-    first-level TLB maps: each step is a page walk on every tile, and the prefetcher, which
-    stops at page boundaries, does not follow. Each call pays ``PER_LINE_REFETCHED`` per
-    line for the share of the span out of reach. Measured on 8x32 tiles of a 1000^3 f32
-    product (B's rows 4000 bytes apart, 250-row blocks: 1 MB, 244 pages), one thread,
-    loaded machine, same-run ratios to numpy: B in panels 0.78-0.82, in place 0.53-0.63."""
-    if not s.unit or not s.reused or s.contiguous or s.stride < LINE:
+    """A panel read at a stride of a line or more whose steps along one tile's reduction
+    (B's ``KC`` rows) span more pages than the first-level TLB maps: a step is a page walk
+    whenever a tile reads it again, and the prefetcher, which stops at page boundaries,
+    does not follow. Each call pays ``PER_LINE_REFETCHED`` per line for the share of the
+    span out of reach. Measured on 8x32 tiles of a 1000^3 f32 product (B's rows 4000 bytes
+    apart, 250-row blocks: 1 MB, 244 pages), one thread, loaded machine, same-run ratios to
+    numpy: B in panels 0.78-0.82, in place 0.53-0.63."""
+    if not s.unit or s.contiguous or s.stride < LINE:
         return 0.0
     span = s.steps * s.stride
     if span <= DTLB_REACH:
@@ -300,13 +301,12 @@ def one_set(s) -> bool:
 
 def _aliased(calls: int, s) -> float:
     """An input whose rows share one L1 set (``one_set``: the 8x32 tile's 8 rows of A at
-    2048 floats a row, 8 KB apart) and that streams past a panel the tiles keep in L1 (it
-    moves along the next loop out: A in the cache-blocked order, under B's panel) evicts the
-    panel's lines from that set and is evicted by them: each call pays
-    ``PER_LINE_REFETCHED`` for the lines its rows walk through. Read again by the next tile
-    instead (A in the unblocked order), its rows are what L1 keeps (``_reread``). On 8x32
-    tiles of 2048^3 (blocked, one thread, loaded machine, same-run ratios to numpy) A copied
-    into [i_o, k, i_i] panels measured 0.86 against 0.78 read in place, about 1 unit a call."""
-    if s.reused or not one_set(s):
+    2048 floats a row, 8 KB apart) evicts the lines of the other operands from that set and
+    is evicted by them: each call pays ``PER_LINE_REFETCHED`` for the lines its rows walk
+    through. On 8x32 tiles of 2048^3 (blocked, loaded machine, same-run ratios to numpy) A
+    copied into [i_o, k, i_i] panels measured 0.86 against 0.78 read in place with row
+    tiles in groups under B's panel, 0.91-0.94 against 0.88-0.89 with each row tile's A
+    kept in L1 across a block of B (``extract.blocked_loops``): about 1 unit a call."""
+    if not one_set(s):
         return 0.0
     return calls * s.runs * s.stride / LINE * PER_LINE_REFETCHED
