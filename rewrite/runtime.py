@@ -358,8 +358,9 @@ def _fast_path(names: list[str], specs: list) -> tuple:
     over the buffers, zips and a ``map`` cost 1-2 us a call on a 30^3 product whose native
     code runs in under one; written out, the checks of three buffers cost a few hundred
     nanoseconds. Buffer names are script identifiers, so they are valid parameters; the
-    helpers' names start with ``_k_``, and a buffer named so (or none at all) takes the
-    general loop instead."""
+    generated code names nothing else but its helpers, whose names start with ``_k_`` (a
+    buffer named ``type`` or ``len`` shadows nothing it uses), and a buffer named so (or
+    none at all) takes the general loop instead."""
     if not names or any(n.startswith("_k_") for n in names):
         def pick(*args, **kwargs):
             raise TypeError("general path")
@@ -375,13 +376,13 @@ def _fast_path(names: list[str], specs: list) -> tuple:
                 last = kernel._pointers(arrays)
             kernel._enter(last)
         return pick, run
-    env: dict = {"_k_nd": _NDARRAY, "_k_check": _check_array}
+    env: dict = {"_k_nd": _NDARRAY, "_k_check": _check_array, "_k_type": type}
     params = ", ".join(names)
     lines = [f"def _k_pick({params}):", f"    return ({params},)",
              f"def _k_run(_k_self, {params}):"]
     for k, (name, (buf, want, strides, shape, written)) in enumerate(zip(names, specs)):
         env.update({f"_k_b{k}": buf, f"_k_d{k}": want, f"_k_s{k}": strides, f"_k_h{k}": shape})
-        test = (f"type({name}) is not _k_nd or {name}.strides != _k_s{k} or {name}.shape != _k_h{k}"
+        test = (f"_k_type({name}) is not _k_nd or {name}.strides != _k_s{k} or {name}.shape != _k_h{k}"
                 f" or ({name}.dtype is not _k_d{k} and {name}.dtype != _k_d{k})")
         if written:
             test += f" or not {name}.flags.writeable"

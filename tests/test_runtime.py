@@ -164,7 +164,7 @@ def t(A: f32[8, 6], B: f32[8, 6]):
             np.testing.assert_array_equal(a["B"], pad[:, :6] * 2 + pad[:, 2:])
 
 
-@pytest.mark.parametrize("name", ["_k_last", "_k_self", "self", "kernel"])
+@pytest.mark.parametrize("name", ["_k_last", "_k_self", "self", "kernel", "type", "len"])
 def test_buffer_names_of_any_spelling_are_called(name):
     func = parse(f"""
 @prim_func
