@@ -269,8 +269,8 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names):
                                 names.fresh(f"{rows.name}_b"), names.fresh(f"{rows.name}_i"))
 
     def split(d: Dim, outer: str, inner: str, n: int) -> Expr:
-        return Binary("+", Binary("+", Const(d.start, ir.INDEX), Binary("*", Const(n, ir.INDEX), Var(outer))),
-                      Var(inner))
+        scaled = Binary("*", Const(n, ir.INDEX), Var(outer))
+        return Binary("+", Binary("+", Const(d.start, ir.INDEX), scaled), Var(inner))
 
     values = {r.name: split(r, k_o, k_i, kc), rows.name: split(rows, rows_b, rows_i, group)}
 

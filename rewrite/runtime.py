@@ -269,10 +269,11 @@ class Kernel:
     def _with_temporaries(self, last: tuple) -> int:
         """The address of ``last``'s pointers (``_pointers``) followed by the temporaries',
         zeroed (the IR says temporaries start as zeros) unless the program writes every
-        element before it reads any (``analysis.filled_before_read``: padded and packed copies, a product's
-        temporary started at zero by the program itself). Each thread keeps its own
-        temporaries across calls: allocating them and reading their addresses cost several
-        microseconds a call, and fresh large arrays fault their pages in again every time."""
+        element before it reads any (``analysis.filled_before_read``: padded and packed
+        copies, a product's temporary started at zero by the program itself). Each thread
+        keeps its own temporaries across calls: allocating them and reading their addresses
+        cost several microseconds a call, and fresh large arrays fault their pages in again
+        every time."""
         local = self._local
         try:
             combined = local.combined
@@ -285,7 +286,8 @@ class Kernel:
             for t in local.zeroed:
                 t.fill(0)
         if combined[0] is not last:  # held in ``combined``: its identity is never reused
-            held = (ctypes.c_void_p * (len(last[2]) + len(local.addresses)))(*last[2], *local.addresses)
+            n = len(last[2]) + len(local.addresses)
+            held = (ctypes.c_void_p * n)(*last[2], *local.addresses)
             combined = local.combined = (last, held, ctypes.addressof(held))
         return combined[2]
 
@@ -382,7 +384,8 @@ def _fast_path(names: list[str], specs: list) -> tuple:
              f"def _k_run(_k_self, {params}):"]
     for k, (name, (buf, want, strides, shape, written)) in enumerate(zip(names, specs)):
         env.update({f"_k_b{k}": buf, f"_k_d{k}": want, f"_k_s{k}": strides, f"_k_h{k}": shape})
-        test = (f"_k_type({name}) is not _k_nd or {name}.strides != _k_s{k} or {name}.shape != _k_h{k}"
+        test = (f"_k_type({name}) is not _k_nd or {name}.strides != _k_s{k}"
+                f" or {name}.shape != _k_h{k}"
                 f" or ({name}.dtype is not _k_d{k} and {name}.dtype != _k_d{k})")
         if written:
             test += f" or not {name}.flags.writeable"
