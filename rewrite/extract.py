@@ -263,8 +263,12 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names):
     cols = next((d for d in others if d.name in uses(widest)), None) if len(others) == 1 else None
     nc = None
     if cols is not None and kc * step * cols.extent > l2_bytes() // 2:
-        nc = next((n for n in range(min(l2_bytes() // 2 // (kc * step), cols.extent // 2), 1, -1)
-                   if cols.extent % n == 0), None)
+        fits = [n for n in range(min(l2_bytes() // 2 // (kc * step), cols.extent // 2), 1, -1)
+                if cols.extent % n == 0]
+        # the column blocks are what the threads share: an even number of them, if a block
+        # at least half the largest gives one, keeps two threads busy to the end
+        nc = next((n for n in fits if (cols.extent // n) % 2 == 0 and 2 * n >= fits[0]),
+                  fits[0]) if fits else None
     k_o, k_i, rows_b, rows_i = (names.fresh(f"{r.name}_o"), names.fresh(f"{r.name}_i"),
                                 names.fresh(f"{rows.name}_b"), names.fresh(f"{rows.name}_i"))
 

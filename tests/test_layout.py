@@ -509,6 +509,17 @@ def test_columns_are_cut_into_blocks_of_b_that_fit_half_of_l2(monkeypatch):
         assert check.ok, check.message
 
 
+def test_column_blocks_come_in_an_even_number_where_one_close_to_the_largest_does(monkeypatch):
+    # 12 column tiles, at most 4 a block (128 KB of a 256 KB L2): 3 blocks of 4 would leave
+    # one of two threads idle at the end; 4 blocks of 3 do not
+    _caches(monkeypatch, 48 * 1024, 256 * 1024)
+    func = _nn(32, 384, 512)
+    result = tensorize(func, AVX512)
+    loops = _call_loops(result.func, "x86.avx512.mm.f32.8x32x1")
+    assert [n for _, n in loops] == [4, 2, 4, 3, 256]
+    _interp_equal(func, result.func)
+
+
 def test_b_fitting_half_of_l2_keeps_the_row_groups(monkeypatch):
     _caches(monkeypatch, 48 * 1024, 2 * 1024 * 1024)
     loops = _call_loops(tensorize(_nn(128, 256, 512), AVX512).func, "x86.avx512.mm.f32.8x32x1")
