@@ -51,6 +51,9 @@ VECTOR_RUN = 8
 LINE, L1_BYTES, L2_SETS, L2_WAYS = 64, 32 * 1024, 1024, 8
 PER_LINE_REFETCHED = 2.0
 PER_LINE_FROM_L2 = 8.0
+# 4 KB pages; what a first-level data TLB of 64 entries maps (``paged``); bytes between two
+# addresses in the same L1 set (32 KB of 8 ways, 48 KB of 12: both 4 KB, ``one_set``).
+PAGE, DTLB_REACH, L1_SET_PERIOD = 4096, 64 * 4096, 4096
 
 
 def scalar(nest: AccNest) -> float:
@@ -241,6 +244,8 @@ def streamed(calls: int, streams, reread_streams=None) -> float:
     7/8) that is 2 per line. At 768 it predicts 0.7 units a call where 0.2 was measured:
     the copy is still chosen there, and it still measured faster."""
     extra = sum(_reread(calls, s) for s in (streams if reread_streams is None else reread_streams))
+    # on the order the calls run in, once it is known (the blocked one)
+    extra += sum(_paged(calls, s) + _aliased(calls, s) for s in reread_streams or ())
     for s in streams:
         if not s.unit or s.contiguous or s.stride < LINE:
             continue
@@ -270,3 +275,38 @@ def _reread(calls: int, s) -> float:
     if footprint <= L1_BYTES:
         return 0.0
     return calls * s.runs * s.stride / LINE * PER_LINE_FROM_L2 * (1.0 - L1_BYTES / footprint)
+
+
+def _paged(calls: int, s) -> float:
+    """A panel read at a stride of a line or more whose steps along one tile's reduction
+    (B's ``KC`` rows) span more pages than the first-level TLB maps: a step is a page walk
+    whenever a tile reads it again, and the prefetcher, which stops at page boundaries,
+    does not follow. Each call pays ``PER_LINE_REFETCHED`` per line for the share of the
+    span out of reach. Measured on 8x32 tiles of a 1000^3 f32 product (B's rows 4000 bytes
+    apart, 250-row blocks: 1 MB, 244 pages), one thread, loaded machine, same-run ratios to
+    numpy: B in panels 0.78-0.82, in place 0.53-0.63."""
+    if not s.unit or s.contiguous or s.stride < LINE:
+        return 0.0
+    span = s.steps * s.stride
+    if span <= DTLB_REACH:
+        return 0.0
+    return calls * s.runs * math.ceil(s.run / LINE) * PER_LINE_REFETCHED * (1.0 - DTLB_REACH / span)
+
+
+def one_set(s) -> bool:
+    """A call reads several runs (rows) a multiple of ``L1_SET_PERIOD`` apart: all of them
+    fall into one L1 set, which they share with the panel the tile keeps in L1."""
+    return s.runs > 1 and s.apart > 0 and s.apart % L1_SET_PERIOD == 0 and s.stride < LINE
+
+
+def _aliased(calls: int, s) -> float:
+    """An input whose rows share one L1 set (``one_set``: the 8x32 tile's 8 rows of A at
+    2048 floats a row, 8 KB apart) evicts the lines of the other operands from that set and
+    is evicted by them: each call pays ``PER_LINE_REFETCHED`` for the lines its rows walk
+    through. On 8x32 tiles of 2048^3 (blocked, loaded machine, same-run ratios to numpy) A
+    copied into [i_o, k, i_i] panels measured 0.86 against 0.78 read in place with row
+    tiles in groups under B's panel, 0.91-0.94 against 0.88-0.89 with each row tile's A
+    kept in L1 across a block of B (``extract.blocked_loops``): about 1 unit a call."""
+    if not one_set(s):
+        return 0.0
+    return calls * s.runs * s.stride / LINE * PER_LINE_REFETCHED

@@ -195,17 +195,28 @@ KC_MIN, ROW_TILES = 64, 8
 def l1_data_bytes() -> int:
     """This CPU's L1 data cache per core, as Linux describes it in sysfs (``48K``), else
     ``cost``'s 32 KB."""
+    return _cache_bytes(1, "Data") or cost.L1_BYTES
+
+
+@functools.lru_cache(maxsize=None)
+def l2_bytes() -> int:
+    """This CPU's L2 cache per core, as sysfs describes it (``2048K``), else ``cost``'s
+    512 KB."""
+    return _cache_bytes(2, "Unified") or cost.L2_SETS * cost.L2_WAYS * cost.LINE
+
+
+def _cache_bytes(level: int, kind: str) -> int:
     from pathlib import Path
 
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
-            level, kind = (index / "level").read_text().strip(), (index / "type").read_text().strip()
+            lv, ty = (index / "level").read_text().strip(), (index / "type").read_text().strip()
             size = (index / "size").read_text().strip()
         except OSError:
             continue
-        if level == "1" and kind == "Data" and size[:-1].isdigit() and size[-1] in "KM":
+        if lv == str(level) and ty == kind and size[:-1].isdigit() and size[-1] in "KM":
             return int(size[:-1]) << (10 if size[-1] == "K" else 20)
-    return cost.L1_BYTES
+    return 0
 
 
 def blocked_loops(desc, loops: list, windows: dict, names: Names):
@@ -218,6 +229,15 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names):
         for i_o, j_o, k in grid(128, 32, 1024): call(..., a=window(A[8 * i_o, k], ...), ...)
         for i_b, k_o, j_o, i_i, k_i in grid(8, 8, 32, 16, 128):
             call(..., a=window(A[128 * i_b + 8 * i_i, 128 * k_o + k_i], ...), ...)
+
+    When one reduction block of the widest input over all its column tiles (B's KC rows)
+    is more than half of L2, the column tiles are cut into blocks that fit it too
+    (``cols_b``), outermost, GotoBLAS's NC: ``cols_b, k_o, rows, cols_i, k_i``. Each row
+    tile then reads the B block from L2, not L3, and its own KC steps of A stay in L1
+    across the block's column tiles. On 8x32 tiles of 2048^3 (2 MB of L2; loaded machine,
+    same-run ratios to numpy) that measured 0.90 against 0.70 of numpy's speed on one
+    thread (0.87 with the rows in groups: ``cols_b, k_o, rows_b, cols_i, rows_i, k_i``),
+    1.03-1.10 against 0.80-0.83 on two.
 
     Each output element still sums over k in increasing order: only the order in which
     different output tiles are visited changes. The outermost loop still moves the output,
@@ -237,27 +257,45 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names):
                  key=lambda op: math.prod(op.shape) * ir.itemsize(op.dtype), default=None)
     if widest is None:
         return loops, windows
-    kc_max = 2 * l1_data_bytes() // 3 // (math.prod(widest.shape) * ir.itemsize(widest.dtype))
+    step = math.prod(widest.shape) * ir.itemsize(widest.dtype)
+    kc_max = 2 * l1_data_bytes() // 3 // step
     kc = next((n for n in range(min(kc_max, r.extent // 2), KC_MIN - 1, -1) if r.extent % n == 0), None)
     rows = next((d for d in moving if d.name not in uses(widest)), None)
     group = next((n for n in range(min(ROW_TILES, rows.extent // 2), 1, -1)
                   if rows.extent % n == 0), None) if rows is not None else None
     if kc is None or group is None or r.extent <= kc_max:
         return loops, windows
+    others = [d for d in moving if d is not rows]
+    cols = next((d for d in others if d.name in uses(widest)), None) if len(others) == 1 else None
+    nc = None
+    if cols is not None and kc * step * cols.extent > l2_bytes() // 2:
+        fits = [n for n in range(min(l2_bytes() // 2 // (kc * step), cols.extent // 2), 1, -1)
+                if cols.extent % n == 0]
+        # the column blocks are what the threads share: an even number of them, if a block
+        # at least half the largest gives one, keeps two threads busy to the end
+        nc = next((n for n in fits if (cols.extent // n) % 2 == 0 and 2 * n >= fits[0]),
+                  fits[0]) if fits else None
     k_o, k_i, rows_b, rows_i = (names.fresh(f"{r.name}_o"), names.fresh(f"{r.name}_i"),
                                 names.fresh(f"{rows.name}_b"), names.fresh(f"{rows.name}_i"))
-    values = {r.name: Binary("+", Binary("+", Const(r.start, ir.INDEX),
-                                         Binary("*", Const(kc, ir.INDEX), Var(k_o))), Var(k_i)),
-              rows.name: Binary("+", Binary("+", Const(rows.start, ir.INDEX),
-                                            Binary("*", Const(group, ir.INDEX), Var(rows_b))),
-                                Var(rows_i))}
+
+    def split(d: Dim, outer: str, inner: str, n: int) -> Expr:
+        scaled = Binary("*", Const(n, ir.INDEX), Var(outer))
+        return Binary("+", Binary("+", Const(d.start, ir.INDEX), scaled), Var(inner))
+
+    values = {r.name: split(r, k_o, k_i, kc), rows.name: split(rows, rows_b, rows_i, group)}
 
     def rebased(w: ir.Window) -> ir.Window:
         return ir.Window(w.buffer, tuple(affine_expr(affine(ir.substitute(e, values))) for e in w.base),
                          w.steps)
 
-    order = ([Dim(rows_b, 0, rows.extent // group), Dim(k_o, 0, r.extent // kc)]
-             + [d for d in moving if d is not rows] + [Dim(rows_i, 0, group), Dim(k_i, 0, kc)])
+    if nc is not None:
+        cols_b, cols_i = names.fresh(f"{cols.name}_b"), names.fresh(f"{cols.name}_i")
+        values = {r.name: values[r.name], cols.name: split(cols, cols_b, cols_i, nc)}
+        order = [Dim(cols_b, 0, cols.extent // nc), Dim(k_o, 0, r.extent // kc), rows,
+                 Dim(cols_i, 0, nc), Dim(k_i, 0, kc)]
+    else:
+        order = ([Dim(rows_b, 0, rows.extent // group), Dim(k_o, 0, r.extent // kc)]
+                 + others + [Dim(rows_i, 0, group), Dim(k_i, 0, kc)])
     return order, {name: rebased(w) for name, w in windows.items()}
 
 

@@ -22,6 +22,7 @@ dispatch costs microseconds, not a Python round trip.
 
 from __future__ import annotations
 
+import builtins
 import ctypes
 import hashlib
 import inspect
@@ -236,65 +237,70 @@ class Kernel:
         self._specs = list(zip(self._params, self._dtypes, self._strides,
                                [b.shape for b in func.params], self._written))
         self._last: Optional[tuple] = None  # see _pointers
+        self._pick, self._run = _fast_path(self._names, self._specs)
         self._local = threading.local()  # see _with_temporaries
 
     def __repr__(self) -> str:
         return f"<Kernel {self.func.name} threads={self.threads} from {self.source}>"
 
-    def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> None:
-        arrays = self._bind(args, kwargs)
-        for arr, (buf, want, strides, shape, written) in zip(arrays, self._specs):
-            # the common case in a few comparisons (a C-contiguous array of this shape has
-            # these strides; a native dtype is one object, so ``is`` decides it before
-            # numpy's slower ``!=``); anything else takes the full check, which says what is
-            # wrong
-            if type(arr) is not _NDARRAY or arr.strides != strides or arr.shape != shape \
-                    or (arr.dtype is not want and arr.dtype != want) \
-                    or written and not arr.flags.writeable:
-                _check_array(buf, want, arr, written)
-        pointers = self._pointers(arrays)
-        if self._allocs:
-            pointers = self._with_temporaries(pointers)
+    def __call__(self, /, *args: np.ndarray, **kwargs: np.ndarray) -> None:
+        # A small product is a few microseconds of native code, so the Python around it is
+        # what ``_fast_path`` wrote for this kernel: Python's own argument binding, then each
+        # array's type, strides, shape, dtype and (for an output) writeability compared
+        # with what was compiled, unrolled; anything else takes the full check, which says
+        # what is wrong. Binding that fails (a wrong name, a buffer missing or given twice)
+        # takes the general path, whose error names the buffer.
+        try:
+            arrays = self._pick(*args, **kwargs)
+        except TypeError:
+            arrays = self._bind(args, kwargs)
+        self._run(self, *arrays)
+
+    def _enter(self, last: tuple) -> None:
+        """Run the native entry on ``last`` (``_pointers``), given the pointer array's
+        address as an integer (ctypes converts an integer faster than an array object)."""
+        pointers = self._with_temporaries(last) if self._allocs else last[1]
         if self._pool is None:
             self._entry(pointers, None)
         else:
             with self._pool.lock:
                 self._entry(pointers, self._pool.address)
 
-    def _with_temporaries(self, pointers):
-        """``pointers`` followed by the temporaries', zeroed (the IR says temporaries start as
-        zeros) unless the program writes every element before it reads any
-        (``analysis.filled_before_read``: padded and packed copies, a product's temporary
-        started at zero by the program itself). Each thread keeps its own temporaries across
-        calls: allocating them and reading their addresses cost several microseconds a call,
-        and fresh large arrays fault their pages in again every time."""
+    def _with_temporaries(self, last: tuple) -> int:
+        """The address of ``last``'s pointers (``_pointers``) followed by the temporaries',
+        zeroed (the IR says temporaries start as zeros) unless the program writes every
+        element before it reads any (``analysis.filled_before_read``: padded and packed
+        copies, a product's temporary started at zero by the program itself). Each thread
+        keeps its own temporaries across calls: allocating them and reading their addresses
+        cost several microseconds a call, and fresh large arrays fault their pages in again
+        every time."""
         local = self._local
-        temps = getattr(local, "temps", None)
-        if temps is None:
+        try:
+            combined = local.combined
+        except AttributeError:
             temps = local.temps = [_aligned_zeros(b) for b in self._allocs]
             local.addresses = [t.ctypes.data for t in temps]
-            local.combined = (None, None)
+            combined = local.combined = (None, None, 0)
             local.zeroed = [t for t, zeroed in zip(temps, self._zeroed) if zeroed]
         else:
             for t in local.zeroed:
                 t.fill(0)
-        if local.combined[0] is not pointers:
-            n = len(pointers) + len(temps)
-            local.combined = (pointers, (ctypes.c_void_p * n)(*pointers, *local.addresses))
-        return local.combined[1]
+        if combined[0] is not last:  # held in ``combined``: its identity is never reused
+            n = len(last[2]) + len(local.addresses)
+            held = (ctypes.c_void_p * n)(*last[2], *local.addresses)
+            combined = local.combined = (last, held, ctypes.addressof(held))
+        return combined[2]
 
-    def _pointers(self, arrays: list[np.ndarray]):
-        """The pointer array for ``arrays``, reused when the same array objects come again
-        (reading an address from numpy costs microseconds; a benchmark loop calls with the same
-        arrays). The remembered arrays are held, so their memory cannot move or be reused."""
-        last = self._last
-        if last is not None and all(map(operator.is_, last[0], arrays)):
-            return last[1]
+    def _pointers(self, arrays) -> tuple:
+        """``(arrays, address of their pointer array, the pointer array)``, kept as
+        ``_last`` and reused while the same array objects come again (reading an address
+        from numpy costs microseconds; a benchmark loop calls with the same arrays). The
+        remembered arrays are held, so their memory cannot move or be reused."""
         addresses = [a.ctypes.data for a in arrays]
         self._check_overlap(arrays, addresses)
-        pointers = (ctypes.c_void_p * len(arrays))(*addresses)
-        self._last = (tuple(arrays), pointers)
-        return pointers
+        held = (ctypes.c_void_p * len(arrays))(*addresses)
+        self._last = (tuple(arrays), ctypes.addressof(held), held)
+        return self._last
 
     def _bind(self, args: tuple, kwargs: dict) -> list[np.ndarray]:
         names = self._names
@@ -342,6 +348,55 @@ def _aligned_zeros(b: Buffer) -> np.ndarray:
     raw = np.zeros(b.size * dtype.itemsize + TEMPORARY_ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % TEMPORARY_ALIGNMENT
     return raw[start:start + b.size * dtype.itemsize].view(dtype).reshape(b.shape)
+
+
+def _fast_path(names: list[str], specs: list) -> tuple:
+    """``(pick, run)`` for a kernel on buffers ``names`` (``Kernel._specs``): ``pick(*args,
+    **kwargs)`` binds its arguments as a Python function of those parameters would (a
+    ``TypeError`` if it cannot) and returns them in order; ``run(kernel, *arrays)`` checks
+    each array, unrolled, against what was compiled (``_check_array`` on anything else:
+    it raises where the array is wrong), finds the pointer array (``Kernel._pointers``,
+    reused while the same array objects come again) and enters the native code. A loop
+    over the buffers, zips and a ``map`` cost 1-2 us a call on a 30^3 product whose native
+    code runs in under one; written out, the checks of three buffers cost a few hundred
+    nanoseconds. Buffer names are script identifiers, so they are valid parameters; the
+    generated code names nothing else but its helpers, whose names start with ``_k_`` (a
+    buffer named ``type`` or ``len`` shadows nothing it uses), and a buffer named so (or
+    none at all) takes the general loop instead."""
+    if not names or any(n.startswith("_k_") for n in names):
+        def pick(*args, **kwargs):
+            raise TypeError("general path")
+
+        def run(kernel, *arrays):
+            for arr, (buf, want, strides, shape, written) in zip(arrays, specs):
+                if type(arr) is not _NDARRAY or arr.strides != strides or arr.shape != shape \
+                        or (arr.dtype is not want and arr.dtype != want) \
+                        or written and not arr.flags.writeable:
+                    _check_array(buf, want, arr, written)
+            last = kernel._last
+            if last is None or not all(map(operator.is_, last[0], arrays)):
+                last = kernel._pointers(arrays)
+            kernel._enter(last)
+        return pick, run
+    env: dict = {"_k_nd": _NDARRAY, "_k_check": _check_array, "_k_type": type}
+    params = ", ".join(names)
+    lines = [f"def _k_pick({params}):", f"    return ({params},)",
+             f"def _k_run(_k_self, {params}):"]
+    for k, (name, (buf, want, strides, shape, written)) in enumerate(zip(names, specs)):
+        env.update({f"_k_b{k}": buf, f"_k_d{k}": want, f"_k_s{k}": strides, f"_k_h{k}": shape})
+        test = (f"_k_type({name}) is not _k_nd or {name}.strides != _k_s{k}"
+                f" or {name}.shape != _k_h{k}"
+                f" or ({name}.dtype is not _k_d{k} and {name}.dtype != _k_d{k})")
+        if written:
+            test += f" or not {name}.flags.writeable"
+        lines += [f"    if {test}:", f"        _k_check(_k_b{k}, _k_d{k}, {name}, {written})"]
+    same = " or ".join(f"_k_last[0][{k}] is not {name}" for k, name in enumerate(names))
+    lines += ["    _k_last = _k_self._last",
+              f"    if _k_last is None or {same}:",
+              f"        _k_last = _k_self._pointers(({params},))",
+              "    _k_self._enter(_k_last)"]
+    exec(builtins.compile("\n".join(lines), "<kernel call>", "exec"), env)
+    return env["_k_pick"], env["_k_run"]
 
 
 def _check_array(buf: Buffer, want: np.dtype, arr, written: bool) -> None:

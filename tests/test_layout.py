@@ -460,3 +460,129 @@ def test_short_reductions_keep_their_loop_order(monkeypatch):
                  "    for i, j, k in grid(96, 32, 256):\n        C[i, j] += A[i, k] * B[k, j]\n")
     text = show(tensorize(func, AVX2).func)
     assert "k_i" not in text and "_b," not in text
+
+
+# ---------------------------------------------------------------------------
+# large products: B's blocks sized for L2, panels where rows lie a page or an L1 set apart
+
+AVX512 = intrinsics.library("x86-avx512")
+HOST_HAS_AVX512 = {"avx512f", "fma"} <= intrinsics.host_features()
+
+
+def _nn(m: int, n: int, k: int, name: str = "mm"):
+    return parse(f"@prim_func\ndef {name}(A: f32[{m}, {k}], B: f32[{k}, {n}], C: f32[{m}, {n}]):\n"
+                 f"    for i, j, k in grid({m}, {n}, {k}):\n        C[i, j] += A[i, k] * B[k, j]\n")
+
+
+def _caches(monkeypatch, l1: int, l2: int):
+    from rewrite import extract
+
+    monkeypatch.setattr(extract, "l1_data_bytes", lambda: l1)
+    monkeypatch.setattr(extract, "l2_bytes", lambda: l2)
+
+
+def _call_loops(func: ir.PrimFunc, intrinsic: str) -> list[tuple[str, int]]:
+    nest = next(s for s in ir.walk_stmts(func.body) if isinstance(s, ir.For)
+                and any(isinstance(c, ir.Call) and c.intrinsic.name == intrinsic
+                        for c in ir.walk_stmts(s)))
+    loops = []
+    while isinstance(nest, ir.For):
+        loops.append((nest.var, nest.extent))
+        nest = nest.body
+    return loops
+
+
+def test_columns_are_cut_into_blocks_of_b_that_fit_half_of_l2(monkeypatch):
+    # 8x32 tiles, 48 KB of L1: k blocks of 256 (B's panel: 32 KB); a block of B over all
+    # 8 column tiles is 256 KB, more than half of a 256 KB L2, so the columns are cut into
+    # blocks of 4 tiles (128 KB), outermost; each row tile sweeps a block with its A in L1
+    _caches(monkeypatch, 48 * 1024, 256 * 1024)
+    func = _nn(32, 256, 512)
+    result = tensorize(func, AVX512)
+    _well_formed(result)
+    loops = _call_loops(result.func, "x86.avx512.mm.f32.8x32x1")
+    assert [n for _, n in loops] == [2, 2, 4, 4, 256]
+    assert loops[0][0].endswith("_b") and loops[1][0] == "k_o" and loops[-1][0] == "k_i"
+    _interp_equal(func, result.func)
+    if HOST_HAS_AVX512:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
+def test_column_blocks_come_in_an_even_number_where_one_close_to_the_largest_does(monkeypatch):
+    # 12 column tiles, at most 4 a block (128 KB of a 256 KB L2): 3 blocks of 4 would leave
+    # one of two threads idle at the end; 4 blocks of 3 do not
+    _caches(monkeypatch, 48 * 1024, 256 * 1024)
+    func = _nn(32, 384, 512)
+    result = tensorize(func, AVX512)
+    loops = _call_loops(result.func, "x86.avx512.mm.f32.8x32x1")
+    assert [n for _, n in loops] == [4, 2, 4, 3, 256]
+    _interp_equal(func, result.func)
+
+
+def test_b_fitting_half_of_l2_keeps_the_row_groups(monkeypatch):
+    _caches(monkeypatch, 48 * 1024, 2 * 1024 * 1024)
+    loops = _call_loops(tensorize(_nn(128, 256, 512), AVX512).func, "x86.avx512.mm.f32.8x32x1")
+    assert [n for _, n in loops] == [2, 2, 8, 8, 256]
+
+
+def _stream(**kw):
+    base = dict(operand="b", stride=128, run=128, runs=1, steps=256)
+    return layout.Stream(**{**base, **kw})
+
+
+def test_paged_prices_panels_whose_rows_span_more_than_the_tlb_maps():
+    # B's rows 4000 bytes apart (1000 floats), 250 steps: 977 KB, beyond 64 pages of 4 KB;
+    # 1000 bytes apart (256 floats), 256 steps: 250 KB, within them; a contiguous panel pays
+    far = _stream(stride=4000, steps=250)
+    near = _stream(stride=1000, steps=256)
+    panel = _stream(stride=128, steps=250)
+    assert cost.streamed(100, (), (far,)) == pytest.approx(
+        100 * 2 * cost.PER_LINE_REFETCHED * (1 - cost.DTLB_REACH / (250 * 4000)))
+    assert cost.streamed(100, (), (near,)) == 0.0
+    assert cost.streamed(100, (), (panel,)) == 0.0
+    assert cost.streamed(100, (far,)) == 0.0  # priced on the order the calls run in only
+
+
+def test_one_set_is_rows_a_multiple_of_4_kb_apart():
+    rows = dict(operand="a", stride=4, run=4, runs=8, steps=256, unit=False)
+    assert cost.one_set(layout.Stream(**rows, apart=8192))
+    assert cost.one_set(layout.Stream(**rows, apart=4096))
+    assert not cost.one_set(layout.Stream(**rows, apart=4000))
+    assert not cost.one_set(layout.Stream(**{**rows, "runs": 1, "stride": 32, "run": 32}, apart=0))
+    assert cost.streamed(10, (), (layout.Stream(**rows, apart=8192),)) == \
+        10 * 8 * 4 / cost.LINE * cost.PER_LINE_REFETCHED
+
+
+def test_a_whose_rows_share_an_l1_set_is_read_from_panels(monkeypatch):
+    # 1024 floats a row: the 8 rows of a call fall into one L1 set; A is copied into
+    # [i_o, k, i_i] panels, each call's 8 values one 32-byte run
+    _caches(monkeypatch, 48 * 1024, 2 * 1024 * 1024)
+    func = _nn(64, 1024, 1024)
+    result = tensorize(func, AVX512)
+    _well_formed(result)
+    mm = [c for c in _calls(result.func) if c.intrinsic.name == "x86.avx512.mm.f32.8x32x1"]
+    a = mm[0].window("a")
+    assert a.buffer.name.startswith("A_panel") and a.buffer.shape == (8, 1024, 8)
+    assert _flat(a, 0) == 1  # the tile's rows side by side
+    _interp_equal(func, result.func)
+    if HOST_HAS_AVX512:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
+def test_a_whose_rows_fall_into_different_sets_is_read_in_place(monkeypatch):
+    _caches(monkeypatch, 48 * 1024, 2 * 1024 * 1024)
+    result = tensorize(_nn(64, 1024, 1000), AVX512)
+    assert all(c.window("a").buffer.name == "A" for c in _calls(result.func)
+               if c.intrinsic.name == "x86.avx512.mm.f32.8x32x1")
+
+
+def test_b_rows_a_page_apart_are_read_from_panels(monkeypatch):
+    # 1000^3: B's 250-row blocks span 1 MB at 4000 bytes a row; the panel copies the 31
+    # whole column tiles, the last 8 columns read B as written
+    _caches(monkeypatch, 48 * 1024, 2 * 1024 * 1024)
+    result = tensorize(_nn(1000, 1000, 1000), AVX512)
+    mm = [c for c in _calls(result.func) if c.intrinsic.name == "x86.avx512.mm.f32.8x32x1"]
+    b = mm[0].window("b")
+    assert b.buffer.name.startswith("B_panel") and b.buffer.shape == (31, 1000, 32)

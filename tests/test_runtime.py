@@ -118,6 +118,72 @@ def sq(A: f32[16], B: f32[16]):
         runtime.compile(square, threads=1)(A=x, B=x)
 
 
+def test_the_same_arrays_are_checked_again_on_every_call(mm):
+    """The pointers of arrays seen before are reused (``Kernel._pointers``), not their
+    checks: an array changed in place since the last call is refused like a new one."""
+    k = runtime.compile(mm, threads=1)
+    a = arrays(mm)
+    k(**a)
+    c = a["C"]
+    c.flags.writeable = False
+    with pytest.raises(ValueError, match="buffer C.*read-only"):
+        k(**a)
+    c.flags.writeable = True
+    a["A"].shape = (80, 96)
+    with pytest.raises(ValueError, match="buffer A.*shape"):
+        k(**a)
+    a["A"].shape = (96, 80)
+    a["B"].dtype = np.int32
+    with pytest.raises(ValueError, match="buffer B.*dtype"):
+        k(a["A"], a["B"], c)
+    a["B"].dtype = np.float32
+    k(a["A"], a["B"], c)
+    np.testing.assert_allclose(c, a["A"] @ a["B"], rtol=1e-5, atol=1e-5)
+
+
+def test_calls_alternating_between_arrays_write_each_its_own_output():
+    """A kernel with temporaries keeps one pointer array per set of arrays it was last
+    called with; alternating sets, each call reads and writes its own."""
+    func = parse("""
+@prim_func
+def t(A: f32[8, 6], B: f32[8, 6]):
+    P = alloc(f32[8, 8])
+    for i, j in grid(8, 2):
+        P[i, j + 6] = 0.0
+    for i, j in grid(8, 6):
+        P[i, j] = A[i, j]
+    for i, j in grid(8, 6):
+        B[i, j] = P[i, j] * 2.0 + P[i, j + 2]
+""")
+    k = runtime.compile(func, threads=1)
+    sets = [arrays(func, seed=s) for s in range(3)]
+    for _ in range(2):
+        for a in sets:
+            a["B"][...] = np.nan
+            k(**a)
+            pad = np.concatenate([a["A"], np.zeros((8, 2), np.float32)], axis=1)
+            np.testing.assert_array_equal(a["B"], pad[:, :6] * 2 + pad[:, 2:])
+
+
+@pytest.mark.parametrize("name", ["_k_last", "_k_self", "self", "kernel", "type", "len"])
+def test_buffer_names_of_any_spelling_are_called(name):
+    func = parse(f"""
+@prim_func
+def t(A: f32[4], {name}: f32[4]):
+    for i in range(4):
+        {name}[i] = A[i] + 1.0
+""")
+    k = runtime.compile(func, threads=1)
+    x, y = np.arange(4, dtype=np.float32), np.zeros(4, np.float32)
+    k(**{"A": x, name: y})
+    np.testing.assert_array_equal(y, x + 1)
+    y[:] = 0
+    k(x, y)
+    np.testing.assert_array_equal(y, x + 1)
+    with pytest.raises(ValueError, match="missing buffer"):
+        k(A=x)
+
+
 def unaligned(shape, dtype):
     """An array whose data sits one byte past an aligned address."""
     dtype = np.dtype(dtype)

@@ -176,6 +176,7 @@ class Stream:
     steps: int
     unit: bool = True
     reused: bool = False
+    apart: int = 0  # bytes between a call's runs (rows of A), 0 for one run
 
     @property
     def contiguous(self) -> bool:
@@ -224,18 +225,22 @@ def streams(desc, windows: dict[str, Window], inner: Optional[Dim],
             if k != unit and flat[k]:
                 runs *= extent
         reused = outer is not None and outer.extent > 1 and not _moves(w, outer.name)
+        apart = min((abs(flat[k]) for k, extent in enumerate(op.shape)
+                     if k != unit and flat[k] and extent > 1), default=0) * size
         out.append(Stream(op.name, abs(_moves(w, inner.name)) * size,
                           (op.shape[unit] if unit is not None else 1) * size, runs, inner.extent,
-                          need is not None and bool(need.unit_stride), reused))
+                          need is not None and bool(need.unit_stride), reused, apart))
     return tuple(out)
 
 
 def panel_operands(desc, windows: dict[str, Window], found: tuple[Stream, ...]) -> tuple[str, ...]:
     """The inputs of a binding's calls that ``pack-panel`` copies, in the descriptor's order:
     each unit-stride input whose windows lie far apart along the reduction (``found``: the
-    calls' ``streams``), and each whose ``Layout`` wants one contiguous block per call that
-    its window (in ``windows``) is not."""
+    calls' ``streams``), each whose rows all fall into one L1 set (``cost.one_set``: A's 8
+    rows at 2048 floats a row), and each whose ``Layout`` wants one contiguous block per
+    call that its window (in ``windows``) is not."""
     far = {s.operand for s in found if s.unit and not s.contiguous}
+    far |= {s.operand for s in found if cost.one_set(s)}
     far |= {op.name for op in desc.inputs if desc.layout.get(op.name) is not None
             and desc.layout[op.name].contiguous and not cost.is_block(op, windows[op.name])}
     return tuple(op.name for op in desc.inputs if op.name in far)
