@@ -33,7 +33,9 @@ def _alternate(b: ir.IRBuilder, acc: list, update) -> list:
     """One step of a reduction whose partial sums alternate between two sets: the step
     updates ``acc[0]`` and puts it last, so each FMA waits for the one two steps back and
     twice as many chains cover the FMA latency. That reassociates the sum (as every BLAS
-    does); the sets are added once, at the end (``_joined``)."""
+    does); the sets are added once, at the end (``_joined``). An emitter whose step does this
+    sets ``unroll = 2``: a loop of calls then runs two steps an iteration, each set back in
+    its own registers, where one step an iteration ends in a copy of every partial sum."""
     return [acc[1], update(acc[0])]
 
 
@@ -53,6 +55,7 @@ class _RowF32x8(Emitter):
 
     operands = ("c", "a", "b")
     dtypes = {"c": "f32", "a": "f32", "b": "f32"}
+    unroll = 2
 
     def load_acc(self, b, ops):
         return [load_row(b, ops["c"], (0,), 0, 8), NEG_ZERO]
@@ -167,6 +170,7 @@ class GemvF32(Emitter):
 
     operands = ("c", "a", "b")
     dtypes = {"c": "f32", "a": "f32", "b": "f32"}
+    unroll = 2
 
     def __init__(self, rows: int, width: int):
         self.rows, self.width = rows, width
@@ -231,6 +235,7 @@ class AxpyRows(Emitter):
 
     operands = ("c", "a", "b")
     dtypes = {"c": "f32", "a": "f32", "b": "f32"}
+    unroll = 2
 
     def __init__(self, vectors: int, width: int):
         self.vectors, self.width = vectors, width
@@ -398,6 +403,7 @@ class VnniDotU8I8I32_16x4(_DotU8I8I32_16x4):
     block of rows. Along k the accumulator is c plus a second sum, in two zmm registers."""
 
     I32X16 = ir.VectorType(ir.IntType(32), 16)
+    unroll = 2  # the two sums trade places every step
 
     def load_acc(self, b, ops):
         return [load_row(b, ops["c"], (0,), 0, 16), ir.Constant(self.I32X16, [0] * 16)]

@@ -282,7 +282,7 @@ class _BodyEmitter:
             return emitter.step(self.b, {**self._refs(call), call.output: first[call.output]}, acc)
 
         acc = emitter.load_acc(self.b, first)
-        acc = phi_loop(self.b, ir.Constant(_I64, s.extent), acc, step)
+        acc = phi_loop(self.b, ir.Constant(_I64, s.extent), acc, step, getattr(emitter, "unroll", 1))
         emitter.store_acc(self.b, first, acc)
         del self.vars[s.var]
 

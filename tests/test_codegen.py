@@ -493,3 +493,46 @@ def test_only_a_reduction_no_input_reads_keeps_accumulators_in_registers():
     assert "kloop" in runtime.emit_llvm(parse(DOT_K_LOOP), optimized=False)
     assert "kloop" in runtime.emit_llvm(parse(EMULATED_K_LOOP), optimized=False)
     assert "kloop" not in runtime.emit_llvm(parse(SELF_READ), optimized=False)
+
+
+
+# a call loop of an emitter whose step hands its partial sums on to the other set
+# (x86 ``_alternate``) runs two steps an iteration: odd and even counts, and a single step
+ALTERNATING_K_LOOP = '''
+@prim_func
+def rows(A: f32[{k}, 70], x: f32[{k}], y: f32[64], B: f32[4, {n}], v: f32[{n}], q: f32[8]):
+    for i in range({k}):
+        call("x86.axpy.f32x8", c=window(y[8], (1,)), a=window(x[i], (0,)), b=window(A[i, 3], (0, 1)))
+    for j_o in range({k}):
+        call("x86.gemv.f32.4x8", c=window(q[2], (1,)), a=window(B[0, 8 * j_o], (1, 0), (0, 1)),
+             b=window(v[8 * j_o], (1,)))
+'''
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 8])
+def test_alternating_call_loops_unrolled_by_two_match_the_interpreter(k):
+    if not HAS_AVX2:
+        pytest.skip("the host has no AVX2+FMA")
+    func = parse(ALTERNATING_K_LOOP.format(k=k, n=8 * k))
+    check = runtime.check(func, runtime.compile(func, threads=1))
+    assert check.ok, check.message
+    # the formula: y[8:16] += A[:, 3:11]^T x and q[2:6] += B v
+    args = {n: np.asarray(v) for n, v in random_args(func, seed=3).items()}
+    want_y, want_q = args["y"].astype(np.float64), args["q"].astype(np.float64)
+    want_y[8:16] += args["x"].astype(np.float64) @ args["A"][:, 3:11].astype(np.float64)
+    want_q[2:6] += args["B"].astype(np.float64) @ args["v"].astype(np.float64)
+    runtime.compile(func, threads=1)(**args)
+    np.testing.assert_allclose(args["y"], want_y, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(args["q"], want_q, rtol=1e-5, atol=1e-4)
+
+
+def test_alternating_partial_sums_stay_in_their_registers():
+    # unrolled by two, no phi of a loop takes another phi as its next value: with one step
+    # an iteration every partial sum is such a copy
+    if not HAS_AVX2:
+        pytest.skip("the host has no AVX2+FMA")
+    text = runtime.emit_llvm(parse(ALTERNATING_K_LOOP.format(k=9, n=72)))
+    phis = {m[0]: (m[1], m[2]) for m in re.findall(
+        r"(%[\w.]+) = phi [^\[]*\[ ([^,]+), %[\w.]+ \], \[ ([^,]+), %[\w.]+ \]", text)}
+    assert len(phis) >= 4, text
+    assert not any(v in phis for incoming in phis.values() for v in incoming), text
