@@ -190,3 +190,25 @@ for j, i in grid(8, 128):
     z[j] += A[i, j] * w[i]
 """)
     assert not _fused(func)
+
+
+def _calls_in_order(loop) -> list[str]:
+    return [x.intrinsic.name for x in ir.walk_stmts(loop.body) if isinstance(x, ir.Call)]
+
+
+def test_independent_products_run_the_blocked_one_first():
+    # the column sweep comes first in the program but neither reads what the other writes:
+    # in the fused loop the gemv streams the block, then the axpy reads it again
+    func = _f(COLUMNS + ROWS)
+    assert _fused(func)
+    (loop,) = fuse_sweeps(list(ir.stmts_of(func.body)))
+    assert _calls_in_order(loop) == ["x86.avx512.gemv.f32.8x8", "x86.avx512.axpy.f32x64"]
+
+
+def test_a_column_sweep_that_reads_the_old_rows_result_stays_first():
+    # the column sweep scales by y before the row sweep adds into y: its block must run
+    # before the row sweep's, which would otherwise change y[i] under it
+    func = _f(COLUMNS.replace("a=window(w[i]", "a=window(y[i]") + ROWS)
+    assert _fused(func)
+    (loop,) = fuse_sweeps(list(ir.stmts_of(func.body)))
+    assert _calls_in_order(loop) == ["x86.avx512.axpy.f32x64", "x86.avx512.gemv.f32.8x8"]

@@ -26,6 +26,11 @@ R*u + c + R)``): the rows before and after them stay a nest of their own each, t
 become ``for u: (Q's other loops): for t_i in range(R)`` with ``t = R*u + c + t_i``, and that
 loop is fused with ``P``'s. Statements between the two move before the first of them.
 
+In the fused loop ``P``'s block comes first, also where ``Q`` came first in the program but
+the two are independent (bicg's ``s = A^T r`` and ``q = A p``): ``P`` streams the block from
+L2 on its rows, ``Q`` then reads it from L1. Measured on bicg (410 x 390, an AVX-512 Xeon,
+one thread): 11.3 us a sweep against 11.9 with ``Q``'s block first.
+
 Sound, each step checked, not assumed:
 
 - ``Q``'s instances are reordered (split, its loops permuted): allowed when ``Q`` adds into a
@@ -33,9 +38,10 @@ Sound, each step checked, not assumed:
   the same terms to each element: a reassociation, the licence of every reordered reduction
   (within each element, the rows still come in increasing order);
 - a statement moved before another (a statement between the two, ``Q``'s rows before ``P``'s
-  when ``P`` comes first, ``Q``'s rows after them when ``Q`` comes first) must commute with
-  it: the dependence analysis, on the calls' meaning (``calls.expand_calls``), finds no
-  dependence between them other than two additions into one element;
+  when ``P`` comes first, ``Q``'s rows after them when ``Q`` comes first, ``P``'s blocks
+  before ``Q``'s when ``Q`` comes first) must commute with it: the dependence analysis, on
+  the calls' meaning (``calls.expand_calls``), finds no dependence between them other than
+  two additions into one element;
 - the fusion itself is ``analysis.can_fuse`` on the two loops over ``u``, adjacent by then.
 
 It never adds work. It is part of ``tidy`` (``rules/tidy.py``), on the chosen program.
@@ -225,10 +231,16 @@ def _fuse(stmts: list[Stmt], pi: int, qi: int, matrix: Buffer,
     else:
         # q comes first: the statements between move before it, its last rows after p
         if any(not _commute(s, q) for s in between) or \
-                (tail is not None and not _commute(tail, p)) or not _fusable(blocked, p):
+                (tail is not None and not _commute(tail, p)):
             return None
-        new = between + ([head] if head is not None else []) + \
-            [For(u.var, 0, u.extent, ir.seq(inner, p.body))]
+        if _commute(stmts[qi], p) and _fusable(p, blocked):
+            # independent products (bicg): p's block first, as when p comes first
+            body = ir.seq(p.body, inner)
+        elif _fusable(blocked, p):
+            body = ir.seq(inner, p.body)
+        else:
+            return None
+        new = between + ([head] if head is not None else []) + [For(u.var, 0, u.extent, body)]
     return stmts[:first] + new + ([tail] if tail is not None else []) + stmts[second + 1:]
 
 
