@@ -105,6 +105,10 @@ class Emitter:
     # consecutive steps a loop of calls runs per iteration (``phi_loop``): 2 for a step that
     # hands its accumulators on to the next slot (two alternating sets of partial sums)
     unroll: int = 1
+    # whether the accumulators are plain SSA values that other code may run between two
+    # steps of (``codegen`` then carries them through a loop that holds other statements
+    # too); not so for state such as AMX tile configuration
+    interleaves: bool = False
 
     def load_acc(self, b: ir.IRBuilder, ops: dict[str, Ref]):
         raise NotImplementedError

@@ -49,14 +49,17 @@ It never adds work. It is part of ``tidy`` (``rules/tidy.py``), on the chosen pr
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import itertools
+from collections import Counter
+from typing import Iterable, Optional, Sequence
 
 from .. import analysis, calls, ir
 from ..calls import op_count
-from ..affine import affine
+from ..affine import Affine, affine
 from ..match import affine_expr
+from ..descriptor import Descriptor
 from ..ir import (INDEX, Accumulate, Binary, Buffer, Call, Const, For, Load, PrimFunc, Stmt,
-                  Store, Var)
+                  Store, Var, Window)
 
 # A matrix smaller than this stays in L1 between two sweeps: nothing to gain.
 MIN_MATRIX_BYTES = 64 * 1024
@@ -64,17 +67,20 @@ MIN_MATRIX_BYTES = 64 * 1024
 BLOCK_BYTES = 32 * 1024
 
 
-def fuse_sweeps(stmts: list[Stmt]) -> list[Stmt]:
+def fuse_sweeps(stmts: list[Stmt], library: Iterable[Descriptor] = ()) -> list[Stmt]:
     """``stmts`` (top-level) with every pair of sweeps over one matrix that may be fused
-    fused, repeatedly (a fused sweep may take a third product's rows)."""
+    fused, repeatedly (a fused sweep may take a third product's rows); independent
+    products over one block are merged onto the gemv and gemvt rows of ``library`` where it
+    has them (module doc)."""
+    library = tuple(library)
     while True:
-        done = _fuse_one(stmts)
+        done = _fuse_one(stmts, library)
         if done is None:
             return stmts
         stmts = done
 
 
-def _fuse_one(stmts: list[Stmt]) -> Optional[list[Stmt]]:
+def _fuse_one(stmts: list[Stmt], library: tuple = ()) -> Optional[list[Stmt]]:
     """One fusion, the biggest sweeps first; None when there is none to make."""
     written = {name for s in stmts for name in ir.written_by(s)}
     by_work = sorted(range(len(stmts)), key=lambda k: -op_count(stmts[k]))
@@ -89,7 +95,7 @@ def _fuse_one(stmts: list[Stmt]) -> Optional[list[Stmt]]:
             for qi in by_work:
                 if qi == pi:
                     continue
-                fused = _fuse(stmts, pi, qi, matrix, blocks)
+                fused = _fuse(stmts, pi, qi, matrix, blocks, library)
                 if fused is not None:
                     return fused
     return None
@@ -188,7 +194,7 @@ def _blocks(p: Stmt, matrix: Buffer) -> Optional[tuple[For, int, int]]:
 
 
 def _fuse(stmts: list[Stmt], pi: int, qi: int, matrix: Buffer,
-          blocks: tuple[For, int, int]) -> Optional[list[Stmt]]:
+          blocks: tuple[For, int, int], library: tuple = ()) -> Optional[list[Stmt]]:
     """``stmts`` with the blocked sweep at ``pi`` fused with the statement at ``qi``: a sweep
     over the same blocks, or one over the matrix row by row, blocked for it (its rows
     before and after the blocks left as nests of their own); None when ``qi`` is neither or
@@ -227,7 +233,10 @@ def _fuse(stmts: list[Stmt], pi: int, qi: int, matrix: Buffer,
         moved = between + ([head] if head is not None else [])
         if any(not _commute(s, p) for s in moved) or not _fusable(p, blocked):
             return None
-        new = moved + [For(u.var, 0, u.extent, ir.seq(p.body, inner))]
+        body = ir.seq(p.body, inner)
+        if library and same is None and _commute(stmts[qi], p):
+            body = _merged(p.body, inner, u, library) or body
+        new = moved + [For(u.var, 0, u.extent, body)]
     else:
         # q comes first: the statements between move before it, its last rows after p
         if any(not _commute(s, q) for s in between) or \
@@ -236,6 +245,8 @@ def _fuse(stmts: list[Stmt], pi: int, qi: int, matrix: Buffer,
         if _commute(stmts[qi], p) and _fusable(p, blocked):
             # independent products (bicg): p's block first, as when p comes first
             body = ir.seq(p.body, inner)
+            if library and same is None:
+                body = _merged(p.body, inner, u, library) or body
         elif _fusable(blocked, p):
             body = ir.seq(inner, p.body)
         else:
@@ -332,3 +343,179 @@ def _commute(a: Stmt, b: Stmt) -> bool:
 
 def _fusable(a: For, b: For) -> bool:
     return analysis.can_fuse(_meaning([a, b]), (0,), (1,), allow_reassociation=True)
+
+
+# ---------------------------------------------------------------------------
+# merging two independent products over one block onto the gemv and gemvt rows
+
+
+def _form(desc: Descriptor) -> Optional[tuple[str, int, int]]:
+    """``(form, rows, width)`` of an f32 intrinsic that adds a product of two inputs into
+    its output and nothing else: ``"gemv"`` for ``c[i] += a[i, k] * b[k]`` (``rows`` i,
+    ``width`` k), ``"gemvt"`` for ``c[j] += a[k, j] * b[k]`` (rows k, width j), ``"axpy"``
+    for ``c[j] += a[0] * b[j]`` (rows 1, width j); None for anything else."""
+    if len(desc.operands) != 3 or any(o.dtype != "f32" for o in desc.operands):
+        return None
+    _, leaf = ir.band(desc.semantics.body)
+    if not (isinstance(leaf, Accumulate) and isinstance(leaf.value, Binary) and leaf.value.op == "*"
+            and all(isinstance(x, Load) for x in (leaf.value.a, leaf.value.b))):
+        return None
+    if {leaf.value.a.buffer.name, leaf.value.b.buffer.name} != {o.name for o in desc.inputs}:
+        return None
+    out = desc.output
+    extent = {d.name: d.extent for d in desc.dims}
+    kinds = {d.name: d.kind for d in desc.dims}
+    dims = {o.name: o.dims for o in desc.inputs}
+    if len(out.dims) != 1 or kinds.get(out.dims[0]) != "spatial":
+        return None
+    o = out.dims[0]
+    shapes = sorted(dims.values(), key=len)
+    if len(desc.dims) == 2 and len(shapes[0]) == 1 and len(shapes[1]) == 2:
+        k = shapes[0][0]
+        if k != o and kinds.get(k) == "reduction":
+            if shapes[1] == (o, k):
+                return "gemv", extent[o], extent[k]
+            if shapes[1] == (k, o):
+                return "gemvt", extent[k], extent[o]
+    if len(desc.dims) == 1 and shapes == [(None,), (o,)]:
+        return "axpy", 1, extent[o]
+    return None
+
+
+def _roles(desc: Descriptor) -> tuple[str, str, str]:
+    """The names of the output, the matrix (the 2-D input or, for an axpy, the row) and the
+    vector (the other input) of a ``_form`` intrinsic."""
+    ins = sorted(desc.inputs, key=lambda o: (len(o.dims), o.dims != (None,)))
+    return desc.output.name, ins[-1].name, ins[0].name
+
+
+def _merged(p_body: Stmt, q_block: Stmt, u: For, library: tuple) -> Optional[Stmt]:
+    """One block of a fused sweep, ``p_body`` (a loop of gemv calls over the block's rows,
+    column block after column block) then ``q_block`` (the transposed product over the
+    same rows: a loop of axpy calls over the block's rows, column block by column block),
+    as one loop over column blocks of a gemv row and a gemvt row of ``library`` on the
+    same block of the matrix, the widest the two products' columns allow; p's columns
+    outside q's stay a loop of their own. None when the block is not of that form or
+    ``library`` has no such pair.
+
+    The caller has found no dependence between the two products; within each, the terms
+    of each element are reassociated (its calls reordered). The merged block is checked to
+    add exactly the terms the two did into exactly the same elements (``_same_terms``) at
+    the first and last blocks before it is used. Measured on bicg (410 x 390, AVX-512, one
+    thread): 9.4 us a sweep on the 8x16 rows, where the gemv then the axpy took 11.3: each
+    row of the block is loaded once for both products' FMAs, and the 16-float rows halve
+    the FMAs."""
+    p_loops, p_leaf = ir.band(p_body)
+    q_loops, q_leaf = ir.band(q_block)
+    if not (isinstance(p_leaf, Call) and isinstance(q_leaf, Call) and len(p_loops) == 1
+            and len(q_loops) == 2):
+        return None
+    (j,) = p_loops
+    pf, qf = _form(p_leaf.intrinsic), _form(q_leaf.intrinsic)
+    if pf is None or qf is None or pf[0] != "gemv" or qf[0] != "axpy":
+        return None
+    jq, t = q_loops
+    rows, w_p = pf[1], pf[2]
+    if (t.start, t.stop) != (0, rows):
+        return None
+    p_out, p_mat, p_vec = (p_leaf.window(n) for n in _roles(p_leaf.intrinsic))
+    q_out, q_mat, q_vec = (q_leaf.window(n) for n in _roles(q_leaf.intrinsic))
+    if p_mat.buffer.name != q_mat.buffer.name or \
+            (p_out.steps, p_mat.steps, p_vec.steps) != (((1,),), ((1, 0), (0, 1)), ((1,),)) or \
+            (q_out.steps, q_mat.steps, q_vec.steps) != (((1,),), ((0, 1),), ((0,),)):
+        return None
+    maps = [affine(e) for e in (*p_out.base, *p_mat.base, *p_vec.base, *q_out.base, *q_mat.base,
+                                *q_vec.base)]
+    if any(f is None for f in maps):
+        return None
+    p_o, p_row, p_col, p_x, q_o, q_row, q_col, q_y = maps
+    one = lambda f, v, c: f.coeff(v) == c  # noqa: E731
+    if not (one(p_o, j.var, 0) and one(p_row, j.var, 0) and one(p_col, j.var, w_p)
+            and one(p_x, j.var, w_p) and one(q_o, t.var, 0) and one(q_col, t.var, 0)
+            and one(q_row, t.var, 1) and one(q_y, t.var, 1) and one(q_row, jq.var, 0)
+            and one(q_y, jq.var, 0)):
+        return None
+    w_q = qf[2]
+    if not (one(q_o, jq.var, w_q) and one(q_col, jq.var, w_q)):
+        return None
+    minus = lambda f, v: f.plus(affine(Var(v)).scale(-f.coeff(v)))  # noqa: E731
+    row0 = minus(q_row, t.var)
+    if row0 != p_row or any(v in (j.var, jq.var, t.var) for v in p_row.vars):
+        return None
+    p_col0, q_col0 = minus(p_col, j.var), minus(q_col, jq.var)
+    if p_col0.vars or q_col0.vars or minus(p_x, j.var).vars or minus(q_o, jq.var).vars:
+        return None
+    lo, hi = q_col0.const + w_q * jq.start, q_col0.const + w_q * jq.stop  # q's columns
+    p_lo, p_hi = p_col0.const + w_p * j.start, p_col0.const + w_p * j.stop
+    if not (p_lo <= lo < hi <= p_hi) or (lo - p_lo) % w_p or (hi - p_lo) % w_p:
+        return None
+    pairs = []
+    for g in library:
+        fg = _form(g)
+        if fg is None or fg[0] != "gemv" or fg[1] != rows or (hi - lo) % fg[2]:
+            continue
+        for gt in library:
+            if _form(gt) == ("gemvt", rows, fg[2]):
+                pairs.append((fg[2], g.name, gt.name, g, gt))
+    if not pairs:
+        return None
+    w, _, _, g, gt = max(pairs, key=lambda x: x[:3])
+    taken = {x.var for x in ir.walk_stmts(ir.seq(p_body, q_block)) if isinstance(x, For)} | {u.var}
+    m = _fresh(j.var, taken)
+    col = lambda base: affine_expr(affine(Var(m)).scale(w).plus(Affine((), base)))  # noqa: E731
+    x0 = minus(p_x, j.var).const + (lo - p_col0.const)
+    o0 = minus(q_o, jq.var).const + (lo - q_col0.const)
+    block = Window(p_mat.buffer, (p_mat.base[0], col(lo)), ((1, 0), (0, 1)))
+    g_ops = dict(zip(_roles(g), (p_out, block, Window(p_vec.buffer, (col(x0),), ((1,),)))))
+    gt_ops = dict(zip(_roles(gt), (Window(q_out.buffer, (col(o0),), ((1,),)), block,
+                                   Window(q_vec.buffer, (affine_expr(minus(q_y, t.var)),), ((1,),)))))
+    merged = For(m, 0, (hi - lo) // w, ir.seq(
+        Call(g, tuple((o.name, g_ops[o.name]) for o in g.operands), g.output.name),
+        Call(gt, tuple((o.name, gt_ops[o.name]) for o in gt.operands), gt.output.name)))
+    before = For(j.var, j.start, (lo - p_col0.const) // w_p, p_leaf)
+    after = For(j.var, (hi - p_col0.const) // w_p, j.stop, p_leaf)
+    out = ir.seq(*[x for x in (before, merged, after) if x.extent > 0])
+    original = ir.seq(p_body, q_block)
+    if not all(_same_terms(original, out, {u.var: v}) for v in {0, u.extent - 1}):
+        return None
+    return out
+
+
+def _same_terms(a: Stmt, b: Stmt, env: dict[str, int]) -> bool:
+    """``a`` and ``b`` (loops around ``_form`` calls) add the same terms into the same
+    elements at the loop values ``env``: the same multiset of (output element, the two
+    input elements multiplied)."""
+    return _terms(a, env) == _terms(b, env)
+
+
+def _terms(s: Stmt, env: dict[str, int]) -> Counter:
+    out: Counter = Counter()
+    if isinstance(s, ir.Seq):
+        for c in s.stmts:
+            out += _terms(c, env)
+    elif isinstance(s, For):
+        for v in range(s.start, s.stop):
+            out += _terms(s.body, {**env, s.var: v})
+    elif isinstance(s, Call):
+        desc = s.intrinsic
+        dims = [d.name for d in desc.dims]
+        bases = {n: tuple(_value(e, env) for e in w.base) for n, w in s.operands}
+        for point in itertools.product(*(range(d.extent) for d in desc.dims)):
+            at = dict(zip(dims, point))
+            where = {}
+            for o in desc.operands:
+                w = s.window(o.name)
+                index = list(bases[o.name])
+                for d, it in enumerate(o.dims):
+                    if it is not None:
+                        index = [x + at[it] * st for x, st in zip(index, w.steps[d])]
+                where[o.name] = (w.buffer.name, tuple(index))
+            out[(where[desc.output.name], frozenset(Counter(where[o.name] for o in desc.inputs).items()))] += 1
+    else:
+        raise TypeError(type(s).__name__)
+    return out
+
+
+def _value(e: ir.Expr, env: dict[str, int]) -> int:
+    f = affine(e)
+    return f.const + sum(c * env[v] for v, c in f.terms)
