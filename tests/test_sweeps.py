@@ -57,9 +57,9 @@ def test_two_products_over_one_matrix_are_one_sweep(name):
     intrinsics_inside = {x.intrinsic.name for s in inner for x in ir.walk_stmts(s)
                          if isinstance(x, ir.Call)}
     if name == "atax":
-        # the row form (eight rows a call) and the transposed form (an axpy per row), block
-        # after block: the axpy reads what the gemv has summed over the whole block
-        assert {"x86.avx512.gemv.f32.8x8", "x86.avx512.axpy.f32x64"} <= intrinsics_inside
+        # the row form (eight rows a call), then the transposed form on the gemvt row,
+        # block after block: it reads what the gemv has summed over the whole block
+        assert {"x86.avx512.gemv.f32.8x8", "x86.avx512.gemvt.f32.8x16"} <= intrinsics_inside
     else:
         # independent products: merged, column block by column block, on the 8x16 pair
         assert {"x86.avx512.gemv.f32.8x16", "x86.avx512.gemvt.f32.8x16"} <= intrinsics_inside
@@ -253,11 +253,16 @@ def test_merged_block_on_offset_columns_keeps_results():
     assert calls == ["x86.avx512.gemv.f32.8x8", "x86.avx512.gemv.f32.8x16", "x86.avx512.gemvt.f32.8x16"]
 
 
-def test_a_product_that_reads_the_others_result_is_not_merged():
-    # atax: the axpy scales by y[i], which the gemv finishes only at the end of the block
-    out = _merged_loop(_f(ROWS + COLUMNS.replace("a=window(w[i]", "a=window(y[i]")), AVX512)
-    calls = {x.intrinsic.name for s in out for x in ir.walk_stmts(s) if isinstance(x, ir.Call)}
-    assert calls == {"x86.avx512.gemv.f32.8x8", "x86.avx512.axpy.f32x64"}
+def test_a_product_that_reads_the_others_result_runs_after_it_on_the_gemvt_row():
+    # atax: the axpy scales by y[i], which the gemv finishes only at the end of the block:
+    # not merged into the gemv's loop, but its block on the 8x16 gemvt after it
+    (loop,) = _merged_loop(_f(ROWS + COLUMNS.replace("a=window(w[i]", "a=window(y[i]")), AVX512)
+    first, second = ir.stmts_of(loop.body)
+    assert [x.intrinsic.name for x in ir.walk_stmts(first) if isinstance(x, ir.Call)] == \
+        ["x86.avx512.gemv.f32.8x8"]
+    assert [x.intrinsic.name for x in ir.walk_stmts(second) if isinstance(x, ir.Call)] == \
+        ["x86.avx512.gemvt.f32.8x16"]
+    assert second.extent == 8
 
 
 def test_no_merge_without_a_gemvt_row():
