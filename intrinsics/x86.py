@@ -163,34 +163,38 @@ def avx512_mm_f32_8x32x1(c: f32[8, 32], a: f32[8, 1], b: f32[1, 32]):
 class GemvF32(Emitter):
     """c (rows) += a (rows x width) @ b (width): rows of a row-major matrix against one
     vector, every operand read at unit stride (the axpy form reads a column of the matrix,
-    one gather per element). The accumulator is c plus two alternating sets of one
-    ``width``-float partial sum per row (``_alternate``): ``step`` is one load of b, a row
-    load and an independent FMA per row; the partial sums are added across lanes into c
-    once, in ``store_acc``, so a k-loop of calls does no shuffles. That reassociates each
-    row's sum, as every BLAS does."""
+    one gather per element). The accumulator is c plus ``sets`` (two: alternating,
+    ``_alternate``) sets of one ``width``-float partial sum per row: ``step`` is one load
+    of b, a row load and an independent FMA per row; the partial sums are added across
+    lanes into c once, in ``store_acc``, so a k-loop of calls does no shuffles. That
+    reassociates each row's sum, as every BLAS does. One set leaves 16 more registers to
+    the gemvt call that a merged sweep runs beside it (``rules/sweeps.py``): two sets of 16
+    zmm partial sums there spilled its eight broadcasts."""
 
     operands = ("c", "a", "b")
     dtypes = {"c": "f32", "a": "f32", "b": "f32"}
-    unroll = 2
     interleaves = True  # plain vector values
 
-    def __init__(self, rows: int, width: int):
-        self.rows, self.width = rows, width
+    def __init__(self, rows: int, width: int, sets: int = 2):
+        self.rows, self.width, self.sets = rows, width, sets
+        self.unroll = sets  # the sets trade places every step
         self.shapes = {"c": (rows,), "a": (rows, width), "b": (width,)}
         self.zero = ir.Constant(ir.VectorType(ir.FloatType(), width), [-0.0] * width)
 
     def load_acc(self, b, ops):
-        return [load_row(b, ops["c"], (0,), 0, self.rows),
-                [[self.zero] * self.rows, [self.zero] * self.rows]]
+        return [load_row(b, ops["c"], (0,), 0, self.rows), [[self.zero] * self.rows] * self.sets]
 
     def step(self, b, ops, acc):
         x = load_row(b, ops["b"], (0,), 0, self.width)
-        return [acc[0], _alternate(b, acc[1], lambda part: [
+        update = lambda part: [  # noqa: E731
             _fma(b, load_row(b, ops["a"], (i, 0), 1, self.width), x, part[i])
-            for i in range(self.rows)])]
+            for i in range(self.rows)]
+        if self.sets == 1:
+            return [acc[0], [update(acc[1][0])]]
+        return [acc[0], _alternate(b, acc[1], update)]
 
     def store_acc(self, b, ops, acc):
-        c, partial = acc[0], _joined(b, acc[1])
+        c, partial = acc[0], (acc[1][0] if self.sets == 1 else _joined(b, acc[1]))
         sums = []
         for v in partial:  # halve the vector until one lane is left
             n = self.width // 2
@@ -229,7 +233,7 @@ def avx512_gemv_f32_8x8(c: f32[8], a: f32[8, 8], b: f32[8]):
 # calls and the extractor keeps those; a sweep that runs the transposed product on the
 # same block (``rules/sweeps.py``) uses it with the 8x16 gemvt, where half the FMAs pay.
 @intrinsic("x86.avx512.gemv.f32.8x16", isa=("avx512f", "fma"), cost=15.0,
-           emitter=GemvF32(rows=8, width=16),
+           emitter=GemvF32(rows=8, width=16, sets=1),
            layout={"a": Layout((1,), 4), "b": Layout((0,), 4)})
 def avx512_gemv_f32_8x16(c: f32[8], a: f32[8, 16], b: f32[16]):
     for i, k in grid(8, 16):
