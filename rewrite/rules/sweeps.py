@@ -31,6 +31,20 @@ the two are independent (bicg's ``s = A^T r`` and ``q = A p``): ``P`` streams th
 L2 on its rows, ``Q`` then reads it from L1. Measured on bicg (410 x 390, an AVX-512 Xeon,
 one thread): 11.3 us a sweep against 11.9 with ``Q``'s block first.
 
+Given a library (``fuse_sweeps(stmts, library)``, as ``tidy`` runs it), a fused block whose
+``P`` is a loop of gemv calls and whose ``Q`` is the axpy over the same rows goes on the
+library's gemv and gemvt rows (``c[j] += a[k, j] * b[k]``, the block read along its rows):
+two independent products (bicg, mvt) as one loop over column blocks of a gemv call and a
+gemvt call on the same block, each row of the block loaded once for both products' FMAs;
+a ``Q`` that reads ``P``'s sums (atax) as a loop of gemvt calls after ``P``'s (``_merged``).
+On bicg (410 x 390, AVX-512, one thread) the sweep took 9.4 us on the 8x16 rows against
+11.3 for the gemv and the axpy one after the other::
+
+    for i_o in range(51):
+        for j_o1 in range(24):
+            call("x86.avx512.gemv.f32.8x16", c=q[8 * i_o], a=A[8 * i_o, 16 * j_o1], b=p[16 * j_o1])
+            call("x86.avx512.gemvt.f32.8x16", c=s[16 * j_o1], a=A[8 * i_o, 16 * j_o1], b=r[8 * i_o])
+
 Sound, each step checked, not assumed:
 
 - ``Q``'s instances are reordered (split, its loops permuted): allowed when ``Q`` adds into a
@@ -42,17 +56,22 @@ Sound, each step checked, not assumed:
   before ``Q``'s when ``Q`` comes first) must commute with it: the dependence analysis, on
   the calls' meaning (``calls.expand_calls``), finds no dependence between them other than
   two additions into one element;
-- the fusion itself is ``analysis.can_fuse`` on the two loops over ``u``, adjacent by then.
+- the fusion itself is ``analysis.can_fuse`` on the two loops over ``u``, adjacent by then;
+- a merged block interleaves ``P``'s and ``Q``'s calls only where the two commute as above,
+  and reorders each product's calls within the block (the reassociation of the first
+  point); it is used only once the terms it adds, enumerated on the first block (the
+  windows that move with the block are ``P``'s and ``Q``'s own), are exactly those of the
+  block it replaces, element by element (``_same_terms``).
 
 It never adds work. It is part of ``tidy`` (``rules/tidy.py``), on the chosen program.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
+
+import numpy as np
 
 from .. import analysis, calls, ir
 from ..calls import op_count
@@ -528,7 +547,8 @@ def _merged(p_body: Stmt, q_block: Stmt, u: For, library: tuple,
     None when the block is not of that form or ``library`` has no such row. Within each
     product the terms of each element are reassociated (its calls reordered); the merged
     block is checked to add exactly the terms the two did into exactly the same elements
-    (``_same_terms``) at the first and last blocks before it is used."""
+    (``_same_terms``, on the first block: the windows that move with the block are p's and
+    q's own, unchanged) before it is used."""
     p = _gemv_loop(p_body)
     if p is None:
         return None
@@ -552,45 +572,72 @@ def _merged(p_body: Stmt, q_block: Stmt, u: For, library: tuple,
         if retiled is None:
             return None
         out = ir.seq(p_body, retiled)
-    original = ir.seq(p_body, q_block)
-    if not all(_same_terms(original, out, {u.var: v}) for v in {0, u.extent - 1}):
+    # the windows that depend on u are p's and q's own, unchanged: one block checks them all
+    if not _same_terms(ir.seq(p_body, q_block), out, {u.var: 0}):
         return None
     return out
 
 
 def _same_terms(a: Stmt, b: Stmt, env: dict[str, int]) -> bool:
-    """``a`` and ``b`` (loops around ``_form`` calls) add the same terms into the same
-    elements at the loop values ``env``: the same multiset of (output element, the two
-    input elements multiplied)."""
-    return _terms(a, env) == _terms(b, env)
+    """``a`` and ``b`` (loops around calls of ``_form`` intrinsics) add the same terms into
+    the same elements at the loop values ``env``: the same multiset of (output element, the
+    two input elements multiplied). False when either holds more than ``MAX_TERMS``."""
+    names: dict[str, int] = {}
+    try:
+        ta, tb = _terms(a, env, names), _terms(b, env, names)
+    except (KeyError, _TooMany):
+        return False
+    if ta.shape != tb.shape:
+        return False
+    return bool((ta[np.lexsort(ta.T[::-1])] == tb[np.lexsort(tb.T[::-1])]).all())
 
 
-def _terms(s: Stmt, env: dict[str, int]) -> Counter:
-    out: Counter = Counter()
-    if isinstance(s, ir.Seq):
-        for c in s.stmts:
-            out += _terms(c, env)
-    elif isinstance(s, For):
-        for v in range(s.start, s.stop):
-            out += _terms(s.body, {**env, s.var: v})
-    elif isinstance(s, Call):
-        desc = s.intrinsic
-        dims = [d.name for d in desc.dims]
-        bases = {n: tuple(_value(e, env) for e in w.base) for n, w in s.operands}
-        for point in itertools.product(*(range(d.extent) for d in desc.dims)):
-            at = dict(zip(dims, point))
-            where = {}
-            for o in desc.operands:
-                w = s.window(o.name)
-                index = list(bases[o.name])
-                for d, it in enumerate(o.dims):
-                    if it is not None:
-                        index = [x + at[it] * st for x, st in zip(index, w.steps[d])]
-                where[o.name] = (w.buffer.name, tuple(index))
-            out[(where[desc.output.name], frozenset(Counter(where[o.name] for o in desc.inputs).items()))] += 1
-    else:
-        raise TypeError(type(s).__name__)
-    return out
+# The merge is checked term by term (``_same_terms``) only on blocks up to this many terms;
+# a larger block keeps the gemv and the axpy one after the other.
+MAX_TERMS = 1 << 20
+
+
+class _TooMany(Exception):
+    pass
+
+
+def _terms(s: Stmt, env: dict[str, int], names: dict[str, int]) -> np.ndarray:
+    """The terms ``s`` adds at ``env``, one row each: output buffer, output element, then
+    the two factors' buffers and elements in ascending order (buffers by ``names``, filled
+    as met; elements as row-major offsets)."""
+    rows: list[np.ndarray] = []
+    count = 0
+
+    def visit(x: Stmt, env: dict[str, int]) -> None:
+        nonlocal count
+        if isinstance(x, ir.Seq):
+            for c in x.stmts:
+                visit(c, env)
+        elif isinstance(x, For):
+            for v in range(x.start, x.stop):
+                visit(x.body, {**env, x.var: v})
+        elif isinstance(x, Call) and _form(x.intrinsic) is not None:
+            desc = x.intrinsic
+            count += desc.iterations
+            if count > MAX_TERMS:
+                raise _TooMany
+            points = np.indices([d.extent for d in desc.dims]).reshape(len(desc.dims), -1).T
+            cols = []
+            for o in (desc.output, *desc.inputs):
+                w = x.window(o.name)
+                moves = {it: w.buffer.offset(w.steps[d]) for d, it in enumerate(o.dims) if it is not None}
+                base = w.buffer.offset(tuple(_value(e, env) for e in w.base))
+                offsets = base + points @ np.array([moves.get(d.name, 0) for d in desc.dims], np.int64)
+                cols.append((np.full(len(points), names.setdefault(w.buffer.name, len(names))), offsets))
+            (oid, ooff), (aid, aoff), (bid, boff) = cols
+            swap = (aid > bid) | ((aid == bid) & (aoff > boff))  # the factors in one order
+            rows.append(np.stack([oid, ooff, np.where(swap, bid, aid), np.where(swap, boff, aoff),
+                                  np.where(swap, aid, bid), np.where(swap, aoff, boff)], axis=1))
+        else:
+            raise _TooMany  # nothing but such calls is compared
+
+    visit(s, env)
+    return np.concatenate(rows) if rows else np.zeros((0, 6), np.int64)
 
 
 def _value(e: ir.Expr, env: dict[str, int]) -> int:
