@@ -33,7 +33,9 @@ def _alternate(b: ir.IRBuilder, acc: list, update) -> list:
     """One step of a reduction whose partial sums alternate between two sets: the step
     updates ``acc[0]`` and puts it last, so each FMA waits for the one two steps back and
     twice as many chains cover the FMA latency. That reassociates the sum (as every BLAS
-    does); the sets are added once, at the end (``_joined``)."""
+    does); the sets are added once, at the end (``_joined``). An emitter whose step does this
+    sets ``unroll = 2``: a loop of calls then runs two steps an iteration, each set back in
+    its own registers, where one step an iteration ends in a copy of every partial sum."""
     return [acc[1], update(acc[0])]
 
 
@@ -53,6 +55,8 @@ class _RowF32x8(Emitter):
 
     operands = ("c", "a", "b")
     dtypes = {"c": "f32", "a": "f32", "b": "f32"}
+    unroll = 2
+    interleaves = True  # plain vector values
 
     def load_acc(self, b, ops):
         return [load_row(b, ops["c"], (0,), 0, 8), NEG_ZERO]
@@ -159,32 +163,38 @@ def avx512_mm_f32_8x32x1(c: f32[8, 32], a: f32[8, 1], b: f32[1, 32]):
 class GemvF32(Emitter):
     """c (rows) += a (rows x width) @ b (width): rows of a row-major matrix against one
     vector, every operand read at unit stride (the axpy form reads a column of the matrix,
-    one gather per element). The accumulator is c plus two alternating sets of one
-    ``width``-float partial sum per row (``_alternate``): ``step`` is one load of b, a row
-    load and an independent FMA per row; the partial sums are added across lanes into c
-    once, in ``store_acc``, so a k-loop of calls does no shuffles. That reassociates each
-    row's sum, as every BLAS does."""
+    one gather per element). The accumulator is c plus ``sets`` (two: alternating,
+    ``_alternate``) sets of one ``width``-float partial sum per row: ``step`` is one load
+    of b, a row load and an independent FMA per row; the partial sums are added across
+    lanes into c once, in ``store_acc``, so a k-loop of calls does no shuffles. That
+    reassociates each row's sum, as every BLAS does. One set leaves 16 more registers to
+    the gemvt call that a merged sweep runs beside it (``rules/sweeps.py``): two sets of 16
+    zmm partial sums there spilled its eight broadcasts."""
 
     operands = ("c", "a", "b")
     dtypes = {"c": "f32", "a": "f32", "b": "f32"}
+    interleaves = True  # plain vector values
 
-    def __init__(self, rows: int, width: int):
-        self.rows, self.width = rows, width
+    def __init__(self, rows: int, width: int, sets: int = 2):
+        self.rows, self.width, self.sets = rows, width, sets
+        self.unroll = sets  # the sets trade places every step
         self.shapes = {"c": (rows,), "a": (rows, width), "b": (width,)}
         self.zero = ir.Constant(ir.VectorType(ir.FloatType(), width), [-0.0] * width)
 
     def load_acc(self, b, ops):
-        return [load_row(b, ops["c"], (0,), 0, self.rows),
-                [[self.zero] * self.rows, [self.zero] * self.rows]]
+        return [load_row(b, ops["c"], (0,), 0, self.rows), [[self.zero] * self.rows] * self.sets]
 
     def step(self, b, ops, acc):
         x = load_row(b, ops["b"], (0,), 0, self.width)
-        return [acc[0], _alternate(b, acc[1], lambda part: [
+        update = lambda part: [  # noqa: E731
             _fma(b, load_row(b, ops["a"], (i, 0), 1, self.width), x, part[i])
-            for i in range(self.rows)])]
+            for i in range(self.rows)]
+        if self.sets == 1:
+            return [acc[0], [update(acc[1][0])]]
+        return [acc[0], _alternate(b, acc[1], update)]
 
     def store_acc(self, b, ops, acc):
-        c, partial = acc[0], _joined(b, acc[1])
+        c, partial = acc[0], (acc[1][0] if self.sets == 1 else _joined(b, acc[1]))
         sums = []
         for v in partial:  # halve the vector until one lane is left
             n = self.width // 2
@@ -218,6 +228,18 @@ def avx512_gemv_f32_8x8(c: f32[8], a: f32[8, 8], b: f32[8]):
         c[i] += a[i, k] * b[k]
 
 
+# The 8x8 row on zmm: eight rows of 16 floats, 128 multiply-adds in 8 FMAs. On its own a
+# product runs no faster on it (the 64-byte loads above), so it is priced above two 8x8
+# calls and the extractor keeps those; a sweep that runs the transposed product on the
+# same block (``rules/sweeps.py``) uses it with the 8x16 gemvt, where half the FMAs pay.
+@intrinsic("x86.avx512.gemv.f32.8x16", isa=("avx512f", "fma"), cost=15.0,
+           emitter=GemvF32(rows=8, width=16, sets=1),
+           layout={"a": Layout((1,), 4), "b": Layout((0,), 4)})
+def avx512_gemv_f32_8x16(c: f32[8], a: f32[8, 16], b: f32[16]):
+    for i, k in grid(8, 16):
+        c[i] += a[i, k] * b[k]
+
+
 # ---------------------------------------------------------------------------
 # matrix-vector product with the matrix read along its columns: axpy over rows
 
@@ -231,6 +253,8 @@ class AxpyRows(Emitter):
 
     operands = ("c", "a", "b")
     dtypes = {"c": "f32", "a": "f32", "b": "f32"}
+    unroll = 2
+    interleaves = True  # plain vector values
 
     def __init__(self, vectors: int, width: int):
         self.vectors, self.width = vectors, width
@@ -274,6 +298,69 @@ def axpy_f32x32(c: f32[32], a: f32[1], b: f32[32]):
 def avx512_axpy_f32x64(c: f32[64], a: f32[1], b: f32[64]):
     for j in range(64):
         c[j] += a[0] * b[j]
+
+
+class GemvtF32(Emitter):
+    """c (width) += a (rows x width)^T @ b (rows): a block of rows of a row-major matrix
+    against one element of the vector each, the block read along its rows (``s[j] += r[i] *
+    A[i, j]`` over ``rows`` rows at once). ``step`` broadcasts each b, loads each row of the
+    block and runs one FMA per row into a partial sum of its own (``rows`` chains, the
+    first starting from c), added together once, in ``store_acc``. A single call (``emit``)
+    is two chains, the even rows' from c and the odd rows', added at the end: the block of
+    a sweep that another product over the same rows reads too (``rules/sweeps.py``), the
+    rows' loads then shared with it. Both reassociate each element's sum, as every BLAS does."""
+
+    operands = ("c", "a", "b")
+    dtypes = {"c": "f32", "a": "f32", "b": "f32"}
+
+    def __init__(self, rows: int, width: int):
+        self.rows, self.width = rows, width
+        self.shapes = {"c": (width,), "a": (rows, width), "b": (rows,)}
+        self.zero = ir.Constant(ir.VectorType(ir.FloatType(), width), [-0.0] * width)
+
+    def _terms(self, b, ops):
+        return [(splat(b, load_scalar(b, ops["b"], (i,)), self.width),
+                 load_row(b, ops["a"], (i, 0), 1, self.width)) for i in range(self.rows)]
+
+    def load_acc(self, b, ops):
+        return [load_row(b, ops["c"], (0,), 0, self.width)] + [self.zero] * (self.rows - 1)
+
+    def step(self, b, ops, acc):
+        return [_fma(b, x, row, part) for (x, row), part in zip(self._terms(b, ops), acc)]
+
+    def store_acc(self, b, ops, acc):
+        while len(acc) > 1:  # pairwise
+            acc = [b.fadd(acc[i], acc[i + 1]) if i + 1 < len(acc) else acc[i]
+                   for i in range(0, len(acc), 2)]
+        store_row(b, ops["c"], (0,), 0, acc[0])
+
+    def emit(self, b, ops):
+        chains = [load_row(b, ops["c"], (0,), 0, self.width), self.zero]
+        for i, (x, row) in enumerate(self._terms(b, ops)):
+            chains[i % 2] = _fma(b, x, row, chains[i % 2])
+        store_row(b, ops["c"], (0,), 0, b.fadd(chains[0], chains[1]))
+
+
+# Eight rows of 8 (AVX-512VL, ymm) or 16 floats (zmm): 64 or 128 multiply-adds in 8 FMAs,
+# 8 row loads and 8 broadcasts. Priced above the 64-wide axpy (5 for 64) and 8-wide ones
+# (1 for 8), which read the matrix at unit stride along whole rows: a product on its own is
+# planned on those; these rows serve a sweep that reads the same block for a gemv
+# (``rules/sweeps.py``), which measured (bicg, 410 x 390, one thread) 9.4 us a sweep on the
+# 8x16 pair against 11.3 on the gemv and the axpy one after the other.
+@intrinsic("x86.avx512.gemvt.f32.8x8", isa=("avx512f", "avx512vl", "fma"), cost=9.0,
+           emitter=GemvtF32(rows=8, width=8),
+           layout={"c": Layout((0,), 4), "a": Layout((1,), 4)})
+def avx512_gemvt_f32_8x8(c: f32[8], a: f32[8, 8], b: f32[8]):
+    for k, j in grid(8, 8):
+        c[j] += a[k, j] * b[k]
+
+
+@intrinsic("x86.avx512.gemvt.f32.8x16", isa=("avx512f", "fma"), cost=17.0,
+           emitter=GemvtF32(rows=8, width=16),
+           layout={"c": Layout((0,), 4), "a": Layout((1,), 4)})
+def avx512_gemvt_f32_8x16(c: f32[16], a: f32[8, 16], b: f32[8]):
+    for k, j in grid(8, 16):
+        c[j] += a[k, j] * b[k]
 
 
 # ---------------------------------------------------------------------------
@@ -398,6 +485,7 @@ class VnniDotU8I8I32_16x4(_DotU8I8I32_16x4):
     block of rows. Along k the accumulator is c plus a second sum, in two zmm registers."""
 
     I32X16 = ir.VectorType(ir.IntType(32), 16)
+    unroll = 2  # the two sums trade places every step
 
     def load_acc(self, b, ops):
         return [load_row(b, ops["c"], (0,), 0, 16), ir.Constant(self.I32X16, [0] * 16)]

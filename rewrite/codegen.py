@@ -30,6 +30,7 @@ emitter the caller's ``emitters`` gives for its descriptor (``target.Target.emit
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import replace
 from typing import Callable, Optional
 
@@ -44,7 +45,8 @@ from .polytope import guarded_range
 from .emitter import Emitter, Ref, counted_loop, declare, indirect, lltype, phi_loop
 from .ir import (BOOL, INDEX, Accumulate, Binary, Call, Cast, Compare, Const, Expr, For, If, Load,
                  Logical, Select, Seq, Stmt, Store, Unary, Var, bits, is_float, is_int,
-                 is_signed, itemsize, walk_expr)
+                 is_signed, itemsize, stmt_exprs, walk_expr, walk_stmts)
+from .ir import stmts_of as ir_stmts_of
 
 # ---------------------------------------------------------------------------
 # types
@@ -163,6 +165,9 @@ class _BodyEmitter:
         self.pointers = pointers
         self.emitters = emitters
         self.vars: dict[str, ir.Value] = {}
+        # calls whose accumulators the loops being emitted carry (``carry_loop``): the id of
+        # the call's node -> [its emitter, its output's ref, the accumulators now]
+        self.carried: dict[int, list] = {}
 
     # -- statements -----------------------------------------------------------
 
@@ -170,8 +175,12 @@ class _BodyEmitter:
         if isinstance(s, Seq):
             for c in s.stmts:
                 self.stmt(c)
+        elif isinstance(s, For) and self._carries(s):
+            self.thread_loop(s)
         elif isinstance(s, For) and self._reduction_call(s):
             self.call_loop(s)
+        elif isinstance(s, For) and (calls := self._carriable(s)):
+            self.carry_loop(s, calls)
         elif isinstance(s, For) and self.narrowing < MAX_NARROWED and \
                 (guarded := guarded_range(s)) is not None:
             # a triangular loop: run only the values its guard admits
@@ -247,6 +256,11 @@ class _BodyEmitter:
         """An intrinsic call: its emitter (native on this CPU, else the emulation from its
         semantics) given each window as a base pointer and an element stride per operand
         dimension."""
+        carried = self.carried.get(id(s))
+        if carried is not None:
+            emitter, out, acc = carried
+            carried[2] = emitter.step(self.b, {**self._refs(s), s.output: out}, acc)
+            return
         self.emitters(s.intrinsic).emit(self.b, self._refs(s))
 
     def _refs(self, s: Call) -> dict[str, Ref]:
@@ -282,8 +296,86 @@ class _BodyEmitter:
             return emitter.step(self.b, {**self._refs(call), call.output: first[call.output]}, acc)
 
         acc = emitter.load_acc(self.b, first)
-        acc = phi_loop(self.b, ir.Constant(_I64, s.extent), acc, step)
+        acc = phi_loop(self.b, ir.Constant(_I64, s.extent), acc, step, getattr(emitter, "unroll", 1))
         emitter.store_acc(self.b, first, acc)
+        del self.vars[s.var]
+
+    # -- accumulators carried through loops that hold other statements too --------
+
+    def _carriable(self, s: For) -> list[Call]:
+        """The calls in ``s`` whose accumulators ``s`` may carry in registers (``carry_loop``):
+        each reached from ``s`` through loops and sequences only, once, its output window
+        the same at every iteration of each of those loops, its emitter one whose
+        accumulators are plain values (``Emitter.interleaves``), and its output buffer read
+        or written by nothing else in ``s`` (its own inputs included)."""
+        found: list[Call] = []
+
+        def visit(x: Stmt, loops: set[str]) -> None:
+            if isinstance(x, Seq):
+                for c in x.stmts:
+                    visit(c, loops)
+            elif isinstance(x, For):
+                visit(x.body, loops | {x.var})
+            elif isinstance(x, Call) and getattr(self.emitters(x.intrinsic), "interleaves", False):
+                out = x.window(x.output)
+                if not any(isinstance(v, Var) and v.name in loops for e in out.base for v in walk_expr(e)):
+                    found.append(x)
+
+        visit(s.body, {s.var})
+        every = list(walk_stmts(s.body))
+        calls = []
+        for c in found:
+            out = c.window(c.output).buffer.name
+            if sum(x is c for x in every) == 1 and \
+                    all(w.buffer.name != out for n, w in c.operands if n != c.output) and \
+                    not any(out in _touched(x) for x in every if x is not c):
+                calls.append(c)
+        return calls
+
+    def _carries(self, s: For) -> bool:
+        return bool(self.carried) and any(id(x) in self.carried for x in walk_stmts(s.body))
+
+    def carry_loop(self, s: For, calls: list[Call]) -> None:
+        """``s`` holding other statements besides intrinsic calls whose output stays where it
+        is along ``s`` and along the loops inside it around them (a sweep's gemv next to the
+        product that reads the same block): each such call's output block loaded once into
+        its emitter's accumulators before ``s``, each call a ``step`` on them, carried in phi
+        nodes through ``s`` and the loops inside it, stored once after ``s``. Exact, as
+        ``call_loop``: nothing else in ``s`` reads or writes those blocks, so the deferred
+        loads and stores change no value anything reads, and each call's steps come in the
+        program's order."""
+        for c in calls:
+            w = c.window(c.output)
+            emitter = self.emitters(c.intrinsic)
+            out = Ref(self.address(w.buffer, w.base), w.buffer.dtype, w.strides)
+            self.carried[id(c)] = [emitter, out, emitter.load_acc(self.b, {c.output: out})]
+        self.thread_loop(s)
+        for c in calls:
+            emitter, out, acc = self.carried.pop(id(c))
+            emitter.store_acc(self.b, {c.output: out}, acc)
+
+    def thread_loop(self, s: For) -> None:
+        """``s`` with the accumulators of the carried calls inside it in phi nodes; as many
+        iterations of ``s`` a turn of the loop as the emitter of a carried call directly in
+        its body asks for (``Emitter.unroll``)."""
+        ids = list(dict.fromkeys(id(x) for x in walk_stmts(s.body) if id(x) in self.carried))
+        start = ir.Constant(_I64, s.start)
+        unroll = 1
+        for x in ir_stmts_of(s.body):
+            if id(x) in self.carried:
+                unroll = math.lcm(unroll, getattr(self.carried[id(x)][0], "unroll", 1))
+
+        def body(k: ir.Value, state):
+            for i, acc in zip(ids, state):
+                self.carried[i][2] = acc
+            self.vars[s.var] = self.b.add(k, start, flags=("nsw",))
+            self.stmt(s.body)
+            return [self.carried[i][2] for i in ids]
+
+        state = phi_loop(self.b, ir.Constant(_I64, s.extent), [self.carried[i][2] for i in ids],
+                         body, unroll)
+        for i, acc in zip(ids, state):
+            self.carried[i][2] = acc
         del self.vars[s.var]
 
     def address(self, buffer, indices: tuple[Expr, ...]) -> ir.Value:
@@ -545,6 +637,16 @@ def _task(module: ir.Module, part: lowering.Part, code: lowering.Body, body: ir.
     b.call(body, pointers + [lo, hi])
     b.ret_void()
     return task
+
+
+def _touched(s: Stmt) -> set[str]:
+    """The buffers statement ``s`` itself (not the statements inside it) reads or writes."""
+    names = {x.buffer.name for e in stmt_exprs(s) for x in walk_expr(e) if isinstance(x, Load)}
+    if isinstance(s, Call):
+        names |= {w.buffer.name for _, w in s.operands}
+    if isinstance(s, (Store, Accumulate)):
+        names.add(s.buffer.name)
+    return names
 
 
 # ---------------------------------------------------------------------------

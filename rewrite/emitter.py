@@ -102,6 +102,13 @@ class Emitter:
     operands: tuple[str, ...] = ()
     shapes: dict = {}
     dtypes: dict = {}
+    # consecutive steps a loop of calls runs per iteration (``phi_loop``): 2 for a step that
+    # hands its accumulators on to the next slot (two alternating sets of partial sums)
+    unroll: int = 1
+    # whether the accumulators are plain SSA values that other code may run between two
+    # steps of (``codegen`` then carries them through a loop that holds other statements
+    # too); not so for state such as AMX tile configuration
+    interleaves: bool = False
 
     def load_acc(self, b: ir.IRBuilder, ops: dict[str, Ref]):
         raise NotImplementedError
@@ -222,9 +229,16 @@ def counted_loop(b: ir.IRBuilder, start: ir.Value, stop: ir.Value, body: Callabl
     b.position_at_end(exit_)
 
 
-def phi_loop(b: ir.IRBuilder, n: ir.Value, state, body):
+def phi_loop(b: ir.IRBuilder, n: ir.Value, state, body, unroll: int = 1):
     """``for k < n: state = body(k, state)`` with ``state`` (a nested list of SSA values) in
-    phi nodes; returns the final state."""
+    phi nodes; returns the final state.
+
+    ``unroll``: steps per iteration of the loop, the last ``n % unroll`` steps after it. A
+    body that moves values from one slot of the state to another (``Emitter.unroll``) leaves
+    every value in its own register only once the loop runs whole turns of that rotation;
+    otherwise each iteration ends in a register copy per moved value."""
+    if unroll > 1:
+        return _unrolled(b, n, state, body, unroll)
     flat, rebuild = _flatten(state)
     fn = b.function
     entry = b.block
@@ -249,6 +263,31 @@ def phi_loop(b: ir.IRBuilder, n: ir.Value, state, body):
         f.add_incoming(v0, entry)
         f.add_incoming(v1, latch)
     return rebuild(finals)
+
+
+def _unrolled(b: ir.IRBuilder, n: ir.Value, state, body, unroll: int):
+    """``phi_loop`` with ``unroll`` steps an iteration; the same steps in the same order."""
+    known = n.constant if isinstance(n, ir.Constant) else None
+    if known is not None:
+        turns, done = ir.Constant(I64, known // unroll), ir.Constant(I64, known // unroll * unroll)
+    else:
+        turns = b.sdiv(n, ir.Constant(I64, unroll))
+        done = b.mul(turns, ir.Constant(I64, unroll), flags=("nsw",))
+
+    def turn(i: ir.Value, st):
+        first = b.mul(i, ir.Constant(I64, unroll), flags=("nsw",))
+        for j in range(unroll):
+            st = body(first if j == 0 else b.add(first, ir.Constant(I64, j), flags=("nsw",)), st)
+        return st
+
+    if known is None or known >= unroll:
+        state = phi_loop(b, turns, state, turn)
+    if known is not None:
+        for k in range(known // unroll * unroll, known):  # straight-line, fewer than unroll
+            state = body(ir.Constant(I64, k), state)
+        return state
+    return phi_loop(b, b.sub(n, done, flags=("nsw",)), state,
+                    lambda k, st: body(b.add(k, done, flags=("nsw",)), st))
 
 
 def _flatten(state):
@@ -327,7 +366,8 @@ def kloop_function(module: ir.Module, desc: Descriptor, emitter: Emitter, symbol
             counted_loop(b, ir.Constant(I64, 0), steps, lambda k: emitter.emit(b, moved(k)))
             return
         acc = emitter.load_acc(b, refs)
-        acc = phi_loop(b, steps, acc, lambda k, a: emitter.step(b, {**moved(k), out: refs[out]}, a))
+        acc = phi_loop(b, steps, acc, lambda k, a: emitter.step(b, {**moved(k), out: refs[out]}, a),
+                       getattr(emitter, "unroll", 1))
         emitter.store_acc(b, refs, acc)
 
     counted_loop(b, ir.Constant(I64, 0), repeats, one_repeat)

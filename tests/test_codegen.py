@@ -524,3 +524,92 @@ def test_a_copy_interleaving_a_few_rows_has_its_innermost_loop_unrolled():
     kernel(**args)
     for name in ("P", "R", "T"):
         np.testing.assert_array_equal(args[name], want[name])
+
+
+# a call loop of an emitter whose step hands its partial sums on to the other set
+# (x86 ``_alternate``) runs two steps an iteration: odd and even counts, and a single step
+ALTERNATING_K_LOOP = '''
+@prim_func
+def rows(A: f32[{k}, 70], x: f32[{k}], y: f32[64], B: f32[4, {n}], v: f32[{n}], q: f32[8]):
+    for i in range({k}):
+        call("x86.axpy.f32x8", c=window(y[8], (1,)), a=window(x[i], (0,)), b=window(A[i, 3], (0, 1)))
+    for j_o in range({k}):
+        call("x86.gemv.f32.4x8", c=window(q[2], (1,)), a=window(B[0, 8 * j_o], (1, 0), (0, 1)),
+             b=window(v[8 * j_o], (1,)))
+'''
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 8])
+def test_alternating_call_loops_unrolled_by_two_match_the_interpreter(k):
+    if not HAS_AVX2:
+        pytest.skip("the host has no AVX2+FMA")
+    func = parse(ALTERNATING_K_LOOP.format(k=k, n=8 * k))
+    check = runtime.check(func, runtime.compile(func, threads=1))
+    assert check.ok, check.message
+    # the formula: y[8:16] += A[:, 3:11]^T x and q[2:6] += B v
+    args = {n: np.asarray(v) for n, v in random_args(func, seed=3).items()}
+    want_y, want_q = args["y"].astype(np.float64), args["q"].astype(np.float64)
+    want_y[8:16] += args["x"].astype(np.float64) @ args["A"][:, 3:11].astype(np.float64)
+    want_q[2:6] += args["B"].astype(np.float64) @ args["v"].astype(np.float64)
+    runtime.compile(func, threads=1)(**args)
+    np.testing.assert_allclose(args["y"], want_y, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(args["q"], want_q, rtol=1e-5, atol=1e-4)
+
+
+def test_alternating_partial_sums_stay_in_their_registers():
+    # unrolled by two, no phi of a loop takes another phi as its next value: with one step
+    # an iteration every partial sum is such a copy
+    if not HAS_AVX2:
+        pytest.skip("the host has no AVX2+FMA")
+    text = runtime.emit_llvm(parse(ALTERNATING_K_LOOP.format(k=9, n=72)))
+    phis = {m[0]: (m[1], m[2]) for m in re.findall(
+        r"(%[\w.]+) = phi [^\[]*\[ ([^,]+), %[\w.]+ \], \[ ([^,]+), %[\w.]+ \]", text)}
+    assert len(phis) >= 4, text
+    assert not any(v in phis for incoming in phis.values() for v in incoming), text
+
+
+# accumulators carried through a loop that holds other statements too (codegen.carry_loop)
+
+CARRIED = '''
+@prim_func
+def carried(A: f32[16, 48], p: f32[48], r: f32[16], s: f32[48], q: f32[16]):
+    for i_o in range(2):
+        for j_o in range(6):
+            call("x86.gemv.f32.4x8", c=window(q[8 * i_o], (1,)), a=window(A[8 * i_o, 8 * j_o], (1, 0), (0, 1)), b=window(p[8 * j_o], (1,)))
+            for i_i in range(8):
+                call("x86.axpy.f32x8", c=window(s[8 * j_o], (1,)), a=window(r[8 * i_o + i_i], (0,)), b=window(A[8 * i_o + i_i, 8 * j_o], (0, 1)))
+        for h in range(2):
+            for j_o in range(3):
+                call("x86.gemv.f32.4x8", c=window(q[8 * i_o + 4], (1,)), a=window(A[8 * i_o + 4, 24 * h + 8 * j_o], (1, 0), (0, 1)), b=window(p[24 * h + 8 * j_o], (1,)))
+            s[h] = s[h] + 1.0
+'''
+
+# the same loop, but a statement in it reads the block the gemv adds into: carrying the
+# block in registers would hide the gemv's sums from it
+CARRIED_READ = CARRIED.replace("s[h] = s[h] + 1.0", "s[h] = q[8 * i_o + 5]")
+
+
+@pytest.mark.parametrize("text", [CARRIED, CARRIED_READ], ids=["carried", "read_inside"])
+def test_calls_carried_through_loops_match_the_interpreter(text):
+    if not HAS_AVX2:
+        pytest.skip("the host has no AVX2+FMA")
+    func = parse(text)
+    check = runtime.check(func, runtime.compile(func, threads=1))
+    assert check.ok, check.message
+    # the formula for q: q += A p, the rows 8 * i_o + 4 to 8 * i_o + 8 in two halves of columns
+    args = {n: np.asarray(v) for n, v in random_args(func, seed=5).items()}
+    a, p, r = (args[n].astype(np.float64) for n in "Apr")
+    want_q = args["q"].astype(np.float64)
+    for rows in (slice(0, 4), slice(4, 8), slice(8, 12), slice(12, 16)):
+        want_q[rows] += a[rows] @ p
+    runtime.compile(func, threads=1)(**args)
+    np.testing.assert_allclose(args["q"], want_q, rtol=1e-5, atol=1e-4)
+
+
+def test_only_a_block_nothing_else_in_the_loop_touches_is_carried():
+    # carried: the first j_o loop and the h loop each keep their gemv's block in phi nodes
+    # ("kloop" blocks) where they hold other statements; read inside: the h loop does not
+    def kloops(text):
+        text = runtime.emit_llvm(parse(text), optimized=False)
+        return len(re.findall(r'^"?kloop\.end[\w.]*"?:', text, re.M))
+    assert kloops(CARRIED) > kloops(CARRIED_READ) > 0

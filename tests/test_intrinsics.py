@@ -32,6 +32,7 @@ from rewrite.tools import intrinsic_bench
 X86_AVX2 = ["x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4"]
 X86_AVX2 += ["x86.gemv.f32.4x8", "x86.mm.u8i8i32.2x16x4", "x86.axpy.f32x32"]
 X86_AVX512 = ["x86.avx512.mm.f32.8x32x1", "x86.avx512.gemv.f32.8x8", "x86.avx512.axpy.f32x64"]
+X86_AVX512 += ["x86.avx512.gemv.f32.8x16", "x86.avx512.gemvt.f32.8x8", "x86.avx512.gemvt.f32.8x16"]
 X86_VNNI = ["x86.avx512vnni.dot.u8i8i32.16x4", "x86.avx512vnni.mm.u8i8i32.8x32x4"]
 X86_AMX = ["x86.amx.mm.u8i8i32.32x32x64"]
 X86_NATIVE = X86_AVX2 + X86_AVX512 + X86_VNNI + X86_AMX  # native emitters, where the CPU has the ISA
@@ -273,6 +274,23 @@ def test_avx512_gemv_kloop_sums_each_row():
     np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["x86.avx512.gemvt.f32.8x8", "x86.avx512.gemvt.f32.8x16"])
+def test_gemvt_kloop_adds_each_block_of_rows(name):
+    # s[j] += sum_i r[i] * A[i, j] along a k-loop over blocks of 8 rows: each step's eight
+    # partial sums, one per row, are added together once at the end
+    if set(intrinsics.get(name).isa) - host_features():
+        pytest.skip("the host lacks the ISA")
+    rng = np.random.default_rng(4)
+    width, k = intrinsics.get(name).output.shape[0], 5
+    a = rng.uniform(-1, 1, (8 * k, width + 3)).astype(np.float32)  # rows longer than a call
+    r = rng.uniform(-1, 1, 8 * k).astype(np.float32)
+    c = rng.uniform(-1, 1, width).astype(np.float32)
+    want = c.astype(np.float64) + r.astype(np.float64) @ a[:, :width].astype(np.float64)
+    fn = kloop(name, {"c": (1,), "a": (width + 3, 1), "b": (1,)}, {"a": 8 * (width + 3), "b": 8})
+    fn(pointers(c, a, r), k, 1)
+    np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------
 # the registry and targets
 
@@ -320,6 +338,8 @@ CPU_WITH = {"x86.avx512vnni.dot.u8i8i32.16x4": ("znver4", "vpdpbusd"),
             # 256-bit, in the registers only AVX-512VL names (ymm16 to ymm31)
             "x86.avx512.gemv.f32.8x8": ("skylake-avx512", r"vfmadd\d+ps\s[^\n]*%ymm(1[6-9]|2\d|3[01])"),
             "x86.avx512.axpy.f32x64": ("skylake-avx512", r"vfmadd\d+ps\s[^\n]*%ymm(1[6-9]|2\d|3[01])"),
+            "x86.avx512.gemv.f32.8x16": ("skylake-avx512", r"vfmadd\d+ps\s[^\n]*%zmm"),
+            "x86.avx512.gemvt.f32.8x16": ("skylake-avx512", r"vfmadd\d+ps\s[^\n]*%zmm"),
             "x86.mm.u8i8i32.2x16x4": ("haswell", "vpmaddwd"),
             "x86.amx.mm.u8i8i32.32x32x64": ("sapphirerapids", "tdpbusd")}
 

@@ -56,9 +56,13 @@ def test_two_products_over_one_matrix_are_one_sweep(name):
     inner = ir.stmts_of(loop.body)
     intrinsics_inside = {x.intrinsic.name for s in inner for x in ir.walk_stmts(s)
                          if isinstance(x, ir.Call)}
-    # the row form (eight rows a call) and the transposed form (an axpy per row) together
-    assert "x86.avx512.gemv.f32.8x8" in intrinsics_inside or name == "bicg"
-    assert "x86.avx512.axpy.f32x64" in intrinsics_inside
+    if name == "atax":
+        # the row form (eight rows a call), then the transposed form on the gemvt row,
+        # block after block: it reads what the gemv has summed over the whole block
+        assert {"x86.avx512.gemv.f32.8x8", "x86.avx512.gemvt.f32.8x16"} <= intrinsics_inside
+    else:
+        # independent products: merged, column block by column block, on the 8x16 pair
+        assert {"x86.avx512.gemv.f32.8x16", "x86.avx512.gemvt.f32.8x16"} <= intrinsics_inside
     # eight rows of A an iteration
     assert loop.extent == {"mvt": 50, "atax": 48, "bicg": 51}[name]
     plain = tensorize(func, AVX512, rules_off={"tidy"})
@@ -74,12 +78,13 @@ def test_golden_mvt_sweep():
     result = tensorize(MATVEC["mvt"], AVX512)
     assert show(result.func).split('"""')[-1] == '''
     for i_o in range(50):
-        for j_o in range(50):
+        for j_o1 in range(24):
+            call("x86.avx512.gemv.f32.8x16", c=window(x1[8 * i_o], (1,)), a=window(A[8 * i_o, 16 * j_o1], (1, 0), (0, 1)), b=window(y1[16 * j_o1], (1,)))
+            call("x86.avx512.gemvt.f32.8x16", c=window(x2[16 * j_o1], (1,)), a=window(A[8 * i_o, 16 * j_o1], (1, 0), (0, 1)), b=window(y2[8 * i_o], (1,)))
+        for j_o in range(48, 50):
             call("x86.avx512.gemv.f32.8x8", c=window(x1[8 * i_o], (1,)), a=window(A[8 * i_o, 8 * j_o], (1, 0), (0, 1)), b=window(y1[8 * j_o], (1,)))
-        for i_o1, j_i in grid(6, 8):
-            call("x86.avx512.axpy.f32x64", c=window(x2[64 * i_o1], (1,)), a=window(y2[8 * i_o + j_i], (0,)), b=window(A[8 * i_o + j_i, 64 * i_o1], (0, 1)))
-        for i_o1, j_i1 in grid(2, 8):
-            call("x86.axpy.f32x8", c=window(x2[8 * i_o1 + 384], (1,)), a=window(y2[8 * i_o + j_i1], (0,)), b=window(A[8 * i_o + j_i1, 8 * i_o1 + 384], (0, 1)))
+        for i_o1, j_i in grid(2, 8):
+            call("x86.axpy.f32x8", c=window(x2[8 * i_o1 + 384], (1,)), a=window(y2[8 * i_o + j_i], (0,)), b=window(A[8 * i_o + j_i, 8 * i_o1 + 384], (0, 1)))
 '''
 
 
@@ -190,3 +195,87 @@ for j, i in grid(8, 128):
     z[j] += A[i, j] * w[i]
 """)
     assert not _fused(func)
+
+
+def _calls_in_order(loop) -> list[str]:
+    return [x.intrinsic.name for x in ir.walk_stmts(loop.body) if isinstance(x, ir.Call)]
+
+
+def test_independent_products_run_the_blocked_one_first():
+    # the column sweep comes first in the program but neither reads what the other writes:
+    # in the fused loop the gemv streams the block, then the axpy reads it again
+    func = _f(COLUMNS + ROWS)
+    assert _fused(func)
+    (loop,) = fuse_sweeps(list(ir.stmts_of(func.body)))
+    assert _calls_in_order(loop) == ["x86.avx512.gemv.f32.8x8", "x86.avx512.axpy.f32x64"]
+
+
+def test_a_column_sweep_that_reads_the_old_rows_result_stays_first():
+    # the column sweep scales by y before the row sweep adds into y: its block must run
+    # before the row sweep's, which would otherwise change y[i] under it
+    func = _f(COLUMNS.replace("a=window(w[i]", "a=window(y[i]") + ROWS)
+    assert _fused(func)
+    (loop,) = fuse_sweeps(list(ir.stmts_of(func.body)))
+    assert _calls_in_order(loop) == ["x86.avx512.axpy.f32x64", "x86.avx512.gemv.f32.8x8"]
+
+
+# ---------------------------------------------------------------------------
+# merging independent products over one block onto the gemv and gemvt rows
+
+
+def _merged_loop(func, library):
+    out = fuse_sweeps(list(ir.stmts_of(func.body)), library)
+    new = ir.PrimFunc(func.name, func.params, ir.seq(*out), func.allocs)
+    verify(new)
+    _close(func, new)
+    return out
+
+
+def test_golden_merged_block():
+    # the axpy's 128 columns run with the gemv's, 16 at a time on the 8x16 pair; the gemv's
+    # last 32 columns stay its own loop
+    (loop,) = _merged_loop(_f(ROWS + COLUMNS), AVX512)
+    assert show(ir.PrimFunc("f", (), loop)).split("):\n", 1)[1] == '''    for i_o in range(16):
+        for j_o1 in range(8):
+            call("x86.avx512.gemv.f32.8x16", c=window(y[8 * i_o], (1,)), a=window(A[8 * i_o, 16 * j_o1], (1, 0), (0, 1)), b=window(x[16 * j_o1], (1,)))
+            call("x86.avx512.gemvt.f32.8x16", c=window(z[16 * j_o1], (1,)), a=window(A[8 * i_o, 16 * j_o1], (1, 0), (0, 1)), b=window(w[8 * i_o], (1,)))
+        for j_o in range(16, 20):
+            call("x86.avx512.gemv.f32.8x8", c=window(y[8 * i_o], (1,)), a=window(A[8 * i_o, 8 * j_o], (1, 0), (0, 1)), b=window(x[8 * j_o], (1,)))
+'''
+
+
+def test_merged_block_on_offset_columns_keeps_results():
+    # the axpy over columns 32 to 160 of A into z[0:128]: the gemv's first 4 blocks of 8
+    # columns before the merged loop, none after
+    columns = COLUMNS.replace("b=window(A[i, 64 * j_o]", "b=window(A[i, 64 * j_o + 32]")
+    (loop,) = _merged_loop(_f(ROWS + columns), AVX512)
+    calls = [x.intrinsic.name for x in ir.walk_stmts(loop) if isinstance(x, ir.Call)]
+    assert calls == ["x86.avx512.gemv.f32.8x8", "x86.avx512.gemv.f32.8x16", "x86.avx512.gemvt.f32.8x16"]
+
+
+def test_a_product_that_reads_the_others_result_runs_after_it_on_the_gemvt_row():
+    # atax: the axpy scales by y[i], which the gemv finishes only at the end of the block:
+    # not merged into the gemv's loop, but its block on the 8x16 gemvt after it
+    (loop,) = _merged_loop(_f(ROWS + COLUMNS.replace("a=window(w[i]", "a=window(y[i]")), AVX512)
+    first, second = ir.stmts_of(loop.body)
+    assert [x.intrinsic.name for x in ir.walk_stmts(first) if isinstance(x, ir.Call)] == \
+        ["x86.avx512.gemv.f32.8x8"]
+    assert [x.intrinsic.name for x in ir.walk_stmts(second) if isinstance(x, ir.Call)] == \
+        ["x86.avx512.gemvt.f32.8x16"]
+    assert second.extent == 8
+
+
+def test_no_merge_without_a_gemvt_row():
+    library = [d for d in AVX512 if "gemvt" not in d.name]
+    out = _merged_loop(_f(ROWS + COLUMNS), library)
+    calls = {x.intrinsic.name for s in out for x in ir.walk_stmts(s) if isinstance(x, ir.Call)}
+    assert calls == {"x86.avx512.gemv.f32.8x8", "x86.avx512.axpy.f32x64"}
+
+
+def test_the_terms_check_sees_a_column_block_added_twice():
+    # the check the merge runs before it is used: the same calls, one of them twice
+    from rewrite.rules.sweeps import _same_terms
+    (rows,) = ir.stmts_of(_f(ROWS).body)
+    twice = ir.For("i_o", 0, 16, ir.seq(rows.body, ir.For("j_o", 0, 1, rows.body.body)))
+    assert _same_terms(rows, rows, {})
+    assert not _same_terms(rows, twice, {})

@@ -97,7 +97,7 @@ def improve(best, search):
     temps = {b.name for b in best.func.allocs} | {b.name for b in planned.allocs}
     folded = forward_copies(fold_fills(list(planned.stmts), params | temps), temps)
     folded = produce_into_copies(folded, temps)
-    stmts = fuse_sweeps(folded)
+    stmts = fuse_sweeps(folded, search.library.values())
     if stmts == list(planned.stmts):
         return best
     before = {b.name: b for s in planned.stmts for b in ir.buffers_of(s)}
