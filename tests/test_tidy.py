@@ -1,6 +1,7 @@
 """Tidying the chosen program (rules/tidy.py): fold-fill, forward-copy and produce-into-copy, their goldens,
 where they must not apply, and results bit for bit those of the program before them."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -250,7 +251,8 @@ def test_golden_a_cast_producer_runs_in_the_copy_that_packs_its_consumer(request
         expected.write_text(got)
     assert got == expected.read_text()
     # the widened matrix is gone; its cast is read where the panels are packed
-    assert "Bf = alloc" not in got and "Bf_panel2[j_o, k, j_i] = f32(B[k, j_i + 32 * j_o])" in got
+    assert "Bf = alloc" not in got
+    assert re.search(r"Bf_panel\d*\[j_o, k, j_i\] = f32\(B\[k, j_i \+ 32 \* j_o\]\)", got)
     plain = tensorize(func, AVX512, rules_off={"tidy"})
     assert "Bf" in {b.name for b in plain.func.allocs}
     assert [s.intrinsic for s in result.sites] == [s.intrinsic for s in plain.sites]

@@ -80,7 +80,7 @@ from ..affine import Affine, affine
 from ..match import affine_expr
 from ..descriptor import Descriptor
 from ..ir import (INDEX, Accumulate, Binary, Buffer, Call, Const, For, Load, PrimFunc, Stmt,
-                  Store, Var, Window)
+                  Store, Var)
 
 # A matrix smaller than this stays in L1 between two sweeps: nothing to gain.
 MIN_MATRIX_BYTES = 64 * 1024
