@@ -536,3 +536,15 @@ def test_conv_backward_plans_the_weight_gradient_with_its_reductions_outside():
     fwd = tensorize(big, intrinsics.library("host")).func
     conv = [s for s in fwd.body.stmts if isinstance(s, For) and any(isinstance(x, Call) for x in walk_stmts(s))]
     assert [l.var for l in band(conv[0])[0]][-3:] == ["rh", "rw", "rc"]
+
+
+def test_grad_bench_times_each_statement_of_both_programs(capsys):
+    from rewrite.tools import grad_bench
+
+    grad_bench.main(["--size", "16", "--channels", "32", "--runs", "1", "--nests"])
+    out = capsys.readouterr().out
+    assert "results agree with numpy: True" in out
+    fwd, bwd = out.split("  forward, per top-level statement")[1].split("  backward, per top-level statement")
+    assert fwd.count(" ms ") == 4  # P zeroed, X copied in, Y zeroed, the convolution
+    assert "call(" in bwd and "dW" in bwd and "dX" in bwd and "dP" not in bwd
+    assert bwd.count("GFLOP/s") == 2  # the two gathers: dX and dW
