@@ -315,11 +315,10 @@ def _composable(body: list[Stmt], allocs: list[Buffer], k: int) -> Optional[tupl
                 and a is not None and a.terms == ((loop.var, 1),)):
             return None
         shift.append(a.const)
-    writers = [p for p, s in enumerate(body) if t.name in ir.written_by(s)]
-    readers = [p for p, s in enumerate(body) if any(b.name == t.name for b in _read_buffers(s))]
-    if len(writers) != 1 or readers != [k] or writers[0] >= k:
+    touching = [q for q, s in enumerate(body) if t.name in {b.name for b in ir.buffers_of(s)}]
+    if len(touching) != 2 or touching[1] != k or t.name not in ir.written_by(body[touching[0]]):
         return None
-    p = writers[0]
+    p = touching[0]
     if any(g.name in {b.name for b in ir.buffers_of(body[q])} for q in range(p + 1, k)):
         return None
     prod, _ = ir.band(body[p])
