@@ -74,7 +74,7 @@ from .affine import Affine, affine
 from .ir import (Accumulate, Binary, Buffer, Cast, Compare, Const, Expr, For, If,
                  Load, Logical, PrimFunc, Select, Seq, Stmt, Store, Unary, Var)
 from .gathers import build_nest as _build_nest, copy_of as _copy, fconst as _fc, fill as _fill
-from .gathers import i64 as _i, place
+from .gathers import compose_copies as _compose_copies, i64 as _i, place, trim_padding as _trim_padding
 from .names import Names
 from .script import ScriptError
 from .verify import verify
@@ -770,6 +770,10 @@ def _assemble(st: _State, wrt: list[str]) -> PrimFunc:
     allocs = kept_allocs + allocs
     body_adjoint = [_resolve_stmt(s, resolve) for s in body_adjoint]
     body = replay + inits + body_adjoint
+    # gathers written straight into the copies that read them, padded copies cut to what
+    # is read (the data gradient through a padding stage: rewrite/gathers.py)
+    body, allocs = _compose_copies(body, allocs)
+    body, allocs = _trim_padding(body, allocs)
     for s in body:
         for x in ir.walk_stmts(s):
             for e in ir.stmt_exprs(x):

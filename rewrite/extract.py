@@ -246,6 +246,8 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names):
              if isinstance(x, Var)}
     moving = [d for d in loops if d.name in moves]
     reduction = [d for d in loops if d.name not in moves]
+    if len(reduction) > 1 and moving:
+        return _reductions_outside(desc, loops, moving, reduction, windows), windows
     if len(reduction) != 1 or len(moving) < 2:
         return loops, windows
     (r,) = reduction
@@ -297,6 +299,38 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names):
         order = ([Dim(rows_b, 0, rows.extent // group), Dim(k_o, 0, r.extent // kc)]
                  + others + [Dim(rows_i, 0, group), Dim(k_i, 0, kc)])
     return order, {name: rebased(w) for name, w in windows.items()}
+
+
+def _reductions_outside(desc, loops: list, moving: list, reduction: list, windows: dict) -> list:
+    """Several reduction loops (a weight gradient's ``n, h, w``) over an output smaller than
+    one tile's input panel (``dW``, 3x3x64x64 floats, against the 3136 rows of ``dY`` one tile
+    of it reads): the outer reductions go outside every output loop but one, the widest,
+    which stays outermost (the parallel one), so that each step of them reads one slice of
+    the inputs (a row of ``dY`` and three of the padded input) from L1 for all the tiles,
+    where the order as given streams the whole panel again for every tile::
+
+        for rh, rw, rc_o, co_o, n, h, w in grid(3, 3, 8, 2, 1, 56, 56): call(...)
+        ->  for rc_o, n, h, rh, rw, co_o, w in grid(8, 1, 56, 3, 3, 2, 56): call(...)
+
+    Each output element still sums its reduction in the order given (the loops between
+    the reductions move other tiles). Measured on the weight gradient of a 3x3 convolution,
+    56x56x64 -> 64, 8x32 tiles, one thread: 1.9-2.0 ms -> 1.5-1.6 ms. Not where the output
+    outgrows the panel (a forward convolution's 56x56x64 output against a 576-row panel of
+    weights): there the order as given measured faster (1.56 against 1.80 ms); nor where
+    the panel fits in L1 anyway, nor where no output loop left inside shares the widest
+    input's slice (a 7x7 convolution's tiles along ``w`` and ``co_o``, each with its own
+    weights: 0.039 against 0.034 ms)."""
+    widest = max((op for op in desc.inputs), key=lambda op: math.prod(op.shape) * ir.itemsize(op.dtype))
+    panel = math.prod(d.extent for d in reduction) * math.prod(widest.shape) * ir.itemsize(widest.dtype)
+    out = math.prod(d.extent for d in moving) * math.prod(desc.output.shape) * ir.itemsize(desc.output.dtype)
+    if out >= panel or panel <= l1_data_bytes() or reduction[-1].extent < KC_MIN // 4:
+        return loops
+    top = max(moving, key=lambda d: d.extent)
+    inside = [d for d in moving if d is not top]
+    reads = {x.name for e in windows[widest.name].base for x in ir.walk_expr(e) if isinstance(x, Var)}
+    if math.prod(d.extent for d in inside if d.name not in reads) < 2:
+        return loops
+    return [top] + reduction[:-1] + inside + reduction[-1:]
 
 
 def _streams(desc, windows, loops) -> tuple:

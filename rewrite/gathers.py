@@ -135,7 +135,9 @@ def place(target: Buffer, index: tuple[Expr, ...], value: Expr, loops: tuple, co
         allocs.append(pad)
         value = ir.map_loads(value, lambda ld: repl if ld == src else ld)
     out_vars = {v for v, _, _ in out_loops}
-    red_loops = [l for l in loops if l[0] not in out_vars]
+    # reductions along a row (the last, contiguous index of a load) run innermost: a
+    # transposed convolution sums over its channels inside the window, as a forward one does
+    red_loops = sorted((l for l in loops if l[0] not in out_vars), key=lambda l: _along_rows(value, l[0]))
     full = (sole and not conds and len(out_loops) == len(new_index) == target.ndim
             and all(isinstance(e, Var) and e.name == v for e, (v, _, _) in zip(new_index, out_loops))
             and all(lo == 0 and hi == size for (_, lo, hi), size in zip(out_loops, target.shape)))
@@ -197,6 +199,12 @@ def _solve(affs: list[Affine], index: tuple[Expr, ...], spans: dict, value: Expr
     return out_loops, new_index, eliminate
 
 
+def _along_rows(value: Expr, v: str) -> bool:
+    """``v`` indexes the last dimension of a load in ``value``."""
+    return any(ld.indices and any(isinstance(x, Var) and x.name == v for x in ir.walk_expr(ld.indices[-1]))
+               for ld in ir.loads_of(value))
+
+
 def _unit_in_one_dim(ld: Load, v: str) -> bool:
     dims = [affine(i) for i in ld.indices]
     hits = [a for a in dims if a is None or a.coeff(v) != 0]
@@ -241,3 +249,211 @@ def _stuff(names: Names, loops: tuple, src: Load, eliminate: dict[str, tuple[int
     zero = fill(g, fconst(0.0, g.dtype), names)
     copy = build_nest(copy_loops, (), Store(g, tuple(copy_dst), Load(b, tuple(copy_src))))
     return [zero, copy], Load(g, tuple(new_idx)), g
+
+
+# ---------------------------------------------------------------------------
+# tidying a backward program: gathers composed into the copies that read them, padded
+# copies trimmed to what is read
+
+
+def compose_copies(body: list[Stmt], allocs: list[Buffer]) -> tuple[list[Stmt], list[Buffer]]:
+    """Each copy ``G[j] = T[j + c]`` of a temporary ``T`` that one earlier nest computes
+    element by element (``for i: T[i] = e(i); ...T[i] += v(i)...``) becomes that nest over
+    ``G``'s elements, written straight into ``G`` (``for j: G[j] = e(j + c); ...``), in the
+    nest's place; ``T`` goes. The data gradient through a padding stage is the one use: the
+    transposed convolution over the padded input's adjoint ``dP``, then ``dX`` copied out of
+    its interior, is one gather over ``dX``'s elements, without ``dP``'s border or the copy::
+
+        for n, h, w, c: dP[n, h, w, c] = 0.0            for n, h, w, c: dX[n, h, w, c] = 0.0
+            for co, rh, rw: dP[...] += dY_pad[n, h - rh + 2, ...] * W[...]            ->
+        for n, h, w, c: dX[n, h, w, c] = dP[n, h + 1, w + 1, c]
+                                                            for co, rh, rw: dX[...] += dY_pad[n, h - rh + 3, ...] * W[...]
+
+    Sound, element by element: the nest's iteration ``i`` writes ``T[i]`` and nothing else,
+    its first write there a plain store, and reads neither ``T`` nor ``G``, so ``T[i]`` after
+    it is a function of ``i`` and of buffers the nest does not write; the copy makes ``G[j]``
+    that function at ``i = j + c`` for every element of ``G`` (its loops cover ``G``), which is
+    what the composed nest stores there, reading the same buffers at the same point of the
+    program. Required besides: ``T`` is a temporary no other statement writes or reads, and no
+    statement between the nest and the copy reads or writes ``G`` (the composed nest writes it
+    earlier). Elements of ``T`` the copy does not read were never used."""
+    body = [x for s in body for x in ir.stmts_of(s)]
+    k = 0
+    while k < len(body):
+        hit = _composable(body, allocs, k)
+        if hit is None:
+            k += 1
+            continue
+        p, new = hit
+        t = _copy_source(body[k])
+        body[p] = new
+        del body[k]
+        allocs = [b for b in allocs if b.name != t.name]
+        k = p + 1
+    return body, allocs
+
+
+def _copy_source(s: Stmt) -> Optional[Buffer]:
+    loops, leaf = ir.band(s)
+    return leaf.value.buffer if isinstance(leaf, Store) and isinstance(leaf.value, Load) else None
+
+
+def _composable(body: list[Stmt], allocs: list[Buffer], k: int) -> Optional[tuple[int, Stmt]]:
+    """``(p, composed nest)`` when ``body[k]`` is a copy out of a temporary that ``body[p]``
+    computes as ``compose_copies`` requires, else None."""
+    loops, leaf = ir.band(body[k])
+    if not (isinstance(leaf, Store) and isinstance(leaf.value, Load)):
+        return None
+    g, t = leaf.buffer, leaf.value.buffer
+    if t not in allocs or g.name == t.name or t.ndim != g.ndim or t.dtype != g.dtype or len(loops) != g.ndim:
+        return None
+    # the copy: G's dims each on its own loop over all of G, T read at that loop plus a constant
+    shift = []
+    for d, (loop, gi, ti) in enumerate(zip(loops, leaf.indices, leaf.value.indices)):
+        a = affine(ti)
+        if not (isinstance(gi, Var) and gi.name == loop.var and loop.start == 0 and loop.stop == g.shape[d]
+                and a is not None and a.terms == ((loop.var, 1),)):
+            return None
+        shift.append(a.const)
+    touching = [q for q, s in enumerate(body) if t.name in {b.name for b in ir.buffers_of(s)}]
+    if len(touching) != 2 or touching[1] != k or t.name not in ir.written_by(body[touching[0]]):
+        return None
+    p = touching[0]
+    if any(g.name in {b.name for b in ir.buffers_of(body[q])} for q in range(p + 1, k)):
+        return None
+    prod, _ = ir.band(body[p])
+    if len(prod) < t.ndim:
+        return None
+    prod, inner = prod[:t.ndim], prod[t.ndim - 1].body
+    us = [l.var for l in prod]
+    if any(l.start != 0 or l.stop != n for l, n in zip(prod, t.shape)) or len(set(us)) != len(us):
+        return None
+    at = tuple(Var(u) for u in us)
+    # the iteration writes T[i] alone, first by a plain store, and reads neither T nor G
+    first = next(iter(ir.walk_in_loops(inner)), (None, ()))[0]
+    if not (isinstance(first, Store) and first.buffer.name == t.name and first.indices == at):
+        return None
+    for x, _ in ir.walk_in_loops(inner):
+        if isinstance(x, (Store, Accumulate)):
+            if x.buffer.name != t.name or x.indices != at:
+                return None
+        elif not isinstance(x, If):
+            return None
+    if any(b.name in (t.name, g.name) for b in _read_buffers(inner)) \
+            or any(isinstance(x, For) and x.var in us for x in ir.walk_stmts(inner)):
+        return None
+    values = {u: index_expr(Affine(((u, 1),), c)) for u, c in zip(us, shift)}
+    composed = _tidy_indices(ir.map_stmt(ir.substitute_stmt(inner, values),
+                                         lambda x: type(x)(g, at, x.value)))
+    return p, build_nest([(u, 0, n) for u, n in zip(us, g.shape)], (), composed)
+
+
+def _read_buffers(s: Stmt) -> list[Buffer]:
+    """The buffers ``s`` loads from (in values, indices and conditions)."""
+    return [ld.buffer for x in ir.walk_stmts(s) for e in ir.stmt_exprs(x) for ld in ir.loads_of(e)]
+
+
+def _tidy_indices(s: Stmt) -> Stmt:
+    """Every affine index of a load or store in ``s`` in its tidy form (``h + 1 - rh + 2`` is
+    ``h - rh + 3``)."""
+    def tidy(e: Expr) -> Expr:
+        a = affine(e)
+        return index_expr(a) if a is not None and all(isinstance(v, str) for v in a.vars) else e
+
+    def expr(e: Expr) -> Expr:
+        return ir.map_loads(e, lambda ld: Load(ld.buffer, tuple(tidy(expr(i)) for i in ld.indices)))
+
+    return ir.map_stmt(s, lambda x: type(x)(x.buffer, tuple(tidy(expr(i)) for i in x.indices), expr(x.value))
+                       if isinstance(x, (Store, Accumulate)) else x, expr)
+
+
+def trim_padding(body: list[Stmt], allocs: list[Buffer]) -> tuple[list[Stmt], list[Buffer]]:
+    """Each temporary cut down to the box its reads span, when that box is smaller: the
+    padded copy of an output's adjoint keeps only the border the gather reads (a transposed
+    3x3 convolution composed into ``dX``, ``compose_copies``, reads ``dY`` padded by 1, not
+    the 2 its gather over the padded input needed). Indices move by the box's corner.
+
+    Sound: every element read lies in the box and receives the same writes as before, moved
+    with it: a fill of the whole temporary with a constant (``T[i] = 0.0``, one loop per
+    dimension over all of it) fills just the box, and every other write must lie in the box
+    already (else the temporary is left as it is). Elements outside the box were written
+    but never read, and a temporary is no result."""
+    body = [x for s in body for x in ir.stmts_of(s)]
+    out_allocs = []
+    for t in allocs:
+        box = _read_box(body, t)
+        if box is None or all(lo == 0 and hi == n - 1 for (lo, hi), n in zip(box, t.shape)):
+            out_allocs.append(t)
+            continue
+        new = Buffer(t.name, t.dtype, tuple(hi - lo + 1 for lo, hi in box))
+        moved = [_moved(s, t, new, box) for s in body]
+        if any(m is None for m in moved):
+            out_allocs.append(t)
+            continue
+        body = moved
+        out_allocs.append(new)
+    return body, out_allocs
+
+
+def _read_box(body: list[Stmt], t: Buffer) -> Optional[list[tuple[int, int]]]:
+    """Per dimension, the lowest and highest index ``body`` reads ``t`` at (an accumulation
+    into ``t`` reads it too); None when some index is not affine in the loops around it."""
+    box = [None] * t.ndim
+    for s in body:
+        for x, loops in ir.walk_in_loops(s):
+            spans = {l.var: (l.start, l.stop - 1) for l in loops}
+            reads = [ld.indices for e in ir.stmt_exprs(x) for ld in ir.loads_of(e) if ld.buffer.name == t.name]
+            if isinstance(x, Accumulate) and x.buffer.name == t.name:
+                reads.append(x.indices)
+            if isinstance(x, ir.Call) and any(w.buffer.name == t.name for _, w in x.operands):
+                return None
+            for idx in reads:
+                for d, e in enumerate(idx):
+                    a = affine(e)
+                    r = a.bounds(spans.get) if a is not None else None
+                    if r is None or any(l.stop <= l.start for l in loops):
+                        return None
+                    box[d] = r if box[d] is None else (min(box[d][0], r[0]), max(box[d][1], r[1]))
+    if any(b is None for b in box):
+        return None
+    return box
+
+
+def _moved(s: Stmt, t: Buffer, new: Buffer, box: list[tuple[int, int]]) -> Optional[Stmt]:
+    """``s`` on the trimmed ``new`` in place of ``t``; None when it writes ``t`` outside the box
+    other than by a whole fill with a constant."""
+    if t.name not in {b.name for b in ir.buffers_of(s)}:
+        return s
+    loops, leaf = ir.band(s)
+    if (isinstance(leaf, Store) and leaf.buffer.name == t.name and isinstance(leaf.value, Const)
+            and len(loops) == t.ndim
+            and all(isinstance(i, Var) and i.name == l.var and l.start == 0 and l.stop == n
+                    for i, l, n in zip(leaf.indices, loops, t.shape))):
+        return build_nest([(l.var, 0, n) for l, n in zip(loops, new.shape)], (),
+                          Store(new, leaf.indices, leaf.value))
+    corner = [lo for lo, _ in box]
+
+    def moved(idx: tuple[Expr, ...]) -> tuple[Expr, ...]:
+        return tuple(index_expr(affine(e).plus(Affine((), -c))) if c else e for e, c in zip(idx, corner))
+
+    def expr(e: Expr) -> Expr:
+        return ir.map_loads(e, lambda ld: Load(new, moved(tuple(expr(i) for i in ld.indices)))
+                            if ld.buffer.name == t.name else Load(ld.buffer, tuple(expr(i) for i in ld.indices)))
+
+    for x, loops in ir.walk_in_loops(s):
+        if isinstance(x, (Store, Accumulate)) and x.buffer.name == t.name:
+            spans = {l.var: (l.start, l.stop - 1) for l in loops}
+            for e, (lo, hi) in zip(x.indices, box):
+                a = affine(e)
+                r = a.bounds(spans.get) if a is not None else None
+                if r is None or r[0] < lo or r[1] > hi:
+                    return None
+
+    def leaf_of(x: Stmt) -> Stmt:
+        if isinstance(x, (Store, Accumulate)):
+            on_t = x.buffer.name == t.name
+            idx = tuple(expr(i) for i in x.indices)
+            return type(x)(new if on_t else x.buffer, moved(idx) if on_t else idx, expr(x.value))
+        return x
+
+    return ir.map_stmt(s, leaf_of, expr)

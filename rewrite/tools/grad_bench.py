@@ -1,6 +1,6 @@
 """The backward of a convolution against its forward and against numpy: one thread each.
 
-    python -m rewrite.tools.grad_bench [--size 56] [--channels 64] [--runs 10]
+    python -m rewrite.tools.grad_bench [--size 56] [--channels 64] [--runs 10] [--nests]
 
 The forward is a 3x3, stride-1, pad-1 NHWC convolution (ResNet-50's conv2_x at the defaults:
 56x56x64 -> 64), written as the corpus writes it (a padding stage, then the window sum). Its
@@ -9,6 +9,10 @@ with one thread. numpy's best formulation, on one BLAS thread (``threadpoolctl``
 forward as one product of the im2col windows (``sliding_window_view``) with the weights, the
 weight gradient as the windows' product with dY, the data gradient as the transposed
 convolution (dY padded by 2, windows, product with the flipped weights).
+
+``--nests`` also times each top-level statement of both tensorized programs: the program
+cut after it, less the program cut before it (shortest runs, which a loaded machine
+disturbs least), with the multiply-adds' rate where it has any.
 """
 
 from __future__ import annotations
@@ -61,11 +65,34 @@ def numpy_backward(x, w, dy):
     return dx, dw
 
 
+def nest_times(func, args: dict, runs: int) -> list[tuple[str, float, int]]:
+    """``(first line, seconds, operations)`` per top-level statement of ``func``, compiled for
+    one thread: the shortest run of the program up to it, less that up to the one before."""
+    from dataclasses import replace
+
+    from ..calls import op_count
+    from ..ir import For, seq, stmts_of
+    from ..printer import _show_stmt
+
+    stmts = stmts_of(func.body)
+    out, before = [], 0.0
+    for k, s in enumerate(stmts):
+        kernel = runtime.compile(replace(func, body=seq(*stmts[:k + 1])), threads=1)
+        t = measure(lambda: kernel(**args), runs, 0.3).min_s
+        lines: list[str] = []
+        _show_stmt(s, 0, lines)
+        head = " ".join(x.strip() for x in lines[:2]) if isinstance(s, For) else lines[0]
+        out.append((head, t - before, op_count(s)))
+        before = t
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=56)
     ap.add_argument("--channels", type=int, default=64)
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--nests", action="store_true", help="also time each top-level statement")
     a = ap.parse_args(argv)
     import intrinsics
 
@@ -98,6 +125,14 @@ def main(argv=None) -> None:
         print(f"  {label:24s} median {t.median_s * 1e3:8.2f} ms   min {t.min_s * 1e3:8.2f} ms   runs {t.runs}")
     print(f"  backward / forward (ours): {t_b.median_s / t_f.median_s:.2f}x   "
           f"backward ours / numpy: {t_b.median_s / t_nb.median_s:.2f}x")
+    if a.nests:
+        for label, r, args in (("forward", rf, dict(X=x, W=w, Y=y)),
+                               ("backward", rb, dict(X=x, W=w, dY=dy, dX=dx, dW=dw))):
+            print(f"  {label}, per top-level statement (shortest runs):")
+            with threadpool_limits(1):
+                for head, t, ops in nest_times(r.func, args, a.runs):
+                    rate = f"{ops / t / 1e9:7.1f} GFLOP/s" if ops and t > 0 else " " * 15
+                    print(f"    {t * 1e3:7.3f} ms {rate}  {head[:100]}")
 
 
 if __name__ == "__main__":
