@@ -25,6 +25,7 @@ from __future__ import annotations
 import builtins
 import ctypes
 import hashlib
+import keyword
 import inspect
 import operator
 import os
@@ -361,9 +362,12 @@ def _fast_path(names: list[str], specs: list) -> tuple:
     code runs in under one; written out, the checks of three buffers cost a few hundred
     nanoseconds. Buffer names are script identifiers, so they are valid parameters; the
     generated code names nothing else but its helpers, whose names start with ``_k_`` (a
-    buffer named ``type`` or ``len`` shadows nothing it uses), and a buffer named so (or
-    none at all) takes the general loop instead."""
-    if not names or any(n.startswith("_k_") for n in names):
+    buffer named ``type`` or ``len`` shadows nothing it uses), and a buffer named so, one
+    whose name is no Python parameter (an IR built by hand), or none at all, takes the
+    general loop instead: no name reaches the generated code that could be anything but a
+    parameter."""
+    if not names or any(n.startswith("_k_") or not n.isidentifier() or keyword.iskeyword(n)
+                        for n in names):  # (a name that is no parameter: an IR built by hand)
         def pick(*args, **kwargs):
             raise TypeError("general path")
 

@@ -184,6 +184,25 @@ def t(A: f32[4], {name}: f32[4]):
         k(A=x)
 
 
+@pytest.mark.parametrize("name", ["lambda", "None", "class"])
+def test_a_hand_built_program_whose_buffer_is_named_by_a_keyword_is_called(name):
+    # no script can name a parameter so, but an IR built in Python can: the kernel call
+    # takes its general path instead of writing the name into generated code
+    from rewrite import ir
+
+    out, odd = ir.Buffer("B", "f32", (4,)), ir.Buffer(name, "f32", (4,))
+    i = ir.Var("i")
+    func = ir.PrimFunc("t", (odd, out), ir.For("i", 0, 4, ir.Store(
+        out, (i,), ir.Binary("+", ir.Load(odd, (i,)), ir.Const(1.0, "f32")))), ())
+    k = runtime.compile(func, threads=1)
+    x, y = np.arange(4, dtype=np.float32), np.zeros(4, np.float32)
+    k(x, y)
+    np.testing.assert_array_equal(y, x + 1)
+    y[:] = 0
+    k(**{name: x, "B": y})
+    np.testing.assert_array_equal(y, x + 1)
+
+
 def unaligned(shape, dtype):
     """An array whose data sits one byte past an aligned address."""
     dtype = np.dtype(dtype)
