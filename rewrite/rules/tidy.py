@@ -232,36 +232,34 @@ def forward_copies(stmts: list[Stmt], temps: set[str]) -> list[Stmt]:
     """forward-copy (module doc) on the temporaries ``temps`` no ``if`` mentions and whose
     readers read each element at most ``MAX_READS`` times, on average (each read then costs
     an addition more)."""
-    guarded = {b.name for s in stmts if isinstance(s, If) for b in ir.buffers_of(s)}
-    copies = {}
-    for k, s in enumerate(stmts):
-        fill = producer(s, k, temps)
-        if fill is not None and _is_copy(fill.value) and fill.buffer.name not in guarded and \
-                _reads(stmts, fill.buffer.name) <= MAX_READS * fill.buffer.size:
-            copies[fill.buffer.name] = fill.buffer
-    if not copies:
-        return stmts
-    func = PrimFunc("_", (), ir.seq(*stmts), tuple(copies.values()))
-    out = inline_producers(func)
-    return stmts if out is func else list(ir.stmts_of(out.body))
+    return _inline_fills(stmts, temps, lambda fill, later: _is_copy(fill.value) and
+                         _reads(stmts, fill.buffer.name) <= MAX_READS * fill.buffer.size)
 
 
 def produce_into_copies(stmts: list[Stmt], temps: set[str]) -> list[Stmt]:
     """produce-into-copy (module doc) on the temporaries ``temps`` no ``if`` mentions."""
+    def into(fill: Producer, later: list[Stmt]) -> bool:
+        name = fill.buffer.name
+        readers = [r for r in later if _mentions(r, name)]
+        return bool(readers) and all(_copy_of(r, name) for r in readers) and \
+            _reads(readers, name) <= fill.buffer.size
+
+    return _inline_fills(stmts, temps, into)
+
+
+def _inline_fills(stmts: list[Stmt], temps: set[str], accept) -> list[Stmt]:
+    """``stmts`` with the fills (``fusion.producer``) of the temporaries ``temps`` that no
+    ``if`` mentions and ``accept(fill, statements after it)`` takes inlined by
+    ``fusion.inline_producers`` (whose conditions make it sound)."""
     guarded = {b.name for s in stmts if isinstance(s, If) for b in ir.buffers_of(s)}
-    into = {}
+    chosen = {}
     for k, s in enumerate(stmts):
         fill = producer(s, k, temps)
-        if fill is None or fill.buffer.name in guarded:
-            continue
-        name = fill.buffer.name
-        readers = [r for r in stmts[k + 1:] if _mentions(r, name)]
-        if readers and all(_copy_of(r, name) for r in readers) and \
-                _reads(readers, name) <= fill.buffer.size:
-            into[name] = fill.buffer
-    if not into:
+        if fill is not None and fill.buffer.name not in guarded and accept(fill, stmts[k + 1:]):
+            chosen[fill.buffer.name] = fill.buffer
+    if not chosen:
         return stmts
-    func = PrimFunc("_", (), ir.seq(*stmts), tuple(into.values()))
+    func = PrimFunc("_", (), ir.seq(*stmts), tuple(chosen.values()))
     out = inline_producers(func)
     return stmts if out is func else list(ir.stmts_of(out.body))
 
