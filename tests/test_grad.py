@@ -424,6 +424,15 @@ def chain(A: f32[8, 8], B: f32[8, 8], T: f32[8, 8], D: f32[8, 8]):
         D[i, j] += T[i, k] * B[k, j]
 """)
     assert numpy_counterpart(chain, random_args(chain, 0)) is None  # D reads T
+    twice = parse("""
+@prim_func
+def twice(A: f32[8, 8], B: f32[8, 8], C: f32[8, 8]):
+    for i, j, k in grid(8, 8, 8):
+        C[i, j] += A[i, k] * B[k, j]
+    for i, j, k in grid(8, 8, 8):
+        C[i, j] += B[i, k] * A[k, j]
+""")
+    assert numpy_counterpart(twice, random_args(twice, 0)) is None  # both add into C
 
 
 # ---------------------------------------------------------------------------

@@ -10,9 +10,9 @@ Throughput counts arithmetic operations (``calls.op_count``: ``2*M*N*K`` for a m
 A function that is one contraction, ``C[...] (+)= A[...] * B[...] * ...`` over full loop
 ranges with an optional zero initialisation, is also run as ``np.einsum(...,
 optimize=True)`` and, when it is a matrix or matrix-vector product, as ``np.matmul`` (BLAS);
-the faster of the two is timed the same way (a function of several such contractions in turn,
-each reading none of the others' outputs, runs each its fastest way); ``ratio`` is numpy's median over ours (above 1:
-we are faster). ``blas_report`` says which BLAS numpy runs, with which kernels and threads,
+the faster of the two is timed the same way (a function of several such contractions in
+turn, each touching none of the others' outputs, runs each its fastest way); ``ratio`` is
+numpy's median over ours (above 1: we are faster). ``blas_report`` says which BLAS numpy runs, with which kernels and threads,
 and warns of the environment variables that slow it.
 """
 
@@ -167,14 +167,15 @@ def numpy_counterpart(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[C
 
 def _in_turn(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Callable[[], object]]:
     """``func`` as contractions one after another, each top-level statement one and none
-    reading what another writes, each run its fastest way; None when it is not so."""
+    reading or writing what another writes, each run its fastest way; None when it is not
+    so."""
     stmts = list(stmts_of(func.body))
     if func.allocs or len(stmts) < 2:
         return None
     written = [written_by(s) for s in stmts]
     for k, s in enumerate(stmts):
-        read = {b.name for b in buffers_of(s)} - written[k]
-        if any(read & w for j, w in enumerate(written) if j != k):
+        touched = {b.name for b in buffers_of(s)}
+        if any(touched & w for j, w in enumerate(written) if j != k):
             return None
     calls = [numpy_counterpart(PrimFunc(func.name, func.params, s, ()), args) for s in stmts]
     if any(c is None for c in calls):
