@@ -23,6 +23,7 @@ ROOT = Path(__file__).parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "contract"
 AVX512 = intrinsics.library("x86-avx512")
 HOST = intrinsics.library("host")
+AVX2 = intrinsics.library("x86-avx2")
 HOST_FEATURES = intrinsics.host_features()
 
 
@@ -122,7 +123,7 @@ def _regrouping_moves_nan(func) -> dict:
 
 def test_nan_and_inf_stay_where_the_program_as_written_puts_them():
     func = parse_file(GOLDEN / "scale_gradient.py")["scale_gradient"]
-    result = tensorize(func, HOST)
+    result = tensorize(func, AVX2)  # rows every x86-64 host this project targets runs
     assert "ct_T_" in show(result.func)
     kernel = result.compile()
     cases = [_regrouping_moves_nan(func)] + [random_args(func, seed, special=True) for seed in range(3)]

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import itertools
 import math
+
 from .. import ir
 from ..ir import Accumulate, Buffer, Const, Load, Store, Unary
 from ..names import Names
