@@ -493,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=_threads, metavar="N")
     bench.add_argument("--runs", type=_positive, default=20, metavar="N", help="at least this many timed runs")
     bench.add_argument("--onnxruntime", action="store_true",
-                       help="also time ONNX Runtime on matrix products (pip install 'tensorize[onnx]')")
+                       help="also time ONNX Runtime on the layers it has an operator for: matrix products, "
+                            "dense layers with bias and ReLU, 2-D convolutions (pip install 'tensorize[onnx]')")
     _campaign_arguments(bench, "function", 900)
     bench.set_defaults(handler=cmd_bench)
     gr = sub.add_parser("grad", help="the backward program of a function (reverse-mode differentiation)")

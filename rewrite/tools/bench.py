@@ -84,7 +84,7 @@ def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int]
     if numpy_call is not None:
         theirs = measure(numpy_call, min_runs, target_seconds).median_s
     ort = None
-    ort_call = onnxruntime_counterpart(func, args, threads or 1) if onnxruntime else None
+    ort_call = onnxruntime_counterpart(func, kernel, threads or 1) if onnxruntime else None
     if ort_call is not None:
         ort = measure(ort_call, min_runs, target_seconds).median_s
     median = ours.median_s
@@ -212,51 +212,26 @@ def numpy_formulations(func: PrimFunc, args: dict[str, np.ndarray]) -> list[Call
     return found
 
 
-def onnxruntime_counterpart(func: PrimFunc, args: dict[str, np.ndarray],
-                            threads: int) -> Optional[Callable[[], object]]:
-    """``func`` run by ONNX Runtime (the ``onnx`` extra), or None where it is not a plain
-    (batched) matrix product in one of its operators: ``MatMul`` for floats, ``MatMulInteger``
-    for u8 x i8 -> i32, plus an ``Add`` when the product accumulates into the output. The
-    operands are handed over already in ``[batch, m, k] @ [batch, k, n]`` order, as a model
-    would store them; ``threads`` is the session's intra-op thread count."""
-    try:
-        import onnxruntime as ort
-        from onnx import TensorProto, helper
-    except ImportError:
-        raise RuntimeError("the ONNX Runtime comparison needs the onnx extra: "
-                           "pip install 'tensorize[onnx]'") from None
-    c = contraction(func)
-    if c is None or len(c.operands) != 2:
+def onnxruntime_counterpart(func: PrimFunc, kernel, threads: int) -> Optional[Callable[[], object]]:
+    """``func``'s layer run by ONNX Runtime (the ``onnx`` extra; ``onnx_peer`` says which
+    layers it has), on ``func``'s bench inputs, with ``threads`` intra-op threads; None where
+    it has none, or where its output on those inputs is not what ``kernel`` (ours) computes,
+    said on stderr."""
+    from ..inputs import random_args
+    from . import onnx_peer
+
+    args = random_args(func, seed=0)
+    model = onnx_peer.layer(func, args)
+    if model is None:
         return None
-    dims = ProductDims.of(c.spec)
-    x, y = (args[n] for n in c.operands)
-    kinds = (x.dtype.name, y.dtype.name, c.dtype)
-    if kinds == ("float32", "float32", "f32"):
-        op, out_type = "MatMul", TensorProto.FLOAT
-    elif kinds == ("uint8", "int8", "i32"):
-        op, out_type = "MatMulInteger", TensorProto.INT32
-    else:
+    call = onnx_peer.counterpart(func, args, threads, model)
+    ours = random_args(func, seed=0)
+    kernel(**ours)
+    if not onnx_peer.agrees(call, ours[model.output]):
+        print(f"warning: {func.name}: ONNX Runtime's {'/'.join(n[0] for n in model.nodes)} "
+              "gives other values than this function; no ONNX Runtime figure", file=sys.stderr)
         return None
-    if dims is None or len(dims.contracted) != 1 or len(dims.free_a) != 1 or len(dims.free_b) != 1 \
-            or list(dims.result) != dims.batch + dims.free_a + dims.free_b:
-        return None
-    feeds = dict(zip(("X", "Y"), map(np.ascontiguousarray, dims.operands_as_matmul(x, y))))
-    types = {"float32": TensorProto.FLOAT, "uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
-    graph_inputs = [helper.make_tensor_value_info(n, types[v.dtype.name], list(v.shape))
-                    for n, v in feeds.items()]
-    nodes = [helper.make_node(op, ["X", "Y"], ["P" if not c.init else "Z"])]
-    if not c.init:
-        feeds["C"] = np.array(args[c.out], copy=True)
-        graph_inputs.append(helper.make_tensor_value_info("C", out_type, list(feeds["C"].shape)))
-        nodes.append(helper.make_node("Add", ["C", "P"], ["Z"]))
-    shape = list(args[c.out].shape)
-    graph = helper.make_graph(nodes, func.name, graph_inputs,
-                              [helper.make_tensor_value_info("Z", out_type, shape)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return lambda: session.run(None, feeds)
+    return call
 
 
 @dataclass(frozen=True)
