@@ -1,6 +1,6 @@
 """PolyBench as PolyBench writes it, tensorized, against numpy: one thread each.
 
-    python -m rewrite.tools.polybench_bench [--runs 10] [--only pb_syrk,pb_trmm]
+    python -m rewrite.tools.polybench_bench [--runs 10] [--only pb_syrk,pb_trmm] [--target x86-avx2]
 
 Each kernel of ``corpus/polybench_real.py`` (and the matrix-vector ones of
 ``corpus/matvec.py``) is tensorized for the host and compiled for one thread; numpy runs the
@@ -11,7 +11,8 @@ ours copies them back first, and numpy's formula copies what it updates). The ou
 compared before timing (``agree``; ``-`` where the formula's result is no buffer of the
 kernel's, as the factorisations'). The two are timed in turn, a few rounds each, so a change
 of load on a shared machine hits both alike. ``ratio`` is numpy's median over ours: above
-1, ours is faster.
+1, ours is faster. ``--target`` plans on a smaller library than the host's (the AVX2 rows
+alone on an AVX-512 host), to compare the two on one machine.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .. import runtime
+from .. import runtime, target
 from ..inputs import random_args
 from ..pipeline import tensorize
 from ..script import parse_file
@@ -100,6 +101,21 @@ def in_turn(calls: list, runs: int, seconds: float, rounds: int = 5) -> list:
     return [Timing(tuple(t)) for t in times]
 
 
+def native_library(name: str) -> list:
+    """The intrinsics of target ``name``, all of which this CPU must run natively: an
+    emulated intrinsic would time its emulation. ``SystemExit`` naming those it does not."""
+    import intrinsics
+
+    library = intrinsics.library(name)
+    host = target.host()
+    missing = [d.name for d in library if not host.runs(d)]
+    if not library:
+        raise SystemExit(f"no intrinsics for target {name}")
+    if missing:
+        raise SystemExit(f"this CPU does not run {', '.join(missing)} of {name}")
+    return library
+
+
 def kernels() -> dict:
     funcs = {}
     for name in ("polybench_real.py", "matvec.py", "doitgen.py"):
@@ -113,7 +129,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--only", default="", help="comma-separated kernel names")
+    ap.add_argument("--target", default="host",
+                    help="plan on this ISA's library (one the host runs natively), not the host's")
     a = ap.parse_args(argv)
+    library = None if a.target == "host" else native_library(a.target)
     funcs = kernels()
     names = [n for n in FORMULAS if n in funcs] + [n for n in funcs if n not in FORMULAS]
     if a.only:
@@ -121,7 +140,7 @@ def main(argv=None) -> None:
     print(f"{'kernel':16s} {'coverage':>8s} {'ours ms':>9s} {'numpy ms':>9s} {'ratio':>6s}  agree")
     for name in names:
         func = funcs[name]
-        result = tensorize(func)
+        result = tensorize(func, library)
         kernel = runtime.compile(result.func, threads=1)
         args = {k: np.asarray(v) for k, v in random_args(func, seed=0).items()}
         work = {k: v.copy() for k, v in args.items()}
