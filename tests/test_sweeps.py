@@ -18,6 +18,7 @@ from rewrite.verify import verify
 ROOT = Path(__file__).parent.parent
 MATVEC = parse_file(ROOT / "corpus" / "matvec.py")
 AVX512 = intrinsics.library("x86-avx512")
+AVX2 = intrinsics.library("x86-avx2")
 HOST_RUNS = {"avx512f", "avx512vl", "fma"} <= intrinsics.host_features()
 
 
@@ -70,6 +71,26 @@ def test_two_products_over_one_matrix_are_one_sweep(name):
     assert result.coverage == plain.coverage
     _close(plain.func, result.func)
     if HOST_RUNS:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
+@pytest.mark.parametrize("name", ["mvt", "atax", "bicg"])
+def test_the_avx2_library_sweeps_once_too(name):
+    """AVX2 alone (no gemvt row; what an AVX2-only host plans on): the same single sweep, in
+    blocks of the 4x8 gemv's four rows, the transposed product on the axpy rows of each
+    block inside it, and the compiled program agrees with the interpreter."""
+    func = MATVEC[name]
+    result = tensorize(func, AVX2)
+    loop = _fused_loop(result.func)
+    assert loop is not None, result.script()
+    inside = {x.intrinsic.name for x in ir.walk_stmts(loop.body) if isinstance(x, ir.Call)}
+    assert {"x86.gemv.f32.4x8", "x86.axpy.f32x32"} <= inside, result.script()
+    assert not any("avx512" in n for n in inside)
+    rows = MATVEC[name].params[0].shape[0]  # A's rows
+    assert loop.extent == rows // 4
+    assert _fused_loop(tensorize(func, AVX2, rules_off={"tidy"}).func) is None
+    if {"avx2", "fma"} <= intrinsics.host_features():
         check = runtime.check(func, result.compile())
         assert check.ok, check.message
 
