@@ -11,6 +11,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from rewrite.emitter import Emitter, concat, declare, load_row, load_scalar, shuffle, splat, store_row
+from rewrite.ir import itemsize
 from rewrite.script import f32, grid, i8, i32, u8  # noqa: F401 - names the parser reads
 
 from .base import Layout, intrinsic
@@ -504,12 +505,33 @@ class VnniDotU8I8I32_16x4(_DotU8I8I32_16x4):
         store_row(b, ops["c"], (0,), 0, b.add(acc[0], acc[1]))
 
 
+def _prefetch_rows(b: ir.IRBuilder, ref, rows: int, width: int) -> None:
+    """Ask for every cache line of ``ref``'s ``rows`` rows of ``width`` elements, for writing
+    (``prefetchw`` where the CPU has it, else ``prefetcht0``): a hint, never a fault, and no
+    change to any value. A row's first, last and every 64th byte between name all its lines,
+    wherever it starts."""
+    fn = declare(b.module, "llvm.prefetch.p0", ir.VoidType(),
+                 [ir.PointerType(), ir.IntType(32), ir.IntType(32), ir.IntType(32)])
+    write, keep, data = (ir.Constant(ir.IntType(32), v) for v in (1, 3, 1))
+    per_line = 64 // itemsize(ref.dtype)
+    for i in range(rows):
+        for j in sorted(set(range(0, width, per_line)) | {width - 1}):
+            b.call(fn, [ref.at(b, (i, j)), write, keep, data])
+
+
 class VnniMmU8I8I32_8x32x4(Emitter):
     """c (8x32) += a (8x4) @ b (32x4)^T in u8 x i8 -> i32, the register-blocked int8 tile:
     16 zmm accumulators (8 rows, two halves of 16 columns). ``step`` loads b's 128-byte block
     once (two zmm), broadcasts each row's four bytes of a as one i32, and runs 16 independent
     ``vpdpbusd``: each b byte loaded feeds 8 rows, where the 16x4 dot reloads it per row.
-    Exact, as the dot (wrapping i32 sums of products that fit in i16)."""
+    Exact, as the dot (wrapping i32 sums of products that fit in i16).
+
+    The accumulators start at zero and c is added in ``store_acc``, once, after the k-loop;
+    ``load_acc`` only prefetches c's lines. A GEMM's c block is rarely in cache when its
+    k-loop starts (the rows are a matrix row apart, beyond what the hardware prefetchers
+    follow), and a load there stalls the first ``vpdpbusd`` of every row until it arrives;
+    the prefetch has the whole k-loop to land. i32 addition wraps and is associative, so
+    adding c last is the same sum."""
 
     rows, halves = 8, 2
     operands = ("c", "a", "b")
@@ -518,8 +540,9 @@ class VnniMmU8I8I32_8x32x4(Emitter):
     I32X16 = ir.VectorType(ir.IntType(32), 16)
 
     def load_acc(self, b, ops):
-        return [[load_row(b, ops["c"], (i, 16 * h), 1, 16) for h in range(self.halves)]
-                for i in range(self.rows)]
+        _prefetch_rows(b, ops["c"], self.rows, 16 * self.halves)
+        zero = ir.Constant(self.I32X16, [0] * 16)
+        return [[zero] * self.halves for _ in range(self.rows)]
 
     def step(self, b, ops, acc):
         dpbusd = declare(b.module, "llvm.x86.avx512.vpdpbusd.512", self.I32X16,
@@ -535,7 +558,8 @@ class VnniMmU8I8I32_8x32x4(Emitter):
     def store_acc(self, b, ops, acc):
         for i in range(self.rows):
             for h in range(self.halves):
-                store_row(b, ops["c"], (i, 16 * h), 1, acc[i][h])
+                c = load_row(b, ops["c"], (i, 16 * h), 1, 16)
+                store_row(b, ops["c"], (i, 16 * h), 1, b.add(c, acc[i][h]))
 
 
 # 1024 multiply-adds in 16 vpdpbusd, 2 block loads and 8 broadcasts, where 16 dots need 16

@@ -344,6 +344,37 @@ CPU_WITH = {"x86.avx512vnni.dot.u8i8i32.16x4": ("znver4", "vpdpbusd"),
             "x86.amx.mm.u8i8i32.32x32x64": ("sapphirerapids", "tdpbusd")}
 
 
+def test_int8_tile_reads_c_after_its_kloop():
+    # compiled for Zen 4 (not run), so every host checks it: the k-loop's body is b's two
+    # 64-byte blocks, a's 8 broadcasts and 16 vpdpbusd on accumulators that start at zero;
+    # c's lines are prefetched (8 rows of 128 bytes: at least two each) and c is added
+    # once per accumulator, both outside the loop
+    import llvmlite.binding as llvm
+
+    desc = intrinsics.get("x86.avx512vnni.mm.u8i8i32.8x32x4")
+    module = codegen.new_module("asm")
+    emitter.kloop_function(module, desc, desc.emitter, "k", {"c": (1024, 1), "a": (1024, 1),
+                                                             "b": (4, 1)}, {"a": 4, "b": 128})
+    machine = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(
+        cpu="znver4", features="", opt=3)
+    ref = llvm.parse_assembly(str(module))
+    ref.triple = "x86_64-unknown-linux-gnu"
+    lines = machine.emit_assembly(ref).splitlines()
+    first = next(n for n, line in enumerate(lines) if "vpdpbusd" in line)
+    head = max(n for n in range(first) if re.match(r"\.LBB\w+:", lines[n]))
+    label = lines[head].rstrip(":")
+    back = next(n for n in range(first, len(lines)) if re.search(r"\sj\w+\s+" + re.escape(label) + "$", lines[n]))
+    body, rest = lines[head:back + 1], lines[:head] + lines[back + 1:]
+
+    def count(pattern, where):
+        return sum(bool(re.search(pattern, line)) for line in where)
+
+    assert count(r"vpdpbusd", body) == 16 and count(r"vpdpbusd", rest) == 0
+    assert count(r"vpbroadcastd\s", body) == 8 and count(r"vmovdqu\w*\s+[^,]*\(", body) == 2
+    assert count(r"vpaddd\s[^\n]*\(", rest) == 16 and count(r"prefetch(w|t0)\s", rest) >= 16
+    assert count(r"prefetch|vpaddd", body) == 0
+
+
 @pytest.mark.parametrize("name", sorted(CPU_WITH))
 def test_native_emitter_uses_its_instruction(name):
     # compiled for a CPU that has the ISA (not run), so hosts without it check the emitter too
