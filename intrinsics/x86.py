@@ -102,6 +102,20 @@ def axpy_f32x8(c: f32[8], a: f32[1], b: f32[8]):
 # register-blocked outer product: the 6x16 GEMM micro-kernel step
 
 
+def _prefetch_rows(b: ir.IRBuilder, ref, rows: int, width: int) -> None:
+    """Ask for every cache line of ``ref``'s ``rows`` rows of ``width`` elements, for writing
+    (``prefetchw`` where the CPU has it, else ``prefetcht0``): a hint, never a fault, and no
+    change to any value. A row's first, last and every 64th byte between name all its lines,
+    wherever it starts."""
+    fn = declare(b.module, "llvm.prefetch.p0", ir.VoidType(),
+                 [ir.PointerType(), ir.IntType(32), ir.IntType(32), ir.IntType(32)])
+    write, keep, data = (ir.Constant(ir.IntType(32), v) for v in (1, 3, 1))
+    per_line = 64 // itemsize(ref.dtype)
+    for i in range(rows):
+        for j in sorted(set(range(0, width, per_line)) | {width - 1}):
+            b.call(fn, [ref.at(b, (i, j)), write, keep, data])
+
+
 class MmF32(Emitter):
     """c (rows x width*halves) += a (rows x 1) * b (1 x width*halves): the register-blocked
     GEMM micro-kernel step. The accumulators are rows x halves vectors of ``width`` floats;
@@ -110,7 +124,15 @@ class MmF32(Emitter):
 
     AVX2 (16 ymm registers): 6 x 16 is 12 accumulators, two b registers and a broadcast,
     15 of 16. AVX-512 (32 zmm registers): 8 x 32 is 16 accumulators, two b registers and
-    a broadcast, with each FMA twice as wide; 8 rows divide the usual sizes."""
+    a broadcast, with each FMA twice as wide; 8 rows divide the usual sizes.
+
+    The accumulators start at -0.0 and c is added in ``store_acc``, once, after the k-loop;
+    ``load_acc`` only prefetches c's lines (``_prefetch_rows``). A GEMM's c rows are a matrix
+    row apart, beyond what the hardware prefetchers follow, so a c block is rarely in cache
+    when its k-loop starts, and loading it there stalls every row's first FMA until it
+    arrives. Adding c last reassociates the sum ``c + p1 + ... + pk`` as ``c + (p1 + ... +
+    pk)``, as every BLAS does (README, Numerics); -0.0 is the identity of addition for every
+    float, so an element whose products are all -0.0 keeps c, signed zero included."""
 
     operands = ("c", "a", "b")
 
@@ -120,9 +142,9 @@ class MmF32(Emitter):
         self.dtypes = {"c": "f32", "a": "f32", "b": "f32"}
 
     def load_acc(self, b, ops):
-        w = self.width
-        return [[load_row(b, ops["c"], (i, w * h), 1, w) for h in range(self.halves)]
-                for i in range(self.rows)]
+        _prefetch_rows(b, ops["c"], self.rows, self.width * self.halves)
+        zero = ir.Constant(ir.VectorType(ir.FloatType(), self.width), [-0.0] * self.width)
+        return [[zero] * self.halves for _ in range(self.rows)]
 
     def step(self, b, ops, acc):
         w = self.width
@@ -134,9 +156,11 @@ class MmF32(Emitter):
         return out
 
     def store_acc(self, b, ops, acc):
+        w = self.width
         for i in range(self.rows):
             for h in range(self.halves):
-                store_row(b, ops["c"], (i, self.width * h), 1, acc[i][h])
+                c = load_row(b, ops["c"], (i, w * h), 1, w)
+                store_row(b, ops["c"], (i, w * h), 1, b.fadd(c, acc[i][h]))
 
 
 @intrinsic("x86.mm.f32.6x16x1", isa=AVX2_FMA, cost=6.0, emitter=MmF32(rows=6, width=8),
@@ -503,20 +527,6 @@ class VnniDotU8I8I32_16x4(_DotU8I8I32_16x4):
 
     def store_acc(self, b, ops, acc):
         store_row(b, ops["c"], (0,), 0, b.add(acc[0], acc[1]))
-
-
-def _prefetch_rows(b: ir.IRBuilder, ref, rows: int, width: int) -> None:
-    """Ask for every cache line of ``ref``'s ``rows`` rows of ``width`` elements, for writing
-    (``prefetchw`` where the CPU has it, else ``prefetcht0``): a hint, never a fault, and no
-    change to any value. A row's first, last and every 64th byte between name all its lines,
-    wherever it starts."""
-    fn = declare(b.module, "llvm.prefetch.p0", ir.VoidType(),
-                 [ir.PointerType(), ir.IntType(32), ir.IntType(32), ir.IntType(32)])
-    write, keep, data = (ir.Constant(ir.IntType(32), v) for v in (1, 3, 1))
-    per_line = 64 // itemsize(ref.dtype)
-    for i in range(rows):
-        for j in sorted(set(range(0, width, per_line)) | {width - 1}):
-            b.call(fn, [ref.at(b, (i, j)), write, keep, data])
 
 
 class VnniMmU8I8I32_8x32x4(Emitter):

@@ -344,6 +344,53 @@ CPU_WITH = {"x86.avx512vnni.dot.u8i8i32.16x4": ("znver4", "vpdpbusd"),
             "x86.amx.mm.u8i8i32.32x32x64": ("sapphirerapids", "tdpbusd")}
 
 
+@pytest.mark.parametrize("name, cpu, fma, width", [
+    ("x86.avx512.mm.f32.8x32x1", "znver4", 16, 32), ("x86.mm.f32.6x16x1", "znver3", 12, 16)])
+def test_f32_tile_reads_c_after_its_kloop(name, cpu, fma, width):
+    # compiled for a CPU with the tile's ISA (not run), so every host checks it: the k-loop's
+    # body holds the FMAs and no access to c; c's lines are prefetched and c is added once per
+    # accumulator, outside the loop
+    import llvmlite.binding as llvm
+
+    desc = intrinsics.get(name)
+    module = codegen.new_module("asm")
+    emitter.kloop_function(module, desc, desc.emitter, "k", {"c": (1024, 1), "a": (1024, 1),
+                                                             "b": (width, 1)}, {"a": 1, "b": width})
+    machine = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(
+        cpu=cpu, features="", opt=3)
+    ref = llvm.parse_assembly(str(module))
+    ref.triple = "x86_64-unknown-linux-gnu"
+    lines = machine.emit_assembly(ref).splitlines()
+    first = next(n for n, line in enumerate(lines) if "vfmadd" in line)
+    head = max(n for n in range(first) if re.match(r"\.LBB\w+:", lines[n]))
+    label = lines[head].rstrip(":")
+    back = next(n for n in range(first, len(lines)) if re.search(r"\sj\w+\s+" + re.escape(label) + "$", lines[n]))
+    body, rest = lines[head:back + 1], lines[:head] + lines[back + 1:]
+
+    def count(pattern, where):
+        return sum(bool(re.search(pattern, line)) for line in where)
+
+    assert count(r"vfmadd", body) == fma
+    assert count(r"vaddps\s[^\n]*\(", rest) == fma and count(r"prefetch(w|t0)\s", rest) >= fma // 2
+    assert count(r"prefetch|vaddps", body) == 0
+
+
+def test_f32_tile_keeps_c_where_every_product_is_negative_zero():
+    # the accumulators start at -0.0, the identity of addition: c = -0.0 plus products that
+    # are all -0.0 stays -0.0 (from +0.0 it would be +0.0), and c = +0.0 stays +0.0
+    name = "x86.avx512.mm.f32.8x32x1" if {"avx512f", "fma"} <= host_features() else "x86.mm.f32.6x16x1"
+    if not HAS_AVX2:
+        pytest.skip("this host runs neither f32 tile")
+    desc = intrinsics.get(name)
+    rows, cols = desc.emitter.rows, desc.emitter.width * desc.emitter.halves
+    c = np.where(np.arange(rows * cols).reshape(rows, cols) % 2 == 0, -0.0, 0.0).astype(np.float32)
+    want = c.copy()
+    a = np.full((rows, 1), -0.0, np.float32)
+    b = np.full((1, cols), 0.0, np.float32)
+    intrinsics.compile_intrinsic(name)(c=c, a=a, b=b)
+    assert np.array_equal(np.signbit(c), np.signbit(want)) and not c.any()
+
+
 def test_int8_tile_reads_c_after_its_kloop():
     # compiled for Zen 4 (not run), so every host checks it: the k-loop's body is b's two
     # 64-byte blocks, a's 8 broadcasts and 16 vpdpbusd on accumulators that start at zero;
