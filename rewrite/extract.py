@@ -181,13 +181,15 @@ def _calls(desc, loops, windows) -> Stmt:
     return s
 
 
-# Cache blocking of a call nest, GotoBLAS's loop order on the calls: the reduction is cut
-# into blocks whose panel of the widest input (B's KC x tile width) fills two thirds of this
-# CPU's L1 data cache, and the row tiles into groups of at most ROW_TILES, so that one
-# group's rows of A (ROW_TILES x tile rows x KC) stay in L2 while the panel is reused across
-# them. Measured on the 8x32 tile, an AVX-512 Xeon with 48 KB of L1, one thread: 2048^3 ran
-# 161 ms with KC = 128 and groups of 16, 134 ms with KC = 256 and groups of 8 (numpy 115);
-# 1024^3 17.9 and 17.2 ms (numpy 15.4).
+# Cache blocking of a call nest, GotoBLAS's loops on the calls: the reduction is cut into
+# blocks of KC steps, KC sized on this CPU's L1 data cache by the widest input's panel (B's
+# KC x tile width fills two thirds of it), and the row tiles into groups of at most
+# ROW_TILES. Measured on the 8x32 tile, an AVX-512 Xeon with 48 KB of L1, one thread, with
+# B's panel kept in L1 across a group's row tiles: 2048^3 ran 161 ms with KC = 128 and
+# groups of 16, 134 ms with KC = 256 and groups of 8 (numpy 115); 1024^3 17.9 and 17.2 ms
+# (numpy 15.4). Each row tile now sweeps the column tiles with its own KC steps of A in L1
+# instead (``blocked_loops``); that panel is a quarter of B's for the same KC (8 rows
+# against 32 columns), so this KC leaves it a sixth of L1.
 KC_MIN, ROW_TILES = 64, 8
 
 
@@ -220,15 +222,29 @@ def _cache_bytes(level: int, kind: str) -> int:
 
 
 def blocked_loops(desc, loops: list, windows: dict, names: Names):
-    """``(loops, windows)`` in the blocked order ``rows_b, k_o, other tiles, rows_i, k_i`` when
+    """``(loops, windows)`` in the blocked order ``rows_b, k_o, rows_i, other tiles, k_i`` when
     the reduction outgrows its block (``l1_data_bytes``), else as given. ``loops`` hold the loops that move the
     output first, then the reduction; the windows' bases are rewritten for the split loops.
 
-    Before -> after, on 8x32 tiles of a 1024^3 product::
+    Before -> after, on 8x32 tiles of a 1024^3 product (32 KB of L1: KC = 128)::
 
         for i_o, j_o, k in grid(128, 32, 1024): call(..., a=window(A[8 * i_o, k], ...), ...)
-        for i_b, k_o, j_o, i_i, k_i in grid(8, 8, 32, 16, 128):
-            call(..., a=window(A[128 * i_b + 8 * i_i, 128 * k_o + k_i], ...), ...)
+        for i_b, k_o, i_i, j_o, k_i in grid(16, 8, 8, 32, 128):
+            call(..., a=window(A[64 * i_b + 8 * i_i, 128 * k_o + k_i], ...), ...)
+
+    Each row tile keeps its KC steps of A (the operand the tile broadcasts, 8 x KC floats)
+    in L1 while it sweeps the column tiles, whose block of B (KC rows over all columns, at
+    most half of L2 here) every row tile of the group reads from L2. A's panel is a quarter
+    of B's for the same KC (8 rows against 32 columns: 4 KB of a 32 KB 8-way L1 at KC =
+    128, one way), so L1 keeps most of its ways for B's stream and C's tile; the other way
+    round (GotoBLAS's and BLIS's loop around the micro-kernel), B's panel (KC x 32 floats,
+    half of that L1) stays in L1 across the group's row tiles and the group's A comes from
+    L2. That measured slower on a Zen 4 core (32 KB 8-way L1, 1 MB L2, KC = 128; one thread
+    on a loaded machine, each run timed on the thread's CPU clock, the two orders and numpy
+    interleaved; numpy's least time over ours, B's panel in L1 / A's): 512^3 1.03 / 1.07,
+    1000^3 0.93 / 0.97, 1024^3 0.93 / 0.99, 512x768x768 1.02 / 1.06, 4096x256x512 1.07 /
+    1.10 (medians: 1024^3 26.5 / 24.1 ms, numpy 22.4); on the AVX-512 Xeon, A's panel in
+    L1 across a block of B was the faster of the two at 2048^3 (below).
 
     When one reduction block of the widest input over all its column tiles (B's KC rows)
     is more than half of L2, the column tiles are cut into blocks that fit it too
@@ -296,8 +312,8 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names):
         order = [Dim(cols_b, 0, cols.extent // nc), Dim(k_o, 0, r.extent // kc), rows,
                  Dim(cols_i, 0, nc), Dim(k_i, 0, kc)]
     else:
-        order = ([Dim(rows_b, 0, rows.extent // group), Dim(k_o, 0, r.extent // kc)]
-                 + others + [Dim(rows_i, 0, group), Dim(k_i, 0, kc)])
+        order = ([Dim(rows_b, 0, rows.extent // group), Dim(k_o, 0, r.extent // kc),
+                  Dim(rows_i, 0, group)] + others + [Dim(k_i, 0, kc)])
     return order, {name: rebased(w) for name, w in windows.items()}
 
 

@@ -430,7 +430,8 @@ def test_int8_b_already_k_inner_stays_in_place_when_blocks_do_not_pay():
 
 def test_long_reductions_are_cut_into_cache_blocks(monkeypatch):
     # 6x16 tiles: B's panel is 64 bytes a step; two thirds of a 32 KB L1 hold 341 steps, so
-    # k = 512 is cut in two blocks of 256; 16 row tiles form groups of 8 (GotoBLAS's order)
+    # k = 512 is cut in two blocks of 256; 16 row tiles form groups of 8, each row tile
+    # sweeping the 2 column tiles with its 256 steps of A in L1
     from rewrite import extract
 
     monkeypatch.setattr(extract, "l1_data_bytes", lambda: 32 * 1024)
@@ -444,8 +445,9 @@ def test_long_reductions_are_cut_into_cache_blocks(monkeypatch):
     while isinstance(nest, ir.For):
         loops.append((nest.var, nest.extent))
         nest = nest.body
-    assert [n for _, n in loops] == [2, 2, 2, 8, 256]
+    assert [n for _, n in loops] == [2, 2, 8, 2, 256]
     assert loops[0][0].endswith("_b") and loops[-1][0].endswith("_i")
+    assert loops[0][0].startswith("i") and loops[2][0].startswith("i") and loops[2][0].endswith("_i")
     _interp_equal(func, result.func)
     if HOST_HAS_AVX2:
         check = runtime.check(func, result.compile())
@@ -524,6 +526,32 @@ def test_b_fitting_half_of_l2_keeps_the_row_groups(monkeypatch):
     _caches(monkeypatch, 48 * 1024, 2 * 1024 * 1024)
     loops = _call_loops(tensorize(_nn(128, 256, 512), AVX512).func, "x86.avx512.mm.f32.8x32x1")
     assert [n for _, n in loops] == [2, 2, 8, 8, 256]
+    assert [v[0] for v, _ in loops] == ["i", "k", "i", "j", "k"]
+
+
+def _stays_along(func: ir.PrimFunc, intrinsic: str, operand: str) -> set[str]:
+    """The call loops along which ``operand``'s window does not move."""
+    call = next(c for c in _calls(func) if c.intrinsic.name == intrinsic)
+    used = {v.name for e in call.window(operand).base for v in ir.walk_expr(e) if isinstance(v, ir.Var)}
+    return {name for name, _ in _call_loops(func, intrinsic)} - used
+
+
+@pytest.mark.parametrize("l1, l2, kc", [(32 * 1024, 1024 * 1024, 128),  # Zen 4: 8 ways
+                                        (48 * 1024, 2048 * 1024, 256)])  # Xeon: 12 ways
+def test_a_row_tile_sweeps_the_column_tiles_with_its_steps_of_a_in_l1(monkeypatch, l1, l2, kc):
+    # 1024^3 on 8x32 tiles: KC from L1 (B's 128-byte panel rows in two thirds of it); B's
+    # block over all 32 column tiles is KC x 1024 floats, half of L2 on both, so no column
+    # blocks: row groups of 8, and inside a group each row tile runs every column tile
+    # (the loop just outside k_i) on the same KC steps of A, which stay in L1
+    _caches(monkeypatch, l1, l2)
+    func = _nn(1024, 1024, 1024)
+    out = tensorize(func, AVX512).func
+    name = "x86.avx512.mm.f32.8x32x1"
+    loops = _call_loops(out, name)
+    assert [n for _, n in loops] == [16, 1024 // kc, 8, 32, kc]
+    columns, k_i = loops[-2][0], loops[-1][0]
+    assert columns in _stays_along(out, name, "a") and columns not in _stays_along(out, name, "b")
+    assert loops[2][0] in _stays_along(out, name, "b") and k_i not in _stays_along(out, name, "a")
 
 
 def _stream(**kw):
