@@ -297,6 +297,10 @@ def test_a_fuzz_unit_whose_worker_dies_is_reported_lost(tmp_path):
 # Ray: a local instance with this machine's two CPUs
 
 
+# One local instance for both tests: run in parallel (pytest-xdist), they share one worker.
+RAY_GROUP = pytest.mark.xdist_group("ray")
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray", reason="Ray is the optional extra 'cluster'")
@@ -305,6 +309,7 @@ def local_ray():
     ray.shutdown()
 
 
+@RAY_GROUP
 def test_a_fuzz_campaign_on_ray_reaches_the_serial_verdicts(local_ray, capsys):
     def report(execute) -> dict:
         args = cli.build_parser().parse_args(["fuzz", "--intrinsic", "x86.fma.f32x8",
@@ -318,6 +323,7 @@ def test_a_fuzz_campaign_on_ray_reaches_the_serial_verdicts(local_ray, capsys):
     assert serial["examples"] == 30
 
 
+@RAY_GROUP
 def test_a_corpus_run_on_ray_is_the_serial_run(local_ray, capsys):
     def run(*extra) -> dict:
         assert cli.main(["run", *map(str, (ROOT / f for f in SMALL_CORPUS)), "--check", "--json",

@@ -373,7 +373,9 @@ def test_the_cli_check_passes_with_strassen_forced(tmp_path):
 def _corpus():
     out = []
     for path in sorted((ROOT / "corpus").glob("*.py")):
-        out += [pytest.param(f, id=name) for name, f in parse_file(path).items()]
+        # one xdist group per function, shared with tests/test_tensorize.py: interpreted once
+        out += [pytest.param(f, id=name, marks=pytest.mark.xdist_group(name))
+                for name, f in parse_file(path).items()]
     return out
 
 

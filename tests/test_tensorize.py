@@ -110,7 +110,10 @@ def test_coverage_table_names_every_corpus_function():
     assert set(CORPUS) == HOST_COVERED | HOST_NONE | set(HOST_MISSED)
 
 
-@pytest.mark.parametrize("name", sorted(CORPUS))
+# In parallel runs (pytest-xdist) a function's checks here and in tests/test_nonfinite.py run on
+# one worker, which then interprets it once (runtime's cache of interpreted results).
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xdist_group(n))
+                                  for n in sorted(CORPUS)])
 def test_corpus_function_tensorizes_and_checks(name):
     func = CORPUS[name]
     result = tensorize(func, AVX2)
