@@ -344,35 +344,42 @@ CPU_WITH = {"x86.avx512vnni.dot.u8i8i32.16x4": ("znver4", "vpdpbusd"),
             "x86.amx.mm.u8i8i32.32x32x64": ("sapphirerapids", "tdpbusd")}
 
 
+def _kloop_assembly(name: str, cpu: str, strides: dict, steps: dict, marker: str):
+    """The assembly of ``name``'s k-loop function compiled for ``cpu`` (not run, so every
+    host checks it): ``(body, rest)``, the lines of the loop that holds the first line with
+    ``marker`` and all the others."""
+    import llvmlite.binding as llvm
+
+    desc = intrinsics.get(name)
+    module = codegen.new_module("asm")
+    emitter.kloop_function(module, desc, desc.emitter, "k", strides, steps)
+    machine = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(
+        cpu=cpu, features="", opt=3)
+    ref = llvm.parse_assembly(str(module))
+    ref.triple = "x86_64-unknown-linux-gnu"
+    lines = machine.emit_assembly(ref).splitlines()
+    first = next(n for n, line in enumerate(lines) if marker in line)
+    head = max(n for n in range(first) if re.match(r"\.LBB\w+:", lines[n]))
+    label = lines[head].rstrip(":")
+    back = next(n for n in range(first, len(lines)) if re.search(r"\sj\w+\s+" + re.escape(label) + "$", lines[n]))
+    return lines[head:back + 1], lines[:head] + lines[back + 1:]
+
+
+def _count(pattern: str, lines: list) -> int:
+    return sum(bool(re.search(pattern, line)) for line in lines)
+
+
 @pytest.mark.parametrize("name, cpu, fma, width", [
     ("x86.avx512.mm.f32.8x32x1", "znver4", 16, 32), ("x86.mm.f32.6x16x1", "znver3", 12, 16)])
 def test_f32_tile_reads_c_after_its_kloop(name, cpu, fma, width):
     # compiled for a CPU with the tile's ISA (not run), so every host checks it: the k-loop's
     # body holds the FMAs and no access to c; c's lines are prefetched and c is added once per
     # accumulator, outside the loop
-    import llvmlite.binding as llvm
-
-    desc = intrinsics.get(name)
-    module = codegen.new_module("asm")
-    emitter.kloop_function(module, desc, desc.emitter, "k", {"c": (1024, 1), "a": (1024, 1),
-                                                             "b": (width, 1)}, {"a": 1, "b": width})
-    machine = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(
-        cpu=cpu, features="", opt=3)
-    ref = llvm.parse_assembly(str(module))
-    ref.triple = "x86_64-unknown-linux-gnu"
-    lines = machine.emit_assembly(ref).splitlines()
-    first = next(n for n, line in enumerate(lines) if "vfmadd" in line)
-    head = max(n for n in range(first) if re.match(r"\.LBB\w+:", lines[n]))
-    label = lines[head].rstrip(":")
-    back = next(n for n in range(first, len(lines)) if re.search(r"\sj\w+\s+" + re.escape(label) + "$", lines[n]))
-    body, rest = lines[head:back + 1], lines[:head] + lines[back + 1:]
-
-    def count(pattern, where):
-        return sum(bool(re.search(pattern, line)) for line in where)
-
-    assert count(r"vfmadd", body) == fma
-    assert count(r"vaddps\s[^\n]*\(", rest) == fma and count(r"prefetch(w|t0)\s", rest) >= fma // 2
-    assert count(r"prefetch|vaddps", body) == 0
+    body, rest = _kloop_assembly(name, cpu, {"c": (1024, 1), "a": (1024, 1), "b": (width, 1)},
+                                 {"a": 1, "b": width}, "vfmadd")
+    assert _count(r"vfmadd", body) == fma
+    assert _count(r"vaddps\s[^\n]*\(", rest) == fma and _count(r"prefetch(w|t0)\s", rest) >= fma // 2
+    assert _count(r"prefetch|vaddps", body) == 0
 
 
 def test_f32_tile_keeps_c_where_every_product_is_negative_zero():
@@ -396,30 +403,13 @@ def test_int8_tile_reads_c_after_its_kloop():
     # 64-byte blocks, a's 8 broadcasts and 16 vpdpbusd on accumulators that start at zero;
     # c's lines are prefetched (8 rows of 128 bytes: at least two each) and c is added
     # once per accumulator, both outside the loop
-    import llvmlite.binding as llvm
-
-    desc = intrinsics.get("x86.avx512vnni.mm.u8i8i32.8x32x4")
-    module = codegen.new_module("asm")
-    emitter.kloop_function(module, desc, desc.emitter, "k", {"c": (1024, 1), "a": (1024, 1),
-                                                             "b": (4, 1)}, {"a": 4, "b": 128})
-    machine = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(
-        cpu="znver4", features="", opt=3)
-    ref = llvm.parse_assembly(str(module))
-    ref.triple = "x86_64-unknown-linux-gnu"
-    lines = machine.emit_assembly(ref).splitlines()
-    first = next(n for n, line in enumerate(lines) if "vpdpbusd" in line)
-    head = max(n for n in range(first) if re.match(r"\.LBB\w+:", lines[n]))
-    label = lines[head].rstrip(":")
-    back = next(n for n in range(first, len(lines)) if re.search(r"\sj\w+\s+" + re.escape(label) + "$", lines[n]))
-    body, rest = lines[head:back + 1], lines[:head] + lines[back + 1:]
-
-    def count(pattern, where):
-        return sum(bool(re.search(pattern, line)) for line in where)
-
-    assert count(r"vpdpbusd", body) == 16 and count(r"vpdpbusd", rest) == 0
-    assert count(r"vpbroadcastd\s", body) == 8 and count(r"vmovdqu\w*\s+[^,]*\(", body) == 2
-    assert count(r"vpaddd\s[^\n]*\(", rest) == 16 and count(r"prefetch(w|t0)\s", rest) >= 16
-    assert count(r"prefetch|vpaddd", body) == 0
+    body, rest = _kloop_assembly("x86.avx512vnni.mm.u8i8i32.8x32x4", "znver4",
+                                 {"c": (1024, 1), "a": (1024, 1), "b": (4, 1)}, {"a": 4, "b": 128},
+                                 "vpdpbusd")
+    assert _count(r"vpdpbusd", body) == 16 and _count(r"vpdpbusd", rest) == 0
+    assert _count(r"vpbroadcastd\s", body) == 8 and _count(r"vmovdqu\w*\s+[^,]*\(", body) == 2
+    assert _count(r"vpaddd\s[^\n]*\(", rest) == 16 and _count(r"prefetch(w|t0)\s", rest) >= 16
+    assert _count(r"prefetch|vpaddd", body) == 0
 
 
 @pytest.mark.parametrize("name", sorted(CPU_WITH))
