@@ -141,7 +141,7 @@ def contraction(func: PrimFunc) -> Optional[Contraction]:
     init = False
     if inits:
         store, init_loops = inits[0]
-        if not _zeroes(store, init_loops, acc.buffer) or found.index(inits[0]) > found.index(accs[0]):
+        if not zeroes(store, init_loops, acc.buffer) or found.index(inits[0]) > found.index(accs[0]):
             return None
         init = True
     if len(extents) > 26:
@@ -224,7 +224,7 @@ def onnxruntime_counterpart(func: PrimFunc, kernel, threads: int) -> Optional[Ca
     model = onnx_peer.layer(func, args)
     if model is None:
         return None
-    call = onnx_peer.counterpart(func, args, threads, model)
+    call = onnx_peer.counterpart(func, model, threads)
     ours = random_args(func, seed=0)
     kernel(**ours)
     if not onnx_peer.agrees(call, ours[model.output]):
@@ -310,7 +310,7 @@ def _full_axes(accesses: list[tuple[Buffer, tuple[Expr, ...]]], extents: dict[st
     return True
 
 
-def _zeroes(s: Store, loops: tuple[For, ...], out: Buffer) -> bool:
+def zeroes(s: Store, loops: tuple[For, ...], out: Buffer) -> bool:
     """``out[i, j] = 0`` over loops that are exactly its indices, each over its full range."""
     if s.buffer.name != out.name or not isinstance(s.value, Const) or s.value.value != 0:
         return False

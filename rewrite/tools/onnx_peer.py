@@ -25,6 +25,7 @@ import numpy as np
 from .. import ir
 from ..affine import affine
 from ..ir import Accumulate, Binary, Const, Load, PrimFunc, Store, Var
+from .bench import ProductDims, contraction, zeroes
 
 
 @dataclass(frozen=True)
@@ -40,19 +41,15 @@ class Model:
     to_ours: Callable[[np.ndarray], np.ndarray] = lambda y: y
 
 
-def counterpart(func: PrimFunc, args: dict[str, np.ndarray], threads: int,
-                model: Optional[Model] = None) -> Optional[Callable[[], object]]:
-    """A call running ``func``'s layer in ONNX Runtime on ``args`` (``model`` when given,
-    else the one ``layer`` reads), or None where it is no such layer."""
+def counterpart(func: PrimFunc, model: Model, threads: int) -> Callable[[], object]:
+    """A call running ``model`` (``func``'s layer, read by ``layer``) in ONNX Runtime on its
+    feeds; its ``result()`` is the output in the function's layout."""
     try:
         import onnxruntime as ort
         from onnx import TensorProto, helper
     except ImportError:
         raise RuntimeError("the ONNX Runtime comparison needs the onnx extra: "
                            "pip install 'tensorize[onnx]'") from None
-    model = model if model is not None else layer(func, args)
-    if model is None:
-        return None
     types = {"float32": TensorProto.FLOAT, "uint8": TensorProto.UINT8, "int8": TensorProto.INT8,
              "int32": TensorProto.INT32}
     inputs = [helper.make_tensor_value_info(n, types[v.dtype.name], list(v.shape))
@@ -93,8 +90,6 @@ def layer(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Model]:
 
 
 def _product(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Model]:
-    from .bench import ProductDims, contraction
-
     c = contraction(func)
     if c is None or len(c.operands) != 2:
         return None
@@ -193,22 +188,22 @@ def _conv2d(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Model]:
     wl = weights[0]
     src = loads[1] if loads[0] is wl else loads[0]
     rh, rw, rc, _ = (i.name for i in wl.indices)
-    if [extents.get(v) for v in (rh, rw, rc, co)] != list(wl.buffer.shape) or len({n, h, w, co, rh, rw, rc}) != 7:
+    if [extents.get(v) for v in (rh, rw, rc, co)] != list(wl.buffer.shape) \
+            or len({n, h, w, co, rh, rw, rc}) != 7:
         return None
     if src.indices[0] != Var(n) or src.indices[3] != Var(rc):
         return None
     geometry = []
     for e, out_var, red_var in ((src.indices[1], h, rh), (src.indices[2], w, rw)):
         a = affine(e)
-        if a is None or set(a.vars) != {out_var, red_var} or a.const != 0:
-            return None
-        if a.coeff(out_var) < 1 or a.coeff(red_var) < 1:
+        if a is None or set(a.vars) != {out_var, red_var} or a.const != 0 \
+                or a.coeff(out_var) < 1 or a.coeff(red_var) < 1:
             return None
         geometry.append((a.coeff(out_var), a.coeff(red_var)))
     (sh, dh), (sw, dw) = geometry
     # the output zeroed whole before the accumulation; beside them, at most a zero-padded copy
     # of the input, which the convolution reads
-    zeroed = [k for k, (s, ls) in enumerate(leaves) if k < accs[0] and _zeroes(s, ls, y)]
+    zeroed = [k for k, (s, ls) in enumerate(leaves[:accs[0]]) if isinstance(s, Store) and zeroes(s, ls, y)]
     if len(zeroed) != 1:
         return None
     rest = [(s, ls) for k, (s, ls) in enumerate(leaves) if k not in (zeroed[0], accs[0])]
@@ -229,19 +224,10 @@ def _conv2d(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Model]:
                  to_ours=lambda z: np.transpose(z, (0, 2, 3, 1)))
 
 
-def _zeroes(s, loops, buffer) -> bool:
-    """``s`` (under ``loops``) sets every element of ``buffer`` to 0.0, once each."""
-    return (isinstance(s, Store) and s.buffer.name == buffer.name and s.value == Const(0.0, "f32")
-            and len(s.indices) == len(buffer.shape) and len(loops) == len(buffer.shape)
-            and all(isinstance(i, Var) for i in s.indices)
-            and [next((f.extent for f in loops if f.var == i.name), None) for i in s.indices]
-            == list(buffer.shape) and len({i.name for i in s.indices}) == len(loops))
-
-
 def _padded_copy(leaves, padded, func):
     """``(input, [top, left, bottom, right])`` when ``leaves`` are ``padded`` zeroed whole, then
     an input copied into it at a fixed offset over H and W; else None."""
-    if len(leaves) != 2 or not _zeroes(*leaves[0], padded):
+    if len(leaves) != 2 or not isinstance(leaves[0][0], Store) or not zeroes(*leaves[0], padded):
         return None
     body, loops = leaves[1]
     if not isinstance(body, Store) or body.buffer.name != padded.name or not isinstance(body.value, Load):
