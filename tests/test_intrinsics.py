@@ -48,6 +48,11 @@ def needs_isa(name: str):
     return pytest.mark.skipif(bool(missing), reason=f"the host lacks {', '.join(sorted(missing))}")
 
 
+def on_isa(*names: str) -> list:
+    """``names`` as parameters, each skipped (``needs_isa``) unless this CPU runs it."""
+    return [pytest.param(n, marks=needs_isa(n)) for n in names]
+
+
 # ---------------------------------------------------------------------------
 # inputs and layouts
 
@@ -242,12 +247,10 @@ def test_mm_kloop_is_a_gemm_micro_kernel():
     np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["x86.axpy.f32x32", "x86.avx512.axpy.f32x64"])
+@pytest.mark.parametrize("name", on_isa("x86.axpy.f32x32", "x86.avx512.axpy.f32x64"))
 def test_axpy_kloop_is_a_row_of_the_transposed_product(name):
     # y[j] += sum_i x[i] * A[i, j] along a k-loop over the rows i, an odd count of them, so
     # that the two alternating sets of partial sums end unevenly before they are joined
-    if set(intrinsics.get(name).isa) - host_features():
-        pytest.skip("the host lacks the ISA")
     rng = np.random.default_rng(2)
     n, k = intrinsics.get(name).output.shape[0], 37
     a = rng.uniform(-1, 1, (k, n + 3)).astype(np.float32)  # rows longer than one call
@@ -259,10 +262,9 @@ def test_axpy_kloop_is_a_row_of_the_transposed_product(name):
     np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
 
 
+@needs_isa("x86.avx512.gemv.f32.8x8")
 def test_avx512_gemv_kloop_sums_each_row():
     name = "x86.avx512.gemv.f32.8x8"
-    if set(intrinsics.get(name).isa) - host_features():
-        pytest.skip("the host lacks the ISA")
     rng = np.random.default_rng(3)
     k = 7  # 7 steps of 8 columns: 56 columns of 8 rows
     a = rng.uniform(-1, 1, (8, 8 * k + 5)).astype(np.float32)
@@ -274,12 +276,10 @@ def test_avx512_gemv_kloop_sums_each_row():
     np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["x86.avx512.gemvt.f32.8x8", "x86.avx512.gemvt.f32.8x16"])
+@pytest.mark.parametrize("name", on_isa("x86.avx512.gemvt.f32.8x8", "x86.avx512.gemvt.f32.8x16"))
 def test_gemvt_kloop_adds_each_block_of_rows(name):
     # s[j] += sum_i r[i] * A[i, j] along a k-loop over blocks of 8 rows: each step's eight
     # partial sums, one per row, are added together once at the end
-    if set(intrinsics.get(name).isa) - host_features():
-        pytest.skip("the host lacks the ISA")
     rng = np.random.default_rng(4)
     width, k = intrinsics.get(name).output.shape[0], 5
     a = rng.uniform(-1, 1, (8 * k, width + 3)).astype(np.float32)  # rows longer than a call
@@ -295,10 +295,8 @@ def test_gemvt_kloop_adds_each_block_of_rows(name):
 # the registry and targets
 
 
-@pytest.mark.parametrize("name", ["x86.avx512vnni.dot.u8i8i32.16x4", "x86.dot.u8i8i32.16x4"])
+@pytest.mark.parametrize("name", on_isa("x86.avx512vnni.dot.u8i8i32.16x4", "x86.dot.u8i8i32.16x4"))
 def test_dot_kloop_is_exact(name):
-    if set(intrinsics.get(name).isa) - host_features():
-        pytest.skip(f"the host cannot run {name} natively")
     rng = np.random.default_rng(2)
     k = 50
     a = rng.integers(0, 256, (k, 4), dtype=np.uint8)

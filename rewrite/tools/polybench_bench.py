@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .. import runtime, target
+from .. import runtime
 from ..inputs import random_args
 from ..pipeline import tensorize
 from ..script import parse_file
@@ -107,8 +107,7 @@ def native_library(name: str) -> list:
     import intrinsics
 
     library = intrinsics.library(name)
-    host = target.host()
-    missing = [d.name for d in library if not host.runs(d)]
+    missing = [d.name for d in library if not d.native]
     if not library:
         raise SystemExit(f"no intrinsics for target {name}")
     if missing:
