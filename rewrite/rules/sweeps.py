@@ -452,17 +452,25 @@ def _minus(f: Affine, var: str) -> Affine:
     return f.plus(affine(Var(var)).scale(-f.coeff(var)))
 
 
+def _one_call(body: Stmt, depth: int, kind: str):
+    """``(loops, call, width, (out, matrix, vector) windows)`` when ``body`` is ``depth``
+    loops around one call of a ``kind`` row (``_form``), else None."""
+    loops, leaf = ir.band(body)
+    if len(loops) != depth or not isinstance(leaf, Call):
+        return None
+    form = _form(leaf.intrinsic)
+    if form is None or form[0] != kind:
+        return None
+    return loops, leaf, form[2], tuple(leaf.window(n) for n in _roles(leaf.intrinsic))
+
+
 def _gemv_loop(p_body: Stmt) -> Optional[_Columns]:
     """``p_body`` as ``for j: call(gemv, c=out[row], a=M[row, w*j + col0], b=x[w*j + x0])``
     with unit steps, or None."""
-    loops, leaf = ir.band(p_body)
-    if len(loops) != 1 or not isinstance(leaf, Call):
+    found = _one_call(p_body, 1, "gemv")
+    if found is None:
         return None
-    form = _form(leaf.intrinsic)
-    if form is None or form[0] != "gemv":
-        return None
-    (j,), w = loops, form[2]
-    out, mat, vec = (leaf.window(n) for n in _roles(leaf.intrinsic))
+    (j,), leaf, w, (out, mat, vec) = found
     if (out.steps, mat.steps, vec.steps) != (((1,),), ((1, 0), (0, 1)), ((1,),)):
         return None
     o, row, col, x = (affine(e) for e in (*out.base, *mat.base, *vec.base))
@@ -477,16 +485,12 @@ def _axpy_block(q_block: Stmt, rows: int) -> Optional[_Columns]:
     """``q_block`` as ``for j: for t in range(rows): call(axpy, c=out[w*j + o0], a=y[row +
     t], b=M[row + t, w*j + col0])`` with unit steps, or None. Its ``vec0`` is ``row``'s
     counterpart in y (t = 0) and ``row`` the block's first row."""
-    loops, leaf = ir.band(q_block)
-    if len(loops) != 2 or not isinstance(leaf, Call):
+    found = _one_call(q_block, 2, "axpy")
+    if found is None:
         return None
-    form = _form(leaf.intrinsic)
-    if form is None or form[0] != "axpy":
-        return None
-    (j, t), w = loops, form[2]
+    (j, t), leaf, w, (out, mat, vec) = found
     if (t.start, t.stop) != (0, rows):
         return None
-    out, mat, vec = (leaf.window(n) for n in _roles(leaf.intrinsic))
     if (out.steps, mat.steps, vec.steps) != (((1,),), ((0, 1),), ((0,),)):
         return None
     o, row, col, y = (affine(e) for e in (*out.base, *mat.base, *vec.base))
