@@ -38,7 +38,7 @@ from .names import Names
 from .nests import AccNest
 from .rules.finite import Guarded
 from .saturate import Budget, Job, SaturationReport, saturate
-from .printer import show, show_expr
+from .printer import show, show_expr, show_stmt
 from .verify import verify
 
 
@@ -417,14 +417,13 @@ def _scalar_cost(items) -> float:
 
 
 def _head(s: Stmt) -> str:
-    text = show(PrimFunc("_", (), s)).splitlines()
-    body = [l.strip() for l in text[2:]]
+    body = [l.strip() for l in show_stmt(s).splitlines()]
     return " / ".join(body[:3]) + (" ..." if len(body) > 3 else "")
 
 
 def _line(s: Stmt) -> str:
     """A statement's first line in script syntax (``if c:`` for an ``if``)."""
-    return show(PrimFunc("_", (), s)).splitlines()[2].strip()
+    return show_stmt(s).splitlines()[0].strip()
 
 
 # what an access does to its element, for the messages

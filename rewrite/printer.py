@@ -127,6 +127,13 @@ def _show_stmt(s: Stmt, indent: int, out: list[str]) -> None:
         raise TypeError(f"not a statement: {s!r}")
 
 
+def show_stmt(s: Stmt) -> str:
+    """``s`` as script lines, its first at no indent."""
+    out: list[str] = []
+    _show_stmt(s, 0, out)
+    return "\n".join(out)
+
+
 def _show_window(w: Window) -> str:
     base = ", ".join(show_expr(i) for i in w.base)
     steps = "".join(", (" + ", ".join(map(str, st)) + ("," if len(st) == 1 else "") + ")" for st in w.steps)

@@ -72,15 +72,14 @@ def nest_times(func, args: dict, runs: int) -> list[tuple[str, float, int]]:
 
     from ..calls import op_count
     from ..ir import For, seq, stmts_of
-    from ..printer import _show_stmt
+    from ..printer import show_stmt
 
     stmts = stmts_of(func.body)
     out, before = [], 0.0
     for k, s in enumerate(stmts):
         kernel = runtime.compile(replace(func, body=seq(*stmts[:k + 1])), threads=1)
         t = measure(lambda: kernel(**args), runs, 0.3).min_s
-        lines: list[str] = []
-        _show_stmt(s, 0, lines)
+        lines = show_stmt(s).splitlines()
         head = " ".join(x.strip() for x in lines[:2]) if isinstance(s, For) else lines[0]
         out.append((head, t - before, op_count(s)))
         before = t
