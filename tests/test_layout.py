@@ -307,6 +307,32 @@ def test_panel_calls_read_consecutive_k_16_apart():
     assert b.buffer == pb and _flat(b, 1) == 1 and _moves(b, "k") == 16
 
 
+def _source_strides(func: ir.PrimFunc, panel: str) -> list[tuple[str, int]]:
+    """The loops of the copy that fills ``panel``, outermost first, each with the elements
+    it moves through the copy's source."""
+    from rewrite.analysis import affine
+    (nest,) = [s for s in ir.stmts_of(func.body) if panel in ir.written_by(s)]
+    loops = []
+    while isinstance(nest, ir.For):
+        loops.append(nest.var)
+        nest = nest.body
+    src = nest.value
+    return [(v, abs(sum(affine(i).coeff(v) * st for i, st in zip(src.indices, src.buffer.strides))))
+            for v in loops]
+
+
+def test_panel_copies_read_their_source_row_after_row():
+    """B[k, j] -> B_panel[j_o, k, j_i]: the copy runs k outermost and j_i innermost, so it
+    reads B as it lies in memory (down a column of 64-byte pieces, a row apart, the hardware
+    prefetchers stop at each page); the panel is the same whatever the order."""
+    func = _nn(96, 64, 80)
+    out = _panelled(func)
+    moves = _source_strides(out, "B_panel")
+    assert [v for v, _ in moves] == ["k", "j_o", "j_i"]
+    assert [m for _, m in moves] == sorted((m for _, m in moves), reverse=True)
+    _interp_equal(func, out)
+
+
 def test_panelled_program_interprets_as_the_original():
     for shape in ((96, 64, 80), (98, 70, 33)):  # the second leaves remainders on i and j
         func = _nn(*shape)
