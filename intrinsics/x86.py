@@ -162,6 +162,22 @@ class MmF32(Emitter):
                 c = load_row(b, ops["c"], (i, w * h), 1, w)
                 store_row(b, ops["c"], (i, w * h), 1, b.fadd(c, acc[i][h]))
 
+    # A block filled with a constant just before (the first reduction block of ``C = 0;
+    # C += A @ B``, ``rules/tiles.py``) is neither prefetched nor read: the constant is
+    # added where c would be, so every element is what the fill and store_acc give.
+    starts_fresh = True
+
+    def fresh_acc(self, b, ops):
+        zero = ir.Constant(ir.VectorType(ir.FloatType(), self.width), [-0.0] * self.width)
+        return [[zero] * self.halves for _ in range(self.rows)]
+
+    def store_fresh(self, b, ops, acc, value):
+        w = self.width
+        c = splat(b, value, w)
+        for i in range(self.rows):
+            for h in range(self.halves):
+                store_row(b, ops["c"], (i, w * h), 1, b.fadd(c, acc[i][h]))
+
 
 @intrinsic("x86.mm.f32.6x16x1", isa=AVX2_FMA, cost=6.0, emitter=MmF32(rows=6, width=8),
            layout={"c": Layout((1,), 4), "b": Layout((1,), 4)})
@@ -569,6 +585,19 @@ class VnniMmU8I8I32_8x32x4(Emitter):
         for i in range(self.rows):
             for h in range(self.halves):
                 c = load_row(b, ops["c"], (i, 16 * h), 1, 16)
+                store_row(b, ops["c"], (i, 16 * h), 1, b.add(c, acc[i][h]))
+
+    # as MmF32's: a block just filled with a constant is neither prefetched nor read
+    starts_fresh = True
+
+    def fresh_acc(self, b, ops):
+        zero = ir.Constant(self.I32X16, [0] * 16)
+        return [[zero] * self.halves for _ in range(self.rows)]
+
+    def store_fresh(self, b, ops, acc, value):
+        c = splat(b, value, 16)
+        for i in range(self.rows):
+            for h in range(self.halves):
                 store_row(b, ops["c"], (i, 16 * h), 1, b.add(c, acc[i][h]))
 
 

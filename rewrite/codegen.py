@@ -40,12 +40,13 @@ import numpy as np
 from llvmlite import ir
 
 from . import lower as lowering
+from .affine import Affine, affine
 from .descriptor import Descriptor
 from .polytope import guarded_range
 from .emitter import Emitter, Ref, counted_loop, declare, indirect, lltype, phi_loop
 from .ir import (BOOL, INDEX, Accumulate, Binary, Call, Cast, Compare, Const, Expr, For, If, Load,
                  Logical, Select, Seq, Stmt, Store, Unary, Var, bits, is_float, is_int,
-                 is_signed, itemsize, stmt_exprs, walk_expr, walk_stmts)
+                 band, is_signed, itemsize, stmt_exprs, walk_expr, walk_stmts)
 from .ir import stmts_of as ir_stmts_of
 
 # ---------------------------------------------------------------------------
@@ -154,6 +155,10 @@ def assembly(ref: llvm.ModuleRef) -> str:
 # statements and expressions
 
 
+def _anything(e: Expr) -> bool:
+    return True
+
+
 class _BodyEmitter:
     """Emits the statements of one part into a function whose buffer pointers are given,
     each intrinsic call with the emitter ``emitters`` gives for its descriptor."""
@@ -168,13 +173,24 @@ class _BodyEmitter:
         # calls whose accumulators the loops being emitted carry (``carry_loop``): the id of
         # the call's node -> [its emitter, its output's ref, the accumulators now]
         self.carried: dict[int, list] = {}
+        # calls (by id) that start from a constant their output block was just filled with
+        # (``_fresh``) -> that constant
+        self.fresh: dict[int, ir.Constant] = {}
 
     # -- statements -----------------------------------------------------------
 
     def stmt(self, s: Stmt) -> None:
         if isinstance(s, Seq):
-            for c in s.stmts:
-                self.stmt(c)
+            k = 0
+            while k < len(s.stmts):
+                call = self._fresh(s.stmts[k], s.stmts[k + 1]) if k + 1 < len(s.stmts) else None
+                if call is not None:  # the fill: the calls after it start from its constant
+                    k += 1
+                self.stmt(s.stmts[k])
+                if call is not None and id(call) in self.fresh:
+                    raise AssertionError("codegen: a fill was left out, and its calls did not "
+                                         "start from its constant")
+                k += 1
         elif isinstance(s, For) and self._carries(s):
             self.thread_loop(s)
         elif isinstance(s, For) and self._reduction_call(s):
@@ -261,7 +277,12 @@ class _BodyEmitter:
             emitter, out, acc = carried
             carried[2] = emitter.step(self.b, {**self._refs(s), s.output: out}, acc)
             return
-        self.emitters(s.intrinsic).emit(self.b, self._refs(s))
+        emitter, refs = self.emitters(s.intrinsic), self._refs(s)
+        value = self.fresh.pop(id(s), None)
+        if value is None:
+            emitter.emit(self.b, refs)
+        else:
+            emitter.store_fresh(self.b, refs, emitter.step(self.b, refs, emitter.fresh_acc(self.b, refs)), value)
 
     def _refs(self, s: Call) -> dict[str, Ref]:
         return {name: Ref(self.address(w.buffer, w.base), w.buffer.dtype, w.strides)
@@ -279,6 +300,47 @@ class _BodyEmitter:
         reads_out = any(w.buffer.name == out.buffer.name for n, w in call.operands if n != call.output)
         return not moves and not reads_out
 
+    def _fresh(self, fill: Stmt, then: Stmt) -> Optional[Call]:
+        """The call, when ``fill`` stores one constant into exactly the output block of the one
+        call in ``then`` (the call itself, or loops around it along a reduction, ``call_loop``
+        and ``carry_loop``)
+        and the call's emitter can start from a constant (``Emitter.starts_fresh``): then
+        the call is marked to start from it (``self.fresh``) and ``fill`` need not run;
+        else None.
+        The fill writes the block's elements and nothing else (one loop from 0 over each
+        operand dim, each stepping the window's element by that dim's step), so the block
+        holds the constant when the calls start, which is what the emitter assumes."""
+        call = then
+        if isinstance(then, For):
+            _, call = band(then)
+            if not (self._reduction_call(then) or self._carriable(then) == [call]):
+                return None
+        if not isinstance(call, Call) or id(call) in self.carried or \
+                not getattr(self.emitters(call.intrinsic), "starts_fresh", False):
+            return None
+        loops, store = band(fill)
+        out = call.window(call.output)
+        shape = call.intrinsic.output.shape
+        if not isinstance(store, Store) or not isinstance(store.value, Const) or \
+                store.buffer != out.buffer or len(loops) != len(shape) or \
+                len({lp.var for lp in loops}) != len(loops) or \
+                any(lp.start != 0 or lp.stop != n for lp, n in zip(loops, shape)):
+            return None
+        names = {lp.var for lp in loops}
+        for d, (got, base) in enumerate(zip(store.indices, out.base)):
+            # a subexpression that is no affine map of the loops (a collapsed parallel loop's
+            # ``v // 2``) is one term of its own: equal forms are equal values
+            want, have = affine(base, atom=_anything), affine(got, atom=_anything)
+            if want is None or have is None or \
+                    any(isinstance(x, Var) and x.name in names for x in walk_expr(base)):
+                return None
+            for lp, step in zip(loops, out.steps):
+                want = want.plus(Affine(((lp.var, step[d]),), 0)) if step[d] else want
+            if have != want:
+                return None
+        self.fresh[id(call)] = const(store.buffer.dtype, store.value.value)
+        return call
+
     def call_loop(self, s: For) -> None:
         """``for v: call(...)`` along a reduction, the way the intrinsic's own k-loop runs:
         the output block loaded once into the emitter's accumulators, each call a ``step``
@@ -295,9 +357,13 @@ class _BodyEmitter:
             self.vars[s.var] = self.b.add(k, start, flags=("nsw",))
             return emitter.step(self.b, {**self._refs(call), call.output: first[call.output]}, acc)
 
-        acc = emitter.load_acc(self.b, first)
+        value = self.fresh.pop(id(call), None)
+        acc = emitter.load_acc(self.b, first) if value is None else emitter.fresh_acc(self.b, first)
         acc = phi_loop(self.b, ir.Constant(_I64, s.extent), acc, step, getattr(emitter, "unroll", 1))
-        emitter.store_acc(self.b, first, acc)
+        if value is None:
+            emitter.store_acc(self.b, first, acc)
+        else:
+            emitter.store_fresh(self.b, first, acc, value)
         del self.vars[s.var]
 
     # -- accumulators carried through loops that hold other statements too --------
@@ -344,15 +410,22 @@ class _BodyEmitter:
         ``call_loop``: nothing else in ``s`` reads or writes those blocks, so the deferred
         loads and stores change no value anything reads, and each call's steps come in the
         program's order."""
+        values = {}
         for c in calls:
             w = c.window(c.output)
             emitter = self.emitters(c.intrinsic)
             out = Ref(self.address(w.buffer, w.base), w.buffer.dtype, w.strides)
-            self.carried[id(c)] = [emitter, out, emitter.load_acc(self.b, {c.output: out})]
+            values[id(c)] = value = self.fresh.pop(id(c), None)
+            acc = emitter.load_acc(self.b, {c.output: out}) if value is None else \
+                emitter.fresh_acc(self.b, {c.output: out})
+            self.carried[id(c)] = [emitter, out, acc]
         self.thread_loop(s)
         for c in calls:
             emitter, out, acc = self.carried.pop(id(c))
-            emitter.store_acc(self.b, {c.output: out}, acc)
+            if values[id(c)] is None:
+                emitter.store_acc(self.b, {c.output: out}, acc)
+            else:
+                emitter.store_fresh(self.b, {c.output: out}, acc, values[id(c)])
 
     def thread_loop(self, s: For) -> None:
         """``s`` with the accumulators of the carried calls inside it in phi nodes; as many

@@ -109,8 +109,22 @@ class Emitter:
     # steps of (``codegen`` then carries them through a loop that holds other statements
     # too); not so for state such as AMX tile configuration
     interleaves: bool = False
+    # whether the emitter can run a loop of calls on an output block the program has just
+    # filled with one constant without reading the block (``fresh_acc``, ``store_fresh``):
+    # ``codegen`` then leaves out the fill right before such a loop (``rules/tiles.py``)
+    starts_fresh: bool = False
 
     def load_acc(self, b: ir.IRBuilder, ops: dict[str, Ref]):
+        raise NotImplementedError
+
+    def fresh_acc(self, b: ir.IRBuilder, ops: dict[str, Ref]):
+        """The accumulators ``load_acc`` would give for an output block holding one
+        constant everywhere, for ``store_fresh`` to finish, without reading the block."""
+        raise NotImplementedError
+
+    def store_fresh(self, b: ir.IRBuilder, ops: dict[str, Ref], acc, value) -> None:
+        """Store what ``store_acc`` would, had the output block held ``value`` (an LLVM
+        constant of the output's element type) everywhere, without reading the block."""
         raise NotImplementedError
 
     def step(self, b: ir.IRBuilder, ops: dict[str, Ref], acc):

@@ -105,14 +105,16 @@ def improve(best, search):
     gone = [b for name, b in before.items() if name in temps and name not in used]
     # what the removed passes cost, and the zeros of a dropped temporary (cost.padding); a
     # fused sweep costs what its two sweeps did
-    saved = _price(planned.stmts) - _price(folded) + \
+    saved = passes_cost(planned.stmts) - passes_cost(folded) + \
         cost.PER_PADDED_ELEMENT * sum(b.size for b in gone)
     allocs = [b for b in planned.allocs if b.name in used]
     return replace(best, planned=replace(planned, stmts=stmts, allocs=allocs,
                                          cost=planned.cost - max(0.0, saved)))
 
 
-def _price(stmts: Sequence[Stmt]) -> float:
+def passes_cost(stmts: Sequence[Stmt]) -> float:
+    """What the statements without intrinsic calls cost as passes at a vector rate
+    (``cost.padding``); statements holding a call, or under an ``if``, count nothing."""
     return cost.padding([s for s in stmts if not isinstance(s, (If, ir.Call)) and
                          not any(isinstance(x, ir.Call) for x in ir.walk_stmts(s))], ())
 

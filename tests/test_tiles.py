@@ -1,0 +1,208 @@
+"""fill-into-tiles (rules/tiles.py): a constant fill of a blocked product's output folded into
+its tiles, and codegen starting those tiles' accumulators from the constant."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import intrinsics
+from rewrite import codegen, extract, interp, ir, lower, runtime
+from rewrite.affine import affine
+from rewrite.inputs import random_args
+from rewrite.pipeline import tensorize
+from rewrite.rules.tiles import fill_into_tiles
+from rewrite.script import parse, show
+from rewrite.target import host_features
+from rewrite.verify import verify
+
+AVX2 = intrinsics.library("x86-avx2")
+AVX512 = intrinsics.library("x86-avx512")
+VNNI = intrinsics.library("x86-avx512vnni")
+
+
+def _gemm(m: int, n: int, k: int, fill: str = "0.0"):
+    return parse(f"@prim_func\ndef mm(A: f32[{m}, {k}], B: f32[{k}, {n}], C: f32[{m}, {n}]):\n"
+                 f"    for i, j in grid({m}, {n}):\n        C[i, j] = {fill}\n"
+                 f"        for k in range({k}):\n            C[i, j] += A[i, k] * B[k, j]\n")
+
+
+def _top_fills(func: ir.PrimFunc, name: str) -> list:
+    """Top-level nests that store into ``name`` and do nothing else."""
+    out = []
+    for s in ir.stmts_of(func.body):
+        loops, leaf = ir.band(s)
+        if isinstance(leaf, ir.Store) and leaf.buffer.name == name:
+            out.append(s)
+    return out
+
+
+def _tile_fills(func: ir.PrimFunc, name: str) -> list:
+    """Stores of a constant into ``name`` nested under a loop that also holds calls."""
+    return [x for s in ir.stmts_of(func.body) if any(isinstance(y, ir.Call) for y in ir.walk_stmts(s))
+            for x in ir.walk_stmts(s) if isinstance(x, ir.Store) and x.buffer.name == name
+            and isinstance(x.value, ir.Const)]
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+# ---------------------------------------------------------------------------
+# the rule, on the chosen program
+
+
+def test_a_blocked_gemm_fills_each_tile_before_its_first_reduction_block(monkeypatch):
+    # caches fixed (48 KB L1, 2 MB L2) so that k is cut into blocks whatever the host
+    monkeypatch.setattr(extract, "l1_data_bytes", lambda: 48 * 1024)
+    monkeypatch.setattr(extract, "l2_bytes", lambda: 2048 * 1024)
+    func = _gemm(128, 128, 1024)
+    result = tensorize(func, AVX512)
+    plain = tensorize(func, AVX512, rules_off={"tiles"})
+    assert _top_fills(plain.func, "C") and _tile_fills(plain.func, "C") == []
+    got = result.func
+    verify(got)
+    assert parse(show(got)) == got
+    assert _top_fills(got, "C") == []  # the pass over C is gone ...
+    (fill,) = _tile_fills(got, "C")  # ... into the first block of each tile
+    text = show(got)
+    assert "for k_o in range(1, " in text  # the other reduction blocks, peeled
+    args = random_args(func, seed=1)
+    assert _same_bits(interp.run(got, **args)["C"], interp.run(plain.func, **args)["C"])
+    assert result.report() is not None
+
+
+def test_the_rule_keeps_every_bit_on_random_shapes_and_fills():
+    # the calls add the same values in the same order: interpreted, the program with the
+    # fill in its tiles gives the same bits as the one with the pass, signed zeros included
+    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(m=st.integers(1, 40), n=st.integers(1, 70), k=st.integers(1, 40),
+           fill=st.sampled_from(["0.0", "-0.0", "2.5"]), lib=st.sampled_from(["avx2", "avx512"]))
+    def check(m, n, k, fill, lib):
+        func = _gemm(m, n, k, fill)
+        library = AVX2 if lib == "avx2" else AVX512
+        got = tensorize(func, library).func
+        plain = tensorize(func, library, rules_off={"tiles"}).func
+        verify(got)
+        args = random_args(func, seed=m * n + k)
+        assert _same_bits(interp.run(got, **args)["C"], interp.run(plain, **args)["C"])
+
+    check()
+
+
+PRODUCT = """
+@prim_func
+def f(A: f32[16, 64], B: f32[64, 64], C: f32[16, {cols}], D: f32[16, 64]):
+    for i, j in grid(16, {cols}):
+        C[i, j] = {value}
+    {between}
+    for i_o, {order} in grid({extents}):
+        call("x86.avx512.mm.f32.8x32x1", c=window(C[8 * i_o, 32 * j_o], (1, 0), (0, 1)),
+             a=window(A[8 * i_o, 16 * k_o + k_i], (1, 0), (0, 1)),
+             b=window(B[16 * k_o + k_i, 32 * j_o], (1, 0), (0, 1)))
+"""
+
+
+def _product(cols=64, value="0.0", between="", order="k_o, j_o, k_i"):
+    extents = {"k_o, j_o, k_i": "2, 4, 2, 16", "k_o, k_i, j_o": "2, 4, 16, 2"}[order]
+    src = PRODUCT.format(cols=cols, value=value, between=between or "D[0, 0] = 1.0",
+                         order=order, extents=extents)
+    return list(ir.stmts_of(parse(src).body))
+
+
+def test_the_rule_peels_the_first_reduction_block():
+    stmts = _product()
+    out = fill_into_tiles(stmts, {"C", "D"})
+    assert len(out) == len(stmts) - 1 and out[0] == stmts[1]  # the fill is gone
+    i_o = out[-1]
+    assert isinstance(i_o, ir.For) and i_o.var == "i_o"
+    first, others = ir.stmts_of(i_o.body)
+    assert isinstance(others, ir.For) and (others.var, others.start, others.stop) == ("k_o", 1, 4)
+    assert first.var == "j_o"
+    fill, calls = ir.stmts_of(first.body)
+    assert isinstance(ir.band(fill)[1], ir.Store)
+    loops, call = ir.band(calls)
+    assert [lp.var for lp in loops] == ["k_i"]  # k_o fixed at 0 in the first block
+    assert affine(call.window("a").base[1]) == affine(ir.Var("k_i"))
+
+
+@pytest.mark.parametrize("change", [
+    dict(value="A[i, j] * 2.0"),            # not a constant
+    dict(between="D[0, 0] = C[3, 3]"),      # C read between the fill and the product
+    dict(cols=70),                          # the tiles leave columns 64..69 unfilled
+    dict(order="k_o, k_i, j_o"),            # a tile loop inside the inner reduction
+    dict(between="C[3, 3] = 1.0"),          # C written between
+])
+def test_the_rule_leaves_what_it_cannot_prove(change):
+    stmts = _product(**change)
+    assert fill_into_tiles(stmts, {"C", "D"}) == stmts
+
+
+# ---------------------------------------------------------------------------
+# codegen: a tile filled just before its calls starts from the constant
+
+
+FRESH = """
+@prim_func
+def f(A: {at}[16, {k}], B: {bt}[{bk}, {bn}], C: {ct}[16, 64]):
+    for i_o, j_o in grid(2, 2):
+        for t0, t1 in grid(8, {cols}):
+            C[8 * i_o + t0, 32 * j_o + t1] = {value}
+        for k in range({steps}):
+            call("{name}", c=window(C[8 * i_o, 32 * j_o], (1, 0), (0, 1)), a={a}, b={b})
+"""
+
+
+def _fresh_program(name: str, value: str, cols: int = 32):
+    if "u8i8" in name:
+        return parse(FRESH.format(at="u8", bt="i8", ct="i32", k=64, bk=64, bn=64, cols=cols,
+                                  value=value, steps=16, name=name,
+                                  a="window(A[8 * i_o, 4 * k], (1, 0), (0, 1))",
+                                  b="window(B[32 * j_o, 4 * k], (1, 0), (0, 1))"))
+    return parse(FRESH.format(at="f32", bt="f32", ct="f32", k=48, bk=48, bn=64, cols=cols,
+                              value=value, steps=48, name=name,
+                              a="window(A[8 * i_o, k], (1, 0), (0, 1))",
+                              b="window(B[k, 32 * j_o], (1, 0), (0, 1))"))
+
+
+def _ir_text(func) -> str:
+    """The kernel's LLVM IR with every intrinsic's native emitter, whatever the host."""
+    return str(codegen.kernel_module(lower.lower(func), "k", lambda d: d.emitter))
+
+
+@pytest.mark.parametrize("name", ["x86.avx512.mm.f32.8x32x1", "x86.avx512vnni.mm.u8i8i32.8x32x4"])
+def test_a_tile_filled_before_its_calls_is_never_read(name):
+    # the tiles' emitters prefetch c before a k-loop and add it after; started from the
+    # fill's constant, they do neither, and the fill's stores are gone
+    fresh = _ir_text(_fresh_program(name, "7" if "u8i8" in name else "1.5"))
+    assert "llvm.prefetch" not in fresh
+    # a fill one column short of the tile is a plain fill: stored, then c read as usual
+    short = _ir_text(_fresh_program(name, "7" if "u8i8" in name else "1.5", cols=31))
+    assert "llvm.prefetch" in short
+
+
+@pytest.mark.parametrize("name, value", [("x86.avx512.mm.f32.8x32x1", "1.5"),
+                                         ("x86.avx512.mm.f32.8x32x1", "-0.0"),
+                                         ("x86.avx512.mm.f32.8x32x1", "0.0"),
+                                         ("x86.avx512vnni.mm.u8i8i32.8x32x4", "7"),
+                                         ("x86.avx512vnni.mm.u8i8i32.8x32x4", "-3")])
+def test_a_tile_started_from_its_fill_runs_like_the_interpreter(name, value):
+    missing = set(intrinsics.get(name).isa) - host_features()
+    if missing:
+        pytest.skip(f"the host lacks {', '.join(sorted(missing))}")
+    for cols in (32, 31):
+        func = _fresh_program(name, value, cols)
+        check = runtime.check(func, runtime.compile(func))
+        assert check.ok, check.message
+
+
+def test_signed_zero_fill_is_kept_where_every_product_is_negative_zero():
+    name = "x86.avx512.mm.f32.8x32x1"
+    missing = set(intrinsics.get(name).isa) - host_features()
+    if missing:
+        pytest.skip(f"the host lacks {', '.join(sorted(missing))}")
+    func = _fresh_program(name, "-0.0")
+    args = {"A": np.full((16, 48), -0.0, np.float32), "B": np.full((48, 64), 0.0, np.float32),
+            "C": np.ones((16, 64), np.float32)}
+    runtime.compile(func)(**args)
+    assert not args["C"].any() and np.signbit(args["C"]).all()
