@@ -43,7 +43,9 @@ fill-into-tiles
     as the fill had done (no statement between saw ``C``, and no call before the tile's
     first touches the tile), and every call adds the same values in the same order.
 
-Statements under an ``if`` are left as they are. The rule runs after ``tidy`` on the chosen
+It applies to the function's parameters: a temporary filled in its tiles would be zeroed by
+the runtime before the call instead (``analysis.filled_before_read`` reads whole-buffer fills
+at the top level only), which saves nothing. Statements under an ``if`` are left as they are. The rule runs after ``tidy`` on the chosen
 program's statements; it never adds work, so it is always kept; its price drops by what the
 removed pass cost (``tidy.passes_cost``).
 """
@@ -65,9 +67,9 @@ from .tidy import passes_cost
 def improve(best, search):
     """``best`` (``pipeline.Choice``) with fill-into-tiles applied to its planned statements."""
     planned = best.planned
-    buffers = {b.name for b in best.func.params} | {b.name for b in best.func.allocs} | \
-        {b.name for b in planned.allocs}
-    stmts = fill_into_tiles(list(planned.stmts), buffers)
+    # parameters only: the runtime zeroes a temporary whose first statement is no fill of
+    # it as a whole (analysis.filled_before_read), a pass as long as the one folded away
+    stmts = fill_into_tiles(list(planned.stmts), {b.name for b in best.func.params})
     if stmts == list(planned.stmts):
         return best
     saved = passes_cost(planned.stmts) - passes_cost(stmts)
