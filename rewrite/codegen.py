@@ -815,7 +815,8 @@ def add_caller(module: ir.Module, symbol: str, func) -> bool:
             b.store(at(args, 8 * j), slots[j])
     # each keyword names exactly one buffer not bound yet, by that very string object (the
     # names are interned; an equal string that is another object fails here, and the Python
-    # path binds it)
+    # path binds it); with as many arguments as buffers, a buffer bound twice would also
+    # leave another unbound, which the checks below refuse as well
     names = [at(block, 8 * (CALLER_NAMES + j)) for j in range(n)]
     for i in range(n):
         with b.if_then(b.icmp_unsigned("<", c64(i), nkw)):
