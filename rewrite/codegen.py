@@ -713,7 +713,10 @@ NPY_ARRAY_WRITEABLE = 0x0400
 CALLER_NDARRAY, CALLER_OK, CALLER_FAIL, CALLER_INCREF = 0, 1, 2, 3
 CALLER_SAVE_THREAD, CALLER_RESTORE_THREAD, CALLER_POOL, CALLER_RUNS = 4, 5, 6, 7
 CALLER_RELEASE_GIL = 8  # nonzero: run the kernel with the GIL released
-CALLER_NAMES = 9  # then the buffers' names (interned str), then their dtypes (descr)
+# a refused call, when FALLBACK is not null, returns what ``PyObject_Vectorcall`` (slot
+# VECTORCALL) of that Python callable on the same arguments returns (the Python path)
+CALLER_FALLBACK, CALLER_VECTORCALL = 9, 10
+CALLER_NAMES = 11  # then the buffers' names (interned str), then their dtypes (descr)
 # A caller binds at most this many buffers (unrolled: names are compared pairwise); and
 # keeps temporaries on the calling thread's stack only up to this many bytes, every page
 # probed in order (``probe-stack``), far under any thread's stack. A kernel beyond either
@@ -890,6 +893,10 @@ def add_caller(module: ir.Module, symbol: str, func) -> bool:
             b.call(kernel, [pointers, pool])
     _return(b, block, CALLER_OK)
     b.position_at_start(fail)
+    fallback = at(block, 8 * CALLER_FALLBACK)
+    with b.if_then(b.icmp_unsigned("!=", fallback, null)):
+        vectorcall = indirect(at(block, 8 * CALLER_VECTORCALL), _CALLER_TYPE)
+        b.ret(b.call(vectorcall, [fallback, args, nargs, kwnames]))  # its reference, or NULL
     _return(b, block, CALLER_FAIL)
     return True
 

@@ -248,7 +248,8 @@ _METH_FASTCALL_KEYWORDS = 0x0080 | 0x0002  # METH_FASTCALL | METH_KEYWORDS
 _new_builtin = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.py_object,
                                  ctypes.py_object)(("PyCFunction_NewEx", ctypes.pythonapi))
 _C_API = {name: ctypes.cast(getattr(ctypes.pythonapi, name), ctypes.c_void_p).value
-          for name in ("Py_IncRef", "PyEval_SaveThread", "PyEval_RestoreThread")}
+          for name in ("Py_IncRef", "PyEval_SaveThread", "PyEval_RestoreThread",
+                       "PyObject_Vectorcall")}
 
 
 @functools.lru_cache(maxsize=None)
@@ -366,7 +367,15 @@ class Kernel:
         # live as long as the kernel (the dtypes are held by ``_dtypes``)
         self._block, self._method, self._interned = block, method, names
         if self._pool is None:
+            # the builtin is this kernel's own class's ``__call__`` (a builtin binds no
+            # ``self``): a call goes from the interpreter straight into the native checks,
+            # and one they refuse calls ``_fallback`` from there, on the same arguments
+            self._fallback_method = self._fallback  # (held: the block holds its address)
+            block[codegen.CALLER_FALLBACK] = id(self._fallback_method)
+            block[codegen.CALLER_VECTORCALL] = _C_API["PyObject_Vectorcall"]
             self._native = native
+            self.__class__ = type("Kernel", (Kernel,), {"__call__": native, "__slots__": (),
+                                                        "__module__": __name__})
         else:
             lock = self._pool.lock  # one dispatch at a time per pool, as ``_enter`` does
 
@@ -384,20 +393,31 @@ class Kernel:
         return f"<Kernel {self.func.name} threads={self.threads} from {self.source}>"
 
     def __call__(self, /, *args: np.ndarray, **kwargs: np.ndarray) -> None:
+        # A kernel with native checks (``codegen.add_caller``) and a pool comes here first
+        # and tries them (a kernel without a pool has them as its class's ``__call__``):
+        # they bind and check the arrays, and run the kernel, in native code; ``None`` when
+        # they did. Anything they refuse takes the Python path, which says what is wrong or
+        # runs what it accepts.
+        native = self._native
+        if native is not None and native(*args, **kwargs) is None:
+            return
+        self._python_call(args, kwargs)
+
+    def _fallback(self, /, *args, **kwargs) -> None:
+        """What the native checks call on the arguments they refuse."""
+        self._python_call(args, kwargs)
+
+    def _python_call(self, args: tuple, kwargs: dict) -> None:
+        """The Python path: binding, checks (raising where an array is wrong) and the
+        native entry. Keywords that are not the interned names are bound here, then given
+        to the native checks again."""
         # A small product is a few microseconds of native code, so the Python around it is
         # what ``_fast_path`` wrote for this kernel: Python's own argument binding, then each
         # array's type, strides, shape, dtype and (for an output) writeability compared
         # with what was compiled, unrolled; anything else takes the full check, which says
         # what is wrong. Binding that fails (a wrong name, a buffer missing or given twice)
         # takes the general path, whose error names the buffer.
-        # First of all, the checks compiled with the kernel (``codegen.add_caller``): they
-        # bind and check the arrays, and run the kernel, in native code; ``None`` when they
-        # did. Anything they refuse comes here, to the Python path, which says what is
-        # wrong or runs what it accepts; keywords that are not the interned names are bound
-        # here, then tried there again.
         native = self._native
-        if native is not None and native(*args, **kwargs) is None:
-            return
         try:
             arrays = self._pick(*args, **kwargs)
         except TypeError:
