@@ -370,3 +370,21 @@ def test_the_layout_check_reads_this_processs_objects():
         with pytest.MonkeyPatch.context() as m:
             m.setattr(codegen, "NDARRAY_FIELDS", moved)
             assert not runtime._layout_agrees(), name
+
+
+def test_the_call_outlives_its_kernel(sq):
+    """The builtin a kernel calls through holds what its code points to: taken from a
+    kernel that is then dropped, it still checks, runs, and falls back to the Python path."""
+    import gc
+
+    k = runtime.compile(parse(SQ), threads=1)
+    call = type(k).__call__
+    del k
+    gc.collect()
+    a, b, c = fresh()
+    call(a, b, c)
+    np.testing.assert_allclose(c, product(a, b), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="buffer C shares memory"):
+        call(A=a, B=b, C=a)
+    with pytest.raises(ValueError, match="buffer A.*shape"):
+        call(a[:15], b, c)
