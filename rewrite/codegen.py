@@ -699,8 +699,10 @@ class Emulated(Emitter):
 # Python path does (exact type ``numpy.ndarray``, rank, shape, strides, the builtin dtype,
 # writeable if written, no written buffer overlapping another), then runs the kernel on the
 # arrays' data and on temporaries on its own stack, and returns ``None``. Anything else
-# returns the block's ``fail`` object having touched nothing: the Python path then says
-# what is wrong, or runs what it accepts after all. The field offsets below are numpy's and
+# touches nothing and goes to the Python path, which says what is wrong or runs what it
+# accepts after all: the code calls the block's ``fallback`` on the same arguments and
+# returns what it returns, or without one returns the ``fail`` object (then the caller
+# takes that path itself). The field offsets below are numpy's and
 # CPython's on 64-bit hosts; ``runtime`` checks them against real objects before any
 # caller runs, and uses none on a process where one disagrees. Nothing here depends on the
 # process (addresses come from the block), so the code is cached on disk with the kernel.

@@ -247,9 +247,9 @@ class _MethodDef(ctypes.Structure):
 _METH_FASTCALL_KEYWORDS = 0x0080 | 0x0002  # METH_FASTCALL | METH_KEYWORDS
 _new_builtin = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.py_object,
                                  ctypes.py_object)(("PyCFunction_NewEx", ctypes.pythonapi))
-_C_API = {name: ctypes.cast(getattr(ctypes.pythonapi, name), ctypes.c_void_p).value
+_C_API = {name: ctypes.cast(getattr(ctypes.pythonapi, name, None), ctypes.c_void_p).value
           for name in ("Py_IncRef", "PyEval_SaveThread", "PyEval_RestoreThread",
-                       "PyObject_Vectorcall")}
+                       "PyObject_Vectorcall")}  # (None where this interpreter lacks one)
 
 
 @functools.lru_cache(maxsize=None)
@@ -260,7 +260,7 @@ def native_calls() -> bool:
     numpy and CPython keep it, read back from real arrays and tuples. Otherwise every call
     takes the Python path."""
     if sys.implementation.name != "cpython" or struct.calcsize("P") != 8 or \
-            sysconfig.get_config_var("Py_GIL_DISABLED"):
+            sysconfig.get_config_var("Py_GIL_DISABLED") or not all(_C_API.values()):
         return False
     return _layout_agrees()
 
