@@ -228,7 +228,7 @@ _NDARRAY = np.ndarray  # read once: a call compares every array's type with it
 
 # A native call (``codegen.add_caller``) of a kernel doing fewer operations than this
 # (``calls.op_count``, a copied element counting one) keeps the GIL: releasing and taking it
-# again costs about 50 ns, 4% of a 30^3 product's 1.2 us, while other threads would wait
+# again costs about 50 ns, 5% of a 30^3 product's 1 us call, while other threads would wait
 # at most some 100 us (scalar code) for so small a kernel, far under Python's own switch
 # interval of 5 ms. Larger kernels release it, as ctypes' calls on the Python path do.
 GIL_HELD_OPS = 100_000

@@ -322,6 +322,15 @@ def mm(A: f32[{n}, {n}], B: f32[{n}, {n}], C: f32[{n}, {n}]):
             t.join()
         assert not errors
         assert k.native_runs == 80
+        # refused calls reach the Python path (with a pool: once the pool's lock is let go)
+        a = random_args(func)
+        with pytest.raises(ValueError, match="buffer C shares memory with buffer A"):
+            k(a["A"], a["B"], a["A"])
+        with pytest.raises(ValueError, match="buffer B.*dtype"):
+            k(A=a["A"], B=a["B"].astype(np.float64), C=a["C"])
+        k(**{"".join(["A"]): a["A"], "B": a["B"], "C": a["C"]})
+        np.testing.assert_allclose(a["C"], product(a["A"], a["B"]), rtol=1e-4, atol=1e-4)
+        assert k.native_runs == 81
 
 
 def test_a_kernel_with_too_many_buffers_has_no_native_path():
