@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rewrite import runtime
+from rewrite import codegen, runtime
 from rewrite.inputs import random_args
 from rewrite.interp import run
 from rewrite.ir import For
@@ -298,6 +298,15 @@ def t(A: f32[7, 5], B: f32[7, 5]):
     k = runtime.compile(func, threads=1)
     a = arrays(func)
     k(**a)
+    np.testing.assert_array_equal(a["B"], a["A"])
+    # the native caller keeps them on its stack, each at an offset of the aligned block
+    layout = codegen.caller_layout(func)
+    assert [off % runtime.TEMPORARY_ALIGNMENT for off, _, _ in layout["temporaries"]] == [0, 0, 0]
+    assert [size for _, size, _ in layout["temporaries"]] == [7 * 8 * 4, 3, 5 * 9 * 8]
+    # the Python path keeps its own, one set a thread
+    k._native = None
+    a["B"][...] = 0
+    runtime.Kernel.__call__(k, **a)
     np.testing.assert_array_equal(a["B"], a["A"])
     temps = k._local.temps
     assert [t.shape for t in temps] == [(7, 8), (3,), (5, 9)]
