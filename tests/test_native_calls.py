@@ -16,6 +16,7 @@ from rewrite import codegen, runtime
 from rewrite.inputs import random_args
 from rewrite.interp import run
 from rewrite.script import parse
+from .test_runtime import TEMPS
 
 SQ = """
 @prim_func
@@ -24,22 +25,6 @@ def sq(A: f32[16, 16], B: f32[16, 16], C: f32[16, 16]):
         C[i, j] = 0.0
         for k in range(16):
             C[i, j] += A[i, k] * B[k, j]
-"""
-
-TEMPS = """
-@prim_func
-def t(A: f32[8, 6], B: f32[8, 6], C: f32[8, 6]):
-    P = alloc(f32[8, 8])
-    Z = alloc(f32[8, 6])
-    for i, j in grid(8, 2):
-        P[i, j + 6] = -0.0
-    for i, j in grid(8, 6):
-        P[i, j] = A[i, j]
-    for i, j in grid(8, 6):
-        Z[i, j] += A[i, j]
-    for i, j in grid(8, 6):
-        B[i, j] = P[i, j] * 2.0 + P[i, j + 2]
-        C[i, j] = Z[i, j]
 """
 
 

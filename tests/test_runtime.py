@@ -253,10 +253,8 @@ def t(A: f32[8], B: f32[8]):
     np.testing.assert_array_equal(a["B"], first)
 
 
-def test_temporaries_the_program_fills_first_keep_their_results_across_calls():
-    """A temporary the program writes whole before reading it is not zeroed by the runtime
-    (``analysis.filled_before_read``); one it reads first still starts at zero each call."""
-    func = parse("""
+# P filled whole before it is read, Z read (added into) first
+TEMPS = """
 @prim_func
 def t(A: f32[8, 6], B: f32[8, 6], C: f32[8, 6]):
     P = alloc(f32[8, 8])
@@ -270,7 +268,13 @@ def t(A: f32[8, 6], B: f32[8, 6], C: f32[8, 6]):
     for i, j in grid(8, 6):
         B[i, j] = P[i, j] * 2.0 + P[i, j + 2]
         C[i, j] = Z[i, j]
-""")
+"""
+
+
+def test_temporaries_the_program_fills_first_keep_their_results_across_calls():
+    """A temporary the program writes whole before reading it is not zeroed by the runtime
+    (``analysis.filled_before_read``); one it reads first still starts at zero each call."""
+    func = parse(TEMPS)
     from rewrite import analysis
 
     assert analysis.filled_before_read(func) == {"P"}
