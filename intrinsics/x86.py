@@ -484,8 +484,9 @@ class DotU8I8I32_2x16x4(Emitter):
     """c (2x16) += a (2x4) @ b (16x4)^T in u8 x i8 -> i32, exactly: the 16x4 dot for two rows of
     A at once. b's block is loaded and widened to i16 once per step and feeds both rows'
     ``vpmaddwd``; each row keeps 32 pair sums (four ymm registers), folded into c once, in
-    ``store_acc``. With the widened block (four registers) and a row's broadcast operand
-    that is 13 of the 16 ymm registers; a third row would spill."""
+    ``store_acc``. With the widened block (four registers), a row's broadcast operand and
+    the ``vpshufb`` mask that widens it (``_widened_a``) that is 14 of the 16 ymm registers,
+    and a ``vpmaddwd`` result is the 15th; a third row would spill."""
 
     rows = 2
     operands = ("c", "a", "b")
