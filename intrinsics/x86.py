@@ -423,15 +423,29 @@ def _widened_chunks(b: ir.IRBuilder, ref) -> list:
     return [shuffle(b, wide, None, range(16 * r, 16 * r + 16)) for r in range(4)]
 
 
+def _widened_a(b: ir.IRBuilder, ref, index, dim: int) -> ir.Value:
+    """Four u8 of ``ref`` (from ``index`` along ``dim``) zero-extended to i16 and repeated
+    four times, as one <16 x i16>: the four bytes broadcast as one i32 (``vpbroadcastd``
+    from memory, a load) and spread into words by one ``vpshufb`` whose mask bytes with the
+    high bit set write zeros. Zero-extending first and broadcasting the 64 bits after
+    (``vmovd``, ``vpmovzxbw``, ``vpbroadcastq``) is two shuffles a row where this is one,
+    and the AVX2 tiles' k-loops are bound by their shuffles and vpmaddwd."""
+    i8x32 = ir.VectorType(ir.IntType(8), 32)
+    word = b.bitcast(load_row(b, ref, index, dim, 4), ir.IntType(32))
+    spread = [v for n in range(16) for v in (n % 4, -128)]  # word n: byte n % 4, then a zero
+    pshufb = declare(b.module, "llvm.x86.avx2.pshuf.b", i8x32, [i8x32, i8x32])
+    words = b.call(pshufb, [b.bitcast(splat(b, word, 8), i8x32), ir.Constant(i8x32, spread)])
+    return b.bitcast(words, ir.VectorType(ir.IntType(16), 16))
+
+
 def _pair_sums(b: ir.IRBuilder, ref, index, dim: int, chunks: list) -> ir.Value:
     """``vpmaddwd`` of four u8 of ``ref`` (from ``index`` along ``dim``), zero-extended and
-    repeated for four rows, with each chunk: 32 i32 pair sums. Chunk r holds rows 4r..4r+3;
-    lane m of its result is row 4r + m//2, pair m%2, so lane n of the joined result is row
-    n//2."""
+    repeated for four rows (``_widened_a``), with each chunk: 32 i32 pair sums. Chunk r holds
+    rows 4r..4r+3; lane m of its result is row 4r + m//2, pair m%2, so lane n of the joined
+    result is row n//2."""
     i16x16, i32x8 = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 8)
     pmadd = declare(b.module, "llvm.x86.avx2.pmadd.wd", i32x8, [i16x16, i16x16])
-    a4 = b.zext(load_row(b, ref, index, dim, 4), ir.VectorType(ir.IntType(16), 4))
-    a16 = shuffle(b, a4, None, [k for _ in range(4) for k in range(4)])  # a, 4 rows' worth
+    a16 = _widened_a(b, ref, index, dim)  # a, 4 rows' worth
     return concat(b, [b.call(pmadd, [a16, chunk]) for chunk in chunks])
 
 
@@ -486,8 +500,9 @@ class DotU8I8I32_2x16x4(Emitter):
     """c (2x16) += a (2x4) @ b (16x4)^T in u8 x i8 -> i32, exactly: the 16x4 dot for two rows of
     A at once. b's block is loaded and widened to i16 once per step and feeds both rows'
     ``vpmaddwd``; each row keeps 32 pair sums (four ymm registers), folded into c once, in
-    ``store_acc``. With the widened block (four registers) and a row's broadcast operand
-    that is 13 of the 16 ymm registers; a third row would spill."""
+    ``store_acc``. With the widened block (four registers), a row's broadcast operand and
+    the ``vpshufb`` mask that widens it (``_widened_a``) that is 14 of the 16 ymm registers,
+    and a ``vpmaddwd`` result is the 15th; a third row would spill."""
 
     rows = 2
     operands = ("c", "a", "b")

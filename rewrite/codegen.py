@@ -88,6 +88,30 @@ def const(dtype: str, value) -> ir.Constant:
 # the target
 
 
+_cpu: Optional[str] = None  # a CPU named by ``generate_for``, else None: this one
+
+
+def generate_for(cpu: Optional[str]) -> None:
+    """Generate code from now on for the CPU LLVM calls ``cpu`` (``"znver3"``), with that
+    CPU's own features and registers, instead of for this one; None goes back to this CPU.
+    For measuring here what another CPU's code does, such as the AVX2 code a Zen 3 gets on
+    an AVX-512 host, where LLVM compiling for the host gives even the AVX2 intrinsics'
+    IR the 32 vector registers, EVEX forms and ``vpdpwssd`` of AVX-512
+    (``rewrite.tools.on_cpu``). Every instruction of the named CPU must run on this one.
+    Call it before anything is compiled: code already linked into the process stays as it
+    was. Compiled code is cached apart for each CPU (``target_id``)."""
+    global _cpu
+    _cpu = cpu
+    target_machine.cache_clear()
+    target_id.cache_clear()
+
+
+def _cpu_and_features() -> tuple[str, str]:
+    if _cpu is not None:
+        return _cpu, ""  # LLVM's features of that CPU
+    return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+
+
 @functools.lru_cache(maxsize=None)
 def target_machine() -> llvm.TargetMachine:
     """This CPU by name *and* features: without features LLVM falls back to generic x86-64
@@ -95,16 +119,15 @@ def target_machine() -> llvm.TargetMachine:
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     target = llvm.Target.from_triple(llvm.get_process_triple())
-    return target.create_target_machine(cpu=llvm.get_host_cpu_name(),
-                                        features=llvm.get_host_cpu_features().flatten(),
+    cpu, features = _cpu_and_features()
+    return target.create_target_machine(cpu=cpu, features=features,
                                         opt=3, codemodel="jitdefault", jit=True)
 
 
 @functools.lru_cache(maxsize=None)
 def target_id() -> str:
     """What compiled code depends on besides the program; part of every cache key."""
-    return "|".join((llvm.get_process_triple(), llvm.get_host_cpu_name(),
-                     llvm.get_host_cpu_features().flatten(), f"llvmlite-{llvmlite.__version__}"))
+    return "|".join((llvm.get_process_triple(), *_cpu_and_features(), f"llvmlite-{llvmlite.__version__}"))
 
 
 def new_module(name: str) -> ir.Module:

@@ -10,11 +10,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 
 from intrinsics import host_features
-from rewrite import calls, lower, runtime
+from rewrite import calls, codegen, lower, runtime, target
 from rewrite.inputs import random_args
 from rewrite.interp import run
 from rewrite.ir import Accumulate, Unary, is_float, numpy_dtype, stmt_exprs, walk_expr, walk_stmts
 from rewrite.script import parse, show
+from rewrite.tools import intrinsic_bench
 from .strategies import programs
 
 
@@ -414,6 +415,23 @@ def test_emit_llvm_is_vectorised_for_this_cpu():
 
 def test_emit_asm_uses_fma():
     assert "vfmadd" in runtime.emit_asm(parse(MATMUL))
+
+
+@pytest.mark.skipif(target.host_arch() != "x86", reason="compiles for an x86 CPU")
+def test_code_generated_for_a_named_cpu():
+    # Zen 3's code (AVX2 and FMA, 16 vector registers), as an AVX2 host compiles it, on any
+    # x86 host (compiled, not run): no 512-bit register and none past ymm15; the cache key
+    # names the CPU; None goes back to this CPU
+    host = codegen.target_id()
+    try:
+        codegen.generate_for("znver3")
+        assert codegen.target_id() != host and "znver3" in codegen.target_id()
+        asm = runtime.emit_asm(parse(MATMUL))
+        assert "vfmadd" in asm and not re.search(r"%zmm|%ymm(1[6-9]|2\d|3[01])", asm)
+        assert not intrinsic_bench._zmm()  # the FMA peak is then measured on 8 lanes
+    finally:
+        codegen.generate_for(None)
+    assert codegen.target_id() == host
 
 
 def test_op_count_and_reduction_length():

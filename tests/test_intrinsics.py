@@ -410,6 +410,35 @@ def test_int8_tile_reads_c_after_its_kloop():
     assert _count(r"prefetch|vpaddd", body) == 0
 
 
+@pytest.mark.parametrize("name, rows", [("x86.dot.u8i8i32.16x4", 1), ("x86.mm.u8i8i32.2x16x4", 2)])
+def test_avx2_int8_kloop_widens_a_with_one_shuffle_a_row(name, rows):
+    # compiled for Zen 3 (AVX2, 16 vector registers; not run), so every host checks it: each
+    # row's four bytes of a are one vpbroadcastd from memory and one vpshufb, not vmovd,
+    # vpmovzxbw and vpbroadcastq; b's block is four vpmovsxbw for all rows; nothing spills
+    body, _ = _kloop_assembly(name, "znver3", {"c": (16, 1) if rows > 1 else (1,), "a": (1024, 1) if rows > 1 else (1,),
+                                               "b": (4, 1)}, {"a": 4, "b": 64}, "vpmaddwd")
+    assert _count(r"vpmaddwd", body) == 4 * rows and _count(r"vpaddd", body) == 4 * rows
+    assert _count(r"vpbroadcastd\s+[^,]*\(", body) == rows and _count(r"vpshufb", body) == rows
+    assert _count(r"vpmovsxbw\s+[^,]*\(", body) == 4
+    assert _count(r"vpmovzxbw|vpbroadcastq|vmovd\s|%rsp|%ymm(1[6-9]|2\d|3[01])", body) == 0
+
+
+@pytest.mark.parametrize("name", on_isa("x86.mm.u8i8i32.2x16x4"))
+def test_avx2_int8_tile_kloop_is_exact(name):
+    # every byte of a at its own value (a shuffle that mixed a's bytes or rows, or dropped the
+    # zero extension, would show), and the extremes 255 * -128 four times at the first step
+    rng = np.random.default_rng(4)
+    k = 45
+    a = rng.integers(0, 256, (2, 4 * k), dtype=np.uint8)  # row-major A: a step moves 4 bytes
+    b = rng.integers(-128, 128, (k, 16, 4), dtype=np.int8)  # B in 64-byte blocks
+    a[:, :4], b[0] = 255, -128
+    c = rng.integers(-1000, 1000, (2, 16)).astype(np.int32)
+    want = c + np.einsum("isq,sjq->ij", a.reshape(2, k, 4).astype(np.int64), b.astype(np.int64))
+    fn = kloop(name, {"c": (16, 1), "a": (4 * k, 1), "b": (4, 1)}, {"a": 4, "b": 64})
+    fn(pointers(c, a, b), k, 1)
+    np.testing.assert_array_equal(c, want.astype(np.int32))
+
+
 @pytest.mark.parametrize("name", sorted(CPU_WITH))
 def test_native_emitter_uses_its_instruction(name):
     # compiled for a CPU that has the ISA (not run), so hosts without it check the emitter too

@@ -1,0 +1,36 @@
+"""Run a tensorize module with its code generated for another CPU, one this machine runs the
+instructions of: what that CPU's compiler output does, measured here.
+
+    python -m rewrite.tools.on_cpu znver3 rewrite.cli bench FILE... --target x86-avx2 --jobs 1
+    python -m rewrite.tools.on_cpu znver3 rewrite.cli intrinsics --target x86-avx2 --bench
+    python -m rewrite.tools.on_cpu znver3 rewrite.tools.polybench_bench --target x86-avx2
+
+On an AVX-512 host, ``--target x86-avx2`` restricts the library to the AVX2 intrinsics, but
+LLVM still compiles for the host: their k-loops get the registers only AVX-512 names
+(ymm16-ymm31), EVEX encodings, and the int8 tiles' ``vpmaddwd`` + ``vpaddd`` become one
+AVX-512 VNNI ``vpdpwssd``. Generated for ``znver3`` (AVX2 and FMA, 16 vector registers) the
+code is what an AVX2 host compiles, run on this host's cores and caches. The CPU is set
+in this process only: ``bench`` needs ``--jobs 1`` (its worker processes would compile for
+the host).
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+from .. import codegen
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) < 2:
+        raise SystemExit("usage: python -m rewrite.tools.on_cpu CPU MODULE [ARGS...]")
+    cpu, module, *rest = argv
+    codegen.generate_for(cpu)
+    sys.argv = [module, *rest]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
