@@ -631,3 +631,14 @@ def test_only_a_block_nothing_else_in_the_loop_touches_is_carried():
         text = runtime.emit_llvm(parse(text), optimized=False)
         return len(re.findall(r'^"?kloop\.end[\w.]*"?:', text, re.M))
     assert kloops(CARRIED) > kloops(CARRIED_READ) > 0
+
+
+def test_code_for_another_cpu_is_refused_where_this_machine_lacks_its_instructions(monkeypatch):
+    from rewrite.tools import on_cpu
+
+    with pytest.raises(SystemExit, match="no CPU 'pentium4'"):
+        on_cpu.main(["pentium4", "rewrite.cli"])
+    monkeypatch.setattr(on_cpu, "host_features", lambda: frozenset({"avx2", "fma", "bmi2"}))
+    with pytest.raises(SystemExit, match=r"znver4's code would use .*avx512f.*which this machine lacks"):
+        on_cpu.main(["znver4", "rewrite.cli"])
+    assert codegen._cpu is None  # nothing was generated for it

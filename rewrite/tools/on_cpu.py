@@ -20,6 +20,18 @@ import runpy
 import sys
 
 from .. import codegen
+from ..target import host_features
+
+# The CPUs this tool generates for, with the vector features LLVM gives each one's code: a
+# CPU whose code would use an instruction this machine lacks is refused (it would die on the
+# first one) rather than run.
+CPUS = {
+    "haswell": {"avx2", "fma", "bmi2"},
+    "znver3": {"avx2", "fma", "bmi2"},
+    "skylake-avx512": {"avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl"},
+    "znver4": {"avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl",
+               "avx512vnni", "avx512bf16"},
+}
 
 
 def main(argv=None) -> None:
@@ -27,6 +39,12 @@ def main(argv=None) -> None:
     if len(argv) < 2:
         raise SystemExit("usage: python -m rewrite.tools.on_cpu CPU MODULE [ARGS...]")
     cpu, module, *rest = argv
+    if cpu not in CPUS:
+        raise SystemExit(f"on_cpu: no CPU {cpu!r} here (one of {', '.join(sorted(CPUS))})")
+    missing = CPUS[cpu] - host_features()
+    if missing:
+        raise SystemExit(f"on_cpu: {cpu}'s code would use {', '.join(sorted(missing))}, "
+                         f"which this machine lacks")
     codegen.generate_for(cpu)
     sys.argv = [module, *rest]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
