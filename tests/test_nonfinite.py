@@ -129,7 +129,9 @@ def test_integer_strassen_needs_no_guard():
     assert not _guards(result.func) and not any(b.name.startswith("st_fin") for b in result.func.allocs)
 
 
-def test_the_guarded_branches_stay_parallel_and_agree_with_serial():
+def test_the_guarded_branches_stay_parallel_and_agree_with_serial(monkeypatch):
+    # the 128 x 128 passes (32 768 operations) count as parallel work whatever the threshold
+    monkeypatch.setattr(lower, "MIN_PARALLEL_OPS", 1 << 15)
     func = parse(matmul_source(128))
     result = tensorize(func, AVX2, strassen=1)
     plan = lower.lower(result.func)
