@@ -232,12 +232,6 @@ def test_output_is_never_packed():
 # pack-panel: one tile's B over the whole reduction, contiguous
 
 
-def _nn(m: int, n: int, k: int):
-    return parse(f"@prim_func\ndef nn(A: f32[{m}, {k}], B: f32[{k}, {n}], C: f32[{m}, {n}]):\n"
-                 f"    for i, j, k in grid({m}, {n}, {k}):\n"
-                 f"        C[i, j] += A[i, k] * B[k, j]\n")
-
-
 def _moves(w: ir.Window, var: str) -> int:
     """Elements between the windows of two calls one apart along loop ``var``."""
     from rewrite.analysis import affine
