@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, TypeVar, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TypeVar, Union
 
 if TYPE_CHECKING:  # a call holds its descriptor; the descriptor module builds on this one
     from .descriptor import Descriptor
@@ -374,6 +374,13 @@ def band(s: Stmt) -> tuple[list["For"], Stmt]:
     return loops, s
 
 
+def wrap(loops: Sequence["For"], body: Stmt) -> Stmt:
+    """``body`` inside loops like ``loops`` (outermost first): the inverse of ``band``."""
+    for lp in reversed(loops):
+        body = For(lp.var, lp.start, lp.stop, body)
+    return body
+
+
 def stmts_of(s: Stmt) -> tuple[Stmt, ...]:
     """The statements of a body, whether it is a ``Seq`` or a single statement."""
     return s.stmts if isinstance(s, Seq) else (s,)
@@ -467,6 +474,11 @@ def buffers_of(s: Stmt) -> list[Buffer]:
         for e in stmt_exprs(x):
             found += [ld.buffer for ld in loads_of(e)]
     return found
+
+
+def mentions(s: Stmt, name: str) -> bool:
+    """Whether ``s`` (or a statement inside it) reads or writes buffer ``name``."""
+    return any(b.name == name for b in buffers_of(s))
 
 
 def written_by(s: Stmt) -> frozenset[str]:

@@ -44,7 +44,7 @@ from .affine import affine
 from .calls import expand_calls, op_count
 from .ir import (INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load, PrimFunc, Seq,
                  Stmt, Store, Unary, Var, Window, band, children, is_float, loads_of, seq, stmts_of,
-                 walk_expr, with_children, substitute_stmt, walk_stmts, written_by)
+                 walk_expr, with_children, substitute_stmt, walk_stmts, wrap, written_by)
 
 # Below this many arithmetic operations a loop runs on the calling thread: waking the
 # workers and joining them costs a few microseconds, which such a loop does not repay (a
@@ -395,7 +395,7 @@ def _reorder(func: PrimFunc, position: int, s: Stmt) -> list[Stmt]:
     if not loops:
         return [s]
     groups = stmts_of(body)
-    nests = [_wrap(loops, g) for g in groups] if len(groups) > 1 else [s]
+    nests = [wrap(loops, g) for g in groups] if len(groups) > 1 else [s]
     better = [_best_order(func, n) for n in nests]
     if all(b is None for b in better):
         return [s]
@@ -439,13 +439,7 @@ def _interleave(s: Stmt) -> Stmt:
                for b, i in loads):
         return s
     rows = [substitute_stmt(body, {inner.var: Const(v, INDEX)}) for v in range(inner.start, inner.stop)]
-    return _wrap(loops[:-1], seq(*rows))
-
-
-def _wrap(loops: list[For], body: Stmt) -> Stmt:
-    for f in reversed(loops):
-        body = For(f.var, f.start, f.stop, body)
-    return body
+    return wrap(loops[:-1], seq(*rows))
 
 
 def _distributable(func: PrimFunc, position: int, depth: int) -> bool:
@@ -473,7 +467,7 @@ def _best_order(func: PrimFunc, nest: Stmt) -> Optional[Stmt]:
     alone = replace(func, body=nest)
     if not analysis.can_permute(alone, (0,), order, allow_reassociation=False):
         return None
-    return _wrap([loops[k] for k in order], body)
+    return wrap([loops[k] for k in order], body)
 
 
 def _innermost_cost(s: Stmt, var: str) -> int:

@@ -128,10 +128,6 @@ def tidy(stmts: list[Stmt], params: set[str], temps: set[str]) -> list[Stmt]:
     return fuse_sweeps(stmts)
 
 
-def _mentions(s: Stmt, name: str) -> bool:
-    return any(b.name == name for b in ir.buffers_of(s))
-
-
 def fold_fills(stmts: list[Stmt], buffers: set[str]) -> list[Stmt]:
     """fold-fill (module doc) on each fill of one of ``buffers``, repeatedly."""
     k = 0
@@ -149,7 +145,7 @@ def _fold_at(stmts: list[Stmt], k: int, buffers: set[str]) -> Optional[list[Stmt
     if fill is None:
         return None
     name = fill.buffer.name
-    later = [j for j in range(k + 1, len(stmts)) if _mentions(stmts[j], name)]
+    later = [j for j in range(k + 1, len(stmts)) if ir.mentions(stmts[j], name)]
     if not later:
         return None
     j = later[0]
@@ -161,7 +157,7 @@ def _fold_at(stmts: list[Stmt], k: int, buffers: set[str]) -> Optional[list[Stmt
     if any(ir.written_by(s) & inputs for s in stmts[k + 1:j + 1]):
         return None
     value = Binary("+", _own(fill.at(leaf.indices), fill.buffer), leaf.value)
-    return stmts[:k] + stmts[k + 1:j] + [_wrap(loops, Store(leaf.buffer, leaf.indices, value))] + \
+    return stmts[:k] + stmts[k + 1:j] + [ir.wrap(loops, Store(leaf.buffer, leaf.indices, value))] + \
         stmts[j + 1:]
 
 
@@ -186,7 +182,7 @@ def _fill(s: Stmt, k: int, buffers: set[str]) -> Optional[Producer]:
     stand_in = _self(leaf.buffer)
     value = ir.map_loads(leaf.value, lambda x: Load(stand_in, x.indices)
                          if x.buffer.name == leaf.buffer.name else x)
-    found = producer(_wrap(loops, Store(leaf.buffer, leaf.indices, value)), k, buffers)
+    found = producer(ir.wrap(loops, Store(leaf.buffer, leaf.indices, value)), k, buffers)
     return found
 
 
@@ -210,15 +206,9 @@ def _accumulation(s: Stmt, buffers: set[str]) -> Optional[tuple[list[For], Accum
     if not isinstance(leaf, Accumulate):
         return None
     # the same conditions as a fill's, on the statement read as a store
-    if producer(_wrap(loops, Store(leaf.buffer, leaf.indices, leaf.value)), 0, buffers) is None:
+    if producer(ir.wrap(loops, Store(leaf.buffer, leaf.indices, leaf.value)), 0, buffers) is None:
         return None
     return loops, leaf
-
-
-def _wrap(loops: Sequence[For], body: Stmt) -> Stmt:
-    for lp in reversed(loops):
-        body = For(lp.var, lp.start, lp.stop, body)
-    return body
 
 
 def _is_copy(e: Expr) -> bool:
@@ -242,7 +232,7 @@ def produce_into_copies(stmts: list[Stmt], temps: set[str]) -> list[Stmt]:
     """produce-into-copy (module doc) on the temporaries ``temps`` no ``if`` mentions."""
     def into(fill: Producer, later: list[Stmt]) -> bool:
         name = fill.buffer.name
-        readers = [r for r in later if _mentions(r, name)]
+        readers = [r for r in later if ir.mentions(r, name)]
         return bool(readers) and all(_copy_of(r, name) for r in readers) and \
             _reads(readers, name) <= fill.buffer.size
 

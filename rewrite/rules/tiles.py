@@ -82,7 +82,7 @@ def fill_into_tiles(stmts: list[Stmt], buffers: set[str]) -> list[Stmt]:
     while k < len(stmts):
         fill = _constant_fill(stmts[k], k, buffers)
         later = [] if fill is None else \
-            [j for j in range(k + 1, len(stmts)) if _mentions(stmts[j], fill.buffer.name)]
+            [j for j in range(k + 1, len(stmts)) if ir.mentions(stmts[j], fill.buffer.name)]
         tiled = _tiled(stmts[later[0]], fill) if later else None
         if tiled is None:
             k += 1
@@ -90,10 +90,6 @@ def fill_into_tiles(stmts: list[Stmt], buffers: set[str]) -> list[Stmt]:
         j = later[0]
         stmts = stmts[:k] + stmts[k + 1:j] + [tiled] + stmts[j + 1:]
     return stmts
-
-
-def _mentions(s: Stmt, name: str) -> bool:
-    return any(b.name == name for b in ir.buffers_of(s))
 
 
 def _constant_fill(s: Stmt, k: int, buffers: set[str]) -> Optional[Producer]:
@@ -128,17 +124,17 @@ def _tiled(nest: Stmt, fill: Producer) -> Optional[Stmt]:
     shape = call.intrinsic.output.shape
     tile_fill = _fill(out, shape, fill.value, _names({lp.var for lp in loops}, len(shape)))
     if p < 0:  # each tile is one call
-        return _wrap(loops, ir.seq(tile_fill, call))
+        return ir.wrap(loops, ir.seq(tile_fill, call))
     outer, r, rest = loops[:p], loops[p], loops[p + 1:]
     t_in = [lp for lp in rest if lp.var in tile]
     r_in = [lp for lp in rest if lp.var not in tile]
     if not t_in:  # the reductions run back to back for each tile: fill, then all of them
-        return _wrap(outer, ir.seq(tile_fill, _wrap(loops[p:], call)))
-    first = _wrap(t_in, ir.seq(tile_fill, _wrap(r_in, _at(call, r.var, r.start))))
+        return ir.wrap(outer, ir.seq(tile_fill, ir.wrap(loops[p:], call)))
+    first = ir.wrap(t_in, ir.seq(tile_fill, ir.wrap(r_in, _at(call, r.var, r.start))))
     if r.extent == 1:
-        return _wrap(outer, first)
-    others = For(r.var, r.start + 1, r.stop, _wrap(rest, call))
-    return _wrap(outer, ir.seq(first, others))
+        return ir.wrap(outer, first)
+    others = For(r.var, r.start + 1, r.stop, ir.wrap(rest, call))
+    return ir.wrap(outer, ir.seq(first, others))
 
 
 def _box(w: ir.Window, shape: Sequence[int]) -> Optional[list[tuple[int, int]]]:
@@ -211,10 +207,4 @@ def _at(call: Call, var: str, value: int) -> Call:
 
     return replace(call, operands=tuple(
         (n, replace(w, base=tuple(index(e) for e in w.base))) for n, w in call.operands))
-
-
-def _wrap(loops: Sequence[For], body: Stmt) -> Stmt:
-    for lp in reversed(loops):
-        body = For(lp.var, lp.start, lp.stop, body)
-    return body
 

@@ -109,12 +109,7 @@ def split(s: Stmt) -> Optional[list]:
     if not _writes_each_element_once(s):
         return None  # an element overwritten by later iterations keeps only the last value
 
-    def nest(body: Stmt) -> Stmt:
-        for lp in reversed(loops):
-            body = For(lp.var, lp.start, lp.stop, body)
-        return body
-
-    acc = as_nest(nest(Accumulate(leaf.buffer, leaf.indices, update)))
+    acc = as_nest(ir.wrap(loops, Accumulate(leaf.buffer, leaf.indices, update)))
     if acc is None:
         return None
-    return [nest(Store(leaf.buffer, leaf.indices, src)), acc]
+    return [ir.wrap(loops, Store(leaf.buffer, leaf.indices, src)), acc]
