@@ -74,7 +74,7 @@ class Producer:
 # index rewriting
 
 
-def _substituted(index: Expr, values: dict[str, Expr]) -> Expr:
+def substituted_index(index: Expr, values: dict[str, Expr]) -> Expr:
     """``index`` with loop variables replaced, written canonically if it changed and is affine
     (``i + 1 - 1`` -> ``i``); an index the substitution leaves alone keeps its text."""
     new = ir.substitute(index, values)
@@ -111,7 +111,7 @@ def _rewrite(e: Expr, values: dict[str, Expr]) -> Expr:
     if isinstance(e, Var):
         return values.get(e.name, e)
     if isinstance(e, Load):
-        return Load(e.buffer, tuple(_substituted(i, values) for i in e.indices))
+        return Load(e.buffer, tuple(substituted_index(i, values) for i in e.indices))
     kids = ir.children(e)
     return ir.with_children(e, tuple(_rewrite(k, values) for k in kids)) if kids else e
 

@@ -60,7 +60,7 @@ from .. import ir
 from ..affine import Affine, affine
 from ..ir import Call, Const, For, Stmt, Store
 from ..match import affine_expr
-from .fusion import Producer, producer
+from .fusion import Producer, producer, substituted_index
 from .tidy import passes_cost
 
 
@@ -198,13 +198,8 @@ def _fill(w: ir.Window, shape: Sequence[int], value: Const, names: list[str]) ->
 
 def _at(call: Call, var: str, value: int) -> Call:
     """``call`` with loop ``var`` fixed at ``value``, its indices written canonically."""
-    def index(e: ir.Expr) -> ir.Expr:
-        m = affine(e)
-        if m is None or not m.coeff(var):
-            return ir.substitute(e, {var: Const(value, ir.INDEX)})
-        return affine_expr(Affine(tuple(t for t in m.terms if t[0] != var),
-                                  m.const + m.coeff(var) * value))
-
+    at = {var: Const(value, ir.INDEX)}
     return replace(call, operands=tuple(
-        (n, replace(w, base=tuple(index(e) for e in w.base))) for n, w in call.operands))
+        (n, replace(w, base=tuple(substituted_index(e, at) for e in w.base)))
+        for n, w in call.operands))
 
