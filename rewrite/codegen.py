@@ -301,11 +301,11 @@ class _BodyEmitter:
             carried[2] = emitter.step(self.b, {**self._refs(s), s.output: out}, acc)
             return
         emitter, refs = self.emitters(s.intrinsic), self._refs(s)
-        value = self.fresh.pop(id(s), None)
-        if value is None:
+        if id(s) not in self.fresh:
             emitter.emit(self.b, refs)
-        else:
-            emitter.store_fresh(self.b, refs, emitter.step(self.b, refs, emitter.fresh_acc(self.b, refs)), value)
+            return
+        acc, value = self._load(emitter, s, refs)
+        self._store(emitter, refs, emitter.step(self.b, refs, acc), value)
 
     def _refs(self, s: Call) -> dict[str, Ref]:
         return {name: Ref(self.address(w.buffer, w.base), w.buffer.dtype, w.strides)
@@ -380,14 +380,25 @@ class _BodyEmitter:
             self.vars[s.var] = self.b.add(k, start, flags=("nsw",))
             return emitter.step(self.b, {**self._refs(call), call.output: first[call.output]}, acc)
 
-        value = self.fresh.pop(id(call), None)
-        acc = emitter.load_acc(self.b, first) if value is None else emitter.fresh_acc(self.b, first)
+        acc, value = self._load(emitter, call, first)
         acc = phi_loop(self.b, ir.Constant(_I64, s.extent), acc, step, getattr(emitter, "unroll", 1))
-        if value is None:
-            emitter.store_acc(self.b, first, acc)
-        else:
-            emitter.store_fresh(self.b, first, acc, value)
+        self._store(emitter, first, acc, value)
         del self.vars[s.var]
+
+    def _load(self, emitter: Emitter, call: Call, ops: dict[str, Ref]) -> tuple:
+        """``(accumulators, constant)`` for ``call``: loaded from its output block, or, where
+        a fill just put a constant there (``_fresh``), started from that constant."""
+        value = self.fresh.pop(id(call), None)
+        if value is None:
+            return emitter.load_acc(self.b, ops), None
+        return emitter.fresh_acc(self.b, ops), value
+
+    def _store(self, emitter: Emitter, ops: dict[str, Ref], acc, value) -> None:
+        """Store ``acc`` as ``_load`` started it: into the block, or over the constant."""
+        if value is None:
+            emitter.store_acc(self.b, ops, acc)
+        else:
+            emitter.store_fresh(self.b, ops, acc, value)
 
     # -- accumulators carried through loops that hold other statements too --------
 
@@ -438,17 +449,12 @@ class _BodyEmitter:
             w = c.window(c.output)
             emitter = self.emitters(c.intrinsic)
             out = Ref(self.address(w.buffer, w.base), w.buffer.dtype, w.strides)
-            values[id(c)] = value = self.fresh.pop(id(c), None)
-            acc = emitter.load_acc(self.b, {c.output: out}) if value is None else \
-                emitter.fresh_acc(self.b, {c.output: out})
+            acc, values[id(c)] = self._load(emitter, c, {c.output: out})
             self.carried[id(c)] = [emitter, out, acc]
         self.thread_loop(s)
         for c in calls:
             emitter, out, acc = self.carried.pop(id(c))
-            if values[id(c)] is None:
-                emitter.store_acc(self.b, {c.output: out}, acc)
-            else:
-                emitter.store_fresh(self.b, {c.output: out}, acc, values[id(c)])
+            self._store(emitter, {c.output: out}, acc, values[id(c)])
 
     def thread_loop(self, s: For) -> None:
         """``s`` with the accumulators of the carried calls inside it in phi nodes; as many
