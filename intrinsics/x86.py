@@ -143,8 +143,7 @@ class MmF32(Emitter):
 
     def load_acc(self, b, ops):
         _prefetch_rows(b, ops["c"], self.rows, self.width * self.halves)
-        zero = ir.Constant(ir.VectorType(ir.FloatType(), self.width), [-0.0] * self.width)
-        return [[zero] * self.halves for _ in range(self.rows)]
+        return self.fresh_acc(b, ops)
 
     def step(self, b, ops, acc):
         w = self.width
@@ -156,11 +155,7 @@ class MmF32(Emitter):
         return out
 
     def store_acc(self, b, ops, acc):
-        w = self.width
-        for i in range(self.rows):
-            for h in range(self.halves):
-                c = load_row(b, ops["c"], (i, w * h), 1, w)
-                store_row(b, ops["c"], (i, w * h), 1, b.fadd(c, acc[i][h]))
+        self._added(b, ops, acc, None)
 
     # A block filled with a constant just before (the first reduction block of ``C = 0;
     # C += A @ B``, ``rules/tiles.py``) is neither prefetched nor read: the constant is
@@ -172,11 +167,15 @@ class MmF32(Emitter):
         return [[zero] * self.halves for _ in range(self.rows)]
 
     def store_fresh(self, b, ops, acc, value):
+        self._added(b, ops, acc, splat(b, value, self.width))
+
+    def _added(self, b, ops, acc, c) -> None:
+        """c's block (``c`` for each of its vectors, if given) plus ``acc``, stored into c."""
         w = self.width
-        c = splat(b, value, w)
         for i in range(self.rows):
             for h in range(self.halves):
-                store_row(b, ops["c"], (i, w * h), 1, b.fadd(c, acc[i][h]))
+                old = load_row(b, ops["c"], (i, w * h), 1, w) if c is None else c
+                store_row(b, ops["c"], (i, w * h), 1, b.fadd(old, acc[i][h]))
 
 
 @intrinsic("x86.mm.f32.6x16x1", isa=AVX2_FMA, cost=6.0, emitter=MmF32(rows=6, width=8),
@@ -582,8 +581,7 @@ class VnniMmU8I8I32_8x32x4(Emitter):
 
     def load_acc(self, b, ops):
         _prefetch_rows(b, ops["c"], self.rows, 16 * self.halves)
-        zero = ir.Constant(self.I32X16, [0] * 16)
-        return [[zero] * self.halves for _ in range(self.rows)]
+        return self.fresh_acc(b, ops)
 
     def step(self, b, ops, acc):
         dpbusd = declare(b.module, "llvm.x86.avx512.vpdpbusd.512", self.I32X16,
@@ -597,10 +595,7 @@ class VnniMmU8I8I32_8x32x4(Emitter):
         return out
 
     def store_acc(self, b, ops, acc):
-        for i in range(self.rows):
-            for h in range(self.halves):
-                c = load_row(b, ops["c"], (i, 16 * h), 1, 16)
-                store_row(b, ops["c"], (i, 16 * h), 1, b.add(c, acc[i][h]))
+        self._added(b, ops, acc, None)
 
     # as MmF32's: a block just filled with a constant is neither prefetched nor read
     starts_fresh = True
@@ -610,10 +605,14 @@ class VnniMmU8I8I32_8x32x4(Emitter):
         return [[zero] * self.halves for _ in range(self.rows)]
 
     def store_fresh(self, b, ops, acc, value):
-        c = splat(b, value, 16)
+        self._added(b, ops, acc, splat(b, value, 16))
+
+    def _added(self, b, ops, acc, c) -> None:
+        """c's block (``c`` for each of its vectors, if given) plus ``acc``, stored into c."""
         for i in range(self.rows):
             for h in range(self.halves):
-                store_row(b, ops["c"], (i, 16 * h), 1, b.add(c, acc[i][h]))
+                old = load_row(b, ops["c"], (i, 16 * h), 1, 16) if c is None else c
+                store_row(b, ops["c"], (i, 16 * h), 1, b.add(old, acc[i][h]))
 
 
 # 1024 multiply-adds in 16 vpdpbusd, 2 block loads and 8 broadcasts, where 16 dots need 16
