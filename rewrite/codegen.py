@@ -843,23 +843,26 @@ class _ProbedAttributes(ir.FunctionAttributes):
         return super()._to_list(ret_type) + ['"probe-stack"="inline-asm"']
 
 
-def caller_layout(func) -> Optional[dict]:
+def caller_layout(func, filled: Optional[frozenset] = None) -> Optional[dict]:
     """What ``symbol.call`` compiled for ``func`` checks and builds: each buffer's shape,
     byte strides, byte size and whether the kernel writes it; each temporary's byte offset
     in the stack block, size and whether it is zeroed first; the block's size. None when
-    the kernel gets no caller (see ``CALLER_MAX_*``)."""
+    the kernel gets no caller (see ``CALLER_MAX_*``). ``filled``: the temporaries the
+    program fills before reading them (``analysis.filled_before_read``), if known."""
     from .analysis import filled_before_read
 
     params = func.params
     if not params or len(params) > CALLER_MAX_BUFFERS:
         return None
-    filled = filled_before_read(func) if func.allocs else frozenset()
-    temps, top = [], 0
+    offsets, top = [], 0
     for t in func.allocs:
-        temps.append((top, t.nbytes, t.name not in filled))
+        offsets.append(top)
         top += -(-max(t.nbytes, 1) // TEMPORARY_ALIGNMENT) * TEMPORARY_ALIGNMENT
     if top > CALLER_MAX_TEMPORARY_BYTES:
         return None
+    if filled is None:
+        filled = filled_before_read(func) if func.allocs else frozenset()
+    temps = [(at, t.nbytes, t.name not in filled) for at, t in zip(offsets, func.allocs)]
     written = func.written
     return {"buffers": [(tuple(b.shape), tuple(s * itemsize(b.dtype) for s in b.strides),
                          b.nbytes, b.name in written) for b in params],

@@ -333,13 +333,14 @@ class Kernel:
         self._local = threading.local()  # see _with_temporaries
         self._native = self._block = None  # see _native_call
         if compiled.caller and native_calls():
-            self._native_call(compiled.caller)
+            self._native_call(compiled.caller, filled)
 
-    def _native_call(self, address: int) -> None:
+    def _native_call(self, address: int, filled: frozenset) -> None:
         """Make ``_native``, the builtin function of ``codegen.add_caller``'s code bound to
         ``_block`` (its ``CALLER_*`` slots: this process's addresses), when what that code
-        checks is what the Python path checks; else leave it None."""
-        layout = codegen.caller_layout(self.func)
+        checks is what the Python path checks; else leave it None. ``filled``: what
+        ``analysis.filled_before_read`` gave for the kernel's function."""
+        layout = codegen.caller_layout(self.func, filled)
         expected = [(b.shape, strides, b.size * d.itemsize, written)
                     for b, d, strides, written in zip(self._params, self._dtypes, self._strides,
                                                       self._written)]
