@@ -309,17 +309,21 @@ def test_dot_kloop_is_exact(name):
     np.testing.assert_array_equal(c, want)
 
 
-@needs_isa("x86.avx512vnni.mm.u8i8i32.8x32x4")
-def test_int8_tile_kloop_is_exact():
-    rng = np.random.default_rng(3)
-    k = 40
-    a = rng.integers(0, 256, (8, 4 * k), dtype=np.uint8)  # row-major A: a step moves 4 bytes
-    b = rng.integers(-128, 128, (k, 32, 4), dtype=np.int8)  # B in 128-byte blocks
+@pytest.mark.parametrize("name, k, seed", [
+    pytest.param("x86.avx512vnni.mm.u8i8i32.8x32x4", 40, 3,
+                 marks=needs_isa("x86.avx512vnni.mm.u8i8i32.8x32x4")),
+    pytest.param("x86.mm.u8i8i32.2x16x4", 45, 4, marks=needs_isa("x86.mm.u8i8i32.2x16x4"))])
+def test_int8_tile_kloop_is_exact(name, k, seed):
+    # every byte of a at its own value (a shuffle that mixed a's bytes or rows, or dropped the
+    # zero extension, would show), and the extremes 255 * -128 four times at the first step
+    rows, cols = intrinsics.get(name).output.shape
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, (rows, 4 * k), dtype=np.uint8)  # row-major A: a step moves 4 bytes
+    b = rng.integers(-128, 128, (k, cols, 4), dtype=np.int8)  # B in blocks of cols x 4 bytes
     a[:, :4], b[0] = 255, -128
-    c = rng.integers(-1000, 1000, (8, 32)).astype(np.int32)
-    want = c + np.einsum("isq,sjq->ij", a.reshape(8, k, 4).astype(np.int64), b.astype(np.int64))
-    fn = kloop("x86.avx512vnni.mm.u8i8i32.8x32x4", {"c": (32, 1), "a": (4 * k, 1), "b": (4, 1)},
-               {"a": 4, "b": 128})
+    c = rng.integers(-1000, 1000, (rows, cols)).astype(np.int32)
+    want = c + np.einsum("isq,sjq->ij", a.reshape(rows, k, 4).astype(np.int64), b.astype(np.int64))
+    fn = kloop(name, {"c": (cols, 1), "a": (4 * k, 1), "b": (4, 1)}, {"a": 4, "b": 4 * cols})
     fn(pointers(c, a, b), k, 1)
     np.testing.assert_array_equal(c, want.astype(np.int32))
 
@@ -421,22 +425,6 @@ def test_avx2_int8_kloop_widens_a_with_one_shuffle_a_row(name, rows):
     assert _count(r"vpbroadcastd\s+[^,]*\(", body) == rows and _count(r"vpshufb", body) == rows
     assert _count(r"vpmovsxbw\s+[^,]*\(", body) == 4
     assert _count(r"vpmovzxbw|vpbroadcastq|vmovd\s|%rsp|%ymm(1[6-9]|2\d|3[01])", body) == 0
-
-
-@pytest.mark.parametrize("name", on_isa("x86.mm.u8i8i32.2x16x4"))
-def test_avx2_int8_tile_kloop_is_exact(name):
-    # every byte of a at its own value (a shuffle that mixed a's bytes or rows, or dropped the
-    # zero extension, would show), and the extremes 255 * -128 four times at the first step
-    rng = np.random.default_rng(4)
-    k = 45
-    a = rng.integers(0, 256, (2, 4 * k), dtype=np.uint8)  # row-major A: a step moves 4 bytes
-    b = rng.integers(-128, 128, (k, 16, 4), dtype=np.int8)  # B in 64-byte blocks
-    a[:, :4], b[0] = 255, -128
-    c = rng.integers(-1000, 1000, (2, 16)).astype(np.int32)
-    want = c + np.einsum("isq,sjq->ij", a.reshape(2, k, 4).astype(np.int64), b.astype(np.int64))
-    fn = kloop(name, {"c": (16, 1), "a": (4 * k, 1), "b": (4, 1)}, {"a": 4, "b": 64})
-    fn(pointers(c, a, b), k, 1)
-    np.testing.assert_array_equal(c, want.astype(np.int32))
 
 
 @pytest.mark.parametrize("name", sorted(CPU_WITH))
