@@ -83,6 +83,7 @@ def peak_gflops() -> float:
         _peak = rate(iterations * _CHAINS[lanes] * lanes * 2, best)
     return _peak
 
+
 def _zmm() -> bool:
     """The code generator gives <16 x float> one 512-bit register (not so when it compiles
     for an AVX2 CPU: ``codegen.generate_for``)."""
