@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 import sysconfig
-import threading
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from rewrite import codegen, runtime
 from rewrite.inputs import random_args
 from rewrite.interp import run
 from rewrite.script import parse
-from .test_runtime import TEMPS
+from .test_runtime import TEMPS, on_two_threads
 
 SQ = """
 @prim_func
@@ -265,11 +264,7 @@ def test_temporaries_are_private_to_each_calling_thread():
             if not (np.array_equal(a["B"], want["B"]) and np.array_equal(a["C"], want["C"])):
                 errors.append(seed)
 
-    ts = [threading.Thread(target=worker, args=(s,)) for s in (1, 2)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    on_two_threads(worker)
     assert not errors
     assert k.native_runs == 600
 
@@ -300,11 +295,7 @@ def mm(A: f32[{n}, {n}], B: f32[{n}, {n}], C: f32[{n}, {n}]):
                 if not np.allclose(a["C"], want, rtol=1e-4, atol=1e-4):
                     errors.append(seed)
 
-        ts = [threading.Thread(target=worker, args=(s,)) for s in (1, 2)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        on_two_threads(worker)
         assert not errors
         assert k.native_runs == 80
         # refused calls reach the Python path (with a pool: once the pool's lock is let go)

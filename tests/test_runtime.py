@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -271,6 +272,15 @@ def t(A: f32[8, 6], B: f32[8, 6], C: f32[8, 6]):
 """
 
 
+def on_two_threads(worker) -> None:
+    """``worker(seed)`` run on two threads at once, with seeds 1 and 2; returns when both end."""
+    ts = [threading.Thread(target=worker, args=(seed,)) for seed in (1, 2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
 def test_temporaries_the_program_fills_first_keep_their_results_across_calls():
     """A temporary the program writes whole before reading it is not zeroed by the runtime
     (``analysis.filled_before_read``); one it reads first still starts at zero each call."""
@@ -350,25 +360,20 @@ def test_parallel_loops_are_chosen_by_the_dependence_analysis(mm):
 
 
 def test_many_parallel_calls_from_two_python_threads(mm):
-    import threading
 
     k = runtime.compile(mm, threads=2)
     a = arrays(mm)
     want = run(mm, **a)["C"]
     errors = []
 
-    def worker():
+    def worker(_seed):
         c = np.zeros((96, 72), np.float32)
         for _ in range(200):
             k(A=a["A"], B=a["B"], C=c)
             if not np.allclose(c, want, rtol=1e-5, atol=1e-5):
                 errors.append("mismatch")
 
-    ts = [threading.Thread(target=worker) for _ in range(2)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    on_two_threads(worker)
     assert not errors
 
 
@@ -377,8 +382,6 @@ def test_temporaries_are_private_to_each_calling_thread():
     serial kernel must not zero or fill each other's. The temporary is large so that one
     thread's zeroing overlaps the other's kernel (a shared temporary failed here about one
     call in forty)."""
-    import threading
-
     n = 1 << 20
     func = parse(f"""
 @prim_func
@@ -400,11 +403,7 @@ def t(A: f32[{n}], B: f32[{n}]):
             if not np.array_equal(a["B"], want):
                 errors.append(seed)
 
-    ts = [threading.Thread(target=worker, args=(s,)) for s in (1, 2)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    on_two_threads(worker)
     assert not errors
 
 
