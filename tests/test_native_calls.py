@@ -16,6 +16,7 @@ from rewrite.inputs import random_args
 from rewrite.interp import run
 from rewrite.script import parse
 from .test_runtime import TEMPS, on_two_threads
+from .test_runtime import private_cache  # noqa: F401 - its autouse fixture: a cache per test
 
 SQ = """
 @prim_func
@@ -25,12 +26,6 @@ def sq(A: f32[16, 16], B: f32[16, 16], C: f32[16, 16]):
         for k in range(16):
             C[i, j] += A[i, k] * B[k, j]
 """
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TENSORIZE_CACHE_DIR", str(tmp_path / "cache"))
-    runtime.clear_memory_cache()
 
 
 @pytest.fixture
