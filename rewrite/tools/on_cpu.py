@@ -34,17 +34,23 @@ CPUS = {
 }
 
 
+def _refuse(message: str) -> None:
+    """Bad input, as the command line says it: one line on stderr, exit status 2."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) < 2:
-        raise SystemExit("usage: python -m rewrite.tools.on_cpu CPU MODULE [ARGS...]")
+        _refuse("usage: python -m rewrite.tools.on_cpu CPU MODULE [ARGS...]")
     cpu, module, *rest = argv
     if cpu not in CPUS:
-        raise SystemExit(f"on_cpu: no CPU {cpu!r} here (one of {', '.join(sorted(CPUS))})")
+        _refuse(f"on_cpu: no CPU {cpu!r} here (one of {', '.join(sorted(CPUS))})")
     missing = CPUS[cpu] - host_features()
     if missing:
-        raise SystemExit(f"on_cpu: {cpu}'s code would use {', '.join(sorted(missing))}, "
-                         f"which this machine lacks")
+        _refuse(f"on_cpu: {cpu}'s code would use {', '.join(sorted(missing))}, "
+                f"which this machine lacks")
     codegen.generate_for(cpu)
     sys.argv = [module, *rest]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
