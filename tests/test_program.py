@@ -383,3 +383,79 @@ def test_strassen_in_the_e_graph_follows_the_strassen_option():
     assert "strassen-level" not in names(2)  # forced levels are the strassen family's
     assert "strassen-level" not in names("auto", frozenset({"strassen"}))
     assert names("off") == names("auto") - {"strassen-level"}
+
+
+LONE = """
+@prim_func
+def lone(A: f32[{m}, {k}], B: f32[{k}, {n}], C: f32[{m}, {n}]):
+    for i, j, k in grid({m}, {n}, {k}):
+        C[i, j] += A[i, k] * B[k, j]
+"""
+
+
+@pytest.mark.parametrize("m, k, n, lifted", [
+    (16, 16, 16, True),
+    (16, 8, 16, False),  # k = 8 is under the smallest extent split
+    (16, 18, 16, True),
+    (16, 15, 16, False),  # an odd extent: the strassen family peels it
+])
+def test_a_lone_product_lifts_where_strassen_level_splits_it(m, k, n, lifted):
+    func = parse(LONE.format(m=m, k=k, n=n))
+    parts = nests.items(nests.normalize(func))
+    rules = _strassen_rules("strassen-level")
+    alone = partial(matrices.splits_alone, rules=rules, at_least=16)
+    windows = matrices.lift(func, parts, alone)
+    assert [program.text(t) for w in windows for _, t in w.accumulations] == (["A @ B"] if lifted else [])
+    assert matrices.lift(func, parts) == []  # no rule for a lone product: nothing lifted
+    assert not matrices.splits_alone(matmul_of(parts), _strassen_rules("assoc-right"), 16)
+
+
+def matmul_of(parts):
+    from rewrite.rules.matmul import recognize
+
+    (mm,) = [recognize(p) for p in parts if isinstance(p, nests.AccNest)]
+    return mm
+
+
+def test_a_level_on_a_lone_product_chosen_in_the_e_graph_computes_the_same():
+    # 64^3: seven 32^3 products and the additions cost fewer operations than the product; a
+    # second level (seven 16^3 products for each) does not
+    func = parse(LONE.format(m=64, k=64, n=64))
+    (alt,) = matrices.alternatives(func, nests.items(nests.normalize(func)), Names.of(func),
+                                   _strassen_rules("strassen-level"), at_least=8)
+    assert alt.levels == 1
+    assert alt.extra_cost > 0  # the block additions' second operand, as the strassen family charges
+    body = ir.seq(*(p.stmt() if hasattr(p, "stmt") else p for p in alt.parts))
+    lowered = replace(func, body=body, allocs=func.allocs + tuple(alt.allocs))
+    _same_values(func, lowered)
+    check = runtime.check(func, runtime.compile(lowered))
+    assert check.ok, check.message
+
+
+def test_auto_levels_of_a_lone_product_are_the_e_graphs_and_the_family_keeps_odd_extents():
+    from rewrite.budgets import Budgets
+    from rewrite.pipeline import Choice, Search
+    from rewrite.rules import strassen
+    from rewrite.saturate import Budget
+
+    # 2048 with the 6-row tile's remainders as they are (no padding): a level pays
+    func = parse(LONE.format(m=2048, k=2048, n=2048))
+    result = tensorize(func, AVX2, rules_off={"padding"})
+    assert result.strassen_levels >= 1
+    (report,) = [g for family, g in result.egraphs if family == "matmul"]
+    assert "strassen-level" in report.rules and report.iterations >= 1
+    temps = {b.name for b in result.func.allocs}
+    # lowered from the e-graph's term (its temporaries mm_*), not by the strassen family (st_P*)
+    assert any(t.startswith("mm_U") for t in temps) and not any(t.startswith("st_P") for t in temps)
+    # the strassen family offers nothing for it under auto (the e-graph chose), and keeps a
+    # product with an odd extent, which strassen-level does not split
+    search = Search({d.name: d for d in AVX2}, Budget(), Names.of(func), True, "auto", Budgets(),
+                    frozenset({"padding"}))
+    for src, offered in ((LONE.format(m=2048, k=2048, n=2048), False),
+                         (LONE.format(m=2048, k=2047, n=2048), True)):
+        f = parse(src)
+        parts = search.items(nests.normalize(f))
+        best = Choice(f, parts, None)
+        alts = strassen.alternatives(f, parts, "auto", Names.of(f),
+                                     elsewhere=strassen.chosen_elsewhere(best, search))
+        assert bool(alts) == offered

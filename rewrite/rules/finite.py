@@ -55,6 +55,9 @@ class Guarded:
     cond: Expr
     fast: tuple
     slow: tuple
+    # the program-level e-graph chose the Strassen levels of the fast path's products
+    # (``rules/matrices.py``): under ``--strassen auto`` the ``strassen`` family leaves them
+    settled: bool = False
 
     def stmt(self) -> Stmt:
         """The item as statements, its nests unplanned (as ``AccNest.stmt`` gives them)."""

@@ -8,7 +8,10 @@ cheapest program extracted once and lowered back to nests.
                                                    ->  U = B @ C;  D += A @ U
 
 What is lifted (``lift``): a window of the program's items holding at least two plain matmul
-nests (``matmul.recognize``: no batch, dims from 0). A temporary of the function is *internal*
+nests (``matmul.recognize``: no batch, dims from 0), or one such nest alone where
+``strassen-level`` splits it (``--strassen auto`` chooses the levels of a lone product here, by
+the same extraction as a chain's; the ``strassen`` family keeps the products it cannot split:
+odd extents, and forced levels). A temporary of the function is *internal*
 when every item touching it lies in the window: one zero-fill, then matmul nests writing it
 whole, then matmul nests reading it whole; its value is then a term, and it disappears from the
 rewritten program. Every other buffer a product writes is a *sink* (``D += term``); every
@@ -37,7 +40,7 @@ from ..nests import AccNest, Dim
 from ..program import Input, Matrix, Op, rule
 from . import finite
 from .matmul import Access, Alternative, MatMul, _filling, _plain, _zero_fill, build, recognize
-from .strassen import AUTO_MIN_BLOCK
+from .strassen import ADDITION_TRAFFIC, AUTO_MIN_BLOCK
 
 # ---------------------------------------------------------------------------
 # the built-in rules: identities of matrices over any ring
@@ -196,23 +199,37 @@ class _Touches:
         return [q for q in range(len(self.parts)) if self.touches(q, name)]
 
 
-def lift(func: ir.PrimFunc, parts: list) -> list[Lifted]:
+def splits_alone(mm: MatMul, rules: Sequence[program.ProgramRule],
+                 at_least: Optional[int] = None) -> bool:
+    """``strassen-level`` is among ``rules`` and splits ``mm`` (every extent even and at least
+    its minimum, ``at_least`` overriding the rule's): a product the e-graph is given even
+    when it is the only one in its window."""
+    for r in rules:
+        if r.name == "strassen-level":
+            low = max(2, r.at_least if at_least is None else at_least)
+            return all(e % 2 == 0 and e >= low for e in (mm.m.extent, mm.k.extent, mm.n.extent))
+    return False
+
+
+def lift(func: ir.PrimFunc, parts: list,
+         alone: Callable[[MatMul], bool] = lambda mm: False) -> list[Lifted]:
     """Windows of ``parts`` that lift (see the module docstring), left to right, each as long
-    as it can be."""
+    as it can be; a window of one product only where ``alone`` says a rule may rewrite it
+    (``splits_alone``)."""
     mms = {}
     for q, p in enumerate(parts):
         mm = recognize(p) if isinstance(p, AccNest) else None
         if mm is not None and _plain(mm):
             mms[q] = mm
-    if len(mms) < 2:
+    if len(mms) < 2 and not any(alone(mm) for mm in mms.values()):
         return []
     seen = _Touches(parts)
     out, q = [], 0
     while q < len(parts):
         found = None
         if q in mms or any(_zero_fill(parts[q], b) for b in func.allocs):
-            for hi in range(len(parts) - 1, q, -1):
-                found = _window(func, parts, mms, q, hi, seen)
+            for hi in range(len(parts) - 1, q - 1, -1):
+                found = _window(func, parts, mms, q, hi, seen, alone)
                 if found is not None:
                     break
         if found is None:
@@ -223,9 +240,10 @@ def lift(func: ir.PrimFunc, parts: list) -> list[Lifted]:
     return out
 
 
-def _window(func, parts, mms, lo, hi, seen: _Touches) -> Optional[Lifted]:
+def _window(func, parts, mms, lo, hi, seen: _Touches,
+            alone: Callable[[MatMul], bool]) -> Optional[Lifted]:
     products = [q for q in range(lo, hi + 1) if q in mms]
-    if len(products) < 2 or hi not in mms:
+    if hi not in mms or not (len(products) >= 2 or products == [lo] and alone(mms[lo])):
         return None
     temps = {b.name: b for b in func.allocs}
     written = {mms[q].c.buffer.name for q in products}
@@ -337,6 +355,9 @@ class _Lowering:
         self.allocs: list = []
         self.made: dict = {}
         self.uses = uses or {}  # how many times each product is read (Strassen's P1 twice)
+        # elements of the passes that add or scale matrices at hand: the read of a second
+        # operand, which the cost model does not charge (``strassen.ADDITION_TRAFFIC``)
+        self.addition_elements = 0
 
     def temporary(self, prefix: str, rows: int, cols: int) -> Access:
         buf = ir.Buffer(self.names.numbered(prefix), self.lifted.dtype, (rows, cols))
@@ -359,6 +380,7 @@ class _Lowering:
         if not _has_product(node) and node.kind not in ("beside", "above", "strassen"):
             # matrices at hand, summed or scaled: one pass, S = X1 + X2 + ...
             self.items.append(_fill(t, self.value(node)))
+            self.addition_elements += rows * cols
         else:
             self.items.append(_fill(t, _const(0, self.lifted.dtype)))
             self.accumulate(t, rows, cols, node, own=True)
@@ -414,6 +436,7 @@ class _Lowering:
             return
         value = self.value(inner) if scale is None else Binary("*", scale, self.value(inner))
         self.items.append(AccNest((Dim("i", 0, rows), Dim("j", 0, cols)), c.buffer, c.indices(), value))
+        self.addition_elements += rows * cols
 
 
 def _shifted(access: Access, rows: int, cols: int) -> Access:
@@ -478,12 +501,14 @@ def lower(lifted: Lifted, accumulations, parts: list, names: Names) -> Optional[
     window = sorted(lifted.products + lifted.fills)
     allocs = list(low.allocs)
     guard = [(nest, load) for _, nest, load in lifted.inputs.values()]
-    block = finite.guard(guard, low.items, [parts[q] for q in window], names, allocs)
+    block = [replace(p, settled=True) if isinstance(p, finite.Guarded) else p
+             for p in finite.guard(guard, low.items, [parts[q] for q in window], names, allocs)]
     new = list(parts[:lifted.lo]) + [parts[q] for q in lifted.others] + block + list(parts[lifted.hi + 1:])
     before = "; ".join(f"{n} += {_short(v)}" for n, v in lifted.accumulations)
     after = "; ".join(f"{n} += {_short(v)}" for n, v in accumulations)
     return Alternative(new, allocs, f"{before} -> {after}",
-                       levels=max(strassen_levels(v) for _, v in accumulations))
+                       levels=max(strassen_levels(v) for _, v in accumulations),
+                       extra_cost=ADDITION_TRAFFIC * low.addition_elements)
 
 
 def _short(node) -> str:
@@ -545,7 +570,7 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
     parts = list(parts)
     rules = built_in() if rules is None else list(rules)
     out = []
-    for lifted in lift(func, parts):
+    for lifted in lift(func, parts, partial(splits_alone, rules=rules, at_least=at_least)):
         try:
             # multiply-adds first: a window that no rule makes cheaper by them is not priced
             # by the matcher (a saturation of each product shape the e-graph holds)
@@ -631,6 +656,7 @@ def improve(best, search):
     for alt in alternatives(best.func, best.parts, search.names, rules, price, reports, memo,
                             run=run):
         planned = search.plan(alt.parts)
+        planned.cost += alt.extra_cost
         if planned.cost < chosen.planned.cost:
             chosen, items, temps = replace(best, planned=planned), alt.parts, tuple(alt.allocs)
             levels = max(best.strassen_levels, alt.levels)

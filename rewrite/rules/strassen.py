@@ -29,20 +29,23 @@ as written runs when one of their elements is NaN or Inf.
 ``improve(best, search)`` is the pipeline's hook (the ``strassen`` family of kind
 ``alternatives``, ``rules/__init__.py``): it plans each program ``alternatives`` offers. It
 runs after the ``matmul`` family, so the products of a regrouped chain or a factored sum are
-the ones it splits.
+the ones it splits. Under ``--strassen auto`` the levels of a product whose every extent a
+level halves are the program-level e-graph's (``strassen-level``, ``rules/matrices.py``), one
+product alone included; this family keeps odd extents, products behind an earlier rewrite's
+guard, and forced levels.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from .. import ir
 from ..ir import Accumulate, Binary, Buffer, Const, Expr, For, Load, Store
 from ..names import Names
 from ..nests import AccNest, Dim
 from . import finite, matmul
-from .matmul import Access, MatMul, recognize
+from .matmul import Access, MatMul, _plain, recognize
 
 # Under "auto", a level is only offered (and planned, which takes saturation time) when every
 # block it creates has at least this extent in M, N and K; the cost model then decides.
@@ -294,9 +297,11 @@ def _rewritten(parts: Sequence, prefix: Path, mms: dict[Path, MatMul], chosen: s
 
 
 def alternatives(func: ir.PrimFunc, parts: Sequence, mode: Union[str, int], names: Names,
-                 max_products: Optional[int] = None) -> list:
+                 max_products: Optional[int] = None,
+                 elsewhere: Callable[[Path, MatMul], bool] = lambda q, mm: False) -> list:
     """Programs equivalent to ``parts`` with Strassen levels applied: levels 1.. as blocks allow
-    (``AUTO_MIN_BLOCK``) under ``"auto"``, exactly ``mode`` levels when it is an int.
+    (``AUTO_MIN_BLOCK``) under ``"auto"``, on the products ``elsewhere`` does not claim (the
+    program-level e-graph chooses their levels), exactly ``mode`` levels when it is an int.
 
     ``max_products`` (``budgets.Budgets.strassen_products``) caps the matmul products of one
     alternative: a forced ``mode`` over it raises ``BudgetError``; ``"auto"`` stops below it."""
@@ -312,7 +317,7 @@ def alternatives(func: ir.PrimFunc, parts: Sequence, mode: Union[str, int], name
         alt = rewrite(parts, mode, names, FORCED_MIN_BLOCK)
         return [] if alt is None else [alt]
     out = []
-    mms = _matmuls(parts)
+    mms = {q: mm for q, mm in _matmuls(parts).items() if not elsewhere(q, mm)}
     top = max([max_levels(mm, AUTO_MIN_BLOCK) for mm in mms.values()], default=0)
     for lv in range(1, min(top, MAX_AUTO_LEVELS) + 1):
         ok = {q for q, mm in mms.items() if max_levels(mm, AUTO_MIN_BLOCK) >= lv}
@@ -324,20 +329,39 @@ def alternatives(func: ir.PrimFunc, parts: Sequence, mode: Union[str, int], name
     return out
 
 
+def chosen_elsewhere(best, search) -> Callable[[Path, MatMul], bool]:
+    """Which products of ``best`` (``pipeline.Choice``) had their levels chosen by the
+    ``matmul`` family's e-graph under ``--strassen auto``: those it lifts alone
+    (``matrices.splits_alone``: a top-level product every extent of which ``strassen-level``
+    halves) and those of the programs it extracted (on the fast path of a ``settled``
+    guard)."""
+    from . import matrices  # which imports this module
+
+    rules = [] if "matmul" in search.rules_off else matrices.in_force(search)
+    settled = {q for q, p in enumerate(best.parts) if isinstance(p, finite.Guarded) and p.settled}
+
+    def chosen(q: Path, mm: MatMul) -> bool:
+        if len(q) > 1:  # on the fast path of the guard of item q[0]
+            return q[0] in settled
+        return _plain(mm) and matrices.splits_alone(mm, rules)
+
+    return chosen
+
+
 def improve(best, search):
     """``best`` (``pipeline.Choice``), or the cheapest of the programs ``alternatives`` offers
-    for it under ``search.strassen`` when cheaper (``"auto"``); a forced level count takes
-    the program with that many levels whatever it costs."""
+    for it under ``search.strassen`` when cheaper (``"auto"``, on the products whose levels
+    no e-graph chose: ``chosen_elsewhere``); a forced level count takes the program with that
+    many levels whatever it costs."""
     mode = search.strassen
     for alt in alternatives(best.func, best.parts, mode, search.names,
-                            search.budgets.strassen_products):
+                            search.budgets.strassen_products, chosen_elsewhere(best, search)):
         planned = search.plan(alt.parts)
         planned.allocs = list(alt.allocs) + planned.allocs
-        planned.cost += getattr(alt, "extra_cost", 0.0)
+        planned.cost += alt.extra_cost
         forced = isinstance(mode, int) and alt.levels == mode
         if forced or (mode == "auto" and planned.cost < best.planned.cost):
-            best = replace(best, planned=planned,
-                           strassen_levels=getattr(alt, "applied_levels", alt.levels))
+            best = replace(best, planned=planned, strassen_levels=alt.applied_levels)
     return best
 
 
