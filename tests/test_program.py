@@ -459,3 +459,33 @@ def test_auto_levels_of_a_lone_product_are_the_e_graphs_and_the_family_keeps_odd
         alts = strassen.alternatives(f, parts, "auto", Names.of(f),
                                      elsewhere=strassen.chosen_elsewhere(best, search))
         assert bool(alts) == offered
+
+
+def test_a_fused_dense_layer_takes_a_level_in_the_e_graph_under_its_epilogue():
+    # dense + bias + relu at 2048 on the AVX2 tiles without padding: the product alone is
+    # lifted, the e-graph takes a level, and the epilogue reads what the level accumulated
+    n = 2048
+    func = parse(f"""
+@prim_func
+def dense(X: f32[{n}, {n}], W: f32[{n}, {n}], b: f32[{n}], Y: f32[{n}, {n}]):
+    for i, j in grid({n}, {n}):
+        Y[i, j] = 0.0
+        for k in range({n}):
+            Y[i, j] += X[i, k] * W[k, j]
+        Y[i, j] = max(Y[i, j] + b[j], 0.0)
+""")
+    result = tensorize(func, AVX2, rules_off={"padding"})
+    assert result.strassen_levels == 1
+    (report,) = [g for family, g in result.egraphs if family == "matmul"]
+    assert "strassen-level" in report.rules
+    assert sum(1 for b in result.func.allocs if b.name.startswith("mm_U")) == 5  # P1..P5, read twice
+    script = result.script()
+    assert "max(" in script.split("mm_U")[-1]  # the epilogue after the level's products
+    rng = np.random.default_rng(0)
+    X, W = (rng.standard_normal((n, n), np.float32) for _ in range(2))
+    b = rng.standard_normal(n, np.float32)
+    Y = np.zeros((n, n), np.float32)
+    result.compile()(X=X, W=W, b=b, Y=Y)
+    want = np.maximum(X.astype(np.float64) @ W.astype(np.float64) + b, 0.0)
+    # one level's rounding: within a few units of the f32 product's error, elementwise
+    np.testing.assert_allclose(Y, want, rtol=0, atol=2e-3 * np.sqrt(n))
