@@ -399,6 +399,16 @@ class Kernel:
     def __repr__(self) -> str:
         return f"<Kernel {self.func.name} threads={self.threads} from {self.source}>"
 
+    @property
+    def __signature__(self) -> inspect.Signature:
+        """The function's parameters, in order, each annotated with its dtype and shape as
+        the script writes them (``f32[64, 64]``): what ``inspect.signature`` (and the tools
+        built on it) shows, since ``__call__`` takes any arguments (it may be a builtin)."""
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        return inspect.Signature(
+            [inspect.Parameter(b.name, kind, annotation=f"{b.dtype}[{', '.join(map(str, b.shape))}]")
+             for b in self._params], return_annotation=None)
+
     def __call__(self, /, *args: np.ndarray, **kwargs: np.ndarray) -> None:
         # A kernel with native checks (``codegen.add_caller``) and a pool comes here first
         # and tries them (a kernel without a pool has them as its class's ``__call__``):

@@ -5,6 +5,7 @@ when the Python path accepts the arrays), never run on arrays that are not as co
 
 from __future__ import annotations
 
+import inspect
 import sys
 import sysconfig
 
@@ -64,6 +65,22 @@ def test_the_native_path_is_taken_on_this_host(sq):
     k(C=c, B=b, A=a)
     assert k.native_runs == 4
     np.testing.assert_allclose(c, product(a, b), rtol=1e-5, atol=1e-5)
+
+
+def test_the_signature_names_the_arrays_a_kernel_takes(sq):
+    # __call__ is a builtin taking anything: the signature comes from the function
+    func, k = sq
+    sig = inspect.signature(k)
+    assert list(sig.parameters) == ["A", "B", "C"]
+    assert [p.annotation for p in sig.parameters.values()] == ["f32[16, 16]"] * 3
+    a, b, c = fresh()
+    bound = sig.bind(a, b, C=c)  # binds as a call does
+    k(*bound.args, **bound.kwargs)
+    np.testing.assert_allclose(c, product(a, b), rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError):
+        sig.bind(a, b, c, a)
+    pooled = runtime.compile(func, threads=2)  # a kernel with a pool: the same signature
+    assert inspect.signature(pooled) == sig
 
 
 def test_the_same_arrays_twice_and_other_arrays_after(sq):
