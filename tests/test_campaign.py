@@ -72,6 +72,23 @@ def test_a_unit_past_its_budget_is_lost_and_the_rest_goes_on():
     assert time.monotonic() - t0 < 120  # the hung worker was stopped, not waited for
 
 
+def square_or_raise(x: int) -> int:
+    if x == 1:
+        raise ValueError("no square for 1")
+    return x * x
+
+
+def test_the_pool_closes_once_its_workers_are_up_and_waits_for_no_other(monkeypatch):
+    # closing waits for each worker started to come up (one still starting would find the
+    # pool's locks gone); a unit that raised left its worker running, so no other is awaited
+    monkeypatch.setattr(campaign, "STARTUP_SECONDS", 60.0)
+    t0 = time.monotonic()
+    results = campaign.run(square_or_raise, range(4), jobs=2)
+    assert isinstance(results[1], campaign.Lost) and "no square for 1" in results[1].reason
+    assert [results[0], results[2], results[3]] == [0, 4, 9]
+    assert time.monotonic() - t0 < 40  # not the 60 s a worker that never comes up would cost
+
+
 # ---------------------------------------------------------------------------
 # the disk cache under concurrent writers
 

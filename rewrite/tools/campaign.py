@@ -106,12 +106,15 @@ def _on_pool(work, units: list, jobs: int, budget: Optional[float], progress: Pr
     from pebble import ProcessExpired, ProcessPool
 
     results: list = [None] * len(units)
-    pool = ProcessPool(max_workers=jobs, context=multiprocessing.get_context("spawn"),
-                       initializer=_share_cores, initargs=(jobs,))
+    spawn = multiprocessing.get_context("spawn")
+    started = spawn.Queue()  # a worker's pid once it is up (``_start``)
+    pool = ProcessPool(max_workers=jobs, context=spawn, initializer=_start,
+                       initargs=(jobs, started))
     try:
         futures = [pool.schedule(work, args=(u,), timeout=budget) for u in units]
         index = {f: k for k, f in enumerate(futures)}
         pending = set(futures)
+        replaced = 0  # workers the pool started again, for a unit's that died or was stopped
         while pending:
             from concurrent.futures import FIRST_COMPLETED, wait
 
@@ -122,8 +125,10 @@ def _on_pool(work, units: list, jobs: int, budget: Optional[float], progress: Pr
                     results[k] = f.result()
                 except FutureTimeout:
                     results[k] = Lost(f"ran past its budget of {budget:g} s; its worker was stopped")
+                    replaced += 1
                 except ProcessExpired as e:
                     results[k] = Lost(f"its worker died ({_exit_status(e.exitcode)})")
+                    replaced += 1
                 except Exception as e:  # noqa: BLE001 - the work raised, or its result did not pickle
                     results[k] = Lost(f"its worker failed: {type(e).__name__}: {e}")
                 progress.done(results[k])
@@ -131,18 +136,37 @@ def _on_pool(work, units: list, jobs: int, budget: Optional[float], progress: Pr
         pool.stop()  # interrupted: the workers go now
         pool.join()
         raise
-    # every unit is back: let the workers end by themselves, since stopping one that is still
-    # starting (the units went fast) kills it inside its start-up, which prints a traceback
+    # Every unit is back. A worker still starting (the units went fast, on a loaded machine)
+    # would read the pool's locks after the pool has let them go, and print a traceback:
+    # closing waits until each worker started has come up (those that replaced a lost
+    # unit's worker included), for at most STARTUP_SECONDS.
+    _wait_started(started, jobs + replaced)
     pool.close()
     pool.join()
     return results
 
 
-def _share_cores(jobs: int) -> None:
-    """A worker's kernels use its share of the cores: ``jobs`` workers run side by side."""
+STARTUP_SECONDS = 60.0
+
+
+def _start(jobs: int, started) -> None:
+    """A worker's start: its kernels use its share of the cores (``jobs`` workers run side by
+    side), and it says it is up."""
     from .. import runtime
 
     runtime.share_cores(jobs)
+    started.put(os.getpid())
+
+
+def _wait_started(started, workers: int) -> None:
+    import queue
+
+    deadline = time.monotonic() + STARTUP_SECONDS
+    for _ in range(workers):
+        try:
+            started.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return
 
 
 def _exit_status(code: Optional[int]) -> str:
