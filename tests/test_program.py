@@ -363,10 +363,15 @@ def chain(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64], D: f32[64, 64]):
                                    _strassen_rules("strassen-level"), at_least=4)
     assert alt.levels == 1
     assert sum(1 for b in alt.allocs if b.shape == (32, 32) and b.name.startswith("mm_U")) == 5
+    _computes_the_same(func, alt)
+
+
+def _computes_the_same(func, alt):
+    """``alt``'s program equals ``func`` interpreted, and compiled against the interpreter on
+    the program as written, NaN/Inf/-0 rounds included."""
     body = ir.seq(*(p.stmt() if hasattr(p, "stmt") else p for p in alt.parts))
     lowered = replace(func, body=body, allocs=func.allocs + tuple(alt.allocs))
     _same_values(func, lowered)
-    # compiled, against the interpreter on the program as written, NaN/Inf/-0 rounds included
     check = runtime.check(func, runtime.compile(lowered))
     assert check.ok, check.message
 
@@ -425,11 +430,7 @@ def test_a_level_on_a_lone_product_chosen_in_the_e_graph_computes_the_same():
                                    _strassen_rules("strassen-level"), at_least=8)
     assert alt.levels == 1
     assert alt.extra_cost > 0  # the block additions' second operand, as the strassen family charges
-    body = ir.seq(*(p.stmt() if hasattr(p, "stmt") else p for p in alt.parts))
-    lowered = replace(func, body=body, allocs=func.allocs + tuple(alt.allocs))
-    _same_values(func, lowered)
-    check = runtime.check(func, runtime.compile(lowered))
-    assert check.ok, check.message
+    _computes_the_same(func, alt)
 
 
 def test_auto_levels_of_a_lone_product_are_the_e_graphs_and_the_family_keeps_odd_extents():
