@@ -370,7 +370,8 @@ def _computes_the_same(func, alt):
     """``alt``'s program equals ``func`` interpreted, and compiled against the interpreter on
     the program as written, NaN/Inf/-0 rounds included."""
     body = ir.seq(*(p.stmt() if hasattr(p, "stmt") else p for p in alt.parts))
-    lowered = replace(func, body=body, allocs=func.allocs + tuple(alt.allocs))
+    temps = {b.name: b for b in ir.buffers_of(body) if b not in func.params}  # in first use order
+    lowered = replace(func, body=body, allocs=tuple(temps.values()))
     _same_values(func, lowered)
     check = runtime.check(func, runtime.compile(lowered))
     assert check.ok, check.message
@@ -490,3 +491,38 @@ def dense(X: f32[{n}, {n}], W: f32[{n}, {n}], b: f32[{n}], Y: f32[{n}, {n}]):
     want = np.maximum(X.astype(np.float64) @ W.astype(np.float64) + b, 0.0)
     # one level's rounding: within a few units of the f32 product's error, elementwise
     np.testing.assert_allclose(Y, want, rtol=0, atol=2e-3 * np.sqrt(n))
+
+
+def test_a_product_behind_a_scale_factors_guard_takes_its_level_in_the_e_graph():
+    # C += alpha * A @ B with alpha read at run time: scalar-factor computes A @ B into a
+    # temporary behind a guard; the e-graph lifts that product on the guard's fast path
+    from rewrite.budgets import Budgets
+    from rewrite.pipeline import Choice, Search
+    from rewrite.rules import finite, scalars
+    from rewrite.saturate import Budget
+
+    func = parse("""
+@prim_func
+def scaled(alpha: f32[1], A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):
+    for i, j, k in grid(64, 64, 64):
+        C[i, j] += alpha[0] * A[i, k] * B[k, j]
+""")
+    normal = nests.normalize(func)
+    search = Search({d.name: d for d in AVX2}, Budget(), Names.of(normal), True, "auto", Budgets())
+    parts = search.items(normal)
+    best = scalars.improve(Choice(normal, parts, search.plan(parts)), search)
+    (guard,) = [p for p in best.parts if isinstance(p, finite.Guarded)]
+    (alt,) = matrices.alternatives(best.func, best.parts, search.names,
+                                   _strassen_rules("strassen-level"), at_least=8)
+    assert alt.levels == 1
+    (new,) = [p for p in alt.parts if isinstance(p, finite.Guarded)]
+    assert new.slow == guard.slow and not new.settled  # the scale factor's guard, kept
+    assert any(isinstance(p, finite.Guarded) and p.settled for p in new.fast)  # the level's own
+    _computes_the_same(func, alt)
+    # at 2048 the pipeline takes that level (no padding, as in the dense layer above), and the
+    # strassen family adds none of its own on the products the e-graph chose for
+    big = parse(show(func).replace("64", "2048"))
+    result = tensorize(big, AVX2, rules_off={"padding"})
+    temps = [b.name for b in result.func.allocs]
+    assert result.strassen_levels == 1 and any(t.startswith("sc_T") for t in temps)
+    assert any(t.startswith("mm_U") for t in temps) and not any(t.startswith("st_P") for t in temps)

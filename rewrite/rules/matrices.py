@@ -211,11 +211,18 @@ def splits_alone(mm: MatMul, rules: Sequence[program.ProgramRule],
     return False
 
 
+def _touched(items) -> set[str]:
+    """The buffers ``items`` (pipeline items or statements) read or write."""
+    return {b.name for p in items for b in ir.buffers_of(p.stmt() if hasattr(p, "stmt") else p)}
+
+
 def lift(func: ir.PrimFunc, parts: list,
-         alone: Callable[[MatMul], bool] = lambda mm: False) -> list[Lifted]:
+         alone: Callable[[MatMul], bool] = lambda mm: False,
+         outside: frozenset = frozenset()) -> list[Lifted]:
     """Windows of ``parts`` that lift (see the module docstring), left to right, each as long
     as it can be; a window of one product only where ``alone`` says a rule may rewrite it
-    (``splits_alone``)."""
+    (``splits_alone``). ``outside``: buffers that statements around ``parts`` touch (``parts``
+    is the fast path of a guard), which are no internal temporaries."""
     mms = {}
     for q, p in enumerate(parts):
         mm = recognize(p) if isinstance(p, AccNest) else None
@@ -229,7 +236,7 @@ def lift(func: ir.PrimFunc, parts: list,
         found = None
         if q in mms or any(_zero_fill(parts[q], b) for b in func.allocs):
             for hi in range(len(parts) - 1, q - 1, -1):
-                found = _window(func, parts, mms, q, hi, seen, alone)
+                found = _window(func, parts, mms, q, hi, seen, alone, outside)
                 if found is not None:
                     break
         if found is None:
@@ -240,8 +247,8 @@ def lift(func: ir.PrimFunc, parts: list,
     return out
 
 
-def _window(func, parts, mms, lo, hi, seen: _Touches,
-            alone: Callable[[MatMul], bool]) -> Optional[Lifted]:
+def _window(func, parts, mms, lo, hi, seen: _Touches, alone: Callable[[MatMul], bool],
+            outside: frozenset = frozenset()) -> Optional[Lifted]:
     products = [q for q in range(lo, hi + 1) if q in mms]
     if hi not in mms or not (len(products) >= 2 or products == [lo] and alone(mms[lo])):
         return None
@@ -250,7 +257,7 @@ def _window(func, parts, mms, lo, hi, seen: _Touches,
     internal, fills = set(), []
     for t in written & set(temps):
         users = seen.users(t)
-        if not all(lo <= u <= hi for u in users):
+        if t in outside or not all(lo <= u <= hi for u in users):
             continue
         zero = [u for u in users if _zero_fill(parts[u], temps[t])]
         writers = [u for u in users if u in mms and mms[u].c.buffer.name == t]
@@ -559,18 +566,32 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
                  rules: Optional[Sequence[program.ProgramRule]] = None,
                  price: Callable[[int, int, int], float] = multiply_adds,
                  reports: Optional[list] = None, memo: Optional[dict] = None,
-                 at_least: Optional[int] = None, run: Optional[Callable] = None) -> list[Alternative]:
+                 at_least: Optional[int] = None, run: Optional[Callable] = None,
+                 outside: frozenset = frozenset()) -> list[Alternative]:
     """For each window that lifts, the cheapest program the rules reach when it is cheaper
     than the window as written by ``price`` (multiply-adds by default). ``memo``: the
     extractions with ``price`` made before (a search lifts equal windows many times).
     ``at_least``: the smallest extent ``strassen-level`` splits (default: its own). ``run``:
     where the e-graph lives (``program.cheapest``; the saturation worker, whose budget stops
-    leave the window as written)."""
+    leave the window as written).
+
+    Windows on the fast path of a guard another rewrite put in (a runtime scale factor
+    taken out, ``rules/scalars.py``) lift too, the guard kept around the rewritten path:
+    ``outside`` names the buffers items around them touch (the rest of the program, the
+    guard's scan and other branch), which are no internal temporaries there."""
     memo = {} if memo is None else memo
     parts = list(parts)
     rules = built_in() if rules is None else list(rules)
     out = []
-    for lifted in lift(func, parts, partial(splits_alone, rules=rules, at_least=at_least)):
+    for q, p in enumerate(parts):
+        if isinstance(p, finite.Guarded) and not p.settled:
+            around = set(outside) | _touched(parts[:q] + parts[q + 1:] + list(p.scan) + list(p.slow)) \
+                | {x.buffer.name for x in ir.loads_of(p.cond)}
+            for alt in alternatives(func, p.fast, names, rules, price, reports, memo, at_least, run,
+                                    frozenset(around)):
+                new = parts[:q] + [replace(p, fast=tuple(alt.parts))] + parts[q + 1:]
+                out.append(replace(alt, parts=new))
+    for lifted in lift(func, parts, partial(splits_alone, rules=rules, at_least=at_least), outside):
         try:
             # multiply-adds first: a window that no rule makes cheaper by them is not priced
             # by the matcher (a saturation of each product shape the e-graph holds)

@@ -29,10 +29,10 @@ as written runs when one of their elements is NaN or Inf.
 ``improve(best, search)`` is the pipeline's hook (the ``strassen`` family of kind
 ``alternatives``, ``rules/__init__.py``): it plans each program ``alternatives`` offers. It
 runs after the ``matmul`` family, so the products of a regrouped chain or a factored sum are
-the ones it splits. Under ``--strassen auto`` the levels of a product whose every extent a
-level halves are the program-level e-graph's (``strassen-level``, ``rules/matrices.py``), one
-product alone included; this family keeps odd extents, products behind an earlier rewrite's
-guard, and forced levels.
+the ones it splits. Under ``--strassen auto`` the levels of a plain product whose every
+extent a level halves are the program-level e-graph's (``strassen-level``,
+``rules/matrices.py``), one product alone included; this family keeps odd extents, batched
+products, and forced levels.
 """
 
 from __future__ import annotations
@@ -332,17 +332,19 @@ def alternatives(func: ir.PrimFunc, parts: Sequence, mode: Union[str, int], name
 def chosen_elsewhere(best, search) -> Callable[[Path, MatMul], bool]:
     """Which products of ``best`` (``pipeline.Choice``) had their levels chosen by the
     ``matmul`` family's e-graph under ``--strassen auto``: those it lifts alone
-    (``matrices.splits_alone``: a top-level product every extent of which ``strassen-level``
-    halves) and those of the programs it extracted (on the fast path of a ``settled``
-    guard)."""
+    (``matrices.splits_alone``: a plain product every extent of which ``strassen-level``
+    halves, on the fast path of another rewrite's guard too) and those of the programs it
+    extracted (on the fast path of a ``settled`` guard)."""
     from . import matrices  # which imports this module
 
     rules = [] if "matmul" in search.rules_off else matrices.in_force(search)
-    settled = {q for q, p in enumerate(best.parts) if isinstance(p, finite.Guarded) and p.settled}
 
     def chosen(q: Path, mm: MatMul) -> bool:
-        if len(q) > 1:  # on the fast path of the guard of item q[0]
-            return q[0] in settled
+        items = best.parts
+        for i in q[:-1]:  # the guards whose fast path holds the product
+            if items[i].settled:
+                return True
+            items = items[i].fast
         return _plain(mm) and matrices.splits_alone(mm, rules)
 
     return chosen
