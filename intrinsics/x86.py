@@ -185,6 +185,18 @@ def mm_f32_6x16x1(c: f32[6, 16], a: f32[6, 1], b: f32[1, 16]):
         c[i, j] += a[i, k] * b[k, j]
 
 
+# The rows a 6-row tiling leaves (M mod 6 of 4 or 5: 1024, 1000, 256), on the same B panels
+# (``rules/panels.py``): 8 independent FMAs a step, the chains two FMA pipes of latency 4
+# need. Its k-loop in L1 ran at 0.92 of the FMA peak against the 6x16's 0.98 (Zen 3 code on
+# Zen 4), and it reads B's 64 bytes a step for 8 FMAs instead of 12: priced above 4 units
+# (the 6x16's rate), so that it takes the rows the 6x16 leaves, not the 6x16's own.
+@intrinsic("x86.mm.f32.4x16x1", isa=AVX2_FMA, cost=4.5, emitter=MmF32(rows=4, width=8),
+           layout={"c": Layout((1,), 4), "b": Layout((1,), 4)})
+def mm_f32_4x16x1(c: f32[4, 16], a: f32[4, 1], b: f32[1, 16]):
+    for i, j, k in grid(4, 16, 1):
+        c[i, j] += a[i, k] * b[k, j]
+
+
 # Twice the lanes per FMA: 256 multiply-adds in 16 FMAs where the 6x16 step does 96 in 12,
 # so 8 units (what 16 of the 6x16's FMAs cost) where the CPU runs a 512-bit FMA at the rate
 # of a 256-bit one; CPUs that split it in two (Zen 4) run it no slower than the 6x16.
