@@ -365,7 +365,9 @@ def test_gemm_512_reads_b_from_a_panel():
         red = "k_i" if any(v.name == "k_i" for e in b.base for v in ir.walk_expr(e)
                            if isinstance(v, ir.Var)) else "k"
         assert b.buffer == pb and _flat(b, 1) == 1 and _moves(b, red) == 16
-    assert all(c.window("b").buffer.name == "B" for c in _calls(result.func) if c not in mm)
+    # the two rows past the last 6x16 tile read the same panel (read-panel, rules/panels.py)
+    rest = [c for c in _calls(result.func) if c not in mm]
+    assert rest and all(c.window("b").buffer == pb for c in rest)
 
 
 @pytest.mark.parametrize("n", [64, 256])
