@@ -136,10 +136,13 @@ class MmF32(Emitter):
 
     operands = ("c", "a", "b")
 
-    def __init__(self, rows: int, width: int, halves: int = 2):
-        self.rows, self.width, self.halves = rows, width, halves
+    def __init__(self, rows: int, width: int, halves: int = 2, sets: int = 1):
+        self.rows, self.width, self.halves, self.sets = rows, width, halves, sets
         self.shapes = {"c": (rows, width * halves), "a": (rows, 1), "b": (1, width * halves)}
         self.dtypes = {"c": "f32", "a": "f32", "b": "f32"}
+        # two alternating sets of partial sums (``_alternate``) where rows x halves FMAs are
+        # too few chains for the FMA latency: each chain then waits on the FMA two steps back
+        self.unroll = sets
 
     def load_acc(self, b, ops):
         _prefetch_rows(b, ops["c"], self.rows, self.width * self.halves)
@@ -148,11 +151,15 @@ class MmF32(Emitter):
     def step(self, b, ops, acc):
         w = self.width
         cols = [load_row(b, ops["b"], (0, w * h), 1, w) for h in range(self.halves)]
-        out = []
-        for i in range(self.rows):
-            a_i = splat(b, load_scalar(b, ops["a"], (i, 0)), w)
-            out.append([_fma(b, a_i, cols[h], acc[i][h]) for h in range(self.halves)])
-        return out
+
+        def update(acc):
+            out = []
+            for i in range(self.rows):
+                a_i = splat(b, load_scalar(b, ops["a"], (i, 0)), w)
+                out.append([_fma(b, a_i, cols[h], acc[i][h]) for h in range(self.halves)])
+            return out
+
+        return update(acc) if self.sets == 1 else _alternate(b, acc, update)
 
     def store_acc(self, b, ops, acc):
         self._added(b, ops, acc, None)
@@ -164,7 +171,8 @@ class MmF32(Emitter):
 
     def fresh_acc(self, b, ops):
         zero = ir.Constant(ir.VectorType(ir.FloatType(), self.width), [-0.0] * self.width)
-        return [[zero] * self.halves for _ in range(self.rows)]
+        one = [[zero] * self.halves for _ in range(self.rows)]
+        return one if self.sets == 1 else [one, [list(r) for r in one]]
 
     def store_fresh(self, b, ops, acc, value):
         self._added(b, ops, acc, splat(b, value, self.width))
@@ -172,6 +180,8 @@ class MmF32(Emitter):
     def _added(self, b, ops, acc, c) -> None:
         """c's block (``c`` for each of its vectors, if given) plus ``acc``, stored into c."""
         w = self.width
+        if self.sets == 2:  # the two sets of partial sums, added once
+            acc = [[b.fadd(x, y) for x, y in zip(r0, r1)] for r0, r1 in zip(*acc)]
         for i in range(self.rows):
             for h in range(self.halves):
                 old = load_row(b, ops["c"], (i, w * h), 1, w) if c is None else c
@@ -182,6 +192,28 @@ class MmF32(Emitter):
            layout={"c": Layout((1,), 4), "b": Layout((1,), 4)})
 def mm_f32_6x16x1(c: f32[6, 16], a: f32[6, 1], b: f32[1, 16]):
     for i, j, k in grid(6, 16, 1):
+        c[i, j] += a[i, k] * b[k, j]
+
+
+# The rows a 6-row tiling leaves (M mod 6 of 4 or 5: 1024, 1000, 256), on the same B panels
+# (``rules/panels.py``): 8 independent FMAs a step, the chains two FMA pipes of latency 4
+# need. Its k-loop in L1 ran at 0.92 of the FMA peak against the 6x16's 0.98 (Zen 3 code on
+# Zen 4), and it reads B's 64 bytes a step for 8 FMAs instead of 12: priced above 4 units
+# (the 6x16's rate), so that it takes the rows the 6x16 leaves, not the 6x16's own.
+@intrinsic("x86.mm.f32.4x16x1", isa=AVX2_FMA, cost=4.5, emitter=MmF32(rows=4, width=8),
+           layout={"c": Layout((1,), 4), "b": Layout((1,), 4)})
+def mm_f32_4x16x1(c: f32[4, 16], a: f32[4, 1], b: f32[1, 16]):
+    for i, j, k in grid(4, 16, 1):
+        c[i, j] += a[i, k] * b[k, j]
+
+
+# The rows a 6-row tiling leaves where M mod 6 is 2 (2048, 512, 128): 4 FMAs a step, in two
+# alternating sets of partial sums for 8 chains; 4 loads a step (2 of b, 2 broadcasts) for
+# 4 FMAs bound it below the FMA rate.
+@intrinsic("x86.mm.f32.2x16x1", isa=AVX2_FMA, cost=2.5, emitter=MmF32(rows=2, width=8, sets=2),
+           layout={"c": Layout((1,), 4), "b": Layout((1,), 4)})
+def mm_f32_2x16x1(c: f32[2, 16], a: f32[2, 1], b: f32[1, 16]):
+    for i, j, k in grid(2, 16, 1):
         c[i, j] += a[i, k] * b[k, j]
 
 

@@ -30,7 +30,8 @@ from rewrite.script import ScriptError, f32, grid, i16, i64  # noqa: F401 - read
 from rewrite.tools import intrinsic_bench
 
 X86_AVX2 = ["x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4"]
-X86_AVX2 += ["x86.gemv.f32.4x8", "x86.mm.u8i8i32.2x16x4", "x86.axpy.f32x32"]
+X86_AVX2 += ["x86.gemv.f32.4x8", "x86.mm.u8i8i32.2x16x4", "x86.axpy.f32x32", "x86.mm.f32.4x16x1"]
+X86_AVX2 += ["x86.mm.f32.2x16x1"]
 X86_AVX512 = ["x86.avx512.mm.f32.8x32x1", "x86.avx512.gemv.f32.8x8", "x86.avx512.axpy.f32x64"]
 X86_AVX512 += ["x86.avx512.gemv.f32.8x16", "x86.avx512.gemvt.f32.8x8", "x86.avx512.gemvt.f32.8x16"]
 X86_VNNI = ["x86.avx512vnni.dot.u8i8i32.16x4", "x86.avx512vnni.mm.u8i8i32.8x32x4"]
@@ -372,7 +373,8 @@ def _count(pattern: str, lines: list) -> int:
 
 
 @pytest.mark.parametrize("name, cpu, fma, width", [
-    ("x86.avx512.mm.f32.8x32x1", "znver4", 16, 32), ("x86.mm.f32.6x16x1", "znver3", 12, 16)])
+    ("x86.avx512.mm.f32.8x32x1", "znver4", 16, 32), ("x86.mm.f32.6x16x1", "znver3", 12, 16),
+    ("x86.mm.f32.4x16x1", "znver3", 8, 16)])
 def test_f32_tile_reads_c_after_its_kloop(name, cpu, fma, width):
     # compiled for a CPU with the tile's ISA (not run), so every host checks it: the k-loop's
     # body holds the FMAs and no access to c; c's lines are prefetched and c is added once per

@@ -92,7 +92,7 @@ def test_the_rule_keeps_every_bit_on_random_shapes_and_fills():
 PRODUCT = """
 @prim_func
 def f(A: f32[16, 64], B: f32[64, 64], C: f32[16, {cols}], D: f32[16, 64]):
-    for i, j in grid(16, {cols}):
+    for i, j in grid(16, {filled}):
         C[i, j] = {value}
     {between}
     for i_o, {order} in grid({extents}):
@@ -102,10 +102,10 @@ def f(A: f32[16, 64], B: f32[64, 64], C: f32[16, {cols}], D: f32[16, 64]):
 """
 
 
-def _product(cols=64, value="0.0", between="", order="k_o, j_o, k_i"):
+def _product(cols=64, value="0.0", between="", order="k_o, j_o, k_i", filled=None):
     extents = {"k_o, j_o, k_i": "2, 4, 2, 16", "k_o, k_i, j_o": "2, 4, 16, 2"}[order]
     src = PRODUCT.format(cols=cols, value=value, between=between or "D[0, 0] = 1.0",
-                         order=order, extents=extents)
+                         order=order, extents=extents, filled=cols if filled is None else filled)
     return list(ir.stmts_of(parse(src).body))
 
 
@@ -125,10 +125,28 @@ def test_the_rule_peels_the_first_reduction_block():
     assert affine(call.window("a").base[1]) == affine(ir.Var("k_i"))
 
 
+def test_columns_the_tiles_leave_keep_a_fill_of_their_own():
+    # the tiles cover columns 0..63 of 70: their fill goes into them, columns 64..69 keep
+    # theirs, stored after the tiles (which never touch them)
+    stmts = _product(cols=70, value="1.5")
+    out = fill_into_tiles(stmts, {"C", "D"})
+    assert out[0] == stmts[1] and len(out) == len(stmts)
+    loops, store = ir.band(out[-1])
+    assert isinstance(store, ir.Store) and store.buffer.name == "C"
+    assert [(lp.start, lp.stop) for lp in loops] == [(0, 16), (0, 6)]
+    assert affine(store.indices[1]) == affine(ir.Var(loops[1].var)).plus(affine(ir.Const(64, ir.INDEX)))
+    func = parse(PRODUCT.format(cols=70, value="1.5", between="D[0, 0] = 1.0", order="k_o, j_o, k_i",
+                                extents="2, 4, 2, 16", filled=70))
+    got = ir.PrimFunc(func.name, func.params, ir.seq(*out), func.allocs)
+    verify(got)
+    args = random_args(func, seed=3)
+    assert _same_bits(interp.run(got, **args)["C"], interp.run(func, **args)["C"])
+
+
 @pytest.mark.parametrize("change", [
     dict(value="A[i, j] * 2.0"),            # not a constant
     dict(between="D[0, 0] = C[3, 3]"),      # C read between the fill and the product
-    dict(cols=70),                          # the tiles leave columns 64..69 unfilled
+    dict(filled=48),                        # the tiles reach past the filled columns
     dict(order="k_o, k_i, j_o"),            # a tile loop inside the inner reduction
     dict(between="C[3, 3] = 1.0"),          # C written between
 ])

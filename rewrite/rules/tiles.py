@@ -54,13 +54,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 from .. import ir
 from ..affine import Affine, affine
 from ..ir import Call, Const, For, Stmt, Store
 from ..match import affine_expr
-from .fusion import Producer, producer, substituted_index
+from .fusion import substituted_index
+from .panels import read_panels
 from .tidy import passes_cost
 
 
@@ -69,7 +70,7 @@ def improve(best, search):
     planned = best.planned
     # parameters only: the runtime zeroes a temporary whose first statement is no fill of
     # it as a whole (analysis.filled_before_read), a pass as long as the one folded away
-    stmts = fill_into_tiles(list(planned.stmts), {b.name for b in best.func.params})
+    stmts = fill_into_tiles(read_panels(planned.stmts), {b.name for b in best.func.params})
     if stmts == list(planned.stmts):
         return best
     saved = passes_cost(planned.stmts) - passes_cost(stmts)
@@ -80,25 +81,94 @@ def fill_into_tiles(stmts: list[Stmt], buffers: set[str]) -> list[Stmt]:
     """fill-into-tiles (module doc) on each constant fill of one of ``buffers``."""
     k = 0
     while k < len(stmts):
-        fill = _constant_fill(stmts[k], k, buffers)
-        later = [] if fill is None else \
-            [j for j in range(k + 1, len(stmts)) if ir.mentions(stmts[j], fill.buffer.name)]
-        tiled = _tiled(stmts[later[0]], fill) if later else None
-        if tiled is None:
+        fill = _constant_fill(stmts[k], buffers)
+        j = None if fill is None else _next_touching(stmts, k, fill)
+        folded = _tiled(stmts[j], fill) if j is not None else None
+        if folded is None:
             k += 1
             continue
-        j = later[0]
-        stmts = stmts[:k] + stmts[k + 1:j] + [tiled] + stmts[j + 1:]
+        tiled, region = folded
+        rest = [_box_fill(fill, box) for box in _outside(fill.box, region)]
+        stmts = stmts[:k] + stmts[k + 1:j] + [tiled] + rest + stmts[j + 1:]
     return stmts
 
 
-def _constant_fill(s: Stmt, k: int, buffers: set[str]) -> Optional[Producer]:
-    fill = producer(s, k, buffers)
-    return fill if fill is not None and isinstance(fill.value, Const) else None
+class _Fill(NamedTuple):
+    """``buffer[box] = value``: a top-level nest storing one constant into a box of a buffer
+    (per dim, ``[lo, hi)``), each element once."""
+
+    buffer: ir.Buffer
+    box: tuple[tuple[int, int], ...]
+    value: Const
 
 
-def _tiled(nest: Stmt, fill: Producer) -> Optional[Stmt]:
-    """``nest`` with ``fill`` folded into its tiles, or None where the rule does not apply."""
+def _constant_fill(s: Stmt, buffers: set[str]) -> Optional[_Fill]:
+    """``s`` as a constant fill of a box of one of ``buffers`` (each index one loop variable
+    plus a constant, each variable in one index, every loop used), or None."""
+    loops, store = ir.band(s)
+    if not loops or not isinstance(store, Store) or store.buffer.name not in buffers:
+        return None
+    if not isinstance(store.value, Const) or store.value.dtype != store.buffer.dtype:
+        return None
+    by_var = {lp.var: lp for lp in loops}
+    if len(by_var) != len(loops) or len(loops) != store.buffer.ndim:
+        return None
+    box, seen = [], set()
+    for idx, whole in zip(store.indices, store.buffer.shape):
+        m = affine(idx)
+        if m is None or len(m.terms) != 1 or m.terms[0][1] != 1 or m.terms[0][0] in seen:
+            return None
+        lp = by_var.get(m.terms[0][0])
+        if lp is None or lp.extent == 0 or lp.start + m.const < 0 or lp.stop + m.const > whole:
+            return None
+        seen.add(lp.var)
+        box.append((lp.start + m.const, lp.stop + m.const))
+    return _Fill(store.buffer, tuple(box), store.value)
+
+
+def _next_touching(stmts: list[Stmt], k: int, fill: _Fill) -> Optional[int]:
+    """The first statement after ``stmts[k]`` that mentions the fill's buffer, passing over
+    constant fills of boxes of it that do not meet the fill's box (they write other
+    elements and read none, so the fill moves past them unchanged)."""
+    for j in range(k + 1, len(stmts)):
+        if not ir.mentions(stmts[j], fill.buffer.name):
+            continue
+        other = _constant_fill(stmts[j], {fill.buffer.name})
+        if other is None or _meets(other.box, fill.box):
+            return j
+    return None
+
+
+def _meets(a, b) -> bool:
+    return all(lo < b_hi and b_lo < hi for (lo, hi), (b_lo, b_hi) in zip(a, b))
+
+
+def _outside(box, region) -> list:
+    """The part of ``box`` outside ``region`` (a box inside it), as disjoint boxes: per
+    dim, the slabs below and above the region there, within the region in the dims before."""
+    out = []
+    for d, ((lo, hi), (r_lo, r_hi)) in enumerate(zip(box, region)):
+        inner = tuple(region[:d])
+        tail = tuple(box[d + 1:])
+        for piece in ((lo, r_lo), (r_hi, hi)):
+            if piece[0] < piece[1]:
+                out.append(inner + (piece,) + tail)
+    return out
+
+
+def _box_fill(fill: _Fill, box) -> Stmt:
+    """``fill``'s constant stored into ``box`` of its buffer."""
+    names = _names(set(), len(box))
+    s: Stmt = Store(fill.buffer, tuple(affine_expr(Affine(((v, 1),), lo)) for v, (lo, _) in
+                                       zip(names, box)), fill.value)
+    for v, (lo, _), (_, hi) in reversed(list(zip(names, box, box))):
+        s = For(v, 0, hi - lo, s)
+    return s
+
+
+def _tiled(nest: Stmt, fill: _Fill) -> Optional[tuple[Stmt, tuple]]:
+    """``nest`` with ``fill`` folded into its tiles, and the box of the buffer its tiles
+    cover, or None where the rule does not apply."""
     loops, call = ir.band(nest)
     if not loops or not isinstance(call, Call):
         return None
@@ -113,7 +183,10 @@ def _tiled(nest: Stmt, fill: Producer) -> Optional[Stmt]:
         return None
     extent = {lp.var: lp.extent for lp in loops}
     bases = [affine(e) for e in out.base]
-    if any(m is None for m in bases) or not _partition(bases, box, c.shape, extent):
+    if any(m is None for m in bases) or any(n == 0 for n in extent.values()):
+        return None
+    region = _partition(bases, box, c.shape, extent)
+    if region is None or any(lo < f_lo or hi > f_hi for (lo, hi), (f_lo, f_hi) in zip(region, fill.box)):
         return None
     tile = {v for m in bases for v, _ in m.terms}
     kinds = "".join("t" if lp.var in tile else "r" for lp in loops)
@@ -124,17 +197,17 @@ def _tiled(nest: Stmt, fill: Producer) -> Optional[Stmt]:
     shape = call.intrinsic.output.shape
     tile_fill = _fill(out, shape, fill.value, _names({lp.var for lp in loops}, len(shape)))
     if p < 0:  # each tile is one call
-        return ir.wrap(loops, ir.seq(tile_fill, call))
+        return ir.wrap(loops, ir.seq(tile_fill, call)), region
     outer, r, rest = loops[:p], loops[p], loops[p + 1:]
     t_in = [lp for lp in rest if lp.var in tile]
     r_in = [lp for lp in rest if lp.var not in tile]
     if not t_in:  # the reductions run back to back for each tile: fill, then all of them
-        return ir.wrap(outer, ir.seq(tile_fill, ir.wrap(loops[p:], call)))
+        return ir.wrap(outer, ir.seq(tile_fill, ir.wrap(loops[p:], call))), region
     first = ir.wrap(t_in, ir.seq(tile_fill, ir.wrap(r_in, _at(call, r.var, r.start))))
     if r.extent == 1:
-        return ir.wrap(outer, first)
+        return ir.wrap(outer, first), region
     others = For(r.var, r.start + 1, r.stop, ir.wrap(rest, call))
-    return ir.wrap(outer, ir.seq(first, others))
+    return ir.wrap(outer, ir.seq(first, others)), region
 
 
 def _box(w: ir.Window, shape: Sequence[int]) -> Optional[list[tuple[int, int]]]:
@@ -151,23 +224,26 @@ def _box(w: ir.Window, shape: Sequence[int]) -> Optional[list[tuple[int, int]]]:
     return box
 
 
-def _partition(bases: list[Affine], box, shape: Sequence[int], extent: dict[str, int]) -> bool:
-    """Whether the boxes at ``bases`` (affine in loops from 0 of ``extent``) partition a
-    buffer of ``shape``: per dim, the variables in mixed radix from the box's extent up to
-    the buffer's, no constant, each variable in one dim alone."""
+def _partition(bases: list[Affine], box, shape: Sequence[int], extent: dict[str, int]):
+    """The box of a buffer of ``shape`` (per dim ``[lo, hi)``) that the boxes at ``bases``
+    (affine in loops from 0 of ``extent``) partition, or None when they partition none:
+    per dim, the variables in mixed radix from the box's extent up, a constant ``lo`` at
+    least 0, each variable in one dim alone, the last step past ``lo`` within the buffer."""
     seen: set[str] = set()
+    region = []
     for m, (_, size), whole in zip(bases, box, shape):
-        if m.const != 0:
-            return False
+        if m.const < 0:
+            return None
         step = size
         for v, coeff in sorted(m.terms, key=lambda t: t[1]):
             if v in seen or v not in extent or coeff != step:
-                return False
+                return None
             seen.add(v)
             step = coeff * extent[v]
-        if step != whole:
-            return False
-    return True
+        if m.const + step > whole:
+            return None
+        region.append((m.const, m.const + step))
+    return tuple(region)
 
 
 def _names(taken: set[str], n: int) -> list[str]:
