@@ -186,16 +186,26 @@ def unblocked(desc, count: int, windows) -> float:
     thread) reads the same 16 rows a call for twice the work, and there the rows cost more:
     ``qdense_u8i8_nt`` (M = 64, 8 192 calls) ran 0.051 ms on B's rows against 0.019 ms on
     blocks, which at 2 units a call the model kept on rows; 4 units a call (16 rows at
-    ``UNBLOCKED_PER_ROW``) packs it. A gathered operand already pays ``GATHER_PENALTY``."""
+    ``UNBLOCKED_PER_ROW``) packs it. A gathered operand already pays ``GATHER_PENALTY``.
+
+    An operand the emitter reads fastest from a widened copy (``Layout.widened``) read from
+    a window that is not one is loaded row by row and widened in each call: priced the same.
+    """
     extra = 0.0
     for op in desc.inputs:
         need = desc.layout.get(op.name)
-        if need is None or not need.contiguous or op.name not in windows:
+        if need is None or op.name not in windows:
             continue
         w = windows[op.name]
-        if not is_block(op, w):
+        if (need.contiguous and not is_block(op, w)) or unwidened(desc, op, w):
             extra += count * math.prod(op.shape[:-1]) * UNBLOCKED_PER_ROW
     return extra
+
+
+def unwidened(desc, op, w) -> bool:
+    """Window ``w`` of operand ``op`` is not on the widened copy its ``Layout`` asks for."""
+    need = desc.layout.get(op.name)
+    return need is not None and need.widened is not None and w.buffer.dtype != need.widened
 
 
 def is_block(op, w) -> bool:
