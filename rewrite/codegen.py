@@ -768,6 +768,18 @@ class _StridedBody(_BodyEmitter):
         return ref.at(self.b, [0 if isinstance(i, Const) and i.value == 0 else self.index(i)
                                for i in indices])
 
+    def expr(self, e: Expr) -> ir.Value:
+        # an operand read from a widened copy (``Layout.widened``): its element, converted
+        # from the copy's dtype, as the interpreter reads the call (``calls.expand_calls``
+        # puts the copy's loads in the semantics), so ``i32(a)`` is the element's value
+        load = e.a if isinstance(e, Cast) else e
+        held = self.refs[load.buffer.name].dtype if isinstance(load, Load) else None
+        if held is None or held == load.dtype:
+            return super().expr(e)
+        value = self.b.load(self.address(load.buffer, load.indices), typ=lltype(held),
+                            align=itemsize(held))
+        return self.cast(value, held, e.dtype)
+
 
 def _no_calls(desc: Descriptor) -> Emitter:
     raise TypeError(f"the semantics of an intrinsic call another intrinsic ({desc.name})")

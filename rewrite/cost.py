@@ -41,6 +41,7 @@ from .nests import AccNest
 
 GATHER_PENALTY = 4.0
 UNBLOCKED_PER_ROW = 0.25
+UNWIDENED_PER_ROW = 0.75
 PER_ELEMENT_MOVED = 1.0
 PER_PACKING = 10000.0
 PER_PADDED_TEMP = 1000.0
@@ -191,16 +192,34 @@ def unblocked(desc, count: int, windows) -> float:
     thread) reads the same 16 rows a call for twice the work, and there the rows cost more:
     ``qdense_u8i8_nt`` (M = 64, 8 192 calls) ran 0.051 ms on B's rows against 0.019 ms on
     blocks, which at 2 units a call the model kept on rows; 4 units a call (16 rows at
-    ``UNBLOCKED_PER_ROW``) packs it. A gathered operand already pays ``GATHER_PENALTY``."""
+    ``UNBLOCKED_PER_ROW``) packs it. A gathered operand already pays ``GATHER_PENALTY``.
+
+    An operand the emitter reads fastest from a widened copy (``Layout.widened``) but whose
+    window is not on one is loaded and widened in each call, ``UNWIDENED_PER_ROW`` per row
+    (instead of the above). Fitted on the four-row int8 tile, Zen 3 code on Zen 4, one thread
+    (a loaded machine, the least of 15 runs): ``qdense_u8i8_nt``'s B rows (16 two-byte loads
+    and inserts a call, 8 192 calls) ran 0.046 ms against 0.019 on the 2x16x4 tile's blocks,
+    which the rows at 0.25 (4 units a call) had chosen; at 0.75 (12) the blocks are chosen
+    again. B read in place along its rows (102x96x150, ``B[k, j]``: two loads a call,
+    interleaved) stays on the unwidened tile there, and measured 0.030 against 0.032 ms on
+    the 2x16x4's blocks."""
     extra = 0.0
     for op in desc.inputs:
         need = desc.layout.get(op.name)
-        if need is None or not need.contiguous or op.name not in windows:
+        if need is None or op.name not in windows:
             continue
         w = windows[op.name]
-        if not is_block(op, w):
+        if unwidened(desc, op, w):
+            extra += count * math.prod(op.shape[:-1]) * UNWIDENED_PER_ROW
+        elif need.contiguous and not is_block(op, w):
             extra += count * math.prod(op.shape[:-1]) * UNBLOCKED_PER_ROW
     return extra
+
+
+def unwidened(desc, op, w) -> bool:
+    """Window ``w`` of operand ``op`` is not on the widened copy its ``Layout`` asks for."""
+    need = desc.layout.get(op.name)
+    return need is not None and need.widened is not None and w.buffer.dtype != need.widened
 
 
 def is_block(op, w) -> bool:

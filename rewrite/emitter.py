@@ -332,8 +332,11 @@ KLOOP_TYPE = ir.FunctionType(VOID, [PTR, I64, I64])
 
 
 def _refs(b: ir.IRBuilder, desc: Descriptor, pointers: ir.Value,
-          strides: Union[dict[str, tuple[int, ...]], ir.Value]) -> dict[str, Ref]:
-    """Operand refs read from the pointer array; strides either fixed or read from memory."""
+          strides: Union[dict[str, tuple[int, ...]], ir.Value],
+          dtypes: Optional[dict[str, str]] = None) -> dict[str, Ref]:
+    """Operand refs read from the pointer array; strides either fixed or read from memory;
+    element dtypes the operands' own unless ``dtypes`` names another (``Layout.widened``)."""
+    dtypes = dtypes or {}
     refs, slot = {}, 0
     for n, o in enumerate(desc.operands):
         ptr = b.load(b.gep(pointers, [ir.Constant(I64, n)], source_etype=PTR), typ=PTR, align=8)
@@ -343,7 +346,7 @@ def _refs(b: ir.IRBuilder, desc: Descriptor, pointers: ir.Value,
             st = tuple(b.load(b.gep(strides, [ir.Constant(I64, slot + d)], source_etype=I64),
                               typ=I64, align=8) for d in range(len(o.shape)))
         slot += len(o.shape)
-        refs[o.name] = Ref(ptr, o.dtype, st)
+        refs[o.name] = Ref(ptr, dtypes.get(o.name, o.dtype), st)
     return refs
 
 
@@ -360,15 +363,16 @@ def call_function(module: ir.Module, desc: Descriptor, emitter: Emitter, symbol:
 
 def kloop_function(module: ir.Module, desc: Descriptor, emitter: Emitter, symbol: str,
                    strides: dict[str, tuple[int, ...]], advance: dict[str, int],
-                   keep_acc: bool = True) -> ir.Function:
+                   keep_acc: bool = True, dtypes: Optional[dict[str, str]] = None) -> ir.Function:
     """``repeats`` times: ``steps`` consecutive calls, operand ``x`` moving ``advance[x]``
     elements per call. With ``keep_acc`` the output is loaded once, carried in phi nodes
     (registers) through the steps and stored once: what a lowering does for consecutive
-    calls along a reduction. Without it, every call loads and stores its output."""
+    calls along a reduction. Without it, every call loads and stores its output. ``dtypes``:
+    operands held in another dtype than their own (``_refs``)."""
     fn = ir.Function(module, KLOOP_TYPE, name=symbol)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     pointers, steps, repeats = fn.args
-    refs = _refs(b, desc, pointers, strides)
+    refs = _refs(b, desc, pointers, strides, dtypes)
     out = desc.output.name
 
     def moved(k: ir.Value) -> dict[str, Ref]:

@@ -271,11 +271,13 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names):
     def uses(op) -> set[str]:
         return {x.name for e in windows[op.name].base for x in ir.walk_expr(e) if isinstance(x, Var)}
 
-    widest = max((op for op in desc.inputs if r.name in uses(op)),
-                 key=lambda op: math.prod(op.shape) * ir.itemsize(op.dtype), default=None)
+    def size(op) -> int:  # bytes a call reads, as the window holds them (``Layout.widened``)
+        return math.prod(op.shape) * ir.itemsize(windows[op.name].buffer.dtype)
+
+    widest = max((op for op in desc.inputs if r.name in uses(op)), key=size, default=None)
     if widest is None:
         return loops, windows
-    step = math.prod(widest.shape) * ir.itemsize(widest.dtype)
+    step = size(widest)
     kc_max = 2 * l1_data_bytes() // 3 // step
     kc = next((n for n in range(min(kc_max, r.extent // 2), KC_MIN - 1, -1) if r.extent % n == 0), None)
     rows = next((d for d in moving if d.name not in uses(widest)), None)
@@ -336,8 +338,11 @@ def _reductions_outside(desc, loops: list, moving: list, reduction: list, window
     the panel fits in L1 anyway, nor where no output loop left inside shares the widest
     input's slice (a 7x7 convolution's tiles along ``w`` and ``co_o``, each with its own
     weights: 0.039 against 0.034 ms)."""
-    widest = max((op for op in desc.inputs), key=lambda op: math.prod(op.shape) * ir.itemsize(op.dtype))
-    panel = math.prod(d.extent for d in reduction) * math.prod(widest.shape) * ir.itemsize(widest.dtype)
+    def size(op) -> int:
+        return math.prod(op.shape) * ir.itemsize(windows[op.name].buffer.dtype)
+
+    widest = max((op for op in desc.inputs), key=size)
+    panel = math.prod(d.extent for d in reduction) * size(widest)
     out = math.prod(d.extent for d in moving) * math.prod(desc.output.shape) * ir.itemsize(desc.output.dtype)
     if out >= panel or panel <= l1_data_bytes() or reduction[-1].extent < KC_MIN // 4:
         return loops

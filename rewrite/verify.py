@@ -418,7 +418,8 @@ class _Verifier:
             raise VerifyError(f"intrinsic {s.intrinsic.name} takes operands {', '.join(o.name for o in desc.operands)} "
                               f"(output {desc.output.name}), not {', '.join(names)}", s)
         for op, (_, w) in zip(desc.operands, s.operands):
-            if w.buffer.dtype != op.dtype:
+            need = desc.layout.get(op.name)  # a widened copy (``Layout.widened``) will do
+            if w.buffer.dtype not in (op.dtype, need.stored(op.dtype) if need else op.dtype):
                 raise VerifyError(f"operand {op.name} of {s.intrinsic.name} is {op.dtype} but {w.buffer.name} "
                                   f"holds {w.buffer.dtype}", w)
             if len(w.steps) != len(op.shape) or any(len(st) != w.buffer.ndim for st in w.steps):

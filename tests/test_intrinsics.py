@@ -31,7 +31,7 @@ from rewrite.tools import intrinsic_bench
 
 X86_AVX2 = ["x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4"]
 X86_AVX2 += ["x86.gemv.f32.4x8", "x86.mm.u8i8i32.2x16x4", "x86.axpy.f32x32", "x86.mm.f32.4x16x1"]
-X86_AVX2 += ["x86.mm.f32.2x16x1"]
+X86_AVX2 += ["x86.mm.f32.2x16x1", "x86.mm.u8i8i32.4x16x2"]
 X86_AVX512 = ["x86.avx512.mm.f32.8x32x1", "x86.avx512.gemv.f32.8x8", "x86.avx512.axpy.f32x64"]
 X86_AVX512 += ["x86.avx512.gemv.f32.8x16", "x86.avx512.gemvt.f32.8x8", "x86.avx512.gemvt.f32.8x16"]
 X86_VNNI = ["x86.avx512vnni.dot.u8i8i32.16x4", "x86.avx512vnni.mm.u8i8i32.8x32x4"]
@@ -221,12 +221,16 @@ def test_mma_f16_inputs():
 # the k-loop micro-kernel: accumulators carried through consecutive calls
 
 
-def kloop(name: str, strides, advance):
+def kloop(name: str, strides, advance, dtypes=None, emulated=False):
+    """``name``'s k-loop, compiled (the emulation from its semantics if ``emulated``);
+    ``dtypes``: operands held in another dtype than their own (``Layout.widened``)."""
     desc = intrinsics.get(name)
     module = codegen.new_module("kloop")
-    emitter.kloop_function(module, desc, desc.emitter, "kloop_test_" + name.replace(".", "_"),
-                        strides, advance)
-    (address,) = emit.jit_module(module, ["kloop_test_" + name.replace(".", "_")])
+    symbol = "kloop_test_" + name.replace(".", "_") + "".join(f"_{k}{v}" for k, v in sorted((dtypes or {}).items()))
+    symbol += "_emulated" if emulated else ""
+    emitter.kloop_function(module, desc, codegen.Emulated(desc) if emulated else desc.emitter, symbol,
+                           strides, advance, dtypes=dtypes)
+    (address,) = emit.jit_module(module, [symbol])
     return ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(address)
 
 
@@ -329,6 +333,47 @@ def test_int8_tile_kloop_is_exact(name, k, seed):
     np.testing.assert_array_equal(c, want.astype(np.int32))
 
 
+@pytest.mark.parametrize("held, emulated", [
+    pytest.param({"a": "i16", "b": "i16"}, False, marks=needs_isa("x86.mm.u8i8i32.4x16x2")),
+    pytest.param({}, False, marks=needs_isa("x86.mm.u8i8i32.4x16x2")),
+    ({"a": "i16", "b": "i16"}, True)])
+def test_widened_int8_tile_kloop_is_exact(held, emulated):
+    # the four-row tile on the i16 copies pack-panel makes of a and b (``Layout.widened``)
+    # and on the u8 and i8 themselves (a window no copy widened), and its emulation (a host
+    # without AVX2) on the copies: the extremes 0 and 255
+    # against -128 and 127 at the first steps, so a lost zero or sign extension, or a
+    # saturating add, shows; every other element at its own random value
+    name, k = "x86.mm.u8i8i32.4x16x2", 53
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (4, 2 * k)).astype(np.uint8)  # row-major A: a step moves 2
+    b = rng.integers(-128, 128, (k, 16, 2)).astype(np.int8)  # B in blocks of 16 x 2
+    a[:, :4], b[0], b[1] = 255, -128, 127
+    a[1, 4:6], b[2, :8] = 0, -128
+    c = rng.integers(-2**31, 2**31, (4, 16), dtype=np.int64).astype(np.int32)
+    c[0, :4] = 2**31 - 1  # the sum wraps, as i32 addition does
+    want = c + np.einsum("isq,sjq->ij", a.reshape(4, k, 2).astype(np.int64), b.astype(np.int64))
+    given = {"a": a.astype(np.int16) if "a" in held else a, "b": b.astype(np.int16) if "b" in held else b}
+    fn = kloop(name, {"c": (16, 1), "a": (2 * k, 1), "b": (2, 1)}, {"a": 2, "b": 32}, held, emulated)
+    fn(pointers(c, given["a"], given["b"]), k, 1)
+    np.testing.assert_array_equal(c, want.astype(np.int32))
+
+
+def test_widened_int8_tile_kloop_is_loads_and_vpmaddwd():
+    # compiled for Zen 3 (AVX2, 16 vector registers; not run), so every host checks it: on
+    # the i16 copies each step is b's two 32-byte loads, a broadcast from memory a row and
+    # 8 vpmaddwd + vpaddd: no widening shuffle, nothing spilled, no AVX-512 register
+    strides, steps = {"c": (1024, 1), "a": (1024, 1), "b": (2, 1)}, {"a": 2, "b": 32}
+    desc = intrinsics.get("x86.mm.u8i8i32.4x16x2")
+    module = codegen.new_module("asm")
+    emitter.kloop_function(module, desc, desc.emitter, "k", strides, steps, dtypes={"a": "i16", "b": "i16"})
+    body, rest = _assembly_loop(module, "znver3", "vpmaddwd")
+    assert _count(r"vpmaddwd", body) == 8 and _count(r"vpaddd", body) == 8
+    assert _count(r"vpbroadcastd\s+[^,]*\(", body) == 4
+    assert _count(r"vmovdqu\s+[^,]*\(", body) + _count(r"vpmaddwd\s+[^,]*\(", body) == 2
+    assert _count(r"vpshufb|vpmov[sz]x|vpunpck|vperm|vpsh|vpbroadcast[bwq]|%rsp|%ymm(1[6-9]|2\d|3[01])", body) == 0
+    assert _count(r"vpaddd\s[^\n]*\(", rest) == 8 and _count(r"prefetch(w|t0)\s", rest) >= 8
+
+
 # CPUs that LLVM knows to have each ISA, and what the emitter's assembly must hold there
 # (the 512-bit registers for the AVX-512 tile): checked on any host
 CPU_WITH = {"x86.avx512vnni.dot.u8i8i32.16x4": ("znver4", "vpdpbusd"),
@@ -344,6 +389,7 @@ CPU_WITH = {"x86.avx512vnni.dot.u8i8i32.16x4": ("znver4", "vpdpbusd"),
             "x86.avx512.gemv.f32.8x16": ("skylake-avx512", r"vfmadd\d+ps\s[^\n]*%zmm"),
             "x86.avx512.gemvt.f32.8x16": ("skylake-avx512", r"vfmadd\d+ps\s[^\n]*%zmm"),
             "x86.mm.u8i8i32.2x16x4": ("haswell", "vpmaddwd"),
+            "x86.mm.u8i8i32.4x16x2": ("znver3", "vpmaddwd"),
             "x86.amx.mm.u8i8i32.32x32x64": ("sapphirerapids", "tdpbusd")}
 
 
@@ -351,11 +397,16 @@ def _kloop_assembly(name: str, cpu: str, strides: dict, steps: dict, marker: str
     """The assembly of ``name``'s k-loop function compiled for ``cpu`` (not run, so every
     host checks it): ``(body, rest)``, the lines of the loop that holds the first line with
     ``marker`` and all the others."""
-    import llvmlite.binding as llvm
-
     desc = intrinsics.get(name)
     module = codegen.new_module("asm")
     emitter.kloop_function(module, desc, desc.emitter, "k", strides, steps)
+    return _assembly_loop(module, cpu, marker)
+
+
+def _assembly_loop(module, cpu: str, marker: str):
+    """``module`` compiled for ``cpu``: ``_kloop_assembly``'s ``(body, rest)``."""
+    import llvmlite.binding as llvm
+
     machine = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(
         cpu=cpu, features="", opt=3)
     ref = llvm.parse_assembly(str(module))
@@ -642,6 +693,11 @@ def fma8(c: f32[8], a: f32[8], b: f32[8]):
         c[i] += a[i] * b[i]
 
 
+def dot_i16(c: i32[4], a: u8[4], b: i8[4]):
+    for i in range(4):
+        c[i] += i32(a[i]) * i32(b[i])
+
+
 class TwoOperandEmitter(emit.Emitter):
     operands = ("c", "a")
 
@@ -662,6 +718,15 @@ BAD = [
     ("bad.layout.dim", fma8, {"layout": {"a": intrinsics.Layout((1,))}},
      ["bad.layout.dim", "dim 1", "1 dims"]),
     ("bad.cost", fma8, {"cost": -1}, ["bad.cost", "cost must be a positive number"]),
+    # a widened copy holds every value of the operand, and only an integer input has one
+    ("bad.widened.float", fma8, {"layout": {"a": intrinsics.Layout(widened="i32")}},
+     ["bad.widened.float", "a (f32, input)", "widened to i32"]),
+    ("bad.widened.output", dot_i16, {"layout": {"c": intrinsics.Layout(widened="i64")}},
+     ["bad.widened.output", "c (i32, output)"]),
+    ("bad.widened.narrow", dot_i16, {"layout": {"a": intrinsics.Layout(widened="i8")}},
+     ["bad.widened.narrow", "a (u8, input)", "widened to i8"]),
+    ("bad.widened.sign", dot_i16, {"layout": {"b": intrinsics.Layout(widened="u8")}},
+     ["bad.widened.sign", "b (i8, input)", "widened to u8"]),
     ("x86.fma.f32x8", fma8, {}, ["x86.fma.f32x8", "already registered"]),
 ]
 

@@ -18,9 +18,9 @@ from rewrite.verify import verify
 ROOT = Path(__file__).parent.parent
 # the rows whose packing decisions these tests pin down (the matrix-vector form, added later,
 # reads a transposed B at unit stride and needs no copy: tests/test_tensorize.py; the two-row
-# int8 tile is the dot's blocked form)
+# int8 tile is the dot's blocked form, the four-row one reads widened copies: AVX2_INT8 below)
 AVX2 = [d for d in intrinsics.library("x86-avx2")
-        if d.name not in ("x86.gemv.f32.4x8", "x86.mm.u8i8i32.2x16x4")]
+        if d.name not in ("x86.gemv.f32.4x8", "x86.mm.u8i8i32.2x16x4", "x86.mm.u8i8i32.4x16x2")]
 HOST_HAS_AVX2 = {"avx2", "fma"} <= intrinsics.host_features()
 
 
@@ -641,3 +641,73 @@ def test_b_rows_a_page_apart_are_read_from_panels(monkeypatch):
     mm = [c for c in _calls(result.func) if c.intrinsic.name == "x86.avx512.mm.f32.8x32x1"]
     b = mm[0].window("b")
     assert b.buffer.name.startswith("B_panel") and b.buffer.shape == (31, 1000, 32)
+
+
+# ---------------------------------------------------------------------------
+# u8 x i8 on the AVX2 four-row tile: A and B copied into panels widened to i16
+
+AVX2_INT8 = intrinsics.library("x86-avx2")
+
+
+def _int8_gemm(m: int, n: int, k: int) -> ir.PrimFunc:
+    return parse(f"""
+@prim_func
+def q(A: u8[{m}, {k}], B: i8[{k}, {n}], C: i32[{m}, {n}]):
+    for i, j in grid({m}, {n}):
+        C[i, j] = 0
+        for k in range({k}):
+            C[i, j] += i32(A[i, k]) * i32(B[k, j])
+""")
+
+
+def _extreme_args(func, seed: int) -> dict:
+    """Random u8 and i8 with whole rows and columns at 0, 255, -128 and 127."""
+    args = inputs.random_args(func, seed=seed)
+    a, b = args["A"], args["B"]
+    a[0], a[-1], a[:, 1] = 255, 0, 255
+    b[:, 0], b[:, -1], b[2] = -128, 127, -128
+    return args
+
+
+@pytest.mark.parametrize("m, n, k, panels", [(130, 128, 130, True), (126, 112, 134, True),
+                                             (102, 96, 150, False)])
+def test_int8_gemm_on_the_four_row_tile(m, n, k, panels):
+    # the four-row tile reads A and B from i16 panels, each element copied once as its value
+    # cast (i16(A[...]), i16(B[...])), or, where the model finds the copies dearer, the
+    # sources themselves; the remainders (odd sizes) go to other rows. The program means
+    # what the source does, in the interpreter and, where the host has AVX2, compiled, on
+    # the extremes of u8 and i8
+    func = _int8_gemm(m, n, k)
+    result = tensorize(func, AVX2_INT8)
+    _well_formed(result)
+    tile = [c for c in _calls(result.func) if c.intrinsic.name == "x86.mm.u8i8i32.4x16x2"]
+    assert tile
+    widened = {s.buffer.name: s.value.a.buffer.name for s in ir.walk_stmts(result.func.body)
+               if isinstance(s, ir.Store) and isinstance(s.value, ir.Cast) and s.buffer.dtype == "i16"
+               and isinstance(s.value.a, ir.Load)}
+    assert sorted(widened.values()) == (["A", "B"] if panels else [])
+    for c in tile:
+        a, b = c.window("a"), c.window("b")
+        if panels:
+            assert (widened.get(a.buffer.name), widened.get(b.buffer.name)) == ("A", "B")
+            assert _flat(b, 1) == 1 and _flat(b, 0) == 2  # 16 x 2 blocks
+        else:
+            assert (a.buffer.name, b.buffer.name) == ("A", "B")
+    args = _extreme_args(func, seed=m)
+    want = interp.run(func, **args)["C"]
+    assert np.array_equal(interp.run(result.func, **args)["C"], want)
+    if HOST_HAS_AVX2:
+        got = {n: np.array(v, copy=True) for n, v in args.items()}
+        result.compile()(**got)
+        assert np.array_equal(got["C"], want)
+
+
+def test_widened_panel_only_for_the_operands_that_ask():
+    # the 2x16x4 tile's b (contiguous, not widened) is copied as it is, in i8
+    func = _int8_gemm(32, 32, 64)
+    lib = [d for d in AVX2_INT8 if d.name != "x86.mm.u8i8i32.4x16x2"]
+    result = tensorize(func, lib)
+    _well_formed(result)
+    assert all(b.dtype in ("u8", "i8") for b in result.func.allocs)
+    assert not any(isinstance(s, ir.Store) and isinstance(s.value, ir.Cast)
+                   for s in ir.walk_stmts(result.func.body))

@@ -152,6 +152,13 @@ def _replace_loads(e: Expr, new: dict[Load, Load]) -> Expr:
 # one block, element strides (4, 1), and the next call along ``k_o`` reads the next block.
 # ``cost.unblocked`` prices the row-by-row window it replaces.
 #
+# An operand whose ``Layout`` names a ``widened`` dtype (the AVX2 int8 tile's u8 and i8, read
+# as i16) is copied so, each element the value cast (``i16(B[k, j])``), and copied even when
+# its windows need no other change: every call then loads what ``vpmaddwd`` takes, where it
+# would otherwise widen each block again (``cost.unwidened`` prices that). The cast is exact
+# (i16 holds every u8 and i8 value) and the call means its semantics on the values its
+# window holds, so the calls compute what they did on the source.
+#
 # Sound: as for ``pack-operand`` the nest does not write the operand's buffer and the copy
 # runs right before the calls. Each call reads the panel at (tile t, other dims x, offset o)
 # for o below the intrinsic extent; the copy stored there the load at p = n * t + o + start,
@@ -243,6 +250,7 @@ def panel_operands(desc, windows: dict[str, Window], found: tuple[Stream, ...]) 
     far |= {s.operand for s in found if cost.one_set(s)}
     far |= {op.name for op in desc.inputs if desc.layout.get(op.name) is not None
             and desc.layout[op.name].contiguous and not cost.is_block(op, windows[op.name])}
+    far |= {op.name for op in desc.inputs if cost.unwidened(desc, op, windows[op.name])}
     return tuple(op.name for op in desc.inputs if op.name in far)
 
 
@@ -300,12 +308,13 @@ def pack_panel(nest: AccNest, desc, b: Binding, tiled: dict[str, tuple[str, int,
             axes.sort(key=lambda a: rank.get(a[0], len(rank)))
         offsets = [loop_names.fresh(f"{p}_i") for p, _ in inner]
         zero = ir.Const(0, ir.INDEX)
+        need = desc.layout.get(op.name)
+        dtype = need.stored(load.buffer.dtype) if need is not None else load.buffer.dtype
         content = (load, tuple((p, n, tiled[p]) for p, n in inner), tuple(middle),
-                   tuple(a[0] for a in axes))
+                   tuple(a[0] for a in axes), dtype)
         if content not in panels:
             panels[content] = names.fresh(f"{load.buffer.name}_panel")
-        buf = Buffer(panels[content], load.buffer.dtype,
-                     tuple(a[2] for a in axes) + tuple(n for _, n in inner))
+        buf = Buffer(panels[content], dtype, tuple(a[2] for a in axes) + tuple(n for _, n in inner))
         # the element at (tile t, offset o) of tiled dim p is the load at p = n * t + o + start
         at = {}
         for (p, n), off in zip(inner, offsets):
@@ -314,7 +323,7 @@ def pack_panel(nest: AccNest, desc, b: Binding, tiled: dict[str, tuple[str, int,
             at[p] = affine_expr(Affine(tuple(sorted(terms)), start))
         idx = tuple(a[3] for a in axes) + tuple(Var(o) for o in offsets)
         source = ir.substitute(load, at)
-        s: Stmt = Store(buf, idx, source)
+        s: Stmt = Store(buf, idx, source if dtype == source.dtype else ir.Cast(dtype, source))
         loops = [(v, lo, lo + n) for v, lo, n, _ in _source_order(axes, source)] \
             + [(o, 0, n) for o, (_, n) in zip(offsets, inner)]
         for var, lo, hi in reversed(loops):

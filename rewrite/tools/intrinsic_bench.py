@@ -128,17 +128,18 @@ def _tile(desc: Intrinsic, name: str) -> int:
     return n
 
 
-def _array(rng: np.random.Generator, dtype: str, n: int) -> np.ndarray:
-    """Random values in a 64-byte aligned array: vectors that straddle cache lines measured
-    at half the rate here, and that would be the allocator's doing, not the intrinsic's."""
-    dt = np.dtype(numpy_dtype(dtype))
+def _array(rng: np.random.Generator, dtype: str, n: int, held: Optional[str] = None) -> np.ndarray:
+    """Random values of ``dtype`` (held as ``held``, if given) in a 64-byte aligned array:
+    vectors that straddle cache lines measured at half the rate here, and that would be the
+    allocator's doing, not the intrinsic's."""
+    dt = np.dtype(numpy_dtype(held or dtype))
     raw = np.empty(n * dt.itemsize + 64, np.uint8)
     start = -raw.ctypes.data % 64
     out = raw[start:start + n * dt.itemsize].view(dt)
     if is_float(dtype):
         out[:] = rng.uniform(-1.0, 1.0, n)
     else:
-        info = np.iinfo(dt)
+        info = np.iinfo(np.dtype(numpy_dtype(dtype)))
         out[:] = rng.integers(max(info.min, -100), min(info.max, 100), n, endpoint=True)
     return out
 
@@ -151,12 +152,16 @@ def _measure(desc: Intrinsic, runs: int, target_seconds: float) -> Row:
     strides = {o.name: _packed_strides(o.shape) for o in desc.operands}
     module = codegen.new_module(desc.name)
     symbol = new_symbol(desc, "bench")
-    kloop_function(module, desc, desc.emitter, symbol, strides, advance, keep_acc=keep_acc)
+    # each operand as the GEMM's copies hold it (``Layout.widened``), values in its own range
+    held = {o.name: desc.layout[o.name].stored(o.dtype) if o.name in desc.layout else o.dtype
+            for o in desc.operands}
+    kloop_function(module, desc, desc.emitter, symbol, strides, advance, keep_acc=keep_acc,
+                   dtypes=held)
     kernel = _KERNEL(jit(module, [symbol])[0])
 
     rng = np.random.default_rng(0)
-    arrays = [_array(rng, o.dtype, _tile(desc, o.name) * (_STEPS if o.name in advance else 1))
-              for o in desc.operands]
+    arrays = [_array(rng, o.dtype, _tile(desc, o.name) * (_STEPS if o.name in advance else 1),
+                     held[o.name]) for o in desc.operands]
     pointers = (ctypes.c_void_p * len(arrays))(*(a.ctypes.data for a in arrays))
     repeats = 1
     while True:  # grow the repeat count until one run is long enough to time
