@@ -591,7 +591,40 @@ class VnniDotU8I8I32_16x4(_DotU8I8I32_16x4):
         store_row(b, ops["c"], (0,), 0, b.add(acc[0], acc[1]))
 
 
-class VnniMmU8I8I32_8x32x4(Emitter):
+class _I32Blocks(Emitter):
+    """An int8 tile whose accumulators are ``rows`` x ``halves`` vectors of ``lanes`` i32,
+    started at zero, with c added once after the k-loop: ``load_acc`` only prefetches c's
+    lines, and a block just filled with a constant (``starts_fresh``, as ``MmF32``'s) is
+    neither prefetched nor read. i32 addition wraps and is associative, so adding c last
+    is the same sum."""
+
+    lanes: int
+    starts_fresh = True
+
+    def load_acc(self, b, ops):
+        _prefetch_rows(b, ops["c"], self.rows, self.lanes * self.halves)
+        return self.fresh_acc(b, ops)
+
+    def fresh_acc(self, b, ops):
+        zero = ir.Constant(ir.VectorType(ir.IntType(32), self.lanes), [0] * self.lanes)
+        return [[zero] * self.halves for _ in range(self.rows)]
+
+    def store_acc(self, b, ops, acc):
+        self._added(b, ops, acc, None)
+
+    def store_fresh(self, b, ops, acc, value):
+        self._added(b, ops, acc, splat(b, value, self.lanes))
+
+    def _added(self, b, ops, acc, c) -> None:
+        """c's block (``c`` for each of its vectors, if given) plus ``acc``, stored into c."""
+        n = self.lanes
+        for i in range(self.rows):
+            for h in range(self.halves):
+                old = load_row(b, ops["c"], (i, n * h), 1, n) if c is None else c
+                store_row(b, ops["c"], (i, n * h), 1, b.add(old, acc[i][h]))
+
+
+class VnniMmU8I8I32_8x32x4(_I32Blocks):
     """c (8x32) += a (8x4) @ b (32x4)^T in u8 x i8 -> i32, the register-blocked int8 tile:
     16 zmm accumulators (8 rows, two halves of 16 columns). ``step`` loads b's 128-byte block
     once (two zmm), broadcasts each row's four bytes of a as one i32, and runs 16 independent
@@ -605,15 +638,11 @@ class VnniMmU8I8I32_8x32x4(Emitter):
     the prefetch has the whole k-loop to land. i32 addition wraps and is associative, so
     adding c last is the same sum."""
 
-    rows, halves = 8, 2
+    rows, halves, lanes = 8, 2, 16
     operands = ("c", "a", "b")
     shapes = {"c": (8, 32), "a": (8, 4), "b": (32, 4)}
     dtypes = {"c": "i32", "a": "u8", "b": "i8"}
     I32X16 = ir.VectorType(ir.IntType(32), 16)
-
-    def load_acc(self, b, ops):
-        _prefetch_rows(b, ops["c"], self.rows, 16 * self.halves)
-        return self.fresh_acc(b, ops)
 
     def step(self, b, ops, acc):
         dpbusd = declare(b.module, "llvm.x86.avx512.vpdpbusd.512", self.I32X16,
@@ -625,26 +654,6 @@ class VnniMmU8I8I32_8x32x4(Emitter):
             a_i = splat(b, b.bitcast(load_row(b, ops["a"], (i, 0), 1, 4), ir.IntType(32)), 16)
             out.append([b.call(dpbusd, [acc[i][h], a_i, halves[h]]) for h in range(self.halves)])
         return out
-
-    def store_acc(self, b, ops, acc):
-        self._added(b, ops, acc, None)
-
-    # as MmF32's: a block just filled with a constant is neither prefetched nor read
-    starts_fresh = True
-
-    def fresh_acc(self, b, ops):
-        zero = ir.Constant(self.I32X16, [0] * 16)
-        return [[zero] * self.halves for _ in range(self.rows)]
-
-    def store_fresh(self, b, ops, acc, value):
-        self._added(b, ops, acc, splat(b, value, 16))
-
-    def _added(self, b, ops, acc, c) -> None:
-        """c's block (``c`` for each of its vectors, if given) plus ``acc``, stored into c."""
-        for i in range(self.rows):
-            for h in range(self.halves):
-                old = load_row(b, ops["c"], (i, 16 * h), 1, 16) if c is None else c
-                store_row(b, ops["c"], (i, 16 * h), 1, b.add(old, acc[i][h]))
 
 
 # 1024 multiply-adds in 16 vpdpbusd, 2 block loads and 8 broadcasts, where 16 dots need 16
@@ -692,7 +701,7 @@ def _i16_pairs(b: ir.IRBuilder, ref, index, n: int) -> ir.Value:
     return b.zext(pairs, wide) if ref.dtype == "u8" else b.sext(pairs, wide)
 
 
-class MmU8I8I32Pairs(Emitter):
+class MmU8I8I32Pairs(_I32Blocks):
     """c (rows x 16) += a (rows x 2) @ b (16 x 2)^T in u8 x i8 -> i32, exactly, from i16 copies
     of a and b (``Layout.widened``: ``pack-panel`` sign- or zero-extends each element once,
     where the 2x16x4 tile widens every block of b again for each call).
@@ -718,21 +727,13 @@ class MmU8I8I32Pairs(Emitter):
 
     operands = ("c", "a", "b")
     dtypes = {"c": "i32", "a": "u8", "b": "i8"}
+    lanes = 8
     I32X8 = ir.VectorType(ir.IntType(32), 8)
     I16X16 = ir.VectorType(ir.IntType(16), 16)
-    starts_fresh = True
 
     def __init__(self, rows: int, halves: int = 2):
         self.rows, self.halves = rows, halves
         self.shapes = {"c": (rows, 8 * halves), "a": (rows, 2), "b": (8 * halves, 2)}
-
-    def load_acc(self, b, ops):
-        _prefetch_rows(b, ops["c"], self.rows, 8 * self.halves)
-        return self.fresh_acc(b, ops)
-
-    def fresh_acc(self, b, ops):
-        zero = ir.Constant(self.I32X8, [0] * 8)
-        return [[zero] * self.halves for _ in range(self.rows)]
 
     def step(self, b, ops, acc):
         pmadd = declare(b.module, "llvm.x86.avx2.pmadd.wd", self.I32X8, [self.I16X16, self.I16X16])
@@ -743,19 +744,6 @@ class MmU8I8I32Pairs(Emitter):
             a_i = b.bitcast(splat(b, pair, 8), self.I16X16)
             out.append([b.add(acc[i][h], b.call(pmadd, [a_i, cols[h]])) for h in range(self.halves)])
         return out
-
-    def store_acc(self, b, ops, acc):
-        self._added(b, ops, acc, None)
-
-    def store_fresh(self, b, ops, acc, value):
-        self._added(b, ops, acc, splat(b, value, 8))
-
-    def _added(self, b, ops, acc, c) -> None:
-        """c's block (``c`` for each of its vectors, if given) plus ``acc``, stored into c."""
-        for i in range(self.rows):
-            for h in range(self.halves):
-                old = load_row(b, ops["c"], (i, 8 * h), 1, 8) if c is None else c
-                store_row(b, ops["c"], (i, 8 * h), 1, b.add(old, acc[i][h]))
 
 
 _WIDENED = {"c": Layout((1,), 4), "a": Layout((1,), 1, widened="i16"),
