@@ -221,6 +221,12 @@ def _cache_bytes(level: int, kind: str) -> int:
     return 0
 
 
+def _call_bytes(op, windows: dict) -> int:
+    """The bytes of operand ``op`` one call reads, as its window's buffer holds them (a
+    widened copy's elements are wider: ``Layout.widened``)."""
+    return math.prod(op.shape) * ir.itemsize(windows[op.name].buffer.dtype)
+
+
 def blocked_loops(desc, loops: list, windows: dict, names: Names):
     """``(loops, windows)`` in the blocked order ``rows_b, k_o, rows_i, other tiles, k_i`` when
     the reduction outgrows its block (``l1_data_bytes``), else as given. ``loops`` hold the loops that move the
@@ -271,9 +277,7 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names):
     def uses(op) -> set[str]:
         return {x.name for e in windows[op.name].base for x in ir.walk_expr(e) if isinstance(x, Var)}
 
-    def size(op) -> int:  # bytes a call reads, as the window holds them (``Layout.widened``)
-        return math.prod(op.shape) * ir.itemsize(windows[op.name].buffer.dtype)
-
+    size = functools.partial(_call_bytes, windows=windows)
     widest = max((op for op in desc.inputs if r.name in uses(op)), key=size, default=None)
     if widest is None:
         return loops, windows
@@ -338,9 +342,7 @@ def _reductions_outside(desc, loops: list, moving: list, reduction: list, window
     the panel fits in L1 anyway, nor where no output loop left inside shares the widest
     input's slice (a 7x7 convolution's tiles along ``w`` and ``co_o``, each with its own
     weights: 0.039 against 0.034 ms)."""
-    def size(op) -> int:
-        return math.prod(op.shape) * ir.itemsize(windows[op.name].buffer.dtype)
-
+    size = functools.partial(_call_bytes, windows=windows)
     widest = max((op for op in desc.inputs), key=size)
     panel = math.prod(d.extent for d in reduction) * size(widest)
     out = math.prod(d.extent for d in moving) * math.prod(desc.output.shape) * ir.itemsize(desc.output.dtype)
