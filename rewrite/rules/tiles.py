@@ -161,7 +161,7 @@ def _box_fill(fill: _Fill, box) -> Stmt:
     names = _names(set(), len(box))
     s: Stmt = Store(fill.buffer, tuple(affine_expr(Affine(((v, 1),), lo)) for v, (lo, _) in
                                        zip(names, box)), fill.value)
-    for v, (lo, _), (_, hi) in reversed(list(zip(names, box, box))):
+    for v, (lo, hi) in reversed(list(zip(names, box))):
         s = For(v, 0, hi - lo, s)
     return s
 
