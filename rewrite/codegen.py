@@ -89,9 +89,10 @@ def const(dtype: str, value) -> ir.Constant:
 
 
 _cpu: Optional[str] = None  # a CPU named by ``generate_for``, else None: this one
+_cpu_features: Optional[frozenset] = None  # that CPU's features, if ``generate_for`` was told
 
 
-def generate_for(cpu: Optional[str]) -> None:
+def generate_for(cpu: Optional[str], features: Optional[frozenset] = None) -> None:
     """Generate code from now on for the CPU LLVM calls ``cpu`` (``"znver3"``), with that
     CPU's own features and registers, instead of for this one; None goes back to this CPU.
     For measuring here what another CPU's code does, such as the AVX2 code a Zen 3 gets on
@@ -99,11 +100,19 @@ def generate_for(cpu: Optional[str]) -> None:
     IR the 32 vector registers, EVEX forms and ``vpdpwssd`` of AVX-512
     (``rewrite.tools.on_cpu``). Every instruction of the named CPU must run on this one.
     Call it before anything is compiled: code already linked into the process stays as it
-    was. Compiled code is cached apart for each CPU (``target_id``)."""
-    global _cpu
+    was. Compiled code is cached apart for each CPU (``target_id``). ``features``: the
+    instruction-set features that CPU has, which ``target.host`` then gives as the host's,
+    so that ``library("host")`` holds the rows its code can run."""
+    global _cpu, _cpu_features
     _cpu = cpu
+    _cpu_features = frozenset(features) if cpu is not None and features is not None else None
     target_machine.cache_clear()
     target_id.cache_clear()
+
+
+def generated_features() -> Optional[frozenset]:
+    """The features of the CPU code is generated for (``generate_for``), if it was told."""
+    return _cpu_features
 
 
 def _cpu_and_features() -> tuple[str, str]:

@@ -142,9 +142,12 @@ class Target:
         return _pool.get(threads)
 
 
-@functools.lru_cache(maxsize=None)
 def host() -> Target:
-    return Target("host", host_arch(), host_features())
+    """This CPU, or the one code is generated for (``codegen.generate_for``) where its
+    features were given: what compiled code may use (not cached: it follows
+    ``generate_for``; the features themselves are read once)."""
+    told = codegen.generated_features()
+    return Target("host", host_arch(), host_features() if told is None else told)
 
 
 def named(name: str) -> Target:

@@ -646,3 +646,31 @@ def test_code_for_another_cpu_is_refused_where_this_machine_lacks_its_instructio
     assert stop.value.code == 2 and err.count("\n") == 1
     assert re.search(r"znver4's code would use .*avx512f.*which this machine lacks", err)
     assert codegen._cpu is None  # nothing was generated for it
+
+
+@pytest.mark.skipif(not {"avx", "avx2", "fma"} <= target.host_features(), reason="needs AVX2 and FMA")
+def test_the_host_library_for_another_cpus_code_holds_only_the_rows_it_can_run():
+    # on an AVX-512 host, Zen 3's code must not get the host's AVX-512 rows (LLVM cannot
+    # compile them for it and stops the process): library("host") follows the named CPU
+    import intrinsics
+    from rewrite.pipeline import tensorize
+    from rewrite.tools import on_cpu
+
+    mine = {d.name for d in intrinsics.library("host")}
+    try:
+        codegen.generate_for("znver3", on_cpu.features_of("znver3"))
+        theirs = {d.name for d in intrinsics.library("host")}
+        assert theirs == {d.name for d in intrinsics.library("x86-avx2")}
+        func = parse("""
+@prim_func
+def q(A: u8[64, 64], B: i8[64, 64], C: i32[64, 64]):
+    for i, j, k in grid(64, 64, 64):
+        C[i, j] += i32(A[i, k]) * i32(B[k, j])
+""")
+        result = tensorize(func)
+        assert {s.intrinsic for s in result.sites} <= theirs and result.sites
+        asm = runtime.emit_asm(result.func)
+        assert "vpmaddwd" in asm and not re.search(r"%zmm|vpdp", asm)
+    finally:
+        codegen.generate_for(None)
+    assert {d.name for d in intrinsics.library("host")} == mine

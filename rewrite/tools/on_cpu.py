@@ -34,6 +34,15 @@ CPUS = {
 }
 
 
+def features_of(cpu: str) -> frozenset[str]:
+    """What ``library("host")`` reads as the host's features for ``cpu``'s code: this
+    machine's, less the extensions past AVX2 (the AVX-512 and AMX families) ``cpu`` lacks.
+    Without it, the host's AVX-512 rows would be compiled for a CPU without them, which
+    LLVM cannot do (it stops the process)."""
+    return frozenset(f for f in host_features()
+                     if not f.startswith(("avx512", "amx")) or f in CPUS[cpu])
+
+
 def _refuse(message: str) -> None:
     """Bad input, as the command line says it: one line on stderr, exit status 2."""
     print(message, file=sys.stderr)
@@ -51,7 +60,7 @@ def main(argv=None) -> None:
     if missing:
         _refuse(f"on_cpu: {cpu}'s code would use {', '.join(sorted(missing))}, "
                 f"which this machine lacks")
-    codegen.generate_for(cpu)
+    codegen.generate_for(cpu, features_of(cpu))
     sys.argv = [module, *rest]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
