@@ -74,7 +74,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
     """The rewrite rules in force: the families, and the rules of the program-level e-graph
     (built-in, and a ``--rules-file``'s); ``--check`` tests each of the latter on random
     instances (exit status 1 when one is unsound)."""
-    from . import rules
+    from . import program, rules
     from .rules import matrices
 
     mine = _program_rules(args.rules_file)
@@ -84,6 +84,11 @@ def cmd_rules(args: argparse.Namespace) -> int:
         lhs, rhs = _sides_text(r)
         rows.append({"name": r.name, "family": "matmul", "origin": r.origin,
                      "rule": f"{lhs} -> {rhs}", "why": r.why})
+    # a rule over accumulations, conditioned on a fact of the dependence analysis: no identity
+    # of matrices, so --check does not sample it (its soundness is the fact's)
+    rows.append({"name": program.INLINE, "family": "matmul", "origin": "built-in",
+                 "rule": "T += v; rest -> rest with T read as v, where temporary(T)",
+                 "why": program.INLINE_WHY})
     verdicts = {}
     if args.check:
         from .fuzz import rules as soundness

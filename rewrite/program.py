@@ -18,6 +18,12 @@ registered by ``rules/matmul.py``; users add theirs in a Python module loaded wi
     def factor_left(a: Matrix, b: Matrix, c: Matrix):
         return a @ b + a @ c, a @ (b + c)
 
+Rules may also be conditioned on facts the dependence analysis gives egglog as relations:
+``temporary(T)`` says the lifted stretch alone touches the buffer ``T``, zero before its one
+accumulation and read only after it, and the rule ``inline-temporary`` (``INLINE``) then
+equates ``T += v; rest`` with ``rest`` reading ``v`` in place of ``T`` (an explicit
+substitution, ``put``, pushed down to the inputs and never extracted itself).
+
 The same function builds the egglog rewrite (called with pattern variables) and the random
 instances ``tensorize rules --check`` compares (called with numpy matrices,
 ``rewrite/fuzz/rules.py``). Saturation runs under a budget; then every product shape the
@@ -38,9 +44,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from egglog import (EGraph, Expr, StringLike, f64, f64Like, function, get_callable_args,
-                    get_callable_fn, get_literal_value, i64, i64Like, relation, rewrite, rule as
-                    egg_rule, ruleset, set_, set_cost, var)
+from egglog import (EGraph, Expr, String, StringLike, f64, f64Like, function,
+                    get_callable_args, get_callable_fn, get_literal_value, i64, i64Like, method, ne,
+                    relation, rewrite, rule as egg_rule, ruleset, set_, set_cost, var)
 
 from . import plugins
 
@@ -76,6 +82,11 @@ class Matrix(Expr):
         (``self`` is P1): ``[[P1 + P4 - P5 + P7, P3 + P5], [P2 + P4, P1 - P2 + P3 + P6]]``.
         One node holds the seven, so that extraction counts each product once."""
 
+    @method(unextractable=True)
+    def put(self, name: StringLike, value: Matrix) -> Matrix:
+        """This matrix with the input ``name`` read as ``value`` (``inline-temporary``'s
+        substitution, pushed down to the inputs by rules; never extracted itself)."""
+
 
 class Program(Expr):
     """Accumulations into outputs, in order: ``Program.acc("D", v)`` is ``D += v``."""
@@ -84,6 +95,10 @@ class Program(Expr):
     def acc(cls, name: StringLike, value: Matrix) -> Program: ...
 
     def then(self, other: Program) -> Program: ...
+
+    @method(unextractable=True)
+    def put(self, name: StringLike, value: Matrix) -> Program:
+        """These accumulations with the input ``name`` read as ``value``."""
 
 
 # Shapes, an analysis: a term's rows and columns (a sound rule never equates two shapes; the
@@ -136,6 +151,42 @@ _products = ruleset(name="program-products")
 @_products.register
 def _product_rules(a: Matrix, b: Matrix, m: i64, k: i64, n: i64):
     yield egg_rule(a @ b, rows(a) == m, cols(a) == k, cols(b) == n).then(_product_shape(m, k, n))
+
+
+# ---------------------------------------------------------------------------
+# a temporary inlined: a rule conditioned on a fact of the dependence analysis
+
+# ``temporary(T)``: the lifted window is the only code that touches the buffer ``T``; it is
+# zero-filled once, then written whole by the one accumulation into it, and read only by the
+# accumulations after that one (``rules/matrices.py`` decides it, from the window's items).
+temporary = relation("temporary", String)
+
+INLINE = "inline-temporary"
+INLINE_WHY = ("where temporary(T) holds, T is zero before its one accumulation T += v and read "
+              "only after it, so every later read of T is v's value; nothing outside reads T, "
+              "so leaving T unwritten and reading v in its place computes the same outputs")
+
+_inline = ruleset(name="program-inline")
+
+
+@_inline.register
+def _inline_rules(t: String, s: String, r: i64, c: i64, i: i64, j: i64, f: f64, v: Matrix,
+                  a: Matrix, b: Matrix, p: Program, q: Program):
+    yield rewrite(Program.acc(t, v).then(p)).to(p.put(t, v), temporary(t))
+    # the substitution pushed down to the inputs
+    yield rewrite(p.then(q).put(t, v)).to(p.put(t, v).then(q.put(t, v)))
+    yield rewrite(Program.acc(s, a).put(t, v)).to(Program.acc(s, a.put(t, v)))
+    yield rewrite(Matrix(t, r, c).put(t, v)).to(v)
+    yield rewrite(Matrix(s, r, c).put(t, v)).to(Matrix(s, r, c), ne(s).to(t))
+    yield rewrite((a @ b).put(t, v)).to(a.put(t, v) @ b.put(t, v))
+    yield rewrite((a + b).put(t, v)).to(a.put(t, v) + b.put(t, v))
+    yield rewrite(a.scaled(f).put(t, v)).to(a.put(t, v).scaled(f))
+    yield rewrite(a.T.put(t, v)).to(a.put(t, v).T)
+    yield rewrite(a.block(i, j).put(t, v)).to(a.put(t, v).block(i, j))
+    yield rewrite(a.beside(b).put(t, v)).to(a.put(t, v).beside(b.put(t, v)))
+    yield rewrite(a.above(b).put(t, v)).to(a.put(t, v).above(b.put(t, v)))
+    p_ = [var(f"p{k}", Matrix) for k in range(2, 8)]
+    yield rewrite(a.strassen(*p_).put(t, v)).to(a.put(t, v).strassen(*[x.put(t, v) for x in p_]))
 
 
 # Price units: a scalar operation costs PRICE_SCALE (egglog's costs are integers)
@@ -565,11 +616,13 @@ def cheapest(accumulations: Sequence[tuple[str, object]], rules: Sequence[Progra
              price: Callable[[int, int, int], float],
              budget: Budget = Budget(),
              at_least: Optional[int] = None,
-             run: Optional[Callable] = None) -> tuple[list[tuple[str, object]], Report]:
+             run: Optional[Callable] = None,
+             temporaries: Sequence[str] = ()) -> tuple[list[tuple[str, object]], Report]:
     """The cheapest program equal to ``accumulations`` (``(output, node)`` pairs: ``output +=
     node`` in order) by ``rules``, each product priced by ``price(m, k, n)`` (scalar-operation
     units, called once per shape the saturated graph holds). ``at_least``: the smallest
-    extent a rule that takes quadrants splits, instead of the rule's own.
+    extent a rule that takes quadrants splits, instead of the rule's own. ``temporaries``:
+    the outputs for which ``temporary`` holds (``inline-temporary`` may inline them).
 
     The e-graph lives where ``run`` runs its two requests (``run(request)`` returns
     ``request()``; ``saturate.call`` runs them in the saturation worker, whose hard seconds
@@ -578,11 +631,12 @@ def cheapest(accumulations: Sequence[tuple[str, object]], rules: Sequence[Progra
     Without ``run``, both run in this process."""
     run = run or (lambda request: request())
     t0 = time.perf_counter()
-    shapes, iterations, stop = run(Saturation(tuple(accumulations), tuple(rules), budget, at_least))
+    shapes, iterations, stop = run(Saturation(tuple(accumulations), tuple(rules), budget, at_least,
+                                              tuple(temporaries)))
     prices = tuple((shape, max(1, round(price(*shape) * PRICE_SCALE))) for shape in shapes)
     out, enodes = run(Extraction(prices))
     return out, Report(iterations, enodes, stop, time.perf_counter() - t0,
-                       tuple(r.name for r in rules))
+                       tuple(r.name for r in rules) + ((INLINE,) if temporaries else ()))
 
 
 # The e-graph a ``Saturation`` built, until the ``Extraction`` that follows it: (e-graph,
@@ -602,17 +656,22 @@ class Saturation:
     rules: tuple
     budget: Budget
     at_least: Optional[int]
+    temporaries: tuple = ()
 
     def __call__(self) -> tuple[list[tuple[int, int, int]], int, str]:
         t0 = time.perf_counter()
         _held.clear()
         egraph = EGraph()
         root = None
-        for out, node in self.accumulations:
+        for out, node in reversed(self.accumulations):  # a.then(b.then(c)): each one first
             term = Program.acc(out, build(node))
-            root = term if root is None else root.then(term)
+            root = term if root is None else term.then(root)
         root = egraph.let("program", root)
+        for t in self.temporaries:
+            egraph.register(temporary(t))
         algebra = _ruleset(self.rules, self.at_least) if self.rules else None
+        if self.temporaries:
+            algebra = _inline if algebra is None else algebra | _inline
         iterations, stop = 0, "saturated"
         while True:
             egraph.run(_shapes.saturate())
@@ -658,7 +717,8 @@ class Extraction:
 
 
 def _accs(expr) -> list:
-    """``then(then(acc, acc), acc)`` read back as the accumulations in order."""
+    """``then(acc, then(acc, acc))`` (or grouped otherwise) read back as the accumulations
+    in order."""
     if _kind(expr) == "then":
         first, rest = get_callable_args(expr)
         return _accs(first) + _accs(rest)

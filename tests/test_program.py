@@ -18,7 +18,7 @@ from rewrite.fuzz import rules as soundness
 from rewrite.names import Names
 from rewrite.pipeline import tensorize
 from rewrite.program import Input, Op
-from rewrite.rules import matrices
+from rewrite.rules import finite, matrices
 from rewrite.script import parse, parse_file, show
 
 HERE = Path(__file__).parent
@@ -179,10 +179,83 @@ def chain(A: f32[48, 8], B: f32[8, 48], C: f32[48, 16], D: f32[48, 16]{extra}):
 """
 
 
-def test_a_chain_lifts_to_one_accumulation_over_its_temporary():
+def test_a_chain_lifts_to_its_accumulations_with_the_temporary_a_fact():
     (w,) = _lifted(CHAIN.format(extra="", between=""))
-    ((name, term),) = w.accumulations
-    assert name == "D" and program.text(term) == "(A @ B) @ C"
+    assert [(name, program.text(term)) for name, term in w.accumulations] == \
+        [("T", "A @ B"), ("D", "T @ C")]
+    assert list(w.temporaries) == ["T"]  # given to egglog as temporary("T")
+
+
+def _inlined_or_kept(src, inline=True):
+    func = parse(src)
+    parts = nests.items(nests.normalize(func))
+    return func, matrices.alternatives(func, parts, Names.of(func), inline=inline)
+
+
+def test_the_temporary_is_inlined_by_the_rule_only_under_its_fact():
+    # D = (A @ B) @ C with A 48 x 8: regrouped, A @ (B @ C) does 8x fewer multiply-adds, which
+    # needs T's value inlined; without the fact temporary(T), T stays and nothing regroups
+    func, (alt,) = _inlined_or_kept(CHAIN.format(extra="", between=""))
+    assert alt.note == "T += A @ B; D += T @ C -> D += A @ (B @ C)"
+    (guarded,) = [p for p in alt.parts if isinstance(p, finite.Guarded)]
+    fast = ir.seq(*(p.stmt() if hasattr(p, "stmt") else p for p in guarded.fast))
+    assert "T" not in {b.name for b in ir.buffers_of(fast)}  # the program as written: slow
+    _computes_the_same(func, alt)
+    assert _inlined_or_kept(CHAIN.format(extra="", between=""), inline=False)[1] == []
+    (w,) = _lifted(CHAIN.format(extra="", between=""))
+    out, report = program.cheapest(w.accumulations, matrices.built_in(), matrices.multiply_adds)
+    assert out == w.accumulations and program.INLINE not in report.rules
+
+
+SHARED = """
+@prim_func
+def shared(A: f32[{m}, {k}], B: f32[{k}, {n}], C: f32[{n}, {p}], E: f32[{n}, {p}],
+           D1: f32[{m}, {p}], D2: f32[{m}, {p}]):
+    T = alloc(f32[{m}, {n}])
+    for i, j in grid({m}, {n}):
+        T[i, j] = 0.0
+        for k in range({k}):
+            T[i, j] += A[i, k] * B[k, j]
+    for i, j, k in grid({m}, {p}, {n}):
+        D1[i, j] += T[i, k] * C[k, j]
+    for i, j, k in grid({m}, {p}, {n}):
+        D2[i, j] += T[i, k] * E[k, j]
+"""
+
+
+def test_a_temporary_read_twice_is_kept_or_inlined_by_what_each_costs():
+    # T = A @ B read by two products: inlined, A @ B is paid at each read, which pays only
+    # where both reads regroup into cheaper products (C and E of 2 columns)
+    m, k, n = 32, 32, 32
+    (w,) = _lifted(SHARED.format(m=m, k=k, n=n, p=32))
+    out, report = program.cheapest(w.accumulations, matrices.built_in(), matrices.multiply_adds,
+                                   temporaries=tuple(w.temporaries))
+    assert [name for name, _ in out] == ["T", "D1", "D2"] and program.INLINE in report.rules
+    assert out == w.accumulations  # kept: each regrouping costs more than the product shared
+    func, (alt,) = _inlined_or_kept(SHARED.format(m=m, k=k, n=n, p=2))
+    assert alt.note.endswith("-> D1 += A @ (B @ C); D2 += A @ (B @ E)")
+    _computes_the_same(func, alt)
+
+
+def test_inline_temporary_is_turned_off_by_name():
+    func = parse(CHAIN.format(extra="", between=""))
+    on, off = tensorize(func, AVX2), tensorize(func, AVX2, rules_off=["inline-temporary"])
+    assert "mm_U" in show(on.func) and "mm_U" not in show(off.func)  # B @ C into a temporary
+    assert "inline-temporary" in on.egraphs[0][1].rules
+    assert "inline-temporary" not in off.egraphs[0][1].rules
+    for result in (on, off):
+        assert runtime.check(func, runtime.compile(result.func)).ok
+
+
+def test_a_program_reading_a_temporary_it_does_not_compute_is_not_lowered():
+    func = parse(CHAIN.format(extra="", between=""))
+    parts = nests.items(nests.normalize(func))
+    (w,) = matrices.lift(func, parts)
+    D = dict(w.accumulations)["D"]
+    assert matrices.lower(w, [("D", D)], parts, Names.of(func)) is None  # T never written
+    kept = matrices.lower(w, w.accumulations, parts, Names.of(func))
+    assert kept is not None
+    _computes_the_same(func, kept)
 
 
 def test_an_operand_written_between_the_products_is_not_lifted():
@@ -362,7 +435,10 @@ def chain(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64], D: f32[64, 64]):
     (alt,) = matrices.alternatives(func, nests.items(nests.normalize(func)), Names.of(func),
                                    _strassen_rules("strassen-level"), at_least=4)
     assert alt.levels == 1
-    assert sum(1 for b in alt.allocs if b.shape == (32, 32) and b.name.startswith("mm_U")) == 5
+    # T kept (its quadrants read in place): both products take a level, 5 of 7 products of
+    # each read twice and so made into temporaries
+    assert alt.note.split(" -> ")[1].startswith("T += ") and "T.block(0, 0)" in alt.note
+    assert sum(1 for b in alt.allocs if b.shape == (32, 32) and b.name.startswith("mm_U")) == 10
     _computes_the_same(func, alt)
 
 

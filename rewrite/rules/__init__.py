@@ -151,18 +151,18 @@ FAMILIES = (
 
 def checked_off(names: Iterable[str]) -> frozenset[str]:
     """``names`` (one name alone too) as a set of names of families or of the built-in rules
-    of the program-level e-graph (``matrices.BUILT_IN``), or ``ValueError`` naming one that is
+    of the program-level e-graph (``matrices.RULE_NAMES``), or ``ValueError`` naming one that is
     neither."""
-    from .matrices import BUILT_IN  # imports egglog: only when a name is given
+    from .matrices import RULE_NAMES  # imports egglog: only when a name is given
 
     off = frozenset([names] if isinstance(names, str) else names)
     if not off:
         return off
-    unknown = sorted(off - {f.name for f in FAMILIES} - set(BUILT_IN))
+    unknown = sorted(off - {f.name for f in FAMILIES} - set(RULE_NAMES))
     if unknown:
         raise ValueError(f"no rule family or rule named {', '.join(unknown)} (families: "
                          f"{', '.join(f.name for f in FAMILIES)}; rules of the matmul family: "
-                         f"{', '.join(BUILT_IN)})")
+                         f"{', '.join(RULE_NAMES)})")
     return off
 
 

@@ -13,8 +13,13 @@ nests (``matmul.recognize``: no batch, dims from 0), or one such nest alone wher
 the same extraction as a chain's; the ``strassen`` family keeps the products it cannot split:
 odd extents, and forced levels). A temporary of the function is *internal*
 when every item touching it lies in the window: one zero-fill, then matmul nests writing it
-whole, then matmul nests reading it whole; its value is then a term, and it disappears from the
-rewritten program. Every other buffer a product writes is a *sink* (``D += term``); every
+whole, then matmul nests reading it whole. Decided here from the window's items, that is a
+fact given to egglog, ``temporary(T)``; ``T``'s accumulation stays in the lifted program
+(``T += A @ B; D += T @ C``) and the rule ``inline-temporary``, conditioned on the fact, adds
+the program that reads ``A @ B`` in place of ``T`` and leaves ``T`` unwritten. Extraction
+chooses: inlined where a regrouping pays (``D += A @ (B @ C)``), kept where its value is read
+more than once at a price no regrouping beats. Every buffer a product writes is a *sink*
+(``D += term``; an internal temporary's accumulation lists first); every
 operand that is no internal temporary is an *input* (a leaf ``Matrix(name, rows, cols)``,
 transposed where the nest reads it the other way round). The window is sound to lift when no
 item in it writes an input, no product reads a sink, and the window's other items touch no
@@ -29,7 +34,7 @@ a regrouped NaN or Inf reaches other elements, so the rewritten program runs beh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Optional, Sequence
 
@@ -128,6 +133,9 @@ def _quadrants(node):
 
 BUILT_IN = ("assoc-right", "assoc-left", "factor-left", "factor-right", "comm-add", "assoc-add",
             "scale-out-left", "scale-out-right", "scale-sum", "strassen-level")
+# every rule of the e-graph a name turns off: the identities above, and the inlining of an
+# internal temporary (``program.INLINE``, a rule over accumulations conditioned on a fact)
+RULE_NAMES = BUILT_IN + (program.INLINE,)
 
 
 def user_rules(path: Optional[str]) -> tuple:
@@ -159,6 +167,8 @@ class Lifted:
     fills: list[int]  # the zero-fills of internal temporaries
     others: list[int]  # the window's other items, run first
     dtype: str = "f32"
+    # internal temporaries (``program.temporary`` holds): name -> whole access in _r, _c
+    temporaries: dict = field(default_factory=dict)
 
 
 def _name(access: Access, dims: tuple[Dim, Dim]) -> tuple[str, Access, bool]:
@@ -272,30 +282,29 @@ def _window(func, parts, mms, lo, hi, seen: _Touches, alone: Callable[[MatMul], 
         internal.add(t)
         fills.append(zero[0])
     # an internal temporary's zero-fill may fill nothing else: it is replaced
-    terms: dict[str, list] = {t: [] for t in internal}
     sinks: dict[str, tuple[Access, int, int]] = {}
     incs: dict[str, list] = {}
     inputs: dict[str, tuple[Access, AccNest, Load]] = {}
     first_write: dict[str, int] = {}
+    temporaries: dict[str, Access] = {}
     dtype = mms[products[0]].dtype
     for q in products:
         mm = mms[q]
         if mm.dtype != dtype:
             return None
-        x = _operand(mm.a, (mm.m, mm.k), mm, internal, terms, inputs)
-        y = _operand(mm.b, (mm.k, mm.n), mm, internal, terms, inputs)
+        x = _operand(mm.a, (mm.m, mm.k), mm, internal, inputs)
+        y = _operand(mm.b, (mm.k, mm.n), mm, internal, inputs)
         if x is None or y is None:
             return None
         value = Op("@", (x, y))
         if mm.scale is not None:
             value = Op("*", (value,), float(mm.scale.value))
         out = mm.c.buffer.name
-        if out in internal:
-            terms[out].append(value)
-            continue
         name, canonical, transposed = _name(mm.c, (mm.m, mm.n))
         if transposed:
             return None  # recognize puts C's first index in m
+        if out in internal:
+            temporaries[out] = canonical
         sinks.setdefault(name, (canonical, mm.m.extent, mm.n.extent))
         incs.setdefault(name, []).append(value)
         first_write.setdefault(out, q)
@@ -311,8 +320,13 @@ def _window(func, parts, mms, lo, hi, seen: _Touches, alone: Callable[[MatMul], 
             return None
         if any(q > at and seen.touches(q, s) for s, at in first_write.items()):
             return None  # reads or writes a sink after its first product
-    accs = [(name, _sum(vals)) for name, vals in incs.items()]
-    return Lifted(lo, hi, accs, sinks, inputs, products, sorted(fills), others, dtype)
+    # the temporaries first, in the order of their first writes (each is complete before its
+    # first reader, so one read by another's writer comes before it), then the sinks: no
+    # accumulation reads a sink, so the sinks' order is free
+    accs = [(name, _sum(vals)) for name, vals in incs.items() if name in temporaries] + \
+        [(name, _sum(vals)) for name, vals in incs.items() if name not in temporaries]
+    return Lifted(lo, hi, accs, sinks, inputs, products, sorted(fills), others, dtype,
+                  temporaries)
 
 
 def _sum(values: list):
@@ -322,19 +336,16 @@ def _sum(values: list):
     return out
 
 
-def _operand(access: Access, dims: tuple[Dim, Dim], mm: MatMul, internal: set, terms: dict,
-             inputs: dict):
-    """The term an operand reads: an internal temporary's value, or an input leaf."""
+def _operand(access: Access, dims: tuple[Dim, Dim], mm: MatMul, internal: set, inputs: dict):
+    """The term an operand reads: an internal temporary read whole (a leaf, which
+    ``inline-temporary`` may replace by its value), or an input leaf."""
     r, c = dims
     if access.buffer.name in internal:
         t = access.buffer.name
-        if not terms[t]:
-            return None
-        value = _sum(terms[t])
         if access.slots == ((r.name, 0), (c.name, 0)) and access.buffer.shape == (r.extent, c.extent):
-            return value
+            return Input(t, r.extent, c.extent)
         if access.slots == ((c.name, 0), (r.name, 0)) and access.buffer.shape == (c.extent, r.extent):
-            return Op("T", (value,))
+            return Op("T", (Input(t, c.extent, r.extent),))
         return None  # a part of the temporary: not its value
     name, canonical, transposed = _name(access, dims)
     inputs.setdefault(name, (canonical, mm.nest, access.load()))
@@ -365,6 +376,15 @@ class _Lowering:
         # elements of the passes that add or scale matrices at hand: the read of a second
         # operand, which the cost model does not charge (``strassen.ADDITION_TRAFFIC``)
         self.addition_elements = 0
+        self.kept: set[str] = set()  # internal temporaries written, not inlined
+
+    def keep(self, name: str) -> Access:
+        """The internal temporary ``name`` written as the program did: zero, then its
+        accumulation (which the caller lowers)."""
+        t = self.lifted.temporaries[name]
+        self.items.append(_fill(t, _const(0, self.lifted.dtype)))
+        self.kept.add(name)
+        return t
 
     def temporary(self, prefix: str, rows: int, cols: int) -> Access:
         buf = ir.Buffer(self.names.numbered(prefix), self.lifted.dtype, (rows, cols))
@@ -373,6 +393,10 @@ class _Lowering:
 
     def operand(self, node) -> Access:
         """``node``'s value as an access in the dims ``_r`` (rows) and ``_c`` (columns)."""
+        if isinstance(node, Input) and node.name in self.lifted.temporaries:
+            if node.name not in self.kept:  # read before it is written, or never written
+                raise _Unlowerable(f"{node.name} read but not computed")
+            return self.lifted.temporaries[node.name]
         if isinstance(node, Input):
             return self.lifted.inputs[node.name][0]
         if node.kind == "T":
@@ -502,6 +526,8 @@ def lower(lifted: Lifted, accumulations, parts: list, names: Names) -> Optional[
             access, rows, cols = lifted.sinks[name]
             if program.shape(node) != (rows, cols):
                 return None  # a rule that changed a shape: not this program
+            if name in lifted.temporaries:
+                access = low.keep(name)
             low.accumulate(access, rows, cols, node)
     except (_Unlowerable, KeyError, ValueError):
         return None
@@ -567,7 +593,7 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
                  price: Callable[[int, int, int], float] = multiply_adds,
                  reports: Optional[list] = None, memo: Optional[dict] = None,
                  at_least: Optional[int] = None, run: Optional[Callable] = None,
-                 outside: frozenset = frozenset()) -> list[Alternative]:
+                 outside: frozenset = frozenset(), inline: bool = True) -> list[Alternative]:
     """For each window that lifts, the cheapest program the rules reach when it is cheaper
     than the window as written by ``price`` (multiply-adds by default). ``memo``: the
     extractions with ``price`` made before (a search lifts equal windows many times).
@@ -578,7 +604,9 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
     Windows on the fast path of a guard another rewrite put in (a runtime scale factor
     taken out, ``rules/scalars.py``) lift too, the guard kept around the rewritten path:
     ``outside`` names the buffers items around them touch (the rest of the program, the
-    guard's scan and other branch), which are no internal temporaries there."""
+    guard's scan and other branch), which are no internal temporaries there. ``inline``:
+    the window's internal temporaries are given to the e-graph as ``program.temporary``
+    facts, so that ``inline-temporary`` may inline them."""
     memo = {} if memo is None else memo
     parts = list(parts)
     rules = built_in() if rules is None else list(rules)
@@ -588,18 +616,20 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
             around = set(outside) | _touched(parts[:q] + parts[q + 1:] + list(p.scan) + list(p.slow)) \
                 | {x.buffer.name for x in ir.loads_of(p.cond)}
             for alt in alternatives(func, p.fast, names, rules, price, reports, memo, at_least, run,
-                                    frozenset(around)):
+                                    frozenset(around), inline):
                 new = parts[:q] + [replace(p, fast=tuple(alt.parts))] + parts[q + 1:]
                 out.append(replace(alt, parts=new))
     for lifted in lift(func, parts, partial(splits_alone, rules=rules, at_least=at_least), outside):
+        temporaries = tuple(lifted.temporaries) if inline else ()
         try:
             # multiply-adds first: a window that no rule makes cheaper by them is not priced
             # by the matcher (a saturation of each product shape the e-graph holds)
             best, report = _cheapest(lifted.accumulations, rules, multiply_adds, _flop_memo,
-                                     at_least, run)
+                                     at_least, run, temporaries)
             cheaper = tree_cost(best, multiply_adds) < tree_cost(lifted.accumulations, multiply_adds) * 0.995
             if cheaper and price is not multiply_adds:
-                best, report = _cheapest(lifted.accumulations, rules, price, memo, at_least, run)
+                best, report = _cheapest(lifted.accumulations, rules, price, memo, at_least, run,
+                                         temporaries)
                 cheaper = tree_cost(best, price) < tree_cost(lifted.accumulations, price) * 0.995
         except saturate.Stopped as e:  # the worker killed past its hard seconds or memory
             if reports is not None:
@@ -624,12 +654,13 @@ _flop_memo: dict = {}
 
 
 def _cheapest(accumulations, rules, price, memo: dict, at_least: Optional[int] = None,
-              run: Optional[Callable] = None):
-    key = (tuple(accumulations), tuple(r.name for r in rules), at_least)
+              run: Optional[Callable] = None, temporaries: tuple = ()):
+    key = (tuple(accumulations), tuple(r.name for r in rules), at_least, temporaries)
     if len(memo) > 4096:  # a long campaign: bounded
         memo.clear()
     if key not in memo:
-        memo[key] = program.cheapest(accumulations, rules, price, at_least=at_least, run=run)
+        memo[key] = program.cheapest(accumulations, rules, price, at_least=at_least, run=run,
+                                     temporaries=temporaries)
     return memo[key]
 
 
@@ -667,6 +698,7 @@ def improve(best, search):
     rules = in_force(search)
     if not rules:
         return best
+    inline = program.INLINE not in search.rules_off
     reports: list = []
     chosen, items, temps, levels = best, None, (), best.strassen_levels
     dtypes = {b.dtype for b in best.func.buffers}
@@ -675,7 +707,7 @@ def improve(best, search):
     # the e-graphs live in the saturation worker, under the search's hard seconds and memory
     run = partial(saturate.call, budget=search.budget, in_process=search.in_process)
     for alt in alternatives(best.func, best.parts, search.names, rules, price, reports, memo,
-                            run=run):
+                            run=run, inline=inline):
         planned = search.plan(alt.parts)
         planned.cost += alt.extra_cost
         if planned.cost < chosen.planned.cost:
