@@ -33,7 +33,7 @@ from .budgets import Budgets, using
 from .extract import Extractor, renamed
 from .ir import Call, For, PrimFunc, Stmt
 from .calls import op_count
-from .match import Pattern, bindings, semantics_value
+from .match import BodyMatch, Pattern, bindings, semantics_value
 from .names import Names
 from .nests import AccNest
 from .rules.finite import Guarded
@@ -187,10 +187,16 @@ def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
     temporaries, since each plan fills its temporaries before it reads them."""
     memo = {} if memo is None else memo
     acc = _nests_in(parts)
-    job = Job(tuple(n.value for n in acc), tuple(Pattern.of(d) for d in library.values()), budget,
-              rules_off)
-    matches, report = saturate(job, in_process=in_process) if acc and library else \
+    bodies, which, leaves = _distinct_bodies(acc)
+    job = Job(bodies, tuple(Pattern.of(d) for d in library.values()), budget, rules_off)
+    found, report = saturate(job, in_process=in_process) if acc and library else \
         ([], SaturationReport(0, 0, "nothing to match", 0.0))
+    by_body: dict[int, list] = {}
+    for m in found:
+        by_body.setdefault(m.nest, []).append(m)
+    matches = [BodyMatch(n, m.intrinsic, tuple(leaves[n][x] for x in m.loads), m.scale)
+               for n, u in enumerate(which) for m in by_body.get(u, ())]
+    matches.sort(key=lambda m: (m.nest, m.intrinsic, m.scale, repr(m.loads)))  # as saturate's
     # on floats, a match that holds only by factoring would move NaN/Inf (rules/algebra.py)
     matches = [m for m in matches if _ieee_match(acc[m.nest], m, library)]
     extractor = Extractor(library, names, rules_off)
@@ -228,6 +234,28 @@ def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
         return out
 
     return plan(parts)
+
+
+def _distinct_bodies(acc: Sequence[AccNest]) -> tuple[tuple, list[int], list[dict]]:
+    """The bodies of ``acc`` up to the loads they read: each load replaced by a stand-in
+    numbered in order of first appearance (the e-graph sees a load as an opaque leaf, so
+    bodies equal up to their loads saturate and match alike: Strassen's 49 products of one
+    shape are one body). Returns the distinct bodies, the one of each nest, and for each nest
+    its stand-ins' loads."""
+    index: dict = {}
+    which, leaves = [], []
+    for nest in acc:
+        mine: dict = {}  # the nest's load -> its stand-in
+
+        def stand_in(x: ir.Load) -> ir.Load:
+            if x not in mine:
+                mine[x] = ir.Load(ir.Buffer(f"#{len(mine)}", x.buffer.dtype, ()), ())
+            return mine[x]
+
+        body = ir.map_loads(nest.value, stand_in)
+        which.append(index.setdefault(body, len(index)))
+        leaves.append({v: k for k, v in mine.items()})
+    return tuple(index), which, leaves
 
 
 def _alike(nest: AccNest, matches: list, memo: dict, extractor: Extractor):

@@ -9,6 +9,7 @@ import intrinsics
 from rewrite import runtime
 from rewrite.pipeline import tensorize
 from rewrite.saturate import Budget
+from rewrite.printer import show_stmt
 from rewrite.script import parse, parse_file, show
 
 ROOT = Path(__file__).parent.parent
@@ -296,3 +297,32 @@ def test_the_extractors_bound_prunes_and_keeps_the_cheapest_plan(name, monkeypat
     assert pruned.cost == pytest.approx(full.cost, rel=1e-12)
     assert show(pruned.func) == show(full.func)
     assert pruned.ops_in_intrinsics == full.ops_in_intrinsics > 0
+
+
+def test_nests_equal_up_to_their_loads_saturate_once_and_match_their_own_loads():
+    from rewrite import nests
+    from rewrite.pipeline import _distinct_bodies, plan_items
+    from rewrite.names import Names
+
+    func = parse("""
+@prim_func
+def three(A: f32[16, 16], B: f32[16, 16], C: f32[16, 16], E: f32[32, 16], F: f32[16, 16],
+          D: f32[16, 16], x: f32[16], y: f32[16]):
+    for i, j, k in grid(16, 16, 16):
+        C[i, j] += A[i, k] * B[k, j]
+    for i, j, k in grid(16, 16, 16):
+        D[i, j] += E[i + 16, k] * F[k, j]
+    for i in range(16):
+        y[i] += x[i] * x[i]
+""")
+    acc = [p for p in nests.items(nests.normalize(func)) if isinstance(p, nests.AccNest)]
+    bodies, which, leaves = _distinct_bodies(acc)
+    assert len(bodies) == 2 and which == [0, 0, 1]  # x * x is no a * b
+    assert sorted(x.buffer.name for x in leaves[1].values()) == ["E", "F"]
+    assert [x.buffer.name for x in leaves[2].values()] == ["x"]
+    lib = [d for d in intrinsics.library("x86-avx2") if d.name == "x86.mm.f32.6x16x1"]
+    planned = plan_items(acc, {d.name: d for d in lib}, Budget(), Names.of(func), in_process=True)
+    text = "\n".join(show_stmt(s) for s in planned.stmts)
+    assert "E[" in text and "x86.mm.f32.6x16x1" in text
+    result = tensorize(func, lib)
+    assert runtime.check(func, runtime.compile(result.func)).ok
