@@ -76,6 +76,18 @@ class Matrix(Expr):
     def above(self, other: Matrix) -> Matrix:
         """``[self; other]``: equal columns, the rows of both."""
 
+    def head_rows(self) -> Matrix:
+        """Every row but the last."""
+
+    def last_row(self) -> Matrix:
+        """The last row."""
+
+    def head_cols(self) -> Matrix:
+        """Every column but the last."""
+
+    def last_col(self) -> Matrix:
+        """The last column."""
+
     def strassen(self, p2: Matrix, p3: Matrix, p4: Matrix, p5: Matrix, p6: Matrix,
                  p7: Matrix) -> Matrix:
         """Strassen's seven products combined into the quadrants of the product they make
@@ -140,6 +152,14 @@ def _shape_rules(s: StringLike, r: i64, c: i64, r2: i64, c2: i64, i: i64, j: i64
         set_(rows(a.beside(b))).to(r), set_(cols(a.beside(b))).to(c + c2))
     yield egg_rule(a.above(b), rows(a) == r, cols(a) == c, rows(b) == r2).then(
         set_(rows(a.above(b))).to(r + r2), set_(cols(a.above(b))).to(c))
+    yield egg_rule(a.head_rows(), rows(a) == r, cols(a) == c).then(
+        set_(rows(a.head_rows())).to(r - 1), set_(cols(a.head_rows())).to(c))
+    yield egg_rule(a.last_row(), rows(a) == r, cols(a) == c).then(
+        set_(rows(a.last_row())).to(i64(1)), set_(cols(a.last_row())).to(c))
+    yield egg_rule(a.head_cols(), rows(a) == r, cols(a) == c).then(
+        set_(rows(a.head_cols())).to(r), set_(cols(a.head_cols())).to(c - 1))
+    yield egg_rule(a.last_col(), rows(a) == r, cols(a) == c).then(
+        set_(rows(a.last_col())).to(r), set_(cols(a.last_col())).to(i64(1)))
     p = [var(f"p{k}", Matrix) for k in range(2, 8)]
     yield egg_rule(a.strassen(*p), rows(a) == r, cols(a) == c).then(
         set_(rows(a.strassen(*p))).to(r * 2), set_(cols(a.strassen(*p))).to(c * 2))
@@ -185,6 +205,10 @@ def _inline_rules(t: String, s: String, r: i64, c: i64, i: i64, j: i64, f: f64, 
     yield rewrite(a.block(i, j).put(t, v)).to(a.put(t, v).block(i, j))
     yield rewrite(a.beside(b).put(t, v)).to(a.put(t, v).beside(b.put(t, v)))
     yield rewrite(a.above(b).put(t, v)).to(a.put(t, v).above(b.put(t, v)))
+    yield rewrite(a.head_rows().put(t, v)).to(a.put(t, v).head_rows())
+    yield rewrite(a.last_row().put(t, v)).to(a.put(t, v).last_row())
+    yield rewrite(a.head_cols().put(t, v)).to(a.put(t, v).head_cols())
+    yield rewrite(a.last_col().put(t, v)).to(a.put(t, v).last_col())
     p_ = [var(f"p{k}", Matrix) for k in range(2, 8)]
     yield rewrite(a.strassen(*p_).put(t, v)).to(a.put(t, v).strassen(*[x.put(t, v) for x in p_]))
 
@@ -213,6 +237,9 @@ def _cost_rules(s: StringLike, a: Matrix, b: Matrix, m: i64, k: i64, n: i64, p: 
     yield egg_rule(a.block(i, j)).then(set_cost(a.block(i, j), 1))
     yield egg_rule(a.beside(b)).then(set_cost(a.beside(b), 1))
     yield egg_rule(a.above(b)).then(set_cost(a.above(b), 1))
+    # so are the rows or columns of a matrix
+    for part in (a.head_rows(), a.last_row(), a.head_cols(), a.last_col()):
+        yield egg_rule(part).then(set_cost(part, 1))
     # the seven products into four quadrants: eight additions of a quadrant (P1..P5 are read
     # twice, so made once into temporaries; the others go straight into the result)
     p = [var(f"p{k}", Matrix) for k in range(2, 8)]
@@ -241,6 +268,8 @@ class ProgramRule:
     origin: str
     even: tuple[str, ...] = ()  # matrices whose extents must be even (quadrants are taken)
     at_least: int = 1  # and at least this
+    odd: tuple[tuple[str, str], ...] = ()  # (matrix, "rows" or "cols") odd, and at least this
+    also_even: tuple[tuple[str, str], ...] = ()  # (matrix, "rows" or "cols") even, any size
 
     def rewrite(self, at_least: Optional[int] = None):
         """The egglog rewrite ``lhs -> rhs`` over pattern variables, under the rule's
@@ -250,10 +279,18 @@ class ProgramRule:
         try:
             lhs, rhs = self.sides(*args)
             conditions = []
+            names = [p for p, _ in self.params]
             for name in self.even:
-                m = args[[p for p, _ in self.params].index(name)]
+                m = args[names.index(name)]
                 for extent in (rows(m), cols(m)):
                     conditions += [extent % 2 == i64(0), extent >= i64(max(2, low))]
+            for name, which in self.odd:
+                m = args[names.index(name)]
+                extent = rows(m) if which == "rows" else cols(m)
+                conditions += [extent % 2 == i64(1), extent >= i64(max(3, low))]
+            for name, which in self.also_even:
+                m = args[names.index(name)]
+                conditions.append((rows(m) if which == "rows" else cols(m)) % 2 == i64(0))
             return rewrite(lhs).to(rhs, *conditions)
         except Exception as e:  # noqa: BLE001 -- a user's rule: say which one, and why
             raise RuleError(f"{self.where}: rule {self.name}: its sides are no terms over "
@@ -279,12 +316,16 @@ _registry: dict[str, ProgramRule] = {}
 _loading: list[str] = []  # the rules file being loaded, if any
 
 
-def rule(name: str, why: str, even: Sequence[str] = (), at_least: int = 1) -> Callable:
+def rule(name: str, why: str, even: Sequence[str] = (), at_least: int = 1,
+         odd: Sequence[tuple[str, str]] = (), also_even: Sequence[tuple[str, str]] = ()) -> Callable:
     """Register the decorated function as a rule named ``name``, sound for the reason ``why``:
     it takes matrices (parameters annotated ``Matrix``) and scalars (``float``) and returns
     the two sides ``(lhs, rhs)``, written with ``@``, ``+``, ``.scaled(s)``, ``.T``, and
-    ``.block(i, j)``, ``.beside(m)``, ``.above(m)``, ``.strassen(...)``. The rule applies only where the matrices
-    named in ``even`` have even extents of at least ``at_least``."""
+    ``.block(i, j)``, ``.beside(m)``, ``.above(m)``, ``.strassen(...)``, ``.head_rows()``,
+    ``.last_row()``, ``.head_cols()``, ``.last_col()``. The rule applies only where the
+    matrices named in ``even`` have even extents of at least ``at_least``, where each
+    ``(matrix, "rows" or "cols")`` in ``odd`` is an odd extent of at least ``at_least``, and
+    each in ``also_even`` an even one."""
     def register(fn: Callable) -> Callable:
         origin = _loading[-1] if _loading else "built-in"
         if not re.fullmatch(r"[a-z][a-z0-9-]*", name or ""):
@@ -301,11 +342,17 @@ def rule(name: str, why: str, even: Sequence[str] = (), at_least: int = 1) -> Ca
             if kind is None:
                 raise RuleError(f"rule {name}: parameter {p.name} must be annotated Matrix or float")
             params.append((p.name, kind))
-        unknown = [e for e in even if (e, "matrix") not in params]
+        extents = list(odd) + list(also_even)
+        unknown = [e for e in list(even) + [m for m, _ in extents] if (e, "matrix") not in params]
         if unknown:
-            raise RuleError(f"rule {name}: even={unknown} names no matrix parameter")
+            raise RuleError(f"rule {name}: even=, odd= or also_even= names {unknown}, no matrix "
+                            f"parameter")
+        if any(which not in ("rows", "cols") for _, which in extents):
+            raise RuleError(f"rule {name}: odd= and also_even= take (matrix, 'rows' or 'cols') "
+                            f"pairs")
         _registry[name] = ProgramRule(name, why.strip(), fn, tuple(params), origin, tuple(even),
-                                      at_least)
+                                      at_least, tuple(tuple(x) for x in odd),
+                                      tuple(tuple(x) for x in also_even))
         return fn
 
     return register
@@ -405,13 +452,17 @@ class Input:
 @dataclass(frozen=True)
 class Op:
     """``kind``: ``"@"``, ``"+"``, ``"*"`` (``args[0]`` scaled by ``factor``), ``"T"``,
-    ``"block"`` (quadrant ``at`` of ``args[0]``), ``"beside"``, ``"above"`` or ``"strassen"``
-    (seven products: ``Matrix.strassen``)."""
+    ``"block"`` (quadrant ``at`` of ``args[0]``), ``"beside"``, ``"above"``, ``"strassen"``
+    (seven products: ``Matrix.strassen``), or a part of rows or columns (``PARTS``)."""
 
     kind: str
     args: tuple
     factor: float = 1.0
     at: tuple = ()
+
+
+# a matrix's rows or columns, by the method that takes them: its kind of ``Op``
+PARTS = ("head_rows", "last_row", "head_cols", "last_col")
 
 
 class Sketch:
@@ -442,6 +493,18 @@ class Sketch:
 
     def above(self, other: "Sketch") -> "Sketch":
         return Sketch(Op("above", (self.node, other.node)))
+
+    def head_rows(self) -> "Sketch":
+        return Sketch(Op("head_rows", (self.node,)))
+
+    def last_row(self) -> "Sketch":
+        return Sketch(Op("last_row", (self.node,)))
+
+    def head_cols(self) -> "Sketch":
+        return Sketch(Op("head_cols", (self.node,)))
+
+    def last_col(self) -> "Sketch":
+        return Sketch(Op("last_col", (self.node,)))
 
     def strassen(self, *others: "Sketch") -> "Sketch":
         return Sketch(Op("strassen", (self.node, *(o.node for o in others))))
@@ -495,6 +558,12 @@ def shape(node) -> tuple[int, int]:
         if shapes[0][1] != shapes[1][1]:
             raise ValueError(f"{text(node)} puts a {shapes[0]} above a {shapes[1]} matrix")
         return shapes[0][0] + shapes[1][0], shapes[0][1]
+    if node.kind in PARTS:
+        r, c = shapes[0]
+        if (r if "row" in node.kind else c) < 2:
+            raise ValueError(f"{text(node)} splits a {shapes[0]} matrix")
+        return {"head_rows": (r - 1, c), "last_row": (1, c), "head_cols": (r, c - 1),
+                "last_col": (r, 1)}[node.kind]
     return shapes[0]
 
 
@@ -509,6 +578,8 @@ def text(node) -> str:
         return f"{_atom(node.args[0])}.scaled({factor})"
     if node.kind == "block":
         return f"{_atom(node.args[0])}.block({node.at[0]}, {node.at[1]})"
+    if node.kind in PARTS:
+        return f"{_atom(node.args[0])}.{node.kind}()"
     if node.kind in ("beside", "above", "strassen"):
         return f"{_atom(node.args[0])}.{node.kind}({', '.join(text(a) for a in node.args[1:])})"
     if node.kind == "+":  # left to right; a sum on the right is grouped
@@ -519,7 +590,8 @@ def text(node) -> str:
 
 
 def _atom(node) -> str:
-    simple = isinstance(node, Input) or node.kind in ("T", "*", "block", "beside", "above", "strassen")
+    simple = isinstance(node, Input) or node.kind in ("T", "*", "block", "beside", "above",
+                                                      "strassen") + PARTS
     return text(node) if simple else f"({text(node)})"
 
 
@@ -529,6 +601,7 @@ def _kinds() -> dict:
             get_callable_fn(x.scaled(1.0)): "*", get_callable_fn(x.T): "T", Matrix: "input",
             get_callable_fn(x.block(0, 0)): "block", get_callable_fn(x.beside(x)): "beside",
             get_callable_fn(x.above(x)): "above", get_callable_fn(x.strassen(*[x] * 6)): "strassen",
+            **{get_callable_fn(getattr(x, part)()): part for part in PARTS},
             get_callable_fn(Program.acc("x", x)): "acc",
             get_callable_fn(Program.acc("x", x).then(Program.acc("x", x))): "then"}
 
@@ -564,6 +637,7 @@ def build(node):
     return {"@": lambda: a[0] @ a[1], "+": lambda: a[0] + a[1], "*": lambda: a[0].scaled(node.factor),
             "T": lambda: a[0].T, "block": lambda: a[0].block(*node.at),
             "beside": lambda: a[0].beside(a[1]), "above": lambda: a[0].above(a[1]),
+            **{part: (lambda part=part: getattr(a[0], part)()) for part in PARTS},
             "strassen": lambda: a[0].strassen(*a[1:])}[node.kind]()
 
 

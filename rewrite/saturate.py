@@ -102,10 +102,22 @@ def _root():
     return _RELATIONS["root"]
 
 
+_MATCH_RULES: dict = {}  # patterns -> their ruleset, built once a process (a library's patterns
+# are the same in every job; building the rules costs about 0.1 s)
+
+
 def _match_rules(patterns: tuple[Pattern, ...]):
     """One rule per intrinsic, one for its constant-scaled form (``2.0 * A * B``), and one for
     its negation (``-(A * B)``, what ``C -= A * B`` accumulates), read as the scale -1: the
     same value, since multiplying by -1 is exact as negation is."""
+    if patterns not in _MATCH_RULES:
+        if len(_MATCH_RULES) > 64:  # a long campaign over many libraries: bounded
+            _MATCH_RULES.clear()
+        _MATCH_RULES[patterns] = _build_match_rules(patterns)
+    return _MATCH_RULES[patterns]
+
+
+def _build_match_rules(patterns: tuple[Pattern, ...]):
     from egglog import String, eq, f64, i64, rule, ruleset, var
 
     from .egraph import Term, pattern

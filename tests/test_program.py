@@ -329,6 +329,20 @@ def test_a_wrong_rule_is_caught_with_its_counterexample():
     assert "b @ a gives" in out.stderr
 
 
+def test_a_wrong_peel_is_caught_on_odd_instances(tmp_path):
+    wrong = tmp_path / "wrong_peel.py"
+    wrong.write_text("from rewrite.program import Matrix, rule\n\n"
+                     "@rule('wrong-peel', odd=[('a', 'rows')], why='reads the row before the last')\n"
+                     "def wrong_peel(a: Matrix, b: Matrix):\n"
+                     "    return a @ b, (a.head_rows() @ b).above(a.head_rows().last_row() @ b)\n")
+    out = _cli("rules", "--rules-file", str(wrong), "--check", "--examples", "30")
+    assert out.returncode == 1
+    assert "ok    rule peel-rows" in out.stdout  # the built-in one, sampled alike, holds
+    (line,) = [x for x in out.stderr.splitlines() if "rule wrong-peel is unsound: with a = " in x]
+    a = json.loads(line.split("with a = ")[1].split(", b = ")[0])
+    assert len(a) % 2 == 1  # an odd number of rows, as the rule requires
+
+
 def test_a_user_rule_loads_passes_the_check_and_changes_the_program():
     out = _cli("rules", "--rules-file", str(RULES / "transpose_product.py"), "--check",
                "--examples", "30", "--json")
@@ -376,6 +390,10 @@ def test_run_takes_a_rules_file(capsys):
      "def f(a: Matrix, b: Matrix):\n    return a @ a, a @ b\n", "right side uses b, which its left side"),
     ("from rewrite.program import Matrix, rule\n\n@rule('mine', why='x')\n"
      "def f(a: Matrix):\n    return a, a.T.T\n", "left side is a bare variable"),
+    ("from rewrite.program import Matrix, rule\n\n@rule('mine', why='x', odd=[('c', 'rows')])\n"
+     "def f(a: Matrix, b: Matrix):\n    return a @ b, a @ b\n", "names ['c'], no matrix parameter"),
+    ("from rewrite.program import Matrix, rule\n\n@rule('mine', why='x', also_even=[('a', 'r')])\n"
+     "def f(a: Matrix, b: Matrix):\n    return a @ b, a @ b\n", "take (matrix, 'rows' or 'cols')"),
 ])
 def test_a_bad_rules_file_is_one_located_error(tmp_path, capsys, text, message):
     bad = tmp_path / "bad_rules.py"
@@ -464,7 +482,8 @@ def test_strassen_in_the_e_graph_follows_the_strassen_option():
     assert "strassen-level" not in names("off")
     assert "strassen-level" not in names(2)  # forced levels are the strassen family's
     assert "strassen-level" not in names("auto", frozenset({"strassen"}))
-    assert names("off") == names("auto") - {"strassen-level"}
+    assert names("off") == names("auto") - {"strassen-level", *matrices.PEELS}
+    assert not set(matrices.PEELS) & names("auto", frozenset({"strassen-level"}))
 
 
 LONE = """
@@ -475,16 +494,19 @@ def lone(A: f32[{m}, {k}], B: f32[{k}, {n}], C: f32[{m}, {n}]):
 """
 
 
-@pytest.mark.parametrize("m, k, n, lifted", [
-    (16, 16, 16, True),
-    (16, 8, 16, False),  # k = 8 is under the smallest extent split
-    (16, 18, 16, True),
-    (16, 15, 16, False),  # an odd extent: the strassen family peels it
+@pytest.mark.parametrize("m, k, n, peels, lifted", [
+    (16, 16, 16, False, True),
+    (16, 8, 16, False, False),  # k = 8 is under the smallest extent split
+    (16, 18, 16, False, True),
+    (16, 17, 16, False, False),  # an odd extent, and no rule to peel it
+    (16, 17, 16, True, True),  # peel-inner leaves 16
+    (17, 16, 33, True, True),
+    (16, 15, 16, True, False),  # peeled, 14 is under the smallest extent split
 ])
-def test_a_lone_product_lifts_where_strassen_level_splits_it(m, k, n, lifted):
+def test_a_lone_product_lifts_where_strassen_level_splits_it(m, k, n, peels, lifted):
     func = parse(LONE.format(m=m, k=k, n=n))
     parts = nests.items(nests.normalize(func))
-    rules = _strassen_rules("strassen-level")
+    rules = _strassen_rules("strassen-level", *(matrices.PEELS if peels else ()))
     alone = partial(matrices.splits_alone, rules=rules, at_least=16)
     windows = matrices.lift(func, parts, alone)
     assert [program.text(t) for w in windows for _, t in w.accumulations] == (["A @ B"] if lifted else [])
@@ -510,7 +532,34 @@ def test_a_level_on_a_lone_product_chosen_in_the_e_graph_computes_the_same():
     _computes_the_same(func, alt)
 
 
-def test_auto_levels_of_a_lone_product_are_the_e_graphs_and_the_family_keeps_odd_extents():
+@pytest.mark.parametrize("m, k, n", [(65, 64, 64), (64, 65, 64), (64, 64, 65), (65, 65, 65)])
+def test_an_odd_extent_is_peeled_in_the_e_graph_and_its_even_part_takes_a_level(m, k, n):
+    # as at 64^3 (above), a level on the even part costs fewer operations than the product
+    func = parse(LONE.format(m=m, k=k, n=n))
+    rules = _strassen_rules("strassen-level", *matrices.PEELS)
+    parts = nests.items(nests.normalize(func))
+    (alt,) = matrices.alternatives(func, parts, Names.of(func), rules, at_least=32)
+    assert alt.levels == 1
+    _computes_the_same(func, alt)
+    (w,) = matrices.lift(func, parts, partial(matrices.splits_alone, rules=rules, at_least=32))
+    ((_, term),), _ = program.cheapest(w.accumulations, rules, matrices.multiply_adds, at_least=32)
+    slivers = set()  # (part, input) of every last row or column read
+
+    def walk(node, kinds=()):
+        if isinstance(node, Input):
+            slivers.update((kind, node.name) for kind in kinds if kind.startswith("last"))
+            return
+        for a in node.args:
+            walk(a, kinds + ((node.kind,) if node.kind in program.PARTS else ()))
+
+    walk(term)
+    expected = {("last_row", "A")} if m % 2 else set()
+    expected |= {("last_col", "A"), ("last_row", "B")} if k % 2 else set()
+    expected |= {("last_col", "B")} if n % 2 else set()
+    assert slivers == expected and matrices.strassen_levels(term) == 1
+
+
+def test_auto_levels_of_a_lone_product_are_the_e_graphs_and_the_family_keeps_batches():
     from rewrite.budgets import Budgets
     from rewrite.pipeline import Choice, Search
     from rewrite.rules import strassen
@@ -525,12 +574,22 @@ def test_auto_levels_of_a_lone_product_are_the_e_graphs_and_the_family_keeps_odd
     temps = {b.name for b in result.func.allocs}
     # lowered from the e-graph's term (its temporaries mm_*), not by the strassen family (st_P*)
     assert any(t.startswith("mm_U") for t in temps) and not any(t.startswith("st_P") for t in temps)
-    # the strassen family offers nothing for it under auto (the e-graph chose), and keeps a
-    # product with an odd extent, which strassen-level does not split
+    odd = tensorize(parse(LONE.format(m=2048, k=2047, n=2048)), AVX2, rules_off={"padding"})
+    (report,) = [g for family, g in odd.egraphs if family == "matmul"]
+    assert odd.strassen_levels >= 1 and "peel-inner" in report.rules
+    assert not any(b.name.startswith("st_P") for b in odd.func.allocs)
+    # the strassen family offers nothing for it under auto (the e-graph chose), nor for a
+    # product with an odd extent (peeled in the e-graph), and keeps a batched product
     search = Search({d.name: d for d in AVX2}, Budget(), Names.of(func), True, "auto", Budgets(),
                     frozenset({"padding"}))
+    batched = """
+@prim_func
+def bmm(A: f32[2, 1024, 1024], B: f32[2, 1024, 1024], C: f32[2, 1024, 1024]):
+    for b, i, j, k in grid(2, 1024, 1024, 1024):
+        C[b, i, j] += A[b, i, k] * B[b, k, j]
+"""
     for src, offered in ((LONE.format(m=2048, k=2048, n=2048), False),
-                         (LONE.format(m=2048, k=2047, n=2048), True)):
+                         (LONE.format(m=2048, k=2047, n=2048), False), (batched, True)):
         f = parse(src)
         parts = search.items(nests.normalize(f))
         best = Choice(f, parts, None)

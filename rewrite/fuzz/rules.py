@@ -80,6 +80,18 @@ class _Shape:
         self.dims.tie(self.cols, other.cols)
         return _Shape(self.dims, self.dims.new(), self.cols)
 
+    def head_rows(self) -> "_Shape":
+        return _Shape(self.dims, self.dims.new(), self.cols)  # one row fewer: not tied
+
+    def last_row(self) -> "_Shape":
+        return _Shape(self.dims, self.dims.new(), self.cols)
+
+    def head_cols(self) -> "_Shape":
+        return _Shape(self.dims, self.rows, self.dims.new())
+
+    def last_col(self) -> "_Shape":
+        return _Shape(self.dims, self.rows, self.dims.new())
+
     def strassen(self, *others: "_Shape") -> "_Shape":
         for o in others:
             self + o
@@ -117,11 +129,14 @@ def _instances(r: ProgramRule):
     classes = sorted({dims.find(d) for pair in shapes.values() for d in pair})
 
     even = {dims.find(d) for name in r.even for d in shapes[name]}
+    odd = {dims.find(shapes[name][0 if which == "rows" else 1]) for name, which in r.odd}
+    even |= {dims.find(shapes[name][0 if which == "rows" else 1]) for name, which in r.also_even}
 
     @st.composite
     def draw(draw_):
-        # an extent a rule halves is even: twice a drawn size
+        # an extent a rule halves is even: twice a drawn size; one it peels is odd, 3 or more
         size = {c: draw_(st.integers(1, MAX_DIM // 2 + 1)) * 2 if c in even else
+                draw_(st.integers(1, MAX_DIM // 2)) * 2 + 1 if c in odd else
                 draw_(st.integers(1, MAX_DIM)) for c in classes}
         values = {}
         for name, kind in r.params:

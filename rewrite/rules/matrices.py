@@ -9,9 +9,10 @@ cheapest program extracted once and lowered back to nests.
 
 What is lifted (``lift``): a window of the program's items holding at least two plain matmul
 nests (``matmul.recognize``: no batch, dims from 0), or one such nest alone where
-``strassen-level`` splits it (``--strassen auto`` chooses the levels of a lone product here, by
-the same extraction as a chain's; the ``strassen`` family keeps the products it cannot split:
-odd extents, and forced levels). A temporary of the function is *internal*
+``strassen-level`` splits it, an odd extent peeled first (``peel-rows``, ``peel-inner``,
+``peel-cols``: its last row, slice or column a product of its own) where that leaves an even
+one it splits (``--strassen auto`` chooses the levels of a lone product here, by the same
+extraction as a chain's; the ``strassen`` family keeps batched products and forced levels). A temporary of the function is *internal*
 when every item touching it lies in the window: one zero-fill, then matmul nests writing it
 whole, then matmul nests reading it whole. Decided here from the window's items, that is a
 fact given to egglog, ``temporary(T)``; ``T``'s accumulation stays in the lifted program
@@ -121,6 +122,30 @@ def strassen_level(a: Matrix, b: Matrix):
     return a @ b, p1.strassen(p2, p3, p4, p5, p6, p7)
 
 
+# one order of peeling (the reduction, then rows, then columns), so that an e-graph holds one
+# peeled form of a product and the matcher prices few shapes
+@rule("peel-rows", odd=(("a", "rows"),), also_even=(("a", "cols"),), at_least=2 * AUTO_MIN_BLOCK + 1,
+      why="row i of A @ B is row i of A times B: the product of every row of A but the last, "
+          "above the product of its last row, is the product whole")
+def peel_rows(a: Matrix, b: Matrix):
+    return a @ b, (a.head_rows() @ b).above(a.last_row() @ b)
+
+
+@rule("peel-inner", odd=(("a", "cols"),), at_least=2 * AUTO_MIN_BLOCK + 1,
+      why="(A @ B)[i, j] = sum over k of A[i, k] B[k, j]: the sum over every k but the last, "
+          "plus the last k's term")
+def peel_inner(a: Matrix, b: Matrix):
+    return a @ b, a.head_cols() @ b.head_rows() + a.last_col() @ b.last_row()
+
+
+@rule("peel-cols", odd=(("b", "cols"),), also_even=(("a", "rows"), ("a", "cols")),
+      at_least=2 * AUTO_MIN_BLOCK + 1,
+      why="column j of A @ B is A times column j of B: the product with every column of B "
+          "but the last, beside the product with its last column, is the product whole")
+def peel_cols(a: Matrix, b: Matrix):
+    return a @ b, (a @ b.head_cols()).beside(a @ b.last_col())
+
+
 def _quadrants(node):
     """``P1.strassen(P2, ..., P7)`` as the blocks it stands for."""
     p1, p2, p3, p4, p5, p6, p7 = node.args
@@ -132,7 +157,11 @@ def _quadrants(node):
 
 
 BUILT_IN = ("assoc-right", "assoc-left", "factor-left", "factor-right", "comm-add", "assoc-add",
-            "scale-out-left", "scale-out-right", "scale-sum", "strassen-level")
+            "scale-out-left", "scale-out-right", "scale-sum", "strassen-level", "peel-rows",
+            "peel-inner", "peel-cols")
+# rules that pay only with a Strassen level after them (an odd extent peeled so that its even
+# part splits): in force with ``strassen-level`` alone
+PEELS = ("peel-rows", "peel-inner", "peel-cols")
 # every rule of the e-graph a name turns off: the identities above, and the inlining of an
 # internal temporary (``program.INLINE``, a rule over accumulations conditioned on a fact)
 RULE_NAMES = BUILT_IN + (program.INLINE,)
@@ -212,13 +241,22 @@ class _Touches:
 def splits_alone(mm: MatMul, rules: Sequence[program.ProgramRule],
                  at_least: Optional[int] = None) -> bool:
     """``strassen-level`` is among ``rules`` and splits ``mm`` (every extent even and at least
-    its minimum, ``at_least`` overriding the rule's): a product the e-graph is given even
-    when it is the only one in its window."""
-    for r in rules:
-        if r.name == "strassen-level":
-            low = max(2, r.at_least if at_least is None else at_least)
-            return all(e % 2 == 0 and e >= low for e in (mm.m.extent, mm.k.extent, mm.n.extent))
-    return False
+    its minimum, ``at_least`` overriding the rule's), once an odd extent is peeled where its
+    peel rule is among ``rules`` too: a product the e-graph is given even when it is the only
+    one in its window."""
+    named = {r.name: r for r in rules}
+    if "strassen-level" not in named:
+        return False
+    low = max(2, named["strassen-level"].at_least if at_least is None else at_least)
+    for extent, peel in ((mm.m.extent, "peel-rows"), (mm.k.extent, "peel-inner"),
+                         (mm.n.extent, "peel-cols")):
+        if extent % 2 == 0 and extent >= low:
+            continue
+        odd_low = None if peel not in named else \
+            max(3, named[peel].at_least if at_least is None else at_least)
+        if extent % 2 == 0 or odd_low is None or extent < max(odd_low, low + 1):
+            return False
+    return True
 
 
 def _touched(items) -> set[str]:
@@ -404,6 +442,10 @@ class _Lowering:
         if node.kind == "block":
             rows, cols = program.shape(node)
             return _shifted(self.operand(node.args[0]), node.at[0] * rows, node.at[1] * cols)
+        if node.kind in program.PARTS:  # read in place, from its first row and column
+            rows, cols = program.shape(node.args[0])
+            return _shifted(self.operand(node.args[0]), rows - 1 if node.kind == "last_row" else 0,
+                            cols - 1 if node.kind == "last_col" else 0)
         if node in self.made:
             return self.made[node]
         rows, cols = program.shape(node)
@@ -579,7 +621,7 @@ def tree_cost(accumulations, price: Callable[[int, int, int], float]) -> float:
         inner = sum(cost(a, top and node.kind == "+") for a in node.args)
         if node.kind == "@":
             return inner + price(rows, program.shape(node.args[0])[1], cols)
-        if node.kind in ("T", "*", "block", "beside", "above"):
+        if node.kind in ("T", "*", "block", "beside", "above") + program.PARTS:
             return inner  # read or written in place
         if node.kind == "strassen":
             return inner + 2 * rows * cols  # as the e-graph charges it: 8 quadrant additions
@@ -684,11 +726,13 @@ def _pricer(search, dtype: str) -> Callable[[int, int, int], float]:
 def in_force(search) -> list[program.ProgramRule]:
     """The rules of the program-level e-graph for ``search``: the built-in ones not turned off
     by name, ``strassen-level`` only under ``--strassen auto`` with the ``strassen`` family on
-    (forced levels are that family's; ``off`` turns Strassen off and nothing else), and the
-    user's."""
+    (forced levels are that family's; ``off`` turns Strassen off and nothing else) and the
+    peel rules only with it, and the user's."""
     off = set(search.rules_off)
     if search.strassen != "auto" or "strassen" in off:
         off.add("strassen-level")
+    if "strassen-level" in off:
+        off.update(PEELS)
     return built_in(frozenset(off)) + list(search.program_rules)
 
 

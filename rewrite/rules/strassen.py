@@ -31,8 +31,8 @@ as written runs when one of their elements is NaN or Inf.
 runs after the ``matmul`` family, so the products of a regrouped chain or a factored sum are
 the ones it splits. Under ``--strassen auto`` the levels of a plain product whose every
 extent a level halves are the program-level e-graph's (``strassen-level``,
-``rules/matrices.py``), one product alone included; this family keeps odd extents, batched
-products, and forced levels.
+``rules/matrices.py``), one product alone and odd extents (peeled there) included; this
+family keeps batched products and forced levels.
 """
 
 from __future__ import annotations
