@@ -12,20 +12,21 @@ nests (``matmul.recognize``: no batch, dims from 0), or one such nest alone wher
 ``strassen-level`` splits it, an odd extent peeled first (``peel-rows``, ``peel-inner``,
 ``peel-cols``: its last row, slice or column a product of its own) where that leaves an even
 one it splits (``--strassen auto`` chooses the levels of a lone product here, by the same
-extraction as a chain's; the ``strassen`` family keeps batched products and forced levels). A temporary of the function is *internal*
-when every item touching it lies in the window: one zero-fill, then matmul nests writing it
-whole, then matmul nests reading it whole. Decided here from the window's items, that is a
-fact given to egglog, ``temporary(T)``; ``T``'s accumulation stays in the lifted program
-(``T += A @ B; D += T @ C``) and the rule ``inline-temporary``, conditioned on the fact, adds
-the program that reads ``A @ B`` in place of ``T`` and leaves ``T`` unwritten. Extraction
-chooses: inlined where a regrouping pays (``D += A @ (B @ C)``), kept where its value is read
-more than once at a price no regrouping beats. Every buffer a product writes is a *sink*
-(``D += term``; an internal temporary's accumulation lists first); every
-operand that is no internal temporary is an *input* (a leaf ``Matrix(name, rows, cols)``,
+extraction as a chain's; the ``strassen`` family keeps batched products and forced levels).
+A temporary of the function is *internal* when every item touching it lies in the window: one
+zero-fill, then matmul nests writing it whole, then matmul nests reading it whole. Decided here
+from the window's items, that is a fact given to egglog, ``temporary(T)``; ``T``'s accumulation
+stays in the lifted program (``T += A @ B; D += T @ C``) and the rule ``inline-temporary``,
+conditioned on the fact, adds the program that reads ``A @ B`` in place of ``T`` and leaves
+``T`` unwritten. Extraction chooses: inlined where a regrouping pays (``D += A @ (B @ C)``),
+kept where its value is read more than once at a price no regrouping beats. Every buffer a
+product writes is a *sink* (``D += term``; an internal temporary's accumulation lists first);
+every operand that is no internal temporary is an *input* (a leaf ``Matrix(name, rows, cols)``,
 transposed where the nest reads it the other way round). The window is sound to lift when no
-item in it writes an input, no product reads a sink, and the window's other items touch no
-internal temporary and no sink after the sink's first product: those items then run first,
-in their order, and the rewritten products after them.
+item in it writes an input, no product reads a sink (an internal temporary aside, read after
+its accumulation), and the window's other items touch no
+internal temporary and no sink after the sink's first product: those items then run first, in
+their order, and the rewritten products after them.
 
 Soundness of the whole: the accumulations into each sink are the same sums, regrouped, when
 each rule equates matrices over any ring (checked by ``tensorize rules --check``). On floats
@@ -124,7 +125,8 @@ def strassen_level(a: Matrix, b: Matrix):
 
 # one order of peeling (the reduction, then rows, then columns), so that an e-graph holds one
 # peeled form of a product and the matcher prices few shapes
-@rule("peel-rows", odd=(("a", "rows"),), also_even=(("a", "cols"),), at_least=2 * AUTO_MIN_BLOCK + 1,
+@rule("peel-rows", odd=(("a", "rows"),), also_even=(("a", "cols"),),
+      at_least=2 * AUTO_MIN_BLOCK + 1,
       why="row i of A @ B is row i of A times B: the product of every row of A but the last, "
           "above the product of its last row, is the product whole")
 def peel_rows(a: Matrix, b: Matrix):
