@@ -247,6 +247,31 @@ def test_inline_temporary_is_turned_off_by_name():
         assert runtime.check(func, runtime.compile(result.func)).ok
 
 
+def test_two_chains_apart_are_both_regrouped():
+    # two windows, split by an elementwise pass over the first one's output: each regroups
+    # (A @ (B @ C) with A of 8 columns), and the program takes both
+    func = parse_file(HERE / "golden" / "two_chains.py")["two_chains"]
+    parts = nests.items(nests.normalize(func))
+    alts = matrices.alternatives(func, parts, Names.of(func))
+    assert [a.note for a in alts][-1] == ("T += A @ B; D += T @ C -> D += A @ (B @ C); "
+                                          "U += E @ F; H += U @ G -> H += E @ (F @ G)")
+    result = tensorize(func, AVX2)
+    fast = [p for p in _guards(result.func.body)]
+    assert len(fast) == 2 and all({"T", "U"}.isdisjoint(_buffers(f)) for f in fast)
+    assert runtime.check(func, runtime.compile(result.func)).ok
+
+
+def _guards(s):
+    """The first branch of each finiteness guard in ``s`` (the rewritten program)."""
+    for x in ir.walk_stmts(s):
+        if isinstance(x, ir.If):
+            yield x.then
+
+
+def _buffers(s):
+    return {b.name for b in ir.buffers_of(s)}
+
+
 def test_a_program_reading_a_temporary_it_does_not_compute_is_not_lowered():
     func = parse(CHAIN.format(extra="", between=""))
     parts = nests.items(nests.normalize(func))

@@ -650,11 +650,14 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
     ``outside`` names the buffers items around them touch (the rest of the program, the
     guard's scan and other branch), which are no internal temporaries there. ``inline``:
     the window's internal temporaries are given to the e-graph as ``program.temporary``
-    facts, so that ``inline-temporary`` may inline them."""
+    facts, so that ``inline-temporary`` may inline them.
+
+    Each window made cheaper is one alternative, and, where there are several, the program
+    with all of them rewritten is one more (windows are disjoint and independent)."""
     memo = {} if memo is None else memo
     parts = list(parts)
     rules = built_in() if rules is None else list(rules)
-    out = []
+    out, chosen = [], []
     for q, p in enumerate(parts):
         if isinstance(p, finite.Guarded) and not p.settled:
             around = set(outside) | _touched(parts[:q] + parts[q + 1:] + list(p.scan) + list(p.slow)) \
@@ -690,7 +693,29 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
         alt = lower(lifted, best, parts, names)
         if alt is not None:
             out.append(alt)
+            chosen.append((lifted, best))
+    if len(chosen) > 1:
+        together = _together(chosen, parts, names)
+        if together is not None:
+            out.append(together)
     return out
+
+
+def _together(chosen: list, parts: list, names: Names) -> Optional[Alternative]:
+    """The program with every window of ``chosen`` (``(lifted, accumulations)``, windows
+    left to right, disjoint) rewritten: the windows' extractions combined, as one extraction
+    of independent parts would choose them. Lowered right to left, so that each window's
+    items keep their places."""
+    allocs, notes, levels, extra = [], [], 0, 0.0
+    for lifted, best in reversed(chosen):
+        alt = lower(lifted, best, parts, names)
+        if alt is None:
+            return None
+        parts = alt.parts
+        allocs = list(alt.allocs) + allocs
+        notes.insert(0, alt.note)
+        levels, extra = max(levels, alt.levels), extra + alt.extra_cost
+    return Alternative(parts, allocs, "; ".join(notes), levels=levels, extra_cost=extra)
 
 
 # extractions by multiply-adds, which depend on the window's terms and the rules alone
