@@ -349,3 +349,24 @@ def test_expand_keeps_the_results_of_random_reuses():
             expanded += 1
             assert _same_results(func, got), src + "\n" + show(got)
     assert expanded >= 15  # the draw reaches the rule, not only its refusals
+
+
+def test_each_sum_is_split_only_where_splitting_it_pays():
+    from rewrite.script import parse
+
+    # A's two outer products go onto the rows once split; B's two terms match no row, so
+    # splitting B only adds a second pass over it: A split, B kept whole
+    func = parse("""
+@prim_func
+def two_sums(A: f32[64, 64], u1: f32[64], v1: f32[64], u2: f32[64], v2: f32[64],
+             B: f32[64, 64], z: f32[64, 64]):
+    for i, j in grid(64, 64):
+        A[i, j] += u1[i] * v1[j] + u2[i] * v2[j]
+    for i, j in grid(64, 64):
+        B[i, j] += max(z[i, j], 0.0) + max(z[j, i], 0.0)
+""")
+    result = tensorize(func, ROWS)
+    text = show(result.func)
+    assert text.count("B[i, j] +=") == 1 and "max(z[i, j], 0.0) + max(z[j, i], 0.0)" in text
+    assert result.ops_in_intrinsics > 0 and "u2" in text and "A[i, j] +=" not in text
+    assert runtime.check(func, runtime.compile(result.func)).ok

@@ -25,6 +25,7 @@ from typing import Optional
 
 from .. import ir
 from ..nests import AccNest
+from .choose import cheapest_per_nest
 
 
 def terms(e: ir.Expr) -> list[ir.Expr]:
@@ -56,16 +57,8 @@ def split(nest: AccNest) -> Optional[list[AccNest]]:
 
 
 def improve(best, search):
-    """``best`` (``pipeline.Choice``), or its items with every sum split, when the cost model
-    finds that cheaper."""
-    items, changed = [], False
-    for p in best.parts:
-        pieces = split(p) if isinstance(p, AccNest) else None
-        items += pieces or [p]
-        changed = changed or pieces is not None
-    if not changed:
-        return best
-    planned = search.plan(items)
-    if planned.cost >= best.planned.cost:
-        return best
-    return replace(best, parts=items, planned=planned)
+    """``best`` (``pipeline.Choice``) with each accumulation of a sum split where that nest
+    split costs less than as it is (each nest chosen on its own: a sum of products split
+    beside a sum no intrinsic covers, which splitting only gives a second pass over its
+    output), when the program so chosen is cheaper."""
+    return cheapest_per_nest(best, search, lambda nest: [(pieces, [])] if (pieces := split(nest)) else [])
