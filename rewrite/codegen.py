@@ -15,7 +15,8 @@ Every operation reproduces the meaning written in ``ir.py``:
 Float reductions. The add of ``X[i] += v`` carries ``reassoc contract``: LLVM may then keep
 a reduction in several vector lanes and fuse ``a * b + c`` into an FMA, so a sum over ``n``
 terms may differ from the sequential one by a few ``n * eps`` relative to its terms. Every
-other float operation is exact IEEE in program order. ``runtime.check`` scales its tolerance
+other float operation is exact IEEE in program order (``X[i] += -(v)`` is ``X[i] - v``, the
+same bits, so that LLVM does not push the negation into ``v`` and regroup its product). ``runtime.check`` scales its tolerance
 by the reduction length for this reason.
 
 Kernel shape: ``void K(ptr args, ptr pool)``. Each body of the plan becomes an internal
@@ -291,9 +292,14 @@ class _BodyEmitter:
     def accumulate(self, s: Accumulate) -> None:
         dtype = s.buffer.dtype
         ptr = self.address(s.buffer, s.indices)
-        value = self.expr(s.value)
+        negated = is_float(dtype) and isinstance(s.value, Unary) and s.value.op == "neg"
+        value = self.expr(s.value.a if negated else s.value)
         old = self.b.load(ptr, typ=lltype(dtype), align=itemsize(dtype))
-        if is_float(dtype):
+        if negated:
+            # ``x += -(v)`` as ``x - v``, bit for bit the same: LLVM would otherwise push the
+            # negation into ``v``'s product under the add's reassoc and regroup the product
+            new = self.b.fsub(old, value, flags=("reassoc", "contract"))
+        elif is_float(dtype):
             # The one reassociable float operation (see the module docstring).
             new = self.b.fadd(old, value, flags=("reassoc", "contract"))
         else:

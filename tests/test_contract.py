@@ -200,6 +200,9 @@ def test_every_candidate_computes_what_the_nest_does(src, seed):
 @example("@prim_func\ndef f(X0: f32[2], X1: f32[2], X2: f32[2], O: f32[1]):\n"
          "    for d0, d1, d2, d3 in grid(2, 2, 2, 2):\n"
          "        O[0] += X0[d0] * X1[d0] * X2[d1]\n")  # a pair summed into one element
+@example("@prim_func\ndef f(X0: f32[5, 4], X1: f32[4, 4], X2: f32[4, 4], O: f32[4, 5]):\n"
+         "    for d0, d1, d2 in grid(5, 4, 4):\n"
+         "        O[d2, d0] -= X0[d0, d1] * X1[d1, d2] * X2[d1, d2]\n")  # (X0 * X1) * X2 kept
 def test_random_contractions_compile_to_what_the_interpreter_computes(src):
     func = parse(src)
     result = tensorize(func, HOST)
