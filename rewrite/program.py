@@ -213,6 +213,29 @@ def _inline_rules(t: String, s: String, r: i64, c: i64, i: i64, j: i64, f: f64, 
     yield rewrite(a.strassen(*p_).put(t, v)).to(a.put(t, v).strassen(*[x.put(t, v) for x in p_]))
 
 
+def inlines_to(accumulations: Sequence[tuple[str, object]], temporaries: Sequence[str],
+               expected: Sequence[tuple[str, object]]) -> bool:
+    """Whether ``inline-temporary`` alone, given ``temporary(t)`` for each of ``temporaries``,
+    makes ``accumulations`` equal to ``expected`` in the e-graph (``tensorize rules --check``
+    samples it so)."""
+    egraph = EGraph()
+    root = egraph.let("program", _chained(accumulations))
+    for t in temporaries:
+        egraph.register(temporary(t))
+    egraph.run(_shapes.saturate())
+    egraph.run(_inline.saturate())
+    return egraph.check_bool(root == _chained(expected))
+
+
+def _chained(accumulations: Sequence[tuple[str, object]]) -> Program:
+    """``a.then(b.then(c))``: each accumulation first, then the rest."""
+    root = None
+    for out, node in reversed(accumulations):
+        term = Program.acc(out, build(node))
+        root = term if root is None else term.then(root)
+    return root
+
+
 # Price units: a scalar operation costs PRICE_SCALE (egglog's costs are integers)
 PRICE_SCALE = 16
 
@@ -736,11 +759,7 @@ class Saturation:
         t0 = time.perf_counter()
         _held.clear()
         egraph = EGraph()
-        root = None
-        for out, node in reversed(self.accumulations):  # a.then(b.then(c)): each one first
-            term = Program.acc(out, build(node))
-            root = term if root is None else term.then(root)
-        root = egraph.let("program", root)
+        root = egraph.let("program", _chained(self.accumulations))
         for t in self.temporaries:
             egraph.register(temporary(t))
         algebra = _ruleset(self.rules, self.at_least) if self.rules else None

@@ -331,6 +331,33 @@ def test_every_built_in_rule_passes_the_soundness_check(name):
     assert verdict.ok, verdict.message
 
 
+def test_inline_temporary_passes_its_check_and_a_broken_substitution_is_caught(monkeypatch):
+    from egglog import String, i64, rewrite, ruleset
+
+    from rewrite.program import Matrix, Program, temporary
+
+    verdict = soundness.check_inline(examples=40)
+    assert verdict.ok, verdict.message
+    # the substitution without its condition that another input is no T: T's leaf stays
+    # equal to its value everywhere, and extraction reads the T it no longer writes
+    broken = ruleset(name="broken-inline")
+
+    @broken.register
+    def _(t: String, s: String, r: i64, c: i64, v: Matrix, a: Matrix, b: Matrix, p: Program,
+          q: Program):
+        yield rewrite(Program.acc(t, v).then(p)).to(p.put(t, v), temporary(t))
+        yield rewrite(p.then(q).put(t, v)).to(p.put(t, v).then(q.put(t, v)))
+        yield rewrite(Program.acc(s, a).put(t, v)).to(Program.acc(s, a.put(t, v)))
+        yield rewrite(Matrix(t, r, c).put(t, v)).to(v)
+        yield rewrite(Matrix(s, r, c).put(t, v)).to(Matrix(s, r, c))
+        yield rewrite((a @ b).put(t, v)).to(a.put(t, v) @ b.put(t, v))
+        yield rewrite(a.T.put(t, v)).to(a.put(t, v).T)
+
+    monkeypatch.setattr(program, "_inline", broken)
+    verdict = soundness.check_inline(examples=40)
+    assert not verdict.ok and "T read but not computed" in verdict.message
+
+
 def test_the_check_evaluates_a_side_as_numpy_does():
     rng = np.random.default_rng(1)
     a, b, c = rng.integers(-3, 4, (2, 3)).astype(float), rng.integers(-3, 4, (3, 4)).astype(float), \

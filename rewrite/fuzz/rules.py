@@ -104,7 +104,7 @@ class _Shape:
 
 @dataclass(frozen=True)
 class Verdict:
-    rule: ProgramRule
+    rule: Optional[ProgramRule]  # None for inline-temporary, which is no ProgramRule
     ok: bool
     examples: int
     message: str  # the counterexample, or what was checked
@@ -210,3 +210,113 @@ def check(r: ProgramRule, examples: int = 200) -> Verdict:
                       for n, v in values.items())
     return Verdict(r, False, examples, f"rule {r.name} is unsound: with {shown}:\n  "
                                        f"{_disagreement(r, values)}")
+
+
+# ---------------------------------------------------------------------------
+# inline-temporary: a rule over accumulations, conditioned on the fact temporary(T)
+
+_FORMS = ("once", "twice", "transposed")
+
+
+@st.composite
+def _temporary_programs(draw):
+    """``T += A @ B`` then its readers (``D += T @ C``; and ``D2 += T @ E``; or
+    ``D += T.T @ F``), with small integer matrices: the accumulations and their inputs."""
+    m, k, n, p = (draw(st.integers(1, MAX_DIM)) for _ in range(4))
+    form = draw(st.sampled_from(_FORMS))
+    shapes = {"A": (m, k), "B": (k, n), "C": (n, p)}
+    if form == "twice":
+        shapes["E"] = (n, p)
+    if form == "transposed":
+        shapes = {"A": (m, k), "B": (k, n), "F": (m, p)}
+    values = {}
+    for name, (rows, cols) in shapes.items():
+        flat = draw(st.lists(st.integers(-4, 4), min_size=rows * cols, max_size=rows * cols))
+        values[name] = np.array(flat, dtype=np.float64).reshape(rows, cols)
+    leaf = {name: Input(name, *shape) for name, shape in shapes.items()}
+    t = Input("T", m, n)
+    accs = [("T", program.Op("@", (leaf["A"], leaf["B"])))]
+    if form == "transposed":
+        accs.append(("D", program.Op("@", (program.Op("T", (t,)), leaf["F"]))))
+    else:
+        accs.append(("D", program.Op("@", (t, leaf["C"]))))
+    if form == "twice":
+        accs.append(("D2", program.Op("@", (t, leaf["E"]))))
+    return accs, values
+
+
+def _put(node, name: str, value):
+    """``node`` with the input ``name`` read as ``value``."""
+    if isinstance(node, Input):
+        return value if node.name == name else node
+    return program.Op(node.kind, tuple(_put(a, name, value) for a in node.args), node.factor,
+                      node.at)
+
+
+def _run(accs: list, values: dict, temporaries: dict) -> dict:
+    """``accs`` lowered as the ``matmul`` family lowers an extracted program (a temporary of
+    ``temporaries``, name -> shape, that has an accumulation is zero-filled, then written; one
+    read without it is ``matrices.Unlowerable``) and interpreted on ``values``: the outputs
+    but the temporaries."""
+    inputs = {n: Access(ir.Buffer(n, "f64", v.shape), (("_r", 0), ("_c", 0)))
+              for n, v in values.items()}
+    sinks = {}
+    for name, node in accs:
+        rows, cols = program.shape(node)
+        whole = Access(ir.Buffer(name, "f64", (rows, cols)), (("_r", 0), ("_c", 0)))
+        sinks[name] = (whole, rows, cols)
+    temps = {t: Access(ir.Buffer(t, "f64", shape), (("_r", 0), ("_c", 0)))
+             for t, shape in temporaries.items()}
+    lifted = matrices.Lifted(0, 0, [], sinks, {n: (a, None, None) for n, a in inputs.items()},
+                             [], [], [], "f64", temps)
+    low = matrices._Lowering(lifted, Names(list(inputs) + list(sinks)), matrices._product_uses(accs))
+    for name, node in accs:
+        access, rows, cols = sinks[name]
+        low.accumulate(low.keep(name) if name in temps else access, rows, cols, node)
+    body = ir.seq(*(p.stmt() if hasattr(p, "stmt") else p for p in low.items))
+    outs = [sinks[n][0].buffer for n in sinks if n not in temps]
+    func = ir.PrimFunc("program", tuple(a.buffer for a in inputs.values()) + tuple(outs), body,
+                       tuple(low.allocs) + tuple(a.buffer for a in temps.values()))
+    zeros = {b.name: np.zeros(b.shape) for b in outs}
+    result = interp.run(func, **values, **zeros)
+    return {b.name: result[b.name] for b in outs}
+
+
+def _inline_disagreement(accs: list, values: dict) -> Optional[str]:
+    (t, v), rest = accs[0], accs[1:]
+    expected = [(name, _put(node, t, v)) for name, node in rest]
+    if not program.inlines_to(accs, [t], expected):
+        return (f"the rule does not give {'; '.join(f'{n} += {program.text(x)}' for n, x in expected)} "
+                f"for {'; '.join(f'{n} += {program.text(x)}' for n, x in accs)}")
+    # the program extraction takes from the saturated e-graph (the inlined one: fewer nodes
+    # at the same products), lowered as the family lowers it
+    (chosen, _) = program.cheapest(accs, [], matrices.multiply_adds, temporaries=[t])
+    shape = {t: program.shape(v)}
+    kept = _run(accs, values, shape)
+    for how, program_ in (("inlined", expected), ("extracted", chosen)):
+        try:
+            got = _run(program_, values, shape)
+        except matrices.Unlowerable as e:
+            return f"the {how} program {'; '.join(f'{n} += {program.text(x)}' for n, x in program_)}: {e}"
+        for name in kept:
+            if not np.array_equal(kept[name], got[name]):
+                return (f"{name} is {kept[name].tolist()} with {t} written, {got[name].tolist()} "
+                        f"in the {how} program")
+    return None
+
+
+def check_inline(examples: int = 200) -> Verdict:
+    """``inline-temporary`` on ``examples`` random programs of a temporary and its readers: the
+    e-graph must reach the program with the temporary's value read in its place, and that
+    program, lowered and interpreted, must give the outputs the program writing it gives."""
+    config = settings(max_examples=examples, database=None, derandomize=True, deadline=None,
+                      suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
+    try:
+        accs, values = find(_temporary_programs(), lambda x: _inline_disagreement(*x) is not None,
+                            settings=config)
+    except NoSuchExample:
+        return Verdict(None, True, examples,
+                       f"rule {program.INLINE}: {examples} random instances agree")
+    shown = ", ".join(f"{n} = {v.tolist()}" for n, v in values.items())
+    return Verdict(None, False, examples, f"rule {program.INLINE} is unsound: with {shown}:\n  "
+                                          f"{_inline_disagreement(accs, values)}")

@@ -435,7 +435,7 @@ class _Lowering:
         """``node``'s value as an access in the dims ``_r`` (rows) and ``_c`` (columns)."""
         if isinstance(node, Input) and node.name in self.lifted.temporaries:
             if node.name not in self.kept:  # read before it is written, or never written
-                raise _Unlowerable(f"{node.name} read but not computed")
+                raise Unlowerable(f"{node.name} read but not computed")
             return self.lifted.temporaries[node.name]
         if isinstance(node, Input):
             return self.lifted.inputs[node.name][0]
@@ -470,7 +470,7 @@ class _Lowering:
         if isinstance(node, Op) and node.kind == "*":
             factor = _const(node.factor, self.lifted.dtype)
             if factor is None:
-                raise _Unlowerable(f"scale {node.factor} of an integer matrix")
+                raise Unlowerable(f"scale {node.factor} of an integer matrix")
             return Binary("*", factor, self.value(node.args[0]))
         return self.operand(node).renamed({"_r": "i", "_c": "j"}).load()
 
@@ -500,7 +500,7 @@ class _Lowering:
                 and node.args[0].kind == "@" and once(node.args[0]):
             scale, inner = _const(node.factor, self.lifted.dtype), node.args[0]
             if scale is None:
-                raise _Unlowerable(f"scale {node.factor} of an integer product")
+                raise Unlowerable(f"scale {node.factor} of an integer product")
         c = out.renamed({"_r": "i", "_c": "j"})
         if isinstance(inner, Op) and inner.kind == "@" and once(inner):
             x, y = inner.args
@@ -553,8 +553,9 @@ def _terms(node) -> list:
     return [node]
 
 
-class _Unlowerable(Exception):
-    pass
+class Unlowerable(Exception):
+    """A term with no nest form here (a scale of an integer matrix, a temporary read that
+    nothing computes)."""
 
 
 def _fill(t: Access, value) -> ir.Stmt:
@@ -573,7 +574,7 @@ def lower(lifted: Lifted, accumulations, parts: list, names: Names) -> Optional[
             if name in lifted.temporaries:
                 access = low.keep(name)
             low.accumulate(access, rows, cols, node)
-    except (_Unlowerable, KeyError, ValueError):
+    except (Unlowerable, KeyError, ValueError):
         return None
     window = sorted(lifted.products + lifted.fills)
     allocs = list(low.allocs)
