@@ -61,20 +61,24 @@ from ..affine import Affine, affine
 from ..ir import Call, Const, For, Stmt, Store
 from ..match import affine_expr
 from .fusion import substituted_index
-from .panels import read_panels
+from ..extract import l2_bytes
+from .panels import panels_per_block, read_panels
 from .tidy import passes_cost
 
 
 def improve(best, search):
-    """``best`` (``pipeline.Choice``) with fill-into-tiles applied to its planned statements."""
+    """``best`` (``pipeline.Choice``) with read-panel, fill-into-tiles and panel-per-block
+    (``panels.py``) applied to its planned statements."""
     planned = best.planned
     # parameters only: the runtime zeroes a temporary whose first statement is no fill of
     # it as a whole (analysis.filled_before_read), a pass as long as the one folded away
     stmts = fill_into_tiles(read_panels(planned.stmts), {b.name for b in best.func.params})
+    stmts, allocs = panels_per_block(stmts, planned.allocs, search.names, l2_bytes() // 2)
     if stmts == list(planned.stmts):
         return best
     saved = passes_cost(planned.stmts) - passes_cost(stmts)
-    return replace(best, planned=replace(planned, stmts=stmts, cost=planned.cost - max(0.0, saved)))
+    return replace(best, planned=replace(planned, stmts=stmts, allocs=allocs,
+                                         cost=planned.cost - max(0.0, saved)))
 
 
 def fill_into_tiles(stmts: list[Stmt], buffers: set[str]) -> list[Stmt]:
