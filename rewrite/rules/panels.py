@@ -277,8 +277,9 @@ def rebase(w: Window, shape: Sequence[int], copy: Copy, spans: dict) -> Optional
 #
 # The block is found from the windows: walking down the nest from its outermost loop, the
 # first statement whose reads of the panel, for fixed values of the loops around it, lie in a
-# box of constant extents small enough gets the copy of that box before it (a sequence's
-# parts each their own); the box's corner is affine in the loops around. Taken only where
+# box of constant extents small enough gets the copy of that box before it (of a sequence's
+# parts, each longest run of them whose reads fit one); the box's corner is affine in the
+# loops around. Taken only where
 # every element is copied once in all (the boxes of all iterations no larger than the
 # panel), the buffer is no larger than the panel, and the reads of one iteration of the
 # outermost loop do not fit already (A's row blocks of a 1024^3 product on 8x32 tiles, 256 KB
@@ -320,7 +321,7 @@ def panels_per_block(stmts: list[Stmt], allocs: Sequence[ir.Buffer], names, budg
         found = blocks.find(nest.body, (nest,))
         if not found or blocks.copied > copy.panel.size:
             continue
-        shape = tuple(max(b[d][2] - b[d][1] + 1 for _, b in found.values())
+        shape = tuple(max(b[1][d][2] - b[1][d][1] + 1 for b in found.values())
                       for d in range(copy.panel.ndim))
         buf = ir.Buffer(names.fresh(f"{copy.source.name}_block"), copy.panel.dtype,
                         (nest.extent,) + shape)
@@ -344,8 +345,10 @@ class _Blocks:
         self.taken = frozenset(x.var for x in ir.walk_stmts(nest) if isinstance(x, For))
 
     def find(self, s: Stmt, around: tuple) -> Optional[dict]:
-        """The statements below ``s`` (``s`` included) that get a copy: id -> (the loops
-        around it, its box); None where some read of the panel gets none."""
+        """The statements below ``s`` (``s`` included) that get a copy: its id -> (the loops
+        around it, its box), or, for a run of a sequence's parts from the ``k``-th, ``(id of
+        the sequence, k)`` -> (the loops, the box, the end of the run); None where some read
+        of the panel gets none."""
         name = self.copy.panel.name
         if not ir.mentions(s, name):
             return {}
@@ -356,13 +359,24 @@ class _Blocks:
             return {id(s): (around, box)}
         if isinstance(s, For) and s.extent > 0:
             return self.find(s.body, around + (s,))
-        if isinstance(s, Seq):
+        if isinstance(s, Seq):  # each run of parts whose reads fit gets one copy
             out: dict = {}
-            for x in s.stmts:
-                got = self.find(x, around)
+            parts, k = s.stmts, 0
+            while k < len(parts):
+                end, box = k, None
+                while end < len(parts) and self.fits(got := self.box(ir.seq(*parts[k:end + 1]), around)):
+                    box, end = got, end + 1
+                if box is not None and ir.mentions(ir.seq(*parts[k:end]), name):
+                    self.copied += math.prod(hi - lo + 1 for _, lo, hi in box) * \
+                        math.prod(lp.extent for lp in around)
+                    out[(id(s), k)] = (around, box, end)
+                    k = end
+                    continue
+                got = self.find(parts[k], around)
                 if got is None:
                     return None
                 out.update(got)
+                k += 1
             return out
         return None
 
@@ -424,14 +438,22 @@ class _Blocks:
     def rewrite(self, s: Stmt, found: dict, buf: ir.Buffer) -> Optional[Stmt]:
         """``s`` with the copies ``found`` placed and the panel's windows read from ``buf``."""
         if id(s) in found:
-            around, box = found[id(s)]
+            _, box = found[id(s)]
             body = self.reread(s, box, buf)
             return None if body is None else ir.seq(self.fill(box, buf), body)
         if isinstance(s, For) and ir.mentions(s, self.copy.panel.name):
             body = self.rewrite(s.body, found, buf)
             return None if body is None else replace(s, body=body)
         if isinstance(s, Seq) and ir.mentions(s, self.copy.panel.name):
-            parts = [self.rewrite(x, found, buf) for x in s.stmts]
+            parts, k = [], 0
+            while k < len(s.stmts):
+                if (id(s), k) in found:
+                    _, box, end = found[(id(s), k)]
+                    parts += [self.fill(box, buf)] + [self.reread(x, box, buf) for x in s.stmts[k:end]]
+                    k = end
+                else:
+                    parts.append(self.rewrite(s.stmts[k], found, buf))
+                    k += 1
             return None if any(x is None for x in parts) else ir.seq(*parts)
         return s
 
