@@ -102,6 +102,7 @@ BLOCKED = """
 @prim_func
 def f(A: f32[12, 64], B: f32[64, 64], C: f32[12, 64], D: f32[4]):
     B_panel = alloc(f32[4, 64, 16])
+    {before}
     for k, j_o, j_i in grid(64, 4, 16):
         B_panel[j_o, k, j_i] = B[k, j_i + 16 * j_o]
     for i, j in grid(12, 64):
@@ -118,8 +119,9 @@ def f(A: f32[12, 64], B: f32[64, 64], C: f32[12, 64], D: f32[4]):
 BLOCK = 2 * 16 * 16 * 4
 
 
-def _blocked(between="D[0] = 1.0", after="D[1] = 2.0", kc=16):
-    return parse(BLOCKED.format(between=between, after=after, kc=kc, blocks=64 // kc))
+def _blocked(between="D[0] = 1.0", after="D[1] = 2.0", kc=16, before="D[2] = 3.0"):
+    return parse(BLOCKED.format(between=between, after=after, kc=kc, blocks=64 // kc,
+                                before=before))
 
 
 def _per_block(func, budget=BLOCK):
@@ -155,6 +157,7 @@ def test_a_panel_read_block_by_block_is_copied_block_by_block_before_its_tiles()
 
 @pytest.mark.parametrize("change, budget", [
     (dict(after="D[1] = B_panel[0, 0, 0]"), BLOCK),   # a second reader of the panel
+    (dict(before="B_panel[0, 0, 0] = 1.0"), BLOCK),   # the panel's temporary used before it
     (dict(between="B[3, 5] = 1.0"), BLOCK),           # the source written after the copy
     (dict(), BLOCK // 2),                             # no block of the nest fits
     (dict(kc=64), BLOCK),      # the boxes that fit lie inside the row tiles' loop: B copied twice
@@ -168,7 +171,8 @@ def test_what_panel_per_block_cannot_prove_or_place_stays(change, budget):
 def test_blocks_read_again_by_an_outer_loop_are_not_copied_again():
     # the row blocks outermost read every block of B once each: copying per block would copy
     # B twice
-    func = parse(BLOCKED.format(between="D[0] = 1.0", after="D[1] = 2.0", kc=16, blocks=4)
+    func = parse(BLOCKED.format(between="D[0] = 1.0", after="D[1] = 2.0", kc=16, blocks=4,
+                                before="D[2] = 3.0")
                  .replace("c=window(C[6 * i_o, 32 * j_o_b + 16 * j_o_i]",
                           "c=window(C[6 * j_o_b, 32 * i_o + 16 * j_o_i]")
                  .replace("a=window(A[6 * i_o,", "a=window(A[6 * j_o_b,")

@@ -279,21 +279,21 @@ def rebase(w: Window, shape: Sequence[int], copy: Copy, spans: dict) -> Optional
 # first statement whose reads of the panel, for fixed values of the loops around it, lie in a
 # box of constant extents small enough gets the copy of that box before it (of a sequence's
 # parts, each longest run of them whose reads fit one); the box's corner is affine in the
-# loops around. Taken only where
-# every element is copied once in all (the boxes of all iterations no larger than the
-# panel), the buffer is no larger than the panel, and the reads of one iteration of the
-# outermost loop do not fit already (A's row blocks of a 1024^3 product on 8x32 tiles, 256 KB
-# each, copied per row block: 22.1-23.1 ms against 22.1-23.1 whole, slower in two of three
-# runs in turn).
+# loops around. Taken only where every element is copied once in all (the boxes of all
+# iterations no larger than the panel), the buffer is no larger than the panel, and the
+# reads of one iteration of the outermost loop do not fit already (A's row blocks of a
+# 1024^3 product on 8x32 tiles, 256 KB each, copied per row block: 22.1-23.1 ms against
+# 22.1-23.1 whole, slower in two of three runs in turn).
 #
 # Sound: the copy ``P[at(m)] = X[src(m)]`` (``copy_of``) is the panel's only writer and the
-# nest its only reader, and nothing from the copy to the end of the nest writes ``X``, so
-# every element a call read of ``P`` held ``X[src(m)]`` for the ``m`` with ``at(m)`` its
-# index. Each box lies inside the copy's range (checked over the loops around it), and its
-# copy stores, for each index ``p`` in it, exactly that value at ``p`` less the box's corner;
-# every read of the panel below the statement is in the box (that is how the box was found)
-# and reads there, and no copy runs between it and its statement's reads (the copies of one
-# statement's parts run before those parts, and nothing below a copied statement copies).
+# nest its only reader (no other statement mentions it, so its temporary can go), and
+# nothing from the copy to the end of the nest writes ``X``, so every element a call read of
+# ``P`` held ``X[src(m)]`` for the ``m`` with ``at(m)`` its index. Each box lies inside the
+# copy's range (checked over the loops around it), and its copy stores, for each index ``p``
+# in it, exactly that value at ``p`` less the box's corner; every read of the panel below
+# the statement is in the box (that is how the box was found) and reads there, and no copy
+# runs between it and its statement's reads (the copies of one statement's parts run before
+# those parts, and nothing below a copied statement copies).
 # The buffer's first index is the outermost loop's iteration, so the iterations of that loop
 # (the parallel one) copy into their own blocks and share nothing.
 
@@ -310,7 +310,8 @@ def panels_per_block(stmts: list[Stmt], allocs: Sequence[ir.Buffer], names, budg
             continue
         both = {copy.panel.name, copy.source.name}
         readers = [j for j in range(k + 1, len(stmts)) if ir.mentions(stmts[j], copy.panel.name)]
-        if len(readers) != 1 or any(ir.written_by(x) & both for x in stmts[k + 1:readers[0] + 1]):
+        if len(readers) != 1 or any(ir.written_by(x) & both for x in stmts[k + 1:readers[0] + 1]) \
+                or any(ir.mentions(x, copy.panel.name) for x in stmts[:k]):
             continue
         nest = stmts[readers[0]]
         if not isinstance(nest, For) or nest.extent < 1:
