@@ -64,7 +64,7 @@ from ..affine import Affine, affine
 from ..ir import Call, Const, For, Seq, Stmt, Store
 from ..match import affine_expr
 from .fusion import substituted_index
-from ..extract import l2_bytes
+from .. import extract
 from .panels import panels_per_block, read_panels
 from .tidy import passes_cost
 
@@ -78,7 +78,7 @@ def improve(best, search):
     params = {b.name for b in best.func.params}
     read = read_panels(planned.stmts)
     stmts = fill_into_tiles(read, params)
-    budget = l2_bytes() // 2
+    budget = extract.l2_bytes() // 2  # as blocked_loops sizes the blocks
     # the nests that share a panel run in one set of blocks where that lets panel-per-block
     # copy it block by block, and as they were otherwise
     fused = fuse_blocks(fill_into_tiles(co_block(read), params))
