@@ -145,7 +145,8 @@ FAMILIES = (
     Family("strassen", ALTERNATIVES, "strassen", ("improve",), "strassen levels"),
     Family("tidy", ALTERNATIVES, "tidy", ("improve",),
            "fold-fill, forward-copy, produce-into-copy, fuse-sweeps"),
-    Family("tiles", ALTERNATIVES, "tiles", ("improve",), "fill-into-tiles, read-panel"),
+    Family("tiles", ALTERNATIVES, "tiles", ("improve",),
+           "fill-into-tiles, read-panel, co-block, panel-per-block"),
 )
 
 

@@ -39,6 +39,7 @@ numbers from other addresses.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
@@ -84,6 +85,80 @@ def copy_of(s: Stmt) -> Optional[Copy]:
         return None
     span = {lp.var: (lp.start, lp.stop - 1) for lp in loops}
     return Copy(panel, load.buffer, span, tuple(at), tuple(src))
+
+
+# The bytes of each source row a block's copy reads at a time (``_few``).
+RUN = 512
+
+
+def _few(loops: list, store: Store, taken: frozenset = frozenset()) -> Optional[Stmt]:
+    """The copy ``store`` (from a load; each loop variable in one index of the store and of
+    the load) in the loops ``loops`` (outermost first, the source's order) run a few panels
+    at a time: the loop that moves furthest through the panel (a B panel's tile index
+    ``j_o``), where it runs inside another, is split into as many panels as read ``RUN``
+    bytes of the source (or the largest divisor of its extent below that) inside, and the
+    groups of them outermost::
+
+        for k, j_o, j_i in grid(256, 32, 16):          for j_o_o, k, j_o_i, j_i in grid(4, 256, 8, 16):
+            P[j_o, k, j_i] = B[k, j_i + 16 * j_o]   ->      P[8 * j_o_o + j_o_i, k, j_i] = \\
+                                                                B[k, j_i + 16 * j_o_i + 128 * j_o_o]
+
+    Each row of the source is then read 512 bytes at a time, and each step of the outer
+    loops writes 8 panels. Measured on a 2048^3 product's B blocks (256 x 512 floats, Zen 3
+    code on Zen 4, one thread, in turn with numpy): 169-194 ms so, 172-199 in the source's
+    order. Not on a whole panel copied before the calls (``pack-panel``'s, B of 1024^3): its
+    source comes from memory, and the copy alone, caches flushed before each run, took as
+    long either way (0.59-0.64 ms against 0.59-0.60), and the whole product ran 1% slower
+    (22.2-26.6 ms against 21.9-26.5, five runs in turn). (The copy alone with B in cache:
+    0.28 against 0.52-0.60 ms.)
+
+    Any order is the same copy: each iteration writes its own element and reads the source,
+    which the copy does not write; the split loop runs each of its values once (``j_o = 8 *
+    j_o_o + j_o_i``, the extent a multiple of 8). None where the panel's outermost axis
+    already runs outermost, or the innermost loop does not run along both the panel's rows
+    and the source's. ``taken``: names the new loops must not take."""
+    panel, load = store.buffer, store.value
+    at, src = [affine(i) for i in store.indices], [affine(i) for i in load.indices]
+
+    def moves(var: str) -> int:
+        return sum(m.coeff(var) * st for m, st in zip(at, panel.strides))
+
+    def reads(var: str) -> int:
+        return abs(sum(m.coeff(var) * st for m, st in zip(src, load.buffer.strides)))
+
+    w = max(loops, key=lambda lp: moves(lp.var))
+    if moves(w.var) <= moves(loops[0].var) or moves(loops[-1].var) != 1 or reads(loops[-1].var) != 1:
+        return None  # (a transposing copy, whose innermost loop misses one side's rows, is left)
+    step = reads(w.var) * ir.itemsize(load.buffer.dtype)
+    most = min(RUN // max(1, step), w.extent // 2)
+    g = next(n for n in range(most, 0, -1) if w.extent % n == 0) if most >= 2 else 1
+    if g < 2:
+        return None
+    used = {lp.var for lp in loops} | set(taken)
+    outer, inner = (_unused(f"{w.var}_{tag}", used) for tag in ("o", "i"))
+    value = Affine(((outer, g), (inner, 1)), w.start)
+
+    def put(e):
+        m = affine(e)
+        c = m.coeff(w.var)
+        rest = Affine(tuple(t for t in m.terms if t[0] != w.var), m.const)
+        return affine_expr(rest.plus(value.scale(c)) if c else m)
+
+    body = Store(panel, tuple(put(i) for i in store.indices),
+                 Load(load.buffer, tuple(put(i) for i in load.indices)))
+    split = [For(outer, 0, w.extent // g, Seq(()))] + \
+        [For(inner, 0, g, Seq(())) if lp is w else lp for lp in loops]
+    return ir.wrap(split, body)
+
+
+def _unused(name: str, used: set) -> str:
+    k = 1
+    out = name
+    while out in used:
+        k += 1
+        out = f"{name}{k}"
+    used.add(out)
+    return out
 
 
 def read_panels(stmts: list[Stmt]) -> list[Stmt]:
@@ -180,3 +255,256 @@ def rebase(w: Window, shape: Sequence[int], copy: Copy, spans: dict) -> Optional
                  for p in new)
     steps = tuple(tuple(p.coeff(o) for p in new) for o in offsets)
     return Window(copy.panel, base, steps)
+
+
+# ---------------------------------------------------------------------------
+# panel-per-block: B's panel copied per L2 block, right before the tiles that read it
+#
+# ``pack-panel`` copies the whole panel before any tile runs: a 2048^3 product's B, 16 MB,
+# goes to memory and comes back block by block. GotoBLAS's order copies each KC x NC block
+# of B into a buffer L2 holds right before the tiles that read it. Where a panel copy's only
+# reader is one loop nest whose steps read blocks of the panel that fit half of L2
+# (``extract.l2_bytes``, as ``blocked_loops`` sizes its blocks), the whole copy goes and
+# each block is copied, before the statement that reads it, into a buffer of one block per
+# iteration of the nest's outermost loop::
+#
+#     for k, j_o, j_i in grid(2048, 128, 16):         for j_o_b, k_o in grid(4, 8):
+#         B_panel[j_o, k, j_i] = B[k, 16 * j_o + j_i]      for j_o_o, k, j_o_i, j_i in grid(4, 256, 8, 16):
+#     for j_o_b, k_o, i_o, j_o_i, k_i in              ->          B_block[j_o_b, 8 * j_o_o + j_o_i, k, j_i] = \
+#             grid(4, 8, 342, 32, 256):                              B[k + 256 * k_o, j_i + 16 * j_o_i + 128 * j_o_o + 512 * j_o_b]
+#         call(..., b=window(B_panel[32 * j_o_b           for i_o, j_o_i, k_i in grid(342, 32, 256):
+#              + j_o_i, k_i + 256 * k_o, 0], ...))             call(..., b=window(B_block[j_o_b, j_o_i, k_i, 0], ...))
+#
+# The block is found from the windows: walking down the nest from its outermost loop, the
+# first statement whose reads of the panel, for fixed values of the loops around it, lie in a
+# box of constant extents small enough gets the copy of that box before it (of a sequence's
+# parts, each longest run of them whose reads fit one); the box's corner is affine in the
+# loops around. Taken only where every element is copied once in all (the boxes of all
+# iterations no larger than the panel), the buffer is no larger than the panel, and the
+# reads of one iteration of the outermost loop do not fit already (A's row blocks of a
+# 1024^3 product on 8x32 tiles, 256 KB each, copied per row block: 22.1-23.1 ms against
+# 22.1-23.1 whole, slower in two of three runs in turn).
+#
+# Sound: the copy ``P[at(m)] = X[src(m)]`` (``copy_of``) is the panel's only writer and the
+# nest its only reader (no other statement mentions it, so its temporary can go), and
+# nothing from the copy to the end of the nest writes ``X``, so every element a call read of
+# ``P`` held ``X[src(m)]`` for the ``m`` with ``at(m)`` its index. Each box lies inside the
+# copy's range (checked over the loops around it), and its copy stores, for each index ``p``
+# in it, exactly that value at ``p`` less the box's corner; every read of the panel below
+# the statement is in the box (that is how the box was found) and reads there, and no copy
+# runs between it and its statement's reads (the copies of one statement's parts run before
+# those parts, and nothing below a copied statement copies).
+# The buffer's first index is the outermost loop's iteration, so the iterations of that loop
+# (the parallel one) copy into their own blocks and share nothing.
+
+
+def panels_per_block(stmts: list[Stmt], allocs: Sequence[ir.Buffer], names, budget: int):
+    """panel-per-block (above) on the top-level statements ``stmts`` for the panels among
+    ``allocs``, the buffers named from ``names``: the statements and the temporaries, changed
+    or as they were."""
+    stmts, allocs = list(stmts), list(allocs)
+    temps = {b.name for b in allocs}
+    for k, s in enumerate(stmts):
+        copy = copy_of(s)
+        if copy is None or copy.panel.name not in temps:
+            continue
+        both = {copy.panel.name, copy.source.name}
+        readers = [j for j in range(k + 1, len(stmts)) if ir.mentions(stmts[j], copy.panel.name)]
+        if len(readers) != 1 or any(ir.written_by(x) & both for x in stmts[k + 1:readers[0] + 1]) \
+                or any(ir.mentions(x, copy.panel.name) for x in stmts[:k]):
+            continue
+        nest = stmts[readers[0]]
+        if not isinstance(nest, For) or nest.extent < 1:
+            continue
+        blocks = _Blocks(s, nest, budget)
+        if blocks.fits(blocks.box(nest.body, (nest,))):
+            continue  # one block per outermost iteration: A's row blocks (measured no faster)
+        found = blocks.find(nest.body, (nest,))
+        if not found or blocks.copied > copy.panel.size:
+            continue
+        shape = tuple(max(b[1][d][2] - b[1][d][1] + 1 for b in found.values())
+                      for d in range(copy.panel.ndim))
+        buf = ir.Buffer(names.fresh(f"{copy.source.name}_block"), copy.panel.dtype,
+                        (nest.extent,) + shape)
+        if buf.size > copy.panel.size:
+            continue
+        body = blocks.rewrite(nest.body, found, buf)
+        if body is None:
+            continue
+        stmts[readers[0]] = For(nest.var, nest.start, nest.stop, body)
+        stmts[k] = Seq(())
+        allocs = [b for b in allocs if b.name != copy.panel.name] + [buf]
+    return [s for s in stmts if s != Seq(())], allocs
+
+
+class _Blocks:
+    """Where panel-per-block copies the blocks of ``copy``'s panel that ``nest`` reads."""
+
+    def __init__(self, whole: Stmt, nest: For, budget: int):
+        self.whole, self.copy, self.nest, self.budget = whole, copy_of(whole), nest, budget
+        self.copied = 0  # elements copied in all
+        self.taken = frozenset(x.var for x in ir.walk_stmts(nest) if isinstance(x, For))
+
+    def find(self, s: Stmt, around: tuple) -> Optional[dict]:
+        """The statements below ``s`` (``s`` included) that get a copy: its id -> (the loops
+        around it, its box), or, for a run of a sequence's parts from the ``k``-th, ``(id of
+        the sequence, k)`` -> (the loops, the box, the end of the run); None where some read
+        of the panel gets none."""
+        name = self.copy.panel.name
+        if not ir.mentions(s, name):
+            return {}
+        box = self.box(s, around)
+        if self.fits(box):
+            self.copied += math.prod(hi - lo + 1 for _, lo, hi in box) * \
+                math.prod(lp.extent for lp in around)
+            return {id(s): (around, box)}
+        if isinstance(s, For) and s.extent > 0:
+            return self.find(s.body, around + (s,))
+        if isinstance(s, Seq):  # each run of parts whose reads fit gets one copy
+            out: dict = {}
+            parts, k = s.stmts, 0
+            while k < len(parts):
+                end, box = k, None
+                while end < len(parts) and self.fits(got := self.box(ir.seq(*parts[k:end + 1]), around)):
+                    box, end = got, end + 1
+                if box is not None and ir.mentions(ir.seq(*parts[k:end]), name):
+                    self.copied += math.prod(hi - lo + 1 for _, lo, hi in box) * \
+                        math.prod(lp.extent for lp in around)
+                    out[(id(s), k)] = (around, box, end)
+                    k = end
+                    continue
+                got = self.find(parts[k], around)
+                if got is None:
+                    return None
+                out.update(got)
+                k += 1
+            return out
+        return None
+
+    def fits(self, box: Optional[list]) -> bool:
+        """``box`` is one and fits the budget."""
+        return box is not None and math.prod(hi - lo + 1 for _, lo, hi in box) * \
+            ir.itemsize(self.copy.panel.dtype) <= self.budget
+
+    def box(self, s: Stmt, around: tuple) -> Optional[list]:
+        """Per index of the panel, ``(corner, lo, hi)``: every read of the panel below ``s``
+        lies at ``corner + lo .. corner + hi`` there, ``corner`` affine in the loops
+        ``around`` (the same for every read), ``lo`` and ``hi`` constants; within the copy's
+        range for every value of those loops. None where the reads are not all calls'
+        input windows, or their corners differ."""
+        outside = {lp.var: (lp.start, lp.stop - 1) for lp in around}
+        out: Optional[list] = None
+        for x, loops in ir.walk_in_loops(s):
+            if not ir.mentions(x, self.copy.panel.name):
+                continue
+            if not isinstance(x, Call) or any(lp.extent == 0 or lp.var in outside for lp in loops):
+                return None
+            inside = {lp.var: (lp.start, lp.stop - 1) for lp in loops}
+            for op_name, w in x.operands:
+                if w.buffer.name != self.copy.panel.name:
+                    continue
+                if op_name == x.output:
+                    return None
+                shape = next(o for o in x.intrinsic.operands if o.name == op_name).shape
+                dims = []
+                for d, e in enumerate(w.base):
+                    m = affine(e)
+                    if m is None:
+                        return None
+                    corner = Affine(tuple(t for t in m.terms if t[0] in outside), 0)
+                    rest = Affine(tuple(t for t in m.terms if t[0] not in outside), m.const)
+                    r = rest.bounds(lambda v: inside.get(v))
+                    if r is None:
+                        return None
+                    lo, hi = r
+                    for step, n in zip(w.steps, shape):
+                        lo, hi = lo + min(0, step[d] * (n - 1)), hi + max(0, step[d] * (n - 1))
+                    dims.append((corner, lo, hi))
+                if out is None:
+                    out = dims
+                elif any(a[0] != b[0] for a, b in zip(out, dims)):
+                    return None
+                else:
+                    out = [(a[0], min(a[1], b[1]), max(a[2], b[2])) for a, b in zip(out, dims)]
+        if out is None:
+            return None
+        for (corner, lo, hi), m in zip(out, self.copy.at):
+            (v, _), c = m.terms[0], m.const
+            first, last = self.copy.span[v]
+            r = corner.bounds(lambda a: outside.get(a))
+            if r is None or r[0] + lo < first + c or r[1] + hi > last + c:
+                return None
+        return out
+
+    def rewrite(self, s: Stmt, found: dict, buf: ir.Buffer) -> Optional[Stmt]:
+        """``s`` with the copies ``found`` placed and the panel's windows read from ``buf``."""
+        if id(s) in found:
+            _, box = found[id(s)]
+            body = self.reread(s, box, buf)
+            return None if body is None else ir.seq(self.fill(box, buf), body)
+        if isinstance(s, For) and ir.mentions(s, self.copy.panel.name):
+            body = self.rewrite(s.body, found, buf)
+            return None if body is None else replace(s, body=body)
+        if isinstance(s, Seq) and ir.mentions(s, self.copy.panel.name):
+            parts, k = [], 0
+            while k < len(s.stmts):
+                if (id(s), k) in found:
+                    _, box, end = found[(id(s), k)]
+                    parts += [self.fill(box, buf)] + [self.reread(x, box, buf) for x in s.stmts[k:end]]
+                    k = end
+                else:
+                    parts.append(self.rewrite(s.stmts[k], found, buf))
+                    k += 1
+            return None if any(x is None for x in parts) else ir.seq(*parts)
+        return s
+
+    def first(self) -> Affine:
+        """The buffer's first index: the outermost loop's iteration."""
+        return Affine(((self.nest.var, 1),), -self.nest.start)
+
+    def fill(self, box: list, buf: ir.Buffer) -> Stmt:
+        """The copy of ``box`` into ``buf`` (at the outermost loop's iteration), its loops in
+        the whole copy's order, a few panels at a time (``_few``)."""
+        copy, used = self.copy, set(self.taken)
+        var = {m.terms[0][0]: d for d, m in enumerate(copy.at)}  # copy variable -> panel index
+        names = [_unused(f"{v}", used) for v in sorted(var, key=var.get)]
+        value = {}  # the copy's variable -> its value at offset t of the box
+        for v, d in var.items():
+            corner, lo, _ = box[d]
+            value[v] = corner.plus(Affine(((names[d], 1),), lo - copy.at[d].const))
+        src = []
+        for m in copy.src:
+            e = Affine((), m.const)
+            for v, c in m.terms:
+                e = e.plus(value[v].scale(c))
+            src.append(affine_expr(e))
+        store = Store(buf, (affine_expr(self.first()),) + tuple(ir.Var(n) for n in names),
+                      Load(copy.source, tuple(src)))
+        rank = {lp.var: n for n, lp in enumerate(ir.band(self.whole)[0])}
+        order = sorted(range(len(names)), key=lambda d: rank[copy.at[d].terms[0][0]])
+        loops = [For(names[d], 0, box[d][2] - box[d][1] + 1, Seq(())) for d in order]
+        return _few(loops, store, frozenset(used)) or ir.wrap(loops, store)
+
+    def reread(self, s: Stmt, box: list, buf: ir.Buffer) -> Optional[Stmt]:
+        """``s`` with each window on the panel a window on ``buf`` at the box's corner."""
+        panel = self.copy.panel.name
+        failed = []
+
+        def leaf(x: Stmt) -> Stmt:
+            if not isinstance(x, Call):
+                return x
+            operands = []
+            for op_name, w in x.operands:
+                if w.buffer.name == panel:
+                    base = [affine_expr(self.first())]
+                    for e, (corner, lo, _) in zip(w.base, box):
+                        base.append(affine_expr(affine(e).plus(corner.scale(-1)).plus(Affine((), -lo))))
+                    w = Window(buf, tuple(base), tuple((0,) + st for st in w.steps))
+                    op = next(o for o in x.intrinsic.operands if o.name == op_name)
+                    if slow_dims(x.intrinsic, op, w.buffer, w.steps):
+                        failed.append(op_name)
+                operands.append((op_name, w))
+            return replace(x, operands=tuple(operands))
+
+        out = ir.map_stmt(s, leaf, lambda e: e)
+        return None if failed else out

@@ -43,6 +43,9 @@ fill-into-tiles
     as the fill had done (no statement between saw ``C``, and no call before the tile's
     first touches the tile), and every call adds the same values in the same order.
 
+co-block (below) runs the rows a tiling leaves in the tiles' block loops, where that lets
+panel-per-block (``panels.py``) copy their common panel block by block.
+
 It applies to the function's parameters: a temporary filled in its tiles would be zeroed by
 the runtime before the call instead (``analysis.filled_before_read`` reads whole-buffer fills
 at the top level only), which saves nothing. Statements under an ``if`` are left as they are. The rule runs after ``tidy`` on the chosen
@@ -58,23 +61,42 @@ from typing import NamedTuple, Optional, Sequence
 
 from .. import ir
 from ..affine import Affine, affine
-from ..ir import Call, Const, For, Stmt, Store
+from ..ir import Call, Const, For, Seq, Stmt, Store
 from ..match import affine_expr
 from .fusion import substituted_index
-from .panels import read_panels
+from .. import extract
+from .panels import panels_per_block, read_panels
 from .tidy import passes_cost
 
 
 def improve(best, search):
-    """``best`` (``pipeline.Choice``) with fill-into-tiles applied to its planned statements."""
+    """``best`` (``pipeline.Choice``) with read-panel, fill-into-tiles and panel-per-block
+    (``panels.py``) applied to its planned statements."""
     planned = best.planned
     # parameters only: the runtime zeroes a temporary whose first statement is no fill of
     # it as a whole (analysis.filled_before_read), a pass as long as the one folded away
-    stmts = fill_into_tiles(read_panels(planned.stmts), {b.name for b in best.func.params})
+    params = {b.name for b in best.func.params}
+    read = read_panels(planned.stmts)
+    stmts = fill_into_tiles(read, params)
+    budget = extract.l2_bytes() // 2  # as blocked_loops sizes the blocks
+    # the nests that share a panel run in one set of blocks where that lets panel-per-block
+    # copy it block by block, and as they were otherwise
+    fused = fuse_blocks(fill_into_tiles(co_block(read), params))
+    if fused != stmts and _blocked(fused, planned.allocs, search, budget) > \
+            _blocked(stmts, planned.allocs, search, budget):
+        stmts = fused
+    stmts, allocs = panels_per_block(stmts, planned.allocs, search.names, budget)
     if stmts == list(planned.stmts):
         return best
     saved = passes_cost(planned.stmts) - passes_cost(stmts)
-    return replace(best, planned=replace(planned, stmts=stmts, cost=planned.cost - max(0.0, saved)))
+    return replace(best, planned=replace(planned, stmts=stmts, allocs=allocs,
+                                         cost=planned.cost - max(0.0, saved)))
+
+
+def _blocked(stmts: list[Stmt], allocs, search, budget: int) -> int:
+    """How many panels panel-per-block copies block by block in ``stmts``."""
+    _, after = panels_per_block(stmts, allocs, search.names.copy(), budget)
+    return len({b.name for b in allocs} - {b.name for b in after})
 
 
 def fill_into_tiles(stmts: list[Stmt], buffers: set[str]) -> list[Stmt]:
@@ -279,3 +301,232 @@ def _at(call: Call, var: str, value: int) -> Call:
         (n, replace(w, base=tuple(substituted_index(e, at) for e in w.base)))
         for n, w in call.operands))
 
+
+
+# ---------------------------------------------------------------------------
+# co-block: the rows a tiling leaves run in the tiles' blocks
+#
+# The rows a 6-row tiling leaves of a 1024^3 product run on their own nest after the tiles,
+# reading B's panel over all its blocks (read-panel). panel-per-block (``panels.py``) copies
+# B block by block only where one nest reads the panel; so those rows' calls are first
+# ordered as the tiles' blocks are (``co_block``, before fill-into-tiles, which then fills
+# both nests alike) and then run inside the tiles' block loops (``fuse_blocks``, after it)::
+#
+#     for j_o_b, k_o, i_o, j_o_i, k_i in grid(2, 4, 170, 32, 256):
+#         call(6x16, c=C[6 * i_o, 512 * j_o_b + 16 * j_o_i], b=B_panel[32 * j_o_b + j_o_i, 256 * k_o + k_i, 0])
+#     for j_o, k in grid(64, 1024):                                ->  for j_o_b, k_o, j_o_i, k_i in grid(2, 4, 32, 256):
+#         call(4x16, c=C[1020, 16 * j_o], b=B_panel[j_o, k, 0])             call(4x16, c=C[1020, 16 * (32 * j_o_b + j_o_i)], ...)
+#
+# and after fill-into-tiles ``for j_o_b: (L0; for k_o: L1)`` and ``for j_o_b: (R0; for k_o:
+# R1)`` become ``for j_o_b: (L0; R0; for k_o: (L1; R1))``.
+#
+# Sound. co_block reorders one nest of calls on their own: its calls' output tiles partition
+# a box of the output (``_partition``: distinct tiles share no element), no input window is
+# on the output, and it has one reduction loop (a loop not in the output's index), split
+# into an outer part that goes out and an inner part that stays where it was. For one tile
+# the calls then still run in increasing order of that loop; calls on distinct tiles touch
+# no common element the other writes, so their order among each other is free.
+# fuse_blocks interleaves two nests, ``L`` and the later ``R``, whose outermost loops have one
+# range: where every part of ``R`` commutes with every part of ``L`` and with every statement
+# between (no buffer one writes in a box the other reads or writes: ``_footprint``), moving
+# ``R`` up to ``L`` and running each iteration of ``R``'s outer loop right after ``L``'s keeps
+# the order within each and changes nothing else; the same below, loop by loop, where their
+# bodies are sequences of as many parts.
+
+
+def co_block(stmts: list[Stmt]) -> list[Stmt]:
+    """co-block (above) on the top-level statements ``stmts``."""
+    stmts = list(stmts)
+    for a, first in enumerate(stmts):
+        for b in range(a + 1, len(stmts)):
+            new = _co_blocked(first, stmts[b])
+            if new is not None:
+                stmts[b] = new
+    return stmts
+
+
+def _co_blocked(first: Stmt, s: Stmt) -> Optional[Stmt]:
+    """Nest ``s`` (a band around one call) in the block loops of ``first`` (another), where
+    both read one panel and ``s``'s index of it splits as ``first``'s does; else None."""
+    loops_l, call_l = ir.band(first)
+    loops_r, call_r = ir.band(s)
+    if not isinstance(call_l, Call) or not isinstance(call_r, Call) or len(loops_l) < 3:
+        return None
+    if len({lp.var for lp in loops_r}) != len(loops_r) or any(lp.start != 0 for lp in loops_r + loops_l):
+        return None
+    ext_l = {lp.var: lp.extent for lp in loops_l}
+    ext_r = {lp.var: lp.extent for lp in loops_r}
+    inputs_l = {w.buffer.name: w for n, w in call_l.operands if n != call_l.output}
+    splits = [_split(inputs_l[w.buffer.name], w, ext_l, ext_r) for n, w in call_r.operands
+              if n != call_r.output and w.buffer.name in inputs_l]
+    split = max(splits, key=len, default={})  # s's variable -> (first's block variable, extent)
+    if not split or any(o in ext_r for o, _ in split.values()):
+        return None
+    out = call_r.window(call_r.output)
+    if any(w.buffer.name == out.buffer.name for n, w in call_r.operands if n != call_r.output):
+        return None
+    box = _box(out, call_r.intrinsic.output.shape)
+    bases = [affine(e) for e in out.base]
+    if box is None or any(m is None for m in bases) or \
+            _partition(bases, box, out.buffer.shape, ext_r) is None:
+        return None
+    tile = {v for m in bases for v, _ in m.terms}
+    reduction = [lp.var for lp in loops_r if lp.var not in tile]
+    if len(reduction) != 1:
+        return None
+    taken = {lp.var for lp in loops_l} | set(ext_r)
+    values, inner_loops = {}, {}
+    for r, (outer, n) in split.items():
+        name = _unused_name(f"{r}_i", taken)
+        values[r] = affine_expr(Affine(((outer, n), (name, 1)), 0))
+        inner_loops[r] = For(name, 0, n, Seq(()))
+    outers = {o for o, _ in split.values()}
+    outer_loops = [For(lp.var, 0, lp.extent, Seq(())) for lp in loops_l if lp.var in outers]
+    new_loops = outer_loops + [inner_loops.get(lp.var, lp) for lp in loops_r]
+    call = replace(call_r, operands=tuple((n, replace(w, base=tuple(substituted_index(e, values)
+                                                                    for e in w.base)))
+                                          for n, w in call_r.operands))
+    return ir.wrap(new_loops, call)
+
+
+def _split(w_l: ir.Window, w_r: ir.Window, ext_l: dict, ext_r: dict) -> dict:
+    """Where window ``w_r`` of the later nest indexes a dim by one of its loops, ``r``, and
+    ``w_l`` of the earlier by ``n * outer + inner`` (``inner``'s extent ``n``, ``r``'s
+    that times ``outer``'s): ``r`` -> ``(outer, n)``."""
+    split: dict = {}
+    for e_l, e_r in zip(w_l.base, w_r.base):
+        m_l, m_r = affine(e_l), affine(e_r)
+        if m_l is None or m_r is None or len(m_l.terms) != 2 or m_l.const or \
+                len(m_r.terms) != 1 or m_r.const or m_r.terms[0][1] != 1:
+            continue
+        (inner, one), (outer, n) = sorted(m_l.terms, key=lambda t: t[1])
+        r = m_r.terms[0][0]
+        if one == 1 and ext_l.get(inner) == n and r not in split and \
+                ext_r.get(r) == n * ext_l.get(outer, 0):
+            split[r] = (outer, n)
+    return split
+
+
+def _unused_name(name: str, taken: set) -> str:
+    out, k = name, 1
+    while out in taken:
+        k += 1
+        out = f"{name}{k}"
+    taken.add(out)
+    return out
+
+
+def fuse_blocks(stmts: list[Stmt]) -> list[Stmt]:
+    """fuse_blocks (co-block, above) on the top-level statements ``stmts``: each later nest
+    co-blocked with an earlier one is fused into it."""
+    stmts = list(stmts)
+    a = 0
+    while a < len(stmts):
+        first = stmts[a]
+        for b in range(a + 1, len(stmts)):
+            s = stmts[b]
+            if not (isinstance(first, For) and isinstance(s, For) and
+                    (first.start, first.stop) == (s.start, s.stop) and _shares_input(first, s)):
+                continue
+            if not all(_commute(s, x) for x in stmts[a:b]):
+                continue
+            fused = _fused(first, s)
+            if fused is None:
+                continue
+            stmts = stmts[:a] + [fused] + stmts[a + 1:b] + stmts[b + 1:]
+            break
+        else:
+            a += 1
+    return stmts
+
+
+def _shares_input(x: Stmt, y: Stmt) -> bool:
+    """Both hold calls, reading one input buffer in common."""
+    def inputs(s):
+        return {w.buffer.name for c in ir.walk_stmts(s) if isinstance(c, Call)
+                for n, w in c.operands if n != c.output}
+    return bool(inputs(x) & inputs(y))
+
+
+def _fused(x: Stmt, y: Stmt) -> Optional[Stmt]:
+    """``x`` and then ``y`` zipped: loops of one range become one loop (``y``'s variable
+    renamed), sequences of as many parts part by part, anything else one after the other."""
+    if isinstance(x, For) and isinstance(y, For) and (x.start, x.stop) == (y.start, y.stop) \
+            and x.extent > 0:
+        if x.var != y.var:
+            if any(isinstance(z, For) and z.var == x.var for z in ir.walk_stmts(y.body)):
+                return None
+            body_y = ir.substitute_stmt(y.body, {y.var: ir.Var(x.var)})
+        else:
+            body_y = y.body
+        body = _fused(x.body, body_y)
+        return None if body is None else For(x.var, x.start, x.stop, body)
+    if isinstance(x, Seq) and isinstance(y, Seq) and len(x.stmts) == len(y.stmts):
+        parts = [_fused(a, b) for a, b in zip(x.stmts, y.stmts)]
+        return None if any(p is None for p in parts) else ir.seq(*parts)
+    return ir.seq(x, y)
+
+
+def _commute(x: Stmt, y: Stmt) -> bool:
+    """No buffer one of ``x`` and ``y`` writes lies, in a box it writes, in a box the other
+    reads or writes (``_footprint``)."""
+    fx, fy = _footprint(x), _footprint(y)
+    for name in set(fx) & set(fy):
+        (rx, wx), (ry, wy) = fx[name], fy[name]
+        if any(_overlap(a, b) for a in wx for b in ry + wy) or \
+                any(_overlap(a, b) for a in wy for b in rx):
+            return False
+    return True
+
+
+def _overlap(a, b) -> bool:
+    return a is None or b is None or all(lo <= h2 and l2 <= hi for (lo, hi), (l2, h2) in zip(a, b))
+
+
+def _footprint(s: Stmt) -> dict:
+    """Per buffer ``s`` touches, the boxes (inclusive bounds per dim, None: unknown) it
+    reads and those it writes, over the ranges of the loops around each access."""
+    out: dict = {}
+
+    def add(buf, box, write):
+        reads, writes = out.setdefault(buf.name, ([], []))
+        (writes if write else reads).append(box)
+
+    def bounds(indices, loops, extra=()):
+        span = {lp.var: (lp.start, lp.stop - 1) for lp in loops}
+        if any(lp.extent <= 0 for lp in loops):
+            return ()  # never runs
+        box = []
+        for d, e in enumerate(indices):
+            m = affine(e)
+            r = None if m is None else m.bounds(lambda v: span.get(v))
+            if r is None:
+                return None
+            lo, hi = r
+            for step, n in extra:
+                lo, hi = lo + min(0, step[d] * (n - 1)), hi + max(0, step[d] * (n - 1))
+            box.append((lo, hi))
+        return tuple(box)
+
+    for x, loops in ir.walk_in_loops(s):
+        for e in ir.stmt_exprs(x):
+            for ld in ir.loads_of(e):
+                b = bounds(ld.indices, loops)
+                if b != ():
+                    add(ld.buffer, b, False)
+        if isinstance(x, (Store, ir.Accumulate)):
+            b = bounds(x.indices, loops)
+            if b != ():
+                add(x.buffer, b, True)
+                if isinstance(x, ir.Accumulate):
+                    add(x.buffer, b, False)
+        elif isinstance(x, Call):
+            for n, w in x.operands:
+                shape = next(o for o in x.intrinsic.operands if o.name == n).shape
+                b = bounds(w.base, loops, tuple(zip(w.steps, shape)))
+                if b == ():
+                    continue
+                add(w.buffer, b, False)
+                if n == x.output:
+                    add(w.buffer, b, True)
+    return out
