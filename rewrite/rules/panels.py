@@ -135,7 +135,7 @@ def _few(loops: list, store: Store, taken: frozenset = frozenset()) -> Optional[
     if g < 2:
         return None
     used = {lp.var for lp in loops} | set(taken)
-    outer, inner = (_unused(f"{w.var}_{tag}", used) for tag in ("o", "i"))
+    outer, inner = (unused_name(f"{w.var}_{tag}", used) for tag in ("o", "i"))
     value = Affine(((outer, g), (inner, 1)), w.start)
 
     def put(e):
@@ -151,7 +151,8 @@ def _few(loops: list, store: Store, taken: frozenset = frozenset()) -> Optional[
     return ir.wrap(split, body)
 
 
-def _unused(name: str, used: set) -> str:
+def unused_name(name: str, used: set) -> str:
+    """``name``, or ``name2``, ``name3``, ... : the first not in ``used``, added to it."""
     k = 1
     out = name
     while out in used:
@@ -467,7 +468,7 @@ class _Blocks:
         the whole copy's order, a few panels at a time (``_few``)."""
         copy, used = self.copy, set(self.taken)
         var = {m.terms[0][0]: d for d, m in enumerate(copy.at)}  # copy variable -> panel index
-        names = [_unused(f"{v}", used) for v in sorted(var, key=var.get)]
+        names = [unused_name(f"{v}", used) for v in sorted(var, key=var.get)]
         value = {}  # the copy's variable -> its value at offset t of the box
         for v, d in var.items():
             corner, lo, _ = box[d]

@@ -65,7 +65,7 @@ from ..ir import Call, Const, For, Seq, Stmt, Store
 from ..match import affine_expr
 from .fusion import substituted_index
 from .. import extract
-from .panels import panels_per_block, read_panels
+from .panels import panels_per_block, read_panels, unused_name
 from .tidy import passes_cost
 
 
@@ -377,7 +377,7 @@ def _co_blocked(first: Stmt, s: Stmt) -> Optional[Stmt]:
     taken = {lp.var for lp in loops_l} | set(ext_r)
     values, inner_loops = {}, {}
     for r, (outer, n) in split.items():
-        name = _unused_name(f"{r}_i", taken)
+        name = unused_name(f"{r}_i", taken)
         values[r] = affine_expr(Affine(((outer, n), (name, 1)), 0))
         inner_loops[r] = For(name, 0, n, Seq(()))
     outers = {o for o, _ in split.values()}
@@ -405,15 +405,6 @@ def _split(w_l: ir.Window, w_r: ir.Window, ext_l: dict, ext_r: dict) -> dict:
                 ext_r.get(r) == n * ext_l.get(outer, 0):
             split[r] = (outer, n)
     return split
-
-
-def _unused_name(name: str, taken: set) -> str:
-    out, k = name, 1
-    while out in taken:
-        k += 1
-        out = f"{name}{k}"
-    taken.add(out)
-    return out
 
 
 def fuse_blocks(stmts: list[Stmt]) -> list[Stmt]:
