@@ -106,10 +106,10 @@ def test_a_regrouped_factor_keeps_nan_where_an_underflow_meets_inf():
 
 
 @needs_avx2
-@pytest.mark.xfail(strict=True, reason="codegen: the += of a negated product of three factors lets "
-                   "LLVM regroup the product (reassoc reaches the multiplies it rebuilds), so a "
-                   "loop-invariant alpha[0] * A[0] is hoisted and an underflow meets Inf")
 def test_compiled_scalar_code_keeps_the_written_grouping_of_a_negated_product():
+    # the += of a negated product was an add of its negation, which let LLVM regroup the
+    # product (a loop-invariant alpha[0] * A[0] hoisted, an underflow meeting Inf); it is a
+    # subtraction now (codegen.accumulate)
     from rewrite import runtime
 
     func = parse('''
