@@ -456,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--explain", action="store_true", help="say why uncovered nests match no intrinsic")
     run.add_argument("--json", action="store_true", help="one JSON object on stdout")
     run.add_argument("-v", "--verbose", action="store_true",
-                     help="a block per function: buffers, loop classes, intrinsics, timings")
+                     help="a block per function: buffers, loop classes, intrinsics, timings, "
+                          "what each e-graph did")
     run.add_argument("--strassen", type=_strassen, default="auto", metavar="auto|off|N")
     run.add_argument("--threads", type=_threads, metavar="N", help="threads for parallel loops")
     from .rules import FAMILIES

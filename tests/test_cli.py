@@ -1,6 +1,7 @@
 """The command line as a user runs it: exit codes, one-line errors, the JSON shape."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,15 @@ def test_rules_refuses_an_unknown_family_and_a_family_turned_on():
         r = tensorize("run", ROOT / "corpus" / "gemm.py", "--rules", value)
         assert r.returncode == 2
         assert len(r.stderr.strip().splitlines()) == 1 and "--rules" in r.stderr
+
+
+def test_verbose_says_what_each_e_graph_did(capsys):
+    from rewrite.cli import main
+
+    path = Path(__file__).parent / "golden" / "matmul_chain.py"
+    assert main(["run", str(path), "-v", "--target", "x86-avx2"]) == 0
+    out = capsys.readouterr().out
+    (sat,) = [x for x in out.splitlines() if x.startswith("  saturation: ")]
+    (prog,) = [x for x in out.splitlines() if x.startswith("  program e-graph (matmul): ")]
+    for line in (sat, prog):
+        assert re.search(r"\d+ iterations, \d+ e-nodes, saturated, \d+\.\d\d s$", line), line

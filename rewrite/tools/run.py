@@ -286,6 +286,12 @@ def _count(n: int) -> str:
     return str(n)
 
 
+def _egraph(report: dict) -> str:
+    """An e-graph's report (``to_json``) as the ``-v`` block says it."""
+    return (f"{report['iterations']} iterations, {report['enodes']} e-nodes, "
+            f"{report['stop_reason']}, {report['seconds']:.2f} s")
+
+
 def format_entry(e: Entry, explain: bool = False) -> str:
     if e.error:
         return f"{e.file}::{e.name or '?'}\n  error: {e.error}"
@@ -311,6 +317,9 @@ def format_entry(e: Entry, explain: bool = False) -> str:
              f"  intrinsics: {intrinsics}",
              f"  ops: {_count(e.ops_total)}   coverage: {e.fraction:.2f}   check: {check}   "
              f"tensorize: {_ms(_tensorize_seconds(e))}   compile: {_ms(e.seconds.get('compile'))}"]
+    if e.saturation:
+        lines.append(f"  saturation: {_egraph(e.saturation)}")
+    lines += [f"  program e-graph ({g['family']}): {_egraph(g)}" for g in e.program_egraphs]
     if e.check is not None and not e.check["ok"]:
         lines.append(f"  check failed: {e.check.get('message', '')}")
     if explain:
