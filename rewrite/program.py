@@ -612,6 +612,11 @@ def text(node) -> str:
     return " @ ".join(_atom(a) for a in node.args)
 
 
+def accumulations_text(accumulations, term: Callable = text) -> str:
+    """``D += A @ B; E += ...``, each term written by ``term``."""
+    return "; ".join(f"{name} += {term(node)}" for name, node in accumulations)
+
+
 def _atom(node) -> str:
     simple = isinstance(node, Input) or node.kind in ("T", "*", "block", "beside", "above",
                                                       "strassen") + PARTS

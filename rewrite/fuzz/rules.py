@@ -160,19 +160,37 @@ def evaluate(node, values: dict) -> np.ndarray:
     """``node`` lowered to a loop program (``matrices``' lowering) and interpreted on
     ``values`` (float64 matrices by input name). ``ValueError`` for a side that has no
     shape (a product of matrices that do not fit)."""
-    rows, cols = program.shape(node)
-    inputs = {n: Access(ir.Buffer(n, "f64", v.shape), (("_r", 0), ("_c", 0)))
-              for n, v in values.items() if isinstance(v, np.ndarray)}
-    out = Access(ir.Buffer("OUT", "f64", (rows, cols)), (("_r", 0), ("_c", 0)))
-    lifted = matrices.Lifted(0, 0, [], {"OUT": (out, rows, cols)},
-                             {n: (a, None, None) for n, a in inputs.items()}, [], [], [], "f64")
-    low = matrices._Lowering(lifted, Names(list(inputs) + ["OUT"]), matrices._product_uses([("OUT", node)]))
-    low.accumulate(out, rows, cols, node)
-    body = ir.seq(*(p.stmt() if hasattr(p, "stmt") else p for p in low.items))
-    params = tuple(a.buffer for a in inputs.values()) + (out.buffer,)
-    func = ir.PrimFunc("side", params, body, tuple(low.allocs))
     arrays = {n: v for n, v in values.items() if isinstance(v, np.ndarray)}
-    return interp.run(func, **arrays, OUT=np.zeros((rows, cols)))["OUT"]
+    return run_lowered([("OUT", node)], arrays)["OUT"]
+
+
+def run_lowered(accs: list, values: dict, temporaries: Optional[dict] = None) -> dict:
+    """``accs`` (accumulations of terms into outputs that start at zero) lowered as the
+    ``matmul`` family lowers an extracted program and interpreted on ``values``: the outputs
+    but the temporaries. A temporary of ``temporaries`` (name -> shape) with an accumulation
+    is zero-filled, then written; one read without it is ``matrices.Unlowerable``."""
+    def whole(name: str, shape: tuple) -> Access:
+        return Access(ir.Buffer(name, "f64", shape), (("_r", 0), ("_c", 0)))
+
+    inputs = {n: whole(n, v.shape) for n, v in values.items()}
+    sinks = {}
+    for name, node in accs:
+        rows, cols = program.shape(node)
+        sinks[name] = (whole(name, (rows, cols)), rows, cols)
+    temps = {t: whole(t, shape) for t, shape in (temporaries or {}).items()}
+    lifted = matrices.Lifted(0, 0, [], sinks, {n: (a, None, None) for n, a in inputs.items()},
+                             [], [], [], "f64", temps)
+    low = matrices._Lowering(lifted, Names(list(inputs) + list(sinks)), matrices._product_uses(accs))
+    for name, node in accs:
+        access, rows, cols = sinks[name]
+        low.accumulate(low.keep(name) if name in temps else access, rows, cols, node)
+    body = ir.seq(*(p.stmt() if hasattr(p, "stmt") else p for p in low.items))
+    outs = [sinks[n][0].buffer for n in sinks if n not in temps]
+    func = ir.PrimFunc("program", tuple(a.buffer for a in inputs.values()) + tuple(outs), body,
+                       tuple(low.allocs) + tuple(a.buffer for a in temps.values()))
+    zeros = {b.name: np.zeros(b.shape) for b in outs}
+    result = interp.run(func, **values, **zeros)
+    return {b.name: result[b.name] for b in outs}
 
 
 def _disagreement(r: ProgramRule, values: dict) -> Optional[str]:
@@ -253,51 +271,22 @@ def _put(node, name: str, value):
                       node.at)
 
 
-def _run(accs: list, values: dict, temporaries: dict) -> dict:
-    """``accs`` lowered as the ``matmul`` family lowers an extracted program (a temporary of
-    ``temporaries``, name -> shape, that has an accumulation is zero-filled, then written; one
-    read without it is ``matrices.Unlowerable``) and interpreted on ``values``: the outputs
-    but the temporaries."""
-    inputs = {n: Access(ir.Buffer(n, "f64", v.shape), (("_r", 0), ("_c", 0)))
-              for n, v in values.items()}
-    sinks = {}
-    for name, node in accs:
-        rows, cols = program.shape(node)
-        whole = Access(ir.Buffer(name, "f64", (rows, cols)), (("_r", 0), ("_c", 0)))
-        sinks[name] = (whole, rows, cols)
-    temps = {t: Access(ir.Buffer(t, "f64", shape), (("_r", 0), ("_c", 0)))
-             for t, shape in temporaries.items()}
-    lifted = matrices.Lifted(0, 0, [], sinks, {n: (a, None, None) for n, a in inputs.items()},
-                             [], [], [], "f64", temps)
-    low = matrices._Lowering(lifted, Names(list(inputs) + list(sinks)), matrices._product_uses(accs))
-    for name, node in accs:
-        access, rows, cols = sinks[name]
-        low.accumulate(low.keep(name) if name in temps else access, rows, cols, node)
-    body = ir.seq(*(p.stmt() if hasattr(p, "stmt") else p for p in low.items))
-    outs = [sinks[n][0].buffer for n in sinks if n not in temps]
-    func = ir.PrimFunc("program", tuple(a.buffer for a in inputs.values()) + tuple(outs), body,
-                       tuple(low.allocs) + tuple(a.buffer for a in temps.values()))
-    zeros = {b.name: np.zeros(b.shape) for b in outs}
-    result = interp.run(func, **values, **zeros)
-    return {b.name: result[b.name] for b in outs}
-
-
 def _inline_disagreement(accs: list, values: dict) -> Optional[str]:
     (t, v), rest = accs[0], accs[1:]
     expected = [(name, _put(node, t, v)) for name, node in rest]
     if not program.inlines_to(accs, [t], expected):
-        return (f"the rule does not give {'; '.join(f'{n} += {program.text(x)}' for n, x in expected)} "
-                f"for {'; '.join(f'{n} += {program.text(x)}' for n, x in accs)}")
+        return (f"the rule does not give {program.accumulations_text(expected)} for "
+                f"{program.accumulations_text(accs)}")
     # the program extraction takes from the saturated e-graph (the inlined one: fewer nodes
     # at the same products), lowered as the family lowers it
     (chosen, _) = program.cheapest(accs, [], matrices.multiply_adds, temporaries=[t])
     shape = {t: program.shape(v)}
-    kept = _run(accs, values, shape)
+    kept = run_lowered(accs, values, shape)
     for how, program_ in (("inlined", expected), ("extracted", chosen)):
         try:
-            got = _run(program_, values, shape)
+            got = run_lowered(program_, values, shape)
         except matrices.Unlowerable as e:
-            return f"the {how} program {'; '.join(f'{n} += {program.text(x)}' for n, x in program_)}: {e}"
+            return f"the {how} program {program.accumulations_text(program_)}: {e}"
         for name in kept:
             if not np.array_equal(kept[name], got[name]):
                 return (f"{name} is {kept[name].tolist()} with {t} written, {got[name].tolist()} "

@@ -562,9 +562,24 @@ def _fill(t: Access, value) -> ir.Stmt:
     return _filling(t.renamed({"_r": "i", "_c": "j"}), value)
 
 
+@dataclass
+class _Window:
+    """A lifted window lowered: the items that replace ``parts[lifted.lo:lifted.hi + 1]``
+    (its other items, then the rewritten products behind their guard), as an alternative."""
+
+    lifted: Lifted
+    items: list
+    alt: Alternative
+
+
 def lower(lifted: Lifted, accumulations, parts: list, names: Names) -> Optional[Alternative]:
     """``parts`` with the window replaced by ``accumulations`` (behind ``finite.guard`` on
     floats), or None when a term has no nest form here."""
+    window = _lowered(lifted, accumulations, parts, names)
+    return None if window is None else window.alt
+
+
+def _lowered(lifted: Lifted, accumulations, parts: list, names: Names) -> Optional[_Window]:
     low = _Lowering(lifted, names, _product_uses(accumulations))
     try:
         for name, node in accumulations:
@@ -581,12 +596,22 @@ def lower(lifted: Lifted, accumulations, parts: list, names: Names) -> Optional[
     guard = [(nest, load) for _, nest, load in lifted.inputs.values()]
     block = [replace(p, settled=True) if isinstance(p, finite.Guarded) else p
              for p in finite.guard(guard, low.items, [parts[q] for q in window], names, allocs)]
-    new = list(parts[:lifted.lo]) + [parts[q] for q in lifted.others] + block + list(parts[lifted.hi + 1:])
-    before = "; ".join(f"{n} += {_short(v)}" for n, v in lifted.accumulations)
-    after = "; ".join(f"{n} += {_short(v)}" for n, v in accumulations)
-    return Alternative(new, allocs, f"{before} -> {after}",
-                       levels=max(strassen_levels(v) for _, v in accumulations),
-                       extra_cost=ADDITION_TRAFFIC * low.addition_elements)
+    items = [parts[q] for q in lifted.others] + block
+    note = f"{program.accumulations_text(lifted.accumulations, _short)} -> " \
+        f"{program.accumulations_text(accumulations, _short)}"
+    alt = Alternative(_spliced(parts, [(lifted, items)]), allocs, note,
+                      levels=max(strassen_levels(v) for _, v in accumulations),
+                      extra_cost=ADDITION_TRAFFIC * low.addition_elements)
+    return _Window(lifted, items, alt)
+
+
+def _spliced(parts: list, windows: list) -> list:
+    """``parts`` with each window's items (``(lifted, items)``, disjoint) in place of its
+    own, right to left so that the windows to the left keep their places."""
+    parts = list(parts)
+    for lifted, items in sorted(windows, key=lambda w: w[0].lo, reverse=True):
+        parts[lifted.lo:lifted.hi + 1] = items
+    return parts
 
 
 def _short(node) -> str:
@@ -691,32 +716,23 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
             reports.append(report)
         if not cheaper:
             continue
-        alt = lower(lifted, best, parts, names)
-        if alt is not None:
-            out.append(alt)
-            chosen.append((lifted, best))
+        window = _lowered(lifted, best, parts, names)
+        if window is not None:
+            out.append(window.alt)
+            chosen.append(window)
     if len(chosen) > 1:
-        together = _together(chosen, parts, names)
-        if together is not None:
-            out.append(together)
+        out.append(_together(chosen, parts))
     return out
 
 
-def _together(chosen: list, parts: list, names: Names) -> Optional[Alternative]:
-    """The program with every window of ``chosen`` (``(lifted, accumulations)``, windows
-    left to right, disjoint) rewritten: the windows' extractions combined, as one extraction
-    of independent parts would choose them. Lowered right to left, so that each window's
-    items keep their places."""
-    allocs, notes, levels, extra = [], [], 0, 0.0
-    for lifted, best in reversed(chosen):
-        alt = lower(lifted, best, parts, names)
-        if alt is None:
-            return None
-        parts = alt.parts
-        allocs = list(alt.allocs) + allocs
-        notes.insert(0, alt.note)
-        levels, extra = max(levels, alt.levels), extra + alt.extra_cost
-    return Alternative(parts, allocs, "; ".join(notes), levels=levels, extra_cost=extra)
+def _together(chosen: list, parts: list) -> Alternative:
+    """The program with every window of ``chosen`` (``_Window``s, disjoint) rewritten: the
+    windows' extractions combined, as one extraction of independent parts would choose them."""
+    return Alternative(_spliced(parts, [(w.lifted, w.items) for w in chosen]),
+                       [b for w in chosen for b in w.alt.allocs],
+                       "; ".join(w.alt.note for w in chosen),
+                       levels=max(w.alt.levels for w in chosen),
+                       extra_cost=sum(w.alt.extra_cost for w in chosen))
 
 
 # extractions by multiply-adds, which depend on the window's terms and the rules alone
