@@ -47,6 +47,7 @@ from .. import ir
 from ..affine import Affine, affine
 from ..ir import Call, For, If, Load, Seq, Stmt, Store, Window
 from ..match import affine_expr, slow_dims
+from ..names import Names
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def copy_of(s: Stmt) -> Optional[Copy]:
 RUN = 512
 
 
-def _few(loops: list, store: Store, taken: frozenset = frozenset()) -> Optional[Stmt]:
+def _few(loops: list, store: Store, taken: Optional[Names] = None) -> Optional[Stmt]:
     """The copy ``store`` (from a load; each loop variable in one index of the store and of
     the load) in the loops ``loops`` (outermost first, the source's order) run a few panels
     at a time: the loop that moves furthest through the panel (a B panel's tile index
@@ -134,8 +135,8 @@ def _few(loops: list, store: Store, taken: frozenset = frozenset()) -> Optional[
     g = next(n for n in range(most, 0, -1) if w.extent % n == 0) if most >= 2 else 1
     if g < 2:
         return None
-    used = {lp.var for lp in loops} | set(taken)
-    outer, inner = (unused_name(f"{w.var}_{tag}", used) for tag in ("o", "i"))
+    used = (taken or Names()).copy(lp.var for lp in loops)
+    outer, inner = (used.fresh(f"{w.var}_{tag}") for tag in ("o", "i"))
     value = Affine(((outer, g), (inner, 1)), w.start)
 
     def put(e):
@@ -149,17 +150,6 @@ def _few(loops: list, store: Store, taken: frozenset = frozenset()) -> Optional[
     split = [For(outer, 0, w.extent // g, Seq(()))] + \
         [For(inner, 0, g, Seq(())) if lp is w else lp for lp in loops]
     return ir.wrap(split, body)
-
-
-def unused_name(name: str, used: set) -> str:
-    """``name``, or ``name2``, ``name3``, ... : the first not in ``used``, added to it."""
-    k = 1
-    out = name
-    while out in used:
-        k += 1
-        out = f"{name}{k}"
-    used.add(out)
-    return out
 
 
 def read_panels(stmts: list[Stmt]) -> list[Stmt]:
@@ -466,9 +456,9 @@ class _Blocks:
     def fill(self, box: list, buf: ir.Buffer) -> Stmt:
         """The copy of ``box`` into ``buf`` (at the outermost loop's iteration), its loops in
         the whole copy's order, a few panels at a time (``_few``)."""
-        copy, used = self.copy, set(self.taken)
+        copy, used = self.copy, Names(self.taken)
         var = {m.terms[0][0]: d for d, m in enumerate(copy.at)}  # copy variable -> panel index
-        names = [unused_name(f"{v}", used) for v in sorted(var, key=var.get)]
+        names = [used.fresh(v) for v in sorted(var, key=var.get)]
         value = {}  # the copy's variable -> its value at offset t of the box
         for v, d in var.items():
             corner, lo, _ = box[d]
@@ -484,7 +474,7 @@ class _Blocks:
         rank = {lp.var: n for n, lp in enumerate(ir.band(self.whole)[0])}
         order = sorted(range(len(names)), key=lambda d: rank[copy.at[d].terms[0][0]])
         loops = [For(names[d], 0, box[d][2] - box[d][1] + 1, Seq(())) for d in order]
-        return _few(loops, store, frozenset(used)) or ir.wrap(loops, store)
+        return _few(loops, store, used) or ir.wrap(loops, store)
 
     def reread(self, s: Stmt, box: list, buf: ir.Buffer) -> Optional[Stmt]:
         """``s`` with each window on the panel a window on ``buf`` at the box's corner."""

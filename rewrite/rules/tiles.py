@@ -63,9 +63,10 @@ from .. import ir
 from ..affine import Affine, affine
 from ..ir import Call, Const, For, Seq, Stmt, Store
 from ..match import affine_expr
+from ..names import Names
 from .fusion import substituted_index
 from .. import extract
-from .panels import panels_per_block, read_panels, unused_name
+from .panels import panels_per_block, read_panels
 from .tidy import passes_cost
 
 
@@ -374,10 +375,10 @@ def _co_blocked(first: Stmt, s: Stmt) -> Optional[Stmt]:
     reduction = [lp.var for lp in loops_r if lp.var not in tile]
     if len(reduction) != 1:
         return None
-    taken = {lp.var for lp in loops_l} | set(ext_r)
+    taken = Names({lp.var for lp in loops_l} | set(ext_r))
     values, inner_loops = {}, {}
     for r, (outer, n) in split.items():
-        name = unused_name(f"{r}_i", taken)
+        name = taken.fresh(f"{r}_i")
         values[r] = affine_expr(Affine(((outer, n), (name, 1)), 0))
         inner_loops[r] = For(name, 0, n, Seq(()))
     outers = {o for o, _ in split.values()}
