@@ -16,8 +16,8 @@ Float reductions. The add of ``X[i] += v`` carries ``reassoc contract``: LLVM ma
 a reduction in several vector lanes and fuse ``a * b + c`` into an FMA, so a sum over ``n``
 terms may differ from the sequential one by a few ``n * eps`` relative to its terms. Every
 other float operation is exact IEEE in program order (``X[i] += -(v)`` is ``X[i] - v``, the
-same bits, so that LLVM does not push the negation into ``v`` and regroup its product). ``runtime.check`` scales its tolerance
-by the reduction length for this reason.
+same bits, so that LLVM does not push the negation into ``v`` and regroup its product).
+``runtime.check`` scales its tolerance by the reduction length for this reason.
 
 Kernel shape: ``void K(ptr args, ptr pool)``. Each body of the plan becomes an internal
 function over ``noalias`` buffer pointers and an iteration range ``[lo, hi)``, and each part

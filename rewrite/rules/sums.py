@@ -61,4 +61,8 @@ def improve(best, search):
     split costs less than as it is (each nest chosen on its own: a sum of products split
     beside a sum no intrinsic covers, which splitting only gives a second pass over its
     output), when the program so chosen is cheaper."""
-    return cheapest_per_nest(best, search, lambda nest: [(pieces, [])] if (pieces := split(nest)) else [])
+    def rewrites(nest: AccNest) -> list:
+        pieces = split(nest)
+        return [(pieces, [])] if pieces else []
+
+    return cheapest_per_nest(best, search, rewrites)
