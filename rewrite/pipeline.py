@@ -12,10 +12,12 @@
                                            #   which egglog extracts the cheapest
     improve(best, search)                  # the alternatives families: reused temporaries
                                            #   expanded (expand), producers inlined (inline),
-                                           #   triangles split into boxes (triangles), sums
-                                           #   split (sums), runtime scale factors taken out
-                                           #   (scalar-factor), Strassen and matmul chains
-                                           #   (matmul, strassen), on floats behind a
+                                           #   then the sites families chosen together by one
+                                           #   extraction: triangles split into boxes
+                                           #   (triangles), sums split (sums), runtime scale
+                                           #   factors taken out (scalar-factor), pairs
+                                           #   contracted (contract); Strassen and matmul
+                                           #   chains (matmul, strassen), on floats behind a
                                            #   finite-operand guard
     verify(result)                         # the output is a well-formed program too
 
@@ -152,6 +154,7 @@ class Planned:
     report: SaturationReport
     cost: float
     guards: list = field(default_factory=list)  # the ``If``s of ``finite.Guarded`` items
+    costs: list = field(default_factory=list)  # of each item planned, in order (they add up)
 
 
 def _nests_in(parts: Sequence) -> list[AccNest]:
@@ -205,33 +208,38 @@ def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
     def plan(items: Sequence) -> Planned:
         out = Planned([], [], [], report, 0.0)
         for p in items:
-            if isinstance(p, Guarded):
-                fast, slow = plan(p.fast), plan(p.slow)
-                branch = ir.If(p.cond, ir.seq(*fast.stmts), ir.seq(*slow.stmts))
-                out.stmts += list(p.scan) + [branch]
-                _declare(out.allocs, fast.allocs + slow.allocs)
-                out.cost += cost.scan(p.scan) + fast.cost
-                out.explanations += fast.explanations
-                out.guards += fast.guards + slow.guards + [branch]
-                continue
-            if not isinstance(p, AccNest):
-                out.stmts.append(p)
-                out.cost += cost.scalar_stmt(p)
-                if op_count(p) > 0:
-                    out.explanations.append(_explain_other(p, library, rules_off))
-                continue
-            k = next(counter)
-            mine = [m for m in matches if m.nest == k]
-            key = (p, tuple((m.intrinsic, m.loads, m.scale) for m in mine))
-            if key not in memo:
-                memo[key] = _alike(p, mine, memo, extractor)
-            plan_ = memo[key]
-            out.stmts += plan_.stmts
-            _declare(out.allocs, plan_.allocs)
-            out.cost += plan_.cost
-            if not any(isinstance(s, Call) for st in plan_.stmts for s in ir.walk_stmts(st)):
-                out.explanations.append(_explain_nest(p, mine, library))
+            before = out.cost
+            add(p, out)
+            out.costs.append(out.cost - before)
         return out
+
+    def add(p, out: Planned) -> None:
+        if isinstance(p, Guarded):
+            fast, slow = plan(p.fast), plan(p.slow)
+            branch = ir.If(p.cond, ir.seq(*fast.stmts), ir.seq(*slow.stmts))
+            out.stmts += list(p.scan) + [branch]
+            _declare(out.allocs, fast.allocs + slow.allocs)
+            out.cost += cost.scan(p.scan) + fast.cost
+            out.explanations += fast.explanations
+            out.guards += fast.guards + slow.guards + [branch]
+            return
+        if not isinstance(p, AccNest):
+            out.stmts.append(p)
+            out.cost += cost.scalar_stmt(p)
+            if op_count(p) > 0:
+                out.explanations.append(_explain_other(p, library, rules_off))
+            return
+        k = next(counter)
+        mine = [m for m in matches if m.nest == k]
+        key = (p, tuple((m.intrinsic, m.loads, m.scale) for m in mine))
+        if key not in memo:
+            memo[key] = _alike(p, mine, memo, extractor)
+        plan_ = memo[key]
+        out.stmts += plan_.stmts
+        _declare(out.allocs, plan_.allocs)
+        out.cost += plan_.cost
+        if not any(isinstance(s, Call) for st in plan_.stmts for s in ir.walk_stmts(st)):
+            out.explanations.append(_explain_nest(p, mine, library))
 
     return plan(parts)
 
@@ -355,10 +363,9 @@ class Search:
         ``after``: what a family's candidate would become, so that it is priced as the
         program it leads to (a triangle split into boxes whose sums are then split)."""
         names = [f.name for f in rules.FAMILIES]
-        for family in rules.families(rules.ALTERNATIVES, self.rules_off):
-            if names.index(family.name) > names.index(after):
-                (improve,) = family.load()
-                choice = improve(choice, self)
+        for run, step in rules.improvements(self.rules_off):
+            if names.index(run[0]) > names.index(after):
+                choice = step(choice, self)
         return choice
 
     def plan(self, parts: Sequence) -> Planned:
@@ -401,12 +408,13 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
     best = Choice(normal, parts, search.plan(parts))
     # other programs, each kept where the cost model finds it cheaper (rules/__init__.py):
     # reused temporaries expanded (rules/expand.py), producers inlined (rules/fusion.py),
-    # triangles split into boxes (rules/triangles.py), sums split (rules/sums.py), runtime
-    # scale factors taken out (rules/scalars.py), then stretches of matrix products rewritten
-    # in the program-level e-graph (rules/matrices.py) and Strassen levels (rules/strassen.py)
-    for family in rules.families(rules.ALTERNATIVES, off):
-        (improve,) = family.load()
-        best = improve(best, search)
+    # then, chosen together item by item (rules/choose.py), triangles split into boxes
+    # (rules/triangles.py), sums split (rules/sums.py), runtime scale factors taken out
+    # (rules/scalars.py) and pairs contracted (rules/contract.py), then stretches of matrix
+    # products rewritten in the program-level e-graph (rules/matrices.py) and Strassen
+    # levels (rules/strassen.py)
+    for _, step in rules.improvements(off):
+        best = step(best, search)
     normal, parts, chosen = best.func, best.parts, best.planned
     t2 = time.perf_counter()
     body = ir.seq(*chosen.stmts)

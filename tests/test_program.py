@@ -713,6 +713,7 @@ def test_a_product_behind_a_scale_factors_guard_takes_its_level_in_the_e_graph()
     from rewrite.budgets import Budgets
     from rewrite.pipeline import Choice, Search
     from rewrite.rules import finite, scalars
+    from rewrite.rules.choose import cheapest_sites
     from rewrite.saturate import Budget
 
     func = parse("""
@@ -724,7 +725,7 @@ def scaled(alpha: f32[1], A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):
     normal = nests.normalize(func)
     search = Search({d.name: d for d in AVX2}, Budget(), Names.of(normal), True, "auto", Budgets())
     parts = search.items(normal)
-    best = scalars.improve(Choice(normal, parts, search.plan(parts)), search)
+    best = cheapest_sites(Choice(normal, parts, search.plan(parts)), search, [scalars.rewrites])
     (guard,) = [p for p in best.parts if isinstance(p, finite.Guarded)]
     (alt,) = matrices.alternatives(best.func, best.parts, search.names,
                                    _strassen_rules("strassen-level"), at_least=8)

@@ -59,13 +59,21 @@ Kinds
     returns computes what ``best`` does, up to reassociation, with the NaN/Inf pattern of the
     program as written (``finite.guard`` where a rewrite would move it).
 
+``sites``: ``rewrites(item, search) -> [(items, temporaries)]``
+    Other items for one item of the program: each list computes what the item computes,
+    using the fresh ``temporaries``; an item it cannot rewrite gives ``[]``. The families of
+    this kind that come one after another in ``FAMILIES`` run as one step, where the
+    alternatives families would run one of them (``choose.py``): every item of the program,
+    and every item of a rewrite again, gets the rewrites of all of them, and one
+    extraction in egglog takes the cheapest combination. Obligation: as for
+    ``alternatives``, item by item.
+
 Modules that are no family: ``casts.py`` (the normal form of a body's casts, which
 ``nests.as_nest`` gives every nest it forms: part of what a nest is, not a choice),
-``finite.py`` (the guard that ``matmul.py``, ``strassen.py`` and ``scalars.py`` put around
-their rewrites),
+``finite.py`` (the guard that ``matmul.py``, ``strassen.py``, ``scalars.py`` and ``contract.py``
+put around their rewrites),
 ``matmul.py`` (the matmul recognition that the ``matmul`` family, ``matrices.py``, and the
-``strassen`` family read), ``choose.py`` (the per-nest choice of ``scalar-factor`` and
-``contract``).
+``strassen`` family read), ``choose.py`` (the one extraction of the ``sites`` families).
 
 The hooks are looked up when a stage runs, not when this package is imported: the rule
 modules import ``nests`` and ``match``, which import this package (``casts``).
@@ -82,6 +90,7 @@ RULESET = "ruleset"
 NEST_STAGE = "nest-stage"
 CALLS_STAGE = "calls-stage"
 ALTERNATIVES = "alternatives"
+SITES = "sites"
 
 # kind -> the hooks a family of that kind names, in this order
 KINDS = {
@@ -90,6 +99,7 @@ KINDS = {
     NEST_STAGE: ("requests", "build", "price"),
     CALLS_STAGE: ("operands", "build"),
     ALTERNATIVES: ("improve",),
+    SITES: ("rewrites",),
 }
 
 
@@ -134,11 +144,10 @@ FAMILIES = (
     Family("pack-panel", CALLS_STAGE, "layout", ("panel_operands", "pack_panel"), "pack-panel"),
     Family("expand", ALTERNATIVES, "expand", ("improve",), "scalar expansion"),
     Family("inline", ALTERNATIVES, "fusion", ("improve",), "inline-producer"),
-    Family("triangles", ALTERNATIVES, "triangles", ("improve",), "split-domain"),
-    Family("sums", ALTERNATIVES, "sums", ("improve",), "split-sum"),
-    Family("scalar-factor", ALTERNATIVES, "scalars", ("improve",),
-           "scale-operand, scale-temporary"),
-    Family("contract", ALTERNATIVES, "contract", ("improve",), "contract-pair"),
+    Family("triangles", SITES, "triangles", ("rewrites",), "split-domain"),
+    Family("sums", SITES, "sums", ("rewrites",), "split-sum"),
+    Family("scalar-factor", SITES, "scalars", ("rewrites",), "scale-operand, scale-temporary"),
+    Family("contract", SITES, "contract", ("rewrites",), "contract-pair"),
     Family("matmul", ALTERNATIVES, "matrices", ("improve",),
            "the program-level e-graph: assoc-*, factor-*, comm-add, assoc-add, scale-*, and rules "
            "loaded with --rules-file"),
@@ -173,3 +182,32 @@ def families(kind: str, off: Iterable[str] = ()) -> list[Family]:
         raise ValueError(f"no rule kind {kind!r} (there are: {', '.join(KINDS)})")
     off = frozenset(off)
     return [f for f in FAMILIES if f.kind == kind and f.name not in off]
+
+
+def improvements(off: Iterable[str] = ()) -> list[tuple[tuple[str, ...], object]]:
+    """The steps that run after the function is planned, in ``FAMILIES`` order, without the
+    families named in ``off``: each ``alternatives`` family's ``improve``, and one step for
+    each run of ``sites`` families (``choose.cheapest_sites`` over their rewrites together).
+    Each step is (the names of its families, ``step(best, search) -> best``)."""
+    runs: list[list[Family]] = []
+    for f in FAMILIES:
+        if f.kind not in (ALTERNATIVES, SITES) or f.name in frozenset(off):
+            continue
+        if f.kind == SITES and runs and runs[-1][0].kind == SITES:
+            runs[-1].append(f)
+        else:
+            runs.append([f])
+    return [(tuple(f.name for f in run), _step(run)) for run in runs]
+
+
+def _step(run: list[Family]):
+    if run[0].kind == ALTERNATIVES:
+        (improve,) = run[0].load()
+        return improve
+
+    def sites(best, search):
+        from .choose import cheapest_sites
+
+        return cheapest_sites(best, search, [f.load()[0] for f in run])
+
+    return sites

@@ -17,8 +17,8 @@ afterwards (the order of an einsum path: one pairwise contraction, then the next
 The first nest is a matrix product an intrinsic covers; the nest as written, a three-operand
 product summed into one element, has none. The gradient of a runtime scale factor
 (``dalpha = sum(dC * (A @ B))``) has this form. Each pair of operands with such loops gives a
-candidate; the cost model chooses among them and the nest as written (an ``alternatives``
-family).
+candidate; the cost model chooses among them and the nest as written (a ``sites``
+family, ``choose.py``).
 
 Sound because, with ``K`` the loops ``x`` and ``y`` use besides ``R``, the rest ``r`` of the
 product (the other operands, constants and the sign) and the output index using no loop of
@@ -50,7 +50,6 @@ from ..ir import Accumulate, Buffer, Const, Load, Store, Unary
 from ..names import Names
 from ..nests import AccNest, as_nest
 from . import finite
-from .choose import cheapest_per_nest
 from .scalars import _box, _factors, _loops, _product, _vars
 
 
@@ -94,8 +93,7 @@ def candidates(nest: AccNest, names: Names) -> list[tuple[list, list[Buffer]]]:
     return out
 
 
-def improve(best, search):
-    """``best`` (``pipeline.Choice``) with each nest of a product of three operands or more
-    replaced by the cheapest of itself and its pairs contracted first, when the program so
-    chosen is cheaper by the cost model."""
-    return cheapest_per_nest(best, search, lambda nest: candidates(nest, search.names))
+def rewrites(item, search) -> list:
+    """A nest of a product of three operands or more with each of its pairs contracted first
+    (the ``sites`` hook, ``choose.py``: the cost model chooses among them and the nest)."""
+    return candidates(item, search.names) if isinstance(item, AccNest) else []

@@ -5,7 +5,7 @@ B[k, j]``. A constant factor (``1.5 * A * B``) the extractor already takes out o
 (``extract.py``: the calls accumulate into a temporary, one pass adds ``1.5 * T``); a factor
 that is a load is no constant, so no intrinsic matched such a body. This family offers two
 programs for a nest whose body is a product with such a factor, and keeps each where the
-cost model finds it cheaper than the nest as written (an ``alternatives`` family):
+cost model finds it cheaper than the nest as written (a ``sites`` family, ``choose.py``):
 
 scale-operand
     The factors taken out (runtime scalars, constants, a sign) multiply one occurrence of an
@@ -83,7 +83,6 @@ from ..match import affine_expr
 from ..names import Names
 from ..nests import AccNest, as_nest
 from . import finite
-from .choose import cheapest_per_nest
 
 
 @dataclass(frozen=True)
@@ -265,20 +264,16 @@ def scale_temporary(f: Factored, names: Names) -> Optional[tuple[list, list[Buff
 
 
 # ---------------------------------------------------------------------------
-# the pipeline's hook (an ``alternatives`` family, rules/__init__.py)
+# the pipeline's hook (a ``sites`` family, rules/__init__.py)
 
 
 REWRITES = (scale_operand, scale_temporary)
 
 
-def improve(best, search):
-    """``best`` (``pipeline.Choice``) with each nest that has a runtime scalar factor replaced
-    by the cheapest of itself, ``scale-operand`` and ``scale-temporary`` by the cost model,
-    when the program so chosen is cheaper."""
-    def rewrites(nest: AccNest) -> list:
-        f = factored(nest)
-        if f is None:
-            return []
-        return [alt for alt in (rewrite(f, search.names) for rewrite in REWRITES) if alt is not None]
-
-    return cheapest_per_nest(best, search, rewrites)
+def rewrites(item, search) -> list:
+    """A nest with a runtime scalar factor by ``scale-operand`` and by ``scale-temporary``
+    (the ``sites`` hook, ``choose.py``: the cost model chooses among them and the nest)."""
+    f = factored(item) if isinstance(item, AccNest) else None
+    if f is None:
+        return []
+    return [alt for alt in (rewrite(f, search.names) for rewrite in REWRITES) if alt is not None]

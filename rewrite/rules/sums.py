@@ -13,9 +13,9 @@ added, regrouped from ``A + (a + b)`` to ``(A + a) + b`` (exact on integers, a r
 on floats, which rewrites may do; a NaN or Inf among the terms reaches the element either
 way, and ``inf + -inf`` is NaN in both orders). ``a - b`` is ``a + -b``, so a subtracted
 product is a term scaled by -1; ``-(a + b)`` (``A[i, j] -= a + b``) is ``-a + -b``, exactly:
-negation is exact and IEEE rounding is symmetric, and on integers both wrap alike. It is an ``alternatives`` family: the split program is kept
-only when the cost model finds it cheaper, since a term no intrinsic covers then costs a
-second pass over the output.
+negation is exact and IEEE rounding is symmetric, and on integers both wrap alike. It is a ``sites`` family: a split is kept
+only where the cost model finds it cheaper (``choose.py``), since a term no intrinsic covers
+then costs a second pass over the output.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Optional
 
 from .. import ir
 from ..nests import AccNest
-from .choose import cheapest_per_nest
 
 
 def terms(e: ir.Expr) -> list[ir.Expr]:
@@ -56,13 +55,10 @@ def split(nest: AccNest) -> Optional[list[AccNest]]:
     return [replace(nest, value=t) for t in parts]
 
 
-def improve(best, search):
-    """``best`` (``pipeline.Choice``) with each accumulation of a sum split where that nest
-    split costs less than as it is (each nest chosen on its own: a sum of products split
-    beside a sum no intrinsic covers, which splitting only gives a second pass over its
-    output), when the program so chosen is cheaper."""
-    def rewrites(nest: AccNest) -> list:
-        pieces = split(nest)
-        return [(pieces, [])] if pieces else []
-
-    return cheapest_per_nest(best, search, rewrites)
+def rewrites(item, search) -> list:
+    """An accumulation of a sum as one accumulation per term (the ``sites`` hook,
+    ``choose.py``: the split is taken where it costs less, nest by nest: a sum of products is
+    split beside a sum no intrinsic covers, which splitting only gives a second pass over its
+    output)."""
+    pieces = split(item) if isinstance(item, AccNest) else None
+    return [(pieces, [])] if pieces else []

@@ -23,8 +23,8 @@ Sound when the accumulation does not read the accumulated buffer (what makes it 
 accumulate nest at all, ``nests.as_nest``): the boxes and remainders partition the guarded
 domain, since each halving splits a box in two disjoint halves and nothing is dropped where
 a guard can hold, so every element gets the same terms added, in another order (exact on
-integers, a reassociation on floats, which rewrites may do). It is an ``alternatives``
-family: the split program is kept only when the cost model finds it cheaper.
+integers, a reassociation on floats, which rewrites may do). It is a ``sites``
+family: each triangle is split where the cost model finds its boxes cheaper (``choose.py``).
 """
 
 from __future__ import annotations
@@ -276,21 +276,13 @@ def _condition(f: Affine) -> Compare:
     return Compare(">=", pos.to_expr(), neg.to_expr())
 
 
-def improve(best, search):
-    """``best`` (``pipeline.Choice``), or its items with every guarded accumulation split into
-    boxes (remainders guarded, then masked), each priced as the later families leave it,
-    when the cost model finds that cheaper."""
-    start = best
-    for masked in (False, True):
-        found = [guarded(p) if isinstance(p, For) else None for p in start.parts]
-        if not any(found) or (masked and not any(g is not None and maskable(g) for g in found)):
-            continue  # nothing to split, or no remainder to mask: the same program again
-        items = []
-        for p, g in zip(start.parts, found):
-            items += split(g, search.names, masked=masked) if g is not None else [p]
-        # priced as what the later families make of it (its boxes' sums split, ...)
-        candidate = search.settle(replace(start, parts=items, planned=search.plan(items)), "triangles")
-        if candidate.planned.cost < best.planned.cost:
-            best = candidate
-    return best
-
+def rewrites(item, search) -> list:
+    """A guarded accumulation split into boxes, its remainders guarded, and again with its
+    remainders masked where they can be (the ``sites`` hook, ``choose.py``: each triangle is
+    split or not on its own, its boxes rewritten again by the other ``sites`` families,
+    their sums split, ...)."""
+    g = guarded(item) if isinstance(item, For) else None
+    if g is None:
+        return []
+    return [(split(g, search.names, masked=masked), []) for masked in (False, True)
+            if not masked or maskable(g)]

@@ -1,0 +1,105 @@
+"""The sites families chosen together (rules/choose.py): one extraction over every item and
+every rewrite of a rewrite, against brute force, and a composition that families run one
+after another could not find."""
+
+import itertools
+
+import pytest
+
+import intrinsics
+from rewrite import runtime
+from rewrite.budgets import Budgets
+from rewrite.names import Names
+from rewrite import nests
+from rewrite.pipeline import Choice, Search, tensorize
+from rewrite.rules import contract, scalars, sums, triangles
+from rewrite.rules.choose import cheapest_sites
+from rewrite.saturate import Budget
+from rewrite.script import parse
+
+HOST_FEATURES = intrinsics.host_features()
+AVX2 = intrinsics.library("x86-avx2")
+REWRITES = [triangles.rewrites, sums.rewrites, scalars.rewrites, contract.rewrites]
+
+# the gradient of two runtime scale factors summed into one element: a sum of products of
+# three operands, which no intrinsic covers as written nor split (each term is still a
+# three-operand product) nor contracted (the body is a sum); split, then each term
+# contracted, both run as matrix products
+TWO_SCALE_GRADIENTS = """
+@prim_func
+def two_grads(dC: f32[64, 64], A: f32[64, 64], B: f32[64, 64], dD: f32[64, 64], X: f32[64, 64], s: f32[1]):
+    for i, j, k in grid(64, 64, 64):
+        s[0] += dC[i, j] * A[i, k] * B[k, j] + dD[i, j] * X[i, k] * B[k, j]
+"""
+
+
+def test_a_sum_split_then_each_term_contracted_is_found_and_computes_what_the_program_does():
+    func = parse(TWO_SCALE_GRADIENTS)
+    result = tensorize(func, AVX2)
+    assert result.coverage >= 0.9
+    assert result.script().count("ct_T_") >= 4  # two contraction temporaries, each used
+    for off in ("sums", "contract"):
+        alone = tensorize(func, AVX2, rules_off={off})
+        assert alone.coverage == 0.0 and result.cost < alone.cost / 10
+    if {"avx2", "fma"} <= HOST_FEATURES:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
+MIXED = """
+@prim_func
+def mixed(u1: f32[96], v1: f32[128], u2: f32[96], v2: f32[128], A: f32[96, 128],
+          x: f32[96], y: f32[128], z: f32[128], Bm: f32[96, 128],
+          alpha: f32[1], P: f32[64, 64], Q: f32[64, 64], C: f32[64, 64]):
+    for i, j in grid(96, 128):
+        A[i, j] += u1[i] * v1[j] + u2[i] * v2[j]
+    for i, j in grid(96, 128):
+        Bm[i, j] += x[i] / y[j] + x[i] / z[j]
+    for i, j, k in grid(64, 64, 64):
+        C[i, j] += alpha[0] * P[i, k] * Q[k, j]
+"""
+
+
+def _search(func):
+    normal = nests.normalize(func)
+    search = Search({d.name: d for d in AVX2}, Budget(), Names.of(normal), True, "auto", Budgets())
+    parts = search.items(normal)
+    return Choice(normal, parts, search.plan(parts)), search
+
+
+def test_the_extraction_is_at_least_as_cheap_as_every_combination_of_one_rewrite_per_item():
+    best, search = _search(parse(MIXED))
+    chosen = cheapest_sites(best, search, REWRITES)
+    # brute force over each item as it is or rewritten once (rewrites of rewrites are the
+    # extraction's too, so it may only do better)
+    options = [[[p]] + [alt for r in REWRITES for alt, _ in r(p, search)] for p in best.parts]
+    assert all(len(o) > 1 for o in options)  # every item has a rewrite to weigh
+    costs = {pick: search.plan([p for alt in pick for p in alt]).cost
+             for pick in itertools.product(*(map(tuple, o) for o in options))}
+    cheapest = min(costs.values())
+    assert chosen.planned.cost <= cheapest * (1 + 1e-9)
+    assert chosen.planned.cost < best.planned.cost
+    # and the choice is item by item: the rank-2 update split, the sum of quotients not
+    # (a second pass over Bm for nothing), the scaled product rewritten
+    into = [p.out.name for p in chosen.parts if isinstance(p, nests.AccNest)]
+    assert into.count("A") == 2 and into.count("Bm") == 1
+    assert not any(isinstance(p, nests.AccNest) and p.out.name == "C" for p in chosen.parts)
+
+
+def test_the_choice_computes_what_the_program_does():
+    func = parse(MIXED)
+    result = tensorize(func, AVX2)
+    assert result.cost < tensorize(func, AVX2, rules_off={"sums", "scalar-factor"}).cost
+    if {"avx2", "fma"} <= HOST_FEATURES:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
+@pytest.mark.parametrize("off", ["triangles", "sums", "scalar-factor", "contract"])
+def test_a_sites_family_turned_off_offers_nothing(off):
+    from rewrite import rules
+
+    steps = dict(rules.improvements({off}))
+    names = [n for run in steps for n in run]
+    assert off not in names
+    assert {"triangles", "sums", "scalar-factor", "contract"} - {off} <= set(names)
