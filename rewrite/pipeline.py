@@ -10,14 +10,15 @@
     Extractor.best(nest, matches)          # bindings, remainders, scale, the stage families
                                            #   (pack-operand, pack-panel): a plan e-graph from
                                            #   which egglog extracts the cheapest
-    improve(best, search)                  # the alternatives families: reused temporaries
-                                           #   expanded (expand), producers inlined (inline),
-                                           #   then the sites families chosen together by one
-                                           #   extraction: triangles split into boxes
-                                           #   (triangles), sums split (sums), runtime scale
-                                           #   factors taken out (scalar-factor), pairs
-                                           #   contracted (contract); Strassen and matmul
-                                           #   chains (matmul, strassen), on floats behind a
+    improve(best, search)                  # reused temporaries expanded (expand), then
+                                           #   the sites and spans families chosen together
+                                           #   by one extraction: producers inlined (inline),
+                                           #   triangles split into boxes (triangles), sums
+                                           #   split (sums), runtime scale factors taken out
+                                           #   (scalar-factor), pairs contracted (contract),
+                                           #   windows of products rewritten by the
+                                           #   program-level e-graph (matmul); then Strassen
+                                           #   levels (strassen), on floats behind a
                                            #   finite-operand guard
     verify(result)                         # the output is a well-formed program too
 
@@ -361,7 +362,8 @@ class Search:
     def settle(self, choice: "Choice", after: str) -> "Choice":
         """``choice`` improved by the ``alternatives`` families that run after the family
         ``after``: what a family's candidate would become, so that it is priced as the
-        program it leads to (a triangle split into boxes whose sums are then split)."""
+        program it leads to (an expanded temporary whose distributed loop is a triangle,
+        then split into boxes)."""
         names = [f.name for f in rules.FAMILIES]
         for run, step in rules.improvements(self.rules_off):
             if names.index(run[0]) > names.index(after):

@@ -1,6 +1,6 @@
-"""The sites families chosen together (rules/choose.py): one extraction over every item and
-every rewrite of a rewrite, against brute force, and a composition that families run one
-after another could not find."""
+"""The sites and spans families chosen together (rules/choose.py): one extraction over every
+item and every rewrite of a rewrite, against brute force, and compositions that families run
+one after another could not find."""
 
 import itertools
 
@@ -95,11 +95,80 @@ def test_the_choice_computes_what_the_program_does():
         assert check.ok, check.message
 
 
-@pytest.mark.parametrize("off", ["triangles", "sums", "scalar-factor", "contract"])
-def test_a_sites_family_turned_off_offers_nothing(off):
+ONE_STEP = {"inline", "triangles", "sums", "scalar-factor", "contract", "matmul"}
+
+
+@pytest.mark.parametrize("off", sorted(ONE_STEP))
+def test_a_family_of_the_one_extraction_turned_off_offers_nothing(off):
     from rewrite import rules
 
     steps = dict(rules.improvements({off}))
     names = [n for run in steps for n in run]
     assert off not in names
-    assert {"triangles", "sums", "scalar-factor", "contract"} - {off} <= set(names)
+    assert ONE_STEP - {off} in [set(run) for run in steps]  # the others in one step
+
+
+# a runtime scale factor applied to the big operand of a product with few columns: inlined
+# alone, the product reads ``alpha[0] * A[i, k]`` and no intrinsic covers it, so inlining
+# does not pay; inlined and then the factor taken out, the product runs on the matmul row
+# and the 256 x 16 result is scaled once instead of the 256 x 1024 operand
+PRESCALED = """
+@prim_func
+def prescaled(A: f32[256, 1024], B: f32[1024, 16], alpha: f32[1], C: f32[256, 16]):
+    As = alloc(f32[256, 1024])
+    for i, k in grid(256, 1024):
+        As[i, k] = alpha[0] * A[i, k]
+    for i, j in grid(256, 16):
+        C[i, j] = 0.0
+    for i, j, k in grid(256, 16, 1024):
+        C[i, j] += As[i, k] * B[k, j]
+"""
+
+
+def test_a_producer_inlined_because_its_factor_then_comes_out_is_found_and_computes_the_same():
+    func = parse(PRESCALED)
+    result = tensorize(func, AVX2)
+    assert "As = alloc" not in result.script()
+    # inlining alone, or the factor taken out (scalar-factor, or contract-pair: A and B
+    # summed first) alone, leaves the producer
+    for off in ({"inline"}, {"scalar-factor", "contract"}):
+        alone = tensorize(func, AVX2, rules_off=off)
+        assert "As = alloc" in alone.script()
+        assert result.cost < alone.cost / 1.5
+    if {"avx2", "fma"} <= HOST_FEATURES:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
+# a chain whose first operand is a transposed copy: (T @ B) @ C is 2 M multiply-adds,
+# T @ (B @ C) 131 K; the copy inlined (the product reads At transposed) and the chain
+# reassociated over the inlined read are chosen together, the span of the inlining running
+# to the end of the program so that the chain's window holds both products
+TRANSPOSED_CHAIN = """
+@prim_func
+def tchain(At: f32[16, 256], B: f32[16, 256], C: f32[256, 16], D: f32[256, 16]):
+    T = alloc(f32[256, 16])
+    U = alloc(f32[256, 256])
+    for i, k in grid(256, 16):
+        T[i, k] = At[k, i]
+    for i, j in grid(256, 256):
+        U[i, j] = 0.0
+    for i, j, k in grid(256, 256, 16):
+        U[i, j] += T[i, k] * B[k, j]
+    for i, l in grid(256, 16):
+        D[i, l] = 0.0
+    for i, l, j in grid(256, 16, 256):
+        D[i, l] += U[i, j] * C[j, l]
+"""
+
+
+def test_a_chain_is_reassociated_over_an_inlined_copy_and_computes_the_same():
+    func = parse(TRANSPOSED_CHAIN)
+    result = tensorize(func, AVX2)
+    script = result.script()
+    assert "T = alloc" not in script and "mm_U_" in script
+    for off in ("inline", "matmul"):
+        assert result.cost < tensorize(func, AVX2, rules_off={off}).cost
+    if {"avx2", "fma"} <= HOST_FEATURES:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message

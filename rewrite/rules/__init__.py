@@ -68,12 +68,25 @@ Kinds
     extraction in egglog takes the cheapest combination. Obligation: as for
     ``alternatives``, item by item.
 
+``spans``: ``spans(items, around, search) -> [choose.Span]``
+    Other items for stretches of a list of items: each ``Span(lo, hi, items, temps, extra,
+    levels)`` computes what ``items[lo:hi]`` computes, using the fresh ``temps``, at the cost
+    of its items' plans plus ``extra`` (what they do not show, such as a Strassen level's
+    additions). ``around`` (``choose.Around``) says where the list sits: the function, the
+    buffers the items around it touch (``outside``), whether it is the program's own list
+    (``top``), and where a program-level e-graph's report goes (``reports``). The list may
+    be the program's items or a rewrite's, of either kind. These families run in the same
+    step as adjacent ``sites`` families, in the same extraction. Obligation: as for
+    ``sites``, stretch by stretch, with the buffers in ``outside`` read and written as
+    before.
+
 Modules that are no family: ``casts.py`` (the normal form of a body's casts, which
 ``nests.as_nest`` gives every nest it forms: part of what a nest is, not a choice),
 ``finite.py`` (the guard that ``matmul.py``, ``strassen.py``, ``scalars.py`` and ``contract.py``
 put around their rewrites),
 ``matmul.py`` (the matmul recognition that the ``matmul`` family, ``matrices.py``, and the
-``strassen`` family read), ``choose.py`` (the one extraction of the ``sites`` families).
+``strassen`` family read), ``choose.py`` (the one extraction of the ``sites`` and ``spans``
+families).
 
 The hooks are looked up when a stage runs, not when this package is imported: the rule
 modules import ``nests`` and ``match``, which import this package (``casts``).
@@ -91,6 +104,7 @@ NEST_STAGE = "nest-stage"
 CALLS_STAGE = "calls-stage"
 ALTERNATIVES = "alternatives"
 SITES = "sites"
+SPANS = "spans"
 
 # kind -> the hooks a family of that kind names, in this order
 KINDS = {
@@ -100,6 +114,7 @@ KINDS = {
     CALLS_STAGE: ("operands", "build"),
     ALTERNATIVES: ("improve",),
     SITES: ("rewrites",),
+    SPANS: ("spans",),
 }
 
 
@@ -143,12 +158,12 @@ FAMILIES = (
            depth=0),
     Family("pack-panel", CALLS_STAGE, "layout", ("panel_operands", "pack_panel"), "pack-panel"),
     Family("expand", ALTERNATIVES, "expand", ("improve",), "scalar expansion"),
-    Family("inline", ALTERNATIVES, "fusion", ("improve",), "inline-producer"),
+    Family("inline", SPANS, "fusion", ("spans",), "inline-producer"),
     Family("triangles", SITES, "triangles", ("rewrites",), "split-domain"),
     Family("sums", SITES, "sums", ("rewrites",), "split-sum"),
     Family("scalar-factor", SITES, "scalars", ("rewrites",), "scale-operand, scale-temporary"),
     Family("contract", SITES, "contract", ("rewrites",), "contract-pair"),
-    Family("matmul", ALTERNATIVES, "matrices", ("improve",),
+    Family("matmul", SPANS, "matrices", ("spans",),
            "the program-level e-graph: assoc-*, factor-*, comm-add, assoc-add, scale-*, and rules "
            "loaded with --rules-file"),
     Family("strassen", ALTERNATIVES, "strassen", ("improve",), "strassen levels"),
@@ -187,13 +202,15 @@ def families(kind: str, off: Iterable[str] = ()) -> list[Family]:
 def improvements(off: Iterable[str] = ()) -> list[tuple[tuple[str, ...], object]]:
     """The steps that run after the function is planned, in ``FAMILIES`` order, without the
     families named in ``off``: each ``alternatives`` family's ``improve``, and one step for
-    each run of ``sites`` families (``choose.cheapest_sites`` over their rewrites together).
-    Each step is (the names of its families, ``step(best, search) -> best``)."""
+    each run of ``sites`` and ``spans`` families (``choose.cheapest_sites`` over their
+    rewrites together). Each step is (the names of its families, ``step(best, search) ->
+    best``)."""
+    off = frozenset(off)
     runs: list[list[Family]] = []
     for f in FAMILIES:
-        if f.kind not in (ALTERNATIVES, SITES) or f.name in frozenset(off):
+        if f.kind not in (ALTERNATIVES, SITES, SPANS) or f.name in off:
             continue
-        if f.kind == SITES and runs and runs[-1][0].kind == SITES:
+        if f.kind in (SITES, SPANS) and runs and runs[-1][0].kind in (SITES, SPANS):
             runs[-1].append(f)
         else:
             runs.append([f])
@@ -208,6 +225,7 @@ def _step(run: list[Family]):
     def sites(best, search):
         from .choose import cheapest_sites
 
-        return cheapest_sites(best, search, [f.load()[0] for f in run])
+        return cheapest_sites(best, search, [f.load()[0] for f in run if f.kind == SITES],
+                              [f.load()[0] for f in run if f.kind == SPANS])
 
     return sites

@@ -1,51 +1,108 @@
-"""The one choice that the ``sites`` families share: every item of the program replaced by
-the cheapest of itself and the rewrites those families give for it, their rewrites'
-items rewritten again, all chosen together by one extraction in egglog.
+"""The one choice that the ``sites`` and ``spans`` families share: every stretch of the
+program replaced by the cheapest of itself and the rewrites those families give for it,
+their rewrites' items rewritten again, all chosen together by one extraction in egglog.
 
-Not a family itself: ``triangles.py`` (split-domain), ``sums.py`` (split-sum),
-``scalars.py`` (scale-operand, scale-temporary) and ``contract.py`` (contract-pair) say,
-for one item, which lists of items compute what it computes (a triangle's boxes, a sum's
-terms, ...). This module lays the program out as a chain of positions, each position an
+Not a family itself. A ``sites`` family says, for one item, which lists of items compute
+what it computes: ``triangles.py`` (split-domain: a triangle's boxes), ``sums.py``
+(split-sum: a sum's terms), ``scalars.py`` (scale-operand, scale-temporary), ``contract.py``
+(contract-pair). A ``spans`` family says it for stretches of a list of items:
+``fusion.py`` (inline-producer: a producer and the items up to its last reader, on the
+program's own items), ``matrices.py`` (a window of products the program-level e-graph
+rewrites). This module lays the program out as a chain of positions, each position an
 e-class of what runs from there to the end::
 
     from(k)  =  item k ; from(k + 1)
-             |  rewrite r of item k ; from(k + 1)        for each rewrite r of item k
+             |  rewrite r of items k..j - 1 ; from(j)       for each rewrite r starting at k
     rewrite r = its items in the same form, their own rewrites unioned in
 
 and egglog extracts the cheapest ``from(0)`` (``plans.PlanGraph``: each item a leaf whose
-price, its plan by ``search.plan``, is set inside egglog with ``set_cost``). Items' costs
-add up (each is planned alone, as the pipeline plans a program item by item), so the
-extraction is the cheapest combination: a triangle's boxes whose sums are split, one
-triangle split and another not, a sum split beside one that is not. The program so chosen
-is planned once and kept where it is cheaper than ``best``.
+price, its plan by ``search.plan``, is set inside egglog with ``set_cost``; a rewrite's
+head is a leaf priced by what its items' plans do not show). Items' costs add up (each is
+planned alone, as the pipeline plans a program item by item), so the extraction is the
+cheapest combination: a triangle split beside one left whole, a triangle's boxes with their
+sums split, a sum of three-operand products split and each term contracted, a product taken
+out of a runtime scale factor's nest and given a Strassen level, two windows of products
+rewritten with the producers between them inlined. The program so chosen is planned once
+and kept where it is cheaper than ``best``.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional, Sequence
 
-from ..ir import Buffer
+from ..ir import Buffer, PrimFunc
 from ..plans import NestRef, PlanGraph
 
 # an item's rewrites: (the items computing it, the temporaries they use), each
 Rewrites = Callable[[object, object], list[tuple[list, list[Buffer]]]]
 
-# how many times an item's rewrite may be rewritten again (a triangle's box whose sum is
-# split, whose terms have a scalar factor taken out)
+# how many times a rewrite may be rewritten again (a triangle's box whose sum is split,
+# whose terms have a scalar factor taken out)
 DEPTH = 3
+
+
+@dataclass(frozen=True)
+class Span:
+    """``items[lo:hi]`` of a list computed by ``items`` instead, with the fresh temporaries
+    ``temps``; ``extra``: a cost their plans do not show (the memory traffic of a Strassen
+    level's additions); ``levels``: the Strassen levels they apply."""
+
+    lo: int
+    hi: int
+    items: tuple
+    temps: tuple = ()
+    extra: float = 0.0
+    levels: int = 0
+
+
+@dataclass(frozen=True)
+class Around:
+    """Where a list of items sits: the function, the buffers the items around it touch
+    (none for the program's own items), whether it is the program's own list (``top``), how
+    deep in rewrites, and the program-level e-graphs' reports, (family, report) each."""
+
+    func: PrimFunc
+    outside: frozenset = frozenset()
+    top: bool = True
+    depth: int = 0
+    reports: list = field(default_factory=list, compare=False)
+
+
+def replaced(old: Sequence, new: Sequence, **kw) -> Optional[Span]:
+    """The span of ``old`` that ``new`` rewrites (their common head and tail kept), or None
+    when they are the same."""
+    old, new = list(old), list(new)
+    if old == new:
+        return None
+    lo = 0
+    while lo < min(len(old), len(new)) and old[lo] == new[lo]:
+        lo += 1
+    tail = 0
+    while tail < min(len(old), len(new)) - lo and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+    return Span(lo, len(old) - tail, tuple(new[lo:len(new) - tail]), **kw)
+
+
+def touched(items: Sequence) -> frozenset[str]:
+    """The buffers ``items`` (pipeline items or statements) read or write."""
+    from .. import ir
+
+    return frozenset(b.name for p in items for b in ir.buffers_of(p.stmt() if hasattr(p, "stmt") else p))
 
 
 class _Sites:
     """The position chains of a program and of every rewrite reached, in one ``PlanGraph``;
     its leaves are priced once all are known."""
 
-    def __init__(self, search, rewrites: Sequence[Rewrites]):
+    def __init__(self, search, rewrites: Sequence[Rewrites], spans: Sequence):
         self.search = search
         self.rewrites = rewrites
+        self.spans = spans
         self.found: dict = {}  # item -> its rewrites
         self.graph = PlanGraph()
         self.leaves: dict = {}  # item -> its leaf
+        self.heads: dict[int, Span] = {}  # a rewrite's head leaf -> the rewrite
         self.end = self.graph.leaf([], 0.0)
 
     def of(self, item) -> list:
@@ -54,21 +111,32 @@ class _Sites:
                                 for alt, temps in r(item, self.search) if alt != [item]]
         return self.found[item]
 
-    def chain(self, items: Sequence, depth: int) -> NestRef:
-        """The e-class of ``items`` run in order, each as it is or rewritten (rewrites of
-        rewrites up to ``DEPTH``: a rewrite may give back what it was given, further down)."""
-        rest = self.graph.nest()
-        self.graph.add(rest, self.end)
-        for item in reversed(items):
+    def chain(self, items: Sequence, around: Around) -> NestRef:
+        """The e-class of ``items`` run in order, each stretch as it is or rewritten
+        (rewrites of rewrites up to ``DEPTH``: a rewrite may give back what it was given)."""
+        items = list(items)
+        starting: dict[int, list[Span]] = {}
+        if around.depth < DEPTH:
+            for k, item in enumerate(items):
+                for alt, temps in self.of(item):
+                    starting.setdefault(k, []).append(Span(k, k + 1, tuple(alt), tuple(temps)))
+            for spans in self.spans:
+                for s in spans(items, around, self.search):
+                    starting.setdefault(s.lo, []).append(s)
+        at = [self.graph.nest() for _ in range(len(items) + 1)]
+        self.graph.add(at[-1], self.end)
+        for k in reversed(range(len(items))):
+            item = items[k]
             if item not in self.leaves:
                 self.leaves[item] = self.graph.leaf([item], 0.0)  # priced by ``price``
-            here = self.graph.nest()
-            self.graph.add(here, self.leaves[item], rest)
-            for alt, temps in self.of(item) if depth < DEPTH else ():
-                head = self.graph.leaf([], 0.0, temps)  # what the rewrite allocates
-                self.graph.add(here, head, self.chain(alt, depth + 1), rest)
-            rest = here
-        return rest
+            self.graph.add(at[k], self.leaves[item], at[k + 1])
+            for s in starting.get(k, ()):
+                head = self.graph.leaf([], s.extra, s.temps)
+                self.heads[head] = s
+                inner = Around(around.func, around.outside | touched(items[:s.lo] + items[s.hi:]),
+                               False, around.depth + 1, around.reports)
+                self.graph.add(at[k], head, self.chain(s.items, inner), at[s.hi])
+        return at[0]
 
     def price(self) -> None:
         """Each item's leaf priced by planning all the items at once (one saturation of their
@@ -78,24 +146,33 @@ class _Sites:
             self.graph.leaves[k].cost = c
 
 
-def cheapest_sites(best, search, rewrites: Sequence[Rewrites]):
+def cheapest_sites(best, search, rewrites: Sequence[Rewrites], spans: Sequence = ()):
     """``best`` (``pipeline.Choice``) with each item replaced by the cheapest of itself and
-    what ``rewrites`` (each ``(item, search) -> [(items, temporaries)]``) make of it, again
-    on the items they give (up to ``DEPTH``), chosen by one extraction, when the program so
-    chosen, planned once, is cheaper."""
-    sites = _Sites(search, rewrites)
-    root = sites.chain(best.parts, 0)
-    if not any(sites.found.values()):
-        return best
+    what ``rewrites`` (each ``(item, search) -> [(items, temporaries)]``) make of it, and
+    each stretch of items by what ``spans`` (each ``(items, around, search) -> [Span]``) make
+    of it, again on the items they give (up to ``DEPTH``), chosen by one extraction, when the
+    program so chosen, planned once, is cheaper."""
+    sites = _Sites(search, rewrites, spans)
+    around = Around(best.func)
+    root = sites.chain(best.parts, around)
+    egraphs = best.egraphs
+    if around.reports:  # the e-graphs of the families that ran on this program
+        ran = {family for family, _ in around.reports}
+        egraphs = tuple(e for e in best.egraphs if e[0] not in ran) + tuple(around.reports)
+    if not sites.heads:
+        return replace(best, egraphs=egraphs)
     sites.price()
     chosen, _ = sites.graph.cheapest(root)
     leaves = [sites.graph.leaves[k] for k in chosen]
+    taken = [sites.heads[k] for k in chosen if k in sites.heads]
     items = [p for leaf in leaves for p in leaf.stmts]
-    temps = [b for leaf in leaves for b in leaf.allocs]
-    if items == list(best.parts):
-        return best
+    if not taken:
+        return replace(best, egraphs=egraphs)
     planned = search.plan(items)
+    planned.cost += sum(s.extra for s in taken)
     if planned.cost >= best.planned.cost:
-        return best
-    return replace(best, func=replace(best.func, allocs=best.func.allocs + tuple(temps)),
-                   parts=items, planned=planned)
+        return replace(best, egraphs=egraphs)
+    temps = tuple(b for leaf in leaves for b in leaf.allocs)
+    return replace(best, func=replace(best.func, allocs=best.func.allocs + temps), parts=items,
+                   planned=planned, egraphs=egraphs,
+                   strassen_levels=max([best.strassen_levels] + [s.levels for s in taken]))

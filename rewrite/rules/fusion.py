@@ -266,29 +266,31 @@ def inline_producers(func_or_items: Union[PrimFunc, Sequence],
 
 
 # ---------------------------------------------------------------------------
-# the pipeline's hook (an ``alternatives`` family, rules/__init__.py)
+# the pipeline's hook (a ``spans`` family, rules/__init__.py)
 
 
-def improve(best, search):
-    """``best`` (``pipeline.Choice``) with the inlinable producers that make the program
-    cheaper by the cost model inlined: each is added in turn when it pays, then all of them
-    together are tried (two casts may pay only together). Inlining recomputes the producer's
-    value at every use, which pays when the consumer then runs on an intrinsic and not when
-    an expensive value lands in a big reduction."""
-    func = best.func
+def spans(items, around, search) -> list:
+    """Each inlinable producer of the program inlined, and all of them together (two casts
+    may pay only together), as the stretch from the producer to the end of the program (the
+    ``spans`` hook, ``choose.py``, on the program's own items alone: legality is decided on
+    the whole function). The stretch runs to the end, not to the producer's last reader, so
+    that the other families rewrite the inlined items together with those after them: a
+    chain of products whose first operand was a transposed copy is reassociated over the
+    inlined read. Inlining recomputes the producer's value at every use, which pays when the
+    consumer then runs on an intrinsic and not when an expensive value lands in a big
+    reduction; the cost model chooses, producer by producer."""
+    from .choose import Span, replaced
+
+    if not around.top:
+        return []
+    func = around.func
     temps = candidates(func)
-    inlined_so_far: frozenset[str] = frozenset()
-    tried = {inlined_so_far}
-    for more in [{n} for n in temps] + [set(temps)]:
-        only = inlined_so_far | more
-        if only in tried:
-            continue
-        tried.add(only)
+    out = []
+    for only in [{n} for n in temps] + ([set(temps)] if len(temps) > 1 else []):
         inlined = inline_producers(func, only=only)
-        if inlined is func:
-            continue
-        parts = search.items(inlined)
-        planned = search.plan(parts)
-        if planned.cost < best.planned.cost:
-            inlined_so_far, best = only, replace(best, func=inlined, parts=parts, planned=planned)
-    return best
+        if inlined is not func:
+            new = search.items(inlined)
+            span = replaced(items, new)
+            if span is not None:
+                out.append(Span(span.lo, len(items), tuple(new[span.lo:])))
+    return out

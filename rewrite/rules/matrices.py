@@ -780,31 +780,26 @@ def in_force(search) -> list[program.ProgramRule]:
     return built_in(frozenset(off)) + list(search.program_rules)
 
 
-def improve(best, search):
-    """``best`` (``pipeline.Choice``), or the cheapest program the program-level e-graph finds
-    for its windows of products when the pipeline's plan of it is cheaper."""
+def spans(items, around, search) -> list:
+    """The windows of products among ``items`` that the program-level e-graph makes cheaper,
+    each rewritten by its cheapest program (the ``spans`` hook, ``choose.py``: the pipeline's
+    plans of the windows, and of what the other families make of their items, decide which
+    are taken). The e-graphs' reports go to ``around.reports``."""
+    from .choose import replaced
+
     rules = in_force(search)
     if not rules:
-        return best
+        return []
     inline = program.INLINE not in search.rules_off
     reports: list = []
-    chosen, items, temps, levels = best, None, (), best.strassen_levels
-    dtypes = {b.dtype for b in best.func.buffers}
+    dtypes = {b.dtype for b in around.func.buffers}
     price = _pricer(search, next(iter(dtypes))) if len(dtypes) == 1 else multiply_adds
     memo = search.memo.setdefault("program-extractions", {})
     # the e-graphs live in the saturation worker, under the search's hard seconds and memory
     run = partial(saturate.call, budget=search.budget, in_process=search.in_process)
-    for alt in alternatives(best.func, best.parts, search.names, rules, price, reports, memo,
-                            run=run, inline=inline):
-        planned = search.plan(alt.parts)
-        planned.cost += alt.extra_cost
-        if planned.cost < chosen.planned.cost:
-            chosen, items, temps = replace(best, planned=planned), alt.parts, tuple(alt.allocs)
-            levels = max(best.strassen_levels, alt.levels)
-    # this family's e-graphs on the program as it stands (a candidate settled earlier may
-    # have run it on another program)
-    egraphs = tuple(e for e in best.egraphs if e[0] != "matmul") + tuple(("matmul", r) for r in reports)
-    if items is None:
-        return replace(best, egraphs=egraphs)
-    return replace(chosen, func=replace(best.func, allocs=best.func.allocs + temps), parts=list(items),
-                   egraphs=egraphs, strassen_levels=levels)
+    alts = alternatives(around.func, items, search.names, rules, price, reports, memo, run=run,
+                        outside=around.outside, inline=inline)
+    around.reports.extend(("matmul", r) for r in reports)
+    out = [replaced(items, alt.parts, temps=tuple(alt.allocs), extra=alt.extra_cost,
+                    levels=alt.levels) for alt in alts]
+    return [s for s in out if s is not None]
