@@ -10,9 +10,9 @@
     Extractor.best(nest, matches)          # bindings, remainders, scale, the stage families
                                            #   (pack-operand, pack-panel): a plan e-graph from
                                            #   which egglog extracts the cheapest
-    improve(best, search)                  # reused temporaries expanded (expand), then
-                                           #   the sites and spans families chosen together
-                                           #   by one extraction: producers inlined (inline),
+    improve(best, search)                  # the sites and spans families chosen together
+                                           #   by one extraction: reused temporaries
+                                           #   expanded (expand), producers inlined (inline),
                                            #   triangles split into boxes (triangles), sums
                                            #   split (sums), runtime scale factors taken out
                                            #   (scalar-factor), pairs contracted (contract),
@@ -359,17 +359,6 @@ class Search:
             parts = apply(parts, self.names)
         return parts
 
-    def settle(self, choice: "Choice", after: str) -> "Choice":
-        """``choice`` improved by the ``alternatives`` families that run after the family
-        ``after``: what a family's candidate would become, so that it is priced as the
-        program it leads to (an expanded temporary whose distributed loop is a triangle,
-        then split into boxes)."""
-        names = [f.name for f in rules.FAMILIES]
-        for run, step in rules.improvements(self.rules_off):
-            if names.index(run[0]) > names.index(after):
-                choice = step(choice, self)
-        return choice
-
     def plan(self, parts: Sequence) -> Planned:
         """``plan_items`` on ``parts``, with the names, budget and families of this search."""
         return plan_items(parts, self.library, self.budget, self.names, self.in_process,
@@ -408,12 +397,12 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
     parts = search.items(normal)
     t1 = time.perf_counter()
     best = Choice(normal, parts, search.plan(parts))
-    # other programs, each kept where the cost model finds it cheaper (rules/__init__.py):
-    # reused temporaries expanded (rules/expand.py), producers inlined (rules/fusion.py),
-    # then, chosen together item by item (rules/choose.py), triangles split into boxes
+    # other programs, where the cost model finds them cheaper (rules/__init__.py): chosen
+    # together by one extraction (rules/choose.py), reused temporaries expanded
+    # (rules/expand.py), producers inlined (rules/fusion.py), triangles split into boxes
     # (rules/triangles.py), sums split (rules/sums.py), runtime scale factors taken out
-    # (rules/scalars.py) and pairs contracted (rules/contract.py), then stretches of matrix
-    # products rewritten in the program-level e-graph (rules/matrices.py) and Strassen
+    # (rules/scalars.py), pairs contracted (rules/contract.py) and stretches of matrix
+    # products rewritten in the program-level e-graph (rules/matrices.py); then Strassen
     # levels (rules/strassen.py)
     for _, step in rules.improvements(off):
         best = step(best, search)

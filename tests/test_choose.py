@@ -13,7 +13,7 @@ from rewrite.names import Names
 from rewrite import nests
 from rewrite.pipeline import Choice, Search, tensorize
 from rewrite.rules import contract, scalars, sums, triangles
-from rewrite.rules.choose import cheapest_sites
+from rewrite.rules.choose import Span, cheapest_sites
 from rewrite.saturate import Budget
 from rewrite.script import parse
 
@@ -95,7 +95,25 @@ def test_the_choice_computes_what_the_program_does():
         assert check.ok, check.message
 
 
-ONE_STEP = {"inline", "triangles", "sums", "scalar-factor", "contract", "matmul"}
+def test_a_rewrite_its_check_refuses_is_not_taken_and_the_others_are_still_chosen():
+    best, search = _search(parse(MIXED))
+    others = [triangles.rewrites, scalars.rewrites, contract.rewrites]
+
+    def refused_sums(items, around, search):  # sums' rewrites, each refused by its check
+        return [Span(k, k + 1, tuple(alt), tuple(temps), pays=lambda planned, before: False)
+                for k, p in enumerate(items) for alt, temps in sums.rewrites(p, search)]
+
+    with_sums = cheapest_sites(best, search, REWRITES)
+    refused = cheapest_sites(best, search, others, [refused_sums])
+    without = cheapest_sites(best, search, others)
+    assert with_sums.planned.cost < without.planned.cost  # the split would pay
+    assert refused.planned.cost == without.planned.cost < best.planned.cost
+    into = [p.out.name for p in refused.parts if isinstance(p, nests.AccNest)]
+    assert into.count("A") == 1  # the rank-2 update left whole
+    assert not any(isinstance(p, nests.AccNest) and p.out.name == "C" for p in refused.parts)
+
+
+ONE_STEP = {"expand", "inline", "triangles", "sums", "scalar-factor", "contract", "matmul"}
 
 
 @pytest.mark.parametrize("off", sorted(ONE_STEP))

@@ -12,7 +12,7 @@ Kinds
 ``normalize``: ``apply(items, names) -> items``
     Top-level items of a normalised function (``nests.items``: accumulate nests and other
     statements) in, items out; fresh loop names come from ``names`` (``rewrite/names.py``).
-    Runs before saturation, on the function and on every function an ``alternatives`` family
+    Runs before saturation, on the function and on every function a family of the later kinds
     builds (``pipeline.Search.items``). Obligation: the items compute what they computed,
     exactly or up to reassociating a sum.
 
@@ -76,9 +76,11 @@ Kinds
     buffers the items around it touch (``outside``), whether it is the program's own list
     (``top``), and where a program-level e-graph's report goes (``reports``). The list may
     be the program's items or a rewrite's, of either kind. These families run in the same
-    step as adjacent ``sites`` families, in the same extraction. Obligation: as for
-    ``sites``, stretch by stretch, with the buffers in ``outside`` read and written as
-    before.
+    step as adjacent ``sites`` families, in the same extraction. A span of the whole
+    function (``expand``'s: a new function, its temporaries and its items) names it as
+    ``func``, and its items are then rewritten as the program's own; ``pays`` may refuse a
+    rewrite the extraction chose by more than its cost. Obligation: as for ``sites``,
+    stretch by stretch, with the buffers in ``outside`` read and written as before.
 
 Modules that are no family: ``casts.py`` (the normal form of a body's casts, which
 ``nests.as_nest`` gives every nest it forms: part of what a nest is, not a choice),
@@ -157,7 +159,7 @@ FAMILIES = (
     Family("padding", NEST_STAGE, "padding", ("requests", "pad", "price"), "pad-to-tile",
            depth=0),
     Family("pack-panel", CALLS_STAGE, "layout", ("panel_operands", "pack_panel"), "pack-panel"),
-    Family("expand", ALTERNATIVES, "expand", ("improve",), "scalar expansion"),
+    Family("expand", SPANS, "expand", ("spans",), "scalar expansion"),
     Family("inline", SPANS, "fusion", ("spans",), "inline-producer"),
     Family("triangles", SITES, "triangles", ("rewrites",), "split-domain"),
     Family("sums", SITES, "sums", ("rewrites",), "split-sum"),

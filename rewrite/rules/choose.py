@@ -46,7 +46,12 @@ DEPTH = 3
 class Span:
     """``items[lo:hi]`` of a list computed by ``items`` instead, with the fresh temporaries
     ``temps``; ``extra``: a cost their plans do not show (the memory traffic of a Strassen
-    level's additions); ``levels``: the Strassen levels they apply."""
+    level's additions); ``levels``: the Strassen levels they apply. ``func``: the function
+    whose items ``items`` are, all of them, when the rewrite is one of the whole function
+    (the families that decide legality on the whole function then rewrite them again).
+    ``pays(planned, before)``: whether the program chosen with this rewrite (its plan) is
+    worth taking against the program before the extraction (``best``'s plan), beyond its
+    cost being lower; a rewrite it refuses is not taken, and the extraction runs again."""
 
     lo: int
     hi: int
@@ -54,6 +59,8 @@ class Span:
     temps: tuple = ()
     extra: float = 0.0
     levels: int = 0
+    func: Optional[PrimFunc] = None
+    pays: Optional[Callable] = None
 
 
 @dataclass(frozen=True)
@@ -133,10 +140,16 @@ class _Sites:
             for s in starting.get(k, ()):
                 head = self.graph.leaf([], s.extra, s.temps)
                 self.heads[head] = s
-                inner = Around(around.func, around.outside | touched(items[:s.lo] + items[s.hi:]),
-                               False, around.depth + 1, around.reports)
+                inner = Around(s.func or around.func,
+                               around.outside | touched(items[:s.lo] + items[s.hi:]),
+                               s.func is not None, around.depth + 1, around.reports)
                 self.graph.add(at[k], head, self.chain(s.items, inner), at[s.hi])
         return at[0]
+
+    def drop(self, heads: set[int]) -> None:
+        """The rewrites whose head leaves are ``heads`` taken out of the graph."""
+        for nest, alts in self.graph.alternatives.items():
+            self.graph.alternatives[nest] = [a for a in alts if not heads & set(a)]
 
     def price(self) -> None:
         """Each item's leaf priced by planning all the items at once (one saturation of their
@@ -162,16 +175,22 @@ def cheapest_sites(best, search, rewrites: Sequence[Rewrites], spans: Sequence =
     if not sites.heads:
         return replace(best, egraphs=egraphs)
     sites.price()
-    chosen, _ = sites.graph.cheapest(root)
-    leaves = [sites.graph.leaves[k] for k in chosen]
-    taken = [sites.heads[k] for k in chosen if k in sites.heads]
-    items = [p for leaf in leaves for p in leaf.stmts]
-    if not taken:
-        return replace(best, egraphs=egraphs)
-    planned = search.plan(items)
-    planned.cost += sum(s.extra for s in taken)
-    if planned.cost >= best.planned.cost:
-        return replace(best, egraphs=egraphs)
+    while True:
+        chosen, _ = sites.graph.cheapest(root)
+        leaves = [sites.graph.leaves[k] for k in chosen]
+        taken = [sites.heads[k] for k in chosen if k in sites.heads]
+        items = [p for leaf in leaves for p in leaf.stmts]
+        if not taken:
+            return replace(best, egraphs=egraphs)
+        planned = search.plan(items)
+        planned.cost += sum(s.extra for s in taken)
+        if planned.cost >= best.planned.cost:
+            return replace(best, egraphs=egraphs)
+        refused = {k for k in chosen if k in sites.heads and sites.heads[k].pays is not None
+                   and not sites.heads[k].pays(planned, best.planned)}
+        if not refused:
+            break
+        sites.drop(refused)
     temps = tuple(b for leaf in leaves for b in leaf.allocs)
     return replace(best, func=replace(best.func, allocs=best.func.allocs + temps), parts=items,
                    planned=planned, egraphs=egraphs,

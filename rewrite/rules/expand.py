@@ -45,10 +45,10 @@ iteration), and a copy of more than ``EXPANSION_LIMIT`` elements. The distributi
 follows is ``nests.normalize``'s, checked by the dependence analysis on the expanded
 program as on any other.
 
-It is an ``alternatives`` family, not a ``normalize`` one: it adds a temporary and the
-statements that restore the buffer, which are a function's, not a list of items; and the
-copy per iteration costs memory and traffic, so the expanded program is kept only when the
-cost model finds it cheaper (when the nests it exposes run on intrinsics).
+It is a ``spans`` family, not a ``normalize`` one: it adds a temporary and the statements
+that restore the buffer, which are a function's, not a list of items; and the copy per
+iteration costs memory and traffic, so the expanded program is kept only when the cost model
+finds it cheaper (when the nests it exposes run on intrinsics).
 """
 
 from __future__ import annotations
@@ -68,23 +68,25 @@ EXPANSION_LIMIT = 1 << 24
 MAX_ROUNDS = 8
 
 
-def improve(best, search):
-    """``best`` (``pipeline.Choice``), or the program with its reused temporaries expanded
-    and its loops distributed again, when the cost model finds that cheaper and more of it
-    runs on intrinsics. (A nest as scalar code is priced by its arithmetic alone, the same
-    ``+=`` inside a loop of several statements also by the elements it writes, so the
-    expanded program can look cheaper without running anything faster.)"""
-    func = expand(best.func, search.names)
+def spans(items, around, search) -> list:
+    """The program with its reused temporaries expanded and its loops distributed again, as
+    a rewrite of the whole function (the ``spans`` hook, ``choose.py``, on the program's own
+    items alone), taken when the cost model finds it cheaper, with what the other families
+    make of the items it exposes (a triangle split into boxes), and more of it runs on
+    intrinsics. (A nest as scalar code is priced by its arithmetic alone, the same ``+=``
+    inside a loop of several statements also by the elements it writes, so the expanded
+    program can look cheaper without running anything faster.)"""
+    from .choose import Span
+
+    if not around.top or around.depth:
+        return []
+    func = expand(around.func, search.names)
     if func is None:
-        return best
-    parts = search.items(func)
-    # priced as what the later families make of it (a triangle it exposes split into boxes)
-    candidate = search.settle(replace(best, func=func, parts=parts, planned=search.plan(parts)),
-                              "expand")
-    if candidate.planned.cost >= best.planned.cost or \
-            _on_intrinsics(candidate.planned) <= _on_intrinsics(best.planned):
-        return best
-    return candidate
+        return []
+    had = {b.name for b in around.func.allocs}
+    return [Span(0, len(items), tuple(search.items(func)),
+                 temps=tuple(b for b in func.allocs if b.name not in had), func=func,
+                 pays=lambda planned, before: _on_intrinsics(planned) > _on_intrinsics(before))]
 
 
 def _on_intrinsics(planned) -> int:
