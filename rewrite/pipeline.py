@@ -83,6 +83,8 @@ class TensorizeResult:
     strassen_levels: int = 0
     # the program-level e-graphs saturated (rules/matrices.py): (family, program.Report)
     egraphs: tuple = ()
+    # what the one extraction of the sites and spans families weighed (rules/choose.py)
+    choice: Optional[object] = None
     cost: float = 0.0  # of the chosen program, by cost.py (scalar-operation units)
     scalar_cost: float = 0.0  # of the same function as scalar code, for comparison
 
@@ -115,6 +117,8 @@ class TensorizeResult:
         for family, g in self.egraphs:
             lines.append(f"  program e-graph ({family}): {g.iterations} iterations, {g.enodes} "
                          f"e-nodes, {g.stop_reason}, {g.seconds:.3f} s, {len(g.rules)} rules")
+        if self.choice is not None:
+            lines.append(f"  one extraction: {self.choice}")
         return "\n".join(lines)
 
 
@@ -334,6 +338,7 @@ class Choice:
     planned: Planned
     strassen_levels: int = 0
     egraphs: tuple = ()  # (family, program.Report) of each program-level e-graph saturated
+    choice: Optional[object] = None  # the one extraction's choose.Report
 
 
 @dataclass(frozen=True)
@@ -427,6 +432,7 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
                            "tensorize": t3 - t0})
     out.strassen_levels = best.strassen_levels
     out.egraphs = best.egraphs
+    out.choice = best.choice
     out.cost = chosen.cost
     out.scalar_cost = _scalar_cost(parts)
     return out

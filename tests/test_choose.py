@@ -38,6 +38,8 @@ def test_a_sum_split_then_each_term_contracted_is_found_and_computes_what_the_pr
     result = tensorize(func, AVX2)
     assert result.coverage >= 0.9
     assert result.script().count("ct_T_") >= 4  # two contraction temporaries, each used
+    assert dict(result.choice.taken) == {"sums": 1, "contract": 2}
+    assert result.choice.extractions == 1 and "taken: contract 2, sums 1" in result.report()
     for off in ("sums", "contract"):
         alone = tensorize(func, AVX2, rules_off={off})
         assert alone.coverage == 0.0 and result.cost < alone.cost / 10
@@ -104,10 +106,13 @@ def test_a_rewrite_its_check_refuses_is_not_taken_and_the_others_are_still_chose
                 for k, p in enumerate(items) for alt, temps in sums.rewrites(p, search)]
 
     with_sums = cheapest_sites(best, search, REWRITES)
-    refused = cheapest_sites(best, search, others, [refused_sums])
+    refused = cheapest_sites(best, search, others, [("refused-sums", refused_sums)])
     without = cheapest_sites(best, search, others)
     assert with_sums.planned.cost < without.planned.cost  # the split would pay
     assert refused.planned.cost == without.planned.cost < best.planned.cost
+    assert refused.choice.extractions == 2 and without.choice.extractions == 1
+    assert dict(refused.choice.offered)["refused-sums"] == dict(with_sums.choice.offered)["sums"]
+    assert "refused-sums" not in dict(refused.choice.taken)
     into = [p.out.name for p in refused.parts if isinstance(p, nests.AccNest)]
     assert into.count("A") == 1  # the rank-2 update left whole
     assert not any(isinstance(p, nests.AccNest) and p.out.name == "C" for p in refused.parts)
@@ -147,6 +152,7 @@ def test_a_producer_inlined_because_its_factor_then_comes_out_is_found_and_compu
     func = parse(PRESCALED)
     result = tensorize(func, AVX2)
     assert "As = alloc" not in result.script()
+    assert dict(result.choice.taken) == {"inline": 1, "scalar-factor": 1}
     # inlining alone, or the factor taken out (scalar-factor, or contract-pair: A and B
     # summed first) alone, leaves the producer
     for off in ({"inline"}, {"scalar-factor", "contract"}):
@@ -185,8 +191,25 @@ def test_a_chain_is_reassociated_over_an_inlined_copy_and_computes_the_same():
     result = tensorize(func, AVX2)
     script = result.script()
     assert "T = alloc" not in script and "mm_U_" in script
+    assert dict(result.choice.taken) == {"inline": 1, "matmul": 1}
     for off in ("inline", "matmul"):
         assert result.cost < tensorize(func, AVX2, rules_off={off}).cost
     if {"avx2", "fma"} <= HOST_FEATURES:
         check = runtime.check(func, result.compile())
         assert check.ok, check.message
+
+
+def test_run_reports_what_the_one_extraction_weighed_and_took(tmp_path, capsys):
+    import json
+
+    from rewrite.cli import main
+
+    path = tmp_path / "prescaled.py"
+    path.write_text(PRESCALED)
+    assert main(["run", str(path), "--target", "x86-avx2", "--json", "--jobs", "1"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)["functions"]
+    choice = entry["choice"]
+    assert choice["taken"] == {"inline": 1, "scalar-factor": 1}
+    assert choice["offered"]["inline"] >= 1 and choice["positions"] > choice["items"] > 0
+    assert main(["run", str(path), "--target", "x86-avx2", "-v", "--jobs", "1"]) == 0
+    assert "one extraction: " in capsys.readouterr().out

@@ -227,7 +227,7 @@ def _step(run: list[Family]):
     def sites(best, search):
         from .choose import cheapest_sites
 
-        return cheapest_sites(best, search, [f.load()[0] for f in run if f.kind == SITES],
-                              [f.load()[0] for f in run if f.kind == SPANS])
+        return cheapest_sites(best, search, [(f.name, f.load()[0]) for f in run if f.kind == SITES],
+                              [(f.name, f.load()[0]) for f in run if f.kind == SPANS])
 
     return sites

@@ -28,6 +28,7 @@ and kept where it is cheaper than ``best``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
@@ -51,7 +52,8 @@ class Span:
     (the families that decide legality on the whole function then rewrite them again).
     ``pays(planned, before)``: whether the program chosen with this rewrite (its plan) is
     worth taking against the program before the extraction (``best``'s plan), beyond its
-    cost being lower; a rewrite it refuses is not taken, and the extraction runs again."""
+    cost being lower; a rewrite it refuses is not taken, and the extraction runs again.
+    ``family``: the family that offered it (set here, for the report)."""
 
     lo: int
     hi: int
@@ -61,6 +63,42 @@ class Span:
     levels: int = 0
     func: Optional[PrimFunc] = None
     pays: Optional[Callable] = None
+    family: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the one extraction weighed: its positions (e-classes of "from here to the
+    end"), the distinct items it holds (each priced by its plan when any rewrite is
+    offered), the rewrites each family offered and how many of them the chosen program
+    takes, the extractions run (none when nothing is offered; one more after each refusal
+    by a rewrite's ``pays``), and the seconds of the whole step (planning included)."""
+
+    positions: int
+    items: int
+    offered: tuple[tuple[str, int], ...]
+    taken: tuple[tuple[str, int], ...]
+    extractions: int
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {"positions": self.positions, "items": self.items,
+                "offered": dict(self.offered), "taken": dict(self.taken),
+                "extractions": self.extractions, "seconds": round(self.seconds, 4)}
+
+    def __str__(self) -> str:
+        return describe(self.to_json())
+
+
+def describe(report: dict) -> str:
+    """A ``Report``'s JSON in one line."""
+    def counts(d: dict) -> str:
+        return ", ".join(f"{name} {n}" for name, n in d.items()) or "none"
+
+    n = report["extractions"]
+    return (f"{report['positions']} positions, {report['items']} distinct items, rewrites "
+            f"offered: {counts(report['offered'])}; taken: {counts(report['taken'])}; {n} "
+            f"extraction{'s' if n != 1 else ''}, {report['seconds']:.3f} s")
 
 
 @dataclass(frozen=True)
@@ -102,19 +140,20 @@ class _Sites:
     """The position chains of a program and of every rewrite reached, in one ``PlanGraph``;
     its leaves are priced once all are known."""
 
-    def __init__(self, search, rewrites: Sequence[Rewrites], spans: Sequence):
+    def __init__(self, search, rewrites: Sequence[tuple[str, Rewrites]], spans: Sequence):
         self.search = search
         self.rewrites = rewrites
         self.spans = spans
-        self.found: dict = {}  # item -> its rewrites
+        self.found: dict = {}  # item -> its rewrites, (family, items, temporaries) each
         self.graph = PlanGraph()
         self.leaves: dict = {}  # item -> its leaf
         self.heads: dict[int, Span] = {}  # a rewrite's head leaf -> the rewrite
         self.end = self.graph.leaf([], 0.0)
+        self.offered: dict[str, int] = {}
 
     def of(self, item) -> list:
         if item not in self.found:
-            self.found[item] = [(alt, temps) for r in self.rewrites
+            self.found[item] = [(name, alt, temps) for name, r in self.rewrites
                                 for alt, temps in r(item, self.search) if alt != [item]]
         return self.found[item]
 
@@ -125,11 +164,14 @@ class _Sites:
         starting: dict[int, list[Span]] = {}
         if around.depth < DEPTH:
             for k, item in enumerate(items):
-                for alt, temps in self.of(item):
-                    starting.setdefault(k, []).append(Span(k, k + 1, tuple(alt), tuple(temps)))
-            for spans in self.spans:
+                for name, alt, temps in self.of(item):
+                    starting.setdefault(k, []).append(Span(k, k + 1, tuple(alt), tuple(temps),
+                                                           family=name))
+            for name, spans in self.spans:
                 for s in spans(items, around, self.search):
-                    starting.setdefault(s.lo, []).append(s)
+                    starting.setdefault(s.lo, []).append(replace(s, family=name))
+        for s in (s for here in starting.values() for s in here):
+            self.offered[s.family] = self.offered.get(s.family, 0) + 1
         at = [self.graph.nest() for _ in range(len(items) + 1)]
         self.graph.add(at[-1], self.end)
         for k in reversed(range(len(items))):
@@ -159,33 +201,52 @@ class _Sites:
             self.graph.leaves[k].cost = c
 
 
-def cheapest_sites(best, search, rewrites: Sequence[Rewrites], spans: Sequence = ()):
+def _named(hooks: Sequence) -> list[tuple[str, Callable]]:
+    """Hooks as (family, hook): given as pairs, or bare (named by their module)."""
+    return [h if isinstance(h, tuple) else (h.__module__.rsplit(".", 1)[-1], h) for h in hooks]
+
+
+def cheapest_sites(best, search, rewrites: Sequence, spans: Sequence = ()):
     """``best`` (``pipeline.Choice``) with each item replaced by the cheapest of itself and
     what ``rewrites`` (each ``(item, search) -> [(items, temporaries)]``) make of it, and
     each stretch of items by what ``spans`` (each ``(items, around, search) -> [Span]``) make
     of it, again on the items they give (up to ``DEPTH``), chosen by one extraction, when the
-    program so chosen, planned once, is cheaper."""
-    sites = _Sites(search, rewrites, spans)
+    program so chosen, planned once, is cheaper. Hooks are given bare or as (family, hook);
+    the result's ``choice`` is the extraction's ``Report``."""
+    t0 = time.perf_counter()
+    sites = _Sites(search, _named(rewrites), _named(spans))
     around = Around(best.func)
     root = sites.chain(best.parts, around)
     egraphs = best.egraphs
     if around.reports:  # the e-graphs of the families that ran on this program
         ran = {family for family, _ in around.reports}
         egraphs = tuple(e for e in best.egraphs if e[0] not in ran) + tuple(around.reports)
+    extractions, taken = 0, []
+
+    def report() -> Report:
+        counts: dict[str, int] = {}
+        for s in taken:
+            counts[s.family] = counts.get(s.family, 0) + 1
+        return Report(len(sites.graph.alternatives), len(sites.leaves),
+                      tuple(sorted(sites.offered.items())), tuple(sorted(counts.items())),
+                      extractions, time.perf_counter() - t0)
+
     if not sites.heads:
-        return replace(best, egraphs=egraphs)
+        return replace(best, egraphs=egraphs, choice=report())
     sites.price()
     while True:
         chosen, _ = sites.graph.cheapest(root)
+        extractions += 1
         leaves = [sites.graph.leaves[k] for k in chosen]
         taken = [sites.heads[k] for k in chosen if k in sites.heads]
         items = [p for leaf in leaves for p in leaf.stmts]
         if not taken:
-            return replace(best, egraphs=egraphs)
+            return replace(best, egraphs=egraphs, choice=report())
         planned = search.plan(items)
         planned.cost += sum(s.extra for s in taken)
         if planned.cost >= best.planned.cost:
-            return replace(best, egraphs=egraphs)
+            taken = []
+            return replace(best, egraphs=egraphs, choice=report())
         refused = {k for k in chosen if k in sites.heads and sites.heads[k].pays is not None
                    and not sites.heads[k].pays(planned, best.planned)}
         if not refused:
@@ -193,5 +254,5 @@ def cheapest_sites(best, search, rewrites: Sequence[Rewrites], spans: Sequence =
         sites.drop(refused)
     temps = tuple(b for leaf in leaves for b in leaf.allocs)
     return replace(best, func=replace(best.func, allocs=best.func.allocs + temps), parts=items,
-                   planned=planned, egraphs=egraphs,
+                   planned=planned, egraphs=egraphs, choice=report(),
                    strassen_levels=max([best.strassen_levels] + [s.levels for s in taken]))

@@ -96,6 +96,7 @@ class Entry:
     strassen_levels: int = 0
     saturation: Optional[dict] = None
     program_egraphs: list[dict] = field(default_factory=list)  # rules/matrices.py's e-graphs
+    choice: Optional[dict] = None  # the one extraction's report (rules/choose.py)
     explanations: list[str] = field(default_factory=list)
     check: Optional[dict] = None
     seconds: dict = field(default_factory=dict)
@@ -113,6 +114,7 @@ class Entry:
                          "fraction": self.fraction},
             "saturation": self.saturation,
             "program_egraphs": self.program_egraphs,
+            "choice": self.choice,
             "strassen_levels": self.strassen_levels,
             "check": self.check,
             "seconds": self.seconds,
@@ -161,6 +163,7 @@ def _process(unit: Unit, opts: Options) -> Entry:
             entry.ops_total, entry.ops_in_intrinsics = result.ops_total, result.ops_in_intrinsics
             entry.saturation = result.saturation.to_json()
             entry.program_egraphs = [{"family": f, **g.to_json()} for f, g in result.egraphs]
+            entry.choice = None if result.choice is None else result.choice.to_json()
             entry.explanations = [str(e) for e in result.explanations]
             entry.strassen_levels = result.strassen_levels
             entry.seconds.update(result.seconds)
@@ -320,6 +323,10 @@ def format_entry(e: Entry, explain: bool = False) -> str:
     if e.saturation:
         lines.append(f"  saturation: {_egraph(e.saturation)}")
     lines += [f"  program e-graph ({g['family']}): {_egraph(g)}" for g in e.program_egraphs]
+    if e.choice:
+        from ..rules.choose import describe
+
+        lines.append(f"  one extraction: {describe(e.choice)}")
     if e.check is not None and not e.check["ok"]:
         lines.append(f"  check failed: {e.check.get('message', '')}")
     if explain:
