@@ -213,3 +213,46 @@ def test_run_reports_what_the_one_extraction_weighed_and_took(tmp_path, capsys):
     assert choice["offered"]["inline"] >= 1 and choice["positions"] > choice["items"] > 0
     assert main(["run", str(path), "--target", "x86-avx2", "-v", "--jobs", "1"]) == 0
     assert "one extraction: " in capsys.readouterr().out
+
+
+# three producers: two scales whose inlining pays (the scale leaves the reduction) and an
+# exponential whose inlining does not (it would be recomputed in every term of a product);
+# each is a rewrite of the whole function, offered again inside the others', so the two
+# that pay are inlined together and the third kept
+THREE_PRODUCERS = """
+@prim_func
+def three(A: f32[64, 256], B: f32[256, 32], C: f32[64, 32], A2: f32[64, 256], C2: f32[64, 32],
+          Xa: f32[64, 64], Xb: f32[64, 64], E: f32[64, 64]):
+    As = alloc(f32[64, 256])
+    As2 = alloc(f32[64, 256])
+    X = alloc(f32[64, 64])
+    for i, k in grid(64, 256):
+        As[i, k] = 0.5 * A[i, k]
+    for i, k in grid(64, 256):
+        As2[i, k] = 0.25 * A2[i, k]
+    for i, k in grid(64, 64):
+        X[i, k] = exp(Xa[i, k])
+    for i, j in grid(64, 32):
+        C[i, j] = 0.0
+        for k in range(256):
+            C[i, j] += As[i, k] * B[k, j]
+    for i, j in grid(64, 32):
+        C2[i, j] = 0.0
+        for k in range(256):
+            C2[i, j] += As2[i, k] * B[k, j]
+    for i, j in grid(64, 64):
+        E[i, j] = 0.0
+        for k in range(64):
+            E[i, j] += X[i, k] * Xb[k, j]
+"""
+
+
+def test_the_producers_that_pay_are_inlined_together_and_the_one_that_does_not_is_kept():
+    func = parse(THREE_PRODUCERS)
+    result = tensorize(func, AVX2)
+    kept = {b.name for b in result.func.allocs}
+    assert "X" in kept and not {"As", "As2"} & kept
+    assert dict(result.choice.taken)["inline"] == 2  # one inside the other's function
+    if {"avx2", "fma"} <= HOST_FEATURES:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message

@@ -6,10 +6,10 @@ Not a family itself. A ``sites`` family says, for one item, which lists of items
 what it computes: ``triangles.py`` (split-domain: a triangle's boxes), ``sums.py``
 (split-sum: a sum's terms), ``scalars.py`` (scale-operand, scale-temporary), ``contract.py``
 (contract-pair). A ``spans`` family says it for stretches of a list of items:
-``fusion.py`` (inline-producer: a producer and the items up to its last reader, on the
-program's own items), ``matrices.py`` (a window of products the program-level e-graph
-rewrites). This module lays the program out as a chain of positions, each position an
-e-class of what runs from there to the end::
+``expand.py`` (scalar expansion) and ``fusion.py`` (inline-producer), whose rewrites are
+new functions, all of whose items are rewritten again, and ``matrices.py`` (a window of
+products the program-level e-graph rewrites). This module lays the program out as a chain
+of positions, each position an e-class of what runs from there to the end::
 
     from(k)  =  item k ; from(k + 1)
              |  rewrite r of items k..j - 1 ; from(j)       for each rewrite r starting at k
@@ -21,9 +21,10 @@ head is a leaf priced by what its items' plans do not show). Items' costs add up
 planned alone, as the pipeline plans a program item by item), so the extraction is the
 cheapest combination: a triangle split beside one left whole, a triangle's boxes with their
 sums split, a sum of three-operand products split and each term contracted, a product taken
-out of a runtime scale factor's nest and given a Strassen level, two windows of products
-rewritten with the producers between them inlined. The program so chosen is planned once
-and kept where it is cheaper than ``best``.
+out of a runtime scale factor's nest and given a Strassen level, a producer inlined and
+the scale factor it applied then taken out of the product, two producers inlined and a
+third kept. The program so chosen is planned once and kept where it is cheaper than
+``best``.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ class Span:
     """``items[lo:hi]`` of a list computed by ``items`` instead, with the fresh temporaries
     ``temps``; ``extra``: a cost their plans do not show (the memory traffic of a Strassen
     level's additions); ``levels``: the Strassen levels they apply. ``func``: the function
-    whose items ``items`` are, all of them, when the rewrite is one of the whole function
-    (the families that decide legality on the whole function then rewrite them again).
+    whose items ``items`` are, all of them, when the rewrite is one of a whole function's
+    items, all of them (``lo`` 0, ``hi`` their count): the families that decide legality on
+    the whole function then rewrite them again.
     ``pays(planned, before)``: whether the program chosen with this rewrite (its plan) is
     worth taking against the program before the extraction (``best``'s plan), beyond its
     cost being lower; a rewrite it refuses is not taken, and the extraction runs again.
@@ -104,14 +106,18 @@ def describe(report: dict) -> str:
 @dataclass(frozen=True)
 class Around:
     """Where a list of items sits: the function, the buffers the items around it touch
-    (none for the program's own items), whether it is the program's own list (``top``), how
-    deep in rewrites, and the program-level e-graphs' reports, (family, report) each."""
+    (none for a whole function's items), whether it is all of the function's items
+    (``top``), how deep in rewrites of items (``depth``), how many rewrites of the whole
+    function led to it (``functions``: an expansion, producers inlined; they do not count
+    in ``depth``, so that the items of the function they give are rewritten as deep as the
+    program's own), and the program-level e-graphs' reports, (family, report) each."""
 
     func: PrimFunc
     outside: frozenset = frozenset()
     top: bool = True
     depth: int = 0
     reports: list = field(default_factory=list, compare=False)
+    functions: int = 0
 
 
 def replaced(old: Sequence, new: Sequence, **kw) -> Optional[Span]:
@@ -182,9 +188,14 @@ class _Sites:
             for s in starting.get(k, ()):
                 head = self.graph.leaf([], s.extra, s.temps)
                 self.heads[head] = s
-                inner = Around(s.func or around.func,
-                               around.outside | touched(items[:s.lo] + items[s.hi:]),
-                               s.func is not None, around.depth + 1, around.reports)
+                if s.func is not None:  # a new function: its items all, from the top
+                    assert (s.lo, s.hi) == (0, len(items)) and around.top, s
+                    inner = Around(s.func, frozenset(), True, around.depth, around.reports,
+                                   around.functions + 1)
+                else:
+                    inner = Around(around.func,
+                                   around.outside | touched(items[:s.lo] + items[s.hi:]),
+                                   False, around.depth + 1, around.reports, around.functions)
                 self.graph.add(at[k], head, self.chain(s.items, inner), at[s.hi])
         return at[0]
 

@@ -268,29 +268,34 @@ def inline_producers(func_or_items: Union[PrimFunc, Sequence],
 # ---------------------------------------------------------------------------
 # the pipeline's hook (a ``spans`` family, rules/__init__.py)
 
+# Producers inlined one after another in one rewrite (each inside the function the one
+# before gives), beside all of them at once: n producers make n (n - 1) (n - 2) such nested
+# rewrites at most, whose items mostly repeat (each distinct item is planned once).
+MAX_INLINED = 3
+
 
 def spans(items, around, search) -> list:
-    """Each inlinable producer of the program inlined, and all of them together (two casts
-    may pay only together), as the stretch from the producer to the end of the program (the
-    ``spans`` hook, ``choose.py``, on the program's own items alone: legality is decided on
-    the whole function). The stretch runs to the end, not to the producer's last reader, so
-    that the other families rewrite the inlined items together with those after them: a
-    chain of products whose first operand was a transposed copy is reassociated over the
-    inlined read. Inlining recomputes the producer's value at every use, which pays when the
-    consumer then runs on an intrinsic and not when an expensive value lands in a big
-    reduction; the cost model chooses, producer by producer."""
-    from .choose import Span, replaced
+    """Each inlinable producer of the program inlined, and at the top all of them together
+    (two casts may pay only together), each a rewrite of the whole function (the ``spans``
+    hook, ``choose.py``, on a whole function's items alone: legality is decided on the
+    whole function). The inlined function's own producers are offered again inside it, up
+    to ``MAX_INLINED`` one after another: any two or three of them inlined, the others
+    kept. The rewrite holds all the items, not the stretch from the producer to its last
+    reader, so that the other families rewrite the inlined items together with those
+    around them: a chain of products whose first operand was a transposed copy is
+    reassociated over the inlined read. Inlining recomputes the producer's value at every
+    use, which pays when the consumer then runs on an intrinsic and not when an expensive
+    value lands in a big reduction; the cost model chooses, producer by producer."""
+    from .choose import Span
 
-    if not around.top:
+    if not around.top or around.functions >= MAX_INLINED:
         return []
     func = around.func
     temps = candidates(func)
     out = []
-    for only in [{n} for n in temps] + ([set(temps)] if len(temps) > 1 else []):
+    everything = [set(temps)] if len(temps) > 1 and not around.functions else []
+    for only in [{n} for n in temps] + everything:
         inlined = inline_producers(func, only=only)
         if inlined is not func:
-            new = search.items(inlined)
-            span = replaced(items, new)
-            if span is not None:
-                out.append(Span(span.lo, len(items), tuple(new[span.lo:])))
+            out.append(Span(0, len(items), tuple(search.items(inlined)), func=inlined))
     return out
