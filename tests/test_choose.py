@@ -217,8 +217,8 @@ def test_run_reports_what_the_one_extraction_weighed_and_took(tmp_path, capsys):
 
 # three producers: two scales whose inlining pays (the scale leaves the reduction) and an
 # exponential whose inlining does not (it would be recomputed in every term of a product);
-# each is a rewrite of the whole function, offered again inside the others', so the two
-# that pay are inlined together and the third kept
+# each set of them inlined is a rewrite of the whole function, so the two that pay are
+# inlined together and the third kept
 THREE_PRODUCERS = """
 @prim_func
 def three(A: f32[64, 256], B: f32[256, 32], C: f32[64, 32], A2: f32[64, 256], C2: f32[64, 32],
@@ -252,7 +252,23 @@ def test_the_producers_that_pay_are_inlined_together_and_the_one_that_does_not_i
     result = tensorize(func, AVX2)
     kept = {b.name for b in result.func.allocs}
     assert "X" in kept and not {"As", "As2"} & kept
-    assert dict(result.choice.taken)["inline"] == 2  # one inside the other's function
+    assert dict(result.choice.taken)["inline"] == 1  # the set of the two
     if {"avx2", "fma"} <= HOST_FEATURES:
         check = runtime.check(func, result.compile())
         assert check.ok, check.message
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_every_set_of_up_to_six_producers_is_offered_and_no_more_than_the_limit(n):
+    from rewrite.rules.fusion import MAX_SETS, producer_sets
+
+    temps = [f"T{q}" for q in range(n)]
+    sets = producer_sets(temps)
+    assert len(set(sets)) == len(sets) and all(s and s <= set(temps) for s in sets)
+    if n <= 6:
+        assert len(sets) == 2 ** n - 1  # every non-empty set, once
+    else:
+        assert len(sets) == MAX_SETS
+        # each alone, all, and all but one come first
+        assert {frozenset(temps)} | {frozenset([t]) for t in temps} | \
+            {frozenset(temps) - {t} for t in temps} <= set(sets)

@@ -107,17 +107,18 @@ def describe(report: dict) -> str:
 class Around:
     """Where a list of items sits: the function, the buffers the items around it touch
     (none for a whole function's items), whether it is all of the function's items
-    (``top``), how deep in rewrites of items (``depth``), how many rewrites of the whole
-    function led to it (``functions``: an expansion, producers inlined; they do not count
-    in ``depth``, so that the items of the function they give are rewritten as deep as the
-    program's own), and the program-level e-graphs' reports, (family, report) each."""
+    (``top``), how deep in rewrites of items (``depth``), the families whose rewrites of
+    the whole function led to it, in order (``made_by``: ``expand``, then ``inline``; they
+    do not count in ``depth``, so that the items of the function they give are rewritten
+    as deep as the program's own), and the program-level e-graphs' reports, (family,
+    report) each."""
 
     func: PrimFunc
     outside: frozenset = frozenset()
     top: bool = True
     depth: int = 0
     reports: list = field(default_factory=list, compare=False)
-    functions: int = 0
+    made_by: tuple[str, ...] = ()
 
 
 def replaced(old: Sequence, new: Sequence, **kw) -> Optional[Span]:
@@ -168,7 +169,7 @@ class _Sites:
         (rewrites of rewrites up to ``DEPTH``: a rewrite may give back what it was given)."""
         items = list(items)
         starting: dict[int, list[Span]] = {}
-        if around.depth < DEPTH:
+        if around.depth < DEPTH and len(around.made_by) < DEPTH:
             for k, item in enumerate(items):
                 for name, alt, temps in self.of(item):
                     starting.setdefault(k, []).append(Span(k, k + 1, tuple(alt), tuple(temps),
@@ -191,11 +192,11 @@ class _Sites:
                 if s.func is not None:  # a new function: its items all, from the top
                     assert (s.lo, s.hi) == (0, len(items)) and around.top, s
                     inner = Around(s.func, frozenset(), True, around.depth, around.reports,
-                                   around.functions + 1)
+                                   around.made_by + (s.family,))
                 else:
                     inner = Around(around.func,
                                    around.outside | touched(items[:s.lo] + items[s.hi:]),
-                                   False, around.depth + 1, around.reports, around.functions)
+                                   False, around.depth + 1, around.reports, around.made_by)
                 self.graph.add(at[k], head, self.chain(s.items, inner), at[s.hi])
         return at[0]
 

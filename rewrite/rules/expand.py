@@ -78,7 +78,7 @@ def spans(items, around, search) -> list:
     program can look cheaper without running anything faster.)"""
     from .choose import Span
 
-    if not around.top or around.depth or around.functions:
+    if not around.top or around.depth or around.made_by:
         return []
     func = expand(around.func, search.names)
     if func is None:

@@ -41,6 +41,7 @@ inline-producer
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 from typing import Iterable, Optional, Sequence, Union
 
@@ -268,34 +269,50 @@ def inline_producers(func_or_items: Union[PrimFunc, Sequence],
 # ---------------------------------------------------------------------------
 # the pipeline's hook (a ``spans`` family, rules/__init__.py)
 
-# Producers inlined one after another in one rewrite (each inside the function the one
-# before gives), beside all of them at once: n producers make n (n - 1) (n - 2) such nested
-# rewrites at most, whose items mostly repeat (each distinct item is planned once).
-MAX_INLINED = 3
+# Sets of producers inlined that one rewrite offers at most, each a new function whose
+# items are planned (each distinct item once): every set of up to six producers.
+MAX_SETS = 64
+
+
+def producer_sets(temps: Sequence[str], limit: int = MAX_SETS) -> list[frozenset[str]]:
+    """Sets of the producers ``temps`` to inline, at most ``limit``: each alone, all of
+    them, all but one, then the others by size (every set when there are few)."""
+    n = len(temps)
+    out = [frozenset([t]) for t in temps]
+    if n > 1:
+        out.append(frozenset(temps))
+    if n > 2:
+        out += [frozenset(temps) - {t} for t in temps]
+    for size in range(2, n - 1):
+        out += [frozenset(c) for c in itertools.combinations(temps, size)]
+        if len(out) >= limit:
+            break
+    return out[:limit]
 
 
 def spans(items, around, search) -> list:
-    """Each inlinable producer of the program inlined, and at the top all of them together
-    (two casts may pay only together), each a rewrite of the whole function (the ``spans``
-    hook, ``choose.py``, on a whole function's items alone: legality is decided on the
-    whole function). The inlined function's own producers are offered again inside it, up
-    to ``MAX_INLINED`` one after another: any two or three of them inlined, the others
-    kept. The rewrite holds all the items, not the stretch from the producer to its last
-    reader, so that the other families rewrite the inlined items together with those
-    around them: a chain of products whose first operand was a transposed copy is
-    reassociated over the inlined read. Inlining recomputes the producer's value at every
-    use, which pays when the consumer then runs on an intrinsic and not when an expensive
-    value lands in a big reduction; the cost model chooses, producer by producer."""
+    """The program with sets of its inlinable producers inlined (``producer_sets``: each
+    alone, all of them, since two casts may pay only together, all but one, ...), each a
+    rewrite of the whole function (the ``spans`` hook, ``choose.py``, on a whole function's
+    items alone, the program's or an expanded one's: legality is decided on the whole
+    function). The rewrite holds all the
+    items, not the stretch from a producer to its last reader, so that the other families
+    rewrite the inlined items together with those around them: a chain of products whose
+    first operand was a transposed copy is reassociated over the inlined read. Inlining
+    recomputes the producer's value at every use, which pays when the consumer then runs on
+    an intrinsic and not when an expensive value lands in a big reduction; the cost model
+    chooses, set by set."""
     from .choose import Span
 
-    if not around.top or around.functions >= MAX_INLINED:
+    if not around.top or "inline" in around.made_by:  # every set is offered at once
         return []
     func = around.func
-    temps = candidates(func)
-    out = []
-    everything = [set(temps)] if len(temps) > 1 and not around.functions else []
-    for only in [{n} for n in temps] + everything:
-        inlined = inline_producers(func, only=only)
+    out, seen = [], set()
+    for only in producer_sets(candidates(func)):
+        inlined = inline_producers(func, only=set(only))
         if inlined is not func:
-            out.append(Span(0, len(items), tuple(search.items(inlined)), func=inlined))
+            new = tuple(search.items(inlined))
+            if new not in seen:
+                seen.add(new)
+                out.append(Span(0, len(items), new, func=inlined))
     return out
