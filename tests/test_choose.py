@@ -5,6 +5,7 @@ one after another could not find."""
 import itertools
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import intrinsics
 from rewrite import runtime
@@ -272,3 +273,49 @@ def test_every_set_of_up_to_six_producers_is_offered_and_no_more_than_the_limit(
         # each alone, all, and all but one come first
         assert {frozenset(temps)} | {frozenset([t]) for t in temps} | \
             {frozenset(temps) - {t} for t in temps} <= set(sets)
+
+
+# ---------------------------------------------------------------------------
+# random compositions: producers (scales by a constant or a runtime factor, a transposed
+# copy, an exponential) feeding one or two products, a chain among them; whatever the one
+# extraction takes, the compiled program computes what the interpreter does
+
+_PRODUCERS = {
+    "none": None,
+    "scale": "P[i, k] = 0.5 * A[i, k]",
+    "runtime scale": "P[i, k] = alpha[0] * A[i, k]",
+    "transposed copy": "P[i, k] = At[k, i]",
+    "exponential": "P[i, k] = exp(A[i, k] * 0.125)",
+}
+
+
+@st.composite
+def composed_programs(draw):
+    m, k, n = (draw(st.sampled_from([8, 12, 16, 20])) for _ in range(3))
+    producer = draw(st.sampled_from(sorted(_PRODUCERS)))
+    a = "A" if producer == "none" else "P"
+    lines = [f"for i, j in grid({m}, {n}):", "    C[i, j] = 0.0",
+             f"for i, j, k in grid({m}, {n}, {k}):", f"    C[i, j] += {a}[i, k] * B[k, j]"]
+    if producer != "none":
+        lines = ["P = alloc(f32[%d, %d])" % (m, k), f"for i, k in grid({m}, {k}):",
+                 "    " + _PRODUCERS[producer]] + lines
+    second = draw(st.sampled_from(["none", "shared operand", "chain"]))
+    if second == "shared operand":  # another product of the same operand
+        lines += [f"for i, j in grid({m}, {n}):", "    D[i, j] = 0.0",
+                  f"for i, j, k in grid({m}, {n}, {k}):", f"    D[i, j] += {a}[i, k] * E[k, j]"]
+    elif second == "chain":  # C's product read by another: a chain, C an output too
+        lines += [f"for i, j in grid({m}, {n}):", "    D[i, j] = 0.0",
+                  f"for i, l, j in grid({m}, {n}, {n}):", "    D[i, l] += C[i, j] * F[j, l]"]
+    params = [f"A: f32[{m}, {k}]", f"At: f32[{k}, {m}]", f"B: f32[{k}, {n}]", "alpha: f32[1]",
+              f"C: f32[{m}, {n}]", f"D: f32[{m}, {n}]", f"E: f32[{k}, {n}]", f"F: f32[{n}, {n}]"]
+    return parse("@prim_func\ndef composed(" + ", ".join(params) + "):\n"
+                 + "".join(f"    {l}\n" for l in lines))
+
+
+@pytest.mark.skipif(not {"avx2", "fma"} <= HOST_FEATURES, reason="this CPU lacks AVX2 and FMA")
+@settings(max_examples=25, deadline=None)
+@given(composed_programs())
+def test_whatever_the_one_extraction_takes_computes_what_the_program_does(func):
+    result = tensorize(func, AVX2)
+    check = runtime.check(func, result.compile())
+    assert check.ok, check.message + "\n" + result.script()
