@@ -319,3 +319,21 @@ def test_whatever_the_one_extraction_takes_computes_what_the_program_does(func):
     result = tensorize(func, AVX2)
     check = runtime.check(func, result.compile())
     assert check.ok, check.message + "\n" + result.script()
+
+
+def test_past_the_position_limit_no_rewrite_is_offered_and_the_report_says_so(monkeypatch):
+    from rewrite.rules import choose
+
+    func = parse(TWO_SCALE_GRADIENTS)  # one item: the split's two terms would be a second chain
+    monkeypatch.setattr(choose, "MAX_POSITIONS", 3)
+    bounded = tensorize(func, AVX2)
+    assert bounded.choice.stop_reason == "position limit" and "position limit" in bounded.report()
+    assert dict(bounded.choice.offered) == {"sums": 1}  # the terms' contractions never offered
+    assert bounded.coverage == 0.0
+    monkeypatch.undo()
+    full = tensorize(func, AVX2)
+    assert full.choice.stop_reason == "complete" and full.coverage >= 0.9
+    assert bounded.choice.positions < full.choice.positions
+    if {"avx2", "fma"} <= HOST_FEATURES:
+        check = runtime.check(func, bounded.compile())
+        assert check.ok, check.message

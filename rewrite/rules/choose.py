@@ -42,6 +42,12 @@ Rewrites = Callable[[object, object], list[tuple[list, list[Buffer]]]]
 # how many times a rewrite may be rewritten again (a triangle's box whose sum is split,
 # whose terms have a scalar factor taken out)
 DEPTH = 3
+# Positions laid out before no rewrite is offered any more (each list still to be laid out
+# keeps its items as they are), so that a program with many items, each with rewrites
+# whose items have rewrites, inside each of many sets of producers inlined, cannot grow the
+# graph without bound. A 30-item program with a rewrite each lays out about 120 positions,
+# six producers in sets about 1 000.
+MAX_POSITIONS = 20_000
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,8 @@ class Report:
     end"), the distinct items it holds (each priced by its plan when any rewrite is
     offered), the rewrites each family offered and how many of them the chosen program
     takes, the extractions run (none when nothing is offered; one more after each refusal
-    by a rewrite's ``pays``), and the seconds of the whole step (planning included)."""
+    by a rewrite's ``pays``), the seconds of the whole step (planning included), and
+    whether it stopped offering rewrites at ``MAX_POSITIONS``."""
 
     positions: int
     items: int
@@ -82,11 +89,13 @@ class Report:
     taken: tuple[tuple[str, int], ...]
     extractions: int
     seconds: float
+    stop_reason: str = "complete"  # or "position limit": rewrites left unoffered
 
     def to_json(self) -> dict:
         return {"positions": self.positions, "items": self.items,
                 "offered": dict(self.offered), "taken": dict(self.taken),
-                "extractions": self.extractions, "seconds": round(self.seconds, 4)}
+                "extractions": self.extractions, "seconds": round(self.seconds, 4),
+                "stop_reason": self.stop_reason}
 
     def __str__(self) -> str:
         return describe(self.to_json())
@@ -100,7 +109,8 @@ def describe(report: dict) -> str:
     n = report["extractions"]
     return (f"{report['positions']} positions, {report['items']} distinct items, rewrites "
             f"offered: {counts(report['offered'])}; taken: {counts(report['taken'])}; {n} "
-            f"extraction{'s' if n != 1 else ''}, {report['seconds']:.3f} s")
+            f"extraction{'s' if n != 1 else ''}, {report['stop_reason']}, "
+            f"{report['seconds']:.3f} s")
 
 
 @dataclass(frozen=True)
@@ -157,6 +167,7 @@ class _Sites:
         self.heads: dict[int, Span] = {}  # a rewrite's head leaf -> the rewrite
         self.end = self.graph.leaf([], 0.0)
         self.offered: dict[str, int] = {}
+        self.stopped = False  # past MAX_POSITIONS
 
     def of(self, item) -> list:
         if item not in self.found:
@@ -169,7 +180,9 @@ class _Sites:
         (rewrites of rewrites up to ``DEPTH``: a rewrite may give back what it was given)."""
         items = list(items)
         starting: dict[int, list[Span]] = {}
-        if around.depth < DEPTH and len(around.made_by) < DEPTH:
+        if len(self.graph.alternatives) + len(items) > MAX_POSITIONS:
+            self.stopped = True
+        elif around.depth < DEPTH and len(around.made_by) < DEPTH:
             for k, item in enumerate(items):
                 for name, alt, temps in self.of(item):
                     starting.setdefault(k, []).append(Span(k, k + 1, tuple(alt), tuple(temps),
@@ -241,7 +254,8 @@ def cheapest_sites(best, search, rewrites: Sequence, spans: Sequence = ()):
             counts[s.family] = counts.get(s.family, 0) + 1
         return Report(len(sites.graph.alternatives), len(sites.leaves),
                       tuple(sorted(sites.offered.items())), tuple(sorted(counts.items())),
-                      extractions, time.perf_counter() - t0)
+                      extractions, time.perf_counter() - t0,
+                      "position limit" if sites.stopped else "complete")
 
     if not sites.heads:
         return replace(best, egraphs=egraphs, choice=report())
