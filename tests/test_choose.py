@@ -14,7 +14,7 @@ from rewrite.names import Names
 from rewrite import nests
 from rewrite.pipeline import Choice, Search, tensorize
 from rewrite.rules import contract, scalars, sums, triangles
-from rewrite.rules.choose import Span, cheapest_sites
+from rewrite.rules.choose import Around, Span, cheapest_sites
 from rewrite.saturate import Budget
 from rewrite.script import parse
 
@@ -86,7 +86,15 @@ def test_the_extraction_is_at_least_as_cheap_as_every_combination_of_one_rewrite
     # (a second pass over Bm for nothing), the scaled product rewritten
     into = [p.out.name for p in chosen.parts if isinstance(p, nests.AccNest)]
     assert into.count("A") == 2 and into.count("Bm") == 1
-    assert not any(isinstance(p, nests.AccNest) and p.out.name == "C" for p in chosen.parts)
+    assert not _reads_alpha_into_c(chosen.parts)
+
+
+def _reads_alpha_into_c(parts) -> bool:
+    """Whether a nest of ``parts`` adds into C reading alpha (the scaled product as written)."""
+    from rewrite.rules.choose import touched
+
+    return any(isinstance(p, nests.AccNest) and p.out.name == "C" and "alpha" in touched([p])
+               for p in parts)
 
 
 def test_the_choice_computes_what_the_program_does():
@@ -116,7 +124,7 @@ def test_a_rewrite_its_check_refuses_is_not_taken_and_the_others_are_still_chose
     assert "refused-sums" not in dict(refused.choice.taken)
     into = [p.out.name for p in refused.parts if isinstance(p, nests.AccNest)]
     assert into.count("A") == 1  # the rank-2 update left whole
-    assert not any(isinstance(p, nests.AccNest) and p.out.name == "C" for p in refused.parts)
+    assert not _reads_alpha_into_c(refused.parts)
 
 
 ONE_STEP = {"expand", "inline", "triangles", "sums", "scalar-factor", "contract", "matmul"}
@@ -337,3 +345,21 @@ def test_past_the_position_limit_no_rewrite_is_offered_and_the_report_says_so(mo
     if {"avx2", "fma"} <= HOST_FEATURES:
         check = runtime.check(func, bounded.compile())
         assert check.ok, check.message
+
+
+def test_with_producer_sets_the_extraction_is_at_least_as_cheap_as_every_combination():
+    from rewrite.rules import fusion
+
+    best, search = _search(parse(THREE_PRODUCERS))
+    chosen = cheapest_sites(best, search, REWRITES, [("inline", fusion.spans)])
+    # brute force: the program as written or with one set of producers inlined, each of
+    # its items as it is or rewritten once by a sites family
+    functions = [list(best.parts)] + [list(s.items) for s in
+                                      fusion.spans(best.parts, Around(best.func), search)]
+    assert len(functions) == 8  # the program and its 7 sets of three producers
+    costs = []
+    for parts in functions:
+        options = [[[p]] + [alt for r in REWRITES for alt, _ in r(p, search)] for p in parts]
+        costs += [search.plan([p for alt in pick for p in alt]).cost
+                  for pick in itertools.product(*(map(tuple, o) for o in options))]
+    assert chosen.planned.cost <= min(costs) * (1 + 1e-9) and chosen.planned.cost < best.planned.cost

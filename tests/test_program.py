@@ -708,8 +708,9 @@ def dense(X: f32[{n}, {n}], W: f32[{n}, {n}], b: f32[{n}], Y: f32[{n}, {n}]):
 
 
 def test_a_product_behind_a_scale_factors_guard_takes_its_level_in_the_e_graph():
-    # C += alpha * A @ B with alpha read at run time: scalar-factor computes A @ B into a
-    # temporary behind a guard; the e-graph lifts that product on the guard's fast path
+    # C += W * (A @ B) with W read at run time, one factor per output element: scalar-factor
+    # computes A @ B into a temporary behind a guard; the e-graph lifts that product on the
+    # guard's fast path
     from rewrite.budgets import Budgets
     from rewrite.pipeline import Choice, Search
     from rewrite.rules import finite, scalars
@@ -718,9 +719,9 @@ def test_a_product_behind_a_scale_factors_guard_takes_its_level_in_the_e_graph()
 
     func = parse("""
 @prim_func
-def scaled(alpha: f32[1], A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):
+def scaled(W: f32[64, 64], A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):
     for i, j, k in grid(64, 64, 64):
-        C[i, j] += alpha[0] * A[i, k] * B[k, j]
+        C[i, j] += W[i, j] * A[i, k] * B[k, j]
 """)
     normal = nests.normalize(func)
     search = Search({d.name: d for d in AVX2}, Budget(), Names.of(normal), True, "auto", Budgets())

@@ -254,9 +254,16 @@ def test_scale_temporary_normal_form():
     items, allocs = scalars.scale_temporary(scalars.factored(nest), Names.of(func))
     assert [b.name for b in allocs] == ["sc_T_0", "sc_S_0", "st_fin_0"]
     assert _text(func, items).splitlines()[2:] == [
-        "    for fin_c_0 in range(1):",
+        "    for fin_c_0 in range(64):",
         "        st_fin_0[fin_c_0] = 0.0",
         "    st_fin_0[0] += alpha[0] * 0.0",
+        # the operands too: as written alpha[0] * A[i, k] may underflow to 0 before B's Inf
+        "    for i, k in grid(64, 64):",
+        "        st_fin_0[k] += A[i, k] * 0.0",
+        "    for k, j in grid(64, 64):",
+        "        st_fin_0[j] += B[k, j] * 0.0",
+        "    for fin_c_0 in range(1, 64):",
+        "        st_fin_0[0] += st_fin_0[fin_c_0]",
         "    if st_fin_0[0] == 0.0:",
         "        for i, j in grid(64, 64):",
         "            sc_T_0[i, j] = 0.0",
@@ -268,6 +275,23 @@ def test_scale_temporary_normal_form():
         "    else:",
         "        for i, j, k in grid(64, 64, 64):",
         "            C[i, j] += -(alpha[0] * A[i, k] * B[k, j])"]
+
+
+def test_scale_temporary_keeps_the_nan_of_a_factor_that_underflows_before_an_inf():
+    # as written, alpha * A[0, 0] underflows to 0 and 0 * B[0, 0] = 0 * inf is NaN; A @ B
+    # first is inf, and alpha * inf is inf: the guard's scan of B takes the nest as written
+    func, nest = _nest(ALPHA_MM)
+    items, allocs = scalars.scale_temporary(scalars.factored(nest), Names.of(func))
+    body = ir.seq(*(p.stmt() if isinstance(p, (AccNest, Guarded)) else p for p in items))
+    rewritten = replace(func, body=body, allocs=func.allocs + tuple(allocs))
+    args = {n: np.zeros((64, 64), np.float32) for n in ("A", "B", "C")}
+    args["alpha"] = np.array([2.0 ** -20], np.float32)
+    args["A"][0, 0] = np.float32(1e-40)  # subnormal
+    args["B"][0, 0] = np.inf
+    want = interp.run(func, **{k: v.copy() for k, v in args.items()})["C"]
+    got = interp.run(rewritten, **{k: v.copy() for k, v in args.items()})["C"]
+    assert np.isnan(want[0, 0]) and np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(got[~np.isnan(got)], want[~np.isnan(want)])
 
 
 def test_a_single_scalar_is_read_in_place_and_a_per_row_scalar_is_scanned_per_row():
@@ -294,14 +318,27 @@ def test_runtime_alpha_reaches_the_matmul_rows_and_checks(src, floor):
     assert tensorize(func, ROWS, rules_off=("scalar-factor", "contract")).coverage < 0.01
 
 
-def test_runtime_alpha_program_is_the_scaled_temporary_when_cheaper():
-    # a zeroed 64x64 temporary and 512 axpy calls (about 4 600 units) against a scaled copy
-    # of A (8 200 units: a multiply and a store per element)
+def test_runtime_alpha_program_is_the_scaled_copy_when_cheaper():
+    # a scaled copy of A (a multiply and a store per element) against a zeroed 64x64
+    # temporary, 512 axpy calls and the guard's scans of alpha, A and B
     result = tensorize(parse(ALPHA_MM), ROWS)
     text = show(result.func)
+    assert "sc_P_0[i, k] = alpha[0] * A[i, k]" in text and "sc_T" not in text
+    assert result.coverage >= 0.99
+    _checked(parse(ALPHA_MM), result)
+
+
+def test_a_factor_per_output_element_is_taken_out_by_the_scaled_temporary():
+    # W[i, j] moves with no operand's loops, so no copy of an operand can hold it: the
+    # product accumulates into a temporary and one pass adds W * T, behind the scans of W,
+    # A and B
+    src = ALPHA_MM.replace("alpha: f32[1]", "W: f32[64, 64]").replace("alpha[0]", "W[i, j]")
+    result = tensorize(parse(src), ROWS)
+    text = show(result.func)
     assert "sc_T_0" in text and "sc_P" not in text
-    assert 'call("x86.axpy.f32x8", c=window(C[i, 8 * j_o], (0, 1)), a=window(alpha[0], (0,))' in text
-    assert result.coverage == pytest.approx(1.0, abs=1e-4)
+    assert "st_fin_0[j] += B[k, j] * 0.0" in text and "x86.fma.f32x8" in text
+    assert result.coverage >= 0.95
+    _checked(parse(src), result)
 
 
 def test_an_elementwise_product_scales_one_operand():

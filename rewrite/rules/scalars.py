@@ -58,8 +58,14 @@ scale-temporary
     agree: the class of a sum (finite, +Inf, -Inf, NaN) follows from its terms' classes, and
     ``s * t`` has ``t``'s class (sign flipped with ``s``) for ``s != 0``, NaN exactly for the
     non-finite ``t`` for ``s = 0``, where ``s * sum(t)`` is NaN exactly when some ``t`` is
-    non-finite too. So the rewritten nests run behind ``finite.guard`` on the scalars (a scan
-    of a few elements), the nest as written in the other branch; integers need no guard.
+    non-finite too. That holds for terms written ``s * t``; the program as written may apply
+    ``s`` to an operand first, ``(alpha[0] * A[i, k]) * B[k, j]``, and ``alpha * A`` can
+    underflow to 0 (a subnormal ``A``, a small ``alpha``) before a product with ``B = inf``:
+    NaN as written, ``inf`` regrouped. So the rewritten nests run behind ``finite.guard`` on
+    the scalars and the operands (a scan of each operand once, against the product's
+    reduction), the nest as written in the other branch; with every input finite, only an
+    intermediate overflow can move NaN/Inf, the licence of any reassociation. Integers need
+    no guard.
     A non-finite constant factor (``inf``) is refused.
 
 Factors: the body's product is read as a list of factors through ``*`` and negation. The
@@ -258,8 +264,11 @@ def scale_temporary(f: Factored, names: Names) -> Optional[tuple[list, list[Buff
     if last is None:
         return None
     fast += [inner, last]
-    # s * sum(t) moves NaN/Inf where s is not finite: only on finite scalars (finite.py)
-    items = finite.guard([(nest, x) for x in dict.fromkeys(f.scalars)], fast, [nest], names, allocs)
+    # s * sum(t) moves NaN/Inf where s is not finite, and where the product as written
+    # applies s to an operand first ((s * A) * B: s * A may underflow to 0 before B's Inf):
+    # only on finite scalars and operands (finite.py)
+    operands = list(f.scalars) + [ld for x in f.rest for ld in ir.loads_of(x)]
+    items = finite.guard([(nest, x) for x in dict.fromkeys(operands)], fast, [nest], names, allocs)
     return items, allocs
 
 
