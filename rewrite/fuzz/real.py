@@ -560,8 +560,9 @@ def _factor_guarantee(s: _Shape, func: PrimFunc, nests, product: Expr) -> Guaran
     - ``scale-operand``, where a scaled copy of one load is a part of the product as
       written (``alpha * A * B`` is ``(alpha * A) * B``): a multiply (and a negation for
       ``-``) and a store per element of the copy, exactly;
-    - ``scale-temporary``, with a reduction loop: a store and two ops per output point, and
-      a scan of ``alpha`` and its negated copy, at most 8 more.
+    - ``scale-temporary``, with a reduction loop: a store and two ops per output point, a
+      scan of ``alpha`` and its negated copy, at most 8 more, and the guard's scan of each
+      operand (three per element) with its flag (at most three per element of one extent).
 
     Which factors it takes out is its docstring's rule (loads indexed by output loops only,
     and constants; when that leaves no load, loads with constant indices only): when that
@@ -608,8 +609,14 @@ def _factor_guarantee(s: _Shape, func: PrimFunc, nests, product: Expr) -> Guaran
             prices.append((size * (per + 1), size * (per + 1)))
             totals.append(n * s_t + size * per)
     if s.reduction:
-        prices.append((3 * points, 3 * points + 8))
-        totals.append(n * s_t + 2 * points + 4)
+        # the guard scans alpha and each operand once (an add and a multiply into the flag
+        # per element, and a store), its flag as wide as one extent: initialised, then summed
+        scans = {(x.buffer.name, x.indices): x for f in _factors(body) for x in ir.walk_expr(f)
+                 if isinstance(x, Load)}
+        scan = sum(math.prod(ext[v] for v in _vars_of(x)) for x in scans.values())
+        width = max(ext.values())
+        prices.append((3 * points + 3 * scan, 3 * points + 8 + 3 * scan + 3 * width))
+        totals.append(n * s_t + 2 * points + 4 + 2 * scan + width)
     rho, rho_g = _rho(s)
     if not prices or dd <= 0 or rho_g >= s_t:
         return Guarantee(frozenset(), 0.0, "no rewrite of the factor is guaranteed to pay")
