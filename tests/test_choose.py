@@ -22,6 +22,14 @@ HOST_FEATURES = intrinsics.host_features()
 AVX2 = intrinsics.library("x86-avx2")
 REWRITES = [triangles.rewrites, sums.rewrites, scalars.rewrites, contract.rewrites]
 
+
+def _checked(func, result) -> None:
+    """``result`` compiled and compared with the interpreter (NaN, Inf and signed zeros
+    among the inputs), where this CPU runs the AVX2 library."""
+    if {"avx2", "fma"} <= HOST_FEATURES:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
 # the gradient of two runtime scale factors summed into one element: a sum of products of
 # three operands, which no intrinsic covers as written nor split (each term is still a
 # three-operand product) nor contracted (the body is a sum); split, then each term
@@ -44,9 +52,7 @@ def test_a_sum_split_then_each_term_contracted_is_found_and_computes_what_the_pr
     for off in ("sums", "contract"):
         alone = tensorize(func, AVX2, rules_off={off})
         assert alone.coverage == 0.0 and result.cost < alone.cost / 10
-    if {"avx2", "fma"} <= HOST_FEATURES:
-        check = runtime.check(func, result.compile())
-        assert check.ok, check.message
+    _checked(func, result)
 
 
 MIXED = """
@@ -101,9 +107,7 @@ def test_the_choice_computes_what_the_program_does():
     func = parse(MIXED)
     result = tensorize(func, AVX2)
     assert result.cost < tensorize(func, AVX2, rules_off={"sums", "scalar-factor"}).cost
-    if {"avx2", "fma"} <= HOST_FEATURES:
-        check = runtime.check(func, result.compile())
-        assert check.ok, check.message
+    _checked(func, result)
 
 
 def test_a_rewrite_its_check_refuses_is_not_taken_and_the_others_are_still_chosen():
@@ -168,15 +172,13 @@ def test_a_producer_inlined_because_its_factor_then_comes_out_is_found_and_compu
         alone = tensorize(func, AVX2, rules_off=off)
         assert "As = alloc" in alone.script()
         assert result.cost < alone.cost / 1.5
-    if {"avx2", "fma"} <= HOST_FEATURES:
-        check = runtime.check(func, result.compile())
-        assert check.ok, check.message
+    _checked(func, result)
 
 
 # a chain whose first operand is a transposed copy: (T @ B) @ C is 2 M multiply-adds,
 # T @ (B @ C) 131 K; the copy inlined (the product reads At transposed) and the chain
-# reassociated over the inlined read are chosen together, the span of the inlining running
-# to the end of the program so that the chain's window holds both products
+# reassociated over the inlined read are chosen together, the inlining a rewrite of the
+# whole function so that the chain's window holds both products
 TRANSPOSED_CHAIN = """
 @prim_func
 def tchain(At: f32[16, 256], B: f32[16, 256], C: f32[256, 16], D: f32[256, 16]):
@@ -203,9 +205,7 @@ def test_a_chain_is_reassociated_over_an_inlined_copy_and_computes_the_same():
     assert dict(result.choice.taken) == {"inline": 1, "matmul": 1}
     for off in ("inline", "matmul"):
         assert result.cost < tensorize(func, AVX2, rules_off={off}).cost
-    if {"avx2", "fma"} <= HOST_FEATURES:
-        check = runtime.check(func, result.compile())
-        assert check.ok, check.message
+    _checked(func, result)
 
 
 def test_run_reports_what_the_one_extraction_weighed_and_took(tmp_path, capsys):
@@ -262,9 +262,7 @@ def test_the_producers_that_pay_are_inlined_together_and_the_one_that_does_not_i
     kept = {b.name for b in result.func.allocs}
     assert "X" in kept and not {"As", "As2"} & kept
     assert dict(result.choice.taken)["inline"] == 1  # the set of the two
-    if {"avx2", "fma"} <= HOST_FEATURES:
-        check = runtime.check(func, result.compile())
-        assert check.ok, check.message
+    _checked(func, result)
 
 
 @pytest.mark.parametrize("n", range(1, 8))
@@ -342,9 +340,7 @@ def test_past_the_position_limit_no_rewrite_is_offered_and_the_report_says_so(mo
     full = tensorize(func, AVX2)
     assert full.choice.stop_reason == "complete" and full.coverage >= 0.9
     assert bounded.choice.positions < full.choice.positions
-    if {"avx2", "fma"} <= HOST_FEATURES:
-        check = runtime.check(func, bounded.compile())
-        assert check.ok, check.message
+    _checked(func, bounded)
 
 
 def test_with_producer_sets_the_extraction_is_at_least_as_cheap_as_every_combination():

@@ -611,9 +611,9 @@ def _factor_guarantee(s: _Shape, func: PrimFunc, nests, product: Expr) -> Guaran
     if s.reduction:
         # the guard scans alpha and each operand once (an add and a multiply into the flag
         # per element, and a store), its flag as wide as one extent: initialised, then summed
-        scans = {(x.buffer.name, x.indices): x for f in _factors(body) for x in ir.walk_expr(f)
-                 if isinstance(x, Load)}
-        scan = sum(math.prod(ext[v] for v in _vars_of(x)) for x in scans.values())
+        scans = dict.fromkeys(x for f in _factors(body) for x in ir.walk_expr(f)
+                              if isinstance(x, Load))
+        scan = sum(math.prod(ext[v] for v in _vars_of(x)) for x in scans)
         width = max(ext.values())
         prices.append((3 * points + 3 * scan, 3 * points + 8 + 3 * scan + 3 * width))
         totals.append(n * s_t + 2 * points + 4 + 2 * scan + width)

@@ -30,9 +30,11 @@ third kept. The program so chosen is planned once and kept where it is cheaper t
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
+from .. import ir
 from ..ir import Buffer, PrimFunc
 from ..plans import NestRef, PlanGraph
 
@@ -54,10 +56,10 @@ MAX_POSITIONS = 20_000
 class Span:
     """``items[lo:hi]`` of a list computed by ``items`` instead, with the fresh temporaries
     ``temps``; ``extra``: a cost their plans do not show (the memory traffic of a Strassen
-    level's additions); ``levels``: the Strassen levels they apply. ``func``: the function
-    whose items ``items`` are, all of them, when the rewrite is one of a whole function's
-    items, all of them (``lo`` 0, ``hi`` their count): the families that decide legality on
-    the whole function then rewrite them again.
+    level's additions); ``levels``: the Strassen levels they apply. ``func``: the new
+    function whose items ``items`` all are, when the rewrite is one of all of a function's
+    items (``lo`` 0, ``hi`` their count): the families that decide legality on the whole
+    function then rewrite them again.
     ``pays(planned, before)``: whether the program chosen with this rewrite (its plan) is
     worth taking against the program before the extraction (``best``'s plan), beyond its
     cost being lower; a rewrite it refuses is not taken, and the extraction runs again.
@@ -148,8 +150,6 @@ def replaced(old: Sequence, new: Sequence, **kw) -> Optional[Span]:
 
 def touched(items: Sequence) -> frozenset[str]:
     """The buffers ``items`` (pipeline items or statements) read or write."""
-    from .. import ir
-
     return frozenset(b.name for p in items for b in ir.buffers_of(p.stmt() if hasattr(p, "stmt") else p))
 
 
@@ -166,7 +166,7 @@ class _Sites:
         self.leaves: dict = {}  # item -> its leaf
         self.heads: dict[int, Span] = {}  # a rewrite's head leaf -> the rewrite
         self.end = self.graph.leaf([], 0.0)
-        self.offered: dict[str, int] = {}
+        self.offered: Counter = Counter()  # rewrites offered, by family
         self.stopped = False  # past MAX_POSITIONS
 
     def of(self, item) -> list:
@@ -190,8 +190,7 @@ class _Sites:
             for name, spans in self.spans:
                 for s in spans(items, around, self.search):
                     starting.setdefault(s.lo, []).append(replace(s, family=name))
-        for s in (s for here in starting.values() for s in here):
-            self.offered[s.family] = self.offered.get(s.family, 0) + 1
+        self.offered.update(s.family for here in starting.values() for s in here)
         at = [self.graph.nest() for _ in range(len(items) + 1)]
         self.graph.add(at[-1], self.end)
         for k in reversed(range(len(items))):
@@ -249,11 +248,9 @@ def cheapest_sites(best, search, rewrites: Sequence, spans: Sequence = ()):
     extractions, taken = 0, []
 
     def report() -> Report:
-        counts: dict[str, int] = {}
-        for s in taken:
-            counts[s.family] = counts.get(s.family, 0) + 1
         return Report(len(sites.graph.alternatives), len(sites.leaves),
-                      tuple(sorted(sites.offered.items())), tuple(sorted(counts.items())),
+                      tuple(sorted(sites.offered.items())),
+                      tuple(sorted(Counter(s.family for s in taken).items())),
                       extractions, time.perf_counter() - t0,
                       "position limit" if sites.stopped else "complete")
 

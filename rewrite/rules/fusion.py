@@ -295,13 +295,12 @@ def spans(items, around, search) -> list:
     alone, all of them, since two casts may pay only together, all but one, ...), each a
     rewrite of the whole function (the ``spans`` hook, ``choose.py``, on a whole function's
     items alone, the program's or an expanded one's: legality is decided on the whole
-    function). The rewrite holds all the
-    items, not the stretch from a producer to its last reader, so that the other families
-    rewrite the inlined items together with those around them: a chain of products whose
-    first operand was a transposed copy is reassociated over the inlined read. Inlining
-    recomputes the producer's value at every use, which pays when the consumer then runs on
-    an intrinsic and not when an expensive value lands in a big reduction; the cost model
-    chooses, set by set."""
+    function). The rewrite holds all the items, not the stretch from a producer to its last
+    reader, so that the other families rewrite the inlined items together with those around
+    them: a chain of products whose first operand was a transposed copy is reassociated over
+    the inlined read. Inlining recomputes the producer's value at every use, which pays when
+    the consumer then runs on an intrinsic and not when an expensive value lands in a big
+    reduction; the cost model chooses, set by set."""
     from .choose import Span
 
     if not around.top or "inline" in around.made_by:  # every set is offered at once

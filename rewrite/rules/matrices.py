@@ -46,6 +46,7 @@ from ..names import Names
 from ..nests import AccNest, Dim
 from ..program import Input, Matrix, Op, rule
 from . import finite
+from .choose import replaced, touched
 from .matmul import Access, Alternative, MatMul, _filling, _plain, _zero_fill, build, recognize
 from .strassen import ADDITION_TRAFFIC, AUTO_MIN_BLOCK
 
@@ -259,11 +260,6 @@ def splits_alone(mm: MatMul, rules: Sequence[program.ProgramRule],
         if extent % 2 == 0 or odd_low is None or extent < max(odd_low, low + 1):
             return False
     return True
-
-
-def _touched(items) -> set[str]:
-    """The buffers ``items`` (pipeline items or statements) read or write."""
-    return {b.name for p in items for b in ir.buffers_of(p.stmt() if hasattr(p, "stmt") else p)}
 
 
 def lift(func: ir.PrimFunc, parts: list,
@@ -686,7 +682,7 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
     out, chosen = [], []
     for q, p in enumerate(parts):
         if isinstance(p, finite.Guarded) and not p.settled:
-            around = set(outside) | _touched(parts[:q] + parts[q + 1:] + list(p.scan) + list(p.slow)) \
+            around = set(outside) | touched(parts[:q] + parts[q + 1:] + list(p.scan) + list(p.slow)) \
                 | {x.buffer.name for x in ir.loads_of(p.cond)}
             for alt in alternatives(func, p.fast, names, rules, price, reports, memo, at_least, run,
                                     frozenset(around), inline):
@@ -785,8 +781,6 @@ def spans(items, around, search) -> list:
     each rewritten by its cheapest program (the ``spans`` hook, ``choose.py``: the pipeline's
     plans of the windows, and of what the other families make of their items, decide which
     are taken). The e-graphs' reports go to ``around.reports``."""
-    from .choose import replaced
-
     rules = in_force(search)
     if not rules:
         return []
