@@ -227,7 +227,22 @@ def _call_bytes(op, windows: dict) -> int:
     return math.prod(op.shape) * ir.itemsize(windows[op.name].buffer.dtype)
 
 
-def blocked_loops(desc, loops: list, windows: dict, names: Names):
+class Blocked(NamedTuple):
+    """A call nest's loops and windows in their blocked order, and ``rest``: the call nests
+    (``(loops, windows)`` each) of the column tiles that no whole column block holds, run
+    after it."""
+
+    loops: list
+    windows: dict
+    rest: tuple = ()
+
+
+def blocked_calls(desc, blocked: Blocked) -> list[Stmt]:
+    """The call nests of ``blocked``, in order."""
+    return [_calls(desc, blocked.loops, blocked.windows)] + [_calls(desc, *r) for r in blocked.rest]
+
+
+def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
     """``(loops, windows)`` in the blocked order ``rows_b, k_o, rows_i, other tiles, k_i`` when
     the reduction outgrows its block (``l1_data_bytes``), else as given. ``loops`` hold the loops that move the
     output first, then the reduction; the windows' bases are rewritten for the split loops.
@@ -261,6 +276,14 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names):
     thread (0.87 with the rows in groups: ``cols_b, k_o, rows_b, cols_i, rows_i, k_i``),
     1.03-1.10 against 0.80-0.83 on two.
 
+    Column tiles whose count has no divisor that makes blocks of at least half the size
+    that fits (a prime such as 1504's 47 tiles of 32 columns, where no block fit and each
+    row tile read B's 565 KB from L3 again) are cut into the fewest equal blocks that fit
+    (an even number of them where that costs no more than half a block: two threads), and
+    the few tiles left over (fewer than the blocks) are a call nest of their own after
+    them, blocked again the same way (``Blocked.rest``): 1504^3 on one Zen 4 thread, 1.0 MB
+    of L2, 0.95 of numpy's speed against 0.78 with no column blocks.
+
     Each output element still sums over k in increasing order: only the order in which
     different output tiles are visited changes. The outermost loop still moves the output,
     so it stays the parallel one."""
@@ -269,9 +292,9 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names):
     moving = [d for d in loops if d.name in moves]
     reduction = [d for d in loops if d.name not in moves]
     if len(reduction) > 1 and moving:
-        return _reductions_outside(desc, loops, moving, reduction, windows), windows
+        return Blocked(_reductions_outside(desc, loops, moving, reduction, windows), windows)
     if len(reduction) != 1 or len(moving) < 2:
-        return loops, windows
+        return Blocked(loops, windows)
     (r,) = reduction
 
     def uses(op) -> set[str]:
@@ -280,7 +303,7 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names):
     size = functools.partial(_call_bytes, windows=windows)
     widest = max((op for op in desc.inputs if r.name in uses(op)), key=size, default=None)
     if widest is None:
-        return loops, windows
+        return Blocked(loops, windows)
     step = size(widest)
     kc_max = 2 * l1_data_bytes() // 3 // step
     kc = next((n for n in range(min(kc_max, r.extent // 2), KC_MIN - 1, -1) if r.extent % n == 0), None)
@@ -288,17 +311,12 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names):
     group = next((n for n in range(min(ROW_TILES, rows.extent // 2), 1, -1)
                   if rows.extent % n == 0), None) if rows is not None else None
     if kc is None or group is None or r.extent <= kc_max:
-        return loops, windows
+        return Blocked(loops, windows)
     others = [d for d in moving if d is not rows]
     cols = next((d for d in others if d.name in uses(widest)), None) if len(others) == 1 else None
-    nc = None
+    nc = blocks = None
     if cols is not None and kc * step * cols.extent > l2_bytes() // 2:
-        fits = [n for n in range(min(l2_bytes() // 2 // (kc * step), cols.extent // 2), 1, -1)
-                if cols.extent % n == 0]
-        # the column blocks are what the threads share: an even number of them, if a block
-        # at least half the largest gives one, keeps two threads busy to the end
-        nc = next((n for n in fits if (cols.extent // n) % 2 == 0 and 2 * n >= fits[0]),
-                  fits[0]) if fits else None
+        nc, blocks = _column_blocks(cols.extent, max(1, l2_bytes() // 2 // (kc * step)))
     k_o, k_i, rows_b, rows_i = (names.fresh(f"{r.name}_o"), names.fresh(f"{r.name}_i"),
                                 names.fresh(f"{rows.name}_b"), names.fresh(f"{rows.name}_i"))
 
@@ -308,19 +326,51 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names):
 
     values = {r.name: split(r, k_o, k_i, kc), rows.name: split(rows, rows_b, rows_i, group)}
 
-    def rebased(w: ir.Window) -> ir.Window:
-        return ir.Window(w.buffer, tuple(affine_expr(affine(ir.substitute(e, values))) for e in w.base),
-                         w.steps)
-
+    rest: tuple = ()
     if nc is not None:
+        if blocks * nc < cols.extent:  # the tiles left over: a nest of their own, blocked again
+            left = Dim(cols.name, 0, cols.extent - blocks * nc)
+            past = {cols.name: Binary("+", Var(cols.name), Const(cols.start + blocks * nc, INDEX))}
+            after = blocked_loops(desc, [left if d is cols else d for d in loops],
+                                  {name: _rebased(w, past) for name, w in windows.items()}, names)
+            rest = ((after.loops, after.windows),) + after.rest
         cols_b, cols_i = names.fresh(f"{cols.name}_b"), names.fresh(f"{cols.name}_i")
         values = {r.name: values[r.name], cols.name: split(cols, cols_b, cols_i, nc)}
-        order = [Dim(cols_b, 0, cols.extent // nc), Dim(k_o, 0, r.extent // kc), rows,
+        order = [Dim(cols_b, 0, blocks), Dim(k_o, 0, r.extent // kc), rows,
                  Dim(cols_i, 0, nc), Dim(k_i, 0, kc)]
     else:
         order = ([Dim(rows_b, 0, rows.extent // group), Dim(k_o, 0, r.extent // kc),
                   Dim(rows_i, 0, group)] + others + [Dim(k_i, 0, kc)])
-    return order, {name: rebased(w) for name, w in windows.items()}
+    return Blocked(order, {name: _rebased(w, values) for name, w in windows.items()}, rest)
+
+
+def _rebased(w: ir.Window, values: dict) -> ir.Window:
+    """``w`` with the loop variables ``values`` names replaced by their values."""
+    return ir.Window(w.buffer, tuple(affine_expr(affine(ir.substitute(e, values))) for e in w.base),
+                     w.steps)
+
+
+def _column_blocks(tiles: int, most: int) -> tuple[Optional[int], Optional[int]]:
+    """(tiles a column block holds, whole blocks) for ``tiles`` column tiles of which at most
+    ``most`` fit a block (``blocked_loops``): the largest divisor of ``tiles`` up to
+    ``most`` and ``tiles // 2``, an even number of blocks preferred (the blocks are what the
+    threads share; an even number, if a block at least half the largest gives one, keeps
+    two threads busy to the end); where no divisor makes blocks at least half the size of
+    the fewest equal blocks that fit, those blocks, an even number of them where a block
+    loses no more than half its size by it, the tiles left over (fewer than the blocks) not
+    in any; blocks of ``most`` where those would hold one tile each. (None, None): fewer
+    than two tiles fit a block."""
+    fits = [n for n in range(min(most, tiles // 2), 1, -1) if tiles % n == 0]
+    count = -(-tiles // most)  # the fewest blocks that fit
+    if count % 2 and 2 * (tiles // (count + 1)) >= tiles // count:
+        count += 1
+    even = tiles // count
+    if fits and 2 * fits[0] >= even:
+        nc = next((n for n in fits if (tiles // n) % 2 == 0 and 2 * n >= fits[0]), fits[0])
+        return nc, tiles // nc
+    if even >= 2:
+        return even, count
+    return (most, tiles // most) if most >= 2 else (None, None)
 
 
 def _reductions_outside(desc, loops: list, moving: list, reduction: list, windows: dict) -> list:
@@ -597,7 +647,7 @@ class _Builder:
         blocked = blocked_loops(desc, loops, windows, names)
         found = _streams(desc, windows, loops)
         price = _price(desc, b, windows, b.unit_stride_ok, found, _streams(desc, blocked[1], blocked[0]))
-        calls = self.graph.leaf([_calls(desc, *blocked)], price)
+        calls = self.graph.leaf(blocked_calls(desc, blocked), price)
         rest = [self.nest(r, matches, depth + 1, pack) for r in remainders(nest, b, desc)]
         self.graph.add(ref, calls, *rest)
         for stage in self.ex.calls_stages:
@@ -634,7 +684,7 @@ class _Builder:
             windows.update(panel.windows)
             blocked = blocked_loops(desc, loops, windows, self.ex.names.copy(loop_names))
         self.graph.add(ref, self.graph.leaf(list(panel.copies), copies, list(panel.buffers)),
-                       self.graph.leaf([_calls(desc, *blocked)], calls), *rest)
+                       self.graph.leaf(blocked_calls(desc, blocked), calls), *rest)
 
     def _scaled(self, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool,
                 listed: set) -> list:

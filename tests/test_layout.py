@@ -12,6 +12,7 @@ from rewrite.match import BodyMatch, bindings
 from rewrite.names import Names
 from rewrite.pipeline import tensorize
 from rewrite.rules import layout
+from rewrite.printer import show_expr
 from rewrite.script import parse, parse_file, show
 from rewrite.verify import verify
 
@@ -547,6 +548,39 @@ def test_column_blocks_come_in_an_even_number_where_one_close_to_the_largest_doe
     loops = _call_loops(result.func, "x86.avx512.mm.f32.8x32x1")
     assert [n for _, n in loops] == [4, 2, 4, 3, 256]
     _interp_equal(func, result.func)
+
+
+def test_a_prime_number_of_column_tiles_is_cut_into_equal_blocks_and_a_rest(monkeypatch):
+    # 7 column tiles, at most 4 a block: no divisor of 7 makes a block, so two blocks of 3
+    # tiles run the blocked order and the last tile is a call nest of its own after them
+    _caches(monkeypatch, 48 * 1024, 256 * 1024)
+    func = _nn(32, 224, 512)
+    result = tensorize(func, AVX512)
+    _well_formed(result)
+    nests = [s for s in ir.stmts_of(result.func.body) if isinstance(s, ir.For)
+             and any(isinstance(c, ir.Call) for c in ir.walk_stmts(s))]
+    assert len(nests) == 2
+    loops = _call_loops(result.func, "x86.avx512.mm.f32.8x32x1")
+    assert [n for _, n in loops] == [2, 2, 4, 3, 256]
+    rest = [dict(c.operands)[c.output] for c in ir.walk_stmts(nests[1]) if isinstance(c, ir.Call)]
+    assert rest and all(show_expr(w.base[1]) == "32 * j_o + 192" for w in rest)  # the 7th tile
+    _interp_equal(func, result.func)
+    if HOST_HAS_AVX512:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
+@pytest.mark.parametrize("tiles", range(2, 130))
+def test_column_blocks_fit_and_leave_fewer_tiles_than_blocks(tiles):
+    from rewrite.extract import _column_blocks
+
+    for most in (n for n in (1, 2, 3, 5, 8, 23, 43, 64) if n < tiles):  # all tiles do not fit
+        nc, blocks = _column_blocks(tiles, most)
+        if nc is None:
+            assert most < 2
+            continue
+        assert 2 <= nc <= most and blocks >= 1
+        assert 0 <= tiles - blocks * nc < max(blocks, nc)  # the rest: less than a block
 
 
 def test_b_fitting_half_of_l2_keeps_the_row_groups(monkeypatch):
