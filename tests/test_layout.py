@@ -570,6 +570,37 @@ def test_a_prime_number_of_column_tiles_is_cut_into_equal_blocks_and_a_rest(monk
         assert check.ok, check.message
 
 
+def _vm(k: int, n: int):
+    return parse(f"@prim_func\ndef vm(x: f32[{k}], B: f32[{k}, {n}], y: f32[{n}]):\n"
+                 f"    for j in range({n}):\n        y[j] = 0.0\n        for k in range({k}):\n"
+                 f"            y[j] += x[k] * B[k, j]\n")
+
+
+@pytest.mark.parametrize("library", [AVX512, AVX2], ids=["avx512", "avx2"])
+def test_a_vector_matrix_product_reads_b_eight_rows_at_a_time(monkeypatch, library):
+    # B (96 x 512 floats, 2 KB a row, 192 KB) outgrows a 64 KB L2: the axpy calls run in
+    # blocks of 8 rows of B, each over all the column tiles, in two halves for two threads
+    _caches(monkeypatch, 32 * 1024, 64 * 1024)
+    func = _vm(96, 512)
+    result = tensorize(func, library)
+    _well_formed(result)
+    text = show(result.func)
+    assert "for j_o_b in range(2):" in text and "for k_o in range(1, 12):" in text
+    calls = [c for c in ir.walk_stmts(result.func.body) if isinstance(c, ir.Call)]
+    assert calls and all(show_expr(dict(c.operands)["b"].base[0]) in ("k_i", "k_i + 8 * k_o")
+                         for c in calls)  # B's row: 8 steps a block
+    _interp_equal(func, result.func)
+    if HOST_HAS_AVX2:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
+def test_a_vector_matrix_product_whose_b_fits_l2_keeps_its_loops(monkeypatch):
+    _caches(monkeypatch, 32 * 1024, 1024 * 1024)
+    text = show(tensorize(_vm(96, 512), AVX512).func)
+    assert "k_o" not in text and "_b" not in text and "for k in range(96):" in text
+
+
 @pytest.mark.parametrize("tiles", range(2, 130))
 def test_column_blocks_fit_and_leave_fewer_tiles_than_blocks(tiles):
     from rewrite.extract import _column_blocks
