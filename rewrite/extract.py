@@ -293,8 +293,12 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
     reduction = [d for d in loops if d.name not in moves]
     if len(reduction) > 1 and moving:
         return Blocked(_reductions_outside(desc, loops, moving, reduction, windows), windows)
-    if len(reduction) == 1 and len(moving) == 1 and len(desc.output.shape) == 1:
-        return _rows_apart(desc, moving[0], reduction[0], windows, names) or Blocked(loops, windows)
+    wide = [d for d in moving if d.extent > 1]  # a row vector's one row (``C[i, 64 * j_o]``) aside
+    if len(reduction) == 1 and len(wide) == 1 and len(desc.output.shape) == 1:
+        found = _rows_apart(desc, wide[0], reduction[0], windows, names)
+        if found is None:
+            return Blocked(loops, windows)
+        return Blocked([d for d in moving if d.extent == 1] + found.loops, found.windows)
     if len(reduction) != 1 or len(moving) < 2:
         return Blocked(loops, windows)
     (r,) = reduction

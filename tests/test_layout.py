@@ -595,6 +595,21 @@ def test_a_vector_matrix_product_reads_b_eight_rows_at_a_time(monkeypatch, libra
         assert check.ok, check.message
 
 
+def test_a_row_vector_times_a_matrix_reads_b_eight_rows_at_a_time(monkeypatch):
+    # C[i, j] over i in range(1): the one row is no loop of its own for the blocking
+    _caches(monkeypatch, 32 * 1024, 64 * 1024)
+    func = _nn(1, 512, 96)
+    result = tensorize(func, AVX512)
+    _well_formed(result)
+    calls = [c for c in ir.walk_stmts(result.func.body) if isinstance(c, ir.Call)]
+    assert calls and all(show_expr(dict(c.operands)["b"].base[0]) == "k_i + 8 * k_o" for c in calls)
+    assert "j_o_b" in show(result.func)
+    _interp_equal(func, result.func)
+    if HOST_HAS_AVX2:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
 def test_a_vector_matrix_product_whose_b_fits_l2_keeps_its_loops(monkeypatch):
     _caches(monkeypatch, 32 * 1024, 1024 * 1024)
     text = show(tensorize(_vm(96, 512), AVX512).func)
