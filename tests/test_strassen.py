@@ -9,10 +9,13 @@ import pytest
 
 import intrinsics
 from rewrite import calls, inputs, interp, ir, nests, runtime
+from rewrite.budgets import Budgets
 from rewrite.names import Names
-from rewrite.pipeline import tensorize
+from rewrite.pipeline import Search, tensorize
 from rewrite.rules import matmul, matrices, strassen
+from rewrite.rules.choose import Around
 from rewrite.rules.finite import Guarded
+from rewrite.saturate import Budget
 from rewrite.tools.strassen_bench import matmul_source
 from rewrite.script import parse, parse_file
 
@@ -346,11 +349,15 @@ def test_distributivity_not_taken_when_the_addition_costs_more():
 # auto: the cost model's decision
 
 
+def _search(func, strassen="auto", budgets=Budgets(), library=AVX2):
+    return Search({d.name: d for d in library}, Budget(), Names.of(func), True, strassen, budgets)
+
+
 def test_auto_leaves_small_matmuls_alone():
     for n in (64, 256):
         func = parse(matmul_source(n))
         parts = nests.items(nests.normalize(func))
-        assert [a for a in strassen.alternatives(func, parts, "auto", Names()) if a.levels] == []
+        assert strassen.spans(parts, Around(func), _search(func)) == []
         assert tensorize(func, AVX2).strassen_levels == 0
 
 
