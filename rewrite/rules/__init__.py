@@ -151,8 +151,9 @@ class Family:
             raise ValueError(f"rule family {self.name}: kind {self.kind!r} takes hooks "
                              f"{KINDS.get(self.kind)}, not {self.hooks}")
         if self.directive is not None and self.kind not in (SITES, SPANS):
-            raise ValueError(f"rule family {self.name}: a directive follows the one "
-                             f"extraction, of sites and spans families, not {self.kind!r}")
+            raise ValueError(f"rule family {self.name}: a directive runs after the one "
+                             f"extraction of sites and spans families, not after kind "
+                             f"{self.kind!r}")
 
     def load(self) -> tuple:
         """The hooks themselves, importing the module."""
