@@ -32,9 +32,10 @@ class Budgets:
     # function may compare, at tens of microseconds each: 2^18 is seconds. Counted before it
     # starts; the pairs grow with the square of the statements touching one buffer.
     analysis_pairs: int = 1 << 18
-    # Matmul products one Strassen rewrite of a function may create (7 per level and matmul):
-    # each is a nest to saturate, extract and compile, about 0.1-0.2 s apiece. A forced
-    # ``--strassen N`` past it is an error; under ``auto`` such an alternative is not tried.
+    # Matmul products one Strassen rewrite may create (7 per level and matmul): each is a
+    # nest to saturate, extract and compile, about 0.1-0.2 s apiece. A forced
+    # ``--strassen N`` past it, over the function, is an error; under ``auto`` a product's
+    # level counts past it are not offered.
     strassen_products: int = 100
     # Statement instances ``--check``'s interpreter may run (counted before it starts, loops
     # at their full extent): 2^32 covers a 1600^3 matmul, which runs vectorised in seconds.

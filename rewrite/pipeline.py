@@ -17,9 +17,10 @@
                                            #   split (sums), runtime scale factors taken out
                                            #   (scalar-factor), pairs contracted (contract),
                                            #   windows of products rewritten by the
-                                           #   program-level e-graph (matmul); then Strassen
-                                           #   levels (strassen), on floats behind a
-                                           #   finite-operand guard
+                                           #   program-level e-graph (matmul), each product's
+                                           #   Strassen levels (strassen), on floats behind a
+                                           #   finite-operand guard; then forced levels
+                                           #   (--strassen N)
     verify(result)                         # the output is a well-formed program too
 
 The rule families, their kinds and their order are listed in ``rules/__init__.py``.
@@ -406,9 +407,9 @@ def _tensorize(func: PrimFunc, intrinsics: Optional[Sequence], budget: Budget, i
     # together by one extraction (rules/choose.py), reused temporaries expanded
     # (rules/expand.py), producers inlined (rules/fusion.py), triangles split into boxes
     # (rules/triangles.py), sums split (rules/sums.py), runtime scale factors taken out
-    # (rules/scalars.py), pairs contracted (rules/contract.py) and stretches of matrix
-    # products rewritten in the program-level e-graph (rules/matrices.py); then Strassen
-    # levels (rules/strassen.py)
+    # (rules/scalars.py), pairs contracted (rules/contract.py), stretches of matrix
+    # products rewritten in the program-level e-graph (rules/matrices.py) and each product's
+    # Strassen levels (rules/strassen.py); then the levels --strassen N forces
     for _, step in rules.improvements(off):
         best = step(best, search)
     normal, parts, chosen = best.func, best.parts, best.planned

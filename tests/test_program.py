@@ -640,8 +640,9 @@ def test_an_odd_extent_is_peeled_in_the_e_graph_and_its_even_part_takes_a_level(
 
 def test_auto_levels_of_a_lone_product_are_the_e_graphs_and_the_family_keeps_batches():
     from rewrite.budgets import Budgets
-    from rewrite.pipeline import Choice, Search
+    from rewrite.pipeline import Search
     from rewrite.rules import strassen
+    from rewrite.rules.choose import Around
     from rewrite.saturate import Budget
 
     # 2048 with the 6-row tile's remainders as they are (no padding): a level pays
@@ -671,10 +672,7 @@ def bmm(A: f32[2, 1024, 1024], B: f32[2, 1024, 1024], C: f32[2, 1024, 1024]):
                          (LONE.format(m=2048, k=2047, n=2048), False), (batched, True)):
         f = parse(src)
         parts = search.items(nests.normalize(f))
-        best = Choice(f, parts, None)
-        alts = strassen.alternatives(f, parts, "auto", Names.of(f),
-                                     elsewhere=strassen.chosen_elsewhere(best, search))
-        assert bool(alts) == offered
+        assert bool(strassen.spans(parts, Around(f), search)) == offered
 
 
 def test_a_fused_dense_layer_takes_a_level_in_the_e_graph_under_its_epilogue():

@@ -26,6 +26,7 @@ def test_every_family_is_of_a_documented_kind_and_its_hooks_load(family):
     hooks = family.load()
     assert len(hooks) == len(rules.KINDS[family.kind])
     assert all(callable(h) for h in hooks) or family.kind == rules.RULESET
+    assert family.directive is None or callable(family.load_directive())
 
 
 def test_family_names_are_unique():

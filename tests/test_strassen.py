@@ -1,6 +1,7 @@
 """Tensor-level rewrites: matmul recognition, Strassen levels, matmul algebra, their numerics
 and the cost model's choice between them."""
 
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,10 +10,13 @@ import pytest
 
 import intrinsics
 from rewrite import calls, inputs, interp, ir, nests, runtime
+from rewrite.budgets import Budgets
 from rewrite.names import Names
-from rewrite.pipeline import tensorize
+from rewrite.pipeline import Search, tensorize
 from rewrite.rules import matmul, matrices, strassen
+from rewrite.rules.choose import Around
 from rewrite.rules.finite import Guarded
+from rewrite.saturate import Budget
 from rewrite.tools.strassen_bench import matmul_source
 from rewrite.script import parse, parse_file
 
@@ -346,11 +350,15 @@ def test_distributivity_not_taken_when_the_addition_costs_more():
 # auto: the cost model's decision
 
 
+def _search(func, strassen="auto", budgets=Budgets(), library=AVX2):
+    return Search({d.name: d for d in library}, Budget(), Names.of(func), True, strassen, budgets)
+
+
 def test_auto_leaves_small_matmuls_alone():
     for n in (64, 256):
         func = parse(matmul_source(n))
         parts = nests.items(nests.normalize(func))
-        assert [a for a in strassen.alternatives(func, parts, "auto", Names()) if a.levels] == []
+        assert strassen.spans(parts, Around(func), _search(func)) == []
         assert tensorize(func, AVX2).strassen_levels == 0
 
 
@@ -362,6 +370,121 @@ def test_auto_takes_strassen_on_large_matmuls(blocks, off):
     n = blocks * strassen.AUTO_MIN_BLOCK
     result = tensorize(parse(matmul_source(n)), AVX2, rules_off=off)
     assert result.strassen_levels >= 1
+
+
+# ---------------------------------------------------------------------------
+# auto: each product's level count, chosen by the one extraction (rules/choose.py)
+#
+# Without intrinsics a level pays from about n = 64 by the cost model (the scalar product's
+# multiply-adds against the block additions); with AUTO_MIN_BLOCK at 4 the products below
+# admit two or three levels, so these programs stay small enough to compile and check.
+
+
+def _batched(n: int, out: str = "C", a: str = "A", b: str = "B") -> str:
+    return (f"    for b, i, j, k in grid(2, {n}, {n}, {n}):\n"
+            f"        {out}[b, i, j] += {a}[b, i, k] * {b}[b, k, j]\n")
+
+
+def _bmm(n: int) -> str:
+    return (f"@prim_func\ndef bmm(A: f32[2, {n}, {n}], B: f32[2, {n}, {n}], C: f32[2, {n}, {n}]):\n"
+            + _batched(n))
+
+
+def _level_shapes(result) -> Counter:
+    """Strassen products by shape: 7 of half the size per level of each product."""
+    return Counter(b.shape for b in result.func.allocs if b.name.startswith("st_P"))
+
+
+def _compiled_equal(func, result) -> None:
+    """``result`` compiled and compared with the interpreter (NaN and Inf among the inputs:
+    the guard keeps their pattern)."""
+    check = runtime.check(func, result.compile())
+    assert check.ok, check.message
+
+
+def test_two_batched_products_take_each_its_own_level_count(monkeypatch):
+    monkeypatch.setattr(strassen, "AUTO_MIN_BLOCK", 4)
+    func = parse("@prim_func\ndef two(A: f32[2, 128, 128], B: f32[2, 128, 128], C: f32[2, 128, 128], "
+                 "X: f32[2, 96, 96], Y: f32[2, 96, 96], Z: f32[2, 96, 96]):\n"
+                 + _batched(128) + _batched(96, "Z", "X", "Y"))
+    parts = nests.items(nests.normalize(func))
+    assert [strassen.max_levels(matmul.recognize(p), 4) for p in parts] == [5, 4]
+    result = tensorize(func, [])
+    # two levels on the 128 product, one on the 96 product
+    assert _level_shapes(result) == {(2, 64, 64): 7, (2, 32, 32): 49, (2, 48, 48): 7}
+    assert result.strassen_levels == 2 and dict(result.choice.taken) == {"strassen": 2}
+    assert dict(result.choice.offered) == {"strassen": 4}  # 1 and 2 levels each (budget: 100)
+    # one level count for every product, as alternatives of the whole program gave: dearer
+    for levels in (1, 2):
+        assert result.cost < tensorize(func, [], strassen=levels).cost
+    _compiled_equal(func, result)
+
+
+SCALED_BATCH = """
+@prim_func
+def scaled(W: f32[2, 96, 96], A: f32[2, 96, 96], B: f32[2, 96, 96], C: f32[2, 96, 96]):
+    for b, i, j, k in grid(2, 96, 96, 96):
+        C[b, i, j] += W[b, i, j] * A[b, i, k] * B[b, k, j]
+"""
+
+TRANSPOSED_COPY_BATCH = """
+@prim_func
+def tcopy(At: f32[2, 96, 96], B: f32[2, 96, 96], C: f32[2, 96, 96]):
+    T = alloc(f32[2, 96, 96])
+    for b, i, k in grid(2, 96, 96):
+        T[b, i, k] = At[b, k, i]
+    for b, i, j, k in grid(2, 96, 96, 96):
+        C[b, i, j] += T[b, i, k] * B[b, k, j]
+"""
+
+
+@pytest.mark.parametrize("src, taken, alone, temps", [
+    # a runtime scale factor taken out (the product into the temporary sc_T_0, behind the
+    # factor's guard), then a level on that product, on the guard's fast path
+    (SCALED_BATCH, {"scalar-factor": 1, "strassen": 1}, [{"strassen"}, {"scalar-factor", "contract"}],
+     {"sc_T_0"}),
+    # a transposed copy inlined into the product (a rewrite of the whole function: the copy T
+    # is gone), then a level on the product that reads the copy's source in place
+    (TRANSPOSED_COPY_BATCH, {"inline": 1, "strassen": 1}, [{"strassen"}, {"inline"}], set()),
+], ids=["scale-factor", "inline"])
+def test_a_level_composes_with_another_family_in_the_one_extraction(monkeypatch, src, taken,
+                                                                      alone, temps):
+    monkeypatch.setattr(strassen, "AUTO_MIN_BLOCK", 4)
+    func = parse(src)
+    result = tensorize(func, [])
+    assert dict(result.choice.taken) == taken and result.strassen_levels == 1
+    assert _level_shapes(result) == {(2, 48, 48): 7}
+    assert {b.name for b in result.func.allocs if not b.name.startswith("st_")} == temps
+    for off in alone:  # either family alone: dearer
+        assert result.cost < tensorize(func, [], rules_off=off).cost
+    _compiled_equal(func, result)
+
+
+def test_the_products_budget_stops_deeper_levels(monkeypatch):
+    monkeypatch.setattr(strassen, "AUTO_MIN_BLOCK", 4)
+    func = parse(_bmm(128))
+    full = tensorize(func, [])
+    assert full.strassen_levels == 2 and dict(full.choice.offered) == {"strassen": 2}
+    # two levels make 49 products, past 48: only one level is offered, and taken
+    capped = tensorize(func, [], budgets=Budgets(strassen_products=48))
+    assert capped.strassen_levels == 1 and dict(capped.choice.offered) == {"strassen": 1}
+    assert _level_shapes(capped) == {(2, 64, 64): 7}
+    none = tensorize(func, [], budgets=Budgets(strassen_products=6))
+    assert none.strassen_levels == 0 and none.choice.offered == ()
+    _compiled_equal(func, capped)
+
+
+def test_forced_levels_apply_where_the_cost_model_refuses_them(monkeypatch):
+    monkeypatch.setattr(strassen, "AUTO_MIN_BLOCK", 4)
+    func = parse(_bmm(32))
+    auto = tensorize(func, [])
+    assert dict(auto.choice.offered) == {"strassen": 2} and auto.strassen_levels == 0  # refused
+    forced = tensorize(func, [], strassen=1)
+    assert forced.strassen_levels == 1 and _level_shapes(forced) == {(2, 16, 16): 7}
+    assert forced.cost > auto.cost
+    # the family turned off turns its forced levels off too
+    assert tensorize(func, [], strassen=1, rules_off={"strassen"}).strassen_levels == 0
+    _compiled_equal(func, forced)
 
 
 @pytest.mark.parametrize("body, a, b, note", [

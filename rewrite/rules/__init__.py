@@ -55,9 +55,9 @@ Kinds
     (``pipeline.Search``) normalises (``items``) and plans (``plan``) a program as the pipeline
     does, and carries the names in use and ``tensorize``'s options. Runs after the function is
     planned, each family on the previous one's result; returns ``best`` or a program it found
-    cheaper by the cost model (or one the options force). Obligation: every program it
-    returns computes what ``best`` does, up to reassociation, with the NaN/Inf pattern of the
-    program as written (``finite.guard`` where a rewrite would move it).
+    cheaper by the cost model. Obligation: every program it returns computes what ``best``
+    does, up to reassociation, with the NaN/Inf pattern of the program as written
+    (``finite.guard`` where a rewrite would move it).
 
 ``sites``: ``rewrites(item, search) -> [(items, temporaries)]``
     Other items for one item of the program: each list computes what the item computes,
@@ -81,6 +81,14 @@ Kinds
     ``func``, and its items are then rewritten as the program's own; ``pays`` may refuse a
     rewrite the extraction chose by more than its cost. Obligation: as for ``sites``,
     stretch by stretch, with the buffers in ``outside`` read and written as before.
+
+A ``sites`` or ``spans`` family may also name a *directive* (``Family.directive``):
+``(best, search) -> best``, run on the program its step chose, right after that step, for
+what ``tensorize``'s options force whatever the cost model says. ``strassen``'s is
+``forced``: under ``--strassen N`` the family offers no spans and the directive applies
+exactly N levels to every matmul product of the chosen program (under ``auto`` the
+extraction chooses each product's level count among the family's spans). Turning the
+family off turns its directive off. Obligation: as for ``alternatives``.
 
 Modules that are no family: ``casts.py`` (the normal form of a body's casts, which
 ``nests.as_nest`` gives every nest it forms: part of what a nest is, not a choice),
@@ -133,16 +141,30 @@ class Family:
     # a nest stage: the deepest remainder nest it is weighed on (0: the nests the function
     # has; None: every remainder the extractor plans)
     depth: Optional[int] = None
+    # a ``sites`` or ``spans`` family: the module attribute ``(best, search) -> best`` that the
+    # pipeline applies to the program the family's step chose, right after that step: what
+    # ``tensorize``'s options force whatever it costs (``--strassen N``), ``best`` otherwise
+    directive: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS or len(self.hooks) != len(KINDS[self.kind]):
             raise ValueError(f"rule family {self.name}: kind {self.kind!r} takes hooks "
                              f"{KINDS.get(self.kind)}, not {self.hooks}")
+        if self.directive is not None and self.kind not in (SITES, SPANS):
+            raise ValueError(f"rule family {self.name}: a directive runs after the one "
+                             f"extraction of sites and spans families, not after kind "
+                             f"{self.kind!r}")
 
     def load(self) -> tuple:
         """The hooks themselves, importing the module."""
         module = importlib.import_module(f"{__name__}.{self.module}")
         return tuple(getattr(module, h) for h in self.hooks)
+
+    def load_directive(self):
+        """The directive itself (None when the family has none), importing the module."""
+        if self.directive is None:
+            return None
+        return getattr(importlib.import_module(f"{__name__}.{self.module}"), self.directive)
 
 
 # The pipeline runs the families of one kind in this order.
@@ -168,7 +190,8 @@ FAMILIES = (
     Family("matmul", SPANS, "matrices", ("spans",),
            "the program-level e-graph: assoc-*, factor-*, comm-add, assoc-add, scale-*, and rules "
            "loaded with --rules-file"),
-    Family("strassen", ALTERNATIVES, "strassen", ("improve",), "strassen levels"),
+    # forced levels (--strassen N) are a directive on the program the extraction chose
+    Family("strassen", SPANS, "strassen", ("spans",), "strassen levels", directive="forced"),
     Family("tidy", ALTERNATIVES, "tidy", ("improve",),
            "fold-fill, forward-copy, produce-into-copy, fuse-sweeps"),
     Family("tiles", ALTERNATIVES, "tiles", ("improve",),
@@ -205,8 +228,8 @@ def improvements(off: Iterable[str] = ()) -> list[tuple[tuple[str, ...], object]
     """The steps that run after the function is planned, in ``FAMILIES`` order, without the
     families named in ``off``: each ``alternatives`` family's ``improve``, and one step for
     each run of ``sites`` and ``spans`` families (``choose.cheapest_sites`` over their
-    rewrites together). Each step is (the names of its families, ``step(best, search) ->
-    best``)."""
+    rewrites together), followed by the directives of its families, one step each. Each
+    step is (the names of its families, ``step(best, search) -> best``)."""
     off = frozenset(off)
     runs: list[list[Family]] = []
     for f in FAMILIES:
@@ -216,7 +239,11 @@ def improvements(off: Iterable[str] = ()) -> list[tuple[tuple[str, ...], object]
             runs[-1].append(f)
         else:
             runs.append([f])
-    return [(tuple(f.name for f in run), _step(run)) for run in runs]
+    steps = []
+    for run in runs:
+        steps.append((tuple(f.name for f in run), _step(run)))
+        steps += [((f.name,), f.load_directive()) for f in run if f.directive is not None]
+    return steps
 
 
 def _step(run: list[Family]):

@@ -7,9 +7,11 @@ what it computes: ``triangles.py`` (split-domain: a triangle's boxes), ``sums.py
 (split-sum: a sum's terms), ``scalars.py`` (scale-operand, scale-temporary), ``contract.py``
 (contract-pair). A ``spans`` family says it for stretches of a list of items:
 ``expand.py`` (scalar expansion) and ``fusion.py`` (inline-producer), whose rewrites are
-new functions, all of whose items are rewritten again, and ``matrices.py`` (a window of
-products the program-level e-graph rewrites). This module lays the program out as a chain
-of positions, each position an e-class of what runs from there to the end::
+new functions, all of whose items are rewritten again, ``matrices.py`` (a window of
+products the program-level e-graph rewrites) and ``strassen.py`` (a product with each
+Strassen level count it admits, so that each product gets its own; forced levels are its
+directive, after this step). This module lays the program out as a chain of positions,
+each position an e-class of what runs from there to the end::
 
     from(k)  =  item k ; from(k + 1)
              |  rewrite r of items k..j - 1 ; from(j)       for each rewrite r starting at k
@@ -23,8 +25,8 @@ cheapest combination: a triangle split beside one left whole, a triangle's boxes
 sums split, a sum of three-operand products split and each term contracted, a product taken
 out of a runtime scale factor's nest and given a Strassen level, a producer inlined and
 the scale factor it applied then taken out of the product, two producers inlined and a
-third kept. The program so chosen is planned once and kept where it is cheaper than
-``best``.
+third kept, two batched products given two Strassen levels and one. The program so chosen
+is planned once and kept where it is cheaper than ``best``.
 """
 
 from __future__ import annotations

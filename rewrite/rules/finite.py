@@ -55,8 +55,9 @@ class Guarded:
     cond: Expr
     fast: tuple
     slow: tuple
-    # the program-level e-graph chose the Strassen levels of the fast path's products
-    # (``rules/matrices.py``): under ``--strassen auto`` the ``strassen`` family leaves them
+    # the Strassen levels of the fast path's products are chosen, by the program-level
+    # e-graph (``rules/matrices.py``) or as a level of the ``strassen`` family's span: under
+    # ``--strassen auto`` neither family rewrites the fast path again
     settled: bool = False
 
     def stmt(self) -> Stmt:

@@ -26,19 +26,27 @@ the product as written leaves finite (one NaN in ``A[0, 0]`` makes two block row
 so on floats the levels run behind a scan of ``A`` and ``B`` (``finite.guard``) and the product
 as written runs when one of their elements is NaN or Inf.
 
-``improve(best, search)`` is the pipeline's hook (the ``strassen`` family of kind
-``alternatives``, ``rules/__init__.py``): it plans each program ``alternatives`` offers. It
-runs after the ``matmul`` family, so the products of a regrouped chain or a factored sum are
-the ones it splits. Under ``--strassen auto`` the levels of a plain product whose every
-extent a level halves are the program-level e-graph's (``strassen-level``,
-``rules/matrices.py``), one product alone and odd extents (peeled there) included; this
-family keeps batched products and forced levels.
+The ``strassen`` family (kind ``spans``, ``rules/__init__.py``) has two hooks. ``spans``,
+under ``--strassen auto``: for each product it owns, the item with each level count that
+blocks of at least ``AUTO_MIN_BLOCK`` allow, so that the one extraction (``choose.py``)
+chooses each product's level count, none included, beside the other families' rewrites and
+on the products they make (a runtime scale factor's product on the fast path of its guard,
+a product a producer was inlined into, a regrouped chain's product)::
+
+    C[b, i, j] += A[b, i, k] * B[b, k, j]    # 2 x 128^3: two levels
+    Z[b, i, j] += X[b, i, k] * Y[b, k, j]    # 2 x 96^3: one level
+
+The levels of a plain product whose every extent a level halves are the program-level
+e-graph's (``strassen-level``, ``rules/matrices.py``), one product alone and odd extents
+(peeled there) included; this family owns batched products and those whose ranges do not
+start at 0. ``forced``, the family's directive, under ``--strassen N``: exactly N levels on
+every matmul product of the program the extraction chose, whatever they cost.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 from .. import ir
 from ..ir import Accumulate, Binary, Buffer, Const, Expr, For, Load, Store
@@ -59,7 +67,8 @@ AUTO_MIN_BLOCK = 512
 FORCED_MIN_BLOCK = 2
 # Cost, in the cost model's units, of one element of a block addition beyond what
 # ``cost.scalar_stmt`` charges (one operation, one write): the second operand read. Reported
-# as ``Alternative.extra_cost``; with or without it the predicted crossover stays at 2048.
+# as a span's ``extra`` (``Alternative.extra_cost`` of forced levels); with or without it the
+# predicted crossover stays at 2048.
 ADDITION_TRAFFIC = 1.0
 MAX_AUTO_LEVELS = 3
 # A forced level count above this is refused outright: blocks halve at every level, so even
@@ -296,75 +305,122 @@ def _rewritten(parts: Sequence, prefix: Path, mms: dict[Path, MatMul], chosen: s
     return items
 
 
-def alternatives(func: ir.PrimFunc, parts: Sequence, mode: Union[str, int], names: Names,
-                 max_products: Optional[int] = None,
-                 elsewhere: Callable[[Path, MatMul], bool] = lambda q, mm: False) -> list:
-    """Programs equivalent to ``parts`` with Strassen levels applied: levels 1.. as blocks allow
-    (``AUTO_MIN_BLOCK``) under ``"auto"``, on the products ``elsewhere`` does not claim (the
-    program-level e-graph chooses their levels), exactly ``mode`` levels when it is an int.
-
-    ``max_products`` (``budgets.Budgets.strassen_products``) caps the matmul products of one
-    alternative: a forced ``mode`` over it raises ``BudgetError``; ``"auto"`` stops below it."""
+def forced(best, search):
+    """``best`` (``pipeline.Choice``) with exactly ``search.strassen`` levels on every matmul
+    product when that is a level count (``--strassen N``), whatever they cost: a directive
+    the pipeline applies to the program the one extraction chose (``Family.directive``,
+    ``rules/__init__.py``), products whose levels an e-graph chose included; ``best`` as it
+    is under ``"auto"`` and ``"off"``. Past ``budgets.Budgets.strassen_products`` matmul
+    products it raises ``BudgetError``."""
     from ..budgets import BudgetError
 
-    if mode == "off" or mode == 0:
-        return []
-    if isinstance(mode, int):
-        need = products(parts, mode, FORCED_MIN_BLOCK)
-        if max_products is not None and need > max_products:
-            raise BudgetError(f"{mode} Strassen level(s) make {need:,} matmul products",
-                              "strassen-products", max_products)
-        alt = rewrite(parts, mode, names, FORCED_MIN_BLOCK)
-        return [] if alt is None else [alt]
-    out = []
-    mms = {q: mm for q, mm in _matmuls(parts).items() if not elsewhere(q, mm)}
-    top = max([max_levels(mm, AUTO_MIN_BLOCK) for mm in mms.values()], default=0)
-    for lv in range(1, min(top, MAX_AUTO_LEVELS) + 1):
-        ok = {q for q, mm in mms.items() if max_levels(mm, AUTO_MIN_BLOCK) >= lv}
-        if max_products is not None and products(parts, lv, AUTO_MIN_BLOCK, ok) > max_products:
-            break
-        alt = rewrite(parts, lv, names, AUTO_MIN_BLOCK, only=ok)
-        if alt is not None:
-            out.append(alt)
-    return out
+    mode = search.strassen
+    if not isinstance(mode, int) or mode == 0:
+        return best
+    need = products(best.parts, mode, FORCED_MIN_BLOCK)
+    if need > search.budgets.strassen_products:
+        raise BudgetError(f"{mode} Strassen level(s) make {need:,} matmul products",
+                          "strassen-products", search.budgets.strassen_products)
+    alt = rewrite(best.parts, mode, search.names, FORCED_MIN_BLOCK)
+    if alt is None:
+        return best
+    planned = search.plan(alt.parts)
+    planned.allocs = list(alt.allocs) + planned.allocs
+    planned.cost += alt.extra_cost
+    return replace(best, planned=planned, strassen_levels=alt.applied_levels)
 
 
-def chosen_elsewhere(best, search) -> Callable[[Path, MatMul], bool]:
-    """Which products of ``best`` (``pipeline.Choice``) had their levels chosen by the
-    ``matmul`` family's e-graph under ``--strassen auto``: those it lifts alone
-    (``matrices.splits_alone``: a plain product every extent of which ``strassen-level``
-    halves, on the fast path of another rewrite's guard too) and those of the programs it
-    extracted (on the fast path of a ``settled`` guard)."""
+# ---------------------------------------------------------------------------
+# the spans hook: a product's level counts, chosen by the one extraction
+
+
+def owned(item, rules: Sequence, path: Path = ()) -> list[tuple[Path, MatMul]]:
+    """The matmul products of ``item`` (itself, or on the fast path of an unsettled guard,
+    by their path in it) whose levels this family offers under ``--strassen auto``: not those
+    the program-level e-graph splits alone (``matrices.splits_alone`` by ``rules``, the
+    e-graph's rules in force), nor those on the fast path of a ``settled`` guard (an
+    e-graph's extraction, or a level already taken)."""
     from . import matrices  # which imports this module
 
+    if isinstance(item, finite.Guarded):
+        if item.settled:
+            return []
+        return [x for r, p in enumerate(item.fast) for x in owned(p, rules, path + (r,))]
+    if not isinstance(item, AccNest):
+        return []
+    mm = recognize(item)
+    if mm is None or max_levels(mm, AUTO_MIN_BLOCK) < 1:
+        return []
+    if _plain(mm) and matrices.splits_alone(mm, rules):
+        return []
+    return [(path, mm)]
+
+
+def _put(item, path: Path, new: list) -> list:
+    """The items replacing ``item`` when its part at ``path`` becomes ``new``."""
+    if not path:
+        return new
+    r, rest = path[0], path[1:]
+    fast = item.fast[:r] + tuple(_put(item.fast[r], rest, new)) + item.fast[r + 1:]
+    return [replace(item, fast=fast)]
+
+
+def _at(item, path: Path):
+    for r in path:
+        item = item.fast[r]
+    return item
+
+
+def levelled(item, path: Path, mm: MatMul, levels: int, names: Names) -> tuple:
+    """``item`` with ``levels`` Strassen levels on its product at ``path``, behind the finite
+    guard on floats (marked settled: the span holds these levels): (its items, the
+    temporaries they use, the additions' cost the plans do not show, the levels applied)."""
+    out = _Out()
+    strassen(mm, levels, names, AUTO_MIN_BLOCK, out)
+    nest = _at(item, path)
+    guarded = finite.guard([(nest, mm.a.load()), (nest, mm.b.load())], out.parts, [nest], names,
+                           out.allocs)
+    guarded = [replace(p, settled=True) if isinstance(p, finite.Guarded) else p for p in guarded]
+    return (tuple(_put(item, path, guarded)), tuple(out.allocs),
+            ADDITION_TRAFFIC * out.addition_elements, out.depth)
+
+
+def spans(items, around, search) -> list:
+    """Under ``--strassen auto``, for each product of ``items`` this family owns (``owned``),
+    the item rewritten with each level count 1.. that blocks of at least ``AUTO_MIN_BLOCK``
+    allow (at most ``MAX_AUTO_LEVELS``, and only while the level's ``7^levels`` products stay
+    within ``budgets.Budgets.strassen_products``): the ``spans`` hook (``choose.py``), so that
+    the one extraction chooses the level count of each product, none included, together with
+    the other families' rewrites (a product another rewrite made, such as one a runtime scale
+    factor was taken out of, on the fast path of its guard, included). Each rewrite is built
+    once per item and search: equal items in the lists the extraction lays out share it."""
+    from . import matrices  # which imports this module
+    from .choose import Span
+
+    if search.strassen != "auto":
+        return []
     rules = [] if "matmul" in search.rules_off else matrices.in_force(search)
-
-    def chosen(q: Path, mm: MatMul) -> bool:
-        items = best.parts
-        for i in q[:-1]:  # the guards whose fast path holds the product
-            if items[i].settled:
-                return True
-            items = items[i].fast
-        return _plain(mm) and matrices.splits_alone(mm, rules)
-
-    return chosen
-
-
-def improve(best, search):
-    """``best`` (``pipeline.Choice``), or the cheapest of the programs ``alternatives`` offers
-    for it under ``search.strassen`` when cheaper (``"auto"``, on the products whose levels
-    no e-graph chose: ``chosen_elsewhere``); a forced level count takes the program with that
-    many levels whatever it costs."""
-    mode = search.strassen
-    for alt in alternatives(best.func, best.parts, mode, search.names,
-                            search.budgets.strassen_products, chosen_elsewhere(best, search)):
-        planned = search.plan(alt.parts)
-        planned.allocs = list(alt.allocs) + planned.allocs
-        planned.cost += alt.extra_cost
-        forced = isinstance(mode, int) and alt.levels == mode
-        if forced or (mode == "auto" and planned.cost < best.planned.cost):
-            best = replace(best, planned=planned, strassen_levels=alt.applied_levels)
-    return best
+    made = search.memo.setdefault("strassen-levels", {})
+    # the temporaries of the levels built: a product into one is a level's own, whose levels
+    # the span of each level count holds (on floats its settled guard says so already)
+    ours = search.memo.setdefault("strassen-temporaries", set())
+    out = []
+    for q, item in enumerate(items):
+        if not isinstance(item, (AccNest, finite.Guarded)) or \
+                isinstance(item, AccNest) and item.out.name in ours:
+            continue
+        for path, mm in owned(item, rules):
+            top = min(max_levels(mm, AUTO_MIN_BLOCK), MAX_AUTO_LEVELS)
+            for lv in range(1, top + 1):
+                if 7 ** lv > search.budgets.strassen_products:
+                    break
+                key = (item, path, lv)
+                if key not in made:
+                    made[key] = levelled(item, path, mm, lv, search.names)
+                    ours.update(b.name for b in made[key][1])
+                new, temps, extra, applied = made[key]
+                out.append(Span(q, q + 1, new, temps, extra, applied))
+    return out
 
 
 def error_factor(levels: int) -> float:
