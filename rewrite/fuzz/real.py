@@ -640,8 +640,8 @@ def _contracted(s: _Shape, kept: Guarantee, loops, body: Expr, alpha: Load, minu
     where contract-pair (``rules/contract.py``, a ``sites`` family chosen in the same
     extraction) may win. Its rewrite sums the body's two loads ``x * y`` first, over the
     loops they use (``P``), into a temporary ``ct_T`` over those of them the output uses
-    (``K``), and adds ``alpha[0] * ct_T[K]`` over the output's loops (behind the finite
-    guard, left out here)::
+    (``K``), and adds ``alpha[0] * ct_T[K]`` over the output's loops (on floats behind the
+    finite guard, left out here)::
 
         for t, w, v in grid(3, 4, 8):               for w in range(4):
             C[t, w] += alpha[0] * A[w, v] * B[v]        ct_T[w] = 0.0
@@ -706,14 +706,16 @@ def _contracted(s: _Shape, kept: Guarantee, loops, body: Expr, alpha: Load, minu
     temp = _Operand("ct_T", s.out.dtype, tuple(_Axis(v) for v in order if v in keep) or (_Axis(None),))
     rho, rho_g = _rho(_replace(s, out=temp))
     s_t = _ops_per_iteration(body)
-    scanned = sum(math.prod(ext[v] for v in _vars_of(factors[k])) for k in loads)
+    # the guard scans the three loads, on floats only (integers need none: finite.guard)
+    scanned = sum(math.prod(ext[v] for v in _vars_of(factors[k])) for k in loads) \
+        if ir.is_float(s.out.dtype) else 0
     fits = could_fit(desc, outer, s.out.load(ext), [alpha, temp.load(ext)])
     lowest = (_cost.PER_PADDED_ELEMENT * 3 * scanned + _cost.moved(size) + rho * n_in
               + (min(rho, 1.0) if fits else 1.0) * n_out)
     if lowest > best:
         return kept
     neg = 1 if minus else 0
-    total = (2 * scanned + max(ext.values()) - 1 + n_in * s_t + n_out * (2 + neg)
+    total = (2 * scanned + (max(ext.values()) - 1 if scanned else 0) + n_in * s_t + n_out * (2 + neg)
              + size * (1 + neg) + other)
     contracted = _bound(desc, _covered(dd, rho, rho_g, s_t), total,
                         f"contract-pair summing {' * '.join(_text(factors[k]) for k in (1, 2))} "
