@@ -6,6 +6,7 @@ a minimal program."""
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 
 import numpy as np
@@ -15,10 +16,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 import intrinsics
 from rewrite import interp, nests
 from rewrite.fuzz import disguised, near_misses, properties
-from rewrite.fuzz.disguises import (REAL_KINDS, REAL_MUTATIONS, TRANSFORMATIONS, Triangle, could_fit,
+from rewrite.fuzz.disguises import (REAL_KINDS, REAL_MUTATIONS, TRANSFORMATIONS, Disguised, Triangle, _Axis,
+                                    _body, _Operand, _program, _Shape, _substitute, could_fit,
                                     transformation)
-from rewrite.fuzz.real import applies, halving, spanned
-from rewrite.ir import Compare, For, If, Load, walk_expr, walk_stmts
+from rewrite.fuzz.real import _factor_guarantee, applies, halving, spanned
+from rewrite.ir import Binary, Compare, For, If, Load, walk_expr, walk_stmts
 from rewrite.names import Names
 from rewrite.nests import AccNest
 from rewrite.pipeline import tensorize
@@ -99,6 +101,85 @@ def test_a_regrouped_factor_keeps_nan_where_an_underflow_meets_inf():
     result.compile()(**got)
     assert np.isnan(got["C"]).all()
     np.testing.assert_array_equal(np.isnan(interp.run(func, **args)["C"]), np.isnan(want))
+
+
+# ---------------------------------------------------------------------------
+# found by the fuzzer in its own model: contract-pair (rules/contract.py) sums a product once
+# for the batch loops its operands do not use, which the runtime-scale-factor bound did not
+# know; the tensorizer was right, the guarantee was not
+
+
+def _scaled_case(desc, extents, dim_of, out, inputs, inside=False):
+    """The runtime-scale-factor case ``real._factor_kind`` draws for ``desc`` over these loops
+    (in ``extents``' order, one perfect nest): ``alpha[0]`` on the left of the body, or
+    inside it, and the guarantee the model states for it."""
+    dt = desc.output.dtype
+    ops = {k: _Operand(name, dt, tuple(_Axis(v) for v in axes)) for k, (name, axes) in inputs.items()}
+    s = _Shape(desc=desc, extents=dict(extents), dim_of=dict(dim_of),
+               batch=[v for v in extents if v not in dim_of.values()],
+               out=_Operand("C", dt, tuple(_Axis(v) for v in out)), inputs=ops, value=None,
+               form="+=", scale=None, perfect=True, order=list(extents), split=None, init=None,
+               epilogue=False)
+    product = _substitute(_body(desc), {k: o.load(s.extents) for k, o in ops.items()})
+    alpha = _Operand("alpha", dt, (_Axis(None),))
+    s.extra = {"alpha": alpha}
+    a = alpha.load(s.extents)
+    s.value = Binary("*", Binary("*", product.a, a), product.b) if inside else Binary("*", a, product)
+    func, loops, _ = _program(s)
+    return Disguised(func, desc.name, _factor_guarantee(s, func, loops, product),
+                     ("runtime scale factor", "batch dims"))
+
+
+BATCHED_FACTORS = {
+    # C[t, u, w] = alpha * (A @ B)[w] for every t, u: one gemv into ct_T, then a scaled add
+    "gemv": (lambda: _scaled_case(GEMV, {"w": 4, "u": 2, "t": 3, "v": 8}, {"i": "w", "k": "v"},
+                                  ("t", "u", "w"), {"a": ("A", "wv"), "b": ("B", "v")}), """
+    for w, u, t, v in grid(4, 2, 3, 8):
+        C[t, u, w] += alpha[0] * (A[w, v] * B[v])"""),
+    "gemvt": (lambda: _scaled_case(intrinsics.get("x86.avx512.gemvt.f32.8x8"),
+                                   {"v": 8, "u": 3, "w": 8}, {"k": "w", "j": "v"}, ("u", "v"),
+                                   {"a": ("A", "wv"), "b": ("B", "w")}, inside=True), """
+    for v, u, w in grid(8, 3, 8):
+        C[u, v] += A[w, v] * alpha[0] * B[w]"""),
+}
+
+
+@pytest.mark.parametrize("which", sorted(BATCHED_FACTORS))
+def test_a_product_summed_once_for_batch_loops_it_does_not_use_is_guaranteed_what_that_program_covers(which):
+    make, nest = BATCHED_FACTORS[which]
+    case = make()
+    assert show(case.func).rstrip().endswith(nest)  # the program the campaign reported
+    assert "contract-pair" in case.guarantee.reason and case.guarantee.min_coverage > 0
+    assert case.guarantee.must_use == {case.intrinsic}
+    result = properties.check_case(case, mixed=False)  # it stated 0.396 and 0.501: 0.318, 0.389 reached
+    assert "ct_T" in show(result.func)  # the contraction is the program chosen
+    assert result.coverage >= case.guarantee.min_coverage
+
+
+@pytest.mark.parametrize("which", sorted(BATCHED_FACTORS))
+def test_the_contracted_bound_still_catches_a_pair_left_off_the_intrinsic(which, monkeypatch):
+    # planted: the matcher blind on the contracted pair's nest, which then runs as scalar
+    # code, and scalar-factor off, so that this contraction stays the cheapest program (with
+    # scalar-factor, a scaled product on the intrinsic is cheaper and meets the bound)
+    from rewrite import pipeline
+
+    case = BATCHED_FACTORS[which][0]()
+    monkeypatch.setattr(properties, "tensorize",
+                        functools.partial(pipeline.tensorize, rules_off=("scalar-factor",)))
+    assert "ct_T" in show(properties.check_case(case, mixed=False).func)  # no miss yet: it holds
+    matched = pipeline._ieee_match
+    monkeypatch.setattr(pipeline, "_ieee_match", lambda nest, m, library:
+                        not nest.out.name.startswith("ct_T") and matched(nest, m, library))
+    with pytest.raises(properties.PropertyFailed) as failed:
+        properties.check_case(case, mixed=False)
+    assert failed.value.prop == "completeness"
+
+
+def test_contracted_cases_are_drawn_and_reach_their_guarantee():
+    case = _drawn(GEMV, "runtime scale factor", lambda c: "contract-pair" in c.guarantee.reason)
+    _well_formed(case)
+    result = properties.check_case(case)
+    assert result.coverage >= case.guarantee.min_coverage > 0
 
 
 # ---------------------------------------------------------------------------

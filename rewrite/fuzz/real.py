@@ -573,7 +573,8 @@ def _factor_guarantee(s: _Shape, func: PrimFunc, nests, product: Expr) -> Guaran
     either it takes the factor out (paying at least the smaller extra price: ``_covered``
     with the difference of the two prices) or it runs the nest as written with some tiles
     on the intrinsic (``rho c + (s + 1) (n - c) <= opt``). The total is the largest of the
-    three programs' arithmetic."""
+    three programs' arithmetic. contract-pair, chosen in the same extraction, may sum the
+    body once where the nest sums it once per batch point: ``_contracted``."""
     desc = s.desc
     (loops,) = nests
     ext = s.extents
@@ -627,9 +628,102 @@ def _factor_guarantee(s: _Shape, func: PrimFunc, nests, product: Expr) -> Guaran
                                            f"nest as written {n * s_prog}")
     covered = min(_covered(dd, rho, rho_g, s_t, high - low), (n * s_prog - opt) / (s_prog - rho))
     other = _op_count(func.body) - n * s_prog
-    return _bound(desc, covered, max(totals) + max(0, other),
+    kept = _bound(desc, covered, max(totals) + max(0, other),
                   f"{dd} of {n} iterations in whole tiles at {rho_g:g} against {s_t} scalar ops, "
                   f"the factor taken out for {low} to {high}, against {n * s_prog} as written")
+    return _contracted(s, kept, loops, body, alpha, minus, opt, max(0, other))
+
+
+def _contracted(s: _Shape, kept: Guarantee, loops, body: Expr, alpha: Load, minus: bool,
+                best: float, other: int) -> Guarantee:
+    """``kept`` (what the nest as written and scalar-factor's rewrites guarantee), or less
+    where contract-pair (``rules/contract.py``, a ``sites`` family chosen in the same
+    extraction) may win. Its rewrite sums the body's two loads ``x * y`` first, over the
+    loops they use (``P``), into a temporary ``ct_T`` over those of them the output uses
+    (``K``), and adds ``alpha[0] * ct_T[K]`` over the output's loops (on floats behind the
+    finite guard, left out here)::
+
+        for t, w, v in grid(3, 4, 8):               for w in range(4):
+            C[t, w] += alpha[0] * A[w, v] * B[v]        ct_T[w] = 0.0
+                                               ->   for w, v in grid(4, 8):
+                                                        ct_T[w] += A[w, v] * B[v]
+                                                    for t, w in grid(3, 4):
+                                                        C[t, w] += alpha[0] * ct_T[w]
+
+    When a batch loop ``t`` of the output is no loop of ``x`` or ``y``, the product is summed
+    once where the nest as written sums it once per ``t``: fewer operations in all, and so
+    fewer of them on the intrinsic. The bound of the nest as written counts each of its
+    ``n`` iterations as covered or scalar, which this program does not run, so it holds only
+    for programs of the other families. A program of this one is at least as cheap as the
+    same program with the whole tiles of the pair's nest on the intrinsic (the extraction
+    plans each item for itself and adds their prices): ``_covered`` over that nest's
+    iterations, against at most its arithmetic, the guard's scan of ``alpha``, ``x`` and
+    ``y`` (two ops per element scanned, and the flag's sum), and the last nest's (a multiply
+    and an add per iteration, a negation for ``-``, and a scaled copy of ``ct_T`` should
+    scale-operand rewrite it). The guarantee is the smaller of the two bounds: the
+    extraction keeps one program. This family is left out when it cannot be chosen: its
+    cheapest conceivable program (the scan at the vector rate, ``ct_T``'s fill, every
+    iteration of the pair's nest at ``rho``, and of the last one at ``min(rho, 1)``, or at
+    its add where the intrinsic cannot fit it, ``could_fit``: scalar code, or scale-operand's
+    ``C += copy``, whose one load no product of the intrinsic's operands is) costs more than
+    ``best``, a program of the other families. Where contract-pair would pair
+    ``alpha`` with an operand instead, the last nest holds the intrinsic's body over a
+    temporary, and no bound is stated."""
+    from itertools import combinations
+
+    desc = s.desc
+    ext = s.extents
+    factors = [alpha] + _factors(body)
+    loads = [k for k, f in enumerate(factors) if isinstance(f, Load)]
+    if len(loads) < 3 or any(not isinstance(f, (Load, Const)) or f.dtype != s.out.dtype for f in factors):
+        return kept  # contract-pair applies to products of three loads or more, of one dtype
+    out_vars = set().union(*(_vars_of(a.index()) for a in s.out.axes))
+    pairs = []
+    for a, b in combinations(loads, 2):
+        pair = _vars_of(factors[a]) | _vars_of(factors[b])
+        rest = set().union(*(_vars_of(f) for k, f in enumerate(factors) if k not in (a, b)))
+        keep = pair & (rest | out_vars)
+        if pair != keep:
+            pairs.append((a, b, pair, keep))
+    if not pairs:
+        return kept
+    if len(factors) != 3 or [(a, b) for a, b, _, _ in pairs] != [(1, 2)]:
+        return Guarantee(frozenset(), 0.0, "contract-pair may sum alpha[0] with an operand of "
+                                           "the intrinsic first, which this model does not bound")
+    _, _, pair, keep = pairs[0]
+    order = [v for v, _, _ in loops]
+    inner = [v for v in order if v in pair]
+    outer = [v for v in order if v in keep or v not in pair]
+    if not set(outer) <= out_vars:
+        return Guarantee(frozenset(), 0.0, "contract-pair leaves a loop no operand uses around "
+                                           "alpha[0] * ct_T, which this model does not bound")
+    n_in = math.prod(ext[v] for v in inner)
+    n_out = math.prod(ext[v] for v in outer)
+    size = math.prod(ext[v] for v in order if v in keep)
+    tiles = _tiles(s)
+    whole = all(v in pair for v, k in tiles.items() if k > 1)
+    dd = _whole({v: (0, ext[v] - 1) for v in inner}, tiles) if whole else 0
+    temp = _Operand("ct_T", s.out.dtype, tuple(_Axis(v) for v in order if v in keep) or (_Axis(None),))
+    rho, rho_g = _rho(_replace(s, out=temp))
+    s_t = _ops_per_iteration(body)
+    # the guard scans the three loads, on floats only (integers need none: finite.guard)
+    scanned = sum(math.prod(ext[v] for v in _vars_of(factors[k])) for k in loads) \
+        if ir.is_float(s.out.dtype) else 0
+    fits = could_fit(desc, outer, s.out.load(ext), [alpha, temp.load(ext)])
+    lowest = (_cost.PER_PADDED_ELEMENT * 3 * scanned + _cost.moved(size) + rho * n_in
+              + (min(rho, 1.0) if fits else 1.0) * n_out)
+    if lowest > best:
+        return kept
+    neg = 1 if minus else 0
+    total = (2 * scanned + (max(ext.values()) - 1 if scanned else 0) + n_in * s_t + n_out * (2 + neg)
+             + size * (1 + neg) + other)
+    contracted = _bound(desc, _covered(dd, rho, rho_g, s_t), total,
+                        f"contract-pair summing {' * '.join(_text(factors[k]) for k in (1, 2))} "
+                        f"first: {dd} of {n_in} iterations in whole tiles at {rho_g:g} against "
+                        f"{s_t} scalar ops, then {n_out} of alpha[0] * ct_T")
+    if contracted.min_coverage >= kept.min_coverage:
+        return kept
+    return _replace(contracted, reason=f"{contracted.reason}; the other programs: {kept.reason}")
 
 
 def _times(factors: list[Expr], k: int, part: Expr) -> Expr:
