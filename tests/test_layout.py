@@ -602,13 +602,27 @@ def test_a_vector_matrix_product_reads_b_eight_rows_at_a_time(monkeypatch, libra
     _agrees(func, result, HOST_HAS_AVX2)
 
 
-def test_a_row_vector_times_a_matrix_reads_b_eight_rows_at_a_time(monkeypatch):
-    # C[i, j] over i in range(1): the one row is no loop of its own for the blocking
+def test_an_odd_count_of_vector_tiles_runs_its_last_tile_after_the_halves(monkeypatch):
+    # 544 columns: 17 tiles of 32, two halves of 8 and the last tile on its own
     _caches(monkeypatch, 32 * 1024, 64 * 1024)
-    func = _nn(1, 512, 96)
-    result = tensorize(func, AVX512)
+    func = _vm(96, 544)
+    result = tensorize(func, AVX2)
     _well_formed(result)
-    assert _b_rows(result.func) == {"k_i + 8 * k_o"} and "j_o_b" in show(result.func)
+    windows = {show_expr(dict(c.operands)["c"].base[0]) for c in ir.walk_stmts(result.func.body)
+               if isinstance(c, ir.Call)}
+    assert windows == {"256 * j_o_b + 32 * j_o_i", "512"}
+    assert _b_rows(result.func) <= {"k_i", "k_i + 8 * k_o"}
+    _agrees(func, result, HOST_HAS_AVX2)
+
+
+def test_a_row_vector_times_a_matrix_reads_b_eight_rows_at_a_time(monkeypatch):
+    # C[i, j] over i in range(1): the one row is no loop of its own for the blocking (544
+    # columns: 17 tiles, the last one after the two halves, in the row's loop too)
+    _caches(monkeypatch, 32 * 1024, 64 * 1024)
+    func = _nn(1, 544, 96)
+    result = tensorize(func, AVX2)
+    _well_formed(result)
+    assert _b_rows(result.func) == {"k_i + 8 * k_o"} and "for i, k_o, k_i in grid(1, 12, 8):" in show(result.func)
     _agrees(func, result, HOST_HAS_AVX2)
 
 
