@@ -68,10 +68,14 @@ def _value_ops(e: Expr) -> int:
 
 def reduction_length(func: PrimFunc) -> int:
     """The longest chain of ``+=`` into one element: for each accumulation, the product of the
-    extents of the enclosing loops its indices do not use. Float tolerances scale with it."""
+    extents of the enclosing loops its indices do not use. Float tolerances scale with it.
+    A store that reads the element it writes (``C[w] = C[w] + e``) chains like ``+=``: as
+    written, the tolerance was that of one addition where the program sums a whole loop."""
     best = 1
     for s, loops in walk_in_loops(expand_calls(func).body):
-        if isinstance(s, Accumulate):
+        if isinstance(s, Accumulate) or isinstance(s, Store) and any(
+                isinstance(x, Load) and x.buffer == s.buffer and x.indices == s.indices
+                for x in walk_expr(s.value)):
             used = {x.name for i in s.indices for x in walk_expr(i) if isinstance(x, Var)}
             best = max(best, math.prod(f.extent for f in loops if f.var not in used))
     return best

@@ -440,6 +440,27 @@ def test_op_count_and_reduction_length():
     assert calls.reduction_length(func) == 64
 
 
+def test_a_sum_written_as_a_store_of_itself_is_a_reduction_too():
+    from rewrite import runtime
+
+    # the near miss ``tensorize fuzz --intrinsic x86.avx512.gemv.f32.8x16 --examples 100
+    # --seed 12 --unit 0`` drew: C[w] summed over v as ``C[w] = C[w] + ...``, and alpha
+    # reset to it after each row; counted as one addition, its roundoff failed the check
+    func = parse("""
+@prim_func
+def near_miss(A: f32[8, 32], B: f32[32], alpha: f32[1], C: f32[8]):
+    for w in range(8):
+        for v in range(32):
+            C[w] = C[w] + alpha[0] * (A[w, v] * B[v])
+        alpha[0] = C[w]
+""")
+    assert calls.reduction_length(func) == 32
+    plain = parse("@prim_func\ndef f(A: f32[8, 32], C: f32[8]):\n    for w, v in grid(8, 32):\n"
+                  "        C[w] = A[w, v] + A[w, 0]\n")
+    assert calls.reduction_length(plain) == 1  # a store that reads other elements: no chain
+    assert runtime.check(func, runtime.compile(func), seed=0).ok
+
+
 def test_what_hangs_on_a_rounded_or_compared_sum_is_beyond_roundoff():
     func = parse("""
 @prim_func
