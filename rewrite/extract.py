@@ -328,11 +328,7 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
     k_o, k_i, rows_b, rows_i = (names.fresh(f"{r.name}_o"), names.fresh(f"{r.name}_i"),
                                 names.fresh(f"{rows.name}_b"), names.fresh(f"{rows.name}_i"))
 
-    def split(d: Dim, outer: str, inner: str, n: int) -> Expr:
-        scaled = Binary("*", Const(n, ir.INDEX), Var(outer))
-        return Binary("+", Binary("+", Const(d.start, ir.INDEX), scaled), Var(inner))
-
-    values = {r.name: split(r, k_o, k_i, kc), rows.name: split(rows, rows_b, rows_i, group)}
+    values = {r.name: _split(r, k_o, k_i, kc), rows.name: _split(rows, rows_b, rows_i, group)}
 
     rest: tuple = ()
     if nc is not None:
@@ -343,7 +339,7 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
                                   {name: _rebased(w, past) for name, w in windows.items()}, names)
             rest = ((after.loops, after.windows),) + after.rest
         cols_b, cols_i = names.fresh(f"{cols.name}_b"), names.fresh(f"{cols.name}_i")
-        values = {r.name: values[r.name], cols.name: split(cols, cols_b, cols_i, nc)}
+        values = {r.name: values[r.name], cols.name: _split(cols, cols_b, cols_i, nc)}
         order = [Dim(cols_b, 0, blocks), Dim(k_o, 0, r.extent // kc), rows,
                  Dim(cols_i, 0, nc), Dim(k_i, 0, kc)]
     else:
@@ -370,16 +366,16 @@ def _rows_apart(desc, cols: Dim, r: Dim, windows: dict, names: Names) -> Optiona
     each step, where no hardware prefetcher follows; in blocks, B is read 8 rows at a time
     whole, left to right. The output's tile is loaded and stored once a block instead of
     once. The tiles are cut into two halves, outermost, so that two threads each take one
-    (the reduction loop cannot be shared); an odd count's last tile runs after them. Measured on Zen 4, one
-    thread, the AVX-512 axpy, numpy's ``x @ B`` time over ours: 2048 x 2048 0.38 as given
-    against 1.04 in blocks of 8 (4 rows: 0.64, 16: 0.77, 32: 0.53, 64: 0.44, row by row
-    0.81), 1024 x 4096 0.38 against 1.09, 1000 x 1000 0.80 against 1.02; two halves as
-    fast as one sweep, four 0.90, eight 0.68.
+    (the reduction loop cannot be shared); an odd count's last tile runs after them.
+    Measured on Zen 4, one thread, the AVX-512 axpy, numpy's ``x @ B`` time over ours:
+    2048 x 2048 0.38 as given against 1.04 in blocks of 8 (4 rows: 0.64, 16: 0.77, 32:
+    0.53, 64: 0.44, row by row 0.81), 1024 x 4096 0.38 against 1.09, 1000 x 1000 0.80
+    against 1.02; two halves as fast as one sweep, four 0.90, eight 0.68.
 
-    Each output element still sums over the reduction in order. For intrinsics whose
-    output is one row (a 2-D tile's leftover rows, ``C[1020, 16 * j_o]`` over ``j_o, k``,
-    read B's panel with the tiles, ``rules/tiles.py``'s co-block). None where it does not
-    apply: an input read rows apart that the tile loop moves along and that outgrows L2
+    Each output element still sums over the reduction in order. Only for intrinsics whose
+    output is one row (``blocked_loops``): a 2-D tile's leftover rows (``C[1020, 16 * j_o]``
+    over ``j_o, k``) read B's panel with the tiles instead, ``rules/tiles.py``'s co-block.
+    None where it does not apply: an input read rows apart that the tile loop moves along and that outgrows L2
     (one that L2 holds is read from there in any order: PolyBench's 400 x 400 ``mvt``, whose
     two products share each read of A, ``rules/tidy.py``'s fuse-sweeps), a reduction longer
     than a block that some block size from ``ROW_STEPS`` down to half of it divides."""
@@ -396,20 +392,24 @@ def _rows_apart(desc, cols: Dim, r: Dim, windows: dict, names: Names) -> Optiona
     if not far or kc is None or r.extent <= kc or cols.extent < 2:
         return None
     k_o, k_i = names.fresh(f"{r.name}_o"), names.fresh(f"{r.name}_i")
-    values = {r.name: Binary("+", Binary("+", Const(r.start, INDEX),
-                                         Binary("*", Const(kc, INDEX), Var(k_o))), Var(k_i))}
+    values = {r.name: _split(r, k_o, k_i, kc)}
     order = [Dim(k_o, 0, r.extent // kc), cols, Dim(k_i, 0, kc)]
     rest: tuple = ()
     if cols.extent >= 4:
         c_b, c_i = names.fresh(f"{cols.name}_b"), names.fresh(f"{cols.name}_i")
         half = cols.extent // 2
-        values[cols.name] = Binary("+", Binary("+", Const(cols.start, INDEX),
-                                               Binary("*", Const(half, INDEX), Var(c_b))), Var(c_i))
+        values[cols.name] = _split(cols, c_b, c_i, half)
         order = [Dim(c_b, 0, 2), order[0], Dim(c_i, 0, half), order[2]]
         if cols.extent % 2:  # an odd count's last tile: a nest of its own after the halves
             last = {r.name: values[r.name], cols.name: Const(cols.start + 2 * half, INDEX)}
             rest = (([order[1], order[3]], {name: _rebased(w, last) for name, w in windows.items()}),)
     return Blocked(order, {name: _rebased(w, values) for name, w in windows.items()}, rest)
+
+
+def _split(d: Dim, outer: str, inner: str, n: int) -> Expr:
+    """``d``'s variable as the loops ``outer`` (steps of ``n``) and ``inner`` that split it."""
+    scaled = Binary("*", Const(n, INDEX), Var(outer))
+    return Binary("+", Binary("+", Const(d.start, INDEX), scaled), Var(inner))
 
 
 def _rebased(w: ir.Window, values: dict) -> ir.Window:

@@ -293,16 +293,23 @@ def _rewritten(parts: Sequence, prefix: Path, mms: dict[Path, MatMul], chosen: s
         if here not in chosen:
             items.append(p)
             continue
-        mm = mms[here]
-        one = _Out()
-        strassen(mm, levels, names, min_block, one)
+        guarded, one = _guarded(p, mms[here], levels, names, min_block)
         out.allocs += one.allocs
         out.addition_elements += one.addition_elements
         out.depth = max(out.depth, one.depth)
-        # Strassen's sums spread a NaN or Inf over other blocks: only on finite operands
-        items += finite.guard([(p, mm.a.load()), (p, mm.b.load())], one.parts, [p], names,
-                              out.allocs)
+        items += guarded
     return items
+
+
+def _guarded(nest: AccNest, mm: MatMul, levels: int, names: Names,
+             min_block: int) -> tuple[list, _Out]:
+    """``nest`` (the product ``mm``) with ``levels`` Strassen levels, behind the finite guard
+    on floats (Strassen's sums spread a NaN or Inf over other blocks: only on finite
+    operands): the items, and the levels' ``_Out`` (its temporaries the guard's too)."""
+    one = _Out()
+    strassen(mm, levels, names, min_block, one)
+    return finite.guard([(nest, mm.a.load()), (nest, mm.b.load())], one.parts, [nest], names,
+                        one.allocs), one
 
 
 def forced(best, search):
@@ -375,11 +382,7 @@ def levelled(item, path: Path, mm: MatMul, levels: int, names: Names) -> tuple:
     """``item`` with ``levels`` Strassen levels on its product at ``path``, behind the finite
     guard on floats (marked settled: the span holds these levels): (its items, the
     temporaries they use, the additions' cost the plans do not show, the levels applied)."""
-    out = _Out()
-    strassen(mm, levels, names, AUTO_MIN_BLOCK, out)
-    nest = _at(item, path)
-    guarded = finite.guard([(nest, mm.a.load()), (nest, mm.b.load())], out.parts, [nest], names,
-                           out.allocs)
+    guarded, out = _guarded(_at(item, path), mm, levels, names, AUTO_MIN_BLOCK)
     guarded = [replace(p, settled=True) if isinstance(p, finite.Guarded) else p for p in guarded]
     return (tuple(_put(item, path, guarded)), tuple(out.allocs),
             ADDITION_TRAFFIC * out.addition_elements, out.depth)
