@@ -157,7 +157,7 @@ def test_onnxruntime_runs_each_layer_and_agrees_with_our_kernel():
         kernel = runtime.compile(func, threads=1)
         call = bench.onnxruntime_counterpart(func, kernel, threads=1)
         assert call is not None, func.name
-        want = run(func, **random_args(func, seed=0))[out]
+        want = run(func, **call.args)[out]
         np.testing.assert_allclose(call.result(), want, rtol=1e-4, atol=1e-4)
 
 
@@ -173,3 +173,29 @@ def test_a_model_that_computes_something_else_is_dropped(capsys):
 
     assert bench.onnxruntime_counterpart(func, wrong, threads=1) is None
     assert "no ONNX Runtime figure" in capsys.readouterr().err
+
+
+def test_a_u8_model_that_differs_on_full_range_inputs_is_timed_below_128(monkeypatch, capsys):
+    """ONNX Runtime's u8 x i8 kernels for CPUs without VNNI saturate 16-bit pair sums: a
+    model that differs only where a u8 input reaches 128 is checked and timed on inputs
+    below that, and stderr says so."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    real = onnx_peer.counterpart
+
+    def saturating(func, model, threads):
+        call = real(func, model, threads)
+        if any(v.dtype == np.uint8 and v.max() >= 128 for v in model.feeds.values()):
+            exact = call.result
+            call.result = lambda: exact() + 1
+        return call
+
+    monkeypatch.setattr(onnx_peer, "counterpart", saturating)
+    func = parse(MATMUL_INT8)
+    call = bench.onnxruntime_counterpart(func, runtime.compile(func, threads=1), threads=1)
+    assert call is not None
+    assert all(a.max() < 128 for a in call.args.values() if a.dtype == np.uint8)
+    assert any(a.dtype == np.uint8 for a in call.args.values())
+    np.testing.assert_array_equal(call.result(), run(func, **call.args)["C"])
+    err = capsys.readouterr().err
+    assert "differs from this function on full-range u8 inputs" in err and "below 128" in err

@@ -11,7 +11,7 @@ layers ONNX Runtime has an operator for, built as a one-layer model.
 Operands are handed over in the layout the operator wants (transposed views made contiguous
 before timing, as a model would store them). Recognising a layer reads the program's
 structure only loosely, so a model is used only after its output has been found equal to what
-our kernel computed on the same inputs (``agrees``): a layer read wrongly gives no peer, never a
+our kernel computed on the same inputs (``differing``): a layer read wrongly gives no peer, never a
 figure for different work.
 """
 
@@ -68,16 +68,16 @@ def counterpart(func: PrimFunc, model: Model, threads: int) -> Callable[[], obje
     return call
 
 
-def agrees(call, ours: np.ndarray) -> bool:
-    """Whether the peer's output equals ``ours`` (exactly for integers; for floats within what
-    a different summation order explains)."""
+def differing(call, ours: np.ndarray) -> int:
+    """How many elements of the peer's output differ from ``ours`` (exactly for integers; for
+    floats by more than a different summation order explains); all of them if the shapes do."""
     got = call.result()
     if got.shape != ours.shape:
-        return False
+        return ours.size
     if np.issubdtype(ours.dtype, np.integer):
-        return bool(np.array_equal(got, ours))
+        return int(np.count_nonzero(got != ours))
     scale = float(np.max(np.abs(ours))) if ours.size else 0.0
-    return bool(np.allclose(got, ours, rtol=1e-3, atol=1e-4 * max(scale, 1.0)))
+    return int(np.count_nonzero(~np.isclose(got, ours, rtol=1e-3, atol=1e-4 * max(scale, 1.0))))
 
 
 def layer(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Model]:
