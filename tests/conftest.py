@@ -26,3 +26,15 @@ def worker(monkeypatch):
     monkeypatch.setattr(saturate, "_WORKER", w)
     yield w
     w.stop()
+
+
+@pytest.fixture
+def zen4_caches(monkeypatch):
+    """The caches of the Zen 4 host (32 KB L1d, 1 MB L2 a core) that the programs a test
+    spells out were planned for: cache blocking and the cost of reading a matrix again are
+    sized by the host's caches (``extract.l1_data_bytes``, ``extract.l2_bytes``), so on a
+    host with others the same library plans other blocks."""
+    from rewrite import extract
+
+    monkeypatch.setattr(extract, "l1_data_bytes", lambda: 32 * 1024)
+    monkeypatch.setattr(extract, "l2_bytes", lambda: 1024 * 1024)

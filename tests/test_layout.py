@@ -346,7 +346,7 @@ def test_panelled_program_runs_like_the_interpreter():
     assert check.ok, check.message
 
 
-def test_gemm_512_reads_b_from_a_panel():
+def test_gemm_512_reads_b_from_a_panel(zen4_caches):
     """At 512 a row of B is 2 KB: a tile's 512 lines share 32 of L2's sets, so the cost
     model copies B into [j_o, k, j_i] panels (measured 0.83-0.85 of the in-place time)."""
     func = parse_file(ROOT / "corpus" / "gemm.py")["gemm_256"]

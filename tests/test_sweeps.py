@@ -49,7 +49,7 @@ def _fused_loop(func, matrix="A"):
 
 
 @pytest.mark.parametrize("name", ["mvt", "atax", "bicg"])
-def test_two_products_over_one_matrix_are_one_sweep(name):
+def test_two_products_over_one_matrix_are_one_sweep(name, zen4_caches):
     func = MATVEC[name]
     result = tensorize(func, AVX512)
     loop = _fused_loop(result.func)
@@ -95,7 +95,7 @@ def test_the_avx2_library_sweeps_once_too(name):
         assert check.ok, check.message
 
 
-def test_golden_mvt_sweep():
+def test_golden_mvt_sweep(zen4_caches):
     result = tensorize(MATVEC["mvt"], AVX512)
     assert show(result.func).split('"""')[-1] == '''
     for i_o in range(50):
