@@ -291,6 +291,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     _writable(args.json, "results")
     _writable(args.plot, "plot")
+    if args.turns and args.threads != 1:
+        raise BadInput("--turns compares one thread with one (each call timed on the thread's "
+                       "CPU clock): give --threads 1")
     if args.onnxruntime:
         try:
             import onnx  # noqa: F401
@@ -307,6 +310,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     live = sys.stderr.isatty()
     for line in bench.blas_report():
         print(line, file=sys.stderr)
+    if args.turns:
+        print(f"timing in {args.turns} turns, each call on the thread's CPU clock, numpy's BLAS "
+              "on one thread", file=sys.stderr)
     # tensorize and compile on workers (the disk cache keeps what they compiled); time here,
     # one function at a time, so that no measurement shares the machine with another
     prepared = prepare_bench(good, args) if args.target != "none" else [None] * len(good)
@@ -324,7 +330,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 with using(Budgets()):
                     chosen = tensorize(u.func, library).func
             results.append(bench.bench_one(u.func, u.file, args.threads, args.runs, chosen=chosen,
-                                           onnxruntime=args.onnxruntime))
+                                           onnxruntime=args.onnxruntime, turns=args.turns or 0))
         except Reported as e:
             if live:
                 sys.stderr.write("\r\033[K")
@@ -499,6 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--intrinsics-file", metavar="PATH", help="a Python module registering intrinsics")
     bench.add_argument("--threads", type=_threads, metavar="N")
     bench.add_argument("--runs", type=_positive, default=20, metavar="N", help="at least this many timed runs")
+    bench.add_argument("--turns", type=_positive, metavar="N",
+                       help="time ours and each peer in N rounds in which they take turns, on the "
+                            "thread's CPU clock, numpy's BLAS on one thread (for a machine whose "
+                            "speed drifts; needs --threads 1); adds the ratio of least times")
     bench.add_argument("--onnxruntime", action="store_true",
                        help="also time ONNX Runtime on the layers it has an operator for: matrix products, "
                             "dense layers with bias and ReLU, 2-D convolutions (pip install 'tensorize[onnx]')")

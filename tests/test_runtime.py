@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -560,6 +562,50 @@ def test_bench_reports_in_the_spec_shape(mm):
     assert first["min_s"] <= first["median_s"] <= first["max_s"]
     assert second["numpy_median_s"] is None and second["ratio"] is None
     assert results[0].ops == 2 * 96 * 80 * 72
+
+
+def test_calls_in_turns_take_turns_every_round_and_are_timed_on_the_cpu_clock():
+    from rewrite.tools.timing import in_turns
+
+    order = []
+
+    def spin(name, seconds):  # busy for ``seconds`` of this thread's CPU time
+        def call():
+            order.append(name)
+            t0 = time.thread_time()
+            while time.thread_time() - t0 < seconds:
+                pass
+        return call
+
+    slow, fast = in_turns([spin("a", 0.002), spin("b", 0.001)], rounds=4, batch_seconds=0.004)
+    assert slow.runs == fast.runs == 4
+    # a warm-up and a sizing call each, then four rounds: a batch of a, then one of b
+    batches = [(name, len(list(calls))) for name, calls in itertools.groupby(order[4:])]
+    assert batches == batches[:2] * 4 and [name for name, _ in batches[:2]] == ["a", "b"]
+    assert 1.5 < slow.median_s / fast.median_s < 3.0
+
+
+def test_bench_in_turns_reports_the_peers_least_times(mm):
+    r = bench.bench_one(mm, "x.py", threads=1, turns=3)
+    assert r.runs == 3 and r.turns == 3
+    assert r.numpy_min_s is not None and r.numpy_min_s <= r.numpy_median_s
+    (row,) = bench.to_json([r])["results"]
+    assert row["turns"] == 3 and row["numpy_min_s"] == r.numpy_min_s and row["ratio"] > 0
+    header, line = bench.format_table([r]).splitlines()
+    assert header.split()[-1] == "least" and float(line.split()[-1]) == pytest.approx(
+        r.numpy_min_s / r.min_s, abs=0.006)
+    with pytest.raises(ValueError, match="threads must be 1"):
+        bench.bench_one(mm, threads=2, turns=3)
+
+
+def test_bench_turns_needs_one_thread(tmp_path, capsys):
+    from rewrite import cli
+
+    path = tmp_path / "mm.py"
+    path.write_text(MATMUL)
+    assert cli.main(["bench", str(path), "--turns", "3"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "--turns compares one thread with one (each call timed on the thread's CPU clock): give --threads 1")
 
 
 def test_plot_without_matplotlib_is_skipped(mm, tmp_path):

@@ -29,7 +29,7 @@ from .. import runtime
 from ..calls import op_count
 from ..ir import (Accumulate, Binary, Buffer, Call, Cast, Const, Expr, For, If, Load, PrimFunc, Store,
                   Var, buffers_of, is_float, numpy_dtype, stmts_of, walk_in_loops, written_by)
-from .timing import measure, rate
+from .timing import in_turns, measure, rate
 
 Progress = Callable[[int, int, str], None]  # (functions done, total, name of the next one)
 
@@ -49,6 +49,9 @@ class BenchResult:
     compile_s: float
     integer: bool
     onnxruntime_median_s: Optional[float] = None  # with ``onnxruntime=True``, where it applies
+    turns: int = 0  # rounds in which ours and the peers took turns (``turns=``), else 0
+    numpy_min_s: Optional[float] = None  # in turns: the peers' least times too
+    onnxruntime_min_s: Optional[float] = None
 
 
 def bench(funcs: Iterable[Union[PrimFunc, tuple]], threads: Optional[int] = None,
@@ -71,30 +74,44 @@ def bench(funcs: Iterable[Union[PrimFunc, tuple]], threads: Optional[int] = None
 
 def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int] = None,
               min_runs: int = 20, target_seconds: float = 0.3,
-              chosen: Optional[PrimFunc] = None, onnxruntime: bool = False) -> BenchResult:
+              chosen: Optional[PrimFunc] = None, onnxruntime: bool = False,
+              turns: int = 0) -> BenchResult:
+    """``func`` (or ``chosen`` in its place) compiled and timed, then each peer. With
+    ``turns``, ours and the peers are timed instead in that many rounds in which they take
+    turns, each on the calling thread's CPU clock (``timing.in_turns``), numpy's BLAS held
+    to one thread: one thread against one, so ``threads`` must be 1."""
     from ..inputs import random_args
 
+    if turns and threads != 1:
+        raise ValueError("timing in turns compares one thread with one: threads must be 1")
     t0 = time.perf_counter()
     kernel = runtime.compile(chosen if chosen is not None else func, threads=threads)
     compile_s = time.perf_counter() - t0
     args = random_args(func, seed=0)
-    ours = measure(lambda: kernel(**args), min_runs, target_seconds)
-    theirs = None
     numpy_call = numpy_counterpart(func, args)
-    if numpy_call is not None:
-        theirs = measure(numpy_call, min_runs, target_seconds).median_s
-    ort = None
     ort_call = onnxruntime_counterpart(func, kernel, threads or 1) if onnxruntime else None
-    if ort_call is not None:
-        ort = measure(ort_call, min_runs, target_seconds).median_s
+    calls = [c for c in (lambda: kernel(**args), numpy_call, ort_call) if c is not None]
+    if turns:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            timings = iter(in_turns(calls, turns))
+    else:
+        timings = iter(measure(c, min_runs, target_seconds) for c in calls)
+    ours = next(timings)
+    theirs = next(timings) if numpy_call is not None else None
+    ort = next(timings) if ort_call is not None else None
     median = ours.median_s
     ops = op_count(func.body)
     return BenchResult(
         file=file, name=func.name, runs=ours.runs, min_s=ours.min_s, median_s=median,
         max_s=ours.max_s, gflops=rate(ops, median),
-        numpy_median_s=theirs, ratio=theirs / median if theirs is not None and median > 0 else None,
+        numpy_median_s=theirs and theirs.median_s,
+        ratio=theirs.median_s / median if theirs is not None and median > 0 else None,
         ops=ops, compile_s=compile_s, integer=not any(is_float(b.dtype) for b in func.outputs),
-        onnxruntime_median_s=ort)
+        onnxruntime_median_s=ort and ort.median_s, turns=turns,
+        numpy_min_s=theirs.min_s if turns and theirs else None,
+        onnxruntime_min_s=ort.min_s if turns and ort else None)
 
 
 # ---------------------------------------------------------------------------
@@ -386,6 +403,11 @@ def to_json(results: list[BenchResult]) -> dict:
         row = {k: asdict(r)[k] for k in keys}
         if r.onnxruntime_median_s is not None:  # only with --onnxruntime
             row["onnxruntime_median_s"] = r.onnxruntime_median_s
+        if r.turns:  # only with --turns: the rounds, and the peers' least times
+            row["turns"] = r.turns
+            row["numpy_min_s"] = r.numpy_min_s
+            if r.onnxruntime_median_s is not None:
+                row["onnxruntime_min_s"] = r.onnxruntime_min_s
         out.append(row)
     return {"results": out}
 
@@ -417,20 +439,28 @@ def plot(results: list[BenchResult], path: str) -> bool:
 
 
 def format_table(results: list[BenchResult]) -> str:
-    """A plain-text table, one line per function; ONNX Runtime's columns where it ran."""
+    """A plain-text table, one line per function; ONNX Runtime's columns where it ran. Timed
+    in turns, each ratio of medians is followed by the ratio of least times (``least``)."""
     ort = any(r.onnxruntime_median_s for r in results)
+    turns = any(r.turns for r in results)
+
+    def ratio(peer: Optional[float], ours: float, width: int = 6) -> str:
+        return f" {peer / ours:{width}.2f}" if peer and ours > 0 else f" {'-':>{width}s}"
+
+    least = f" {'least':>6s}" if turns else ""
     head = f"{'name':32s} {'runs':>5s} {'median':>10s} {'GFLOP/s':>8s} {'numpy':>10s} {'ratio':>6s}"
-    lines = [head + (f" {'onnxrt':>10s} {'ratio':>6s}" if ort else "")]
+    lines = [head + least + (f" {'onnxrt':>10s} {'ratio':>6s}" + least if ort else "")]
     for r in results:
         numpy_s = f"{r.numpy_median_s * 1e3:8.3f}ms" if r.numpy_median_s else f"{'-':>10s}"
-        ratio = f"{r.ratio:6.2f}" if r.ratio else f"{'-':>6s}"
         unit = "i" if r.integer else " "
         line = (f"{r.name:32s} {r.runs:5d} {r.median_s * 1e3:8.3f}ms {r.gflops:7.2f}{unit} "
-                f"{numpy_s} {ratio}")
+                f"{numpy_s}" + ratio(r.numpy_median_s, r.median_s))
+        if turns:
+            line += ratio(r.numpy_min_s, r.min_s)
         if ort:
             o = r.onnxruntime_median_s
-            line += (f" {o * 1e3:8.3f}ms {o / r.median_s:6.2f}" if o and r.median_s > 0
-                     else f" {'-':>10s} {'-':>6s}")
+            line += f" {o * 1e3:8.3f}ms" if o else f" {'-':>10s}"
+            line += ratio(o, r.median_s) + (ratio(r.onnxruntime_min_s, r.min_s) if turns else "")
         lines.append(line)
     return "\n".join(lines)
 

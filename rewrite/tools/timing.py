@@ -8,7 +8,8 @@ budget allows, summarised as min / median / max, and the rate those seconds give
 
 Medians of many runs tame a noisy machine: they compare functions (``bench.py``). The
 shortest of a few runs measures what the hardware can do: peaks and throughput
-(``intrinsic_bench.py``).
+(``intrinsic_bench.py``). Where the machine's speed itself drifts, ``in_turns`` times
+several calls in rounds in which they take turns (``tensorize bench --turns``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,28 @@ class Timing:
     @property
     def max_s(self) -> float:
         return float(max(self.times))
+
+
+def in_turns(calls: list[Callable[[], object]], rounds: int, batch_seconds: float = 0.01,
+             clock: Callable[[], float] = time.thread_time) -> list[Timing]:
+    """Each of ``calls`` timed in ``rounds`` rounds in which they take turns, a batch of calls
+    each (as many as take about ``batch_seconds``, the same number every round), on ``clock``
+    (the calling thread's CPU time): a ``Timing`` of the seconds a call took in each round.
+
+    On a machine whose speed drifts (other tenants, the clock), calls timed one after the
+    other each meet another machine; in turns, every round meets all of them with about the
+    same one, and the CPU clock leaves out the time the scheduler gives other work."""
+    for call in calls:
+        call()  # warm up
+    batches = [max(1, int(batch_seconds / max(time_once(call), 1e-7))) for call in calls]
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(rounds):
+        for call, n, out in zip(calls, batches, times):
+            t0 = clock()
+            for _ in range(n):
+                call()
+            out.append((clock() - t0) / n)
+    return [Timing(tuple(t)) for t in times]
 
 
 def time_once(call: Callable[[], object]) -> float:
