@@ -846,6 +846,24 @@ def test_throughput_rows():
     assert "x86.mm.f32.6x16x1" in text and "%" in text
 
 
+@needs_avx2
+def test_the_table_ends_with_the_fma_peak_and_the_vpmaddwd_ceiling(monkeypatch):
+    monkeypatch.setattr(intrinsic_bench, "_ceiling", None)
+    ceiling = intrinsic_bench.pmaddwd_ceiling()
+    assert ceiling is not None and ceiling > 0
+    rows = intrinsic_bench.throughput(["x86.mm.u8i8i32.4x16x2"], runs=1, target_seconds=0.005)
+    last = intrinsic_bench.format_rows(rows).splitlines()[-2:]
+    assert last[0].startswith("peak: ") and last[1].startswith(f"vpmaddwd: {ceiling:.0f} GOP/s")
+
+
+def test_no_vpmaddwd_ceiling_without_avx2(monkeypatch):
+    import intrinsics.base
+
+    monkeypatch.setattr(intrinsic_bench, "_ceiling", None)
+    monkeypatch.setattr(intrinsics.base, "host_features", lambda: frozenset({"sse2"}))
+    assert intrinsic_bench.pmaddwd_ceiling() is None
+
+
 def test_native_is_refused_without_the_isa():
     with pytest.raises(ValueError, match="no native emitter"):
         intrinsics.compile_intrinsic("arm.neon.sdot.i8i32.4x4", native=True)
