@@ -51,7 +51,7 @@ def peak_gflops() -> float:
         def fma(module, b, x, acc):
             return b.call(declare(module, f"llvm.fma.v{lanes}f32", vec, [vec] * 3), [x, x, acc])
 
-        _peak = _chained(vec, _CHAINS[lanes], fma) * lanes * 2 / 1e9
+        _peak = _chained("fma", vec, _CHAINS[lanes], fma) * lanes * 2 / 1e9
     return _peak
 
 
@@ -74,19 +74,21 @@ def pmaddwd_ceiling() -> Optional[float]:
             f = declare(module, "llvm.x86.avx2.pmadd.wd", i32x8, [i16x16, i16x16])
             return b.call(f, [b.bitcast(acc, i16x16), b.bitcast(x, i16x16)])
 
-        _ceiling = _chained(i32x8, _CHAINS[8], pmaddwd) * 32 / 1e9
+        _ceiling = _chained("pmaddwd", i32x8, _CHAINS[8], pmaddwd) * 32 / 1e9
     return _ceiling
 
 
-def _chained(vec, chains: int, step) -> float:
+def _chained(what: str, vec, chains: int, step) -> float:
     """Instructions a second on this core: ``chains`` independent chains, each value
     ``step(module, builder, x, previous)``, in a loop with no loads (the best of a few
-    timed runs)."""
+    timed runs). ``what`` names the function: one name per loop, as they are linked into
+    one process."""
     from llvmlite import ir
 
-    module = codegen.new_module("peak")
+    symbol = f"tensorize_peak_{what}"
+    module = codegen.new_module(symbol)
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ir.PointerType(), ir.IntType(64)]),
-                     name="tensorize_peak")
+                     name=symbol)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     out, n = fn.args
     x = b.load(out, typ=vec, align=4)  # opaque to the optimiser: nothing folds
@@ -111,7 +113,7 @@ def _chained(vec, chains: int, step) -> float:
         total = b.fadd(total, a) if isinstance(vec.element, ir.FloatType) else b.add(total, a)
     b.store(total, out, align=4)
     b.ret_void()
-    (address,) = jit(module, ["tensorize_peak"])
+    (address,) = jit(module, [symbol])
     run = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(address)
     buf = np.zeros(64, np.uint8)
     iterations = 1 << 20
