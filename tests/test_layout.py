@@ -539,6 +539,19 @@ def test_columns_are_cut_into_blocks_of_b_that_fit_half_of_l2(monkeypatch):
         assert check.ok, check.message
 
 
+def test_row_tiles_with_no_group_still_get_column_blocks(monkeypatch):
+    # 11 row tiles: no count of 2 to 8 divides them into groups, which only the order
+    # without column blocks uses; the columns still want blocks (as above), so the rows
+    # stay whole inside them (2048 rows on 6-row tiles, 341, were otherwise padded to 342)
+    _caches(monkeypatch, 48 * 1024, 256 * 1024)
+    func = _nn(88, 256, 512)
+    result = tensorize(func, AVX512)
+    _well_formed(result)
+    loops = _call_loops(result.func, "x86.avx512.mm.f32.8x32x1")
+    assert loops == [("j_o_b", 2), ("k_o", 2), ("i_o", 11), ("j_o_i", 4), ("k_i", 256)]
+    _agrees(func, result, HOST_HAS_AVX512)
+
+
 def test_column_blocks_come_in_an_even_number_where_one_close_to_the_largest_does(monkeypatch):
     # 12 column tiles, at most 4 a block (128 KB of a 256 KB L2): 3 blocks of 4 would leave
     # one of two threads idle at the end; 4 blocks of 3 do not

@@ -168,12 +168,11 @@ def f(F: f32[1], X: f32[4]):
         np.testing.assert_array_equal(want["X"], got["X"])
 
 
-def test_auto_strassen_at_2048_is_guarded():
-    # the size where ``--strassen auto`` takes a level (compiled and run only in the benchmark),
-    # with the remainders of the 6-row tile as they were: padding A and C to 2052 rows (2048 =
-    # 341 * 6 + 2) makes the plain product cheaper than a level on these rows (measured 221
-    # against 276 ms on an AVX-512 Xeon, one thread), and auto then takes none
-    result = tensorize(parse(matmul_source(4 * strassen.AUTO_MIN_BLOCK)), intrinsics.library("x86-avx2"),
+def test_auto_strassen_at_4096_is_guarded():
+    # a size where ``--strassen auto`` takes a level on the 6-row tiles (compiled and run only
+    # in the benchmark); at 2048 the plain product, padded to 2052 rows (measured 221 against
+    # 276 ms for a level on an AVX-512 Xeon, one thread) or blocked in place, is the cheaper
+    result = tensorize(parse(matmul_source(8 * strassen.AUTO_MIN_BLOCK)), intrinsics.library("x86-avx2"),
                        rules_off={"padding"})
     assert result.strassen_levels >= 1
     (guard,) = _guards(result.func)
