@@ -29,12 +29,22 @@ def worker(monkeypatch):
 
 
 @pytest.fixture
-def zen4_caches(monkeypatch):
-    """The caches of the Zen 4 host (32 KB L1d, 1 MB L2 a core) that the programs a test
-    spells out were planned for: cache blocking and the cost of reading a matrix again are
-    sized by the host's caches (``extract.l1_data_bytes``, ``extract.l2_bytes``), so on a
-    host with others the same library plans other blocks."""
+def caches(monkeypatch):
+    """``caches(l1, l2)``: plan with an L1 data cache of ``l1`` bytes and an L2 of ``l2`` a
+    core for the rest of the test, whatever this host has. Cache blocking and the cost of
+    reading a matrix again are sized by the host's caches (``extract.l1_data_bytes``,
+    ``extract.l2_bytes``), so a program a test spells out holds for the caches it names."""
     from rewrite import extract
 
-    monkeypatch.setattr(extract, "l1_data_bytes", lambda: 32 * 1024)
-    monkeypatch.setattr(extract, "l2_bytes", lambda: 1024 * 1024)
+    def pin(l1: int, l2: int) -> None:
+        monkeypatch.setattr(extract, "l1_data_bytes", lambda: l1)
+        monkeypatch.setattr(extract, "l2_bytes", lambda: l2)
+
+    return pin
+
+
+@pytest.fixture
+def zen4_caches(caches):
+    """The caches of the Zen 4 host (32 KB L1d, 1 MB L2 a core) that the programs a test
+    spells out were planned for: on a host with others the same library plans other blocks."""
+    caches(32 * 1024, 1024 * 1024)

@@ -504,13 +504,6 @@ def _nn(m: int, n: int, k: int, name: str = "mm"):
                  f"    for i, j, k in grid({m}, {n}, {k}):\n        C[i, j] += A[i, k] * B[k, j]\n")
 
 
-def _caches(monkeypatch, l1: int, l2: int):
-    from rewrite import extract
-
-    monkeypatch.setattr(extract, "l1_data_bytes", lambda: l1)
-    monkeypatch.setattr(extract, "l2_bytes", lambda: l2)
-
-
 def _call_loops(func: ir.PrimFunc, intrinsic: str) -> list[tuple[str, int]]:
     nest = next(s for s in ir.walk_stmts(func.body) if isinstance(s, ir.For)
                 and any(isinstance(c, ir.Call) and c.intrinsic.name == intrinsic
@@ -522,11 +515,11 @@ def _call_loops(func: ir.PrimFunc, intrinsic: str) -> list[tuple[str, int]]:
     return loops
 
 
-def test_columns_are_cut_into_blocks_of_b_that_fit_half_of_l2(monkeypatch):
+def test_columns_are_cut_into_blocks_of_b_that_fit_half_of_l2(caches):
     # 8x32 tiles, 48 KB of L1: k blocks of 256 (B's panel: 32 KB); a block of B over all
     # 8 column tiles is 256 KB, more than half of a 256 KB L2, so the columns are cut into
     # blocks of 4 tiles (128 KB), outermost; each row tile sweeps a block with its A in L1
-    _caches(monkeypatch, 48 * 1024, 256 * 1024)
+    caches(48 * 1024, 256 * 1024)
     func = _nn(32, 256, 512)
     result = tensorize(func, AVX512)
     _well_formed(result)
@@ -539,11 +532,11 @@ def test_columns_are_cut_into_blocks_of_b_that_fit_half_of_l2(monkeypatch):
         assert check.ok, check.message
 
 
-def test_row_tiles_with_no_group_still_get_column_blocks(monkeypatch):
+def test_row_tiles_with_no_group_still_get_column_blocks(caches):
     # 11 row tiles: no count of 2 to 8 divides them into groups, which only the order
     # without column blocks uses; the columns still want blocks (as above), so the rows
     # stay whole inside them (2048 rows on 6-row tiles, 341, were otherwise padded to 342)
-    _caches(monkeypatch, 48 * 1024, 256 * 1024)
+    caches(48 * 1024, 256 * 1024)
     func = _nn(88, 256, 512)
     result = tensorize(func, AVX512)
     _well_formed(result)
@@ -552,10 +545,10 @@ def test_row_tiles_with_no_group_still_get_column_blocks(monkeypatch):
     _agrees(func, result, HOST_HAS_AVX512)
 
 
-def test_column_blocks_come_in_an_even_number_where_one_close_to_the_largest_does(monkeypatch):
+def test_column_blocks_come_in_an_even_number_where_one_close_to_the_largest_does(caches):
     # 12 column tiles, at most 4 a block (128 KB of a 256 KB L2): 3 blocks of 4 would leave
     # one of two threads idle at the end; 4 blocks of 3 do not
-    _caches(monkeypatch, 48 * 1024, 256 * 1024)
+    caches(48 * 1024, 256 * 1024)
     func = _nn(32, 384, 512)
     result = tensorize(func, AVX512)
     loops = _call_loops(result.func, "x86.avx512.mm.f32.8x32x1")
@@ -563,10 +556,10 @@ def test_column_blocks_come_in_an_even_number_where_one_close_to_the_largest_doe
     _interp_equal(func, result.func)
 
 
-def test_a_prime_number_of_column_tiles_is_cut_into_equal_blocks_and_a_rest(monkeypatch):
+def test_a_prime_number_of_column_tiles_is_cut_into_equal_blocks_and_a_rest(caches):
     # 7 column tiles, at most 4 a block: no divisor of 7 makes a block, so two blocks of 3
     # tiles run the blocked order and the last tile is a call nest of its own after them
-    _caches(monkeypatch, 48 * 1024, 256 * 1024)
+    caches(48 * 1024, 256 * 1024)
     func = _nn(32, 224, 512)
     result = tensorize(func, AVX512)
     _well_formed(result)
@@ -602,10 +595,10 @@ def _vm(k: int, n: int):
 
 
 @pytest.mark.parametrize("library", [AVX512, AVX2], ids=["avx512", "avx2"])
-def test_a_vector_matrix_product_reads_b_eight_rows_at_a_time(monkeypatch, library):
+def test_a_vector_matrix_product_reads_b_eight_rows_at_a_time(caches, library):
     # B (96 x 512 floats, 2 KB a row, 192 KB) outgrows a 64 KB L2: the axpy calls run in
     # blocks of 8 rows of B, each over all the column tiles, in two halves for two threads
-    _caches(monkeypatch, 32 * 1024, 64 * 1024)
+    caches(32 * 1024, 64 * 1024)
     func = _vm(96, 512)
     result = tensorize(func, library)
     _well_formed(result)
@@ -615,9 +608,9 @@ def test_a_vector_matrix_product_reads_b_eight_rows_at_a_time(monkeypatch, libra
     _agrees(func, result, HOST_HAS_AVX2)
 
 
-def test_an_odd_count_of_vector_tiles_runs_its_last_tile_after_the_halves(monkeypatch):
+def test_an_odd_count_of_vector_tiles_runs_its_last_tile_after_the_halves(caches):
     # 544 columns: 17 tiles of 32, two halves of 8 and the last tile on its own
-    _caches(monkeypatch, 32 * 1024, 64 * 1024)
+    caches(32 * 1024, 64 * 1024)
     func = _vm(96, 544)
     result = tensorize(func, AVX2)
     _well_formed(result)
@@ -628,10 +621,10 @@ def test_an_odd_count_of_vector_tiles_runs_its_last_tile_after_the_halves(monkey
     _agrees(func, result, HOST_HAS_AVX2)
 
 
-def test_a_row_vector_times_a_matrix_reads_b_eight_rows_at_a_time(monkeypatch):
+def test_a_row_vector_times_a_matrix_reads_b_eight_rows_at_a_time(caches):
     # C[i, j] over i in range(1): the one row is no loop of its own for the blocking (544
     # columns: 17 tiles, the last one after the two halves, in the row's loop too)
-    _caches(monkeypatch, 32 * 1024, 64 * 1024)
+    caches(32 * 1024, 64 * 1024)
     func = _nn(1, 544, 96)
     result = tensorize(func, AVX2)
     _well_formed(result)
@@ -639,8 +632,8 @@ def test_a_row_vector_times_a_matrix_reads_b_eight_rows_at_a_time(monkeypatch):
     _agrees(func, result, HOST_HAS_AVX2)
 
 
-def test_a_vector_matrix_product_whose_b_fits_l2_keeps_its_loops(monkeypatch):
-    _caches(monkeypatch, 32 * 1024, 1024 * 1024)
+def test_a_vector_matrix_product_whose_b_fits_l2_keeps_its_loops(caches):
+    caches(32 * 1024, 1024 * 1024)
     text = show(tensorize(_vm(96, 512), AVX512).func)
     assert "k_o" not in text and "_b" not in text and "for k in range(96):" in text
 
@@ -658,8 +651,8 @@ def test_column_blocks_fit_and_leave_fewer_tiles_than_blocks(tiles):
         assert 0 <= tiles - blocks * nc < max(blocks, nc)  # the rest: less than a block
 
 
-def test_b_fitting_half_of_l2_keeps_the_row_groups(monkeypatch):
-    _caches(monkeypatch, 48 * 1024, 2 * 1024 * 1024)
+def test_b_fitting_half_of_l2_keeps_the_row_groups(caches):
+    caches(48 * 1024, 2 * 1024 * 1024)
     loops = _call_loops(tensorize(_nn(128, 256, 512), AVX512).func, "x86.avx512.mm.f32.8x32x1")
     assert [n for _, n in loops] == [2, 2, 8, 8, 256]
     assert [v[0] for v, _ in loops] == ["i", "k", "i", "j", "k"]
@@ -674,12 +667,12 @@ def _stays_along(func: ir.PrimFunc, intrinsic: str, operand: str) -> set[str]:
 
 @pytest.mark.parametrize("l1, l2, kc", [(32 * 1024, 1024 * 1024, 128),  # Zen 4: 8 ways
                                         (48 * 1024, 2048 * 1024, 256)])  # Xeon: 12 ways
-def test_a_row_tile_sweeps_the_column_tiles_with_its_steps_of_a_in_l1(monkeypatch, l1, l2, kc):
+def test_a_row_tile_sweeps_the_column_tiles_with_its_steps_of_a_in_l1(caches, l1, l2, kc):
     # 1024^3 on 8x32 tiles: KC from L1 (B's 128-byte panel rows in two thirds of it); B's
     # block over all 32 column tiles is KC x 1024 floats, half of L2 on both, so no column
     # blocks: row groups of 8, and inside a group each row tile runs every column tile
     # (the loop just outside k_i) on the same KC steps of A, which stay in L1
-    _caches(monkeypatch, l1, l2)
+    caches(l1, l2)
     func = _nn(1024, 1024, 1024)
     out = tensorize(func, AVX512).func
     name = "x86.avx512.mm.f32.8x32x1"
@@ -718,10 +711,10 @@ def test_one_set_is_rows_a_multiple_of_4_kb_apart():
         10 * 8 * 4 / cost.LINE * cost.PER_LINE_REFETCHED
 
 
-def test_a_whose_rows_share_an_l1_set_is_read_from_panels(monkeypatch):
+def test_a_whose_rows_share_an_l1_set_is_read_from_panels(caches):
     # 1024 floats a row: the 8 rows of a call fall into one L1 set; A is copied into
     # [i_o, k, i_i] panels, each call's 8 values one 32-byte run
-    _caches(monkeypatch, 48 * 1024, 2 * 1024 * 1024)
+    caches(48 * 1024, 2 * 1024 * 1024)
     func = _nn(64, 1024, 1024)
     result = tensorize(func, AVX512)
     _well_formed(result)
@@ -735,17 +728,17 @@ def test_a_whose_rows_share_an_l1_set_is_read_from_panels(monkeypatch):
         assert check.ok, check.message
 
 
-def test_a_whose_rows_fall_into_different_sets_is_read_in_place(monkeypatch):
-    _caches(monkeypatch, 48 * 1024, 2 * 1024 * 1024)
+def test_a_whose_rows_fall_into_different_sets_is_read_in_place(caches):
+    caches(48 * 1024, 2 * 1024 * 1024)
     result = tensorize(_nn(64, 1024, 1000), AVX512)
     assert all(c.window("a").buffer.name == "A" for c in _calls(result.func)
                if c.intrinsic.name == "x86.avx512.mm.f32.8x32x1")
 
 
-def test_b_rows_a_page_apart_are_read_from_panels(monkeypatch):
+def test_b_rows_a_page_apart_are_read_from_panels(caches):
     # 1000^3: B's 250-row blocks span 1 MB at 4000 bytes a row; the panel copies the 31
     # whole column tiles, the last 8 columns read B as written
-    _caches(monkeypatch, 48 * 1024, 2 * 1024 * 1024)
+    caches(48 * 1024, 2 * 1024 * 1024)
     result = tensorize(_nn(1000, 1000, 1000), AVX512)
     mm = [c for c in _calls(result.func) if c.intrinsic.name == "x86.avx512.mm.f32.8x32x1"]
     b = mm[0].window("b")

@@ -242,13 +242,10 @@ def f(A: f32[8], B: f32[8], C: f32[8]):
 # produce-into-copy
 
 
-def test_golden_a_cast_producer_runs_in_the_copy_that_packs_its_consumer(request, monkeypatch):
+def test_golden_a_cast_producer_runs_in_the_copy_that_packs_its_consumer(request, caches):
     # the reduction block follows the L1 data cache (256 rows at 48 KB, 128 at 32 KB): the
     # golden program is the one planned for a 48 KB L1 and a 2 MB L2, whatever this host has
-    from rewrite import extract
-
-    monkeypatch.setattr(extract, "l1_data_bytes", lambda: 48 * 1024)
-    monkeypatch.setattr(extract, "l2_bytes", lambda: 2048 * 1024)
+    caches(48 * 1024, 2048 * 1024)
     (func,) = parse_file(GOLDEN / "cast_pack.py").values()
     result = tensorize(func, AVX512)
     got = show(result.func)

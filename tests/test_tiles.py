@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import intrinsics
-from rewrite import codegen, extract, interp, ir, lower, runtime
+from rewrite import codegen, interp, ir, lower, runtime
 from rewrite.affine import affine
 from rewrite.inputs import random_args
 from rewrite.pipeline import tensorize
@@ -52,10 +52,9 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 # the rule, on the chosen program
 
 
-def test_a_blocked_gemm_fills_each_tile_before_its_first_reduction_block(monkeypatch):
+def test_a_blocked_gemm_fills_each_tile_before_its_first_reduction_block(caches):
     # caches fixed (48 KB L1, 2 MB L2) so that k is cut into blocks whatever the host
-    monkeypatch.setattr(extract, "l1_data_bytes", lambda: 48 * 1024)
-    monkeypatch.setattr(extract, "l2_bytes", lambda: 2048 * 1024)
+    caches(48 * 1024, 2048 * 1024)
     func = _gemm(128, 128, 1024)
     result = tensorize(func, AVX512)
     plain = tensorize(func, AVX512, rules_off={"tiles"})
