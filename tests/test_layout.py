@@ -543,6 +543,22 @@ def test_row_tiles_with_no_group_still_get_column_blocks(caches):
     loops = _call_loops(result.func, "x86.avx512.mm.f32.8x32x1")
     assert loops == [("j_o_b", 2), ("k_o", 2), ("i_o", 11), ("j_o_i", 4), ("k_i", 256)]
     _agrees(func, result, HOST_HAS_AVX512)
+    # the same on the AVX2 library's 6-row tiles (66 rows), compiled on an AVX2 host
+    func = _nn(66, 192, 1024)
+    result = tensorize(func, AVX2)
+    _well_formed(result)
+    loops = _call_loops(result.func, "x86.mm.f32.6x16x1")
+    assert loops == [("j_o_b", 4), ("k_o", 2), ("i_o", 11), ("j_o_i", 3), ("k_i", 512)]
+    _agrees(func, result, HOST_HAS_AVX2)
+    if HOST_HAS_AVX2:  # NaN, infinities and signed zeros land where the interpreter puts them
+        from .test_nonfinite import _run_both, _same_pattern
+
+        args = inputs.random_args(func, seed=1)
+        args["A"][3, 700], args["A"][40, 5] = np.nan, np.inf
+        args["B"][600, 100], args["B"][9, :] = -np.inf, -0.0
+        want, got = _run_both(func, result.func, args)
+        assert _same_pattern(want["C"], got["C"])
+        assert np.isnan(want["C"][3]).all() and np.isinf(want["C"][40]).any()
 
 
 def test_column_blocks_come_in_an_even_number_where_one_close_to_the_largest_does(caches):
