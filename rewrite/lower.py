@@ -92,8 +92,7 @@ def lower(func: PrimFunc) -> Plan:
     (see the module docstring)."""
     func = _without_unit_loops(_split_guards(_without_unit_loops(_interleaved(schedule(func)))))
     meaning = expand_calls(func)  # what the dependence analysis reads
-    # every loop's class at once: asking per loop would hash the whole program each time
-    parallel = {info.path for info in analysis.analyze(meaning).loops if info.kind == "parallel"}
+    parallel = _parallel_loops(meaning)
     parts: list[Part] = []
     pending: list[Stmt] = []  # consecutive serial statements become one part
     for k, s in enumerate(stmts_of(func.body)):
@@ -110,6 +109,27 @@ def lower(func: PrimFunc) -> Plan:
     buffers = func.params + func.allocs
     parts, bodies = shared_bodies(parts, buffers)
     return Plan(func, buffers, parts, bodies)
+
+
+def _parallel_loops(func: PrimFunc) -> set[tuple[int, ...]]:
+    """The paths of the loops of ``func`` that carry no dependence, each top-level statement
+    analysed alone in its canonical form (``_canonical``), so that statements equal up to
+    their buffers and a constant move of each buffer's accesses (a Strassen program's 49
+    products, their copies and sums) are analysed once (``analysis.analyze`` caches by
+    function). Exact: a loop carries a dependence only between two accesses inside it, so
+    the statements around a loop's own statement take no part in its class; renaming
+    buffers and loop variables, and moving all of one buffer's accesses by one constant,
+    changes no address's equality with another."""
+    out: set[tuple[int, ...]] = set()
+    for k, s in enumerate(stmts_of(func.body)):
+        if not isinstance(s, For):
+            continue
+        stmt, used, _ = _canonical(s)
+        alone = PrimFunc("statement", tuple(Buffer(f"b{n}", b.dtype, b.shape)
+                                            for n, (b, _) in enumerate(used)), seq(stmt))
+        out |= {(k,) + info.path[1:] for info in analysis.analyze(alone).loops
+                if info.kind == "parallel"}
+    return out
 
 
 def _without_unit_loops(func: PrimFunc) -> PrimFunc:

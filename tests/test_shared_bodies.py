@@ -12,7 +12,7 @@ import pytest
 
 import intrinsics
 import rewrite
-from rewrite import jit, lower, runtime
+from rewrite import analysis, jit, lower, runtime
 from rewrite.inputs import random_args
 from rewrite.interp import run
 from rewrite.ir import Call, walk_stmts
@@ -100,6 +100,36 @@ def test_the_strassen_products_share_their_bodies_and_match_the_interpreter():
     for threads in (1, 2):
         kernel = runtime.compile(result.func, threads=threads)
         assert runtime.check(result.func, kernel).ok
+
+
+
+def test_each_statements_loops_are_classed_alone_and_equal_statements_once(monkeypatch):
+    # a parallel nest, a recurrence, the same recurrence on other buffers at another offset,
+    # a reduction, and statements that read what earlier ones wrote (dependences between
+    # statements, carried by no loop): per statement, the classes the whole function's
+    # analysis gives, with the two recurrences analysed as one
+    src = """
+@prim_func
+def f(A: f32[300, 64], B: f32[300, 64], X: f32[300, 64], Y: f32[300, 64], s: f32[64]):
+    for i, j in grid(256, 64):
+        B[i, j] = A[i, j] * 2.0
+    for i, j in grid(255, 64):
+        X[i + 1, j] = X[i, j] + B[i, j]
+    for i, j in grid(255, 64):
+        Y[i + 20, j] = Y[i + 19, j] + A[i + 7, j]
+    for j, i in grid(64, 256):
+        s[j] += X[i, j] * Y[i, j]
+    for i, j in grid(256, 64):
+        A[i, j] = X[i, j] + s[j]
+"""
+    func = parse(src)
+    whole = {info.path for info in analysis.analyze(func).loops if info.kind == "parallel"}
+    seen = []
+    analyze = analysis.analyze
+    monkeypatch.setattr(analysis, "analyze", lambda f: seen.append(f) or analyze(f))
+    assert lower._parallel_loops(func) == whole
+    assert {(0,), (0, 0), (1, 0), (2, 0), (3,), (4,), (4, 0)} == whole  # the test's premise
+    assert len(seen) == 5 and len(set(seen)) == 4  # the second recurrence is the first moved
 
 
 BASE = """
