@@ -43,7 +43,7 @@ from typing import Callable, NamedTuple, Optional
 
 from . import cost, ir, rules
 from .calls import op_count
-from .affine import affine
+from .affine import Affine, affine
 from .plans import NestRef, PlanGraph
 from .ir import INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, Load, Stmt, Store, Var
 from .match import (BodyMatch, Binding, affine_expr, bindings, dims_after_tiling, remainders,
@@ -154,23 +154,41 @@ def _base(name: str) -> str:
     return name.rstrip("0123456789") or name
 
 
-def renamed(s: Stmt, to: dict[str, Buffer]) -> Stmt:
-    """``s`` with the buffers named in ``to`` replaced."""
+def renamed(s: Stmt, to: dict[str, Buffer], moves: Optional[dict[str, tuple[int, ...]]] = None) -> Stmt:
+    """``s`` with the buffers named in ``to`` replaced, and each access of a buffer named in
+    ``moves`` moved by its constants (``X[i, k]`` by (512, 0): ``X[i + 512, k]``)."""
+    moves = moves or {}
+
+    def indices(b: Buffer, idx: tuple[Expr, ...]) -> tuple[Expr, ...]:
+        out = tuple(expr(i) for i in idx)
+        by = moves.get(b.name)
+        return out if by is None else tuple(_plus(i, d) for i, d in zip(out, by))
+
     def expr(e: Expr) -> Expr:
         return ir.map_loads(e, lambda x: Load(to.get(x.buffer.name, x.buffer),
-                                              tuple(expr(i) for i in x.indices)))
+                                              indices(x.buffer, x.indices)))
 
     def leaf(x: Stmt) -> Stmt:
         if isinstance(x, (Store, Accumulate)):
-            return type(x)(to.get(x.buffer.name, x.buffer), tuple(expr(i) for i in x.indices),
+            return type(x)(to.get(x.buffer.name, x.buffer), indices(x.buffer, x.indices),
                            expr(x.value))
         if isinstance(x, Call):
             return Call(x.intrinsic, tuple((n, ir.Window(to.get(w.buffer.name, w.buffer),
-                                                         tuple(expr(i) for i in w.base), w.steps))
+                                                         indices(w.buffer, w.base), w.steps))
                                            for n, w in x.operands), x.output)
         return x
 
     return ir.map_stmt(s, leaf, expr)
+
+
+def _plus(e: Expr, d: int) -> Expr:
+    """``e + d``, folded into ``e``'s constant when ``e`` is affine."""
+    if d == 0:
+        return e
+    m = affine(e, casts=False) if e.dtype == INDEX else None
+    if m is None or not all(isinstance(v, str) for v, _ in m.terms):
+        return Binary("+", e, Const(d, INDEX))
+    return affine_expr(Affine(m.terms, m.const + d))
 
 
 def _calls(desc, loops, windows) -> Stmt:

@@ -37,7 +37,8 @@ from .budgets import Budgets, using
 from .extract import Extractor, renamed
 from .ir import Call, For, PrimFunc, Stmt
 from .calls import op_count
-from .match import BodyMatch, Pattern, bindings, semantics_value
+from .affine import Affine, affine
+from .match import BodyMatch, Pattern, affine_expr, bindings, semantics_value
 from .names import Names
 from .nests import AccNest
 from .rules.finite import Guarded
@@ -274,30 +275,77 @@ def _distinct_bodies(acc: Sequence[AccNest]) -> tuple[tuple, list[int], list[dic
 
 def _alike(nest: AccNest, matches: list, memo: dict, extractor: Extractor):
     """The plan of ``nest``: that of a nest planned before which differs only in the buffers
-    it reads and writes (equal dtypes and shapes, in the same places: Strassen's 49 products
-    of one shape, a batch of equal layers), its buffers renamed; else the extractor's.
-    Buffer names take no part in a plan's choice, and temporaries the two plans share are
-    filled by each before it reads them, as with equal nests."""
+    it reads and writes (equal dtypes and shapes, in the same places) and in a constant move
+    of each buffer's accesses (Strassen's 49 products of one shape, which read quadrants of
+    ``A`` and ``B`` or whole temporaries; a batch of equal layers), its buffers renamed and
+    moved; else the extractor's. Buffer names take no part in a plan's choice, nor do the
+    constants of affine indices (a plan reads a buffer through the nest's own indices and
+    chooses by extents and strides), and temporaries the two plans share are filled by each
+    before it reads them, as with equal nests."""
     real: dict[str, ir.Buffer] = {}  # this nest's buffers, by name, in order of appearance
+    moves = _moves(nest)
 
     def canon(b: ir.Buffer) -> ir.Buffer:
         real.setdefault(b.name, b)
         return ir.Buffer(f"#{list(real).index(b.name)}", b.dtype, b.shape)
 
-    def load(x: ir.Load) -> ir.Load:
-        return ir.Load(canon(x.buffer), tuple(ir.map_loads(i, load) for i in x.indices))
+    def indices(b: ir.Buffer, idx: tuple) -> tuple:
+        move = moves.get(b.name)
+        if move is None:
+            return tuple(ir.map_loads(i, load) for i in idx)
+        return tuple(_moved_index(i, -m) for i, m in zip(idx, move))
 
-    shape = (AccNest(nest.dims, canon(nest.out), tuple(ir.map_loads(i, load) for i in nest.indices),
+    def load(x: ir.Load) -> ir.Load:
+        return ir.Load(canon(x.buffer), indices(x.buffer, x.indices))
+
+    shape = (AccNest(nest.dims, canon(nest.out), indices(nest.out, nest.indices),
                      ir.map_loads(nest.value, load)),
              tuple((m.intrinsic, tuple(load(x) for x in m.loads), m.scale) for m in matches))
     first = memo.get(("alike", shape))
     if first is None:
         plan = extractor.best(nest, matches)
-        memo[("alike", shape)] = (plan, list(real))
+        memo[("alike", shape)] = (plan, list(real), moves)
         return plan
-    plan, names = first  # the first nest's buffer names, in the same order as this one's
+    plan, names, first_moves = first  # the first nest's buffer names, in this one's order
     to = {old: b for old, b in zip(names, real.values()) if old != b.name}
-    return replace(plan, stmts=[renamed(st, to) for st in plan.stmts]) if to else plan
+    by = {}  # the first nest's buffer -> how far this one's accesses of it are moved
+    for old, name in zip(names, real):
+        if name in moves:
+            by[old] = tuple(m - f for m, f in zip(moves[name], first_moves[old]))
+    by = {old: d for old, d in by.items() if any(d)}
+    if not to and not by:
+        return plan
+    return replace(plan, stmts=[renamed(st, to, by) for st in plan.stmts])
+
+
+def _moves(nest: AccNest) -> dict[str, tuple[int, ...]]:
+    """For each buffer ``nest`` reaches only through affine indices over loop variables, the
+    constants of its first access (``C[i, j + 512]``: (0, 512)), by which ``_alike`` moves
+    all its accesses."""
+    seen: dict[str, list] = {}
+    for b, idx in [(nest.out, nest.indices)] + [(x.buffer, x.indices)
+                                                for x in ir.loads_of(nest.value)]:
+        seen.setdefault(b.name, []).append(tuple(_index_form(i) for i in idx))
+    return {name: tuple(f.const for f in forms[0]) for name, forms in seen.items()
+            if forms[0] and all(f is not None for idx in forms for f in idx)}
+
+
+def _index_form(e: ir.Expr):
+    """The affine form of an index over loop variables alone, in the index type throughout,
+    else None."""
+    if e.dtype != ir.INDEX or any(isinstance(x, ir.Const) and x.dtype != ir.INDEX
+                                  or isinstance(x, ir.Load) for x in ir.walk_expr(e)):
+        return None
+    form = affine(e, casts=False)
+    return form if form is not None and all(isinstance(v, str) for v, _ in form.terms) else None
+
+
+def _moved_index(e: ir.Expr, by: int) -> ir.Expr:
+    """``e + by`` in canonical form (``affine_expr``) when ``e`` is affine over loop variables."""
+    form = _index_form(e)
+    if form is None:
+        return e if by == 0 else ir.Binary("+", e, ir.Const(by, ir.INDEX))
+    return affine_expr(Affine(form.terms, form.const + by))
 
 
 def _ieee_match(nest: AccNest, m, library: dict) -> bool:

@@ -326,3 +326,33 @@ def three(A: f32[16, 16], B: f32[16, 16], C: f32[16, 16], E: f32[32, 16], F: f32
     assert "E[" in text and "x86.mm.f32.6x16x1" in text
     result = tensorize(func, lib)
     assert runtime.check(func, runtime.compile(result.func)).ok
+
+
+def test_products_on_other_quadrants_share_one_plan_moved(monkeypatch):
+    # three products on quadrants of A, B and C, and one on a temporary of another shape:
+    # the extractor plans two nests, the others take the first plan with their accesses
+    # moved, and the program computes what the function does
+    from rewrite.extract import Extractor
+
+    func = parse("""
+@prim_func
+def quads(A: f32[96, 96], B: f32[96, 96], C: f32[96, 96], T: f32[48, 48], D: f32[48, 48]):
+    for i, j, k in grid(48, 48, 48):
+        C[i, j] += A[i, k] * B[k, j]
+    for i, j, k in grid(48, 48, 48):
+        C[i + 48, j + 48] += A[i + 48, k + 48] * B[k + 48, j + 48]
+    for i, j, k in grid(48, 48, 48):
+        C[i, j + 48] += A[i + 48, k] * B[k, j + 48]
+    for i, j, k in grid(48, 48, 48):
+        D[i, j] += T[i, k] * B[k + 48, j]
+""")
+    planned = []
+    best = Extractor.best
+    monkeypatch.setattr(Extractor, "best", lambda self, n, m: planned.append(n.out.name) or best(self, n, m))
+    lib = [d for d in intrinsics.library("x86-avx2") if d.name == "x86.mm.f32.6x16x1"]
+    result = tensorize(func, lib, strassen="off")
+    assert planned == ["C", "D"]
+    assert result.ops_in_intrinsics == result.ops_total
+    text = show(result.func)
+    assert "A[6 * i_o + 48, k + 48]" in text and "B[k, 16 * j_o + 48]" in text, text
+    assert runtime.check(func, runtime.compile(result.func)).ok
