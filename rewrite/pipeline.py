@@ -298,13 +298,20 @@ def _alike(nest: AccNest, matches: list, memo: dict, extractor: Extractor):
     def load(x: ir.Load) -> ir.Load:
         return ir.Load(canon(x.buffer), indices(x.buffer, x.indices))
 
-    shape = (AccNest(nest.dims, canon(nest.out), indices(nest.out, nest.indices),
-                     ir.map_loads(nest.value, load)),
-             tuple((m.intrinsic, tuple(load(x) for x in m.loads), m.scale) for m in matches))
+    body = AccNest(nest.dims, canon(nest.out), indices(nest.out, nest.indices),
+                   ir.map_loads(nest.value, load))
+    found = tuple((m.intrinsic, tuple(load(x) for x in m.loads), m.scale) for m in matches)
+    shape = (body, found)
+    # The matches come in the order of their loads' text, buffer names included, which may
+    # break a tie between equal plans; a memo that prices alone (``Search.trial``) also
+    # finds a nest whose matches differ only in that order.
+    anyhow = (body, tuple(sorted(found, key=repr)))
     first = memo.get(("alike", shape))
+    if first is None and getattr(memo, "prices_only", False):
+        first = memo.get(("alike-in-any-order", anyhow))
     if first is None:
         plan = extractor.best(nest, matches)
-        memo[("alike", shape)] = (plan, list(real), moves)
+        memo[("alike", shape)] = memo[("alike-in-any-order", anyhow)] = (plan, list(real), moves)
         return plan
     plan, names, first_moves = first  # the first nest's buffer names, in this one's order
     to = {old: b for old, b in zip(names, real.values()) if old != b.name}
@@ -417,6 +424,32 @@ class Search:
         """``plan_items`` on ``parts``, with the names, budget and families of this search."""
         return plan_items(parts, self.library, self.budget, self.names, self.in_process,
                           self.rules_off, self.memo)
+
+    def trial(self) -> Search:
+        """This search for pricing alone: names of its own, and a memo that finds this
+        search's plans and keeps its own apart (a trial's plans, named apart, never reach the
+        program; the program's price the trial's nests equal to them)."""
+        return replace(self, names=Names(), memo=_ReadThrough(self.memo))
+
+
+class _ReadThrough(dict):
+    """A dict that also finds what ``under`` holds and adds to itself alone; a trial's memo,
+    whose plans are priced and never kept (``prices_only``)."""
+
+    prices_only = True
+
+    def __init__(self, under: dict):
+        super().__init__()
+        self.under = under
+
+    def __missing__(self, key):
+        return self.under[key]
+
+    def __contains__(self, key) -> bool:
+        return dict.__contains__(self, key) or key in self.under
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
 
 
 def tensorize(func: PrimFunc, intrinsics: Optional[Sequence] = None,

@@ -742,3 +742,23 @@ def scaled(W: f32[64, 64], A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):
     temps = [b.name for b in result.func.allocs]
     assert result.strassen_levels == 1 and any(t.startswith("sc_T") for t in temps)
     assert any(t.startswith("mm_U") for t in temps) and not any(t.startswith("st_P") for t in temps)
+
+
+def test_a_product_the_program_plans_is_priced_from_that_plan(monkeypatch):
+    # the e-graph prices each product shape by the matcher's plan of a plain product, planned
+    # apart (names of its own): the shapes the program's own plan has (A @ B, T @ C) are not
+    # planned again; those regrouping makes (B @ C, A @ U) are, then again in the program
+    # chosen, whose names the trial's plans do not have
+    from rewrite.extract import Extractor
+
+    planned = []
+    best = Extractor.best
+
+    def recorded(self, nest, matches):
+        planned.append(tuple(d.extent for d in nest.dims))
+        return best(self, nest, matches)
+
+    monkeypatch.setattr(Extractor, "best", recorded)
+    result = tensorize(parse(CHAIN.format(extra="", between="")), AVX2)
+    assert "call(\"x86.mm.f32.6x16x1\", c=window(D[6 * i_o, 0]" in show(result.func)  # D += A @ U
+    assert sorted(planned) == [(8, 16, 48)] * 2 + [(48, 16, 8)] * 2 + [(48, 16, 48), (48, 48, 8)]

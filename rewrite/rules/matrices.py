@@ -749,7 +749,7 @@ def _cheapest(accumulations, rules, price, memo: dict, at_least: Optional[int] =
 def _pricer(search, dtype: str) -> Callable[[int, int, int], float]:
     """A product's price: the cost of the plan the matcher finds for a plain ``m x k x n``
     product (``search.plan``), once per shape and search."""
-    trial = replace(search, names=Names(), memo={})
+    trial = search.trial()
 
     def price(m: int, k: int, n: int) -> float:
         key = ("program-price", dtype, m, k, n)
