@@ -306,6 +306,19 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
     them, blocked again the same way (``Blocked.rest``): 1504^3 on one Zen 4 thread, 1.0 MB
     of L2, 0.95 of numpy's speed against 0.78 with no column blocks.
 
+    An input read from a widened copy (``Layout.widened``: the AVX2 int8 tile's i16 copies,
+    twice the bytes of the int8 data, 64 bytes of B a step of four cycles against the f32
+    tile's six) may fill all of L1 with its KC steps, and a reduction that fits so is one
+    block, the columns still cut for L2: on Zen 3 (32 KB L1, 512 KB L2, one thread, each
+    program taking turns with a loop of ``vpmaddwd``, 15-21 rounds) u8 x i8 1024^3 ran
+    0.548-0.557 of the ``vpmaddwd`` ceiling with its 512 pair steps whole in blocks of 128
+    columns, against 0.494-0.503 in two blocks of 256 steps over 256 columns; with B's panel
+    copied into L1 and never moved, 0.548-0.573, so the longer stream is what the shorter
+    blocks lost, not L2's capacity (the 256-step blocks laid out contiguously: no faster).
+    512^3 0.493-0.546 against 0.503-0.545 (unchanged), 2048^3 0.484 against 0.465. The f32
+    tiles keep two thirds: their 2048^3 with 512 steps measured 1.03-1.05 of 256's, 1024^3
+    no faster, within this machine's noise.
+
     Each output element still sums over k in increasing order: only the order in which
     different output tiles are visited changes. The outermost loop still moves the output,
     so it stays the parallel one."""
@@ -335,24 +348,29 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
     if widest is None:
         return Blocked(loops, windows)
     step = size(widest)
-    kc_max = 2 * l1_data_bytes() // 3 // step
-    kc = next((n for n in range(min(kc_max, r.extent // 2), KC_MIN - 1, -1) if r.extent % n == 0), None)
+    # B's KC steps fill at most two thirds of L1; a widened copy's all of it (see above)
+    widened = ir.itemsize(windows[widest.name].buffer.dtype) > ir.itemsize(widest.dtype)
+    kc_max = (l1_data_bytes() if widened else 2 * l1_data_bytes() // 3) // step
+    # a widened panel's whole reduction that fits is one block, the columns still cut
+    whole = widened and r.extent <= kc_max
+    kc = r.extent if whole else \
+        next((n for n in range(min(kc_max, r.extent // 2), KC_MIN - 1, -1) if r.extent % n == 0), None)
     rows = next((d for d in moving if d.name not in uses(widest)), None)
     group = next((n for n in range(min(ROW_TILES, rows.extent // 2), 1, -1)
                   if rows.extent % n == 0), None) if rows is not None else None
-    if kc is None or rows is None or r.extent <= kc_max:
+    if kc is None or rows is None or (r.extent <= kc_max and not whole):
         return Blocked(loops, windows)
     others = [d for d in moving if d is not rows]
     cols = next((d for d in others if d.name in uses(widest)), None) if len(others) == 1 else None
     nc = blocks = None
     if cols is not None and kc * step * cols.extent > l2_bytes() // 2:
         nc, blocks = _column_blocks(cols.extent, max(1, l2_bytes() // 2 // (kc * step)))
-    if nc is None and group is None:  # column blocks leave the rows whole: no group needed
+    if nc is None and (group is None or whole):  # column blocks leave the rows whole: no group needed
         return Blocked(loops, windows)
     k_o, k_i, rows_b, rows_i = (names.fresh(f"{r.name}_o"), names.fresh(f"{r.name}_i"),
                                 names.fresh(f"{rows.name}_b"), names.fresh(f"{rows.name}_i"))
 
-    values = {r.name: _split(r, k_o, k_i, kc)}
+    values = {} if whole else {r.name: _split(r, k_o, k_i, kc)}
     if group is not None:
         values[rows.name] = _split(rows, rows_b, rows_i, group)
 
@@ -365,9 +383,9 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
                                   {name: _rebased(w, past) for name, w in windows.items()}, names)
             rest = ((after.loops, after.windows),) + after.rest
         cols_b, cols_i = names.fresh(f"{cols.name}_b"), names.fresh(f"{cols.name}_i")
-        values = {r.name: values[r.name], cols.name: _split(cols, cols_b, cols_i, nc)}
-        order = [Dim(cols_b, 0, blocks), Dim(k_o, 0, r.extent // kc), rows,
-                 Dim(cols_i, 0, nc), Dim(k_i, 0, kc)]
+        values = {**({} if whole else {r.name: values[r.name]}), cols.name: _split(cols, cols_b, cols_i, nc)}
+        order = [Dim(cols_b, 0, blocks)] + ([] if whole else [Dim(k_o, 0, r.extent // kc)]) + \
+            [rows, Dim(cols_i, 0, nc), r if whole else Dim(k_i, 0, kc)]
     else:
         order = ([Dim(rows_b, 0, rows.extent // group), Dim(k_o, 0, r.extent // kc),
                   Dim(rows_i, 0, group)] + others + [Dim(k_i, 0, kc)])

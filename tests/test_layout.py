@@ -572,6 +572,24 @@ def test_column_blocks_come_in_an_even_number_where_one_close_to_the_largest_doe
     _interp_equal(func, result.func)
 
 
+def test_a_widened_panel_keeps_its_whole_reduction_in_blocks_of_columns(caches):
+    # u8 x i8 on the AVX2 four-row tile reads i16 copies: B's panel is 64 bytes a pair step,
+    # and its 512 steps fill the 32 KB L1, which a widened panel may (two thirds for the f32
+    # tiles, whose 512 steps are cut in two below); over all 32 column tiles that is 1 MB,
+    # so the columns are cut into blocks of 8 tiles (256 KB, half of L2), the reduction whole
+    caches(32 * 1024, 512 * 1024)
+    func = _dense_u8(64, 512, 1024)
+    result = tensorize(func, intrinsics.library("x86-avx2"))
+    _well_formed(result)
+    loops = _call_loops(result.func, "x86.mm.u8i8i32.4x16x2")
+    assert loops == [("j_o_b", 4), ("i_o", 16), ("j_o_i", 8), ("k_o", 512)]
+    _agrees(func, result, HOST_HAS_AVX2)
+    f32 = _nn(64, 512, 512)
+    body = tensorize(f32, AVX2).func.body
+    assert {(s.var, s.extent) for s in ir.walk_stmts(body) if isinstance(s, ir.For)} >= \
+        {("k_o", 2), ("k_i", 256)}
+
+
 def test_a_prime_number_of_column_tiles_is_cut_into_equal_blocks_and_a_rest(caches):
     # 7 column tiles, at most 4 a block: no divisor of 7 makes a block, so two blocks of 3
     # tiles run the blocked order and the last tile is a call nest of its own after them
