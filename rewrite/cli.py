@@ -508,7 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--turns", type=_positive, metavar="N",
                        help="time ours and each peer in N rounds in which they take turns, on the "
                             "thread's CPU clock, numpy's BLAS on one thread (for a machine whose "
-                            "speed drifts; needs --threads 1); adds the ratio of least times")
+                            "speed drifts; needs --threads 1); adds the ratio of least times and, "
+                            "for integer work on an AVX2 host without VNNI, the share of the "
+                            "vpmaddwd ceiling (its loop taking a turn in each round)")
     bench.add_argument("--onnxruntime", action="store_true",
                        help="also time ONNX Runtime on the layers it has an operator for: matrix products, "
                             "dense layers with bias and ReLU, 2-D convolutions (pip install 'tensorize[onnx]')")

@@ -598,6 +598,49 @@ def test_bench_in_turns_reports_the_peers_least_times(mm):
         bench.bench_one(mm, threads=2, turns=3)
 
 
+
+def test_integer_work_in_turns_is_given_its_share_of_the_vpmaddwd_ceiling(monkeypatch):
+    # the ceiling's loop takes its turn in each round; the share is the median over the rounds
+    # of our rate over the loop's, each round's two times a moment apart
+    from rewrite.tools.timing import Timing
+
+    q = parse("@prim_func\ndef q(A: u8[16, 32], B: i8[32, 16], C: i32[16, 16]):\n"
+              "    for i, j, k in grid(16, 16, 32):\n        C[i, j] += i32(A[i, k]) * i32(B[k, j])\n")
+    ours, loop = (0.001, 0.004, 0.002), (0.002, 0.002, 0.001)
+    monkeypatch.setattr(bench, "pmaddwd_ceiling_loop", lambda: (lambda: None, 1e6))
+    monkeypatch.setattr(bench, "in_turns", lambda calls, rounds: [
+        Timing(ours), *(Timing((0.5, 0.5, 0.5)) for _ in calls[1:-1]), Timing(loop)])
+    r = bench.bench_one(q, threads=1, turns=3)
+    ops = 2 * 16 * 16 * 32
+    shares = [(ops / t) / (1e6 / c) for t, c in zip(ours, loop)]  # 0.0327, 0.0082, 0.0082
+    assert r.pmaddwd_ratio == pytest.approx(sorted(shares)[1])
+    (row,) = bench.to_json([r])["results"]
+    assert row["pmaddwd_ratio"] == r.pmaddwd_ratio
+    header, line = bench.format_table([r]).splitlines()
+    assert header.split()[-1] == "vpmaddwd" and float(line.split()[-1]) == pytest.approx(
+        r.pmaddwd_ratio, abs=0.006)
+    assert bench.bench_one(q, threads=1).pmaddwd_ratio is None  # not in turns: no loop
+
+
+def test_the_ceiling_loop_is_timed_only_where_it_is_the_int8_tiles_ceiling():
+    import intrinsics
+
+    features = intrinsics.host_features()
+    found = bench.pmaddwd_ceiling_loop()
+    if "avx2" not in features or "avx512vnni" in features:
+        assert found is None
+    else:
+        call, ops = found
+        t0 = time.perf_counter()
+        call()
+        assert ops == 12 * 32 * (1 << 18) and 0 < time.perf_counter() - t0 < 1.0
+
+
+def test_float_work_in_turns_has_no_ceiling_column(mm):
+    r = bench.bench_one(mm, threads=1, turns=2)
+    assert r.pmaddwd_ratio is None and "pmaddwd_ratio" not in bench.to_json([r])["results"][0]
+    assert "vpmaddwd" not in bench.format_table([r])
+
 def test_bench_turns_needs_one_thread(tmp_path, capsys):
     from rewrite import cli
 

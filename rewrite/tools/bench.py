@@ -52,6 +52,9 @@ class BenchResult:
     turns: int = 0  # rounds in which ours and the peers took turns (``turns=``), else 0
     numpy_min_s: Optional[float] = None  # in turns: the peers' least times too
     onnxruntime_min_s: Optional[float] = None
+    # in turns, on an AVX2 host without VNNI, for integer work: the median over the rounds of
+    # our rate over the vpmaddwd ceiling's (its loop taking its turn in each round)
+    pmaddwd_ratio: Optional[float] = None
 
 
 def bench(funcs: Iterable[Union[PrimFunc, tuple]], threads: Optional[int] = None,
@@ -91,11 +94,13 @@ def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int]
     numpy_call = numpy_counterpart(func, args)
     ort_call = onnxruntime_counterpart(func, kernel, threads or 1) if onnxruntime else None
     calls = [c for c in (lambda: kernel(**args), numpy_call, ort_call) if c is not None]
+    integer = not any(is_float(b.dtype) for b in func.outputs)
+    ceiling = pmaddwd_ceiling_loop() if turns and integer else None
     if turns:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1):
-            timings = iter(in_turns(calls, turns))
+            timings = iter(in_turns(calls + ([ceiling[0]] if ceiling else []), turns))
     else:
         timings = iter(measure(c, min_runs, target_seconds) for c in calls)
     ours = next(timings)
@@ -103,15 +108,33 @@ def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int]
     ort = next(timings) if ort_call is not None else None
     median = ours.median_s
     ops = op_count(func.body)
+    of_ceiling = None
+    if ceiling is not None:  # each round's two rates, measured a moment apart
+        loop = next(timings)
+        of_ceiling = float(np.median([(ops / t) / (ceiling[1] / c)
+                                      for t, c in zip(ours.times, loop.times)]))
     return BenchResult(
         file=file, name=func.name, runs=ours.runs, min_s=ours.min_s, median_s=median,
         max_s=ours.max_s, gflops=rate(ops, median),
         numpy_median_s=theirs and theirs.median_s,
         ratio=theirs.median_s / median if theirs is not None and median > 0 else None,
-        ops=ops, compile_s=compile_s, integer=not any(is_float(b.dtype) for b in func.outputs),
+        ops=ops, compile_s=compile_s, integer=integer,
         onnxruntime_median_s=ort and ort.median_s, turns=turns,
         numpy_min_s=theirs.min_s if turns and theirs else None,
-        onnxruntime_min_s=ort.min_s if turns and ort else None)
+        onnxruntime_min_s=ort.min_s if turns and ort else None, pmaddwd_ratio=of_ceiling)
+
+
+def pmaddwd_ceiling_loop() -> Optional[tuple[Callable[[], None], float]]:
+    """The ``vpmaddwd`` ceiling's loop and the operations a call of it does, where it is the
+    ceiling of the host's int8 tiles: an AVX2 host without AVX-512 VNNI (whose tiles run
+    ``vpdpbusd``, past it); else None."""
+    from intrinsics.base import host_features
+
+    from . import intrinsic_bench
+
+    if "avx512vnni" in host_features():
+        return None
+    return intrinsic_bench.pmaddwd_loop()
 
 
 # ---------------------------------------------------------------------------
@@ -408,6 +431,8 @@ def to_json(results: list[BenchResult]) -> dict:
             row["numpy_min_s"] = r.numpy_min_s
             if r.onnxruntime_median_s is not None:
                 row["onnxruntime_min_s"] = r.onnxruntime_min_s
+            if r.pmaddwd_ratio is not None:
+                row["pmaddwd_ratio"] = r.pmaddwd_ratio
         out.append(row)
     return {"results": out}
 
@@ -440,16 +465,19 @@ def plot(results: list[BenchResult], path: str) -> bool:
 
 def format_table(results: list[BenchResult]) -> str:
     """A plain-text table, one line per function; ONNX Runtime's columns where it ran. Timed
-    in turns, each ratio of medians is followed by the ratio of least times (``least``)."""
+    in turns, each ratio of medians is followed by the ratio of least times (``least``), and
+    integer work on an AVX2 host by its share of the ``vpmaddwd`` ceiling (``vpmaddwd``)."""
     ort = any(r.onnxruntime_median_s for r in results)
     turns = any(r.turns for r in results)
 
     def ratio(peer: Optional[float], ours: float, width: int = 6) -> str:
         return f" {peer / ours:{width}.2f}" if peer and ours > 0 else f" {'-':>{width}s}"
 
+    ceiling = any(r.pmaddwd_ratio is not None for r in results)
     least = f" {'least':>6s}" if turns else ""
     head = f"{'name':32s} {'runs':>5s} {'median':>10s} {'GFLOP/s':>8s} {'numpy':>10s} {'ratio':>6s}"
-    lines = [head + least + (f" {'onnxrt':>10s} {'ratio':>6s}" + least if ort else "")]
+    lines = [head + least + (f" {'onnxrt':>10s} {'ratio':>6s}" + least if ort else "")
+             + (f" {'vpmaddwd':>8s}" if ceiling else "")]
     for r in results:
         numpy_s = f"{r.numpy_median_s * 1e3:8.3f}ms" if r.numpy_median_s else f"{'-':>10s}"
         unit = "i" if r.integer else " "
@@ -461,6 +489,8 @@ def format_table(results: list[BenchResult]) -> str:
             o = r.onnxruntime_median_s
             line += f" {o * 1e3:8.3f}ms" if o else f" {'-':>10s}"
             line += ratio(o, r.median_s) + (ratio(r.onnxruntime_min_s, r.min_s) if turns else "")
+        if ceiling:
+            line += f" {r.pmaddwd_ratio:8.2f}" if r.pmaddwd_ratio is not None else f" {'-':>8s}"
         lines.append(line)
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 
@@ -78,11 +78,41 @@ def pmaddwd_ceiling() -> Optional[float]:
     return _ceiling
 
 
+# iterations of the ceiling's loop in one call of ``pmaddwd_loop``'s (half a millisecond on Zen 3)
+LOOP_ITERATIONS = 1 << 18
+
+
+def pmaddwd_loop() -> Optional[tuple[Callable[[], None], float]]:
+    """The loop ``pmaddwd_ceiling`` times, as a call to time beside others (``tensorize bench
+    --turns``), and the operations one call does, counted as the ceiling counts them. None
+    without AVX2."""
+    from intrinsics.base import host_features
+
+    if "avx2" not in host_features():
+        return None
+    pmaddwd_ceiling()  # compiles the loop
+    run = _loops["pmaddwd"]
+    return (lambda: run(LOOP_ITERATIONS)), LOOP_ITERATIONS * _CHAINS[8] * 32.0
+
+
 def _chained(what: str, vec, chains: int, step) -> float:
     """Instructions a second on this core: ``chains`` independent chains, each value
     ``step(module, builder, x, previous)``, in a loop with no loads (the best of a few
     timed runs). ``what`` names the function: one name per loop, as they are linked into
     one process."""
+    run = _chained_loop(what, vec, chains, step)
+    iterations = 1 << 20
+    best = best_of(lambda: run(iterations), 5)
+    return iterations * chains / best
+
+
+_loops: dict[str, Callable[[int], None]] = {}
+
+
+def _chained_loop(what: str, vec, chains: int, step) -> Callable[[int], None]:
+    """``_chained``'s loop, compiled once a process: a call runs ``n`` iterations."""
+    if what in _loops:
+        return _loops[what]
     from llvmlite import ir
 
     symbol = f"tensorize_peak_{what}"
@@ -114,11 +144,10 @@ def _chained(what: str, vec, chains: int, step) -> float:
     b.store(total, out, align=4)
     b.ret_void()
     (address,) = jit(module, [symbol])
-    run = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(address)
+    native = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(address)
     buf = np.zeros(64, np.uint8)
-    iterations = 1 << 20
-    best = best_of(lambda: run(buf.ctypes.data, iterations), 5)
-    return iterations * chains / best
+    _loops[what] = lambda iterations: native(buf.ctypes.data, iterations)
+    return _loops[what]
 
 
 def _zmm() -> bool:
