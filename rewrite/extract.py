@@ -43,11 +43,11 @@ from typing import Callable, NamedTuple, Optional
 
 from . import cost, ir, rules
 from .calls import op_count
-from .affine import Affine, affine
+from .affine import affine
 from .plans import NestRef, PlanGraph
 from .ir import INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, Load, Stmt, Store, Var
-from .match import (BodyMatch, Binding, affine_expr, bindings, dims_after_tiling, remainders,
-                    semantics_value, slow_dims, window)
+from .match import (BodyMatch, Binding, affine_expr, bindings, dims_after_tiling, moved_index,
+                    remainders, semantics_value, slow_dims, window)
 from .names import Names
 from .nests import AccNest, Dim
 from .rules import layout, loops
@@ -182,13 +182,8 @@ def renamed(s: Stmt, to: dict[str, Buffer], moves: Optional[dict[str, tuple[int,
 
 
 def _plus(e: Expr, d: int) -> Expr:
-    """``e + d``, folded into ``e``'s constant when ``e`` is affine."""
-    if d == 0:
-        return e
-    m = affine(e, casts=False) if e.dtype == INDEX else None
-    if m is None or not all(isinstance(v, str) for v, _ in m.terms):
-        return Binary("+", e, Const(d, INDEX))
-    return affine_expr(Affine(m.terms, m.const + d))
+    """``e + d``, folded into ``e``'s constant when ``e`` is affine (``match.moved_index``)."""
+    return e if d == 0 else moved_index(e, d)
 
 
 def _calls(desc, loops, windows) -> Stmt:

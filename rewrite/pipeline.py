@@ -37,8 +37,7 @@ from .budgets import Budgets, using
 from .extract import Extractor, renamed
 from .ir import Call, For, PrimFunc, Stmt
 from .calls import op_count
-from .affine import Affine, affine
-from .match import BodyMatch, Pattern, affine_expr, bindings, semantics_value
+from .match import BodyMatch, Pattern, bindings, index_form, moved_index, semantics_value
 from .names import Names
 from .nests import AccNest
 from .rules.finite import Guarded
@@ -293,7 +292,7 @@ def _alike(nest: AccNest, matches: list, memo: dict, extractor: Extractor):
         move = moves.get(b.name)
         if move is None:
             return tuple(ir.map_loads(i, load) for i in idx)
-        return tuple(_moved_index(i, -m) for i, m in zip(idx, move))
+        return tuple(moved_index(i, -m) for i, m in zip(idx, move))
 
     def load(x: ir.Load) -> ir.Load:
         return ir.Load(canon(x.buffer), indices(x.buffer, x.indices))
@@ -332,27 +331,9 @@ def _moves(nest: AccNest) -> dict[str, tuple[int, ...]]:
     seen: dict[str, list] = {}
     for b, idx in [(nest.out, nest.indices)] + [(x.buffer, x.indices)
                                                 for x in ir.loads_of(nest.value)]:
-        seen.setdefault(b.name, []).append(tuple(_index_form(i) for i in idx))
+        seen.setdefault(b.name, []).append(tuple(index_form(i) for i in idx))
     return {name: tuple(f.const for f in forms[0]) for name, forms in seen.items()
             if forms[0] and all(f is not None for idx in forms for f in idx)}
-
-
-def _index_form(e: ir.Expr):
-    """The affine form of an index over loop variables alone, in the index type throughout,
-    else None."""
-    if e.dtype != ir.INDEX or any(isinstance(x, ir.Const) and x.dtype != ir.INDEX
-                                  or isinstance(x, ir.Load) for x in ir.walk_expr(e)):
-        return None
-    form = affine(e, casts=False)
-    return form if form is not None and all(isinstance(v, str) for v, _ in form.terms) else None
-
-
-def _moved_index(e: ir.Expr, by: int) -> ir.Expr:
-    """``e + by`` in canonical form (``affine_expr``) when ``e`` is affine over loop variables."""
-    form = _index_form(e)
-    if form is None:
-        return e if by == 0 else ir.Binary("+", e, ir.Const(by, ir.INDEX))
-    return affine_expr(Affine(form.terms, form.const + by))
 
 
 def _ieee_match(nest: AccNest, m, library: dict) -> bool:
