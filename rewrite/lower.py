@@ -122,14 +122,19 @@ def _parallel_loops(func: PrimFunc) -> set[tuple[int, ...]]:
     changes no address's equality with another."""
     out: set[tuple[int, ...]] = set()
     for k, s in enumerate(stmts_of(func.body)):
-        if not isinstance(s, For):
-            continue
-        stmt, used, _ = _canonical(s)
-        alone = PrimFunc("statement", tuple(Buffer(f"b{n}", b.dtype, b.shape)
-                                            for n, (b, _) in enumerate(used)), seq(stmt))
-        out |= {(k,) + info.path[1:] for info in analysis.analyze(alone).loops
-                if info.kind == "parallel"}
+        if isinstance(s, For):
+            out |= {(k,) + info.path[1:] for info in analysis.analyze(_alone(s)).loops
+                    if info.kind == "parallel"}
     return out
+
+
+def _alone(s: Stmt) -> PrimFunc:
+    """A function of the one statement ``s`` in its canonical form (``_canonical``), for the
+    dependence analysis: statements equal up to their buffers and a constant move of each
+    buffer's accesses give equal functions, which ``analysis.analyze`` analyses once."""
+    stmt, used, _ = _canonical(s)
+    return PrimFunc("statement", tuple(Buffer(f"b{n}", b.dtype, b.shape)
+                                       for n, (b, _) in enumerate(used)), stmt)
 
 
 def _without_unit_loops(func: PrimFunc) -> PrimFunc:
@@ -416,7 +421,7 @@ def _reorder(func: PrimFunc, position: int, s: Stmt) -> list[Stmt]:
         return [s]
     groups = stmts_of(body)
     nests = [wrap(loops, g) for g in groups] if len(groups) > 1 else [s]
-    better = [_best_order(func, n) for n in nests]
+    better = [_best_order(n) for n in nests]
     if all(b is None for b in better):
         return [s]
     if len(groups) > 1 and not _distributable(func, position, len(loops)):
@@ -473,7 +478,7 @@ def _distributable(func: PrimFunc, position: int, depth: int) -> bool:
     return True
 
 
-def _best_order(func: PrimFunc, nest: Stmt) -> Optional[Stmt]:
+def _best_order(nest: Stmt) -> Optional[Stmt]:
     """``nest`` with the cheapest loop innermost (the others keep their order), or None when
     the current order is as cheap or the cheaper one is illegal."""
     loops, body = band(nest)
@@ -484,8 +489,8 @@ def _best_order(func: PrimFunc, nest: Stmt) -> Optional[Stmt]:
     if costs[best] >= costs[-1]:
         return None
     order = [k for k in range(len(loops)) if k != best] + [best]
-    alone = replace(func, body=nest)
-    if not analysis.can_permute(alone, (0,), order, allow_reassociation=False):
+    # legal for the nest alone: dependences between it and other statements keep their order
+    if not analysis.can_permute(_alone(nest), (0,), order, allow_reassociation=False):
         return None
     return wrap([loops[k] for k in order], body)
 

@@ -12,7 +12,7 @@ import pytest
 
 import intrinsics
 import rewrite
-from rewrite import analysis, jit, lower, runtime
+from rewrite import analysis, ir, jit, lower, runtime
 from rewrite.inputs import random_args
 from rewrite.interp import run
 from rewrite.ir import Call, walk_stmts
@@ -130,6 +130,32 @@ def f(A: f32[300, 64], B: f32[300, 64], X: f32[300, 64], Y: f32[300, 64], s: f32
     assert lower._parallel_loops(func) == whole
     assert {(0,), (0, 0), (1, 0), (2, 0), (3,), (4,), (4, 0)} == whole  # the test's premise
     assert len(seen) == 5 and len(set(seen)) == 4  # the second recurrence is the first moved
+
+
+
+def test_each_nests_loop_order_is_decided_alone_and_equal_nests_once(monkeypatch):
+    # two copies that read A down its columns, at other offsets: j goes innermost in both,
+    # decided by one analysis; a nest whose reads run against its writes (X[i + 1, j] from
+    # X[i, j + 1]) keeps its order, which moving j inward would break
+    src = """
+@prim_func
+def f(A: f32[300, 64], B: f32[300, 64], C: f32[300, 64], X: f32[300, 64]):
+    for j, i in grid(64, 256):
+        B[i, j] = A[i, j] * 2.0
+    for j, i in grid(64, 256):
+        C[i + 40, j] = A[i + 7, j] * 2.0
+    for j, i in grid(63, 256):
+        X[i + 1, j] = X[i, j + 1] + 1.0
+"""
+    func = parse(src)
+    seen = []
+    can_permute = analysis.can_permute
+    monkeypatch.setattr(analysis, "can_permute",
+                        lambda f, *a, **k: seen.append(f) or can_permute(f, *a, **k))
+    ordered = lower.schedule(func)
+    assert [s.var for s in ir.stmts_of(ordered.body)] == ["i", "i", "j"]
+    assert len(seen) == 3 and len(set(seen)) == 2
+    _assert_compiled_is_interpreted(func)
 
 
 BASE = """
