@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-from .ir import INDEX, Binary, Cast, Const, Expr, Unary, Var, is_int
+from .ir import INDEX, Binary, Cast, Const, Expr, Unary, Var, is_int, walk_expr
 
-__all__ = ["Affine", "Atom", "affine"]
+__all__ = ["Affine", "Atom", "affine", "affine_index"]
 
 # A loop variable's name, or a subexpression a caller of ``affine`` takes as one term.
 Atom = Union[str, Expr]
@@ -128,3 +128,13 @@ def affine(e: Expr, *, casts: bool = True, atom: Optional[Callable[[Expr], bool]
     if atom is not None and atom(e):
         return Affine(((e, 1),))
     return None
+
+
+def affine_index(e: Expr) -> Affine | None:
+    """The affine form of an index computed in the index type throughout (no casts read
+    through: a narrower type under a cast wraps differently), over loop variables alone;
+    else None. Two indices with forms that differ only in their constants address the same
+    buffer one constant move apart (``lower._canonical``, ``match.moved_index``)."""
+    if e.dtype != INDEX or any(isinstance(x, Const) and x.dtype != INDEX for x in walk_expr(e)):
+        return None
+    return affine(e, casts=False)

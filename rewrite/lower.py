@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from . import analysis
-from .affine import affine
+from .affine import affine, affine_index
 from .calls import expand_calls, op_count
 from .ir import (INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load, PrimFunc, Seq,
                  Stmt, Store, Unary, Var, Window, band, children, is_float, loads_of, seq, stmts_of,
@@ -272,7 +272,7 @@ def _canonical(s: Stmt) -> tuple[Stmt, list[tuple[Buffer, int]], tuple[bytes, ..
     shifts: dict[str, tuple[int, ...]] = {}
     for name, seen in accesses.items():
         buf = buffers[name]
-        forms = [[_affine_index(i) for i in idx] for idx in seen]
+        forms = [[affine_index(i) for i in idx] for idx in seen]
         shift = (0,) * buf.ndim
         if all(f is not None for idx in forms for f in idx) and buf.ndim:
             first = tuple(f.const for f in forms[0])
@@ -310,14 +310,6 @@ def _accesses(s: Stmt):
                     yield from expr(i)
 
 
-def _affine_index(e: Expr):
-    """The affine form of an index expression computed in the index type throughout (no casts
-    read through: a narrower type under a cast wraps differently), else None."""
-    if e.dtype != INDEX or any(isinstance(x, Const) and x.dtype != INDEX for x in walk_expr(e)):
-        return None
-    return affine(e, casts=False)
-
-
 class _Renamer:
     def __init__(self, names: dict[str, Buffer], shifts: dict[str, tuple[int, ...]], floats: list[bytes]):
         self.names, self.shifts, self.floats = names, shifts, floats
@@ -347,7 +339,7 @@ class _Renamer:
         return tuple(self.index(i, d, env) for i, d in zip(indices, self.shifts[buf.name]))
 
     def index(self, e: Expr, shift: int, env: dict[str, str]) -> Expr:
-        form = _affine_index(e)
+        form = affine_index(e)
         if form is None:
             return self.expr(e, env)  # its buffer is not moved (``_canonical``)
         terms = sorted((env.get(v, v), c) for v, c in form.terms)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from . import ir
-from .affine import Affine, affine
+from .affine import Affine, affine, affine_index
 from .ir import Binary, Buffer, Const, Expr, Load, Var, Window
 from .names import Names
 from .nests import AccNest, Dim, _cached_hash, _without_hash
@@ -227,19 +227,9 @@ def affine_expr(m: Affine) -> Expr:
     return out
 
 
-def index_form(e: Expr) -> Optional[Affine]:
-    """The affine form of an index over loop variables alone, computed in the index type
-    throughout (no casts read through, no loads), else None."""
-    if e.dtype != ir.INDEX or any(isinstance(x, Const) and x.dtype != ir.INDEX or isinstance(x, Load)
-                                  for x in ir.walk_expr(e)):
-        return None
-    form = affine(e, casts=False)
-    return form if form is not None and all(isinstance(v, str) for v, _ in form.terms) else None
-
-
 def moved_index(e: Expr, by: int) -> Expr:
     """``e + by``, in canonical form (``affine_expr``) when ``e`` is affine over loop variables."""
-    form = index_form(e)
+    form = affine_index(e)
     if form is None:
         return e if by == 0 else Binary("+", e, Const(by, ir.INDEX))
     return affine_expr(Affine(form.terms, form.const + by))

@@ -37,7 +37,8 @@ from .budgets import Budgets, using
 from .extract import Extractor, renamed
 from .ir import Call, For, PrimFunc, Stmt
 from .calls import op_count
-from .match import BodyMatch, Pattern, bindings, index_form, moved_index, semantics_value
+from .affine import affine_index
+from .match import BodyMatch, Pattern, bindings, moved_index, semantics_value
 from .names import Names
 from .nests import AccNest
 from .rules.finite import Guarded
@@ -331,7 +332,7 @@ def _moves(nest: AccNest) -> dict[str, tuple[int, ...]]:
     seen: dict[str, list] = {}
     for b, idx in [(nest.out, nest.indices)] + [(x.buffer, x.indices)
                                                 for x in ir.loads_of(nest.value)]:
-        seen.setdefault(b.name, []).append(tuple(index_form(i) for i in idx))
+        seen.setdefault(b.name, []).append(tuple(affine_index(i) for i in idx))
     return {name: tuple(f.const for f in forms[0]) for name, forms in seen.items()
             if forms[0] and all(f is not None for idx in forms for f in idx)}
 
