@@ -156,6 +156,16 @@ def f(A: f32[300, 64], B: f32[300, 64], C: f32[300, 64], X: f32[300, 64]):
     assert [s.var for s in ir.stmts_of(ordered.body)] == ["i", "i", "j"]
     assert len(seen) == 3 and len(set(seen)) == 2
     _assert_compiled_is_interpreted(func)
+    # NaN, infinities and signed zeros, bit for bit where the interpreter puts them
+    args = random_args(func, seed=4)
+    args["A"][7, 3], args["A"][50, 9], args["A"][100, :] = np.nan, -np.inf, -0.0
+    args["X"][0, 5], args["X"][20, 1] = np.inf, -0.0
+    want = run(func, **{k: np.array(v, copy=True) for k, v in args.items()})
+    got = {k: np.array(v, copy=True) for k, v in args.items()}
+    runtime.compile(func, threads=2)(**got)
+    for b in func.outputs:
+        assert np.array_equal(_bits(got[b.name]), _bits(want[b.name])), b.name
+    assert np.isnan(want["B"][7, 3]) and np.signbit(want["C"][100 - 7 + 40, 0])
 
 
 BASE = """

@@ -3,6 +3,7 @@ tensorized corpus function checked against the interpreter, budgets on pathologi
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import intrinsics
@@ -188,8 +189,6 @@ def test_hard_limit_kills_the_worker_and_the_program_stays_correct():
 
 
 def test_interpreter_runs_tensorized_programs_like_the_originals():
-    import numpy as np
-
     from rewrite.inputs import random_args
     from rewrite.interp import run
 
@@ -356,3 +355,15 @@ def quads(A: f32[96, 96], B: f32[96, 96], C: f32[96, 96], T: f32[48, 48], D: f32
     text = show(result.func)
     assert "A[6 * i_o + 48, k + 48]" in text and "B[k, 16 * j_o + 48]" in text, text
     assert runtime.check(func, runtime.compile(result.func)).ok
+    # NaN, infinities and signed zeros in each quadrant land where the interpreter puts them
+    from rewrite.inputs import random_args
+    from .test_nonfinite import _run_both, _same_pattern
+
+    args = random_args(func, seed=2)
+    args["A"][50, 60], args["A"][10, 5] = np.nan, np.inf
+    args["B"][70, 90], args["B"][3, :] = -np.inf, -0.0
+    args["T"][4, 7] = np.nan
+    want, got = _run_both(func, result.func, args)
+    for out in ("C", "D"):
+        assert _same_pattern(want[out], got[out]), out
+    assert np.isnan(want["C"][50, 48:]).all() and np.isnan(want["D"][4]).all()
