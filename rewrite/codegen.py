@@ -20,11 +20,11 @@ same bits, so that LLVM does not push the negation into ``v`` and regroup its pr
 ``runtime.check`` scales its tolerance by the reduction length for this reason.
 
 Kernel shape: ``void K(ptr args, ptr pool)``. Each body of the plan becomes an internal
-function over ``noalias`` buffer pointers and an iteration range ``[lo, hi)``, and each part
-a task that calls its body on its buffers' pointers (one body serves every part that is the
-same code on other buffers: ``lower.shared_bodies``); a parallel part
-is handed to the pool's dispatcher (``pool.py``, reached through slot ``POOL_DISPATCH`` of the
-block ``pool`` points at) when ``pool`` is not null. Each intrinsic call is emitted by the
+function over ``noalias`` buffer pointers and an iteration range ``[lo, hi)`` (one body serves
+every part that is the same code on other buffers: ``lower.shared_bodies``), run by a task
+that finds its buffers' pointers; ``K`` walks a constant table of the parts, and hands a
+parallel part to the pool's dispatcher (``pool.py``, reached through slot ``POOL_DISPATCH`` of
+the block ``pool`` points at) when ``pool`` is not null. Each intrinsic call is emitted by the
 emitter the caller's ``emitters`` gives for its descriptor (``target.Target.emitter``).
 """
 
@@ -674,8 +674,9 @@ class _BodyEmitter:
 # the dispatcher (see ``pool.py``).
 POOL_DISPATCH = 38
 
-# Part signature: noalias buffer pointers, then the iteration range of a parallel part.
-# Task signature (what the pool calls): the pointer array and the range.
+# Body signature: noalias buffer pointers, then the iteration range of a parallel part.
+# Task signature (what the pool calls): the context (the kernel's pointer array, then the
+# part's moves; see ``_entry``) and the range.
 TASK_TYPE = ir.FunctionType(_VOID, [_PTR, _I64, _I64])
 DISPATCH_TYPE = ir.FunctionType(_VOID, [_PTR, _PTR, _PTR, _I64, _I64])
 
@@ -683,30 +684,88 @@ DISPATCH_TYPE = ir.FunctionType(_VOID, [_PTR, _PTR, _PTR, _I64, _I64])
 def kernel_module(plan: lowering.Plan, symbol: str, emitters: Emitters) -> ir.Module:
     """The module whose one exported function ``symbol(ptr args, ptr pool)`` runs ``plan``,
     each intrinsic call emitted by ``emitters(descriptor)``. Each of the plan's bodies is one
-    function, however many parts run it (``lower.shared_bodies``)."""
+    function, however many parts run it (``lower.shared_bodies``).
+
+    The parts are data: a constant table of records (task, moves, range, parallel) that the
+    entry walks in order. A body several parts run has one task for all of them, which reads
+    each part's buffer slots and offsets from the record's moves; a body one part runs has a
+    task of its own with them as constants, so LLVM still folds them into its addresses. A
+    program of many parts (a Strassen level's products, copies and sums) is then a few
+    functions, however many parts there are: LLVM's cost is per function, about a
+    millisecond each even for a task of three instructions."""
     module = new_module(symbol)
     bodies = [_body(module, code, f"{symbol}.body{n}", emitters) for n, code in enumerate(plan.bodies)]
+    tasks = {n: _shared_task(module, code, bodies[n], f"{symbol}.task{n}")
+             for n, code in enumerate(plan.bodies) if code.uses > 1}
+    moves: list[int] = []
+    records = []
+    for n, part in enumerate(plan.parts):
+        task = tasks.get(part.code)
+        at = len(moves)
+        if task is None:
+            task = _task(module, part, plan.bodies[part.code], bodies[part.code], f"{symbol}.part{n}")
+        else:
+            moves.extend(x for pair in part.args for x in pair)
+        lo, hi = (part.body.start, part.body.stop) if part.parallel else (0, 0)
+        records.append((task, at, lo, hi, int(part.parallel)))
+    _entry(module, symbol, records, moves)
+    return module
+
+
+# A part's record in the entry's table: its task, where its moves start in the table of
+# moves, the range of a parallel part and whether it is parallel.
+_RECORD = ir.LiteralStructType([_PTR, _I64, _I64, _I64, _I64])
+
+
+def _entry(module: ir.Module, symbol: str, records: list[tuple], moves: list[int]) -> None:
+    """``symbol(args, pool)``: for each record in order, point the context ``{args, moves}``
+    at the part's moves and run its task on it, through the pool's dispatcher when the part
+    is parallel and ``pool`` is not null."""
+    table = _constant_array(module, f"{symbol}.parts", _RECORD, [
+        ir.Constant(_RECORD, [task, *(ir.Constant(_I64, x) for x in rest)])
+        for task, *rest in records])
+    moved = _constant_array(module, f"{symbol}.moves", _I64,
+                            [ir.Constant(_I64, x) for x in moves or [0]])
     main = ir.Function(module, ir.FunctionType(_VOID, [_PTR, _PTR]), name=symbol)
     main.attributes.add("nounwind")
     b = ir.IRBuilder(main.append_basic_block("entry"))
     args, pool = main.args
-    for n, part in enumerate(plan.parts):
-        task = _task(module, part, plan.bodies[part.code], bodies[part.code], f"{symbol}.part{n}")
-        if not part.parallel:
-            b.call(task, [args, ir.Constant(_I64, 0), ir.Constant(_I64, 0)])
-            continue
-        loop: For = part.body
-        lo, hi = ir.Constant(_I64, loop.start), ir.Constant(_I64, loop.stop)
-        serial = b.icmp_unsigned("==", pool, ir.Constant(_PTR, None))
-        with b.if_else(serial) as (alone, shared):
-            with alone:
-                b.call(task, [args, lo, hi])
-            with shared:
-                slot = b.gep(pool, [ir.Constant(_I64, POOL_DISPATCH)], source_etype=_I64)
+    context = b.alloca(ir.ArrayType(_PTR, 2))
+    b.store(args, b.gep(context, [_i64(0), _i64(0)]))
+    alone = b.icmp_unsigned("==", pool, ir.Constant(_PTR, None))
+
+    def run(n: ir.Value) -> None:
+        def field(k: int) -> ir.Value:
+            typ = _PTR if k == 0 else _I64
+            return b.load(b.gep(table, [_i64(0), n, ir.Constant(_I32, k)]), typ=typ)
+
+        task, at, lo, hi, parallel = (field(k) for k in range(5))
+        b.store(b.gep(moved, [_i64(0), at]), b.gep(context, [_i64(0), _i64(1)]))
+        shared = b.and_(b.icmp_unsigned("!=", parallel, _i64(0)), b.not_(alone))
+        with b.if_else(shared) as (pooled, here):
+            with pooled:
+                slot = b.gep(pool, [_i64(POOL_DISPATCH)], source_etype=_I64)
                 dispatch = indirect(b.load(slot, typ=_PTR, align=8), DISPATCH_TYPE)
-                b.call(dispatch, [pool, task, args, lo, hi])
+                b.call(dispatch, [pool, task, context, lo, hi])
+            with here:
+                b.call(indirect(task, TASK_TYPE), [context, lo, hi])
+
+    if records:
+        counted_loop(b, _i64(0), _i64(len(records)), run, known_nonempty=True)
     b.ret_void()
-    return module
+
+
+def _i64(x: int) -> ir.Constant:
+    return ir.Constant(_I64, x)
+
+
+def _constant_array(module: ir.Module, name: str, typ: ir.Type, items: list) -> ir.GlobalVariable:
+    array = ir.ArrayType(typ, len(items))
+    g = ir.GlobalVariable(module, array, name=name)
+    g.linkage = "internal"
+    g.global_constant = True
+    g.initializer = ir.Constant(array, items)
+    return g
 
 
 def _body(module: ir.Module, code: lowering.Body, name: str, emitters: Emitters) -> ir.Function:
@@ -733,24 +792,51 @@ def _body(module: ir.Module, code: lowering.Body, name: str, emitters: Emitters)
     return fn
 
 
-def _task(module: ir.Module, part: lowering.Part, code: lowering.Body, body: ir.Function,
-          name: str) -> ir.Function:
-    """``name(args, lo, hi)``: loads the pointers of the buffers the part uses, each moved by
-    its offset, and calls the part's body on them."""
+def _new_task(module: ir.Module, name: str) -> tuple[ir.Function, ir.IRBuilder]:
     task = ir.Function(module, TASK_TYPE, name=name)
     task.linkage = "internal"
     task.attributes.add("nounwind")
     # called directly and through the pool: inlining it into the entry would compile the
     # loop nest twice for nothing
     task.attributes.add("noinline")
-    b = ir.IRBuilder(task.append_basic_block("entry"))
-    args, lo, hi = task.args
+    return task, ir.IRBuilder(task.append_basic_block("entry"))
+
+
+def _context(b: ir.IRBuilder, context: ir.Value, k: int) -> ir.Value:
+    return b.load(b.gep(context, [_i64(k)], source_etype=_PTR), typ=_PTR, align=8)
+
+
+def _task(module: ir.Module, part: lowering.Part, code: lowering.Body, body: ir.Function,
+          name: str) -> ir.Function:
+    """``name(context, lo, hi)``: loads the pointers of the buffers the part uses from the
+    context's pointer array, each moved by its offset, and calls the part's body on them."""
+    task, b = _new_task(module, name)
+    context, lo, hi = task.args
+    args = _context(b, context, 0)
     pointers = []
     for (k, offset), buf in zip(part.args, code.buffers):
-        ptr = b.load(b.gep(args, [ir.Constant(_I64, k)], source_etype=_PTR), typ=_PTR, align=8)
+        ptr = b.load(b.gep(args, [_i64(k)], source_etype=_PTR), typ=_PTR, align=8)
         if offset:
-            ptr = b.gep(ptr, [ir.Constant(_I64, offset)], source_etype=lltype(buf.dtype))
+            ptr = b.gep(ptr, [_i64(offset)], source_etype=lltype(buf.dtype))
         pointers.append(ptr)
+    b.call(body, pointers + [lo, hi])
+    b.ret_void()
+    return task
+
+
+def _shared_task(module: ir.Module, code: lowering.Body, body: ir.Function, name: str) -> ir.Function:
+    """``name(context, lo, hi)``: the task of every part that runs ``body``. The context's
+    second pointer is the part's moves, a slot and an offset for each of the body's buffers;
+    it calls the body on each slot's pointer moved by its offset."""
+    task, b = _new_task(module, name)
+    context, lo, hi = task.args
+    args, moves = _context(b, context, 0), _context(b, context, 1)
+    pointers = []
+    for n, buf in enumerate(code.buffers):
+        slot, offset = (b.load(b.gep(moves, [_i64(2 * n + j)], source_etype=_I64), typ=_I64)
+                        for j in (0, 1))
+        ptr = b.load(b.gep(args, [slot], source_etype=_PTR), typ=_PTR, align=8)
+        pointers.append(b.gep(ptr, [offset], source_etype=lltype(buf.dtype)))
     b.call(body, pointers + [lo, hi])
     b.ret_void()
     return task

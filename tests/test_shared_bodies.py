@@ -12,7 +12,7 @@ import pytest
 
 import intrinsics
 import rewrite
-from rewrite import analysis, ir, jit, lower, runtime
+from rewrite import analysis, codegen, ir, jit, lower, runtime
 from rewrite.inputs import random_args
 from rewrite.interp import run
 from rewrite.ir import Call, walk_stmts
@@ -101,6 +101,32 @@ def test_the_strassen_products_share_their_bodies_and_match_the_interpreter():
         kernel = runtime.compile(result.func, threads=threads)
         assert runtime.check(result.func, kernel).ok
 
+
+
+def test_a_kernel_of_many_parts_is_a_few_functions(monkeypatch):
+    # 30 parallel copies of one nest on other buffers and at other offsets, each followed by
+    # a recurrence (a serial part, also one code at other offsets), and one nest of its own:
+    # 61 parts, three bodies; the kernel walks its parts as data, so the module has a
+    # function per body and per task of a shared body, whatever the number of parts
+    monkeypatch.setattr(lower, "MIN_PARALLEL_OPS", 1 << 10)
+    lines = []
+    for n in range(30):
+        out = "C" if n % 2 else "D"
+        lines.append(f"    for i, j in grid(32, 64):\n"
+                     f"        {out}[i + {n}, j] = A[i + {n % 7}, j] * 2.0 - B[i + {n}, j]")
+        lines.append(f"    for i in range(30):\n        X[i + 1, {n}] = X[i, {n}] + A[i, {n}]")
+    lines.append("    for i, j in grid(32, 64):\n        E[i, j] = C[i, j] + D[i + 29, j] * A[i, j]")
+    src = ("@prim_func\ndef f(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64], D: f32[64, 64], "
+           "E: f32[32, 64], X: f32[31, 30]):\n" + "\n".join(lines) + "\n")
+    func = parse(src)
+    plan = lower.lower(func)
+    assert len(plan.parts) == 61 and sum(p.parallel for p in plan.parts) == 31
+    assert sorted(b.uses for b in plan.bodies) == [1, 30, 30]
+    module = codegen.kernel_module(plan, "k", rewrite.target.host().emitter)
+    defined = [f.name for f in module.functions if not f.is_declaration]
+    # three bodies, a task for each of the two shared ones, the lone nest's task, the entry
+    assert len(defined) == 7, defined
+    _assert_compiled_is_interpreted(func)
 
 
 def test_each_statements_loops_are_classed_alone_and_equal_statements_once(monkeypatch):
