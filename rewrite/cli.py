@@ -27,8 +27,8 @@ from .tools import campaign
 from .tools.campaign import CampaignError
 from .script import parse_file_lenient, show
 from .tools.run import (BadInput, Entry, Interrupted, Options, Reported, Unit, format_entry,
-                        format_table, load_intrinsics, load_units, on_signal, prepare_bench,
-                        process, run_units, signals)
+                        format_table, in_process, load_intrinsics, load_units, on_signal,
+                        prepare_bench, process, run_units, signals)
 
 # What --target takes: this CPU's library, an ISA's (native here or emulated), every
 # registered intrinsic, or none (plain loops).
@@ -128,6 +128,11 @@ def _sides_text(r) -> tuple[str, str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from . import saturate
+
+    here = args.target != "none" and args.ray is None
+    if here:  # the saturation worker boots while the intrinsics and scripts load
+        saturate.prestart()
     library = load_intrinsics(args)
     budgets = Budgets()
     for option in args.budget or []:
@@ -139,6 +144,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                    rules_file=args.rules_file)
     _program_rules(args.rules_file)  # a bad file: one error, before any work
     units = load_units(args.paths, args.func)
+    if here and not in_process(units, args):
+        saturate.shutdown()  # the functions go to workers, each with a saturation worker
     entries = run_units(units, opts, args)
     for e in entries:
         if e.error:

@@ -229,6 +229,10 @@ def _serve(argv: list[str]) -> None:
         pass
     out, inp = sys.stdout.buffer, sys.stdin.buffer
     sys.stdout = sys.stderr  # nothing else may write into the channel
+    # what every saturation imports, imported before the first request arrives
+    import egglog  # noqa: F401
+
+    from . import egraph, rules  # noqa: F401
     while True:
         try:
             job = _recv(inp)
@@ -387,11 +391,18 @@ class Worker:
                 self.stop()
                 raise
 
+    def start(self, memory_bytes: int = Budget().memory_bytes) -> None:
+        """Have a worker running under ``memory_bytes``: start one now unless one is, and
+        return without waiting for it. It imports what saturation needs while this process
+        goes on, instead of while a request waits for it (``prestart``)."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None \
+                    or self._memory != memory_bytes or not self._owner.is_alive():
+                self.stop()
+                self._start(memory_bytes)
+
     def _run(self, job, b: Budget):
-        if self._proc is None or self._proc.poll() is not None or self._memory != b.memory_bytes \
-                or not self._owner.is_alive():
-            self.stop()
-            self._start(b.memory_bytes)
+        self.start(b.memory_bytes)
         t0 = time.perf_counter()
         try:
             _send(self._proc.stdin, job)
@@ -427,6 +438,13 @@ _WORKER = Worker()
 def shutdown() -> None:
     """Stop the saturation worker (at exit, and when the command is interrupted)."""
     _WORKER.stop()
+
+
+def prestart() -> None:
+    """Start the saturation worker (under the default budget's memory) without waiting for
+    it: a command about to tensorize calls this first, so that the worker's start, some
+    0.7 s of imports, overlaps the command's own work up to its first request."""
+    _WORKER.start()
 
 
 def saturate(job: Job, in_process: bool = False) -> tuple[list[BodyMatch], SaturationReport]:

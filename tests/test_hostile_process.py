@@ -148,6 +148,36 @@ def test_a_failing_worker_fails_the_function_on_the_command_line(worker, monkeyp
     assert "Traceback" not in err
 
 
+def test_a_started_worker_imports_egglog_before_its_first_request(worker):
+    saturate.prestart()
+    pid = worker.pid
+    assert pid is not None
+    deadline = time.monotonic() + 60
+    while "egglog" not in Path(f"/proc/{pid}/maps").read_text():
+        assert time.monotonic() < deadline, "the worker never loaded egglog on its own"
+        time.sleep(0.05)
+    matches, report = saturate.saturate(job())  # served by that worker, not a new one
+    assert matches and report.stop_reason == "saturated"
+    assert worker.pid == pid
+
+
+@pytest.mark.parametrize("target, starts", [("x86-avx2", True), ("none", False)])
+def test_the_run_command_starts_its_worker_before_loading_and_uses_it(worker, monkeypatch,
+                                                                       tmp_path, target, starts):
+    from rewrite.tools import run
+
+    events = []
+    start, load, call = worker._start, run.load_intrinsics, worker._run
+    monkeypatch.setattr(worker, "_start", lambda m: (events.append("start"), start(m)))
+    monkeypatch.setattr(cli, "load_intrinsics", lambda a: (events.append("load"), load(a))[1])
+    monkeypatch.setattr(worker, "_run", lambda job, b: (events.append("job"), call(job, b))[1])
+    script = tmp_path / "axpy.py"
+    script.write_text(SCALE)
+    assert cli.main(["run", str(script), "--json", "--target", target]) == 0
+    # one worker, started first, which then did the saturation
+    assert events == (["start", "load", "job"] if starts else ["load"])
+
+
 def test_a_job_past_the_hard_time_limit_is_a_budget_stop(worker):
     slow = saturate.Job(job().bodies, job().patterns, saturate.Budget(hard_seconds=0.001))
     matches, report = saturate.saturate(slow)

@@ -138,6 +138,10 @@ def _process(unit: Unit, opts: Options) -> Entry:
     func = unit.func
     t0 = time.perf_counter()
     try:
+        if opts.library is not None:
+            from .. import saturate
+
+            saturate.prestart()  # boots while this process analyses and begins to tensorize
         from .. import runtime
         from ..calls import op_count
 
@@ -252,11 +256,17 @@ def run_job(job: Job) -> Entry:
     return process(unit, job.opts if library is None else replace(job.opts, library=library))
 
 
+def in_process(units: list[Unit], args: argparse.Namespace) -> bool:
+    """Whether ``run_units`` processes ``units`` in this process."""
+    jobs = getattr(args, "jobs", 1) or campaign.default_jobs()
+    return getattr(args, "ray", None) is None and (jobs <= 1 or len(units) <= 1)
+
+
 def run_units(units: list[Unit], opts: Options, args: argparse.Namespace) -> list[Entry]:
     """``process`` on each unit, here or on ``--jobs`` workers or ``--ray``, in unit order."""
     jobs, ray = getattr(args, "jobs", 1) or campaign.default_jobs(), getattr(args, "ray", None)
     failed = lambda e: bool(e.error) or (e.check is not None and not e.check["ok"])  # noqa: E731
-    if ray is None and (jobs <= 1 or len(units) <= 1):
+    if in_process(units, args):
         return campaign.run(lambda u: process(u, opts), units, what="function", failed=failed)
     choice = (getattr(args, "target", "host"), getattr(args, "intrinsics", None),
               getattr(args, "intrinsics_file", None))
