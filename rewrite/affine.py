@@ -14,6 +14,8 @@ range of a form over ranges of its atoms.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -130,6 +132,7 @@ def affine(e: Expr, *, casts: bool = True, atom: Optional[Callable[[Expr], bool]
     return None
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def affine_index(e: Expr) -> Affine | None:
     """The affine form of an index computed in the index type throughout (no casts read
     through: a narrower type under a cast wraps differently), over loop variables alone;
