@@ -494,10 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="measure each native intrinsic's throughput against the FMA peak")
     intr.set_defaults(handler=cmd_intrinsics)
 
-    from .fuzz import properties
+    from .fuzz import options as fuzz_options
 
     fuzz = sub.add_parser("fuzz", help="fuzz matcher completeness and soundness with hypothesis")
-    properties.add_arguments(fuzz)
+    fuzz_options.add_arguments(fuzz)
     _campaign_arguments(fuzz, "unit of examples", 900)
     fuzz.set_defaults(handler=cmd_fuzz)
 

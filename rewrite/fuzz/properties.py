@@ -42,6 +42,7 @@ from ..pipeline import TensorizeResult, tensorize
 from ..saturate import Budget
 from ..script import parse, show
 from .disguises import MUTATIONS, TRANSFORMATIONS, Disguised, NearMiss, disguised, near_misses, transformation
+from .options import UNIT_EXAMPLES, add_arguments  # noqa: F401 (add_arguments: its options)
 
 # Small bodies saturate in milliseconds; the limits only stop a runaway rule set.
 FUZZ_BUDGET = Budget(iterations=12, enodes=50_000, seconds=5.0, hard_seconds=30.0)
@@ -224,9 +225,6 @@ def fuzz_intrinsic(desc, examples: int = 100, seed: Optional[int] = None, shrink
 
 # ---------------------------------------------------------------------------
 # campaigns: units of examples, each with its own seed
-
-
-UNIT_EXAMPLES = 25  # examples per unit of work: small enough to spread, large enough to pay
 
 
 @dataclass(frozen=True)
@@ -439,25 +437,6 @@ class Campaign:
 
 # ---------------------------------------------------------------------------
 # the command
-
-
-def add_arguments(parser) -> None:
-    """The options of ``tensorize fuzz``."""
-    parser.add_argument("--intrinsic", metavar="NAME", default=None,
-                        help="fuzz this intrinsic only (default: the host library and the "
-                             "emulated built-ins, or every intrinsic --intrinsics-file registers)")
-    parser.add_argument("--intrinsics-file", metavar="PATH", default=None,
-                        help="fuzz the intrinsics a Python module registers")
-    parser.add_argument("--examples", type=int, default=100, metavar="N",
-                        help="programs per intrinsic (default 100)")
-    parser.add_argument("--seed", type=int, default=0, metavar="S",
-                        help="the campaign's seed (default 0): the same seed draws the same "
-                             "programs, whatever --jobs")
-    parser.add_argument("--unit", type=int, default=None, metavar="K",
-                        help=f"run only unit K (examples {UNIT_EXAMPLES}K to {UNIT_EXAMPLES}K+"
-                             f"{UNIT_EXAMPLES - 1}) of each intrinsic: what a failure's replay "
-                             "command does")
-    parser.add_argument("--json", action="store_true", help="the report as one JSON object on stdout")
 
 
 def default_library() -> list:
