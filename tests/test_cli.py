@@ -187,3 +187,17 @@ def test_verbose_says_what_each_e_graph_did(capsys):
     (prog,) = [x for x in out.splitlines() if x.startswith("  program e-graph (matmul): ")]
     for line in (sat, prog):
         assert re.search(r"\d+ iterations, \d+ e-nodes, saturated, \d+\.\d\d s$", line), line
+
+
+def test_the_executable_runs_main_and_leaves_its_objects_to_the_system(script):
+    # what the installed ``tensorize`` runs: main's status, then every object the command
+    # made frozen out of the collection the interpreter would run as it shuts down
+    probe = ("import gc, sys; from rewrite import cli; sys.argv[1:] = ['run', sys.argv[1], "
+             "'--target', 'none']; status = cli.command(); print(status, gc.get_freeze_count())")
+    done = subprocess.run([sys.executable, "-c", probe, str(script)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    status, frozen = done.stdout.split()[-2:]
+    # the script's broken function makes main's status 2
+    assert status == "2" and int(frozen) > 10_000, done.stdout + done.stderr
+    entry = re.search(r'^tensorize = "([\w.:]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert entry and entry.group(1) == "rewrite.cli:command"
