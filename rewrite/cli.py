@@ -194,10 +194,13 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 def cmd_grad(args: argparse.Namespace) -> int:
     """The backward program of one function: printed as script, tensorized, checked."""
+    from . import saturate
     from .autodiff import grad, normalised
     from .numgrad import gradcheck
     from .script import ScriptError
 
+    if args.tensorize and args.target != "none":  # boots while the backward is derived
+        saturate.prestart()
     funcs, errors = parse_file_lenient(args.file)
     for e in errors:
         if e.name in (None, args.func, args.backward):

@@ -178,6 +178,29 @@ def test_the_run_command_starts_its_worker_before_loading_and_uses_it(worker, mo
     assert events == (["start", "load", "job"] if starts else ["load"])
 
 
+def test_grad_starts_the_worker_before_deriving_when_it_tensorizes(worker, monkeypatch, tmp_path):
+    from rewrite import autodiff
+
+    events = []
+    start, derive, call = worker._start, autodiff.grad, worker._run
+    monkeypatch.setattr(worker, "_start", lambda m: (events.append("start"), start(m)))
+    monkeypatch.setattr(autodiff, "grad", lambda *a, **k: (events.append("grad"), derive(*a, **k))[1])
+    monkeypatch.setattr(worker, "_run", lambda job, b: (events.append("job"), call(job, b))[1])
+    script = tmp_path / "mm.py"
+    script.write_text("""
+@prim_func
+def mm(A: f32[32, 32], B: f32[32, 32], C: f32[32, 32]):
+    for i, j, k in grid(32, 32, 32):
+        C[i, j] += A[i, k] * B[k, j]
+""")
+    assert cli.main(["grad", str(script), "--func", "mm", "--wrt", "A", "--json",
+                     "--tensorize", "--target", "x86-avx2"]) == 0
+    assert events[:2] == ["start", "grad"] and "job" in events and events.count("start") == 1
+    events.clear()
+    assert cli.main(["grad", str(script), "--func", "mm", "--wrt", "A", "--json"]) == 0
+    assert events == ["grad"]  # nothing to tensorize: no worker
+
+
 def test_a_job_past_the_hard_time_limit_is_a_budget_stop(worker):
     slow = saturate.Job(job().bodies, job().patterns, saturate.Budget(hard_seconds=0.001))
     matches, report = saturate.saturate(slow)
