@@ -57,9 +57,11 @@ PER_LINE_REFETCHED = 2.0
 # B in panels (6x16 tiles, Zen 3 code on Zen 4, one thread, same-run medians).
 OTHER_WAYS = 2
 PER_LINE_FROM_L2 = 8.0
-# 4 KB pages; what a first-level data TLB of 64 entries maps (``paged``); bytes between two
-# addresses in the same L1 set (32 KB of 8 ways, 48 KB of 12: both 4 KB, ``one_set``).
-PAGE, DTLB_REACH, L1_SET_PERIOD = 4096, 64 * 4096, 4096
+# 4 KB pages; the span of a panel's rows that stays in reach of the first-level data TLB
+# (``_paged``): 40 of its 64 entries, the others taken by the tile's other operands and
+# the stack (fitted, see ``_paged``); bytes between two addresses in the same L1 set (32 KB
+# of 8 ways, 48 KB of 12: both 4 KB, ``one_set``).
+PAGE, DTLB_REACH, L1_SET_PERIOD = 4096, 40 * 4096, 4096
 
 
 def scalar(nest: AccNest) -> float:
@@ -262,7 +264,9 @@ def streamed(calls: int, streams, reread_streams=None) -> float:
     and 1024 lines, so half and 7/8 of the panel do not fit) and a little at 768 (48 lines,
     64 sets, a third does not fit); everywhere else the panel fits its sets and the copy is
     pure overhead. L1's own aliasing does not predict it: at 256 a tile's 256 lines share 4
-    L1 sets (32 lines) and the copy still loses, the L2 hits being cheap enough. The saved
+    L1 sets (32 lines) and the copy still lost, the L2 hits being cheap enough (since the
+    copy reads its source in order, ``layout._source_order``, it wins there: ``_paged``
+    charges the panel's span, which this fit left at zero). The saved
     time per call, 0.9 ns at 512 and 1.5 ns at 1024, is about 1 and 1.7 units (the in-place
     512 program's 8.4 million units ran in 7.5 ms); over the share that does not fit (1/2,
     7/8) that is 2 per line. At 768 it predicts 0.7 units a call where 0.2 was measured:
@@ -308,7 +312,16 @@ def _paged(calls: int, s) -> float:
     does not follow. Each call pays ``PER_LINE_REFETCHED`` per line for the share of the
     span out of reach. Measured on 8x32 tiles of a 1000^3 f32 product (B's rows 4000 bytes
     apart, 250-row blocks: 1 MB, 244 pages), one thread, loaded machine, same-run ratios to
-    numpy: B in panels 0.78-0.82, in place 0.53-0.63."""
+    numpy: B in panels 0.78-0.82, in place 0.53-0.63.
+
+    The reach (``DTLB_REACH``) was fitted on Zen 3 (6x16 tiles, one thread, each program
+    taking turns with the other in one process, least and median times of 41 rounds, two
+    runs): square products with B in panels against B in place measured 1.04-1.10 times
+    slower at 128 (64 KB spans) and 0.99-1.06 at 192 (144 KB), but 0.81-0.89 times the time
+    at 256 (256 KB, 64 pages, where a reach of all 64 entries charged nothing) and 0.86-0.90
+    at 384 (B's 192-row blocks: 288 KB). The tile's rows of A and C and the stack hold
+    entries too; 40 pages (160 KB) puts the crossover between 192 and 256. Unmeasured on
+    other CPUs (Zen 4's first-level TLB has 72 entries)."""
     if not s.unit or s.contiguous or s.stride < LINE:
         return 0.0
     span = s.steps * s.stride
