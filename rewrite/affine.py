@@ -17,11 +17,11 @@ from __future__ import annotations
 import functools
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 from .ir import INDEX, Binary, Cast, Const, Expr, Unary, Var, is_int, walk_expr
 
-__all__ = ["Affine", "Atom", "affine", "affine_index"]
+__all__ = ["Affine", "Atom", "affine", "affine_index", "first_constants"]
 
 # A loop variable's name, or a subexpression a caller of ``affine`` takes as one term.
 Atom = Union[str, Expr]
@@ -141,3 +141,13 @@ def affine_index(e: Expr) -> Affine | None:
     if e.dtype != INDEX or any(isinstance(x, Const) and x.dtype != INDEX for x in walk_expr(e)):
         return None
     return affine(e, casts=False)
+
+
+def first_constants(accesses: Sequence[Sequence[Expr]]) -> Optional[tuple[int, ...]]:
+    """The constants of the first of one buffer's ``accesses`` (each its indices), when every
+    index of every access is affine over loop variables (``affine_index``): moving all of
+    them by those constants leaves the first at 0 (``C[i, j + 512]``: (0, 512)). Else None."""
+    forms = [[affine_index(i) for i in idx] for idx in accesses]
+    if not forms or any(f is None for idx in forms for f in idx):
+        return None
+    return tuple(f.const for f in forms[0])

@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from . import analysis
-from .affine import affine, affine_index
+from .affine import affine, affine_index, first_constants
 from .calls import expand_calls, op_count
 from .ir import (INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load, PrimFunc, Seq,
                  Stmt, Store, Unary, Var, Window, band, children, is_float, loads_of, seq, stmts_of,
@@ -272,12 +272,10 @@ def _canonical(s: Stmt) -> tuple[Stmt, list[tuple[Buffer, int]], tuple[bytes, ..
     shifts: dict[str, tuple[int, ...]] = {}
     for name, seen in accesses.items():
         buf = buffers[name]
-        forms = [[affine_index(i) for i in idx] for idx in seen]
+        first = first_constants(seen)
         shift = (0,) * buf.ndim
-        if all(f is not None for idx in forms for f in idx) and buf.ndim:
-            first = tuple(f.const for f in forms[0])
-            if 0 <= buf.offset(first) <= buf.size:
-                shift = first
+        if first and 0 <= buf.offset(first) <= buf.size:
+            shift = first
         shifts[name] = shift
     names = {name: Buffer(f"b{n}", buffers[name].dtype, buffers[name].shape)
              for n, name in enumerate(accesses)}

@@ -37,7 +37,7 @@ from .budgets import Budgets, using
 from .extract import Extractor, renamed
 from .ir import Call, For, PrimFunc, Stmt
 from .calls import op_count
-from .affine import affine_index
+from .affine import first_constants
 from .match import BodyMatch, Pattern, bindings, moved_index, semantics_value
 from .names import Names
 from .nests import AccNest
@@ -332,9 +332,9 @@ def _moves(nest: AccNest) -> dict[str, tuple[int, ...]]:
     seen: dict[str, list] = {}
     for b, idx in [(nest.out, nest.indices)] + [(x.buffer, x.indices)
                                                 for x in ir.loads_of(nest.value)]:
-        seen.setdefault(b.name, []).append(tuple(affine_index(i) for i in idx))
-    return {name: tuple(f.const for f in forms[0]) for name, forms in seen.items()
-            if forms[0] and all(f is not None for idx in forms for f in idx)}
+        seen.setdefault(b.name, []).append(idx)
+    firsts = {name: first_constants(accesses) for name, accesses in seen.items()}
+    return {name: first for name, first in firsts.items() if first}
 
 
 def _ieee_match(nest: AccNest, m, library: dict) -> bool:
