@@ -695,7 +695,7 @@ def kernel_module(plan: lowering.Plan, symbol: str, emitters: Emitters) -> ir.Mo
     millisecond each even for a task of three instructions."""
     module = new_module(symbol)
     bodies = [_body(module, code, f"{symbol}.body{n}", emitters) for n, code in enumerate(plan.bodies)]
-    tasks = {n: _shared_task(module, code, bodies[n], f"{symbol}.task{n}")
+    tasks = {n: _task(module, code, bodies[n], f"{symbol}.task{n}")
              for n, code in enumerate(plan.bodies) if code.uses > 1}
     moves: list[int] = []
     records = []
@@ -703,7 +703,8 @@ def kernel_module(plan: lowering.Plan, symbol: str, emitters: Emitters) -> ir.Mo
         task = tasks.get(part.code)
         at = len(moves)
         if task is None:
-            task = _task(module, part, plan.bodies[part.code], bodies[part.code], f"{symbol}.part{n}")
+            task = _task(module, plan.bodies[part.code], bodies[part.code], f"{symbol}.part{n}",
+                         part)
         else:
             moves.extend(x for pair in part.args for x in pair)
         lo, hi = (part.body.start, part.body.stop) if part.parallel else (0, 0)
@@ -792,51 +793,37 @@ def _body(module: ir.Module, code: lowering.Body, name: str, emitters: Emitters)
     return fn
 
 
-def _new_task(module: ir.Module, name: str) -> tuple[ir.Function, ir.IRBuilder]:
+def _context(b: ir.IRBuilder, context: ir.Value, k: int) -> ir.Value:
+    return b.load(b.gep(context, [_i64(k)], source_etype=_PTR), typ=_PTR, align=8)
+
+
+def _task(module: ir.Module, code: lowering.Body, body: ir.Function, name: str,
+          part: Optional[lowering.Part] = None) -> ir.Function:
+    """``name(context, lo, hi)``: calls ``body`` on the pointers of its buffers, each slot of
+    the context's pointer array moved by its offset. A lone ``part``'s slots and offsets
+    are constants; without one (the task of every part that runs ``body``) they are read
+    from the context's second pointer, the part's moves: a slot and an offset a buffer."""
     task = ir.Function(module, TASK_TYPE, name=name)
     task.linkage = "internal"
     task.attributes.add("nounwind")
     # called directly and through the pool: inlining it into the entry would compile the
     # loop nest twice for nothing
     task.attributes.add("noinline")
-    return task, ir.IRBuilder(task.append_basic_block("entry"))
-
-
-def _context(b: ir.IRBuilder, context: ir.Value, k: int) -> ir.Value:
-    return b.load(b.gep(context, [_i64(k)], source_etype=_PTR), typ=_PTR, align=8)
-
-
-def _task(module: ir.Module, part: lowering.Part, code: lowering.Body, body: ir.Function,
-          name: str) -> ir.Function:
-    """``name(context, lo, hi)``: loads the pointers of the buffers the part uses from the
-    context's pointer array, each moved by its offset, and calls the part's body on them."""
-    task, b = _new_task(module, name)
+    b = ir.IRBuilder(task.append_basic_block("entry"))
     context, lo, hi = task.args
     args = _context(b, context, 0)
-    pointers = []
-    for (k, offset), buf in zip(part.args, code.buffers):
-        ptr = b.load(b.gep(args, [_i64(k)], source_etype=_PTR), typ=_PTR, align=8)
-        if offset:
-            ptr = b.gep(ptr, [_i64(offset)], source_etype=lltype(buf.dtype))
-        pointers.append(ptr)
-    b.call(body, pointers + [lo, hi])
-    b.ret_void()
-    return task
-
-
-def _shared_task(module: ir.Module, code: lowering.Body, body: ir.Function, name: str) -> ir.Function:
-    """``name(context, lo, hi)``: the task of every part that runs ``body``. The context's
-    second pointer is the part's moves, a slot and an offset for each of the body's buffers;
-    it calls the body on each slot's pointer moved by its offset."""
-    task, b = _new_task(module, name)
-    context, lo, hi = task.args
-    args, moves = _context(b, context, 0), _context(b, context, 1)
+    moves = _context(b, context, 1) if part is None else None
     pointers = []
     for n, buf in enumerate(code.buffers):
-        slot, offset = (b.load(b.gep(moves, [_i64(2 * n + j)], source_etype=_I64), typ=_I64)
-                        for j in (0, 1))
+        if part is None:
+            slot, offset = (b.load(b.gep(moves, [_i64(2 * n + j)], source_etype=_I64), typ=_I64)
+                            for j in (0, 1))
+        else:
+            slot, offset = (_i64(x) for x in part.args[n])
         ptr = b.load(b.gep(args, [slot], source_etype=_PTR), typ=_PTR, align=8)
-        pointers.append(b.gep(ptr, [offset], source_etype=lltype(buf.dtype)))
+        if part is None or part.args[n][1]:
+            ptr = b.gep(ptr, [offset], source_etype=lltype(buf.dtype))
+        pointers.append(ptr)
     b.call(body, pointers + [lo, hi])
     b.ret_void()
     return task
