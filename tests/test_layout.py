@@ -392,6 +392,17 @@ def test_gemm_256_reads_b_from_panels_its_rows_outspan_the_tlb():
     assert copy.value.buffer.name == "B" and copy.buffer.shape == (16, 256, 16)
     assert all(c.window("b").buffer == copy.buffer for c in _calls(result.func))
     _interp_equal(func, result.func)
+    if HOST_HAS_AVX2:  # compiled: NaN, infinities and signed zeros land where they should
+        from .test_nonfinite import _run_both, _same_pattern
+
+        args = inputs.random_args(func, seed=2)
+        args["A"][7, 30], args["A"][100, :] = np.nan, -0.0
+        args["B"][200, 17], args["B"][3, 250] = np.inf, -np.inf
+        want, got = _run_both(func, result.func, args)
+        assert _same_pattern(want["C"], got["C"])
+        assert np.isnan(want["C"][7]).all() and np.isinf(want["C"][:, 17]).any()
+        finite = np.isfinite(want["C"])
+        assert np.allclose(want["C"][finite], got["C"][finite], rtol=1e-4, atol=1e-3)
 
 
 # ---------------------------------------------------------------------------

@@ -127,6 +127,17 @@ def test_a_kernel_of_many_parts_is_a_few_functions(monkeypatch):
     # three bodies, a task for each of the two shared ones, the lone nest's task, the entry
     assert len(defined) == 7, defined
     _assert_compiled_is_interpreted(func)
+    # NaN, infinities and signed zeros, bit for bit where the interpreter puts them
+    args = random_args(func, seed=5)
+    args["A"][3, 7], args["A"][20, :], args["B"][10, 5] = np.nan, -0.0, np.inf
+    args["B"][40, 60], args["X"][0, 2] = -np.inf, -0.0
+    want = run(func, **{k: np.array(v, copy=True) for k, v in args.items()})
+    for threads in (1, 2):
+        got = {k: np.array(v, copy=True) for k, v in args.items()}
+        runtime.compile(func, threads=threads)(**got)
+        for b in func.outputs:
+            assert np.array_equal(_bits(got[b.name]), _bits(want[b.name])), (b.name, threads)
+    assert np.isnan(want["X"][4:, 7]).all() and np.isneginf(want["D"][10, 5])
 
 
 def test_each_statements_loops_are_classed_alone_and_equal_statements_once(monkeypatch):
