@@ -31,8 +31,9 @@ emitter the caller's ``emitters`` gives for its descriptor (``target.Target.emit
 from __future__ import annotations
 
 import functools
+import itertools
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import llvmlite
@@ -44,7 +45,8 @@ from . import lower as lowering
 from .affine import Affine, affine
 from .descriptor import Descriptor
 from .polytope import guarded_range
-from .emitter import Emitter, Ref, counted_loop, declare, indirect, lltype, phi_loop
+from .emitter import (Emitter, Ref, concat, counted_loop, declare, indirect, lltype, phi_loop,
+                      shuffle)
 from .ir import (BOOL, INDEX, Accumulate, Binary, Call, Cast, Compare, Const, Expr, For, If, Load,
                  Logical, Select, Seq, Stmt, Store, Unary, Var, bits, is_float, is_int,
                  band, is_signed, itemsize, stmt_exprs, walk_expr, walk_stmts)
@@ -188,6 +190,98 @@ def assembly(ref: llvm.ModuleRef) -> str:
 # statements and expressions
 
 
+# Bytes a block of a transposing copy stores at once (``block_copy``).
+BLOCK_BYTES = 128
+# Fewest source elements a run of such a block reads.
+MIN_RUN = 4
+
+
+@dataclass(frozen=True)
+class BlockCopy:
+    """How ``block_copy`` emits a copy nest: ``chunk`` iterations of its outer loop at a
+    time, the loops ``loops`` (the outer one first) each at ``extent`` iterations in a
+    block (the outer one at ``chunk``); the source read as one run of ``run``
+    contiguous elements for each value of the loops ``others``; ``lanes``: the lane of the
+    joined runs each stored element comes from, in the store's order."""
+
+    store: Store
+    load: Load
+    loops: tuple[For, ...]
+    chunk: int
+    extent: dict
+    others: tuple[str, ...]
+    run: int
+    lanes: tuple[int, ...]
+
+
+def _flat(buffer, indices: tuple[Expr, ...]) -> Optional[Affine]:
+    """The row-major element offset of an access as an affine form, or None."""
+    out, stride = Affine(), 1
+    for dim, idx in reversed(list(zip(buffer.shape, indices))):
+        a = affine(idx, casts=False) if idx.dtype == INDEX else None
+        if a is None:
+            return None
+        out, stride = out.plus(a.scale(stride)), stride * dim
+    return out
+
+
+def block_copy(s: For) -> Optional[BlockCopy]:
+    """Whether ``s`` is a transposing copy that ``_BodyEmitter.block_copy`` emits in blocks:
+    ``s`` and the loops it nests, nothing else, around ``P[...] = A[...]`` (or a widening
+    integer cast of it) with ``P`` written contiguously in loop order and each block of
+    ``A`` read as a few runs along another order, as the int8 tile's A panel
+    ``P[i_o, k_o, i_i, k_i] = i16(A[4 * i_o + i_i, 2 * k_o + k_i])`` is: four rows, a pair of
+    columns from each. LLVM's loop vectoriser takes the innermost loop alone, and leaves
+    that copy element by element even with its two inner loops unrolled (lowering unrolls
+    one loop across rows, ``lower._interleaved``, after which LLVM vectorises the loop
+    around: the f32 panels). A copy that reads in its store's order, or broadcasts along
+    it, is not one (LLVM vectorises it)."""
+    loops, x = [s], s.body
+    while isinstance(x, For):
+        loops.append(x)
+        x = x.body
+    if not isinstance(x, Store) or len(loops) < 2:
+        return None
+    load = x.value.a if isinstance(x.value, Cast) else x.value
+    src, dst = getattr(load, "dtype", None), x.buffer.dtype
+    if not isinstance(load, Load) or load.buffer.name == x.buffer.name or BOOL in (src, dst):
+        return None
+    if not (src == dst or is_int(src) and is_int(dst) and bits(dst) >= bits(src)):
+        return None
+    out, into = _flat(x.buffer, x.indices), _flat(load.buffer, load.indices)
+    if out is None or into is None:
+        return None
+    extent = {loop.var: loop.stop - loop.start for loop in loops}
+    if min(extent.values()) < 1:
+        return None
+    size = 1
+    for loop in reversed(loops):  # the store's elements contiguous in loop order
+        if extent[loop.var] > 1 and out.coeff(loop.var) != size:
+            return None
+        size *= extent[loop.var]
+    inner = size // extent[s.var]
+    chunk = 1
+    while 2 * chunk <= extent[s.var] and 2 * chunk * inner * itemsize(dst) <= BLOCK_BYTES:
+        chunk *= 2
+    if chunk < 2:
+        return None
+    extent[s.var] = chunk
+    run, rest = 1, [v for v in extent if extent[v] > 1]
+    while (v := next((v for v in rest if into.coeff(v) == run), None)) is not None:
+        rest.remove(v)
+        run *= extent[v]
+    if run < MIN_RUN or not any(into.coeff(v) for v in rest):
+        return None  # the source read in the store's order, or broadcast along it
+    lanes = []
+    for at in itertools.product(*(range(extent[loop.var]) for loop in loops)):
+        value = dict(zip(extent, at))
+        which = 0
+        for v in rest:  # the run's number: the other loops' values in row-major order
+            which = which * extent[v] + value[v]
+        lanes.append(which * run + sum(into.coeff(v) * value[v] for v in extent if v not in rest))
+    return BlockCopy(x, load, tuple(loops), chunk, extent, tuple(rest), run, tuple(lanes))
+
+
 def _anything(e: Expr) -> bool:
     return True
 
@@ -230,6 +324,8 @@ class _BodyEmitter:
             self.call_loop(s)
         elif isinstance(s, For) and (calls := self._carriable(s)):
             self.carry_loop(s, calls)
+        elif isinstance(s, For) and (block := block_copy(s)) is not None:
+            self.block_copy(s, block)
         elif isinstance(s, For) and self.narrowing < MAX_NARROWED and \
                 (guarded := guarded_range(s)) is not None:
             # a triangular loop: run only the values its guard admits
@@ -261,6 +357,43 @@ class _BodyEmitter:
             del self.vars[s.var]
 
         counted_loop(self.b, start, stop, body, known_nonempty)
+
+    def block_copy(self, s: For, block: BlockCopy) -> None:
+        """``s``'s iterations ``block.chunk`` at a time: each block of the store's elements
+        read as contiguous runs of ``block.run`` elements of the source, cast, permuted into
+        the store's order by one shufflevector, stored whole; the iterations left over
+        element by element."""
+        store, load = block.store, block.load
+        src, dst = load.dtype, store.buffer.dtype
+        blocks = (s.stop - s.start) // block.chunk
+
+        def place(first: ir.Value, at: dict) -> None:  # the loops' values at a block's corner
+            for loop in block.loops:
+                k = at.get(loop.var, 0)
+                self.vars[loop.var] = (self.b.add(first, _i64(k), flags=("nsw",)) if k
+                                       else first) if loop is s else _i64(loop.start + k)
+
+        def body(q: ir.Value) -> None:
+            first = self.b.add(self.b.mul(q, _i64(block.chunk), flags=("nsw",)), _i64(s.start),
+                               flags=("nsw",))
+            runs = []
+            for at in itertools.product(*(range(block.extent[v]) for v in block.others)):
+                place(first, dict(zip(block.others, at)))
+                run = self.b.load(self.address(load.buffer, load.indices),
+                                  typ=ir.VectorType(lltype(src), block.run), align=itemsize(src))
+                if bits(src) != bits(dst):
+                    wide = ir.VectorType(lltype(dst), block.run)
+                    run = self.b.sext(run, wide) if is_signed(src) else self.b.zext(run, wide)
+                runs.append(run)
+            place(first, {})
+            self.b.store(shuffle(self.b, concat(self.b, runs), None, block.lanes),
+                         self.address(store.buffer, store.indices), align=itemsize(dst))
+            for loop in block.loops:
+                del self.vars[loop.var]
+
+        counted_loop(self.b, _i64(0), _i64(blocks), body, known_nonempty=True)
+        if s.start + blocks * block.chunk < s.stop:
+            self.loop(s, _i64(s.start + blocks * block.chunk), _i64(s.stop), known_nonempty=True)
 
     def narrowed(self, start: ir.Value, stop: ir.Value, op: str, e: ir.Value) -> tuple[ir.Value, ir.Value]:
         """``[start, stop)`` cut to the values ``v`` with ``v op e``, ``e`` an i64 computed as

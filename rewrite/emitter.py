@@ -209,10 +209,14 @@ def splat(b: ir.IRBuilder, scalar: ir.Value, n: int) -> ir.Value:
 
 
 def concat(b: ir.IRBuilder, parts: Sequence[ir.Value]) -> ir.Value:
-    """Join equal-width vectors end to end (pairwise, as shufflevector needs equal types)."""
+    """Join equal-width vectors end to end (pairwise, as shufflevector needs equal types); an
+    odd count is made even with an undefined vector at the end, so that the ``k``-th part's
+    lanes are lanes ``k * width ...`` of the result whatever the count."""
     parts = list(parts)
     while len(parts) > 1:
         n = parts[0].type.count
+        if len(parts) % 2:
+            parts.append(ir.Constant(parts[0].type, ir.Undefined))
         parts = [shuffle(b, parts[i], parts[i + 1], range(2 * n)) for i in range(0, len(parts), 2)]
     return parts[0]
 
