@@ -225,6 +225,64 @@ def _flat(buffer, indices: tuple[Expr, ...]) -> Optional[Affine]:
     return out
 
 
+def _copied(x: Store) -> Optional[tuple[Load, Affine, Affine]]:
+    """For ``P[...] = A[...]``, or a widening integer cast of it, from another buffer: the
+    load and both accesses' element offsets as affine forms. Else None."""
+    load = x.value.a if isinstance(x.value, Cast) else x.value
+    src, dst = getattr(load, "dtype", None), x.buffer.dtype
+    if not isinstance(load, Load) or load.buffer.name == x.buffer.name or BOOL in (src, dst):
+        return None
+    if not (src == dst or is_int(src) and is_int(dst) and bits(dst) >= bits(src)):
+        return None
+    out, into = _flat(x.buffer, x.indices), _flat(load.buffer, load.indices)
+    return None if out is None or into is None else (load, out, into)
+
+
+@dataclass(frozen=True)
+class Transpose:
+    """How ``_BodyEmitter.transpose`` emits ``outer`` around ``inner`` around ``store``:
+    square blocks of ``width`` x ``width`` iterations, stored along the loop ``stored`` (the
+    other one is read along)."""
+
+    store: Store
+    load: Load
+    outer: For
+    inner: For
+    stored: str
+    width: int
+
+
+# A transposed block's side: its rows fill a vector register of this many bytes, up to
+# MAX_SIDE elements (32 x 32 bytes would be 32 loads and 1 024 lanes).
+VECTOR_BYTES = 32
+MAX_SIDE = 8
+
+
+def block_transpose(s: For) -> Optional[Transpose]:
+    """Whether ``s`` is the outer of two loops around a transpose that ``_BodyEmitter.transpose``
+    emits in square blocks: ``P[..., s, t] = A[..., t, s]`` up to strides and offsets (``P``
+    contiguous along one loop, ``A`` along the other), as the packing of a transposed
+    operand ``B_pack[k, j] = B[j, k]`` is. Element by element, every load or every store of
+    it is a row apart from the one before."""
+    t = s.body
+    if not isinstance(t, For) or not isinstance(t.body, Store):
+        return None
+    x = t.body
+    if (copied := _copied(x)) is None:
+        return None
+    load, out, into = copied
+    for stored, read in ((t, s), (s, t)):
+        if out.coeff(stored.var) == 1 and into.coeff(read.var) == 1 and \
+                into.coeff(stored.var) and out.coeff(read.var):
+            break
+    else:
+        return None
+    width = min(MAX_SIDE, VECTOR_BYTES // itemsize(x.buffer.dtype))
+    if min(s.stop - s.start, t.stop - t.start) < width:
+        return None
+    return Transpose(x, load, s, t, stored.var, width)
+
+
 def block_copy(s: For) -> Optional[BlockCopy]:
     """Whether ``s`` is a transposing copy that ``_BodyEmitter.block_copy`` emits in blocks:
     ``s`` and the loops it nests, nothing else, around ``P[...] = A[...]`` (or a widening
@@ -240,17 +298,10 @@ def block_copy(s: For) -> Optional[BlockCopy]:
     while isinstance(x, For):
         loops.append(x)
         x = x.body
-    if not isinstance(x, Store) or len(loops) < 2:
+    if not isinstance(x, Store) or len(loops) < 2 or (copied := _copied(x)) is None:
         return None
-    load = x.value.a if isinstance(x.value, Cast) else x.value
-    src, dst = getattr(load, "dtype", None), x.buffer.dtype
-    if not isinstance(load, Load) or load.buffer.name == x.buffer.name or BOOL in (src, dst):
-        return None
-    if not (src == dst or is_int(src) and is_int(dst) and bits(dst) >= bits(src)):
-        return None
-    out, into = _flat(x.buffer, x.indices), _flat(load.buffer, load.indices)
-    if out is None or into is None:
-        return None
+    load, out, into = copied
+    dst = x.buffer.dtype
     extent = {loop.var: loop.stop - loop.start for loop in loops}
     if min(extent.values()) < 1:
         return None
@@ -326,6 +377,8 @@ class _BodyEmitter:
             self.carry_loop(s, calls)
         elif isinstance(s, For) and (block := block_copy(s)) is not None:
             self.block_copy(s, block)
+        elif isinstance(s, For) and (square := block_transpose(s)) is not None:
+            self.transpose(square, _i64(s.start), _i64(s.stop))
         elif isinstance(s, For) and self.narrowing < MAX_NARROWED and \
                 (guarded := guarded_range(s)) is not None:
             # a triangular loop: run only the values its guard admits
@@ -394,6 +447,54 @@ class _BodyEmitter:
         counted_loop(self.b, _i64(0), _i64(blocks), body, known_nonempty=True)
         if s.start + blocks * block.chunk < s.stop:
             self.loop(s, _i64(s.start + blocks * block.chunk), _i64(s.stop), known_nonempty=True)
+
+    def transpose(self, tr: Transpose, start: ir.Value, stop: ir.Value) -> None:
+        """``tr``'s loops, the outer one over ``[start, stop)``, in square blocks: each block
+        read as ``width`` runs along one loop, cast, and stored as ``width`` runs along the
+        other, each gathered from the runs read by a shufflevector; the rows and columns
+        left over element by element."""
+        s, t, w = tr.outer, tr.inner, tr.width
+        read = t.var if tr.stored == s.var else s.var
+        store, load = tr.store, tr.load
+        src, dst = load.dtype, store.buffer.dtype
+        b = self.b
+        rows = b.sdiv(b.sub(stop, start, flags=("nsw",)), _i64(w))
+        cols = (t.stop - t.start) // w
+        split = b.add(start, b.mul(rows, _i64(w), flags=("nsw",)), flags=("nsw",))
+
+        def at(v: str, first: ir.Value, k: int) -> None:
+            self.vars[v] = b.add(first, _i64(k), flags=("nsw",)) if k else first
+
+        def row(q: ir.Value) -> None:
+            s0 = b.add(b.mul(q, _i64(w), flags=("nsw",)), start, flags=("nsw",))
+
+            def block(r: ir.Value) -> None:
+                t0 = b.add(b.mul(r, _i64(w), flags=("nsw",)), _i64(t.start), flags=("nsw",))
+                first = {s.var: s0, t.var: t0}
+                runs = []
+                for j in range(w):  # lane j * w + i: A at i along the loop read, j along the other
+                    at(read, first[read], 0)
+                    at(tr.stored, first[tr.stored], j)
+                    run = b.load(self.address(load.buffer, load.indices),
+                                 typ=ir.VectorType(lltype(src), w), align=itemsize(src))
+                    if bits(src) != bits(dst):
+                        wide = ir.VectorType(lltype(dst), w)
+                        run = b.sext(run, wide) if is_signed(src) else b.zext(run, wide)
+                    runs.append(run)
+                joined = concat(b, runs)
+                for i in range(w):
+                    at(read, first[read], i)
+                    at(tr.stored, first[tr.stored], 0)
+                    b.store(shuffle(b, joined, None, [j * w + i for j in range(w)]),
+                            self.address(store.buffer, store.indices), align=itemsize(dst))
+                del self.vars[s.var], self.vars[t.var]
+
+            counted_loop(b, _i64(0), _i64(cols), block, known_nonempty=True)
+
+        counted_loop(b, _i64(0), rows, row)
+        if t.start + cols * w < t.stop:  # the columns left over, beside the blocks
+            self.loop(replace(s, body=replace(t, start=t.start + cols * w)), start, split)
+        self.loop(s, split, stop)  # the rows left over, below them
 
     def narrowed(self, start: ir.Value, stop: ir.Value, op: str, e: ir.Value) -> tuple[ir.Value, ir.Value]:
         """``[start, stop)`` cut to the values ``v`` with ``v op e``, ``e`` an i64 computed as
@@ -918,7 +1019,9 @@ def _body(module: ir.Module, code: lowering.Body, name: str, emitters: Emitters)
         arg.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     emitter = _BodyEmitter(b, {buf.name: arg for buf, arg in zip(code.buffers, fn.args)}, emitters)
-    if code.parallel:
+    if code.parallel and (square := block_transpose(code.stmt)) is not None:
+        emitter.transpose(square, fn.args[-2], fn.args[-1])
+    elif code.parallel:
         emitter.loop(code.stmt, fn.args[-2], fn.args[-1])
     else:
         emitter.stmt(code.stmt)

@@ -1,8 +1,9 @@
-"""Transposing copies emitted in blocks (``codegen.block_copy``): a block of the store's
-contiguous elements read as a few contiguous runs of the source and permuted by one
-shufflevector. Every such copy, compiled, is the interpreter's copy bit for bit; the panel
-copies of the int8 and f32 products take that path, and copies that read in their store's
-order do not."""
+"""Transposing copies emitted in blocks: a block of the store's contiguous elements read as
+a few contiguous runs of the source and permuted by one shufflevector (``codegen.block_copy``),
+and transposes in square blocks of runs read along one loop and stored along the other
+(``codegen.block_transpose``). Every such copy, compiled, is the interpreter's copy bit for
+bit; the int8 product's A panel and the packing of a transposed operand take those paths,
+and copies that read in their store's order do not."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rewrite import lower, runtime
-from rewrite.codegen import block_copy
+from rewrite.codegen import block_copy, block_transpose
 from rewrite.inputs import random_args
 from rewrite.interp import run
-from rewrite.ir import Call, Cast, For, Load, Store, walk_stmts
+from rewrite.ir import Call, For, Load, Store, walk_stmts
 from rewrite.script import parse
 
 HEADER = "from rewrite.script import prim_func, grid, u8, i8, i16, i32, f32, f16, f64\n"
@@ -30,6 +31,13 @@ def blocks(func) -> list:
     reorder loops, or unroll one across rows)."""
     return [b for body in lower.lower(func).bodies for s in walk_stmts(body.stmt)
             if isinstance(s, For) if (b := block_copy(s)) is not None]
+
+
+def transposes(func) -> list:
+    """The transposes of ``func`` that codegen emits in square blocks (a parallel body's
+    outer loop included)."""
+    return [t for body in lower.lower(func).bodies for s in walk_stmts(body.stmt)
+            if isinstance(s, For) if (t := block_transpose(s)) is not None]
 
 
 def assert_compiled_is_interpreted(func, seed=0, threads=1):
@@ -78,30 +86,84 @@ def test_panel_copies_run_in_blocks_and_match_the_interpreter(src):
 
 
 def test_a_copy_in_store_order_is_left_to_llvm():
-    assert blocks(parse(ROW_COPY)) == []
+    assert blocks(parse(ROW_COPY)) == [] and transposes(parse(ROW_COPY)) == []
 
 
-def test_the_int8_products_panel_copy_is_a_block_copy():
-    """The chosen program of a u8 x i8 product copies A into a panel in blocks, and the
-    program compiled is the interpreter's (this host's library, whatever its tiles)."""
+# packing a transposed operand: 8 x 8 blocks of f32, 5 rows and 3 columns left over, the
+# source read from an offset
+F32_TRANSPOSE = HEADER + """
+@prim_func
+def pack(B: f32[40, 40], P: f32[37, 35]):
+    for k, j in grid(37, 35):
+        P[k, j] = B[j + 4, k + 2]
+"""
+
+# u8 widened to i16 (16 x 16 bytes a block, capped at 8 x 8), and f64 (4 x 4)
+WIDENING_TRANSPOSE = HEADER + """
+@prim_func
+def pack(B: u8[20, 19], P: i16[19, 20]):
+    for k, j in grid(19, 20):
+        P[k, j] = i16(B[j, k])
+"""
+F64_TRANSPOSE = HEADER + """
+@prim_func
+def pack(B: f64[10, 9], P: f64[9, 10]):
+    for k, j in grid(9, 10):
+        P[k, j] = B[j, k]
+"""
+
+
+@pytest.mark.parametrize("src", [F32_TRANSPOSE, WIDENING_TRANSPOSE, F64_TRANSPOSE])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_transposes_run_in_square_blocks_and_match_the_interpreter(src, threads):
+    func = parse(src)
+    assert len(transposes(func)) == 1
+    assert "shufflevector" in runtime.emit_llvm(func, optimized=False)
+    for seed in range(2):
+        assert_compiled_is_interpreted(func, seed, threads)
+
+
+def test_the_transposed_operands_packing_is_a_block_transpose():
+    """``C = A @ B.T``: the chosen program packs B transposed, in square blocks, and the
+    program compiled is the interpreter's."""
     from rewrite import tensorize
     src = HEADER + """
 @prim_func
-def q(A: u8[64, 64], B: i8[64, 64], C: i32[64, 64]):
-    for i, j in grid(64, 64):
+def nt(A: f32[64, 96], B: f32[80, 96], C: f32[64, 80]):
+    for i, j in grid(64, 80):
+        C[i, j] = 0.0
+        for k in range(96):
+            C[i, j] += A[i, k] * B[j, k]
+"""
+    func = tensorize(parse(src), in_process=True).func
+    packs = [s for s in walk_stmts(func.body) if isinstance(s, Store)
+             and isinstance(s.value, Load) and s.value.buffer.name == "B"]
+    assert packs, "the product reads B through a packed copy"
+    # (lowering renames buffers: B is the f32[80, 96] one)
+    assert any(t.load.buffer.shape == (80, 96) for t in transposes(func))
+    # the product's sums are reassociated: within roundoff, not bit for bit
+    result = runtime.check(func, runtime.compile(func, threads=2))
+    assert result.ok, result.message
+
+
+def test_the_int8_products_panel_copy_is_a_block_copy():
+    """The chosen program of a u8 x i8 product at 256 (the corpus's ``qdense_u8i8_256``)
+    copies A into a panel in blocks wherever its tile reads A as i16 pairs (the AVX2 tile),
+    and the program compiled is the interpreter's, whatever this host's tiles."""
+    from rewrite import tensorize
+    src = HEADER + """
+@prim_func
+def q(A: u8[256, 256], B: i8[256, 256], C: i32[256, 256]):
+    for i, j in grid(256, 256):
         C[i, j] = 0
-        for k in range(64):
+        for k in range(256):
             C[i, j] += i32(A[i, k]) * i32(B[k, j])
 """
     func = tensorize(parse(src), in_process=True).func
-    widening = [s for s in walk_stmts(func.body) if isinstance(s, Store)
-                and isinstance(s.value, Cast) and s.buffer.dtype == "i16"
-                and isinstance(s.value.a, Load) and s.value.a.buffer.name == "A"]
-    # on a host whose int8 tile reads A as i16 pairs (AVX2), that panel is copied in blocks
-    assert all(any(b.store is s for b in blocks(func)) for s in widening)
     tiles = {s.intrinsic.name for s in walk_stmts(func.body) if isinstance(s, Call)}
-    if "x86.mm.u8i8i32.4x16x2" in tiles:  # the AVX2 tile, which reads A as i16 pairs
-        assert widening
+    if "x86.mm.u8i8i32.4x16x2" in tiles:
+        widened = [b for b in blocks(func) if (b.load.dtype, b.store.buffer.dtype) == ("u8", "i16")]
+        assert widened, "the A panel's widening copy runs in blocks"
     assert_compiled_is_interpreted(func, threads=2)
 
 
@@ -175,8 +237,27 @@ def panel(A: {src}[{rows * outer + r0}, {cols * along + c0}], P: {dst}[{shape}])
 """
 
 
+@st.composite
+def transposes_2d(draw):
+    """``P[k, j] = cast(A[j + a, k + b])``, either loop outside, from offsets."""
+    src, dst = draw(st.sampled_from(PAIRS))
+    rows, cols = draw(st.integers(1, 20)), draw(st.integers(1, 20))
+    a, b = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    loops = "k, j" if draw(st.booleans()) else "j, k"
+    extents = f"{rows}, {cols}" if loops == "k, j" else f"{cols}, {rows}"
+    value = f"A[j + {a}, k + {b}]"
+    if src != dst:
+        value = f"{dst}({value})"
+    return HEADER + f"""
+@prim_func
+def pack(A: {src}[{cols + a}, {rows + b}], P: {dst}[{rows}, {cols}]):
+    for {loops} in grid({extents}):
+        P[k, j] = {value}
+"""
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.one_of(transposing_copies(), panels()), st.integers(0, 3))
+@given(st.one_of(transposing_copies(), panels(), transposes_2d()), st.integers(0, 3))
 def test_every_copy_compiled_is_the_interpreters(src, seed):
     assert_compiled_is_interpreted(parse(src), seed)
 
@@ -193,3 +274,15 @@ def test_the_random_panels_reach_the_block_path():
 
     count()
     assert sum(taken) >= 10, f"{sum(taken)} of {len(taken)} panels ran in blocks"
+
+
+def test_the_random_transposes_reach_the_block_path():
+    taken = []
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(transposes_2d())
+    def count(src):
+        taken.append(bool(transposes(parse(src))))
+
+    count()
+    assert sum(taken) >= 10, f"{sum(taken)} of {len(taken)} transposes ran in blocks"
