@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from rewrite.emitter import Emitter, concat, declare, load_row, load_scalar, shuffle, splat, store_row
+from rewrite.emitter import (Emitter, concat, declare, load_row, load_scalar, lltype, shuffle, splat,
+                             store_row)
 from rewrite.ir import itemsize
-from rewrite.script import f32, grid, i8, i32, u8  # noqa: F401 - names the parser reads
+from rewrite.script import f32, f64, grid, i8, i32, u8  # noqa: F401 - names the parser reads
 
 from .base import Layout, intrinsic
 
@@ -21,9 +22,10 @@ AVX2_FMA = ("avx", "avx2", "fma")
 
 
 def _fma(b: ir.IRBuilder, x: ir.Value, y: ir.Value, z: ir.Value) -> ir.Value:
-    """x * y + z, rounded once: ``vfmadd231ps`` once the target has FMA (8 or 16 lanes)."""
+    """x * y + z, rounded once: ``vfmadd231ps`` (``pd`` on doubles) once the target has FMA."""
     ty = x.type
-    fn = declare(b.module, f"llvm.fma.v{ty.count}f32", ty, [ty, ty, ty])
+    element = "f64" if isinstance(ty.element, ir.DoubleType) else "f32"
+    fn = declare(b.module, f"llvm.fma.v{ty.count}{element}", ty, [ty, ty, ty])
     return b.call(fn, [x, y, z])
 
 
@@ -124,7 +126,8 @@ class MmF32(Emitter):
 
     AVX2 (16 ymm registers): 6 x 16 is 12 accumulators, two b registers and a broadcast,
     15 of 16. AVX-512 (32 zmm registers): 8 x 32 is 16 accumulators, two b registers and
-    a broadcast, with each FMA twice as wide; 8 rows divide the usual sizes.
+    a broadcast, with each FMA twice as wide; 8 rows divide the usual sizes. On doubles
+    (``dtype`` f64) a register holds half the elements: 6 x 8 and 8 x 16, the same FMAs.
 
     The accumulators start at -0.0 and c is added in ``store_acc``, once, after the k-loop;
     ``load_acc`` only prefetches c's lines (``_prefetch_rows``). A GEMM's c rows are a matrix
@@ -136,10 +139,11 @@ class MmF32(Emitter):
 
     operands = ("c", "a", "b")
 
-    def __init__(self, rows: int, width: int, halves: int = 2, sets: int = 1):
+    def __init__(self, rows: int, width: int, halves: int = 2, sets: int = 1, dtype: str = "f32"):
         self.rows, self.width, self.halves, self.sets = rows, width, halves, sets
         self.shapes = {"c": (rows, width * halves), "a": (rows, 1), "b": (1, width * halves)}
-        self.dtypes = {"c": "f32", "a": "f32", "b": "f32"}
+        self.dtype = dtype
+        self.dtypes = {"c": dtype, "a": dtype, "b": dtype}
         # two alternating sets of partial sums (``_alternate``) where rows x halves FMAs are
         # too few chains for the FMA latency: each chain then waits on the FMA two steps back
         self.unroll = sets
@@ -170,7 +174,7 @@ class MmF32(Emitter):
     starts_fresh = True
 
     def fresh_acc(self, b, ops):
-        zero = ir.Constant(ir.VectorType(ir.FloatType(), self.width), [-0.0] * self.width)
+        zero = ir.Constant(ir.VectorType(lltype(self.dtype), self.width), [-0.0] * self.width)
         one = [[zero] * self.halves for _ in range(self.rows)]
         return one if self.sets == 1 else [one, [list(r) for r in one]]
 
@@ -225,6 +229,40 @@ def mm_f32_2x16x1(c: f32[2, 16], a: f32[2, 1], b: f32[1, 16]):
            layout={"c": Layout((1,), 4), "b": Layout((1,), 4)})
 def avx512_mm_f32_8x32x1(c: f32[8, 32], a: f32[8, 1], b: f32[1, 32]):
     for i, j, k in grid(8, 32, 1):
+        c[i, j] += a[i, k] * b[k, j]
+
+
+# The same tiles on doubles: a ymm register holds 4, so the 6-row tile is 6 x 8 for the same
+# 12 FMAs a step (PolyBench's programs are f64), and its remainder rows alike.
+@intrinsic("x86.mm.f64.6x8x1", isa=AVX2_FMA, cost=6.0,
+           emitter=MmF32(rows=6, width=4, dtype="f64"),
+           layout={"c": Layout((1,), 8), "b": Layout((1,), 8)})
+def mm_f64_6x8x1(c: f64[6, 8], a: f64[6, 1], b: f64[1, 8]):
+    for i, j, k in grid(6, 8, 1):
+        c[i, j] += a[i, k] * b[k, j]
+
+
+@intrinsic("x86.mm.f64.4x8x1", isa=AVX2_FMA, cost=4.5,
+           emitter=MmF32(rows=4, width=4, dtype="f64"),
+           layout={"c": Layout((1,), 8), "b": Layout((1,), 8)})
+def mm_f64_4x8x1(c: f64[4, 8], a: f64[4, 1], b: f64[1, 8]):
+    for i, j, k in grid(4, 8, 1):
+        c[i, j] += a[i, k] * b[k, j]
+
+
+@intrinsic("x86.mm.f64.2x8x1", isa=AVX2_FMA, cost=2.5,
+           emitter=MmF32(rows=2, width=4, sets=2, dtype="f64"),
+           layout={"c": Layout((1,), 8), "b": Layout((1,), 8)})
+def mm_f64_2x8x1(c: f64[2, 8], a: f64[2, 1], b: f64[1, 8]):
+    for i, j, k in grid(2, 8, 1):
+        c[i, j] += a[i, k] * b[k, j]
+
+
+@intrinsic("x86.avx512.mm.f64.8x16x1", isa=("avx512f", "fma"), cost=8.0,
+           emitter=MmF32(rows=8, width=8, dtype="f64"),
+           layout={"c": Layout((1,), 8), "b": Layout((1,), 8)})
+def avx512_mm_f64_8x16x1(c: f64[8, 16], a: f64[8, 1], b: f64[1, 16]):
+    for i, j, k in grid(8, 16, 1):
         c[i, j] += a[i, k] * b[k, j]
 
 

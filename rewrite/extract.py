@@ -46,8 +46,8 @@ from .calls import op_count
 from .affine import affine
 from .plans import NestRef, PlanGraph
 from .ir import INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, Load, Stmt, Store, Var
-from .match import (BodyMatch, Binding, affine_expr, bindings, dims_after_tiling, moved_index,
-                    remainders, semantics_value, slow_dims, window)
+from .match import (BodyMatch, Binding, affine_expr, bindings, dims_after_tiling, dtypes_agree,
+                    moved_index, remainders, semantics_value, slow_dims, window)
 from .names import Names
 from .nests import AccNest, Dim
 from .rules import layout, loops
@@ -597,6 +597,8 @@ class _Builder:
         inner: set = set()  # scaled products' inner nests listed
         for m in matches:
             desc = self.ex.library[m.intrinsic]
+            if not dtypes_agree(nest, desc, m):
+                continue  # no binding, and none in the nests a split of it would make
             for b in _bindings(nest, desc, m, False):
                 if cost.calls(desc, b.tiles, b.unit_stride_ok) < scalar:
                     if b.scale != 1.0:

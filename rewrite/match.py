@@ -111,18 +111,25 @@ def _affine_maps(indices: tuple[Expr, ...]) -> tuple[Optional[Affine], ...]:
     return tuple(affine(i) for i in indices)
 
 
+def dtypes_agree(nest: AccNest, desc, match: BodyMatch) -> bool:
+    """Whether each operand of ``desc`` is of the dtype of what it reads in ``nest`` for this
+    body match (the output its buffer, each input its load): no binding of it otherwise."""
+    if nest.out.dtype != desc.output.dtype:
+        return False
+    return all(load.buffer.dtype == op.dtype for op, load in zip(desc.inputs, match.loads))
+
+
 def bindings(nest: AccNest, desc, match: BodyMatch, check_extents: bool = True,
              short: bool = False) -> Iterator[Binding]:
     """Every legal binding of ``desc``'s dimensions to ``nest``'s loops for one body match
     (``check_extents=False`` also yields bindings to loops too short, for explanations;
     ``short`` only those with a loop shorter than its dim but at least half as long, which
     ``pad-to-tile`` can round up to one tile, ``rules/padding.py``)."""
+    if not dtypes_agree(nest, desc, match):
+        return
     accesses: dict[str, tuple[Buffer, tuple[Expr, ...]]] = {desc.output.name: (nest.out, nest.indices)}
     for op, load in zip(desc.inputs, match.loads):
         accesses[op.name] = (load.buffer, load.indices)
-    for op in desc.operands:
-        if accesses[op.name][0].dtype != op.dtype:
-            return
     maps = {name: _affine_maps(idx) for name, (_, idx) in accesses.items()}
     if any(m is None for ms in maps.values() for m in ms):
         return

@@ -32,8 +32,10 @@ from rewrite.tools import intrinsic_bench
 X86_AVX2 = ["x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4"]
 X86_AVX2 += ["x86.gemv.f32.4x8", "x86.mm.u8i8i32.2x16x4", "x86.axpy.f32x32", "x86.mm.f32.4x16x1"]
 X86_AVX2 += ["x86.mm.f32.2x16x1", "x86.mm.u8i8i32.4x16x2"]
+X86_AVX2 += ["x86.mm.f64.6x8x1", "x86.mm.f64.4x8x1", "x86.mm.f64.2x8x1"]
 X86_AVX512 = ["x86.avx512.mm.f32.8x32x1", "x86.avx512.gemv.f32.8x8", "x86.avx512.axpy.f32x64"]
 X86_AVX512 += ["x86.avx512.gemv.f32.8x16", "x86.avx512.gemvt.f32.8x8", "x86.avx512.gemvt.f32.8x16"]
+X86_AVX512 += ["x86.avx512.mm.f64.8x16x1"]
 X86_VNNI = ["x86.avx512vnni.dot.u8i8i32.16x4", "x86.avx512vnni.mm.u8i8i32.8x32x4"]
 X86_AMX = ["x86.amx.mm.u8i8i32.32x32x64"]
 X86_NATIVE = X86_AVX2 + X86_AVX512 + X86_VNNI + X86_AMX  # native emitters, where the CPU has the ISA
@@ -381,6 +383,8 @@ CPU_WITH = {"x86.avx512vnni.dot.u8i8i32.16x4": ("znver4", "vpdpbusd"),
             "x86.dot.u8i8i32.16x4": ("haswell", "vpmaddwd"),
             "x86.mm.f32.6x16x1": ("haswell", "vfmadd231ps"),
             "x86.avx512.mm.f32.8x32x1": ("skylake-avx512", r"vfmadd231ps\s[^\n]*%zmm"),
+            "x86.mm.f64.6x8x1": ("haswell", r"vfmadd231pd\s[^\n]*%ymm"),
+            "x86.avx512.mm.f64.8x16x1": ("skylake-avx512", r"vfmadd231pd\s[^\n]*%zmm"),
             "x86.gemv.f32.4x8": ("haswell", "vfmadd231ps"),
             "x86.axpy.f32x32": ("haswell", r"vfmadd231ps\s[^\n]*%ymm"),
             # 256-bit, in the registers only AVX-512VL names (ymm16 to ymm31)
@@ -425,16 +429,18 @@ def _count(pattern: str, lines: list) -> int:
 
 @pytest.mark.parametrize("name, cpu, fma, width", [
     ("x86.avx512.mm.f32.8x32x1", "znver4", 16, 32), ("x86.mm.f32.6x16x1", "znver3", 12, 16),
-    ("x86.mm.f32.4x16x1", "znver3", 8, 16)])
-def test_f32_tile_reads_c_after_its_kloop(name, cpu, fma, width):
+    ("x86.mm.f32.4x16x1", "znver3", 8, 16), ("x86.mm.f64.6x8x1", "znver3", 12, 8),
+    ("x86.avx512.mm.f64.8x16x1", "znver4", 16, 16)])
+def test_float_tile_reads_c_after_its_kloop(name, cpu, fma, width):
     # compiled for a CPU with the tile's ISA (not run), so every host checks it: the k-loop's
     # body holds the FMAs and no access to c; c's lines are prefetched and c is added once per
     # accumulator, outside the loop
+    add = "vaddpd" if ".f64." in name else "vaddps"
     body, rest = _kloop_assembly(name, cpu, {"c": (1024, 1), "a": (1024, 1), "b": (width, 1)},
                                  {"a": 1, "b": width}, "vfmadd")
     assert _count(r"vfmadd", body) == fma
-    assert _count(r"vaddps\s[^\n]*\(", rest) == fma and _count(r"prefetch(w|t0)\s", rest) >= fma // 2
-    assert _count(r"prefetch|vaddps", body) == 0
+    assert _count(add + r"\s[^\n]*\(", rest) == fma and _count(r"prefetch(w|t0)\s", rest) >= fma // 2
+    assert _count(r"prefetch|vadd", body) == 0
 
 
 def test_f32_tile_keeps_c_where_every_product_is_negative_zero():

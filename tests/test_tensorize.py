@@ -87,14 +87,15 @@ HOST_COVERED = {
     "gemm_alpha_beta_runtime", "gesummv_alpha_beta_runtime",
     # padding.py: remainders padded to the tile
     "qgemm_u8i8_30", "sgemm_30", "sgemm_odd_100x70x50",
+    # polybench.py: f64 products (the f64 tiles)
+    "polybench_gemm", "polybench_2mm", "dgemm_64",
 }
 # No multiply-accumulate of a host intrinsic's dtypes: normalisation, softmax, pooling, scans,
-# tropical products, f64 and f16 arithmetic, elementwise chains.
+# tropical products, f16 arithmetic, elementwise chains.
 HOST_NONE = {
     "bert_layernorm", "scale_bias_relu_1d", "scale_bias_relu_2d", "bn_add_relu_nhwc", "nrm_bmn",
     "sfm_mn", "resnet50_maxpool", "resnet50_global_avgpool", "prefix_sum_1d", "cumsum_rows",
-    "maxplus_matmul", "minplus_matmul", "polybench_gemm", "polybench_2mm", "dgemm_64",
-    "gemm_f16_f32acc", "gemm_f16_f32acc_nt",
+    "maxplus_matmul", "minplus_matmul", "gemm_f16_f32acc", "gemm_f16_f32acc_nt",
     # a recurrence over several statements: its nests cannot be split apart
     "rnn_relu_elman",
 }
@@ -145,10 +146,19 @@ def test_explain_names_the_operator_for_max_plus():
     assert "operator" in result.explain()
 
 
-def test_dtype_reason_for_f64():
+def test_dtype_reason_for_f16():
+    # an f16 product: the f32 rows' bodies, the wrong dtype (no f16 row on x86)
+    func = parse("@prim_func\ndef mm16(A: f16[16, 16], B: f16[16, 16], C: f16[16, 16]):\n"
+                 "    for i, j, k in grid(16, 16, 16):\n        C[i, j] += A[i, k] * B[k, j]\n")
+    text = tensorize(func, AVX2).explain()
+    assert "dtype" in text and "f16" in text
+
+
+def test_f64_products_run_on_the_f64_tiles():
+    """dgemm_64 maps onto the f64 6x8 tile (and its 4-row remainder), every multiply-add."""
     result = tensorize(CORPUS["dgemm_64"], AVX2)
-    text = result.explain()
-    assert "dtype" in text and "f64" in text
+    assert {s.intrinsic for s in result.sites} == {"x86.mm.f64.6x8x1", "x86.mm.f64.4x8x1"}
+    assert result.coverage == 1.0
 
 
 # ---------------------------------------------------------------------------
