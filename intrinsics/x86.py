@@ -8,12 +8,14 @@ the ``layout`` of each descriptor tells the matcher where it is fast.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from llvmlite import ir
 
 from rewrite.emitter import (Emitter, concat, declare, load_row, load_scalar, lltype, shuffle, splat,
                              store_row)
 from rewrite.ir import itemsize
-from rewrite.script import f32, f64, grid, i8, i32, u8  # noqa: F401 - names the parser reads
+from rewrite.script import f16, f32, f64, grid, i8, i32, u8  # noqa: F401 - names the parser reads
 
 from .base import Layout, intrinsic
 
@@ -139,14 +141,24 @@ class MmF32(Emitter):
 
     operands = ("c", "a", "b")
 
-    def __init__(self, rows: int, width: int, halves: int = 2, sets: int = 1, dtype: str = "f32"):
+    def __init__(self, rows: int, width: int, halves: int = 2, sets: int = 1, dtype: str = "f32",
+                 inputs: Optional[str] = None):
         self.rows, self.width, self.halves, self.sets = rows, width, halves, sets
         self.shapes = {"c": (rows, width * halves), "a": (rows, 1), "b": (1, width * halves)}
         self.dtype = dtype
-        self.dtypes = {"c": dtype, "a": dtype, "b": dtype}
+        self.dtypes = {"c": dtype, "a": inputs or dtype, "b": inputs or dtype}
         # two alternating sets of partial sums (``_alternate``) where rows x halves FMAs are
         # too few chains for the FMA latency: each chain then waits on the FMA two steps back
         self.unroll = sets
+
+    def _wide(self, b, ref, value):
+        """``value``, loaded from ``ref``, in the accumulators' dtype: an f16 operand read
+        where no widened copy holds it converted (exact), else as it is."""
+        if ref.dtype == self.dtype:
+            return value
+        ty = lltype(self.dtype)
+        return b.fpext(value, ir.VectorType(ty, value.type.count) if isinstance(
+            value.type, ir.VectorType) else ty)
 
     def load_acc(self, b, ops):
         _prefetch_rows(b, ops["c"], self.rows, self.width * self.halves)
@@ -154,12 +166,13 @@ class MmF32(Emitter):
 
     def step(self, b, ops, acc):
         w = self.width
-        cols = [load_row(b, ops["b"], (0, w * h), 1, w) for h in range(self.halves)]
+        cols = [self._wide(b, ops["b"], load_row(b, ops["b"], (0, w * h), 1, w))
+                for h in range(self.halves)]
 
         def update(acc):
             out = []
             for i in range(self.rows):
-                a_i = splat(b, load_scalar(b, ops["a"], (i, 0)), w)
+                a_i = splat(b, self._wide(b, ops["a"], load_scalar(b, ops["a"], (i, 0))), w)
                 out.append([_fma(b, a_i, cols[h], acc[i][h]) for h in range(self.halves)])
             return out
 
@@ -230,6 +243,36 @@ def mm_f32_2x16x1(c: f32[2, 16], a: f32[2, 1], b: f32[1, 16]):
 def avx512_mm_f32_8x32x1(c: f32[8, 32], a: f32[8, 1], b: f32[1, 32]):
     for i, j, k in grid(8, 32, 1):
         c[i, j] += a[i, k] * b[k, j]
+
+
+# f16 products into f32 (mixed precision): the f32 tiles on f32 copies of A and B
+# (``Layout.widened``: ``pack-panel`` converts each element once, exactly), where AVX2 has no
+# f16 arithmetic. A product of two f16 values is exact in f32 (11-bit significands, a
+# 22-bit product), so each FMA adds what ``f32(a) * f32(b)`` is. Read from f16 in place,
+# each step converts its operands itself (``vcvtph2ps``): correct, and slower.
+_F16_WIDENED = {"c": Layout((1,), 4), "a": Layout((1,), 2, widened="f32"),
+                "b": Layout((1,), 2, widened="f32")}
+
+
+@intrinsic("x86.mm.f16f32.6x16x1", isa=AVX2_FMA + ("f16c",), cost=6.0,
+           emitter=MmF32(rows=6, width=8, inputs="f16"), layout=_F16_WIDENED)
+def mm_f16f32_6x16x1(c: f32[6, 16], a: f16[6, 1], b: f16[1, 16]):
+    for i, j, k in grid(6, 16, 1):
+        c[i, j] += f32(a[i, k]) * f32(b[k, j])
+
+
+@intrinsic("x86.mm.f16f32.4x16x1", isa=AVX2_FMA + ("f16c",), cost=4.5,
+           emitter=MmF32(rows=4, width=8, inputs="f16"), layout=_F16_WIDENED)
+def mm_f16f32_4x16x1(c: f32[4, 16], a: f16[4, 1], b: f16[1, 16]):
+    for i, j, k in grid(4, 16, 1):
+        c[i, j] += f32(a[i, k]) * f32(b[k, j])
+
+
+@intrinsic("x86.mm.f16f32.2x16x1", isa=AVX2_FMA + ("f16c",), cost=2.5,
+           emitter=MmF32(rows=2, width=8, sets=2, inputs="f16"), layout=_F16_WIDENED)
+def mm_f16f32_2x16x1(c: f32[2, 16], a: f16[2, 1], b: f16[1, 16]):
+    for i, j, k in grid(2, 16, 1):
+        c[i, j] += f32(a[i, k]) * f32(b[k, j])
 
 
 # The same tiles on doubles: a ymm register holds 4, so the 6-row tile is 6 x 8 for the same

@@ -43,11 +43,11 @@ class Layout:
     row-major: ``(4, 1)`` for a ``[16, 4]`` window), and row by row otherwise. Such a call
     still works on any strides, only slower (``cost.UNBLOCKED_PER_ROW``), and the extractor
     also weighs copying the operand into blocks (``rules/layout.py``, ``pack-panel``).
-    ``widened``: a wider integer dtype the emitter also reads the operand from, each element
-    the operand's value (the AVX2 int8 tile's u8 and i8 as i16, ``vpmaddwd``'s input, so
-    that no call widens them again): ``pack-panel`` stores its copy of the operand so, as
-    the value cast (``i16(B[k, j])``: exact, the wider type holding every value of the
-    narrower). A call may read the operand from a buffer of either dtype (``verify``); the
+    ``widened``: a wider dtype of the same kind the emitter also reads the operand from, each
+    element the operand's value (the AVX2 int8 tile's u8 and i8 as i16, ``vpmaddwd``'s
+    input, and the f16 tile's f16 as f32, so that no call widens them again): ``pack-panel``
+    stores its copy of the operand so, as the value cast (``i16(B[k, j])``, ``f32(B[k, j])``:
+    exact, the wider type holding every value of the narrower). A call may read the operand from a buffer of either dtype (``verify``); the
     call means its semantics on the values the window holds (``calls.expand_calls``), and
     those of a widened copy are the source's.
     """
@@ -227,13 +227,14 @@ def layouts(name: str, layout, operands: tuple[Operand, ...]) -> Mapping[str, La
         if need.align < 1 or need.align & (need.align - 1):
             raise IntrinsicError(f"intrinsic {name}: alignment {need.align} is not a power of two")
         if need.widened is not None:
-            holds = need.widened in ir.INT_DTYPES and ir.is_int(op.dtype) and \
-                ir.bits(need.widened) > ir.bits(op.dtype) and \
+            ints = need.widened in ir.INT_DTYPES and ir.is_int(op.dtype) and \
                 (ir.is_signed(need.widened) or not ir.is_signed(op.dtype))
+            floats = need.widened in ir.FLOAT_DTYPES and ir.is_float(op.dtype)
+            holds = (ints or floats) and ir.bits(need.widened) > ir.bits(op.dtype)
             if op.role != "input" or not holds:
                 raise IntrinsicError(f"intrinsic {name}: {op_name} ({op.dtype}, {op.role}) cannot be "
-                                     f"read widened to {need.widened}: only an integer input can, "
-                                     f"into a wider integer type holding each of its values")
+                                     f"read widened to {need.widened}: only an input can, into a "
+                                     f"wider type of its kind holding each of its values")
         out[op_name] = need
     return MappingProxyType(out)
 

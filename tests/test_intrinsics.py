@@ -33,6 +33,7 @@ X86_AVX2 = ["x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i
 X86_AVX2 += ["x86.gemv.f32.4x8", "x86.mm.u8i8i32.2x16x4", "x86.axpy.f32x32", "x86.mm.f32.4x16x1"]
 X86_AVX2 += ["x86.mm.f32.2x16x1", "x86.mm.u8i8i32.4x16x2"]
 X86_AVX2 += ["x86.mm.f64.6x8x1", "x86.mm.f64.4x8x1", "x86.mm.f64.2x8x1"]
+X86_AVX2 += ["x86.mm.f16f32.6x16x1", "x86.mm.f16f32.4x16x1", "x86.mm.f16f32.2x16x1"]
 X86_AVX512 = ["x86.avx512.mm.f32.8x32x1", "x86.avx512.gemv.f32.8x8", "x86.avx512.axpy.f32x64"]
 X86_AVX512 += ["x86.avx512.gemv.f32.8x16", "x86.avx512.gemvt.f32.8x8", "x86.avx512.gemvt.f32.8x16"]
 X86_AVX512 += ["x86.avx512.mm.f64.8x16x1"]
@@ -384,6 +385,8 @@ CPU_WITH = {"x86.avx512vnni.dot.u8i8i32.16x4": ("znver4", "vpdpbusd"),
             "x86.mm.f32.6x16x1": ("haswell", "vfmadd231ps"),
             "x86.avx512.mm.f32.8x32x1": ("skylake-avx512", r"vfmadd231ps\s[^\n]*%zmm"),
             "x86.mm.f64.6x8x1": ("haswell", r"vfmadd231pd\s[^\n]*%ymm"),
+            # read in place as f16, each step converts (F16C)
+            "x86.mm.f16f32.6x16x1": ("haswell", r"vcvtph2ps"),
             "x86.avx512.mm.f64.8x16x1": ("skylake-avx512", r"vfmadd231pd\s[^\n]*%zmm"),
             "x86.gemv.f32.4x8": ("haswell", "vfmadd231ps"),
             "x86.axpy.f32x32": ("haswell", r"vfmadd231ps\s[^\n]*%ymm"),
@@ -441,6 +444,20 @@ def test_float_tile_reads_c_after_its_kloop(name, cpu, fma, width):
     assert _count(r"vfmadd", body) == fma
     assert _count(add + r"\s[^\n]*\(", rest) == fma and _count(r"prefetch(w|t0)\s", rest) >= fma // 2
     assert _count(r"prefetch|vadd", body) == 0
+
+
+def test_f16_tile_reads_its_f32_copies_without_converting():
+    # on the f32 panels pack-panel makes (``Layout.widened``) the f16 tile's k-loop is the f32
+    # tile's: 12 FMAs, no conversion; read in place as f16 it converts b and each row of a
+    desc = intrinsics.get("x86.mm.f16f32.6x16x1")
+    strides = {"c": (1024, 1), "a": (1, 6), "b": (16, 1)}
+    for dtypes, converts in (({"a": "f32", "b": "f32"}, 0), (None, 8)):
+        module = codegen.new_module("asm")
+        emitter.kloop_function(module, desc, desc.emitter, "k", strides, {"a": 6, "b": 16},
+                               dtypes=dtypes)
+        body, _ = _assembly_loop(module, "znver3", "vfmadd")
+        assert _count(r"vfmadd", body) == 12
+        assert _count(r"vcvtph2ps", body) == converts
 
 
 def test_f32_tile_keeps_c_where_every_product_is_negative_zero():

@@ -9,6 +9,7 @@ import pytest
 import intrinsics
 from rewrite import runtime
 from rewrite.pipeline import tensorize
+from rewrite.ir import Cast, Load, Store, walk_stmts
 from rewrite.saturate import Budget
 from rewrite.printer import show_stmt
 from rewrite.script import parse, parse_file, show
@@ -89,13 +90,15 @@ HOST_COVERED = {
     "qgemm_u8i8_30", "sgemm_30", "sgemm_odd_100x70x50",
     # polybench.py: f64 products (the f64 tiles)
     "polybench_gemm", "polybench_2mm", "dgemm_64",
+    # mixed_precision.py: f16 products into f32 (the f16 tiles on f32 copies)
+    "gemm_f16_f32acc", "gemm_f16_f32acc_nt",
 }
 # No multiply-accumulate of a host intrinsic's dtypes: normalisation, softmax, pooling, scans,
-# tropical products, f16 arithmetic, elementwise chains.
+# tropical products, elementwise chains.
 HOST_NONE = {
     "bert_layernorm", "scale_bias_relu_1d", "scale_bias_relu_2d", "bn_add_relu_nhwc", "nrm_bmn",
     "sfm_mn", "resnet50_maxpool", "resnet50_global_avgpool", "prefix_sum_1d", "cumsum_rows",
-    "maxplus_matmul", "minplus_matmul", "gemm_f16_f32acc", "gemm_f16_f32acc_nt",
+    "maxplus_matmul", "minplus_matmul",
     # a recurrence over several statements: its nests cannot be split apart
     "rnn_relu_elman",
 }
@@ -152,6 +155,19 @@ def test_dtype_reason_for_f16():
                  "    for i, j, k in grid(16, 16, 16):\n        C[i, j] += A[i, k] * B[k, j]\n")
     text = tensorize(func, AVX2).explain()
     assert "dtype" in text and "f16" in text
+
+
+def test_f16_products_run_on_f32_copies():
+    """An f16 product into f32 maps onto the f16 tiles, which read f32 panels of A and B that
+    pack-panel converts once (exact) where it pays: the 128^3 product copies both."""
+    result = tensorize(CORPUS["gemm_f16_f32acc"], AVX2)
+    assert {s.intrinsic for s in result.sites} <= {"x86.mm.f16f32.6x16x1", "x86.mm.f16f32.4x16x1",
+                                                    "x86.mm.f16f32.2x16x1"}
+    assert result.coverage == 1.0
+    widened = {s.value.a.buffer.name for s in walk_stmts(result.func.body)
+               if isinstance(s, Store) and s.buffer.dtype == "f32" and isinstance(s.value, Cast)
+               and isinstance(s.value.a, Load) and s.value.a.dtype == "f16"}
+    assert widened == {"A", "B"}
 
 
 def test_f64_products_run_on_the_f64_tiles():

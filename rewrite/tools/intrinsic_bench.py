@@ -30,7 +30,8 @@ from .timing import best_of, rate, time_once
 # Peak: independent chains of FMAs on this CPU's widest float vectors (16 lanes with
 # AVX-512F, 8 with AVX2), in a loop with no loads, measured once per process. Integer work is
 # reported against the same figure: it is the machine's peak rate of multiply-accumulate
-# lanes, the quantity the intrinsics compete for. 16 chains with AVX-512's 32 registers;
+# lanes, the quantity the intrinsics compete for (f64 work against half of it, its lanes
+# twice as wide). 16 chains with AVX-512's 32 registers;
 # 12 with AVX2's 16, where 16 chains and their operand are one register too many and
 # LLVM's spills and register moves every iteration halved the rate (Zen 3 code on Zen 4).
 _CHAINS = {16: 16, 8: 12}
@@ -238,7 +239,9 @@ def _measure(desc: Intrinsic, runs: int, target_seconds: float) -> Row:
     best = min(elapsed, best_of(lambda: kernel(pointers, _STEPS, repeats), runs - 1))
     gops = rate(desc.ops * _STEPS * repeats, best)
     unit = "GFLOP/s" if is_float(desc.output.dtype) else "GOP/s"
-    return Row(desc.name, "k-loop" if keep_acc else "stream", gops, unit, gops / peak_gflops(), best)
+    # a register holds half as many doubles: f64 work against half the (f32) peak
+    peak = peak_gflops() / (2 if desc.output.dtype == "f64" else 1)
+    return Row(desc.name, "k-loop" if keep_acc else "stream", gops, unit, gops / peak, best)
 
 
 def throughput(names: Optional[Iterable[str]] = None, runs: int = 5,
