@@ -741,9 +741,12 @@ BAD = [
     ("bad.layout.dim", fma8, {"layout": {"a": intrinsics.Layout((1,))}},
      ["bad.layout.dim", "dim 1", "1 dims"]),
     ("bad.cost", fma8, {"cost": -1}, ["bad.cost", "cost must be a positive number"]),
-    # a widened copy holds every value of the operand, and only an integer input has one
+    # a widened copy holds every value of the operand in a wider type of its kind, and only
+    # an input has one
     ("bad.widened.float", fma8, {"layout": {"a": intrinsics.Layout(widened="i32")}},
      ["bad.widened.float", "a (f32, input)", "widened to i32"]),
+    ("bad.widened.float.narrow", fma8, {"layout": {"a": intrinsics.Layout(widened="f16")}},
+     ["bad.widened.float.narrow", "a (f32, input)", "widened to f16"]),
     ("bad.widened.output", dot_i16, {"layout": {"c": intrinsics.Layout(widened="i64")}},
      ["bad.widened.output", "c (i32, output)"]),
     ("bad.widened.narrow", dot_i16, {"layout": {"a": intrinsics.Layout(widened="i8")}},
