@@ -250,7 +250,7 @@ def avx512_mm_f32_8x32x1(c: f32[8, 32], a: f32[8, 1], b: f32[1, 32]):
 # f16 arithmetic. A product of two f16 values is exact in f32 (11-bit significands, a
 # 22-bit product), so each FMA adds what ``f32(a) * f32(b)`` is. Read from f16 in place,
 # each step converts its operands itself (``vcvtph2ps``): correct, and slower.
-_F16_WIDENED = {"c": Layout((1,), 4), "a": Layout((1,), 2, widened="f32"),
+_F16_WIDENED = {"c": Layout((1,), 4), "a": Layout(align=2, widened="f32"),
                 "b": Layout((1,), 2, widened="f32")}
 
 
@@ -272,6 +272,13 @@ def mm_f16f32_4x16x1(c: f32[4, 16], a: f16[4, 1], b: f16[1, 16]):
            emitter=MmF32(rows=2, width=8, sets=2, inputs="f16"), layout=_F16_WIDENED)
 def mm_f16f32_2x16x1(c: f32[2, 16], a: f16[2, 1], b: f16[1, 16]):
     for i, j, k in grid(2, 16, 1):
+        c[i, j] += f32(a[i, k]) * f32(b[k, j])
+
+
+@intrinsic("x86.avx512.mm.f16f32.8x32x1", isa=("avx512f", "fma", "f16c"), cost=8.0,
+           emitter=MmF32(rows=8, width=16, inputs="f16"), layout=_F16_WIDENED)
+def avx512_mm_f16f32_8x32x1(c: f32[8, 32], a: f16[8, 1], b: f16[1, 32]):
+    for i, j, k in grid(8, 32, 1):
         c[i, j] += f32(a[i, k]) * f32(b[k, j])
 
 

@@ -36,7 +36,7 @@ X86_AVX2 += ["x86.mm.f64.6x8x1", "x86.mm.f64.4x8x1", "x86.mm.f64.2x8x1"]
 X86_AVX2 += ["x86.mm.f16f32.6x16x1", "x86.mm.f16f32.4x16x1", "x86.mm.f16f32.2x16x1"]
 X86_AVX512 = ["x86.avx512.mm.f32.8x32x1", "x86.avx512.gemv.f32.8x8", "x86.avx512.axpy.f32x64"]
 X86_AVX512 += ["x86.avx512.gemv.f32.8x16", "x86.avx512.gemvt.f32.8x8", "x86.avx512.gemvt.f32.8x16"]
-X86_AVX512 += ["x86.avx512.mm.f64.8x16x1"]
+X86_AVX512 += ["x86.avx512.mm.f64.8x16x1", "x86.avx512.mm.f16f32.8x32x1"]
 X86_VNNI = ["x86.avx512vnni.dot.u8i8i32.16x4", "x86.avx512vnni.mm.u8i8i32.8x32x4"]
 X86_AMX = ["x86.amx.mm.u8i8i32.32x32x64"]
 X86_NATIVE = X86_AVX2 + X86_AVX512 + X86_VNNI + X86_AMX  # native emitters, where the CPU has the ISA
@@ -387,6 +387,7 @@ CPU_WITH = {"x86.avx512vnni.dot.u8i8i32.16x4": ("znver4", "vpdpbusd"),
             "x86.mm.f64.6x8x1": ("haswell", r"vfmadd231pd\s[^\n]*%ymm"),
             # read in place as f16, each step converts (F16C)
             "x86.mm.f16f32.6x16x1": ("haswell", r"vcvtph2ps"),
+            "x86.avx512.mm.f16f32.8x32x1": ("skylake-avx512", r"vcvtph2ps\s[^\n]*%zmm"),
             "x86.avx512.mm.f64.8x16x1": ("skylake-avx512", r"vfmadd231pd\s[^\n]*%zmm"),
             "x86.gemv.f32.4x8": ("haswell", "vfmadd231ps"),
             "x86.axpy.f32x32": ("haswell", r"vfmadd231ps\s[^\n]*%ymm"),
