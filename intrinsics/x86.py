@@ -332,14 +332,14 @@ class GemvF32(Emitter):
     zmm partial sums there spilled its eight broadcasts."""
 
     operands = ("c", "a", "b")
-    dtypes = {"c": "f32", "a": "f32", "b": "f32"}
     interleaves = True  # plain vector values
 
-    def __init__(self, rows: int, width: int, sets: int = 2):
+    def __init__(self, rows: int, width: int, sets: int = 2, dtype: str = "f32"):
         self.rows, self.width, self.sets = rows, width, sets
         self.unroll = sets  # the sets trade places every step
         self.shapes = {"c": (rows,), "a": (rows, width), "b": (width,)}
-        self.zero = ir.Constant(ir.VectorType(ir.FloatType(), width), [-0.0] * width)
+        self.dtypes = {"c": dtype, "a": dtype, "b": dtype}
+        self.zero = ir.Constant(ir.VectorType(lltype(dtype), width), [-0.0] * width)
 
     def load_acc(self, b, ops):
         return [load_row(b, ops["c"], (0,), 0, self.rows), [[self.zero] * self.rows] * self.sets]
@@ -369,6 +369,15 @@ class GemvF32(Emitter):
            layout={"a": Layout((1,), 4), "b": Layout((0,), 4)})
 def gemv_f32_4x8(c: f32[4], a: f32[4, 8], b: f32[8]):
     for i, k in grid(4, 8):
+        c[i] += a[i, k] * b[k]
+
+
+# The same on doubles, four to a register: the matrix-vector form of f64 programs and the
+# columns an f64 tiling leaves (read from a transposed copy, as the f32 ones).
+@intrinsic("x86.gemv.f64.4x4", isa=AVX2_FMA, cost=4.0, emitter=GemvF32(rows=4, width=4, dtype="f64"),
+           layout={"a": Layout((1,), 8), "b": Layout((0,), 8)})
+def gemv_f64_4x4(c: f64[4], a: f64[4, 4], b: f64[4]):
+    for i, k in grid(4, 4):
         c[i] += a[i, k] * b[k]
 
 
@@ -412,15 +421,15 @@ class AxpyRows(Emitter):
     chains, where the 8-wide axpy's two chains leave it waiting on the FMA latency."""
 
     operands = ("c", "a", "b")
-    dtypes = {"c": "f32", "a": "f32", "b": "f32"}
     unroll = 2
     interleaves = True  # plain vector values
 
-    def __init__(self, vectors: int, width: int):
+    def __init__(self, vectors: int, width: int, dtype: str = "f32"):
         self.vectors, self.width = vectors, width
         n = vectors * width
         self.shapes = {"c": (n,), "a": (1,), "b": (n,)}
-        self.zero = ir.Constant(ir.VectorType(ir.FloatType(), width), [-0.0] * width)
+        self.dtypes = {"c": dtype, "a": dtype, "b": dtype}
+        self.zero = ir.Constant(ir.VectorType(lltype(dtype), width), [-0.0] * width)
 
     def load_acc(self, b, ops):
         w = self.width
@@ -446,6 +455,14 @@ class AxpyRows(Emitter):
            layout={"c": Layout((0,), 4), "b": Layout((0,), 4)})
 def axpy_f32x32(c: f32[32], a: f32[1], b: f32[32]):
     for j in range(32):
+        c[j] += a[0] * b[j]
+
+
+# On doubles: four ymm of four, 16 multiply-adds a call.
+@intrinsic("x86.axpy.f64x16", isa=AVX2_FMA, cost=3.0, emitter=AxpyRows(vectors=4, width=4, dtype="f64"),
+           layout={"c": Layout((0,), 8), "b": Layout((0,), 8)})
+def axpy_f64x16(c: f64[16], a: f64[1], b: f64[16]):
+    for j in range(16):
         c[j] += a[0] * b[j]
 
 

@@ -32,7 +32,8 @@ from rewrite.tools import intrinsic_bench
 X86_AVX2 = ["x86.fma.f32x8", "x86.axpy.f32x8", "x86.mm.f32.6x16x1", "x86.dot.u8i8i32.16x4"]
 X86_AVX2 += ["x86.gemv.f32.4x8", "x86.mm.u8i8i32.2x16x4", "x86.axpy.f32x32", "x86.mm.f32.4x16x1"]
 X86_AVX2 += ["x86.mm.f32.2x16x1", "x86.mm.u8i8i32.4x16x2"]
-X86_AVX2 += ["x86.mm.f64.6x8x1", "x86.mm.f64.4x8x1", "x86.mm.f64.2x8x1"]
+X86_AVX2 += ["x86.mm.f64.6x8x1", "x86.mm.f64.4x8x1", "x86.mm.f64.2x8x1", "x86.gemv.f64.4x4",
+             "x86.axpy.f64x16"]
 X86_AVX2 += ["x86.mm.f16f32.6x16x1", "x86.mm.f16f32.4x16x1", "x86.mm.f16f32.2x16x1"]
 X86_AVX512 = ["x86.avx512.mm.f32.8x32x1", "x86.avx512.gemv.f32.8x8", "x86.avx512.axpy.f32x64"]
 X86_AVX512 += ["x86.avx512.gemv.f32.8x16", "x86.avx512.gemvt.f32.8x8", "x86.avx512.gemvt.f32.8x16"]
@@ -385,6 +386,8 @@ CPU_WITH = {"x86.avx512vnni.dot.u8i8i32.16x4": ("znver4", "vpdpbusd"),
             "x86.mm.f32.6x16x1": ("haswell", "vfmadd231ps"),
             "x86.avx512.mm.f32.8x32x1": ("skylake-avx512", r"vfmadd231ps\s[^\n]*%zmm"),
             "x86.mm.f64.6x8x1": ("haswell", r"vfmadd231pd\s[^\n]*%ymm"),
+            "x86.gemv.f64.4x4": ("haswell", r"vfmadd\d+pd\s[^\n]*%ymm"),
+            "x86.axpy.f64x16": ("haswell", r"vfmadd\d+pd\s[^\n]*%ymm"),
             # read in place as f16, each step converts (F16C)
             "x86.mm.f16f32.6x16x1": ("haswell", r"vcvtph2ps"),
             "x86.avx512.mm.f16f32.8x32x1": ("skylake-avx512", r"vcvtph2ps\s[^\n]*%zmm"),

@@ -177,6 +177,19 @@ def test_f64_products_run_on_the_f64_tiles():
     assert result.coverage == 1.0
 
 
+@pytest.mark.parametrize("body, row", [("y[i] += A[i, k] * x[k]", "x86.gemv.f64.4x4"),
+                                       ("y[k] += A[i, k] * x[i]", "x86.axpy.f64x16")])
+def test_f64_matrix_vector_products_run_on_the_f64_rows(body, row):
+    # A read along its rows either way: four rows against x, or a row scaled by x[i]
+    func = parse("@prim_func\ndef mv(A: f64[64, 64], x: f64[64], y: f64[64]):\n"
+                 f"    for i, k in grid(64, 64):\n        {body}\n")
+    result = tensorize(func, AVX2)
+    assert {s.intrinsic for s in result.sites} == {row} and result.coverage == 1.0
+    if HOST_HAS_AVX2:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
 # ---------------------------------------------------------------------------
 # budgets
 
