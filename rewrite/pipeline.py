@@ -198,17 +198,38 @@ def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
     memo = {} if memo is None else memo
     acc = _nests_in(parts)
     bodies, which, leaves = _distinct_bodies(acc)
-    job = Job(bodies, tuple(Pattern.of(d) for d in library.values()), budget, rules_off)
-    found, report = saturate(job, in_process=in_process) if acc and library else \
-        ([], SaturationReport(0, 0, "nothing to match", 0.0))
-    by_body: dict[int, list] = {}
-    for m in found:
-        by_body.setdefault(m.nest, []).append(m)
-    matches = [BodyMatch(n, m.intrinsic, tuple(leaves[n][x] for x in m.loads), m.scale)
+    # a row binds a nest only where each operand's dtype is that of what it reads there
+    # (``match.dtypes_agree``): the rows of other dtypes are matched only for an explanation
+    # that needs them (``_explain_nest``), not in the saturation every program runs
+    held = {n.out.dtype for n in acc} | {x.buffer.dtype for n in acc for x in ir.loads_of(n.value)}
+    fitting = [d for d in library.values() if {o.dtype for o in d.operands} <= held]
+    others = [d for d in library.values() if d not in fitting] if fitting else []
+
+    def matched(rows: list) -> tuple[list[BodyMatch], SaturationReport]:
+        job = Job(bodies, tuple(Pattern.of(d) for d in rows), budget, rules_off)
+        found, report = saturate(job, in_process=in_process) if acc and rows else \
+            ([], SaturationReport(0, 0, "nothing to match", 0.0))
+        by_body: dict[int, list] = {}
+        for m in found:
+            by_body.setdefault(m.nest, []).append(m)
+        out = [BodyMatch(n, m.intrinsic, tuple(leaves[n][x] for x in m.loads), m.scale)
                for n, u in enumerate(which) for m in by_body.get(u, ())]
-    matches.sort(key=lambda m: (m.nest, m.intrinsic, m.scale, repr(m.loads)))  # as saturate's
-    # on floats, a match that holds only by factoring would move NaN/Inf (rules/algebra.py)
-    matches = [m for m in matches if _ieee_match(acc[m.nest], m, library)]
+        out.sort(key=lambda m: (m.nest, m.intrinsic, m.scale, repr(m.loads)))  # as saturate's
+        # on floats, a match that holds only by factoring would move NaN/Inf (rules/algebra.py)
+        return [m for m in out if _ieee_match(acc[m.nest], m, library)], report
+
+    matches, report = matched(fitting or list(library.values()))
+    unmatched: list = []  # the other rows' matches, once an explanation needs them
+
+    def explained(nest: AccNest, k: int, mine: list) -> Explanation:
+        stage, explanation = _explain_nest(nest, mine, library)
+        if stage >= 2 or not others:
+            return explanation
+        # no row of fitting dtypes got past the dtypes: a row of others may be nearer
+        if not unmatched:
+            unmatched.append(matched(others)[0])
+        return _explain_nest(nest, mine + [m for m in unmatched[0] if m.nest == k], library)[1]
+
     extractor = Extractor(library, names, rules_off)
     counter = iter(range(len(acc)))
 
@@ -246,7 +267,7 @@ def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
         _declare(out.allocs, plan_.allocs)
         out.cost += plan_.cost
         if not any(isinstance(s, Call) for st in plan_.stmts for s in ir.walk_stmts(st)):
-            out.explanations.append(_explain_nest(p, mine, library))
+            out.explanations.append(explained(p, k, mine))
 
     return plan(parts)
 
@@ -626,15 +647,17 @@ def _why_store(s: Stmt, leaf: ir.Store, loops: list[For]) -> str:
 _STAGES = ("operator", "dtype", "access pattern", "extent", "layout")
 
 
-def _explain_nest(nest: AccNest, matches: list, library: dict) -> Explanation:
+def _explain_nest(nest: AccNest, matches: list, library: dict) -> tuple[int, Explanation]:
+    """The nearest row to ``nest`` and the first reason it does not apply, with how far it
+    got (an index into ``_STAGES``; -1 for an empty library)."""
     best: tuple[int, str, str] = (-1, "", "")
     for name, desc in library.items():
         stage, why = _first_failure(nest, desc, [m for m in matches if m.intrinsic == name])
         if stage > best[0]:
             best = (stage, name, why)
     if best[0] < 0:
-        return Explanation(_head(nest.stmt()), None, "no intrinsic is registered for this target")
-    return Explanation(_head(nest.stmt()), best[1], f"{_STAGES[best[0]]}: {best[2]}")
+        return -1, Explanation(_head(nest.stmt()), None, "no intrinsic is registered for this target")
+    return best[0], Explanation(_head(nest.stmt()), best[1], f"{_STAGES[best[0]]}: {best[2]}")
 
 
 def _first_failure(nest: AccNest, desc, matches: list) -> tuple[int, str]:
