@@ -219,16 +219,20 @@ def plan_items(parts: Sequence, library: dict, budget: Budget, names: Names,
         return [m for m in out if _ieee_match(acc[m.nest], m, library)], report
 
     matches, report = matched(fitting or list(library.values()))
-    unmatched: list = []  # the other rows' matches, once an explanation needs them
+    kept = ("other-rows", tuple(d.name for d in others), rules_off)
 
     def explained(nest: AccNest, k: int, mine: list) -> Explanation:
         stage, explanation = _explain_nest(nest, mine, library)
         if stage >= 2 or not others:
             return explanation
-        # no row of fitting dtypes got past the dtypes: a row of others may be nearer
-        if not unmatched:
-            unmatched.append(matched(others)[0])
-        return _explain_nest(nest, mine + [m for m in unmatched[0] if m.nest == k], library)[1]
+        # no row of fitting dtypes got past the dtypes: a row of others may be nearer. Their
+        # matches of each nest are kept in ``memo``, for the search's other plans
+        if kept + (nest,) not in memo:
+            found = matched(others)[0]
+            for n, each in enumerate(acc):
+                memo[kept + (each,)] = tuple(replace(m, nest=0) for m in found if m.nest == n)
+        near = [replace(m, nest=k) for m in memo[kept + (nest,)]]
+        return _explain_nest(nest, mine + near, library)[1]
 
     extractor = Extractor(library, names, rules_off)
     counter = iter(range(len(acc)))

@@ -135,7 +135,7 @@ def nt(A: f32[64, 96], B: f32[80, 96], C: f32[64, 80]):
         for k in range(96):
             C[i, j] += A[i, k] * B[j, k]
 """
-    func = tensorize(parse(src), in_process=True).func
+    func = tensorize(parse(src)).func
     packs = [s for s in walk_stmts(func.body) if isinstance(s, Store)
              and isinstance(s.value, Load) and s.value.buffer.name == "B"]
     assert packs, "the product reads B through a packed copy"
@@ -159,7 +159,7 @@ def q(A: u8[256, 256], B: i8[256, 256], C: i32[256, 256]):
         for k in range(256):
             C[i, j] += i32(A[i, k]) * i32(B[k, j])
 """
-    func = tensorize(parse(src), in_process=True).func
+    func = tensorize(parse(src)).func
     tiles = {s.intrinsic.name for s in walk_stmts(func.body) if isinstance(s, Call)}
     if "x86.mm.u8i8i32.4x16x2" in tiles:
         widened = [b for b in blocks(func) if (b.load.dtype, b.store.buffer.dtype) == ("u8", "i16")]
