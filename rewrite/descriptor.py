@@ -47,9 +47,9 @@ class Layout:
     element the operand's value (the AVX2 int8 tile's u8 and i8 as i16, ``vpmaddwd``'s
     input, and the f16 tile's f16 as f32, so that no call widens them again): ``pack-panel``
     stores its copy of the operand so, as the value cast (``i16(B[k, j])``, ``f32(B[k, j])``:
-    exact, the wider type holding every value of the narrower). A call may read the operand from a buffer of either dtype (``verify``); the
-    call means its semantics on the values the window holds (``calls.expand_calls``), and
-    those of a widened copy are the source's.
+    exact, the wider type holding every value of the narrower). A call may read the operand
+    from a buffer of either dtype (``verify``); the call means its semantics on the values
+    the window holds (``calls.expand_calls``), and those of a widened copy are the source's.
     """
 
     unit_stride: tuple[int, ...] = ()

@@ -232,7 +232,7 @@ def panels(draw, rows_first=st.booleans()):
     return HEADER + f"""
 @prim_func
 def panel(A: {src}[{rows * outer + r0}, {cols * along + c0}], P: {dst}[{shape}]):
-    for o, k_o, {tile} in grid({outer}, {along}, {rows if rows_first else cols}, {cols if rows_first else rows}):
+    for o, k_o, {tile} in grid({shape}):
         P[o, k_o, {tile}] = {value}
 """
 
