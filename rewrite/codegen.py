@@ -411,20 +411,33 @@ class _BodyEmitter:
 
         counted_loop(self.b, start, stop, body, known_nonempty)
 
+    def _moved(self, first: ir.Value, k: int) -> ir.Value:
+        """``first + k``, as an index (``first`` itself for 0)."""
+        return self.b.add(first, _i64(k), flags=("nsw",)) if k else first
+
+    def _run(self, load: Load, dst: str, n: int) -> ir.Value:
+        """``n`` elements of ``load`` from where the loop variables now put it, one vector
+        load widened to ``dst`` (a copy's integer cast, ``_copied``)."""
+        src = load.dtype
+        run = self.b.load(self.address(load.buffer, load.indices),
+                          typ=ir.VectorType(lltype(src), n), align=itemsize(src))
+        if bits(src) == bits(dst):
+            return run
+        wide = ir.VectorType(lltype(dst), n)
+        return self.b.sext(run, wide) if is_signed(src) else self.b.zext(run, wide)
+
     def block_copy(self, s: For, block: BlockCopy) -> None:
         """``s``'s iterations ``block.chunk`` at a time: each block of the store's elements
         read as contiguous runs of ``block.run`` elements of the source, cast, permuted into
         the store's order by one shufflevector, stored whole; the iterations left over
         element by element."""
-        store, load = block.store, block.load
-        src, dst = load.dtype, store.buffer.dtype
+        store, dst = block.store, block.store.buffer.dtype
         blocks = (s.stop - s.start) // block.chunk
 
         def place(first: ir.Value, at: dict) -> None:  # the loops' values at a block's corner
             for loop in block.loops:
                 k = at.get(loop.var, 0)
-                self.vars[loop.var] = (self.b.add(first, _i64(k), flags=("nsw",)) if k
-                                       else first) if loop is s else _i64(loop.start + k)
+                self.vars[loop.var] = self._moved(first, k) if loop is s else _i64(loop.start + k)
 
         def body(q: ir.Value) -> None:
             first = self.b.add(self.b.mul(q, _i64(block.chunk), flags=("nsw",)), _i64(s.start),
@@ -432,12 +445,7 @@ class _BodyEmitter:
             runs = []
             for at in itertools.product(*(range(block.extent[v]) for v in block.others)):
                 place(first, dict(zip(block.others, at)))
-                run = self.b.load(self.address(load.buffer, load.indices),
-                                  typ=ir.VectorType(lltype(src), block.run), align=itemsize(src))
-                if bits(src) != bits(dst):
-                    wide = ir.VectorType(lltype(dst), block.run)
-                    run = self.b.sext(run, wide) if is_signed(src) else self.b.zext(run, wide)
-                runs.append(run)
+                runs.append(self._run(block.load, dst, block.run))
             place(first, {})
             self.b.store(shuffle(self.b, concat(self.b, runs), None, block.lanes),
                          self.address(store.buffer, store.indices), align=itemsize(dst))
@@ -455,15 +463,11 @@ class _BodyEmitter:
         left over element by element."""
         s, t, w = tr.outer, tr.inner, tr.width
         read = t.var if tr.stored == s.var else s.var
-        store, load = tr.store, tr.load
-        src, dst = load.dtype, store.buffer.dtype
+        store, dst = tr.store, tr.store.buffer.dtype
         b = self.b
         rows = b.sdiv(b.sub(stop, start, flags=("nsw",)), _i64(w))
         cols = (t.stop - t.start) // w
         split = b.add(start, b.mul(rows, _i64(w), flags=("nsw",)), flags=("nsw",))
-
-        def at(v: str, first: ir.Value, k: int) -> None:
-            self.vars[v] = b.add(first, _i64(k), flags=("nsw",)) if k else first
 
         def row(q: ir.Value) -> None:
             s0 = b.add(b.mul(q, _i64(w), flags=("nsw",)), start, flags=("nsw",))
@@ -471,20 +475,18 @@ class _BodyEmitter:
             def block(r: ir.Value) -> None:
                 t0 = b.add(b.mul(r, _i64(w), flags=("nsw",)), _i64(t.start), flags=("nsw",))
                 first = {s.var: s0, t.var: t0}
+
+                def at(i: int, j: int) -> None:  # i along the loop read, j along the other
+                    self.vars[read] = self._moved(first[read], i)
+                    self.vars[tr.stored] = self._moved(first[tr.stored], j)
+
                 runs = []
-                for j in range(w):  # lane j * w + i: A at i along the loop read, j along the other
-                    at(read, first[read], 0)
-                    at(tr.stored, first[tr.stored], j)
-                    run = b.load(self.address(load.buffer, load.indices),
-                                 typ=ir.VectorType(lltype(src), w), align=itemsize(src))
-                    if bits(src) != bits(dst):
-                        wide = ir.VectorType(lltype(dst), w)
-                        run = b.sext(run, wide) if is_signed(src) else b.zext(run, wide)
-                    runs.append(run)
+                for j in range(w):  # lane j * w + i of the runs joined: A at (i, j)
+                    at(0, j)
+                    runs.append(self._run(tr.load, dst, w))
                 joined = concat(b, runs)
                 for i in range(w):
-                    at(read, first[read], i)
-                    at(tr.stored, first[tr.stored], 0)
+                    at(i, 0)
                     b.store(shuffle(b, joined, None, [j * w + i for j in range(w)]),
                             self.address(store.buffer, store.indices), align=itemsize(dst))
                 del self.vars[s.var], self.vars[t.var]
