@@ -7,16 +7,15 @@ and copies that read in their store's order do not."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from rewrite import lower, runtime
 from rewrite.codegen import block_copy, block_transpose
 from rewrite.inputs import random_args
-from rewrite.interp import run
 from rewrite.ir import Call, For, Load, Store, walk_stmts
 from rewrite.script import parse
+from .test_codegen import compiled_and_interpreted
 
 HEADER = "from rewrite.script import prim_func, grid, u8, i8, i16, i32, f32, f16, f64\n"
 
@@ -26,28 +25,32 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TENSORIZE_CACHE_DIR", str(tmp_path / "cache"))
 
 
+def _lowered(func, find) -> list:
+    """What ``find`` says of each loop of ``func`` as codegen meets it (after lowering,
+    which may reorder loops or unroll one across rows; a parallel body's outer loop
+    included), where it says something."""
+    return [x for body in lower.lower(func).bodies for s in walk_stmts(body.stmt)
+            if isinstance(s, For) if (x := find(s)) is not None]
+
+
 def blocks(func) -> list:
-    """The copies of ``func`` that codegen emits in blocks (after lowering: ``lower`` may
-    reorder loops, or unroll one across rows)."""
-    return [b for body in lower.lower(func).bodies for s in walk_stmts(body.stmt)
-            if isinstance(s, For) if (b := block_copy(s)) is not None]
+    """The copies of ``func`` that codegen emits in blocks."""
+    return _lowered(func, block_copy)
 
 
 def transposes(func) -> list:
-    """The transposes of ``func`` that codegen emits in square blocks (a parallel body's
-    outer loop included)."""
-    return [t for body in lower.lower(func).bodies for s in walk_stmts(body.stmt)
-            if isinstance(s, For) if (t := block_transpose(s)) is not None]
+    """The transposes of ``func`` that codegen emits in square blocks."""
+    return _lowered(func, block_transpose)
 
 
 def assert_compiled_is_interpreted(func, seed=0, threads=1):
-    args = random_args(func, seed=seed)
-    want = run(func, **args)
-    got = {name: np.array(a, copy=True) for name, a in args.items()}
-    runtime.compile(func, threads=threads)(**got)
-    for b in func.outputs:
-        # bit for bit, NaN payloads and signed zeros included
-        assert want[b.name].tobytes() == got[b.name].tobytes(), b.name
+    """Bit for bit, NaN payloads and signed zeros included: on finite inputs, and on inputs
+    half of whose float elements are NaN, +-Inf, +-0 or subnormal."""
+    for special in (False, True):
+        args = random_args(func, seed, special=special, density=0.5 if special else None)
+        want, got = compiled_and_interpreted(func, args, threads)
+        for b in func.outputs:
+            assert want[b.name].tobytes() == got[b.name].tobytes(), b.name
 
 
 # the int8 A panel of the 4x16x2 tile: u8 widened to i16 pairs over four rows
