@@ -19,7 +19,6 @@ from rewrite.script import f16, f32, f64, grid, i8, i32, u8  # noqa: F401 - name
 
 from .base import Layout, intrinsic
 
-F32X8 = ir.VectorType(ir.FloatType(), 8)
 AVX2_FMA = ("avx", "avx2", "fma")
 
 
@@ -31,7 +30,12 @@ def _fma(b: ir.IRBuilder, x: ir.Value, y: ir.Value, z: ir.Value) -> ir.Value:
     return b.call(fn, [x, y, z])
 
 
-NEG_ZERO = ir.Constant(F32X8, [-0.0] * 8)  # x + -0.0 is x for every x, -0.0 included
+def _negative_zeros(dtype: str, n: int) -> ir.Constant:
+    """``n`` lanes of -0.0: x + -0.0 is x for every x, -0.0 included (an accumulator's start)."""
+    return ir.Constant(ir.VectorType(lltype(dtype), n), [-0.0] * n)
+
+
+NEG_ZERO = _negative_zeros("f32", 8)
 
 
 def _alternate(b: ir.IRBuilder, acc: list, update) -> list:
@@ -187,7 +191,7 @@ class MmF32(Emitter):
     starts_fresh = True
 
     def fresh_acc(self, b, ops):
-        zero = ir.Constant(ir.VectorType(lltype(self.dtype), self.width), [-0.0] * self.width)
+        zero = _negative_zeros(self.dtype, self.width)
         one = [[zero] * self.halves for _ in range(self.rows)]
         return one if self.sets == 1 else [one, [list(r) for r in one]]
 
@@ -284,9 +288,11 @@ def avx512_mm_f16f32_8x32x1(c: f32[8, 32], a: f16[8, 1], b: f16[1, 32]):
 
 # The same tiles on doubles: a ymm register holds 4, so the 6-row tile is 6 x 8 for the same
 # 12 FMAs a step (PolyBench's programs are f64), and its remainder rows alike.
+_F64_TILE = {"c": Layout((1,), 8), "b": Layout((1,), 8)}
+
 @intrinsic("x86.mm.f64.6x8x1", isa=AVX2_FMA, cost=6.0,
            emitter=MmF32(rows=6, width=4, dtype="f64"),
-           layout={"c": Layout((1,), 8), "b": Layout((1,), 8)})
+           layout=_F64_TILE)
 def mm_f64_6x8x1(c: f64[6, 8], a: f64[6, 1], b: f64[1, 8]):
     for i, j, k in grid(6, 8, 1):
         c[i, j] += a[i, k] * b[k, j]
@@ -294,7 +300,7 @@ def mm_f64_6x8x1(c: f64[6, 8], a: f64[6, 1], b: f64[1, 8]):
 
 @intrinsic("x86.mm.f64.4x8x1", isa=AVX2_FMA, cost=4.5,
            emitter=MmF32(rows=4, width=4, dtype="f64"),
-           layout={"c": Layout((1,), 8), "b": Layout((1,), 8)})
+           layout=_F64_TILE)
 def mm_f64_4x8x1(c: f64[4, 8], a: f64[4, 1], b: f64[1, 8]):
     for i, j, k in grid(4, 8, 1):
         c[i, j] += a[i, k] * b[k, j]
@@ -302,7 +308,7 @@ def mm_f64_4x8x1(c: f64[4, 8], a: f64[4, 1], b: f64[1, 8]):
 
 @intrinsic("x86.mm.f64.2x8x1", isa=AVX2_FMA, cost=2.5,
            emitter=MmF32(rows=2, width=4, sets=2, dtype="f64"),
-           layout={"c": Layout((1,), 8), "b": Layout((1,), 8)})
+           layout=_F64_TILE)
 def mm_f64_2x8x1(c: f64[2, 8], a: f64[2, 1], b: f64[1, 8]):
     for i, j, k in grid(2, 8, 1):
         c[i, j] += a[i, k] * b[k, j]
@@ -310,7 +316,7 @@ def mm_f64_2x8x1(c: f64[2, 8], a: f64[2, 1], b: f64[1, 8]):
 
 @intrinsic("x86.avx512.mm.f64.8x16x1", isa=("avx512f", "fma"), cost=8.0,
            emitter=MmF32(rows=8, width=8, dtype="f64"),
-           layout={"c": Layout((1,), 8), "b": Layout((1,), 8)})
+           layout=_F64_TILE)
 def avx512_mm_f64_8x16x1(c: f64[8, 16], a: f64[8, 1], b: f64[1, 16]):
     for i, j, k in grid(8, 16, 1):
         c[i, j] += a[i, k] * b[k, j]
@@ -339,7 +345,7 @@ class GemvF32(Emitter):
         self.unroll = sets  # the sets trade places every step
         self.shapes = {"c": (rows,), "a": (rows, width), "b": (width,)}
         self.dtypes = {"c": dtype, "a": dtype, "b": dtype}
-        self.zero = ir.Constant(ir.VectorType(lltype(dtype), width), [-0.0] * width)
+        self.zero = _negative_zeros(dtype, width)
 
     def load_acc(self, b, ops):
         return [load_row(b, ops["c"], (0,), 0, self.rows), [[self.zero] * self.rows] * self.sets]
@@ -429,7 +435,7 @@ class AxpyRows(Emitter):
         n = vectors * width
         self.shapes = {"c": (n,), "a": (1,), "b": (n,)}
         self.dtypes = {"c": dtype, "a": dtype, "b": dtype}
-        self.zero = ir.Constant(ir.VectorType(lltype(dtype), width), [-0.0] * width)
+        self.zero = _negative_zeros(dtype, width)
 
     def load_acc(self, b, ops):
         w = self.width
@@ -493,7 +499,7 @@ class GemvtF32(Emitter):
     def __init__(self, rows: int, width: int):
         self.rows, self.width = rows, width
         self.shapes = {"c": (width,), "a": (rows, width), "b": (rows,)}
-        self.zero = ir.Constant(ir.VectorType(ir.FloatType(), width), [-0.0] * width)
+        self.zero = _negative_zeros("f32", width)
 
     def _terms(self, b, ops):
         return [(splat(b, load_scalar(b, ops["b"], (i,)), self.width),
