@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import re
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
@@ -139,7 +140,52 @@ def target_machine() -> llvm.TargetMachine:
 @functools.lru_cache(maxsize=None)
 def target_id() -> str:
     """What compiled code depends on besides the program; part of every cache key."""
-    return "|".join((llvm.get_process_triple(), *_cpu_and_features(), f"llvmlite-{llvmlite.__version__}"))
+    math_library = "+libmvec" if vector_math() else ""
+    return "|".join((llvm.get_process_triple(), *_cpu_and_features(),
+                     f"llvmlite-{llvmlite.__version__}{math_library}"))
+
+
+# glibc's vector math library (libmvec) by the vector type of LLVM's exp intrinsic, with the
+# host feature each variant needs (the x86-64 vector function ABI: ``b`` SSE, ``d`` AVX2,
+# ``e`` AVX-512). LLVM's loop vectoriser turns a loop's ``llvm.exp.f32`` into
+# ``llvm.exp.v8f32``, which the code generator would split into eight calls of ``expf``.
+_VECTOR_EXP = {
+    "v4f32": ("_ZGVbN4v_expf", "sse4.1"), "v8f32": ("_ZGVdN8v_expf", "avx2"),
+    "v16f32": ("_ZGVeN16v_expf", "avx512f"),
+    "v2f64": ("_ZGVbN2v_exp", "sse4.1"), "v4f64": ("_ZGVdN4v_exp", "avx2"),
+    "v8f64": ("_ZGVeN8v_exp", "avx512f"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def vector_math() -> dict[str, str]:
+    """The vector exp functions this process can call, by LLVM vector type (``v8f32``): the
+    libmvec variants whose feature the host has, once ``libmvec.so.1`` is loaded into the
+    process (the JIT links against the process's symbols); none where it cannot be (no glibc,
+    or one older than 2.22)."""
+    try:
+        llvm.load_library_permanently("libmvec.so.1")
+    except RuntimeError:
+        return {}
+    host = llvm.get_host_cpu_features()
+    return {ty: name for ty, (name, feature) in _VECTOR_EXP.items() if host.get(feature)}
+
+
+def _vector_exp_calls(ref: llvm.ModuleRef) -> llvm.ModuleRef:
+    """``ref`` with each call of a vector exp intrinsic that libmvec has a variant for calling
+    that variant: same arguments, same lanes, each lane libmvec's exp (within 4 ulp of the
+    exact value, glibc's bound; NaN, infinities, overflow and subnormal results handled as
+    ``exp`` does)."""
+    declared = {f.name for f in ref.functions if f.is_declaration}
+    names = {f"llvm.exp.{ty}": name for ty, name in vector_math().items()
+             if f"llvm.exp.{ty}" in declared}
+    if not names:
+        return ref
+    text = re.sub(r"@(llvm\.exp\.v\d+f(?:32|64))\b",
+                  lambda m: "@" + names.get(m.group(1), m.group(1)), str(ref))
+    out = llvm.parse_assembly(text)
+    out.verify()
+    return out
 
 
 def new_module(name: str) -> ir.Module:
@@ -175,7 +221,7 @@ def optimize(module: ir.Module) -> llvm.ModuleRef:
     tuning.loop_unrolling = False
     builder = llvm.create_pass_builder(target_machine(), tuning)
     builder.getModulePassManager().run(ref, builder)
-    return ref
+    return _vector_exp_calls(ref)
 
 
 def object_code(ref: llvm.ModuleRef) -> bytes:

@@ -267,6 +267,33 @@ def test_exp_within_a_few_ulps(dtype):
     np.testing.assert_allclose(g[finite], w[finite], rtol=4 * np.finfo(w.dtype).eps)
 
 
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_vectorised_exp_within_a_few_ulps_of_the_exact_value(dtype):
+    # a loop long enough for LLVM to vectorise, whose vector exp runs on libmvec where the
+    # host has it: every lane of every variant, against exp in a wider type
+    rng = np.random.default_rng(7)
+    top = 89.0 if dtype == "f32" else 710.0
+    a = rng.uniform(-top - 16, top, 8192).astype(_np(dtype))
+    specials = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, top - 0.3, top + 0.1,
+                -top + 1.5, -top - 14.0, -top - 15.9]
+    a[1000:1000 + len(specials)] = specials  # inside the vector loop, not its remainder
+    func = unary_kernel(dtype, dtype, "exp(A[i])", a.size)
+    ll = runtime.emit_llvm(func)
+    if codegen.vector_math():
+        assert any(f"@{name}(" in ll for name in codegen.vector_math().values()), ll
+    assert "@llvm.exp.v" not in ll or not codegen.vector_math()
+    want, got = compiled_and_interpreted(func, {"A": a, "B": np.zeros_like(a)})
+    g = got["B"]
+    exact = np.exp(a.astype(np.longdouble if dtype == "f64" else np.float64))
+    with np.errstate(over="ignore"):
+        rounded = exact.astype(a.dtype)
+    special = ~np.isfinite(rounded) | (rounded == 0)
+    np.testing.assert_array_equal(g[special], want["B"][special])  # NaN, inf, 0 as numpy
+    spacing = np.spacing(rounded[~special]).astype(exact.dtype)
+    ulps = np.abs(g[~special].astype(exact.dtype) - exact[~special]) / spacing
+    assert ulps.max() <= 4, ulps.max()
+
+
 @pytest.mark.parametrize("dtype", ["f16", "f32", "f64"])
 def test_nan_propagates_through_max_and_min(dtype):
     func = binary_kernel(dtype, dtype, "max(A[i], B[i]) + min(B[i], A[i])", 3)
