@@ -686,9 +686,12 @@ class _Builder:
         (padding's writeback). Its floor: the stage's price and ``_nest_floor`` of its nest.
         Bindings that need the same copies share one temporary, so its name is made once,
         and one candidate (``seen``)."""
-        reqs = stage.pick(nest, desc, b)
-        if reqs is None:
-            return []
+        picked = stage.pick(nest, desc, b)
+        keys = [] if picked is None else picked if isinstance(picked, list) else [picked]
+        return [c for reqs in keys for c in self._staged(stage, nest, reqs, matches, depth, seen)]
+
+    def _staged(self, stage, nest: AccNest, reqs, matches, depth: int, seen: set) -> list:
+        """``_packed``'s candidate for one key ``reqs`` of ``stage``."""
         key = (stage.name, nest, matches, reqs)
         if key in seen:
             return []
@@ -697,7 +700,8 @@ class _Builder:
             self.ex._packs[key] = stage.build(nest, reqs, self.ex.stage_names())
         packing = self.ex._packs[key]
         copies = stage.price(packing)  # what runs after the nest included
-        moved = tuple(x for x in (packing.match(m) for m in matches) if x is not None)
+        moved = tuple(x for x in (packing.match(m, self.ex.library[m.intrinsic]) for m in matches)
+                      if x is not None)
 
         def plan(ref):
             sub = self.nest(packing.nest, moved, depth, False)

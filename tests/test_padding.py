@@ -231,6 +231,57 @@ def test_copies_that_change_the_layout_are_priced_as_packing_copies():
     assert padding.price(stage) > padding.price(plain) + cost.PER_PACKING - cost.PER_PADDED_TEMP
 
 
+def test_candidates_are_the_whole_padding_then_each_proper_subset_of_its_loops():
+    """f32 30 x 30 x 30 on the 6 x 16 tile rounds j alone (6 divides 30), one candidate;
+    31 x 30 rounds i and j, then i alone and j alone (the loop left as it is keeps a
+    remainder)."""
+    nest = _nest(_s(30, 30, 30))
+    desc, b = _binding(nest, MM, ("A", "B"))
+    (whole,) = padding.candidates(nest, desc, b)
+    assert whole == padding.requests(nest, desc, b) and whole.family is None
+    nest = _nest(_s(31, 30, 30))
+    desc, b = _binding(nest, MM, ("A", "B"))
+    whole, *some = padding.candidates(nest, desc, b)
+    assert whole.family is None and {x for x, _ in whole.padded} == {"i", "j"}
+    assert [x.padded for x in some] == [(("i", 36),), (("j", 32),)]
+    # each planned on the tile and its siblings along the loop left as it is: i rounded
+    # alone leaves j's remainder to tiles of other widths, j alone i's to the 4- and 2-row
+    rows = [intrinsics.get(n) for n in (MM, "x86.mm.f32.4x16x1", "x86.mm.f32.2x16x1")]
+    assert [x.family == padding.siblings(rows[1], x.family[0]) for x in some] == [False, True]
+    assert some[1].family == padding.siblings(rows[2], ("i",)) != padding.siblings(
+        intrinsics.get("x86.mm.u8i8i32.4x16x2"), ("i",))
+    # j rounded alone copies B and the output, not A
+    assert {ld.buffer.name for ld, _, _ in some[1].loads} == {"B"}
+
+
+def test_a_subset_keeps_the_short_loops_and_the_loops_copied_in_blocks():
+    """u8 x i8 64 x 12 x 30 on the 16 x 4 dot: j (12 < 16) must be rounded in every
+    candidate; 30 x 30 x 30: B is copied in [16, 4] blocks of j and k, so neither is left
+    unrounded (a block copy of 30 columns in blocks of 16 would index past its temporary)."""
+    nest = _nest(_q(64, 12, 30))
+    desc, b = _binding(nest, DOT, ("A", "B"), short=True)
+    assert all(dict(x.padded).get("j") == 16 for x in padding.candidates(nest, desc, b))
+    nest = _nest(_q(30, 30, 30))
+    desc, b = _binding(nest, DOT, ("A", "B"))
+    assert [dict(x.padded) for x in padding.candidates(nest, desc, b)] == [{"j": 32, "k": 32}]
+
+
+def test_doitgen_pads_its_columns_and_leaves_its_rows_to_the_other_tiles():
+    """doitgen's 50 x 40 rows of 60 columns: C4 padded to 64 columns, the output padded
+    with it, A read in place (no copy of its rows), the two rows past 48 on tiles along q;
+    nothing scalar but the copy back, and the kernel checks."""
+    func = parse_file(Path(__file__).parents[1] / "corpus" / "doitgen.py")["doitgen_local_sum"]
+    result = tensorize(func, AVX2)
+    shapes = {b.name: b.shape for b in result.func.allocs}
+    assert shapes == {"C4_pad": (60, 64), "sumx_pad": (50, 40, 64)}, show(result.func)
+    assert {c.intrinsic.name for c in _calls(result.func)} <= {MM, "x86.mm.f32.4x16x1"}
+    assert all(c.window("a").buffer.name == "A" for c in _calls(result.func))
+    off = tensorize(func, AVX2, rules_off={"padding"})
+    assert result.cost < off.cost
+    check = runtime.check(func, result.compile())
+    assert check.ok, check.message
+
+
 def test_padding_off_by_name_keeps_the_remainders():
     result = tensorize(_q(30, 30, 30), _rows(DOT), rules_off={"padding"})
     assert not result.func.allocs

@@ -23,16 +23,17 @@ Kinds
     floats, up to rounding; one that moves NaN or Inf (``factor-mul``) is caught by the
     pipeline's IEEE check of each match (``algebra.ieee_equal``).
 
-``nest-stage``: ``requests(nest, desc, binding) -> key | None``,
+``nest-stage``: ``requests(nest, desc, binding) -> key | list of keys | None``,
 ``build(nest, key, names) -> staged``, ``price(staged) -> float``
     A rewrite the extractor (``extract.py``) weighs for each binding of an intrinsic that
     carries no constant factor (also for bindings to loops shorter than the intrinsic's dims
     but at least half as long, ``match.bindings(short=True)``): ``requests`` says what to
-    change (None: nothing it can do); the extractor builds it once per key, nest and
+    change (None: nothing it can do; a list: each key is its own candidate); the extractor
+    builds it once per key, nest and
     matches, and plans ``staged.nest`` again, without nest stages, after ``staged.copies``
     (statements filling the temporaries ``staged.buffers``) and before ``staged.after``
-    (statements reading them back), each match read through ``staged.match`` (None: that
-    match is not planned on the new nest). ``price`` is what the copies and ``after`` cost
+    (statements reading them back), each match read through ``staged.match(match, desc)``
+    (``desc`` its intrinsic; None: that match is not planned on the new nest). ``price`` is what the copies and ``after`` cost
     (``cost.py``); a stage whose price and cheapest conceivable calls exceed the best plan
     found so far is not planned (``extract._Builder``). ``Family.depth`` bounds the remainder nests it is
     weighed on. Obligation: the copies, the new nest and ``after`` together compute what
@@ -178,7 +179,7 @@ FAMILIES = (
     Family("pack-operand", NEST_STAGE, "layout", ("requests", "pack", "price"), "pack-operand"),
     # padding only the nests the function has: padded remainders measured slower than the
     # nest padded whole wherever the cost model preferred them (rules/padding.py)
-    Family("padding", NEST_STAGE, "padding", ("requests", "pad", "price"), "pad-to-tile",
+    Family("padding", NEST_STAGE, "padding", ("candidates", "pad", "price"), "pad-to-tile",
            depth=0),
     Family("pack-panel", CALLS_STAGE, "layout", ("panel_operands", "pack_panel"), "pack-panel"),
     Family("expand", SPANS, "expand", ("spans",), "scalar expansion"),

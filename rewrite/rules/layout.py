@@ -55,8 +55,9 @@ class Packing:
     def after(self) -> tuple[Stmt, ...]:
         return ()  # the nest reads the copies; nothing to bring back
 
-    def match(self, m: BodyMatch) -> BodyMatch:
-        """``m`` with its operand loads read from the packed copies."""
+    def match(self, m: BodyMatch, desc=None) -> BodyMatch:
+        """``m`` with its operand loads read from the packed copies (of any intrinsic
+        ``desc``)."""
         new = dict(self.loads)
         return BodyMatch(m.nest, m.intrinsic, tuple(new.get(x, x) for x in m.loads), m.scale)
 

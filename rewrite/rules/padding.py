@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -79,8 +79,9 @@ import numpy as np
 from .. import cost, ir
 from ..affine import Affine, affine
 from ..ir import Accumulate, Buffer, Const, Expr, For, Load, Stmt, Store, Var
-from ..match import BodyMatch, Binding, affine_expr
+from ..match import BodyMatch, Binding, affine_expr, semantics_value
 from ..names import Names
+from ..printer import show_expr
 from ..nests import AccNest, Dim
 
 
@@ -102,6 +103,9 @@ class Request:
     split: tuple[tuple[str, int], ...]
     loads: tuple[tuple[Load, tuple[Axis, ...], bool], ...]
     out_axes: Optional[tuple[Axis, ...]]
+    # the padded nest is planned on ``intrinsic`` alone, or, where some loops are left as
+    # they are, also on its siblings along the dims bound to those loops (``siblings``)
+    family: Optional[tuple] = None
 
 
 @dataclass(frozen=True)
@@ -117,16 +121,19 @@ class Padding:
     intrinsic: str  # the one the extents were rounded for
     # temporaries laid out otherwise than what they copy: transposed, in blocks, duplicated
     relaid: tuple[Buffer, ...] = ()
+    family: Optional[tuple] = None  # ``Request.family``
 
     @property
     def elements(self) -> int:
         return sum(b.size for b in self.buffers)
 
-    def match(self, m: BodyMatch) -> Optional[BodyMatch]:
-        """``m`` with its operand loads read from the padded copies; None for a match of
-        another intrinsic than the one the extents were rounded for (the padded nest is
-        planned on that one alone: the others had the unpadded nest)."""
-        if m.intrinsic != self.intrinsic:
+    def match(self, m: BodyMatch, desc) -> Optional[BodyMatch]:
+        """``m`` (of intrinsic ``desc``) with its operand loads read from the padded copies;
+        None for a match of another intrinsic than the one the extents were rounded for,
+        unless, where loops were left unrounded, it is a sibling of that one along them
+        (``siblings``): the other intrinsics had the unpadded nest."""
+        if m.intrinsic != self.intrinsic and (
+                self.family is None or siblings(desc, self.family[0]) != self.family):
             return None
         new = dict(self.loads)
         return BodyMatch(m.nest, m.intrinsic, tuple(new.get(x, x) for x in m.loads), m.scale)
@@ -171,18 +178,65 @@ def _unit_dim(desc, op, bound: dict) -> Optional[str]:
     return _bound_dim(op, need.unit_stride[-1], bound)
 
 
-def requests(nest: AccNest, desc, b: Binding) -> Optional[Request]:
+def candidates(nest: AccNest, desc, b: Binding) -> list[Request]:
+    """The ways ``pad-to-tile`` may pad ``nest`` for binding ``b``: every bound loop the
+    intrinsic's dim does not divide rounded up (``requests``), then each proper subset of
+    those loops that holds the loops shorter than their dim and the reduction loops, the
+    output's loops left out running as remainders on the intrinsic and its ``siblings``
+    along them. A batched
+    product of 50 x 40 rows of 60 columns on the 6 x 16 tile pads its columns to 64 and
+    leaves the 2 rows past 48 to the 4-row tile, where rounding the rows too would copy
+    every row of A. A reduction loop left to a remainder splits every output tile's sum
+    in two nests, which the prices undercharge: an int8 convolution with 30 input and
+    output channels that rounded its output channels alone, its last input channels on
+    the 4 x 16 x 2 tile, measured 85 against 44 us padded whole (Zen 3)."""
+    whole = requests(nest, desc, b)
+    if whole is None:
+        return []
+    extent_of = {d.name: d.extent for d in desc.dims}
+    dims = {d.name: d for d in nest.dims}
+    moving = {d for d in dims if any(_uses(affine(i), d) for i in nest.indices)}
+    kept = {p for it, p in b.dims if p is not None and dims[p].extent < extent_of[it]}
+    loops = [d for d, _ in whole.padded]
+    kept |= {d for d in loops if d not in moving}
+    out = [whole]
+    for k in range(1, len(loops)):
+        for some in itertools.combinations(loops, k):
+            if kept <= set(some):
+                req = requests(nest, desc, b, frozenset(some))
+                if req is not None:
+                    left = tuple(sorted(it for it, p in b.dims if p in loops and p not in some))
+                    out.append(replace(req, family=siblings(desc, left)))
+    return out
+
+
+def siblings(desc, dims: tuple[str, ...]) -> tuple:
+    """What ``desc`` shares with the intrinsics that differ from it only in the extents of
+    its iteration dims ``dims`` (the 4- and 2-row f32 tiles of the 6-row one, along its
+    rows): the loops a padded nest leaves unrounded keep remainders that run on those, the
+    kernel of the same shape on fewer rows. Any other intrinsic reads the operands
+    otherwise (a 4 x 16 x 2 int8 tile's remainder on the 2 x 16 x 4 one read its input in
+    place, two bytes a step, and measured twice as slow as padding the nest whole)."""
+    return (dims,
+            tuple((d.name, d.kind, None if d.name in dims else d.extent) for d in desc.dims),
+            tuple((o.name, o.dtype, o.role, o.dims) for o in desc.operands),
+            tuple(sorted((k, repr(v)) for k, v in desc.layout.items())),
+            show_expr(semantics_value(desc)))
+
+
+def requests(nest: AccNest, desc, b: Binding,
+             rounds: Optional[frozenset[str]] = None) -> Optional[Request]:
     """What ``pad-to-tile`` would do for binding ``b``: round up every bound loop the
-    intrinsic's dim does not divide. None when no loop needs it, an index is not affine,
-    or a rounded reduction loop cannot be padded soundly (a load that does not use it, or
-    no pads giving a zero term: see the module's docstring). An input whose ``Layout``
-    wants one contiguous block per call is copied in blocks: the loops of its tiled dims
-    are split by the tile."""
+    intrinsic's dim does not divide (of ``rounds``, when given). None when no loop needs
+    it, an index is not affine, or a rounded reduction loop cannot be padded soundly (a
+    load that does not use it, or no pads giving a zero term: see the module's docstring).
+    An input whose ``Layout`` wants one contiguous block per call is copied in blocks: the
+    loops of its tiled dims are split by the tile."""
     extent_of = {d.name: d.extent for d in desc.dims}
     dims = {d.name: d for d in nest.dims}
     padded: dict[str, int] = {}
     for it, p in b.dims:
-        if p is None:
+        if p is None or (rounds is not None and p not in rounds):
             continue
         n, e = extent_of[it], dims[p].extent
         if e % n:
@@ -221,6 +275,8 @@ def requests(nest: AccNest, desc, b: Binding) -> Optional[Request]:
         else:
             axes = _axes(maps[ld], nest.dims, _unit_dim(desc, op, bound) if op else None)
         copied.append((ld, axes, ld in negative))
+    if any((padded.get(p) or dims[p].extent) % n for p, n in split.items()):
+        return None  # a loop copied in blocks of the tile but left unrounded
     out_axes = None
     if len(reduction) < len(padded):
         out_axes = _axes(out_maps, nest.dims, _unit_dim(desc, desc.output, bound))
@@ -351,7 +407,7 @@ def pad(nest: AccNest, req: Request, names: Names) -> Padding:
             relaid.append(out)
         indices = tuple(nest_index(a) for a in axes)
     return Padding(tuple(copies), tuple(buffers), AccNest(tuple(new_dims), out, indices, value),
-                   tuple(loads), tuple(after), req.intrinsic, tuple(relaid))
+                   tuple(loads), tuple(after), req.intrinsic, tuple(relaid), req.family)
 
 
 def _plain(x: Load) -> bool:
