@@ -1,6 +1,7 @@
 """The rule families (rewrite/rules/__init__.py): each kind documented, every family's hooks
 load, and ``rules_off`` leaves a family out of the program chosen."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -238,7 +239,9 @@ def test_doitgen_as_written_runs_on_intrinsics_through_the_expanded_row():
     func = parse_file(Path(__file__).parent.parent / "corpus" / "doitgen.py")["doitgen"]
     result = tensorize(func, lib.library("x86-avx2"))
     assert result.coverage >= 0.9, result.report()
-    assert "sum[p] = sumx[49, 39, p]" in show(result.func)
+    # the row restored from the expanded one's last (read from its padded copy where the
+    # product pads its columns: tidy's forward-copy)
+    assert re.search(r"sum\[p\] = (0\.0 \+ )?sumx(_pad)?\[49, 39, p\]", show(result.func))
     assert runtime.check(func, result.compile()).ok
     off = tensorize(func, lib.library("x86-avx2"), rules_off=("expand",))
     assert off.coverage == 0.0 and "sumx" not in show(off.func)
