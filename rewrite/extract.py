@@ -523,7 +523,8 @@ def _price(desc, b: Binding, windows, unit_ok: bool, streams, blocked_streams=No
     """The binding's calls on these windows: their cost, strided panels (priced on the
     nest's own order, as ``cost.streamed`` was fitted), inputs read again (on the blocked
     order the calls run in), split blocks."""
-    return cost.calls(desc, b.tiles, unit_ok) + cost.streamed(b.tiles, streams, blocked_streams) + \
+    return cost.calls(desc, b.tiles, unit_ok) + \
+        cost.streamed(b.tiles, streams, blocked_streams, l2_bytes()) + \
         cost.unblocked(desc, b.tiles, windows)
 
 

@@ -185,6 +185,7 @@ class Stream:
     unit: bool = True
     reused: bool = False
     apart: int = 0  # bytes between a call's runs (rows of A), 0 for one run
+    footprint: int = 0  # bytes of the buffer it reads
 
     @property
     def contiguous(self) -> bool:
@@ -237,7 +238,8 @@ def streams(desc, windows: dict[str, Window], inner: Optional[Dim],
                      if k != unit and flat[k] and extent > 1), default=0) * size
         out.append(Stream(op.name, abs(_moves(w, inner.name)) * size,
                           (op.shape[unit] if unit is not None else 1) * size, runs, inner.extent,
-                          need is not None and bool(need.unit_stride), reused, apart))
+                          need is not None and bool(need.unit_stride), reused, apart,
+                          w.buffer.size * size))
     return tuple(out)
 
 
