@@ -29,13 +29,13 @@ Kinds
     carries no constant factor (also for bindings to loops shorter than the intrinsic's dims
     but at least half as long, ``match.bindings(short=True)``): ``requests`` says what to
     change (None: nothing it can do; a list: each key is its own candidate); the extractor
-    builds it once per key, nest and
-    matches, and plans ``staged.nest`` again, without nest stages, after ``staged.copies``
-    (statements filling the temporaries ``staged.buffers``) and before ``staged.after``
-    (statements reading them back), each match read through ``staged.match(match, desc)``
-    (``desc`` its intrinsic; None: that match is not planned on the new nest). ``price`` is what the copies and ``after`` cost
-    (``cost.py``); a stage whose price and cheapest conceivable calls exceed the best plan
-    found so far is not planned (``extract._Builder``). ``Family.depth`` bounds the remainder nests it is
+    builds it once per key, nest and matches, and plans ``staged.nest`` again, without nest
+    stages, after ``staged.copies`` (statements filling the temporaries ``staged.buffers``)
+    and before ``staged.after`` (statements reading them back), each match read through
+    ``staged.match(match, desc)`` (``desc`` its intrinsic; None: that match is not planned
+    on the new nest). ``price`` is what the copies and ``after`` cost (``cost.py``); a
+    stage whose price and cheapest conceivable calls exceed the best plan found so far is
+    not planned (``extract._Builder``). ``Family.depth`` bounds the remainder nests it is
     weighed on. Obligation: the copies, the new nest and ``after`` together compute what
     the nest did (``pack-operand``: the new nest's binding runs at unit stride;
     ``pad-to-tile``: over extents the intrinsic divides).
