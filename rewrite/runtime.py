@@ -775,10 +775,29 @@ SPECIAL_DENSITY = 0.5
 # the seed): a function checked again under other options, or against another kernel, is not
 # interpreted again. The least recently used go past INTERPRETED_BYTES.
 INTERPRETED_BYTES = 256 << 20
-_interpreted: "OrderedDict[tuple, dict]" = OrderedDict()
+_interpreted: "OrderedDict[_Key, dict]" = OrderedDict()
 
 
-def _remember(key: tuple, arrays: dict) -> None:
+class _Key:
+    """A key of ``_interpreted`` whose hash is computed once. A function's hash walks its
+    whole tree, one Python frame per level of its deepest expression, and an OrderedDict
+    hashes every key again when its values are iterated: a deep function's key, hashed again
+    from deep in another check (under hypothesis, say), ran out of frames."""
+
+    __slots__ = ("parts", "digest")
+
+    def __init__(self, *parts) -> None:
+        self.parts = parts
+        self.digest = hash(parts)
+
+    def __hash__(self) -> int:
+        return self.digest
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Key) and self.digest == other.digest and self.parts == other.parts
+
+
+def _remember(key: _Key, arrays: dict) -> None:
     _interpreted[key] = arrays
     size = lambda d: sum(a.nbytes for a in d.values())  # noqa: E731
     total = sum(size(d) for d in _interpreted.values())
@@ -793,7 +812,7 @@ def _check_round(func: PrimFunc, kernel: Kernel, seed: int, special: bool,
     from .interp import interpret
 
     args = random_args(func, seed=seed, special=special, density=density)
-    key = (func, seed, special, density, budgets.check_steps)
+    key = _Key(func, seed, special, density, budgets.check_steps)
     expected = _interpreted.get(key)
     if expected is None:
         expected = {name: np.array(a, copy=True) for name, a in args.items()}

@@ -717,6 +717,49 @@ def ir_text(s) -> str:
     return PrimFunc("_", (), s).script()
 
 
+def test_a_deep_function_checked_before_does_not_break_a_check_from_deep_in_the_stack(monkeypatch):
+    """The interpreted rounds are kept by function: a function whose expression nests as
+    deep as the parser allows, checked first, then a small one checked from a stack that
+    leaves fewer frames than hashing the deep one takes (a check under hypothesis, deep in
+    pytest). Remembering the small one's rounds must not hash the deep one's key again."""
+    from rewrite.script import MAX_EXPR_DEPTH
+
+    monkeypatch.setattr(runtime, "_interpreted", OrderedDict())
+    deep = parse("@prim_func\ndef deep(A: f32[8], B: f32[8]):\n    for i in range(8):\n"
+                 "        B[i] = " + " + ".join(["A[i]"] * (MAX_EXPR_DEPTH - 2)) + "\n")
+    assert runtime.check(deep).ok
+    small = parse("@prim_func\ndef small(A: f32[8], B: f32[8]):\n    for i in range(8):\n"
+                  "        B[i] = A[i] * 2.0\n")
+    kernel = runtime.compile(small)
+
+    def frames() -> int:
+        depth, f = 0, sys._getframe()
+        while f is not None:
+            depth, f = depth + 1, f.f_back
+        return depth
+
+    def hashes_within(n: int) -> bool:  # hashing the deep function fits in n more frames
+        def nested(k: int) -> bool:
+            if k > 0:
+                return nested(k - 1)
+            try:
+                hash(deep)
+                return True
+            except RecursionError:
+                return False
+        return nested(sys.getrecursionlimit() - frames() - n)
+
+    room = next(n for n in range(100, sys.getrecursionlimit(), 100) if hashes_within(n))
+
+    def nested(k: int):
+        return runtime.check(small, kernel) if k <= 0 else nested(k - 1)
+
+    # leave room for the check itself, but not for hashing the deep function again
+    result = nested(sys.getrecursionlimit() - frames() - room // 2 - 200)
+    assert result.ok
+    assert len(runtime._interpreted) == 6  # three rounds of each function
+
+
 def test_a_function_checked_again_is_not_interpreted_again(monkeypatch):
     from rewrite import interp
 
