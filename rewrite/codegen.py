@@ -112,6 +112,7 @@ def generate_for(cpu: Optional[str], features: Optional[frozenset] = None) -> No
     _cpu_features = frozenset(features) if cpu is not None and features is not None else None
     target_machine.cache_clear()
     target_id.cache_clear()
+    vector_math.cache_clear()
 
 
 def generated_features() -> Optional[frozenset]:
@@ -158,17 +159,31 @@ _VECTOR_EXP = {
 
 
 @functools.lru_cache(maxsize=None)
-def vector_math() -> dict[str, str]:
-    """The vector exp functions this process can call, by LLVM vector type (``v8f32``): the
-    libmvec variants whose feature the host has, once ``libmvec.so.1`` is loaded into the
-    process (the JIT links against the process's symbols); none where it cannot be (no glibc,
-    or one older than 2.22)."""
+def vector_library() -> bool:
+    """Whether ``libmvec.so.1`` is loaded into the process, where the JIT finds its symbols
+    (not where there is no glibc, or one older than 2.22)."""
     try:
         llvm.load_library_permanently("libmvec.so.1")
     except RuntimeError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def vector_math() -> dict[str, str]:
+    """The vector exp functions compiled code calls, by LLVM vector type (``v8f32``): the
+    libmvec variants whose feature the CPU code is generated for has (this one's, or the
+    features ``generate_for`` was told; none for a CPU named without them, whose vectors'
+    registers in a call are not known here)."""
+    if not vector_library():
         return {}
-    host = llvm.get_host_cpu_features()
-    return {ty: name for ty, (name, feature) in _VECTOR_EXP.items() if host.get(feature)}
+    if _cpu is None:
+        have = {f for f, on in llvm.get_host_cpu_features().items() if on}
+    elif _cpu_features is not None:
+        have = set(_cpu_features)
+    else:
+        return {}
+    return {ty: name for ty, (name, feature) in _VECTOR_EXP.items() if feature in have}
 
 
 def _vector_exp_calls(ref: llvm.ModuleRef) -> llvm.ModuleRef:

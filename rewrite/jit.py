@@ -39,7 +39,7 @@ class _Jit:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         tm = codegen.target_machine()
-        codegen.vector_math()  # the libraries compiled code may call, loaded before any is linked
+        codegen.vector_library()  # what compiled code may call, loaded before any is linked
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
         self.loaded: dict[str, int] = {}
 

@@ -294,6 +294,26 @@ def test_vectorised_exp_within_a_few_ulps_of_the_exact_value(dtype):
     assert ulps.max() <= 4, ulps.max()
 
 
+@pytest.mark.skipif(target.host_arch() != "x86", reason="compiles for an x86 CPU")
+def test_vector_exp_variants_follow_the_cpu_code_is_generated_for():
+    # Zen 3's code on any x86 host: its 8-lane exp on the AVX2 variant, never the AVX-512
+    # one (whose vectors a call passes in zmm registers); a CPU named without its features
+    # keeps LLVM's own exp, split into expf calls
+    func = unary_kernel("f32", "f32", "exp(A[i])", 4096)
+    here = codegen.vector_math()
+    try:
+        codegen.generate_for("znver3", frozenset({"avx", "avx2", "fma", "f16c"}))
+        if codegen.vector_library():
+            assert set(codegen.vector_math().values()) == {"_ZGVdN8v_expf", "_ZGVdN4v_exp"}
+            assert "@_ZGVdN8v_expf(" in runtime.emit_llvm(func)
+        codegen.generate_for("znver3")
+        assert codegen.vector_math() == {}
+        assert "@_ZGV" not in runtime.emit_llvm(func)
+    finally:
+        codegen.generate_for(None)
+    assert codegen.vector_math() == here
+
+
 @pytest.mark.parametrize("dtype", ["f16", "f32", "f64"])
 def test_nan_propagates_through_max_and_min(dtype):
     func = binary_kernel(dtype, dtype, "max(A[i], B[i]) + min(B[i], A[i])", 3)
