@@ -276,14 +276,25 @@ def streamed(calls: int, streams, reread_streams=None, l2: int = L2_SETS * L2_WA
     extra += sum(max(_paged(calls, s), _outgrown(calls, s, l2)) + _aliased(calls, s)
                  for s in reread_streams or ())
     for s in streams:
-        if not s.unit or s.contiguous or s.stride < LINE:
-            continue
-        lines = s.runs * math.ceil(s.run / LINE)
-        sets = L2_SETS // math.gcd(s.stride // LINE, L2_SETS) if s.stride % LINE == 0 else L2_SETS
-        held = sets * (L2_WAYS - OTHER_WAYS)
-        if s.steps * lines > held:
-            extra += calls * lines * PER_LINE_REFETCHED * (1.0 - held / (s.steps * lines))
+        if _strided(s):
+            lines = s.runs * math.ceil(s.run / LINE)
+            sets = L2_SETS // math.gcd(s.stride // LINE, L2_SETS) if s.stride % LINE == 0 else L2_SETS
+            extra += _refetched(calls, s, sets * (L2_WAYS - OTHER_WAYS), s.steps * lines)
     return extra
+
+
+def _strided(s) -> bool:
+    """A panel read in place, a line or more from one step to the next."""
+    return s.unit and not s.contiguous and s.stride >= LINE
+
+
+def _refetched(calls: int, s, held: float, size: float) -> float:
+    """A strided panel (``_strided``) of which ``held`` out of ``size`` stays within reach
+    (of L2's sets, the TLB, L2): each call pays ``PER_LINE_REFETCHED`` per line it reads for
+    the share past it."""
+    if not _strided(s) or size <= held:
+        return 0.0
+    return calls * s.runs * math.ceil(s.run / LINE) * PER_LINE_REFETCHED * (1.0 - held / size)
 
 
 def _reread(calls: int, s) -> float:
@@ -323,12 +334,7 @@ def _paged(calls: int, s) -> float:
     at 384 (B's 192-row blocks: 288 KB). The tile's rows of A and C and the stack hold
     entries too; 40 pages (160 KB) puts the crossover between 192 and 256. Unmeasured on
     other CPUs (Zen 4's first-level TLB has 72 entries)."""
-    if not s.unit or s.contiguous or s.stride < LINE:
-        return 0.0
-    span = s.steps * s.stride
-    if span <= DTLB_REACH:
-        return 0.0
-    return calls * s.runs * math.ceil(s.run / LINE) * PER_LINE_REFETCHED * (1.0 - DTLB_REACH / span)
+    return _refetched(calls, s, DTLB_REACH, s.steps * s.stride)
 
 
 def _outgrown(calls: int, s, l2: int) -> float:
@@ -341,9 +347,7 @@ def _outgrown(calls: int, s, l2: int) -> float:
     with B in panels, least times of 41 rounds): 511^3, whose 73-row reduction blocks span
     149 KB (below ``DTLB_REACH``), 3.55 ms in place against 2.98 ms in panels; 553^3
     (79-row blocks, 175 KB) 4.01 against 3.72 ms; 192^3 (144 KB, all of B in L2) neutral."""
-    if not s.unit or s.contiguous or s.stride < LINE or s.footprint <= l2:
-        return 0.0
-    return calls * s.runs * math.ceil(s.run / LINE) * PER_LINE_REFETCHED * (1.0 - l2 / s.footprint)
+    return _refetched(calls, s, l2, s.footprint)
 
 
 def one_set(s) -> bool:
