@@ -279,9 +279,12 @@ def test_vectorised_exp_within_a_few_ulps_of_the_exact_value(dtype):
     a[1000:1000 + len(specials)] = specials  # inside the vector loop, not its remainder
     func = unary_kernel(dtype, dtype, "exp(A[i])", a.size)
     ll = runtime.emit_llvm(func)
-    if codegen.vector_math():
+    # every vector width LLVM chose that libmvec has (for this CPU) calls libmvec; an AVX
+    # CPU without AVX2 keeps LLVM's 8-lane exp, which libmvec's variants there do not take
+    left = set(re.findall(r"@llvm\.exp\.(v\d+f\d+)\(", ll))
+    assert not left & set(codegen.vector_math()), ll
+    if codegen.vector_math() and not left:
         assert any(f"@{name}(" in ll for name in codegen.vector_math().values()), ll
-    assert "@llvm.exp.v" not in ll or not codegen.vector_math()
     want, got = compiled_and_interpreted(func, {"A": a, "B": np.zeros_like(a)})
     g = got["B"]
     exact = np.exp(a.astype(np.longdouble if dtype == "f64" else np.float64))
