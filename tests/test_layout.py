@@ -799,6 +799,24 @@ def test_gemm_511_reads_b_from_panels_its_buffer_outgrows_l2():
                if c.intrinsic.name == "x86.mm.f32.6x16x1"), show(result.func)
 
 
+def test_a_b_past_l2_read_from_panels_computes_what_the_function_does(monkeypatch):
+    """``_outgrown`` where this CPU's L2 is taken to be 32 KB: ``C = A @ B`` at 200^3, whose B
+    (160 KB) L2 would hold, reads B from panels instead, and the compiled program matches
+    the interpreter, NaN, infinities and signed zeros among the inputs."""
+    from rewrite import extract
+
+    zero = "    for i, j in grid(200, 200):\n        C[i, j] = 0.0\n"
+    func = parse(show(_nn(200, 200, 200)).replace("    for i, j, k", zero + "    for i, j, k"))
+    library = intrinsics.library("x86-avx2")
+    assert not [c for c in _copies(tensorize(func, library).func) if c.value.buffer.name == "B"]
+    monkeypatch.setattr(extract, "l2_bytes", lambda: 32 * 1024)
+    result = tensorize(func, library)
+    (panel,) = [c for c in _copies(result.func) if c.value.buffer.name == "B" and c.buffer.ndim == 3]
+    assert any(c.window("b").buffer == panel.buffer for c in _calls(result.func))
+    check = runtime.check(func, result.compile())
+    assert check.ok, check.message
+
+
 def test_one_set_is_rows_a_multiple_of_4_kb_apart():
     rows = dict(operand="a", stride=4, run=4, runs=8, steps=256, unit=False)
     assert cost.one_set(layout.Stream(**rows, apart=8192))
