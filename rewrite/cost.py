@@ -276,7 +276,7 @@ def streamed(calls: int, streams, reread_streams=None, l2: int = L2_SETS * L2_WA
     extra += sum(max(_paged(calls, s), _outgrown(calls, s, l2)) + _aliased(calls, s)
                  for s in reread_streams or ())
     for s in streams:
-        if _strided(s):
+        if _strided(s) or _broadcast_far(s):
             lines = s.runs * math.ceil(s.run / LINE)
             sets = L2_SETS // math.gcd(s.stride // LINE, L2_SETS) if s.stride % LINE == 0 else L2_SETS
             extra += _refetched(calls, s, sets * (L2_WAYS - OTHER_WAYS), s.steps * lines)
@@ -288,11 +288,32 @@ def _strided(s) -> bool:
     return s.unit and not s.contiguous and s.stride >= LINE
 
 
+def _broadcast_far(s) -> bool:
+    """An input the tile broadcasts element by element (no unit stride asked), a line or
+    more from one step to the next: the 6x16 product on ``C``'s transpose reads its ``a``
+    from ``B[k, 6 * j_o]``, six floats of a line a step. Its lines fall into L2's sets as a
+    vector panel's do and come again from L3 once the buffer outgrows L2 (``streamed``'s
+    set term, ``_outgrown``), where nothing was charged: ``C = A @ B`` at 12 x 2048 x 2048
+    took that product, A and C copied into 16-wide temporaries, 4.3-5.4 ms against 1.7-1.8
+    on 6x16 tiles along ``B[k, 16 * j_o]`` (Zen 3, one thread, in turns). The page term
+    (``_paged``) is not charged for it: on PolyBench's covariance (``data`` 260 x 240, rows
+    960 bytes apart in 250 KB) it padded the tiles to save calls, 3-6% slower."""
+    return not s.unit and not s.contiguous and s.stride >= LINE
+
+
 def _refetched(calls: int, s, held: float, size: float) -> float:
     """A strided panel (``_strided``) of which ``held`` out of ``size`` stays within reach
     (of L2's sets, the TLB, L2): each call pays ``PER_LINE_REFETCHED`` per line it reads for
-    the share past it."""
-    if not _strided(s) or size <= held:
+    the share past it.
+
+    Nothing where no other tile reads the panel (``Stream.once``: one row tile's B, the
+    ``C = A @ B`` of 10 x 2048 x 2048 on 6- and 4-row tiles) and its runs are whole lines:
+    its lines are fetched once whatever stays in reach, as every program that reads them
+    pays. (Runs shorter than a line share it with the next tile's.) Charging it there
+    chose the 6x16 tile on ``C``'s transpose (B broadcast from ``B[k, 6 * j_o]``, A and C
+    copied into 16-wide temporaries), which measured 4.07-4.63 ms against 3.43-4.59 on
+    the rows (Zen 3, one thread, in turns)."""
+    if not (_strided(s) or _broadcast_far(s)) or (s.once and s.run >= LINE) or size <= held:
         return 0.0
     return calls * s.runs * math.ceil(s.run / LINE) * PER_LINE_REFETCHED * (1.0 - held / size)
 
@@ -334,7 +355,7 @@ def _paged(calls: int, s) -> float:
     at 384 (B's 192-row blocks: 288 KB). The tile's rows of A and C and the stack hold
     entries too; 40 pages (160 KB) puts the crossover between 192 and 256. Unmeasured on
     other CPUs (Zen 4's first-level TLB has 72 entries)."""
-    return _refetched(calls, s, DTLB_REACH, s.steps * s.stride)
+    return _refetched(calls, s, DTLB_REACH, s.steps * s.stride) if _strided(s) else 0.0
 
 
 def _outgrown(calls: int, s, l2: int) -> float:

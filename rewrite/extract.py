@@ -516,7 +516,7 @@ def _reductions_outside(desc, loops: list, moving: list, reduction: list, window
 def _streams(desc, windows, loops) -> tuple:
     """``layout.streams`` for calls in ``loops`` (innermost last)."""
     inner, outer = (loops[-1] if loops else None), (loops[-2] if len(loops) > 1 else None)
-    return layout.streams(desc, windows, inner, outer)
+    return layout.streams(desc, windows, inner, outer, loops[:-1])
 
 
 def _price(desc, b: Binding, windows, unit_ok: bool, streams, blocked_streams=None) -> float:

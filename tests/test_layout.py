@@ -929,3 +929,36 @@ def test_widened_panel_only_for_the_operands_that_ask():
     assert all(b.dtype in ("u8", "i8") for b in result.func.allocs)
     assert not any(isinstance(s, ir.Store) and isinstance(s.value, ir.Cast)
                    for s in ir.walk_stmts(result.func.body))
+
+
+def test_a_panel_no_other_tile_reads_is_charged_nothing_for_coming_back():
+    # one row tile's B (every call loop but the reduction moves it): its whole lines are
+    # fetched once whatever stays in reach, so neither L2's sets, the TLB nor L2's size
+    # charge it; the same panel read again by another row tile is charged
+    l2 = 512 * 1024
+    reread = _stream(stride=8192, run=64, steps=2048, footprint=2048 * 8192)
+    once = replace(reread, once=True)
+    assert cost.streamed(100, (reread,), (reread,), l2) > 100 * cost.PER_LINE_REFETCHED
+    assert cost.streamed(100, (once,), (once,), l2) == 0.0
+    # runs shorter than a line share it with the next tile's: still charged
+    short = replace(reread, run=24, unit=False)
+    assert cost.streamed(100, (replace(short, once=True),), (), l2) == \
+        cost.streamed(100, (short,), (), l2) > 0.0
+
+
+def test_an_operand_broadcast_from_rows_far_apart_is_charged_as_a_panel_is():
+    # the 6x16 tile on C's transpose broadcasts a from B[k, 6 * j_o]: 24 bytes of a line a
+    # step, 8 KB apart (8 of L2's sets), of a 16 MB B: L2's sets and L2's size charge it as
+    # they charge a vector panel, the page term does not (rows 960 bytes apart in 250 KB,
+    # PolyBench's covariance, stay uncharged)
+    l2 = 512 * 1024
+    a = _stream(operand="a", stride=8192, run=24, steps=2048, unit=False, footprint=2048 * 8192)
+    sets = 8 * (cost.L2_WAYS - cost.OTHER_WAYS)
+    assert cost.streamed(100, (a,), (), l2) == pytest.approx(
+        100 * cost.PER_LINE_REFETCHED * (1 - sets / 2048))
+    assert cost.streamed(100, (), (a,), l2) == pytest.approx(
+        100 * cost.PER_LINE_REFETCHED * (1 - l2 / (2048 * 8192)))
+    cov = _stream(operand="a", stride=960, run=24, steps=260, unit=False, footprint=260 * 960)
+    assert cost.streamed(100, (cov,), (cov,), l2) == 0.0
+    assert cost.streamed(100, (), (replace(cov, unit=True, run=64),), l2) > 0.0  # as a vector panel
+

@@ -24,7 +24,7 @@ would have had. Only input operands are packed; the output is never copied.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from .. import cost, ir
 from ..affine import Affine, affine
@@ -186,6 +186,7 @@ class Stream:
     reused: bool = False
     apart: int = 0  # bytes between a call's runs (rows of A), 0 for one run
     footprint: int = 0  # bytes of the buffer it reads
+    once: bool = False  # no other tile reads its windows: every call loop but one moves it
 
     @property
     def contiguous(self) -> bool:
@@ -212,10 +213,11 @@ def _moves(w: Window, var: str) -> int:
 
 
 def streams(desc, windows: dict[str, Window], inner: Optional[Dim],
-            outer: Optional[Dim] = None) -> tuple[Stream, ...]:
+            outer: Optional[Dim] = None, around: Optional[Sequence[Dim]] = None) -> tuple[Stream, ...]:
     """The stream of each input not gathered, when ``inner`` (the innermost call loop) is a
     reduction: the output's window stays put along it, so consecutive calls accumulate in
-    registers. ``outer``: the call loop around ``inner``, if any."""
+    registers. ``outer``: the call loop around ``inner``, if any; ``around``: all the call
+    loops around it, where known (``Stream.once``)."""
     if inner is None or inner.extent < 2 or _moves(windows[desc.output.name], inner.name):
         return ()
     out = []
@@ -239,7 +241,9 @@ def streams(desc, windows: dict[str, Window], inner: Optional[Dim],
         out.append(Stream(op.name, abs(_moves(w, inner.name)) * size,
                           (op.shape[unit] if unit is not None else 1) * size, runs, inner.extent,
                           need is not None and bool(need.unit_stride), reused, apart,
-                          w.buffer.size * size))
+                          w.buffer.size * size,
+                          around is not None and all(_moves(w, d.name) or d.extent < 2
+                                                     for d in around)))
     return tuple(out)
 
 
