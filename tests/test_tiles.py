@@ -1,6 +1,8 @@
 """fill-into-tiles (rules/tiles.py): a constant fill of a blocked product's output folded into
 its tiles, and codegen starting those tiles' accumulators from the constant."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -217,3 +219,53 @@ def test_signed_zero_fill_is_kept_where_every_product_is_negative_zero():
             "C": np.ones((16, 64), np.float32)}
     runtime.compile(func)(**args)
     assert not args["C"].any() and np.signbit(args["C"]).all()
+
+
+FUSE_SRC = '''
+@prim_func
+def two(A: f32[10, 64], B: f32[64, 2048], C: f32[10, 2048]):
+    for j_o_b in range(2):
+        for k_o, j_o_i, k_i in grid(8, 64, 8):
+            call("x86.mm.f32.6x16x1", c=window(C[0, 1024 * j_o_b + 16 * j_o_i], (1, 0), (0, 1)), a=window(A[0, k_i + 8 * k_o], (1, 0), (0, 1)), b=window(B[k_i + 8 * k_o, 1024 * j_o_b + 16 * j_o_i], (1, 0), (0, 1)))
+    for j_o_b in range(2):
+        for k_o, j_o_i, k_i in grid(8, 64, 8):
+            call("x86.mm.f32.4x16x1", c=window(C[6, 1024 * j_o_b + 16 * j_o_i], (1, 0), (0, 1)), a=window(A[6, k_i + 8 * k_o], (1, 0), (0, 1)), b=window(B[k_i + 8 * k_o, 1024 * j_o_b + 16 * j_o_i], (1, 0), (0, 1)))
+'''
+
+
+def _fuse_func(src: str):
+    return parse(src)
+
+
+def test_nests_blocked_alike_over_a_big_input_are_fused_down_to_their_tiles_loops():
+    # both nests step B's columns by 1024 per j_o_b, its rows by 8 per k_o: fused, each
+    # block of B is read by the 6-row and then the 4-row tile; the loop right around each
+    # call stays its own (zipped, the two tiles' 20 accumulators would spill)
+    from rewrite.rules.tiles import fuse_blocks
+
+    func = _fuse_func(FUSE_SRC)
+    (fused,) = fuse_blocks(list(func.body.stmts), big=64 * 1024)
+    inner = [s for s in ir.walk_stmts(fused) if isinstance(s, ir.For) and isinstance(s.body, ir.Call)]
+    assert [(s.var, s.body.intrinsic.name) for s in inner] == \
+        [("k_i", "x86.mm.f32.6x16x1"), ("k_i", "x86.mm.f32.4x16x1")]
+    args = random_args(func, seed=1)
+    assert np.array_equal(interp.run(replace(func, body=fused), **args)["C"],
+                          interp.run(func, **args)["C"])
+    # an input L2 holds gives no reason to fuse
+    assert len(fuse_blocks(list(func.body.stmts), big=1 << 30)) == 2
+
+
+def test_nests_whose_loops_only_share_a_range_are_not_fused_for_a_big_input():
+    # the second nest's outer loop walks B's rows (k_o), the first's its columns (j_o_b):
+    # the same range, other blocks; fused they would share nothing
+    from rewrite.rules.tiles import fuse_blocks
+
+    src = FUSE_SRC.replace(
+        "    for j_o_b in range(2):\n        for k_o, j_o_i, k_i in grid(8, 64, 8):\n            call(\"x86.mm.f32.4x16x1\"",
+        "    for k_h in range(2):\n        for j_o_b, k_o, j_o_i, k_i in grid(2, 4, 64, 8):\n            call(\"x86.mm.f32.4x16x1\"")
+    src = src.replace("A[6, k_i + 8 * k_o]", "A[6, k_i + 8 * k_o + 32 * k_h]").replace(
+        "B[k_i + 8 * k_o, 1024 * j_o_b + 16 * j_o_i], (1, 0), (0, 1)))\n'''",
+        "B[k_i + 8 * k_o + 32 * k_h, 1024 * j_o_b + 16 * j_o_i], (1, 0), (0, 1)))\n'''")
+    func = _fuse_func(src)
+    assert "k_h" in show(func)
+    assert len(fuse_blocks(list(func.body.stmts), big=64 * 1024)) == 2

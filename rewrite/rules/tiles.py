@@ -86,6 +86,8 @@ def improve(best, search):
     if fused != stmts and _blocked(fused, planned.allocs, search, budget) > \
             _blocked(stmts, planned.allocs, search, budget):
         stmts = fused
+    else:  # nests blocked alike over one input L2 does not hold read each block together
+        stmts = fuse_blocks(stmts, big=extract.l2_bytes())
     stmts, allocs = panels_per_block(stmts, planned.allocs, search.names, budget)
     if stmts == list(planned.stmts):
         return best
@@ -408,9 +410,10 @@ def _split(w_l: ir.Window, w_r: ir.Window, ext_l: dict, ext_r: dict) -> dict:
     return split
 
 
-def fuse_blocks(stmts: list[Stmt]) -> list[Stmt]:
+def fuse_blocks(stmts: list[Stmt], big: Optional[int] = None) -> list[Stmt]:
     """fuse_blocks (co-block, above) on the top-level statements ``stmts``: each later nest
-    co-blocked with an earlier one is fused into it."""
+    co-blocked with an earlier one is fused into it. With ``big`` (bytes), only nests whose
+    outermost loops step an input of more than ``big`` bytes alike (``_aligned``)."""
     stmts = list(stmts)
     a = 0
     while a < len(stmts):
@@ -419,6 +422,8 @@ def fuse_blocks(stmts: list[Stmt]) -> list[Stmt]:
             s = stmts[b]
             if not (isinstance(first, For) and isinstance(s, For) and
                     (first.start, first.stop) == (s.start, s.stop) and _shares_input(first, s)):
+                continue
+            if big is not None and not _aligned(first, s, big):
                 continue
             if not all(_commute(s, x) for x in stmts[a:b]):
                 continue
@@ -432,6 +437,30 @@ def fuse_blocks(stmts: list[Stmt]) -> list[Stmt]:
     return stmts
 
 
+def _aligned(x: For, y: For, big: int) -> bool:
+    """Loops ``x`` and ``y`` step an input of their calls of more than ``big`` bytes that both
+    read alike: every window of it in either moves by the same offsets per step of its loop
+    (not none). Fused, each step's block of it is read by both nests while it is in cache:
+    ``C = A @ B`` at 10 x 2048 x 2048 on a 6- and a 4-row tile, each blocked alone, read
+    B's 16 MB twice, 2.4-4.7 ms against 1.9-3.2 ms fused (Zen 3, one thread, in turns).
+    Loops that merely have the same range, over other blocks of it, are left apart."""
+    def steps(loop: For) -> dict:
+        out: dict = {}
+        for c in ir.walk_stmts(loop.body):
+            if isinstance(c, Call):
+                for n, w in c.operands:
+                    if n != c.output and w.buffer.size * ir.itemsize(w.buffer.dtype) > big:
+                        maps = [affine(e) for e in w.base]
+                        move = None if any(m is None for m in maps) else \
+                            tuple(m.coeff(loop.var) for m in maps)
+                        out.setdefault(w.buffer.name, set()).add(move)
+        return out
+    sx, sy = steps(x), steps(y)
+    return any(sx[name] == sy[name] and len(sx[name]) == 1 and None not in sx[name]
+               and any(sx[name].copy().pop())
+               for name in set(sx) & set(sy))
+
+
 def _shares_input(x: Stmt, y: Stmt) -> bool:
     """Both hold calls, reading one input buffer in common."""
     def inputs(s):
@@ -442,9 +471,12 @@ def _shares_input(x: Stmt, y: Stmt) -> bool:
 
 def _fused(x: Stmt, y: Stmt) -> Optional[Stmt]:
     """``x`` and then ``y`` zipped: loops of one range become one loop (``y``'s variable
-    renamed), sequences of as many parts part by part, anything else one after the other."""
+    renamed), sequences of as many parts part by part, anything else one after the other.
+    The loop right around a call stays each nest's own: zipped, two tiles would take turns
+    step by step, their accumulators together more than the registers (a 6- and a 4-row
+    tile's 20 of 16 ymm: 13.3 against 2.4-2.8 ms on 10 x 2048 x 2048, Zen 3)."""
     if isinstance(x, For) and isinstance(y, For) and (x.start, x.stop) == (y.start, y.stop) \
-            and x.extent > 0:
+            and x.extent > 0 and not isinstance(x.body, Call) and not isinstance(y.body, Call):
         if x.var != y.var:
             if any(isinstance(z, For) and z.var == x.var for z in ir.walk_stmts(y.body)):
                 return None
