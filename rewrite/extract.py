@@ -291,7 +291,11 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
     tiles that none of 2 to ``ROW_TILES`` divides (2048 rows on 6-row tiles: 341) still
     gets it; such a product was padded to rows that group (342 tiles, A and C copied out
     and back) and now runs in place: 2048^3 on one Zen 3 thread, 0.97-0.99 of the padded
-    program's time (least and median times, the two taking turns).
+    program's time (least and median times, the two taking turns). One row tile (a few rows:
+    ``C[0, 16 * j_o]`` over ``j_o, k``) is cut into column blocks the same way, ``cols_b,
+    k_o, cols_i, k_i``, where no sweep of eight rows applies (``_rows_apart``): on Zen 3 (one
+    thread, in turns with numpy) 6 x 4096 x 496 ran at 2.0 times numpy's speed against 1.65
+    down whole columns of B, 4 x 8192 x 320 at 1.34-1.41 against 0.89-0.97.
 
     Column tiles whose count has no divisor that makes blocks of at least half the size
     that fits (a prime such as 1504's 47 tiles of 32 columns, where no block fit and each
@@ -331,7 +335,15 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
         unit = [d for d in moving if d.extent == 1]
         return Blocked(unit + found.loops, found.windows,
                        tuple((unit + list(loops), w) for loops, w in found.rest))
-    if len(reduction) != 1 or len(moving) < 2:
+    if len(reduction) == 1 and 1 <= len(wide) <= 2 and _output_bytes(desc, moving) <= l2_bytes() // 2:
+        for cols in wide:  # a few rows of tiles: as a vector-matrix product's row tiles
+            rows = next((d for d in wide if d is not cols), None)
+            found = _rows_apart(desc, cols, reduction[0], windows, names, rows)
+            if found is not None:
+                unit = [d for d in moving if d.extent == 1]
+                return Blocked(unit + found.loops, found.windows,
+                               tuple((unit + list(loops), w) for loops, w in found.rest))
+    if len(reduction) != 1 or not moving:
         return Blocked(loops, windows)
     (r,) = reduction
 
@@ -353,7 +365,7 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
     rows = next((d for d in moving if d.name not in uses(widest)), None)
     group = next((n for n in range(min(ROW_TILES, rows.extent // 2), 1, -1)
                   if rows.extent % n == 0), None) if rows is not None else None
-    if kc is None or rows is None or (r.extent <= kc_max and not whole):
+    if kc is None or (rows is None and len(moving) > 1) or (r.extent <= kc_max and not whole):
         return Blocked(loops, windows)
     others = [d for d in moving if d is not rows]
     cols = next((d for d in others if d.name in uses(widest)), None) if len(others) == 1 else None
@@ -362,8 +374,11 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
         nc, blocks = _column_blocks(cols.extent, max(1, l2_bytes() // 2 // (kc * step)))
     if nc is None and (group is None or whole):  # column blocks leave the rows whole: no group needed
         return Blocked(loops, windows)
-    k_o, k_i, rows_b, rows_i = (names.fresh(f"{r.name}_o"), names.fresh(f"{r.name}_i"),
-                                names.fresh(f"{rows.name}_b"), names.fresh(f"{rows.name}_i"))
+    if rows is None and nc is None:  # one row tile: only column blocks would change anything
+        return Blocked(loops, windows)
+    k_o, k_i = names.fresh(f"{r.name}_o"), names.fresh(f"{r.name}_i")
+    rows_b, rows_i = (None, None) if rows is None else \
+        (names.fresh(f"{rows.name}_b"), names.fresh(f"{rows.name}_i"))
 
     values = {} if whole else {r.name: _split(r, k_o, k_i, kc)}
     if group is not None:
@@ -380,7 +395,7 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
         cols_b, cols_i = names.fresh(f"{cols.name}_b"), names.fresh(f"{cols.name}_i")
         values = {**({} if whole else {r.name: values[r.name]}), cols.name: _split(cols, cols_b, cols_i, nc)}
         order = [Dim(cols_b, 0, blocks)] + ([] if whole else [Dim(k_o, 0, r.extent // kc)]) + \
-            [rows, Dim(cols_i, 0, nc), r if whole else Dim(k_i, 0, kc)]
+            ([] if rows is None else [rows]) + [Dim(cols_i, 0, nc), r if whole else Dim(k_i, 0, kc)]
     else:
         order = ([Dim(rows_b, 0, rows.extent // group), Dim(k_o, 0, r.extent // kc),
                   Dim(rows_i, 0, group)] + others + [Dim(k_i, 0, kc)])
@@ -392,7 +407,14 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
 ROWS_APART, ROW_STEPS = 2048, 8
 
 
-def _rows_apart(desc, cols: Dim, r: Dim, windows: dict, names: Names) -> Optional[Blocked]:
+def _output_bytes(desc, moving: list) -> int:
+    """The bytes of the output all the calls' tiles write, one tile per value of ``moving``."""
+    return math.prod(d.extent for d in moving) * math.prod(desc.output.shape) * \
+        ir.itemsize(desc.output.dtype)
+
+
+def _rows_apart(desc, cols: Dim, r: Dim, windows: dict, names: Names,
+                rows: Optional[Dim] = None) -> Optional[Blocked]:
     """A vector-matrix product's calls (``y[64 * j_o] += x[k] * B[k, 64 * j_o]``: one loop
     moving the output, the reduction reading B a row further each step) in blocks of
     ``ROW_STEPS`` rows of B, each block swept over all the output's tiles::
@@ -411,10 +433,20 @@ def _rows_apart(desc, cols: Dim, r: Dim, windows: dict, names: Names) -> Optiona
     0.53, 64: 0.44, row by row 0.81), 1024 x 4096 0.38 against 1.09, 1000 x 1000 0.80
     against 1.02; two halves as fast as one sweep, four 0.90, eight 0.68.
 
-    Each output element still sums over the reduction in order. Only for intrinsics whose
-    output is one row (``blocked_loops``): a 2-D tile's leftover rows (``C[1020, 16 * j_o]``
-    over ``j_o, k``) read B's panel with the tiles instead, ``rules/tiles.py``'s co-block.
-    None where it does not apply: an input read rows apart that the tile loop moves along and that outgrows L2
+    A 2-D tile takes the same order where its tiles' whole output is at most half of L2
+    (``blocked_loops``: a few rows of a wide product, whose C then stays in cache from block
+    to block), its row tiles (``rows``) inside each block, outside the column tiles that
+    read the block's rows of B, ``k_o, rows, cols, k_i``. ``C = A @ B`` at M x 2048 x 2048
+    on Zen 3 (6x16 tiles and the 4- and 2-row ones for the rows left; one thread, in turns
+    with numpy, medians) ran at 3.3 (M = 2), 1.7-2.1 (4, 6, 7), 1.1 (8, 12), 1.07 (16) and
+    0.85-0.88 (24) times numpy's speed, against 0.2-0.6 before (B read down its columns,
+    or C's transpose on 16-wide copies of A and C); the nests of the rows left, blocked
+    alike, run in the same blocks (``rules/tiles.py``'s ``fuse_blocks``). Blocks of 16 and
+    32 rows measured slower at 10, 16 and 24 rows. A 2-D tile's leftover rows otherwise
+    (``C[1020, 16 * j_o]`` over ``j_o, k``, under a large product) read B's panel with the
+    tiles instead, ``rules/tiles.py``'s co-block.
+
+    Each output element still sums over the reduction in order. None where it does not apply: an input read rows apart that the tile loop moves along and that outgrows L2
     (one that L2 holds is read from there in any order: PolyBench's 400 x 400 ``mvt``, whose
     two products share each read of A, ``rules/tidy.py``'s fuse-sweeps), a reduction longer
     than a block that some block size from ``ROW_STEPS`` down to half of it divides."""
@@ -426,22 +458,24 @@ def _rows_apart(desc, cols: Dim, r: Dim, windows: dict, names: Names) -> Optiona
         return buf.size * ir.itemsize(buf.dtype) > l2_bytes()
 
     far = [op for op in desc.inputs if moves(op, r.name) >= ROWS_APART and moves(op, cols.name)
-           and outgrows_l2(op)]
+           and outgrows_l2(op) and (rows is None or not moves(op, rows.name))]
     kc = next((n for n in range(ROW_STEPS, ROW_STEPS // 2 - 1, -1) if r.extent % n == 0), None)
     if not far or kc is None or r.extent <= kc or cols.extent < 2:
         return None
     k_o, k_i = names.fresh(f"{r.name}_o"), names.fresh(f"{r.name}_i")
     values = {r.name: _split(r, k_o, k_i, kc)}
-    order = [Dim(k_o, 0, r.extent // kc), cols, Dim(k_i, 0, kc)]
+    around = [] if rows is None else [rows]
+    order = [Dim(k_o, 0, r.extent // kc)] + around + [cols, Dim(k_i, 0, kc)]
     rest: tuple = ()
     if cols.extent >= 4:
         c_b, c_i = names.fresh(f"{cols.name}_b"), names.fresh(f"{cols.name}_i")
         half = cols.extent // 2
         values[cols.name] = _split(cols, c_b, c_i, half)
-        order = [Dim(c_b, 0, 2), order[0], Dim(c_i, 0, half), order[2]]
+        order = [Dim(c_b, 0, 2), order[0]] + around + [Dim(c_i, 0, half), order[-1]]
         if cols.extent % 2:  # an odd count's last tile: a nest of its own after the halves
             last = {r.name: values[r.name], cols.name: Const(cols.start + 2 * half, INDEX)}
-            rest = (([order[1], order[3]], {name: _rebased(w, last) for name, w in windows.items()}),)
+            rest = (([order[1]] + around + [order[-1]],
+                     {name: _rebased(w, last) for name, w in windows.items()}),)
     return Blocked(order, {name: _rebased(w, values) for name, w in windows.items()}, rest)
 
 
