@@ -239,15 +239,17 @@ def _fuse_func(src: str):
 
 def test_nests_blocked_alike_over_a_big_input_are_fused_down_to_their_tiles_loops():
     # both nests step B's columns by 1024 per j_o_b, its rows by 8 per k_o: fused, each
-    # block of B is read by the 6-row and then the 4-row tile; the loop right around each
-    # call stays its own (zipped, the two tiles' 20 accumulators would spill)
+    # block of B is read by the 6-row tiles and then by the 4-row ones; the loops from tile
+    # to tile (j_o_i) and right around each call (k_i) stay each nest's own
     from rewrite.rules.tiles import fuse_blocks
 
     func = _fuse_func(FUSE_SRC)
     (fused,) = fuse_blocks(list(func.body.stmts), big=64 * 1024)
-    inner = [s for s in ir.walk_stmts(fused) if isinstance(s, ir.For) and isinstance(s.body, ir.Call)]
-    assert [(s.var, s.body.intrinsic.name) for s in inner] == \
-        [("k_i", "x86.mm.f32.6x16x1"), ("k_i", "x86.mm.f32.4x16x1")]
+    assert [(s.var, s.extent) for s in ir.walk_stmts(fused) if isinstance(s, ir.For)][:2] == \
+        [("j_o_b", 2), ("k_o", 8)]
+    inner = [s for s in ir.walk_stmts(fused) if isinstance(s, ir.For) and isinstance(s.body, ir.For)
+             and s.var == "j_o_i"]
+    assert [s.body.body.intrinsic.name for s in inner] == ["x86.mm.f32.6x16x1", "x86.mm.f32.4x16x1"]
     args = random_args(func, seed=1)
     assert np.array_equal(interp.run(replace(func, body=fused), **args)["C"],
                           interp.run(func, **args)["C"])
