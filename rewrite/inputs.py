@@ -15,7 +15,24 @@ import numpy as np
 from . import ir
 from .ir import Buffer, PrimFunc
 
-__all__ = ["random_args", "SPECIAL_VALUES"]
+__all__ = ["random_args", "at_offset", "SPECIAL_VALUES"]
+
+LINE = 64  # bytes of a cache line
+
+
+def at_offset(arr: np.ndarray, offset: int) -> np.ndarray:
+    """A C-contiguous copy of ``arr`` whose data starts ``offset`` bytes past a cache line
+    (``0 <= offset < 64``, a multiple of the element size). numpy's large arrays start where
+    the C allocator puts them, most often 16, 32 or 48 bytes past a line and now and then
+    on one; kernels that read a matrix in place in 64-byte rows touch one line a row on a
+    line and two past it, so benchmarks that compare runs fix the offset."""
+    if not 0 <= offset < LINE or offset % arr.itemsize:
+        raise ValueError(f"an offset of {offset} bytes: give a multiple of {arr.itemsize} below {LINE}")
+    raw = np.empty(arr.nbytes + 2 * LINE, np.uint8)
+    start = (-raw.ctypes.data) % LINE + offset
+    out = raw[start:start + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    out[...] = arr
+    return out
 
 
 def random_args(func: PrimFunc, seed: int = 0, special: bool = False,

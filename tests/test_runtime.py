@@ -641,6 +641,43 @@ def test_float_work_in_turns_has_no_ceiling_column(mm):
     assert r.pmaddwd_ratio is None and "pmaddwd_ratio" not in bench.to_json([r])["results"][0]
     assert "vpmaddwd" not in bench.format_table([r])
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
+def test_an_array_at_an_offset_starts_that_far_past_a_cache_line(dtype):
+    from rewrite.inputs import at_offset
+
+    a = np.arange(3 * 37, dtype=dtype).reshape(3, 37)
+    for offset in (0, 16, 32, 48):
+        b = at_offset(a, offset)
+        assert b.ctypes.data % 64 == offset and b.flags.c_contiguous
+        assert np.array_equal(a, b) and b.dtype == a.dtype
+    for bad in (64, -16, 4 if np.dtype(dtype).itemsize == 8 else 65):
+        with pytest.raises(ValueError, match="offset"):
+            at_offset(a, bad)
+
+
+def test_bench_at_an_offset_gives_ours_and_numpy_the_same_placed_inputs(mm, monkeypatch):
+    seen = []
+    real = bench.numpy_counterpart
+
+    def spy(func, args):
+        seen.append({name: a.ctypes.data % 64 for name, a in args.items()})
+        return real(func, args)
+
+    monkeypatch.setattr(bench, "numpy_counterpart", spy)
+    r = bench.bench_one(mm, threads=1, min_runs=3, target_seconds=0.01, offset=48)
+    assert seen == [{b.name: 48 for b in mm.params}] and r.ratio > 0
+
+
+def test_bench_offset_is_one_of_four(tmp_path, capsys):
+    from rewrite import cli
+
+    path = tmp_path / "mm.py"
+    path.write_text(MATMUL)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["bench", str(path), "--offset", "8"])
+    assert stop.value.code == 2 and "--offset" in capsys.readouterr().err
+
+
 def test_bench_turns_needs_one_thread(tmp_path, capsys):
     from rewrite import cli
 

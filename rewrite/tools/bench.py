@@ -78,12 +78,14 @@ def bench(funcs: Iterable[Union[PrimFunc, tuple]], threads: Optional[int] = None
 def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int] = None,
               min_runs: int = 20, target_seconds: float = 0.3,
               chosen: Optional[PrimFunc] = None, onnxruntime: bool = False,
-              turns: int = 0) -> BenchResult:
+              turns: int = 0, offset: Optional[int] = None) -> BenchResult:
     """``func`` (or ``chosen`` in its place) compiled and timed, then each peer. With
     ``turns``, ours and the peers are timed instead in that many rounds in which they take
     turns, each on the calling thread's CPU clock (``timing.in_turns``), numpy's BLAS held
-    to one thread: one thread against one, so ``threads`` must be 1."""
-    from ..inputs import random_args
+    to one thread: one thread against one, so ``threads`` must be 1. ``offset``: every
+    input starts that many bytes past a cache line (``inputs.at_offset``), else where numpy
+    put it."""
+    from ..inputs import at_offset, random_args
 
     if turns and threads != 1:
         raise ValueError("timing in turns compares one thread with one: threads must be 1")
@@ -91,6 +93,8 @@ def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int]
     kernel = runtime.compile(chosen if chosen is not None else func, threads=threads)
     compile_s = time.perf_counter() - t0
     args = random_args(func, seed=0)
+    if offset is not None:
+        args = {name: at_offset(a, offset) for name, a in args.items()}
     numpy_call = numpy_counterpart(func, args)
     ort_call = onnxruntime_counterpart(func, kernel, threads or 1) if onnxruntime else None
     calls = [c for c in (lambda: kernel(**args), numpy_call, ort_call) if c is not None]
