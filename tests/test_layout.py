@@ -7,6 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import intrinsics
 from rewrite import cost, inputs, interp, ir, nests, runtime
@@ -1019,3 +1021,34 @@ def test_one_row_tile_over_a_wide_matrix_is_cut_into_column_blocks(caches):
     loops = _call_loops(result.func, "x86.mm.f32.6x16x1")
     assert [(v, n) for v, n in loops] == [("j_o_b", 15), ("k_o", 2), ("j_o_i", 2), ("k_i", 256)]
     _agrees(func, result, HOST_HAS_AVX2)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=st.integers(1, 14), tiles=st.integers(4, 9), extra=st.sampled_from([0, 8, 5]),
+       k=st.sampled_from([16, 24, 40, 56, 72]))
+def test_a_few_rows_swept_eight_rows_at_a_time_compute_what_the_function_does(caches, monkeypatch,
+                                                                            m, tiles, extra, k):
+    # small caches and rows of B "far apart" from 256 bytes on, so that small shapes take the
+    # sweep of eight rows: a few rows, column tiles in two halves and an odd last one, the
+    # rows left on other tiles in the same blocks, columns left over on other rows
+    from rewrite import extract
+
+    caches(32 * 1024, 32 * 1024)
+    monkeypatch.setattr(extract, "ROWS_APART", 256)
+    n = 16 * tiles + extra
+    func = _nn(m, n, k)
+    result = tensorize(func, AVX2)
+    _well_formed(result)
+    _agrees(func, result, HOST_HAS_AVX2)
+
+
+def test_the_small_shapes_above_do_take_the_sweep(caches, monkeypatch):
+    from rewrite import extract
+
+    caches(32 * 1024, 32 * 1024)
+    monkeypatch.setattr(extract, "ROWS_APART", 256)
+    result = tensorize(_nn(10, 16 * 8, 72), AVX2)
+    assert _b_rows(result.func) & {"k_i + 8 * k_o"}, show(result.func)
+    (nest,) = _row_tiles(result.func)
+    assert {c.intrinsic.name for c in ir.walk_stmts(nest) if isinstance(c, ir.Call)} == \
+        {"x86.mm.f32.6x16x1", "x86.mm.f32.4x16x1"}
