@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional
 
 from . import cost, ir, rules
+from .caches import l1_data_bytes, l2_bytes
 from .calls import op_count
 from .affine import affine
 from .plans import NestRef, PlanGraph
@@ -204,34 +205,6 @@ def _calls(desc, loops, windows) -> Stmt:
 # instead (``blocked_loops``); that panel is a quarter of B's for the same KC (8 rows
 # against 32 columns), so this KC leaves it a sixth of L1.
 KC_MIN, ROW_TILES = 64, 8
-
-
-@functools.lru_cache(maxsize=None)
-def l1_data_bytes() -> int:
-    """This CPU's L1 data cache per core, as Linux describes it in sysfs (``48K``), else
-    ``cost``'s 32 KB."""
-    return _cache_bytes(1, "Data") or cost.L1_BYTES
-
-
-@functools.lru_cache(maxsize=None)
-def l2_bytes() -> int:
-    """This CPU's L2 cache per core, as sysfs describes it (``2048K``), else ``cost``'s
-    512 KB."""
-    return _cache_bytes(2, "Unified") or cost.L2_SETS * cost.L2_WAYS * cost.LINE
-
-
-def _cache_bytes(level: int, kind: str) -> int:
-    from pathlib import Path
-
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
-            lv, ty = (index / "level").read_text().strip(), (index / "type").read_text().strip()
-            size = (index / "size").read_text().strip()
-        except OSError:
-            continue
-        if lv == str(level) and ty == kind and size[:-1].isdigit() and size[-1] in "KM":
-            return int(size[:-1]) << (10 if size[-1] == "K" else 20)
-    return 0
 
 
 def _call_bytes(op, windows: dict) -> int:
