@@ -42,6 +42,7 @@ import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 
+from . import caches
 from . import lower as lowering
 from .affine import Affine, affine
 from .descriptor import Descriptor
@@ -140,9 +141,10 @@ def target_machine() -> llvm.TargetMachine:
 
 @functools.lru_cache(maxsize=None)
 def target_id() -> str:
-    """What compiled code depends on besides the program; part of every cache key."""
+    """What compiled code depends on besides the program; part of every cache key (L2's
+    size: ``lower.one_sweep``)."""
     math_library = "+libmvec" if vector_math() else ""
-    return "|".join((llvm.get_process_triple(), *_cpu_and_features(),
+    return "|".join((llvm.get_process_triple(), *_cpu_and_features(), f"l2-{caches.l2_bytes()}",
                      f"llvmlite-{llvmlite.__version__}{math_library}"))
 
 
@@ -1084,6 +1086,15 @@ def _body(module: ir.Module, code: lowering.Body, name: str, emitters: Emitters)
     emitter = _BodyEmitter(b, {buf.name: arg for buf, arg in zip(code.buffers, fn.args)}, emitters)
     if code.parallel and (square := block_transpose(code.stmt)) is not None:
         emitter.transpose(square, fn.args[-2], fn.args[-1])
+    elif code.parallel and code.whole is not None:
+        lo, hi = fn.args[-2], fn.args[-1]
+        whole = b.and_(b.icmp_signed("==", lo, _i64(code.stmt.start)),
+                       b.icmp_signed("==", hi, _i64(code.stmt.stop)))
+        with b.if_else(whole) as (alone, shared):
+            with alone:
+                emitter.stmt(code.whole)
+            with shared:
+                emitter.loop(code.stmt, lo, hi)
     elif code.parallel:
         emitter.loop(code.stmt, fn.args[-2], fn.args[-1])
     else:

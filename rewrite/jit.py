@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 import llvmlite.binding as llvm
 
-from . import affine, analysis, budgets, calls, codegen, descriptor, emitter, ir, polytope, printer
+from . import affine, analysis, budgets, caches, calls, codegen, descriptor, emitter, ir, polytope, printer
 from . import lower as lowering
 
 # ---------------------------------------------------------------------------
@@ -86,8 +86,8 @@ def cache_dir() -> Path:
 
 # Every module lowering and codegen import, directly or not (tests/test_shared_bodies.py
 # checks the list against their imports): compiled code may change when any of them does.
-CODE_MODULES = (affine, analysis, budgets, calls, codegen, descriptor, emitter, ir, lowering, polytope,
-                printer)
+CODE_MODULES = (affine, analysis, budgets, caches, calls, codegen, descriptor, emitter, ir, lowering,
+                polytope, printer)
 
 
 def _code_version() -> str:
