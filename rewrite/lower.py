@@ -229,8 +229,10 @@ def one_sweep(parallel: set[tuple[int, ...]], position: int, s: Stmt) -> Optiona
 def _sunk(p: For, s: Stmt) -> Optional[tuple[Stmt, bool]]:
     """Loop ``p`` around ``s``, moved in through the loops that ``p`` does not move along with
     (``_moves_with``) to just outside one that it does, over each statement of a sequence;
-    and whether it went past any loop. None where no loop moving with ``p`` is below: ``p``
-    would end up around a call or a store, taking a tile's reduction loop apart."""
+    and whether it went past any loop. It stops outside a loop that writes a buffer along a
+    dimension after ``p``'s (``_writes_after``: a copy into panels, ``P[i_o, k_o, ...]``,
+    would no longer write them in order). None where no loop moving with ``p`` is below:
+    ``p`` would end up around a call or a store, taking a tile's reduction loop apart."""
     if isinstance(s, Seq):
         inner = [_sunk(p, t) for t in s.stmts]
         if all(x is None for x in inner):
@@ -240,7 +242,7 @@ def _sunk(p: For, s: Stmt) -> Optional[tuple[Stmt, bool]]:
                 any(x is not None and x[1] for x in inner))
     if not isinstance(s, For) or s.var == p.var:
         return None
-    if _moves_with(p.var, s):
+    if _moves_with(p.var, s) or _writes_after(p.var, s):
         return For(p.var, p.start, p.stop, s), False
     inner = _sunk(p, s.body)
     return None if inner is None else (For(s.var, s.start, s.stop, inner[0]), True)
@@ -253,6 +255,25 @@ def _moves_with(var: str, loop: For) -> bool:
         return any(isinstance(x, Var) and x.name == name for x in walk_expr(e))
 
     return any(reads(i, var) and reads(i, loop.var) for _, idx in _accesses(loop) for i in idx)
+
+
+def _writes_after(var: str, loop: For) -> bool:
+    """Whether ``loop`` moves some access it writes along a dimension after the first that
+    ``var`` moves it along."""
+    def reads(e: Expr, name: str) -> bool:
+        return any(isinstance(x, Var) and x.name == name for x in walk_expr(e))
+
+    for x in walk_stmts(loop):
+        if isinstance(x, (Store, Accumulate)):
+            idx = x.indices
+        elif isinstance(x, Call):
+            idx = x.window(x.output).base
+        else:
+            continue
+        along = [d for d, i in enumerate(idx) if reads(i, var)]
+        if along and any(reads(i, loop.var) for i in idx[along[0] + 1:]):
+            return True
+    return False
 
 
 def written_bytes(s: Stmt) -> int:

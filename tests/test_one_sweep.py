@@ -145,7 +145,7 @@ def test_an_output_past_half_of_l2_keeps_the_order_written(monkeypatch):
     assert lower.one_sweep(parallel, 0, s) is None
 
 
-def test_a_loop_of_many_iterations_or_one_that_would_split_a_reduction_stays():
+def test_a_loop_of_many_iterations_or_that_would_split_a_reduction_or_a_copy_stays():
     many = parse(HALVES.replace("range(2)", f"range({lower.MIN_SHARED_ITERATIONS})")
                  .replace("512]", f"{256 * lower.MIN_SHARED_ITERATIONS}]"))
     # j around k around the store: moving j in would take each sum's loop apart
@@ -156,7 +156,14 @@ def rows(x: f32[128], B: f32[128, 4], y: f32[4]):
         for k in range(128):
             y[j] += x[k] * B[k, j]
 """)
-    for func in (many, around_sum):
+    # moving i_o in past k_o would write the panel out of its order
+    panel = parse("""
+@prim_func
+def panel(A: i8[12, 26], P: i32[3, 13, 4, 2]):
+    for i_o, k_o, i_i, k_i in grid(3, 13, 4, 2):
+        P[i_o, k_o, i_i, k_i] = i32(A[i_i + 4 * i_o, k_i + 2 * k_o])
+""")
+    for func in (many, around_sum, panel):
         parallel = lower._parallel_loops(expand_calls(func))
         assert (0,) in parallel
         assert lower.one_sweep(parallel, 0, stmts_of(func.body)[0]) is None
