@@ -208,8 +208,8 @@ def one_sweep(parallel: set[tuple[int, ...]], position: int, s: Stmt) -> Optiona
 
     Such a loop cuts the columns of a sweep over a few rows of a wide matrix in halves
     (``extract._rows_apart``) so that two threads share them; one thread running the
-    halves one after the other reads each row of B in two runs, the second 256 steps of k
-    later, where a single sweep reads it in one. Measured on Zen 3, one thread, in turns
+    halves one after the other reads each row of B in two runs, the second a whole pass
+    over B later, where a single sweep reads it in one. Measured on Zen 3, one thread, in turns
     with numpy (medians, numpy's time over ours; halves / one sweep): ``x @ B`` at 2048
     0.94 / 0.98, 16 x 2048 x 2048 0.93 / 0.99, 4 rows 1.89 / 2.03, 10 x 4096 x 1024
     1.27 / 1.38, 4 x 8192 x 320 1.33 / 1.45; 24 rows the same. The output stays in cache
