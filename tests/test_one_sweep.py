@@ -213,7 +213,7 @@ def blocks(X: f32[{r}, {n * h}], Y: f32[{n * h}], Z: f32[2, {n * h}]):
 """)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(shared_loops(), programs()))
 @example(parse(HALVES))
 def test_a_sweep_computes_what_the_program_does_bit_for_bit(func):
