@@ -271,3 +271,62 @@ def test_nests_whose_loops_only_share_a_range_are_not_fused_for_a_big_input():
     func = _fuse_func(src)
     assert "k_h" in show(func)
     assert len(fuse_blocks(list(func.body.stmts), big=64 * 1024)) == 2
+
+
+# two groups of two 6-row tiles over rows 0-23, and the four rows left on the 4-row tile,
+# each over all of the reduction (as the extractor plans a product of 28 rows)
+DEAL_SRC = '''
+@prim_func
+def deal(A: f32[28, 32], B: f32[32, 64], C: f32[28, 64]):
+    for i_o_b, k_o, i_o_i, j_o, k_i in grid(2, 4, 2, 4, 8):
+        call("x86.mm.f32.6x16x1", c=window(C[12 * i_o_b + 6 * i_o_i, 16 * j_o], (1, 0), (0, 1)), a=window(A[12 * i_o_b + 6 * i_o_i, k_i + 8 * k_o], (1, 0), (0, 1)), b=window(B[k_i + 8 * k_o, 16 * j_o], (1, 0), (0, 1)))
+    for j_o, k in grid(4, 32):
+        call("x86.mm.f32.4x16x1", c=window(C[24, 16 * j_o], (1, 0), (0, 1)), a=window(A[24, k], (1, 0), (0, 1)), b=window(B[k, 16 * j_o], (1, 0), (0, 1)))
+'''
+
+
+def test_the_rows_a_group_tiling_leaves_are_dealt_to_the_groups_and_fused_into_their_blocks():
+    from rewrite.rules.tiles import co_block, fuse_blocks
+
+    func = parse(DEAL_SRC)
+    main, rest = func.body.stmts
+    dealt = co_block([main, rest], deal=True)
+    assert dealt[0] is main
+    loops, call = ir.band(dealt[1])
+    # the group loop and the reduction blocks outermost, each group two of the four tiles
+    assert [(lp.var, lp.extent) for lp in loops][:2] == [("i_o_b", 2), ("k_o", 4)]
+    assert [lp.extent for lp in loops][2:] == [2, 8]
+    assert affine(call.window("c").base[1]).coeff("i_o_b") == 32
+    args = random_args(func, seed=2)
+    want = interp.run(func, **args)["C"]
+    assert np.array_equal(interp.run(replace(func, body=ir.seq(*dealt)), **args)["C"], want)
+    # B (8 KB here) taken as past L2: the two nests share each group's reduction blocks
+    (fused,) = fuse_blocks(dealt, big=4 * 1024, dealt=True)
+    assert np.array_equal(interp.run(replace(func, body=fused), **args)["C"], want)
+    assert len(fuse_blocks(dealt, big=4 * 1024)) == 2  # not without dealt
+    assert len(fuse_blocks(dealt, big=1 << 20, dealt=True)) == 2  # nor where L2 holds B
+
+
+def test_tiles_no_group_count_divides_are_not_dealt():
+    from rewrite.rules.tiles import co_block
+
+    func = parse(DEAL_SRC.replace("grid(4, 32)", "grid(3, 32)"))
+    assert co_block(list(func.body.stmts), deal=True) == list(func.body.stmts)
+
+
+def test_a_product_of_few_rows_over_a_deep_reduction_runs_the_rows_left_in_the_groups_blocks(caches):
+    """64 x 4096 x 64 on Zen 3's caches: B (1 MB) outgrows L2, so the four rows the 6-row
+    tiles leave run in the tiles' reduction blocks, half of their columns in each group;
+    with a 2 MB L2 they keep their own nest."""
+    def tiles_by_statement(func):
+        return [sorted({c.intrinsic.name for c in ir.walk_stmts(s) if isinstance(c, ir.Call)})
+                for s in ir.stmts_of(func.body) if any(isinstance(c, ir.Call) for c in ir.walk_stmts(s))]
+
+    caches(32 * 1024, 512 * 1024)
+    func = tensorize(_gemm(64, 64, 4096), intrinsics=AVX2).func
+    assert tiles_by_statement(func) == [["x86.mm.f32.4x16x1", "x86.mm.f32.6x16x1"]]
+    for threads in (1, 2):
+        assert runtime.check(func, runtime.compile(func, threads=threads)).ok
+    caches(32 * 1024, 2048 * 1024)
+    func = tensorize(_gemm(64, 64, 4096), intrinsics=AVX2).func
+    assert tiles_by_statement(func) == [["x86.mm.f32.6x16x1"], ["x86.mm.f32.4x16x1"]]
