@@ -215,11 +215,13 @@ def one_sweep(parallel: set[tuple[int, ...]], position: int, s: Stmt) -> Optiona
     1.27 / 1.38, 4 x 8192 x 320 1.33 / 1.45; 24 rows the same. The output stays in cache
     in either order where it fits half of L2; a larger one (the column blocks of a large
     product, which keep a block of B in L2 across the row tiles) keeps the order written.
+    Only nests of calls: a scalar nest's loop order is ``schedule``'s.
 
     Legal because the loop carries no dependence: each of its iterations keeps its own
     statements' order, and iterations that share no dependence may interleave in any
     order, which is what threads already do with them."""
     if not isinstance(s, For) or s.extent >= MIN_SHARED_ITERATIONS or (position,) not in parallel \
+            or not any(isinstance(x, Call) for x in walk_stmts(s)) \
             or written_bytes(s) > caches.l2_bytes() // 2:
         return None
     out = _sunk(s, s.body)
@@ -229,7 +231,8 @@ def one_sweep(parallel: set[tuple[int, ...]], position: int, s: Stmt) -> Optiona
 def _sunk(p: For, s: Stmt) -> Optional[tuple[Stmt, bool]]:
     """Loop ``p`` around ``s``, moved in through the loops that ``p`` does not move along with
     (``_moves_with``) to just outside one that it does, over each statement of a sequence;
-    and whether it went past any loop. It stops outside a loop that writes a buffer along a
+    and whether it went past a reduction loop (one that moves nothing it writes: a row of
+    B's blocks, not a fill's rows). It stops outside a loop that writes a buffer along a
     dimension after ``p``'s (``_writes_after``: a copy into panels, ``P[i_o, k_o, ...]``,
     would no longer write them in order). None where no loop moving with ``p`` is below:
     ``p`` would end up around a call or a store, taking a tile's reduction loop apart."""
@@ -245,33 +248,37 @@ def _sunk(p: For, s: Stmt) -> Optional[tuple[Stmt, bool]]:
     if _moves_with(p.var, s) or _writes_after(p.var, s):
         return For(p.var, p.start, p.stop, s), False
     inner = _sunk(p, s.body)
-    return None if inner is None else (For(s.var, s.start, s.stop, inner[0]), True)
+    if inner is None:
+        return None
+    reduces = not any(_reads(i, s.var) for idx in _written(s) for i in idx)
+    return For(s.var, s.start, s.stop, inner[0]), inner[1] or reduces
+
+
+def _reads(e: Expr, name: str) -> bool:
+    return any(isinstance(x, Var) and x.name == name for x in walk_expr(e))
+
+
+def _written(s: Stmt):
+    """The indices of each access ``s`` writes: stores, ``+=`` and calls' output windows."""
+    for x in walk_stmts(s):
+        if isinstance(x, (Store, Accumulate)):
+            yield x.indices
+        elif isinstance(x, Call):
+            yield x.window(x.output).base
 
 
 def _moves_with(var: str, loop: For) -> bool:
     """Whether some index of an access in ``loop`` reads both ``var`` and ``loop``'s
     variable: the two move along one dimension of a buffer."""
-    def reads(e: Expr, name: str) -> bool:
-        return any(isinstance(x, Var) and x.name == name for x in walk_expr(e))
-
-    return any(reads(i, var) and reads(i, loop.var) for _, idx in _accesses(loop) for i in idx)
+    return any(_reads(i, var) and _reads(i, loop.var) for _, idx in _accesses(loop) for i in idx)
 
 
 def _writes_after(var: str, loop: For) -> bool:
     """Whether ``loop`` moves some access it writes along a dimension after the first that
     ``var`` moves it along."""
-    def reads(e: Expr, name: str) -> bool:
-        return any(isinstance(x, Var) and x.name == name for x in walk_expr(e))
-
-    for x in walk_stmts(loop):
-        if isinstance(x, (Store, Accumulate)):
-            idx = x.indices
-        elif isinstance(x, Call):
-            idx = x.window(x.output).base
-        else:
-            continue
-        along = [d for d, i in enumerate(idx) if reads(i, var)]
-        if along and any(reads(i, loop.var) for i in idx[along[0] + 1:]):
+    for idx in _written(loop):
+        along = [d for d, i in enumerate(idx) if _reads(i, var)]
+        if along and any(_reads(i, loop.var) for i in idx[along[0] + 1:]):
             return True
     return False
 

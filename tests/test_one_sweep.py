@@ -19,7 +19,7 @@ from rewrite import caches, lower, runtime
 from rewrite.calls import expand_calls
 from rewrite.inputs import random_args
 from rewrite.interp import run
-from rewrite.ir import Accumulate, Unary, map_stmt, seq, stmts_of
+from rewrite.ir import For, Store, Unary, map_stmt, seq, stmts_of, walk_stmts
 from rewrite.pipeline import tensorize
 from rewrite.script import parse, show
 
@@ -47,28 +47,32 @@ def _bits(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a).view(np.uint8)
 
 
-# halves of the columns of x @ B, as extract._rows_apart cuts them for two threads, in
-# scalar code; 2 x 128 x 256 multiply-adds make it a parallel part (lower.MIN_PARALLEL_OPS)
-HALVES = """
+AXPY = 'call("x86.axpy.f32x8", c=window(y[256 * j_b + 8 * j_i], (1,)), a=window(x[k], (0,)), ' \
+    'b=window(B[k, 256 * j_b + 8 * j_i], (0, 1)))'
+
+# halves of the columns of x @ B, as extract._rows_apart cuts them for two threads: row 0
+# stored, the others added on 8-wide calls; 2 x 128 x 256 multiply-adds make it a
+# parallel part (lower.MIN_PARALLEL_OPS)
+HALVES = f"""
 @prim_func
 def halves(x: f32[128], B: f32[128, 512], y: f32[512]):
     for j_b in range(2):
-        for j_i in range(256):
-            y[256 * j_b + j_i] = x[0] * B[0, 256 * j_b + j_i]
+        for j in range(256):
+            y[256 * j_b + j] = x[0] * B[0, 256 * j_b + j]
         for k in range(1, 128):
-            for j_i in range(256):
-                y[256 * j_b + j_i] += x[k] * B[k, 256 * j_b + j_i]
+            for j_i in range(32):
+                {AXPY}
 """
 
 # what one thread runs: the halves after each other along each row of B
-SWEPT = """
+SWEPT = f"""
 @prim_func
 def halves(x: f32[128], B: f32[128, 512], y: f32[512]):
-    for j_b, j_i in grid(2, 256):
-        y[256 * j_b + j_i] = x[0] * B[0, 256 * j_b + j_i]
+    for j_b, j in grid(2, 256):
+        y[256 * j_b + j] = x[0] * B[0, 256 * j_b + j]
     for k in range(1, 128):
-        for j_b, j_i in grid(2, 256):
-            y[256 * j_b + j_i] += x[k] * B[k, 256 * j_b + j_i]
+        for j_b, j_i in grid(2, 32):
+            {AXPY}
 """
 
 
@@ -81,13 +85,13 @@ def test_the_halves_of_a_sweep_run_as_one_when_one_thread_runs_them():
 
 def test_one_thread_runs_the_sweep_and_two_threads_their_halves(monkeypatch):
     """The body is compiled in both orders and the range it is given picks one: with a
-    ``whole`` that negates every sum, one thread gives the negated sums, two the true ones."""
+    ``whole`` that negates what row 0 stores, one thread gives that result, two the true one."""
     func = parse(HALVES.replace("def halves", "def halves_negated"))
     found = lower.one_sweep
 
     def negated(parallel, position, s):
         out = found(parallel, position, s)
-        flip = lambda x: replace(x, value=Unary("neg", x.value)) if isinstance(x, Accumulate) else x
+        flip = lambda x: replace(x, value=Unary("neg", x.value)) if isinstance(x, Store) else x
         return None if out is None else map_stmt(out, flip)
 
     monkeypatch.setattr(lower, "one_sweep", negated)
@@ -98,9 +102,9 @@ def test_one_thread_runs_the_sweep_and_two_threads_their_halves(monkeypatch):
         arrays = {k: np.array(v, copy=True) for k, v in args.items()}
         runtime.compile(func, threads=threads)(**arrays)
         got[threads] = arrays["y"]
-    first = args["x"][0] * args["B"][0]  # the store, which the negation leaves alone
+    first = args["x"][0] * args["B"][0]
     np.testing.assert_allclose(got[2], want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(got[1], 2 * first - want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[1], want - 2 * first, rtol=1e-4, atol=1e-4)
 
 
 def test_the_sweep_computes_what_the_halves_do_on_one_and_two_threads():
@@ -145,33 +149,52 @@ def test_an_output_past_half_of_l2_keeps_the_order_written(monkeypatch):
     assert lower.one_sweep(parallel, 0, s) is None
 
 
-def test_a_loop_of_many_iterations_or_that_would_split_a_reduction_or_a_copy_stays():
+def test_a_loop_of_many_iterations_one_around_a_call_or_a_scalar_nest_stays():
     many = parse(HALVES.replace("range(2)", f"range({lower.MIN_SHARED_ITERATIONS})")
                  .replace("512]", f"{256 * lower.MIN_SHARED_ITERATIONS}]"))
-    # j around k around the store: moving j in would take each sum's loop apart
-    around_sum = parse("""
+    # j around k around the call: moving j in would take the call's k-loop apart
+    around_call = parse("""
 @prim_func
-def rows(x: f32[128], B: f32[128, 4], y: f32[4]):
+def rows(x: f32[128], B: f32[128, 32], y: f32[32]):
     for j in range(4):
         for k in range(128):
-            y[j] += x[k] * B[k, j]
+            call("x86.axpy.f32x8", c=window(y[8 * j], (1,)), a=window(x[k], (0,)), b=window(B[k, 8 * j], (0, 1)))
 """)
-    # moving i_o in past k_o would write the panel out of its order
-    panel = parse("""
+    # scalar code: its loop order is lower.schedule's
+    scalar = parse("""
 @prim_func
-def panel(A: i8[12, 26], P: i32[3, 13, 4, 2]):
-    for i_o, k_o, i_i, k_i in grid(3, 13, 4, 2):
-        P[i_o, k_o, i_i, k_i] = i32(A[i_i + 4 * i_o, k_i + 2 * k_o])
+def halves(x: f32[128], B: f32[128, 512], y: f32[512]):
+    for j_b in range(2):
+        for k in range(128):
+            for j in range(256):
+                y[256 * j_b + j] += x[k] * B[k, 256 * j_b + j]
 """)
-    for func in (many, around_sum, panel):
+    for func in (many, around_call, scalar):
         parallel = lower._parallel_loops(expand_calls(func))
         assert (0,) in parallel
         assert lower.one_sweep(parallel, 0, stmts_of(func.body)[0]) is None
 
 
+def test_the_loop_stops_outside_a_loop_that_writes_after_its_dimension():
+    """Past the reduction ``k``, but not past ``r``, which writes Z along a dimension after
+    ``i_o``'s: moved past it, Z's rows would be written out of their order."""
+    func = parse("""
+@prim_func
+def rows(X: f32[4, 8], V: f32[4, 64], Z: f32[2, 4, 64]):
+    for i_o in range(2):
+        for k in range(4):
+            for r in range(4):
+                for j in range(4):
+                    call("x86.axpy.f32x8", c=window(Z[i_o, r, 32 * i_o + 8 * j], (0, 0, 1)), a=window(X[k, 0], (0, 0)), b=window(V[k, 32 * i_o + 8 * j], (0, 1)))
+""")
+    parallel = lower._parallel_loops(expand_calls(func))
+    swept = lower.one_sweep(parallel, 0, stmts_of(func.body)[0])
+    assert [x.var for x in walk_stmts(swept) if isinstance(x, For)] == ["k", "i_o", "r", "j"]
+
+
 def test_written_bytes_bound_what_a_part_writes():
     func = parse(HALVES)
-    assert lower.written_bytes(func.body) == 512 * 4
+    assert lower.written_bytes(func.body) == 512 * 4  # the stores' and the calls' boxes, one
     tiles = parse("""
 @prim_func
 def tiles(A: f32[12, 64], B: f32[64, 64], C: f32[16, 64]):
@@ -199,15 +222,24 @@ _IN_BLOCK = (
 )
 
 
+# calls along the block, over rows of V
+_CALL = ("for k in range({R}):\n    for j in range({H}):\n"
+         "        call(\"x86.axpy.f32x8\", c=window(W[{H8} * p + 8 * j], (1,)), a=window(X[k, j], (0, 0)), "
+         "b=window(V[k, {H8} * p + 8 * j], (0, 1)))")
+
+
 @st.composite
 def shared_loops(draw):
-    """A top-level loop over blocks of Y and Z, its iterations independent."""
+    """A top-level loop over blocks of Y, Z and W, its iterations independent, with calls
+    (``one_sweep`` moves nests of calls only)."""
     n, h, r = draw(st.integers(2, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 3))
-    picked = draw(st.lists(st.sampled_from(_IN_BLOCK), min_size=1, max_size=4))
-    body = "\n".join(textwrap.indent(t.format(H=h, R=r), "        ") for t in picked)
+    picked = draw(st.lists(st.sampled_from(_IN_BLOCK), min_size=0, max_size=4))
+    picked.insert(draw(st.integers(0, len(picked))), _CALL)
+    body = "\n".join(textwrap.indent(t.format(H=h, R=r, H8=8 * h), "        ") for t in picked)
     return parse(f"""
 @prim_func
-def blocks(X: f32[{r}, {n * h}], Y: f32[{n * h}], Z: f32[2, {n * h}]):
+def blocks(X: f32[{r}, {n * h}], Y: f32[{n * h}], Z: f32[2, {n * h}], V: f32[{r}, {8 * n * h}],
+           W: f32[{8 * n * h}]):
     for p in range({n}):
 {body}
 """)
