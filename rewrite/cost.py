@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import math
 
+from .caches import l2_bytes
 from .calls import op_count
-from .ir import Accumulate, For, Store, fold_stmt, walk_expr, written_by
+from .ir import Accumulate, For, Store, fold_stmt, itemsize, walk_expr, written_by
 from .nests import AccNest
 
 GATHER_PENALTY = 4.0
@@ -47,6 +48,9 @@ PER_PACKING = 10000.0
 PER_PADDED_TEMP = 1000.0
 PER_PADDED_ELEMENT = 0.25
 VECTOR_RUN = 8
+# A padding stage whose temporaries outgrow twice L2 (``padding``): its row copies, fills
+# and writeback stream from L3 and memory at about three times the in-cache rate.
+PADDED_FAR = 3.0
 
 # L1 and L2 of one Zen 3 core: 32 KB; 512 KB, 8 ways of 1024 sets; 64-byte lines (``streamed``).
 LINE, L1_BYTES, L2_SETS, L2_WAYS = 64, 32 * 1024, 1024, 8
@@ -105,10 +109,23 @@ def padding(stmts, temps, relaid=()) -> float:
     matrix-vector product whose last 6 columns of A would be copied row by row measured
     12.1 against 10.4 us, which the price of short rows refuses."""
     names = {t.name for t in relaid}
+    far = PADDED_FAR if _far(temps) else 1.0
     work = sum(scalar_stmt(s) if written_by(s) & names else
-               fold_stmt(s, lambda x: op_count(x) + 1, loop=_vector_rate) for s in stmts)
+               fold_stmt(s, lambda x: op_count(x) + 1,
+                         loop=lambda loop, inner: _vector_rate(loop, inner, far)) for s in stmts)
     per_temp = sum(PER_PACKING if t in relaid else PER_PADDED_TEMP for t in temps)
     return work + PER_PADDED_ELEMENT * sum(t.size for t in _zeroed(stmts, temps)) + per_temp
+
+
+def _far(temps) -> bool:
+    """The temporaries ``temps`` together outgrow twice L2: their passes run at L3's and
+    memory's pace, not L2's. Measured on Zen 4 (1 MB of L2; a padded product's fills, copies
+    and writeback timed alone, one thread): 0.12-0.13 ns an element with 0.3-1.5 MB of
+    temporaries (150^3 to 350^3), 0.38 with 5.9 MB (700^3), 0.51 with 14.7 MB (1100^3).
+    Priced in cache, the padded 700^3, 1100^3 and 1500^3 products were chosen over their
+    remainders and measured 7%, 9% and 3% slower than them (8.42 against 7.87 ms, 28.0
+    against 25.5, 69.9 against 68.1; in turns, thread CPU time, 9-15 rounds)."""
+    return sum(t.size * itemsize(t.dtype) for t in temps) > 2 * l2_bytes()
 
 
 def _zeroed(stmts, temps) -> list:
@@ -134,15 +151,15 @@ def scan(stmts) -> float:
     return sum(fold_stmt(s, lambda x: op_count(x) + 1, loop=_vector_rate) for s in stmts)
 
 
-def _vector_rate(loop, inner: float) -> float:
+def _vector_rate(loop, inner: float, far: float = 1.0) -> float:
     """``inner`` (the price of one run of ``loop``'s body) times the trip count, at
-    ``PER_PADDED_ELEMENT`` when ``loop`` is an innermost loop of at least ``VECTOR_RUN``
-    along which every access of its statement moves by one element or stays (a row copied,
-    not a column: a transposing or blocking copy pays per element)."""
+    ``PER_PADDED_ELEMENT`` (times ``far``) when ``loop`` is an innermost loop of at least
+    ``VECTOR_RUN`` along which every access of its statement moves by one element or stays
+    (a row copied, not a column: a transposing or blocking copy pays per element)."""
     innermost = not isinstance(loop.body, For)
     rate = 1.0
     if innermost and loop.stop - loop.start >= VECTOR_RUN and _unit_stride(loop.body, loop.var):
-        rate = PER_PADDED_ELEMENT
+        rate = PER_PADDED_ELEMENT * far
     return (loop.stop - loop.start) * inner * rate
 
 

@@ -33,12 +33,14 @@ def caches(monkeypatch):
     """``caches(l1, l2)``: plan with an L1 data cache of ``l1`` bytes and an L2 of ``l2`` a
     core for the rest of the test, whatever this host has. Cache blocking and the cost of
     reading a matrix again are sized by the host's caches (``extract.l1_data_bytes``,
-    ``extract.l2_bytes``), so a program a test spells out holds for the caches it names."""
-    from rewrite import extract
+    ``extract.l2_bytes``), and so is a padding stage's price (``cost.l2_bytes``), so a
+    program a test spells out holds for the caches it names."""
+    from rewrite import cost, extract
 
     def pin(l1: int, l2: int) -> None:
         monkeypatch.setattr(extract, "l1_data_bytes", lambda: l1)
         monkeypatch.setattr(extract, "l2_bytes", lambda: l2)
+        monkeypatch.setattr(cost, "l2_bytes", lambda: l2)
 
     return pin
 
