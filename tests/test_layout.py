@@ -990,15 +990,49 @@ def test_a_few_rows_times_a_wide_matrix_read_b_eight_rows_at_a_time_in_one_sweep
     _agrees(func, result, HOST_HAS_AVX2)
 
 
-def test_two_row_tiles_run_inside_each_block_of_eight_rows(caches):
-    # 12 rows: both 6-row tiles run per block of B's rows, before the next block, the
-    # column tiles inside them; 48 KB of C is within half of a 128 KB L2
+def test_two_row_tiles_are_the_halves_of_the_sweep(caches):
+    # 12 rows: a 6-row tile a thread, outermost, each swept over all the column tiles per
+    # block of 8 rows of B (not the columns' halves, whose two threads read each row of B in
+    # two runs); 48 KB of C is within half of a 128 KB L2
     caches(32 * 1024, 128 * 1024)
     func = _nn(12, 1024, 256)
     result = tensorize(func, AVX2)
     _well_formed(result)
     loops = _call_loops(result.func, "x86.mm.f32.6x16x1")
-    assert [n for _, n in loops] == [2, 32, 2, 32, 8] and loops[2][0] == "i_o", loops
+    assert loops == [("i_o", 2), ("k_o", 32), ("j_o", 64), ("k_i", 8)], loops
+    (nest,) = _row_tiles(result.func)
+    assert (nest.var, nest.extent) == ("i_o", 2)
+    _agrees(func, result, HOST_HAS_AVX2)
+    if HOST_HAS_AVX2:  # one thread runs the halves as one sweep (lower.one_sweep)
+        check = runtime.check(func, result.compile(threads=1))
+        assert check.ok, check.message
+
+
+def test_four_row_tiles_are_cut_into_two_halves_of_rows(caches):
+    # 24 rows of 6: two halves of two row tiles each, outermost; 96 KB of C within half of
+    # a 256 KB L2
+    caches(32 * 1024, 256 * 1024)
+    func = _nn(24, 1024, 256)
+    result = tensorize(func, AVX2)
+    _well_formed(result)
+    loops = _call_loops(result.func, "x86.mm.f32.6x16x1")
+    assert [n for _, n in loops] == [2, 32, 2, 64, 8] and loops[0][0].endswith("_b"), loops
+    _agrees(func, result, HOST_HAS_AVX2)
+    if HOST_HAS_AVX2:
+        check = runtime.check(func, result.compile(threads=1))
+        assert check.ok, check.message
+
+
+def test_rows_left_to_another_nest_keep_the_halves_of_the_columns(caches):
+    # 16 rows: two 6-row tiles and 4 rows on the 4-row tile; the column halves stay, so that
+    # both nests' blocks of B fuse into one sweep
+    caches(32 * 1024, 128 * 1024)
+    func = _nn(16, 1024, 256)
+    result = tensorize(func, AVX2)
+    (nest,) = _row_tiles(result.func)
+    assert (nest.var, nest.extent) == ("j_o_b", 2), show(result.func)
+    assert {c.intrinsic.name for c in ir.walk_stmts(nest) if isinstance(c, ir.Call)} == \
+        {"x86.mm.f32.6x16x1", "x86.mm.f32.4x16x1"}
     _agrees(func, result, HOST_HAS_AVX2)
 
 
