@@ -499,16 +499,28 @@ def _rebased(w: ir.Window, values: dict) -> ir.Window:
                      w.steps)
 
 
+# An odd number of column blocks leaves one of two threads idle for the last block; from
+# this many on, the idle share (1/9 and less) costs less than equal blocks and a nest of the
+# tiles left over, which reads all of A once more. Zen 4, the 8x32 tile, two threads
+# against one (in turns, wall clock, medians of 11-21 rounds, ms), the odd blocks of a
+# divisor / an even number of equal blocks and the rest: 1056^3 (33 tiles, 3 blocks / 4 and
+# 1 left) 15.7 / 12.4 on two threads, 24.3 / 24.4 on one; 1250^3 (39, 3 / 2 and 1) 24.6 /
+# 19.5, 37.3 / 37.7; 1440^3 (45, 3 / 4 and 1) 40.4 / 31.3, 61.4 / 62.9; 1760^3 (55, 5 / 4
+# and 3) 66.5 / 57.9, 113 / 113; 2016^3 (63, 7 / 4 and 3) 106 / 86, 160 / 164.
+ODD_BLOCKS_KEPT = 9
+
+
 def _column_blocks(tiles: int, most: int) -> tuple[Optional[int], Optional[int]]:
     """(tiles a column block holds, whole blocks) for ``tiles`` column tiles of which at most
     ``most`` fit a block (``blocked_loops``): the largest divisor of ``tiles`` up to
     ``most`` and ``tiles // 2``, an even number of blocks preferred (the blocks are what the
     threads share; an even number, if a block at least half the largest gives one, keeps
     two threads busy to the end); where no divisor makes blocks at least half the size of
-    the fewest equal blocks that fit, those blocks, an even number of them where a block
-    loses no more than half its size by it, the tiles left over (fewer than the blocks) not
-    in any; blocks of ``most`` where those would hold one tile each. (None, None): fewer
-    than two tiles fit a block."""
+    the fewest equal blocks that fit, or only an odd number of them under
+    ``ODD_BLOCKS_KEPT`` where an even number of equal blocks fits, those fewest blocks, an
+    even number of them where a block loses no more than half its size by it, the tiles
+    left over (fewer than the blocks) not in any; blocks of ``most`` where those would hold
+    one tile each. (None, None): fewer than two tiles fit a block."""
     fits = [n for n in range(min(most, tiles // 2), 1, -1) if tiles % n == 0]
     count = -(-tiles // most)  # the fewest blocks that fit
     if count % 2 and 2 * (tiles // (count + 1)) >= tiles // count:
@@ -516,6 +528,8 @@ def _column_blocks(tiles: int, most: int) -> tuple[Optional[int], Optional[int]]
     even = tiles // count
     if fits and 2 * fits[0] >= even:
         nc = next((n for n in fits if (tiles // n) % 2 == 0 and 2 * n >= fits[0]), fits[0])
+        if (tiles // nc) % 2 and tiles // nc < ODD_BLOCKS_KEPT and count % 2 == 0 and even >= 2:
+            return even, count  # no divisor gives an even count: equal blocks and a rest
         return nc, tiles // nc
     if even >= 2:
         return even, count

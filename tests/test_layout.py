@@ -634,6 +634,21 @@ def test_a_prime_number_of_column_tiles_is_cut_into_equal_blocks_and_a_rest(cach
     _agrees(func, result, HOST_HAS_AVX512)
 
 
+def test_nine_column_tiles_run_in_four_blocks_of_two_and_a_rest_not_three_of_three(caches):
+    # 9 column tiles, at most 4 a block: 3 blocks of 3 would leave one of two threads idle
+    # for the last third; 4 blocks of 2 run the blocked order, the 9th tile a nest after them
+    caches(48 * 1024, 256 * 1024)
+    func = _nn(32, 288, 512)
+    result = tensorize(func, AVX512)
+    _well_formed(result)
+    loops = _call_loops(result.func, "x86.avx512.mm.f32.8x32x1")
+    assert [n for _, n in loops] == [4, 2, 4, 2, 256], loops
+    rest = [dict(c.operands)[c.output] for s in _row_tiles(result.func)[1:]
+            for c in ir.walk_stmts(s) if isinstance(c, ir.Call)]
+    assert rest and all(show_expr(w.base[1]) == "32 * j_o + 256" for w in rest)  # the 9th tile
+    _agrees(func, result, HOST_HAS_AVX512)
+
+
 def _b_rows(func: ir.PrimFunc) -> set[str]:
     """The row index of B in each call of ``func``."""
     calls = [c for c in ir.walk_stmts(func.body) if isinstance(c, ir.Call)]
@@ -710,6 +725,25 @@ def test_column_blocks_fit_and_leave_fewer_tiles_than_blocks(tiles):
             continue
         assert 2 <= nc <= most and blocks >= 1
         assert 0 <= tiles - blocks * nc < max(blocks, nc)  # the rest: less than a block
+
+
+def test_a_few_odd_column_blocks_give_way_to_an_even_number_and_a_rest():
+    from rewrite.extract import ODD_BLOCKS_KEPT, _column_blocks
+
+    # 1250^3 on Zen 4: 39 tiles, 32 fit a block; 13 divides 39 only into 3 blocks, which
+    # leave one of two threads idle for a third of the work: 2 blocks of 19 and 1 left
+    assert _column_blocks(39, 32) == (19, 2)
+    assert _column_blocks(45, 16) == (11, 4)  # 1440^3: not 3 blocks of 15
+    assert _column_blocks(63, 16) == (15, 4)  # 2016^3: not 7 blocks of 9
+    # many odd blocks are kept: 13 blocks of 3 idle a thread for 1/13 of the work only
+    assert ODD_BLOCKS_KEPT <= 13 and _column_blocks(39, 4) == (3, 13)
+    for tiles in range(2, 130):
+        for most in range(2, tiles):
+            nc, blocks = _column_blocks(tiles, most)
+            fewest = -(-tiles // most)
+            if blocks % 2 and 1 < blocks < ODD_BLOCKS_KEPT and fewest % 2 == 0:
+                # an odd count below the bound only where no two tiles a block would be even
+                assert tiles // fewest < 2, (tiles, most, nc, blocks)
 
 
 def test_b_fitting_half_of_l2_keeps_the_row_groups(caches):
