@@ -617,35 +617,25 @@ def test_a_widened_panel_keeps_its_whole_reduction_in_blocks_of_columns(caches):
         {("k_o", 2), ("k_i", 256)}
 
 
-def test_a_prime_number_of_column_tiles_is_cut_into_equal_blocks_and_a_rest(caches):
+@pytest.mark.parametrize("n, loops, rest", [
     # 7 column tiles, at most 4 a block: no divisor of 7 makes a block, so two blocks of 3
     # tiles run the blocked order and the last tile is a call nest of its own after them
+    (224, [2, 2, 4, 3, 256], "32 * j_o + 192"),
+    # 9: 3 blocks of 3 would leave one of two threads idle for the last third; 4 blocks of
+    # 2, and the 9th tile a nest after them
+    (288, [4, 2, 4, 2, 256], "32 * j_o + 256"),
+])
+def test_column_tiles_cut_into_equal_blocks_leave_the_rest_to_a_nest(caches, n, loops, rest):
     caches(48 * 1024, 256 * 1024)
-    func = _nn(32, 224, 512)
+    func = _nn(32, n, 512)
     result = tensorize(func, AVX512)
     _well_formed(result)
-    nests = [s for s in ir.stmts_of(result.func.body) if isinstance(s, ir.For)
-             and any(isinstance(c, ir.Call) for c in ir.walk_stmts(s))]
+    nests = _row_tiles(result.func)
     assert len(nests) == 2
-    loops = _call_loops(result.func, "x86.avx512.mm.f32.8x32x1")
-    assert [n for _, n in loops] == [2, 2, 4, 3, 256]
-    rest = [dict(c.operands)[c.output] for c in ir.walk_stmts(nests[1]) if isinstance(c, ir.Call)]
-    assert rest and all(show_expr(w.base[1]) == "32 * j_o + 192" for w in rest)  # the 7th tile
-    _agrees(func, result, HOST_HAS_AVX512)
-
-
-def test_nine_column_tiles_run_in_four_blocks_of_two_and_a_rest_not_three_of_three(caches):
-    # 9 column tiles, at most 4 a block: 3 blocks of 3 would leave one of two threads idle
-    # for the last third; 4 blocks of 2 run the blocked order, the 9th tile a nest after them
-    caches(48 * 1024, 256 * 1024)
-    func = _nn(32, 288, 512)
-    result = tensorize(func, AVX512)
-    _well_formed(result)
-    loops = _call_loops(result.func, "x86.avx512.mm.f32.8x32x1")
-    assert [n for _, n in loops] == [4, 2, 4, 2, 256], loops
-    rest = [dict(c.operands)[c.output] for s in _row_tiles(result.func)[1:]
-            for c in ir.walk_stmts(s) if isinstance(c, ir.Call)]
-    assert rest and all(show_expr(w.base[1]) == "32 * j_o + 256" for w in rest)  # the 9th tile
+    got = _call_loops(result.func, "x86.avx512.mm.f32.8x32x1")
+    assert [e for _, e in got] == loops, got
+    windows = [dict(c.operands)[c.output] for c in ir.walk_stmts(nests[1]) if isinstance(c, ir.Call)]
+    assert windows and all(show_expr(w.base[1]) == rest for w in windows)  # the last tile
     _agrees(func, result, HOST_HAS_AVX512)
 
 
@@ -1029,32 +1019,32 @@ def test_two_row_tiles_are_the_halves_of_the_sweep(caches):
     # block of 8 rows of B (not the columns' halves, whose two threads read each row of B in
     # two runs); 48 KB of C is within half of a 128 KB L2
     caches(32 * 1024, 128 * 1024)
-    func = _nn(12, 1024, 256)
-    result = tensorize(func, AVX2)
-    _well_formed(result)
-    loops = _call_loops(result.func, "x86.mm.f32.6x16x1")
+    result, loops = _row_halves(12)
     assert loops == [("i_o", 2), ("k_o", 32), ("j_o", 64), ("k_i", 8)], loops
     (nest,) = _row_tiles(result.func)
     assert (nest.var, nest.extent) == ("i_o", 2)
-    _agrees(func, result, HOST_HAS_AVX2)
-    if HOST_HAS_AVX2:  # one thread runs the halves as one sweep (lower.one_sweep)
-        check = runtime.check(func, result.compile(threads=1))
-        assert check.ok, check.message
 
 
 def test_four_row_tiles_are_cut_into_two_halves_of_rows(caches):
     # 24 rows of 6: two halves of two row tiles each, outermost; 96 KB of C within half of
     # a 256 KB L2
     caches(32 * 1024, 256 * 1024)
-    func = _nn(24, 1024, 256)
+    result, loops = _row_halves(24)
+    assert [n for _, n in loops] == [2, 32, 2, 64, 8] and loops[0][0].endswith("_b"), loops
+
+
+def _row_halves(m: int):
+    """``C = A @ B`` at m x 1024 x 256 on the AVX2 tiles: the result, checked on two threads
+    and on one (which runs the halves as one sweep, ``lower.one_sweep``) where the host runs
+    AVX2, and the loops around its 6-row tile's calls."""
+    func = _nn(m, 1024, 256)
     result = tensorize(func, AVX2)
     _well_formed(result)
-    loops = _call_loops(result.func, "x86.mm.f32.6x16x1")
-    assert [n for _, n in loops] == [2, 32, 2, 64, 8] and loops[0][0].endswith("_b"), loops
     _agrees(func, result, HOST_HAS_AVX2)
     if HOST_HAS_AVX2:
         check = runtime.check(func, result.compile(threads=1))
         assert check.ok, check.message
+    return result, _call_loops(result.func, "x86.mm.f32.6x16x1")
 
 
 def test_rows_left_to_another_nest_keep_the_halves_of_the_columns(caches):
