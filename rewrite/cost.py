@@ -33,11 +33,12 @@ tile reads again that has outgrown L1 (a long reduction's rows of A).
 
 from __future__ import annotations
 
+import functools
 import math
 
 from .caches import l2_bytes
 from .calls import op_count
-from .ir import Accumulate, For, Store, fold_stmt, itemsize, walk_expr, written_by
+from .ir import Accumulate, For, Store, fold_stmt, walk_expr, written_by
 from .nests import AccNest
 
 GATHER_PENALTY = 4.0
@@ -109,10 +110,9 @@ def padding(stmts, temps, relaid=()) -> float:
     matrix-vector product whose last 6 columns of A would be copied row by row measured
     12.1 against 10.4 us, which the price of short rows refuses."""
     names = {t.name for t in relaid}
-    far = PADDED_FAR if _far(temps) else 1.0
+    rate = functools.partial(_vector_rate, far=PADDED_FAR if _far(temps) else 1.0)
     work = sum(scalar_stmt(s) if written_by(s) & names else
-               fold_stmt(s, lambda x: op_count(x) + 1,
-                         loop=lambda loop, inner: _vector_rate(loop, inner, far)) for s in stmts)
+               fold_stmt(s, lambda x: op_count(x) + 1, loop=rate) for s in stmts)
     per_temp = sum(PER_PACKING if t in relaid else PER_PADDED_TEMP for t in temps)
     return work + PER_PADDED_ELEMENT * sum(t.size for t in _zeroed(stmts, temps)) + per_temp
 
@@ -125,7 +125,7 @@ def _far(temps) -> bool:
     Priced in cache, the padded 700^3, 1100^3 and 1500^3 products were chosen over their
     remainders and measured 7%, 9% and 3% slower than them (8.42 against 7.87 ms, 28.0
     against 25.5, 69.9 against 68.1; in turns, thread CPU time, 9-15 rounds)."""
-    return sum(t.size * itemsize(t.dtype) for t in temps) > 2 * l2_bytes()
+    return sum(t.nbytes for t in temps) > 2 * l2_bytes()
 
 
 def _zeroed(stmts, temps) -> list:
