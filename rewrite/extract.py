@@ -471,8 +471,9 @@ def _rows_apart(desc, cols: Dim, r: Dim, windows: dict, names: Names,
 
 def _all_rows(desc, rows: Dim, windows: dict) -> bool:
     """The tiles along ``rows`` write every row of the output's buffer, from its first: one
-    axis of the output's window moves with ``rows`` by the tile's extent along it, from 0 at
-    ``rows.start`` to the buffer's extent at its end."""
+    axis of the output's window moves with ``rows`` by the tile's extent along it (one
+    operand dim stepping that axis by 1), from 0 at ``rows.start`` to the buffer's extent
+    at its end."""
     w = windows[desc.output.name]
     for axis, e in enumerate(w.base):
         m = affine(e)
@@ -480,9 +481,10 @@ def _all_rows(desc, rows: Dim, windows: dict) -> bool:
             return False
         step = m.coeff(rows.name)
         if step:
+            along = [(n, s[axis]) for n, s in zip(desc.output.shape, w.steps) if s[axis]]
             at_start = m.const + step * rows.start  # the other loops at 0: their first tile
             others = [v for v in m.vars if v != rows.name]
-            return not others and at_start == 0 and step == desc.output.shape[axis] and \
+            return along == [(step, 1)] and not others and at_start == 0 and \
                 step * rows.extent == w.buffer.shape[axis]
     return False
 

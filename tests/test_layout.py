@@ -1047,6 +1047,25 @@ def _row_halves(m: int):
     return result, _call_loops(result.func, "x86.mm.f32.6x16x1")
 
 
+def test_all_rows_reads_the_tile_s_extent_along_the_buffer_axis_its_window_steps():
+    from rewrite.extract import _all_rows
+
+    (desc,) = [d for d in AVX512 if d.name == "x86.avx512.mm.f32.8x32x1"]  # c: 8 x 32
+    rows = nests.Dim("i_o", 0, 2)
+    i_o, j_o = ir.Var("i_o"), ir.Var("j_o")
+
+    def covers(shape, base, steps) -> bool:
+        c = ir.Window(ir.Buffer("C", "f32", shape), base, steps)
+        return _all_rows(desc, rows, {desc.output.name: c})
+
+    eight = (ir.Binary("*", ir.Const(8, ir.INDEX), i_o), ir.Binary("*", ir.Const(32, ir.INDEX), j_o))
+    assert covers((16, 64), eight, ((1, 0), (0, 1)))
+    assert not covers((20, 64), eight, ((1, 0), (0, 1)))  # 4 rows left to another nest
+    # C's transpose: the tile's 8 rows step the buffer's second axis, which 2 tiles cover
+    assert covers((64, 16), eight[::-1], ((0, 1), (1, 0)))
+    assert not covers((64, 32), eight[::-1], ((0, 2), (1, 0)))  # every other row only
+
+
 def test_rows_left_to_another_nest_keep_the_halves_of_the_columns(caches):
     # 16 rows: two 6-row tiles and 4 rows on the 4-row tile; the column halves stay, so that
     # both nests' blocks of B fuse into one sweep
