@@ -238,6 +238,18 @@ def _chained(accumulations: Sequence[tuple[str, object]]) -> Program:
 
 # Price units: a scalar operation costs PRICE_SCALE (egglog's costs are integers)
 PRICE_SCALE = 16
+# Cost, in scalar operations, of one element of a block addition beyond the one operation and
+# write its pass is planned at: the second operand read. The lowered program is charged it
+# (``rules/matrices.py``, ``rules/strassen.py``: an alternative's ``extra_cost``), and so is
+# every materialised sum here, so that the e-graph does not prefer a rewrite by additions
+# that the plan of the lowered program then charges twice over.
+ADDITION_TRAFFIC = 1.0
+# An element of a materialised sum, in PRICE_SCALE units: the pass and the second read.
+ADDITION_PRICE = round((1 + ADDITION_TRAFFIC) * PRICE_SCALE)
+# A Strassen level's additions into its four quadrants: the five products read twice (P1 to
+# P5) are made into temporaries and each added into two quadrants, ten quadrant passes; P6
+# and P7 are accumulated straight into theirs.
+STRASSEN_QUADRANT_PASSES = 10
 
 _costs = ruleset(name="program-costs")
 
@@ -250,7 +262,7 @@ def _cost_rules(s: StringLike, a: Matrix, b: Matrix, m: i64, k: i64, n: i64, p: 
                    product_price(m, k, n) == p).then(set_cost(a @ b, p))
     # a sum is materialised: one pass over its elements (at the top of an accumulation it is
     # two accumulations and costs nothing more: charged alike to every candidate)
-    yield egg_rule(a + b, rows(a) == m, cols(a) == n).then(set_cost(a + b, m * n * PRICE_SCALE))
+    yield egg_rule(a + b, rows(a) == m, cols(a) == n).then(set_cost(a + b, m * n * ADDITION_PRICE))
     # a transposed matrix is read the other way round, and a scale goes into the store of the
     # product that makes it: both free (one cost per e-node, so the scaled sum that the
     # lowering materialises is undercharged; the pipeline prices the lowered program anyway)
@@ -263,11 +275,10 @@ def _cost_rules(s: StringLike, a: Matrix, b: Matrix, m: i64, k: i64, n: i64, p: 
     # so are the rows or columns of a matrix
     for part in (a.head_rows(), a.last_row(), a.head_cols(), a.last_col()):
         yield egg_rule(part).then(set_cost(part, 1))
-    # the seven products into four quadrants: eight additions of a quadrant (P1..P5 are read
-    # twice, so made once into temporaries; the others go straight into the result)
+    # the seven products into four quadrants: the temporaries of P1..P5 each added into two
     p = [var(f"p{k}", Matrix) for k in range(2, 8)]
     yield egg_rule(a.strassen(*p), rows(a) == m, cols(a) == n).then(
-        set_cost(a.strassen(*p), m * n * 8 * PRICE_SCALE))
+        set_cost(a.strassen(*p), m * n * STRASSEN_QUADRANT_PASSES * ADDITION_PRICE))
 
 
 # ---------------------------------------------------------------------------

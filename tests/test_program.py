@@ -517,25 +517,14 @@ def test_strassen_and_reassociation_together_beat_either_alone():
 
 
 def test_a_level_chosen_in_the_e_graph_is_lowered_to_the_same_values():
-    func = parse("""
-@prim_func
-def chain(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64], D: f32[64, 64]):
-    T = alloc(f32[64, 64])
-    for i, j in grid(64, 64):
-        T[i, j] = 0.0
-        for k in range(64):
-            T[i, j] += A[i, k] * B[k, j]
-    for i, j in grid(64, 64):
-        for k in range(64):
-            D[i, j] += T[i, k] * C[k, j]
-""")
+    func = parse(LEVEL_CHAIN)
     (alt,) = matrices.alternatives(func, nests.items(nests.normalize(func)), Names.of(func),
                                    _strassen_rules("strassen-level"), at_least=4)
     assert alt.levels == 1
     # T kept (its quadrants read in place): both products take a level, 5 of 7 products of
     # each read twice and so made into temporaries
     assert alt.note.split(" -> ")[1].startswith("T += ") and "T.block(0, 0)" in alt.note
-    assert sum(1 for b in alt.allocs if b.shape == (32, 32) and b.name.startswith("mm_U")) == 10
+    assert sum(1 for b in alt.allocs if b.shape == (64, 64) and b.name.startswith("mm_U")) == 10
     _computes_the_same(func, alt)
 
 
@@ -601,9 +590,9 @@ def matmul_of(parts):
 
 
 def test_a_level_on_a_lone_product_chosen_in_the_e_graph_computes_the_same():
-    # 64^3: seven 32^3 products and the additions cost fewer operations than the product; a
-    # second level (seven 16^3 products for each) does not
-    func = parse(LONE.format(m=64, k=64, n=64))
+    # 128^3: seven 64^3 products and the additions (a pass and a second read an element) cost
+    # fewer operations than the product; a second level (seven 32^3 products for each) does not
+    func = parse(LONE.format(m=128, k=128, n=128))
     (alt,) = matrices.alternatives(func, nests.items(nests.normalize(func)), Names.of(func),
                                    _strassen_rules("strassen-level"), at_least=8)
     assert alt.levels == 1
@@ -611,9 +600,54 @@ def test_a_level_on_a_lone_product_chosen_in_the_e_graph_computes_the_same():
     _computes_the_same(func, alt)
 
 
-@pytest.mark.parametrize("m, k, n", [(65, 64, 64), (64, 65, 64), (64, 64, 65), (65, 65, 65)])
+LEVEL_CHAIN = """
+@prim_func
+def chain(A: f32[128, 128], B: f32[128, 128], C: f32[128, 128], D: f32[128, 128]):
+    T = alloc(f32[128, 128])
+    for i, j in grid(128, 128):
+        T[i, j] = 0.0
+        for k in range(128):
+            T[i, j] += A[i, k] * B[k, j]
+    for i, j in grid(128, 128):
+        for k in range(128):
+            D[i, j] += T[i, k] * C[k, j]
+"""
+
+
+@pytest.mark.parametrize("script", [LONE.format(m=128, k=128, n=128), LEVEL_CHAIN], ids=["lone", "chain"])
+def test_the_e_graph_charges_a_levels_additions_as_the_lowered_program_is_charged(script):
+    # each element of a materialised sum and of a quadrant pass: one operation and the second
+    # operand's read, which the lowered program reports as its extra cost
+    func = parse(script)
+    parts = nests.items(nests.normalize(func))
+    rules = _strassen_rules("strassen-level")
+    (w,) = matrices.lift(func, parts, partial(matrices.splits_alone, rules=rules, at_least=8))
+    best, _ = program.cheapest(w.accumulations, rules, matrices.multiply_adds, at_least=8)
+    alt = matrices.lower(w, best, parts, Names.of(func))
+    assert sum(matrices.strassen_levels(term) for _, term in best) == len(best)  # one a product
+    additions = matrices.tree_cost(best, lambda m, k, n: 0.0)
+    assert additions == (1 + program.ADDITION_TRAFFIC) / program.ADDITION_TRAFFIC * alt.extra_cost
+
+
+def test_a_level_whose_saving_its_additions_second_read_eats_is_not_offered():
+    # 128^3 with a product priced at 0.47 an operation: a level saves 0.47 * 128^3 / 8 = 123k,
+    # more than its twenty quadrant passes at one operation an element (82k), less than at two
+    func = parse(LONE.format(m=128, k=128, n=128))
+    parts = nests.items(nests.normalize(func))
+    rules = _strassen_rules("strassen-level")
+
+    def offered(per_operation):
+        return matrices.alternatives(func, parts, Names.of(func), rules,
+                                     price=lambda m, k, n: per_operation * m * k * n, at_least=8)
+
+    assert offered(0.47) == []
+    assert [a.levels for a in offered(0.7)] == [1]
+
+
+@pytest.mark.parametrize("m, k, n", [(129, 128, 128), (128, 129, 128), (128, 128, 129),
+                                     (129, 129, 129)])
 def test_an_odd_extent_is_peeled_in_the_e_graph_and_its_even_part_takes_a_level(m, k, n):
-    # as at 64^3 (above), a level on the even part costs fewer operations than the product
+    # as at 128^3 (above), a level on the even part costs fewer operations than the product
     func = parse(LONE.format(m=m, k=k, n=n))
     rules = _strassen_rules("strassen-level", *matrices.PEELS)
     parts = nests.items(nests.normalize(func))
@@ -719,8 +753,8 @@ def test_a_product_behind_a_scale_factors_guard_takes_its_level_in_the_e_graph()
 
     func = parse("""
 @prim_func
-def scaled(W: f32[64, 64], A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):
-    for i, j, k in grid(64, 64, 64):
+def scaled(W: f32[128, 128], A: f32[128, 128], B: f32[128, 128], C: f32[128, 128]):
+    for i, j, k in grid(128, 128, 128):
         C[i, j] += W[i, j] * A[i, k] * B[k, j]
 """)
     normal = nests.normalize(func)
@@ -737,7 +771,7 @@ def scaled(W: f32[64, 64], A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):
     _computes_the_same(func, alt)
     # at 4096 the pipeline takes that level (no padding, as in the dense layer above), and the
     # strassen family adds none of its own on the products the e-graph chose for
-    big = parse(show(func).replace("64", "4096"))
+    big = parse(show(func).replace("128", "4096"))
     result = tensorize(big, AVX2, rules_off={"padding"})
     temps = [b.name for b in result.func.allocs]
     assert result.strassen_levels == 1 and any(t.startswith("sc_T") for t in temps)

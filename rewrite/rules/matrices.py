@@ -44,11 +44,11 @@ from .. import ir, program, saturate
 from ..ir import Binary, Const, Load
 from ..names import Names
 from ..nests import AccNest, Dim
-from ..program import Input, Matrix, Op, rule
+from ..program import ADDITION_TRAFFIC, Input, Matrix, Op, rule
 from . import finite
 from .choose import replaced, touched
 from .matmul import Access, Alternative, MatMul, _filling, _plain, _zero_fill, build, recognize
-from .strassen import ADDITION_TRAFFIC, AUTO_MIN_BLOCK
+from .strassen import AUTO_MIN_BLOCK
 
 # ---------------------------------------------------------------------------
 # the built-in rules: identities of matrices over any ring
@@ -647,9 +647,11 @@ def tree_cost(accumulations, price: Callable[[int, int, int], float]) -> float:
             return inner + price(rows, program.shape(node.args[0])[1], cols)
         if node.kind in ("T", "*", "block", "beside", "above") + program.PARTS:
             return inner  # read or written in place
-        if node.kind == "strassen":
-            return inner + 2 * rows * cols  # as the e-graph charges it: 8 quadrant additions
-        return inner + (0.0 if top and node.kind == "+" else rows * cols)
+        per_element = 1 + ADDITION_TRAFFIC  # a pass and its second read, as the e-graph
+        if node.kind == "strassen":  # its ten passes over a quadrant, P1's shape
+            quadrant = program.shape(node.args[0])
+            return inner + program.STRASSEN_QUADRANT_PASSES * quadrant[0] * quadrant[1] * per_element
+        return inner + (0.0 if top and node.kind == "+" else rows * cols * per_element)
 
     return sum(cost(v, True) for _, v in accumulations)
 

@@ -52,6 +52,9 @@ from .. import ir
 from ..ir import Accumulate, Binary, Buffer, Const, Expr, For, Load, Store
 from ..names import Names
 from ..nests import AccNest, Dim
+# an addition's second read, reported as a span's ``extra`` (``Alternative.extra_cost`` of
+# forced levels) as the program-level e-graph charges it
+from ..program import ADDITION_TRAFFIC
 from . import finite, matmul
 from .matmul import Access, MatMul, _plain, recognize
 
@@ -65,11 +68,6 @@ from .matmul import Access, MatMul, _plain, recognize
 AUTO_MIN_BLOCK = 512
 # A forced level ("--strassen N") applies wherever the halves are at least this big.
 FORCED_MIN_BLOCK = 2
-# Cost, in the cost model's units, of one element of a block addition beyond what
-# ``cost.scalar_stmt`` charges (one operation, one write): the second operand read. Reported
-# as a span's ``extra`` (``Alternative.extra_cost`` of forced levels); with or without it the
-# predicted crossover stays at 2048.
-ADDITION_TRAFFIC = 1.0
 MAX_AUTO_LEVELS = 3
 # A forced level count above this is refused outright: blocks halve at every level, so even
 # i64-sized extents run out of levels long before, and 7^N products are far past any budget.
