@@ -110,14 +110,14 @@ def padding(stmts, temps, relaid=()) -> float:
     matrix-vector product whose last 6 columns of A would be copied row by row measured
     12.1 against 10.4 us, which the price of short rows refuses."""
     names = {t.name for t in relaid}
-    rate = functools.partial(_vector_rate, far=PADDED_FAR if _far(temps) else 1.0)
+    rate = functools.partial(_vector_rate, far=PADDED_FAR if far(temps) else 1.0)
     work = sum(scalar_stmt(s) if written_by(s) & names else
                fold_stmt(s, lambda x: op_count(x) + 1, loop=rate) for s in stmts)
     per_temp = sum(PER_PACKING if t in relaid else PER_PADDED_TEMP for t in temps)
     return work + PER_PADDED_ELEMENT * sum(t.size for t in _zeroed(stmts, temps)) + per_temp
 
 
-def _far(temps) -> bool:
+def far(temps) -> bool:
     """The temporaries ``temps`` together outgrow twice L2: their passes run at L3's and
     memory's pace, not L2's. Measured on Zen 4 (1 MB of L2; a padded product's fills, copies
     and writeback timed alone, one thread): 0.12-0.13 ns an element with 0.3-1.5 MB of

@@ -80,6 +80,7 @@ class _Stage(NamedTuple):
     build: Callable
     price: Optional[Callable] = None
     depth: Optional[int] = None  # the deepest remainder level a nest stage is weighed on
+    deeper: Optional[Callable] = None  # its builds at that depth -> weighed one level deeper
 
 
 class Extractor:
@@ -87,7 +88,7 @@ class Extractor:
         self.library = library  # name -> descriptor
         self.names = names  # names in use (temporaries get fresh ones)
         # the stage families (rules/__init__.py), in their order
-        self.nest_stages = [_Stage(f.name, *f.load(), f.depth)
+        self.nest_stages = [_Stage(f.name, *f.load(), f.depth, f.load_deeper())
                             for f in rules.families(rules.NEST_STAGE, rules_off)]
         self.calls_stages = [_Stage(f.name, *f.load())
                              for f in rules.families(rules.CALLS_STAGE, rules_off)]
@@ -609,6 +610,8 @@ class _Builder:
         self._nests: dict = {}  # remainders of different bindings are often the same nest
         self._least: dict[int, float] = {}  # a nest's id -> its cheapest alternative so far
         self._candidates: dict = {}  # a nest's key -> its candidates, once listed
+        # (nest, matches, depth) -> the stages its remainders are weighed with past their depth
+        self._remainder_pack: dict = {}
 
     def nest(self, nest: AccNest, matches: tuple, depth: int, pack: bool,
              split: bool = True) -> NestRef:
@@ -650,7 +653,9 @@ class _Builder:
         if depth >= MAX_DEPTH:
             return []
         scalar = cost.scalar(nest)
-        stages = [s for s in self.ex.nest_stages if s.depth is None or depth <= s.depth]
+        # ``pack`` is True, or the names of the stages a nest above let one level deeper
+        stages = [s for s in self.ex.nest_stages if s.depth is None or depth <= s.depth
+                  or (isinstance(pack, frozenset) and s.name in pack and depth <= s.depth + 1)]
         candidates: list = []
         staged = []  # (desc, binding) for the nest stages
         inner: set = set()  # scaled products' inner nests listed
@@ -678,10 +683,21 @@ class _Builder:
             if split and self.ex.split_loops:
                 candidates += self._split(nest, desc, m, matches, depth, pack)
         seen: set = set()  # bindings that need the same copies stage the same nest
+        built: dict = {}  # stage name -> what it built for this nest
         for desc, b in staged:
             for stage in stages:
-                candidates += self._packed(stage, nest, desc, b, matches, depth, seen)
+                candidates += self._packed(stage, nest, desc, b, matches, depth, seen, built)
+        deeper = frozenset(s.name for s in stages if s.deeper is not None and depth == s.depth
+                           and s.deeper(built.get(s.name, [])))
+        if deeper and pack is True:
+            self._remainder_pack[(nest, matches, depth)] = deeper
         return candidates
+
+    def _below(self, nest: AccNest, matches, depth: int, pack):
+        """The ``pack`` the remainders of ``nest``'s tiles are planned with: the stages that
+        ``nest``'s own candidates let one level deeper (a nest stage's ``deeper``), else
+        ``pack`` as it is."""
+        return self._remainder_pack.get((nest, matches, depth), pack)
 
     def _nest_floor(self, nest: AccNest, matches: tuple, depth: int, pack: bool,
                     split: bool = True) -> float:
@@ -737,7 +753,7 @@ class _Builder:
         return out
 
     def _packed(self, stage, nest: AccNest, desc, b: Binding, matches, depth: int,
-                seen: set) -> list:
+                seen: set, built: Optional[dict] = None) -> list:
         """A nest stage (``pack-operand``: copies of the inputs ``b`` reads without unit
         stride; ``pad-to-tile``: zero-padded copies over extents ``b``'s tile divides), then
         the nest it gives, planned again without nest stages (its cheapest binding is now
@@ -747,10 +763,13 @@ class _Builder:
         and one candidate (``seen``)."""
         picked = stage.pick(nest, desc, b)
         keys = [] if picked is None else picked if isinstance(picked, list) else [picked]
-        return [c for reqs in keys for c in self._staged(stage, nest, reqs, matches, depth, seen)]
+        return [c for reqs in keys
+                for c in self._staged(stage, nest, reqs, matches, depth, seen, built)]
 
-    def _staged(self, stage, nest: AccNest, reqs, matches, depth: int, seen: set) -> list:
-        """``_packed``'s candidate for one key ``reqs`` of ``stage``."""
+    def _staged(self, stage, nest: AccNest, reqs, matches, depth: int, seen: set,
+                built: Optional[dict] = None) -> list:
+        """``_packed``'s candidate for one key ``reqs`` of ``stage`` (what it builds also
+        goes into ``built[stage.name]``)."""
         key = (stage.name, nest, matches, reqs)
         if key in seen:
             return []
@@ -758,6 +777,8 @@ class _Builder:
         if key not in self.ex._packs:
             self.ex._packs[key] = stage.build(nest, reqs, self.ex.stage_names())
         packing = self.ex._packs[key]
+        if built is not None:
+            built.setdefault(stage.name, []).append(packing)
         copies = stage.price(packing)  # what runs after the nest included
         moved = tuple(x for x in (packing.match(m, self.ex.library[m.intrinsic]) for m in matches)
                       if x is not None)
@@ -794,7 +815,8 @@ class _Builder:
             calls = min(calls, cost.calls(desc, b.tiles, True) + cost.PER_PACKING)
         if depth is None:
             return calls + sum(self._floor(r, matches) for r in remainders(nest, b, desc))
-        return calls + sum(self._nest_floor(r, matches, depth, pack)
+        below = self._below(nest, matches, depth - 1, pack)
+        return calls + sum(self._nest_floor(r, matches, depth, below)
                            for r in remainders(nest, b, desc))
 
     def _tiled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool) -> None:
@@ -820,7 +842,8 @@ class _Builder:
         found = _streams(desc, windows, loops)
         price = _price(desc, b, windows, b.unit_stride_ok, found, _streams(desc, blocked[1], blocked[0]))
         calls = self.graph.leaf(blocked_calls(desc, blocked), price)
-        rest = [self.nest(r, matches, depth + 1, pack) for r in remainders(nest, b, desc)]
+        below = self._below(nest, matches, depth, pack)
+        rest = [self.nest(r, matches, depth + 1, below) for r in remainders(nest, b, desc)]
         self.graph.add(ref, calls, *rest)
         for stage in self.ex.calls_stages:
             far = stage.pick(desc, windows, found)

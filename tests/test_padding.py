@@ -422,14 +422,52 @@ def test_passes_over_temporaries_past_twice_l2_pay_the_far_rate(caches):
 def test_a_large_product_keeps_its_remainders_once_its_padded_copies_outgrow_l2(caches):
     """1100^3 on the 8 x 32 tile: padding copies A, B and C into 14.7 MB of temporaries, whose
     passes measured 0.51 ns an element on Zen 4 (1 MB L2), and the padded program 28.0 against
-    25.5 ms with remainders. With 1 MB of L2 the remainders are kept; with 8 MB, where the
-    temporaries would stay in cache, the same product is padded: the footprint decides."""
+    25.5 ms with remainders. With 1 MB of L2 the product is not padded whole (no copy of A,
+    no temporary as wide as C), only the strip of columns its tiles leave (below); with 8 MB,
+    where the temporaries would stay in cache, the whole product is: the footprint decides."""
     func = _s(1100, 1100, 1100)
     library = intrinsics.library("x86-avx512")
     caches(32 * 1024, 1024 * 1024)
-    assert not _padded(tensorize(func, library).func)
+    padded = _padded(tensorize(func, library).func)
+    assert padded and all(b.shape[-1] <= 32 for b in padded)  # a strip of 12 columns, rounded
     caches(32 * 1024, 8 * 1024 * 1024)
-    assert _padded(tensorize(func, library).func)
+    padded = _padded(tensorize(func, library).func)
+    assert any(b.shape == (1104, 1100) for b in padded)  # A's rows rounded to the 8-row tile
+
+
+def test_remainders_are_padded_only_where_padding_whole_is_priced_far(caches):
+    """``pads_remainders``: a nest's remainders are weighed for padding where there is a way to
+    pad the nest whole and every such way is far (its temporaries outgrow twice L2)."""
+    from types import SimpleNamespace
+
+    def pads(*kb):
+        return SimpleNamespace(buffers=[ir.Buffer(f"T{n}", "f32", (k * 256,)) for n, k in enumerate(kb)])
+
+    caches(32 * 1024, 512 * 1024)  # far past 1 MB
+    assert padding.pads_remainders([pads(800, 300), pads(1100)])
+    assert not padding.pads_remainders([pads(800, 300), pads(600)])  # one stays in cache
+    assert not padding.pads_remainders([])  # nothing to pad the nest whole with
+    caches(32 * 1024, 1024 * 1024)
+    assert not padding.pads_remainders([pads(800, 300), pads(1100)])
+
+
+@pytest.mark.parametrize("l2_kb, strip", [(16, True), (1024, False)])
+def test_the_column_strip_of_a_product_too_large_to_pad_whole_is_padded_alone(caches, l2_kb, strip):
+    """90 x 60 x 60 on the 8 x 32 tile (and the others of the AVX-512 library) leaves 28
+    columns and 2 rows to remainders. With 16 KB of L2 each way of padding the product whole
+    is far, and the 28 columns run padded to one 8 x 32 tile (a temporary of 32 columns, none
+    of A), as 1500^3's do with Zen 4's 1 MB; with 1 MB of L2 padding whole stays in cache and
+    no remainder is padded. Compiled, either program agrees with the interpreter."""
+    func = _s(90, 60, 60)
+    caches(32 * 1024, l2_kb * 1024)
+    out = tensorize(func, intrinsics.library("x86-avx512")).func
+    padded = _padded(out)
+    strips = [b for b in padded if b.shape[-1] == 32 and b.shape[0] < 90]
+    assert bool(strips) == strip
+    if strip:
+        assert all(b.shape[-1] == 32 for b in padded)  # the strip's, no copy of the whole
+    check = runtime.check(func, runtime.compile(out))
+    assert check.ok, check.message
 
 
 # ---------------------------------------------------------------------------

@@ -107,7 +107,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 NORMALIZE = "normalize"
 RULESET = "ruleset"
@@ -142,6 +142,10 @@ class Family:
     # a nest stage: the deepest remainder nest it is weighed on (0: the nests the function
     # has; None: every remainder the extractor plans)
     depth: Optional[int] = None
+    # a nest stage with a ``depth``: the module attribute ``(builds) -> bool`` saying, from
+    # what the stage built for a nest at that depth (its candidates), whether the
+    # remainders of that nest's tiles are weighed too, one level deeper
+    deeper: Optional[str] = None
     # a ``sites`` or ``spans`` family: the module attribute ``(best, search) -> best`` that the
     # pipeline applies to the program the family's step chose, right after that step: what
     # ``tensorize``'s options force whatever it costs (``--strassen N``), ``best`` otherwise
@@ -161,6 +165,12 @@ class Family:
         module = importlib.import_module(f"{__name__}.{self.module}")
         return tuple(getattr(module, h) for h in self.hooks)
 
+    def load_deeper(self) -> Optional[Callable]:
+        """The ``deeper`` hook itself (None when the family has none), importing the module."""
+        if self.deeper is None:
+            return None
+        return getattr(importlib.import_module(f"{__name__}.{self.module}"), self.deeper)
+
     def load_directive(self):
         """The directive itself (None when the family has none), importing the module."""
         if self.directive is None:
@@ -177,10 +187,10 @@ FAMILIES = (
     Family("algebra", RULESET, "algebra", ("algebra",),
            "comm-*, assoc-*, factor-mul, sub-as-add-neg"),
     Family("pack-operand", NEST_STAGE, "layout", ("requests", "pack", "price"), "pack-operand"),
-    # padding only the nests the function has: padded remainders measured slower than the
-    # nest padded whole wherever the cost model preferred them (rules/padding.py)
+    # padding the nests the function has, and their remainders only where each way of
+    # padding the nest whole is priced out of cache (rules/padding.py, ``pads_remainders``)
     Family("padding", NEST_STAGE, "padding", ("candidates", "pad", "price"), "pad-to-tile",
-           depth=0),
+           depth=0, deeper="pads_remainders"),
     Family("pack-panel", CALLS_STAGE, "layout", ("panel_operands", "pack_panel"), "pack-panel"),
     Family("expand", SPANS, "expand", ("spans",), "scalar expansion"),
     Family("inline", SPANS, "fusion", ("spans",), "inline-producer"),

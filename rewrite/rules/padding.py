@@ -72,7 +72,7 @@ from __future__ import annotations
 import functools
 import itertools
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -473,6 +473,28 @@ def _canonical(e: Expr) -> Expr:
 def price(p: Padding) -> float:
     """What the fills, copies and writeback of ``p`` cost (``cost.padding``)."""
     return cost.padding(p.copies + p.after, p.buffers, p.relaid)
+
+
+def pads_remainders(paddings: Sequence[Padding]) -> bool:
+    """Whether the remainder nests a nest's tiles leave are weighed for padding too, given
+    ``paddings``, the ways of padding that nest whole: only where there is one and each is
+    priced out of cache (``cost.far``: its temporaries outgrow twice L2, copies of whole
+    operands). There a strip padded alone pays: 1500^3 on one Zen 4 thread, whose last 28
+    columns ran on the 6 x 16 tile and, for 12 of them, on a transposed copy of B through
+    the 4 x 8 matrix-vector row (31 GFLOP/s), took 62.9 against 64.7 ms with those columns
+    padded to one 8 x 32 tile; 999^3 0.973 of the time before, 1900^3 0.983, 750^3 0.978,
+    700^3 0.986 (in turns, the same arrays, 15 rounds, medians); 600^3, 850^3 and 1300^3,
+    whose strips of 24, 26 and 20 columns are rounded to 32, within 1% either way. Where
+    padding whole stays in cache, that is the one weighed: padding remainders there as well
+    measured slower where the model preferred them, since what runs after planning joins
+    the pieces it prices apart (doitgen: the whole nest's writeback fused into its copy, 7%
+    faster than a strip padded alone; 12 x 2048 x 2048: the 4 rows the 8-row tile leaves run
+    in its blocks of B, 5% faster than those rows padded to 8 in a pass of their own over
+    B), and, on Zen 4, where the 6 x 16 tile runs nearly as fast a multiply-add as the
+    8 x 32 one (91 against 102 GFLOP/s), 400^3's last 16 columns ran 7% slower padded to 32;
+    small products' strips padded alone also measured faster in places (30^3, PolyBench
+    gemm: 0.82-0.89 of the time), which this does not take."""
+    return bool(paddings) and all(cost.far(p.buffers) for p in paddings)
 
 
 def _loops(s: Stmt, dims: list[Dim]) -> Stmt:
