@@ -644,6 +644,44 @@ def test_a_level_whose_saving_its_additions_second_read_eats_is_not_offered():
     assert [a.levels for a in offered(0.7)] == [1]
 
 
+@pytest.mark.parametrize("per_operation, per_floor, levels", [
+    (0.47, 0.47, []),  # no level pays even at the floor: the halves are never planned
+    (0.47, 0.3, []),  # one might at the floor: planned, and refused by their price
+    (0.7, 0.3, [1]),  # it pays: the same level as without a floor
+])
+def test_shapes_only_a_rewrite_makes_are_priced_where_their_floor_could_pay(per_operation, per_floor,
+                                                                           levels):
+    # 128^3: a level's 64^3 halves are priced only where the level could pay with every
+    # shape the window does not have at its floor (a price no plan undercuts); the floor
+    # changes which shapes are priced, never what is offered
+    func = parse(LONE.format(m=128, k=128, n=128))
+    parts = nests.items(nests.normalize(func))
+    rules = _strassen_rules("strassen-level")
+    priced = []
+
+    def price(m, k, n):
+        priced.append((m, k, n))
+        return per_operation * m * k * n
+
+    def offered(floor):
+        priced.clear()
+        return [a.levels for a in matrices.alternatives(func, parts, Names.of(func), rules,
+                                                         price=price, at_least=8, floor=floor)]
+
+    assert offered(None) == levels and (64, 64, 64) in priced
+    assert offered((lambda m, k, n: per_floor * m * k * n, {})) == levels
+    assert ((64, 64, 64) in priced) == (per_floor < per_operation)
+
+
+def test_the_floor_of_a_product_is_its_cheapest_calls_bare_price():
+    library = intrinsics.library("x86-avx2")
+    bound = matrices.floor_price(library, "f32")
+    tile = intrinsics.get("x86.mm.f32.6x16x1")  # the cheapest a multiply-add: 6 units a call of 96
+    assert bound(6, 1, 16) == pytest.approx(tile.cost)
+    assert bound(60, 100, 32) == pytest.approx(10 * 100 * 2 * tile.cost)
+    assert matrices.floor_price(library, "f16") is None  # no intrinsic writes f16 there
+
+
 @pytest.mark.parametrize("m, k, n", [(129, 128, 128), (128, 129, 128), (128, 128, 129),
                                      (129, 129, 129)])
 def test_an_odd_extent_is_peeled_in_the_e_graph_and_its_even_part_takes_a_level(m, k, n):

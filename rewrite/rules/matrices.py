@@ -36,6 +36,7 @@ a regrouped NaN or Inf reaches other elements, so the rewritten program runs beh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Optional, Sequence
@@ -661,7 +662,9 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
                  price: Callable[[int, int, int], float] = multiply_adds,
                  reports: Optional[list] = None, memo: Optional[dict] = None,
                  at_least: Optional[int] = None, run: Optional[Callable] = None,
-                 outside: frozenset = frozenset(), inline: bool = True) -> list[Alternative]:
+                 outside: frozenset = frozenset(), inline: bool = True,
+                 floor: Optional[tuple[Callable[[int, int, int], float], dict]] = None
+                 ) -> list[Alternative]:
     """For each window that lifts, the cheapest program the rules reach when it is cheaper
     than the window as written by ``price`` (multiply-adds by default). ``memo``: the
     extractions with ``price`` made before (a search lifts equal windows many times).
@@ -674,7 +677,10 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
     ``outside`` names the buffers items around them touch (the rest of the program, the
     guard's scan and other branch), which are no internal temporaries there. ``inline``:
     the window's internal temporaries are given to the e-graph as ``program.temporary``
-    facts, so that ``inline-temporary`` may inline them.
+    facts, so that ``inline-temporary`` may inline them. ``floor``: ``(bound, memo)``, a
+    price no plan of a product shape undercuts (``floor_price``) and the extractions made
+    with it: a window that no rule makes cheaper than its products as written even at the
+    floor of every other shape is not priced by the matcher.
 
     Each window made cheaper is one alternative, and, where there are several, the program
     with all of them rewritten is one more (windows are disjoint and independent)."""
@@ -687,7 +693,7 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
             around = set(outside) | touched(parts[:q] + parts[q + 1:] + list(p.scan) + list(p.slow)) \
                 | {x.buffer.name for x in ir.loads_of(p.cond)}
             for alt in alternatives(func, p.fast, names, rules, price, reports, memo, at_least, run,
-                                    frozenset(around), inline):
+                                    frozenset(around), inline, floor):
                 new = parts[:q] + [replace(p, fast=tuple(alt.parts))] + parts[q + 1:]
                 out.append(replace(alt, parts=new))
     for lifted in lift(func, parts, partial(splits_alone, rules=rules, at_least=at_least), outside):
@@ -698,6 +704,17 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
             best, report = _cheapest(lifted.accumulations, rules, multiply_adds, _flop_memo,
                                      at_least, run, temporaries)
             cheaper = tree_cost(best, multiply_adds) < tree_cost(lifted.accumulations, multiply_adds) * 0.995
+            if cheaper and price is not multiply_adds and floor is not None:
+                # the least any program the rules reach can cost: the window's own product
+                # shapes priced by their plans, every other shape at its floor (no plan costs
+                # less, so no program does); the shapes only a rewrite makes (a level's
+                # halves) are planned only where that least could pay
+                bound, floors = floor
+                written = {_product_shape(x) for _, v in lifted.accumulations for x in _products(v)}
+                least_price = lambda m, k, n: price(m, k, n) if (m, k, n) in written else bound(m, k, n)  # noqa: E731
+                least, _ = _cheapest(lifted.accumulations, rules, least_price, floors, at_least,
+                                     run, temporaries)
+                cheaper = tree_cost(least, least_price) < tree_cost(lifted.accumulations, price) * 0.995
             if cheaper and price is not multiply_adds:
                 best, report = _cheapest(lifted.accumulations, rules, price, memo, at_least, run,
                                          temporaries)
@@ -748,6 +765,34 @@ def _cheapest(accumulations, rules, price, memo: dict, at_least: Optional[int] =
     return memo[key]
 
 
+def _products(node) -> list:
+    """The products in ``node``, each once per place it appears."""
+    if not isinstance(node, Op):
+        return []
+    here = [node] if node.kind == "@" else []
+    return here + [x for a in node.args for x in _products(a)]
+
+
+def _product_shape(node) -> tuple[int, int, int]:
+    rows, cols = program.shape(node)
+    return rows, program.shape(node.args[0])[1], cols
+
+
+def floor_price(library, dtype: str) -> Optional[Callable[[int, int, int], float]]:
+    """A price of an ``m x k x n`` product that no plan of it undercuts: each multiply-add
+    at the least a call of ``library`` (descriptors) with a ``dtype`` output pays per
+    iteration it covers
+    (``desc.cost`` over its dims; the extractor's floors, ``extract._floor``, are the same
+    bound: calls at their bare price, remainders and copies only adding). None when no
+    intrinsic has that output."""
+    per = [d.cost / math.prod(x.extent for x in d.dims) for d in library
+           if d.output.dtype == dtype]
+    if not per:
+        return None
+    least = min(per)
+    return lambda m, k, n: least * m * k * n
+
+
 def _pricer(search, dtype: str) -> Callable[[int, int, int], float]:
     """A product's price: the cost of the plan the matcher finds for a plain ``m x k x n``
     product (``search.plan``), once per shape and search."""
@@ -790,11 +835,13 @@ def spans(items, around, search) -> list:
     reports: list = []
     dtypes = {b.dtype for b in around.func.buffers}
     price = _pricer(search, next(iter(dtypes))) if len(dtypes) == 1 else multiply_adds
+    bound = floor_price(search.library.values(), next(iter(dtypes))) if len(dtypes) == 1 else None
+    floor = None if bound is None else (bound, search.memo.setdefault("program-floors", {}))
     memo = search.memo.setdefault("program-extractions", {})
     # the e-graphs live in the saturation worker, under the search's hard seconds and memory
     run = partial(saturate.call, budget=search.budget, in_process=search.in_process)
     alts = alternatives(around.func, items, search.names, rules, price, reports, memo, run=run,
-                        outside=around.outside, inline=inline)
+                        outside=around.outside, inline=inline, floor=floor)
     around.reports.extend(("matmul", r) for r in reports)
     out = [replaced(items, alt.parts, temps=tuple(alt.allocs), extra=alt.extra_cost,
                     levels=alt.levels) for alt in alts]
