@@ -36,7 +36,9 @@ Kinds
     on the new nest). ``price`` is what the copies and ``after`` cost (``cost.py``); a
     stage whose price and cheapest conceivable calls exceed the best plan found so far is
     not planned (``extract._Builder``). ``Family.depth`` bounds the remainder nests it is
-    weighed on. Obligation: the copies, the new nest and ``after`` together compute what
+    weighed on; ``Family.deeper`` names a hook that, given what the stage built for a nest
+    at that depth, may let it weigh that nest's remainders too (``pad-to-tile``'s
+    ``pads_remainders``: where each way of padding the nest whole is priced far). Obligation: the copies, the new nest and ``after`` together compute what
     the nest did (``pack-operand``: the new nest's binding runs at unit stride;
     ``pad-to-tile``: over extents the intrinsic divides).
 
