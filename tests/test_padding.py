@@ -470,6 +470,23 @@ def test_the_column_strip_of_a_product_too_large_to_pad_whole_is_padded_alone(ca
     assert check.ok, check.message
 
 
+@settings(max_examples=10, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(dtype=st.sampled_from(["f32", "i8"]), m=st.integers(40, 100), n=st.integers(40, 100),
+       k=st.integers(20, 70), host=st.booleans())
+@example(dtype="f32", m=90, n=60, k=60, host=False)  # a strip of 12 columns, padded to 16
+@example(dtype="f32", m=90, n=60, k=60, host=True)  # 28 columns, padded to 32
+def test_products_whose_strips_are_padded_alone_check(caches, dtype, m, n, k, host):
+    """With 8 KB of L2 every way of padding these products whole is priced far, so the
+    strips their tiles leave are weighed for padding alone: whatever the extractor makes of
+    them computes what the interpreter does."""
+    caches(32 * 1024, 8 * 1024)
+    func = _s(m, n, k) if dtype == "f32" else _q(m, n, k)
+    result = tensorize(func, HOST if host else AVX2)
+    check = runtime.check(func, result.compile())
+    assert check.ok, (check.message, show(result.func))
+
+
 # ---------------------------------------------------------------------------
 # refused where it would not be sound
 
