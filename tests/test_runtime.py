@@ -585,6 +585,42 @@ def test_calls_in_turns_take_turns_every_round_and_are_timed_on_the_cpu_clock():
     assert 1.5 < slow.median_s / fast.median_s < 3.0
 
 
+def test_a_warm_up_runs_untimed_for_its_seconds_before_the_timed_runs():
+    from rewrite.tools.timing import measure
+
+    calls = []
+
+    def call():
+        calls.append(time.perf_counter())
+        time.sleep(0.005)
+
+    t0 = time.perf_counter()
+    t = measure(call, min_runs=3, target_seconds=0.0, warm_seconds=0.05)
+    assert t.runs == 3 and len(calls) >= 3 + 8  # about ten 5 ms calls warm it up, untimed
+    assert calls[-3] - t0 >= 0.05  # the timed runs start once the warm-up is over
+    calls.clear()
+    assert measure(call, min_runs=3, target_seconds=0.0).runs == 3 and len(calls) == 4
+
+
+def test_bench_on_threads_warms_each_callable_up_before_timing_it(mm, monkeypatch):
+    # a peer's worker threads spin on after its last call: on more than one thread, ours
+    # and each peer run WARM_SECONDS untimed first; on one thread nothing is warmed
+    from rewrite.tools.timing import Timing
+
+    warmed = []
+
+    def measured(call, min_runs, target_seconds, warm_seconds=0.0):
+        warmed.append(warm_seconds)
+        return Timing((0.001,) * min_runs)
+
+    monkeypatch.setattr(bench, "measure", measured)
+    bench.bench_one(mm, threads=2)  # (numpy's formulations are first sorted by a quick timing)
+    assert warmed[-2:] == [bench.WARM_SECONDS] * 2 and bench.WARM_SECONDS > 0  # ours, numpy
+    warmed.clear()
+    bench.bench_one(mm, threads=1)
+    assert warmed[-2:] == [0.0, 0.0]
+
+
 def test_bench_in_turns_reports_the_peers_least_times(mm):
     r = bench.bench_one(mm, "x.py", threads=1, turns=3)
     assert r.runs == 3 and r.turns == 3

@@ -75,6 +75,14 @@ def bench(funcs: Iterable[Union[PrimFunc, tuple]], threads: Optional[int] = None
     return results
 
 
+# With more than one thread, each of ours and the peers runs this long untimed before its
+# timed runs: the previous one's worker threads go on spinning after its last call and
+# share the cores with whatever runs next (OpenBLAS's for about a tenth of a second). On a
+# 2-core Zen 4, 1900^3 on two threads timed right after numpy's calls took 74 ms by median,
+# 64-67 ms after 0.2 s of its own calls, numpy 64-66 ms after its own.
+WARM_SECONDS = 0.25
+
+
 def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int] = None,
               min_runs: int = 20, target_seconds: float = 0.3,
               chosen: Optional[PrimFunc] = None, onnxruntime: bool = False,
@@ -82,7 +90,9 @@ def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int]
     """``func`` (or ``chosen`` in its place) compiled and timed, then each peer. With
     ``turns``, ours and the peers are timed instead in that many rounds in which they take
     turns, each on the calling thread's CPU clock (``timing.in_turns``), numpy's BLAS held
-    to one thread: one thread against one, so ``threads`` must be 1. ``offset``: every
+    to one thread: one thread against one, so ``threads`` must be 1. Otherwise each is timed
+    in a block of runs, on more than one thread after ``WARM_SECONDS`` of untimed calls.
+    ``offset``: every
     input starts that many bytes past a cache line (``inputs.at_offset``), else where numpy
     put it."""
     from ..inputs import at_offset, random_args
@@ -106,7 +116,8 @@ def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int]
         with threadpool_limits(1):
             timings = iter(in_turns(calls + ([ceiling[0]] if ceiling else []), turns))
     else:
-        timings = iter(measure(c, min_runs, target_seconds) for c in calls)
+        warm = WARM_SECONDS if (threads or 1) > 1 else 0.0
+        timings = iter(measure(c, min_runs, target_seconds, warm) for c in calls)
     ours = next(timings)
     theirs = next(timings) if numpy_call is not None else None
     ort = next(timings) if ort_call is not None else None

@@ -75,10 +75,15 @@ def time_once(call: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def measure(call: Callable[[], object], min_runs: int, target_seconds: float) -> Timing:
-    """Warm up once, then time ``call`` at least ``min_runs`` times and as often as fits in
-    ``target_seconds`` (at most ``MAX_RUNS`` runs)."""
+def measure(call: Callable[[], object], min_runs: int, target_seconds: float,
+            warm_seconds: float = 0.0) -> Timing:
+    """Warm up once, and go on calling ``call`` untimed until ``warm_seconds`` have passed,
+    then time it at least ``min_runs`` times and as often as fits in ``target_seconds`` (at
+    most ``MAX_RUNS`` runs)."""
+    end = time.perf_counter() + warm_seconds
     first = time_once(call)
+    while time.perf_counter() < end:
+        first = time_once(call)
     runs = max(min_runs, min(MAX_RUNS, int(target_seconds / max(first, 1e-7))))
     return Timing(tuple(time_once(call) for _ in range(runs)))
 
