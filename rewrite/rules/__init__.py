@@ -38,9 +38,10 @@ Kinds
     not planned (``extract._Builder``). ``Family.depth`` bounds the remainder nests it is
     weighed on; ``Family.deeper`` names a hook that, given what the stage built for a nest
     at that depth, may let it weigh that nest's remainders too (``pad-to-tile``'s
-    ``pads_remainders``: where each way of padding the nest whole is priced far). Obligation: the copies, the new nest and ``after`` together compute what
-    the nest did (``pack-operand``: the new nest's binding runs at unit stride;
-    ``pad-to-tile``: over extents the intrinsic divides).
+    ``pads_remainders``: where each way of padding the nest whole is priced far).
+    Obligation: the copies, the new nest and ``after`` together compute what the nest did
+    (``pack-operand``: the new nest's binding runs at unit stride; ``pad-to-tile``: over
+    extents the intrinsic divides).
 
 ``calls-stage``: ``operands(desc, windows, streams) -> names``,
 ``build(nest, desc, binding, tiled, operands, names, known, order) -> staged | None``

@@ -711,7 +711,9 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
                 # halves) are planned only where that least could pay
                 bound, floors = floor
                 written = {_product_shape(x) for _, v in lifted.accumulations for x in _products(v)}
-                least_price = lambda m, k, n: price(m, k, n) if (m, k, n) in written else bound(m, k, n)  # noqa: E731
+
+                def least_price(m, k, n, written=written, bound=bound):
+                    return price(m, k, n) if (m, k, n) in written else bound(m, k, n)
                 least, _ = _cheapest(lifted.accumulations, rules, least_price, floors, at_least,
                                      run, temporaries)
                 cheaper = tree_cost(least, least_price) < tree_cost(lifted.accumulations, price) * 0.995
