@@ -945,7 +945,7 @@ def _per_iteration(desc, scale: float) -> float:
     iteration: a call's price over the iterations it covers, or, with a constant factor,
     the scalar price of the inner nest of ``_scaled`` (the intrinsic's body, and its
     ``+=``)."""
-    per = desc.cost / math.prod(d.extent for d in desc.dims)
+    per = desc.cost / desc.iterations
     if scale != 1.0:
         body = semantics_value(desc)
         per = min(per, float(op_count(Accumulate(Buffer("_", body.dtype, (1,)),

@@ -36,7 +36,6 @@ a regrouped NaN or Inf reaches other elements, so the rewritten program runs beh
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Optional, Sequence
@@ -645,7 +644,7 @@ def tree_cost(accumulations, price: Callable[[int, int, int], float]) -> float:
         rows, cols = program.shape(node)
         inner = sum(cost(a, top and node.kind == "+") for a in node.args)
         if node.kind == "@":
-            return inner + price(rows, program.shape(node.args[0])[1], cols)
+            return inner + price(*_product_shape(node))
         if node.kind in ("T", "*", "block", "beside", "above") + program.PARTS:
             return inner  # read or written in place
         per_element = 1 + ADDITION_TRAFFIC  # a pass and its second read, as the e-graph
@@ -710,7 +709,7 @@ def alternatives(func: ir.PrimFunc, parts, names: Names,
                 # less, so no program does); the shapes only a rewrite makes (a level's
                 # halves) are planned only where that least could pay
                 bound, floors = floor
-                written = {_product_shape(x) for _, v in lifted.accumulations for x in _products(v)}
+                written = {_product_shape(x) for x in _product_uses(lifted.accumulations)}
 
                 def least_price(m, k, n, written=written, bound=bound):
                     return price(m, k, n) if (m, k, n) in written else bound(m, k, n)
@@ -767,15 +766,8 @@ def _cheapest(accumulations, rules, price, memo: dict, at_least: Optional[int] =
     return memo[key]
 
 
-def _products(node) -> list:
-    """The products in ``node``, each once per place it appears."""
-    if not isinstance(node, Op):
-        return []
-    here = [node] if node.kind == "@" else []
-    return here + [x for a in node.args for x in _products(a)]
-
-
 def _product_shape(node) -> tuple[int, int, int]:
+    """``(m, k, n)`` of the product ``node``."""
     rows, cols = program.shape(node)
     return rows, program.shape(node.args[0])[1], cols
 
@@ -787,8 +779,7 @@ def floor_price(library, dtype: str) -> Optional[Callable[[int, int, int], float
     (``desc.cost`` over its dims; the extractor's floors, ``extract._floor``, are the same
     bound: calls at their bare price, remainders and copies only adding). None when no
     intrinsic has that output."""
-    per = [d.cost / math.prod(x.extent for x in d.dims) for d in library
-           if d.output.dtype == dtype]
+    per = [d.cost / d.iterations for d in library if d.output.dtype == dtype]
     if not per:
         return None
     least = min(per)
