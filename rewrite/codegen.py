@@ -289,13 +289,15 @@ def _flat(buffer, indices: tuple[Expr, ...]) -> Optional[Affine]:
 
 
 def _copied(x: Store) -> Optional[tuple[Load, Affine, Affine]]:
-    """For ``P[...] = A[...]``, or a widening integer cast of it, from another buffer: the
-    load and both accesses' element offsets as affine forms. Else None."""
+    """For ``P[...] = A[...]``, or a widening cast of it (integer to integer, float to float:
+    each value exact), from another buffer: the load and both accesses' element offsets as
+    affine forms. Else None."""
     load = x.value.a if isinstance(x.value, Cast) else x.value
     src, dst = getattr(load, "dtype", None), x.buffer.dtype
     if not isinstance(load, Load) or load.buffer.name == x.buffer.name or BOOL in (src, dst):
         return None
-    if not (src == dst or is_int(src) and is_int(dst) and bits(dst) >= bits(src)):
+    if not (src == dst or bits(dst) >= bits(src) and (is_int(src) and is_int(dst)
+                                                       or is_float(src) and is_float(dst))):
         return None
     out, into = _flat(x.buffer, x.indices), _flat(load.buffer, load.indices)
     return None if out is None or into is None else (load, out, into)
@@ -480,13 +482,16 @@ class _BodyEmitter:
 
     def _run(self, load: Load, dst: str, n: int) -> ir.Value:
         """``n`` elements of ``load`` from where the loop variables now put it, one vector
-        load widened to ``dst`` (a copy's integer cast, ``_copied``)."""
+        load widened to ``dst`` (a copy's widening cast, ``_copied``: ``fpext`` is exact, as
+        the scalar cast is)."""
         src = load.dtype
         run = self.b.load(self.address(load.buffer, load.indices),
                           typ=ir.VectorType(lltype(src), n), align=itemsize(src))
         if bits(src) == bits(dst):
             return run
         wide = ir.VectorType(lltype(dst), n)
+        if is_float(src):
+            return self.b.fpext(run, wide)
         return self.b.sext(run, wide) if is_signed(src) else self.b.zext(run, wide)
 
     def block_copy(self, s: For, block: BlockCopy) -> None:

@@ -116,7 +116,18 @@ def pack(B: f64[10, 9], P: f64[9, 10]):
 """
 
 
-@pytest.mark.parametrize("src", [F32_TRANSPOSE, WIDENING_TRANSPOSE, F64_TRANSPOSE])
+# f16 converted to f32 as it is transposed (hoist-operand's copy of ``f32(B[j, k])``, a
+# panel of a transposed f16 operand): fpext, exact, NaN payloads kept
+F16_WIDENING_TRANSPOSE = HEADER + """
+@prim_func
+def pack(B: f16[21, 19], P: f32[19, 21]):
+    for k, j in grid(19, 21):
+        P[k, j] = f32(B[j, k])
+"""
+
+
+@pytest.mark.parametrize("src", [F32_TRANSPOSE, WIDENING_TRANSPOSE, F64_TRANSPOSE,
+                                 F16_WIDENING_TRANSPOSE])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_transposes_run_in_square_blocks_and_match_the_interpreter(src, threads):
     func = parse(src)
@@ -171,7 +182,8 @@ def q(A: u8[256, 256], B: i8[256, 256], C: i32[256, 256]):
 
 
 PAIRS = [("u8", "i16"), ("i8", "i16"), ("i8", "i32"), ("u8", "u8"), ("i16", "i32"),
-         ("f32", "f32"), ("f16", "f16"), ("f64", "f64")]
+         ("f32", "f32"), ("f16", "f16"), ("f64", "f64"), ("f16", "f32"), ("f32", "f64"),
+         ("f16", "f64")]
 
 
 @st.composite
