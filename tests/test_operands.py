@@ -1,0 +1,236 @@
+"""hoist-operand (``rewrite/rules/operands.py``): a computed operand of a product (a cast, an
+``exp``, a sum, a negated load) copied out of the nest over the loops it uses. Golden normal
+forms, what is left alone, the rewrite against the interpreter bit for bit (NaN and Inf
+included, hypothesis), and mixed-precision products reaching the f32 tiles, compiled and
+checked."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import intrinsics
+from rewrite import interp, ir, nests, runtime
+from rewrite.names import Names
+from rewrite.nests import AccNest, Dim
+from rewrite.pipeline import tensorize
+from rewrite.rules import operands
+from rewrite.script import parse, show
+
+AVX2 = intrinsics.library("x86-avx2")
+HOST_HAS_AVX2 = {"avx2", "fma"} <= intrinsics.host_features()
+
+
+def _nest(src: str) -> tuple[ir.PrimFunc, AccNest]:
+    func = nests.normalize(parse(src))
+    (nest,) = [p for p in nests.items(func) if isinstance(p, AccNest)]
+    return func, nest
+
+
+def _rewritten(func: ir.PrimFunc, items, temps) -> ir.PrimFunc:
+    body = ir.seq(*(p.stmt() if isinstance(p, AccNest) else p for p in items))
+    return replace(func, body=body, allocs=func.allocs + tuple(temps))
+
+
+def _lines(func, items, temps) -> list[str]:
+    """The rewritten function's body, printed (allocations and signature left out)."""
+    return [x for x in show(_rewritten(func, items, temps)).splitlines()
+            if x.startswith("    ") and "alloc(" not in x]
+
+
+MIXED = '''
+@prim_func
+def mixed(A: f32[M, K], B: f16[K, N], C: f32[M, N]):
+    for i, j in grid(M, N):
+        for k in range(K):
+            C[i, j] += BODY
+'''
+
+
+def _mixed(body: str, m: int = 8, k: int = 6, n: int = 5, a: str = "f32", b: str = "f16") -> str:
+    return (MIXED.replace("BODY", body).replace("M", str(m)).replace("K", str(k))
+            .replace("N", str(n)).replace("A: f32", f"A: {a}").replace("B: f16", f"B: {b}"))
+
+
+def test_a_converted_operand_is_copied_out_over_its_own_loops():
+    func, nest = _nest(_mixed("A[i, k] * f32(B[k, j])"))
+    ((path, factor),) = operands.hoistable(nest)
+    items, temps = operands.hoist(nest, [(path, factor)], Names.of(func))
+    assert [(t.name, t.dtype, t.shape) for t in temps] == [("ho_P_0", "f32", (6, 5))]
+    assert _lines(func, items, temps) == [
+        "    for k, j in grid(6, 5):",
+        "        ho_P_0[k, j] = f32(B[k, j])",
+        "    for i, j, k in grid(8, 5, 6):",
+        "        C[i, j] += A[i, k] * ho_P_0[k, j]"]
+
+
+@pytest.mark.parametrize("body, fill, product", [
+    # a negated factor is one factor, its sign copied with it
+    ("A[i, k] * -f32(B[k, j])", "ho_P_0[k, j] = -f32(B[k, j])", "A[i, k] * ho_P_0[k, j]"),
+    # a negated product keeps its sign where it is written
+    ("-(A[i, k] * f32(B[k, j]))", "ho_P_0[k, j] = f32(B[k, j])", "-(A[i, k] * ho_P_0[k, j])"),
+    # the product's grouping is kept: the factor is replaced in place
+    ("2.0 * (exp(A[i, k]) * f32(B[k, j]))", "ho_P_0[i, k] = exp(A[i, k])",
+     "2.0 * (ho_P_0[i, k] * f32(B[k, j]))"),
+    ("A[i, k] * (f32(B[k, j]) + f32(B[k, j]))", "ho_P_0[k, j] = f32(B[k, j]) + f32(B[k, j])",
+     "A[i, k] * ho_P_0[k, j]"),
+], ids=["negated-factor", "negated-product", "grouping", "sum"])
+def test_the_first_computed_factor_is_replaced_in_place(body, fill, product):
+    func, nest = _nest(_mixed(body))
+    site = operands.hoistable(nest)[0]
+    items, temps = operands.hoist(nest, [site], Names.of(func))
+    lines = _lines(func, items, temps)
+    assert lines[1] == f"        {fill}"
+    assert lines[-1] == f"        C[i, j] += {product}"
+
+
+def test_the_copy_of_a_transposed_read_loops_in_the_reads_order():
+    func, nest = _nest('''
+@prim_func
+def nt(A: f32[8, 6], B: f16[5, 6], C: f32[8, 5]):
+    for i, j, k in grid(8, 5, 6):
+        C[i, j] += A[i, k] * f32(B[j, k])
+''')
+    items, temps = operands.hoist(nest, operands.hoistable(nest), Names.of(func))
+    assert temps[0].shape == (5, 6)
+    assert _lines(func, items, temps)[:2] == ["    for j, k in grid(5, 6):",
+                                              "        ho_P_0[j, k] = f32(B[j, k])"]
+
+
+@pytest.mark.parametrize("src", [
+    _mixed("A[i, k] * f32(B[k, j])".replace("f32(B[k, j])", "B[k, j]"), b="f32"),  # plain loads
+    _mixed("A[i, k] * f32(B[0, 0])"),  # no loop: a runtime scalar (scalar-factor's)
+    _mixed("f32(B[k, j])"),  # no product
+    '''
+@prim_func
+def every_loop(A: f32[8, 6], B: f16[8, 6], C: f32[8]):
+    for i, k in grid(8, 6):
+        C[i] += A[i, k] * f32(B[i, k])
+''',  # the factor uses every loop: nothing to save
+], ids=["loads", "constant-index", "no-product", "every-loop"])
+def test_what_hoist_operand_leaves_alone(src):
+    _, nest = _nest(src)
+    assert operands.hoistable(nest) == []
+
+
+def test_a_nest_with_a_loop_that_never_runs_is_left_alone():
+    # the copy would evaluate the factor where the nest never did
+    _, nest = _nest(_mixed("A[i, k] * f32(B[k, j])"))
+    empty = replace(nest, dims=nest.dims[:-1] + (Dim(nest.dims[-1].name, 3, 3),))
+    assert operands.hoistable(nest) and operands.hoistable(empty) == []
+
+
+# ---------------------------------------------------------------------------
+# the rewrite against the interpreter, bit for bit
+
+def _factor(draw, depth: int, top: bool = True) -> str:
+    """A computed expression of ``A[i, k]``, ``f32(B[k, j])``, ``f32(H[k, j])``: at the top
+    no plain load."""
+    leaf = draw(st.sampled_from(["A[i, k]", "f32(B[k, j])", "f32(H[k, j])"]))
+    if depth == 0:
+        return leaf
+    op = draw(st.sampled_from(["cast", "exp", "neg", "sum", "max", "abs"] + ([] if top else ["leaf"])))
+    inner = _factor(draw, depth - 1, False)
+    return {"cast": f"f32(f16({inner}))", "exp": f"exp({inner})", "neg": f"-{inner}",
+            "sum": f"({inner} + {_factor(draw, depth - 1, False)})", "max": f"max({inner}, 0.5)",
+            "abs": f"abs({inner})", "leaf": leaf}[op]
+
+
+@st.composite
+def computed_products(draw):
+    """A product of a plain operand and a computed one (over ``i, k`` or ``k, j``, never
+    mixing them: a factor must use fewer loops than the nest), each maybe negated."""
+    m, k, n = (draw(st.integers(1, 5)) for _ in range(3))
+    side = draw(st.sampled_from(["A", "B"]))
+    computed = _factor(draw, draw(st.integers(1, 3)))
+    if side == "A":  # the computed factor over i, k
+        computed = computed.replace("f32(B[k, j])", "A[i, k]").replace("f32(H[k, j])", "G[i, k]")
+        plain = "f32(B[k, j])" if draw(st.booleans()) else "D[k, j]"
+    else:
+        computed = computed.replace("A[i, k]", "f32(B[k, j])")
+        plain = "A[i, k]"
+    a, b = (computed, plain) if draw(st.booleans()) else (plain, computed)
+    body = f"{a} * {b}"
+    if draw(st.booleans()):
+        body = f"-({body})"
+    src = f'''
+@prim_func
+def f(A: f32[{m}, {k}], G: f32[{m}, {k}], B: f16[{k}, {n}], H: f16[{k}, {n}], D: f32[{k}, {n}],
+      C: f32[{m}, {n}]):
+    for i, j, k in grid({m}, {n}, {k}):
+        C[i, j] += {body}
+'''
+    return src
+
+
+_SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, 65504.0, 7e4], np.float32)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(computed_products(), st.integers(0, 2**32 - 1))
+def test_hoisting_computes_what_the_nest_computes_bit_for_bit(src, seed):
+    func, nest = _nest(src)
+    sites = operands.hoistable(nest)
+    assert sites, src
+    rng = np.random.default_rng(seed)
+    args = {}
+    for p in func.params:
+        x = rng.standard_normal(p.shape).astype(np.float32) * 3
+        special = rng.random(p.shape) < 0.15
+        x[special] = rng.choice(_SPECIAL, int(special.sum()))
+        with np.errstate(over="ignore"):  # 7e4 is f16's infinity
+            args[p.name] = x.astype(ir.numpy_dtype(p.dtype))
+    want = interp.run(func, **{k: v.copy() for k, v in args.items()})["C"]
+    for chosen in [[s] for s in sites] + [sites]:
+        items, temps = operands.hoist(nest, chosen, Names.of(func))
+        got = interp.run(_rewritten(func, items, temps), **{k: v.copy() for k, v in args.items()})["C"]
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=src)
+
+
+# ---------------------------------------------------------------------------
+# mixed precision on the tiles
+
+@pytest.mark.parametrize("body, a, b, shape", [
+    ("A[i, k] * f32(B[k, j])", "f32", "f16", (48, 40, 64)),
+    ("f32(A[i, k]) * B[k, j]", "f16", "f32", (37, 29, 61)),
+    ("A[i, k] * -f32(B[k, j])", "f32", "f16", (32, 32, 32)),
+    ("exp(A[i, k]) * B[k, j]", "f32", "f32", (40, 24, 32)),
+], ids=["f16-weights", "f16-activations-odd", "negated", "exp"])
+def test_a_computed_operand_reaches_the_f32_tiles_and_checks(body, a, b, shape):
+    m, k, n = shape
+    func = parse(_mixed(body, m, k, n, a, b))
+    result = tensorize(func, AVX2)
+    assert "x86.mm.f32.6x16x1" in {s.intrinsic for s in result.sites}, result.report()
+    assert result.coverage >= 0.9, result.report()
+    assert dict(result.choice.taken).get("hoist-operand") == 1
+    # without the rule no f32 row takes the product
+    assert tensorize(func, AVX2, rules_off=("hoist-operand",)).coverage < 0.01
+    if HOST_HAS_AVX2:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
+def test_on_the_host_library_the_f16_weights_product_runs_on_intrinsics_and_checks():
+    func = parse(_mixed("A[i, k] * f32(B[k, j])", 64, 96, 80))
+    result = tensorize(func)
+    assert result.coverage >= 0.9, result.report()
+    check = runtime.check(func, result.compile())
+    assert check.ok, check.message
+
+
+def test_an_operand_an_intrinsic_converts_itself_keeps_its_form():
+    # u8 x i8 into i32: the int8 rows read the bytes and widen them; copies of i32 would
+    # quadruple the operands' bytes and lose the dot row, and the cost model says so
+    func = parse('''
+@prim_func
+def q(A: u8[32, 64], B: i8[64, 32], C: i32[32, 32]):
+    for i, j, k in grid(32, 32, 64):
+        C[i, j] += i32(A[i, k]) * i32(B[k, j])
+''')
+    result = tensorize(func, AVX2)
+    assert "ho_P" not in show(result.func)
+    assert result.sites and all("u8i8i32" in s.intrinsic for s in result.sites)
+    assert "hoist-operand" in dict(result.choice.offered)
