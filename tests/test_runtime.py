@@ -508,6 +508,20 @@ def test_matmul_formulation_equals_einsum(spec, shapes):
     np.testing.assert_allclose(product(), np.einsum(spec, *operands), rtol=1e-12, atol=1e-12)
 
 
+def test_a_product_of_converted_operands_is_also_timed_as_a_matmul_of_the_conversions(monkeypatch):
+    # ``C += A * f32(B)`` with B in f16: numpy's fastest way is ``A @ B.astype(f32)`` (BLAS),
+    # not the einsum casting as it goes
+    func = parse(MATMUL.replace("B: f32", "B: f16").replace("A[i, k] * B[k, j]",
+                                                            "A[i, k] * f32(B[k, j])"))
+    args = random_args(func, seed=0)
+    products = []
+    monkeypatch.setattr(bench, "_accumulating", lambda product, out, init: products.append(product))
+    bench.numpy_formulations(func, args)
+    (product,) = products
+    want = run(func, **{k: v.copy() for k, v in args.items()})["C"]
+    np.testing.assert_allclose(product(), want, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("spec", ["ij,jk,kl->il", "ii,ij->j", "ijk,k->i", "bik,kj->bij"])
 def test_matmul_formulation_refuses_what_it_is_not(spec):
     shapes = {"i": 3, "j": 4, "k": 5, "l": 2, "b": 2}

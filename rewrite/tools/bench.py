@@ -241,7 +241,8 @@ def _in_turn(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Callable[[
 def numpy_formulations(func: PrimFunc, args: dict[str, np.ndarray]) -> list[Callable[[], object]]:
     """The ways numpy computes ``func``'s contraction: ``np.matmul`` on transposed views when
     it is a (batched) matrix or matrix-vector product, which reaches BLAS with its transpose
-    flags, and ``np.einsum(..., optimize=True)`` always. Empty when it is no contraction."""
+    flags (operands of another dtype converted first, at each call: ``A @ B.astype(f32)``),
+    and ``np.einsum(..., optimize=True)`` always. Empty when it is no contraction."""
     c = contraction(func)
     if c is None:
         return []
@@ -258,6 +259,11 @@ def numpy_formulations(func: PrimFunc, args: dict[str, np.ndarray]) -> list[Call
         return []
     found = []
     product = None if cast else _as_matmul(c.spec, operands)
+    if cast and _as_matmul(c.spec, [a.astype(dtype) for a in operands]) is not None:
+        # operands of other dtypes converted at each call, then the matrix product
+        def product():
+            return _as_matmul(c.spec, [a if a.dtype == dtype else a.astype(dtype)
+                                       for a in operands])()
     if product is not None:
         found.append(_accumulating(product, out, c.init))
     if c.init:
