@@ -100,6 +100,22 @@ def nt(A: f32[8, 6], B: f16[5, 6], C: f32[8, 5]):
                                               "        ho_P_0[j, k] = f32(B[j, k])"]
 
 
+def test_the_copy_keeps_the_sources_order_of_strides_within_an_index():
+    # B[k_i + 4 * k_o, j]: k_o steps four rows, k_i one; a copy over (k_i, k_o, j) would
+    # read B's rows out of order and store k_o's neighbours far apart
+    func, nest = _nest('''
+@prim_func
+def split(A: f32[8, 24], B: f16[24, 5], C: f32[8, 5]):
+    for i, j, k_o, k_i in grid(8, 5, 6, 4):
+        C[i, j] += A[i, k_i + 4 * k_o] * f32(B[k_i + 4 * k_o, j])
+''')
+    items, temps = operands.hoist(nest, operands.hoistable(nest), Names.of(func))
+    assert temps[0].shape == (6, 4, 5)
+    assert _lines(func, items, temps)[:2] == [
+        "    for k_o, k_i, j in grid(6, 4, 5):",
+        "        ho_P_0[k_o, k_i, j] = f32(B[k_i + 4 * k_o, j])"]
+
+
 @pytest.mark.parametrize("src", [
     _mixed("A[i, k] * f32(B[k, j])".replace("f32(B[k, j])", "B[k, j]"), b="f32"),  # plain loads
     _mixed("A[i, k] * f32(B[0, 0])"),  # no loop: a runtime scalar (scalar-factor's)

@@ -41,7 +41,7 @@ from __future__ import annotations
 from typing import Optional
 
 from .. import ir
-from ..affine import Affine
+from ..affine import Affine, affine
 from ..ir import Binary, Buffer, Const, Expr, For, Load, Stmt, Store, Unary, Var
 from ..match import affine_expr
 from ..names import Names
@@ -106,10 +106,22 @@ def hoistable(nest: AccNest) -> list[tuple[tuple, Expr]]:
     return out
 
 
+def _major_first(index: Expr) -> list[str]:
+    """The loop variables of one index, the one of largest stride first (``i_i + 4 * i_o``:
+    ``i_o``, then ``i_i``), so that the copy keeps the source's order of strides; by name
+    where the index is not affine."""
+    form = affine(index)
+    if form is None:
+        return sorted(_vars(index))
+    out = [v for v, _ in sorted(form.terms, key=lambda t: (-abs(t[1]), str(t[0]))) if isinstance(v, str)]
+    return out + sorted(_vars(index) - set(out))
+
+
 def _copy(nest: AccNest, e: Expr, names: Names) -> tuple[Stmt, Load, Buffer]:
     """The copy of factor ``e`` over the loops it uses (in the order its loads name them,
-    the order of its first load's indices first), the load reading it, its temporary."""
-    order = [v for ld in ir.loads_of(e) for i in ld.indices for v in sorted(_vars(i))]
+    the order of its first load's indices first, each index's largest stride first), the
+    load reading it, its temporary."""
+    order = [v for ld in ir.loads_of(e) for i in ld.indices for v in _major_first(i)]
     dims = [d for v in dict.fromkeys(order) for d in nest.dims if d.name == v]
     shape = tuple(d.extent for d in dims)
     idx = tuple(affine_expr(Affine(((d.name, 1),), -d.start)) for d in dims)
