@@ -516,3 +516,24 @@ def test_the_campaign_report_counts_the_new_kinds(capsys):
     drawn = sum(report["transformations"][k] for k in REAL_KINDS) + \
         sum(report["mutations"][k] for k in REAL_MUTATIONS)
     assert drawn > 0 and report["failures"] == []
+
+
+# ---------------------------------------------------------------------------
+# an operand stored narrower (hoist-operand, rules/operands.py)
+
+
+def test_a_narrower_operand_is_matched_only_through_hoist_operand():
+    """The guarantee rests on hoist-operand alone: the same case without it covers nothing
+    (no tile reads an operand converted as it is read)."""
+    case = _drawn(MM, "operand stored narrower", _guarded_by_intrinsic(MM))
+    assert any(b.dtype == "f16" for b in case.func.params)
+    result = tensorize(case.func, [MM], in_process=True, strassen="off")
+    assert result.coverage >= case.guarantee.min_coverage > 0
+    off = tensorize(case.func, [MM], in_process=True, strassen="off", rules_off=("hoist-operand",))
+    assert off.coverage == 0
+
+
+def test_a_narrower_operand_read_at_every_loop_guarantees_nothing():
+    # the FMA row's operands use every loop unless a batch dim leaves one out: no copy pays
+    case = _drawn(FMA, "operand stored narrower", lambda c: len(_loops(c.func)) == 1)
+    assert case.guarantee.min_coverage == 0 and "every loop" in case.guarantee.reason

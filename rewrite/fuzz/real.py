@@ -18,7 +18,10 @@ Kinds (``KINDS``), each with the rule that sees through it:
 - ``reused temporary under carried loops``: one temporary row per batch iteration, zeroed,
   accumulated and copied out (PolyBench doitgen; ``rules/expand.py``);
 - ``scalar local``: ``t = 0.0; for k: t += ...; C[f] = t`` (a one-element temporary,
-  ``rules/expand.py``).
+  ``rules/expand.py``);
+- ``operand stored narrower``: one float input of the product kept in a narrower float and
+  converted as it is read, ``A[i, k] * f32(B[k, j])`` with ``B`` in f16 (mixed precision;
+  ``rules/operands.py``, hoist-operand).
 
 What each construction guarantees follows from the rules' own preconditions and the cost
 model's prices (``cost.py``), argued in each ``_*_guarantee`` below; where a figure depends on
@@ -54,13 +57,13 @@ values is a recurrence whose rounding compounds past ``runtime.check``'s toleran
 from __future__ import annotations
 
 import math
-from dataclasses import replace as _replace
+from dataclasses import dataclass, replace as _replace
 from typing import Optional
 
 from hypothesis import assume, strategies as st
 
 from .. import cost as _cost, ir
-from ..ir import Accumulate, Binary, Buffer, Const, Expr, For, Load, PrimFunc, Stmt, Store, Unary, Var
+from ..ir import Accumulate, Binary, Buffer, Cast, Const, Expr, For, Load, PrimFunc, Stmt, Store, Unary, Var
 from .disguises import (_INPUT_NAMES, _ITERATION_LIMIT, _LOOP_NAMES, REAL_FORMS, REAL_KINDS,
                         REAL_MUTATIONS, Disguised, Guarantee, NearMiss, Triangle, _Axis, _Operand, _Shape,
                         _axes, _body, _commuted, _gathered, _guarantee, _nest, _ops_per_iteration,
@@ -832,6 +835,97 @@ def _temp_kind(draw, desc, exact, kind: str) -> Disguised:
         [f"written {s.form}"] if s.form != "+=" else [])))
 
 
+# -- an operand stored narrower --------------------------------------------------------------
+
+# the narrower float an input of each dtype is stored in
+NARROWER = {"f32": "f16", "f64": "f32"}
+
+
+@dataclass(frozen=True)
+class _Narrow(_Operand):
+    """An operand stored in the narrower ``dtype`` and read converted to ``wide``."""
+
+    wide: str = "f32"
+
+    def load(self, extents: dict[str, int]) -> Expr:
+        return Cast(self.wide, super().load(extents))
+
+
+def _narrowable(desc) -> list[str]:
+    """The intrinsic's inputs of a dtype with a narrower float that its body reads unconverted
+    as a factor of its product (of two factors or more)."""
+    factors = _factors(_body(desc))
+    if len(factors) < 2:
+        return []
+    return [op.name for op in desc.inputs if op.dtype in NARROWER and
+            any(isinstance(f, Load) and f.buffer.name == op.name for f in factors)]
+
+
+@st.composite
+def _narrow_kind(draw, desc, exact) -> Disguised:
+    s = draw(_shape(desc, exact, plain=True))
+    name = draw(st.sampled_from(_narrowable(desc)))
+    o = s.inputs[name]
+    s.inputs = {**s.inputs, name: _Narrow(o.name, NARROWER[o.dtype], o.axes, o.dtype)}
+    func, nests, _ = _program(s)
+    guarantee = _narrow_guarantee(s, func, nests, name)
+    s.notes[:0] = [f"operand stored narrower: {o.name} in {NARROWER[o.dtype]}, read as "
+                   f"{o.dtype}({o.name}[...])"]
+    return Disguised(func, desc.name, guarantee, tuple(s.notes))
+
+
+def _narrow_guarantee(s: _Shape, func: PrimFunc, loops_of, name: str) -> Guarantee:
+    """One input converted as it is read: no tile binds the nest as written (the intrinsic
+    reads the wide dtype from memory), which costs ``s`` per iteration (a conversion is no
+    operation, ``calls.op_count``). hoist-operand (``rules/operands.py``, a ``sites``
+    family) offers the copy of the converted operand over the loops it uses, where those are
+    fewer than the nest's, priced as the pipeline prices that statement
+    (``cost.scalar_stmt``: an element moved per element), then the nest reading the copy, a
+    plain product again, laid out as the copy is (its loops in the order the rule writes
+    them, unit steps: a strided, reversed or offset source is laid out plainly). That program
+    with the whole tiles on the intrinsic costs ``copy + rho' dd + s (n - dd)``. Where that
+    is under ``s n``, the extraction chooses a program no dearer, which then is that copy and
+    a plan of the new nest (the nest as written covers nothing and costs ``s n``), so the
+    plan covers ``c`` iterations with ``rho c + s (n - c) <= rho' dd + s (n - dd)``."""
+    from .. import nests as _nests
+    from ..names import Names
+    from ..rules import operands
+
+    desc = s.desc
+    (loops,) = loops_of
+    n = math.prod(b - a for _, a, b in loops)
+    dd = _whole({v: (a, b - 1) for v, a, b in loops}, _tiles(s))
+    norm = _nests.normalize(func)
+    buffer = s.inputs[name].name
+    nests_ = [p for p in _nests.items(norm) if isinstance(p, _nests.AccNest) and p.out.name == s.out.name]
+    if len(nests_) != 1:
+        return Guarantee(frozenset(), 0.0, "the accumulation is not one nest once normalised")
+    (nest,) = nests_
+    sites = [(path, e) for path, e in operands.hoistable(nest)
+             if any(ld.buffer.name == buffer for ld in ir.loads_of(e))]
+    if not sites:
+        return Guarantee(frozenset(), 0.0, f"hoist-operand copies no factor reading {buffer} out "
+                                           f"(it uses every loop of the nest)")
+    items, temps = operands.hoist(nest, sites[:1], Names.of(norm))
+    fill, new = items[0], items[-1]
+    copy = _cost.scalar_stmt(fill)
+    (read,) = [ld for ld in ir.loads_of(new.value) if ld.buffer.name == temps[0].name]
+    if not all(isinstance(i, Var) for i in read.indices):
+        return Guarantee(frozenset(), 0.0, "the copy is read at other than its loops")
+    laid = _Operand(temps[0].name, temps[0].dtype, tuple(_Axis(i.name) for i in read.indices))
+    rho, rho_g = _rho(_replace(s, inputs={**s.inputs, name: laid}))
+    s_t = _ops_per_iteration(nest.value)
+    if dd <= 0 or rho_g >= s_t:
+        return Guarantee(frozenset(), 0.0, "no whole tile is cheaper than the scalar body")
+    if copy >= dd * (s_t - rho_g):
+        return Guarantee(frozenset(), 0.0, f"the copy costs {copy:g}, the whole tiles save at most "
+                                           f"{dd * (s_t - rho_g):g}")
+    other = max(0, _op_count(func.body) - n * s_t)
+    return _bound(desc, _covered(dd, rho, rho_g, s_t), n * s_t + other + _op_count(fill),
+                  f"the converted {buffer} copied out for {copy:g}; {dd} of {n} iterations in whole "
+                  f"tiles at {rho_g:g} against {s_t} scalar ops")
+
+
 # -- the kinds, drawn -----------------------------------------------------------------------
 
 
@@ -843,6 +937,8 @@ def applies(desc, kind: str) -> bool:
         return _snapshot_route(desc) is not None
     if kind in ("runtime scale factor", "factor written by the nest"):
         return _ops_per_iteration(_body(desc)) >= 2 and _body(desc).dtype == desc.output.dtype
+    if kind == "operand stored narrower":
+        return bool(_narrowable(desc))
     return True
 
 
@@ -865,6 +961,8 @@ def real_disguised(draw, desc, kind: str, exact: Optional[bool] = None) -> Disgu
         return draw(_temp_kind(desc, exact, "row"))
     if kind == "scalar local":
         return draw(_temp_kind(desc, exact, "scalar"))
+    if kind == "operand stored narrower":
+        return draw(_narrow_kind(desc, exact))
     raise ValueError(f"no disguise kind {kind!r} (there are: {', '.join(KINDS)})")
 
 
