@@ -87,6 +87,37 @@ def test_the_first_computed_factor_is_replaced_in_place(body, fill, product):
     assert lines[-1] == f"        C[i, j] += {product}"
 
 
+def test_weights_dequantised_per_column_are_copied_as_one_product():
+    # f32(W) * s[j] uses k, j: the product as written is one operand, copied whole (its
+    # grouping kept), and the nest is a plain product; its factor f32(W) alone is offered too
+    func, nest = _nest('''
+@prim_func
+def dq(A: f32[8, 6], W: i8[6, 5], s: f32[5], C: f32[8, 5]):
+    for i, j, k in grid(8, 5, 6):
+        C[i, j] += A[i, k] * (f32(W[k, j]) * s[j])
+''')
+    sites = operands.hoistable(nest)
+    (_, whole), (_, part) = sites
+    assert isinstance(whole, ir.Binary) and part == whole.a
+    items, temps = operands.hoist(nest, sites[:1], Names.of(func))
+    assert _lines(func, items, temps) == [
+        "    for k, j in grid(6, 5):",
+        "        ho_P_0[k, j] = f32(W[k, j]) * s[j]",
+        "    for i, j, k in grid(8, 5, 6):",
+        "        C[i, j] += A[i, k] * ho_P_0[k, j]"]
+
+
+def test_a_product_of_loads_alone_is_left_to_scalar_factor():
+    # alpha[0] * A[i, k] is no computed factor: scale-operand's copy, behind its reasoning
+    _, nest = _nest('''
+@prim_func
+def sc(A: f32[8, 6], B: f32[6, 5], alpha: f32[1], C: f32[8, 5]):
+    for i, j, k in grid(8, 5, 6):
+        C[i, j] += (alpha[0] * A[i, k]) * B[k, j]
+''')
+    assert operands.hoistable(nest) == []
+
+
 def test_the_copy_of_a_transposed_read_loops_in_the_reads_order():
     func, nest = _nest('''
 @prim_func
@@ -168,6 +199,9 @@ def computed_products(draw):
     else:
         computed = computed.replace("A[i, k]", "f32(B[k, j])")
         plain = "A[i, k]"
+    if draw(st.booleans()):  # a product of factors over the same loops, as one operand
+        other = "D[k, j]" if side == "B" else "G[i, k]"
+        computed = f"({computed} * {other})" if draw(st.booleans()) else f"({other} * {computed})"
     a, b = (computed, plain) if draw(st.booleans()) else (plain, computed)
     body = f"{a} * {b}"
     if draw(st.booleans()):
@@ -200,7 +234,8 @@ def test_hoisting_computes_what_the_nest_computes_bit_for_bit(src, seed):
         with np.errstate(over="ignore"):  # 7e4 is f16's infinity
             args[p.name] = x.astype(ir.numpy_dtype(p.dtype))
     want = interp.run(func, **{k: v.copy() for k, v in args.items()})["C"]
-    for chosen in [[s] for s in sites] + [sites]:
+    apart = [x for x in sites if not any(y != x and x[0][:len(y[0])] == y[0] for y in sites)]
+    for chosen in [[s] for s in sites] + [apart]:
         items, temps = operands.hoist(nest, chosen, Names.of(func))
         got = interp.run(_rewritten(func, items, temps), **{k: v.copy() for k, v in args.items()})["C"]
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=src)
@@ -250,3 +285,23 @@ def q(A: u8[32, 64], B: i8[64, 32], C: i32[32, 32]):
     assert "ho_P" not in show(result.func)
     assert result.sites and all("u8i8i32" in s.intrinsic for s in result.sites)
     assert "hoist-operand" in dict(result.choice.offered)
+
+
+def test_weights_dequantised_per_column_run_on_the_f32_tiles_without_a_guard():
+    # the scale taken out instead (scalar-factor) needs a finite guard and a pass over C;
+    # copying the dequantised weights whole is exact and cheaper
+    func = parse('''
+@prim_func
+def dq(A: f32[48, 64], W: i8[64, 40], s: f32[40], C: f32[48, 40]):
+    for i, j in grid(48, 40):
+        C[i, j] = 0.0
+        for k in range(64):
+            C[i, j] += A[i, k] * (f32(W[k, j]) * s[j])
+''')
+    result = tensorize(func, AVX2)
+    text = show(result.func)
+    assert "f32(W[" in text and "* s[" in text and "fin" not in text, text
+    assert result.coverage >= 0.9 and dict(result.choice.taken) == {"hoist-operand": 1}
+    if HOST_HAS_AVX2:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message

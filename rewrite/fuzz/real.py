@@ -901,11 +901,14 @@ def _narrow_guarantee(s: _Shape, func: PrimFunc, loops_of, name: str) -> Guarant
     if len(nests_) != 1:
         return Guarantee(frozenset(), 0.0, "the accumulation is not one nest once normalised")
     (nest,) = nests_
-    sites = [(path, e) for path, e in operands.hoistable(nest)
-             if any(ld.buffer.name == buffer for ld in ir.loads_of(e))]
-    if not sites:
+    sites = operands.hoistable(nest)
+    if not any(any(ld.buffer.name == buffer for ld in ir.loads_of(e)) for _, e in sites):
         return Guarantee(frozenset(), 0.0, f"hoist-operand copies no factor reading {buffer} out "
                                            f"(it uses every loop of the nest)")
+    if len(sites) != 1 or not isinstance(sites[0][1], Cast):
+        # a product of factors copied whole would leave the nest fewer operations than the
+        # bound below counts: not argued
+        return Guarantee(frozenset(), 0.0, "hoist-operand may copy more than the conversion")
     items, temps = operands.hoist(nest, sites[:1], Names.of(norm))
     fill, new = items[0], items[-1]
     copy = _cost.scalar_stmt(fill)

@@ -18,19 +18,22 @@ rewrite, so an operand an intrinsic converts itself (``i32(A[i, k]) * i32(B[k, j
 u8 x i8 dot) keeps its form where that is cheaper.
 
 The operands are the factors of the body's product read through ``*`` and the negations of
-products (each a maximal sub-expression that is neither; ``-f32(B[k, j])`` is one), in place: the tree of multiplications is kept as
-written, one factor replaced by a load of its copy. A factor is hoisted when it reads memory,
-is no plain load or constant (a load is the packing stages' business, a scalar read at run
-time ``scalar-factor``'s) and uses fewer of the nest's loop variables than the nest has.
+products (each a maximal sub-expression that is neither; ``-f32(B[k, j])`` is one), and the
+products of them as written: weights dequantised per column, ``A[i, k] * (f32(W[k, j]) *
+s[j])``, copy ``f32(W[k, j]) * s[j]`` whole. Each is replaced in place: the tree of
+multiplications is kept as written, one node replaced by a load of its copy. A node is
+hoisted when one of its factors is computed (reads memory and is no plain load or constant:
+a load is the packing stages' business, a scalar read at run time ``scalar-factor``'s) and
+it uses fewer of the nest's loop variables than the nest has.
 
-Sound: the copy stores, at each point of the box of the loops the factor uses, the factor's
-value there; the nest then reads, at each of its points, the element of the copy at that
-point's values of those loops: the value the factor had when the copy ran. The factor reads
+Sound: the copy stores, at each point of the box of the loops a node uses, the node's value
+there; the nest then reads, at each of its points, the element of the copy at that
+point's values of those loops: the value the node had when the copy ran. The node reads
 only buffers the nest does not write (an accumulate nest writes only its output, which it
 never reads: ``nests.as_nest``), and the copy runs right before the nest, so each value is
 the one the nest would have computed there, bit for bit (an expression has no effect and
-is evaluated in its own dtype; the copy has the factor's dtype). Every other loop of the
-nest runs at least once (refused otherwise), so the copy evaluates the factor at exactly
+is evaluated in its own dtype; the copy has the node's dtype). Every other loop of the
+nest runs at least once (refused otherwise), so the copy evaluates the node at exactly
 the points the nest evaluated it, each once: no load out of bounds, no division the nest
 did not do. The nest's loops have constant bounds (an accumulate nest's box), so the copy's
 loops are the same loops.
@@ -67,6 +70,23 @@ def _sites(e: Expr, path: tuple = ()) -> list[tuple[tuple, Expr]]:
     return [(path, e)]
 
 
+def _parts(e: Expr, path: tuple = ()) -> list[tuple[tuple, Expr]]:
+    """Every node of ``e``'s tree of products as ``_sites`` walks it (the products, the
+    negations of products, the factors), outermost first, each with its path; ``e`` itself
+    first."""
+    out = [(path, e)]
+    if isinstance(e, Binary) and e.op == "*":
+        out += _parts(e.a, path + ("a",)) + _parts(e.b, path + ("b",))
+    elif isinstance(e, Unary) and e.op == "neg" and _under_negations(e.a):
+        out += _parts(e.a, path + ("n",))
+    return out
+
+
+def _computed(e: Expr) -> bool:
+    """A factor computed as it is read: neither a load nor a constant, and reading memory."""
+    return not isinstance(e, (Load, Const)) and any(True for _ in ir.loads_of(e))
+
+
 def _under_negations(e: Expr) -> bool:
     """``e`` is a product, under negations or not (a negation of a factor, ``-f32(B)``, is
     part of that factor)."""
@@ -88,18 +108,18 @@ def _replaced(e: Expr, path: tuple, by: Expr) -> Expr:
 
 
 def hoistable(nest: AccNest) -> list[tuple[tuple, Expr]]:
-    """The factors of ``nest``'s body that ``hoist-operand`` copies out (module doc), with
-    their paths; none when a loop of the nest runs no iteration or the body is no product."""
+    """The factors of ``nest``'s body, and the products of factors as written, that
+    ``hoist-operand`` copies out (module doc), outermost first, with their paths; none when a
+    loop of the nest runs no iteration or the body is no product."""
     if any(d.extent < 1 for d in nest.dims):
         return []
     names = {d.name for d in nest.dims}
-    sites = _sites(nest.value)
-    if len(sites) < 2:
+    if len(_sites(nest.value)) < 2:
         return []  # no product: an elementwise body is no operand of one
     out = []
-    for path, e in sites:
-        if isinstance(e, (Load, Const)) or not any(True for _ in ir.loads_of(e)):
-            continue
+    for path, e in _parts(nest.value)[1:]:
+        if not any(_computed(f) for _, f in _sites(e)):
+            continue  # plain loads and constants: the packing stages' and scalar-factor's
         used = _vars(e)
         if used and used < names and not any(ld.buffer == nest.out for ld in ir.loads_of(e)):
             out.append((path, e))
