@@ -305,3 +305,87 @@ def dq(A: f32[48, 64], W: i8[64, 40], s: f32[40], C: f32[48, 40]):
     if HOST_HAS_AVX2:
         check = runtime.check(func, result.compile())
         assert check.ok, check.message
+
+
+# ---------------------------------------------------------------------------
+# a sliding window: the buffer's elements converted once
+
+CONV = '''
+@prim_func
+def conv(X: f16[H2, 6], W: f32[3, 6, 5], C: f32[H, 5]):
+    for h, c, r, ci in grid(H, 5, 3, 6):
+        C[h, c] += BODY * W[r, ci, c]
+'''
+
+
+def _conv(body: str, h: int = 8) -> str:
+    return CONV.replace("H2", str(h + 2)).replace("H", str(h)).replace("BODY", body)
+
+
+def test_a_sliding_window_is_converted_over_the_buffer_not_the_loops():
+    # f32(X[h + r, ci]) over the loops h, r, ci would hold each element up to three times
+    # (an im2col, 8 * 3 * 6); over X's own elements it holds each once (10 * 6), read at the
+    # nest's indices
+    func, nest = _nest(_conv("f32(X[h + r, ci])"))
+    items, temps = operands.hoist(nest, operands.hoistable(nest), Names.of(func))
+    assert temps[0].shape == (10, 6)
+    assert _lines(func, items, temps) == [
+        "    for ho_x0, ho_x1 in grid(10, 6):",
+        "        ho_P_0[ho_x0, ho_x1] = f32(X[ho_x0, ho_x1])",
+        "    for h, c, r, ci in grid(8, 5, 3, 6):",
+        "        C[h, c] += ho_P_0[h + r, ci] * W[r, ci, c]"]
+
+
+@pytest.mark.parametrize("body", [
+    "f32(X[h + r, ci]) * f32(X[h + r, ci])",  # two loads: a function of more than one element
+    "f32(X[h + r, ci] // X[h + r, ci])",  # an integer division, where X is an integer
+    "f32(X[4 * h + r, ci])",  # strided past the window: the box is no smaller than the loops
+], ids=["two-loads", "division", "strided"])
+def test_what_is_copied_over_the_loops_instead(body):
+    src = _conv(body)
+    if "//" in body:
+        src = src.replace("X: f16", "X: i16")
+    if "4 * h" in body:
+        src = src.replace("X: f16[10, 6]", "X: f16[31, 6]")
+    func, nest = _nest(src)
+    sites = operands.hoistable(nest)
+    items, temps = operands.hoist(nest, sites[:1], Names.of(func))
+    assert not any(x.startswith("ho_x") for x in (getattr(s, "var", "") for s in ir.walk_stmts(items[0])))
+
+
+@st.composite
+def sliding_windows(draw):
+    h, taps, ci, c = draw(st.integers(1, 6)), draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    g = draw(st.sampled_from(["f32(X[h + r, ci])", "exp(f32(X[h + r, ci]))", "-f32(X[h + r, ci])",
+                              "abs(f32(X[h + r, ci])) * 2.0", "sqrt(abs(f32(X[h + r, ci])))",
+                              "max(f32(X[h + r, ci]), 0.5) - 1.0", "f32(X[h + r, ci]) / 3.0"]))
+    pre = draw(st.booleans())
+    off = draw(st.integers(0, 2))  # the window read from an offset: the box starts past 0
+    if off:
+        g = g.replace("h + r", f"h + r + {off}")
+    body = f"{g} * W[r, ci, c]" if pre else f"W[r, ci, c] * {g}"
+    return f'''
+@prim_func
+def conv(X: f16[{h + taps - 1 + off}, {ci}], W: f32[{taps}, {ci}, {c}], C: f32[{h}, {c}]):
+    for h, c, r, ci in grid({h}, {c}, {taps}, {ci}):
+        C[h, c] += {body}
+'''
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sliding_windows(), st.integers(0, 2**32 - 1))
+def test_a_converted_window_computes_what_the_nest_computes_bit_for_bit(src, seed):
+    func, nest = _nest(src)
+    rng = np.random.default_rng(seed)
+    args = {}
+    for p in func.params:
+        x = rng.standard_normal(p.shape).astype(np.float32) * 3
+        special = rng.random(p.shape) < 0.15
+        x[special] = rng.choice(_SPECIAL, int(special.sum()))
+        with np.errstate(over="ignore"):
+            args[p.name] = x.astype(ir.numpy_dtype(p.dtype))
+    want = interp.run(func, **{k: v.copy() for k, v in args.items()})["C"]
+    for site in operands.hoistable(nest):
+        items, temps = operands.hoist(nest, [site], Names.of(func))
+        got = interp.run(_rewritten(func, items, temps), **{k: v.copy() for k, v in args.items()})["C"]
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=src)

@@ -26,6 +26,12 @@ hoisted when one of its factors is computed (reads memory and is no plain load o
 a load is the packing stages' business, a scalar read at run time ``scalar-factor``'s) and
 it uses fewer of the nest's loop variables than the nest has.
 
+A factor that is a function of one element of one buffer (a cast, ``exp``, constants) read
+through a sliding window, ``f32(X[h + r, ci])``, is copied over that buffer's elements
+instead, the box its indices cover, where that holds fewer elements than the loops it uses
+(an im2col of the converted input, three times its size for three taps): the nest reads the
+copy at the original indices, shifted to the box.
+
 Sound: the copy stores, at each point of the box of the loops a node uses, the node's value
 there; the nest then reads, at each of its points, the element of the copy at that
 point's values of those loops: the value the node had when the copy ran. The node reads
@@ -36,11 +42,17 @@ is evaluated in its own dtype; the copy has the node's dtype). Every other loop 
 nest runs at least once (refused otherwise), so the copy evaluates the node at exactly
 the points the nest evaluated it, each once: no load out of bounds, no division the nest
 did not do. The nest's loops have constant bounds (an accumulate nest's box), so the copy's
-loops are the same loops.
+loops are the same loops. A copy over a buffer's box stores at each element ``x`` the
+factor's function of ``X[x]``; the nest reads it at the element its load read, so again
+the same value. That copy also converts elements the nest never reads: each lies in the
+buffer (every index's least and greatest values are taken at some iteration, whose load is
+in bounds), and the function holds no operation that traps or is undefined on any value (no
+integer division; IEEE operations do not trap).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 from .. import ir
@@ -152,13 +164,83 @@ def _copy(nest: AccNest, e: Expr, names: Names) -> tuple[Stmt, Load, Buffer]:
     return body, Load(temp, idx), temp
 
 
+# what a conversion of a buffer's elements may compute besides its one load: operations that
+# cannot trap or be undefined on elements the nest never read (no integer division)
+_SAFE_UNARY = ("neg", "abs", "exp", "sqrt")
+_SAFE_FLOAT = ("+", "-", "*", "/", "max", "min")
+_SAFE_INT = ("+", "-", "*", "max", "min")
+
+
+def _converted_load(e: Expr) -> Optional[Load]:
+    """The one load of ``e`` when ``e`` is a function of that element alone (casts, the
+    operations above, constants), its indices reading no memory; else None."""
+    loads = list(ir.loads_of(e))
+    if len(loads) != 1 or any(True for i in loads[0].indices for _ in ir.loads_of(i)):
+        return None
+
+    def ok(x: Expr) -> bool:
+        if x is loads[0] or isinstance(x, Const):
+            return True
+        if isinstance(x, ir.Cast):
+            return ok(x.a)
+        if isinstance(x, Unary):
+            return x.op in _SAFE_UNARY and ok(x.a)
+        if isinstance(x, Binary):
+            safe = _SAFE_FLOAT if ir.is_float(x.dtype) else _SAFE_INT
+            return x.op in safe and ok(x.a) and ok(x.b)
+        return False
+
+    return loads[0] if ok(e) else None
+
+
+def _box(nest: AccNest, load: Load) -> Optional[tuple[tuple[int, int], ...]]:
+    """Per index of ``load``, the least and the greatest value it takes over the nest's loops
+    (each affine in them); None where one is not."""
+    ranges = {d.name: (d.start, d.stop - 1) for d in nest.dims}
+    out = []
+    for index in load.indices:
+        form = affine(index)
+        if form is None or any(not isinstance(v, str) or v not in ranges for v in form.vars):
+            return None
+        lo = hi = form.const
+        for v, c in form.terms:
+            a, b = c * ranges[v][0], c * ranges[v][1]
+            lo, hi = lo + min(a, b), hi + max(a, b)
+        out.append((lo, hi))
+    return tuple(out)
+
+
+def _buffer_copy(nest: AccNest, e: Expr, names: Names) -> Optional[tuple[Stmt, Expr, Buffer]]:
+    """The copy of factor ``e`` over the elements of the buffer it reads (the box its one
+    load's indices cover), where that box holds fewer elements than the loops ``e`` uses (a
+    sliding window, ``f32(X[h + r, w + s])``, reads each element several times): the copy,
+    the load of it at the original indices, its temporary. None where ``e`` is no function of
+    one element (``_converted_load``) or the box is no smaller."""
+    load = _converted_load(e)
+    box = _box(nest, load) if load is not None else None
+    if box is None:
+        return None
+    loops = math.prod(d.extent for d in nest.dims if d.name in _vars(e))
+    if math.prod(hi - lo + 1 for lo, hi in box) >= loops:
+        return None
+    temp = Buffer(names.numbered("ho_P"), e.dtype, tuple(hi - lo + 1 for lo, hi in box))
+    xs = [names.fresh(f"ho_x{k}") for k in range(len(box))]
+    at = tuple(affine_expr(Affine(((x, 1),), -lo)) for x, (lo, _) in zip(xs, box))
+    value = ir.map_loads(e, lambda ld: Load(ld.buffer, tuple(Var(x) for x in xs)))
+    body: Stmt = Store(temp, at, value)
+    for x, (lo, hi) in reversed(list(zip(xs, box))):
+        body = For(x, lo, hi + 1, body)
+    read = tuple(affine_expr(affine(i).plus(Affine((), -lo))) for i, (lo, _) in zip(load.indices, box))
+    return body, Load(temp, read), temp
+
+
 def hoist(nest: AccNest, chosen: list[tuple[tuple, Expr]], names: Names
           ) -> Optional[tuple[list, list[Buffer]]]:
     """The items of ``hoist-operand`` copying the factors ``chosen`` (from ``hoistable``) and
     their temporaries, or None when the nest so rewritten is no accumulate nest."""
     value, items, temps = nest.value, [], []
     for path, e in chosen:
-        fill, load, temp = _copy(nest, e, names)
+        fill, load, temp = _buffer_copy(nest, e, names) or _copy(nest, e, names)
         value = _replaced(value, path, load)
         items.append(fill)
         temps.append(temp)
