@@ -114,7 +114,8 @@ def _scaled_case(desc, extents, dim_of, out, inputs, inside=False):
     (in ``extents``' order, one perfect nest): ``alpha[0]`` on the left of the body, or
     inside it, and the guarantee the model states for it."""
     dt = desc.output.dtype
-    ops = {k: _Operand(name, dt, tuple(_Axis(v) for v in axes)) for k, (name, axes) in inputs.items()}
+    ops = {k: _Operand(name, desc.operand(k).dtype, tuple(_Axis(v) for v in axes))
+           for k, (name, axes) in inputs.items()}
     s = _Shape(desc=desc, extents=dict(extents), dim_of=dict(dim_of),
                batch=[v for v in extents if v not in dim_of.values()],
                out=_Operand("C", dt, tuple(_Axis(v) for v in out)), inputs=ops, value=None,
@@ -154,6 +155,20 @@ def test_a_product_summed_once_for_batch_loops_it_does_not_use_is_guaranteed_wha
     result = properties.check_case(case, mixed=False)  # it stated 0.396 and 0.501: 0.318, 0.389 reached
     assert "ct_T" in show(result.func)  # the contraction is the program chosen
     assert result.coverage >= case.guarantee.min_coverage
+
+
+def test_a_factor_copied_out_with_a_converted_operand_voids_the_scale_factor_bound():
+    # found by the fuzzer: on the f16 tile, hoist-operand copies f32(A[w, u]) * alpha[0] out
+    # (over w, u): the nest left pays two operations an iteration and binds no tile (the tile
+    # reads f16), cheaper by the model than the tiles with the factor taken out; the bound
+    # stated 2.73 iterations covered, and none were
+    desc = intrinsics.get("x86.mm.f16f32.4x16x1")
+    case = _scaled_case(desc, {"w": 5, "v": 32, "u": 2}, {"i": "w", "j": "v", "k": "u"}, ("w", "v"),
+                        {"a": ("A", "wu"), "b": ("B", "uv")}, inside=True)
+    assert show(case.func).rstrip().endswith("C[w, v] += f32(A[w, u]) * alpha[0] * f32(B[u, v])")
+    assert case.guarantee.min_coverage == 0 and "hoist-operand" in case.guarantee.reason
+    result = properties.check_case(case, mixed=False)
+    assert "ho_P" in show(result.func) and not result.sites
 
 
 @pytest.mark.parametrize("which", sorted(BATCHED_FACTORS))

@@ -625,6 +625,13 @@ def _factor_guarantee(s: _Shape, func: PrimFunc, nests, product: Expr) -> Guaran
     if not prices or dd <= 0 or rho_g >= s_t:
         return Guarantee(frozenset(), 0.0, "no rewrite of the factor is guaranteed to pay")
     low, high = min(p[0] for p in prices), min(p[1] for p in prices)
+    if _hoisted_factor(func, s.out.name, s_prog):
+        # hoist-operand copies out a product of converted operands (with the factor or
+        # without it, over loops a batch dim is not among): the nest left does less work an
+        # iteration, binds no tile (the intrinsic reads the narrow operands), and may be
+        # rewritten again (its sum taken once per batch point): programs not counted here
+        return Guarantee(frozenset(), 0.0, "hoist-operand copies a product of converted operands "
+                                           "out, which this bound does not count")
     opt = rho_g * dd + s_t * (n - dd) + high
     if opt >= n * s_prog:
         return Guarantee(frozenset(), 0.0, f"taking the factor out costs {high} or more, the "
@@ -635,6 +642,25 @@ def _factor_guarantee(s: _Shape, func: PrimFunc, nests, product: Expr) -> Guaran
                   f"{dd} of {n} iterations in whole tiles at {rho_g:g} against {s_t} scalar ops, "
                   f"the factor taken out for {low} to {high}, against {n * s_prog} as written")
     return _contracted(s, kept, loops, body, alpha, minus, opt, max(0, other))
+
+
+def _hoisted_factor(func: PrimFunc, out: str, s_prog: int) -> list[float]:
+    """The prices of hoist-operand's copies (``rules/operands.py``, as the pipeline prices a
+    statement, ``cost.scalar_stmt``) that leave the accumulation into ``out`` fewer than
+    ``s_prog`` operations an iteration."""
+    from .. import nests as _nests
+    from ..names import Names
+    from ..rules import operands
+
+    norm = _nests.normalize(func)
+    found = [p for p in _nests.items(norm) if isinstance(p, _nests.AccNest) and p.out.name == out]
+    prices = []
+    for nest in found:
+        for site in operands.hoistable(nest):
+            rewritten = operands.hoist(nest, [site], Names.of(norm))
+            if rewritten is not None and _ops_per_iteration(rewritten[0][-1].value) < s_prog:
+                prices.append(_cost.scalar_stmt(rewritten[0][0]))
+    return prices
 
 
 def _contracted(s: _Shape, kept: Guarantee, loops, body: Expr, alpha: Load, minus: bool,
