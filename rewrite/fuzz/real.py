@@ -66,8 +66,8 @@ from .. import cost as _cost, ir
 from ..ir import Accumulate, Binary, Buffer, Cast, Const, Expr, For, Load, PrimFunc, Stmt, Store, Unary, Var
 from .disguises import (_INPUT_NAMES, _ITERATION_LIMIT, _LOOP_NAMES, REAL_FORMS, REAL_KINDS,
                         REAL_MUTATIONS, Disguised, Guarantee, NearMiss, Triangle, _Axis, _Operand, _Shape,
-                        _axes, _body, _commuted, _gathered, _guarantee, _nest, _ops_per_iteration,
-                        _picks, _program, _reload, _shape, _substitute, could_fit)
+                        _axes, _body, _commuted, _gathered, _guarantee, _hoisted_factor, _nest,
+                        _ops_per_iteration, _picks, _program, _reload, _shape, _substitute, could_fit)
 
 KINDS = REAL_KINDS
 FORMS = REAL_FORMS  # notes of the forms these kinds are written in, as campaign reports count them
@@ -642,25 +642,6 @@ def _factor_guarantee(s: _Shape, func: PrimFunc, nests, product: Expr) -> Guaran
                   f"{dd} of {n} iterations in whole tiles at {rho_g:g} against {s_t} scalar ops, "
                   f"the factor taken out for {low} to {high}, against {n * s_prog} as written")
     return _contracted(s, kept, loops, body, alpha, minus, opt, max(0, other))
-
-
-def _hoisted_factor(func: PrimFunc, out: str, s_prog: int) -> list[float]:
-    """The prices of hoist-operand's copies (``rules/operands.py``, as the pipeline prices a
-    statement, ``cost.scalar_stmt``) that leave the accumulation into ``out`` fewer than
-    ``s_prog`` operations an iteration."""
-    from .. import nests as _nests
-    from ..names import Names
-    from ..rules import operands
-
-    norm = _nests.normalize(func)
-    found = [p for p in _nests.items(norm) if isinstance(p, _nests.AccNest) and p.out.name == out]
-    prices = []
-    for nest in found:
-        for site in operands.hoistable(nest):
-            rewritten = operands.hoist(nest, [site], Names.of(norm))
-            if rewritten is not None and _ops_per_iteration(rewritten[0][-1].value) < s_prog:
-                prices.append(_cost.scalar_stmt(rewritten[0][0]))
-    return prices
 
 
 def _contracted(s: _Shape, kept: Guarantee, loops, body: Expr, alpha: Load, minus: bool,
