@@ -651,6 +651,22 @@ def _why_store(s: Stmt, leaf: ir.Store, loops: list[For]) -> str:
 _STAGES = ("operator", "dtype", "access pattern", "extent", "layout")
 
 
+def _computed_note(nest: AccNest) -> str:
+    """Why an operand computed as it is read stays so (``rules/operands.py``), when the body
+    has one: an intrinsic multiplies what memory holds."""
+    from .rules import operands
+
+    computed = operands.computed_factors(nest)
+    if not computed:
+        return ""
+    what = ", ".join(show_expr(e) for e in computed)
+    if operands.hoistable(nest):
+        return (f"; {what} is computed as it is read, and hoist-operand's copy of it was not "
+                f"chosen (it did not pay, or the family is turned off)")
+    return (f"; {what} is computed as it is read, and hoist-operand copies such an operand "
+            f"out only where it uses fewer loops than the nest")
+
+
 def _explain_nest(nest: AccNest, matches: list, library: dict) -> tuple[int, Explanation]:
     """The nearest row to ``nest`` and the first reason it does not apply, with how far it
     got (an index into ``_STAGES``; -1 for an empty library)."""
@@ -669,7 +685,7 @@ def _first_failure(nest: AccNest, desc, matches: list) -> tuple[int, str]:
     if not matches:
         return 0, (f"the body computes {show_expr(nest.value)}, which is not "
                    f"(a constant times) {sem} for any choice of operands, even after "
-                   "commuting, reassociating and factoring")
+                   "commuting, reassociating and factoring" + _computed_note(nest))
     for m in matches:
         for op, load in zip(desc.inputs, m.loads):
             if load.buffer.dtype != op.dtype:

@@ -389,3 +389,17 @@ def test_a_converted_window_computes_what_the_nest_computes_bit_for_bit(src, see
         items, temps = operands.hoist(nest, [site], Names.of(func))
         got = interp.run(_rewritten(func, items, temps), **{k: v.copy() for k, v in args.items()})["C"]
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=src)
+
+
+def test_a_converted_operand_left_in_the_product_is_named_in_the_explanation():
+    elementwise = parse('''
+@prim_func
+def ew(A: f16[64], B: f32[64], C: f32[64]):
+    for i in range(64):
+        C[i] += f32(A[i]) * B[i]
+''')
+    text = tensorize(elementwise, AVX2).explain()
+    assert "f32(A[i]) is computed as it is read" in text and "fewer loops" in text
+    product = parse(_mixed("A[i, k] * f32(B[k, j])", 16, 16, 16))
+    text = tensorize(product, AVX2, rules_off=("hoist-operand",)).explain()
+    assert "f32(B[k, j]) is computed as it is read" in text and "was not chosen" in text

@@ -119,6 +119,13 @@ def _replaced(e: Expr, path: tuple, by: Expr) -> Expr:
     return Binary("*", e.a, _replaced(e.b, rest, by))
 
 
+def computed_factors(nest: AccNest) -> list[Expr]:
+    """The factors of ``nest``'s product computed as they are read (``_computed``): what no
+    intrinsic reads from memory (the explanation of a nest no row matched names them)."""
+    sites = _sites(nest.value)
+    return [e for _, e in sites if _computed(e)] if len(sites) > 1 else []
+
+
 def hoistable(nest: AccNest) -> list[tuple[tuple, Expr]]:
     """The factors of ``nest``'s body, and the products of factors as written, that
     ``hoist-operand`` copies out (module doc), outermost first, with their paths; none when a
