@@ -618,18 +618,25 @@ def test_a_warm_up_runs_untimed_for_its_seconds_before_the_timed_runs():
 
 def test_bench_on_threads_warms_each_callable_up_before_timing_it(mm, monkeypatch):
     # a peer's worker threads spin on after its last call: on more than one thread, ours
-    # and each peer run WARM_SECONDS untimed first; on one thread nothing is warmed
+    # and each peer run WARM_SECONDS untimed first, in BLOCKS blocks taking turns, whose
+    # times are pooled; on one thread each is timed once, nothing warmed
     from rewrite.tools.timing import Timing
 
-    warmed = []
+    warmed, order = [], []
 
     def measured(call, min_runs, target_seconds, warm_seconds=0.0):
         warmed.append(warm_seconds)
-        return Timing((0.001,) * min_runs)
+        order.append(call)
+        return Timing((0.001 * len(order),) * min_runs)
 
     monkeypatch.setattr(bench, "measure", measured)
-    bench.bench_one(mm, threads=2)  # (numpy's formulations are first sorted by a quick timing)
-    assert warmed[-2:] == [bench.WARM_SECONDS] * 2 and bench.WARM_SECONDS > 0  # ours, numpy
+    r = bench.bench_one(mm, threads=2, min_runs=6)
+    timed = order[-2 * bench.BLOCKS:]  # (numpy's formulations are first sorted by a quick timing)
+    assert bench.BLOCKS > 1 and timed[0] is not timed[1] and timed[::2] == [timed[0]] * bench.BLOCKS
+    assert timed[1::2] == [timed[1]] * bench.BLOCKS  # ours, numpy, ours, numpy, ...
+    assert warmed[-2 * bench.BLOCKS:] == [bench.WARM_SECONDS] * (2 * bench.BLOCKS)
+    assert bench.WARM_SECONDS > 0
+    assert r.runs == 6  # the blocks' runs pooled
     warmed.clear()
     bench.bench_one(mm, threads=1)
     assert warmed[-2:] == [0.0, 0.0]

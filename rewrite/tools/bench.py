@@ -29,7 +29,7 @@ from .. import runtime
 from ..calls import op_count
 from ..ir import (Accumulate, Binary, Buffer, Call, Cast, Const, Expr, For, If, Load, PrimFunc, Store,
                   Var, buffers_of, is_float, numpy_dtype, stmts_of, walk_in_loops, written_by)
-from .timing import in_turns, measure, rate
+from .timing import Timing, in_turns, measure, rate
 
 Progress = Callable[[int, int, str], None]  # (functions done, total, name of the next one)
 
@@ -81,6 +81,12 @@ def bench(funcs: Iterable[Union[PrimFunc, tuple]], threads: Optional[int] = None
 # 2-core Zen 4, 1900^3 on two threads timed right after numpy's calls took 74 ms by median,
 # 64-67 ms after 0.2 s of its own calls, numpy 64-66 ms after its own.
 WARM_SECONDS = 0.25
+# ... and ours and the peers take turns in this many blocks, each warmed up, their times
+# pooled: a slow spell of the machine (a virtual CPU coming back from idle) then meets one
+# block of each, not all of one. The same 1900^3 program timed in one block after another
+# function's calls measured 74.5 ms and, the run after, 65.5 (numpy 68.6 and 67.5); in
+# alternating blocks of eight calls, 63.1-63.2 against numpy's 63.9-64.8.
+BLOCKS = 3
 
 
 def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int] = None,
@@ -91,7 +97,8 @@ def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int]
     ``turns``, ours and the peers are timed instead in that many rounds in which they take
     turns, each on the calling thread's CPU clock (``timing.in_turns``), numpy's BLAS held
     to one thread: one thread against one, so ``threads`` must be 1. Otherwise each is timed
-    in a block of runs, on more than one thread after ``WARM_SECONDS`` of untimed calls.
+    in a block of runs; on more than one thread in ``BLOCKS`` blocks taking turns, each after
+    ``WARM_SECONDS`` of untimed calls.
     ``offset``: every
     input starts that many bytes past a cache line (``inputs.at_offset``), else where numpy
     put it."""
@@ -115,9 +122,13 @@ def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int]
 
         with threadpool_limits(1):
             timings = iter(in_turns(calls + ([ceiling[0]] if ceiling else []), turns))
+    elif (threads or 1) > 1:
+        blocks = [[measure(c, -(-min_runs // BLOCKS), target_seconds / BLOCKS, WARM_SECONDS)
+                   for c in calls] for _ in range(BLOCKS)]
+        timings = iter(Timing(tuple(t for block in blocks for t in block[k].times))
+                       for k in range(len(calls)))
     else:
-        warm = WARM_SECONDS if (threads or 1) > 1 else 0.0
-        timings = iter(measure(c, min_runs, target_seconds, warm) for c in calls)
+        timings = iter(measure(c, min_runs, target_seconds) for c in calls)
     ours = next(timings)
     theirs = next(timings) if numpy_call is not None else None
     ort = next(timings) if ort_call is not None else None
