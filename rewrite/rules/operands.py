@@ -53,6 +53,7 @@ integer division; IEEE operations do not trap).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Optional
 
 from .. import ir
@@ -71,40 +72,35 @@ def _vars(e: Expr) -> set[str]:
     return {x.name for x in ir.walk_expr(e) if isinstance(x, Var)}
 
 
-def _sites(e: Expr, path: tuple = ()) -> list[tuple[tuple, Expr]]:
-    """The factors of ``e``'s product through ``*`` and the negations of products, each with
-    its path from ``e`` (``"a"``/``"b"`` of a ``*``, ``"n"`` under a negation), in the order
-    written."""
-    if isinstance(e, Binary) and e.op == "*":
-        return _sites(e.a, path + ("a",)) + _sites(e.b, path + ("b",))
-    if isinstance(e, Unary) and e.op == "neg" and _under_negations(e.a):
-        return _sites(e.a, path + ("n",))
-    return [(path, e)]
+def _sites(e: Expr) -> list[tuple[tuple, Expr]]:
+    """The factors of ``e``'s product through ``*`` and the negations of products (the leaves
+    of ``_parts``), each with its path from ``e`` (``"a"``/``"b"`` of a ``*``, ``"n"`` under a
+    negation), in the order written."""
+    return [(path, x) for path, x in _parts(e) if not _product(x)]
 
 
 def _parts(e: Expr, path: tuple = ()) -> list[tuple[tuple, Expr]]:
-    """Every node of ``e``'s tree of products as ``_sites`` walks it (the products, the
-    negations of products, the factors), outermost first, each with its path; ``e`` itself
-    first."""
+    """Every node of ``e``'s tree of products (the products, the negations of products, the
+    factors), outermost first, each with its path; ``e`` itself first."""
     out = [(path, e)]
     if isinstance(e, Binary) and e.op == "*":
         out += _parts(e.a, path + ("a",)) + _parts(e.b, path + ("b",))
-    elif isinstance(e, Unary) and e.op == "neg" and _under_negations(e.a):
+    elif _product(e):
         out += _parts(e.a, path + ("n",))
     return out
+
+
+def _product(e: Expr) -> bool:
+    """``e`` is a product, or the negation of one (a negation of a factor, ``-f32(B)``, is
+    part of that factor)."""
+    while isinstance(e, Unary) and e.op == "neg":
+        e = e.a
+    return isinstance(e, Binary) and e.op == "*"
 
 
 def _computed(e: Expr) -> bool:
     """A factor computed as it is read: neither a load nor a constant, and reading memory."""
     return not isinstance(e, (Load, Const)) and any(True for _ in ir.loads_of(e))
-
-
-def _under_negations(e: Expr) -> bool:
-    """``e`` is a product, under negations or not (a negation of a factor, ``-f32(B)``, is
-    part of that factor)."""
-    while isinstance(e, Unary) and e.op == "neg":
-        e = e.a
-    return isinstance(e, Binary) and e.op == "*"
 
 
 def _replaced(e: Expr, path: tuple, by: Expr) -> Expr:
@@ -204,17 +200,9 @@ def _box(nest: AccNest, load: Load) -> Optional[tuple[tuple[int, int], ...]]:
     """Per index of ``load``, the least and the greatest value it takes over the nest's loops
     (each affine in them); None where one is not."""
     ranges = {d.name: (d.start, d.stop - 1) for d in nest.dims}
-    out = []
-    for index in load.indices:
-        form = affine(index)
-        if form is None or any(not isinstance(v, str) or v not in ranges for v in form.vars):
-            return None
-        lo = hi = form.const
-        for v, c in form.terms:
-            a, b = c * ranges[v][0], c * ranges[v][1]
-            lo, hi = lo + min(a, b), hi + max(a, b)
-        out.append((lo, hi))
-    return tuple(out)
+    forms = [affine(index) for index in load.indices]
+    out = tuple(None if f is None else f.bounds(ranges.get) for f in forms)
+    return None if None in out else out
 
 
 def _buffer_copy(nest: AccNest, e: Expr, names: Names) -> Optional[tuple[Stmt, Expr, Buffer]]:
@@ -251,10 +239,7 @@ def hoist(nest: AccNest, chosen: list[tuple[tuple, Expr]], names: Names
         value = _replaced(value, path, load)
         items.append(fill)
         temps.append(temp)
-    body: Stmt = ir.Accumulate(nest.out, nest.indices, value)
-    for d in reversed(nest.dims):
-        body = For(d.name, d.start, d.stop, body)
-    new = as_nest(body)
+    new = as_nest(replace(nest, value=value).stmt())
     if new is None:
         return None
     return items + [new], temps
