@@ -589,23 +589,30 @@ def _gathered(s: _Shape) -> bool:
     return False
 
 
-def _hoisted_factor(func: PrimFunc, out: str, s_prog: int) -> list[float]:
-    """The prices of hoist-operand's copies (``rules/operands.py``, as the pipeline prices a
-    statement, ``cost.scalar_stmt``) that leave the accumulation into ``out`` fewer than
-    ``s_prog`` operations an iteration."""
-    from .. import cost as _cost, nests as _nests
+def _hoists(func: PrimFunc, out: str) -> list[tuple]:
+    """hoist-operand's rewrites (``rules/operands.py``) of each accumulation into ``out`` of
+    ``func`` once normalised, as the pipeline offers them: ``(nest, site, items, temps)``
+    each."""
+    from .. import nests as _nests
     from ..names import Names
     from ..rules import operands
 
     norm = _nests.normalize(func)
-    found = [p for p in _nests.items(norm) if isinstance(p, _nests.AccNest) and p.out.name == out]
-    prices = []
-    for nest in found:
+    found = []
+    for nest in (p for p in _nests.items(norm) if isinstance(p, _nests.AccNest) and p.out.name == out):
         for site in operands.hoistable(nest):
             rewritten = operands.hoist(nest, [site], Names.of(norm))
-            if rewritten is not None and _ops_per_iteration(rewritten[0][-1].value) < s_prog:
-                prices.append(_cost.scalar_stmt(rewritten[0][0]))
-    return prices
+            if rewritten is not None:
+                found.append((nest, site, *rewritten))
+    return found
+
+
+def _hoisted_factor(func: PrimFunc, out: str, s_prog: int) -> list[float]:
+    """The prices of hoist-operand's copies (as the pipeline prices a statement,
+    ``cost.scalar_stmt``) that leave the accumulation into ``out`` fewer than ``s_prog``
+    operations an iteration."""
+    return [_cost.scalar_stmt(items[0]) for _, _, items, _ in _hoists(func, out)
+            if _ops_per_iteration(items[-1].value) < s_prog]
 
 
 def _guarantee(s: _Shape, func: PrimFunc, nests: list[list[tuple[str, int, int]]],

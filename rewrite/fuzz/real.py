@@ -66,7 +66,7 @@ from .. import cost as _cost, ir
 from ..ir import Accumulate, Binary, Buffer, Cast, Const, Expr, For, Load, PrimFunc, Stmt, Store, Unary, Var
 from .disguises import (_INPUT_NAMES, _ITERATION_LIMIT, _LOOP_NAMES, REAL_FORMS, REAL_KINDS,
                         REAL_MUTATIONS, Disguised, Guarantee, NearMiss, Triangle, _Axis, _Operand, _Shape,
-                        _axes, _body, _commuted, _gathered, _guarantee, _hoisted_factor, _nest,
+                        _axes, _body, _commuted, _gathered, _guarantee, _hoisted_factor, _hoists, _nest,
                         _ops_per_iteration, _picks, _program, _reload, _shape, _substitute, could_fit)
 
 KINDS = REAL_KINDS
@@ -894,29 +894,22 @@ def _narrow_guarantee(s: _Shape, func: PrimFunc, loops_of, name: str) -> Guarant
     is under ``s n``, the extraction chooses a program no dearer, which then is that copy and
     a plan of the new nest (the nest as written covers nothing and costs ``s n``), so the
     plan covers ``c`` iterations with ``rho c + s (n - c) <= rho' dd + s (n - dd)``."""
-    from .. import nests as _nests
-    from ..names import Names
-    from ..rules import operands
-
     desc = s.desc
     (loops,) = loops_of
     n = math.prod(b - a for _, a, b in loops)
     dd = _whole({v: (a, b - 1) for v, a, b in loops}, _tiles(s))
-    norm = _nests.normalize(func)
     buffer = s.inputs[name].name
-    nests_ = [p for p in _nests.items(norm) if isinstance(p, _nests.AccNest) and p.out.name == s.out.name]
-    if len(nests_) != 1:
+    hoists = _hoists(func, s.out.name)
+    if len({id(nest) for nest, *_ in hoists}) > 1:
         return Guarantee(frozenset(), 0.0, "the accumulation is not one nest once normalised")
-    (nest,) = nests_
-    sites = operands.hoistable(nest)
-    if not any(any(ld.buffer.name == buffer for ld in ir.loads_of(e)) for _, e in sites):
+    if not any(any(ld.buffer.name == buffer for ld in ir.loads_of(e)) for _, (_, e), _, _ in hoists):
         return Guarantee(frozenset(), 0.0, f"hoist-operand copies no factor reading {buffer} out "
                                            f"(it uses every loop of the nest)")
-    if len(sites) != 1 or not isinstance(sites[0][1], Cast):
+    if len(hoists) != 1 or not isinstance(hoists[0][1][1], Cast):
         # a product of factors copied whole would leave the nest fewer operations than the
         # bound below counts: not argued
         return Guarantee(frozenset(), 0.0, "hoist-operand may copy more than the conversion")
-    items, temps = operands.hoist(nest, sites[:1], Names.of(norm))
+    ((nest, _, items, temps),) = hoists
     fill, new = items[0], items[-1]
     copy = _cost.scalar_stmt(fill)
     (read,) = [ld for ld in ir.loads_of(new.value) if ld.buffer.name == temps[0].name]
