@@ -269,8 +269,8 @@ def numpy_formulations(func: PrimFunc, args: dict[str, np.ndarray]) -> list[Call
     except (TypeError, ValueError):
         return []
     found = []
-    product = None if cast else _as_matmul(c.spec, operands)
-    if cast and _as_matmul(c.spec, [a.astype(dtype) for a in operands]) is not None:
+    product = _as_matmul(c.spec, operands)  # a matmul or not by the spec and shapes alone
+    if cast and product is not None:
         # operands of other dtypes converted at each call, then the matrix product
         def product():
             return _as_matmul(c.spec, [a if a.dtype == dtype else a.astype(dtype)
