@@ -277,6 +277,8 @@ def test_a_computed_operand_reaches_the_f32_tiles_and_checks(body, a, b, shape):
         assert check.ok, check.message
 
 
+@pytest.mark.skipif(not HOST_HAS_AVX2, reason="the host library's f32 tiles are the x86 AVX2 and "
+                                               "AVX-512 ones")
 def test_on_the_host_library_the_f16_weights_product_runs_on_intrinsics_and_checks():
     func = parse(_mixed("A[i, k] * f32(B[k, j])", 64, 96, 80))
     result = tensorize(func)
