@@ -658,7 +658,20 @@ def _computed_note(nest: AccNest) -> str:
 
     computed = operands.computed_factors(nest)
     if not computed:
-        return ""
+        varying = operands.varying_factors(nest)
+        if len(varying) < 3:
+            return ""
+        what = ", ".join(show_expr(e) for e in varying)
+        head = f"; its product has {len(varying)} factors that vary with the loops ({what})"
+        if operands.offers_regrouping(nest):
+            return (f"{head}, and regroup-factors' two operands of them were not chosen (they "
+                    f"did not pay, or the hoist-operand family is turned off)")
+        if operands.regroupings(nest):
+            return (f"{head}; regroup-factors would regroup them only behind a scan of the "
+                    f"operands for NaN and Inf, a pass that costs what this nest does, since it "
+                    f"reads each of their elements once")
+        return (f"{head}, and regroup-factors makes two operands of them only where each one "
+                f"copied uses fewer loops than the nest")
     what = ", ".join(show_expr(e) for e in computed)
     if operands.hoistable(nest):
         return (f"; {what} is computed as it is read, and hoist-operand's copy of it was not "

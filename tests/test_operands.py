@@ -18,6 +18,8 @@ from rewrite.names import Names
 from rewrite.nests import AccNest, Dim
 from rewrite.pipeline import tensorize
 from rewrite.rules import operands
+from rewrite.printer import show_expr, show_stmt
+from rewrite.rules import finite
 from rewrite.script import parse, show
 
 AVX2 = intrinsics.library("x86-avx2")
@@ -31,7 +33,7 @@ def _nest(src: str) -> tuple[ir.PrimFunc, AccNest]:
 
 
 def _rewritten(func: ir.PrimFunc, items, temps) -> ir.PrimFunc:
-    body = ir.seq(*(p.stmt() if isinstance(p, AccNest) else p for p in items))
+    body = ir.seq(*(p.stmt() if isinstance(p, (AccNest, finite.Guarded)) else p for p in items))
     return replace(func, body=body, allocs=func.allocs + tuple(temps))
 
 
@@ -405,3 +407,214 @@ def ew(A: f16[64], B: f32[64], C: f32[64]):
     product = parse(_mixed("A[i, k] * f32(B[k, j])", 16, 16, 16))
     text = tensorize(product, AVX2, rules_off=("hoist-operand",)).explain()
     assert "f32(B[k, j]) is computed as it is read" in text and "was not chosen" in text
+
+
+# ---------------------------------------------------------------------------
+# regroup-factors: a scale between two operands
+
+SCALED = '''
+@prim_func
+def scaled(A: f32[M, K], B: f32[K, N], s: f32[K], c: f32[N], r: f32[M], alpha: f32[1],
+           C: f32[M, N]):
+    for i, j in grid(M, N):
+        for k in range(K):
+            C[i, j] += BODY
+'''
+
+
+def _scaled(body: str, m: int = 8, k: int = 6, n: int = 5) -> str:
+    return (SCALED.replace("BODY", body).replace("M", str(m)).replace("K", str(k))
+            .replace("N", str(n)))
+
+
+def _groups(nest: AccNest) -> list[tuple[list[str], list[str]]]:
+    """``regroupings`` with each factor printed."""
+    def named(g):
+        return [show_expr(operands._at(nest.value, p)) for p in g]
+    return [(named(a), named(b)) for a, b in operands.regroupings(nest)]
+
+
+def test_a_scale_between_two_operands_is_regrouped_with_either():
+    func, nest = _nest(_scaled("A[i, k] * s[k] * B[k, j]"))
+    # A * B would use every loop: not a grouping
+    assert _groups(nest) == [(["A[i, k]", "s[k]"], ["B[k, j]"]), (["A[i, k]"], ["s[k]", "B[k, j]"])]
+    first, second = operands.regroupings(nest)
+    # the grouping as written is replaced in place: exact, no guard
+    items, temps, copied = operands.regroup(nest, first, Names.of(func))
+    assert _lines(func, items, temps) == [
+        "    for i, k in grid(8, 6):",
+        "        ho_P_0[i, k] = A[i, k] * s[k]",
+        "    for i, j, k in grid(8, 5, 6):",
+        "        C[i, j] += ho_P_0[i, k] * B[k, j]"]
+    # the other one reassociates the product: behind a scan of every operand for NaN and Inf
+    items, temps, copied = operands.regroup(nest, second, Names.of(func))
+    (guarded,) = items
+    assert isinstance(guarded, finite.Guarded) and guarded.slow == (nest,)
+    fill, new = guarded.fast
+    assert show_stmt(fill).splitlines()[1].strip() == "ho_P_0[k, j] = s[k] * B[k, j]"
+    assert show_expr(new.value) == "A[i, k] * ho_P_0[k, j]"
+    scanned = {ld.buffer.name for st in guarded.scan for x in ir.walk_stmts(st)
+               if isinstance(x, ir.Accumulate) for ld in ir.loads_of(x.value)}
+    assert {"A", "s", "B"} <= scanned
+
+
+@pytest.mark.parametrize("body, fill, product", [
+    # a runtime scalar inside the grouping as written is copied with it
+    ("alpha[0] * A[i, k] * s[k] * B[k, j]", "ho_P_0[i, k] = alpha[0] * A[i, k] * s[k]",
+     "ho_P_0[i, k] * B[k, j]"),
+    # a negation of the grouping is copied with it
+    ("-(A[i, k] * s[k]) * B[k, j]", "ho_P_0[i, k] = -(A[i, k] * s[k])", "ho_P_0[i, k] * B[k, j]"),
+    # a scale per row and one per reduction step, both on the left operand
+    ("A[i, k] * r[i] * s[k] * B[k, j]", "ho_P_0[i, k] = A[i, k] * r[i] * s[k]",
+     "ho_P_0[i, k] * B[k, j]"),
+    # on the right as written
+    ("A[i, k] * (s[k] * B[k, j])", "ho_P_0[k, j] = s[k] * B[k, j]", "A[i, k] * ho_P_0[k, j]"),
+], ids=["runtime-scalar", "negated", "row-and-step", "right"])
+def test_a_grouping_as_written_is_copied_exactly(body, fill, product):
+    func, nest = _nest(_scaled(body))
+    exact = [g for g in operands.regroupings(nest)
+             if not isinstance(operands.regroup(nest, g, Names.of(func))[0][0], finite.Guarded)]
+    assert exact, _groups(nest)
+    items, temps, _ = operands.regroup(nest, exact[0], Names.of(func))
+    lines = _lines(func, items, temps)
+    assert lines[1] == f"        {fill}" and lines[-1] == f"        C[i, j] += {product}"
+
+
+def test_a_regrouped_product_keeps_its_sign_and_scalars_outside_the_groups():
+    # (A * B) * c[j]: only B * c[j] uses fewer loops; the sign and alpha stay in the nest
+    func, nest = _nest(_scaled("-(alpha[0] * A[i, k] * B[k, j]) * c[j]"))
+    assert _groups(nest) == [(["A[i, k]"], ["B[k, j]", "c[j]"])]
+    (groups,) = operands.regroupings(nest)
+    (guarded,), _, _ = operands.regroup(nest, groups, Names.of(func))
+    assert show_expr(guarded.fast[-1].value) == "-(alpha[0] * A[i, k] * ho_P_0[k, j])"
+
+
+@pytest.mark.parametrize("body", [
+    "A[i, k] * B[k, j]",  # two operands already
+    "A[i, k] * B[k, j] * C2[i, j]",  # every grouping uses every loop
+    "A[i, k] * s[k] * B[k, j] * c[j] * r[i]",  # five factors vary: not enumerated
+], ids=["two", "every-loop", "five"])
+def test_what_regroup_factors_leaves_alone(body):
+    src = _scaled(body).replace("C: f32[8, 5]", "C2: f32[8, 5], C: f32[8, 5]")
+    _, nest = _nest(src)
+    assert operands.regroupings(nest) == []
+
+
+def test_a_nest_with_a_loop_that_never_runs_is_not_regrouped():
+    _, nest = _nest(_scaled("A[i, k] * s[k] * B[k, j]"))
+    empty = replace(nest, dims=nest.dims[:-1] + (Dim(nest.dims[-1].name, 3, 3),))
+    assert operands.regroupings(nest) and operands.regroupings(empty) == []
+
+
+def test_a_guarded_regrouping_is_offered_only_where_the_operands_are_read_again():
+    # a matrix-vector product reads A once: the guard's scan would cost what the nest does
+    gemv = '''
+@prim_func
+def gemv(A: f32[16, 8], w: f32[8], x: f32[8], y: f32[16]):
+    for i, k in grid(16, 8):
+        y[i] += BODY
+'''
+    func, nest = _nest(gemv.replace("BODY", "A[i, k] * w[k] * x[k]"))
+    assert operands.regroupings(nest) and operands.offered(nest, Names.of(func)) == []
+    assert not operands.offers_regrouping(nest)
+    # written with the scale grouped, the copy is exact and offered
+    func, nest = _nest(gemv.replace("BODY", "A[i, k] * (w[k] * x[k])"))
+    ((copied, items, _),) = operands.offered(nest, Names.of(func))
+    assert show_expr(copied[0]) == "w[k] * x[k]" and isinstance(items[-1], AccNest)
+
+
+_POOL = ["A[i, k]", "G[i, k]", "B[k, j]", "D[k, j]", "s[k]", "t[k]", "r[i]", "c[j]"]
+
+
+def _tree(draw, factors: list[str]) -> str:
+    """``factors`` multiplied in a random grouping, some products and factors negated."""
+    if len(factors) == 1:
+        out = factors[0]
+    else:
+        cut = draw(st.integers(1, len(factors) - 1))
+        out = f"({_tree(draw, factors[:cut])} * {_tree(draw, factors[cut:])})"
+    return f"-{out}" if draw(st.integers(0, 4)) == 0 else out
+
+
+@st.composite
+def scaled_products(draw):
+    """A product of three or four factors varying with ``i, j, k`` (two matrices and scales
+    per row, column or reduction step, as a user writes them), maybe a runtime scalar or a
+    constant, in any grouping."""
+    m, k, n = (draw(st.integers(1, 5)) for _ in range(3))
+    factors = draw(st.lists(st.sampled_from(_POOL), min_size=3, max_size=4, unique=True))
+    factors += draw(st.sampled_from([[], ["alpha[0]"], ["1.5"]]))
+    factors = draw(st.permutations(factors))
+    return f'''
+@prim_func
+def f(A: f32[{m}, {k}], G: f32[{m}, {k}], B: f32[{k}, {n}], D: f32[{k}, {n}], s: f32[{k}],
+      t: f32[{k}], r: f32[{m}], c: f32[{n}], alpha: f32[1], C: f32[{m}, {n}]):
+    for i, j, k in grid({m}, {n}, {k}):
+        C[i, j] += {_tree(draw, list(factors))}
+'''
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scaled_products(), st.integers(0, 2**32 - 1), st.booleans())
+def test_every_regrouping_offered_computes_what_the_nest_computes(src, seed, special):
+    """With a NaN or an infinity among the inputs (``special``) every rewrite offered gives
+    the nest's output bit for bit: a grouping as written is exact, and a reassociated one runs
+    the nest as written behind its guard. With finite inputs a reassociated product differs
+    from the nest by rounding only: within a few ulps of the sum of the terms' magnitudes."""
+    func, nest = _nest(src)
+    rng = np.random.default_rng(seed)
+    args = {}
+    for p in func.params:
+        x = (rng.standard_normal(p.shape) * 3).astype(np.float32)
+        if special:
+            marked = rng.random(p.shape) < 0.15
+            x[marked] = rng.choice(_SPECIAL, int(marked.sum()))
+        args[p.name] = x
+    if special:  # at least one non-finite input the nest reads
+        args["alpha"][0] = np.inf if "alpha" in src else args["alpha"][0]
+        loaded = sorted({ld.buffer.name for ld in ir.loads_of(nest.value)})
+        args[loaded[seed % len(loaded)]].flat[0] = np.nan
+    run = lambda f, a: interp.run(f, **{k: v.copy() for k, v in a.items()})["C"]  # noqa: E731
+    want = run(func, args)
+    size = np.abs(run(func, {k: np.abs(v) for k, v in args.items()}))
+    offers = operands.offered(nest, Names.of(func))
+    for copied, items, temps in offers:
+        got = run(_rewritten(func, items, temps), args)
+        exact = not isinstance(items[0], finite.Guarded)
+        if exact or special:
+            np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=src)
+        else:
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * float(size.max()) + 1e-30,
+                                       err_msg=src)
+
+
+@pytest.mark.parametrize("body, shape", [
+    ("A[i, k] * s[k] * B[k, j]", (48, 40, 64)),  # U diag(S) V^T
+    ("A[i, k] * r[i] * s[k] * B[k, j]", (37, 29, 61)),  # a norm's row and gain, odd sizes
+    ("s[k] * (A[i, k] * B[k, j])", (32, 48, 40)),  # regrouped: behind the guard
+], ids=["diagonal", "row-and-step", "reassociated"])
+def test_a_scaled_product_reaches_the_f32_tiles_and_checks(body, shape):
+    m, k, n = shape
+    func = parse(_scaled(body, m, k, n))
+    result = tensorize(func, AVX2)
+    assert "x86.mm.f32.6x16x1" in {s.intrinsic for s in result.sites}, result.report()
+    assert dict(result.choice.taken).get("hoist-operand") == 1
+    assert tensorize(func, AVX2, rules_off=("hoist-operand",)).coverage < 0.01
+    assert ("st_fin" in show(result.func)) == body.startswith("s[k] *")
+    if HOST_HAS_AVX2:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
+def test_why_a_scaled_product_stays_is_explained():
+    text = tensorize(parse(_scaled("A[i, k] * s[k] * B[k, j]", 16, 16, 16)), AVX2,
+                     rules_off=("hoist-operand",)).explain()
+    assert "3 factors that vary with the loops" in text and "were not chosen" in text
+    gemv = parse('''
+@prim_func
+def gemv(A: f32[64, 64], w: f32[64], x: f32[64], y: f32[64]):
+    for i, k in grid(64, 64):
+        y[i] += A[i, k] * w[k] * x[k]
+''')
+    text = tensorize(gemv, AVX2).explain()
+    assert "reads each of their elements once" in text

@@ -591,20 +591,16 @@ def _gathered(s: _Shape) -> bool:
 
 def _hoists(func: PrimFunc, out: str) -> list[tuple]:
     """hoist-operand's rewrites (``rules/operands.py``) of each accumulation into ``out`` of
-    ``func`` once normalised, as the pipeline offers them: ``(nest, site, items, temps)``
-    each."""
+    ``func`` once normalised, as the pipeline offers them: ``(nest, the expressions copied,
+    items, temps)`` each."""
     from .. import nests as _nests
     from ..names import Names
     from ..rules import operands
 
     norm = _nests.normalize(func)
-    found = []
-    for nest in (p for p in _nests.items(norm) if isinstance(p, _nests.AccNest) and p.out.name == out):
-        for site in operands.hoistable(nest):
-            rewritten = operands.hoist(nest, [site], Names.of(norm))
-            if rewritten is not None:
-                found.append((nest, site, *rewritten))
-    return found
+    return [(nest, *offer)
+            for nest in _nests.items(norm) if isinstance(nest, _nests.AccNest) and nest.out.name == out
+            for offer in operands.offered(nest, Names.of(norm))]
 
 
 def _hoisted_factor(func: PrimFunc, out: str, s_prog: int) -> list[float]:

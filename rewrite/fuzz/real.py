@@ -902,10 +902,11 @@ def _narrow_guarantee(s: _Shape, func: PrimFunc, loops_of, name: str) -> Guarant
     hoists = _hoists(func, s.out.name)
     if len({id(nest) for nest, *_ in hoists}) > 1:
         return Guarantee(frozenset(), 0.0, "the accumulation is not one nest once normalised")
-    if not any(any(ld.buffer.name == buffer for ld in ir.loads_of(e)) for _, (_, e), _, _ in hoists):
+    if not any(any(ld.buffer.name == buffer for e in copied for ld in ir.loads_of(e))
+               for _, copied, _, _ in hoists):
         return Guarantee(frozenset(), 0.0, f"hoist-operand copies no factor reading {buffer} out "
                                            f"(it uses every loop of the nest)")
-    if len(hoists) != 1 or not isinstance(hoists[0][1][1], Cast):
+    if len(hoists) != 1 or len(hoists[0][1]) != 1 or not isinstance(hoists[0][1][0], Cast):
         # a product of factors copied whole would leave the nest fewer operations than the
         # bound below counts: not argued
         return Guarantee(frozenset(), 0.0, "hoist-operand may copy more than the conversion")

@@ -200,7 +200,7 @@ FAMILIES = (
     Family("triangles", SITES, "triangles", ("rewrites",), "split-domain"),
     Family("sums", SITES, "sums", ("rewrites",), "split-sum"),
     Family("scalar-factor", SITES, "scalars", ("rewrites",), "scale-operand, scale-temporary"),
-    Family("hoist-operand", SITES, "operands", ("rewrites",), "hoist-operand"),
+    Family("hoist-operand", SITES, "operands", ("rewrites",), "hoist-operand, regroup-factors"),
     Family("contract", SITES, "contract", ("rewrites",), "contract-pair"),
     Family("matmul", SPANS, "matrices", ("spans",),
            "the program-level e-graph: assoc-*, factor-*, comm-add, assoc-add, scale-*, and rules "

@@ -32,6 +32,26 @@ instead, the box its indices cover, where that holds fewer elements than the loo
 (an im2col of the converted input, three times its size for three taps): the nest reads the
 copy at the original indices, shifted to the box.
 
+regroup-factors, of the same family: a product of three or four factors that vary with the
+loops, a scale per row or per reduction step between two operands (``U[i, k] * S[k] *
+Vt[k, j]``, a norm's gain ``X[t, k] * r[t] * g[k] * W[k, j]``, an LDL^T update ``L[i, k] *
+D[k] * L[j, k]``), is made a product of two operands: its varying factors split in two
+groups, each group of several factors (or of one computed factor) copied out over the loops
+it uses, where those are fewer than the nest's. Constants and scalars read at run time stay
+in the nest (``scalar-factor``'s business). Where each group copied is a node of the product
+as written (``(U[i, k] * S[k]) * Vt[k, j]``), it is replaced in place, as above: exact.
+Otherwise (``U[i, k] * (S[k] * Vt[k, j])`` copied as ``U * S``) the product is
+reassociated, which real numbers allow and floats allow up to rounding, except for the
+NaN/Inf pattern: an intermediate that underflows to 0 before a product with an infinity
+gives NaN in one grouping and an infinity in the other. So the reassociated program runs
+behind ``finite.guard`` on every operand of the product, the nest as written in the other
+branch: with finite operands only an intermediate's overflow can tell the groupings apart,
+the licence of any reassociation (``finite.py``). The guard's scan is one pass over the
+operands, which costs as much as a nest that reads each of their elements once (a matrix
+times a vector, ``A[i, k] * w[k] * x[k]``), so a reassociated grouping is offered only where
+the nest reads every operand's elements more than once (a loop of its is not in the
+operand's indices).
+
 Sound: the copy stores, at each point of the box of the loops a node uses, the node's value
 there; the nest then reads, at each of its points, the element of the copy at that
 point's values of those loops: the value the node had when the copy ran. The node reads
@@ -54,7 +74,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Optional
+from typing import Optional, Sequence
 
 from .. import ir
 from ..affine import Affine, affine
@@ -62,6 +82,7 @@ from ..ir import Binary, Buffer, Const, Expr, For, Load, Stmt, Store, Unary, Var
 from ..match import affine_expr
 from ..names import Names
 from ..nests import AccNest, as_nest
+from . import finite
 
 # Computed factors of one nest offered at most (a product has two or three operands; a body
 # with more would multiply the rewrites, each rewritten again)
@@ -113,6 +134,13 @@ def _replaced(e: Expr, path: tuple, by: Expr) -> Expr:
     if step == "a":
         return Binary("*", _replaced(e.a, rest, by), e.b)
     return Binary("*", e.a, _replaced(e.b, rest, by))
+
+
+def varying_factors(nest: AccNest) -> list[Expr]:
+    """The factors of ``nest``'s product that use a loop variable (no constant, no scalar
+    read at run time), in the order written; none when the body is no product."""
+    sites = _sites(nest.value)
+    return [e for _, e in sites if _vars(e)] if len(sites) > 1 else []
 
 
 def computed_factors(nest: AccNest) -> list[Expr]:
@@ -245,15 +273,166 @@ def hoist(nest: AccNest, chosen: list[tuple[tuple, Expr]], names: Names
     return items + [new], temps
 
 
+# -- regroup-factors ---------------------------------------------------------------------
+
+# A group of factors: the paths (``_sites``) of its factors, in the order written
+Group = tuple[tuple, ...]
+
+
+def regroupings(nest: AccNest) -> list[tuple[Group, Group]]:
+    """``regroup-factors``: a product of three or four factors that vary with the loops (a
+    scale per row or per column, ``A[i, k] * s[k] * B[k, j]``) as two operands: each way of
+    splitting those factors in two groups where each group of more than one factor, or of
+    one computed factor, uses fewer of the nest's loops than the nest has (it is copied out)
+    and at least one group has several factors (a single computed factor alone is
+    ``hoistable``'s). Factors using no loop (constants, scalars read at run time) are in no
+    group. The groups in the order of their first factors."""
+    if any(d.extent < 1 for d in nest.dims):
+        return []
+    sites = [(path, e) for path, e in _sites(nest.value) if _vars(e)]
+    if not 3 <= len(sites) <= MAX_FACTORS + 1:
+        return []
+    value, names = nest.value, {d.name for d in nest.dims}
+    out = []
+    first, rest = sites[0][0], [p for p, _ in sites[1:]]
+    for mask in range(1, 1 << len(rest)):
+        left = (first,) + tuple(p for k, p in enumerate(rest) if not mask >> k & 1)
+        right = tuple(p for k, p in enumerate(rest) if mask >> k & 1)
+        if max(len(left), len(right)) < 2:
+            continue
+        factors = [[_at(value, p) for p in g] for g in _copies(value, (left, right))]
+        if all(set().union(*map(_vars, f)) < names
+               and not any(ld.buffer == nest.out for e in f for ld in ir.loads_of(e))
+               for f in factors):
+            out.append((left, right))
+    return out
+
+
+def _copies(value: Expr, groups: Sequence[Group]) -> list[Group]:
+    """The groups copied out: all but a group of one plain load."""
+    return [g for g in groups if len(g) > 1 or _computed(_at(value, g[0]))]
+
+
+def _node(value: Expr, group: Group) -> Optional[tuple]:
+    """The path of the outermost node of ``value``'s product whose factors that vary with the
+    loops are exactly ``group`` (factors using no loop may be in it too), or None: the group
+    as written, which copies bit for bit."""
+    varying = {p for p, e in _sites(value) if _vars(e)}
+    for path, _ in _parts(value):
+        inside = {p for p in varying if p[:len(path)] == path}
+        if inside == set(group):
+            return path
+    return None
+
+
+def _at(value: Expr, path: tuple) -> Expr:
+    for step in path:
+        value = value.b if step == "b" else value.a
+    return value
+
+
+def regroup(nest: AccNest, groups: tuple[Group, Group], names: Names
+            ) -> Optional[tuple[list, list[Buffer], tuple[Expr, ...]]]:
+    """The items of ``regroup-factors`` for ``groups`` (from ``regroupings``), their
+    temporaries, and the expressions copied out; None when the nest so rewritten is no
+    accumulate nest. Each group copied out is copied as ``hoist-operand`` copies a factor.
+    Where each is a node of the product as written (``_node``), it is replaced in place and
+    the rewrite is exact. Otherwise the product is regrouped: each group's factors
+    multiplied in the order written, the nest reading ``scalars * first * second``, negated
+    where the product was, behind ``finite.guard`` on every load of the body, the nest as
+    written in the other branch (module doc)."""
+    value = nest.value
+    copied = _copies(value, groups)
+    exact = _exact(value, copied)
+    if not exact and not guarded_pays(nest):
+        return None
+    items, temps, exprs, loads = [], [], [], {}
+    for g in copied:
+        # as written: the node, with the scalars and negations inside it; else the factors
+        e = _at(value, _node(value, g)) if exact else _product_of([_at(value, p) for p in g])
+        fill, load, temp = (_buffer_copy(nest, e, names) if len(g) == 1 else None) \
+            or _copy(nest, e, names)
+        items.append(fill)
+        temps.append(temp)
+        exprs.append(e)
+        loads[g] = load
+    if exact:
+        new_value = value
+        for g in copied:
+            new_value = _replaced(new_value, _node(value, g), loads[g])
+        new = as_nest(replace(nest, value=new_value).stmt())
+        return None if new is None else (items + [new], temps, tuple(exprs))
+    scalars = [e for _, e in _sites(value) if not _vars(e)]
+    operands = [loads.get(g) or _at(value, g[0]) for g in groups]
+    product = _product_of(scalars + operands)
+    negations = sum(1 for _, x in _parts(value) if isinstance(x, Unary) and _product(x))
+    new = as_nest(replace(nest, value=Unary("neg", product) if negations % 2 else product).stmt())
+    if new is None:
+        return None
+    guarded = finite.guard([(nest, ld) for ld in dict.fromkeys(ir.loads_of(value))],
+                           items + [new], [nest], names, temps)
+    return guarded, temps, tuple(exprs)
+
+
+def _exact(value: Expr, copied: Sequence[Group]) -> bool:
+    """Each group copied out is a node of the product as written (``_node``)."""
+    return all(_node(value, g) is not None for g in copied)
+
+
+def guarded_pays(nest: AccNest) -> bool:
+    """Whether a reassociated grouping is offered: its product reads no float (no guard:
+    integer products reassociate exactly), or the nest reads each element of every operand
+    more than once (``_reused``)."""
+    loads = list(ir.loads_of(nest.value))
+    return not any(ir.is_float(ld.dtype) for ld in loads) or all(_reused(nest, ld) for ld in loads)
+
+
+def offers_regrouping(nest: AccNest) -> bool:
+    """Whether ``regroup-factors`` offers a rewrite of ``nest``: a grouping as written, or
+    one behind a guard that can pay."""
+    return any(_exact(nest.value, _copies(nest.value, groups)) or guarded_pays(nest)
+               for groups in regroupings(nest))
+
+
+def _reused(nest: AccNest, load: Load) -> bool:
+    """The nest reads each element ``load`` reads more than once: a loop of more than one
+    iteration is not among those its indices use. (A guard's scan is one pass over its
+    operands, as much memory traffic as a nest that reads each of their elements once, a
+    matrix-vector product: behind a guard, regrouping pays only where the operands are read
+    again.)"""
+    used = set().union(*(_vars(i) for i in load.indices))
+    return any(d.extent > 1 and d.name not in used for d in nest.dims)
+
+
+def _product_of(factors: Sequence[Expr]) -> Expr:
+    """``((f0 * f1) * f2) ...``"""
+    out = factors[0]
+    for f in factors[1:]:
+        out = Binary("*", out, f)
+    return out
+
+
+def offered(nest: AccNest, names: Names) -> list[tuple[tuple[Expr, ...], list, list[Buffer]]]:
+    """What the family offers for ``nest``: each factor ``hoistable`` gives copied out alone,
+    then each of ``regroupings``, as ``(the expressions copied, items, temporaries)``."""
+    out = []
+    for path, e in hoistable(nest)[:MAX_FACTORS]:
+        alt = hoist(nest, [(path, e)], names)
+        if alt is not None:
+            out.append(((e,), *alt))
+    for groups in regroupings(nest):
+        alt = regroup(nest, groups, names)
+        if alt is not None:
+            items, temps, copied = alt
+            out.append((copied, items, temps))
+    return out
+
+
 def rewrites(item, search) -> list:
-    """A nest with computed operands, each copied out alone (the ``sites`` hook,
-    ``choose.py``: the cost model chooses among them and the nest; a rewrite's nest is
-    rewritten again, so two operands copied out is the rewrite of a rewrite)."""
+    """A nest with computed operands, each copied out alone, and a product of several
+    factors regrouped as two operands (the ``sites`` hook, ``choose.py``: the cost model
+    chooses among them and the nest; a rewrite's nest is rewritten again, so two operands
+    copied out is the rewrite of a rewrite)."""
     if not isinstance(item, AccNest):
         return []
-    out = []
-    for site in hoistable(item)[:MAX_FACTORS]:
-        alt = hoist(item, [site], search.names)
-        if alt is not None:
-            out.append(alt)
-    return out
+    return [(items, temps) for _, items, temps in offered(item, search.names)]
