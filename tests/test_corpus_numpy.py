@@ -227,6 +227,20 @@ def _tbl():
     add("gemm_f16_f32acc", 128, lambda a: {"C": f64(a["A"]) @ f64(a["B"])})
     add("gemm_f16_f32acc_nt", 96, lambda a: {"C": f64(a["A"]) @ f64(a["B"]).T})
 
+    # products scaled per row or per column
+    def rmsnorm_linear(a):
+        x = f64(a["X"])
+        inv = 1.0 / np.sqrt((x * x).mean(axis=1, keepdims=True) + 1e-6)
+        return {"Y": (x * inv * f64(a["g"])) @ f64(a["W"])}
+    add("rmsnorm_linear", 512, rmsnorm_linear)
+    add("svd_reconstruct", 64, lambda a: {"A": (f64(a["U"]) * f64(a["S"])) @ f64(a["Vt"])})
+
+    def ldlt_update(a):
+        low = np.tril(np.ones((256, 256), bool))
+        update = (f64(a["L"]) * f64(a["D"])) @ f64(a["L"]).T
+        return {"A": np.where(low, f64(a["A"]) - update, f64(a["A"]))}
+    add("ldlt_update", 64, ldlt_update)
+
     # ResNet-50, BERT, GPT-2
     add("resnet50_conv3x3", 9 * 64, lambda a: {"Y": conv2d_nhwc(a["X"], a["W"], padding=1)})
     add("resnet50_conv1x1", 64, lambda a: {"Y": conv2d_nhwc(a["X"], a["W"])})

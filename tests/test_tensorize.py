@@ -92,6 +92,8 @@ HOST_COVERED = {
     "polybench_gemm", "polybench_2mm", "dgemm_64",
     # mixed_precision.py: f16 products into f32 (the f16 tiles on f32 copies)
     "gemm_f16_f32acc", "gemm_f16_f32acc_nt",
+    # scaled_products.py: a scale between two operands copied into one (regroup-factors)
+    "rmsnorm_linear", "svd_reconstruct", "ldlt_update",
 }
 # No multiply-accumulate of a host intrinsic's dtypes: normalisation, softmax, pooling, scans,
 # tropical products, elementwise chains.
