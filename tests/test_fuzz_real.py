@@ -20,7 +20,7 @@ from rewrite.fuzz.disguises import (REAL_KINDS, REAL_MUTATIONS, TRANSFORMATIONS,
                                     _body, _Operand, _program, _Shape, _substitute, could_fit,
                                     transformation)
 from rewrite.fuzz.real import _factor_guarantee, applies, halving, spanned
-from rewrite.ir import Binary, Compare, For, If, Load, walk_expr, walk_stmts
+from rewrite.ir import Accumulate, Binary, Compare, For, If, Load, Store, Var, walk_expr, walk_stmts
 from rewrite.names import Names
 from rewrite.nests import AccNest
 from rewrite.pipeline import tensorize
@@ -552,3 +552,33 @@ def test_a_narrower_operand_read_at_every_loop_guarantees_nothing():
     # the FMA row's operands use every loop unless a batch dim leaves one out: no copy pays
     case = _drawn(FMA, "operand stored narrower", lambda c: len(_loops(c.func)) == 1)
     assert case.guarantee.min_coverage == 0 and "every loop" in case.guarantee.reason
+
+
+# ---------------------------------------------------------------------------
+# an operand scaled along a loop (regroup-factors, rules/operands.py)
+
+
+def _scale_var(case) -> str:
+    """The loop the drawn scale ``sc`` is read along."""
+    (load,) = {x for s in walk_stmts(case.func.body) if isinstance(s, (Accumulate, Store))
+               for x in walk_expr(s.value) if isinstance(x, Load) and x.buffer.name == "sc"}
+    (index,) = load.indices
+    (var,) = {v.name for v in walk_expr(index) if isinstance(v, Var)}
+    return var
+
+
+def _output_vars(case) -> set[str]:
+    return {v.name for s in walk_stmts(case.func.body) if isinstance(s, (Accumulate, Store))
+            and s.buffer.name == "C" for i in s.indices for v in walk_expr(i) if isinstance(v, Var)}
+
+
+def test_an_operand_scaled_along_the_reduction_is_matched_only_through_regroup_factors():
+    """The guarantee rests on regroup-factors alone: a scale along a loop the output does not
+    use is no factor scalar-factor takes out, and the same case without hoist-operand's
+    family covers nothing."""
+    case = _drawn(MM, "operand scaled along a loop",
+                  lambda c: MM.name in c.guarantee.must_use and _scale_var(c) not in _output_vars(c))
+    result = tensorize(case.func, [MM], in_process=True, strassen="off")
+    assert result.coverage >= case.guarantee.min_coverage > 0
+    off = tensorize(case.func, [MM], in_process=True, strassen="off", rules_off=("hoist-operand",))
+    assert off.coverage == 0

@@ -21,7 +21,10 @@ Kinds (``KINDS``), each with the rule that sees through it:
   ``rules/expand.py``);
 - ``operand stored narrower``: one float input of the product kept in a narrower float and
   converted as it is read, ``A[i, k] * f32(B[k, j])`` with ``B`` in f16 (mixed precision;
-  ``rules/operands.py``, hoist-operand).
+  ``rules/operands.py``, hoist-operand);
+- ``operand scaled along a loop``: one input of the product times a scale along one of its
+  loops, ``A[i, k] * sc[k] * B[k, j]`` (a diagonal between two matrices, a norm's gain;
+  ``rules/operands.py``, regroup-factors).
 
 What each construction guarantees follows from the rules' own preconditions and the cost
 model's prices (``cost.py``), argued in each ``_*_guarantee`` below; where a figure depends on
@@ -930,6 +933,90 @@ def _narrow_guarantee(s: _Shape, func: PrimFunc, loops_of, name: str) -> Guarant
                   f"tiles at {rho_g:g} against {s_t} scalar ops")
 
 
+# -- an operand scaled along a loop ----------------------------------------------------------
+
+
+def _scalable(s: _Shape) -> list[str]:
+    """The inputs read as a factor of the body (a plain load) that use some but not all of
+    the nest's loops: a scale along one of their loops is copied in with them."""
+    loops = set(s.extents)
+    factors = _factors(s.value)
+    return [name for name, o in s.inputs.items()
+            if o.load(s.extents) in factors and 0 < len(_vars_of(o.load(s.extents))) < len(loops)]
+
+
+@st.composite
+def _scaled_kind(draw, desc, exact) -> Disguised:
+    s = draw(_shape(desc, exact, plain=True))
+    names = _scalable(s)
+    assume(names)
+    name = draw(st.sampled_from(names))
+    o = s.inputs[name]
+    x = o.load(s.extents)
+    var = draw(st.sampled_from(sorted(_vars_of(x))))
+    sc = _Operand("sc", o.dtype, (_Axis(var),))
+    s.extra = {"sc": sc}
+    f = sc.load(s.extents)
+    scaled = Binary("*", x, f) if draw(st.booleans()) else Binary("*", f, x)
+    s.value = ir.map_loads(s.value, lambda ld: scaled if ld == x else ld)
+    func, nests, _ = _program(s)
+    guarantee = _scaled_guarantee(s, func, nests, name)
+    s.notes[:0] = [f"operand scaled along a loop: {o.name}[...] times sc[{var}]"]
+    return Disguised(func, desc.name, guarantee, tuple(s.notes))
+
+
+def _statements_ops(items) -> int:
+    return sum(_op_count(p.stmt() if hasattr(p, "stmt") else p) for p in items)
+
+
+def _scaled_guarantee(s: _Shape, func: PrimFunc, loops_of, name: str) -> Guarantee:
+    """One input times a scale along one of its loops, ``(X * sc[v]) * Y``: no tile binds the
+    nest as written (three factors), which costs ``s`` per iteration. regroup-factors
+    (``rules/operands.py``, in the hoist-operand family) offers, among others, the copy of
+    ``X * sc`` over ``X``'s loops, exact, priced as the pipeline prices that statement
+    (``cost.scalar_stmt``), then the nest reading the copy, a product of two operands laid
+    out as the copy is; that program with the whole tiles on the intrinsic costs ``copy +
+    rho' dd + t (n - dd)``, ``t`` the intrinsic body's scalar price per iteration (a
+    multiply-add). The extraction chooses a program no dearer. Every program leaves an
+    iteration for ``t`` at least and covers one for ``rho`` at least, and pays no copy at
+    least, so its ``c`` covered iterations satisfy ``rho c + t (n - c) <= copy + rho' dd + t
+    (n - dd)``: the bound is the best such offer's. The programs counted for the coverage's
+    denominator: the nest as written and each offer's items (a regrouping behind a guard
+    counts its scan and both branches)."""
+    desc = s.desc
+    (loops,) = loops_of
+    n = math.prod(b - a for _, a, b in loops)
+    dd = _whole({v: (a, b - 1) for v, a, b in loops}, _tiles(s))
+    buffer = s.inputs[name].name
+    offers = _hoists(func, s.out.name)
+    if len({id(nest) for nest, *_ in offers}) > 1:
+        return Guarantee(frozenset(), 0.0, "the accumulation is not one nest once normalised")
+    t = _ops_per_iteration(_body(desc))
+    s_prog = _ops_per_iteration(offers[0][0].value) if offers else t + 1
+    best, why = 0.0, f"regroup-factors offers no exact copy of {buffer} scaled"
+    for _, copied, items, temps in offers:
+        if len(temps) != 1 or not isinstance(items[0], Stmt):  # a guard: not counted
+            continue
+        if not any(ld.buffer.name == buffer for e in copied for ld in ir.loads_of(e)):
+            continue
+        fill, new = items[0], items[-1]
+        reads = [ld for ld in ir.loads_of(new.value) if ld.buffer.name == temps[0].name]
+        if len(reads) != 1 or not all(isinstance(i, Var) for i in reads[0].indices):
+            continue
+        laid = _Operand(temps[0].name, temps[0].dtype, tuple(_Axis(i.name) for i in reads[0].indices))
+        rho, rho_g = _rho(_replace(s, inputs={**s.inputs, name: laid}))
+        copy = _cost.scalar_stmt(fill)
+        c = _covered(dd, rho, rho_g, t, copy)
+        if c > best:
+            best, why = c, (f"{buffer} scaled, copied out for {copy:g}; {dd} of {n} iterations in "
+                            f"whole tiles at {rho_g:g} against {t} scalar ops")
+    if best <= 0:
+        return Guarantee(frozenset(), 0.0, why)
+    other = max(0, _op_count(func.body) - n * s_prog)
+    most = max([n * s_prog] + [_statements_ops(items) for _, _, items, _ in offers])
+    return _bound(desc, best, most + other, why)
+
+
 # -- the kinds, drawn -----------------------------------------------------------------------
 
 
@@ -943,6 +1030,9 @@ def applies(desc, kind: str) -> bool:
         return _ops_per_iteration(_body(desc)) >= 2 and _body(desc).dtype == desc.output.dtype
     if kind == "operand stored narrower":
         return bool(_narrowable(desc))
+    if kind == "operand scaled along a loop":
+        body = _body(desc)
+        return ir.is_float(body.dtype) and sum(isinstance(f, Load) for f in _factors(body)) >= 2
     return True
 
 
@@ -967,6 +1057,8 @@ def real_disguised(draw, desc, kind: str, exact: Optional[bool] = None) -> Disgu
         return draw(_temp_kind(desc, exact, "scalar"))
     if kind == "operand stored narrower":
         return draw(_narrow_kind(desc, exact))
+    if kind == "operand scaled along a loop":
+        return draw(_scaled_kind(desc, exact))
     raise ValueError(f"no disguise kind {kind!r} (there are: {', '.join(KINDS)})")
 
 
