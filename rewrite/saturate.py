@@ -107,9 +107,11 @@ _MATCH_RULES: dict = {}  # patterns -> their ruleset, built once a process (a li
 
 
 def _match_rules(patterns: tuple[Pattern, ...]):
-    """One rule per intrinsic, one for its constant-scaled form (``2.0 * A * B``), and one for
+    """One rule per intrinsic, one for its constant-scaled form (``2.0 * A * B``), one for
     its negation (``-(A * B)``, what ``C -= A * B`` accumulates), read as the scale -1: the
-    same value, since multiplying by -1 is exact as negation is."""
+    same value, since multiplying by -1 is exact as negation is, and one for the negation of
+    its constant-scaled form (``C -= 0.5 * A * B``), read as the scale -0.5 for the same
+    reason."""
     if patterns not in _MATCH_RULES:
         if len(_MATCH_RULES) > 64:  # a long campaign over many libraries: bounded
             _MATCH_RULES.clear()
@@ -136,6 +138,9 @@ def _build_match_rules(patterns: tuple[Pattern, ...]):
                      .then(rel(n, i64(k), *xs, s)))
         rules.append(rule(root(t, n), eq(t).to(-u), eq(u).to(body))
                      .then(rel(n, i64(k), *xs, f64(-1.0))))
+        w = var("w", Term)
+        rules.append(rule(root(t, n), eq(t).to(-u), eq(u).to(Term.fconst(s, dt) * w), eq(w).to(body))
+                     .then(rel(n, i64(k), *xs, -s)))
     return rules
 
 

@@ -262,6 +262,19 @@ def test_ieee_equal_is_equality_without_factoring():
                                   ir.Binary("*", A, ir.Binary("+", B, C)))
 
 
+def test_ieee_equal_gathers_the_signs_of_a_products_constants():
+    A, B = (ir.Load(ir.Buffer(n, "f32", (4,)), (ir.Var("i"),)) for n in "AB")
+    half, minus_half = ir.Const(0.5, "f32"), ir.Const(-0.5, "f32")
+    # C -= 0.5 * A * B accumulates -(0.5 * A * B): the product scaled by -0.5, exactly
+    assert algebra.ieee_equal(ir.Unary("neg", ir.Binary("*", ir.Binary("*", half, A), B)),
+                              ir.Binary("*", minus_half, ir.Binary("*", A, B)))
+    assert algebra.ieee_equal(ir.Binary("*", ir.Unary("neg", A), ir.Unary("neg", B)),
+                              ir.Binary("*", A, B))
+    assert algebra.ieee_equal(ir.Binary("*", ir.Const(1.0, "f32"), A), A)
+    assert not algebra.ieee_equal(ir.Unary("neg", ir.Binary("*", half, A)), ir.Binary("*", half, A))
+    assert not algebra.ieee_equal(ir.Binary("*", minus_half, A), ir.Binary("*", half, A))
+
+
 @pytest.mark.parametrize("dtype, matched", [("f32", False), ("i32", True)])
 def test_a_factored_intrinsic_matches_expanded_integer_bodies_only(dtype, matched):
     name = f"test.nonfinite.factored.{dtype}x8"

@@ -305,6 +305,26 @@ def f(A: f32[64, 64], B: f32[64, 64], C: f32[64, 64]):
     assert runtime.check(result.func).ok
 
 
+@pytest.mark.parametrize("update", [
+    "C[i, j] -= 0.5 * A[k, i] * B[k, j]",
+    "C[i, j] -= A[k, i] * (0.5 * B[k, j])",
+    "C[i, j] = C[i, j] - 0.5 * A[k, i] * B[k, j]",
+], ids=["scaled", "scale-inside", "written-out"])
+def test_a_subtracted_scaled_product_is_a_product_scaled_by_minus_the_constant(update):
+    src = f"""
+@prim_func
+def f(A: f32[64, 48], B: f32[64, 40], C: f32[48, 40]):
+    for i, j, k in grid(48, 40, 64):
+        {update}
+"""
+    result = tensorize(parse(src), AVX2)
+    assert result.coverage > 0.9, result.report()
+    assert "-0.5 *" in show(result.func)
+    if HOST_HAS_AVX2:
+        check = runtime.check(result.func)
+        assert check.ok, check.message
+
+
 # the extractor's branch and bound (extract._Builder): exact, and it prunes
 _PRUNED_SRC = {
     # a scaled product with remainders along every loop, and a product of its result

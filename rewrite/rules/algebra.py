@@ -42,10 +42,28 @@ def _algebra(a: Term, b: Term, c: Term):
     yield rewrite(a - b).to(a + (-b))
 
 
+def _signed(factors: list) -> list:
+    """A product's factors with the signs of its constants gathered into one factor -1 and
+    its factors 1 dropped: ``-(0.5 * A)`` and ``-0.5 * A`` alike (a sign flip and a product
+    by 1 are exact)."""
+    negative, out = False, []
+    for f in factors:
+        if f[0] == "const":
+            text = f[1][0]
+            if text.startswith("-"):
+                negative, text = not negative, text[1:]
+            if text in ("1", "1.0"):
+                continue
+            f = ("const", [text])
+        out.append(f)
+    return out + [("const", ["-1"])] if negative else out or [("const", ["1"])]
+
+
 def _canonical(e: ir.Expr):
     """``e`` up to comm-*, assoc-*, sub-as-add-neg and negation as the factor -1 (exact, as a
-    sign flip is): sums and products flattened into
-    sorted operand lists (the AC normal form, which decides equality under those rules)."""
+    sign flip is; the signs of a product's constants gathered, its factors 1 dropped): sums
+    and products flattened into sorted operand lists (the AC normal form, which decides
+    equality under those rules)."""
     if isinstance(e, ir.Binary) and e.op == "-":
         return _canonical(ir.Binary("+", e.a, ir.Unary("neg", e.b)))
     if isinstance(e, ir.Binary) and e.op in ("+", "*"):
@@ -53,6 +71,10 @@ def _canonical(e: ir.Expr):
         for x in (e.a, e.b):
             c = _canonical(x)
             terms += c[1] if c[0] == e.op else [c]
+        if e.op == "*":
+            terms = _signed(terms)
+            if len(terms) == 1:  # 1 * x is x
+                return terms[0]
         return (e.op, sorted(terms, key=repr))
     if isinstance(e, ir.Binary) and e.op in ("/", "max", "min"):  # terms, as egraph.py encodes
         return (e.op, [_canonical(e.a), _canonical(e.b)])
