@@ -901,7 +901,7 @@ class _Builder:
         them all (``listed``: the inner nests already candidates of this nest). The
         candidate's floor: the two passes, and the inner nest's iterations each at the
         least of its scalar price and its matches' calls (``_per_iteration``)."""
-        if not ir.is_float(nest.out.dtype) or not math.isfinite(b.scale):
+        if not math.isfinite(b.scale) or (not ir.is_float(nest.out.dtype) and b.scale != int(b.scale)):
             return []
         key = (nest, b.scale)
         if key in listed:
@@ -929,7 +929,8 @@ class _Builder:
             at = {d.name: _shifted(Var(n), d.start) for d, n in zip(dims, names)}
             out_idx = tuple(ir.substitute(i, at) for i in nest.indices)
             zero: Stmt = Store(temp, idx, Const(0.0, temp.dtype))
-            scale = Accumulate(nest.out, out_idx, Binary("*", Const(b.scale, temp.dtype),
+            factor = b.scale if ir.is_float(temp.dtype) else int(b.scale)
+            scale = Accumulate(nest.out, out_idx, Binary("*", Const(factor, temp.dtype),
                                                          Load(temp, idx)))
             for n, d in reversed(list(zip(names, dims))):
                 zero, scale = For(n, 0, d.extent, zero), For(n, 0, d.extent, scale)

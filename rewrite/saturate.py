@@ -111,12 +111,16 @@ def _match_rules(patterns: tuple[Pattern, ...]):
     its negation (``-(A * B)``, what ``C -= A * B`` accumulates), read as the scale -1: the
     same value, since multiplying by -1 is exact as negation is, and one for the negation of
     its constant-scaled form (``C -= 0.5 * A * B``), read as the scale -0.5 for the same
-    reason."""
+    reason; the scaled forms also with an integer constant (``C += 2 * i32(A) * i32(B)``)."""
     if patterns not in _MATCH_RULES:
         if len(_MATCH_RULES) > 64:  # a long campaign over many libraries: bounded
             _MATCH_RULES.clear()
         _MATCH_RULES[patterns] = _build_match_rules(patterns)
     return _MATCH_RULES[patterns]
+
+
+# the largest integer constant a match's scale (a double) holds exactly
+_EXACT_INT = 2 ** 53
 
 
 def _build_match_rules(patterns: tuple[Pattern, ...]):
@@ -141,6 +145,14 @@ def _build_match_rules(patterns: tuple[Pattern, ...]):
         w = var("w", Term)
         rules.append(rule(root(t, n), eq(t).to(-u), eq(u).to(Term.fconst(s, dt) * w), eq(w).to(body))
                      .then(rel(n, i64(k), *xs, -s)))
+        # the same with an integer constant (wrap-around integers: s * sum = sum of s * terms),
+        # one a double holds exactly, as the scale is kept
+        v = var("v", i64)
+        exact = (v <= i64(_EXACT_INT), v >= i64(-_EXACT_INT))
+        rules.append(rule(root(t, n), eq(t).to(Term.iconst(v, dt) * u), eq(u).to(body), *exact)
+                     .then(rel(n, i64(k), *xs, f64.from_i64(v))))
+        rules.append(rule(root(t, n), eq(t).to(-u), eq(u).to(Term.iconst(v, dt) * w), eq(w).to(body),
+                          *exact).then(rel(n, i64(k), *xs, -f64.from_i64(v))))
     return rules
 
 

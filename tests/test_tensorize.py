@@ -325,6 +325,27 @@ def f(A: f32[64, 48], B: f32[64, 40], C: f32[48, 40]):
         assert check.ok, check.message
 
 
+@pytest.mark.parametrize("update, factor", [
+    ("C[i, j] -= i32(A[i, k]) * i32(B[k, j])", "-1 *"),
+    ("C[i, j] += 2 * i32(A[i, k]) * i32(B[k, j])", "2 *"),
+    ("C[i, j] -= i32(A[i, k]) * (3 * i32(B[k, j]))", "-3 *"),
+], ids=["subtracted", "scaled", "subtracted-scaled"])
+def test_an_int8_product_with_a_constant_factor_runs_on_the_int8_rows(update, factor):
+    # wrap-around integers: the sum of the scaled terms is the scaled sum, exactly
+    src = f"""
+@prim_func
+def q(A: u8[32, 64], B: i8[64, 32], C: i32[32, 32]):
+    for i, j, k in grid(32, 32, 64):
+        {update}
+"""
+    result = tensorize(parse(src), AVX2)
+    assert result.coverage > 0.9 and all("u8i8i32" in s.intrinsic for s in result.sites), result.report()
+    assert f"{factor} T" in show(result.func)
+    if HOST_HAS_AVX2:
+        check = runtime.check(result.func)
+        assert check.ok and check.max_abs_error == 0, check.message
+
+
 # the extractor's branch and bound (extract._Builder): exact, and it prunes
 _PRUNED_SRC = {
     # a scaled product with remainders along every loop, and a product of its result

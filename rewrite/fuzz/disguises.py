@@ -380,8 +380,9 @@ def _shape(draw, desc, exact: Optional[bool] = None, plain: bool = False,
     if form != "+=":
         notes.append(f"written {form}")
     scale = None
-    if not plain and ir.is_float(out.dtype) and value.dtype == out.dtype and draw(st.integers(0, 3)) == 3:
-        scale = draw(st.sampled_from([2.0, 0.5, 3.0]))
+    if not plain and value.dtype == out.dtype and draw(st.integers(0, 3)) == 3:
+        # an integer product by an integer constant (wrap-around: the scaled sum exactly)
+        scale = draw(st.sampled_from([2.0, 0.5, 3.0] if ir.is_float(out.dtype) else [2, 3]))
         notes.append(f"scaled by {scale}")
     order = list(draw(st.permutations(list(extents))))
     perfect = draw(st.booleans())
@@ -446,7 +447,7 @@ def _program(s: _Shape, name: str = "disguised"):
         ops[s.prev[1]] = Load(C, _prev_index(s, s.prev[0]))
     value = _reload(s.value, ops, ext)  # shapes as drawn last
     if s.scale is not None:
-        k = Const(s.scale, C.dtype)
+        k = Const(s.scale if ir.is_float(C.dtype) else int(s.scale), C.dtype)
         if isinstance(value, Binary) and value.op == "*" and value.dtype == C.dtype and s.scale == 2.0:
             value = Binary("*", Binary("*", value.a, k), value.b)  # 2.0 inside the product
         else:
