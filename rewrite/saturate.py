@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .ir import Expr
+from .ir import Expr, is_float
 from .match import BodyMatch, Pattern
 
 
@@ -107,11 +107,11 @@ _MATCH_RULES: dict = {}  # patterns -> their ruleset, built once a process (a li
 
 
 def _match_rules(patterns: tuple[Pattern, ...]):
-    """One rule per intrinsic, one for its constant-scaled form (``2.0 * A * B``), one for
-    its negation (``-(A * B)``, what ``C -= A * B`` accumulates), read as the scale -1: the
-    same value, since multiplying by -1 is exact as negation is, and one for the negation of
-    its constant-scaled form (``C -= 0.5 * A * B``), read as the scale -0.5 for the same
-    reason; the scaled forms also with an integer constant (``C += 2 * i32(A) * i32(B)``)."""
+    """One rule per intrinsic, one for its constant-scaled form (``2.0 * A * B``; an integer
+    constant for an integer body, ``2 * i32(A) * i32(B)``), and one for its negation (``-(A *
+    B)``, what ``C -= A * B`` accumulates), read as the scale -1: the same value, since
+    multiplying by -1 is exact as negation is. (``C -= 0.5 * A * B`` is the scaled form once
+    the algebra has moved the sign into the constant, ``rules/algebra.py``.)"""
     if patterns not in _MATCH_RULES:
         if len(_MATCH_RULES) > 64:  # a long campaign over many libraries: bounded
             _MATCH_RULES.clear()
@@ -136,23 +136,18 @@ def _build_match_rules(patterns: tuple[Pattern, ...]):
         body = pattern(p.value, {name: Term.load(x) for name, x in zip(p.inputs, xs)})
         rel = _relation(len(xs))
         t, u = var("t", Term), var("u", Term)
-        n, s, dt = var("n", i64), var("s", f64), var("dt", String)
+        n, s, v, dt = var("n", i64), var("s", f64), var("v", i64), var("dt", String)
         rules.append(rule(root(t, n), eq(t).to(body)).then(rel(n, i64(k), *xs, f64(1.0))))
-        rules.append(rule(root(t, n), eq(t).to(Term.fconst(s, dt) * u), eq(u).to(body))
-                     .then(rel(n, i64(k), *xs, s)))
+        if is_float(p.value.dtype):
+            rules.append(rule(root(t, n), eq(t).to(Term.fconst(s, dt) * u), eq(u).to(body))
+                         .then(rel(n, i64(k), *xs, s)))
+        else:  # wrap-around integers: the scaled sum is the sum of the scaled terms, exactly;
+            # a constant a double holds exactly, as the match keeps its scale in one
+            rules.append(rule(root(t, n), eq(t).to(Term.iconst(v, dt) * u), eq(u).to(body),
+                              v <= i64(_EXACT_INT), v >= i64(-_EXACT_INT))
+                         .then(rel(n, i64(k), *xs, f64.from_i64(v))))
         rules.append(rule(root(t, n), eq(t).to(-u), eq(u).to(body))
                      .then(rel(n, i64(k), *xs, f64(-1.0))))
-        w = var("w", Term)
-        rules.append(rule(root(t, n), eq(t).to(-u), eq(u).to(Term.fconst(s, dt) * w), eq(w).to(body))
-                     .then(rel(n, i64(k), *xs, -s)))
-        # the same with an integer constant (wrap-around integers: s * sum = sum of s * terms),
-        # one a double holds exactly, as the scale is kept
-        v = var("v", i64)
-        exact = (v <= i64(_EXACT_INT), v >= i64(-_EXACT_INT))
-        rules.append(rule(root(t, n), eq(t).to(Term.iconst(v, dt) * u), eq(u).to(body), *exact)
-                     .then(rel(n, i64(k), *xs, f64.from_i64(v))))
-        rules.append(rule(root(t, n), eq(t).to(-u), eq(u).to(Term.iconst(v, dt) * w), eq(w).to(body),
-                          *exact).then(rel(n, i64(k), *xs, -f64.from_i64(v))))
     return rules
 
 

@@ -188,7 +188,7 @@ FAMILIES = (
            "split-divmod, merge-reductions; split-for-intrinsic (in the extractor)"),
     Family("snapshot", NORMALIZE, "snapshot", ("apply",), "snapshot-reads"),
     Family("algebra", RULESET, "algebra", ("algebra",),
-           "comm-*, assoc-*, factor-mul, sub-as-add-neg"),
+           "comm-*, assoc-*, factor-mul, sub-as-add-neg, neg-into-constant"),
     Family("pack-operand", NEST_STAGE, "layout", ("requests", "pack", "price"), "pack-operand"),
     # padding the nests the function has, and their remainders only where each way of
     # padding the nest whole is priced out of cache (rules/padding.py, ``pads_remainders``)

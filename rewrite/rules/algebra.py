@@ -5,6 +5,9 @@ On floats, commutativity of ``+`` and ``*`` is exact in IEEE arithmetic; associa
 and distributivity change rounding only, the same licence a reordered reduction takes,
 and ``--check`` compares with tolerances scaled by the reduction length for that reason.
 
+A negation moved into a constant factor (neg-into-constant, ``-(0.5 * x) = -0.5 * x``) is
+exact, as a sign flip is.
+
 NaN and Inf: every rule but factor-mul keeps them where they are (a reordered sum or
 product of values is NaN, or an infinity of one sign, whatever the order, unless a finite
 intermediate overflows or underflows, which is rounding). factor-mul does not:
@@ -18,7 +21,7 @@ written factored, on integers.
 
 from __future__ import annotations
 
-from egglog import rewrite, ruleset
+from egglog import String, f64, i64, rewrite, ruleset
 
 from .. import ir
 from ..egraph import Term
@@ -27,7 +30,7 @@ algebra = ruleset(name="algebra")
 
 
 @algebra.register
-def _algebra(a: Term, b: Term, c: Term):
+def _algebra(a: Term, b: Term, c: Term, s: f64, v: i64, dt: String):
     # comm-mul, comm-add: exact in IEEE and in wrap-around integers
     yield rewrite(a * b).to(b * a)
     yield rewrite(a + b).to(b + a)
@@ -40,6 +43,10 @@ def _algebra(a: Term, b: Term, c: Term):
     yield rewrite(a * b + a * c).to(a * (b + c))
     # sub-as-add-neg: a - b = a + (-b), exact in IEEE and in wrap-around integers
     yield rewrite(a - b).to(a + (-b))
+    # neg-into-constant: -(c * a) = (-c) * a, exact (a sign flip), so that C -= 0.5 * A * B
+    # is the scaled product -0.5 * (A * B) the match rules read
+    yield rewrite(-(Term.fconst(s, dt) * a)).to(Term.fconst(-s, dt) * a)
+    yield rewrite(-(Term.iconst(v, dt) * a)).to(Term.iconst(i64(0) - v, dt) * a)
 
 
 def _signed(factors: list) -> list:
