@@ -446,16 +446,26 @@ def test_a_scale_between_two_operands_is_regrouped_with_either():
         "        ho_P_0[i, k] = A[i, k] * s[k]",
         "    for i, j, k in grid(8, 5, 6):",
         "        C[i, j] += ho_P_0[i, k] * B[k, j]"]
-    # the other one reassociates the product: behind a scan of every operand for NaN and Inf
+    # the other one reassociates the product: behind a scan of the pair copied (three
+    # factors split two and one), the nest as written in the other branch
     items, temps, copied = operands.regroup(nest, second, Names.of(func))
     (guarded,) = items
     assert isinstance(guarded, finite.Guarded) and guarded.slow == (nest,)
     fill, new = guarded.fast
     assert show_stmt(fill).splitlines()[1].strip() == "ho_P_0[k, j] = s[k] * B[k, j]"
     assert show_expr(new.value) == "A[i, k] * ho_P_0[k, j]"
-    scanned = {ld.buffer.name for st in guarded.scan for x in ir.walk_stmts(st)
-               if isinstance(x, ir.Accumulate) for ld in ir.loads_of(x.value)}
-    assert {"A", "s", "B"} <= scanned
+    assert _scanned(guarded) - {t.name for t in temps} == {"s", "B"}
+    # with four factors every operand is scanned
+    func, nest = _nest(_scaled("A[i, k] * s[k] * B[k, j] * c[j]"))
+    (groups,) = [g for g in operands.regroupings(nest) if len(g[0]) == 1]
+    (guarded,), temps, _ = operands.regroup(nest, groups, Names.of(func))
+    assert _scanned(guarded) - {t.name for t in temps} == {"A", "s", "B", "c"}
+
+
+def _scanned(guarded) -> set[str]:
+    """The buffers a guard's scan reads."""
+    return {ld.buffer.name for st in guarded.scan for x in ir.walk_stmts(st)
+            if isinstance(x, (ir.Accumulate, ir.Store)) for ld in ir.loads_of(x.value)}
 
 
 @pytest.mark.parametrize("body, fill, product", [
@@ -506,21 +516,48 @@ def test_a_nest_with_a_loop_that_never_runs_is_not_regrouped():
     assert operands.regroupings(nest) and operands.regroupings(empty) == []
 
 
-def test_a_guarded_regrouping_is_offered_only_where_the_operands_are_read_again():
-    # a matrix-vector product reads A once: the guard's scan would cost what the nest does
-    gemv = '''
+GEMV = '''
 @prim_func
-def gemv(A: f32[16, 8], w: f32[8], x: f32[8], y: f32[16]):
+def gemv(A: f32[16, 8], w: f32[8], x: f32[8], z: f32[8], y: f32[16]):
     for i, k in grid(16, 8):
         y[i] += BODY
 '''
-    func, nest = _nest(gemv.replace("BODY", "A[i, k] * w[k] * x[k]"))
+
+
+def test_a_scaled_matrix_vector_product_is_regrouped_behind_a_scan_of_the_pair_alone():
+    func, nest = _nest(GEMV.replace("BODY", "A[i, k] * w[k] * x[k]"))
+    ((copied, items, temps),) = operands.offered(nest, Names.of(func))
+    assert [show_expr(e) for e in copied] == ["w[k] * x[k]"]
+    (guarded,) = items
+    assert _scanned(guarded) - {t.name for t in temps} == {"w", "x"}  # not A: read once
+    assert show_expr(guarded.fast[-1].value) == "A[i, k] * ho_P_0[k]"
+    # A's infinity meets w * x, which underflows to 0: as written Inf, regrouped NaN; the
+    # scan sees the product lost and runs the nest as written
+    args = {"A": np.full((16, 8), np.inf, np.float32), "w": np.full(8, 1e-30, np.float32),
+            "x": np.full(8, 1e-20, np.float32), "z": np.ones(8, np.float32),
+            "y": np.zeros(16, np.float32)}
+    run = lambda f: interp.run(f, **{k: v.copy() for k, v in args.items()})["y"]  # noqa: E731
+    want = run(func)
+    assert np.isinf(want).all()
+    np.testing.assert_array_equal(run(_rewritten(func, items, temps)), want)
+    fast = _rewritten(func, list(guarded.fast), temps)
+    assert np.isnan(run(fast)).all()  # what the guard is for
+
+
+@pytest.mark.parametrize("body", ["A[i, k] * w[k] * x[k] * z[k]", "2.0 * A[i, k] * w[k] * x[k]"],
+                         ids=["four-factors", "constant"])
+def test_a_regrouping_that_must_scan_an_operand_read_once_is_not_offered(body):
+    # four factors, or a constant among them: every operand is scanned, and the nest reads
+    # A once, so the scan would cost what the nest does
+    func, nest = _nest(GEMV.replace("BODY", body))
     assert operands.regroupings(nest) and operands.offered(nest, Names.of(func)) == []
     assert not operands.offers_regrouping(nest)
-    # written with the scale grouped, the copy is exact and offered
-    func, nest = _nest(gemv.replace("BODY", "A[i, k] * (w[k] * x[k])"))
+
+
+def test_a_scale_grouped_as_written_is_copied_exactly_whatever_the_nest_reads():
+    func, nest = _nest(GEMV.replace("BODY", "A[i, k] * (w[k] * (x[k] * z[k]))"))
     ((copied, items, _),) = operands.offered(nest, Names.of(func))
-    assert show_expr(copied[0]) == "w[k] * x[k]" and isinstance(items[-1], AccNest)
+    assert show_expr(copied[0]) == "w[k] * (x[k] * z[k])" and isinstance(items[-1], AccNest)
 
 
 _POOL = ["A[i, k]", "G[i, k]", "B[k, j]", "D[k, j]", "s[k]", "t[k]", "r[i]", "c[j]"]
@@ -557,10 +594,11 @@ def f(A: f32[{m}, {k}], G: f32[{m}, {k}], B: f32[{k}, {n}], D: f32[{k}, {n}], s:
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scaled_products(), st.integers(0, 2**32 - 1), st.booleans())
 def test_every_regrouping_offered_computes_what_the_nest_computes(src, seed, special):
-    """With a NaN or an infinity among the inputs (``special``) every rewrite offered gives
-    the nest's output bit for bit: a grouping as written is exact, and a reassociated one runs
-    the nest as written behind its guard. With finite inputs a reassociated product differs
-    from the nest by rounding only: within a few ulps of the sum of the terms' magnitudes."""
+    """A grouping as written gives the nest's output bit for bit. A reassociated one, with a
+    NaN or an infinity among the inputs (``special``), runs the nest as written behind a
+    guard that scans every operand (bit for bit again), and behind the scan of a pair alone
+    gives NaN and each infinity where the nest does; with finite inputs it differs from the
+    nest by rounding only, within a few ulps of the sum of the terms' magnitudes."""
     func, nest = _nest(src)
     rng = np.random.default_rng(seed)
     args = {}
@@ -580,12 +618,21 @@ def test_every_regrouping_offered_computes_what_the_nest_computes(src, seed, spe
     offers = operands.offered(nest, Names.of(func))
     for copied, items, temps in offers:
         got = run(_rewritten(func, items, temps), args)
-        exact = not isinstance(items[0], finite.Guarded)
-        if exact or special:
+        guarded = items[0] if isinstance(items[0], finite.Guarded) else None
+        # a guard scanning every operand runs the nest as written on a NaN or an infinity
+        whole = guarded is not None and \
+            {ld.buffer.name for ld in ir.loads_of(nest.value)} <= _scanned(guarded)
+        if guarded is None or (special and whole):
             np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=src)
-        else:
-            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * float(size.max()) + 1e-30,
-                                       err_msg=src)
+            continue
+        # regrouped: NaN and each infinity where the nest has them, the rest within rounding
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=src)
+        np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want), err_msg=src)
+        np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg=src)
+        finite_ = np.isfinite(want)
+        np.testing.assert_allclose(got[finite_], want[finite_], rtol=0,
+                                   atol=1e-6 * float(size[np.isfinite(size)].max(initial=0)) + 1e-30,
+                                   err_msg=src)
 
 
 @pytest.mark.parametrize("body, shape", [
@@ -610,11 +657,6 @@ def test_why_a_scaled_product_stays_is_explained():
     text = tensorize(parse(_scaled("A[i, k] * s[k] * B[k, j]", 16, 16, 16)), AVX2,
                      rules_off=("hoist-operand",)).explain()
     assert "3 factors that vary with the loops" in text and "were not chosen" in text
-    gemv = parse('''
-@prim_func
-def gemv(A: f32[64, 64], w: f32[64], x: f32[64], y: f32[64]):
-    for i, k in grid(64, 64):
-        y[i] += A[i, k] * w[k] * x[k]
-''')
+    gemv = parse(GEMV.replace("BODY", "A[i, k] * w[k] * x[k] * z[k]"))
     text = tensorize(gemv, AVX2).explain()
     assert "reads each of their elements once" in text

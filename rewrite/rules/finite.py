@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .. import ir
-from ..ir import Accumulate, Binary, Buffer, Compare, Const, Expr, For, Load, Stmt, Store, Var
+from ..ir import (Accumulate, Binary, Buffer, Compare, Const, Expr, For, Load, Logical, Select, Stmt,
+                  Store, Var)
 from ..names import Names
 from ..nests import AccNest
 
@@ -93,20 +94,52 @@ def guard(operands: Sequence[tuple[AccNest, Load]], fast: Sequence, slow: Sequen
         return list(fast)
     dt = floats[0][1].dtype
     zero = Const(0.0, dt)
-    cols = [_column(n, ld) for n, ld in floats]
-    width = max([1] + [c.extent for c in cols if c is not None])
+    checks = [(_dims_of(n, ld), _column(n, ld), Binary("*", ld if ld.dtype == dt else ir.Cast(dt, ld), zero))
+              for n, ld in floats]
+    return _guarded(checks, dt, fast, slow, names, allocs)
+
+
+def product_guard(nest: AccNest, factors: Sequence[Expr], fast: Sequence, slow: Sequence,
+                  names: Names, allocs: list) -> list:
+    """The items running ``fast`` when, at every point of the loops of ``nest`` that
+    ``factors`` use, their product (in the order given) is finite, and zero only where one of
+    them is (so each is finite, and the product neither overflows nor underflows to zero),
+    else ``slow``: ``fast`` itself when the factors are integers. The flag's temporary is
+    appended to ``allocs``."""
+    dt = factors[0].dtype
+    if not ir.is_float(dt):
+        return list(fast)
+    zero, one = Const(0.0, dt), Const(1.0, dt)
+    product = factors[0]
+    for f in factors[1:]:
+        product = Binary("*", product, f)
+    nonzero = Compare("!=", factors[0], zero)
+    for f in factors[1:]:
+        nonzero = Logical("and", nonzero, Compare("!=", f, zero))
+    lost = Select(Logical("and", Compare("==", product, zero), nonzero), one, zero)
+    loads = [ld for f in factors for ld in ir.loads_of(f)]
+    dims = tuple(d for d in nest.dims if any(d in _dims_of(nest, ld) for ld in loads))
+    check = (dims, _column(nest, loads[0]), Binary("+", Binary("*", product, zero), lost))
+    return _guarded([check], dt, fast, slow, names, allocs)
+
+
+def _guarded(checks: Sequence[tuple], dt: str, fast: Sequence, slow: Sequence, names: Names,
+             allocs: list) -> list:
+    """``Guarded``: a scan adding each check's value (``(dims, column, value)``: 0 where the
+    check holds) over its dims into a flag, one element a value of its column dim, then
+    ``fast`` where the flag sums to 0, else ``slow``."""
+    zero = Const(0.0, dt)
+    width = max([1] + [col.extent for _, col, _ in checks if col is not None])
     flag = Buffer(names.numbered("st_fin"), dt, (width,))
     allocs.append(flag)
     c = names.numbered("fin_c")
     scan: list[Stmt] = [For(c, 0, width, Store(flag, (Var(c),), zero))]
-    for (nest, load), col in zip(floats, cols):
+    for dims, col, value in checks:
         at = Const(0, ir.INDEX) if col is None else \
             Var(col.name) if col.start == 0 else Binary("-", Var(col.name), Const(col.start, ir.INDEX))
-        x = load if load.dtype == dt else ir.Cast(dt, load)
-        s: Stmt = Accumulate(flag, (at,), Binary("*", x, zero))
+        s: Stmt = Accumulate(flag, (at,), value)
         # the row's dim innermost: the scan runs along rows, vectorised
-        dims = sorted(_dims_of(nest, load), key=lambda d: d == col)
-        for d in reversed(dims):
+        for d in reversed(sorted(dims, key=lambda d: d == col)):
             s = For(d.name, d.start, d.stop, s)
         scan.append(s)
     if width > 1:

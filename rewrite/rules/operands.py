@@ -48,9 +48,20 @@ behind ``finite.guard`` on every operand of the product, the nest as written in 
 branch: with finite operands only an intermediate's overflow can tell the groupings apart,
 the licence of any reassociation (``finite.py``). The guard's scan is one pass over the
 operands, which costs as much as a nest that reads each of their elements once (a matrix
-times a vector, ``A[i, k] * w[k] * x[k]``), so a reassociated grouping is offered only where
-the nest reads every operand's elements more than once (a loop of its is not in the
-operand's indices).
+times a vector, ``A[i, k] * w[k] * x[k]``), so such a grouping is offered only where the
+nest reads every operand's elements more than once (a loop of its is not in the operand's
+indices).
+
+Three factors split two and one, ``Y * (f * g)`` (no constant, no runtime scalar), need
+less: a guard on the copied pair alone (``finite.product_guard``: ``f * g`` finite, and zero
+only where ``f`` or ``g`` is), a scan of no more elements than the copy. Then ``f`` and
+``g`` are finite; for a NaN ``Y`` both groupings give NaN; for an infinite ``Y`` every
+grouping gives an infinity of the sign the three signs make, or NaN where ``f`` or ``g`` is
+zero -- as written, each product of ``Y`` with a finite nonzero factor stays infinite and
+one with a zero is NaN; regrouped, ``Y * (f * g)`` is NaN exactly when ``f * g`` is zero,
+which is exactly when ``f`` or ``g`` is; for a finite ``Y`` every operand is finite, the
+licence above. Such a grouping is offered whatever the nest reads: ``A[i, k] * w[k] *
+x[k]`` runs on the matrix-vector row behind a scan of ``w`` and ``x``.
 
 Sound: the copy stores, at each point of the box of the loops a node uses, the node's value
 there; the nest then reads, at each of its points, the element of the copy at that
@@ -344,7 +355,8 @@ def regroup(nest: AccNest, groups: tuple[Group, Group], names: Names
     value = nest.value
     copied = _copies(value, groups)
     exact = _exact(value, copied)
-    if not exact and not guarded_pays(nest):
+    pair = _pair(value, groups)
+    if not exact and pair is None and not guarded_pays(nest):
         return None
     items, temps, exprs, loads = [], [], [], {}
     for g in copied:
@@ -369,9 +381,23 @@ def regroup(nest: AccNest, groups: tuple[Group, Group], names: Names
     new = as_nest(replace(nest, value=Unary("neg", product) if negations % 2 else product).stmt())
     if new is None:
         return None
-    guarded = finite.guard([(nest, ld) for ld in dict.fromkeys(ir.loads_of(value))],
-                           items + [new], [nest], names, temps)
+    if pair is not None:
+        guarded = finite.product_guard(nest, [_at(value, p) for p in pair], items + [new], [nest],
+                                       names, temps)
+    else:
+        guarded = finite.guard([(nest, ld) for ld in dict.fromkeys(ir.loads_of(value))],
+                               items + [new], [nest], names, temps)
     return guarded, temps, tuple(exprs)
+
+
+def _pair(value: Expr, groups: Sequence[Group]) -> Optional[Group]:
+    """The group whose product alone the guard of a regrouping checks (module doc): where the
+    product has three factors, all varying with the loops, split two and one, the two; else
+    None (every operand is scanned)."""
+    if any(not _vars(e) for _, e in _sites(value)):
+        return None
+    one, two = sorted(groups, key=len)
+    return two if (len(one), len(two)) == (1, 2) else None
 
 
 def _exact(value: Expr, copied: Sequence[Group]) -> bool:
@@ -390,8 +416,8 @@ def guarded_pays(nest: AccNest) -> bool:
 def offers_regrouping(nest: AccNest) -> bool:
     """Whether ``regroup-factors`` offers a rewrite of ``nest``: a grouping as written, or
     one behind a guard that can pay."""
-    return any(_exact(nest.value, _copies(nest.value, groups)) or guarded_pays(nest)
-               for groups in regroupings(nest))
+    return any(_exact(nest.value, _copies(nest.value, groups)) or _pair(nest.value, groups)
+               or guarded_pays(nest) for groups in regroupings(nest))
 
 
 def _reused(nest: AccNest, load: Load) -> bool:
