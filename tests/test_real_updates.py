@@ -447,6 +447,78 @@ def test_the_scaled_temporary_alone_would_move_inf_times_zero():
 
 
 # ---------------------------------------------------------------------------
+# divide-temporary: a product divided by a value per output element
+
+DIVIDED = '''
+@prim_func
+def normalised(P: f32[64, 128], V: f32[128, 32], l: f32[64], O: f32[64, 32]):
+    for i, d, j in grid(64, 32, 128):
+        O[i, d] += P[i, j] * V[j, d] / l[i]
+'''
+
+
+def test_divide_temporary_normal_form():
+    func, nest = _nest(DIVIDED)
+    (g,), allocs = scalars.divide_temporary(nest, Names.of(func))
+    assert [b.name for b in allocs] == ["sc_T_0", "st_fin_0"] and g.slow == (nest,)
+    text = _text(func, [g]).splitlines()
+    assert "        st_fin_0[i] += l[i] * 0.0 + select(l[i] == 0.0, 1.0, 0.0)" in text
+    assert text[-6:] == [
+        "            sc_T_0[i, d] += P[i, j] * V[j, d]",
+        "        for i, d in grid(64, 32):",
+        "            O[i, d] += sc_T_0[i, d] / l[i]",
+        "    else:",
+        "        for i, d, j in grid(64, 32, 128):",
+        "            O[i, d] += P[i, j] * V[j, d] / l[i]"]
+
+
+@pytest.mark.parametrize("value", [0.0, -0.0, np.inf, np.nan, 1e-30])
+def test_a_divisor_zero_or_not_finite_gives_the_pattern_as_written(value):
+    # with l[0] = 0 the terms are +-inf (NaN where P * V is 0), their sum NaN where signs
+    # differ; the sum divided by 0 would be one infinity: the guard runs the nest as written
+    func, nest = _nest(DIVIDED)
+    (g,), allocs = scalars.divide_temporary(nest, Names.of(func))
+    rewritten = replace(func, body=ir.seq(*(p.stmt() for p in [g])), allocs=func.allocs + tuple(allocs))
+    args = inputs.random_args(func, seed=3)
+    args["l"][0] = value
+    want = interp.run(func, **{k: v.copy() for k, v in args.items()})["O"]
+    got = interp.run(rewritten, **{k: v.copy() for k, v in args.items()})["O"]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+    fin = np.isfinite(want)
+    np.testing.assert_allclose(got[fin], want[fin], rtol=1e-4, atol=1e-4)
+    if value == 0.0:
+        unguarded = replace(func, body=ir.seq(*(p.stmt() if isinstance(p, AccNest) else p
+                                                for p in g.fast)), allocs=func.allocs + tuple(allocs))
+        moved = interp.run(unguarded, **{k: v.copy() for k, v in args.items()})["O"]
+        assert np.isnan(want[0]).any() and not np.isnan(moved[0]).all()  # what the guard is for
+
+
+@pytest.mark.parametrize("body, found", [
+    ("P[i, j] * V[j, d] / l[i]", True),
+    ("-(P[i, j] * V[j, d] / 8.0)", True),  # a constant: no guard needed
+    ("P[i, j] * V[j, d] / V[j, d]", False),  # the divisor moves with the reduction
+    ("P[i, j] * V[j, d] / 0.0", False),
+    ("l[i] / P[i, j]", False),
+], ids=["per-row", "constant", "reduction", "zero", "divided-by-operand"])
+def test_what_divide_temporary_takes(body, found):
+    func, nest = _nest(DIVIDED.replace("P[i, j] * V[j, d] / l[i]", body))
+    assert (scalars.divided(nest) is not None) == found
+
+
+@needs_avx2
+@pytest.mark.parametrize("body", ["P[i, j] * V[j, d] / l[i]", "P[i, j] * V[j, d] / 64.0"],
+                         ids=["per-row", "constant"])
+def test_a_divided_product_reaches_the_matmul_rows_and_checks(body):
+    func = parse(DIVIDED.replace("P[i, j] * V[j, d] / l[i]", body))
+    result = tensorize(func, ROWS)
+    assert result.coverage > 0.9 and dict(result.choice.taken) == {"scalar-factor": 1}, result.report()
+    assert tensorize(func, ROWS, rules_off=("scalar-factor",)).coverage == 0
+    _checked(func, result)
+
+
+# ---------------------------------------------------------------------------
 # the corpus file, through the command line
 
 TARGETS = {"oop_fma_1d": 1.0, "oop_fma_2d": 1.0, "gemm_alpha_runtime": 0.95,

@@ -123,6 +123,17 @@ def product_guard(nest: AccNest, factors: Sequence[Expr], fast: Sequence, slow: 
     return _guarded([check], dt, fast, slow, names, allocs)
 
 
+def nonzero_guard(nest: AccNest, load: Load, fast: Sequence, slow: Sequence, names: Names,
+                  allocs: list) -> list:
+    """The items running ``fast`` when every element ``load`` reads over ``nest``'s dims is
+    finite and nonzero, else ``slow``. The flag's temporary is appended to ``allocs``."""
+    dt = load.dtype
+    zero, one = Const(0.0, dt), Const(1.0, dt)
+    check = Binary("+", Binary("*", load, zero), Select(Compare("==", load, zero), one, zero))
+    return _guarded([(_dims_of(nest, load), _column(nest, load), check)], dt, fast, slow, names,
+                    allocs)
+
+
 def _guarded(checks: Sequence[tuple], dt: str, fast: Sequence, slow: Sequence, names: Names,
              allocs: list) -> list:
     """``Guarded``: a scan adding each check's value (``(dims, column, value)``: 0 where the

@@ -68,6 +68,15 @@ scale-temporary
     no guard.
     A non-finite constant factor (``inf``) is refused.
 
+divide-temporary
+    The same for a product divided by a value read per output element, or by a finite nonzero
+    constant (an attention output normalised by its row sums, ``O[i, d] += P[i, j] * V[j, d]
+    / l[i]``): the product accumulates into ``sc_T``, one pass adds ``T / s``. ``sum(t / s) =
+    sum(t) / s`` up to rounding; for a finite nonzero ``s`` each ``t / s`` has ``t``'s class,
+    so the NaN/Inf pattern is kept, but not for ``s = 0`` (``1/0 + -2/0`` is NaN, ``-1/0`` is
+    ``-inf``): a divisor read at run time is scanned first (``finite.nonzero_guard``), the nest
+    as written in the other branch.
+
 Factors: the body's product is read as a list of factors through ``*`` and negation. The
 factors taken out are the loads whose indices use only loops of the output's indices (a
 per-row ``alpha[i]`` too) and the constants; when that leaves no load in the product (an
@@ -273,6 +282,67 @@ def scale_temporary(f: Factored, names: Names) -> Optional[tuple[list, list[Buff
 
 
 # ---------------------------------------------------------------------------
+# divide-temporary
+
+
+def divided(nest: AccNest) -> Optional[tuple[Expr, Expr, bool]]:
+    """``nest``'s body as ``p / s`` (negated where ``negative``), ``s`` a load whose indices
+    use only loops of the output's indices or a finite nonzero float constant, ``p`` reading
+    memory: ``(p, s, negative)``, or None."""
+    value, negative = nest.value, False
+    while isinstance(value, Unary) and value.op == "neg":
+        value, negative = value.a, not negative
+    if not (isinstance(value, Binary) and value.op == "/" and ir.is_float(value.dtype)):
+        return None
+    p, d = value.a, value.b
+    out_vars = set().union(*(_vars(i) for i in nest.indices))
+    if isinstance(d, Const):
+        if not math.isfinite(d.value) or d.value == 0:
+            return None
+    elif not isinstance(d, Load) or not _vars(d) <= out_vars:
+        return None
+    if not any(True for _ in ir.loads_of(p)):
+        return None
+    return p, d, negative
+
+
+def divide_temporary(nest: AccNest, names: Names) -> Optional[tuple[list, list[Buffer]]]:
+    """``C += p / s`` as ``T = 0; T += p; C += T / s`` (negated where the body is), behind a
+    guard that ``s`` is finite and nonzero, the nest as written in the other branch; None
+    where ``divided`` finds no such body or the nest has no reduction loop. ``T`` is indexed
+    as ``scale-temporary``'s, so each element sums the terms of one point of the output's
+    loops, and ``s`` is the same for each of them (its indices use no other loop):
+    ``sum(t / s) = sum(t) / s`` up to rounding. For ``s`` finite and nonzero, ``t / s`` has
+    ``t``'s class (finite, NaN, an infinity of ``t``'s sign times ``s``'s) but where it
+    overflows, so the two sides have the same NaN/Inf pattern (the licence of any
+    reassociation); for ``s = 0`` they do not (``1/0 + -2/0`` is NaN, ``-1/0`` is ``-inf``),
+    hence the guard."""
+    found = divided(nest)
+    if found is None:
+        return None
+    p, d, negative = found
+    out_vars = set().union(*(_vars(i) for i in nest.indices))
+    outer = [x for x in nest.dims if x.name in out_vars]
+    if len(outer) == len(nest.dims):
+        return None
+    dt = nest.out.dtype
+    shape, idx = _box(outer)
+    temp = Buffer(names.numbered("sc_T"), dt, shape)
+    allocs = [temp]
+    zero = _loops(outer, Store(temp, idx, Const(0.0, dt)))
+    inner = as_nest(_loops(nest.dims, ir.Accumulate(temp, idx, p)))
+    quotient: Expr = Binary("/", Load(temp, idx), d)
+    last = as_nest(_loops(outer, ir.Accumulate(nest.out, nest.indices,
+                                               Unary("neg", quotient) if negative else quotient)))
+    if inner is None or last is None:
+        return None
+    fast = [zero, inner, last]
+    if isinstance(d, Const):
+        return fast, allocs
+    return finite.nonzero_guard(nest, d, fast, [nest], names, allocs), allocs
+
+
+# ---------------------------------------------------------------------------
 # the pipeline's hook (a ``sites`` family, rules/__init__.py)
 
 
@@ -280,9 +350,14 @@ REWRITES = (scale_operand, scale_temporary)
 
 
 def rewrites(item, search) -> list:
-    """A nest with a runtime scalar factor by ``scale-operand`` and by ``scale-temporary``
-    (the ``sites`` hook, ``choose.py``: the cost model chooses among them and the nest)."""
-    f = factored(item) if isinstance(item, AccNest) else None
-    if f is None:
+    """A nest with a runtime scalar factor by ``scale-operand`` and by ``scale-temporary``, a
+    nest dividing by one by ``divide-temporary`` (the ``sites`` hook, ``choose.py``: the cost
+    model chooses among them and the nest)."""
+    if not isinstance(item, AccNest):
         return []
-    return [alt for alt in (rewrite(f, search.names) for rewrite in REWRITES) if alt is not None]
+    out = []
+    f = factored(item)
+    if f is not None:
+        out += [alt for alt in (rewrite(f, search.names) for rewrite in REWRITES) if alt is not None]
+    alt = divide_temporary(item, search.names)
+    return out + ([alt] if alt is not None else [])
