@@ -28,6 +28,11 @@ nests run, so it sees operands computed earlier in the program (temporaries) as 
 then. Integer programs need no guard: there the rewrites are exact. ``lower.py`` runs each
 statement of either branch as its own part (a parallel loop stays parallel).
 
+Two rewrites need a different condition, checked by the same kind of scan:
+``regroup-factors`` (``operands.py``) reassociating ``Y * (f * g)`` needs only ``f * g``
+finite and zero only where ``f`` or ``g`` is (``product_guard``), and ``divide-temporary``
+(``scalars.py``) a divisor finite and nonzero (``nonzero_guard``).
+
 What the guard does not cover is rounding: a finite intermediate that overflows to Inf (or
 underflows to 0 before a product with Inf) may do so in one grouping and not in the other,
 the same licence as reassociating a sum.
