@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVar, Union
 
 if TYPE_CHECKING:  # a call holds its descriptor; the descriptor module builds on this one
     from .descriptor import Descriptor
@@ -597,6 +597,20 @@ def loads_of(e: Expr) -> Iterator[Load]:
     for x in walk_expr(e):
         if isinstance(x, Load):
             yield x
+
+
+def var_names(e: Expr) -> set[str]:
+    """The names of the loop variables ``e`` reads (in its indices too)."""
+    return {x.name for x in walk_expr(e) if isinstance(x, Var)}
+
+
+def product(factors: Iterable[Expr]) -> Expr:
+    """``((f0 * f1) * f2) ...``: ``factors`` (at least one) multiplied in order, grouped from
+    the left."""
+    first, *rest = factors
+    for f in rest:
+        first = Binary("*", first, f)
+    return first
 
 
 # ---------------------------------------------------------------------------

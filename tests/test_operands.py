@@ -222,20 +222,28 @@ def f(A: f32[{m}, {k}], G: f32[{m}, {k}], B: f16[{k}, {n}], H: f16[{k}, {n}], D:
 _SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, 65504.0, 7e4], np.float32)
 
 
+def _inputs(func: ir.PrimFunc, seed: int, special: bool = True) -> dict:
+    """Each parameter three times a normal draw, with 15% of its elements from ``_SPECIAL``
+    where ``special``, in its dtype."""
+    rng = np.random.default_rng(seed)
+    args = {}
+    for p in func.params:
+        x = rng.standard_normal(p.shape).astype(np.float32) * 3
+        if special:
+            marked = rng.random(p.shape) < 0.15
+            x[marked] = rng.choice(_SPECIAL, int(marked.sum()))
+        with np.errstate(over="ignore"):  # 7e4 is f16's infinity
+            args[p.name] = x.astype(ir.numpy_dtype(p.dtype))
+    return args
+
+
 def _assert_hoisting_exact(src: str, seed: int, choices) -> None:
     """``src``'s nest rewritten by each of ``choices(sites)`` (lists of sites) computes its
     output bit for bit as the nest does, in the interpreter, on inputs three times a normal
     draw with 15% of their elements from ``_SPECIAL``."""
     func, nest = _nest(src)
     sites = operands.hoistable(nest)
-    rng = np.random.default_rng(seed)
-    args = {}
-    for p in func.params:
-        x = rng.standard_normal(p.shape).astype(np.float32) * 3
-        special = rng.random(p.shape) < 0.15
-        x[special] = rng.choice(_SPECIAL, int(special.sum()))
-        with np.errstate(over="ignore"):  # 7e4 is f16's infinity
-            args[p.name] = x.astype(ir.numpy_dtype(p.dtype))
+    args = _inputs(func, seed)
     want = interp.run(func, **{k: v.copy() for k, v in args.items()})["C"]
     for chosen in choices(sites):
         items, temps = operands.hoist(nest, chosen, Names.of(func))
@@ -600,14 +608,7 @@ def test_every_regrouping_offered_computes_what_the_nest_computes(src, seed, spe
     gives NaN and each infinity where the nest does; with finite inputs it differs from the
     nest by rounding only, within a few ulps of the sum of the terms' magnitudes."""
     func, nest = _nest(src)
-    rng = np.random.default_rng(seed)
-    args = {}
-    for p in func.params:
-        x = (rng.standard_normal(p.shape) * 3).astype(np.float32)
-        if special:
-            marked = rng.random(p.shape) < 0.15
-            x[marked] = rng.choice(_SPECIAL, int(marked.sum()))
-        args[p.name] = x
+    args = _inputs(func, seed, special)
     if special:  # at least one non-finite input the nest reads
         args["alpha"][0] = np.inf if "alpha" in src else args["alpha"][0]
         loaded = sorted({ld.buffer.name for ld in ir.loads_of(nest.value)})

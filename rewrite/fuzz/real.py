@@ -554,10 +554,6 @@ def _factor_kind(draw, desc, exact) -> Disguised:
     return Disguised(func, desc.name, guarantee, tuple(s.notes))
 
 
-def _vars_of(e: Expr) -> set[str]:
-    return {x.name for x in ir.walk_expr(e) if isinstance(x, Var)}
-
-
 def _factor_guarantee(s: _Shape, func: PrimFunc, nests, product: Expr) -> Guarantee:
     """``alpha[0]`` times the body. scalar-factor (an ``alternatives`` family) keeps the
     cheapest of the nest as written and two rewrites, each paying an extra price on top of
@@ -589,15 +585,15 @@ def _factor_guarantee(s: _Shape, func: PrimFunc, nests, product: Expr) -> Guaran
     body = _reload(product, {o.name: o for o in s.inputs.values()}, ext)
     alpha = s.extra["alpha"].load(ext)
     factors = [alpha] + _factors(body)
-    out_vars = set().union(*(_vars_of(a.index()) for a in s.out.axes))
+    out_vars = set().union(*(ir.var_names(a.index()) for a in s.out.axes))
 
     def split(scalar):
         return [f for f in factors if isinstance(f, Const) or scalar(f)], \
                [f for f in factors if not (isinstance(f, Const) or scalar(f))]
 
-    taken, rest = split(lambda f: isinstance(f, Load) and _vars_of(f) <= out_vars)
+    taken, rest = split(lambda f: isinstance(f, Load) and ir.var_names(f) <= out_vars)
     if not any(isinstance(x, Load) for f in rest for x in ir.walk_expr(f)):
-        taken, rest = split(lambda f: isinstance(f, Load) and not _vars_of(f))
+        taken, rest = split(lambda f: isinstance(f, Load) and not ir.var_names(f))
     if taken != [alpha]:
         return Guarantee(frozenset(), 0.0, "scalar-factor takes an operand of the intrinsic out "
                                            "with the factor")
@@ -611,7 +607,7 @@ def _factor_guarantee(s: _Shape, func: PrimFunc, nests, product: Expr) -> Guaran
     for k, x in enumerate(_factors(body)):
         if isinstance(x, Load) and same_grouping(
                 _times(_factors(body), k, Binary("*", alpha, x)), written):
-            size = math.prod(ext[v] for v in _vars_of(x))
+            size = math.prod(ext[v] for v in ir.var_names(x))
             per = 2 if minus else 1
             prices.append((size * (per + 1), size * (per + 1)))
             totals.append(n * s_t + size * per)
@@ -620,7 +616,7 @@ def _factor_guarantee(s: _Shape, func: PrimFunc, nests, product: Expr) -> Guaran
         # per element, and a store), its flag as wide as one extent: initialised, then summed
         scans = dict.fromkeys(x for f in _factors(body) for x in ir.walk_expr(f)
                               if isinstance(x, Load))
-        scan = sum(math.prod(ext[v] for v in _vars_of(x)) for x in scans)
+        scan = sum(math.prod(ext[v] for v in ir.var_names(x)) for x in scans)
         width = max(ext.values())
         prices.append((3 * points + 3 * scan, 3 * points + 8 + 3 * scan + 3 * width))
         totals.append(n * s_t + 2 * points + 4 + 2 * scan + width)
@@ -690,11 +686,11 @@ def _contracted(s: _Shape, kept: Guarantee, loops, body: Expr, alpha: Load, minu
     loads = [k for k, f in enumerate(factors) if isinstance(f, Load)]
     if len(loads) < 3 or any(not isinstance(f, (Load, Const)) or f.dtype != s.out.dtype for f in factors):
         return kept  # contract-pair applies to products of three loads or more, of one dtype
-    out_vars = set().union(*(_vars_of(a.index()) for a in s.out.axes))
+    out_vars = set().union(*(ir.var_names(a.index()) for a in s.out.axes))
     pairs = []
     for a, b in combinations(loads, 2):
-        pair = _vars_of(factors[a]) | _vars_of(factors[b])
-        rest = set().union(*(_vars_of(f) for k, f in enumerate(factors) if k not in (a, b)))
+        pair = ir.var_names(factors[a]) | ir.var_names(factors[b])
+        rest = set().union(*(ir.var_names(f) for k, f in enumerate(factors) if k not in (a, b)))
         keep = pair & (rest | out_vars)
         if pair != keep:
             pairs.append((a, b, pair, keep))
@@ -720,7 +716,7 @@ def _contracted(s: _Shape, kept: Guarantee, loops, body: Expr, alpha: Load, minu
     rho, rho_g = _rho(_replace(s, out=temp))
     s_t = _ops_per_iteration(body)
     # the guard scans the three loads, on floats only (integers need none: finite.guard)
-    scanned = sum(math.prod(ext[v] for v in _vars_of(factors[k])) for k in loads) \
+    scanned = sum(math.prod(ext[v] for v in ir.var_names(factors[k])) for k in loads) \
         if ir.is_float(s.out.dtype) else 0
     fits = could_fit(desc, outer, s.out.load(ext), [alpha, temp.load(ext)])
     lowest = (_cost.PER_PADDED_ELEMENT * 3 * scanned + _cost.moved(size) + rho * n_in
@@ -884,6 +880,18 @@ def _narrow_kind(draw, desc, exact) -> Disguised:
     return Disguised(func, desc.name, guarantee, tuple(s.notes))
 
 
+def _read_copy(s: _Shape, name: str, items: list, temps: list) -> Optional[tuple[float, float]]:
+    """``_rho`` of ``s`` with its input ``name`` read from the one temporary of a rewrite of
+    hoist-operand's family (``items``: its copy, then the nest reading it), laid out as the
+    copy is: its loops in the order the rule writes them, unit steps. None where the nest
+    reads the copy other than once at its loops."""
+    reads = [ld for ld in ir.loads_of(items[-1].value) if ld.buffer.name == temps[0].name]
+    if len(reads) != 1 or not all(isinstance(i, Var) for i in reads[0].indices):
+        return None
+    laid = _Operand(temps[0].name, temps[0].dtype, tuple(_Axis(i.name) for i in reads[0].indices))
+    return _rho(_replace(s, inputs={**s.inputs, name: laid}))
+
+
 def _narrow_guarantee(s: _Shape, func: PrimFunc, loops_of, name: str) -> Guarantee:
     """One input converted as it is read: no tile binds the nest as written (the intrinsic
     reads the wide dtype from memory), which costs ``s`` per iteration (a conversion is no
@@ -914,13 +922,12 @@ def _narrow_guarantee(s: _Shape, func: PrimFunc, loops_of, name: str) -> Guarant
         # bound below counts: not argued
         return Guarantee(frozenset(), 0.0, "hoist-operand may copy more than the conversion")
     ((nest, _, items, temps),) = hoists
-    fill, new = items[0], items[-1]
+    fill = items[0]
     copy = _cost.scalar_stmt(fill)
-    (read,) = [ld for ld in ir.loads_of(new.value) if ld.buffer.name == temps[0].name]
-    if not all(isinstance(i, Var) for i in read.indices):
+    laid = _read_copy(s, name, items, temps)
+    if laid is None:
         return Guarantee(frozenset(), 0.0, "the copy is read at other than its loops")
-    laid = _Operand(temps[0].name, temps[0].dtype, tuple(_Axis(i.name) for i in read.indices))
-    rho, rho_g = _rho(_replace(s, inputs={**s.inputs, name: laid}))
+    rho, rho_g = laid
     s_t = _ops_per_iteration(nest.value)
     if dd <= 0 or rho_g >= s_t:
         return Guarantee(frozenset(), 0.0, "no whole tile is cheaper than the scalar body")
@@ -942,7 +949,7 @@ def _scalable(s: _Shape) -> list[str]:
     loops = set(s.extents)
     factors = _factors(s.value)
     return [name for name, o in s.inputs.items()
-            if o.load(s.extents) in factors and 0 < len(_vars_of(o.load(s.extents))) < len(loops)]
+            if o.load(s.extents) in factors and 0 < len(ir.var_names(o.load(s.extents))) < len(loops)]
 
 
 @st.composite
@@ -953,7 +960,7 @@ def _scaled_kind(draw, desc, exact) -> Disguised:
     name = draw(st.sampled_from(names))
     o = s.inputs[name]
     x = o.load(s.extents)
-    var = draw(st.sampled_from(sorted(_vars_of(x))))
+    var = draw(st.sampled_from(sorted(ir.var_names(x))))
     sc = _Operand("sc", o.dtype, (_Axis(var),))
     s.extra = {"sc": sc}
     f = sc.load(s.extents)
@@ -999,13 +1006,11 @@ def _scaled_guarantee(s: _Shape, func: PrimFunc, loops_of, name: str) -> Guarant
             continue
         if not any(ld.buffer.name == buffer for e in copied for ld in ir.loads_of(e)):
             continue
-        fill, new = items[0], items[-1]
-        reads = [ld for ld in ir.loads_of(new.value) if ld.buffer.name == temps[0].name]
-        if len(reads) != 1 or not all(isinstance(i, Var) for i in reads[0].indices):
+        laid = _read_copy(s, name, items, temps)
+        if laid is None:
             continue
-        laid = _Operand(temps[0].name, temps[0].dtype, tuple(_Axis(i.name) for i in reads[0].indices))
-        rho, rho_g = _rho(_replace(s, inputs={**s.inputs, name: laid}))
-        copy = _cost.scalar_stmt(fill)
+        rho, rho_g = laid
+        copy = _cost.scalar_stmt(items[0])
         c = _covered(dd, rho, rho_g, t, copy)
         if c > best:
             best, why = c, (f"{buffer} scaled, copied out for {copy:g}; {dd} of {n} iterations in "

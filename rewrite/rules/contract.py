@@ -50,7 +50,7 @@ from ..ir import Accumulate, Buffer, Const, Load, Store, Unary
 from ..names import Names
 from ..nests import AccNest, as_nest
 from . import finite
-from .scalars import _box, _factors, _loops, _product, _vars
+from .scalars import _box, _factors, _loops
 
 
 def candidates(nest: AccNest, names: Names) -> list[tuple[list, list[Buffer]]]:
@@ -66,12 +66,12 @@ def candidates(nest: AccNest, names: Names) -> list[tuple[list, list[Buffer]]]:
     if any(isinstance(x, Const) and ir.is_float(dt) and not math.isfinite(x.value) for x in factors):
         return []  # inf * A * B * C: the guard scans operands, and the regrouped infinite
         #            terms would meet in other sums
-    out_vars = set().union(*(_vars(i) for i in nest.indices))
+    out_vars = set().union(*(ir.var_names(i) for i in nest.indices))
     out = []
     for a, b in itertools.combinations(loads, 2):
-        pair = _vars(factors[a]) | _vars(factors[b])
+        pair = ir.var_names(factors[a]) | ir.var_names(factors[b])
         rest = [x for k, x in enumerate(factors) if k not in (a, b)]
-        keep = pair & (set().union(*(_vars(x) for x in rest)) | out_vars)
+        keep = pair & (set().union(*(ir.var_names(x) for x in rest)) | out_vars)
         if pair == keep:
             continue  # no loop of the pair's own: nothing summed first
         kept = [d for d in nest.dims if d.name in keep]
@@ -80,7 +80,7 @@ def candidates(nest: AccNest, names: Names) -> list[tuple[list, list[Buffer]]]:
         zero = _loops(kept, Store(temp, idx, Const(0, dt)))
         inner = as_nest(_loops([d for d in nest.dims if d.name in pair],
                                Accumulate(temp, idx, ir.Binary("*", factors[a], factors[b]))))
-        value = _product(rest + [Load(temp, idx)])
+        value = ir.product(rest + [Load(temp, idx)])
         outer = as_nest(_loops([d for d in nest.dims if d.name in keep or d.name not in pair],
                                Accumulate(nest.out, nest.indices,
                                           Unary("neg", value) if negative else value)))

@@ -115,9 +115,7 @@ def product_guard(nest: AccNest, factors: Sequence[Expr], fast: Sequence, slow: 
     if not ir.is_float(dt):
         return list(fast)
     zero, one = Const(0.0, dt), Const(1.0, dt)
-    product = factors[0]
-    for f in factors[1:]:
-        product = Binary("*", product, f)
+    product = ir.product(factors)
     nonzero = Compare("!=", factors[0], zero)
     for f in factors[1:]:
         nonzero = Logical("and", nonzero, Compare("!=", f, zero))

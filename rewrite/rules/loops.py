@@ -179,7 +179,7 @@ def split_for(nest: AccNest, desc, loads: dict[str, Load], names: Names) -> list
             if dim.extent % g or dim.extent // g < extent[outer]:
                 continue
             moves = {o.name for o in desc.operands
-                     if any(dim.name in _vars(i) for i in
+                     if any(dim.name in ir.var_names(i) for i in
                             (nest.indices if o.role == "output" else loads[o.name].indices))}
             if moves != users:
                 continue
@@ -198,10 +198,6 @@ def split_for(nest: AccNest, desc, loads: dict[str, Load], names: Names) -> list
             split = _rewritten(nest, tuple(dims), rewrite)
             out.append((split, lambda x, rewrite=rewrite: Load(x.buffer, tuple(rewrite(i) for i in x.indices))))
     return out
-
-
-def _vars(e: Expr) -> set[str]:
-    return {x.name for x in ir.walk_expr(e) if isinstance(x, Var)}
 
 
 def _rewritten(nest: AccNest, dims: tuple[Dim, ...], fn) -> AccNest:

@@ -100,10 +100,6 @@ from . import finite
 MAX_FACTORS = 3
 
 
-def _vars(e: Expr) -> set[str]:
-    return {x.name for x in ir.walk_expr(e) if isinstance(x, Var)}
-
-
 def _sites(e: Expr) -> list[tuple[tuple, Expr]]:
     """The factors of ``e``'s product through ``*`` and the negations of products (the leaves
     of ``_parts``), each with its path from ``e`` (``"a"``/``"b"`` of a ``*``, ``"n"`` under a
@@ -151,7 +147,7 @@ def varying_factors(nest: AccNest) -> list[Expr]:
     """The factors of ``nest``'s product that use a loop variable (no constant, no scalar
     read at run time), in the order written; none when the body is no product."""
     sites = _sites(nest.value)
-    return [e for _, e in sites if _vars(e)] if len(sites) > 1 else []
+    return [e for _, e in sites if ir.var_names(e)] if len(sites) > 1 else []
 
 
 def computed_factors(nest: AccNest) -> list[Expr]:
@@ -174,7 +170,7 @@ def hoistable(nest: AccNest) -> list[tuple[tuple, Expr]]:
     for path, e in _parts(nest.value)[1:]:
         if not any(_computed(f) for _, f in _sites(e)):
             continue  # plain loads and constants: the packing stages' and scalar-factor's
-        used = _vars(e)
+        used = ir.var_names(e)
         if used and used < names and not any(ld.buffer == nest.out for ld in ir.loads_of(e)):
             out.append((path, e))
     return out
@@ -186,9 +182,9 @@ def _major_first(index: Expr) -> list[str]:
     where the index is not affine."""
     form = affine(index)
     if form is None:
-        return sorted(_vars(index))
+        return sorted(ir.var_names(index))
     out = [v for v, _ in sorted(form.terms, key=lambda t: (-abs(t[1]), str(t[0]))) if isinstance(v, str)]
-    return out + sorted(_vars(index) - set(out))
+    return out + sorted(ir.var_names(index) - set(out))
 
 
 def _copy(nest: AccNest, e: Expr, names: Names) -> tuple[Stmt, Load, Buffer]:
@@ -254,7 +250,7 @@ def _buffer_copy(nest: AccNest, e: Expr, names: Names) -> Optional[tuple[Stmt, E
     box = _box(nest, load) if load is not None else None
     if box is None:
         return None
-    loops = math.prod(d.extent for d in nest.dims if d.name in _vars(e))
+    loops = math.prod(d.extent for d in nest.dims if d.name in ir.var_names(e))
     if math.prod(hi - lo + 1 for lo, hi in box) >= loops:
         return None
     temp = Buffer(names.numbered("ho_P"), e.dtype, tuple(hi - lo + 1 for lo, hi in box))
@@ -300,7 +296,7 @@ def regroupings(nest: AccNest) -> list[tuple[Group, Group]]:
     group. The groups in the order of their first factors."""
     if any(d.extent < 1 for d in nest.dims):
         return []
-    sites = [(path, e) for path, e in _sites(nest.value) if _vars(e)]
+    sites = [(path, e) for path, e in _sites(nest.value) if ir.var_names(e)]
     if not 3 <= len(sites) <= MAX_FACTORS + 1:
         return []
     value, names = nest.value, {d.name for d in nest.dims}
@@ -312,7 +308,7 @@ def regroupings(nest: AccNest) -> list[tuple[Group, Group]]:
         if max(len(left), len(right)) < 2:
             continue
         factors = [[_at(value, p) for p in g] for g in _copies(value, (left, right))]
-        if all(set().union(*map(_vars, f)) < names
+        if all(set().union(*map(ir.var_names, f)) < names
                and not any(ld.buffer == nest.out for e in f for ld in ir.loads_of(e))
                for f in factors):
             out.append((left, right))
@@ -328,7 +324,7 @@ def _node(value: Expr, group: Group) -> Optional[tuple]:
     """The path of the outermost node of ``value``'s product whose factors that vary with the
     loops are exactly ``group`` (factors using no loop may be in it too), or None: the group
     as written, which copies bit for bit."""
-    varying = {p for p, e in _sites(value) if _vars(e)}
+    varying = {p for p, e in _sites(value) if ir.var_names(e)}
     for path, _ in _parts(value):
         inside = {p for p in varying if p[:len(path)] == path}
         if inside == set(group):
@@ -352,16 +348,16 @@ def regroup(nest: AccNest, groups: tuple[Group, Group], names: Names
     multiplied in the order written, the nest reading ``scalars * first * second``, negated
     where the product was, behind ``finite.guard`` on every load of the body, the nest as
     written in the other branch (module doc)."""
+    if not _admitted(nest, groups):
+        return None
     value = nest.value
     copied = _copies(value, groups)
     exact = _exact(value, copied)
     pair = _pair(value, groups)
-    if not exact and pair is None and not guarded_pays(nest):
-        return None
     items, temps, exprs, loads = [], [], [], {}
     for g in copied:
         # as written: the node, with the scalars and negations inside it; else the factors
-        e = _at(value, _node(value, g)) if exact else _product_of([_at(value, p) for p in g])
+        e = _at(value, _node(value, g)) if exact else ir.product([_at(value, p) for p in g])
         fill, load, temp = (_buffer_copy(nest, e, names) if len(g) == 1 else None) \
             or _copy(nest, e, names)
         items.append(fill)
@@ -374,9 +370,9 @@ def regroup(nest: AccNest, groups: tuple[Group, Group], names: Names
             new_value = _replaced(new_value, _node(value, g), loads[g])
         new = as_nest(replace(nest, value=new_value).stmt())
         return None if new is None else (items + [new], temps, tuple(exprs))
-    scalars = [e for _, e in _sites(value) if not _vars(e)]
+    scalars = [e for _, e in _sites(value) if not ir.var_names(e)]
     operands = [loads.get(g) or _at(value, g[0]) for g in groups]
-    product = _product_of(scalars + operands)
+    product = ir.product(scalars + operands)
     negations = sum(1 for _, x in _parts(value) if isinstance(x, Unary) and _product(x))
     new = as_nest(replace(nest, value=Unary("neg", product) if negations % 2 else product).stmt())
     if new is None:
@@ -394,7 +390,7 @@ def _pair(value: Expr, groups: Sequence[Group]) -> Optional[Group]:
     """The group whose product alone the guard of a regrouping checks (module doc): where the
     product has three factors, all varying with the loops, split two and one, the two; else
     None (every operand is scanned)."""
-    if any(not _vars(e) for _, e in _sites(value)):
+    if any(not ir.var_names(e) for _, e in _sites(value)):
         return None
     one, two = sorted(groups, key=len)
     return two if (len(one), len(two)) == (1, 2) else None
@@ -413,11 +409,16 @@ def guarded_pays(nest: AccNest) -> bool:
     return not any(ir.is_float(ld.dtype) for ld in loads) or all(_reused(nest, ld) for ld in loads)
 
 
+def _admitted(nest: AccNest, groups: Sequence[Group]) -> bool:
+    """Whether ``regroup-factors`` offers ``groups``: as written, behind the scan of a pair,
+    or behind a scan of every operand that can pay."""
+    return _exact(nest.value, _copies(nest.value, groups)) or _pair(nest.value, groups) is not None \
+        or guarded_pays(nest)
+
+
 def offers_regrouping(nest: AccNest) -> bool:
-    """Whether ``regroup-factors`` offers a rewrite of ``nest``: a grouping as written, or
-    one behind a guard that can pay."""
-    return any(_exact(nest.value, _copies(nest.value, groups)) or _pair(nest.value, groups)
-               or guarded_pays(nest) for groups in regroupings(nest))
+    """Whether ``regroup-factors`` offers a rewrite of ``nest`` (``_admitted``)."""
+    return any(_admitted(nest, groups) for groups in regroupings(nest))
 
 
 def _reused(nest: AccNest, load: Load) -> bool:
@@ -426,16 +427,8 @@ def _reused(nest: AccNest, load: Load) -> bool:
     operands, as much memory traffic as a nest that reads each of their elements once, a
     matrix-vector product: behind a guard, regrouping pays only where the operands are read
     again.)"""
-    used = set().union(*(_vars(i) for i in load.indices))
+    used = set().union(*(ir.var_names(i) for i in load.indices))
     return any(d.extent > 1 and d.name not in used for d in nest.dims)
-
-
-def _product_of(factors: Sequence[Expr]) -> Expr:
-    """``((f0 * f1) * f2) ...``"""
-    out = factors[0]
-    for f in factors[1:]:
-        out = Binary("*", out, f)
-    return out
 
 
 def offered(nest: AccNest, names: Names) -> list[tuple[tuple[Expr, ...], list, list[Buffer]]]:

@@ -93,7 +93,7 @@ from typing import Optional
 
 from .. import ir
 from ..affine import Affine
-from ..ir import Binary, Buffer, Const, Expr, For, Load, Stmt, Store, Unary, Var
+from ..ir import Binary, Buffer, Const, Expr, For, Load, Stmt, Store, Unary
 from ..match import affine_expr
 from ..names import Names
 from ..nests import AccNest, as_nest
@@ -134,17 +134,6 @@ def _factors(e: Expr) -> tuple[list[Expr], bool]:
     return [e], False
 
 
-def _vars(e: Expr) -> set[str]:
-    return {x.name for x in ir.walk_expr(e) if isinstance(x, Var)}
-
-
-def _product(xs) -> Expr:
-    out = None
-    for x in xs:
-        out = x if out is None else Binary("*", out, x)
-    return out
-
-
 def factored(nest: AccNest) -> Optional[Factored]:
     """``nest``'s body with its runtime scalar factors taken out (see the module doc), or
     None: no runtime scalar, nothing left to read, a non-finite constant."""
@@ -154,7 +143,7 @@ def factored(nest: AccNest) -> Optional[Factored]:
         return None
     if any(isinstance(x, Const) and ir.is_float(dt) and not math.isfinite(x.value) for x in factors):
         return None  # inf * A * B: regrouped, its infinite terms meet in other sums
-    out_vars = set().union(*(_vars(i) for i in nest.indices))
+    out_vars = set().union(*(ir.var_names(i) for i in nest.indices))
 
     def split(scalar) -> tuple[tuple, tuple]:
         taken = tuple(x for x in factors if isinstance(x, Const) or scalar(x))
@@ -164,9 +153,9 @@ def factored(nest: AccNest) -> Optional[Factored]:
     def reads(xs) -> bool:
         return any(True for x in xs for _ in ir.loads_of(x))
 
-    taken, rest = split(lambda x: isinstance(x, Load) and _vars(x) <= out_vars)
+    taken, rest = split(lambda x: isinstance(x, Load) and ir.var_names(x) <= out_vars)
     if not reads(rest):
-        taken, rest = split(lambda x: isinstance(x, Load) and not _vars(x))
+        taken, rest = split(lambda x: isinstance(x, Load) and not ir.var_names(x))
     if not reads(rest) or not any(isinstance(x, Load) for x in taken):
         return None
     return Factored(nest, taken, negative, rest)
@@ -211,16 +200,16 @@ def scale_operand(f: Factored, names: Names) -> Optional[tuple[list, list[Buffer
     operand carries every index the scalars use, or none is multiplied by the factors first
     in the product as written. The operand copied is the smallest."""
     nest = f.nest
-    need = set().union(*(_vars(x) for x in f.scalars))
+    need = set().union(*(ir.var_names(x) for x in f.scalars))
     best = None
     for k, x in enumerate(f.rest):
-        if not isinstance(x, Load) or not need <= _vars(x):
+        if not isinstance(x, Load) or not need <= ir.var_names(x):
             continue
-        scaled = _product(f.scale(x) if j == k else y for j, y in enumerate(f.rest))
+        scaled = ir.product(f.scale(x) if j == k else y for j, y in enumerate(f.rest))
         if not same_grouping(scaled, nest.value):
             continue  # the copy would regroup the product (module docstring)
         # the copy's axes: the dims the operand uses, in the order its indices name them
-        order = [d for i in x.indices for v in sorted(_vars(i)) for d in nest.dims if d.name == v]
+        order = [d for i in x.indices for v in sorted(ir.var_names(i)) for d in nest.dims if d.name == v]
         dims = list(dict.fromkeys(order))
         size = math.prod(d.extent for d in dims)
         if best is None or size < best[0]:
@@ -232,7 +221,7 @@ def scale_operand(f: Factored, names: Names) -> Optional[tuple[list, list[Buffer
     shape, idx = _box(dims)
     copy = Buffer(names.numbered("sc_P"), nest.out.dtype, shape)
     fill = _loops(dims, Store(copy, idx, f.scale(x)))
-    value = _product(Load(copy, idx) if j == k else y for j, y in enumerate(f.rest))
+    value = ir.product(Load(copy, idx) if j == k else y for j, y in enumerate(f.rest))
     new = as_nest(_loops(nest.dims, ir.Accumulate(nest.out, nest.indices, value)))
     if new is None:
         return None
@@ -243,36 +232,63 @@ def scale_operand(f: Factored, names: Names) -> Optional[tuple[list, list[Buffer
 # scale-temporary
 
 
-def scale_temporary(f: Factored, names: Names) -> Optional[tuple[list, list[Buffer]]]:
-    """The items of ``scale-temporary`` for ``f`` (behind ``finite.guard`` on float scalars)
-    and the temporaries they use, or None when the nest has no reduction loop (the
-    temporary would be as large as the nest: ``scale-operand`` is the rewrite for that)."""
-    nest = f.nest
-    out_vars = set().union(*(_vars(i) for i in nest.indices))
+@dataclass(frozen=True)
+class _Summed:
+    """``nest``'s terms summed into a fresh temporary ``temp`` over the dims the output's
+    indices use (``outer``, read at ``idx``): its zero fill and the accumulate nest."""
+
+    temp: Buffer
+    idx: tuple[Expr, ...]
+    outer: list
+    zero: Stmt
+    inner: AccNest
+
+    def then(self, nest: AccNest, value: Expr) -> Optional[AccNest]:
+        """The pass over ``outer`` adding ``value`` (which reads the temporary) into ``nest``'s
+        output, or None when that is no accumulate nest."""
+        return as_nest(_loops(self.outer, ir.Accumulate(nest.out, nest.indices, value)))
+
+
+def _summed(nest: AccNest, terms: Expr, names: Names) -> Optional[_Summed]:
+    """``terms`` summed as ``nest`` sums its body, into ``sc_T`` over the dims the output's
+    indices use: each element holds the terms of one point of those loops (the others are
+    the reduction). None when the nest has no reduction loop (the temporary would be as
+    large as the nest) or the sum is no accumulate nest."""
+    out_vars = set().union(*(ir.var_names(i) for i in nest.indices))
     outer = [d for d in nest.dims if d.name in out_vars]
     if len(outer) == len(nest.dims):
         return None
     dt = nest.out.dtype
     shape, idx = _box(outer)
     temp = Buffer(names.numbered("sc_T"), dt, shape)
-    allocs = [temp]
-    zero = _loops(outer, Store(temp, idx, Const(0, dt)))
-    inner = as_nest(_loops(nest.dims, ir.Accumulate(temp, idx, _product(f.rest))))
+    inner = as_nest(_loops(nest.dims, ir.Accumulate(temp, idx, terms)))
     if inner is None:
         return None
-    fast: list = [zero]
+    return _Summed(temp, idx, outer, _loops(outer, Store(temp, idx, Const(0, dt))), inner)
+
+
+def scale_temporary(f: Factored, names: Names) -> Optional[tuple[list, list[Buffer]]]:
+    """The items of ``scale-temporary`` for ``f`` (behind ``finite.guard`` on float scalars)
+    and the temporaries they use, or None when the nest has no reduction loop (the
+    temporary would be as large as the nest: ``scale-operand`` is the rewrite for that)."""
+    nest = f.nest
+    summed = _summed(nest, ir.product(f.rest), names)
+    if summed is None:
+        return None
+    temp, idx, dt = summed.temp, summed.idx, nest.out.dtype
+    allocs = [temp]
+    fast: list = [summed.zero]
     scale = f.scale()
-    if not isinstance(scale, Load) and not any(_vars(x) for x in f.scalars):
+    if not isinstance(scale, Load) and not any(ir.var_names(x) for x in f.scalars):
         s = Buffer(names.numbered("sc_S"), dt, (1,))
         allocs.append(s)
         at = (Const(0, ir.INDEX),)
         fast.append(Store(s, at, scale))
         scale = Load(s, at)
-    last = as_nest(_loops(outer, ir.Accumulate(nest.out, nest.indices,
-                                               Binary("*", scale, Load(temp, idx)))))
+    last = summed.then(nest, Binary("*", scale, Load(temp, idx)))
     if last is None:
         return None
-    fast += [inner, last]
+    fast += [summed.inner, last]
     # s * sum(t) moves NaN/Inf where s is not finite, and where the product as written
     # applies s to an operand first ((s * A) * B: s * A may underflow to 0 before B's Inf):
     # only on finite scalars and operands (finite.py)
@@ -295,11 +311,11 @@ def divided(nest: AccNest) -> Optional[tuple[Expr, Expr, bool]]:
     if not (isinstance(value, Binary) and value.op == "/" and ir.is_float(value.dtype)):
         return None
     p, d = value.a, value.b
-    out_vars = set().union(*(_vars(i) for i in nest.indices))
+    out_vars = set().union(*(ir.var_names(i) for i in nest.indices))
     if isinstance(d, Const):
         if not math.isfinite(d.value) or d.value == 0:
             return None
-    elif not isinstance(d, Load) or not _vars(d) <= out_vars:
+    elif not isinstance(d, Load) or not ir.var_names(d) <= out_vars:
         return None
     if not any(True for _ in ir.loads_of(p)):
         return None
@@ -321,22 +337,15 @@ def divide_temporary(nest: AccNest, names: Names) -> Optional[tuple[list, list[B
     if found is None:
         return None
     p, d, negative = found
-    out_vars = set().union(*(_vars(i) for i in nest.indices))
-    outer = [x for x in nest.dims if x.name in out_vars]
-    if len(outer) == len(nest.dims):
+    summed = _summed(nest, p, names)
+    if summed is None:
         return None
-    dt = nest.out.dtype
-    shape, idx = _box(outer)
-    temp = Buffer(names.numbered("sc_T"), dt, shape)
-    allocs = [temp]
-    zero = _loops(outer, Store(temp, idx, Const(0.0, dt)))
-    inner = as_nest(_loops(nest.dims, ir.Accumulate(temp, idx, p)))
-    quotient: Expr = Binary("/", Load(temp, idx), d)
-    last = as_nest(_loops(outer, ir.Accumulate(nest.out, nest.indices,
-                                               Unary("neg", quotient) if negative else quotient)))
-    if inner is None or last is None:
+    allocs = [summed.temp]
+    quotient: Expr = Binary("/", Load(summed.temp, summed.idx), d)
+    last = summed.then(nest, Unary("neg", quotient) if negative else quotient)
+    if last is None:
         return None
-    fast = [zero, inner, last]
+    fast = [summed.zero, summed.inner, last]
     if isinstance(d, Const):
         return fast, allocs
     return finite.nonzero_guard(nest, d, fast, [nest], names, allocs), allocs
