@@ -1,0 +1,202 @@
+"""distribute: products of integer sums multiplied out, and sums that do not move with an
+output loop computed once.
+
+Quantized inference subtracts zero points before it multiplies (ONNX ``MatMulInteger`` with
+``a_zero_point`` and ``b_zero_point``, gemmlowp, TFLite's asymmetric int8)::
+
+    for i, j, k in grid(M, N, K):
+        C[i, j] += (i32(A[i, k]) - za[0]) * (i32(B[k, j]) - zb[0])
+
+No int8 row matches that body: its operands are differences, not the bytes the row widens.
+Multiplied out, the sum is the product of the bytes and three cheap corrections, which is
+how those libraries compute it::
+
+    sum_k (a - za)(b - zb) = sum_k a b  -  zb sum_k a  -  za sum_k b  +  sum_k za zb
+
+distribute-product
+    An accumulation over an integer dtype whose body is a product (through ``*`` and
+    negation) with a sum or difference among its factors is one accumulation per term of the
+    product multiplied out (at most ``MAX_TERMS`` terms). Each term then goes its own way:
+    ``a * b`` to the int8 tiles, the others through ``sum-once`` below, their sums added in
+    one pass over the output (``C[i, j] += H0[i] + H1[j] + H2[0]``). Sound because the
+    integers of one dtype with wrap-around ``+``, ``-`` and ``*`` are a commutative ring
+    (integers modulo 2^bits): distributivity and the regrouping of the sum are exact, bit for
+    bit, whatever overflows. Only ``+``, ``-``, ``*`` and negation in the body's own dtype are
+    multiplied out; a cast (``i32(A[i, k] - 3)`` subtracts in ``u8``, wrapping at 256, before
+    it widens) and every other operation are atoms. Floats are left alone: multiplied out,
+    ``(a - za) * b`` cancels catastrophically where ``a`` is close to ``za``.
+
+sum-once
+    An accumulation whose term does not use one of the loops the output's indices use, and
+    that has a reduction loop, adds the same sum once per value of that output loop::
+
+        for i, j, k in grid(M, N, K):             for i in range(M):
+            C[i, j] += zb[0] * A[i, k]                  sd_H_0[i] = 0
+                                            ->    for i, k in grid(M, K):
+                                                      sd_H_0[i] += zb[0] * A[i, k]
+                                                  for i, j in grid(M, N):
+                                                      C[i, j] += sd_H_0[i]
+
+    The temporary has one element per point of the output loops the term uses; each sums the
+    terms of every reduction loop, in their order. For each point of the output loops the
+    nest adds, into the element the output's indices name there, the terms of every
+    reduction point; the rewrite adds their sum, read from the element of the points the
+    term depends on. The same terms reach the same elements, grouped: exact on wrap-around
+    integers, a reassociation on floats (a NaN or an infinity among the terms reaches the
+    element either way; only an intermediate overflow can move one, the licence of any
+    reassociation). The temporary is fresh and the term reads neither it nor the output
+    (``nests.as_nest``), so the order of the two passes changes nothing else. A term that
+    uses every output loop, or a nest without a reduction loop, has nothing to share.
+
+Both are ``sites`` rewrites (``choose.py``): the cost model keeps them where they cost less
+than the nest as written, and their nests are rewritten again by the other families (the
+corrections' scalars by ``scalar-factor``, for example).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .. import ir
+from ..ir import Binary, Buffer, Const, Expr, Load, Stmt, Store, Unary
+from ..names import Names
+from ..nests import AccNest, as_nest
+from .scalars import _box, _loops
+from .sums import _neg
+
+# Terms of a product multiplied out, at most: two differences multiplied make four.
+MAX_TERMS = 8
+
+
+def multiplied_out(e: Expr, dtype: str) -> list[Expr]:
+    """The terms of ``e`` with its products of sums multiplied out, over ``+``, ``-``, ``*``
+    and negation in ``dtype`` (everything else an atom); the terms add up to ``e`` on
+    wrap-around integers."""
+    if isinstance(e, Binary) and e.dtype == dtype and e.op in "+-":
+        right = multiplied_out(e.b, dtype)
+        return multiplied_out(e.a, dtype) + (right if e.op == "+" else [_neg(t) for t in right])
+    if isinstance(e, Unary) and e.op == "neg":
+        return [_neg(t) for t in multiplied_out(e.a, dtype)]
+    if isinstance(e, Binary) and e.dtype == dtype and e.op == "*":
+        left, right = multiplied_out(e.a, dtype), multiplied_out(e.b, dtype)
+        if len(left) * len(right) > MAX_TERMS:
+            return [e]
+        return [_signed_product(x, y) for x in left for y in right]
+    return [e]
+
+
+def _signed_product(x: Expr, y: Expr) -> Expr:
+    """``x * y`` with the negations of both factors taken in front (exact on integers)."""
+    negative = False
+    while isinstance(x, Unary) and x.op == "neg":
+        x, negative = x.a, not negative
+    while isinstance(y, Unary) and y.op == "neg":
+        y, negative = y.a, not negative
+    p: Expr = Binary("*", x, y)
+    return Unary("neg", p) if negative else p
+
+
+def distributed(nest: AccNest) -> Optional[list[Expr]]:
+    """The terms of ``nest``'s integer body multiplied out, or None where it is no product
+    with a sum among its factors, or would have more than ``MAX_TERMS`` terms."""
+    dt = nest.out.dtype
+    if not ir.is_int(dt) or nest.value.dtype != dt:
+        return None
+    value = nest.value
+    while isinstance(value, Unary) and value.op == "neg":
+        value = value.a
+    if not (isinstance(value, Binary) and value.op == "*"):
+        return None  # a sum is split-sum's; a lone load has nothing to multiply out
+    parts = multiplied_out(nest.value, dt)
+    if len(parts) < 2 or len(parts) > MAX_TERMS:
+        return None
+    return parts
+
+
+@dataclass(frozen=True)
+class _Once:
+    """A term summed once: ``temp``'s zero fill and accumulate nest (``fill``), and the value
+    each point of the output loops adds (``read``, a load of ``temp``)."""
+
+    fill: list
+    read: Expr
+    temp: Buffer
+
+
+def _once(nest: AccNest, names: Names) -> Optional[_Once]:
+    out_vars = set().union(*(ir.var_names(i) for i in nest.indices))
+    outer = [d for d in nest.dims if d.name in out_vars]
+    if len(outer) == len(nest.dims):
+        return None
+    used = ir.var_names(nest.value)
+    kept = [d for d in outer if d.name in used]
+    if len(kept) == len(outer):
+        return None
+    dt = nest.out.dtype
+    if kept:
+        shape, idx = _box(kept)
+    else:
+        shape, idx = (1,), (Const(0, ir.INDEX),)
+    temp = Buffer(names.numbered("sd_H"), dt, shape)
+    zero: Stmt = _loops(kept, Store(temp, idx, Const(0, dt)))
+    dims = [d for d in nest.dims if d.name in used or d.name not in out_vars]
+    inner = as_nest(_loops(dims, ir.Accumulate(temp, idx, nest.value)))
+    if inner is None:
+        return None
+    return _Once([zero, inner], Load(temp, idx), temp)
+
+
+def _added(nest: AccNest, values: list[Expr]) -> Optional[AccNest]:
+    """One pass over ``nest``'s output loops adding the sum of ``values`` (each read at every
+    point of them) into its output."""
+    out_vars = set().union(*(ir.var_names(i) for i in nest.indices))
+    outer = [d for d in nest.dims if d.name in out_vars]
+    total = values[0]
+    for v in values[1:]:
+        total = Binary("+", total, v)
+    return as_nest(_loops(outer, ir.Accumulate(nest.out, nest.indices, total)))
+
+
+def summed_once(nest: AccNest, names: Names) -> Optional[tuple[list, list[Buffer]]]:
+    """``sum-once``'s items for ``nest`` and its temporary, or None where every output loop
+    is used by the term or the nest has no reduction loop."""
+    once = _once(nest, names)
+    last = None if once is None else _added(nest, [once.read])
+    if once is None or last is None:
+        return None
+    return once.fill + [last], [once.temp]
+
+
+def multiplied(nest: AccNest, names: Names) -> Optional[tuple[list, list[Buffer]]]:
+    """``distribute-product``'s items for ``nest`` and their temporaries, or None: the terms
+    each summed in their own nest, those that skip an output loop summed once and added in
+    one pass over the output (their sum regrouped: exact, the terms being integers)."""
+    parts = distributed(nest)
+    if parts is None:
+        return None
+    items: list = []
+    onces: list[_Once] = []
+    for term in parts:
+        alone = AccNest(nest.dims, nest.out, nest.indices, term)
+        once = _once(alone, names)
+        if once is None:
+            items.append(alone)
+        else:
+            onces.append(once)
+    if onces:
+        last = _added(nest, [o.read for o in onces])
+        if last is None:
+            return None
+        items += [x for o in onces for x in o.fill] + [last]
+    return items, [o.temp for o in onces]
+
+
+def rewrites(item, search) -> list:
+    """A nest over integers whose product multiplies sums, each term its own nest (each
+    summed once where it can be), and a nest whose term skips an output loop, summed once
+    (the ``sites`` hook, ``choose.py``)."""
+    if not isinstance(item, AccNest):
+        return []
+    found = [multiplied(item, search.names), summed_once(item, search.names)]
+    return [x for x in found if x is not None]
