@@ -48,3 +48,16 @@ def qdense_u8i8_256(A: u8[256, 256], B: i8[256, 256], C: i32[256, 256]):
         C[i, j] = 0
         for k in range(256):
             C[i, j] += i32(A[i, k]) * i32(B[k, j])
+
+
+@prim_func
+def qdense_zero_points(A: u8[64, 256], B: i8[256, 256], za: u8[1], zb: i8[1], C: i32[64, 256]):
+    """Asymmetric int8 dense layer, ONNX ``MatMulInteger`` with both zero points (TFLite's
+    asymmetric activations, gemmlowp): each byte less its tensor's zero point, the products
+    summed exactly in int32. Multiplied out (rules/distribute.py), the bytes' product runs on
+    the int8 tiles and the zero points become a row sum, a column sum and a constant.
+    4.2 M multiply-adds."""
+    for i, j in grid(64, 256):
+        C[i, j] = 0
+        for k in range(256):
+            C[i, j] += (i32(A[i, k]) - i32(za[0])) * (i32(B[k, j]) - i32(zb[0]))

@@ -265,6 +265,8 @@ def _tbl():
     for name in ("qdense_u8i8", "qdense_u8i8_256"):
         add(name, 0, lambda a: {"C": int_matmul(a["A"], a["B"])})
     add("qdense_u8i8_nt", 0, lambda a: {"C": int_matmul(a["A"], a["B"].T)})
+    add("qdense_zero_points", 0, lambda a: {"C": int_matmul(a["A"].astype(np.int64) - a["za"][0],
+                                                          a["B"].astype(np.int64) - a["zb"][0])})
     # fusion.py: producers materialised into temporaries (their effect on the inputs too)
     add("qdense_widened", 0, lambda a: {"C": int_matmul(a["A"], a["B"])})
     add("gemm_prescaled", 256, lambda a: {"C": (0.5 * f64(a["A"])) @ f64(a["B"])})

@@ -94,6 +94,8 @@ HOST_COVERED = {
     "gemm_f16_f32acc", "gemm_f16_f32acc_nt",
     # scaled_products.py: a scale between two operands copied into one (regroup-factors)
     "rmsnorm_linear", "svd_reconstruct", "ldlt_update",
+    # quantized.py: zero points multiplied out (distribute-product)
+    "qdense_zero_points",
 }
 # No multiply-accumulate of a host intrinsic's dtypes: normalisation, softmax, pooling, scans,
 # tropical products, elementwise chains.
