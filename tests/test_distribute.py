@@ -67,22 +67,45 @@ def test_a_product_with_two_zero_points_is_the_byte_product_and_three_correction
     func, nest = _nest(_qmm("(i32(A[i, k]) - za[0]) * (i32(B[k, j]) - zb[0])"))
     ((items, temps),) = _rewrites(func, nest)
     assert [(t.name, t.shape) for t in temps] == [("sd_H_0", (4,)), ("sd_H_1", (5,)), ("sd_H_2", (1,))]
+    # the zero points come out of the sums (integers), the constant term is K times itself,
+    # and the corrections are added in one pass
     assert _lines(func, items, temps) == [
         "    for i, j, k in grid(4, 5, 6):",
         "        C[i, j] += i32(A[i, k]) * i32(B[k, j])",
         "    for i in range(4):",
         "        sd_H_0[i] = 0",
         "    for i, k in grid(4, 6):",
-        "        sd_H_0[i] += -(i32(A[i, k]) * zb[0])",
+        "        sd_H_0[i] += i32(A[i, k])",
+        "    for i in range(4):",
+        "        sd_H_0[i] = -(zb[0] * sd_H_0[i])",
         "    for j in range(5):",
         "        sd_H_1[j] = 0",
         "    for j, k in grid(5, 6):",
-        "        sd_H_1[j] += -(za[0] * i32(B[k, j]))",
-        "    sd_H_2[0] = 0",
-        "    for k in range(6):",
-        "        sd_H_2[0] += za[0] * zb[0]",
+        "        sd_H_1[j] += i32(B[k, j])",
+        "    for j in range(5):",
+        "        sd_H_1[j] = -(za[0] * sd_H_1[j])",
+        "    sd_H_2[0] = 6 * za[0] * zb[0]",
         "    for i, j in grid(4, 5):",
         "        C[i, j] += sd_H_0[i] + sd_H_1[j] + sd_H_2[0]"]
+
+
+def test_a_zero_point_per_column_is_multiplied_in_the_pass_over_the_output():
+    func, nest = _nest(_qmm("i32(A[i, k]) * (i32(B[k, j]) - zc[j])").replace("zb: i32[1]", "zc: i32[5]"))
+    ((items, temps),) = _rewrites(func, nest)
+    assert _lines(func, items, temps)[-4:] == [
+        "    for i, k in grid(4, 6):",
+        "        sd_H_0[i] += i32(A[i, k])",
+        "    for i, j in grid(4, 5):",
+        "        C[i, j] += -(zc[j] * sd_H_0[i])"]
+
+
+def test_a_term_repeated_more_times_than_the_dtype_holds_is_multiplied_by_the_count_wrapped():
+    src = _qmm("(i32(A[i, k]) + za[0]) * 3").replace("grid(4, 5, 6)", "grid(4, 5, 6, 65536, 65537)") \
+        .replace("for i, j, k in", "for i, j, k, p, q in")
+    func, nest = _nest(src)
+    ((items, temps), _) = _rewrites(func, nest)
+    count = (6 * 65536 * 65537 + 2**31) % 2**32 - 2**31  # 6 * 65536 * 65537 wrapped to i32
+    assert f"    sd_H_1[0] = {count} * za[0] * 3" in _lines(func, items, temps)
 
 
 @pytest.mark.parametrize("value, terms", [

@@ -60,6 +60,15 @@ def q(A: u8[6, 8], B: i8[8, 5], C: i32[6, 5]):
             C[i, j] += i32(A[i, k]) * i32(B[k, j])
 """
 
+MATMUL_ZERO_POINTS = """
+@prim_func
+def qz(A: u8[6, 8], B: i8[8, 5], za: u8[1], zb: i8[1], C: i32[6, 5]):
+    for i, j in grid(6, 5):
+        C[i, j] = 0
+        for k in range(8):
+            C[i, j] += (i32(A[i, k]) - i32(za[0])) * (i32(B[k, j]) - i32(zb[0]))
+"""
+
 
 def _evaluate(model: onnx_peer.Model) -> np.ndarray:
     """The model's output by ONNX's definitions of its operators, in numpy."""
@@ -68,7 +77,10 @@ def _evaluate(model: onnx_peer.Model) -> np.ndarray:
         x = [values[n] for n in ins]
         if op in ("MatMul", "MatMulInteger"):
             wide = np.float64 if op == "MatMul" else np.int64
-            values[out] = np.matmul(x[0].astype(wide), x[1].astype(wide))
+            a, b = x[0].astype(wide), x[1].astype(wide)
+            if len(x) == 4:  # MatMulInteger's zero points, one for each tensor
+                a, b = a - x[2].astype(wide), b - x[3].astype(wide)
+            values[out] = np.matmul(a, b)
         elif op == "Add":
             values[out] = x[0] + x[1]
         elif op == "Relu":
@@ -128,6 +140,16 @@ def test_products_keep_their_operators():
     np.testing.assert_array_equal(_evaluate(model), run(func, **args)["C"])
 
 
+def test_a_product_with_zero_points_is_matmulinteger_with_them():
+    func, args, model = _read(MATMUL_ZERO_POINTS)
+    ((op, ins, _, _),) = model.nodes
+    assert op == "MatMulInteger" and len(ins) == 4
+    np.testing.assert_array_equal(_evaluate(model), run(func, **args)["C"])
+    # zero points of the wrong tensors' dtypes, or on one side only: no such operator
+    assert _read(MATMUL_ZERO_POINTS.replace("i32(zb[0])", "i32(za[0])"))[2] is None
+    assert _read(MATMUL_ZERO_POINTS.replace(" - i32(zb[0])", ""))[2] is None
+
+
 @pytest.mark.parametrize("src", [
     # a depthwise convolution: the weights do not run over the input channels
     _conv().replace("W: f32[3, 3, 5, 6]", "W: f32[3, 3, 6]").replace("Y: f32[1, 9, 8, 6]", "Y: f32[1, 9, 8, 5]")
@@ -152,7 +174,7 @@ def test_what_is_no_such_layer_gets_no_model(src):
 def test_onnxruntime_runs_each_layer_and_agrees_with_our_kernel():
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    for src, out in ((_conv(s=2, top=2), "Y"), (DENSE, "Y"), (MATMUL_INT8, "C")):
+    for src, out in ((_conv(s=2, top=2), "Y"), (DENSE, "Y"), (MATMUL_INT8, "C"), (MATMUL_ZERO_POINTS, "C")):
         func = parse(src)
         kernel = runtime.compile(func, threads=1)
         call = bench.onnxruntime_counterpart(func, kernel, threads=1)

@@ -55,14 +55,15 @@ corrections' scalars by ``scalar-factor``, for example).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
 from .. import ir
-from ..ir import Binary, Buffer, Const, Expr, Load, Stmt, Store, Unary
+from ..ir import Binary, Buffer, Const, Expr, Load, Store, Unary
 from ..names import Names
 from ..nests import AccNest, as_nest
-from .scalars import _box, _loops
+from .scalars import _box, _factors, _loops
 from .sums import _neg
 
 # Terms of a product multiplied out, at most: two differences multiplied make four.
@@ -116,35 +117,78 @@ def distributed(nest: AccNest) -> Optional[list[Expr]]:
 
 @dataclass(frozen=True)
 class _Once:
-    """A term summed once: ``temp``'s zero fill and accumulate nest (``fill``), and the value
-    each point of the output loops adds (``read``, a load of ``temp``)."""
+    """A term summed once: the temporaries' zero fills and accumulate nests (``fill``), and
+    the value each point of the output loops adds (``read``)."""
 
     fill: list
     read: Expr
-    temp: Buffer
+    temps: list
 
 
 def _once(nest: AccNest, names: Names) -> Optional[_Once]:
+    """``nest``'s term summed once over the output loops it uses (on integers, the sum of its
+    factors that move along the reduction, the others multiplied in afterwards), or None where
+    that sum uses every output loop or the nest has no reduction loop."""
     out_vars = set().union(*(ir.var_names(i) for i in nest.indices))
     outer = [d for d in nest.dims if d.name in out_vars]
     if len(outer) == len(nest.dims):
         return None
-    used = ir.var_names(nest.value)
-    kept = [d for d in outer if d.name in used]
+    dt = nest.out.dtype
+    reduction = [d for d in nest.dims if d.name not in out_vars]
+    summed, scale, negative = nest.value, [], False
+    if ir.is_int(dt):
+        factors, negative = _factors(nest.value)
+        if any(x.dtype != dt for x in factors):
+            factors, negative = [nest.value], False
+        moving = {d.name for d in reduction}
+        inner = [x for x in factors if ir.var_names(x) & moving]
+        scale = [x for x in factors if not ir.var_names(x) & moving]
+        if not inner:  # the same term at every reduction point: that many times the term
+            count = math.prod(d.extent for d in reduction)
+            return _scaled_read([_wrapped(count, dt)] + scale, negative, outer, dt, names)
+        summed = ir.product(inner)
+    kept = [d for d in outer if d.name in ir.var_names(summed)]
     if len(kept) == len(outer):
         return None
-    dt = nest.out.dtype
-    if kept:
-        shape, idx = _box(kept)
-    else:
-        shape, idx = (1,), (Const(0, ir.INDEX),)
+    shape, idx = _box(kept) if kept else ((1,), (Const(0, ir.INDEX),))
     temp = Buffer(names.numbered("sd_H"), dt, shape)
-    zero: Stmt = _loops(kept, Store(temp, idx, Const(0, dt)))
-    dims = [d for d in nest.dims if d.name in used or d.name not in out_vars]
-    inner = as_nest(_loops(dims, ir.Accumulate(temp, idx, nest.value)))
-    if inner is None:
+    fill: list = [_loops(kept, Store(temp, idx, Const(0, dt)))]
+    nest_once = as_nest(_loops(kept + reduction, ir.Accumulate(temp, idx, summed)))
+    if nest_once is None:
         return None
-    return _Once([zero, inner], Load(temp, idx), temp)
+    fill.append(nest_once)
+    read: Expr = Load(temp, idx)
+    if scale and set().union(*map(ir.var_names, scale)) <= {d.name for d in kept}:
+        # scaled in place, once an element, so that the pass over the output only adds
+        fill.append(_loops(kept, Store(temp, idx, _signed(ir.product(scale + [read]), negative))))
+    elif scale or negative:
+        read = _signed(ir.product(scale + [read]), negative)
+    return _Once(fill, read, [temp])
+
+
+def _scaled_read(factors: list, negative: bool, outer: list, dt: str, names: Names) -> _Once:
+    """The product of ``factors`` (signed) computed into a temporary over the output loops
+    they use, read at every point of ``outer``; computed where it is read when they use
+    every output loop."""
+    value = _signed(ir.product(factors), negative)
+    used = set().union(*map(ir.var_names, factors))
+    kept = [d for d in outer if d.name in used]
+    if len(kept) == len(outer):
+        return _Once([], value, [])
+    shape, idx = _box(kept) if kept else ((1,), (Const(0, ir.INDEX),))
+    temp = Buffer(names.numbered("sd_H"), dt, shape)
+    return _Once([_loops(kept, Store(temp, idx, value))], Load(temp, idx), [temp])
+
+
+def _signed(e: Expr, negative: bool) -> Expr:
+    return Unary("neg", e) if negative else e
+
+
+def _wrapped(count: int, dtype: str) -> Const:
+    """``count`` as a constant of the integer ``dtype``, wrapped into its range (the same
+    element of the ring)."""
+    lo, hi = ir.int_range(dtype)
+    return Const((count - lo) % (hi - lo + 1) + lo, dtype)
 
 
 def _added(nest: AccNest, values: list[Expr]) -> Optional[AccNest]:
@@ -165,7 +209,7 @@ def summed_once(nest: AccNest, names: Names) -> Optional[tuple[list, list[Buffer
     last = None if once is None else _added(nest, [once.read])
     if once is None or last is None:
         return None
-    return once.fill + [last], [once.temp]
+    return once.fill + [last], once.temps
 
 
 def multiplied(nest: AccNest, names: Names) -> Optional[tuple[list, list[Buffer]]]:
@@ -189,7 +233,7 @@ def multiplied(nest: AccNest, names: Names) -> Optional[tuple[list, list[Buffer]
         if last is None:
             return None
         items += [x for o in onces for x in o.fill] + [last]
-    return items, [o.temp for o in onces]
+    return items, [t for o in onces for t in o.temps]
 
 
 def rewrites(item, search) -> list:

@@ -2,7 +2,8 @@
 layers ONNX Runtime has an operator for, built as a one-layer model.
 
 - a (batched) matrix product: ``MatMul`` for f32, ``MatMulInteger`` for u8 x i8 -> i32, plus
-  ``Add`` when the product accumulates into the output;
+  ``Add`` when the product accumulates into the output; ``MatMulInteger`` with its zero
+  points for ``(i32(A) - i32(za[0])) * (i32(B) - i32(zb[0]))``, ``za`` u8 and ``zb`` i8;
 - a dense layer: an f32 product into a temporary, then ``Y[i, j] = C[i, j] + bias[j]``,
   optionally under ``max(..., 0.0)``: ``MatMul``, ``Add``, ``Relu``;
 - a 2-D convolution in NHWC with HWIO weights, read through a zero-padded copy of its input or
@@ -17,14 +18,14 @@ figure for different work.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import numpy as np
 
 from .. import ir
 from ..affine import affine
-from ..ir import Accumulate, Binary, Const, Load, PrimFunc, Store, Var
+from ..ir import Accumulate, Binary, Cast, Const, Load, PrimFunc, Store, Var
 from .bench import ProductDims, contraction, zeroes
 
 
@@ -82,7 +83,7 @@ def differing(call, ours: np.ndarray) -> int:
 
 def layer(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Model]:
     """The model of ``func``'s layer, or None."""
-    return _product(func, args) or _dense(func, args) or _conv2d(func, args)
+    return _product(func, args) or _zero_points(func, args) or _dense(func, args) or _conv2d(func, args)
 
 
 # ---------------------------------------------------------------------------
@@ -111,6 +112,40 @@ def _product(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Model]:
         feeds["C"] = np.array(args[c.out], copy=True)
         nodes.append(_node("Add", ["C", "P"], ["Z"]))
     return Model(nodes, feeds, c.out, tuple(args[c.out].shape), out_type)
+
+
+def _zero_points(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Model]:
+    """``MatMulInteger`` with both zero points: the product of the bytes read by ``_product``
+    from the function with its zero points taken out, their tensors added as the operator's
+    third and fourth inputs (scalars: one zero point per tensor)."""
+    accs = [s for s, _ in ir.walk_in_loops(func.body) if isinstance(s, Accumulate)]
+    if len(accs) != 1:
+        return None
+    (acc,) = accs
+    value = acc.value
+    if not (isinstance(value, Binary) and value.op == "*"):
+        return None
+    sides = []
+    for side in (value.a, value.b):
+        if not (isinstance(side, Binary) and side.op == "-"):
+            return None
+        x, z = side.a, side.b
+        if not (isinstance(x, Cast) and isinstance(x.a, Load) and isinstance(z, Cast)
+                and isinstance(z.a, Load) and z.a.buffer.shape == (1,) and z.a.buffer in func.inputs
+                and x.a.buffer.dtype == z.a.buffer.dtype):
+            return None
+        sides.append((x, z.a.buffer.name))
+    zeros = {name for _, name in sides}
+    bare = Accumulate(acc.buffer, acc.indices, Binary("*", sides[0][0], sides[1][0]))
+    params = tuple(p for p in func.params if p.name not in zeros)
+    stripped = PrimFunc(func.name, params, ir.map_stmt(func.body, lambda s: bare if s == acc else s),
+                        func.allocs)
+    inner = _product(stripped, args)
+    if inner is None or inner.nodes[0][0] != "MatMulInteger":
+        return None
+    feeds = {**inner.feeds, "XZ": np.array(args[sides[0][1]][0]), "YZ": np.array(args[sides[1][1]][0])}
+    op, ins, outs, attributes = inner.nodes[0]
+    return replace(inner, nodes=[(op, ins + ["XZ", "YZ"], outs, attributes)] + inner.nodes[1:], feeds=feeds)
 
 
 # ---------------------------------------------------------------------------
