@@ -205,7 +205,7 @@ _ATOMS = {
 def zero_point_products(draw):
     """A product of two or three factors, each an atom or a sum or difference of two (maybe
     negated; one at least a sum), over i32 or i16, with runtime zero points along every kind
-    of loop."""
+    of loop, the bytes ``A`` and ``B`` of either signedness (shift-bytes where they agree)."""
     dt = draw(st.sampled_from(["i32", "i16"]))
     atoms = _ATOMS[dt]
 
@@ -218,9 +218,10 @@ def zero_point_products(draw):
     factors = [factor(True)] + [factor() for _ in range(draw(st.integers(1, 2)))]
     body = " * ".join(draw(st.permutations(factors)))
     m, k, n = (draw(st.integers(1, 4)) for _ in range(3))
+    a, b = draw(st.sampled_from([("u8", "i8"), ("i8", "i8"), ("u8", "u8")]))
     return f'''
 @prim_func
-def f(A: u8[{m}, {k}], B: i8[{k}, {n}], za: i32[1], zb: i32[{n}], zr: i32[{m}], zk: i32[{k}],
+def f(A: {a}[{m}, {k}], B: {b}[{k}, {n}], za: i32[1], zb: i32[{n}], zr: i32[{m}], zk: i32[{k}],
       C: {dt}[{m}, {n}]):
     for i, j, k in grid({m}, {n}, {k}):
         C[i, j] += {body}
@@ -266,6 +267,56 @@ def f(A: f32[3, 4], x: f32[4], C: f32[3, 2]):
     np.testing.assert_array_equal(got, want)
 
 
+def _extremes(func: ir.PrimFunc, seed: int) -> dict:
+    """Every parameter drawn from its dtype's least and greatest values and a few between."""
+    rng = np.random.default_rng(seed)
+    args = {}
+    for p in func.params:
+        dt = np.dtype(ir.numpy_dtype(p.dtype))
+        info = np.iinfo(dt)
+        args[p.name] = rng.choice(np.array([info.min, info.min + 1, -1 if info.min else 1, 0,
+                                            info.max - 1, info.max], dtype=dt), p.shape)
+    return args
+
+
+@pytest.mark.parametrize("a, b, copy, read", [
+    ("i8", "i8", "ho_P_0[i, k] = u8(i32(A[i, k]) + 128)", "i32(ho_P_0[i, k]) * i32(B[k, j])"),
+    ("u8", "u8", "ho_P_0[i, k] = i8(i32(A[i, k]) - 128)", "i32(ho_P_0[i, k]) * i32(B[k, j])"),
+])
+def test_bytes_of_one_signedness_are_shifted_into_the_other_and_the_shift_taken_back(a, b, copy, read):
+    src = _qmm("i32(A[i, k]) * i32(B[k, j])").replace("A: u8", f"A: {a}").replace("B: i8", f"B: {b}")
+    func, nest = _nest(src)
+    assert [x for _, x in distribute.byte_factors(nest)] == [ir.Cast("i32", ld) for ld in ir.loads_of(nest.value)]
+    path, factor = distribute.byte_factors(nest)[0]
+    items, temps = distribute.shifted(nest, path, factor, Names.of(func))
+    lines = _lines(func, items, temps)
+    assert lines[1] == "        " + copy
+    assert "        C[i, j] += " + read in lines
+    assert [t.dtype for t in temps][0] == ("u8" if a == "i8" else "i8")
+    # on the dtypes' extremes (x + 128 and x - 128 at the ends of the 8-bit ranges), bit for bit
+    for seed in range(3):
+        args = _extremes(func, seed)
+        want = interp.run(func, **{k: v.copy() for k, v in args.items()})["C"]
+        got = interp.run(_rewritten(func, items, temps), **{k: v.copy() for k, v in args.items()})["C"]
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("src", [
+    _qmm("i32(A[i, k]) * i32(B[k, j])"),  # u8 x i8: what the rows take as written
+    _qmm("i32(A[i, k]) * za[0]").replace("A: u8", "A: i8"),  # one byte factor
+])
+def test_what_shift_bytes_leaves_alone(src):
+    assert distribute.byte_factors(_nest(src)[1]) == []
+
+
+def test_an_i16_product_of_bytes_is_shifted_too():
+    src = _qmm("i16(A[i, k]) * i16(B[k, j])").replace("A: u8", "A: i8").replace("C: i32", "C: i16")
+    func, nest = _nest(src)
+    assert len(distribute.byte_factors(nest)) == 2  # -128..255 fits in 16 bits
+    src8 = src.replace("C: i16", "C: i8").replace("i16(", "i8(")
+    assert distribute.byte_factors(_nest(src8)[1]) == []  # the shift would wrap in 8 bits
+
+
 # ---------------------------------------------------------------------------
 # zero-point products on the int8 tiles
 
@@ -292,6 +343,21 @@ def test_a_product_with_zero_points_runs_on_the_int8_tiles_and_checks(body):
     # the corrections (row and column sums, three passes over C) are 8% of the work here
     assert result.coverage >= 0.9, result.report()
     assert dict(result.choice.taken).get("distribute") == 1
+    assert tensorize(func, AVX2, rules_off=("distribute",)).coverage < 0.01
+    if HOST_HAS_AVX2:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
+
+
+@pytest.mark.parametrize("a, b", [("i8", "i8"), ("u8", "u8")])
+def test_bytes_of_one_signedness_run_on_the_int8_tiles_and_check(a, b):
+    func = parse(ZERO_POINTS.replace("(i32(A[i, k]) - i32(za[0])) * (i32(B[k, j]) - i32(zb[0]))",
+                                     "i32(A[i, k]) * i32(B[k, j])")
+                 .replace("A: u8[48", f"A: {a}[48").replace("B: i8[64", f"B: {b}[64"))
+    result = tensorize(func, AVX2)
+    assert {s.intrinsic for s in result.sites} & {"x86.mm.u8i8i32.4x16x2", "x86.mm.u8i8i32.2x16x4"}, \
+        result.report()
+    assert result.coverage >= 0.9, result.report()
     assert tensorize(func, AVX2, rules_off=("distribute",)).coverage < 0.01
     if HOST_HAS_AVX2:
         check = runtime.check(func, result.compile())

@@ -134,8 +134,9 @@ def test_a_dense_layer_is_matmul_add_relu_and_without_relu_matmul_add():
     np.testing.assert_allclose(_evaluate(model), run(func, **args)["Y"], rtol=1e-5, atol=1e-5)
 
 
-def test_products_keep_their_operators():
-    func, args, model = _read(MATMUL_INT8)
+@pytest.mark.parametrize("a, b", [("u8", "i8"), ("i8", "i8"), ("u8", "u8")])
+def test_products_keep_their_operators(a, b):
+    func, args, model = _read(MATMUL_INT8.replace("A: u8", f"A: {a}").replace("B: i8", f"B: {b}"))
     assert [n[0] for n in model.nodes] == ["MatMulInteger"] and model.out_type == "int32"
     np.testing.assert_array_equal(_evaluate(model), run(func, **args)["C"])
 

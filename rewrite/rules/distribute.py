@@ -60,9 +60,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .. import ir
-from ..ir import Binary, Buffer, Const, Expr, Load, Store, Unary
+from ..ir import Binary, Buffer, Cast, Const, Expr, Load, Store, Unary
 from ..names import Names
 from ..nests import AccNest, as_nest
+from .operands import _replaced, _sites, copied
 from .scalars import _box, _factors, _loops
 from .sums import _neg
 
@@ -236,6 +237,46 @@ def multiplied(nest: AccNest, names: Names) -> Optional[tuple[list, list[Buffer]
     return items, [t for o in onces for t in o.temps]
 
 
+# ---------------------------------------------------------------------------
+# shift-bytes
+
+# The 8-bit dtypes, each with the other one and how its values move into it: an i8 ``x`` is
+# the u8 ``x + 128`` less 128, a u8 ``x`` the i8 ``x - 128`` plus 128.
+_SHIFTED = {"i8": ("u8", "+"), "u8": ("i8", "-")}
+
+
+def byte_factors(nest: AccNest) -> list[tuple[tuple, Expr]]:
+    """The factors of ``nest``'s integer product that are 8-bit loads widened to its dtype,
+    with their paths (``operands._sites``), where every such factor has the same signedness
+    and there are at least two (an int8 row multiplies u8 by i8: ``i8 x i8`` and ``u8 x u8``
+    products match none as written)."""
+    dt = nest.out.dtype
+    if not ir.is_int(dt) or ir.bits(dt) < 16 or nest.value.dtype != dt:
+        return []
+    found = [(path, x) for path, x in _sites(nest.value)
+             if isinstance(x, Cast) and x.dtype == dt and isinstance(x.a, Load) and x.a.dtype in _SHIFTED]
+    if len(found) < 2 or len({x.a.dtype for _, x in found}) != 1:
+        return []
+    return found
+
+
+def shifted(nest: AccNest, path: tuple, factor: Cast, names: Names) -> Optional[tuple[list, list[Buffer]]]:
+    """``shift-bytes``: ``factor`` (a widened 8-bit load) read from a copy in the other
+    8-bit dtype, shifted by 128, and the 128 taken back in the product, which is then
+    multiplied out (``multiplied``)."""
+    dt = nest.out.dtype
+    other, op = _SHIFTED[factor.a.dtype]
+    offset = Const(128, dt)
+    fill, read, temp = copied(nest, Cast(other, Binary(op, factor, offset)), names)
+    back = Binary("-" if op == "+" else "+", Cast(dt, read), offset)
+    new = as_nest(AccNest(nest.dims, nest.out, nest.indices, _replaced(nest.value, path, back)).stmt())
+    out = multiplied(new, names) if new is not None else None
+    if out is None:
+        return None
+    items, temps = out
+    return [fill] + items, [temp] + temps
+
+
 def rewrites(item, search) -> list:
     """A nest over integers whose product multiplies sums, each term its own nest (each
     summed once where it can be), and a nest whose term skips an output loop, summed once
@@ -243,4 +284,5 @@ def rewrites(item, search) -> list:
     if not isinstance(item, AccNest):
         return []
     found = [multiplied(item, search.names), summed_once(item, search.names)]
+    found += [shifted(item, path, x, search.names) for path, x in byte_factors(item)[:2]]
     return [x for x in found if x is not None]

@@ -187,6 +187,13 @@ def _major_first(index: Expr) -> list[str]:
     return out + sorted(ir.var_names(index) - set(out))
 
 
+def copied(nest: AccNest, e: Expr, names: Names) -> tuple[Stmt, Expr, Buffer]:
+    """The copy of factor ``e`` as ``hoist-operand`` makes it (over the elements of the
+    buffer it reads where that is smaller, else over the loops it uses), the expression
+    reading it in the nest, its temporary."""
+    return _buffer_copy(nest, e, names) or _copy(nest, e, names)
+
+
 def _copy(nest: AccNest, e: Expr, names: Names) -> tuple[Stmt, Load, Buffer]:
     """The copy of factor ``e`` over the loops it uses (in the order its loads name them,
     the order of its first load's indices first, each index's largest stride first), the
@@ -270,7 +277,7 @@ def hoist(nest: AccNest, chosen: list[tuple[tuple, Expr]], names: Names
     their temporaries, or None when the nest so rewritten is no accumulate nest."""
     value, items, temps = nest.value, [], []
     for path, e in chosen:
-        fill, load, temp = _buffer_copy(nest, e, names) or _copy(nest, e, names)
+        fill, load, temp = copied(nest, e, names)
         value = _replaced(value, path, load)
         items.append(fill)
         temps.append(temp)

@@ -1,7 +1,7 @@
 """ONNX Runtime as a peer in ``tensorize bench --onnxruntime``: a function that is one of the
 layers ONNX Runtime has an operator for, built as a one-layer model.
 
-- a (batched) matrix product: ``MatMul`` for f32, ``MatMulInteger`` for u8 x i8 -> i32, plus
+- a (batched) matrix product: ``MatMul`` for f32, ``MatMulInteger`` for 8-bit x 8-bit -> i32, plus
   ``Add`` when the product accumulates into the output; ``MatMulInteger`` with its zero
   points for ``(i32(A) - i32(za[0])) * (i32(B) - i32(zb[0]))``, ``za`` u8 and ``zb`` i8;
 - a dense layer: an f32 product into a temporary, then ``Y[i, j] = C[i, j] + bias[j]``,
@@ -98,7 +98,7 @@ def _product(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Model]:
     kinds = (x.dtype.name, y.dtype.name, c.dtype)
     if kinds == ("float32", "float32", "f32"):
         op, out_type = "MatMul", "float32"
-    elif kinds == ("uint8", "int8", "i32"):
+    elif kinds[0] in ("uint8", "int8") and kinds[1] in ("uint8", "int8") and kinds[2] == "i32":
         op, out_type = "MatMulInteger", "int32"
     else:
         return None
