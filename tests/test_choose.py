@@ -131,7 +131,7 @@ def test_a_rewrite_its_check_refuses_is_not_taken_and_the_others_are_still_chose
     assert not _reads_alpha_into_c(refused.parts)
 
 
-ONE_STEP = {"expand", "inline", "triangles", "sums", "scalar-factor", "hoist-operand", "contract",
+ONE_STEP = {"expand", "inline", "triangles", "sums", "distribute", "scalar-factor", "hoist-operand", "contract",
             "matmul", "strassen"}
 
 

@@ -164,16 +164,19 @@ def test_dtype_reason_for_f16():
 def test_rows_of_other_dtypes_still_explain_a_nest():
     """The saturation matches only the rows whose dtypes the program holds; a nest no such
     row gets past the dtypes for is explained against the others too: i8 x i8 is nearest
-    the u8 x i8 dot, not the f32 FMA the program's f32 product fits."""
+    the u8 x i8 dot, not the f32 FMA the program's f32 product fits (with shift-bytes off:
+    it copies P into u8 shifted by 128, and the product runs on the int8 tiles)."""
     func = parse(
         "@prim_func\n"
         "def mixed(A: f32[32, 32], B: f32[32, 32], C: f32[32, 32], P: i8[32, 32], Q: i8[32, 32],\n"
         "          R: i32[32, 32]):\n"
         "    for i, j, k in grid(32, 32, 32):\n        C[i, j] += A[i, k] * B[k, j]\n"
         "    for i, j, k in grid(32, 32, 32):\n        R[i, j] += i32(P[i, k]) * i32(Q[k, j])\n")
-    result = tensorize(func, AVX2)
+    result = tensorize(func, AVX2, rules_off=("distribute",))
     assert "x86.mm.f32.6x16x1" in {s.intrinsic for s in result.sites}
     assert "nearest x86.dot.u8i8i32.16x4: dtype: P is i8 but operand a" in result.explain()
+    shifted = tensorize(func, AVX2)
+    assert {"x86.mm.u8i8i32.4x16x2", "x86.mm.u8i8i32.2x16x4"} & {s.intrinsic for s in shifted.sites}
 
 
 def test_f16_products_run_on_f32_copies():

@@ -199,7 +199,7 @@ FAMILIES = (
     Family("inline", SPANS, "fusion", ("spans",), "inline-producer"),
     Family("triangles", SITES, "triangles", ("rewrites",), "split-domain"),
     Family("sums", SITES, "sums", ("rewrites",), "split-sum"),
-    Family("distribute", SITES, "distribute", ("rewrites",), "distribute-product, sum-once, shift-bytes"),
+    Family("distribute", SITES, "distribute", ("rewrites",), "distribute-product (its terms summed once), shift-bytes"),
     Family("scalar-factor", SITES, "scalars", ("rewrites",), "scale-operand, scale-temporary, divide-temporary"),
     Family("hoist-operand", SITES, "operands", ("rewrites",), "hoist-operand, regroup-factors"),
     Family("contract", SITES, "contract", ("rewrites",), "contract-pair"),

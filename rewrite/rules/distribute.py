@@ -26,31 +26,49 @@ distribute-product
     it widens) and every other operation are atoms. Floats are left alone: multiplied out,
     ``(a - za) * b`` cancels catastrophically where ``a`` is close to ``za``.
 
-sum-once
-    An accumulation whose term does not use one of the loops the output's indices use, and
-    that has a reduction loop, adds the same sum once per value of that output loop::
+sum-once (the terms of distribute-product)
+    A term that does not use one of the loops the output's indices use, where the nest has a
+    reduction loop, adds the same sum once per value of that output loop, so it is summed once
+    into a temporary with one element per point of the output loops it uses; the factors
+    that stay put along the reduction (``zb[0]``, a zero point per column ``zb[j]``) are
+    multiplied in afterwards, and a term constant along it is the reduction's count times
+    the term (``sd_H_2[0] = K * za[0] * zb[0]``, the count wrapped into the dtype)::
 
         for i, j, k in grid(M, N, K):             for i in range(M):
-            C[i, j] += zb[0] * A[i, k]                  sd_H_0[i] = 0
+            C[i, j] += -(zb[0] * A[i, k])                 sd_H_0[i] = 0
                                             ->    for i, k in grid(M, K):
-                                                      sd_H_0[i] += zb[0] * A[i, k]
+                                                      sd_H_0[i] += A[i, k]
+                                                  for i in range(M):
+                                                      sd_H_0[i] = -(zb[0] * sd_H_0[i])
                                                   for i, j in grid(M, N):
                                                       C[i, j] += sd_H_0[i]
 
-    The temporary has one element per point of the output loops the term uses; each sums the
-    terms of every reduction loop, in their order. For each point of the output loops the
-    nest adds, into the element the output's indices name there, the terms of every
-    reduction point; the rewrite adds their sum, read from the element of the points the
-    term depends on. The same terms reach the same elements, grouped: exact on wrap-around
-    integers, a reassociation on floats (a NaN or an infinity among the terms reaches the
-    element either way; only an intermediate overflow can move one, the licence of any
-    reassociation). The temporary is fresh and the term reads neither it nor the output
-    (``nests.as_nest``), so the order of the two passes changes nothing else. A term that
-    uses every output loop, or a nest without a reduction loop, has nothing to share.
+    For each point of the output loops the nest adds, into the element the output's indices
+    name there, the terms of every reduction point; the rewrite adds their sum, read from
+    the element of the points the term depends on, times the factors taken out: the same
+    terms into the same elements, regrouped and factored, exact in the ring. The temporary
+    is fresh and the term reads neither it nor the output (``nests.as_nest``), so the order
+    of the passes changes nothing else. On floats the regrouping would be a reassociation
+    and the factoring would move NaN and Inf (``scalars.py``): this family leaves floats
+    alone, and offers no nest as written summed once (the fuzzer's bounds, ``fuzz/real.py``,
+    count a nest's batch dims as the iterations written).
 
-Both are ``sites`` rewrites (``choose.py``): the cost model keeps them where they cost less
-than the nest as written, and their nests are rewritten again by the other families (the
-corrections' scalars by ``scalar-factor``, for example).
+shift-bytes
+    Every int8 row multiplies u8 by i8 (``vpdpbusd``, ``vpmaddubsw``, AMX's ``tdpbusd``): a
+    product of two i8 or two u8 operands, widened to a dtype of 16 bits or more, matches
+    none. One of them is copied into the other 8-bit dtype, shifted by 128, and the shift
+    taken back in the product, which distribute-product then multiplies out (the 128 times a
+    column or row sum of the other operand)::
+
+        C[i, j] += i32(A[i, k]) * i32(B[k, j])    ->    As[i, k] = u8(i32(A[i, k]) + 128)
+        (A and B both i8)                               C[i, j] += (i32(As[i, k]) - 128) * i32(B[k, j])
+
+    Exact: an i8 ``x`` plus 128 is in 0..255, which u8 holds, and widened back less 128 it is
+    ``x``; a u8 ``x`` less 128 is in -128..127, which i8 holds, and plus 128 it is ``x``. This
+    is how oneDNN and ONNX Runtime run signed int8 products on VNNI.
+
+All are ``sites`` rewrites (``choose.py``): the cost model keeps them where they cost less
+than the nest as written, and their nests are rewritten again by the other families.
 """
 
 from __future__ import annotations
@@ -203,16 +221,6 @@ def _added(nest: AccNest, values: list[Expr]) -> Optional[AccNest]:
     return as_nest(_loops(outer, ir.Accumulate(nest.out, nest.indices, total)))
 
 
-def summed_once(nest: AccNest, names: Names) -> Optional[tuple[list, list[Buffer]]]:
-    """``sum-once``'s items for ``nest`` and its temporary, or None where every output loop
-    is used by the term or the nest has no reduction loop."""
-    once = _once(nest, names)
-    last = None if once is None else _added(nest, [once.read])
-    if once is None or last is None:
-        return None
-    return once.fill + [last], once.temps
-
-
 def multiplied(nest: AccNest, names: Names) -> Optional[tuple[list, list[Buffer]]]:
     """``distribute-product``'s items for ``nest`` and their temporaries, or None: the terms
     each summed in their own nest, those that skip an output loop summed once and added in
@@ -279,10 +287,10 @@ def shifted(nest: AccNest, path: tuple, factor: Cast, names: Names) -> Optional[
 
 def rewrites(item, search) -> list:
     """A nest over integers whose product multiplies sums, each term its own nest (each
-    summed once where it can be), and a nest whose term skips an output loop, summed once
+    summed once where it can be), and an integer product of bytes of one signedness shifted
     (the ``sites`` hook, ``choose.py``)."""
     if not isinstance(item, AccNest):
         return []
-    found = [multiplied(item, search.names), summed_once(item, search.names)]
+    found = [multiplied(item, search.names)]
     found += [shifted(item, path, x, search.names) for path, x in byte_factors(item)[:2]]
     return [x for x in found if x is not None]
