@@ -279,8 +279,19 @@ def _guarded_by_intrinsic(desc):
     return lambda case: desc.name in case.guarantee.must_use
 
 
-@pytest.mark.parametrize("desc", [FMA, MM], ids=["fma", "mm"])
-@pytest.mark.parametrize("kind", REAL_KINDS)
+QMM = intrinsics.get("x86.mm.u8i8i32.4x16x2")
+QDOT = intrinsics.get("x86.dot.u8i8i32.16x4")
+
+
+def _kind_rows():
+    """Each kind with the f32 FMA and tile rows where it applies, else the int8 ones."""
+    for kind in REAL_KINDS:
+        rows = [d for d in (FMA, MM) if applies(d, kind)] or [d for d in (QDOT, QMM) if applies(d, kind)]
+        for d in rows:
+            yield pytest.param(d, kind, id=f"{kind}-{d.name}")
+
+
+@pytest.mark.parametrize("desc, kind", list(_kind_rows()))
 def test_each_kind_is_drawn_and_reaches_its_guarantee(desc, kind):
     case = _drawn(desc, kind, _guarded_by_intrinsic(desc))
     _well_formed(case)
@@ -552,6 +563,35 @@ def test_a_narrower_operand_read_at_every_loop_guarantees_nothing():
     # the FMA row's operands use every loop unless a batch dim leaves one out: no copy pays
     case = _drawn(FMA, "operand stored narrower", lambda c: len(_loops(c.func)) == 1)
     assert case.guarantee.min_coverage == 0 and "every loop" in case.guarantee.reason
+
+
+# ---------------------------------------------------------------------------
+# zero points (distribute-product, rules/distribute.py)
+
+
+def test_zero_points_are_matched_only_through_distribute():
+    """The guarantee rests on distribute-product alone: the same case without the family
+    covers nothing (no int8 row reads a difference)."""
+    case = _drawn(QMM, "zero points", _guarded_by_intrinsic(QMM))
+    result = tensorize(case.func, [QMM], in_process=True, strassen="off")
+    assert result.coverage >= case.guarantee.min_coverage > 0
+    off = tensorize(case.func, [QMM], in_process=True, strassen="off", rules_off=("distribute",))
+    assert off.coverage == 0
+
+
+def test_zero_points_over_a_batch_dim_of_the_output_alone_guarantee_nothing():
+    # the bytes' product then skips an output loop, and is summed once: fewer products than
+    # written, which the bound does not count
+    case = _drawn(QMM, "zero points", lambda c: "sums the bytes' product once" in c.guarantee.reason)
+    assert case.guarantee.min_coverage == 0
+    result = properties.check_case(case, mixed=False)
+    assert any(b.name.startswith("sd_H") for b in result.func.allocs)
+
+
+def test_the_kinds_that_need_an_integer_product_of_bytes_are_not_drawn_for_floats():
+    assert not applies(MM, "zero points") and not applies(FMA, "zero points")
+    assert applies(QMM, "zero points") and applies(QDOT, "zero points")
+    assert not applies(intrinsics.get("arm.neon.sdot.i8i32.4x4"), "zero points")  # i8 x i8
 
 
 # ---------------------------------------------------------------------------

@@ -109,7 +109,7 @@ CLASSIC = "classic"
 REAL_KINDS = ("triangular loop bounds", "triangle written as a guard", "out-of-place update",
               "sum of two products", "runtime scale factor", "reads rows it writes later",
               "reused temporary under carried loops", "scalar local", "operand stored narrower",
-              "operand scaled along a loop")
+              "operand scaled along a loop", "zero points")
 REAL_FORMS = ("written -=", "written X = X - e", "written X = X + a + b", "written X = a + X + b",
               "written D = S + e", "written D = e + S", "written D = S - e")
 REAL_MUTATIONS = ("output in a guard", "aliasing out-of-place", "triangle reads its own writes",

@@ -24,7 +24,10 @@ Kinds (``KINDS``), each with the rule that sees through it:
   ``rules/operands.py``, hoist-operand);
 - ``operand scaled along a loop``: one input of the product times a scale along one of its
   loops, ``A[i, k] * sc[k] * B[k, j]`` (a diagonal between two matrices, a norm's gain;
-  ``rules/operands.py``, regroup-factors).
+  ``rules/operands.py``, regroup-factors);
+- ``zero points``: an integer product of widened bytes with a zero point (a runtime scalar
+  or a constant) subtracted from one operand or both, ``(i32(A) - z0[0]) * (i32(B) - 7)``
+  (quantized inference; ``rules/distribute.py``, distribute-product).
 
 What each construction guarantees follows from the rules' own preconditions and the cost
 model's prices (``cost.py``), argued in each ``_*_guarantee`` below; where a figure depends on
@@ -1022,6 +1025,105 @@ def _scaled_guarantee(s: _Shape, func: PrimFunc, loops_of, name: str) -> Guarant
     return _bound(desc, best, most + other, why)
 
 
+# -- zero points ----------------------------------------------------------------------------
+
+
+def _widened_bytes(body: Expr) -> list[Cast]:
+    """The factors of ``body`` that are loads widened to its integer dtype, when the body is
+    the product of two such loads and no other factor; else none."""
+    factors = _factors(body)
+    if not ir.is_int(body.dtype) or ir.bits(body.dtype) < 16 or len(factors) != 2:
+        return []
+    if not all(isinstance(f, Cast) and f.dtype == body.dtype and isinstance(f.a, Load) for f in factors):
+        return []
+    return factors
+
+
+def _zero_points_apply(desc) -> bool:
+    """An integer product of two widened loads, one of them unsigned and the other signed or
+    wider (bytes of one signedness are also shift-bytes' to rewrite, which this kind's bound
+    does not count)."""
+    factors = _widened_bytes(_body(desc))
+    return bool(factors) and len({f.a.dtype for f in factors}) == 2
+
+
+@st.composite
+def _zero_kind(draw, desc, exact) -> Disguised:
+    s = draw(_shape(desc, exact, plain=True))
+    factors = _widened_bytes(s.value)
+    assume(len(factors) == 2 and s.value.dtype == s.out.dtype)
+    dt = s.out.dtype
+    sides = draw(st.sampled_from([(0,), (1,), (0, 1)]))
+    s.extra, notes = {}, []
+    shifted = {}
+    for k in sides:
+        if draw(st.booleans()):
+            z = _Operand(f"z{k}", dt, (_Axis(None),))
+            s.extra[z.name] = z
+            zero: Expr = z.load(s.extents)
+        else:
+            zero = Const(draw(st.integers(1, 200)), dt)
+        shifted[factors[k]] = Binary("-", factors[k], zero)
+        notes.append(f"{factors[k].a.buffer.name} less {_text(zero)}")
+    s.value = ir.product(shifted.get(f, f) for f in _factors(s.value))
+    func, nests, _ = _program(s)
+    guarantee = _zero_guarantee(s, func, nests)
+    s.notes[:0] = [f"zero points: {', '.join(notes)}"]
+    return Disguised(func, desc.name, guarantee, tuple(s.notes))
+
+
+def _zero_guarantee(s: _Shape, func: PrimFunc, loops_of) -> Guarantee:
+    """Zero points subtracted from the intrinsic's widened operands, ``(i32(a) - za) *
+    (i32(b) - zb)``: no row reads a difference, and the nest as written costs ``s`` per
+    iteration. distribute-product (``rules/distribute.py``) offers the body multiplied out:
+    the intrinsic's body over the operands as laid out (``a * b``, ``n`` iterations) and the
+    corrections, each priced here as the statement it is left as scalar code
+    (``cost.scalar_stmt``; the extraction plans each item no dearer). The extraction chooses a
+    program no dearer than that one. Every program runs the ``n`` products, as written, over
+    hoist-operand's i32 copies of the differences, or multiplied out (shift-bytes does not
+    apply: the operands differ in signedness), leaving each for ``t`` at least or covering
+    it for ``rho`` at least, and pays no correction at least: ``_covered`` with the
+    corrections' price. The denominator: the largest of the nest as written and the
+    multiplied-out program, plus hoist-operand's copies, plus the corrections again (a
+    correction rewritten deeper costs a few operations an element more at most)."""
+    from .. import nests as _nests
+    from ..names import Names
+    from ..rules import distribute
+
+    desc = s.desc
+    (loops,) = loops_of
+    n = math.prod(b - a for _, a, b in loops)
+    dd = _whole({v: (a, b - 1) for v, a, b in loops}, _tiles(s))
+    norm = _nests.normalize(func)
+    accs = [p for p in _nests.items(norm) if isinstance(p, _nests.AccNest) and p.out.name == s.out.name]
+    if len(accs) != 1:
+        return Guarantee(frozenset(), 0.0, "the accumulation is not one nest once normalised")
+    (nest,) = accs
+    offer = distribute.multiplied(nest, Names.of(norm))
+    if offer is None:
+        return Guarantee(frozenset(), 0.0, "distribute-product offers nothing for this body")
+    items, _ = offer
+    # the bytes' product: summed once where the operands leave an output loop out (a batch
+    # dim), fewer products than written, which this bound does not count
+    bare = [p for p in items if isinstance(p, _nests.AccNest) and p.dims == nest.dims and _widened_bytes(p.value)]
+    if len(bare) != 1:
+        return Guarantee(frozenset(), 0.0, "distribute-product sums the bytes' product once per "
+                                           "point of the loops its operands use")
+    corrections = [p for p in items if p is not bare[0]]
+    price = sum(_cost.scalar_stmt(p.stmt() if isinstance(p, _nests.AccNest) else p) for p in corrections)
+    rho, rho_g = _rho(s)
+    t = _ops_per_iteration(_body(desc))
+    covered = _covered(dd, rho, rho_g, t, price)
+    s_prog = _ops_per_iteration(nest.value)
+    corrections_ops = _statements_ops(corrections)
+    copies = sum(_statements_ops(offer_items[:-1]) for _, _, offer_items, _ in _hoists(func, s.out.name))
+    other = max(0, _op_count(func.body) - n * s_prog)
+    total = max(n * s_prog, n * t + corrections_ops) + copies + corrections_ops + other
+    return _bound(desc, covered, total,
+                  f"multiplied out, the corrections priced {price:g}; {dd} of {n} iterations in "
+                  f"whole tiles at {rho_g:g} against {t} scalar ops")
+
+
 # -- the kinds, drawn -----------------------------------------------------------------------
 
 
@@ -1038,6 +1140,8 @@ def applies(desc, kind: str) -> bool:
     if kind == "operand scaled along a loop":
         body = _body(desc)
         return ir.is_float(body.dtype) and sum(isinstance(f, Load) for f in _factors(body)) >= 2
+    if kind == "zero points":
+        return _zero_points_apply(desc)
     return True
 
 
@@ -1064,6 +1168,8 @@ def real_disguised(draw, desc, kind: str, exact: Optional[bool] = None) -> Disgu
         return draw(_narrow_kind(desc, exact))
     if kind == "operand scaled along a loop":
         return draw(_scaled_kind(desc, exact))
+    if kind == "zero points":
+        return draw(_zero_kind(desc, exact))
     raise ValueError(f"no disguise kind {kind!r} (there are: {', '.join(KINDS)})")
 
 
