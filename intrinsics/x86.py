@@ -15,7 +15,7 @@ from llvmlite import ir
 from rewrite.emitter import (Emitter, concat, declare, load_row, load_scalar, lltype, shuffle, splat,
                              store_row)
 from rewrite.ir import itemsize
-from rewrite.script import f16, f32, f64, grid, i8, i32, u8  # noqa: F401 - names the parser reads
+from rewrite.script import f16, f32, f64, grid, i8, i16, i32, u8  # noqa: F401 - names the parser reads
 
 from .base import Layout, intrinsic
 
@@ -866,4 +866,62 @@ _WIDENED = {"c": Layout((1,), 4), "a": Layout((1,), 1, widened="i16"),
            layout=_WIDENED)
 def mm_u8i8i32_4x16x2(c: i32[4, 16], a: u8[4, 2], b: i8[16, 2]):
     for i, j, k in grid(4, 16, 2):
+        c[i, j] += i32(a[i, k]) * i32(b[j, k])
+
+
+class MmI16I32Pairs(MmU8I8I32Pairs):
+    """c (rows x 16) += a (rows x 2) @ b (16 x 2)^T in i16 x i16 -> i32, exactly:
+    ``MmU8I8I32Pairs``'s steps on operands that are ``vpmaddwd``'s own input, read as they
+    lie (a window of i16 pairs, ``_i16_pairs``). Exact: each product of two i16 values fits
+    in i32, and the pair's sum overflows only for both pairs -32768 * -32768, 2^31, which
+    ``vpmaddwd`` wraps to -2^31 as i32 addition does. Int16 activations or weights (TFLite's
+    16-bit quantization, audio and DSP fixed point) multiply on it."""
+
+    dtypes = {"c": "i32", "a": "i16", "b": "i16"}
+
+
+# the pairs of b contiguous (its 16 x 2 block one 64-byte load pair): pack-panel lays b out so
+_I16_PAIRS = {"c": Layout((1,), 4), "a": Layout((1,), 2), "b": Layout((1,), 2, contiguous=True)}
+
+
+@intrinsic("x86.mm.i16i32.4x16x2", isa=AVX2_FMA, cost=5.0, emitter=MmI16I32Pairs(rows=4),
+           layout=_I16_PAIRS)
+def mm_i16i32_4x16x2(c: i32[4, 16], a: i16[4, 2], b: i16[16, 2]):
+    for i, j, k in grid(4, 16, 2):
+        c[i, j] += i32(a[i, k]) * i32(b[j, k])
+
+
+class VnniMmI16I32_8x32x2(_I32Blocks):
+    """c (8x32) += a (8x2) @ b (32x2)^T in i16 x i16 -> i32, the register-blocked 16-bit
+    tile on AVX-512 VNNI: ``VnniMmU8I8I32_8x32x4``'s blocking with ``vpdpwssd``, which adds
+    the two products of each lane's i16 pair into its i32 accumulator. 16 zmm accumulators
+    (8 rows, two halves of 16 columns); each step loads b's 128-byte block once (two zmm)
+    and broadcasts each row's pair of a as one i32. Exact: each product fits in i32 and the
+    sum wraps as i32 addition does (``vpdpwssd`` does not saturate)."""
+
+    rows, halves, lanes = 8, 2, 16
+    operands = ("c", "a", "b")
+    shapes = {"c": (8, 32), "a": (8, 2), "b": (32, 2)}
+    dtypes = {"c": "i32", "a": "i16", "b": "i16"}
+    I32X16 = ir.VectorType(ir.IntType(32), 16)
+
+    def step(self, b, ops, acc):
+        dpwssd = declare(b.module, "llvm.x86.avx512.vpdpwssd.512", self.I32X16,
+                         [self.I32X16, self.I32X16, self.I32X16])
+        ref = ops["b"]
+        halves = [b.bitcast(_i16_pairs(b, ref, (16 * h, 0), 16), self.I32X16) for h in range(self.halves)]
+        out = []
+        for i in range(self.rows):
+            pair = b.bitcast(_i16_pairs(b, ops["a"], (i, 0), 1), ir.IntType(32))
+            a_i = splat(b, pair, 16)
+            out.append([b.call(dpwssd, [acc[i][h], a_i, halves[h]]) for h in range(self.halves)])
+        return out
+
+
+# 512 multiply-adds in 16 vpdpwssd, 2 block loads and 8 broadcasts
+@intrinsic("x86.avx512vnni.mm.i16i32.8x32x2", isa=("avx512f", "avx512vnni"), cost=10.0,
+           emitter=VnniMmI16I32_8x32x2(),
+           layout={"c": Layout((1,), 4), "a": Layout((1,), 2), "b": Layout((1,), 2, contiguous=True)})
+def avx512vnni_mm_i16i32_8x32x2(c: i32[8, 32], a: i16[8, 2], b: i16[32, 2]):
+    for i, j, k in grid(8, 32, 2):
         c[i, j] += i32(a[i, k]) * i32(b[j, k])

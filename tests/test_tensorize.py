@@ -179,6 +179,32 @@ def test_rows_of_other_dtypes_still_explain_a_nest():
     assert {"x86.mm.u8i8i32.4x16x2", "x86.mm.u8i8i32.2x16x4"} & {s.intrinsic for s in shifted.sites}
 
 
+I16_PRODUCT = """
+@prim_func
+def i16_mm(A: i16[37, 64], B: i16[BT], C: i32[37, 29]):
+    for i, j in grid(37, 29):
+        C[i, j] = 0
+        for k in range(64):
+            C[i, j] += i32(A[i, k]) * i32(B[BI])
+"""
+
+
+@pytest.mark.parametrize("bt, bi", [("64, 29", "k, j"), ("29, 64", "j, k")], ids=["nn", "nt"])
+def test_an_i16_product_runs_on_the_i16_tiles_and_checks(bt, bi):
+    func = parse(I16_PRODUCT.replace("BT", bt).replace("BI", bi))
+    result = tensorize(func, AVX2)
+    assert "x86.mm.i16i32.4x16x2" in {s.intrinsic for s in result.sites}, result.report()
+    assert result.coverage >= 0.95
+    if HOST_HAS_AVX2:
+        check = runtime.check(func, result.compile())  # integers: bit for bit
+        assert check.ok, check.message
+    if "avx512vnni" in intrinsics.host_features():  # the host's own row: vpdpwssd
+        best = tensorize(func)
+        assert "x86.avx512vnni.mm.i16i32.8x32x2" in {s.intrinsic for s in best.sites}
+        check = runtime.check(func, best.compile())
+        assert check.ok, check.message
+
+
 def test_f16_products_run_on_f32_copies():
     """An f16 product into f32 runs on tiles that read f32 copies of A and B, each element
     converted once (exact): the f16 tiles over panels pack-panel converts, or the f32 tiles
