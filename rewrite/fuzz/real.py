@@ -25,7 +25,7 @@ Kinds (``KINDS``), each with the rule that sees through it:
 - ``operand scaled along a loop``: one input of the product times a scale along one of its
   loops, ``A[i, k] * sc[k] * B[k, j]`` (a diagonal between two matrices, a norm's gain;
   ``rules/operands.py``, regroup-factors);
-- ``zero points``: an integer product of widened bytes with a zero point (a runtime scalar
+- ``zero points``: an integer product of widened loads with a zero point (a runtime scalar
   or a constant) subtracted from one operand or both, ``(i32(A) - z0[0]) * (i32(B) - 7)``
   (quantized inference; ``rules/distribute.py``, distribute-product).
 
@@ -1040,11 +1040,11 @@ def _widened_bytes(body: Expr) -> list[Cast]:
 
 
 def _zero_points_apply(desc) -> bool:
-    """An integer product of two widened loads, one of them unsigned and the other signed or
-    wider (bytes of one signedness are also shift-bytes' to rewrite, which this kind's bound
-    does not count)."""
+    """An integer product of two widened loads, other than bytes of one signedness (those
+    are also shift-bytes' to rewrite, which this kind's bound does not count)."""
     factors = _widened_bytes(_body(desc))
-    return bool(factors) and len({f.a.dtype for f in factors}) == 2
+    dtypes = {f.a.dtype for f in factors}
+    return bool(factors) and not (len(dtypes) == 1 and dtypes <= {"i8", "u8"})
 
 
 @st.composite
