@@ -925,3 +925,36 @@ class VnniMmI16I32_8x32x2(_I32Blocks):
 def avx512vnni_mm_i16i32_8x32x2(c: i32[8, 32], a: i16[8, 2], b: i16[32, 2]):
     for i, j, k in grid(8, 32, 2):
         c[i, j] += i32(a[i, k]) * i32(b[j, k])
+
+
+# i16 activations times i8 weights (TFLite's 16x8 quantization): the i16 tiles' steps, b
+# widened to i16 once by pack-panel (``Layout.widened``, exact) or as each step reads it
+
+
+class MmI16I8I32Pairs(MmU8I8I32Pairs):
+    """``MmI16I32Pairs`` with b in i8, sign-extended to i16 (``_i16_pairs``)."""
+
+    dtypes = {"c": "i32", "a": "i16", "b": "i8"}
+
+
+class VnniMmI16I8I32_8x32x2(VnniMmI16I32_8x32x2):
+    """``VnniMmI16I32_8x32x2`` with b in i8, sign-extended to i16 (``_i16_pairs``)."""
+
+    dtypes = {"c": "i32", "a": "i16", "b": "i8"}
+
+
+_I16_I8 = {"c": Layout((1,), 4), "a": Layout((1,), 2), "b": Layout((1,), 1, contiguous=True, widened="i16")}
+
+
+@intrinsic("x86.mm.i16i8i32.4x16x2", isa=AVX2_FMA, cost=5.0, emitter=MmI16I8I32Pairs(rows=4),
+           layout=_I16_I8)
+def mm_i16i8i32_4x16x2(c: i32[4, 16], a: i16[4, 2], b: i8[16, 2]):
+    for i, j, k in grid(4, 16, 2):
+        c[i, j] += i32(a[i, k]) * i32(b[j, k])
+
+
+@intrinsic("x86.avx512vnni.mm.i16i8i32.8x32x2", isa=("avx512f", "avx512vnni"), cost=10.0,
+           emitter=VnniMmI16I8I32_8x32x2(), layout=_I16_I8)
+def avx512vnni_mm_i16i8i32_8x32x2(c: i32[8, 32], a: i16[8, 2], b: i8[32, 2]):
+    for i, j, k in grid(8, 32, 2):
+        c[i, j] += i32(a[i, k]) * i32(b[j, k])

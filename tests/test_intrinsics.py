@@ -23,7 +23,7 @@ import intrinsics
 from intrinsics import emit
 from intrinsics.base import IntrinsicError, host_features
 from intrinsics.x86 import FmaF32x8
-from rewrite import codegen, emitter, target
+from rewrite import codegen, emitter, ir, target
 from rewrite.interp import run
 from rewrite.ir import is_float, numpy_dtype
 from rewrite.script import ScriptError, f32, grid, i16, i64  # noqa: F401 - read by the parser
@@ -35,12 +35,12 @@ X86_AVX2 += ["x86.mm.f32.2x16x1", "x86.mm.u8i8i32.4x16x2"]
 X86_AVX2 += ["x86.mm.f64.6x8x1", "x86.mm.f64.4x8x1", "x86.mm.f64.2x8x1", "x86.gemv.f64.4x4",
              "x86.axpy.f64x16"]
 X86_AVX2 += ["x86.mm.f16f32.6x16x1", "x86.mm.f16f32.4x16x1", "x86.mm.f16f32.2x16x1"]
-X86_AVX2 += ["x86.mm.i16i32.4x16x2"]
+X86_AVX2 += ["x86.mm.i16i32.4x16x2", "x86.mm.i16i8i32.4x16x2"]
 X86_AVX512 = ["x86.avx512.mm.f32.8x32x1", "x86.avx512.gemv.f32.8x8", "x86.avx512.axpy.f32x64"]
 X86_AVX512 += ["x86.avx512.gemv.f32.8x16", "x86.avx512.gemvt.f32.8x8", "x86.avx512.gemvt.f32.8x16"]
 X86_AVX512 += ["x86.avx512.mm.f64.8x16x1", "x86.avx512.mm.f16f32.8x32x1"]
 X86_VNNI = ["x86.avx512vnni.dot.u8i8i32.16x4", "x86.avx512vnni.mm.u8i8i32.8x32x4",
-            "x86.avx512vnni.mm.i16i32.8x32x2"]
+            "x86.avx512vnni.mm.i16i32.8x32x2", "x86.avx512vnni.mm.i16i8i32.8x32x2"]
 X86_AMX = ["x86.amx.mm.u8i8i32.32x32x64"]
 X86_NATIVE = X86_AVX2 + X86_AVX512 + X86_VNNI + X86_AMX  # native emitters, where the CPU has the ISA
 NEVER_NATIVE = ["arm.neon.sdot.i8i32.4x4", "nvidia.mma.f16f32.16x8x16"]
@@ -364,27 +364,42 @@ def test_widened_int8_tile_kloop_is_exact(held, emulated):
     np.testing.assert_array_equal(c, want.astype(np.int32))
 
 
-@pytest.mark.parametrize("name, emulated", [
-    pytest.param("x86.mm.i16i32.4x16x2", False, marks=needs_isa("x86.mm.i16i32.4x16x2")),
-    pytest.param("x86.avx512vnni.mm.i16i32.8x32x2", False,
-                 marks=needs_isa("x86.avx512vnni.mm.i16i32.8x32x2")),
-    ("x86.mm.i16i32.4x16x2", True), ("x86.avx512vnni.mm.i16i32.8x32x2", True)])
-def test_i16_tile_kloop_is_exact(name, emulated):
+def _i16_rows(*names):
+    """Each name native (where this CPU runs it) and emulated; the i16 x i8 rows also on b
+    held as i16 (pack-panel's widened copy)."""
+    for name in names:
+        held = [{}, {"b": "i16"}] if "i16i8" in name else [{}]
+        for h in held:
+            tag = "-held" if h else ""
+            yield pytest.param(name, False, h, marks=needs_isa(name), id=f"{name}{tag}")
+            yield pytest.param(name, True, h, id=f"{name}{tag}-emulated")
+
+
+@pytest.mark.parametrize("name, emulated, held", list(_i16_rows(
+    "x86.mm.i16i32.4x16x2", "x86.avx512vnni.mm.i16i32.8x32x2",
+    "x86.mm.i16i8i32.4x16x2", "x86.avx512vnni.mm.i16i8i32.8x32x2")))
+def test_i16_tile_kloop_is_exact(name, emulated, held):
     # the extremes: -32768 * -32768 twice in one pair is 2^31, which wraps to -2^31 as i32
-    # addition does (vpmaddwd's one overflow), and 32767 * -32768; accumulators near the ends
-    # of i32 so that the sums wrap; every other element at its own random value
-    rows, cols = intrinsics.get(name).output.shape
+    # addition does (vpmaddwd's one overflow), and 32767 * -32768 (-128 for an i8 b);
+    # accumulators near the ends of i32 so that the sums wrap; every other element at its
+    # own random value
+    desc = intrinsics.get(name)
+    rows, cols = desc.output.shape
+    b_dtype = np.dtype(ir.numpy_dtype([o for o in desc.inputs if o.name == "b"][0].dtype))
+    lo, hi = np.iinfo(b_dtype).min, np.iinfo(b_dtype).max
     k = 37
     rng = np.random.default_rng(11)
     a = rng.integers(-2**15, 2**15, (rows, 2 * k)).astype(np.int16)  # row-major A: a step moves 2
-    b = rng.integers(-2**15, 2**15, (k, cols, 2)).astype(np.int16)  # B in blocks of cols x 2
-    a[:, :2], b[0] = -2**15, -2**15
-    a[0, 2:4], b[1, :4] = 2**15 - 1, -2**15
+    b = rng.integers(lo, hi + 1, (k, cols, 2)).astype(b_dtype)  # B in blocks of cols x 2
+    a[:, :2], b[0] = -2**15, lo
+    a[0, 2:4], b[1, :4] = 2**15 - 1, lo
+    b[2, :4] = hi
     c = rng.integers(-2**31, 2**31, (rows, cols), dtype=np.int64).astype(np.int32)
     c[0, :4] = 2**31 - 1
     want = c + np.einsum("isq,sjq->ij", a.reshape(rows, k, 2).astype(np.int64), b.astype(np.int64))
-    fn = kloop(name, {"c": (cols, 1), "a": (2 * k, 1), "b": (2, 1)}, {"a": 2, "b": 2 * cols}, {}, emulated)
-    fn(pointers(c, a, b), k, 1)
+    given = b.astype(np.int16) if held else b
+    fn = kloop(name, {"c": (cols, 1), "a": (2 * k, 1), "b": (2, 1)}, {"a": 2, "b": 2 * cols}, held, emulated)
+    fn(pointers(c, a, given), k, 1)
     np.testing.assert_array_equal(c, want.astype(np.int32))
 
 
@@ -429,6 +444,8 @@ CPU_WITH = {"x86.avx512vnni.dot.u8i8i32.16x4": ("znver4", "vpdpbusd"),
             "x86.mm.u8i8i32.4x16x2": ("znver3", "vpmaddwd"),
             "x86.mm.i16i32.4x16x2": ("znver3", "vpmaddwd"),
             "x86.avx512vnni.mm.i16i32.8x32x2": ("znver4", r"vpdpwssd\s[^\n]*%zmm"),
+            "x86.mm.i16i8i32.4x16x2": ("znver3", "vpmaddwd"),
+            "x86.avx512vnni.mm.i16i8i32.8x32x2": ("znver4", r"vpdpwssd\s[^\n]*%zmm"),
             "x86.amx.mm.u8i8i32.32x32x64": ("sapphirerapids", "tdpbusd")}
 
 

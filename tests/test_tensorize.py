@@ -181,7 +181,7 @@ def test_rows_of_other_dtypes_still_explain_a_nest():
 
 I16_PRODUCT = """
 @prim_func
-def i16_mm(A: i16[37, 64], B: i16[BT], C: i32[37, 29]):
+def i16_mm(A: i16[37, 64], B: BD[BT], C: i32[37, 29]):
     for i, j in grid(37, 29):
         C[i, j] = 0
         for k in range(64):
@@ -189,18 +189,21 @@ def i16_mm(A: i16[37, 64], B: i16[BT], C: i32[37, 29]):
 """
 
 
+@pytest.mark.parametrize("bd, tiles", [("i16", ("x86.mm.i16i32.4x16x2", "x86.avx512vnni.mm.i16i32.8x32x2")),
+                                       ("i8", ("x86.mm.i16i8i32.4x16x2", "x86.avx512vnni.mm.i16i8i32.8x32x2"))])
 @pytest.mark.parametrize("bt, bi", [("64, 29", "k, j"), ("29, 64", "j, k")], ids=["nn", "nt"])
-def test_an_i16_product_runs_on_the_i16_tiles_and_checks(bt, bi):
-    func = parse(I16_PRODUCT.replace("BT", bt).replace("BI", bi))
+def test_an_i16_product_runs_on_the_i16_tiles_and_checks(bd, tiles, bt, bi):
+    # i16 x i16, and i16 activations times i8 weights (TFLite's 16x8 quantization)
+    func = parse(I16_PRODUCT.replace("BD", bd).replace("BT", bt).replace("BI", bi))
     result = tensorize(func, AVX2)
-    assert "x86.mm.i16i32.4x16x2" in {s.intrinsic for s in result.sites}, result.report()
+    assert tiles[0] in {s.intrinsic for s in result.sites}, result.report()
     assert result.coverage >= 0.95
     if HOST_HAS_AVX2:
         check = runtime.check(func, result.compile())  # integers: bit for bit
         assert check.ok, check.message
     if "avx512vnni" in intrinsics.host_features():  # the host's own row: vpdpwssd
         best = tensorize(func)
-        assert "x86.avx512vnni.mm.i16i32.8x32x2" in {s.intrinsic for s in best.sites}
+        assert tiles[1] in {s.intrinsic for s in best.sites}
         check = runtime.check(func, best.compile())
         assert check.ok, check.message
 
