@@ -75,6 +75,18 @@ class AccNest:
     def iterations(self) -> int:
         return math.prod(d.extent for d in self.dims)
 
+    @property
+    def out_vars(self) -> frozenset[str]:
+        """The loop variables the output's indices use."""
+        return frozenset().union(*(ir.var_names(i) for i in self.indices))
+
+    @property
+    def outer(self) -> tuple[Dim, ...]:
+        """The dims the output's indices use, in the nest's order (the others are its
+        reduction)."""
+        used = self.out_vars
+        return tuple(d for d in self.dims if d.name in used)
+
 
 Item = Union[AccNest, Stmt]
 

@@ -50,7 +50,7 @@ from ..ir import Accumulate, Buffer, Const, Load, Store, Unary
 from ..names import Names
 from ..nests import AccNest, as_nest
 from . import finite
-from .scalars import _box, _factors, _loops
+from .scalars import _box_or_scalar, _factors, _loops
 
 
 def candidates(nest: AccNest, names: Names) -> list[tuple[list, list[Buffer]]]:
@@ -66,7 +66,7 @@ def candidates(nest: AccNest, names: Names) -> list[tuple[list, list[Buffer]]]:
     if any(isinstance(x, Const) and ir.is_float(dt) and not math.isfinite(x.value) for x in factors):
         return []  # inf * A * B * C: the guard scans operands, and the regrouped infinite
         #            terms would meet in other sums
-    out_vars = set().union(*(ir.var_names(i) for i in nest.indices))
+    out_vars = nest.out_vars
     out = []
     for a, b in itertools.combinations(loads, 2):
         pair = ir.var_names(factors[a]) | ir.var_names(factors[b])
@@ -75,7 +75,7 @@ def candidates(nest: AccNest, names: Names) -> list[tuple[list, list[Buffer]]]:
         if pair == keep:
             continue  # no loop of the pair's own: nothing summed first
         kept = [d for d in nest.dims if d.name in keep]
-        shape, idx = _box(kept) if kept else ((1,), (Const(0, ir.INDEX),))  # a scalar sum
+        shape, idx = _box_or_scalar(kept)  # a scalar sum where none is kept
         temp = Buffer(names.numbered("ct_T"), dt, shape)
         zero = _loops(kept, Store(temp, idx, Const(0, dt)))
         inner = as_nest(_loops([d for d in nest.dims if d.name in pair],

@@ -82,7 +82,7 @@ from ..ir import Binary, Buffer, Cast, Const, Expr, Load, Store, Unary
 from ..names import Names
 from ..nests import AccNest, as_nest
 from .operands import _replaced, _sites, copied
-from .scalars import _box, _factors, _loops
+from .scalars import _box_or_scalar, _factors, _loops
 from .sums import _neg
 
 # Terms of a product multiplied out, at most: two differences multiplied make four.
@@ -148,12 +148,11 @@ def _once(nest: AccNest, names: Names) -> Optional[_Once]:
     """``nest``'s term summed once over the output loops it uses (on integers, the sum of its
     factors that move along the reduction, the others multiplied in afterwards), or None where
     that sum uses every output loop or the nest has no reduction loop."""
-    out_vars = set().union(*(ir.var_names(i) for i in nest.indices))
-    outer = [d for d in nest.dims if d.name in out_vars]
+    outer = list(nest.outer)
     if len(outer) == len(nest.dims):
         return None
     dt = nest.out.dtype
-    reduction = [d for d in nest.dims if d.name not in out_vars]
+    reduction = [d for d in nest.dims if d not in outer]
     summed, scale, negative = nest.value, [], False
     if ir.is_int(dt):
         factors, negative = _factors(nest.value)
@@ -169,8 +168,7 @@ def _once(nest: AccNest, names: Names) -> Optional[_Once]:
     kept = [d for d in outer if d.name in ir.var_names(summed)]
     if len(kept) == len(outer):
         return None
-    shape, idx = _box(kept) if kept else ((1,), (Const(0, ir.INDEX),))
-    temp = Buffer(names.numbered("sd_H"), dt, shape)
+    temp, idx = _temporary(kept, dt, names)
     fill: list = [_loops(kept, Store(temp, idx, Const(0, dt)))]
     nest_once = as_nest(_loops(kept + reduction, ir.Accumulate(temp, idx, summed)))
     if nest_once is None:
@@ -194,9 +192,15 @@ def _scaled_read(factors: list, negative: bool, outer: list, dt: str, names: Nam
     kept = [d for d in outer if d.name in used]
     if len(kept) == len(outer):
         return _Once([], value, [])
-    shape, idx = _box(kept) if kept else ((1,), (Const(0, ir.INDEX),))
-    temp = Buffer(names.numbered("sd_H"), dt, shape)
+    temp, idx = _temporary(kept, dt, names)
     return _Once([_loops(kept, Store(temp, idx, value))], Load(temp, idx), [temp])
+
+
+def _temporary(dims: list, dt: str, names: Names) -> tuple[Buffer, tuple[Expr, ...]]:
+    """A fresh ``sd_H`` with an element per point of ``dims`` (one where there are none),
+    and its indices there."""
+    shape, idx = _box_or_scalar(dims)
+    return Buffer(names.numbered("sd_H"), dt, shape), idx
 
 
 def _signed(e: Expr, negative: bool) -> Expr:
@@ -213,12 +217,10 @@ def _wrapped(count: int, dtype: str) -> Const:
 def _added(nest: AccNest, values: list[Expr]) -> Optional[AccNest]:
     """One pass over ``nest``'s output loops adding the sum of ``values`` (each read at every
     point of them) into its output."""
-    out_vars = set().union(*(ir.var_names(i) for i in nest.indices))
-    outer = [d for d in nest.dims if d.name in out_vars]
     total = values[0]
     for v in values[1:]:
         total = Binary("+", total, v)
-    return as_nest(_loops(outer, ir.Accumulate(nest.out, nest.indices, total)))
+    return as_nest(_loops(nest.outer, ir.Accumulate(nest.out, nest.indices, total)))
 
 
 def multiplied(nest: AccNest, names: Names) -> Optional[tuple[list, list[Buffer]]]:

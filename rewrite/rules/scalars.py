@@ -143,7 +143,7 @@ def factored(nest: AccNest) -> Optional[Factored]:
         return None
     if any(isinstance(x, Const) and ir.is_float(dt) and not math.isfinite(x.value) for x in factors):
         return None  # inf * A * B: regrouped, its infinite terms meet in other sums
-    out_vars = set().union(*(ir.var_names(i) for i in nest.indices))
+    out_vars = nest.out_vars
 
     def split(scalar) -> tuple[tuple, tuple]:
         taken = tuple(x for x in factors if isinstance(x, Const) or scalar(x))
@@ -166,6 +166,11 @@ def _box(dims) -> tuple[tuple[int, ...], tuple[Expr, ...]]:
     (``d - start``)."""
     return (tuple(d.extent for d in dims),
             tuple(affine_expr(Affine(((d.name, 1),), -d.start)) for d in dims))
+
+
+def _box_or_scalar(dims) -> tuple[tuple[int, ...], tuple[Expr, ...]]:
+    """``_box`` of ``dims``, or one element read at 0 where there are none (a scalar)."""
+    return _box(dims) if dims else ((1,), (Const(0, ir.INDEX),))
 
 
 def _loops(dims, body: Stmt) -> Stmt:
@@ -254,8 +259,7 @@ def _summed(nest: AccNest, terms: Expr, names: Names) -> Optional[_Summed]:
     indices use: each element holds the terms of one point of those loops (the others are
     the reduction). None when the nest has no reduction loop (the temporary would be as
     large as the nest) or the sum is no accumulate nest."""
-    out_vars = set().union(*(ir.var_names(i) for i in nest.indices))
-    outer = [d for d in nest.dims if d.name in out_vars]
+    outer = list(nest.outer)
     if len(outer) == len(nest.dims):
         return None
     dt = nest.out.dtype
@@ -311,7 +315,7 @@ def divided(nest: AccNest) -> Optional[tuple[Expr, Expr, bool]]:
     if not (isinstance(value, Binary) and value.op == "/" and ir.is_float(value.dtype)):
         return None
     p, d = value.a, value.b
-    out_vars = set().union(*(ir.var_names(i) for i in nest.indices))
+    out_vars = nest.out_vars
     if isinstance(d, Const):
         if not math.isfinite(d.value) or d.value == 0:
             return None
