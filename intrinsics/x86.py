@@ -735,12 +735,38 @@ class _I32Blocks(Emitter):
                 store_row(b, ops["c"], (i, n * h), 1, b.add(old, acc[i][h]))
 
 
-class VnniMmU8I8I32_8x32x4(_I32Blocks):
+class _VnniTile(_I32Blocks):
+    """An 8x32 tile on AVX-512 VNNI: 16 zmm accumulators (8 rows, two halves of 16 columns);
+    ``step`` loads b's 128-byte block once (two zmm, ``b_half``), broadcasts each row's 32
+    bits of a as one i32 (``a_row``) and runs 16 independent ``instruction``: each b element
+    loaded feeds 8 rows."""
+
+    rows, halves, lanes = 8, 2, 16
+    operands = ("c", "a", "b")
+    I32X16 = ir.VectorType(ir.IntType(32), 16)
+    instruction: str
+
+    def b_half(self, b, ref, first: int) -> ir.Value:
+        raise NotImplementedError
+
+    def a_row(self, b, ref, i: int) -> ir.Value:
+        raise NotImplementedError
+
+    def step(self, b, ops, acc):
+        fn = declare(b.module, self.instruction, self.I32X16, [self.I32X16, self.I32X16, self.I32X16])
+        halves = [b.bitcast(self.b_half(b, ops["b"], 16 * h), self.I32X16) for h in range(self.halves)]
+        out = []
+        for i in range(self.rows):
+            a_i = splat(b, b.bitcast(self.a_row(b, ops["a"], i), ir.IntType(32)), 16)
+            out.append([b.call(fn, [acc[i][h], a_i, halves[h]]) for h in range(self.halves)])
+        return out
+
+
+class VnniMmU8I8I32_8x32x4(_VnniTile):
     """c (8x32) += a (8x4) @ b (32x4)^T in u8 x i8 -> i32, the register-blocked int8 tile:
-    16 zmm accumulators (8 rows, two halves of 16 columns). ``step`` loads b's 128-byte block
-    once (two zmm), broadcasts each row's four bytes of a as one i32, and runs 16 independent
-    ``vpdpbusd``: each b byte loaded feeds 8 rows, where the 16x4 dot reloads it per row.
-    Exact, as the dot (wrapping i32 sums of products that fit in i16).
+    ``_VnniTile`` with ``vpdpbusd``, each row's four bytes of a broadcast: each b byte loaded
+    feeds 8 rows, where the 16x4 dot reloads it per row. Exact, as the dot (wrapping i32
+    sums of products that fit in i16).
 
     The accumulators start at zero and c is added in ``store_acc``, once, after the k-loop;
     ``load_acc`` only prefetches c's lines. A GEMM's c block is rarely in cache when its
@@ -749,22 +775,15 @@ class VnniMmU8I8I32_8x32x4(_I32Blocks):
     the prefetch has the whole k-loop to land. i32 addition wraps and is associative, so
     adding c last is the same sum."""
 
-    rows, halves, lanes = 8, 2, 16
-    operands = ("c", "a", "b")
     shapes = {"c": (8, 32), "a": (8, 4), "b": (32, 4)}
     dtypes = {"c": "i32", "a": "u8", "b": "i8"}
-    I32X16 = ir.VectorType(ir.IntType(32), 16)
+    instruction = "llvm.x86.avx512.vpdpbusd.512"
 
-    def step(self, b, ops, acc):
-        dpbusd = declare(b.module, "llvm.x86.avx512.vpdpbusd.512", self.I32X16,
-                         [self.I32X16, self.I32X16, self.I32X16])
-        ref = ops["b"]
-        halves = [b.bitcast(_b_block(b, ref, 16 * h), self.I32X16) for h in range(self.halves)]
-        out = []
-        for i in range(self.rows):
-            a_i = splat(b, b.bitcast(load_row(b, ops["a"], (i, 0), 1, 4), ir.IntType(32)), 16)
-            out.append([b.call(dpbusd, [acc[i][h], a_i, halves[h]]) for h in range(self.halves)])
-        return out
+    def b_half(self, b, ref, first):
+        return _b_block(b, ref, first)
+
+    def a_row(self, b, ref, i):
+        return load_row(b, ref, (i, 0), 1, 4)
 
 
 # 1024 multiply-adds in 16 vpdpbusd, 2 block loads and 8 broadcasts, where 16 dots need 16
@@ -891,31 +910,22 @@ def mm_i16i32_4x16x2(c: i32[4, 16], a: i16[4, 2], b: i16[16, 2]):
         c[i, j] += i32(a[i, k]) * i32(b[j, k])
 
 
-class VnniMmI16I32_8x32x2(_I32Blocks):
+class VnniMmI16I32_8x32x2(_VnniTile):
     """c (8x32) += a (8x2) @ b (32x2)^T in i16 x i16 -> i32, the register-blocked 16-bit
-    tile on AVX-512 VNNI: ``VnniMmU8I8I32_8x32x4``'s blocking with ``vpdpwssd``, which adds
-    the two products of each lane's i16 pair into its i32 accumulator. 16 zmm accumulators
-    (8 rows, two halves of 16 columns); each step loads b's 128-byte block once (two zmm)
-    and broadcasts each row's pair of a as one i32. Exact: each product fits in i32 and the
-    sum wraps as i32 addition does (``vpdpwssd`` does not saturate)."""
+    tile on AVX-512 VNNI: ``_VnniTile`` with ``vpdpwssd``, which adds the two products of
+    each lane's i16 pair into its i32 accumulator, each row's pair of a broadcast as one
+    i32. Exact: each product fits in i32 and the sum wraps as i32 addition does
+    (``vpdpwssd`` does not saturate)."""
 
-    rows, halves, lanes = 8, 2, 16
-    operands = ("c", "a", "b")
     shapes = {"c": (8, 32), "a": (8, 2), "b": (32, 2)}
     dtypes = {"c": "i32", "a": "i16", "b": "i16"}
-    I32X16 = ir.VectorType(ir.IntType(32), 16)
+    instruction = "llvm.x86.avx512.vpdpwssd.512"
 
-    def step(self, b, ops, acc):
-        dpwssd = declare(b.module, "llvm.x86.avx512.vpdpwssd.512", self.I32X16,
-                         [self.I32X16, self.I32X16, self.I32X16])
-        ref = ops["b"]
-        halves = [b.bitcast(_i16_pairs(b, ref, (16 * h, 0), 16), self.I32X16) for h in range(self.halves)]
-        out = []
-        for i in range(self.rows):
-            pair = b.bitcast(_i16_pairs(b, ops["a"], (i, 0), 1), ir.IntType(32))
-            a_i = splat(b, pair, 16)
-            out.append([b.call(dpwssd, [acc[i][h], a_i, halves[h]]) for h in range(self.halves)])
-        return out
+    def b_half(self, b, ref, first):
+        return _i16_pairs(b, ref, (first, 0), 16)
+
+    def a_row(self, b, ref, i):
+        return _i16_pairs(b, ref, (i, 0), 1)
 
 
 # 512 multiply-adds in 16 vpdpwssd, 2 block loads and 8 broadcasts
