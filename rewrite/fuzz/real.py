@@ -158,6 +158,13 @@ def _whole(ranges: dict[str, tuple[int, int]], tiles: dict[str, int]) -> int:
     return out
 
 
+def _tiled(s: _Shape, loops) -> tuple[int, int]:
+    """The iterations of the nest over ``loops`` (``(var, start, stop)``), and those whole
+    tiles of the intrinsic cover."""
+    return (math.prod(b - a for _, a, b in loops),
+            _whole({v: (a, b - 1) for v, a, b in loops}, _tiles(s)))
+
+
 def _rho(s: _Shape, gathered: Optional[bool] = None) -> tuple[float, float]:
     """The intrinsic's price per iteration, and what this layout pays (gathered or not)."""
     desc = s.desc
@@ -504,8 +511,7 @@ def _sum_guarantee(s: _Shape, second: dict, func: PrimFunc, nests, acc) -> Guara
         return Guarantee(frozenset(), 0.0, "the intrinsic's body is a sum itself: split-sum "
                                            "splits it too, into terms that are not its body")
     (loops,) = nests
-    n = math.prod(b - a for _, a, b in loops)
-    dd = _whole({v: (a, b - 1) for v, a, b in loops}, _tiles(s))
+    n, dd = _tiled(s, loops)
     s_term = _ops_per_iteration(_body(desc))
     covered = 0.0
     for inputs in (s.inputs, second):
@@ -583,8 +589,7 @@ def _factor_guarantee(s: _Shape, func: PrimFunc, nests, product: Expr) -> Guaran
     desc = s.desc
     (loops,) = nests
     ext = s.extents
-    n = math.prod(b - a for _, a, b in loops)
-    dd = _whole({v: (a, b - 1) for v, a, b in loops}, _tiles(s))
+    n, dd = _tiled(s, loops)
     body = _reload(product, {o.name: o for o in s.inputs.values()}, ext)
     alpha = s.extra["alpha"].load(ext)
     factors = [alpha] + _factors(body)
@@ -816,8 +821,7 @@ def _temp_guarantee(s: _Shape, func: PrimFunc, loops, acc: Stmt, expanded: _Oper
     pseudo = _replace(s, out=expanded)
     rho, rho_g = _rho(pseudo)
     s_prog = _op_count(acc)
-    n = math.prod(b - a for _, a, b in loops)
-    dd = _whole({v: (a, b - 1) for v, a, b in loops}, _tiles(s))
+    n, dd = _tiled(s, loops)
     covered = _covered(dd, rho, rho_g, s_prog)
     return _bound(desc, covered, n * s_prog + other,
                   f"{dd} of {n} iterations in whole tiles of the expanded nest at {rho_g:g} "
@@ -910,8 +914,7 @@ def _narrow_guarantee(s: _Shape, func: PrimFunc, loops_of, name: str) -> Guarant
     plan covers ``c`` iterations with ``rho c + s (n - c) <= rho' dd + s (n - dd)``."""
     desc = s.desc
     (loops,) = loops_of
-    n = math.prod(b - a for _, a, b in loops)
-    dd = _whole({v: (a, b - 1) for v, a, b in loops}, _tiles(s))
+    n, dd = _tiled(s, loops)
     buffer = s.inputs[name].name
     hoists = _hoists(func, s.out.name)
     if len({id(nest) for nest, *_ in hoists}) > 1:
@@ -975,8 +978,13 @@ def _scaled_kind(draw, desc, exact) -> Disguised:
     return Disguised(func, desc.name, guarantee, tuple(s.notes))
 
 
+def _stmt_of(item) -> Stmt:
+    """A program item (a statement, or a nest or guard as its statement) as a statement."""
+    return item.stmt() if hasattr(item, "stmt") else item
+
+
 def _statements_ops(items) -> int:
-    return sum(_op_count(p.stmt() if hasattr(p, "stmt") else p) for p in items)
+    return sum(_op_count(_stmt_of(p)) for p in items)
 
 
 def _scaled_guarantee(s: _Shape, func: PrimFunc, loops_of, name: str) -> Guarantee:
@@ -995,8 +1003,7 @@ def _scaled_guarantee(s: _Shape, func: PrimFunc, loops_of, name: str) -> Guarant
     counts its scan and both branches)."""
     desc = s.desc
     (loops,) = loops_of
-    n = math.prod(b - a for _, a, b in loops)
-    dd = _whole({v: (a, b - 1) for v, a, b in loops}, _tiles(s))
+    n, dd = _tiled(s, loops)
     buffer = s.inputs[name].name
     offers = _hoists(func, s.out.name)
     if len({id(nest) for nest, *_ in offers}) > 1:
@@ -1092,8 +1099,7 @@ def _zero_guarantee(s: _Shape, func: PrimFunc, loops_of) -> Guarantee:
 
     desc = s.desc
     (loops,) = loops_of
-    n = math.prod(b - a for _, a, b in loops)
-    dd = _whole({v: (a, b - 1) for v, a, b in loops}, _tiles(s))
+    n, dd = _tiled(s, loops)
     norm = _nests.normalize(func)
     accs = [p for p in _nests.items(norm) if isinstance(p, _nests.AccNest) and p.out.name == s.out.name]
     if len(accs) != 1:
@@ -1110,7 +1116,7 @@ def _zero_guarantee(s: _Shape, func: PrimFunc, loops_of) -> Guarantee:
         return Guarantee(frozenset(), 0.0, "distribute-product sums the bytes' product once per "
                                            "point of the loops its operands use")
     corrections = [p for p in items if p is not bare[0]]
-    price = sum(_cost.scalar_stmt(p.stmt() if isinstance(p, _nests.AccNest) else p) for p in corrections)
+    price = sum(_cost.scalar_stmt(_stmt_of(p)) for p in corrections)
     rho, rho_g = _rho(s)
     t = _ops_per_iteration(_body(desc))
     covered = _covered(dd, rho, rho_g, t, price)
