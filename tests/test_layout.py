@@ -743,6 +743,20 @@ def test_b_fitting_half_of_l2_keeps_the_row_groups(caches):
     assert [v[0] for v, _ in loops] == ["i", "k", "i", "j", "k"]
 
 
+@pytest.mark.parametrize("m, loops", [
+    # 9 row tiles in 3 groups of 3 (two threads: 2 / 1): 2 column blocks of 4 tiles instead
+    (72, [("j_o_b", 2), ("k_o", 2), ("i_o", 9), ("j_o_i", 4), ("k_i", 128)]),
+    # 15 row tiles, 3 groups of 5: the same
+    (120, [("j_o_b", 2), ("k_o", 2), ("i_o", 15), ("j_o_i", 4), ("k_i", 128)]),
+    # 10 row tiles, 2 groups of 5: even, so the row groups stay
+    (80, [("i_o_b", 2), ("k_o", 2), ("i_o_i", 5), ("j_o", 8), ("k_i", 128)]),
+])
+def test_a_few_odd_row_groups_give_way_to_an_even_number_of_column_blocks(caches, m, loops):
+    caches(32 * 1024, 1024 * 1024)  # Zen 4: KC 128; B's block (128 KB) fits half of L2
+    _, got = _planned(_nn(m, 256, 256), AVX512, "x86.avx512.mm.f32.8x32x1", HOST_HAS_AVX512)
+    assert got == loops
+
+
 def _stays_along(func: ir.PrimFunc, intrinsic: str, operand: str) -> set[str]:
     """The call loops along which ``operand``'s window does not move."""
     call = next(c for c in _calls(func) if c.intrinsic.name == intrinsic)
