@@ -312,6 +312,8 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
     if len(reduction) == 1 and 1 <= len(wide) <= 2 and _output_bytes(desc, moving) <= l2_bytes() // 2:
         for cols in wide:  # a few rows of tiles: as a vector-matrix product's row tiles
             rows = next((d for d in wide if d is not cols), None)
+            if rows is not None and _block_fits_l2(desc, reduction[0], cols, windows):
+                continue
             found = _rows_apart(desc, cols, reduction[0], windows, names, rows)
             if found is not None:
                 unit = [d for d in moving if d.extent == 1]
@@ -322,20 +324,12 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
     (r,) = reduction
 
     def uses(op) -> set[str]:
-        return {x.name for e in windows[op.name].base for x in ir.walk_expr(e) if isinstance(x, Var)}
+        return _window_vars(windows[op.name])
 
-    size = functools.partial(_call_bytes, windows=windows)
-    widest = max((op for op in desc.inputs if r.name in uses(op)), key=size, default=None)
-    if widest is None:
+    steps = _reduction_blocks(desc, r, windows)
+    if steps is None:
         return Blocked(loops, windows)
-    step = size(widest)
-    # B's KC steps fill at most two thirds of L1; a widened copy's all of it (see above)
-    widened = ir.itemsize(windows[widest.name].buffer.dtype) > ir.itemsize(widest.dtype)
-    kc_max = (l1_data_bytes() if widened else 2 * l1_data_bytes() // 3) // step
-    # a widened panel's whole reduction that fits is one block, the columns still cut
-    whole = widened and r.extent <= kc_max
-    kc = r.extent if whole else \
-        next((n for n in range(min(kc_max, r.extent // 2), KC_MIN - 1, -1) if r.extent % n == 0), None)
+    widest, step, kc_max, whole, kc = steps
     rows = next((d for d in moving if d.name not in uses(widest)), None)
     group = next((n for n in range(min(ROW_TILES, rows.extent // 2), 1, -1)
                   if rows.extent % n == 0), None) if rows is not None else None
@@ -528,6 +522,60 @@ def _few_odd(groups: int) -> bool:
     (5 groups; 31 column tiles: 4 blocks of 7 and 3 left) 2.30 -> 1.92, 280 x 512 x 512
     0.82 -> 0.71, u8 x i8 72 x 1024 x 1024 0.275 -> 0.217; one thread within 1% either way."""
     return groups % 2 == 1 and groups < ODD_BLOCKS_KEPT
+
+
+def _window_vars(w: ir.Window) -> set[str]:
+    """The loop variables a window's base moves with."""
+    return {x.name for e in w.base for x in ir.walk_expr(e) if isinstance(x, Var)}
+
+
+class _Steps(NamedTuple):
+    """How ``blocked_loops`` cuts a reduction: the widest input along it (B), the bytes one
+    call reads of it, the most steps of it a block holds, whether the reduction is one
+    block (a widened panel's that fits), the block's steps (None: no size fits)."""
+
+    widest: object
+    step: int
+    kc_max: int
+    whole: bool
+    kc: Optional[int]
+
+
+def _reduction_blocks(desc, r: Dim, windows: dict) -> Optional[_Steps]:
+    """The reduction ``r``'s blocks (``_Steps``), None where no input moves along it."""
+    size = functools.partial(_call_bytes, windows=windows)
+    widest = max((op for op in desc.inputs if r.name in _window_vars(windows[op.name])), key=size,
+                 default=None)
+    if widest is None:
+        return None
+    step = size(widest)
+    # B's KC steps fill at most two thirds of L1; a widened copy's all of it (see above)
+    widened = ir.itemsize(windows[widest.name].buffer.dtype) > ir.itemsize(widest.dtype)
+    kc_max = (l1_data_bytes() if widened else 2 * l1_data_bytes() // 3) // step
+    # a widened panel's whole reduction that fits is one block, the columns still cut
+    whole = widened and r.extent <= kc_max
+    kc = r.extent if whole else \
+        next((n for n in range(min(kc_max, r.extent // 2), KC_MIN - 1, -1) if r.extent % n == 0), None)
+    return _Steps(widest, step, kc_max, whole, kc)
+
+
+def _block_fits_l2(desc, r: Dim, cols: Dim, windows: dict) -> bool:
+    """The reduction ``r`` is cut into blocks (``_reduction_blocks``) of which one, over all
+    the column tiles ``cols``, fits half of L2: GotoBLAS's order then keeps B's block in
+    L2, whole rows of it, while the row tiles sweep it, and a few rows of tiles take that
+    order, not ``_rows_apart``'s (B eight rows at a time, C's tiles loaded and stored every
+    eight steps). Zen 4 (1 MB L2), 8x32 tiles, in turns (medians of 9 rounds, us), B 1024 x
+    1024 (KC 128: 512 KB), eight rows at a time / the order taken now: 16 rows 506 / 336
+    (the tiles' order as written: two row tiles make no groups) on one thread, 270 / 210
+    on two; 32 rows 724 / 658 and 711 / 379 (row groups); 24 rows 922 / 733 and 1091 / 463
+    (the extractor's choice then: C's transpose on padded 32-wide copies). With B 2048 x
+    2048 (1 MB blocks, past half of L2) B eight rows at a time stays, and was the faster
+    there: 16 rows 1865 against 2530 us in the tiles' order as written, 4096 x 4096 13.3
+    against 27.5 ms. On Zen 3's 512 KB L2 the 1024 x 1024 blocks are past half of it too."""
+    steps = _reduction_blocks(desc, r, windows)
+    if steps is None or steps.kc is None or (r.extent <= steps.kc_max and not steps.whole):
+        return False
+    return cols.name in _window_vars(windows[steps.widest.name]) and steps.kc * steps.step * cols.extent <= l2_bytes() // 2
 
 
 def _column_blocks(tiles: int, most: int) -> tuple[Optional[int], Optional[int]]:

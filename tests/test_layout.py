@@ -1047,6 +1047,25 @@ def test_four_row_tiles_are_cut_into_two_halves_of_rows(caches):
     assert [n for _, n in loops] == [2, 32, 2, 64, 8] and loops[0][0].endswith("_b"), loops
 
 
+@pytest.mark.parametrize("l2, m, n, apart", [
+    (1024 * 1024, 32, 1024, False),  # Zen 4: B's 128-row block over all its columns, 512 KB, fits half
+    (512 * 1024, 32, 1024, True),  # Zen 3: it does not
+    (1024 * 1024, 16, 2048, True),  # 1 MB blocks past half of Zen 4's L2
+])
+def test_a_few_rows_read_b_eight_rows_at_a_time_only_where_its_block_outgrows_l2(caches, l2, m,
+                                                                                   n, apart):
+    caches(32 * 1024, l2)
+    func = _nn(m, n, n)
+    result = tensorize(func, AVX512)
+    loops = _call_loops(result.func, "x86.avx512.mm.f32.8x32x1")
+    steps = dict(loops)["k_i"]
+    assert (steps == 8) == apart, loops  # eight rows of B a block, or GotoBLAS's KC (128)
+    if not apart:
+        assert steps == 128 and loops[0] == ("i_o_b", 2), loops  # two row groups
+    if n == 1024:
+        _agrees(func, result, HOST_HAS_AVX512)
+
+
 def _row_halves(m: int):
     """``C = A @ B`` at m x 1024 x 256 on the AVX2 tiles: the result, checked on two threads
     and on one (which runs the halves as one sweep, ``lower.one_sweep``) where the host runs
