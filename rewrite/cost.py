@@ -255,10 +255,32 @@ def moved(elements: int) -> float:
     return elements * PER_ELEMENT_MOVED
 
 
-def streamed(calls: int, streams, reread_streams=None, l2: int = L2_SETS * L2_WAYS * LINE) -> float:
+# Held in L2 (``streamed``'s ``held``): a panel read in place whose reduction blocks the
+# calls' order keeps in L2 (``extract.blocked_loops``' GotoBLAS order: B's KC rows over a
+# block of columns that fits half of L2, swept by every row tile of a group before the next
+# block) is not charged as coming back from L3, neither for the sets one tile's lines fall
+# into (``streamed``'s set term, fitted on the calls in their unblocked order) nor for its
+# buffer outgrowing L2 (``_outgrown``): the block's rows are whole runs of columns, over all
+# of L2's sets. What stays is the span of its KC rows past the TLB's reach (``_paged``),
+# charged on the blocked steps.
+#
+# Measured on Zen 4 (1 MB L2), 8x32 tiles in GotoBLAS's order, B in place against B copied
+# into panels first (the programs taking turns, medians of 7-15 rounds, us or ms, one thread /
+# two): 64 x 512 x 512 294 / 337 and 149 / 199 us, 128 x 512 x 512 586 / 629 and 294 / 343 us,
+# 64 x 1024 x 1024 (A in panels either way) 1.25 / 1.39 and 0.62 / 0.79 ms, 128 x 1024 x 1024
+# 2.52 / 2.60 and 1.26 / 1.40, 256 x 1024 x 1024 5.13 / 5.03 and 2.54 / 2.62, 512 x 1024 x
+# 1024 10.5 / 10.0 and 5.24 / 5.05, 1024^3 21.9 / 19.8 and 10.4 / 9.8: the copy (a pass over
+# B, ``PER_ELEMENT_MOVED`` an element) pays from a few hundred rows on, as every row tile of
+# B's block reads its rows in place a page a step. With ``_paged`` alone it is taken from 93
+# rows on at 1024 columns (span 512 KB) and 170 at 512 (256 KB): later than measured, never
+# where it lost. Not measured on Zen 3.
+def streamed(calls: int, streams, reread_streams=None, l2: int = L2_SETS * L2_WAYS * LINE,
+             held=frozenset()) -> float:
     """What a tile's strided panel adds to ``calls`` calls (``layout.streams``), and what
     rereading an input that outgrew L1 adds, on ``reread_streams`` when given (the calls'
     streams once cache-blocked, whose reduction blocks bound what is read again).
+    ``held``: the inputs whose blocks the blocked order keeps in L2 (``extract.Blocked``),
+    charged for their pages alone (held in L2, above).
 
     An input whose consecutive calls along the reduction lie a line or more apart (the 6x16
     product's ``B[k, 16 * j_o]``: one row of B per k) touches ``runs * ceil(run / LINE)``
@@ -290,9 +312,11 @@ def streamed(calls: int, streams, reread_streams=None, l2: int = L2_SETS * L2_WA
     the copy is still chosen there, and it still measured faster."""
     extra = sum(_reread(calls, s) for s in (streams if reread_streams is None else reread_streams))
     # on the order the calls run in, once it is known (the blocked one)
-    extra += sum(max(_paged(calls, s), _outgrown(calls, s, l2)) + _aliased(calls, s)
-                 for s in reread_streams or ())
+    extra += sum(max(_paged(calls, s), 0.0 if s.operand in held else _outgrown(calls, s, l2))
+                 + _aliased(calls, s) for s in reread_streams or ())
     for s in streams:
+        if s.operand in held:
+            continue
         if _strided(s) or _broadcast_far(s):
             lines = s.runs * math.ceil(s.run / LINE)
             sets = L2_SETS // math.gcd(s.stride // LINE, L2_SETS) if s.stride % LINE == 0 else L2_SETS

@@ -217,11 +217,14 @@ def _call_bytes(op, windows: dict) -> int:
 class Blocked(NamedTuple):
     """A call nest's loops and windows in their blocked order, and ``rest``: the call nests
     (``(loops, windows)`` each) of the column tiles that no whole column block holds, run
-    after it."""
+    after it; ``held``: the inputs whose reduction blocks the order keeps in L2 while the
+    row tiles sweep them (GotoBLAS's order: B's KC x NC block), which ``cost.streamed``
+    does not charge as coming back from L3."""
 
     loops: list
     windows: dict
     rest: tuple = ()
+    held: frozenset = frozenset()
 
 
 def blocked_calls(desc, blocked: Blocked) -> list[Stmt]:
@@ -370,7 +373,8 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
     else:
         order = ([Dim(rows_b, 0, rows.extent // group), Dim(k_o, 0, r.extent // kc),
                   Dim(rows_i, 0, group)] + others + [Dim(k_i, 0, kc)])
-    return Blocked(order, {name: _rebased(w, values) for name, w in windows.items()}, rest)
+    return Blocked(order, {name: _rebased(w, values) for name, w in windows.items()}, rest,
+                   frozenset({widest.name}))
 
 
 # A reduction whose steps read an input rows apart (``ROWS_APART`` bytes or more) runs in
@@ -643,12 +647,14 @@ def _streams(desc, windows, loops) -> tuple:
     return layout.streams(desc, windows, inner, outer, loops[:-1])
 
 
-def _price(desc, b: Binding, windows, unit_ok: bool, streams, blocked_streams=None) -> float:
+def _price(desc, b: Binding, windows, unit_ok: bool, streams, blocked: Blocked) -> float:
     """The binding's calls on these windows: their cost, strided panels (priced on the
-    nest's own order, as ``cost.streamed`` was fitted), inputs read again (on the blocked
-    order the calls run in), split blocks."""
+    nest's own order, as ``cost.streamed`` was fitted, but for the inputs the ``blocked``
+    order holds in L2), inputs read again (on the blocked order the calls run in), split
+    blocks."""
     return cost.calls(desc, b.tiles, unit_ok) + \
-        cost.streamed(b.tiles, streams, blocked_streams, l2_bytes()) + \
+        cost.streamed(b.tiles, streams, _streams(desc, blocked.windows, blocked.loops), l2_bytes(),
+                      blocked.held) + \
         cost.unblocked(desc, b.tiles, windows)
 
 
@@ -905,15 +911,18 @@ class _Builder:
         loops = [d for d in loops if d.name in moves] + [d for d in loops if d.name not in moves]
         blocked = blocked_loops(desc, loops, windows, names)
         found = _streams(desc, windows, loops)
-        price = _price(desc, b, windows, b.unit_stride_ok, found, _streams(desc, blocked[1], blocked[0]))
+        price = _price(desc, b, windows, b.unit_stride_ok, found, blocked)
         calls = self.graph.leaf(blocked_calls(desc, blocked), price)
         below = self._below(nest, matches, depth, pack)
         rest = [self.nest(r, matches, depth + 1, below) for r in remainders(nest, b, desc)]
         self.graph.add(ref, calls, *rest)
         for stage in self.ex.calls_stages:
             far = stage.pick(desc, windows, found)
-            if far:
-                self._panel(stage, ref, nest, desc, b, loops, tiled, windows, far, price, rest)
+            # all of them, and those the blocked order does not hold in L2: A's rows one L1
+            # set apart want panels where B's rows, held, may be cheaper read in place
+            others = tuple(op for op in far if op not in blocked.held)
+            for some in [far] + ([others] if others and others != far else []):
+                self._panel(stage, ref, nest, desc, b, loops, tiled, windows, some, price, rest)
 
     def _panel(self, stage, ref, nest: AccNest, desc, b: Binding, loops, tiled, windows, far,
                price: float, rest) -> None:
@@ -934,8 +943,7 @@ class _Builder:
         copies = cost.packing(panel.copies)
         loop_names = {d.name for d in nest.dims}
         blocked = blocked_loops(desc, loops, windows, self.ex.names.copy(loop_names))
-        calls = _price(desc, b, windows, unit_ok, _streams(desc, windows, loops),
-                       _streams(desc, blocked[1], blocked[0]))
+        calls = _price(desc, b, windows, unit_ok, _streams(desc, windows, loops), blocked)
         if copies + calls >= price:
             return
         if key not in self.ex._panels:  # the panel for real, under its final names

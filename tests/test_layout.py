@@ -1066,6 +1066,35 @@ def test_a_few_rows_read_b_eight_rows_at_a_time_only_where_its_block_outgrows_l2
         _agrees(func, result, HOST_HAS_AVX512)
 
 
+@pytest.mark.parametrize("m, n, panels", [
+    (64, 512, set()),  # B's 128-row blocks (256 KB) held in L2: read in place
+    (64, 1024, {"A"}),  # A's rows 4 KB apart, one L1 set: A alone in panels
+    (512, 512, {"B"}),  # 64 row tiles read each block of B: the copy pays
+])
+def test_b_held_in_l2_by_the_blocked_order_is_copied_only_where_many_row_tiles_read_it(
+        caches, m, n, panels):
+    caches(32 * 1024, 1024 * 1024)  # Zen 4
+    func = _nn(m, n, n)
+    result = tensorize(func, AVX512)
+    copied = {b.name.split("_")[0] for b in result.func.allocs if "panel" in b.name}
+    assert copied == panels, show(result.func)
+    assert dict(_call_loops(result.func, "x86.avx512.mm.f32.8x32x1"))["k_i"] == 128  # blocked
+    if m == 64:
+        _agrees(func, result, HOST_HAS_AVX512)
+
+
+def test_streamed_charges_an_operand_held_in_l2_for_its_pages_alone():
+    from rewrite.rules.layout import Stream
+
+    # B in place, rows 4 KB apart: 1024 steps as written, 128 a block
+    written = Stream("b", 4096, 128, 1, 1024, True, False, 0, 4 << 20, False)
+    blocked = Stream("b", 4096, 128, 1, 128, True, False, 0, 4 << 20, False)
+    whole = cost.streamed(1000, (written,), (blocked,), 1 << 20)
+    held = cost.streamed(1000, (written,), (blocked,), 1 << 20, frozenset({"b"}))
+    assert held == cost._paged(1000, blocked) > 0  # 512 KB of rows past the TLB's reach
+    assert whole > held + cost._outgrown(1000, blocked, 1 << 20) / 2
+
+
 def _row_halves(m: int):
     """``C = A @ B`` at m x 1024 x 256 on the AVX2 tiles: the result, checked on two threads
     and on one (which runs the halves as one sweep, ``lower.one_sweep``) where the host runs
