@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Optional
 
 from . import polytope
 from .ir import (INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load, PrimFunc, Seq,
@@ -24,16 +25,21 @@ _COUNTED_UNARY = ("neg", "abs", "exp", "sqrt")
 # operation counts (also the numerator of GFLOP/s in the benchmark)
 
 
-def op_count(s: Stmt, per_store: int = 0) -> int:
+def op_count(s: Stmt, per_store: int = 0, most_per_unit: Optional[int] = None) -> int:
     """Arithmetic operations ``s`` performs: each ``+ - * / // % max min neg abs exp sqrt`` in a
     stored value counts one, ``+=`` one more, times the number of times it runs. Index
     arithmetic is not counted. Under an ``if`` comparing affine indices (a triangular loop's
     guard, ``i >= 1``) a statement counts the iterations that pass it (``polytope.count``);
     other conditions count both arms (an upper bound). With ``per_store``, a store counts at
-    least that much (work, for a copy with no arithmetic)."""
+    least that much (work, for a copy with no arithmetic). With ``most_per_unit``, a call
+    counts at most that many operations per unit of its descriptor's ``cost`` (time, where
+    an intrinsic does more operations in a unit than another)."""
     def ops(x: Stmt) -> int:
         if isinstance(x, Call):
-            return max(per_store, op_count(x.intrinsic.semantics.body))
+            n = op_count(x.intrinsic.semantics.body)
+            if most_per_unit is not None:
+                n = min(n, int(x.intrinsic.cost * most_per_unit))
+            return max(per_store, n)
         extra = 1 if isinstance(x, Accumulate) else 0
         return max(per_store, extra + _value_ops(x.value))
 

@@ -51,6 +51,12 @@ from .ir import (INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, 
 # workers and joining them costs a few microseconds, which such a loop does not repay (a
 # 30^3 product, 54 000 operations, takes 1 us on one thread of Zen 4 and 3-4 us on two).
 MIN_PARALLEL_OPS = 1 << 16
+# ... counting a call's operations at most this many per unit of its descriptor's cost: the
+# f32 tiles' rate (the AVX-512 8x32 tile's 512 operations in 8 units), so that a product on
+# a faster tile counts the time it takes, not its operations (the u8 x i8 VNNI tile does
+# 2048 in 10 units). ``qgemm_u8i8_30`` (65 536 operations, 320 units at this rate) took
+# 1.7-2.0 us on two Zen 4 threads and 0.64 us on one.
+OPS_PER_UNIT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +108,7 @@ def lower(func: PrimFunc) -> Plan:
     for k, s in enumerate(stmts_of(func.body)):
         # a lone intrinsic call (no loop to split) stays serial, however much work it does
         swept = one_sweep(parallel, k, s)
-        if isinstance(s, For) and _worth_threads(parallel, k, stmts_of(meaning.body)[k]):
+        if isinstance(s, For) and _worth_threads(parallel, k, s):
             if pending:
                 parts.append(Part(seq(*pending), False))
                 pending = []
@@ -351,7 +357,8 @@ def _collapsed(parallel: set[tuple[int, ...]], position: int, s: For) -> Stmt:
 def _worth_threads(parallel: set[tuple[int, ...]], position: int, s: Stmt) -> bool:
     """``parallel``: the paths of the loops the dependence analysis finds parallel."""
     # a copy (a packing stage, a padded input) has no arithmetic but is worth threads too
-    if not isinstance(s, For) or s.extent < 2 or op_count(s, per_store=1) < MIN_PARALLEL_OPS:
+    if not isinstance(s, For) or s.extent < 2 or \
+            op_count(s, per_store=1, most_per_unit=OPS_PER_UNIT) < MIN_PARALLEL_OPS:
         return False
     return (position,) in parallel
 

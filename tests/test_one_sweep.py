@@ -260,3 +260,25 @@ def test_a_sweep_computes_what_the_program_does_bit_for_bit(func):
     for b in func.outputs:
         assert np.array_equal(_bits(got[b.name]), _bits(want[b.name])), f"{b.name} of\n{show(func)}"
     assert runtime.check(func, runtime.compile(func, threads=1)).ok
+
+
+# 32 x 32 x 32 on 8 x 32 tiles: 65 536 operations either way, lower.MIN_PARALLEL_OPS
+TILES = """
+@prim_func
+def tiles(A: {a}[32, 32], B: {b}, C: {c}[32, 32]):
+    for i_o, k_o in grid(4, {steps}):
+        call("{tile}", c=window(C[8 * i_o, 0], (1, 0), (0, 1)), a=window(A[8 * i_o, {k} * k_o], (1, 0), (0, 1)), b=window({window}))
+"""
+
+
+def test_a_part_is_worth_threads_by_the_time_its_calls_take_not_their_operations():
+    f32 = TILES.format(a="f32", b="f32[32, 32]", c="f32", steps=32, k=1,
+                       tile="x86.avx512.mm.f32.8x32x1", window="B[k_o, 0], (1, 0), (0, 1)")
+    u8i8 = TILES.format(a="u8", b="i8[8, 32, 4]", c="i32", steps=8, k=4,
+                        tile="x86.avx512vnni.mm.u8i8i32.8x32x4",
+                        window="B[k_o, 0, 0], (0, 1, 0), (0, 0, 1)")
+    parts = {name: lower.lower(parse(text)).parts for name, text in (("f32", f32), ("u8i8", u8i8))}
+    assert [p.parallel for p in parts["f32"]] == [True]
+    # the same operations on the VNNI tile take a third of the time (10 units a call for
+    # 2048 operations against 8 for 512): the part runs on the calling thread
+    assert [p.parallel for p in parts["u8i8"]] == [False]
