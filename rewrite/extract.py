@@ -579,7 +579,8 @@ def _block_fits_l2(desc, r: Dim, cols: Dim, windows: dict) -> bool:
     steps = _reduction_blocks(desc, r, windows)
     if steps is None or steps.kc is None or (r.extent <= steps.kc_max and not steps.whole):
         return False
-    return cols.name in _window_vars(windows[steps.widest.name]) and steps.kc * steps.step * cols.extent <= l2_bytes() // 2
+    return cols.name in _window_vars(windows[steps.widest.name]) and \
+        steps.kc * steps.step * cols.extent <= l2_bytes() // 2
 
 
 def _column_blocks(tiles: int, most: int) -> tuple[Optional[int], Optional[int]]:

@@ -1048,7 +1048,8 @@ def test_four_row_tiles_are_cut_into_two_halves_of_rows(caches):
 
 
 @pytest.mark.parametrize("l2, m, n, apart", [
-    (1024 * 1024, 32, 1024, False),  # Zen 4: B's 128-row block over all its columns, 512 KB, fits half
+    # Zen 4: B's 128-row block over all its columns, 512 KB, fits half of L2
+    (1024 * 1024, 32, 1024, False),
     (512 * 1024, 32, 1024, True),  # Zen 3: it does not
     (1024 * 1024, 16, 2048, True),  # 1 MB blocks past half of Zen 4's L2
 ])
