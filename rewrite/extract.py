@@ -214,6 +214,11 @@ def _call_bytes(op, windows: dict) -> int:
     return math.prod(op.shape) * ir.itemsize(windows[op.name].buffer.dtype)
 
 
+def _window_vars(w: ir.Window) -> set[str]:
+    """The loop variables a window's base moves with."""
+    return {x.name for e in w.base for x in ir.walk_expr(e) if isinstance(x, Var)}
+
+
 class Blocked(NamedTuple):
     """A call nest's loops and windows in their blocked order, and ``rest``: the call nests
     (``(loops, windows)`` each) of the column tiles that no whole column block holds, run
@@ -298,8 +303,7 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
     Each output element still sums over k in increasing order: only the order in which
     different output tiles are visited changes. The outermost loop still moves the output,
     so it stays the parallel one."""
-    moves = {x.name for e in windows[desc.output.name].base for x in ir.walk_expr(e)
-             if isinstance(x, Var)}
+    moves = _window_vars(windows[desc.output.name])
     moving = [d for d in loops if d.name in moves]
     reduction = [d for d in loops if d.name not in moves]
     if len(reduction) > 1 and moving:
@@ -312,10 +316,11 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
         unit = [d for d in moving if d.extent == 1]
         return Blocked(unit + found.loops, found.windows,
                        tuple((unit + list(loops), w) for loops, w in found.rest))
+    steps = _reduction_blocks(desc, reduction[0], windows) if len(reduction) == 1 else None
     if len(reduction) == 1 and 1 <= len(wide) <= 2 and _output_bytes(desc, moving) <= l2_bytes() // 2:
         for cols in wide:  # a few rows of tiles: as a vector-matrix product's row tiles
             rows = next((d for d in wide if d is not cols), None)
-            if rows is not None and _block_fits_l2(desc, reduction[0], cols, windows):
+            if rows is not None and _block_fits_l2(steps, reduction[0], cols, windows):
                 continue
             found = _rows_apart(desc, cols, reduction[0], windows, names, rows)
             if found is not None:
@@ -329,7 +334,6 @@ def blocked_loops(desc, loops: list, windows: dict, names: Names) -> Blocked:
     def uses(op) -> set[str]:
         return _window_vars(windows[op.name])
 
-    steps = _reduction_blocks(desc, r, windows)
     if steps is None:
         return Blocked(loops, windows)
     widest, step, kc_max, whole, kc = steps
@@ -528,11 +532,6 @@ def _few_odd(groups: int) -> bool:
     return groups % 2 == 1 and groups < ODD_BLOCKS_KEPT
 
 
-def _window_vars(w: ir.Window) -> set[str]:
-    """The loop variables a window's base moves with."""
-    return {x.name for e in w.base for x in ir.walk_expr(e) if isinstance(x, Var)}
-
-
 class _Steps(NamedTuple):
     """How ``blocked_loops`` cuts a reduction: the widest input along it (B), the bytes one
     call reads of it, the most steps of it a block holds, whether the reduction is one
@@ -563,8 +562,8 @@ def _reduction_blocks(desc, r: Dim, windows: dict) -> Optional[_Steps]:
     return _Steps(widest, step, kc_max, whole, kc)
 
 
-def _block_fits_l2(desc, r: Dim, cols: Dim, windows: dict) -> bool:
-    """The reduction ``r`` is cut into blocks (``_reduction_blocks``) of which one, over all
+def _block_fits_l2(steps: Optional[_Steps], r: Dim, cols: Dim, windows: dict) -> bool:
+    """The reduction ``r`` is cut into ``steps`` (``_reduction_blocks``) of which one, over all
     the column tiles ``cols``, fits half of L2: GotoBLAS's order then keeps B's block in
     L2, whole rows of it, while the row tiles sweep it, and a few rows of tiles take that
     order, not ``_rows_apart``'s (B eight rows at a time, C's tiles loaded and stored every
@@ -576,7 +575,6 @@ def _block_fits_l2(desc, r: Dim, cols: Dim, windows: dict) -> bool:
     2048 (1 MB blocks, past half of L2) B eight rows at a time stays, and was the faster
     there: 16 rows 1865 against 2530 us in the tiles' order as written, 4096 x 4096 13.3
     against 27.5 ms. On Zen 3's 512 KB L2 the 1024 x 1024 blocks are past half of it too."""
-    steps = _reduction_blocks(desc, r, windows)
     if steps is None or steps.kc is None or (r.extent <= steps.kc_max and not steps.whole):
         return False
     return cols.name in _window_vars(windows[steps.widest.name]) and \
@@ -636,7 +634,7 @@ def _reductions_outside(desc, loops: list, moving: list, reduction: list, window
         return loops
     top = max(moving, key=lambda d: d.extent)
     inside = [d for d in moving if d is not top]
-    reads = {x.name for e in windows[widest.name].base for x in ir.walk_expr(e) if isinstance(x, Var)}
+    reads = _window_vars(windows[widest.name])
     if math.prod(d.extent for d in inside if d.name not in reads) < 2:
         return loops
     return [top] + reduction[:-1] + inside + reduction[-1:]
@@ -907,8 +905,7 @@ class _Builder:
         # the nest is order-free, so its calls may run in any order: loops that leave the
         # output window where it is go innermost, where the emitter keeps the accumulators
         # in registers across them (a nest written k-outermost would store C every step)
-        moves = {x.name for e in windows[desc.output.name].base for x in ir.walk_expr(e)
-                 if isinstance(x, Var)}
+        moves = _window_vars(windows[desc.output.name])
         loops = [d for d in loops if d.name in moves] + [d for d in loops if d.name not in moves]
         blocked = blocked_loops(desc, loops, windows, names)
         found = _streams(desc, windows, loops)
