@@ -225,15 +225,20 @@ def f(A: {a}[{m}, {k}], B: {b}[{k}, {n}], za: i32[1], zb: i32[{n}], zr: i32[{m}]
 '''
 
 
-def _inputs(func: ir.PrimFunc, seed: int) -> dict:
-    """Every parameter drawn over its dtype's whole range (products and sums overflow)."""
+def _drawn(func: ir.PrimFunc, seed: int, draw) -> dict:
+    """Every parameter drawn by ``draw(rng, its dtype's iinfo, dtype, shape)``."""
     rng = np.random.default_rng(seed)
     args = {}
     for p in func.params:
         dt = np.dtype(ir.numpy_dtype(p.dtype))
-        info = np.iinfo(dt)
-        args[p.name] = rng.integers(info.min, info.max, p.shape, dtype=dt, endpoint=True)
+        args[p.name] = draw(rng, np.iinfo(dt), dt, p.shape)
     return args
+
+
+def _inputs(func: ir.PrimFunc, seed: int) -> dict:
+    """Every parameter drawn over its dtype's whole range (products and sums overflow)."""
+    return _drawn(func, seed, lambda rng, info, dt, shape:
+                  rng.integers(info.min, info.max, shape, dtype=dt, endpoint=True))
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -250,14 +255,9 @@ def test_the_rewrites_compute_what_the_nest_computes_bit_for_bit(src, seed):
 
 def _extremes(func: ir.PrimFunc, seed: int) -> dict:
     """Every parameter drawn from its dtype's least and greatest values and a few between."""
-    rng = np.random.default_rng(seed)
-    args = {}
-    for p in func.params:
-        dt = np.dtype(ir.numpy_dtype(p.dtype))
-        info = np.iinfo(dt)
-        args[p.name] = rng.choice(np.array([info.min, info.min + 1, -1 if info.min else 1, 0,
-                                            info.max - 1, info.max], dtype=dt), p.shape)
-    return args
+    return _drawn(func, seed, lambda rng, info, dt, shape: rng.choice(
+        np.array([info.min, info.min + 1, -1 if info.min else 1, 0, info.max - 1, info.max],
+                 dtype=dt), shape))
 
 
 @pytest.mark.parametrize("a, b, copy, read", [
