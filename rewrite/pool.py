@@ -1,18 +1,25 @@
 """The thread pool kernels run their parallel loops on.
 
 A top-level loop the dependence analysis proves parallel is cut into chunks shared by the
-calling thread and ``threads - 1`` workers. Each worker is a Python thread that enters the
-native worker loop once (ctypes releases the GIL) and then waits on a control block in native
-code (spinning, then sleeping on a futex), so a dispatch costs microseconds, not a Python
-round trip. The native side is LLVM IR built here (``pool_module``); a kernel reaches the
-dispatcher through slot ``codegen.POOL_DISPATCH`` of the block.
+calling thread and ``threads - 1`` workers. Thread ``t`` owns the ``t``-th run of consecutive
+chunks and claims its own first, in order, then what is left of the others' (see
+``pool_module``): each thread works on the same part of the iteration space in each
+parallel loop and in each call, so data one loop left in a core's cache is read there by
+the next (a padded input written by rows, then convolved by rows, stays in each core's
+L2). Each worker is a Python thread that enters the native worker loop once (ctypes
+releases the GIL) and then waits on a control block in native code (spinning, then
+sleeping on a futex), so a dispatch costs microseconds, not a Python round trip. The
+native side is LLVM IR built here (``pool_module``); a kernel reaches the dispatcher through
+slot ``codegen.POOL_DISPATCH`` of the block.
 """
 
 from __future__ import annotations
 
 import atexit
 import ctypes
+import hashlib
 import threading
+from pathlib import Path
 
 import numpy as np
 from llvmlite import ir
@@ -36,10 +43,12 @@ class _Pool:
     def __init__(self, threads: int, addresses: dict[str, int]):
         self.threads = threads
         self.lock = threading.Lock()  # one dispatch at a time per pool
-        raw = np.zeros(POOL_SLOTS + 8, np.int64)
+        slots = POOL_TICKETS + TICKET_STRIDE * threads
+        raw = np.zeros(slots + 8, np.int64)
         start = (-raw.ctypes.data % 64) // 8  # the control block on its own cache lines
-        self.block = raw[start:start + POOL_SLOTS]
+        self.block = raw[start:start + slots]
         self.block[POOL_THREADS] = threads
+        self.block[POOL_NEXT_ID] = 1  # the calling thread is thread 0
         self.block[POOL_DISPATCH] = addresses["dispatch"]
         self.address = self.block.ctypes.data
         self._raw = raw
@@ -64,7 +73,9 @@ def get(threads: int) -> _Pool:
     """The pool of ``threads`` threads (the caller's included), started on first use."""
     with jit.compile_lock:  # building the pool's code shares LLVM with kernel compiles
         if threads not in _pools:
-            obj, _, _ = jit.cached_object(jit.key("pool"), lambda: (codegen.object_code(
+            # this file is not among jit.CODE_MODULES (it imports jit): its source keys its code
+            source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+            obj, _, _ = jit.cached_object(jit.key(f"pool {source}"), lambda: (codegen.object_code(
                 codegen.optimize(pool_module(_POOL_PREFIX))), {}))
             names = ("worker", "dispatch", "stop")
             addresses = jit.load(obj, [f"{_POOL_PREFIX}.{n}" for n in names])
@@ -85,15 +96,16 @@ def _close_pools() -> None:
 
 # Layout of the pool's control block: an array of i64 slots. Fields written by different
 # threads sit on different 64-byte lines so that spinning on one does not slow the others.
-POOL_TICKET = 0  # (generation << 32) | claim counter, see pool_ir
 POOL_DONE = 8  # chunks finished in this generation
 POOL_GEN = 16  # low 32 bits of the generation: the futex word workers sleep on
 POOL_SLEEPERS = 24  # workers inside futex_wait
-POOL_TASK, POOL_ARGS, POOL_LO, POOL_HI, POOL_CHUNK = 32, 33, 34, 35, 36
+POOL_TASK, POOL_ARGS, POOL_LO, POOL_HI, POOL_CHUNKS = 32, 33, 34, 35, 36
 POOL_QUIT, POOL_THREADS = 37, 39  # POOL_DISPATCH (38) is the kernel's, see codegen
-POOL_SLOTS = 48
+POOL_NEXT_ID = 40  # the id the next worker to start takes
+# thread t's ticket, (generation << 32) | claim counter, at POOL_TICKETS + TICKET_STRIDE * t
+POOL_TICKETS, TICKET_STRIDE = 48, 8
 
-_CLAIM_BASE = 1 << 31  # a claim below this is a chunk; the counter starts at BASE - chunks
+_CLAIM_BASE = 1 << 31  # a claim below this is a chunk; a counter starts at BASE - its chunks
 # A waiting worker spins this many cycles (about a millisecond) before it sleeps in the
 # kernel: calls that follow each other closely (a benchmark, a model's layers) then find it
 # awake, and waking a sleeper costs tens of microseconds. Counted in cycles, not in pause
@@ -114,11 +126,16 @@ def pool_module(prefix: str) -> ir.Module:
       into chunks, claims chunks itself, and returns when every chunk has finished.
     - ``prefix.stop(pool)``: tells the workers to return.
 
-    Claims. The ticket holds the generation in its high half and a claim counter in its low
-    half, set to ``BASE - chunks`` on publication; one ``fetch_add`` both claims a chunk and
+    Claims. The ``chunks`` chunks of a loop are dealt out as runs: thread ``t`` owns chunks
+    ``t * chunks // threads`` up to ``(t + 1) * chunks // threads``, claimed through its own
+    ticket (the caller is thread 0, workers number themselves from 1 as they start). A
+    ticket holds the generation in its high half and a claim counter in its low half, set to
+    ``BASE - owned`` on publication; one ``fetch_add`` both claims the owner's next chunk and
     says which generation it belongs to, so a worker that woke late can never run a chunk of
     a generation with another generation's task: claims at or past ``BASE`` are empty, and a
     valid claim pins its generation, which the dispatcher cannot retire before it finishes.
+    A thread whose own chunks are claimed claims on the next thread's ticket, and so on
+    around; the dispatcher does so after publishing every ticket, so each chunk is run.
     """
     module = codegen.new_module(prefix)
     _emit_worker(module, prefix)
@@ -163,28 +180,64 @@ class _Block:
         self.syscall(_SYS_FUTEX, self.slot(POOL_GEN), ir.Constant(_I64, op), value,
                      ir.Constant(_PTR, None))
 
-    def claim_loop(self, on_empty: ir.Block) -> ir.Value:
-        """Claim and run chunks; branch to ``on_empty`` when a claim comes back empty.
-        Returns the claimed ticket's generation (i32), valid in ``on_empty``."""
+    def ticket(self, thread: ir.Value) -> ir.Value:
+        index = self.b.add(ir.Constant(_I64, POOL_TICKETS),
+                           self.b.mul(thread, ir.Constant(_I64, TICKET_STRIDE)))
+        return self.b.gep(self.pool, [index], source_etype=_I64)
+
+    def first_chunk(self, thread: ir.Value, chunks: ir.Value, threads: ir.Value) -> ir.Value:
+        """The first of the chunks thread ``thread`` owns: ``thread * chunks // threads``."""
+        return self.b.udiv(self.b.mul(thread, chunks), threads)
+
+    def claim_loop(self, me: ir.Value, on_empty: ir.Block) -> ir.Value:
+        """Claim and run chunks, thread ``me``'s own first, then those left of threads ``me +
+        1``, ``me + 2``, ... (wrapping around); branch to ``on_empty`` once a claim on each
+        ticket in turn came back empty. Returns the generation (i32) of the last ticket
+        claimed on, valid in ``on_empty``."""
         b = self.b
         fn = b.function
-        claim, run = fn.append_basic_block("claim"), fn.append_basic_block("run")
+        before = b.block
+        claim, run, other, next_ = (fn.append_basic_block(n)
+                                    for n in ("claim", "run", "other", "next"))
+        threads = self.load(POOL_THREADS)
         b.branch(claim)
+
+        # owner: whose ticket is claimed on; left: tickets to try before giving up
         b.position_at_end(claim)
-        ticket = b.atomic_rmw("add", self.slot(POOL_TICKET), ir.Constant(_I64, 1), "acq_rel")
+        owner, left = b.phi(_I64), b.phi(_I64)
+        owner.add_incoming(me, before)
+        left.add_incoming(threads, before)
+        ticket = b.atomic_rmw("add", self.ticket(owner), ir.Constant(_I64, 1), "acq_rel")
         generation = b.trunc(b.lshr(ticket, ir.Constant(_I64, 32)), _I32)
         counter = b.and_(ticket, ir.Constant(_I64, 0xFFFFFFFF))
-        b.cbranch(b.icmp_unsigned("<", counter, ir.Constant(_I64, _CLAIM_BASE)), run, on_empty)
+        b.cbranch(b.icmp_unsigned("<", counter, ir.Constant(_I64, _CLAIM_BASE)), run, other)
+
+        # the owner's chunks run from first(owner) to first(owner + 1), claimed in order
         b.position_at_end(run)
-        chunk = b.sub(ir.Constant(_I64, _CLAIM_BASE - 1), counter)
-        size = self.load(POOL_CHUNK)
-        lo = b.add(self.load(POOL_LO), b.mul(chunk, size))
-        end = b.add(lo, size)
-        hi = self.load(POOL_HI)
-        hi = b.select(b.icmp_signed("<", end, hi), end, hi)
+        chunks = self.load(POOL_CHUNKS)
+        end = self.first_chunk(b.add(owner, ir.Constant(_I64, 1)), chunks, threads)
+        chunk = b.sub(end, b.sub(ir.Constant(_I64, _CLAIM_BASE), counter))
+        lo, hi = self.load(POOL_LO), self.load(POOL_HI)
+        n = b.sub(hi, lo)
+        # chunk c covers [lo + c * n // chunks, lo + (c + 1) * n // chunks): sizes differ by 1
+        start = b.add(lo, b.udiv(b.mul(chunk, n), chunks))
+        stop = b.add(lo, b.udiv(b.mul(b.add(chunk, ir.Constant(_I64, 1)), n), chunks))
         task = indirect(b.inttoptr(self.load(POOL_TASK), _PTR), TASK_TYPE)
-        b.call(task, [b.inttoptr(self.load(POOL_ARGS), _PTR), lo, hi])
+        b.call(task, [b.inttoptr(self.load(POOL_ARGS), _PTR), start, stop])
         b.atomic_rmw("add", self.slot(POOL_DONE), ir.Constant(_I64, 1), "release")
+        owner.add_incoming(owner, run)
+        left.add_incoming(left, run)
+        b.branch(claim)
+
+        b.position_at_end(other)
+        remaining = b.sub(left, ir.Constant(_I64, 1))
+        b.cbranch(b.icmp_unsigned("==", remaining, ir.Constant(_I64, 0)), on_empty, next_)
+        b.position_at_end(next_)
+        following = b.add(owner, ir.Constant(_I64, 1))
+        wrapped = b.icmp_unsigned("==", following, threads)
+        following = b.select(wrapped, ir.Constant(_I64, 0), following)
+        owner.add_incoming(following, next_)
+        left.add_incoming(remaining, next_)
         b.branch(claim)
         return generation
 
@@ -196,6 +249,7 @@ def _emit_worker(module: ir.Module, prefix: str) -> None:
         fn.append_basic_block(n) for n in ("entry", "wait", "spin", "pause", "sleep", "woke", "exit"))
     b = ir.IRBuilder(entry)
     p = _Block(module, b, fn.args[0])
+    me = b.atomic_rmw("add", p.slot(POOL_NEXT_ID), ir.Constant(_I64, 1), "monotonic")
     start = p.cycles()
     b.branch(wait)
 
@@ -232,7 +286,7 @@ def _emit_worker(module: ir.Module, prefix: str) -> None:
     b.cbranch(quit_, exit_, work)
     b.position_at_end(work)
     empty = fn.append_basic_block("empty")
-    generation = p.claim_loop(empty)
+    generation = p.claim_loop(me, empty)
     b.position_at_end(empty)
     seen.add_incoming(generation, empty)
     since.add_incoming(p.cycles(), empty)
@@ -243,13 +297,28 @@ def _emit_worker(module: ir.Module, prefix: str) -> None:
 
 
 def _publish(p: _Block, chunks: ir.Value) -> None:
-    """Start a new generation with ``chunks`` claims and wake sleeping workers."""
+    """Start a new generation: each thread's ticket set to claim its run of the ``chunks``
+    chunks, then the generation itself published and sleeping workers woken."""
     b = p.b
-    generation = b.add(b.lshr(p.load(POOL_TICKET), ir.Constant(_I64, 32)), ir.Constant(_I64, 1))
+    fn = b.function
+    generation = b.add(b.zext(p.load(POOL_GEN, ty=_I32), _I64), ir.Constant(_I64, 1))
     generation = b.and_(generation, ir.Constant(_I64, 0xFFFFFFFF))
-    ticket = b.or_(b.shl(generation, ir.Constant(_I64, 32)),
-                   b.sub(ir.Constant(_I64, _CLAIM_BASE), chunks))
-    p.store(POOL_TICKET, ticket, "seq_cst")
+    high = b.shl(generation, ir.Constant(_I64, 32))
+    threads = p.load(POOL_THREADS)
+    before = b.block
+    each, published = fn.append_basic_block("each_ticket"), fn.append_basic_block("published")
+    b.branch(each)
+    b.position_at_end(each)
+    t = b.phi(_I64)
+    t.add_incoming(ir.Constant(_I64, 0), before)
+    following = b.add(t, ir.Constant(_I64, 1))
+    owned = b.sub(p.first_chunk(following, chunks, threads), p.first_chunk(t, chunks, threads))
+    ticket = b.or_(high, b.sub(ir.Constant(_I64, _CLAIM_BASE), owned))
+    store = ir.instructions.StoreAtomicInstr(b.block, ticket, p.ticket(t), "seq_cst", 8)
+    b._insert(store)
+    t.add_incoming(following, b.block)
+    b.cbranch(b.icmp_unsigned("<", following, threads), each, published)
+    b.position_at_end(published)
     p.store(POOL_GEN, b.trunc(generation, _I32), "seq_cst")
     sleepers = p.load(POOL_SLEEPERS, "seq_cst")
     with b.if_then(b.icmp_unsigned("!=", sleepers, ir.Constant(_I64, 0))):
@@ -262,22 +331,21 @@ def _emit_dispatch(module: ir.Module, prefix: str) -> None:
     pool, task, args, lo, hi = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     p = _Block(module, b, pool)
-    one = ir.Constant(_I64, 1)
     n = b.sub(hi, lo)
     pieces = b.mul(p.load(POOL_THREADS), ir.Constant(_I64, _CHUNKS_PER_THREAD))
-    size = b.sdiv(b.add(n, b.sub(pieces, one)), pieces)
-    size = b.select(b.icmp_signed("<", size, one), one, size)
-    chunks = b.sdiv(b.add(n, b.sub(size, one)), size)
+    chunks = b.select(b.icmp_signed("<", n, pieces), n, pieces)
+    none = ir.Constant(_I64, 0)
+    chunks = b.select(b.icmp_signed("<", chunks, none), none, chunks)  # an empty range
     p.store(POOL_TASK, b.ptrtoint(task, _I64))
     p.store(POOL_ARGS, b.ptrtoint(args, _I64))
     p.store(POOL_LO, lo)
     p.store(POOL_HI, hi)
-    p.store(POOL_CHUNK, size)
+    p.store(POOL_CHUNKS, chunks)
     p.store(POOL_DONE, ir.Constant(_I64, 0))
     _publish(p, chunks)
 
     empty, wait, pause, done = (fn.append_basic_block(n) for n in ("empty", "wait", "pause", "done"))
-    p.claim_loop(empty)
+    p.claim_loop(ir.Constant(_I64, 0), empty)
     b.position_at_end(empty)
     # the chunks are all claimed; wait for the ones other threads still run, yielding the
     # CPU after a while in case their thread waits for it (more threads than free cores)
