@@ -354,6 +354,17 @@ def _collapsed(parallel: set[tuple[int, ...]], position: int, s: For) -> Stmt:
     return For(name, 0, s.extent * inner.extent, substitute_stmt(inner.body, values))
 
 
+def runs_shared(s: Stmt) -> bool:
+    """Whether ``s``, a top-level statement with no loop of one iteration around it, runs as
+    a parallel part: its outermost loop shared between the threads."""
+    if not isinstance(s, For) or s.extent < 2:
+        return False
+    meaning = expand_calls(PrimFunc("statement", (), s)).body
+    parallel = {info.path for info in analysis.analyze(_alone(meaning)).loops
+                if info.kind == "parallel"}
+    return _worth_threads(parallel, 0, s)
+
+
 def _worth_threads(parallel: set[tuple[int, ...]], position: int, s: Stmt) -> bool:
     """``parallel``: the paths of the loops the dependence analysis finds parallel."""
     # a copy (a packing stage, a padded input) has no arithmetic but is worth threads too

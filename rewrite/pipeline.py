@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Optional, Sequence, Union
 
-from . import analysis, cost, descriptor, ir, nests, rules, target
+from . import analysis, cost, descriptor, ir, lower, nests, rules, target
 from .budgets import Budgets, using
 from .extract import Extractor, renamed
 from .ir import Call, For, PrimFunc, Stmt
@@ -431,6 +431,13 @@ class Search:
         """``plan_items`` on ``parts``, with the names, budget and families of this search."""
         return plan_items(parts, self.library, self.budget, self.names, self.in_process,
                           self.rules_off, self.memo)
+
+    @staticmethod
+    def runs_shared(s: Stmt) -> bool:
+        """Whether the backend runs top-level statement ``s`` as a parallel part, its
+        outermost loop shared between the threads (``lower.runs_shared``): the search is
+        below the backend and reads its choice through here."""
+        return lower.runs_shared(s)
 
     def trial(self) -> Search:
         """This search for pricing alone: names of its own, and a memo that finds this

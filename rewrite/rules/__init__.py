@@ -212,6 +212,7 @@ FAMILIES = (
            "fold-fill, forward-copy, produce-into-copy, fuse-sweeps"),
     Family("tiles", ALTERNATIVES, "tiles", ("improve",),
            "fill-into-tiles, read-panel, co-block, panel-per-block"),
+    Family("partials", ALTERNATIVES, "partials", ("improve",), "private-partials"),
 )
 
 
