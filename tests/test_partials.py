@@ -92,3 +92,48 @@ def test_gemver_reads_a_by_rows_on_every_part_that_shares_it():
     kernel(**args)
     for name in ("A", "x", "w"):
         np.testing.assert_allclose(args[name], want[name], rtol=2e-4, atol=2e-3)
+
+
+def _sweep(reads_y: bool):
+    """One sweep over the rows of A: ``tmp = A x`` row by row, each row's ``A^T tmp`` added
+    into ``y`` (atax's fused form); ``reads_y``: the row's product reads ``y`` too."""
+    v = "y" if reads_y else "x"
+    return parse("@prim_func\ndef f(A: f32[256, 256], x: f32[256], y: f32[256]):\n"
+                 "    tmp = alloc(f32[256])\n"
+                 "    for i in range(256):\n"
+                 "        tmp[i] = 0.0\n"
+                 "    for i in range(256):\n"
+                 "        for j in range(256):\n"
+                 f"            tmp[i] += A[i, j] * {v}[j]\n"
+                 "        for j in range(256):\n"
+                 "            y[j] += A[i, j] * tmp[i]\n")
+
+
+def test_a_sweep_on_one_thread_is_shared_by_rows_with_its_sum_apart():
+    # the sweep's rows carry y's sum, so it ran on one thread; each block of rows now adds
+    # into its own copy of y, in the rows' order as before
+    func = _sweep(reads_y=False)
+    assert not lower.runs_shared(ir.stmts_of(func.body)[1])
+    new = _rewritten(func)
+    parts = [b for b in new.allocs if b.name.endswith("_part")]
+    assert [b.shape for b in parts] == [(8, 256)]
+    sweep = next(s for s in ir.stmts_of(new.body) if ir.mentions(s, parts[0].name)
+                 and ir.mentions(s, "A"))
+    assert lower.runs_shared(sweep)
+    for threads in (1, 2):
+        check = runtime.check(new, runtime.compile(new, threads=threads))
+        assert check.ok, check.message
+
+
+def test_a_sweep_reading_its_sum_is_left():
+    func = _sweep(reads_y=True)
+    assert _rewritten(func) == func
+
+
+def test_atax_bicg_and_mvt_share_their_sweeps():
+    funcs = parse_file(CORPUS / "matvec.py")
+    for name in ("atax", "bicg", "mvt"):
+        result = tensorize(funcs[name], intrinsics=intrinsics.library("host"))
+        assert any(b.name.endswith("_part") for b in result.func.allocs), name
+        check = runtime.check(result.func, result.compile(threads=2))
+        assert check.ok, (name, check.message)
