@@ -36,13 +36,6 @@ addition is associative. An element no term reaches gets ``-0.0`` added ``K`` ti
 keeps its value and its sign. NaN and infinities among the terms give NaN or the same
 infinity in any grouping.
 
-A nest that runs on one thread because its outermost loop carries a sum into buffers that
-loop does not move (atax, bicg and mvt's one sweep over the rows of ``A``, ``A x`` row by row
-and ``A^T`` of it added into one vector) is cut along that loop the same way, each block with
-its own copies of those buffers, where they are only added into and never read in the nest
-and the blocks' loop then runs as a parallel part. The iterations keep their order; only
-those sums are regrouped by block, as above.
-
 What it costs: ``K`` passes over ``O`` to fill, ``K`` to add, a few microseconds for an
 output of a few hundred elements; on one thread nothing is gained, on two the reduction
 reads the rows each core holds (gemver 400 x 400 on two Zen 4 threads: README, Measured).
@@ -82,24 +75,15 @@ def private_partials(stmts: list[Stmt], allocs: list[Buffer], names,
     split: dict[str, frozenset[int]] = {}  # buffer -> dims the last parallel part writing it split
     out: list[Stmt] = []
     for s in stmts:
-        if runs_shared(s):
-            meaning = _meaning(s)
-            rewritten = _rewritten(s, meaning, split, names)
-        elif isinstance(s, For) and s.extent >= 2:
-            meaning = _meaning(s)
-            rewritten = _unshared(s, meaning, names)
-            if rewritten is not None and not runs_shared(rewritten[1]):
-                rewritten = None
-            if rewritten is None:
-                out.append(s)
-                continue
-        else:
+        if not runs_shared(s):
             out.append(s)
             continue
+        meaning = _meaning(s)
+        rewritten = _rewritten(s, meaning, split, names)
         if rewritten is not None:
-            fills, s, adds, parts = rewritten
-            out += [*fills, s, *adds]
-            allocs = allocs + parts
+            fill, s, add, part = rewritten
+            out += [fill, s, add]
+            allocs = allocs + [part]
             meaning = _meaning(s)
         else:
             out.append(s)
@@ -165,8 +149,8 @@ def _reach(meaning: Stmt, buf: Buffer) -> int:
 
 
 def _rewritten(s: For, meaning: Stmt, split: dict[str, frozenset[int]], names):
-    """``_split``'s statements and copies for a parallel part ``s``, or None where the rule
-    does not apply."""
+    """(the fill, ``s`` split, the sum, the new temporary), or None where the rule does not
+    apply."""
     written = [(buf, idx) for buf, idx, w in _accesses(meaning) if w]
     if not written or any(isinstance(x, Store) for x in ir.walk_stmts(meaning)):
         return None
@@ -193,39 +177,12 @@ def _rewritten(s: For, meaning: Stmt, split: dict[str, frozenset[int]], names):
             k = max((d for d in range(2, PARTIALS + 1) if loop.extent % d == 0), default=None)
             if k is None or k * out.nbytes > reach // 8:
                 continue
-            return _split(s, loop, k, [out], names)
+            return _split(s, loop, k, out, names)
     return None
 
 
-def _unshared(s: For, meaning: Stmt, names):
-    """``_split``'s statements and copies for a nest ``s`` that runs on one thread, cut along
-    its outermost loop, each block with its own copies of the buffers that loop does not move
-    (a sweep over the rows of a matrix adding ``A^T y`` into one vector), or None."""
-    moved = _moved(meaning, s.var)
-    written = {buf.name: buf for buf, _, w in _accesses(meaning) if w}
-    outs = [buf for name, buf in sorted(written.items()) if not moved.get(name)]
-    if not outs:
-        return None
-    names_out = {b.name for b in outs}
-    # the copies' buffers only accumulated into and never read (the iterations keep their
-    # order: the sums are regrouped by block, nothing else changes)
-    if any(isinstance(x, Store) and x.buffer.name in names_out for x in ir.walk_stmts(meaning)) or \
-            any(buf.name in names_out for buf, _, w in _accesses(meaning) if not w):
-        return None
-    k = max((d for d in range(2, PARTIALS + 1) if s.extent % d == 0), default=None)
-    reads = [_reach(meaning, buf) for buf in {buf.name: buf for buf, _, w in _accesses(meaning)
-                                              if not w}.values()]
-    if k is None or not reads or max(reads) < MIN_BYTES or \
-            k * sum(b.nbytes for b in outs) > max(reads) // 8:
-        return None
-    return _split(s, s, k, outs, names)
-
-
-def _split(s: For, loop: For, k: int, outs: list[Buffer], names):
-    """(the fills, ``s`` with ``loop`` cut into ``k`` blocks, outermost, each adding into its
-    own copy of each of ``outs``, the sums, the copies)."""
-    parts = {out.name: Buffer(names.fresh(f"{out.name}_part"), out.dtype, (k,) + tuple(out.shape))
-             for out in outs}
+def _split(s: For, loop: For, k: int, out: Buffer, names):
+    part = Buffer(names.fresh(f"{out.name}_part"), out.dtype, (k,) + tuple(out.shape))
     taken = {x.var for x in ir.walk_stmts(s) if isinstance(x, For)}
     block, inner = _fresh("b", taken), _fresh(f"{loop.var}_i", taken)
     size = loop.extent // k
@@ -247,26 +204,23 @@ def _split(s: For, loop: For, k: int, outs: list[Buffer], names):
         return x
 
     def privately(x: Stmt) -> Stmt:
-        if isinstance(x, Accumulate) and x.buffer.name in parts:
-            return Accumulate(parts[x.buffer.name], (Var(block),) + x.indices, x.value)
+        if isinstance(x, Accumulate) and x.buffer.name == out.name:
+            return Accumulate(part, (Var(block),) + x.indices, x.value)
         if isinstance(x, Call):
             return replace(x, operands=tuple(
-                (n, Window(parts[w.buffer.name], (Var(block),) + w.base,
-                           tuple((0,) + st for st in w.steps))
-                 if w.buffer.name in parts else w) for n, w in x.operands))
+                (n, Window(part, (Var(block),) + w.base, tuple((0,) + st for st in w.steps))
+                 if w.buffer.name == out.name else w) for n, w in x.operands))
         return x
 
     split = For(block, 0, k, ir.map_stmt(swap(s), privately))
-    fills, adds = [], []
-    for out in outs:
-        part = parts[out.name]
-        dims = [f"x{d}" for d in range(len(out.shape))]
-        index = tuple(Var(v) for v in dims)
-        zero = Const(-0.0 if ir.is_float(out.dtype) else 0, out.dtype)
-        every = [For("b", 0, k, None)] + [For(v, 0, n, None) for v, n in zip(dims, out.shape)]
-        fills.append(ir.wrap(every, Store(part, (Var("b"),) + index, zero)))
-        adds.append(ir.wrap(every, Accumulate(out, index, Load(part, (Var("b"),) + index))))
-    return fills, split, adds, list(parts.values())
+    dims = [f"x{d}" for d in range(len(out.shape))]
+    index = tuple(Var(v) for v in dims)
+    zero = Const(-0.0 if ir.is_float(out.dtype) else 0, out.dtype)
+    every = [For(v, 0, n, None) for v, n in zip(dims, out.shape)]
+    fill = ir.wrap([For("b", 0, k, None)] + every, Store(part, (Var("b"),) + index, zero))
+    add = ir.wrap([For("b", 0, k, None)] + every,
+                  Accumulate(out, index, Load(part, (Var("b"),) + index)))
+    return fill, split, add, part
 
 
 def _fresh(base: str, taken: set[str]) -> str:
