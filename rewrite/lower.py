@@ -45,7 +45,7 @@ from .calls import expand_calls, op_count
 from .ir import (INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load, PrimFunc, Seq,
                  Stmt, Store, Unary, Var, Window, band, children, is_float, loads_of, seq, stmts_of,
                  itemsize, walk_expr, walk_in_loops, with_children, substitute_stmt, walk_stmts, wrap,
-                 written_by)
+                 written_by, buffers_of)
 
 # Below this many arithmetic operations a loop runs on the calling thread: waking the
 # workers and joining them costs a few microseconds, which such a loop does not repay (a
@@ -410,7 +410,7 @@ def _shared_block(s: Stmt) -> Optional[Stmt]:
     outermost = [len(loops) - 1] + list(range(len(loops) - 1))
     if not analysis.can_permute(alone, (0,), outermost, allow_reassociation=False):
         return None
-    taken = {f.var for f in loops}
+    taken = {f.var for f in loops} | {b.name for b in buffers_of(s)}
     outer, within = inner.var + "_o", inner.var + "_i"
     while outer in taken or within in taken or outer == within:
         outer, within = outer + "_", within + "_"

@@ -12,6 +12,7 @@ from rewrite.names import Names
 from rewrite.pipeline import tensorize
 from rewrite.rules.partials import private_partials
 from rewrite.script import parse, parse_file
+from rewrite.verify import verify
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 
@@ -92,3 +93,16 @@ def test_gemver_reads_a_by_rows_on_every_part_that_shares_it():
     kernel(**args)
     for name in ("A", "x", "w"):
         np.testing.assert_allclose(args[name], want[name], rtol=2e-4, atol=2e-3)
+
+
+def test_its_loops_take_no_buffers_name():
+    # a vector named b, as a dense layer's bias often is: the block loop is named otherwise
+    func = parse("@prim_func\ndef f(A: f32[256, 256], u: f32[256], v: f32[256], b: f32[256],"
+                 " x: f32[256]):\n"
+                 "    for i, j in grid(256, 256):\n        A[i, j] = A[i, j] + u[i] * v[j]\n"
+                 "    for j, i in grid(256, 256):\n        x[j] += A[i, j] * b[i]\n")
+    new = _rewritten(func)
+    assert len(new.allocs) == 1
+    verify(new)  # a loop named like a buffer is refused here
+    loops = {s.var for s in ir.walk_stmts(new.body) if isinstance(s, ir.For)}
+    assert "b" not in loops

@@ -184,7 +184,8 @@ def _rewritten(s: For, meaning: Stmt, split: dict[str, frozenset[int]], names):
 def _split(s: For, loop: For, k: int, out: Buffer, names):
     part = Buffer(names.fresh(f"{out.name}_part"), out.dtype, (k,) + tuple(out.shape))
     taken = {x.var for x in ir.walk_stmts(s) if isinstance(x, For)}
-    block, inner = _fresh("b", taken), _fresh(f"{loop.var}_i", taken)
+    # loop names no buffer of the function has either (``names`` holds those)
+    block, inner = _fresh(names.fresh("b"), taken), _fresh(names.fresh(f"{loop.var}_i"), taken)
     size = loop.extent // k
     at = Binary("+", Binary("*", Const(size, INDEX), Var(block)), Var(inner))
     if loop.start:
@@ -213,13 +214,13 @@ def _split(s: For, loop: For, k: int, out: Buffer, names):
         return x
 
     split = For(block, 0, k, ir.map_stmt(swap(s), privately))
-    dims = [f"x{d}" for d in range(len(out.shape))]
+    dims = [names.fresh(f"x{d}") for d in range(len(out.shape))]
     index = tuple(Var(v) for v in dims)
     zero = Const(-0.0 if ir.is_float(out.dtype) else 0, out.dtype)
     every = [For(v, 0, n, None) for v, n in zip(dims, out.shape)]
-    fill = ir.wrap([For("b", 0, k, None)] + every, Store(part, (Var("b"),) + index, zero))
-    add = ir.wrap([For("b", 0, k, None)] + every,
-                  Accumulate(out, index, Load(part, (Var("b"),) + index)))
+    fill = ir.wrap([For(block, 0, k, None)] + every, Store(part, (Var(block),) + index, zero))
+    add = ir.wrap([For(block, 0, k, None)] + every,
+                  Accumulate(out, index, Load(part, (Var(block),) + index)))
     return fill, split, add, part
 
 
