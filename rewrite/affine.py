@@ -143,6 +143,17 @@ def affine_index(e: Expr) -> Affine | None:
     return affine(e, casts=False)
 
 
+def index_range(e: Expr, ranges: dict[str, tuple[int, int]], extent: int) -> tuple[int, int]:
+    """The least and greatest value of index ``e`` while each loop variable ``v`` runs over
+    ``ranges[v]`` (first, last): the whole dimension, ``(0, extent - 1)``, where ``e`` is not
+    affine in those variables."""
+    form = affine_index(e)
+    if form is None or any(v not in ranges for v, _ in form.terms):
+        return 0, extent - 1
+    ends = [(c * ranges[v][0], c * ranges[v][1]) for v, c in form.terms]
+    return form.const + sum(min(x) for x in ends), form.const + sum(max(x) for x in ends)
+
+
 def first_constants(accesses: Sequence[Sequence[Expr]]) -> Optional[tuple[int, ...]]:
     """The constants of the first of one buffer's ``accesses`` (each its indices), when every
     index of every access is affine over loop variables (``affine_index``): moving all of

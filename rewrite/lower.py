@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from . import analysis, caches
-from .affine import affine, affine_index, first_constants
+from .affine import affine, affine_index, first_constants, index_range
 from .calls import expand_calls, op_count
 from .ir import (INDEX, Accumulate, Binary, Buffer, Call, Const, Expr, For, If, Load, PrimFunc, Seq,
                  Stmt, Store, Unary, Var, Window, band, children, is_float, loads_of, seq, stmts_of,
@@ -136,9 +136,15 @@ def _parallel_loops(func: PrimFunc) -> set[tuple[int, ...]]:
     out: set[tuple[int, ...]] = set()
     for k, s in enumerate(stmts_of(func.body)):
         if isinstance(s, For):
-            out |= {(k,) + info.path[1:] for info in analysis.analyze(_alone(s)).loops
-                    if info.kind == "parallel"}
+            out |= _parallel_paths(s, k)
     return out
+
+
+def _parallel_paths(s: Stmt, position: int) -> set[tuple[int, ...]]:
+    """The paths of the loops of ``s``, the top-level statement at ``position`` with its calls
+    expanded, that carry no dependence (``_parallel_loops``)."""
+    return {(position,) + info.path[1:] for info in analysis.analyze(_alone(s)).loops
+            if info.kind == "parallel"}
 
 
 def _alone(s: Stmt) -> PrimFunc:
@@ -310,12 +316,7 @@ def written_bytes(s: Stmt) -> int:
         ranges = {f.var: (f.start, f.stop - 1) for f in loops}
         box = boxes.setdefault(buf.name, (buf, [[n, -1] for n in buf.shape]))[1]
         for d, (i, below, above) in enumerate(reach):
-            form = affine_index(i)
-            if form is None or any(v not in ranges for v, _ in form.terms):
-                lo, hi = 0, buf.shape[d] - 1
-            else:
-                lo = form.const + sum(min(c * ranges[v][0], c * ranges[v][1]) for v, c in form.terms)
-                hi = form.const + sum(max(c * ranges[v][0], c * ranges[v][1]) for v, c in form.terms)
+            lo, hi = index_range(i, ranges, buf.shape[d])
             box[d] = [min(box[d][0], max(0, lo + below)), max(box[d][1], min(buf.shape[d] - 1, hi + above))]
     total = 0
     for buf, box in boxes.values():
@@ -442,9 +443,7 @@ def runs_shared(s: Stmt) -> bool:
     if not isinstance(s, For) or s.extent < 2:
         return False
     meaning = expand_calls(PrimFunc("statement", (), s)).body
-    parallel = {info.path for info in analysis.analyze(_alone(meaning)).loops
-                if info.kind == "parallel"}
-    return _worth_threads(parallel, 0, s)
+    return _worth_threads(_parallel_paths(meaning, 0), 0, s)
 
 
 def _worth_threads(parallel: set[tuple[int, ...]], position: int, s: Stmt) -> bool:

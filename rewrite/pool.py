@@ -157,8 +157,11 @@ class _Block:
         return self.b.load_atomic(self.slot(index), ordering, align=ty.width // 8, typ=ty)
 
     def store(self, index: int, value: ir.Value, ordering: str = "monotonic") -> None:
+        self.store_at(self.slot(index), value, ordering)
+
+    def store_at(self, ptr: ir.Value, value: ir.Value, ordering: str = "monotonic") -> None:
         # built directly: llvmlite's store_atomic still compares typed-pointer pointees
-        store = ir.instructions.StoreAtomicInstr(self.b.block, value, self.slot(index), ordering,
+        store = ir.instructions.StoreAtomicInstr(self.b.block, value, ptr, ordering,
                                                  value.type.width // 8)
         self.b._insert(store)
 
@@ -314,8 +317,7 @@ def _publish(p: _Block, chunks: ir.Value) -> None:
     following = b.add(t, ir.Constant(_I64, 1))
     owned = b.sub(p.first_chunk(following, chunks, threads), p.first_chunk(t, chunks, threads))
     ticket = b.or_(high, b.sub(ir.Constant(_I64, _CLAIM_BASE), owned))
-    store = ir.instructions.StoreAtomicInstr(b.block, ticket, p.ticket(t), "seq_cst", 8)
-    b._insert(store)
+    p.store_at(p.ticket(t), ticket, "seq_cst")
     t.add_incoming(following, b.block)
     b.cbranch(b.icmp_unsigned("<", following, threads), each, published)
     b.position_at_end(published)

@@ -46,7 +46,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 from .. import ir
-from ..affine import affine_index
+from ..affine import index_range
 from ..calls import expand_calls
 from ..ir import INDEX, Accumulate, Binary, Buffer, Call, Const, For, Load, Stmt, Store, Var, Window
 from .tidy import passes_cost
@@ -134,13 +134,7 @@ def _reach(meaning: Stmt, buf: Buffer) -> int:
             if ld.buffer.name != buf.name:
                 continue
             for d, i in enumerate(ld.indices):
-                form = affine_index(i)
-                if form is None or any(v not in ranges for v, _ in form.terms):
-                    lo, hi = 0, buf.shape[d] - 1
-                else:
-                    ends = [(c * ranges[v][0], c * ranges[v][1]) for v, c in form.terms]
-                    lo = form.const + sum(min(e) for e in ends)
-                    hi = form.const + sum(max(e) for e in ends)
+                lo, hi = index_range(i, ranges, buf.shape[d])
                 box[d] = [min(box[d][0], lo), max(box[d][1], hi)]
     elements = 1
     for lo, hi in box:
@@ -151,27 +145,30 @@ def _reach(meaning: Stmt, buf: Buffer) -> int:
 def _rewritten(s: For, meaning: Stmt, split: dict[str, frozenset[int]], names):
     """(the fill, ``s`` split, the sum, the new temporary), or None where the rule does not
     apply."""
-    written = [(buf, idx) for buf, idx, w in _accesses(meaning) if w]
+    accesses = list(_accesses(meaning))
+    written = [buf for buf, _, w in accesses if w]
     if not written or any(isinstance(x, Store) for x in ir.walk_stmts(meaning)):
         return None
-    out = written[0][0]
-    if any(buf.name != out.name for buf, _ in written) or \
-            any(buf.name == out.name for buf, _, w in _accesses(meaning) if not w):
+    out = written[0]
+    reads = {buf.name: buf for buf, _, w in accesses if not w}
+    if any(buf.name != out.name for buf in written) or out.name in reads:
         return None
-    reads = {buf.name: buf for buf, _, w in _accesses(meaning) if not w}
     shared = _moved(meaning, s.var)
     loops = {x.var: x for x in ir.walk_stmts(s) if isinstance(x, For)}
     if len(loops) != sum(isinstance(x, For) for x in ir.walk_stmts(s)):
         return None  # a loop variable bound twice
+    moves = None  # what each loop moves, once a read is worth splitting for
     for name, buf in sorted(reads.items()):
         rows = split.get(name, frozenset())
-        reach = _reach(meaning, buf)
-        if reach < MIN_BYTES or not rows or shared.get(name, frozenset()) & rows:
+        if not rows or shared.get(name, frozenset()) & rows:
             continue
-        for var, loop in loops.items():
-            if var == s.var:
-                continue
-            moved = _moved(meaning, var)
+        reach = _reach(meaning, buf)
+        if reach < MIN_BYTES:
+            continue
+        if moves is None:
+            moves = {var: _moved(meaning, var) for var in loops if var != s.var}
+        for var, moved in moves.items():
+            loop = loops[var]
             if moved.get(out.name) or not moved.get(name) or not moved[name] <= rows:
                 continue
             k = max((d for d in range(2, PARTIALS + 1) if loop.extent % d == 0), default=None)
