@@ -35,6 +35,9 @@ def test_a_column_sum_is_shared_by_blocks_of_columns(dtype, acc):
         runtime.compile(func, threads=threads)(A=a, s=got)
         # each column adds the same terms in the same order: equal to the bit
         assert np.array_equal(got, want["s"])
+        # and with NaN, infinities and signed zeros among the inputs
+        check = runtime.check(func, runtime.compile(func, threads=threads))
+        assert check.ok, check.message
 
 
 def test_rows_a_page_apart_and_sums_already_shared_are_left():
@@ -58,5 +61,8 @@ def test_a_dependence_from_a_column_to_an_earlier_one_keeps_the_order():
     b = np.random.default_rng(1).standard_normal((256, 256)).astype(np.float32)
     want = interp.run(func, B=b.copy())["B"]
     got = b.copy()
-    runtime.compile(func, threads=2)(B=got)
+    kernel = runtime.compile(func, threads=2)
+    kernel(B=got)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+    check = runtime.check(func, kernel)
+    assert check.ok, check.message
