@@ -59,6 +59,11 @@ class _Pool:
         for t in self.workers:
             t.start()
 
+    def rest(self) -> None:
+        """Waiting workers sleep now rather than spin until the next dispatch wakes them
+        (``POOL_REST``)."""
+        self.block[POOL_REST] = 1
+
     def close(self) -> None:
         self._stop(self.address)
         for t in self.workers:
@@ -102,6 +107,10 @@ POOL_SLEEPERS = 24  # workers inside futex_wait
 POOL_TASK, POOL_ARGS, POOL_LO, POOL_HI, POOL_CHUNKS = 32, 33, 34, 35, 36
 POOL_QUIT, POOL_THREADS = 37, 39  # POOL_DISPATCH (38) is the kernel's, see codegen
 POOL_NEXT_ID = 40  # the id the next worker to start takes
+# nonzero: waiting workers sleep now instead of spinning (a kernel that runs on the calling
+# thread alone for a while: a spinning worker slows the core beside it on some hosts); the
+# next dispatch clears it
+POOL_REST = 41
 # thread t's ticket, (generation << 32) | claim counter, at POOL_TICKETS + TICKET_STRIDE * t
 POOL_TICKETS, TICKET_STRIDE = 48, 8
 
@@ -266,7 +275,9 @@ def _emit_worker(module: ir.Module, prefix: str) -> None:
 
     b.position_at_end(spin)
     waited = b.sub(p.cycles(), since)
-    b.cbranch(b.icmp_unsigned("<", waited, ir.Constant(_I64, _SPIN_CYCLES)), pause, sleep)
+    patient = b.icmp_unsigned("<", waited, ir.Constant(_I64, _SPIN_CYCLES))
+    awake = b.icmp_unsigned("==", p.load(POOL_REST), ir.Constant(_I64, 0))
+    b.cbranch(b.and_(patient, awake), pause, sleep)
     b.position_at_end(pause)
     p.pause()
     seen.add_incoming(seen, pause)
@@ -344,6 +355,7 @@ def _emit_dispatch(module: ir.Module, prefix: str) -> None:
     p.store(POOL_HI, hi)
     p.store(POOL_CHUNKS, chunks)
     p.store(POOL_DONE, ir.Constant(_I64, 0))
+    p.store(POOL_REST, ir.Constant(_I64, 0))
     _publish(p, chunks)
 
     empty, wait, pause, done = (fn.append_basic_block(n) for n in ("empty", "wait", "pause", "done"))
