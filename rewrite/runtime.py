@@ -142,6 +142,18 @@ def share_cores(processes: int) -> None:
 # compiling
 
 
+# A kernel with a pool times its first calls on the pool and on the calling thread alone,
+# this many of each counted, in runs of THREAD_TRIAL_RUN calls whose first is not counted,
+# and keeps the faster (``Kernel._trial_call``);
+# 0 keeps the pool. A call on the pool longer than THREAD_TRIAL_SECONDS ends the trial on the
+# pool at once: moving data between cores costs microseconds, not milliseconds, and the
+# calls on one thread would cost the most there.
+THREAD_TRIAL_CALLS = 8
+THREAD_TRIAL_RUN = 3
+THREAD_TRIAL_SECONDS = 1e-3
+_clock = time.perf_counter
+
+
 @dataclass(frozen=True)
 class _Compiled:
     address: int
@@ -334,6 +346,10 @@ class Kernel:
         self._native = self._block = None  # see _native_call
         if compiled.caller and native_calls():
             self._native_call(compiled.caller, filled)
+        # where the parallel parts run: the pool's control block, or 0 for the calling
+        # thread alone; decided by the first calls (see _trial_call)
+        self._pool_address = pool.address if pool is not None else 0
+        self._trial: Optional[list] = [[], []] if pool is not None and THREAD_TRIAL_CALLS else None
 
     def _native_call(self, address: int, filled: frozenset) -> None:
         """Make ``_native``, the builtin function of ``codegen.add_caller``'s code bound to
@@ -409,16 +425,69 @@ class Kernel:
             [inspect.Parameter(b.name, kind, annotation=f"{b.dtype}[{', '.join(map(str, b.shape))}]")
              for b in self._params], return_annotation=None)
 
+    @property
+    def threads_in_use(self) -> Optional[int]:
+        """The threads the parallel parts run on: ``threads``, or 1 where the first calls
+        found the calling thread alone faster (``_trial_call``); None while they are being
+        timed."""
+        if self._trial is not None:
+            return None
+        return self.threads if self._pool_address else 1
+
     def __call__(self, /, *args: np.ndarray, **kwargs: np.ndarray) -> None:
         # A kernel with native checks (``codegen.add_caller``) and a pool comes here first
         # and tries them (a kernel without a pool has them as its class's ``__call__``):
         # they bind and check the arrays, and run the kernel, in native code; ``None`` when
         # they did. Anything they refuse takes the Python path, which says what is wrong or
         # runs what it accepts.
+        if self._trial is not None:
+            self._trial_call(args, kwargs)
+            return
         native = self._native
         if native is not None and native(*args, **kwargs) is None:
             return
         self._python_call(args, kwargs)
+
+    def _trial_call(self, args: tuple, kwargs: dict) -> None:
+        """One of the first calls of a kernel with a pool: they run its parallel parts on
+        the pool and on the calling thread alone in turn, in runs of ``THREAD_TRIAL_RUN``
+        calls, timed, and the faster way is kept for the calls after them (at least
+        ``THREAD_TRIAL_CALLS`` each by medians, the first call of each run not counted: it
+        finds the data in the caches the other way left it in). A call on the pool of more
+        than ``THREAD_TRIAL_SECONDS`` ends the trial there. Both ways compute the same
+        values: a parallel part's iterations are independent and each does the same
+        operations on either. Threads do not always pay: a part of a few microseconds whose
+        other threads read what a serial part just wrote moves those lines between the
+        cores each call (PolyBench ``gemm`` at 60 x 70 x 80), and a virtual machine's second
+        CPU is now and then slow for a while. The workers are not put to sleep for the
+        calls alone, though a spinning worker slows the core beside it a little on some
+        hosts: a worker woken from sleep there runs slowly for many calls after, which
+        would charge the pool far more; a close call thus goes to the pool."""
+        times = self._trial
+        calls = len(times[0]) + len(times[1])
+        on_pool = calls // THREAD_TRIAL_RUN % 2 == 0
+        self._use_pool(on_pool)
+        start = _clock()
+        native = self._native
+        if native is None or native(*args, **kwargs) is not None:
+            self._python_call(args, kwargs)
+        seconds = _clock() - start
+        times[0 if on_pool else 1].append(seconds)
+        if on_pool and seconds > THREAD_TRIAL_SECONDS:
+            self._trial = None
+            self._use_pool(True)
+        elif calls + 1 == 2 * THREAD_TRIAL_RUN * -(-THREAD_TRIAL_CALLS // (THREAD_TRIAL_RUN - 1)):
+            pooled, alone = (float(np.median([x for n, x in enumerate(t) if n % THREAD_TRIAL_RUN]))
+                             for t in times)
+            self._trial = None
+            self._use_pool(pooled <= alone)
+            if alone < pooled:
+                self._pool.rest()  # a worker spinning beside the caller would slow it
+
+    def _use_pool(self, on: bool) -> None:
+        self._pool_address = self._pool.address if on else 0
+        if self._block is not None:
+            self._block[codegen.CALLER_POOL] = self._pool_address
 
     def _fallback(self, /, *args, **kwargs) -> None:
         """What the native checks call on the arguments they refuse."""
@@ -447,11 +516,11 @@ class Kernel:
         """Run the native entry on ``last`` (``_pointers``), given the pointer array's
         address as an integer (ctypes converts an integer faster than an array object)."""
         pointers = self._with_temporaries(last) if self._allocs else last[1]
-        if self._pool is None:
+        if not self._pool_address:
             self._entry(pointers, None)
         else:
             with self._pool.lock:
-                self._entry(pointers, self._pool.address)
+                self._entry(pointers, self._pool_address)
 
     def _with_temporaries(self, last: tuple) -> int:
         """The address of ``last``'s pointers (``_pointers``) followed by the temporaries',
