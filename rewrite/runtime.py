@@ -474,8 +474,7 @@ class Kernel:
         seconds = _clock() - start
         times[0 if on_pool else 1].append(seconds)
         if on_pool and seconds > THREAD_TRIAL_SECONDS:
-            self._trial = None
-            self._use_pool(True)
+            self._trial = None  # on the pool, as this call was
         elif calls + 1 == 2 * THREAD_TRIAL_RUN * -(-THREAD_TRIAL_CALLS // (THREAD_TRIAL_RUN - 1)):
             pooled, alone = (float(np.median([x for n, x in enumerate(t) if n % THREAD_TRIAL_RUN]))
                              for t in times)

@@ -52,11 +52,24 @@ def _kernel(func, monkeypatch, pooled: float, alone: float):
     return kernel, clock
 
 
+SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)
+
+
 def _call_and_check(kernel, func, seed: int) -> None:
+    """One call, on random inputs with NaN, infinities and signed zeros scattered in, equal
+    to the interpreter's result: the same values, the same signs of zeros."""
     args = random_args(func, seed)
+    rng = np.random.default_rng(seed)
+    for name in ("A", "B"):
+        flat = args[name].reshape(-1)
+        at = rng.choice(flat.size, 64, replace=False)
+        flat[at] = SPECIAL[rng.integers(0, SPECIAL.size, at.size)]
     want = run(func, **args)["C"]
     kernel(**args)
-    np.testing.assert_array_equal(args["C"], want)
+    got = args["C"]
+    np.testing.assert_array_equal(got, want)
+    numbers = ~np.isnan(want)
+    np.testing.assert_array_equal(np.signbit(got[numbers]), np.signbit(want[numbers]))
 
 
 def test_a_pool_slower_than_one_thread_is_left(func, monkeypatch):
