@@ -51,7 +51,9 @@ def _fused_loop(func, matrix="A"):
 @pytest.mark.parametrize("name", ["mvt", "atax", "bicg"])
 def test_two_products_over_one_matrix_are_one_sweep(name, zen4_caches):
     func = MATVEC[name]
-    result = tensorize(func, AVX512)
+    # the sweep as fuse-sweeps makes it (private-partials then cuts it into blocks of rows:
+    # tests/test_partials.py)
+    result = tensorize(func, AVX512, rules_off={"partials"})
     loop = _fused_loop(result.func)
     assert loop is not None, result.script()
     inner = ir.stmts_of(loop.body)
@@ -66,7 +68,7 @@ def test_two_products_over_one_matrix_are_one_sweep(name, zen4_caches):
         assert {"x86.avx512.gemv.f32.8x16", "x86.avx512.gemvt.f32.8x16"} <= intrinsics_inside
     # eight rows of A an iteration
     assert loop.extent == {"mvt": 50, "atax": 48, "bicg": 51}[name]
-    plain = tensorize(func, AVX512, rules_off={"tidy"})
+    plain = tensorize(func, AVX512, rules_off={"tidy", "partials"})
     assert _fused_loop(plain.func) is None
     assert result.coverage == plain.coverage
     _close(plain.func, result.func)
@@ -81,7 +83,7 @@ def test_the_avx2_library_sweeps_once_too(name):
     blocks of the 4x8 gemv's four rows, the transposed product on the axpy rows of each
     block inside it, and the compiled program agrees with the interpreter."""
     func = MATVEC[name]
-    result = tensorize(func, AVX2)
+    result = tensorize(func, AVX2, rules_off={"partials"})
     loop = _fused_loop(result.func)
     assert loop is not None, result.script()
     inside = {x.intrinsic.name for x in ir.walk_stmts(loop.body) if isinstance(x, ir.Call)}
@@ -89,14 +91,14 @@ def test_the_avx2_library_sweeps_once_too(name):
     assert not any("avx512" in n for n in inside)
     rows = MATVEC[name].params[0].shape[0]  # A's rows
     assert loop.extent == rows // 4
-    assert _fused_loop(tensorize(func, AVX2, rules_off={"tidy"}).func) is None
+    assert _fused_loop(tensorize(func, AVX2, rules_off={"tidy", "partials"}).func) is None
     if {"avx2", "fma"} <= intrinsics.host_features():
         check = runtime.check(func, result.compile())
         assert check.ok, check.message
 
 
 def test_golden_mvt_sweep(zen4_caches):
-    result = tensorize(MATVEC["mvt"], AVX512)
+    result = tensorize(MATVEC["mvt"], AVX512, rules_off={"partials"})
     assert show(result.func).split('"""')[-1] == '''
     for i_o in range(50):
         for j_o1 in range(24):
