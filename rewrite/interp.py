@@ -34,7 +34,7 @@ from .affine import affine
 from .ir import (Accumulate, Binary, Buffer, Cast, Compare, Const, For, If, Load, Logical,
                  PrimFunc, Select, Seq, Store, Unary, Var)
 
-__all__ = ["instances", "interpret", "run"]
+__all__ = ["evaluate", "instances", "interpret", "run"]
 
 # A batch check or a fully vectorised subtree handles at most this many events (access
 # instances) at once: large enough for a 128^3 matmul's reduction, small enough for memory.
@@ -230,6 +230,30 @@ def _unary(op: str, a, dtype: str):
     raise ValueError(f"unknown unary operator {op!r}")
 
 
+def evaluate(e, leaf):
+    """The value of expression ``e`` with the interpreter's semantics, ``leaf(x)`` giving the
+    value of each load, loop variable and ``and``/``or`` in it (numpy values that broadcast
+    together): the interpreter's lanes, or a whole iteration space at once
+    (``tools/numpy_steps.py``)."""
+    if isinstance(e, (Load, Var, Logical)):
+        return leaf(e)
+    if isinstance(e, Const):
+        return _const(e)
+    if isinstance(e, Binary):
+        if e.a.dtype != e.b.dtype:
+            raise TypeError(f"operands of {e.op!r} differ: {e.a.dtype} and {e.b.dtype}")
+        return _binary(e.op, evaluate(e.a, leaf), evaluate(e.b, leaf), e.dtype)
+    if isinstance(e, Unary):
+        return _unary(e.op, evaluate(e.a, leaf), e.a.dtype)
+    if isinstance(e, Cast):
+        return _cast(evaluate(e.a, leaf), e.a.dtype, e.dtype)
+    if isinstance(e, Compare):
+        return _COMPARE[e.op](evaluate(e.a, leaf), evaluate(e.b, leaf))
+    if isinstance(e, Select):
+        return np.where(evaluate(e.cond, leaf), evaluate(e.a, leaf), evaluate(e.b, leaf))
+    raise TypeError(f"not an expression: {e!r}")
+
+
 _COMPARE = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
             "==": np.equal, "!=": np.not_equal}
 
@@ -391,28 +415,14 @@ class _Machine:
 
     def eval(self, e, ctx: _Ctx, mask):
         """Value of ``e`` in every lane of ``ctx``; lanes outside ``mask`` may hold anything."""
-        if isinstance(e, Load):
-            return self.load(e, ctx, mask)
-        if isinstance(e, Var):
-            return ctx.var(e.name)
-        if isinstance(e, Const):
-            return _const(e)
-        if isinstance(e, Binary):
-            if e.a.dtype != e.b.dtype:
-                raise TypeError(f"operands of {e.op!r} differ: {e.a.dtype} and {e.b.dtype}")
-            return _binary(e.op, self.eval(e.a, ctx, mask), self.eval(e.b, ctx, mask), e.dtype)
-        if isinstance(e, Unary):
-            return _unary(e.op, self.eval(e.a, ctx, mask), e.a.dtype)
-        if isinstance(e, Cast):
-            return _cast(self.eval(e.a, ctx, mask), e.a.dtype, e.dtype)
-        if isinstance(e, Compare):
-            return _COMPARE[e.op](self.eval(e.a, ctx, mask), self.eval(e.b, ctx, mask))
-        if isinstance(e, Select):
-            c = self.eval(e.cond, ctx, mask)
-            return np.where(c, self.eval(e.a, ctx, mask), self.eval(e.b, ctx, mask))
-        if isinstance(e, Logical):
-            return self.logical(e, ctx, mask)
-        raise TypeError(f"not an expression: {e!r}")
+        def leaf(x):
+            if isinstance(x, Load):
+                return self.load(x, ctx, mask)
+            if isinstance(x, Var):
+                return ctx.var(x.name)
+            return self.logical(x, ctx, mask)
+
+        return evaluate(e, leaf)
 
     def logical(self, e: Logical, ctx: _Ctx, mask):
         # The right operand is only needed where the left one does not decide, so a guard

@@ -893,14 +893,14 @@ def _check_round(func: PrimFunc, kernel: Kernel, seed: int, special: bool,
     kernel(**{b.name: got[b.name] for b in func.params})
     worst, problems = 0.0, []
     for buf in func.outputs:
-        error, problem = _compare(func, buf, np.asarray(expected[buf.name]), got[buf.name])
+        error, problem = compare_output(func, buf, np.asarray(expected[buf.name]), got[buf.name])
         worst = max(worst, error)
         if problem:
             problems.append(f"{buf.name}: {problem}")
     return worst, problems
 
 
-def _compare(func: PrimFunc, buf: Buffer, want: np.ndarray, got: np.ndarray) -> tuple[float, str]:
+def compare_output(func: PrimFunc, buf: Buffer, want: np.ndarray, got: np.ndarray) -> tuple[float, str]:
     """The largest difference over the elements finite on both sides, and what is wrong
     ("" when nothing): integers must be equal, floats NaN where NaN, the same infinities
     (sign included) and within ``tolerance`` elsewhere; nothing is compared on an output

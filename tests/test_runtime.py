@@ -19,7 +19,7 @@ from rewrite.inputs import random_args
 from rewrite.interp import run
 from rewrite.ir import For
 from rewrite.script import parse, parse_file, show
-from rewrite.tools import bench
+from rewrite.tools import bench, numpy_steps
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
 
@@ -503,7 +503,7 @@ def test_contraction_detection():
 def test_matmul_formulation_equals_einsum(spec, shapes):
     rng = np.random.default_rng(0)
     operands = [rng.standard_normal(s) for s in shapes]
-    product = bench._as_matmul(spec, operands)
+    product = numpy_steps.as_matmul(spec, operands)
     assert product is not None
     np.testing.assert_allclose(product(), np.einsum(spec, *operands), rtol=1e-12, atol=1e-12)
 
@@ -527,7 +527,7 @@ def test_matmul_formulation_refuses_what_it_is_not(spec):
     shapes = {"i": 3, "j": 4, "k": 5, "l": 2, "b": 2}
     inputs = spec.split("->")[0].split(",")
     operands = [np.ones([shapes[d] for d in x]) for x in inputs]
-    assert bench._as_matmul(spec, operands) is None
+    assert numpy_steps.as_matmul(spec, operands) is None
 
 
 def test_blas_report_warns_of_slowing_variables(monkeypatch):

@@ -11,7 +11,10 @@ A function that is one contraction, ``C[...] (+)= A[...] * B[...] * ...`` over f
 ranges with an optional zero initialisation, is also run as ``np.einsum(...,
 optimize=True)`` and, when it is a matrix or matrix-vector product, as ``np.matmul`` (BLAS);
 the faster of the two is timed the same way (a function of several such contractions in
-turn, each touching none of the others' outputs, runs each its fastest way); ``ratio`` is
+turn, each touching none of the others' outputs, runs each its fastest way). Any other
+function numpy runs statement by statement where it can (``numpy_steps``: whole-array
+steps, ``einsum`` for the sums), where what that computes agrees with our kernel; the table
+marks those times with ``*``, the JSON with ``"numpy_formulation": "statements"``. ``ratio`` is
 numpy's median over ours (above 1: we are faster). ``blas_report`` says which BLAS numpy runs, with which kernels and threads,
 and warns of the environment variables that slow it.
 """
@@ -29,6 +32,8 @@ from .. import runtime
 from ..calls import op_count
 from ..ir import (Accumulate, Binary, Buffer, Call, Cast, Const, Expr, For, If, Load, PrimFunc, Store,
                   Var, buffers_of, is_float, numpy_dtype, stmts_of, walk_in_loops, written_by)
+from . import numpy_steps
+from .numpy_steps import as_matmul
 from .timing import Timing, in_turns, measure, rate
 
 Progress = Callable[[int, int, str], None]  # (functions done, total, name of the next one)
@@ -55,6 +60,8 @@ class BenchResult:
     # in turns, on an AVX2 host without VNNI, for integer work: the median over the rounds of
     # our rate over the vpmaddwd ceiling's (its loop taking its turn in each round)
     pmaddwd_ratio: Optional[float] = None
+    # numpy ran the function statement by statement (``numpy_steps``), not as a contraction
+    numpy_steps: bool = False
 
 
 def bench(funcs: Iterable[Union[PrimFunc, tuple]], threads: Optional[int] = None,
@@ -113,6 +120,9 @@ def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int]
     if offset is not None:
         args = {name: at_offset(a, offset) for name, a in args.items()}
     numpy_call = numpy_counterpart(func, args)
+    steps = numpy_call is None
+    if steps:
+        numpy_call = steps_counterpart(func, kernel, args)
     ort_call = onnxruntime_counterpart(func, kernel, threads or 1) if onnxruntime else None
     calls = [c for c in (lambda: kernel(**args), numpy_call, ort_call) if c is not None]
     integer = not any(is_float(b.dtype) for b in func.outputs)
@@ -147,7 +157,8 @@ def bench_one(func: PrimFunc, file: Optional[str] = None, threads: Optional[int]
         ops=ops, compile_s=compile_s, integer=integer,
         onnxruntime_median_s=ort and ort.median_s, turns=turns,
         numpy_min_s=theirs.min_s if turns and theirs else None,
-        onnxruntime_min_s=ort.min_s if turns and ort else None, pmaddwd_ratio=of_ceiling)
+        onnxruntime_min_s=ort.min_s if turns and ort else None, pmaddwd_ratio=of_ceiling,
+        numpy_steps=steps and numpy_call is not None)
 
 
 def pmaddwd_ceiling_loop() -> Optional[tuple[Callable[[], None], float]]:
@@ -249,6 +260,30 @@ def _in_turn(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Callable[[
     return lambda: [c() for c in calls]
 
 
+def steps_counterpart(func: PrimFunc, kernel, args: dict[str, np.ndarray]) -> Optional[Callable[[], object]]:
+    """numpy's statement-by-statement formulation of ``func`` (``numpy_steps``) on copies of
+    ``args``, where what it computes from them agrees with what ``kernel`` computes
+    (``runtime.compare_output``: the check's tolerances); else None, with one line on
+    stderr where they disagree."""
+    try:
+        steps = numpy_steps.formulate(func, args)
+        if steps is None:
+            return None
+        steps()
+    except (ValueError, TypeError, IndexError, MemoryError) as e:
+        print(f"bench: {func.name}: no numpy formulation ({type(e).__name__}: {e})", file=sys.stderr)
+        return None
+    ours = {name: np.array(a, copy=True) for name, a in args.items()}
+    kernel(**ours)
+    for buf in func.outputs:
+        _, problem = runtime.compare_output(func, buf, steps.arrays[buf.name], ours[buf.name])
+        if problem:
+            print(f"bench: {func.name}: numpy's steps disagree with the kernel on {buf.name} "
+                  f"({problem}); no numpy column", file=sys.stderr)
+            return None
+    return steps
+
+
 def numpy_formulations(func: PrimFunc, args: dict[str, np.ndarray]) -> list[Callable[[], object]]:
     """The ways numpy computes ``func``'s contraction: ``np.matmul`` on transposed views when
     it is a (batched) matrix or matrix-vector product, which reaches BLAS with its transpose
@@ -269,11 +304,11 @@ def numpy_formulations(func: PrimFunc, args: dict[str, np.ndarray]) -> list[Call
     except (TypeError, ValueError):
         return []
     found = []
-    product = _as_matmul(c.spec, operands)  # a matmul or not by the spec and shapes alone
+    product = as_matmul(c.spec, operands)  # a matmul or not by the spec and shapes alone
     if cast and product is not None:
         # operands of other dtypes converted at each call, then the matrix product
         def product():
-            return _as_matmul(c.spec, [a if a.dtype == dtype else a.astype(dtype)
+            return as_matmul(c.spec, [a if a.dtype == dtype else a.astype(dtype)
                                        for a in operands])()
     if product is not None:
         found.append(_accumulating(product, out, c.init))
@@ -333,59 +368,10 @@ def _checked_counterpart(func: PrimFunc, kernel, threads: int, args: dict, model
     return call, ""
 
 
-@dataclass(frozen=True)
-class ProductDims:
-    """A two-operand einsum ``a,b->result`` split by role: ``batch`` dims (both operands and
-    the output), ``contracted`` (both operands only), and each operand's ``free`` dims."""
-
-    a: str
-    b: str
-    result: str
-    batch: list
-    contracted: list
-    free_a: list
-    free_b: list
-
-    @staticmethod
-    def of(spec: str) -> Optional["ProductDims"]:
-        inputs, result = spec.split("->")
-        parts = inputs.split(",")
-        if len(parts) != 2 or any(len(set(x)) != len(x) for x in parts):
-            return None
-        a, b = parts
-        return ProductDims(a, b, result, [d for d in result if d in a and d in b],
-                           [d for d in a if d in b and d not in result],
-                           [d for d in a if d not in b], [d for d in b if d not in a])
-
-    def operands_as_matmul(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``x`` as ``[batch, m, k]`` and ``y`` as ``[batch, k, n]``, transposed views."""
-        return (np.transpose(x, [self.a.index(d) for d in self.batch + self.free_a + self.contracted]),
-                np.transpose(y, [self.b.index(d) for d in self.batch + self.contracted + self.free_b]))
-
-
 def _accumulating(product: Callable[[], np.ndarray], out: np.ndarray, init: bool):
     if init:
         return lambda: np.copyto(out, product())
     return lambda: np.add(out, product(), out=out)
-
-
-def _as_matmul(spec: str, operands: list[np.ndarray]) -> Optional[Callable[[], np.ndarray]]:
-    """``spec`` (``"ik,jk->ij"``) as ``np.matmul`` on transposed views, or None.
-
-    Dims fall into batch (both operands and the output), contracted (both operands only),
-    and free dims of each operand; a product with one contracted dim and at most one free dim
-    per operand is ``A[batch, m, k] @ B[batch, k, n]`` (m or n may be absent: a
-    matrix-vector product), transposed back to the output's order."""
-    dims = ProductDims.of(spec) if len(operands) == 2 else None
-    if dims is None or dims.result == "" or len(dims.contracted) != 1 or len(dims.free_a) > 1 \
-            or len(dims.free_b) > 1 or (dims.batch and not (dims.free_a and dims.free_b)):
-        return None
-    x, y = dims.operands_as_matmul(*operands)
-    order = dims.batch + dims.free_a + dims.free_b
-    back = [order.index(d) for d in dims.result]
-    if back == sorted(back):
-        return lambda: np.matmul(x, y)
-    return lambda: np.transpose(np.matmul(x, y), back)
 
 
 def _factors(e: Expr, dtype: str) -> Optional[list[Load]]:
@@ -456,6 +442,8 @@ def to_json(results: list[BenchResult]) -> dict:
     out = []
     for r in results:
         row = {k: asdict(r)[k] for k in keys}
+        if r.numpy_steps:  # numpy ran it statement by statement (numpy_steps)
+            row["numpy_formulation"] = "statements"
         if r.onnxruntime_median_s is not None:  # only with --onnxruntime
             row["onnxruntime_median_s"] = r.onnxruntime_median_s
         if r.turns:  # only with --turns: the rounds, and the peers' least times
@@ -512,6 +500,7 @@ def format_table(results: list[BenchResult]) -> str:
              + (f" {'vpmaddwd':>8s}" if ceiling else "")]
     for r in results:
         numpy_s = f"{r.numpy_median_s * 1e3:8.3f}ms" if r.numpy_median_s else f"{'-':>10s}"
+        numpy_s = numpy_s[1:] + "*" if r.numpy_steps else numpy_s
         unit = "i" if r.integer else " "
         line = (f"{r.name:32s} {r.runs:5d} {r.median_s * 1e3:8.3f}ms {r.gflops:7.2f}{unit} "
                 f"{numpy_s}" + ratio(r.numpy_median_s, r.median_s))
@@ -524,6 +513,9 @@ def format_table(results: list[BenchResult]) -> str:
         if ceiling:
             line += f" {r.pmaddwd_ratio:8.2f}" if r.pmaddwd_ratio is not None else f" {'-':>8s}"
         lines.append(line)
+    if any(r.numpy_steps for r in results):
+        lines.append("* numpy ran the function statement by statement (whole-array steps, "
+                     "einsum for the sums), checked against ours")
     return "\n".join(lines)
 
 

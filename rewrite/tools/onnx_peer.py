@@ -26,7 +26,8 @@ import numpy as np
 from .. import ir
 from ..affine import affine
 from ..ir import Accumulate, Binary, Cast, Const, Load, PrimFunc, Store, Var
-from .bench import ProductDims, contraction, zeroes
+from .bench import contraction, zeroes
+from .numpy_steps import ProductDims
 
 
 @dataclass(frozen=True)

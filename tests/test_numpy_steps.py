@@ -1,0 +1,163 @@
+"""numpy's statement-by-statement formulation (``rewrite/tools/numpy_steps.py``), the baseline
+``tensorize bench`` times where a function is not one contraction: what it computes is
+compared with the reference interpreter, and what it cannot formulate it refuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rewrite import interp, runtime
+from rewrite.inputs import random_args
+from rewrite.script import parse, parse_file
+from rewrite.tools import bench, numpy_steps
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
+
+
+def _f(params: str, body: str):
+    lines = body.strip("\n").splitlines()
+    return parse("@prim_func\ndef f(" + params + "):\n" + "\n".join("    " + x for x in lines) + "\n")
+
+
+def _agrees(func, seed: int = 1) -> numpy_steps.Steps:
+    """The steps of ``func`` on random inputs, run once, equal to the interpreter's results
+    within the check's tolerances (integers exactly)."""
+    args = random_args(func, seed=seed)
+    steps = numpy_steps.formulate(func, args)
+    assert steps is not None
+    want = {k: v.copy() for k, v in args.items()}
+    interp.interpret(func, want)
+    steps()
+    for buf in func.outputs:
+        error, problem = runtime.compare_output(func, buf, want[buf.name], steps.arrays[buf.name])
+        assert not problem, (buf.name, problem)
+    return steps
+
+
+PROGRAMS = {
+    # a strided, padded convolution: a view whose axis h and r share one dimension
+    "strided_conv": ("X: f32[1, 17, 17, 3], W: f32[3, 3, 3, 4], O: f32[1, 8, 8, 4]", """
+for n, h, w, co in grid(1, 8, 8, 4):
+    O[n, h, w, co] = 0.0
+for n, h, w, co, r, s, ci in grid(1, 8, 8, 4, 3, 3, 3):
+    O[n, h, w, co] += X[n, 2 * h + r, 2 * w + s, ci] * W[r, s, ci, co]
+"""),
+    # a depthwise convolution with dilation (summed one tap at a time or by einsum)
+    "dilated_depthwise": ("X: f32[2, 12, 12, 5], W: f32[3, 3, 5], O: f32[2, 8, 8, 5]", """
+for n, h, w, c, r, s in grid(2, 8, 8, 5, 3, 3):
+    O[n, h, w, c] += X[n, h + 2 * r, w + 2 * s, c] * W[r, s, c]
+"""),
+    # a reversed index and a loop that starts past zero
+    "reversed": ("A: f32[16], B: f32[16]", """
+for i in range(2, 16):
+    B[i] = A[15 - i] * 2.0 + B[i]
+"""),
+    # a triangle of the output, a runtime scale factor, a sum of two products
+    "syr2k_like": ("A: f32[12, 7], B: f32[12, 7], alpha: f32[1], C: f32[12, 12]", """
+for i, j, k in grid(12, 12, 7):
+    if j <= i:
+        C[i, j] += A[j, k] * alpha[0] * B[i, k] + B[j, k] * alpha[0] * A[i, k]
+"""),
+    # a max pool: a store that reduces over the window
+    "maxpool": ("X: f32[1, 9, 9, 2], O: f32[1, 4, 4, 2]", """
+for n, h, w, c in grid(1, 4, 4, 2):
+    O[n, h, w, c] = -3.0e38
+for n, h, w, c, r, s in grid(1, 4, 4, 2, 3, 3):
+    O[n, h, w, c] = max(O[n, h, w, c], X[n, 2 * h + r, 2 * w + s, c])
+"""),
+    # bytes widened and multiplied into i32 sums (wrapping as the kernel's)
+    "u8i8": ("A: u8[8, 32], B: i8[32, 8], C: i32[8, 8]", """
+for i, j, k in grid(8, 8, 32):
+    C[i, j] += i32(A[i, k]) * i32(B[k, j])
+"""),
+    # a loop variable and a select in the value, an exp, a column sum of a computed factor
+    "computed": ("A: f32[6, 10], s: f32[10]", """
+for i, j in grid(6, 10):
+    A[i, j] = exp(A[i, j]) if j >= i else f32(i) * A[i, j]
+for i, j in grid(6, 10):
+    s[j] += A[i, j] - 0.5
+"""),
+    # a scalar added at each iteration of a loop the output does not use, and a product
+    # no index of which names the loop summed over (added that many times)
+    "counted": ("x: f32[5], a: f32[5], b: f32[5], y: f32[5]", """
+for i, j in grid(5, 7):
+    x[i] += 1.0
+for i, j in grid(5, 3):
+    y[i] += a[i] * b[i]
+"""),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_each_kind_of_statement_computes_what_the_interpreter_does(name):
+    _agrees(_f(*PROGRAMS[name]))
+
+
+CORPUS_FUNCS = {name: func for path in sorted(CORPUS.glob("*.py"))
+                for name, func in parse_file(path).items()}
+
+
+@pytest.mark.parametrize("name", ["c2d_nhwc", "dep_conv2d_nhwc_s2", "resnet50_maxpool", "sfm_mn",
+                                  "bert_layernorm", "pb_gemver", "pb_syrk", "atax",
+                                  "qdense_zero_points", "t2d_nhwc", "maxplus_matmul"])
+def test_corpus_programs_compute_what_the_interpreter_does(name):
+    _agrees(CORPUS_FUNCS[name])
+
+
+def test_a_two_operand_product_runs_on_blas(monkeypatch):
+    func = _f("A: f32[64, 48], B: f32[48, 32], C: f32[64, 32]", """
+for i, j, k in grid(64, 32, 48):
+    C[i, j] += A[i, k] * B[k, j]
+""")
+    steps = _agrees(func)
+    assert len(steps.steps) == 1
+    calls = []
+    real = np.matmul
+    monkeypatch.setattr(np, "matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    steps()  # prepared on transposed views: one call of np.matmul, no einsum
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("params, body", [
+    # a recurrence: each element reads the one before it
+    ("x: f32[16]", "for i in range(1, 16):\n    x[i] = x[i - 1] + x[i]\n"),
+    # two loops in one index of the output: iterations that write one element twice
+    ("a: f32[8], b: f32[8], c: f32[15]", "for i, j in grid(8, 8):\n    c[i + j] += a[i] * b[j]\n"),
+    # a guard on the loop summed over
+    ("A: f32[8, 8], x: f32[8]", "for i, k in grid(8, 8):\n    if k > i:\n        x[i] += A[i, k]\n"),
+    # an index that is not affine
+    ("A: f32[8, 4], x: f32[8]", "for i in range(8):\n    x[i] = A[i // 2, i % 4]\n"),
+])
+def test_what_it_cannot_formulate_is_refused(params, body):
+    func = _f(params, body)
+    assert numpy_steps.formulate(func, random_args(func)) is None
+
+
+def test_bench_times_the_steps_and_marks_them():
+    func = CORPUS_FUNCS["atax"]
+    result = bench.bench_one(func, min_runs=3, target_seconds=0.01)
+    assert result.numpy_steps and result.numpy_median_s and result.ratio
+    assert "*" in bench.format_table([result])
+    assert bench.to_json([result])["results"][0]["numpy_formulation"] == "statements"
+    # a contraction keeps its own formulation, unmarked
+    gemm = CORPUS_FUNCS["gemm_64"]
+    plain = bench.bench_one(gemm, min_runs=3, target_seconds=0.01)
+    assert not plain.numpy_steps and plain.numpy_median_s
+    assert "numpy_formulation" not in bench.to_json([plain])["results"][0]
+
+
+def test_steps_that_disagree_with_the_kernel_are_no_baseline(capsys):
+    func = CORPUS_FUNCS["atax"]
+    kernel = runtime.compile(func)
+    args = random_args(func, seed=0)
+    assert bench.steps_counterpart(func, kernel, args) is not None
+
+    def wrong(**arrays):  # a kernel that leaves y as it was
+        kernel(**arrays)
+        arrays["y"][3] += 1.0
+
+    assert bench.steps_counterpart(func, wrong, args) is None
+    assert "disagree" in capsys.readouterr().err
