@@ -151,6 +151,12 @@ def share_cores(processes: int) -> None:
 THREAD_TRIAL_CALLS = 8
 THREAD_TRIAL_RUN = 3
 THREAD_TRIAL_SECONDS = 1e-3
+# The trial runs again THREAD_RETRIAL_CALLS calls after a choice, then after twice as many
+# calls each time it keeps the same way (THREAD_RETRIAL_MOST at most), and after
+# THREAD_RETRIAL_CALLS again where it changes: a virtual machine's second CPU is slow now
+# and then for seconds, and a choice made then would stay. 0: the first choice stays.
+THREAD_RETRIAL_CALLS = 1 << 12
+THREAD_RETRIAL_MOST = 1 << 20
 _clock = time.perf_counter
 
 
@@ -350,6 +356,9 @@ class Kernel:
         # thread alone; decided by the first calls (see _trial_call)
         self._pool_address = pool.address if pool is not None else 0
         self._trial: Optional[list] = [[], []] if pool is not None and THREAD_TRIAL_CALLS else None
+        # calls until the trial runs again (0 at the end: never), the last interval, the
+        # way the last trial kept (True: the pool)
+        self._retrial_in, self._retrial_every, self._kept = 0, 0, None
 
     def _native_call(self, address: int, filled: frozenset) -> None:
         """Make ``_native``, the builtin function of ``codegen.add_caller``'s code bound to
@@ -429,7 +438,7 @@ class Kernel:
     def threads_in_use(self) -> Optional[int]:
         """The threads the parallel parts run on: ``threads``, or 1 where the first calls
         found the calling thread alone faster (``_trial_call``); None while they are being
-        timed."""
+        timed (the first calls, and again from time to time)."""
         if self._trial is not None:
             return None
         return self.threads if self._pool_address else 1
@@ -441,6 +450,11 @@ class Kernel:
         # they did. Anything they refuse takes the Python path, which says what is wrong or
         # runs what it accepts.
         if self._trial is not None:
+            self._trial_call(args, kwargs)
+            return
+        self._retrial_in -= 1
+        if self._retrial_in == 0:
+            self._trial = [[], []]  # this call is timed again, the first of a new trial
             self._trial_call(args, kwargs)
             return
         native = self._native
@@ -462,7 +476,9 @@ class Kernel:
         CPU is now and then slow for a while. The workers are not put to sleep for the
         calls alone, though a spinning worker slows the core beside it a little on some
         hosts: a worker woken from sleep there runs slowly for many calls after, which
-        would charge the pool far more; a close call thus goes to the pool."""
+        would charge the pool far more; a close call thus goes to the pool. The trial runs
+        again later (``THREAD_RETRIAL_CALLS``), so that a choice made while the machine was
+        slow does not stay."""
         times = self._trial
         calls = len(times[0]) + len(times[1])
         on_pool = calls // THREAD_TRIAL_RUN % 2 == 0
@@ -479,9 +495,13 @@ class Kernel:
             pooled, alone = (float(np.median([x for n, x in enumerate(t) if n % THREAD_TRIAL_RUN]))
                              for t in times)
             self._trial = None
-            self._use_pool(pooled <= alone)
-            if alone < pooled:
+            kept = pooled <= alone
+            self._use_pool(kept)
+            if not kept:
                 self._pool.rest()  # a worker spinning beside the caller would slow it
+            every = THREAD_RETRIAL_CALLS if kept != self._kept else \
+                min(2 * self._retrial_every, THREAD_RETRIAL_MOST)
+            self._kept, self._retrial_every, self._retrial_in = kept, every, every
 
     def _use_pool(self, on: bool) -> None:
         self._pool_address = self._pool.address if on else 0

@@ -154,3 +154,46 @@ def test_one_thread_has_no_trial(func):
     kernel = runtime.compile(func, threads=1)
     assert kernel.threads_in_use == 1
     _call_and_check(kernel, func, 0)
+
+
+def test_the_trial_runs_again_and_follows_the_machine(func, monkeypatch):
+    """A choice made while the pool was slow (a virtual machine's second CPU busy elsewhere)
+    is tried again ``THREAD_RETRIAL_CALLS`` calls later, and the pool is taken back once it
+    is the faster; a re-trial that keeps the same way waits twice as long for the next."""
+    monkeypatch.setattr(runtime, "THREAD_RETRIAL_CALLS", 5)
+    kernel, clock = _kernel(func, monkeypatch, pooled=6e-6, alone=4e-6)
+    n = _trial_calls()
+    for k in range(n):
+        _call_and_check(kernel, func, k)
+    assert kernel.threads_in_use == 1
+    reads = clock.reads
+    for k in range(4):  # untimed calls on the way kept
+        _call_and_check(kernel, func, 20 + k)
+    assert clock.reads == reads and kernel.threads_in_use == 1
+    clock.pooled = 3e-6  # the machine recovered
+    for k in range(n):  # the fifth call after the choice starts the trial again
+        _call_and_check(kernel, func, 30 + k)
+        assert (kernel.threads_in_use is None) == (k < n - 1)
+    assert clock.reads == reads + 2 * n
+    assert kernel.threads_in_use == 2 and kernel._pool_address == kernel._pool.address
+    # the way changed: the next trial again after 5 calls; it keeps the pool, and the one
+    # after that comes after 10
+    for k in range(4 + n):
+        _call_and_check(kernel, func, 60 + k)
+    assert kernel.threads_in_use == 2 and clock.reads == reads + 4 * n
+    for k in range(9):
+        _call_and_check(kernel, func, 80 + k)
+    assert clock.reads == reads + 4 * n
+    _call_and_check(kernel, func, 99)
+    assert clock.reads == reads + 4 * n + 2 and kernel.threads_in_use is None
+
+
+def test_no_trial_again_when_turned_off(func, monkeypatch):
+    monkeypatch.setattr(runtime, "THREAD_RETRIAL_CALLS", 0)
+    kernel, clock = _kernel(func, monkeypatch, pooled=6e-6, alone=4e-6)
+    for k in range(_trial_calls()):
+        _call_and_check(kernel, func, k)
+    reads = clock.reads
+    for k in range(40):
+        kernel(**random_args(func, k))
+    assert clock.reads == reads and kernel.threads_in_use == 1
