@@ -161,3 +161,52 @@ def test_steps_that_disagree_with_the_kernel_are_no_baseline(capsys):
 
     assert bench.steps_counterpart(func, wrong, args) is None
     assert "disagree" in capsys.readouterr().err
+
+
+def test_an_integer_product_runs_in_doubles_where_that_is_exact():
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 256, (40, 300)).astype(np.uint8)
+    b = rng.integers(-128, 128, (300, 24)).astype(np.int8)
+    ops = [a.astype(np.int32), b.astype(np.int32)]
+    call = numpy_steps.in_doubles("ik,kj->ij", ops, np.dtype(np.int32))
+    assert call is not None
+    got = call()
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, ops[0] @ ops[1])
+    # sums that could pass 2**31 (the integer product would wrap) are not done in doubles
+    big = [np.full((4, 3), 1 << 15, np.int32), np.full((3, 4), 1 << 15, np.int32)]
+    assert numpy_steps.in_doubles("ik,kj->ij", big, np.dtype(np.int32)) is None
+    # nor floats, nor what is no matrix product
+    assert numpy_steps.in_doubles("ik,kj->ij", [x.astype(np.float32) for x in ops],
+                                  np.dtype(np.float32)) is None
+    assert numpy_steps.in_doubles("ij,ij->ij", [ops[0], ops[0]], np.dtype(np.int32)) is None
+
+
+def test_a_byte_product_is_timed_in_doubles_too():
+    func = _f("A: u8[16, 64], B: i8[64, 8], C: i32[16, 8]", """
+for i, j in grid(16, 8):
+    C[i, j] = 0
+for i, j, k in grid(16, 8, 64):
+    C[i, j] += i32(A[i, k]) * i32(B[k, j])
+""")
+    args = random_args(func, seed=3)
+    ways = bench.numpy_formulations(func, args)
+    assert len(ways) == 3  # the integer matmul, the same in doubles, einsum
+    # what the statement-by-statement steps compute on BLAS in doubles is the exact product
+    want = args["A"].astype(np.int64) @ args["B"].astype(np.int64)
+    steps = numpy_steps.formulate(func, args)
+    steps()
+    np.testing.assert_array_equal(steps.arrays["C"], want)
+
+
+def test_a_byte_convolution_runs_its_taps_in_doubles():
+    func = _f("X: u8[1, 10, 10, 16], W: i8[3, 3, 16, 8], O: i32[1, 8, 8, 8]", """
+for n, h, w, co, r, s, ci in grid(1, 8, 8, 8, 3, 3, 16):
+    O[n, h, w, co] += i32(X[n, h + r, w + s, ci]) * i32(W[r, s, ci, co])
+""")
+    _agrees(func)
+    x = np.arange(2 * 3 * 5, dtype=np.int32).reshape(2, 3, 5)
+    y = np.arange(5 * 4, dtype=np.int32).reshape(5, 4) - 7
+    call = numpy_steps.in_doubles("abc,cd->abd", [x, y], np.dtype(np.int32))
+    assert call is not None
+    np.testing.assert_array_equal(call(), np.einsum("abc,cd->abd", x, y))

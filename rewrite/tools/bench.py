@@ -33,7 +33,7 @@ from ..calls import op_count
 from ..ir import (Accumulate, Binary, Buffer, Call, Cast, Const, Expr, For, If, Load, PrimFunc, Store,
                   Var, buffers_of, is_float, numpy_dtype, stmts_of, walk_in_loops, written_by)
 from . import numpy_steps
-from .numpy_steps import as_matmul
+from .numpy_steps import as_matmul, in_doubles
 from .timing import Timing, in_turns, measure, rate
 
 Progress = Callable[[int, int, str], None]  # (functions done, total, name of the next one)
@@ -288,6 +288,7 @@ def numpy_formulations(func: PrimFunc, args: dict[str, np.ndarray]) -> list[Call
     """The ways numpy computes ``func``'s contraction: ``np.matmul`` on transposed views when
     it is a (batched) matrix or matrix-vector product, which reaches BLAS with its transpose
     flags (operands of another dtype converted first, at each call: ``A @ B.astype(f32)``),
+    an integer product in doubles on BLAS where that is exact (``numpy_steps.in_doubles``),
     and ``np.einsum(..., optimize=True)`` always. Empty when it is no contraction."""
     c = contraction(func)
     if c is None:
@@ -312,6 +313,9 @@ def numpy_formulations(func: PrimFunc, args: dict[str, np.ndarray]) -> list[Call
                                        for a in operands])()
     if product is not None:
         found.append(_accumulating(product, out, c.init))
+    doubles = in_doubles(c.spec, operands, dtype)  # integers on BLAS, where exact
+    if doubles is not None:
+        found.append(_accumulating(doubles, out, c.init))
     if c.init:
         found.append(lambda: np.einsum(c.spec, *operands, out=out, **options))
     else:

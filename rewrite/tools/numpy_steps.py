@@ -364,6 +364,9 @@ def _product(factors: list, out_vars, nest: _Nest) -> tuple[Callable[[], np.ndar
     spec = ",".join("".join(letters[v] for v in axes) for axes, _, _ in factors)
     spec += "->" + "".join(letters[v] for v in kept)
     operands = [call() for call in calls]
+    doubles = in_doubles(spec, operands, operands[0].dtype, calls)
+    if doubles is not None:
+        return doubles, kept
     if as_matmul(spec, operands) is not None:
         if all(fixed is not None for _, fixed, _ in factors):
             return as_matmul(spec, operands), kept  # on views that stay: transposed once
@@ -448,3 +451,46 @@ def as_matmul(spec: str, operands: list[np.ndarray]) -> Optional[Callable[[], np
     if back == sorted(back):
         return lambda: np.matmul(x, y)
     return lambda: np.transpose(np.matmul(x, y), back)
+
+
+def in_doubles(spec: str, operands: list[np.ndarray], dtype: np.dtype,
+               calls: Optional[list[Callable[[], np.ndarray]]] = None,
+               ) -> Optional[Callable[[], np.ndarray]]:
+    """An integer matrix product (``as_matmul``) run on BLAS in doubles and converted back to
+    ``dtype``, where that is exact for these operands: every sum of products, its number of
+    terms times the largest magnitude of each operand, below 2**53 (doubles hold it exactly)
+    and within ``dtype`` (the integer product would not wrap either). numpy's integer
+    ``matmul`` and ``einsum`` reach no BLAS: for bytes this is numpy's fastest way. None
+    elsewhere. ``calls``: what gives the operands at each call, where they are computed
+    (their values those of ``operands``), else ``operands`` themselves."""
+    if not (np.issubdtype(dtype, np.integer) and all(np.issubdtype(a.dtype, np.integer)
+                                                     for a in operands)):
+        return None
+    dims = ProductDims.of(spec) if len(operands) == 2 else None
+    if dims is None or any(a.size == 0 for a in operands):
+        return None
+    if as_matmul(spec, operands) is not None:
+        def product(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+            return as_matmul(spec, [x, y])()
+    elif not dims.batch and dims.contracted and sorted(dims.free_a + dims.free_b) == sorted(dims.result):
+        # free dims of either side many (a convolution's tap: n, h, w by channels):
+        # tensordot reshapes them into one matrix product, then the result's order
+        axes = ([dims.a.index(d) for d in dims.contracted], [dims.b.index(d) for d in dims.contracted])
+        order = dims.free_a + dims.free_b
+        back = [order.index(d) for d in dims.result]
+
+        def product(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+            return np.transpose(np.tensordot(x, y, axes), back)
+    else:
+        return None
+    inputs, result = spec.split("->")
+    sizes = {d: n for x, a in zip(inputs.split(","), operands) for d, n in zip(x, a.shape)}
+    terms = int(np.prod([sizes[d] for d in sizes if d not in result], dtype=np.int64))
+    bound = float(terms)
+    for a in operands:
+        bound *= float(np.abs(a.astype(np.int64)).max())
+    if bound >= min(2.0 ** 53, float(np.iinfo(dtype).max)):
+        return None
+    # converted at each call, as the kernel reads its bytes at each call
+    calls = calls or [lambda a=a: a for a in operands]
+    return lambda: product(*(call().astype(np.float64) for call in calls)).astype(dtype)
