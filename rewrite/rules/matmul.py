@@ -186,13 +186,18 @@ def product(scale: Optional[Const], x: Expr, y: Expr) -> Expr:
 
 @dataclass
 class Alternative:
-    """Items replacing the pipeline's, with the temporaries they need (0 Strassen levels)."""
+    """Items replacing the pipeline's (a regrouped chain, a factored sum, Strassen levels:
+    ``matrices.py``, ``strassen.py``), the temporaries they need, what the scalar cost model
+    does not see of them (``extra_cost``: the memory traffic of a level's block additions),
+    the Strassen levels asked for and the deepest applied (below ``levels`` where blocks ran
+    out)."""
 
     parts: list
     allocs: list
     note: str
     levels: int = 0
     extra_cost: float = 0.0
+    applied_levels: int = 0
 
 
 def build(c: Access, a: Access, b: Access, m: int, n: int, k: int, scale: Optional[Const]) -> AccNest:

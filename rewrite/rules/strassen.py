@@ -56,7 +56,7 @@ from ..nests import AccNest, Dim
 # forced levels) as the program-level e-graph charges it
 from ..program import ADDITION_TRAFFIC
 from . import finite, matmul
-from .matmul import Access, MatMul, _plain, recognize
+from .matmul import Access, Alternative, MatMul, _plain, recognize
 
 # Under "auto", a level is only offered (and planned, which takes saturation time) when every
 # block it creates has at least this extent in M, N and K; the cost model then decides.
@@ -98,19 +98,6 @@ _C = {
     (1, 0): ((1, 1), (3, 1)),
     (1, 1): ((0, 1), (1, -1), (2, 1), (5, 1)),
 }
-
-
-@dataclass
-class Alternative:
-    """``parts`` replacing the pipeline's items, the temporaries they need, and the cost the
-    scalar cost model does not see (memory traffic of the block additions)."""
-
-    levels: int
-    parts: list
-    allocs: list
-    extra_cost: float = 0.0
-    note: str = ""
-    applied_levels: int = 0  # the deepest recursion done; below ``levels`` where blocks ran out
 
 
 # ---------------------------------------------------------------------------
@@ -275,8 +262,8 @@ def rewrite(parts: Sequence, levels: int, names: Names, min_block: int,
         return None
     out = _Out()
     out.parts = _rewritten(parts, (), mms, chosen, levels, names, min_block, out)
-    return Alternative(levels, out.parts, out.allocs, ADDITION_TRAFFIC * out.addition_elements,
-                       f"{levels} Strassen level(s)", out.depth)
+    return Alternative(out.parts, out.allocs, f"{levels} Strassen level(s)", levels,
+                       ADDITION_TRAFFIC * out.addition_elements, out.depth)
 
 
 def _rewritten(parts: Sequence, prefix: Path, mms: dict[Path, MatMul], chosen: set[Path],
