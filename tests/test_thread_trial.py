@@ -3,6 +3,8 @@ keeps the faster way (``runtime.Kernel._trial_call``). The clock is replaced her
 is asserted is the choice made from given times, not this machine's speed; every call, in
 either way, computes what the interpreter does."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -197,3 +199,30 @@ def test_no_trial_again_when_turned_off(func, monkeypatch):
     for k in range(40):
         kernel(**random_args(func, k))
     assert clock.reads == reads and kernel.threads_in_use == 1
+
+
+def test_calls_alone_take_no_lock_and_a_block_of_their_own(func, monkeypatch):
+    """Kept alone, a call goes straight into the native checks (no Python wrapper taking the
+    pool's lock), on a block that points at no pool; kept on the pool, through the lock.
+    The runs of both ways are counted."""
+    kernel, _ = _kernel(func, monkeypatch, pooled=6e-6, alone=4e-6)
+    if kernel._ways is None:
+        pytest.skip("no native checks for this kernel on this host")
+    n = _trial_calls()
+    for k in range(n):
+        _call_and_check(kernel, func, k)
+    assert kernel.threads_in_use == 1
+    assert type(kernel._native).__name__ == "builtin_function_or_method"
+    assert kernel._block[runtime.codegen.CALLER_POOL] == 0
+    done = []
+    with kernel._pool.lock:  # held elsewhere: a call alone does not wait for it
+        caller = threading.Thread(target=lambda: (_call_and_check(kernel, func, 50),
+                                                  done.append(1)))
+        caller.start()
+        caller.join(timeout=10)
+        assert done == [1], "a call alone waited for the pool's lock"
+    kernel._use_pool(True)
+    assert type(kernel._native).__name__ == "function"
+    assert kernel._block[runtime.codegen.CALLER_POOL] == kernel._pool.address
+    _call_and_check(kernel, func, 51)
+    assert kernel.native_runs == n + 2
