@@ -210,3 +210,26 @@ for n, h, w, co, r, s, ci in grid(1, 8, 8, 8, 3, 3, 16):
     call = numpy_steps.in_doubles("abc,cd->abd", [x, y], np.dtype(np.int32))
     assert call is not None
     np.testing.assert_array_equal(call(), np.einsum("abc,cd->abd", x, y))
+
+
+def test_a_product_of_what_an_earlier_step_writes_is_not_bounded_by_its_values_before():
+    """When the steps are formulated the temporary ``T`` is still zero, yet at each call it
+    holds values whose products wrap in i32: the bound for doubles comes from what a factor
+    is (an i32 load: any value), so the product runs in integers and wraps as the kernel's."""
+    func = _f("A: i32[8, 16], B: i32[16, 4], C: i32[8, 4]", """
+T = alloc(i32[8, 16])
+for i, k in grid(8, 16):
+    T[i, k] = A[i, k] * 100000
+for i, j, k in grid(8, 4, 16):
+    C[i, j] += T[i, k] * B[k, j]
+""")
+    rng = np.random.default_rng(0)
+    args = {"A": rng.integers(1000, 2000, (8, 16)).astype(np.int32),
+            "B": rng.integers(1000, 2000, (16, 4)).astype(np.int32),
+            "C": np.zeros((8, 4), np.int32)}
+    want = interp.run(func, **{k: v.copy() for k, v in args.items()})["C"]
+    exact = (args["A"].astype(np.int64) * 100000) @ args["B"].astype(np.int64)
+    assert not np.array_equal(want.astype(np.int64), exact)  # the kernel's sums wrap
+    steps = numpy_steps.formulate(func, args)
+    steps()
+    np.testing.assert_array_equal(steps.arrays["C"], want)

@@ -285,6 +285,28 @@ def _fastest(ways: list[Callable[[], None]], written: np.ndarray) -> Optional[Ca
     return ways[int(np.argmin(times))]
 
 
+def _magnitude(e: Expr) -> float:
+    """The largest magnitude integer expression ``e`` can take, from its buffers' dtypes and
+    its constants (a byte widened to i32: 255); infinity where that is not known (floats,
+    a division, a maximum)."""
+    if not ir.is_int(e.dtype):
+        return float("inf")
+    info = np.iinfo(ir.numpy_dtype(e.dtype))
+    whole = float(max(-int(info.min), int(info.max)))
+    if isinstance(e, Load):
+        return whole
+    if isinstance(e, ir.Const):
+        return float(abs(int(e.value)))
+    if isinstance(e, ir.Cast):
+        return min(whole, _magnitude(e.a)) if ir.is_int(e.a.dtype) else whole
+    if isinstance(e, Unary) and e.op in ("neg", "abs"):
+        return min(whole, _magnitude(e.a) + 1)
+    if isinstance(e, Binary) and e.op in ("+", "-", "*"):
+        a, b = _magnitude(e.a), _magnitude(e.b)
+        return min(whole, a + b if e.op != "*" else a * b)
+    return whole
+
+
 def _terms(e: Expr, sign: int = 1) -> list[tuple[Expr, int]]:
     """The terms of a sum, each with its sign: ``a * b + c`` is ``a * b`` and ``c``, each
     summed into ``O`` on its own (the sum regrouped)."""
@@ -311,17 +333,17 @@ def _sum(e: Expr, sign: int, target: np.ndarray, out_vars, mask, nest: _Nest, ar
             scalars.append(call)
         elif isinstance(factor, Load):  # a view of its buffer: the same every call
             view = call()
-            factors.append((axes, view, lambda view=view: view))
+            factors.append((axes, view, lambda view=view: view, _magnitude(factor)))
         else:
-            factors.append((axes, None, call))
+            factors.append((axes, None, call, _magnitude(factor)))
     if len(nest.vars) > 26:
         return None
     if not factors:  # a scalar added at each iteration (``A[i, k] += 1.0``)
-        factors.append(((), np.ones((), target.dtype), None))
+        factors.append(((), np.ones((), target.dtype), None, 1.0))
     product, kept = _product(factors, out_vars, nest)
     shape = [nest.extent(v) if v in kept else 1 for v in out_vars]
     # loops summed over that no factor uses add the same term that many times
-    used = {v for axes, _, _ in factors for v in axes}
+    used = {v for axes, *_ in factors for v in axes}
     times = np.prod([f.extent for f in nest.loops if f.var not in out_vars and f.var not in used],
                     dtype=np.int64)
     if times > 1:
@@ -347,12 +369,12 @@ def _product(factors: list, out_vars, nest: _Nest) -> tuple[Callable[[], np.ndar
     product, ``np.matmul`` (BLAS) on transposed views, prepared once where both are fixed;
     else ``einsum`` on the path found once (it looks for it again at each call otherwise,
     10-20 us)."""
-    present = {v for axes, _, _ in factors for v in axes}
+    present = {v for axes, *_ in factors for v in axes}
     kept = [v for v in out_vars if v in present]  # a loop of O no factor uses: broadcast
-    calls = [fixed if call is None else call for _, fixed, call in factors]
+    calls = [fixed if call is None else call for _, fixed, call, _ in factors]
     calls = [(lambda c=c: c) if isinstance(c, np.ndarray) else c for c in calls]
     if present <= set(out_vars):
-        shapes = [[nest.extent(v) if v in axes else 1 for v in kept] for axes, _, _ in factors]
+        shapes = [[nest.extent(v) if v in axes else 1 for v in kept] for axes, *_ in factors]
 
         def broadcast() -> np.ndarray:
             total = calls[0]().reshape(shapes[0])
@@ -361,14 +383,16 @@ def _product(factors: list, out_vars, nest: _Nest) -> tuple[Callable[[], np.ndar
             return total
         return broadcast, kept
     letters = {v: chr(ord("a") + k) for k, v in enumerate(nest.vars)}
-    spec = ",".join("".join(letters[v] for v in axes) for axes, _, _ in factors)
+    spec = ",".join("".join(letters[v] for v in axes) for axes, *_ in factors)
     spec += "->" + "".join(letters[v] for v in kept)
     operands = [call() for call in calls]
-    doubles = in_doubles(spec, operands, operands[0].dtype, calls)
+    # the operands' bounds from what they are (a byte widened: 255), not from their values
+    # now: a factor may read what an earlier step writes
+    doubles = in_doubles(spec, operands, operands[0].dtype, calls, [m for *_, m in factors])
     if doubles is not None:
         return doubles, kept
     if as_matmul(spec, operands) is not None:
-        if all(fixed is not None for _, fixed, _ in factors):
+        if all(fixed is not None for _, fixed, _, _ in factors):
             return as_matmul(spec, operands), kept  # on views that stay: transposed once
         return (lambda: as_matmul(spec, [call() for call in calls])()), kept
     path = np.einsum_path(spec, *operands, optimize="greedy")[0]
@@ -455,14 +479,15 @@ def as_matmul(spec: str, operands: list[np.ndarray]) -> Optional[Callable[[], np
 
 def in_doubles(spec: str, operands: list[np.ndarray], dtype: np.dtype,
                calls: Optional[list[Callable[[], np.ndarray]]] = None,
-               ) -> Optional[Callable[[], np.ndarray]]:
+               bounds: Optional[list[float]] = None) -> Optional[Callable[[], np.ndarray]]:
     """An integer matrix product (``as_matmul``) run on BLAS in doubles and converted back to
     ``dtype``, where that is exact for these operands: every sum of products, its number of
     terms times the largest magnitude of each operand, below 2**53 (doubles hold it exactly)
     and within ``dtype`` (the integer product would not wrap either). numpy's integer
     ``matmul`` and ``einsum`` reach no BLAS: for bytes this is numpy's fastest way. None
-    elsewhere. ``calls``: what gives the operands at each call, where they are computed
-    (their values those of ``operands``), else ``operands`` themselves."""
+    elsewhere. ``calls``: what gives the operands at each call, where they are computed,
+    else ``operands`` themselves; ``bounds``: each operand's largest magnitude at any call
+    (``_magnitude``), where its values may change, else read from ``operands``."""
     if not (np.issubdtype(dtype, np.integer) and all(np.issubdtype(a.dtype, np.integer)
                                                      for a in operands)):
         return None
@@ -487,8 +512,8 @@ def in_doubles(spec: str, operands: list[np.ndarray], dtype: np.dtype,
     sizes = {d: n for x, a in zip(inputs.split(","), operands) for d, n in zip(x, a.shape)}
     terms = int(np.prod([sizes[d] for d in sizes if d not in result], dtype=np.int64))
     bound = float(terms)
-    for a in operands:
-        bound *= float(np.abs(a.astype(np.int64)).max())
+    for k, a in enumerate(operands):
+        bound *= bounds[k] if bounds is not None else float(np.abs(a.astype(np.int64)).max())
     if bound >= min(2.0 ** 53, float(np.iinfo(dtype).max)):
         return None
     # converted at each call, as the kernel reads its bytes at each call
