@@ -102,7 +102,8 @@ CORPUS_FUNCS = {name: func for path in sorted(CORPUS.glob("*.py"))
 
 @pytest.mark.parametrize("name", ["c2d_nhwc", "dep_conv2d_nhwc_s2", "resnet50_maxpool", "sfm_mn",
                                   "bert_layernorm", "pb_gemver", "pb_syrk", "atax",
-                                  "qdense_zero_points", "t2d_nhwc", "maxplus_matmul"])
+                                  "qdense_zero_points", "t2d_nhwc", "maxplus_matmul",
+                                  "doitgen"])
 def test_corpus_programs_compute_what_the_interpreter_does(name):
     _agrees(CORPUS_FUNCS[name])
 
@@ -233,3 +234,13 @@ for i, j, k in grid(8, 4, 16):
     steps = numpy_steps.formulate(func, args)
     steps()
     np.testing.assert_array_equal(steps.arrays["C"], want)
+
+
+def test_several_free_dims_make_one_matrix_product():
+    # doitgen's A[r, q, s] by C4[s, p] (once its row sum is expanded): tensordot, one dgemm
+    x = np.random.default_rng(0).standard_normal((5, 4, 6))
+    y = np.random.default_rng(1).standard_normal((6, 3))
+    product = numpy_steps.as_product("abd,dc->abc", [x, y])
+    assert product is not None
+    np.testing.assert_allclose(product(x, y), np.einsum("abd,dc->abc", x, y))
+    assert numpy_steps.as_product("abd,bd->ab", [x, x[0]]) is None  # b batched

@@ -39,6 +39,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from .. import ir, nests
+from ..names import Names
+from ..rules import expand
 from ..affine import Affine, affine_index
 from ..interp import evaluate
 from ..ir import Accumulate, Binary, Expr, For, If, Load, PrimFunc, Stmt, Store, Unary, Var
@@ -66,7 +68,17 @@ class Steps:
 
 def formulate(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Steps]:
     """``func`` as numpy steps on copies of ``args``, or None where one of its statements
-    has no such step (module doc)."""
+    has no such step (module doc). Where a temporary every iteration of a loop reuses keeps
+    the loop whole (PolyBench's ``doitgen``, one row ``sum`` a ``(r, q)``), the function
+    with that temporary expanded (``rules/expand.py``, as the search does) is tried too."""
+    steps = _formulated(func, args)
+    if steps is None:
+        expanded = expand.expand(func, Names.of(func))
+        steps = None if expanded is None else _formulated(expanded, args)
+    return steps
+
+
+def _formulated(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Steps]:
     normal = nests.normalize(func)
     arrays = {b.name: np.array(args[b.name], copy=True, order="C") for b in func.params}
     for b in normal.allocs:
@@ -395,6 +407,9 @@ def _product(factors: list, out_vars, nest: _Nest) -> tuple[Callable[[], np.ndar
         if all(fixed is not None for _, fixed, _, _ in factors):
             return as_matmul(spec, operands), kept  # on views that stay: transposed once
         return (lambda: as_matmul(spec, [call() for call in calls])()), kept
+    product = as_product(spec, operands)
+    if product is not None:
+        return (lambda: product(*(call() for call in calls))), kept
     path = np.einsum_path(spec, *operands, optimize="greedy")[0]
     return (lambda: np.einsum(spec, *(call() for call in calls), optimize=path)), kept
 
@@ -477,6 +492,24 @@ def as_matmul(spec: str, operands: list[np.ndarray]) -> Optional[Callable[[], np
     return lambda: np.transpose(np.matmul(x, y), back)
 
 
+def as_product(spec: str, operands: list[np.ndarray]) -> Optional[Callable[..., np.ndarray]]:
+    """A two-operand ``spec`` as a matrix product on BLAS, a function of the two operands:
+    ``as_matmul``'s, or ``np.tensordot`` where either side has several free dims and no dim
+    is batched (a convolution's tap, ``n, h, w`` by channels; doitgen's ``r, q`` by ``s``),
+    which reshapes them into one matrix product, then the result's order. None elsewhere."""
+    dims = ProductDims.of(spec) if len(operands) == 2 else None
+    if dims is None:
+        return None
+    if as_matmul(spec, operands) is not None:
+        return lambda x, y: as_matmul(spec, [x, y])()
+    if dims.batch or not dims.contracted or sorted(dims.free_a + dims.free_b) != sorted(dims.result):
+        return None
+    axes = ([dims.a.index(d) for d in dims.contracted], [dims.b.index(d) for d in dims.contracted])
+    order = dims.free_a + dims.free_b
+    back = [order.index(d) for d in dims.result]
+    return lambda x, y: np.transpose(np.tensordot(x, y, axes), back)
+
+
 def in_doubles(spec: str, operands: list[np.ndarray], dtype: np.dtype,
                calls: Optional[list[Callable[[], np.ndarray]]] = None,
                bounds: Optional[list[float]] = None) -> Optional[Callable[[], np.ndarray]]:
@@ -491,22 +524,8 @@ def in_doubles(spec: str, operands: list[np.ndarray], dtype: np.dtype,
     if not (np.issubdtype(dtype, np.integer) and all(np.issubdtype(a.dtype, np.integer)
                                                      for a in operands)):
         return None
-    dims = ProductDims.of(spec) if len(operands) == 2 else None
-    if dims is None or any(a.size == 0 for a in operands):
-        return None
-    if as_matmul(spec, operands) is not None:
-        def product(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-            return as_matmul(spec, [x, y])()
-    elif not dims.batch and dims.contracted and sorted(dims.free_a + dims.free_b) == sorted(dims.result):
-        # free dims of either side many (a convolution's tap: n, h, w by channels):
-        # tensordot reshapes them into one matrix product, then the result's order
-        axes = ([dims.a.index(d) for d in dims.contracted], [dims.b.index(d) for d in dims.contracted])
-        order = dims.free_a + dims.free_b
-        back = [order.index(d) for d in dims.result]
-
-        def product(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-            return np.transpose(np.tensordot(x, y, axes), back)
-    else:
+    product = as_product(spec, operands)
+    if product is None or any(a.size == 0 for a in operands):
         return None
     inputs, result = spec.split("->")
     sizes = {d: n for x, a in zip(inputs.split(","), operands) for d, n in zip(x, a.shape)}
