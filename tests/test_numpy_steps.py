@@ -244,3 +244,20 @@ def test_several_free_dims_make_one_matrix_product():
     assert product is not None
     np.testing.assert_allclose(product(x, y), np.einsum("abd,dc->abc", x, y))
     assert numpy_steps.as_product("abd,bd->ab", [x, x[0]]) is None  # b batched
+
+
+def test_bytes_widened_into_temporaries_keep_their_bounds():
+    func = CORPUS_FUNCS["qdense_widened"]  # Ai = i32(A), Bi = i32(B), C += Ai * Bi
+    assert numpy_steps._temporary_bounds(func) == {"Ai": 255.0, "Bi": 128.0}
+    _agrees(func)
+    # a temporary also added into, or stored from an i32 parameter, has no bound but its range
+    accumulated = _f("A: u8[4, 4], B: i32[4], C: i32[4]", """
+T = alloc(i32[4])
+U = alloc(i32[4])
+for i, k in grid(4, 4):
+    T[i] += i32(A[i, k])
+for i in range(4):
+    U[i] = B[i] * 2
+    C[i] = T[i] + U[i]
+""")
+    assert numpy_steps._temporary_bounds(accumulated) == {"T": float("inf"), "U": float(2 ** 31)}

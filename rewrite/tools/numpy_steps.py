@@ -83,9 +83,10 @@ def _formulated(func: PrimFunc, args: dict[str, np.ndarray]) -> Optional[Steps]:
     arrays = {b.name: np.array(args[b.name], copy=True, order="C") for b in func.params}
     for b in normal.allocs:
         arrays[b.name] = np.zeros(b.shape, ir.numpy_dtype(b.dtype))
+    bounds = _temporary_bounds(normal)
     steps = []
     for s in ir.stmts_of(normal.body):
-        step = _step(s, arrays)
+        step = _step(s, arrays, bounds)
         if step is None:
             return None
         steps.append(step)
@@ -201,7 +202,7 @@ def _factors(e: Expr) -> list[Expr]:
     return [e]
 
 
-def _step(s: Stmt, arrays: dict) -> Optional[Callable[[], None]]:
+def _step(s: Stmt, arrays: dict, bounds: dict) -> Optional[Callable[[], None]]:
     nest = _nest(s)
     if nest is None:
         return None
@@ -230,8 +231,9 @@ def _step(s: Stmt, arrays: dict) -> Optional[Callable[[], None]]:
             return None
         mask = _evaluator(nest.guard, out_vars, nest, arrays)()
     if isinstance(st, Accumulate):
-        ways = [w for w in (_summed(st, target, out_vars, mask, nest, arrays),
-                            _by_taps(st, target, out_vars, mask, nest, arrays)) if w is not None]
+        ways = [w for w in (_summed(st, target, out_vars, mask, nest, arrays, bounds),
+                            _by_taps(st, target, out_vars, mask, nest, arrays, bounds))
+                if w is not None]
         return _fastest(ways, arrays[st.buffer.name])
     if reduced:
         return _extreme(st, target, out_vars, reduced, mask, nest, arrays)
@@ -247,15 +249,18 @@ def _step(s: Stmt, arrays: dict) -> Optional[Callable[[], None]]:
     return store
 
 
-def _summed(st: Accumulate, target: np.ndarray, out_vars, mask, nest: _Nest, arrays: dict):
+def _summed(st: Accumulate, target: np.ndarray, out_vars, mask, nest: _Nest, arrays: dict,
+            bounds: dict):
     """``O[f] += e`` as one ``einsum`` (``_sum``) for each term of ``e``."""
-    sums = [_sum(term, sign, target, out_vars, mask, nest, arrays) for term, sign in _terms(st.value)]
+    sums = [_sum(term, sign, target, out_vars, mask, nest, arrays, bounds)
+            for term, sign in _terms(st.value)]
     if not sums or any(x is None for x in sums):
         return None
     return sums[0] if len(sums) == 1 else lambda: [x() for x in sums]
 
 
-def _by_taps(st: Accumulate, target: np.ndarray, out_vars, mask, nest: _Nest, arrays: dict):
+def _by_taps(st: Accumulate, target: np.ndarray, out_vars, mask, nest: _Nest, arrays: dict,
+             bounds: dict):
     """``O[f] += e`` one tap of a window at a time: the loops summed that an index shares
     with another loop (``r`` and ``s`` in ``X[h + r, w + s, c]``) fixed to each of their
     values in turn, at most ``MAX_TAPS`` (a depthwise convolution, whose ``einsum`` over the
@@ -274,7 +279,7 @@ def _by_taps(st: Accumulate, target: np.ndarray, out_vars, mask, nest: _Nest, ar
     for values in np.ndindex(*(f.extent for f in taps)):
         at = {f.var: ir.Const(f.start + int(k), ir.INDEX) for f, k in zip(taps, values)}
         one = _Nest(rest, None, ir.substitute_stmt(st, at))
-        way = _summed(one.stmt, target, out_vars, mask, one, arrays)
+        way = _summed(one.stmt, target, out_vars, mask, one, arrays, bounds)
         if way is None:
             return None
         ways.append(way)
@@ -297,26 +302,44 @@ def _fastest(ways: list[Callable[[], None]], written: np.ndarray) -> Optional[Ca
     return ways[int(np.argmin(times))]
 
 
-def _magnitude(e: Expr) -> float:
-    """The largest magnitude integer expression ``e`` can take, from its buffers' dtypes and
-    its constants (a byte widened to i32: 255); infinity where that is not known (floats,
-    a division, a maximum)."""
+def _magnitude(e: Expr, bounds: dict) -> float:
+    """The largest magnitude integer expression ``e`` can take, from its buffers' dtypes,
+    the bounds known of temporaries (``bounds``: ``_temporary_bounds``) and its constants (a
+    byte widened to i32: 255); its dtype's range where nothing tighter is known, infinity
+    for floats."""
     if not ir.is_int(e.dtype):
         return float("inf")
     info = np.iinfo(ir.numpy_dtype(e.dtype))
     whole = float(max(-int(info.min), int(info.max)))
     if isinstance(e, Load):
-        return whole
+        return min(whole, bounds.get(e.buffer.name, whole))
     if isinstance(e, ir.Const):
         return float(abs(int(e.value)))
     if isinstance(e, ir.Cast):
-        return min(whole, _magnitude(e.a)) if ir.is_int(e.a.dtype) else whole
+        return min(whole, _magnitude(e.a, bounds)) if ir.is_int(e.a.dtype) else whole
     if isinstance(e, Unary) and e.op in ("neg", "abs"):
-        return min(whole, _magnitude(e.a) + 1)
+        return min(whole, _magnitude(e.a, bounds) + 1)
     if isinstance(e, Binary) and e.op in ("+", "-", "*"):
-        a, b = _magnitude(e.a), _magnitude(e.b)
+        a, b = _magnitude(e.a, bounds), _magnitude(e.b, bounds)
         return min(whole, a + b if e.op != "*" else a * b)
     return whole
+
+
+def _temporary_bounds(func: PrimFunc) -> dict[str, float]:
+    """For each integer temporary of ``func`` only ever stored into (never ``+=``), the
+    largest magnitude any stored value can take: every value it holds is one of them or its
+    starting zero (a widened copy of bytes: 255). Twice, the second time with what the first
+    found of the temporaries the stored values read."""
+    temps = {b.name for b in func.allocs if ir.is_int(b.dtype)}
+    bounds: dict[str, float] = {}
+    for _ in range(2):
+        found: dict[str, float] = {}
+        for x in ir.walk_stmts(func.body):
+            if isinstance(x, (Store, Accumulate)) and x.buffer.name in temps:
+                m = _magnitude(x.value, bounds) if isinstance(x, Store) else float("inf")
+                found[x.buffer.name] = max(found.get(x.buffer.name, 0.0), m)
+        bounds = found
+    return bounds
 
 
 def _terms(e: Expr, sign: int = 1) -> list[tuple[Expr, int]]:
@@ -329,7 +352,8 @@ def _terms(e: Expr, sign: int = 1) -> list[tuple[Expr, int]]:
     return [(e, sign)]
 
 
-def _sum(e: Expr, sign: int, target: np.ndarray, out_vars, mask, nest: _Nest, arrays: dict):
+def _sum(e: Expr, sign: int, target: np.ndarray, out_vars, mask, nest: _Nest, arrays: dict,
+         bounds: dict):
     """``O[f] += e`` (``-= e`` with ``sign`` -1): ``e``'s factors, each over its own loops,
     multiplied and summed over the loops ``O`` does not use (``_product``); factors over no
     loop (``alpha[0]``, a constant) multiply the result."""
@@ -345,9 +369,9 @@ def _sum(e: Expr, sign: int, target: np.ndarray, out_vars, mask, nest: _Nest, ar
             scalars.append(call)
         elif isinstance(factor, Load):  # a view of its buffer: the same every call
             view = call()
-            factors.append((axes, view, lambda view=view: view, _magnitude(factor)))
+            factors.append((axes, view, lambda view=view: view, _magnitude(factor, bounds)))
         else:
-            factors.append((axes, None, call, _magnitude(factor)))
+            factors.append((axes, None, call, _magnitude(factor, bounds)))
     if len(nest.vars) > 26:
         return None
     if not factors:  # a scalar added at each iteration (``A[i, k] += 1.0``)
