@@ -909,7 +909,10 @@ class _Builder:
         loops = [d for d in loops if d.name in moves] + [d for d in loops if d.name not in moves]
         blocked = blocked_loops(desc, loops, windows, names)
         found = _streams(desc, windows, loops)
-        price = _price(desc, b, windows, b.unit_stride_ok, found, blocked)
+        # calls that leave the output window put run in one tile, in registers
+        tiles = b.tiles / math.prod(d.extent for d in loops if d.name not in moves)
+        price = _price(desc, b, windows, b.unit_stride_ok, found, blocked) + \
+            cost.output_one_set(tiles, desc, windows[desc.output.name])
         calls = self.graph.leaf(blocked_calls(desc, blocked), price)
         below = self._below(nest, matches, depth, pack)
         rest = [self.nest(r, matches, depth + 1, below) for r in remainders(nest, b, desc)]

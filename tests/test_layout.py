@@ -1192,3 +1192,35 @@ def test_the_small_shapes_above_do_take_the_sweep(caches, monkeypatch):
     (nest,) = _row_tiles(result.func)
     assert {c.intrinsic.name for c in ir.walk_stmts(nest) if isinstance(c, ir.Call)} == \
         {"x86.mm.f32.6x16x1", "x86.mm.f32.4x16x1"}
+
+
+def test_a_tile_whose_output_rows_share_an_l1_set_is_charged_for_them():
+    desc = next(d for d in AVX512 if d.name == "x86.avx512.mm.f32.8x32x1")
+    y = ir.Buffer("Y", "f32", (1, 16, 16, 64))
+
+    def window(steps):
+        return ir.Window(y, tuple(ir.Const(0, ir.INDEX) for _ in range(4)), steps)
+
+    along_h = window(((0, 1, 0, 0), (0, 0, 0, 1)))  # 8 rows 16 * 64 floats (4 KB) apart
+    along_w = window(((0, 0, 1, 0), (0, 0, 0, 1)))  # 8 rows 256 bytes apart
+    # 8 rows of two lines each, 16 lines in one 8-way set: loaded and stored, each line
+    assert cost.output_one_set(10, desc, along_h) == 10 * 8 * 2 * 2 * cost.PER_LINE_REFETCHED
+    assert cost.output_one_set(10, desc, along_w) == 0.0
+    # the AVX2 6x16 tile's six rows of one line each fit one set's eight ways
+    narrow = next(d for d in intrinsics.library("x86-avx2") if d.name == "x86.mm.f32.6x16x1")
+    assert cost.output_one_set(10, narrow, along_h) == 0.0
+
+
+def test_the_stem_convolution_runs_its_tiles_along_the_rows_of_its_output(zen4_caches):
+    """ResNet's 7x7 stem, 16 x 16 x 64 out: its tiles' 8 rows along ``w`` (256 bytes apart),
+    not along ``h`` (4 KB apart, one L1 set)."""
+    func = parse_file(ROOT / "corpus" / "conv2d.py")["c2d_stem_7x7"]
+    result = tensorize(func, AVX512)
+    mm = [c for c in _calls(result.func) if c.intrinsic.name == "x86.avx512.mm.f32.8x32x1"]
+    assert mm
+    c = mm[0].window("c")
+    assert c.buffer.name == "Y" and c.steps[0] == (0, 0, 1, 0), show(result.func)
+    _interp_equal(func, result.func)
+    if HOST_HAS_AVX512:
+        check = runtime.check(func, result.compile())
+        assert check.ok, check.message
