@@ -10,7 +10,8 @@ scatter, which needs no condition (``rewrite.autodiff`` builds on this).
                                                               for j: dA[i, k] += dC[i, j] * B[k, j]
 
 - A window ``a * h + b * rh + c`` whose ``h`` only one load reads (the output's adjoint, at
-  ``h`` alone): solved for ``h`` by reading that load through a copy padded, and spread by
+  ``h`` alone), a factor of the whole value: solved for ``h`` by reading that load through
+  a copy padded, and spread by
   the stride ``a``, so that every read is in bounds and lands on zeros where no forward
   iteration was (the transposed convolution)::
 
@@ -119,8 +120,10 @@ def place(target: Buffer, index: tuple[Expr, ...], value: Expr, loops: tuple, co
     if any(x > 1 for x in count.values()):
         return scatter, False, []
     cond_vars = {x.name for e in conds for x in ir.walk_expr(e) if isinstance(x, Var)}
-    # the load a window is solved through: an adjoint's first (the transposed convolution)
-    candidates = sorted(set(ir.loads_of(value)), key=lambda ld: (ld.buffer not in adjoints, str(ld)))
+    # the load a window is solved through: an adjoint's first (the transposed convolution);
+    # only a factor of the whole value, whose padding zeros make the whole term zero where
+    # no forward iteration was (in ``dY * (A + B)`` a zero of B's padding leaves ``dY * A``)
+    candidates = sorted(_factor_loads(value), key=lambda ld: (ld.buffer not in adjoints, str(ld)))
     for src in [None] + (candidates if windows else []):
         placed = _solve(affs, index, spans, value, cond_vars, src)
         if placed is not None:
@@ -197,6 +200,20 @@ def _solve(affs: list[Affine], index: tuple[Expr, ...], spans: dict, value: Expr
     if src is not None and not eliminate:
         return None
     return out_loops, new_index, eliminate
+
+
+def _factor_loads(e: Expr) -> set[Load]:
+    """The loads that multiply the whole of ``e``: through products, negations and casts
+    (a zero there makes ``e`` zero), not into sums, quotients or other operations."""
+    if isinstance(e, Load):
+        return {e}
+    if isinstance(e, Binary) and e.op == "*":
+        return _factor_loads(e.a) | _factor_loads(e.b)
+    if isinstance(e, Unary) and e.op == "neg":
+        return _factor_loads(e.a)
+    if isinstance(e, ir.Cast):
+        return _factor_loads(e.a)
+    return set()
 
 
 def _along_rows(value: Expr, v: str) -> bool:

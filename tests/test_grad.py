@@ -187,6 +187,29 @@ def test_grad_of_every_differentiable_corpus_function_is_derived_and_verifies():
     assert all("has no float input to differentiate" in m for m in refused.values()), refused
 
 
+def test_a_window_is_not_solved_through_a_load_inside_a_sum():
+    """``Y[i] += T[i + r] * (a + B[i, r])``: the adjoint of ``T`` reads ``B`` at ``r = j - i``,
+    out of range for some ``i``; padding ``B`` with zeros would still add ``dY * a`` there
+    (found by the test below). Only a factor of the whole term is padded, so this one is
+    scattered over the forward's loops, and the gradient checks."""
+    func = parse("""@prim_func
+def f(A: f32[2], B: f32[2, 2], Y: f32[2, 3]):
+    T = alloc(f32[3, 1])
+    for i0, i1 in grid(3, 1):
+        T[i0, i1] = 0.0
+        for r in range(2):
+            T[i0, i1] += A[0]
+    for i0, i1 in grid(2, 3):
+        Y[i0, i1] = 0.0
+        for r in range(2):
+            Y[i0, i1] += T[i0 + r, 0] * (A[0] + B[i0, r])
+""")
+    g = grad(func, ["A", "B"])
+    assert not any(b.name.endswith("_pad") for b in g.allocs), show(g)
+    check = gradcheck(func, g, ["A", "B"], samples=6)
+    assert check.ok, check.message()
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(differentiable_programs())
 def test_random_differentiable_programs_gradcheck(func):
