@@ -13,7 +13,8 @@ optimize=True)`` and, when it is a matrix or matrix-vector product, as ``np.matm
 the faster of the two is timed the same way (a function of several such contractions in
 turn, each touching none of the others' outputs, runs each its fastest way). Any other
 function numpy runs statement by statement where it can (``numpy_steps``: whole-array
-steps, ``einsum`` for the sums), where what that computes agrees with our kernel; the table
+steps, BLAS for the sums that are matrix products), where what that computes agrees with
+our kernel; the table
 marks those times with ``*``, the JSON with ``"numpy_formulation": "statements"``. ``ratio`` is
 numpy's median over ours (above 1: we are faster). ``blas_report`` says which BLAS numpy runs, with which kernels and threads,
 and warns of the environment variables that slow it.
@@ -519,7 +520,7 @@ def format_table(results: list[BenchResult]) -> str:
         lines.append(line)
     if any(r.numpy_steps for r in results):
         lines.append("* numpy ran the function statement by statement (whole-array steps, "
-                     "einsum for the sums), checked against ours")
+                     "BLAS for matrix products), checked against ours")
     return "\n".join(lines)
 
 

@@ -6,17 +6,18 @@ The function is normalised first (``nests.normalize``: its loops distributed as 
 legal), then each top-level statement becomes one numpy step over whole arrays::
 
     for i, j, k in grid(M, N, K):          factors evaluated over their own loops, then
-        C[i, j] += (A[i, k] - mu[k]) * B[k, j]    np.einsum("ik,kj->ij", A - mu, B, optimize=True)
+        C[i, j] += (A[i, k] - mu[k]) * B[k, j]    np.matmul(A - mu, B) (BLAS)
     for n, h, w, c, r, s in grid(...):     a view of X with one axis a loop (h + r: the
         O[n, h, w, c] = max(O[...], X[n, h + r, w + s, c])    strides of h and of r summed)
 
 - An index must be affine in the loops (``i + r``, ``2 * h + r``, ``k - 1``): a load is then
   a strided view of its buffer with one axis for each loop (``as_strided``, after checking
   that every address it names lies in the buffer), so that no element is copied to read it.
-- ``O[f] += e``: ``e`` split into its factors (the operands of its top-level products), each
-  evaluated over its own loops, then one ``np.einsum`` over all of them, which reaches BLAS
-  through ``tensordot`` where two factors make a matrix product; the loops ``O`` does not
-  use are summed.
+- ``O[f] += e``: each term of ``e`` split into its factors (the operands of its top-level
+  products), each evaluated over its own loops, then multiplied and summed over the loops
+  ``O`` does not use: ``np.matmul`` or ``np.tensordot`` (BLAS) where two factors make a
+  matrix product, integer ones in doubles where that is exact (``in_doubles``), a window's
+  taps one at a time where that times faster, ``np.einsum`` otherwise.
 - ``O[f] = e`` over every loop ``O`` uses: ``e`` evaluated and stored; over more loops only
   as ``O[f] = max(O[f], e)`` or ``min`` (a max pool), ``e`` reduced over the others first.
 - A guard that reads no buffer and only the loops ``O`` uses (``if j <= i``: a triangle of
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -251,7 +252,7 @@ def _step(s: Stmt, arrays: dict, bounds: dict) -> Optional[Callable[[], None]]:
 
 def _summed(st: Accumulate, target: np.ndarray, out_vars, mask, nest: _Nest, arrays: dict,
             bounds: dict):
-    """``O[f] += e`` as one ``einsum`` (``_sum``) for each term of ``e``."""
+    """``O[f] += e``, each term of ``e`` summed on its own (``_sum``)."""
     sums = [_sum(term, sign, target, out_vars, mask, nest, arrays, bounds)
             for term, sign in _terms(st.value)]
     if not sums or any(x is None for x in sums):
@@ -369,17 +370,18 @@ def _sum(e: Expr, sign: int, target: np.ndarray, out_vars, mask, nest: _Nest, ar
             scalars.append(call)
         elif isinstance(factor, Load):  # a view of its buffer: the same every call
             view = call()
-            factors.append((axes, view, lambda view=view: view, _magnitude(factor, bounds)))
+            factors.append(_Factor(axes, lambda view=view: view, True, _magnitude(factor, bounds)))
         else:
-            factors.append((axes, None, call, _magnitude(factor, bounds)))
+            factors.append(_Factor(axes, call, False, _magnitude(factor, bounds)))
     if len(nest.vars) > 26:
         return None
     if not factors:  # a scalar added at each iteration (``A[i, k] += 1.0``)
-        factors.append(((), np.ones((), target.dtype), None, 1.0))
+        one = np.ones((), target.dtype)
+        factors.append(_Factor((), lambda: one, True, 1.0))
     product, kept = _product(factors, out_vars, nest)
     shape = [nest.extent(v) if v in kept else 1 for v in out_vars]
     # loops summed over that no factor uses add the same term that many times
-    used = {v for axes, *_ in factors for v in axes}
+    used = {v for f in factors for v in f.axes}
     times = np.prod([f.extent for f in nest.loops if f.var not in out_vars and f.var not in used],
                     dtype=np.int64)
     if times > 1:
@@ -398,19 +400,29 @@ def _sum(e: Expr, sign: int, target: np.ndarray, out_vars, mask, nest: _Nest, ar
     return accumulate
 
 
-def _product(factors: list, out_vars, nest: _Nest) -> tuple[Callable[[], np.ndarray], list]:
-    """A call multiplying ``factors`` (each its loops, its fixed array or None, and a call
-    giving it) and summing the loops not in ``out_vars``, and the loops of ``out_vars`` its
-    result has, in order: nothing summed, a broadcast product; two factors shaped as a matrix
-    product, ``np.matmul`` (BLAS) on transposed views, prepared once where both are fixed;
-    else ``einsum`` on the path found once (it looks for it again at each call otherwise,
-    10-20 us)."""
-    present = {v for axes, *_ in factors for v in axes}
+class _Factor(NamedTuple):
+    """A factor of a term: its loops, a call giving its value over them, whether that value
+    is the same array at every call (a view of a buffer), and its largest magnitude where it
+    is an integer (``_magnitude``)."""
+
+    axes: tuple[str, ...]
+    call: Callable[[], np.ndarray]
+    fixed: bool
+    bound: float
+
+
+def _product(factors: list[_Factor], out_vars, nest: _Nest) -> tuple[Callable[[], np.ndarray], list]:
+    """A call multiplying ``factors`` and summing the loops not in ``out_vars``, and the
+    loops of ``out_vars`` its result has, in order: nothing summed, a broadcast product;
+    integers on BLAS in doubles where exact (``in_doubles``); two factors shaped as a matrix
+    product, ``np.matmul`` on transposed views (prepared once where both stay the same) or
+    ``np.tensordot`` (``as_product``); else ``einsum`` on the path found once (it looks for
+    it again at each call otherwise, 10-20 us)."""
+    present = {v for f in factors for v in f.axes}
     kept = [v for v in out_vars if v in present]  # a loop of O no factor uses: broadcast
-    calls = [fixed if call is None else call for _, fixed, call, _ in factors]
-    calls = [(lambda c=c: c) if isinstance(c, np.ndarray) else c for c in calls]
+    calls = [f.call for f in factors]
     if present <= set(out_vars):
-        shapes = [[nest.extent(v) if v in axes else 1 for v in kept] for axes, *_ in factors]
+        shapes = [[nest.extent(v) if v in f.axes else 1 for v in kept] for f in factors]
 
         def broadcast() -> np.ndarray:
             total = calls[0]().reshape(shapes[0])
@@ -419,18 +431,17 @@ def _product(factors: list, out_vars, nest: _Nest) -> tuple[Callable[[], np.ndar
             return total
         return broadcast, kept
     letters = {v: chr(ord("a") + k) for k, v in enumerate(nest.vars)}
-    spec = ",".join("".join(letters[v] for v in axes) for axes, *_ in factors)
+    spec = ",".join("".join(letters[v] for v in f.axes) for f in factors)
     spec += "->" + "".join(letters[v] for v in kept)
     operands = [call() for call in calls]
     # the operands' bounds from what they are (a byte widened: 255), not from their values
     # now: a factor may read what an earlier step writes
-    doubles = in_doubles(spec, operands, operands[0].dtype, calls, [m for *_, m in factors])
+    doubles = in_doubles(spec, operands, operands[0].dtype, calls, [f.bound for f in factors])
     if doubles is not None:
         return doubles, kept
-    if as_matmul(spec, operands) is not None:
-        if all(fixed is not None for _, fixed, _, _ in factors):
-            return as_matmul(spec, operands), kept  # on views that stay: transposed once
-        return (lambda: as_matmul(spec, [call() for call in calls])()), kept
+    prepared = as_matmul(spec, operands) if all(f.fixed for f in factors) else None
+    if prepared is not None:
+        return prepared, kept  # on views that stay: transposed once
     product = as_product(spec, operands)
     if product is not None:
         return (lambda: product(*(call() for call in calls))), kept
