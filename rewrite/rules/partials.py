@@ -261,7 +261,9 @@ def _unshared(s: For, meaning: Stmt, names):
     its outermost loop, each block with its own copies of the buffers that loop does not move
     (a sweep over the rows of a matrix adding ``A^T y`` into one vector), or None."""
     moved = _moved(meaning, s.var)
-    written = {buf.name: buf for buf, _, w in _accesses(meaning) if w}
+    accesses = list(_accesses(meaning))
+    written = {buf.name: buf for buf, _, w in accesses if w}
+    read = {buf.name: buf for buf, _, w in accesses if not w}
     outs = [buf for name, buf in sorted(written.items()) if not moved.get(name)]
     if not outs:
         return None
@@ -269,11 +271,10 @@ def _unshared(s: For, meaning: Stmt, names):
     # the copies' buffers only accumulated into and never read (the iterations keep their
     # order: the sums are regrouped by block, nothing else changes)
     if any(isinstance(x, Store) and x.buffer.name in names_out for x in ir.walk_stmts(meaning)) or \
-            any(buf.name in names_out for buf, _, w in _accesses(meaning) if not w):
+            names_out & read.keys():
         return None
     k = _blocks(s.extent)
-    reads = [_reach(meaning, buf) for buf in {buf.name: buf for buf, _, w in _accesses(meaning)
-                                              if not w}.values()]
+    reads = [_reach(meaning, buf) for buf in read.values()]
     if k is None or not reads or max(reads) < MIN_BYTES or \
             k * sum(b.nbytes for b in outs) > max(reads) // 8:
         return None
