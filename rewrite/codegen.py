@@ -1235,7 +1235,10 @@ CALLER_RELEASE_GIL = 8  # nonzero: run the kernel with the GIL released
 # a refused call, when FALLBACK is not null, returns what ``PyObject_Vectorcall`` (slot
 # VECTORCALL) of that Python callable on the same arguments returns (the Python path)
 CALLER_FALLBACK, CALLER_VECTORCALL = 9, 10
-CALLER_NAMES = 11  # then the buffers' names (interned str), then their dtypes (descr)
+# nonzero: calls accepted until the kernel's thread trial runs again, counted down by each
+# call the checks accept; the one that brings it to zero is handed to FALLBACK instead
+CALLER_COUNTDOWN = 11
+CALLER_NAMES = 12  # then the buffers' names (interned str), then their dtypes (descr)
 # A caller binds at most this many buffers (unrolled: names are compared pairwise); and
 # keeps temporaries on the calling thread's stack only up to this many bytes, every page
 # probed in order (``probe-stack``), far under any thread's stack. A kernel beyond either
@@ -1401,6 +1404,13 @@ def add_caller(module: ir.Module, symbol: str, func) -> bool:
         starts.append(start)
     for k, p in enumerate(starts):
         b.store(p, b.gep(pointers, [c64(0), c64(k)]))
+    # the trial's countdown (the Python path runs the call that ends it)
+    countdown = b.gep(block, [c64(CALLER_COUNTDOWN)], source_etype=_I64)
+    left = b.load(countdown, typ=_I64, align=8)
+    with b.if_then(b.icmp_unsigned("!=", left, c64(0))):
+        left = b.sub(left, c64(1))
+        b.store(left, countdown)
+        guard(b.icmp_unsigned("!=", left, c64(0)))
     # count the run (tests ask which path ran), then run, the GIL released if so asked
     runs = b.gep(block, [c64(CALLER_RUNS)], source_etype=_I64)
     b.store(b.add(b.load(runs, typ=_I64, align=8), c64(1)), runs)

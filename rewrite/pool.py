@@ -42,7 +42,6 @@ class _Pool:
 
     def __init__(self, threads: int, addresses: dict[str, int]):
         self.threads = threads
-        self.lock = threading.Lock()  # one dispatch at a time per pool
         slots = POOL_TICKETS + TICKET_STRIDE * threads
         raw = np.zeros(slots + 8, np.int64)
         start = (-raw.ctypes.data % 64) // 8  # the control block on its own cache lines
@@ -101,6 +100,9 @@ def _close_pools() -> None:
 
 # Layout of the pool's control block: an array of i64 slots. Fields written by different
 # threads sit on different 64-byte lines so that spinning on one does not slow the others.
+# nonzero while a dispatch runs: one at a time per pool; a dispatch that finds it taken (a
+# kernel called from another thread meanwhile) runs its loop on its own thread instead
+POOL_LOCK = 0
 POOL_DONE = 8  # chunks finished in this generation
 POOL_GEN = 16  # low 32 bits of the generation: the futex word workers sleep on
 POOL_SLEEPERS = 24  # workers inside futex_wait
@@ -131,8 +133,10 @@ def pool_module(prefix: str) -> ir.Module:
     - ``prefix.worker(pool)``: entered once per worker thread, returns only when told to quit.
       It waits for a new generation (spinning, then sleeping on a futex), claims chunks
       until none are left, and waits again.
-    - ``prefix.dispatch(pool, task, args, lo, hi)``: publishes ``task`` over ``[lo, hi)`` cut
-      into chunks, claims chunks itself, and returns when every chunk has finished.
+    - ``prefix.dispatch(pool, task, args, lo, hi)``: takes the pool (``POOL_LOCK``), publishes
+      ``task`` over ``[lo, hi)`` cut into chunks, claims chunks itself, and returns when every
+      chunk has finished; where another thread holds the pool, runs ``task`` on ``[lo, hi)``
+      itself (the iterations of a parallel part are independent: the same values either way).
     - ``prefix.stop(pool)``: tells the workers to return.
 
     Claims. The ``chunks`` chunks of a loop are dealt out as runs: thread ``t`` owns chunks
@@ -344,6 +348,14 @@ def _emit_dispatch(module: ir.Module, prefix: str) -> None:
     pool, task, args, lo, hi = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     p = _Block(module, b, pool)
+    taken = b.cmpxchg(p.slot(POOL_LOCK), ir.Constant(_I64, 0), ir.Constant(_I64, 1),
+                      "acquire", "monotonic")
+    shared, alone = fn.append_basic_block("shared"), fn.append_basic_block("alone")
+    b.cbranch(b.extract_value(taken, 1), shared, alone)
+    b.position_at_end(alone)
+    b.call(indirect(task, TASK_TYPE), [args, lo, hi])
+    b.ret_void()
+    b.position_at_end(shared)
     n = b.sub(hi, lo)
     pieces = b.mul(p.load(POOL_THREADS), ir.Constant(_I64, _CHUNKS_PER_THREAD))
     chunks = b.select(b.icmp_signed("<", n, pieces), n, pieces)
@@ -375,6 +387,7 @@ def _emit_dispatch(module: ir.Module, prefix: str) -> None:
         p.syscall(_SYS_SCHED_YIELD)
     b.branch(wait)
     b.position_at_end(done)
+    p.store(POOL_LOCK, none, "release")
     b.ret_void()
 
 

@@ -351,15 +351,19 @@ class Kernel:
         self._local = threading.local()  # see _with_temporaries
         self._native = self._block = None  # see _native_call
         self._ways: Optional[dict] = None  # see _native_call
+        self._own_class = False  # see _native_call
         if compiled.caller and native_calls():
             self._native_call(compiled.caller, filled)
         # where the parallel parts run: the pool's control block, or 0 for the calling
         # thread alone; decided by the first calls (see _trial_call)
         self._pool_address = pool.address if pool is not None else 0
         self._trial: Optional[list] = [[], []] if pool is not None and THREAD_TRIAL_CALLS else None
-        # calls until the trial runs again (0 at the end: never), the last interval, the
-        # way the last trial kept (True: the pool)
+        # calls until the trial runs again on the Python path (0 at the end: never; the
+        # native checks count in their block), the last interval, the way the last trial
+        # kept (True: the pool)
         self._retrial_in, self._retrial_every, self._kept = 0, 0, None
+        if pool is not None and self._trial is None:
+            self._keep(True, 0)
 
     def _native_call(self, address: int, filled: frozenset) -> None:
         """Make ``_native``, the builtin function of ``codegen.add_caller``'s code bound to
@@ -388,12 +392,15 @@ class Kernel:
         block[codegen.CALLER_RELEASE_GIL] = calls.op_count(self.func.body, per_store=1) >= GIL_HELD_OPS
         block[codegen.CALLER_NAMES:codegen.CALLER_NAMES + n] = [id(x) for x in names]
         block[codegen.CALLER_NAMES + n:] = [id(d) for d in self._dtypes]
-        # Without a pool, the builtin is this kernel's own class's ``__call__`` (a builtin
-        # binds no ``self``): a call goes from the interpreter straight into the native
-        # checks, and one they refuse calls ``_fallback`` from there, on the same arguments.
-        # With a pool, ``__call__`` takes the pool's lock around it (one dispatch at a time
-        # per pool, as ``_enter`` does), and a refused call comes back there.
-        direct = self._pool is None and type(self) is Kernel
+        # The builtin is this kernel's own class's ``__call__`` (a builtin binds no ``self``):
+        # a call goes from the interpreter straight into the native checks, and one they
+        # refuse calls ``_fallback`` from there, on the same arguments. A kernel with a pool
+        # has two (``_ways``): on the pool, whose dispatcher takes it for one call at a time
+        # (``pool.POOL_LOCK``), and on the calling thread alone, a block of its own pointing
+        # at no pool; while its thread trial runs, its class's ``__call__`` is the Python
+        # one, and after it the kept way's builtin, which counts the calls to the next trial
+        # (``CALLER_COUNTDOWN``) and hands the one that ends the count to ``_fallback``.
+        direct = type(self) is Kernel
         fallback = self._fallback if direct else None
         if direct:
             block[codegen.CALLER_FALLBACK] = id(fallback)
@@ -402,28 +409,18 @@ class Kernel:
         # the builtin holds its block (its ``self``) and, as its ``__module__``, everything
         # else the block or the code points to: they live as long as it does, whoever holds it
         native = _new_builtin(ctypes.addressof(method), block, (method, names, fallback))
-        self._block = block
-        if direct:
-            self._native = native
-            self.__class__ = type("Kernel", (Kernel,), {"__call__": native, "__slots__": (),
-                                                        "__module__": __name__})
-        elif self._pool is None:  # a subclass of Kernel: its __call__ is its own
-            self._native = native
-        else:
-            lock = self._pool.lock
-
-            def locked(*args, **kwargs):
-                with lock:
-                    return native(*args, **kwargs)
-            # the calling thread alone (``_use_pool``): a block of its own pointing at no
-            # pool, and no lock, whose Python wrapper cost 0.47 us a call (qdense_u8i8, Zen
-            # 4); a call reads ``_native`` once, so switching ways never runs the pool
-            # without its lock
+        self._native, self._block = native, block
+        if self._pool is not None:
             alone_block = block.copy()
             alone_block[codegen.CALLER_POOL] = 0
             alone = _new_builtin(ctypes.addressof(method), alone_block, (method, names, fallback))
-            self._ways = {True: (locked, block), False: (alone, alone_block)}
-            self._native = locked
+            self._ways = {True: (native, block), False: (alone, alone_block)}
+        if direct:
+            # a class of its own, whose ``__call__`` only this kernel's trial switches
+            self.__class__ = type("Kernel", (Kernel,), {"__slots__": (), "__module__": __name__})
+            self._own_class = True
+            if self._pool is None:
+                type(self).__call__ = native
 
     @property
     def native_runs(self) -> int:
@@ -455,17 +452,17 @@ class Kernel:
         return self.threads if self._pool_address else 1
 
     def __call__(self, /, *args: np.ndarray, **kwargs: np.ndarray) -> None:
-        # A kernel with native checks (``codegen.add_caller``) and a pool comes here first
-        # and tries them (a kernel without a pool has them as its class's ``__call__``):
-        # they bind and check the arrays, and run the kernel, in native code; ``None`` when
-        # they did. Anything they refuse takes the Python path, which says what is wrong or
-        # runs what it accepts.
+        # A kernel with native checks (``codegen.add_caller``) has them as its class's
+        # ``__call__``, but while a kernel with a pool times its calls (``_trial_call``): then
+        # it comes here, and so does a kernel without them. The checks bind and check the
+        # arrays, and run the kernel, in native code; ``None`` when they did. Anything they
+        # refuse takes the Python path, which says what is wrong or runs what it accepts.
         if self._trial is not None:
             self._trial_call(args, kwargs)
             return
         self._retrial_in -= 1
         if self._retrial_in == 0:
-            self._trial = [[], []]  # this call is timed again, the first of a new trial
+            self._start_trial()
             self._trial_call(args, kwargs)
             return
         native = self._native
@@ -507,12 +504,31 @@ class Kernel:
                              for t in times)
             self._trial = None
             kept = pooled <= alone
-            self._use_pool(kept)
             if not kept:
                 self._pool.rest()  # a worker spinning beside the caller would slow it
             every = THREAD_RETRIAL_CALLS if kept != self._kept else \
                 min(2 * self._retrial_every, THREAD_RETRIAL_MOST)
-            self._kept, self._retrial_every, self._retrial_in = kept, every, every
+            self._keep(kept, every)
+
+    def _keep(self, kept: bool, every: int) -> None:
+        """Run the calls after a trial on the pool (``kept``) or alone, until the trial runs
+        again ``every`` calls on (0: never): counted by the kept way's native checks, which
+        become the class's ``__call__``, or by ``__call__`` on the Python path."""
+        self._use_pool(kept)
+        self._kept, self._retrial_every = kept, every
+        if self._ways is not None and self._own_class:
+            self._retrial_in = 0
+            self._block[codegen.CALLER_COUNTDOWN] = every
+            type(self).__call__ = self._native
+        else:
+            self._retrial_in = every
+
+    def _start_trial(self) -> None:
+        """The trial again: this call is timed, the first of it, and so are the calls
+        after it, which go through the Python ``__call__`` until it ends."""
+        self._trial = [[], []]
+        if self._ways is not None and self._own_class:
+            type(self).__call__ = Kernel.__call__
 
     def _use_pool(self, on: bool) -> None:
         self._pool_address = self._pool.address if on else 0
@@ -520,7 +536,13 @@ class Kernel:
             self._native, self._block = self._ways[on]
 
     def _fallback(self, /, *args, **kwargs) -> None:
-        """What the native checks call on the arguments they refuse."""
+        """What the native checks call on the arguments they refuse, and on the call that
+        ends the count to the next thread trial (``_keep``), which starts that trial."""
+        if self._trial is None and self._retrial_every and self._ways is not None \
+                and self._block[codegen.CALLER_COUNTDOWN] == 0:
+            self._start_trial()
+            self._trial_call(args, kwargs)
+            return
         self._python_call(args, kwargs)
 
     def _python_call(self, args: tuple, kwargs: dict) -> None:
@@ -546,11 +568,7 @@ class Kernel:
         """Run the native entry on ``last`` (``_pointers``), given the pointer array's
         address as an integer (ctypes converts an integer faster than an array object)."""
         pointers = self._with_temporaries(last) if self._allocs else last[1]
-        if not self._pool_address:
-            self._entry(pointers, None)
-        else:
-            with self._pool.lock:
-                self._entry(pointers, self._pool_address)
+        self._entry(pointers, self._pool_address or None)
 
     def _with_temporaries(self, last: tuple) -> int:
         """The address of ``last``'s pointers (``_pointers``) followed by the temporaries',

@@ -71,10 +71,10 @@ def dispatch():
         counter = np.zeros(1, np.int64)
         args = (ctypes.c_void_p * 4)(tids.ctypes.data, los.ctypes.data, counter.ctypes.data,
                                      seqs.ctypes.data)
-        with threads.lock:
-            call(threads.address, task, ctypes.addressof(args), lo, hi)
+        call(threads.address, task, ctypes.addressof(args), lo, hi)
         return tids[:hi], los[:hi], seqs[:hi]
 
+    run.block = threads.block
     return run
 
 
@@ -108,3 +108,41 @@ def test_each_thread_claims_its_own_chunks_first_in_order(dispatch):
             # rank of the owner counted from this thread's own, then the chunk
             keys = [((c * 2 // chunks - rank) % 2, c) for c in order]
             assert keys == sorted(keys), (thread == me, order)
+
+
+def test_a_dispatch_finding_the_pool_held_runs_the_range_itself(dispatch):
+    """One dispatch at a time per pool (``POOL_LOCK``): one that finds it taken runs every
+    index of its range on its own thread, as one chunk, and never waits; a dispatch that
+    took it gives it back."""
+    me = threading.get_native_id()
+    dispatch.block[pool.POOL_LOCK] = 1
+    try:
+        tids, los, _ = dispatch(3, 40)
+    finally:
+        dispatch.block[pool.POOL_LOCK] = 0
+    assert (tids[:3] == -1).all() and (tids[3:] == me).all() and (los[3:] == 3).all()
+    tids, _, _ = dispatch(0, 400)
+    assert dispatch.block[pool.POOL_LOCK] == 0 and (tids > 0).all()
+
+
+def test_dispatches_from_two_threads_at_once_each_run_every_index(dispatch):
+    """Callers on two threads share the pool: each range runs whole, whichever of them held
+    the pool, and neither hangs."""
+    results, errors = {}, []
+
+    def caller(name: str) -> None:
+        try:
+            for k in range(20):
+                tids, los, _ = dispatch(0, 300)
+                assert (tids > 0).all() and (los >= 0).all()
+            results[name] = True
+        except AssertionError as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and results == {"a": True, "b": True}
+    assert dispatch.block[pool.POOL_LOCK] == 0

@@ -201,28 +201,61 @@ def test_no_trial_again_when_turned_off(func, monkeypatch):
     assert clock.reads == reads and kernel.threads_in_use == 1
 
 
-def test_calls_alone_take_no_lock_and_a_block_of_their_own(func, monkeypatch):
-    """Kept alone, a call goes straight into the native checks (no Python wrapper taking the
-    pool's lock), on a block that points at no pool; kept on the pool, through the lock.
-    The runs of both ways are counted."""
+def test_after_the_trial_the_native_checks_are_the_call_and_each_way_has_its_block(func, monkeypatch):
+    """After the trial a call goes from the interpreter straight into the kept way's native
+    checks (the kernel's class's ``__call__``, no Python frame): kept alone, on a block
+    that points at no pool, and not held up while another thread holds the pool; kept on
+    the pool, on the pool's block. The runs of both ways are counted."""
     kernel, _ = _kernel(func, monkeypatch, pooled=6e-6, alone=4e-6)
     if kernel._ways is None:
         pytest.skip("no native checks for this kernel on this host")
     n = _trial_calls()
+    assert type(kernel).__call__ is runtime.Kernel.__call__, "the trial's calls are timed in Python"
     for k in range(n):
         _call_and_check(kernel, func, k)
     assert kernel.threads_in_use == 1
+    assert type(kernel).__call__ is kernel._native
     assert type(kernel._native).__name__ == "builtin_function_or_method"
     assert kernel._block[runtime.codegen.CALLER_POOL] == 0
-    done = []
-    with kernel._pool.lock:  # held elsewhere: a call alone does not wait for it
+    taken = kernel._pool.block
+    taken[pool.POOL_LOCK] = 1  # the pool held elsewhere
+    try:
+        done = []
         caller = threading.Thread(target=lambda: (_call_and_check(kernel, func, 50),
                                                   done.append(1)))
         caller.start()
         caller.join(timeout=10)
-        assert done == [1], "a call alone waited for the pool's lock"
-    kernel._use_pool(True)
-    assert type(kernel._native).__name__ == "function"
-    assert kernel._block[runtime.codegen.CALLER_POOL] == kernel._pool.address
-    _call_and_check(kernel, func, 51)
-    assert kernel.native_runs == n + 2
+        assert done == [1], "a call alone waited for the pool"
+        kernel._keep(True, 0)
+        assert type(kernel).__call__ is kernel._native
+        assert kernel._block[runtime.codegen.CALLER_POOL] == kernel._pool.address
+        # on the pool's way too, a call that finds the pool held runs its loop itself
+        caller = threading.Thread(target=lambda: (_call_and_check(kernel, func, 51),
+                                                  done.append(2)))
+        caller.start()
+        caller.join(timeout=10)
+        assert done == [1, 2], "a call on the pool waited for a pool held elsewhere"
+    finally:
+        taken[pool.POOL_LOCK] = 0
+    _call_and_check(kernel, func, 52)
+    assert kernel.native_runs == n + 3
+
+
+def test_the_native_countdown_hands_the_last_call_to_the_trial(func, monkeypatch):
+    """The kept way's checks count the calls to the next trial in their block; the call
+    that ends the count runs in the trial (timed), and so do the trial's others."""
+    monkeypatch.setattr(runtime, "THREAD_RETRIAL_CALLS", 3)
+    kernel, clock = _kernel(func, monkeypatch, pooled=3e-6, alone=4e-6)
+    if kernel._ways is None:
+        pytest.skip("no native checks for this kernel on this host")
+    for k in range(_trial_calls()):
+        _call_and_check(kernel, func, k)
+    assert kernel.threads_in_use == 2 and kernel._block[runtime.codegen.CALLER_COUNTDOWN] == 3
+    reads, runs = clock.reads, kernel.native_runs
+    for k in range(2):
+        _call_and_check(kernel, func, 10 + k)
+    assert clock.reads == reads and kernel._block[runtime.codegen.CALLER_COUNTDOWN] == 1
+    _call_and_check(kernel, func, 12)
+    assert clock.reads == reads + 2 and kernel.threads_in_use is None
+    assert type(kernel).__call__ is runtime.Kernel.__call__
+    assert kernel.native_runs == runs + 3, "every call ran natively, the trial's too"
