@@ -1238,11 +1238,17 @@ CALLER_FALLBACK, CALLER_VECTORCALL = 9, 10
 # nonzero: calls accepted until the kernel's thread trial runs again, counted down by each
 # call the checks accept; the one that brings it to zero is handed to FALLBACK instead
 CALLER_COUNTDOWN = 11
-CALLER_NAMES = 12  # then the buffers' names (interned str), then their dtypes (descr)
-# A caller binds at most this many buffers (unrolled: names are compared pairwise); and
-# keeps temporaries on the calling thread's stack only up to this many bytes, every page
-# probed in order (``probe-stack``), far under any thread's stack. A kernel beyond either
-# has no caller; its calls take the Python path.
+# the kernel's area for temporaries too large for the stack: a word, nonzero while a call
+# uses the area (set and cleared with the GIL held), then the temporaries from byte
+# AREA_HEADER on; a call that finds it in use (another thread's, the GIL released around
+# it) goes to FALLBACK, whose Python path keeps temporaries for each thread
+CALLER_AREA = 12
+CALLER_NAMES = 13  # then the buffers' names (interned str), then their dtypes (descr)
+AREA_HEADER = 64
+# A caller binds at most this many buffers (unrolled: names are compared pairwise), or the
+# kernel has no caller and its calls take the Python path; and keeps temporaries on the
+# calling thread's stack only up to this many bytes, every page probed in order
+# (``probe-stack``), far under any thread's stack, and in the kernel's area past that.
 CALLER_MAX_BUFFERS = 16
 CALLER_MAX_TEMPORARY_BYTES = 32 * 1024
 # Where each temporary starts: on a cache line, so that a padded or packed copy whose rows
@@ -1264,9 +1270,11 @@ class _ProbedAttributes(ir.FunctionAttributes):
 def caller_layout(func, filled: Optional[frozenset] = None) -> Optional[dict]:
     """What ``symbol.call`` compiled for ``func`` checks and builds: each buffer's shape,
     byte strides, byte size and whether the kernel writes it; each temporary's byte offset
-    in the stack block, size and whether it is zeroed first; the block's size. None when
-    the kernel gets no caller (see ``CALLER_MAX_*``). ``filled``: the temporaries the
-    program fills before reading them (``analysis.filled_before_read``), if known."""
+    in the block of temporaries, size and whether it is zeroed first; the block's size on
+    the stack (``stack``), or in the kernel's area (``area``: its bytes, ``AREA_HEADER``
+    included; ``CALLER_AREA``). None when the kernel gets no caller (``CALLER_MAX_BUFFERS``).
+    ``filled``: the temporaries the program fills before reading them
+    (``analysis.filled_before_read``), if known."""
     from .analysis import filled_before_read
 
     params = func.params
@@ -1276,15 +1284,15 @@ def caller_layout(func, filled: Optional[frozenset] = None) -> Optional[dict]:
     for t in func.allocs:
         offsets.append(top)
         top += -(-max(t.nbytes, 1) // TEMPORARY_ALIGNMENT) * TEMPORARY_ALIGNMENT
-    if top > CALLER_MAX_TEMPORARY_BYTES:
-        return None
+    on_stack = top <= CALLER_MAX_TEMPORARY_BYTES
     if filled is None:
         filled = filled_before_read(func) if func.allocs else frozenset()
     temps = [(at, t.nbytes, t.name not in filled) for at, t in zip(offsets, func.allocs)]
     written = func.written
     return {"buffers": [(tuple(b.shape), tuple(s * itemsize(b.dtype) for s in b.strides),
                          b.nbytes, b.name in written) for b in params],
-            "temporaries": temps, "stack": top}
+            "temporaries": temps, "stack": top if on_stack else 0,
+            "area": 0 if on_stack else AREA_HEADER + top}
 
 
 def add_caller(module: ir.Module, symbol: str, func) -> bool:
@@ -1393,6 +1401,20 @@ def add_caller(module: ir.Module, symbol: str, func) -> bool:
     if apart:
         guard(all_of(apart))
 
+    # the trial's countdown (the Python path runs the call that ends it)
+    countdown = b.gep(block, [c64(CALLER_COUNTDOWN)], source_etype=_I64)
+    left = b.load(countdown, typ=_I64, align=8)
+    with b.if_then(b.icmp_unsigned("!=", left, c64(0))):
+        left = b.sub(left, c64(1))
+        b.store(left, countdown)
+        guard(b.icmp_unsigned("!=", left, c64(0)))
+    # the kernel's area, when the temporaries are in it: taken, unless another call has it
+    busy = None
+    if layout["area"]:
+        busy = at(block, 8 * CALLER_AREA)
+        guard(b.icmp_unsigned("==", b.load(busy, typ=_I64, align=8), c64(0)))
+        b.store(c64(1), busy)
+        stack = b.gep(busy, [c64(AREA_HEADER)], source_etype=ir.IntType(8))
     # the pointer array: the arrays' data, then the temporaries (zeroed where the program
     # may read them before it writes them)
     starts = [data for data, _, _ in spans]
@@ -1404,13 +1426,6 @@ def add_caller(module: ir.Module, symbol: str, func) -> bool:
         starts.append(start)
     for k, p in enumerate(starts):
         b.store(p, b.gep(pointers, [c64(0), c64(k)]))
-    # the trial's countdown (the Python path runs the call that ends it)
-    countdown = b.gep(block, [c64(CALLER_COUNTDOWN)], source_etype=_I64)
-    left = b.load(countdown, typ=_I64, align=8)
-    with b.if_then(b.icmp_unsigned("!=", left, c64(0))):
-        left = b.sub(left, c64(1))
-        b.store(left, countdown)
-        guard(b.icmp_unsigned("!=", left, c64(0)))
     # count the run (tests ask which path ran), then run, the GIL released if so asked
     runs = b.gep(block, [c64(CALLER_RUNS)], source_etype=_I64)
     b.store(b.add(b.load(runs, typ=_I64, align=8), c64(1)), runs)
@@ -1426,6 +1441,8 @@ def add_caller(module: ir.Module, symbol: str, func) -> bool:
     with b.if_then(release):
         restore = indirect(at(block, 8 * CALLER_RESTORE_THREAD), ir.FunctionType(_VOID, [_PTR]))
         b.call(restore, [saved])
+    if busy is not None:
+        b.store(c64(0), busy)  # the GIL held again
     _return(b, block, CALLER_OK)
     b.position_at_start(fail)
     fallback = at(block, 8 * CALLER_FALLBACK)

@@ -390,6 +390,10 @@ class Kernel:
         block[codegen.CALLER_RESTORE_THREAD] = _C_API["PyEval_RestoreThread"]
         block[codegen.CALLER_POOL] = self._pool.address if self._pool is not None else 0
         block[codegen.CALLER_RELEASE_GIL] = calls.op_count(self.func.body, per_store=1) >= GIL_HELD_OPS
+        area = None
+        if layout["area"]:  # the temporaries past the stack's share, the same for both ways
+            area = _aligned_bytes(layout["area"])
+            block[codegen.CALLER_AREA] = area.ctypes.data
         block[codegen.CALLER_NAMES:codegen.CALLER_NAMES + n] = [id(x) for x in names]
         block[codegen.CALLER_NAMES + n:] = [id(d) for d in self._dtypes]
         # The builtin is this kernel's own class's ``__call__`` (a builtin binds no ``self``):
@@ -408,12 +412,13 @@ class Kernel:
         method = _MethodDef(self.func.name.encode(), address, _METH_FASTCALL_KEYWORDS, None)
         # the builtin holds its block (its ``self``) and, as its ``__module__``, everything
         # else the block or the code points to: they live as long as it does, whoever holds it
-        native = _new_builtin(ctypes.addressof(method), block, (method, names, fallback))
+        native = _new_builtin(ctypes.addressof(method), block, (method, names, fallback, area))
         self._native, self._block = native, block
         if self._pool is not None:
             alone_block = block.copy()
             alone_block[codegen.CALLER_POOL] = 0
-            alone = _new_builtin(ctypes.addressof(method), alone_block, (method, names, fallback))
+            alone = _new_builtin(ctypes.addressof(method), alone_block,
+                                 (method, names, fallback, area))
             self._ways = {True: (native, block), False: (alone, alone_block)}
         if direct:
             # a class of its own, whose ``__call__`` only this kernel's trial switches
@@ -643,12 +648,17 @@ class Kernel:
 TEMPORARY_ALIGNMENT = codegen.TEMPORARY_ALIGNMENT
 
 
+def _aligned_bytes(n: int) -> np.ndarray:
+    """``n`` zero bytes starting on a cache line (``TEMPORARY_ALIGNMENT``)."""
+    raw = np.zeros(n + TEMPORARY_ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % TEMPORARY_ALIGNMENT
+    return raw[start:start + n]
+
+
 def _aligned_zeros(b: Buffer) -> np.ndarray:
     """A zeroed array for temporary ``b`` whose first element starts on a cache line."""
     dtype = np.dtype(numpy_dtype(b.dtype))
-    raw = np.zeros(b.size * dtype.itemsize + TEMPORARY_ALIGNMENT, np.uint8)
-    start = -raw.ctypes.data % TEMPORARY_ALIGNMENT
-    return raw[start:start + b.size * dtype.itemsize].view(dtype).reshape(b.shape)
+    return _aligned_bytes(b.size * dtype.itemsize).view(dtype).reshape(b.shape)
 
 
 def _fast_path(names: list[str], specs: list) -> tuple:

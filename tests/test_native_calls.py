@@ -5,6 +5,7 @@ when the Python path accepts the arrays), never run on arrays that are not as co
 
 from __future__ import annotations
 
+import ctypes
 import inspect
 import sys
 import sysconfig
@@ -281,6 +282,66 @@ def test_temporaries_are_private_to_each_calling_thread():
     assert k.native_runs == 600
 
 
+# TEMPS with temporaries past the stack's share (166 KB) and enough work to release the GIL
+BIG_TEMPS = TEMPS.replace("8, 6", "320, 64").replace("8, 8", "320, 66").replace("8, 2", "320, 2") \
+    .replace("j + 6", "j + 64")
+
+
+def _area_in_use(kernel) -> np.ndarray:
+    """The word of the kernel's area that says a call has it (``codegen.CALLER_AREA``)."""
+    address = int(kernel._block[codegen.CALLER_AREA])
+    return np.ctypeslib.as_array(ctypes.cast(address, ctypes.POINTER(ctypes.c_int64)), (1,))
+
+
+def test_temporaries_past_the_stack_run_natively_in_the_kernels_area():
+    func = parse(BIG_TEMPS)
+    layout = codegen.caller_layout(func)
+    assert layout["stack"] == 0 and layout["area"] > codegen.CALLER_MAX_TEMPORARY_BYTES
+    k = runtime.compile(func, threads=1)
+    assert k._native is not None and k._block[codegen.CALLER_RELEASE_GIL]
+    a = random_args(func)
+    want = run(func, **a)
+    for _ in range(3):  # Z is zeroed again every call: A, not 2A, 3A
+        a["B"][...] = np.nan
+        a["C"][...] = np.nan
+        k(**a)
+        np.testing.assert_array_equal(a["B"], want["B"])
+        np.testing.assert_array_equal(a["C"], want["C"])
+    assert k.native_runs == 3
+    assert _area_in_use(k)[0] == 0, "a call gives the area back"
+    # held by a call on another thread: this one runs on the Python path's temporaries
+    in_use = _area_in_use(k)
+    in_use[0] = 1
+    try:
+        a["B"][...] = np.nan
+        k(**a)
+        np.testing.assert_array_equal(a["B"], want["B"])
+        assert k.native_runs == 3 and k._local.temps
+    finally:
+        in_use[0] = 0
+    k(**a)
+    assert k.native_runs == 4
+
+
+def test_a_kernels_area_is_used_by_one_call_at_a_time():
+    func = parse(BIG_TEMPS)
+    for threads in (1, 2):
+        k = runtime.compile(func, threads=threads)
+        errors = []
+
+        def worker(seed):
+            a = random_args(func, seed=seed)
+            want = run(func, **a)
+            for _ in range(100):
+                k(**a)
+                if not (np.array_equal(a["B"], want["B"]) and np.array_equal(a["C"], want["C"])):
+                    errors.append(seed)
+
+        on_two_threads(worker)
+        assert not errors
+        assert _area_in_use(k)[0] == 0
+
+
 def test_a_large_kernel_releases_the_gil_and_runs_from_two_threads():
     n = 96
     func = parse(f"""
@@ -310,7 +371,7 @@ def mm(A: f32[{n}, {n}], B: f32[{n}, {n}], C: f32[{n}, {n}]):
         on_two_threads(worker)
         assert not errors
         assert k.native_runs == 80
-        # refused calls reach the Python path (with a pool: once the pool's lock is let go)
+        # refused calls reach the Python path
         a = random_args(func)
         with pytest.raises(ValueError, match="buffer C shares memory with buffer A"):
             k(a["A"], a["B"], a["A"])
