@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import hashlib
+import os
 import threading
 from pathlib import Path
 
@@ -51,12 +52,31 @@ class _Pool:
         self.block[POOL_DISPATCH] = addresses["dispatch"]
         self.address = self.block.ctypes.data
         self._raw = raw
-        worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addresses["worker"])
+        self._worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addresses["worker"])
         self._stop = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addresses["stop"])
-        self.workers = [threading.Thread(target=worker, args=(self.address,), daemon=True,
-                                         name=f"tensorize-worker-{k}") for k in range(threads - 1)]
+        self._start_workers()
+
+    def _start_workers(self) -> None:
+        self.workers = [threading.Thread(target=self._worker, args=(self.address,), daemon=True,
+                                         name=f"tensorize-worker-{k}")
+                        for k in range(self.threads - 1)]
         for t in self.workers:
             t.start()
+
+    def after_fork(self) -> None:
+        """In a child process, which has only the thread that forked: new workers on the
+        same control block (kernels compiled before the fork point at it), with nothing
+        held, nobody asleep and every ticket's chunks claimed, so that no worker runs a
+        chunk of a dispatch the parent had under way."""
+        block = self.block
+        block[POOL_LOCK] = 0
+        block[POOL_SLEEPERS] = 0
+        block[POOL_NEXT_ID] = 1
+        block[POOL_DONE] = block[POOL_CHUNKS] = 0
+        generation = int(block[POOL_GEN]) & 0xFFFFFFFF
+        for t in range(self.threads):
+            block[POOL_TICKETS + TICKET_STRIDE * t] = (generation << 32) | _CLAIM_BASE
+        self._start_workers()
 
     def rest(self) -> None:
         """Waiting workers sleep now rather than spin until the next dispatch wakes them
@@ -92,6 +112,15 @@ def _close_pools() -> None:
     for pool in _pools.values():
         pool.close()
 
+
+def _after_fork_in_child() -> None:
+    for pool in _pools.values():
+        pool.after_fork()
+
+
+# a process forked from one that ran kernels (multiprocessing's default on Linux) runs
+# them on as many threads as the parent did, not on its one thread behind a pool of none
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 

@@ -146,3 +146,51 @@ def test_dispatches_from_two_threads_at_once_each_run_every_index(dispatch):
         t.join(timeout=60)
     assert not errors and results == {"a": True, "b": True}
     assert dispatch.block[pool.POOL_LOCK] == 0
+
+
+def test_a_forked_child_dispatches_on_workers_of_its_own(dispatch):
+    """A child process has only the thread that forked; the pool starts new workers on the
+    same block there (``os.register_at_fork``), so kernels compiled before the fork still
+    share their loops, here even with the pool held by a dispatch under way in the parent
+    at the fork."""
+    import os
+    import time
+
+    dispatch(0, 8)  # the pool started and used in the parent
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold():  # a dispatch under way on another thread of the parent while it forks
+        dispatch.block[pool.POOL_LOCK] = 1
+        held.set()
+        release.wait(10)
+        dispatch.block[pool.POOL_LOCK] = 0
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: status 0 when a worker ran some of the range
+        status = 1
+        try:
+            me = threading.get_native_id()
+            for _ in range(50):
+                tids, _, _ = dispatch(0, 400)
+                if (tids > 0).all() and (tids != me).any():
+                    status = 0
+                    break
+        finally:
+            os._exit(status)
+    release.set()
+    holder.join()
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "no worker ran in the child"
