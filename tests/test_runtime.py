@@ -418,6 +418,51 @@ def test_schedule_moves_the_unit_stride_loop_innermost(mm):
     assert schedule(parse(SCAN)) == parse(SCAN)
 
 
+CORNER = """
+@prim_func
+def corner(A: {t}[99, 99], B: {t}[99, 99], C: {t}[99, 99]):
+    for i in range(96, 99):
+        for j in range(96, 99):
+            for k in range(99):
+                C[i, j] += A[i, k] * B[k, j]
+    for i in range(90, 92):
+        for k in range(99):
+            C[i, 0] += A[i, k] * B[k, 0]
+"""
+
+
+def test_a_float_sum_into_a_few_elements_runs_with_its_reduction_outermost(monkeypatch):
+    """A tile's 3 x 3 leftover corner: its nine float sums, each a chain of additions LLVM
+    may not reorder, run side by side with ``k`` outermost instead of one after another
+    behind a three-element loop; each still adds its terms in the same order, so the
+    results are those of the order before, bit for bit (and the interpreter's within the
+    check's tolerance: the kernel fuses multiply-adds). A sum innermost along a row (one
+    chain, in a register) keeps its order, and so does an integer sum (vectorised by LLVM
+    itself)."""
+    from rewrite import lower
+    from rewrite.lower import schedule
+    from rewrite.script import show
+
+    func = parse(CORNER.format(t="f32"))
+    text = show(schedule(func))
+    assert "for k in range(99):\n        for i in range(96, 99):\n            for j in range(96, 99):" in text
+    assert "for i in range(90, 92):\n        for k in range(99):" in text
+    k = runtime.compile(func, threads=1)
+    a = arrays(func)
+    want = run(func, **a)["C"]
+    before = {n: v.copy() for n, v in a.items()}
+    k(**a)
+    assert runtime.compare_output(func, func.buffer("C"), want, a["C"])[1] == ""
+    monkeypatch.setattr(lower, "FEW_SUMS", 0)  # the order before, compiled under another name
+    old = parse(CORNER.format(t="f32").replace("def corner", "def corner_as_before"))
+    assert "for i in range(96, 99):\n        for k in range(99):" in show(schedule(old))
+    runtime.compile(old, threads=1)(**before)
+    np.testing.assert_array_equal(a["C"], before["C"])
+    ints = parse(CORNER.format(t="i32"))
+    assert "for i in range(96, 99):\n        for k in range(99):" in show(schedule(ints))
+
+
+
 # ---------------------------------------------------------------------------
 # caches
 
