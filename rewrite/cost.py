@@ -46,7 +46,7 @@ UNBLOCKED_PER_ROW = 0.25
 UNWIDENED_PER_ROW = 0.75
 PER_ELEMENT_MOVED = 1.0
 PER_PACKING = 10000.0
-PER_PADDED_TEMP = 1000.0
+PER_PADDED_TEMP = 300.0
 PER_PADDED_ELEMENT = 0.25
 VECTOR_RUN = 8
 # A padding stage whose temporaries outgrow twice L2 (``padding``): its row copies, fills
@@ -106,7 +106,15 @@ def padding(stmts, temps, relaid=()) -> float:
     298 against 321 us) and is not chosen where it was not (f32 100 x 70 x 50, 64 x 65 x 64).
     Measured per element: a fill, a row copy or the writeback 0.1 ns (0.25 units, the tile
     calls running at about 0.36 ns a unit); a transposing copy 0.5 ns, a copy into [16, 4]
-    blocks 0.25 ns; each temporary about 0.3 us of zeroing before the call. A 512 x 254
+    blocks 0.25 ns; each temporary about 0.3 us of zeroing before the call then, 1000 units.
+    Since, the runtime zeroes no temporary the stage fills whole, and the native caller
+    keeps them on its stack or in the kernel's area: a temporary is its loops' set-up, 300
+    units. At 1000, 37 x 29 x 61 and 45 x 33 x 47 kept their leftover columns on 8 x 32 and
+    axpy calls reading A's columns element by element (3.09 and 3.35 us, Zen 4, one
+    thread) where padded whole they run in 2.08-2.18 and 2.60 (numpy 2.35 and 2.38);
+    padded 30^3 takes the 8 x 32 tile instead of the 6 x 16 one (0.98 -> 1.03-1.06 us,
+    numpy 1.57), and no other corpus program, nor a square product from 50^3 to 700^3 or
+    the tall and skinny ones of the sweep, changed. A 512 x 254
     matrix-vector product whose last 6 columns of A would be copied row by row measured
     12.1 against 10.4 us, which the price of short rows refuses."""
     names = {t.name for t in relaid}
