@@ -74,7 +74,7 @@ def test_a_reused_temporary_is_named_with_the_loops_that_reuse_it():
     assert reasons(_doitgen(50, 40, 60), rules_off=("expand",)) == [
         REUSED + "; the expand rule, which gives each iteration its own copy, is off"]
     # so small that the batched product does not pay for the copy per iteration
-    assert reasons(_doitgen(5, 4, 6)) == [
+    assert reasons(_doitgen(3, 2, 4)) == [
         REUSED + "; a copy per iteration (the expand rule) was refused or did not pay here"]
     assert reasons(_doitgen(50, 40, 60)) == []  # expanded: every nest runs on intrinsics
 
