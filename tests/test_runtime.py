@@ -418,6 +418,65 @@ def test_schedule_moves_the_unit_stride_loop_innermost(mm):
     assert schedule(parse(SCAN)) == parse(SCAN)
 
 
+PRODUCED = """
+@prim_func
+def produced(A: f16[128, 128], K: f32[128, 128], S: f32[64, 64], C: f32[128, 128], D: f32[64, 64]):
+    Af = alloc(f32[128, 128])
+    Kt = alloc(f32[128, 128])
+    Sf = alloc(f32[64, 64])
+    for i, k in grid(128, 128):
+        Af[i, k] = f32(A[i, k])
+    for k, j in grid(128, 128):
+        Kt[k, j] = K[j, k]
+    for i, k in grid(64, 64):
+        Sf[i, k] = 2.0 * S[i, k]
+    for i, j in grid(128, 128):
+        C[i, j] = 0.0
+        for k in range(128):
+            C[i, j] += Af[i, k] * Kt[k, j]
+    for i, j in grid(64, 64):
+        D[i, j] = 0.0
+        for k in range(64):
+            D[i, j] += Sf[i, k] * Sf[k, j]
+"""
+
+
+def test_temporaries_a_parallel_part_reads_are_written_by_the_threads_that_read_them(monkeypatch):
+    """A loop too small for threads that fills 32 KB or more of temporaries a parallel part
+    then reads runs on the threads too, each writing its share where it will read it: the
+    f16 -> f32 conversion of A (64 KB). A transposing copy (read at a stride along its
+    innermost loop) and a 16 KB one stay on the calling thread. Every way computes the same
+    bits as one thread."""
+    from rewrite import lower
+
+    func = parse(PRODUCED)
+    parts = lower.lower(func).parts
+    seen = [(sorted(ir_written(p.body)), p.parallel) for p in parts]
+    assert (["Af"], True) in seen, seen
+    assert any({"Kt", "Sf"} <= set(w) and not shared for w, shared in seen), seen
+    monkeypatch.setattr(lower, "PRODUCED_BYTES", 1 << 60)  # as before: Af written alone
+    assert (["Af"], True) not in [(sorted(ir_written(p.body)), p.parallel)
+                                  for p in lower.lower(func).parts]
+    monkeypatch.undo()
+    monkeypatch.setattr(runtime, "THREAD_TRIAL_CALLS", 0)  # the pool, every call
+    a = arrays(func)
+    one, two = {n: v.copy() for n, v in a.items()}, {n: v.copy() for n, v in a.items()}
+    runtime.compile(func, threads=1)(**one)
+    kernel = runtime.compile(func, threads=2)
+    for _ in range(3):
+        kernel(**two)
+        np.testing.assert_array_equal(two["C"], one["C"])
+        np.testing.assert_array_equal(two["D"], one["D"])
+    want = run(func, **a)
+    assert runtime.compare_output(func, func.buffer("C"), want["C"], two["C"])[1] == ""
+
+
+def ir_written(s) -> set:
+    from rewrite.ir import written_by
+    return set(written_by(s))
+
+
+
 CORNER = """
 @prim_func
 def corner(A: {t}[99, 99], B: {t}[99, 99], C: {t}[99, 99]):
