@@ -105,13 +105,13 @@ def lower(func: PrimFunc) -> Plan:
     func = _shared_blocks(func)
     meaning = expand_calls(func)  # what the dependence analysis reads
     parallel = _parallel_loops(meaning)
-    produced = _produced_where_read(func, parallel)
+    shared_at = _shared_positions(func, parallel)
     parts: list[Part] = []
     pending: list[Stmt] = []  # consecutive serial statements become one part
     for k, s in enumerate(stmts_of(func.body)):
         # a lone intrinsic call (no loop to split) stays serial, however much work it does
         swept = one_sweep(parallel, k, s)
-        if isinstance(s, For) and (k in produced or _worth_threads(parallel, k, s)):
+        if k in shared_at:
             if pending:
                 parts.append(Part(seq(*pending), False))
                 pending = []
@@ -127,15 +127,16 @@ def lower(func: PrimFunc) -> Plan:
 
 
 # A loop too small for threads that fills at least this many bytes of temporaries a later
-# parallel part reads runs on the threads too (``_produced_where_read``).
+# parallel part reads runs on the threads too (``_shared_positions``).
 PRODUCED_BYTES = 32 * 1024
 
 
-def _produced_where_read(func: PrimFunc, parallel: set[tuple[int, ...]]) -> set[int]:
-    """The positions of top-level loops below ``MIN_PARALLEL_OPS`` (``_worth_threads``) to run
-    as parallel parts all the same: a loop the dependence analysis finds parallel that
-    writes only temporaries, at least ``PRODUCED_BYTES`` of them, which a later parallel
-    part reads, and whose innermost loop reads every buffer at unit stride. Written on the
+def _shared_positions(func: PrimFunc, parallel: set[tuple[int, ...]]) -> set[int]:
+    """The positions of the top-level loops that run as parallel parts: those worth threads
+    (``_worth_threads``), and below ``MIN_PARALLEL_OPS`` all the same a loop the dependence
+    analysis finds parallel that writes only temporaries, at least ``PRODUCED_BYTES`` of
+    them, which a later parallel part reads, and whose innermost loop reads every buffer at
+    unit stride. Written on the
     calling thread alone, they sit in its core's cache, and the other thread's share of
     that part fetches them from there on every call; written by both, each thread's share
     stays where it was written. ``gemm_f16_f32acc`` (128^3: A and B converted into f32
@@ -145,17 +146,16 @@ def _produced_where_read(func: PrimFunc, parallel: set[tuple[int, ...]]) -> set[
     (``gemm_input_updated``) measured 4-9% slower shared, and are left on one thread."""
     temps = {b.name: b for b in func.allocs}
     body = list(stmts_of(func.body))
-    big = {k for k, s in enumerate(body) if isinstance(s, For) and _worth_threads(parallel, k, s)}
+    out = {k for k, s in enumerate(body) if isinstance(s, For) and _worth_threads(parallel, k, s)}
     read_later = set()
-    out: set[int] = set()
     for k in reversed(range(len(body))):
         s = body[k]
         written = written_by(s)
-        if k not in big and isinstance(s, For) and s.extent >= 2 and (k,) in parallel and \
+        if k not in out and isinstance(s, For) and s.extent >= 2 and (k,) in parallel and \
                 written and written <= set(temps) and written & read_later and \
                 sum(temps[n].nbytes for n in written) >= PRODUCED_BYTES and _unit_reads(s):
             out.add(k)
-        if k in big or k in out:
+        if k in out:
             read_later |= {b.name for b in buffers_of(s)} - written
     return out
 

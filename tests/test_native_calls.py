@@ -264,21 +264,28 @@ def test_temporaries_on_the_native_path():
     assert k.native_runs == 3
 
 
-def test_temporaries_are_private_to_each_calling_thread():
-    func = parse(TEMPS)
-    k = runtime.compile(func, threads=1)
+def _wrong_on_two_threads(k, func, calls: int) -> list:
+    """``calls`` calls of ``k`` on each of two threads at once, each on its own inputs
+    (seeds 1 and 2): the seeds of the calls whose ``B`` or ``C`` differ from the
+    interpreter's."""
     errors = []
 
     def worker(seed):
         a = random_args(func, seed=seed)
         want = run(func, **a)
-        for _ in range(300):
+        for _ in range(calls):
             k(**a)
             if not (np.array_equal(a["B"], want["B"]) and np.array_equal(a["C"], want["C"])):
                 errors.append(seed)
 
     on_two_threads(worker)
-    assert not errors
+    return errors
+
+
+def test_temporaries_are_private_to_each_calling_thread():
+    func = parse(TEMPS)
+    k = runtime.compile(func, threads=1)
+    assert not _wrong_on_two_threads(k, func, 300)
     assert k.native_runs == 600
 
 
@@ -327,18 +334,7 @@ def test_a_kernels_area_is_used_by_one_call_at_a_time():
     func = parse(BIG_TEMPS)
     for threads in (1, 2):
         k = runtime.compile(func, threads=threads)
-        errors = []
-
-        def worker(seed):
-            a = random_args(func, seed=seed)
-            want = run(func, **a)
-            for _ in range(100):
-                k(**a)
-                if not (np.array_equal(a["B"], want["B"]) and np.array_equal(a["C"], want["C"])):
-                    errors.append(seed)
-
-        on_two_threads(worker)
-        assert not errors
+        assert not _wrong_on_two_threads(k, func, 100)
         assert _area_in_use(k)[0] == 0
 
 

@@ -17,7 +17,7 @@ import pytest
 from rewrite import codegen, runtime
 from rewrite.inputs import random_args
 from rewrite.interp import run
-from rewrite.ir import For
+from rewrite.ir import For, written_by
 from rewrite.script import parse, parse_file, show
 from rewrite.tools import bench, numpy_steps
 
@@ -451,11 +451,11 @@ def test_temporaries_a_parallel_part_reads_are_written_by_the_threads_that_read_
 
     func = parse(PRODUCED)
     parts = lower.lower(func).parts
-    seen = [(sorted(ir_written(p.body)), p.parallel) for p in parts]
+    seen = [(sorted(written_by(p.body)), p.parallel) for p in parts]
     assert (["Af"], True) in seen, seen
     assert any({"Kt", "Sf"} <= set(w) and not shared for w, shared in seen), seen
     monkeypatch.setattr(lower, "PRODUCED_BYTES", 1 << 60)  # as before: Af written alone
-    assert (["Af"], True) not in [(sorted(ir_written(p.body)), p.parallel)
+    assert (["Af"], True) not in [(sorted(written_by(p.body)), p.parallel)
                                   for p in lower.lower(func).parts]
     monkeypatch.undo()
     monkeypatch.setattr(runtime, "THREAD_TRIAL_CALLS", 0)  # the pool, every call
@@ -469,11 +469,6 @@ def test_temporaries_a_parallel_part_reads_are_written_by_the_threads_that_read_
         np.testing.assert_array_equal(two["D"], one["D"])
     want = run(func, **a)
     assert runtime.compare_output(func, func.buffer("C"), want["C"], two["C"])[1] == ""
-
-
-def ir_written(s) -> set:
-    from rewrite.ir import written_by
-    return set(written_by(s))
 
 
 
