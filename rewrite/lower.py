@@ -153,7 +153,7 @@ def _shared_positions(func: PrimFunc, parallel: set[tuple[int, ...]]) -> set[int
         written = written_by(s)
         if k not in out and isinstance(s, For) and s.extent >= 2 and (k,) in parallel and \
                 written and written <= set(temps) and written & read_later and \
-                sum(temps[n].nbytes for n in written) >= PRODUCED_BYTES and _unit_reads(s):
+                written_bytes(s) >= PRODUCED_BYTES and _unit_reads(s):
             out.add(k)
         if k in out:
             read_later |= {b.name for b in buffers_of(s)} - written
