@@ -146,14 +146,37 @@ class MmF32(Emitter):
     operands = ("c", "a", "b")
 
     def __init__(self, rows: int, width: int, halves: int = 2, sets: int = 1, dtype: str = "f32",
-                 inputs: Optional[str] = None):
+                 inputs: Optional[str] = None, cols: Optional[int] = None):
         self.rows, self.width, self.halves, self.sets = rows, width, halves, sets
-        self.shapes = {"c": (rows, width * halves), "a": (rows, 1), "b": (1, width * halves)}
+        # ``cols`` short of ``width * halves``: the last vector's lanes past it are never
+        # loaded nor stored (masked), a partial form's edge of C and B (``partial``)
+        self.cols = width * halves if cols is None else cols
+        assert (halves - 1) * width < self.cols <= halves * width
+        self.shapes = {"c": (rows, self.cols), "a": (rows, 1), "b": (1, self.cols)}
         self.dtype = dtype
+        self.inputs = inputs
         self.dtypes = {"c": dtype, "a": inputs or dtype, "b": inputs or dtype}
         # two alternating sets of partial sums (``_alternate``) where rows x halves FMAs are
         # too few chains for the FMA latency: each chain then waits on the FMA two steps back
         self.unroll = sets
+        # a step's instructions: the FMAs, the loads of b and the broadcasts of a
+        self.work = rows * halves + halves + rows
+
+    def partial(self, shapes: dict) -> Optional["MmF32"]:
+        """The same step on ``rows`` x ``cols`` of c (at most this one's): fewer rows of
+        accumulators, and as many vectors as cover the columns, the last one's lanes past
+        them masked in every load of b and c and every store of c. Two alternating sets of
+        partial sums where fewer than 8 FMAs a step would leave the FMA pipes idle."""
+        rows, cols = shapes["c"]
+        if shapes["a"] != (rows, 1) or shapes["b"] != (1, cols):
+            return None
+        halves = -(-cols // self.width)
+        sets = 2 if rows * halves < 8 else 1
+        return MmF32(rows, self.width, halves, sets, self.dtype, self.inputs, cols)
+
+    def _lanes(self, h: int) -> int:
+        """How many lanes of vector ``h`` of a row are columns of c."""
+        return min(self.width, self.cols - self.width * h)
 
     def _wide(self, b, ref, value):
         """``value``, loaded from ``ref``, in the accumulators' dtype: an f16 operand read
@@ -165,12 +188,12 @@ class MmF32(Emitter):
             value.type, ir.VectorType) else ty)
 
     def load_acc(self, b, ops):
-        _prefetch_rows(b, ops["c"], self.rows, self.width * self.halves)
+        _prefetch_rows(b, ops["c"], self.rows, self.cols)
         return self.fresh_acc(b, ops)
 
     def step(self, b, ops, acc):
         w = self.width
-        cols = [self._wide(b, ops["b"], load_row(b, ops["b"], (0, w * h), 1, w))
+        cols = [self._wide(b, ops["b"], load_row(b, ops["b"], (0, w * h), 1, w, self._lanes(h)))
                 for h in range(self.halves)]
 
         def update(acc):
@@ -205,8 +228,9 @@ class MmF32(Emitter):
             acc = [[b.fadd(x, y) for x, y in zip(r0, r1)] for r0, r1 in zip(*acc)]
         for i in range(self.rows):
             for h in range(self.halves):
-                old = load_row(b, ops["c"], (i, w * h), 1, w) if c is None else c
-                store_row(b, ops["c"], (i, w * h), 1, b.fadd(old, acc[i][h]))
+                lanes = self._lanes(h)
+                old = load_row(b, ops["c"], (i, w * h), 1, w, lanes) if c is None else c
+                store_row(b, ops["c"], (i, w * h), 1, b.fadd(old, acc[i][h]), lanes)
 
 
 @intrinsic("x86.mm.f32.6x16x1", isa=AVX2_FMA, cost=6.0, emitter=MmF32(rows=6, width=8),

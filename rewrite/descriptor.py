@@ -17,9 +17,11 @@ library in force is read.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
@@ -240,6 +242,90 @@ def layouts(name: str, layout, operands: tuple[Operand, ...]) -> Mapping[str, La
 
 
 # ---------------------------------------------------------------------------
+# partial forms: an intrinsic on fewer rows or columns than it declares
+
+# ``x86.avx512.mm.f32.8x32x1[2x26x1]``: the intrinsic's semantics with its loops run
+# 2, 26 and 1 times (in the semantics' loop order), the operands shaped accordingly.
+_PARTIAL = re.compile(r"(?P<parent>[^\[\]]+)\[(?P<extents>\d+(?:x\d+)*)\]")
+
+
+def partial(desc: "Descriptor", extents: tuple[int, ...]) -> Optional["Descriptor"]:
+    """``desc`` run on a smaller box of its spatial dims: its semantics with loop ``k`` run
+    ``extents[k]`` times (each at most the declared extent, a reduction dim's exactly it),
+    named ``name[e0xe1x...]``, the operands' shapes cut to match. Its meaning is a
+    sub-computation of ``desc``'s: every output element it writes is one ``desc`` writes, from
+    the same inputs (a spatial dim indexes the output, so dropping its last values drops
+    whole output elements and the input elements only they read). None unless the emitter
+    has a form for those shapes (``Emitter.partial``): an emulated partial call would be
+    slower than the scalar code it stands for. The form costs ``desc.cost`` times the share
+    of the emitter's instructions it issues (``Emitter.work``), at least the share of the
+    iterations it runs, so that no partial form is priced below its parent's rate."""
+    extents = tuple(extents)
+    if len(extents) != len(desc.dims) or extents == tuple(d.extent for d in desc.dims):
+        return None
+    for d, n in zip(desc.dims, extents):
+        if not 1 <= n <= d.extent or d.kind == "reduction" and n != d.extent:
+            return None
+    return _partial(desc, extents)
+
+
+@functools.lru_cache(maxsize=None)
+def _partial(desc: "Descriptor", extents: tuple[int, ...]) -> Optional["Descriptor"]:
+    make = getattr(desc.emitter, "partial", None)
+    if make is None:
+        return None
+    size = {d.name: n for d, n in zip(desc.dims, extents)}
+    shapes = {o.name: tuple(1 if it is None else size[it] for it in o.dims) for o in desc.operands}
+    emitter = make(shapes)
+    if emitter is None:
+        return None
+    params = {b.name: ir.Buffer(b.name, b.dtype, shapes[b.name]) for b in desc.semantics.params}
+
+    def cut(s):
+        if isinstance(s, For):
+            return For(s.var, s.start, s.start + size[s.var], cut(s.body))
+        value = ir.map_loads(s.value, lambda x: ir.Load(params[x.buffer.name], x.indices))
+        return Accumulate(params[s.buffer.name], s.indices, value)
+
+    name = f"{desc.name}[{'x'.join(map(str, extents))}]"
+    semantics = PrimFunc(name.replace(".", "_").replace("[", "_").replace("]", ""),
+                         tuple(params[b.name] for b in desc.semantics.params), cut(desc.semantics.body))
+    operands, dims = analyse(name, semantics)
+    share = math.prod(extents) / desc.iterations
+    parent_work, work = getattr(desc.emitter, "work", None), getattr(emitter, "work", None)
+    if parent_work and work:
+        share = max(share, work / parent_work)
+    return replace(desc, name=name, semantics=semantics, operands=operands, dims=dims,
+                   cost=desc.cost * share, emitter=emitter)
+
+
+def signature(desc: "Descriptor") -> tuple:
+    """What a descriptor computes, less its name: its operands (names, dtypes, shapes, roles,
+    dims), its loops and its body. Two descriptors with one signature compute the same thing
+    on the same windows (a partial form and a registered intrinsic of its shape: the 6 x 16
+    tile on 4 rows and the 4 x 16 tile)."""
+    body = desc.semantics.body
+    while isinstance(body, For):
+        body = body.body
+    return (tuple((o.name, o.dtype, o.shape, o.role, o.dims) for o in desc.operands),
+            tuple((d.name, d.extent, d.kind) for d in desc.dims), repr(body))
+
+
+def parent_of(desc: "Descriptor") -> "Descriptor":
+    """The registered intrinsic a partial form (``partial``) is cut from; ``desc`` itself
+    for a registered one."""
+    m = _PARTIAL.fullmatch(desc.name)
+    return lookup(m["parent"]) if m else desc
+
+
+def parent_name(name: str) -> str:
+    """The name of the registered intrinsic a call of intrinsic ``name`` runs: ``name`` less
+    a partial form's extents (``partial``)."""
+    m = _PARTIAL.fullmatch(name)
+    return m["parent"] if m else name
+
+
+# ---------------------------------------------------------------------------
 # the library in force
 
 _library: dict[str, Descriptor] = {}
@@ -287,11 +373,26 @@ def remove(name: str) -> None:
 def lookup(name: str) -> Descriptor:
     """The descriptor in force under ``name``; ``IntrinsicError`` listing the names otherwise."""
     _discover()
+    m = _PARTIAL.fullmatch(name)
+    if m and name not in _library and m["parent"] in _library:
+        parent = _library[m["parent"]]
+        form = partial(parent, tuple(int(x) for x in m["extents"].split("x")))
+        if form is None:
+            raise IntrinsicError(f"intrinsic {parent.name} has no partial form {m['extents']} "
+                                 f"(extents {'x'.join(str(d.extent) for d in parent.dims)} at "
+                                 f"most, reduction dims whole, and an emitter that has the form)")
+        return form
     try:
         return _library[name]
     except KeyError:
         raise IntrinsicError(f"no intrinsic named {name}; registered: "
                              f"{', '.join(sorted(_library)) or 'none'}") from None
+
+
+def known(name: str) -> bool:
+    """Whether an intrinsic is registered under ``name``."""
+    _discover()
+    return name in _library
 
 
 def in_force() -> list[Descriptor]:

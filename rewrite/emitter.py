@@ -114,6 +114,14 @@ class Emitter:
     # ``codegen`` then leaves out the fill right before such a loop (``rules/tiles.py``)
     starts_fresh: bool = False
 
+    # An emitter may also have ``partial(shapes)``: an emitter of the same kind for operands
+    # of the smaller ``shapes`` (each dim at most the declared one), or None where it has no
+    # such form. It must touch no element outside those shapes: the partial form
+    # (``descriptor.partial``) is called on windows that end at a buffer's edge. ``work``,
+    # if set: the instructions one call issues, which prices a partial form against its
+    # parent.
+    work: Optional[float] = None
+
     def load_acc(self, b: ir.IRBuilder, ops: dict[str, Ref]):
         raise NotImplementedError
 
@@ -166,14 +174,24 @@ def indirect(pointer: ir.Value, fnty: ir.FunctionType) -> _FunctionPointer:
     return _FunctionPointer(pointer, fnty)
 
 
-def load_row(b: ir.IRBuilder, ref: Ref, index: Sequence[int], dim: int, n: int) -> ir.Value:
+def load_row(b: ir.IRBuilder, ref: Ref, index: Sequence[int], dim: int, n: int,
+             valid: Optional[int] = None) -> ir.Value:
     """``n`` elements along ``dim`` from ``index``, as one vector. A unit stride is one load
-    aligned to the element only (numpy gives no more); other strides gather element-wise."""
+    aligned to the element only (numpy gives no more); other strides gather element-wise.
+    ``valid``: only the first ``valid`` lanes are read (a masked load at unit stride), the
+    others are zero; no byte past them is touched."""
     ety, size = lltype(ref.dtype), itemsize(ref.dtype)
+    vty = ir.VectorType(ety, n)
+    valid = n if valid is None else valid
+    if ref.strides[dim] == 1 and valid == n:
+        return b.load(ref.at(b, index), typ=vty, align=size)
     if ref.strides[dim] == 1:
-        return b.load(ref.at(b, index), typ=ir.VectorType(ety, n), align=size)
-    vec = ir.Constant(ir.VectorType(ety, n), ir.Undefined)
-    for lane in range(n):
+        fn = declare(b.module, f"llvm.masked.load.{_vector_suffix(vty)}.p0", vty,
+                     [PTR, ir.IntType(32), ir.VectorType(_I1, n), vty])
+        return b.call(fn, [ref.at(b, index), ir.Constant(ir.IntType(32), size), _lanes(n, valid),
+                           ir.Constant(vty, None)])
+    vec = ir.Constant(vty, ir.Undefined if valid == n else None)
+    for lane in range(valid):
         idx = list(index)
         idx[dim] += lane
         vec = b.insert_element(vec, b.load(ref.at(b, idx), typ=ety, align=size),
@@ -181,16 +199,37 @@ def load_row(b: ir.IRBuilder, ref: Ref, index: Sequence[int], dim: int, n: int) 
     return vec
 
 
-def store_row(b: ir.IRBuilder, ref: Ref, index: Sequence[int], dim: int, vec: ir.Value) -> None:
+def store_row(b: ir.IRBuilder, ref: Ref, index: Sequence[int], dim: int, vec: ir.Value,
+              valid: Optional[int] = None) -> None:
+    """``vec`` stored along ``dim`` from ``index``; ``valid``: its first ``valid`` lanes only
+    (a masked store at unit stride), no byte past them touched."""
     n, size = vec.type.count, itemsize(ref.dtype)
-    if ref.strides[dim] == 1:
+    valid = n if valid is None else valid
+    if ref.strides[dim] == 1 and valid == n:
         b.store(vec, ref.at(b, index), align=size)
         return
-    for lane in range(n):
+    if ref.strides[dim] == 1:
+        fn = declare(b.module, f"llvm.masked.store.{_vector_suffix(vec.type)}.p0", VOID,
+                     [vec.type, PTR, ir.IntType(32), ir.VectorType(_I1, n)])
+        b.call(fn, [vec, ref.at(b, index), ir.Constant(ir.IntType(32), size), _lanes(n, valid)])
+        return
+    for lane in range(valid):
         idx = list(index)
         idx[dim] += lane
         b.store(b.extract_element(vec, ir.Constant(ir.IntType(32), lane)), ref.at(b, idx),
                 align=size)
+
+
+def _lanes(n: int, valid: int) -> ir.Constant:
+    """The mask of the first ``valid`` of ``n`` lanes."""
+    return ir.Constant(ir.VectorType(_I1, n), [int(k < valid) for k in range(n)])
+
+
+def _vector_suffix(vty: ir.VectorType) -> str:
+    """LLVM's overload suffix of a vector type: ``v16f32``, ``v8i32``."""
+    e = vty.element
+    kind = {ir.FloatType: "f32", ir.DoubleType: "f64", ir.HalfType: "f16"}.get(type(e)) or f"i{e.width}"
+    return f"v{vty.count}{kind}"
 
 
 def load_scalar(b: ir.IRBuilder, ref: Ref, index: Sequence[int]) -> ir.Value:

@@ -41,7 +41,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional
 
-from . import cost, ir, rules
+from . import cost, descriptor, ir, rules
 from .caches import l1_data_bytes, l2_bytes
 from .calls import op_count
 from .affine import affine
@@ -97,6 +97,11 @@ class Extractor:
         self._panels: dict = {}  # (stage, nest, binding, tiling, operands) -> layout.Panel
         self._panel_names: dict = {}  # stage -> what a panel holds -> its temporary's name
         self.split_loops = "loops" not in rules_off  # split-for-intrinsic, with the loop rules
+        # other forms of the intrinsics (partial forms, masked edges: ``rules/edges.py``)
+        self.forms = [f.load() for f in rules.families(rules.FORMS, rules_off)]
+        # a form that computes what an intrinsic of the library does is that intrinsic, at
+        # its own price (the 6 x 16 tile cut to 4 rows is the 4 x 16 tile)
+        self.registered = {descriptor.signature(d): d for d in library.values()}
         # nest stages name their temporaries here, provisionally: many are built, few kept
         self.trial_names = names.copy()
         self._trial: set[str] = set()  # the provisional names handed out
@@ -744,8 +749,13 @@ class _Builder:
                                               matches=matches, depth=depth, pack=pack),
                             functools.partial(self._tiled_floor, nest, desc, b, matches,
                                               depth + 1, pack)))
+                        if pack is not False and self.ex.forms and remainders(nest, b, desc):
+                            candidates.append(self._masked(nest, desc, b, matches, depth, pack))
                 if pack and b.scale == 1.0 and stages:
                     staged.append((desc, b))
+            for form, b in self._other_forms(nest, desc, m) if pack is not False else ():
+                if cost.calls(form, b.tiles, b.unit_stride_ok) < scalar:
+                    candidates.append(self._masked(nest, form, b, matches, depth, pack))
             if pack and m.scale == 1.0 and stages:
                 # loops shorter than the intrinsic's dims, which only a stage can make whole
                 # tiles of (pad-to-tile)
@@ -762,6 +772,57 @@ class _Builder:
         if deeper and pack is True:
             self._remainder_pack[(nest, matches, depth)] = deeper
         return candidates
+
+    def _other_forms(self, nest: AccNest, desc, m: BodyMatch):
+        """``(form, binding)`` for each other form of ``desc`` the ``forms`` families give
+        for ``nest`` (``rules/edges.py``: partial forms cut to its loops shorter than the
+        intrinsic's dims), and each binding of it to ``nest``. A form stays out of the
+        library (whose descriptors are the e-graph's patterns): the calls that use it hold
+        it."""
+        if m.scale != 1.0:
+            return
+        for forms, _ in self.ex.forms:
+            for form in forms(nest, desc, m):
+                if descriptor.signature(form) in self.ex.registered:
+                    continue  # bound as that intrinsic already, where the library has it
+                for b in _bindings(nest, form, BodyMatch(m.nest, form.name, m.loads), False):
+                    yield form, b
+
+    def _masked(self, nest: AccNest, desc, b: Binding, matches, depth: int, pack) -> tuple:
+        """The candidate ``b`` with masked edges: its calls, and each nest its tiles leave
+        run on the same intrinsic cut to that nest's extents (``_edge``), not planned
+        again: one more way to run ``nest`` whose price is known once its calls are. Its
+        floor: ``_tiled_floor``'s (the edges' calls cost no less than their iterations at
+        the intrinsic's best rate)."""
+        return (self._tiled_floor(nest, desc, b, matches),
+                functools.partial(self._tiled, nest=nest, desc=desc, b=b, matches=matches,
+                                  depth=depth, pack=pack, masked=True), None)
+
+    def _edge(self, nest: AccNest, desc, b: Binding, matches, depth: int, pack) -> NestRef:
+        """The nest ``nest`` (a remainder of ``b``'s tiles) on the form of ``desc`` for it
+        (``edge_form`` of the ``forms`` family: ``rules/edges.py`` cuts ``desc``'s parent to
+        its extents along the dims ``b`` binds), bound as ``b`` is, its own remainders again
+        so (``_tiled`` with ``masked``); beside its scalar code. Planned as usual where no
+        such form or binding exists."""
+        form = next((f for f in (edge(desc, dict(b.dims), nest) for _, edge in self.ex.forms)
+                     if f is not None), None)
+        if form is not None:
+            form = self.ex.registered.get(descriptor.signature(form), form)
+        key = ("edge", nest, form, b.dims, matches, depth, pack)
+        if key in self._nests:
+            return self._nests[key]
+        match = BodyMatch(0, form.name, tuple(ld for _, ld in b.loads)) if form else None
+        again = None if form is None else next(
+            (x for x in _bindings(nest, form, match, False) if x.dims == b.dims), None)
+        if again is None:
+            return self.nest(nest, matches, depth + 1, self._below(nest, matches, depth, pack))
+        ref = self._nests[key] = self.graph.nest()
+        self.graph.add(ref, self.graph.leaf([nest.stmt()], cost.scalar(nest)))
+        self._least[ref.id] = cost.scalar(nest)
+        self._planned(ref, functools.partial(self._tiled, nest=nest, desc=form, b=again,
+                                             matches=matches, depth=depth + 1, pack=pack,
+                                             masked=True))
+        return ref
 
     def _below(self, nest: AccNest, matches, depth: int, pack):
         """The ``pack`` the remainders of ``nest``'s tiles are planned with: the stages that
@@ -889,10 +950,12 @@ class _Builder:
         return calls + sum(self._nest_floor(r, matches, depth, below)
                            for r in remainders(nest, b, desc))
 
-    def _tiled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool) -> None:
-        """The calls of ``b`` and the plans of its remainders; again behind each calls stage
-        that has operands to rewrite (``pack-panel``: inputs whose windows lie far apart
-        along the reduction)."""
+    def _tiled(self, ref, nest: AccNest, desc, b: Binding, matches, depth: int, pack: bool,
+               masked: bool = False) -> None:
+        """The calls of ``b`` and the plans of its remainders (``masked``: each on the same
+        intrinsic's partial form, ``_edge``); again behind each calls stage that has
+        operands to rewrite (``pack-panel``: inputs whose windows lie far apart along the
+        reduction)."""
         names = self.ex.names.copy(d.name for d in nest.dims)  # loop names only clash within a nest
         loops, tiled = dims_after_tiling(nest, b, desc, names)
         steps = dict(b.steps)
@@ -915,7 +978,8 @@ class _Builder:
             cost.output_one_set(tiles, desc, windows[desc.output.name])
         calls = self.graph.leaf(blocked_calls(desc, blocked), price)
         below = self._below(nest, matches, depth, pack)
-        rest = [self.nest(r, matches, depth + 1, below) for r in remainders(nest, b, desc)]
+        rest = [self._edge(r, desc, b, matches, depth, pack) if masked else
+                self.nest(r, matches, depth + 1, below) for r in remainders(nest, b, desc)]
         self.graph.add(ref, calls, *rest)
         for stage in self.ex.calls_stages:
             far = stage.pick(desc, windows, found)

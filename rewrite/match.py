@@ -125,17 +125,11 @@ def bindings(nest: AccNest, desc, match: BodyMatch, check_extents: bool = True,
     (``check_extents=False`` also yields bindings to loops too short, for explanations;
     ``short`` only those with a loop shorter than its dim but at least half as long, which
     ``pad-to-tile`` can round up to one tile, ``rules/padding.py``)."""
-    if not dtypes_agree(nest, desc, match):
+    found = _steps_along_loops(nest, desc, match)
+    if found is None:
         return
-    accesses: dict[str, tuple[Buffer, tuple[Expr, ...]]] = {desc.output.name: (nest.out, nest.indices)}
-    for op, load in zip(desc.inputs, match.loads):
-        accesses[op.name] = (load.buffer, load.indices)
-    maps = {name: _affine_maps(idx) for name, (_, idx) in accesses.items()}
-    if any(m is None for ms in maps.values() for m in ms):
-        return
+    accesses, maps, coef = found
     prog = {d.name: d for d in nest.dims}
-    # each operand's step along each loop
-    coef = {(name, p.name): _coef_vector(ms, p.name) for name, ms in maps.items() for p in nest.dims}
     # Loops with the same range that move every access alike are interchangeable: a binding
     # to one is, renamed, a binding to another. Offering at most as many of each kind as the
     # intrinsic has dims bounds the bindings tried by the kinds of loops, not the nest's depth
@@ -167,6 +161,39 @@ def bindings(nest: AccNest, desc, match: BodyMatch, check_extents: bool = True,
                    accesses, coef, prog, short)
         if b is not None:
             yield b
+
+
+def _steps_along_loops(nest: AccNest, desc, match: BodyMatch):
+    """``(accesses, maps, coef)``: what each operand of ``desc`` accesses in ``nest`` for this
+    body match (buffer and indices), the affine map of each index, and each operand's step
+    along each loop of ``nest``; None where the dtypes differ or an index is not affine."""
+    if not dtypes_agree(nest, desc, match):
+        return None
+    accesses: dict[str, tuple[Buffer, tuple[Expr, ...]]] = {desc.output.name: (nest.out, nest.indices)}
+    for op, load in zip(desc.inputs, match.loads):
+        accesses[op.name] = (load.buffer, load.indices)
+    maps = {name: _affine_maps(idx) for name, (_, idx) in accesses.items()}
+    if any(m is None for ms in maps.values() for m in ms):
+        return None
+    coef = {(name, p.name): _coef_vector(ms, p.name) for name, ms in maps.items() for p in nest.dims}
+    return accesses, maps, coef
+
+
+def short_loops(nest: AccNest, desc, match: BodyMatch) -> dict[str, tuple[int, ...]]:
+    """For each spatial dim of ``desc``, the extents of the loops of ``nest`` shorter than it
+    that it could run along (``_still``): the cuts of its partial forms that could bind."""
+    found = _steps_along_loops(nest, desc, match)
+    if found is None:
+        return {}
+    coef = found[2]
+    out = {}
+    for d in desc.dims:
+        if d.kind == "spatial":
+            cuts = sorted({p.extent for p in nest.dims
+                           if 1 <= p.extent < d.extent and _still(desc, d.name, p.name, coef)})
+            if cuts:
+                out[d.name] = tuple(cuts)
+    return out
 
 
 def _still(desc, it: str, p: str, coef: dict) -> bool:

@@ -466,7 +466,9 @@ class _FunctionParser:
         name = node.args[0].value
         try:
             desc = descriptor.lookup(name)
-        except descriptor.IntrinsicError:
+        except descriptor.IntrinsicError as e:
+            if descriptor.parent_name(name) != name and descriptor.known(descriptor.parent_name(name)):
+                raise self.error(node.args[0], str(e)) from None  # a partial form it has not
             raise self.error(node.args[0], f"unknown intrinsic {name}; tensorize intrinsics lists them") from None
         given = {}
         for kw in node.keywords:

@@ -43,6 +43,16 @@ Kinds
     (``pack-operand``: the new nest's binding runs at unit stride; ``pad-to-tile``: over
     extents the intrinsic divides).
 
+``forms``: ``forms(nest, desc, match) -> [desc]``, ``edge_form(desc, bound, nest) -> desc | None``
+    Other forms of an intrinsic than the one registered, which the extractor binds like it:
+    ``forms`` gives those for a nest whose loops are shorter than some of the intrinsic's
+    dims; ``edge_form`` the one for a remainder nest of a binding of ``desc`` (dims bound to
+    loops as ``bound`` says), which the extractor weighs each binding with remainders with
+    (the remainders run on it, their own remainders again, not planned as nests). Obligation:
+    a form's semantics compute, on the windows of any binding ``match.bindings`` checks, a
+    part of what its parent's would, and its emitter touches no element outside its
+    operands' shapes.
+
 ``calls-stage``: ``operands(desc, windows, streams) -> names``,
 ``build(nest, desc, binding, tiled, operands, names, known, order) -> staged | None``
     A rewrite of the windows of a binding's tiled calls (their divisible part), weighed by the
@@ -115,6 +125,7 @@ from typing import Callable, Iterable, Optional
 NORMALIZE = "normalize"
 RULESET = "ruleset"
 NEST_STAGE = "nest-stage"
+FORMS = "forms"
 CALLS_STAGE = "calls-stage"
 ALTERNATIVES = "alternatives"
 SITES = "sites"
@@ -125,6 +136,7 @@ KINDS = {
     NORMALIZE: ("apply",),
     RULESET: ("ruleset",),
     NEST_STAGE: ("requests", "build", "price"),
+    FORMS: ("forms", "edge_form"),
     CALLS_STAGE: ("operands", "build"),
     ALTERNATIVES: ("improve",),
     SITES: ("rewrites",),
@@ -194,6 +206,7 @@ FAMILIES = (
     # padding the nest whole is priced out of cache (rules/padding.py, ``pads_remainders``)
     Family("padding", NEST_STAGE, "padding", ("candidates", "pad", "price"), "pad-to-tile",
            depth=0, deeper="pads_remainders"),
+    Family("edges", FORMS, "edges", ("forms", "edge_form"), "masked-edge"),
     Family("pack-panel", CALLS_STAGE, "layout", ("panel_operands", "pack_panel"), "pack-panel"),
     Family("expand", SPANS, "expand", ("spans",), "scalar expansion"),
     Family("inline", SPANS, "fusion", ("spans",), "inline-producer"),
