@@ -170,9 +170,14 @@ class MmF32(Emitter):
         rows, cols = shapes["c"]
         if shapes["a"] != (rows, 1) or shapes["b"] != (1, cols):
             return None
-        halves = -(-cols // self.width)
+        # vectors as narrow as cover the columns (down to 128 bits), so that 8 columns of an
+        # AVX-512 tile are one 256-bit vector with no mask, rather than half a masked one
+        width = self.width
+        while width > 16 // itemsize(self.dtype) and 2 * cols <= width:
+            width //= 2
+        halves = -(-cols // width)
         sets = 2 if rows * halves < 8 else 1
-        return MmF32(rows, self.width, halves, sets, self.dtype, self.inputs, cols)
+        return MmF32(rows, width, halves, sets, self.dtype, self.inputs, cols)
 
     def _lanes(self, h: int) -> int:
         """How many lanes of vector ``h`` of a row are columns of c."""
