@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 
 from .. import analysis
 from ..budgets import BudgetError, Budgets, using
+from ..descriptor import parent_name
 from ..ir import PrimFunc
 from ..script import parse_file_lenient, show
 from . import campaign
@@ -345,9 +346,12 @@ def format_entry(e: Entry, explain: bool = False) -> str:
 
 
 def _used(e: Entry) -> str:
+    """The intrinsics a function calls, a partial form (``rules/edges.py``) under its
+    parent's name; ``-v`` and ``--json`` name each form."""
     used: dict[str, int] = {}
     for s in e.sites:
-        used[s["intrinsic"]] = used.get(s["intrinsic"], 0) + s["calls"]
+        name = parent_name(s["intrinsic"])
+        used[name] = used.get(name, 0) + s["calls"]
     return ", ".join(used) or "-"
 
 
