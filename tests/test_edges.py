@@ -20,6 +20,7 @@ from rewrite.script import ScriptError, parse, show
 from rewrite.target import host_features
 
 from .test_intrinsics import _assembly_loop, needs_isa
+from .test_padding import _calls, _minus_zero_args, _run_both, _s, _same_pattern
 
 MM = "x86.mm.f32.6x16x1"
 WIDE = "x86.avx512.mm.f32.8x32x1"
@@ -28,26 +29,6 @@ TILES = [MM, "x86.mm.f32.4x16x1", "x86.mm.f32.2x16x1", WIDE, "x86.mm.f64.6x8x1",
 AVX2 = intrinsics.library("x86-avx2")
 AVX512 = intrinsics.library("x86-avx512")
 RUNS_AVX512 = {"avx512f", "fma"} <= host_features()
-
-
-def _product(m: int, k: int, n: int, dtype: str = "f32", init: bool = True) -> ir.PrimFunc:
-    return parse(f"""
-@prim_func
-def mm(A: {dtype}[{m}, {k}], B: {dtype}[{k}, {n}], C: {dtype}[{m}, {n}]):
-    for i, j in grid({m}, {n}):
-        {"C[i, j] = 0.0" if init else "pass"}
-        for k in range({k}):
-            C[i, j] += A[i, k] * B[k, j]
-""".replace("        pass\n", ""))
-
-
-def _calls(func) -> list[ir.Call]:
-    return [s for s in ir.walk_stmts(func.body) if isinstance(s, ir.Call)]
-
-
-def _same_pattern(want, got) -> bool:
-    return (np.array_equal(np.isnan(want), np.isnan(got))
-            and np.array_equal(np.where(np.isinf(want), want, 0), np.where(np.isinf(got), got, 0)))
 
 
 # ---------------------------------------------------------------------------
@@ -86,7 +67,7 @@ def f(A: f32[4, 8], x: f32[8], y: f32[4]):
 
 
 def test_a_program_with_partial_calls_prints_and_parses_back():
-    func = tensorize(_product(90, 90, 90), AVX512).func
+    func = tensorize(_s(90, 90, 90), AVX512).func
     names = {c.intrinsic.name for c in _calls(func)}
     assert {WIDE + "[2x32x1]", WIDE + "[8x26x1]", WIDE + "[2x26x1]"} <= names
     assert parse(show(func)) == func
@@ -206,15 +187,15 @@ def test_the_edge_lanes_are_masked_in_the_assembly(name, cpu, pattern):
 
 
 def test_a_product_the_tile_does_not_divide_runs_its_edges_masked_not_padded():
-    result = tensorize(_product(90, 90, 90), AVX512)
+    result = tensorize(_s(90, 90, 90), AVX512)
     assert not result.func.allocs and result.coverage == 1.0
     assert {descriptor.parent_name(s.intrinsic) for s in result.sites} == {WIDE}
     # with the rule off by name, padding takes the edges, at a higher price
-    off = tensorize(_product(90, 90, 90), AVX512, rules_off=("edges",))
+    off = tensorize(_s(90, 90, 90), AVX512, rules_off=("edges",))
     assert {b.name for b in off.func.allocs} == {"A_pad", "B_pad", "C_pad"}
     assert result.cost < off.cost
     if RUNS_AVX512:
-        check = runtime.check(_product(90, 90, 90), result.compile())
+        check = runtime.check(_s(90, 90, 90), result.compile())
         assert check.ok, check.message
 
 
@@ -231,13 +212,13 @@ def test_forms_stay_out_of_the_search_library(monkeypatch):
         init(self, library, *args, **kwargs)
 
     monkeypatch.setattr(extract.Extractor, "__init__", recording)
-    result = tensorize(_product(90, 90, 90), AVX512)
+    result = tensorize(_s(90, 90, 90), AVX512)
     assert any("[" in s.intrinsic for s in result.sites)
     assert given and not any("[" in name for library in given for name in library)
 
 
 def test_a_product_smaller_than_the_tile_runs_on_its_partial_forms():
-    result = tensorize(_product(5, 7, 10), AVX2)
+    result = tensorize(_s(5, 10, 7), AVX2)
     assert not result.func.allocs and result.coverage == 1.0
     assert [s.intrinsic for s in result.sites] == [MM + "[5x10x1]"]
 
@@ -245,7 +226,7 @@ def test_a_product_smaller_than_the_tile_runs_on_its_partial_forms():
 def test_a_partial_form_that_is_a_registered_intrinsic_is_that_intrinsic():
     # the 6 x 16 tile cut to 4 rows computes what the 4 x 16 tile does: the program calls
     # the registered one (at its own price), never the form
-    result = tensorize(_product(10, 8, 16), AVX2)
+    result = tensorize(_s(10, 16, 8), AVX2)
     names = {s.intrinsic for s in result.sites}
     assert "x86.mm.f32.4x16x1" in names and MM + "[4x16x1]" not in names
 
@@ -255,7 +236,7 @@ def test_a_partial_form_that_is_a_registered_intrinsic_is_that_intrinsic():
 @pytest.mark.parametrize("library", ["avx2", "host"])
 def test_odd_products_on_masked_edges_check_with_special_values(shape, library):
     m, k, n = shape
-    func = _product(m, k, n)
+    func = _s(m, n, k)
     result = tensorize(func, AVX2 if library == "avx2" else intrinsics.library("host"))
     kernel = result.compile()
     for seed in range(2):
@@ -272,17 +253,11 @@ def test_minus_zero_outputs_stay_minus_zero_on_the_masked_edges():
     # C starts at -0.0 and A's row 0 is +0.0 against a negative B: every term of row 0 is
     # -0.0, and so is its sum, on the edge tiles as on the others (their accumulators start
     # at -0.0 and C is added once, masked)
-    func = _product(30, 30, 30, init=False)
+    func = _s(30, 30, 30, init=False)
     result = tensorize(func, AVX2)
     assert not result.func.allocs
-    args = inputs.random_args(func, seed=4)
-    args["A"][0] = 0.0
-    args["B"][...] = -np.abs(args["B"]) - 0.5
-    args["C"][...] = -0.0
-    want = interp.run(func, **args)["C"]
-    got = {x: v.copy() for x, v in args.items()}
-    result.compile(threads=1)(**got)
-    assert np.signbit(want[0]).all() and np.array_equal(np.signbit(want), np.signbit(got["C"]))
+    want, got = _run_both(func, result.func, _minus_zero_args(func, "A", "B", "C"))
+    assert np.signbit(want["C"][0]).all() and np.array_equal(np.signbit(want["C"]), np.signbit(got["C"]))
 
 
 def test_the_rule_is_turned_off_by_name_from_the_command_line(tmp_path, capsys):
@@ -291,7 +266,7 @@ def test_the_rule_is_turned_off_by_name_from_the_command_line(tmp_path, capsys):
     from rewrite.cli import main
 
     path = tmp_path / "mm.py"
-    path.write_text(show(_product(30, 30, 30)))
+    path.write_text(show(_s(30, 30, 30)))
     assert main(["run", str(path), "--target", "x86-avx2", "--json", "--check"]) == 0
     on = json.loads(capsys.readouterr().out)
     assert main(["run", str(path), "--target", "x86-avx2", "--json", "--rules", "-edges"]) == 0
