@@ -144,7 +144,7 @@ def _shared_positions(func: PrimFunc, parallel: set[tuple[int, ...]]) -> set[int
     threads and 24.2 with the conversions shared (one thread 38). Transposing copies
     (``bert_qk``'s K, 64 KB, split by heads as the product is) and a 16 KB scaled copy
     (``gemm_input_updated``) measured 4-9% slower shared, and are left on one thread."""
-    temps = {b.name: b for b in func.allocs}
+    temps = {b.name for b in func.allocs}
     body = list(stmts_of(func.body))
     out = {k for k, s in enumerate(body) if isinstance(s, For) and _worth_threads(parallel, k, s)}
     read_later = set()
@@ -152,7 +152,7 @@ def _shared_positions(func: PrimFunc, parallel: set[tuple[int, ...]]) -> set[int
         s = body[k]
         written = written_by(s)
         if k not in out and isinstance(s, For) and s.extent >= 2 and (k,) in parallel and \
-                written and written <= set(temps) and written & read_later and \
+                written and written <= temps and written & read_later and \
                 written_bytes(s) >= PRODUCED_BYTES and _unit_reads(s):
             out.add(k)
         if k in out:
