@@ -299,6 +299,7 @@ def _partial(desc: "Descriptor", extents: tuple[int, ...]) -> Optional["Descript
                    cost=desc.cost * share, emitter=emitter)
 
 
+@functools.lru_cache(maxsize=None)
 def signature(desc: "Descriptor") -> tuple:
     """What a descriptor computes, less its name: its operands (names, dtypes, shapes, roles,
     dims), its loops and its body. Two descriptors with one signature compute the same thing
@@ -314,8 +315,8 @@ def signature(desc: "Descriptor") -> tuple:
 def parent_of(desc: "Descriptor") -> "Descriptor":
     """The registered intrinsic a partial form (``partial``) is cut from; ``desc`` itself
     for a registered one."""
-    m = _PARTIAL.fullmatch(desc.name)
-    return lookup(m["parent"]) if m else desc
+    name = parent_name(desc.name)
+    return desc if name == desc.name else lookup(name)
 
 
 def parent_name(name: str) -> str:
